@@ -1,0 +1,233 @@
+"""Configuration as validated, frozen data.
+
+A run is described by :class:`Config`, loaded from a YAML file (which holds
+only what differs from the defaults below) plus dotted ``--set key=value``
+overrides. Unknown keys and wrong types are refused with a one-line
+:class:`ConfigError` that names the key, what is allowed and what was given.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nnlib.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DataConfig(_Section):
+    source: str = "digits"
+    test_source: str | None = None
+    labels: str | None = None
+    test_labels: str | None = None
+    label_column: str = "label"
+    features_column: str | None = None
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    standardize: bool = True
+    partition: Literal["random", "stratified", "contiguous"] = "random"
+    n_samples: int = Field(2000, ge=2)
+    n_features: int = Field(20, ge=1)
+    n_classes: int = Field(3, ge=2)
+
+
+class ModelConfig(_Section):
+    hidden: list[int] = Field(default_factory=lambda: [64])
+    activation: Literal["relu", "sigmoid", "tanh"] = "relu"
+    loss: Literal["cross_entropy", "squared"] = "cross_entropy"
+    l2: float = Field(0.0, ge=0)
+    backend: Literal["numpy", "torch"] = "numpy"
+
+    @model_validator(mode="after")
+    def _hidden_positive(self):
+        bad = [h for h in self.hidden if h < 1]
+        if bad:
+            raise ValueError(f"model.hidden: every layer size must be >= 1, got {self.hidden}")
+        return self
+
+
+class TrainConfig(_Section):
+    rounds: int = Field(5, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    local_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+
+
+class SparkConfig(_Section):
+    master: str = "local[*]"
+    app_name: str = "nnlib"
+    log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "ERROR"
+
+
+class Config(_Section):
+    engine: Literal["local", "spark"] = "local"
+    mappers: int = Field(4, ge=1)
+    combine: Literal["average", "weighted", "sum", "sum_updates"] = "average"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    spark: SparkConfig = SparkConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="python")
+
+
+def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """All dotted keys, e.g. ``['engine', ..., 'data.source', ...]``."""
+    keys = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += valid_keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _suggest(key: str) -> str:
+    """'; did you mean ...?' for the valid key closest to ``key``, or ''."""
+    keys = valid_keys()
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not close:  # a right leaf under the wrong section, e.g. 'lr' for 'train.lr'
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in keys}
+        leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_leaf), n=1, cutoff=0.6)
+        close = [by_leaf[leaf[0]]] if leaf else []
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _format_error(err: dict, where: str) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    where = f"{where}: " if where else ""
+    if err["type"] == "extra_forbidden":
+        return f"{where}unknown config key '{key}'{_suggest(key)}"
+    if err["type"] == "value_error":  # raised by our own validators, already phrased
+        return where + str(err["ctx"]["error"])
+    return f"{where}config key '{key}': {err['msg']}, got {err['input']!r}"
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value (e.g. --set mappers=4), got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if key not in valid_keys():
+        raise ConfigError(f"--set: unknown config key '{key}'{_suggest(key)}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.get(p)
+        if not isinstance(child, dict):
+            child = node[p] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file (safe loader) into a dict; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read ({exc.strerror})") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path}: not valid YAML{where}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of keys, got {type(tree).__name__}")
+    return tree
+
+
+def build_config(tree: dict[str, Any], overrides: list[str] = (), source: str = "") -> Config:
+    """Validate a nested dict plus ``key=value`` overrides into a :class:`Config`."""
+    tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
+    overridden = set()
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(tree, key, value)
+        overridden.add(key)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(_format_error(first, "--set" if key in overridden else source)) from None
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_layered(path: str | Path, seen: tuple = ()) -> dict[str, Any]:
+    """Read a conf file and, first, the file its ``extends:`` key names (relative to it)."""
+    path = Path(path)
+    tree = read_yaml(path)
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    if not isinstance(parent, str):
+        raise ConfigError(f"config file {path}: 'extends' must name a conf file, got {parent!r}")
+    parent_path = path.parent / parent
+    if parent_path.resolve() in seen:
+        raise ConfigError(f"config file {path}: 'extends: {parent}' makes a cycle")
+    return _merge(read_layered(parent_path, seen + (path.resolve(),)), tree)
+
+
+def default_conf_path() -> Path | None:
+    """``conf/default.yaml`` of the source tree, or of the current directory, if present."""
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        candidate = root / "conf" / "default.yaml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Load ``path`` (its ``extends:`` chain first) and apply ``key=value`` overrides.
+
+    ``path=None`` means the built-in defaults of :class:`Config`.
+    """
+    tree = read_layered(path) if path is not None else {}
+    return build_config(tree, overrides, source=str(path) if path else "")
+
+
+def diff_keys(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    da, db = _flatten(a.to_dict()), _flatten(b.to_dict())
+    return sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out

@@ -1,0 +1,151 @@
+"""A multilayer perceptron in numpy: forward pass, losses, backprop, SGD steps.
+
+This is the default backend (no torch needed). Every function works on the
+flat float32 parameter vector of :mod:`nnlib.core.params`.
+
+Shapes: ``x`` is ``(n_samples, n_features)`` float32, ``y`` is
+``(n_samples,)`` int64 class labels in ``[0, n_classes)``.
+
+Losses (``m`` samples, output ``z`` of the last layer, one-hot targets ``t``):
+
+- ``cross_entropy``: ``mean_i -log softmax(z_i)[y_i]``
+- ``squared``: ``1/(2m) sum_i ||z_i - t_i||^2`` (linear output layer)
+
+Both are optimised with the L2 penalty ``l2/2 * sum(W**2)`` over the weight
+matrices (not the biases). Reported losses are the data loss alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nnlib.core.params import DTYPE, LayerSpec, unpack
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).astype(DTYPE, copy=False)
+
+
+# name -> (activation, derivative written in terms of the activation's output h)
+ACTIVATIONS = {
+    "relu": (lambda z: np.maximum(z, 0), lambda h: (h > 0).astype(DTYPE)),
+    "sigmoid": (_sigmoid, lambda h: h * (1 - h)),
+    "tanh": (np.tanh, lambda h: 1 - h * h),
+}
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
+    t = np.zeros((y.shape[0], n_classes), DTYPE)
+    t[np.arange(y.shape[0]), y] = 1
+    return t
+
+
+def _cross_entropy(z, y):
+    """Return (mean loss, d loss / d z)."""
+    m = z.shape[0]
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -log_p[np.arange(m), y].mean()
+    delta = np.exp(log_p)
+    delta[np.arange(m), y] -= 1
+    return float(loss), delta / m
+
+
+def _squared(z, y):
+    """Return (mean loss, d loss / d z)."""
+    m = z.shape[0]
+    diff = z - _one_hot(y, z.shape[1])
+    return float(0.5 * (diff * diff).sum() / m), diff / m
+
+
+LOSSES = {"cross_entropy": _cross_entropy, "squared": _squared}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that defines the function an MLP computes and the loss it minimises."""
+
+    layers: LayerSpec
+    activation: str = "relu"
+    loss: str = "cross_entropy"
+    l2: float = 0.0
+
+
+class NumpyMLP:
+    """The numpy backend. Stateless apart from the model spec."""
+
+    name = "numpy"
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self._act, self._act_grad = ACTIVATIONS[spec.activation]
+        self._loss = LOSSES[spec.loss]
+
+    def _forward(self, arrays, x):
+        """Return the list of layer outputs ``[x, h1, ..., z]``."""
+        outs = [x]
+        n = self.spec.layers.n_layers
+        for i in range(n):
+            z = outs[-1] @ arrays[2 * i] + arrays[2 * i + 1]
+            outs.append(self._act(z).astype(DTYPE, copy=False) if i < n - 1 else z)
+        return outs
+
+    def predict_logits(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Output of the last layer, ``(n_samples, n_classes)``."""
+        return self._forward(unpack(flat, self.spec.layers), x)[-1]
+
+    def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Data loss on ``(x, y)`` and the gradient of loss + L2 penalty, flat ``(n_params,)``."""
+        arrays = unpack(flat, self.spec.layers)
+        outs = self._forward(arrays, x)
+        loss, delta = self._loss(outs[-1], y)
+        grads = [None] * len(arrays)
+        for i in reversed(range(self.spec.layers.n_layers)):
+            w = arrays[2 * i]
+            grads[2 * i] = outs[i].T @ delta
+            if self.spec.l2:
+                grads[2 * i] = grads[2 * i] + DTYPE(self.spec.l2) * w
+            grads[2 * i + 1] = delta.sum(axis=0)
+            if i > 0:
+                delta = (delta @ w.T) * self._act_grad(outs[i])
+        return loss, np.concatenate([g.ravel() for g in grads]).astype(DTYPE, copy=False)
+
+    def objective(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+        """Data loss plus the L2 penalty: the function whose gradient ``loss_and_grad`` returns."""
+        loss, _ = self._loss(self.predict_logits(flat, x), y)
+        w = flat * self.spec.layers.weight_mask()
+        return loss + 0.5 * self.spec.l2 * float(np.dot(w, w))
+
+    def sgd_steps(self, flat, velocity, x, y, batches, lr, momentum):
+        """Mini-batch SGD over ``batches`` (a list of index arrays into ``x``).
+
+        Update rule (PyTorch's convention): ``v = momentum * v + g``;
+        ``w = w - lr * v``. ``velocity`` is ``None`` when ``momentum == 0``.
+        Returns ``(flat, velocity, summed batch loss weighted by batch size)``.
+        """
+        flat = flat.copy()
+        velocity = None if velocity is None else velocity.copy()
+        lr, momentum = DTYPE(lr), DTYPE(momentum)
+        loss_sum = 0.0
+        for idx in batches:
+            loss, grad = self.loss_and_grad(flat, x[idx], y[idx])
+            loss_sum += loss * len(idx)
+            if velocity is not None:
+                velocity *= momentum
+                velocity += grad
+                grad = velocity
+            flat -= lr * grad
+        return flat, velocity, loss_sum
+
+    def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """Return ``(mean data loss, accuracy in [0, 1])`` on ``(x, y)``."""
+        z = self.predict_logits(flat, x)
+        loss, _ = self._loss(z, y)
+        return loss, float((z.argmax(axis=1) == y).mean())

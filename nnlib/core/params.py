@@ -1,0 +1,102 @@
+"""The one parameter format: a flat float32 vector plus a layer-shape spec.
+
+An MLP with layer sizes ``[n_in, h1, ..., n_out]`` has, for each layer ``i``,
+a weight matrix of shape ``(sizes[i], sizes[i + 1])`` followed by a bias of
+shape ``(sizes[i + 1],)``. The flat vector holds them in that order. Every
+engine ships, combines and stores this vector; only this module knows how to
+cut it into arrays and glue it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DTYPE = np.float32
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Layer sizes of an MLP, input first: ``(n_features, *hidden, n_classes)``."""
+
+    sizes: tuple[int, ...]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Array shapes in flat order: W0, b0, W1, b1, ..."""
+        out: list[tuple[int, ...]] = []
+        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
+            out.append((fan_in, fan_out))
+            out.append((fan_out,))
+        return out
+
+    def names(self) -> list[str]:
+        """Array names in flat order, as stored in ``model.npz``."""
+        out: list[str] = []
+        for i in range(self.n_layers):
+            out += [f"layer{i}.weight", f"layer{i}.bias"]
+        return out
+
+    @property
+    def n_params(self) -> int:
+        return int(sum(np.prod(s) for s in self.shapes()))
+
+    def weight_mask(self) -> np.ndarray:
+        """Flat float32 mask: 1 on weights, 0 on biases (the L2 penalty's support)."""
+        parts = [np.full(int(np.prod(s)), 1.0 if len(s) == 2 else 0.0, DTYPE) for s in self.shapes()]
+        return np.concatenate(parts)
+
+
+def unpack(flat: np.ndarray, spec: LayerSpec) -> list[np.ndarray]:
+    """Cut a flat vector of length ``spec.n_params`` into arrays (views, no copy)."""
+    if flat.shape != (spec.n_params,):
+        raise ValueError(f"flat parameters must have shape ({spec.n_params},), got {flat.shape}")
+    arrays, start = [], 0
+    for shape in spec.shapes():
+        size = int(np.prod(shape))
+        arrays.append(flat[start:start + size].reshape(shape))
+        start += size
+    return arrays
+
+
+def pack(arrays: list[np.ndarray]) -> np.ndarray:
+    """Glue arrays (in flat order) into one float32 vector."""
+    return np.concatenate([np.asarray(a, DTYPE).ravel() for a in arrays])
+
+
+def to_named(flat: np.ndarray, spec: LayerSpec) -> dict[str, np.ndarray]:
+    """Name the arrays for saving: ``{"layer0.weight": ..., "layer0.bias": ...}``."""
+    return dict(zip(spec.names(), (a.copy() for a in unpack(flat, spec))))
+
+
+def from_named(named: dict[str, np.ndarray], spec: LayerSpec) -> np.ndarray:
+    """Inverse of :func:`to_named`; the names and shapes must match ``spec``."""
+    arrays = []
+    for name, shape in zip(spec.names(), spec.shapes()):
+        if name not in named:
+            raise ValueError(f"missing array {name!r}")
+        if tuple(named[name].shape) != shape:
+            raise ValueError(f"array {name!r} must have shape {shape}, got {tuple(named[name].shape)}")
+        arrays.append(named[name])
+    return pack(arrays)
+
+
+def init_params(spec: LayerSpec, seed: int) -> np.ndarray:
+    """Glorot-uniform weights, zero biases, as one flat float32 vector.
+
+    The initial weights depend only on ``spec`` and ``seed``, never on the
+    backend, so numpy and torch start from the same point.
+    """
+    rng = np.random.default_rng([seed, 0x1A17])
+    arrays = []
+    for shape in spec.shapes():
+        if len(shape) == 2:
+            limit = np.sqrt(6.0 / (shape[0] + shape[1]))
+            arrays.append(rng.uniform(-limit, limit, size=shape))
+        else:
+            arrays.append(np.zeros(shape))
+    return pack(arrays)

@@ -1,0 +1,92 @@
+"""The torch backend: the same MLP, losses and SGD rule as :mod:`nnlib.core.mlp`.
+
+Imported only when ``model.backend: torch`` is chosen. Parameters still come
+in and go out as the flat float32 numpy vector; inside a call they live in
+one flat torch tensor whose slices are the layer arrays, so gradients come
+out flat too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nnlib.core.mlp import ModelSpec
+from nnlib.core.params import DTYPE
+
+_ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
+
+
+class TorchMLP:
+    """The torch backend; an oracle for the numpy one and vice versa."""
+
+    name = "torch"
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self._act = _ACTIVATIONS[spec.activation]
+        self._mask = torch.from_numpy(spec.layers.weight_mask())
+
+    def _arrays(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        out, start = [], 0
+        for shape in self.spec.layers.shapes():
+            size = int(np.prod(shape))
+            out.append(flat[start:start + size].view(shape))
+            start += size
+        return out
+
+    def _logits(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        arrays = self._arrays(flat)
+        h = x
+        n = self.spec.layers.n_layers
+        for i in range(n):
+            h = h @ arrays[2 * i] + arrays[2 * i + 1]
+            if i < n - 1:
+                h = self._act(h)
+        return h
+
+    def _data_loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.spec.loss == "cross_entropy":
+            return F.cross_entropy(z, y)
+        target = F.one_hot(y, z.shape[1]).to(z.dtype)
+        return 0.5 * ((z - target) ** 2).sum(dim=1).mean()
+
+    def _loss_and_grad(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
+        w = w.detach().requires_grad_(True)
+        loss = self._data_loss(self._logits(w, x), y)
+        objective = loss
+        if self.spec.l2:
+            objective = loss + 0.5 * self.spec.l2 * ((w * self._mask) ** 2).sum()
+        (grad,) = torch.autograd.grad(objective, w)
+        return float(loss), grad
+
+    def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Data loss and the gradient of loss + L2 penalty, flat ``(n_params,)``."""
+        loss, grad = self._loss_and_grad(torch.from_numpy(flat), torch.from_numpy(x), torch.from_numpy(y))
+        return loss, grad.numpy().astype(DTYPE, copy=False)
+
+    def sgd_steps(self, flat, velocity, x, y, batches, lr, momentum):
+        """Same contract as :meth:`nnlib.core.mlp.NumpyMLP.sgd_steps`."""
+        w = torch.from_numpy(flat.copy())
+        v = None if velocity is None else torch.from_numpy(velocity.copy())
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        loss_sum = 0.0
+        with torch.no_grad():
+            for idx in batches:
+                index = torch.from_numpy(idx)
+                with torch.enable_grad():
+                    loss, grad = self._loss_and_grad(w, xt[index], yt[index])
+                loss_sum += loss * len(idx)
+                if v is not None:
+                    v.mul_(momentum).add_(grad)
+                    grad = v
+                w.sub_(lr * grad)
+        return w.numpy(), None if v is None else v.numpy(), loss_sum
+
+    def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """Return ``(mean data loss, accuracy in [0, 1])`` on ``(x, y)``."""
+        with torch.no_grad():
+            z = self._logits(torch.from_numpy(flat), torch.from_numpy(x))
+            yt = torch.from_numpy(y)
+            return float(self._data_loss(z, yt)), float((z.argmax(dim=1) == yt).double().mean())

@@ -1,0 +1,202 @@
+"""Readers for every ``data.source``: digits, synthetic, .npz, .csv, .parquet, IDX.
+
+Each reader returns raw arrays ``(x, y)`` or, where the file carries its own
+test set, ``(x, y, x_test, y_test)``. Checking the values (finite features,
+integer labels, matching feature counts) is done once, in
+:mod:`nnlib.data.dataset`, for every source alike. Any problem with a file is
+raised as a one-line :class:`DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from nnlib.errors import DataError
+
+FILE_SUFFIXES = (".npz", ".csv", ".parquet", "IDX (e.g. train-images-idx3-ubyte[.gz])")
+BUILTIN = ("digits", "synthetic")
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits: 1797 samples, 64 features, 10 classes."""
+    from sklearn.datasets import load_digits as _load
+
+    bunch = _load()
+    return bunch.data, bunch.target
+
+
+def make_synthetic(n_samples: int, n_features: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded Gaussian blobs: one centre per class, unit noise around it.
+
+    Centres are drawn at distance ~3 from each other per feature so the task is
+    learnable but not trivial.
+    """
+    rng = np.random.default_rng([seed, 0x5E7])
+    centres = rng.normal(0.0, 1.5, size=(n_classes, n_features))
+    y = rng.integers(0, n_classes, size=n_samples)
+    x = centres[y] + rng.normal(size=(n_samples, n_features))
+    return x, y
+
+
+def _check_exists(path: Path, key: str) -> None:
+    if not path.exists():
+        raise DataError(f"{key}: file {path} does not exist")
+    if not path.is_file():
+        raise DataError(f"{key}: {path} is not a file")
+
+
+def read_npz(path: Path, key: str):
+    """``.npz`` with arrays ``x``, ``y`` and optionally ``x_test``, ``y_test`` (pickle disabled)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            names = set(f.files)
+            missing = {"x", "y"} - names
+            if missing:
+                raise DataError(f"{key}: {path} must hold arrays 'x' and 'y', found {sorted(names)}")
+            arrays = [f["x"], f["y"]]
+            if {"x_test", "y_test"} <= names:
+                arrays += [f["x_test"], f["y_test"]]
+            return tuple(arrays)
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise DataError(f"{key}: {path} holds object arrays, which are not read (pickle is disabled)") from None
+        raise DataError(f"{key}: {path} is not a readable .npz file ({exc})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{key}: {path} is not a readable .npz file ({exc})") from None
+
+
+def _table_to_arrays(table, path: Path, key: str, label_column: str, features_column: str | None):
+    import pyarrow as pa
+
+    if label_column not in table.column_names:
+        raise DataError(f"{key}: {path} has no label column '{label_column}' "
+                        f"(set data.label_column; columns are {table.column_names[:10]})")
+    y_col = table.column(label_column)
+    if y_col.null_count:
+        raise DataError(f"{key}: {path} column '{label_column}' has {y_col.null_count} empty cells")
+    if not (pa.types.is_integer(y_col.type) or pa.types.is_floating(y_col.type)):
+        raise DataError(f"{key}: {path} label column '{label_column}' must be numeric, got {y_col.type}")
+    y = y_col.to_numpy()
+    if features_column is not None:
+        if features_column not in table.column_names:
+            raise DataError(f"{key}: {path} has no features column '{features_column}' "
+                            f"(columns are {table.column_names[:10]})")
+        col = table.column(features_column)
+        if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
+                or pa.types.is_fixed_size_list(col.type)):
+            raise DataError(f"{key}: {path} features column '{features_column}' must hold lists, got {col.type}")
+        rows = col.to_pylist()
+        lengths = {len(r) if r is not None else -1 for r in rows}
+        if len(lengths) != 1 or -1 in lengths:
+            raise DataError(f"{key}: {path} features column '{features_column}' has rows of different lengths")
+        try:
+            x = np.asarray(rows, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{key}: {path} features column '{features_column}' holds non-numeric values") from None
+        return x, y
+    columns = []
+    for name in table.column_names:
+        if name == label_column:
+            continue
+        col = table.column(name)
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            raise DataError(f"{key}: {path} column '{name}' must be numeric, got {col.type} "
+                            "(non-numeric cells)")
+        if col.null_count:
+            raise DataError(f"{key}: {path} column '{name}' has {col.null_count} empty cells")
+        columns.append(col.to_numpy().astype(np.float64))
+    if not columns:
+        raise DataError(f"{key}: {path} has no feature columns besides '{label_column}'")
+    return np.stack(columns, axis=1), y
+
+
+def read_csv(path: Path, key: str, label_column: str):
+    """CSV with a header row; the column ``label_column`` holds the labels, all others are features."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    try:
+        table = pacsv.read_csv(path)
+    except pa.ArrowInvalid as exc:
+        first = str(exc).splitlines()[0]
+        raise DataError(f"{key}: {path} is not a well-formed CSV file ({first})") from None
+    except OSError as exc:
+        raise DataError(f"{key}: {path} cannot be read ({exc})") from None
+    return _table_to_arrays(table, path, key, label_column, None)
+
+
+def read_parquet(path: Path, key: str, label_column: str, features_column: str | None):
+    """Parquet: numeric feature columns, or one list column named by ``data.features_column``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{key}: {path} is not a readable parquet file ({first})") from None
+    return _table_to_arrays(table, path, key, label_column, features_column)
+
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path, key: str) -> np.ndarray:
+    """One MNIST-style IDX file (raw or gzipped) as an array of its stated shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{key}: {path} cannot be read ({exc})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{key}: {path} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{key}: {path} is truncated (header of {header} bytes expected)")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = header + int(np.prod(dims)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(f"{key}: {path} is truncated or padded: shape {dims} needs {expected} bytes, "
+                        f"file has {len(raw)}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+def idx_labels_path(images: Path) -> Path:
+    """``train-images-idx3-ubyte[.gz]`` -> ``train-labels-idx1-ubyte[.gz]``."""
+    return images.with_name(images.name.replace("images-idx3", "labels-idx1"))
+
+
+def is_idx(path: Path) -> bool:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    return "-idx" in name and name.endswith("-ubyte")
+
+
+def read_file(path: Path, key: str, label_column: str = "label", features_column: str | None = None,
+              labels: str | None = None, labels_key: str = "data.labels"):
+    """Read a data file by its extension; returns ``(x, y)`` or ``(x, y, x_test, y_test)``."""
+    _check_exists(path, key)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return read_npz(path, key)
+    if suffix == ".csv":
+        return read_csv(path, key, label_column)
+    if suffix == ".parquet":
+        return read_parquet(path, key, label_column, features_column)
+    if is_idx(path):
+        label_path = Path(labels) if labels else idx_labels_path(path)
+        if label_path == path:
+            raise DataError(f"{labels_key}: cannot infer the labels file from {path}; set {labels_key}")
+        _check_exists(label_path, labels_key)
+        x = read_idx(path, key)
+        return x.reshape(x.shape[0], -1), read_idx(label_path, labels_key)
+    allowed = ", ".join(BUILTIN + FILE_SUFFIXES)
+    raise DataError(f"{key}: unknown kind of data source {str(path)!r}; allowed: {allowed}")

@@ -1,0 +1,145 @@
+"""The one driver loop, shared by every engine.
+
+Each round: send the weights (the payload) to every shard, map
+:func:`nnlib.tasks.train_shard` over the shards, refuse non-finite results,
+combine, evaluate on the held-out test set, record the timings. The schedule
+(how many rounds, how much local work) lives here; the arithmetic of a round
+lives in :mod:`nnlib.core`; where the work runs is the engine's business.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from nnlib.config import Config
+from nnlib.core.backends import get_backend
+from nnlib.core.combine import COMBINE_RULES, combine_average
+from nnlib.core.mlp import ModelSpec
+from nnlib.core.params import LayerSpec, init_params, to_named
+from nnlib.core.train import LocalSchedule
+from nnlib.data.dataset import Dataset, build_shards, load_dataset
+from nnlib.data.partition import partition
+from nnlib.engines import make_engine
+from nnlib.errors import ConfigError, DivergenceError
+from nnlib.outputs import RunDir
+from nnlib.tasks import MapperResult, RoundPayload, train_shard
+from nnlib.timing import timed
+
+
+def warn(message: str) -> None:
+    """A one-line warning for a setting that is legal but probably not meant."""
+    print(f"nnlib: warning: {message}", file=sys.stderr)
+
+
+@dataclass
+class RunResult:
+    params: np.ndarray
+    summary: dict
+    rounds: list[dict] = field(default_factory=list)
+    mapper_rows: list[dict] = field(default_factory=list)
+
+
+def model_spec(config: Config, data: Dataset) -> ModelSpec:
+    layers = LayerSpec((data.n_features, *config.model.hidden, data.n_classes))
+    return ModelSpec(layers, config.model.activation, config.model.loss, config.model.l2)
+
+
+def check_against_data(config: Config, data: Dataset, shard_sizes: list[int]) -> None:
+    """Refuse settings the data cannot support; warn about pointless ones."""
+    n_train = len(data.y_train)
+    if config.mappers > n_train:
+        raise ConfigError(f"mappers must be <= the number of training samples ({n_train}), got {config.mappers}")
+    if config.mappers == 1 and config.combine != "average":
+        warn(f"mappers=1: combine={config.combine} has a single result to combine")
+    smallest = min(shard_sizes)
+    if config.train.batch_size > smallest:
+        warn(f"train.batch_size={config.train.batch_size} is larger than the smallest shard "
+             f"({smallest} samples): each epoch is a single batch")
+    if config.combine == "sum" and config.mappers > 1 and config.train.rounds > 1:
+        warn(f"combine=sum over {config.train.rounds} rounds scales the weights by about {config.mappers} "
+             "each round; combine=sum_updates sums the changes instead")
+
+
+def _check_finite(results: list[MapperResult], round_index: int) -> None:
+    for res in results:
+        if not np.isfinite(res.params).all():
+            raise DivergenceError(f"round {round_index}: mapper {res.mapper} returned weights containing "
+                                  "NaN or inf (training diverged; try a smaller train.lr)")
+
+
+def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print) -> RunResult:
+    """Train as ``config`` says; write outputs to ``run_dir`` if given; return the final weights."""
+    wall_start = time.perf_counter()
+    data = load_dataset(config.data, config.seed)
+    shard_sizes = [len(p) for p in partition(data.y_train, min(config.mappers, len(data.y_train)),
+                                             config.data.partition, config.seed)]
+    check_against_data(config, data, shard_sizes)
+    spec = model_spec(config, data)
+    backend = get_backend(config.model.backend, spec)
+    combine = COMBINE_RULES[config.combine]
+    schedule = LocalSchedule(config.train.batch_size, config.train.local_epochs, config.train.local_steps)
+
+    params = init_params(spec.layers, config.seed)
+    velocity = np.zeros_like(params) if config.train.momentum > 0 else None
+    if run_dir is not None:
+        run_dir.write_config(config.to_dict())
+
+    engine = engine or make_engine(config)
+    engine.start(partial(build_shards, config.data, config.seed, config.mappers), config.mappers)
+    result = RunResult(params, {})
+    try:
+        for r in range(config.train.rounds):
+            round_start = time.perf_counter()
+            times: dict[str, float] = {}
+            payload = RoundPayload(r, config.seed, params, velocity, spec, config.model.backend, schedule,
+                                   config.train.lr, config.train.momentum)
+            results = engine.map(train_shard, payload, times)
+            _check_finite(results, r)
+            with timed(times, "combine"):
+                params = combine([(res.params, res.n_samples) for res in results], params)
+                if velocity is not None:
+                    velocity = combine_average([(res.velocity, res.n_samples) for res in results])
+            with timed(times, "evaluate"):
+                test_loss, test_acc = backend.evaluate(params, data.x_test, data.y_test)
+            seconds = time.perf_counter() - round_start
+            mapper_secs = [res.train_seconds for res in results]
+            n_seen = sum(res.n_samples for res in results)
+            row = {
+                "round": r, "test_accuracy": test_acc, "test_loss": test_loss,
+                "train_loss": sum(res.train_loss * res.n_samples for res in results) / n_seen,
+                "seconds": seconds,
+                **{f"{k}_seconds": times.get(k, 0.0) for k in ("broadcast", "wait", "combine", "evaluate")},
+                "max_mapper_seconds": max(mapper_secs), "median_mapper_seconds": statistics.median(mapper_secs),
+            }
+            result.rounds.append(row)
+            result.mapper_rows += [
+                {"round": r, "mapper": res.mapper, "host": res.host, "pid": res.pid, "n_samples": res.n_samples,
+                 "steps": res.steps, "train_loss": res.train_loss, "train_seconds": res.train_seconds}
+                for res in results]
+            if run_dir is not None:
+                run_dir.write_tables(result.rounds, result.mapper_rows)
+            log(f"round {r + 1}/{config.train.rounds}  test_acc {test_acc:.4f}  test_loss {test_loss:.4f}  "
+                f"train_loss {row['train_loss']:.4f}  {seconds:.2f}s")
+    finally:
+        engine.stop()
+
+    result.params = params
+    last = result.rounds[-1]
+    result.summary = {
+        "final_test_accuracy": last["test_accuracy"], "final_test_loss": last["test_loss"],
+        "final_train_loss": last["train_loss"], "wall_seconds": time.perf_counter() - wall_start,
+        "engine": config.engine, "mappers": config.mappers, "combine": config.combine,
+        "rounds": config.train.rounds, "backend": config.model.backend,
+        "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
+        "n_features": data.n_features, "n_classes": data.n_classes, "layer_sizes": list(spec.layers.sizes),
+    }
+    if run_dir is not None:
+        run_dir.write_model(to_named(params, spec.layers))
+        run_dir.write_summary(result.summary)
+    return result

@@ -1,0 +1,20 @@
+"""Engines: where the shards live and how the mapper function runs on them."""
+
+from __future__ import annotations
+
+from nnlib.config import Config
+
+ENGINES = ("local", "spark")
+
+
+def make_engine(config: Config):
+    """Build the engine named by ``config.engine``."""
+    if config.engine == "local":
+        from nnlib.engines.local import LocalEngine
+
+        return LocalEngine()
+    if config.engine == "spark":
+        from nnlib.engines.spark import SparkEngine
+
+        return SparkEngine(config.spark.master, config.spark.app_name, config.spark.log_level)
+    raise ValueError(f"engine must be one of {ENGINES}, got {config.engine!r}")

@@ -1,0 +1,103 @@
+"""The Spark engine: one cached partition per shard, weights broadcast each round.
+
+The shards are built inside the executors (each partition loads the data and
+cuts out its own shard) and cached there, so the training data never travels
+through the driver. Each round the driver broadcasts the payload (weights),
+maps the mapper function over the cached partitions and collects only the
+results. If an executor is lost, Spark rebuilds its shard from the same
+deterministic recipe and re-runs the task, which reproduces its result.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from nnlib import errors
+from nnlib.errors import EngineError
+from nnlib.timing import timed
+
+LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
+
+
+_NNLIB_ERROR = re.compile(r"nnlib\.errors\.(\w+): (.*)")
+
+
+def _reraise(exc: Exception, what: str):
+    """Turn a failed Spark job into a one-line error.
+
+    An nnlib error raised inside an executor (say, a data file a worker cannot
+    read) comes back as the same error; anything else as an EngineError with
+    the last line of the Python traceback that Spark reports.
+    """
+    text = str(exc)
+    match = _NNLIB_ERROR.search(text)
+    if match and isinstance(getattr(errors, match.group(1), None), type):
+        raise getattr(errors, match.group(1))(match.group(2)) from None
+    lines = [ln.strip() for ln in text.splitlines() if re.match(r"\s*\w+(\.\w+)*(Error|Exception): ", ln)]
+    detail = lines[-1] if lines else (text.strip().splitlines() or [type(exc).__name__])[0]
+    raise EngineError(f"spark: {what} failed: {detail[:400]}") from None
+
+
+def get_or_create_session(master: str, app_name: str, log_level: str):
+    """Return ``(session, created)``: the active SparkSession if there is one, else a new one."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active, False
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    java_opts = f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()} -Dnnlib.spark.log.level={log_level}"
+    session = (SparkSession.builder.master(master).appName(app_name)
+               .config("spark.ui.showConsoleProgress", "false")
+               .config("spark.driver.extraJavaOptions", java_opts)
+               .getOrCreate())
+    session.sparkContext.setLogLevel(log_level)
+    return session, True
+
+
+class SparkEngine:
+    name = "spark"
+
+    def __init__(self, master: str = "local[*]", app_name: str = "nnlib", log_level: str = "ERROR"):
+        self.master, self.app_name, self.log_level = master, app_name, log_level
+        self.session = None
+        self._owns_session = False
+        self._shards = None
+
+    def start(self, build_shards, n_shards):
+        try:
+            self.session, self._owns_session = get_or_create_session(self.master, self.app_name, self.log_level)
+        except Exception as exc:  # the JVM failed to start: no Java, bad master URL, ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EngineError(f"spark.master {self.master!r}: could not start Spark ({first})") from None
+        sc = self.session.sparkContext
+        # range(n) in n slices puts shard i alone in partition i.
+        self._shards = sc.parallelize(range(n_shards), n_shards).mapPartitions(
+            lambda indices: iter(build_shards(list(indices)))).cache()
+        try:
+            self._shards.count()  # build and cache the shards now, not inside round 0's timing
+        except Exception as exc:
+            _reraise(exc, "building the shards")
+
+    def map(self, fn, payload, timings):
+        sc = self.session.sparkContext
+        with timed(timings, "broadcast"):
+            shared = sc.broadcast(payload)
+        try:
+            with timed(timings, "wait"):
+                return self._shards.map(lambda shard: fn(shard, shared.value)).collect()
+        except Exception as exc:
+            _reraise(exc, "a training round")
+        finally:
+            shared.destroy()
+
+    def stop(self):
+        if self._shards is not None:
+            self._shards.unpersist()
+            self._shards = None
+        if self._owns_session and self.session is not None:
+            self.session.stop()
+        self.session = None

@@ -1,0 +1,101 @@
+"""The run directory: config.yaml, rounds.csv, mapper_times.csv, model.npz, summary.json.
+
+Every file is written to a temporary name in the same directory and renamed
+into place, so a reader (or a crash) never sees half a file. ``summary.json``
+is written last: its presence marks a finished run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from nnlib.errors import NnlibError
+
+ROUND_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "seconds",
+                 "broadcast_seconds", "wait_seconds", "combine_seconds", "evaluate_seconds",
+                 "max_mapper_seconds", "median_mapper_seconds"]
+MAPPER_COLUMNS = ["round", "mapper", "host", "pid", "n_samples", "steps", "train_loss", "train_seconds"]
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _csv_bytes(columns: list[str], rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in columns})
+    return buf.getvalue().encode()
+
+
+class RunDir:
+    """The output folder of one run."""
+
+    def __init__(self, path: str | Path, overwrite: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise NnlibError(f"--out: {self.path} exists and is not a directory")
+        if (self.path / "summary.json").exists() and not overwrite:
+            raise NnlibError(f"--out: {self.path} already holds a finished run (summary.json); "
+                             "choose another directory or pass --overwrite")
+        self.overwrite = overwrite
+        self._ready = False
+
+    def _prepare(self) -> None:
+        """Create the folder on the first write, so a run refused early leaves nothing behind."""
+        if self._ready:
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NnlibError(f"--out: cannot create {self.path} ({exc.strerror})") from None
+        if self.overwrite:
+            for name in ("summary.json", "model.npz", "rounds.csv", "mapper_times.csv"):
+                (self.path / name).unlink(missing_ok=True)
+        self._ready = True
+
+    def file(self, name: str) -> Path:
+        self._prepare()
+        return self.path / name
+
+    def write_config(self, config_dict: dict) -> None:
+        atomic_write_bytes(self.file("config.yaml"), yaml.safe_dump(config_dict, sort_keys=False).encode())
+
+    def write_tables(self, rounds: list[dict], mapper_rows: list[dict]) -> None:
+        """Rewrite both CSV tables with every row so far (small: one row per round or mapper)."""
+        atomic_write_bytes(self.file("rounds.csv"), _csv_bytes(ROUND_COLUMNS, rounds))
+        atomic_write_bytes(self.file("mapper_times.csv"), _csv_bytes(MAPPER_COLUMNS, mapper_rows))
+
+    def write_model(self, named: dict[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **named)
+        atomic_write_bytes(self.file("model.npz"), buf.getvalue())
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_bytes(self.file("summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
+
+
+def load_model(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a ``model.npz`` with pickle disabled."""
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}

@@ -1,0 +1,29 @@
+"""nnlib: distributed batch training of neural networks on Spark, Hadoop (mrjob) and MPI."""
+
+from setuptools import find_packages, setup
+
+TORCH = "torch==2.13.0"  # pinned: a newer or unpinned torch pulls several GB of CUDA packages
+
+setup(
+    name="nnlib",
+    version="0.1.0",
+    description="Distributed batch training of MLPs as a Spark job, a Hadoop streaming job and an MPI program",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["nnlib", "nnlib.*"]),
+    package_data={"nnlib.engines": ["log4j2.properties"]},
+    install_requires=[
+        "numpy>=1.24",
+        "pyyaml>=6",
+        "pydantic>=2.5,<3",
+        "scikit-learn>=1.3",
+        "pyarrow>=14",
+        "pyspark==4.3.0",
+    ],
+    extras_require={
+        "torch": [TORCH],
+        "test": [TORCH, "pytest>=8"],
+    },
+    entry_points={"console_scripts": ["nnlib=nnlib.cli:entry_point"]},
+)
