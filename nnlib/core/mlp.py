@@ -3,7 +3,8 @@
 This is the default backend (no torch needed). Every function works on the
 flat float32 parameter vector of :mod:`nnlib.core.params`.
 
-Shapes: ``x`` is ``(n_samples, n_features)`` float32, ``y`` is
+Shapes: ``x`` is ``(n_samples, n_features)`` float32 (float64 works too and is
+kept, which the gradient checks use), ``y`` is
 ``(n_samples,)`` int64 class labels in ``[0, n_classes)``.
 
 Losses (``m`` samples, output ``z`` of the last layer, one-hot targets ``t``):
@@ -25,12 +26,12 @@ from nnlib.core.params import DTYPE, LayerSpec, unpack
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).astype(DTYPE, copy=False)
+    return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).astype(z.dtype, copy=False)
 
 
 # name -> (activation, derivative written in terms of the activation's output h)
 ACTIVATIONS = {
-    "relu": (lambda z: np.maximum(z, 0), lambda h: (h > 0).astype(DTYPE)),
+    "relu": (lambda z: np.maximum(z, 0), lambda h: (h > 0).astype(h.dtype)),
     "sigmoid": (_sigmoid, lambda h: h * (1 - h)),
     "tanh": (np.tanh, lambda h: 1 - h * h),
 }
@@ -41,8 +42,8 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
-    t = np.zeros((y.shape[0], n_classes), DTYPE)
+def _one_hot(y: np.ndarray, n_classes: int, dtype=DTYPE) -> np.ndarray:
+    t = np.zeros((y.shape[0], n_classes), dtype)
     t[np.arange(y.shape[0]), y] = 1
     return t
 
@@ -61,7 +62,7 @@ def _cross_entropy(z, y):
 def _squared(z, y):
     """Return (mean loss, d loss / d z)."""
     m = z.shape[0]
-    diff = z - _one_hot(y, z.shape[1])
+    diff = z - _one_hot(y, z.shape[1], z.dtype)
     return float(0.5 * (diff * diff).sum() / m), diff / m
 
 
@@ -94,7 +95,7 @@ class NumpyMLP:
         n = self.spec.layers.n_layers
         for i in range(n):
             z = outs[-1] @ arrays[2 * i] + arrays[2 * i + 1]
-            outs.append(self._act(z).astype(DTYPE, copy=False) if i < n - 1 else z)
+            outs.append(self._act(z) if i < n - 1 else z)
         return outs
 
     def predict_logits(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -111,16 +112,16 @@ class NumpyMLP:
             w = arrays[2 * i]
             grads[2 * i] = outs[i].T @ delta
             if self.spec.l2:
-                grads[2 * i] = grads[2 * i] + DTYPE(self.spec.l2) * w
+                grads[2 * i] = grads[2 * i] + w.dtype.type(self.spec.l2) * w
             grads[2 * i + 1] = delta.sum(axis=0)
             if i > 0:
                 delta = (delta @ w.T) * self._act_grad(outs[i])
-        return loss, np.concatenate([g.ravel() for g in grads]).astype(DTYPE, copy=False)
+        return loss, np.concatenate([g.ravel() for g in grads]).astype(flat.dtype, copy=False)
 
     def objective(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
         """Data loss plus the L2 penalty: the function whose gradient ``loss_and_grad`` returns."""
         loss, _ = self._loss(self.predict_logits(flat, x), y)
-        w = flat * self.spec.layers.weight_mask()
+        w = flat * self.spec.layers.weight_mask().astype(flat.dtype)
         return loss + 0.5 * self.spec.l2 * float(np.dot(w, w))
 
     def sgd_steps(self, flat, velocity, x, y, batches, lr, momentum):

@@ -59,7 +59,7 @@ class TorchMLP:
         if self.spec.l2:
             objective = loss + 0.5 * self.spec.l2 * ((w * self._mask) ** 2).sum()
         (grad,) = torch.autograd.grad(objective, w)
-        return float(loss), grad
+        return float(loss.detach()), grad
 
     def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         """Data loss and the gradient of loss + L2 penalty, flat ``(n_params,)``."""

@@ -1,0 +1,32 @@
+"""Shared fixtures: one SparkSession for the whole test run, small configs, helpers."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+# Executors must use this interpreter (the one with nnlib and numpy installed).
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+from nnlib.config import load_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] SparkSession for every test that needs Spark; engines reuse it."""
+    from nnlib.engines.spark import get_or_create_session
+
+    session, _ = get_or_create_session("local[2]", "nnlib-tests", "ERROR")
+    yield session
+    session.stop()
+
+
+def small_config(*overrides: str):
+    """A quick digits run on the local engine, changed by ``key=value`` overrides."""
+    base = ["engine=local", "mappers=3", "train.rounds=2", "train.local_epochs=1",
+            "model.hidden=[16]", "train.batch_size=32", "train.lr=0.1", "seed=7"]
+    return load_config(None, base + list(overrides))

@@ -1,0 +1,87 @@
+"""The numpy MLP against closed forms, finite differences, and the torch backend as an oracle."""
+
+import numpy as np
+import pytest
+
+from nnlib.core.backends import get_backend
+from nnlib.core.mlp import ModelSpec, NumpyMLP
+from nnlib.core.params import LayerSpec, init_params
+from nnlib.core.train import LocalSchedule, batch_indices
+
+ACTIVATIONS = ["relu", "sigmoid", "tanh"]
+LOSSES = ["cross_entropy", "squared"]
+
+
+def _problem(seed=0, n=40, sizes=(6, 5, 4, 3), dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, sizes[0])).astype(dtype)
+    y = rng.integers(0, sizes[-1], size=n)
+    return x, y, LayerSpec(sizes)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gradient_matches_finite_differences(activation, loss):
+    x, y, layers = _problem(dtype=np.float64)
+    mlp = NumpyMLP(ModelSpec(layers, activation, loss, l2=0.03))
+    flat = init_params(layers, 3).astype(np.float64) + 0.01  # nonzero biases
+    _, grad = mlp.loss_and_grad(flat, x, y)
+    eps = 1e-6
+    numeric = np.empty_like(flat)
+    for i in range(flat.size):
+        step = np.zeros_like(flat)
+        step[i] = eps
+        numeric[i] = (mlp.objective(flat + step, x, y) - mlp.objective(flat - step, x, y)) / (2 * eps)
+    assert np.abs(grad - numeric).max() < 1e-6 * max(1.0, np.abs(numeric).max())
+
+
+def test_cross_entropy_of_uniform_output_is_log_k():
+    layers = LayerSpec((3, 4))
+    mlp = NumpyMLP(ModelSpec(layers, "relu", "cross_entropy"))
+    flat = np.zeros(layers.n_params, np.float32)  # all logits zero: uniform softmax
+    loss, acc = mlp.evaluate(flat, np.ones((5, 3), np.float32), np.array([0, 1, 2, 3, 0]))
+    assert loss == pytest.approx(np.log(4), rel=1e-6)
+
+
+def test_squared_loss_closed_form():
+    layers = LayerSpec((2, 2))
+    mlp = NumpyMLP(ModelSpec(layers, "relu", "squared"))
+    flat = np.zeros(layers.n_params, np.float32)  # output 0, target one-hot: each sample costs 1/2
+    loss, _ = mlp.evaluate(flat, np.ones((3, 2), np.float32), np.array([0, 1, 1]))
+    assert loss == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_torch_backend_agrees_after_one_epoch(activation, loss):
+    x, y, layers = _problem(n=100)
+    spec = ModelSpec(layers, activation, loss, l2=0.01)
+    flat = init_params(layers, 5)
+    velocity = np.zeros_like(flat)
+    batches = batch_indices(len(y), LocalSchedule(batch_size=16, local_epochs=1), np.random.default_rng(0))
+    np_out = get_backend("numpy", spec).sgd_steps(flat, velocity, x, y, batches, 0.1, 0.9)
+    torch_out = get_backend("torch", spec).sgd_steps(flat, velocity, x, y, batches, 0.1, 0.9)
+    np.testing.assert_allclose(np_out[0], torch_out[0], atol=1e-5)
+    np.testing.assert_allclose(np_out[1], torch_out[1], atol=1e-5)
+    assert np_out[2] == pytest.approx(torch_out[2], rel=1e-5)
+    assert get_backend("numpy", spec).evaluate(np_out[0], x, y) == pytest.approx(
+        get_backend("torch", spec).evaluate(np_out[0], x, y), rel=1e-5)
+
+
+def test_sgd_step_is_lr_times_gradient():
+    x, y, layers = _problem()
+    mlp = NumpyMLP(ModelSpec(layers))
+    flat = init_params(layers, 0)
+    _, grad = mlp.loss_and_grad(flat, x, y)
+    new, velocity, _ = mlp.sgd_steps(flat, None, x, y, [np.arange(len(y))], 0.5, 0.0)
+    assert velocity is None
+    np.testing.assert_allclose(new, flat - 0.5 * grad, atol=1e-7)
+
+
+def test_batch_schedule_epochs_and_steps():
+    rng = np.random.default_rng(0)
+    epochs = batch_indices(10, LocalSchedule(batch_size=4, local_epochs=2), rng)
+    assert [len(b) for b in epochs] == [4, 4, 2, 4, 4, 2]
+    assert sorted(np.concatenate(epochs[:3]).tolist()) == list(range(10))
+    steps = batch_indices(10, LocalSchedule(batch_size=4, local_steps=5), rng)
+    assert [len(b) for b in steps] == [4, 4, 2, 4, 4]
