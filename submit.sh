@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Submit nnlib's Spark job to a cluster.
+#
+#   ./submit.sh [--master URL] [--env-archive ENV.tar.gz] [spark-submit options ...] [-- nnlib arguments ...]
+#
+# Examples:
+#   ./submit.sh --master spark://head:7077 -- conf/mappers_8.yaml --set train.rounds=10
+#   ./submit.sh --master yarn --env-archive nnlib-env.tar.gz --executor-memory 4g -- conf/default.yaml
+#
+# What it does:
+#   * zips the nnlib package into build/nnlib.zip and ships it with --py-files, so the
+#     executors import the same code as the driver;
+#   * with --env-archive, ships a packed virtual environment (made with venv-pack or
+#     conda-pack, holding numpy, pyarrow, pydantic, pyyaml, scikit-learn) with --archives
+#     and points the executors' Python at it, as Spark's Python package management
+#     docs describe; without it, the nodes' own python3 must have those packages;
+#   * passes the master both to spark-submit and to the job (--set spark.master=URL), and
+#     every other option before `--` straight to spark-submit.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+master="${SPARK_MASTER:-local[*]}"
+env_archive=""
+spark_opts=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --master) master="$2"; shift 2 ;;
+    --master=*) master="${1#--master=}"; shift ;;
+    --env-archive) env_archive="$2"; shift 2 ;;
+    --env-archive=*) env_archive="${1#--env-archive=}"; shift ;;
+    --) shift; break ;;
+    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) spark_opts+=("$1"); shift ;;
+  esac
+done
+
+if ! command -v spark-submit >/dev/null 2>&1; then
+  echo "submit.sh: error: spark-submit not found on PATH (activate the virtual environment that has pyspark)" >&2
+  exit 2
+fi
+
+mkdir -p "$here/build"
+rm -f "$here/build/nnlib.zip"
+(cd "$here" && python3 - <<'PY'
+import pathlib, zipfile
+with zipfile.ZipFile("build/nnlib.zip", "w", zipfile.ZIP_DEFLATED) as z:
+    for path in sorted(pathlib.Path("nnlib").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            z.write(path)
+PY
+)
+
+extra=(--py-files "$here/build/nnlib.zip")
+if [[ -n "$env_archive" ]]; then
+  if [[ ! -f "$env_archive" ]]; then
+    echo "submit.sh: error: --env-archive: file $env_archive does not exist" >&2
+    exit 2
+  fi
+  extra+=(--archives "$env_archive#environment")
+  # The driver keeps the local interpreter; executors use the unpacked environment.
+  export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$(command -v python3)}"
+  export PYSPARK_PYTHON=./environment/bin/python
+fi
+
+exec spark-submit --master "$master" "${extra[@]}" \
+  --driver-java-options "-Dlog4j2.configurationFile=file://$here/nnlib/engines/log4j2.properties" \
+  "${spark_opts[@]}" "$here/jobs/model_avg.py" "$@" --set "spark.master=$master"

@@ -1,0 +1,105 @@
+"""The command line end to end: outputs of a run, and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnlib.cli import main
+from nnlib.outputs import MAPPER_COLUMNS, ROUND_COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ["--set", "engine=local", "--set", "train.rounds=3", "--set", "mappers=3", "--quiet"]
+
+
+def test_round_trip_on_digits(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(ROOT / "conf/default.yaml"), *QUICK, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("final_test_accuracy", "final_test_loss", "wall_seconds", "engine", "mappers", "combine", "rounds"):
+        assert key in summary
+    assert 0.9 <= summary["final_test_accuracy"] <= 1
+    assert (summary["engine"], summary["mappers"], summary["rounds"]) == ("local", 3, 3)
+
+    rounds = (out / "rounds.csv").read_text().splitlines()
+    assert rounds[0].split(",") == ROUND_COLUMNS and len(rounds) == 1 + 3
+    mappers = (out / "mapper_times.csv").read_text().splitlines()
+    assert mappers[0].split(",") == MAPPER_COLUMNS and len(mappers) == 1 + 3 * 3
+
+    with np.load(out / "model.npz", allow_pickle=False) as model:
+        assert model["layer0.weight"].shape == (64, 64) and model["layer1.bias"].shape == (10,)
+    config = (out / "config.yaml").read_text()
+    assert "engine: local" in config and "source: digits" in config
+    assert "final test accuracy" in capsys.readouterr().out
+
+
+def test_finished_run_is_not_overwritten_without_flag(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", *QUICK, "--set", "train.rounds=1", "--out", str(out)]
+    assert main(args) == 0
+    before = (out / "summary.json").read_bytes()
+    assert main(args) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert (out / "summary.json").read_bytes() == before
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_extends_layers_conf_files(tmp_path):
+    from nnlib.config import load_config
+
+    config = load_config(ROOT / "conf/mappers_8.yaml")
+    assert config.mappers == 8 and config.engine == "spark" and config.train.rounds == 5
+    for k in (1, 2, 4, 8):
+        assert load_config(ROOT / f"conf/mappers_{k}.yaml").mappers == k
+
+
+BAD = [
+    (["--set", "mapers=3"], "unknown config key 'mapers'; did you mean 'mappers'?"),
+    (["--set", "lr=0.1"], "did you mean 'train.lr'?"),
+    (["--set", "train.lr=0"], "config key 'train.lr': Input should be greater than 0, got 0"),
+    (["--set", "train.lr=-1"], "'train.lr'"),
+    (["--set", "train.batch_size=0"], "config key 'train.batch_size'"),
+    (["--set", "mappers=0"], "config key 'mappers': Input should be greater than or equal to 1, got 0"),
+    (["--set", "mappers=100000"], "mappers must be <= the number of training samples (1438), got 100000"),
+    (["--set", "train.rounds=two"], "config key 'train.rounds': Input should be a valid integer, got 'two'"),
+    (["--set", "engine=hadoop"], "config key 'engine': Input should be"),
+    (["--set", "model.activation=gelu"], "'relu', 'sigmoid' or 'tanh'"),
+    (["--set", "model.hidden=[0]"], "model.hidden: every layer size must be >= 1"),
+    (["--set", "mappers"], "--set expects key=value"),
+    (["--set", "data.source=/nonexistent/x.npz"], "data.source: file /nonexistent/x.npz does not exist"),
+    (["--set", "data.source=README.md"], "data.source: unknown kind of data source"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD, ids=[b[0][-1] for b in BAD])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    code = main(["run", *QUICK, *extra, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_bad_conf_files(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("train:\n  lr: [\n")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "typo.yaml").write_text("trian:\n  lr: 0.1\n")
+    cases = [("missing.yaml", "no such file"), ("bad.yaml", "not valid YAML"),
+             ("list.yaml", "expected a mapping"), ("typo.yaml", "unknown config key 'trian'")]
+    for name, message in cases:
+        assert main(["run", str(tmp_path / name), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert name in err and message in err and err.count("\n") == 1
+
+
+def test_process_exit_status_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "nnlib", "run", "--set", "train.batch_size=0",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("nnlib: error: --set: config key 'train.batch_size': "
+                                   "Input should be greater than or equal to 1, got 0")

@@ -1,0 +1,123 @@
+"""Every data source reads to the same arrays; partitions cover the data once."""
+
+import gzip
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nnlib.config import load_config
+from nnlib.data.dataset import build_shards, load_dataset
+from nnlib.data.partition import partition
+
+
+def _xy(n=30, f=4, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 50, size=(n, f)).astype(np.float64), np.arange(n) % k
+
+
+def _data_cfg(**kw):
+    return load_config(None, [f"data.{k}={v}" for k, v in kw.items()]).data
+
+
+def write_csv(path, x, y):
+    header = ",".join([f"f{i}" for i in range(x.shape[1])] + ["label"])
+    rows = [",".join([*(f"{v:g}" for v in xi), str(yi)]) for xi, yi in zip(x, y)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+
+
+def write_idx(path, array, code):
+    header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + array.tobytes()
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
+
+
+@pytest.fixture
+def sources(tmp_path):
+    x, y = _xy()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    write_csv(tmp_path / "d.csv", x, y)
+    cols = {f"f{i}": x[:, i] for i in range(x.shape[1])}
+    pq.write_table(pa.table({**cols, "label": y}), tmp_path / "d.parquet")
+    pq.write_table(pa.table({"pixels": x.tolist(), "label": y}), tmp_path / "list.parquet")
+    images = x.reshape(-1, 2, 2).astype(np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images, 0x08)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", y.astype(np.uint8), 0x08)
+    write_idx(tmp_path / "raw-images-idx3-ubyte", images, 0x08)
+    write_idx(tmp_path / "raw-labels-idx1-ubyte", y.astype(np.uint8), 0x08)
+    return tmp_path, x, y
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("d.npz", {}), ("d.csv", {}), ("d.parquet", {}), ("list.parquet", {"features_column": "pixels"}),
+    ("train-images-idx3-ubyte.gz", {}), ("raw-images-idx3-ubyte", {}),
+])
+def test_every_format_reads_the_same_data(sources, name, extra):
+    folder, x, y = sources
+    reference = load_dataset(_data_cfg(source=folder / "d.npz"), seed=1)
+    data = load_dataset(_data_cfg(source=folder / name, **extra), seed=1)
+    np.testing.assert_array_equal(data.x_train, reference.x_train)
+    np.testing.assert_array_equal(data.y_test, reference.y_test)
+    assert data.n_classes == 3
+
+
+def test_npz_with_its_own_test_set(tmp_path):
+    x, y = _xy()
+    np.savez(tmp_path / "t.npz", x=x[:20], y=y[:20], x_test=x[20:], y_test=y[20:])
+    data = load_dataset(_data_cfg(source=tmp_path / "t.npz"), seed=0)
+    assert len(data.y_train) == 20 and len(data.y_test) == 10
+
+
+def test_standardisation_uses_training_statistics_only():
+    data = load_dataset(_data_cfg(source="digits"), seed=0)
+    assert np.abs(data.x_train.mean(axis=0)).max() < 1e-5
+    stds = data.x_train.std(axis=0)
+    assert np.all((np.abs(stds - 1) < 1e-4) | (stds == 0))
+    assert np.abs(data.x_test.mean(axis=0)).max() > 1e-3  # not refitted on the test part
+
+
+def test_digits_split_sizes():
+    data = load_dataset(_data_cfg(source="digits", test_fraction=0.25), seed=0)
+    assert len(data.y_train) + len(data.y_test) == 1797
+    assert len(data.y_test) == round(1797 * 0.25)
+    assert data.n_features == 64 and data.n_classes == 10
+
+
+def test_synthetic_is_seeded_and_sized():
+    cfg = _data_cfg(source="synthetic", n_samples=500, n_features=7, n_classes=4)
+    a, b = load_dataset(cfg, seed=3), load_dataset(cfg, seed=3)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    assert a.n_features == 7 and a.n_classes == 4 and len(a.y_train) + len(a.y_test) == 500
+    assert not np.array_equal(a.x_train, load_dataset(cfg, seed=4).x_train)
+
+
+@pytest.mark.parametrize("scheme", ["random", "stratified", "contiguous"])
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_partition_covers_every_sample_once(scheme, k):
+    y = np.arange(100) % 4
+    parts = partition(y, k, scheme, seed=0)
+    assert len(parts) == k
+    assert sorted(np.concatenate(parts).tolist()) == list(range(100))
+    assert max(map(len, parts)) - min(map(len, parts)) <= (4 if scheme == "stratified" else 1)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, partition(y, k, scheme, seed=0)))
+
+
+def test_stratified_keeps_class_proportions():
+    y = np.repeat([0, 1, 2], [60, 30, 10])
+    for part in partition(y, 5, "stratified", seed=0):
+        assert np.bincount(y[part], minlength=3).tolist() == [12, 6, 2]
+
+
+def test_contiguous_keeps_file_order():
+    parts = partition(np.zeros(10, int), 3, "contiguous", seed=0)
+    assert [p.tolist() for p in parts] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+
+
+def test_shards_rebuilt_one_at_a_time_equal_shards_built_together():
+    cfg = _data_cfg(source="digits")
+    together = build_shards(cfg, 0, 4, [0, 1, 2, 3])
+    for shard in together:
+        alone = build_shards(cfg, 0, 4, [shard.index])[0]
+        np.testing.assert_array_equal(alone.x, shard.x)
+        np.testing.assert_array_equal(alone.y, shard.y)
