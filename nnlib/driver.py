@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -19,16 +20,15 @@ import numpy as np
 
 from nnlib.config import Config
 from nnlib.core.backends import get_backend
-from nnlib.core.combine import COMBINE_RULES, combine_average
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.params import LayerSpec, init_params, to_named
 from nnlib.core.train import LocalSchedule
 from nnlib.data.dataset import Dataset, build_shards, load_dataset
 from nnlib.data.partition import partition
 from nnlib.engines import make_engine
-from nnlib.errors import ConfigError, DivergenceError
+from nnlib.errors import ConfigError
 from nnlib.outputs import RunDir
-from nnlib.tasks import MapperResult, RoundPayload, train_shard
+from nnlib.tasks import RoundPayload, combine_results, train_shard
 from nnlib.timing import timed
 
 
@@ -66,23 +66,27 @@ def check_against_data(config: Config, data: Dataset, shard_sizes: list[int]) ->
              "each round; combine=sum_updates sums the changes instead")
 
 
-def _check_finite(results: list[MapperResult], round_index: int) -> None:
-    for res in results:
-        if not np.isfinite(res.params).all():
-            raise DivergenceError(f"round {round_index}: mapper {res.mapper} returned weights containing "
-                                  "NaN or inf (training diverged; try a smaller train.lr)")
+def with_absolute_paths(config: Config) -> Config:
+    """Make file data sources absolute, so workers with another working directory find them."""
+    update = {}
+    for key in ("source", "test_source", "labels", "test_labels"):
+        value = getattr(config.data, key)
+        if value is not None and (key != "source" or value not in ("digits", "synthetic")):
+            update[key] = str(Path(value).expanduser().absolute())
+    return config.model_copy(update={"data": config.data.model_copy(update=update)})
 
 
 def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print) -> RunResult:
     """Train as ``config`` says; write outputs to ``run_dir`` if given; return the final weights."""
     wall_start = time.perf_counter()
+    config = with_absolute_paths(config)
     data = load_dataset(config.data, config.seed)
     shard_sizes = [len(p) for p in partition(data.y_train, min(config.mappers, len(data.y_train)),
                                              config.data.partition, config.seed)]
     check_against_data(config, data, shard_sizes)
     spec = model_spec(config, data)
     backend = get_backend(config.model.backend, spec)
-    combine = COMBINE_RULES[config.combine]
+    reduce = partial(combine_results, rule=config.combine)
     schedule = LocalSchedule(config.train.batch_size, config.train.local_epochs, config.train.local_steps)
 
     params = init_params(spec.layers, config.seed)
@@ -99,12 +103,7 @@ def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print) -
             times: dict[str, float] = {}
             payload = RoundPayload(r, config.seed, params, velocity, spec, config.model.backend, schedule,
                                    config.train.lr, config.train.momentum)
-            results = engine.map(train_shard, payload, times)
-            _check_finite(results, r)
-            with timed(times, "combine"):
-                params = combine([(res.params, res.n_samples) for res in results], params)
-                if velocity is not None:
-                    velocity = combine_average([(res.velocity, res.n_samples) for res in results])
+            (params, velocity), results = engine.round(train_shard, payload, reduce, times)
             with timed(times, "evaluate"):
                 test_loss, test_acc = backend.evaluate(params, data.x_test, data.y_test)
             seconds = time.perf_counter() - round_start
@@ -116,6 +115,8 @@ def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print) -
                 "seconds": seconds,
                 **{f"{k}_seconds": times.get(k, 0.0) for k in ("broadcast", "wait", "combine", "evaluate")},
                 "max_mapper_seconds": max(mapper_secs), "median_mapper_seconds": statistics.median(mapper_secs),
+                # what the engine spent beyond the slowest mapper's training: launch, shipping, scheduling
+                "overhead_seconds": max(times.get("wait", 0.0) - max(mapper_secs), 0.0),
             }
             result.rounds.append(row)
             result.mapper_rows += [

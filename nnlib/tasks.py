@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from nnlib.core.backends import get_backend
+from nnlib.core.combine import COMBINE_RULES, combine_average
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.train import LocalSchedule, local_sgd
 from nnlib.data.dataset import Shard
+from nnlib.errors import DivergenceError
 
 
 @dataclass(frozen=True)
@@ -65,3 +67,27 @@ def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
                        payload.lr, payload.momentum, shard_rng(payload.seed, payload.round_index, shard.index))
     return MapperResult(shard.index, update.params, update.velocity, update.n_samples, update.train_loss,
                         update.steps, socket.gethostname(), os.getpid(), time.perf_counter() - start)
+
+
+def check_finite(results: list[MapperResult], round_index: int) -> None:
+    """Refuse a round in which any mapper's weights hold NaN or inf, naming the mapper."""
+    for res in results:
+        if not np.isfinite(res.params).all():
+            raise DivergenceError(f"round {round_index}: mapper {res.mapper} returned weights containing "
+                                  "NaN or inf (training diverged; try a smaller train.lr)")
+
+
+def combine_results(results: list[MapperResult], payload: RoundPayload, rule: str):
+    """The reduce step of a round: ``(params, velocity)`` combined from the mappers' results.
+
+    Results are combined in mapper order whatever order they arrived in, so
+    every engine adds the same numbers in the same order. Momentum buffers are
+    averaged.
+    """
+    results = sorted(results, key=lambda res: res.mapper)
+    check_finite(results, payload.round_index)
+    params = COMBINE_RULES[rule]([(res.params, res.n_samples) for res in results], payload.params)
+    velocity = None
+    if payload.velocity is not None:
+        velocity = combine_average([(res.velocity, res.n_samples) for res in results])
+    return params, velocity

@@ -69,6 +69,7 @@ BAD = [
     (["--set", "model.activation=gelu"], "'relu', 'sigmoid' or 'tanh'"),
     (["--set", "model.hidden=[0]"], "model.hidden: every layer size must be >= 1"),
     (["--set", "mappers"], "--set expects key=value"),
+    (["--set", "train.lr=1e4"], "round 0: mapper 0 returned weights containing NaN or inf"),
     (["--set", "data.source=/nonexistent/x.npz"], "data.source: file /nonexistent/x.npz does not exist"),
     (["--set", "data.source=README.md"], "data.source: unknown kind of data source"),
 ]
@@ -82,7 +83,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, extra
     assert code == 2
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert not out.exists()
+    assert not (out / "summary.json").exists() and not (out / "model.npz").exists()
+    if "NaN" not in message:  # refused before training: nothing written at all
+        assert not out.exists()
+
+
+def test_scientific_notation_is_a_number():
+    from nnlib.config import load_config
+
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 0.001
 
 
 def test_bad_conf_files(tmp_path, capsys):

@@ -135,14 +135,15 @@ class NumpyMLP:
         velocity = None if velocity is None else velocity.copy()
         lr, momentum = DTYPE(lr), DTYPE(momentum)
         loss_sum = 0.0
-        for idx in batches:
-            loss, grad = self.loss_and_grad(flat, x[idx], y[idx])
-            loss_sum += loss * len(idx)
-            if velocity is not None:
-                velocity *= momentum
-                velocity += grad
-                grad = velocity
-            flat -= lr * grad
+        with np.errstate(all="ignore"):  # divergence is reported by the caller, by round and mapper
+            for idx in batches:
+                loss, grad = self.loss_and_grad(flat, x[idx], y[idx])
+                loss_sum += loss * len(idx)
+                if velocity is not None:
+                    velocity *= momentum
+                    velocity += grad
+                    grad = velocity
+                flat -= lr * grad
         return flat, velocity, loss_sum
 
     def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol
 
 from nnlib.data.dataset import Shard
+from nnlib.timing import timed
 
 # Builds the shards with the given indices; runs wherever the engine keeps its data.
 ShardBuilder = Callable[[list[int]], list[Shard]]
@@ -21,8 +22,26 @@ class Engine(Protocol):
     def start(self, build_shards: ShardBuilder, n_shards: int) -> None:
         """Build and place the shards once, before the first round."""
 
-    def map(self, fn: Callable[[Shard, Any], Any], payload: Any, timings: dict) -> list:
-        """Run ``fn(shard, payload)`` on every shard; add 'broadcast' and 'wait' seconds to ``timings``."""
+    def round(self, fn: Callable[[Shard, Any], Any], payload: Any, reduce: Callable[[list, Any], Any],
+              timings: dict) -> tuple[Any, list]:
+        """Map ``fn(shard, payload)`` over the shards and reduce the results with ``reduce(results, payload)``.
+
+        Returns ``(reduced, results)``; adds 'broadcast', 'wait' and 'combine'
+        seconds to ``timings``. An engine whose reduce runs elsewhere (a Hadoop
+        reducer, an MPI collective) may return results without their weights.
+        """
 
     def stop(self) -> None:
         """Release what :meth:`start` acquired."""
+
+
+class MapThenReduce:
+    """For engines that collect every result to the driver and reduce there."""
+
+    def map(self, fn, payload, timings) -> list:
+        raise NotImplementedError
+
+    def round(self, fn, payload, reduce, timings):
+        results = self.map(fn, payload, timings)
+        with timed(timings, "combine"):
+            return reduce(results, payload), results

@@ -6,10 +6,11 @@ is plain sequential training.
 
 from __future__ import annotations
 
+from nnlib.engines.base import MapThenReduce
 from nnlib.timing import timed
 
 
-class LocalEngine:
+class LocalEngine(MapThenReduce):
     name = "local"
 
     def __init__(self):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nnlib import errors
 from nnlib.errors import EngineError
+from nnlib.engines.base import MapThenReduce
 from nnlib.timing import timed
 
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
@@ -60,7 +61,7 @@ def get_or_create_session(master: str, app_name: str, log_level: str):
     return session, True
 
 
-class SparkEngine:
+class SparkEngine(MapThenReduce):
     name = "spark"
 
     def __init__(self, master: str = "local[*]", app_name: str = "nnlib", log_level: str = "ERROR"):
