@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 
@@ -23,12 +22,12 @@ from nnlib.core.backends import get_backend
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.params import LayerSpec, init_params, to_named
 from nnlib.core.train import LocalSchedule
-from nnlib.data.dataset import Dataset, build_shards, load_dataset
+from nnlib.data.dataset import Dataset, ShardSource, load_dataset
 from nnlib.data.partition import partition
 from nnlib.engines import make_engine
 from nnlib.errors import ConfigError
 from nnlib.outputs import RunDir
-from nnlib.tasks import RoundPayload, combine_results, train_shard
+from nnlib.tasks import RoundPayload, RoundReducer, train_shard
 from nnlib.timing import timed
 
 
@@ -86,7 +85,7 @@ def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print) -
     check_against_data(config, data, shard_sizes)
     spec = model_spec(config, data)
     backend = get_backend(config.model.backend, spec)
-    reduce = partial(combine_results, rule=config.combine)
+    reduce = RoundReducer(config.combine)
     schedule = LocalSchedule(config.train.batch_size, config.train.local_epochs, config.train.local_steps)
 
     params = init_params(spec.layers, config.seed)
@@ -95,7 +94,7 @@ def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print) -
         run_dir.write_config(config.to_dict())
 
     engine = engine or make_engine(config)
-    engine.start(partial(build_shards, config.data, config.seed, config.mappers), config.mappers)
+    engine.start(ShardSource(config.data, config.seed, config.mappers))
     result = RunResult(params, {})
     try:
         for r in range(config.train.rounds):

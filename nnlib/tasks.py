@@ -77,17 +77,23 @@ def check_finite(results: list[MapperResult], round_index: int) -> None:
                                   "NaN or inf (training diverged; try a smaller train.lr)")
 
 
-def combine_results(results: list[MapperResult], payload: RoundPayload, rule: str):
-    """The reduce step of a round: ``(params, velocity)`` combined from the mappers' results.
+@dataclass(frozen=True)
+class RoundReducer:
+    """The reduce step of a round, named by its combine rule so any engine can ship it."""
 
-    Results are combined in mapper order whatever order they arrived in, so
-    every engine adds the same numbers in the same order. Momentum buffers are
-    averaged.
-    """
-    results = sorted(results, key=lambda res: res.mapper)
-    check_finite(results, payload.round_index)
-    params = COMBINE_RULES[rule]([(res.params, res.n_samples) for res in results], payload.params)
-    velocity = None
-    if payload.velocity is not None:
-        velocity = combine_average([(res.velocity, res.n_samples) for res in results])
-    return params, velocity
+    rule: str
+
+    def __call__(self, results: list[MapperResult], payload: RoundPayload):
+        """Return ``(params, velocity)`` combined from the mappers' results.
+
+        Results are combined in mapper order whatever order they arrived in, so
+        every engine adds the same numbers in the same order. Momentum buffers
+        are averaged.
+        """
+        results = sorted(results, key=lambda res: res.mapper)
+        check_finite(results, payload.round_index)
+        params = COMBINE_RULES[self.rule]([(res.params, res.n_samples) for res in results], payload.params)
+        velocity = None
+        if payload.velocity is not None:
+            velocity = combine_average([(res.velocity, res.n_samples) for res in results])
+        return params, velocity

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nnlib.config import load_config
-from nnlib.data.dataset import build_shards, load_dataset
+from nnlib.data.dataset import ShardSource, load_dataset
 from nnlib.data.partition import partition
 
 
@@ -116,8 +116,9 @@ def test_contiguous_keeps_file_order():
 
 def test_shards_rebuilt_one_at_a_time_equal_shards_built_together():
     cfg = _data_cfg(source="digits")
-    together = build_shards(cfg, 0, 4, [0, 1, 2, 3])
+    source = ShardSource(cfg, seed=0, mappers=4)
+    together = source.build([0, 1, 2, 3])
     for shard in together:
-        alone = build_shards(cfg, 0, 4, [shard.index])[0]
+        alone = source.build([shard.index])[0]
         np.testing.assert_array_equal(alone.x, shard.x)
         np.testing.assert_array_equal(alone.y, shard.y)

@@ -15,6 +15,7 @@ import numpy as np
 
 from nnlib.config import DataConfig
 from nnlib.data import sources
+from nnlib.data.partition import partition
 from nnlib.errors import DataError
 
 
@@ -146,10 +147,16 @@ class Shard:
         return int(self.y.shape[0])
 
 
-def build_shards(cfg: DataConfig, seed: int, mappers: int, indices: list[int]) -> list[Shard]:
-    """Load the data once and cut out the shards ``indices`` of ``mappers``; what a worker runs."""
-    from nnlib.data.partition import partition
+@dataclass(frozen=True)
+class ShardSource:
+    """The recipe for the shards: plain data that any engine can ship to its workers."""
 
-    data = load_dataset(cfg, seed)
-    parts = partition(data.y_train, mappers, cfg.partition, seed)
-    return [Shard(i, data.x_train[parts[i]], data.y_train[parts[i]]) for i in indices]
+    data: DataConfig
+    seed: int
+    mappers: int
+
+    def build(self, indices: list[int]) -> list[Shard]:
+        """Load the data once and cut out the shards ``indices``; what a worker runs."""
+        dataset = load_dataset(self.data, self.seed)
+        parts = partition(dataset.y_train, self.mappers, self.data.partition, self.seed)
+        return [Shard(i, dataset.x_train[parts[i]], dataset.y_train[parts[i]]) for i in indices]

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-from nnlib.data.dataset import Shard
+from nnlib.data.dataset import Shard, ShardSource
 from nnlib.timing import timed
-
-# Builds the shards with the given indices; runs wherever the engine keeps its data.
-ShardBuilder = Callable[[list[int]], list[Shard]]
 
 
 class Engine(Protocol):
     name: str
 
-    def start(self, build_shards: ShardBuilder, n_shards: int) -> None:
-        """Build and place the shards once, before the first round."""
+    def start(self, source: ShardSource) -> None:
+        """Build and place the ``source.mappers`` shards once, before the first round."""
 
     def round(self, fn: Callable[[Shard, Any], Any], payload: Any, reduce: Callable[[list, Any], Any],
               timings: dict) -> tuple[Any, list]:

@@ -16,8 +16,8 @@ class LocalEngine(MapThenReduce):
     def __init__(self):
         self.shards = []
 
-    def start(self, build_shards, n_shards):
-        self.shards = build_shards(list(range(n_shards)))
+    def start(self, source):
+        self.shards = source.build(list(range(source.mappers)))
 
     def map(self, fn, payload, timings):
         timings.setdefault("broadcast", 0.0)

@@ -70,7 +70,7 @@ class SparkEngine(MapThenReduce):
         self._owns_session = False
         self._shards = None
 
-    def start(self, build_shards, n_shards):
+    def start(self, source):
         try:
             self.session, self._owns_session = get_or_create_session(self.master, self.app_name, self.log_level)
         except Exception as exc:  # the JVM failed to start: no Java, bad master URL, ...
@@ -78,8 +78,8 @@ class SparkEngine(MapThenReduce):
             raise EngineError(f"spark.master {self.master!r}: could not start Spark ({first})") from None
         sc = self.session.sparkContext
         # range(n) in n slices puts shard i alone in partition i.
-        self._shards = sc.parallelize(range(n_shards), n_shards).mapPartitions(
-            lambda indices: iter(build_shards(list(indices)))).cache()
+        self._shards = sc.parallelize(range(source.mappers), source.mappers).mapPartitions(
+            lambda indices: iter(source.build(list(indices)))).cache()
         try:
             self._shards.count()  # build and cache the shards now, not inside round 0's timing
         except Exception as exc:
