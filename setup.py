@@ -3,6 +3,7 @@
 from setuptools import find_packages, setup
 
 TORCH = "torch==2.13.0"  # pinned: a newer or unpinned torch pulls several GB of CUDA packages
+MRJOB = "mrjob==0.7.4"  # its last release; imports on Python <= 3.12 only
 
 setup(
     name="nnlib",
@@ -23,7 +24,8 @@ setup(
     ],
     extras_require={
         "torch": [TORCH],
-        "test": [TORCH, "pytest>=8"],
+        "mrjob": [MRJOB],
+        "test": [TORCH, MRJOB, "pytest>=8"],
     },
     entry_points={"console_scripts": ["nnlib=nnlib.cli:entry_point"]},
 )

@@ -86,8 +86,13 @@ class SparkConfig(_Section):
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "ERROR"
 
 
+class MrjobConfig(_Section):
+    runner: Literal["inline", "local", "hadoop", "emr"] = "local"
+    args: list[str] = Field(default_factory=list)
+
+
 class Config(_Section):
-    engine: Literal["local", "spark"] = "local"
+    engine: Literal["local", "spark", "mrjob"] = "local"
     mappers: int = Field(4, ge=1)
     combine: Literal["average", "weighted", "sum", "sum_updates"] = "average"
     seed: int = 0
@@ -95,6 +100,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     spark: SparkConfig = SparkConfig()
+    mrjob: MrjobConfig = MrjobConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="python")

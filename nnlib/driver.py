@@ -49,6 +49,22 @@ def model_spec(config: Config, data: Dataset) -> ModelSpec:
     return ModelSpec(layers, config.model.activation, config.model.loss, config.model.l2)
 
 
+def make_payload(config: Config, spec: ModelSpec, round_index: int, params, velocity) -> RoundPayload:
+    """What the mappers need for round ``round_index``."""
+    schedule = LocalSchedule(config.train.batch_size, config.train.local_epochs, config.train.local_steps)
+    return RoundPayload(round_index, config.seed, params, velocity, spec, config.model.backend, schedule,
+                        config.train.lr, config.train.momentum)
+
+
+def initial_payload(config: Config, data: Dataset | None = None) -> RoundPayload:
+    """Round 0's payload: the seeded initial weights and, with momentum, a zero buffer."""
+    data = data if data is not None else load_dataset(config.data, config.seed)
+    spec = model_spec(config, data)
+    params = init_params(spec.layers, config.seed)
+    velocity = np.zeros_like(params) if config.train.momentum > 0 else None
+    return make_payload(config, spec, 0, params, velocity)
+
+
 def check_against_data(config: Config, data: Dataset, shard_sizes: list[int]) -> None:
     """Refuse settings the data cannot support; warn about pointless ones."""
     n_train = len(data.y_train)
@@ -83,13 +99,10 @@ def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print) -
     shard_sizes = [len(p) for p in partition(data.y_train, min(config.mappers, len(data.y_train)),
                                              config.data.partition, config.seed)]
     check_against_data(config, data, shard_sizes)
-    spec = model_spec(config, data)
+    start = initial_payload(config, data)
+    spec, params, velocity = start.model, start.params, start.velocity
     backend = get_backend(config.model.backend, spec)
     reduce = RoundReducer(config.combine)
-    schedule = LocalSchedule(config.train.batch_size, config.train.local_epochs, config.train.local_steps)
-
-    params = init_params(spec.layers, config.seed)
-    velocity = np.zeros_like(params) if config.train.momentum > 0 else None
     if run_dir is not None:
         run_dir.write_config(config.to_dict())
 
@@ -100,8 +113,7 @@ def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print) -
         for r in range(config.train.rounds):
             round_start = time.perf_counter()
             times: dict[str, float] = {}
-            payload = RoundPayload(r, config.seed, params, velocity, spec, config.model.backend, schedule,
-                                   config.train.lr, config.train.momentum)
+            payload = make_payload(config, spec, r, params, velocity)
             (params, velocity), results = engine.round(train_shard, payload, reduce, times)
             with timed(times, "evaluate"):
                 test_loss, test_acc = backend.evaluate(params, data.x_test, data.y_test)

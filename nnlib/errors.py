@@ -5,6 +5,8 @@ process exits with status 2: the message names the key or file, what is
 allowed, and what was given.
 """
 
+import re
+
 
 class NnlibError(Exception):
     """A problem with the user's input or environment, reported in one line."""
@@ -24,3 +26,25 @@ class DivergenceError(NnlibError):
 
 class EngineError(NnlibError):
     """An engine (Spark, mrjob, MPI) failed; the message carries the tail of its log."""
+
+
+_NNLIB_ERROR = re.compile(r"nnlib\.errors\.(\w+): (.*)")
+_ANY_ERROR = re.compile(r"\s*\w+(\.\w+)*(Error|Exception): ")
+
+
+def error_from_text(text: str, engine: str, what: str) -> NnlibError:
+    """Turn the log of a failed engine job into a one-line error.
+
+    An nnlib error raised inside a worker (a data file the worker cannot read,
+    a diverged mapper) comes back as the same error; anything else becomes an
+    :class:`EngineError` carrying the last error line of the worker's log.
+    """
+    found = _NNLIB_ERROR.findall(text)
+    if found:
+        name, message = found[-1]
+        cls = globals().get(name)
+        if isinstance(cls, type) and issubclass(cls, NnlibError):
+            return cls(message.strip())
+    lines = [ln.strip() for ln in text.splitlines() if _ANY_ERROR.match(ln)]
+    detail = lines[-1] if lines else (text.strip().splitlines() or ["no log"])[0]
+    return EngineError(f"{engine}: {what} failed: {detail[:400]}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nnlib.config import Config
 
-ENGINES = ("local", "spark")
+ENGINES = ("local", "spark", "mrjob")
 
 
 def make_engine(config: Config):
@@ -17,4 +17,8 @@ def make_engine(config: Config):
         from nnlib.engines.spark import SparkEngine
 
         return SparkEngine(config.spark.master, config.spark.app_name, config.spark.log_level)
+    if config.engine == "mrjob":
+        from nnlib.engines.mrjob_engine import MrjobEngine
+
+        return MrjobEngine(config, config.mrjob.runner, config.mrjob.args)
     raise ValueError(f"engine must be one of {ENGINES}, got {config.engine!r}")

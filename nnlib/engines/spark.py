@@ -11,35 +11,14 @@ deterministic recipe and re-runs the task, which reproduces its result.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 
-from nnlib import errors
-from nnlib.errors import EngineError
+from nnlib.errors import EngineError, error_from_text
 from nnlib.engines.base import MapThenReduce
 from nnlib.timing import timed
 
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
-
-
-_NNLIB_ERROR = re.compile(r"nnlib\.errors\.(\w+): (.*)")
-
-
-def _reraise(exc: Exception, what: str):
-    """Turn a failed Spark job into a one-line error.
-
-    An nnlib error raised inside an executor (say, a data file a worker cannot
-    read) comes back as the same error; anything else as an EngineError with
-    the last line of the Python traceback that Spark reports.
-    """
-    text = str(exc)
-    match = _NNLIB_ERROR.search(text)
-    if match and isinstance(getattr(errors, match.group(1), None), type):
-        raise getattr(errors, match.group(1))(match.group(2)) from None
-    lines = [ln.strip() for ln in text.splitlines() if re.match(r"\s*\w+(\.\w+)*(Error|Exception): ", ln)]
-    detail = lines[-1] if lines else (text.strip().splitlines() or [type(exc).__name__])[0]
-    raise EngineError(f"spark: {what} failed: {detail[:400]}") from None
 
 
 def get_or_create_session(master: str, app_name: str, log_level: str):
@@ -83,7 +62,7 @@ class SparkEngine(MapThenReduce):
         try:
             self._shards.count()  # build and cache the shards now, not inside round 0's timing
         except Exception as exc:
-            _reraise(exc, "building the shards")
+            raise error_from_text(str(exc), "spark", "building the shards") from None
 
     def map(self, fn, payload, timings):
         sc = self.session.sparkContext
@@ -93,7 +72,7 @@ class SparkEngine(MapThenReduce):
             with timed(timings, "wait"):
                 return self._shards.map(lambda shard: fn(shard, shared.value)).collect()
         except Exception as exc:
-            _reraise(exc, "a training round")
+            raise error_from_text(str(exc), "spark", f"round {payload.round_index}") from None
         finally:
             shared.destroy()
 

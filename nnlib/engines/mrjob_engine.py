@@ -1,0 +1,147 @@
+"""The mrjob engine: one Hadoop streaming job per round (``jobs/mr_model_avg.py``).
+
+Input is one gzipped file per shard holding that shard's index: gzipped files
+are never split, so every runner (inline, local, hadoop, emr) starts exactly
+one map task per shard. The round's payload (the weights) is written to an
+``.npz`` file and uploaded to every task with mrjob's file upload; the
+reducer combines with nnlib's combine rules and the driver reads back the
+combined weights and every mapper's timing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import importlib.util
+import shutil
+import sys
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from nnlib.errors import EngineError, error_from_text
+from nnlib.tasks import MapperResult
+from nnlib.timing import timed
+
+RUNNERS = ("inline", "local", "hadoop", "emr")
+JOB_FILE = Path(__file__).resolve().parents[2] / "jobs" / "mr_model_avg.py"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+class _NoConfigNote(logging.Filter):
+    """Drop mrjob's 'No configs specified for X runner': running without mrjob.conf is normal here."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("No configs specified")
+
+
+def import_mrjob():
+    """Import mrjob quietly; explain in one line where it cannot be imported at all."""
+    logging.getLogger("mrjob.conf").addFilter(_NoConfigNote())
+    try:
+        with warnings.catch_warnings():
+            # mrjob 0.7.4 (2020) imports modules that Python 3.11 deprecates (pipes, distutils)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import mrjob.job  # noqa: F401
+    except ImportError as exc:
+        version = ".".join(map(str, sys.version_info[:3]))
+        raise EngineError(
+            f"engine=mrjob needs mrjob 0.7.4, which cannot be imported on Python {version} ({exc}); "
+            "install it with pip install -e '.[mrjob]' on Python 3.11 or older") from None
+
+
+def load_job_class():
+    """The MRJob class from jobs/mr_model_avg.py of the source tree."""
+    import_mrjob()
+    if not JOB_FILE.is_file():
+        raise EngineError(f"engine=mrjob: job file {JOB_FILE} not found (install nnlib from a source "
+                          "checkout with pip install -e .)")
+    spec = importlib.util.spec_from_file_location("mr_model_avg", JOB_FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # mrjob finds the script to run through the class's module
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        spec.loader.exec_module(module)
+    return module.MRModelAvg
+
+
+def zip_package(dest: Path) -> Path:
+    """nnlib as a zip for mrjob's --py-files, so tasks import the driver's exact code."""
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(PACKAGE_DIR.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                z.write(path, path.relative_to(PACKAGE_DIR.parent))
+    return dest
+
+
+class MrjobEngine:
+    name = "mrjob"
+
+    def __init__(self, config, runner: str = "local", extra_args: list[str] = ()):
+        if runner not in RUNNERS:
+            raise EngineError(f"mrjob.runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
+        self.config, self.runner, self.extra_args = config, runner, list(extra_args)
+        self.map_tasks: list[int] = []  # map tasks started, per round (from the job's counter)
+        self._dir: Path | None = None
+
+    def start(self, source):
+        self._job_class = load_job_class()
+        self._dir = Path(tempfile.mkdtemp(prefix="nnlib-mrjob-"))
+        self._inputs = []
+        for i in range(source.mappers):
+            path = self._dir / f"shard-{i:05d}.gz"
+            with gzip.open(path, "wt") as f:
+                f.write(f"{i}\n")
+            self._inputs.append(str(path))
+        conf = self.config.to_dict()
+        conf.update(mappers=source.mappers, seed=source.seed, data=source.data.model_dump())
+        self._conf = self._dir / "config.yaml"
+        self._conf.write_text(yaml.safe_dump(conf, sort_keys=False))
+        self._py_files = [] if self.runner == "inline" else ["--py-files", str(zip_package(self._dir / "nnlib.zip"))]
+
+    def round(self, fn, payload, reduce, timings):
+        from nnlib.wire import decode_array, payload_to_bytes
+
+        with timed(timings, "broadcast"):
+            path = self._dir / f"payload-{payload.round_index:05d}.npz"
+            path.write_bytes(payload_to_bytes(payload))
+        args = ["-r", self.runner, "--nnlib-conf", str(self._conf), "--payload", str(path),
+                "--set", f"combine={reduce.rule}", *self._py_files, *self.extra_args, *self._inputs]
+        job = self._job_class(args=args)
+        with timed(timings, "wait"):
+            try:
+                with warnings.catch_warnings(), job.make_runner() as runner:
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    runner.run()
+                    records = list(job.parse_output(runner.cat_output()))
+                    counters = runner.counters()
+            except Exception as exc:
+                raise self._error(exc, payload.round_index) from None
+        self.map_tasks.append(sum(c.get("nnlib", {}).get("map_tasks", 0) for c in counters))
+        combined = next(v for k, v in records if k == "combined")
+        timings["combine"] = combined["combine_seconds"]
+        results = [MapperResult(params=None, velocity=None, **v) for k, v in records if k == "mapper"]
+        return (decode_array(combined["params"]), decode_array(combined["velocity"])), results
+
+    def _error(self, exc: Exception, round_index: int) -> Exception:
+        """One line for a failed job: an nnlib error from a task as itself, else the task's last error line."""
+        return error_from_text(str(exc) + "\n" + _task_stderr(exc), f"mrjob ({self.runner} runner)",
+                               f"round {round_index}")
+
+    def stop(self):
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def _task_stderr(exc: Exception) -> str:
+    """The stderr text a failed mrjob task left, when the exception carries it."""
+    parts = []
+    for attr in ("reason", "stderr", "output"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, (str, bytes)):
+            parts.append(value.decode(errors="replace") if isinstance(value, bytes) else value)
+    return "\n".join(parts)

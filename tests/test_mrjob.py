@@ -1,0 +1,85 @@
+"""The mrjob engine with mrjob's real inline and local runners, against the local engine."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnlib.cli import main
+from nnlib.driver import run
+from nnlib.engines.mrjob_engine import MrjobEngine
+from nnlib.wire import decode_array
+
+from conftest import small_config
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = dict(log=lambda _msg: None)
+
+
+@pytest.mark.parametrize("runner", ["inline", "local"])
+def test_mrjob_equals_local_engine(runner):
+    config = small_config("mappers=3", "train.rounds=2", "train.momentum=0.5")
+    reference = run(config, **QUIET)
+    mr_config = config.model_copy(update={"engine": "mrjob"})
+    engine = MrjobEngine(mr_config, runner)
+    result = run(mr_config, engine=engine, **QUIET)
+    assert np.abs(result.params - reference.params).max() <= 1e-6
+    assert engine.map_tasks == [3, 3]  # exactly one map task per shard, every round
+    assert len(result.mapper_rows) == 6
+    assert [r["n_samples"] for r in result.mapper_rows] == [r["n_samples"] for r in reference.mapper_rows]
+    if runner == "local":  # map tasks are separate processes
+        assert len({r["pid"] for r in result.mapper_rows}) == 6 and os.getpid() not in {
+            r["pid"] for r in result.mapper_rows}
+
+
+def test_cli_mrjob_run_writes_the_usual_outputs(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", str(ROOT / "conf/default.yaml"), "--set", "engine=mrjob", "--set", "mappers=3",
+            "--set", "train.rounds=2", "--set", "mrjob.runner=local", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"] == "mrjob" and summary["final_test_accuracy"] > 0.9
+    assert len((out / "mapper_times.csv").read_text().splitlines()) == 1 + 6
+    rounds = (out / "rounds.csv").read_text().splitlines()
+    assert len(rounds) == 3 and "overhead_seconds" in rounds[0]
+
+
+def test_bad_runner_is_a_one_line_error(tmp_path, capsys):
+    assert main(["run", "--set", "engine=mrjob", "--set", "mrjob.runner=yarn", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "config key 'mrjob.runner': Input should be 'inline', 'local', 'hadoop' or 'emr', got 'yarn'" in err
+    assert err.count("\n") == 1
+
+
+def test_job_file_runs_on_its_own_for_one_round(tmp_path):
+    shards = tmp_path / "shards.txt"
+    shards.write_text("0\n1\n2\n")
+    conf = tmp_path / "conf.yaml"
+    conf.write_text("mappers: 3\nmodel:\n  hidden: [16]\nseed: 7\n")
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "jobs/mr_model_avg.py", "-r", "local", "--nnlib-conf", str(conf),
+                           str(shards)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [line.split("\t", 1) for line in proc.stdout.splitlines()]
+    combined = next(json.loads(v) for k, v in records if json.loads(k) == "combined")
+    mappers = [json.loads(v) for k, v in records if json.loads(k) == "mapper"]
+    assert [m["mapper"] for m in mappers] == [0, 1, 2]
+
+    from nnlib.config import load_config
+
+    one_round = run(load_config(conf, ["train.rounds=1"]), **QUIET)
+    np.testing.assert_array_equal(decode_array(combined["params"]), one_round.params)
+
+
+def test_unimportable_mrjob_names_the_python_version(tmp_path):
+    code = ("import sys; sys.modules['mrjob'] = None; from nnlib.cli import main; "
+            f"sys.exit(main(['run', '--set', 'engine=mrjob', '--out', {str(tmp_path / 'o')!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    version = ".".join(map(str, sys.version_info[:3]))
+    assert f"cannot be imported on Python {version}" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
