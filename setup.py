@@ -4,6 +4,7 @@ from setuptools import find_packages, setup
 
 TORCH = "torch==2.13.0"  # pinned: a newer or unpinned torch pulls several GB of CUDA packages
 MRJOB = "mrjob==0.7.4"  # its last release; imports on Python <= 3.12 only
+MPI = ["mpi4py>=4", "openmpi>=5"]  # the openmpi package brings mpiexec into the environment
 
 setup(
     name="nnlib",
@@ -25,7 +26,8 @@ setup(
     extras_require={
         "torch": [TORCH],
         "mrjob": [MRJOB],
-        "test": [TORCH, MRJOB, "pytest>=8"],
+        "mpi": MPI,
+        "test": [TORCH, MRJOB, *MPI, "pytest>=8"],
     },
     entry_points={"console_scripts": ["nnlib=nnlib.cli:entry_point"]},
 )

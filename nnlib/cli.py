@@ -13,6 +13,13 @@ from pathlib import Path
 from nnlib.errors import NnlibError
 
 
+def build_run_parser(prog: str) -> argparse.ArgumentParser:
+    """The parser of the job scripts, which take ``run``'s arguments directly."""
+    parser = argparse.ArgumentParser(prog=prog, description="Distributed batch training of MLPs.")
+    add_run_arguments(parser)
+    return parser
+
+
 def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Distributed batch training of MLPs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +45,10 @@ def run_command(args: argparse.Namespace) -> int:
 
     conf = args.conf if args.conf is not None else default_conf_path()
     config = load_config(conf, args.overrides)
+    if config.engine == "mpi":
+        from nnlib.engines.mpi import launch_or_run
+
+        return launch_or_run(config, args)
     run_dir = RunDir(Path(args.out) if args.out else default_run_dir(), overwrite=args.overwrite)
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     log(f"nnlib: engine={config.engine} mappers={config.mappers} combine={config.combine} "

@@ -37,6 +37,9 @@ def _yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
+SYNC_ENGINES = ("local", "mpi")  # engines that can average gradients every mini-batch
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -78,6 +81,9 @@ class TrainConfig(_Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
+    lr_scaling: Literal["none", "linear"] = "none"
+    warmup_epochs: int = Field(0, ge=0)
+    sync_rounds: int = Field(0, ge=0)
 
 
 class SparkConfig(_Section):
@@ -86,21 +92,37 @@ class SparkConfig(_Section):
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "ERROR"
 
 
+class MpiConfig(_Section):
+    collective: Literal["allreduce", "allgather"] = "allreduce"
+    launcher: list[str] = Field(default_factory=lambda: ["mpiexec"])
+    args: list[str] = Field(default_factory=list)
+
+
 class MrjobConfig(_Section):
     runner: Literal["inline", "local", "hadoop", "emr"] = "local"
     args: list[str] = Field(default_factory=list)
 
 
 class Config(_Section):
-    engine: Literal["local", "spark", "mrjob"] = "local"
+    engine: Literal["local", "spark", "mrjob", "mpi"] = "local"
     mappers: int = Field(4, ge=1)
-    combine: Literal["average", "weighted", "sum", "sum_updates"] = "average"
+    combine: Literal["average", "weighted", "sum", "sum_updates", "gradient"] = "average"
     seed: int = 0
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     spark: SparkConfig = SparkConfig()
     mrjob: MrjobConfig = MrjobConfig()
+    mpi: MpiConfig = MpiConfig()
+
+    @model_validator(mode="after")
+    def _sync_needs_a_synchronous_engine(self):
+        sync = self.combine == "gradient" or self.train.sync_rounds > 0
+        if sync and self.engine not in SYNC_ENGINES:
+            what = "combine=gradient" if self.combine == "gradient" else f"train.sync_rounds={self.train.sync_rounds}"
+            raise ValueError(f"{what} syncs every mini-batch and needs engine {' or '.join(SYNC_ENGINES)}, "
+                             f"got engine={self.engine}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="python")

@@ -21,7 +21,7 @@ from nnlib.config import Config
 from nnlib.core.backends import get_backend
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.params import LayerSpec, init_params, to_named
-from nnlib.core.train import LocalSchedule
+from nnlib.core.train import LocalSchedule, sync_learning_rates, sync_steps_per_epoch
 from nnlib.data.dataset import Dataset, ShardSource, load_dataset
 from nnlib.data.partition import partition
 from nnlib.engines import make_engine
@@ -49,11 +49,25 @@ def model_spec(config: Config, data: Dataset) -> ModelSpec:
     return ModelSpec(layers, config.model.activation, config.model.loss, config.model.l2)
 
 
-def make_payload(config: Config, spec: ModelSpec, round_index: int, params, velocity) -> RoundPayload:
+def make_payload(config: Config, spec: ModelSpec, round_index: int, params, velocity,
+                 sync_lrs: np.ndarray | None = None) -> RoundPayload:
     """What the mappers need for round ``round_index``."""
     schedule = LocalSchedule(config.train.batch_size, config.train.local_epochs, config.train.local_steps)
     return RoundPayload(round_index, config.seed, params, velocity, spec, config.model.backend, schedule,
-                        config.train.lr, config.train.momentum)
+                        config.train.lr, config.train.momentum, sync_lrs)
+
+
+def is_sync_round(config: Config, round_index: int) -> bool:
+    """Synchronous gradient averaging this round? (Always with combine=gradient; the first
+    ``train.sync_rounds`` rounds otherwise: post-local SGD.)"""
+    return config.combine == "gradient" or round_index < config.train.sync_rounds
+
+
+def sync_schedule(config: Config, smallest_shard: int) -> tuple[int, int]:
+    """``(steps per synchronous round, warm-up steps)``."""
+    per_epoch = sync_steps_per_epoch(smallest_shard, config.train.batch_size)
+    steps = config.train.local_steps or config.train.local_epochs * per_epoch
+    return steps, config.train.warmup_epochs * per_epoch
 
 
 def initial_payload(config: Config, data: Dataset | None = None) -> RoundPayload:
@@ -65,7 +79,7 @@ def initial_payload(config: Config, data: Dataset | None = None) -> RoundPayload
     return make_payload(config, spec, 0, params, velocity)
 
 
-def check_against_data(config: Config, data: Dataset, shard_sizes: list[int]) -> None:
+def check_against_data(config: Config, data: Dataset, shard_sizes: list[int], warn=warn) -> None:
     """Refuse settings the data cannot support; warn about pointless ones."""
     n_train = len(data.y_train)
     if config.mappers > n_train:
@@ -79,6 +93,19 @@ def check_against_data(config: Config, data: Dataset, shard_sizes: list[int]) ->
     if config.combine == "sum" and config.mappers > 1 and config.train.rounds > 1:
         warn(f"combine=sum over {config.train.rounds} rounds scales the weights by about {config.mappers} "
              "each round; combine=sum_updates sums the changes instead")
+    sync = config.combine == "gradient" or config.train.sync_rounds > 0
+    global_batch = config.mappers * config.train.batch_size
+    if sync and global_batch > n_train:
+        warn(f"the global batch (mappers x train.batch_size = {global_batch}) is larger than the training "
+             f"set ({n_train} samples)")
+    elif sync and global_batch > 1024:
+        warn(f"the global batch (mappers x train.batch_size = {global_batch}) is past 1024, "
+             "where larger batches stop paying")
+    if not sync and (config.train.lr_scaling != "none" or config.train.warmup_epochs):
+        warn("train.lr_scaling and train.warmup_epochs apply to synchronous rounds only "
+             "(combine=gradient or train.sync_rounds); they have no effect here")
+    elif config.train.warmup_epochs and config.train.lr_scaling == "none":
+        warn("train.warmup_epochs has no effect without train.lr_scaling=linear (it ramps up to the scaled rate)")
 
 
 def with_absolute_paths(config: Config) -> Config:
@@ -91,18 +118,23 @@ def with_absolute_paths(config: Config) -> Config:
     return config.model_copy(update={"data": config.data.model_copy(update=update)})
 
 
-def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print) -> RunResult:
-    """Train as ``config`` says; write outputs to ``run_dir`` if given; return the final weights."""
+def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print, warn=warn) -> RunResult:
+    """Train as ``config`` says; write outputs to ``run_dir`` if given; return the final weights.
+
+    ``log`` receives the progress lines and ``warn`` the warnings (an MPI rank
+    other than 0 passes functions that drop them).
+    """
     wall_start = time.perf_counter()
     config = with_absolute_paths(config)
     data = load_dataset(config.data, config.seed)
     shard_sizes = [len(p) for p in partition(data.y_train, min(config.mappers, len(data.y_train)),
                                              config.data.partition, config.seed)]
-    check_against_data(config, data, shard_sizes)
+    check_against_data(config, data, shard_sizes, warn)
     start = initial_payload(config, data)
     spec, params, velocity = start.model, start.params, start.velocity
     backend = get_backend(config.model.backend, spec)
     reduce = RoundReducer(config.combine)
+    sync_steps, warmup_steps = sync_schedule(config, min(shard_sizes))
     if run_dir is not None:
         run_dir.write_config(config.to_dict())
 
@@ -113,8 +145,14 @@ def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print) -
         for r in range(config.train.rounds):
             round_start = time.perf_counter()
             times: dict[str, float] = {}
-            payload = make_payload(config, spec, r, params, velocity)
-            (params, velocity), results = engine.round(train_shard, payload, reduce, times)
+            if is_sync_round(config, r):
+                lrs = sync_learning_rates(r, sync_steps, config.train.lr, config.mappers,
+                                          config.train.lr_scaling, warmup_steps)
+                payload = make_payload(config, spec, r, params, velocity, lrs)
+                (params, velocity), results = engine.sync_round(payload, times)
+            else:
+                payload = make_payload(config, spec, r, params, velocity)
+                (params, velocity), results = engine.round(train_shard, payload, reduce, times)
             with timed(times, "evaluate"):
                 test_loss, test_acc = backend.evaluate(params, data.x_test, data.y_test)
             seconds = time.perf_counter() - round_start
@@ -132,7 +170,8 @@ def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print) -
             result.rounds.append(row)
             result.mapper_rows += [
                 {"round": r, "mapper": res.mapper, "host": res.host, "pid": res.pid, "n_samples": res.n_samples,
-                 "steps": res.steps, "train_loss": res.train_loss, "train_seconds": res.train_seconds}
+                 "steps": res.steps, "train_loss": res.train_loss, "train_seconds": res.train_seconds,
+                 "comm_seconds": res.comm_seconds}
                 for res in results]
             if run_dir is not None:
                 run_dir.write_tables(result.rounds, result.mapper_rows)

@@ -13,13 +13,14 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from nnlib.core.backends import get_backend
 from nnlib.core.combine import COMBINE_RULES, combine_average
 from nnlib.core.mlp import ModelSpec
-from nnlib.core.train import LocalSchedule, local_sgd
+from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, sgd_update
 from nnlib.data.dataset import Shard
 from nnlib.errors import DivergenceError
 
@@ -37,6 +38,8 @@ class RoundPayload:
     schedule: LocalSchedule
     lr: float
     momentum: float
+    # set for a synchronous round: the learning rate of each of its gradient-averaging steps
+    sync_lrs: np.ndarray | None = None
 
 
 @dataclass
@@ -51,7 +54,8 @@ class MapperResult:
     steps: int
     host: str
     pid: int
-    train_seconds: float
+    train_seconds: float      # computing (forward, backward, update)
+    comm_seconds: float = 0.0  # waiting in collectives (synchronous rounds, MPI)
 
 
 def shard_rng(seed: int, round_index: int, shard_index: int) -> np.random.Generator:
@@ -97,3 +101,61 @@ class RoundReducer:
         if payload.velocity is not None:
             velocity = combine_average([(res.velocity, res.n_samples) for res in results])
         return params, velocity
+
+
+class Collective(Protocol):
+    """How a synchronous round averages across mappers: in one process, or over MPI."""
+
+    def mean(self, local: list[np.ndarray]) -> np.ndarray:
+        """Mean over *all* mappers of the vectors; ``local`` holds this process's mappers' vectors."""
+
+    def mappers_flagged(self, local_flags: dict[int, bool]) -> list[int]:
+        """The mappers, across all processes, whose flag is set."""
+
+
+def sync_gradient_round(shards: list[Shard], payload: RoundPayload, collective: Collective):
+    """One round of synchronous data-parallel SGD over ``shards`` (this process's mappers).
+
+    Every step each mapper computes the gradient of its own mini-batch, the
+    collective averages the gradients over all mappers, and every mapper
+    takes the same step, so all hold the same weights throughout. Returns
+    ``(params, velocity, results)``; the results carry timing, not weights.
+    """
+    backend = get_backend(payload.backend, payload.model)
+    lrs = payload.sync_lrs
+    schedule = LocalSchedule(payload.schedule.batch_size, local_steps=len(lrs))
+    batches = [batch_indices(s.n_samples, schedule, shard_rng(payload.seed, payload.round_index, s.index))
+               for s in shards]
+    params = payload.params.copy()
+    velocity = None if payload.velocity is None else payload.velocity.copy()
+    compute = [0.0] * len(shards)
+    loss_sums = [0.0] * len(shards)
+    comm = 0.0
+    with np.errstate(all="ignore"):
+        for step, lr in enumerate(lrs):
+            grads = []
+            for i, shard in enumerate(shards):
+                start = time.perf_counter()
+                idx = batches[i][step]
+                loss, grad = backend.loss_and_grad(params, shard.x[idx], shard.y[idx])
+                grads.append(grad)
+                loss_sums[i] += loss * len(idx)
+                compute[i] += time.perf_counter() - start
+            start = time.perf_counter()
+            mean = collective.mean(grads)
+            if not np.isfinite(mean).all():
+                bad = collective.mappers_flagged({s.index: not np.isfinite(g).all() for s, g in zip(shards, grads)})
+                raise DivergenceError(f"round {payload.round_index}, step {step}: mapper(s) {bad or 'unknown'} "
+                                      "computed gradients containing NaN or inf (training diverged; "
+                                      "try a smaller train.lr)")
+            comm += time.perf_counter() - start
+            start = time.perf_counter()
+            params, velocity = sgd_update(params, velocity, mean, lr, payload.momentum)
+            update = (time.perf_counter() - start) / len(shards)
+            for i in range(len(shards)):
+                compute[i] += update
+    seen = [sum(len(b) for b in bs) for bs in batches]
+    results = [MapperResult(s.index, None, None, s.n_samples, loss_sums[i] / seen[i], len(lrs),
+                            socket.gethostname(), os.getpid(), compute[i], comm / len(shards))
+               for i, s in enumerate(shards)]
+    return params, velocity, results

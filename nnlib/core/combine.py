@@ -49,3 +49,23 @@ COMBINE_RULES = {
     "sum": combine_sum,
     "sum_updates": combine_sum_updates,
 }
+
+
+def linear_coefficients(rule: str, n_samples: list[int]) -> tuple[np.ndarray, float]:
+    """Every rule above is linear: ``combined = sum_i c_i * w_i + c_start * start``.
+
+    Returns ``(c, c_start)`` with ``c`` of shape ``(k,)`` float64. This is what
+    lets one Allreduce (a sum) carry any rule: rank ``i`` contributes
+    ``c_i * w_i``.
+    """
+    k = len(n_samples)
+    if rule == "average":
+        return np.full(k, 1.0 / k), 0.0
+    if rule == "weighted":
+        n = np.asarray(n_samples, np.float64)
+        return n / n.sum(), 0.0
+    if rule == "sum":
+        return np.ones(k), 0.0
+    if rule == "sum_updates":
+        return np.ones(k), 1.0 - k
+    raise ValueError(f"combine must be one of {sorted(COMBINE_RULES)}, got {rule!r}")

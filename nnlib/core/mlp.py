@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nnlib.core.params import DTYPE, LayerSpec, unpack
+from nnlib.core.train import sgd_update
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -133,17 +134,12 @@ class NumpyMLP:
         """
         flat = flat.copy()
         velocity = None if velocity is None else velocity.copy()
-        lr, momentum = DTYPE(lr), DTYPE(momentum)
         loss_sum = 0.0
         with np.errstate(all="ignore"):  # divergence is reported by the caller, by round and mapper
             for idx in batches:
                 loss, grad = self.loss_and_grad(flat, x[idx], y[idx])
                 loss_sum += loss * len(idx)
-                if velocity is not None:
-                    velocity *= momentum
-                    velocity += grad
-                    grad = velocity
-                flat -= lr * grad
+                flat, velocity = sgd_update(flat, velocity, grad, lr, momentum)
         return flat, velocity, loss_sum
 
     def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -66,3 +66,34 @@ def local_sgd(backend, params, velocity, x, y, schedule: LocalSchedule, lr: floa
     params, velocity, loss_sum = backend.sgd_steps(params, velocity, x, y, batches, lr, momentum)
     seen = sum(len(b) for b in batches)
     return LocalUpdate(params, velocity, len(y), loss_sum / max(seen, 1), len(batches))
+
+
+def sgd_update(params: np.ndarray, velocity: np.ndarray | None, grad: np.ndarray, lr: float, momentum: float):
+    """One SGD step with PyTorch's momentum rule, in place: ``v = momentum*v + g; w -= lr*v``."""
+    if velocity is not None:
+        velocity *= params.dtype.type(momentum)
+        velocity += grad
+        grad = velocity
+    params -= params.dtype.type(lr) * grad
+    return params, velocity
+
+
+def sync_steps_per_epoch(smallest_shard: int, batch_size: int) -> int:
+    """Synchronous steps in one epoch: every rank must take the same number, so the smallest shard decides."""
+    return -(-smallest_shard // batch_size)
+
+
+def sync_learning_rates(round_index: int, steps: int, base_lr: float, mappers: int, scaling: str,
+                        warmup_steps: int) -> np.ndarray:
+    """Learning rate of each synchronous step of a round, ``(steps,)`` float64.
+
+    ``scaling='linear'`` multiplies the rate by the number of mappers (the
+    global batch is ``mappers`` times a mapper's batch: the large-batch linear
+    scaling rule). During the first ``warmup_steps`` steps of the run the
+    rate climbs linearly from ``base_lr`` to that target.
+    """
+    target = base_lr * mappers if scaling == "linear" else base_lr
+    t = round_index * steps + np.arange(steps)
+    if warmup_steps <= 0:
+        return np.full(steps, target)
+    return np.where(t < warmup_steps, base_lr + (target - base_lr) * t / warmup_steps, target)

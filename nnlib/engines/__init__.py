@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nnlib.config import Config
 
-ENGINES = ("local", "spark", "mrjob")
+ENGINES = ("local", "spark", "mrjob", "mpi")
 
 
 def make_engine(config: Config):
@@ -21,4 +21,8 @@ def make_engine(config: Config):
         from nnlib.engines.mrjob_engine import MrjobEngine
 
         return MrjobEngine(config, config.mrjob.runner, config.mrjob.args)
+    if config.engine == "mpi":
+        from nnlib.engines.mpi import MpiEngine
+
+        return MpiEngine(collective=config.mpi.collective)
     raise ValueError(f"engine must be one of {ENGINES}, got {config.engine!r}")

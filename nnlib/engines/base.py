@@ -32,6 +32,13 @@ class Engine(Protocol):
         """Release what :meth:`start` acquired."""
 
 
+class SyncEngine(Engine, Protocol):
+    """An engine that can also average gradients every mini-batch (local, MPI)."""
+
+    def sync_round(self, payload: Any, timings: dict) -> tuple[Any, list]:
+        """One round of synchronous gradient averaging; returns ``((params, velocity), results)``."""
+
+
 class MapThenReduce:
     """For engines that collect every result to the driver and reduce there."""
 
