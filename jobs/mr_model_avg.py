@@ -79,9 +79,9 @@ class MRModelAvg(MRJob):
         config, payload = self._load()
         results = [decode_result(v) for v in values]
         start = time.perf_counter()
-        params, velocity = RoundReducer(config.combine)(results, payload)
-        yield "combined", {"params": encode_array(params), "velocity": encode_array(velocity),
-                           "combine_seconds": time.perf_counter() - start}
+        combined = RoundReducer(config.combine, config.train.skip_bad_mappers)(results, payload)
+        yield "combined", {"params": encode_array(combined.params), "velocity": encode_array(combined.velocity),
+                           "skipped": combined.skipped, "combine_seconds": time.perf_counter() - start}
         for res in sorted(results, key=lambda r: r.mapper):
             meta = encode_result(res)
             del meta["params"], meta["velocity"]

@@ -84,6 +84,7 @@ class TrainConfig(_Section):
     lr_scaling: Literal["none", "linear"] = "none"
     warmup_epochs: int = Field(0, ge=0)
     sync_rounds: int = Field(0, ge=0)
+    skip_bad_mappers: bool = False
 
 
 class SparkConfig(_Section):

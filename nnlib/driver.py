@@ -25,7 +25,7 @@ from nnlib.core.train import LocalSchedule, sync_learning_rates, sync_steps_per_
 from nnlib.data.dataset import Dataset, ShardSource, load_dataset
 from nnlib.data.partition import partition
 from nnlib.engines import make_engine
-from nnlib.errors import ConfigError
+from nnlib.errors import ConfigError, DivergenceError
 from nnlib.outputs import RunDir
 from nnlib.tasks import RoundPayload, RoundReducer, train_shard
 from nnlib.timing import timed
@@ -42,6 +42,7 @@ class RunResult:
     summary: dict
     rounds: list[dict] = field(default_factory=list)
     mapper_rows: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {"round", "mapper"} left out by skip_bad_mappers
 
 
 def model_spec(config: Config, data: Dataset) -> ModelSpec:
@@ -118,11 +119,53 @@ def with_absolute_paths(config: Config) -> Config:
     return config.model_copy(update={"data": config.data.model_copy(update=update)})
 
 
-def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print, warn=warn) -> RunResult:
+def _round_row(r: int, results, times: dict, seconds: float, test_loss: float, test_acc: float) -> dict:
+    mapper_secs = [res.train_seconds for res in results]
+    n_seen = sum(res.n_samples for res in results)
+    return {
+        "round": r, "test_accuracy": test_acc, "test_loss": test_loss,
+        "train_loss": sum(res.train_loss * res.n_samples for res in results) / n_seen,
+        "seconds": seconds,
+        **{f"{k}_seconds": times.get(k, 0.0) for k in ("broadcast", "wait", "combine", "evaluate")},
+        "max_mapper_seconds": max(mapper_secs), "median_mapper_seconds": statistics.median(mapper_secs),
+        # what the engine spent beyond the slowest mapper's training: launch, shipping, scheduling
+        "overhead_seconds": max(times.get("wait", 0.0) - max(mapper_secs), 0.0),
+    }
+
+
+def _mapper_rows(r: int, results) -> list[dict]:
+    return [{"round": r, "mapper": res.mapper, "host": res.host, "pid": res.pid, "n_samples": res.n_samples,
+             "steps": res.steps, "train_loss": res.train_loss, "train_seconds": res.train_seconds,
+             "comm_seconds": res.comm_seconds} for res in results]
+
+
+def _resume_state(config: Config, run_dir: RunDir, spec: ModelSpec, result: "RunResult"):
+    """Load the newest checkpoint of ``run_dir`` into ``result``; return ``(first round, params, velocity)``."""
+    ckpt = run_dir.latest_checkpoint()
+    if ckpt is None:
+        return 0, None, None
+    if ckpt.params.shape != (spec.layers.n_params,):
+        raise ConfigError(f"--resume: checkpoint {ckpt.path} holds {ckpt.params.size} parameters, "
+                          f"the model has {spec.layers.n_params}")
+    if (ckpt.velocity is None) != (config.train.momentum == 0):
+        raise ConfigError(f"--resume: checkpoint {ckpt.path} does not match train.momentum={config.train.momentum}")
+    if ckpt.rounds_done > config.train.rounds:
+        raise ConfigError(f"--resume: {run_dir.path} already has {ckpt.rounds_done} rounds; "
+                          f"train.rounds must be >= {ckpt.rounds_done}, got {config.train.rounds}")
+    result.rounds, result.mapper_rows = run_dir.read_tables(ckpt.rounds_done)
+    result.skipped = [{"round": int(r), "mapper": int(m)} for r, m in ckpt.skipped]
+    return ckpt.rounds_done, ckpt.params, ckpt.velocity
+
+
+def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print, warn=warn,
+        resume: bool = False) -> RunResult:
     """Train as ``config`` says; write outputs to ``run_dir`` if given; return the final weights.
 
-    ``log`` receives the progress lines and ``warn`` the warnings (an MPI rank
-    other than 0 passes functions that drop them).
+    After every round the weights and optimizer state are checkpointed to
+    ``run_dir/checkpoints/``; ``resume=True`` continues from the newest one and
+    ends with exactly the weights of an uninterrupted run. ``log`` receives
+    the progress lines and ``warn`` the warnings (an MPI rank other than 0
+    passes functions that drop them).
     """
     wall_start = time.perf_counter()
     config = with_absolute_paths(config)
@@ -133,52 +176,57 @@ def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print, w
     start = initial_payload(config, data)
     spec, params, velocity = start.model, start.params, start.velocity
     backend = get_backend(config.model.backend, spec)
-    reduce = RoundReducer(config.combine)
+    reduce = RoundReducer(config.combine, config.train.skip_bad_mappers)
     sync_steps, warmup_steps = sync_schedule(config, min(shard_sizes))
+    result = RunResult(params, {})
+    first_round = 0
+    if resume and run_dir is not None:
+        first_round, saved_params, saved_velocity = _resume_state(config, run_dir, spec, result)
+        if first_round:
+            params, velocity = saved_params, saved_velocity
+            log(f"resuming after round {first_round} from {run_dir.path / 'checkpoints'}")
+        run_dir.file("summary.json").unlink(missing_ok=True)  # rewritten when the run finishes
     if run_dir is not None:
         run_dir.write_config(config.to_dict())
 
     engine = engine or make_engine(config)
-    engine.start(ShardSource(config.data, config.seed, config.mappers))
-    result = RunResult(params, {})
+    if first_round < config.train.rounds:
+        engine.start(ShardSource(config.data, config.seed, config.mappers))
     try:
-        for r in range(config.train.rounds):
+        for r in range(first_round, config.train.rounds):
             round_start = time.perf_counter()
             times: dict[str, float] = {}
             if is_sync_round(config, r):
                 lrs = sync_learning_rates(r, sync_steps, config.train.lr, config.mappers,
                                           config.train.lr_scaling, warmup_steps)
                 payload = make_payload(config, spec, r, params, velocity, lrs)
-                (params, velocity), results = engine.sync_round(payload, times)
+                combined, results = engine.sync_round(payload, times)
             else:
                 payload = make_payload(config, spec, r, params, velocity)
-                (params, velocity), results = engine.round(train_shard, payload, reduce, times)
+                combined, results = engine.round(train_shard, payload, reduce, times)
+            params, velocity = combined.params, combined.velocity
+            for mapper in combined.skipped:
+                warn(f"round {r}: mapper {mapper} returned NaN or inf; its result was left out "
+                     "(train.skip_bad_mappers)")
+                result.skipped.append({"round": r, "mapper": mapper})
             with timed(times, "evaluate"):
                 test_loss, test_acc = backend.evaluate(params, data.x_test, data.y_test)
-            seconds = time.perf_counter() - round_start
-            mapper_secs = [res.train_seconds for res in results]
-            n_seen = sum(res.n_samples for res in results)
-            row = {
-                "round": r, "test_accuracy": test_acc, "test_loss": test_loss,
-                "train_loss": sum(res.train_loss * res.n_samples for res in results) / n_seen,
-                "seconds": seconds,
-                **{f"{k}_seconds": times.get(k, 0.0) for k in ("broadcast", "wait", "combine", "evaluate")},
-                "max_mapper_seconds": max(mapper_secs), "median_mapper_seconds": statistics.median(mapper_secs),
-                # what the engine spent beyond the slowest mapper's training: launch, shipping, scheduling
-                "overhead_seconds": max(times.get("wait", 0.0) - max(mapper_secs), 0.0),
-            }
+            row = _round_row(r, results, times, time.perf_counter() - round_start, test_loss, test_acc)
             result.rounds.append(row)
-            result.mapper_rows += [
-                {"round": r, "mapper": res.mapper, "host": res.host, "pid": res.pid, "n_samples": res.n_samples,
-                 "steps": res.steps, "train_loss": res.train_loss, "train_seconds": res.train_seconds,
-                 "comm_seconds": res.comm_seconds}
-                for res in results]
+            result.mapper_rows += _mapper_rows(r, results)
             if run_dir is not None:
+                # tables first, then the checkpoint: a resume drops table rows past the checkpoint
                 run_dir.write_tables(result.rounds, result.mapper_rows)
+                run_dir.write_checkpoint(r + 1, params, velocity, result.skipped)
             log(f"round {r + 1}/{config.train.rounds}  test_acc {test_acc:.4f}  test_loss {test_loss:.4f}  "
-                f"train_loss {row['train_loss']:.4f}  {seconds:.2f}s")
+                f"train_loss {row['train_loss']:.4f}  {row['seconds']:.2f}s")
+    except DivergenceError as exc:
+        if run_dir is not None and (ckpt := run_dir.latest_checkpoint()) is not None:
+            raise DivergenceError(f"{exc}; the last good checkpoint is {ckpt.path}") from None
+        raise
     finally:
-        engine.stop()
+        if first_round < config.train.rounds:
+            engine.stop()
 
     result.params = params
     last = result.rounds[-1]
@@ -189,6 +237,7 @@ def run(config: Config, run_dir: RunDir | None = None, engine=None, log=print, w
         "rounds": config.train.rounds, "backend": config.model.backend,
         "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
         "n_features": data.n_features, "n_classes": data.n_classes, "layer_sizes": list(spec.layers.sizes),
+        "skipped_mappers": result.skipped, "resumed_after_round": first_round if resume else None,
     }
     if run_dir is not None:
         run_dir.write_model(to_named(params, spec.layers))

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +53,14 @@ def _csv_bytes(columns: list[str], rows: list[dict]) -> bytes:
 class RunDir:
     """The output folder of one run."""
 
-    def __init__(self, path: str | Path, overwrite: bool = False):
+    def __init__(self, path: str | Path, overwrite: bool = False, resume: bool = False):
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise NnlibError(f"--out: {self.path} exists and is not a directory")
-        if (self.path / "summary.json").exists() and not overwrite:
+        if resume:
+            if not (self.path / "config.yaml").is_file():
+                raise NnlibError(f"--resume: {self.path} holds no run (config.yaml not found)")
+        elif (self.path / "summary.json").exists() and not overwrite:
             raise NnlibError(f"--out: {self.path} already holds a finished run (summary.json); "
                              "choose another directory or pass --overwrite")
         self.overwrite = overwrite
@@ -73,6 +77,8 @@ class RunDir:
         if self.overwrite:
             for name in ("summary.json", "model.npz", "rounds.csv", "mapper_times.csv"):
                 (self.path / name).unlink(missing_ok=True)
+            for old in (self.path / "checkpoints").glob("round-*.npz"):
+                old.unlink()
         self._ready = True
 
     def file(self, name: str) -> Path:
@@ -92,8 +98,80 @@ class RunDir:
         np.savez(buf, **named)
         atomic_write_bytes(self.file("model.npz"), buf.getvalue())
 
+    def write_checkpoint(self, rounds_done: int, params: np.ndarray, velocity: np.ndarray | None,
+                         skipped: list[dict] = (), keep: int = 2) -> Path:
+        """Save the state after ``rounds_done`` rounds to ``checkpoints/``; keep the newest ``keep`` files."""
+        folder = self.file("checkpoints")
+        folder.mkdir(exist_ok=True)
+        arrays = {"rounds_done": np.int64(rounds_done), "params": params,
+                  "skipped": np.array([[s["round"], s["mapper"]] for s in skipped], np.int64).reshape(-1, 2)}
+        if velocity is not None:
+            arrays["velocity"] = velocity
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        path = folder / f"round-{rounds_done:05d}.npz"
+        atomic_write_bytes(path, buf.getvalue())
+        for old in sorted(folder.glob("round-*.npz"))[:-keep]:
+            old.unlink()
+        return path
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint, read with pickle disabled; a damaged one is refused by name."""
+        files = sorted((self.path / "checkpoints").glob("round-*.npz"))
+        if not files:
+            return None
+        path = files[-1]
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                rounds_done = int(f["rounds_done"])
+                params = f["params"]
+                velocity = f["velocity"] if "velocity" in f.files else None
+                skipped = f["skipped"].reshape(-1, 2).tolist()
+        except Exception as exc:  # noqa: BLE001  - any damage reads as "corrupted"
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise NnlibError(f"--resume: checkpoint {path} is corrupted ({first}); "
+                             "delete it to resume from the one before") from None
+        if params.dtype != np.float32 or params.ndim != 1:
+            raise NnlibError(f"--resume: checkpoint {path} is corrupted (params must be a float32 vector, "
+                             f"got {params.dtype} {params.shape})")
+        return Checkpoint(rounds_done, params, velocity, skipped, path)
+
+    def read_tables(self, rounds_done: int) -> tuple[list[dict], list[dict]]:
+        """Rows of rounds.csv and mapper_times.csv for the first ``rounds_done`` rounds (to resume)."""
+        keep = [r for r in read_csv_rows(self.path / "rounds.csv") if r["round"] < rounds_done]
+        mappers = [r for r in read_csv_rows(self.path / "mapper_times.csv") if r["round"] < rounds_done]
+        return keep, mappers
+
     def write_summary(self, summary: dict) -> None:
         atomic_write_bytes(self.file("summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
+
+
+def _parse_cell(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_csv_rows(path: Path) -> list[dict]:
+    """Rows of one of our CSV tables, numbers parsed back to int/float."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+@dataclass
+class Checkpoint:
+    """The state after ``rounds_done`` finished rounds."""
+
+    rounds_done: int
+    params: np.ndarray
+    velocity: np.ndarray | None
+    skipped: list[list[int]]  # [round, mapper] pairs left out so far
+    path: Path
 
 
 def load_model(path: str | Path) -> dict[str, np.ndarray]:

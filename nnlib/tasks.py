@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -73,34 +73,53 @@ def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
                         update.steps, socket.gethostname(), os.getpid(), time.perf_counter() - start)
 
 
-def check_finite(results: list[MapperResult], round_index: int) -> None:
-    """Refuse a round in which any mapper's weights hold NaN or inf, naming the mapper."""
-    for res in results:
-        if not np.isfinite(res.params).all():
-            raise DivergenceError(f"round {round_index}: mapper {res.mapper} returned weights containing "
-                                  "NaN or inf (training diverged; try a smaller train.lr)")
+@dataclass
+class Combined:
+    """A round's reduced state, and the mappers whose non-finite results were dropped."""
+
+    params: np.ndarray
+    velocity: np.ndarray | None
+    skipped: list[int] = field(default_factory=list)
+
+
+def diverged(round_index: int, mapper: int) -> DivergenceError:
+    return DivergenceError(f"round {round_index}: mapper {mapper} returned weights containing NaN or inf "
+                           "(training diverged; try a smaller train.lr, or train.skip_bad_mappers: true)")
+
+
+def finite_split(results: list[MapperResult], round_index: int, skip_bad: bool):
+    """``(good results, skipped mapper indices)``; refuses NaN/inf unless ``skip_bad``."""
+    bad = [res.mapper for res in results if not np.isfinite(res.params).all()]
+    if bad and not skip_bad:
+        raise diverged(round_index, bad[0])
+    if len(bad) == len(results):
+        raise DivergenceError(f"round {round_index}: every mapper returned weights containing NaN or inf "
+                              "(training diverged; try a smaller train.lr)")
+    return [res for res in results if res.mapper not in bad], bad
 
 
 @dataclass(frozen=True)
 class RoundReducer:
-    """The reduce step of a round, named by its combine rule so any engine can ship it."""
+    """The reduce step of a round, plain data (a rule name) so any engine can ship it."""
 
     rule: str
+    skip_bad: bool = False
 
-    def __call__(self, results: list[MapperResult], payload: RoundPayload):
-        """Return ``(params, velocity)`` combined from the mappers' results.
+    def __call__(self, results: list[MapperResult], payload: RoundPayload) -> Combined:
+        """Combine the mappers' results into the next weights.
 
         Results are combined in mapper order whatever order they arrived in, so
         every engine adds the same numbers in the same order. Momentum buffers
-        are averaged.
+        are averaged. A result holding NaN or inf stops the run, or with
+        ``skip_bad`` is left out of this round's combine.
         """
         results = sorted(results, key=lambda res: res.mapper)
-        check_finite(results, payload.round_index)
-        params = COMBINE_RULES[self.rule]([(res.params, res.n_samples) for res in results], payload.params)
+        good, skipped = finite_split(results, payload.round_index, self.skip_bad)
+        params = COMBINE_RULES[self.rule]([(res.params, res.n_samples) for res in good], payload.params)
         velocity = None
         if payload.velocity is not None:
-            velocity = combine_average([(res.velocity, res.n_samples) for res in results])
-        return params, velocity
+            velocity = combine_average([(res.velocity, res.n_samples) for res in good])
+        return Combined(params, velocity, skipped)
 
 
 class Collective(Protocol):
@@ -119,7 +138,7 @@ def sync_gradient_round(shards: list[Shard], payload: RoundPayload, collective: 
     Every step each mapper computes the gradient of its own mini-batch, the
     collective averages the gradients over all mappers, and every mapper
     takes the same step, so all hold the same weights throughout. Returns
-    ``(params, velocity, results)``; the results carry timing, not weights.
+    ``(Combined, results)``; the results carry timing, not weights.
     """
     backend = get_backend(payload.backend, payload.model)
     lrs = payload.sync_lrs
@@ -147,7 +166,7 @@ def sync_gradient_round(shards: list[Shard], payload: RoundPayload, collective: 
                 bad = collective.mappers_flagged({s.index: not np.isfinite(g).all() for s, g in zip(shards, grads)})
                 raise DivergenceError(f"round {payload.round_index}, step {step}: mapper(s) {bad or 'unknown'} "
                                       "computed gradients containing NaN or inf (training diverged; "
-                                      "try a smaller train.lr)")
+                                      "try a smaller train.lr; synchronous rounds cannot skip a mapper)")
             comm += time.perf_counter() - start
             start = time.perf_counter()
             params, velocity = sgd_update(params, velocity, mean, lr, payload.momentum)
@@ -158,4 +177,4 @@ def sync_gradient_round(shards: list[Shard], payload: RoundPayload, collective: 
     results = [MapperResult(s.index, None, None, s.n_samples, loss_sums[i] / seen[i], len(lrs),
                             socket.gethostname(), os.getpid(), compute[i], comm / len(shards))
                for i, s in enumerate(shards)]
-    return params, velocity, results
+    return Combined(params, velocity), results

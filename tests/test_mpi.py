@@ -1,5 +1,6 @@
 """The MPI engine under a real mpiexec, against the local engine."""
 
+import json
 import os
 import signal
 import subprocess
@@ -101,8 +102,6 @@ def test_gradient_mode_on_digits_reaches_093(tmp_path):
            "--set", "combine=gradient", "--out", str(tmp_path / "g"), "--quiet"]
     proc = subprocess.run(cmd, cwd=ROOT, env=mpi_env(tmp_path), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    import json
-
     summary = json.loads((tmp_path / "g" / "summary.json").read_text())
     assert summary["combine"] == "gradient" and summary["final_test_accuracy"] >= 0.93
 
@@ -139,3 +138,16 @@ def test_a_killed_rank_fails_the_job_instead_of_hanging(tmp_path):
     assert proc.returncode != 0
     assert "rank 1" in stderr or "exited on signal 9" in stderr, stderr[-2000:]
     assert not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("collective", ["allreduce", "allgather"])
+def test_skip_bad_mappers_on_mpi_equals_local(tmp_path, collective):
+    from test_reliability import _one_bad_shard
+
+    data_sets = [*_one_bad_shard(tmp_path), "train.skip_bad_mappers=true"]
+    args = [a for item in data_sets for a in ("--set", item)]
+    proc, out = mpirun(tmp_path, 3, *args, "--set", f"mpi.collective={collective}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_mappers"] == [{"round": 0, "mapper": 2}, {"round": 1, "mapper": 2}]
+    assert np.abs(flat(out) - local_params(*args)).max() <= 1e-6

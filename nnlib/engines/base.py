@@ -23,7 +23,7 @@ class Engine(Protocol):
               timings: dict) -> tuple[Any, list]:
         """Map ``fn(shard, payload)`` over the shards and reduce the results with ``reduce(results, payload)``.
 
-        Returns ``(reduced, results)``; adds 'broadcast', 'wait' and 'combine'
+        Returns ``(Combined, results)``; adds 'broadcast', 'wait' and 'combine'
         seconds to ``timings``. An engine whose reduce runs elsewhere (a Hadoop
         reducer, an MPI collective) may return results without their weights.
         """
@@ -36,7 +36,7 @@ class SyncEngine(Engine, Protocol):
     """An engine that can also average gradients every mini-batch (local, MPI)."""
 
     def sync_round(self, payload: Any, timings: dict) -> tuple[Any, list]:
-        """One round of synchronous gradient averaging; returns ``((params, velocity), results)``."""
+        """One round of synchronous gradient averaging; returns ``(Combined, results)``."""
 
 
 class MapThenReduce:

@@ -42,8 +42,7 @@ class LocalEngine(MapThenReduce):
         """Synchronous gradient averaging, the sequential equivalent: each step visits every shard in turn."""
         timings.setdefault("broadcast", 0.0)
         with timed(timings, "wait"):
-            params, velocity, results = sync_gradient_round(self.shards, payload, InProcessCollective())
-        return (params, velocity), results
+            return sync_gradient_round(self.shards, payload, InProcessCollective())
 
     def stop(self):
         self.shards = []

@@ -26,8 +26,8 @@ import numpy as np
 
 from nnlib.core.combine import linear_coefficients
 from nnlib.core.params import DTYPE
-from nnlib.errors import DivergenceError, EngineError
-from nnlib.tasks import MapperResult, sync_gradient_round
+from nnlib.errors import EngineError
+from nnlib.tasks import Combined, MapperResult, finite_split, sync_gradient_round
 from nnlib.timing import timed
 
 COLLECTIVES = ("allreduce", "allgather")
@@ -76,6 +76,11 @@ def _in_place():
     return MPI.IN_PLACE
 
 
+def _flagged(mapper: int, bad: bool) -> MapperResult:
+    """A stand-in result that is finite or not, for :func:`finite_split` to judge."""
+    return MapperResult(mapper, np.array([np.nan if bad else 0.0], DTYPE), None, 0, 0.0, 0, "", 0, 0.0)
+
+
 class MpiEngine:
     name = "mpi"
 
@@ -107,14 +112,12 @@ class MpiEngine:
                 raise error
             raise EngineError("engine=mpi: another rank failed to build its shard")
 
-    def _check_finite(self, vector, round_index):
+    def _non_finite_ranks(self, vector) -> list[int]:
+        """The ranks whose vector holds NaN or inf, known on every rank."""
         flags = np.zeros(self.size, np.int64)
         flags[self.rank] = 0 if np.isfinite(vector).all() else 1
         self.comm.Allreduce(_in_place(), flags)
-        bad = np.flatnonzero(flags)
-        if bad.size:
-            raise DivergenceError(f"round {round_index}: mapper {int(bad[0])} returned weights containing "
-                                  "NaN or inf (training diverged; try a smaller train.lr)")
+        return [int(m) for m in np.flatnonzero(flags)]
 
     def _gather_meta(self, res: MapperResult, comm_seconds: float) -> list[MapperResult]:
         """Every rank's timing facts, on every rank (buffer-form Allgather)."""
@@ -141,16 +144,15 @@ class MpiEngine:
             res = fn(self.shard, payload)
             start = time.perf_counter()
             with timed(timings, "combine"):
-                self._check_finite(res.params, payload.round_index)
                 counts = np.empty(self.size, np.int64)
                 self.comm.Allgather(np.array([res.n_samples], np.int64), counts)
                 if self.collective == "allgather":
-                    params, velocity = reduce(self._allgather_results(res, counts), payload)
+                    combined = reduce(self._allgather_results(res, counts), payload)
                 else:
-                    params, velocity = self._allreduce_combine(res, counts, payload, reduce.rule)
+                    combined = self._allreduce_combine(res, counts, payload, reduce)
             comm_seconds = time.perf_counter() - start
             results = self._gather_meta(res, comm_seconds)
-        return (params, velocity), results
+        return combined, results
 
     def _allgather_results(self, res, counts):
         n = res.params.size
@@ -163,27 +165,33 @@ class MpiEngine:
         return [MapperResult(m, params[m], None if velocity is None else velocity[m], int(counts[m]), 0.0, 0,
                              "", 0, 0.0) for m in range(self.size)]
 
-    def _allreduce_combine(self, res, counts, payload, rule):
-        coefs, start_coef = linear_coefficients(rule, counts.tolist())
-        total = coefs[self.rank] * res.params.astype(np.float64)
+    def _allreduce_combine(self, res, counts, payload, reduce):
+        skipped = self._non_finite_ranks(res.params)
+        if skipped:  # the same check as the local reduce, so the same error (or skip) on every rank
+            finite_split([_flagged(m, m in skipped) for m in range(self.size)], payload.round_index,
+                         reduce.skip_bad)
+        good = [m for m in range(self.size) if m not in skipped]
+        mine = self.rank in good
+        coefs, start_coef = linear_coefficients(reduce.rule, counts[good].tolist())
+        weight = coefs[good.index(self.rank)] if mine else 0.0
+        total = weight * res.params.astype(np.float64) if mine else np.zeros(res.params.size)
         self.comm.Allreduce(_in_place(), total)
         if start_coef:
             total += start_coef * payload.params.astype(np.float64)
         velocity = None
         if res.velocity is not None:
-            velocity = res.velocity.astype(np.float64) / self.size
+            velocity = res.velocity.astype(np.float64) / len(good) if mine else np.zeros(res.velocity.size)
             self.comm.Allreduce(_in_place(), velocity)
             velocity = velocity.astype(DTYPE)
-        return total.astype(DTYPE), velocity
+        return Combined(total.astype(DTYPE), velocity, skipped)
 
     def sync_round(self, payload, timings):
         timings.setdefault("broadcast", 0.0)
         with timed(timings, "wait"):
-            params, velocity, (res,) = sync_gradient_round([self.shard], payload,
-                                                          MpiCollective(self.comm, self.collective))
+            combined, (res,) = sync_gradient_round([self.shard], payload, MpiCollective(self.comm, self.collective))
             results = self._gather_meta(res, res.comm_seconds)
         timings["combine"] = res.comm_seconds
-        return (params, velocity), results
+        return combined, results
 
     def stop(self):
         self.shard = None
@@ -198,6 +206,10 @@ def run_mpi(argv: list[str], prog: str = "mpi_model_avg.py") -> int:
     from nnlib.outputs import RunDir, default_run_dir
 
     args = build_run_parser(prog).parse_args(argv)
+    if args.resume:
+        print(f"{prog}: error: --resume: engine=mpi cannot resume a run yet; start it again with "
+              "engine=local or spark, or anew", file=sys.stderr)
+        return 2
     MPI = import_mpi()
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -265,4 +277,6 @@ def _argv_of(args) -> list[str]:
     if args.out:
         argv += ["--out", str(args.out)]
     argv += ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
+    if args.resume:
+        argv += ["--resume", str(args.resume)]
     return argv

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from nnlib.errors import EngineError, error_from_text
-from nnlib.tasks import MapperResult
+from nnlib.tasks import Combined, MapperResult
 from nnlib.timing import timed
 
 RUNNERS = ("inline", "local", "hadoop", "emr")
@@ -109,7 +109,8 @@ class MrjobEngine:
             path = self._dir / f"payload-{payload.round_index:05d}.npz"
             path.write_bytes(payload_to_bytes(payload))
         args = ["-r", self.runner, "--nnlib-conf", str(self._conf), "--payload", str(path),
-                "--set", f"combine={reduce.rule}", *self._py_files, *self.extra_args, *self._inputs]
+                "--set", f"combine={reduce.rule}", "--set", f"train.skip_bad_mappers={str(reduce.skip_bad).lower()}",
+                *self._py_files, *self.extra_args, *self._inputs]
         job = self._job_class(args=args)
         with timed(timings, "wait"):
             try:
@@ -124,7 +125,8 @@ class MrjobEngine:
         combined = next(v for k, v in records if k == "combined")
         timings["combine"] = combined["combine_seconds"]
         results = [MapperResult(params=None, velocity=None, **v) for k, v in records if k == "mapper"]
-        return (decode_array(combined["params"]), decode_array(combined["velocity"])), results
+        return Combined(decode_array(combined["params"]), decode_array(combined["velocity"]),
+                        combined["skipped"]), results
 
     def _error(self, exc: Exception, round_index: int) -> Exception:
         """One line for a failed job: an nnlib error from a task as itself, else the task's last error line."""
