@@ -1,0 +1,98 @@
+"""A real Spark standalone cluster on 127.0.0.1: one master, N one-core workers.
+
+pyspark's pip package has no start scripts, so the master and the workers are
+started with ``spark-class``, each in its own process group, and stopped by
+PID (never by name).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SPARK_CLASS = str(Path(sys.executable).parent / "spark-class")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cluster_env(folder: Path) -> dict:
+    return dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(folder / "logs"),
+                SPARK_WORKER_DIR=str(folder / "work"), PYSPARK_PYTHON=sys.executable,
+                SPARK_NO_DAEMONIZE="1")
+
+
+@dataclass
+class StandaloneCluster:
+    folder: Path
+    port: int = field(default_factory=free_port)
+    ui_port: int = field(default_factory=free_port)
+    master: subprocess.Popen | None = None
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"spark://127.0.0.1:{self.port}"
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "wb")
+        return subprocess.Popen([SPARK_CLASS, *args], env=cluster_env(self.folder), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start(self, n_workers: int = 2, timeout: float = 120) -> "StandaloneCluster":
+        (self.folder / "work").mkdir(parents=True, exist_ok=True)
+        self.master = self._spawn("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                                  "--port", str(self.port), "--webui-port", str(self.ui_port))
+        for i in range(n_workers):
+            self.workers.append(self._spawn(
+                f"worker{i}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1",
+                "--memory", "1g", "--webui-port", str(free_port()), "--work-dir", str(self.folder / "work"),
+                self.url))
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.alive_workers() == n_workers:
+                return self
+            for proc in [self.master, *self.workers]:
+                if proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"a cluster process exited early; see the logs in {self.folder}")
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"{n_workers} workers did not register within {timeout}s; see {self.folder}")
+
+    def alive_workers(self) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=2) as r:
+                state = json.load(r)
+        except OSError:
+            return 0
+        return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
+
+    def kill_worker(self, i: int) -> None:
+        """SIGKILL worker ``i``'s JVM and everything it started (its executor and Python workers)."""
+        os.killpg(self.workers[i].pid, signal.SIGKILL)
+        self.workers[i].wait()
+
+    def stop(self) -> None:
+        for proc in [*self.workers, self.master]:
+            if proc is not None and proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=20)
+                except (subprocess.TimeoutExpired, ProcessLookupError):
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    proc.wait()

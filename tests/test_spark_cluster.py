@@ -1,0 +1,68 @@
+"""A real standalone cluster: the same weights as the local engine, and a killed worker changes nothing."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnlib.config import load_config
+from nnlib.driver import run
+from nnlib.outputs import load_model
+
+from spark_cluster import StandaloneCluster, cluster_env
+
+ROOT = Path(__file__).resolve().parent.parent
+# rounds long enough (about a second each) to kill a worker in the middle of one
+WORK = ["engine=spark", "mappers=4", "data.source=synthetic", "data.n_samples=12000", "data.n_features=64",
+        "data.n_classes=4", "model.hidden=[128,128]", "train.rounds=6", "train.local_epochs=2",
+        "train.momentum=0.5", "train.lr=0.02", "seed=5"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = StandaloneCluster(tmp_path_factory.mktemp("cluster")).start(n_workers=2)
+    yield c
+    c.stop()
+
+
+def submit(cluster, out, *extra):
+    cmd = [sys.executable, "-m", "nnlib", "run", "conf/default.yaml", "--out", str(out), "--quiet"]
+    for item in [*WORK, f"spark.master={cluster.url}", *extra]:
+        cmd += ["--set", item]
+    return subprocess.Popen(cmd, cwd=ROOT, env=cluster_env(cluster.folder), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def saved(out):
+    return np.concatenate([a.ravel() for a in load_model(out / "model.npz").values()])
+
+
+def test_cluster_run_equals_local_engine_and_survives_a_killed_worker(cluster, tmp_path):
+    clean = submit(cluster, tmp_path / "clean")
+    _, err = clean.communicate(timeout=400)
+    assert clean.returncode == 0, err[-3000:]
+    hosts = {line.split(",")[2:4][1] for line in (tmp_path / "clean/mapper_times.csv").read_text().splitlines()[1:]}
+    assert len(hosts) >= 2  # mappers ran in more than one executor process
+
+    local = run(load_config(ROOT / "conf/default.yaml", [*WORK, "engine=local"]),
+                log=lambda _m: None, warn=lambda _m: None)
+    assert np.abs(saved(tmp_path / "clean") - local.params).max() <= 1e-6
+
+    faulty = submit(cluster, tmp_path / "faulty")
+    checkpoints = tmp_path / "faulty" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(checkpoints.glob("round-00002.npz")):
+        assert faulty.poll() is None, faulty.stderr.read()[-3000:]
+        time.sleep(0.05)
+    time.sleep(0.3)  # into round 3's training
+    cluster.kill_worker(0)
+    _, err = faulty.communicate(timeout=600)
+    assert faulty.returncode == 0, err[-3000:]
+    assert "Lost executor" in err  # Spark saw the fault and re-ran the lost tasks
+    np.testing.assert_array_equal(saved(tmp_path / "faulty"), saved(tmp_path / "clean"))
+    rows = (tmp_path / "faulty/mapper_times.csv").read_text().splitlines()[1:]
+    assert len(rows) == 4 * 6  # each (round, mapper) counted once, retries or not
