@@ -143,7 +143,7 @@ def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
 
 def _suggest(key: str) -> str:
     """'; did you mean ...?' for the valid key closest to ``key``, or ''."""
-    keys = valid_keys()
+    keys = valid_keys() + sorted({k.split(".")[0] for k in valid_keys() if "." in k})
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     if not close:  # a right leaf under the wrong section, e.g. 'lr' for 'train.lr'
         by_leaf = {k.rsplit(".", 1)[-1]: k for k in keys}

@@ -201,11 +201,11 @@ def read_file(path: Path, key: str, label_column: str = "label", features_column
     if suffix == ".parquet":
         return read_parquet(path, key, label_column, features_column)
     if is_idx(path):
+        x = read_idx(path, key)
         label_path = Path(labels) if labels else idx_labels_path(path)
         if label_path == path:
             raise DataError(f"{labels_key}: cannot infer the labels file from {path}; set {labels_key}")
         _check_exists(label_path, labels_key)
-        x = read_idx(path, key)
         return x.reshape(x.shape[0], -1), read_idx(label_path, labels_key)
     allowed = ", ".join(BUILTIN + FILE_SUFFIXES)
     raise DataError(f"{key}: unknown kind of data source {str(path)!r}; allowed: {allowed}")
