@@ -45,7 +45,14 @@ def resolve_config(args: argparse.Namespace):
     ``--resume DIR`` starts from ``DIR/config.yaml``; a CONF or --set given
     alongside may change ``train.rounds`` and nothing else.
     """
-    from nnlib.config import build_config, default_conf_path, diff_keys, load_config, read_layered, read_yaml
+    from nnlib.config import (
+        build_config,
+        default_conf_path,
+        diff_keys,
+        load_config,
+        read_layered,
+        read_yaml,
+    )
     from nnlib.driver import with_absolute_paths
 
     if not args.resume:

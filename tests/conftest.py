@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import pytest
 
 # Executors must use this interpreter (the one with nnlib and numpy installed).
@@ -30,3 +31,10 @@ def small_config(*overrides: str):
     base = ["engine=local", "mappers=3", "train.rounds=2", "train.local_epochs=1",
             "model.hidden=[16]", "train.batch_size=32", "train.lr=0.1", "seed=7"]
     return load_config(None, base + list(overrides))
+
+
+def saved_params(run_dir) -> np.ndarray:
+    """A run directory's model.npz as the flat parameter vector (the file keeps the arrays in flat order)."""
+    from nnlib.outputs import load_model
+
+    return np.concatenate([a.ravel() for a in load_model(run_dir / "model.npz").values()])

@@ -11,10 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_data import write_idx
 
 from nnlib.cli import main
-
-from test_data import write_csv, write_idx
 
 QUICK = ["--set", "engine=local", "--set", "train.rounds=1", "--set", "mappers=2", "--quiet"]
 
@@ -84,7 +83,8 @@ CATALOGUE = [
      "c.yaml: unknown config key 'trian'; did you mean 'train'"),
     ("wrong-type", lambda t: S("train.rounds=two"),
      "config key 'train.rounds': Input should be a valid integer, got 'two'"),
-    ("wrong-type-list", lambda t: S("model.hidden=64"), "config key 'model.hidden': Input should be a valid list, got 64"),
+    ("wrong-type-list", lambda t: S("model.hidden=64"),
+     "config key 'model.hidden': Input should be a valid list, got 64"),
     ("zero-lr", lambda t: S("train.lr=0"), "config key 'train.lr': Input should be greater than 0, got 0"),
     ("negative-lr", lambda t: S("train.lr=-0.5"), "config key 'train.lr': Input should be greater than 0, got -0.5"),
     ("batch-size-0", lambda t: S("train.batch_size=0"),
@@ -97,7 +97,8 @@ CATALOGUE = [
     ("hidden-size-0", lambda t: S("model.hidden=[0]"), "model.hidden: every layer size must be >= 1, got [0]"),
     ("test-fraction-1", lambda t: S("data.test_fraction=1"),
      "config key 'data.test_fraction': Input should be less than 1, got 1"),
-    ("set-without-value", lambda t: ["--set", "mappers"], "--set expects key=value (e.g. --set mappers=4), got 'mappers'"),
+    ("set-without-value", lambda t: ["--set", "mappers"],
+     "--set expects key=value (e.g. --set mappers=4), got 'mappers'"),
     ("gradient-on-spark", lambda t: S("engine=spark", "combine=gradient"),
      "combine=gradient syncs every mini-batch and needs engine local or mpi, got engine=spark"),
     ("missing-conf", lambda t: [str(t / "nope.yaml")], "nope.yaml: no such file"),
@@ -115,8 +116,10 @@ CATALOGUE = [
      "d.csv column 'b' must be numeric, got string (non-numeric cells)"),
     ("csv-no-label-column", lambda t: csv_file(t, "a,b,c\n1,2,0\n3,1,1\n"),
      "d.csv has no label column 'label' (set data.label_column; columns are ['a', 'b', 'c'])"),
-    ("nan-feature", lambda t: data(npz(t, x=x_with(np.nan))), "features must be finite, got nan at sample 5, feature 1"),
-    ("inf-feature", lambda t: data(npz(t, x=x_with(np.inf))), "features must be finite, got inf at sample 5, feature 1"),
+    ("nan-feature", lambda t: data(npz(t, x=x_with(np.nan))),
+     "features must be finite, got nan at sample 5, feature 1"),
+    ("inf-feature", lambda t: data(npz(t, x=x_with(np.inf))),
+     "features must be finite, got inf at sample 5, feature 1"),
     ("non-integer-labels", lambda t: data(npz(t, y=np.arange(40) % 2 + 0.5)),
      "labels must be integers 0..n_classes-1, got 0.5 at sample 0"),
     ("negative-labels", lambda t: data(npz(t, y=np.arange(40) % 2 - 1)),

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from nnlib.core.combine import COMBINE_RULES, combine_average, combine_sum, combine_sum_updates, combine_weighted
+from nnlib.core.combine import (
+    COMBINE_RULES,
+    combine_average,
+    combine_sum,
+    combine_sum_updates,
+    combine_weighted,
+)
 
 
 def _results(k, n_params=7, sizes=None):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import small_config
 
 from nnlib.core.backends import get_backend
 from nnlib.core.params import init_params
@@ -10,8 +11,6 @@ from nnlib.data.dataset import load_dataset
 from nnlib.driver import model_spec, run
 from nnlib.engines.spark import SparkEngine
 from nnlib.tasks import shard_rng
-
-from conftest import small_config
 
 QUIET = dict(log=lambda _msg: None)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import saved_params
 
 from nnlib.config import load_config
 from nnlib.driver import run
-from nnlib.outputs import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
@@ -40,11 +40,6 @@ def local_params(*sets):
     return run(config, log=lambda _m: None, warn=lambda _m: None).params
 
 
-def flat(out):
-    """The saved model as the flat parameter vector (model.npz keeps the arrays in flat order)."""
-    return np.concatenate([a.ravel() for a in load_model(out / "model.npz").values()])
-
-
 @pytest.mark.parametrize("sets", [
     ("--set", "mappers=2"),
     ("--set", "mappers=2", "--set", "combine=weighted", "--set", "train.momentum=0.9"),
@@ -53,7 +48,7 @@ def flat(out):
 def test_model_averaging_equals_local_engine(tmp_path, sets):
     proc, out = mpirun(tmp_path, 2, *sets)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert np.abs(flat(out) - local_params(*sets)).max() <= 1e-6
+    assert np.abs(saved_params(out) - local_params(*sets)).max() <= 1e-6
     rows = (out / "mapper_times.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 3 and rows[0].endswith("train_seconds,comm_seconds")
     assert len({row.split(",")[3] for row in rows[1:]}) == 2  # two rank processes
@@ -64,7 +59,7 @@ def test_gradient_averaging_on_two_ranks_equals_local_gradient(tmp_path):
             "--set", "train.warmup_epochs=1")
     proc, out = mpirun(tmp_path, 2, *sets)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert np.abs(flat(out) - local_params(*sets)).max() <= 1e-6
+    assert np.abs(saved_params(out) - local_params(*sets)).max() <= 1e-6
 
 
 @pytest.mark.parametrize("combine", ["average", "gradient"])
@@ -72,14 +67,14 @@ def test_allgather_equals_allreduce(tmp_path, combine):
     a, out_a = mpirun(tmp_path, 2, "--set", f"combine={combine}", "--set", "mpi.collective=allreduce")
     b, out_b = mpirun(tmp_path, 2, "--set", f"combine={combine}", "--set", "mpi.collective=allgather")
     assert a.returncode == b.returncode == 0, a.stderr[-1000:] + b.stderr[-1000:]
-    assert np.abs(flat(out_a) - flat(out_b)).max() <= 1e-6
+    assert np.abs(saved_params(out_a) - saved_params(out_b)).max() <= 1e-6
 
 
 def test_post_local_sgd_equals_local_engine(tmp_path):
     sets = ("--set", "mappers=2", "--set", "train.sync_rounds=2")
     proc, out = mpirun(tmp_path, 2, *sets)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert np.abs(flat(out) - local_params(*sets)).max() <= 1e-6
+    assert np.abs(saved_params(out) - local_params(*sets)).max() <= 1e-6
 
 
 def test_mapper_count_follows_the_ranks_with_a_warning(tmp_path):
@@ -113,7 +108,7 @@ def test_nnlib_run_with_engine_mpi_launches_mpiexec(tmp_path):
            *QUICK, "--set", "mpi.args=[--oversubscribe]", "--out", str(tmp_path / "r"), "--quiet"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert np.abs(flat(tmp_path / "r") - local_params("--set", "mappers=2")).max() <= 1e-6
+    assert np.abs(saved_params(tmp_path / "r") - local_params("--set", "mappers=2")).max() <= 1e-6
 
 
 def test_a_killed_rank_fails_the_job_instead_of_hanging(tmp_path):
@@ -150,4 +145,4 @@ def test_skip_bad_mappers_on_mpi_equals_local(tmp_path, collective):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped_mappers"] == [{"round": 0, "mapper": 2}, {"round": 1, "mapper": 2}]
-    assert np.abs(flat(out) - local_params(*args)).max() <= 1e-6
+    assert np.abs(saved_params(out) - local_params(*args)).max() <= 1e-6

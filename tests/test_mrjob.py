@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import small_config
 
 from nnlib.cli import main
 from nnlib.driver import run
 from nnlib.engines.mrjob_engine import MrjobEngine
 from nnlib.wire import decode_array
-
-from conftest import small_config
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = dict(log=lambda _msg: None)

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import saved_params
 
 from nnlib.cli import main
 from nnlib.config import load_config
 from nnlib.driver import run
-from nnlib.outputs import RunDir, load_model
+from nnlib.outputs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = dict(log=lambda _m: None, warn=lambda _m: None)
@@ -63,10 +64,9 @@ def test_kill_9_then_resume_gives_bit_identical_weights(tmp_path, engine, reques
     # against the same engine: Spark's Python workers run BLAS on one thread, which can change the last bits
     if engine == "spark":
         request.getfixturevalue("spark")
-    uninterrupted = run(load_config(ROOT / "conf/default.yaml", SLOW + [f"engine={engine}", "spark.master=local[2]"]),
-                        **QUIET)
-    saved = np.concatenate([a.ravel() for a in load_model(out / "model.npz").values()])
-    np.testing.assert_array_equal(saved, uninterrupted.params)
+    config = load_config(ROOT / "conf/default.yaml", SLOW + [f"engine={engine}", "spark.master=local[2]"])
+    uninterrupted = run(config, **QUIET)
+    np.testing.assert_array_equal(saved_params(out), uninterrupted.params)
 
 
 def test_resume_can_add_rounds_and_nothing_else(tmp_path, capsys):
@@ -74,9 +74,9 @@ def test_resume_can_add_rounds_and_nothing_else(tmp_path, capsys):
     base = sets(["engine=local", "train.rounds=2", "model.hidden=[8]"])
     assert main(["run", *base, "--out", str(out), "--quiet"]) == 0
     assert main(["run", "--resume", str(out), *sets(["train.rounds=4"]), "--quiet"]) == 0
-    longer = run(load_config(ROOT / "conf/default.yaml", ["engine=local", "train.rounds=4", "model.hidden=[8]"]), **QUIET)
-    saved = np.concatenate([a.ravel() for a in load_model(out / "model.npz").values()])
-    np.testing.assert_array_equal(saved, longer.params)
+    longer = run(load_config(ROOT / "conf/default.yaml", ["engine=local", "train.rounds=4", "model.hidden=[8]"]),
+                 **QUIET)
+    np.testing.assert_array_equal(saved_params(out), longer.params)
     capsys.readouterr()
 
     assert main(["run", "--resume", str(out), *sets(["mappers=3", "train.lr=0.5"])]) == 2

@@ -1,6 +1,5 @@
 """A real standalone cluster: the same weights as the local engine, and a killed worker changes nothing."""
 
-import os
 import subprocess
 import sys
 import time
@@ -8,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import saved_params
+from spark_cluster import StandaloneCluster, cluster_env
 
 from nnlib.config import load_config
 from nnlib.driver import run
-from nnlib.outputs import load_model
-
-from spark_cluster import StandaloneCluster, cluster_env
 
 ROOT = Path(__file__).resolve().parent.parent
 # rounds long enough (about a second each) to kill a worker in the middle of one
@@ -37,10 +35,6 @@ def submit(cluster, out, *extra):
                             stderr=subprocess.PIPE, text=True)
 
 
-def saved(out):
-    return np.concatenate([a.ravel() for a in load_model(out / "model.npz").values()])
-
-
 def test_cluster_run_equals_local_engine_and_survives_a_killed_worker(cluster, tmp_path):
     clean = submit(cluster, tmp_path / "clean")
     _, err = clean.communicate(timeout=400)
@@ -50,7 +44,7 @@ def test_cluster_run_equals_local_engine_and_survives_a_killed_worker(cluster, t
 
     local = run(load_config(ROOT / "conf/default.yaml", [*WORK, "engine=local"]),
                 log=lambda _m: None, warn=lambda _m: None)
-    assert np.abs(saved(tmp_path / "clean") - local.params).max() <= 1e-6
+    assert np.abs(saved_params(tmp_path / "clean") - local.params).max() <= 1e-6
 
     faulty = submit(cluster, tmp_path / "faulty")
     checkpoints = tmp_path / "faulty" / "checkpoints"
@@ -63,6 +57,6 @@ def test_cluster_run_equals_local_engine_and_survives_a_killed_worker(cluster, t
     _, err = faulty.communicate(timeout=600)
     assert faulty.returncode == 0, err[-3000:]
     assert "Lost executor" in err  # Spark saw the fault and re-ran the lost tasks
-    np.testing.assert_array_equal(saved(tmp_path / "faulty"), saved(tmp_path / "clean"))
+    np.testing.assert_array_equal(saved_params(tmp_path / "faulty"), saved_params(tmp_path / "clean"))
     rows = (tmp_path / "faulty/mapper_times.csv").read_text().splitlines()[1:]
     assert len(rows) == 4 * 6  # each (round, mapper) counted once, retries or not

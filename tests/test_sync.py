@@ -2,14 +2,13 @@
 
 import numpy as np
 import pytest
+from conftest import small_config
 
 from nnlib.core.combine import COMBINE_RULES, linear_coefficients
 from nnlib.core.mlp import ModelSpec, NumpyMLP
 from nnlib.core.params import LayerSpec, init_params
 from nnlib.core.train import sync_learning_rates
 from nnlib.driver import run
-
-from conftest import small_config
 
 QUIET = dict(log=lambda _m: None, warn=lambda _m: None)
 

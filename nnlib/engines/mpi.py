@@ -18,7 +18,6 @@ after the start. All collectives use mpi4py's buffer form (``Allreduce``,
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 

@@ -11,8 +11,8 @@ combined weights and every mapper's timing.
 from __future__ import annotations
 
 import gzip
-import logging
 import importlib.util
+import logging
 import shutil
 import sys
 import tempfile

@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from nnlib.errors import EngineError, error_from_text
 from nnlib.engines.base import MapThenReduce
+from nnlib.errors import EngineError, error_from_text
 from nnlib.timing import timed
 
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
