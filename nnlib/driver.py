@@ -1,10 +1,13 @@
 """The one driver loop, shared by every engine.
 
 Each round: send the weights (the payload) to every shard, map
-:func:`nnlib.tasks.train_shard` over the shards, refuse non-finite results,
-combine, evaluate on the held-out test set, record the timings. The schedule
-(how many rounds, how much local work) lives here; the arithmetic of a round
-lives in :mod:`nnlib.core`; where the work runs is the engine's business.
+:func:`nnlib.tasks.train_shard` over the shards, refuse (or skip) non-finite
+results, combine, evaluate on the held-out test set, record the timings,
+checkpoint. A synchronous round (``combine: gradient``, or the first
+``train.sync_rounds`` rounds) instead averages gradients every mini-batch.
+The schedule (how many rounds, which kind, how much local work, the learning
+rates) lives here; the arithmetic lives in :mod:`nnlib.core`; where the work
+runs and where the reduce happens is the engine's business.
 """
 
 from __future__ import annotations
