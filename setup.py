@@ -20,6 +20,7 @@ setup(
         "pyyaml>=6",
         "pydantic>=2.5,<3",
         "scikit-learn>=1.3",
+        "threadpoolctl>=3",
         "pyarrow>=14",
         "pyspark==4.3.0",
     ],

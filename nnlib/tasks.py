@@ -23,6 +23,7 @@ from nnlib.core.mlp import ModelSpec
 from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, sgd_update
 from nnlib.data.dataset import Shard
 from nnlib.errors import DivergenceError
+from nnlib.threads import one_blas_thread
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,9 @@ def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
     """Train the payload's weights on ``shard`` for one round of local work."""
     start = time.perf_counter()
     backend = get_backend(payload.backend, payload.model)
-    update = local_sgd(backend, payload.params, payload.velocity, shard.x, shard.y, payload.schedule,
-                       payload.lr, payload.momentum, shard_rng(payload.seed, payload.round_index, shard.index))
+    with one_blas_thread():
+        update = local_sgd(backend, payload.params, payload.velocity, shard.x, shard.y, payload.schedule,
+                           payload.lr, payload.momentum, shard_rng(payload.seed, payload.round_index, shard.index))
     return MapperResult(shard.index, update.params, update.velocity, update.n_samples, update.train_loss,
                         update.steps, socket.gethostname(), os.getpid(), time.perf_counter() - start)
 
@@ -150,7 +152,7 @@ def sync_gradient_round(shards: list[Shard], payload: RoundPayload, collective: 
     compute = [0.0] * len(shards)
     loss_sums = [0.0] * len(shards)
     comm = 0.0
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), one_blas_thread():
         for step, lr in enumerate(lrs):
             grads = []
             for i, shard in enumerate(shards):
