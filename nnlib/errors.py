@@ -28,6 +28,12 @@ class EngineError(NnlibError):
     """An engine (Spark, mrjob, MPI) failed; the message carries the tail of its log."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 _NNLIB_ERROR = re.compile(r"nnlib\.errors\.(\w+): (.*)")
 _ANY_ERROR = re.compile(r"\s*\w+(\.\w+)*(Error|Exception): ")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from nnlib.errors import NnlibError
+from nnlib.errors import NnlibError, first_line
 
 ROUND_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "seconds",
                  "broadcast_seconds", "wait_seconds", "combine_seconds", "evaluate_seconds",
@@ -128,8 +128,7 @@ class RunDir:
                 velocity = f["velocity"] if "velocity" in f.files else None
                 skipped = f["skipped"].reshape(-1, 2).tolist()
         except Exception as exc:  # noqa: BLE001  - any damage reads as "corrupted"
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise NnlibError(f"--resume: checkpoint {path} is corrupted ({first}); "
+            raise NnlibError(f"--resume: checkpoint {path} is corrupted ({first_line(exc)}); "
                              "delete it to resume from the one before") from None
         if params.dtype != np.float32 or params.ndim != 1:
             raise NnlibError(f"--resume: checkpoint {path} is corrupted (params must be a float32 vector, "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnlib.errors import DataError
+from nnlib.errors import DataError, first_line
 
 FILE_SUFFIXES = (".npz", ".csv", ".parquet", "IDX (e.g. train-images-idx3-ubyte[.gz])")
 BUILTIN = ("digits", "synthetic")
@@ -134,8 +134,7 @@ def read_csv(path: Path, key: str, label_column: str):
     try:
         table = pacsv.read_csv(path)
     except pa.ArrowInvalid as exc:
-        first = str(exc).splitlines()[0]
-        raise DataError(f"{key}: {path} is not a well-formed CSV file ({first})") from None
+        raise DataError(f"{key}: {path} is not a well-formed CSV file ({first_line(exc)})") from None
     except OSError as exc:
         raise DataError(f"{key}: {path} cannot be read ({exc})") from None
     return _table_to_arrays(table, path, key, label_column, None)
@@ -149,8 +148,7 @@ def read_parquet(path: Path, key: str, label_column: str, features_column: str |
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{key}: {path} is not a readable parquet file ({first})") from None
+        raise DataError(f"{key}: {path} is not a readable parquet file ({first_line(exc)})") from None
     return _table_to_arrays(table, path, key, label_column, features_column)
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from nnlib.engines.base import MapThenReduce
-from nnlib.errors import EngineError, error_from_text
+from nnlib.errors import EngineError, error_from_text, first_line
 from nnlib.timing import timed
 
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
@@ -53,8 +53,7 @@ class SparkEngine(MapThenReduce):
         try:
             self.session, self._owns_session = get_or_create_session(self.master, self.app_name, self.log_level)
         except Exception as exc:  # the JVM failed to start: no Java, bad master URL, ...
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EngineError(f"spark.master {self.master!r}: could not start Spark ({first})") from None
+            raise EngineError(f"spark.master {self.master!r}: could not start Spark ({first_line(exc)})") from None
         sc = self.session.sparkContext
         # range(n) in n slices puts shard i alone in partition i.
         self._shards = sc.parallelize(range(source.mappers), source.mappers).mapPartitions(
