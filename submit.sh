@@ -39,16 +39,7 @@ if ! command -v spark-submit >/dev/null 2>&1; then
   exit 2
 fi
 
-mkdir -p "$here/build"
-rm -f "$here/build/nnlib.zip"
-(cd "$here" && python3 - <<'PY'
-import pathlib, zipfile
-with zipfile.ZipFile("build/nnlib.zip", "w", zipfile.ZIP_DEFLATED) as z:
-    for path in sorted(pathlib.Path("nnlib").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            z.write(path)
-PY
-)
+(cd "$here" && python3 -m nnlib.ship "$here/build/nnlib.zip" >/dev/null)
 
 extra=(--py-files "$here/build/nnlib.zip")
 if [[ -n "$env_archive" ]]; then

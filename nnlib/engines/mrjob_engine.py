@@ -17,18 +17,17 @@ import shutil
 import sys
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 
 import yaml
 
 from nnlib.errors import EngineError, error_from_text
+from nnlib.ship import zip_package
 from nnlib.tasks import Combined, MapperResult
 from nnlib.timing import timed
 
 RUNNERS = ("inline", "local", "hadoop", "emr")
 JOB_FILE = Path(__file__).resolve().parents[2] / "jobs" / "mr_model_avg.py"
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 class _NoConfigNote(logging.Filter):
@@ -68,15 +67,6 @@ def load_job_class():
     return module.MRModelAvg
 
 
-def zip_package(dest: Path) -> Path:
-    """nnlib as a zip for mrjob's --py-files, so tasks import the driver's exact code."""
-    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as z:
-        for path in sorted(PACKAGE_DIR.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                z.write(path, path.relative_to(PACKAGE_DIR.parent))
-    return dest
-
-
 class MrjobEngine:
     name = "mrjob"
 
@@ -100,6 +90,7 @@ class MrjobEngine:
         conf.update(mappers=source.mappers, seed=source.seed, data=source.data.model_dump())
         self._conf = self._dir / "config.yaml"
         self._conf.write_text(yaml.safe_dump(conf, sort_keys=False))
+        # tasks import the driver's exact code (inline runs in this process and needs no shipping)
         self._py_files = [] if self.runner == "inline" else ["--py-files", str(zip_package(self._dir / "nnlib.zip"))]
 
     def round(self, fn, payload, reduce, timings):
