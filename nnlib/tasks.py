@@ -89,14 +89,19 @@ def diverged(round_index: int, mapper: int) -> DivergenceError:
                            "(training diverged; try a smaller train.lr, or train.skip_bad_mappers: true)")
 
 
+def check_bad_mappers(bad: list[int], n_mappers: int, round_index: int, skip_bad: bool) -> None:
+    """Refuse a round whose mappers ``bad`` returned NaN/inf, unless ``skip_bad`` and some mapper is left."""
+    if bad and not skip_bad:
+        raise diverged(round_index, bad[0])
+    if bad and len(bad) == n_mappers:
+        raise DivergenceError(f"round {round_index}: every mapper returned weights containing NaN or inf "
+                              "(training diverged; try a smaller train.lr)")
+
+
 def finite_split(results: list[MapperResult], round_index: int, skip_bad: bool):
     """``(good results, skipped mapper indices)``; refuses NaN/inf unless ``skip_bad``."""
     bad = [res.mapper for res in results if not np.isfinite(res.params).all()]
-    if bad and not skip_bad:
-        raise diverged(round_index, bad[0])
-    if len(bad) == len(results):
-        raise DivergenceError(f"round {round_index}: every mapper returned weights containing NaN or inf "
-                              "(training diverged; try a smaller train.lr)")
+    check_bad_mappers(bad, len(results), round_index, skip_bad)
     return [res for res in results if res.mapper not in bad], bad
 
 

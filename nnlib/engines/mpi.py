@@ -26,7 +26,7 @@ import numpy as np
 from nnlib.core.combine import linear_coefficients
 from nnlib.core.params import DTYPE
 from nnlib.errors import EngineError
-from nnlib.tasks import Combined, MapperResult, finite_split, sync_gradient_round
+from nnlib.tasks import Combined, MapperResult, check_bad_mappers, sync_gradient_round
 from nnlib.timing import timed
 
 COLLECTIVES = ("allreduce", "allgather")
@@ -62,11 +62,7 @@ class MpiCollective:
         return (total / k).astype(DTYPE)
 
     def mappers_flagged(self, local_flags):
-        flags = np.zeros(self.comm.Get_size(), np.int64)
-        for mapper, flag in local_flags.items():
-            flags[mapper] = int(flag)
-        self.comm.Allreduce(_in_place(), flags)
-        return [int(m) for m in np.flatnonzero(flags)]
+        return ranks_flagged(self.comm, local_flags)
 
 
 def _in_place():
@@ -75,9 +71,13 @@ def _in_place():
     return MPI.IN_PLACE
 
 
-def _flagged(mapper: int, bad: bool) -> MapperResult:
-    """A stand-in result that is finite or not, for :func:`finite_split` to judge."""
-    return MapperResult(mapper, np.array([np.nan if bad else 0.0], DTYPE), None, 0, 0.0, 0, "", 0, 0.0)
+def ranks_flagged(comm, local_flags: dict[int, bool]) -> list[int]:
+    """The ranks, across the whole communicator, whose flag is set (one Allreduce of a flag vector)."""
+    flags = np.zeros(comm.Get_size(), np.int64)
+    for rank, flag in local_flags.items():
+        flags[rank] = int(flag)
+    comm.Allreduce(_in_place(), flags)
+    return [int(r) for r in np.flatnonzero(flags)]
 
 
 class MpiEngine:
@@ -93,9 +93,7 @@ class MpiEngine:
 
     def agree(self, ok: bool) -> bool:
         """True on every rank when ``ok`` holds on every rank (so a local failure stops all ranks)."""
-        flag = np.array([1 if ok else 0], np.int64)
-        self.comm.Allreduce(_in_place(), flag)
-        return int(flag[0]) == self.size
+        return not ranks_flagged(self.comm, {self.rank: not ok})
 
     def start(self, source):
         if source.mappers != self.size:
@@ -110,13 +108,6 @@ class MpiEngine:
             if error is not None:
                 raise error
             raise EngineError("engine=mpi: another rank failed to build its shard")
-
-    def _non_finite_ranks(self, vector) -> list[int]:
-        """The ranks whose vector holds NaN or inf, known on every rank."""
-        flags = np.zeros(self.size, np.int64)
-        flags[self.rank] = 0 if np.isfinite(vector).all() else 1
-        self.comm.Allreduce(_in_place(), flags)
-        return [int(m) for m in np.flatnonzero(flags)]
 
     def _gather_meta(self, res: MapperResult, comm_seconds: float) -> list[MapperResult]:
         """Every rank's timing facts, on every rank (buffer-form Allgather)."""
@@ -165,10 +156,9 @@ class MpiEngine:
                              "", 0, 0.0) for m in range(self.size)]
 
     def _allreduce_combine(self, res, counts, payload, reduce):
-        skipped = self._non_finite_ranks(res.params)
-        if skipped:  # the same check as the local reduce, so the same error (or skip) on every rank
-            finite_split([_flagged(m, m in skipped) for m in range(self.size)], payload.round_index,
-                         reduce.skip_bad)
+        skipped = ranks_flagged(self.comm, {self.rank: not np.isfinite(res.params).all()})
+        # the same check as the local reduce, so the same error (or skip) on every rank
+        check_bad_mappers(skipped, self.size, payload.round_index, reduce.skip_bad)
         good = [m for m in range(self.size) if m not in skipped]
         mine = self.rank in good
         coefs, start_coef = linear_coefficients(reduce.rule, counts[good].tolist())
