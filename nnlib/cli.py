@@ -72,6 +72,17 @@ def resolve_config(args: argparse.Namespace):
     return requested
 
 
+def progress_log(quiet: bool):
+    """Where the driver's per-round lines go: stdout, flushed, or nowhere."""
+    return (lambda _msg: None) if quiet else (lambda msg: print(msg, flush=True))
+
+
+def print_final(summary: dict, run_dir: Path) -> None:
+    """The closing line of a run."""
+    print(f"final test accuracy {summary['final_test_accuracy']:.4f}, test loss {summary['final_test_loss']:.4f}, "
+          f"{summary['wall_seconds']:.1f}s; outputs in {run_dir}", flush=True)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Load the config, open the run directory, run the driver, print where the outputs are."""
     from nnlib.driver import run
@@ -84,13 +95,11 @@ def run_command(args: argparse.Namespace) -> int:
         return launch_or_run(config, args)
     out = args.resume or args.out
     run_dir = RunDir(Path(out) if out else default_run_dir(), overwrite=args.overwrite, resume=bool(args.resume))
-    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    log = progress_log(args.quiet)
     log(f"nnlib: engine={config.engine} mappers={config.mappers} combine={config.combine} "
         f"data={config.data.source} -> {run_dir.path}")
     result = run(config, run_dir, log=log, resume=bool(args.resume))
-    s = result.summary
-    print(f"final test accuracy {s['final_test_accuracy']:.4f}, test loss {s['final_test_loss']:.4f}, "
-          f"{s['wall_seconds']:.1f}s; outputs in {run_dir.path}")
+    print_final(result.summary, run_dir.path)
     return 0
 
 

@@ -188,7 +188,7 @@ class MpiEngine:
 
 def run_mpi(argv: list[str], prog: str = "mpi_model_avg.py") -> int:
     """The SPMD entry: every rank runs this; rank 0 prints and writes the run directory."""
-    from nnlib.cli import build_run_parser
+    from nnlib.cli import build_run_parser, print_final, progress_log
     from nnlib.config import default_conf_path, load_config
     from nnlib.driver import run, warn
     from nnlib.errors import NnlibError
@@ -219,16 +219,13 @@ def run_mpi(argv: list[str], prog: str = "mpi_model_avg.py") -> int:
                 error = exc
         if not engine.agree(error is None):
             raise error or EngineError("rank 0 refused the run directory")
-        quiet = args.quiet or rank != 0
-        log = (lambda _msg: None) if quiet else (lambda msg: print(msg, flush=True))
+        log = progress_log(args.quiet or rank != 0)
         if rank == 0:
             log(f"nnlib: engine=mpi ranks={size} combine={config.combine} collective={config.mpi.collective} "
                 f"data={config.data.source} -> {run_dir.path}")
         result = run(config, run_dir, engine=engine, log=log, warn=warn if rank == 0 else (lambda _msg: None))
         if rank == 0:
-            s = result.summary
-            print(f"final test accuracy {s['final_test_accuracy']:.4f}, test loss {s['final_test_loss']:.4f}, "
-                  f"{s['wall_seconds']:.1f}s; outputs in {run_dir.path}", flush=True)
+            print_final(result.summary, run_dir.path)
         return 0
     except NnlibError as exc:
         # config and data errors arise alike on every rank; say it once
