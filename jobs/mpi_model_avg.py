@@ -1,4 +1,4 @@
-"""Model averaging (or synchronous gradient averaging) with MPI: one rank per mapper.
+"""Model averaging (or synchronous gradient averaging) with MPI: ``nnlib run`` on every rank.
 
 Launch (the same arguments as ``nnlib run``; rank 0 prints and writes the run directory)::
 
@@ -6,15 +6,12 @@ Launch (the same arguments as ``nnlib run``; rank 0 prints and writes the run di
 
 ``mappers`` is the number of ranks K. As root, Open MPI also wants
 ``--allow-run-as-root``; more ranks than cores need ``--oversubscribe``.
+Started without mpiexec, it starts ``mpiexec -n mappers`` itself.
 """
 
 import sys
-from pathlib import Path
 
-# Run from a source checkout without installing: put the repository root on the path.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from nnlib.engines.mpi import run_mpi  # noqa: E402
+from nnlib.cli import main
 
 if __name__ == "__main__":
-    sys.exit(run_mpi(sys.argv[1:]))
+    sys.exit(main(["run", *sys.argv[1:], "--set", "engine=mpi"], prog="mpi_model_avg.py"))

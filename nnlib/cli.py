@@ -1,7 +1,12 @@
-"""Command line: ``nnlib run [CONF] [--set key=value ...] [--out DIR] [--overwrite]``.
+"""Command line: ``nnlib run [CONF] [--set key=value ...] [--out DIR] [--overwrite] [--resume DIR]``.
 
-Also what ``spark-submit jobs/model_avg.py`` calls. Every input error ends
-the process with status 2 and one line on stderr; nothing is left half-written.
+The one entry path: ``nnlib run``, ``python -m nnlib run``, ``spark-submit
+jobs/model_avg.py`` and every rank of ``mpiexec ... jobs/mpi_model_avg.py``
+come here. This module alone parses arguments, opens the run directory,
+prints, and turns every input error into exit status 2 with one line on
+stderr (nothing is left half-written). With an SPMD engine (MPI) every rank
+runs this path and only the main process (rank 0) writes and prints, as
+nanoGPT gates on ``master_process``.
 """
 
 from __future__ import annotations
@@ -10,59 +15,46 @@ import argparse
 import sys
 from pathlib import Path
 
-from nnlib.errors import ConfigError, NnlibError
-
-
-def build_run_parser(prog: str) -> argparse.ArgumentParser:
-    """The parser of the job scripts, which take ``run``'s arguments directly."""
-    parser = argparse.ArgumentParser(prog=prog, description="Distributed batch training of MLPs.")
-    add_run_arguments(parser)
-    return parser
+from nnlib.config import build_config, diff_keys, load_config, read_layered, read_yaml
+from nnlib.driver import run, warn, with_absolute_paths
+from nnlib.engines import make_engine
+from nnlib.errors import ConfigError, EngineError, NnlibError
+from nnlib.outputs import RunDir, default_run_dir
+from nnlib.spmd import inside_launcher, launch, launcher_rank
 
 
 def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Distributed batch training of MLPs.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="train as a conf file says")
-    add_run_arguments(run)
+    run_parser = sub.add_parser("run", help="train as a conf file says")
+    run_parser.add_argument("conf", nargs="?", help="conf file (default: the built-in defaults)")
+    run_parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a config key, e.g. --set mappers=8 (repeatable)")
+    run_parser.add_argument("--out", help="run directory (default: runs/<timestamp>)")
+    run_parser.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    run_parser.add_argument("--resume", metavar="DIR",
+                            help="continue the run in DIR from its last checkpoint (only train.rounds may change)")
+    run_parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     return parser
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("conf", nargs="?", help="conf file (default: conf/default.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set mappers=8 (repeatable)")
-    parser.add_argument("--out", help="run directory (default: runs/<timestamp>)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    parser.add_argument("--resume", metavar="DIR",
-                        help="continue the run in DIR from its last checkpoint (only train.rounds may change)")
-    parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
-
-
 def resolve_config(args: argparse.Namespace):
-    """The run's config: CONF (or conf/default.yaml) plus --set; with --resume, the saved one.
+    """The run's config: CONF (or the built-in defaults) plus --set; with --resume, the saved one.
 
     ``--resume DIR`` starts from ``DIR/config.yaml``; a CONF or --set given
     alongside may change ``train.rounds`` and nothing else.
     """
-    from nnlib.config import (
-        build_config,
-        default_conf_path,
-        diff_keys,
-        load_config,
-        read_layered,
-        read_yaml,
-    )
-    from nnlib.driver import with_absolute_paths
-
     if not args.resume:
-        return load_config(args.conf if args.conf is not None else default_conf_path(), args.overrides)
+        return load_config(args.conf, args.overrides)
     if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise ConfigError(f"--resume {args.resume} writes to that directory; --out {args.out} names another")
     saved_file = Path(args.resume) / "config.yaml"
     if not saved_file.is_file():
         raise ConfigError(f"--resume: {args.resume} holds no run (config.yaml not found)")
     saved = build_config(read_yaml(saved_file), source=str(saved_file))
+    if saved.engine == "mpi":
+        raise ConfigError(f"--resume: engine=mpi cannot resume a run yet; start {args.resume} again "
+                          "with engine=local or spark, or anew")
     base = read_layered(args.conf) if args.conf else read_yaml(saved_file)
     requested = with_absolute_paths(build_config(base, args.overrides, source=args.conf or str(saved_file)))
     differ = [k for k in diff_keys(saved, requested) if k != "train.rounds"]
@@ -72,35 +64,60 @@ def resolve_config(args: argparse.Namespace):
     return requested
 
 
-def progress_log(quiet: bool):
-    """Where the driver's per-round lines go: stdout, flushed, or nowhere."""
-    return (lambda _msg: None) if quiet else (lambda msg: print(msg, flush=True))
+def run_arguments(args: argparse.Namespace) -> list[str]:
+    """``args`` as ``nnlib run`` arguments again (what every launched rank receives)."""
+    argv = [args.conf] if args.conf else []
+    for item in args.overrides:
+        argv += ["--set", item]
+    if args.out:
+        argv += ["--out", str(args.out)]
+    return argv + ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
 
 
-def print_final(summary: dict, run_dir: Path) -> None:
-    """The closing line of a run."""
-    print(f"final test accuracy {summary['final_test_accuracy']:.4f}, test loss {summary['final_test_loss']:.4f}, "
-          f"{summary['wall_seconds']:.1f}s; outputs in {run_dir}", flush=True)
+def open_run_dir(args: argparse.Namespace, engine) -> RunDir | None:
+    """The run directory, opened by the main process alone; every process learns whether that worked."""
+    run_dir, error = None, None
+    if engine.is_main:
+        out = args.resume or args.out
+        try:
+            run_dir = RunDir(Path(out) if out else default_run_dir(), overwrite=args.overwrite,
+                             resume=bool(args.resume))
+        except NnlibError as exc:
+            error = exc
+    if not engine.all_ok(error is None):
+        raise error or EngineError("the main process refused the run directory")
+    return run_dir
+
+
+def _quiet(_message: str) -> None:
+    pass
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Load the config, open the run directory, run the driver, print where the outputs are."""
-    from nnlib.driver import run
-    from nnlib.outputs import RunDir, default_run_dir
-
     config = resolve_config(args)
+    if config.engine == "mpi" and not inside_launcher():
+        return launch(config.mpi.launcher, config.mappers, config.mpi.args, run_arguments(args))
+    engine = make_engine(config)
+    speak = engine.is_main
     if config.engine == "mpi":
-        from nnlib.engines.mpi import launch_or_run
+        from nnlib.engines.mpi import fit_to_ranks
 
-        return launch_or_run(config, args)
-    out = args.resume or args.out
-    run_dir = RunDir(Path(out) if out else default_run_dir(), overwrite=args.overwrite, resume=bool(args.resume))
-    log = progress_log(args.quiet)
+        config = fit_to_ranks(config, engine.size, warn if speak else _quiet)
+    run_dir = open_run_dir(args, engine)
+    log = print_flushed if speak and not args.quiet else _quiet
     log(f"nnlib: engine={config.engine} mappers={config.mappers} combine={config.combine} "
-        f"data={config.data.source} -> {run_dir.path}")
-    result = run(config, run_dir, log=log, resume=bool(args.resume))
-    print_final(result.summary, run_dir.path)
+        f"data={config.data.source} -> {run_dir.path if run_dir else '-'}")
+    result = run(config, run_dir, engine=engine, log=log, warn=warn if speak else _quiet, resume=bool(args.resume))
+    if speak:
+        s = result.summary
+        print_flushed(f"final test accuracy {s['final_test_accuracy']:.4f}, test loss {s['final_test_loss']:.4f}, "
+                      f"{s['wall_seconds']:.1f}s; outputs in {run_dir.path}")
     return 0
+
+
+def print_flushed(message: str) -> None:
+    print(message, flush=True)
 
 
 def main(argv: list[str] | None = None, prog: str = "nnlib") -> int:
@@ -108,7 +125,9 @@ def main(argv: list[str] | None = None, prog: str = "nnlib") -> int:
     try:
         return run_command(args)
     except NnlibError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        # under mpiexec every rank meets the same input error; rank 0 says it once
+        if launcher_rank() == 0:
+            print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return 2
 
 

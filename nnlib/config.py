@@ -2,7 +2,9 @@
 
 A run is described by :class:`Config`, loaded from a YAML file (which holds
 only what differs from the defaults below) plus dotted ``--set key=value``
-overrides. Unknown keys and wrong types are refused with a one-line
+overrides. The defaults are the default run (digits, 4 mappers, 5 rounds of
+2 local epochs) on the local engine. The Literal types below hold the only
+lists of allowed values. Unknown keys and wrong types are refused with a one-line
 :class:`ConfigError` that names the key, what is allowed and what was given.
 """
 
@@ -17,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nnlib.errors import ConfigError
+from nnlib.schedule import has_sync_rounds
 
 
 class _Loader(yaml.SafeLoader):
@@ -76,7 +79,7 @@ class ModelConfig(_Section):
 
 class TrainConfig(_Section):
     rounds: int = Field(5, ge=1)
-    local_epochs: int = Field(1, ge=1)
+    local_epochs: int = Field(2, ge=1)
     local_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.1, gt=0)
@@ -118,8 +121,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _sync_needs_a_synchronous_engine(self):
-        sync = self.combine == "gradient" or self.train.sync_rounds > 0
-        if sync and self.engine not in SYNC_ENGINES:
+        if has_sync_rounds(self.combine, self.train.sync_rounds) and self.engine not in SYNC_ENGINES:
             what = "combine=gradient" if self.combine == "gradient" else f"train.sync_rounds={self.train.sync_rounds}"
             raise ValueError(f"{what} syncs every mini-batch and needs engine {' or '.join(SYNC_ENGINES)}, "
                              f"got engine={self.engine}")
@@ -245,15 +247,6 @@ def read_layered(path: str | Path, seen: tuple = ()) -> dict[str, Any]:
     if parent_path.resolve() in seen:
         raise ConfigError(f"config file {path}: 'extends: {parent}' makes a cycle")
     return _merge(read_layered(parent_path, seen + (path.resolve(),)), tree)
-
-
-def default_conf_path() -> Path | None:
-    """``conf/default.yaml`` of the source tree, or of the current directory, if present."""
-    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        candidate = root / "conf" / "default.yaml"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

@@ -98,15 +98,15 @@ class RunDir:
         np.savez(buf, **named)
         atomic_write_bytes(self.file("model.npz"), buf.getvalue())
 
-    def write_checkpoint(self, rounds_done: int, params: np.ndarray, velocity: np.ndarray | None,
+    def write_checkpoint(self, rounds_done: int, params: np.ndarray, opt_state: np.ndarray | None,
                          skipped: list[dict] = (), keep: int = 2) -> Path:
         """Save the state after ``rounds_done`` rounds to ``checkpoints/``; keep the newest ``keep`` files."""
         folder = self.file("checkpoints")
         folder.mkdir(exist_ok=True)
         arrays = {"rounds_done": np.int64(rounds_done), "params": params,
                   "skipped": np.array([[s["round"], s["mapper"]] for s in skipped], np.int64).reshape(-1, 2)}
-        if velocity is not None:
-            arrays["velocity"] = velocity
+        if opt_state is not None:
+            arrays["opt_state"] = opt_state
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         path = folder / f"round-{rounds_done:05d}.npz"
@@ -125,7 +125,7 @@ class RunDir:
             with np.load(path, allow_pickle=False) as f:
                 rounds_done = int(f["rounds_done"])
                 params = f["params"]
-                velocity = f["velocity"] if "velocity" in f.files else None
+                opt_state = f["opt_state"] if "opt_state" in f.files else None
                 skipped = f["skipped"].reshape(-1, 2).tolist()
         except Exception as exc:  # noqa: BLE001  - any damage reads as "corrupted"
             raise NnlibError(f"--resume: checkpoint {path} is corrupted ({first_line(exc)}); "
@@ -133,7 +133,7 @@ class RunDir:
         if params.dtype != np.float32 or params.ndim != 1:
             raise NnlibError(f"--resume: checkpoint {path} is corrupted (params must be a float32 vector, "
                              f"got {params.dtype} {params.shape})")
-        return Checkpoint(rounds_done, params, velocity, skipped, path)
+        return Checkpoint(rounds_done, params, opt_state, skipped, path)
 
     def read_tables(self, rounds_done: int) -> tuple[list[dict], list[dict]]:
         """Rows of rounds.csv and mapper_times.csv for the first ``rounds_done`` rounds (to resume)."""
@@ -168,7 +168,7 @@ class Checkpoint:
 
     rounds_done: int
     params: np.ndarray
-    velocity: np.ndarray | None
+    opt_state: np.ndarray | None  # the optimizer state (momentum buffer)
     skipped: list[list[int]]  # [round, mapper] pairs left out so far
     path: Path
 

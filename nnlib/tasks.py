@@ -1,8 +1,10 @@
-"""The work a mapper does in one round, as one picklable function.
+"""The work of one round: what a mapper runs, what comes back, how it is reduced.
 
-:func:`train_shard` is what every engine runs on every shard: it takes the
-shard and the round's payload (the weights broadcast by the driver) and
-returns a :class:`MapperResult`. Its randomness is seeded by
+:func:`train_shard` is what every engine runs on every shard in a local
+round: it takes the shard and the round's :class:`RoundPayload` (the weights
+sent by the driver) and returns a :class:`MapperResult`. :func:`sync_shards`
+runs a synchronous round over the shards one process holds, averaging
+gradients through a :class:`Collective`. Randomness is seeded by
 ``(seed, round, shard)`` alone, so a task that is retried, on any host,
 returns bit-identical weights.
 """
@@ -18,11 +20,15 @@ from typing import Protocol
 import numpy as np
 
 from nnlib.core.backends import get_backend
-from nnlib.core.combine import COMBINE_RULES, combine_average
+from nnlib.core.combine import combine
 from nnlib.core.mlp import ModelSpec
-from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, sgd_update
-from nnlib.data.dataset import Shard
+from nnlib.core.optim import SGD
+from nnlib.core.params import LayerSpec, init_params
+from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, run_steps
+from nnlib.data.dataset import Dataset, Shard
+from nnlib.data.partition import shard_sizes
 from nnlib.errors import DivergenceError
+from nnlib.schedule import RoundPlan, Schedule
 from nnlib.threads import one_blas_thread
 
 
@@ -30,33 +36,72 @@ from nnlib.threads import one_blas_thread
 class RoundPayload:
     """What the driver sends to every mapper at the start of a round."""
 
-    round_index: int
+    plan: RoundPlan
     seed: int
-    params: np.ndarray           # (n_params,) float32
-    velocity: np.ndarray | None  # (n_params,) float32 momentum buffer, or None
+    params: np.ndarray              # (n_params,) float32
+    opt_state: np.ndarray | None    # the optimizer's state (momentum buffer), or None
     model: ModelSpec
     backend: str
-    schedule: LocalSchedule
-    lr: float
-    momentum: float
-    # set for a synchronous round: the learning rate of each of its gradient-averaging steps
-    sync_lrs: np.ndarray | None = None
+    optimizer: SGD
+
+    @property
+    def round_index(self) -> int:
+        return self.plan.index
 
 
-@dataclass
-class MapperResult:
-    """What one mapper sends back: weights plus the facts about how it ran."""
+@dataclass(frozen=True)
+class MapperStats:
+    """How one mapper ran one round: the facts every engine reports, without weights."""
 
     mapper: int
-    params: np.ndarray
-    velocity: np.ndarray | None
     n_samples: int
-    train_loss: float
     steps: int
+    train_loss: float         # mean data loss over the round's mini-batches
     host: str
     pid: int
     train_seconds: float      # computing (forward, backward, update)
     comm_seconds: float = 0.0  # waiting in collectives (synchronous rounds, MPI)
+
+
+@dataclass(frozen=True)
+class MapperResult:
+    """What one mapper sends back after a local round: its weights, optimizer state and stats."""
+
+    stats: MapperStats
+    params: np.ndarray              # (n_params,) float32
+    opt_state: np.ndarray | None
+
+
+@dataclass
+class Combined:
+    """A round's reduced state, and the mappers whose non-finite results were dropped."""
+
+    params: np.ndarray
+    opt_state: np.ndarray | None
+    skipped: list[int] = field(default_factory=list)
+
+
+def model_spec(config, data: Dataset) -> ModelSpec:
+    """The model a config trains on ``data``: layer sizes from the data, the rest from ``model``."""
+    layers = LayerSpec((data.n_features, *config.model.hidden, data.n_classes))
+    return ModelSpec(layers, config.model.activation, config.model.loss, config.model.l2)
+
+
+def make_optimizer(config) -> SGD:
+    """The update rule of a config's ``train`` settings."""
+    return SGD(config.train.momentum)
+
+
+def first_payload(config, data: Dataset, schedule: Schedule | None = None) -> RoundPayload:
+    """Round 0's payload: the seeded initial weights and a fresh optimizer state."""
+    spec = model_spec(config, data)
+    params = init_params(spec.layers, config.seed)
+    optimizer = make_optimizer(config)
+    if schedule is None:
+        sizes = shard_sizes(data.y_train, config.mappers, config.data.partition, config.seed)
+        schedule = Schedule.from_config(config, min(sizes))
+    return RoundPayload(schedule.plan(0), config.seed, params, optimizer.init_state(params), spec,
+                        config.model.backend, optimizer)
 
 
 def shard_rng(seed: int, round_index: int, shard_index: int) -> np.random.Generator:
@@ -65,23 +110,16 @@ def shard_rng(seed: int, round_index: int, shard_index: int) -> np.random.Genera
 
 
 def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
-    """Train the payload's weights on ``shard`` for one round of local work."""
+    """Train the payload's weights on ``shard`` for one local round."""
     start = time.perf_counter()
     backend = get_backend(payload.backend, payload.model)
+    plan = payload.plan
     with one_blas_thread():
-        update = local_sgd(backend, payload.params, payload.velocity, shard.x, shard.y, payload.schedule,
-                           payload.lr, payload.momentum, shard_rng(payload.seed, payload.round_index, shard.index))
-    return MapperResult(shard.index, update.params, update.velocity, update.n_samples, update.train_loss,
-                        update.steps, socket.gethostname(), os.getpid(), time.perf_counter() - start)
-
-
-@dataclass
-class Combined:
-    """A round's reduced state, and the mappers whose non-finite results were dropped."""
-
-    params: np.ndarray
-    velocity: np.ndarray | None
-    skipped: list[int] = field(default_factory=list)
+        update = local_sgd(backend, payload.params, payload.opt_state, payload.optimizer, shard.x, shard.y,
+                           plan.local, plan.lr, shard_rng(payload.seed, plan.index, shard.index))
+    stats = MapperStats(shard.index, update.n_samples, update.steps, update.train_loss, socket.gethostname(),
+                        os.getpid(), time.perf_counter() - start)
+    return MapperResult(stats, update.params, update.opt_state)
 
 
 def diverged(round_index: int, mapper: int) -> DivergenceError:
@@ -90,7 +128,11 @@ def diverged(round_index: int, mapper: int) -> DivergenceError:
 
 
 def check_bad_mappers(bad: list[int], n_mappers: int, round_index: int, skip_bad: bool) -> None:
-    """Refuse a round whose mappers ``bad`` returned NaN/inf, unless ``skip_bad`` and some mapper is left."""
+    """Refuse a round whose mappers ``bad`` returned NaN/inf, unless ``skip_bad`` and some mapper is left.
+
+    The one NaN/inf judgement of local rounds: the driver-side reduce and the
+    MPI engine (which flags its ranks with one Allreduce) both call it.
+    """
     if bad and not skip_bad:
         raise diverged(round_index, bad[0])
     if bad and len(bad) == n_mappers:
@@ -98,16 +140,9 @@ def check_bad_mappers(bad: list[int], n_mappers: int, round_index: int, skip_bad
                               "(training diverged; try a smaller train.lr)")
 
 
-def finite_split(results: list[MapperResult], round_index: int, skip_bad: bool):
-    """``(good results, skipped mapper indices)``; refuses NaN/inf unless ``skip_bad``."""
-    bad = [res.mapper for res in results if not np.isfinite(res.params).all()]
-    check_bad_mappers(bad, len(results), round_index, skip_bad)
-    return [res for res in results if res.mapper not in bad], bad
-
-
 @dataclass(frozen=True)
 class RoundReducer:
-    """The reduce step of a round, plain data (a rule name) so any engine can ship it."""
+    """The reduce step of a local round, plain data (a rule name) so any engine can ship it."""
 
     rule: str
     skip_bad: bool = False
@@ -116,17 +151,20 @@ class RoundReducer:
         """Combine the mappers' results into the next weights.
 
         Results are combined in mapper order whatever order they arrived in, so
-        every engine adds the same numbers in the same order. Momentum buffers
+        every engine adds the same numbers in the same order. Optimizer states
         are averaged. A result holding NaN or inf stops the run, or with
         ``skip_bad`` is left out of this round's combine.
         """
-        results = sorted(results, key=lambda res: res.mapper)
-        good, skipped = finite_split(results, payload.round_index, self.skip_bad)
-        params = COMBINE_RULES[self.rule]([(res.params, res.n_samples) for res in good], payload.params)
-        velocity = None
-        if payload.velocity is not None:
-            velocity = combine_average([(res.velocity, res.n_samples) for res in good])
-        return Combined(params, velocity, skipped)
+        results = sorted(results, key=lambda res: res.stats.mapper)
+        bad = [res.stats.mapper for res in results if not np.isfinite(res.params).all()]
+        check_bad_mappers(bad, len(results), payload.round_index, self.skip_bad)
+        good = [res for res in results if res.stats.mapper not in bad]
+        counts = [res.stats.n_samples for res in good]
+        params = combine(self.rule, [res.params for res in good], counts, payload.params)
+        opt_state = None
+        if payload.opt_state is not None:
+            opt_state = combine("average", [res.opt_state for res in good], counts)
+        return Combined(params, opt_state, bad)
 
 
 class Collective(Protocol):
@@ -139,49 +177,52 @@ class Collective(Protocol):
         """The mappers, across all processes, whose flag is set."""
 
 
-def sync_gradient_round(shards: list[Shard], payload: RoundPayload, collective: Collective):
-    """One round of synchronous data-parallel SGD over ``shards`` (this process's mappers).
+def sync_shards(shards: list[Shard], payload: RoundPayload,
+                collective: Collective) -> tuple[Combined, list[MapperStats]]:
+    """One synchronous round over ``shards`` (this process's mappers).
 
     Every step each mapper computes the gradient of its own mini-batch, the
-    collective averages the gradients over all mappers, and every mapper
-    takes the same step, so all hold the same weights throughout. Returns
-    ``(Combined, results)``; the results carry timing, not weights.
+    collective averages the gradients over all mappers, and the optimizer
+    takes the same step everywhere, so all hold the same weights throughout.
     """
     backend = get_backend(payload.backend, payload.model)
-    lrs = payload.sync_lrs
-    schedule = LocalSchedule(payload.schedule.batch_size, local_steps=len(lrs))
+    lrs = payload.plan.sync_lrs
+    schedule = LocalSchedule(payload.plan.local.batch_size, local_steps=len(lrs))
     batches = [batch_indices(s.n_samples, schedule, shard_rng(payload.seed, payload.round_index, s.index))
                for s in shards]
     params = payload.params.copy()
-    velocity = None if payload.velocity is None else payload.velocity.copy()
+    opt_state = None if payload.opt_state is None else payload.opt_state.copy()
     compute = [0.0] * len(shards)
     loss_sums = [0.0] * len(shards)
     comm = 0.0
+
+    def mean_gradient(w, step):
+        nonlocal comm
+        grads = []
+        for i, shard in enumerate(shards):
+            start = time.perf_counter()
+            idx = batches[i][step]
+            loss, grad = backend.loss_and_grad(w, shard.x[idx], shard.y[idx])
+            grads.append(grad)
+            loss_sums[i] += loss * len(idx)
+            compute[i] += time.perf_counter() - start
+        start = time.perf_counter()
+        mean = collective.mean(grads)
+        if not np.isfinite(mean).all():
+            bad = collective.mappers_flagged({s.index: not np.isfinite(g).all() for s, g in zip(shards, grads)})
+            raise DivergenceError(f"round {payload.round_index}, step {step}: mapper(s) {bad or 'unknown'} "
+                                  "computed gradients containing NaN or inf (training diverged; "
+                                  "try a smaller train.lr; synchronous rounds cannot skip a mapper)")
+        comm += time.perf_counter() - start
+        return mean
+
+    loop_start = time.perf_counter()
     with np.errstate(all="ignore"), one_blas_thread():
-        for step, lr in enumerate(lrs):
-            grads = []
-            for i, shard in enumerate(shards):
-                start = time.perf_counter()
-                idx = batches[i][step]
-                loss, grad = backend.loss_and_grad(params, shard.x[idx], shard.y[idx])
-                grads.append(grad)
-                loss_sums[i] += loss * len(idx)
-                compute[i] += time.perf_counter() - start
-            start = time.perf_counter()
-            mean = collective.mean(grads)
-            if not np.isfinite(mean).all():
-                bad = collective.mappers_flagged({s.index: not np.isfinite(g).all() for s, g in zip(shards, grads)})
-                raise DivergenceError(f"round {payload.round_index}, step {step}: mapper(s) {bad or 'unknown'} "
-                                      "computed gradients containing NaN or inf (training diverged; "
-                                      "try a smaller train.lr; synchronous rounds cannot skip a mapper)")
-            comm += time.perf_counter() - start
-            start = time.perf_counter()
-            params, velocity = sgd_update(params, velocity, mean, lr, payload.momentum)
-            update = (time.perf_counter() - start) / len(shards)
-            for i in range(len(shards)):
-                compute[i] += update
-    seen = [sum(len(b) for b in bs) for bs in batches]
-    results = [MapperResult(s.index, None, None, s.n_samples, loss_sums[i] / seen[i], len(lrs),
-                            socket.gethostname(), os.getpid(), compute[i], comm / len(shards))
-               for i, s in enumerate(shards)]
-    return Combined(params, velocity), results
+        run_steps(params, opt_state, payload.optimizer, lrs, mean_gradient)
+    # the updates' time, shared out: the loop's time less gradients and collectives
+    update = (time.perf_counter() - loop_start - sum(compute) - comm) / len(shards)
+    host, pid = socket.gethostname(), os.getpid()
+    stats = [MapperStats(s.index, s.n_samples, len(lrs), loss_sums[i] / sum(len(b) for b in batches[i]), host,
+                         pid, compute[i] + update, comm / len(shards))
+             for i, s in enumerate(shards)]
+    return Combined(params, opt_state), stats

@@ -1,23 +1,26 @@
-"""Wire forms for engines that cross process boundaries by files and text lines.
+"""Wire forms for engines that cross process boundaries by files and text lines (mrjob).
 
 - A :class:`RoundPayload` travels as an ``.npz`` file (read with pickle
   disabled): the weights as float32 arrays, everything else as scalars.
-- A :class:`MapperResult` travels as a JSON-safe dict whose arrays are the
-  base64 of their raw little-endian float32 bytes (compact and exact, unlike
-  JSON lists of floats).
+- A :class:`MapperResult` travels as a JSON-safe dict: its stats as plain
+  numbers and text, its arrays as the base64 of their raw little-endian
+  float32 bytes (compact and exact, unlike JSON lists of floats).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 
 import numpy as np
 
 from nnlib.core.mlp import ModelSpec
+from nnlib.core.optim import SGD
 from nnlib.core.params import DTYPE, LayerSpec
 from nnlib.core.train import LocalSchedule
-from nnlib.tasks import MapperResult, RoundPayload
+from nnlib.schedule import RoundPlan
+from nnlib.tasks import MapperResult, MapperStats, RoundPayload
 
 
 def encode_array(a: np.ndarray | None) -> str | None:
@@ -34,31 +37,38 @@ def decode_array(text: str | None) -> np.ndarray | None:
     return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(DTYPE)
 
 
+def encode_stats(stats: MapperStats) -> dict:
+    return dataclasses.asdict(stats)
+
+
+def decode_stats(d: dict) -> MapperStats:
+    return MapperStats(**d)
+
+
 def encode_result(res: MapperResult) -> dict:
-    out = dict(vars(res))
-    out["params"] = encode_array(res.params)
-    out["velocity"] = encode_array(res.velocity)
-    return out
+    return {"stats": encode_stats(res.stats), "params": encode_array(res.params),
+            "opt_state": encode_array(res.opt_state)}
 
 
 def decode_result(d: dict) -> MapperResult:
-    d = dict(d)
-    d["params"] = decode_array(d["params"])
-    d["velocity"] = decode_array(d["velocity"])
-    return MapperResult(**d)
+    return MapperResult(decode_stats(d["stats"]), decode_array(d["params"]), decode_array(d["opt_state"]))
 
 
 def payload_to_bytes(p: RoundPayload) -> bytes:
+    local = p.plan.local
     arrays = {
-        "round_index": np.int64(p.round_index), "seed": np.int64(p.seed), "params": p.params,
+        "round_index": np.int64(p.plan.index), "synchronous": np.bool_(p.plan.synchronous),
+        "seed": np.int64(p.seed), "params": p.params,
         "layer_sizes": np.asarray(p.model.layers.sizes, np.int64), "activation": np.str_(p.model.activation),
         "loss": np.str_(p.model.loss), "l2": np.float64(p.model.l2), "backend": np.str_(p.backend),
-        "batch_size": np.int64(p.schedule.batch_size), "local_epochs": np.int64(p.schedule.local_epochs),
-        "local_steps": np.int64(-1 if p.schedule.local_steps is None else p.schedule.local_steps),
-        "lr": np.float64(p.lr), "momentum": np.float64(p.momentum),
+        "batch_size": np.int64(local.batch_size), "local_epochs": np.int64(local.local_epochs),
+        "local_steps": np.int64(-1 if local.local_steps is None else local.local_steps),
+        "lr": np.float64(p.plan.lr), "momentum": np.float64(p.optimizer.momentum),
     }
-    if p.velocity is not None:
-        arrays["velocity"] = p.velocity
+    if p.plan.sync_lrs is not None:
+        arrays["sync_lrs"] = p.plan.sync_lrs
+    if p.opt_state is not None:
+        arrays["opt_state"] = p.opt_state
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -67,11 +77,12 @@ def payload_to_bytes(p: RoundPayload) -> bytes:
 def payload_from_file(path) -> RoundPayload:
     with np.load(path, allow_pickle=False) as f:
         steps = int(f["local_steps"])
+        local = LocalSchedule(int(f["batch_size"]), int(f["local_epochs"]), None if steps < 0 else steps)
+        plan = RoundPlan(int(f["round_index"]), bool(f["synchronous"]), local, float(f["lr"]),
+                         f["sync_lrs"] if "sync_lrs" in f.files else None)
         return RoundPayload(
-            round_index=int(f["round_index"]), seed=int(f["seed"]), params=f["params"].astype(DTYPE),
-            velocity=f["velocity"].astype(DTYPE) if "velocity" in f.files else None,
+            plan=plan, seed=int(f["seed"]), params=f["params"].astype(DTYPE),
+            opt_state=f["opt_state"].astype(DTYPE) if "opt_state" in f.files else None,
             model=ModelSpec(LayerSpec(tuple(int(s) for s in f["layer_sizes"])), str(f["activation"]),
                             str(f["loss"]), float(f["l2"])),
-            backend=str(f["backend"]),
-            schedule=LocalSchedule(int(f["batch_size"]), int(f["local_epochs"]), None if steps < 0 else steps),
-            lr=float(f["lr"]), momentum=float(f["momentum"]))
+            backend=str(f["backend"]), optimizer=SGD(float(f["momentum"])))

@@ -3,52 +3,64 @@
 import numpy as np
 import pytest
 
-from nnlib.core.combine import (
-    COMBINE_RULES,
-    combine_average,
-    combine_sum,
-    combine_sum_updates,
-    combine_weighted,
-)
+from nnlib.core.combine import COEFFICIENTS, combine
 
 
-def _results(k, n_params=7, sizes=None):
+def _combine(rule, k, n_params=7, sizes=None, start=None):
+    """``rule`` over k mappers where mapper r holds the value r everywhere."""
     sizes = sizes or [10] * k
-    return [(np.full(n_params, r, np.float32), sizes[r]) for r in range(k)]
+    return combine(rule, [np.full(n_params, r, np.float32) for r in range(k)], sizes, start)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 8])
 def test_average_of_0_to_k_minus_1(k):
-    np.testing.assert_allclose(combine_average(_results(k)), (k - 1) / 2)
+    np.testing.assert_allclose(_combine("average", k), (k - 1) / 2)
 
 
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_sum_is_k_times_k_minus_1_over_2(k):
-    np.testing.assert_allclose(combine_sum(_results(k)), k * (k - 1) / 2)
+    np.testing.assert_allclose(_combine("sum", k), k * (k - 1) / 2)
 
 
 def test_weighted_by_sample_count():
     # mapper r holds r and has r + 1 samples: sum r(r+1) / sum (r+1)
     k = 4
-    out = combine_weighted(_results(k, sizes=[r + 1 for r in range(k)]))
+    out = _combine("weighted", k, sizes=[r + 1 for r in range(k)])
     expected = sum(r * (r + 1) for r in range(k)) / sum(r + 1 for r in range(k))
     np.testing.assert_allclose(out, expected, rtol=1e-6)
 
 
 def test_weighted_equals_average_for_equal_shards():
-    np.testing.assert_allclose(combine_weighted(_results(5)), combine_average(_results(5)))
+    np.testing.assert_allclose(_combine("weighted", 5), _combine("average", 5))
 
 
 def test_sum_updates_adds_the_changes_to_the_start():
     start = np.full(7, 10.0, np.float32)
     # changes are r - 10; start + sum(r - 10) = 10 + k(k-1)/2 - 10k
     k = 3
-    np.testing.assert_allclose(combine_sum_updates(_results(k), start), 10 + k * (k - 1) / 2 - 10 * k)
+    np.testing.assert_allclose(_combine("sum_updates", k, start=start), 10 + k * (k - 1) / 2 - 10 * k)
 
 
-@pytest.mark.parametrize("rule", sorted(COMBINE_RULES))
+@pytest.mark.parametrize("rule", sorted(COEFFICIENTS))
 def test_one_mapper_result_comes_back_unchanged(rule):
     w = np.random.default_rng(0).normal(size=11).astype(np.float32)
-    start = np.zeros(11, np.float32)
-    np.testing.assert_allclose(COMBINE_RULES[rule]([(w, 5)], start), w, rtol=1e-6)
-    assert COMBINE_RULES[rule]([(w, 5)], start).dtype == np.float32
+    start = np.random.default_rng(1).normal(size=11).astype(np.float32)
+    out = combine(rule, [w], [5], start)
+    np.testing.assert_array_equal(out, w)
+    assert out.dtype == np.float32
+
+
+@pytest.mark.parametrize("rule", sorted(COEFFICIENTS))
+def test_combine_is_the_sum_of_coefficients_times_vectors(rule):
+    rng = np.random.default_rng(0)
+    vectors = [rng.normal(size=9).astype(np.float32) for _ in range(3)]
+    start = rng.normal(size=9).astype(np.float32)
+    coefs, start_coef = COEFFICIENTS[rule]([5, 7, 11])
+    linear = sum(c * w.astype(np.float64) for c, w in zip(coefs, vectors)) + start_coef * start
+    np.testing.assert_allclose(combine(rule, vectors, [5, 7, 11], start), linear, rtol=1e-6, atol=1e-6)
+
+
+def test_combine_sums_in_mapper_order_in_float64():
+    # 1 + 1e-8 - 1 in float32 loses the 1e-8; summed in float64 it survives until the final cast
+    vectors = [np.array([1.0], np.float32), np.array([1e-8], np.float32), np.array([-1.0], np.float32)]
+    assert combine("sum", vectors, [1, 1, 1])[0] == np.float32(1e-8)

@@ -6,7 +6,8 @@ import pytest
 from nnlib.core.backends import get_backend
 from nnlib.core.mlp import ModelSpec, NumpyMLP
 from nnlib.core.params import LayerSpec, init_params
-from nnlib.core.train import LocalSchedule, batch_indices
+from nnlib.core.optim import SGD
+from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, run_steps
 
 ACTIVATIONS = ["relu", "sigmoid", "tanh"]
 LOSSES = ["cross_entropy", "squared"]
@@ -57,15 +58,17 @@ def test_torch_backend_agrees_after_one_epoch(activation, loss):
     x, y, layers = _problem(n=100)
     spec = ModelSpec(layers, activation, loss, l2=0.01)
     flat = init_params(layers, 5)
-    velocity = np.zeros_like(flat)
-    batches = batch_indices(len(y), LocalSchedule(batch_size=16, local_epochs=1), np.random.default_rng(0))
-    np_out = get_backend("numpy", spec).sgd_steps(flat, velocity, x, y, batches, 0.1, 0.9)
-    torch_out = get_backend("torch", spec).sgd_steps(flat, velocity, x, y, batches, 0.1, 0.9)
-    np.testing.assert_allclose(np_out[0], torch_out[0], atol=1e-5)
-    np.testing.assert_allclose(np_out[1], torch_out[1], atol=1e-5)
-    assert np_out[2] == pytest.approx(torch_out[2], rel=1e-5)
-    assert get_backend("numpy", spec).evaluate(np_out[0], x, y) == pytest.approx(
-        get_backend("torch", spec).evaluate(np_out[0], x, y), rel=1e-5)
+    optimizer = SGD(momentum=0.9)
+    schedule = LocalSchedule(batch_size=16, local_epochs=1)
+    outs = [local_sgd(get_backend(name, spec), flat, optimizer.init_state(flat), optimizer, x, y, schedule, 0.1,
+                      np.random.default_rng(0)) for name in ("numpy", "torch")]
+    np.testing.assert_allclose(outs[0].params, outs[1].params, atol=1e-5)
+    np.testing.assert_allclose(outs[0].opt_state, outs[1].opt_state, atol=1e-5)
+    assert outs[0].train_loss == pytest.approx(outs[1].train_loss, rel=1e-5)
+    assert get_backend("numpy", spec).evaluate(outs[0].params, x, y) == pytest.approx(
+        get_backend("torch", spec).evaluate(outs[0].params, x, y), rel=1e-5)
+    np.testing.assert_array_equal(get_backend("numpy", spec).predict(outs[0].params, x),
+                                  get_backend("torch", spec).predict(outs[0].params, x))
 
 
 def test_sgd_step_is_lr_times_gradient():
@@ -73,9 +76,25 @@ def test_sgd_step_is_lr_times_gradient():
     mlp = NumpyMLP(ModelSpec(layers))
     flat = init_params(layers, 0)
     _, grad = mlp.loss_and_grad(flat, x, y)
-    new, velocity, _ = mlp.sgd_steps(flat, None, x, y, [np.arange(len(y))], 0.5, 0.0)
-    assert velocity is None
+    optimizer = SGD()
+    assert optimizer.init_state(flat) is None
+    new = flat.copy()
+    optimizer.step(new, grad, None, 0.5)
     np.testing.assert_allclose(new, flat - 0.5 * grad, atol=1e-7)
+
+
+def test_momentum_closed_form_on_two_parameters():
+    # a constant gradient g: v_t = g (1 - mu^t) / (1 - mu), so after T steps
+    # w_T = w_0 - lr g / (1 - mu) * (T - mu (1 - mu^T) / (1 - mu))
+    mu, lr, steps = 0.9, 0.1, 7
+    g = np.array([1.0, -2.0])
+    w0 = np.array([0.5, 0.25])
+    optimizer = SGD(momentum=mu)
+    w, v = w0.copy(), optimizer.init_state(w0)
+    run_steps(w, v, optimizer, [lr] * steps, lambda _w, _step: g)
+    expected = w0 - lr * g / (1 - mu) * (steps - mu * (1 - mu ** steps) / (1 - mu))
+    np.testing.assert_allclose(w, expected, rtol=1e-12)
+    np.testing.assert_allclose(v, g * (1 - mu ** steps) / (1 - mu), rtol=1e-12)
 
 
 def test_batch_schedule_epochs_and_steps():

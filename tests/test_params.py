@@ -1,6 +1,6 @@
 import numpy as np
 
-from nnlib.core.params import LayerSpec, from_named, init_params, pack, to_named, unpack
+from nnlib.core.params import LayerSpec, init_params, pack, to_named, unpack
 
 
 def test_pack_unpack_round_trip():
@@ -10,7 +10,10 @@ def test_pack_unpack_round_trip():
     assert [a.shape for a in arrays] == [(5, 4), (4,), (4, 3), (3,)]
     assert spec.n_params == 5 * 4 + 4 + 4 * 3 + 3
     np.testing.assert_array_equal(pack(arrays), flat)
-    np.testing.assert_array_equal(from_named(to_named(flat, spec), spec), flat)
+    named = to_named(flat, spec)
+    assert list(named) == ["layer0.weight", "layer0.bias", "layer1.weight", "layer1.bias"]
+    np.testing.assert_array_equal(pack(list(named.values())), flat)
+    assert [(a, b) for a, b, _ in spec.offsets] == [(0, 20), (20, 24), (24, 36), (36, 39)]
 
 
 def test_weight_mask_marks_weights_not_biases():

@@ -1,26 +1,21 @@
-"""Synchronous gradient averaging and the linear form of the combine rules."""
+"""Synchronous gradient averaging, post-local SGD and the learning-rate schedule."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from conftest import small_config
 
-from nnlib.core.combine import COMBINE_RULES, linear_coefficients
 from nnlib.core.mlp import ModelSpec, NumpyMLP
 from nnlib.core.params import LayerSpec, init_params
-from nnlib.core.train import sync_learning_rates
+from nnlib.core.train import LocalSchedule, batch_indices
+from nnlib.data.dataset import Shard, ShardSource, load_dataset
 from nnlib.driver import run
+from nnlib.engines.local import InProcessCollective, LocalEngine
+from nnlib.schedule import Schedule, sync_learning_rates
+from nnlib.tasks import RoundReducer, first_payload, shard_rng, sync_shards
 
 QUIET = dict(log=lambda _m: None, warn=lambda _m: None)
-
-
-@pytest.mark.parametrize("rule", sorted(COMBINE_RULES))
-def test_linear_form_reproduces_every_rule(rule):
-    rng = np.random.default_rng(0)
-    results = [(rng.normal(size=9).astype(np.float32), n) for n in (5, 7, 11)]
-    start = rng.normal(size=9).astype(np.float32)
-    coefs, start_coef = linear_coefficients(rule, [n for _, n in results])
-    linear = sum(c * w.astype(np.float64) for c, (w, _) in zip(coefs, results)) + start_coef * start
-    np.testing.assert_allclose(linear, COMBINE_RULES[rule](results, start), rtol=1e-6, atol=1e-6)
 
 
 def test_mean_of_equal_batch_gradients_is_the_union_batch_gradient():
@@ -36,12 +31,51 @@ def test_mean_of_equal_batch_gradients_is_the_union_batch_gradient():
     np.testing.assert_allclose((g_a + g_b) / 2, g_union, atol=1e-12)
 
 
+def test_sync_sgd_over_k_mappers_equals_one_process_sgd_on_the_concatenated_batch():
+    # 3 mappers of 12 samples, batch 4: every step's global batch is the three mini-batches together
+    rng = np.random.default_rng(2)
+    layers = LayerSpec((5, 6, 3))
+    spec = ModelSpec(layers, "relu", "cross_entropy", l2=0.01)
+    shards = [Shard(i, rng.normal(size=(12, 5)), rng.integers(0, 3, 12)) for i in range(3)]
+    config = small_config("combine=gradient", "mappers=3", "train.batch_size=4", "train.momentum=0.9",
+                          "train.local_epochs=2")
+    schedule = Schedule.from_config(config, smallest_shard=12)
+    params = init_params(layers, 0).astype(np.float64)
+    payload = replace(first_payload(config, load_dataset(config.data, config.seed), schedule),
+                      model=spec, params=params, opt_state=np.zeros_like(params), plan=schedule.plan(0))
+    combined, stats = sync_shards(shards, payload, InProcessCollective())
+
+    steps = len(payload.plan.sync_lrs)
+    assert steps == 2 * 3 and [s.steps for s in stats] == [steps] * 3
+    batches = [batch_indices(12, LocalSchedule(4, local_steps=steps), shard_rng(config.seed, 0, i)) for i in range(3)]
+    mlp = NumpyMLP(spec)
+    w, v = params.copy(), np.zeros_like(params)
+    for step, lr in enumerate(payload.plan.sync_lrs):  # plain SGD with momentum on the concatenated batch
+        x = np.concatenate([shards[i].x[batches[i][step]] for i in range(3)])
+        y = np.concatenate([shards[i].y[batches[i][step]] for i in range(3)])
+        _, g = mlp.loss_and_grad(w, x, y)
+        v = 0.9 * v + g
+        w = w - lr * v
+    np.testing.assert_allclose(combined.params, w, rtol=0, atol=1e-12)
+
+
 def test_linear_scaling_with_warmup_closed_form():
     # 4 mappers, base 0.1: target 0.4; warm-up over 10 steps climbs from 0.1 by 0.03 per step
     lrs = np.concatenate([sync_learning_rates(r, 6, 0.1, 4, "linear", 10) for r in range(3)])
     np.testing.assert_allclose(lrs[:10], 0.1 + 0.03 * np.arange(10))
     np.testing.assert_allclose(lrs[10:], 0.4)
     np.testing.assert_allclose(sync_learning_rates(0, 5, 0.1, 4, "none", 0), 0.1)
+
+
+def test_schedule_says_which_rounds_are_synchronous():
+    config = small_config("train.sync_rounds=2", "train.rounds=5", "train.batch_size=10", "mappers=3")
+    schedule = Schedule.from_config(config, smallest_shard=95)
+    plans = [schedule.plan(r) for r in range(5)]
+    assert [p.synchronous for p in plans] == [True, True, False, False, False]
+    assert [len(p.sync_lrs) for p in plans[:2]] == [10, 10]  # ceil(95 / 10) steps per epoch, 1 epoch
+    assert all(p.sync_lrs is None and p.lr == 0.1 for p in plans[2:])
+    everything = Schedule.from_config(small_config("combine=gradient"), smallest_shard=95)
+    assert all(everything.plan(r).synchronous for r in range(5))
 
 
 def test_one_mapper_gradient_mode_is_plain_sgd():
@@ -57,13 +91,21 @@ def test_gradient_mode_trains_and_times_mappers():
     assert len(result.mapper_rows) == 9 and len({r["steps"] for r in result.mapper_rows}) == 1
 
 
-def test_post_local_sgd_switches_to_averaging_after_sync_rounds():
-    synced_then_avg = run(small_config("train.sync_rounds=1", "train.rounds=2"), **QUIET)
-    all_sync = run(small_config("combine=gradient", "train.rounds=2"), **QUIET)
-    first_round_sync = run(small_config("combine=gradient", "train.rounds=1"), **QUIET)
-    only_first = run(small_config("train.sync_rounds=1", "train.rounds=1"), **QUIET)
-    np.testing.assert_array_equal(first_round_sync.params, only_first.params)
-    assert not np.array_equal(synced_then_avg.params, all_sync.params)
+def test_post_local_sgd_is_one_synchronous_round_then_averaging():
+    config = small_config("train.sync_rounds=1", "train.rounds=2", "train.momentum=0.5")
+    driven = run(config, **QUIET)
+
+    # the oracle: the engine's synchronous round, then its averaging round, by hand
+    data = load_dataset(config.data, config.seed)
+    engine = LocalEngine()
+    engine.start(ShardSource(config.data, config.seed, config.mappers))
+    schedule = Schedule.from_config(config, min(len(s.y) for s in engine.shards))
+    payload = first_payload(config, data, schedule)
+    synced, _ = engine.sync_round(payload, {})
+    payload = replace(payload, plan=schedule.plan(1), params=synced.params, opt_state=synced.opt_state)
+    averaged, _ = engine.round(payload, RoundReducer("average"), {})
+    np.testing.assert_array_equal(driven.params, averaged.params)
+    assert not np.array_equal(synced.params, averaged.params)
 
 
 @pytest.mark.parametrize("engine", ["spark", "mrjob"])

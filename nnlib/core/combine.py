@@ -1,71 +1,71 @@
-"""Combine rules: pure functions over the mappers' ``(flat_params, n_samples)`` pairs.
+"""Combine rules: one table of coefficients, one :func:`combine`.
 
-Every rule has the signature ``rule(results, start) -> flat`` where
-``results`` is a list of ``(flat (n_params,) float32, n_samples)`` in mapper
-order and ``start`` is the round's starting vector (used by ``sum_updates``).
+Every rule is linear in the mappers' vectors::
+
+    combined = sum_i c_i * w_i + c_start * start
+
+where ``w_i`` is mapper ``i``'s flat float32 vector (in mapper order),
+``start`` the round's starting vector, and the coefficients depend only on
+the mappers' sample counts. :data:`COEFFICIENTS` holds each rule as the
+function ``n_samples -> (c, c_start)``; :func:`combine` applies it, summing
+in float64 in mapper order. An engine whose reduce is a sum over processes
+(one MPI Allreduce) uses the same table: mapper ``i`` contributes
+``c_i * w_i``.
+
 Validation (finite values, matching shapes) is done by the caller, so the
 maths here can assume good input.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from nnlib.core.params import DTYPE
 
-Results = list[tuple[np.ndarray, int]]
-
-
-def combine_average(results: Results, start: np.ndarray | None = None) -> np.ndarray:
-    """Plain mean of the mappers' vectors."""
-    return np.mean([w for w, _ in results], axis=0, dtype=np.float64).astype(DTYPE)
+def _average(n_samples: list[int]) -> tuple[np.ndarray, float]:
+    """The plain mean: ``c_i = 1/k``."""
+    k = len(n_samples)
+    return np.full(k, 1.0 / k), 0.0
 
 
-def combine_weighted(results: Results, start: np.ndarray | None = None) -> np.ndarray:
-    """Mean weighted by each mapper's sample count."""
-    total = sum(n for _, n in results)
-    acc = np.zeros_like(results[0][0], dtype=np.float64)
-    for w, n in results:
-        acc += (n / total) * w.astype(np.float64)
-    return acc.astype(DTYPE)
+def _weighted(n_samples: list[int]) -> tuple[np.ndarray, float]:
+    """The mean weighted by sample count: ``c_i = n_i / sum n``."""
+    n = np.asarray(n_samples, np.float64)
+    return n / n.sum(), 0.0
 
 
-def combine_sum(results: Results, start: np.ndarray | None = None) -> np.ndarray:
-    """Plain sum of the mappers' weights (the threads study's eq. 2)."""
-    return np.sum([w for w, _ in results], axis=0, dtype=np.float64).astype(DTYPE)
+def _sum(n_samples: list[int]) -> tuple[np.ndarray, float]:
+    """The plain sum of the weights (the threads study's eq. 2): ``c_i = 1``."""
+    return np.ones(len(n_samples)), 0.0
 
 
-def combine_sum_updates(results: Results, start: np.ndarray) -> np.ndarray:
+def _sum_updates(n_samples: list[int]) -> tuple[np.ndarray, float]:
     """``start + sum_i (w_i - start)``: summing the changes, meaningful over many rounds."""
-    acc = start.astype(np.float64).copy()
-    for w, _ in results:
-        acc += w.astype(np.float64) - start
-    return acc.astype(DTYPE)
+    k = len(n_samples)
+    return np.ones(k), 1.0 - k
 
 
-COMBINE_RULES = {
-    "average": combine_average,
-    "weighted": combine_weighted,
-    "sum": combine_sum,
-    "sum_updates": combine_sum_updates,
+COEFFICIENTS: dict[str, Callable[[list[int]], tuple[np.ndarray, float]]] = {
+    "average": _average,
+    "weighted": _weighted,
+    "sum": _sum,
+    "sum_updates": _sum_updates,
 }
 
 
-def linear_coefficients(rule: str, n_samples: list[int]) -> tuple[np.ndarray, float]:
-    """Every rule above is linear: ``combined = sum_i c_i * w_i + c_start * start``.
+def combine(rule: str, vectors: list[np.ndarray], n_samples: list[int],
+            start: np.ndarray | None = None) -> np.ndarray:
+    """Combine the mappers' ``vectors`` (each ``(n_params,)``, in mapper order) with ``rule``.
 
-    Returns ``(c, c_start)`` with ``c`` of shape ``(k,)`` float64. This is what
-    lets one Allreduce (a sum) carry any rule: rank ``i`` contributes
-    ``c_i * w_i``.
+    ``start`` is the round's starting vector; only rules with ``c_start != 0``
+    (``sum_updates``) read it. Returns ``(n_params,)`` in the vectors' dtype
+    (float32 for weights; float64 vectors stay float64, which the tests use).
     """
-    k = len(n_samples)
-    if rule == "average":
-        return np.full(k, 1.0 / k), 0.0
-    if rule == "weighted":
-        n = np.asarray(n_samples, np.float64)
-        return n / n.sum(), 0.0
-    if rule == "sum":
-        return np.ones(k), 0.0
-    if rule == "sum_updates":
-        return np.ones(k), 1.0 - k
-    raise ValueError(f"combine must be one of {sorted(COMBINE_RULES)}, got {rule!r}")
+    coefs, start_coef = COEFFICIENTS[rule](n_samples)
+    acc = np.zeros(vectors[0].shape, np.float64)
+    for c, w in zip(coefs, vectors):
+        acc += c * w.astype(np.float64)
+    if start_coef:
+        acc += start_coef * start.astype(np.float64)
+    return acc.astype(vectors[0].dtype)

@@ -1,4 +1,4 @@
-"""A multilayer perceptron in numpy: forward pass, losses, backprop, SGD steps.
+"""A multilayer perceptron in numpy: forward pass, losses, backprop.
 
 This is the default backend (no torch needed). Every function works on the
 flat float32 parameter vector of :mod:`nnlib.core.params`.
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from nnlib.core.params import DTYPE, LayerSpec, unpack
-from nnlib.core.train import sgd_update
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -32,9 +31,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 # name -> (activation, derivative written in terms of the activation's output h)
 ACTIVATIONS = {
-    "relu": (lambda z: np.maximum(z, 0), lambda h: (h > 0).astype(h.dtype)),
+    "relu": (lambda z: np.maximum(z, 0, out=z), lambda h: h > 0),
     "sigmoid": (_sigmoid, lambda h: h * (1 - h)),
-    "tanh": (np.tanh, lambda h: 1 - h * h),
+    "tanh": (lambda z: np.tanh(z, out=z), lambda h: 1 - h * h),
 }
 
 
@@ -81,9 +80,11 @@ class ModelSpec:
 
 
 class NumpyMLP:
-    """The numpy backend. Stateless apart from the model spec."""
+    """The numpy backend: loss, gradient and predictions of an MLP. Stateless apart from the model spec.
 
-    name = "numpy"
+    The update rules live in :mod:`nnlib.core.optim`; training loops call
+    :meth:`loss_and_grad`.
+    """
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
@@ -95,7 +96,8 @@ class NumpyMLP:
         outs = [x]
         n = self.spec.layers.n_layers
         for i in range(n):
-            z = outs[-1] @ arrays[2 * i] + arrays[2 * i + 1]
+            z = outs[-1] @ arrays[2 * i]
+            z += arrays[2 * i + 1]
             outs.append(self._act(z) if i < n - 1 else z)
         return outs
 
@@ -103,44 +105,38 @@ class NumpyMLP:
         """Output of the last layer, ``(n_samples, n_classes)``."""
         return self._forward(unpack(flat, self.spec.layers), x)[-1]
 
+    def predict(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Predicted class of every sample, ``(n_samples,)`` int64."""
+        return self.predict_logits(flat, x).argmax(axis=1)
+
     def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """Data loss on ``(x, y)`` and the gradient of loss + L2 penalty, flat ``(n_params,)``."""
-        arrays = unpack(flat, self.spec.layers)
+        """Data loss on ``(x, y)`` and the gradient of loss + L2 penalty, flat ``(n_params,)``.
+
+        The gradient is written straight into one flat vector (no per-layer
+        arrays glued together afterwards).
+        """
+        layers = self.spec.layers
+        arrays = unpack(flat, layers)
         outs = self._forward(arrays, x)
         loss, delta = self._loss(outs[-1], y)
-        grads = [None] * len(arrays)
-        for i in reversed(range(self.spec.layers.n_layers)):
+        grad = np.empty_like(flat)
+        grads = unpack(grad, layers)
+        for i in reversed(range(layers.n_layers)):
             w = arrays[2 * i]
-            grads[2 * i] = outs[i].T @ delta
+            np.matmul(outs[i].T, delta, out=grads[2 * i])
             if self.spec.l2:
-                grads[2 * i] = grads[2 * i] + w.dtype.type(self.spec.l2) * w
-            grads[2 * i + 1] = delta.sum(axis=0)
+                grads[2 * i] += w.dtype.type(self.spec.l2) * w
+            np.sum(delta, axis=0, out=grads[2 * i + 1])
             if i > 0:
-                delta = (delta @ w.T) * self._act_grad(outs[i])
-        return loss, np.concatenate([g.ravel() for g in grads]).astype(flat.dtype, copy=False)
+                delta = delta @ w.T
+                delta *= self._act_grad(outs[i])
+        return loss, grad
 
     def objective(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
         """Data loss plus the L2 penalty: the function whose gradient ``loss_and_grad`` returns."""
         loss, _ = self._loss(self.predict_logits(flat, x), y)
         w = flat * self.spec.layers.weight_mask().astype(flat.dtype)
         return loss + 0.5 * self.spec.l2 * float(np.dot(w, w))
-
-    def sgd_steps(self, flat, velocity, x, y, batches, lr, momentum):
-        """Mini-batch SGD over ``batches`` (a list of index arrays into ``x``).
-
-        Update rule (PyTorch's convention): ``v = momentum * v + g``;
-        ``w = w - lr * v``. ``velocity`` is ``None`` when ``momentum == 0``.
-        Returns ``(flat, velocity, summed batch loss weighted by batch size)``.
-        """
-        flat = flat.copy()
-        velocity = None if velocity is None else velocity.copy()
-        loss_sum = 0.0
-        with np.errstate(all="ignore"):  # divergence is reported by the caller, by round and mapper
-            for idx in batches:
-                loss, grad = self.loss_and_grad(flat, x[idx], y[idx])
-                loss_sum += loss * len(idx)
-                flat, velocity = sgd_update(flat, velocity, grad, lr, momentum)
-        return flat, velocity, loss_sum
 
     def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """Return ``(mean data loss, accuracy in [0, 1])`` on ``(x, y)``."""

@@ -10,6 +10,7 @@ cut it into arrays and glue it back.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -34,6 +35,16 @@ class LayerSpec:
             out.append((fan_out,))
         return out
 
+    @cached_property
+    def offsets(self) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
+        """``(start, stop, shape)`` of every array in the flat vector, computed once per spec."""
+        out, start = [], 0
+        for shape in self.shapes():
+            stop = start + int(np.prod(shape))
+            out.append((start, stop, shape))
+            start = stop
+        return tuple(out)
+
     def names(self) -> list[str]:
         """Array names in flat order, as stored in ``model.npz``."""
         out: list[str] = []
@@ -43,7 +54,7 @@ class LayerSpec:
 
     @property
     def n_params(self) -> int:
-        return int(sum(np.prod(s) for s in self.shapes()))
+        return self.offsets[-1][1]
 
     def weight_mask(self) -> np.ndarray:
         """Flat float32 mask: 1 on weights, 0 on biases (the L2 penalty's support)."""
@@ -55,12 +66,7 @@ def unpack(flat: np.ndarray, spec: LayerSpec) -> list[np.ndarray]:
     """Cut a flat vector of length ``spec.n_params`` into arrays (views, no copy)."""
     if flat.shape != (spec.n_params,):
         raise ValueError(f"flat parameters must have shape ({spec.n_params},), got {flat.shape}")
-    arrays, start = [], 0
-    for shape in spec.shapes():
-        size = int(np.prod(shape))
-        arrays.append(flat[start:start + size].reshape(shape))
-        start += size
-    return arrays
+    return [flat[start:stop].reshape(shape) for start, stop, shape in spec.offsets]
 
 
 def pack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -71,18 +77,6 @@ def pack(arrays: list[np.ndarray]) -> np.ndarray:
 def to_named(flat: np.ndarray, spec: LayerSpec) -> dict[str, np.ndarray]:
     """Name the arrays for saving: ``{"layer0.weight": ..., "layer0.bias": ...}``."""
     return dict(zip(spec.names(), (a.copy() for a in unpack(flat, spec))))
-
-
-def from_named(named: dict[str, np.ndarray], spec: LayerSpec) -> np.ndarray:
-    """Inverse of :func:`to_named`; the names and shapes must match ``spec``."""
-    arrays = []
-    for name, shape in zip(spec.names(), spec.shapes()):
-        if name not in named:
-            raise ValueError(f"missing array {name!r}")
-        if tuple(named[name].shape) != shape:
-            raise ValueError(f"array {name!r} must have shape {shape}, got {tuple(named[name].shape)}")
-        arrays.append(named[name])
-    return pack(arrays)
 
 
 def init_params(spec: LayerSpec, seed: int) -> np.ndarray:

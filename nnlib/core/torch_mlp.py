@@ -1,4 +1,4 @@
-"""The torch backend: the same MLP, losses and SGD rule as :mod:`nnlib.core.mlp`.
+"""The torch backend: the same MLP and losses as :mod:`nnlib.core.mlp`.
 
 Imported only when ``model.backend: torch`` is chosen. Parameters still come
 in and go out as the flat float32 numpy vector; inside a call they live in
@@ -21,20 +21,13 @@ _ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh
 class TorchMLP:
     """The torch backend; an oracle for the numpy one and vice versa."""
 
-    name = "torch"
-
     def __init__(self, spec: ModelSpec):
         self.spec = spec
         self._act = _ACTIVATIONS[spec.activation]
         self._mask = torch.from_numpy(spec.layers.weight_mask())
 
     def _arrays(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        out, start = [], 0
-        for shape in self.spec.layers.shapes():
-            size = int(np.prod(shape))
-            out.append(flat[start:start + size].view(shape))
-            start += size
-        return out
+        return [flat[start:stop].view(shape) for start, stop, shape in self.spec.layers.offsets]
 
     def _logits(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         arrays = self._arrays(flat)
@@ -66,23 +59,10 @@ class TorchMLP:
         loss, grad = self._loss_and_grad(torch.from_numpy(flat), torch.from_numpy(x), torch.from_numpy(y))
         return loss, grad.numpy().astype(DTYPE, copy=False)
 
-    def sgd_steps(self, flat, velocity, x, y, batches, lr, momentum):
-        """Same contract as :meth:`nnlib.core.mlp.NumpyMLP.sgd_steps`."""
-        w = torch.from_numpy(flat.copy())
-        v = None if velocity is None else torch.from_numpy(velocity.copy())
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-        loss_sum = 0.0
+    def predict(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Predicted class of every sample, ``(n_samples,)`` int64."""
         with torch.no_grad():
-            for idx in batches:
-                index = torch.from_numpy(idx)
-                with torch.enable_grad():
-                    loss, grad = self._loss_and_grad(w, xt[index], yt[index])
-                loss_sum += loss * len(idx)
-                if v is not None:
-                    v.mul_(momentum).add_(grad)
-                    grad = v
-                w.sub_(lr * grad)
-        return w.numpy(), None if v is None else v.numpy(), loss_sum
+            return self._logits(torch.from_numpy(flat), torch.from_numpy(x)).argmax(dim=1).numpy()
 
     def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """Return ``(mean data loss, accuracy in [0, 1])`` on ``(x, y)``."""

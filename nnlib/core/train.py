@@ -1,4 +1,4 @@
-"""Local training on one shard: the batch schedule and the SGD loop.
+"""Local training: the mini-batch order and the one training loop.
 
 Pure functions of arrays: no engine, no I/O. Randomness comes only from the
 ``rng`` passed in, so a caller that seeds it from ``(seed, round, shard)``
@@ -9,6 +9,7 @@ which is what makes a retried task reproduce its result.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -48,52 +49,46 @@ def batch_indices(n_samples: int, schedule: LocalSchedule, rng: np.random.Genera
                 return batches
 
 
+def run_steps(params: np.ndarray, state: np.ndarray | None, optimizer, lrs: Iterable[float],
+              gradient: Callable[[np.ndarray, int], np.ndarray]) -> None:
+    """The training loop: for each step, ``optimizer.step(params, gradient(params, step), state, lr)``.
+
+    ``params`` (n_params,) and ``state`` are updated in place. ``gradient``
+    says where the step's gradient comes from: one mapper's mini-batch (a
+    local round) or the mean over every mapper's mini-batch (a synchronous
+    round).
+    """
+    for step, lr in enumerate(lrs):
+        optimizer.step(params, gradient(params, step), state, lr)
+
+
 @dataclass
 class LocalUpdate:
     """What local training returns: new weights, optimizer state, how much was seen."""
 
-    params: np.ndarray          # (n_params,) float32
-    velocity: np.ndarray | None  # (n_params,) float32 momentum buffer, None without momentum
-    n_samples: int              # size of the shard
-    train_loss: float           # mean data loss over the round's batches
-    steps: int                  # mini-batch steps taken
+    params: np.ndarray           # (n_params,) float32
+    opt_state: np.ndarray | None  # the optimizer's state, e.g. the momentum buffer
+    n_samples: int               # size of the shard
+    train_loss: float            # mean data loss over the round's batches
+    steps: int                   # mini-batch steps taken
 
 
-def local_sgd(backend, params, velocity, x, y, schedule: LocalSchedule, lr: float, momentum: float,
+def local_sgd(backend, params, opt_state, optimizer, x, y, schedule: LocalSchedule, lr: float,
               rng: np.random.Generator) -> LocalUpdate:
-    """Train ``params`` on the shard ``(x, y)`` for one round of ``schedule``."""
+    """Train a copy of ``params`` on the shard ``(x, y)`` for one round of ``schedule``."""
     batches = batch_indices(len(y), schedule, rng)
-    params, velocity, loss_sum = backend.sgd_steps(params, velocity, x, y, batches, lr, momentum)
+    params = params.copy()
+    opt_state = None if opt_state is None else opt_state.copy()
+    loss_sum = 0.0
+
+    def gradient(w, step):
+        nonlocal loss_sum
+        idx = batches[step]
+        loss, grad = backend.loss_and_grad(w, x[idx], y[idx])
+        loss_sum += loss * len(idx)
+        return grad
+
+    with np.errstate(all="ignore"):  # divergence is reported by the caller, by round and mapper
+        run_steps(params, opt_state, optimizer, [lr] * len(batches), gradient)
     seen = sum(len(b) for b in batches)
-    return LocalUpdate(params, velocity, len(y), loss_sum / max(seen, 1), len(batches))
-
-
-def sgd_update(params: np.ndarray, velocity: np.ndarray | None, grad: np.ndarray, lr: float, momentum: float):
-    """One SGD step with PyTorch's momentum rule, in place: ``v = momentum*v + g; w -= lr*v``."""
-    if velocity is not None:
-        velocity *= params.dtype.type(momentum)
-        velocity += grad
-        grad = velocity
-    params -= params.dtype.type(lr) * grad
-    return params, velocity
-
-
-def sync_steps_per_epoch(smallest_shard: int, batch_size: int) -> int:
-    """Synchronous steps in one epoch: every rank must take the same number, so the smallest shard decides."""
-    return -(-smallest_shard // batch_size)
-
-
-def sync_learning_rates(round_index: int, steps: int, base_lr: float, mappers: int, scaling: str,
-                        warmup_steps: int) -> np.ndarray:
-    """Learning rate of each synchronous step of a round, ``(steps,)`` float64.
-
-    ``scaling='linear'`` multiplies the rate by the number of mappers (the
-    global batch is ``mappers`` times a mapper's batch: the large-batch linear
-    scaling rule). During the first ``warmup_steps`` steps of the run the
-    rate climbs linearly from ``base_lr`` to that target.
-    """
-    target = base_lr * mappers if scaling == "linear" else base_lr
-    t = round_index * steps + np.arange(steps)
-    if warmup_steps <= 0:
-        return np.full(steps, target)
-    return np.where(t < warmup_steps, base_lr + (target - base_lr) * t / warmup_steps, target)
+    return LocalUpdate(params, opt_state, len(y), loss_sum / max(seen, 1), len(batches))

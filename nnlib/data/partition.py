@@ -1,14 +1,12 @@
 """Split the training set into ``mappers`` shards: random, stratified or contiguous.
 
-Deterministic in ``(labels, mappers, scheme, seed)``.
+Deterministic in ``(labels, mappers, scheme, seed)``. The allowed schemes are
+checked by the config (``data.partition``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-SCHEMES = ("random", "stratified", "contiguous")
-
 
 def partition(y: np.ndarray, mappers: int, scheme: str, seed: int) -> list[np.ndarray]:
     """Return ``mappers`` sorted index arrays that together cover ``range(len(y))`` once.
@@ -24,7 +22,7 @@ def partition(y: np.ndarray, mappers: int, scheme: str, seed: int) -> list[np.nd
         parts = np.array_split(np.arange(n), mappers)
     elif scheme == "random":
         parts = np.array_split(rng.permutation(n), mappers)
-    elif scheme == "stratified":
+    else:  # stratified
         buckets: list[list[np.ndarray]] = [[] for _ in range(mappers)]
         offset = 0
         for label in np.unique(y):
@@ -33,6 +31,9 @@ def partition(y: np.ndarray, mappers: int, scheme: str, seed: int) -> list[np.nd
                 buckets[(k + offset) % mappers].append(members[k::mappers])
             offset += len(members)  # start the next class where this one stopped dealing
         parts = [np.concatenate(b) if b else np.empty(0, np.int64) for b in buckets]
-    else:
-        raise ValueError(f"partition scheme must be one of {SCHEMES}, got {scheme!r}")
     return [np.sort(p) for p in parts]
+
+
+def shard_sizes(y: np.ndarray, mappers: int, scheme: str, seed: int) -> list[int]:
+    """Samples in each shard (at most one shard per sample)."""
+    return [len(p) for p in partition(y, min(mappers, len(y)), scheme, seed)]

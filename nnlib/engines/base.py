@@ -1,51 +1,89 @@
-"""What an engine is: a way to place shards and map a function over them.
+"""The engine contract: where shards live, how a round's map and reduce happen.
 
 The driver loop (:mod:`nnlib.driver`) is the same for every engine. An engine
-only decides *where* shards live and *how* ``fn(shard, payload)`` runs on each
-of them; the results always come back as a list in shard order.
+decides only *where* the shards live and *how* a round's work runs on them:
+
+- ``start(source)``: build and place the ``source.mappers`` shards once,
+  before the first round (each worker builds its own from the recipe; the
+  training data never goes through the driver).
+- ``round(payload, reducer, timings) -> (Combined, list[MapperStats])``: a
+  local round. Every mapper runs :func:`nnlib.tasks.train_shard` on its shard
+  from ``payload``; the results are reduced with ``reducer`` (the driver's
+  :class:`nnlib.tasks.RoundReducer`, or the same rule as a collective); the
+  engine returns the next state and each mapper's stats in mapper order.
+- ``sync_round(payload, timings) -> (Combined, list[MapperStats])``: a
+  synchronous round (gradients averaged every mini-batch). Engines that
+  cannot sync raise :class:`nnlib.errors.EngineError` (the config refuses
+  them first).
+- ``stop()``: release what ``start`` acquired.
+- ``is_main``: True in the process that writes the run directory and prints.
+  An SPMD engine (MPI) runs the driver on every rank; only rank 0 is main.
+- ``all_ok(ok) -> bool``: True on every process when ``ok`` holds on every
+  process (one process's failure stops all); plain ``ok`` for engines with a
+  single driver process.
+
+What the timings mean, on every engine (seconds, added to ``timings``):
+
+- ``broadcast``: making the round's payload available to every mapper
+  (serialising, broadcasting, writing the file mappers read); 0 where every
+  mapper already holds it.
+- ``wait``: from the end of ``broadcast`` until every mapper's result is
+  available to the reduce, the mappers' training included.
+- ``combine``: turning the results into the next weights (a driver-side
+  combine, a Hadoop reducer, an MPI Allreduce). In a synchronous round, the
+  time spent averaging gradients; ``wait`` is then the rest of the round.
+- ``overhead`` (computed by the driver): ``wait`` less the slowest mapper's
+  ``train_seconds``: launching, shipping, scheduling and, on the sequential
+  local engine, the other mappers' training.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Protocol
 
-from nnlib.data.dataset import Shard, ShardSource
+from nnlib.data.dataset import ShardSource
+from nnlib.tasks import Combined, MapperResult, MapperStats, RoundPayload, RoundReducer
 from nnlib.timing import timed
 
 
 class Engine(Protocol):
-    name: str
+    is_main: bool
 
-    def start(self, source: ShardSource) -> None:
-        """Build and place the ``source.mappers`` shards once, before the first round."""
+    def start(self, source: ShardSource) -> None: ...
 
-    def round(self, fn: Callable[[Shard, Any], Any], payload: Any, reduce: Callable[[list, Any], Any],
-              timings: dict) -> tuple[Any, list]:
-        """Map ``fn(shard, payload)`` over the shards and reduce the results with ``reduce(results, payload)``.
+    def round(self, payload: RoundPayload, reducer: RoundReducer,
+              timings: dict) -> tuple[Combined, list[MapperStats]]: ...
 
-        Returns ``(Combined, results)``; adds 'broadcast', 'wait' and 'combine'
-        seconds to ``timings``. An engine whose reduce runs elsewhere (a Hadoop
-        reducer, an MPI collective) may return results without their weights.
-        """
+    def sync_round(self, payload: RoundPayload, timings: dict) -> tuple[Combined, list[MapperStats]]: ...
 
-    def stop(self) -> None:
-        """Release what :meth:`start` acquired."""
+    def all_ok(self, ok: bool) -> bool: ...
+
+    def stop(self) -> None: ...
 
 
-class SyncEngine(Engine, Protocol):
-    """An engine that can also average gradients every mini-batch (local, MPI)."""
+class SingleDriver:
+    """For engines with one driver process, which is the main process."""
 
-    def sync_round(self, payload: Any, timings: dict) -> tuple[Any, list]:
-        """One round of synchronous gradient averaging; returns ``(Combined, results)``."""
+    is_main = True
+
+    def all_ok(self, ok: bool) -> bool:
+        return ok
 
 
-class MapThenReduce:
-    """For engines that collect every result to the driver and reduce there."""
+class ReduceOnDriver(SingleDriver):
+    """For engines whose driver collects every mapper's result and reduces it in its own process.
 
-    def map(self, fn, payload, timings) -> list:
+    A subclass says how :func:`nnlib.tasks.train_shard` is mapped over the
+    shards (``map``, which records ``broadcast`` and ``wait``); the reduce is
+    the same everywhere.
+    """
+
+    def map(self, payload: RoundPayload, timings: dict) -> list[MapperResult]:
         raise NotImplementedError
 
-    def round(self, fn, payload, reduce, timings):
-        results = self.map(fn, payload, timings)
+    def round(self, payload: RoundPayload, reducer: RoundReducer,
+              timings: dict) -> tuple[Combined, list[MapperStats]]:
+        results = self.map(payload, timings)
         with timed(timings, "combine"):
-            return reduce(results, payload), results
+            combined = reducer(results, payload)
+        return combined, sorted((res.stats for res in results), key=lambda s: s.mapper)

@@ -8,41 +8,42 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnlib.core.params import DTYPE
-from nnlib.engines.base import MapThenReduce
-from nnlib.tasks import sync_gradient_round
+from nnlib.core.combine import combine
+from nnlib.engines.base import ReduceOnDriver
+from nnlib.tasks import Combined, MapperResult, MapperStats, RoundPayload, sync_shards, train_shard
 from nnlib.timing import timed
 
 
 class InProcessCollective:
     """Averaging across mappers that all live in this process, in mapper order."""
 
-    def mean(self, local):
-        return np.mean(local, axis=0, dtype=np.float64).astype(DTYPE)
+    def mean(self, local: list[np.ndarray]) -> np.ndarray:
+        return combine("average", local, [1] * len(local))
 
-    def mappers_flagged(self, local_flags):
+    def mappers_flagged(self, local_flags: dict[int, bool]) -> list[int]:
         return sorted(m for m, flag in local_flags.items() if flag)
 
 
-class LocalEngine(MapThenReduce):
-    name = "local"
-
+class LocalEngine(ReduceOnDriver):
     def __init__(self):
         self.shards = []
 
     def start(self, source):
         self.shards = source.build(list(range(source.mappers)))
 
-    def map(self, fn, payload, timings):
+    def map(self, payload: RoundPayload, timings: dict) -> list[MapperResult]:
         timings.setdefault("broadcast", 0.0)
         with timed(timings, "wait"):
-            return [fn(shard, payload) for shard in self.shards]
+            return [train_shard(shard, payload) for shard in self.shards]
 
-    def sync_round(self, payload, timings):
-        """Synchronous gradient averaging, the sequential equivalent: each step visits every shard in turn."""
+    def sync_round(self, payload: RoundPayload, timings: dict) -> tuple[Combined, list[MapperStats]]:
+        """The sequential equivalent of synchronous averaging: each step visits every shard in turn."""
         timings.setdefault("broadcast", 0.0)
         with timed(timings, "wait"):
-            return sync_gradient_round(self.shards, payload, InProcessCollective())
+            combined, stats = sync_shards(self.shards, payload, InProcessCollective())
+        timings["combine"] = sum(s.comm_seconds for s in stats)
+        timings["wait"] -= timings["combine"]
+        return combined, stats
 
     def stop(self):
         self.shards = []

@@ -1,4 +1,4 @@
-"""The mrjob engine: one Hadoop streaming job per round (``jobs/mr_model_avg.py``).
+"""The mrjob engine: one Hadoop streaming job per round (:mod:`nnlib.engines.mr_model_avg`).
 
 Input is one gzipped file per shard holding that shard's index: gzipped files
 are never split, so every runner (inline, local, hadoop, emr) starts exactly
@@ -11,7 +11,6 @@ combined weights and every mapper's timing.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import logging
 import shutil
 import sys
@@ -21,13 +20,13 @@ from pathlib import Path
 
 import yaml
 
+from nnlib.engines.base import SingleDriver
 from nnlib.errors import EngineError, error_from_text
 from nnlib.ship import zip_package
-from nnlib.tasks import Combined, MapperResult
+from nnlib.tasks import Combined
 from nnlib.timing import timed
+from nnlib.wire import decode_array, decode_stats, payload_to_bytes
 
-RUNNERS = ("inline", "local", "hadoop", "emr")
-JOB_FILE = Path(__file__).resolve().parents[2] / "jobs" / "mr_model_avg.py"
 
 
 class _NoConfigNote(logging.Filter):
@@ -53,26 +52,16 @@ def import_mrjob():
 
 
 def load_job_class():
-    """The MRJob class from jobs/mr_model_avg.py of the source tree."""
+    """The MRJob class (:mod:`nnlib.engines.mr_model_avg`), imported quietly."""
     import_mrjob()
-    if not JOB_FILE.is_file():
-        raise EngineError(f"engine=mrjob: job file {JOB_FILE} not found (install nnlib from a source "
-                          "checkout with pip install -e .)")
-    spec = importlib.util.spec_from_file_location("mr_model_avg", JOB_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # mrjob finds the script to run through the class's module
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        spec.loader.exec_module(module)
-    return module.MRModelAvg
+        from nnlib.engines.mr_model_avg import MRModelAvg
+    return MRModelAvg
 
 
-class MrjobEngine:
-    name = "mrjob"
-
+class MrjobEngine(SingleDriver):
     def __init__(self, config, runner: str = "local", extra_args: list[str] = ()):
-        if runner not in RUNNERS:
-            raise EngineError(f"mrjob.runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
         self.config, self.runner, self.extra_args = config, runner, list(extra_args)
         self.map_tasks: list[int] = []  # map tasks started, per round (from the job's counter)
         self._dir: Path | None = None
@@ -93,14 +82,13 @@ class MrjobEngine:
         # tasks import the driver's exact code (inline runs in this process and needs no shipping)
         self._py_files = [] if self.runner == "inline" else ["--py-files", str(zip_package(self._dir / "nnlib.zip"))]
 
-    def round(self, fn, payload, reduce, timings):
-        from nnlib.wire import decode_array, payload_to_bytes
-
+    def round(self, payload, reducer, timings):
+        """One Hadoop streaming job: the mappers train, the job's reducer combines with ``reducer``'s rule."""
         with timed(timings, "broadcast"):
             path = self._dir / f"payload-{payload.round_index:05d}.npz"
             path.write_bytes(payload_to_bytes(payload))
         args = ["-r", self.runner, "--nnlib-conf", str(self._conf), "--payload", str(path),
-                "--set", f"combine={reduce.rule}", "--set", f"train.skip_bad_mappers={str(reduce.skip_bad).lower()}",
+                "--combine", reducer.rule, "--skip-bad-mappers", str(reducer.skip_bad).lower(),
                 *self._py_files, *self.extra_args, *self._inputs]
         job = self._job_class(args=args)
         with timed(timings, "wait"):
@@ -114,10 +102,15 @@ class MrjobEngine:
                 raise self._error(exc, payload.round_index) from None
         self.map_tasks.append(sum(c.get("nnlib", {}).get("map_tasks", 0) for c in counters))
         combined = next(v for k, v in records if k == "combined")
+        # the reducer ran inside the job: its time is the combine, not the wait
         timings["combine"] = combined["combine_seconds"]
-        results = [MapperResult(params=None, velocity=None, **v) for k, v in records if k == "mapper"]
-        return Combined(decode_array(combined["params"]), decode_array(combined["velocity"]),
-                        combined["skipped"]), results
+        timings["wait"] -= combined["combine_seconds"]
+        stats = [decode_stats(v) for k, v in records if k == "mapper"]
+        return Combined(decode_array(combined["params"]), decode_array(combined["opt_state"]),
+                        combined["skipped"]), stats
+
+    def sync_round(self, payload, timings):
+        raise EngineError("engine=mrjob cannot run synchronous rounds (combine=gradient, train.sync_rounds)")
 
     def _error(self, exc: Exception, round_index: int) -> Exception:
         """One line for a failed job: an nnlib error from a task as itself, else the task's last error line."""

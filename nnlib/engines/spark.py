@@ -14,8 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-from nnlib.engines.base import MapThenReduce
+from nnlib.engines.base import ReduceOnDriver
 from nnlib.errors import EngineError, error_from_text, first_line
+from nnlib.tasks import train_shard
 from nnlib.timing import timed
 
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
@@ -40,9 +41,7 @@ def get_or_create_session(master: str, app_name: str, log_level: str):
     return session, True
 
 
-class SparkEngine(MapThenReduce):
-    name = "spark"
-
+class SparkEngine(ReduceOnDriver):
     def __init__(self, master: str = "local[*]", app_name: str = "nnlib", log_level: str = "ERROR"):
         self.master, self.app_name, self.log_level = master, app_name, log_level
         self.session = None
@@ -63,17 +62,20 @@ class SparkEngine(MapThenReduce):
         except Exception as exc:
             raise error_from_text(str(exc), "spark", "building the shards") from None
 
-    def map(self, fn, payload, timings):
+    def map(self, payload, timings):
         sc = self.session.sparkContext
         with timed(timings, "broadcast"):
             shared = sc.broadcast(payload)
         try:
             with timed(timings, "wait"):
-                return self._shards.map(lambda shard: fn(shard, shared.value)).collect()
+                return self._shards.map(lambda shard: train_shard(shard, shared.value)).collect()
         except Exception as exc:
             raise error_from_text(str(exc), "spark", f"round {payload.round_index}") from None
         finally:
             shared.destroy()
+
+    def sync_round(self, payload, timings):
+        raise EngineError("engine=spark cannot run synchronous rounds (combine=gradient, train.sync_rounds)")
 
     def stop(self):
         if self._shards is not None:
