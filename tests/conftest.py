@@ -16,6 +16,19 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 from nnlib.config import load_config  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts a JVM, mpiexec, mrjob's local runner or a subprocess; "
+                                       "pytest -m 'not slow' leaves it out")
+
+
+def pytest_collection_modifyitems(items):
+    """A test that asks for a SparkSession must be marked slow, so the fast tier never starts a JVM."""
+    unmarked = [item.nodeid for item in items if "spark" in getattr(item, "fixturenames", ())
+                and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError(f"tests using the spark fixture must be marked slow: {unmarked}")
+
+
 @pytest.fixture(scope="session")
 def spark():
     """One local[2] SparkSession for every test that needs Spark; engines reuse it."""

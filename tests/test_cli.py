@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from nnlib.cli import main
 from nnlib.outputs import MAPPER_COLUMNS, ROUND_COLUMNS
@@ -61,6 +62,7 @@ def test_scientific_notation_is_a_number():
     assert load_config(None, ["train.lr=1e-3"]).train.lr == 0.001
 
 
+@pytest.mark.slow
 def test_process_exit_status_and_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "nnlib", "run", "--set", "train.batch_size=0",
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)

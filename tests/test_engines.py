@@ -48,6 +48,7 @@ def test_training_learns_digits():
     assert accs[-1] > 0.85 and accs[-1] > accs[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     ("combine=average",),
     ("combine=weighted", "data.partition=stratified", "train.momentum=0.5"),
@@ -64,6 +65,7 @@ def test_spark_engine_equals_local_engine(spark, overrides):
     assert on_spark.rounds[-1]["test_accuracy"] == local.rounds[-1]["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_spark_mappers_run_in_executor_processes(spark):
     import os
 

@@ -1,5 +1,6 @@
 """The MPI engine under a real mpiexec, against the local engine."""
 
+import functools
 import json
 import os
 import signal
@@ -14,6 +15,8 @@ from conftest import saved_params
 
 from nnlib.config import load_config
 from nnlib.driver import run
+
+pytestmark = pytest.mark.slow  # every test here starts a JVM, mpiexec or a subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
@@ -34,6 +37,7 @@ def mpirun(tmp_path, n, *args, timeout=180):
     return proc, out
 
 
+@functools.lru_cache(maxsize=None)  # one reference run per setting, shared by the tests
 def local_params(*sets):
     overrides = [s for s in (*QUICK, *sets) if s != "--set"]
     config = load_config(ROOT / "conf/default.yaml", [*overrides, "engine=local"])

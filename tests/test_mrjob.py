@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 QUIET = dict(log=lambda _msg: None)
 
 
-@pytest.mark.parametrize("runner", ["inline", "local"])
+@pytest.mark.parametrize("runner", ["inline", pytest.param("local", marks=pytest.mark.slow)])
 def test_mrjob_equals_local_engine(runner):
     config = small_config("mappers=3", "train.rounds=2", "train.momentum=0.5")
     reference = run(config, **QUIET)
@@ -35,6 +35,7 @@ def test_mrjob_equals_local_engine(runner):
             r["pid"] for r in result.mapper_rows}
 
 
+@pytest.mark.slow
 def test_cli_mrjob_run_writes_the_usual_outputs(tmp_path):
     out = tmp_path / "run"
     args = ["run", str(ROOT / "conf/default.yaml"), "--set", "engine=mrjob", "--set", "mappers=3",
@@ -54,6 +55,7 @@ def test_bad_runner_is_a_one_line_error(tmp_path, capsys):
     assert err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_job_file_runs_on_its_own_for_one_round(tmp_path):
     shards = tmp_path / "shards.txt"
     shards.write_text("0\n1\n2\n")
@@ -74,6 +76,7 @@ def test_job_file_runs_on_its_own_for_one_round(tmp_path):
     np.testing.assert_array_equal(decode_array(combined["params"]), one_round.params)
 
 
+@pytest.mark.slow
 def test_unimportable_mrjob_names_the_python_version(tmp_path):
     code = ("import sys; sys.modules['mrjob'] = None; from nnlib.cli import main; "
             f"sys.exit(main(['run', '--set', 'engine=mrjob', '--out', {str(tmp_path / 'o')!r}]))")

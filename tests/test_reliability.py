@@ -1,5 +1,6 @@
 """Checkpoints and --resume, divergence, skipped mappers."""
 
+import functools
 import json
 import os
 import re
@@ -26,10 +27,16 @@ SLOW = ["data.source=synthetic", "data.n_samples=20000", "data.n_features=100", 
         "seed=11"]
 
 
+@functools.lru_cache(maxsize=1)  # the reference for both engines, computed once
+def uninterrupted_slow_run() -> np.ndarray:
+    return run(load_config(ROOT / "conf/default.yaml", SLOW + ["engine=local"]), **QUIET).params
+
+
 def sets(items):
     return [a for item in items for a in ("--set", item)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["local", "spark"])
 def test_kill_9_then_resume_gives_bit_identical_weights(tmp_path, engine):
     out = tmp_path / "run"
@@ -61,8 +68,7 @@ def test_kill_9_then_resume_gives_bit_identical_weights(tmp_path, engine):
     assert [int(line.split(",")[0]) for line in rounds[1:]] == list(range(12))
     assert len((out / "mapper_times.csv").read_text().splitlines()) == 1 + 2 * 12
 
-    uninterrupted = run(load_config(ROOT / "conf/default.yaml", SLOW + ["engine=local"]), **QUIET)
-    np.testing.assert_array_equal(saved_params(out), uninterrupted.params)
+    np.testing.assert_array_equal(saved_params(out), uninterrupted_slow_run())
 
 
 def test_resume_can_add_rounds_and_nothing_else(tmp_path, capsys):
@@ -118,7 +124,7 @@ def _one_bad_shard(tmp_path):
             "train.rounds=2", "train.local_epochs=10", "model.hidden=[8]"]
 
 
-@pytest.mark.parametrize("engine", ["local", "spark", "mrjob"])
+@pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.slow), "mrjob"])
 def test_skip_bad_mappers_drops_and_records(tmp_path, engine, request):
     if engine == "spark":
         request.getfixturevalue("spark")

@@ -4,9 +4,12 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from nnlib.ship import zip_package
 
 
+@pytest.mark.slow
 def test_zipped_package_imports_from_the_zip(tmp_path):
     dest = zip_package(tmp_path / "nnlib.zip")
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import nnlib.tasks, nnlib.engines.spark as s; "

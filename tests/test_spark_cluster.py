@@ -13,6 +13,8 @@ from spark_cluster import StandaloneCluster, cluster_env
 from nnlib.config import load_config
 from nnlib.driver import run
 
+pytestmark = pytest.mark.slow  # every test here starts a JVM, mpiexec or a subprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 # rounds long enough (about a second each) to kill a worker in the middle of one
 WORK = ["engine=spark", "mappers=4", "data.source=synthetic", "data.n_samples=12000", "data.n_features=64",
