@@ -163,43 +163,42 @@ def summarize(config: Config, data: Dataset, payload: RoundPayload, result: RunR
     }
 
 
-def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = None, log=print, warn=warn,
-        resume: bool = False) -> RunResult:
-    """Train as ``config`` says on ``engine`` (default: the config's); write outputs to ``run_dir`` if given.
+@dataclass(frozen=True)
+class Setup:
+    """Everything a run derives from its config before the first round."""
 
-    After every round the weights and optimizer state are checkpointed to
-    ``run_dir/checkpoints/``; ``resume=True`` continues from the newest one and
-    ends with exactly the weights of an uninterrupted run. ``log`` receives
-    the progress lines and ``warn`` the warnings (an MPI rank other than 0
-    passes functions that drop them).
-    """
-    wall_start = time.perf_counter()
+    config: Config
+    data: Dataset
+    schedule: Schedule
+    first: RoundPayload      # round 0's payload: initial weights, fresh optimizer state
+    reducer: RoundReducer
+
+    def evaluate(self, params: np.ndarray) -> tuple[float, float]:
+        """``(test loss, test accuracy)`` of ``params`` on the held-out set."""
+        backend = get_backend(self.config.model.backend, self.first.model)
+        return backend.evaluate(params, self.data.x_test, self.data.y_test)
+
+
+def prepare(config: Config, warn=warn) -> Setup:
+    """Load the data, check the config against it, build the schedule and round 0's payload."""
     config = with_absolute_paths(config)
     data = load_dataset(config.data, config.seed)
     sizes = shard_sizes(data.y_train, config.mappers, config.data.partition, config.seed)
     check_against_data(config, data, sizes, warn)
     schedule = Schedule.from_config(config, min(sizes))
-    payload = first_payload(config, data, schedule)
-    backend = get_backend(config.model.backend, payload.model)
-    reducer = RoundReducer(config.combine, config.train.skip_bad_mappers)
-    result = RunResult(payload.params, {})
-    first_round = 0
-    if resume and run_dir is not None:
-        first_round, payload = resume_state(config, run_dir, payload, result)
-        if first_round:
-            log(f"resuming after round {first_round} from {run_dir.path / 'checkpoints'}")
-        run_dir.file("summary.json").unlink(missing_ok=True)  # rewritten when the run finishes
-    if run_dir is not None:
-        run_dir.write_config(config.to_dict())
+    return Setup(config, data, schedule, first_payload(config, data, schedule),
+                 RoundReducer(config.combine, config.train.skip_bad_mappers))
 
-    engine = engine or make_engine(config)
-    if first_round < config.train.rounds:
-        engine.start(ShardSource(config.data, config.seed, config.mappers))
+
+def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_round: int, run_dir: RunDir | None,
+                 result: RunResult, log=print, warn=warn) -> RoundPayload:
+    """Run rounds ``first_round ..`` of the schedule on ``engine``; return the last round's state."""
+    config = setup.config
+    engine.start(ShardSource(config.data, config.seed, config.mappers))
     try:
         for r in range(first_round, config.train.rounds):
-            payload = replace(payload, plan=schedule.plan(r))
-            combined, row, stats = run_round(engine, payload, reducer,
-                                             lambda w: backend.evaluate(w, data.x_test, data.y_test), warn)
+            payload = replace(payload, plan=setup.schedule.plan(r))
+            combined, row, stats = run_round(engine, payload, setup.reducer, setup.evaluate, warn)
             payload = replace(payload, params=combined.params, opt_state=combined.opt_state)
             result.skipped += [{"round": r, "mapper": m} for m in combined.skipped]
             result.rounds.append(row)
@@ -215,11 +214,36 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
             raise DivergenceError(f"{exc}; the last good checkpoint is {ckpt.path}") from None
         raise
     finally:
-        if first_round < config.train.rounds:
-            engine.stop()
+        engine.stop()
+    return payload
 
+
+def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = None, log=print, warn=warn,
+        resume: bool = False) -> RunResult:
+    """Train as ``config`` says on ``engine`` (default: the config's); write outputs to ``run_dir`` if given.
+
+    After every round the weights and optimizer state are checkpointed to
+    ``run_dir/checkpoints/``; ``resume=True`` continues from the newest one and
+    ends with exactly the weights of an uninterrupted run. ``log`` receives
+    the progress lines and ``warn`` the warnings (an MPI rank other than 0
+    passes functions that drop them).
+    """
+    wall_start = time.perf_counter()
+    setup = prepare(config, warn)
+    config, payload = setup.config, setup.first
+    result = RunResult(payload.params, {})
+    first_round = 0
+    if resume and run_dir is not None:
+        first_round, payload = resume_state(config, run_dir, payload, result)
+        if first_round:
+            log(f"resuming after round {first_round} from {run_dir.path / 'checkpoints'}")
+        run_dir.file("summary.json").unlink(missing_ok=True)  # rewritten when the run finishes
+    if run_dir is not None:
+        run_dir.write_config(config.to_dict())
+    if first_round < config.train.rounds:
+        payload = train_rounds(engine or make_engine(config), setup, payload, first_round, run_dir, result, log, warn)
     result.params = payload.params
-    result.summary = summarize(config, data, payload, result, time.perf_counter() - wall_start,
+    result.summary = summarize(config, setup.data, payload, result, time.perf_counter() - wall_start,
                                first_round if resume else None)
     if run_dir is not None:
         run_dir.write_model(to_named(payload.params, payload.model.layers))
