@@ -98,7 +98,7 @@ def run_command(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     if config.engine == "mpi" and not inside_launcher():
         return launch(config.mpi.launcher, config.mappers, config.mpi.args, run_arguments(args))
-    engine = make_engine(config)
+    engine = make_engine(config, warn)
     speak = engine.is_main
     if config.engine == "mpi":
         from nnlib.engines.mpi import fit_to_ranks

@@ -40,7 +40,7 @@ def _yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-SYNC_ENGINES = ("local", "mpi")  # engines that can average gradients every mini-batch
+SYNC_ENGINES = ("local", "mpi", "spark")  # engines that can average gradients every mini-batch
 
 
 class _Section(BaseModel):
@@ -94,6 +94,10 @@ class SparkConfig(_Section):
     master: str = "local[*]"
     app_name: str = "nnlib"
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "ERROR"
+    mode: Literal["stage", "jobs"] = "stage"
+    port: int = Field(0, ge=0, le=65535)
+    mapper_timeout: float = Field(1800.0, gt=0)
+    stage_attempts: int = Field(3, ge=1)
 
 
 class MpiConfig(_Section):
@@ -121,10 +125,14 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _sync_needs_a_synchronous_engine(self):
-        if has_sync_rounds(self.combine, self.train.sync_rounds) and self.engine not in SYNC_ENGINES:
-            what = "combine=gradient" if self.combine == "gradient" else f"train.sync_rounds={self.train.sync_rounds}"
-            raise ValueError(f"{what} syncs every mini-batch and needs engine {' or '.join(SYNC_ENGINES)}, "
+        if not has_sync_rounds(self.combine, self.train.sync_rounds):
+            return self
+        what = "combine=gradient" if self.combine == "gradient" else f"train.sync_rounds={self.train.sync_rounds}"
+        if self.engine not in SYNC_ENGINES:
+            raise ValueError(f"{what} syncs every mini-batch and needs engine local, mpi or spark, "
                              f"got engine={self.engine}")
+        if self.engine == "spark" and self.spark.mode == "jobs":
+            raise ValueError(f"{what} syncs every mini-batch and needs spark.mode=stage, got spark.mode=jobs")
         return self
 
     def to_dict(self) -> dict[str, Any]:

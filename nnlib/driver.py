@@ -241,7 +241,7 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
     if run_dir is not None:
         run_dir.write_config(config.to_dict())
     if first_round < config.train.rounds:
-        payload = train_rounds(engine or make_engine(config), setup, payload, first_round, run_dir, result, log, warn)
+        payload = train_rounds(engine or make_engine(config, warn), setup, payload, first_round, run_dir, result, log, warn)
     result.params = payload.params
     result.summary = summarize(config, setup.data, payload, result, time.perf_counter() - wall_start,
                                first_round if resume else None)

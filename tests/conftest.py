@@ -31,10 +31,13 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def spark():
-    """One local[2] SparkSession for every test that needs Spark; engines reuse it."""
+    """One SparkSession for every test that needs Spark; engines reuse it.
+
+    Four task slots on this 2-core machine: a long-lived stage holds one slot per mapper.
+    """
     from nnlib.engines.spark import get_or_create_session
 
-    session, _ = get_or_create_session("local[2]", "nnlib-tests", "ERROR")
+    session, _ = get_or_create_session("local[4]", "nnlib-tests", "ERROR")
     yield session
     session.stop()
 

@@ -33,6 +33,28 @@ def cluster_env(folder: Path) -> dict:
                 SPARK_NO_DAEMONIZE="1")
 
 
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(_parent(int(entry)), []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 @dataclass
 class StandaloneCluster:
     folder: Path
@@ -79,9 +101,25 @@ class StandaloneCluster:
             return 0
         return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
 
+    def worker_running(self, pid: int) -> int:
+        """The index of the worker that ``pid`` (an executor's Python worker) descends from."""
+        workers = {w.pid: i for i, w in enumerate(self.workers)}
+        while pid > 1 and pid not in workers:
+            pid = _parent(pid)
+        return workers[pid]
+
     def kill_worker(self, i: int) -> None:
-        """SIGKILL worker ``i``'s JVM and everything it started (its executor and Python workers)."""
+        """SIGKILL worker ``i``'s JVM and everything it started (its executor and Python workers), as a host dies.
+
+        PySpark's Python workers run in process groups of their own, so the tree is walked by parent pid.
+        """
+        doomed = _descendants(self.workers[i].pid)
         os.killpg(self.workers[i].pid, signal.SIGKILL)
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.workers[i].wait()
 
     def stop(self) -> None:

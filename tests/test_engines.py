@@ -9,7 +9,6 @@ from nnlib.core.params import init_params
 from nnlib.core.train import LocalSchedule, batch_indices
 from nnlib.data.dataset import load_dataset
 from nnlib.driver import run
-from nnlib.engines.spark import SparkEngine
 from nnlib.tasks import model_spec, shard_rng
 from nnlib.threads import one_blas_thread
 
@@ -48,17 +47,24 @@ def test_training_learns_digits():
     assert accs[-1] > 0.85 and accs[-1] > accs[0]
 
 
+def spark_engine(mode: str, **kwargs):
+    from nnlib.engines.spark import SparkJobsEngine, SparkStageEngine
+
+    return SparkStageEngine("local[4]", **kwargs) if mode == "stage" else SparkJobsEngine("local[4]")
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["stage", "jobs"])
 @pytest.mark.parametrize("overrides", [
     ("combine=average",),
     ("combine=weighted", "data.partition=stratified", "train.momentum=0.5"),
     ("combine=sum_updates", "train.lr=0.02", "model.backend=torch"),
 ])
-def test_spark_engine_equals_local_engine(spark, overrides):
+def test_spark_engine_equals_local_engine(spark, overrides, mode):
     config = small_config("mappers=4", *overrides)
     local = run(config, **QUIET)
-    on_spark = run(config.model_copy(update={"engine": "spark"}), engine=SparkEngine("local[2]"), **QUIET)
-    assert np.abs(local.params - on_spark.params).max() <= 1e-6
+    on_spark = run(config.model_copy(update={"engine": "spark"}), engine=spark_engine(mode), **QUIET)
+    np.testing.assert_array_equal(on_spark.params, local.params)
     assert len(on_spark.mapper_rows) == 4 * config.train.rounds
     assert [r["mapper"] for r in on_spark.mapper_rows[:4]] == [0, 1, 2, 3]
     assert [r["n_samples"] for r in on_spark.mapper_rows] == [r["n_samples"] for r in local.mapper_rows]
@@ -66,9 +72,59 @@ def test_spark_engine_equals_local_engine(spark, overrides):
 
 
 @pytest.mark.slow
-def test_spark_mappers_run_in_executor_processes(spark):
+@pytest.mark.parametrize("overrides", [("combine=gradient", "train.momentum=0.9", "train.lr_scaling=linear"),
+                                       ("train.sync_rounds=1", "combine=weighted")],
+                         ids=["gradient", "post-local"])
+def test_synchronous_rounds_on_spark_equal_the_local_engine(spark, overrides):
+    config = small_config("mappers=3", "train.rounds=2", *overrides)
+    local = run(config, **QUIET)
+    on_spark = run(config.model_copy(update={"engine": "spark"}), engine=spark_engine("stage"), **QUIET)
+    np.testing.assert_array_equal(on_spark.params, local.params)
+    assert [r["steps"] for r in on_spark.mapper_rows] == [r["steps"] for r in local.mapper_rows]
+
+
+@pytest.mark.slow
+def test_spark_stage_keeps_one_process_per_mapper_for_the_whole_run(spark):
     import os
 
-    result = run(small_config("engine=spark"), engine=SparkEngine("local[2]"), **QUIET)
-    assert all(row["pid"] != os.getpid() for row in result.mapper_rows)
+    result = run(small_config("engine=spark", "train.rounds=3"), engine=spark_engine("stage"), **QUIET)
+    pids = {}
+    for row in result.mapper_rows:
+        pids.setdefault(row["mapper"], set()).add(row["pid"])
+    assert all(len(p) == 1 for p in pids.values()) and len(set().union(*pids.values())) == 3
+    assert os.getpid() not in set().union(*pids.values())
     assert all(row["train_seconds"] > 0 for row in result.mapper_rows)
+
+
+@pytest.mark.slow
+def test_a_failing_mapper_is_one_line_naming_it(spark, tmp_path):
+    from nnlib.errors import DataError
+
+    missing = tmp_path / "gone.npz"
+    np.savez(missing, x=np.random.default_rng(0).normal(size=(40, 3)), y=np.arange(40) % 2)
+    config = small_config("engine=spark", f"data.source={missing}", "mappers=2")
+
+    class DeletesTheData:  # the driver reads the file; the mappers then find it gone
+        def __init__(self):
+            self.engine = spark_engine("stage")
+
+        def start(self, source):
+            missing.unlink()
+            self.engine.start(source)
+
+        def __getattr__(self, name):
+            return getattr(self.engine, name)
+
+    with pytest.raises(DataError, match=r"^mapper [01]: data.source: file .*gone.npz does not exist$"):
+        run(config, engine=DeletesTheData(), **QUIET)
+
+
+@pytest.mark.slow
+def test_a_silent_mapper_ends_the_run_after_the_timeout(spark):
+    from nnlib.errors import EngineError
+
+    # a round of several seconds against a one-second timeout: to the driver, a hung mapper
+    config = small_config("engine=spark", "mappers=2", "data.source=synthetic", "data.n_samples=20000",
+                          "data.n_features=100", "model.hidden=[1024,1024]", "train.local_epochs=6")
+    with pytest.raises(EngineError, match=r"mapper 0 sent nothing for 1s in round 0 \(spark.mapper_timeout\)"):
+        run(config, engine=spark_engine("stage", mapper_timeout=1.0), **QUIET)

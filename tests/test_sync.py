@@ -108,12 +108,14 @@ def test_post_local_sgd_is_one_synchronous_round_then_averaging():
     assert not np.array_equal(synced.params, averaged.params)
 
 
-@pytest.mark.parametrize("engine", ["spark", "mrjob"])
-def test_gradient_mode_needs_a_synchronous_engine(engine):
+def test_gradient_mode_needs_a_synchronous_engine():
     from nnlib.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=f"needs engine local or mpi, got engine={engine}"):
-        small_config(f"engine={engine}", "combine=gradient")
+    with pytest.raises(ConfigError, match="needs engine local, mpi or spark, got engine=mrjob"):
+        small_config("engine=mrjob", "combine=gradient")
+    with pytest.raises(ConfigError, match="needs spark.mode=stage, got spark.mode=jobs"):
+        small_config("engine=spark", "spark.mode=jobs", "train.sync_rounds=2")
+    assert small_config("engine=spark", "combine=gradient").spark.mode == "stage"
 
 
 def test_large_global_batch_warns():

@@ -5,16 +5,22 @@ from __future__ import annotations
 from nnlib.config import Config
 
 
-def make_engine(config: Config):
-    """Build the engine named by ``config.engine`` (the config has checked the name)."""
+def make_engine(config: Config, warn=None):
+    """Build the engine named by ``config.engine`` (the config has checked the name).
+
+    ``warn`` receives an engine's one-line warnings (a Spark stage started again).
+    """
     if config.engine == "local":
         from nnlib.engines.local import LocalEngine
 
         return LocalEngine()
     if config.engine == "spark":
-        from nnlib.engines.spark import SparkEngine
+        from nnlib.engines.spark import SparkJobsEngine, SparkStageEngine
 
-        return SparkEngine(config.spark.master, config.spark.app_name, config.spark.log_level)
+        s = config.spark
+        if s.mode == "jobs":
+            return SparkJobsEngine(s.master, s.app_name, s.log_level)
+        return SparkStageEngine(s.master, s.app_name, s.log_level, s.port, s.mapper_timeout, s.stage_attempts, warn)
     if config.engine == "mrjob":
         from nnlib.engines.mrjob_engine import MrjobEngine
 

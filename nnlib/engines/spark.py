@@ -1,29 +1,67 @@
-"""The Spark engine: one cached partition per shard, weights broadcast each round.
+"""The Spark engines: one long-lived stage for the whole run (``spark.mode: stage``), or a job per round.
 
-The shards are built inside the executors (each partition loads the data and
-cuts out its own shard) and cached there, so the training data never travels
-through the driver. Each round the driver broadcasts the payload (weights),
-maps the mapper function over the cached partitions and collects only the
-results. If an executor is lost, Spark rebuilds its shard from the same
-deterministic recipe and re-runs the task, which reproduces its result.
+``stage`` (the default): one barrier stage holds the ``mappers`` tasks for
+the whole run. Each task builds its shard once, inside the executor, keeps
+it, and serves rounds over one authenticated TCP connection to the driver
+(:mod:`nnlib.engines.exchange`): every round the driver sends the weights and
+receives each mapper's result; synchronous rounds exchange one gradient per
+step the same way. Spark's barrier calls are never used per round. A barrier
+stage needs a free task slot per mapper: in local mode the session gets as
+many slots as mappers; on a cluster the engine checks the slots first. When
+an executor is lost, Spark aborts the barrier stage; the engine starts it
+again (``spark.stage_attempts`` in all) and redoes the unfinished round from
+the last finished one, which gives the same weights, since every mapper's
+randomness is seeded by (seed, round, shard).
+
+``jobs``: the shards are cached as one partition each; every round
+broadcasts the payload, maps :func:`nnlib.tasks.train_shard` over the
+partitions in a new Spark job and collects the results (about 0.1 s of
+scheduling per round, plus reading the cached shards).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 from nnlib.engines.base import ReduceOnDriver
+from nnlib.engines.exchange import Hub, MapperLost, serve_mapper
 from nnlib.errors import EngineError, error_from_text, first_line
 from nnlib.tasks import train_shard
 from nnlib.timing import timed
 
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
+SLOT_WAIT_SECONDS = 60  # how long a stage waits for enough executors to register
+_LOCAL = re.compile(r"local(?:\[(\*|\d+)(?:,\s*(\d+))?\])?$")
 
 
-def get_or_create_session(master: str, app_name: str, log_level: str):
-    """Return ``(session, created)``: the active SparkSession if there is one, else a new one."""
+def local_master_with_slots(master: str, slots: int) -> str:
+    """A ``local[...]`` master with at least ``slots`` task slots (any other master unchanged)."""
+    match = _LOCAL.match(master)
+    if not match:
+        return master
+    threads, failures = match.groups()
+    if threads is None:
+        have = 1
+    elif threads == "*":
+        have = os.cpu_count() or 1
+    else:
+        have = int(threads)
+    if have >= slots:
+        return master
+    return f"local[{slots},{failures}]" if failures else f"local[{slots}]"
+
+
+def get_or_create_session(master: str, app_name: str, log_level: str, min_slots: int = 1):
+    """Return ``(session, created)``: the active SparkSession if there is one, else a new one.
+
+    A new local session gets at least ``min_slots`` task slots.
+    """
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
@@ -33,27 +71,48 @@ def get_or_create_session(master: str, app_name: str, log_level: str):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers use this interpreter
     java_opts = f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()} -Dnnlib.spark.log.level={log_level}"
-    session = (SparkSession.builder.master(master).appName(app_name)
+    session = (SparkSession.builder.master(local_master_with_slots(master, min_slots)).appName(app_name)
                .config("spark.ui.showConsoleProgress", "false")
                .config("spark.driver.extraJavaOptions", java_opts)
+               # applied as the SparkContext starts: under spark-submit the driver JVM is already
+               # running with Spark's own logging, and this keeps its start-up chatter out
+               .config("spark.log.level", log_level)
                .getOrCreate())
     session.sparkContext.setLogLevel(log_level)
     return session, True
 
 
-class SparkEngine(ReduceOnDriver):
-    def __init__(self, master: str = "local[*]", app_name: str = "nnlib", log_level: str = "ERROR"):
+class _SparkSession:
+    """Start (or join) a SparkSession; stop it at the end only if this engine started it."""
+
+    def __init__(self, master: str, app_name: str, log_level: str):
         self.master, self.app_name, self.log_level = master, app_name, log_level
         self.session = None
         self._owns_session = False
+
+    def _open(self, min_slots: int = 1):
+        try:
+            self.session, self._owns_session = get_or_create_session(self.master, self.app_name, self.log_level,
+                                                                     min_slots)
+        except Exception as exc:  # the JVM failed to start: no Java, bad master URL, ...
+            raise EngineError(f"spark.master {self.master!r}: could not start Spark ({first_line(exc)})") from None
+        return self.session.sparkContext
+
+    def _close(self):
+        if self._owns_session and self.session is not None:
+            self.session.stop()
+        self.session = None
+
+
+class SparkJobsEngine(_SparkSession, ReduceOnDriver):
+    """``spark.mode: jobs``: one Spark job per round over shards cached one per partition."""
+
+    def __init__(self, master: str = "local[*]", app_name: str = "nnlib", log_level: str = "ERROR"):
+        super().__init__(master, app_name, log_level)
         self._shards = None
 
     def start(self, source):
-        try:
-            self.session, self._owns_session = get_or_create_session(self.master, self.app_name, self.log_level)
-        except Exception as exc:  # the JVM failed to start: no Java, bad master URL, ...
-            raise EngineError(f"spark.master {self.master!r}: could not start Spark ({first_line(exc)})") from None
-        sc = self.session.sparkContext
+        sc = self._open()
         # range(n) in n slices puts shard i alone in partition i.
         self._shards = sc.parallelize(range(source.mappers), source.mappers).mapPartitions(
             lambda indices: iter(source.build(list(indices)))).cache()
@@ -75,12 +134,143 @@ class SparkEngine(ReduceOnDriver):
             shared.destroy()
 
     def sync_round(self, payload, timings):
-        raise EngineError("engine=spark cannot run synchronous rounds (combine=gradient, train.sync_rounds)")
+        raise EngineError("spark.mode=jobs cannot run synchronous rounds (combine=gradient, train.sync_rounds); "
+                          "use spark.mode=stage")
 
     def stop(self):
         if self._shards is not None:
             self._shards.unpersist()
             self._shards = None
-        if self._owns_session and self.session is not None:
-            self.session.stop()
-        self.session = None
+        self._close()
+
+
+def task_slots(sc) -> int:
+    """How many tasks the cluster can run at once now (executors registered so far)."""
+    jsc = sc._jsc.sc()
+    try:
+        return int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile()))
+    except Exception:  # noqa: BLE001  - an internal API; fall back to the public estimate
+        return sc.defaultParallelism
+
+
+def driver_address(sc) -> str:
+    """The address the executors reach the driver at (Spark's own choice for this run)."""
+    conf = sc.getConf()
+    host = conf.get("spark.driver.bindAddress", None) or conf.get("spark.driver.host", "127.0.0.1")
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host
+
+
+class SparkStageEngine(_SparkSession, ReduceOnDriver):
+    """``spark.mode: stage``: one long-lived barrier stage serves every round of the run."""
+
+    def __init__(self, master: str = "local[*]", app_name: str = "nnlib", log_level: str = "ERROR",
+                 port: int = 0, mapper_timeout: float = 1800.0, stage_attempts: int = 3, warn=None):
+        super().__init__(master, app_name, log_level)
+        self.port, self.mapper_timeout, self.stage_attempts = port, mapper_timeout, stage_attempts
+        self.warn = warn or (lambda _message: None)
+        self.hub: Hub | None = None
+        self.attempt = 0
+        self._thread: threading.Thread | None = None
+        self._stage_error: BaseException | None = None
+        self._group = ""
+
+    def start(self, source):
+        self.source = source
+        sc = self._open(min_slots=source.mappers)
+        if sc.getConf().get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+            raise EngineError("spark.mode=stage needs spark.dynamicAllocation.enabled=false (a barrier stage "
+                              "holds its executors for the whole run); or use spark.mode=jobs")
+        self.hub = Hub(source.mappers, driver_address(sc), self.port, self.mapper_timeout)
+        try:
+            self._launch()
+        except _StageDied as died:
+            raise EngineError(f"spark: the stage stopped before every mapper had started ({died})") from None
+
+    def _wait_for_slots(self, sc, needed: int) -> None:
+        deadline = time.monotonic() + SLOT_WAIT_SECONDS
+        while (have := task_slots(sc)) < needed:
+            if time.monotonic() > deadline:
+                raise EngineError(f"spark.mode=stage needs {needed} free task slots (one per mapper) and "
+                                  f"{self.master} has {have}; use fewer mappers, more executors, or "
+                                  "spark.mode=jobs")
+            time.sleep(0.5)
+
+    def _launch(self) -> None:
+        """Submit the barrier stage from a background thread and wait until every mapper is connected."""
+        sc = self.session.sparkContext
+        mappers = self.source.mappers
+        self._wait_for_slots(sc, mappers)
+        source, address, token = self.source, self.hub.address, self.hub.token
+        self._group = f"nnlib-stage-{id(self)}-{self.attempt}"
+        self._stage_error = None
+
+        def mapper_task(indices):
+            for mapper in indices:
+                serve_mapper(source, mapper, address, token)
+            return iter(())
+
+        def hold_stage():
+            try:
+                sc.setJobGroup(self._group, "nnlib: the long-lived training stage", interruptOnCancel=True)
+                sc.parallelize(range(mappers), mappers).barrier().mapPartitions(mapper_task).collect()
+            except BaseException as exc:  # noqa: BLE001  - seen by the driver loop through _alive()
+                self._stage_error = exc
+
+        self._thread = threading.Thread(target=hold_stage, name="nnlib-spark-stage", daemon=True)
+        self._thread.start()
+        self.hub.connect(self._alive)
+
+    def _alive(self) -> None:
+        """Raise if the stage has ended while the driver still waits on it."""
+        if self._thread is not None and not self._thread.is_alive():
+            detail = first_line(self._stage_error) if self._stage_error else "it finished early"
+            raise _StageDied(detail)
+
+    def _with_retries(self, exchange, round_index: int):
+        """Run one round's exchange; when the stage dies under it, start the stage again and redo the round."""
+        while True:
+            try:
+                if self._thread is None:
+                    self._launch()
+                return exchange()
+            except (MapperLost, _StageDied) as exc:
+                reason = f"lost {exc}" if isinstance(exc, MapperLost) else f"the stage stopped ({exc})"
+                self.attempt += 1
+                if self.attempt >= self.stage_attempts:
+                    raise EngineError(f"spark: {reason} in round {round_index}, and the stage has been started "
+                                      f"{self.stage_attempts} times (spark.stage_attempts); ending the run") from None
+                self.warn(f"spark: {reason} in round {round_index}; starting the stage again (attempt "
+                          f"{self.attempt + 1} of {self.stage_attempts}) and redoing round {round_index}")
+                self._end_stage()
+
+    def _end_stage(self) -> None:
+        """Stop the mappers, cancel the stage's job and wait for its thread."""
+        self.hub.close_mappers()
+        if self.session is not None:
+            self.session.sparkContext.cancelJobGroup(self._group)
+        if self._thread is not None:
+            self._thread.join(timeout=120)
+            self._thread = None
+
+    def map(self, payload, timings):
+        return self._with_retries(lambda: self.hub.local_round(payload, self._alive, timings), payload.round_index)
+
+    def sync_round(self, payload, timings):
+        return self._with_retries(lambda: self.hub.sync_round(payload, self._alive, timings), payload.round_index)
+
+    def stop(self):
+        if self.hub is not None:
+            self.hub.close_mappers()  # the tasks return, and the stage's job ends by itself
+            if self._thread is not None:
+                self._thread.join(timeout=60)
+            self._thread = None
+            self.hub.close()
+            self.hub = None
+        self._close()
+
+
+class _StageDied(Exception):
+    """The barrier stage ended (aborted by Spark) while the driver waited on it."""

@@ -1,0 +1,301 @@
+"""A driver and its long-lived mappers talking over TCP for a whole run.
+
+The driver listens on one socket (:class:`Hub`); every mapper task connects
+once, proves it belongs to this run with the run's random token, builds its
+shard once, and then serves rounds until the driver says stop
+(:func:`serve_mapper`). Each round costs one message each way per mapper
+instead of a new cluster job.
+
+Messages are length-prefixed pickles, read only from connections that have
+shown the token (the first message is a fixed-size hello of raw bytes, never
+unpickled). Driver to mapper:
+
+- ``("round", payload)``: run :func:`nnlib.tasks.train_shard`; the mapper
+  answers ``("result", MapperResult)``;
+- ``("sync", payload)``: a synchronous round; every step the mapper sends
+  ``("grad", g)`` and waits for ``("mean", m)``, the driver's mean over all
+  mappers; at the end it answers ``("synced", MapperStats, Combined or None)``
+  (mapper 0 sends the round's state, every mapper holding the same);
+- ``("stop",)``: end the task.
+
+Any mapper may answer ``("error", type name, message)`` instead; the driver
+raises it as one line naming the mapper. The traffic is not encrypted: on an
+untrusted network run Spark with ``spark.authenticate`` and
+``spark.network.crypto.enabled`` and keep the port behind the cluster's
+firewall (``spark.port`` pins it).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import pickle
+import secrets
+import socket
+import struct
+import time
+from typing import Callable
+
+import numpy as np
+
+from nnlib import errors
+from nnlib.core.combine import combine
+from nnlib.errors import DivergenceError, EngineError, NnlibError
+from nnlib.tasks import Combined, MapperResult, MapperStats, RoundPayload, sync_shards, train_shard
+
+_LENGTH = struct.Struct("!Q")
+_HELLO = struct.Struct("!4s32sI")  # magic, token, mapper index
+_MAGIC = b"NNLB"
+START_ALLOWANCE = 60.0  # seconds a mapper may take to start and build its shard, beyond the mapper timeout
+
+
+class MapperLost(Exception):
+    """A mapper's connection broke (its executor died or the stage was aborted); the round can be redone."""
+
+    def __init__(self, mapper: int, reason: str):
+        super().__init__(f"mapper {mapper}: {reason}")
+        self.mapper, self.reason = mapper, reason
+
+
+class _Stopped(Exception):
+    """The driver ended the run while a mapper waited inside a round."""
+
+
+def send(conn: socket.socket, message) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    conn.sendall(_LENGTH.pack(len(data)) + data)
+
+
+def _recv_exactly(conn: socket.socket, n: int, first_wait: Callable[[], None] | None = None) -> bytes:
+    """``n`` bytes from ``conn``; while none has come, ``first_wait()`` runs on every socket timeout."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        try:
+            k = conn.recv_into(view[got:])
+        except socket.timeout:
+            if got or first_wait is None:
+                raise
+            first_wait()
+            continue
+        if k == 0:
+            raise ConnectionError("connection closed")
+        got += k
+    return bytes(buf)
+
+
+def recv(conn: socket.socket, first_wait: Callable[[], None] | None = None):
+    (length,) = _LENGTH.unpack(_recv_exactly(conn, _LENGTH.size, first_wait))
+    return pickle.loads(_recv_exactly(conn, length))
+
+
+def _error_message(exc: BaseException) -> tuple[str, str, str]:
+    return ("error", type(exc).__name__, errors.first_line(exc))
+
+
+class DriverCollective:
+    """A synchronous round's gradient mean, computed by the driver over every mapper."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+
+    def mean(self, local: list[np.ndarray]) -> np.ndarray:
+        (grad,) = local
+        send(self.conn, ("grad", grad))
+        reply = recv(self.conn)
+        if reply[0] != "mean":
+            raise _Stopped()
+        return reply[1]
+
+    def mappers_flagged(self, local_flags: dict[int, bool]) -> list[int]:
+        return []  # the driver judges non-finite gradients itself and never sends a non-finite mean
+
+
+def serve_mapper(source, mapper: int, address: tuple[str, int], token: str) -> None:
+    """A mapper task's whole life: connect, build the shard once, serve rounds until stopped."""
+    conn = socket.create_connection(address, timeout=60)
+    conn.settimeout(None)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        conn.sendall(_HELLO.pack(_MAGIC, token.encode(), mapper))
+        try:
+            shard = source.build([mapper])[0]
+        except Exception as exc:  # noqa: BLE001  - reported to the driver, which stops the run
+            send(conn, _error_message(exc))
+            return
+        send(conn, ("ready", socket.gethostname(), os.getpid()))
+        while True:
+            message = recv(conn)
+            try:
+                if message[0] == "round":
+                    send(conn, ("result", train_shard(shard, message[1])))
+                elif message[0] == "sync":
+                    combined, (stats,) = sync_shards([shard], message[1], DriverCollective(conn))
+                    send(conn, ("synced", stats, combined if mapper == 0 else None))
+                else:
+                    return
+            except _Stopped:
+                return
+            except Exception as exc:  # noqa: BLE001  - reported to the driver, which stops the run
+                send(conn, _error_message(exc))
+                return
+    except (ConnectionError, EOFError, OSError):
+        return  # the driver is gone or restarted the stage: end quietly
+    finally:
+        conn.close()
+
+
+class Hub:
+    """The driver's end: one listening socket, one connection per mapper, messages in mapper order."""
+
+    def __init__(self, mappers: int, host: str, port: int = 0, timeout: float = 1800.0):
+        self.mappers, self.timeout = mappers, timeout
+        self.token = secrets.token_hex(16)
+        try:
+            self.server = socket.create_server((host, port), backlog=max(16, 2 * mappers))
+        except OSError as exc:
+            raise EngineError(f"spark.port: cannot listen on {host}:{port} ({exc.strerror})") from None
+        self.address = self.server.getsockname()[:2]
+        self.conns: list[socket.socket | None] = [None] * mappers
+        self.executors: list[tuple[str, int] | None] = [None] * mappers
+
+    def connect(self, alive: Callable[[], None]) -> None:
+        """Wait until every mapper has connected with the token and built its shard.
+
+        ``alive()`` runs while waiting and raises if the stage has died.
+        """
+        self.close_mappers()
+        self.server.settimeout(0.2)
+        deadline = time.monotonic() + self.timeout + START_ALLOWANCE
+        while any(c is None for c in self.conns):
+            alive()
+            if time.monotonic() > deadline:
+                missing = [m for m, c in enumerate(self.conns) if c is None]
+                raise EngineError(f"spark: mapper(s) {missing} did not start within "
+                                  f"{self.timeout + START_ALLOWANCE:.0f}s (spark.mapper_timeout plus a minute)")
+            try:
+                conn, _ = self.server.accept()
+            except socket.timeout:
+                continue
+            mapper = self._authenticate(conn)
+            if mapper is None:
+                continue
+            conn.settimeout(0.25)  # how often a waiting driver checks the stage and the deadline
+            reply = self._receive(mapper, conn, alive, "while building its shard")
+            if reply[0] != "ready":
+                conn.close()
+                self._raise_error(mapper, reply, "building its shard")
+            self.conns[mapper], self.executors[mapper] = conn, (reply[1], reply[2])
+
+    def _authenticate(self, conn: socket.socket) -> int | None:
+        """The mapper index of a connection that shows this run's token; None (and closed) otherwise."""
+        try:
+            conn.settimeout(10)
+            magic, token, mapper = _HELLO.unpack(_recv_exactly(conn, _HELLO.size))
+        except (OSError, ConnectionError, struct.error):
+            conn.close()
+            return None
+        if magic != _MAGIC or not hmac.compare_digest(token, self.token.encode()) or mapper >= self.mappers:
+            conn.close()
+            return None
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.conns[mapper] is not None:  # a task from an earlier attempt of the stage
+            self.conns[mapper].close()
+            self.conns[mapper] = None
+        return mapper
+
+    def _receive(self, mapper: int, conn: socket.socket, alive: Callable[[], None], what: str):
+        """One message from ``mapper``; a broken connection is :class:`MapperLost`, silence past the timeout an error."""
+        deadline = time.monotonic() + self.timeout
+
+        def waiting():
+            alive()
+            if what.startswith("while building"):
+                return  # connect() holds the start-up deadline
+            if time.monotonic() > deadline:
+                raise EngineError(f"spark: mapper {mapper} sent nothing for {self.timeout:.0f}s {what} "
+                                  "(spark.mapper_timeout); ending the run")
+
+        try:
+            return recv(conn, waiting)
+        except (ConnectionError, EOFError, OSError) as exc:
+            if isinstance(exc, socket.timeout):
+                raise EngineError(f"spark: mapper {mapper} stopped mid-message {what}") from None
+            raise MapperLost(mapper, f"connection lost {what} ({errors.first_line(exc)})") from None
+
+    @staticmethod
+    def _raise_error(mapper: int, reply, what: str):
+        if reply[0] == "error":
+            _, name, message = reply
+            cls = getattr(errors, name, None)
+            if isinstance(cls, type) and issubclass(cls, NnlibError):
+                raise cls(f"mapper {mapper}: {message}")
+            raise EngineError(f"spark: mapper {mapper} failed {what}: {name}: {message}")
+        raise EngineError(f"spark: mapper {mapper} answered {reply[0]!r} {what}")
+
+    def broadcast(self, message) -> None:
+        """The same message to every mapper (pickled once)."""
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        frame = _LENGTH.pack(len(data)) + data
+        for mapper, conn in enumerate(self.conns):
+            try:
+                conn.sendall(frame)
+            except OSError as exc:
+                raise MapperLost(mapper, f"connection lost ({errors.first_line(exc)})") from None
+
+    def gather(self, kind: str, alive: Callable[[], None], what: str) -> list:
+        """Every mapper's next message, in mapper order; each must be of ``kind``."""
+        out = []
+        for mapper, conn in enumerate(self.conns):
+            reply = self._receive(mapper, conn, alive, what)
+            if reply[0] != kind:
+                self._raise_error(mapper, reply, what)
+            out.append(reply[1:])
+        return out
+
+    def local_round(self, payload: RoundPayload, alive, timings: dict) -> list[MapperResult]:
+        start = time.perf_counter()
+        self.broadcast(("round", payload))
+        timings["broadcast"] = time.perf_counter() - start
+        results = [r for (r,) in self.gather("result", alive, f"in round {payload.round_index}")]
+        timings["wait"] = time.perf_counter() - start - timings["broadcast"]
+        return results
+
+    def sync_round(self, payload: RoundPayload, alive, timings: dict) -> tuple[Combined, list[MapperStats]]:
+        """Drive a synchronous round: every step, the mean of the mappers' gradients, in mapper order."""
+        start = time.perf_counter()
+        self.broadcast(("sync", payload))
+        timings["broadcast"] = time.perf_counter() - start
+        combine_seconds = 0.0
+        what = f"in round {payload.round_index}"
+        for step in range(len(payload.plan.sync_lrs)):
+            grads = [g for (g,) in self.gather("grad", alive, what)]
+            t = time.perf_counter()
+            mean = combine("average", grads, [1] * len(grads))
+            if not np.isfinite(mean).all():
+                bad = [m for m, g in enumerate(grads) if not np.isfinite(g).all()]
+                raise DivergenceError(f"round {payload.round_index}, step {step}: mapper(s) {bad} computed "
+                                      "gradients containing NaN or inf (training diverged; try a smaller "
+                                      "train.lr; synchronous rounds cannot skip a mapper)")
+            self.broadcast(("mean", mean))
+            combine_seconds += time.perf_counter() - t
+        finished = self.gather("synced", alive, what)
+        timings["combine"] = combine_seconds
+        timings["wait"] = time.perf_counter() - start - timings["broadcast"] - combine_seconds
+        return finished[0][1], [stats for stats, _ in finished]
+
+    def close_mappers(self) -> None:
+        """Tell every connected mapper to stop, and close the connections."""
+        for mapper, conn in enumerate(self.conns):
+            if conn is not None:
+                try:
+                    send(conn, ("stop",))
+                except OSError:
+                    pass
+                conn.close()
+            self.conns[mapper] = None
+
+    def close(self) -> None:
+        self.close_mappers()
+        self.server.close()
