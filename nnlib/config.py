@@ -88,6 +88,7 @@ class TrainConfig(_Section):
     warmup_epochs: int = Field(0, ge=0)
     sync_rounds: int = Field(0, ge=0)
     skip_bad_mappers: bool = False
+    target_accuracy: float | None = Field(None, gt=0, le=1)
 
 
 class SparkConfig(_Section):

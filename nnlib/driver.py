@@ -28,7 +28,7 @@ from nnlib.engines.base import Engine
 from nnlib.errors import ConfigError, DivergenceError
 from nnlib.outputs import RunDir
 from nnlib.schedule import Schedule, has_sync_rounds
-from nnlib.tasks import Combined, MapperStats, RoundPayload, RoundReducer, first_payload
+from nnlib.tasks import Combined, MapperStats, RoundPayload, RoundReducer, first_payload, peak_memory_mb
 from nnlib.timing import timed
 
 
@@ -104,7 +104,7 @@ def mapper_rows(r: int, stats: list[MapperStats]) -> list[dict]:
     """The rows of mapper_times.csv for round ``r``."""
     return [{"round": r, "mapper": s.mapper, "host": s.host, "pid": s.pid, "n_samples": s.n_samples,
              "steps": s.steps, "train_loss": s.train_loss, "train_seconds": s.train_seconds,
-             "comm_seconds": s.comm_seconds} for s in stats]
+             "comm_seconds": s.comm_seconds, "peak_memory_mb": s.peak_memory_mb} for s in stats]
 
 
 def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: RunResult) -> tuple[int, RoundPayload]:
@@ -159,6 +159,8 @@ def summarize(config: Config, data: Dataset, payload: RoundPayload, result: RunR
         "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
         "n_features": data.n_features, "n_classes": data.n_classes,
         "layer_sizes": list(payload.model.layers.sizes),
+        "rounds_run": len(result.rounds), "train_seconds": sum(row["seconds"] for row in result.rounds),
+        "driver_peak_memory_mb": peak_memory_mb(),
         "skipped_mappers": result.skipped, "resumed_after_round": resumed_after,
     }
 
@@ -209,6 +211,10 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
                 run_dir.write_checkpoint(r + 1, payload.params, payload.opt_state, result.skipped)
             log(f"round {r + 1}/{config.train.rounds}  test_acc {row['test_accuracy']:.4f}  "
                 f"test_loss {row['test_loss']:.4f}  train_loss {row['train_loss']:.4f}  {row['seconds']:.2f}s")
+            target = config.train.target_accuracy
+            if target is not None and row["test_accuracy"] >= target:
+                log(f"reached train.target_accuracy={target} after round {r + 1}; stopping")
+                break
     except DivergenceError as exc:
         if run_dir is not None and (ckpt := run_dir.latest_checkpoint()) is not None:
             raise DivergenceError(f"{exc}; the last good checkpoint is {ckpt.path}") from None

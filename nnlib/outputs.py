@@ -24,7 +24,7 @@ ROUND_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "seconds",
                  "broadcast_seconds", "wait_seconds", "combine_seconds", "evaluate_seconds",
                  "max_mapper_seconds", "median_mapper_seconds", "overhead_seconds"]
 MAPPER_COLUMNS = ["round", "mapper", "host", "pid", "n_samples", "steps", "train_loss", "train_seconds",
-                  "comm_seconds"]
+                  "comm_seconds", "peak_memory_mb"]
 
 
 def default_run_dir() -> Path:

@@ -12,6 +12,7 @@ returns bit-identical weights.
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class MapperStats:
     pid: int
     train_seconds: float      # computing (forward, backward, update)
     comm_seconds: float = 0.0  # waiting in collectives (synchronous rounds, MPI)
+    peak_memory_mb: float = 0.0  # the mapper process's peak resident memory so far
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,11 @@ def first_payload(config, data: Dataset, schedule: Schedule | None = None) -> Ro
                         config.model.backend, optimizer)
 
 
+def peak_memory_mb() -> float:
+    """This process's peak resident memory in MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def shard_rng(seed: int, round_index: int, shard_index: int) -> np.random.Generator:
     """The only source of randomness in a mapper's round."""
     return np.random.default_rng([seed, round_index, shard_index])
@@ -118,7 +125,7 @@ def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
         update = local_sgd(backend, payload.params, payload.opt_state, payload.optimizer, shard.x, shard.y,
                            plan.local, plan.lr, shard_rng(payload.seed, plan.index, shard.index))
     stats = MapperStats(shard.index, update.n_samples, update.steps, update.train_loss, socket.gethostname(),
-                        os.getpid(), time.perf_counter() - start)
+                        os.getpid(), time.perf_counter() - start, 0.0, peak_memory_mb())
     return MapperResult(stats, update.params, update.opt_state)
 
 
@@ -223,6 +230,6 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
     update = (time.perf_counter() - loop_start - sum(compute) - comm) / len(shards)
     host, pid = socket.gethostname(), os.getpid()
     stats = [MapperStats(s.index, s.n_samples, len(lrs), loss_sums[i] / sum(len(b) for b in batches[i]), host,
-                         pid, compute[i] + update, comm / len(shards))
+                         pid, compute[i] + update, comm / len(shards), peak_memory_mb())
              for i, s in enumerate(shards)]
     return Combined(params, opt_state), stats

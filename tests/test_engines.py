@@ -128,3 +128,15 @@ def test_a_silent_mapper_ends_the_run_after_the_timeout(spark):
                           "data.n_features=100", "model.hidden=[1024,1024]", "train.local_epochs=6")
     with pytest.raises(EngineError, match=r"mapper 0 sent nothing for 1s in round 0 \(spark.mapper_timeout\)"):
         run(config, engine=spark_engine("stage", mapper_timeout=1.0), **QUIET)
+
+
+def test_target_accuracy_stops_at_the_first_round_that_reaches_it():
+    full = run(small_config("train.rounds=6"), **QUIET)
+    accs = [row["test_accuracy"] for row in full.rounds]
+    target = accs[2]
+    first = next(i for i, a in enumerate(accs) if a >= target)
+    stopped = run(small_config("train.rounds=6", f"train.target_accuracy={target}"), **QUIET)
+    assert stopped.summary["rounds_run"] == len(stopped.rounds) == first + 1
+    assert [row["test_accuracy"] for row in stopped.rounds] == accs[:first + 1]
+    assert stopped.summary["train_seconds"] == sum(row["seconds"] for row in stopped.rounds)
+    assert full.summary["rounds_run"] == 6 and full.summary["driver_peak_memory_mb"] > 0

@@ -41,7 +41,7 @@ from nnlib.timing import timed
 
 _HOST_BYTES = 64
 # per-mapper numbers gathered every round, in this order, as float64
-_META = ("n_samples", "steps", "train_loss", "train_seconds", "comm_seconds", "pid")
+_META = ("n_samples", "steps", "train_loss", "train_seconds", "comm_seconds", "pid", "peak_memory_mb")
 
 
 def import_mpi():
@@ -129,7 +129,7 @@ class MpiEngine:
         self.comm.Allgather(host, hosts)
         return [MapperStats(m, int(row[0]), int(row[1]), float(row[2]),
                             bytes(hosts[m]).rstrip(b"\0").decode(errors="replace"), int(row[5]), float(row[3]),
-                            float(row[4]))
+                            float(row[4]), float(row[6]))
                 for m, row in enumerate(table)]
 
     def round(self, payload: RoundPayload, reducer: RoundReducer,
