@@ -28,7 +28,8 @@ setup(
         "torch": [TORCH],
         "mrjob": [MRJOB],
         "mpi": MPI,
-        "test": [TORCH, MRJOB, *MPI, "pytest>=8"],
+        "bench": [TORCH, MRJOB, *MPI, "matplotlib>=3.7"],
+        "test": [TORCH, MRJOB, *MPI, "pytest>=8", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["nnlib=nnlib.cli:entry_point"]},
 )

@@ -12,8 +12,9 @@ gather, loss and gradient, SGD update), on random data of MNIST's shape.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -23,6 +24,9 @@ from nnlib.core.mlp import ModelSpec
 from nnlib.core.optim import SGD
 from nnlib.core.params import LayerSpec, init_params
 from nnlib.core.train import LocalSchedule, local_sgd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
 
 
 def matmul_gflops(threads: int, n: int = 1024, repeats: int = 5) -> float:
@@ -42,8 +46,6 @@ def matmul_gflops(threads: int, n: int = 1024, repeats: int = 5) -> float:
 def samples_per_second(backend_name: str, sizes: tuple[int, ...], batch: int, threads: int, n: int,
                        repeats: int) -> float:
     """Median samples/s of one local epoch over ``n`` random samples."""
-    import sys
-
     layers = LayerSpec(sizes)
     backend = get_backend(backend_name, ModelSpec(layers))
     rng = np.random.default_rng(0)
@@ -65,7 +67,6 @@ def samples_per_second(backend_name: str, sizes: tuple[int, ...], batch: int, th
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: seconds, for CI")
-    parser.add_argument("--out", help="write the table as JSON here")
     args = parser.parse_args(argv)
     sizes = (784, 128, 10)
     params = LayerSpec(sizes).n_params
@@ -84,9 +85,7 @@ def main(argv=None) -> dict:
                 print(f"threads {threads}  {backend:5s}  batch {batch:5d}  {rate:9.0f} samples/s  "
                       f"{100 * rate / roofline:5.1f}% of {roofline:9.0f} (matmul {gflops:.0f} GFLOP/s)", flush=True)
     result = {"model": list(sizes), "params": params, "rows": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    write_result("smoke/throughput" if args.smoke else "throughput", result)
     return result
 
 

@@ -1,0 +1,81 @@
+"""Seconds per epoch against the number of mappers on the 60000x784 set, with the ideal line (a PNG).
+
+    python bench/speedup.py           # Spark stage 1, 2, 4 mappers; MPI 1, 2 ranks; the one-thread local run
+    python bench/speedup.py --smoke   # a 6000x784 set, seconds
+
+Every run trains hidden 128, batch 32, lr 0.1, one local epoch per round, 5
+rounds; seconds per epoch is the median round time after the first (training,
+exchange, combine and evaluation). The baseline is the in-process local
+engine with one mapper, which trains with one BLAS thread, as every nnlib
+mapper does; the ideal line is that time divided by the number of mappers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import BENCH, ROOT, markdown_table, median, nnlib_run, synthetic_npz, write_result  # noqa: E402
+
+
+def seconds_per_epoch(source: str, engine_sets: list[str], mappers: int, launcher=(), rounds: int = 5) -> float:
+    sets = [*engine_sets, f"mappers={mappers}", f"data.source={source}", "model.hidden=[128]",
+            "train.batch_size=32", "train.lr=0.1", "train.local_epochs=1", f"train.rounds={rounds}"]
+    with tempfile.TemporaryDirectory(dir=ROOT / ".tmp" if (ROOT / ".tmp").is_dir() else None) as tmp:
+        res = nnlib_run(Path(tmp) / "run", sets, launcher)
+    return median(r["seconds"] for r in res["rounds"][1:])
+
+
+def plot(rows: list[dict], baseline: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ks = sorted({r["mappers"] for r in rows})
+    ax.plot(ks, [baseline / k for k in ks], "k--", label="ideal (one-thread local run / mappers)")
+    for engine in dict.fromkeys(r["engine"] for r in rows):
+        mine = [r for r in rows if r["engine"] == engine]
+        ax.plot([r["mappers"] for r in mine], [r["seconds_per_epoch"] for r in mine], "o-", label=engine)
+    ax.set_xlabel("mappers")
+    ax.set_ylabel("seconds per epoch")
+    ax.set_xticks(ks)
+    ax.set_ylim(bottom=0)
+    ax.set_title("60000x784, hidden 128, batch 32, 2 cores")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    source = str(synthetic_npz(6000, 1000) if args.smoke else synthetic_npz())
+    mpiexec = [str(Path(sys.executable).parent / "mpiexec")]
+    baseline = seconds_per_epoch(source, ["engine=local"], 1)
+    rows = [{"engine": "local (in-process, 1 thread)", "mappers": 1, "seconds_per_epoch": baseline}]
+    for k in (1, 2) if args.smoke else (1, 2, 4):
+        rows.append({"engine": "spark stage", "mappers": k,
+                     "seconds_per_epoch": seconds_per_epoch(source, ["engine=spark"], k)})
+    for k in (1, 2):
+        rows.append({"engine": "mpi", "mappers": k, "seconds_per_epoch": seconds_per_epoch(
+            source, ["engine=mpi"], k, [*mpiexec, "-n", str(k), "--oversubscribe"])})
+    for r in rows:
+        r["speedup"] = baseline / r["seconds_per_epoch"]
+        print(f"{r['engine']:30s} mappers {r['mappers']}  {r['seconds_per_epoch']:.3f} s/epoch  "
+              f"speedup {r['speedup']:.2f}x", flush=True)
+    print(markdown_table(rows, ["engine", "mappers", "seconds_per_epoch", "speedup"]))
+    out = BENCH / "results" / ("smoke/speedup.png" if args.smoke else "speedup.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot([r for r in rows if r["engine"] != "local (in-process, 1 thread)"], baseline, out)
+    write_result("smoke/speedup" if args.smoke else "speedup", rows)
+
+
+if __name__ == "__main__":
+    main()
