@@ -61,7 +61,7 @@ class Engine(Protocol):
     def stop(self) -> None: ...
 
 
-class SingleDriver:
+class SingleDriver(Engine):
     """For engines with one driver process, which is the main process."""
 
     is_main = True

@@ -26,6 +26,7 @@ import numpy as np
 
 from nnlib.core.combine import COEFFICIENTS, combine
 from nnlib.core.params import DTYPE
+from nnlib.engines.base import Engine
 from nnlib.errors import EngineError
 from nnlib.tasks import (
     Combined,
@@ -93,7 +94,9 @@ class MpiCollective:
         return ranks_flagged(self.comm, local_flags)
 
 
-class MpiEngine:
+class MpiEngine(Engine):
+    """One rank per mapper; every rank runs the driver loop, rank 0 is the main process."""
+
     def __init__(self, comm=None, collective: str = "allreduce"):
         self.comm = comm if comm is not None else import_mpi().COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
