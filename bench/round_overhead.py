@@ -49,6 +49,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--no-cluster", action="store_true", help="leave out the standalone cluster")
+    parser.add_argument("--engines", nargs="*", help="only the engines whose name starts so (e.g. 'spark stage')")
     args = parser.parse_args(argv)
     mpiexec = [str(Path(sys.executable).parent / "mpiexec"), "-n", "2", "--oversubscribe"]
     engines = {
@@ -61,6 +62,8 @@ def main(argv=None):
     sizes = [10_000, 100_000] if args.smoke else [10_000, 100_000, 1_000_000, 10_000_000]
     if args.smoke:
         engines = {k: v for k, v in engines.items() if k in ("local", "spark stage, local[2]", "mpi, 2 ranks")}
+    if args.engines:
+        engines = {k: v for k, v in engines.items() if any(k.startswith(e) for e in args.engines)}
     rows = []
     cluster = None
     if not args.smoke and not args.no_cluster:
@@ -83,7 +86,7 @@ def main(argv=None):
         if cluster is not None:
             cluster.stop()
     print(markdown_table(rows, ["engine", "params", "overhead_ms", "round_ms", "broadcast_ms", "combine_ms"]))
-    write_result("smoke/round_overhead" if args.smoke else "round_overhead", rows)
+    write_result("smoke/round_overhead" if args.smoke or args.engines else "round_overhead", rows)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ Every run trains hidden 128, batch 32, lr 0.1, one local epoch per round, 5
 rounds; seconds per epoch is the median round time after the first (training,
 exchange, combine and evaluation). The baseline is the in-process local
 engine with one mapper, which trains with one BLAS thread, as every nnlib
-mapper does; the ideal line is that time divided by the number of mappers.
+mapper does; the ideal line is that time divided by the number of mappers
+that can run at once (no more than the cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -38,7 +40,9 @@ def plot(rows: list[dict], baseline: float, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ks = sorted({r["mappers"] for r in rows})
-    ax.plot(ks, [baseline / k for k in ks], "k--", label="ideal (one-thread local run / mappers)")
+    cores = os.cpu_count() or 1
+    ax.plot(ks, [baseline / min(k, cores) for k in ks], "k--",
+            label=f"ideal: one-thread local run / min(mappers, {cores} cores)")
     for engine in dict.fromkeys(r["engine"] for r in rows):
         mine = [r for r in rows if r["engine"] == engine]
         ax.plot([r["mappers"] for r in mine], [r["seconds_per_epoch"] for r in mine], "o-", label=engine)
@@ -46,7 +50,7 @@ def plot(rows: list[dict], baseline: float, path: Path) -> None:
     ax.set_ylabel("seconds per epoch")
     ax.set_xticks(ks)
     ax.set_ylim(bottom=0)
-    ax.set_title("60000x784, hidden 128, batch 32, 2 cores")
+    ax.set_title(f"60000x784, hidden 128, batch 32, {os.cpu_count()} cores")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -55,7 +59,14 @@ def plot(rows: list[dict], baseline: float, path: Path) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from results/speedup.json")
     args = parser.parse_args(argv)
+    if args.plot_only:
+        import json
+
+        rows = json.loads((BENCH / "results" / "speedup.json").read_text())
+        plot(rows[1:], rows[0]["seconds_per_epoch"], BENCH / "results" / "speedup.png")
+        return
     source = str(synthetic_npz(6000, 1000) if args.smoke else synthetic_npz())
     mpiexec = [str(Path(sys.executable).parent / "mpiexec")]
     baseline = seconds_per_epoch(source, ["engine=local"], 1)

@@ -61,12 +61,18 @@ class _Stopped(Exception):
     """The driver ended the run while a mapper waited inside a round."""
 
 
-def send(conn: socket.socket, message) -> None:
+def _frame(message) -> tuple[bytes, bytes]:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    conn.sendall(_LENGTH.pack(len(data)) + data)
+    return _LENGTH.pack(len(data)), data
 
 
-def _recv_exactly(conn: socket.socket, n: int, first_wait: Callable[[], None] | None = None) -> bytes:
+def send(conn: socket.socket, message) -> None:
+    header, data = _frame(message)
+    conn.sendall(header)  # two sends, no copy of a large message; TCP_NODELAY is on
+    conn.sendall(data)
+
+
+def _recv_exactly(conn: socket.socket, n: int, first_wait: Callable[[], None] | None = None) -> bytearray:
     """``n`` bytes from ``conn``; while none has come, ``first_wait()`` runs on every socket timeout."""
     buf = bytearray(n)
     view = memoryview(buf)
@@ -82,7 +88,7 @@ def _recv_exactly(conn: socket.socket, n: int, first_wait: Callable[[], None] | 
         if k == 0:
             raise ConnectionError("connection closed")
         got += k
-    return bytes(buf)
+    return buf
 
 
 def recv(conn: socket.socket, first_wait: Callable[[], None] | None = None):
@@ -236,11 +242,11 @@ class Hub:
 
     def broadcast(self, message) -> None:
         """The same message to every mapper (pickled once)."""
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        frame = _LENGTH.pack(len(data)) + data
+        header, data = _frame(message)
         for mapper, conn in enumerate(self.conns):
             try:
-                conn.sendall(frame)
+                conn.sendall(header)
+                conn.sendall(data)
             except OSError as exc:
                 raise MapperLost(mapper, f"connection lost ({errors.first_line(exc)})") from None
 
