@@ -97,6 +97,20 @@ def test_spark_stage_keeps_one_process_per_mapper_for_the_whole_run(spark):
 
 
 @pytest.mark.slow
+def test_the_stage_listens_on_loopback_in_local_mode(spark):
+    from nnlib.data.dataset import ShardSource
+
+    config = small_config("engine=spark", "mappers=2")
+    engine = spark_engine("stage")
+    engine.start(ShardSource(config.data, config.seed, config.mappers))
+    try:
+        assert engine.hub.address[0] == "127.0.0.1"
+        assert all(conn.getpeername()[0] == "127.0.0.1" for conn in engine.hub.conns)
+    finally:
+        engine.stop()
+
+
+@pytest.mark.slow
 def test_a_failing_mapper_is_one_line_naming_it(spark, tmp_path):
     from nnlib.errors import DataError
 

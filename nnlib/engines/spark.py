@@ -154,7 +154,10 @@ def task_slots(sc) -> int:
 
 
 def driver_address(sc) -> str:
-    """The address the executors reach the driver at (Spark's own choice for this run)."""
+    """Where the driver listens for its mappers: 127.0.0.1 in local mode (every task runs on this
+    machine), else the address Spark itself uses for the driver."""
+    if sc.master.startswith("local"):
+        return "127.0.0.1"
     conf = sc.getConf()
     host = conf.get("spark.driver.bindAddress", None) or conf.get("spark.driver.host", "127.0.0.1")
     try:
@@ -172,6 +175,7 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
         self.port, self.mapper_timeout, self.stage_attempts = port, mapper_timeout, stage_attempts
         self.warn = warn or (lambda _message: None)
         self.hub: Hub | None = None
+        self.source = None
         self.attempt = 0
         self._thread: threading.Thread | None = None
         self._stage_error: BaseException | None = None
