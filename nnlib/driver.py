@@ -196,8 +196,8 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
                  result: RunResult, log=print, warn=warn) -> RoundPayload:
     """Run rounds ``first_round ..`` of the schedule on ``engine``; return the last round's state."""
     config = setup.config
-    engine.start(ShardSource(config.data, config.seed, config.mappers))
     try:
+        engine.start(ShardSource(config.data, config.seed, config.mappers))
         for r in range(first_round, config.train.rounds):
             payload = replace(payload, plan=setup.schedule.plan(r))
             combined, row, stats = run_round(engine, payload, setup.reducer, setup.evaluate, warn)
