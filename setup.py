@@ -23,6 +23,7 @@ setup(
         "threadpoolctl>=3",
         "pyarrow>=14",
         "pyspark==4.3.0",
+        "tqdm>=4.66",
     ],
     extras_require={
         "torch": [TORCH],

@@ -35,6 +35,12 @@ def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
     run_parser.add_argument("--resume", metavar="DIR",
                             help="continue the run in DIR from its last checkpoint (only train.rounds may change)")
     run_parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    sweep = sub.add_parser("sweep", help="run every case of a sweep file (see nnlib/sweep.py)")
+    sweep.add_argument("sweep", help="sweep file (YAML: base, set, grid, cases, repeats, target_accuracy)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key in every run (repeatable)")
+    sweep.add_argument("--out", help="sweep directory (default: runs/sweep-<name>)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -120,10 +126,21 @@ def print_flushed(message: str) -> None:
     print(message, flush=True)
 
 
+def sweep_command(args: argparse.Namespace) -> int:
+    """Run a sweep; print how many runs finished, failed and were skipped, and where results.csv is."""
+    from nnlib.sweep import run_sweep
+
+    done = run_sweep(args.sweep, args.out, args.overrides, args.quiet)
+    failed = sum(row["status"] == "failed" for row in done.rows)
+    print_flushed(f"sweep: {len(done.rows)} runs ({done.skipped} already finished, {failed} failed); "
+                  f"results in {done.results}")
+    return 0
+
+
 def main(argv: list[str] | None = None, prog: str = "nnlib") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
-        return run_command(args)
+        return sweep_command(args) if args.command == "sweep" else run_command(args)
     except NnlibError as exc:
         # under mpiexec every rank meets the same input error; rank 0 says it once
         if launcher_rank() == 0:

@@ -152,9 +152,10 @@ def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     return keys
 
 
-def _suggest(key: str) -> str:
-    """'; did you mean ...?' for the valid key closest to ``key``, or ''."""
-    keys = valid_keys() + sorted({k.split(".")[0] for k in valid_keys() if "." in k})
+def suggest_key(key: str, candidates: list[str] | None = None) -> str:
+    """'; did you mean ...?' for the candidate closest to ``key`` (default: the config's keys), or ''."""
+    keys = candidates if candidates is not None else (
+        valid_keys() + sorted({k.split(".")[0] for k in valid_keys() if "." in k}))
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     if not close:  # a right leaf under the wrong section, e.g. 'lr' for 'train.lr'
         by_leaf = {k.rsplit(".", 1)[-1]: k for k in keys}
@@ -167,7 +168,7 @@ def _format_error(err: dict, where: str) -> str:
     key = ".".join(str(p) for p in err["loc"])
     where = f"{where}: " if where else ""
     if err["type"] == "extra_forbidden":
-        return f"{where}unknown config key '{key}'{_suggest(key)}"
+        return f"{where}unknown config key '{key}'{suggest_key(key)}"
     if err["type"] == "value_error":  # raised by our own validators, already phrased
         return where + str(err["ctx"]["error"])
     return f"{where}config key '{key}': {err['msg']}, got {err['input']!r}"
@@ -179,7 +180,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     key, raw = item.split("=", 1)
     key = key.strip()
     if key not in valid_keys():
-        raise ConfigError(f"--set: unknown config key '{key}'{_suggest(key)}")
+        raise ConfigError(f"--set: unknown config key '{key}'{suggest_key(key)}")
     try:
         value = _yaml(raw) if raw.strip() else None
     except yaml.YAMLError:

@@ -41,7 +41,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _csv_bytes(columns: list[str], rows: list[dict]) -> bytes:
+def csv_bytes(columns: list[str], rows: list[dict]) -> bytes:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -90,8 +90,8 @@ class RunDir:
 
     def write_tables(self, rounds: list[dict], mapper_rows: list[dict]) -> None:
         """Rewrite both CSV tables with every row so far (small: one row per round or mapper)."""
-        atomic_write_bytes(self.file("rounds.csv"), _csv_bytes(ROUND_COLUMNS, rounds))
-        atomic_write_bytes(self.file("mapper_times.csv"), _csv_bytes(MAPPER_COLUMNS, mapper_rows))
+        atomic_write_bytes(self.file("rounds.csv"), csv_bytes(ROUND_COLUMNS, rounds))
+        atomic_write_bytes(self.file("mapper_times.csv"), csv_bytes(MAPPER_COLUMNS, mapper_rows))
 
     def write_model(self, named: dict[str, np.ndarray]) -> None:
         buf = io.BytesIO()

@@ -1,0 +1,63 @@
+"""nnlib sweep: every case checked first, one row per run, finished runs skipped, failures recorded."""
+
+import pytest
+
+from nnlib.cli import main
+from nnlib.outputs import read_csv_rows
+
+TINY = "set: {train.rounds: 2, model.hidden: [8], mappers: 2}\n"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.slow
+def test_two_values_two_repeats_then_a_rerun_skips_what_finished(tmp_path, capsys):
+    sweep = write(tmp_path, TINY + "grid: {combine: [average, sum]}\nrepeats: 2\ntarget_accuracy: 0.5\n")
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
+    rows = read_csv_rows(out / "results.csv")
+    assert [(r["combine"], r["seed"], r["status"]) for r in rows] == [
+        ("average", 0, "ok"), ("average", 1, "ok"), ("sum", 0, "ok"), ("sum", 1, "ok")]
+    assert all(0 < r["final_test_accuracy"] <= 1 and r["rounds_run"] == 2 for r in rows)
+    assert all(0 < r["seconds_to_target"] <= r["wall_seconds"] for r in rows)
+    assert rows[0]["final_test_accuracy"] != rows[1]["final_test_accuracy"]  # the seeds differ
+    assert "4 runs (0 already finished, 0 failed)" in capsys.readouterr().out
+
+    (out / "case001-seed1" / "summary.json").unlink()  # as if that run had been interrupted
+    kept = (out / "case000-seed0" / "model.npz").stat().st_mtime_ns
+    assert main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
+    assert "4 runs (3 already finished, 0 failed)" in capsys.readouterr().out
+    assert (out / "case000-seed0" / "model.npz").stat().st_mtime_ns == kept
+    again = read_csv_rows(out / "results.csv")
+    assert again[:3] == rows[:3]  # read back from the finished runs
+    assert again[3]["final_test_accuracy"] == rows[3]["final_test_accuracy"]  # redone: same seed, same weights
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    missing = tmp_path / "missing.npz"
+    sweep = write(tmp_path, TINY + f"cases:\n  - {{data.source: {missing}}}\n  - {{seed: 3}}\n")
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    failed, ok = read_csv_rows(tmp_path / "out" / "results.csv")
+    assert failed["status"] == "failed" and f"data.source: file {missing} does not exist" in failed["error"]
+    assert ok["status"] == "ok" and ok["seed"] == 3
+    assert "2 runs (0 already finished, 1 failed)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text,expected", [
+    (TINY + "grid: {mappers: [1, 0]}\n",
+     "case 1 (mappers=0): --set: config key 'mappers': Input should be greater than or equal to 1, got 0"),
+    (TINY + "cases:\n  - {train.lrr: 0.1}\n", "case 0 (train.lrr=0.1): --set: unknown config key 'train.lrr'"),
+    (TINY + "repeat: 3\n", "unknown key 'repeat'; did you mean 'repeats'?"),
+    (TINY + "grid: {mappers: 4}\n", "'grid' maps keys to non-empty lists of values, got {'mappers': 4}"),
+])
+def test_a_bad_sweep_fails_in_one_line_before_anything_runs(tmp_path, capsys, text, expected):
+    sweep = write(tmp_path, text)
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1 and err.startswith(f"nnlib: error: sweep {sweep}: ")
+    assert not (tmp_path / "out").exists()
