@@ -14,8 +14,13 @@ from nnlib.tasks import first_payload, train_shard
 
 
 def start_mappers(hub, source, mappers, token=None):
-    threads = [threading.Thread(target=serve_mapper, args=(source, m, hub.address, token or hub.token), daemon=True)
-               for m in range(mappers)]
+    def mapper(m):
+        try:
+            serve_mapper(source, m, hub.address, token or hub.token)
+        except ConnectionRefusedError:
+            pass  # the hub closed (after another mapper's error) before this one connected
+
+    threads = [threading.Thread(target=mapper, args=(m,), daemon=True) for m in range(mappers)]
     for t in threads:
         t.start()
     return threads
