@@ -7,6 +7,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,21 +46,32 @@ def bench_env(tmp: Path | None = None) -> dict:
     return env
 
 
-def nnlib_run(out: Path, sets: list[str], launcher: list[str] = (), timeout: float = 1800) -> dict:
-    """``nnlib run --set ...`` as a user runs it; returns its summary, rounds and the process's wall time."""
-    cmd = [*launcher, sys.executable, "-m", "nnlib", "run", "--out", str(out), "--overwrite", "--quiet"]
-    for item in sets:
-        cmd += ["--set", item]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=bench_env(out.parent), capture_output=True, text=True, timeout=timeout)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+def scratch():
+    """A temporary folder, inside the checkout's .tmp/ when there is one (CI keeps scratch files there)."""
+    return tempfile.TemporaryDirectory(dir=ROOT / ".tmp" if (ROOT / ".tmp").is_dir() else None)
+
+
+def nnlib_run(sets: list[str], launcher: list[str] = (), timeout: float = 1800) -> dict:
+    """``nnlib run --set ...`` as a user runs it, in a scratch run directory.
+
+    Returns its summary, rounds and mapper tables, and the process's wall time.
+    """
     from nnlib.outputs import read_csv_rows
 
-    summary = json.loads((out / "summary.json").read_text())
-    return {"summary": summary, "rounds": read_csv_rows(out / "rounds.csv"),
-            "mappers": read_csv_rows(out / "mapper_times.csv"), "process_seconds": wall}
+    with scratch() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [*launcher, sys.executable, "-m", "nnlib", "run", "--out", str(out), "--quiet"]
+        for item in sets:
+            cmd += ["--set", item]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, env=bench_env(Path(tmp)), capture_output=True, text=True,
+                              timeout=timeout)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        return {"summary": json.loads((out / "summary.json").read_text()),
+                "rounds": read_csv_rows(out / "rounds.csv"), "mappers": read_csv_rows(out / "mapper_times.csv"),
+                "process_seconds": wall}
 
 
 def median(values) -> float:

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, markdown_table, nnlib_run, write_result  # noqa: E402
+from common import markdown_table, nnlib_run, write_result  # noqa: E402
 
 
 def peaks(sets: list[str]) -> dict:
-    with tempfile.TemporaryDirectory(dir=ROOT / ".tmp" if (ROOT / ".tmp").is_dir() else None) as tmp:
-        res = nnlib_run(Path(tmp) / "run", ["engine=spark", "mappers=2", "spark.master=local[2]", *sets])
+    res = nnlib_run(["engine=spark", "mappers=2", "spark.master=local[2]", *sets])
     return {"driver_peak_mb": res["summary"]["driver_peak_memory_mb"],
             "mapper_peak_mb": max(r["peak_memory_mb"] for r in res["mappers"]),
             "rounds": res["summary"]["rounds_run"]}

@@ -34,8 +34,7 @@ def measure(engine_sets: list[str], params: int, rounds: int, launcher=()) -> di
     sets = [*engine_sets, "mappers=2", "data.source=synthetic", "data.n_samples=400",
             f"data.n_features={N_FEATURES}", "data.n_classes=10", f"model.hidden=[{hidden_for(params)}]",
             "train.local_steps=1", "train.batch_size=8", f"train.rounds={rounds}", "mpi.args=[--oversubscribe]"]
-    with tempfile.TemporaryDirectory(dir=ROOT / ".tmp" if (ROOT / ".tmp").is_dir() else None) as tmp:
-        res = nnlib_run(Path(tmp) / "run", sets, launcher)
+    res = nnlib_run(sets, launcher)
     later = res["rounds"][1:]
     return {"params": res["summary"]["layer_sizes"] and sum(
                 a * b + b for a, b in zip(res["summary"]["layer_sizes"][:-1], res["summary"]["layer_sizes"][1:])),

@@ -16,19 +16,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH, ROOT, markdown_table, median, nnlib_run, synthetic_npz, write_result  # noqa: E402
+from common import BENCH, markdown_table, median, nnlib_run, synthetic_npz, write_result  # noqa: E402
 
 
 def seconds_per_epoch(source: str, engine_sets: list[str], mappers: int, launcher=(), rounds: int = 5) -> float:
     sets = [*engine_sets, f"mappers={mappers}", f"data.source={source}", "model.hidden=[128]",
             "train.batch_size=32", "train.lr=0.1", "train.local_epochs=1", f"train.rounds={rounds}"]
-    with tempfile.TemporaryDirectory(dir=ROOT / ".tmp" if (ROOT / ".tmp").is_dir() else None) as tmp:
-        res = nnlib_run(Path(tmp) / "run", sets, launcher)
+    res = nnlib_run(sets, launcher)
     return median(r["seconds"] for r in res["rounds"][1:])
 
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, markdown_table, median, nnlib_run, synthetic_npz, write_result  # noqa: E402
+from common import markdown_table, median, nnlib_run, synthetic_npz, write_result  # noqa: E402
 
 
 def main(argv=None):
@@ -32,10 +31,8 @@ def main(argv=None):
     rows = []
     for name, sets, launcher in [("local", ["engine=local"], ()), ("spark stage", ["engine=spark"], ()),
                                  ("mpi", ["engine=mpi"], mpiexec)]:
-        with tempfile.TemporaryDirectory(dir=ROOT / ".tmp" if (ROOT / ".tmp").is_dir() else None) as tmp:
-            res = nnlib_run(Path(tmp) / "run", [*sets, "mappers=2", f"data.source={source}", "model.hidden=[128]",
-                                                "combine=gradient", "train.batch_size=32", "train.local_epochs=1",
-                                                "train.rounds=3"], launcher)
+        res = nnlib_run([*sets, "mappers=2", f"data.source={source}", "model.hidden=[128]", "combine=gradient",
+                         "train.batch_size=32", "train.local_epochs=1", "train.rounds=3"], launcher)
         later = res["rounds"][1:]
         steps = res["mappers"][0]["steps"]
         rows.append({"engine": name, "steps_per_round": steps,

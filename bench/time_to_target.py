@@ -21,13 +21,12 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py beside this script
 
-from common import ROOT, bench_env, markdown_table, nnlib_run, synthetic_npz, write_result  # noqa: E402
+from common import ROOT, bench_env, markdown_table, nnlib_run, scratch, synthetic_npz, write_result  # noqa: E402
 
 HIDDEN, BATCH, LR = 128, 32, 0.1
 
@@ -66,11 +65,10 @@ def run_nnlib(system: dict, source: str, target: float, max_epochs: int) -> dict
             f"model.hidden=[{HIDDEN}]", f"train.batch_size={BATCH}", f"train.lr={LR}", "train.local_epochs=1",
             f"train.rounds={max_epochs}", f"train.target_accuracy={target}", "spark.master=local[*]",
             f"spark.mode={system.get('mode', 'stage')}", "mpi.args=[--oversubscribe]"]
-    with tempfile.TemporaryDirectory(dir=ROOT / ".tmp" if (ROOT / ".tmp").is_dir() else None) as tmp:
-        launcher = []
-        if system["engine"] == "mpi":
-            launcher = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(system["mappers"]), "--oversubscribe"]
-        res = nnlib_run(Path(tmp) / "run", sets, launcher)
+    launcher = []
+    if system["engine"] == "mpi":
+        launcher = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(system["mappers"]), "--oversubscribe"]
+    res = nnlib_run(sets, launcher)
     s = res["summary"]
     reached = s["final_test_accuracy"] >= target
     return {"train_seconds": s["train_seconds"] if reached else None, "epochs": s["rounds_run"],
@@ -121,7 +119,7 @@ def run_mllib(source: str, target: float, max_iter: int) -> dict:
              .config("spark.log.level", "ERROR").config("spark.driver.memory", "6g").getOrCreate())
     data = load(source)
     frames = []
-    with tempfile.TemporaryDirectory(dir=ROOT / ".tmp" if (ROOT / ".tmp").is_dir() else None) as tmp:
+    with scratch() as tmp:
         for name, xs, ys in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
             path = f"{tmp}/{name}.parquet"
             pq.write_table(pa.table({"label": ys.astype(float), "f": list(xs.astype(float))}), path)
