@@ -38,6 +38,14 @@ _NNLIB_ERROR = re.compile(r"nnlib\.errors\.(\w+): (.*)")
 _ANY_ERROR = re.compile(r"\s*\w+(\.\w+)*(Error|Exception): ")
 
 
+def named_error(name: str, message: str) -> NnlibError | None:
+    """The nnlib error class called ``name`` (as a worker reported it) with ``message``; None for any other name."""
+    cls = globals().get(name)
+    if isinstance(cls, type) and issubclass(cls, NnlibError):
+        return cls(message)
+    return None
+
+
 def error_from_text(text: str, engine: str, what: str) -> NnlibError:
     """Turn the log of a failed engine job into a one-line error.
 
@@ -48,9 +56,8 @@ def error_from_text(text: str, engine: str, what: str) -> NnlibError:
     found = _NNLIB_ERROR.findall(text)
     if found:
         name, message = found[-1]
-        cls = globals().get(name)
-        if isinstance(cls, type) and issubclass(cls, NnlibError):
-            return cls(message.strip())
+        if (error := named_error(name, message.strip())) is not None:
+            return error
     lines = [ln.strip() for ln in text.splitlines() if _ANY_ERROR.match(ln)]
     detail = lines[-1] if lines else (text.strip().splitlines() or ["no log"])[0]
     return EngineError(f"{engine}: {what} failed: {detail[:400]}")

@@ -40,7 +40,7 @@ import numpy as np
 
 from nnlib import errors
 from nnlib.core.combine import combine
-from nnlib.errors import DivergenceError, EngineError, NnlibError
+from nnlib.errors import DivergenceError, EngineError
 from nnlib.tasks import Combined, MapperResult, MapperStats, RoundPayload, sync_shards, train_shard
 
 _LENGTH = struct.Struct("!Q")
@@ -234,9 +234,8 @@ class Hub:
     def _raise_error(mapper: int, reply, what: str):
         if reply[0] == "error":
             _, name, message = reply
-            cls = getattr(errors, name, None)
-            if isinstance(cls, type) and issubclass(cls, NnlibError):
-                raise cls(f"mapper {mapper}: {message}")
+            if (error := errors.named_error(name, f"mapper {mapper}: {message}")) is not None:
+                raise error
             raise EngineError(f"spark: mapper {mapper} failed {what}: {name}: {message}")
         raise EngineError(f"spark: mapper {mapper} answered {reply[0]!r} {what}")
 
