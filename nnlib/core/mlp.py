@@ -37,11 +37,6 @@ ACTIVATIONS = {
 }
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _one_hot(y: np.ndarray, n_classes: int, dtype=DTYPE) -> np.ndarray:
     t = np.zeros((y.shape[0], n_classes), dtype)
     t[np.arange(y.shape[0]), y] = 1
