@@ -26,6 +26,7 @@ from nnlib.data.partition import shard_sizes
 from nnlib.engines import make_engine
 from nnlib.engines.base import Engine
 from nnlib.errors import ConfigError, DivergenceError
+from nnlib.machine import describe
 from nnlib.outputs import RunDir
 from nnlib.schedule import Schedule, has_sync_rounds
 from nnlib.tasks import Combined, MapperStats, RoundPayload, RoundReducer, first_payload, peak_memory_mb
@@ -162,6 +163,7 @@ def summarize(config: Config, data: Dataset, payload: RoundPayload, result: RunR
         "rounds_run": len(result.rounds), "train_seconds": sum(row["seconds"] for row in result.rounds),
         "driver_peak_memory_mb": peak_memory_mb(),
         "skipped_mappers": result.skipped, "resumed_after_round": resumed_after,
+        "machine": describe(),
     }
 
 

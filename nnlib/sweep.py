@@ -17,7 +17,9 @@ stops the sweep in one line naming the case. Each run is ``nnlib run`` in a
 process of its own, writing its run directory under the sweep's folder;
 ``results.csv`` gets a row per run as it finishes (a failed run gets its
 one-line error and the sweep goes on). Running the sweep again skips the
-runs that finished and redoes the others.
+runs that finished and redoes the others. When the runs are done the
+figures of :mod:`nnlib.plots` are drawn into ``plots/``; ``sweep.yaml`` and
+``sweep.json`` keep the sweep file as run and the command that reruns it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from nnlib.outputs import atomic_write_bytes, csv_bytes, read_csv_rows
 
 SWEEP_KEYS = ("base", "set", "grid", "cases", "repeats", "target_accuracy")
 RESULT_COLUMNS = ["run", "case", "seed", "status", "final_test_accuracy", "best_test_accuracy",
-                  "seconds_to_target", "rounds_run", "wall_seconds", "mean_mapper_seconds", "max_mapper_seconds",
+                  "seconds_to_target", "rounds_run", "wall_seconds", "train_seconds", "seconds_per_round",
+                  "mean_mapper_seconds", "max_mapper_seconds",
                   "mean_overhead_seconds", "error"]
 
 
@@ -115,6 +118,7 @@ def _result_row(run: Run, run_dir: Path, target: float | None, error: str | None
     return {**row, "status": "ok", "final_test_accuracy": summary["final_test_accuracy"],
             "best_test_accuracy": max(r["test_accuracy"] for r in rounds), "seconds_to_target": to_target,
             "rounds_run": len(rounds), "wall_seconds": summary["wall_seconds"],
+            "train_seconds": elapsed, "seconds_per_round": elapsed / len(rounds),
             "mean_mapper_seconds": statistics.mean(m["train_seconds"] for m in mappers),
             "max_mapper_seconds": max(m["train_seconds"] for m in mappers),
             "mean_overhead_seconds": statistics.mean(r["overhead_seconds"] for r in rounds), "error": ""}
@@ -130,6 +134,7 @@ class SweepResult:
     results: Path       # results.csv
     rows: list[dict]    # one per run, in sweep order
     skipped: int        # runs found finished and not run again
+    plots: list[Path]   # the figures drawn into plots/
 
 
 def run_sweep(path: str | Path, out: str | Path | None = None, extra: list[str] = (),
@@ -138,6 +143,7 @@ def run_sweep(path: str | Path, out: str | Path | None = None, extra: list[str] 
     base, runs, target = plan_sweep(path, extra)
     out = Path(out) if out else Path("runs") / f"sweep-{Path(path).stem}"
     out.mkdir(parents=True, exist_ok=True)
+    _record_sweep(Path(path), out, extra)
     varied = list(dict.fromkeys(k for run in runs for k in run.case))
     columns = RESULT_COLUMNS[:3] + varied + RESULT_COLUMNS[3:]
     rows: list[dict] = []
@@ -162,4 +168,20 @@ def run_sweep(path: str | Path, out: str | Path | None = None, extra: list[str] 
             atomic_write_bytes(out / "results.csv", csv_bytes(columns, [{c: r.get(c, "") for c in columns}
                                                                         for r in rows]))
             bar.update(1)
-    return SweepResult(out / "results.csv", rows, skipped)
+    from nnlib.plots import plot_sweep
+
+    return SweepResult(out / "results.csv", rows, skipped, plot_sweep(out))
+
+
+def _record_sweep(path: Path, out: Path, extra: list[str]) -> None:
+    """``sweep.yaml`` (the sweep file as run) and ``sweep.json`` (where it came from, how to rerun it)."""
+    import json
+    import shlex
+
+    command = ["nnlib", "sweep", str(path.resolve()), "--out", str(out.resolve())]
+    for item in extra:
+        command += ["--set", item]
+    atomic_write_bytes(out / "sweep.yaml", path.read_bytes())
+    atomic_write_bytes(out / "sweep.json", (json.dumps(
+        {"sweep_file": str(path.resolve()), "overrides": list(extra), "command": shlex.join(command)},
+        indent=2) + "\n").encode())

@@ -1,0 +1,281 @@
+"""Figures of a run directory or a sweep directory (matplotlib, PNG, no display needed).
+
+A sweep's figures (``plot_sweep``), each drawn when the sweep varies what it needs:
+
+- ``<key>.png`` for every numeric key the sweep varies (``mappers``,
+  ``train.batch_size``, ...): training seconds and final test accuracy
+  against that key, one line per combination of the other varied keys
+  (``combine=average`` and ``combine=sum`` on the same axes);
+- ``speedup.png`` when ``mappers`` varies: speedup ``T(1 mapper) / T(m)`` of
+  the training seconds and parallel efficiency ``speedup / m``, with the
+  ideal lines;
+- ``convergence.png``: test accuracy against round and against training
+  seconds for every case, a one-mapper (sequential) case drawn dashed black;
+- ``timeline.png``: each mapper's train and comm seconds in every round of
+  one run (the one with the most mappers), so a straggler shows;
+- ``spread.png`` with two or more repeats: every run's final test accuracy,
+  case by case (the accuracies over N random splits).
+
+Points are means over the repeats; error bars are one standard deviation.
+Training seconds are the sum of the rounds' seconds (``rounds.csv``): the
+run's wall time less the start (Spark session, data loading), which does not
+change with the varied keys and would hide what does.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from nnlib.outputs import read_csv_rows
+
+RESULT_META = ("run", "case", "seed")  # results.csv columns before the varied keys
+SEQUENTIAL_STYLES = ("--", ":", "-.")  # sequential cases: black, these line styles in turn
+
+
+def _figure(ncols: int = 1, width: float = 5.2, height: float = 3.8):
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    return fig, axes
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _slug(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# ---- reading a sweep -------------------------------------------------------------------------
+
+def sweep_varied_keys(results: list[dict]) -> list[str]:
+    """The keys the sweep varies: the results.csv columns between ``seed`` and ``status``."""
+    if not results:
+        return []
+    columns = list(results[0])
+    return columns[columns.index("seed") + 1: columns.index("status")]
+
+
+def _label(row: dict, keys: list[str]) -> str:
+    return ", ".join(f"{k}={row[k]}" for k in keys) or "all runs"
+
+
+def _is_sequential(row: dict) -> bool:
+    return row.get("mappers") == 1
+
+
+def _series(rows: list[dict], x_key: str, keys: list[str], metric: str) -> dict[str, list[tuple]]:
+    """``{label: [(x, mean, std), ...]}``: ``metric`` against ``x_key``, one series per value of ``keys``."""
+    groups: dict[str, dict] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if _is_number(row.get(metric)):
+            groups[_label(row, keys)][row[x_key]].append(row[metric])
+    return {label: [(x, *_mean_std(v)) for x, v in sorted(points.items())] for label, points in groups.items()}
+
+
+def _draw_series(ax, series: dict[str, list[tuple]]) -> None:
+    for label, points in series.items():
+        xs, means, stds = zip(*points)
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+
+
+def _finish(ax, xlabel: str, ylabel: str, title: str, log_x: bool = False) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if log_x:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter("{x:g}")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+# ---- sweep figures ---------------------------------------------------------------------------
+
+def _key_figure(ok: list[dict], key: str, others: list[str], out: Path) -> Path:
+    """Time and accuracy against one numeric key."""
+    fig, (left, right) = _figure(2)
+    per_round = key != "mappers"  # a larger batch means fewer steps a round: compare a round's seconds
+    time_metric = "seconds_per_round" if per_round else "train_seconds"
+    _draw_series(left, _series(ok, key, others, time_metric))
+    _draw_series(right, _series(ok, key, others, "final_test_accuracy"))
+    log_x = key == "mappers" and min(r[key] for r in ok) >= 1
+    _finish(left, key, "seconds per round (s)" if per_round else "training seconds (s)",
+            f"{'time per round' if per_round else 'training time'} against {key}", log_x)
+    _finish(right, key, "final test accuracy", f"test accuracy against {key}", log_x)
+    return _save(fig, out / f"{_slug(key)}.png")
+
+
+def _speedup_figure(ok: list[dict], others: list[str], out: Path) -> Path | None:
+    """Speedup and parallel efficiency against mappers, against each series' one-mapper run."""
+    fig, (left, right) = _figure(2)
+    drawn = 0
+    for label, points in _series(ok, "mappers", others, "train_seconds").items():
+        base = dict((m, t) for m, t, _ in points).get(1)
+        if not base:
+            continue
+        ms = [m for m, _, _ in points]
+        speedup = [base / t for _, t, _ in points]
+        left.plot(ms, speedup, marker="o", label=label)
+        right.plot(ms, [s / m for s, m in zip(speedup, ms)], marker="o", label=label)
+        drawn += 1
+    if not drawn:
+        return None
+    top = max(r["mappers"] for r in ok)
+    left.plot([1, top], [1, top], color="gray", linestyle=":", label="ideal")
+    right.axhline(1.0, color="gray", linestyle=":", label="ideal")
+    _finish(left, "mappers", "speedup T(1) / T(m)", "speedup of training time", log_x=True)
+    _finish(right, "mappers", "parallel efficiency T(1) / (m T(m))", "parallel efficiency", log_x=True)
+    right.set_ylim(0, max(1.1, right.get_ylim()[1]))
+    return _save(fig, out / "speedup.png")
+
+
+def _mean_curve(run_dirs: list[Path]) -> tuple[list[float], list[float], list[float]] | None:
+    """``(rounds, mean cumulative seconds, mean test accuracy)`` over runs, up to the shortest run."""
+    tables = [read_csv_rows(d / "rounds.csv") for d in run_dirs]
+    tables = [t for t in tables if t]
+    if not tables:
+        return None
+    n = min(len(t) for t in tables)
+    rounds = list(range(1, n + 1))
+    seconds = [statistics.mean(sum(r["seconds"] for r in t[: i + 1]) for t in tables) for i in range(n)]
+    accuracy = [statistics.mean(t[i]["test_accuracy"] for t in tables) for i in range(n)]
+    return rounds, seconds, accuracy
+
+
+def _convergence_figure(curves: dict[str, tuple], sequential: set[str], out: Path) -> Path | None:
+    if not curves or max(len(c[0]) for c in curves.values()) < 2:
+        return None
+    fig, (left, right) = _figure(2)
+    n_sequential = 0
+    for label, (rounds, seconds, accuracy) in curves.items():
+        style, name = {}, label
+        if label in sequential:
+            style = {"color": "black", "linestyle": SEQUENTIAL_STYLES[n_sequential % len(SEQUENTIAL_STYLES)]}
+            name, n_sequential = f"{label} (sequential)", n_sequential + 1
+        left.plot(rounds, accuracy, marker=".", label=name, **style)
+        right.plot(seconds, accuracy, marker=".", label=name, **style)
+    left.xaxis.get_major_locator().set_params(integer=True)
+    _finish(left, "round", "test accuracy", "convergence by round")
+    _finish(right, "training seconds (s)", "test accuracy", "convergence by time")
+    return _save(fig, out / "convergence.png")
+
+
+def _spread_figure(ok: list[dict], out: Path) -> Path | None:
+    by_case: dict[str, list[float]] = defaultdict(list)
+    for row in ok:
+        by_case[row["case"]].append(row["final_test_accuracy"])
+    if max((len(v) for v in by_case.values()), default=0) < 2:
+        return None
+    fig, (ax,) = _figure(1, width=max(5.2, 0.6 * len(by_case) + 2))
+    for i, (case, values) in enumerate(by_case.items()):
+        ax.scatter([i] * len(values), values, alpha=0.6, color="C0")
+        ax.hlines(statistics.mean(values), i - 0.3, i + 0.3, color="C3")
+    ax.set_xticks(range(len(by_case)), list(by_case), rotation=30, ha="right", fontsize=8)
+    _finish(ax, "case", "final test accuracy", "final test accuracy of every repeat (red: mean)")
+    return _save(fig, out / "spread.png")
+
+
+def plot_sweep(sweep_dir: str | Path) -> list[Path]:
+    """Draw the figures of a finished (or partly finished) sweep into ``sweep_dir/plots/``."""
+    sweep_dir = Path(sweep_dir)
+    results = read_csv_rows(sweep_dir / "results.csv")
+    ok = [r for r in results if r["status"] == "ok"]
+    if not ok:
+        return []
+    out = sweep_dir / "plots"
+    out.mkdir(exist_ok=True)
+    varied = sweep_varied_keys(results)
+    paths: list[Path | None] = []
+    for key in varied:
+        if all(_is_number(r.get(key)) for r in ok) and len({r[key] for r in ok}) > 1:
+            others = [k for k in varied if k != key]
+            paths.append(_key_figure(ok, key, others, out))
+            if key == "mappers":
+                paths.append(_speedup_figure(ok, others, out))
+    by_case: dict[str, list[Path]] = defaultdict(list)
+    sequential = set()
+    for row in ok:
+        by_case[row["case"]].append(sweep_dir / row["run"])
+        if _is_sequential(row):
+            sequential.add(row["case"])
+    curves = {case: c for case, dirs in by_case.items() if (c := _mean_curve(dirs))}
+    paths.append(_convergence_figure(curves, sequential, out))
+    widest = max(ok, key=lambda r: (r.get("mappers") if _is_number(r.get("mappers")) else 0, -ok.index(r)))
+    paths.append(timeline_figure(sweep_dir / widest["run"], out / "timeline.png", f"run {widest['run']}"))
+    paths.append(_spread_figure(ok, out))
+    return [p for p in paths if p is not None]
+
+
+# ---- run figures -----------------------------------------------------------------------------
+
+def timeline_figure(run_dir: Path, path: Path, title: str = "") -> Path | None:
+    """Each mapper's train (solid) and comm (hatched) seconds in every round, rounds laid end to end.
+
+    Mappers report durations, not clock times, so each bar starts at its
+    round's start plus the round's broadcast; the gap to the next round is
+    the wait for the slowest mapper, the combine and the evaluation.
+    """
+    rounds = read_csv_rows(run_dir / "rounds.csv")
+    mappers = read_csv_rows(run_dir / "mapper_times.csv")
+    if not rounds or not mappers:
+        return None
+    starts, t = {}, 0.0
+    for row in rounds:
+        starts[row["round"]] = t + row["broadcast_seconds"]
+        t += row["seconds"]
+    n_mappers = max(m["mapper"] for m in mappers) + 1
+    fig, (ax,) = _figure(1, width=8, height=max(2.5, 0.45 * n_mappers + 1.5))
+    for m in mappers:
+        if m["round"] not in starts:
+            continue
+        x0 = starts[m["round"]]
+        ax.broken_barh([(x0, m["train_seconds"])], (m["mapper"] - 0.35, 0.7), color="C0")
+        ax.broken_barh([(x0 + m["train_seconds"], m["comm_seconds"])], (m["mapper"] - 0.35, 0.7),
+                       color="C1", hatch="//")
+    for x in list(starts.values())[1:]:
+        ax.axvline(x, color="gray", linewidth=0.5, alpha=0.5)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color="C0", label="train"), Patch(color="C1", hatch="//", label="comm")],
+              fontsize=8, loc="upper right")
+    ax.set_yticks(range(n_mappers), [f"mapper {i}" for i in range(n_mappers)])
+    ax.invert_yaxis()
+    _finish(ax, "seconds since the first round (s)", "", f"per-mapper timeline {title}".strip())
+    return _save(fig, path)
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Draw one run's convergence and per-mapper timeline into ``run_dir/plots/``."""
+    run_dir = Path(run_dir)
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    paths = []
+    curve = _mean_curve([run_dir])
+    if curve is not None:
+        rounds, seconds, accuracy = curve
+        fig, (left, right) = _figure(2)
+        left.plot(rounds, accuracy, marker="o")
+        right.plot(seconds, accuracy, marker="o")
+        left.xaxis.get_major_locator().set_params(integer=True)
+        _finish(left, "round", "test accuracy", "convergence by round")
+        _finish(right, "training seconds (s)", "test accuracy", "convergence by time")
+        paths.append(_save(fig, out / "convergence.png"))
+    paths.append(timeline_figure(run_dir, out / "timeline.png"))
+    return [p for p in paths if p is not None]
