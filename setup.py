@@ -24,13 +24,14 @@ setup(
         "pyarrow>=14",
         "pyspark==4.3.0",
         "tqdm>=4.66",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "torch": [TORCH],
         "mrjob": [MRJOB],
         "mpi": MPI,
-        "bench": [TORCH, MRJOB, *MPI, "matplotlib>=3.7"],
-        "test": [TORCH, MRJOB, *MPI, "pytest>=8", "matplotlib>=3.7"],
+        "bench": [TORCH, MRJOB, *MPI],
+        "test": [TORCH, MRJOB, *MPI, "pytest>=8"],
     },
     entry_points={"console_scripts": ["nnlib=nnlib.cli:entry_point"]},
 )

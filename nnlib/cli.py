@@ -41,6 +41,10 @@ def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
                        help="override a config key in every run (repeatable)")
     sweep.add_argument("--out", help="sweep directory (default: runs/sweep-<name>)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    plot = sub.add_parser("plot", help="draw the figures of a run or sweep directory into DIR/plots/")
+    plot.add_argument("dir", help="a run directory (summary.json) or a sweep directory (results.csv)")
+    report = sub.add_parser("report", help="write DIR/report.md and a self-contained DIR/report.html")
+    report.add_argument("dir", help="a run directory (summary.json) or a sweep directory (results.csv)")
     return parser
 
 
@@ -137,10 +141,38 @@ def sweep_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _results_dir(text: str) -> Path:
+    """A run or sweep directory given on the command line, refused in one line if it is neither."""
+    path = Path(text)
+    if not ((path / "results.csv").exists() or (path / "summary.json").exists()):
+        raise NnlibError(f"{text}: not a finished run (no summary.json) nor a sweep (no results.csv)")
+    return path
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    from nnlib.plots import plot_run, plot_sweep
+
+    path = _results_dir(args.dir)
+    drawn = plot_sweep(path) if (path / "results.csv").exists() else plot_run(path)
+    print_flushed(f"plot: {len(drawn)} figures in {path / 'plots'}: {', '.join(p.name for p in drawn)}")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from nnlib.report import write_report
+
+    md, page = write_report(_results_dir(args.dir))
+    print_flushed(f"report: {md} and {page}")
+    return 0
+
+
+COMMANDS = {"run": run_command, "sweep": sweep_command, "plot": plot_command, "report": report_command}
+
+
 def main(argv: list[str] | None = None, prog: str = "nnlib") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
-        return sweep_command(args) if args.command == "sweep" else run_command(args)
+        return COMMANDS[args.command](args)
     except NnlibError as exc:
         # under mpiexec every rank meets the same input error; rank 0 says it once
         if launcher_rank() == 0:

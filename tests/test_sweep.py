@@ -61,3 +61,30 @@ def test_a_bad_sweep_fails_in_one_line_before_anything_runs(tmp_path, capsys, te
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1 and err.startswith(f"nnlib: error: sweep {sweep}: ")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_over_mappers_draws_its_figures_and_the_report_embeds_them(tmp_path, capsys):
+    import base64
+    import re
+
+    sweep = write(tmp_path, TINY + "grid: {mappers: [1, 2]}\nrepeats: 2\n")
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
+    names = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert names == ["convergence.png", "mappers.png", "speedup.png", "spread.png", "timeline.png"]
+    for name in names:
+        data = (out / "plots" / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and int.from_bytes(data[16:20], "big") > 300
+    rows = read_csv_rows(out / "results.csv")
+    assert all(r["train_seconds"] == pytest.approx(r["seconds_per_round"] * r["rounds_run"]) for r in rows)
+    assert all(0 < r["train_seconds"] < r["wall_seconds"] for r in rows)
+
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert sorted(base64.b64decode(e) for e in embedded) == sorted(
+        (out / "plots" / n).read_bytes() for n in names)
+    md = (out / "report.md").read_text()
+    assert f"nnlib sweep {sweep.resolve()} --out {out.resolve()}" in md
+    assert "| 1 | 2/2 |" in md and "| 2 | 2/2 |" in md  # one row per case, both repeats finished

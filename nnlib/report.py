@@ -1,0 +1,259 @@
+"""``nnlib report DIR``: report.md and a self-contained report.html of a run or a sweep.
+
+A report is a list of blocks (heading, paragraph, table, figure, code),
+rendered twice: to Markdown (figures linked from ``plots/``) and to one HTML
+file with every figure embedded as a data URI, so the page can be mailed or
+archived alone. It holds the tables, the figures, the machine the runs ran
+on (recorded in each run's summary.json), the resolved configs and the
+commands that rerun them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import shlex
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnlib.errors import NnlibError
+from nnlib.machine import describe
+from nnlib.outputs import atomic_write_bytes, read_csv_rows
+from nnlib.plots import plot_run, plot_sweep, sweep_varied_keys
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Para:
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    columns: list[str]
+    rows: list[list]
+
+
+@dataclass(frozen=True)
+class Figure:
+    path: Path
+    caption: str
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str
+    language: str = ""
+
+
+CAPTIONS = {
+    "speedup": "Speedup T(1)/T(m) and parallel efficiency of the training seconds against mappers; "
+               "dotted: ideal.",
+    "convergence": "Test accuracy against round and against training seconds (mean over repeats); "
+                   "dashed black: one mapper (sequential).",
+    "timeline": "Each mapper's train and comm seconds in every round, rounds laid end to end.",
+    "spread": "Final test accuracy of every repeat (each its own seed and random split); red: mean.",
+}
+
+
+def _caption(path: Path) -> str:
+    return CAPTIONS.get(path.stem, f"Training time and final test accuracy against {path.stem} "
+                                   "(mean over repeats, error bars one standard deviation).")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return ""
+    if len(values) == 1:
+        return _fmt(values[0])
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+def _numbers(rows: list[dict], key: str) -> list[float]:
+    return [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+
+
+def _machine_table(machine: dict) -> Table:
+    rows = [["host", machine.get("host")], ["platform", machine.get("platform")],
+            ["CPU cores", machine.get("cpu_count")], ["memory (GiB)", machine.get("memory_gb")],
+            ["Python", machine.get("python")]]
+    rows += [[name, version] for name, version in machine.get("libraries", {}).items()]
+    return Table(["", "value"], rows)
+
+
+def _machine_blocks(summary_file: Path | None) -> list:
+    if summary_file is not None and summary_file.exists():
+        machine = json.loads(summary_file.read_text()).get("machine")
+        if machine:
+            return [Heading("Machine"), Para("As recorded by the run (summary.json)."), _machine_table(machine)]
+    return [Heading("Machine"), Para("The run recorded no machine; this is the machine that wrote the report."),
+            _machine_table(describe())]
+
+
+# ---- a sweep ---------------------------------------------------------------------------------
+
+def sweep_blocks(sweep_dir: Path) -> list:
+    results = read_csv_rows(sweep_dir / "results.csv")
+    varied = sweep_varied_keys(results)
+    ok = [r for r in results if r["status"] == "ok"]
+    failed = [r for r in results if r["status"] != "ok"]
+    meta = json.loads((sweep_dir / "sweep.json").read_text()) if (sweep_dir / "sweep.json").exists() else {}
+    blocks: list = [Heading(f"nnlib sweep: {sweep_dir.name}", 1), Para(
+        f"{len(results)} runs ({len(ok)} finished, {len(failed)} failed) varying "
+        f"{', '.join(varied) or 'nothing'}; report written {time.strftime('%Y-%m-%d %H:%M')}. "
+        "Means over repeats ± one standard deviation. Training seconds are the sum of the rounds' seconds "
+        "(the start of a run, e.g. the Spark session, is left out).")]
+    by_case: dict[str, list[dict]] = defaultdict(list)
+    for row in results:
+        by_case[row["case"]].append(row)
+    columns = varied + ["runs", "final test accuracy", "best test accuracy", "training s", "s per round",
+                        "s to target", "max mapper s", "overhead s per round"]
+    rows = []
+    for case_rows in by_case.values():
+        done = [r for r in case_rows if r["status"] == "ok"]
+        rows.append([case_rows[0].get(k) for k in varied] + [
+            f"{len(done)}/{len(case_rows)}", _mean_std(_numbers(done, "final_test_accuracy")),
+            _mean_std(_numbers(done, "best_test_accuracy")), _mean_std(_numbers(done, "train_seconds")),
+            _mean_std(_numbers(done, "seconds_per_round")), _mean_std(_numbers(done, "seconds_to_target")),
+            _mean_std(_numbers(done, "max_mapper_seconds")), _mean_std(_numbers(done, "mean_overhead_seconds"))])
+    blocks += [Heading("Cases"), Table(columns, rows)]
+    blocks += [Heading("Figures")] + [Figure(p, _caption(p)) for p in plot_sweep(sweep_dir)]
+    run_columns = ["run", "seed", *varied, "status", "final_test_accuracy", "train_seconds", "wall_seconds"]
+    blocks += [Heading("Every run"), Table(run_columns, [[r.get(c) for c in run_columns] for r in results])]
+    if failed:
+        blocks += [Heading("Failed runs"), Table(["run", "error"], [[r["run"], r["error"]] for r in failed])]
+    first = sweep_dir / ok[0]["run"] if ok else None
+    blocks += _machine_blocks(first / "summary.json" if first else None)
+    blocks += [Heading("Configuration")]
+    if (sweep_dir / "sweep.yaml").exists():
+        blocks += [Para("The sweep file:"), Code((sweep_dir / "sweep.yaml").read_text(), "yaml")]
+    if first is not None:
+        blocks += [Para(f"The resolved config of run {first.name} (every run's is in its folder, config.yaml):"),
+                   Code((first / "config.yaml").read_text(), "yaml")]
+    commands = [meta["command"]] if meta.get("command") else []
+    if first is not None:
+        commands.append(f"nnlib run {shlex.quote(str((first / 'config.yaml').resolve()))} --out runs/{first.name}")
+    blocks += [Heading("Commands"), Para("Rerun the sweep (finished runs are skipped), and one run alone:"),
+               Code("\n".join(commands), "sh")]
+    return blocks
+
+
+# ---- a run -----------------------------------------------------------------------------------
+
+def run_blocks(run_dir: Path) -> list:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rounds = read_csv_rows(run_dir / "rounds.csv")
+    mappers = read_csv_rows(run_dir / "mapper_times.csv")
+    keys = ["final_test_accuracy", "final_test_loss", "final_train_loss", "wall_seconds", "train_seconds",
+            "rounds_run", "engine", "mappers", "combine", "backend", "n_train", "n_test", "layer_sizes",
+            "driver_peak_memory_mb"]
+    blocks: list = [Heading(f"nnlib run: {run_dir.name}", 1),
+                    Para(f"Report written {time.strftime('%Y-%m-%d %H:%M')}."),
+                    Table(["", "value"], [[k, _fmt(summary.get(k))] for k in keys if k in summary])]
+    blocks += [Heading("Figures")] + [Figure(p, _caption(p)) for p in plot_run(run_dir)]
+    columns = ["round", "test_accuracy", "test_loss", "train_loss", "seconds", "max_mapper_seconds",
+               "overhead_seconds"]
+    shown = rounds if len(rounds) <= 60 else rounds[:30] + rounds[-30:]
+    blocks += [Heading("Rounds"), Table(columns, [[r[c] for c in columns] for r in shown])]
+    if len(shown) < len(rounds):
+        blocks.append(Para(f"The first and last 30 of {len(rounds)} rounds; all are in rounds.csv."))
+    by_mapper: dict[int, list[dict]] = defaultdict(list)
+    for row in mappers:
+        by_mapper[row["mapper"]].append(row)
+    blocks += [Heading("Mappers"), Table(
+        ["mapper", "host", "samples", "mean train s", "max train s", "mean comm s", "peak memory MB"],
+        [[m, rows[0]["host"], rows[0]["n_samples"], statistics.mean(r["train_seconds"] for r in rows),
+          max(r["train_seconds"] for r in rows), statistics.mean(r["comm_seconds"] for r in rows),
+          max(r["peak_memory_mb"] for r in rows)] for m, rows in sorted(by_mapper.items())])]
+    blocks += _machine_blocks(run_dir / "summary.json")
+    blocks += [Heading("Configuration"), Code((run_dir / "config.yaml").read_text(), "yaml"),
+               Heading("Command"), Para("Train again with the same config (same seed, same weights):"),
+               Code(f"nnlib run {shlex.quote(str((run_dir / 'config.yaml').resolve()))} "
+                    f"--out runs/{run_dir.name}-again", "sh")]
+    return blocks
+
+
+# ---- rendering -------------------------------------------------------------------------------
+
+def _md_cell(value) -> str:
+    return _fmt(value).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: list, base: Path) -> str:
+    out = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"{'#' * b.level} {b.text}")
+        elif isinstance(b, Para):
+            out.append(b.text)
+        elif isinstance(b, Table):
+            lines = ["| " + " | ".join(b.columns) + " |", "|" + "---|" * len(b.columns)]
+            lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in b.rows]
+            out.append("\n".join(lines))
+        elif isinstance(b, Figure):
+            out.append(f"![{b.caption}]({b.path.relative_to(base).as_posix()})\n\n*{b.caption}*")
+        elif isinstance(b, Code):
+            out.append(f"```{b.language}\n{b.text.rstrip()}\n```")
+    return "\n\n".join(out) + "\n"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px}
+th{background:#f2f2f2}td{text-align:right}td:first-child{text-align:left}
+figure{margin:1.5em 0}img{max-width:100%}figcaption{color:#555;font-size:0.9em}
+pre{background:#f6f6f6;padding:0.8em;overflow-x:auto;font-size:0.85em}"""
+
+
+def to_html(blocks: list) -> str:
+    title = next((b.text for b in blocks if isinstance(b, Heading)), "nnlib report")
+    out = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+           f"<style>{STYLE}</style></head><body>"]
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            out.append(f"<p>{html.escape(b.text)}</p>")
+        elif isinstance(b, Table):
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in b.columns)
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+                           for row in b.rows)
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif isinstance(b, Figure):
+            data = base64.b64encode(b.path.read_bytes()).decode()
+            out.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(b.caption)}\">"
+                       f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
+        elif isinstance(b, Code):
+            out.append(f"<pre><code>{html.escape(b.text.rstrip())}</code></pre>")
+    out.append("</body></html>\n")
+    return "\n".join(out)
+
+
+def write_report(directory: str | Path) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` into a run or sweep directory; return their paths."""
+    directory = Path(directory)
+    if (directory / "results.csv").exists():
+        blocks = sweep_blocks(directory)
+    elif (directory / "summary.json").exists():
+        blocks = run_blocks(directory)
+    else:
+        raise NnlibError(f"report: {directory} is neither a finished run (summary.json) "
+                         "nor a sweep (results.csv)")
+    md, page = directory / "report.md", directory / "report.html"
+    atomic_write_bytes(md, to_markdown(blocks, directory).encode())
+    atomic_write_bytes(page, to_html(blocks).encode())
+    return md, page
