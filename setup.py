@@ -5,6 +5,7 @@ from setuptools import find_packages, setup
 TORCH = "torch==2.13.0"  # pinned: a newer or unpinned torch pulls several GB of CUDA packages
 MRJOB = "mrjob==0.7.4"  # its last release; imports on Python <= 3.12 only
 MPI = ["mpi4py>=4", "openmpi>=5"]  # the openmpi package brings mpiexec into the environment
+MLFLOW = "mlflow-skinny>=2.10"  # the client alone: tracking to a folder, a database or a server
 
 setup(
     name="nnlib",
@@ -30,8 +31,9 @@ setup(
         "torch": [TORCH],
         "mrjob": [MRJOB],
         "mpi": MPI,
+        "tracking": [MLFLOW],
         "bench": [TORCH, MRJOB, *MPI],
-        "test": [TORCH, MRJOB, *MPI, "pytest>=8"],
+        "test": [TORCH, MRJOB, *MPI, MLFLOW, "pytest>=8"],
     },
     entry_points={"console_scripts": ["nnlib=nnlib.cli:entry_point"]},
 )

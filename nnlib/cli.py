@@ -21,6 +21,7 @@ from nnlib.engines import make_engine
 from nnlib.errors import ConfigError, EngineError, NnlibError
 from nnlib.outputs import RunDir, default_run_dir
 from nnlib.spmd import inside_launcher, launch, launcher_rank
+from nnlib.tracking import NoTracking, make_tracking, require_mlflow
 
 
 def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
@@ -108,6 +109,8 @@ def run_command(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     if config.engine == "mpi" and not inside_launcher():
         return launch(config.mpi.launcher, config.mappers, config.mpi.args, run_arguments(args))
+    if config.tracking == "mlflow":
+        require_mlflow()
     engine = make_engine(config, warn)
     speak = engine.is_main
     if config.engine == "mpi":
@@ -118,7 +121,14 @@ def run_command(args: argparse.Namespace) -> int:
     log = print_flushed if speak and not args.quiet else _quiet
     log(f"nnlib: engine={config.engine} mappers={config.mappers} combine={config.combine} "
         f"data={config.data.source} -> {run_dir.path if run_dir else '-'}")
-    result = run(config, run_dir, engine=engine, log=log, warn=warn if speak else _quiet, resume=bool(args.resume))
+    tracking = make_tracking(config) if speak else NoTracking()
+    tracking.start(config, run_dir.path.name if run_dir else "run")
+    result = None
+    try:
+        result = run(config, run_dir, engine=engine, log=log, warn=warn if speak else _quiet,
+                     resume=bool(args.resume), on_round=tracking.log_round)
+    finally:
+        tracking.finish(result.summary if result else None, run_dir.path if run_dir else None)
     if speak:
         s = result.summary
         print_flushed(f"final test accuracy {s['final_test_accuracy']:.4f}, test loss {s['final_test_loss']:.4f}, "

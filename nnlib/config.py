@@ -112,6 +112,11 @@ class MrjobConfig(_Section):
     args: list[str] = Field(default_factory=list)
 
 
+class MlflowConfig(_Section):
+    tracking_uri: str | None = None   # default: a local mlruns/ folder in the working directory
+    experiment: str = "nnlib"
+
+
 class Config(_Section):
     engine: Literal["local", "spark", "mrjob", "mpi"] = "local"
     mappers: int = Field(4, ge=1)
@@ -123,6 +128,8 @@ class Config(_Section):
     spark: SparkConfig = SparkConfig()
     mrjob: MrjobConfig = MrjobConfig()
     mpi: MpiConfig = MpiConfig()
+    tracking: Literal["none", "mlflow"] = "none"
+    mlflow: MlflowConfig = MlflowConfig()
 
     @model_validator(mode="after")
     def _sync_needs_a_synchronous_engine(self):
@@ -270,15 +277,16 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 def diff_keys(a: Config, b: Config) -> list[str]:
     """Dotted keys whose values differ between two configs."""
-    da, db = _flatten(a.to_dict()), _flatten(b.to_dict())
+    da, db = flatten(a.to_dict()), flatten(b.to_dict())
     return sorted(k for k in da.keys() | db.keys() if da.get(k) != db.get(k))
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted keys: ``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``."""
     out = {}
     for k, v in tree.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v
     return out

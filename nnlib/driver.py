@@ -195,7 +195,7 @@ def prepare(config: Config, warn=warn) -> Setup:
 
 
 def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_round: int, run_dir: RunDir | None,
-                 result: RunResult, log=print, warn=warn) -> RoundPayload:
+                 result: RunResult, log=print, warn=warn, on_round=None) -> RoundPayload:
     """Run rounds ``first_round ..`` of the schedule on ``engine``; return the last round's state."""
     config = setup.config
     try:
@@ -211,6 +211,8 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
                 # tables first, then the checkpoint: a resume drops table rows past the checkpoint
                 run_dir.write_tables(result.rounds, result.mapper_rows)
                 run_dir.write_checkpoint(r + 1, payload.params, payload.opt_state, result.skipped)
+            if on_round is not None:
+                on_round(row)
             log(f"round {r + 1}/{config.train.rounds}  test_acc {row['test_accuracy']:.4f}  "
                 f"test_loss {row['test_loss']:.4f}  train_loss {row['train_loss']:.4f}  {row['seconds']:.2f}s")
             target = config.train.target_accuracy
@@ -227,14 +229,15 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
 
 
 def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = None, log=print, warn=warn,
-        resume: bool = False) -> RunResult:
+        resume: bool = False, on_round=None) -> RunResult:
     """Train as ``config`` says on ``engine`` (default: the config's); write outputs to ``run_dir`` if given.
 
     After every round the weights and optimizer state are checkpointed to
     ``run_dir/checkpoints/``; ``resume=True`` continues from the newest one and
     ends with exactly the weights of an uninterrupted run. ``log`` receives
     the progress lines and ``warn`` the warnings (an MPI rank other than 0
-    passes functions that drop them).
+    passes functions that drop them); ``on_round``, if given, each round's
+    rounds.csv row as it is written (experiment tracking).
     """
     wall_start = time.perf_counter()
     setup = prepare(config, warn)
@@ -249,7 +252,8 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
     if run_dir is not None:
         run_dir.write_config(config.to_dict())
     if first_round < config.train.rounds:
-        payload = train_rounds(engine or make_engine(config, warn), setup, payload, first_round, run_dir, result, log, warn)
+        engine = engine or make_engine(config, warn)
+        payload = train_rounds(engine, setup, payload, first_round, run_dir, result, log, warn, on_round)
     result.params = payload.params
     result.summary = summarize(config, setup.data, payload, result, time.perf_counter() - wall_start,
                                first_round if resume else None)
