@@ -1,9 +1,12 @@
 """nnlib sweep: every case checked first, one row per run, finished runs skipped, failures recorded."""
 
+from pathlib import Path
+
 import pytest
 
 from nnlib.cli import main
 from nnlib.outputs import read_csv_rows
+from nnlib.sweep import plan_sweep
 
 TINY = "set: {train.rounds: 2, model.hidden: [8], mappers: 2}\n"
 
@@ -88,3 +91,27 @@ def test_a_sweep_over_mappers_draws_its_figures_and_the_report_embeds_them(tmp_p
     md = (out / "report.md").read_text()
     assert f"nnlib sweep {sweep.resolve()} --out {out.resolve()}" in md
     assert "| 1 | 2/2 |" in md and "| 2 | 2/2 |" in md  # one row per case, both repeats finished
+
+
+EXPERIMENTS = sorted((Path(__file__).parent.parent / "conf" / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_study_sweep_is_valid(path):
+    _, runs, _ = plan_sweep(path)  # every case's config checked
+    assert len(runs) >= 8 and len({r.name for r in runs}) == len(runs)
+
+
+@pytest.mark.slow
+def test_the_threads_study_compares_1_to_8_mappers_averaged_and_summed(tmp_path):
+    """The study's sweep file itself, on small data and the local engine so that it runs in seconds."""
+    threads = next(p for p in EXPERIMENTS if p.stem == "threads")
+    out = tmp_path / "threads"
+    assert main(["sweep", str(threads), "--out", str(out), "--quiet", "--set", "engine=local",
+                 "--set", "data.n_samples=1200", "--set", "model.hidden=[16]", "--set", "train.local_epochs=1"]) == 0
+    rows = read_csv_rows(out / "results.csv")
+    assert sorted({(r["mappers"], r["combine"]) for r in rows}) == [
+        (m, c) for m in (1, 2, 4, 8) for c in ("average", "sum")]
+    assert all(r["status"] == "ok" for r in rows)
+    assert len(list((out / "plots").glob("*.png"))) >= 3
+    assert main(["report", str(out)]) == 0 and (out / "report.html").stat().st_size > 10_000
