@@ -112,6 +112,10 @@ class MrjobConfig(_Section):
     args: list[str] = Field(default_factory=list)
 
 
+class SplitConfig(_Section):
+    scale: Literal["groups", "none"] = "groups"  # combine: ist: a sub-network's output contribution x G
+
+
 class MlflowConfig(_Section):
     tracking_uri: str | None = None   # default: a local mlruns/ folder in the working directory
     experiment: str = "nnlib"
@@ -120,7 +124,7 @@ class MlflowConfig(_Section):
 class Config(_Section):
     engine: Literal["local", "spark", "mrjob", "mpi"] = "local"
     mappers: int = Field(4, ge=1)
-    combine: Literal["average", "weighted", "sum", "sum_updates", "gradient"] = "average"
+    combine: Literal["average", "weighted", "sum", "sum_updates", "gradient", "ist"] = "average"
     seed: int = 0
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -128,8 +132,21 @@ class Config(_Section):
     spark: SparkConfig = SparkConfig()
     mrjob: MrjobConfig = MrjobConfig()
     mpi: MpiConfig = MpiConfig()
+    split: SplitConfig = SplitConfig()
     tracking: Literal["none", "mlflow"] = "none"
     mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="after")
+    def _ist_needs_a_group_per_mapper(self):
+        if self.combine != "ist":
+            return self
+        if not self.model.hidden:
+            raise ValueError("combine=ist splits the hidden layers into one group per mapper; "
+                             "model.hidden=[] has none")
+        if min(self.model.hidden) < self.mappers:
+            raise ValueError(f"combine=ist gives each of the {self.mappers} mappers its own group of every hidden "
+                             f"layer; model.hidden={self.model.hidden} has a layer with fewer units than mappers")
+        return self
 
     @model_validator(mode="after")
     def _sync_needs_a_synchronous_engine(self):

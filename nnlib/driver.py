@@ -98,6 +98,7 @@ def round_row(r: int, stats: list[MapperStats], times: dict, seconds: float, tes
         **{f"{k}_seconds": times.get(k, 0.0) for k in ("broadcast", "wait", "combine", "evaluate")},
         "max_mapper_seconds": max(mapper_secs), "median_mapper_seconds": statistics.median(mapper_secs),
         "overhead_seconds": max(times.get("wait", 0.0) - max(mapper_secs), 0.0),
+        "result_bytes": sum(s.result_bytes for s in stats),
     }
 
 

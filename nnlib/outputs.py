@@ -22,7 +22,7 @@ from nnlib.errors import NnlibError, first_line
 
 ROUND_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "seconds",
                  "broadcast_seconds", "wait_seconds", "combine_seconds", "evaluate_seconds",
-                 "max_mapper_seconds", "median_mapper_seconds", "overhead_seconds"]
+                 "max_mapper_seconds", "median_mapper_seconds", "overhead_seconds", "result_bytes"]
 MAPPER_COLUMNS = ["round", "mapper", "host", "pid", "n_samples", "steps", "train_loss", "train_seconds",
                   "comm_seconds", "peak_memory_mb"]
 
@@ -46,7 +46,7 @@ def csv_bytes(columns: list[str], rows: list[dict]) -> bytes:
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: row[k] for k in columns})
+        writer.writerow({k: row.get(k, "") for k in columns})  # "": a column the row predates
     return buf.getvalue().encode()
 
 

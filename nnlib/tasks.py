@@ -15,7 +15,7 @@ import os
 import resource
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -25,12 +25,31 @@ from nnlib.core.combine import combine
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.optim import SGD
 from nnlib.core.params import LayerSpec, init_params
+from nnlib.core.split import Split, recombine, round_split, sub_indices
 from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, run_steps
 from nnlib.data.dataset import Dataset, Shard
 from nnlib.data.partition import shard_sizes
 from nnlib.errors import DivergenceError
 from nnlib.schedule import RoundPlan, Schedule
 from nnlib.threads import one_blas_thread
+
+
+@dataclass(frozen=True)
+class SubnetPlan:
+    """Independent Subnet Training (``combine: ist``): mapper ``g`` trains group ``g`` of every hidden layer.
+
+    The round's split is drawn from ``(seed, round)`` alone, so the driver
+    and every mapper, on any engine, compute the same one without sending it.
+    With ``scale`` a sub-network's hidden-to-output product is multiplied by
+    the number of groups while it trains (its logits come from 1/G of the
+    units), not at evaluation.
+    """
+
+    groups: int
+    scale: bool = True
+
+    def split(self, layers: LayerSpec, seed: int, round_index: int) -> Split:
+        return round_split(layers.sizes[1:-1], self.groups, seed, round_index)
 
 
 @dataclass(frozen=True)
@@ -44,10 +63,29 @@ class RoundPayload:
     model: ModelSpec
     backend: str
     optimizer: SGD
+    subnets: SubnetPlan | None = None   # combine: ist; None trains the whole network
 
     @property
     def round_index(self) -> int:
         return self.plan.index
+
+    def split(self) -> Split:
+        """This round's split of the hidden units (``combine: ist`` only)."""
+        return self.subnets.split(self.model.layers, self.seed, self.plan.index)
+
+    def for_mapper(self, mapper: int) -> tuple[np.ndarray, np.ndarray | None, ModelSpec]:
+        """``(params, optimizer state, model)`` that ``mapper`` trains: its sub-network, or the whole network.
+
+        The optimizer state (momentum) is sliced with the same indices as the
+        weights and copied back with them.
+        """
+        if self.subnets is None:
+            return self.params, self.opt_state, self.model
+        split = self.split()
+        idx = sub_indices(self.model.layers, split, mapper)
+        model = replace(self.model, layers=split.sub_layers(self.model.layers, mapper),
+                        output_scale=float(self.subnets.groups) if self.subnets.scale else 1.0)
+        return self.params[idx], None if self.opt_state is None else self.opt_state[idx], model
 
 
 @dataclass(frozen=True)
@@ -63,6 +101,7 @@ class MapperStats:
     train_seconds: float      # computing (forward, backward, update)
     comm_seconds: float = 0.0  # waiting in collectives (synchronous rounds, MPI)
     peak_memory_mb: float = 0.0  # the mapper process's peak resident memory so far
+    result_bytes: int = 0        # bytes of the weights and optimizer state sent back (local rounds)
 
 
 @dataclass(frozen=True)
@@ -102,8 +141,9 @@ def first_payload(config, data: Dataset, schedule: Schedule | None = None) -> Ro
     if schedule is None:
         sizes = shard_sizes(data.y_train, config.mappers, config.data.partition, config.seed)
         schedule = Schedule.from_config(config, min(sizes))
+    subnets = SubnetPlan(config.mappers, config.split.scale == "groups") if config.combine == "ist" else None
     return RoundPayload(schedule.plan(0), config.seed, params, optimizer.init_state(params), spec,
-                        config.model.backend, optimizer)
+                        config.model.backend, optimizer, subnets)
 
 
 def peak_memory_mb() -> float:
@@ -117,15 +157,17 @@ def shard_rng(seed: int, round_index: int, shard_index: int) -> np.random.Genera
 
 
 def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
-    """Train the payload's weights on ``shard`` for one local round."""
+    """Train the payload's weights (or, with ``combine: ist``, the shard's sub-network) for one local round."""
     start = time.perf_counter()
-    backend = get_backend(payload.backend, payload.model)
+    params, opt_state, model = payload.for_mapper(shard.index)
+    backend = get_backend(payload.backend, model)
     plan = payload.plan
     with one_blas_thread():
-        update = local_sgd(backend, payload.params, payload.opt_state, payload.optimizer, shard.x, shard.y,
+        update = local_sgd(backend, params, opt_state, payload.optimizer, shard.x, shard.y,
                            plan.local, plan.lr, shard_rng(payload.seed, plan.index, shard.index))
+    sent = update.params.nbytes + (0 if update.opt_state is None else update.opt_state.nbytes)
     stats = MapperStats(shard.index, update.n_samples, update.steps, update.train_loss, socket.gethostname(),
-                        os.getpid(), time.perf_counter() - start, 0.0, peak_memory_mb())
+                        os.getpid(), time.perf_counter() - start, 0.0, peak_memory_mb(), sent)
     return MapperResult(stats, update.params, update.opt_state)
 
 
@@ -166,11 +208,23 @@ class RoundReducer:
         bad = [res.stats.mapper for res in results if not np.isfinite(res.params).all()]
         check_bad_mappers(bad, len(results), payload.round_index, self.skip_bad)
         good = [res for res in results if res.stats.mapper not in bad]
+        if self.rule == "ist":
+            return self._recombine(good, payload, bad)
         counts = [res.stats.n_samples for res in good]
         params = combine(self.rule, [res.params for res in good], counts, payload.params)
         opt_state = None
         if payload.opt_state is not None:
             opt_state = combine("average", [res.opt_state for res in good], counts)
+        return Combined(params, opt_state, bad)
+
+    @staticmethod
+    def _recombine(good: list[MapperResult], payload: RoundPayload, bad: list[int]) -> Combined:
+        """``combine: ist``: every sub-network copied back, the output bias averaged, the rest kept."""
+        layers, split = payload.model.layers, payload.split()
+        params = recombine(payload.params, {r.stats.mapper: r.params for r in good}, layers, split)
+        opt_state = None
+        if payload.opt_state is not None:
+            opt_state = recombine(payload.opt_state, {r.stats.mapper: r.opt_state for r in good}, layers, split)
         return Combined(params, opt_state, bad)
 
 

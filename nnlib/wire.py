@@ -20,7 +20,7 @@ from nnlib.core.optim import SGD
 from nnlib.core.params import DTYPE, LayerSpec
 from nnlib.core.train import LocalSchedule
 from nnlib.schedule import RoundPlan
-from nnlib.tasks import MapperResult, MapperStats, RoundPayload
+from nnlib.tasks import MapperResult, MapperStats, RoundPayload, SubnetPlan
 
 
 def encode_array(a: np.ndarray | None) -> str | None:
@@ -64,6 +64,8 @@ def payload_to_bytes(p: RoundPayload) -> bytes:
         "batch_size": np.int64(local.batch_size), "local_epochs": np.int64(local.local_epochs),
         "local_steps": np.int64(-1 if local.local_steps is None else local.local_steps),
         "lr": np.float64(p.plan.lr), "momentum": np.float64(p.optimizer.momentum),
+        "subnet_groups": np.int64(p.subnets.groups if p.subnets else 0),
+        "subnet_scale": np.bool_(p.subnets.scale if p.subnets else False),
     }
     if p.plan.sync_lrs is not None:
         arrays["sync_lrs"] = p.plan.sync_lrs
@@ -85,4 +87,5 @@ def payload_from_file(path) -> RoundPayload:
             opt_state=f["opt_state"].astype(DTYPE) if "opt_state" in f.files else None,
             model=ModelSpec(LayerSpec(tuple(int(s) for s in f["layer_sizes"])), str(f["activation"]),
                             str(f["loss"]), float(f["l2"])),
-            backend=str(f["backend"]), optimizer=SGD(float(f["momentum"])))
+            backend=str(f["backend"]), optimizer=SGD(float(f["momentum"])),
+            subnets=SubnetPlan(int(f["subnet_groups"]), bool(f["subnet_scale"])) if int(f["subnet_groups"]) else None)

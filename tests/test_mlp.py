@@ -20,11 +20,12 @@ def _problem(seed=0, n=40, sizes=(6, 5, 4, 3), dtype=np.float32):
     return x, y, LayerSpec(sizes)
 
 
+@pytest.mark.parametrize("scale", [1.0, 3.0])  # 3: a sub-network's output contribution scaled by its G
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_gradient_matches_finite_differences(activation, loss):
+def test_gradient_matches_finite_differences(activation, loss, scale):
     x, y, layers = _problem(dtype=np.float64)
-    mlp = NumpyMLP(ModelSpec(layers, activation, loss, l2=0.03))
+    mlp = NumpyMLP(ModelSpec(layers, activation, loss, l2=0.03, output_scale=scale))
     flat = init_params(layers, 3).astype(np.float64) + 0.01  # nonzero biases
     _, grad = mlp.loss_and_grad(flat, x, y)
     eps = 1e-6
@@ -34,6 +35,8 @@ def test_gradient_matches_finite_differences(activation, loss):
         step[i] = eps
         numeric[i] = (mlp.objective(flat + step, x, y) - mlp.objective(flat - step, x, y)) / (2 * eps)
     assert np.abs(grad - numeric).max() < 1e-6 * max(1.0, np.abs(numeric).max())
+    if scale != 1:  # the scale is really applied: the logits are not the unscaled network's
+        assert not np.allclose(mlp.predict_logits(flat, x), NumpyMLP(ModelSpec(layers)).predict_logits(flat, x))
 
 
 def test_cross_entropy_of_uniform_output_is_log_k():
@@ -52,11 +55,12 @@ def test_squared_loss_closed_form():
     assert loss == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("scale", [1.0, 2.0])
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_torch_backend_agrees_after_one_epoch(activation, loss):
+def test_torch_backend_agrees_after_one_epoch(activation, loss, scale):
     x, y, layers = _problem(n=100)
-    spec = ModelSpec(layers, activation, loss, l2=0.01)
+    spec = ModelSpec(layers, activation, loss, l2=0.01, output_scale=scale)
     flat = init_params(layers, 5)
     optimizer = SGD(momentum=0.9)
     schedule = LocalSchedule(batch_size=16, local_epochs=1)

@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 QUIET = dict(log=lambda _msg: None)
 
 
+@pytest.mark.parametrize("combine", ["average", "ist"])
 @pytest.mark.parametrize("runner", ["inline", pytest.param("local", marks=pytest.mark.slow)])
-def test_mrjob_equals_local_engine(runner):
-    config = small_config("mappers=3", "train.rounds=2", "train.momentum=0.5")
+def test_mrjob_equals_local_engine(runner, combine):
+    config = small_config("mappers=3", "train.rounds=2", "train.momentum=0.5", f"combine={combine}")
     reference = run(config, **QUIET)
     mr_config = config.model_copy(update={"engine": "mrjob"})
     engine = MrjobEngine(mr_config, runner)

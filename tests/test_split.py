@@ -5,7 +5,7 @@ import pytest
 
 from nnlib.core.mlp import ModelSpec, NumpyMLP
 from nnlib.core.params import LayerSpec, init_params, unpack
-from nnlib.core.split import (count_any_splits, count_equal_splits, enumerate_splits, holders, random_split,
+from nnlib.core.split import (count_any_splits, count_equal_splits, enumerate_splits, held_count, random_split,
                               recombine, round_split, slice_params, sub_indices, whole)
 
 SHAPES = [(5, 8, 3), (4, 6, 9, 3), (3, 7, 5, 6, 2)]
@@ -56,7 +56,7 @@ def test_a_sub_network_computes_the_whole_network_with_the_other_units_cut_off()
 def test_only_the_output_bias_is_shared_and_only_cross_group_blocks_are_untrained():
     layers = LayerSpec((3, 4, 6, 2))
     split = random_split((4, 6), 2, np.random.default_rng(0))
-    count = unpack(holders(layers, split).astype(np.float32), layers)
+    count = unpack(held_count(layers, split, range(2)).astype(np.float32), layers)
     assert (count[0] == 1).all() and (count[1] == 1).all() and (count[3] == 1).all()  # into and of hidden 1
     assert (count[4] == 1).all() and (count[5] == 2).all()  # hidden 2 -> output; the output bias, shared
     block = count[2]
@@ -74,7 +74,7 @@ def test_the_one_group_split_is_the_whole_network():
 def test_each_hidden_to_hidden_weight_is_trained_in_a_round_with_probability_one_over_g(g):
     layers = LayerSpec((3, 8, 8, 2))
     rounds = 2000
-    held = sum(unpack(holders(layers, round_split((8, 8), g, 0, r)).astype(np.float64), layers)[2]
+    held = sum(unpack(held_count(layers, round_split((8, 8), g, 0, r), range(g)).astype(np.float64), layers)[2]
                for r in range(rounds)) / rounds
     assert abs(held.mean() - 1 / g) < 0.01
     assert np.abs(held - 1 / g).max() < 5 * np.sqrt((1 / g) * (1 - 1 / g) / rounds)  # every weight, 5 sigma

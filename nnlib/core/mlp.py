@@ -72,6 +72,7 @@ class ModelSpec:
     activation: str = "relu"
     loss: str = "cross_entropy"
     l2: float = 0.0
+    output_scale: float = 1.0  # multiplies the last layer's ``h @ W`` (not its bias): a sub-network's x G
 
 
 class NumpyMLP:
@@ -92,6 +93,8 @@ class NumpyMLP:
         n = self.spec.layers.n_layers
         for i in range(n):
             z = outs[-1] @ arrays[2 * i]
+            if i == n - 1 and self.spec.output_scale != 1:
+                z *= z.dtype.type(self.spec.output_scale)
             z += arrays[2 * i + 1]
             outs.append(self._act(z) if i < n - 1 else z)
         return outs
@@ -116,12 +119,15 @@ class NumpyMLP:
         loss, delta = self._loss(outs[-1], y)
         grad = np.empty_like(flat)
         grads = unpack(grad, layers)
+        scale = self.spec.output_scale
         for i in reversed(range(layers.n_layers)):
             w = arrays[2 * i]
+            np.sum(delta, axis=0, out=grads[2 * i + 1])
+            if i == layers.n_layers - 1 and scale != 1:
+                delta = delta * delta.dtype.type(scale)  # the scaled product's gradient, for W and below
             np.matmul(outs[i].T, delta, out=grads[2 * i])
             if self.spec.l2:
                 grads[2 * i] += w.dtype.type(self.spec.l2) * w
-            np.sum(delta, axis=0, out=grads[2 * i + 1])
             if i > 0:
                 delta = delta @ w.T
                 delta *= self._act_grad(outs[i])

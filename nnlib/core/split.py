@@ -90,7 +90,7 @@ def _sub_indices(layers: LayerSpec, split: Split, g: int) -> np.ndarray:
     units.append(np.arange(layers.sizes[-1]))
     parts = []
     for i in range(n):
-        (w_start, _, (fan_in, fan_out)), (b_start, _, _) = layers.offsets[2 * i], layers.offsets[2 * i + 1]
+        (w_start, _, (_, fan_out)), (b_start, _, _) = layers.offsets[2 * i], layers.offsets[2 * i + 1]
         rows, cols = units[i], units[i + 1]
         parts.append((w_start + rows[:, None] * fan_out + cols[None, :]).ravel())
         parts.append(b_start + cols)
@@ -99,17 +99,29 @@ def _sub_indices(layers: LayerSpec, split: Split, g: int) -> np.ndarray:
     return out
 
 
-def holders(layers: LayerSpec, split: Split) -> np.ndarray:
-    """How many sub-networks hold each parameter, ``(n_params,)`` int."""
+def slice_params(full: np.ndarray, layers: LayerSpec, split: Split, g: int) -> np.ndarray:
+    """Sub-network ``g``'s flat vector (a copy)."""
+    return full[sub_indices(layers, split, g)]
+
+
+def held_count(layers: LayerSpec, split: Split, groups) -> np.ndarray:
+    """How many of the sub-networks ``groups`` hold each parameter, ``(n_params,)`` int."""
     count = np.zeros(layers.n_params, np.int64)
-    for g in range(split.n_groups):
+    for g in groups:
         count[sub_indices(layers, split, g)] += 1
     return count
 
 
-def slice_params(full: np.ndarray, layers: LayerSpec, split: Split, g: int) -> np.ndarray:
-    """Sub-network ``g``'s flat vector (a copy)."""
-    return full[sub_indices(layers, split, g)]
+def embed(sub: np.ndarray, layers: LayerSpec, split: Split, g: int, count: np.ndarray) -> np.ndarray:
+    """Sub-network ``g``'s share of the recombined vector: ``sub / count`` in its places, 0 elsewhere (float64).
+
+    Summing the shares of every sub-network (in one process, or with one
+    MPI Allreduce) gives each held parameter the mean of its holders' values.
+    """
+    idx = sub_indices(layers, split, g)
+    out = np.zeros(layers.n_params, np.float64)
+    out[idx] = sub.astype(np.float64) / count[idx]
+    return out
 
 
 def recombine(start: np.ndarray, subs: dict[int, np.ndarray], layers: LayerSpec, split: Split) -> np.ndarray:
@@ -120,16 +132,11 @@ def recombine(start: np.ndarray, subs: dict[int, np.ndarray], layers: LayerSpec,
     parameter none of them holds keeps its value in ``start``. Summed in
     float64, in group order; returned in ``start``'s dtype.
     """
-    total = np.zeros(start.shape, np.float64)
-    count = np.zeros(start.shape, np.int64)
+    count = held_count(layers, split, subs)
+    total = np.zeros(layers.n_params, np.float64)
     for g in sorted(subs):
-        idx = sub_indices(layers, split, g)
-        total[idx] += subs[g].astype(np.float64)
-        count[idx] += 1
-    held = count > 0
-    out = start.astype(np.float64)
-    out[held] = total[held] / count[held]
-    return out.astype(start.dtype)
+        total += embed(subs[g], layers, split, g, count)
+    return np.where(count > 0, total, start.astype(np.float64)).astype(start.dtype)
 
 
 # ---- counting and enumerating splits of one layer ---------------------------------------------

@@ -34,6 +34,8 @@ class TorchMLP:
         h = x
         n = self.spec.layers.n_layers
         for i in range(n):
+            if i == n - 1 and self.spec.output_scale != 1:
+                return (h @ arrays[2 * i]) * self.spec.output_scale + arrays[2 * i + 1]
             h = h @ arrays[2 * i] + arrays[2 * i + 1]
             if i < n - 1:
                 h = self._act(h)

@@ -15,6 +15,10 @@ lower-case calls.
   engine's combine;
 - ``allgather``: every rank receives every rank's float32 vector and reduces
   them with the same :class:`nnlib.tasks.RoundReducer` as the local engine.
+
+``combine: ist`` (sub-networks of different sizes) always uses one Allreduce
+of full-length float64 shares: each rank puts its sub-network, divided by the
+number of holders, in its places and zeros elsewhere.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 
 from nnlib.core.combine import COEFFICIENTS, combine
 from nnlib.core.params import DTYPE
+from nnlib.core.split import embed, held_count
 from nnlib.engines.base import Engine
 from nnlib.errors import EngineError
 from nnlib.tasks import (
@@ -42,7 +47,8 @@ from nnlib.timing import timed
 
 _HOST_BYTES = 64
 # per-mapper numbers gathered every round, in this order, as float64
-_META = ("n_samples", "steps", "train_loss", "train_seconds", "comm_seconds", "pid", "peak_memory_mb")
+_META = ("n_samples", "steps", "train_loss", "train_seconds", "comm_seconds", "pid", "peak_memory_mb",
+         "result_bytes")
 
 
 def import_mpi():
@@ -132,7 +138,7 @@ class MpiEngine(Engine):
         self.comm.Allgather(host, hosts)
         return [MapperStats(m, int(row[0]), int(row[1]), float(row[2]),
                             bytes(hosts[m]).rstrip(b"\0").decode(errors="replace"), int(row[5]), float(row[3]),
-                            float(row[4]), float(row[6]))
+                            float(row[4]), float(row[6]), int(row[7]))
                 for m, row in enumerate(table)]
 
     def round(self, payload: RoundPayload, reducer: RoundReducer,
@@ -143,7 +149,9 @@ class MpiEngine(Engine):
             trained = time.perf_counter()
             stats = self._gather_stats(res.stats)  # returns once every rank has trained
         with timed(timings, "combine"):
-            if self.collective == "allgather":
+            if reducer.rule == "ist":  # sub-networks differ in size: one Allreduce of their shares
+                combined = self._allreduce_subnets(res, stats, payload, reducer)
+            elif self.collective == "allgather":
                 combined = reducer(self._allgather_results(res, stats), payload)
             else:
                 combined = self._allreduce_combine(res, stats, payload, reducer)
@@ -180,6 +188,25 @@ class MpiEngine(Engine):
             opt_state = _weighted_sum(self.comm, res.opt_state if mine else None, avg[0] if mine else 0.0,
                                       res.opt_state.size).astype(DTYPE)
         return Combined(params.astype(DTYPE), opt_state, bad)
+
+    def _allreduce_subnets(self, res: MapperResult, stats: list[MapperStats], payload: RoundPayload,
+                           reducer: RoundReducer) -> Combined:
+        """``combine: ist``: each rank adds its sub-network's share (:func:`nnlib.core.split.embed`)."""
+        bad = ranks_flagged(self.comm, {self.rank: not np.isfinite(res.params).all()})
+        check_bad_mappers(bad, self.size, payload.round_index, reducer.skip_bad)
+        good = [m for m in range(self.size) if m not in bad]
+        layers, split = payload.model.layers, payload.split()
+        count = held_count(layers, split, good)
+        mine = self.rank in good
+
+        def reduce(sub: np.ndarray, start: np.ndarray) -> np.ndarray:
+            share = embed(sub, layers, split, self.rank, count) if mine else np.zeros(layers.n_params)
+            self.comm.Allreduce(_in_place(), share)
+            return np.where(count > 0, share, start.astype(np.float64)).astype(DTYPE)
+
+        params = reduce(res.params, payload.params)
+        opt_state = None if res.opt_state is None else reduce(res.opt_state, payload.opt_state)
+        return Combined(params, opt_state, bad)
 
     def sync_round(self, payload: RoundPayload, timings: dict) -> tuple[Combined, list[MapperStats]]:
         timings.setdefault("broadcast", 0.0)
