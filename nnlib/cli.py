@@ -129,11 +129,27 @@ def run_command(args: argparse.Namespace) -> int:
                      resume=bool(args.resume), on_round=tracking.log_round)
     finally:
         tracking.finish(result.summary if result else None, run_dir.path if run_dir else None)
+    baseline = ""
+    if config.combine == "split" and config.split.method != "none":
+        log("the unsplit baseline: the same rounds and data with split.method=none")
+        result.summary.update(run_unsplit_baseline(config, run_dir))
+        if run_dir is not None:
+            run_dir.write_summary(result.summary)
+        baseline = f" (unsplit baseline {result.summary['baseline_test_accuracy']:.4f})"
     if speak:
         s = result.summary
-        print_flushed(f"final test accuracy {s['final_test_accuracy']:.4f}, test loss {s['final_test_loss']:.4f}, "
-                      f"{s['wall_seconds']:.1f}s; outputs in {run_dir.path}")
+        print_flushed(f"final test accuracy {s['final_test_accuracy']:.4f}{baseline}, test loss "
+                      f"{s['final_test_loss']:.4f}, {s['wall_seconds']:.1f}s; outputs in {run_dir.path}")
     return 0
+
+
+def run_unsplit_baseline(config, run_dir: RunDir | None) -> dict:
+    """``combine: split``'s baseline: the same run with ``split.method: none``, in ``DIR/baseline/``."""
+    base = config.model_copy(update={"split": config.split.model_copy(update={"method": "none"})})
+    out = RunDir(run_dir.path / "baseline", overwrite=True) if run_dir is not None else None
+    res = run(base, out, engine=make_engine(base, warn), log=_quiet, warn=_quiet)
+    return {"baseline_test_accuracy": res.summary["final_test_accuracy"],
+            "baseline_test_loss": res.summary["final_test_loss"]}
 
 
 def print_flushed(message: str) -> None:

@@ -113,7 +113,13 @@ class MrjobConfig(_Section):
 
 
 class SplitConfig(_Section):
-    scale: Literal["groups", "none"] = "groups"  # combine: ist: a sub-network's output contribution x G
+    scale: Literal["groups", "none"] = "groups"  # ist, split: a sub-network's output contribution x G
+    groups: int | None = Field(None, ge=1)       # split, split-search: G per hidden layer (split: mappers)
+    warmup_fraction: float = Field(0.25, gt=0, lt=1)  # split: share of each shard for the whole network
+    method: Literal["independence", "random", "alternating", "none"] = "independence"
+    recombine: Literal["average", "sum"] = "average"  # what several sub-networks hold: averaged or summed
+    equal_sizes: bool = True                     # split-search: only groups of equal size
+    max_combinations: int = Field(1000, ge=1)    # split-search: sample this many when there are more
 
 
 class MlflowConfig(_Section):
@@ -124,7 +130,7 @@ class MlflowConfig(_Section):
 class Config(_Section):
     engine: Literal["local", "spark", "mrjob", "mpi"] = "local"
     mappers: int = Field(4, ge=1)
-    combine: Literal["average", "weighted", "sum", "sum_updates", "gradient", "ist"] = "average"
+    combine: Literal["average", "weighted", "sum", "sum_updates", "gradient", "ist", "split"] = "average"
     seed: int = 0
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -135,6 +141,22 @@ class Config(_Section):
     split: SplitConfig = SplitConfig()
     tracking: Literal["none", "mlflow"] = "none"
     mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="after")
+    def _split_needs_groups_that_fit(self):
+        if self.combine != "split":
+            return self
+        g = 1 if self.split.method == "none" else (self.split.groups or self.mappers)
+        if self.train.rounds < 2:
+            raise ValueError("combine=split trains the whole network for train.rounds - 1 rounds, then the "
+                             f"sub-networks for one: train.rounds must be >= 2, got {self.train.rounds}")
+        if not self.model.hidden or min(self.model.hidden) < g:
+            raise ValueError(f"combine=split cuts every hidden layer into {g} groups; model.hidden="
+                             f"{self.model.hidden} has a layer with fewer units")
+        if self.mappers % g:
+            raise ValueError(f"combine=split: mappers ({self.mappers}) must be a multiple of split.groups ({g}), "
+                             "so that every sub-network has its mappers")
+        return self
 
     @model_validator(mode="after")
     def _ist_needs_a_group_per_mapper(self):

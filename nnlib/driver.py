@@ -29,6 +29,7 @@ from nnlib.errors import ConfigError, DivergenceError
 from nnlib.machine import describe
 from nnlib.outputs import RunDir
 from nnlib.schedule import Schedule, has_sync_rounds
+from nnlib.subnets import split_round_payload
 from nnlib.tasks import Combined, MapperStats, RoundPayload, RoundReducer, first_payload, peak_memory_mb
 from nnlib.timing import timed
 
@@ -45,6 +46,7 @@ class RunResult:
     rounds: list[dict] = field(default_factory=list)
     mapper_rows: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # {"round", "mapper"} left out by skip_bad_mappers
+    extra: dict = field(default_factory=dict)  # facts a combine rule records in the summary (the split)
 
 
 def check_against_data(config: Config, data: Dataset, sizes: list[int], warn=warn) -> None:
@@ -164,6 +166,7 @@ def summarize(config: Config, data: Dataset, payload: RoundPayload, result: RunR
         "rounds_run": len(result.rounds), "train_seconds": sum(row["seconds"] for row in result.rounds),
         "driver_peak_memory_mb": peak_memory_mb(),
         "skipped_mappers": result.skipped, "resumed_after_round": resumed_after,
+        **result.extra,
         "machine": describe(),
     }
 
@@ -177,6 +180,15 @@ class Setup:
     schedule: Schedule
     first: RoundPayload      # round 0's payload: initial weights, fresh optimizer state
     reducer: RoundReducer
+
+    def round_payload(self, payload: RoundPayload, r: int, result: "RunResult") -> RoundPayload:
+        """Round ``r``'s payload: its plan, and under ``combine: split`` its share of the data and sub-networks."""
+        payload = replace(payload, plan=self.schedule.plan(r))
+        if self.config.combine != "split":
+            return payload
+        payload, facts = split_round_payload(self.config, payload, r, self.data.x_train)
+        result.extra.update(facts)
+        return payload
 
     def evaluate(self, params: np.ndarray) -> tuple[float, float]:
         """``(test loss, test accuracy)`` of ``params`` on the held-out set."""
@@ -202,7 +214,7 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
     try:
         engine.start(ShardSource(config.data, config.seed, config.mappers))
         for r in range(first_round, config.train.rounds):
-            payload = replace(payload, plan=setup.schedule.plan(r))
+            payload = setup.round_payload(payload, r, result)
             combined, row, stats = run_round(engine, payload, setup.reducer, setup.evaluate, warn)
             payload = replace(payload, params=combined.params, opt_state=combined.opt_state)
             result.skipped += [{"round": r, "mapper": m} for m in combined.skipped]

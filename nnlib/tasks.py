@@ -25,7 +25,7 @@ from nnlib.core.combine import combine
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.optim import SGD
 from nnlib.core.params import LayerSpec, init_params
-from nnlib.core.split import Split, recombine, round_split, sub_indices
+from nnlib.core.split import Split, mapper_choice, recombine, round_split, sub_indices
 from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, run_steps
 from nnlib.data.dataset import Dataset, Shard
 from nnlib.data.partition import shard_sizes
@@ -36,20 +36,30 @@ from nnlib.threads import one_blas_thread
 
 @dataclass(frozen=True)
 class SubnetPlan:
-    """Independent Subnet Training (``combine: ist``): mapper ``g`` trains group ``g`` of every hidden layer.
+    """A round in which each mapper trains a sub-network (``combine: ist``, the last round of ``split``).
 
-    The round's split is drawn from ``(seed, round)`` alone, so the driver
-    and every mapper, on any engine, compute the same one without sending it.
-    With ``scale`` a sub-network's hidden-to-output product is multiplied by
-    the number of groups while it trains (its logits come from 1/G of the
+    ``labels`` fixes the split (each hidden unit's group, per layer); without
+    it the split is drawn from ``(seed, round)`` alone (IST), so the driver
+    and every mapper, on any engine, compute the same one without sending
+    it. Mapper ``m`` trains :func:`nnlib.core.split.mapper_choice`. With
+    ``scale`` a sub-network's hidden-to-output product is multiplied by the
+    number of groups while it trains (its logits come from 1/G of the
     units), not at evaluation.
     """
 
     groups: int
     scale: bool = True
+    labels: tuple[tuple[int, ...], ...] | None = None
+    alternating: bool = False
+    sum_shared: bool = False   # what several sub-networks hold is summed, not averaged
 
     def split(self, layers: LayerSpec, seed: int, round_index: int) -> Split:
+        if self.labels is not None:
+            return Split.from_labels(self.labels, self.groups)
         return round_split(layers.sizes[1:-1], self.groups, seed, round_index)
+
+    def choice(self, mapper: int, layers: LayerSpec) -> tuple[int, ...]:
+        return mapper_choice(mapper, self.groups, layers.n_layers - 1, self.alternating)
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,8 @@ class RoundPayload:
     model: ModelSpec
     backend: str
     optimizer: SGD
-    subnets: SubnetPlan | None = None   # combine: ist; None trains the whole network
+    subnets: SubnetPlan | None = None   # sub-networks this round (ist, split); None: the whole network
+    part: tuple[float, float] = (0.0, 1.0)  # the share of each shard trained on (split: warm-up, rest)
 
     @property
     def round_index(self) -> int:
@@ -81,9 +92,9 @@ class RoundPayload:
         """
         if self.subnets is None:
             return self.params, self.opt_state, self.model
-        split = self.split()
-        idx = sub_indices(self.model.layers, split, mapper)
-        model = replace(self.model, layers=split.sub_layers(self.model.layers, mapper),
+        split, choice = self.split(), self.subnets.choice(mapper, self.model.layers)
+        idx = sub_indices(self.model.layers, split, choice)
+        model = replace(self.model, layers=split.sub_layers(self.model.layers, choice),
                         output_scale=float(self.subnets.groups) if self.subnets.scale else 1.0)
         return self.params[idx], None if self.opt_state is None else self.opt_state[idx], model
 
@@ -162,8 +173,9 @@ def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
     params, opt_state, model = payload.for_mapper(shard.index)
     backend = get_backend(payload.backend, model)
     plan = payload.plan
+    lo, hi = (round(f * shard.n_samples) for f in payload.part)
     with one_blas_thread():
-        update = local_sgd(backend, params, opt_state, payload.optimizer, shard.x, shard.y,
+        update = local_sgd(backend, params, opt_state, payload.optimizer, shard.x[lo:hi], shard.y[lo:hi],
                            plan.local, plan.lr, shard_rng(payload.seed, plan.index, shard.index))
     sent = update.params.nbytes + (0 if update.opt_state is None else update.opt_state.nbytes)
     stats = MapperStats(shard.index, update.n_samples, update.steps, update.train_loss, socket.gethostname(),
@@ -208,10 +220,10 @@ class RoundReducer:
         bad = [res.stats.mapper for res in results if not np.isfinite(res.params).all()]
         check_bad_mappers(bad, len(results), payload.round_index, self.skip_bad)
         good = [res for res in results if res.stats.mapper not in bad]
-        if self.rule == "ist":
+        if payload.subnets is not None:
             return self._recombine(good, payload, bad)
         counts = [res.stats.n_samples for res in good]
-        params = combine(self.rule, [res.params for res in good], counts, payload.params)
+        params = combine(whole_network_rule(self.rule), [res.params for res in good], counts, payload.params)
         opt_state = None
         if payload.opt_state is not None:
             opt_state = combine("average", [res.opt_state for res in good], counts)
@@ -219,13 +231,21 @@ class RoundReducer:
 
     @staticmethod
     def _recombine(good: list[MapperResult], payload: RoundPayload, bad: list[int]) -> Combined:
-        """``combine: ist``: every sub-network copied back, the output bias averaged, the rest kept."""
+        """Sub-networks: each copied back, what several hold (the output bias) averaged, the rest kept."""
         layers, split = payload.model.layers, payload.split()
-        params = recombine(payload.params, {r.stats.mapper: r.params for r in good}, layers, split)
+        choices = [payload.subnets.choice(r.stats.mapper, layers) for r in good]
+        shared = "sum" if payload.subnets.sum_shared else "average"
+        params = recombine(payload.params, [(c, r.params) for c, r in zip(choices, good)], layers, split, shared)
         opt_state = None
         if payload.opt_state is not None:
-            opt_state = recombine(payload.opt_state, {r.stats.mapper: r.opt_state for r in good}, layers, split)
+            opt_state = recombine(payload.opt_state, [(c, r.opt_state) for c, r in zip(choices, good)],
+                                  layers, split)
         return Combined(params, opt_state, bad)
+
+
+def whole_network_rule(rule: str) -> str:
+    """The combine rule of a round that trains the whole network: ``split``'s warm-up rounds average."""
+    return "average" if rule in ("split", "ist") else rule
 
 
 class Collective(Protocol):

@@ -64,8 +64,8 @@ def payload_to_bytes(p: RoundPayload) -> bytes:
         "batch_size": np.int64(local.batch_size), "local_epochs": np.int64(local.local_epochs),
         "local_steps": np.int64(-1 if local.local_steps is None else local.local_steps),
         "lr": np.float64(p.plan.lr), "momentum": np.float64(p.optimizer.momentum),
-        "subnet_groups": np.int64(p.subnets.groups if p.subnets else 0),
-        "subnet_scale": np.bool_(p.subnets.scale if p.subnets else False),
+        "part": np.asarray(p.part, np.float64),
+        **_subnet_arrays(p.subnets),
     }
     if p.plan.sync_lrs is not None:
         arrays["sync_lrs"] = p.plan.sync_lrs
@@ -74,6 +74,25 @@ def payload_to_bytes(p: RoundPayload) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
+
+
+def _subnet_arrays(plan: SubnetPlan | None) -> dict:
+    if plan is None:
+        return {"subnet_groups": np.int64(0)}
+    arrays = {"subnet_groups": np.int64(plan.groups), "subnet_scale": np.bool_(plan.scale),
+              "subnet_alternating": np.bool_(plan.alternating), "subnet_sum_shared": np.bool_(plan.sum_shared)}
+    for l, labels in enumerate(plan.labels or ()):
+        arrays[f"subnet_labels_{l}"] = np.asarray(labels, np.int64)
+    return arrays
+
+
+def _subnet_plan(f) -> SubnetPlan | None:
+    if not int(f["subnet_groups"]):
+        return None
+    labels = [tuple(int(u) for u in f[k]) for k in sorted((k for k in f.files if k.startswith("subnet_labels_")),
+                                                           key=lambda k: int(k.rsplit("_", 1)[1]))]
+    return SubnetPlan(int(f["subnet_groups"]), bool(f["subnet_scale"]), tuple(labels) or None,
+                      bool(f["subnet_alternating"]), bool(f["subnet_sum_shared"]))
 
 
 def payload_from_file(path) -> RoundPayload:
@@ -88,4 +107,4 @@ def payload_from_file(path) -> RoundPayload:
             model=ModelSpec(LayerSpec(tuple(int(s) for s in f["layer_sizes"])), str(f["activation"]),
                             str(f["loss"]), float(f["l2"])),
             backend=str(f["backend"]), optimizer=SGD(float(f["momentum"])),
-            subnets=SubnetPlan(int(f["subnet_groups"]), bool(f["subnet_scale"])) if int(f["subnet_groups"]) else None)
+            subnets=_subnet_plan(f), part=tuple(float(v) for v in f["part"]))

@@ -17,7 +17,7 @@ def test_split_then_recombine_without_training_returns_the_weights_exactly(sizes
     layers = LayerSpec(sizes)
     full = init_params(layers, 3) + np.float32(0.1)  # no zero biases: every value is distinct
     split = random_split(sizes[1:-1], g, np.random.default_rng(0))
-    subs = {k: slice_params(full, layers, split, k) for k in range(g)}
+    subs = [(k, slice_params(full, layers, split, k)) for k in range(g)]
     assert np.array_equal(recombine(full, subs, layers, split), full)
 
 

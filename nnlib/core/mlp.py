@@ -99,6 +99,10 @@ class NumpyMLP:
             outs.append(self._act(z) if i < n - 1 else z)
         return outs
 
+    def hidden_activations(self, flat: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
+        """Every hidden layer's output on ``x``, ``[(n_samples, h1), ...]``."""
+        return self._forward(unpack(flat, self.spec.layers), x)[1:-1]
+
     def predict_logits(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Output of the last layer, ``(n_samples, n_classes)``."""
         return self._forward(unpack(flat, self.spec.layers), x)[-1]

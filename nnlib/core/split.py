@@ -43,9 +43,29 @@ class Split:
     def n_groups(self) -> int:
         return len(self.groups[0]) if self.groups else 1
 
-    def sub_layers(self, layers: LayerSpec, g: int) -> LayerSpec:
-        """Layer sizes of sub-network ``g``: the inputs, group ``g`` of every hidden layer, the outputs."""
-        return LayerSpec((layers.sizes[0], *(len(layer[g]) for layer in self.groups), layers.sizes[-1]))
+    def choice(self, g) -> tuple[int, ...]:
+        """A sub-network's group in each hidden layer: ``g`` itself, or group ``g`` in every layer."""
+        return tuple(g) if isinstance(g, tuple) else (int(g),) * len(self.groups)
+
+    def sub_layers(self, layers: LayerSpec, g) -> LayerSpec:
+        """Layer sizes of sub-network ``g``: the inputs, its group of every hidden layer, the outputs."""
+        return LayerSpec((layers.sizes[0], *(len(layer[c]) for layer, c in zip(self.groups, self.choice(g))),
+                          layers.sizes[-1]))
+
+    def labels(self) -> list[np.ndarray]:
+        """Per hidden layer, each unit's group (a compact form to ship)."""
+        out = []
+        for layer in self.groups:
+            lab = np.empty(sum(len(grp) for grp in layer), np.int64)
+            for g, grp in enumerate(layer):
+                lab[list(grp)] = g
+            out.append(lab)
+        return out
+
+    @classmethod
+    def from_labels(cls, labels, n_groups: int) -> "Split":
+        return cls(tuple(tuple(tuple(int(u) for u in np.flatnonzero(np.asarray(lab) == g)) for g in range(n_groups))
+                         for lab in labels))
 
 
 def check_splittable(hidden: tuple[int, ...], n_groups: int) -> None:
@@ -77,16 +97,20 @@ def whole(hidden: tuple[int, ...]) -> Split:
     return Split(tuple((tuple(range(units)),) for units in hidden))
 
 
-def sub_indices(layers: LayerSpec, split: Split, g: int) -> np.ndarray:
-    """Positions in the full flat vector of sub-network ``g``'s parameters, in its own flat order."""
-    return _sub_indices(layers, split, g)
+def sub_indices(layers: LayerSpec, split: Split, g) -> np.ndarray:
+    """Positions in the full flat vector of sub-network ``g``'s parameters, in its own flat order.
+
+    ``g`` is a group (the same in every hidden layer) or a tuple of groups,
+    one per hidden layer (the ``alternating`` sub-networks).
+    """
+    return _sub_indices(layers, split, split.choice(g))
 
 
 @lru_cache(maxsize=256)
-def _sub_indices(layers: LayerSpec, split: Split, g: int) -> np.ndarray:
+def _sub_indices(layers: LayerSpec, split: Split, choice: tuple[int, ...]) -> np.ndarray:
     n = layers.n_layers
     units = [np.arange(layers.sizes[0])]
-    units += [np.asarray(layer[g], np.int64) for layer in split.groups]
+    units += [np.asarray(layer[c], np.int64) for layer, c in zip(split.groups, choice)]
     units.append(np.arange(layers.sizes[-1]))
     parts = []
     for i in range(n):
@@ -99,20 +123,20 @@ def _sub_indices(layers: LayerSpec, split: Split, g: int) -> np.ndarray:
     return out
 
 
-def slice_params(full: np.ndarray, layers: LayerSpec, split: Split, g: int) -> np.ndarray:
+def slice_params(full: np.ndarray, layers: LayerSpec, split: Split, g) -> np.ndarray:
     """Sub-network ``g``'s flat vector (a copy)."""
     return full[sub_indices(layers, split, g)]
 
 
 def held_count(layers: LayerSpec, split: Split, groups) -> np.ndarray:
-    """How many of the sub-networks ``groups`` hold each parameter, ``(n_params,)`` int."""
+    """How many of the sub-networks ``groups`` (a list, repeats counted) hold each parameter, ``(n_params,)``."""
     count = np.zeros(layers.n_params, np.int64)
     for g in groups:
         count[sub_indices(layers, split, g)] += 1
     return count
 
 
-def embed(sub: np.ndarray, layers: LayerSpec, split: Split, g: int, count: np.ndarray) -> np.ndarray:
+def embed(sub: np.ndarray, layers: LayerSpec, split: Split, g, count: np.ndarray) -> np.ndarray:
     """Sub-network ``g``'s share of the recombined vector: ``sub / count`` in its places, 0 elsewhere (float64).
 
     Summing the shares of every sub-network (in one process, or with one
@@ -124,19 +148,80 @@ def embed(sub: np.ndarray, layers: LayerSpec, split: Split, g: int, count: np.nd
     return out
 
 
-def recombine(start: np.ndarray, subs: dict[int, np.ndarray], layers: LayerSpec, split: Split) -> np.ndarray:
-    """The full vector after training the sub-networks ``subs`` (group -> flat vector).
+def recombine(start: np.ndarray, pieces: list[tuple], layers: LayerSpec, split: Split,
+              shared: str = "average") -> np.ndarray:
+    """The full vector after training sub-networks: ``pieces`` is a list of ``(g, flat vector)``.
 
-    Each parameter becomes the mean of the values the sub-networks in
-    ``subs`` hold for it (one value for all but the output bias); a
-    parameter none of them holds keeps its value in ``start``. Summed in
-    float64, in group order; returned in ``start``'s dtype.
+    Each parameter becomes the mean of the values the pieces hold for it
+    (one value for most; the output bias, or a sub-network trained by two
+    mappers, is averaged); a parameter no piece holds keeps its value in
+    ``start``. ``shared="sum"`` sums what several pieces hold instead.
+    Summed in float64, in the pieces' order; returned in ``start``'s dtype.
     """
-    count = held_count(layers, split, subs)
+    count = held_count(layers, split, [g for g, _ in pieces])
+    divide = count if shared == "average" else np.minimum(count, 1)
     total = np.zeros(layers.n_params, np.float64)
-    for g in sorted(subs):
-        total += embed(subs[g], layers, split, g, count)
+    for g, sub in pieces:
+        total += embed(sub, layers, split, g, divide)
     return np.where(count > 0, total, start.astype(np.float64)).astype(start.dtype)
+
+
+# ---- choosing a split --------------------------------------------------------------------------
+
+def mapper_choice(mapper: int, n_groups: int, n_hidden: int, alternating: bool = False) -> tuple[int, ...]:
+    """The groups (one per hidden layer) that ``mapper`` trains.
+
+    Mappers ``0..G-1`` train the diagonal sub-networks (group ``g`` in every
+    layer). With ``alternating``, mapper ``m`` in pass ``j = m // G`` takes
+    group ``(m + j*l) mod G`` in hidden layer ``l``: a cyclic pairing of
+    groups across layers, so pass ``j`` trains the blocks between group
+    ``a`` of one layer and group ``a + j`` of the next, which the diagonal
+    sub-networks never hold (the study's "alternating which group you take
+    from"). Without it, mapper ``m`` trains group ``m mod G`` everywhere.
+    """
+    shift = mapper // n_groups if alternating else 0
+    return tuple((mapper + shift * l) % n_groups for l in range(n_hidden))
+
+
+def unit_coupling(activations: np.ndarray) -> np.ndarray:
+    """``|corr|`` between every two hidden units over samples, ``(h, h)``; a constant unit couples to none."""
+    a = activations.astype(np.float64)
+    a = a - a.mean(axis=0)
+    norm = np.sqrt((a * a).sum(axis=0))
+    live = norm > 1e-12
+    corr = np.zeros((a.shape[1], a.shape[1]))
+    corr[np.ix_(live, live)] = np.abs((a[:, live].T @ a[:, live]) / np.outer(norm[live], norm[live]))
+    np.fill_diagonal(corr, 0.0)
+    return corr
+
+
+def cross_coupling(split: Split, couplings: list[np.ndarray]) -> float:
+    """Mean ``|corr|`` over pairs of units in different groups of the same layer (lower: more independent)."""
+    values = []
+    for label, corr in zip(split.labels(), couplings):
+        cross = label[:, None] != label[None, :]
+        values.append(corr[cross].mean() if cross.any() else 0.0)
+    return float(np.mean(values))
+
+
+def independence_split(couplings: list[np.ndarray], n_groups: int) -> Split:
+    """Group the most coupled units together: a spectral cut of each layer's ``|corr|`` graph.
+
+    The units are ordered by the Fiedler vector (the eigenvector of the
+    second-smallest eigenvalue of the graph Laplacian ``D - A``, ``A`` the
+    ``|corr|`` matrix), which places strongly coupled units next to each
+    other, and the order is cut into ``n_groups`` groups of near-equal size
+    (a ratio cut, as in spectral clustering of weight graphs).
+    """
+    layers = []
+    for corr in couplings:
+        check_splittable((corr.shape[0],), n_groups)
+        laplacian = np.diag(corr.sum(axis=1)) - corr
+        _, vectors = np.linalg.eigh(laplacian)
+        fiedler = vectors[:, 1] if corr.shape[0] > 1 else np.zeros(1)
+        order = np.argsort(fiedler, kind="stable")
+        layers.append(tuple(tuple(sorted(int(u) for u in part)) for part in np.array_split(order, n_groups)))
+    return Split(tuple(layers))
 
 
 # ---- counting and enumerating splits of one layer ---------------------------------------------

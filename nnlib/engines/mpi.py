@@ -42,6 +42,7 @@ from nnlib.tasks import (
     check_bad_mappers,
     sync_shards,
     train_shard,
+    whole_network_rule,
 )
 from nnlib.timing import timed
 
@@ -149,7 +150,7 @@ class MpiEngine(Engine):
             trained = time.perf_counter()
             stats = self._gather_stats(res.stats)  # returns once every rank has trained
         with timed(timings, "combine"):
-            if reducer.rule == "ist":  # sub-networks differ in size: one Allreduce of their shares
+            if payload.subnets is not None:  # sub-networks differ in size: one Allreduce of their shares
                 combined = self._allreduce_subnets(res, stats, payload, reducer)
             elif self.collective == "allgather":
                 combined = reducer(self._allgather_results(res, stats), payload)
@@ -177,7 +178,7 @@ class MpiEngine(Engine):
         good = [m for m in range(self.size) if m not in bad]
         mine = self.rank in good
         counts = [stats[m].n_samples for m in good]
-        coefs, start_coef = COEFFICIENTS[reducer.rule](counts)
+        coefs, start_coef = COEFFICIENTS[whole_network_rule(reducer.rule)](counts)
         coef = coefs[good.index(self.rank)] if mine else 0.0
         params = _weighted_sum(self.comm, res.params if mine else None, coef, res.params.size)
         if start_coef:
@@ -196,11 +197,13 @@ class MpiEngine(Engine):
         check_bad_mappers(bad, self.size, payload.round_index, reducer.skip_bad)
         good = [m for m in range(self.size) if m not in bad]
         layers, split = payload.model.layers, payload.split()
-        count = held_count(layers, split, good)
+        count = held_count(layers, split, [payload.subnets.choice(m, layers) for m in good])
+        divide = np.minimum(count, 1) if payload.subnets.sum_shared else count
         mine = self.rank in good
+        choice = payload.subnets.choice(self.rank, layers)
 
         def reduce(sub: np.ndarray, start: np.ndarray) -> np.ndarray:
-            share = embed(sub, layers, split, self.rank, count) if mine else np.zeros(layers.n_params)
+            share = embed(sub, layers, split, choice, divide) if mine else np.zeros(layers.n_params)
             self.comm.Allreduce(_in_place(), share)
             return np.where(count > 0, share, start.astype(np.float64)).astype(DTYPE)
 

@@ -1,0 +1,77 @@
+"""``combine: split``: the separation study's one-shot method, as rounds of the one driver loop.
+
+A run with ``combine: split`` and ``train.rounds = R``:
+
+- rounds ``0 .. R-2`` train the whole network on the first
+  ``split.warmup_fraction`` of every shard, averaged as usual (the
+  whole-network phase);
+- round ``R-1`` splits the hidden units into ``G = split.groups`` groups
+  (default: one per mapper), each mapper trains its sub-network on the rest
+  of its shard, and the pieces go back (:func:`nnlib.core.split.recombine`):
+  each slice copied back, what several mappers hold (the output bias, or a
+  sub-network two mappers train) averaged, or summed with
+  ``split.recombine: sum``.
+
+``split.method`` chooses the groups from the warmed-up network:
+
+- ``independence``: a spectral cut of the units' activation coupling
+  (``|corr|`` over up to :data:`COUPLING_SAMPLES` training samples), so the
+  most coupled units share a group (:func:`nnlib.core.split.independence_split`);
+- ``random``: a seeded random split;
+- ``alternating``: the independence groups, with mappers beyond the first
+  ``G`` taking the groups in a cyclic pairing across layers
+  (:func:`nnlib.core.split.mapper_choice`), so cross-group weights are
+  trained too;
+- ``none``: no split (every mapper trains the whole network): the unsplit
+  baseline on the same data schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from nnlib.core.mlp import NumpyMLP
+from nnlib.core.split import Split, cross_coupling, independence_split, random_split, unit_coupling, whole
+from nnlib.tasks import RoundPayload, SubnetPlan
+
+COUPLING_SAMPLES = 2000
+
+
+def n_groups(config) -> int:
+    return 1 if config.split.method == "none" else (config.split.groups or config.mappers)
+
+
+def couplings(params: np.ndarray, payload: RoundPayload, x: np.ndarray) -> list[np.ndarray]:
+    """Each hidden layer's unit coupling (``|corr|`` of activations) on ``x``."""
+    mlp = NumpyMLP(replace(payload.model, output_scale=1.0))
+    return [unit_coupling(h) for h in mlp.hidden_activations(params, x[:COUPLING_SAMPLES])]
+
+
+def choose_split(config, payload: RoundPayload, x: np.ndarray) -> tuple[Split, float]:
+    """The split of the last round, from the warmed-up weights, and its cross-group coupling."""
+    hidden = payload.model.layers.sizes[1:-1]
+    coupled = couplings(payload.params, payload, x)
+    method, g = config.split.method, n_groups(config)
+    if method == "none":
+        split = whole(hidden)
+    elif method == "random":
+        split = random_split(hidden, g, np.random.default_rng([config.seed, 0x5B17]))
+    else:
+        split = independence_split(coupled, g)
+    return split, cross_coupling(split, coupled)
+
+
+def split_round_payload(config, payload: RoundPayload, round_index: int, x: np.ndarray) -> tuple[RoundPayload, dict]:
+    """Round ``round_index``'s payload under ``combine: split``, and what to record about the split."""
+    f = config.split.warmup_fraction
+    if round_index < config.train.rounds - 1:
+        return replace(payload, part=(0.0, f), subnets=None), {}
+    split, coupling = choose_split(config, payload, x)
+    plan = SubnetPlan(split.n_groups, config.split.scale == "groups" and split.n_groups > 1,
+                      tuple(tuple(int(u) for u in lab) for lab in split.labels()),
+                      config.split.method == "alternating", config.split.recombine == "sum")
+    return replace(payload, part=(f, 1.0), subnets=plan), {
+        "split_method": config.split.method, "split_groups": [[list(g) for g in layer] for layer in split.groups],
+        "split_cross_coupling": coupling}
