@@ -122,7 +122,7 @@ class RunDir:
             return None
         path = files[-1]
         try:
-            with np.load(path, allow_pickle=False) as f:
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # fh: closed even if np.load fails
                 rounds_done = int(f["rounds_done"])
                 params = f["params"]
                 opt_state = f["opt_state"] if "opt_state" in f.files else None
@@ -175,5 +175,5 @@ class Checkpoint:
 
 def load_model(path: str | Path) -> dict[str, np.ndarray]:
     """Read a ``model.npz`` with pickle disabled."""
-    with np.load(path, allow_pickle=False) as f:
+    with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # fh: closed even if np.load fails
         return {k: f[k] for k in f.files}

@@ -62,7 +62,7 @@ def _check_exists(path: Path, key: str) -> None:
 def read_npz(path: Path, key: str):
     """``.npz`` with arrays ``x``, ``y`` and optionally ``x_test``, ``y_test`` (pickle disabled)."""
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # fh: closed even if np.load fails
             names = set(f.files)
             missing = {"x", "y"} - names
             if missing:
