@@ -1,5 +1,7 @@
 """combine: ist (Independent Subnet Training) against plain training and against sub-networks cut by hand."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -82,3 +84,72 @@ def test_ist_learns_digits_and_sends_back_less_than_the_whole_network():
 def test_ist_needs_a_unit_per_mapper_in_every_hidden_layer():
     with pytest.raises(ConfigError, match=r"model.hidden=\[16, 3\] has a layer with fewer units than mappers"):
         small_config("mappers=4", "model.hidden=[16,3]", "combine=ist")
+
+
+# ---- combine: split (the separation study, one-shot) -------------------------------------------
+
+def test_split_warms_up_on_its_share_then_trains_sub_networks_on_the_rest():
+    config = small_config("mappers=2", "model.hidden=[12]", "combine=split", "train.rounds=3",
+                          "split.warmup_fraction=0.25", "split.method=random")
+    result = run(config, **QUIET)
+    sizes = [r["n_samples"] for r in result.mapper_rows]
+    shard = ShardSource(config.data, config.seed, 2).build([0, 1])
+    warm = [round(0.25 * s.n_samples) for s in shard]
+    assert sizes == [*warm, *warm, *(s.n_samples - w for s, w in zip(shard, warm))]
+    full_bytes = 4 * (64 * 12 + 12 + 12 * 10 + 10)
+    assert [r["result_bytes"] for r in result.rounds] == [2 * full_bytes, 2 * full_bytes, full_bytes + 4 * 10]
+    groups = result.summary["split_groups"][0]
+    assert sorted(u for g in groups for u in g) == list(range(12)) and [len(g) for g in groups] == [6, 6]
+
+
+def test_split_into_one_group_is_the_unsplit_baseline():
+    none = run(small_config("mappers=2", "combine=split", "split.method=none", "train.rounds=3"), **QUIET)
+    assert none.summary["split_groups"] == [[list(range(16))]]  # one group: the whole network
+    one = run(small_config("mappers=2", "combine=split", "split.method=random", "split.groups=1",
+                           "train.rounds=3"), **QUIET)
+    np.testing.assert_array_equal(one.params, none.params)
+    two = run(small_config("mappers=2", "combine=split", "split.method=random", "train.rounds=3"), **QUIET)
+    np.testing.assert_array_equal(two.rounds[1]["test_accuracy"], none.rounds[1]["test_accuracy"])  # warm-up
+    assert not np.array_equal(two.params, none.params)
+
+
+def test_the_independence_split_groups_coupled_units_together():
+    from nnlib.core.split import cross_coupling, independence_split, unit_coupling
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(500, 1)), rng.normal(size=(500, 1))
+    # units 0, 2, 4 follow a; units 1, 3, 5 follow b
+    acts = np.hstack([a, b, 2 * a, -b, a + 0.1, 3 * b]) + 0.05 * rng.normal(size=(500, 6))
+    coupling = unit_coupling(acts)
+    split = independence_split([coupling], 2)
+    assert sorted(split.groups[0]) == [(0, 2, 4), (1, 3, 5)]
+    assert cross_coupling(split, [coupling]) < 0.1
+
+
+@pytest.mark.parametrize("text,expected", [
+    (("combine=split", "train.rounds=1"), "train.rounds must be >= 2, got 1"),
+    (("combine=split", "mappers=3", "split.groups=2"), "mappers (3) must be a multiple of split.groups (2)"),
+    (("combine=split", "model.hidden=[3]", "mappers=4"), "cuts every hidden layer into 4 groups"),
+])
+def test_split_settings_that_cannot_work_are_refused_in_one_line(text, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        small_config(*text)
+
+
+@pytest.mark.slow
+def test_split_on_spark_reports_its_accuracy_beside_the_unsplit_baseline(spark, tmp_path, capsys):
+    import json
+
+    from nnlib.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--set", "engine=spark", "--set", "spark.master=local[4]",
+                 "--set", "combine=split", "--set", "mappers=2", "--set", "model.hidden=[32]",
+                 "--set", "train.rounds=3"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    baseline = json.loads((out / "baseline" / "summary.json").read_text())
+    assert summary["baseline_test_accuracy"] == baseline["final_test_accuracy"] > 0.5
+    assert summary["split_method"] == "independence" and baseline["split_groups"] == [[list(range(32))]]
+    assert (f"final test accuracy {summary['final_test_accuracy']:.4f} (unsplit baseline "
+            f"{baseline['final_test_accuracy']:.4f})") in printed

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 QUIET = dict(log=lambda _msg: None)
 
 
-@pytest.mark.parametrize("combine", ["average", "ist"])
+@pytest.mark.parametrize("combine", ["average", "ist", "split"])
 @pytest.mark.parametrize("runner", ["inline", pytest.param("local", marks=pytest.mark.slow)])
 def test_mrjob_equals_local_engine(runner, combine):
     config = small_config("mappers=3", "train.rounds=2", "train.momentum=0.5", f"combine={combine}")
