@@ -42,6 +42,13 @@ def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
                        help="override a config key in every run (repeatable)")
     sweep.add_argument("--out", help="sweep directory (default: runs/sweep-<name>)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    search = sub.add_parser("split-search", help="train and score every split of the hidden units into groups "
+                                                 "(see nnlib/search.py)")
+    search.add_argument("conf", nargs="?", help="conf file (default: the built-in defaults)")
+    search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set model.hidden=[8] (repeatable)")
+    search.add_argument("--out", help="output directory (default: runs/split-search-<timestamp>)")
+    search.add_argument("--quiet", action="store_true", help="no progress bar")
     plot = sub.add_parser("plot", help="draw the figures of a run or sweep directory into DIR/plots/")
     plot.add_argument("dir", help="a run directory (summary.json) or a sweep directory (results.csv)")
     report = sub.add_parser("report", help="write DIR/report.md and a self-contained DIR/report.html")
@@ -192,7 +199,32 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": run_command, "sweep": sweep_command, "plot": plot_command, "report": report_command}
+def split_search_command(args: argparse.Namespace) -> int:
+    """Run the search over splits; print the baseline, the spread and where the outputs are."""
+    import time
+
+    from nnlib.search import split_search
+
+    config = with_absolute_paths(load_config(args.conf, args.overrides))
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("split-search-%Y%m%d-%H%M%S")
+    done = split_search(config, out, args.quiet, log=print_flushed)
+    f = done.facts
+    print_flushed(f"unsplit baseline {f['baseline_test_accuracy']:.4f}; {f['evaluated']} splits: mean "
+                  f"{f['mean_test_accuracy']:.4f}, {f['min_test_accuracy']:.4f} to {f['max_test_accuracy']:.4f}, "
+                  f"{f['beat_baseline']} beat the baseline")
+    for name in ("best", "worst"):
+        row = f[name]
+        print_flushed(f"{name}: #{row['id']} [{row['groups']}] accuracy {row['test_accuracy']:.4f}, "
+                      f"cross-group coupling {row['cross_coupling']:.3f}, weight balance {row['weight_balance']:.2f}")
+    for name, key in (("coupling", "coupling_accuracy_correlation"), ("weight balance", "balance_accuracy_correlation")):
+        if f.get(key) is not None:
+            print_flushed(f"correlation of accuracy with {name} over the splits: {f[key]:+.2f}")
+    print_flushed(f"outputs in {out}: combinations.csv, search.json, plots/")
+    return 0
+
+
+COMMANDS = {"run": run_command, "sweep": sweep_command, "plot": plot_command, "report": report_command,
+            "split-search": split_search_command}
 
 
 def main(argv: list[str] | None = None, prog: str = "nnlib") -> int:

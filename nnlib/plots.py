@@ -279,3 +279,40 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         paths.append(_save(fig, out / "convergence.png"))
     paths.append(timeline_figure(run_dir, out / "timeline.png"))
     return [p for p in paths if p is not None]
+
+
+# ---- split-search figures --------------------------------------------------------------------
+
+def plot_search(out: Path, rows: list[dict], facts: dict) -> list[Path]:
+    """The search's figures: accuracy per combination (the study's Figure 3), histogram, against coupling."""
+    out = Path(out) / "plots"
+    out.mkdir(exist_ok=True)
+    ids = [r["id"] for r in rows]
+    acc = [r["test_accuracy"] for r in rows]
+    base, warm = facts["baseline_test_accuracy"], facts["warmup_test_accuracy"]
+
+    def lines(ax, horizontal: bool = True):
+        draw = ax.axhline if horizontal else ax.axvline
+        draw(base, color="C3", linestyle="--", label=f"unsplit baseline ({base:.3f})")
+        draw(warm, color="gray", linestyle=":", label=f"after the warm-up ({warm:.3f})")
+
+    title = (f"{facts['evaluated']} splits of hidden {facts['hidden']} into {facts['groups']} groups "
+             f"({facts['n_rest']} samples after {facts['n_warmup']} of warm-up)")
+    fig, (ax,) = _figure(1, width=8)
+    ax.plot(ids, acc, marker="o", linestyle="none" if len(ids) > 60 else "-", markersize=3, label="split")
+    lines(ax)
+    _finish(ax, "combination (id in combinations.csv)", "test accuracy after recombining", title)
+    paths = [_save(fig, out / "accuracy.png")]
+    fig, (ax,) = _figure(1)
+    ax.hist(acc, bins=min(30, max(5, len(acc) // 3)), color="C0", alpha=0.8, label="splits")
+    lines(ax, horizontal=False)
+    _finish(ax, "test accuracy after recombining", "number of splits", "spread of the splits' accuracy")
+    paths.append(_save(fig, out / "histogram.png"))
+    fig, (ax,) = _figure(1)
+    ax.scatter([r["cross_coupling"] for r in rows], acc, s=12, alpha=0.7, label="split")
+    lines(ax)
+    corr = facts.get("coupling_accuracy_correlation")
+    _finish(ax, "cross-group coupling (mean |corr| of activations)", "test accuracy after recombining",
+            "accuracy against coupling" + (f" (r = {corr:.2f})" if corr is not None else ""))
+    paths.append(_save(fig, out / "coupling.png"))
+    return paths
