@@ -118,6 +118,25 @@ def run_command(args: argparse.Namespace) -> int:
         return launch(config.mpi.launcher, config.mappers, config.mpi.args, run_arguments(args))
     if config.tracking == "mlflow":
         require_mlflow()
+    if config.engine == "spark" and config.combine == "split" and config.split.method != "none":
+        return with_spark_session(config, lambda: _run(args, config))
+    return _run(args, config)
+
+
+def with_spark_session(config, body) -> int:
+    """Run ``body`` inside one SparkSession that the engines join (a split run and its baseline share it)."""
+    from nnlib.engines.spark import get_or_create_session
+
+    session, created = get_or_create_session(config.spark.master, config.spark.app_name, config.spark.log_level,
+                                             config.mappers)
+    try:
+        return body()
+    finally:
+        if created:
+            session.stop()
+
+
+def _run(args: argparse.Namespace, config) -> int:
     engine = make_engine(config, warn)
     speak = engine.is_main
     if config.engine == "mpi":
