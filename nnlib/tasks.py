@@ -75,6 +75,7 @@ class RoundPayload:
     optimizer: SGD
     subnets: SubnetPlan | None = None   # sub-networks this round (ist, split); None: the whole network
     part: tuple[float, float] = (0.0, 1.0)  # the share of each shard trained on (split: warm-up, rest)
+    sliced_for: int | None = None       # params and opt_state already hold this mapper's sub-network
 
     @property
     def round_index(self) -> int:
@@ -93,10 +94,22 @@ class RoundPayload:
         if self.subnets is None:
             return self.params, self.opt_state, self.model
         split, choice = self.split(), self.subnets.choice(mapper, self.model.layers)
-        idx = sub_indices(self.model.layers, split, choice)
         model = replace(self.model, layers=split.sub_layers(self.model.layers, choice),
                         output_scale=float(self.subnets.groups) if self.subnets.scale else 1.0)
+        if self.sliced_for is not None:
+            if self.sliced_for != mapper:
+                raise ValueError(f"a payload sliced for mapper {self.sliced_for} reached mapper {mapper}")
+            return self.params, self.opt_state, model
+        idx = sub_indices(self.model.layers, split, choice)
         return self.params[idx], None if self.opt_state is None else self.opt_state[idx], model
+
+    def sliced(self, mapper: int) -> "RoundPayload":
+        """The payload with only ``mapper``'s sub-network in it (what an engine that sends each mapper
+        its own message ships); the whole payload when the round trains the whole network."""
+        if self.subnets is None:
+            return self
+        params, opt_state, _ = self.for_mapper(mapper)
+        return replace(self, params=params, opt_state=opt_state, sliced_for=mapper)
 
 
 @dataclass(frozen=True)

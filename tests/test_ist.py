@@ -153,3 +153,15 @@ def test_split_on_spark_reports_its_accuracy_beside_the_unsplit_baseline(spark, 
     assert summary["split_method"] == "independence" and baseline["split_groups"] == [[list(range(32))]]
     assert (f"final test accuracy {summary['final_test_accuracy']:.4f} (unsplit baseline "
             f"{baseline['final_test_accuracy']:.4f})") in printed
+
+
+def test_a_payload_sliced_for_a_mapper_trains_the_same_sub_network():
+    config = small_config("mappers=3", "model.hidden=[10,7]", "combine=ist", "train.momentum=0.5")
+    payload = prepare(config, warn=lambda _m: None).first
+    shards = ShardSource(config.data, config.seed, config.mappers).build([0, 1, 2])
+    for shard in shards:
+        sliced = payload.sliced(shard.index)
+        assert sliced.params.size < payload.params.size / 2
+        np.testing.assert_array_equal(train_shard(shard, sliced).params, train_shard(shard, payload).params)
+    with pytest.raises(ValueError, match="sliced for mapper 0 reached mapper 1"):
+        train_shard(shards[1], payload.sliced(0))

@@ -11,7 +11,8 @@ shown the token (the first message is a fixed-size hello of raw bytes, never
 unpickled). Driver to mapper:
 
 - ``("round", payload)``: run :func:`nnlib.tasks.train_shard`; the mapper
-  answers ``("result", MapperResult)``;
+  answers ``("result", MapperResult)``. In a round of sub-networks (``ist``,
+  ``split``) each mapper's payload holds only its own sub-network;
 - ``("sync", payload)``: a synchronous round; every step the mapper sends
   ``("grad", g)`` and waits for ``("mean", m)``, the driver's mean over all
   mappers; at the end it answers ``("synced", MapperStats, Combined or None)``
@@ -259,9 +260,20 @@ class Hub:
             out.append(reply[1:])
         return out
 
+    def send_each(self, message_for: Callable[[int], object]) -> None:
+        """Its own message to every mapper."""
+        for mapper, conn in enumerate(self.conns):
+            try:
+                send(conn, message_for(mapper))
+            except OSError as exc:
+                raise MapperLost(mapper, f"connection lost ({errors.first_line(exc)})") from None
+
     def local_round(self, payload: RoundPayload, alive, timings: dict) -> list[MapperResult]:
         start = time.perf_counter()
-        self.broadcast(("round", payload))
+        if payload.subnets is not None:  # sub-networks: each mapper gets only its own slice
+            self.send_each(lambda mapper: ("round", payload.sliced(mapper)))
+        else:
+            self.broadcast(("round", payload))
         timings["broadcast"] = time.perf_counter() - start
         results = [r for (r,) in self.gather("result", alive, f"in round {payload.round_index}")]
         timings["wait"] = time.perf_counter() - start - timings["broadcast"]
