@@ -65,6 +65,9 @@ CAPTIONS = {
 }
 
 
+RUN_CAPTIONS = {"convergence": "Test accuracy after every round, against round and against training seconds."}
+
+
 def _caption(path: Path) -> str:
     return CAPTIONS.get(path.stem, f"Training time and final test accuracy against {path.stem} "
                                    "(mean over repeats, error bars one standard deviation).")
@@ -161,11 +164,11 @@ def run_blocks(run_dir: Path) -> list:
     mappers = read_csv_rows(run_dir / "mapper_times.csv")
     keys = ["final_test_accuracy", "final_test_loss", "final_train_loss", "wall_seconds", "train_seconds",
             "rounds_run", "engine", "mappers", "combine", "backend", "n_train", "n_test", "layer_sizes",
-            "driver_peak_memory_mb"]
+            "driver_peak_memory_mb", "baseline_test_accuracy", "split_method", "split_cross_coupling"]
     blocks: list = [Heading(f"nnlib run: {run_dir.name}", 1),
                     Para(f"Report written {time.strftime('%Y-%m-%d %H:%M')}."),
                     Table(["", "value"], [[k, _fmt(summary.get(k))] for k in keys if k in summary])]
-    blocks += [Heading("Figures")] + [Figure(p, _caption(p)) for p in plot_run(run_dir)]
+    blocks += [Heading("Figures")] + [Figure(p, RUN_CAPTIONS.get(p.stem, _caption(p))) for p in plot_run(run_dir)]
     columns = ["round", "test_accuracy", "test_loss", "train_loss", "seconds", "max_mapper_seconds",
                "overhead_seconds"]
     shown = rounds if len(rounds) <= 60 else rounds[:30] + rounds[-30:]
@@ -176,8 +179,8 @@ def run_blocks(run_dir: Path) -> list:
     for row in mappers:
         by_mapper[row["mapper"]].append(row)
     blocks += [Heading("Mappers"), Table(
-        ["mapper", "host", "samples", "mean train s", "max train s", "mean comm s", "peak memory MB"],
-        [[m, rows[0]["host"], rows[0]["n_samples"], statistics.mean(r["train_seconds"] for r in rows),
+        ["mapper", "host", "samples seen", "mean train s", "max train s", "mean comm s", "peak memory MB"],
+        [[m, rows[0]["host"], sum(r["n_samples"] for r in rows), statistics.mean(r["train_seconds"] for r in rows),
           max(r["train_seconds"] for r in rows), statistics.mean(r["comm_seconds"] for r in rows),
           max(r["peak_memory_mb"] for r in rows)] for m, rows in sorted(by_mapper.items())])]
     blocks += _machine_blocks(run_dir / "summary.json")
