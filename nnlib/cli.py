@@ -52,7 +52,7 @@ def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="draw the figures of a run or sweep directory into DIR/plots/")
     plot.add_argument("dir", help="a run directory (summary.json) or a sweep directory (results.csv)")
     report = sub.add_parser("report", help="write DIR/report.md and a self-contained DIR/report.html")
-    report.add_argument("dir", help="a run directory (summary.json) or a sweep directory (results.csv)")
+    report.add_argument("dir", help="a run (summary.json), a sweep (results.csv) or a split search (search.json)")
     return parser
 
 
@@ -196,8 +196,9 @@ def sweep_command(args: argparse.Namespace) -> int:
 def _results_dir(text: str) -> Path:
     """A run or sweep directory given on the command line, refused in one line if it is neither."""
     path = Path(text)
-    if not ((path / "results.csv").exists() or (path / "summary.json").exists()):
-        raise NnlibError(f"{text}: not a finished run (no summary.json) nor a sweep (no results.csv)")
+    if not any((path / name).exists() for name in ("results.csv", "summary.json", "search.json")):
+        raise NnlibError(f"{text}: not a finished run (no summary.json), a sweep (no results.csv) "
+                         "nor a split search (no search.json)")
     return path
 
 
@@ -205,6 +206,9 @@ def plot_command(args: argparse.Namespace) -> int:
     from nnlib.plots import plot_run, plot_sweep
 
     path = _results_dir(args.dir)
+    if (path / "search.json").exists():
+        raise NnlibError(f"plot: {path} is a split search; its figures are drawn by nnlib split-search, "
+                         f"in {path / 'plots'}")
     drawn = plot_sweep(path) if (path / "results.csv").exists() else plot_run(path)
     print_flushed(f"plot: {len(drawn)} figures in {path / 'plots'}: {', '.join(p.name for p in drawn)}")
     return 0
@@ -226,7 +230,13 @@ def split_search_command(args: argparse.Namespace) -> int:
 
     config = with_absolute_paths(load_config(args.conf, args.overrides))
     out = Path(args.out) if args.out else Path("runs") / time.strftime("split-search-%Y%m%d-%H%M%S")
-    done = split_search(config, out, args.quiet, log=print_flushed)
+    import shlex
+
+    rerun = ["nnlib", "split-search", *([str(Path(args.conf).resolve())] if args.conf else [])]
+    for item in args.overrides:
+        rerun += ["--set", item]
+    done = split_search(config, out, args.quiet, log=print_flushed,
+                        command=shlex.join([*rerun, "--out", str(out.resolve())]))
     f = done.facts
     print_flushed(f"unsplit baseline {f['baseline_test_accuracy']:.4f}; {f['evaluated']} splits: mean "
                   f"{f['mean_test_accuracy']:.4f}, {f['min_test_accuracy']:.4f} to {f['max_test_accuracy']:.4f}, "

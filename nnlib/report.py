@@ -191,6 +191,45 @@ def run_blocks(run_dir: Path) -> list:
     return blocks
 
 
+# ---- a split search --------------------------------------------------------------------------
+
+SEARCH_CAPTIONS = {
+    "accuracy": "Test accuracy of every split after recombining, with the unsplit baseline and the warmed-up "
+                "network (the separation study's Figure 3).",
+    "histogram": "How the splits' accuracies spread.",
+    "coupling": "Accuracy against the split's cross-group coupling (mean |corr| of the warmed-up units' "
+                "activations across groups).",
+}
+
+
+def search_blocks(search_dir: Path) -> list:
+    facts = json.loads((search_dir / "search.json").read_text())
+    rows = sorted(read_csv_rows(search_dir / "combinations.csv"), key=lambda r: -r["test_accuracy"])
+    keys = ["engine", "hidden", "groups", "equal_sizes", "distinct_splits", "evaluated", "seed", "n_warmup",
+            "n_rest", "warmup_test_accuracy", "baseline_test_accuracy", "mean_test_accuracy",
+            "min_test_accuracy", "max_test_accuracy", "beat_baseline", "coupling_accuracy_correlation",
+            "balance_accuracy_correlation"]
+    blocks: list = [Heading(f"nnlib split-search: {search_dir.name}", 1),
+                    Para(f"Report written {time.strftime('%Y-%m-%d %H:%M')}."),
+                    Table(["", "value"], [[k, _fmt(facts.get(k))] for k in keys if k in facts])]
+    blocks += [Heading("Figures")] + [Figure(p, SEARCH_CAPTIONS.get(p.stem, p.stem))
+                                      for p in sorted((search_dir / "plots").glob("*.png"))]
+    columns = ["id", "groups", "test_accuracy", "cross_coupling", "weight_balance", "seconds"]
+    shown = rows if len(rows) <= 40 else rows[:20] + rows[-20:]
+    blocks += [Heading("Splits, best first"), Table(columns, [[r[c] for c in columns] for r in shown])]
+    if len(shown) < len(rows):
+        blocks.append(Para(f"The best and worst 20 of {len(rows)}; all are in combinations.csv."))
+    machine = facts.get("machine")
+    blocks += [Heading("Machine"), _machine_table(machine or describe())]
+    if facts.get("config"):
+        import yaml
+
+        blocks += [Heading("Configuration"), Code(yaml.safe_dump(facts["config"], sort_keys=False), "yaml")]
+    if facts.get("command"):
+        blocks += [Heading("Command"), Code(facts["command"], "sh")]
+    return blocks
+
+
 # ---- rendering -------------------------------------------------------------------------------
 
 def _md_cell(value) -> str:
@@ -251,11 +290,13 @@ def write_report(directory: str | Path) -> tuple[Path, Path]:
     directory = Path(directory)
     if (directory / "results.csv").exists():
         blocks = sweep_blocks(directory)
+    elif (directory / "search.json").exists():
+        blocks = search_blocks(directory)
     elif (directory / "summary.json").exists():
         blocks = run_blocks(directory)
     else:
-        raise NnlibError(f"report: {directory} is neither a finished run (summary.json) "
-                         "nor a sweep (results.csv)")
+        raise NnlibError(f"report: {directory} is neither a finished run (summary.json), "
+                         "a sweep (results.csv) nor a split search (search.json)")
     md, page = directory / "report.md", directory / "report.html"
     atomic_write_bytes(md, to_markdown(blocks, directory).encode())
     atomic_write_bytes(page, to_html(blocks).encode())

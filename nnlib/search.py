@@ -51,6 +51,7 @@ from nnlib.core.split import (Split, count_any_splits, count_equal_splits, cross
 from nnlib.core.train import LocalSchedule, local_sgd
 from nnlib.data.dataset import load_dataset
 from nnlib.errors import ConfigError
+from nnlib.machine import describe
 from nnlib.outputs import atomic_write_bytes, csv_bytes
 from nnlib.tasks import model_spec
 from nnlib.threads import one_blas_thread
@@ -225,7 +226,7 @@ class SearchResult:
     plots: list[Path]
 
 
-def split_search(config, out: str | Path, quiet: bool = False, log=print) -> SearchResult:
+def split_search(config, out: str | Path, quiet: bool = False, log=print, command: str = "") -> SearchResult:
     """Run the search; write combinations.csv, search.json and the figures into ``out``."""
     import sys
 
@@ -260,7 +261,8 @@ def split_search(config, out: str | Path, quiet: bool = False, log=print) -> Sea
                   "beat_baseline": sum(a > facts["baseline_test_accuracy"] for a in accuracies),
                   "coupling_accuracy_correlation": _correlation([r["cross_coupling"] for r in rows], accuracies),
                   "balance_accuracy_correlation": _correlation([r["weight_balance"] for r in rows], accuracies),
-                  "best": best, "worst": worst, "config": config.to_dict()})
+                  "best": best, "worst": worst, "config": config.to_dict(), "machine": describe(),
+                  "command": command})
     atomic_write_bytes(out / "search.json", (json.dumps(facts, indent=2) + "\n").encode())
     from nnlib.plots import plot_search
 

@@ -50,5 +50,5 @@ def test_report_embeds_every_figure_and_says_how_to_rerun(run_dir, capsys):
 def test_report_of_a_folder_that_holds_no_run_fails_in_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{tmp_path}: not a finished run (no summary.json)" in err
+    assert err.count("\n") == 1 and f"{tmp_path}: not a finished run (no summary.json), a sweep" in err
     assert list(tmp_path.iterdir()) == []

@@ -32,6 +32,12 @@ def test_eight_units_into_two_equal_groups_is_35_rows_and_the_figures(tmp_path, 
         assert (out / "plots" / name).read_bytes().startswith(b"\x89PNG")
     assert "unsplit baseline" in printed and "best: #" in printed and "worst: #" in printed
 
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    md = (out / "report.md").read_text()
+    assert "| distinct_splits | 35 |" in md and f"--out {out.resolve()}" in md
+
 
 def test_more_splits_than_the_limit_are_sampled_with_a_note(tmp_path, capsys):
     out = tmp_path / "search"
