@@ -84,6 +84,12 @@ class TrainConfig(_Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
+    optimizer: Literal["sgd", "nesterov", "adam", "adamw"] = "sgd"
+    weight_decay: float = Field(0.0, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    optimizer_state: Literal["average", "reset"] = "average"
     lr_scaling: Literal["none", "linear"] = "none"
     warmup_epochs: int = Field(0, ge=0)
     sync_rounds: int = Field(0, ge=0)
@@ -141,6 +147,12 @@ class Config(_Section):
     split: SplitConfig = SplitConfig()
     tracking: Literal["none", "mlflow"] = "none"
     mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self):
+        if self.train.optimizer == "nesterov" and self.train.momentum == 0:
+            raise ValueError("train.optimizer=nesterov needs train.momentum > 0, got 0")
+        return self
 
     @model_validator(mode="after")
     def _split_needs_groups_that_fit(self):

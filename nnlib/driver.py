@@ -123,8 +123,10 @@ def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: R
     if ckpt.params.shape != start.params.shape:
         raise ConfigError(f"--resume: checkpoint {ckpt.path} holds {ckpt.params.size} parameters, "
                           f"the model has {start.params.size}")
-    if (ckpt.opt_state is None) != (start.opt_state is None):
-        raise ConfigError(f"--resume: checkpoint {ckpt.path} does not match train.momentum={config.train.momentum}")
+    if (None if ckpt.opt_state is None else ckpt.opt_state.size) != (
+            None if start.opt_state is None else start.opt_state.size):
+        raise ConfigError(f"--resume: checkpoint {ckpt.path} holds another optimizer's state than "
+                          f"train.optimizer={config.train.optimizer}, train.momentum={config.train.momentum}")
     if ckpt.rounds_done > config.train.rounds:
         raise ConfigError(f"--resume: {run_dir.path} already has {ckpt.rounds_done} rounds; "
                           f"train.rounds must be >= {ckpt.rounds_done}, got {config.train.rounds}")
@@ -184,6 +186,8 @@ class Setup:
     def round_payload(self, payload: RoundPayload, r: int, result: "RunResult") -> RoundPayload:
         """Round ``r``'s payload: its plan, and under ``combine: split`` its share of the data and sub-networks."""
         payload = replace(payload, plan=self.schedule.plan(r))
+        if self.config.train.optimizer_state == "reset" and payload.opt_state is not None:
+            payload = replace(payload, opt_state=payload.optimizer.init_state(payload.params))
         if self.config.combine != "split":
             return payload
         payload, facts = split_round_payload(self.config, payload, r, self.data.x_train)

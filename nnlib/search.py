@@ -44,7 +44,7 @@ import numpy as np
 
 from nnlib.core.backends import get_backend
 from nnlib.core.mlp import ModelSpec
-from nnlib.core.optim import SGD
+from nnlib.core.optim import SGD, Adam
 from nnlib.core.params import init_params
 from nnlib.core.split import (Split, count_any_splits, count_equal_splits, cross_coupling, enumerate_splits,
                               recombine, slice_params, unit_coupling)
@@ -53,7 +53,7 @@ from nnlib.data.dataset import load_dataset
 from nnlib.errors import ConfigError
 from nnlib.machine import describe
 from nnlib.outputs import atomic_write_bytes, csv_bytes
-from nnlib.tasks import model_spec
+from nnlib.tasks import make_optimizer, model_spec
 from nnlib.threads import one_blas_thread
 
 COLUMNS = ["id", "groups", "test_accuracy", "test_loss", "seconds", "cross_coupling", "weight_balance"]
@@ -73,13 +73,13 @@ class SearchData:
     y_test: np.ndarray
     schedule: LocalSchedule
     lr: float
-    momentum: float
+    optimizer: SGD | Adam
     seed: int
     scale: bool
 
 
 def _train(data: SearchData, params: np.ndarray, model: ModelSpec, stream: int) -> np.ndarray:
-    optimizer = SGD(data.momentum)
+    optimizer = data.optimizer
     update = local_sgd(get_backend(data.backend, model), params, optimizer.init_state(params), optimizer,
                        data.x_rest, data.y_rest, data.schedule, data.lr, np.random.default_rng([data.seed, 0x5EA, stream]))
     return update.params
@@ -164,14 +164,14 @@ def prepare_search(config) -> tuple[SearchData, dict, list[np.ndarray]]:
     spec = model_spec(config, data)
     t = config.train
     schedule = LocalSchedule(t.batch_size, t.local_epochs)
-    optimizer = SGD(t.momentum)
+    optimizer = make_optimizer(config)
     start = init_params(spec.layers, config.seed)
     backend = get_backend(config.model.backend, spec)
     with one_blas_thread():
         warm = local_sgd(backend, start, optimizer.init_state(start), optimizer, data.x_train[warm_idx],
                          data.y_train[warm_idx], schedule, t.lr, np.random.default_rng([config.seed, 0x3A7])).params
     shared = SearchData(spec, config.model.backend, warm, data.x_train[rest_idx], data.y_train[rest_idx],
-                        data.x_test, data.y_test, schedule, t.lr, t.momentum, config.seed,
+                        data.x_test, data.y_test, schedule, t.lr, optimizer, config.seed,
                         config.split.scale == "groups")
     with one_blas_thread():
         baseline = _train(shared, warm, spec, 0)

@@ -23,7 +23,7 @@ import numpy as np
 from nnlib.core.backends import get_backend
 from nnlib.core.combine import combine
 from nnlib.core.mlp import ModelSpec
-from nnlib.core.optim import SGD
+from nnlib.core.optim import SGD, Adam, state_rows
 from nnlib.core.params import LayerSpec, init_params
 from nnlib.core.split import Split, mapper_choice, recombine, round_split, sub_indices
 from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, run_steps
@@ -72,7 +72,7 @@ class RoundPayload:
     opt_state: np.ndarray | None    # the optimizer's state (momentum buffer), or None
     model: ModelSpec
     backend: str
-    optimizer: SGD
+    optimizer: SGD | Adam
     subnets: SubnetPlan | None = None   # sub-networks this round (ist, split); None: the whole network
     part: tuple[float, float] = (0.0, 1.0)  # the share of each shard trained on (split: warm-up, rest)
     sliced_for: int | None = None       # params and opt_state already hold this mapper's sub-network
@@ -101,7 +101,8 @@ class RoundPayload:
                 raise ValueError(f"a payload sliced for mapper {self.sliced_for} reached mapper {mapper}")
             return self.params, self.opt_state, model
         idx = sub_indices(self.model.layers, split, choice)
-        return self.params[idx], None if self.opt_state is None else self.opt_state[idx], model
+        state = state_rows(self.opt_state, self.params.size)
+        return self.params[idx], None if state is None else state[:, idx].ravel(), model
 
     def sliced(self, mapper: int) -> "RoundPayload":
         """The payload with only ``mapper``'s sub-network in it (what an engine that sends each mapper
@@ -152,9 +153,12 @@ def model_spec(config, data: Dataset) -> ModelSpec:
     return ModelSpec(layers, config.model.activation, config.model.loss, config.model.l2)
 
 
-def make_optimizer(config) -> SGD:
+def make_optimizer(config) -> SGD | Adam:
     """The update rule of a config's ``train`` settings."""
-    return SGD(config.train.momentum)
+    t = config.train
+    if t.optimizer in ("adam", "adamw"):
+        return Adam(t.beta1, t.beta2, t.eps, t.weight_decay, decoupled=t.optimizer == "adamw")
+    return SGD(t.momentum, nesterov=t.optimizer == "nesterov", weight_decay=t.weight_decay)
 
 
 def first_payload(config, data: Dataset, schedule: Schedule | None = None) -> RoundPayload:
@@ -250,9 +254,11 @@ class RoundReducer:
         shared = "sum" if payload.subnets.sum_shared else "average"
         params = recombine(payload.params, [(c, r.params) for c, r in zip(choices, good)], layers, split, shared)
         opt_state = None
-        if payload.opt_state is not None:
-            opt_state = recombine(payload.opt_state, [(c, r.opt_state) for c, r in zip(choices, good)],
-                                  layers, split)
+        if payload.opt_state is not None:  # each buffer (row) of the state, like the weights
+            start = state_rows(payload.opt_state, payload.params.size)
+            subs = [r.opt_state.reshape(len(start), -1) for r in good]
+            opt_state = np.concatenate([recombine(start[k], [(c, sub[k]) for c, sub in zip(choices, subs)],
+                                                  layers, split) for k in range(len(start))])
         return Combined(params, opt_state, bad)
 
 

@@ -16,7 +16,7 @@ import io
 import numpy as np
 
 from nnlib.core.mlp import ModelSpec
-from nnlib.core.optim import SGD
+from nnlib.core.optim import from_json, to_json
 from nnlib.core.params import DTYPE, LayerSpec
 from nnlib.core.train import LocalSchedule
 from nnlib.schedule import RoundPlan
@@ -63,7 +63,7 @@ def payload_to_bytes(p: RoundPayload) -> bytes:
         "loss": np.str_(p.model.loss), "l2": np.float64(p.model.l2), "backend": np.str_(p.backend),
         "batch_size": np.int64(local.batch_size), "local_epochs": np.int64(local.local_epochs),
         "local_steps": np.int64(-1 if local.local_steps is None else local.local_steps),
-        "lr": np.float64(p.plan.lr), "momentum": np.float64(p.optimizer.momentum),
+        "lr": np.float64(p.plan.lr), "optimizer": np.str_(to_json(p.optimizer)),
         "part": np.asarray(p.part, np.float64),
         **_subnet_arrays(p.subnets),
     }
@@ -106,5 +106,5 @@ def payload_from_file(path) -> RoundPayload:
             opt_state=f["opt_state"].astype(DTYPE) if "opt_state" in f.files else None,
             model=ModelSpec(LayerSpec(tuple(int(s) for s in f["layer_sizes"])), str(f["activation"]),
                             str(f["loss"]), float(f["l2"])),
-            backend=str(f["backend"]), optimizer=SGD(float(f["momentum"])),
+            backend=str(f["backend"]), optimizer=from_json(str(f["optimizer"])),
             subnets=_subnet_plan(f), part=tuple(float(v) for v in f["part"]))

@@ -61,6 +61,7 @@ def spark_engine(mode: str, **kwargs):
     ("combine=sum_updates", "train.lr=0.02", "model.backend=torch"),
     ("combine=ist", "model.hidden=[16,12]", "train.momentum=0.9"),
     ("combine=split", "split.method=alternating", "split.groups=2", "model.hidden=[16,12]"),
+    ("combine=ist", "train.optimizer=adamw", "train.weight_decay=0.01", "train.lr=0.01"),
 ])
 def test_spark_engine_equals_local_engine(spark, overrides, mode):
     config = small_config("mappers=4", *overrides)

@@ -50,7 +50,8 @@ def local_params(*sets):
     ("--set", "mappers=2", "--set", "combine=sum_updates", "--set", "train.lr=0.02"),
     ("--set", "mappers=2", "--set", "combine=ist", "--set", "model.hidden=[17,9]", "--set", "train.momentum=0.9"),
     ("--set", "mappers=2", "--set", "combine=split", "--set", "split.recombine=sum"),
-], ids=["average", "weighted-momentum", "sum_updates", "ist", "split"])
+    ("--set", "mappers=2", "--set", "combine=ist", "--set", "train.optimizer=adam", "--set", "train.lr=0.01"),
+], ids=["average", "weighted-momentum", "sum_updates", "ist", "split", "ist-adam"])
 def test_model_averaging_equals_local_engine(tmp_path, sets):
     proc, out = mpirun(tmp_path, 2, *sets)
     assert proc.returncode == 0, proc.stderr[-2000:]

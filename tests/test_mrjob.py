@@ -19,10 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 QUIET = dict(log=lambda _msg: None)
 
 
-@pytest.mark.parametrize("combine", ["average", "ist", "split"])
+@pytest.mark.parametrize("sets", [("combine=average",), ("combine=ist",), ("combine=split",),
+                                  ("combine=average", "train.optimizer=adam", "train.lr=0.01")],
+                         ids=["average", "ist", "split", "adam"])
 @pytest.mark.parametrize("runner", ["inline", pytest.param("local", marks=pytest.mark.slow)])
-def test_mrjob_equals_local_engine(runner, combine):
-    config = small_config("mappers=3", "train.rounds=2", "train.momentum=0.5", f"combine={combine}")
+def test_mrjob_equals_local_engine(runner, sets):
+    config = small_config("mappers=3", "train.rounds=2", "train.momentum=0.5", *sets)
     reference = run(config, **QUIET)
     mr_config = config.model_copy(update={"engine": "mrjob"})
     engine = MrjobEngine(mr_config, runner)

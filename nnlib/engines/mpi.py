@@ -208,7 +208,11 @@ class MpiEngine(Engine):
             return np.where(count > 0, share, start.astype(np.float64)).astype(DTYPE)
 
         params = reduce(res.params, payload.params)
-        opt_state = None if res.opt_state is None else reduce(res.opt_state, payload.opt_state)
+        opt_state = None
+        if res.opt_state is not None:  # each buffer (row) of the optimizer state, like the weights
+            start = payload.opt_state.reshape(-1, layers.n_params)
+            opt_state = np.concatenate([reduce(sub, row) for sub, row in
+                                        zip(res.opt_state.reshape(len(start), -1), start)])
         return Combined(params, opt_state, bad)
 
     def sync_round(self, payload: RoundPayload, timings: dict) -> tuple[Combined, list[MapperStats]]:
