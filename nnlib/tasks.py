@@ -256,9 +256,8 @@ class RoundReducer:
         opt_state = None
         if payload.opt_state is not None:  # each buffer (row) of the state, like the weights
             start = state_rows(payload.opt_state, payload.params.size)
-            subs = [r.opt_state.reshape(len(start), -1) for r in good]
-            opt_state = np.concatenate([recombine(start[k], [(c, sub[k]) for c, sub in zip(choices, subs)],
-                                                  layers, split) for k in range(len(start))])
+            opt_state = recombine(start, [(c, r.opt_state.reshape(len(start), -1)) for c, r in zip(choices, good)],
+                                  layers, split).ravel()
         return Combined(params, opt_state, bad)
 
 

@@ -141,11 +141,18 @@ def embed(sub: np.ndarray, layers: LayerSpec, split: Split, g, count: np.ndarray
 
     Summing the shares of every sub-network (in one process, or with one
     MPI Allreduce) gives each held parameter the mean of its holders' values.
+    ``sub`` may have leading axes (the optimizer state's rows, ``(rows, sub
+    size)``); the share then has the same leading axes.
     """
     idx = sub_indices(layers, split, g)
-    out = np.zeros(layers.n_params, np.float64)
-    out[idx] = sub.astype(np.float64) / count[idx]
+    out = np.zeros((*sub.shape[:-1], layers.n_params), np.float64)
+    out[..., idx] = sub.astype(np.float64) / count[idx]
     return out
+
+
+def shares_divisor(count: np.ndarray, shared: str = "average") -> np.ndarray:
+    """What each held value is divided by: its number of holders (``average``), or 1 (``sum``)."""
+    return count if shared == "average" else np.minimum(count, 1)
 
 
 def recombine(start: np.ndarray, pieces: list[tuple], layers: LayerSpec, split: Split,
@@ -156,11 +163,13 @@ def recombine(start: np.ndarray, pieces: list[tuple], layers: LayerSpec, split: 
     (one value for most; the output bias, or a sub-network trained by two
     mappers, is averaged); a parameter no piece holds keeps its value in
     ``start``. ``shared="sum"`` sums what several pieces hold instead.
-    Summed in float64, in the pieces' order; returned in ``start``'s dtype.
+    ``start`` and the pieces may have the same leading axes (the optimizer
+    state's rows), recombined row by row. Summed in float64, in the pieces'
+    order; returned in ``start``'s dtype.
     """
     count = held_count(layers, split, [g for g, _ in pieces])
-    divide = count if shared == "average" else np.minimum(count, 1)
-    total = np.zeros(layers.n_params, np.float64)
+    divide = shares_divisor(count, shared)
+    total = np.zeros(start.shape, np.float64)
     for g, sub in pieces:
         total += embed(sub, layers, split, g, divide)
     return np.where(count > 0, total, start.astype(np.float64)).astype(start.dtype)

@@ -16,9 +16,10 @@ lower-case calls.
 - ``allgather``: every rank receives every rank's float32 vector and reduces
   them with the same :class:`nnlib.tasks.RoundReducer` as the local engine.
 
-``combine: ist`` (sub-networks of different sizes) always uses one Allreduce
-of full-length float64 shares: each rank puts its sub-network, divided by the
-number of holders, in its places and zeros elsewhere.
+A round of sub-networks (``combine: ist``, the last round of ``split``; the
+sub-networks differ in size) always uses one Allreduce of full-length float64
+shares: each rank puts its sub-network, divided by the number of holders, in
+its places and zeros elsewhere.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import numpy as np
 
 from nnlib.core.combine import COEFFICIENTS, combine
 from nnlib.core.params import DTYPE
-from nnlib.core.split import embed, held_count
+from nnlib.core.optim import state_rows
+from nnlib.core.split import embed, held_count, shares_divisor
 from nnlib.engines.base import Engine
 from nnlib.errors import EngineError
 from nnlib.tasks import (
@@ -151,7 +153,7 @@ class MpiEngine(Engine):
             stats = self._gather_stats(res.stats)  # returns once every rank has trained
         with timed(timings, "combine"):
             if payload.subnets is not None:  # sub-networks differ in size: one Allreduce of their shares
-                combined = self._allreduce_subnets(res, stats, payload, reducer)
+                combined = self._allreduce_subnets(res, payload, reducer)
             elif self.collective == "allgather":
                 combined = reducer(self._allgather_results(res, stats), payload)
             else:
@@ -171,11 +173,16 @@ class MpiEngine(Engine):
             states = list(gathered)
         return [MapperResult(stats[m], params[m], states[m]) for m in range(self.size)]
 
-    def _allreduce_combine(self, res: MapperResult, stats: list[MapperStats], payload: RoundPayload,
-                           reducer: RoundReducer) -> Combined:
+    def _good_ranks(self, res: MapperResult, payload: RoundPayload,
+                    reducer: RoundReducer) -> tuple[list[int], list[int]]:
+        """``(bad, good)`` ranks of a local round: one flag Allreduce, judged by :func:`check_bad_mappers`."""
         bad = ranks_flagged(self.comm, {self.rank: not np.isfinite(res.params).all()})
         check_bad_mappers(bad, self.size, payload.round_index, reducer.skip_bad)
-        good = [m for m in range(self.size) if m not in bad]
+        return bad, [m for m in range(self.size) if m not in bad]
+
+    def _allreduce_combine(self, res: MapperResult, stats: list[MapperStats], payload: RoundPayload,
+                           reducer: RoundReducer) -> Combined:
+        bad, good = self._good_ranks(res, payload, reducer)
         mine = self.rank in good
         counts = [stats[m].n_samples for m in good]
         coefs, start_coef = COEFFICIENTS[whole_network_rule(reducer.rule)](counts)
@@ -190,29 +197,25 @@ class MpiEngine(Engine):
                                       res.opt_state.size).astype(DTYPE)
         return Combined(params.astype(DTYPE), opt_state, bad)
 
-    def _allreduce_subnets(self, res: MapperResult, stats: list[MapperStats], payload: RoundPayload,
-                           reducer: RoundReducer) -> Combined:
-        """``combine: ist``: each rank adds its sub-network's share (:func:`nnlib.core.split.embed`)."""
-        bad = ranks_flagged(self.comm, {self.rank: not np.isfinite(res.params).all()})
-        check_bad_mappers(bad, self.size, payload.round_index, reducer.skip_bad)
-        good = [m for m in range(self.size) if m not in bad]
+    def _allreduce_subnets(self, res: MapperResult, payload: RoundPayload, reducer: RoundReducer) -> Combined:
+        """Sub-networks (``ist``, ``split``): each rank adds its share (:func:`nnlib.core.split.embed`)."""
+        bad, good = self._good_ranks(res, payload, reducer)
         layers, split = payload.model.layers, payload.split()
         count = held_count(layers, split, [payload.subnets.choice(m, layers) for m in good])
-        divide = np.minimum(count, 1) if payload.subnets.sum_shared else count
+        divide = shares_divisor(count, "sum" if payload.subnets.sum_shared else "average")
         mine = self.rank in good
         choice = payload.subnets.choice(self.rank, layers)
 
         def reduce(sub: np.ndarray, start: np.ndarray) -> np.ndarray:
-            share = embed(sub, layers, split, choice, divide) if mine else np.zeros(layers.n_params)
+            share = embed(sub, layers, split, choice, divide) if mine else np.zeros(start.shape)
             self.comm.Allreduce(_in_place(), share)
             return np.where(count > 0, share, start.astype(np.float64)).astype(DTYPE)
 
         params = reduce(res.params, payload.params)
         opt_state = None
         if res.opt_state is not None:  # each buffer (row) of the optimizer state, like the weights
-            start = payload.opt_state.reshape(-1, layers.n_params)
-            opt_state = np.concatenate([reduce(sub, row) for sub, row in
-                                        zip(res.opt_state.reshape(len(start), -1), start)])
+            start = state_rows(payload.opt_state, layers.n_params)
+            opt_state = reduce(res.opt_state.reshape(len(start), -1), start).ravel()
         return Combined(params, opt_state, bad)
 
     def sync_round(self, payload: RoundPayload, timings: dict) -> tuple[Combined, list[MapperStats]]:
