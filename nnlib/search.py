@@ -47,7 +47,7 @@ from nnlib.core.mlp import ModelSpec
 from nnlib.core.optim import SGD, Adam
 from nnlib.core.params import init_params
 from nnlib.core.split import (Split, count_any_splits, count_equal_splits, cross_coupling, enumerate_splits,
-                              recombine, slice_params, unit_coupling)
+                              layer_couplings, recombine, slice_params)
 from nnlib.core.train import LocalSchedule, local_sgd
 from nnlib.data.dataset import load_dataset
 from nnlib.errors import ConfigError
@@ -57,7 +57,6 @@ from nnlib.tasks import make_optimizer, model_spec
 from nnlib.threads import one_blas_thread
 
 COLUMNS = ["id", "groups", "test_accuracy", "test_loss", "seconds", "cross_coupling", "weight_balance"]
-COUPLING_SAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -177,17 +176,10 @@ def prepare_search(config) -> tuple[SearchData, dict, list[np.ndarray]]:
         baseline = _train(shared, warm, spec, 0)
         warm_loss, warm_acc = backend.evaluate(warm, data.x_test, data.y_test)
         base_loss, base_acc = backend.evaluate(baseline, data.x_test, data.y_test)
-    hidden = backend_hidden(spec, warm, data.x_train[warm_idx][:COUPLING_SAMPLES])
     facts = {"n_warmup": int(n_warm), "n_rest": int(len(rest_idx)), "n_test": int(len(data.y_test)),
              "warmup_test_accuracy": warm_acc, "baseline_test_accuracy": base_acc,
              "baseline_test_loss": base_loss}
-    return shared, facts, [unit_coupling(h) for h in hidden]
-
-
-def backend_hidden(spec: ModelSpec, params: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
-    from nnlib.core.mlp import NumpyMLP
-
-    return NumpyMLP(spec).hidden_activations(params, x)
+    return shared, facts, layer_couplings(spec, warm, data.x_train[warm_idx])
 
 
 def _run_tasks(config, shared: SearchData, splits: list[Split], bar) -> list[dict]:

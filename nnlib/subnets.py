@@ -15,7 +15,7 @@ A run with ``combine: split`` and ``train.rounds = R``:
 ``split.method`` chooses the groups from the warmed-up network:
 
 - ``independence``: a spectral cut of the units' activation coupling
-  (``|corr|`` over up to :data:`COUPLING_SAMPLES` training samples), so the
+  (``|corr|`` over up to :data:`nnlib.core.split.COUPLING_SAMPLES` training samples), so the
   most coupled units share a group (:func:`nnlib.core.split.independence_split`);
 - ``random``: a seeded random split;
 - ``alternating``: the independence groups, with mappers beyond the first
@@ -32,27 +32,18 @@ from dataclasses import replace
 
 import numpy as np
 
-from nnlib.core.mlp import NumpyMLP
-from nnlib.core.split import Split, cross_coupling, independence_split, random_split, unit_coupling, whole
+from nnlib.core.split import Split, cross_coupling, independence_split, layer_couplings, random_split, whole
 from nnlib.tasks import RoundPayload, SubnetPlan
-
-COUPLING_SAMPLES = 2000
 
 
 def n_groups(config) -> int:
     return 1 if config.split.method == "none" else (config.split.groups or config.mappers)
 
 
-def couplings(params: np.ndarray, payload: RoundPayload, x: np.ndarray) -> list[np.ndarray]:
-    """Each hidden layer's unit coupling (``|corr|`` of activations) on ``x``."""
-    mlp = NumpyMLP(replace(payload.model, output_scale=1.0))
-    return [unit_coupling(h) for h in mlp.hidden_activations(params, x[:COUPLING_SAMPLES])]
-
-
 def choose_split(config, payload: RoundPayload, x: np.ndarray) -> tuple[Split, float]:
     """The split of the last round, from the warmed-up weights, and its cross-group coupling."""
     hidden = payload.model.layers.sizes[1:-1]
-    coupled = couplings(payload.params, payload, x)
+    coupled = layer_couplings(payload.model, payload.params, x)
     method, g = config.split.method, n_groups(config)
     if method == "none":
         split = whole(hidden)

@@ -30,6 +30,7 @@ from math import comb, factorial
 
 import numpy as np
 
+from nnlib.core.mlp import ModelSpec, NumpyMLP
 from nnlib.core.params import LayerSpec
 
 
@@ -202,6 +203,18 @@ def unit_coupling(activations: np.ndarray) -> np.ndarray:
     corr[np.ix_(live, live)] = np.abs((a[:, live].T @ a[:, live]) / np.outer(norm[live], norm[live]))
     np.fill_diagonal(corr, 0.0)
     return corr
+
+
+COUPLING_SAMPLES = 2000  # activations are correlated over at most this many samples
+
+
+def layer_couplings(model: ModelSpec, params: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
+    """Each hidden layer's :func:`unit_coupling` on (up to :data:`COUPLING_SAMPLES` rows of) ``x``.
+
+    ``model`` is the whole network's :class:`nnlib.core.mlp.ModelSpec`; its
+    output scale does not change the hidden activations.
+    """
+    return [unit_coupling(h) for h in NumpyMLP(model).hidden_activations(params, x[:COUPLING_SAMPLES])]
 
 
 def cross_coupling(split: Split, couplings: list[np.ndarray]) -> float:
