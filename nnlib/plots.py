@@ -54,7 +54,8 @@ def _slug(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_")
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value): the points and error bars."""
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -86,7 +87,7 @@ def _series(rows: list[dict], x_key: str, keys: list[str], metric: str) -> dict[
     for row in rows:
         if _is_number(row.get(metric)):
             groups[_label(row, keys)][row[x_key]].append(row[metric])
-    return {label: [(x, *_mean_std(v)) for x, v in sorted(points.items())] for label, points in groups.items()}
+    return {label: [(x, *mean_std(v)) for x, v in sorted(points.items())] for label, points in groups.items()}
 
 
 def _draw_series(ax, series: dict[str, list[tuple]]) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from nnlib.errors import NnlibError
 from nnlib.machine import describe
 from nnlib.outputs import atomic_write_bytes, read_csv_rows
-from nnlib.plots import plot_run, plot_sweep, sweep_varied_keys
+from nnlib.plots import mean_std, plot_run, plot_sweep, sweep_varied_keys
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,8 @@ def _mean_std(values: list[float]) -> str:
         return ""
     if len(values) == 1:
         return _fmt(values[0])
-    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+    mean, std = mean_std(values)
+    return f"{mean:.4g} ± {std:.2g}"
 
 
 def _numbers(rows: list[dict], key: str) -> list[float]:
