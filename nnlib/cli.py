@@ -118,7 +118,7 @@ def run_command(args: argparse.Namespace) -> int:
         return launch(config.mpi.launcher, config.mappers, config.mpi.args, run_arguments(args))
     if config.tracking == "mlflow":
         require_mlflow()
-    if config.engine == "spark" and config.combine == "split" and config.split.method != "none":
+    if config.engine == "spark" and has_unsplit_baseline(config):
         return with_spark_session(config, lambda: _run(args, config))
     return _run(args, config)
 
@@ -156,7 +156,7 @@ def _run(args: argparse.Namespace, config) -> int:
     finally:
         tracking.finish(result.summary if result else None, run_dir.path if run_dir else None)
     baseline = ""
-    if config.combine == "split" and config.split.method != "none":
+    if has_unsplit_baseline(config):
         log("the unsplit baseline: the same rounds and data with split.method=none")
         result.summary.update(run_unsplit_baseline(config, run_dir))
         if run_dir is not None:
@@ -167,6 +167,11 @@ def _run(args: argparse.Namespace, config) -> int:
         print_flushed(f"final test accuracy {s['final_test_accuracy']:.4f}{baseline}, test loss "
                       f"{s['final_test_loss']:.4f}, {s['wall_seconds']:.1f}s; outputs in {run_dir.path}")
     return 0
+
+
+def has_unsplit_baseline(config) -> bool:
+    """A ``combine: split`` run that splits is followed by its unsplit baseline."""
+    return config.combine == "split" and config.split.method != "none"
 
 
 def run_unsplit_baseline(config, run_dir: RunDir | None) -> dict:
