@@ -218,7 +218,7 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
             sequential.add(row["case"])
     curves = {case: c for case, dirs in by_case.items() if (c := _mean_curve(dirs))}
     paths.append(_convergence_figure(curves, sequential, out))
-    widest = max(ok, key=lambda r: (r.get("mappers") if _is_number(r.get("mappers")) else 0, -ok.index(r)))
+    widest = max(ok, key=lambda r: r.get("mappers") if _is_number(r.get("mappers")) else 0)  # the first such
     paths.append(timeline_figure(sweep_dir / widest["run"], out / "timeline.png", f"run {widest['run']}"))
     paths.append(_spread_figure(ok, out))
     return [p for p in paths if p is not None]

@@ -78,9 +78,10 @@ class SearchData:
 
 
 def _train(data: SearchData, params: np.ndarray, model: ModelSpec, stream: int) -> np.ndarray:
-    optimizer = data.optimizer
+    """``params`` trained on the rest of the data from a fresh optimizer state; batch order from ``stream``."""
+    optimizer, rng = data.optimizer, np.random.default_rng([data.seed, 0x5EA, stream])
     update = local_sgd(get_backend(data.backend, model), params, optimizer.init_state(params), optimizer,
-                       data.x_rest, data.y_rest, data.schedule, data.lr, np.random.default_rng([data.seed, 0x5EA, stream]))
+                       data.x_rest, data.y_rest, data.schedule, data.lr, rng)
     return update.params
 
 
@@ -197,9 +198,9 @@ def _run_tasks(config, shared: SearchData, splits: list[Split], bar) -> list[dic
     try:
         data = sc.broadcast(shared)
         chunk = max(1, 4 * sc.defaultParallelism)  # a few waves per progress update
-        rows = []
-        for lo in range(0, len(splits), chunk):
-            items = list(enumerate(splits))[lo:lo + chunk]
+        rows, numbered = [], list(enumerate(splits))
+        for lo in range(0, len(numbered), chunk):
+            items = numbered[lo:lo + chunk]
             rows += sc.parallelize(items, len(items)).map(
                 lambda item: evaluate_combination(data.value, item[0], item[1])).collect()
             bar.update(len(items))
