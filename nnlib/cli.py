@@ -250,7 +250,8 @@ def split_search_command(args: argparse.Namespace) -> int:
         row = f[name]
         print_flushed(f"{name}: #{row['id']} [{row['groups']}] accuracy {row['test_accuracy']:.4f}, "
                       f"cross-group coupling {row['cross_coupling']:.3f}, weight balance {row['weight_balance']:.2f}")
-    for name, key in (("coupling", "coupling_accuracy_correlation"), ("weight balance", "balance_accuracy_correlation")):
+    correlations = (("coupling", "coupling_accuracy_correlation"), ("weight balance", "balance_accuracy_correlation"))
+    for name, key in correlations:
         if f.get(key) is not None:
             print_flushed(f"correlation of accuracy with {name} over the splits: {f[key]:+.2f}")
     print_flushed(f"outputs in {out}: combinations.csv, search.json, plots/")
