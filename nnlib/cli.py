@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from nnlib.config import build_config, diff_keys, load_config, read_layered, read_yaml
@@ -229,8 +230,6 @@ def report_command(args: argparse.Namespace) -> int:
 
 def split_search_command(args: argparse.Namespace) -> int:
     """Run the search over splits; print the baseline, the spread and where the outputs are."""
-    import time
-
     from nnlib.search import split_search
 
     config = with_absolute_paths(load_config(args.conf, args.overrides))
@@ -262,6 +261,9 @@ COMMANDS = {"run": run_command, "sweep": sweep_command, "plot": plot_command, "r
             "split-search": split_search_command}
 
 
+SPEAKER_GRACE_SECONDS = 2.0  # how long a rank other than 0 waits before exiting on an error
+
+
 def main(argv: list[str] | None = None, prog: str = "nnlib") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
@@ -270,6 +272,9 @@ def main(argv: list[str] | None = None, prog: str = "nnlib") -> int:
         # under mpiexec every rank meets the same input error; rank 0 says it once
         if launcher_rank() == 0:
             print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        elif inside_launcher():
+            # the launcher ends every rank as soon as one exits non-zero: let rank 0 say it first
+            time.sleep(SPEAKER_GRACE_SECONDS)
         return 2
 
 
