@@ -36,8 +36,7 @@ def measure(engine_sets: list[str], params: int, rounds: int, launcher=()) -> di
             "train.local_steps=1", "train.batch_size=8", f"train.rounds={rounds}", "mpi.args=[--oversubscribe]"]
     res = nnlib_run(sets, launcher)
     later = res["rounds"][1:]
-    return {"params": res["summary"]["layer_sizes"] and sum(
-                a * b + b for a, b in zip(res["summary"]["layer_sizes"][:-1], res["summary"]["layer_sizes"][1:])),
+    return {"params": res["summary"]["n_params"],
             "overhead_ms": 1000 * median(r["overhead_seconds"] for r in later),
             "round_ms": 1000 * median(r["seconds"] for r in later),
             "broadcast_ms": 1000 * median(r["broadcast_seconds"] for r in later),

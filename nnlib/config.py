@@ -57,13 +57,24 @@ class DataConfig(_Section):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     standardize: bool = True
     partition: Literal["random", "stratified", "contiguous"] = "random"
+    image_shape: list[int] | None = None  # model.type=cnn: [H, W] or [C, H, W]; digits and IDX know theirs
     n_samples: int = Field(2000, ge=2)
     n_features: int = Field(20, ge=1)
     n_classes: int = Field(3, ge=2)
 
+    @model_validator(mode="after")
+    def _image_shape_is_an_image(self):
+        shape = self.image_shape
+        if shape is not None and (len(shape) not in (2, 3) or min(shape) < 1):
+            raise ValueError(f"data.image_shape: [H, W] or [C, H, W] of sizes >= 1, got {shape}")
+        return self
+
 
 class ModelConfig(_Section):
-    hidden: list[int] = Field(default_factory=lambda: [64])
+    type: Literal["mlp", "cnn"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [64])          # mlp: hidden layer sizes
+    channels: list[int] = Field(default_factory=lambda: [16, 32])    # cnn: conv + ReLU + 2x2 max-pool blocks
+    kernel: int = Field(5, ge=1)                                     # cnn: kernel size (odd: "same" padding)
     activation: Literal["relu", "sigmoid", "tanh"] = "relu"
     loss: Literal["cross_entropy", "squared"] = "cross_entropy"
     l2: float = Field(0.0, ge=0)
@@ -74,6 +85,10 @@ class ModelConfig(_Section):
         bad = [h for h in self.hidden if h < 1]
         if bad:
             raise ValueError(f"model.hidden: every layer size must be >= 1, got {self.hidden}")
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"model.channels: one or more channel counts >= 1, got {self.channels}")
+        if self.kernel % 2 == 0:
+            raise ValueError(f"model.kernel: must be odd (padded to keep the map's size), got {self.kernel}")
         return self
 
 
@@ -168,6 +183,13 @@ class Config(_Section):
         if self.mappers % g:
             raise ValueError(f"combine=split: mappers ({self.mappers}) must be a multiple of split.groups ({g}), "
                              "so that every sub-network has its mappers")
+        return self
+
+    @model_validator(mode="after")
+    def _sub_networks_need_an_mlp(self):
+        if self.model.type != "mlp" and self.combine in ("ist", "split"):
+            raise ValueError(f"combine={self.combine} splits an MLP's hidden units and needs model.type=mlp, "
+                             f"got model.type={self.model.type}")
         return self
 
     @model_validator(mode="after")

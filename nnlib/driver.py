@@ -164,13 +164,23 @@ def summarize(config: Config, data: Dataset, payload: RoundPayload, result: RunR
         "rounds": config.train.rounds, "backend": config.model.backend,
         "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
         "n_features": data.n_features, "n_classes": data.n_classes,
-        "layer_sizes": list(payload.model.layers.sizes),
+        **payload.model.layers.describe(),
         "rounds_run": len(result.rounds), "train_seconds": sum(row["seconds"] for row in result.rounds),
         "driver_peak_memory_mb": peak_memory_mb(),
         "skipped_mappers": result.skipped, "resumed_after_round": resumed_after,
         **result.extra,
         "machine": describe(),
     }
+
+
+def model_line(described: dict, backend: str) -> str:
+    """The model's one line at start: its kind, shape and parameter count."""
+    if described["model_type"] == "cnn":
+        c, h, w = described["image_shape"]
+        shape = f"{c}x{h}x{w} image, conv channels {described['channels']}, {described['kernel']}x{described['kernel']}"
+    else:
+        shape = "layers " + "-".join(str(s) for s in described["layer_sizes"])
+    return f"model: {described['model_type']} ({shape}), {described['n_params']:,} parameters, {backend} backend"
 
 
 @dataclass(frozen=True)
@@ -259,6 +269,7 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
     wall_start = time.perf_counter()
     setup = prepare(config, warn)
     config, payload = setup.config, setup.first
+    log(model_line(payload.model.layers.describe(), config.model.backend))
     result = RunResult(payload.params, {})
     first_round = 0
     if resume and run_dir is not None:

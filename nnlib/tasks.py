@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from nnlib.core.backends import get_backend
+from nnlib.core.cnn import ConvSpec
 from nnlib.core.combine import combine
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.optim import SGD, Adam, state_rows
@@ -29,7 +30,7 @@ from nnlib.core.split import Split, mapper_choice, recombine, round_split, sub_i
 from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, run_steps
 from nnlib.data.dataset import Dataset, Shard
 from nnlib.data.partition import shard_sizes
-from nnlib.errors import DivergenceError
+from nnlib.errors import ConfigError, DivergenceError
 from nnlib.schedule import RoundPlan, Schedule
 from nnlib.threads import one_blas_thread
 
@@ -148,9 +149,19 @@ class Combined:
 
 
 def model_spec(config, data: Dataset) -> ModelSpec:
-    """The model a config trains on ``data``: layer sizes from the data, the rest from ``model``."""
-    layers = LayerSpec((data.n_features, *config.model.hidden, data.n_classes))
-    return ModelSpec(layers, config.model.activation, config.model.loss, config.model.l2)
+    """The model a config trains on ``data``: input and output sizes from the data, the rest from ``model``."""
+    m = config.model
+    if m.type == "cnn":
+        if data.image_shape is None:
+            raise ConfigError(f"model.type=cnn needs the image shape of data.source {config.data.source}: "
+                              f"set data.image_shape to [H, W] or [C, H, W] ({data.n_features} values in all)")
+        layers = ConvSpec(data.image_shape, tuple(m.channels), m.kernel, data.n_classes)
+        if min(layers.map_shapes()[-1][1:]) < 1:
+            raise ConfigError(f"model.channels: {len(m.channels)} 2x2 max-pools shrink the "
+                              f"{data.image_shape[1]}x{data.image_shape[2]} image to nothing; use fewer")
+    else:
+        layers = LayerSpec((data.n_features, *m.hidden, data.n_classes))
+    return ModelSpec(layers, m.activation, m.loss, m.l2)
 
 
 def make_optimizer(config) -> SGD | Adam:

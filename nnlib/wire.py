@@ -15,6 +15,7 @@ import io
 
 import numpy as np
 
+from nnlib.core.cnn import ConvSpec
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.optim import from_json, to_json
 from nnlib.core.params import DTYPE, LayerSpec
@@ -59,7 +60,7 @@ def payload_to_bytes(p: RoundPayload) -> bytes:
     arrays = {
         "round_index": np.int64(p.plan.index), "synchronous": np.bool_(p.plan.synchronous),
         "seed": np.int64(p.seed), "params": p.params,
-        "layer_sizes": np.asarray(p.model.layers.sizes, np.int64), "activation": np.str_(p.model.activation),
+        **_layout_arrays(p.model.layers), "activation": np.str_(p.model.activation),
         "loss": np.str_(p.model.loss), "l2": np.float64(p.model.l2), "backend": np.str_(p.backend),
         "batch_size": np.int64(local.batch_size), "local_epochs": np.int64(local.local_epochs),
         "local_steps": np.int64(-1 if local.local_steps is None else local.local_steps),
@@ -74,6 +75,21 @@ def payload_to_bytes(p: RoundPayload) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
+
+
+def _layout_arrays(layers: LayerSpec | ConvSpec) -> dict:
+    if isinstance(layers, ConvSpec):
+        return {"image_shape": np.asarray(layers.image_shape, np.int64),
+                "channels": np.asarray(layers.channels, np.int64), "kernel": np.int64(layers.kernel),
+                "n_classes": np.int64(layers.n_classes)}
+    return {"layer_sizes": np.asarray(layers.sizes, np.int64)}
+
+
+def _layout(f) -> LayerSpec | ConvSpec:
+    if "layer_sizes" in f.files:
+        return LayerSpec(tuple(int(s) for s in f["layer_sizes"]))
+    return ConvSpec(tuple(int(s) for s in f["image_shape"]), tuple(int(s) for s in f["channels"]),
+                    int(f["kernel"]), int(f["n_classes"]))
 
 
 def _subnet_arrays(plan: SubnetPlan | None) -> dict:
@@ -104,7 +120,6 @@ def payload_from_file(path) -> RoundPayload:
         return RoundPayload(
             plan=plan, seed=int(f["seed"]), params=f["params"].astype(DTYPE),
             opt_state=f["opt_state"].astype(DTYPE) if "opt_state" in f.files else None,
-            model=ModelSpec(LayerSpec(tuple(int(s) for s in f["layer_sizes"])), str(f["activation"]),
-                            str(f["loss"]), float(f["l2"])),
+            model=ModelSpec(_layout(f), str(f["activation"]), str(f["loss"]), float(f["l2"])),
             backend=str(f["backend"]), optimizer=from_json(str(f["optimizer"])),
             subnets=_subnet_plan(f), part=tuple(float(v) for v in f["part"]))

@@ -62,6 +62,14 @@ def test_every_format_reads_the_same_data(sources, name, extra):
     assert data.n_classes == 3
 
 
+def test_image_sources_know_their_shape_and_others_take_it_from_the_config(sources):
+    folder, _, _ = sources
+    assert load_dataset(_data_cfg(source=folder / "train-images-idx3-ubyte.gz"), seed=1).image_shape == (1, 2, 2)
+    assert load_dataset(_data_cfg(source="digits"), seed=1).image_shape == (1, 8, 8)
+    assert load_dataset(_data_cfg(source=folder / "d.npz"), seed=1).image_shape is None
+    assert load_dataset(_data_cfg(source=folder / "d.npz", image_shape=[4, 1, 1]), seed=1).image_shape == (4, 1, 1)
+
+
 def test_npz_with_its_own_test_set(tmp_path):
     x, y = _xy()
     np.savez(tmp_path / "t.npz", x=x[:20], y=y[:20], x_test=x[20:], y_test=y[20:])

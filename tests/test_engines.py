@@ -62,6 +62,7 @@ def spark_engine(mode: str, **kwargs):
     ("combine=ist", "model.hidden=[16,12]", "train.momentum=0.9"),
     ("combine=split", "split.method=alternating", "split.groups=2", "model.hidden=[16,12]"),
     ("combine=ist", "train.optimizer=adamw", "train.weight_decay=0.01", "train.lr=0.01"),
+    ("model.type=cnn", "model.channels=[4,6]", "model.kernel=3"),
 ])
 def test_spark_engine_equals_local_engine(spark, overrides, mode):
     config = small_config("mappers=4", *overrides)

@@ -51,7 +51,8 @@ def local_params(*sets):
     ("--set", "mappers=2", "--set", "combine=ist", "--set", "model.hidden=[17,9]", "--set", "train.momentum=0.9"),
     ("--set", "mappers=2", "--set", "combine=split", "--set", "split.recombine=sum"),
     ("--set", "mappers=2", "--set", "combine=ist", "--set", "train.optimizer=adam", "--set", "train.lr=0.01"),
-], ids=["average", "weighted-momentum", "sum_updates", "ist", "split", "ist-adam"])
+    ("--set", "mappers=2", "--set", "model.type=cnn", "--set", "model.channels=[4,6]"),
+], ids=["average", "weighted-momentum", "sum_updates", "ist", "split", "ist-adam", "cnn"])
 def test_model_averaging_equals_local_engine(tmp_path, sets):
     proc, out = mpirun(tmp_path, 2, *sets)
     assert proc.returncode == 0, proc.stderr[-2000:]

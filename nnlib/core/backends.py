@@ -10,20 +10,23 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from nnlib.core.cnn import ConvSpec, NumpyCNN
 from nnlib.core.mlp import ModelSpec, NumpyMLP
 from nnlib.errors import ConfigError
 
 
 @lru_cache(maxsize=8)
 def get_backend(name: str, spec: ModelSpec):
-    """Return the backend ``name`` ('numpy' or 'torch') for ``spec`` (cached per process)."""
+    """Return the backend ``name`` ('numpy' or 'torch') for ``spec``, an MLP or a CNN (cached per process)."""
+    cnn = isinstance(spec.layers, ConvSpec)
     if name == "numpy":
-        return NumpyMLP(spec)
+        return NumpyCNN(spec) if cnn else NumpyMLP(spec)
     try:
+        from nnlib.core.torch_cnn import TorchCNN
         from nnlib.core.torch_mlp import TorchMLP
     except ImportError as exc:
         raise ConfigError(
             f"model.backend: 'torch' needs PyTorch, which cannot be imported ({exc}); "
             "install it with 'pip install torch==2.13.0' or use model.backend=numpy"
         ) from None
-    return TorchMLP(spec)
+    return TorchCNN(spec) if cnn else TorchMLP(spec)

@@ -68,7 +68,7 @@ LOSSES = {"cross_entropy": _cross_entropy, "squared": _squared}
 class ModelSpec:
     """Everything that defines the function an MLP computes and the loss it minimises."""
 
-    layers: LayerSpec
+    layers: LayerSpec  # or, for model.type: cnn, a nnlib.core.cnn.ConvSpec (same flat-vector interface)
     activation: str = "relu"
     loss: str = "cross_entropy"
     l2: float = 0.0

@@ -1,5 +1,10 @@
 """The one parameter format: a flat float32 vector plus a layer-shape spec.
 
+(The CNN's layout, :class:`nnlib.core.cnn.ConvSpec`, answers the same
+questions: ``shapes``, ``offsets``, ``names``, ``n_params``,
+``weight_mask``, ``fans``, ``describe``; everything outside the backends
+sees only the flat vector.)
+
 An MLP with layer sizes ``[n_in, h1, ..., n_out]`` has, for each layer ``i``,
 a weight matrix of shape ``(sizes[i], sizes[i + 1])`` followed by a bias of
 shape ``(sizes[i + 1],)``. The flat vector holds them in that order. Every
@@ -58,8 +63,20 @@ class LayerSpec:
 
     def weight_mask(self) -> np.ndarray:
         """Flat float32 mask: 1 on weights, 0 on biases (the L2 penalty's support)."""
-        parts = [np.full(int(np.prod(s)), 1.0 if len(s) == 2 else 0.0, DTYPE) for s in self.shapes()]
-        return np.concatenate(parts)
+        return weight_mask(self.shapes())
+
+    def fans(self) -> list[tuple[int, int] | None]:
+        """``(fan_in, fan_out)`` of every weight array in flat order, ``None`` for a bias (the init's scale)."""
+        return [(s[0], s[1]) if len(s) == 2 else None for s in self.shapes()]
+
+    def describe(self) -> dict:
+        """The model's shape for summary.json."""
+        return {"model_type": "mlp", "layer_sizes": list(self.sizes), "n_params": self.n_params}
+
+
+def weight_mask(shapes: list[tuple[int, ...]]) -> np.ndarray:
+    """Flat float32 mask over arrays of ``shapes``: 1 on weights (2-d and up), 0 on biases (1-d)."""
+    return np.concatenate([np.full(int(np.prod(s)), 1.0 if len(s) >= 2 else 0.0, DTYPE) for s in shapes])
 
 
 def unpack(flat: np.ndarray, spec: LayerSpec) -> list[np.ndarray]:
@@ -79,17 +96,19 @@ def to_named(flat: np.ndarray, spec: LayerSpec) -> dict[str, np.ndarray]:
     return dict(zip(spec.names(), (a.copy() for a in unpack(flat, spec))))
 
 
-def init_params(spec: LayerSpec, seed: int) -> np.ndarray:
+def init_params(spec, seed: int) -> np.ndarray:
     """Glorot-uniform weights, zero biases, as one flat float32 vector.
 
-    The initial weights depend only on ``spec`` and ``seed``, never on the
-    backend, so numpy and torch start from the same point.
+    ``spec`` is a parameter layout (:class:`LayerSpec`, or the CNN's
+    :class:`nnlib.core.cnn.ConvSpec`). The initial weights depend only on
+    ``spec`` and ``seed``, never on the backend, so numpy and torch start
+    from the same point.
     """
     rng = np.random.default_rng([seed, 0x1A17])
     arrays = []
-    for shape in spec.shapes():
-        if len(shape) == 2:
-            limit = np.sqrt(6.0 / (shape[0] + shape[1]))
+    for shape, fans in zip(spec.shapes(), spec.fans()):
+        if fans is not None:
+            limit = np.sqrt(6.0 / (fans[0] + fans[1]))
             arrays.append(rng.uniform(-limit, limit, size=shape))
         else:
             arrays.append(np.zeros(shape))

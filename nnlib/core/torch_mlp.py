@@ -15,7 +15,15 @@ import torch.nn.functional as F
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.params import DTYPE
 
-_ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
+ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
+
+
+def data_loss(name: str, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The mean data loss ``name`` of the logits ``z`` (as :data:`nnlib.core.mlp.LOSSES` computes it)."""
+    if name == "cross_entropy":
+        return F.cross_entropy(z, y)
+    target = F.one_hot(y, z.shape[1]).to(z.dtype)
+    return 0.5 * ((z - target) ** 2).sum(dim=1).mean()
 
 
 class TorchMLP:
@@ -23,7 +31,7 @@ class TorchMLP:
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
-        self._act = _ACTIVATIONS[spec.activation]
+        self._act = ACTIVATIONS[spec.activation]
         self._mask = torch.from_numpy(spec.layers.weight_mask())
 
     def _arrays(self, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -42,10 +50,7 @@ class TorchMLP:
         return h
 
     def _data_loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.spec.loss == "cross_entropy":
-            return F.cross_entropy(z, y)
-        target = F.one_hot(y, z.shape[1]).to(z.dtype)
-        return 0.5 * ((z - target) ** 2).sum(dim=1).mean()
+        return data_loss(self.spec.loss, z, y)
 
     def _loss_and_grad(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
         w = w.detach().requires_grad_(True)

@@ -28,6 +28,7 @@ class Dataset:
     x_test: np.ndarray   # (n_test, n_features) float32
     y_test: np.ndarray   # (n_test,) int64
     n_classes: int
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) of a row, when the rows are images
 
     @property
     def n_features(self) -> int:
@@ -131,7 +132,20 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         std[std == 0] = 1.0
         x_train = (x_train - mean) / std
         x_test = (x_test - mean) / std
-    return Dataset(x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test, n_classes)
+    return Dataset(x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test, n_classes,
+                   _image_shape(cfg, x_train.shape[1]))
+
+
+def _image_shape(cfg: DataConfig, n_features: int) -> tuple[int, int, int] | None:
+    """``data.image_shape`` as ``(C, H, W)`` (checked against the features), else the source's own, else None."""
+    if cfg.image_shape is None:
+        return sources.image_shape(cfg.source)
+    shape = tuple(cfg.image_shape)
+    shape = (1, *shape) if len(shape) == 2 else shape
+    if int(np.prod(shape)) != n_features:
+        raise DataError(f"data.image_shape: {list(cfg.image_shape)} holds {int(np.prod(shape))} values per "
+                        f"sample, data.source {cfg.source} has {n_features} features")
+    return shape
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,21 @@ def read_idx(path: Path, key: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
 
+def image_shape(source: str) -> tuple[int, int, int] | None:
+    """``(C, H, W)`` of a source whose rows are images (digits, 3-d IDX images), else None."""
+    if source == "digits":
+        return (1, 8, 8)
+    path = Path(source)
+    if not is_idx(path):
+        return None
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:  # the header alone; the file was read and checked before
+        head = f.read(16)
+    if head[3] != 3:
+        return None
+    return (1, int.from_bytes(head[8:12], "big"), int.from_bytes(head[12:16], "big"))
+
+
 def idx_labels_path(images: Path) -> Path:
     """``train-images-idx3-ubyte[.gz]`` -> ``train-labels-idx1-ubyte[.gz]``."""
     return images.with_name(images.name.replace("images-idx3", "labels-idx1"))
