@@ -78,6 +78,7 @@ class ModelConfig(_Section):
     activation: Literal["relu", "sigmoid", "tanh"] = "relu"
     loss: Literal["cross_entropy", "squared"] = "cross_entropy"
     l2: float = Field(0.0, ge=0)
+    l2_per_sample: bool = False   # the penalty is l2/(2n) * sum(W**2), n the training-set size (the slides' form)
     backend: Literal["numpy", "torch"] = "numpy"
 
     @model_validator(mode="after")

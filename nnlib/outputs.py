@@ -28,7 +28,13 @@ MAPPER_COLUMNS = ["round", "mapper", "host", "pid", "n_samples", "steps", "train
 
 
 def default_run_dir() -> Path:
-    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    """``runs/<timestamp>``, or ``runs/<timestamp>-2`` (and so on) when a run of the same second has it."""
+    base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -161,7 +161,8 @@ def model_spec(config, data: Dataset) -> ModelSpec:
                               f"{data.image_shape[1]}x{data.image_shape[2]} image to nothing; use fewer")
     else:
         layers = LayerSpec((data.n_features, *m.hidden, data.n_classes))
-    return ModelSpec(layers, m.activation, m.loss, m.l2)
+    l2 = m.l2 / len(data.y_train) if m.l2_per_sample else m.l2
+    return ModelSpec(layers, m.activation, m.loss, l2)
 
 
 def make_optimizer(config) -> SGD | Adam:

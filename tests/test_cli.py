@@ -69,3 +69,14 @@ def test_process_exit_status_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("nnlib: error: --set: config key 'train.batch_size': "
                                    "Input should be greater than or equal to 1, got 0")
+
+
+def test_two_runs_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):
+    from nnlib.outputs import default_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("time.strftime", lambda fmt: "20260101-000000")
+    first = default_run_dir()
+    first.mkdir(parents=True)
+    second = default_run_dir()
+    assert (first.name, second.name) == ("20260101-000000", "20260101-000000-2")

@@ -108,3 +108,39 @@ def test_batch_schedule_epochs_and_steps():
     assert sorted(np.concatenate(epochs[:3]).tolist()) == list(range(10))
     steps = batch_indices(10, LocalSchedule(batch_size=4, local_steps=5), rng)
     assert [len(b) for b in steps] == [4, 4, 2, 4, 4]
+
+
+def test_the_slides_ann_loss_and_gradient_match_the_formula():
+    """conf/slides_ann.yaml: J = 1/(2m) sum ||z - t||^2 + lambda/(2n) sum W^2, lambda = 5, written out by hand."""
+    from pathlib import Path
+
+    from nnlib.config import load_config
+    from nnlib.data.dataset import load_dataset
+    from nnlib.tasks import model_spec
+
+    config = load_config(Path(__file__).parent.parent / "conf/slides_ann.yaml")
+    data = load_dataset(config.data, config.seed)
+    spec = model_spec(config, data)
+    n = len(data.y_train)
+    assert (config.model.l2, config.model.loss, config.model.activation) == (5.0, "squared", "sigmoid")
+    assert spec.l2 == 5.0 / n and 10 <= spec.layers.sizes[1] <= 50
+
+    x, y = data.x_train[:7].astype(np.float64), data.y_train[:7]
+    w = init_params(spec.layers, 1).astype(np.float64) + 0.01
+    w1, b1, w2, b2 = (w[a:b].reshape(s) for a, b, s in spec.layers.offsets)
+    m, t = len(y), np.eye(10)[y]
+    a1 = 1 / (1 + np.exp(-(x @ w1 + b1)))
+    z = a1 @ w2 + b2
+    data_loss = ((z - t) ** 2).sum() / (2 * m)
+    J = data_loss + 5.0 / (2 * n) * ((w1 ** 2).sum() + (w2 ** 2).sum())
+    d2 = (z - t) / m
+    d1 = (d2 @ w2.T) * a1 * (1 - a1)
+    by_hand = np.concatenate([(x.T @ d1 + 5.0 / n * w1).ravel(), d1.sum(0), (a1.T @ d2 + 5.0 / n * w2).ravel(),
+                              d2.sum(0)])
+    for name, rtol in (("numpy", 1e-10), ("torch", 1e-6)):  # torch hands its gradient back as float32
+        if name == "torch":
+            pytest.importorskip("torch")
+        loss, grad = get_backend(name, spec).loss_and_grad(w, x, y)
+        assert loss == pytest.approx(data_loss, rel=1e-12)
+        np.testing.assert_allclose(grad, by_hand, rtol=rtol, atol=1e-14)
+    assert NumpyMLP(spec).objective(w, x, y) == pytest.approx(J, rel=1e-12)
