@@ -55,6 +55,7 @@ class DataConfig(_Section):
     label_column: str = "label"
     features_column: str | None = None
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    validation_fraction: float = Field(0.0, ge=0, lt=1)  # of the training set, held out for train.patience
     standardize: bool = True
     partition: Literal["random", "stratified", "contiguous"] = "random"
     image_shape: list[int] | None = None  # model.type=cnn: [H, W] or [C, H, W]; digits and IDX know theirs
@@ -106,6 +107,12 @@ class TrainConfig(_Section):
     beta2: float = Field(0.999, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0)
     optimizer_state: Literal["average", "reset"] = "average"
+    lr_schedule: Literal["constant", "step", "cosine"] = "constant"  # the rate across rounds
+    lr_warmup_rounds: int = Field(0, ge=0)      # the rate climbs linearly over these first rounds
+    lr_step_rounds: int = Field(1, ge=1)        # step: multiply by lr_gamma every this many rounds
+    lr_gamma: float = Field(0.5, gt=0, le=1)
+    lr_min: float = Field(0.0, ge=0)            # cosine: the rate it decays to
+    patience: int | None = Field(None, ge=1)    # stop after this many rounds without a better validation loss
     lr_scaling: Literal["none", "linear"] = "none"
     warmup_epochs: int = Field(0, ge=0)
     sync_rounds: int = Field(0, ge=0)
@@ -184,6 +191,16 @@ class Config(_Section):
         if self.mappers % g:
             raise ValueError(f"combine=split: mappers ({self.mappers}) must be a multiple of split.groups ({g}), "
                              "so that every sub-network has its mappers")
+        return self
+
+    @model_validator(mode="after")
+    def _patience_needs_a_validation_split(self):
+        if self.train.patience is not None and self.data.validation_fraction == 0:
+            raise ValueError(f"train.patience={self.train.patience} stops on the validation loss and needs "
+                             "data.validation_fraction > 0 (e.g. 0.1), got 0")
+        if self.train.lr_schedule == "cosine" and self.train.lr_min >= self.train.lr:
+            raise ValueError(f"train.lr_min must be below train.lr ({self.train.lr}) for the cosine schedule "
+                             f"to decay, got {self.train.lr_min}")
         return self
 
     @model_validator(mode="after")

@@ -163,7 +163,7 @@ def summarize(config: Config, data: Dataset, payload: RoundPayload, result: RunR
         "engine": config.engine, "mappers": config.mappers, "combine": config.combine,
         "rounds": config.train.rounds, "backend": config.model.backend,
         "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
-        "n_features": data.n_features, "n_classes": data.n_classes,
+        "n_val": 0 if data.y_val is None else int(len(data.y_val)), "n_features": data.n_features, "n_classes": data.n_classes,
         **payload.model.layers.describe(),
         "rounds_run": len(result.rounds), "train_seconds": sum(row["seconds"] for row in result.rounds),
         "driver_peak_memory_mb": peak_memory_mb(),
@@ -209,6 +209,39 @@ class Setup:
         backend = get_backend(self.config.model.backend, self.first.model)
         return backend.evaluate(params, self.data.x_test, self.data.y_test)
 
+    def validate(self, params: np.ndarray, row: dict) -> None:
+        """Add the validation loss and accuracy to a rounds.csv row (when the run holds a validation set)."""
+        if self.data.y_val is None:
+            return
+        start = time.perf_counter()
+        backend = get_backend(self.config.model.backend, self.first.model)
+        row["val_loss"], row["val_accuracy"] = backend.evaluate(params, self.data.x_val, self.data.y_val)
+        row["evaluate_seconds"] += time.perf_counter() - start
+
+
+@dataclass
+class EarlyStopping:
+    """``train.patience``: stop after ``patience`` rounds without a lower validation loss; keep the best weights."""
+
+    patience: int
+    best_loss: float = float("inf")
+    best_round: int = -1
+    best_params: np.ndarray | None = None
+    stale: int = 0
+
+    def update(self, round_index: int, val_loss: float, params: np.ndarray) -> bool:
+        """Record round ``round_index``; True when the run should stop."""
+        if val_loss < self.best_loss:
+            self.best_loss, self.best_round, self.best_params, self.stale = val_loss, round_index, params, 0
+        else:
+            self.stale += 1
+        return self.stale >= self.patience
+
+    def replay(self, rows: list[dict]) -> None:
+        """Catch up on a resumed run's finished rounds (their weights are gone: only the count and best loss)."""
+        for row in rows:
+            self.update(row["round"], row["val_loss"], None)
+
 
 def prepare(config: Config, warn=warn) -> Setup:
     """Load the data, check the config against it, build the schedule and round 0's payload."""
@@ -225,11 +258,16 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
                  result: RunResult, log=print, warn=warn, on_round=None) -> RoundPayload:
     """Run rounds ``first_round ..`` of the schedule on ``engine``; return the last round's state."""
     config = setup.config
+    stopping = None if config.train.patience is None else EarlyStopping(config.train.patience)
+    if stopping is not None:
+        stopping.replay(result.rounds)
     try:
         engine.start(ShardSource(config.data, config.seed, config.mappers))
         for r in range(first_round, config.train.rounds):
             payload = setup.round_payload(payload, r, result)
             combined, row, stats = run_round(engine, payload, setup.reducer, setup.evaluate, warn)
+            row["lr"] = payload.plan.lr
+            setup.validate(combined.params, row)
             payload = replace(payload, params=combined.params, opt_state=combined.opt_state)
             result.skipped += [{"round": r, "mapper": m} for m in combined.skipped]
             result.rounds.append(row)
@@ -246,12 +284,23 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
             if target is not None and row["test_accuracy"] >= target:
                 log(f"reached train.target_accuracy={target} after round {r + 1}; stopping")
                 break
+            if stopping is not None and stopping.update(r, row["val_loss"], payload.params):
+                log(f"no lower validation loss for train.patience={stopping.patience} rounds; stopping after "
+                    f"round {r + 1}, keeping round {stopping.best_round + 1}'s weights")
+                break
     except DivergenceError as exc:
         if run_dir is not None and (ckpt := run_dir.latest_checkpoint()) is not None:
             raise DivergenceError(f"{exc}; the last good checkpoint is {ckpt.path}") from None
         raise
     finally:
         engine.stop()
+    if stopping is not None:
+        result.extra.update(best_round=stopping.best_round + 1, best_val_loss=stopping.best_loss)
+        if stopping.best_params is not None and stopping.best_round < len(result.rounds) - 1:
+            best = result.rounds[stopping.best_round]
+            result.extra.update(final_test_accuracy=best["test_accuracy"], final_test_loss=best["test_loss"],
+                                final_train_loss=best["train_loss"])
+            payload = replace(payload, params=stopping.best_params)
     return payload
 
 

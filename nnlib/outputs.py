@@ -22,7 +22,8 @@ from nnlib.errors import NnlibError, first_line
 
 ROUND_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "seconds",
                  "broadcast_seconds", "wait_seconds", "combine_seconds", "evaluate_seconds",
-                 "max_mapper_seconds", "median_mapper_seconds", "overhead_seconds", "result_bytes"]
+                 "max_mapper_seconds", "median_mapper_seconds", "overhead_seconds", "result_bytes", "lr",
+                 "val_accuracy", "val_loss"]
 MAPPER_COLUMNS = ["round", "mapper", "host", "pid", "n_samples", "steps", "train_loss", "train_seconds",
                   "comm_seconds", "peak_memory_mb"]
 

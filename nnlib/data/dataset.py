@@ -29,6 +29,8 @@ class Dataset:
     y_test: np.ndarray   # (n_test,) int64
     n_classes: int
     image_shape: tuple[int, int, int] | None = None  # (C, H, W) of a row, when the rows are images
+    x_val: np.ndarray | None = None  # data.validation_fraction of the training set, held out (float32)
+    y_val: np.ndarray | None = None
 
     @property
     def n_features(self) -> int:
@@ -81,16 +83,19 @@ def _read_source(cfg: DataConfig, seed: int):
     return sources.read_file(Path(cfg.source), "data.source", cfg.label_column, cfg.features_column, cfg.labels)
 
 
-def _split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng([seed, 0x7E57]).permutation(n)
-    n_test = max(1, int(round(n * test_fraction)))
-    if n_test >= n:
-        raise DataError(f"data.test_fraction: {test_fraction} of {n} samples leaves no training data")
-    return np.sort(order[n_test:]), np.sort(order[:n_test])
+def _split(n: int, fraction: float, seed: int, salt: int = 0x7E57,
+           key: str = "data.test_fraction") -> tuple[np.ndarray, np.ndarray]:
+    """``(kept, held out)`` sorted indices: a seeded ``fraction`` of ``range(n)`` held out (at least one)."""
+    order = np.random.default_rng([seed, salt]).permutation(n)
+    n_held = max(1, int(round(n * fraction)))
+    if n_held >= n:
+        raise DataError(f"{key}: {fraction} of {n} samples leaves no training data")
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    """Read ``cfg.source``, check it, split off a test set if none is given, standardise.
+    """Read ``cfg.source``, check it, split off a test set if none is given (and a validation set
+    if asked), standardise.
 
     Standardisation statistics are fitted on the training part only; constant
     features keep a scale of 1.
@@ -126,14 +131,19 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     if len(np.unique(y_train)) < 2:
         raise DataError(f"data.source {src}: the training set holds a single class ({y_train[0]}); "
                         "at least 2 are needed")
+    x_val = y_val = None
+    if cfg.validation_fraction:
+        keep, held = _split(len(y_train), cfg.validation_fraction, seed, 0x7A11, "data.validation_fraction")
+        x_train, y_train, x_val, y_val = x_train[keep], y_train[keep], x_train[held], y_train[held]
     if cfg.standardize:
         mean = x_train.mean(axis=0)
         std = x_train.std(axis=0)
         std[std == 0] = 1.0
         x_train = (x_train - mean) / std
         x_test = (x_test - mean) / std
+        x_val = None if x_val is None else (x_val - mean) / std
     return Dataset(x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test, n_classes,
-                   _image_shape(cfg, x_train.shape[1]))
+                   _image_shape(cfg, x_train.shape[1]), None if x_val is None else x_val.astype(np.float32), y_val)
 
 
 def _image_shape(cfg: DataConfig, n_features: int) -> tuple[int, int, int] | None:
