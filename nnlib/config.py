@@ -57,7 +57,8 @@ class DataConfig(_Section):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     validation_fraction: float = Field(0.0, ge=0, lt=1)  # of the training set, held out for train.patience
     standardize: bool = True
-    partition: Literal["random", "stratified", "contiguous"] = "random"
+    partition: Literal["random", "stratified", "contiguous", "label_skew", "quantity_skew"] = "random"
+    skew_alpha: float = Field(0.5, gt=0)  # label_skew, quantity_skew: the Dirichlet concentration
     image_shape: list[int] | None = None  # model.type=cnn: [H, W] or [C, H, W]; digits and IDX know theirs
     n_samples: int = Field(2000, ge=2)
     n_features: int = Field(20, ge=1)
@@ -107,6 +108,7 @@ class TrainConfig(_Section):
     beta2: float = Field(0.999, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0)
     optimizer_state: Literal["average", "reset"] = "average"
+    proximal_mu: float = Field(0.0, ge=0)      # FedProx: each mapper adds (mu/2) * ||w - w_round||^2
     lr_schedule: Literal["constant", "step", "cosine"] = "constant"  # the rate across rounds
     lr_warmup_rounds: int = Field(0, ge=0)      # the rate climbs linearly over these first rounds
     lr_step_rounds: int = Field(1, ge=1)        # step: multiply by lr_gamma every this many rounds
@@ -151,6 +153,11 @@ class SplitConfig(_Section):
     max_combinations: int = Field(1000, ge=1)    # split-search: sample this many when there are more
 
 
+class ServerConfig(_Section):
+    lr: float = Field(1.0, gt=0)             # the server's step on the round's pseudo-gradient (FedAvgM)
+    momentum: float = Field(0.0, ge=0, lt=1)  # lr 1, momentum 0: plain averaging
+
+
 class MlflowConfig(_Section):
     tracking_uri: str | None = None   # default: a local mlruns/ folder in the working directory
     experiment: str = "nnlib"
@@ -168,6 +175,7 @@ class Config(_Section):
     mrjob: MrjobConfig = MrjobConfig()
     mpi: MpiConfig = MpiConfig()
     split: SplitConfig = SplitConfig()
+    server: ServerConfig = ServerConfig()
     tracking: Literal["none", "mlflow"] = "none"
     mlflow: MlflowConfig = MlflowConfig()
 
@@ -256,7 +264,9 @@ def suggest_key(key: str, candidates: list[str] | None = None) -> str:
         valid_keys() + sorted({k.split(".")[0] for k in valid_keys() if "." in k}))
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     if not close:  # a right leaf under the wrong section, e.g. 'lr' for 'train.lr'
-        by_leaf = {k.rsplit(".", 1)[-1]: k for k in keys}
+        by_leaf: dict[str, str] = {}
+        for k in keys:  # the first section that has the leaf: train.lr before server.lr
+            by_leaf.setdefault(k.rsplit(".", 1)[-1], k)
         leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_leaf), n=1, cutoff=0.6)
         close = [by_leaf[leaf[0]]] if leaf else []
     return f"; did you mean '{close[0]}'?" if close else ""

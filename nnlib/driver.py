@@ -20,6 +20,7 @@ import numpy as np
 
 from nnlib.config import Config
 from nnlib.core.backends import get_backend
+from nnlib.core.optim import ServerSGD
 from nnlib.core.params import to_named
 from nnlib.data.dataset import Dataset, ShardSource, load_dataset
 from nnlib.data.partition import shard_sizes
@@ -111,11 +112,13 @@ def mapper_rows(r: int, stats: list[MapperStats]) -> list[dict]:
              "comm_seconds": s.comm_seconds, "peak_memory_mb": s.peak_memory_mb} for s in stats]
 
 
-def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: RunResult) -> tuple[int, RoundPayload]:
+def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: RunResult,
+                 server: Server | None = None) -> tuple[int, RoundPayload]:
     """``(rounds done, payload holding their weights)`` from the newest checkpoint of ``run_dir``.
 
-    The tables and skipped mappers of the finished rounds go into ``result``.
-    Without a checkpoint: ``(0, start)``.
+    The tables and skipped mappers of the finished rounds go into ``result``,
+    the server optimizer's state into ``server``. Without a checkpoint:
+    ``(0, start)``.
     """
     ckpt = run_dir.latest_checkpoint()
     if ckpt is None:
@@ -132,11 +135,38 @@ def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: R
                           f"train.rounds must be >= {ckpt.rounds_done}, got {config.train.rounds}")
     result.rounds, result.mapper_rows = run_dir.read_tables(ckpt.rounds_done)
     result.skipped = [{"round": int(r), "mapper": int(m)} for r, m in ckpt.skipped]
+    if server is not None and server.state is not None:
+        if ckpt.server_state is None or ckpt.server_state.shape != server.state.shape:
+            raise ConfigError(f"--resume: checkpoint {ckpt.path} holds no server momentum for "
+                              f"server.momentum={config.server.momentum}")
+        server.state[:] = ckpt.server_state
     return ckpt.rounds_done, replace(start, params=ckpt.params, opt_state=ckpt.opt_state)
 
 
+@dataclass
+class Server:
+    """The server optimizer (``server.lr``, ``server.momentum``) and its state, kept by the driver."""
+
+    rule: ServerSGD
+    state: np.ndarray | None
+
+    def __call__(self, payload: RoundPayload, combined: Combined) -> Combined:
+        """A local round's combined weights, moved by the server's step from the round's start."""
+        if payload.plan.synchronous:
+            return combined
+        return replace(combined, params=self.rule.step(payload.params, combined.params, self.state))
+
+
+def make_server(config: Config, params: np.ndarray) -> Server | None:
+    """The config's server optimizer; None for plain averaging (``server.lr=1``, ``server.momentum=0``)."""
+    if config.server.lr == 1 and config.server.momentum == 0:
+        return None
+    rule = ServerSGD(config.server.lr, config.server.momentum)
+    return Server(rule, rule.init_state(params))
+
+
 def run_round(engine: Engine, payload: RoundPayload, reducer: RoundReducer, evaluate,
-              warn=warn) -> tuple[Combined, dict, list[MapperStats]]:
+              warn=warn, server: Server | None = None) -> tuple[Combined, dict, list[MapperStats]]:
     """One round on ``engine``: ``(the next state, the rounds.csv row, the mappers' stats)``."""
     start = time.perf_counter()
     times: dict[str, float] = {}
@@ -144,6 +174,9 @@ def run_round(engine: Engine, payload: RoundPayload, reducer: RoundReducer, eval
         combined, stats = engine.sync_round(payload, times)
     else:
         combined, stats = engine.round(payload, reducer, times)
+    if server is not None:
+        with timed(times, "combine"):
+            combined = server(payload, combined)
     for mapper in combined.skipped:
         warn(f"round {payload.round_index}: mapper {mapper} returned NaN or inf; its result was left out "
              "(train.skip_bad_mappers)")
@@ -247,7 +280,8 @@ def prepare(config: Config, warn=warn) -> Setup:
     """Load the data, check the config against it, build the schedule and round 0's payload."""
     config = with_absolute_paths(config)
     data = load_dataset(config.data, config.seed)
-    sizes = shard_sizes(data.y_train, config.mappers, config.data.partition, config.seed)
+    sizes = shard_sizes(data.y_train, config.mappers, config.data.partition, config.seed,
+                        config.data.skew_alpha)
     check_against_data(config, data, sizes, warn)
     schedule = Schedule.from_config(config, min(sizes))
     return Setup(config, data, schedule, first_payload(config, data, schedule),
@@ -255,7 +289,8 @@ def prepare(config: Config, warn=warn) -> Setup:
 
 
 def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_round: int, run_dir: RunDir | None,
-                 result: RunResult, log=print, warn=warn, on_round=None) -> RoundPayload:
+                 result: RunResult, log=print, warn=warn, on_round=None,
+                 server: Server | None = None) -> RoundPayload:
     """Run rounds ``first_round ..`` of the schedule on ``engine``; return the last round's state."""
     config = setup.config
     stopping = None if config.train.patience is None else EarlyStopping(config.train.patience)
@@ -265,7 +300,7 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
         engine.start(ShardSource(config.data, config.seed, config.mappers))
         for r in range(first_round, config.train.rounds):
             payload = setup.round_payload(payload, r, result)
-            combined, row, stats = run_round(engine, payload, setup.reducer, setup.evaluate, warn)
+            combined, row, stats = run_round(engine, payload, setup.reducer, setup.evaluate, warn, server)
             row["lr"] = payload.plan.lr
             setup.validate(combined.params, row)
             payload = replace(payload, params=combined.params, opt_state=combined.opt_state)
@@ -275,7 +310,8 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
             if run_dir is not None:
                 # tables first, then the checkpoint: a resume drops table rows past the checkpoint
                 run_dir.write_tables(result.rounds, result.mapper_rows)
-                run_dir.write_checkpoint(r + 1, payload.params, payload.opt_state, result.skipped)
+                run_dir.write_checkpoint(r + 1, payload.params, payload.opt_state, result.skipped,
+                                         server_state=None if server is None else server.state)
             if on_round is not None:
                 on_round(row)
             log(f"round {r + 1}/{config.train.rounds}  test_acc {row['test_accuracy']:.4f}  "
@@ -320,9 +356,10 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
     config, payload = setup.config, setup.first
     log(model_line(payload.model.layers.describe(), config.model.backend))
     result = RunResult(payload.params, {})
+    server = make_server(config, payload.params)
     first_round = 0
     if resume and run_dir is not None:
-        first_round, payload = resume_state(config, run_dir, payload, result)
+        first_round, payload = resume_state(config, run_dir, payload, result, server)
         if first_round:
             log(f"resuming after round {first_round} from {run_dir.path / 'checkpoints'}")
         run_dir.file("summary.json").unlink(missing_ok=True)  # rewritten when the run finishes
@@ -330,7 +367,7 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
         run_dir.write_config(config.to_dict())
     if first_round < config.train.rounds:
         engine = engine or make_engine(config, warn)
-        payload = train_rounds(engine, setup, payload, first_round, run_dir, result, log, warn, on_round)
+        payload = train_rounds(engine, setup, payload, first_round, run_dir, result, log, warn, on_round, server)
     result.params = payload.params
     result.summary = summarize(config, setup.data, payload, result, time.perf_counter() - wall_start,
                                first_round if resume else None)

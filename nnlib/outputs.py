@@ -106,7 +106,7 @@ class RunDir:
         atomic_write_bytes(self.file("model.npz"), buf.getvalue())
 
     def write_checkpoint(self, rounds_done: int, params: np.ndarray, opt_state: np.ndarray | None,
-                         skipped: list[dict] = (), keep: int = 2) -> Path:
+                         skipped: list[dict] = (), keep: int = 2, server_state: np.ndarray | None = None) -> Path:
         """Save the state after ``rounds_done`` rounds to ``checkpoints/``; keep the newest ``keep`` files."""
         folder = self.file("checkpoints")
         folder.mkdir(exist_ok=True)
@@ -114,6 +114,8 @@ class RunDir:
                   "skipped": np.array([[s["round"], s["mapper"]] for s in skipped], np.int64).reshape(-1, 2)}
         if opt_state is not None:
             arrays["opt_state"] = opt_state
+        if server_state is not None:
+            arrays["server_state"] = server_state
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         path = folder / f"round-{rounds_done:05d}.npz"
@@ -133,6 +135,7 @@ class RunDir:
                 rounds_done = int(f["rounds_done"])
                 params = f["params"]
                 opt_state = f["opt_state"] if "opt_state" in f.files else None
+                server_state = f["server_state"] if "server_state" in f.files else None
                 skipped = f["skipped"].reshape(-1, 2).tolist()
         except Exception as exc:  # noqa: BLE001  - any damage reads as "corrupted"
             raise NnlibError(f"--resume: checkpoint {path} is corrupted ({first_line(exc)}); "
@@ -140,7 +143,7 @@ class RunDir:
         if params.dtype != np.float32 or params.ndim != 1:
             raise NnlibError(f"--resume: checkpoint {path} is corrupted (params must be a float32 vector, "
                              f"got {params.dtype} {params.shape})")
-        return Checkpoint(rounds_done, params, opt_state, skipped, path)
+        return Checkpoint(rounds_done, params, opt_state, skipped, path, server_state)
 
     def read_tables(self, rounds_done: int) -> tuple[list[dict], list[dict]]:
         """Rows of rounds.csv and mapper_times.csv for the first ``rounds_done`` rounds (to resume)."""
@@ -178,6 +181,7 @@ class Checkpoint:
     opt_state: np.ndarray | None  # the optimizer state (momentum buffer)
     skipped: list[list[int]]  # [round, mapper] pairs left out so far
     path: Path
+    server_state: np.ndarray | None = None  # the server optimizer's momentum (server.momentum)
 
 
 def load_model(path: str | Path) -> dict[str, np.ndarray]:

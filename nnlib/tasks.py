@@ -77,6 +77,7 @@ class RoundPayload:
     subnets: SubnetPlan | None = None   # sub-networks this round (ist, split); None: the whole network
     part: tuple[float, float] = (0.0, 1.0)  # the share of each shard trained on (split: warm-up, rest)
     sliced_for: int | None = None       # params and opt_state already hold this mapper's sub-network
+    proximal_mu: float = 0.0            # FedProx: the pull towards the round's weights (train.proximal_mu)
 
     @property
     def round_index(self) -> int:
@@ -179,11 +180,12 @@ def first_payload(config, data: Dataset, schedule: Schedule | None = None) -> Ro
     params = init_params(spec.layers, config.seed)
     optimizer = make_optimizer(config)
     if schedule is None:
-        sizes = shard_sizes(data.y_train, config.mappers, config.data.partition, config.seed)
+        sizes = shard_sizes(data.y_train, config.mappers, config.data.partition, config.seed,
+                            config.data.skew_alpha)
         schedule = Schedule.from_config(config, min(sizes))
     subnets = SubnetPlan(config.mappers, config.split.scale == "groups") if config.combine == "ist" else None
     return RoundPayload(schedule.plan(0), config.seed, params, optimizer.init_state(params), spec,
-                        config.model.backend, optimizer, subnets)
+                        config.model.backend, optimizer, subnets, proximal_mu=config.train.proximal_mu)
 
 
 def peak_memory_mb() -> float:
@@ -205,7 +207,7 @@ def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
     lo, hi = (round(f * shard.n_samples) for f in payload.part)
     with one_blas_thread():
         update = local_sgd(backend, params, opt_state, payload.optimizer, shard.x[lo:hi], shard.y[lo:hi],
-                           plan.local, plan.lr, shard_rng(payload.seed, plan.index, shard.index))
+                           plan.local, plan.lr, shard_rng(payload.seed, plan.index, shard.index), payload.proximal_mu)
     sent = update.params.nbytes + (0 if update.opt_state is None else update.opt_state.nbytes)
     stats = MapperStats(shard.index, update.n_samples, update.steps, update.train_loss, socket.gethostname(),
                         os.getpid(), time.perf_counter() - start, 0.0, peak_memory_mb(), sent)

@@ -65,7 +65,7 @@ def payload_to_bytes(p: RoundPayload) -> bytes:
         "batch_size": np.int64(local.batch_size), "local_epochs": np.int64(local.local_epochs),
         "local_steps": np.int64(-1 if local.local_steps is None else local.local_steps),
         "lr": np.float64(p.plan.lr), "optimizer": np.str_(to_json(p.optimizer)),
-        "part": np.asarray(p.part, np.float64),
+        "part": np.asarray(p.part, np.float64), "proximal_mu": np.float64(p.proximal_mu),
         **_subnet_arrays(p.subnets),
     }
     if p.plan.sync_lrs is not None:
@@ -122,4 +122,4 @@ def payload_from_file(path) -> RoundPayload:
             opt_state=f["opt_state"].astype(DTYPE) if "opt_state" in f.files else None,
             model=ModelSpec(_layout(f), str(f["activation"]), str(f["loss"]), float(f["l2"])),
             backend=str(f["backend"]), optimizer=from_json(str(f["optimizer"])),
-            subnets=_subnet_plan(f), part=tuple(float(v) for v in f["part"]))
+            subnets=_subnet_plan(f), part=tuple(float(v) for v in f["part"]), proximal_mu=float(f["proximal_mu"]))

@@ -63,6 +63,7 @@ def spark_engine(mode: str, **kwargs):
     ("combine=split", "split.method=alternating", "split.groups=2", "model.hidden=[16,12]"),
     ("combine=ist", "train.optimizer=adamw", "train.weight_decay=0.01", "train.lr=0.01"),
     ("model.type=cnn", "model.channels=[4,6]", "model.kernel=3"),
+    ("data.partition=label_skew", "train.proximal_mu=0.1", "server.momentum=0.5", "train.lr_schedule=cosine"),
 ])
 def test_spark_engine_equals_local_engine(spark, overrides, mode):
     config = small_config("mappers=4", *overrides)

@@ -52,7 +52,9 @@ def local_params(*sets):
     ("--set", "mappers=2", "--set", "combine=split", "--set", "split.recombine=sum"),
     ("--set", "mappers=2", "--set", "combine=ist", "--set", "train.optimizer=adam", "--set", "train.lr=0.01"),
     ("--set", "mappers=2", "--set", "model.type=cnn", "--set", "model.channels=[4,6]"),
-], ids=["average", "weighted-momentum", "sum_updates", "ist", "split", "ist-adam", "cnn"])
+    ("--set", "mappers=2", "--set", "data.partition=label_skew", "--set", "train.proximal_mu=0.1",
+     "--set", "server.momentum=0.5", "--set", "train.lr_schedule=step"),
+], ids=["average", "weighted-momentum", "sum_updates", "ist", "split", "ist-adam", "cnn", "fedprox"])
 def test_model_averaging_equals_local_engine(tmp_path, sets):
     proc, out = mpirun(tmp_path, 2, *sets)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -21,8 +21,9 @@ QUIET = dict(log=lambda _msg: None)
 
 @pytest.mark.parametrize("sets", [("combine=average",), ("combine=ist",), ("combine=split",),
                                   ("combine=average", "train.optimizer=adam", "train.lr=0.01"),
-                                  ("model.type=cnn", "model.channels=[4]", "model.kernel=3")],
-                         ids=["average", "ist", "split", "adam", "cnn"])
+                                  ("model.type=cnn", "model.channels=[4]", "model.kernel=3"),
+                                  ("data.partition=label_skew", "train.proximal_mu=0.1", "server.momentum=0.5")],
+                         ids=["average", "ist", "split", "adam", "cnn", "fedprox"])
 @pytest.mark.parametrize("runner", ["inline", pytest.param("local", marks=pytest.mark.slow)])
 def test_mrjob_equals_local_engine(runner, sets):
     config = small_config("mappers=3", "train.rounds=2", "train.momentum=0.5", *sets)

@@ -93,6 +93,34 @@ class Adam:
         params -= step_size * m / (np.sqrt(v) / correction2 + dtype(self.eps))
 
 
+@dataclass(frozen=True)
+class ServerSGD:
+    """The server's step after a round (FedAvgM, Hsu et al. 2019): SGD on the round's pseudo-gradient.
+
+    With ``w`` the round's starting weights and ``w_avg`` what the mappers'
+    results combine to, the pseudo-gradient is ``d = w - w_avg``; then
+    ``v = momentum * v + d`` and the new weights are ``w - lr * v``. ``lr=1``
+    and ``momentum=0`` give ``w_avg``: plain averaging. State: ``v``
+    ``(n_params,)``, or ``None`` without momentum.
+    """
+
+    lr: float = 1.0
+    momentum: float = 0.0
+
+    def init_state(self, params: np.ndarray) -> np.ndarray | None:
+        return np.zeros_like(params) if self.momentum > 0 else None
+
+    def step(self, start: np.ndarray, combined: np.ndarray, state: np.ndarray | None) -> np.ndarray:
+        """The new weights from the round's ``start`` and ``combined`` weights; ``state`` updated in place."""
+        dtype = start.dtype.type
+        delta = start - combined
+        if state is not None:
+            state *= dtype(self.momentum)
+            state += delta
+            delta = state
+        return start - dtype(self.lr) * delta
+
+
 OPTIMIZERS = {"SGD": SGD, "Adam": Adam}
 
 

@@ -74,9 +74,16 @@ class LocalUpdate:
 
 
 def local_sgd(backend, params, opt_state, optimizer, x, y, schedule: LocalSchedule, lr: float,
-              rng: np.random.Generator) -> LocalUpdate:
-    """Train a copy of ``params`` on the shard ``(x, y)`` for one round of ``schedule``."""
+              rng: np.random.Generator, proximal_mu: float = 0.0) -> LocalUpdate:
+    """Train a copy of ``params`` on the shard ``(x, y)`` for one round of ``schedule``.
+
+    ``proximal_mu > 0`` is FedProx: the objective gains ``(mu/2) * ||w - w0||^2``
+    around the round's starting weights ``w0``, so the gradient gains
+    ``mu * (w - w0)`` and the local weights stay near the shared ones.
+    """
     batches = batch_indices(len(y), schedule, rng)
+    start = params
+    mu = params.dtype.type(proximal_mu)
     params = params.copy()
     opt_state = None if opt_state is None else opt_state.copy()
     loss_sum = 0.0
@@ -86,6 +93,8 @@ def local_sgd(backend, params, opt_state, optimizer, x, y, schedule: LocalSchedu
         idx = batches[step]
         loss, grad = backend.loss_and_grad(w, x[idx], y[idx])
         loss_sum += loss * len(idx)
+        if proximal_mu:
+            grad += mu * (w - start)
         return grad
 
     with np.errstate(all="ignore"):  # divergence is reported by the caller, by round and mapper

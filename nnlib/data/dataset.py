@@ -182,5 +182,6 @@ class ShardSource:
     def build(self, indices: list[int]) -> list[Shard]:
         """Load the data once and cut out the shards ``indices``; what a worker runs."""
         dataset = load_dataset(self.data, self.seed)
-        parts = partition(dataset.y_train, self.mappers, self.data.partition, self.seed)
+        parts = partition(dataset.y_train, self.mappers, self.data.partition, self.seed,
+                          self.data.skew_alpha)
         return [Shard(i, dataset.x_train[parts[i]], dataset.y_train[parts[i]]) for i in indices]
