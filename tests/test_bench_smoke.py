@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
-SCRIPTS = ["throughput", "round_overhead", "speedup", "memory", "sync_rounds", "time_to_target"]
+SCRIPTS = ["throughput", "round_overhead", "speedup", "memory", "sync_rounds", "time_to_target", "reference_accuracy"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
