@@ -107,7 +107,7 @@ CATALOGUE = [
     ("extends-cycle", lambda t: [(t / "c.yaml").write_text("extends: c.yaml\n") and str(t / "c.yaml")],
      "'extends: c.yaml' makes a cycle"),
     ("missing-data-file", lambda t: data(t / "none.npz"), "data.source: file {t}/none.npz does not exist"),
-    ("data-path-is-a-folder", lambda t: data(t), "data.source: {t} is not a file"),
+    ("data-path-is-a-folder", lambda t: data(t), "data.source: {t} holds no .parquet files"),
     ("unknown-extension", lambda t: [(t / "d.txt").write_text("1,2\n") and None] and data(t / "d.txt"),
      "data.source: unknown kind of data source '{t}/d.txt'; allowed: digits, synthetic, .npz, .csv, .parquet"),
     ("csv-ragged-rows", lambda t: csv_file(t, "a,b,label\n1,2,0\n3,1\n4,5,1\n"),

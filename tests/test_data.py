@@ -10,6 +10,7 @@ import pytest
 from nnlib.config import load_config
 from nnlib.data.dataset import ShardSource, load_dataset
 from nnlib.data.partition import partition
+from nnlib.errors import DataError
 
 
 def _xy(n=30, f=4, k=3, seed=0):
@@ -130,3 +131,48 @@ def test_shards_rebuilt_one_at_a_time_equal_shards_built_together():
         alone = source.build([shard.index])[0]
         np.testing.assert_array_equal(alone.x, shard.x)
         np.testing.assert_array_equal(alone.y, shard.y)
+
+
+def _parquet_parts(folder, x, y, cuts):
+    """``(x, y)`` written as one Parquet file per run of rows between ``cuts``, names sorting in row order."""
+    folder.mkdir()
+    bounds = [0, *cuts, len(y)]
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        cols = {f"f{j}": x[a:b, j] for j in range(x.shape[1])}
+        pq.write_table(pa.table({**cols, "label": y[a:b]}), folder / f"part-{i:05d}.parquet")
+    return folder
+
+
+def test_a_parquet_dataset_of_several_files_equals_the_same_data_as_one_npz(tmp_path):
+    x, y = _xy()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    folder = _parquet_parts(tmp_path / "ds", x, y, [7, 8, 20])
+    (folder / "_SUCCESS").write_text("")  # what Spark leaves beside its parts
+    reference = load_dataset(_data_cfg(source=tmp_path / "d.npz"), seed=2)
+    for source in (folder, f"{folder}/part-*.parquet"):
+        data = load_dataset(_data_cfg(source=source), seed=2)
+        np.testing.assert_array_equal(data.x_train, reference.x_train)
+        np.testing.assert_array_equal(data.y_train, reference.y_train)
+        np.testing.assert_array_equal(data.x_test, reference.x_test)
+
+
+def test_a_parquet_dataset_with_a_list_column_reads_as_the_columns_do(tmp_path):
+    x, y = _xy()
+    (tmp_path / "ds").mkdir()
+    for i, (a, b) in enumerate([(0, 10), (10, len(y))]):
+        pq.write_table(pa.table({"pixels": x[a:b].tolist(), "label": y[a:b]}), tmp_path / "ds" / f"p{i}.parquet")
+    cols = load_dataset(_data_cfg(source=_parquet_parts(tmp_path / "cols", x, y, [10])), seed=0)
+    lists = load_dataset(_data_cfg(source=tmp_path / "ds", features_column="pixels"), seed=0)
+    np.testing.assert_array_equal(lists.x_train, cols.x_train)
+
+
+def test_a_corrupted_file_in_a_parquet_dataset_is_one_line_naming_it(tmp_path):
+    x, y = _xy()
+    folder = _parquet_parts(tmp_path / "ds", x, y, [10, 20])
+    bad = folder / "part-00001.parquet"
+    bad.write_bytes(bad.read_bytes()[:40])
+    with pytest.raises(DataError, match=rf"data.source: {bad} is not a readable parquet file"):
+        load_dataset(_data_cfg(source=folder), seed=0)
+    pq.write_table(pa.table({"other": y[:3], "label": y[:3]}), bad)
+    with pytest.raises(DataError, match=rf"data.source: {bad} has columns .* every file of a dataset needs the same"):
+        load_dataset(_data_cfg(source=folder), seed=0)

@@ -9,6 +9,7 @@ raised as a one-line :class:`DataError` naming the file.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import zipfile
 from pathlib import Path
@@ -83,6 +84,7 @@ def read_npz(path: Path, key: str):
 
 def _table_to_arrays(table, path: Path, key: str, label_column: str, features_column: str | None):
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     if label_column not in table.column_names:
         raise DataError(f"{key}: {path} has no label column '{label_column}' "
@@ -101,15 +103,16 @@ def _table_to_arrays(table, path: Path, key: str, label_column: str, features_co
         if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
                 or pa.types.is_fixed_size_list(col.type)):
             raise DataError(f"{key}: {path} features column '{features_column}' must hold lists, got {col.type}")
-        rows = col.to_pylist()
-        lengths = {len(r) if r is not None else -1 for r in rows}
-        if len(lengths) != 1 or -1 in lengths:
+        col = col.combine_chunks()
+        if len(col) == 0:
+            return np.zeros((0, 1)), y
+        lengths = pc.list_value_length(col)
+        if col.null_count or pc.min_max(lengths)["min"] != pc.min_max(lengths)["max"]:
             raise DataError(f"{key}: {path} features column '{features_column}' has rows of different lengths")
-        try:
-            x = np.asarray(rows, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise DataError(f"{key}: {path} features column '{features_column}' holds non-numeric values") from None
-        return x, y
+        values = pc.list_flatten(col)
+        if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)) or values.null_count:
+            raise DataError(f"{key}: {path} features column '{features_column}' holds non-numeric values")
+        return values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(col), -1), y
     columns = []
     for name in table.column_names:
         if name == label_column:
@@ -142,14 +145,50 @@ def read_csv(path: Path, key: str, label_column: str):
 
 def read_parquet(path: Path, key: str, label_column: str, features_column: str | None):
     """Parquet: numeric feature columns, or one list column named by ``data.features_column``."""
+    return _table_to_arrays(_parquet_table(path, key), path, key, label_column, features_column)
+
+
+def _parquet_table(path: Path, key: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        return pq.read_table(path)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise DataError(f"{key}: {path} is not a readable parquet file ({first_line(exc)})") from None
-    return _table_to_arrays(table, path, key, label_column, features_column)
+
+
+def parquet_files(source: str) -> list[Path] | None:
+    """The files of a Parquet dataset, in the order that numbers its rows; None if ``source`` is not one.
+
+    A dataset is a directory (every ``*.parquet`` file below it, hidden and
+    ``_``-prefixed files left out, as Spark and Hive write them) or a glob
+    pattern (``data/part-*.parquet``). Files are taken in sorted path order.
+    """
+    path = Path(source)
+    if path.is_dir():
+        files = [f for f in path.rglob("*.parquet")
+                 if not any(part.startswith((".", "_")) for part in f.relative_to(path).parts)]
+    elif any(c in source for c in "*?["):
+        files = [Path(f) for f in glob.glob(source, recursive=True) if Path(f).is_file()]
+    else:
+        return None
+    return sorted(files)
+
+
+def read_parquet_dataset(source: str, files: list[Path], key: str, label_column: str,
+                         features_column: str | None):
+    """Every file of a Parquet dataset, read one by one (an error names the file), as one table's arrays."""
+    import pyarrow as pa
+
+    if not files:
+        raise DataError(f"{key}: {source} holds no .parquet files")
+    tables = [_parquet_table(f, key) for f in files]
+    for f, t in zip(files[1:], tables[1:]):
+        if not t.schema.equals(tables[0].schema):
+            raise DataError(f"{key}: {f} has columns {t.schema.names[:10]} of other types than {files[0]}'s "
+                            f"{tables[0].schema.names[:10]}; every file of a dataset needs the same schema")
+    return _table_to_arrays(pa.concat_tables(tables), Path(source), key, label_column, features_column)
 
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -205,7 +244,10 @@ def is_idx(path: Path) -> bool:
 
 def read_file(path: Path, key: str, label_column: str = "label", features_column: str | None = None,
               labels: str | None = None, labels_key: str = "data.labels"):
-    """Read a data file by its extension; returns ``(x, y)`` or ``(x, y, x_test, y_test)``."""
+    """Read a data file by its extension, or a Parquet dataset; returns ``(x, y)`` or ``(x, y, x_test, y_test)``."""
+    files = parquet_files(str(path))
+    if files is not None:
+        return read_parquet_dataset(str(path), files, key, label_column, features_column)
     _check_exists(path, key)
     suffix = path.suffix.lower()
     if suffix == ".npz":
