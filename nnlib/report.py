@@ -165,7 +165,8 @@ def run_blocks(run_dir: Path) -> list:
     mappers = read_csv_rows(run_dir / "mapper_times.csv")
     keys = ["final_test_accuracy", "final_test_loss", "final_train_loss", "wall_seconds", "train_seconds",
             "rounds_run", "engine", "mappers", "combine", "backend", "n_train", "n_test", "model_type",
-            "layer_sizes", "image_shape", "channels", "n_params", "driver_peak_memory_mb", "baseline_test_accuracy", "split_method", "split_cross_coupling"]
+            "layer_sizes", "image_shape", "channels", "n_params", "driver_peak_memory_mb", "best_round",
+            "baseline_test_accuracy", "split_method", "split_cross_coupling"]
     blocks: list = [Heading(f"nnlib run: {run_dir.name}", 1),
                     Para(f"Report written {time.strftime('%Y-%m-%d %H:%M')}."),
                     Table(["", "value"], [[k, _fmt(summary.get(k))] for k in keys if k in summary])]

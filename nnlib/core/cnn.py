@@ -2,10 +2,11 @@
 
 The network (``model.type: cnn``): for each entry of ``channels`` a
 ``kernel x kernel`` convolution with "same" zero padding (``kernel // 2``),
-an activation (``model.activation``; the slides' ReLU) and a 2x2 max-pool (floor, as ``torch.nn.MaxPool2d(2)``); then one
-linear layer from the flattened maps to the classes. With the slides'
-``channels=(16, 32)``, ``kernel=5`` and a 28x28 input that is
-416 + 12,832 + 15,690 = 28,938 parameters.
+an activation (``model.activation``; the slides' ReLU) and a 2x2 max-pool
+(floor, as ``torch.nn.MaxPool2d(2)``); then one linear layer from the
+flattened maps to the classes. With the slides' ``channels=(16, 32)``,
+``kernel=5`` and a 28x28 input that is 416 + 12,832 + 15,690 = 28,938
+parameters.
 
 Parameters are the same flat float32 vector as the MLP's
 (:mod:`nnlib.core.params`), in torch's layouts: conv weights
@@ -23,19 +24,18 @@ one matrix product of the ``(n*H*W, C*k*k)`` patch matrix with the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from nnlib.core.mlp import ACTIVATIONS, LOSSES
-from nnlib.core.params import DTYPE, unpack, weight_mask
+from nnlib.core.params import DTYPE, Layout, unpack
 
 EVAL_CHUNK = 1024  # samples per forward pass when predicting
 
 
 @dataclass(frozen=True)
-class ConvSpec:
+class ConvSpec(Layout):
     """The CNN's shape: input image ``(C, H, W)``, conv channels, kernel size and classes."""
 
     image_shape: tuple[int, int, int]
@@ -66,27 +66,11 @@ class ConvSpec:
             fan_in = ch
         return out + [(self.n_flat, self.n_classes), (self.n_classes,)]
 
-    @cached_property
-    def offsets(self) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
-        out, start = [], 0
-        for shape in self.shapes():
-            stop = start + int(np.prod(shape))
-            out.append((start, stop, shape))
-            start = stop
-        return tuple(out)
-
     def names(self) -> list[str]:
         out: list[str] = []
         for i in range(len(self.channels)):
             out += [f"conv{i}.weight", f"conv{i}.bias"]
         return out + ["fc.weight", "fc.bias"]
-
-    @property
-    def n_params(self) -> int:
-        return self.offsets[-1][1]
-
-    def weight_mask(self) -> np.ndarray:
-        return weight_mask(self.shapes())
 
     def fans(self) -> list[tuple[int, int] | None]:
         """Glorot's fans: a conv kernel's ``(in * k * k, out * k * k)``, the linear layer's ``(in, out)``."""

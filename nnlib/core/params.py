@@ -22,8 +22,33 @@ import numpy as np
 DTYPE = np.float32
 
 
+class Layout:
+    """What every parameter layout shares, given its ``shapes()``: offsets, size and the L2 mask."""
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        raise NotImplementedError
+
+    @cached_property
+    def offsets(self) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
+        """``(start, stop, shape)`` of every array in the flat vector, computed once per spec."""
+        out, start = [], 0
+        for shape in self.shapes():
+            stop = start + int(np.prod(shape))
+            out.append((start, stop, shape))
+            start = stop
+        return tuple(out)
+
+    @property
+    def n_params(self) -> int:
+        return self.offsets[-1][1]
+
+    def weight_mask(self) -> np.ndarray:
+        """Flat float32 mask: 1 on weights (arrays of 2 dimensions and up), 0 on biases (the L2 penalty's support)."""
+        return np.concatenate([np.full(int(np.prod(s)), 1.0 if len(s) >= 2 else 0.0, DTYPE) for s in self.shapes()])
+
+
 @dataclass(frozen=True)
-class LayerSpec:
+class LayerSpec(Layout):
     """Layer sizes of an MLP, input first: ``(n_features, *hidden, n_classes)``."""
 
     sizes: tuple[int, ...]
@@ -40,30 +65,12 @@ class LayerSpec:
             out.append((fan_out,))
         return out
 
-    @cached_property
-    def offsets(self) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
-        """``(start, stop, shape)`` of every array in the flat vector, computed once per spec."""
-        out, start = [], 0
-        for shape in self.shapes():
-            stop = start + int(np.prod(shape))
-            out.append((start, stop, shape))
-            start = stop
-        return tuple(out)
-
     def names(self) -> list[str]:
         """Array names in flat order, as stored in ``model.npz``."""
         out: list[str] = []
         for i in range(self.n_layers):
             out += [f"layer{i}.weight", f"layer{i}.bias"]
         return out
-
-    @property
-    def n_params(self) -> int:
-        return self.offsets[-1][1]
-
-    def weight_mask(self) -> np.ndarray:
-        """Flat float32 mask: 1 on weights, 0 on biases (the L2 penalty's support)."""
-        return weight_mask(self.shapes())
 
     def fans(self) -> list[tuple[int, int] | None]:
         """``(fan_in, fan_out)`` of every weight array in flat order, ``None`` for a bias (the init's scale)."""
@@ -72,11 +79,6 @@ class LayerSpec:
     def describe(self) -> dict:
         """The model's shape for summary.json."""
         return {"model_type": "mlp", "layer_sizes": list(self.sizes), "n_params": self.n_params}
-
-
-def weight_mask(shapes: list[tuple[int, ...]]) -> np.ndarray:
-    """Flat float32 mask over arrays of ``shapes``: 1 on weights (2-d and up), 0 on biases (1-d)."""
-    return np.concatenate([np.full(int(np.prod(s)), 1.0 if len(s) >= 2 else 0.0, DTYPE) for s in shapes])
 
 
 def unpack(flat: np.ndarray, spec: LayerSpec) -> list[np.ndarray]:

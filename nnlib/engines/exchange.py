@@ -213,7 +213,8 @@ class Hub:
         return mapper
 
     def _receive(self, mapper: int, conn: socket.socket, alive: Callable[[], None], what: str):
-        """One message from ``mapper``; a broken connection is :class:`MapperLost`, silence past the timeout an error."""
+        """One message from ``mapper``: a broken connection is :class:`MapperLost`, silence past the timeout
+        an error."""
         deadline = time.monotonic() + self.timeout
 
         def waiting():
