@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from nnlib.core.mlp import ACTIVATIONS, LOSSES
+from nnlib.core.mlp import NumpyModel
 from nnlib.core.params import DTYPE, Layout, unpack
 
 EVAL_CHUNK = 1024  # samples per forward pass when predicting
@@ -128,14 +128,12 @@ def _unpool(d: np.ndarray, arg: np.ndarray, shape: tuple[int, ...]) -> np.ndarra
     return out
 
 
-class NumpyCNN:
-    """The numpy backend of ``model.type: cnn``: loss, gradient and predictions on the flat vector."""
+class NumpyCNN(NumpyModel):
+    """The numpy backend of ``model.type: cnn``: its forward pass and backprop on the flat vector."""
 
     def __init__(self, spec):
-        self.spec = spec
+        super().__init__(spec)  # the MLP's losses and activations
         self.conv: ConvSpec = spec.layers
-        self._loss = LOSSES[spec.loss]  # the MLP's losses and activations
-        self._act, self._act_grad = ACTIVATIONS[spec.activation]
 
     def _forward(self, arrays, x):
         """The logits, and what backprop needs of each conv block."""
@@ -186,19 +184,3 @@ class NumpyCNN:
         arrays = unpack(flat_params, self.conv)
         return np.concatenate([self._forward(arrays, x[i:i + EVAL_CHUNK])[0]
                                for i in range(0, max(len(x), 1), EVAL_CHUNK)])
-
-    def predict(self, flat_params: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Predicted class of every sample, ``(n_samples,)`` int64."""
-        return self.predict_logits(flat_params, x).argmax(axis=1)
-
-    def objective(self, flat_params: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-        """Data loss plus the L2 penalty: the function whose gradient ``loss_and_grad`` returns."""
-        loss, _ = self._loss(self.predict_logits(flat_params, x), y)
-        wts = flat_params * self.conv.weight_mask().astype(flat_params.dtype)
-        return loss + 0.5 * self.spec.l2 * float(np.dot(wts, wts))
-
-    def evaluate(self, flat_params: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        """Return ``(mean data loss, accuracy in [0, 1])`` on ``(x, y)``."""
-        z = self.predict_logits(flat_params, x)
-        loss, _ = self._loss(z, y)
-        return loss, float((z.argmax(axis=1) == y).mean())

@@ -75,17 +75,42 @@ class ModelSpec:
     output_scale: float = 1.0  # multiplies the last layer's ``h @ W`` (not its bias): a sub-network's x G
 
 
-class NumpyMLP:
-    """The numpy backend: loss, gradient and predictions of an MLP. Stateless apart from the model spec.
+class NumpyModel:
+    """What the numpy models share: predictions, the objective and evaluation, from ``predict_logits``.
 
-    The update rules live in :mod:`nnlib.core.optim`; training loops call
-    :meth:`loss_and_grad`.
+    A model (:class:`NumpyMLP`, :class:`nnlib.core.cnn.NumpyCNN`) adds
+    ``predict_logits`` and ``loss_and_grad``. Stateless apart from the model
+    spec; the update rules live in :mod:`nnlib.core.optim` and training loops
+    call ``loss_and_grad``.
     """
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
         self._act, self._act_grad = ACTIVATIONS[spec.activation]
         self._loss = LOSSES[spec.loss]
+
+    def predict_logits(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Predicted class of every sample, ``(n_samples,)`` int64."""
+        return self.predict_logits(flat, x).argmax(axis=1)
+
+    def objective(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+        """Data loss plus the L2 penalty: the function whose gradient ``loss_and_grad`` returns."""
+        loss, _ = self._loss(self.predict_logits(flat, x), y)
+        w = flat * self.spec.layers.weight_mask().astype(flat.dtype)
+        return loss + 0.5 * self.spec.l2 * float(np.dot(w, w))
+
+    def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """Return ``(mean data loss, accuracy in [0, 1])`` on ``(x, y)``."""
+        z = self.predict_logits(flat, x)
+        loss, _ = self._loss(z, y)
+        return loss, float((z.argmax(axis=1) == y).mean())
+
+
+class NumpyMLP(NumpyModel):
+    """The numpy backend of an MLP: its forward pass and backprop on the flat vector."""
 
     def _forward(self, arrays, x):
         """Return the list of layer outputs ``[x, h1, ..., z]``."""
@@ -106,10 +131,6 @@ class NumpyMLP:
     def predict_logits(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Output of the last layer, ``(n_samples, n_classes)``."""
         return self._forward(unpack(flat, self.spec.layers), x)[-1]
-
-    def predict(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Predicted class of every sample, ``(n_samples,)`` int64."""
-        return self.predict_logits(flat, x).argmax(axis=1)
 
     def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         """Data loss on ``(x, y)`` and the gradient of loss + L2 penalty, flat ``(n_params,)``.
@@ -136,15 +157,3 @@ class NumpyMLP:
                 delta = delta @ w.T
                 delta *= self._act_grad(outs[i])
         return loss, grad
-
-    def objective(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-        """Data loss plus the L2 penalty: the function whose gradient ``loss_and_grad`` returns."""
-        loss, _ = self._loss(self.predict_logits(flat, x), y)
-        w = flat * self.spec.layers.weight_mask().astype(flat.dtype)
-        return loss + 0.5 * self.spec.l2 * float(np.dot(w, w))
-
-    def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        """Return ``(mean data loss, accuracy in [0, 1])`` on ``(x, y)``."""
-        z = self.predict_logits(flat, x)
-        loss, _ = self._loss(z, y)
-        return loss, float((z.argmax(axis=1) == y).mean())
