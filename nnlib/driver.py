@@ -89,13 +89,13 @@ def with_absolute_paths(config: Config) -> Config:
     return config.model_copy(update={"data": config.data.model_copy(update=update)})
 
 
-def round_row(r: int, stats: list[MapperStats], times: dict, seconds: float, test_loss: float,
-              test_acc: float) -> dict:
-    """One row of rounds.csv."""
+def round_row(r: int, stats: list[MapperStats], times: dict, seconds: float, scores: dict, lr: float) -> dict:
+    """One row of rounds.csv; ``scores`` holds ``test_loss``, ``test_accuracy`` (and ``val_*`` with a
+    validation set)."""
     mapper_secs = [s.train_seconds for s in stats]
     n_seen = sum(s.n_samples for s in stats)
     return {
-        "round": r, "test_accuracy": test_acc, "test_loss": test_loss,
+        "round": r, **scores, "lr": lr,
         "train_loss": sum(s.train_loss * s.n_samples for s in stats) / n_seen,
         "seconds": seconds,
         **{f"{k}_seconds": times.get(k, 0.0) for k in ("broadcast", "wait", "combine", "evaluate")},
@@ -181,8 +181,8 @@ def run_round(engine: Engine, payload: RoundPayload, reducer: RoundReducer, eval
         warn(f"round {payload.round_index}: mapper {mapper} returned NaN or inf; its result was left out "
              "(train.skip_bad_mappers)")
     with timed(times, "evaluate"):
-        test_loss, test_acc = evaluate(combined.params)
-    row = round_row(payload.round_index, stats, times, time.perf_counter() - start, test_loss, test_acc)
+        scores = evaluate(combined.params)
+    row = round_row(payload.round_index, stats, times, time.perf_counter() - start, scores, payload.plan.lr)
     return combined, row, stats
 
 
@@ -238,19 +238,15 @@ class Setup:
         result.extra.update(facts)
         return payload
 
-    def evaluate(self, params: np.ndarray) -> tuple[float, float]:
-        """``(test loss, test accuracy)`` of ``params`` on the held-out set."""
+    def evaluate(self, params: np.ndarray) -> dict[str, float]:
+        """Loss and accuracy of ``params`` on the held-out test set, and on the validation set if there is one."""
         backend = get_backend(self.config.model.backend, self.first.model)
-        return backend.evaluate(params, self.data.x_test, self.data.y_test)
-
-    def validate(self, params: np.ndarray, row: dict) -> None:
-        """Add the validation loss and accuracy to a rounds.csv row (when the run holds a validation set)."""
-        if self.data.y_val is None:
-            return
-        start = time.perf_counter()
-        backend = get_backend(self.config.model.backend, self.first.model)
-        row["val_loss"], row["val_accuracy"] = backend.evaluate(params, self.data.x_val, self.data.y_val)
-        row["evaluate_seconds"] += time.perf_counter() - start
+        scores = dict(zip(("test_loss", "test_accuracy"), backend.evaluate(params, self.data.x_test,
+                                                                           self.data.y_test)))
+        if self.data.y_val is not None:
+            scores.update(zip(("val_loss", "val_accuracy"), backend.evaluate(params, self.data.x_val,
+                                                                             self.data.y_val)))
+        return scores
 
 
 @dataclass
@@ -302,8 +298,6 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
         for r in range(first_round, config.train.rounds):
             payload = setup.round_payload(payload, r, result)
             combined, row, stats = run_round(engine, payload, setup.reducer, setup.evaluate, warn, server)
-            row["lr"] = payload.plan.lr
-            setup.validate(combined.params, row)
             payload = replace(payload, params=combined.params, opt_state=combined.opt_state)
             result.skipped += [{"round": r, "mapper": m} for m in combined.skipped]
             result.rounds.append(row)

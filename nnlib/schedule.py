@@ -132,11 +132,11 @@ class Schedule:
     def plan(self, round_index: int) -> RoundPlan:
         local = LocalSchedule(self.batch_size, self.local_epochs, self.local_steps)
         factor = self.lr_factor(round_index)
-        lr = self.lr * factor if factor != 1 else self.lr
+        lr = self.lr * factor
         if not is_sync_round(round_index, self.combine, self.sync_rounds):
             return RoundPlan(round_index, False, local, lr, None)
         per_epoch = sync_steps_per_epoch(self.smallest_shard, self.batch_size)
         steps = self.local_steps or self.local_epochs * per_epoch
         lrs = sync_learning_rates(round_index, steps, self.lr, self.mappers, self.lr_scaling,
                                   self.warmup_epochs * per_epoch)
-        return RoundPlan(round_index, True, local, lr, lrs * factor if factor != 1 else lrs)
+        return RoundPlan(round_index, True, local, lr, lrs * factor)
