@@ -56,12 +56,12 @@ def _cut(members: np.ndarray, shares: np.ndarray) -> list[np.ndarray]:
 
 
 def _skewed(y: np.ndarray, mappers: int, scheme: str, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+    classes = [np.flatnonzero(y == label) for label in np.unique(y)]
     for _ in range(DIRICHLET_DRAWS):
         if scheme == "quantity_skew":
             parts = _cut(rng.permutation(len(y)), rng.dirichlet(np.full(mappers, alpha)))
         else:
-            pieces = [_cut(rng.permutation(np.flatnonzero(y == label)), rng.dirichlet(np.full(mappers, alpha)))
-                      for label in np.unique(y)]
+            pieces = [_cut(rng.permutation(members), rng.dirichlet(np.full(mappers, alpha))) for members in classes]
             parts = [np.concatenate([p[k] for p in pieces]) for k in range(mappers)]
         if min(len(p) for p in parts) > 0:
             return [np.sort(p) for p in parts]

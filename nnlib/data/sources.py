@@ -106,8 +106,8 @@ def _table_to_arrays(table, path: Path, key: str, label_column: str, features_co
         col = col.combine_chunks()
         if len(col) == 0:
             return np.zeros((0, 1)), y
-        lengths = pc.list_value_length(col)
-        if col.null_count or pc.min_max(lengths)["min"] != pc.min_max(lengths)["max"]:
+        span = pc.min_max(pc.list_value_length(col))
+        if col.null_count or span["min"] != span["max"]:
             raise DataError(f"{key}: {path} features column '{features_column}' has rows of different lengths")
         values = pc.list_flatten(col)
         if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)) or values.null_count:
