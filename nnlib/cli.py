@@ -12,6 +12,7 @@ nanoGPT gates on ``master_process``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -234,8 +235,6 @@ def split_search_command(args: argparse.Namespace) -> int:
 
     config = with_absolute_paths(load_config(args.conf, args.overrides))
     out = Path(args.out) if args.out else Path("runs") / time.strftime("split-search-%Y%m%d-%H%M%S")
-    import shlex
-
     rerun = ["nnlib", "split-search", *([str(Path(args.conf).resolve())] if args.conf else [])]
     for item in args.overrides:
         rerun += ["--set", item]
