@@ -4,8 +4,8 @@
     python bench/memory.py --smoke    # 2k and 8k samples, and 10 against 100 rounds
 
 Peak resident memory as each process reports it (``ru_maxrss``):
-``driver_peak_memory_mb`` in summary.json (the Python driver, not its JVM)
-and ``peak_memory_mb`` in mapper_times.csv (a mapper's Python worker).
+``driver_peak_rss_mb`` in summary.json (the Python driver, not its JVM)
+and ``peak_rss_mb`` in mapper_times.csv (a mapper's Python worker).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from common import markdown_table, nnlib_run, write_result  # noqa: E402
 
 def peaks(sets: list[str]) -> dict:
     res = nnlib_run(["engine=spark", "mappers=2", "spark.master=local[2]", *sets])
-    return {"driver_peak_mb": res["summary"]["driver_peak_memory_mb"],
-            "mapper_peak_mb": max(r["peak_memory_mb"] for r in res["mappers"]),
+    return {"driver_peak_mb": res["summary"]["driver_peak_rss_mb"],
+            "mapper_peak_mb": max(r["peak_rss_mb"] for r in res["mappers"]),
             "rounds": res["summary"]["rounds_run"]}
 
 

@@ -31,7 +31,7 @@ from nnlib.machine import describe
 from nnlib.outputs import RunDir
 from nnlib.schedule import Schedule, has_sync_rounds
 from nnlib.subnets import split_round_payload
-from nnlib.tasks import Combined, MapperStats, RoundPayload, RoundReducer, first_payload, peak_memory_mb
+from nnlib.tasks import Combined, MapperStats, RoundPayload, RoundReducer, first_payload, peak_rss_mb
 from nnlib.timing import timed
 
 
@@ -109,7 +109,7 @@ def mapper_rows(r: int, stats: list[MapperStats]) -> list[dict]:
     """The rows of mapper_times.csv for round ``r``."""
     return [{"round": r, "mapper": s.mapper, "host": s.host, "pid": s.pid, "n_samples": s.n_samples,
              "steps": s.steps, "train_loss": s.train_loss, "train_seconds": s.train_seconds,
-             "comm_seconds": s.comm_seconds, "peak_memory_mb": s.peak_memory_mb} for s in stats]
+             "comm_seconds": s.comm_seconds, "peak_rss_mb": s.peak_rss_mb} for s in stats]
 
 
 def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: RunResult,
@@ -200,7 +200,7 @@ def summarize(config: Config, data: Dataset, payload: RoundPayload, result: RunR
         "n_features": data.n_features, "n_classes": data.n_classes,
         **payload.model.layers.describe(),
         "rounds_run": len(result.rounds), "train_seconds": sum(row["seconds"] for row in result.rounds),
-        "driver_peak_memory_mb": peak_memory_mb(),
+        "driver_peak_rss_mb": peak_rss_mb(),
         "skipped_mappers": result.skipped, "resumed_after_round": resumed_after,
         **result.extra,
         "machine": describe(),

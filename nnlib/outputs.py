@@ -25,7 +25,7 @@ ROUND_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "seconds",
                  "max_mapper_seconds", "median_mapper_seconds", "overhead_seconds", "result_bytes", "lr",
                  "val_accuracy", "val_loss"]
 MAPPER_COLUMNS = ["round", "mapper", "host", "pid", "n_samples", "steps", "train_loss", "train_seconds",
-                  "comm_seconds", "peak_memory_mb"]
+                  "comm_seconds", "peak_rss_mb"]
 
 
 def default_run_dir() -> Path:

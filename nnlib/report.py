@@ -165,7 +165,7 @@ def run_blocks(run_dir: Path) -> list:
     mappers = read_csv_rows(run_dir / "mapper_times.csv")
     keys = ["final_test_accuracy", "final_test_loss", "final_train_loss", "wall_seconds", "train_seconds",
             "rounds_run", "engine", "mappers", "combine", "backend", "n_train", "n_test", "model_type",
-            "layer_sizes", "image_shape", "channels", "n_params", "driver_peak_memory_mb", "best_round",
+            "layer_sizes", "image_shape", "channels", "n_params", "driver_peak_rss_mb", "best_round",
             "baseline_test_accuracy", "split_method", "split_cross_coupling"]
     blocks: list = [Heading(f"nnlib run: {run_dir.name}", 1),
                     Para(f"Report written {time.strftime('%Y-%m-%d %H:%M')}."),
@@ -184,7 +184,7 @@ def run_blocks(run_dir: Path) -> list:
         ["mapper", "host", "samples seen", "mean train s", "max train s", "mean comm s", "peak memory MB"],
         [[m, rows[0]["host"], sum(r["n_samples"] for r in rows), statistics.mean(r["train_seconds"] for r in rows),
           max(r["train_seconds"] for r in rows), statistics.mean(r["comm_seconds"] for r in rows),
-          max(r["peak_memory_mb"] for r in rows)] for m, rows in sorted(by_mapper.items())])]
+          max(r["peak_rss_mb"] for r in rows)] for m, rows in sorted(by_mapper.items())])]
     blocks += _machine_blocks(run_dir / "summary.json")
     blocks += [Heading("Configuration"), Code((run_dir / "config.yaml").read_text(), "yaml"),
                Heading("Command"), Para("Train again with the same config (same seed, same weights):"),

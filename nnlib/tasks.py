@@ -127,7 +127,7 @@ class MapperStats:
     pid: int
     train_seconds: float      # computing (forward, backward, update)
     comm_seconds: float = 0.0  # waiting in collectives (synchronous rounds, MPI)
-    peak_memory_mb: float = 0.0  # the mapper process's peak resident memory so far
+    peak_rss_mb: float = 0.0  # the mapper process's peak resident memory so far
     result_bytes: int = 0        # bytes of the weights and optimizer state sent back (local rounds)
 
 
@@ -188,7 +188,7 @@ def first_payload(config, data: Dataset, schedule: Schedule | None = None) -> Ro
                         config.model.backend, optimizer, subnets, proximal_mu=config.train.proximal_mu)
 
 
-def peak_memory_mb() -> float:
+def peak_rss_mb() -> float:
     """This process's peak resident memory in MiB (Linux reports ``ru_maxrss`` in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -210,7 +210,7 @@ def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
                            plan.local, plan.lr, shard_rng(payload.seed, plan.index, shard.index), payload.proximal_mu)
     sent = update.params.nbytes + (0 if update.opt_state is None else update.opt_state.nbytes)
     stats = MapperStats(shard.index, update.n_samples, update.steps, update.train_loss, socket.gethostname(),
-                        os.getpid(), time.perf_counter() - start, 0.0, peak_memory_mb(), sent)
+                        os.getpid(), time.perf_counter() - start, 0.0, peak_rss_mb(), sent)
     return MapperResult(stats, update.params, update.opt_state)
 
 
@@ -336,6 +336,6 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
     update = (time.perf_counter() - loop_start - sum(compute) - comm) / len(shards)
     host, pid = socket.gethostname(), os.getpid()
     stats = [MapperStats(s.index, s.n_samples, len(lrs), loss_sums[i] / sum(len(b) for b in batches[i]), host,
-                         pid, compute[i] + update, comm / len(shards), peak_memory_mb())
+                         pid, compute[i] + update, comm / len(shards), peak_rss_mb())
              for i, s in enumerate(shards)]
     return Combined(params, opt_state), stats

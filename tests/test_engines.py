@@ -158,4 +158,4 @@ def test_target_accuracy_stops_at_the_first_round_that_reaches_it():
     assert stopped.summary["rounds_run"] == len(stopped.rounds) == first + 1
     assert [row["test_accuracy"] for row in stopped.rounds] == accs[:first + 1]
     assert stopped.summary["train_seconds"] == sum(row["seconds"] for row in stopped.rounds)
-    assert full.summary["rounds_run"] == 6 and full.summary["driver_peak_memory_mb"] > 0
+    assert full.summary["rounds_run"] == 6 and full.summary["driver_peak_rss_mb"] > 0

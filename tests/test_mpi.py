@@ -60,7 +60,7 @@ def test_model_averaging_equals_local_engine(tmp_path, sets):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert np.abs(saved_params(out) - local_params(*sets)).max() <= 1e-6
     rows = (out / "mapper_times.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 3 and rows[0].endswith("train_seconds,comm_seconds,peak_memory_mb")
+    assert len(rows) == 1 + 2 * 3 and rows[0].endswith("train_seconds,comm_seconds,peak_rss_mb")
     assert len({row.split(",")[3] for row in rows[1:]}) == 2  # two rank processes
 
 

@@ -50,7 +50,7 @@ from nnlib.timing import timed
 
 _HOST_BYTES = 64
 # per-mapper numbers gathered every round, in this order, as float64
-_META = ("n_samples", "steps", "train_loss", "train_seconds", "comm_seconds", "pid", "peak_memory_mb",
+_META = ("n_samples", "steps", "train_loss", "train_seconds", "comm_seconds", "pid", "peak_rss_mb",
          "result_bytes")
 
 
