@@ -24,6 +24,7 @@ setup(
         "threadpoolctl>=3",
         "pyarrow>=14",
         "pyspark==4.3.0",
+        "pandas>=2.2,<3",  # pyspark's Arrow path (mapInArrow: Spark reading Parquet sources)
         "tqdm>=4.66",
         "matplotlib>=3.7",
     ],

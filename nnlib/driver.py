@@ -23,7 +23,6 @@ from nnlib.core.backends import get_backend
 from nnlib.core.optim import ServerSGD
 from nnlib.core.params import to_named
 from nnlib.data.dataset import Dataset, ShardSource, load_dataset
-from nnlib.data.partition import shard_sizes
 from nnlib.engines import make_engine
 from nnlib.engines.base import Engine
 from nnlib.errors import ConfigError, DivergenceError
@@ -52,7 +51,7 @@ class RunResult:
 
 def check_against_data(config: Config, data: Dataset, sizes: list[int], warn=warn) -> None:
     """Refuse settings the data cannot support; warn about pointless ones."""
-    n_train = len(data.y_train)
+    n_train = data.n_train
     if config.mappers > n_train:
         raise ConfigError(f"mappers must be <= the number of training samples ({n_train}), got {config.mappers}")
     if config.mappers == 1 and config.combine != "average":
@@ -195,7 +194,7 @@ def summarize(config: Config, data: Dataset, payload: RoundPayload, result: RunR
         "final_train_loss": last["train_loss"], "wall_seconds": wall_seconds,
         "engine": config.engine, "mappers": config.mappers, "combine": config.combine,
         "rounds": config.train.rounds, "backend": config.model.backend,
-        "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
+        "n_train": data.n_train, "n_test": int(len(data.y_test)),
         "n_val": 0 if data.y_val is None else int(len(data.y_val)),
         "n_features": data.n_features, "n_classes": data.n_classes,
         **payload.model.layers.describe(),
@@ -273,12 +272,18 @@ class EarlyStopping:
             self.update(row["round"], row["val_loss"], None)
 
 
-def prepare(config: Config, warn=warn) -> Setup:
-    """Load the data, check the config against it, build the schedule and round 0's payload."""
+def prepare(config: Config, warn=warn, reader=None) -> Setup:
+    """Load the data, check the config against it, build the schedule and round 0's payload.
+
+    ``reader`` is how the engine reads a row-keyed (Parquet) source (the
+    engine's ``reader``; default pyarrow in this process).
+    """
     config = with_absolute_paths(config)
-    data = load_dataset(config.data, config.seed)
-    sizes = shard_sizes(data.y_train, config.mappers, config.data.partition, config.seed,
-                        config.data.skew_alpha)
+    data = load_dataset(config.data, config.seed, config.mappers, reader)
+    if data.rows is not None and config.combine == "split":
+        raise ConfigError(f"combine=split needs the training set on the driver (to couple the neurons); "
+                          f"data.source {config.data.source} is a Parquet source, read only by the mappers")
+    sizes = data.shard_sizes(config.mappers, config.data.partition, config.seed, config.data.skew_alpha)
     check_against_data(config, data, sizes, warn)
     schedule = Schedule.from_config(config, min(sizes))
     return Setup(config, data, schedule, first_payload(config, data, schedule),
@@ -294,7 +299,7 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
     if stopping is not None:
         stopping.replay(result.rounds)
     try:
-        engine.start(ShardSource(config.data, config.seed, config.mappers))
+        engine.start(ShardSource(config.data, config.seed, config.mappers, setup.data.rows))
         for r in range(first_round, config.train.rounds):
             payload = setup.round_payload(payload, r, result)
             combined, row, stats = run_round(engine, payload, setup.reducer, setup.evaluate, warn, server)
@@ -347,7 +352,12 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
     rounds.csv row as it is written (experiment tracking).
     """
     wall_start = time.perf_counter()
-    setup = prepare(config, warn)
+    engine = engine or make_engine(config, warn)
+    try:
+        setup = prepare(config, warn, getattr(engine, "reader", None))
+    except BaseException:
+        engine.stop()  # a reader may have started the engine's cluster
+        raise
     config, payload = setup.config, setup.first
     log(model_line(payload.model.layers.describe(), config.model.backend))
     result = RunResult(payload.params, {})
@@ -361,8 +371,9 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
     if run_dir is not None:
         run_dir.write_config(config.to_dict())
     if first_round < config.train.rounds:
-        engine = engine or make_engine(config, warn)
         payload = train_rounds(engine, setup, payload, first_round, run_dir, result, log, warn, on_round, server)
+    else:
+        engine.stop()
     result.params = payload.params
     result.summary = summarize(config, setup.data, payload, result, time.perf_counter() - wall_start,
                                first_round if resume else None)

@@ -29,7 +29,6 @@ from nnlib.core.params import LayerSpec, init_params
 from nnlib.core.split import Split, mapper_choice, recombine, round_split, sub_indices
 from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, run_steps
 from nnlib.data.dataset import Dataset, Shard
-from nnlib.data.partition import shard_sizes
 from nnlib.errors import ConfigError, DivergenceError
 from nnlib.schedule import RoundPlan, Schedule
 from nnlib.threads import one_blas_thread
@@ -162,7 +161,7 @@ def model_spec(config, data: Dataset) -> ModelSpec:
                               f"{data.image_shape[1]}x{data.image_shape[2]} image to nothing; use fewer")
     else:
         layers = LayerSpec((data.n_features, *m.hidden, data.n_classes))
-    l2 = m.l2 / len(data.y_train) if m.l2_per_sample else m.l2
+    l2 = m.l2 / data.n_train if m.l2_per_sample else m.l2
     return ModelSpec(layers, m.activation, m.loss, l2)
 
 
@@ -180,8 +179,7 @@ def first_payload(config, data: Dataset, schedule: Schedule | None = None) -> Ro
     params = init_params(spec.layers, config.seed)
     optimizer = make_optimizer(config)
     if schedule is None:
-        sizes = shard_sizes(data.y_train, config.mappers, config.data.partition, config.seed,
-                            config.data.skew_alpha)
+        sizes = data.shard_sizes(config.mappers, config.data.partition, config.seed, config.data.skew_alpha)
         schedule = Schedule.from_config(config, min(sizes))
     subnets = SubnetPlan(config.mappers, config.split.scale == "groups") if config.combine == "ist" else None
     return RoundPayload(schedule.plan(0), config.seed, params, optimizer.init_state(params), spec,

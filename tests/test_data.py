@@ -10,6 +10,7 @@ import pytest
 from nnlib.config import load_config
 from nnlib.data.dataset import ShardSource, load_dataset
 from nnlib.data.partition import partition
+from nnlib.data.rows import TEST, TRAIN, VAL, RowPlan
 from nnlib.errors import DataError
 
 
@@ -51,8 +52,7 @@ def sources(tmp_path):
 
 
 @pytest.mark.parametrize("name,extra", [
-    ("d.npz", {}), ("d.csv", {}), ("d.parquet", {}), ("list.parquet", {"features_column": "pixels"}),
-    ("train-images-idx3-ubyte.gz", {}), ("raw-images-idx3-ubyte", {}),
+    ("d.npz", {}), ("d.csv", {}), ("train-images-idx3-ubyte.gz", {}), ("raw-images-idx3-ubyte", {}),
 ])
 def test_every_format_reads_the_same_data(sources, name, extra):
     folder, x, y = sources
@@ -143,17 +143,60 @@ def _parquet_parts(folder, x, y, cuts):
     return folder
 
 
+def row_keyed_oracle(x, y, seed, mappers, test_fraction=0.2, validation_fraction=0.0):
+    """What a row-keyed source must give, computed with numpy on the whole arrays: roles and shards from
+    RowPlan, statistics by ``mean``/``std`` of the training rows."""
+    plan = RowPlan(seed, mappers, len(y), test_fraction, validation_fraction)
+    pos = np.arange(len(y))
+    role, shard = plan.roles(pos), plan.shards(pos)
+    train = role == TRAIN
+    mean, std = x[train].mean(axis=0), x[train].std(axis=0)
+    std[std == 0] = 1
+    z = ((x.astype(np.float32).astype(np.float64) - mean) / std).astype(np.float32)
+    return {"x_test": z[role == TEST], "y_test": y[role == TEST], "x_val": z[role == VAL],
+            "shards": [(z[train & (shard == k)], y[train & (shard == k)]) for k in range(mappers)]}
+
+
+def _check_against_oracle(data, shards, oracle):
+    np.testing.assert_array_equal(data.x_test, oracle["x_test"])
+    np.testing.assert_array_equal(data.y_test, oracle["y_test"])
+    for shard, (x, y) in zip(shards, oracle["shards"]):
+        np.testing.assert_array_equal(shard.x, x)
+        np.testing.assert_array_equal(shard.y, y)
+
+
 def test_a_parquet_dataset_of_several_files_equals_the_same_data_as_one_npz(tmp_path):
-    x, y = _xy()
+    x, y = _xy(n=300)
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    folder = _parquet_parts(tmp_path / "ds", x, y, [7, 8, 20])
+    folder = _parquet_parts(tmp_path / "ds", x, y, [7, 8, 200])
     (folder / "_SUCCESS").write_text("")  # what Spark leaves beside its parts
-    reference = load_dataset(_data_cfg(source=tmp_path / "d.npz"), seed=2)
-    for source in (folder, f"{folder}/part-*.parquet"):
-        data = load_dataset(_data_cfg(source=source), seed=2)
-        np.testing.assert_array_equal(data.x_train, reference.x_train)
-        np.testing.assert_array_equal(data.y_train, reference.y_train)
-        np.testing.assert_array_equal(data.x_test, reference.x_test)
+    pq.write_table(pa.table({**{f"f{j}": x[:, j] for j in range(x.shape[1])}, "label": y}), tmp_path / "one.parquet")
+    oracle = row_keyed_oracle(*(np.load(tmp_path / "d.npz")[k] for k in "xy"), seed=2, mappers=3)
+    for source in (folder, f"{folder}/part-*.parquet", tmp_path / "one.parquet"):
+        data = load_dataset(_data_cfg(source=source), seed=2, mappers=3)
+        assert data.x_train is None and data.n_train == sum(len(s[1]) for s in oracle["shards"])
+        shards = ShardSource(_data_cfg(source=source), 2, 3, data.rows).build([0, 1, 2])
+        _check_against_oracle(data, shards, oracle)
+        assert data.shard_sizes(3, "random", 2, 0.5) == [len(s[1]) for s in oracle["shards"]]
+
+
+def test_a_parquet_dataset_keeps_its_validation_rows_apart(tmp_path):
+    x, y = _xy(n=400)
+    folder = _parquet_parts(tmp_path / "ds", x, y, [100])
+    data = load_dataset(_data_cfg(source=folder, validation_fraction=0.25), seed=5, mappers=2)
+    oracle = row_keyed_oracle(x, y, seed=5, mappers=2, validation_fraction=0.25)
+    np.testing.assert_array_equal(data.x_val, oracle["x_val"])
+    assert 60 < len(data.y_val) < 140 and data.n_train + len(data.y_val) + len(data.y_test) == 400
+
+
+def test_shards_of_a_parquet_dataset_built_one_at_a_time_equal_shards_built_together(tmp_path):
+    x, y = _xy(n=200)
+    cfg = _data_cfg(source=_parquet_parts(tmp_path / "ds", x, y, [50, 120]))
+    data = load_dataset(cfg, seed=0, mappers=4)
+    source = ShardSource(cfg, 0, 4, data.rows)
+    for shard in source.build([0, 1, 2, 3]):
+        alone = source.build([shard.index])[0]
+        np.testing.assert_array_equal(alone.x, shard.x)
 
 
 def test_a_parquet_dataset_with_a_list_column_reads_as_the_columns_do(tmp_path):
@@ -163,7 +206,24 @@ def test_a_parquet_dataset_with_a_list_column_reads_as_the_columns_do(tmp_path):
         pq.write_table(pa.table({"pixels": x[a:b].tolist(), "label": y[a:b]}), tmp_path / "ds" / f"p{i}.parquet")
     cols = load_dataset(_data_cfg(source=_parquet_parts(tmp_path / "cols", x, y, [10])), seed=0)
     lists = load_dataset(_data_cfg(source=tmp_path / "ds", features_column="pixels"), seed=0)
-    np.testing.assert_array_equal(lists.x_train, cols.x_train)
+    np.testing.assert_array_equal(lists.x_test, cols.x_test)
+    np.testing.assert_array_equal(lists.rows.mean, cols.rows.mean)
+
+
+def test_a_parquet_source_refuses_partitions_that_need_every_label(tmp_path):
+    x, y = _xy()
+    with pytest.raises(DataError, match="data.partition: stratified needs every training label at once; "
+                                        "data.source .* use one of random, contiguous"):
+        load_dataset(_data_cfg(source=_parquet_parts(tmp_path / "ds", x, y, [10]), partition="stratified"), seed=0)
+
+
+def test_a_bad_value_in_a_parquet_dataset_names_its_file_and_row(tmp_path):
+    x, y = _xy()
+    x[25, 1] = np.nan
+    folder = _parquet_parts(tmp_path / "ds", x, y, [20])
+    with pytest.raises(DataError, match=rf"data.source {folder}/part-00001.parquet: features must be finite, "
+                                        r"got nan at sample 5, feature 1"):
+        load_dataset(_data_cfg(source=folder), seed=0)
 
 
 def test_a_corrupted_file_in_a_parquet_dataset_is_one_line_naming_it(tmp_path):

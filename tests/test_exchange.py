@@ -16,7 +16,7 @@ from nnlib.tasks import first_payload, train_shard
 def start_mappers(hub, source, mappers, token=None):
     def mapper(m):
         try:
-            serve_mapper(source, m, hub.address, token or hub.token)
+            serve_mapper(lambda: source.build([m])[0], m, hub.address, token or hub.token)
         except ConnectionRefusedError:
             pass  # the hub closed (after another mapper's error) before this one connected
 

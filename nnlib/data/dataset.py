@@ -14,65 +14,58 @@ from pathlib import Path
 import numpy as np
 
 from nnlib.config import DataConfig
-from nnlib.data import sources
-from nnlib.data.partition import partition
+from nnlib.data import sources, tables
+from nnlib.data.checks import check_features, check_labels
+from nnlib.data.partition import partition, shard_sizes
+from nnlib.data.rows import TEST, TRAIN, VAL, RowPlan, check_partition, standardize_into
+from nnlib.data.tables import ParquetSource
 from nnlib.errors import DataError
 
 
 @dataclass(frozen=True)
-class Dataset:
-    """Standardised float32 features and int64 labels."""
+class RowKeyed:
+    """A row-keyed (Parquet) source as its mappers read it: the files, each row's role and shard, the statistics."""
 
-    x_train: np.ndarray  # (n_train, n_features) float32
-    y_train: np.ndarray  # (n_train,) int64
+    table: ParquetSource
+    plan: RowPlan
+    mean: np.ndarray | None  # None: data.standardize is off
+    std: np.ndarray | None
+    shard_sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Standardised float32 features and int64 labels.
+
+    ``x_train``/``y_train`` are None for a row-keyed source (``rows``): the
+    training rows stay with the mappers that read them, and the driver keeps
+    only the test and validation sets, the sizes and the statistics.
+    """
+
+    x_train: np.ndarray | None  # (n_train, n_features) float32
+    y_train: np.ndarray | None  # (n_train,) int64
     x_test: np.ndarray   # (n_test, n_features) float32
     y_test: np.ndarray   # (n_test,) int64
     n_classes: int
     image_shape: tuple[int, int, int] | None = None  # (C, H, W) of a row, when the rows are images
     x_val: np.ndarray | None = None  # data.validation_fraction of the training set, held out (float32)
     y_val: np.ndarray | None = None
+    rows: RowKeyed | None = None  # how the mappers read a row-keyed source
+    n_train_rows: int = 0         # training rows of a row-keyed source
 
     @property
     def n_features(self) -> int:
-        return self.x_train.shape[1]
+        return self.x_test.shape[1]
 
+    @property
+    def n_train(self) -> int:
+        return self.n_train_rows if self.y_train is None else len(self.y_train)
 
-def _as_features(x, where: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2:
-        raise DataError(f"{where}: features must be a 2-d array (samples x features), got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise DataError(f"{where}: holds no samples")
-    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise DataError(f"{where}: features must be numeric, got dtype {x.dtype}")
-    x = x.astype(np.float64)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise DataError(f"{where}: features must be finite, got {x[row, col]} at sample {row}, feature {col}")
-    return x
-
-
-def _as_labels(y, n_rows: int, where: str) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise DataError(f"{where}: labels must be a 1-d array, got shape {y.shape}")
-    if y.shape[0] != n_rows:
-        raise DataError(f"{where}: {n_rows} feature rows but {y.shape[0]} labels")
-    if not np.issubdtype(y.dtype, np.number):
-        raise DataError(f"{where}: labels must be integers 0..n_classes-1, got dtype {y.dtype}")
-    if np.issubdtype(y.dtype, np.floating):
-        frac = ~np.isfinite(y) | (y != np.round(y))
-        if frac.any():
-            i = int(np.argmax(frac))
-            raise DataError(f"{where}: labels must be integers 0..n_classes-1, got {y[i]} at sample {i}")
-    y = y.astype(np.int64)
-    if y.min() < 0:
-        i = int(np.argmin(y))
-        raise DataError(f"{where}: labels must be integers 0..n_classes-1, got {y[i]} at sample {i}")
-    return y
+    def shard_sizes(self, mappers: int, scheme: str, seed: int, alpha: float) -> list[int]:
+        """Training samples in each shard."""
+        if self.rows is not None:
+            return list(self.rows.shard_sizes)
+        return shard_sizes(self.y_train, mappers, scheme, seed, alpha)
 
 
 def _read_source(cfg: DataConfig, seed: int):
@@ -93,28 +86,30 @@ def _split(n: int, fraction: float, seed: int, salt: int = 0x7E57,
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
-def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
+def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader=None) -> Dataset:
     """Read ``cfg.source``, check it, split off a test set if none is given (and a validation set
     if asked), standardise.
 
     Standardisation statistics are fitted on the training part only; constant
-    features keep a scale of 1.
+    features keep a scale of 1. A row-keyed (Parquet) source is surveyed, not
+    loaded: see :func:`load_row_keyed`; ``reader`` is how (default: pyarrow in
+    this process).
     """
+    if tables.is_row_keyed(cfg.source):
+        return load_row_keyed(cfg, seed, mappers, reader or tables.LocalReader())
     arrays = _read_source(cfg, seed)
     src = cfg.source
-    x = _as_features(arrays[0], f"data.source {src}")
-    y = _as_labels(arrays[1], x.shape[0], f"data.source {src}")
+    x = check_features(arrays[0], f"data.source {src}")
+    y = check_labels(arrays[1], x.shape[0], f"data.source {src}")
     if cfg.test_source is not None:
         if len(arrays) == 4:
             raise DataError(f"data.test_source: {src} already holds x_test/y_test; "
                             "give one or the other, not both")
-        test = sources.read_file(Path(cfg.test_source), "data.test_source", cfg.label_column,
-                                 cfg.features_column, cfg.test_labels, "data.test_labels")
-        arrays = (*arrays[:2], test[0], test[1])
+        arrays = (*arrays[:2], *_test_set(cfg, x.shape[1]))
     if len(arrays) == 4:
         where = f"data.test_source {cfg.test_source}" if cfg.test_source else f"data.source {src} (x_test)"
-        x_test = _as_features(arrays[2], where)
-        y_test = _as_labels(arrays[3], x_test.shape[0], where)
+        x_test = check_features(arrays[2], where)
+        y_test = check_labels(arrays[3], x_test.shape[0], where)
         if x_test.shape[1] != x.shape[1]:
             raise DataError(f"{where}: test set has {x_test.shape[1]} features, training set has {x.shape[1]}")
         x_train, y_train = x, y
@@ -144,6 +139,68 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         x_val = None if x_val is None else (x_val - mean) / std
     return Dataset(x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test, n_classes,
                    _image_shape(cfg, x_train.shape[1]), None if x_val is None else x_val.astype(np.float32), y_val)
+
+
+def _test_set(cfg: DataConfig, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """``data.test_source`` read whole and checked against the training set's width."""
+    x, y = sources.read_file(Path(cfg.test_source), "data.test_source", cfg.label_column, cfg.features_column,
+                             cfg.test_labels, "data.test_labels")[:2]
+    where = f"data.test_source {cfg.test_source}"
+    x = check_features(x, where)
+    if x.shape[1] != n_features:
+        raise DataError(f"{where}: test set has {x.shape[1]} features, training set has {n_features}")
+    return x, check_labels(y, x.shape[0], where)
+
+
+def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader) -> Dataset:
+    """A Parquet source surveyed by ``reader``: sizes, labels and statistics from one pass over the rows,
+    then the test (and validation) rows collected; the training rows are left to the mappers."""
+    check_partition(cfg.partition, cfg.source)
+    table = reader.open(cfg.source, cfg.label_column, cfg.features_column)
+    plan = RowPlan(seed, mappers, table.n_rows, None if cfg.test_source else cfg.test_fraction,
+                   cfg.validation_fraction, cfg.partition)
+    tally = reader.survey(table, plan)
+    src = f"data.source {cfg.source}"
+    n_train, n_val, n_test = (int(tally.role_counts[r]) for r in (TRAIN, VAL, TEST))
+    if n_train == 0:
+        raise DataError(f"{src}: no row of its {table.n_rows} was drawn for training; lower data.test_fraction "
+                        "or data.validation_fraction")
+    if cfg.test_source is None and n_test == 0:
+        raise DataError(f"{src}: no row of its {table.n_rows} was drawn for the test set; "
+                        "raise data.test_fraction")
+    if cfg.validation_fraction and n_val == 0:
+        raise DataError(f"{src}: no row of its {table.n_rows} was drawn for validation; "
+                        "raise data.validation_fraction")
+    if len(tally.train_labels_seen) < 2:
+        raise DataError(f"{src}: the training set holds a single class ({min(tally.train_labels_seen)}); "
+                        "at least 2 are needed")
+    n_classes = tally.train_label_max + 1
+    mean = std = None
+    if cfg.standardize:
+        mean, std = tally.moments.mean, tally.moments.std()
+
+    def held_out(role: int) -> tuple[np.ndarray, np.ndarray]:
+        _, x, y = reader.rows(table, plan, role)
+        out = np.empty(x.shape, np.float32)
+        standardize_into(out, x, mean, std)
+        return out, y
+
+    if cfg.test_source is not None:
+        x_test, y_test = _test_set(cfg, tally.n_features)
+        x_test = x_test if mean is None else (x_test - mean) / std
+        x_test = x_test.astype(np.float32)
+        where = f"data.test_source {cfg.test_source}"
+    else:
+        x_test, y_test = held_out(TEST)
+        where = f"{src} (test part)"
+    if y_test.max() >= n_classes:
+        i = int(np.argmax(y_test >= n_classes))
+        raise DataError(f"{where}: labels must be in 0..{n_classes - 1} (the training labels), "
+                        f"got {y_test[i]} at test sample {i}")
+    x_val, y_val = held_out(VAL) if cfg.validation_fraction else (None, None)
+    rows = RowKeyed(table, plan, mean, std, tuple(int(c) for c in tally.shard_counts))
+    return Dataset(None, None, x_test, y_test, n_classes, _image_shape(cfg, tally.n_features), x_val, y_val,
+                   rows, n_train)
 
 
 def _image_shape(cfg: DataConfig, n_features: int) -> tuple[int, int, int] | None:
@@ -178,10 +235,31 @@ class ShardSource:
     data: DataConfig
     seed: int
     mappers: int
+    rows: RowKeyed | None = None  # a row-keyed source: each worker reads only its shards' rows
 
     def build(self, indices: list[int]) -> list[Shard]:
-        """Load the data once and cut out the shards ``indices``; what a worker runs."""
+        """The shards ``indices``: what a worker runs. An in-memory source is loaded once and cut; a
+        row-keyed one is streamed, keeping only these shards' training rows."""
+        if self.rows is not None:
+            return self._read(indices)
         dataset = load_dataset(self.data, self.seed)
         parts = partition(dataset.y_train, self.mappers, self.data.partition, self.seed,
                           self.data.skew_alpha)
         return [Shard(i, dataset.x_train[parts[i]], dataset.y_train[parts[i]]) for i in indices]
+
+    def _read(self, indices: list[int]) -> list[Shard]:
+        rows = self.rows
+        pos, x, y = tables.keep_rows(rows.table, rows.plan, TRAIN, set(indices))
+        shard_of = rows.plan.shards(pos)
+        out = []
+        for i in indices:
+            mine = shard_of == i
+            out.append(shard_from_rows(i, x[mine], y[mine], rows))
+        return out
+
+
+def shard_from_rows(index: int, x: np.ndarray, y: np.ndarray, rows: RowKeyed) -> Shard:
+    """A shard from its raw float32 rows (in position order), standardised in place."""
+    x = np.ascontiguousarray(x, np.float32)
+    standardize_into(x, x, rows.mean, rows.std)
+    return Shard(index, x, y)

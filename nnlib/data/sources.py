@@ -53,7 +53,7 @@ def make_synthetic(n_samples: int, n_features: int, n_classes: int, seed: int) -
     return x, y
 
 
-def _check_exists(path: Path, key: str) -> None:
+def check_exists(path: Path, key: str) -> None:
     if not path.exists():
         raise DataError(f"{key}: file {path} does not exist")
     if not path.is_file():
@@ -82,7 +82,7 @@ def read_npz(path: Path, key: str):
         raise DataError(f"{key}: {path} is not a readable .npz file ({exc})") from None
 
 
-def _table_to_arrays(table, path: Path, key: str, label_column: str, features_column: str | None):
+def table_to_arrays(table, path: Path, key: str, label_column: str, features_column: str | None):
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -140,12 +140,12 @@ def read_csv(path: Path, key: str, label_column: str):
         raise DataError(f"{key}: {path} is not a well-formed CSV file ({first_line(exc)})") from None
     except OSError as exc:
         raise DataError(f"{key}: {path} cannot be read ({exc})") from None
-    return _table_to_arrays(table, path, key, label_column, None)
+    return table_to_arrays(table, path, key, label_column, None)
 
 
 def read_parquet(path: Path, key: str, label_column: str, features_column: str | None):
     """Parquet: numeric feature columns, or one list column named by ``data.features_column``."""
-    return _table_to_arrays(_parquet_table(path, key), path, key, label_column, features_column)
+    return table_to_arrays(_parquet_table(path, key), path, key, label_column, features_column)
 
 
 def _parquet_table(path: Path, key: str):
@@ -188,7 +188,7 @@ def read_parquet_dataset(source: str, files: list[Path], key: str, label_column:
         if not t.schema.equals(tables[0].schema):
             raise DataError(f"{key}: {f} has columns {t.schema.names[:10]} of other types than {files[0]}'s "
                             f"{tables[0].schema.names[:10]}; every file of a dataset needs the same schema")
-    return _table_to_arrays(pa.concat_tables(tables), Path(source), key, label_column, features_column)
+    return table_to_arrays(pa.concat_tables(tables), Path(source), key, label_column, features_column)
 
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -248,7 +248,7 @@ def read_file(path: Path, key: str, label_column: str = "label", features_column
     files = parquet_files(str(path))
     if files is not None:
         return read_parquet_dataset(str(path), files, key, label_column, features_column)
-    _check_exists(path, key)
+    check_exists(path, key)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return read_npz(path, key)
@@ -261,7 +261,7 @@ def read_file(path: Path, key: str, label_column: str = "label", features_column
         label_path = Path(labels) if labels else idx_labels_path(path)
         if label_path == path:
             raise DataError(f"{labels_key}: cannot infer the labels file from {path}; set {labels_key}")
-        _check_exists(label_path, labels_key)
+        check_exists(label_path, labels_key)
         return x.reshape(x.shape[0], -1), read_idx(label_path, labels_key)
     allowed = ", ".join(BUILTIN + FILE_SUFFIXES)
     raise DataError(f"{key}: unknown kind of data source {str(path)!r}; allowed: {allowed}")

@@ -19,8 +19,9 @@ def make_engine(config: Config, warn=None):
 
         s = config.spark
         if s.mode == "jobs":
-            return SparkJobsEngine(s.master, s.app_name, s.log_level)
-        return SparkStageEngine(s.master, s.app_name, s.log_level, s.port, s.mapper_timeout, s.stage_attempts, warn)
+            return SparkJobsEngine(s.master, s.app_name, s.log_level, config.mappers)
+        return SparkStageEngine(s.master, s.app_name, s.log_level, s.port, s.mapper_timeout, s.stage_attempts, warn,
+                                config.mappers)
     if config.engine == "mrjob":
         from nnlib.engines.mrjob_engine import MrjobEngine
 

@@ -119,15 +119,15 @@ class DriverCollective:
         return []  # the driver judges non-finite gradients itself and never sends a non-finite mean
 
 
-def serve_mapper(source, mapper: int, address: tuple[str, int], token: str) -> None:
-    """A mapper task's whole life: connect, build the shard once, serve rounds until stopped."""
+def serve_mapper(build, mapper: int, address: tuple[str, int], token: str) -> None:
+    """A mapper task's whole life: connect, build its shard once (``build()``), serve rounds until stopped."""
     conn = socket.create_connection(address, timeout=60)
     conn.settimeout(None)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         conn.sendall(_HELLO.pack(_MAGIC, token.encode(), mapper))
         try:
-            shard = source.build([mapper])[0]
+            shard = build()
         except Exception as exc:  # noqa: BLE001  - reported to the driver, which stops the run
             send(conn, _error_message(exc))
             return

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from nnlib.engines.base import ReduceOnDriver
 from nnlib.engines.exchange import Hub, MapperLost, serve_mapper
+from nnlib.engines.spark_data import SparkReader, shard_from_records
 from nnlib.errors import EngineError, error_from_text, first_line
 from nnlib.tasks import train_shard
 from nnlib.timing import timed
@@ -85,12 +86,16 @@ def get_or_create_session(master: str, app_name: str, log_level: str, min_slots:
 class _SparkSession:
     """Start (or join) a SparkSession; stop it at the end only if this engine started it."""
 
-    def __init__(self, master: str, app_name: str, log_level: str):
-        self.master, self.app_name, self.log_level = master, app_name, log_level
+    def __init__(self, master: str, app_name: str, log_level: str, min_slots: int = 1):
+        self.master, self.app_name, self.log_level, self.min_slots = master, app_name, log_level, min_slots
         self.session = None
         self._owns_session = False
+        # a row-keyed (Parquet) source is read by Spark in the executors, before and during the run
+        self.reader = SparkReader(lambda: self._open(self.min_slots) and self.session)
 
     def _open(self, min_slots: int = 1):
+        if self.session is not None:
+            return self.session.sparkContext
         try:
             self.session, self._owns_session = get_or_create_session(self.master, self.app_name, self.log_level,
                                                                      min_slots)
@@ -107,15 +112,20 @@ class _SparkSession:
 class SparkJobsEngine(_SparkSession, ReduceOnDriver):
     """``spark.mode: jobs``: one Spark job per round over shards cached one per partition."""
 
-    def __init__(self, master: str = "local[*]", app_name: str = "nnlib", log_level: str = "ERROR"):
-        super().__init__(master, app_name, log_level)
+    def __init__(self, master: str = "local[*]", app_name: str = "nnlib", log_level: str = "ERROR",
+                 min_slots: int = 1):
+        super().__init__(master, app_name, log_level, min_slots)
         self._shards = None
 
     def start(self, source):
         sc = self._open()
-        # range(n) in n slices puts shard i alone in partition i.
-        self._shards = sc.parallelize(range(source.mappers), source.mappers).mapPartitions(
-            lambda indices: iter(source.build(list(indices)))).cache()
+        if source.rows is not None:  # Spark reads the rows; its shuffle puts shard i in partition i
+            rows = source.rows
+            self._shards = self.reader.shards(rows).mapPartitionsWithIndex(
+                lambda i, records: iter([shard_from_records(i, records, rows)])).cache()
+        else:  # range(n) in n slices puts shard i alone in partition i
+            self._shards = sc.parallelize(range(source.mappers), source.mappers).mapPartitions(
+                lambda indices: iter(source.build(list(indices)))).cache()
         try:
             self._shards.count()  # build and cache the shards now, not inside round 0's timing
         except Exception as exc:
@@ -170,8 +180,9 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
     """``spark.mode: stage``: one long-lived barrier stage serves every round of the run."""
 
     def __init__(self, master: str = "local[*]", app_name: str = "nnlib", log_level: str = "ERROR",
-                 port: int = 0, mapper_timeout: float = 1800.0, stage_attempts: int = 3, warn=None):
-        super().__init__(master, app_name, log_level)
+                 port: int = 0, mapper_timeout: float = 1800.0, stage_attempts: int = 3, warn=None,
+                 min_slots: int = 1):
+        super().__init__(master, app_name, log_level, min_slots)
         self.port, self.mapper_timeout, self.stage_attempts = port, mapper_timeout, stage_attempts
         self.warn = warn or (lambda _message: None)
         self.hub: Hub | None = None
@@ -188,6 +199,7 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
             raise EngineError("spark.mode=stage needs spark.dynamicAllocation.enabled=false (a barrier stage "
                               "holds its executors for the whole run); or use spark.mode=jobs")
         self.hub = Hub(source.mappers, driver_address(sc), self.port, self.mapper_timeout)
+        self._input = None if source.rows is None else self.reader.shards(source.rows)
         try:
             self._launch()
         except _StageDied as died:
@@ -211,15 +223,24 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
         self._group = f"nnlib-stage-{id(self)}-{self.attempt}"
         self._stage_error = None
 
+        rows = source.rows
+
         def mapper_task(indices):
             for mapper in indices:
-                serve_mapper(source, mapper, address, token)
+                serve_mapper(lambda: source.build([mapper])[0], mapper, address, token)
+            return iter(())
+
+        def rows_task(index, records):  # a row-keyed source: this partition's records are shard `index`
+            serve_mapper(lambda: shard_from_records(index, records, rows), index, address, token)
             return iter(())
 
         def hold_stage():
             try:
                 sc.setJobGroup(self._group, "nnlib: the long-lived training stage", interruptOnCancel=True)
-                sc.parallelize(range(mappers), mappers).barrier().mapPartitions(mapper_task).collect()
+                if self._input is None:
+                    sc.parallelize(range(mappers), mappers).barrier().mapPartitions(mapper_task).collect()
+                else:
+                    self._input.barrier().mapPartitionsWithIndex(rows_task).collect()
             except BaseException as exc:  # noqa: BLE001  - seen by the driver loop through _alive()
                 self._stage_error = exc
 

@@ -1,0 +1,181 @@
+"""Row-keyed data: each row's role and shard from a seeded hash of its position, and statistics in pieces.
+
+A Parquet source (one file, a directory or a glob of many, or a URI Spark
+reads) is never loaded whole by the driver. Each row is keyed by its
+*position*: its index in the dataset's file order (files sorted by path,
+rows in file order). A seeded hash of ``(seed, position)`` decides
+
+- its role: test (when no ``data.test_source`` is given) with probability
+  ``data.test_fraction``, else validation with probability
+  ``data.validation_fraction``, else training;
+- its shard: ``data.partition=random`` puts it in shard ``floor(u * mappers)``
+  for a second hash ``u`` in [0, 1); ``contiguous`` cuts the positions into
+  ``mappers`` equal runs.
+
+So every engine, every reader (Spark's executors, an MPI rank, the local
+process) and every retry gives a row the same role and shard without seeing
+any other row. The fractions and shard sizes hold in expectation, not
+exactly. Standardisation statistics are gathered as :class:`Moments` of
+blocks of rows, merged in position order (Chan's pairwise update), so any
+split of the rows over readers gives the same mean and standard deviation
+as numpy's float64 ``mean``/``std`` to rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nnlib.errors import DataError
+
+TRAIN, VAL, TEST = 0, 1, 2
+ROW_PARTITIONS = ("random", "contiguous")  # the data.partition schemes that need no other row's label
+_TEST_SALT, _VAL_SALT, _SHARD_SALT = 0x7E57, 0x7A11, 0x5A4D
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection of uint64 whose outputs look independent for nearby inputs."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def unit_hash(seed: int, salt: int, positions: np.ndarray) -> np.ndarray:
+    """A float64 in [0, 1) for each position, uniform and independent across positions, seeds and salts."""
+    with np.errstate(over="ignore"):
+        base = _mix(np.array([seed], np.uint64) * _GOLDEN ^ np.uint64(salt))
+        z = _mix(np.asarray(positions, np.int64).astype(np.uint64) * _GOLDEN ^ base)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """Which role and shard each row has: plain data every reader gets."""
+
+    seed: int
+    mappers: int
+    n_rows: int                   # rows in the whole dataset
+    test_fraction: float | None   # None: the test set is data.test_source
+    validation_fraction: float
+    partition: str = "random"
+
+    def roles(self, positions: np.ndarray) -> np.ndarray:
+        """``TRAIN``, ``VAL`` or ``TEST`` (int8) for each position."""
+        role = np.full(len(positions), TRAIN, np.int8)
+        if self.validation_fraction:
+            role[unit_hash(self.seed, _VAL_SALT, positions) < self.validation_fraction] = VAL
+        if self.test_fraction is not None:
+            role[unit_hash(self.seed, _TEST_SALT, positions) < self.test_fraction] = TEST
+        return role
+
+    def shards(self, positions: np.ndarray) -> np.ndarray:
+        """The shard (int64, 0..mappers-1) of each position; test and validation rows get one too
+        (the task that keeps them when they are evaluated where they live)."""
+        positions = np.asarray(positions, np.int64)
+        if self.partition == "contiguous":
+            return positions * self.mappers // self.n_rows
+        return np.minimum((unit_hash(self.seed, _SHARD_SALT, positions) * self.mappers).astype(np.int64),
+                          self.mappers - 1)
+
+
+def check_partition(partition: str, source: str) -> None:
+    if partition not in ROW_PARTITIONS:
+        raise DataError(f"data.partition: {partition} needs every training label at once; data.source {source} "
+                        f"is assigned row by row (a Parquet source): use one of {', '.join(ROW_PARTITIONS)}")
+
+
+@dataclass
+class Moments:
+    """Count, mean and sum of squared deviations per feature (float64) of a set of rows."""
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> "Moments":
+        x = np.asarray(x, np.float64)
+        if len(x) == 0:
+            return cls(0, np.zeros(x.shape[1]), np.zeros(x.shape[1]))
+        mean = x.mean(axis=0)
+        return cls(len(x), mean, ((x - mean) ** 2).sum(axis=0))
+
+    def merge(self, other: "Moments") -> "Moments":
+        """The moments of both sets of rows (Chan, Golub and LeVeque's pairwise update)."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        return Moments(n, self.mean + delta * (other.n / n), self.m2 + other.m2 + delta ** 2 * (self.n * other.n / n))
+
+    def std(self) -> np.ndarray:
+        """Population standard deviation (numpy's default ``ddof=0``); 1 for constant features."""
+        std = np.sqrt(self.m2 / max(self.n, 1))
+        std[std == 0] = 1.0
+        return std
+
+
+@dataclass
+class Tally:
+    """What a reader learns from its rows: counts by role and shard, label range, training moments."""
+
+    n_features: int
+    mappers: int
+    moments: Moments | None = None
+    role_counts: np.ndarray = field(default=None)   # rows per role (TRAIN, VAL, TEST)
+    shard_counts: np.ndarray = field(default=None)  # training rows per shard
+    train_label_max: int = -1
+    test_label_max: int = -1
+    train_labels_seen: frozenset = frozenset()      # at most two distinct labels: enough to refuse a single class
+
+    def __post_init__(self):
+        if self.moments is None:
+            self.moments = Moments(0, np.zeros(self.n_features), np.zeros(self.n_features))
+        if self.role_counts is None:
+            self.role_counts = np.zeros(3, np.int64)
+        if self.shard_counts is None:
+            self.shard_counts = np.zeros(self.mappers, np.int64)
+
+    @classmethod
+    def of(cls, x: np.ndarray, y: np.ndarray, role: np.ndarray, shard: np.ndarray, mappers: int) -> "Tally":
+        train = role == TRAIN
+        test = role == TEST
+        t = cls(x.shape[1], mappers, Moments.of(x[train]), np.bincount(role, minlength=3).astype(np.int64),
+                np.bincount(shard[train], minlength=mappers).astype(np.int64))
+        if train.any():
+            t.train_label_max = int(y[train].max())
+            t.train_labels_seen = frozenset(np.unique(y[train])[:2].tolist())
+        if test.any():
+            t.test_label_max = int(y[test].max())
+        return t
+
+    def merge(self, other: "Tally") -> "Tally":
+        if other.n_features != self.n_features:
+            raise DataError(f"data.source: parts of the dataset have {self.n_features} and {other.n_features} "
+                            "features")
+        seen = self.train_labels_seen | other.train_labels_seen
+        return Tally(self.n_features, self.mappers, self.moments.merge(other.moments),
+                     self.role_counts + other.role_counts, self.shard_counts + other.shard_counts,
+                     max(self.train_label_max, other.train_label_max),
+                     max(self.test_label_max, other.test_label_max), frozenset(sorted(seen)[:2]))
+
+
+def merge_in_order(tallies: list[tuple[int, Tally]]) -> Tally:
+    """The tallies of blocks keyed by their first position, merged in position order (deterministic)."""
+    ordered = [tally for _, tally in sorted(tallies, key=lambda item: item[0])]
+    total = ordered[0]
+    for tally in ordered[1:]:
+        total = total.merge(tally)
+    return total
+
+
+def standardize_into(out: np.ndarray, x: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None,
+                     chunk: int = 8192) -> None:
+    """``out[:] = float32((float64(x) - mean) / std)`` chunk by chunk (``mean`` None: a plain copy)."""
+    for lo in range(0, len(x), chunk):
+        block = x[lo:lo + chunk]
+        out[lo:lo + chunk] = block if mean is None else (block.astype(np.float64) - mean) / std

@@ -1,0 +1,159 @@
+"""Reading a Parquet source block by block in this process (the local and MPI engines; Spark has its own).
+
+A :class:`ParquetSource` is the list of files and their row counts (from the
+files' footers, without reading the data). :func:`blocks` yields the rows in
+position order, ``BLOCK_ROWS`` at a time, as checked arrays; a reader keeps
+only the rows it needs, so its memory grows with what it keeps, not with the
+dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from nnlib.data import sources
+from nnlib.data.checks import check_features, check_labels
+from nnlib.data.rows import TEST, TRAIN, VAL, RowPlan, Tally, merge_in_order
+from nnlib.errors import DataError, first_line
+
+BLOCK_ROWS = 65536  # rows read and checked at a time
+
+
+def is_row_keyed(source: str) -> bool:
+    """True for sources read row by row: a .parquet file, a Parquet directory or glob, a URI."""
+    return is_uri(source) or source.lower().endswith(".parquet") or sources.parquet_files(source) is not None
+
+
+def is_uri(source: str) -> bool:
+    return "://" in source
+
+
+@dataclass(frozen=True)
+class ParquetSource:
+    """A Parquet dataset's files in position order and how many rows each holds."""
+
+    source: str
+    files: tuple[str, ...]
+    file_rows: tuple[int, ...]
+    label_column: str
+    features_column: str | None
+    key: str = "data.source"
+
+    @property
+    def n_rows(self) -> int:
+        return sum(self.file_rows)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """The position of each file's first row."""
+        return np.concatenate([[0], np.cumsum(self.file_rows)[:-1]]).astype(np.int64)
+
+    @classmethod
+    def open(cls, source: str, label_column: str, features_column: str | None,
+             key: str = "data.source") -> "ParquetSource":
+        """List the files (sorted by path) and read their footers; a bad file or schema is one line naming it."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if is_uri(source):
+            raise DataError(f"{key}: {source} is a URI, which only engine=spark reads (Spark's own readers); "
+                            "other engines read local paths")
+        files = sources.parquet_files(source)
+        if files is None:
+            sources.check_exists(Path(source), key)
+            files = [Path(source)]
+        if not files:
+            raise DataError(f"{key}: {source} holds no .parquet files")
+        names = sorted(str(f) for f in files)
+        rows, first = [], None
+        for name in names:
+            try:
+                meta = pq.ParquetFile(name).metadata
+            except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+                raise DataError(f"{key}: {name} is not a readable parquet file ({first_line(exc)})") from None
+            schema = meta.schema.to_arrow_schema()
+            if first is None:
+                first = (name, schema)
+            elif not schema.equals(first[1]):
+                raise DataError(f"{key}: {name} has columns {schema.names[:10]} of other types than {first[0]}'s "
+                                f"{first[1].names[:10]}; every file of a dataset needs the same schema")
+            rows.append(meta.num_rows)
+        if sum(rows) == 0:
+            raise DataError(f"{key}: {source} holds no rows")
+        return cls(source, tuple(names), tuple(rows), label_column, features_column, key)
+
+    def columns(self) -> list[str] | None:
+        return None if self.features_column is None else [self.features_column, self.label_column]
+
+    def blocks(self, files: list[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(positions, x float64, y int64)`` of every row of the files ``files`` (default all), in position order."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        offsets = self.offsets
+        for i in range(len(self.files)) if files is None else files:
+            name = self.files[i]
+            start = int(offsets[i])
+            try:
+                batches = pq.ParquetFile(name).iter_batches(batch_size=BLOCK_ROWS, columns=self.columns())
+                for batch in batches:
+                    x, y = table_arrays(pa.Table.from_batches([batch]), name, self.key, self.label_column,
+                                        self.features_column, start - int(offsets[i]))
+                    yield np.arange(start, start + len(y), dtype=np.int64), x, y
+                    start += len(y)
+            except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+                raise DataError(f"{self.key}: {name} is not a readable parquet file ({first_line(exc)})") from None
+
+
+def table_arrays(table, name: str, key: str, label_column: str, features_column: str | None,
+                 first_row: int) -> tuple[np.ndarray, np.ndarray]:
+    """A block's checked ``(x float64, y int64)``; a bad value names the file and its row there."""
+    x, y = sources.table_to_arrays(table, Path(name), key, label_column, features_column)
+    where = f"{key} {name}"
+    x = check_features(x, where, first_row)
+    return x, check_labels(y, len(x), where, first_row)
+
+
+def tally(table: ParquetSource, plan: RowPlan, files: list[int] | None = None) -> list[tuple[int, Tally]]:
+    """The tallies of the blocks of ``files`` (default all), keyed by their first position."""
+    out = []
+    for pos, x, y in table.blocks(files):
+        out.append((int(pos[0]), Tally.of(x, y, plan.roles(pos), plan.shards(pos), plan.mappers)))
+    return out
+
+
+class LocalReader:
+    """Reads a Parquet source with pyarrow in this process."""
+
+    def open(self, source: str, label_column: str, features_column: str | None) -> ParquetSource:
+        return ParquetSource.open(source, label_column, features_column)
+
+    def survey(self, table: ParquetSource, plan: RowPlan) -> Tally:
+        return merge_in_order(tally(table, plan))
+
+    def rows(self, table: ParquetSource, plan: RowPlan, role: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return keep_rows(table, plan, role)
+
+
+def keep_rows(table: ParquetSource, plan: RowPlan, role: int, shards: set[int] | None = None,
+              files: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(positions, x float32, y)`` of the rows with ``role`` (and, if given, a shard in ``shards``), in order."""
+    pos_parts, x_parts, y_parts = [], [], []
+    for pos, x, y in table.blocks(files):
+        keep = plan.roles(pos) == role
+        if shards is not None:
+            keep &= np.isin(plan.shards(pos), list(shards))
+        if keep.any():
+            pos_parts.append(pos[keep])
+            x_parts.append(x[keep].astype(np.float32))
+            y_parts.append(y[keep])
+    if not pos_parts:
+        return np.empty(0, np.int64), np.empty((0, 0), np.float32), np.empty(0, np.int64)
+    return np.concatenate(pos_parts), np.concatenate(x_parts), np.concatenate(y_parts)
+
+
+ROLE_NAMES = {TRAIN: "training", VAL: "validation", TEST: "test"}

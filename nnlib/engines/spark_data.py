@@ -1,0 +1,169 @@
+"""Spark reads a Parquet source in its executors: the survey, the held-out rows, the shards.
+
+Nothing here brings training rows to the driver. Each row's position is its
+file's offset (files sorted by path) plus Parquet's own row index in the
+file (``_metadata.row_index``), so it gets the role and shard that any other
+reader gives it (:mod:`nnlib.data.rows`). The survey is one pass of
+``mapInArrow`` whose per-block tallies the driver merges in position order;
+the training rows travel to their shard by Spark's shuffle
+(``partitionBy(mappers)``, partition ``i`` = shard ``i``) as float32 blocks,
+and become one numpy array inside the task that keeps them.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Iterator
+
+import numpy as np
+
+from nnlib.data.dataset import RowKeyed, Shard, shard_from_rows
+from nnlib.data.rows import TRAIN, RowPlan, merge_in_order
+from nnlib.data.tables import ParquetSource, table_arrays
+from nnlib.errors import DataError, error_from_text, first_line
+
+_FILE, _ROW = "_nnlib_file", "_nnlib_row"
+
+
+def _spark_error(exc: Exception) -> str:
+    """The useful line of an exception from Spark's JVM (a Py4JJavaError's own first line says nothing)."""
+    java = getattr(exc, "java_exception", None)
+    return first_line(java.toString()) if java is not None else first_line(exc)
+
+
+def _batches(table: ParquetSource, offsets: dict[str, int], batches) -> Iterator[tuple[np.ndarray, ...]]:
+    """``(positions, x float64, y)`` of each file's rows in each Arrow batch (a batch can span files)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for batch in batches:
+        files = batch.column(_FILE)
+        data = pa.Table.from_batches([batch]).drop_columns([_FILE, _ROW])
+        for name in pc.unique(files).to_pylist():
+            mask = pc.equal(files, name)
+            rows = pc.filter(batch.column(_ROW), mask).to_numpy()
+            x, y = table_arrays(data.filter(mask), name, table.key, table.label_column, table.features_column,
+                                int(rows[0]))
+            yield rows.astype(np.int64) + offsets[name], x, y
+
+
+class SparkReader:
+    """How the Spark engines read a row-keyed source: Spark's readers in the executors."""
+
+    def __init__(self, session):
+        self._session = session  # a function returning the engine's SparkSession (started on first use)
+
+    def _frame(self, table: ParquetSource):
+        from pyspark.sql import functions as F
+
+        reader = self._session().read
+        try:
+            df = reader.option("recursiveFileLookup", "true").parquet(table.source)
+        except Exception as exc:  # noqa: BLE001  - AnalysisException, Py4JJavaError: the path or scheme
+            raise DataError(f"{table.key}: Spark cannot read {table.source} ({_spark_error(exc)})") from None
+        columns = [c for c in ([table.features_column, table.label_column] if table.features_column else df.columns)]
+        for column in (table.label_column, table.features_column):
+            if column is not None and column not in df.columns:
+                raise DataError(f"{table.key}: {table.source} has no column '{column}' (columns are "
+                                f"{df.columns[:10]})")
+        return df.select(*columns, F.col("_metadata.file_path").alias(_FILE),
+                         F.col("_metadata.row_index").alias(_ROW))
+
+    def _run(self, action, what: str):
+        try:
+            return action()
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001  - an nnlib error raised in an executor comes back as text
+            raise error_from_text(str(exc), "spark", what) from None
+
+    def open(self, source: str, label_column: str, features_column: str | None) -> ParquetSource:
+        """The files and their row counts, as Spark lists them (one small aggregate job)."""
+        probe = ParquetSource(source, (), (), label_column, features_column)
+        df = self._frame(probe)
+        counts = self._run(lambda: df.groupBy(_FILE).count().collect(), f"listing {source}")
+        if not counts:
+            raise DataError(f"data.source: {source} holds no rows")
+        files = sorted((row[0], row[1]) for row in counts)
+        return ParquetSource(source, tuple(f for f, _ in files), tuple(n for _, n in files), label_column,
+                             features_column)
+
+    def _offsets(self, table: ParquetSource) -> dict[str, int]:
+        return dict(zip(table.files, (int(o) for o in table.offsets)))
+
+    def survey(self, table: ParquetSource, plan: RowPlan):
+        from nnlib.data.rows import Tally
+
+        offsets = self._offsets(table)
+
+        def tally_blocks(batches):
+            import pyarrow as pa
+
+            tallies = [(int(pos[0]), Tally.of(x, y, plan.roles(pos), plan.shards(pos), plan.mappers))
+                       for pos, x, y in _batches(table, offsets, batches)]
+            yield pa.RecordBatch.from_pydict({"blob": [pickle.dumps(tallies)]})
+
+        df = self._frame(table)
+        blobs = self._run(lambda: df.mapInArrow(tally_blocks, "blob binary").collect(), f"surveying {table.source}")
+        return merge_in_order([t for row in blobs for t in pickle.loads(row.blob)])
+
+    def rows(self, table: ParquetSource, plan: RowPlan, role: int):
+        """``(positions, x float32, y)`` of every row with ``role``, collected to the driver in position order."""
+        offsets = self._offsets(table)
+
+        def keep(batches):
+            import pyarrow as pa
+
+            for pos, x, y in _batches(table, offsets, batches):
+                mine = plan.roles(pos) == role
+                if mine.any():
+                    yield pa.RecordBatch.from_pydict({"blob": [pickle.dumps((pos[mine], x[mine].astype(np.float32),
+                                                                             y[mine]))]})
+
+        df = self._frame(table)
+        parts = [pickle.loads(row.blob) for row in
+                 self._run(lambda: df.mapInArrow(keep, "blob binary").collect(), f"reading {table.source}")]
+        if not parts:
+            return np.empty(0, np.int64), np.empty((0, 0), np.float32), np.empty(0, np.int64)
+        pos, x, y = (np.concatenate(p) for p in zip(*parts))
+        order = np.argsort(pos, kind="stable")
+        return pos[order], x[order], y[order]
+
+    def shards(self, rows: RowKeyed):
+        """An RDD whose partition ``i`` holds shard ``i``'s training rows as ``(shard, blob)`` records."""
+        table, plan = rows.table, rows.plan
+        offsets = self._offsets(table)
+
+        def split_by_shard(batches):
+            import pyarrow as pa
+
+            for pos, x, y in _batches(table, offsets, batches):
+                train = plan.roles(pos) == TRAIN
+                shard = plan.shards(pos)
+                for k in np.unique(shard[train]):
+                    mine = train & (shard == k)
+                    yield pa.RecordBatch.from_pydict({"shard": [int(k)], "blob": [pickle.dumps(
+                        (pos[mine], x[mine].astype(np.float32), y[mine]))]})
+
+        mappers = plan.mappers
+        return (self._frame(table).mapInArrow(split_by_shard, "shard long, blob binary").rdd
+                .map(lambda r: (r.shard, r.blob)).partitionBy(mappers, lambda k: k))
+
+
+def shard_from_records(index: int, records, rows: RowKeyed) -> Shard:
+    """Shard ``index`` from its shuffled ``(shard, blob)`` records: one float32 array in position order."""
+    pos_parts, x_parts, y_parts = [], [], []
+    for shard, blob in records:
+        if shard != index:
+            raise RuntimeError(f"shard {shard}'s rows reached task {index}")
+        pos, x, y = pickle.loads(blob)
+        pos_parts.append(pos)
+        x_parts.append(x)
+        y_parts.append(y)
+    if not pos_parts:
+        raise DataError(f"data.source {rows.table.source}: shard {index} holds no training rows")
+    pos = np.concatenate(pos_parts)
+    order = np.argsort(pos, kind="stable")
+    x = np.concatenate(x_parts)
+    del x_parts
+    return shard_from_rows(index, x[order], np.concatenate(y_parts)[order], rows)
