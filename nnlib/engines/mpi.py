@@ -33,6 +33,8 @@ from nnlib.core.combine import COEFFICIENTS, combine
 from nnlib.core.params import DTYPE
 from nnlib.core.optim import state_rows
 from nnlib.core.split import embed, held_count, shares_divisor
+from nnlib.data import tables
+from nnlib.data.rows import merge_in_order
 from nnlib.engines.base import Engine
 from nnlib.errors import EngineError
 from nnlib.tasks import (
@@ -103,6 +105,46 @@ class MpiCollective:
         return ranks_flagged(self.comm, local_flags)
 
 
+class MpiReader:
+    """How MPI ranks read a row-keyed (Parquet) source: each rank surveys the files ``rank, rank + size, ...``
+    and one allgather gives every rank the whole, merged in position order (the same figures as one reader)."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.local = tables.LocalReader()
+
+    def open(self, source, label_column, features_column):
+        return self._together(lambda: self.local.open(source, label_column, features_column), first=True)
+
+    def _mine(self, table) -> list[int]:
+        return list(range(self.comm.Get_rank(), len(table.files), self.comm.Get_size()))
+
+    def _together(self, work, first: bool = False):
+        """``work()`` on every rank, its results allgathered; a rank's error is raised on every rank."""
+        try:
+            out = (None, work())
+        except Exception as exc:  # noqa: BLE001  - raised on every rank below, so none waits forever
+            out = (exc, None)
+        gathered = self.comm.allgather(out)
+        for error, _ in gathered:
+            if error is not None:
+                raise error
+        return gathered[0][1] if first else [result for _, result in gathered]
+
+    def survey(self, table, plan):
+        parts = self._together(lambda: tables.tally(table, plan, self._mine(table)))
+        return merge_in_order([t for part in parts for t in part])
+
+    def rows(self, table, plan, role):
+        parts = [p for p in self._together(lambda: tables.keep_rows(table, plan, role, files=self._mine(table)))
+                 if len(p[0])]
+        if not parts:
+            return self.local.rows(table, plan, role)  # none anywhere: the empty arrays
+        pos, x, y = (np.concatenate(p) for p in zip(*parts))
+        order = np.argsort(pos, kind="stable")
+        return pos[order], x[order], y[order]
+
+
 class MpiEngine(Engine):
     """One rank per mapper; every rank runs the driver loop, rank 0 is the main process."""
 
@@ -112,6 +154,7 @@ class MpiEngine(Engine):
         self.is_main = self.rank == 0
         self.collective = collective
         self.shard = None
+        self.reader = MpiReader(self.comm)  # a row-keyed source: each rank reads part, then one allgather
 
     def all_ok(self, ok: bool) -> bool:
         return not ranks_flagged(self.comm, {self.rank: not ok})

@@ -26,9 +26,14 @@ _FILE, _ROW = "_nnlib_file", "_nnlib_row"
 
 
 def _spark_error(exc: Exception) -> str:
-    """The useful line of an exception from Spark's JVM (a Py4JJavaError's own first line says nothing)."""
+    """The useful line of an exception from Spark's JVM: its root cause (a Py4JJavaError's own first line
+    says nothing; the root cause names the file that could not be read)."""
     java = getattr(exc, "java_exception", None)
-    return first_line(java.toString()) if java is not None else first_line(exc)
+    if java is None:
+        return first_line(exc)
+    while java.getCause() is not None and java.getCause() != java:
+        java = java.getCause()
+    return first_line(java.toString())
 
 
 def _batches(table: ParquetSource, offsets: dict[str, int], batches) -> Iterator[tuple[np.ndarray, ...]]:
@@ -61,7 +66,7 @@ class SparkReader:
             df = reader.option("recursiveFileLookup", "true").parquet(table.source)
         except Exception as exc:  # noqa: BLE001  - AnalysisException, Py4JJavaError: the path or scheme
             raise DataError(f"{table.key}: Spark cannot read {table.source} ({_spark_error(exc)})") from None
-        columns = [c for c in ([table.features_column, table.label_column] if table.features_column else df.columns)]
+        columns = [table.features_column, table.label_column] if table.features_column else df.columns
         for column in (table.label_column, table.features_column):
             if column is not None and column not in df.columns:
                 raise DataError(f"{table.key}: {table.source} has no column '{column}' (columns are "
@@ -69,19 +74,22 @@ class SparkReader:
         return df.select(*columns, F.col("_metadata.file_path").alias(_FILE),
                          F.col("_metadata.row_index").alias(_ROW))
 
-    def _run(self, action, what: str):
+    def _run(self, action, what: str, source: str):
         try:
             return action()
         except DataError:
             raise
         except Exception as exc:  # noqa: BLE001  - an nnlib error raised in an executor comes back as text
-            raise error_from_text(str(exc), "spark", what) from None
+            error = error_from_text(str(exc), "spark", what)
+            if isinstance(error, DataError) or getattr(exc, "java_exception", None) is None:
+                raise error from None
+            raise DataError(f"data.source: Spark cannot read {source} ({_spark_error(exc)})") from None
 
     def open(self, source: str, label_column: str, features_column: str | None) -> ParquetSource:
         """The files and their row counts, as Spark lists them (one small aggregate job)."""
         probe = ParquetSource(source, (), (), label_column, features_column)
         df = self._frame(probe)
-        counts = self._run(lambda: df.groupBy(_FILE).count().collect(), f"listing {source}")
+        counts = self._run(lambda: df.groupBy(_FILE).count().collect(), f"listing {source}", source)
         if not counts:
             raise DataError(f"data.source: {source} holds no rows")
         files = sorted((row[0], row[1]) for row in counts)
@@ -104,7 +112,8 @@ class SparkReader:
             yield pa.RecordBatch.from_pydict({"blob": [pickle.dumps(tallies)]})
 
         df = self._frame(table)
-        blobs = self._run(lambda: df.mapInArrow(tally_blocks, "blob binary").collect(), f"surveying {table.source}")
+        blobs = self._run(lambda: df.mapInArrow(tally_blocks, "blob binary").collect(), f"surveying {table.source}",
+                          table.source)
         return merge_in_order([t for row in blobs for t in pickle.loads(row.blob)])
 
     def rows(self, table: ParquetSource, plan: RowPlan, role: int):
@@ -121,8 +130,9 @@ class SparkReader:
                                                                              y[mine]))]})
 
         df = self._frame(table)
-        parts = [pickle.loads(row.blob) for row in
-                 self._run(lambda: df.mapInArrow(keep, "blob binary").collect(), f"reading {table.source}")]
+        found = self._run(lambda: df.mapInArrow(keep, "blob binary").collect(), f"reading {table.source}",
+                          table.source)
+        parts = [pickle.loads(row.blob) for row in found]
         if not parts:
             return np.empty(0, np.int64), np.empty((0, 0), np.float32), np.empty(0, np.int64)
         pos, x, y = (np.concatenate(p) for p in zip(*parts))

@@ -1,0 +1,131 @@
+"""Parquet sources read where the rows go: Spark's executors and MPI ranks give the local engine's shards,
+statistics and weights, and never need the whole training set in one process."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import saved_params, small_config
+from test_mpi import MPIEXEC, ROOT, mpi_env
+
+from nnlib.config import load_config
+from nnlib.data.dataset import ShardSource, load_dataset
+from nnlib.data.rows import TRAIN, RowPlan
+from nnlib.data.sources import load_digits
+from nnlib.driver import run
+from nnlib.errors import DataError, NnlibError
+
+pytestmark = pytest.mark.slow  # Spark and mpiexec
+
+QUIET = dict(log=lambda _msg: None)
+
+
+@pytest.fixture(scope="module")
+def digits_parquet(tmp_path_factory):
+    """scikit-learn's digits as a Parquet dataset of 5 files (uneven, several row groups each)."""
+    x, y = load_digits()
+    folder = tmp_path_factory.mktemp("digits") / "ds"
+    folder.mkdir()
+    bounds = [0, 300, 301, 900, 1400, len(y)]
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        table = pa.table({**{f"p{j}": x[a:b, j].astype(np.float32) for j in range(64)}, "label": y[a:b]})
+        pq.write_table(table, folder / f"part-{i:05d}.parquet", row_group_size=128)
+    (folder / "_SUCCESS").write_text("")
+    return folder
+
+
+def _reader(spark):
+    from nnlib.engines.spark_data import SparkReader
+
+    return SparkReader(lambda: spark)
+
+
+@pytest.mark.parametrize("mode,overrides", [
+    ("stage", ()),
+    ("jobs", ()),
+    ("stage", ("data.validation_fraction=0.1", "data.partition=contiguous", "train.momentum=0.9")),
+    ("jobs", ("data.validation_fraction=0.1", "data.partition=contiguous", "train.momentum=0.9")),
+    ("stage", ("combine=gradient", "train.lr_scaling=linear")),  # synchronous rounds: the stage alone
+])
+def test_a_parquet_dataset_on_spark_trains_the_local_engines_weights(spark, digits_parquet, mode, overrides):
+    from test_engines import spark_engine
+
+    config = small_config("mappers=4", f"data.source={digits_parquet}", *overrides)
+    local = run(config, **QUIET)
+    on_spark = run(config.model_copy(update={"engine": "spark"}), engine=spark_engine(mode), **QUIET)
+    np.testing.assert_array_equal(on_spark.params, local.params)
+    assert [r["n_samples"] for r in on_spark.mapper_rows] == [r["n_samples"] for r in local.mapper_rows]
+    assert on_spark.summary["n_train"] == local.summary["n_train"]
+    assert on_spark.rounds[-1]["test_accuracy"] == local.rounds[-1]["test_accuracy"] > 0.5
+
+
+def test_spark_gives_every_row_the_shard_and_role_the_local_reader_gives(spark, digits_parquet):
+    from nnlib.engines.spark_data import shard_from_records
+
+    cfg = small_config(f"data.source={digits_parquet}", "data.validation_fraction=0.1").data
+    local = load_dataset(cfg, seed=4, mappers=3)
+    on_spark = load_dataset(cfg, seed=4, mappers=3, reader=_reader(spark))
+    assert on_spark.rows.table.file_rows == local.rows.table.file_rows
+    np.testing.assert_array_equal(on_spark.x_test, local.x_test)
+    np.testing.assert_array_equal(on_spark.x_val, local.x_val)
+    rows = on_spark.rows
+    spark_shards = _reader(spark).shards(rows).mapPartitionsWithIndex(
+        lambda i, records: [shard_from_records(i, records, rows)]).collect()
+    for mine, theirs in zip(spark_shards, ShardSource(cfg, 4, 3, local.rows).build([0, 1, 2])):
+        np.testing.assert_array_equal(mine.x, theirs.x)
+        np.testing.assert_array_equal(mine.y, theirs.y)
+
+
+def test_statistics_from_the_spark_aggregate_equal_numpy_float64(spark, digits_parquet):
+    x, _ = load_digits()
+    cfg = small_config(f"data.source={digits_parquet}").data
+    data = load_dataset(cfg, seed=1, mappers=2, reader=_reader(spark))
+    train = RowPlan(1, 2, len(x), 0.2, 0.0).roles(np.arange(len(x))) == TRAIN
+    expected = x[train].astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(data.rows.mean, expected.mean(axis=0), rtol=1e-12)
+    std = expected.std(axis=0)
+    std[std == 0] = 1
+    np.testing.assert_allclose(data.rows.std, std, rtol=1e-12)
+    assert data.n_train == int(train.sum())
+
+
+@pytest.mark.parametrize("uri", ["nosuchscheme://bucket/digits", "file:///nonexistent/digits"])
+def test_a_uri_spark_cannot_read_is_one_line_naming_it(spark, uri):
+    with pytest.raises(DataError) as err:
+        load_dataset(small_config(f"data.source={uri}").data, seed=0, reader=_reader(spark))
+    message = str(err.value)
+    assert message.startswith(f"data.source: Spark cannot read {uri} (") and "\n" not in message
+
+
+def test_a_uri_is_refused_by_engines_that_read_local_paths():
+    with pytest.raises(DataError, match="data.source: file:///data/ds is a URI, which only engine=spark reads"):
+        load_dataset(small_config("data.source=file:///data/ds").data, seed=0)
+
+
+def test_a_corrupted_file_read_by_spark_is_one_line_naming_it(spark, digits_parquet, tmp_path):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    for f in sorted(digits_parquet.glob("*.parquet")):
+        (folder / f.name).write_bytes(f.read_bytes())
+    bad = folder / "part-00002.parquet"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(NnlibError) as err:
+        load_dataset(small_config(f"data.source={folder}").data, seed=0, reader=_reader(spark))
+    assert "part-00002.parquet" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_parquet_dataset_under_mpiexec_trains_the_local_engines_weights(digits_parquet, tmp_path):
+    sets = ["mappers=2", f"data.source={digits_parquet}", "model.hidden=[16]", "train.rounds=3", "seed=3",
+            "data.validation_fraction=0.1"]
+    local = run(load_config(ROOT / "conf/default.yaml", [*sets, "engine=local"]), **QUIET)
+    out = tmp_path / "mpi"
+    cmd = [MPIEXEC, "-n", "2", "--oversubscribe", sys.executable, "jobs/mpi_model_avg.py", "conf/default.yaml",
+           *[a for s in sets for a in ("--set", s)], "--out", str(out), "--quiet"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=mpi_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert np.abs(saved_params(out) - local.params).max() <= 1e-6
+    rows = (out / "mapper_times.csv").read_text().splitlines()[1:3]
+    assert [int(r.split(",")[4]) for r in rows] == [r["n_samples"] for r in local.mapper_rows[:2]]
