@@ -129,3 +129,17 @@ def test_a_parquet_dataset_under_mpiexec_trains_the_local_engines_weights(digits
     assert np.abs(saved_params(out) - local.params).max() <= 1e-6
     rows = (out / "mapper_times.csv").read_text().splitlines()[1:3]
     assert [int(r.split(",")[4]) for r in rows] == [r["n_samples"] for r in local.mapper_rows[:2]]
+
+
+@pytest.mark.parametrize("runner", ["inline", "local"])
+def test_a_parquet_dataset_under_mrjob_trains_the_local_engines_weights(digits_parquet, runner):
+    from nnlib.engines.mrjob_engine import MrjobEngine
+
+    config = small_config("mappers=3", f"data.source={digits_parquet}", "train.momentum=0.5")
+    local = run(config, **QUIET)
+    mr_config = config.model_copy(update={"engine": "mrjob"})
+    engine = MrjobEngine(mr_config, runner)
+    result = run(mr_config, engine=engine, **QUIET)
+    assert np.abs(result.params - local.params).max() <= 1e-6
+    assert engine.map_tasks == [3, 3]
+    assert [r["n_samples"] for r in result.mapper_rows] == [r["n_samples"] for r in local.mapper_rows]

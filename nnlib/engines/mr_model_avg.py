@@ -19,6 +19,7 @@ import. ``jobs/mr_model_avg.py`` runs it on its own, for one round.
 
 from __future__ import annotations
 
+import pickle
 import time
 
 from mrjob.job import MRJob
@@ -40,6 +41,7 @@ class MRModelAvg(MRJob):
         super().configure_args()
         self.add_file_arg("--nnlib-conf", required=True, help="nnlib conf file (fully resolved, no 'extends')")
         self.add_file_arg("--payload", help="the round's weights (.npz); default: initial weights, round 0")
+        self.add_file_arg("--rows", help="a Parquet source's row plan and statistics (pickled by the engine)")
         self.add_passthru_arg("--set", dest="overrides", action="append", default=[],
                               help="override a config key, as in nnlib run")
         self.add_passthru_arg("--combine", help="the reduce step's combine rule (default: the conf's)")
@@ -56,7 +58,8 @@ class MRModelAvg(MRJob):
         if self.options.payload:
             self.payload = payload_from_file(self.options.payload)
         else:
-            self.payload = first_payload(self.config, load_dataset(self.config.data, self.config.seed))
+            data = load_dataset(self.config.data, self.config.seed, self.config.mappers)
+            self.payload = first_payload(self.config, data)
 
     def mapper_init(self):
         self._load()
@@ -64,7 +67,11 @@ class MRModelAvg(MRJob):
 
     def mapper_train_shard(self, _, line):
         index = int(line.strip())
-        shard = ShardSource(self.config.data, self.config.seed, self.config.mappers).build([index])[0]
+        rows = None
+        if self.options.rows:  # a Parquet source: stream it, keeping this shard's rows
+            with open(self.options.rows, "rb") as f:
+                rows = pickle.load(f)
+        shard = ShardSource(self.config.data, self.config.seed, self.config.mappers, rows).build([index])[0]
         yield "round", encode_result(train_shard(shard, self.payload))
 
     def reducer_init(self):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import pickle
 import shutil
 import sys
 import tempfile
@@ -79,6 +80,11 @@ class MrjobEngine(SingleDriver):
         conf.update(mappers=source.mappers, seed=source.seed, data=source.data.model_dump())
         self._conf = self._dir / "config.yaml"
         self._conf.write_text(yaml.safe_dump(conf, sort_keys=False))
+        self._rows = []
+        if source.rows is not None:  # a Parquet source: each map task streams it and keeps its shard's rows
+            path = self._dir / "rows.pkl"
+            path.write_bytes(pickle.dumps(source.rows))
+            self._rows = ["--rows", str(path)]
         # tasks import the driver's exact code (inline runs in this process and needs no shipping)
         self._py_files = [] if self.runner == "inline" else ["--py-files", str(zip_package(self._dir / "nnlib.zip"))]
 
@@ -88,7 +94,7 @@ class MrjobEngine(SingleDriver):
             path = self._dir / f"payload-{payload.round_index:05d}.npz"
             path.write_bytes(payload_to_bytes(payload))
         args = ["-r", self.runner, "--nnlib-conf", str(self._conf), "--payload", str(path),
-                "--combine", reducer.rule, "--skip-bad-mappers", str(reducer.skip_bad).lower(),
+                "--combine", reducer.rule, "--skip-bad-mappers", str(reducer.skip_bad).lower(), *self._rows,
                 *self._py_files, *self.extra_args, *self._inputs]
         job = self._job_class(args=args)
         with timed(timings, "wait"):

@@ -161,19 +161,29 @@ class SparkReader:
 
 
 def shard_from_records(index: int, records, rows: RowKeyed) -> Shard:
-    """Shard ``index`` from its shuffled ``(shard, blob)`` records: one float32 array in position order."""
-    pos_parts, x_parts, y_parts = [], [], []
+    """Shard ``index`` from its shuffled ``(shard, blob)`` records: one float32 array in position order.
+
+    Each block is copied to its rows' places and let go, so the task holds
+    at most the blocks not yet placed plus the array they fill (about twice
+    the shard at the start of the fill, once at its end).
+    """
+    parts = []
     for shard, blob in records:
         if shard != index:
             raise RuntimeError(f"shard {shard}'s rows reached task {index}")
-        pos, x, y = pickle.loads(blob)
-        pos_parts.append(pos)
-        x_parts.append(x)
-        y_parts.append(y)
-    if not pos_parts:
+        parts.append(pickle.loads(blob))
+    if not parts:
         raise DataError(f"data.source {rows.table.source}: shard {index} holds no training rows")
-    pos = np.concatenate(pos_parts)
-    order = np.argsort(pos, kind="stable")
-    x = np.concatenate(x_parts)
-    del x_parts
-    return shard_from_rows(index, x[order], np.concatenate(y_parts)[order], rows)
+    pos = np.concatenate([p[0] for p in parts])
+    place = np.empty(len(pos), np.int64)
+    place[np.argsort(pos, kind="stable")] = np.arange(len(pos))
+    x = np.empty((len(pos), parts[0][1].shape[1]), np.float32)
+    y = np.empty(len(pos), np.int64)
+    start = 0
+    while parts:
+        _, xs, ys = parts.pop(0)
+        where = place[start:start + len(ys)]
+        x[where], y[where] = xs, ys
+        start += len(ys)
+        del xs, ys
+    return shard_from_rows(index, x, y, rows)

@@ -1,0 +1,92 @@
+"""Memory against data size for a Parquet dataset read by Spark's executors: the driver and one mapper.
+
+    python bench/data_scale.py           # 250k x 64 and 2M x 64, 16 files each; 4 mappers, Spark local[4]
+    python bench/data_scale.py --smoke   # 20k x 64 and 80k x 64
+
+Each size runs ``nnlib run`` with ``engine=spark`` (``spark.mode=stage``) on
+a Parquet dataset of 16 float32 files, 2 rounds of 5 local steps, and a
+baseline run on a 4k-row dataset of the same width (the fixed cost of a
+Python mapper: interpreter, numpy, pyarrow, nnlib). Figures are each
+process's peak resident memory (``ru_maxrss``): ``driver_peak_rss_mb`` from
+summary.json and the largest ``peak_rss_mb`` of mapper_times.csv.
+
+Targets: the driver's peak grows by at most 15% from the smallest to the
+largest dataset; a mapper's peak is at most twice its shard's float32 bytes
+plus the fixed cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import DATA, markdown_table, nnlib_run, write_result  # noqa: E402
+
+N_FEATURES, N_FILES, MAPPERS = 64, 16, 4
+TEST_FRACTION = 0.02  # the test set is collected to the driver: kept small so the driver stays flat
+
+
+def parquet_dataset(n_rows: int) -> Path:
+    """``n_rows`` x 64 float32 Gaussian blobs of 10 classes in 16 Parquet files, written file by file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = DATA / f"blobs-{n_rows}x{N_FEATURES}"
+    if (folder / "_SUCCESS").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    centres = np.random.default_rng(0).normal(0, 2 / np.sqrt(N_FEATURES), size=(10, N_FEATURES))
+    for i, rows in enumerate(np.array_split(np.arange(n_rows), N_FILES)):
+        rng = np.random.default_rng([1, i])
+        y = rng.integers(0, 10, len(rows))
+        x = (centres[y] + rng.normal(size=(len(rows), N_FEATURES))).astype(np.float32)
+        pq.write_table(pa.table({"features": pa.FixedSizeListArray.from_arrays(x.ravel(), N_FEATURES),
+                                 "label": y}), folder / f"part-{i:05d}.parquet", row_group_size=65536)
+    (folder / "_SUCCESS").write_text("")
+    return folder
+
+
+def measure(n_rows: int) -> dict:
+    res = nnlib_run(["engine=spark", f"mappers={MAPPERS}", f"spark.master=local[{MAPPERS}]",
+                     f"data.source={parquet_dataset(n_rows)}", "data.features_column=features",
+                     f"data.test_fraction={TEST_FRACTION}", "model.hidden=[32]", "train.rounds=2",
+                     "train.local_steps=5"])
+    shard_rows = max(int(r["n_samples"]) for r in res["mappers"])
+    return {"rows": n_rows, "data_mb": n_rows * N_FEATURES * 4 / 2 ** 20,
+            "shard_mb": shard_rows * N_FEATURES * 4 / 2 ** 20,
+            "driver_peak_mb": res["summary"]["driver_peak_rss_mb"],
+            "mapper_peak_mb": max(float(r["peak_rss_mb"]) for r in res["mappers"])}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    sizes = [20_000, 80_000] if args.smoke else [250_000, 2_000_000]
+    base = measure(4_000)
+    fixed = base["mapper_peak_mb"]
+    print(f"baseline 4k rows: driver {base['driver_peak_mb']:.0f} MB, mapper {fixed:.0f} MB (the fixed cost)",
+          flush=True)
+    rows = []
+    for n in sizes:
+        row = measure(n)
+        row["mapper_limit_mb"] = 2 * row["shard_mb"] + fixed
+        rows.append(row)
+        print(f"{n:>9,d} rows ({row['data_mb']:.0f} MB)  driver {row['driver_peak_mb']:.0f} MB  mapper "
+              f"{row['mapper_peak_mb']:.0f} MB (shard {row['shard_mb']:.0f} MB, limit {row['mapper_limit_mb']:.0f})",
+              flush=True)
+    growth = rows[-1]["driver_peak_mb"] / rows[0]["driver_peak_mb"] - 1
+    print(markdown_table(rows, ["rows", "data_mb", "shard_mb", "driver_peak_mb", "mapper_peak_mb", "mapper_limit_mb"]))
+    print(f"driver growth {100 * growth:.1f}% (target <= 15%); every mapper under its limit: "
+          f"{all(r['mapper_peak_mb'] <= r['mapper_limit_mb'] for r in rows)}")
+    write_result("smoke/data_scale" if args.smoke else "data_scale",
+                 {"baseline": base, "sizes": rows, "driver_growth": growth, "fixed_mapper_mb": fixed})
+
+
+if __name__ == "__main__":
+    main()
