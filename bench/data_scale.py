@@ -18,6 +18,7 @@ plus the fixed cost.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,13 +33,23 @@ TEST_FRACTION = 0.02  # the test set is collected to the driver: kept small so t
 
 
 def parquet_dataset(n_rows: int) -> Path:
-    """``n_rows`` x 64 float32 Gaussian blobs of 10 classes in 16 Parquet files, written file by file."""
+    """``n_rows`` x 64 float32 Gaussian blobs of 10 classes in 16 Parquet files, written by a child process.
+
+    Not in this process: on Linux a child's ``ru_maxrss`` starts from its
+    parent's resident memory at fork, so a bench process that had written
+    the data would inflate every measured driver.
+    """
+    folder = DATA / f"blobs-{n_rows}x{N_FEATURES}"
+    if not (folder / "_SUCCESS").exists():
+        subprocess.run([sys.executable, __file__, "--write", str(n_rows)], check=True)
+    return folder
+
+
+def write_dataset(n_rows: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder = DATA / f"blobs-{n_rows}x{N_FEATURES}"
-    if (folder / "_SUCCESS").exists():
-        return folder
     folder.mkdir(parents=True, exist_ok=True)
     centres = np.random.default_rng(0).normal(0, 2 / np.sqrt(N_FEATURES), size=(10, N_FEATURES))
     for i, rows in enumerate(np.array_split(np.arange(n_rows), N_FILES)):
@@ -48,7 +59,6 @@ def parquet_dataset(n_rows: int) -> Path:
         pq.write_table(pa.table({"features": pa.FixedSizeListArray.from_arrays(x.ravel(), N_FEATURES),
                                  "label": y}), folder / f"part-{i:05d}.parquet", row_group_size=65536)
     (folder / "_SUCCESS").write_text("")
-    return folder
 
 
 def measure(n_rows: int) -> dict:
@@ -66,7 +76,10 @@ def measure(n_rows: int) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--write", type=int, help=argparse.SUPPRESS)  # the child that writes a dataset
     args = parser.parse_args(argv)
+    if args.write:
+        return write_dataset(args.write)
     sizes = [20_000, 80_000] if args.smoke else [250_000, 2_000_000]
     base = measure(4_000)
     fixed = base["mapper_peak_mb"]

@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
-SCRIPTS = ["throughput", "round_overhead", "speedup", "memory", "sync_rounds", "time_to_target", "reference_accuracy"]
+SCRIPTS = ["throughput", "round_overhead", "speedup", "memory", "sync_rounds", "time_to_target", "reference_accuracy",
+           "data_scale"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
