@@ -158,6 +158,9 @@ def check_search(config) -> int:
 def prepare_search(config) -> tuple[SearchData, dict, list[np.ndarray]]:
     """Load and cut the data, warm up the whole network, train the baseline; the shared facts."""
     data = load_dataset(config.data, config.seed)
+    if data.rows is not None:
+        raise ConfigError(f"split-search needs the training set in one process; data.source {config.data.source} "
+                          "is a Parquet source, read only by the mappers")
     order = np.random.default_rng([config.seed, 0x5EA]).permutation(len(data.y_train))
     n_warm = max(1, round(config.split.warmup_fraction * len(order)))
     warm_idx, rest_idx = order[:n_warm], order[n_warm:]

@@ -236,3 +236,13 @@ def test_a_corrupted_file_in_a_parquet_dataset_is_one_line_naming_it(tmp_path):
     pq.write_table(pa.table({"other": y[:3], "label": y[:3]}), bad)
     with pytest.raises(DataError, match=rf"data.source: {bad} has columns .* every file of a dataset needs the same"):
         load_dataset(_data_cfg(source=folder), seed=0)
+
+
+def test_split_search_refuses_a_parquet_source(tmp_path):
+    from nnlib.errors import ConfigError
+    from nnlib.search import prepare_search
+
+    x, y = _xy()
+    config = load_config(None, [f"data.source={_parquet_parts(tmp_path / 'ds', x, y, [10])}"])
+    with pytest.raises(ConfigError, match="split-search needs the training set in one process"):
+        prepare_search(config)
