@@ -246,3 +246,23 @@ def test_split_search_refuses_a_parquet_source(tmp_path):
     config = load_config(None, [f"data.source={_parquet_parts(tmp_path / 'ds', x, y, [10])}"])
     with pytest.raises(ConfigError, match="split-search needs the training set in one process"):
         prepare_search(config)
+
+
+def test_a_test_source_is_the_test_set_and_every_source_row_trains(tmp_path):
+    x, y = _xy(n=60)
+    xt, yt = _xy(n=20, seed=1)
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    np.savez(tmp_path / "test.npz", x=xt, y=yt)
+    folder = _parquet_parts(tmp_path / "train", x, y, [25])
+    _parquet_parts(tmp_path / "test", xt, yt, [5])
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    expected = ((xt - mean) / std).astype(np.float32)
+    in_memory = load_dataset(_data_cfg(source=tmp_path / "train.npz", test_source=tmp_path / "test.npz"), seed=0)
+    row_keyed = load_dataset(_data_cfg(source=folder, test_source=tmp_path / "test"), seed=0, mappers=2)
+    for data in (in_memory, row_keyed):
+        np.testing.assert_allclose(data.x_test, expected, rtol=1e-6)
+        np.testing.assert_array_equal(data.y_test, yt)
+        assert data.n_train == 60
+    with pytest.raises(DataError, match=r"data.test_source .*test.npz: test set has 2 features, training set has 4"):
+        np.savez(tmp_path / "test.npz", x=xt[:, :2], y=yt)
+        load_dataset(_data_cfg(source=folder, test_source=tmp_path / "test.npz"), seed=0)

@@ -73,7 +73,7 @@ def _read_source(cfg: DataConfig, seed: int):
         return sources.load_digits()
     if cfg.source == "synthetic":
         return sources.make_synthetic(cfg.n_samples, cfg.n_features, cfg.n_classes, seed)
-    return sources.read_file(Path(cfg.source), "data.source", cfg.label_column, cfg.features_column, cfg.labels)
+    return sources.read_file(Path(cfg.source), "data.source", cfg.label_column, cfg.labels)
 
 
 def _split(n: int, fraction: float, seed: int, salt: int = 0x7E57,
@@ -105,13 +105,13 @@ def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader=None) -> D
         if len(arrays) == 4:
             raise DataError(f"data.test_source: {src} already holds x_test/y_test; "
                             "give one or the other, not both")
-        arrays = (*arrays[:2], *_test_set(cfg, x.shape[1]))
-    if len(arrays) == 4:
-        where = f"data.test_source {cfg.test_source}" if cfg.test_source else f"data.source {src} (x_test)"
+        x_test, y_test = _test_set(cfg, x.shape[1])
+        x_train, y_train = x, y
+    elif len(arrays) == 4:
+        where = f"data.source {src} (x_test)"
         x_test = check_features(arrays[2], where)
         y_test = check_labels(arrays[3], x_test.shape[0], where)
-        if x_test.shape[1] != x.shape[1]:
-            raise DataError(f"{where}: test set has {x_test.shape[1]} features, training set has {x.shape[1]}")
+        _check_width(x_test, x.shape[1], where)
         x_train, y_train = x, y
     else:
         train_idx, test_idx = _split(x.shape[0], cfg.test_fraction, seed)
@@ -141,15 +141,23 @@ def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader=None) -> D
                    _image_shape(cfg, x_train.shape[1]), None if x_val is None else x_val.astype(np.float32), y_val)
 
 
+def _check_width(x_test: np.ndarray, n_features: int, where: str) -> None:
+    if x_test.shape[1] != n_features:
+        raise DataError(f"{where}: test set has {x_test.shape[1]} features, training set has {n_features}")
+
+
 def _test_set(cfg: DataConfig, n_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """``data.test_source`` read whole and checked against the training set's width."""
-    x, y = sources.read_file(Path(cfg.test_source), "data.test_source", cfg.label_column, cfg.features_column,
-                             cfg.test_labels, "data.test_labels")[:2]
-    where = f"data.test_source {cfg.test_source}"
-    x = check_features(x, where)
-    if x.shape[1] != n_features:
-        raise DataError(f"{where}: test set has {x.shape[1]} features, training set has {n_features}")
-    return x, check_labels(y, x.shape[0], where)
+    """``data.test_source`` read whole (a Parquet one block by block), checked against the training set's width."""
+    key, where = "data.test_source", f"data.test_source {cfg.test_source}"
+    if tables.is_row_keyed(cfg.test_source):
+        x, y = tables.read_whole(ParquetSource.open(cfg.test_source, cfg.label_column, cfg.features_column, key))
+    else:
+        x, y = sources.read_file(Path(cfg.test_source), key, cfg.label_column, cfg.test_labels,
+                                 "data.test_labels")[:2]
+        x = check_features(x, where)
+        y = check_labels(y, x.shape[0], where)
+    _check_width(x, n_features, where)
+    return x, y
 
 
 def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader) -> Dataset:
@@ -179,16 +187,18 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader) -> Dataset:
     if cfg.standardize:
         mean, std = tally.moments.mean, tally.moments.std()
 
-    def held_out(role: int) -> tuple[np.ndarray, np.ndarray]:
-        _, x, y = reader.rows(table, plan, role)
+    def standardized(x: np.ndarray) -> np.ndarray:
         out = np.empty(x.shape, np.float32)
         standardize_into(out, x, mean, std)
-        return out, y
+        return out
+
+    def held_out(role: int) -> tuple[np.ndarray, np.ndarray]:
+        _, x, y = reader.rows(table, plan, role)
+        return standardized(x), y
 
     if cfg.test_source is not None:
         x_test, y_test = _test_set(cfg, tally.n_features)
-        x_test = x_test if mean is None else (x_test - mean) / std
-        x_test = x_test.astype(np.float32)
+        x_test = standardized(x_test)
         where = f"data.test_source {cfg.test_source}"
     else:
         x_test, y_test = held_out(TEST)

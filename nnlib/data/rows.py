@@ -23,7 +23,7 @@ as numpy's float64 ``mean``/``std`` to rounding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -125,32 +125,20 @@ class Tally:
 
     n_features: int
     mappers: int
-    moments: Moments | None = None
-    role_counts: np.ndarray = field(default=None)   # rows per role (TRAIN, VAL, TEST)
-    shard_counts: np.ndarray = field(default=None)  # training rows per shard
+    moments: Moments
+    role_counts: np.ndarray   # rows per role (TRAIN, VAL, TEST)
+    shard_counts: np.ndarray  # training rows per shard
     train_label_max: int = -1
-    test_label_max: int = -1
-    train_labels_seen: frozenset = frozenset()      # at most two distinct labels: enough to refuse a single class
-
-    def __post_init__(self):
-        if self.moments is None:
-            self.moments = Moments(0, np.zeros(self.n_features), np.zeros(self.n_features))
-        if self.role_counts is None:
-            self.role_counts = np.zeros(3, np.int64)
-        if self.shard_counts is None:
-            self.shard_counts = np.zeros(self.mappers, np.int64)
+    train_labels_seen: frozenset = frozenset()  # at most two distinct labels: enough to refuse a single class
 
     @classmethod
     def of(cls, x: np.ndarray, y: np.ndarray, role: np.ndarray, shard: np.ndarray, mappers: int) -> "Tally":
         train = role == TRAIN
-        test = role == TEST
         t = cls(x.shape[1], mappers, Moments.of(x[train]), np.bincount(role, minlength=3).astype(np.int64),
                 np.bincount(shard[train], minlength=mappers).astype(np.int64))
         if train.any():
             t.train_label_max = int(y[train].max())
             t.train_labels_seen = frozenset(np.unique(y[train])[:2].tolist())
-        if test.any():
-            t.test_label_max = int(y[test].max())
         return t
 
     def merge(self, other: "Tally") -> "Tally":
@@ -160,8 +148,7 @@ class Tally:
         seen = self.train_labels_seen | other.train_labels_seen
         return Tally(self.n_features, self.mappers, self.moments.merge(other.moments),
                      self.role_counts + other.role_counts, self.shard_counts + other.shard_counts,
-                     max(self.train_label_max, other.train_label_max),
-                     max(self.test_label_max, other.test_label_max), frozenset(sorted(seen)[:2]))
+                     max(self.train_label_max, other.train_label_max), frozenset(sorted(seen)[:2]))
 
 
 def merge_in_order(tallies: list[tuple[int, Tally]]) -> Tally:

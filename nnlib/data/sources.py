@@ -1,10 +1,13 @@
-"""Readers for every ``data.source``: digits, synthetic, .npz, .csv, .parquet, IDX.
+"""Readers for the in-memory sources (digits, synthetic, .npz, .csv, IDX), and what a Parquet source shares.
 
 Each reader returns raw arrays ``(x, y)`` or, where the file carries its own
 test set, ``(x, y, x_test, y_test)``. Checking the values (finite features,
-integer labels, matching feature counts) is done once, in
-:mod:`nnlib.data.dataset`, for every source alike. Any problem with a file is
-raised as a one-line :class:`DataError` naming the file.
+integer labels, matching feature counts) is done once, by
+:mod:`nnlib.data.checks`, for every source alike. Parquet sources are read
+block by block (:mod:`nnlib.data.tables`) with the listing
+(:func:`parquet_files`) and the Arrow conversion (:func:`table_to_arrays`)
+kept here. Any problem with a file is raised as a one-line
+:class:`DataError` naming the file.
 """
 
 from __future__ import annotations
@@ -143,27 +146,13 @@ def read_csv(path: Path, key: str, label_column: str):
     return table_to_arrays(table, path, key, label_column, None)
 
 
-def read_parquet(path: Path, key: str, label_column: str, features_column: str | None):
-    """Parquet: numeric feature columns, or one list column named by ``data.features_column``."""
-    return table_to_arrays(_parquet_table(path, key), path, key, label_column, features_column)
-
-
-def _parquet_table(path: Path, key: str):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(path)
-    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        raise DataError(f"{key}: {path} is not a readable parquet file ({first_line(exc)})") from None
-
-
 def parquet_files(source: str) -> list[Path] | None:
     """The files of a Parquet dataset, in the order that numbers its rows; None if ``source`` is not one.
 
     A dataset is a directory (every ``*.parquet`` file below it, hidden and
     ``_``-prefixed files left out, as Spark and Hive write them) or a glob
-    pattern (``data/part-*.parquet``). Files are taken in sorted path order.
+    pattern (``data/part-*.parquet``). Files are taken in the order of their path strings (the order Spark's
+    ``_metadata.file_path`` sorts in too).
     """
     path = Path(source)
     if path.is_dir():
@@ -173,22 +162,7 @@ def parquet_files(source: str) -> list[Path] | None:
         files = [Path(f) for f in glob.glob(source, recursive=True) if Path(f).is_file()]
     else:
         return None
-    return sorted(files)
-
-
-def read_parquet_dataset(source: str, files: list[Path], key: str, label_column: str,
-                         features_column: str | None):
-    """Every file of a Parquet dataset, read one by one (an error names the file), as one table's arrays."""
-    import pyarrow as pa
-
-    if not files:
-        raise DataError(f"{key}: {source} holds no .parquet files")
-    tables = [_parquet_table(f, key) for f in files]
-    for f, t in zip(files[1:], tables[1:]):
-        if not t.schema.equals(tables[0].schema):
-            raise DataError(f"{key}: {f} has columns {t.schema.names[:10]} of other types than {files[0]}'s "
-                            f"{tables[0].schema.names[:10]}; every file of a dataset needs the same schema")
-    return table_to_arrays(pa.concat_tables(tables), Path(source), key, label_column, features_column)
+    return sorted(files, key=str)
 
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -242,20 +216,16 @@ def is_idx(path: Path) -> bool:
     return "-idx" in name and name.endswith("-ubyte")
 
 
-def read_file(path: Path, key: str, label_column: str = "label", features_column: str | None = None,
-              labels: str | None = None, labels_key: str = "data.labels"):
-    """Read a data file by its extension, or a Parquet dataset; returns ``(x, y)`` or ``(x, y, x_test, y_test)``."""
-    files = parquet_files(str(path))
-    if files is not None:
-        return read_parquet_dataset(str(path), files, key, label_column, features_column)
+def read_file(path: Path, key: str, label_column: str = "label", labels: str | None = None,
+              labels_key: str = "data.labels"):
+    """Read an in-memory data file (.npz, .csv, IDX) by its extension; returns ``(x, y)`` or
+    ``(x, y, x_test, y_test)``. Parquet is read block by block (:mod:`nnlib.data.tables`)."""
     check_exists(path, key)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return read_npz(path, key)
     if suffix == ".csv":
         return read_csv(path, key, label_column)
-    if suffix == ".parquet":
-        return read_parquet(path, key, label_column, features_column)
     if is_idx(path):
         x = read_idx(path, key)
         label_path = Path(labels) if labels else idx_labels_path(path)

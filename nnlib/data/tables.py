@@ -17,7 +17,7 @@ import numpy as np
 
 from nnlib.data import sources
 from nnlib.data.checks import check_features, check_labels
-from nnlib.data.rows import TEST, TRAIN, VAL, RowPlan, Tally, merge_in_order
+from nnlib.data.rows import RowPlan, Tally, merge_in_order
 from nnlib.errors import DataError, first_line
 
 BLOCK_ROWS = 65536  # rows read and checked at a time
@@ -68,7 +68,7 @@ class ParquetSource:
             files = [Path(source)]
         if not files:
             raise DataError(f"{key}: {source} holds no .parquet files")
-        names = sorted(str(f) for f in files)
+        names = [str(f) for f in files]
         rows, first = [], None
         for name in names:
             try:
@@ -151,9 +151,24 @@ def keep_rows(table: ParquetSource, plan: RowPlan, role: int, shards: set[int] |
             pos_parts.append(pos[keep])
             x_parts.append(x[keep].astype(np.float32))
             y_parts.append(y[keep])
-    if not pos_parts:
+    return join_rows(list(zip(pos_parts, x_parts, y_parts)), in_order=True)
+
+
+def join_rows(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+              in_order: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(positions, x, y)`` pieces joined into one, put in position order unless ``in_order`` says they are."""
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
         return np.empty(0, np.int64), np.empty((0, 0), np.float32), np.empty(0, np.int64)
-    return np.concatenate(pos_parts), np.concatenate(x_parts), np.concatenate(y_parts)
+    pos, x, y = (np.concatenate(column) for column in zip(*parts))
+    if in_order:
+        return pos, x, y
+    order = np.argsort(pos, kind="stable")
+    return pos[order], x[order], y[order]
 
 
-ROLE_NAMES = {TRAIN: "training", VAL: "validation", TEST: "test"}
+def read_whole(table: ParquetSource) -> tuple[np.ndarray, np.ndarray]:
+    """Every row of ``table``, checked, as ``(x float64, y)`` (a test set given as its own Parquet source)."""
+    blocks = list(table.blocks())
+    return np.concatenate([b[1] for b in blocks]), np.concatenate([b[2] for b in blocks])
+

@@ -136,13 +136,7 @@ class MpiReader:
         return merge_in_order([t for part in parts for t in part])
 
     def rows(self, table, plan, role):
-        parts = [p for p in self._together(lambda: tables.keep_rows(table, plan, role, files=self._mine(table)))
-                 if len(p[0])]
-        if not parts:
-            return self.local.rows(table, plan, role)  # none anywhere: the empty arrays
-        pos, x, y = (np.concatenate(p) for p in zip(*parts))
-        order = np.argsort(pos, kind="stable")
-        return pos[order], x[order], y[order]
+        return tables.join_rows(self._together(lambda: tables.keep_rows(table, plan, role, files=self._mine(table))))
 
 
 class MpiEngine(Engine):

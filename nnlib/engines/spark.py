@@ -91,7 +91,7 @@ class _SparkSession:
         self.session = None
         self._owns_session = False
         # a row-keyed (Parquet) source is read by Spark in the executors, before and during the run
-        self.reader = SparkReader(lambda: self._open(self.min_slots) and self.session)
+        self.reader = SparkReader(self._started_session)
 
     def _open(self, min_slots: int = 1):
         if self.session is not None:
@@ -102,6 +102,11 @@ class _SparkSession:
         except Exception as exc:  # the JVM failed to start: no Java, bad master URL, ...
             raise EngineError(f"spark.master {self.master!r}: could not start Spark ({first_line(exc)})") from None
         return self.session.sparkContext
+
+    def _started_session(self):
+        """The session, started (with ``min_slots`` task slots) if it is not yet."""
+        self._open(self.min_slots)
+        return self.session
 
     def _close(self):
         if self._owns_session and self.session is not None:

@@ -18,8 +18,8 @@ from typing import Iterator
 import numpy as np
 
 from nnlib.data.dataset import RowKeyed, Shard, shard_from_rows
-from nnlib.data.rows import TRAIN, RowPlan, merge_in_order
-from nnlib.data.tables import ParquetSource, table_arrays
+from nnlib.data.rows import TRAIN, RowPlan, Tally, merge_in_order
+from nnlib.data.tables import ParquetSource, join_rows, table_arrays
 from nnlib.errors import DataError, error_from_text, first_line
 
 _FILE, _ROW = "_nnlib_file", "_nnlib_row"
@@ -66,7 +66,7 @@ class SparkReader:
             df = reader.option("recursiveFileLookup", "true").parquet(table.source)
         except Exception as exc:  # noqa: BLE001  - AnalysisException, Py4JJavaError: the path or scheme
             raise DataError(f"{table.key}: Spark cannot read {table.source} ({_spark_error(exc)})") from None
-        columns = [table.features_column, table.label_column] if table.features_column else df.columns
+        columns = table.columns() or df.columns
         for column in (table.label_column, table.features_column):
             if column is not None and column not in df.columns:
                 raise DataError(f"{table.key}: {table.source} has no column '{column}' (columns are "
@@ -100,8 +100,6 @@ class SparkReader:
         return dict(zip(table.files, (int(o) for o in table.offsets)))
 
     def survey(self, table: ParquetSource, plan: RowPlan):
-        from nnlib.data.rows import Tally
-
         offsets = self._offsets(table)
 
         def tally_blocks(batches):
@@ -132,12 +130,7 @@ class SparkReader:
         df = self._frame(table)
         found = self._run(lambda: df.mapInArrow(keep, "blob binary").collect(), f"reading {table.source}",
                           table.source)
-        parts = [pickle.loads(row.blob) for row in found]
-        if not parts:
-            return np.empty(0, np.int64), np.empty((0, 0), np.float32), np.empty(0, np.int64)
-        pos, x, y = (np.concatenate(p) for p in zip(*parts))
-        order = np.argsort(pos, kind="stable")
-        return pos[order], x[order], y[order]
+        return join_rows([pickle.loads(row.blob) for row in found])
 
     def shards(self, rows: RowKeyed):
         """An RDD whose partition ``i`` holds shard ``i``'s training rows as ``(shard, blob)`` records."""
