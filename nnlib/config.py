@@ -130,6 +130,10 @@ class SparkConfig(_Section):
     port: int = Field(0, ge=0, le=65535)
     mapper_timeout: float = Field(1800.0, gt=0)
     stage_attempts: int = Field(3, ge=1)
+    # a Parquet source's test and validation rows are collected to the driver up to this many MB (float32);
+    # larger, they stay with the mappers, each scoring its part every round
+    collect_held_out_mb: float = Field(64.0, ge=0)
+    conf: dict[str, str] = Field(default_factory=dict)  # more Spark settings, for a session nnlib starts
 
 
 class MpiConfig(_Section):

@@ -30,7 +30,8 @@ from nnlib.machine import describe
 from nnlib.outputs import RunDir
 from nnlib.schedule import Schedule, has_sync_rounds
 from nnlib.subnets import split_round_payload
-from nnlib.tasks import Combined, MapperStats, RoundPayload, RoundReducer, first_payload, peak_rss_mb
+from nnlib.tasks import (Combined, MapperStats, RoundPayload, RoundReducer, first_payload, peak_rss_mb,
+                         total_scores)
 from nnlib.timing import timed
 
 
@@ -194,8 +195,7 @@ def summarize(config: Config, data: Dataset, payload: RoundPayload, result: RunR
         "final_train_loss": last["train_loss"], "wall_seconds": wall_seconds,
         "engine": config.engine, "mappers": config.mappers, "combine": config.combine,
         "rounds": config.train.rounds, "backend": config.model.backend,
-        "n_train": data.n_train, "n_test": int(len(data.y_test)),
-        "n_val": 0 if data.y_val is None else int(len(data.y_val)),
+        "n_train": data.n_train, "n_test": data.n_test, "n_val": data.n_val,
         "n_features": data.n_features, "n_classes": data.n_classes,
         **payload.model.layers.describe(),
         "rounds_run": len(result.rounds), "train_seconds": sum(row["seconds"] for row in result.rounds),
@@ -237,11 +237,20 @@ class Setup:
         result.extra.update(facts)
         return payload
 
-    def evaluate(self, params: np.ndarray) -> dict[str, float]:
-        """Loss and accuracy of ``params`` on the held-out test set, and on the validation set if there is one."""
+    def evaluate(self, params: np.ndarray, engine: Engine | None = None) -> dict[str, float]:
+        """Loss and accuracy of ``params`` on the held-out test set, and on the validation set if there is one.
+
+        Sets the driver holds are scored here; sets the mappers keep (a large
+        Parquet source's, ``spark.collect_limit_mb``) are scored by ``engine``'s
+        mappers, each on its part, and the sums added up.
+        """
+        scores = {}
+        if self.data.rows is not None and self.data.rows.scored_by_mappers:
+            scores = total_scores(engine.score(self.config.model.backend, self.first.model, params))
         backend = get_backend(self.config.model.backend, self.first.model)
-        scores = dict(zip(("test_loss", "test_accuracy"), backend.evaluate(params, self.data.x_test,
-                                                                           self.data.y_test)))
+        if self.data.y_test is not None:
+            scores.update(zip(("test_loss", "test_accuracy"), backend.evaluate(params, self.data.x_test,
+                                                                               self.data.y_test)))
         if self.data.y_val is not None:
             scores.update(zip(("val_loss", "val_accuracy"), backend.evaluate(params, self.data.x_val,
                                                                              self.data.y_val)))
@@ -302,7 +311,8 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
         engine.start(ShardSource(config.data, config.seed, config.mappers, setup.data.rows))
         for r in range(first_round, config.train.rounds):
             payload = setup.round_payload(payload, r, result)
-            combined, row, stats = run_round(engine, payload, setup.reducer, setup.evaluate, warn, server)
+            combined, row, stats = run_round(engine, payload, setup.reducer,
+                                             lambda params: setup.evaluate(params, engine), warn, server)
             payload = replace(payload, params=combined.params, opt_state=combined.opt_state)
             result.skipped += [{"round": r, "mapper": m} for m in combined.skipped]
             result.rounds.append(row)

@@ -29,6 +29,7 @@ from nnlib.core.params import LayerSpec, init_params
 from nnlib.core.split import Split, mapper_choice, recombine, round_split, sub_indices
 from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, run_steps
 from nnlib.data.dataset import Dataset, Shard
+from nnlib.data.rows import TEST, VAL
 from nnlib.errors import ConfigError, DivergenceError
 from nnlib.schedule import RoundPlan, Schedule
 from nnlib.threads import one_blas_thread
@@ -210,6 +211,30 @@ def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
     stats = MapperStats(shard.index, update.n_samples, update.steps, update.train_loss, socket.gethostname(),
                         os.getpid(), time.perf_counter() - start, 0.0, peak_rss_mb(), sent)
     return MapperResult(stats, update.params, update.opt_state)
+
+
+def score_held_out(shard: Shard, backend: str, model, params: np.ndarray) -> dict[int, tuple[float, int, int]]:
+    """``role -> (loss sum, correct count, rows)`` of ``params`` on each held-out part the shard keeps."""
+    scorer = get_backend(backend, model)
+    out = {}
+    with one_blas_thread():
+        for role, (x, y) in shard.held_out.items():
+            n = len(y)
+            loss, accuracy = scorer.evaluate(params, x, y) if n else (0.0, 0.0)
+            out[role] = (float(loss) * n, int(round(accuracy * n)), n)
+    return out
+
+
+def total_scores(parts: list[dict[int, tuple[float, int, int]]]) -> dict[str, float]:
+    """The mappers' held-out parts summed: mean loss and accuracy over every row of each set."""
+    scores = {}
+    for role, name in ((TEST, "test"), (VAL, "val")):
+        sums = [part[role] for part in parts if role in part]
+        if sums:
+            n = sum(s[2] for s in sums)
+            scores[f"{name}_loss"] = sum(s[0] for s in sums) / n
+            scores[f"{name}_accuracy"] = sum(s[1] for s in sums) / n
+    return scores
 
 
 def diverged(round_index: int, mapper: int) -> DivergenceError:

@@ -1,6 +1,7 @@
 """Every data source reads to the same arrays; partitions cover the data once."""
 
 import gzip
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -8,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nnlib.config import load_config
-from nnlib.data.dataset import ShardSource, load_dataset
+from nnlib.data.dataset import ShardFiller, ShardSource, load_dataset
 from nnlib.data.partition import partition
 from nnlib.data.rows import TEST, TRAIN, VAL, RowPlan
 from nnlib.errors import DataError
@@ -197,6 +198,59 @@ def test_shards_of_a_parquet_dataset_built_one_at_a_time_equal_shards_built_toge
     for shard in source.build([0, 1, 2, 3]):
         alone = source.build([shard.index])[0]
         np.testing.assert_array_equal(alone.x, shard.x)
+
+
+def test_a_shard_filled_from_blocks_in_any_order_equals_the_shard_read_in_order(tmp_path):
+    x, y = _xy(n=300)
+    cfg = _data_cfg(source=_parquet_parts(tmp_path / "ds", x, y, [40, 41, 180]), validation_fraction=0.2)
+    data = load_dataset(cfg, seed=3, mappers=3)
+    rows = replace(data.rows, mapper_roles=(TRAIN, VAL, TEST))  # keep the held-out rows too
+    in_order = ShardSource(cfg, 3, 3, rows).build([1])[0]
+    blocks = [b for pos, xs, ys in rows.table.blocks() for b in ((pos[i::7], xs[i::7], ys[i::7]) for i in range(7))]
+    filler = ShardFiller(1, rows)
+    for k in np.random.default_rng(0).permutation(len(blocks)):
+        filler.add(*blocks[k])
+    shuffled = filler.finish()
+    np.testing.assert_array_equal(shuffled.x, in_order.x)
+    oracle = row_keyed_oracle(x, y, seed=3, mappers=3, validation_fraction=0.2)
+    np.testing.assert_array_equal(shuffled.x, oracle["shards"][1][0])
+    shard = RowPlan(3, 3, 300, 0.2, 0.2).shards(np.arange(300))
+    test_rows = np.flatnonzero(RowPlan(3, 3, 300, 0.2, 0.2).roles(np.arange(300)) == TEST)
+    np.testing.assert_array_equal(shuffled.held_out[TEST][1], y[test_rows[shard[test_rows] == 1]])
+    assert set(shuffled.held_out) == {TEST, VAL} and in_order.held_out[VAL][0].shape[1] == x.shape[1]
+
+
+def test_a_shard_missing_rows_is_an_error_naming_the_source(tmp_path):
+    x, y = _xy(n=200)
+    cfg = _data_cfg(source=_parquet_parts(tmp_path / "ds", x, y, [100]))
+    rows = load_dataset(cfg, seed=0, mappers=2).rows
+    filler = ShardFiller(0, rows)
+    pos, xs, ys = next(rows.table.blocks())  # the first file only
+    filler.add(pos, xs, ys)
+    with pytest.raises(DataError, match=rf"data.source {tmp_path / 'ds'}: shard 0 received \d+ of its \d+ "
+                                        r"training rows \(did the dataset change while the run read it\?\)"):
+        filler.finish()
+
+
+def test_a_contiguous_shard_reads_only_the_files_of_its_run(tmp_path):
+    x, y = _xy(n=300)
+    folder = _parquet_parts(tmp_path / "ds", x, y, [100, 200])
+    cfg = _data_cfg(source=folder, partition="contiguous")
+    data = load_dataset(cfg, seed=0, mappers=3)
+    expected = ShardSource(cfg, 0, 3, data.rows).build([0, 1, 2])
+    (folder / "part-00002.parquet").write_bytes(b"not parquet any more")  # shard 2's file, after the survey
+    np.testing.assert_array_equal(ShardSource(cfg, 0, 3, data.rows).build([0])[0].x, expected[0].x)
+    with pytest.raises(DataError, match="part-00002.parquet is not a readable parquet file"):
+        ShardSource(cfg, 0, 3, data.rows).build([2])
+
+
+def test_a_test_label_no_training_row_has_is_refused(tmp_path):
+    x, y = _xy(n=300)
+    test = RowPlan(0, 1, 300, 0.2, 0.0).roles(np.arange(300)) == TEST
+    y[np.flatnonzero(test)[0]] = y.max() + 5
+    with pytest.raises(DataError, match=rf"data.source .*: labels must be in 0..{y[~test].max()} \(the training "
+                                        rf"labels\), got {y.max()} in its test or validation rows"):
+        load_dataset(_data_cfg(source=_parquet_parts(tmp_path / "ds", x, y, [100])), seed=0)
 
 
 def test_a_parquet_dataset_with_a_list_column_reads_as_the_columns_do(tmp_path):

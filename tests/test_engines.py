@@ -50,7 +50,7 @@ def test_training_learns_digits():
 def spark_engine(mode: str, **kwargs):
     from nnlib.engines.spark import SparkJobsEngine, SparkStageEngine
 
-    return SparkStageEngine("local[4]", **kwargs) if mode == "stage" else SparkJobsEngine("local[4]")
+    return SparkStageEngine("local[4]", **kwargs) if mode == "stage" else SparkJobsEngine("local[4]", **kwargs)
 
 
 @pytest.mark.slow

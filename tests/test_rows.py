@@ -60,3 +60,19 @@ def test_tallies_merge_to_the_counts_of_the_whole():
     assert total.shard_counts.tolist() == np.bincount(shard[role == TRAIN], minlength=3).tolist()
     assert total.train_label_max == 3 and total.train_labels_seen == {0, 1}
     np.testing.assert_allclose(total.moments.mean, x[role == TRAIN].mean(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("partition", ["random", "contiguous"])
+def test_a_shards_positions_from_the_plan_alone_equal_the_rows_the_hash_gives_it(partition):
+    plan = RowPlan(seed=9, mappers=3, n_rows=10_007, test_fraction=0.2, validation_fraction=0.1,
+                   partition=partition)
+    pos = np.arange(plan.n_rows)
+    role, shard = plan.roles(pos), plan.shards(pos)
+    for k in range(3):
+        lo, hi = plan.span(k)
+        assert ((shard == k) <= ((pos >= lo) & (pos < hi))).all()  # the span holds every row of the shard
+        found = plan.positions(k, (TRAIN, VAL, TEST), chunk=1000)
+        for r in (TRAIN, VAL, TEST):
+            np.testing.assert_array_equal(found[r], pos[(shard == k) & (role == r)])
+    if partition == "contiguous":
+        assert [plan.span(k) for k in range(3)] == [(0, 3336), (3336, 6672), (6672, 10_007)]

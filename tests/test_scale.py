@@ -13,7 +13,7 @@ from test_mpi import MPIEXEC, ROOT, mpi_env
 
 from nnlib.config import load_config
 from nnlib.data.dataset import ShardSource, load_dataset
-from nnlib.data.rows import TRAIN, RowPlan
+from nnlib.data.rows import TEST, TRAIN, VAL, RowPlan
 from nnlib.data.sources import load_digits
 from nnlib.driver import run
 from nnlib.errors import DataError, NnlibError
@@ -77,6 +77,35 @@ def test_spark_gives_every_row_the_shard_and_role_the_local_reader_gives(spark, 
     for mine, theirs in zip(spark_shards, ShardSource(cfg, 4, 3, local.rows).build([0, 1, 2])):
         np.testing.assert_array_equal(mine.x, theirs.x)
         np.testing.assert_array_equal(mine.y, theirs.y)
+
+
+def test_a_held_out_set_past_the_limit_stays_with_the_spark_mappers(spark, digits_parquet):
+    from nnlib.engines.spark_data import SparkReader
+
+    cfg = small_config(f"data.source={digits_parquet}", "data.validation_fraction=0.1").data
+    collected = load_dataset(cfg, seed=4, mappers=3, reader=_reader(spark))  # 0.1 MB: under the default 64
+    kept = load_dataset(cfg, seed=4, mappers=3, reader=SparkReader(lambda: spark, collect_held_out_mb=0.05))
+    assert collected.rows.mapper_roles == (TRAIN,) and collected.x_test is not None
+    assert kept.rows.mapper_roles == (TRAIN, TEST, VAL) and kept.x_test is None and kept.x_val is None
+    assert (kept.n_test, kept.n_val, kept.n_train) == (len(collected.y_test), len(collected.y_val), collected.n_train)
+
+
+@pytest.mark.parametrize("mode", ["stage", "jobs"])
+def test_held_out_rows_scored_by_the_spark_mappers_give_the_drivers_scores(spark, digits_parquet, mode):
+    from test_engines import spark_engine
+
+    config = small_config("mappers=3", f"data.source={digits_parquet}", "data.validation_fraction=0.1",
+                          "train.patience=3")
+    local = run(config, **QUIET)
+    on_spark = run(config.model_copy(update={"engine": "spark"}), engine=spark_engine(mode, collect_held_out_mb=0),
+                   **QUIET)
+    np.testing.assert_array_equal(on_spark.params, local.params)
+    assert len(on_spark.rounds) == len(local.rounds) > 1
+    for mine, theirs in zip(on_spark.rounds, local.rounds):
+        for name in ("test", "val"):
+            assert mine[f"{name}_accuracy"] == theirs[f"{name}_accuracy"]
+            assert mine[f"{name}_loss"] == pytest.approx(theirs[f"{name}_loss"], rel=1e-5)
+    assert [on_spark.summary[k] for k in ("n_test", "n_val")] == [local.summary[k] for k in ("n_test", "n_val")]
 
 
 def test_statistics_from_the_spark_aggregate_equal_numpy_float64(spark, digits_parquet):

@@ -8,7 +8,7 @@ has to travel through the driver.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from nnlib.config import DataConfig
 from nnlib.data import sources, tables
 from nnlib.data.checks import check_features, check_labels
 from nnlib.data.partition import partition, shard_sizes
-from nnlib.data.rows import TEST, TRAIN, VAL, RowPlan, check_partition, standardize_into
+from nnlib.data.rows import ROLE_NAMES, TEST, TRAIN, VAL, RowPlan, check_partition, standardize_into
 from nnlib.data.tables import ParquetSource
 from nnlib.errors import DataError
 
@@ -31,6 +31,13 @@ class RowKeyed:
     mean: np.ndarray | None  # None: data.standardize is off
     std: np.ndarray | None
     shard_sizes: tuple[int, ...]
+    n_features: int
+    mapper_roles: tuple[int, ...] = (TRAIN,)  # what the mappers keep: TRAIN, and TEST/VAL when scored there
+
+    @property
+    def scored_by_mappers(self) -> bool:
+        """True when the test (and validation) rows stay with the mappers, each scoring its part."""
+        return len(self.mapper_roles) > 1
 
 
 @dataclass(frozen=True)
@@ -44,22 +51,32 @@ class Dataset:
 
     x_train: np.ndarray | None  # (n_train, n_features) float32
     y_train: np.ndarray | None  # (n_train,) int64
-    x_test: np.ndarray   # (n_test, n_features) float32
-    y_test: np.ndarray   # (n_test,) int64
+    x_test: np.ndarray | None  # (n_test, n_features) float32; None when the mappers score it
+    y_test: np.ndarray | None  # (n_test,) int64
     n_classes: int
     image_shape: tuple[int, int, int] | None = None  # (C, H, W) of a row, when the rows are images
     x_val: np.ndarray | None = None  # data.validation_fraction of the training set, held out (float32)
     y_val: np.ndarray | None = None
     rows: RowKeyed | None = None  # how the mappers read a row-keyed source
     n_train_rows: int = 0         # training rows of a row-keyed source
+    n_held_rows: tuple[int, int] = (0, 0)  # its test and validation rows (their arrays are None when the
+    #                                        mappers keep and score them: rows.scored_by_mappers)
 
     @property
     def n_features(self) -> int:
-        return self.x_test.shape[1]
+        return self.rows.n_features if self.rows is not None else self.x_test.shape[1]
 
     @property
     def n_train(self) -> int:
         return self.n_train_rows if self.y_train is None else len(self.y_train)
+
+    @property
+    def n_test(self) -> int:
+        return self.n_held_rows[0] if self.y_test is None else len(self.y_test)
+
+    @property
+    def n_val(self) -> int:
+        return self.n_held_rows[1] if self.y_val is None else len(self.y_val)
 
     def shard_sizes(self, mappers: int, scheme: str, seed: int, alpha: float) -> list[int]:
         """Training samples in each shard."""
@@ -183,6 +200,9 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader) -> Dataset:
         raise DataError(f"{src}: the training set holds a single class ({min(tally.train_labels_seen)}); "
                         "at least 2 are needed")
     n_classes = tally.train_label_max + 1
+    if tally.label_max >= n_classes:
+        raise DataError(f"{src}: labels must be in 0..{n_classes - 1} (the training labels), got {tally.label_max} "
+                        "in its test or validation rows")
     mean = std = None
     if cfg.standardize:
         mean, std = tally.moments.mean, tally.moments.std()
@@ -192,25 +212,31 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader) -> Dataset:
         standardize_into(out, x, mean, std)
         return out
 
-    def held_out(role: int) -> tuple[np.ndarray, np.ndarray]:
+    held = [TEST] if cfg.test_source is None else []
+    held += [VAL] if cfg.validation_fraction else []
+    limit = getattr(reader, "collect_limit_bytes", None)  # None: this reader always collects them
+    on_mappers = bool(held) and limit is not None and sum(tally.role_counts[held]) * tally.n_features * 4 > limit
+    rows = RowKeyed(table, plan, mean, std, tuple(int(c) for c in tally.shard_counts), tally.n_features,
+                    (TRAIN, *held) if on_mappers else (TRAIN,))
+
+    def held_out(role: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if on_mappers:
+            return None, None
         _, x, y = reader.rows(table, plan, role)
         return standardized(x), y
 
     if cfg.test_source is not None:
         x_test, y_test = _test_set(cfg, tally.n_features)
         x_test = standardized(x_test)
-        where = f"data.test_source {cfg.test_source}"
+        if y_test.max() >= n_classes:
+            i = int(np.argmax(y_test >= n_classes))
+            raise DataError(f"data.test_source {cfg.test_source}: labels must be in 0..{n_classes - 1} (the "
+                            f"training labels), got {y_test[i]} at test sample {i}")
     else:
         x_test, y_test = held_out(TEST)
-        where = f"{src} (test part)"
-    if y_test.max() >= n_classes:
-        i = int(np.argmax(y_test >= n_classes))
-        raise DataError(f"{where}: labels must be in 0..{n_classes - 1} (the training labels), "
-                        f"got {y_test[i]} at test sample {i}")
     x_val, y_val = held_out(VAL) if cfg.validation_fraction else (None, None)
-    rows = RowKeyed(table, plan, mean, std, tuple(int(c) for c in tally.shard_counts))
     return Dataset(None, None, x_test, y_test, n_classes, _image_shape(cfg, tally.n_features), x_val, y_val,
-                   rows, n_train)
+                   rows, n_train, (int(tally.role_counts[TEST]), int(tally.role_counts[VAL])))
 
 
 def _image_shape(cfg: DataConfig, n_features: int) -> tuple[int, int, int] | None:
@@ -227,11 +253,12 @@ def _image_shape(cfg: DataConfig, n_features: int) -> tuple[int, int, int] | Non
 
 @dataclass(frozen=True)
 class Shard:
-    """One mapper's part of the training set."""
+    """One mapper's part of the training set (and its part of the held-out sets, when they are scored there)."""
 
     index: int
     x: np.ndarray  # (n_samples, n_features) float32
     y: np.ndarray  # (n_samples,) int64
+    held_out: dict = field(default_factory=dict)  # TEST/VAL -> (x, y): this mapper's part, to score
 
     @property
     def n_samples(self) -> int:
@@ -249,7 +276,7 @@ class ShardSource:
 
     def build(self, indices: list[int]) -> list[Shard]:
         """The shards ``indices``: what a worker runs. An in-memory source is loaded once and cut; a
-        row-keyed one is streamed, keeping only these shards' training rows."""
+        row-keyed one is streamed, keeping only these shards' rows."""
         if self.rows is not None:
             return self._read(indices)
         dataset = load_dataset(self.data, self.seed)
@@ -258,18 +285,49 @@ class ShardSource:
         return [Shard(i, dataset.x_train[parts[i]], dataset.y_train[parts[i]]) for i in indices]
 
     def _read(self, indices: list[int]) -> list[Shard]:
-        rows = self.rows
-        pos, x, y = tables.keep_rows(rows.table, rows.plan, TRAIN, set(indices))
-        shard_of = rows.plan.shards(pos)
-        out = []
-        for i in indices:
-            mine = shard_of == i
-            out.append(shard_from_rows(i, x[mine], y[mine], rows))
-        return out
+        fillers = [ShardFiller(i, self.rows) for i in indices]
+        spans = [self.rows.plan.span(i) for i in indices]
+        for pos, x, y in self.rows.table.blocks(span=(min(s[0] for s in spans), max(s[1] for s in spans))):
+            for filler in fillers:
+                filler.add(pos, x, y)
+        return [filler.finish() for filler in fillers]
 
 
-def shard_from_rows(index: int, x: np.ndarray, y: np.ndarray, rows: RowKeyed) -> Shard:
-    """A shard from its raw float32 rows (in position order), standardised in place."""
-    x = np.ascontiguousarray(x, np.float32)
-    standardize_into(x, x, rows.mean, rows.std)
-    return Shard(index, x, y)
+class ShardFiller:
+    """Shard ``index`` of a row-keyed source, filled as its blocks arrive, in any order, from any reader.
+
+    The plan alone says which positions the shard holds (:meth:`RowPlan.positions`),
+    so its arrays are allocated at their final size first and each arriving
+    block is copied to its rows' places and let go: a mapper holds its shard
+    once plus one block, never a list of blocks and their concatenation. A
+    block may hold other shards' rows; they are passed over.
+    """
+
+    def __init__(self, index: int, rows: RowKeyed):
+        self.index, self.rows = index, rows
+        self.parts = {role: (pos, np.empty((len(pos), rows.n_features), np.float32), np.empty(len(pos), np.int64))
+                      for role, pos in rows.plan.positions(index, rows.mapper_roles).items()}
+        self.filled = dict.fromkeys(self.parts, 0)
+
+    def add(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        """Place the rows of a block (``positions``, ``x`` float32 or float64, ``y``) that are this shard's."""
+        for role, (expected, xs, ys) in self.parts.items():
+            place = np.minimum(np.searchsorted(expected, pos), max(len(expected) - 1, 0))
+            hit = expected[place] == pos if len(expected) else np.zeros(len(pos), bool)
+            if hit.any():
+                where = place[hit]
+                xs[where], ys[where] = x[hit], y[hit]
+                self.filled[role] += int(hit.sum())
+
+    def finish(self) -> Shard:
+        """The shard, standardised in place; an error when rows are missing (the source changed under the run)."""
+        for role, (expected, _, _) in self.parts.items():
+            if self.filled[role] != len(expected):
+                raise DataError(f"data.source {self.rows.table.source}: shard {self.index} received "
+                                f"{self.filled[role]} of its {len(expected)} {ROLE_NAMES[role]} rows (did the "
+                                "dataset change while the run read it?)")
+            standardize_into(self.parts[role][1], self.parts[role][1], self.rows.mean, self.rows.std)
+        _, x, y = self.parts.pop(TRAIN)
+        if len(y) == 0:
+            raise DataError(f"data.source {self.rows.table.source}: shard {self.index} holds no training rows")
+        return Shard(self.index, x, y, {role: (xs, ys) for role, (_, xs, ys) in self.parts.items()})

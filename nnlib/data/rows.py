@@ -30,6 +30,7 @@ import numpy as np
 from nnlib.errors import DataError
 
 TRAIN, VAL, TEST = 0, 1, 2
+ROLE_NAMES = {TRAIN: "training", VAL: "validation", TEST: "test"}
 ROW_PARTITIONS = ("random", "contiguous")  # the data.partition schemes that need no other row's label
 _TEST_SALT, _VAL_SALT, _SHARD_SALT = 0x7E57, 0x7A11, 0x5A4D
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -78,6 +79,30 @@ class RowPlan:
             return positions * self.mappers // self.n_rows
         return np.minimum((unit_hash(self.seed, _SHARD_SALT, positions) * self.mappers).astype(np.int64),
                           self.mappers - 1)
+
+    def span(self, shard: int) -> tuple[int, int]:
+        """The positions ``[lo, hi)`` that can hold ``shard``'s rows: every row, or the shard's run under
+        ``contiguous`` (the positions ``p`` with ``p * mappers // n_rows == shard``)."""
+        if self.partition == "contiguous":
+            return -(-shard * self.n_rows // self.mappers), -(-(shard + 1) * self.n_rows // self.mappers)
+        return 0, self.n_rows
+
+    def positions(self, shard: int, roles=(TRAIN,), chunk: int = 1 << 20) -> dict[int, np.ndarray]:
+        """For each role in ``roles``, the sorted positions of ``shard``'s rows with that role.
+
+        Computed from the plan alone (every position of the shard's span hashed
+        once, ``chunk`` at a time), so a reader knows where each arriving row
+        belongs before it has seen any: 8 bytes per kept row.
+        """
+        lo, hi = self.span(shard)
+        found: dict[int, list[np.ndarray]] = {role: [] for role in roles}
+        for start in range(lo, hi, chunk):
+            pos = np.arange(start, min(start + chunk, hi), dtype=np.int64)
+            role = self.roles(pos)
+            mine = self.shards(pos) == shard
+            for r, parts in found.items():
+                parts.append(pos[mine & (role == r)])
+        return {r: np.concatenate(parts) if parts else np.empty(0, np.int64) for r, parts in found.items()}
 
 
 def check_partition(partition: str, source: str) -> None:
@@ -130,12 +155,14 @@ class Tally:
     shard_counts: np.ndarray  # training rows per shard
     train_label_max: int = -1
     train_labels_seen: frozenset = frozenset()  # at most two distinct labels: enough to refuse a single class
+    label_max: int = -1  # over every role: a test label no training row has is refused
 
     @classmethod
     def of(cls, x: np.ndarray, y: np.ndarray, role: np.ndarray, shard: np.ndarray, mappers: int) -> "Tally":
         train = role == TRAIN
         t = cls(x.shape[1], mappers, Moments.of(x[train]), np.bincount(role, minlength=3).astype(np.int64),
                 np.bincount(shard[train], minlength=mappers).astype(np.int64))
+        t.label_max = int(y.max()) if len(y) else -1
         if train.any():
             t.train_label_max = int(y[train].max())
             t.train_labels_seen = frozenset(np.unique(y[train])[:2].tolist())
@@ -148,7 +175,8 @@ class Tally:
         seen = self.train_labels_seen | other.train_labels_seen
         return Tally(self.n_features, self.mappers, self.moments.merge(other.moments),
                      self.role_counts + other.role_counts, self.shard_counts + other.shard_counts,
-                     max(self.train_label_max, other.train_label_max), frozenset(sorted(seen)[:2]))
+                     max(self.train_label_max, other.train_label_max), frozenset(sorted(seen)[:2]),
+                     max(self.label_max, other.label_max))
 
 
 def merge_in_order(tallies: list[tuple[int, Tally]]) -> Tally:

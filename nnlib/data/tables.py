@@ -89,22 +89,39 @@ class ParquetSource:
     def columns(self) -> list[str] | None:
         return None if self.features_column is None else [self.features_column, self.label_column]
 
-    def blocks(self, files: list[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """``(positions, x float64, y int64)`` of every row of the files ``files`` (default all), in position order."""
+    def blocks(self, files: list[int] | None = None,
+               span: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(positions, x float64, y int64)`` of the rows of the files ``files`` (default all), in position order.
+
+        With ``span = (lo, hi)`` only the files and row groups holding some
+        position in ``[lo, hi)`` are read (a ``contiguous`` shard's run), though
+        a block may hold rows on either side of it.
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        lo, hi = (0, self.n_rows) if span is None else span
         offsets = self.offsets
         for i in range(len(self.files)) if files is None else files:
-            name = self.files[i]
-            start = int(offsets[i])
+            name, start = self.files[i], int(offsets[i])
+            if start >= hi or start + self.file_rows[i] <= lo:
+                continue
             try:
-                batches = pq.ParquetFile(name).iter_batches(batch_size=BLOCK_ROWS, columns=self.columns())
-                for batch in batches:
+                parquet = pq.ParquetFile(name)
+                groups, first, group_start = [], None, start  # the kept groups are one run: [lo, hi) is an interval
+                for g in range(parquet.metadata.num_row_groups):
+                    n = parquet.metadata.row_group(g).num_rows
+                    if n and group_start < hi and group_start + n > lo:
+                        groups.append(g)
+                        first = group_start if first is None else first
+                    group_start += n
+                if not groups:
+                    continue
+                for batch in parquet.iter_batches(batch_size=BLOCK_ROWS, row_groups=groups, columns=self.columns()):
                     x, y = table_arrays(pa.Table.from_batches([batch]), name, self.key, self.label_column,
-                                        self.features_column, start - int(offsets[i]))
-                    yield np.arange(start, start + len(y), dtype=np.int64), x, y
-                    start += len(y)
+                                        self.features_column, first - start)
+                    yield np.arange(first, first + len(y), dtype=np.int64), x, y
+                    first += len(y)
             except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
                 raise DataError(f"{self.key}: {name} is not a readable parquet file ({first_line(exc)})") from None
 

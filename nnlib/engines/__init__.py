@@ -18,10 +18,12 @@ def make_engine(config: Config, warn=None):
         from nnlib.engines.spark import SparkJobsEngine, SparkStageEngine
 
         s = config.spark
+        session = dict(master=s.master, app_name=s.app_name, log_level=s.log_level, min_slots=config.mappers,
+                       conf=s.conf, collect_held_out_mb=s.collect_held_out_mb)
         if s.mode == "jobs":
-            return SparkJobsEngine(s.master, s.app_name, s.log_level, config.mappers)
-        return SparkStageEngine(s.master, s.app_name, s.log_level, s.port, s.mapper_timeout, s.stage_attempts, warn,
-                                config.mappers)
+            return SparkJobsEngine(**session)
+        return SparkStageEngine(port=s.port, mapper_timeout=s.mapper_timeout, stage_attempts=s.stage_attempts,
+                                warn=warn, **session)
     if config.engine == "mrjob":
         from nnlib.engines.mrjob_engine import MrjobEngine
 

@@ -17,6 +17,10 @@ unpickled). Driver to mapper:
   ``("grad", g)`` and waits for ``("mean", m)``, the driver's mean over all
   mappers; at the end it answers ``("synced", MapperStats, Combined or None)``
   (mapper 0 sends the round's state, every mapper holding the same);
+- ``("score", backend, model, params)``: score the weights on the held-out
+  rows the mapper keeps (a large Parquet source's test and validation sets
+  stay with the mappers); it answers ``("scores", {role: (loss sum, correct,
+  rows)})``;
 - ``("stop",)``: end the task.
 
 Any mapper may answer ``("error", type name, message)`` instead; the driver
@@ -42,7 +46,8 @@ import numpy as np
 from nnlib import errors
 from nnlib.core.combine import combine
 from nnlib.errors import DivergenceError, EngineError
-from nnlib.tasks import Combined, MapperResult, MapperStats, RoundPayload, sync_shards, train_shard
+from nnlib.tasks import (Combined, MapperResult, MapperStats, RoundPayload, score_held_out, sync_shards,
+                         train_shard)
 
 _LENGTH = struct.Struct("!Q")
 _HELLO = struct.Struct("!4s32sI")  # magic, token, mapper index
@@ -137,6 +142,8 @@ def serve_mapper(build, mapper: int, address: tuple[str, int], token: str) -> No
             try:
                 if message[0] == "round":
                     send(conn, ("result", train_shard(shard, message[1])))
+                elif message[0] == "score":
+                    send(conn, ("scores", score_held_out(shard, *message[1:])))
                 elif message[0] == "sync":
                     combined, (stats,) = sync_shards([shard], message[1], DriverCollective(conn))
                     send(conn, ("synced", stats, combined if mapper == 0 else None))
@@ -302,6 +309,11 @@ class Hub:
         timings["combine"] = combine_seconds
         timings["wait"] = time.perf_counter() - start - timings["broadcast"] - combine_seconds
         return finished[0][1], [stats for stats, _ in finished]
+
+    def score(self, backend: str, model, params, alive) -> list[dict]:
+        """Every mapper's scores of ``params`` on the held-out rows it keeps, in mapper order."""
+        self.broadcast(("score", backend, model, params))
+        return [scores for (scores,) in self.gather("scores", alive, "scoring the held-out rows")]
 
     def close_mappers(self) -> None:
         """Tell every connected mapper to stop, and close the connections."""

@@ -33,7 +33,7 @@ from nnlib.engines.base import ReduceOnDriver
 from nnlib.engines.exchange import Hub, MapperLost, serve_mapper
 from nnlib.engines.spark_data import SparkReader, shard_from_records
 from nnlib.errors import EngineError, error_from_text, first_line
-from nnlib.tasks import train_shard
+from nnlib.tasks import score_held_out, train_shard
 from nnlib.timing import timed
 
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
@@ -58,10 +58,11 @@ def local_master_with_slots(master: str, slots: int) -> str:
     return f"local[{slots},{failures}]" if failures else f"local[{slots}]"
 
 
-def get_or_create_session(master: str, app_name: str, log_level: str, min_slots: int = 1):
+def get_or_create_session(master: str, app_name: str, log_level: str, min_slots: int = 1,
+                          conf: dict[str, str] | None = None):
     """Return ``(session, created)``: the active SparkSession if there is one, else a new one.
 
-    A new local session gets at least ``min_slots`` task slots.
+    A new local session gets at least ``min_slots`` task slots, and the settings ``conf`` (``spark.conf``).
     """
     from pyspark.sql import SparkSession
 
@@ -72,13 +73,15 @@ def get_or_create_session(master: str, app_name: str, log_level: str, min_slots:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers use this interpreter
     java_opts = f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()} -Dnnlib.spark.log.level={log_level}"
-    session = (SparkSession.builder.master(local_master_with_slots(master, min_slots)).appName(app_name)
+    builder = (SparkSession.builder.master(local_master_with_slots(master, min_slots)).appName(app_name)
                .config("spark.ui.showConsoleProgress", "false")
                .config("spark.driver.extraJavaOptions", java_opts)
                # applied as the SparkContext starts: under spark-submit the driver JVM is already
                # running with Spark's own logging, and this keeps its start-up chatter out
-               .config("spark.log.level", log_level)
-               .getOrCreate())
+               .config("spark.log.level", log_level))
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
     session.sparkContext.setLogLevel(log_level)
     return session, True
 
@@ -86,19 +89,21 @@ def get_or_create_session(master: str, app_name: str, log_level: str, min_slots:
 class _SparkSession:
     """Start (or join) a SparkSession; stop it at the end only if this engine started it."""
 
-    def __init__(self, master: str, app_name: str, log_level: str, min_slots: int = 1):
+    def __init__(self, master: str, app_name: str, log_level: str, min_slots: int = 1,
+                 conf: dict[str, str] | None = None, collect_held_out_mb: float = 64.0):
         self.master, self.app_name, self.log_level, self.min_slots = master, app_name, log_level, min_slots
+        self.conf = conf or {}
         self.session = None
         self._owns_session = False
         # a row-keyed (Parquet) source is read by Spark in the executors, before and during the run
-        self.reader = SparkReader(self._started_session)
+        self.reader = SparkReader(self._started_session, collect_held_out_mb)
 
     def _open(self, min_slots: int = 1):
         if self.session is not None:
             return self.session.sparkContext
         try:
             self.session, self._owns_session = get_or_create_session(self.master, self.app_name, self.log_level,
-                                                                     min_slots)
+                                                                     min_slots, self.conf)
         except Exception as exc:  # the JVM failed to start: no Java, bad master URL, ...
             raise EngineError(f"spark.master {self.master!r}: could not start Spark ({first_line(exc)})") from None
         return self.session.sparkContext
@@ -118,8 +123,8 @@ class SparkJobsEngine(_SparkSession, ReduceOnDriver):
     """``spark.mode: jobs``: one Spark job per round over shards cached one per partition."""
 
     def __init__(self, master: str = "local[*]", app_name: str = "nnlib", log_level: str = "ERROR",
-                 min_slots: int = 1):
-        super().__init__(master, app_name, log_level, min_slots)
+                 min_slots: int = 1, conf: dict[str, str] | None = None, collect_held_out_mb: float = 64.0):
+        super().__init__(master, app_name, log_level, min_slots, conf, collect_held_out_mb)
         self._shards = None
 
     def start(self, source):
@@ -147,6 +152,13 @@ class SparkJobsEngine(_SparkSession, ReduceOnDriver):
             raise error_from_text(str(exc), "spark", f"round {payload.round_index}") from None
         finally:
             shared.destroy()
+
+    def score(self, backend, model, params):
+        """Each shard's held-out parts scored where they are cached (a Spark job)."""
+        try:
+            return self._shards.map(lambda shard: score_held_out(shard, backend, model, params)).collect()
+        except Exception as exc:
+            raise error_from_text(str(exc), "spark", "scoring the held-out rows") from None
 
     def sync_round(self, payload, timings):
         raise EngineError("spark.mode=jobs cannot run synchronous rounds (combine=gradient, train.sync_rounds); "
@@ -186,8 +198,8 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
 
     def __init__(self, master: str = "local[*]", app_name: str = "nnlib", log_level: str = "ERROR",
                  port: int = 0, mapper_timeout: float = 1800.0, stage_attempts: int = 3, warn=None,
-                 min_slots: int = 1):
-        super().__init__(master, app_name, log_level, min_slots)
+                 min_slots: int = 1, conf: dict[str, str] | None = None, collect_held_out_mb: float = 64.0):
+        super().__init__(master, app_name, log_level, min_slots, conf, collect_held_out_mb)
         self.port, self.mapper_timeout, self.stage_attempts = port, mapper_timeout, stage_attempts
         self.warn = warn or (lambda _message: None)
         self.hub: Hub | None = None
@@ -259,8 +271,8 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
             detail = first_line(self._stage_error) if self._stage_error else "it finished early"
             raise _StageDied(detail)
 
-    def _with_retries(self, exchange, round_index: int):
-        """Run one round's exchange; when the stage dies under it, start the stage again and redo the round."""
+    def _with_retries(self, exchange, what: str):
+        """Run one exchange (``what``: "round 3"); when the stage dies under it, start the stage again and redo it."""
         while True:
             try:
                 if self._thread is None:
@@ -270,10 +282,10 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
                 reason = f"lost {exc}" if isinstance(exc, MapperLost) else f"the stage stopped ({exc})"
                 self.attempt += 1
                 if self.attempt >= self.stage_attempts:
-                    raise EngineError(f"spark: {reason} in round {round_index}, and the stage has been started "
+                    raise EngineError(f"spark: {reason} in {what}, and the stage has been started "
                                       f"{self.stage_attempts} times (spark.stage_attempts); ending the run") from None
-                self.warn(f"spark: {reason} in round {round_index}; starting the stage again (attempt "
-                          f"{self.attempt + 1} of {self.stage_attempts}) and redoing round {round_index}")
+                self.warn(f"spark: {reason} in {what}; starting the stage again (attempt "
+                          f"{self.attempt + 1} of {self.stage_attempts}) and redoing {what}")
                 self._end_stage()
 
     def _end_stage(self) -> None:
@@ -286,10 +298,17 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
             self._thread = None
 
     def map(self, payload, timings):
-        return self._with_retries(lambda: self.hub.local_round(payload, self._alive, timings), payload.round_index)
+        return self._with_retries(lambda: self.hub.local_round(payload, self._alive, timings),
+                                  f"round {payload.round_index}")
 
     def sync_round(self, payload, timings):
-        return self._with_retries(lambda: self.hub.sync_round(payload, self._alive, timings), payload.round_index)
+        return self._with_retries(lambda: self.hub.sync_round(payload, self._alive, timings),
+                                  f"round {payload.round_index}")
+
+    def score(self, backend, model, params):
+        """Each mapper scores ``params`` on the held-out rows it keeps."""
+        return self._with_retries(lambda: self.hub.score(backend, model, params, self._alive),
+                                  "scoring the held-out rows")
 
     def stop(self):
         if self.hub is not None:

@@ -5,9 +5,11 @@ file's offset (files sorted by path) plus Parquet's own row index in the
 file (``_metadata.row_index``), so it gets the role and shard that any other
 reader gives it (:mod:`nnlib.data.rows`). The survey is one pass of
 ``mapInArrow`` whose per-block tallies the driver merges in position order;
-the training rows travel to their shard by Spark's shuffle
-(``partitionBy(mappers)``, partition ``i`` = shard ``i``) as float32 blocks,
-and become one numpy array inside the task that keeps them.
+the training rows (and a large held-out set's rows, which the mappers then
+score) travel to their shard by Spark's shuffle (``partitionBy(mappers)``,
+partition ``i`` = shard ``i``) as float32 blocks, each copied into place in
+arrays of the shard's final size inside the task that keeps them
+(:class:`nnlib.data.dataset.ShardFiller`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Iterator
 
 import numpy as np
 
-from nnlib.data.dataset import RowKeyed, Shard, shard_from_rows
-from nnlib.data.rows import TRAIN, RowPlan, Tally, merge_in_order
+from nnlib.data.dataset import RowKeyed, Shard, ShardFiller
+from nnlib.data.rows import RowPlan, Tally, merge_in_order
 from nnlib.data.tables import ParquetSource, join_rows, table_arrays
 from nnlib.errors import DataError, error_from_text, first_line
 
@@ -55,8 +57,10 @@ def _batches(table: ParquetSource, offsets: dict[str, int], batches) -> Iterator
 class SparkReader:
     """How the Spark engines read a row-keyed source: Spark's readers in the executors."""
 
-    def __init__(self, session):
+    def __init__(self, session, collect_held_out_mb: float = 64.0):
         self._session = session  # a function returning the engine's SparkSession (started on first use)
+        # held-out rows beyond this stay with the mappers, which score them (spark.collect_held_out_mb)
+        self.collect_limit_bytes = collect_held_out_mb * 2 ** 20
 
     def _frame(self, table: ParquetSource):
         from pyspark.sql import functions as F
@@ -133,18 +137,19 @@ class SparkReader:
         return join_rows([pickle.loads(row.blob) for row in found])
 
     def shards(self, rows: RowKeyed):
-        """An RDD whose partition ``i`` holds shard ``i``'s training rows as ``(shard, blob)`` records."""
-        table, plan = rows.table, rows.plan
+        """An RDD whose partition ``i`` holds shard ``i``'s rows as ``(shard, blob)`` records: its training
+        rows, and its part of the held-out rows when the mappers score them."""
+        table, plan, kept = rows.table, rows.plan, np.array(rows.mapper_roles)
         offsets = self._offsets(table)
 
         def split_by_shard(batches):
             import pyarrow as pa
 
             for pos, x, y in _batches(table, offsets, batches):
-                train = plan.roles(pos) == TRAIN
+                keep = np.isin(plan.roles(pos), kept)
                 shard = plan.shards(pos)
-                for k in np.unique(shard[train]):
-                    mine = train & (shard == k)
+                for k in np.unique(shard[keep]):
+                    mine = keep & (shard == k)
                     yield pa.RecordBatch.from_pydict({"shard": [int(k)], "blob": [pickle.dumps(
                         (pos[mine], x[mine].astype(np.float32), y[mine]))]})
 
@@ -154,29 +159,10 @@ class SparkReader:
 
 
 def shard_from_records(index: int, records, rows: RowKeyed) -> Shard:
-    """Shard ``index`` from its shuffled ``(shard, blob)`` records: one float32 array in position order.
-
-    Each block is copied to its rows' places and let go, so the task holds
-    at most the blocks not yet placed plus the array they fill (about twice
-    the shard at the start of the fill, once at its end).
-    """
-    parts = []
+    """Shard ``index`` from its shuffled ``(shard, blob)`` records, each block put in place as it arrives."""
+    filler = ShardFiller(index, rows)
     for shard, blob in records:
         if shard != index:
             raise RuntimeError(f"shard {shard}'s rows reached task {index}")
-        parts.append(pickle.loads(blob))
-    if not parts:
-        raise DataError(f"data.source {rows.table.source}: shard {index} holds no training rows")
-    pos = np.concatenate([p[0] for p in parts])
-    place = np.empty(len(pos), np.int64)
-    place[np.argsort(pos, kind="stable")] = np.arange(len(pos))
-    x = np.empty((len(pos), parts[0][1].shape[1]), np.float32)
-    y = np.empty(len(pos), np.int64)
-    start = 0
-    while parts:
-        _, xs, ys = parts.pop(0)
-        where = place[start:start + len(ys)]
-        x[where], y[where] = xs, ys
-        start += len(ys)
-        del xs, ys
-    return shard_from_rows(index, x, y, rows)
+        filler.add(*pickle.loads(blob))
+    return filler.finish()
