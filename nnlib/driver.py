@@ -30,8 +30,8 @@ from nnlib.machine import describe
 from nnlib.outputs import RunDir
 from nnlib.schedule import Schedule, has_sync_rounds
 from nnlib.subnets import split_round_payload
-from nnlib.tasks import (Combined, MapperStats, RoundPayload, RoundReducer, first_payload, peak_rss_mb,
-                         total_scores)
+from nnlib.tasks import (Combined, MapperStats, RoundPayload, RoundReducer, evaluate_rows, first_payload,
+                         peak_rss_mb, total_scores)
 from nnlib.timing import timed
 
 
@@ -249,11 +249,11 @@ class Setup:
             scores = total_scores(engine.score(self.config.model.backend, self.first.model, params))
         backend = get_backend(self.config.model.backend, self.first.model)
         if self.data.y_test is not None:
-            scores.update(zip(("test_loss", "test_accuracy"), backend.evaluate(params, self.data.x_test,
-                                                                               self.data.y_test)))
+            scores.update(zip(("test_loss", "test_accuracy"), evaluate_rows(backend, params, self.data.x_test,
+                                                                            self.data.y_test)))
         if self.data.y_val is not None:
-            scores.update(zip(("val_loss", "val_accuracy"), backend.evaluate(params, self.data.x_val,
-                                                                             self.data.y_val)))
+            scores.update(zip(("val_loss", "val_accuracy"), evaluate_rows(backend, params, self.data.x_val,
+                                                                          self.data.y_val)))
         return scores
 
 

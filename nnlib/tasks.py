@@ -213,16 +213,32 @@ def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
     return MapperResult(stats, update.params, update.opt_state)
 
 
+EVAL_ROWS = 65536  # rows scored at a time: a forward pass's activations stay small however large the set
+
+
+def score_sums(scorer, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, int, int]:
+    """``(loss sum, correct count, rows)`` of ``params`` on ``(x, y)``, ``EVAL_ROWS`` rows at a time."""
+    loss_sum, correct = 0.0, 0
+    for lo in range(0, len(y), EVAL_ROWS):
+        n = len(y[lo:lo + EVAL_ROWS])
+        loss, accuracy = scorer.evaluate(params, x[lo:lo + EVAL_ROWS], y[lo:lo + EVAL_ROWS])
+        loss_sum, correct = loss_sum + float(loss) * n, correct + int(round(accuracy * n))
+    return loss_sum, correct, len(y)
+
+
+def evaluate_rows(scorer, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """``(mean loss, accuracy)`` of ``params`` on ``(x, y)``, scored in pieces when the set is large."""
+    if len(y) <= EVAL_ROWS:
+        return scorer.evaluate(params, x, y)
+    loss_sum, correct, n = score_sums(scorer, params, x, y)
+    return loss_sum / n, correct / n
+
+
 def score_held_out(shard: Shard, backend: str, model, params: np.ndarray) -> dict[int, tuple[float, int, int]]:
     """``role -> (loss sum, correct count, rows)`` of ``params`` on each held-out part the shard keeps."""
     scorer = get_backend(backend, model)
-    out = {}
     with one_blas_thread():
-        for role, (x, y) in shard.held_out.items():
-            n = len(y)
-            loss, accuracy = scorer.evaluate(params, x, y) if n else (0.0, 0.0)
-            out[role] = (float(loss) * n, int(round(accuracy * n)), n)
-    return out
+        return {role: score_sums(scorer, params, x, y) for role, (x, y) in shard.held_out.items()}
 
 
 def total_scores(parts: list[dict[int, tuple[float, int, int]]]) -> dict[str, float]:

@@ -144,3 +144,19 @@ def test_the_slides_ann_loss_and_gradient_match_the_formula():
         assert loss == pytest.approx(data_loss, rel=1e-12)
         np.testing.assert_allclose(grad, by_hand, rtol=rtol, atol=1e-14)
     assert NumpyMLP(spec).objective(w, x, y) == pytest.approx(J, rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_large_set_scored_in_pieces_gives_the_whole_sets_loss_and_accuracy(monkeypatch, backend):
+    from nnlib import tasks
+
+    spec = ModelSpec(LayerSpec((6, 5, 4)), "tanh", "cross_entropy")
+    params = init_params(spec.layers, 0)
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(103, 6)).astype(np.float32), rng.integers(0, 4, 103)
+    scorer = get_backend(backend, spec)
+    whole = scorer.evaluate(params, x, y)
+    monkeypatch.setattr(tasks, "EVAL_ROWS", 10)
+    loss, accuracy = tasks.evaluate_rows(scorer, params, x, y)
+    assert accuracy == whole[1] and loss == pytest.approx(whole[0], rel=1e-6)
+    assert tasks.score_sums(scorer, params, x, y)[1:] == (round(whole[1] * 103), 103)

@@ -17,7 +17,7 @@ from nnlib.config import DataConfig
 from nnlib.data import sources, tables
 from nnlib.data.checks import check_features, check_labels
 from nnlib.data.partition import partition, shard_sizes
-from nnlib.data.rows import ROLE_NAMES, TEST, TRAIN, VAL, RowPlan, check_partition, standardize_into
+from nnlib.data.rows import TEST, TRAIN, VAL, RowFiller, RowPlan, check_partition, standardize_into
 from nnlib.data.tables import ParquetSource
 from nnlib.errors import DataError
 
@@ -208,7 +208,7 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader) -> Dataset:
         mean, std = tally.moments.mean, tally.moments.std()
 
     def standardized(x: np.ndarray) -> np.ndarray:
-        out = np.empty(x.shape, np.float32)
+        out = x if x.dtype == np.float32 else np.empty(x.shape, np.float32)
         standardize_into(out, x, mean, std)
         return out
 
@@ -222,7 +222,7 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader) -> Dataset:
     def held_out(role: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         if on_mappers:
             return None, None
-        _, x, y = reader.rows(table, plan, role)
+        x, y = reader.rows(table, plan, role, tally.n_features)
         return standardized(x), y
 
     if cfg.test_source is not None:
@@ -293,41 +293,19 @@ class ShardSource:
         return [filler.finish() for filler in fillers]
 
 
-class ShardFiller:
-    """Shard ``index`` of a row-keyed source, filled as its blocks arrive, in any order, from any reader.
-
-    The plan alone says which positions the shard holds (:meth:`RowPlan.positions`),
-    so its arrays are allocated at their final size first and each arriving
-    block is copied to its rows' places and let go: a mapper holds its shard
-    once plus one block, never a list of blocks and their concatenation. A
-    block may hold other shards' rows; they are passed over.
-    """
+class ShardFiller(RowFiller):
+    """Shard ``index`` of a row-keyed source (with its part of the held-out rows when the mappers score them)."""
 
     def __init__(self, index: int, rows: RowKeyed):
+        super().__init__(rows.plan.positions(index, rows.mapper_roles), rows.n_features)
         self.index, self.rows = index, rows
-        self.parts = {role: (pos, np.empty((len(pos), rows.n_features), np.float32), np.empty(len(pos), np.int64))
-                      for role, pos in rows.plan.positions(index, rows.mapper_roles).items()}
-        self.filled = dict.fromkeys(self.parts, 0)
-
-    def add(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
-        """Place the rows of a block (``positions``, ``x`` float32 or float64, ``y``) that are this shard's."""
-        for role, (expected, xs, ys) in self.parts.items():
-            place = np.minimum(np.searchsorted(expected, pos), max(len(expected) - 1, 0))
-            hit = expected[place] == pos if len(expected) else np.zeros(len(pos), bool)
-            if hit.any():
-                where = place[hit]
-                xs[where], ys[where] = x[hit], y[hit]
-                self.filled[role] += int(hit.sum())
 
     def finish(self) -> Shard:
-        """The shard, standardised in place; an error when rows are missing (the source changed under the run)."""
-        for role, (expected, _, _) in self.parts.items():
-            if self.filled[role] != len(expected):
-                raise DataError(f"data.source {self.rows.table.source}: shard {self.index} received "
-                                f"{self.filled[role]} of its {len(expected)} {ROLE_NAMES[role]} rows (did the "
-                                "dataset change while the run read it?)")
-            standardize_into(self.parts[role][1], self.parts[role][1], self.rows.mean, self.rows.std)
-        _, x, y = self.parts.pop(TRAIN)
+        """The shard, standardised in place."""
+        parts = self.arrays(f"data.source {self.rows.table.source}: shard {self.index}")
+        for x, _ in parts.values():
+            standardize_into(x, x, self.rows.mean, self.rows.std)
+        x, y = parts.pop(TRAIN)
         if len(y) == 0:
             raise DataError(f"data.source {self.rows.table.source}: shard {self.index} holds no training rows")
-        return Shard(self.index, x, y, {role: (xs, ys) for role, (_, xs, ys) in self.parts.items()})
+        return Shard(self.index, x, y, parts)

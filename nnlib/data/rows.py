@@ -87,19 +87,19 @@ class RowPlan:
             return -(-shard * self.n_rows // self.mappers), -(-(shard + 1) * self.n_rows // self.mappers)
         return 0, self.n_rows
 
-    def positions(self, shard: int, roles=(TRAIN,), chunk: int = 1 << 20) -> dict[int, np.ndarray]:
-        """For each role in ``roles``, the sorted positions of ``shard``'s rows with that role.
+    def positions(self, shard: int | None, roles=(TRAIN,), chunk: int = 1 << 20) -> dict[int, np.ndarray]:
+        """For each role in ``roles``, the sorted positions of ``shard``'s rows (every shard's: None) with that role.
 
         Computed from the plan alone (every position of the shard's span hashed
         once, ``chunk`` at a time), so a reader knows where each arriving row
         belongs before it has seen any: 8 bytes per kept row.
         """
-        lo, hi = self.span(shard)
+        lo, hi = (0, self.n_rows) if shard is None else self.span(shard)
         found: dict[int, list[np.ndarray]] = {role: [] for role in roles}
         for start in range(lo, hi, chunk):
             pos = np.arange(start, min(start + chunk, hi), dtype=np.int64)
             role = self.roles(pos)
-            mine = self.shards(pos) == shard
+            mine = True if shard is None else self.shards(pos) == shard
             for r, parts in found.items():
                 parts.append(pos[mine & (role == r)])
         return {r: np.concatenate(parts) if parts else np.empty(0, np.int64) for r, parts in found.items()}
@@ -194,3 +194,41 @@ def standardize_into(out: np.ndarray, x: np.ndarray, mean: np.ndarray | None, st
     for lo in range(0, len(x), chunk):
         block = x[lo:lo + chunk]
         out[lo:lo + chunk] = block if mean is None else (block.astype(np.float64) - mean) / std
+
+
+class RowFiller:
+    """Rows of known positions, filled as their blocks arrive, in any order, from any reader.
+
+    ``expected`` gives, for each role kept, the sorted positions of its rows
+    (:meth:`RowPlan.positions`: from the plan alone), so the arrays are
+    allocated at their final size first and each arriving block is copied to
+    its rows' places and let go: a reader holds the rows once plus one
+    block, never a list of blocks and their concatenation. Rows of a block
+    that are not expected are passed over.
+    """
+
+    def __init__(self, expected: dict[int, np.ndarray], n_features: int):
+        self.parts = {role: (pos, np.empty((len(pos), n_features), np.float32), np.empty(len(pos), np.int64))
+                      for role, pos in expected.items()}
+        self.filled = dict.fromkeys(self.parts, 0)
+
+    def add(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        """Place the expected rows of a block (``positions``, ``x`` float32 or float64, ``y``)."""
+        for role, (expected, xs, ys) in self.parts.items():
+            if not len(expected):
+                continue
+            place = np.minimum(np.searchsorted(expected, pos), len(expected) - 1)
+            hit = expected[place] == pos
+            if hit.any():
+                where = place[hit]
+                xs[where], ys[where] = x[hit], y[hit]
+                self.filled[role] += int(hit.sum())
+
+    def arrays(self, what: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """``role -> (x float32, y)`` in position order; an error naming ``what`` when rows are missing (the
+        source changed under the run)."""
+        for role, (expected, _, _) in self.parts.items():
+            if self.filled[role] != len(expected):
+                raise DataError(f"{what} received {self.filled[role]} of its {len(expected)} {ROLE_NAMES[role]} "
+                                "rows (did the dataset change while the run read it?)")
+        return {role: (xs, ys) for role, (_, xs, ys) in self.parts.items()}

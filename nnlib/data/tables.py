@@ -17,7 +17,7 @@ import numpy as np
 
 from nnlib.data import sources
 from nnlib.data.checks import check_features, check_labels
-from nnlib.data.rows import RowPlan, Tally, merge_in_order
+from nnlib.data.rows import RowFiller, RowPlan, Tally, merge_in_order
 from nnlib.errors import DataError, first_line
 
 BLOCK_ROWS = 65536  # rows read and checked at a time
@@ -152,23 +152,23 @@ class LocalReader:
     def survey(self, table: ParquetSource, plan: RowPlan) -> Tally:
         return merge_in_order(tally(table, plan))
 
-    def rows(self, table: ParquetSource, plan: RowPlan, role: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return keep_rows(table, plan, role)
+    def rows(self, table: ParquetSource, plan: RowPlan, role: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(x float32, y)`` of every row with ``role``, in position order."""
+        filler = RowFiller(plan.positions(None, (role,)), n_features)
+        for block in table.blocks():
+            filler.add(*block)
+        return filler.arrays(f"{table.key} {table.source}")[role]
 
 
-def keep_rows(table: ParquetSource, plan: RowPlan, role: int, shards: set[int] | None = None,
+def keep_rows(table: ParquetSource, plan: RowPlan, role: int,
               files: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(positions, x float32, y)`` of the rows with ``role`` (and, if given, a shard in ``shards``), in order."""
-    pos_parts, x_parts, y_parts = [], [], []
+    """``(positions, x float32, y)`` of the rows of ``files`` (default all) with ``role``, in order."""
+    parts = []
     for pos, x, y in table.blocks(files):
         keep = plan.roles(pos) == role
-        if shards is not None:
-            keep &= np.isin(plan.shards(pos), list(shards))
         if keep.any():
-            pos_parts.append(pos[keep])
-            x_parts.append(x[keep].astype(np.float32))
-            y_parts.append(y[keep])
-    return join_rows(list(zip(pos_parts, x_parts, y_parts)), in_order=True)
+            parts.append((pos[keep], x[keep].astype(np.float32), y[keep]))
+    return join_rows(parts, in_order=True)
 
 
 def join_rows(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],

@@ -135,8 +135,9 @@ class MpiReader:
         parts = self._together(lambda: tables.tally(table, plan, self._mine(table)))
         return merge_in_order([t for part in parts for t in part])
 
-    def rows(self, table, plan, role):
-        return tables.join_rows(self._together(lambda: tables.keep_rows(table, plan, role, files=self._mine(table))))
+    def rows(self, table, plan, role, n_features):
+        parts = self._together(lambda: tables.keep_rows(table, plan, role, files=self._mine(table)))
+        return tables.join_rows(parts)[1:]
 
 
 class MpiEngine(Engine):

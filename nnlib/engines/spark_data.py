@@ -20,8 +20,8 @@ from typing import Iterator
 import numpy as np
 
 from nnlib.data.dataset import RowKeyed, Shard, ShardFiller
-from nnlib.data.rows import RowPlan, Tally, merge_in_order
-from nnlib.data.tables import ParquetSource, join_rows, table_arrays
+from nnlib.data.rows import RowFiller, RowPlan, Tally, merge_in_order
+from nnlib.data.tables import ParquetSource, table_arrays
 from nnlib.errors import DataError, error_from_text, first_line
 
 _FILE, _ROW = "_nnlib_file", "_nnlib_row"
@@ -118,8 +118,9 @@ class SparkReader:
                           table.source)
         return merge_in_order([t for row in blobs for t in pickle.loads(row.blob)])
 
-    def rows(self, table: ParquetSource, plan: RowPlan, role: int):
-        """``(positions, x float32, y)`` of every row with ``role``, collected to the driver in position order."""
+    def rows(self, table: ParquetSource, plan: RowPlan, role: int, n_features: int):
+        """``(x float32, y)`` of every row with ``role``, brought to the driver one partition at a time and
+        put in place (the driver holds the rows once, plus one partition's blocks)."""
         offsets = self._offsets(table)
 
         def keep(batches):
@@ -131,10 +132,14 @@ class SparkReader:
                     yield pa.RecordBatch.from_pydict({"blob": [pickle.dumps((pos[mine], x[mine].astype(np.float32),
                                                                              y[mine]))]})
 
-        df = self._frame(table)
-        found = self._run(lambda: df.mapInArrow(keep, "blob binary").collect(), f"reading {table.source}",
-                          table.source)
-        return join_rows([pickle.loads(row.blob) for row in found])
+        filler = RowFiller(plan.positions(None, (role,)), n_features)
+
+        def fill():
+            for row in self._frame(table).mapInArrow(keep, "blob binary").toLocalIterator():
+                filler.add(*pickle.loads(row.blob))
+
+        self._run(fill, f"reading {table.source}", table.source)
+        return filler.arrays(f"{table.key} {table.source}")[role]
 
     def shards(self, rows: RowKeyed):
         """An RDD whose partition ``i`` holds shard ``i``'s rows as ``(shard, blob)`` records: its training
