@@ -38,6 +38,9 @@ from nnlib.timing import timed
 
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
 SLOT_WAIT_SECONDS = 60  # how long a stage waits for enough executors to register
+# Arrow's system allocator in the Python workers: its default (mimalloc) reserves about 1 GB of address space,
+# which spark.executor.pyspark.memory (a limit on address space, RLIMIT_AS) counts against every worker
+EXECUTOR_DEFAULTS = {"spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL": "system"}
 _LOCAL = re.compile(r"local(?:\[(\*|\d+)(?:,\s*(\d+))?\])?$")
 
 
@@ -62,7 +65,8 @@ def get_or_create_session(master: str, app_name: str, log_level: str, min_slots:
                           conf: dict[str, str] | None = None):
     """Return ``(session, created)``: the active SparkSession if there is one, else a new one.
 
-    A new local session gets at least ``min_slots`` task slots, and the settings ``conf`` (``spark.conf``).
+    A new local session gets at least ``min_slots`` task slots; a new session gets ``EXECUTOR_DEFAULTS``
+    and the settings ``conf`` (``spark.conf``, which may override them).
     """
     from pyspark.sql import SparkSession
 
@@ -79,7 +83,7 @@ def get_or_create_session(master: str, app_name: str, log_level: str, min_slots:
                # applied as the SparkContext starts: under spark-submit the driver JVM is already
                # running with Spark's own logging, and this keeps its start-up chatter out
                .config("spark.log.level", log_level))
-    for key, value in (conf or {}).items():
+    for key, value in {**EXECUTOR_DEFAULTS, **(conf or {})}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(log_level)
