@@ -145,6 +145,9 @@ class MpiConfig(_Section):
 class MrjobConfig(_Section):
     runner: Literal["inline", "local", "hadoop", "emr"] = "local"
     args: list[str] = Field(default_factory=list)
+    # where a Parquet source's shards are written once, before the rounds: a folder or a URI every node can
+    # write (hdfs://..., needed for the hadoop and emr runners); default a temporary folder on this machine
+    scratch: str | None = None
 
 
 class SplitConfig(_Section):

@@ -2,6 +2,7 @@
 statistics and weights, and never need the whole training set in one process."""
 
 import subprocess
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -161,14 +162,47 @@ def test_a_parquet_dataset_under_mpiexec_trains_the_local_engines_weights(digits
 
 
 @pytest.mark.parametrize("runner", ["inline", "local"])
-def test_a_parquet_dataset_under_mrjob_trains_the_local_engines_weights(digits_parquet, runner):
+def test_a_parquet_dataset_under_mrjob_is_cut_into_shards_once_and_trains_the_local_engines_weights(
+        digits_parquet, runner, tmp_path):
     from nnlib.engines.mrjob_engine import MrjobEngine
 
-    config = small_config("mappers=3", f"data.source={digits_parquet}", "train.momentum=0.5")
+    source = tmp_path / "ds"
+    source.mkdir()
+    for f in digits_parquet.glob("*.parquet"):
+        (source / f.name).write_bytes(f.read_bytes())
+    config = small_config("mappers=3", f"data.source={source}", "train.momentum=0.5")
     local = run(config, **QUIET)
+    written = []
+
+    class SourceGoneAfterStart(MrjobEngine):
+        """The source is unreadable once the shards are cut: the rounds must read only their shards."""
+
+        def start(self, shard_source):
+            super().start(shard_source)
+            written.extend(sorted(p.relative_to(self._scratch).as_posix() for p in Path(self._scratch).rglob("*")))
+            for f in source.glob("*.parquet"):
+                f.write_bytes(b"gone")
+
     mr_config = config.model_copy(update={"engine": "mrjob"})
-    engine = MrjobEngine(mr_config, runner)
+    engine = SourceGoneAfterStart(mr_config, runner)
     result = run(mr_config, engine=engine, **QUIET)
     assert np.abs(result.params - local.params).max() <= 1e-6
-    assert engine.map_tasks == [3, 3]
+    assert engine.map_tasks == [3, 3]  # one map task per shard each round
     assert [r["n_samples"] for r in result.mapper_rows] == [r["n_samples"] for r in local.mapper_rows]
+    # one folder per shard, one file in it per source file holding training rows of that shard
+    plan = RowPlan(config.seed, 3, 1797, config.data.test_fraction, 0.0)
+    pos = np.arange(1797)
+    shard = np.where(plan.roles(pos) == TRAIN, plan.shards(pos), -1)
+    files = np.searchsorted([300, 301, 900, 1400], pos, side="right")  # the fixture's files, by position
+    assert written == [f"shard-{k:05d}{part}" for k in range(3)
+                       for part in ["", *(f"/part-{f:05d}.npz" for f in range(5) if (shard[files == f] == k).any())]]
+
+
+def test_mrjob_on_hadoop_needs_a_scratch_uri_for_a_parquet_source(digits_parquet):
+    from nnlib.engines.mrjob_engine import MrjobEngine
+    from nnlib.errors import EngineError
+
+    config = small_config("mappers=2", f"data.source={digits_parquet}", "engine=mrjob")
+    with pytest.raises(EngineError, match="mrjob.scratch: the hadoop runner needs a URI every node can write for a "
+                                          "Parquet source's shards"):
+        run(config, engine=MrjobEngine(config, "hadoop"), **QUIET)

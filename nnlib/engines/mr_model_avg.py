@@ -28,6 +28,7 @@ from mrjob.step import MRStep
 
 from nnlib.config import load_config
 from nnlib.data.dataset import ShardSource, load_dataset
+from nnlib.engines.mr_partition import read_shard
 from nnlib.tasks import RoundReducer, first_payload, train_shard
 from nnlib.wire import decode_result, encode_array, encode_result, encode_stats, payload_from_file
 
@@ -42,6 +43,7 @@ class MRModelAvg(MRJob):
         self.add_file_arg("--nnlib-conf", required=True, help="nnlib conf file (fully resolved, no 'extends')")
         self.add_file_arg("--payload", help="the round's weights (.npz); default: initial weights, round 0")
         self.add_file_arg("--rows", help="a Parquet source's row plan and statistics (pickled by the engine)")
+        self.add_passthru_arg("--scratch", help="where the partition job wrote a Parquet source's shards")
         self.add_passthru_arg("--set", dest="overrides", action="append", default=[],
                               help="override a config key, as in nnlib run")
         self.add_passthru_arg("--combine", help="the reduce step's combine rule (default: the conf's)")
@@ -68,10 +70,13 @@ class MRModelAvg(MRJob):
     def mapper_train_shard(self, _, line):
         index = int(line.strip())
         rows = None
-        if self.options.rows:  # a Parquet source: stream it, keeping this shard's rows
+        if self.options.rows:  # a Parquet source: this shard's rows, as the partition job wrote them
             with open(self.options.rows, "rb") as f:
                 rows = pickle.load(f)
-        shard = ShardSource(self.config.data, self.config.seed, self.config.mappers, rows).build([index])[0]
+        if rows is not None and self.options.scratch:
+            shard = read_shard(rows, index, self.options.scratch)
+        else:
+            shard = ShardSource(self.config.data, self.config.seed, self.config.mappers, rows).build([index])[0]
         yield "round", encode_result(train_shard(shard, self.payload))
 
     def reducer_init(self):

@@ -2,7 +2,10 @@
 
 Input is one gzipped file per shard holding that shard's index: gzipped files
 are never split, so every runner (inline, local, hadoop, emr) starts exactly
-one map task per shard. The round's payload (the weights) is written to an
+one map task per shard. A Parquet source is first cut into its shards by one
+map-only job (:mod:`nnlib.engines.mr_partition`, one map task per source
+file) that writes them under ``mrjob.scratch``; each round's map task reads
+only its shard's folder there. The round's payload (the weights) is written to an
 ``.npz`` file and uploaded to every task with mrjob's file upload; the
 reducer combines with nnlib's combine rules and the driver reads back the
 combined weights and every mapper's timing.
@@ -52,13 +55,26 @@ def import_mrjob():
             "install it with pip install -e '.[mrjob]' on Python 3.11 or older") from None
 
 
-def load_job_class():
-    """The MRJob class (:mod:`nnlib.engines.mr_model_avg`), imported quietly."""
+def load_job_class(name: str = "MRModelAvg"):
+    """An MRJob class of nnlib's (:mod:`nnlib.engines.mr_model_avg`, :mod:`nnlib.engines.mr_partition`),
+    imported quietly."""
     import_mrjob()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from nnlib.engines.mr_model_avg import MRModelAvg
-    return MRModelAvg
+        from nnlib.engines.mr_partition import MRPartition
+    return {"MRModelAvg": MRModelAvg, "MRPartition": MRPartition}[name]
+
+
+def gzipped_lines(folder: Path, name: str, count: int) -> list[str]:
+    """``count`` gzipped files, file ``i`` holding the line ``i``: one map task each on every runner."""
+    paths = []
+    for i in range(count):
+        path = folder / f"{name}-{i:05d}.gz"
+        with gzip.open(path, "wt") as f:
+            f.write(f"{i}\n")
+        paths.append(str(path))
+    return paths
 
 
 class MrjobEngine(SingleDriver):
@@ -70,23 +86,50 @@ class MrjobEngine(SingleDriver):
     def start(self, source):
         self._job_class = load_job_class()
         self._dir = Path(tempfile.mkdtemp(prefix="nnlib-mrjob-"))
-        self._inputs = []
-        for i in range(source.mappers):
-            path = self._dir / f"shard-{i:05d}.gz"
-            with gzip.open(path, "wt") as f:
-                f.write(f"{i}\n")
-            self._inputs.append(str(path))
+        self._inputs = gzipped_lines(self._dir, "shard", source.mappers)
         conf = self.config.to_dict()
         conf.update(mappers=source.mappers, seed=source.seed, data=source.data.model_dump())
         self._conf = self._dir / "config.yaml"
         self._conf.write_text(yaml.safe_dump(conf, sort_keys=False))
-        self._rows = []
-        if source.rows is not None:  # a Parquet source: each map task streams it and keeps its shard's rows
-            path = self._dir / "rows.pkl"
-            path.write_bytes(pickle.dumps(source.rows))
-            self._rows = ["--rows", str(path)]
         # tasks import the driver's exact code (inline runs in this process and needs no shipping)
         self._py_files = [] if self.runner == "inline" else ["--py-files", str(zip_package(self._dir / "nnlib.zip"))]
+        self._rows = []
+        if source.rows is not None:
+            self._rows = self._partition(source.rows)
+
+    def _partition(self, rows) -> list[str]:
+        """Cut a Parquet source into its shards under the scratch space, once (one job); return the round
+        jobs' arguments that point their map tasks at them."""
+        from nnlib.engines.mr_partition import filesystem
+
+        scratch = self.config.mrjob.scratch
+        if scratch is None and self.runner in ("hadoop", "emr"):
+            raise EngineError(f"mrjob.scratch: the {self.runner} runner needs a URI every node can write for a "
+                              "Parquet source's shards (e.g. hdfs:///tmp/nnlib); none is set")
+        if scratch is None:
+            self._scratch = str(self._dir / "shards")
+        else:
+            self._scratch = f"{scratch.rstrip('/')}/{self._dir.name}"
+            self._scratch_fs = filesystem(self._scratch)
+        path = self._dir / "rows.pkl"
+        path.write_bytes(pickle.dumps(rows))
+        args = ["--rows", str(path), "--scratch", self._scratch]
+        job = load_job_class("MRPartition")(args=["-r", self.runner, *args, *self._py_files, *self.extra_args,
+                                                  *gzipped_lines(self._dir, "file", len(rows.table.files))])
+        try:
+            with warnings.catch_warnings(), job.make_runner() as runner:
+                warnings.simplefilter("ignore", DeprecationWarning)
+                runner.run()
+                written = [counts for _, (_, counts) in job.parse_output(runner.cat_output())]
+        except Exception as exc:
+            raise error_from_text(str(exc) + "\n" + _task_stderr(exc), f"mrjob ({self.runner} runner)",
+                                  "cutting the source into shards") from None
+        per_shard = [sum(c[k] for c in written) for k in range(rows.plan.mappers)]
+        if len(written) != len(rows.table.files) or per_shard != list(rows.shard_sizes):
+            raise EngineError(f"mrjob: cutting {rows.table.source} into shards wrote {per_shard} rows from "
+                              f"{len(written)} of its {len(rows.table.files)} files; the survey counted "
+                              f"{list(rows.shard_sizes)}")
+        return args
 
     def round(self, payload, reducer, timings):
         """One Hadoop streaming job: the mappers train, the job's reducer combines with ``reducer``'s rule."""
@@ -124,6 +167,13 @@ class MrjobEngine(SingleDriver):
                                f"round {round_index}")
 
     def stop(self):
+        if getattr(self, "_scratch_fs", None) is not None:  # shards written under a mrjob.scratch URI
+            fs, path = self._scratch_fs
+            try:
+                fs.delete_dir(path)
+            except OSError:
+                pass
+            self._scratch_fs = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
