@@ -241,7 +241,7 @@ class Setup:
         """Loss and accuracy of ``params`` on the held-out test set, and on the validation set if there is one.
 
         Sets the driver holds are scored here; sets the mappers keep (a large
-        Parquet source's, ``spark.collect_limit_mb``) are scored by ``engine``'s
+        Parquet source's, past ``spark.collect_held_out_mb``) are scored by ``engine``'s
         mappers, each on its part, and the sums added up.
         """
         scores = {}

@@ -15,6 +15,11 @@ decides only *where* the shards live and *how* a round's work runs on them:
   synchronous round (gradients averaged every mini-batch). Engines that
   cannot sync raise :class:`nnlib.errors.EngineError` (the config refuses
   them first).
+- ``score(backend, model, params) -> list[dict]``: only for engines whose
+  reader may leave a Parquet source's test and validation rows with the
+  mappers (Spark, past ``spark.collect_held_out_mb``): each mapper's
+  :func:`nnlib.tasks.score_held_out` of ``params`` on the rows it keeps; the
+  driver adds them up.
 - ``stop()``: release what ``start`` acquired.
 - ``is_main``: True in the process that writes the run directory and prints.
   An SPMD engine (MPI) runs the driver on every rank; only rank 0 is main.
