@@ -1,6 +1,7 @@
 """Parquet sources read where the rows go: Spark's executors and MPI ranks give the local engine's shards,
 statistics and weights, and never need the whole training set in one process."""
 
+import json
 import subprocess
 from pathlib import Path
 import sys
@@ -17,6 +18,7 @@ from nnlib.data.dataset import ShardSource, load_dataset
 from nnlib.data.rows import TEST, TRAIN, VAL, RowPlan
 from nnlib.data.sources import load_digits
 from nnlib.driver import run
+from nnlib.outputs import read_csv_rows
 from nnlib.errors import DataError, NnlibError
 
 pytestmark = pytest.mark.slow  # Spark and mpiexec
@@ -159,6 +161,14 @@ def test_a_parquet_dataset_under_mpiexec_trains_the_local_engines_weights(digits
     assert np.abs(saved_params(out) - local.params).max() <= 1e-6
     rows = (out / "mapper_times.csv").read_text().splitlines()[1:3]
     assert [int(r.split(",")[4]) for r in rows] == [r["n_samples"] for r in local.mapper_rows[:2]]
+    # each rank scored its part of the test and validation rows; the sums give the driver's scores
+    scored = read_csv_rows(out / "rounds.csv")
+    for name in ("test", "val"):
+        assert [float(r[f"{name}_accuracy"]) for r in scored] == [r[f"{name}_accuracy"] for r in local.rounds]
+        np.testing.assert_allclose([float(r[f"{name}_loss"]) for r in scored],
+                                   [r[f"{name}_loss"] for r in local.rounds], rtol=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["n_test"], summary["n_val"]) == (local.summary["n_test"], local.summary["n_val"])
 
 
 @pytest.mark.parametrize("runner", ["inline", "local"])

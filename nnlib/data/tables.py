@@ -160,30 +160,6 @@ class LocalReader:
         return filler.arrays(f"{table.key} {table.source}")[role]
 
 
-def keep_rows(table: ParquetSource, plan: RowPlan, role: int,
-              files: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(positions, x float32, y)`` of the rows of ``files`` (default all) with ``role``, in order."""
-    parts = []
-    for pos, x, y in table.blocks(files):
-        keep = plan.roles(pos) == role
-        if keep.any():
-            parts.append((pos[keep], x[keep].astype(np.float32), y[keep]))
-    return join_rows(parts, in_order=True)
-
-
-def join_rows(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-              in_order: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(positions, x, y)`` pieces joined into one, put in position order unless ``in_order`` says they are."""
-    parts = [p for p in parts if len(p[0])]
-    if not parts:
-        return np.empty(0, np.int64), np.empty((0, 0), np.float32), np.empty(0, np.int64)
-    pos, x, y = (np.concatenate(column) for column in zip(*parts))
-    if in_order:
-        return pos, x, y
-    order = np.argsort(pos, kind="stable")
-    return pos[order], x[order], y[order]
-
-
 def read_whole(table: ParquetSource) -> tuple[np.ndarray, np.ndarray]:
     """Every row of ``table``, checked, as ``(x float64, y)`` (a test set given as its own Parquet source)."""
     blocks = list(table.blocks())

@@ -17,7 +17,7 @@ decides only *where* the shards live and *how* a round's work runs on them:
   them first).
 - ``score(backend, model, params) -> list[dict]``: only for engines whose
   reader may leave a Parquet source's test and validation rows with the
-  mappers (Spark, past ``spark.collect_held_out_mb``): each mapper's
+  mappers (Spark past ``spark.collect_held_out_mb``, MPI always): each mapper's
   :func:`nnlib.tasks.score_held_out` of ``params`` on the rows it keeps; the
   driver adds them up.
 - ``stop()``: release what ``start`` acquired.

@@ -44,6 +44,7 @@ from nnlib.tasks import (
     RoundPayload,
     RoundReducer,
     check_bad_mappers,
+    score_held_out,
     sync_shards,
     train_shard,
     whole_network_rule,
@@ -107,7 +108,13 @@ class MpiCollective:
 
 class MpiReader:
     """How MPI ranks read a row-keyed (Parquet) source: each rank surveys the files ``rank, rank + size, ...``
-    and one allgather gives every rank the whole, merged in position order (the same figures as one reader)."""
+    and one allgather gives every rank the whole, merged in position order (the same figures as one reader).
+
+    The test and validation rows are never collected: each rank keeps its
+    part of them with its shard and scores it (:meth:`MpiEngine.score`).
+    """
+
+    collect_limit_bytes = 0
 
     def __init__(self, comm):
         self.comm = comm
@@ -135,9 +142,6 @@ class MpiReader:
         parts = self._together(lambda: tables.tally(table, plan, self._mine(table)))
         return merge_in_order([t for part in parts for t in part])
 
-    def rows(self, table, plan, role, n_features):
-        parts = self._together(lambda: tables.keep_rows(table, plan, role, files=self._mine(table)))
-        return tables.join_rows(parts)[1:]
 
 
 class MpiEngine(Engine):
@@ -149,7 +153,7 @@ class MpiEngine(Engine):
         self.is_main = self.rank == 0
         self.collective = collective
         self.shard = None
-        self.reader = MpiReader(self.comm)  # a row-keyed source: each rank reads part, then one allgather
+        self.reader = MpiReader(self.comm)  # a row-keyed source: each rank surveys part, then one allgather
 
     def all_ok(self, ok: bool) -> bool:
         return not ranks_flagged(self.comm, {self.rank: not ok})
@@ -264,6 +268,16 @@ class MpiEngine(Engine):
         timings["combine"] = mine.comm_seconds
         timings["wait"] -= mine.comm_seconds
         return combined, stats
+
+    def score(self, backend, model, params) -> list[dict]:
+        """Every rank's scores of ``params`` on the held-out rows it keeps, on every rank (one Allgather), so
+        every rank adds them up in the same order and takes the same early-stopping decision."""
+        mine = score_held_out(self.shard, backend, model, params)
+        roles = sorted(mine)  # the same on every rank: the row plan's roles
+        table = np.empty((self.size, 3 * len(roles)), np.float64)
+        self.comm.Allgather(np.array([v for r in roles for v in mine[r]], np.float64), table)
+        return [{r: (float(row[3 * i]), int(row[3 * i + 1]), int(row[3 * i + 2])) for i, r in enumerate(roles)}
+                for row in table]
 
     def stop(self):
         self.shard = None
