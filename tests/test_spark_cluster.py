@@ -1,6 +1,7 @@
 """A real standalone cluster: the same weights as the local engine, and a killed worker changes nothing."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -63,8 +64,10 @@ def test_cluster_run_equals_local_engine_and_survives_a_killed_worker(cluster, t
     cluster.kill_worker(victim)
     _, err = faulty.communicate(timeout=600)
     assert faulty.returncode == 0, err[-3000:]
-    # the stage lost a mapper, was started again, and redid the round from the last finished one
-    assert "spark: lost mapper" in err and "starting the stage again (attempt 2 of 3) and redoing round" in err
+    # the stage lost a mapper (seen as the broken connection or as Spark aborting the stage, whichever the
+    # driver notices first), was started again, and redid the round from the last finished one
+    assert re.search(r"spark: (lost mapper 1|the stage stopped).* in round (\d+); starting the stage again "
+                     r"\(attempt 2 of 3\) and redoing round \2", err)
     np.testing.assert_array_equal(saved_params(tmp_path / "faulty"), saved_params(tmp_path / "clean"))
     rows = (tmp_path / "faulty/mapper_times.csv").read_text().splitlines()[1:]
     assert len(rows) == 2 * 6  # each (round, mapper) counted once, retries or not
