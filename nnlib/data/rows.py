@@ -105,6 +105,19 @@ class RowPlan:
         return {r: np.concatenate(parts) if parts else np.empty(0, np.int64) for r, parts in found.items()}
 
 
+    def tally(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[int, "Tally"]:
+        """A block's :class:`Tally`, keyed by its first position (for :func:`merge_in_order`)."""
+        return int(pos[0]), Tally.of(x, y, self.roles(pos), self.shards(pos), self.mappers)
+
+    def by_shard(self, roles, pos: np.ndarray, x: np.ndarray, y: np.ndarray):
+        """``(shard, (positions, x float32, y))`` for each shard holding rows of ``roles`` in a block."""
+        keep = np.isin(self.roles(pos), np.asarray(roles))
+        shard = self.shards(pos)
+        for k in np.unique(shard[keep]):
+            mine = keep & (shard == k)
+            yield int(k), (pos[mine], x[mine].astype(np.float32), y[mine])
+
+
 def check_partition(partition: str, source: str) -> None:
     if partition not in ROW_PARTITIONS:
         raise DataError(f"data.partition: {partition} needs every training label at once; data.source {source} "

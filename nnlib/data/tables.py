@@ -137,10 +137,7 @@ def table_arrays(table, name: str, key: str, label_column: str, features_column:
 
 def tally(table: ParquetSource, plan: RowPlan, files: list[int] | None = None) -> list[tuple[int, Tally]]:
     """The tallies of the blocks of ``files`` (default all), keyed by their first position."""
-    out = []
-    for pos, x, y in table.blocks(files):
-        out.append((int(pos[0]), Tally.of(x, y, plan.roles(pos), plan.shards(pos), plan.mappers)))
-    return out
+    return [plan.tally(*block) for block in table.blocks(files)]
 
 
 class LocalReader:

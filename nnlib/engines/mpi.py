@@ -3,9 +3,11 @@
 Every rank runs the same driver loop (:mod:`nnlib.driver`) on identical
 weights; rank 0 alone is ``is_main`` (writes the outputs and prints). Each
 rank builds its own shard once (rank ``r`` reads the data and keeps shard
-``r``), so no data moves after the start. All collectives use mpi4py's buffer
-form (``Allreduce``, ``Allgather`` on numpy arrays), never the pickling
-lower-case calls.
+``r``), so no data moves after the start. Every collective of the rounds uses
+mpi4py's buffer form (``Allreduce``, ``Allgather`` on numpy arrays), never the
+pickling lower-case calls; only reading a Parquet source at the start
+(:class:`MpiReader`) allgathers small pickled summaries (the file list, the
+per-block tallies).
 
 ``mpi.collective``:
 

@@ -42,16 +42,12 @@ def shard_folder(scratch: str, shard: int) -> str:
 
 def cut_file(rows: RowKeyed, file: int, scratch: str) -> list[int]:
     """Write file ``file``'s kept rows, one ``.npz`` per shard; return the rows written per shard."""
-    plan, kept = rows.plan, np.array(rows.mapper_roles)
     pieces: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
-    for pos, x, y in rows.table.blocks([file]):
-        keep = np.isin(plan.roles(pos), kept)
-        shard = plan.shards(pos)
-        for k in np.unique(shard[keep]):
-            mine = keep & (shard == k)
-            pieces.setdefault(int(k), []).append((pos[mine], x[mine].astype(np.float32), y[mine]))
+    for block in rows.table.blocks([file]):
+        for k, part in rows.plan.by_shard(rows.mapper_roles, *block):
+            pieces.setdefault(k, []).append(part)
     fs, root = filesystem(scratch)
-    counts = [0] * plan.mappers
+    counts = [0] * rows.plan.mappers
     for k, parts in pieces.items():
         folder = shard_folder(root, k)
         fs.create_dir(folder, recursive=True)

@@ -82,6 +82,7 @@ class MrjobEngine(SingleDriver):
         self.config, self.runner, self.extra_args = config, runner, list(extra_args)
         self.map_tasks: list[int] = []  # map tasks started, per round (from the job's counter)
         self._dir: Path | None = None
+        self._scratch_fs = None  # (filesystem, path) of shards written under a mrjob.scratch URI
 
     def start(self, source):
         self._job_class = load_job_class()
@@ -116,14 +117,8 @@ class MrjobEngine(SingleDriver):
         args = ["--rows", str(path), "--scratch", self._scratch]
         job = load_job_class("MRPartition")(args=["-r", self.runner, *args, *self._py_files, *self.extra_args,
                                                   *gzipped_lines(self._dir, "file", len(rows.table.files))])
-        try:
-            with warnings.catch_warnings(), job.make_runner() as runner:
-                warnings.simplefilter("ignore", DeprecationWarning)
-                runner.run()
-                written = [counts for _, (_, counts) in job.parse_output(runner.cat_output())]
-        except Exception as exc:
-            raise error_from_text(str(exc) + "\n" + _task_stderr(exc), f"mrjob ({self.runner} runner)",
-                                  "cutting the source into shards") from None
+        records, _ = self._run_job(job, "cutting the source into shards")
+        written = [counts for _, (_, counts) in records]
         per_shard = [sum(c[k] for c in written) for k in range(rows.plan.mappers)]
         if len(written) != len(rows.table.files) or per_shard != list(rows.shard_sizes):
             raise EngineError(f"mrjob: cutting {rows.table.source} into shards wrote {per_shard} rows from "
@@ -141,14 +136,7 @@ class MrjobEngine(SingleDriver):
                 *self._py_files, *self.extra_args, *self._inputs]
         job = self._job_class(args=args)
         with timed(timings, "wait"):
-            try:
-                with warnings.catch_warnings(), job.make_runner() as runner:
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    runner.run()
-                    records = list(job.parse_output(runner.cat_output()))
-                    counters = runner.counters()
-            except Exception as exc:
-                raise self._error(exc, payload.round_index) from None
+            records, counters = self._run_job(job, f"round {payload.round_index}")
         self.map_tasks.append(sum(c.get("nnlib", {}).get("map_tasks", 0) for c in counters))
         combined = next(v for k, v in records if k == "combined")
         # the reducer ran inside the job: its time is the combine, not the wait
@@ -161,13 +149,20 @@ class MrjobEngine(SingleDriver):
     def sync_round(self, payload, timings):
         raise EngineError("engine=mrjob cannot run synchronous rounds (combine=gradient, train.sync_rounds)")
 
-    def _error(self, exc: Exception, round_index: int) -> Exception:
-        """One line for a failed job: an nnlib error from a task as itself, else the task's last error line."""
-        return error_from_text(str(exc) + "\n" + _task_stderr(exc), f"mrjob ({self.runner} runner)",
-                               f"round {round_index}")
+    def _run_job(self, job, what: str) -> tuple[list, list]:
+        """Run one mrjob job; return its output records and counters. A failed job is one line: an nnlib error
+        from a task as itself, else the task's last error line, saying ``what`` failed."""
+        try:
+            with warnings.catch_warnings(), job.make_runner() as runner:
+                warnings.simplefilter("ignore", DeprecationWarning)
+                runner.run()
+                return list(job.parse_output(runner.cat_output())), runner.counters()
+        except Exception as exc:
+            raise error_from_text(str(exc) + "\n" + _task_stderr(exc), f"mrjob ({self.runner} runner)",
+                                  what) from None
 
     def stop(self):
-        if getattr(self, "_scratch_fs", None) is not None:  # shards written under a mrjob.scratch URI
+        if self._scratch_fs is not None:  # shards written under a mrjob.scratch URI
             fs, path = self._scratch_fs
             try:
                 fs.delete_dir(path)

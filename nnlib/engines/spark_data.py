@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from nnlib.data.dataset import RowKeyed, Shard, ShardFiller
-from nnlib.data.rows import RowFiller, RowPlan, Tally, merge_in_order
+from nnlib.data.rows import RowFiller, RowPlan, merge_in_order
 from nnlib.data.tables import ParquetSource, table_arrays
 from nnlib.errors import DataError, error_from_text, first_line
 
@@ -109,8 +109,7 @@ class SparkReader:
         def tally_blocks(batches):
             import pyarrow as pa
 
-            tallies = [(int(pos[0]), Tally.of(x, y, plan.roles(pos), plan.shards(pos), plan.mappers))
-                       for pos, x, y in _batches(table, offsets, batches)]
+            tallies = [plan.tally(*block) for block in _batches(table, offsets, batches)]
             yield pa.RecordBatch.from_pydict({"blob": [pickle.dumps(tallies)]})
 
         df = self._frame(table)
@@ -144,19 +143,15 @@ class SparkReader:
     def shards(self, rows: RowKeyed):
         """An RDD whose partition ``i`` holds shard ``i``'s rows as ``(shard, blob)`` records: its training
         rows, and its part of the held-out rows when the mappers score them."""
-        table, plan, kept = rows.table, rows.plan, np.array(rows.mapper_roles)
+        table, plan = rows.table, rows.plan
         offsets = self._offsets(table)
 
         def split_by_shard(batches):
             import pyarrow as pa
 
-            for pos, x, y in _batches(table, offsets, batches):
-                keep = np.isin(plan.roles(pos), kept)
-                shard = plan.shards(pos)
-                for k in np.unique(shard[keep]):
-                    mine = keep & (shard == k)
-                    yield pa.RecordBatch.from_pydict({"shard": [int(k)], "blob": [pickle.dumps(
-                        (pos[mine], x[mine].astype(np.float32), y[mine]))]})
+            for block in _batches(table, offsets, batches):
+                for k, part in plan.by_shard(rows.mapper_roles, *block):
+                    yield pa.RecordBatch.from_pydict({"shard": [k], "blob": [pickle.dumps(part)]})
 
         mappers = plan.mappers
         return (self._frame(table).mapInArrow(split_by_shard, "shard long, blob binary").rdd
