@@ -15,7 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["nnlib", "nnlib.*"]),
-    package_data={"nnlib.engines": ["log4j2.properties"]},
+    package_data={"nnlib.engines.spark": ["log4j2.properties"]},
     install_requires=[
         "numpy>=1.24",
         "pyyaml>=6",

@@ -39,7 +39,7 @@ if ! command -v spark-submit >/dev/null 2>&1; then
   exit 2
 fi
 
-(cd "$here" && python3 -m nnlib.ship "$here/build/nnlib.zip" >/dev/null)
+(cd "$here" && python3 -m nnlib.util.ship "$here/build/nnlib.zip" >/dev/null)
 
 extra=(--py-files "$here/build/nnlib.zip")
 if [[ -n "$env_archive" ]]; then
@@ -54,5 +54,5 @@ if [[ -n "$env_archive" ]]; then
 fi
 
 exec spark-submit --master "$master" "${extra[@]}" \
-  --driver-java-options "-Dlog4j2.configurationFile=file://$here/nnlib/engines/log4j2.properties" \
+  --driver-java-options "-Dlog4j2.configurationFile=file://$here/nnlib/engines/spark/log4j2.properties" \
   "${spark_opts[@]}" "$here/jobs/model_avg.py" "$@" --set "spark.master=$master"

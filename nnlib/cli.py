@@ -22,8 +22,8 @@ from nnlib.driver import run, warn, with_absolute_paths
 from nnlib.engines import make_engine
 from nnlib.errors import ConfigError, EngineError, NnlibError
 from nnlib.outputs import RunDir, default_run_dir
-from nnlib.spmd import inside_launcher, launch, launcher_rank
-from nnlib.tracking import NoTracking, make_tracking, require_mlflow
+from nnlib.engines.mpi.launcher import inside_launcher, launch, launcher_rank
+from nnlib.experiments.tracking import NoTracking, make_tracking, require_mlflow
 
 
 def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
@@ -38,14 +38,14 @@ def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
     run_parser.add_argument("--resume", metavar="DIR",
                             help="continue the run in DIR from its last checkpoint (only train.rounds may change)")
     run_parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
-    sweep = sub.add_parser("sweep", help="run every case of a sweep file (see nnlib/sweep.py)")
+    sweep = sub.add_parser("sweep", help="run every case of a sweep file (see nnlib/experiments/sweep.py)")
     sweep.add_argument("sweep", help="sweep file (YAML: base, set, grid, cases, repeats, target_accuracy)")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key in every run (repeatable)")
     sweep.add_argument("--out", help="sweep directory (default: runs/sweep-<name>)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     search = sub.add_parser("split-search", help="train and score every split of the hidden units into groups "
-                                                 "(see nnlib/search.py)")
+                                                 "(see nnlib/experiments/search.py)")
     search.add_argument("conf", nargs="?", help="conf file (default: the built-in defaults)")
     search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set model.hidden=[8] (repeatable)")
@@ -127,7 +127,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def with_spark_session(config, body) -> int:
     """Run ``body`` inside one SparkSession that the engines join (a split run and its baseline share it)."""
-    from nnlib.engines.spark import get_or_create_session
+    from nnlib.engines.spark.engine import get_or_create_session
 
     session, created = get_or_create_session(config.spark.master, config.spark.app_name, config.spark.log_level,
                                              config.mappers)
@@ -142,7 +142,7 @@ def _run(args: argparse.Namespace, config) -> int:
     engine = make_engine(config, warn)
     speak = engine.is_main
     if config.engine == "mpi":
-        from nnlib.engines.mpi import fit_to_ranks
+        from nnlib.engines.mpi.engine import fit_to_ranks
 
         config = fit_to_ranks(config, engine.size, warn if speak else _quiet)
     run_dir = open_run_dir(args, engine)
@@ -191,7 +191,7 @@ def print_flushed(message: str) -> None:
 
 def sweep_command(args: argparse.Namespace) -> int:
     """Run a sweep; print how many runs finished, failed and were skipped, and where results.csv is."""
-    from nnlib.sweep import run_sweep
+    from nnlib.experiments.sweep import run_sweep
 
     done = run_sweep(args.sweep, args.out, args.overrides, args.quiet)
     failed = sum(row["status"] == "failed" for row in done.rows)
@@ -210,7 +210,7 @@ def _results_dir(text: str) -> Path:
 
 
 def plot_command(args: argparse.Namespace) -> int:
-    from nnlib.plots import plot_run, plot_sweep
+    from nnlib.experiments.plots import plot_run, plot_sweep
 
     path = _results_dir(args.dir)
     if (path / "search.json").exists():
@@ -222,7 +222,7 @@ def plot_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from nnlib.report import write_report
+    from nnlib.experiments.report import write_report
 
     md, page = write_report(_results_dir(args.dir))
     print_flushed(f"report: {md} and {page}")
@@ -231,7 +231,7 @@ def report_command(args: argparse.Namespace) -> int:
 
 def split_search_command(args: argparse.Namespace) -> int:
     """Run the search over splits; print the baseline, the spread and where the outputs are."""
-    from nnlib.search import split_search
+    from nnlib.experiments.search import split_search
 
     config = with_absolute_paths(load_config(args.conf, args.overrides))
     out = Path(args.out) if args.out else Path("runs") / time.strftime("split-search-%Y%m%d-%H%M%S")

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nnlib.errors import ConfigError
-from nnlib.schedule import has_sync_rounds
+from nnlib.rounds.schedule import has_sync_rounds
 
 
 class _Loader(yaml.SafeLoader):

@@ -1,6 +1,6 @@
 """The one driver loop, shared by every engine.
 
-For each round of the :class:`nnlib.schedule.Schedule`: send the weights
+For each round of the :class:`nnlib.rounds.schedule.Schedule`: send the weights
 (the payload) to every shard, let the engine run the round (a local round:
 train then combine; a synchronous round: average gradients every step),
 evaluate on the held-out test set, record the timings, checkpoint. *When*
@@ -26,13 +26,13 @@ from nnlib.data.dataset import Dataset, ShardSource, load_dataset
 from nnlib.engines import make_engine
 from nnlib.engines.base import Engine
 from nnlib.errors import ConfigError, DivergenceError
-from nnlib.machine import describe
+from nnlib.util.machine import describe
 from nnlib.outputs import RunDir
-from nnlib.schedule import Schedule, has_sync_rounds
-from nnlib.subnets import split_round_payload
-from nnlib.tasks import (Combined, MapperStats, RoundPayload, RoundReducer, evaluate_rows, first_payload,
+from nnlib.rounds.schedule import Schedule, has_sync_rounds
+from nnlib.rounds.subnets import split_round_payload
+from nnlib.rounds.tasks import (Combined, MapperStats, RoundPayload, RoundReducer, evaluate_rows, first_payload,
                          peak_rss_mb, total_scores)
-from nnlib.timing import timed
+from nnlib.util.timing import timed
 
 
 def warn(message: str) -> None:

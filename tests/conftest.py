@@ -35,7 +35,7 @@ def spark():
 
     Four task slots on this 2-core machine: a long-lived stage holds one slot per mapper.
     """
-    from nnlib.engines.spark import get_or_create_session
+    from nnlib.engines.spark.engine import get_or_create_session
 
     session, _ = get_or_create_session("local[4]", "nnlib-tests", "ERROR")
     yield session

@@ -79,7 +79,7 @@ def test_cnn_on_digits_learns_and_numpy_and_torch_runs_agree():
 
 @pytest.mark.slow
 def test_cnn_on_digits_with_4_mappers_on_spark_reaches_095(spark):
-    from nnlib.engines.spark import SparkStageEngine
+    from nnlib.engines.spark.engine import SparkStageEngine
 
     config = load_config(None, ["model.type=cnn", "engine=spark"])  # the defaults: 4 mappers, 5 rounds
     result = run(config, engine=SparkStageEngine("local[4]"), **QUIET)

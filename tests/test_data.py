@@ -294,7 +294,7 @@ def test_a_corrupted_file_in_a_parquet_dataset_is_one_line_naming_it(tmp_path):
 
 def test_split_search_refuses_a_parquet_source(tmp_path):
     from nnlib.errors import ConfigError
-    from nnlib.search import prepare_search
+    from nnlib.experiments.search import prepare_search
 
     x, y = _xy()
     config = load_config(None, [f"data.source={_parquet_parts(tmp_path / 'ds', x, y, [10])}"])

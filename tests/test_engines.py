@@ -9,8 +9,8 @@ from nnlib.core.params import init_params
 from nnlib.core.train import LocalSchedule, batch_indices
 from nnlib.data.dataset import load_dataset
 from nnlib.driver import run
-from nnlib.tasks import model_spec, shard_rng
-from nnlib.threads import one_blas_thread
+from nnlib.rounds.tasks import model_spec, shard_rng
+from nnlib.util.threads import one_blas_thread
 
 QUIET = dict(log=lambda _msg: None)
 
@@ -48,7 +48,7 @@ def test_training_learns_digits():
 
 
 def spark_engine(mode: str, **kwargs):
-    from nnlib.engines.spark import SparkJobsEngine, SparkStageEngine
+    from nnlib.engines.spark.engine import SparkJobsEngine, SparkStageEngine
 
     return SparkStageEngine("local[4]", **kwargs) if mode == "stage" else SparkJobsEngine("local[4]", **kwargs)
 

@@ -8,9 +8,9 @@ import pytest
 from conftest import small_config
 
 from nnlib.data.dataset import ShardSource, load_dataset
-from nnlib.engines.exchange import Hub, serve_mapper
+from nnlib.engines.spark.exchange import Hub, serve_mapper
 from nnlib.errors import DataError
-from nnlib.tasks import first_payload, train_shard
+from nnlib.rounds.tasks import first_payload, train_shard
 
 
 def start_mappers(hub, source, mappers, token=None):

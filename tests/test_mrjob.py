@@ -12,8 +12,8 @@ from conftest import small_config
 
 from nnlib.cli import main
 from nnlib.driver import run
-from nnlib.engines.mrjob_engine import MrjobEngine
-from nnlib.wire import decode_array
+from nnlib.engines.mrjob.engine import MrjobEngine
+from nnlib.engines.mrjob.wire import decode_array
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = dict(log=lambda _msg: None)

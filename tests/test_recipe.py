@@ -9,7 +9,7 @@ from conftest import small_config
 from nnlib.data.dataset import load_dataset
 from nnlib.driver import EarlyStopping, run
 from nnlib.errors import ConfigError
-from nnlib.schedule import Schedule, round_lr_factor
+from nnlib.rounds.schedule import Schedule, round_lr_factor
 
 QUIET = dict(log=lambda _msg: None)
 

@@ -41,7 +41,7 @@ def digits_parquet(tmp_path_factory):
 
 
 def _reader(spark):
-    from nnlib.engines.spark_data import SparkReader
+    from nnlib.engines.spark.reader import SparkReader
 
     return SparkReader(lambda: spark)
 
@@ -66,7 +66,7 @@ def test_a_parquet_dataset_on_spark_trains_the_local_engines_weights(spark, digi
 
 
 def test_spark_gives_every_row_the_shard_and_role_the_local_reader_gives(spark, digits_parquet):
-    from nnlib.engines.spark_data import shard_from_records
+    from nnlib.engines.spark.reader import shard_from_records
 
     cfg = small_config(f"data.source={digits_parquet}", "data.validation_fraction=0.1").data
     local = load_dataset(cfg, seed=4, mappers=3)
@@ -83,7 +83,7 @@ def test_spark_gives_every_row_the_shard_and_role_the_local_reader_gives(spark, 
 
 
 def test_a_held_out_set_past_the_limit_stays_with_the_spark_mappers(spark, digits_parquet):
-    from nnlib.engines.spark_data import SparkReader
+    from nnlib.engines.spark.reader import SparkReader
 
     cfg = small_config(f"data.source={digits_parquet}", "data.validation_fraction=0.1").data
     collected = load_dataset(cfg, seed=4, mappers=3, reader=_reader(spark))  # 0.1 MB: under the default 64
@@ -174,7 +174,7 @@ def test_a_parquet_dataset_under_mpiexec_trains_the_local_engines_weights(digits
 @pytest.mark.parametrize("runner", ["inline", "local"])
 def test_a_parquet_dataset_under_mrjob_is_cut_into_shards_once_and_trains_the_local_engines_weights(
         digits_parquet, runner, tmp_path):
-    from nnlib.engines.mrjob_engine import MrjobEngine
+    from nnlib.engines.mrjob.engine import MrjobEngine
 
     source = tmp_path / "ds"
     source.mkdir()
@@ -209,7 +209,7 @@ def test_a_parquet_dataset_under_mrjob_is_cut_into_shards_once_and_trains_the_lo
 
 
 def test_mrjob_on_hadoop_needs_a_scratch_uri_for_a_parquet_source(digits_parquet):
-    from nnlib.engines.mrjob_engine import MrjobEngine
+    from nnlib.engines.mrjob.engine import MrjobEngine
     from nnlib.errors import EngineError
 
     config = small_config("mappers=2", f"data.source={digits_parquet}", "engine=mrjob")

@@ -49,7 +49,7 @@ def test_cluster_run_equals_local_engine_and_survives_a_killed_worker(cluster, t
 
     local = run(load_config(ROOT / "conf/default.yaml", [*WORK, "engine=local"]),
                 log=lambda _m: None, warn=lambda _m: None)
-    # one BLAS thread per mapper everywhere (nnlib.threads), so the cluster's weights are the local ones, bit for bit
+    # one BLAS thread per mapper everywhere (nnlib.util.threads), so the cluster's weights are the local ones, bit for bit
     np.testing.assert_array_equal(saved_params(tmp_path / "clean"), local.params)
 
     faulty = submit(cluster, tmp_path / "faulty")

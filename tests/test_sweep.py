@@ -6,7 +6,7 @@ import pytest
 
 from nnlib.cli import main
 from nnlib.outputs import read_csv_rows
-from nnlib.sweep import plan_sweep
+from nnlib.experiments.sweep import plan_sweep
 
 TINY = "set: {train.rounds: 2, model.hidden: [8], mappers: 2}\n"
 

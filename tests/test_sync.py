@@ -12,8 +12,8 @@ from nnlib.core.train import LocalSchedule, batch_indices
 from nnlib.data.dataset import Shard, ShardSource, load_dataset
 from nnlib.driver import run
 from nnlib.engines.local import InProcessCollective, LocalEngine
-from nnlib.schedule import Schedule, sync_learning_rates
-from nnlib.tasks import RoundReducer, first_payload, shard_rng, sync_shards
+from nnlib.rounds.schedule import Schedule, sync_learning_rates
+from nnlib.rounds.tasks import RoundReducer, first_payload, shard_rng, sync_shards
 
 QUIET = dict(log=lambda _m: None, warn=lambda _m: None)
 

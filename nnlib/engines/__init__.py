@@ -15,7 +15,7 @@ def make_engine(config: Config, warn=None):
 
         return LocalEngine()
     if config.engine == "spark":
-        from nnlib.engines.spark import SparkJobsEngine, SparkStageEngine
+        from nnlib.engines.spark.engine import SparkJobsEngine, SparkStageEngine
 
         s = config.spark
         session = dict(master=s.master, app_name=s.app_name, log_level=s.log_level, min_slots=config.mappers,
@@ -25,9 +25,9 @@ def make_engine(config: Config, warn=None):
         return SparkStageEngine(port=s.port, mapper_timeout=s.mapper_timeout, stage_attempts=s.stage_attempts,
                                 warn=warn, **session)
     if config.engine == "mrjob":
-        from nnlib.engines.mrjob_engine import MrjobEngine
+        from nnlib.engines.mrjob.engine import MrjobEngine
 
         return MrjobEngine(config, config.mrjob.runner, config.mrjob.args)
-    from nnlib.engines.mpi import MpiEngine
+    from nnlib.engines.mpi.engine import MpiEngine
 
     return MpiEngine(collective=config.mpi.collective)

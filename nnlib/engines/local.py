@@ -10,8 +10,8 @@ import numpy as np
 
 from nnlib.core.combine import combine
 from nnlib.engines.base import ReduceOnDriver
-from nnlib.tasks import Combined, MapperResult, MapperStats, RoundPayload, sync_shards, train_shard
-from nnlib.timing import timed
+from nnlib.rounds.tasks import Combined, MapperResult, MapperStats, RoundPayload, sync_shards, train_shard
+from nnlib.util.timing import timed
 
 
 class InProcessCollective:

@@ -28,9 +28,9 @@ from mrjob.step import MRStep
 
 from nnlib.config import load_config
 from nnlib.data.dataset import ShardSource, load_dataset
-from nnlib.engines.mr_partition import read_shard
-from nnlib.tasks import RoundReducer, first_payload, train_shard
-from nnlib.wire import decode_result, encode_array, encode_result, encode_stats, payload_from_file
+from nnlib.engines.mrjob.partition import read_shard
+from nnlib.rounds.tasks import RoundReducer, first_payload, train_shard
+from nnlib.engines.mrjob.wire import decode_result, encode_array, encode_result, encode_stats, payload_from_file
 
 
 class MRModelAvg(MRJob):

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnlib.errors import NnlibError
-from nnlib.machine import describe
+from nnlib.util.machine import describe
 from nnlib.outputs import atomic_write_bytes, read_csv_rows
-from nnlib.plots import mean_std, plot_run, plot_sweep, sweep_varied_keys
+from nnlib.experiments.plots import mean_std, plot_run, plot_sweep, sweep_varied_keys
 
 
 @dataclass(frozen=True)

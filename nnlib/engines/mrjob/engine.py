@@ -1,9 +1,9 @@
-"""The mrjob engine: one Hadoop streaming job per round (:mod:`nnlib.engines.mr_model_avg`).
+"""The mrjob engine: one Hadoop streaming job per round (:mod:`nnlib.engines.mrjob.model_avg`).
 
 Input is one gzipped file per shard holding that shard's index: gzipped files
 are never split, so every runner (inline, local, hadoop, emr) starts exactly
 one map task per shard. A Parquet source is first cut into its shards by one
-map-only job (:mod:`nnlib.engines.mr_partition`, one map task per source
+map-only job (:mod:`nnlib.engines.mrjob.partition`, one map task per source
 file) that writes them under ``mrjob.scratch``; each round's map task reads
 only its shard's folder there. The round's payload (the weights) is written to an
 ``.npz`` file and uploaded to every task with mrjob's file upload; the
@@ -26,10 +26,10 @@ import yaml
 
 from nnlib.engines.base import SingleDriver
 from nnlib.errors import EngineError, error_from_text
-from nnlib.ship import zip_package
-from nnlib.tasks import Combined
-from nnlib.timing import timed
-from nnlib.wire import decode_array, decode_stats, payload_to_bytes
+from nnlib.util.ship import zip_package
+from nnlib.rounds.tasks import Combined
+from nnlib.util.timing import timed
+from nnlib.engines.mrjob.wire import decode_array, decode_stats, payload_to_bytes
 
 
 
@@ -56,13 +56,13 @@ def import_mrjob():
 
 
 def load_job_class(name: str = "MRModelAvg"):
-    """An MRJob class of nnlib's (:mod:`nnlib.engines.mr_model_avg`, :mod:`nnlib.engines.mr_partition`),
+    """An MRJob class of nnlib's (:mod:`nnlib.engines.mrjob.model_avg`, :mod:`nnlib.engines.mrjob.partition`),
     imported quietly."""
     import_mrjob()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        from nnlib.engines.mr_model_avg import MRModelAvg
-        from nnlib.engines.mr_partition import MRPartition
+        from nnlib.engines.mrjob.model_avg import MRModelAvg
+        from nnlib.engines.mrjob.partition import MRPartition
     return {"MRModelAvg": MRModelAvg, "MRPartition": MRPartition}[name]
 
 
@@ -101,7 +101,7 @@ class MrjobEngine(SingleDriver):
     def _partition(self, rows) -> list[str]:
         """Cut a Parquet source into its shards under the scratch space, once (one job); return the round
         jobs' arguments that point their map tasks at them."""
-        from nnlib.engines.mr_partition import filesystem
+        from nnlib.engines.mrjob.partition import filesystem
 
         scratch = self.config.mrjob.scratch
         if scratch is None and self.runner in ("hadoop", "emr"):

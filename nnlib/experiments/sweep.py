@@ -18,7 +18,7 @@ process of its own, writing its run directory under the sweep's folder;
 ``results.csv`` gets a row per run as it finishes (a failed run gets its
 one-line error and the sweep goes on). Running the sweep again skips the
 runs that finished and redoes the others. When the runs are done the
-figures of :mod:`nnlib.plots` are drawn into ``plots/``; ``sweep.yaml`` and
+figures of :mod:`nnlib.experiments.plots` are drawn into ``plots/``; ``sweep.yaml`` and
 ``sweep.json`` keep the sweep file as run and the command that reruns it.
 """
 
@@ -168,7 +168,7 @@ def run_sweep(path: str | Path, out: str | Path | None = None, extra: list[str] 
             atomic_write_bytes(out / "results.csv", csv_bytes(columns, [{c: r.get(c, "") for c in columns}
                                                                         for r in rows]))
             bar.update(1)
-    from nnlib.plots import plot_sweep
+    from nnlib.experiments.plots import plot_sweep
 
     return SweepResult(out / "results.csv", rows, skipped, plot_sweep(out))
 

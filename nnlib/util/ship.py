@@ -1,6 +1,6 @@
 """Ship nnlib to a cluster's workers as one zip (Spark's and mrjob's ``--py-files``).
 
-    python -m nnlib.ship build/nnlib.zip
+    python -m nnlib.util.ship build/nnlib.zip
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+import nnlib
+
+PACKAGE_DIR = Path(nnlib.__file__).resolve().parent  # the package's root, not this module's folder
 
 
 def zip_package(dest: str | Path) -> Path:

@@ -3,7 +3,7 @@
 ``stage`` (the default): one barrier stage holds the ``mappers`` tasks for
 the whole run. Each task builds its shard once, inside the executor, keeps
 it, and serves rounds over one authenticated TCP connection to the driver
-(:mod:`nnlib.engines.exchange`): every round the driver sends the weights and
+(:mod:`nnlib.engines.spark.exchange`): every round the driver sends the weights and
 receives each mapper's result; synchronous rounds exchange one gradient per
 step the same way. Spark's barrier calls are never used per round. A barrier
 stage needs a free task slot per mapper: in local mode the session gets as
@@ -14,7 +14,7 @@ the last finished one, which gives the same weights, since every mapper's
 randomness is seeded by (seed, round, shard).
 
 ``jobs``: the shards are cached as one partition each; every round
-broadcasts the payload, maps :func:`nnlib.tasks.train_shard` over the
+broadcasts the payload, maps :func:`nnlib.rounds.tasks.train_shard` over the
 partitions in a new Spark job and collects the results (about 0.1 s of
 scheduling per round, plus reading the cached shards).
 """
@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 
 from nnlib.engines.base import ReduceOnDriver
-from nnlib.engines.exchange import Hub, MapperLost, serve_mapper
-from nnlib.engines.spark_data import SparkReader, shard_from_records
+from nnlib.engines.spark.exchange import Hub, MapperLost, serve_mapper
+from nnlib.engines.spark.reader import SparkReader, shard_from_records
 from nnlib.errors import EngineError, error_from_text, first_line
-from nnlib.tasks import score_held_out, train_shard
-from nnlib.timing import timed
+from nnlib.rounds.tasks import score_held_out, train_shard
+from nnlib.util.timing import timed
 
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
 SLOT_WAIT_SECONDS = 60  # how long a stage waits for enough executors to register

@@ -51,10 +51,10 @@ from nnlib.core.split import (Split, count_any_splits, count_equal_splits, cross
 from nnlib.core.train import LocalSchedule, local_sgd
 from nnlib.data.dataset import load_dataset
 from nnlib.errors import ConfigError
-from nnlib.machine import describe
+from nnlib.util.machine import describe
 from nnlib.outputs import atomic_write_bytes, csv_bytes
-from nnlib.tasks import make_optimizer, model_spec
-from nnlib.threads import one_blas_thread
+from nnlib.rounds.tasks import make_optimizer, model_spec
+from nnlib.util.threads import one_blas_thread
 
 COLUMNS = ["id", "groups", "test_accuracy", "test_loss", "seconds", "cross_coupling", "weight_balance"]
 
@@ -194,7 +194,7 @@ def _run_tasks(config, shared: SearchData, splits: list[Split], bar) -> list[dic
             rows.append(evaluate_combination(shared, cid, split))
             bar.update(1)
         return rows
-    from nnlib.engines.spark import get_or_create_session
+    from nnlib.engines.spark.engine import get_or_create_session
 
     session, created = get_or_create_session(config.spark.master, config.spark.app_name, config.spark.log_level)
     sc = session.sparkContext
@@ -260,7 +260,7 @@ def split_search(config, out: str | Path, quiet: bool = False, log=print, comman
                   "best": best, "worst": worst, "config": config.to_dict(), "machine": describe(),
                   "command": command})
     atomic_write_bytes(out / "search.json", (json.dumps(facts, indent=2) + "\n").encode())
-    from nnlib.plots import plot_search
+    from nnlib.experiments.plots import plot_search
 
     return SearchResult(out, rows, facts, plot_search(out, rows, facts))
 

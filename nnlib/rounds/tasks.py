@@ -31,8 +31,8 @@ from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, run_steps
 from nnlib.data.dataset import Dataset, Shard
 from nnlib.data.rows import TEST, VAL
 from nnlib.errors import ConfigError, DivergenceError
-from nnlib.schedule import RoundPlan, Schedule
-from nnlib.threads import one_blas_thread
+from nnlib.rounds.schedule import RoundPlan, Schedule
+from nnlib.util.threads import one_blas_thread
 
 
 @dataclass(frozen=True)

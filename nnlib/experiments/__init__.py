@@ -1,0 +1,1 @@
+"""Experiment tools over runs: sweeps, the split search, plots, reports and tracking."""

@@ -1,0 +1,1 @@
+"""Small helpers with no nnlib dependencies: timing, BLAS threads, the machine's description, shipping the package."""
