@@ -30,8 +30,9 @@ from nnlib.util.machine import describe
 from nnlib.outputs import RunDir
 from nnlib.rounds.schedule import Schedule, has_sync_rounds
 from nnlib.rounds.subnets import split_round_payload
-from nnlib.rounds.tasks import (Combined, MapperStats, RoundPayload, RoundReducer, evaluate_rows, first_payload,
-                         peak_rss_mb, total_scores)
+from nnlib.rounds.mapper import evaluate_rows, peak_rss_mb, total_scores
+from nnlib.rounds.payload import Combined, MapperStats, RoundPayload, first_payload
+from nnlib.rounds.reduce import RoundReducer
 from nnlib.util.timing import timed
 
 

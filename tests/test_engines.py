@@ -9,7 +9,8 @@ from nnlib.core.params import init_params
 from nnlib.core.train import LocalSchedule, batch_indices
 from nnlib.data.dataset import load_dataset
 from nnlib.driver import run
-from nnlib.rounds.tasks import model_spec, shard_rng
+from nnlib.rounds.mapper import shard_rng
+from nnlib.rounds.payload import model_spec
 from nnlib.util.threads import one_blas_thread
 
 QUIET = dict(log=lambda _msg: None)

@@ -10,7 +10,8 @@ from conftest import small_config
 from nnlib.data.dataset import ShardSource, load_dataset
 from nnlib.engines.spark.exchange import Hub, serve_mapper
 from nnlib.errors import DataError
-from nnlib.rounds.tasks import first_payload, train_shard
+from nnlib.rounds.mapper import train_shard
+from nnlib.rounds.payload import first_payload
 
 
 def start_mappers(hub, source, mappers, token=None):

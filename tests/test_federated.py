@@ -13,7 +13,7 @@ from nnlib.data.partition import partition
 from nnlib.driver import run
 from nnlib.errors import DataError
 from nnlib.outputs import RunDir
-from nnlib.rounds.tasks import model_spec
+from nnlib.rounds.payload import model_spec
 
 QUIET = dict(log=lambda _msg: None)
 

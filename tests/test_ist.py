@@ -13,7 +13,7 @@ from nnlib.core.train import local_sgd
 from nnlib.data.dataset import ShardSource
 from nnlib.driver import prepare, run
 from nnlib.errors import ConfigError
-from nnlib.rounds.tasks import shard_rng, train_shard
+from nnlib.rounds.mapper import shard_rng, train_shard
 
 QUIET = dict(log=lambda _m: None, warn=lambda _m: None)
 

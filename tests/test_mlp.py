@@ -116,7 +116,7 @@ def test_the_slides_ann_loss_and_gradient_match_the_formula():
 
     from nnlib.config import load_config
     from nnlib.data.dataset import load_dataset
-    from nnlib.rounds.tasks import model_spec
+    from nnlib.rounds.payload import model_spec
 
     config = load_config(Path(__file__).parent.parent / "conf/slides_ann.yaml")
     data = load_dataset(config.data, config.seed)
@@ -148,7 +148,7 @@ def test_the_slides_ann_loss_and_gradient_match_the_formula():
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_a_large_set_scored_in_pieces_gives_the_whole_sets_loss_and_accuracy(monkeypatch, backend):
-    from nnlib.rounds import tasks
+    from nnlib.rounds import mapper as tasks
 
     spec = ModelSpec(LayerSpec((6, 5, 4)), "tanh", "cross_entropy")
     params = init_params(spec.layers, 0)

@@ -10,7 +10,7 @@ from nnlib.core.optim import SGD, Adam, from_json, to_json
 from nnlib.core.train import LocalSchedule, local_sgd
 from nnlib.data.dataset import ShardSource
 from nnlib.driver import prepare, run
-from nnlib.rounds.tasks import shard_rng
+from nnlib.rounds.mapper import shard_rng
 
 QUIET = dict(log=lambda _m: None, warn=lambda _m: None)
 

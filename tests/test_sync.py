@@ -13,7 +13,9 @@ from nnlib.data.dataset import Shard, ShardSource, load_dataset
 from nnlib.driver import run
 from nnlib.engines.local import InProcessCollective, LocalEngine
 from nnlib.rounds.schedule import Schedule, sync_learning_rates
-from nnlib.rounds.tasks import RoundReducer, first_payload, shard_rng, sync_shards
+from nnlib.rounds.mapper import shard_rng, sync_shards
+from nnlib.rounds.payload import first_payload
+from nnlib.rounds.reduce import RoundReducer
 
 QUIET = dict(log=lambda _m: None, warn=lambda _m: None)
 

@@ -7,9 +7,9 @@ decides only *where* the shards live and *how* a round's work runs on them:
   before the first round (each worker builds its own from the recipe; the
   training data never goes through the driver).
 - ``round(payload, reducer, timings) -> (Combined, list[MapperStats])``: a
-  local round. Every mapper runs :func:`nnlib.rounds.tasks.train_shard` on its shard
+  local round. Every mapper runs :func:`nnlib.rounds.mapper.train_shard` on its shard
   from ``payload``; the results are reduced with ``reducer`` (the driver's
-  :class:`nnlib.rounds.tasks.RoundReducer`, or the same rule as a collective); the
+  :class:`nnlib.rounds.reduce.RoundReducer`, or the same rule as a collective); the
   engine returns the next state and each mapper's stats in mapper order.
 - ``sync_round(payload, timings) -> (Combined, list[MapperStats])``: a
   synchronous round (gradients averaged every mini-batch). Engines that
@@ -18,7 +18,7 @@ decides only *where* the shards live and *how* a round's work runs on them:
 - ``score(backend, model, params) -> list[dict]``: only for engines whose
   reader may leave a Parquet source's test and validation rows with the
   mappers (Spark past ``spark.collect_held_out_mb``, MPI always): each mapper's
-  :func:`nnlib.rounds.tasks.score_held_out` of ``params`` on the rows it keeps; the
+  :func:`nnlib.rounds.mapper.score_held_out` of ``params`` on the rows it keeps; the
   driver adds them up.
 - ``stop()``: release what ``start`` acquired.
 - ``is_main``: True in the process that writes the run directory and prints.
@@ -47,7 +47,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from nnlib.data.dataset import ShardSource
-from nnlib.rounds.tasks import Combined, MapperResult, MapperStats, RoundPayload, RoundReducer
+from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
+from nnlib.rounds.reduce import RoundReducer
 from nnlib.util.timing import timed
 
 
@@ -78,7 +79,7 @@ class SingleDriver(Engine):
 class ReduceOnDriver(SingleDriver):
     """For engines whose driver collects every mapper's result and reduces it in its own process.
 
-    A subclass says how :func:`nnlib.rounds.tasks.train_shard` is mapped over the
+    A subclass says how :func:`nnlib.rounds.mapper.train_shard` is mapped over the
     shards (``map``, which records ``broadcast`` and ``wait``); the reduce is
     the same everywhere.
     """

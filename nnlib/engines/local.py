@@ -10,7 +10,8 @@ import numpy as np
 
 from nnlib.core.combine import combine
 from nnlib.engines.base import ReduceOnDriver
-from nnlib.rounds.tasks import Combined, MapperResult, MapperStats, RoundPayload, sync_shards, train_shard
+from nnlib.rounds.mapper import sync_shards, train_shard
+from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
 from nnlib.util.timing import timed
 
 

@@ -53,7 +53,7 @@ from nnlib.data.dataset import load_dataset
 from nnlib.errors import ConfigError
 from nnlib.util.machine import describe
 from nnlib.outputs import atomic_write_bytes, csv_bytes
-from nnlib.rounds.tasks import make_optimizer, model_spec
+from nnlib.rounds.payload import make_optimizer, model_spec
 from nnlib.util.threads import one_blas_thread
 
 COLUMNS = ["id", "groups", "test_accuracy", "test_loss", "seconds", "cross_coupling", "weight_balance"]

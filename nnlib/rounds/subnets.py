@@ -33,7 +33,7 @@ from dataclasses import replace
 import numpy as np
 
 from nnlib.core.split import Split, cross_coupling, independence_split, layer_couplings, random_split, whole
-from nnlib.rounds.tasks import RoundPayload, SubnetPlan
+from nnlib.rounds.payload import RoundPayload, SubnetPlan
 
 
 def n_groups(config) -> int:

@@ -16,7 +16,7 @@ per-block tallies).
   ``c_i * w_i`` to one Allreduce, accumulated in float64 like the local
   engine's combine;
 - ``allgather``: every rank receives every rank's float32 vector and reduces
-  them with the same :class:`nnlib.rounds.tasks.RoundReducer` as the local engine.
+  them with the same :class:`nnlib.rounds.reduce.RoundReducer` as the local engine.
 
 A round of sub-networks (``combine: ist``, the last round of ``split``; the
 sub-networks differ in size) always uses one Allreduce of full-length float64
@@ -39,18 +39,9 @@ from nnlib.data import tables
 from nnlib.data.rows import merge_in_order
 from nnlib.engines.base import Engine
 from nnlib.errors import EngineError
-from nnlib.rounds.tasks import (
-    Combined,
-    MapperResult,
-    MapperStats,
-    RoundPayload,
-    RoundReducer,
-    check_bad_mappers,
-    score_held_out,
-    sync_shards,
-    train_shard,
-    whole_network_rule,
-)
+from nnlib.rounds.mapper import score_held_out, sync_shards, train_shard
+from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
+from nnlib.rounds.reduce import RoundReducer, check_bad_mappers, whole_network_rule
 from nnlib.util.timing import timed
 
 _HOST_BYTES = 64

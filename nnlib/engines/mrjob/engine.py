@@ -27,7 +27,7 @@ import yaml
 from nnlib.engines.base import SingleDriver
 from nnlib.errors import EngineError, error_from_text
 from nnlib.util.ship import zip_package
-from nnlib.rounds.tasks import Combined
+from nnlib.rounds.payload import Combined
 from nnlib.util.timing import timed
 from nnlib.engines.mrjob.wire import decode_array, decode_stats, payload_to_bytes
 

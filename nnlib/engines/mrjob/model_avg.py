@@ -29,7 +29,9 @@ from mrjob.step import MRStep
 from nnlib.config import load_config
 from nnlib.data.dataset import ShardSource, load_dataset
 from nnlib.engines.mrjob.partition import read_shard
-from nnlib.rounds.tasks import RoundReducer, first_payload, train_shard
+from nnlib.rounds.mapper import train_shard
+from nnlib.rounds.payload import first_payload
+from nnlib.rounds.reduce import RoundReducer
 from nnlib.engines.mrjob.wire import decode_result, encode_array, encode_result, encode_stats, payload_from_file
 
 

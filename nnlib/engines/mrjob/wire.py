@@ -21,7 +21,7 @@ from nnlib.core.optim import from_json, to_json
 from nnlib.core.params import DTYPE, LayerSpec
 from nnlib.core.train import LocalSchedule
 from nnlib.rounds.schedule import RoundPlan
-from nnlib.rounds.tasks import MapperResult, MapperStats, RoundPayload, SubnetPlan
+from nnlib.rounds.payload import MapperResult, MapperStats, RoundPayload, SubnetPlan
 
 
 def encode_array(a: np.ndarray | None) -> str | None:

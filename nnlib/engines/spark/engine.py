@@ -14,7 +14,7 @@ the last finished one, which gives the same weights, since every mapper's
 randomness is seeded by (seed, round, shard).
 
 ``jobs``: the shards are cached as one partition each; every round
-broadcasts the payload, maps :func:`nnlib.rounds.tasks.train_shard` over the
+broadcasts the payload, maps :func:`nnlib.rounds.mapper.train_shard` over the
 partitions in a new Spark job and collects the results (about 0.1 s of
 scheduling per round, plus reading the cached shards).
 """
@@ -33,7 +33,7 @@ from nnlib.engines.base import ReduceOnDriver
 from nnlib.engines.spark.exchange import Hub, MapperLost, serve_mapper
 from nnlib.engines.spark.reader import SparkReader, shard_from_records
 from nnlib.errors import EngineError, error_from_text, first_line
-from nnlib.rounds.tasks import score_held_out, train_shard
+from nnlib.rounds.mapper import score_held_out, train_shard
 from nnlib.util.timing import timed
 
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")

@@ -10,7 +10,7 @@ Messages are length-prefixed pickles, read only from connections that have
 shown the token (the first message is a fixed-size hello of raw bytes, never
 unpickled). Driver to mapper:
 
-- ``("round", payload)``: run :func:`nnlib.rounds.tasks.train_shard`; the mapper
+- ``("round", payload)``: run :func:`nnlib.rounds.mapper.train_shard`; the mapper
   answers ``("result", MapperResult)``. In a round of sub-networks (``ist``,
   ``split``) each mapper's payload holds only its own sub-network;
 - ``("sync", payload)``: a synchronous round; every step the mapper sends
@@ -46,8 +46,8 @@ import numpy as np
 from nnlib import errors
 from nnlib.core.combine import combine
 from nnlib.errors import DivergenceError, EngineError
-from nnlib.rounds.tasks import (Combined, MapperResult, MapperStats, RoundPayload, score_held_out, sync_shards,
-                         train_shard)
+from nnlib.rounds.mapper import score_held_out, sync_shards, train_shard
+from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
 
 _LENGTH = struct.Struct("!Q")
 _HELLO = struct.Struct("!4s32sI")  # magic, token, mapper index

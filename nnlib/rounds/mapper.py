@@ -1,0 +1,156 @@
+"""What a mapper runs: :func:`train_shard` in a local round, :func:`sync_shards` in a synchronous one.
+
+:func:`train_shard` is what every engine runs on every shard in a local
+round: it takes the shard and the round's :class:`RoundPayload` (the weights
+sent by the driver) and returns a :class:`MapperResult`. :func:`sync_shards`
+runs a synchronous round over the shards one process holds, averaging
+gradients through a :class:`Collective`. Randomness is seeded by
+``(seed, round, shard)`` alone, so a task that is retried, on any host,
+returns bit-identical weights. The held-out scoring a mapper may do
+(:func:`score_held_out`) lives here too.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import time
+from typing import Protocol
+
+import numpy as np
+
+from nnlib.core.backends import get_backend
+from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, run_steps
+from nnlib.data.dataset import Shard
+from nnlib.data.rows import TEST, VAL
+from nnlib.errors import DivergenceError
+from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
+from nnlib.util.threads import one_blas_thread
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def shard_rng(seed: int, round_index: int, shard_index: int) -> np.random.Generator:
+    """The only source of randomness in a mapper's round."""
+    return np.random.default_rng([seed, round_index, shard_index])
+
+
+def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
+    """Train the payload's weights (or, with ``combine: ist``, the shard's sub-network) for one local round."""
+    start = time.perf_counter()
+    params, opt_state, model = payload.for_mapper(shard.index)
+    backend = get_backend(payload.backend, model)
+    plan = payload.plan
+    lo, hi = (round(f * shard.n_samples) for f in payload.part)
+    with one_blas_thread():
+        update = local_sgd(backend, params, opt_state, payload.optimizer, shard.x[lo:hi], shard.y[lo:hi],
+                           plan.local, plan.lr, shard_rng(payload.seed, plan.index, shard.index), payload.proximal_mu)
+    sent = update.params.nbytes + (0 if update.opt_state is None else update.opt_state.nbytes)
+    stats = MapperStats(shard.index, update.n_samples, update.steps, update.train_loss, socket.gethostname(),
+                        os.getpid(), time.perf_counter() - start, 0.0, peak_rss_mb(), sent)
+    return MapperResult(stats, update.params, update.opt_state)
+
+
+EVAL_ROWS = 65536  # rows scored at a time: a forward pass's activations stay small however large the set
+
+
+def score_sums(scorer, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, int, int]:
+    """``(loss sum, correct count, rows)`` of ``params`` on ``(x, y)``, ``EVAL_ROWS`` rows at a time."""
+    loss_sum, correct = 0.0, 0
+    for lo in range(0, len(y), EVAL_ROWS):
+        n = len(y[lo:lo + EVAL_ROWS])
+        loss, accuracy = scorer.evaluate(params, x[lo:lo + EVAL_ROWS], y[lo:lo + EVAL_ROWS])
+        loss_sum, correct = loss_sum + float(loss) * n, correct + int(round(accuracy * n))
+    return loss_sum, correct, len(y)
+
+
+def evaluate_rows(scorer, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """``(mean loss, accuracy)`` of ``params`` on ``(x, y)``, scored in pieces when the set is large."""
+    if len(y) <= EVAL_ROWS:
+        return scorer.evaluate(params, x, y)
+    loss_sum, correct, n = score_sums(scorer, params, x, y)
+    return loss_sum / n, correct / n
+
+
+def score_held_out(shard: Shard, backend: str, model, params: np.ndarray) -> dict[int, tuple[float, int, int]]:
+    """``role -> (loss sum, correct count, rows)`` of ``params`` on each held-out part the shard keeps."""
+    scorer = get_backend(backend, model)
+    with one_blas_thread():
+        return {role: score_sums(scorer, params, x, y) for role, (x, y) in shard.held_out.items()}
+
+
+def total_scores(parts: list[dict[int, tuple[float, int, int]]]) -> dict[str, float]:
+    """The mappers' held-out parts summed: mean loss and accuracy over every row of each set."""
+    scores = {}
+    for role, name in ((TEST, "test"), (VAL, "val")):
+        sums = [part[role] for part in parts if role in part]
+        if sums:
+            n = sum(s[2] for s in sums)
+            scores[f"{name}_loss"] = sum(s[0] for s in sums) / n
+            scores[f"{name}_accuracy"] = sum(s[1] for s in sums) / n
+    return scores
+
+
+class Collective(Protocol):
+    """How a synchronous round averages across mappers: in one process, or over MPI."""
+
+    def mean(self, local: list[np.ndarray]) -> np.ndarray:
+        """Mean over *all* mappers of the vectors; ``local`` holds this process's mappers' vectors."""
+
+    def mappers_flagged(self, local_flags: dict[int, bool]) -> list[int]:
+        """The mappers, across all processes, whose flag is set."""
+
+
+def sync_shards(shards: list[Shard], payload: RoundPayload,
+                collective: Collective) -> tuple[Combined, list[MapperStats]]:
+    """One synchronous round over ``shards`` (this process's mappers).
+
+    Every step each mapper computes the gradient of its own mini-batch, the
+    collective averages the gradients over all mappers, and the optimizer
+    takes the same step everywhere, so all hold the same weights throughout.
+    """
+    backend = get_backend(payload.backend, payload.model)
+    lrs = payload.plan.sync_lrs
+    schedule = LocalSchedule(payload.plan.local.batch_size, local_steps=len(lrs))
+    batches = [batch_indices(s.n_samples, schedule, shard_rng(payload.seed, payload.round_index, s.index))
+               for s in shards]
+    params = payload.params.copy()
+    opt_state = None if payload.opt_state is None else payload.opt_state.copy()
+    compute = [0.0] * len(shards)
+    loss_sums = [0.0] * len(shards)
+    comm = 0.0
+
+    def mean_gradient(w, step):
+        nonlocal comm
+        grads = []
+        for i, shard in enumerate(shards):
+            start = time.perf_counter()
+            idx = batches[i][step]
+            loss, grad = backend.loss_and_grad(w, shard.x[idx], shard.y[idx])
+            grads.append(grad)
+            loss_sums[i] += loss * len(idx)
+            compute[i] += time.perf_counter() - start
+        start = time.perf_counter()
+        mean = collective.mean(grads)
+        if not np.isfinite(mean).all():
+            bad = collective.mappers_flagged({s.index: not np.isfinite(g).all() for s, g in zip(shards, grads)})
+            raise DivergenceError(f"round {payload.round_index}, step {step}: mapper(s) {bad or 'unknown'} "
+                                  "computed gradients containing NaN or inf (training diverged; "
+                                  "try a smaller train.lr; synchronous rounds cannot skip a mapper)")
+        comm += time.perf_counter() - start
+        return mean
+
+    loop_start = time.perf_counter()
+    with np.errstate(all="ignore"), one_blas_thread():
+        run_steps(params, opt_state, payload.optimizer, lrs, mean_gradient)
+    # the updates' time, shared out: the loop's time less gradients and collectives
+    update = (time.perf_counter() - loop_start - sum(compute) - comm) / len(shards)
+    host, pid = socket.gethostname(), os.getpid()
+    stats = [MapperStats(s.index, s.n_samples, len(lrs), loss_sums[i] / sum(len(b) for b in batches[i]), host,
+                         pid, compute[i] + update, comm / len(shards), peak_rss_mb())
+             for i, s in enumerate(shards)]
+    return Combined(params, opt_state), stats
