@@ -1,14 +1,17 @@
 """The driver-mapper exchange of the long-lived stage, with mappers in threads (no Spark)."""
 
+import os
+import pickle
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
 from conftest import small_config
 
 from nnlib.data.dataset import ShardSource, load_dataset
-from nnlib.engines.spark.exchange import Hub, serve_mapper
+from nnlib.engines.spark.exchange import Hub, recv, send, serve_mapper
 from nnlib.errors import DataError
 from nnlib.rounds.mapper import train_shard
 from nnlib.rounds.payload import first_payload
@@ -40,12 +43,20 @@ def test_a_round_through_the_hub_equals_training_in_process():
         hub.connect(alive)
         payload = first_payload(config, load_dataset(config.data, config.seed))
         timings = {}
+        start = time.perf_counter()
         results = hub.local_round(payload, alive, timings)
+        wall = time.perf_counter() - start
         expected = [train_shard(shard, payload) for shard in source.build([0, 1])]
+        assert [r.stats.mapper for r in results] == [0, 1]
         for got, want in zip(results, expected):
             np.testing.assert_array_equal(got.params, want.params)
-            assert got.stats.mapper == want.stats.mapper
-        assert timings["wait"] > 0 and timings["broadcast"] >= 0
+            assert (got.stats.n_samples, got.stats.steps) == (want.stats.n_samples, want.stats.steps)
+        # the mappers are threads of this process
+        assert hub.executors == [(socket.gethostname(), os.getpid())] * 2
+        # the two phases hold every mapper's training (a mapper may start while the next is still being
+        # sent to) and fit inside the call
+        assert set(timings) == {"broadcast", "wait"}
+        assert max(r.stats.train_seconds for r in results) <= timings["broadcast"] + timings["wait"] <= wall
     finally:
         hub.close()
     for t in threads:
@@ -62,7 +73,7 @@ def test_a_connection_without_the_token_is_closed_unread():
     try:
         hub.connect(alive)
         assert intruder.recv(1) == b""  # closed by the hub
-        assert hub.conns[0] is not None and hub.executors[0][1] > 0
+        assert hub.conns[0] is not None and hub.executors == [(socket.gethostname(), os.getpid())]
     finally:
         hub.close()
         intruder.close()
@@ -78,3 +89,55 @@ def test_a_mapper_that_cannot_build_its_shard_is_named(tmp_path):
             hub.connect(alive)
     finally:
         hub.close()
+
+
+def hand_made_mappers(hub, n):
+    """``n`` raw connections that say hello with the token and report ready, as a mapper does."""
+    from nnlib.engines.spark.exchange import _HELLO, _MAGIC
+
+    conns = []
+    for m in range(n):
+        conn = socket.create_connection(hub.address)
+        conn.sendall(_HELLO.pack(_MAGIC, hub.token.encode(), m))
+        send(conn, ("ready", f"host-{m}", 1000 + m))
+        conns.append(conn)
+    hub.connect(alive)
+    return conns
+
+
+def test_a_broadcast_sends_every_mapper_the_same_frame_and_gather_answers_in_mapper_order():
+    hub = Hub(3, "127.0.0.1", 0, timeout=30)
+    conns = hand_made_mappers(hub, 3)
+    try:
+        assert hub.executors == [("host-0", 1000), ("host-1", 1001), ("host-2", 1002)]
+        message = ("round", np.arange(5, dtype=np.float32))
+        hub.broadcast(message)
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        frame = len(data).to_bytes(8, "big") + data  # an 8-byte big-endian length, then the pickle
+        for conn in conns:
+            got = b""
+            while len(got) < len(frame):
+                got += conn.recv(len(frame) - len(got))
+            assert got == frame
+
+        for m in (2, 0, 1):  # the answers arrive out of order
+            send(conns[m], ("result", f"from mapper {m}"))
+        assert hub.gather("result", alive, "in round 0") == [("from mapper 0",), ("from mapper 1",),
+                                                             ("from mapper 2",)]
+    finally:
+        hub.close()
+    for conn in conns:
+        assert recv(conn) == ("stop",)  # close() tells every mapper to stop
+        conn.close()
+
+
+def test_send_each_gives_each_mapper_its_own_message():
+    hub = Hub(2, "127.0.0.1", 0, timeout=30)
+    conns = hand_made_mappers(hub, 2)
+    try:
+        hub.send_each(lambda m: ("round", m * 10))
+        assert [recv(conn) for conn in conns] == [("round", 0), ("round", 10)]
+    finally:
+        hub.close()
+        for conn in conns:
+            conn.close()
