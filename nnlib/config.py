@@ -19,7 +19,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nnlib.errors import ConfigError
-from nnlib.rounds.schedule import has_sync_rounds
 
 
 class _Loader(yaml.SafeLoader):
@@ -239,7 +238,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _sync_needs_a_synchronous_engine(self):
-        if not has_sync_rounds(self.combine, self.train.sync_rounds):
+        if not self.has_sync_rounds:
             return self
         what = "combine=gradient" if self.combine == "gradient" else f"train.sync_rounds={self.train.sync_rounds}"
         if self.engine not in SYNC_ENGINES:
@@ -248,6 +247,11 @@ class Config(_Section):
         if self.engine == "spark" and self.spark.mode == "jobs":
             raise ValueError(f"{what} syncs every mini-batch and needs spark.mode=stage, got spark.mode=jobs")
         return self
+
+    @property
+    def has_sync_rounds(self) -> bool:
+        """Does the run have any synchronous round (``combine: gradient``, or ``train.sync_rounds > 0``)?"""
+        return self.combine == "gradient" or self.train.sync_rounds > 0
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="python")

@@ -10,6 +10,7 @@ where the work runs is the engine's (:mod:`nnlib.engines.base`).
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import sys
 import time
@@ -20,7 +21,6 @@ import numpy as np
 
 from nnlib.config import Config
 from nnlib.core.backends import get_backend
-from nnlib.core.optim import ServerSGD
 from nnlib.core.params import to_named
 from nnlib.data.dataset import Dataset, ShardSource, load_dataset
 from nnlib.engines import make_engine
@@ -28,11 +28,11 @@ from nnlib.engines.base import Engine
 from nnlib.errors import ConfigError, DivergenceError
 from nnlib.util.machine import describe
 from nnlib.outputs import RunDir
-from nnlib.rounds.schedule import Schedule, has_sync_rounds
-from nnlib.rounds.subnets import split_round_payload
+from nnlib.rounds.schedule import Schedule
+from nnlib.rounds.subnets import split_subnets
 from nnlib.rounds.mapper import evaluate_rows, peak_rss_mb, total_scores
-from nnlib.rounds.payload import Combined, MapperStats, RoundPayload, first_payload
-from nnlib.rounds.reduce import RoundReducer
+from nnlib.rounds.payload import Combined, MapperStats, RoundPayload, first_payload, ist_subnets
+from nnlib.rounds.reduce import RoundReducer, Server, make_server
 from nnlib.util.timing import timed
 
 
@@ -65,7 +65,7 @@ def check_against_data(config: Config, data: Dataset, sizes: list[int], warn=war
     if config.combine == "sum" and config.mappers > 1 and config.train.rounds > 1:
         warn(f"combine=sum over {config.train.rounds} rounds scales the weights by about {config.mappers} "
              "each round; combine=sum_updates sums the changes instead")
-    sync = has_sync_rounds(config.combine, config.train.sync_rounds)
+    sync = config.has_sync_rounds
     global_batch = config.mappers * config.train.batch_size
     if sync and global_batch > n_train:
         warn(f"the global batch (mappers x train.batch_size = {global_batch}) is larger than the training "
@@ -108,9 +108,7 @@ def round_row(r: int, stats: list[MapperStats], times: dict, seconds: float, sco
 
 def mapper_rows(r: int, stats: list[MapperStats]) -> list[dict]:
     """The rows of mapper_times.csv for round ``r``."""
-    return [{"round": r, "mapper": s.mapper, "host": s.host, "pid": s.pid, "n_samples": s.n_samples,
-             "steps": s.steps, "train_loss": s.train_loss, "train_seconds": s.train_seconds,
-             "comm_seconds": s.comm_seconds, "peak_rss_mb": s.peak_rss_mb} for s in stats]
+    return [{"round": r, **dataclasses.asdict(s)} for s in stats]
 
 
 def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: RunResult,
@@ -142,28 +140,6 @@ def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: R
                               f"server.momentum={config.server.momentum}")
         server.state[:] = ckpt.server_state
     return ckpt.rounds_done, replace(start, params=ckpt.params, opt_state=ckpt.opt_state)
-
-
-@dataclass
-class Server:
-    """The server optimizer (``server.lr``, ``server.momentum``) and its state, kept by the driver."""
-
-    rule: ServerSGD
-    state: np.ndarray | None
-
-    def __call__(self, payload: RoundPayload, combined: Combined) -> Combined:
-        """A local round's combined weights, moved by the server's step from the round's start."""
-        if payload.plan.synchronous:
-            return combined
-        return replace(combined, params=self.rule.step(payload.params, combined.params, self.state))
-
-
-def make_server(config: Config, params: np.ndarray) -> Server | None:
-    """The config's server optimizer; None for plain averaging (``server.lr=1``, ``server.momentum=0``)."""
-    if config.server.lr == 1 and config.server.momentum == 0:
-        return None
-    rule = ServerSGD(config.server.lr, config.server.momentum)
-    return Server(rule, rule.init_state(params))
 
 
 def run_round(engine: Engine, payload: RoundPayload, reducer: RoundReducer, evaluate,
@@ -228,14 +204,18 @@ class Setup:
     reducer: RoundReducer
 
     def round_payload(self, payload: RoundPayload, r: int, result: "RunResult") -> RoundPayload:
-        """Round ``r``'s payload: its plan, and under ``combine: split`` its share of the data and sub-networks."""
-        payload = replace(payload, plan=self.schedule.plan(r))
-        if self.config.train.optimizer_state == "reset" and payload.opt_state is not None:
+        """Round ``r``'s payload, as the schedule's plan says: its rates, its share of the data, its
+        sub-networks, and whether the optimizer state restarts."""
+        plan = self.schedule.plan(r)
+        subnets = None
+        if plan.sub_networks == "ist":
+            subnets = ist_subnets(self.config)
+        elif plan.sub_networks == "split":
+            subnets, facts = split_subnets(self.config, payload, self.data.x_train)
+            result.extra.update(facts)
+        payload = replace(payload, plan=plan, subnets=subnets)
+        if plan.restart_optimizer and payload.opt_state is not None:
             payload = replace(payload, opt_state=payload.optimizer.init_state(payload.params))
-        if self.config.combine != "split":
-            return payload
-        payload, facts = split_round_payload(self.config, payload, r, self.data.x_train)
-        result.extra.update(facts)
         return payload
 
     def evaluate(self, params: np.ndarray, engine: Engine | None = None) -> dict[str, float]:
@@ -365,7 +345,7 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
     wall_start = time.perf_counter()
     engine = engine or make_engine(config, warn)
     try:
-        setup = prepare(config, warn, getattr(engine, "reader", None))
+        setup = prepare(config, warn, engine.reader)
     except BaseException:
         engine.stop()  # a reader may have started the engine's cluster
         raise

@@ -19,13 +19,15 @@ import numpy as np
 import yaml
 
 from nnlib.errors import NnlibError, first_line
+from nnlib.rounds.payload import STATS_FIELDS
 
 ROUND_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "seconds",
                  "broadcast_seconds", "wait_seconds", "combine_seconds", "evaluate_seconds",
                  "max_mapper_seconds", "median_mapper_seconds", "overhead_seconds", "result_bytes", "lr",
                  "val_accuracy", "val_loss"]
-MAPPER_COLUMNS = ["round", "mapper", "host", "pid", "n_samples", "steps", "train_loss", "train_seconds",
-                  "comm_seconds", "peak_rss_mb"]
+# every MapperStats field, who and where first
+MAPPER_COLUMNS = ["round", "mapper", "host", "pid",
+                  *(name for name in STATS_FIELDS if name not in ("mapper", "host", "pid"))]
 
 
 def default_run_dir() -> Path:

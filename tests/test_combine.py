@@ -64,3 +64,50 @@ def test_combine_sums_in_mapper_order_in_float64():
     # 1 + 1e-8 - 1 in float32 loses the 1e-8; summed in float64 it survives until the final cast
     vectors = [np.array([1.0], np.float32), np.array([1e-8], np.float32), np.array([-1.0], np.float32)]
     assert combine("sum", vectors, [1, 1, 1])[0] == np.float32(1e-8)
+
+
+def _results(k, n_params, with_state, rng, bad=()):
+    from nnlib.rounds.payload import MapperResult, MapperStats
+
+    results = []
+    for m in range(k):
+        params = rng.normal(size=n_params).astype(np.float32)
+        if m in bad:
+            params[3] = np.nan
+        state = rng.normal(size=n_params).astype(np.float32) if with_state else None
+        results.append(MapperResult(MapperStats(m, 10 + 7 * m, 1, 0.0, "h", 1, 0.0), params, state))
+    return results
+
+
+@pytest.mark.parametrize("rule", sorted(COEFFICIENTS))
+def test_the_round_reduce_equals_the_closed_form_combine_bit_for_bit(rule):
+    """The shares summed in mapper order (whatever order results arrive in) are exactly :func:`combine`."""
+    from dataclasses import replace
+
+    from nnlib.rounds.payload import first_payload
+    from nnlib.rounds.reduce import RoundReducer
+    from nnlib.data.dataset import load_dataset
+    from conftest import small_config
+
+    config = small_config("train.momentum=0.9")
+    payload = first_payload(config, load_dataset(config.data, config.seed))
+    rng = np.random.default_rng(3)
+    results = _results(4, payload.params.size, True, rng)
+    out = RoundReducer(rule)(results[::-1], payload)
+    counts = [r.stats.n_samples for r in results]
+    np.testing.assert_array_equal(out.params, combine(rule, [r.params for r in results], counts, payload.params))
+    np.testing.assert_array_equal(out.opt_state, combine("average", [r.opt_state for r in results], counts))
+    # a mapper with NaN weights is left out with skip_bad, and the rest are combined as if it were absent
+    results = _results(4, payload.params.size, False, rng, bad=(2,))
+    out = RoundReducer(rule, skip_bad=True)(results, replace(payload, opt_state=None))
+    good = [r for r in results if r.stats.mapper != 2]
+    np.testing.assert_array_equal(out.params, combine(rule, [r.params for r in good],
+                                                      [r.stats.n_samples for r in good], payload.params))
+    assert out.skipped == [2] and out.opt_state is None
+
+
+def test_the_mean_gradient_is_the_average_rule():
+    from nnlib.rounds.reduce import mean_gradient
+
+    grads = [np.random.default_rng(m).normal(size=11).astype(np.float32) for m in range(3)]
+    np.testing.assert_array_equal(mean_gradient(grads), combine("average", grads, [1, 1, 1]))

@@ -103,7 +103,7 @@ def _split(n: int, fraction: float, seed: int, salt: int = 0x7E57,
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
-def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader=None) -> Dataset:
+def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Reader | None = None) -> Dataset:
     """Read ``cfg.source``, check it, split off a test set if none is given (and a validation set
     if asked), standardise.
 
@@ -177,7 +177,7 @@ def _test_set(cfg: DataConfig, n_features: int) -> tuple[np.ndarray, np.ndarray]
     return x, y
 
 
-def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader) -> Dataset:
+def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reader) -> Dataset:
     """A Parquet source surveyed by ``reader``: sizes, labels and statistics from one pass over the rows,
     then the test (and validation) rows collected; the training rows are left to the mappers."""
     check_partition(cfg.partition, cfg.source)
@@ -214,7 +214,7 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader) -> Dataset:
 
     held = [TEST] if cfg.test_source is None else []
     held += [VAL] if cfg.validation_fraction else []
-    limit = getattr(reader, "collect_limit_bytes", None)  # None: this reader always collects them
+    limit = reader.collect_limit_bytes  # None: this reader always collects them
     on_mappers = bool(held) and limit is not None and sum(tally.role_counts[held]) * tally.n_features * 4 > limit
     rows = RowKeyed(table, plan, mean, std, tuple(int(c) for c in tally.shard_counts), tally.n_features,
                     (TRAIN, *held) if on_mappers else (TRAIN,))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
 
@@ -140,8 +140,31 @@ def tally(table: ParquetSource, plan: RowPlan, files: list[int] | None = None) -
     return [plan.tally(*block) for block in table.blocks(files)]
 
 
+class Reader(Protocol):
+    """How a row-keyed (Parquet) source is read: the contract of the local, Spark and MPI readers.
+
+    :func:`nnlib.data.dataset.load_row_keyed` calls ``open``, then ``survey``
+    once, then ``rows`` for each held-out set it collects to the driver.
+    """
+
+    #: Held-out (test, validation) rows past this many bytes of float32 stay with the mappers, which score
+    #: them (the engine's ``score``); ``None``: always collected to the driver.
+    collect_limit_bytes: float | None
+
+    def open(self, source: str, label_column: str, features_column: str | None) -> ParquetSource:
+        """The source's files and schema, checked (a bad file or column is one line naming it)."""
+
+    def survey(self, table: ParquetSource, plan: RowPlan) -> Tally:
+        """One pass over every row: counts per role and shard, labels seen, moments, merged in position order."""
+
+    def rows(self, table: ParquetSource, plan: RowPlan, role: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(x float32 (n, n_features), y int64 (n,))`` of every row with ``role``, in position order."""
+
+
 class LocalReader:
     """Reads a Parquet source with pyarrow in this process."""
+
+    collect_limit_bytes = None
 
     def open(self, source: str, label_column: str, features_column: str | None) -> ParquetSource:
         return ParquetSource.open(source, label_column, features_column)

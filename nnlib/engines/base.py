@@ -15,11 +15,17 @@ decides only *where* the shards live and *how* a round's work runs on them:
   synchronous round (gradients averaged every mini-batch). Engines that
   cannot sync raise :class:`nnlib.errors.EngineError` (the config refuses
   them first).
-- ``score(backend, model, params) -> list[dict]``: only for engines whose
-  reader may leave a Parquet source's test and validation rows with the
-  mappers (Spark past ``spark.collect_held_out_mb``, MPI always): each mapper's
-  :func:`nnlib.rounds.mapper.score_held_out` of ``params`` on the rows it keeps; the
-  driver adds them up.
+- ``score(backend, model, params) -> list[dict]`` (optional): only for
+  engines whose reader may leave a Parquet source's test and validation rows
+  with the mappers (Spark past ``spark.collect_held_out_mb``, MPI always):
+  each mapper's :func:`nnlib.rounds.mapper.score_held_out` of ``params`` on
+  the rows it keeps; the driver adds them up. The others raise
+  :class:`nnlib.errors.EngineError` (their readers always collect the rows,
+  so the driver never asks).
+- ``reader``: how the engine reads a row-keyed (Parquet) source, a
+  :class:`nnlib.data.tables.Reader`; ``None``: pyarrow in the driver's
+  process (:class:`nnlib.data.tables.LocalReader`).
+- ``size``: how many processes run the driver loop: the MPI ranks, else 1.
 - ``stop()``: release what ``start`` acquired.
 - ``is_main``: True in the process that writes the run directory and prints.
   An SPMD engine (MPI) runs the driver on every rank; only rank 0 is main.
@@ -47,6 +53,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from nnlib.data.dataset import ShardSource
+from nnlib.data.tables import Reader
+from nnlib.errors import EngineError
 from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
 from nnlib.rounds.reduce import RoundReducer
 from nnlib.util.timing import timed
@@ -54,6 +62,8 @@ from nnlib.util.timing import timed
 
 class Engine(Protocol):
     is_main: bool
+    size: int
+    reader: Reader | None
 
     def start(self, source: ShardSource) -> None: ...
 
@@ -62,18 +72,26 @@ class Engine(Protocol):
 
     def sync_round(self, payload: RoundPayload, timings: dict) -> tuple[Combined, list[MapperStats]]: ...
 
+    def score(self, backend: str, model, params) -> list[dict]: ...
+
     def all_ok(self, ok: bool) -> bool: ...
 
     def stop(self) -> None: ...
 
 
 class SingleDriver(Engine):
-    """For engines with one driver process, which is the main process."""
+    """For engines with one driver process, which is the main process, and (unless they say otherwise) the
+    local reader, which collects every held-out row to the driver."""
 
     is_main = True
+    size = 1
+    reader = None
 
     def all_ok(self, ok: bool) -> bool:
         return ok
+
+    def score(self, backend: str, model, params) -> list[dict]:
+        raise EngineError(f"{type(self).__name__} keeps no held-out rows with its mappers; the driver scores them")
 
 
 class ReduceOnDriver(SingleDriver):

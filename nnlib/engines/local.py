@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnlib.core.combine import combine
 from nnlib.engines.base import ReduceOnDriver
 from nnlib.rounds.mapper import sync_shards, train_shard
+from nnlib.rounds.reduce import mean_gradient
 from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
 from nnlib.util.timing import timed
 
@@ -19,7 +19,7 @@ class InProcessCollective:
     """Averaging across mappers that all live in this process, in mapper order."""
 
     def mean(self, local: list[np.ndarray]) -> np.ndarray:
-        return combine("average", local, [1] * len(local))
+        return mean_gradient(local)
 
     def mappers_flagged(self, local_flags: dict[int, bool]) -> list[int]:
         return sorted(m for m, flag in local_flags.items() if flag)

@@ -24,8 +24,8 @@ from nnlib.core.backends import get_backend
 from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, run_steps
 from nnlib.data.dataset import Shard
 from nnlib.data.rows import TEST, VAL
-from nnlib.errors import DivergenceError
 from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
+from nnlib.rounds.reduce import check_mean_gradient
 from nnlib.util.threads import one_blas_thread
 
 
@@ -45,7 +45,7 @@ def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
     params, opt_state, model = payload.for_mapper(shard.index)
     backend = get_backend(payload.backend, model)
     plan = payload.plan
-    lo, hi = (round(f * shard.n_samples) for f in payload.part)
+    lo, hi = (round(f * shard.n_samples) for f in plan.part)
     with one_blas_thread():
         update = local_sgd(backend, params, opt_state, payload.optimizer, shard.x[lo:hi], shard.y[lo:hi],
                            plan.local, plan.lr, shard_rng(payload.seed, plan.index, shard.index), payload.proximal_mu)
@@ -136,11 +136,8 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
             compute[i] += time.perf_counter() - start
         start = time.perf_counter()
         mean = collective.mean(grads)
-        if not np.isfinite(mean).all():
-            bad = collective.mappers_flagged({s.index: not np.isfinite(g).all() for s, g in zip(shards, grads)})
-            raise DivergenceError(f"round {payload.round_index}, step {step}: mapper(s) {bad or 'unknown'} "
-                                  "computed gradients containing NaN or inf (training diverged; "
-                                  "try a smaller train.lr; synchronous rounds cannot skip a mapper)")
+        check_mean_gradient(mean, payload.round_index, step, lambda: collective.mappers_flagged(
+            {s.index: not np.isfinite(g).all() for s, g in zip(shards, grads)}))
         comm += time.perf_counter() - start
         return mean
 

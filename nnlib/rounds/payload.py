@@ -8,7 +8,7 @@ state; :class:`MapperResult` and :class:`MapperStats` are a mapper's answer;
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -61,8 +61,7 @@ class RoundPayload:
     model: ModelSpec
     backend: str
     optimizer: SGD | Adam
-    subnets: SubnetPlan | None = None   # sub-networks this round (ist, split); None: the whole network
-    part: tuple[float, float] = (0.0, 1.0)  # the share of each shard trained on (split: warm-up, rest)
+    subnets: SubnetPlan | None = None   # the groups of a round of sub-networks (plan.sub_networks); else None
     sliced_for: int | None = None       # params and opt_state already hold this mapper's sub-network
     proximal_mu: float = 0.0            # FedProx: the pull towards the round's weights (train.proximal_mu)
 
@@ -118,6 +117,18 @@ class MapperStats:
     result_bytes: int = 0        # bytes of the weights and optimizer state sent back (local rounds)
 
 
+#: MapperStats' fields in order, and those that are numbers (what MPI gathers as one float64 row per rank)
+STATS_FIELDS = tuple(f.name for f in fields(MapperStats))
+NUMERIC_STATS = tuple(f.name for f in fields(MapperStats) if f.type in ("int", "float") and f.name != "mapper")
+
+
+def stats_from_numbers(mapper: int, host: str, numbers) -> MapperStats:
+    """A :class:`MapperStats` from its :data:`NUMERIC_STATS` values in order (ints restored)."""
+    types = {f.name: f.type for f in fields(MapperStats)}
+    return MapperStats(mapper=mapper, host=host, **{k: int(v) if types[k] == "int" else float(v)
+                                                     for k, v in zip(NUMERIC_STATS, numbers)})
+
+
 @dataclass(frozen=True)
 class MapperResult:
     """What one mapper sends back after a local round: its weights, optimizer state and stats."""
@@ -169,6 +180,12 @@ def first_payload(config, data: Dataset, schedule: Schedule | None = None) -> Ro
     if schedule is None:
         sizes = data.shard_sizes(config.mappers, config.data.partition, config.seed, config.data.skew_alpha)
         schedule = Schedule.from_config(config, min(sizes))
-    subnets = SubnetPlan(config.mappers, config.split.scale == "groups") if config.combine == "ist" else None
-    return RoundPayload(schedule.plan(0), config.seed, params, optimizer.init_state(params), spec,
+    plan = schedule.plan(0)
+    subnets = ist_subnets(config) if plan.sub_networks == "ist" else None
+    return RoundPayload(plan, config.seed, params, optimizer.init_state(params), spec,
                         config.model.backend, optimizer, subnets, proximal_mu=config.train.proximal_mu)
+
+
+def ist_subnets(config) -> SubnetPlan:
+    """A round of ``combine: ist``: one group per mapper, drawn afresh from ``(seed, round)`` on every engine."""
+    return SubnetPlan(config.mappers, config.split.scale == "groups")

@@ -1,18 +1,35 @@
-"""The reduce of a local round: how the mappers' results become the next weights.
+"""The reduce: how mapper results become the next weights, written once for every engine.
 
-Results are combined in mapper order whatever order they arrived in, so every
-engine adds the same numbers in the same order.
+A local round's reduce is a sum of *shares*. Once the good mappers are known
+(:func:`check_bad_mappers`, the one NaN/inf judgement), :class:`RoundShares`
+gives each good mapper's share, a full-length float64 vector (its
+coefficient times its weights, or its sub-network embedded in its places,
+zeros elsewhere), and a finish step that turns the sum of the shares into
+the next float32 weights:
+
+- the driver-side reduce (:class:`RoundReducer`: local, Spark, mrjob) adds
+  the shares in mapper order, whatever order the results arrived in;
+- MPI adds the same shares with one ``Allreduce``.
+
+A synchronous round's mean gradient is the same idea with every coefficient
+``1/k`` (:func:`gradient_share`, :func:`mean_gradient`), and its NaN/inf
+judgement is :func:`check_mean_gradient`, used by every engine.
+
+The server optimizer's step (:class:`Server`, ``server.lr`` and
+``server.momentum``) finishes a local round's reduce on the driver.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 
-from nnlib.core.combine import combine
-from nnlib.core.optim import state_rows
-from nnlib.core.split import recombine
+from nnlib.core.combine import COEFFICIENTS
+from nnlib.core.optim import ServerSGD, state_rows
+from nnlib.core.params import DTYPE
+from nnlib.core.split import embed, held_count, shares_divisor
 from nnlib.errors import DivergenceError
 from nnlib.rounds.payload import Combined, MapperResult, RoundPayload
 
@@ -35,6 +52,93 @@ def check_bad_mappers(bad: list[int], n_mappers: int, round_index: int, skip_bad
                               "(training diverged; try a smaller train.lr)")
 
 
+def whole_network_rule(rule: str) -> str:
+    """The combine rule of a round that trains the whole network: ``split``'s warm-up rounds average."""
+    return "average" if rule in ("split", "ist") else rule
+
+
+class RoundShares:
+    """How the good mappers' results of one local round add up to the next state.
+
+    ``good`` are the mappers whose results enter the round (in mapper order)
+    and ``n_samples`` their sample counts. For mapper ``m``,
+    :meth:`share` gives ``(weights share, optimizer-state share)``, each a
+    float64 array of the full vector's shape (the state's as ``(rows,
+    n_params)``); :meth:`finish` turns the sums of the shares over the good
+    mappers into the next float32 weights and state.
+
+    - Whole network: the share is ``c_m * w_m`` with ``c`` from the rule's
+      coefficients (:data:`nnlib.core.combine.COEFFICIENTS`); the finish adds
+      ``c_start * start``. The optimizer state is averaged (``1/k`` each).
+    - Sub-networks (``payload.subnets``): the share is the mapper's
+      sub-network divided by its number of holders, in its places
+      (:func:`nnlib.core.split.embed`; ``split.recombine: sum`` divides by 1);
+      the finish keeps ``start`` where no good mapper holds a parameter. The
+      optimizer state's rows are averaged over their holders in the same way.
+    """
+
+    def __init__(self, rule: str, payload: RoundPayload, good: list[int], n_samples: list[int]):
+        self.payload, self.good = payload, list(good)
+        self.subnets = payload.subnets
+        if self.subnets is None:
+            coefs, self.start_coef = COEFFICIENTS[whole_network_rule(rule)](n_samples)
+            state_coefs, _ = COEFFICIENTS["average"](n_samples)
+            self.coef = dict(zip(self.good, coefs))
+            self.state_coef = dict(zip(self.good, state_coefs))
+            return
+        layers = payload.model.layers
+        self.split = payload.split()
+        self.choice = {m: self.subnets.choice(m, layers) for m in self.good}
+        self.count = held_count(layers, self.split, [self.choice[m] for m in self.good])
+        self.divide = shares_divisor(self.count, "sum" if self.subnets.sum_shared else "average")
+
+    def share(self, mapper: int, params: np.ndarray,
+              opt_state: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mapper ``mapper``'s shares of the weights and the optimizer state (float64)."""
+        if self.subnets is None:
+            state = None if opt_state is None else self.state_coef[mapper] * opt_state.astype(np.float64)
+            return self.coef[mapper] * params.astype(np.float64), state
+        layers, choice = self.payload.model.layers, self.choice[mapper]
+        state = None
+        if opt_state is not None:
+            rows = len(state_rows(self.payload.opt_state, layers.n_params))
+            state = embed(opt_state.reshape(rows, -1), layers, self.split, choice, self.count)
+        return embed(params, layers, self.split, choice, self.divide), state
+
+    def zeros(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The shares of a mapper that adds nothing (a skipped mapper's, in an Allreduce)."""
+        p = self.payload
+        if p.opt_state is None:
+            return np.zeros(p.params.shape), None
+        rows = state_rows(p.opt_state, p.params.size)
+        return np.zeros(p.params.shape), np.zeros(p.opt_state.shape if self.subnets is None else rows.shape)
+
+    def finish(self, params_total: np.ndarray, state_total: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The next ``(weights, optimizer state)``, float32, from the sums of the good mappers' shares."""
+        p = self.payload
+        if self.subnets is None:
+            if self.start_coef:
+                params_total = params_total + self.start_coef * p.params.astype(np.float64)
+            return params_total.astype(DTYPE), None if state_total is None else state_total.astype(DTYPE)
+        params = np.where(self.count > 0, params_total, p.params.astype(np.float64)).astype(DTYPE)
+        state = None
+        if state_total is not None:
+            start = state_rows(p.opt_state, p.params.size).astype(np.float64)
+            state = np.where(self.count > 0, state_total, start).astype(DTYPE).ravel()
+        return params, state
+
+
+def sum_in_order(shares: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The shares added up in the order given (mapper order), in float64."""
+    params = np.zeros(shares[0][0].shape, np.float64)
+    state = None if shares[0][1] is None else np.zeros(shares[0][1].shape, np.float64)
+    for p, s in shares:
+        params += p
+        if state is not None:
+            state += s
+    return params, state
+
+
 @dataclass(frozen=True)
 class RoundReducer:
     """The reduce step of a local round, plain data (a rule name) so any engine can ship it."""
@@ -42,42 +146,71 @@ class RoundReducer:
     rule: str
     skip_bad: bool = False
 
+    def shares(self, payload: RoundPayload, good: list[int], n_samples: list[int]) -> RoundShares:
+        """The round's :class:`RoundShares` for the good mappers ``good`` holding ``n_samples`` samples."""
+        return RoundShares(self.rule, payload, good, n_samples)
+
     def __call__(self, results: list[MapperResult], payload: RoundPayload) -> Combined:
         """Combine the mappers' results into the next weights.
 
         Results are combined in mapper order whatever order they arrived in, so
-        every engine adds the same numbers in the same order. Optimizer states
-        are averaged. A result holding NaN or inf stops the run, or with
-        ``skip_bad`` is left out of this round's combine.
+        every engine adds the same numbers in the same order. A result holding
+        NaN or inf stops the run, or with ``skip_bad`` is left out of this
+        round's combine.
         """
         results = sorted(results, key=lambda res: res.stats.mapper)
         bad = [res.stats.mapper for res in results if not np.isfinite(res.params).all()]
         check_bad_mappers(bad, len(results), payload.round_index, self.skip_bad)
         good = [res for res in results if res.stats.mapper not in bad]
-        if payload.subnets is not None:
-            return self._recombine(good, payload, bad)
-        counts = [res.stats.n_samples for res in good]
-        params = combine(whole_network_rule(self.rule), [res.params for res in good], counts, payload.params)
-        opt_state = None
-        if payload.opt_state is not None:
-            opt_state = combine("average", [res.opt_state for res in good], counts)
-        return Combined(params, opt_state, bad)
-
-    @staticmethod
-    def _recombine(good: list[MapperResult], payload: RoundPayload, bad: list[int]) -> Combined:
-        """Sub-networks: each copied back, what several hold (the output bias) averaged, the rest kept."""
-        layers, split = payload.model.layers, payload.split()
-        choices = [payload.subnets.choice(r.stats.mapper, layers) for r in good]
-        shared = "sum" if payload.subnets.sum_shared else "average"
-        params = recombine(payload.params, [(c, r.params) for c, r in zip(choices, good)], layers, split, shared)
-        opt_state = None
-        if payload.opt_state is not None:  # each buffer (row) of the state, like the weights
-            start = state_rows(payload.opt_state, payload.params.size)
-            opt_state = recombine(start, [(c, r.opt_state.reshape(len(start), -1)) for c, r in zip(choices, good)],
-                                  layers, split).ravel()
+        shares = self.shares(payload, [r.stats.mapper for r in good], [r.stats.n_samples for r in good])
+        total = sum_in_order([shares.share(r.stats.mapper, r.params, r.opt_state) for r in good])
+        params, opt_state = shares.finish(*total)
         return Combined(params, opt_state, bad)
 
 
-def whole_network_rule(rule: str) -> str:
-    """The combine rule of a round that trains the whole network: ``split``'s warm-up rounds average."""
-    return "average" if rule in ("split", "ist") else rule
+def gradient_share(grad: np.ndarray, n_mappers: int) -> np.ndarray:
+    """One mapper's share of a synchronous step's mean gradient: ``grad / k`` in float64."""
+    coefs, _ = COEFFICIENTS["average"]([1] * n_mappers)
+    return coefs[0] * grad.astype(np.float64)
+
+
+def mean_gradient(grads: list[np.ndarray]) -> np.ndarray:
+    """The mean of the mappers' gradients (in mapper order), float32: the shares added in order."""
+    total = np.zeros(grads[0].shape, np.float64)
+    for g in grads:
+        total += gradient_share(g, len(grads))
+    return total.astype(DTYPE)
+
+
+def check_mean_gradient(mean: np.ndarray, round_index: int, step: int, flagged: Callable[[], list[int]]) -> None:
+    """Stop a synchronous round whose mean gradient holds NaN or inf, naming the mappers ``flagged()`` finds.
+
+    The one NaN/inf judgement of synchronous rounds, on every engine.
+    """
+    if not np.isfinite(mean).all():
+        bad = flagged()
+        raise DivergenceError(f"round {round_index}, step {step}: mapper(s) {bad or 'unknown'} computed "
+                              "gradients containing NaN or inf (training diverged; try a smaller train.lr; "
+                              "synchronous rounds cannot skip a mapper)")
+
+
+@dataclass
+class Server:
+    """The server optimizer (``server.lr``, ``server.momentum``) and its state, kept by the driver."""
+
+    rule: ServerSGD
+    state: np.ndarray | None
+
+    def __call__(self, payload: RoundPayload, combined: Combined) -> Combined:
+        """A local round's combined weights, moved by the server's step from the round's start."""
+        if payload.plan.synchronous:
+            return combined
+        return replace(combined, params=self.rule.step(payload.params, combined.params, self.state))
+
+
+def make_server(config, params: np.ndarray) -> Server | None:
+    """The config's server optimizer; None for plain averaging (``server.lr=1``, ``server.momentum=0``)."""
+    if config.server.lr == 1 and config.server.momentum == 0:
+        return None
+    rule = ServerSGD(config.server.lr, config.server.momentum)
+    return Server(rule, rule.init_state(params))

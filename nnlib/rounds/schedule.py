@@ -1,13 +1,14 @@
-"""When: the kind of every round, its local work and its learning rates. Pure, no I/O.
+"""When: the kind of every round, its local work, its learning rates, its sub-networks. Pure, no I/O.
+
+Every decision of *when* lives here; the driver asks :class:`Schedule` for
+each round's :class:`RoundPlan` and acts on it. How a round's work is
+combined (the arithmetic) lives in :mod:`nnlib.rounds.reduce` and
+:mod:`nnlib.core`; where it runs is the engine's business.
 
 The learning rate of a round is ``train.lr`` times the round's factor under
 ``train.lr_schedule`` (constant, step or cosine across rounds, after an
 optional linear warm-up over ``train.lr_warmup_rounds``); see
 :func:`round_lr_factor`.
-
-The driver asks :class:`Schedule` for each round's :class:`RoundPlan`; how a
-round's work is combined (the arithmetic) lives in :mod:`nnlib.core`, and
-where it runs is the engine's business.
 
 Two kinds of round:
 
@@ -20,25 +21,30 @@ Two kinds of round:
   smallest shard sets the steps per epoch; ``lr_scaling: linear`` multiplies
   the rate by the number of mappers (the global batch is ``mappers`` times a
   mapper's batch), reached after ``warmup_epochs`` of linear warm-up.
+
+And what a local round trains:
+
+- the whole network on the whole shard (most rounds);
+- ``combine: ist``: every round, a sub-network per mapper, on a split drawn
+  afresh from ``(seed, round)``;
+- ``combine: split``: rounds ``0 .. R-2`` the whole network on the first
+  ``split.warmup_fraction`` of every shard, then round ``R-1`` the
+  sub-networks of a split chosen from the warmed-up network, on the rest.
+
+``train.optimizer_state: reset`` restarts the optimizer state (momentum) at
+the start of every round.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
 from nnlib.core.train import LocalSchedule
 
-
-def is_sync_round(round_index: int, combine: str, sync_rounds: int) -> bool:
-    """Is round ``round_index`` synchronous? Always with combine=gradient; else the first ``sync_rounds``."""
-    return combine == "gradient" or round_index < sync_rounds
-
-
-def has_sync_rounds(combine: str, sync_rounds: int) -> bool:
-    """Does a run with these settings have any synchronous round?"""
-    return is_sync_round(0, combine, sync_rounds)
+SubNetworks = Literal["ist", "split", None]
 
 
 def sync_steps_per_epoch(smallest_shard: int, batch_size: int) -> int:
@@ -93,50 +99,59 @@ class RoundPlan:
     local: LocalSchedule          # batch size and the local work of a local round
     lr: float                     # a local round's learning rate
     sync_lrs: np.ndarray | None   # a synchronous round's rate for each of its steps, (steps,)
+    sub_networks: SubNetworks = None    # None: the whole network; "ist" or "split": a sub-network per mapper
+    part: tuple[float, float] = (0.0, 1.0)  # the share of each shard trained on, as fractions [lo, hi)
+    restart_optimizer: bool = False     # the optimizer state starts afresh this round
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """The run's rounds, from the ``train`` settings, ``combine`` and the shard sizes."""
+    """The run's rounds, from the ``train`` section, ``combine``, the mappers and the smallest shard.
 
-    rounds: int
+    ``train`` is a :class:`nnlib.config.TrainConfig` (or anything with its
+    fields); ``split_warmup_fraction`` is ``split.warmup_fraction``, read only
+    under ``combine: split``.
+    """
+
+    train: Any
     combine: str
     mappers: int
     smallest_shard: int
-    batch_size: int
-    local_epochs: int = 1
-    local_steps: int | None = None
-    lr: float = 0.1
-    lr_scaling: str = "none"
-    warmup_epochs: int = 0
-    sync_rounds: int = 0
-    lr_schedule: str = "constant"
-    lr_warmup_rounds: int = 0
-    lr_step_rounds: int = 1
-    lr_gamma: float = 0.5
-    lr_min: float = 0.0
+    split_warmup_fraction: float = 0.5
 
     @classmethod
     def from_config(cls, config, smallest_shard: int) -> "Schedule":
         """The schedule of a :class:`nnlib.config.Config` whose smallest shard has ``smallest_shard`` samples."""
-        t = config.train
-        return cls(t.rounds, config.combine, config.mappers, smallest_shard, t.batch_size, t.local_epochs,
-                   t.local_steps, t.lr, t.lr_scaling, t.warmup_epochs, t.sync_rounds, t.lr_schedule,
-                   t.lr_warmup_rounds, t.lr_step_rounds, t.lr_gamma, t.lr_min)
+        return cls(config.train, config.combine, config.mappers, smallest_shard, config.split.warmup_fraction)
+
+    def is_synchronous(self, round_index: int) -> bool:
+        """Always with ``combine: gradient``; else the first ``train.sync_rounds`` rounds."""
+        return self.combine == "gradient" or round_index < self.train.sync_rounds
 
     def lr_factor(self, round_index: int) -> float:
         """The round's share of ``lr`` under ``lr_schedule`` (1 for a constant rate)."""
-        return round_lr_factor(round_index, self.rounds, self.lr_schedule, self.lr_warmup_rounds,
-                               self.lr_step_rounds, self.lr_gamma, self.lr_min / self.lr)
+        t = self.train
+        return round_lr_factor(round_index, t.rounds, t.lr_schedule, t.lr_warmup_rounds, t.lr_step_rounds,
+                               t.lr_gamma, t.lr_min / t.lr)
+
+    def sub_networks(self, round_index: int) -> tuple[SubNetworks, tuple[float, float]]:
+        """``(sub-network kind, share of each shard)`` of a local round."""
+        if self.combine == "ist":
+            return "ist", (0.0, 1.0)
+        if self.combine == "split":
+            f = self.split_warmup_fraction
+            return ("split", (f, 1.0)) if round_index == self.train.rounds - 1 else (None, (0.0, f))
+        return None, (0.0, 1.0)
 
     def plan(self, round_index: int) -> RoundPlan:
-        local = LocalSchedule(self.batch_size, self.local_epochs, self.local_steps)
+        t = self.train
+        local = LocalSchedule(t.batch_size, t.local_epochs, t.local_steps)
         factor = self.lr_factor(round_index)
-        lr = self.lr * factor
-        if not is_sync_round(round_index, self.combine, self.sync_rounds):
-            return RoundPlan(round_index, False, local, lr, None)
-        per_epoch = sync_steps_per_epoch(self.smallest_shard, self.batch_size)
-        steps = self.local_steps or self.local_epochs * per_epoch
-        lrs = sync_learning_rates(round_index, steps, self.lr, self.mappers, self.lr_scaling,
-                                  self.warmup_epochs * per_epoch)
-        return RoundPlan(round_index, True, local, lr, lrs * factor)
+        restart = t.optimizer_state == "reset"
+        if not self.is_synchronous(round_index):
+            kind, part = self.sub_networks(round_index)
+            return RoundPlan(round_index, False, local, t.lr * factor, None, kind, part, restart)
+        per_epoch = sync_steps_per_epoch(self.smallest_shard, t.batch_size)
+        steps = t.local_steps or t.local_epochs * per_epoch
+        lrs = sync_learning_rates(round_index, steps, t.lr, self.mappers, t.lr_scaling, t.warmup_epochs * per_epoch)
+        return RoundPlan(round_index, True, local, t.lr * factor, lrs * factor, restart_optimizer=restart)

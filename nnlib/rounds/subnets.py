@@ -1,6 +1,8 @@
 """``combine: split``: the separation study's one-shot method, as rounds of the one driver loop.
 
-A run with ``combine: split`` and ``train.rounds = R``:
+A run with ``combine: split`` and ``train.rounds = R`` (the rounds are the
+schedule's, :meth:`nnlib.rounds.schedule.Schedule.sub_networks`; this module
+chooses the groups):
 
 - rounds ``0 .. R-2`` train the whole network on the first
   ``split.warmup_fraction`` of every shard, averaged as usual (the
@@ -28,8 +30,6 @@ A run with ``combine: split`` and ``train.rounds = R``:
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from nnlib.core.split import Split, cross_coupling, independence_split, layer_couplings, random_split, whole
@@ -54,15 +54,13 @@ def choose_split(config, payload: RoundPayload, x: np.ndarray) -> tuple[Split, f
     return split, cross_coupling(split, coupled)
 
 
-def split_round_payload(config, payload: RoundPayload, round_index: int, x: np.ndarray) -> tuple[RoundPayload, dict]:
-    """Round ``round_index``'s payload under ``combine: split``, and what to record about the split."""
-    f = config.split.warmup_fraction
-    if round_index < config.train.rounds - 1:
-        return replace(payload, part=(0.0, f), subnets=None), {}
+def split_subnets(config, payload: RoundPayload, x: np.ndarray) -> tuple[SubnetPlan, dict]:
+    """The sub-networks of ``combine: split``'s last round, chosen from the warmed-up weights in ``payload``,
+    and what to record about the split (the schedule says which round that is)."""
     split, coupling = choose_split(config, payload, x)
     plan = SubnetPlan(split.n_groups, config.split.scale == "groups" and split.n_groups > 1,
                       tuple(tuple(int(u) for u in lab) for lab in split.labels()),
                       config.split.method == "alternating", config.split.recombine == "sum")
-    return replace(payload, part=(f, 1.0), subnets=plan), {
+    return plan, {
         "split_method": config.split.method, "split_groups": [[list(g) for g in layer] for layer in split.groups],
         "split_cross_coupling": coupling}

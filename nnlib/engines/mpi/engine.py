@@ -11,17 +11,15 @@ per-block tallies).
 
 ``mpi.collective``:
 
-- ``allreduce``: every combine rule is linear (``sum_i c_i w_i + c_0 start``,
-  :data:`nnlib.core.combine.COEFFICIENTS`), so rank ``i`` contributes
-  ``c_i * w_i`` to one Allreduce, accumulated in float64 like the local
-  engine's combine;
+- ``allreduce``: the reduce is a sum of shares
+  (:class:`nnlib.rounds.reduce.RoundShares`: the rule's coefficient times the
+  weights, or a sub-network in its places), so each rank adds its share to
+  one float64 Allreduce and every rank finishes the same sum. The engine
+  computes no coefficient of its own;
 - ``allgather``: every rank receives every rank's float32 vector and reduces
-  them with the same :class:`nnlib.rounds.reduce.RoundReducer` as the local engine.
-
-A round of sub-networks (``combine: ist``, the last round of ``split``; the
-sub-networks differ in size) always uses one Allreduce of full-length float64
-shares: each rank puts its sub-network, divided by the number of holders, in
-its places and zeros elsewhere.
+  them with the same :class:`nnlib.rounds.reduce.RoundReducer` as the local
+  engine. A round of sub-networks (``combine: ist``, the last round of
+  ``split``), whose vectors differ in size, always uses the Allreduce.
 """
 
 from __future__ import annotations
@@ -31,23 +29,18 @@ import time
 
 import numpy as np
 
-from nnlib.core.combine import COEFFICIENTS, combine
 from nnlib.core.params import DTYPE
-from nnlib.core.optim import state_rows
-from nnlib.core.split import embed, held_count, shares_divisor
 from nnlib.data import tables
 from nnlib.data.rows import merge_in_order
 from nnlib.engines.base import Engine
 from nnlib.errors import EngineError
 from nnlib.rounds.mapper import score_held_out, sync_shards, train_shard
-from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
-from nnlib.rounds.reduce import RoundReducer, check_bad_mappers, whole_network_rule
+from nnlib.rounds.payload import (NUMERIC_STATS, Combined, MapperResult, MapperStats, RoundPayload,
+                                  stats_from_numbers)
+from nnlib.rounds.reduce import RoundReducer, check_bad_mappers, gradient_share, mean_gradient
 from nnlib.util.timing import timed
 
 _HOST_BYTES = 64
-# per-mapper numbers gathered every round, in this order, as float64
-_META = ("n_samples", "steps", "train_loss", "train_seconds", "comm_seconds", "pid", "peak_rss_mb",
-         "result_bytes")
 
 
 def import_mpi():
@@ -72,13 +65,6 @@ def ranks_flagged(comm, local_flags: dict[int, bool]) -> list[int]:
     return [int(r) for r in np.flatnonzero(flags)]
 
 
-def _weighted_sum(comm, vector: np.ndarray | None, coef: float, n: int) -> np.ndarray:
-    """``sum over ranks of coef * vector`` in float64 (a rank with ``vector=None`` adds nothing)."""
-    total = coef * vector.astype(np.float64) if vector is not None else np.zeros(n)
-    comm.Allreduce(_in_place(), total)
-    return total
-
-
 class MpiCollective:
     """Gradient averaging across ranks for synchronous rounds, the same mean as the local engine's."""
 
@@ -91,9 +77,10 @@ class MpiCollective:
         if self.collective == "allgather":
             gathered = np.empty((k, vector.size), DTYPE)
             self.comm.Allgather(np.ascontiguousarray(vector, DTYPE), gathered)
-            return combine("average", list(gathered), [1] * k)
-        coefs, _ = COEFFICIENTS["average"]([1] * k)
-        return _weighted_sum(self.comm, vector, coefs[self.comm.Get_rank()], vector.size).astype(DTYPE)
+            return mean_gradient(list(gathered))
+        share = gradient_share(vector, k)
+        self.comm.Allreduce(_in_place(), share)
+        return share.astype(DTYPE)
 
     def mappers_flagged(self, local_flags: dict[int, bool]) -> list[int]:
         return ranks_flagged(self.comm, local_flags)
@@ -135,6 +122,10 @@ class MpiReader:
         parts = self._together(lambda: tables.tally(table, plan, self._mine(table)))
         return merge_in_order([t for part in parts for t in part])
 
+    def rows(self, table, plan, role, n_features):
+        """Every rank reads the rows itself (only a set with no rows reaches here: any other stays with the
+        mappers, ``collect_limit_bytes = 0``)."""
+        return self.local.rows(table, plan, role, n_features)
 
 
 class MpiEngine(Engine):
@@ -167,16 +158,14 @@ class MpiEngine(Engine):
 
     def _gather_stats(self, mine: MapperStats) -> list[MapperStats]:
         """Every rank's stats, on every rank (buffer-form Allgather of numbers and host names)."""
-        table = np.empty((self.size, len(_META)), np.float64)
-        self.comm.Allgather(np.array([getattr(mine, k) for k in _META], np.float64), table)
+        table = np.empty((self.size, len(NUMERIC_STATS)), np.float64)
+        self.comm.Allgather(np.array([getattr(mine, k) for k in NUMERIC_STATS], np.float64), table)
         host = np.zeros(_HOST_BYTES, np.uint8)
         encoded = mine.host.encode()[:_HOST_BYTES]
         host[:len(encoded)] = np.frombuffer(encoded, np.uint8)
         hosts = np.empty((self.size, _HOST_BYTES), np.uint8)
         self.comm.Allgather(host, hosts)
-        return [MapperStats(m, int(row[0]), int(row[1]), float(row[2]),
-                            bytes(hosts[m]).rstrip(b"\0").decode(errors="replace"), int(row[5]), float(row[3]),
-                            float(row[4]), float(row[6]), int(row[7]))
+        return [stats_from_numbers(m, bytes(hosts[m]).rstrip(b"\0").decode(errors="replace"), row)
                 for m, row in enumerate(table)]
 
     def round(self, payload: RoundPayload, reducer: RoundReducer,
@@ -187,12 +176,10 @@ class MpiEngine(Engine):
             trained = time.perf_counter()
             stats = self._gather_stats(res.stats)  # returns once every rank has trained
         with timed(timings, "combine"):
-            if payload.subnets is not None:  # sub-networks differ in size: one Allreduce of their shares
-                combined = self._allreduce_subnets(res, payload, reducer)
-            elif self.collective == "allgather":
+            if self.collective == "allgather" and payload.subnets is None:
                 combined = reducer(self._allgather_results(res, stats), payload)
-            else:
-                combined = self._allreduce_combine(res, stats, payload, reducer)
+            else:  # sub-networks differ in size, so they always take the Allreduce of shares
+                combined = self._allreduce_shares(res, stats, payload, reducer)
         # each rank's time in collectives this round, gathered with one number per rank
         comm = np.empty(self.size, np.float64)
         self.comm.Allgather(np.array([time.perf_counter() - trained]), comm)
@@ -208,50 +195,19 @@ class MpiEngine(Engine):
             states = list(gathered)
         return [MapperResult(stats[m], params[m], states[m]) for m in range(self.size)]
 
-    def _good_ranks(self, res: MapperResult, payload: RoundPayload,
-                    reducer: RoundReducer) -> tuple[list[int], list[int]]:
-        """``(bad, good)`` ranks of a local round: one flag Allreduce, judged by :func:`check_bad_mappers`."""
+    def _allreduce_shares(self, res: MapperResult, stats: list[MapperStats], payload: RoundPayload,
+                          reducer: RoundReducer) -> Combined:
+        """The reduce as one Allreduce: every good rank adds its :class:`RoundShares` share, a skipped one
+        zeros; the bad ranks are found with one flag Allreduce and judged by :func:`check_bad_mappers`."""
         bad = ranks_flagged(self.comm, {self.rank: not np.isfinite(res.params).all()})
         check_bad_mappers(bad, self.size, payload.round_index, reducer.skip_bad)
-        return bad, [m for m in range(self.size) if m not in bad]
-
-    def _allreduce_combine(self, res: MapperResult, stats: list[MapperStats], payload: RoundPayload,
-                           reducer: RoundReducer) -> Combined:
-        bad, good = self._good_ranks(res, payload, reducer)
-        mine = self.rank in good
-        counts = [stats[m].n_samples for m in good]
-        coefs, start_coef = COEFFICIENTS[whole_network_rule(reducer.rule)](counts)
-        coef = coefs[good.index(self.rank)] if mine else 0.0
-        params = _weighted_sum(self.comm, res.params if mine else None, coef, res.params.size)
-        if start_coef:
-            params += start_coef * payload.params.astype(np.float64)
-        opt_state = None
-        if res.opt_state is not None:
-            avg, _ = COEFFICIENTS["average"](counts)
-            opt_state = _weighted_sum(self.comm, res.opt_state if mine else None, avg[0] if mine else 0.0,
-                                      res.opt_state.size).astype(DTYPE)
-        return Combined(params.astype(DTYPE), opt_state, bad)
-
-    def _allreduce_subnets(self, res: MapperResult, payload: RoundPayload, reducer: RoundReducer) -> Combined:
-        """Sub-networks (``ist``, ``split``): each rank adds its share (:func:`nnlib.core.split.embed`)."""
-        bad, good = self._good_ranks(res, payload, reducer)
-        layers, split = payload.model.layers, payload.split()
-        count = held_count(layers, split, [payload.subnets.choice(m, layers) for m in good])
-        divide = shares_divisor(count, "sum" if payload.subnets.sum_shared else "average")
-        mine = self.rank in good
-        choice = payload.subnets.choice(self.rank, layers)
-
-        def reduce(sub: np.ndarray, start: np.ndarray) -> np.ndarray:
-            share = embed(sub, layers, split, choice, divide) if mine else np.zeros(start.shape)
-            self.comm.Allreduce(_in_place(), share)
-            return np.where(count > 0, share, start.astype(np.float64)).astype(DTYPE)
-
-        params = reduce(res.params, payload.params)
-        opt_state = None
-        if res.opt_state is not None:  # each buffer (row) of the optimizer state, like the weights
-            start = state_rows(payload.opt_state, layers.n_params)
-            opt_state = reduce(res.opt_state.reshape(len(start), -1), start).ravel()
-        return Combined(params, opt_state, bad)
+        good = [m for m in range(self.size) if m not in bad]
+        shares = reducer.shares(payload, good, [stats[m].n_samples for m in good])
+        params, state = shares.share(self.rank, res.params, res.opt_state) if self.rank in good else shares.zeros()
+        self.comm.Allreduce(_in_place(), params)
+        if state is not None:
+            self.comm.Allreduce(_in_place(), state)
+        return Combined(*shares.finish(params, state), bad)
 
     def sync_round(self, payload: RoundPayload, timings: dict) -> tuple[Combined, list[MapperStats]]:
         timings.setdefault("broadcast", 0.0)

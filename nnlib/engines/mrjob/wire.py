@@ -65,7 +65,8 @@ def payload_to_bytes(p: RoundPayload) -> bytes:
         "batch_size": np.int64(local.batch_size), "local_epochs": np.int64(local.local_epochs),
         "local_steps": np.int64(-1 if local.local_steps is None else local.local_steps),
         "lr": np.float64(p.plan.lr), "optimizer": np.str_(to_json(p.optimizer)),
-        "part": np.asarray(p.part, np.float64), "proximal_mu": np.float64(p.proximal_mu),
+        "part": np.asarray(p.plan.part, np.float64), "sub_networks": np.str_(p.plan.sub_networks or ""),
+        "restart_optimizer": np.bool_(p.plan.restart_optimizer), "proximal_mu": np.float64(p.proximal_mu),
         **_subnet_arrays(p.subnets),
     }
     if p.plan.sync_lrs is not None:
@@ -116,10 +117,11 @@ def payload_from_file(path) -> RoundPayload:
         steps = int(f["local_steps"])
         local = LocalSchedule(int(f["batch_size"]), int(f["local_epochs"]), None if steps < 0 else steps)
         plan = RoundPlan(int(f["round_index"]), bool(f["synchronous"]), local, float(f["lr"]),
-                         f["sync_lrs"] if "sync_lrs" in f.files else None)
+                         f["sync_lrs"] if "sync_lrs" in f.files else None, str(f["sub_networks"]) or None,
+                         tuple(float(v) for v in f["part"]), bool(f["restart_optimizer"]))
         return RoundPayload(
             plan=plan, seed=int(f["seed"]), params=f["params"].astype(DTYPE),
             opt_state=f["opt_state"].astype(DTYPE) if "opt_state" in f.files else None,
             model=ModelSpec(_layout(f), str(f["activation"]), str(f["loss"]), float(f["l2"])),
             backend=str(f["backend"]), optimizer=from_json(str(f["optimizer"])),
-            subnets=_subnet_plan(f), part=tuple(float(v) for v in f["part"]), proximal_mu=float(f["proximal_mu"]))
+            subnets=_subnet_plan(f), proximal_mu=float(f["proximal_mu"]))

@@ -44,10 +44,10 @@ from typing import Callable
 import numpy as np
 
 from nnlib import errors
-from nnlib.core.combine import combine
-from nnlib.errors import DivergenceError, EngineError
+from nnlib.errors import EngineError
 from nnlib.rounds.mapper import score_held_out, sync_shards, train_shard
 from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
+from nnlib.rounds.reduce import check_mean_gradient, mean_gradient
 
 _LENGTH = struct.Struct("!Q")
 _HELLO = struct.Struct("!4s32sI")  # magic, token, mapper index
@@ -297,12 +297,9 @@ class Hub:
         for step in range(len(payload.plan.sync_lrs)):
             grads = [g for (g,) in self.gather("grad", alive, what)]
             t = time.perf_counter()
-            mean = combine("average", grads, [1] * len(grads))
-            if not np.isfinite(mean).all():
-                bad = [m for m, g in enumerate(grads) if not np.isfinite(g).all()]
-                raise DivergenceError(f"round {payload.round_index}, step {step}: mapper(s) {bad} computed "
-                                      "gradients containing NaN or inf (training diverged; try a smaller "
-                                      "train.lr; synchronous rounds cannot skip a mapper)")
+            mean = mean_gradient(grads)
+            check_mean_gradient(mean, payload.round_index, step,
+                                lambda: [m for m, g in enumerate(grads) if not np.isfinite(g).all()])
             self.broadcast(("mean", mean))
             combine_seconds += time.perf_counter() - t
         finished = self.gather("synced", alive, what)
