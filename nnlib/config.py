@@ -53,6 +53,7 @@ class DataConfig(_Section):
     test_labels: str | None = None
     label_column: str = "label"
     features_column: str | None = None
+    key_column: str | None = None  # CSV/parquet: a row key, not a feature; nnlib predict writes it with each row
     test_fraction: float = Field(0.2, gt=0, lt=1)
     validation_fraction: float = Field(0.0, ge=0, lt=1)  # of the training set, held out for train.patience
     standardize: bool = True
@@ -215,6 +216,14 @@ class Config(_Section):
         if self.train.lr_schedule == "cosine" and self.train.lr_min >= self.train.lr:
             raise ValueError(f"train.lr_min must be below train.lr ({self.train.lr}) for the cosine schedule "
                              f"to decay, got {self.train.lr_min}")
+        return self
+
+    @model_validator(mode="after")
+    def _key_column_is_read(self):
+        source = self.data.source
+        if self.data.key_column is not None and self.engine == "spark" and not source.lower().endswith(".csv"):
+            raise ValueError(f"data.key_column is read from .csv sources on every engine and from Parquet sources "
+                             f"on engine local, mpi and mrjob; got engine=spark with data.source {source}")
         return self
 
     @model_validator(mode="after")

@@ -8,7 +8,7 @@ has to travel through the driver.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,9 @@ class Dataset:
     n_train_rows: int = 0         # training rows of a row-keyed source
     n_held_rows: tuple[int, int] = (0, 0)  # its test and validation rows (their arrays are None when the
     #                                        mappers keep and score them: rows.scored_by_mappers)
+    mean: np.ndarray | None = None  # (n_features,) float64 standardisation statistics of the training rows;
+    std: np.ndarray | None = None   # None when data.standardize is off
+    feature_names: tuple[str, ...] | None = None  # a table source's feature columns in order (else None)
 
     @property
     def n_features(self) -> int:
@@ -90,7 +93,8 @@ def _read_source(cfg: DataConfig, seed: int):
         return sources.load_digits()
     if cfg.source == "synthetic":
         return sources.make_synthetic(cfg.n_samples, cfg.n_features, cfg.n_classes, seed)
-    return sources.read_file(Path(cfg.source), "data.source", cfg.label_column, cfg.labels)
+    return sources.read_file(Path(cfg.source), "data.source", cfg.label_column, cfg.labels,
+                             key_column=cfg.key_column)
 
 
 def _split(n: int, fraction: float, seed: int, salt: int = 0x7E57,
@@ -143,7 +147,7 @@ def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Re
     if len(np.unique(y_train)) < 2:
         raise DataError(f"data.source {src}: the training set holds a single class ({y_train[0]}); "
                         "at least 2 are needed")
-    x_val = y_val = None
+    x_val = y_val = mean = std = None
     if cfg.validation_fraction:
         keep, held = _split(len(y_train), cfg.validation_fraction, seed, 0x7A11, "data.validation_fraction")
         x_train, y_train, x_val, y_val = x_train[keep], y_train[keep], x_train[held], y_train[held]
@@ -154,8 +158,13 @@ def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Re
         x_train = (x_train - mean) / std
         x_test = (x_test - mean) / std
         x_val = None if x_val is None else (x_val - mean) / std
+    names = None
+    if src.lower().endswith(".csv") and cfg.features_column is None:
+        names = tuple(sources.feature_columns(sources.csv_columns(Path(src), "data.source"), cfg.label_column,
+                                              cfg.key_column))
     return Dataset(x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test, n_classes,
-                   _image_shape(cfg, x_train.shape[1]), None if x_val is None else x_val.astype(np.float32), y_val)
+                   _image_shape(cfg, x_train.shape[1]), None if x_val is None else x_val.astype(np.float32), y_val,
+                   mean=mean, std=std, feature_names=names)
 
 
 def _check_width(x_test: np.ndarray, n_features: int, where: str) -> None:
@@ -167,10 +176,11 @@ def _test_set(cfg: DataConfig, n_features: int) -> tuple[np.ndarray, np.ndarray]
     """``data.test_source`` read whole (a Parquet one block by block), checked against the training set's width."""
     key, where = "data.test_source", f"data.test_source {cfg.test_source}"
     if tables.is_row_keyed(cfg.test_source):
-        x, y = tables.read_whole(ParquetSource.open(cfg.test_source, cfg.label_column, cfg.features_column, key))
+        x, y = tables.read_whole(ParquetSource.open(cfg.test_source, cfg.label_column, cfg.features_column, key,
+                                                    cfg.key_column))
     else:
         x, y = sources.read_file(Path(cfg.test_source), key, cfg.label_column, cfg.test_labels,
-                                 "data.test_labels")[:2]
+                                 "data.test_labels", cfg.key_column)[:2]
         x = check_features(x, where)
         y = check_labels(y, x.shape[0], where)
     _check_width(x, n_features, where)
@@ -181,7 +191,7 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
     """A Parquet source surveyed by ``reader``: sizes, labels and statistics from one pass over the rows,
     then the test (and validation) rows collected; the training rows are left to the mappers."""
     check_partition(cfg.partition, cfg.source)
-    table = reader.open(cfg.source, cfg.label_column, cfg.features_column)
+    table = replace(reader.open(cfg.source, cfg.label_column, cfg.features_column), key_column=cfg.key_column)
     plan = RowPlan(seed, mappers, table.n_rows, None if cfg.test_source else cfg.test_fraction,
                    cfg.validation_fraction, cfg.partition)
     tally = reader.survey(table, plan)
@@ -235,8 +245,11 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
     else:
         x_test, y_test = held_out(TEST)
     x_val, y_val = held_out(VAL) if cfg.validation_fraction else (None, None)
+    names = None
+    if cfg.features_column is None and table.column_names:  # (Spark's reader does not read the schema here)
+        names = tuple(sources.feature_columns(table.column_names, cfg.label_column, cfg.key_column))
     return Dataset(None, None, x_test, y_test, n_classes, _image_shape(cfg, tally.n_features), x_val, y_val,
-                   rows, n_train, (int(tally.role_counts[TEST]), int(tally.role_counts[VAL])))
+                   rows, n_train, (int(tally.role_counts[TEST]), int(tally.role_counts[VAL])), mean, std, names)
 
 
 def _image_shape(cfg: DataConfig, n_features: int) -> tuple[int, int, int] | None:

@@ -63,15 +63,18 @@ def check_exists(path: Path, key: str) -> None:
         raise DataError(f"{key}: {path} is not a file")
 
 
-def read_npz(path: Path, key: str):
-    """``.npz`` with arrays ``x``, ``y`` and optionally ``x_test``, ``y_test`` (pickle disabled)."""
+def read_npz(path: Path, key: str, need_labels: bool = True):
+    """``.npz`` with arrays ``x``, ``y`` and optionally ``x_test``, ``y_test`` (pickle disabled).
+
+    ``need_labels=False`` (data to predict on): ``y`` may be missing, and is then None.
+    """
     try:
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # fh: closed even if np.load fails
             names = set(f.files)
-            missing = {"x", "y"} - names
-            if missing:
-                raise DataError(f"{key}: {path} must hold arrays 'x' and 'y', found {sorted(names)}")
-            arrays = [f["x"], f["y"]]
+            if "x" not in names or (need_labels and "y" not in names):
+                wanted = "arrays 'x' and 'y'" if need_labels else "an array 'x'"
+                raise DataError(f"{key}: {path} must hold {wanted}, found {sorted(names)}")
+            arrays = [f["x"], f["y"] if "y" in names else None]
             if {"x_test", "y_test"} <= names:
                 arrays += [f["x_test"], f["y_test"]]
             return tuple(arrays)
@@ -85,19 +88,32 @@ def read_npz(path: Path, key: str):
         raise DataError(f"{key}: {path} is not a readable .npz file ({exc})") from None
 
 
-def table_to_arrays(table, path: Path, key: str, label_column: str, features_column: str | None):
+def feature_columns(names: list[str], label_column: str | None, key_column: str | None = None) -> list[str]:
+    """The feature columns of a table without a features column: every column but the label and the key, in order."""
+    return [name for name in names if name not in (label_column, key_column)]
+
+
+def table_to_arrays(table, path: Path, key: str, label_column: str | None, features_column: str | None,
+                    key_column: str | None = None):
+    """``(x float64, y)`` of an Arrow table; ``label_column=None`` (data to predict on): ``y`` is None.
+
+    The features are ``features_column`` (a list column), else every column
+    but the label and ``key_column`` (a row key, not a feature), in order.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if label_column not in table.column_names:
-        raise DataError(f"{key}: {path} has no label column '{label_column}' "
-                        f"(set data.label_column; columns are {table.column_names[:10]})")
-    y_col = table.column(label_column)
-    if y_col.null_count:
-        raise DataError(f"{key}: {path} column '{label_column}' has {y_col.null_count} empty cells")
-    if not (pa.types.is_integer(y_col.type) or pa.types.is_floating(y_col.type)):
-        raise DataError(f"{key}: {path} label column '{label_column}' must be numeric, got {y_col.type}")
-    y = y_col.to_numpy()
+    y = None
+    if label_column is not None:
+        if label_column not in table.column_names:
+            raise DataError(f"{key}: {path} has no label column '{label_column}' "
+                            f"(set data.label_column; columns are {table.column_names[:10]})")
+        y_col = table.column(label_column)
+        if y_col.null_count:
+            raise DataError(f"{key}: {path} column '{label_column}' has {y_col.null_count} empty cells")
+        if not (pa.types.is_integer(y_col.type) or pa.types.is_floating(y_col.type)):
+            raise DataError(f"{key}: {path} label column '{label_column}' must be numeric, got {y_col.type}")
+        y = y_col.to_numpy()
     if features_column is not None:
         if features_column not in table.column_names:
             raise DataError(f"{key}: {path} has no features column '{features_column}' "
@@ -116,10 +132,11 @@ def table_to_arrays(table, path: Path, key: str, label_column: str, features_col
         if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)) or values.null_count:
             raise DataError(f"{key}: {path} features column '{features_column}' holds non-numeric values")
         return values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(col), -1), y
+    if key_column is not None and key_column not in table.column_names:
+        raise DataError(f"{key}: {path} has no key column '{key_column}' "
+                        f"(set data.key_column; columns are {table.column_names[:10]})")
     columns = []
-    for name in table.column_names:
-        if name == label_column:
-            continue
+    for name in feature_columns(table.column_names, label_column, key_column):
         col = table.column(name)
         if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
             raise DataError(f"{key}: {path} column '{name}' must be numeric, got {col.type} "
@@ -132,18 +149,35 @@ def table_to_arrays(table, path: Path, key: str, label_column: str, features_col
     return np.stack(columns, axis=1), y
 
 
-def read_csv(path: Path, key: str, label_column: str):
-    """CSV with a header row; the column ``label_column`` holds the labels, all others are features."""
+def read_csv_table(path: Path, key: str):
+    """A CSV file with a header row as an Arrow table; a malformed file is one line naming it."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     try:
-        table = pacsv.read_csv(path)
+        return pacsv.read_csv(path)
     except pa.ArrowInvalid as exc:
         raise DataError(f"{key}: {path} is not a well-formed CSV file ({first_line(exc)})") from None
     except OSError as exc:
         raise DataError(f"{key}: {path} cannot be read ({exc})") from None
-    return table_to_arrays(table, path, key, label_column, None)
+
+
+def csv_columns(path: Path, key: str) -> list[str]:
+    """The column names of a CSV file's header row (its first block alone is read)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    try:
+        with pacsv.open_csv(path) as reader:
+            return reader.schema.names
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{key}: {path} is not a well-formed CSV file ({first_line(exc)})") from None
+
+
+def read_csv(path: Path, key: str, label_column: str, key_column: str | None = None):
+    """CSV with a header row; the column ``label_column`` holds the labels, all others but ``key_column`` are
+    features."""
+    return table_to_arrays(read_csv_table(path, key), path, key, label_column, None, key_column)
 
 
 def parquet_files(source: str) -> list[Path] | None:
@@ -217,7 +251,7 @@ def is_idx(path: Path) -> bool:
 
 
 def read_file(path: Path, key: str, label_column: str = "label", labels: str | None = None,
-              labels_key: str = "data.labels"):
+              labels_key: str = "data.labels", key_column: str | None = None):
     """Read an in-memory data file (.npz, .csv, IDX) by its extension; returns ``(x, y)`` or
     ``(x, y, x_test, y_test)``. Parquet is read block by block (:mod:`nnlib.data.tables`)."""
     check_exists(path, key)
@@ -225,7 +259,7 @@ def read_file(path: Path, key: str, label_column: str = "label", labels: str | N
     if suffix == ".npz":
         return read_npz(path, key)
     if suffix == ".csv":
-        return read_csv(path, key, label_column)
+        return read_csv(path, key, label_column, key_column)
     if is_idx(path):
         x = read_idx(path, key)
         label_path = Path(labels) if labels else idx_labels_path(path)

@@ -42,6 +42,8 @@ class ParquetSource:
     label_column: str
     features_column: str | None
     key: str = "data.source"
+    key_column: str | None = None      # data.key_column: a row key, not a feature
+    column_names: tuple[str, ...] = ()  # the files' columns, when read from their schema here
 
     @property
     def n_rows(self) -> int:
@@ -54,7 +56,7 @@ class ParquetSource:
 
     @classmethod
     def open(cls, source: str, label_column: str, features_column: str | None,
-             key: str = "data.source") -> "ParquetSource":
+             key: str = "data.source", key_column: str | None = None) -> "ParquetSource":
         """List the files (sorted by path) and read their footers; a bad file or schema is one line naming it."""
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -84,7 +86,8 @@ class ParquetSource:
             rows.append(meta.num_rows)
         if sum(rows) == 0:
             raise DataError(f"{key}: {source} holds no rows")
-        return cls(source, tuple(names), tuple(rows), label_column, features_column, key)
+        return cls(source, tuple(names), tuple(rows), label_column, features_column, key, key_column,
+                   tuple(first[1].names))
 
     def columns(self) -> list[str] | None:
         return None if self.features_column is None else [self.features_column, self.label_column]
@@ -119,7 +122,7 @@ class ParquetSource:
                     continue
                 for batch in parquet.iter_batches(batch_size=BLOCK_ROWS, row_groups=groups, columns=self.columns()):
                     x, y = table_arrays(pa.Table.from_batches([batch]), name, self.key, self.label_column,
-                                        self.features_column, first - start)
+                                        self.features_column, first - start, self.key_column)
                     yield np.arange(first, first + len(y), dtype=np.int64), x, y
                     first += len(y)
             except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
@@ -127,9 +130,9 @@ class ParquetSource:
 
 
 def table_arrays(table, name: str, key: str, label_column: str, features_column: str | None,
-                 first_row: int) -> tuple[np.ndarray, np.ndarray]:
+                 first_row: int, key_column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A block's checked ``(x float64, y int64)``; a bad value names the file and its row there."""
-    x, y = sources.table_to_arrays(table, Path(name), key, label_column, features_column)
+    x, y = sources.table_to_arrays(table, Path(name), key, label_column, features_column, key_column)
     where = f"{key} {name}"
     x = check_features(x, where, first_row)
     return x, check_labels(y, len(x), where, first_row)
