@@ -21,10 +21,10 @@ import numpy as np
 
 from nnlib.config import Config
 from nnlib.core.backends import get_backend
-from nnlib.core.params import to_named
 from nnlib.data.dataset import Dataset, ShardSource, load_dataset
 from nnlib.engines import make_engine
 from nnlib.engines.base import Engine
+from nnlib.model.file import model_arrays
 from nnlib.errors import ConfigError, DivergenceError
 from nnlib.util.machine import describe
 from nnlib.outputs import RunDir
@@ -369,6 +369,6 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
     result.summary = summarize(config, setup.data, payload, result, time.perf_counter() - wall_start,
                                first_round if resume else None)
     if run_dir is not None:
-        run_dir.write_model(to_named(payload.params, payload.model.layers))
+        run_dir.write_model(model_arrays(config, setup.data, payload.model, payload.params))
         run_dir.write_summary(result.summary)
     return result

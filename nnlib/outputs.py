@@ -187,6 +187,7 @@ class Checkpoint:
 
 
 def load_model(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a ``model.npz`` with pickle disabled."""
+    """A ``model.npz``'s weights, named, in flat order, read with pickle disabled (the header and the
+    standardisation arrays, ``meta.*``, are left out: :mod:`nnlib.model.file` reads the whole file)."""
     with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # fh: closed even if np.load fails
-        return {k: f[k] for k in f.files}
+        return {k: f[k] for k in f.files if not k.startswith("meta.")}
