@@ -1,11 +1,15 @@
 """nnlib plot and nnlib report on a run: valid PNGs, every figure embedded in the one HTML file."""
 
 import base64
+import contextlib
+import io
+import json
 import re
 
 import pytest
 
 from nnlib.cli import main
+from nnlib.outputs import read_csv_rows
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -18,24 +22,38 @@ def run_dir(tmp_path_factory):
     return out
 
 
-def png_size(data: bytes) -> tuple[int, int]:
-    assert data.startswith(PNG_SIGNATURE)
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+@pytest.fixture(scope="module")
+def reported(run_dir) -> str:
+    """``nnlib report`` run once on the run; what it printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["report", str(run_dir)]) == 0
+    return printed.getvalue()
+
+
+def fmt(value) -> str:
+    """A number as the report's tables write it (4 significant digits)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def test_plot_draws_a_runs_convergence_and_timeline(run_dir, capsys):
+    from matplotlib.image import imread
+
     assert main(["plot", str(run_dir)]) == 0
     assert "2 figures" in capsys.readouterr().out
-    for name in ("convergence.png", "timeline.png"):
-        width, height = png_size((run_dir / "plots" / name).read_bytes())
-        assert width > 300 and height > 200
+    # at 110 dpi: convergence, two 5.2 x 3.8 in panels; timeline, 8 in wide and 0.45 in per mapper + 1.5 in high
+    for name, shape in (("convergence.png", (418, 1144)), ("timeline.png", (313, 880))):
+        assert (run_dir / "plots" / name).read_bytes().startswith(PNG_SIGNATURE)
+        pixels = imread(run_dir / "plots" / name)  # decodes the whole file
+        assert pixels.shape == (*shape, 4)
+        assert 0.01 < (pixels[..., :3] < 1).any(axis=-1).mean() < 0.5  # drawn on, and mostly white background
 
 
-def test_report_embeds_every_figure_and_says_how_to_rerun(run_dir, capsys):
-    assert main(["report", str(run_dir)]) == 0
-    assert "report.html" in capsys.readouterr().out
+def test_report_embeds_every_figure_and_says_how_to_rerun(run_dir, reported):
+    assert f"report: {run_dir / 'report.md'} and {run_dir / 'report.html'}" in reported
     page = (run_dir / "report.html").read_text()
     figures = sorted((run_dir / "plots").glob("*.png"))
+    assert [f.name for f in figures] == ["convergence.png", "timeline.png"]
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert sorted(base64.b64decode(e) for e in embedded) == sorted(f.read_bytes() for f in figures)
     assert "src=\"http" not in page and "<link" not in page  # self-contained
@@ -45,6 +63,24 @@ def test_report_embeds_every_figure_and_says_how_to_rerun(run_dir, capsys):
     assert "mappers: 3" in config and "mappers: 3" in md
     assert f"nnlib run {run_dir.resolve() / 'config.yaml'}" in md
     assert re.search(r"\| CPU cores \| \d+ \|", md) and "| numpy |" in md
+
+
+def test_the_reports_tables_hold_the_runs_numbers(run_dir, reported):
+    md, page = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("final_test_accuracy", "final_test_loss", "rounds_run", "mappers", "n_params"):
+        assert f"| {key} | {fmt(summary[key])} |" in md
+    rounds = read_csv_rows(run_dir / "rounds.csv")
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for r in rounds:  # every round, in the Markdown table and in the HTML one
+        cells = [fmt(r[c]) for c in ("round", "test_accuracy", "test_loss", "train_loss", "seconds",
+                                     "max_mapper_seconds", "overhead_seconds")]
+        assert "| " + " | ".join(cells) + " |" in md
+        assert "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" in page
+    mappers = read_csv_rows(run_dir / "mapper_times.csv")
+    for m in range(3):  # each mapper's samples over the three rounds
+        seen = sum(row["n_samples"] for row in mappers if row["mapper"] == m)
+        assert re.search(rf"^\| {m} \| [^|]+ \| {seen} \|", md, re.M)
 
 
 def test_report_of_a_folder_that_holds_no_run_fails_in_one_line(tmp_path, capsys):
