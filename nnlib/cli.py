@@ -55,6 +55,18 @@ def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
     plot.add_argument("dir", help="a run directory (summary.json) or a sweep directory (results.csv)")
     report = sub.add_parser("report", help="write DIR/report.md and a self-contained DIR/report.html")
     report.add_argument("dir", help="a run (summary.json), a sweep (results.csv) or a split search (search.json)")
+    predict = sub.add_parser("predict", help="predict every row of a data source (see nnlib/model/predict.py)")
+    predict.add_argument("model", help="a run directory or a model file (model.npz)")
+    predict.add_argument("data", help="a data source: digits, synthetic, .npz, .csv, IDX, .parquet or a Parquet dataset")
+    predict.add_argument("--out", help="write the predictions here (.parquet or .csv); default: only report")
+    predict.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="how to read DATA, e.g. --set data.key_column=id (repeatable)")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    export = sub.add_parser("export", help="export a model to ONNX or torch (see nnlib/model/export.py)")
+    export.add_argument("model", help="a run directory or a model file (model.npz)")
+    export.add_argument("--format", required=True, help="onnx or torch")
+    export.add_argument("--out", required=True, help="the file to write")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return parser
 
 
@@ -256,8 +268,31 @@ def split_search_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def predict_command(args: argparse.Namespace) -> int:
+    """Predict DATA with a model; print the rows, accuracy and loss (with labels) and where the file is."""
+    from nnlib.model.model import Model
+    from nnlib.model.predict import predict_source
+
+    done = predict_source(Model.load(args.model), args.data, args.overrides, args.out, args.overwrite)
+    scores = "" if done.accuracy is None else f"; accuracy {done.accuracy:.4f}, loss {done.loss:.4f}"
+    where = f"predictions in {done.out}" if done.out else "no --out: nothing written"
+    print_flushed(f"predict: {done.rows} rows{scores}; {where}")
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """Export a model to ONNX or torch; print where."""
+    from nnlib.model.export import export
+    from nnlib.model.model import Model
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise ConfigError(f"--out: {args.out} exists; choose another file or pass --overwrite")
+    print_flushed(f"export: {export(Model.load(args.model), args.format, args.out)} ({args.format})")
+    return 0
+
+
 COMMANDS = {"run": run_command, "sweep": sweep_command, "plot": plot_command, "report": report_command,
-            "split-search": split_search_command}
+            "split-search": split_search_command, "predict": predict_command, "export": export_command}
 
 
 SPEAKER_GRACE_SECONDS = 2.0  # how long a rank other than 0 waits before exiting on an error
