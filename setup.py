@@ -6,6 +6,7 @@ TORCH = "torch==2.13.0"  # pinned: a newer or unpinned torch pulls several GB of
 MRJOB = "mrjob==0.7.4"  # its last release; imports on Python <= 3.12 only
 MPI = ["mpi4py>=4", "openmpi>=5"]  # the openmpi package brings mpiexec into the environment
 MLFLOW = "mlflow-skinny>=2.10"  # the client alone: tracking to a folder, a database or a server
+ONNX = ["onnx>=1.16", "onnxruntime>=1.17"]  # nnlib export --format onnx: building the graph, checking it
 
 setup(
     name="nnlib",
@@ -33,8 +34,9 @@ setup(
         "mrjob": [MRJOB],
         "mpi": MPI,
         "tracking": [MLFLOW],
+        "onnx": ONNX,
         "bench": [TORCH, MRJOB, *MPI],
-        "test": [TORCH, MRJOB, *MPI, MLFLOW, "pytest>=8"],
+        "test": [TORCH, MRJOB, *MPI, MLFLOW, *ONNX, "pytest>=8"],
     },
     entry_points={"console_scripts": ["nnlib=nnlib.cli:entry_point"]},
 )
