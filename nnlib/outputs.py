@@ -25,9 +25,9 @@ ROUND_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "seconds",
                  "broadcast_seconds", "wait_seconds", "combine_seconds", "evaluate_seconds",
                  "max_mapper_seconds", "median_mapper_seconds", "overhead_seconds", "result_bytes", "lr",
                  "val_accuracy", "val_loss"]
-# every MapperStats field, who and where first
+# MapperStats' fields, who and where first; result_bytes is summed per round in rounds.csv instead
 MAPPER_COLUMNS = ["round", "mapper", "host", "pid",
-                  *(name for name in STATS_FIELDS if name not in ("mapper", "host", "pid"))]
+                  *(name for name in STATS_FIELDS if name not in ("mapper", "host", "pid", "result_bytes"))]
 
 
 def default_run_dir() -> Path:

@@ -1,6 +1,7 @@
 """The package's shape: no import cycles, thin entry scripts, values checked in one place."""
 
 import ast
+from functools import lru_cache
 from pathlib import Path
 
 import nnlib
@@ -32,6 +33,7 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
     return found
 
 
+@lru_cache(maxsize=1)
 def import_graph() -> dict[str, set[str]]:
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     return {name: _imports(path, set(files)) - {name} for name, path in files.items()}
@@ -76,6 +78,59 @@ def test_the_numeric_core_imports_no_engine_and_does_no_io():
     for name, deps in graph.items():
         if name.startswith("nnlib.core"):
             assert all(d.startswith("nnlib.core") or d == "nnlib.errors" for d in deps), (name, deps)
+
+
+# The layers, lowest first: a module may import only from its own layer or below.
+LAYERS = [
+    ("nnlib.errors", "nnlib.util"),
+    ("nnlib.core",),
+    ("nnlib.config",),
+    ("nnlib.data",),
+    ("nnlib.rounds",),
+    ("nnlib.outputs", "nnlib.model"),
+    ("nnlib.engines",),
+    ("nnlib.driver",),
+    ("nnlib.api", "nnlib.experiments", "nnlib.spark"),
+    ("nnlib.cli", "nnlib.__main__", "nnlib"),
+]
+
+
+def layer_of(module: str) -> int:
+    for rank, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes if p != "nnlib") or module == "nnlib" \
+                and "nnlib" in prefixes:
+            return rank
+    raise AssertionError(f"{module} is in no layer of tests/test_architecture.py's LAYERS: place it there")
+
+
+def test_the_layer_finder_places_modules():
+    assert layer_of("nnlib.core.mlp") < layer_of("nnlib.rounds.reduce") < layer_of("nnlib.engines.mpi.engine")
+    assert layer_of("nnlib.engines.spark.engine") < layer_of("nnlib.experiments.search") < layer_of("nnlib.cli")
+
+
+def test_no_module_imports_from_a_higher_layer():
+    graph = import_graph()
+    upward = [(name, dep) for name, deps in graph.items() for dep in deps if layer_of(dep) > layer_of(name)]
+    assert not upward, "imports from a higher layer: " + ", ".join(f"{a} -> {b}" for a, b in upward)
+    assert [name for name, deps in graph.items() if "nnlib.cli" in deps] == ["nnlib.__main__"], \
+        "nothing but python -m nnlib imports the CLI"
+
+
+def test_the_layers_show_in_the_tree():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 9, f"{len(top)} modules directly in nnlib/: {top}"
+    for engine in ("spark", "mpi", "mrjob"):
+        assert (PACKAGE / "engines" / engine / "__init__.py").is_file(), engine
+
+
+def test_the_mpi_engine_computes_no_combine_coefficients_of_its_own():
+    """MPI adds the reduce's shares (nnlib.rounds.reduce); the rules' coefficients and sub-network
+    placement come from there alone."""
+    graph = import_graph()
+    mpi = {d for name, deps in graph.items() if name.startswith("nnlib.engines.mpi") for d in deps}
+    assert not mpi & {"nnlib.core.combine", "nnlib.core.split"}, mpi
+    source = "".join(p.read_text() for p in (PACKAGE / "engines" / "mpi").glob("*.py"))
+    assert "COEFFICIENTS" not in source and "embed(" not in source
 
 
 def test_entry_scripts_are_thin():

@@ -175,11 +175,11 @@ def gradient_share(grad: np.ndarray, n_mappers: int) -> np.ndarray:
 
 
 def mean_gradient(grads: list[np.ndarray]) -> np.ndarray:
-    """The mean of the mappers' gradients (in mapper order), float32: the shares added in order."""
+    """The mean of the mappers' gradients (in mapper order), in their dtype: the shares added in order."""
     total = np.zeros(grads[0].shape, np.float64)
     for g in grads:
         total += gradient_share(g, len(grads))
-    return total.astype(DTYPE)
+    return total.astype(grads[0].dtype)
 
 
 def check_mean_gradient(mean: np.ndarray, round_index: int, step: int, flagged: Callable[[], list[int]]) -> None:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import sys
 import zipfile
+from importlib.util import find_spec
 from pathlib import Path
 
-import nnlib
-
-PACKAGE_DIR = Path(nnlib.__file__).resolve().parent  # the package's root, not this module's folder
+PACKAGE_DIR = Path(find_spec("nnlib").submodule_search_locations[0]).resolve()  # the package's root folder
 
 
 def zip_package(dest: str | Path) -> Path:
