@@ -127,6 +127,24 @@ def test_a_parquet_run_scores_its_test_rows_again_to_the_bit(parquet_run, tmp_pa
         float(model.predict_proba(x[:1])[0, 0]), rel=1e-6)
 
 
+def test_a_parquet_key_column_is_no_feature_and_comes_back_with_the_predictions(tmp_path):
+    x, y = _raw_digits()
+    (tmp_path / "data").mkdir()
+    ids = np.arange(len(y), dtype=np.int64) * 7 + 100000  # far from any pixel: as a feature it would show
+    for i, (lo, hi) in enumerate(((0, 900), (900, len(y)))):
+        pq.write_table(_table(x[lo:hi], y[lo:hi], ids[lo:hi]), tmp_path / "data" / f"part-{i}.parquet")
+    summary, out = _train(tmp_path, "run", f"data.source={tmp_path / 'data'}", "data.key_column=id")
+    model = Model.load(out)
+    assert summary["n_features"] == 64 and model.feature_columns == [f"px{i}" for i in range(64)]
+    test = RowPlan(3, 2, len(y), 0.2, 0.0).roles(np.arange(len(y))) == TEST
+    assert model.score(x[test], y[test]) == summary["final_test_accuracy"]
+    predict_source(model, str(tmp_path / "data"), [], str(tmp_path / "p.parquet"))
+    written = pq.read_table(tmp_path / "p.parquet")
+    assert written.column_names == ["id", "prediction", "probability"]
+    assert np.array_equal(written.column("id").to_numpy(), ids)
+    assert np.array_equal(written.column("prediction").to_numpy(), model.predict(x))
+
+
 def test_predictions_come_in_chunks_that_join_up(csv_run):
     _, out, tmp = csv_run
     model = Model.load(out)

@@ -25,7 +25,7 @@ import numpy as np
 from nnlib.core.backends import get_backend
 from nnlib.core.mlp import LOSSES
 from nnlib.data.checks import check_features, check_labels
-from nnlib.errors import DataError
+from nnlib.errors import ConfigError, DataError
 from nnlib.model import file as model_file
 from nnlib.model.file import ModelFile
 
@@ -50,7 +50,7 @@ class Model:
 
     def __init__(self, file: ModelFile, backend: str = "numpy"):
         if backend not in ("numpy", "torch"):
-            raise DataError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+            raise ConfigError(f"backend must be 'numpy' or 'torch', got {backend!r}")
         self.file = file
         self.backend = backend
         self._params = file.params()
