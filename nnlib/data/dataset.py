@@ -246,8 +246,9 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
         x_test, y_test = held_out(TEST)
     x_val, y_val = held_out(VAL) if cfg.validation_fraction else (None, None)
     names = None
-    if cfg.features_column is None and table.column_names:  # (Spark's reader does not read the schema here)
-        names = tuple(sources.feature_columns(table.column_names, cfg.label_column, cfg.key_column))
+    if cfg.features_column is None and not tables.is_uri(cfg.source):
+        columns = table.column_names or tables.schema_names(cfg.source)  # Spark's reader lists no schema here
+        names = tuple(sources.feature_columns(columns, cfg.label_column, cfg.key_column))
     return Dataset(None, None, x_test, y_test, n_classes, _image_shape(cfg, tally.n_features), x_val, y_val,
                    rows, n_train, (int(tally.role_counts[TEST]), int(tally.role_counts[VAL])), mean, std, names)
 

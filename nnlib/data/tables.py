@@ -129,6 +129,15 @@ class ParquetSource:
                 raise DataError(f"{self.key}: {name} is not a readable parquet file ({first_line(exc)})") from None
 
 
+def schema_names(source: str) -> tuple[str, ...]:
+    """The column names of a local Parquet source's first file (its footer alone is read); () for none."""
+    import pyarrow.parquet as pq
+
+    files = sources.parquet_files(source)
+    files = [Path(source)] if files is None else files
+    return tuple(pq.read_schema(files[0]).names) if files else ()
+
+
 def table_arrays(table, name: str, key: str, label_column: str, features_column: str | None,
                  first_row: int, key_column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A block's checked ``(x float64, y int64)``; a bad value names the file and its row there."""
