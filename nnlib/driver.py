@@ -24,7 +24,7 @@ from nnlib.core.backends import get_backend
 from nnlib.data.dataset import Dataset, ShardSource, load_dataset
 from nnlib.engines import make_engine
 from nnlib.engines.base import Engine
-from nnlib.model.file import model_arrays
+from nnlib.model.file import ModelFile, model_file
 from nnlib.errors import ConfigError, DivergenceError
 from nnlib.util.machine import describe
 from nnlib.outputs import RunDir
@@ -49,6 +49,7 @@ class RunResult:
     mapper_rows: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # {"round", "mapper"} left out by skip_bad_mappers
     extra: dict = field(default_factory=dict)  # facts a combine rule records in the summary (the split)
+    model: ModelFile | None = None  # the trained model with its preprocessing and classes (model.npz)
 
 
 def check_against_data(config: Config, data: Dataset, sizes: list[int], warn=warn) -> None:
@@ -368,7 +369,8 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
     result.params = payload.params
     result.summary = summarize(config, setup.data, payload, result, time.perf_counter() - wall_start,
                                first_round if resume else None)
+    result.model = model_file(config, setup.data, payload.model, payload.params)
     if run_dir is not None:
-        run_dir.write_model(model_arrays(config, setup.data, payload.model, payload.params))
+        run_dir.write_model(result.model.arrays())
         run_dir.write_summary(result.summary)
     return result
