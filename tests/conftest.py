@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +16,17 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 from nnlib.config import load_config  # noqa: E402
+
+
+def needs(module: str, extra: str):
+    """Skip, saying why, where ``module`` (from the ``extra`` of setup.py) is not installed."""
+    return pytest.mark.skipif(importlib.util.find_spec(module) is None,
+                              reason=f"needs {module}, not installed (pip install -e '.[{extra}]')")
+
+
+# extras: a plain `pip install -e .` runs the fast tier with the tests that need them skipped
+needs_torch = needs("torch", "torch")
+needs_mrjob = needs("mrjob", "mrjob")
 
 
 def pytest_configure(config):
@@ -54,3 +67,27 @@ def saved_params(run_dir) -> np.ndarray:
     from nnlib.outputs import load_model
 
     return np.concatenate([a.ravel() for a in load_model(run_dir / "model.npz").values()])
+
+
+def checkpointed_rounds(run_dir) -> int:
+    """The rounds done in ``run_dir``'s newest checkpoint (``checkpoints/round-NNNNN.npz``), 0 without one."""
+    names = sorted(p.name for p in (run_dir / "checkpoints").glob("round-*.npz"))
+    return int(names[-1][len("round-"):-len(".npz")]) if names else 0
+
+
+def wait_for_rounds(proc, run_dir, rounds: int, timeout: float = 300.0) -> int:
+    """Wait until the run of ``proc`` (a ``Popen``) has checkpointed at least ``rounds`` rounds in ``run_dir``.
+
+    Returns the rounds checkpointed; fails the test if the process ends first or ``timeout`` seconds pass.
+    """
+    deadline = time.monotonic() + timeout
+    while (done := checkpointed_rounds(run_dir)) < rounds:
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            err = err.decode() if isinstance(err, bytes) else err
+            pytest.fail(f"the run ended (exit {proc.returncode}) after {done} of the {rounds} rounds waited for:\n"
+                        f"{err[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{done} rounds checkpointed in {run_dir} after {timeout:.0f}s; waited for {rounds}")
+        time.sleep(0.05)
+    return done

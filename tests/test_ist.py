@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import small_config
+from conftest import needs_torch, small_config
 from nnlib.core.backends import get_backend
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.params import LayerSpec, unpack
@@ -18,7 +18,7 @@ from nnlib.rounds.mapper import shard_rng, train_shard
 QUIET = dict(log=lambda _m: None, warn=lambda _m: None)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("torch", marks=needs_torch)])
 def test_ist_with_one_mapper_is_plain_training(backend):
     plain = run(small_config("mappers=1", "train.momentum=0.9", f"model.backend={backend}"), **QUIET)
     ist = run(small_config("mappers=1", "train.momentum=0.9", f"model.backend={backend}", "combine=ist"), **QUIET)

@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import needs_torch
 
 from nnlib.core.backends import get_backend
 from nnlib.core.mlp import ModelSpec, NumpyMLP
-from nnlib.core.params import LayerSpec, init_params
 from nnlib.core.optim import SGD
+from nnlib.core.params import LayerSpec, init_params
 from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, run_steps
 
 ACTIVATIONS = ["relu", "sigmoid", "tanh"]
@@ -55,6 +56,7 @@ def test_squared_loss_closed_form():
     assert loss == pytest.approx(0.5)
 
 
+@needs_torch
 @pytest.mark.parametrize("scale", [1.0, 2.0])
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -146,7 +148,7 @@ def test_the_slides_ann_loss_and_gradient_match_the_formula():
     assert NumpyMLP(spec).objective(w, x, y) == pytest.approx(J, rel=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("torch", marks=needs_torch)])
 def test_a_large_set_scored_in_pieces_gives_the_whole_sets_loss_and_accuracy(monkeypatch, backend):
     from nnlib.rounds import mapper as tasks
 

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-import torch
+from conftest import needs_torch, small_config
 
-from conftest import small_config
 from nnlib.core.backends import get_backend
 from nnlib.core.optim import SGD, Adam, from_json, to_json
 from nnlib.core.train import LocalSchedule, local_sgd
@@ -15,9 +14,13 @@ from nnlib.rounds.mapper import shard_rng
 QUIET = dict(log=lambda _m: None, warn=lambda _m: None)
 
 
-def torch_steps(make, w0, grads, lr):
+def torch_steps(rule, w0, grads, lr):
+    """``torch.optim.<name>(**kwargs)`` for ``rule = (name, kwargs)``, stepped through ``grads``."""
+    import torch
+
+    name, kwargs = rule
     w = torch.nn.Parameter(torch.from_numpy(w0.copy()))
-    opt = make([w], lr)
+    opt = getattr(torch.optim, name)([w], lr, **kwargs)
     out = []
     for g in grads:
         w.grad = torch.from_numpy(g.copy())
@@ -36,17 +39,18 @@ def ours(optimizer, w0, grads, lr):
     return out
 
 
-CASES = {
-    "sgd-weight-decay": (SGD(weight_decay=0.01), lambda p, lr: torch.optim.SGD(p, lr, weight_decay=0.01)),
-    "momentum": (SGD(0.9), lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9)),
-    "nesterov": (SGD(0.9, nesterov=True), lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9, nesterov=True)),
-    "adam": (Adam(), lambda p, lr: torch.optim.Adam(p, lr)),
+CASES = {  # ours, and torch.optim's class name and arguments
+    "sgd-weight-decay": (SGD(weight_decay=0.01), ("SGD", {"weight_decay": 0.01})),
+    "momentum": (SGD(0.9), ("SGD", {"momentum": 0.9})),
+    "nesterov": (SGD(0.9, nesterov=True), ("SGD", {"momentum": 0.9, "nesterov": True})),
+    "adam": (Adam(), ("Adam", {})),
     "adam-l2": (Adam(0.8, 0.99, 1e-6, weight_decay=0.05),
-                lambda p, lr: torch.optim.Adam(p, lr, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)),
-    "adamw": (Adam(weight_decay=0.1, decoupled=True), lambda p, lr: torch.optim.AdamW(p, lr, weight_decay=0.1)),
+                ("Adam", {"betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.05})),
+    "adamw": (Adam(weight_decay=0.1, decoupled=True), ("AdamW", {"weight_decay": 0.1})),
 }
 
 
+@needs_torch
 @pytest.mark.parametrize("name", CASES)
 def test_matches_torch_optim_step_for_step(name):
     ours_rule, torch_rule = CASES[name]
@@ -55,7 +59,12 @@ def test_matches_torch_optim_step_for_step(name):
     grads = [rng.normal(size=50).astype(np.float32) for _ in range(30)]
     for mine, theirs in zip(ours(ours_rule, w0, grads, 0.01), torch_steps(torch_rule, w0, grads, 0.01)):
         np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
-    assert from_json(to_json(ours_rule)) == ours_rule
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_an_update_rule_survives_json(name):
+    rule = CASES[name][0]
+    assert from_json(to_json(rule)) == rule
 
 
 def test_adam_keeps_a_step_count_per_parameter():
