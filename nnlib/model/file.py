@@ -134,11 +134,6 @@ def model_file(config, data, spec: ModelSpec, params: np.ndarray) -> ModelFile:
     return ModelFile(to_named(params, spec.layers), make_header(config, data, spec), data.mean, data.std)
 
 
-def model_arrays(config, data, spec: ModelSpec, params: np.ndarray) -> dict[str, np.ndarray]:
-    """What the driver writes to ``model.npz`` (:meth:`nnlib.outputs.RunDir.write_model`)."""
-    return model_file(config, data, spec, params).arrays()
-
-
 def write(path: str | Path, model: ModelFile) -> Path:
     """Write ``model`` to ``path`` atomically (a temporary file renamed into place)."""
     buf = io.BytesIO()
