@@ -2,32 +2,46 @@
 
 The study trains the whole network on part of the data, splits the hidden
 units into groups, trains each sub-network apart on the rest of the data,
-recombines them, and asks how much the choice of split matters. Here:
+recombines them, and asks how much the choice of split matters. Every
+combination here *is* the config's ``combine: split`` run
+(:mod:`nnlib.rounds.subnets`) with its sub-network round's groups fixed to
+that split, trained by the driver (:mod:`nnlib.driver`) on the config's
+engine (``make_engine``: local, Spark or mrjob), as every other run is.
+With ``R = train.rounds``:
 
-1. the training set is shuffled (seeded) and its first
-   ``split.warmup_fraction`` trains the whole network for
-   ``train.local_epochs`` epochs (the warm-up);
-2. the **baseline** goes on training the whole network on the rest for
-   ``train.local_epochs`` epochs;
+1. rounds ``0 .. R-2`` train the whole network on the first
+   ``split.warmup_fraction`` of every mapper's shard, averaged (the
+   warm-up); they run once, and every split starts from their weights;
+2. the **baseline**'s last round trains the whole network on the rest of
+   every shard: it is ``nnlib run --set combine=split --set
+   split.method=none``, bit for bit;
 3. every **combination** (a split of each hidden layer into
    ``split.groups`` groups, default 2: every distinct one, or
-   ``split.max_combinations`` drawn at random when there are more) trains
-   each of its sub-networks from the warmed-up weights on the rest for
-   ``train.local_epochs`` epochs (with ``split.scale: groups`` the
-   sub-network's output contribution is multiplied by G while it trains),
-   then recombines them (:func:`nnlib.core.split.recombine`) and is scored
-   on the test set. Every combination sees the same data in the same order,
-   so only the split differs.
+   ``split.max_combinations`` drawn at random when there are more) runs the
+   last round: mapper ``m`` trains sub-network ``m mod G`` on the rest of
+   its shard (with ``split.scale: groups`` its output contribution is
+   multiplied by G while it trains), the pieces are recombined and scored
+   on the test set. Group ``k`` of a layer is the one whose smallest unit
+   comes ``k``-th (the order of ``groups`` in the table). The row is the
+   final test accuracy and loss of the ``combine: split`` run whose
+   ``split.method`` chose those groups in that order, bit for bit (the same
+   groups in another order go to other mappers' shards). Every combination
+   sees the same data in the same order, so only the split differs.
 
-Each combination is an independent task: on ``engine: local`` they run one
-after another, on ``engine: spark`` one Spark task per combination across
-the executors. Writes ``combinations.csv`` (id, groups, test accuracy and
-loss, seconds, cross-group coupling: the mean ``|corr|`` of the warmed-up
-units' activations across groups, lower is more independent; weight
-balance: the lightest group's share of the outgoing weight over the
-heaviest's),
+The combinations run one after another, each one's round on every mapper at
+once; the engine places its shards once for the whole search
+(:class:`PlacedOnce`).
+
+Writes ``combinations.csv`` (id, groups, test accuracy and loss, seconds,
+cross-group coupling: the mean ``|corr|`` of the warmed-up units'
+activations across groups, as a run records it in
+``split_cross_coupling``, lower is more independent; weight balance: the
+lightest group's share of the outgoing weight over the heaviest's),
 ``search.json`` and three figures: accuracy per combination with the
 baseline (the study's Figure 3), a histogram, and accuracy against coupling.
+
+The same module runs a ``combine: split`` run's unsplit baseline after it
+(:func:`run_with_baseline`, what ``nnlib run`` calls).
 """
 
 from __future__ import annotations
@@ -37,68 +51,29 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from nnlib.core.backends import get_backend
-from nnlib.core.mlp import ModelSpec
-from nnlib.core.optim import SGD, Adam
-from nnlib.core.params import init_params
+from nnlib import driver
+from nnlib.config import build_config
+from nnlib.core.params import LayerSpec, unpack
 from nnlib.core.split import (Split, count_any_splits, count_equal_splits, cross_coupling, enumerate_splits,
-                              layer_couplings, recombine, slice_params)
-from nnlib.core.train import LocalSchedule, local_sgd
-from nnlib.data.dataset import load_dataset
+                              layer_couplings)
+from nnlib.data.tables import is_row_keyed
+from nnlib.engines import make_engine
 from nnlib.errors import ConfigError
+from nnlib.outputs import RunDir, atomic_write_bytes, csv_bytes
+from nnlib.rounds.payload import RoundPayload
+from nnlib.rounds.reduce import Server, make_server
 from nnlib.util.machine import describe
-from nnlib.outputs import atomic_write_bytes, csv_bytes
-from nnlib.rounds.payload import make_optimizer, model_spec
-from nnlib.util.threads import one_blas_thread
 
 COLUMNS = ["id", "groups", "test_accuracy", "test_loss", "seconds", "cross_coupling", "weight_balance"]
 
 
-@dataclass(frozen=True)
-class SearchData:
-    """Everything a combination's task needs (broadcast once on Spark)."""
-
-    model: ModelSpec
-    backend: str
-    warm: np.ndarray          # the warmed-up whole network
-    x_rest: np.ndarray
-    y_rest: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    schedule: LocalSchedule
-    lr: float
-    optimizer: SGD | Adam
-    seed: int
-    scale: bool
-
-
-def _train(data: SearchData, params: np.ndarray, model: ModelSpec, stream: int) -> np.ndarray:
-    """``params`` trained on the rest of the data from a fresh optimizer state; batch order from ``stream``."""
-    optimizer, rng = data.optimizer, np.random.default_rng([data.seed, 0x5EA, stream])
-    update = local_sgd(get_backend(data.backend, model), params, optimizer.init_state(params), optimizer,
-                       data.x_rest, data.y_rest, data.schedule, data.lr, rng)
-    return update.params
-
-
-def evaluate_combination(data: SearchData, cid: int, split: Split) -> dict:
-    """Train every sub-network of ``split`` on the rest of the data, recombine, score on the test set."""
-    start = time.perf_counter()
-    layers = data.model.layers
-    pieces = []
-    with one_blas_thread():
-        for g in range(split.n_groups):
-            model = replace(data.model, layers=split.sub_layers(layers, g),
-                            output_scale=float(split.n_groups) if data.scale else 1.0)
-            pieces.append((g, _train(data, slice_params(data.warm, layers, split, g), model, g)))
-        params = recombine(data.warm, pieces, layers, split)
-        loss, accuracy = get_backend(data.backend, data.model).evaluate(params, data.x_test, data.y_test)
-    return {"id": cid, "groups": format_split(split), "test_accuracy": accuracy, "test_loss": loss,
-            "seconds": time.perf_counter() - start}
+def _quiet(_message: str) -> None:
+    pass
 
 
 def format_split(split: Split) -> str:
@@ -139,10 +114,12 @@ def combinations(hidden: tuple[int, ...], g: int, equal: bool, limit: int, seed:
 
 
 def check_search(config) -> int:
-    """The number of groups; refuses settings the search cannot run, in one line."""
+    """The number of groups G; refuses settings the search cannot run, in one line (:class:`ConfigError`)."""
     g = config.split.groups or 2
-    if config.engine not in ("local", "spark"):
-        raise ConfigError(f"split-search runs on engine local or spark, got engine={config.engine}")
+    t = config.train
+    if config.engine == "mpi":
+        raise ConfigError("split-search runs on engine local, spark or mrjob, got engine=mpi (every MPI rank "
+                          "runs its own driver loop)")
     if not config.model.hidden:
         raise ConfigError("split-search splits the hidden layers; model.hidden=[] has none")
     for h in config.model.hidden:
@@ -152,66 +129,151 @@ def check_search(config) -> int:
         if config.split.equal_sizes and h % g:
             raise ConfigError(f"split-search: {h} hidden units do not split into {g} equal groups; set "
                               "split.equal_sizes: false or change model.hidden")
+    if config.split.method == "none":
+        raise ConfigError("split-search trains split networks; split.method must be independence, random or "
+                          "alternating (alternating: which groups the mappers past the first G take), got none")
+    for key, value in (("train.target_accuracy", t.target_accuracy), ("train.patience", t.patience)):
+        if value is not None:
+            raise ConfigError(f"split-search scores every split after all train.rounds; {key} stops a run "
+                              f"early and must be unset, got {value}")
+    if t.sync_rounds >= t.rounds:
+        raise ConfigError(f"split-search: the sub-networks train in the last round, a local round; "
+                          f"train.sync_rounds must be < train.rounds ({t.rounds}), got {t.sync_rounds}")
+    if is_row_keyed(config.data.source):
+        raise ConfigError(f"split-search needs the training set in one process (the driver's, to measure the "
+                          f"units' coupling); data.source {config.data.source} is a Parquet source, read only "
+                          "by the mappers")
     return g
 
 
-def prepare_search(config) -> tuple[SearchData, dict, list[np.ndarray]]:
-    """Load and cut the data, warm up the whole network, train the baseline; the shared facts."""
-    data = load_dataset(config.data, config.seed)
-    if data.rows is not None:
-        raise ConfigError(f"split-search needs the training set in one process; data.source {config.data.source} "
-                          "is a Parquet source, read only by the mappers")
-    order = np.random.default_rng([config.seed, 0x5EA]).permutation(len(data.y_train))
-    n_warm = max(1, round(config.split.warmup_fraction * len(order)))
-    warm_idx, rest_idx = order[:n_warm], order[n_warm:]
-    spec = model_spec(config, data)
-    t = config.train
-    schedule = LocalSchedule(t.batch_size, t.local_epochs)
-    optimizer = make_optimizer(config)
-    start = init_params(spec.layers, config.seed)
-    backend = get_backend(config.model.backend, spec)
-    with one_blas_thread():
-        warm = local_sgd(backend, start, optimizer.init_state(start), optimizer, data.x_train[warm_idx],
-                         data.y_train[warm_idx], schedule, t.lr, np.random.default_rng([config.seed, 0x3A7])).params
-    shared = SearchData(spec, config.model.backend, warm, data.x_train[rest_idx], data.y_train[rest_idx],
-                        data.x_test, data.y_test, schedule, t.lr, optimizer, config.seed,
-                        config.split.scale == "groups")
-    with one_blas_thread():
-        baseline = _train(shared, warm, spec, 0)
-        warm_loss, warm_acc = backend.evaluate(warm, data.x_test, data.y_test)
-        base_loss, base_acc = backend.evaluate(baseline, data.x_test, data.y_test)
-    facts = {"n_warmup": int(n_warm), "n_rest": int(len(rest_idx)), "n_test": int(len(data.y_test)),
-             "warmup_test_accuracy": warm_acc, "baseline_test_accuracy": base_acc,
-             "baseline_test_loss": base_loss}
-    return shared, facts, layer_couplings(spec, warm, data.x_train[warm_idx])
+def search_config(config, groups: int):
+    """The run every combination is: ``config`` with ``combine: split`` and ``split.groups: groups``.
+
+    Raises :class:`ConfigError` (one line) when that run cannot be: fewer
+    than 2 ``train.rounds``, ``mappers`` not a multiple of ``groups``.
+    """
+    return build_config(config.to_dict(), ["combine=split", f"split.groups={groups}"], source="split-search")
 
 
-def _run_tasks(config, shared: SearchData, splits: list[Split], bar) -> list[dict]:
-    """Every combination's row, in id order: in this process, or one Spark task each."""
-    if config.engine == "local":
-        rows = []
-        for cid, split in enumerate(splits):
-            rows.append(evaluate_combination(shared, cid, split))
-            bar.update(1)
-        return rows
-    from nnlib.engines.spark.engine import get_or_create_session
+def prepare_search(config, reader=None, warn=driver.warn) -> driver.Setup:
+    """The search's run prepared by :func:`nnlib.driver.prepare` (data loaded and checked, round 0's payload).
 
-    session, created = get_or_create_session(config.spark.master, config.spark.app_name, config.spark.log_level)
-    sc = session.sparkContext
-    try:
-        data = sc.broadcast(shared)
-        chunk = max(1, 4 * sc.defaultParallelism)  # a few waves per progress update
-        rows, numbered = [], list(enumerate(splits))
-        for lo in range(0, len(numbered), chunk):
-            items = numbered[lo:lo + chunk]
-            rows += sc.parallelize(items, len(items)).map(
-                lambda item: evaluate_combination(data.value, item[0], item[1])).collect()
-            bar.update(len(items))
-        data.destroy()
-        return sorted(rows, key=lambda r: r["id"])
-    finally:
-        if created:
-            session.stop()
+    ``reader`` is the engine's. Raises :class:`ConfigError` for settings the
+    search cannot run (:func:`check_search`, :func:`search_config`).
+    """
+    return driver.prepare(search_config(config, check_search(config)), warn, reader)
+
+
+def unsplit(config):
+    """``config`` with ``split.method: none``: the same rounds and data, the last round unsplit."""
+    return config.model_copy(update={"split": config.split.model_copy(update={"method": "none"})})
+
+
+@dataclass(frozen=True)
+class SplitRound(driver.Setup):
+    """A ``combine: split`` run's setup whose sub-network round trains the groups of ``split``.
+
+    ``split=None`` keeps the groups ``split.method`` chooses. Entering that
+    round, it records in ``entered`` the state the round starts from
+    (``"payload"``: the warmed-up weights and optimizer state) and the server
+    optimizer's state then (``"server_state"``, a copy; None without one).
+    """
+
+    split: Split | None = None
+    server: Server | None = None
+    entered: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, setup: driver.Setup, split: Split | None, server: Server | None) -> SplitRound:
+        return cls(**{f.name: getattr(setup, f.name) for f in fields(driver.Setup)}, split=split, server=server)
+
+    def round_payload(self, payload: RoundPayload, r: int, result: driver.RunResult) -> RoundPayload:
+        planned = super().round_payload(payload, r, result)
+        if planned.subnets is None:
+            return planned
+        state = None if self.server is None or self.server.state is None else self.server.state.copy()
+        self.entered.update(payload=payload, server_state=state)
+        if self.split is None:
+            return planned
+        labels = tuple(tuple(int(u) for u in lab) for lab in self.split.labels())
+        return replace(planned, subnets=replace(planned.subnets, labels=labels))
+
+
+@dataclass(frozen=True)
+class Warm:
+    """Where every split's last round starts: the state after rounds ``0 .. R-2``."""
+
+    payload: RoundPayload          # the warmed-up weights and optimizer state
+    server: Server | None          # the server optimizer, its state as it was then
+    couplings: list[np.ndarray]    # per hidden layer, the warmed-up units' |corr|, (units, units)
+
+    def server_copy(self) -> Server | None:
+        """A server optimizer a round may step (its state is changed in place)."""
+        if self.server is None or self.server.state is None:
+            return self.server
+        return replace(self.server, state=self.server.state.copy())
+
+
+def warm_up_and_baseline(engine, setup: driver.Setup, warn=driver.warn) -> tuple[Warm, driver.RunResult]:
+    """Rounds ``0 .. R-2`` of ``setup``'s run on ``engine``, then the unsplit baseline's last round.
+
+    Returns the warmed-up state and the baseline's :class:`nnlib.driver.RunResult`
+    (``rounds``: every round's rounds.csv row, ``params``: its weights).
+    """
+    config = setup.config
+    server = make_server(config, setup.first.params)
+    baseline = SplitRound.of(replace(setup, config=unsplit(config)), None, server)
+    result = driver.RunResult(setup.first.params, {})
+    result.params = driver.train_rounds(engine, baseline, setup.first, 0, None, result, log=_quiet, warn=warn,
+                                        server=server).params
+    payload = baseline.entered["payload"]
+    kept = None if server is None else replace(server, state=baseline.entered["server_state"])
+    couplings = layer_couplings(payload.model, payload.params, setup.data.x_train)
+    return Warm(payload, kept, couplings), result
+
+
+def train_split(engine, setup: driver.Setup, warm: Warm, split: Split, warn=driver.warn) -> driver.RunResult:
+    """The last round of ``setup``'s run from ``warm`` with the sub-networks of ``split``, on ``engine``.
+
+    ``result.rounds[-1]`` is that round's rounds.csv row (``test_accuracy``,
+    ``test_loss``, ...), ``result.params`` the recombined weights.
+    """
+    server = warm.server_copy()
+    result = driver.RunResult(warm.payload.params, {})
+    last = SplitRound.of(setup, split, server)
+    result.params = driver.train_rounds(engine, last, warm.payload, setup.config.train.rounds - 1, None, result,
+                                        log=_quiet, warn=warn, server=server).params
+    return result
+
+
+class PlacedOnce:
+    """An engine whose shards are placed once for several runs over the same shards.
+
+    The search runs many :func:`nnlib.driver.train_rounds` calls (the
+    warm-up, then one per split), and a split run is followed by its
+    baseline; each call starts and stops its engine. Through this wrapper
+    only the first ``start`` reaches the engine (every call places the same
+    shards: one config's data, seed and mappers; only ``split`` settings
+    differ) and the engine stops at :meth:`close`. So a Spark engine keeps
+    one session and one stage throughout. Everything else is the engine's.
+    """
+
+    def __init__(self, engine):
+        self._engine, self._started = engine, False
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def start(self, source) -> None:
+        if not self._started:
+            self._engine.start(source)
+            self._started = True
+
+    def stop(self) -> None:
+        """Nothing: the shards stay for the next split (:meth:`close` stops the engine)."""
+
+    def close(self) -> None:
+        self._engine.stop()
 
 
 @dataclass
@@ -222,13 +284,19 @@ class SearchResult:
     plots: list[Path]
 
 
-def split_search(config, out: str | Path, quiet: bool = False, log=print, command: str = "") -> SearchResult:
-    """Run the search; write combinations.csv, search.json and the figures into ``out``."""
+def split_search(config, out: str | Path, quiet: bool = False, log=print, command: str = "",
+                 warn=driver.warn) -> SearchResult:
+    """Run the search; write combinations.csv, search.json and the figures into ``out``.
+
+    Raises :class:`ConfigError` before anything is written for settings the
+    search cannot run; ``out`` is created only when every split has run.
+    """
     import sys
 
     from tqdm import tqdm
 
     g = check_search(config)
+    run_config = search_config(config, g)
     hidden = tuple(config.model.hidden)
     equal = config.split.equal_sizes
     total = count_splits(hidden, g, equal)
@@ -239,42 +307,58 @@ def split_search(config, out: str | Path, quiet: bool = False, log=print, comman
             f"{len(splits)} drawn at random (split.max_combinations)")
     else:
         log(f"split-search: {total} distinct splits of hidden {list(hidden)} into {g} {sizes}; all evaluated")
+    engine = PlacedOnce(make_engine(run_config, warn))
+    rows = []
+    try:
+        setup = prepare_search(config, engine.reader, warn)
+        warm, baseline = warm_up_and_baseline(engine, setup, warn)
+        layers = warm.payload.model.layers
+        with tqdm(total=len(splits), unit="split", disable=quiet, file=sys.stderr, desc="split-search") as bar:
+            for cid, split in enumerate(splits):
+                start = time.perf_counter()
+                last = train_split(engine, setup, warm, split, warn).rounds[-1]
+                rows.append({"id": cid, "groups": format_split(split), "test_accuracy": last["test_accuracy"],
+                             "test_loss": last["test_loss"], "seconds": time.perf_counter() - start,
+                             "cross_coupling": cross_coupling(split, warm.couplings),
+                             "weight_balance": weight_balance(split, warm.payload.params, layers)})
+                bar.update(1)
+    finally:
+        engine.close()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shared, facts, coupled = prepare_search(config)
-    with tqdm(total=len(splits), unit="split", disable=quiet, file=sys.stderr, desc="split-search") as bar:
-        rows = _run_tasks(config, shared, splits, bar)
-    for row, split in zip(rows, splits):
-        row["cross_coupling"] = cross_coupling(split, coupled)
-        row["weight_balance"] = weight_balance(split, shared)
     atomic_write_bytes(out / "combinations.csv", csv_bytes(COLUMNS, rows))
-    accuracies = [r["test_accuracy"] for r in rows]
-    best, worst = max(rows, key=lambda r: r["test_accuracy"]), min(rows, key=lambda r: r["test_accuracy"])
-    facts.update({"engine": config.engine, "hidden": list(hidden), "groups": g, "equal_sizes": equal,
-                  "distinct_splits": total, "evaluated": len(rows), "seed": config.seed,
-                  "mean_test_accuracy": statistics.mean(accuracies), "min_test_accuracy": min(accuracies),
-                  "max_test_accuracy": max(accuracies),
-                  "beat_baseline": sum(a > facts["baseline_test_accuracy"] for a in accuracies),
-                  "coupling_accuracy_correlation": _correlation([r["cross_coupling"] for r in rows], accuracies),
-                  "balance_accuracy_correlation": _correlation([r["weight_balance"] for r in rows], accuracies),
-                  "best": best, "worst": worst, "config": config.to_dict(), "machine": describe(),
-                  "command": command})
+    r = run_config.train.rounds
+    accuracies = [row["test_accuracy"] for row in rows]
+    best = max(rows, key=lambda row: row["test_accuracy"])
+    worst = min(rows, key=lambda row: row["test_accuracy"])
+    facts = {"n_warmup": sum(m["n_samples"] for m in baseline.mapper_rows if m["round"] == 0),
+             "n_rest": sum(m["n_samples"] for m in baseline.mapper_rows if m["round"] == r - 1),
+             "n_test": setup.data.n_test, "warmup_test_accuracy": baseline.rounds[-2]["test_accuracy"],
+             "baseline_test_accuracy": baseline.rounds[-1]["test_accuracy"],
+             "baseline_test_loss": baseline.rounds[-1]["test_loss"],
+             "engine": config.engine, "mappers": run_config.mappers, "rounds": r, "hidden": list(hidden),
+             "groups": g, "equal_sizes": equal, "distinct_splits": total, "evaluated": len(rows),
+             "seed": config.seed, "mean_test_accuracy": statistics.mean(accuracies),
+             "min_test_accuracy": min(accuracies), "max_test_accuracy": max(accuracies),
+             "beat_baseline": sum(a > baseline.rounds[-1]["test_accuracy"] for a in accuracies),
+             "coupling_accuracy_correlation": _correlation([row["cross_coupling"] for row in rows], accuracies),
+             "balance_accuracy_correlation": _correlation([row["weight_balance"] for row in rows], accuracies),
+             "best": best, "worst": worst, "config": run_config.to_dict(), "machine": describe(),
+             "command": command}
     atomic_write_bytes(out / "search.json", (json.dumps(facts, indent=2) + "\n").encode())
     from nnlib.experiments.plots import plot_search
 
     return SearchResult(out, rows, facts, plot_search(out, rows, facts))
 
 
-def weight_balance(split: Split, data: SearchData) -> float:
-    """How evenly the warmed-up units' outgoing weight is shared: the lightest group's over the heaviest's.
+def weight_balance(split: Split, params: np.ndarray, layers: LayerSpec) -> float:
+    """How evenly the units' outgoing weight in ``params`` is shared: the lightest group's over the heaviest's.
 
     A unit's weight is the L2 norm of its row in the next layer's matrix;
     1 means every group carries the same, near 0 that one group holds
     nearly all of it. Averaged over hidden layers.
     """
-    from nnlib.core.params import unpack
-
-    arrays = unpack(data.warm, data.model.layers)
+    arrays = unpack(params, layers)
     ratios = []
     for l, layer in enumerate(split.groups):
         norms = np.linalg.norm(arrays[2 * (l + 1)], axis=1)
@@ -287,3 +371,37 @@ def _correlation(a: list[float], b: list[float]) -> float | None:
     if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
         return None
     return float(np.corrcoef(a, b)[0, 1])
+
+
+# ---- a combine: split run and its unsplit baseline ---------------------------------------------
+
+def has_unsplit_baseline(config) -> bool:
+    """A ``combine: split`` run that splits is followed by its unsplit baseline."""
+    return config.combine == "split" and config.split.method != "none"
+
+
+def run_with_baseline(config, run_dir: RunDir | None = None, engine=None, log=print, warn=driver.warn,
+                      resume: bool = False, on_round=None) -> driver.RunResult:
+    """:func:`nnlib.driver.run`; after a ``combine: split`` run that splits, its unsplit baseline too.
+
+    The baseline is the same run with ``split.method: none`` (the same rounds
+    and data), written to ``DIR/baseline/``; the run's summary gains
+    ``baseline_test_accuracy`` and ``baseline_test_loss``. Both run on one
+    engine, its shards placed once (:class:`PlacedOnce`). Arguments as
+    :func:`nnlib.driver.run`.
+    """
+    if not has_unsplit_baseline(config):
+        return driver.run(config, run_dir, engine=engine, log=log, warn=warn, resume=resume, on_round=on_round)
+    engine = PlacedOnce(engine or make_engine(config, warn))
+    try:
+        result = driver.run(config, run_dir, engine=engine, log=log, warn=warn, resume=resume, on_round=on_round)
+        log("the unsplit baseline: the same rounds and data with split.method=none")
+        out = RunDir(run_dir.path / "baseline", overwrite=True) if run_dir is not None else None
+        done = driver.run(unsplit(config), out, engine=engine, log=_quiet, warn=_quiet)
+    finally:
+        engine.close()
+    result.summary.update(baseline_test_accuracy=done.summary["final_test_accuracy"],
+                          baseline_test_loss=done.summary["final_test_loss"])
+    if run_dir is not None:
+        run_dir.write_summary(result.summary)
+    return result
