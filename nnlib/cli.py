@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 from nnlib.config import build_config, diff_keys, load_config, read_layered, read_yaml
-from nnlib.driver import run, warn, with_absolute_paths
+from nnlib.driver import warn, with_absolute_paths
 from nnlib.engines import make_engine
 from nnlib.errors import ConfigError, EngineError, NnlibError
 from nnlib.outputs import RunDir, default_run_dir
 from nnlib.engines.mpi.launcher import inside_launcher, launch, launcher_rank
+from nnlib.experiments.search import run_with_baseline
 from nnlib.experiments.tracking import NoTracking, make_tracking, require_mlflow
 
 
@@ -132,22 +133,7 @@ def run_command(args: argparse.Namespace) -> int:
         return launch(config.mpi.launcher, config.mappers, config.mpi.args, run_arguments(args))
     if config.tracking == "mlflow":
         require_mlflow()
-    if config.engine == "spark" and has_unsplit_baseline(config):
-        return with_spark_session(config, lambda: _run(args, config))
     return _run(args, config)
-
-
-def with_spark_session(config, body) -> int:
-    """Run ``body`` inside one SparkSession that the engines join (a split run and its baseline share it)."""
-    from nnlib.engines.spark.engine import get_or_create_session
-
-    session, created = get_or_create_session(config.spark.master, config.spark.app_name, config.spark.log_level,
-                                             config.mappers)
-    try:
-        return body()
-    finally:
-        if created:
-            session.stop()
 
 
 def _run(args: argparse.Namespace, config) -> int:
@@ -165,36 +151,16 @@ def _run(args: argparse.Namespace, config) -> int:
     tracking.start(config, run_dir.path.name if run_dir else "run")
     result = None
     try:
-        result = run(config, run_dir, engine=engine, log=log, warn=warn if speak else _quiet,
-                     resume=bool(args.resume), on_round=tracking.log_round)
+        result = run_with_baseline(config, run_dir, engine=engine, log=log, warn=warn if speak else _quiet,
+                                   resume=bool(args.resume), on_round=tracking.log_round)
     finally:
         tracking.finish(result.summary if result else None, run_dir.path if run_dir else None)
-    baseline = ""
-    if has_unsplit_baseline(config):
-        log("the unsplit baseline: the same rounds and data with split.method=none")
-        result.summary.update(run_unsplit_baseline(config, run_dir))
-        if run_dir is not None:
-            run_dir.write_summary(result.summary)
-        baseline = f" (unsplit baseline {result.summary['baseline_test_accuracy']:.4f})"
     if speak:
         s = result.summary
+        baseline = f" (unsplit baseline {s['baseline_test_accuracy']:.4f})" if "baseline_test_accuracy" in s else ""
         print_flushed(f"final test accuracy {s['final_test_accuracy']:.4f}{baseline}, test loss "
                       f"{s['final_test_loss']:.4f}, {s['wall_seconds']:.1f}s; outputs in {run_dir.path}")
     return 0
-
-
-def has_unsplit_baseline(config) -> bool:
-    """A ``combine: split`` run that splits is followed by its unsplit baseline."""
-    return config.combine == "split" and config.split.method != "none"
-
-
-def run_unsplit_baseline(config, run_dir: RunDir | None) -> dict:
-    """``combine: split``'s baseline: the same run with ``split.method: none``, in ``DIR/baseline/``."""
-    base = config.model_copy(update={"split": config.split.model_copy(update={"method": "none"})})
-    out = RunDir(run_dir.path / "baseline", overwrite=True) if run_dir is not None else None
-    res = run(base, out, engine=make_engine(base, warn), log=_quiet, warn=_quiet)
-    return {"baseline_test_accuracy": res.summary["final_test_accuracy"],
-            "baseline_test_loss": res.summary["final_test_loss"]}
 
 
 def print_flushed(message: str) -> None:
