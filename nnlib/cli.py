@@ -2,11 +2,12 @@
 
 The one entry path: ``nnlib run``, ``python -m nnlib run``, ``spark-submit
 jobs/model_avg.py`` and every rank of ``mpiexec ... jobs/mpi_model_avg.py``
-come here. This module alone parses arguments, opens the run directory,
-prints, and turns every input error into exit status 2 with one line on
-stderr (nothing is left half-written). With an SPMD engine (MPI) every rank
-runs this path and only the main process (rank 0) writes and prints, as
-nanoGPT gates on ``master_process``.
+come here. This module parses arguments, hands the run to
+:func:`nnlib.api.train` (the Python API runs the same path), prints, and
+turns every input error into exit status 2 with one line on stderr (nothing
+is left half-written). With an SPMD engine (MPI) every rank runs this path
+and only the main process (rank 0) writes and prints, as nanoGPT gates on
+``master_process``.
 """
 
 from __future__ import annotations
@@ -17,14 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+from nnlib.api import train
 from nnlib.config import build_config, diff_keys, load_config, read_layered, read_yaml
-from nnlib.driver import warn, with_absolute_paths
-from nnlib.engines import make_engine
-from nnlib.errors import ConfigError, EngineError, NnlibError
-from nnlib.outputs import RunDir, default_run_dir
+from nnlib.driver import with_absolute_paths
 from nnlib.engines.mpi.launcher import inside_launcher, launch, launcher_rank
-from nnlib.experiments.search import run_with_baseline
-from nnlib.experiments.tracking import NoTracking, make_tracking, require_mlflow
+from nnlib.errors import ConfigError, NnlibError
 
 
 def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
@@ -107,59 +105,21 @@ def run_arguments(args: argparse.Namespace) -> list[str]:
     return argv + ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
 
 
-def open_run_dir(args: argparse.Namespace, engine) -> RunDir | None:
-    """The run directory, opened by the main process alone; every process learns whether that worked."""
-    run_dir, error = None, None
-    if engine.is_main:
-        out = args.resume or args.out
-        try:
-            run_dir = RunDir(Path(out) if out else default_run_dir(), overwrite=args.overwrite,
-                             resume=bool(args.resume))
-        except NnlibError as exc:
-            error = exc
-    if not engine.all_ok(error is None):
-        raise error or EngineError("the main process refused the run directory")
-    return run_dir
-
-
-def _quiet(_message: str) -> None:
-    pass
-
-
 def run_command(args: argparse.Namespace) -> int:
-    """Load the config, open the run directory, run the driver, print where the outputs are."""
+    """Resolve the config, then :func:`nnlib.api.train` (under mpiexec, on every rank); print the outcome.
+
+    ``engine=mpi`` outside mpiexec starts the ranks on these same arguments.
+    """
     config = resolve_config(args)
     if config.engine == "mpi" and not inside_launcher():
         return launch(config.mpi.launcher, config.mappers, config.mpi.args, run_arguments(args))
-    if config.tracking == "mlflow":
-        require_mlflow()
-    return _run(args, config)
-
-
-def _run(args: argparse.Namespace, config) -> int:
-    engine = make_engine(config, warn)
-    speak = engine.is_main
-    if config.engine == "mpi":
-        from nnlib.engines.mpi.engine import fit_to_ranks
-
-        config = fit_to_ranks(config, engine.size, warn if speak else _quiet)
-    run_dir = open_run_dir(args, engine)
-    log = print_flushed if speak and not args.quiet else _quiet
-    log(f"nnlib: engine={config.engine} mappers={config.mappers} combine={config.combine} "
-        f"data={config.data.source} -> {run_dir.path if run_dir else '-'}")
-    tracking = make_tracking(config) if speak else NoTracking()
-    tracking.start(config, run_dir.path.name if run_dir else "run")
-    result = None
-    try:
-        result = run_with_baseline(config, run_dir, engine=engine, log=log, warn=warn if speak else _quiet,
-                                   resume=bool(args.resume), on_round=tracking.log_round)
-    finally:
-        tracking.finish(result.summary if result else None, run_dir.path if run_dir else None)
-    if speak:
-        s = result.summary
+    log = print_flushed if launcher_rank() == 0 and not args.quiet else None
+    run = train(config, out=args.resume or args.out, resume=bool(args.resume), overwrite=args.overwrite, log=log)
+    if run.path is not None:  # the main process: it wrote the run directory
+        s = run.summary
         baseline = f" (unsplit baseline {s['baseline_test_accuracy']:.4f})" if "baseline_test_accuracy" in s else ""
         print_flushed(f"final test accuracy {s['final_test_accuracy']:.4f}{baseline}, test loss "
-                      f"{s['final_test_loss']:.4f}, {s['wall_seconds']:.1f}s; outputs in {run_dir.path}")
+                      f"{s['final_test_loss']:.4f}, {s['wall_seconds']:.1f}s; outputs in {run.path}")
     return 0
 
 
