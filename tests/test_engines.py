@@ -2,14 +2,14 @@
 
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import needs_torch, small_config
 
 from nnlib.core.backends import get_backend
 from nnlib.core.params import init_params
 from nnlib.core.train import LocalSchedule, batch_indices
 from nnlib.data.dataset import load_dataset
 from nnlib.driver import run
-from nnlib.rounds.mapper import shard_rng
+from nnlib.rounds.mapper import peak_rss_mb, shard_rng
 from nnlib.rounds.payload import model_spec
 from nnlib.util.threads import one_blas_thread
 
@@ -45,7 +45,11 @@ def test_local_steps_counts_mini_batches():
 def test_training_learns_digits():
     result = run(small_config("train.rounds=4", "train.local_epochs=2"), **QUIET)
     accs = [row["test_accuracy"] for row in result.rounds]
-    assert accs[-1] > 0.85 and accs[-1] > accs[0]
+    assert accs == sorted(accs) and accs[-1] > accs[0]  # every round does better on the test set
+    # measured 0.733, 0.847, 0.875, 0.889 by round (numpy 2.4, 2026-11-29) with
+    # nnlib run --set mappers=3 --set train.rounds=4 --set train.local_epochs=2 --set model.hidden=[16]
+    #   --set train.batch_size=32 --set train.lr=0.1 --set seed=7; the floor leaves about 4 points of room
+    assert accs[-1] > 0.85
 
 
 def spark_engine(mode: str, **kwargs):
@@ -59,7 +63,7 @@ def spark_engine(mode: str, **kwargs):
 @pytest.mark.parametrize("overrides", [
     ("combine=average",),
     ("combine=weighted", "data.partition=stratified", "train.momentum=0.5"),
-    ("combine=sum_updates", "train.lr=0.02", "model.backend=torch"),
+    pytest.param(("combine=sum_updates", "train.lr=0.02", "model.backend=torch"), marks=needs_torch),
     ("combine=ist", "model.hidden=[16,12]", "train.momentum=0.9"),
     ("combine=split", "split.method=alternating", "split.groups=2", "model.hidden=[16,12]"),
     ("combine=ist", "train.optimizer=adamw", "train.weight_decay=0.01", "train.lr=0.01"),
@@ -99,7 +103,10 @@ def test_spark_stage_keeps_one_process_per_mapper_for_the_whole_run(spark):
         pids.setdefault(row["mapper"], set()).add(row["pid"])
     assert all(len(p) == 1 for p in pids.values()) and len(set().union(*pids.values())) == 3
     assert os.getpid() not in set().union(*pids.values())
-    assert all(row["train_seconds"] > 0 for row in result.mapper_rows)
+    # a mapper's training is part of its round, and its round's slowest mapper is the one the driver recorded
+    for r, row in enumerate(result.rounds):
+        mine = [m["train_seconds"] for m in result.mapper_rows if m["round"] == r]
+        assert len(mine) == 3 and max(mine) == row["max_mapper_seconds"] <= row["seconds"]
 
 
 @pytest.mark.slow
@@ -151,6 +158,7 @@ def test_a_silent_mapper_ends_the_run_after_the_timeout(spark):
 
 
 def test_target_accuracy_stops_at_the_first_round_that_reaches_it():
+    before_mb = peak_rss_mb()
     full = run(small_config("train.rounds=6"), **QUIET)
     accs = [row["test_accuracy"] for row in full.rounds]
     target = accs[2]
@@ -159,4 +167,6 @@ def test_target_accuracy_stops_at_the_first_round_that_reaches_it():
     assert stopped.summary["rounds_run"] == len(stopped.rounds) == first + 1
     assert [row["test_accuracy"] for row in stopped.rounds] == accs[:first + 1]
     assert stopped.summary["train_seconds"] == sum(row["seconds"] for row in stopped.rounds)
-    assert full.summary["rounds_run"] == 6 and full.summary["driver_peak_rss_mb"] > 0
+    assert full.summary["rounds_run"] == 6
+    # the driver is this process: its peak in MiB lies between the peak before that run and the peak now
+    assert before_mb <= full.summary["driver_peak_rss_mb"] <= peak_rss_mb()
