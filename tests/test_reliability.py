@@ -7,12 +7,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import saved_params
+from conftest import needs_mrjob, saved_params, wait_for_rounds
 
 from nnlib.cli import main
 from nnlib.config import load_config
@@ -46,26 +45,25 @@ def test_kill_9_then_resume_gives_bit_identical_weights(tmp_path, engine):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline and len(list((out / "checkpoints").glob("round-*.npz"))) < 2:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.05)
+        seen = wait_for_rounds(proc, out, 2, timeout=180)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
-        proc.wait()
+        # killed, not ended on its own: the run was still going when the signal came
+        assert proc.wait() == -signal.SIGKILL
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert not (out / "summary.json").exists()
     done = RunDir(out, resume=True).latest_checkpoint().rounds_done
-    assert 1 <= done < 12
+    assert 2 <= seen <= done < 12
 
     resumed = subprocess.run([sys.executable, "-m", "nnlib", "run", "--resume", str(out), "--quiet"],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["resumed_after_round"] >= done
+    assert summary["resumed_after_round"] == done  # from the newest checkpoint
     rounds = (out / "rounds.csv").read_text().splitlines()
-    assert [int(line.split(",")[0]) for line in rounds[1:]] == list(range(12))
+    assert [int(line.split(",")[0]) for line in rounds[1:]] == list(range(1, 13))  # rounds numbered from 1
     assert len((out / "mapper_times.csv").read_text().splitlines()) == 1 + 2 * 12
 
     np.testing.assert_array_equal(saved_params(out), uninterrupted_slow_run())
@@ -124,7 +122,8 @@ def _one_bad_shard(tmp_path):
             "train.rounds=2", "train.local_epochs=10", "model.hidden=[8]"]
 
 
-@pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.slow), "mrjob"])
+@pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.slow),
+                                    pytest.param("mrjob", marks=needs_mrjob)])
 def test_skip_bad_mappers_drops_and_records(tmp_path, engine, request):
     if engine == "spark":
         request.getfixturevalue("spark")
@@ -134,7 +133,12 @@ def test_skip_bad_mappers_drops_and_records(tmp_path, engine, request):
     warnings = []
     result = run(load_config(None, base + ["train.skip_bad_mappers=true"]), log=lambda _m: None,
                  warn=warnings.append)
-    assert result.summary["skipped_mappers"] == [{"round": 0, "mapper": 2}, {"round": 1, "mapper": 2}]
+    assert result.summary["skipped_mappers"] == [{"round": 1, "mapper": 2}, {"round": 2, "mapper": 2}]
     assert np.isfinite(result.params).all()
     assert sum("mapper 2 returned NaN or inf" in w for w in warnings) == 2
-    assert result.rounds[-1]["test_accuracy"] > 0.8  # the good mappers still learn the rule
+    # the good mappers still learn the rule: measured 0.90 then 0.96 on the 50 test rows with the local engine
+    # (nnlib run --set engine=local --set train.skip_bad_mappers=true and the settings of _one_bad_shard)
+    assert result.rounds[-1]["test_accuracy"] > 0.8
+    if engine != "local":  # every engine drops the same mapper and ends with the local engine's weights
+        local = run(load_config(None, base + ["engine=local", "train.skip_bad_mappers=true"]), **QUIET)
+        np.testing.assert_array_equal(result.params, local.params)
