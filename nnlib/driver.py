@@ -92,8 +92,8 @@ def with_absolute_paths(config: Config) -> Config:
 
 
 def round_row(r: int, stats: list[MapperStats], times: dict, seconds: float, scores: dict, lr: float) -> dict:
-    """One row of rounds.csv; ``scores`` holds ``test_loss``, ``test_accuracy`` (and ``val_*`` with a
-    validation set)."""
+    """One row of rounds.csv for round number ``r`` (1-based, as printed); ``scores`` holds ``test_loss``,
+    ``test_accuracy`` (and ``val_*`` with a validation set)."""
     mapper_secs = [s.train_seconds for s in stats]
     n_seen = sum(s.n_samples for s in stats)
     return {
@@ -108,7 +108,7 @@ def round_row(r: int, stats: list[MapperStats], times: dict, seconds: float, sco
 
 
 def mapper_rows(r: int, stats: list[MapperStats]) -> list[dict]:
-    """The rows of mapper_times.csv for round ``r``."""
+    """The rows of mapper_times.csv for round number ``r`` (1-based, as printed)."""
     return [{"round": r, **dataclasses.asdict(s)} for s in stats]
 
 
@@ -156,11 +156,11 @@ def run_round(engine: Engine, payload: RoundPayload, reducer: RoundReducer, eval
         with timed(times, "combine"):
             combined = server(payload, combined)
     for mapper in combined.skipped:
-        warn(f"round {payload.round_index}: mapper {mapper} returned NaN or inf; its result was left out "
+        warn(f"round {payload.round_index + 1}: mapper {mapper} returned NaN or inf; its result was left out "
              "(train.skip_bad_mappers)")
     with timed(times, "evaluate"):
         scores = evaluate(combined.params)
-    row = round_row(payload.round_index, stats, times, time.perf_counter() - start, scores, payload.plan.lr)
+    row = round_row(payload.round_index + 1, stats, times, time.perf_counter() - start, scores, payload.plan.lr)
     return combined, row, stats
 
 
@@ -260,7 +260,7 @@ class EarlyStopping:
     def replay(self, rows: list[dict]) -> None:
         """Catch up on a resumed run's finished rounds (their weights are gone: only the count and best loss)."""
         for row in rows:
-            self.update(row["round"], row["val_loss"], None)
+            self.update(row["round"] - 1, row["val_loss"], None)  # rows number rounds from 1
 
 
 def prepare(config: Config, warn=warn, reader=None) -> Setup:
@@ -296,9 +296,9 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
             combined, row, stats = run_round(engine, payload, setup.reducer,
                                              lambda params: setup.evaluate(params, engine), warn, server)
             payload = replace(payload, params=combined.params, opt_state=combined.opt_state)
-            result.skipped += [{"round": r, "mapper": m} for m in combined.skipped]
+            result.skipped += [{"round": r + 1, "mapper": m} for m in combined.skipped]
             result.rounds.append(row)
-            result.mapper_rows += mapper_rows(r, stats)
+            result.mapper_rows += mapper_rows(r + 1, stats)
             if run_dir is not None:
                 # tables first, then the checkpoint: a resume drops table rows past the checkpoint
                 run_dir.write_tables(result.rounds, result.mapper_rows)

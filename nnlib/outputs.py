@@ -72,6 +72,11 @@ class RunDir:
         elif (self.path / "summary.json").exists() and not overwrite:
             raise NnlibError(f"--out: {self.path} already holds a finished run (summary.json); "
                              "choose another directory or pass --overwrite")
+        elif (self.path / "config.yaml").exists() and not overwrite:
+            done = checkpoint_rounds(self.path)
+            kept = f"its checkpoint holds {done} finished round(s)" if done else "no round of it finished"
+            raise NnlibError(f"--out: {self.path} holds an unfinished run ({kept}); continue it with "
+                             f"--resume {self.path}, or start over with --overwrite")
         self.overwrite = overwrite
         self._ready = False
 
@@ -148,13 +153,26 @@ class RunDir:
         return Checkpoint(rounds_done, params, opt_state, skipped, path, server_state)
 
     def read_tables(self, rounds_done: int) -> tuple[list[dict], list[dict]]:
-        """Rows of rounds.csv and mapper_times.csv for the first ``rounds_done`` rounds (to resume)."""
-        keep = [r for r in read_csv_rows(self.path / "rounds.csv") if r["round"] < rounds_done]
-        mappers = [r for r in read_csv_rows(self.path / "mapper_times.csv") if r["round"] < rounds_done]
-        return keep, mappers
+        """Rows of rounds.csv and mapper_times.csv for rounds 1 .. ``rounds_done`` (to resume).
+
+        Tables written when rounds were numbered from 0 are renumbered from 1 as they are read.
+        """
+        rounds = read_csv_rows(self.path / "rounds.csv")
+        mappers = read_csv_rows(self.path / "mapper_times.csv")
+        if any(r["round"] == 0 for r in rounds + mappers):
+            rounds = [{**r, "round": r["round"] + 1} for r in rounds]
+            mappers = [{**r, "round": r["round"] + 1} for r in mappers]
+        return ([r for r in rounds if r["round"] <= rounds_done],
+                [r for r in mappers if r["round"] <= rounds_done])
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_bytes(self.file("summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
+
+
+def checkpoint_rounds(run_dir: Path) -> int:
+    """The rounds done in ``run_dir``'s newest checkpoint, from its name (``round-NNNNN.npz``); 0 without one."""
+    names = sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("round-*.npz"))
+    return int(names[-1][len("round-"):-len(".npz")]) if names else 0
 
 
 def _parse_cell(text: str):

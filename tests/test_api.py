@@ -17,7 +17,7 @@ def test_train_returns_the_driver_runs_weights_tables_and_model(tmp_path):
     reference = driver_run(small_config())
     np.testing.assert_array_equal(run.model.params, reference.params)
     assert run.summary["final_test_accuracy"] == reference.summary["final_test_accuracy"]
-    assert [r["round"] for r in run.rounds] == [0, 1] and len(run.mappers) == 2 * 3
+    assert [r["round"] for r in run.rounds] == [1, 2] and len(run.mappers) == 2 * 3
     assert run.path == tmp_path / "run"
     np.testing.assert_array_equal(saved_params(run.path), reference.params)
     frames = run.frames()

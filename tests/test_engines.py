@@ -104,7 +104,7 @@ def test_spark_stage_keeps_one_process_per_mapper_for_the_whole_run(spark):
     assert all(len(p) == 1 for p in pids.values()) and len(set().union(*pids.values())) == 3
     assert os.getpid() not in set().union(*pids.values())
     # a mapper's training is part of its round, and its round's slowest mapper is the one the driver recorded
-    for r, row in enumerate(result.rounds):
+    for r, row in enumerate(result.rounds, start=1):
         mine = [m["train_seconds"] for m in result.mapper_rows if m["round"] == r]
         assert len(mine) == 3 and max(mine) == row["max_mapper_seconds"] <= row["seconds"]
 

@@ -71,7 +71,7 @@ def test_the_reports_tables_hold_the_runs_numbers(run_dir, reported):
     for key in ("final_test_accuracy", "final_test_loss", "rounds_run", "mappers", "n_params"):
         assert f"| {key} | {fmt(summary[key])} |" in md
     rounds = read_csv_rows(run_dir / "rounds.csv")
-    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert [r["round"] for r in rounds] == [1, 2, 3]  # numbered from 1, as the console prints them
     for r in rounds:  # every round, in the Markdown table and in the HTML one
         cells = [fmt(r[c]) for c in ("round", "test_accuracy", "test_loss", "train_loss", "seconds",
                                      "max_mapper_seconds", "overhead_seconds")]

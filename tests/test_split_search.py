@@ -100,8 +100,8 @@ def test_each_row_is_the_split_run_of_its_groups(tmp_path):
     assert (f["baseline_test_accuracy"], f["baseline_test_loss"]) == (plain.summary["final_test_accuracy"],
                                                                       plain.summary["final_test_loss"])
     assert f["warmup_test_accuracy"] == plain.rounds[1]["test_accuracy"]
-    assert f["n_warmup"] == sum(m["n_samples"] for m in plain.mapper_rows if m["round"] == 0)
-    assert f["n_rest"] == sum(m["n_samples"] for m in plain.mapper_rows if m["round"] == 2)
+    assert f["n_warmup"] == sum(m["n_samples"] for m in plain.mapper_rows if m["round"] == 1)
+    assert f["n_rest"] == sum(m["n_samples"] for m in plain.mapper_rows if m["round"] == 3)
     assert f["n_warmup"] + f["n_rest"] == plain.summary["n_train"]
     assert f["beat_baseline"] == sum(r["test_accuracy"] > f["baseline_test_accuracy"] for r in search.rows)
     saved = json.loads((tmp_path / "search" / "search.json").read_text())

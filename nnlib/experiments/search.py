@@ -331,8 +331,8 @@ def split_search(config, out: str | Path, quiet: bool = False, log=print, comman
     accuracies = [row["test_accuracy"] for row in rows]
     best = max(rows, key=lambda row: row["test_accuracy"])
     worst = min(rows, key=lambda row: row["test_accuracy"])
-    facts = {"n_warmup": sum(m["n_samples"] for m in baseline.mapper_rows if m["round"] == 0),
-             "n_rest": sum(m["n_samples"] for m in baseline.mapper_rows if m["round"] == r - 1),
+    facts = {"n_warmup": sum(m["n_samples"] for m in baseline.mapper_rows if m["round"] == 1),  # rounds from 1
+             "n_rest": sum(m["n_samples"] for m in baseline.mapper_rows if m["round"] == r),
              "n_test": setup.data.n_test, "warmup_test_accuracy": baseline.rounds[-2]["test_accuracy"],
              "baseline_test_accuracy": baseline.rounds[-1]["test_accuracy"],
              "baseline_test_loss": baseline.rounds[-1]["test_loss"],
