@@ -15,6 +15,7 @@ prints them and exits 2).
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -29,6 +30,35 @@ from nnlib.experiments.search import run_with_baseline
 from nnlib.experiments.tracking import NoTracking, make_tracking, require_mlflow
 from nnlib.model.model import Model
 from nnlib.outputs import RunDir, default_run_dir, read_csv_rows
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a run; the message says the round reached, what is kept and how to resume.
+
+    A ``KeyboardInterrupt``, so code that catches that still does; ``path``
+    is the run directory (None when nothing was written).
+    """
+
+    def __init__(self, message: str, path: Path | None = None):
+        super().__init__(message)
+        self.path = path
+
+
+def interrupted(run_dir: Path | None, rounds: int, engine: str) -> Interrupted:
+    """The :class:`Interrupted` of a run stopped in ``run_dir`` (of ``rounds`` rounds) by Ctrl-C."""
+    from nnlib.outputs import checkpoint_rounds
+
+    if run_dir is None or not (run_dir / "config.yaml").is_file():
+        return Interrupted("interrupted before the first round started; nothing was written", None)
+    done = checkpoint_rounds(run_dir)
+    where = shlex.quote(str(run_dir))
+    kept = (f"rounds 1-{done} are kept (checkpoint {run_dir / 'checkpoints' / f'round-{done:05d}.npz'})" if done
+            else "no round had finished")
+    if engine == "mpi":  # the MPI path cannot resume yet
+        return Interrupted(f"interrupted in round {done + 1}/{rounds}; {kept}, but engine=mpi cannot resume: "
+                           f"start again with --out {where} --overwrite", run_dir)
+    return Interrupted(f"interrupted in round {done + 1}/{rounds}; {kept}; resume with: "
+                       f"nnlib run --resume {where}", run_dir)
 
 
 @dataclass
@@ -145,6 +175,9 @@ def train(conf: str | Path | Config | None = None, overrides: Mapping[str, Any] 
     try:
         result = run_with_baseline(config, run_dir, engine=engine_obj, log=log if speak else _quiet,
                                    warn=warn if speak else _quiet, resume=resume, on_round=tracking.log_round)
+    except KeyboardInterrupt:
+        # the driver loop stopped the engine (its Spark session, its ranks) on the way out
+        raise interrupted(run_dir.path if run_dir else None, config.train.rounds, config.engine) from None
     finally:
         tracking.finish(result.summary if result else None, run_dir.path if run_dir else None)
     return Run.from_result(result, run_dir, config)
@@ -175,7 +208,10 @@ def _launch_mpi(conf, overrides, config: Config, out, overwrite: bool, write: bo
     for key in diff_keys(Config(), config):
         argv += ["--set", f"{key}={json.dumps(values[key])}"]
     argv += ["--set", "engine=mpi", "--out", str(out), "--quiet"] + ["--overwrite"] * overwrite
-    status = launch(config.mpi.launcher, config.mappers, config.mpi.args, argv)
+    try:
+        status = launch(config.mpi.launcher, config.mappers, config.mpi.args, argv)
+    except KeyboardInterrupt:
+        raise interrupted(out, config.train.rounds, "mpi") from None
     if status != 0:
         raise EngineError(f"engine=mpi: {config.mpi.launcher[0]} exited with status {status}")
     return Run.load(out)

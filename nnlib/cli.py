@@ -18,11 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from nnlib.api import train
+from nnlib.api import interrupted, train
 from nnlib.config import build_config, diff_keys, load_config, read_layered, read_yaml
 from nnlib.driver import with_absolute_paths
 from nnlib.engines.mpi.launcher import inside_launcher, launch, launcher_rank
 from nnlib.errors import ConfigError, NnlibError
+from nnlib.outputs import default_run_dir
 
 
 def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
@@ -112,7 +113,11 @@ def run_command(args: argparse.Namespace) -> int:
     """
     config = resolve_config(args)
     if config.engine == "mpi" and not inside_launcher():
-        return launch(config.mpi.launcher, config.mappers, config.mpi.args, run_arguments(args))
+        args.out = args.out or str(default_run_dir())  # chosen here, so an interrupted run can be named
+        try:
+            return launch(config.mpi.launcher, config.mappers, config.mpi.args, run_arguments(args))
+        except KeyboardInterrupt:
+            raise interrupted(Path(args.out), config.train.rounds, "mpi") from None
     log = print_flushed if launcher_rank() == 0 and not args.quiet else None
     run = train(config, out=args.resume or args.out, resume=bool(args.resume), overwrite=args.overwrite, log=log)
     if run.path is not None:  # the main process: it wrote the run directory
@@ -236,6 +241,12 @@ def main(argv: list[str] | None = None, prog: str = "nnlib") -> int:
             # the launcher ends every rank as soon as one exits non-zero: let rank 0 say it first
             time.sleep(SPEAKER_GRACE_SECONDS)
         return 2
+    except KeyboardInterrupt as exc:
+        # Ctrl-C: one line (the round reached, what is kept, how to resume) instead of a traceback;
+        # ranks under mpiexec stay silent, the process that launched them says it
+        if not inside_launcher():
+            print(f"{prog}: {exc or 'interrupted'}", file=sys.stderr, flush=True)
+        return 130
 
 
 def entry_point() -> None:

@@ -82,12 +82,12 @@ def check_against_data(config: Config, data: Dataset, sizes: list[int], warn=war
 
 
 def with_absolute_paths(config: Config) -> Config:
-    """Make file data sources absolute, so workers with another working directory find them."""
+    """Make file data sources absolute, so workers with another working directory find them (URIs stay)."""
     update = {}
     for key in ("source", "test_source", "labels", "test_labels"):
         value = getattr(config.data, key)
-        if value is not None and (key != "source" or value not in ("digits", "synthetic")):
-            update[key] = str(Path(value).expanduser().absolute())
+        if value is not None and (key != "source" or value not in ("digits", "synthetic")) and "://" not in value:
+            update[key] = str(Path(value).expanduser().absolute())  # a URI (hdfs://, s3a://) stays as it is
     return config.model_copy(update={"data": config.data.model_copy(update=update)})
 
 

@@ -4,19 +4,33 @@ An SPMD run starts the same ``nnlib run`` in every rank; rank 0 is the main
 process (it writes the run directory and prints). This module reads the
 rank from the launcher's environment, so the command line knows which
 process speaks before any MPI library is loaded.
+
+``nnlib run --set engine=mpi`` starts the ranks here, on this machine unless
+``mpi.args`` names hosts. Open MPI's ``mpiexec`` refuses more ranks than
+cores and refuses to run as root, each with a long message whose advice is
+about its own command line; :func:`launcher_options` says it in one line in
+``nnlib``'s terms instead (more ranks than cores: ``--oversubscribe`` is
+added, with a warning; as root: a one-line error naming the setting).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from typing import Callable
 
-from nnlib.errors import EngineError
+from nnlib.errors import ConfigError, EngineError
 
 # the variables Open MPI, MPICH and any PMI/PMIx launcher set in each rank
 _RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
 _LAUNCHER_VARIABLES = (*_RANK_VARIABLES, "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+# mpiexec options that place ranks elsewhere or say how to place them: nnlib then leaves placement alone
+_PLACEMENT_OPTIONS = ("--host", "-host", "-H", "--hostfile", "-hostfile", "--machinefile", "-machinefile",
+                      "--map-by", "-map-by", "--oversubscribe", "-oversubscribe", "--bind-to")
+ROOT_VARIABLES = ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")
+STOP_GRACE_SECONDS = 10.0  # after Ctrl-C: how long mpiexec has to end its ranks before it is terminated
 
 
 def inside_launcher() -> bool:
@@ -32,11 +46,85 @@ def launcher_rank() -> int:
     return 0
 
 
-def launch(launcher: list[str], ranks: int, launcher_args: list[str], nnlib_args: list[str]) -> int:
-    """Start ``ranks`` copies of ``python -m nnlib run NNLIB_ARGS`` under ``launcher``; return its exit status."""
-    cmd = [*launcher, "-n", str(ranks), *launcher_args, sys.executable, "-m", "nnlib", "run", *nnlib_args]
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; the machine's count where that is unknown)."""
     try:
-        return subprocess.run(cmd).returncode
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def is_open_mpi(launcher: list[str]) -> bool:
+    """True when ``launcher`` is Open MPI's mpiexec (``mpiexec --version`` names it); False for MPICH and others."""
+    try:
+        proc = subprocess.run([*launcher, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "open mpi" in (proc.stdout + proc.stderr).lower()
+
+
+def launcher_options(launcher: list[str], ranks: int, launcher_args: list[str], warn: Callable[[str], None],
+                     cores: int | None = None, uid: int | None = None, open_mpi: bool | None = None) -> list[str]:
+    """The options for ``launcher`` to start ``ranks`` ranks on this machine: ``launcher_args``, and
+    ``--oversubscribe`` when Open MPI would refuse more ranks than ``cores``.
+
+    Raises :class:`ConfigError` as root (``uid`` 0) when Open MPI would refuse
+    to start, naming the ``mpi.args`` setting or the environment variables
+    that allow it. ``cores``, ``uid`` and ``open_mpi`` default to this
+    machine's and this process's.
+    """
+    if open_mpi is None:
+        open_mpi = is_open_mpi(launcher)
+    if not open_mpi:
+        return list(launcher_args)
+    uid = os.geteuid() if uid is None else uid
+    allowed = "--allow-run-as-root" in launcher_args or all(os.environ.get(k) == "1" for k in ROOT_VARIABLES)
+    if uid == 0 and not allowed:
+        extra = ",".join(["--allow-run-as-root", *launcher_args])
+        raise ConfigError(f"engine=mpi: Open MPI's {launcher[0]} refuses to run as root; to run as root anyway, "
+                          f"add --set 'mpi.args=[{extra}]' (or export OMPI_ALLOW_RUN_AS_ROOT=1 "
+                          "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)")
+    cores = usable_cores() if cores is None else cores
+    placed = any(arg.split("=")[0] in _PLACEMENT_OPTIONS for arg in launcher_args)
+    if ranks > cores and not placed:
+        warn(f"mappers={ranks} is more than the {cores} cores here: the ranks share them (mpiexec --oversubscribe)")
+        return ["--oversubscribe", *launcher_args]
+    return list(launcher_args)
+
+
+def launch(launcher: list[str], ranks: int, launcher_args: list[str], nnlib_args: list[str],
+           warn: Callable[[str], None] | None = None) -> int:
+    """Start ``ranks`` copies of ``python -m nnlib run NNLIB_ARGS`` under ``launcher``; return its exit status.
+
+    On Ctrl-C (``KeyboardInterrupt``) mpiexec is given ``STOP_GRACE_SECONDS``
+    to end its ranks, then terminated, and the interrupt is raised again: no
+    rank is left running.
+    """
+    try:
+        options = launcher_options(launcher, ranks, launcher_args, warn or _warn)
+        proc = subprocess.Popen([*launcher, "-n", str(ranks), *options, sys.executable, "-m", "nnlib", "run",
+                                 *nnlib_args])
     except FileNotFoundError:
         raise EngineError(f"mpi.launcher: {launcher[0]!r} not found on PATH "
                           "(pip install '.[mpi]' provides mpiexec)") from None
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        _stop(proc)
+        raise
+
+
+def _warn(message: str) -> None:
+    print(f"nnlib: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End ``proc`` (mpiexec) and so its ranks: SIGINT (a terminal's Ctrl-C sent it already), then SIGTERM."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass

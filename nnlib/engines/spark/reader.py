@@ -10,6 +10,11 @@ score) travel to their shard by Spark's shuffle (``partitionBy(mappers)``,
 partition ``i`` = shard ``i``) as float32 blocks, each copied into place in
 arrays of the shard's final size inside the task that keeps them
 (:class:`nnlib.data.dataset.ShardFiller`).
+
+A DataFrame can be a source too (:meth:`SparkReader.add_frame`, the
+estimator of :mod:`nnlib.spark`): its rows are numbered by partition, then
+by their order in the partition (the order ``zipWithIndex`` gives), and the
+same code reads it, with the partition in the place of the file.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from nnlib.data.rows import RowFiller, RowPlan, merge_in_order
 from nnlib.data.tables import ParquetSource, table_arrays
 from nnlib.errors import DataError, error_from_text, first_line
 
+# a row's part (a Parquet file's path, or a DataFrame's partition index) and its index in that part
 _FILE, _ROW = "_nnlib_file", "_nnlib_row"
+FRAME_SCHEME = "dataframe://"  # the data.source of a DataFrame given to SparkReader.add_frame
 
 
 def _spark_error(exc: Exception) -> str:
@@ -38,20 +45,32 @@ def _spark_error(exc: Exception) -> str:
     return first_line(java.toString())
 
 
-def _batches(table: ParquetSource, offsets: dict[str, int], batches) -> Iterator[tuple[np.ndarray, ...]]:
-    """``(positions, x float64, y)`` of each file's rows in each Arrow batch (a batch can span files)."""
+def part_name(part) -> str:
+    """How messages name a part: a file's path, or ``partition N`` of a DataFrame."""
+    return part if isinstance(part, str) else f"partition {part}"
+
+
+def split_parts(batch, offsets: dict) -> Iterator[tuple[str, int, np.ndarray, object]]:
+    """``(part name, index in the part of its first row here, positions int64, the rows as an Arrow table
+    without _FILE and _ROW)`` for each part (file or partition) in an Arrow batch; a batch can span parts.
+    ``offsets``: each part's first position."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    parts = batch.column(_FILE)
+    data = pa.Table.from_batches([batch]).drop_columns([_FILE, _ROW])
+    for part in pc.unique(parts).to_pylist():
+        mask = pc.equal(parts, part)
+        rows = pc.filter(batch.column(_ROW), mask).to_numpy().astype(np.int64)
+        yield part_name(part), int(rows[0]), rows + offsets[part], data.filter(mask)
+
+
+def _batches(table: ParquetSource, offsets: dict, batches) -> Iterator[tuple[np.ndarray, ...]]:
+    """``(positions, x float64, y)`` of each part's rows in each Arrow batch."""
     for batch in batches:
-        files = batch.column(_FILE)
-        data = pa.Table.from_batches([batch]).drop_columns([_FILE, _ROW])
-        for name in pc.unique(files).to_pylist():
-            mask = pc.equal(files, name)
-            rows = pc.filter(batch.column(_ROW), mask).to_numpy()
-            x, y = table_arrays(data.filter(mask), name, table.key, table.label_column, table.features_column,
-                                int(rows[0]))
-            yield rows.astype(np.int64) + offsets[name], x, y
+        for name, first_row, positions, data in split_parts(batch, offsets):
+            x, y = table_arrays(data, name, table.key, table.label_column, table.features_column, first_row)
+            yield positions, x, y
 
 
 class SparkReader:
@@ -61,24 +80,61 @@ class SparkReader:
         self._session = session  # a function returning the engine's SparkSession (started on first use)
         # held-out rows beyond this stay with the mappers, which score them (spark.collect_held_out_mb)
         self.collect_limit_bytes = collect_held_out_mb * 2 ** 20
+        self._frames: dict[str, object] = {}  # data.source -> a DataFrame given as the source (add_frame)
 
-    def _frame(self, table: ParquetSource):
+    def add_frame(self, df, name: str) -> str:
+        """Read the DataFrame ``df`` as the source ``dataframe://name`` (its ``data.source``); returns that.
+
+        ``df`` is read once per pass over the rows (the survey, the held-out
+        rows, the shards), so it must give the same rows in the same
+        partitions every time: persist it first (or read it from files).
+        """
+        source = FRAME_SCHEME + name
+        self._frames[source] = df
+        return source
+
+    def remove_frame(self, source: str) -> None:
+        self._frames.pop(source, None)
+
+    def source_frame(self, source: str, key: str = "data.source"):
+        """The rows of ``source`` as Spark's DataFrame, with each row's part (``_FILE``) and index in it
+        (``_ROW``): a DataFrame given to :meth:`add_frame` (part: the partition index), else a Parquet
+        source read by Spark's reader (part: the file's path). A path Spark cannot read is one DataError line."""
         from pyspark.sql import functions as F
 
+        frame = self._frames.get(source)
+        if frame is not None:
+            part = F.spark_partition_id()
+            # monotonically_increasing_id() is the partition index shifted left by 33 bits plus the row's index
+            index = F.monotonically_increasing_id() - F.shiftleft(part.cast("long"), 33)
+            return frame.select("*", part.alias(_FILE), index.alias(_ROW))
         reader = self._session().read
         try:
-            df = reader.option("recursiveFileLookup", "true").parquet(table.source)
+            df = reader.option("recursiveFileLookup", "true").parquet(source)
         except Exception as exc:  # noqa: BLE001  - AnalysisException, Py4JJavaError: the path or scheme
-            raise DataError(f"{table.key}: Spark cannot read {table.source} ({_spark_error(exc)})") from None
-        columns = table.columns() or df.columns
-        for column in (table.label_column, table.features_column):
-            if column is not None and column not in df.columns:
-                raise DataError(f"{table.key}: {table.source} has no column '{column}' (columns are "
-                                f"{df.columns[:10]})")
-        return df.select(*columns, F.col("_metadata.file_path").alias(_FILE),
-                         F.col("_metadata.row_index").alias(_ROW))
+            raise DataError(f"{key}: Spark cannot read {source} ({_spark_error(exc)})") from None
+        return df.select("*", F.col("_metadata.file_path").alias(_FILE), F.col("_metadata.row_index").alias(_ROW))
 
-    def _run(self, action, what: str, source: str):
+    def _frame(self, table: ParquetSource):
+        df = self.source_frame(table.source, table.key)
+        names = [c for c in df.columns if c not in (_FILE, _ROW)]
+        for column in (table.label_column, table.features_column):
+            if column is not None and column not in names:
+                raise DataError(f"{table.key}: {table.source} has no column '{column}' (columns are "
+                                f"{names[:10]})")
+        return df.select(*(table.columns() or names), _FILE, _ROW)
+
+    def part_rows(self, df, source: str, key: str = "data.source") -> tuple[tuple, tuple[int, ...]]:
+        """``(parts in position order, rows in each)`` of a :meth:`source_frame` (one small aggregate job)."""
+        counts = self.run_job(lambda: df.groupBy(_FILE).count().collect(), f"listing {source}", source, key)
+        if not counts:
+            raise DataError(f"{key}: {source} holds no rows")
+        parts = sorted((row[0], row[1]) for row in counts)
+        return tuple(f for f, _ in parts), tuple(n for _, n in parts)
+
+    def run_job(self, action, what: str, source: str, key: str = "data.source"):
+        """``action()``, a Spark job: an nnlib error raised in an executor is raised again here as itself, and
+        any other failure is one line (a file Spark cannot read is a DataError naming ``source``)."""
         try:
             return action()
         except DataError:
@@ -87,20 +143,15 @@ class SparkReader:
             error = error_from_text(str(exc), "spark", what)
             if isinstance(error, DataError) or getattr(exc, "java_exception", None) is None:
                 raise error from None
-            raise DataError(f"data.source: Spark cannot read {source} ({_spark_error(exc)})") from None
+            raise DataError(f"{key}: Spark cannot read {source} ({_spark_error(exc)})") from None
 
     def open(self, source: str, label_column: str, features_column: str | None) -> ParquetSource:
-        """The files and their row counts, as Spark lists them (one small aggregate job)."""
+        """The files (or a DataFrame's partitions) and their row counts, as Spark lists them."""
         probe = ParquetSource(source, (), (), label_column, features_column)
-        df = self._frame(probe)
-        counts = self._run(lambda: df.groupBy(_FILE).count().collect(), f"listing {source}", source)
-        if not counts:
-            raise DataError(f"data.source: {source} holds no rows")
-        files = sorted((row[0], row[1]) for row in counts)
-        return ParquetSource(source, tuple(f for f, _ in files), tuple(n for _, n in files), label_column,
-                             features_column)
+        parts, rows = self.part_rows(self._frame(probe), source)
+        return ParquetSource(source, parts, rows, label_column, features_column)
 
-    def _offsets(self, table: ParquetSource) -> dict[str, int]:
+    def _offsets(self, table: ParquetSource) -> dict:
         return dict(zip(table.files, (int(o) for o in table.offsets)))
 
     def survey(self, table: ParquetSource, plan: RowPlan):
@@ -113,8 +164,8 @@ class SparkReader:
             yield pa.RecordBatch.from_pydict({"blob": [pickle.dumps(tallies)]})
 
         df = self._frame(table)
-        blobs = self._run(lambda: df.mapInArrow(tally_blocks, "blob binary").collect(), f"surveying {table.source}",
-                          table.source)
+        blobs = self.run_job(lambda: df.mapInArrow(tally_blocks, "blob binary").collect(),
+                             f"surveying {table.source}", table.source)
         return merge_in_order([t for row in blobs for t in pickle.loads(row.blob)])
 
     def rows(self, table: ParquetSource, plan: RowPlan, role: int, n_features: int):
@@ -137,7 +188,7 @@ class SparkReader:
             for row in self._frame(table).mapInArrow(keep, "blob binary").toLocalIterator():
                 filler.add(*pickle.loads(row.blob))
 
-        self._run(fill, f"reading {table.source}", table.source)
+        self.run_job(fill, f"reading {table.source}", table.source)
         return filler.arrays(f"{table.key} {table.source}")[role]
 
     def shards(self, rows: RowKeyed):

@@ -1,0 +1,129 @@
+"""What a new user meets in the first hour: Ctrl-C and reruns, comparing runs, CSV tables, MPI on a laptop,
+the small things of the command line.
+
+Interrupts are real: a real ``nnlib run`` in its own session (SIGINT at its default, as a terminal's
+foreground job has it) gets a real SIGINT, as Ctrl-C sends one to the terminal's foreground group.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import saved_params, wait_for_rounds
+
+from nnlib.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ["--set", "model.hidden=[8]", "--set", "mappers=2", "--set", "train.local_epochs=1"]
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background job of a non-interactive shell ignores it
+
+
+def start_run(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    """``python -m nnlib run ARGS`` in its own session (its own process group), SIGINT at its default."""
+    return subprocess.Popen([sys.executable, "-m", "nnlib", "run", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=_default_sigint)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The processes of ``pids`` still running (a zombie has ended)."""
+    running = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.append(pid)
+    return running
+
+
+def ctrl_c(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    """Send SIGINT to ``proc``'s process group, as a terminal's Ctrl-C does; ``(exit status, stderr)``."""
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, err
+
+
+INTERRUPTED = re.compile(r"nnlib: interrupted in round (\d+)/(\d+); rounds 1-(\d+) are kept \(checkpoint (\S+)\); "
+                         r"resume with: nnlib run --resume (\S+)\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["local", "spark"])
+def test_ctrl_c_ends_a_run_in_one_line_leaves_no_process_and_the_resume_finishes_it_bit_for_bit(tmp_path, engine):
+    out = tmp_path / "run"
+    args = [*QUICK, "--set", f"engine={engine}", "--set", "train.rounds=400", "--out", str(out), "--quiet"]
+    proc = start_run(args)
+    wait_for_rounds(proc, out, 2, timeout=300)
+    started = descendants(proc.pid)  # Spark: its JVM and the mappers' Python workers
+    status, err = ctrl_c(proc)
+    assert status == 130, err[-2000:]
+    found = INTERRUPTED.search(err)
+    assert found and err.endswith(found.group(0)), err[-2000:]
+    reached, rounds, kept, checkpoint, resume_dir = found.groups()
+    assert int(reached) == int(kept) + 1 and int(rounds) == 400 and resume_dir == str(out)
+    assert Path(checkpoint) == out / "checkpoints" / f"round-{int(kept):05d}.npz" and Path(checkpoint).is_file()
+    if engine == "spark":
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err
+        assert len(started) >= 3  # the JVM and at least the mappers' workers were running
+    deadline = time.monotonic() + 20
+    while alive(started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive(started) == [], "processes left behind after Ctrl-C"
+
+    # the same command again: refused in one line, nothing touched
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    again = subprocess.run([sys.executable, "-m", "nnlib", "run", *args], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1
+    assert (f"nnlib: error: --out: {out} holds an unfinished run (its checkpoint holds {kept} finished round(s)); "
+            f"continue it with --resume {out}, or start over with --overwrite") in again.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+
+    # the resume the message names (a few rounds more than were kept) ends with an uninterrupted run's weights
+    total = int(kept) + 2
+    resumed = subprocess.run([sys.executable, "-m", "nnlib", "run", "--resume", resume_dir, "--quiet",
+                              "--set", f"train.rounds={total}"], cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [int(line.split(",")[0]) for line in (out / "rounds.csv").read_text().splitlines()[1:]] == \
+        list(range(1, total + 1))
+    whole = tmp_path / "whole"
+    assert main(["run", *QUICK, "--set", "engine=local", "--set", f"train.rounds={total}", "--out", str(whole),
+                 "--quiet"]) == 0
+    np.testing.assert_array_equal(saved_params(out), saved_params(whole))
+    assert json.loads((out / "summary.json").read_text())["resumed_after_round"] == int(kept)
