@@ -202,9 +202,14 @@ def split_search_command(args: argparse.Namespace) -> int:
 def predict_command(args: argparse.Namespace) -> int:
     """Predict DATA with a model; print the rows, accuracy and loss (with labels) and where the file is."""
     from nnlib.model.model import Model
-    from nnlib.model.predict import predict_source
+    from nnlib.model.predict import predict_engine, predict_source
 
-    done = predict_source(Model.load(args.model), args.data, args.overrides, args.out, args.overwrite)
+    if predict_engine(args.overrides) == "spark":  # scored in Spark's executors, written by Spark
+        from nnlib.engines.spark.predict import predict_spark
+
+        done = predict_spark(args.model, args.data, args.overrides, args.out, args.overwrite)
+    else:
+        done = predict_source(Model.load(args.model), args.data, args.overrides, args.out, args.overwrite)
     scores = "" if done.accuracy is None else f"; accuracy {done.accuracy:.4f}, loss {done.loss:.4f}"
     where = f"predictions in {done.out}" if done.out else "no --out: nothing written"
     print_flushed(f"predict: {done.rows} rows{scores}; {where}")

@@ -16,7 +16,8 @@ reported. Every problem is one :class:`NnlibError` line, and the output is
 written to a temporary name and renamed only when every row is done, so a
 failed prediction leaves nothing.
 
-Runs in this process (``engine=local``); a Spark version is built on :class:`Model`.
+Runs in this process (``engine=local``); ``--set engine=spark`` scores in Spark's executors with the same
+functions (:mod:`nnlib.engines.spark.predict`).
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from nnlib.data import sources, tables
 from nnlib.errors import ConfigError, DataError
 from nnlib.model.model import CHUNK_ROWS, Model, softmax
 
-# the keys --set may give nnlib predict: how to read the source (and which backend computes)
+# the keys --set may give nnlib predict: how to read the source, which backend computes, where (engine=spark)
 PREDICT_KEYS = ("engine", "seed", "model.backend", "data.label_column", "data.features_column", "data.key_column",
-                "data.labels", "data.n_samples", "data.n_features", "data.n_classes")
+                "data.labels", "data.n_samples", "data.n_features", "data.n_classes", "spark.master",
+                "spark.app_name", "spark.log_level", "spark.conf")
+PREDICT_ENGINES = ("local", "spark")  # local: this process; spark: nnlib.engines.spark.predict
 OUT_SUFFIXES = (".parquet", ".csv")
 ROW_COLUMN = "row"  # the key column when the source names none: the row's position
 
@@ -60,20 +63,52 @@ class Prediction:
     out: Path | None
 
 
-def predict_config(model: Model, overrides: list[str]) -> Config:
+@dataclass(frozen=True)
+class Scores:
+    """Sums over predicted rows: rows, labelled rows, the summed data loss and the correct count of those."""
+
+    rows: int = 0
+    labelled: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+
+    def __add__(self, other: "Scores") -> "Scores":
+        return Scores(self.rows + other.rows, self.labelled + other.labelled, self.loss_sum + other.loss_sum,
+                      self.correct + other.correct)
+
+    def prediction(self, out: Path | None) -> Prediction:
+        """The :class:`Prediction` of these sums (accuracy and mean loss when some rows had labels)."""
+        if self.labelled:
+            return Prediction(self.rows, self.correct / self.labelled, self.loss_sum / self.labelled, out)
+        return Prediction(self.rows, None, None, out)
+
+
+def predict_engine(overrides: list[str]) -> str:
+    """The engine ``--set engine=...`` names (the last one; default ``local``), one of :data:`PREDICT_ENGINES`."""
+    items = [item for item in overrides if item.split("=", 1)[0].strip() == "engine"]
+    engine = build_config({}, items[-1:], source="--set").engine if items else "local"
+    if engine not in PREDICT_ENGINES:
+        raise ConfigError(f"engine: nnlib predict runs on engine {' or '.join(PREDICT_ENGINES)}, got engine={engine}")
+    return engine
+
+
+def predict_config(model: Model, overrides: list[str], engines: tuple[str, ...] = ("local",)) -> Config:
     """The reading settings: the model's own columns (label, features column, key), then ``--set`` overrides
-    (only :data:`PREDICT_KEYS`; ``engine`` must stay ``local``)."""
+    (only :data:`PREDICT_KEYS`; ``engine`` must be one of ``engines``, which the caller computes on)."""
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         if "=" in item and key not in PREDICT_KEYS:
             raise ConfigError(f"--set: nnlib predict reads only {', '.join(PREDICT_KEYS)}; got '{key}'")
+    engine = predict_engine(overrides)
+    if engine not in engines:
+        raise ConfigError(f"engine: this computes on engine {' or '.join(engines)}, got engine={engine}")
     pre = model.header["preprocessing"]
     base = {"data": {"label_column": pre["label_column"], "features_column": pre["features_column"],
                      "key_column": pre["key_column"]}}
-    config = build_config(base, overrides, source="model header")
-    if config.engine != "local":
-        raise ConfigError(f"engine: nnlib predict runs in this process (engine=local), got engine={config.engine}")
-    return config
+    # the engine is set apart: the config's own check refuses a key column on engine=spark, which reads no key
+    # column for training, but prediction reads it on both engines
+    rest = [item for item in overrides if item.split("=", 1)[0].strip() != "engine"]
+    return build_config(base, rest, source="model header").model_copy(update={"engine": engine})
 
 
 def _explicit_key(overrides: list[str]) -> bool:
@@ -234,7 +269,27 @@ def _probability_column(p: np.ndarray, as_text: bool):
     return pa.ListArray.from_arrays(offsets, pa.array(p.ravel(), pa.float32()))
 
 
-def _pieces(source: Iterator[Block]) -> Iterator[Block]:
+def score_block(model: Model, block: Block, where: str) -> tuple[np.ndarray, Scores]:
+    """``(logits (n, n_classes) float32, the block's Scores)`` of a block of at most :data:`CHUNK_ROWS` raw
+    rows; bad values and labels the model never saw are DataError lines naming ``where`` and the sample."""
+    logits = model.logits_of(model.standardize(block.x, where, block.first_row))
+    if block.y is None:
+        return logits, Scores(len(block.x))
+    indices = model.label_indices(block.y, len(block.x), where, block.first_row)
+    loss_sum, correct = model.loss_and_correct(logits, indices)
+    return logits, Scores(len(block.x), len(indices), loss_sum, correct)
+
+
+def prediction_table(model: Model, logits: np.ndarray, key_name: str, keys, as_text: bool):
+    """The output rows of a block: ``key_name`` (``keys``), ``prediction`` (int64) and ``probability`` (a list
+    of float32, or the text ``[p0,...]`` when ``as_text``), as an Arrow table."""
+    import pyarrow as pa
+
+    return pa.table({key_name: keys, "prediction": pa.array(model.classes[logits.argmax(axis=1)], pa.int64()),
+                     "probability": _probability_column(softmax(logits), as_text)})
+
+
+def pieces(source: Iterator[Block]) -> Iterator[Block]:
     """The blocks cut to at most :data:`CHUNK_ROWS` rows (a CSV file or an array is read as one block)."""
     for block in source:
         for lo in range(0, len(block.x), CHUNK_ROWS):
@@ -260,37 +315,26 @@ def check_out(out: str | None, overwrite: bool) -> Path | None:
 
 def predict_source(model: Model, data: str, overrides: list[str] = (), out: str | None = None,
                    overwrite: bool = False) -> Prediction:
-    """Predict every row of ``data``; write ``out`` (Parquet or CSV by its extension) if given."""
-    import pyarrow as pa
-
+    """Predict every row of ``data`` in this process; write ``out`` (Parquet or CSV by its extension) if given."""
     path = check_out(out, overwrite)
     config = predict_config(model, list(overrides))
     if config.model.backend != model.backend:
         model = Model(model.file, config.model.backend)
     key_name, source = blocks(model, data, config, _explicit_key(list(overrides)))
     writer = OutputFile(path) if path is not None else None
-    rows, labelled, loss_sum, correct = 0, 0, 0.0, 0
+    totals = Scores()
     try:
-        for block in _pieces(source):
-            where = _where(data)
-            logits = model.logits_of(model.standardize(block.x, where, block.first_row))
-            if block.y is not None:
-                indices = model.label_indices(block.y, len(block.x), where, block.first_row)
-                part_loss, part_correct = model.loss_and_correct(logits, indices)
-                loss_sum, correct, labelled = loss_sum + part_loss, correct + part_correct, labelled + len(indices)
-            rows += len(block.x)
+        for block in pieces(source):
+            logits, scores = score_block(model, block, _where(data))
+            totals += scores
             if writer is not None:
-                writer.write(pa.table({key_name: block.keys,
-                                       "prediction": pa.array(model.classes[logits.argmax(axis=1)], pa.int64()),
-                                       "probability": _probability_column(softmax(logits), writer.csv)}))
+                writer.write(prediction_table(model, logits, key_name, block.keys, writer.csv))
         if writer is not None:
-            if rows == 0:
+            if totals.rows == 0:
                 raise DataError(f"{_where(data)} holds no rows")
             writer.commit()
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
-    if labelled:
-        return Prediction(rows, correct / labelled, loss_sum / labelled, path)
-    return Prediction(rows, None, None, path)
+    return totals.prediction(path)
