@@ -13,11 +13,13 @@ and only the main process (rank 0) writes and prints, as nanoGPT gates on
 from __future__ import annotations
 
 import argparse
+import glob
 import shlex
 import sys
 import time
 from pathlib import Path
 
+import nnlib
 from nnlib.api import interrupted, train
 from nnlib.config import build_config, diff_keys, load_config, read_layered, read_yaml
 from nnlib.driver import with_absolute_paths
@@ -28,6 +30,8 @@ from nnlib.outputs import default_run_dir
 
 def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Distributed batch training of MLPs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {nnlib.__version__} "
+                        f"(Python {sys.version.split()[0]}, {Path(nnlib.__file__).parent})")
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="train as a conf file says")
     run_parser.add_argument("conf", nargs="?", help="conf file (default: the built-in defaults)")
@@ -38,14 +42,14 @@ def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
     run_parser.add_argument("--resume", metavar="DIR",
                             help="continue the run in DIR from its last checkpoint (only train.rounds may change)")
     run_parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
-    sweep = sub.add_parser("sweep", help="run every case of a sweep file (see nnlib/experiments/sweep.py)")
+    sweep = sub.add_parser("sweep", help="run every case of a sweep file, each as its own run, and draw the figures")
     sweep.add_argument("sweep", help="sweep file (YAML: base, set, grid, cases, repeats, target_accuracy)")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key in every run (repeatable)")
     sweep.add_argument("--out", help="sweep directory (default: runs/sweep-<name>)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     search = sub.add_parser("split-search", help="train and score every split of the hidden units into groups "
-                                                 "(see nnlib/experiments/search.py)")
+                                                 "(combinations.csv, search.json and figures)")
     search.add_argument("conf", nargs="?", help="conf file (default: the built-in defaults)")
     search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set model.hidden=[8] (repeatable)")
@@ -53,8 +57,13 @@ def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
     search.add_argument("--quiet", action="store_true", help="no progress bar")
     plot = sub.add_parser("plot", help="draw the figures of a run or sweep directory into DIR/plots/")
     plot.add_argument("dir", help="a run directory (summary.json) or a sweep directory (results.csv)")
-    report = sub.add_parser("report", help="write DIR/report.md and a self-contained DIR/report.html")
-    report.add_argument("dir", help="a run (summary.json), a sweep (results.csv) or a split search (search.json)")
+    report = sub.add_parser("report", help="write DIR/report.md and a self-contained DIR/report.html; "
+                                           "with several runs, one report comparing them")
+    report.add_argument("dirs", nargs="+", metavar="DIR",
+                        help="a run (summary.json), a sweep (results.csv) or a split search (search.json); "
+                             "or several runs (folders or a glob such as 'runs/m*') to compare, as a sweep's report")
+    report.add_argument("--out", help="with several runs: the folder for the comparison "
+                                      "(default: runs/compare-<timestamp>)")
     predict = sub.add_parser("predict", help="predict every row of a data source (see nnlib/model/predict.py)")
     predict.add_argument("model", help="a run directory or a model file (model.npz)")
     predict.add_argument("data", help="a data source: digits, synthetic, .npz, .csv, IDX, .parquet or a Parquet dataset")
@@ -146,6 +155,8 @@ def sweep_command(args: argparse.Namespace) -> int:
 def _results_dir(text: str) -> Path:
     """A run or sweep directory given on the command line, refused in one line if it is neither."""
     path = Path(text)
+    if not path.exists():
+        raise NnlibError(f"{text} does not exist")
     if not any((path / name).exists() for name in ("results.csv", "summary.json", "search.json")):
         raise NnlibError(f"{text}: not a finished run (no summary.json), a sweep (no results.csv) "
                          "nor a split search (no search.json)")
@@ -167,8 +178,21 @@ def plot_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     from nnlib.experiments.report import write_report
 
-    md, page = write_report(_results_dir(args.dir))
-    print_flushed(f"report: {md} and {page}")
+    dirs = [found for text in args.dirs for found in (sorted(glob.glob(text)) if glob.has_magic(text) else [text])]
+    if not dirs:
+        raise NnlibError(f"report: {' '.join(args.dirs)} matches no folder")
+    if len(dirs) == 1:
+        if args.out:
+            raise ConfigError("report: --out is for comparing several runs; the report of one run, sweep or "
+                              f"search goes into its own folder ({dirs[0]})")
+        md, page = write_report(_results_dir(dirs[0]))
+        print_flushed(f"report: {md} and {page}")
+        return 0
+    from nnlib.experiments.report import compare_runs
+
+    out = compare_runs(dirs, args.out or Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S"))
+    md, page = write_report(out)
+    print_flushed(f"report: {len(dirs)} runs compared in {md} and {page}")
     return 0
 
 

@@ -127,3 +127,58 @@ def test_ctrl_c_ends_a_run_in_one_line_leaves_no_process_and_the_resume_finishes
                  "--quiet"]) == 0
     np.testing.assert_array_equal(saved_params(out), saved_params(whole))
     assert json.loads((out / "summary.json").read_text())["resumed_after_round"] == int(kept)
+
+
+@pytest.fixture(scope="module")
+def mapper_runs(tmp_path_factory) -> Path:
+    """Three finished runs that differ in their mapper count, as after ``nnlib run conf/mappers_N.yaml --out runs/mN``."""
+    runs = tmp_path_factory.mktemp("compare")
+    for m in (1, 2, 4):
+        assert main(["run", "--quiet", "--set", f"mappers={m}", "--set", "train.rounds=2", "--set", "model.hidden=[8]",
+                     "--out", str(runs / f"m{m}")]) == 0
+    return runs
+
+
+def test_report_of_several_runs_compares_them_as_a_sweeps_report(mapper_runs, capsys):
+    from nnlib.outputs import read_csv_rows
+
+    out = mapper_runs / "cmp"
+    assert main(["report", str(mapper_runs / "m*"), "--out", str(out)]) == 0  # a glob, as the shell would not expand
+    assert f"report: 3 runs compared in {out / 'report.md'}" in capsys.readouterr().out
+    rows = read_csv_rows(out / "results.csv")
+    assert [(r["run"], r["mappers"], r["case"]) for r in rows] == [
+        (f"../m{m}", m, f"mappers={m}") for m in (1, 2, 4)]  # the one key that differs, nothing else
+    for row in rows:
+        summary = json.loads((out / row["run"] / "summary.json").read_text())
+        assert row["final_test_accuracy"] == summary["final_test_accuracy"] and row["status"] == "ok"
+    figures = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert figures == ["convergence.png", "mappers.png", "speedup.png", "timeline.png"]
+    md = (out / "report.md").read_text()
+    assert md.startswith("# nnlib report: 3 runs compared")
+    for m, row in zip((1, 2, 4), rows):
+        assert re.search(rf"^\| {m} \| 1/1 \| {row['final_test_accuracy']:.4g} \|", md, re.M)
+    assert all(f"(plots/{name})" in md for name in figures)
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 4
+    # the same runs named one by one give the same table
+    again = mapper_runs / "cmp2"
+    assert main(["report", *(str(mapper_runs / f"m{m}") for m in (1, 2, 4)), "--out", str(again)]) == 0
+    assert [r["final_test_accuracy"] for r in read_csv_rows(again / "results.csv")] == \
+        [r["final_test_accuracy"] for r in rows]
+
+
+def test_report_refuses_what_it_cannot_compare_in_one_line(mapper_runs, tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"nnlib: error: {tmp_path / 'nope'} does not exist\n"
+    assert main(["report", str(mapper_runs / "m1"), str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"nnlib: error: report: {tmp_path} is not a finished run (no summary.json); "
+                                       "only finished runs can be compared\n")
+
+
+def test_version_names_the_package_and_where_it_is(capsys):
+    import nnlib
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == (f"nnlib {nnlib.__version__} (Python {sys.version.split()[0]}, "
+                                       f"{Path(nnlib.__file__).parent})\n")

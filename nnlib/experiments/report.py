@@ -117,7 +117,10 @@ def sweep_blocks(sweep_dir: Path) -> list:
     ok = [r for r in results if r["status"] == "ok"]
     failed = [r for r in results if r["status"] != "ok"]
     meta = json.loads((sweep_dir / "sweep.json").read_text()) if (sweep_dir / "sweep.json").exists() else {}
-    blocks: list = [Heading(f"nnlib sweep: {sweep_dir.name}", 1), Para(
+    compared = (json.loads((sweep_dir / COMPARE_FILE).read_text()) if (sweep_dir / COMPARE_FILE).exists()
+                else None)
+    title = f"nnlib report: {len(results)} runs compared" if compared else f"nnlib sweep: {sweep_dir.name}"
+    blocks: list = [Heading(title, 1), Para(
         f"{len(results)} runs ({len(ok)} finished, {len(failed)} failed) varying "
         f"{', '.join(varied) or 'nothing'}; report written {time.strftime('%Y-%m-%d %H:%M')}. "
         "Means over repeats ± one standard deviation. Training seconds are the sum of the rounds' seconds "
@@ -149,12 +152,70 @@ def sweep_blocks(sweep_dir: Path) -> list:
     if first is not None:
         blocks += [Para(f"The resolved config of run {first.name} (every run's is in its folder, config.yaml):"),
                    Code((first / "config.yaml").read_text(), "yaml")]
+    if compared:
+        commands = [f"nnlib run {shlex.quote(str((sweep_dir / r['run'] / 'config.yaml').resolve()))} "
+                    f"--out {shlex.quote(str((sweep_dir / r['run']).resolve()))}-again" for r in results]
+        blocks += [Heading("Commands"), Para("Train each run again (same config, same seed, same weights), "
+                                             "then compare them again:"),
+                   Code("\n".join([*commands, compared["command"]]), "sh")]
+        return blocks
     commands = [meta["command"]] if meta.get("command") else []
     if first is not None:
         commands.append(f"nnlib run {shlex.quote(str((first / 'config.yaml').resolve()))} --out runs/{first.name}")
     blocks += [Heading("Commands"), Para("Rerun the sweep (finished runs are skipped), and one run alone:"),
                Code("\n".join(commands), "sh")]
     return blocks
+
+
+# ---- several runs compared -------------------------------------------------------------------
+
+COMPARE_FILE = "compare.json"  # in a comparison's folder: the runs compared and the command that made it
+
+
+def compare_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Write ``out/results.csv`` over finished runs, as a sweep's, so that a sweep's report and figures draw them.
+
+    The varied keys are the config keys whose values differ between the
+    runs (``seed`` has its own column; runs that differ only in it are
+    repeats of one case); each row's ``run`` is the run's folder relative
+    to ``out``. Raises :class:`NnlibError` naming a folder that is not a
+    finished run, or when fewer than two runs are given.
+    """
+    import os
+    import shlex
+
+    import yaml
+
+    from nnlib.config import flatten
+    from nnlib.experiments.sweep import RESULT_COLUMNS, Run, _result_row
+    from nnlib.outputs import csv_bytes
+
+    dirs = [Path(d) for d in run_dirs]
+    for d in dirs:
+        if not d.exists():
+            raise NnlibError(f"report: {d} does not exist")
+        if not (d / "summary.json").is_file():
+            raise NnlibError(f"report: {d} is not a finished run (no summary.json); only finished runs can be "
+                             "compared")
+    if len(set(map(Path.resolve, dirs))) < 2:
+        raise NnlibError(f"report: comparing runs needs two or more run directories, got {len(dirs)}")
+    configs = [flatten(yaml.safe_load((d / "config.yaml").read_text()) or {}) for d in dirs]
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    varied = [k for k in keys if k != "seed" and len({repr(c.get(k)) for c in configs}) > 1]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for d, config in zip(dirs, configs):
+        case = {k: config.get(k) if isinstance(config.get(k), (int, float, str)) else str(config.get(k))
+                for k in varied}
+        run = Run(os.path.relpath(d.resolve(), out.resolve()), case, config.get("seed", 0), [])
+        rows.append(_result_row(run, d, None, None))
+    columns = RESULT_COLUMNS[:3] + varied + RESULT_COLUMNS[3:]
+    atomic_write_bytes(out / "results.csv", csv_bytes(columns, [{c: r.get(c, "") for c in columns} for r in rows]))
+    command = shlex.join(["nnlib", "report", *(str(d.resolve()) for d in dirs), "--out", str(out.resolve())])
+    atomic_write_bytes(out / COMPARE_FILE, (json.dumps(
+        {"runs": [str(d.resolve()) for d in dirs], "varied": varied, "command": command}, indent=2) + "\n").encode())
+    return out
 
 
 # ---- a run -----------------------------------------------------------------------------------
