@@ -182,3 +182,63 @@ def test_version_names_the_package_and_where_it_is(capsys):
     assert exited.value.code == 0
     assert capsys.readouterr().out == (f"nnlib {nnlib.__version__} (Python {sys.version.split()[0]}, "
                                        f"{Path(nnlib.__file__).parent})\n")
+
+
+# ---- MPI on one machine ------------------------------------------------------------------------
+
+def test_more_ranks_than_cores_oversubscribe_with_one_warning_and_root_is_refused_in_one_line(monkeypatch):
+    from nnlib.engines.mpi.launcher import launcher_options
+    from nnlib.errors import ConfigError
+
+    for name in ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"):
+        monkeypatch.delenv(name, raising=False)
+    warnings = []
+    options = lambda ranks, args=(), uid=1000, open_mpi=True: launcher_options(  # noqa: E731
+        ["mpiexec"], ranks, list(args), warnings.append, cores=2, uid=uid, open_mpi=open_mpi)
+    assert options(2) == [] and warnings == []
+    assert options(4, ["--bind-to", "none"]) == ["--oversubscribe", "--bind-to", "none"]
+    assert warnings == ["mappers=4 is more than the 2 cores here: the ranks share them (mpiexec --oversubscribe)"]
+    assert options(4, ["--host", "a,b"]) == ["--host", "a,b"]  # ranks placed elsewhere: left alone
+    assert options(4, open_mpi=False) == []  # MPICH oversubscribes and runs as root by itself
+    with pytest.raises(ConfigError) as refused:
+        options(2, ["--bind-to", "none"], uid=0)
+    assert str(refused.value) == (
+        "engine=mpi: Open MPI's mpiexec refuses to run as root; to run as root anyway, add --set "
+        "'mpi.args=[--allow-run-as-root,--bind-to,none]' (or export OMPI_ALLOW_RUN_AS_ROOT=1 "
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)")
+    assert options(2, ["--allow-run-as-root"], uid=0) == ["--allow-run-as-root"]
+    monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    assert options(2, uid=0) == []
+
+
+def _without_root_permission() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("OMPI_ALLOW_RUN_AS_ROOT")}
+
+
+@pytest.mark.slow
+def test_nnlib_run_on_mpi_with_more_mappers_than_cores_runs_and_equals_the_local_engine(tmp_path):
+    from nnlib.engines.mpi.launcher import usable_cores
+
+    mappers = usable_cores() + 1
+    root = ["--set", "mpi.args=[--allow-run-as-root]"] if os.geteuid() == 0 else []
+    args = [*QUICK, "--set", f"mappers={mappers}", "--set", "train.rounds=2", "--quiet"]
+    proc = subprocess.run([sys.executable, "-m", "nnlib", "run", *args, "--set", "engine=mpi", *root,
+                           "--out", str(tmp_path / "mpi")], cwd=ROOT, env=_without_root_permission(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == (f"nnlib: warning: mappers={mappers} is more than the {mappers - 1} cores here: "
+                           "the ranks share them (mpiexec --oversubscribe)\n")
+    assert main(["run", *args, "--set", "engine=local", "--out", str(tmp_path / "local")]) == 0
+    np.testing.assert_allclose(saved_params(tmp_path / "mpi"), saved_params(tmp_path / "local"), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="Open MPI refuses root only; the refusal's text is checked above")
+def test_nnlib_run_on_mpi_as_root_says_in_one_line_what_to_set(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "nnlib", "run", *QUICK, "--set", "engine=mpi",
+                           "--out", str(tmp_path / "r")], cwd=ROOT, env=_without_root_permission(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "refuses to run as root; to run as root anyway, add --set 'mpi.args=[--allow-run-as-root]'" in proc.stderr
+    assert not (tmp_path / "r").exists()

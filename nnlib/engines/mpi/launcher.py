@@ -28,7 +28,7 @@ _RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
 _LAUNCHER_VARIABLES = (*_RANK_VARIABLES, "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 # mpiexec options that place ranks elsewhere or say how to place them: nnlib then leaves placement alone
 _PLACEMENT_OPTIONS = ("--host", "-host", "-H", "--hostfile", "-hostfile", "--machinefile", "-machinefile",
-                      "--map-by", "-map-by", "--oversubscribe", "-oversubscribe", "--bind-to")
+                      "--map-by", "-map-by", "--oversubscribe", "-oversubscribe")
 ROOT_VARIABLES = ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")
 STOP_GRACE_SECONDS = 10.0  # after Ctrl-C: how long mpiexec has to end its ranks before it is terminated
 
@@ -102,8 +102,9 @@ def launch(launcher: list[str], ranks: int, launcher_args: list[str], nnlib_args
     """
     try:
         options = launcher_options(launcher, ranks, launcher_args, warn or _warn)
+        # in a session of its own: a terminal's Ctrl-C reaches this process alone, which ends mpiexec quietly
         proc = subprocess.Popen([*launcher, "-n", str(ranks), *options, sys.executable, "-m", "nnlib", "run",
-                                 *nnlib_args])
+                                 *nnlib_args], start_new_session=True)
     except FileNotFoundError:
         raise EngineError(f"mpi.launcher: {launcher[0]!r} not found on PATH "
                           "(pip install '.[mpi]' provides mpiexec)") from None
@@ -119,8 +120,8 @@ def _warn(message: str) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """End ``proc`` (mpiexec) and so its ranks: SIGINT (a terminal's Ctrl-C sent it already), then SIGTERM."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+    """End ``proc`` (mpiexec) and so its ranks: SIGTERM (mpiexec passes it on to the ranks), then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         if proc.poll() is not None:
             return
         proc.send_signal(sig)
