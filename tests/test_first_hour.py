@@ -242,3 +242,44 @@ def test_nnlib_run_on_mpi_as_root_says_in_one_line_what_to_set(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "refuses to run as root; to run as root anyway, add --set 'mpi.args=[--allow-run-as-root]'" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+# ---- CSV tables --------------------------------------------------------------------------------
+
+def test_a_csv_written_with_pandas_index_leaves_the_index_out_with_one_warning(tmp_path, capsys):
+    import pandas as pd
+
+    import nnlib
+
+    # rows sorted by label, so the index 0..n-1 alone gives the label away (the first half is class 0)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(400, 3)), columns=["a", "b", "c"])
+    frame["label"] = np.repeat([0, 1], 200)
+    frame.to_csv(tmp_path / "d.csv")  # with its index: a first column with an empty header
+    assert (tmp_path / "d.csv").read_text().startswith(",a,b,c,label\n0,")
+    args = ["--set", "mappers=2", "--set", "train.rounds=3", "--set", "model.hidden=[8]", "--quiet"]
+    assert main(["run", *args, "--set", f"data.source={tmp_path / 'd.csv'}", "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"nnlib: warning: data.source: {tmp_path / 'd.csv'}'s first column, with an empty header, is an "
+                   "index pandas wrote (df.to_csv without index=False); it is left out of the features\n")
+    model = nnlib.load_model(tmp_path / "r")
+    assert model.feature_columns == ["a", "b", "c"]
+    # noise features and no index: the accuracy of a coin (with the index as a feature it was 1.0)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    frame.to_csv(tmp_path / "plain.csv", index=False)
+    assert main(["run", *args, "--set", f"data.source={tmp_path / 'plain.csv'}", "--out", str(tmp_path / "p")]) == 0
+    assert capsys.readouterr().err == ""
+    np.testing.assert_array_equal(saved_params(tmp_path / "r"), saved_params(tmp_path / "p"))
+    assert summary["final_test_accuracy"] < 0.7
+
+
+def test_no_label_column_lists_every_column_or_says_how_many_are_left_out(tmp_path, capsys):
+    names = [f"f{i}" for i in range(12)] + ["target"]
+    (tmp_path / "d.csv").write_text(",".join(names) + "\n" + ",".join(["1"] * 12 + ["0"]) + "\n")
+    assert main(["run", "--quiet", "--set", f"data.source={tmp_path / 'd.csv'}", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err == (f"nnlib: error: data.source: {tmp_path / 'd.csv'} has no label column 'label' "
+                                       f"(set data.label_column; columns are {names})\n")
+    wide = [f"f{i}" for i in range(70)] + ["target"]
+    (tmp_path / "w.csv").write_text(",".join(wide) + "\n" + ",".join(["1"] * 70 + ["0"]) + "\n")
+    assert main(["run", "--quiet", "--set", f"data.source={tmp_path / 'w.csv'}", "--out", str(tmp_path / "w")]) == 2
+    assert capsys.readouterr().err.endswith(f"columns are {wide[:50]} and 21 more)\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import sys
 import zipfile
 from pathlib import Path
 
@@ -88,9 +89,40 @@ def read_npz(path: Path, key: str, need_labels: bool = True):
         raise DataError(f"{key}: {path} is not a readable .npz file ({exc})") from None
 
 
+# a first column of these names is an index pandas wrote (``df.to_csv(path)``: an empty header over 0..n-1;
+# read back by pandas: "Unnamed: 0"; ``df.to_parquet`` of a non-range index: "__index_level_0__")
+PANDAS_INDEX_NAMES = ("", "Unnamed: 0", "__index_level_0__")
+SHOWN_COLUMNS = 50  # an error lists at most this many column names, and says how many more there are
+_warned_index: set[str] = set()
+
+
+def pandas_index_column(names: list[str]) -> str | None:
+    """The name of the first column when it is an index pandas wrote (``PANDAS_INDEX_NAMES``), else None."""
+    return names[0] if names and names[0] in PANDAS_INDEX_NAMES else None
+
+
+def columns_text(names: list[str]) -> str:
+    """``columns are [...]`` for an error: every name, or the first ``SHOWN_COLUMNS`` and how many more."""
+    if len(names) <= SHOWN_COLUMNS:
+        return f"columns are {list(names)}"
+    return f"columns are {list(names[:SHOWN_COLUMNS])} and {len(names) - SHOWN_COLUMNS} more"
+
+
 def feature_columns(names: list[str], label_column: str | None, key_column: str | None = None) -> list[str]:
-    """The feature columns of a table without a features column: every column but the label and the key, in order."""
-    return [name for name in names if name not in (label_column, key_column)]
+    """The feature columns of a table without a features column: every column but the label, the key and an
+    index pandas wrote (``pandas_index_column``), in order."""
+    index = pandas_index_column(list(names))
+    return [name for name in names if name not in (label_column, key_column) and name != index]
+
+
+def warn_pandas_index(names: list[str], path: Path, key: str) -> None:
+    """Say once per file and process that a pandas index column is left out of the features (stderr)."""
+    index = pandas_index_column(list(names))
+    if index is not None and str(path) not in _warned_index:
+        _warned_index.add(str(path))
+        shown = "an empty header" if index == "" else f"the header '{index}'"
+        print(f"nnlib: warning: {key}: {path}'s first column, with {shown}, is an index pandas wrote "
+              "(df.to_csv without index=False); it is left out of the features", file=sys.stderr, flush=True)
 
 
 def table_to_arrays(table, path: Path, key: str, label_column: str | None, features_column: str | None,
@@ -107,7 +139,7 @@ def table_to_arrays(table, path: Path, key: str, label_column: str | None, featu
     if label_column is not None:
         if label_column not in table.column_names:
             raise DataError(f"{key}: {path} has no label column '{label_column}' "
-                            f"(set data.label_column; columns are {table.column_names[:10]})")
+                            f"(set data.label_column; {columns_text(table.column_names)})")
         y_col = table.column(label_column)
         if y_col.null_count:
             raise DataError(f"{key}: {path} column '{label_column}' has {y_col.null_count} empty cells")
@@ -117,7 +149,7 @@ def table_to_arrays(table, path: Path, key: str, label_column: str | None, featu
     if features_column is not None:
         if features_column not in table.column_names:
             raise DataError(f"{key}: {path} has no features column '{features_column}' "
-                            f"(columns are {table.column_names[:10]})")
+                            f"({columns_text(table.column_names)})")
         col = table.column(features_column)
         if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
                 or pa.types.is_fixed_size_list(col.type)):
@@ -134,7 +166,7 @@ def table_to_arrays(table, path: Path, key: str, label_column: str | None, featu
         return values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(col), -1), y
     if key_column is not None and key_column not in table.column_names:
         raise DataError(f"{key}: {path} has no key column '{key_column}' "
-                        f"(set data.key_column; columns are {table.column_names[:10]})")
+                        f"(set data.key_column; {columns_text(table.column_names)})")
     columns = []
     for name in feature_columns(table.column_names, label_column, key_column):
         col = table.column(name)
@@ -177,7 +209,9 @@ def csv_columns(path: Path, key: str) -> list[str]:
 def read_csv(path: Path, key: str, label_column: str, key_column: str | None = None):
     """CSV with a header row; the column ``label_column`` holds the labels, all others but ``key_column`` are
     features."""
-    return table_to_arrays(read_csv_table(path, key), path, key, label_column, None, key_column)
+    table = read_csv_table(path, key)
+    warn_pandas_index(table.column_names, path, key)
+    return table_to_arrays(table, path, key, label_column, None, key_column)
 
 
 def parquet_files(source: str) -> list[Path] | None:
