@@ -53,12 +53,15 @@ def test_tallies_merge_to_the_counts_of_the_whole():
     plan = RowPlan(0, 3, 1000, 0.25, 0.0)
     pos = np.arange(1000)
     role, shard = plan.roles(pos), plan.shards(pos)
-    blocks = [(int(p[0]), Tally.of(x[p], y[p], role[p], shard[p], 3)) for p in np.array_split(pos, 7)]
+    blocks = [(int(p[0]), Tally.of(x[p], y[p], role[p], shard[p], 3, p)) for p in np.array_split(pos, 7)]
     total = merge_in_order(blocks[::-1])  # handed over in any order
-    whole = Tally.of(x, y, role, shard, 3)
+    whole = Tally.of(x, y, role, shard, 3, pos)
     assert total.role_counts.tolist() == whole.role_counts.tolist() == np.bincount(role, minlength=3).tolist()
     assert total.shard_counts.tolist() == np.bincount(shard[role == TRAIN], minlength=3).tolist()
-    assert total.train_label_max == 3 and total.train_labels_seen == {0, 1}
+    assert total.train_label_max == 3 and total.train_labels_seen == {0, 1, 2, 3}
+    assert total.digest == whole.digest != 0  # the rows' digest: any split of the rows, any order
+    flipped = Tally.of(x, np.where(y == 0, 1, np.where(y == 1, 0, y)), role, shard, 3, pos)
+    assert flipped.digest != whole.digest  # the same features with labels changed
     np.testing.assert_allclose(total.moments.mean, x[role == TRAIN].mean(axis=0), rtol=1e-12)
 
 

@@ -15,9 +15,10 @@ import numpy as np
 
 from nnlib.config import DataConfig
 from nnlib.data import sources, tables
-from nnlib.data.checks import check_features, check_labels
+from nnlib.data.checks import check_class_ids, check_features, check_labels, check_standardized
 from nnlib.data.partition import partition, shard_sizes
-from nnlib.data.rows import TEST, TRAIN, VAL, RowFiller, RowPlan, check_partition, standardize_into
+from nnlib.data.rows import (ROLE_NAMES, TEST, TRAIN, VAL, RowFiller, RowPlan, add_digests, check_partition,
+                             row_digest, standardize_into)
 from nnlib.data.tables import ParquetSource
 from nnlib.errors import DataError
 
@@ -64,6 +65,9 @@ class Dataset:
     mean: np.ndarray | None = None  # (n_features,) float64 standardisation statistics of the training rows;
     std: np.ndarray | None = None   # None when data.standardize is off
     feature_names: tuple[str, ...] | None = None  # a table source's feature columns in order (else None)
+    missing_classes: tuple[int, ...] = ()  # class indices in 0..n_classes-1 that no training row has
+    fingerprint: tuple[tuple[str, str], ...] = ()  # (key, digest of the rows read) of every input: --resume
+    #                                                compares them with the checkpoint's
 
     @property
     def n_features(self) -> int:
@@ -120,33 +124,40 @@ def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Re
         return load_row_keyed(cfg, seed, mappers, reader or tables.LocalReader())
     arrays = _read_source(cfg, seed)
     src = cfg.source
-    x = check_features(arrays[0], f"data.source {src}")
+    names = _csv_feature_names(cfg, src, "data.source")
+    x = check_features(arrays[0], f"data.source {src}", names=names)
     y = check_labels(arrays[1], x.shape[0], f"data.source {src}")
+    fingerprint = [("data.source", row_digest(np.arange(len(y)), x, y))]
     if cfg.test_source is not None:
         if len(arrays) == 4:
             raise DataError(f"data.test_source: {src} already holds x_test/y_test; "
                             "give one or the other, not both")
-        x_test, y_test = _test_set(cfg, x.shape[1])
+        x_test, y_test, test_digest = _test_set(cfg, x.shape[1])
+        fingerprint.append(("data.test_source", test_digest))
         x_train, y_train = x, y
     elif len(arrays) == 4:
         where = f"data.source {src} (x_test)"
         x_test = check_features(arrays[2], where)
         y_test = check_labels(arrays[3], x_test.shape[0], where)
         _check_width(x_test, x.shape[1], where)
+        fingerprint[0] = ("data.source", add_digests(fingerprint[0][1], row_digest(-1 - np.arange(len(y_test)),
+                                                                                  x_test, y_test)))
         x_train, y_train = x, y
     else:
         train_idx, test_idx = _split(x.shape[0], cfg.test_fraction, seed)
         x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
-    n_classes = int(y_train.max()) + 1
+    classes = np.unique(y_train)
+    if len(classes) < 2:
+        raise DataError(f"data.source {src}: the training set holds a single class ({y_train[0]}); "
+                        "at least 2 are needed")
+    missing = check_class_ids(classes, f"data.source {src}")
+    n_classes = int(classes[-1]) + 1
     if y_test.max() >= n_classes:
         i = int(np.argmax(y_test >= n_classes))
         where = f"data.test_source {cfg.test_source}" if cfg.test_source else f"data.source {src} (test part)"
         raise DataError(f"{where}: labels must be in 0..{n_classes - 1} (the training labels), "
                         f"got {y_test[i]} at sample {i}")
-    if len(np.unique(y_train)) < 2:
-        raise DataError(f"data.source {src}: the training set holds a single class ({y_train[0]}); "
-                        "at least 2 are needed")
     x_val = y_val = mean = std = None
     if cfg.validation_fraction:
         keep, held = _split(len(y_train), cfg.validation_fraction, seed, 0x7A11, "data.validation_fraction")
@@ -158,13 +169,30 @@ def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Re
         x_train = (x_train - mean) / std
         x_test = (x_test - mean) / std
         x_val = None if x_val is None else (x_val - mean) / std
-    names = None
-    if src.lower().endswith(".csv") and cfg.features_column is None:
-        names = tuple(sources.feature_columns(sources.csv_columns(Path(src), "data.source"), cfg.label_column,
-                                              cfg.key_column))
-    return Dataset(x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test, n_classes,
-                   _image_shape(cfg, x_train.shape[1]), None if x_val is None else x_val.astype(np.float32), y_val,
-                   mean=mean, std=std, feature_names=names)
+    x_train, x_test = _as_float32(x_train, f"data.source {src}"), _as_float32(x_test, _test_where(cfg))
+    x_val = None if x_val is None else _as_float32(x_val, f"data.source {src} (validation part)")
+    return Dataset(x_train, y_train, x_test, y_test, n_classes, _image_shape(cfg, x_train.shape[1]), x_val, y_val,
+                   mean=mean, std=std, feature_names=names, missing_classes=tuple(missing.tolist()),
+                   fingerprint=tuple((key, f"{digest:016x}") for key, digest in fingerprint))
+
+
+def _csv_feature_names(cfg: DataConfig, path: str, key: str) -> tuple[str, ...] | None:
+    """A CSV source's feature columns in order (None for any other kind of source)."""
+    if not path.lower().endswith(".csv") or cfg.features_column is not None:
+        return None
+    return tuple(sources.feature_columns(sources.csv_columns(Path(path), key), cfg.label_column, cfg.key_column))
+
+
+def _test_where(cfg: DataConfig) -> str:
+    return f"data.test_source {cfg.test_source}" if cfg.test_source else f"data.source {cfg.source} (test part)"
+
+
+def _as_float32(x: np.ndarray, where: str) -> np.ndarray:
+    """Standardised float64 features as float32, refused where standardising took them past float32."""
+    with np.errstate(over="ignore"):
+        out = x.astype(np.float32)
+    check_standardized(out, where)
+    return out
 
 
 def _check_width(x_test: np.ndarray, n_features: int, where: str) -> None:
@@ -172,8 +200,9 @@ def _check_width(x_test: np.ndarray, n_features: int, where: str) -> None:
         raise DataError(f"{where}: test set has {x_test.shape[1]} features, training set has {n_features}")
 
 
-def _test_set(cfg: DataConfig, n_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """``data.test_source`` read whole (a Parquet one block by block), checked against the training set's width."""
+def _test_set(cfg: DataConfig, n_features: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """``data.test_source`` read whole (a Parquet one block by block), checked against the training set's width;
+    ``(x float64, y, digest of its rows)``."""
     key, where = "data.test_source", f"data.test_source {cfg.test_source}"
     if tables.is_row_keyed(cfg.test_source):
         x, y = tables.read_whole(ParquetSource.open(cfg.test_source, cfg.label_column, cfg.features_column, key,
@@ -181,10 +210,10 @@ def _test_set(cfg: DataConfig, n_features: int) -> tuple[np.ndarray, np.ndarray]
     else:
         x, y = sources.read_file(Path(cfg.test_source), key, cfg.label_column, cfg.test_labels,
                                  "data.test_labels", cfg.key_column)[:2]
-        x = check_features(x, where)
+        x = check_features(x, where, names=_csv_feature_names(cfg, cfg.test_source, key))
         y = check_labels(y, x.shape[0], where)
     _check_width(x, n_features, where)
-    return x, y
+    return x, y, row_digest(np.arange(len(y)), x, y)
 
 
 def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reader) -> Dataset:
@@ -209,6 +238,7 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
     if len(tally.train_labels_seen) < 2:
         raise DataError(f"{src}: the training set holds a single class ({min(tally.train_labels_seen)}); "
                         "at least 2 are needed")
+    missing = check_class_ids(np.array(sorted(tally.train_labels_seen)), src)
     n_classes = tally.train_label_max + 1
     if tally.label_max >= n_classes:
         raise DataError(f"{src}: labels must be in 0..{n_classes - 1} (the training labels), got {tally.label_max} "
@@ -217,9 +247,11 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
     if cfg.standardize:
         mean, std = tally.moments.mean, tally.moments.std()
 
-    def standardized(x: np.ndarray) -> np.ndarray:
+    def standardized(x: np.ndarray, where: str) -> np.ndarray:
         out = x if x.dtype == np.float32 else np.empty(x.shape, np.float32)
-        standardize_into(out, x, mean, std)
+        with np.errstate(over="ignore"):
+            standardize_into(out, x, mean, std)
+        check_standardized(out, where)
         return out
 
     held = [TEST] if cfg.test_source is None else []
@@ -233,11 +265,13 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
         if on_mappers:
             return None, None
         x, y = reader.rows(table, plan, role, tally.n_features)
-        return standardized(x), y
+        return standardized(x, f"{src} ({ROLE_NAMES[role]} rows)"), y
 
+    fingerprint = [("data.source", f"{tally.digest:016x}")]
     if cfg.test_source is not None:
-        x_test, y_test = _test_set(cfg, tally.n_features)
-        x_test = standardized(x_test)
+        x_test, y_test, test_digest = _test_set(cfg, tally.n_features)
+        fingerprint.append(("data.test_source", f"{test_digest:016x}"))
+        x_test = standardized(x_test, f"data.test_source {cfg.test_source}")
         if y_test.max() >= n_classes:
             i = int(np.argmax(y_test >= n_classes))
             raise DataError(f"data.test_source {cfg.test_source}: labels must be in 0..{n_classes - 1} (the "
@@ -250,7 +284,8 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
         columns = table.column_names or tables.schema_names(cfg.source)  # Spark's reader lists no schema here
         names = tuple(sources.feature_columns(columns, cfg.label_column, cfg.key_column))
     return Dataset(None, None, x_test, y_test, n_classes, _image_shape(cfg, tally.n_features), x_val, y_val,
-                   rows, n_train, (int(tally.role_counts[TEST]), int(tally.role_counts[VAL])), mean, std, names)
+                   rows, n_train, (int(tally.role_counts[TEST]), int(tally.role_counts[VAL])), mean, std, names,
+                   tuple(missing.tolist()), tuple(fingerprint))
 
 
 def _image_shape(cfg: DataConfig, n_features: int) -> tuple[int, int, int] | None:
@@ -316,9 +351,12 @@ class ShardFiller(RowFiller):
 
     def finish(self) -> Shard:
         """The shard, standardised in place."""
-        parts = self.arrays(f"data.source {self.rows.table.source}: shard {self.index}")
-        for x, _ in parts.values():
-            standardize_into(x, x, self.rows.mean, self.rows.std)
+        where = f"data.source {self.rows.table.source}: shard {self.index}"
+        parts = self.arrays(where)
+        for role, (x, _) in parts.items():
+            with np.errstate(over="ignore"):
+                standardize_into(x, x, self.rows.mean, self.rows.std)
+            check_standardized(x, f"{where} ({ROLE_NAMES[role]} rows)", self.parts[role][0])
         x, y = parts.pop(TRAIN)
         if len(y) == 0:
             raise DataError(f"data.source {self.rows.table.source}: shard {self.index} holds no training rows")

@@ -107,7 +107,7 @@ class RowPlan:
 
     def tally(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[int, "Tally"]:
         """A block's :class:`Tally`, keyed by its first position (for :func:`merge_in_order`)."""
-        return int(pos[0]), Tally.of(x, y, self.roles(pos), self.shards(pos), self.mappers)
+        return int(pos[0]), Tally.of(x, y, self.roles(pos), self.shards(pos), self.mappers, pos)
 
     def by_shard(self, roles, pos: np.ndarray, x: np.ndarray, y: np.ndarray):
         """``(shard, (positions, x float32, y))`` for each shard holding rows of ``roles`` in a block."""
@@ -157,9 +157,31 @@ class Moments:
         return std
 
 
+def row_digest(pos: np.ndarray, x: np.ndarray, y: np.ndarray) -> int:
+    """A 64-bit digest of rows (their positions, float64 features and labels), added up over the rows.
+
+    Each row hashes to a uint64 (every feature's bits times its own odd
+    multiplier, summed, then mixed with the position and the label); the
+    digest is their sum mod 2**64, so blocks of rows merge by addition in any
+    order and any split of the rows over readers gives the same digest.
+    Any changed value, label or row order changes it (with probability
+    about 1 - 2**-64): what ``--resume`` compares to refuse changed data.
+    """
+    bits = np.ascontiguousarray(x, np.float64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        multipliers = _mix(np.arange(bits.shape[1], dtype=np.uint64) * _GOLDEN + np.uint64(0xD16E)) | np.uint64(1)
+        features = (bits * multipliers).sum(axis=1, dtype=np.uint64)
+        key = _mix(np.asarray(pos, np.int64).astype(np.uint64) * _GOLDEN ^ np.asarray(y, np.int64).astype(np.uint64))
+        return int(_mix(features ^ key).sum(dtype=np.uint64))
+
+
+def add_digests(a: int, b: int) -> int:
+    return (a + b) % 2 ** 64
+
+
 @dataclass
 class Tally:
-    """What a reader learns from its rows: counts by role and shard, label range, training moments."""
+    """What a reader learns from its rows: counts by role and shard, labels, training moments, a digest."""
 
     n_features: int
     mappers: int
@@ -167,29 +189,33 @@ class Tally:
     role_counts: np.ndarray   # rows per role (TRAIN, VAL, TEST)
     shard_counts: np.ndarray  # training rows per shard
     train_label_max: int = -1
-    train_labels_seen: frozenset = frozenset()  # at most two distinct labels: enough to refuse a single class
+    train_labels_seen: frozenset = frozenset()  # every distinct training label (class indices: a few)
     label_max: int = -1  # over every role: a test label no training row has is refused
+    digest: int = 0      # row_digest of every row (every role): what a checkpoint records of the data
 
     @classmethod
-    def of(cls, x: np.ndarray, y: np.ndarray, role: np.ndarray, shard: np.ndarray, mappers: int) -> "Tally":
+    def of(cls, x: np.ndarray, y: np.ndarray, role: np.ndarray, shard: np.ndarray, mappers: int,
+           pos: np.ndarray | None = None) -> "Tally":
         train = role == TRAIN
         t = cls(x.shape[1], mappers, Moments.of(x[train]), np.bincount(role, minlength=3).astype(np.int64),
                 np.bincount(shard[train], minlength=mappers).astype(np.int64))
         t.label_max = int(y.max()) if len(y) else -1
         if train.any():
             t.train_label_max = int(y[train].max())
-            t.train_labels_seen = frozenset(np.unique(y[train])[:2].tolist())
+            t.train_labels_seen = frozenset(np.unique(y[train]).tolist())
+        if pos is not None:
+            t.digest = row_digest(pos, x, y)
         return t
 
     def merge(self, other: "Tally") -> "Tally":
         if other.n_features != self.n_features:
             raise DataError(f"data.source: parts of the dataset have {self.n_features} and {other.n_features} "
                             "features")
-        seen = self.train_labels_seen | other.train_labels_seen
         return Tally(self.n_features, self.mappers, self.moments.merge(other.moments),
                      self.role_counts + other.role_counts, self.shard_counts + other.shard_counts,
-                     max(self.train_label_max, other.train_label_max), frozenset(sorted(seen)[:2]),
-                     max(self.label_max, other.label_max))
+                     max(self.train_label_max, other.train_label_max),
+                     self.train_labels_seen | other.train_labels_seen, max(self.label_max, other.label_max),
+                     add_digests(self.digest, other.digest))
 
 
 def merge_in_order(tallies: list[tuple[int, Tally]]) -> Tally:

@@ -143,7 +143,9 @@ def table_arrays(table, name: str, key: str, label_column: str, features_column:
     """A block's checked ``(x float64, y int64)``; a bad value names the file and its row there."""
     x, y = sources.table_to_arrays(table, Path(name), key, label_column, features_column, key_column)
     where = f"{key} {name}"
-    x = check_features(x, where, first_row)
+    names = None if features_column is not None else sources.feature_columns(table.column_names, label_column,
+                                                                             key_column)
+    x = check_features(x, where, first_row, names)
     return x, check_labels(y, len(x), where, first_row)
 
 
