@@ -25,7 +25,7 @@ from nnlib.data.dataset import Dataset, ShardSource, load_dataset
 from nnlib.engines import make_engine
 from nnlib.engines.base import Engine
 from nnlib.model.file import ModelFile, model_file
-from nnlib.errors import ConfigError, DivergenceError
+from nnlib.errors import ConfigError, DataError, DivergenceError
 from nnlib.util.machine import describe
 from nnlib.outputs import RunDir
 from nnlib.rounds.schedule import Schedule
@@ -53,10 +53,21 @@ class RunResult:
 
 
 def check_against_data(config: Config, data: Dataset, sizes: list[int], warn=warn) -> None:
-    """Refuse settings the data cannot support; warn about pointless ones."""
+    """Refuse settings the data cannot support; warn about pointless ones (only once nothing is refused, so a
+    warning never contradicts the error that follows it)."""
     n_train = data.n_train
     if config.mappers > n_train:
         raise ConfigError(f"mappers must be <= the number of training samples ({n_train}), got {config.mappers}")
+    if min(sizes) == 0:
+        empty = sizes.index(0)
+        raise DataError(f"data.source {config.data.source}: shard {empty} holds no training rows ({n_train} "
+                        f"training rows drawn over mappers={config.mappers} leave {sizes.count(0)} shard(s) empty); "
+                        "use fewer mappers, or a larger data set")
+    if data.missing_classes:
+        shown = ", ".join(map(str, data.missing_classes[:8])) + (", ..." if len(data.missing_classes) > 8 else "")
+        warn(f"data.source {config.data.source}: {len(data.missing_classes)} class(es) in 0..{data.n_classes - 1} "
+             f"never occur in the training set ({shown}); the model still gets an output for each (labels are "
+             "class indices 0..K-1)")
     if config.mappers == 1 and config.combine != "average":
         warn(f"mappers=1: combine={config.combine} has a single result to combine")
     smallest = min(sizes)
@@ -95,10 +106,11 @@ def round_row(r: int, stats: list[MapperStats], times: dict, seconds: float, sco
     """One row of rounds.csv for round number ``r`` (1-based, as printed); ``scores`` holds ``test_loss``,
     ``test_accuracy`` (and ``val_*`` with a validation set)."""
     mapper_secs = [s.train_seconds for s in stats]
-    n_seen = sum(s.n_samples for s in stats)
+    finite = [s for s in stats if np.isfinite(s.train_loss)] or stats  # a skipped mapper's loss is NaN
+    n_seen = sum(s.n_samples for s in finite)
     return {
         "round": r, **scores, "lr": lr,
-        "train_loss": sum(s.train_loss * s.n_samples for s in stats) / n_seen,
+        "train_loss": sum(s.train_loss * s.n_samples for s in finite) / n_seen,
         "seconds": seconds,
         **{f"{k}_seconds": times.get(k, 0.0) for k in ("broadcast", "wait", "combine", "evaluate")},
         "max_mapper_seconds": max(mapper_secs), "median_mapper_seconds": statistics.median(mapper_secs),
@@ -113,16 +125,27 @@ def mapper_rows(r: int, stats: list[MapperStats]) -> list[dict]:
 
 
 def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: RunResult,
-                 server: Server | None = None) -> tuple[int, RoundPayload]:
+                 server: Server | None = None,
+                 fingerprint: tuple[tuple[str, str], ...] = ()) -> tuple[int, RoundPayload]:
     """``(rounds done, payload holding their weights)`` from the newest checkpoint of ``run_dir``.
 
     The tables and skipped mappers of the finished rounds go into ``result``,
     the server optimizer's state into ``server``. Without a checkpoint:
-    ``(0, start)``.
+    ``(0, start)``. ``fingerprint`` is the data's as read now
+    (``Dataset.fingerprint``); an input whose rows differ from the ones the
+    checkpoint recorded is refused, naming it.
     """
     ckpt = run_dir.latest_checkpoint()
     if ckpt is None:
         return 0, start
+    if ckpt.fingerprint is not None:
+        recorded, now = dict(ckpt.fingerprint), dict(fingerprint)
+        for key in sorted(recorded.keys() | now.keys()):
+            if recorded.get(key) != now.get(key):
+                raise ConfigError(f"--resume {run_dir.path}: {key} {getattr(config.data, key.split('.')[-1], '')} "
+                                  f"has changed since the checkpoint {ckpt.path.name} (its rows now hash to "
+                                  f"{now.get(key, 'nothing')}, the run read {recorded.get(key, 'nothing')}); "
+                                  "resume on the data the run started with, or start a new run")
     if ckpt.params.shape != start.params.shape:
         raise ConfigError(f"--resume: checkpoint {ckpt.path} holds {ckpt.params.size} parameters, "
                           f"the model has {start.params.size}")
@@ -160,6 +183,10 @@ def run_round(engine: Engine, payload: RoundPayload, reducer: RoundReducer, eval
              "(train.skip_bad_mappers)")
     with timed(times, "evaluate"):
         scores = evaluate(combined.params)
+    for name, value in scores.items():
+        if not np.isfinite(value):  # finite weights too large to score: never a run that ends with exit 0
+            raise DivergenceError(f"round {payload.round_index + 1}: {name} is {value} (the weights are finite but "
+                                  "too large to score; training diverged: try a smaller train.lr)")
     row = round_row(payload.round_index + 1, stats, times, time.perf_counter() - start, scores, payload.plan.lr)
     return combined, row, stats
 
@@ -276,21 +303,28 @@ def prepare(config: Config, warn=warn, reader=None) -> Setup:
                           f"data.source {config.data.source} is a Parquet source, read only by the mappers")
     sizes = data.shard_sizes(config.mappers, config.data.partition, config.seed, config.data.skew_alpha)
     check_against_data(config, data, sizes, warn)
-    schedule = Schedule.from_config(config, min(sizes))
+    schedule = Schedule.from_config(config, sizes)
     return Setup(config, data, schedule, first_payload(config, data, schedule),
                  RoundReducer(config.combine, config.train.skip_bad_mappers))
 
 
 def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_round: int, run_dir: RunDir | None,
                  result: RunResult, log=print, warn=warn, on_round=None,
-                 server: Server | None = None) -> RoundPayload:
-    """Run rounds ``first_round ..`` of the schedule on ``engine``; return the last round's state."""
+                 server: Server | None = None, on_started=None) -> RoundPayload:
+    """Run rounds ``first_round ..`` of the schedule on ``engine``; return the last round's state.
+
+    ``on_started``, if given, is called once the engine holds its shards (every
+    worker has read and checked its data): the run writes its config then, so
+    an input error found by a worker leaves nothing behind.
+    """
     config = setup.config
     stopping = None if config.train.patience is None else EarlyStopping(config.train.patience)
     if stopping is not None:
         stopping.replay(result.rounds)
     try:
         engine.start(ShardSource(config.data, config.seed, config.mappers, setup.data.rows))
+        if on_started is not None:
+            on_started()
         for r in range(first_round, config.train.rounds):
             payload = setup.round_payload(payload, r, result)
             combined, row, stats = run_round(engine, payload, setup.reducer,
@@ -303,7 +337,8 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
                 # tables first, then the checkpoint: a resume drops table rows past the checkpoint
                 run_dir.write_tables(result.rounds, result.mapper_rows)
                 run_dir.write_checkpoint(r + 1, payload.params, payload.opt_state, result.skipped,
-                                         server_state=None if server is None else server.state)
+                                         server_state=None if server is None else server.state,
+                                         fingerprint=setup.data.fingerprint)
             if on_round is not None:
                 on_round(row)
             log(f"round {r + 1}/{config.train.rounds}  test_acc {row['test_accuracy']:.4f}  "
@@ -356,16 +391,23 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
     server = make_server(config, payload.params)
     first_round = 0
     if resume and run_dir is not None:
-        first_round, payload = resume_state(config, run_dir, payload, result, server)
+        first_round, payload = resume_state(config, run_dir, payload, result, server, setup.data.fingerprint)
         if first_round:
             log(f"resuming after round {first_round} from {run_dir.path / 'checkpoints'}")
-        run_dir.file("summary.json").unlink(missing_ok=True)  # rewritten when the run finishes
-    if run_dir is not None:
-        run_dir.write_config(config.to_dict())
+
+    def write_config() -> None:
+        """The run directory's first change, once every worker has read its data."""
+        if run_dir is not None:
+            if resume:
+                run_dir.file("summary.json").unlink(missing_ok=True)  # rewritten when the run finishes
+            run_dir.write_config(config.to_dict())
+
     if first_round < config.train.rounds:
-        payload = train_rounds(engine, setup, payload, first_round, run_dir, result, log, warn, on_round, server)
+        payload = train_rounds(engine, setup, payload, first_round, run_dir, result, log, warn, on_round, server,
+                               on_started=write_config)
     else:
         engine.stop()
+        write_config()
     result.params = payload.params
     result.summary = summarize(config, setup.data, payload, result, time.perf_counter() - wall_start,
                                first_round if resume else None)

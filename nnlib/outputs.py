@@ -50,6 +50,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def strict_json(value):
+    """``value`` with every non-finite float (NaN, inf) replaced by None, so that it is strict JSON."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
+
+
+def json_bytes(value) -> bytes:
+    """``value`` as indented strict JSON (no NaN or Infinity: they are written as null), UTF-8, newline-ended."""
+    return (json.dumps(strict_json(value), indent=2, allow_nan=False) + "\n").encode()
+
+
 def csv_bytes(columns: list[str], rows: list[dict]) -> bytes:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -113,12 +129,18 @@ class RunDir:
         atomic_write_bytes(self.file("model.npz"), buf.getvalue())
 
     def write_checkpoint(self, rounds_done: int, params: np.ndarray, opt_state: np.ndarray | None,
-                         skipped: list[dict] = (), keep: int = 2, server_state: np.ndarray | None = None) -> Path:
-        """Save the state after ``rounds_done`` rounds to ``checkpoints/``; keep the newest ``keep`` files."""
+                         skipped: list[dict] = (), keep: int = 2, server_state: np.ndarray | None = None,
+                         fingerprint: tuple[tuple[str, str], ...] = ()) -> Path:
+        """Save the state after ``rounds_done`` rounds to ``checkpoints/``; keep the newest ``keep`` files.
+
+        ``fingerprint`` is the data's (``Dataset.fingerprint``: each input's
+        key and the digest of its rows), which ``--resume`` compares.
+        """
         folder = self.file("checkpoints")
         folder.mkdir(exist_ok=True)
         arrays = {"rounds_done": np.int64(rounds_done), "params": params,
-                  "skipped": np.array([[s["round"], s["mapper"]] for s in skipped], np.int64).reshape(-1, 2)}
+                  "skipped": np.array([[s["round"], s["mapper"]] for s in skipped], np.int64).reshape(-1, 2),
+                  "data_fingerprint": np.array([list(pair) for pair in fingerprint], np.str_).reshape(-1, 2)}
         if opt_state is not None:
             arrays["opt_state"] = opt_state
         if server_state is not None:
@@ -144,13 +166,15 @@ class RunDir:
                 opt_state = f["opt_state"] if "opt_state" in f.files else None
                 server_state = f["server_state"] if "server_state" in f.files else None
                 skipped = f["skipped"].reshape(-1, 2).tolist()
+                fingerprint = (tuple(tuple(pair) for pair in f["data_fingerprint"].tolist())
+                               if "data_fingerprint" in f.files else None)
         except Exception as exc:  # noqa: BLE001  - any damage reads as "corrupted"
             raise NnlibError(f"--resume: checkpoint {path} is corrupted ({first_line(exc)}); "
                              "delete it to resume from the one before") from None
         if params.dtype != np.float32 or params.ndim != 1:
             raise NnlibError(f"--resume: checkpoint {path} is corrupted (params must be a float32 vector, "
                              f"got {params.dtype} {params.shape})")
-        return Checkpoint(rounds_done, params, opt_state, skipped, path, server_state)
+        return Checkpoint(rounds_done, params, opt_state, skipped, path, server_state, fingerprint)
 
     def read_tables(self, rounds_done: int) -> tuple[list[dict], list[dict]]:
         """Rows of rounds.csv and mapper_times.csv for rounds 1 .. ``rounds_done`` (to resume).
@@ -166,7 +190,7 @@ class RunDir:
                 [r for r in mappers if r["round"] <= rounds_done])
 
     def write_summary(self, summary: dict) -> None:
-        atomic_write_bytes(self.file("summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
+        atomic_write_bytes(self.file("summary.json"), json_bytes(summary))
 
 
 def checkpoint_rounds(run_dir: Path) -> int:
@@ -202,6 +226,7 @@ class Checkpoint:
     skipped: list[list[int]]  # [round, mapper] pairs left out so far
     path: Path
     server_state: np.ndarray | None = None  # the server optimizer's momentum (server.momentum)
+    fingerprint: tuple[tuple[str, str], ...] | None = None  # (input key, digest of its rows); None: not recorded
 
 
 def load_model(path: str | Path) -> dict[str, np.ndarray]:
