@@ -106,8 +106,11 @@ def test_the_round_reduce_equals_the_closed_form_combine_bit_for_bit(rule):
     assert out.skipped == [2] and out.opt_state is None
 
 
-def test_the_mean_gradient_is_the_average_rule():
-    from nnlib.rounds.reduce import mean_gradient
+def test_the_mean_gradient_is_the_average_rule_on_equal_batches_and_the_weighted_one_on_uneven():
+    from nnlib.rounds.reduce import mean_gradient, sync_coefficients
 
     grads = [np.random.default_rng(m).normal(size=11).astype(np.float32) for m in range(3)]
-    np.testing.assert_array_equal(mean_gradient(grads), combine("average", grads, [1, 1, 1]))
+    np.testing.assert_array_equal(mean_gradient(grads, sync_coefficients([8, 8, 8])),
+                                  combine("average", grads, [1, 1, 1]))
+    np.testing.assert_array_equal(mean_gradient(grads, sync_coefficients([8, 3, 0])),
+                                  combine("weighted", grads, [8, 3, 0]))

@@ -27,7 +27,7 @@ def test_round_lr_factors_follow_their_closed_forms():
 def test_every_round_trains_at_its_scheduled_rate_on_every_kind_of_round():
     config = small_config("train.rounds=4", "train.lr=0.2", "train.lr_schedule=step", "train.lr_step_rounds=2",
                           "train.lr_gamma=0.5", "train.sync_rounds=1", "train.lr_warmup_rounds=1")
-    plans = [Schedule.from_config(config, 100).plan(r) for r in range(4)]
+    plans = [Schedule.from_config(config, [100] * config.mappers).plan(r) for r in range(4)]
     assert [p.lr for p in plans] == pytest.approx([0.1, 0.2, 0.2, 0.1])
     np.testing.assert_allclose(plans[0].sync_lrs, 0.1)  # the synchronous round's steps are scaled too
     result = run(config, **QUIET)

@@ -41,7 +41,7 @@ def test_sync_sgd_over_k_mappers_equals_one_process_sgd_on_the_concatenated_batc
     shards = [Shard(i, rng.normal(size=(12, 5)), rng.integers(0, 3, 12)) for i in range(3)]
     config = small_config("combine=gradient", "mappers=3", "train.batch_size=4", "train.momentum=0.9",
                           "train.local_epochs=2")
-    schedule = Schedule.from_config(config, smallest_shard=12)
+    schedule = Schedule.from_config(config, [12, 12, 12])
     params = init_params(layers, 0).astype(np.float64)
     payload = replace(first_payload(config, load_dataset(config.data, config.seed), schedule),
                       model=spec, params=params, opt_state=np.zeros_like(params), plan=schedule.plan(0))
@@ -71,12 +71,12 @@ def test_linear_scaling_with_warmup_closed_form():
 
 def test_schedule_says_which_rounds_are_synchronous():
     config = small_config("train.sync_rounds=2", "train.rounds=5", "train.batch_size=10", "mappers=3")
-    schedule = Schedule.from_config(config, smallest_shard=95)
+    schedule = Schedule.from_config(config, [95, 95, 95])
     plans = [schedule.plan(r) for r in range(5)]
     assert [p.synchronous for p in plans] == [True, True, False, False, False]
     assert [len(p.sync_lrs) for p in plans[:2]] == [10, 10]  # ceil(95 / 10) steps per epoch, 1 epoch
     assert all(p.sync_lrs is None and p.lr == 0.1 for p in plans[2:])
-    everything = Schedule.from_config(small_config("combine=gradient"), smallest_shard=95)
+    everything = Schedule.from_config(small_config("combine=gradient"), [95] * 4)
     assert all(everything.plan(r).synchronous for r in range(5))
 
 
@@ -102,7 +102,7 @@ def test_post_local_sgd_is_one_synchronous_round_then_averaging():
     data = load_dataset(config.data, config.seed)
     engine = LocalEngine()
     engine.start(ShardSource(config.data, config.seed, config.mappers))
-    schedule = Schedule.from_config(config, min(len(s.y) for s in engine.shards))
+    schedule = Schedule.from_config(config, [len(s.y) for s in engine.shards])
     payload = first_payload(config, data, schedule)
     synced, _ = engine.sync_round(payload, {})
     payload = replace(payload, plan=schedule.plan(1), params=synced.params, opt_state=synced.opt_state)

@@ -18,8 +18,8 @@ from nnlib.util.timing import timed
 class InProcessCollective:
     """Averaging across mappers that all live in this process, in mapper order."""
 
-    def mean(self, local: list[np.ndarray]) -> np.ndarray:
-        return mean_gradient(local)
+    def mean(self, local: list[np.ndarray], coefficients: np.ndarray) -> np.ndarray:
+        return mean_gradient(local, coefficients)
 
     def mappers_flagged(self, local_flags: dict[int, bool]) -> list[int]:
         return sorted(m for m, flag in local_flags.items() if flag)

@@ -21,11 +21,11 @@ from typing import Protocol
 import numpy as np
 
 from nnlib.core.backends import get_backend
-from nnlib.core.train import LocalSchedule, batch_indices, local_sgd, run_steps
+from nnlib.core.train import local_sgd, run_steps
 from nnlib.data.dataset import Shard
 from nnlib.data.rows import TEST, VAL
 from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
-from nnlib.rounds.reduce import check_mean_gradient
+from nnlib.rounds.reduce import check_mean_gradient, sync_coefficients
 from nnlib.util.threads import one_blas_thread
 
 
@@ -98,11 +98,31 @@ def total_scores(parts: list[dict[int, tuple[float, int, int]]]) -> dict[str, fl
 class Collective(Protocol):
     """How a synchronous round averages across mappers: in one process, or over MPI."""
 
-    def mean(self, local: list[np.ndarray]) -> np.ndarray:
-        """Mean over *all* mappers of the vectors; ``local`` holds this process's mappers' vectors."""
+    def mean(self, local: list[np.ndarray], coefficients: np.ndarray) -> np.ndarray:
+        """Weighted mean over *all* mappers of the vectors, mapper ``m``'s weighted by ``coefficients[m]``
+        (:func:`nnlib.rounds.reduce.sync_coefficients`); ``local`` holds this process's mappers' vectors."""
 
     def mappers_flagged(self, local_flags: dict[int, bool]) -> list[int]:
         """The mappers, across all processes, whose flag is set."""
+
+
+def sync_batches(n_samples: int, batch_size: int, steps: int, per_epoch: int,
+                 rng: np.random.Generator) -> list[np.ndarray]:
+    """One mapper's index arrays for the ``steps`` steps of a synchronous round, empty where it sits out.
+
+    Every ``per_epoch`` steps (the largest shard's batches) start an epoch: a
+    fresh permutation of the shard cut into batches of ``batch_size``; a
+    smaller shard's epoch ends early and its mapper takes empty batches
+    (weight 0) until the next. With equal shards this is
+    :func:`nnlib.core.train.batch_indices` with ``local_steps=steps``.
+    """
+    batches: list[np.ndarray] = []
+    empty = np.empty(0, np.int64)
+    while len(batches) < steps:
+        order = rng.permutation(n_samples)
+        for j in range(min(per_epoch, steps - len(batches))):
+            batches.append(order[j * batch_size:(j + 1) * batch_size] if j * batch_size < n_samples else empty)
+    return batches
 
 
 def sync_shards(shards: list[Shard], payload: RoundPayload,
@@ -110,14 +130,16 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
     """One synchronous round over ``shards`` (this process's mappers).
 
     Every step each mapper computes the gradient of its own mini-batch, the
-    collective averages the gradients over all mappers, and the optimizer
-    takes the same step everywhere, so all hold the same weights throughout.
+    collective averages the gradients over all mappers (weighted by their
+    batch sizes: a mapper whose shard is used up for the epoch sends zeros
+    with weight 0), and the optimizer takes the same step everywhere, so all
+    hold the same weights throughout.
     """
     backend = get_backend(payload.backend, payload.model)
-    lrs = payload.plan.sync_lrs
-    schedule = LocalSchedule(payload.plan.local.batch_size, local_steps=len(lrs))
-    batches = [batch_indices(s.n_samples, schedule, shard_rng(payload.seed, payload.round_index, s.index))
-               for s in shards]
+    plan = payload.plan
+    lrs = plan.sync_lrs
+    batches = [sync_batches(s.n_samples, plan.local.batch_size, len(lrs), plan.steps_per_epoch,
+                            shard_rng(payload.seed, payload.round_index, s.index)) for s in shards]
     params = payload.params.copy()
     opt_state = None if payload.opt_state is None else payload.opt_state.copy()
     compute = [0.0] * len(shards)
@@ -130,12 +152,15 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
         for i, shard in enumerate(shards):
             start = time.perf_counter()
             idx = batches[i][step]
-            loss, grad = backend.loss_and_grad(w, shard.x[idx], shard.y[idx])
+            if len(idx):
+                loss, grad = backend.loss_and_grad(w, shard.x[idx], shard.y[idx])
+                loss_sums[i] += loss * len(idx)
+            else:  # its shard is used up for this epoch: it takes part with weight 0
+                grad = np.zeros_like(w)
             grads.append(grad)
-            loss_sums[i] += loss * len(idx)
             compute[i] += time.perf_counter() - start
         start = time.perf_counter()
-        mean = collective.mean(grads)
+        mean = collective.mean(grads, sync_coefficients(plan.sync_batch_sizes(step)))
         check_mean_gradient(mean, payload.round_index, step, lambda: collective.mappers_flagged(
             {s.index: not np.isfinite(g).all() for s, g in zip(shards, grads)}))
         comm += time.perf_counter() - start
@@ -147,7 +172,8 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
     # the updates' time, shared out: the loop's time less gradients and collectives
     update = (time.perf_counter() - loop_start - sum(compute) - comm) / len(shards)
     host, pid = socket.gethostname(), os.getpid()
-    stats = [MapperStats(s.index, s.n_samples, len(lrs), loss_sums[i] / sum(len(b) for b in batches[i]), host,
-                         pid, compute[i] + update, comm / len(shards), peak_rss_mb())
+    stats = [MapperStats(s.index, s.n_samples, sum(len(b) > 0 for b in batches[i]),
+                         loss_sums[i] / max(sum(len(b) for b in batches[i]), 1), host, pid, compute[i] + update,
+                         comm / len(shards), peak_rss_mb())
              for i, s in enumerate(shards)]
     return Combined(params, opt_state), stats

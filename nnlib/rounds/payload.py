@@ -179,7 +179,7 @@ def first_payload(config, data: Dataset, schedule: Schedule | None = None) -> Ro
     optimizer = make_optimizer(config)
     if schedule is None:
         sizes = data.shard_sizes(config.mappers, config.data.partition, config.seed, config.data.skew_alpha)
-        schedule = Schedule.from_config(config, min(sizes))
+        schedule = Schedule.from_config(config, sizes)
     plan = schedule.plan(0)
     subnets = ist_subnets(config) if plan.sub_networks == "ist" else None
     return RoundPayload(plan, config.seed, params, optimizer.init_state(params), spec,

@@ -11,9 +11,13 @@ the next float32 weights:
   the shares in mapper order, whatever order the results arrived in;
 - MPI adds the same shares with one ``Allreduce``.
 
-A synchronous round's mean gradient is the same idea with every coefficient
-``1/k`` (:func:`gradient_share`, :func:`mean_gradient`), and its NaN/inf
-judgement is :func:`check_mean_gradient`, used by every engine.
+A synchronous round's mean gradient is the same idea with each mapper's
+coefficient its share of the step's samples, ``b_m / sum b`` (``1/k`` when
+the batches are equal; 0 for a mapper whose shard is used up for the epoch,
+:meth:`nnlib.rounds.schedule.RoundPlan.sync_batch_sizes`), so the mean is
+the gradient of the step's whole global batch (:func:`sync_coefficients`,
+:func:`gradient_share`, :func:`mean_gradient`); its NaN/inf judgement is
+:func:`check_mean_gradient`, used by every engine.
 
 The server optimizer's step (:class:`Server`, ``server.lr`` and
 ``server.momentum``) finishes a local round's reduce on the driver.
@@ -168,17 +172,24 @@ class RoundReducer:
         return Combined(params, opt_state, bad)
 
 
-def gradient_share(grad: np.ndarray, n_mappers: int) -> np.ndarray:
-    """One mapper's share of a synchronous step's mean gradient: ``grad / k`` in float64."""
-    coefs, _ = COEFFICIENTS["average"]([1] * n_mappers)
-    return coefs[0] * grad.astype(np.float64)
+def sync_coefficients(batch_sizes) -> np.ndarray:
+    """Each mapper's coefficient in a synchronous step's mean, ``b_m / sum b`` (float64, ``(mappers,)``): the
+    mean over the step's samples. Equal batches give ``1/k`` each, bit for bit."""
+    coefs, _ = COEFFICIENTS["weighted"](batch_sizes)
+    return coefs
 
 
-def mean_gradient(grads: list[np.ndarray]) -> np.ndarray:
-    """The mean of the mappers' gradients (in mapper order), in their dtype: the shares added in order."""
+def gradient_share(grad: np.ndarray, coefficient: float) -> np.ndarray:
+    """One mapper's share of a synchronous step's mean gradient: ``coefficient * grad`` in float64."""
+    return coefficient * grad.astype(np.float64)
+
+
+def mean_gradient(grads: list[np.ndarray], coefficients) -> np.ndarray:
+    """The mappers' gradients (in mapper order) weighted by ``coefficients`` (:func:`sync_coefficients`) and
+    added in order, in their dtype."""
     total = np.zeros(grads[0].shape, np.float64)
-    for g in grads:
-        total += gradient_share(g, len(grads))
+    for g, c in zip(grads, coefficients):
+        total += gradient_share(g, c)
     return total.astype(grads[0].dtype)
 
 

@@ -17,10 +17,14 @@ Two kinds of round:
   then the weights are combined once;
 - **synchronous** (``combine: gradient``, or the first ``train.sync_rounds``
   rounds, post-local SGD): every step averages the mappers' mini-batch
-  gradients. Every mapper must take the same number of steps, so the
-  smallest shard sets the steps per epoch; ``lr_scaling: linear`` multiplies
-  the rate by the number of mappers (the global batch is ``mappers`` times a
-  mapper's batch), reached after ``warmup_epochs`` of linear warm-up.
+  gradients. Every mapper takes part in every step, so the *largest* shard
+  sets the steps per epoch; on uneven shards a mapper whose shard is used up
+  for the epoch takes part with an empty batch and weight 0 until the epoch
+  ends, as torch's ``Join`` does for DDP (:func:`sync_batch_sizes`), and
+  each step's mean is weighted by the samples in it, so every row is used
+  once per epoch. ``lr_scaling: linear`` multiplies the rate by the number
+  of mappers with a batch in the step (the global batch is that many
+  mappers' batches), reached after ``warmup_epochs`` of linear warm-up.
 
 And what a local round trains:
 
@@ -47,9 +51,21 @@ from nnlib.core.train import LocalSchedule
 SubNetworks = Literal["ist", "split", None]
 
 
-def sync_steps_per_epoch(smallest_shard: int, batch_size: int) -> int:
-    """Synchronous steps in one epoch: every mapper takes the same number, so the smallest shard decides."""
-    return -(-smallest_shard // batch_size)
+def sync_steps_per_epoch(largest_shard: int, batch_size: int) -> int:
+    """Synchronous steps in one epoch: the largest shard's batches (the others sit out their last steps)."""
+    return -(-largest_shard // batch_size)
+
+
+def sync_batch_sizes(shard_sizes, batch_size: int, steps, per_epoch: int) -> np.ndarray:
+    """Each mapper's batch size in each synchronous step, ``(len(steps), mappers)`` int64.
+
+    Step ``t`` is step ``t % per_epoch`` of an epoch; in it a shard of ``n``
+    samples gives a batch of ``min(batch_size, n - j * batch_size)`` samples
+    (its epoch's ``j``-th batch), or 0 once its epoch's rows are used.
+    """
+    j = np.asarray(steps, np.int64) % per_epoch
+    n = np.asarray(shard_sizes, np.int64)
+    return np.clip(n[None, :] - j[:, None] * batch_size, 0, batch_size)
 
 
 def round_lr_factor(round_index: int, rounds: int, kind: str = "constant", warmup_rounds: int = 0,
@@ -75,15 +91,16 @@ def round_lr_factor(round_index: int, rounds: int, kind: str = "constant", warmu
     return 1.0
 
 
-def sync_learning_rates(round_index: int, steps: int, base_lr: float, mappers: int, scaling: str,
+def sync_learning_rates(round_index: int, steps: int, base_lr: float, mappers, scaling: str,
                         warmup_steps: int) -> np.ndarray:
     """Learning rate of each synchronous step of a round, ``(steps,)`` float64.
 
-    ``scaling='linear'`` multiplies the rate by the number of mappers. During
+    ``scaling='linear'`` multiplies the rate by the number of mappers taking
+    part in the step (``mappers``: one number, or one per step). During
     the first ``warmup_steps`` steps of the run the rate climbs linearly from
     ``base_lr`` to that target.
     """
-    target = base_lr * mappers if scaling == "linear" else base_lr
+    target = base_lr * np.asarray(mappers, np.float64) if scaling == "linear" else base_lr
     t = round_index * steps + np.arange(steps)
     if warmup_steps <= 0:
         return np.full(steps, target)
@@ -102,6 +119,13 @@ class RoundPlan:
     sub_networks: SubNetworks = None    # None: the whole network; "ist" or "split": a sub-network per mapper
     part: tuple[float, float] = (0.0, 1.0)  # the share of each shard trained on, as fractions [lo, hi)
     restart_optimizer: bool = False     # the optimizer state starts afresh this round
+    shard_sizes: tuple[int, ...] = ()   # a synchronous round: every shard's training samples, in mapper order
+    steps_per_epoch: int = 0            # a synchronous round: the largest shard's batches per epoch
+
+    def sync_batch_sizes(self, step: int) -> np.ndarray:
+        """Each mapper's batch size in synchronous step ``step`` of the round, ``(mappers,)`` int64 (0: it
+        sits out the step, its epoch's rows used)."""
+        return sync_batch_sizes(self.shard_sizes, self.local.batch_size, [step], self.steps_per_epoch)[0]
 
 
 @dataclass(frozen=True)
@@ -116,13 +140,14 @@ class Schedule:
     train: Any
     combine: str
     mappers: int
-    smallest_shard: int
+    shard_sizes: tuple[int, ...]  # training samples in each shard, in mapper order
     split_warmup_fraction: float = 0.5
 
     @classmethod
-    def from_config(cls, config, smallest_shard: int) -> "Schedule":
-        """The schedule of a :class:`nnlib.config.Config` whose smallest shard has ``smallest_shard`` samples."""
-        return cls(config.train, config.combine, config.mappers, smallest_shard, config.split.warmup_fraction)
+    def from_config(cls, config, shard_sizes) -> "Schedule":
+        """The schedule of a :class:`nnlib.config.Config` whose shards hold ``shard_sizes`` samples."""
+        return cls(config.train, config.combine, config.mappers, tuple(int(n) for n in shard_sizes),
+                   config.split.warmup_fraction)
 
     def is_synchronous(self, round_index: int) -> bool:
         """Always with ``combine: gradient``; else the first ``train.sync_rounds`` rounds."""
@@ -151,7 +176,9 @@ class Schedule:
         if not self.is_synchronous(round_index):
             kind, part = self.sub_networks(round_index)
             return RoundPlan(round_index, False, local, t.lr * factor, None, kind, part, restart)
-        per_epoch = sync_steps_per_epoch(self.smallest_shard, t.batch_size)
+        per_epoch = sync_steps_per_epoch(max(self.shard_sizes), t.batch_size)
         steps = t.local_steps or t.local_epochs * per_epoch
-        lrs = sync_learning_rates(round_index, steps, t.lr, self.mappers, t.lr_scaling, t.warmup_epochs * per_epoch)
-        return RoundPlan(round_index, True, local, t.lr * factor, lrs * factor, restart_optimizer=restart)
+        taking_part = (sync_batch_sizes(self.shard_sizes, t.batch_size, np.arange(steps), per_epoch) > 0).sum(axis=1)
+        lrs = sync_learning_rates(round_index, steps, t.lr, taking_part, t.lr_scaling, t.warmup_epochs * per_epoch)
+        return RoundPlan(round_index, True, local, t.lr * factor, lrs * factor, restart_optimizer=restart,
+                         shard_sizes=self.shard_sizes, steps_per_epoch=per_epoch)

@@ -71,14 +71,14 @@ class MpiCollective:
     def __init__(self, comm, collective: str):
         self.comm, self.collective = comm, collective
 
-    def mean(self, local: list[np.ndarray]) -> np.ndarray:
+    def mean(self, local: list[np.ndarray], coefficients: np.ndarray) -> np.ndarray:
         (vector,) = local  # one mapper per rank
         k = self.comm.Get_size()
         if self.collective == "allgather":
             gathered = np.empty((k, vector.size), DTYPE)
             self.comm.Allgather(np.ascontiguousarray(vector, DTYPE), gathered)
-            return mean_gradient(list(gathered))
-        share = gradient_share(vector, k)
+            return mean_gradient(list(gathered), coefficients)
+        share = gradient_share(vector, coefficients[self.comm.Get_rank()])
         self.comm.Allreduce(_in_place(), share)
         return share.astype(DTYPE)
 

@@ -47,7 +47,7 @@ from nnlib import errors
 from nnlib.errors import EngineError
 from nnlib.rounds.mapper import score_held_out, sync_shards, train_shard
 from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
-from nnlib.rounds.reduce import check_mean_gradient, mean_gradient
+from nnlib.rounds.reduce import check_mean_gradient, mean_gradient, sync_coefficients
 
 _LENGTH = struct.Struct("!Q")
 _HELLO = struct.Struct("!4s32sI")  # magic, token, mapper index
@@ -112,8 +112,8 @@ class DriverCollective:
     def __init__(self, conn: socket.socket):
         self.conn = conn
 
-    def mean(self, local: list[np.ndarray]) -> np.ndarray:
-        (grad,) = local
+    def mean(self, local: list[np.ndarray], coefficients: np.ndarray) -> np.ndarray:
+        (grad,) = local  # the driver weights it (by the round's plan, as every engine does)
         send(self.conn, ("grad", grad))
         reply = recv(self.conn)
         if reply[0] != "mean":
@@ -297,7 +297,7 @@ class Hub:
         for step in range(len(payload.plan.sync_lrs)):
             grads = [g for (g,) in self.gather("grad", alive, what)]
             t = time.perf_counter()
-            mean = mean_gradient(grads)
+            mean = mean_gradient(grads, sync_coefficients(payload.plan.sync_batch_sizes(step)))
             check_mean_gradient(mean, payload.round_index, step,
                                 lambda: [m for m, g in enumerate(grads) if not np.isfinite(g).all()])
             self.broadcast(("mean", mean))
