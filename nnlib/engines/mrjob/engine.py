@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from nnlib.engines.base import SingleDriver
-from nnlib.errors import EngineError, error_from_text
+from nnlib.errors import EngineError, NnlibError, error_from_text
 from nnlib.util.ship import zip_package
 from nnlib.rounds.payload import Combined
 from nnlib.util.timing import timed
@@ -151,15 +151,23 @@ class MrjobEngine(SingleDriver):
 
     def _run_job(self, job, what: str) -> tuple[list, list]:
         """Run one mrjob job; return its output records and counters. A failed job is one line: an nnlib error
-        from a task as itself, else the task's last error line, saying ``what`` failed."""
+        from a task as itself, else the root cause mrjob found in the task's log (its "Probable cause of
+        failure", which mrjob's own logging would print above the line), saying ``what`` failed."""
+        log = _CapturedLog()
+        mrjob_logger = logging.getLogger("mrjob")
+        mrjob_logger.addHandler(log)
         try:
             with warnings.catch_warnings(), job.make_runner() as runner:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 runner.run()
                 return list(job.parse_output(runner.cat_output())), runner.counters()
+        except NnlibError:
+            raise  # the inline runner runs the tasks in this process: their own error
         except Exception as exc:
-            raise error_from_text(str(exc) + "\n" + _task_stderr(exc), f"mrjob ({self.runner} runner)",
-                                  what) from None
+            text = "\n".join([str(exc), _task_stderr(exc), log.text()])
+            raise error_from_text(text, f"mrjob ({self.runner} runner)", what) from None
+        finally:
+            mrjob_logger.removeHandler(log)
 
     def stop(self):
         if self._scratch_fs is not None:  # shards written under a mrjob.scratch URI
@@ -172,6 +180,20 @@ class MrjobEngine(SingleDriver):
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+class _CapturedLog(logging.Handler):
+    """mrjob's warnings and errors during one job, kept for the one-line error instead of printed."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records: list[str] = []
+
+    def emit(self, record):
+        self.records.append(record.getMessage())
+
+    def text(self) -> str:
+        return "\n".join(self.records)
 
 
 def _task_stderr(exc: Exception) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 from nnlib.engines.base import ReduceOnDriver
 from nnlib.engines.spark.exchange import Hub, MapperLost, serve_mapper
 from nnlib.engines.spark.reader import SparkReader, shard_from_records
-from nnlib.errors import EngineError, error_from_text, first_line
+from nnlib.errors import EngineError, error_from_text, first_line, hint, root_cause
 from nnlib.rounds.mapper import score_held_out, train_shard
 from nnlib.util.timing import timed
 
@@ -87,7 +87,23 @@ def get_or_create_session(master: str, app_name: str, log_level: str, min_slots:
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(log_level)
+    quiet_task_failures(session.sparkContext, log_level)
     return session, True
+
+
+# Spark's own report of a failed task: the executor's stack trace ("ERROR Executor: Exception in task"), the
+# scheduler's "Lost task" and "aborting job"; nnlib reports the failure itself, in one line
+TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager")
+
+
+def quiet_task_failures(sc, log_level: str) -> None:
+    """Keep Spark's logging of a failed task off the console at ``spark.log_level`` ERROR and above (the
+    default); at WARN, INFO, ... it shows, with the whole trace."""
+    if log_level.upper() not in ("ERROR", "FATAL", "OFF"):
+        return
+    jvm = sc._jvm
+    for name in TASK_FAILURE_LOGGERS:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, jvm.org.apache.logging.log4j.Level.OFF)
 
 
 class _SparkSession:
@@ -223,8 +239,8 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
         self._input = None if source.rows is None else self.reader.shards(source.rows)
         try:
             self._launch()
-        except _StageDied as died:
-            raise EngineError(f"spark: the stage stopped before every mapper had started ({died})") from None
+        except _StageDied as died:  # the root cause, or the nnlib error a task raised
+            raise error_from_text(died.text, "spark", "starting the mappers") from None
 
     def _wait_for_slots(self, sc, needed: int) -> None:
         deadline = time.monotonic() + SLOT_WAIT_SECONDS
@@ -272,8 +288,7 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
     def _alive(self) -> None:
         """Raise if the stage has ended while the driver still waits on it."""
         if self._thread is not None and not self._thread.is_alive():
-            detail = first_line(self._stage_error) if self._stage_error else "it finished early"
-            raise _StageDied(detail)
+            raise _StageDied(str(self._stage_error) if self._stage_error else "it finished early")
 
     def _with_retries(self, exchange, what: str):
         """Run one exchange (``what``: "round 3"); when the stage dies under it, start the stage again and redo it."""
@@ -283,6 +298,9 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
                     self._launch()
                 return exchange()
             except (MapperLost, _StageDied) as exc:
+                if isinstance(exc, _StageDied) and not isinstance(
+                        error := error_from_text(exc.text, "spark", what), EngineError):
+                    raise error from None  # an nnlib error raised in a task: the same again on a retry
                 reason = f"lost {exc}" if isinstance(exc, MapperLost) else f"the stage stopped ({exc})"
                 self.attempt += 1
                 if self.attempt >= self.stage_attempts:
@@ -326,4 +344,13 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
 
 
 class _StageDied(Exception):
-    """The barrier stage ended (aborted by Spark) while the driver waited on it."""
+    """The barrier stage ended (aborted by Spark) while the driver waited on it; ``text`` is Spark's whole error,
+    and the exception reads as its root cause."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        cause = root_cause(self.text)
+        return cause + hint(cause)
