@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 TORCH = "torch==2.13.0"  # pinned: a newer or unpinned torch pulls several GB of CUDA packages
 MRJOB = "mrjob==0.7.4"  # its last release; imports on Python <= 3.12 only
 MPI = ["mpi4py>=4", "openmpi>=5"]  # the openmpi package brings mpiexec into the environment
-MLFLOW = "mlflow-skinny>=2.10"  # the client alone: tracking to a folder, a database or a server
+MLFLOW = "mlflow>=2.10"  # the client with its database stores (sqlite: SQLAlchemy), the server and mlflow ui
 ONNX = ["onnx>=1.16", "onnxruntime>=1.17"]  # nnlib export --format onnx: building the graph, checking it
 
 setup(

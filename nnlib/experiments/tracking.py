@@ -5,17 +5,20 @@ With ``tracking: none`` (the default) nothing here imports MLflow. With
 directory, in the experiment ``mlflow.experiment``:
 
 - params: every config key, dotted (``train.lr``, ``mappers``, ...);
-- metrics, per round (``step`` = round): test accuracy and loss, train
-  loss, the round's seconds and its overhead;
+- metrics, per round (``step`` = the round's number as printed, from 1):
+  test accuracy and loss, train loss, the round's seconds and its overhead;
 - at the end: the summary's numbers, and the run directory's files as
   artifacts (model.npz, config.yaml, rounds.csv, mapper_times.csv,
   summary.json).
 
-``mlflow.tracking_uri`` names the store (``http://127.0.0.1:5000``,
-``sqlite:///mlflow.db``, ...); left out, it is a local ``mlruns/`` folder
-in the working directory. MLflow keeps that folder store in maintenance
-mode and asks for an opt-in (``MLFLOW_ALLOW_FILE_STORE``), which nnlib
-gives for its own default only.
+``mlflow.tracking_uri`` names the store: a tracking server
+(``http://127.0.0.1:5000``), a database (``sqlite:///mlflow.db``: SQLAlchemy
+and the model registry's tables come with the ``mlflow`` package the
+``tracking`` extra installs), or a folder (``file:///path/mlruns``); left
+out, it is a local ``mlruns/`` folder in the working directory. MLflow
+keeps the folder store in maintenance mode and asks for an opt-in
+(``MLFLOW_ALLOW_FILE_STORE``), which nnlib gives for a folder URI. MLflow's
+own INFO lines (creating tables and experiments) are kept off the console.
 """
 
 from __future__ import annotations
@@ -52,8 +55,13 @@ class MlflowTracking:
         import mlflow
 
         if tracking_uri is None:
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             tracking_uri = Path("mlruns").resolve().as_uri()
+        if tracking_uri.startswith("file:") or "://" not in tracking_uri:  # a folder store
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        import logging
+
+        for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables...", "Creating experiment"
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.mlflow = mlflow
         self.uri, self.experiment = tracking_uri, experiment
         self.run = None
