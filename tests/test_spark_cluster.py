@@ -4,12 +4,11 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import saved_params
+from conftest import saved_params, wait_for_rounds
 from spark_cluster import StandaloneCluster, cluster_env
 
 from nnlib.config import load_config
@@ -49,16 +48,12 @@ def test_cluster_run_equals_local_engine_and_survives_a_killed_worker(cluster, t
 
     local = run(load_config(ROOT / "conf/default.yaml", [*WORK, "engine=local"]),
                 log=lambda _m: None, warn=lambda _m: None)
-    # one BLAS thread per mapper everywhere (nnlib.util.threads), so the cluster's weights are the local ones, bit for bit
+    # one BLAS thread per mapper everywhere (nnlib.util.threads): the cluster's weights are the local ones, bit for bit
     np.testing.assert_array_equal(saved_params(tmp_path / "clean"), local.params)
 
     faulty = submit(cluster, tmp_path / "faulty")
-    checkpoints = tmp_path / "faulty" / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(checkpoints.glob("round-00002.npz")):
-        assert faulty.poll() is None, faulty.stderr.read()[-3000:]
-        time.sleep(0.05)
-    time.sleep(0.3)  # into round 3's training
+    done = wait_for_rounds(faulty, tmp_path / "faulty", 3)  # three rounds checkpointed: the fourth is starting
+    assert done < 6 and not (tmp_path / "faulty/summary.json").exists()
     rows = [line.split(",") for line in (tmp_path / "faulty/mapper_times.csv").read_text().splitlines()[1:]]
     victim = cluster.worker_running(int(next(r[3] for r in rows if r[1] == "1")))  # the worker of mapper 1
     cluster.kill_worker(victim)
@@ -66,8 +61,10 @@ def test_cluster_run_equals_local_engine_and_survives_a_killed_worker(cluster, t
     assert faulty.returncode == 0, err[-3000:]
     # the stage lost a mapper (seen as the broken connection or as Spark aborting the stage, whichever the
     # driver notices first), was started again, and redid the round from the last finished one
-    assert re.search(r"spark: (lost mapper 1|the stage stopped).* in round (\d+); starting the stage again "
-                     r"\(attempt 2 of 3\) and redoing round \2", err)
+    restart = re.search(r"spark: (lost mapper 1|the stage stopped).* in round (\d+); starting the stage again "
+                        r"\(attempt 2 of 3\) and redoing round \2", err)
+    assert restart, err[-3000:]
+    assert done <= int(restart.group(2)) <= 6  # the kill landed in a round after the ones seen finished
     np.testing.assert_array_equal(saved_params(tmp_path / "faulty"), saved_params(tmp_path / "clean"))
     rows = (tmp_path / "faulty/mapper_times.csv").read_text().splitlines()[1:]
     assert len(rows) == 2 * 6  # each (round, mapper) counted once, retries or not
@@ -113,7 +110,9 @@ def test_a_parquet_dataset_larger_than_a_workers_memory_limit_trains_over_four_w
         assert {int(m[1]) for m in mappers} == {0, 1, 2, 3}
         assert all(float(m[-1]) < limit_mb for m in mappers)  # peak_rss_mb: each mapper under its limit
         summary = json.loads((tmp_path / "four/summary.json").read_text())
-        assert summary["n_train"] + summary["n_test"] == 2_800_000 and summary["final_test_accuracy"] > 0.5
+        assert summary["n_train"] + summary["n_test"] == 2_800_000
+        # measured 0.9498 (2026-11-29) by this run (chance is 0.1): the four shards together learn the blobs
+        assert summary["final_test_accuracy"] > 0.9
         # the executors' Python workers ran under the limit (pyspark logs it as it sets RLIMIT_AS)
         logs = "".join(p.read_text() for p in (tmp_path / "cluster/work").glob("*/*/stderr"))
         assert f"Setting mem limits to {limit_mb * 2 ** 20}" in logs
