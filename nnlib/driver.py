@@ -380,8 +380,9 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
     """
     wall_start = time.perf_counter()
     engine = engine or make_engine(config, warn)
+    warnings: list[str] = []  # said once the run is accepted (a resume checked): a warning never precedes an error
     try:
-        setup = prepare(config, warn, engine.reader)
+        setup = prepare(config, warnings.append, engine.reader)
     except BaseException:
         engine.stop()  # a reader may have started the engine's cluster
         raise
@@ -391,9 +392,15 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
     server = make_server(config, payload.params)
     first_round = 0
     if resume and run_dir is not None:
-        first_round, payload = resume_state(config, run_dir, payload, result, server, setup.data.fingerprint)
+        try:
+            first_round, payload = resume_state(config, run_dir, payload, result, server, setup.data.fingerprint)
+        except BaseException:
+            engine.stop()
+            raise
         if first_round:
             log(f"resuming after round {first_round} from {run_dir.path / 'checkpoints'}")
+    for message in warnings:
+        warn(message)
 
     def write_config() -> None:
         """The run directory's first change, once every worker has read its data."""

@@ -77,6 +77,11 @@ def root_cause(text: str) -> str:
     return lines[-1] if lines else (text.strip().splitlines() or ["no log"])[0]
 
 
+def python_failed(exc: BaseException) -> bool:
+    """True when an engine's error carries a Python traceback: a Python worker failed, whatever the job read."""
+    return _TRACEBACK in str(exc)
+
+
 def hint(cause: str) -> str:
     """``"; <what to do>"`` for a root cause nnlib knows a remedy for, else ``""``."""
     for pattern, remedy in HINTS:

@@ -107,7 +107,7 @@ def _split(n: int, fraction: float, seed: int, salt: int = 0x7E57,
     order = np.random.default_rng([seed, salt]).permutation(n)
     n_held = max(1, int(round(n * fraction)))
     if n_held >= n:
-        raise DataError(f"{key}: {fraction} of {n} samples leaves no training data")
+        raise DataError(f"{key}: {fraction} of {n} samples leaves no training data; lower {key} or use more data")
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 

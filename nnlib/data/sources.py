@@ -187,11 +187,16 @@ def read_csv_table(path: Path, key: str):
     import pyarrow.csv as pacsv
 
     try:
-        return pacsv.read_csv(path)
+        if path.stat().st_size == 0:
+            raise DataError(f"{key}: {path} is empty (0 bytes; a CSV source needs a header row and data rows)")
+        table = pacsv.read_csv(path)
     except pa.ArrowInvalid as exc:
         raise DataError(f"{key}: {path} is not a well-formed CSV file ({first_line(exc)})") from None
     except OSError as exc:
         raise DataError(f"{key}: {path} cannot be read ({exc})") from None
+    if table.num_rows == 0:
+        raise DataError(f"{key}: {path} is empty (a header row and no data rows)")
+    return table
 
 
 def csv_columns(path: Path, key: str) -> list[str]:
@@ -300,6 +305,8 @@ def read_file(path: Path, key: str, label_column: str = "label", labels: str | N
         if label_path == path:
             raise DataError(f"{labels_key}: cannot infer the labels file from {path}; set {labels_key}")
         check_exists(label_path, labels_key)
+        if x.shape[0] == 0:
+            raise DataError(f"{key}: {path} is empty (an IDX file of 0 items)")
         return x.reshape(x.shape[0], -1), read_idx(label_path, labels_key)
     allowed = ", ".join(BUILTIN + FILE_SUFFIXES)
     raise DataError(f"{key}: unknown kind of data source {str(path)!r}; allowed: {allowed}")

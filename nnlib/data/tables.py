@@ -85,7 +85,7 @@ class ParquetSource:
                                 f"{first[1].names[:10]}; every file of a dataset needs the same schema")
             rows.append(meta.num_rows)
         if sum(rows) == 0:
-            raise DataError(f"{key}: {source} holds no rows")
+            raise DataError(f"{key}: {source} is empty (its Parquet files hold no rows)")
         return cls(source, tuple(names), tuple(rows), label_column, features_column, key, key_column,
                    tuple(first[1].names))
 

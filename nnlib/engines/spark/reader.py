@@ -27,7 +27,7 @@ import numpy as np
 from nnlib.data.dataset import RowKeyed, Shard, ShardFiller
 from nnlib.data.rows import RowFiller, RowPlan, merge_in_order
 from nnlib.data.tables import ParquetSource, table_arrays
-from nnlib.errors import DataError, error_from_text, first_line
+from nnlib.errors import DataError, error_from_text, first_line, python_failed
 
 # a row's part (a Parquet file's path, or a DataFrame's partition index) and its index in that part
 _FILE, _ROW = "_nnlib_file", "_nnlib_row"
@@ -128,7 +128,7 @@ class SparkReader:
         """``(parts in position order, rows in each)`` of a :meth:`source_frame` (one small aggregate job)."""
         counts = self.run_job(lambda: df.groupBy(_FILE).count().collect(), f"listing {source}", source, key)
         if not counts:
-            raise DataError(f"{key}: {source} holds no rows")
+            raise DataError(f"{key}: {source} is empty (it holds no rows)")
         parts = sorted((row[0], row[1]) for row in counts)
         return tuple(f for f, _ in parts), tuple(n for _, n in parts)
 
@@ -141,7 +141,8 @@ class SparkReader:
             raise
         except Exception as exc:  # noqa: BLE001  - an nnlib error raised in an executor comes back as text
             error = error_from_text(str(exc), "spark", what)
-            if isinstance(error, DataError) or getattr(exc, "java_exception", None) is None:
+            # a Python worker that failed (no numpy in PYSPARK_PYTHON, ...) is its root cause, not the file's
+            if isinstance(error, DataError) or getattr(exc, "java_exception", None) is None or python_failed(exc):
                 raise error from None
             raise DataError(f"{key}: Spark cannot read {source} ({_spark_error(exc)})") from None
 
