@@ -29,10 +29,16 @@ while [[ $# -gt 0 ]]; do
     --env-archive) env_archive="$2"; shift 2 ;;
     --env-archive=*) env_archive="${1#--env-archive=}"; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) spark_opts+=("$1"); shift ;;
   esac
 done
+
+# A local master binds to the loopback address, so Spark neither warns that the hostname resolves to one
+# nor listens on the network; a cluster's driver keeps the address the workers reach it on.
+if [[ $master == local* ]]; then
+  export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+fi
 
 if ! command -v spark-submit >/dev/null 2>&1; then
   echo "submit.sh: error: spark-submit not found on PATH (activate the virtual environment that has pyspark)" >&2

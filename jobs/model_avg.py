@@ -15,4 +15,4 @@ import sys
 from nnlib.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["run", "--set", "engine=spark", *sys.argv[1:]], prog="model_avg.py"))
+    sys.exit(main(["run", "--set", "engine=spark", *sys.argv[1:]]))  # errors read "nnlib: error: ..."

@@ -14,4 +14,4 @@ import sys
 from nnlib.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["run", *sys.argv[1:], "--set", "engine=mpi"], prog="mpi_model_avg.py"))
+    sys.exit(main(["run", *sys.argv[1:], "--set", "engine=mpi"]))  # errors read "nnlib: error: ..."

@@ -302,18 +302,34 @@ def _format_error(err: dict, where: str) -> str:
     return f"{where}config key '{key}': {err['msg']}, got {err['input']!r}"
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
+def _parse_override(item: str) -> list[tuple[str, Any]]:
+    """``[(dotted key, value)]`` of one ``--set key=value``; a section given a mapping
+    (``train={rounds: 2, lr: 0.05}``) sets each of its keys."""
     if "=" not in item:
         raise ConfigError(f"--set expects key=value (e.g. --set mappers=4), got {item!r}")
     key, raw = item.split("=", 1)
     key = key.strip()
-    if key not in valid_keys():
-        raise ConfigError(f"--set: unknown config key '{key}'{suggest_key(key)}")
     try:
         value = _yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    return key, value
+    if key in valid_keys():
+        return [(key, value)]
+    section_keys = [k for k in valid_keys() if k.startswith(key + ".")]
+    if not section_keys:
+        raise ConfigError(f"--set: unknown config key '{key}'{suggest_key(key)}")
+    if not isinstance(value, dict):
+        example = section_keys[0].split(".")[-1]
+        raise ConfigError(f"--set: '{key}' is a section: set one of its keys ({key}.{example}=...) or give it a "
+                          f"mapping ({key}={{{example}: ...}}), got {raw!r}")
+    pairs = []
+    for sub, sub_value in value.items():
+        full = f"{key}.{sub}"
+        if full not in valid_keys() and not any(k.startswith(full + ".") for k in valid_keys()):
+            raise ConfigError(f"--set: unknown config key '{full}'{suggest_key(full)}")
+        pairs += ([(full, sub_value)] if full in valid_keys() or not isinstance(sub_value, dict)
+                  else _parse_override(f"{full}={yaml.safe_dump(sub_value, default_flow_style=True).strip()}"))
+    return pairs
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
@@ -354,9 +370,9 @@ def build_config(tree: dict[str, Any], overrides: list[str] = (), source: str = 
     tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
     overridden = set()
     for item in overrides:
-        key, value = _parse_override(item)
-        _set_dotted(tree, key, value)
-        overridden.add(key)
+        for key, value in _parse_override(item):
+            _set_dotted(tree, key, value)
+            overridden.add(key)
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:

@@ -283,3 +283,62 @@ def test_no_label_column_lists_every_column_or_says_how_many_are_left_out(tmp_pa
     (tmp_path / "w.csv").write_text(",".join(wide) + "\n" + ",".join(["1"] * 70 + ["0"]) + "\n")
     assert main(["run", "--quiet", "--set", f"data.source={tmp_path / 'w.csv'}", "--out", str(tmp_path / "w")]) == 2
     assert capsys.readouterr().err.endswith(f"columns are {wide[:50]} and 21 more)\n")
+
+
+# ---- a quiet start, and the small things ---------------------------------------------------------
+
+# the one line Spark's JVM prints itself, for the vector module Spark's launcher adds; log4j cannot reach it
+JVM_LINE = "WARNING: Using incubator modules: jdk.incubator.vector"
+
+
+def _spark_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line != JVM_LINE]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["nnlib run", "submit.sh", "spark-submit with SPARK_CONF_DIR"])
+def test_a_spark_run_starts_with_none_of_sparks_lines(tmp_path, how):
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_LOCAL_IP", "SPARK_CONF_DIR")}
+    bin_dir = Path(sys.executable).parent
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    args = ["--set", "train.rounds=1", "--set", "mappers=2", "--out", str(tmp_path / "r")]
+    cmd = {"nnlib run": [sys.executable, "-m", "nnlib", "run", "--set", "engine=spark", *args],
+           "submit.sh": ["bash", "submit.sh", "--master", "local[2]", "--", *args],
+           "spark-submit with SPARK_CONF_DIR": [str(bin_dir / "spark-submit"), "jobs/model_avg.py", *args]}[how]
+    if how.startswith("spark-submit"):
+        env["SPARK_CONF_DIR"] = str(ROOT / "nnlib" / "engines" / "spark")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _spark_lines(proc.stderr) == [], proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("nnlib: engine=spark mappers=2")
+
+
+@pytest.mark.slow
+def test_submit_sh_help_is_its_usage_and_no_code():
+    proc = subprocess.run(["bash", "submit.sh", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("Submit nnlib's Spark job to a cluster.\n")
+    header = [line[2:] for line in (ROOT / "submit.sh").read_text().splitlines()[1:]
+              if line.startswith("#")][: len(proc.stdout.splitlines())]
+    assert proc.stdout.splitlines() == [line.rstrip() for line in header]
+    assert "set -euo" not in proc.stdout and "here=" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_spark_jobs_errors_read_nnlib_error(tmp_path):
+    proc = subprocess.run([str(Path(sys.executable).parent / "spark-submit"), "jobs/model_avg.py",
+                           "--set", "mapers=2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2  # spark-submit passes the job's stderr on to its stdout
+    assert proc.stdout.splitlines()[-1] == "nnlib: error: --set: unknown config key 'mapers'; did you mean 'mappers'?"
+
+
+def test_a_section_takes_a_mapping_in_set_or_says_how_to_set_it(capsys):
+    from nnlib.config import load_config
+
+    config = load_config(None, ["train={rounds: 2, lr: 0.05}"])
+    assert (config.train.rounds, config.train.lr, config.train.local_epochs) == (2, 0.05, 2)
+    assert load_config(None, ["train={rounds: 2}", "train.lr=0.3"]).train.lr == 0.3
+    assert main(["run", "--set", "train=2"]) == 2
+    assert capsys.readouterr().err == ("nnlib: error: --set: 'train' is a section: set one of its keys "
+                                       "(train.rounds=...) or give it a mapping (train={rounds: ...}), got '2'\n")
+    assert main(["run", "--set", "train={rouns: 2}"]) == 2
+    assert capsys.readouterr().err == "nnlib: error: --set: unknown config key 'train.rouns'; did you mean 'train.rounds'?\n"
