@@ -25,7 +25,7 @@ from nnlib.data.dataset import Dataset, ShardSource, load_dataset
 from nnlib.engines import make_engine
 from nnlib.engines.base import Engine
 from nnlib.model.file import ModelFile, model_file
-from nnlib.errors import ConfigError, DataError, DivergenceError
+from nnlib.errors import ConfigError, DataError, DivergenceError, NnlibError
 from nnlib.util.machine import describe
 from nnlib.outputs import RunDir
 from nnlib.rounds.schedule import Schedule
@@ -410,8 +410,13 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
             run_dir.write_config(config.to_dict())
 
     if first_round < config.train.rounds:
-        payload = train_rounds(engine, setup, payload, first_round, run_dir, result, log, warn, on_round, server,
-                               on_started=write_config)
+        try:
+            payload = train_rounds(engine, setup, payload, first_round, run_dir, result, log, warn, on_round, server,
+                                   on_started=write_config)
+        except NnlibError:
+            if run_dir is not None and not resume and not result.rounds:
+                run_dir.discard()  # failed before its first checkpoint: nothing to resume, nothing left behind
+            raise
     else:
         engine.stop()
         write_config()

@@ -95,12 +95,14 @@ class RunDir:
                              f"--resume {self.path}, or start over with --overwrite")
         self.overwrite = overwrite
         self._ready = False
+        self._created = False  # this run made the folder
 
     def _prepare(self) -> None:
         """Create the folder on the first write, so a run refused early leaves nothing behind."""
         if self._ready:
             return
         try:
+            self._created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise NnlibError(f"--out: cannot create {self.path} ({exc.strerror})") from None
@@ -114,6 +116,15 @@ class RunDir:
     def file(self, name: str) -> Path:
         self._prepare()
         return self.path / name
+
+    def discard(self) -> None:
+        """Remove what a run that failed before its first checkpoint wrote (its config, no round worth
+        resuming), and the folder if the run made it: an input error found by a worker leaves nothing behind."""
+        for name in ("config.yaml", "rounds.csv", "mapper_times.csv"):
+            (self.path / name).unlink(missing_ok=True)
+        for folder in (self.path / "checkpoints", self.path if self._created else None):
+            if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
     def write_config(self, config_dict: dict) -> None:
         atomic_write_bytes(self.file("config.yaml"), yaml.safe_dump(config_dict, sort_keys=False).encode())
