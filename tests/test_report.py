@@ -88,3 +88,19 @@ def test_report_of_a_folder_that_holds_no_run_fails_in_one_line(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{tmp_path}: not a finished run (no summary.json), a sweep" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_timeline_draws_the_local_engines_mappers_one_after_another(run_dir):
+    from nnlib.experiments.plots import round_starts, timeline_bars
+
+    rounds, mappers = read_csv_rows(run_dir / "rounds.csv"), read_csv_rows(run_dir / "mapper_times.csv")
+    starts = round_starts(rounds)
+    bars = timeline_bars(rounds, mappers, sequential=True)  # the local engine: the run here
+    assert [b[0] for b in bars] == [0, 1, 2] * 3
+    for r in range(3):
+        mine = bars[3 * r: 3 * r + 3]
+        assert mine[0][1] == starts[r + 1]  # the round's first mapper starts after the broadcast
+        for before, after in zip(mine, mine[1:]):  # each starts where the one before ended
+            assert after[1] == pytest.approx(before[1] + before[2] + before[3])
+    parallel = timeline_bars(rounds, mappers, sequential=False)  # Spark, MPI, mrjob: together
+    assert [b[1] for b in parallel] == [starts[r] for r in (1, 2, 3) for _ in range(3)]

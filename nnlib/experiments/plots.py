@@ -226,39 +226,71 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
 
 # ---- run figures -----------------------------------------------------------------------------
 
+def round_starts(rounds: list[dict]) -> dict[int, float]:
+    """``{round: seconds since the first round's start at which its mappers start}`` (after its broadcast)."""
+    starts, t = {}, 0.0
+    for row in rounds:
+        starts[row["round"]] = t + row["broadcast_seconds"]
+        t += row["seconds"]
+    return starts
+
+
+def timeline_bars(rounds: list[dict], mappers: list[dict], sequential: bool) -> list[tuple[int, float, float, float]]:
+    """``(mapper, start s, train s, comm s)`` of every mapper in every round, as the timeline draws them: the
+    mappers of a round start together, or (``sequential``, the local engine) each where the one before ended."""
+    starts = round_starts(rounds)
+    bars, next_start = [], {}
+    for m in sorted(mappers, key=lambda m: (m["round"], m["mapper"])):
+        if m["round"] not in starts:
+            continue
+        x0 = next_start.get(m["round"], starts[m["round"]]) if sequential else starts[m["round"]]
+        bars.append((m["mapper"], x0, m["train_seconds"], m["comm_seconds"]))
+        next_start[m["round"]] = x0 + m["train_seconds"] + m["comm_seconds"]
+    return bars
+
+
 def timeline_figure(run_dir: Path, path: Path, title: str = "") -> Path | None:
     """Each mapper's train (solid) and comm (hatched) seconds in every round, rounds laid end to end.
 
     Mappers report durations, not clock times, so each bar starts at its
     round's start plus the round's broadcast; the gap to the next round is
-    the wait for the slowest mapper, the combine and the evaluation.
+    the wait for the slowest mapper, the combine and the evaluation. On the
+    local engine (summary.json's ``engine``) the mappers run one after
+    another in the driver's process, and are drawn so: each starts where the
+    one before it ended. The comm share of the mappers' time is written in
+    the legend, which sits outside the axes, right of the last round.
     """
+    import json
+
     rounds = read_csv_rows(run_dir / "rounds.csv")
     mappers = read_csv_rows(run_dir / "mapper_times.csv")
     if not rounds or not mappers:
         return None
-    starts, t = {}, 0.0
-    for row in rounds:
-        starts[row["round"]] = t + row["broadcast_seconds"]
-        t += row["seconds"]
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    sequential = summary.get("engine") == "local"
+    starts = round_starts(rounds)
     n_mappers = max(m["mapper"] for m in mappers) + 1
     fig, (ax,) = _figure(1, width=8, height=max(2.5, 0.45 * n_mappers + 1.5))
-    for m in mappers:
-        if m["round"] not in starts:
-            continue
-        x0 = starts[m["round"]]
-        ax.broken_barh([(x0, m["train_seconds"])], (m["mapper"] - 0.35, 0.7), color="C0")
-        ax.broken_barh([(x0 + m["train_seconds"], m["comm_seconds"])], (m["mapper"] - 0.35, 0.7),
-                       color="C1", hatch="//")
+    for mapper, x0, train, comm in timeline_bars(rounds, mappers, sequential):
+        ax.broken_barh([(x0, train)], (mapper - 0.35, 0.7), color="C0")
+        if comm > 0:  # an edge line keeps a bar of a few milliseconds visible
+            ax.broken_barh([(x0 + train, comm)], (mapper - 0.35, 0.7),
+                           facecolor="C3", edgecolor="C3", hatch="//", linewidth=0.8)
     for x in list(starts.values())[1:]:
         ax.axvline(x, color="gray", linewidth=0.5, alpha=0.5)
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color="C0", label="train"), Patch(color="C1", hatch="//", label="comm")],
-              fontsize=8, loc="upper right")
+    busy = sum(m["train_seconds"] + m["comm_seconds"] for m in mappers)
+    comm = sum(m["comm_seconds"] for m in mappers)
+    share = f"{100 * comm / busy:.2g}%" if busy > 0 and comm > 0 else "0%"
+    ax.legend(handles=[Patch(color="C0", label="train"),
+                       Patch(facecolor="C3", edgecolor="C3", hatch="//", label=f"comm ({share} of\nmapper time)")],
+              fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_yticks(range(n_mappers), [f"mapper {i}" for i in range(n_mappers)])
     ax.invert_yaxis()
-    _finish(ax, "seconds since the first round (s)", "", f"per-mapper timeline {title}".strip())
+    how = " (local engine: mappers one after another)" if sequential else ""
+    ax.set_xlabel("seconds since the first round (s)")
+    ax.set_title(f"per-mapper timeline {title}{how}".replace("  ", " ").strip(), fontsize=10)
     return _save(fig, path)
 
 
