@@ -369,7 +369,7 @@ ENGINE_CASES = [
      "ragged.parquet features column 'features' has rows of different lengths"),
     ("mrjob-python-without-deps", lambda t: (["engine=mrjob", "mrjob.runner=local", "mappers=2", "train.rounds=1",
                                               f'mrjob.args=["--python-bin", "{bare_python(t)}"]'], {}),
-     "mrjob (local runner): round 0 failed: ModuleNotFoundError: No module named '"),
+     "mrjob (local runner): round 1 failed: ModuleNotFoundError: No module named '"),
 ]
 HINTS = {"spark-python-without-deps": "the workers' Python cannot import",
          "mrjob-python-without-deps": "the workers' Python cannot import",

@@ -153,7 +153,7 @@ def test_a_silent_mapper_ends_the_run_after_the_timeout(spark):
     # a round of several seconds against a one-second timeout: to the driver, a hung mapper
     config = small_config("engine=spark", "mappers=2", "data.source=synthetic", "data.n_samples=20000",
                           "data.n_features=100", "model.hidden=[1024,1024]", "train.local_epochs=6")
-    with pytest.raises(EngineError, match=r"mapper 0 sent nothing for 1s in round 0 \(spark.mapper_timeout\)"):
+    with pytest.raises(EngineError, match=r"mapper 0 sent nothing for 1s in round 1 \(spark.mapper_timeout\)"):
         run(config, engine=spark_engine("stage", mapper_timeout=1.0), **QUIET)
 
 

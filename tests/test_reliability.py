@@ -128,7 +128,7 @@ def test_skip_bad_mappers_drops_and_records(tmp_path, engine, request):
     if engine == "spark":
         request.getfixturevalue("spark")
     base = _one_bad_shard(tmp_path) + [f"engine={engine}", "spark.master=local[2]", "mrjob.runner=inline"]
-    with pytest.raises(Exception, match="round 0: mapper 2 returned weights containing NaN or inf"):
+    with pytest.raises(Exception, match="round 1: mapper 2 returned weights containing NaN or inf"):
         run(load_config(None, base), **QUIET)
     warnings = []
     result = run(load_config(None, base + ["train.skip_bad_mappers=true"]), log=lambda _m: None,

@@ -39,7 +39,7 @@ from nnlib.rounds.payload import Combined, MapperResult, RoundPayload
 
 
 def diverged(round_index: int, mapper: int) -> DivergenceError:
-    return DivergenceError(f"round {round_index}: mapper {mapper} returned weights containing NaN or inf "
+    return DivergenceError(f"round {round_index + 1}: mapper {mapper} returned weights containing NaN or inf "
                            "(training diverged; try a smaller train.lr, or train.skip_bad_mappers: true)")
 
 
@@ -52,7 +52,7 @@ def check_bad_mappers(bad: list[int], n_mappers: int, round_index: int, skip_bad
     if bad and not skip_bad:
         raise diverged(round_index, bad[0])
     if bad and len(bad) == n_mappers:
-        raise DivergenceError(f"round {round_index}: every mapper returned weights containing NaN or inf "
+        raise DivergenceError(f"round {round_index + 1}: every mapper returned weights containing NaN or inf "
                               "(training diverged; try a smaller train.lr)")
 
 
@@ -200,7 +200,7 @@ def check_mean_gradient(mean: np.ndarray, round_index: int, step: int, flagged: 
     """
     if not np.isfinite(mean).all():
         bad = flagged()
-        raise DivergenceError(f"round {round_index}, step {step}: mapper(s) {bad or 'unknown'} computed "
+        raise DivergenceError(f"round {round_index + 1}, step {step}: mapper(s) {bad or 'unknown'} computed "
                               "gradients containing NaN or inf (training diverged; try a smaller train.lr; "
                               "synchronous rounds cannot skip a mapper)")
 

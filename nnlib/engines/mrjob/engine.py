@@ -136,7 +136,7 @@ class MrjobEngine(SingleDriver):
                 *self._py_files, *self.extra_args, *self._inputs]
         job = self._job_class(args=args)
         with timed(timings, "wait"):
-            records, counters = self._run_job(job, f"round {payload.round_index}")
+            records, counters = self._run_job(job, f"round {payload.round_index + 1}")
         self.map_tasks.append(sum(c.get("nnlib", {}).get("map_tasks", 0) for c in counters))
         combined = next(v for k, v in records if k == "combined")
         # the reducer ran inside the job: its time is the combine, not the wait

@@ -169,7 +169,7 @@ class SparkJobsEngine(_SparkSession, ReduceOnDriver):
             with timed(timings, "wait"):
                 return self._shards.map(lambda shard: train_shard(shard, shared.value)).collect()
         except Exception as exc:
-            raise error_from_text(str(exc), "spark", f"round {payload.round_index}") from None
+            raise error_from_text(str(exc), "spark", f"round {payload.round_index + 1}") from None
         finally:
             shared.destroy()
 
@@ -321,11 +321,11 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
 
     def map(self, payload, timings):
         return self._with_retries(lambda: self.hub.local_round(payload, self._alive, timings),
-                                  f"round {payload.round_index}")
+                                  f"round {payload.round_index + 1}")
 
     def sync_round(self, payload, timings):
         return self._with_retries(lambda: self.hub.sync_round(payload, self._alive, timings),
-                                  f"round {payload.round_index}")
+                                  f"round {payload.round_index + 1}")
 
     def score(self, backend, model, params):
         """Each mapper scores ``params`` on the held-out rows it keeps."""

@@ -283,7 +283,7 @@ class Hub:
         else:
             self.broadcast(("round", payload))
         timings["broadcast"] = time.perf_counter() - start
-        results = [r for (r,) in self.gather("result", alive, f"in round {payload.round_index}")]
+        results = [r for (r,) in self.gather("result", alive, f"in round {payload.round_index + 1}")]
         timings["wait"] = time.perf_counter() - start - timings["broadcast"]
         return results
 
@@ -293,7 +293,7 @@ class Hub:
         self.broadcast(("sync", payload))
         timings["broadcast"] = time.perf_counter() - start
         combine_seconds = 0.0
-        what = f"in round {payload.round_index}"
+        what = f"in round {payload.round_index + 1}"
         for step in range(len(payload.plan.sync_lrs)):
             grads = [g for (g,) in self.gather("grad", alive, what)]
             t = time.perf_counter()
