@@ -103,9 +103,9 @@ def test_divergence_stops_with_the_last_good_checkpoint_kept(tmp_path, capsys):
     match = re.search(r"round (\d+): mapper (\d+) returned weights containing NaN or inf", err)
     assert match and err.count("\n") == 1
     bad_round = int(match.group(1))
-    assert bad_round >= 1
-    assert f"the last good checkpoint is {out / 'checkpoints' / f'round-{bad_round:05d}.npz'}" in err
-    assert RunDir(out, resume=True).latest_checkpoint().rounds_done == bad_round
+    assert bad_round >= 2  # rounds are numbered from 1: the checkpoint holds the rounds before the bad one
+    assert f"the last good checkpoint is {out / 'checkpoints' / f'round-{bad_round - 1:05d}.npz'}" in err
+    assert RunDir(out, resume=True).latest_checkpoint().rounds_done == bad_round - 1
     assert not (out / "summary.json").exists() and not (out / "model.npz").exists()
 
 
