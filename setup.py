@@ -3,7 +3,9 @@
 from setuptools import find_packages, setup
 
 TORCH = "torch==2.13.0"  # pinned: a newer or unpinned torch pulls several GB of CUDA packages
-MRJOB = "mrjob==0.7.4"  # its last release; imports on Python <= 3.12 only
+# mrjob's last release (2020) imports pipes, which Python 3.13 removed (standard-pipes brings it back), and
+# distutils, which Python 3.12 removed (setuptools brings a copy)
+MRJOB = ["mrjob==0.7.4", "standard-pipes; python_version >= '3.13'", "setuptools; python_version >= '3.12'"]
 MPI = ["mpi4py>=4", "openmpi>=5"]  # the openmpi package brings mpiexec into the environment
 MLFLOW = "mlflow>=2.10"  # the client with its database stores (sqlite: SQLAlchemy), the server and mlflow ui
 ONNX = ["onnx>=1.16", "onnxruntime>=1.17"]  # nnlib export --format onnx: building the graph, checking it
@@ -31,12 +33,12 @@ setup(
     ],
     extras_require={
         "torch": [TORCH],
-        "mrjob": [MRJOB],
+        "mrjob": MRJOB,
         "mpi": MPI,
         "tracking": [MLFLOW],
         "onnx": ONNX,
-        "bench": [TORCH, MRJOB, *MPI],
-        "test": [TORCH, MRJOB, *MPI, MLFLOW, *ONNX, "pytest>=8"],
+        "bench": [TORCH, *MRJOB, *MPI],
+        "test": [TORCH, *MRJOB, *MPI, MLFLOW, *ONNX, "pytest>=8"],
     },
     entry_points={"console_scripts": ["nnlib=nnlib.cli:entry_point"]},
 )

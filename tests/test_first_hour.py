@@ -342,3 +342,25 @@ def test_a_section_takes_a_mapping_in_set_or_says_how_to_set_it(capsys):
                                        "(train.rounds=...) or give it a mapping (train={rounds: ...}), got '2'\n")
     assert main(["run", "--set", "train={rouns: 2}"]) == 2
     assert capsys.readouterr().err == "nnlib: error: --set: unknown config key 'train.rouns'; did you mean 'train.rounds'?\n"
+
+
+# ---- Python 3.13 -------------------------------------------------------------------------------
+
+PYTHON313 = os.environ.get("NNLIB_PYTHON313")  # a Python 3.13 with nnlib[mrjob] installed (.ci/run makes one)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PYTHON313, reason="no Python 3.13 with nnlib: .ci/run makes one where python3.13 exists "
+                                          "and sets NNLIB_PYTHON313")
+@pytest.mark.parametrize("runner", ["inline", "local"])
+def test_mrjob_runs_on_python_313_and_equals_the_local_engine(tmp_path, runner):
+    version = subprocess.run([PYTHON313, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    assert version == "(3, 13)"
+    args = [*QUICK, "--set", "train.rounds=2", "--quiet"]
+    proc = subprocess.run([PYTHON313, "-m", "nnlib", "run", *args, "--set", "engine=mrjob",
+                           "--set", f"mrjob.runner={runner}", "--out", str(tmp_path / "mrjob")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    assert main(["run", *args, "--set", "engine=local", "--out", str(tmp_path / "local")]) == 0
+    np.testing.assert_allclose(saved_params(tmp_path / "mrjob"), saved_params(tmp_path / "local"), rtol=0, atol=1e-6)

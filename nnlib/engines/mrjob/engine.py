@@ -45,14 +45,16 @@ def import_mrjob():
     logging.getLogger("mrjob.conf").addFilter(_NoConfigNote())
     try:
         with warnings.catch_warnings():
-            # mrjob 0.7.4 (2020) imports modules that Python 3.11 deprecates (pipes, distutils)
+            # mrjob 0.7.4 (2020) imports modules that Python 3.11 deprecates (pipes, distutils; on 3.12 and
+            # 3.13 they come from setuptools and standard-pipes)
             warnings.simplefilter("ignore", DeprecationWarning)
             import mrjob.job  # noqa: F401
     except ImportError as exc:
         version = ".".join(map(str, sys.version_info[:3]))
         raise EngineError(
             f"engine=mrjob needs mrjob 0.7.4, which cannot be imported on Python {version} ({exc}); "
-            "install it with pip install -e '.[mrjob]' on Python 3.11 or older") from None
+            "install it with pip install -e '.[mrjob]', which adds standard-pipes on Python 3.13 and newer "
+            "and setuptools (for distutils) on 3.12 and newer") from None
 
 
 def load_job_class(name: str = "MRModelAvg"):
