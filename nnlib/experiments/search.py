@@ -47,7 +47,6 @@ The same module runs a ``combine: split`` run's unsplit baseline after it
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import statistics
 import time
@@ -64,7 +63,7 @@ from nnlib.core.split import (Split, count_any_splits, count_equal_splits, cross
 from nnlib.data.tables import is_row_keyed
 from nnlib.engines import make_engine
 from nnlib.errors import ConfigError
-from nnlib.outputs import RunDir, atomic_write_bytes, csv_bytes
+from nnlib.outputs import RunDir, atomic_write_bytes, csv_bytes, json_bytes
 from nnlib.rounds.payload import RoundPayload
 from nnlib.rounds.reduce import Server, make_server
 from nnlib.util.machine import describe
@@ -345,7 +344,7 @@ def split_search(config, out: str | Path, quiet: bool = False, log=print, comman
              "balance_accuracy_correlation": _correlation([row["weight_balance"] for row in rows], accuracies),
              "best": best, "worst": worst, "config": run_config.to_dict(), "machine": describe(),
              "command": command}
-    atomic_write_bytes(out / "search.json", (json.dumps(facts, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "search.json", json_bytes(facts))  # strict JSON: a NaN correlation is null
     from nnlib.experiments.plots import plot_search
 
     return SearchResult(out, rows, facts, plot_search(out, rows, facts))
