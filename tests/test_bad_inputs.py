@@ -450,6 +450,7 @@ def test_root_cause_of_engine_errors(text, cause, remedy):
 
 
 def test_an_nnlib_error_in_a_worker_comes_back_as_itself():
-    error = error_from_text(SPARK_TRACE.replace("ModuleNotFoundError: No module named 'numpy'",
-                                                "nnlib.errors.DataError: data.source: d.parquet is empty"), "spark", "x")
+    text = SPARK_TRACE.replace("ModuleNotFoundError: No module named 'numpy'",
+                               "nnlib.errors.DataError: data.source: d.parquet is empty")
+    error = error_from_text(text, "spark", "round 1")
     assert isinstance(error, DataError) and str(error) == "data.source: d.parquet is empty"
