@@ -97,7 +97,7 @@ def test_config_error_is_one_line_from_rank_0(tmp_path):
     proc, out = mpirun(tmp_path, 2, "--set", "train.lr=0")
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if "error" in ln]
-    assert lines == ["mpi_model_avg.py: error: --set: config key 'train.lr': Input should be greater than 0, got 0"]
+    assert lines == ["nnlib: error: --set: config key 'train.lr': Input should be greater than 0, got 0"]
     assert not out.exists()
 
 
