@@ -15,8 +15,10 @@ import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-DATA = BENCH / ".data"        # generated data sets (not in git)
-RESULTS = BENCH / "results"   # the JSON every script writes, read by bench/README.md's tables
+# generated data sets (not in git), and the JSON every script writes (read by bench/README.md's tables);
+# NNLIB_BENCH_DATA and NNLIB_BENCH_RESULTS move them (the smoke test keeps both in its temporary folder)
+DATA = Path(os.environ.get("NNLIB_BENCH_DATA") or BENCH / ".data")
+RESULTS = Path(os.environ.get("NNLIB_BENCH_RESULTS") or BENCH / "results")
 
 
 def synthetic_npz(n_train: int = 60000, n_test: int = 10000, n_features: int = 784) -> Path:

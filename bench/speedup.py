@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH, markdown_table, median, nnlib_run, synthetic_npz, write_result  # noqa: E402
+from common import RESULTS, markdown_table, median, nnlib_run, synthetic_npz, write_result  # noqa: E402
 
 
 def seconds_per_epoch(source: str, engine_sets: list[str], mappers: int, launcher=(), rounds: int = 5) -> float:
@@ -62,8 +62,8 @@ def main(argv=None):
     if args.plot_only:
         import json
 
-        rows = json.loads((BENCH / "results" / "speedup.json").read_text())
-        plot(rows[1:], rows[0]["seconds_per_epoch"], BENCH / "results" / "speedup.png")
+        rows = json.loads((RESULTS / "speedup.json").read_text())
+        plot(rows[1:], rows[0]["seconds_per_epoch"], RESULTS / "speedup.png")
         return
     source = str(synthetic_npz(6000, 1000) if args.smoke else synthetic_npz())
     mpiexec = [str(Path(sys.executable).parent / "mpiexec")]
@@ -80,7 +80,7 @@ def main(argv=None):
         print(f"{r['engine']:30s} mappers {r['mappers']}  {r['seconds_per_epoch']:.3f} s/epoch  "
               f"speedup {r['speedup']:.2f}x", flush=True)
     print(markdown_table(rows, ["engine", "mappers", "seconds_per_epoch", "speedup"]))
-    out = BENCH / "results" / ("smoke/speedup.png" if args.smoke else "speedup.png")
+    out = RESULTS / ("smoke/speedup.png" if args.smoke else "speedup.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     plot([r for r in rows if r["engine"] != "local (in-process, 1 thread)"], baseline, out)
     write_result("smoke/speedup" if args.smoke else "speedup", rows)

@@ -1,25 +1,150 @@
-"""Every benchmark script runs end to end in its smoke size (the full runs are bench/README.md's)."""
+"""Every benchmark script runs end to end in its smoke size (the full runs are bench/README.md's).
+
+Each writes its JSON (and its data sets) under the test's own folder, never into the checkout, and the
+JSON holds the rows the script's smoke size asks for, consistent with each other.
+"""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import needs_torch
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
-SCRIPTS = ["throughput", "round_overhead", "speedup", "memory", "sync_rounds", "time_to_target", "reference_accuracy",
-           "data_scale"]
 
-
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_bench_script_smoke(script):
-    proc = subprocess.run([sys.executable, f"bench/{script}.py", "--smoke"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
+def smoke(script: str, tmp_path: Path):
+    """``bench/<script>.py --smoke`` with its results and data under ``tmp_path``; the JSON it wrote."""
+    results = tmp_path / "results"
+    env = dict(os.environ, NNLIB_BENCH_RESULTS=str(results), NNLIB_BENCH_DATA=str(tmp_path / "data"),
+               TMPDIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, f"bench/{script}.py", "--smoke"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((ROOT / "bench/results/smoke" / f"{script}.json").read_text())
-    assert result
-    if script == "speedup":
-        assert (ROOT / "bench/results/smoke/speedup.png").stat().st_size > 1000
+    assert sorted(p.name for p in (results / "smoke").iterdir()) == sorted(
+        [f"{script}.json"] + (["speedup.png"] if script == "speedup" else []))
+    return json.loads((results / "smoke" / f"{script}.json").read_text())
+
+
+@needs_torch
+def test_throughput(tmp_path):
+    result = smoke("throughput", tmp_path)
+    assert result["model"] == [784, 128, 10] and result["params"] == 784 * 128 + 128 + 128 * 10 + 10
+    rows = result["rows"]
+    assert [(r["threads"], r["backend"], r["batch"]) for r in rows] == [
+        (t, b, n) for t in (1, 2) for b in ("numpy", "torch") for n in (32, 256)]
+    for r in rows:  # the roofline: the matmul rate over 4 x params FLOP per sample
+        assert r["roofline_samples_per_s"] == pytest.approx(r["matmul_gflops"] * 1e9 / (4 * result["params"]))
+        assert r["share_of_roofline"] == pytest.approx(r["samples_per_s"] / r["roofline_samples_per_s"])
+
+
+def test_round_overhead(tmp_path):
+    rows = smoke("round_overhead", tmp_path)
+    # about 1e4 and 1e5 parameters: 1000 inputs, 10 and 99 hidden units, 10 classes
+    assert [(r["engine"], r["params"]) for r in rows] == [
+        (e, p) for e in ("local", "spark stage, local[2]", "mpi, 2 ranks") for p in (10_120, 100_099)]
+    for r in rows:  # medians over the same rounds: the overhead and each phase are parts of every round
+        assert 0 <= r["overhead_ms"] <= r["round_ms"]
+        assert r["broadcast_ms"] <= r["round_ms"] and r["combine_ms"] <= r["round_ms"]
+    assert all(r["broadcast_ms"] == 0 for r in rows if r["engine"] == "local")  # nothing is sent in-process
+
+
+def test_speedup(tmp_path):
+    from matplotlib.image import imread
+
+    rows = smoke("speedup", tmp_path)
+    assert [(r["engine"], r["mappers"]) for r in rows] == [
+        ("local (in-process, 1 thread)", 1), ("spark stage", 1), ("spark stage", 2), ("mpi", 1), ("mpi", 2)]
+    baseline = rows[0]["seconds_per_epoch"]
+    assert all(r["speedup"] == pytest.approx(baseline / r["seconds_per_epoch"]) for r in rows)
+    pixels = imread(tmp_path / "results/smoke/speedup.png")
+    assert pixels.shape == (480, 720, 4)  # 6 x 4 in at 120 dpi
+
+
+def test_memory(tmp_path):
+    result = smoke("memory", tmp_path)
+    by_size, by_rounds = result["by_size"], result["by_rounds"]
+    assert [(r["samples"], r["rounds"]) for r in by_size] == [(2000, 2), (8000, 2)]
+    assert [r["data_mb"] for r in by_size] == [n * 784 * 4 / 2 ** 20 for n in (2000, 8000)]
+    assert by_size[1]["mapper_peak_mb"] > by_size[0]["mapper_peak_mb"]  # a mapper holds its shard
+    assert [r["rounds"] for r in by_rounds] == [10, 100]  # the runs ran every round asked for
+
+
+def test_sync_rounds(tmp_path):
+    rows = smoke("sync_rounds", tmp_path)
+    assert [r["engine"] for r in rows] == ["local", "spark stage", "mpi"]
+    # every engine averages the same gradients in the same order: the same steps and the same model
+    assert len({r["steps_per_round"] for r in rows}) == 1
+    assert len({r["final_accuracy"] for r in rows}) == 1
+
+
+@needs_torch
+def test_time_to_target(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from time_to_target import SMOKE_SYSTEMS
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+    result = smoke("time_to_target", tmp_path)
+    assert list(result) == ["digits"] and result["digits"]["target"] == 0.8
+    rows = result["digits"]["rows"]
+    assert [r["system"] for r in rows] == SMOKE_SYSTEMS
+    for r in rows:  # a time only where the target was reached
+        assert (r["train_seconds"] is None) == (r["final_accuracy"] < 0.8), r
+        if "MLlib" not in r["system"]:  # MLlib counts L-BFGS iterations, the others epochs (at most 3)
+            assert 1 <= r["epochs"] <= 3, r
+    spark_2 = next(r for r in rows if r["system"] == "nnlib Spark stage, 2 mappers")
+    assert spark_2["ratio_to_nnlib_spark_2"] in (None, 1.0)
+    mpi_2 = next(r for r in rows if r["system"] == "nnlib MPI, 2 ranks")  # the same two shards, the same model
+    assert (mpi_2["epochs"], mpi_2["final_accuracy"]) == (spark_2["epochs"], spark_2["final_accuracy"])
+
+
+def test_reference_accuracy(tmp_path):
+    from nnlib.config import load_config
+    from nnlib.driver import run
+
+    result = smoke("reference_accuracy", tmp_path)
+    (row,) = result["rows"]
+    assert row["seed"] == 0
+    assert (result["median_sklearn_mlp"], result["median_nnlib_1_mapper"]) == (row["sklearn_mlp"],
+                                                                              row["nnlib_1_mapper"])
+    # the number is the recipe's run itself (same seed, same weights)
+    recipe = run(load_config(None, ["seed=0", "mappers=1", "train.rounds=30", "model.hidden=[128]", "train.lr=0.3",
+                                    "train.lr_schedule=cosine"]), log=lambda _m: None)
+    assert row["nnlib_1_mapper"] == recipe.summary["final_test_accuracy"]
+
+
+def test_data_scale(tmp_path):
+    result = smoke("data_scale", tmp_path)
+    rows = result["sizes"]
+    assert result["baseline"]["rows"] == 4000
+    assert [(r["rows"], r["test_rows_on"]) for r in rows] == [
+        (20_000, "mappers"), (80_000, "mappers"), (80_000, "driver")]
+    assert result["driver_growth"] == pytest.approx(rows[1]["driver_peak_mb"] / rows[0]["driver_peak_mb"] - 1)
+    assert rows[1]["test_accuracy"] == rows[2]["test_accuracy"]  # the test rows scored where they are kept or not
+    for r in rows:
+        assert r["data_mb"] == r["rows"] * 64 * 4 / 2 ** 20
+        assert r["mapper_limit_mb"] == pytest.approx(2 * r["kept_mb"] + result["fixed_mapper_mb"])
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["blobs-20000x64", "blobs-4000x64",
+                                                                     "blobs-80000x64"]
+
+
+def test_predict_scale(tmp_path):
+    result = smoke("predict_scale", tmp_path)
+    rows = result["sizes"]
+    assert [r["rows"] for r in rows] == [20_000, 80_000] and result["slots"] == 4
+    assert result["baseline"]["rows"] == result["model_rows"] == 4000
+    assert result["driver_growth"] == pytest.approx(rows[1]["driver_peak_mb"] / rows[0]["driver_peak_mb"] - 1)
+    for r in [result["baseline"], *rows]:
+        assert r["data_mb"] == r["rows"] * 64 * 4 / 2 ** 20
+        assert r["rows_per_s"] == pytest.approx(r["rows"] / r["seconds"])
+        assert 0.1 < r["accuracy"] <= 1  # ten classes: a trained model beats 0.1
+    # every row is written: 4k, 20k then 80k rows of predictions
+    assert result["baseline"]["output_mb"] < rows[0]["output_mb"] < rows[1]["output_mb"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["blobs-20000x64", "blobs-4000x64",
+                                                                     "blobs-80000x64"]
