@@ -454,3 +454,23 @@ def test_an_nnlib_error_in_a_worker_comes_back_as_itself():
                                "nnlib.errors.DataError: data.source: d.parquet is empty")
     error = error_from_text(text, "spark", "round 1")
     assert isinstance(error, DataError) and str(error) == "data.source: d.parquet is empty"
+
+
+@pytest.mark.slow
+def test_spark_reads_the_same_checks_and_fingerprint(spark, tmp_path, capsys):
+    # Spark's executors read a Parquet source: the float32 check names the column, and the survey's digest
+    # refuses a resume on changed labels, as the local reader does (the catalogue's Parquet cases)
+    on_spark = S("engine=spark", "spark.mode=jobs")
+    assert main(["run", *QUICK, *on_spark, *data(parquet(tmp_path, "big.parquet", x=x_with(-1e39))),
+                 "--out", str(tmp_path / "big")]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("big.parquet: features must be finite in float32 (|value| <= 3.403e+38), got -1e+39 at "
+                        "sample 5, feature 1 ('b'); rescale that column\n") and err.count("\n") == 1
+    assert not (tmp_path / "big").exists()
+    resume = trained_then_changed(tmp_path, [*on_spark, *data(parquet(tmp_path))],
+                                  lambda: parquet(tmp_path, y=1 - np.arange(40) % 2))
+    capsys.readouterr()
+    assert main(["run", *QUICK, *on_spark, *resume]) == 2
+    err = capsys.readouterr().err
+    assert f"data.source {tmp_path}/d.parquet has changed since the checkpoint round-00002.npz" in err
+    assert err.count("\n") == 1
