@@ -67,9 +67,11 @@ def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="predict every row of a data source (see nnlib/model/predict.py)")
     predict.add_argument("model", help="a run directory or a model file (model.npz)")
     predict.add_argument("data", help="a data source: digits, synthetic, .npz, .csv, IDX, .parquet or a Parquet dataset")
-    predict.add_argument("--out", help="write the predictions here (.parquet or .csv); default: only report")
+    predict.add_argument("--out", help="write the predictions here (.parquet or .csv; engine=spark writes a "
+                                       "directory of part files); default: only report")
     predict.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="how to read DATA, e.g. --set data.key_column=id (repeatable)")
+                         help="how to read DATA, e.g. --set data.key_column=id; --set engine=spark scores in "
+                              "Spark's executors (repeatable)")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     export = sub.add_parser("export", help="export a model to ONNX or torch (see nnlib/model/export.py)")
     export.add_argument("model", help="a run directory or a model file (model.npz)")
