@@ -35,6 +35,7 @@ import numpy as np
 from nnlib.data import tables
 from nnlib.engines.spark.engine import get_or_create_session
 from nnlib.engines.spark.reader import _FILE, _ROW, SparkReader, split_parts
+from nnlib.errors import EngineError, first_line
 from nnlib.model import file as model_file
 from nnlib.model.model import Model
 from nnlib.model.predict import (Block, Prediction, Scores, TableColumns, blocks, check_out, pieces, predict_config,
@@ -179,7 +180,7 @@ def _write(scored, path: Path | None, reader: SparkReader, data: str) -> None:
     if path is None:
         reader.run_job(lambda: scored.write.format("noop").mode("overwrite").save(), what, data, "DATA")
         return
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.absolute().with_name(f".{path.name}.tmp{os.getpid()}")
     writer = scored.write.mode("overwrite")
     try:
         if path.suffix.lower() == ".csv":
@@ -208,7 +209,10 @@ def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), 
     model = Model.load(model_path)
     config = predict_config(model, overrides, engines=("spark",))
     s = config.spark
-    session, created = get_or_create_session(s.master, s.app_name, s.log_level, conf=s.conf)
+    try:
+        session, created = get_or_create_session(s.master, s.app_name, s.log_level, conf=s.conf)
+    except Exception as exc:  # the JVM failed to start: no Java, a bad master URL, ...
+        raise EngineError(f"spark.master {s.master!r}: could not start Spark ({first_line(exc)})") from None
     shared = SharedModel(session.sparkContext, model_file.model_path(model_path).read_bytes(), config.model.backend)
     reader = SparkReader(lambda: session)
     totals = session.sparkContext.accumulator(Scores(), _scores_param())
