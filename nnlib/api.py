@@ -52,7 +52,8 @@ def interrupted(run_dir: Path | None, rounds: int, engine: str) -> Interrupted:
         return Interrupted("interrupted before the first round started; nothing was written", None)
     done = checkpoint_rounds(run_dir)
     where = shlex.quote(str(run_dir))
-    kept = (f"rounds 1-{done} are kept (checkpoint {run_dir / 'checkpoints' / f'round-{done:05d}.npz'})" if done
+    rounds_kept = "round 1 is" if done == 1 else f"rounds 1-{done} are"
+    kept = (f"{rounds_kept} kept (checkpoint {run_dir / 'checkpoints' / f'round-{done:05d}.npz'})" if done
             else "no round had finished")
     if engine == "mpi":  # the MPI path cannot resume yet
         return Interrupted(f"interrupted in round {done + 1}/{rounds}; {kept}, but engine=mpi cannot resume: "

@@ -364,3 +364,23 @@ def test_mrjob_runs_on_python_313_and_equals_the_local_engine(tmp_path, runner):
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
     assert main(["run", *args, "--set", "engine=local", "--out", str(tmp_path / "local")]) == 0
     np.testing.assert_allclose(saved_params(tmp_path / "mrjob"), saved_params(tmp_path / "local"), rtol=0, atol=1e-6)
+
+
+def test_a_run_directory_with_rounds_numbered_from_0_resumes_renumbered(tmp_path):
+    """Run directories written before rounds were numbered from 1 (rounds.csv and mapper_times.csv from 0)."""
+    from nnlib.outputs import read_csv_rows
+
+    args = [*QUICK, "--quiet"]
+    old = tmp_path / "old"
+    assert main(["run", *args, "--set", "train.rounds=2", "--out", str(old)]) == 0
+    (old / "summary.json").unlink()  # as a run stopped after 2 of 4 rounds, written the old way
+    for name in ("rounds.csv", "mapper_times.csv"):
+        lines = (old / name).read_text().splitlines()
+        (old / name).write_text("\n".join([lines[0]] + [f"{int(line.split(',')[0]) - 1},{line.split(',', 1)[1]}"
+                                                          for line in lines[1:]]) + "\n")
+    assert [r["round"] for r in read_csv_rows(old / "rounds.csv")] == [0, 1]
+    assert main(["run", "--resume", str(old), "--set", "train.rounds=4", "--quiet"]) == 0
+    assert [r["round"] for r in read_csv_rows(old / "rounds.csv")] == [1, 2, 3, 4]
+    assert sorted({r["round"] for r in read_csv_rows(old / "mapper_times.csv")}) == [1, 2, 3, 4]
+    assert main(["run", *args, "--set", "train.rounds=4", "--out", str(tmp_path / "whole")]) == 0
+    np.testing.assert_array_equal(saved_params(old), saved_params(tmp_path / "whole"))
