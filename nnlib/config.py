@@ -54,6 +54,8 @@ class DataConfig(_Section):
     label_column: str = "label"
     features_column: str | None = None
     key_column: str | None = None  # CSV/parquet: a row key, not a feature; nnlib predict writes it with each row
+    feature_columns: list[str] | None = None  # CSV/parquet: only these columns are features, in this order
+    drop_columns: list[str] = []  # CSV/parquet: these columns are not features
     test_fraction: float = Field(0.2, gt=0, lt=1)
     validation_fraction: float = Field(0.0, ge=0, lt=1)  # of the training set, held out for train.patience
     standardize: bool = True
@@ -63,6 +65,16 @@ class DataConfig(_Section):
     n_samples: int = Field(2000, ge=2)
     n_features: int = Field(20, ge=1)
     n_classes: int = Field(3, ge=2)
+
+    @model_validator(mode="after")
+    def _one_way_to_choose_features(self):
+        if self.features_column is not None and (self.feature_columns is not None or self.drop_columns):
+            raise ValueError("data.features_column names one list column holding the features; "
+                             "data.feature_columns and data.drop_columns choose among separate columns: "
+                             f"use one or the other, got data.features_column={self.features_column!r}")
+        if self.feature_columns is not None and not self.feature_columns:
+            raise ValueError("data.feature_columns: list at least one column, got []")
+        return self
 
     @model_validator(mode="after")
     def _image_shape_is_an_image(self):

@@ -384,3 +384,66 @@ def test_a_run_directory_with_rounds_numbered_from_0_resumes_renumbered(tmp_path
     assert sorted({r["round"] for r in read_csv_rows(old / "mapper_times.csv")}) == [1, 2, 3, 4]
     assert main(["run", *args, "--set", "train.rounds=4", "--out", str(tmp_path / "whole")]) == 0
     np.testing.assert_array_equal(saved_params(old), saved_params(tmp_path / "whole"))
+
+
+def _table(tmp_path) -> "object":
+    """4 feature columns, an id and the label in a CSV and a Parquet file; and the features b, d alone in each."""
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 4))
+    frame = pd.DataFrame(x, columns=["a", "b", "c", "d"])
+    frame["id"] = np.arange(300) * 7
+    frame["label"] = (x[:, 1] + x[:, 3] > 0).astype(int)
+    frame.to_csv(tmp_path / "all.csv", index=False)
+    frame[["d", "b", "label"]].to_csv(tmp_path / "db.csv", index=False)
+    frame[["b", "d", "label"]].to_csv(tmp_path / "bd.csv", index=False)
+    frame.to_parquet(tmp_path / "all.parquet", index=False)
+    frame[["d", "b", "label"]].to_parquet(tmp_path / "db.parquet", index=False)
+    frame[["b", "d", "label"]].to_parquet(tmp_path / "bd.parquet", index=False)
+    return frame
+
+
+@pytest.mark.parametrize("choose,same_as", [
+    (["--set", "data.feature_columns=[d,b]"], "db"),              # in the order given
+    (["--set", "data.drop_columns=[a,c,id]"], "bd"),              # the table's order, less the dropped
+])
+def test_feature_columns_and_drop_columns_choose_the_features_of_a_csv_and_a_parquet_source(tmp_path, choose, same_as):
+    import nnlib
+
+    _table(tmp_path)
+    args = ["--set", "mappers=2", "--set", "train.rounds=2", "--set", "model.hidden=[8]", "--quiet"]
+    for kind in ("csv", "parquet"):  # the same training as on a file holding only the chosen columns
+        ref, out = tmp_path / f"ref-{kind}", tmp_path / f"all-{kind}"
+        assert main(["run", *args, "--set", f"data.source={tmp_path / f'{same_as}.{kind}'}", "--out", str(ref)]) == 0
+        assert main(["run", *args, *choose, "--set", f"data.source={tmp_path / f'all.{kind}'}", "--out", str(out)]) == 0
+        assert nnlib.load_model(out).feature_columns == nnlib.load_model(ref).feature_columns == list(same_as)
+        np.testing.assert_array_equal(saved_params(out), saved_params(ref))
+
+
+def test_a_column_to_choose_or_drop_that_is_not_there_is_one_line(tmp_path, capsys):
+    _table(tmp_path)
+    for setting, message in [
+        ("data.feature_columns=[a,x]", "data.feature_columns: no column 'x' (columns are ['a', 'b', 'c', 'd', 'id', "
+                                       "'label'])"),
+        ("data.drop_columns=[zz]", "data.drop_columns: no column 'zz' (columns are ['a', 'b', 'c', 'd', 'id', "
+                                   "'label'])"),
+        ("data.feature_columns=[a,label]", "data.feature_columns: 'label' is the label or key column, not a feature"),
+    ]:
+        out = tmp_path / "r"
+        assert main(["run", "--quiet", "--set", f"data.source={tmp_path / 'all.csv'}", "--set", setting,
+                     "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"nnlib: error: {message}\n"
+        assert not out.exists()
+    assert main(["run", "--set", "data.features_column=f", "--set", "data.drop_columns=[a]"]) == 2
+    assert "use one or the other" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_drop_columns_of_a_parquet_source_read_by_spark_equals_the_local_engine(tmp_path, spark):
+    _table(tmp_path)
+    args = ["--set", "mappers=2", "--set", "train.rounds=2", "--set", "model.hidden=[8]", "--quiet",
+            "--set", f"data.source={tmp_path / 'all.parquet'}", "--set", "data.drop_columns=[a,c,id]"]
+    assert main(["run", *args, "--set", "engine=spark", "--out", str(tmp_path / "spark")]) == 0
+    assert main(["run", *args, "--set", "engine=local", "--out", str(tmp_path / "local")]) == 0
+    np.testing.assert_array_equal(saved_params(tmp_path / "spark"), saved_params(tmp_path / "local"))

@@ -98,7 +98,7 @@ def _read_source(cfg: DataConfig, seed: int):
     if cfg.source == "synthetic":
         return sources.make_synthetic(cfg.n_samples, cfg.n_features, cfg.n_classes, seed)
     return sources.read_file(Path(cfg.source), "data.source", cfg.label_column, cfg.labels,
-                             key_column=cfg.key_column)
+                             key_column=cfg.key_column, chosen=cfg.feature_columns, dropped=cfg.drop_columns)
 
 
 def _split(n: int, fraction: float, seed: int, salt: int = 0x7E57,
@@ -180,7 +180,13 @@ def _csv_feature_names(cfg: DataConfig, path: str, key: str) -> tuple[str, ...] 
     """A CSV source's feature columns in order (None for any other kind of source)."""
     if not path.lower().endswith(".csv") or cfg.features_column is not None:
         return None
-    return tuple(sources.feature_columns(sources.csv_columns(Path(path), key), cfg.label_column, cfg.key_column))
+    return tuple(sources.feature_columns(sources.csv_columns(Path(path), key), cfg.label_column, cfg.key_column,
+                                         cfg.feature_columns, cfg.drop_columns))
+
+
+def _chosen(cfg: DataConfig) -> tuple[str, ...] | None:
+    """``data.feature_columns`` as a ParquetSource holds it (None: every column but the label, key, dropped)."""
+    return None if cfg.feature_columns is None else tuple(cfg.feature_columns)
 
 
 def _test_where(cfg: DataConfig) -> str:
@@ -205,11 +211,12 @@ def _test_set(cfg: DataConfig, n_features: int) -> tuple[np.ndarray, np.ndarray,
     ``(x float64, y, digest of its rows)``."""
     key, where = "data.test_source", f"data.test_source {cfg.test_source}"
     if tables.is_row_keyed(cfg.test_source):
-        x, y = tables.read_whole(ParquetSource.open(cfg.test_source, cfg.label_column, cfg.features_column, key,
-                                                    cfg.key_column))
+        x, y = tables.read_whole(replace(
+            ParquetSource.open(cfg.test_source, cfg.label_column, cfg.features_column, key, cfg.key_column),
+            chosen_columns=_chosen(cfg), dropped_columns=tuple(cfg.drop_columns)))
     else:
         x, y = sources.read_file(Path(cfg.test_source), key, cfg.label_column, cfg.test_labels,
-                                 "data.test_labels", cfg.key_column)[:2]
+                                 "data.test_labels", cfg.key_column, cfg.feature_columns, cfg.drop_columns)[:2]
         x = check_features(x, where, names=_csv_feature_names(cfg, cfg.test_source, key))
         y = check_labels(y, x.shape[0], where)
     _check_width(x, n_features, where)
@@ -220,7 +227,8 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
     """A Parquet source surveyed by ``reader``: sizes, labels and statistics from one pass over the rows,
     then the test (and validation) rows collected; the training rows are left to the mappers."""
     check_partition(cfg.partition, cfg.source)
-    table = replace(reader.open(cfg.source, cfg.label_column, cfg.features_column), key_column=cfg.key_column)
+    table = replace(reader.open(cfg.source, cfg.label_column, cfg.features_column), key_column=cfg.key_column,
+                    chosen_columns=_chosen(cfg), dropped_columns=tuple(cfg.drop_columns))
     plan = RowPlan(seed, mappers, table.n_rows, None if cfg.test_source else cfg.test_fraction,
                    cfg.validation_fraction, cfg.partition)
     tally = reader.survey(table, plan)
@@ -282,7 +290,8 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
     names = None
     if cfg.features_column is None and not tables.is_uri(cfg.source):
         columns = table.column_names or tables.schema_names(cfg.source)  # Spark's reader lists no schema here
-        names = tuple(sources.feature_columns(columns, cfg.label_column, cfg.key_column))
+        names = tuple(sources.feature_columns(columns, cfg.label_column, cfg.key_column, cfg.feature_columns,
+                                              cfg.drop_columns))
     return Dataset(None, None, x_test, y_test, n_classes, _image_shape(cfg, tally.n_features), x_val, y_val,
                    rows, n_train, (int(tally.role_counts[TEST]), int(tally.role_counts[VAL])), mean, std, names,
                    tuple(missing.tolist()), tuple(fingerprint))

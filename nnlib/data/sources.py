@@ -108,17 +108,34 @@ def columns_text(names: list[str]) -> str:
     return f"columns are {list(names[:SHOWN_COLUMNS])} and {len(names) - SHOWN_COLUMNS} more"
 
 
-def feature_columns(names: list[str], label_column: str | None, key_column: str | None = None) -> list[str]:
-    """The feature columns of a table without a features column: every column but the label, the key and an
-    index pandas wrote (``pandas_index_column``), in order."""
-    index = pandas_index_column(list(names))
-    return [name for name in names if name not in (label_column, key_column) and name != index]
+def feature_columns(names: list[str], label_column: str | None, key_column: str | None = None,
+                    chosen: list[str] | None = None, dropped: list[str] = ()) -> list[str]:
+    """The feature columns of a table without a features column: ``chosen`` (``data.feature_columns``) in its
+    order, else every column but the label, the key, ``dropped`` (``data.drop_columns``) and an index pandas
+    wrote (``pandas_index_column``), in the table's order.
+
+    Raises :class:`DataError` naming a chosen or dropped column the table lacks, or a chosen column that is
+    the label or the key.
+    """
+    names = list(names)
+    for what, listed in (("data.feature_columns", chosen or ()), ("data.drop_columns", dropped)):
+        for name in listed:
+            if name not in names:
+                raise DataError(f"{what}: no column '{name}' ({columns_text(names)})")
+            if what == "data.feature_columns" and name in (label_column, key_column):
+                raise DataError(f"{what}: '{name}' is the label or key column, not a feature")
+    if chosen is not None:
+        return list(chosen)
+    index = pandas_index_column(names)
+    return [name for name in names if name not in (label_column, key_column, *dropped) and name != index]
 
 
-def warn_pandas_index(names: list[str], path: Path, key: str) -> None:
-    """Say once per file and process that a pandas index column is left out of the features (stderr)."""
+def warn_pandas_index(names: list[str], path: Path, key: str, chosen: list[str] | None = None,
+                      dropped: list[str] = ()) -> None:
+    """Say once per file and process that a pandas index column is left out of the features (stderr); not when
+    ``data.feature_columns`` or ``data.drop_columns`` say which columns are features."""
     index = pandas_index_column(list(names))
-    if index is not None and str(path) not in _warned_index:
+    if index is not None and chosen is None and index not in dropped and str(path) not in _warned_index:
         _warned_index.add(str(path))
         shown = "an empty header" if index == "" else f"the header '{index}'"
         print(f"nnlib: warning: {key}: {path}'s first column, with {shown}, is an index pandas wrote "
@@ -126,7 +143,7 @@ def warn_pandas_index(names: list[str], path: Path, key: str) -> None:
 
 
 def table_to_arrays(table, path: Path, key: str, label_column: str | None, features_column: str | None,
-                    key_column: str | None = None):
+                    key_column: str | None = None, chosen: list[str] | None = None, dropped: list[str] = ()):
     """``(x float64, y)`` of an Arrow table; ``label_column=None`` (data to predict on): ``y`` is None.
 
     The features are ``features_column`` (a list column), else every column
@@ -168,7 +185,7 @@ def table_to_arrays(table, path: Path, key: str, label_column: str | None, featu
         raise DataError(f"{key}: {path} has no key column '{key_column}' "
                         f"(set data.key_column; {columns_text(table.column_names)})")
     columns = []
-    for name in feature_columns(table.column_names, label_column, key_column):
+    for name in feature_columns(table.column_names, label_column, key_column, chosen, dropped):
         col = table.column(name)
         if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
             raise DataError(f"{key}: {path} column '{name}' must be numeric, got {col.type} "
@@ -211,12 +228,13 @@ def csv_columns(path: Path, key: str) -> list[str]:
         raise DataError(f"{key}: {path} is not a well-formed CSV file ({first_line(exc)})") from None
 
 
-def read_csv(path: Path, key: str, label_column: str, key_column: str | None = None):
+def read_csv(path: Path, key: str, label_column: str, key_column: str | None = None,
+             chosen: list[str] | None = None, dropped: list[str] = ()):
     """CSV with a header row; the column ``label_column`` holds the labels, all others but ``key_column`` are
     features."""
     table = read_csv_table(path, key)
-    warn_pandas_index(table.column_names, path, key)
-    return table_to_arrays(table, path, key, label_column, None, key_column)
+    warn_pandas_index(table.column_names, path, key, chosen, dropped)
+    return table_to_arrays(table, path, key, label_column, None, key_column, chosen, dropped)
 
 
 def parquet_files(source: str) -> list[Path] | None:
@@ -290,7 +308,8 @@ def is_idx(path: Path) -> bool:
 
 
 def read_file(path: Path, key: str, label_column: str = "label", labels: str | None = None,
-              labels_key: str = "data.labels", key_column: str | None = None):
+              labels_key: str = "data.labels", key_column: str | None = None,
+              chosen: list[str] | None = None, dropped: list[str] = ()):
     """Read an in-memory data file (.npz, .csv, IDX) by its extension; returns ``(x, y)`` or
     ``(x, y, x_test, y_test)``. Parquet is read block by block (:mod:`nnlib.data.tables`)."""
     check_exists(path, key)
@@ -298,7 +317,7 @@ def read_file(path: Path, key: str, label_column: str = "label", labels: str | N
     if suffix == ".npz":
         return read_npz(path, key)
     if suffix == ".csv":
-        return read_csv(path, key, label_column, key_column)
+        return read_csv(path, key, label_column, key_column, chosen, dropped)
     if is_idx(path):
         x = read_idx(path, key)
         label_path = Path(labels) if labels else idx_labels_path(path)

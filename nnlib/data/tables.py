@@ -44,6 +44,8 @@ class ParquetSource:
     key: str = "data.source"
     key_column: str | None = None      # data.key_column: a row key, not a feature
     column_names: tuple[str, ...] = ()  # the files' columns, when read from their schema here
+    chosen_columns: tuple[str, ...] | None = None  # data.feature_columns: only these are features
+    dropped_columns: tuple[str, ...] = ()  # data.drop_columns: these are not features
 
     @property
     def n_rows(self) -> int:
@@ -122,7 +124,8 @@ class ParquetSource:
                     continue
                 for batch in parquet.iter_batches(batch_size=BLOCK_ROWS, row_groups=groups, columns=self.columns()):
                     x, y = table_arrays(pa.Table.from_batches([batch]), name, self.key, self.label_column,
-                                        self.features_column, first - start, self.key_column)
+                                        self.features_column, first - start, self.key_column,
+                                        self.chosen_columns, self.dropped_columns)
                     yield np.arange(first, first + len(y), dtype=np.int64), x, y
                     first += len(y)
             except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
@@ -139,12 +142,14 @@ def schema_names(source: str) -> tuple[str, ...]:
 
 
 def table_arrays(table, name: str, key: str, label_column: str, features_column: str | None,
-                 first_row: int, key_column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 first_row: int, key_column: str | None = None, chosen: tuple[str, ...] | None = None,
+                 dropped: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
     """A block's checked ``(x float64, y int64)``; a bad value names the file and its row there."""
-    x, y = sources.table_to_arrays(table, Path(name), key, label_column, features_column, key_column)
+    x, y = sources.table_to_arrays(table, Path(name), key, label_column, features_column, key_column,
+                                   None if chosen is None else list(chosen), list(dropped))
     where = f"{key} {name}"
     names = None if features_column is not None else sources.feature_columns(table.column_names, label_column,
-                                                                             key_column)
+                                                                             key_column, chosen, dropped)
     x = check_features(x, where, first_row, names)
     return x, check_labels(y, len(x), where, first_row)
 

@@ -36,6 +36,7 @@ from nnlib.model.model import CHUNK_ROWS, Model, softmax
 
 # the keys --set may give nnlib predict: how to read the source, which backend computes, where (engine=spark)
 PREDICT_KEYS = ("engine", "seed", "model.backend", "data.label_column", "data.features_column", "data.key_column",
+                "data.feature_columns", "data.drop_columns",
                 "data.labels", "data.n_samples", "data.n_features", "data.n_classes", "spark.master",
                 "spark.app_name", "spark.log_level", "spark.conf")
 PREDICT_ENGINES = ("local", "spark")  # local: this process; spark: nnlib.engines.spark.predict
@@ -133,7 +134,7 @@ class TableColumns:
         if d.features_column is not None:
             self.features = None
             return
-        found = sources.feature_columns(names, self.label, self.key)
+        found = sources.feature_columns(names, self.label, self.key, d.feature_columns, d.drop_columns)
         expected = model.feature_columns
         if expected is None:  # a model trained on a source without column names: the count must agree
             if len(found) != model.n_features:

@@ -69,7 +69,8 @@ def _batches(table: ParquetSource, offsets: dict, batches) -> Iterator[tuple[np.
     """``(positions, x float64, y)`` of each part's rows in each Arrow batch."""
     for batch in batches:
         for name, first_row, positions, data in split_parts(batch, offsets):
-            x, y = table_arrays(data, name, table.key, table.label_column, table.features_column, first_row)
+            x, y = table_arrays(data, name, table.key, table.label_column, table.features_column, first_row,
+                                chosen=table.chosen_columns, dropped=table.dropped_columns)
             yield positions, x, y
 
 
