@@ -30,7 +30,7 @@ needs_mrjob = needs("mrjob", "mrjob")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: starts a JVM, mpiexec, mrjob's local runner or a subprocess; "
+    config.addinivalue_line("markers", "slow: starts a JVM, mpiexec, mrjob's local runner, a subprocess or MLflow; "
                                        "pytest -m 'not slow' leaves it out")
 
 

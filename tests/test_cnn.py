@@ -66,6 +66,7 @@ def test_gradient_matches_central_differences_in_float64():
         assert grad[i] == pytest.approx(numeric, abs=1e-7)
 
 
+@pytest.mark.slow  # trains the CNN on digits twice
 def test_cnn_on_digits_learns_and_numpy_and_torch_runs_agree():
     config = small_config("model.type=cnn", "mappers=4", "train.rounds=3", "train.local_epochs=2")
     result = run(config, **QUIET)

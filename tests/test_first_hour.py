@@ -139,6 +139,7 @@ def mapper_runs(tmp_path_factory) -> Path:
     return runs
 
 
+@pytest.mark.slow  # trains four runs and draws
 def test_report_of_several_runs_compares_them_as_a_sweeps_report(mapper_runs, capsys):
     from nnlib.outputs import read_csv_rows
 

@@ -17,7 +17,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import needs_torch
+from conftest import needs, needs_torch
+
+needs_onnx = needs("onnxruntime", "onnx")
 from nnlib.cli import main
 from nnlib.config import load_config
 from nnlib.core.backends import get_backend
@@ -225,6 +227,8 @@ def test_labels_the_model_never_saw_are_refused(csv_run):
         model.score(x, y)
 
 
+@needs_onnx
+@needs_torch
 def test_onnx_gives_the_models_probabilities(csv_run, tmp_path):
     import onnxruntime as ort
 
@@ -256,6 +260,7 @@ def test_torch_gives_the_models_probabilities(csv_run, tmp_path):
     assert np.abs(probabilities - model.predict_proba(x)).max() <= 1e-5
 
 
+@needs_onnx
 @needs_torch
 def test_a_cnn_exports_to_onnx_and_torch(tmp_path):
     import onnxruntime as ort

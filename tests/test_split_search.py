@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pytest
+from conftest import needs_mrjob
 
 from nnlib.cli import main
 from nnlib.config import load_config
@@ -81,6 +82,7 @@ def test_fixing_the_groups_a_method_chose_is_the_same_run(method):
 STATEFUL = SMALL + ["split.method=alternating", "train.momentum=0.9", "server.lr=0.8", "server.momentum=0.5"]
 
 
+@pytest.mark.slow  # nine runs against a search
 def test_each_row_is_the_split_run_of_its_groups(tmp_path):
     search = split_search(load_config(None, STATEFUL), tmp_path / "search", quiet=True, log=_quiet, warn=_quiet)
     assert len(search.rows) == 9
@@ -110,7 +112,8 @@ def test_each_row_is_the_split_run_of_its_groups(tmp_path):
 
 
 
-@pytest.mark.parametrize("engine", [[], ["engine=mrjob", "mrjob.runner=inline"]], ids=["local", "mrjob"])
+@pytest.mark.parametrize("engine", [pytest.param([], id="local"),
+                                    pytest.param(["engine=mrjob", "mrjob.runner=inline"], id="mrjob", marks=[needs_mrjob, pytest.mark.slow])])
 def test_a_split_run_prints_its_unsplit_baseline_a_plain_run(tmp_path, capsys, engine):
     sets = SMALL + ["combine=split"]
     out = tmp_path / "run"
@@ -152,6 +155,7 @@ def test_eight_units_into_two_equal_groups_is_35_rows_and_the_figures(tmp_path, 
     assert "| distinct_splits | 35 |" in md and f"--out {out.resolve()}" in md
 
 
+@pytest.mark.slow  # a sampled search
 def test_more_splits_than_the_limit_are_sampled_with_a_note(tmp_path, capsys):
     out = tmp_path / "search"
     assert main(["split-search", "--out", str(out), *QUICK, "--set", "model.hidden=[12]",
@@ -189,6 +193,8 @@ def _without_seconds(table):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in table]
 
 
+@needs_mrjob
+@pytest.mark.slow  # two searches
 def test_the_search_gives_the_same_table_on_mrjob_as_locally(tmp_path):
     sets = ["--quiet", "--set", "model.hidden=[4]", "--set", "mappers=2", "--set", "train.rounds=2",
             "--set", "train.local_epochs=1"]

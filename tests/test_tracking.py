@@ -4,6 +4,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import needs
+
+# MLflow's store and client take seconds to import and start: these tests run in the slow tier
+needs_mlflow = needs("mlflow", "tracking")
 
 from nnlib.cli import main
 from nnlib.outputs import read_csv_rows
@@ -29,10 +33,14 @@ def run_and_read_back(uri: str, out) -> None:
     assert artifacts == {"config.yaml", "rounds.csv", "mapper_times.csv", "model.npz", "summary.json"}
 
 
+@pytest.mark.slow
+@needs_mlflow
 def test_an_mlflow_run_in_a_folder_store_holds_the_params_every_rounds_metrics_and_the_outputs(tmp_path):
     run_and_read_back((tmp_path / "store").as_uri(), tmp_path / "run")
 
 
+@pytest.mark.slow
+@needs_mlflow
 def test_an_mlflow_run_in_a_sqlite_store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the README's URI, relative to the working directory
     run_and_read_back("sqlite:///mlflow.db", tmp_path / "run")
@@ -40,6 +48,7 @@ def test_an_mlflow_run_in_a_sqlite_store(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@needs_mlflow
 def test_a_tracked_run_prints_nothing_of_mlflows_own(tmp_path):
     """A new sqlite store: MLflow logs "Creating initial MLflow database tables..." and "Creating a new
     experiment" at INFO; nnlib keeps them off the console."""
@@ -90,10 +99,13 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.mark.slow
+@needs_mlflow
 def test_an_mlflow_run_on_a_tracking_server(tmp_path, mlflow_server):
     run_and_read_back(mlflow_server, tmp_path / "run")
 
 
+@pytest.mark.slow
+@needs_mlflow
 def test_a_run_that_fails_is_marked_failed(tmp_path):
     uri = (tmp_path / "store").as_uri()
     missing = tmp_path / "missing.npz"
