@@ -293,7 +293,9 @@ JVM_LINE = "WARNING: Using incubator modules: jdk.incubator.vector"
 
 
 def _spark_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line != JVM_LINE]
+    # every JVM also says "Picked up JAVA_TOOL_OPTIONS: ..." where that variable is set (as .ci/run does)
+    return [line for line in stderr.splitlines()
+            if line != JVM_LINE and not line.startswith("Picked up JAVA_TOOL_OPTIONS:")]
 
 
 @pytest.mark.slow
