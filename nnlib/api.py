@@ -130,6 +130,19 @@ def _quiet(_message: str) -> None:
     pass
 
 
+def _after(first: str, log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log``, saying ``first`` before its first message: the run's start line comes once the driver has
+    read the data and speaks, so bad input prints its one error line alone."""
+    pending = [first]
+
+    def say(message: str) -> None:
+        while pending:
+            log(pending.pop())
+        log(message)
+
+    return say
+
+
 def train(conf: str | Path | Config | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
           out: str | Path | None = None, engine: str | Engine | None = None, *, resume: bool = False,
           overwrite: bool = False, write: bool = True, log: Callable[[str], None] | None = None,
@@ -168,8 +181,8 @@ def train(conf: str | Path | Config | None = None, overrides: Mapping[str, Any] 
 
         config = fit_to_ranks(config, engine_obj.size, warn if speak else _quiet)
     run_dir = open_run_dir(engine_obj, out, overwrite, resume) if write else None
-    log(f"nnlib: engine={config.engine} mappers={config.mappers} combine={config.combine} "
-        f"data={config.data.source} -> {run_dir.path if run_dir else '-'}")
+    log = _after(f"nnlib: engine={config.engine} mappers={config.mappers} combine={config.combine} "
+                 f"data={config.data.source} -> {run_dir.path if run_dir else '-'}", log)
     tracking = make_tracking(config) if speak else NoTracking()
     tracking.start(config, run_dir.path.name if run_dir else "run")
     result = None

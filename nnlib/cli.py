@@ -281,4 +281,8 @@ def main(argv: list[str] | None = None, prog: str = "nnlib") -> int:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # the reader went away (nnlib run | head): stop quietly, as other tools do
+        sys.stderr.close()
+        sys.exit(141)

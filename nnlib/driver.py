@@ -156,6 +156,9 @@ def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: R
     if ckpt.rounds_done > config.train.rounds:
         raise ConfigError(f"--resume: {run_dir.path} already has {ckpt.rounds_done} rounds; "
                           f"train.rounds must be >= {ckpt.rounds_done}, got {config.train.rounds}")
+    if ckpt.rounds_done == config.train.rounds and run_dir.file("summary.json").is_file():
+        raise ConfigError(f"--resume: {run_dir.path} finished its {ckpt.rounds_done} rounds already; to train "
+                          f"on, raise train.rounds (--set train.rounds={ckpt.rounds_done + 5}, say)")
     result.rounds, result.mapper_rows = run_dir.read_tables(ckpt.rounds_done)
     result.skipped = [{"round": int(r), "mapper": int(m)} for r, m in ckpt.skipped]
     if server is not None and server.state is not None:
@@ -387,7 +390,6 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
         engine.stop()  # a reader may have started the engine's cluster
         raise
     config, payload = setup.config, setup.first
-    log(model_line(payload.model.layers.describe(), config.model.backend))
     result = RunResult(payload.params, {})
     server = make_server(config, payload.params)
     first_round = 0
@@ -397,8 +399,9 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
         except BaseException:
             engine.stop()
             raise
-        if first_round:
-            log(f"resuming after round {first_round} from {run_dir.path / 'checkpoints'}")
+    log(model_line(payload.model.layers.describe(), config.model.backend))
+    if first_round:
+        log(f"resuming after round {first_round} from {run_dir.path / 'checkpoints'}")
     for message in warnings:
         warn(message)
 

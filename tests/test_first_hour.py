@@ -450,3 +450,22 @@ def test_drop_columns_of_a_parquet_source_read_by_spark_equals_the_local_engine(
     assert main(["run", *args, "--set", "engine=spark", "--out", str(tmp_path / "spark")]) == 0
     assert main(["run", *args, "--set", "engine=local", "--out", str(tmp_path / "local")]) == 0
     np.testing.assert_array_equal(saved_params(tmp_path / "spark"), saved_params(tmp_path / "local"))
+
+
+def test_resuming_a_finished_run_is_refused_and_changes_nothing(tmp_path, capsys):
+    out = tmp_path / "done"
+    assert main(["run", *QUICK, "--set", "train.rounds=1", "--quiet", "--out", str(out)]) == 0
+    before = (out / "summary.json").read_bytes()
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert f"--resume: {out} finished its 1 rounds already; to train on, raise train.rounds" in captured.err
+    assert (out / "summary.json").read_bytes() == before
+
+
+def test_a_data_error_prints_its_one_line_and_no_start_line(tmp_path, capsys):
+    assert main(["run", "--set", f"data.source={tmp_path / 'missing.npz'}", "--out", str(tmp_path / "r")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "missing.npz" in captured.err
+    assert not (tmp_path / "r").exists()
