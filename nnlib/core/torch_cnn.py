@@ -1,37 +1,47 @@
-"""The torch backend of ``model.type: cnn``: the same network as :mod:`nnlib.core.cnn`.
+"""The torch backend of ``model.type: cnn``: the same network as :mod:`nnlib.core.cnn`, as a ``torch.nn.Module``.
 
-Parameters come in and go out as the flat float32 numpy vector, as for the
-torch MLP; inside a call they are views of one flat tensor, so the gradient
-comes out flat.
+The flat vector's arrays are the module's parameters in order (see
+:mod:`nnlib.core.torch_mlp` for the contract): each conv layer's weight
+``(out, in, k, k)`` and bias ``(out,)``, as ``torch.nn.Conv2d`` holds them,
+then the linear layer as ``(n_flat, n_classes)`` and ``(n_classes,)``, which
+computes ``x @ W + b`` like the MLP's layers.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from nnlib.core.cnn import EVAL_CHUNK
-from nnlib.core.torch_mlp import TorchModel
+from nnlib.core.cnn import EVAL_CHUNK, ConvSpec
+from nnlib.core.torch_mlp import ACTIVATIONS, TorchModel, _Affine
+
+
+class CNNModule(nn.Module):
+    """conv ("same" zero padding) + activation + 2x2 max-pool per entry of ``channels``, then a linear layer."""
+
+    def __init__(self, conv: ConvSpec, activation: str):
+        super().__init__()
+        self.image_shape = tuple(conv.image_shape)
+        fan_in, convs = conv.image_shape[0], []
+        for ch in conv.channels:
+            convs.append(nn.Conv2d(fan_in, ch, conv.kernel, padding=conv.kernel // 2))
+            fan_in = ch
+        self.convs = nn.ModuleList(convs)
+        self.fc = _Affine(conv.n_flat, conv.n_classes)
+        self.act = ACTIVATIONS[activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(-1, *self.image_shape)
+        for conv in self.convs:
+            h = F.max_pool2d(self.act(conv(h)), 2)
+        return self.fc(h.flatten(1))
 
 
 class TorchCNN(TorchModel):
-    """conv + activation + 2x2 max-pool per entry of ``channels``, then a linear layer; an oracle for NumpyCNN."""
+    """The torch backend of ``model.type: cnn``; an oracle for NumpyCNN."""
 
-    def __init__(self, spec):
-        super().__init__(spec)
-        self.conv = spec.layers
+    eval_chunk = EVAL_CHUNK
 
-    def _logits(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        arrays = self._arrays(flat)
-        h = x.reshape(-1, *self.conv.image_shape)
-        for i in range(len(self.conv.channels)):
-            h = F.conv2d(h, arrays[2 * i], arrays[2 * i + 1], padding=self.conv.kernel // 2)
-            h = F.max_pool2d(self._act(h), 2)
-        return h.flatten(1) @ arrays[-2] + arrays[-1]
-
-    def _eval_logits(self, flat: np.ndarray, x: np.ndarray) -> torch.Tensor:
-        w = torch.from_numpy(flat)
-        with torch.no_grad():
-            return torch.cat([self._logits(w, torch.from_numpy(x[i:i + EVAL_CHUNK]))
-                              for i in range(0, max(len(x), 1), EVAL_CHUNK)])
+    def make_module(self) -> nn.Module:
+        return CNNModule(self.spec.layers, self.spec.activation)

@@ -1,19 +1,56 @@
-"""The torch backend: the same MLP and losses as :mod:`nnlib.core.mlp`.
+"""The torch backend: any ``torch.nn.Module`` trained on nnlib's flat parameter vector; the MLP is one.
 
-Imported only when ``model.backend: torch`` is chosen. Parameters still come
-in and go out as the flat float32 numpy vector; inside a call they live in
-one flat torch tensor whose slices are the layer arrays, so gradients come
-out flat too.
+Imported only when ``model.backend: torch`` is chosen. Parameters come in and
+go out as the flat float32 numpy vector (what travels between mappers);
+inside, the module's tensors are views of one flat tensor over that vector's
+memory, so nothing is copied between numpy and torch.
+
+The contract of :class:`TorchModel` (what a model type supplies, what the
+base class does with it):
+
+- A subclass implements ``make_module() -> torch.nn.Module``. The module's
+  ``forward(x)`` maps a batch ``x`` ``(batch, n_features)`` (rows as the data
+  stores them) to logits ``(batch, n_classes)``. The module's tensors are
+  placeholders: their values are never read.
+- The flat vector's arrays, in ``spec.layers.offsets`` order (``(start,
+  stop, shape)`` each), are exactly the module's ``named_parameters()`` in
+  order, followed by its floating-point ``named_buffers()`` in order (e.g.
+  BatchNorm's running statistics); shapes must match one for one, else
+  ``ValueError`` at construction. Integer buffers (``num_batches_tracked``)
+  stay the module's own and do not travel.
+- The base class binds views of the flat tensor as the module's parameters
+  (``torch.nn.Parameter`` over the view) and buffers, and implements
+  ``loss_and_grad``, ``evaluate``, ``predict`` and :meth:`TorchModel.train_steps`
+  on the module: ``train()`` mode while training, ``eval()`` mode (and no
+  graph) when scoring. Buffers change only through the module's own
+  forward in training mode; the optimizer steps the parameters alone.
+- The loss is ``spec.loss`` (:func:`data_loss`) plus ``spec.l2 / 2`` times the
+  squared norm of ``spec.layers.weight_mask()``'s entries (weight arrays).
+- :meth:`TorchModel.train_steps` is the fast local loop, ``(params,
+  opt_state, optimizer, x, y, batches, lr, start=None, proximal_mu=0.0) ->
+  loss sum``: the whole round runs on the bound flat tensor, its gradient in
+  one flat tensor, the optimizer in place on both
+  (:mod:`nnlib.core.torch_train`). :func:`nnlib.core.train.local_sgd` calls
+  it whenever a backend has it.
+- Tensors are made from numpy only by :func:`nnlib.core.torch_train.as_tensor`.
+- The module is per thread: two threads may score and train with one backend.
+
+The MLP's weights are stored ``(fan_in, fan_out)``, so its module computes
+``x @ W + b`` (``torch.addmm``), unlike ``nn.Linear``'s ``(out, in)``.
 """
 
 from __future__ import annotations
 
+import threading
+from typing import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from nnlib.core.mlp import ModelSpec
-from nnlib.core.params import DTYPE
+from nnlib.core.torch_train import as_tensor, flat_stepper
 
 ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
 
@@ -27,61 +64,193 @@ def data_loss(name: str, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class TorchModel:
-    """What the torch models share: loss, gradient (autograd) and evaluation, from ``_logits``.
+    """A ``torch.nn.Module`` on the flat parameter vector: loss, gradient, scoring and the fast local loop.
 
-    A model (:class:`TorchMLP`, :class:`nnlib.core.torch_cnn.TorchCNN`) adds
-    ``_logits(flat tensor, x tensor)``; it is the oracle for its numpy twin
-    and vice versa.
+    Subclasses supply :meth:`make_module` (see the module docstring for the
+    contract). ``eval_chunk`` (rows per forward pass when scoring, ``None``
+    for all at once) bounds a scoring pass's memory.
     """
+
+    eval_chunk: int | None = None
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
-        self._act = ACTIVATIONS[spec.activation]
-        self._mask = torch.from_numpy(spec.layers.weight_mask())
+        self._layout = spec.layers
+        self._local = threading.local()
+        self._mask_np = self._layout.weight_mask()
+        self._module()  # check the contract now
 
-    def _arrays(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        """The layout's arrays as views of the flat tensor."""
-        return [flat[start:stop].view(shape) for start, stop, shape in self.spec.layers.offsets]
-
-    def _logits(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def make_module(self) -> nn.Module:
+        """The network, whose parameters then floating buffers are the flat vector's arrays in order."""
         raise NotImplementedError
 
-    def _eval_logits(self, flat: np.ndarray, x: np.ndarray) -> torch.Tensor:
-        """The logits of every sample without a graph (a model may cut ``x`` into chunks)."""
-        with torch.no_grad():
-            return self._logits(torch.from_numpy(flat), torch.from_numpy(x))
+    # -- binding the flat tensor ---------------------------------------------------------------
+
+    def _module(self) -> tuple[nn.Module, list, int]:
+        """This thread's ``(module, slots, n_trained)``: slots are ``(owner, name, is_parameter)`` in flat order."""
+        made = getattr(self._local, "made", None)
+        if made is None:
+            module = self.make_module()
+            slots, shapes = [], []
+            for name, p in module.named_parameters():
+                owner, _, attr = name.rpartition(".")
+                slots.append((module.get_submodule(owner), attr, True))
+                shapes.append(tuple(p.shape))
+            n_trained = len(slots)
+            for name, b in module.named_buffers():
+                if b.is_floating_point():
+                    owner, _, attr = name.rpartition(".")
+                    slots.append((module.get_submodule(owner), attr, False))
+                    shapes.append(tuple(b.shape))
+            expected = [tuple(shape) for _, _, shape in self._layout.offsets]
+            if shapes != expected:
+                raise ValueError(f"the module's parameters and floating buffers have shapes {shapes}, "
+                                 f"the flat layout {expected}")
+            trained = self._layout.offsets[n_trained - 1][1] if n_trained else 0
+            made = self._local.made = (module, slots, trained)
+        return made
+
+    def bind(self, flat: torch.Tensor, grad: torch.Tensor | None = None, requires_grad: bool = True) -> nn.Module:
+        """This thread's module with views of ``flat`` ``(n_params,)`` as its parameters and floating buffers.
+
+        With ``grad`` ``(n_params,)``, each parameter's ``.grad`` is the view of
+        ``grad`` at the same place, so backward accumulates into ``grad``.
+        """
+        module, slots, _ = self._module()
+        for (owner, attr, is_param), (start, stop, shape) in zip(slots, self._layout.offsets):
+            view = flat[start:stop].view(shape)
+            if is_param:
+                p = nn.Parameter(view, requires_grad=requires_grad)
+                if grad is not None:
+                    p.grad = grad[start:stop].view(shape)
+                owner._parameters[attr] = p
+            else:
+                owner._buffers[attr] = view
+        return module
+
+    def _penalty_grad(self, grad: torch.Tensor, w: torch.Tensor) -> None:
+        """Add the L2 penalty's gradient ``l2 * mask * w`` to ``grad`` in place."""
+        if self.spec.l2:
+            mask = as_tensor(self._mask_np).to(w.dtype)
+            grad.addcmul_(w, mask, value=float(self.spec.l2))
+
+    # -- the backend interface -----------------------------------------------------------------
 
     def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """Data loss and the gradient of loss + L2 penalty, flat ``(n_params,)``."""
-        w = torch.from_numpy(flat).detach().requires_grad_(True)
-        loss = data_loss(self.spec.loss, self._logits(w, torch.from_numpy(x)), torch.from_numpy(y))
-        objective = loss
-        if self.spec.l2:
-            objective = loss + 0.5 * self.spec.l2 * ((w * self._mask) ** 2).sum()
-        (grad,) = torch.autograd.grad(objective, w)
-        return float(loss.detach()), grad.numpy().astype(DTYPE, copy=False)
+        """Data loss on ``(x, y)`` and the gradient of loss + L2 penalty, flat ``(n_params,)`` in ``flat``'s dtype.
+
+        ``x`` ``(batch, n_features)`` in ``flat``'s dtype, ``y`` ``(batch,)``
+        int64. Buffers (BatchNorm's statistics) are updated in a copy, not
+        in ``flat``.
+        """
+        w = as_tensor(flat)
+        if self._module()[2] < len(flat):  # buffers a training forward updates: keep the caller's intact
+            w = w.clone()
+        grad = torch.zeros_like(w)
+        module = self.bind(w, grad).train()
+        loss = data_loss(self.spec.loss, module(as_tensor(x)), as_tensor(y))
+        loss.backward()
+        self._penalty_grad(grad, w.detach())
+        return float(loss.detach()), grad.numpy().astype(flat.dtype, copy=False)
+
+    def predict_logits(self, flat: np.ndarray, x: np.ndarray) -> torch.Tensor:
+        """The logits ``(n_samples, n_classes)`` of every sample, in eval mode without a graph."""
+        with torch.no_grad():
+            module = self.bind(as_tensor(flat), requires_grad=False).eval()
+            xt = as_tensor(x)
+            if self.eval_chunk is None:
+                return module(xt)
+            return torch.cat([module(xt[i:i + self.eval_chunk]) for i in range(0, max(len(x), 1), self.eval_chunk)])
 
     def predict(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Predicted class of every sample, ``(n_samples,)`` int64."""
-        return self._eval_logits(flat, x).argmax(dim=1).numpy()
+        return self.predict_logits(flat, x).argmax(dim=1).numpy()
 
     def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """Return ``(mean data loss, accuracy in [0, 1])`` on ``(x, y)``."""
-        z, yt = self._eval_logits(flat, x), torch.from_numpy(y)
+        z, yt = self.predict_logits(flat, x), as_tensor(y)
         return float(data_loss(self.spec.loss, z, yt)), float((z.argmax(dim=1) == yt).double().mean())
+
+    def train_steps(self, params: np.ndarray, opt_state: np.ndarray | None, optimizer, x: np.ndarray,
+                    y: np.ndarray, batches: Sequence[np.ndarray], lr: float | Sequence[float],
+                    start: np.ndarray | None = None, proximal_mu: float = 0.0) -> float:
+        """One local round: a step of ``optimizer`` per index array of ``batches``; returns the loss sum.
+
+        ``params`` ``(n_params,)`` and ``opt_state`` (the optimizer's flat
+        state, or ``None``) are updated in place. ``x`` ``(n, n_features)``,
+        ``y`` ``(n,)`` int; ``batches`` index rows of them (int64 arrays,
+        as :func:`nnlib.core.train.batch_indices` gives). ``lr`` is one rate
+        or one per step. ``proximal_mu > 0`` adds FedProx's
+        ``mu * (w - start)`` to every gradient (``start`` ``(n_params,)``).
+        The returned loss sum is ``sum over steps of data loss * batch size``
+        (float64), as the numpy loop sums it.
+        """
+        lrs = [float(lr)] * len(batches) if np.ndim(lr) == 0 else [float(r) for r in lr]
+        w = as_tensor(params)
+        grad = torch.zeros_like(w)
+        module = self.bind(w, grad).train()
+        n_trained = self._module()[2]
+        w_trained, g_trained = w[:n_trained], grad[:n_trained]
+        state = None if opt_state is None else as_tensor(opt_state)
+        step, finish = flat_stepper(optimizer, w_trained, state, len(params))
+        xt = as_tensor(x if x.dtype == params.dtype else x.astype(params.dtype))
+        yt = as_tensor(y if y.dtype == np.int64 else y.astype(np.int64))
+        mask = as_tensor(self._mask_np)[:n_trained].to(w.dtype) if self.spec.l2 else None
+        l2 = float(self.spec.l2)
+        anchor = None if not proximal_mu else as_tensor(start)[:n_trained]
+        mu = float(np.float32(proximal_mu))
+        loss_name = self.spec.loss
+        loss_sum = 0.0
+        for idx, rate in zip(batches, lrs):
+            it = as_tensor(idx)
+            grad.zero_()
+            loss = data_loss(loss_name, module(xt.index_select(0, it)), yt.index_select(0, it))
+            loss.backward()
+            with torch.no_grad():
+                if mask is not None:
+                    g_trained.addcmul_(w_trained, mask, value=l2)
+                if anchor is not None:
+                    g_trained.add_(w_trained - anchor, alpha=mu)
+                step(g_trained, rate)
+            loss_sum += float(loss.detach()) * len(idx)
+        finish()
+        return loss_sum
+
+
+class _Affine(nn.Module):
+    """``x @ weight + bias`` with ``weight`` ``(fan_in, fan_out)``; ``scale`` multiplies ``x @ weight`` alone."""
+
+    def __init__(self, fan_in: int, fan_out: int, scale: float = 1.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(fan_in, fan_out))
+        self.bias = nn.Parameter(torch.empty(fan_out))
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1:
+            return (x @ self.weight) * self.scale + self.bias
+        return torch.addmm(self.bias, x, self.weight)
+
+
+class MLPModule(nn.Module):
+    """The MLP of :mod:`nnlib.core.mlp`: affine layers with the activation between them."""
+
+    def __init__(self, sizes: Sequence[int], activation: str, output_scale: float = 1.0):
+        super().__init__()
+        n = len(sizes) - 1
+        self.layers = nn.ModuleList(_Affine(a, b, output_scale if i == n - 1 else 1.0)
+                                    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
+        self.act = ACTIVATIONS[activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = self.act(layer(x))
+        return self.layers[-1](x)
 
 
 class TorchMLP(TorchModel):
     """The torch backend of an MLP."""
 
-    def _logits(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        arrays = self._arrays(flat)
-        h = x
-        n = self.spec.layers.n_layers
-        for i in range(n):
-            if i == n - 1 and self.spec.output_scale != 1:
-                return (h @ arrays[2 * i]) * self.spec.output_scale + arrays[2 * i + 1]
-            h = h @ arrays[2 * i] + arrays[2 * i + 1]
-            if i < n - 1:
-                h = self._act(h)
-        return h
+    def make_module(self) -> nn.Module:
+        return MLPModule(self.spec.layers.sizes, self.spec.activation, self.spec.output_scale)
+

@@ -80,12 +80,22 @@ def local_sgd(backend, params, opt_state, optimizer, x, y, schedule: LocalSchedu
     ``proximal_mu > 0`` is FedProx: the objective gains ``(mu/2) * ||w - w0||^2``
     around the round's starting weights ``w0``, so the gradient gains
     ``mu * (w - w0)`` and the local weights stay near the shared ones.
+
+    A backend with a ``train_steps`` method (the torch backend,
+    :meth:`nnlib.core.torch_mlp.TorchModel.train_steps`) runs the round's
+    steps itself, on the same batches and update rule; otherwise each step is
+    ``backend.loss_and_grad`` then ``optimizer.step`` (:func:`run_steps`).
     """
     batches = batch_indices(len(y), schedule, rng)
     start = params
     mu = params.dtype.type(proximal_mu)
     params = params.copy()
     opt_state = None if opt_state is None else opt_state.copy()
+    seen = sum(len(b) for b in batches)
+    fast = getattr(backend, "train_steps", None)
+    if fast is not None:  # the backend's own loop (torch: one flat tensor for the whole round)
+        loss_sum = fast(params, opt_state, optimizer, x, y, batches, lr, start=start, proximal_mu=proximal_mu)
+        return LocalUpdate(params, opt_state, len(y), loss_sum / max(seen, 1), len(batches))
     loss_sum = 0.0
 
     def gradient(w, step):
@@ -99,5 +109,4 @@ def local_sgd(backend, params, opt_state, optimizer, x, y, schedule: LocalSchedu
 
     with np.errstate(all="ignore"):  # divergence is reported by the caller, by round and mapper
         run_steps(params, opt_state, optimizer, [lr] * len(batches), gradient)
-    seen = sum(len(b) for b in batches)
     return LocalUpdate(params, opt_state, len(y), loss_sum / max(seen, 1), len(batches))
