@@ -127,6 +127,8 @@ class TrainConfig(_Section):
     lr_gamma: float = Field(0.5, gt=0, le=1)
     lr_min: float = Field(0.0, ge=0)            # cosine: the rate it decays to
     patience: int | None = Field(None, ge=1)    # stop after this many rounds without a better validation loss
+    # after SIGTERM the round in progress finishes; one still running this many seconds later is abandoned
+    stop_grace_seconds: float | None = Field(60.0, gt=0)
     lr_scaling: Literal["none", "linear"] = "none"
     warmup_epochs: int = Field(0, ge=0)
     sync_rounds: int = Field(0, ge=0)

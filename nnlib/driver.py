@@ -33,6 +33,7 @@ from nnlib.rounds.subnets import split_subnets
 from nnlib.rounds.mapper import evaluate_rows, peak_rss_mb, total_scores
 from nnlib.rounds.payload import Combined, MapperStats, RoundPayload, first_payload, ist_subnets
 from nnlib.rounds.reduce import RoundReducer, Server, make_server
+from nnlib.util.stop import StopRequested, stop_agreed
 from nnlib.util.timing import timed
 
 
@@ -354,6 +355,9 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
                 log(f"no lower validation loss for train.patience={stopping.patience} rounds; stopping after "
                     f"round {r + 1}, keeping round {stopping.best_round + 1}'s weights")
                 break
+            # a signal asked for a stop (SIGTERM): every process stops after the same round, its checkpoint written
+            if r + 1 < config.train.rounds and (signum := stop_agreed(engine.all_ok)) is not None:
+                raise StopRequested(signum, r + 1)
     except DivergenceError as exc:
         if run_dir is not None and (ckpt := run_dir.latest_checkpoint()) is not None:
             raise DivergenceError(f"{exc}; the last good checkpoint is {ckpt.path}") from None
@@ -371,12 +375,14 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
 
 
 def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = None, log=print, warn=warn,
-        resume: bool = False, on_round=None) -> RunResult:
+        resume: bool | RunDir = False, on_round=None) -> RunResult:
     """Train as ``config`` says on ``engine`` (default: the config's); write outputs to ``run_dir`` if given.
 
     After every round the weights and optimizer state are checkpointed to
     ``run_dir/checkpoints/``; ``resume=True`` continues from the newest one and
-    ends with exactly the weights of an uninterrupted run. ``log`` receives
+    ends with exactly the weights of an uninterrupted run (``resume`` a
+    ``RunDir``: from that one's, read and not written, as an MPI rank other
+    than 0 does; no checkpoint there: a fresh start). ``log`` receives
     the progress lines and ``warn`` the warnings (an MPI rank other than 0
     passes functions that drop them); ``on_round``, if given, each round's
     rounds.csv row as it is written (experiment tracking).
@@ -393,15 +399,16 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
     result = RunResult(payload.params, {})
     server = make_server(config, payload.params)
     first_round = 0
-    if resume and run_dir is not None:
+    resume_dir = resume if isinstance(resume, RunDir) else run_dir
+    if resume and resume_dir is not None:
         try:
-            first_round, payload = resume_state(config, run_dir, payload, result, server, setup.data.fingerprint)
+            first_round, payload = resume_state(config, resume_dir, payload, result, server, setup.data.fingerprint)
         except BaseException:
             engine.stop()
             raise
     log(model_line(payload.model.layers.describe(), config.model.backend))
     if first_round:
-        log(f"resuming after round {first_round} from {run_dir.path / 'checkpoints'}")
+        log(f"resuming after round {first_round} from {resume_dir.path / 'checkpoints'}")
     for message in warnings:
         warn(message)
 
@@ -417,7 +424,7 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
             payload = train_rounds(engine, setup, payload, first_round, run_dir, result, log, warn, on_round, server,
                                    on_started=write_config)
         except NnlibError:
-            if run_dir is not None and not resume and not result.rounds:
+            if run_dir is not None and not result.rounds:  # no round of it (nor of a resumed run) finished
                 run_dir.discard()  # failed before its first checkpoint: nothing to resume, nothing left behind
             raise
     else:
