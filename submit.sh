@@ -6,10 +6,13 @@
 # Examples:
 #   ./submit.sh --master spark://head:7077 -- conf/mappers_8.yaml --set train.rounds=10
 #   ./submit.sh --master yarn --env-archive nnlib-env.tar.gz --executor-memory 4g -- conf/default.yaml
+#   ./submit.sh --master spark://head:7077 --py-files build/examples.zip -- examples/own_model.yaml
 #
 # What it does:
 #   * zips the nnlib package into build/nnlib.zip and ships it with --py-files, so the
 #     executors import the same code as the driver;
+#   * --py-files A.zip,B.py (your own model.type=module code, zipped with its package folders) are
+#     shipped with it, so the executors can import model.module;
 #   * with --env-archive, ships a packed virtual environment (made with venv-pack or
 #     conda-pack, holding numpy, pyarrow, pydantic, pyyaml, scikit-learn) with --archives
 #     and points the executors' Python at it, as Spark's Python package management
@@ -21,6 +24,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 master="${SPARK_MASTER:-local[*]}"
 env_archive=""
+py_files=""
 spark_opts=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -28,6 +32,8 @@ while [[ $# -gt 0 ]]; do
     --master=*) master="${1#--master=}"; shift ;;
     --env-archive) env_archive="$2"; shift 2 ;;
     --env-archive=*) env_archive="${1#--env-archive=}"; shift ;;
+    --py-files) py_files="$2"; shift 2 ;;
+    --py-files=*) py_files="${1#--py-files=}"; shift ;;
     --) shift; break ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) spark_opts+=("$1"); shift ;;
@@ -47,7 +53,7 @@ fi
 
 (cd "$here" && python3 -m nnlib.util.ship "$here/build/nnlib.zip" >/dev/null)
 
-extra=(--py-files "$here/build/nnlib.zip")
+extra=(--py-files "$here/build/nnlib.zip${py_files:+,$py_files}")
 if [[ -n "$env_archive" ]]; then
   if [[ ! -f "$env_archive" ]]; then
     echo "submit.sh: error: --env-archive: file $env_archive does not exist" >&2

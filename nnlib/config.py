@@ -85,7 +85,9 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    type: Literal["mlp", "cnn"] = "mlp"
+    type: Literal["mlp", "cnn", "module"] = "mlp"
+    module: str | None = None     # module: "package.module:callable" returning a torch.nn.Module
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # module: the callable's keyword arguments
     hidden: list[int] = Field(default_factory=lambda: [64])          # mlp: hidden layer sizes
     channels: list[int] = Field(default_factory=lambda: [16, 32])    # cnn: conv + ReLU + 2x2 max-pool blocks
     kernel: int = Field(5, ge=1)                                     # cnn: kernel size (odd: "same" padding)
@@ -93,7 +95,26 @@ class ModelConfig(_Section):
     loss: Literal["cross_entropy", "squared"] = "cross_entropy"
     l2: float = Field(0.0, ge=0)
     l2_per_sample: bool = False   # the penalty is l2/(2n) * sum(W**2), n the training-set size (the slides' form)
-    backend: Literal["numpy", "torch"] = "numpy"
+    backend: Literal["numpy", "torch"] = "numpy"  # model.type=module: torch, the default there
+
+    @model_validator(mode="before")
+    @classmethod
+    def _module_is_torch(cls, data):
+        if isinstance(data, dict) and data.get("type") == "module":
+            if data.get("backend", "torch") != "torch":
+                raise ValueError(f"model.type=module trains a torch.nn.Module and needs model.backend=torch "
+                                 f"(its default), got model.backend={data['backend']!r}")
+            data = {**data, "backend": "torch"}
+        return data
+
+    @model_validator(mode="after")
+    def _module_is_named(self):
+        if self.type == "module" and not self.module:
+            raise ValueError("model.type=module needs model.module: 'package.module:callable' (a class or function "
+                             "returning a torch.nn.Module), e.g. examples.models.small_resnet:make")
+        if self.module is not None and self.type != "module":
+            raise ValueError(f"model.module is read with model.type=module, got model.type={self.type}")
+        return self
 
     @model_validator(mode="after")
     def _hidden_positive(self):
@@ -134,6 +155,7 @@ class TrainConfig(_Section):
     sync_rounds: int = Field(0, ge=0)
     skip_bad_mappers: bool = False
     target_accuracy: float | None = Field(None, gt=0, le=1)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # where a model.type=module trains (torch)
 
 
 class SparkConfig(_Section):
@@ -141,6 +163,7 @@ class SparkConfig(_Section):
     app_name: str = "nnlib"
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "ERROR"
     mode: Literal["stage", "jobs"] = "stage"
+    collective: Literal["tasks", "driver"] = "tasks"  # stage, synchronous rounds: among the tasks or via the driver
     port: int = Field(0, ge=0, le=65535)
     mapper_timeout: float = Field(1800.0, gt=0)
     stage_attempts: int = Field(3, ge=1)
@@ -238,6 +261,13 @@ class Config(_Section):
         if self.data.key_column is not None and self.engine == "spark" and not source.lower().endswith(".csv"):
             raise ValueError(f"data.key_column is read from .csv sources on every engine and from Parquet sources "
                              f"on engine local, mpi and mrjob; got engine=spark with data.source {source}")
+        return self
+
+    @model_validator(mode="after")
+    def _device_needs_a_module(self):
+        if self.train.device != "cpu" and self.model.type != "module":
+            raise ValueError(f"train.device={self.train.device} places a model.type=module on a GPU; "
+                             f"model.type={self.model.type} trains on the CPU: use train.device=cpu")
         return self
 
     @model_validator(mode="after")

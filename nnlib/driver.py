@@ -220,6 +220,8 @@ def model_line(described: dict, backend: str) -> str:
     if described["model_type"] == "cnn":
         c, h, w = described["image_shape"]
         shape = f"{c}x{h}x{w} image, conv channels {described['channels']}, {described['kernel']}x{described['kernel']}"
+    elif described["model_type"] == "module":
+        shape = f"{described['module']}, input {'x'.join(map(str, described['input_shape']))}"
     else:
         shape = "layers " + "-".join(str(s) for s in described["layer_sizes"])
     return f"model: {described['model_type']} ({shape}), {described['n_params']:,} parameters, {backend} backend"

@@ -12,13 +12,21 @@ from functools import lru_cache
 
 from nnlib.core.cnn import ConvSpec, NumpyCNN
 from nnlib.core.mlp import ModelSpec, NumpyMLP
+from nnlib.core.module_spec import ModuleSpec
 from nnlib.errors import ConfigError
 
 
 @lru_cache(maxsize=8)
 def get_backend(name: str, spec: ModelSpec):
-    """Return the backend ``name`` ('numpy' or 'torch') for ``spec``, an MLP or a CNN (cached per process)."""
+    """Return the backend ``name`` ('numpy' or 'torch') for ``spec``, an MLP, a CNN or a user's module
+    (``model.type: module``, torch only) (cached per process)."""
     cnn = isinstance(spec.layers, ConvSpec)
+    if isinstance(spec.layers, ModuleSpec):
+        if name != "torch":
+            raise ConfigError(f"model.type=module trains a torch.nn.Module and needs model.backend=torch, got {name}")
+        from nnlib.core.torch_module import TorchModule
+
+        return TorchModule(spec)
     if name == "numpy":
         return NumpyCNN(spec) if cnn else NumpyMLP(spec)
     try:

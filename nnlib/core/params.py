@@ -104,8 +104,11 @@ def init_params(spec, seed: int) -> np.ndarray:
     ``spec`` is a parameter layout (:class:`LayerSpec`, or the CNN's
     :class:`nnlib.core.cnn.ConvSpec`). The initial weights depend only on
     ``spec`` and ``seed``, never on the backend, so numpy and torch start
-    from the same point.
+    from the same point. A user's module (:class:`nnlib.core.module_spec.ModuleSpec`) starts from its own
+    initialisation under ``torch.manual_seed(seed)`` instead (its ``initial_params``).
     """
+    if hasattr(spec, "initial_params"):
+        return spec.initial_params(seed)
     rng = np.random.default_rng([seed, 0x1A17])
     arrays = []
     for shape, fans in zip(spec.shapes(), spec.fans()):

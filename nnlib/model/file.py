@@ -4,7 +4,9 @@ A run's ``model.npz`` holds
 
 - the weights as named arrays in flat order (``layer0.weight`` (in x out),
   ``layer0.bias``, ...; a CNN: ``conv0.weight`` (out x in x k x k), ...,
-  ``fc.weight``, ``fc.bias``), float32, as before the header existed, so a
+  ``fc.weight``, ``fc.bias``; a user's module (``model.type: module``): its
+  own ``named_parameters()`` then floating ``named_buffers()`` names, as its
+  ``state_dict`` has them), float32, as before the header existed, so a
   reader that takes the arrays by name keeps working;
 - ``meta.header``: a 0-d unicode array holding a JSON object (below);
 - ``meta.mean``, ``meta.std``: ``(n_features,)`` float64, the standardisation
@@ -17,11 +19,17 @@ The header::
      "architecture": {"type": "mlp", "layer_sizes": [64, 64, 10],
                       "activation": "relu", "loss": "cross_entropy", "output_scale": 1.0},
                      # a CNN: "type": "cnn", "image_shape": [C, H, W], "channels": [...], "kernel": k
+                     # a user's module: "type": "module", "module": "package.module:callable",
+                     #   "kwargs": {...}, "input_shape": [C, H, W] or [n_features], "search_path": folder
      "preprocessing": {"standardize": true, "feature_columns": ["a", "b", ...] or null,
                        "features_column": null, "label_column": "label", "key_column": null,
                        "image_shape": [C, H, W] or null},
      "classes": [0, 1, ..., K - 1], "n_features": 64, "n_classes": 10,
      "training": {"source": "digits", "seed": 0, "n_train": 1438}}
+
+A module's file records its callable and kwargs, not its code: reading
+the file imports the callable (from ``sys.path``, the working directory, or
+``search_path``, where the training run found it).
 
 ``classes`` are the values a prediction is reported as. Every source today
 has integer labels ``0..K-1`` with ``K`` the largest training label plus
@@ -45,6 +53,7 @@ import numpy as np
 
 from nnlib.core.cnn import ConvSpec
 from nnlib.core.mlp import ModelSpec
+from nnlib.core.module_spec import ModuleSpec, canonical_kwargs
 from nnlib.core.params import DTYPE, LayerSpec, pack, to_named
 from nnlib.errors import DataError, first_line
 from nnlib.outputs import atomic_write_bytes
@@ -98,7 +107,10 @@ class ModelFile:
 def spec_from_header(header: dict) -> ModelSpec:
     """The :class:`ModelSpec` of a header's ``architecture`` (the loss is kept, the L2 penalty is not)."""
     arch = header["architecture"]
-    if arch["type"] == "cnn":
+    if arch["type"] == "module":
+        layers = ModuleSpec(arch["module"], canonical_kwargs(arch["kwargs"]), tuple(arch["input_shape"]),
+                            int(header["n_classes"]), arch.get("search_path", ""))
+    elif arch["type"] == "cnn":
         layers = ConvSpec(tuple(arch["image_shape"]), tuple(arch["channels"]), int(arch["kernel"]),
                           int(header["n_classes"]))
     else:
@@ -109,7 +121,10 @@ def spec_from_header(header: dict) -> ModelSpec:
 def make_header(config, data, spec: ModelSpec) -> dict:
     """The header of a model trained as ``config`` says on ``data`` (a :class:`nnlib.data.dataset.Dataset`)."""
     layers = spec.layers
-    if isinstance(layers, ConvSpec):
+    if isinstance(layers, ModuleSpec):
+        arch = {"type": "module", "module": layers.module, "kwargs": json.loads(layers.kwargs),
+                "input_shape": list(layers.input_shape), "search_path": layers.search_path}
+    elif isinstance(layers, ConvSpec):
         arch = {"type": "cnn", "image_shape": list(layers.image_shape), "channels": list(layers.channels),
                 "kernel": layers.kernel}
     else:

@@ -11,7 +11,8 @@ standardisation (its training rows' mean and standard deviation) is applied
 inside, in float64 and then rounded to float32, exactly as the run
 standardised its own test rows, so a run's test set scores the run's
 ``final_test_accuracy`` to the bit. The network is computed by the numpy
-backend (``backend="torch"`` uses the torch one), :data:`CHUNK_ROWS` rows
+backend (``backend="torch"`` uses the torch one; a user's module, ``model.type: module``,
+always the torch one), :data:`CHUNK_ROWS` rows
 at a time, so memory does not grow with ``len(x)``. Nothing here imports
 Spark.
 """
@@ -52,6 +53,8 @@ class Model:
         if backend not in ("numpy", "torch"):
             raise ConfigError(f"backend must be 'numpy' or 'torch', got {backend!r}")
         self.file = file
+        if file.header is not None and file.header["architecture"]["type"] == "module":
+            backend = "torch"  # a user's torch.nn.Module has no numpy twin
         self.backend = backend
         self._params = file.params()
         self._scorer = None
@@ -158,8 +161,9 @@ class Model:
     def logits_of(self, rows: np.ndarray) -> np.ndarray:
         """The network's output ``(n, n_classes)`` float32 for standardised float32 rows (one chunk)."""
         scorer = self._backend()
-        if self.backend == "torch":
-            return scorer._eval_logits(self._params, rows).numpy()  # the torch backend's no-graph forward pass
+        if self.backend == "torch":  # the torch backend's no-graph forward pass
+            logits = getattr(scorer, "_eval_logits", scorer.predict_logits)(self._params, rows)
+            return logits.numpy() if not isinstance(logits, np.ndarray) else logits
         return scorer.predict_logits(self._params, rows)
 
     def _chunks(self, x, where: str):

@@ -14,6 +14,7 @@ import numpy as np
 
 from nnlib.core.cnn import ConvSpec
 from nnlib.core.mlp import ModelSpec
+from nnlib.core.module_spec import module_spec
 from nnlib.core.optim import SGD, Adam, state_rows
 from nnlib.core.params import LayerSpec, init_params
 from nnlib.core.split import Split, mapper_choice, round_split, sub_indices
@@ -150,7 +151,14 @@ class Combined:
 def model_spec(config, data: Dataset) -> ModelSpec:
     """The model a config trains on ``data``: input and output sizes from the data, the rest from ``model``."""
     m = config.model
-    if m.type == "cnn":
+    if m.type == "module":
+        shape = data.image_shape if data.image_shape is not None else (data.n_features,)
+        layers = module_spec(m.module, m.kwargs, shape, data.n_classes, config.train.device)
+        if config.train.device == "cuda" and (config.engine != "spark" or config.spark.master.startswith("local")):
+            from nnlib.core.torch_module import pick_device
+
+            pick_device("cuda")  # the mappers run on this machine: no GPU here is one line now
+    elif m.type == "cnn":
         if data.image_shape is None:
             raise ConfigError(f"model.type=cnn needs the image shape of data.source {config.data.source}: "
                               f"set data.image_shape to [H, W] or [C, H, W] ({data.n_features} values in all)")

@@ -17,6 +17,7 @@ import numpy as np
 
 from nnlib.core.cnn import ConvSpec
 from nnlib.core.mlp import ModelSpec
+from nnlib.core.module_spec import ModuleSpec
 from nnlib.core.optim import from_json, to_json
 from nnlib.core.params import DTYPE, LayerSpec
 from nnlib.core.train import LocalSchedule
@@ -78,7 +79,11 @@ def payload_to_bytes(p: RoundPayload) -> bytes:
     return buf.getvalue()
 
 
-def _layout_arrays(layers: LayerSpec | ConvSpec) -> dict:
+def _layout_arrays(layers: LayerSpec | ConvSpec | ModuleSpec) -> dict:
+    if isinstance(layers, ModuleSpec):  # a user's module: the task imports the callable (search_path helps)
+        return {"module": np.str_(layers.module), "module_kwargs": np.str_(layers.kwargs),
+                "input_shape": np.asarray(layers.input_shape, np.int64), "n_classes": np.int64(layers.n_classes),
+                "search_path": np.str_(layers.search_path), "device": np.str_(layers.device)}
     if isinstance(layers, ConvSpec):
         return {"image_shape": np.asarray(layers.image_shape, np.int64),
                 "channels": np.asarray(layers.channels, np.int64), "kernel": np.int64(layers.kernel),
@@ -86,7 +91,10 @@ def _layout_arrays(layers: LayerSpec | ConvSpec) -> dict:
     return {"layer_sizes": np.asarray(layers.sizes, np.int64)}
 
 
-def _layout(f) -> LayerSpec | ConvSpec:
+def _layout(f) -> LayerSpec | ConvSpec | ModuleSpec:
+    if "module" in f.files:
+        return ModuleSpec(str(f["module"]), str(f["module_kwargs"]), tuple(int(s) for s in f["input_shape"]),
+                          int(f["n_classes"]), str(f["search_path"]), str(f["device"]))
     if "layer_sizes" in f.files:
         return LayerSpec(tuple(int(s) for s in f["layer_sizes"]))
     return ConvSpec(tuple(int(s) for s in f["image_shape"]), tuple(int(s) for s in f["channels"]),
