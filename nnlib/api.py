@@ -9,19 +9,23 @@
 ``nnlib run`` is a thin wrapper over :func:`train`: the same config
 resolution, run directory, tracking and driver loop. Errors are
 :class:`nnlib.errors.NnlibError` subclasses with a one-line message (the CLI
-prints them and exits 2).
+prints them and exits 2). While :func:`train` runs (in the main thread),
+SIGTERM asks for a clean stop: the round in progress finishes, its
+checkpoint is written and :class:`Stopped` is raised (the CLI prints its one
+line and exits 143).
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from nnlib.config import Config, diff_keys, flatten, load_config
-from nnlib.driver import RunResult, warn as _warn
+from nnlib.config import Config, build_config, diff_keys, flatten, load_config, read_layered, read_yaml
+from nnlib.driver import RunResult, warn as _warn, with_absolute_paths
 from nnlib.engines import make_engine
 from nnlib.engines.base import Engine
 from nnlib.engines.mpi.launcher import inside_launcher, launch
@@ -29,7 +33,8 @@ from nnlib.errors import ConfigError, EngineError, NnlibError
 from nnlib.experiments.search import run_with_baseline
 from nnlib.experiments.tracking import NoTracking, make_tracking, require_mlflow
 from nnlib.model.model import Model
-from nnlib.outputs import RunDir, default_run_dir, read_csv_rows
+from nnlib.outputs import RunDir, checkpoint_rounds, default_run_dir, read_csv_rows
+from nnlib.util.stop import STOP_STATUS, StopRequested, handling_stop, signal_name
 
 
 class Interrupted(KeyboardInterrupt):
@@ -44,22 +49,42 @@ class Interrupted(KeyboardInterrupt):
         self.path = path
 
 
-def interrupted(run_dir: Path | None, rounds: int, engine: str) -> Interrupted:
-    """The :class:`Interrupted` of a run stopped in ``run_dir`` (of ``rounds`` rounds) by Ctrl-C."""
-    from nnlib.outputs import checkpoint_rounds
+class Stopped(Interrupted):
+    """A signal (SIGTERM) stopped a run cleanly: the message says after which round, what is kept and how to
+    resume. ``status`` is the exit status ``nnlib run`` gives it (143, 128 + SIGTERM)."""
 
+    status = STOP_STATUS
+
+
+def _kept(run_dir: Path, done: int) -> str:
+    rounds_kept = "round 1 is" if done == 1 else f"rounds 1-{done} are"
+    return (f"{rounds_kept} kept (checkpoint {run_dir / 'checkpoints' / f'round-{done:05d}.npz'})" if done
+            else "no round had finished")
+
+
+def interrupted(run_dir: Path | None, rounds: int, engine: str) -> Interrupted:
+    """The :class:`Interrupted` of a run stopped in ``run_dir`` (of ``rounds`` rounds) by Ctrl-C (every
+    engine resumes; ``engine`` is kept for the callers' sake)."""
     if run_dir is None or not (run_dir / "config.yaml").is_file():
         return Interrupted("interrupted before the first round started; nothing was written", None)
     done = checkpoint_rounds(run_dir)
+    return Interrupted(f"interrupted in round {done + 1}/{rounds}; {_kept(run_dir, done)}; resume with: "
+                       f"nnlib run --resume {shlex.quote(str(run_dir))}", run_dir)
+
+
+def stopped(run_dir: Path | None, rounds: int, stop: StopRequested) -> Stopped:
+    """The :class:`Stopped` of a run in ``run_dir`` (of ``rounds`` rounds) that ``stop`` ended: after a round,
+    or in one abandoned past ``train.stop_grace_seconds``."""
+    name = signal_name(stop.signum)
+    if run_dir is None or not (run_dir / "config.yaml").is_file():
+        return Stopped(f"stopped by {name} before the first round started; nothing was written", None)
+    done = checkpoint_rounds(run_dir)
     where = shlex.quote(str(run_dir))
-    rounds_kept = "round 1 is" if done == 1 else f"rounds 1-{done} are"
-    kept = (f"{rounds_kept} kept (checkpoint {run_dir / 'checkpoints' / f'round-{done:05d}.npz'})" if done
-            else "no round had finished")
-    if engine == "mpi":  # the MPI path cannot resume yet
-        return Interrupted(f"interrupted in round {done + 1}/{rounds}; {kept}, but engine=mpi cannot resume: "
-                           f"start again with --out {where} --overwrite", run_dir)
-    return Interrupted(f"interrupted in round {done + 1}/{rounds}; {kept}; resume with: "
-                       f"nnlib run --resume {where}", run_dir)
+    abandoned = (f" (round {done + 1} was abandoned: train.stop_grace_seconds={stop.grace:g} passed)"
+                 if stop.abandoned else "")
+    when = f"after round {done}/{rounds}" if done else f"in round 1/{rounds}"
+    return Stopped(f"stopped by {name} {when}{abandoned}; {_kept(run_dir, done)}; resume with: "
+                   f"nnlib run --resume {where}", run_dir)
 
 
 @dataclass
@@ -143,6 +168,43 @@ def _after(first: str, log: Callable[[str], None]) -> Callable[[str], None]:
     return say
 
 
+# what a resume may change: the rounds, and where and how the same arithmetic runs (every engine equals local)
+RESUME_MAY_CHANGE = ("train.rounds", "train.stop_grace_seconds", "engine", "spark.", "mpi.", "mrjob.")
+
+
+def resume_config(out: str | Path, conf: str | Path | Config | None = None,
+                  overrides: Mapping[str, Any] | Sequence[str] | None = None, engine: str | None = None) -> Config:
+    """The config of a resume into ``out``: ``conf`` (default: the run's ``out/config.yaml``), then
+    ``overrides``, then ``engine``.
+
+    ``out`` holding no run yet (no config.yaml): the config of a fresh start
+    there. Otherwise a config that differs from the saved one in anything but
+    :data:`RESUME_MAY_CHANGE` (``train.rounds``, the engine and its settings,
+    ``train.stop_grace_seconds``) raises :class:`ConfigError` naming the keys.
+    """
+    saved_file = Path(out) / "config.yaml"
+    if not saved_file.is_file():
+        return resolve(conf, overrides, engine)
+    saved = build_config(read_yaml(saved_file), source=str(saved_file))
+    items = as_overrides(overrides) + ([f"engine={engine}"] if engine is not None else [])
+    if isinstance(conf, Config):
+        base, source = conf.to_dict(), "the given Config"
+    elif conf is not None:
+        base, source = read_layered(conf), str(conf)
+    else:
+        base, source = read_yaml(saved_file), str(saved_file)
+    requested = with_absolute_paths(build_config(base, items, source=source))
+    if requested.engine == "mpi":  # one mapper per rank, as many as the run had (the ranks check it)
+        requested = requested.model_copy(update={"mappers": saved.mappers})
+    differ = [k for k in diff_keys(saved, requested)
+              if not any(k == key or (key.endswith(".") and k.startswith(key)) for key in RESUME_MAY_CHANGE)]
+    if differ:
+        raise ConfigError(f"--resume {out}: the config differs from the run's in {', '.join(differ)}; "
+                          "only train.rounds may change (and the engine: engine, spark.*, mpi.*, mrjob.*, "
+                          "train.stop_grace_seconds)")
+    return requested
+
+
 def train(conf: str | Path | Config | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
           out: str | Path | None = None, engine: str | Engine | None = None, *, resume: bool = False,
           overwrite: bool = False, write: bool = True, log: Callable[[str], None] | None = None,
@@ -156,31 +218,65 @@ def train(conf: str | Path | Config | None = None, overrides: Mapping[str, Any] 
     there is no checkpoint); ``engine``: an engine name (``"local"``,
     ``"spark"``, ``"mrjob"``, ``"mpi"``: the same as ``overrides={"engine":
     ...}``) or an engine object to run on; ``resume``: continue the run in
-    ``out`` from its newest checkpoint; ``overwrite``: replace a finished
-    run in ``out``. ``log`` receives the progress lines (default: none) and
-    ``warn`` the warnings (default: stderr).
+    ``out`` from its newest checkpoint, or start it there if ``out`` holds
+    no run yet (so one call serves the first start and every restart; the
+    config defaults to the saved one, and may differ from it only in
+    ``train.rounds``, the engine and its settings: :func:`resume_config`);
+    ``overwrite``: replace a finished run in ``out``. ``log`` receives the
+    progress lines (default: none) and ``warn`` the warnings (default: stderr).
 
     With ``engine="mpi"`` outside ``mpiexec`` the ranks are launched
     (``mpi.launcher``) and the run is read back from ``out``.
 
+    In the main thread, SIGTERM (and, in an MPI rank, SIGUSR1, which
+    ``mpiexec`` passes on to its ranks) asks for a clean stop: the round in
+    progress finishes (or, still running ``train.stop_grace_seconds`` later,
+    is abandoned), its checkpoint is written, and :class:`Stopped` is raised
+    (a ``KeyboardInterrupt``; ``resume=True`` with the same arguments then
+    continues to an uninterrupted run's weights). A run whose last round
+    finishes returns as usual.
+
     Raises :class:`nnlib.errors.ConfigError` or ``DataError`` for bad input
     (one line, nothing written), ``DivergenceError`` when training diverges,
-    ``EngineError`` when an engine fails.
+    ``EngineError`` when an engine fails; :class:`Stopped` or
+    :class:`Interrupted` (Ctrl-C) when a signal ends the run.
     """
     engine_obj = engine if engine is not None and not isinstance(engine, str) else None
-    config = resolve(conf, overrides, engine if isinstance(engine, str) else None)
+    engine_name = engine if isinstance(engine, str) else None
+    if resume and write and out is None:
+        raise ConfigError("resume=True continues the run in out: name the run directory (out=...)")
+    config = resume_config(out, conf, overrides, engine_name) if resume and write else \
+        resolve(conf, overrides, engine_name)
     log = log or _quiet
     if config.engine == "mpi" and engine_obj is None and not inside_launcher():
-        return _launch_mpi(conf, overrides, config, out, overwrite, write)
+        return _launch_mpi(conf, overrides, config, out, overwrite, write, resume)
     if config.tracking == "mlflow":
         require_mlflow()
+    # mpiexec ends its ranks on SIGTERM at once and passes SIGUSR1 on: a rank stops cleanly on either
+    signals = (signal.SIGTERM, signal.SIGUSR1) if inside_launcher() else (signal.SIGTERM,)
+    with handling_stop(signals, config.train.stop_grace_seconds):
+        try:
+            return _train(config, engine_obj, out, resume, overwrite, write, log, warn)
+        except StopRequested as stop:
+            # the driver loop stopped the engine (its Spark session, its ranks) on the way out
+            raise stopped(Path(out) if write and out is not None else None, config.train.rounds, stop) from None
+
+
+def _train(config: Config, engine_obj: Engine | None, out, resume: bool, overwrite: bool, write: bool,
+           log: Callable[[str], None], warn: Callable[[str], None]) -> Run:
+    """:func:`train` once the config is resolved and the stop signals are handled."""
     engine_obj = engine_obj or make_engine(config, warn)
     speak = engine_obj.is_main
     if config.engine == "mpi":
         from nnlib.engines.mpi.engine import fit_to_ranks
 
+        if resume and write and engine_obj.size != config.mappers and (Path(out) / "config.yaml").is_file():
+            raise ConfigError(f"--resume {out}: the run has mappers={config.mappers}, and engine=mpi runs one "
+                              f"mapper per rank: start {config.mappers} ranks, got {engine_obj.size}")
         config = fit_to_ranks(config, engine_obj.size, warn if speak else _quiet)
     run_dir = open_run_dir(engine_obj, out, overwrite, resume) if write else None
+    if resume and write and not engine_obj.is_main:
+        resume = RunDir(Path(out), resume=True)  # every rank reads the checkpoint; rank 0 alone writes
     log = _after(f"nnlib: engine={config.engine} mappers={config.mappers} combine={config.combine} "
                  f"data={config.data.source} -> {run_dir.path if run_dir else '-'}", log)
     tracking = make_tracking(config) if speak else NoTracking()
@@ -189,6 +285,8 @@ def train(conf: str | Path | Config | None = None, overrides: Mapping[str, Any] 
     try:
         result = run_with_baseline(config, run_dir, engine=engine_obj, log=log if speak else _quiet,
                                    warn=warn if speak else _quiet, resume=resume, on_round=tracking.log_round)
+    except StopRequested:
+        raise  # train() says it, naming out
     except KeyboardInterrupt:
         # the driver loop stopped the engine (its Spark session, its ranks) on the way out
         raise interrupted(run_dir.path if run_dir else None, config.train.rounds, config.engine) from None
@@ -210,7 +308,7 @@ def open_run_dir(engine: Engine, out: str | Path | None, overwrite: bool, resume
     return run_dir
 
 
-def _launch_mpi(conf, overrides, config: Config, out, overwrite: bool, write: bool) -> Run:
+def _launch_mpi(conf, overrides, config: Config, out, overwrite: bool, write: bool, resume: bool = False) -> Run:
     """``engine=mpi`` from a process outside mpiexec: start the ranks on ``nnlib run``, read the run back."""
     if not write:
         raise ConfigError("engine=mpi runs in other processes and returns its run through the run directory; "
@@ -221,11 +319,28 @@ def _launch_mpi(conf, overrides, config: Config, out, overwrite: bool, write: bo
     argv = []
     for key in diff_keys(Config(), config):
         argv += ["--set", f"{key}={json.dumps(values[key])}"]
-    argv += ["--set", "engine=mpi", "--out", str(out), "--quiet"] + ["--overwrite"] * overwrite
-    try:
-        status = launch(config.mpi.launcher, config.mappers, config.mpi.args, argv)
-    except KeyboardInterrupt:
-        raise interrupted(out, config.train.rounds, "mpi") from None
+    argv += ["--set", "engine=mpi", "--resume" if resume else "--out", str(out), "--quiet"]
+    argv += ["--overwrite"] * overwrite
+    status = launch_ranks(config, out, argv)
     if status != 0:
         raise EngineError(f"engine=mpi: {config.mpi.launcher[0]} exited with status {status}")
     return Run.load(out)
+
+
+def launch_ranks(config: Config, out: Path, nnlib_args: list[str]) -> int:
+    """``engine=mpi`` started here: ``mpi.launcher`` runs ``nnlib run NNLIB_ARGS`` on ``mappers`` ranks that
+    write ``out``; mpiexec's exit status.
+
+    SIGTERM is passed on to the ranks, which stop cleanly after the same
+    round: :class:`Stopped` is raised then (and 0 returned if the run had
+    finished anyway); Ctrl-C raises :class:`Interrupted`.
+    """
+    try:
+        return launch(config.mpi.launcher, config.mappers, config.mpi.args, nnlib_args,
+                      stop_grace=config.train.stop_grace_seconds)
+    except StopRequested as stop:
+        if (out / "summary.json").is_file():  # the signal came in the last round, which finished the run
+            return 0
+        raise stopped(out, config.train.rounds, stop) from None
+    except KeyboardInterrupt:
+        raise interrupted(out, config.train.rounds, "mpi") from None

@@ -8,6 +8,11 @@ turns every input error into exit status 2 with one line on stderr (nothing
 is left half-written). With an SPMD engine (MPI) every rank runs this path
 and only the main process (rank 0) writes and prints, as nanoGPT gates on
 ``master_process``.
+
+Exit statuses: 0 done; 2 bad input (one line); 130 Ctrl-C (one line: the
+round reached, what is kept, the resume command); 143 stopped by SIGTERM
+after a round, its checkpoint written (one line: the same); other
+statuses: an engine that failed.
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ import time
 from pathlib import Path
 
 import nnlib
-from nnlib.api import interrupted, train
-from nnlib.config import build_config, diff_keys, load_config, read_layered, read_yaml
+from nnlib.api import Stopped, launch_ranks, resume_config, train
+from nnlib.config import load_config
 from nnlib.driver import with_absolute_paths
-from nnlib.engines.mpi.launcher import inside_launcher, launch, launcher_rank
+from nnlib.engines.mpi.launcher import LAUNCHED_FLAG, inside_launcher, launcher_rank
 from nnlib.errors import ConfigError, NnlibError
 from nnlib.outputs import default_run_dir
 
@@ -40,8 +45,11 @@ def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
     run_parser.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     run_parser.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     run_parser.add_argument("--resume", metavar="DIR",
-                            help="continue the run in DIR from its last checkpoint (only train.rounds may change)")
+                            help="continue the run in DIR from its last checkpoint (only train.rounds and the "
+                                 "engine may change), or start it there if DIR holds no run yet")
     run_parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    # a rank started by nnlib's own launcher: it stays silent on a stop (the launcher says it) and exits 0
+    run_parser.add_argument(LAUNCHED_FLAG, dest="launched", action="store_true", help=argparse.SUPPRESS)
     sweep = sub.add_parser("sweep", help="run every case of a sweep file, each as its own run, and draw the figures")
     sweep.add_argument("sweep", help="sweep file (YAML: base, set, grid, cases, repeats, target_accuracy)")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -85,26 +93,16 @@ def resolve_config(args: argparse.Namespace):
     """The run's config: CONF (or the built-in defaults) plus --set; with --resume, the saved one.
 
     ``--resume DIR`` starts from ``DIR/config.yaml``; a CONF or --set given
-    alongside may change ``train.rounds`` and nothing else.
+    alongside may change ``train.rounds`` and the engine, nothing else
+    (:func:`nnlib.api.resume_config`). A DIR that holds no run yet is
+    started afresh from CONF and --set, so the same command serves the first
+    start and every restart (a batch job's requeue).
     """
     if not args.resume:
         return load_config(args.conf, args.overrides)
     if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise ConfigError(f"--resume {args.resume} writes to that directory; --out {args.out} names another")
-    saved_file = Path(args.resume) / "config.yaml"
-    if not saved_file.is_file():
-        raise ConfigError(f"--resume: {args.resume} holds no run (config.yaml not found)")
-    saved = build_config(read_yaml(saved_file), source=str(saved_file))
-    if saved.engine == "mpi":
-        raise ConfigError(f"--resume: engine=mpi cannot resume a run yet; start {args.resume} again "
-                          "with engine=local or spark, or anew")
-    base = read_layered(args.conf) if args.conf else read_yaml(saved_file)
-    requested = with_absolute_paths(build_config(base, args.overrides, source=args.conf or str(saved_file)))
-    differ = [k for k in diff_keys(saved, requested) if k != "train.rounds"]
-    if differ:
-        raise ConfigError(f"--resume {args.resume}: the config differs from the run's in {', '.join(differ)}; "
-                          "only train.rounds may change")
-    return requested
+    return resume_config(args.resume, args.conf, args.overrides)
 
 
 def run_arguments(args: argparse.Namespace) -> list[str]:
@@ -112,7 +110,9 @@ def run_arguments(args: argparse.Namespace) -> list[str]:
     argv = [args.conf] if args.conf else []
     for item in args.overrides:
         argv += ["--set", item]
-    if args.out:
+    if args.resume:
+        argv += ["--resume", str(args.resume)]
+    elif args.out:
         argv += ["--out", str(args.out)]
     return argv + ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
 
@@ -124,11 +124,8 @@ def run_command(args: argparse.Namespace) -> int:
     """
     config = resolve_config(args)
     if config.engine == "mpi" and not inside_launcher():
-        args.out = args.out or str(default_run_dir())  # chosen here, so an interrupted run can be named
-        try:
-            return launch(config.mpi.launcher, config.mappers, config.mpi.args, run_arguments(args))
-        except KeyboardInterrupt:
-            raise interrupted(Path(args.out), config.train.rounds, "mpi") from None
+        args.out = args.resume or args.out or str(default_run_dir())  # chosen here, so a stopped run can be named
+        return launch_ranks(config, Path(args.out), run_arguments(args))
     log = print_flushed if launcher_rank() == 0 and not args.quiet else None
     run = train(config, out=args.resume or args.out, resume=bool(args.resume), overwrite=args.overwrite, log=log)
     if run.path is not None:  # the main process: it wrote the run directory
@@ -272,6 +269,16 @@ def main(argv: list[str] | None = None, prog: str = "nnlib") -> int:
             # the launcher ends every rank as soon as one exits non-zero: let rank 0 say it first
             time.sleep(SPEAKER_GRACE_SECONDS)
         return 2
+    except Stopped as exc:
+        # SIGTERM: one line, as for Ctrl-C. Under a plain mpiexec rank 0 says it and every rank exits 143; the
+        # ranks of nnlib's launcher exit 0, so mpiexec adds nothing, and the launcher says it
+        if getattr(args, "launched", False):
+            return 0
+        if launcher_rank() == 0:
+            print(f"{prog}: {exc}", file=sys.stderr, flush=True)
+        else:
+            time.sleep(SPEAKER_GRACE_SECONDS)  # mpiexec ends every rank once one exits non-zero: rank 0 first
+        return exc.status
     except KeyboardInterrupt as exc:
         # Ctrl-C: one line (the round reached, what is kept, how to resume) instead of a traceback;
         # ranks under mpiexec stay silent, the process that launched them says it

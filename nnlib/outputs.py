@@ -76,15 +76,19 @@ def csv_bytes(columns: list[str], rows: list[dict]) -> bytes:
 
 
 class RunDir:
-    """The output folder of one run."""
+    """The output folder of one run.
+
+    ``overwrite``: replace a run there (its outputs and checkpoints go on the
+    first write); ``resume``: continue the run there, or start one if it
+    holds none yet. Without either, a folder that holds a run is refused.
+    """
 
     def __init__(self, path: str | Path, overwrite: bool = False, resume: bool = False):
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise NnlibError(f"--out: {self.path} exists and is not a directory")
-        if resume:
-            if not (self.path / "config.yaml").is_file():
-                raise NnlibError(f"--resume: {self.path} holds no run (config.yaml not found)")
+        if resume:  # a folder that holds no run yet (no config.yaml) is started afresh there
+            pass
         elif (self.path / "summary.json").exists() and not overwrite:
             raise NnlibError(f"--out: {self.path} already holds a finished run (summary.json); "
                              "choose another directory or pass --overwrite")

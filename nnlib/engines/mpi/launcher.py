@@ -11,6 +11,13 @@ cores and refuses to run as root, each with a long message whose advice is
 about its own command line; :func:`launcher_options` says it in one line in
 ``nnlib``'s terms instead (more ranks than cores: ``--oversubscribe`` is
 added, with a warning; as root: a one-line error naming the setting).
+
+A stop: Open MPI's ``mpiexec`` ends its ranks within a second of a SIGTERM
+(it cannot pass SIGTERM on and wait), but passes SIGUSR1 on to every rank
+and keeps waiting. So :func:`launch`, given SIGTERM, sends SIGUSR1 to
+mpiexec; the ranks (which take SIGUSR1 as a stop request) finish the round,
+rank 0 writes its checkpoint, and all of them end; :func:`launch` then
+raises :class:`nnlib.util.stop.StopRequested`.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Callable
 
 from nnlib.errors import ConfigError, EngineError
+from nnlib.util.stop import StopRequested, handling_stop
 
 # the variables Open MPI, MPICH and any PMI/PMIx launcher set in each rank
 _RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
@@ -31,6 +40,7 @@ _PLACEMENT_OPTIONS = ("--host", "-host", "-H", "--hostfile", "-hostfile", "--mac
                       "--map-by", "-map-by", "--oversubscribe", "-oversubscribe")
 ROOT_VARIABLES = ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")
 STOP_GRACE_SECONDS = 10.0  # after Ctrl-C: how long mpiexec has to end its ranks before it is terminated
+LAUNCHED_FLAG = "--launched"  # tells a rank that nnlib's launcher started it: the launcher speaks for the job
 
 
 def inside_launcher() -> bool:
@@ -93,26 +103,47 @@ def launcher_options(launcher: list[str], ranks: int, launcher_args: list[str], 
 
 
 def launch(launcher: list[str], ranks: int, launcher_args: list[str], nnlib_args: list[str],
-           warn: Callable[[str], None] | None = None) -> int:
+           warn: Callable[[str], None] | None = None, stop_grace: float | None = None) -> int:
     """Start ``ranks`` copies of ``python -m nnlib run NNLIB_ARGS`` under ``launcher``; return its exit status.
 
-    On Ctrl-C (``KeyboardInterrupt``) mpiexec is given ``STOP_GRACE_SECONDS``
-    to end its ranks, then terminated, and the interrupt is raised again: no
-    rank is left running.
+    On SIGTERM the ranks are asked to stop (SIGUSR1 to mpiexec, which passes
+    it on); once mpiexec has ended, :class:`StopRequested` is raised. Should
+    the job still run ``stop_grace`` + ``STOP_GRACE_SECONDS`` seconds after
+    the signal (the ranks abandon a round at ``stop_grace``), it is ended as
+    on Ctrl-C. On Ctrl-C (``KeyboardInterrupt``) mpiexec is given
+    ``STOP_GRACE_SECONDS`` to end its ranks, then terminated, and the
+    interrupt is raised again: no rank is left running.
     """
     try:
         options = launcher_options(launcher, ranks, launcher_args, warn or _warn)
         # in a session of its own: a terminal's Ctrl-C reaches this process alone, which ends mpiexec quietly
         proc = subprocess.Popen([*launcher, "-n", str(ranks), *options, sys.executable, "-m", "nnlib", "run",
-                                 *nnlib_args], start_new_session=True)
+                                 *nnlib_args, LAUNCHED_FLAG], start_new_session=True)
     except FileNotFoundError:
         raise EngineError(f"mpi.launcher: {launcher[0]!r} not found on PATH "
                           "(pip install '.[mpi]' provides mpiexec)") from None
     try:
-        return proc.wait()
+        with handling_stop(forward=lambda _signum: proc.send_signal(signal.SIGUSR1)) as stop:
+            status = _wait(proc, stop, stop_grace)
     except KeyboardInterrupt:
         _stop(proc)
         raise
+    if stop.signum is not None:
+        raise StopRequested(stop.signum)
+    return status
+
+
+def _wait(proc: subprocess.Popen, stop, stop_grace: float | None) -> int:
+    """``proc``'s exit status; once a stop is asked for, at most ``stop_grace + STOP_GRACE_SECONDS`` more seconds
+    (then ``KeyboardInterrupt``, which ends it)."""
+    while True:
+        try:
+            return proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            pass
+        if stop.at is not None and stop_grace is not None and \
+                time.monotonic() - stop.at > stop_grace + STOP_GRACE_SECONDS:
+            raise KeyboardInterrupt
 
 
 def _warn(message: str) -> None:
