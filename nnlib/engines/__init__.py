@@ -23,7 +23,7 @@ def make_engine(config: Config, warn=None):
         if s.mode == "jobs":
             return SparkJobsEngine(**session)
         return SparkStageEngine(port=s.port, mapper_timeout=s.mapper_timeout, stage_attempts=s.stage_attempts,
-                                warn=warn, **session)
+                                collective=s.collective, warn=warn, **session)
     if config.engine == "mrjob":
         from nnlib.engines.mrjob.engine import MrjobEngine
 

@@ -4,8 +4,14 @@
 the whole run. Each task builds its shard once, inside the executor, keeps
 it, and serves rounds over one authenticated TCP connection to the driver
 (:mod:`nnlib.engines.spark.exchange`): every round the driver sends the weights and
-receives each mapper's result; synchronous rounds exchange one gradient per
-step the same way. Spark's barrier calls are never used per round. A barrier
+receives each mapper's result. In synchronous rounds the tasks average their
+gradients among themselves every step (``spark.collective: tasks``, the
+default: a reduce-scatter by slices and an allgather over their own sockets,
+:mod:`nnlib.engines.spark.collective`; the driver only hands out the
+addresses and collects the round's result), or each sends its gradient to
+the driver and waits for the mean (``spark.collective: driver``). Spark's
+barrier calls are never used, not even to swap addresses: the tasks name
+their listening addresses to the driver when they connect. A barrier
 stage needs a free task slot per mapper: in local mode the session gets as
 many slots as mappers; on a cluster the engine checks the slots first. When
 an executor is lost, Spark aborts the barrier stage; the engine starts it
@@ -218,9 +224,11 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
 
     def __init__(self, master: str = "local[*]", app_name: str = "nnlib", log_level: str = "ERROR",
                  port: int = 0, mapper_timeout: float = 1800.0, stage_attempts: int = 3, warn=None,
-                 min_slots: int = 1, conf: dict[str, str] | None = None, collect_held_out_mb: float = 64.0):
+                 min_slots: int = 1, conf: dict[str, str] | None = None, collect_held_out_mb: float = 64.0,
+                 collective: str = "tasks"):
         super().__init__(master, app_name, log_level, min_slots, conf, collect_held_out_mb)
         self.port, self.mapper_timeout, self.stage_attempts = port, mapper_timeout, stage_attempts
+        self.collective = collective
         self.warn = warn or (lambda _message: None)
         self.hub: Hub | None = None
         self.source = None
@@ -235,7 +243,7 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
         if sc.getConf().get("spark.dynamicAllocation.enabled", "false").lower() == "true":
             raise EngineError("spark.mode=stage needs spark.dynamicAllocation.enabled=false (a barrier stage "
                               "holds its executors for the whole run); or use spark.mode=jobs")
-        self.hub = Hub(source.mappers, driver_address(sc), self.port, self.mapper_timeout)
+        self.hub = Hub(source.mappers, driver_address(sc), self.port, self.mapper_timeout, self.collective)
         self._input = None if source.rows is None else self.reader.shards(source.rows)
         try:
             self._launch()

@@ -13,18 +13,25 @@ unpickled). Driver to mapper:
 - ``("round", payload)``: run :func:`nnlib.rounds.mapper.train_shard`; the mapper
   answers ``("result", MapperResult)``. In a round of sub-networks (``ist``,
   ``split``) each mapper's payload holds only its own sub-network;
-- ``("sync", payload)``: a synchronous round; every step the mapper sends
-  ``("grad", g)`` and waits for ``("mean", m)``, the driver's mean over all
-  mappers; at the end it answers ``("synced", MapperStats, Combined or None)``
-  (mapper 0 sends the round's state, every mapper holding the same);
+- ``("sync", payload, peers)``: a synchronous round. With ``peers`` (every
+  mapper's listening address, in mapper order; ``spark.collective: tasks``)
+  the mappers average their gradients among themselves every step
+  (:mod:`nnlib.engines.spark.collective`: the mesh is built at the first such
+  round and kept for the stage); with ``peers`` None (``spark.collective:
+  driver``) every step the mapper sends ``("grad", g)`` and waits for
+  ``("mean", m)``, the driver's mean over all mappers. At the end it answers
+  ``("synced", MapperStats, Combined or None)`` (mapper 0 sends the round's
+  state, every mapper holding the same), or ``("lost", mapper, reason)`` when
+  a peer's connection broke;
 - ``("score", backend, model, params)``: score the weights on the held-out
   rows the mapper keeps (a large Parquet source's test and validation sets
   stay with the mappers); it answers ``("scores", {role: (loss sum, correct,
   rows)})``;
 - ``("stop",)``: end the task.
 
-Any mapper may answer ``("error", type name, message)`` instead; the driver
-raises it as one line naming the mapper. The traffic is not encrypted: on an
+A mapper says ``("ready", host, pid, listening address)`` once its shard is
+built. Any mapper may answer ``("error", type name, message)`` instead; the
+driver raises it as one line naming the mapper. The traffic is not encrypted: on an
 untrusted network run Spark with ``spark.authenticate`` and
 ``spark.network.crypto.enabled`` and keep the port behind the cluster's
 firewall (``spark.port`` pins it).
@@ -44,6 +51,7 @@ from typing import Callable
 import numpy as np
 
 from nnlib import errors
+from nnlib.engines.spark.collective import DriverStopped, Listener, PeerLost, TaskCollective, TaskMesh
 from nnlib.errors import EngineError
 from nnlib.rounds.mapper import score_held_out, sync_shards, train_shard
 from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
@@ -97,9 +105,14 @@ def _recv_exactly(conn: socket.socket, n: int, first_wait: Callable[[], None] | 
     return buf
 
 
-def recv(conn: socket.socket, first_wait: Callable[[], None] | None = None):
+def recv_sized(conn: socket.socket, first_wait: Callable[[], None] | None = None) -> tuple[object, int]:
+    """The next message and its size on the wire in bytes (header included)."""
     (length,) = _LENGTH.unpack(_recv_exactly(conn, _LENGTH.size, first_wait))
-    return pickle.loads(_recv_exactly(conn, length))
+    return pickle.loads(_recv_exactly(conn, length)), _LENGTH.size + length
+
+
+def recv(conn: socket.socket, first_wait: Callable[[], None] | None = None):
+    return recv_sized(conn, first_wait)[0]
 
 
 def _error_message(exc: BaseException) -> tuple[str, str, str]:
@@ -125,18 +138,25 @@ class DriverCollective:
 
 
 def serve_mapper(build, mapper: int, address: tuple[str, int], token: str) -> None:
-    """A mapper task's whole life: connect, build its shard once (``build()``), serve rounds until stopped."""
+    """A mapper task's whole life: connect, build its shard once (``build()``), serve rounds until stopped.
+
+    The task also listens for its peers (on the address it reaches the
+    driver from) in case the run has synchronous rounds among the tasks.
+    """
     conn = socket.create_connection(address, timeout=60)
     conn.settimeout(None)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listener: Listener | None = None
+    mesh: TaskMesh | None = None
     try:
         conn.sendall(_HELLO.pack(_MAGIC, token.encode(), mapper))
+        listener = Listener(conn.getsockname()[0])
         try:
             shard = build()
         except Exception as exc:  # noqa: BLE001  - reported to the driver, which stops the run
             send(conn, _error_message(exc))
             return
-        send(conn, ("ready", socket.gethostname(), os.getpid()))
+        send(conn, ("ready", socket.gethostname(), os.getpid(), listener.address))
         while True:
             message = recv(conn)
             try:
@@ -145,11 +165,23 @@ def serve_mapper(build, mapper: int, address: tuple[str, int], token: str) -> No
                 elif message[0] == "score":
                     send(conn, ("scores", score_held_out(shard, *message[1:])))
                 elif message[0] == "sync":
-                    combined, (stats,) = sync_shards([shard], message[1], DriverCollective(conn))
+                    peers = message[2] if len(message) > 2 else None
+                    if peers is None:
+                        collective = DriverCollective(conn)
+                    else:
+                        if mesh is None:  # the first synchronous round of this stage
+                            mesh = TaskMesh.connect(listener, mapper, peers, [[m] for m in range(len(peers))],
+                                                    token, watch=conn)
+                            listener.close()
+                        collective = TaskCollective(mesh)
+                    combined, (stats,) = sync_shards([shard], message[1], collective)
                     send(conn, ("synced", stats, combined if mapper == 0 else None))
                 else:
                     return
-            except _Stopped:
+            except (_Stopped, DriverStopped):
+                return
+            except PeerLost as exc:  # the driver starts the stage again
+                send(conn, ("lost", exc.mapper, exc.reason))
                 return
             except Exception as exc:  # noqa: BLE001  - reported to the driver, which stops the run
                 send(conn, _error_message(exc))
@@ -157,14 +189,19 @@ def serve_mapper(build, mapper: int, address: tuple[str, int], token: str) -> No
     except (ConnectionError, EOFError, OSError):
         return  # the driver is gone or restarted the stage: end quietly
     finally:
+        if mesh is not None:
+            mesh.close()
+        if listener is not None:
+            listener.close()
         conn.close()
 
 
 class Hub:
     """The driver's end: one listening socket, one connection per mapper, messages in mapper order."""
 
-    def __init__(self, mappers: int, host: str, port: int = 0, timeout: float = 1800.0):
-        self.mappers, self.timeout = mappers, timeout
+    def __init__(self, mappers: int, host: str, port: int = 0, timeout: float = 1800.0, collective: str = "tasks"):
+        self.mappers, self.timeout, self.collective = mappers, timeout, collective
+        self.bytes_sent = self.bytes_received = 0  # every message's bytes on the wire, headers included
         self.token = secrets.token_hex(16)
         try:
             self.server = socket.create_server((host, port), backlog=max(16, 2 * mappers))
@@ -173,6 +210,7 @@ class Hub:
         self.address = self.server.getsockname()[:2]
         self.conns: list[socket.socket | None] = [None] * mappers
         self.executors: list[tuple[str, int] | None] = [None] * mappers
+        self.peers: list[tuple[str, int] | None] = [None] * mappers  # where each mapper listens for the others
 
     def connect(self, alive: Callable[[], None]) -> None:
         """Wait until every mapper has connected with the token and built its shard.
@@ -201,6 +239,7 @@ class Hub:
                 conn.close()
                 self._raise_error(mapper, reply, "building its shard")
             self.conns[mapper], self.executors[mapper] = conn, (reply[1], reply[2])
+            self.peers[mapper] = tuple(reply[3]) if len(reply) > 3 else None
 
     def _authenticate(self, conn: socket.socket) -> int | None:
         """The mapper index of a connection that shows this run's token; None (and closed) otherwise."""
@@ -233,7 +272,9 @@ class Hub:
                                   "(spark.mapper_timeout); ending the run")
 
         try:
-            return recv(conn, waiting)
+            message, size = recv_sized(conn, waiting)
+            self.bytes_received += size
+            return message
         except (ConnectionError, EOFError, OSError) as exc:
             if isinstance(exc, socket.timeout):
                 raise EngineError(f"spark: mapper {mapper} stopped mid-message {what}") from None
@@ -255,6 +296,7 @@ class Hub:
             try:
                 conn.sendall(header)
                 conn.sendall(data)
+                self.bytes_sent += len(header) + len(data)
             except OSError as exc:
                 raise MapperLost(mapper, f"connection lost ({errors.first_line(exc)})") from None
 
@@ -272,7 +314,10 @@ class Hub:
         """Its own message to every mapper."""
         for mapper, conn in enumerate(self.conns):
             try:
-                send(conn, message_for(mapper))
+                header, data = _frame(message_for(mapper))
+                conn.sendall(header)
+                conn.sendall(data)
+                self.bytes_sent += len(header) + len(data)
             except OSError as exc:
                 raise MapperLost(mapper, f"connection lost ({errors.first_line(exc)})") from None
 
@@ -288,9 +333,12 @@ class Hub:
         return results
 
     def sync_round(self, payload: RoundPayload, alive, timings: dict) -> tuple[Combined, list[MapperStats]]:
-        """Drive a synchronous round: every step, the mean of the mappers' gradients, in mapper order."""
+        """Drive a synchronous round: every step, the mean of the mappers' gradients, in mapper order, among
+        the tasks (``collective`` "tasks") or here (``collective`` "driver")."""
+        if self.collective == "tasks" and None not in self.peers:
+            return self._sync_among_tasks(payload, alive, timings)
         start = time.perf_counter()
-        self.broadcast(("sync", payload))
+        self.broadcast(("sync", payload, None))
         timings["broadcast"] = time.perf_counter() - start
         combine_seconds = 0.0
         what = f"in round {payload.round_index + 1}"
@@ -306,6 +354,42 @@ class Hub:
         timings["combine"] = combine_seconds
         timings["wait"] = time.perf_counter() - start - timings["broadcast"] - combine_seconds
         return finished[0][1], [stats for stats, _ in finished]
+
+    def _sync_among_tasks(self, payload: RoundPayload, alive, timings: dict) -> tuple[Combined, list[MapperStats]]:
+        """The mappers average among themselves; the driver hands out the addresses and collects the result.
+
+        Every mapper's answer is awaited, so that an error a task raised is
+        reported rather than the broken connections it leaves its peers; a
+        mapper that names a lost peer is :class:`MapperLost` (the stage starts
+        again), as a broken connection to the driver is.
+        """
+        start = time.perf_counter()
+        self.broadcast(("sync", payload, list(self.peers)))
+        timings["broadcast"] = time.perf_counter() - start
+        what = f"in round {payload.round_index + 1}"
+        replies, lost = [], []
+        for mapper, conn in enumerate(self.conns):
+            try:
+                replies.append(self._receive(mapper, conn, alive, what))
+            except MapperLost as exc:
+                replies.append(None)
+                lost.append(exc)
+        for mapper, reply in enumerate(replies):
+            if reply is not None and reply[0] == "error":
+                if reply[1] == "DivergenceError":  # every task judged the same mean: the message names the mappers
+                    raise errors.named_error(reply[1], reply[2])
+                self._raise_error(mapper, reply, what)
+        if lost:
+            raise lost[0]
+        for mapper, reply in enumerate(replies):
+            if reply[0] == "lost":
+                raise MapperLost(reply[1], f"{reply[2]} {what} (reported by mapper {mapper})")
+            if reply[0] != "synced":
+                self._raise_error(mapper, reply, what)
+        stats = [reply[1] for reply in replies]
+        timings["combine"] = stats[0].comm_seconds  # mapper 0's time in the collective, as MPI reports rank 0's
+        timings["wait"] = time.perf_counter() - start - timings["broadcast"] - timings["combine"]
+        return replies[0][2], stats
 
     def score(self, backend: str, model, params, alive) -> list[dict]:
         """Every mapper's scores of ``params`` on the held-out rows it keeps, in mapper order."""
