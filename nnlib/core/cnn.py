@@ -17,16 +17,20 @@ them. Losses and the L2 penalty (on every weight array, not the biases) are
 the MLP's.
 
 Inside, maps are kept channels-last ``(n, H, W, C)``, so a convolution is
-one matrix product of the ``(n*H*W, C*k*k)`` patch matrix with the
-``(C*k*k, out)`` kernel matrix.
+one matrix product of the ``(n*H*W, k*k*C)`` patch matrix (built by ``k*k``
+strided copies into a reused array) with the ``(k*k*C, out)`` kernel
+matrix; its input gradient is one product and ``k*k`` strided additions, and the
+2x2 max-pool compares the four strided views of its windows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import threading
+
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from nnlib.core.mlp import NumpyModel
 from nnlib.core.params import DTYPE, Layout, unpack
@@ -87,44 +91,95 @@ class ConvSpec(Layout):
                 "kernel": self.kernel, "n_classes": self.n_classes, "n_params": self.n_params}
 
 
-def _patches(x: np.ndarray, k: int) -> np.ndarray:
-    """``(n, H, W, C)`` -> the ``(n*H*W, C*k*k)`` matrix of its zero-padded ``k x k`` patches."""
-    p = k // 2
-    xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    windows = sliding_window_view(xp, (k, k), axis=(1, 2))  # (n, H', W', C, k, k), H' = H + 2p - k + 1
-    n, h, w = x.shape[:3]
-    return windows[:, :h, :w].reshape(n * h * w, -1)
+class _Buffers(threading.local):
+    """Work arrays reused from step to step (a fresh 10 MB patch matrix each step costs page faults), per thread."""
+
+    def __init__(self):
+        self.arrays: dict = {}
+
+    def get(self, key, shape, dtype, zero: bool = False) -> np.ndarray:
+        a = self.arrays.get(key)
+        if a is None or a.shape != shape or a.dtype != dtype:
+            a = self.arrays[key] = np.zeros(shape, dtype)
+        elif zero:
+            a.fill(0)
+        return a
 
 
-def _unpatch(d_cols: np.ndarray, shape: tuple[int, ...], k: int) -> np.ndarray:
-    """The adjoint of :func:`_patches`: add each patch's gradient back onto the input ``(n, H, W, C)``."""
-    n, h, w, c = shape
+def _patches(x: np.ndarray, k: int, buffers: _Buffers, key) -> np.ndarray:
+    """``(n, H, W, C)`` -> the ``(n*H*W, k*k*C)`` matrix of its zero-padded ``k x k`` patches (a reused array).
+
+    Columns are ordered ``(row, column, channel)`` of the patch, so a patch's
+    row is ``k * C`` consecutive values of the padded map: ``k`` copies, each
+    moving runs of ``k * C`` values. With one channel the matrix is built
+    transposed instead (``k * k`` copies of whole image rows) and returned
+    as a transposed view.
+    """
+    n, h, w, c = x.shape
     p = k // 2
-    d = d_cols.reshape(n, h, w, c, k, k)
-    out = np.zeros((n, h + 2 * p, w + 2 * p, c), d_cols.dtype)
+    padded = buffers.get((key, "pad"), (n, h + 2 * p, w + 2 * p, c), x.dtype)  # its border stays 0
+    padded[:, p:p + h, p:p + w] = x
+    if c == 1:
+        cols_t = buffers.get((key, "cols"), (k, k, n, h, w), x.dtype)
+        for i in range(k):
+            for j in range(k):
+                cols_t[i, j] = padded[:, i:i + h, j:j + w, 0]
+        return cols_t.reshape(k * k, -1).T
+    cols = buffers.get((key, "cols"), (n, h, w, k, k, c), x.dtype)
+    sn, sh, sw, sc = padded.strides
     for i in range(k):
-        for j in range(k):
-            out[:, i:i + h, j:j + w] += d[..., i, j]
+        rows = as_strided(padded[:, i:], shape=(n, h, w, k * c), strides=(sn, sh, sw, sc), writeable=False)
+        cols[:, :, :, i] = rows.reshape(n, h, w, k, c)
+    return cols.reshape(n * h * w, -1)
+
+
+def _unpatch(d_cols: np.ndarray, k: int, buffers: _Buffers, key) -> np.ndarray:
+    """The adjoint of :func:`_patches`: add each patch's gradient ``(n, H, W, k, k, C)`` back onto ``(n, H, W, C)``.
+
+    Patches ``k`` columns apart do not overlap, so for each patch row ``i``
+    and column offset ``r`` the patches at columns ``r, r + k, ...`` add in
+    one operation on runs of ``k * C`` values.
+    """
+    n, h, w = d_cols.shape[:3]
+    c = d_cols.shape[-1]
+    p = k // 2
+    out = buffers.get((key, "dpad"), (n, h + 2 * p, w + 2 * p, c), d_cols.dtype, zero=True)
+    d = d_cols.reshape(n, h, w, k, k * c)
+    sn, sh, sw, sc = out.strides
+    for i in range(k):
+        for r in range(min(k, w)):
+            m = -(-(w - r) // k)
+            as_strided(out[:, i:, r:], shape=(n, h, m, k * c), strides=(sn, sh, k * sw, sc))[...] += d[:, :, r::k, i]
     return out[:, p:p + h, p:p + w]
 
 
-def _pool(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """2x2 max-pool of ``(n, H, W, C)``: the pooled map and which of the 4 won (the first, as torch)."""
-    n, h, w, c = a.shape
-    h2, w2 = h // 2, w // 2
-    win = a[:, :2 * h2, :2 * w2].reshape(n, h2, 2, w2, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(n, h2, w2, c, 4)
-    arg = win.argmax(axis=-1)[..., None]
-    return np.take_along_axis(win, arg, axis=-1)[..., 0], arg
+def _corners(a: np.ndarray) -> list[np.ndarray]:
+    """The four members of every 2x2 window of ``(n, H, W, C)``, each ``(n, H//2, W//2, C)`` (views), in torch's order."""
+    h2, w2 = a.shape[1] // 2, a.shape[2] // 2
+    return [a[:, i:2 * h2:2, j:2 * w2:2] for i in (0, 1) for j in (0, 1)]
 
 
-def _unpool(d: np.ndarray, arg: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _pool(a: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """2x2 max-pool of ``(n, H, W, C)``: the pooled map and, per window member, where it won (the first, as torch)."""
+    tl, tr, bl, br = _corners(a)
+    pooled = np.maximum(np.maximum(tl, tr), np.maximum(bl, br))
+    won, taken = [], np.zeros(pooled.shape, bool)
+    for member in (tl, tr, bl):
+        wins = member == pooled
+        wins &= ~taken
+        taken |= wins
+        won.append(wins)
+    won.append(~taken)
+    return pooled, won
+
+
+def _unpool(d: np.ndarray, won: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
     """The gradient of :func:`_pool`: each pooled gradient goes to its window's winner."""
-    n, h2, w2, c = d.shape
-    win = np.zeros((n, h2, w2, c, 4), d.dtype)
-    np.put_along_axis(win, arg, d[..., None], axis=-1)
-    out = np.zeros(shape, d.dtype)
-    out[:, :2 * h2, :2 * w2] = win.reshape(n, h2, w2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(
-        n, 2 * h2, 2 * w2, c)
+    out = np.empty(shape, d.dtype)
+    if shape[1] % 2 or shape[2] % 2:
+        out.fill(0)  # the rows and columns the pool dropped
+    for member, wins in zip(_corners(out), won):
+        np.multiply(d, wins, out=member)
     return out
 
 
@@ -134,21 +189,30 @@ class NumpyCNN(NumpyModel):
     def __init__(self, spec):
         super().__init__(spec)  # the MLP's losses and activations
         self.conv: ConvSpec = spec.layers
+        self._buffers = _Buffers()
+        self._mask = self.conv.weight_mask()
 
-    def _forward(self, arrays, x):
+    @staticmethod
+    def _kernel_matrix(kernel: np.ndarray) -> np.ndarray:
+        """``(out, in, k, k)`` -> ``(k * k * in, out)``, rows in the patches' ``(row, column, channel)`` order."""
+        return kernel.transpose(2, 3, 1, 0).reshape(-1, kernel.shape[0])
+
+    def _forward(self, arrays, x, buffers: _Buffers | None = None):
         """The logits, and what backprop needs of each conv block."""
+        buffers = buffers if buffers is not None else _Buffers()
         c, h, w = self.conv.image_shape
         a = x.reshape(-1, c, h, w).transpose(0, 2, 3, 1)
         k = self.conv.kernel
         saved = []
         for i in range(len(self.conv.channels)):
             kernel, bias = arrays[2 * i], arrays[2 * i + 1]
-            cols = _patches(a, k)
-            z = (cols @ kernel.reshape(kernel.shape[0], -1).T).reshape(*a.shape[:3], -1)
+            cols2d = _patches(a, k, buffers, i)
+            z = np.matmul(cols2d, self._kernel_matrix(kernel),
+                          out=buffers.get((i, "z"), (cols2d.shape[0], kernel.shape[0]), cols2d.dtype))
             z += bias
-            z = self._act(z)
-            pooled, arg = _pool(z)
-            saved.append((a.shape, cols, z, arg))
+            z = self._act(z).reshape(*a.shape[:3], -1)
+            pooled, won = _pool(z)
+            saved.append((cols2d, z, won, pooled))
             a = pooled
         flat = a.transpose(0, 3, 1, 2).reshape(a.shape[0], -1)  # channel-first, as torch flattens
         logits = flat @ arrays[-2] + arrays[-1]
@@ -157,7 +221,7 @@ class NumpyCNN(NumpyModel):
     def loss_and_grad(self, flat_params: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         """Data loss on ``(x, y)`` and the gradient of loss + L2 penalty, flat ``(n_params,)``."""
         arrays = unpack(flat_params, self.conv)
-        logits, flat, saved = self._forward(arrays, x)
+        logits, flat, saved = self._forward(arrays, x, self._buffers)
         loss, delta = self._loss(logits, y)
         grad = np.empty_like(flat_params)
         grads = unpack(grad, self.conv)
@@ -166,17 +230,20 @@ class NumpyCNN(NumpyModel):
         c, h, w = self.conv.map_shapes()[-1]
         d = (delta @ arrays[-2].T).reshape(-1, c, h, w).transpose(0, 2, 3, 1)
         for i in reversed(range(len(self.conv.channels))):
-            in_shape, cols, z, arg = saved[i]
-            dz = _unpool(d, arg, z.shape)
-            dz *= self._act_grad(z)
-            dz = dz.reshape(-1, dz.shape[-1])
+            cols2d, z, won, pooled = saved[i]
+            # only a window's winner gets a gradient, and there z is the pooled value: the activation's
+            # derivative is taken on the pooled map, a quarter of the size
+            dz = _unpool(d * self._act_grad(pooled), won, z.shape).reshape(-1, z.shape[-1])
             kernel = arrays[2 * i]
-            grads[2 * i][...] = (dz.T @ cols).reshape(kernel.shape)
+            k, ch_in = self.conv.kernel, kernel.shape[1]
+            grads[2 * i][...] = (dz.T @ cols2d).reshape(kernel.shape[0], k, k, ch_in).transpose(0, 3, 1, 2)
             np.sum(dz, axis=0, out=grads[2 * i + 1])
             if i > 0:
-                d = _unpatch(dz @ kernel.reshape(kernel.shape[0], -1), in_shape, self.conv.kernel)
+                d_cols = self._buffers.get((i, "dcols"), cols2d.shape, dz.dtype)
+                np.matmul(dz, self._kernel_matrix(kernel).T, out=d_cols)
+                d = _unpatch(d_cols.reshape(*z.shape[:3], k, k, ch_in), k, self._buffers, i)
         if self.spec.l2:
-            grad += DTYPE(self.spec.l2) * flat_params * self.conv.weight_mask().astype(flat_params.dtype)
+            grad += DTYPE(self.spec.l2) * flat_params * self._mask.astype(flat_params.dtype, copy=False)
         return loss, grad
 
     def predict_logits(self, flat_params: np.ndarray, x: np.ndarray) -> np.ndarray:
