@@ -42,6 +42,17 @@ def test_throughput(tmp_path):
         assert r["share_of_roofline"] == pytest.approx(r["samples_per_s"] / r["roofline_samples_per_s"])
 
 
+@needs_torch
+def test_torch_speed(tmp_path):
+    result = smoke("torch_speed", tmp_path)
+    rows = result["rows"]
+    assert [(r["model"], r["batch"], r["params"]) for r in rows] == [
+        ("mlp 784-128-10", 32, 101_770), ("mlp 784-128-10", 256, 101_770), ("cnn (16, 32) k5", 32, 28_938)]
+    for r in rows:  # each system's median over the same repeats; the ratios are theirs
+        assert r["torch_ratio"] == pytest.approx(r["nnlib_torch_s"] / r["plain_torch_s"])
+        assert r["numpy_ratio"] == pytest.approx(r["nnlib_numpy_s"] / r["plain_torch_s"])
+
+
 def test_round_overhead(tmp_path):
     rows = smoke("round_overhead", tmp_path)
     # about 1e4 and 1e5 parameters: 1000 inputs, 10 and 99 hidden units, 10 classes
@@ -76,7 +87,8 @@ def test_memory(tmp_path):
 
 def test_sync_rounds(tmp_path):
     rows = smoke("sync_rounds", tmp_path)
-    assert [r["engine"] for r in rows] == ["local", "spark stage", "mpi"]
+    assert [r["engine"] for r in rows] == ["local", "spark tasks", "spark hub", "mpi"]
+    assert [r["vs_mpi"] for r in rows] == [r["seconds_per_round"] / rows[-1]["seconds_per_round"] for r in rows]
     # every engine averages the same gradients in the same order: the same steps and the same model
     assert len({r["steps_per_round"] for r in rows}) == 1
     assert len({r["final_accuracy"] for r in rows}) == 1
