@@ -27,6 +27,14 @@ inside, float32 out), ``Linear`` and activation layers (a CNN: ``Unflatten``
 to ``(C, H, W)``, then ``Conv2d``, activation, ``MaxPool2d(2)`` blocks,
 ``Flatten``, ``Linear``), then ``Softmax(dim=1)``. No pickle and no
 TorchScript: the state dict holds tensors only.
+
+**A user's module** (``model.type: module``): the torch file's
+``state_dict`` is the module's own (its names, ``num_batches_tracked``
+included), with ``"standardize"`` (``mean``, ``std``) beside it when the run
+standardised; :func:`load_torch` imports the callable the header names and
+returns ``Sequential(standardize, Unflatten(1, input_shape), module,
+Softmax(dim=1))``. ONNX is ``torch.onnx.export`` of that (the TorchScript
+exporter, which needs no onnxscript), checked with onnxruntime as above.
 """
 
 from __future__ import annotations
@@ -159,10 +167,43 @@ def check_rows(model: Model, n: int = 64, seed: int = 0) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def module_onnx_graph(model: Model):
+    """A user's module (``model.type: module``) as an ``onnx.ModelProto``: ``torch.onnx.export`` (the
+    TorchScript exporter, opset 17) of :func:`torch_module` with the prediction added; same inputs and outputs."""
+    onnx, _ = _require_onnx()
+    torch = _require_torch()
+
+    class WithPrediction(torch.nn.Module):
+        def __init__(self, probabilities, classes):
+            super().__init__()
+            self.probabilities = probabilities
+            self.register_buffer("classes", torch.from_numpy(classes))
+
+        def forward(self, x):
+            p = self.probabilities(x)
+            return p, self.classes[p.argmax(dim=1)]
+
+    wrapper = WithPrediction(torch_module(model), model.classes).eval()
+    buf = io.BytesIO()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(wrapper, (torch.from_numpy(check_rows(model, 2)),), buf, dynamo=False,
+                          input_names=["features"], output_names=["probabilities", "prediction"],
+                          dynamic_axes={"features": {0: "batch"}, "probabilities": {0: "batch"},
+                                        "prediction": {0: "batch"}}, opset_version=OPSET)
+    proto = onnx.load_from_string(buf.getvalue())
+    proto.metadata_props.add(key="nnlib_header", value=json.dumps(model.header))
+    onnx.checker.check_model(proto)
+    return proto
+
+
 def onnx_bytes(model: Model) -> bytes:
     """The ONNX file's bytes, after onnxruntime's probabilities on :func:`check_rows` matched nnlib's."""
     _, ort = _require_onnx()
-    data = onnx_graph(model).SerializeToString()
+    module = model.header["architecture"]["type"] == "module"
+    data = (module_onnx_graph(model) if module else onnx_graph(model)).SerializeToString()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     x = check_rows(model)
     probabilities, prediction = session.run(None, {"features": x})
@@ -205,6 +246,12 @@ def build_torch_module(header: dict):
             return ((x.double() - self.mean) / self.std).float()
 
     arch = header["architecture"]
+    if arch["type"] == "module":  # the user's module, rebuilt by importing its callable
+        from nnlib.model.file import spec_from_header
+
+        net = spec_from_header(header).layers.build().eval()
+        first = Standardize(header["n_features"]) if header["preprocessing"]["standardize"] else nn.Identity()
+        return nn.Sequential(first, nn.Unflatten(1, tuple(arch["input_shape"])), net, nn.Softmax(dim=1)).eval()
     act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[arch["activation"]]
     steps = [Standardize(header["n_features"]) if header["preprocessing"]["standardize"] else nn.Identity()]
     if arch["type"] == "cnn":
@@ -229,6 +276,14 @@ def torch_module(model: Model):
     """``model`` as a torch module with its weights loaded (:func:`build_torch_module`)."""
     torch = _require_torch()
     module = build_torch_module(model.header)
+    if model.header["architecture"]["type"] == "module":
+        if model.file.mean is not None:
+            module[0].load_state_dict({"mean": torch.from_numpy(model.file.mean.astype(np.float64)),
+                                       "std": torch.from_numpy(model.file.std.astype(np.float64))})
+        missing, unexpected = module[2].load_state_dict(
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.weights.items()}, strict=False)
+        assert not unexpected and all(not module[2].get_buffer(k).is_floating_point() for k in missing)
+        return module
     arrays = _layers(model)
     state = {}
     if model.file.mean is not None:
@@ -250,7 +305,14 @@ def torch_bytes(model: Model) -> bytes:
     """The torch file's bytes: ``{"header": JSON text, "state_dict": tensors}``."""
     torch = _require_torch()
     buf = io.BytesIO()
-    torch.save({"header": json.dumps(model.header), "state_dict": torch_module(model).state_dict()}, buf)
+    module = torch_module(model)
+    if model.header["architecture"]["type"] == "module":  # the user's module's own state dict and names
+        saved = {"header": json.dumps(model.header), "state_dict": module[2].state_dict()}
+        if model.file.mean is not None:
+            saved["standardize"] = module[0].state_dict()
+    else:
+        saved = {"header": json.dumps(model.header), "state_dict": module.state_dict()}
+    torch.save(saved, buf)
     return buf.getvalue()
 
 
@@ -259,5 +321,8 @@ def load_torch(path: str | Path):
     torch = _require_torch()
     saved = torch.load(path, weights_only=True)
     module = build_torch_module(json.loads(saved["header"]))
-    module.load_state_dict(saved["state_dict"])
+    if "standardize" in saved:
+        module[0].load_state_dict(saved["standardize"])
+    (module[2] if json.loads(saved["header"])["architecture"]["type"] == "module" else module).load_state_dict(
+        saved["state_dict"])
     return module

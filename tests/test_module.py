@@ -1,0 +1,231 @@
+"""model.type: module, a user's torch.nn.Module: engines bit for bit, a torch.optim oracle, BatchNorm's running
+statistics averaged, resume, the model file, devices and one-line errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import saved_params, small_config
+
+torch = pytest.importorskip("torch")
+
+from nnlib.config import load_config  # noqa: E402
+from nnlib.core.train import LocalSchedule, batch_indices  # noqa: E402
+from nnlib.data.dataset import ShardSource, load_dataset  # noqa: E402
+from nnlib.driver import prepare, run  # noqa: E402
+from nnlib.errors import ConfigError  # noqa: E402
+from nnlib.rounds.mapper import shard_rng, train_shard  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+QUIET = dict(log=lambda _msg: None, warn=lambda _msg: None)
+MODULE = ["model.type=module", "model.module=user_models.tiny:make"]
+
+
+def module_config(*overrides: str):
+    return small_config(*MODULE, *overrides)
+
+
+def cli(*args, cwd=ROOT, env=None):
+    return subprocess.run([sys.executable, "-m", "nnlib", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_the_flat_vector_is_parameters_then_floating_buffers():
+    config = module_config()
+    setup = prepare(config)
+    layers = setup.first.model.layers
+    assert layers.names() == ["1.weight", "1.bias", "2.weight", "2.bias", "4.weight", "4.bias",
+                              "2.running_mean", "2.running_var"]  # no 2.num_batches_tracked (an integer)
+    assert layers.n_params == 64 * 16 + 16 + 16 + 16 + 16 * 10 + 10 + 16 + 16
+    torch.manual_seed(config.seed)
+    from user_models.tiny import make
+
+    module = make()
+    expected = [t.detach().numpy().ravel() for t in module.parameters()] + [
+        module[2].running_mean.numpy(), module[2].running_var.numpy()]
+    np.testing.assert_array_equal(setup.first.params, np.concatenate(expected))
+    mask = layers.weight_mask()
+    assert mask.sum() == 64 * 16 + 16 * 10  # L2 on the two weight matrices only, not BatchNorm's or the buffers
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_one_mapper_equals_a_torch_optim_sgd_loop(momentum):
+    config = module_config("mappers=1", "train.rounds=2", "train.local_epochs=2", f"train.momentum={momentum}")
+    result = run(config, **QUIET)
+
+    # the oracle: the same module, data order and update rule, written as a plain torch training loop
+    from user_models.tiny import make
+
+    data = load_dataset(config.data, config.seed)
+    torch.manual_seed(config.seed)
+    module = make().train()
+    opt = torch.optim.SGD(module.parameters(), lr=config.train.lr, momentum=momentum)
+    x, y = torch.from_numpy(data.x_train).reshape(-1, 1, 8, 8), torch.from_numpy(data.y_train)
+    schedule = LocalSchedule(config.train.batch_size, config.train.local_epochs)
+    for r in range(config.train.rounds):
+        for idx in batch_indices(len(data.y_train), schedule, shard_rng(config.seed, r, 0)):
+            i = torch.from_numpy(idx)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(module(x[i]), y[i]).backward()
+            opt.step()
+    oracle = np.concatenate([t.detach().numpy().ravel() for t in module.parameters()]
+                            + [module[2].running_mean.numpy(), module[2].running_var.numpy()])
+    # float tolerance: torch.optim's momentum step rounds lr * v inside one fused add, nnlib's apart, and 180
+    # steps carry the last-bit differences along
+    np.testing.assert_allclose(result.params, oracle, rtol=0, atol=2e-6 if momentum == 0 else 3e-4)
+    assert not np.array_equal(oracle, prepare(config).first.params)
+
+
+def test_batch_norm_running_statistics_are_averaged_over_the_mappers():
+    config = module_config("mappers=2", "train.rounds=1")
+    setup = prepare(config)
+    shards = ShardSource(config.data, config.seed, config.mappers).build([0, 1])
+    mine = [train_shard(s, setup.first).params for s in shards]
+    result = run(config, **QUIET)
+    n = setup.first.model.layers.n_weights
+    b0, b1 = mine[0][n:], mine[1][n:]
+    assert not np.array_equal(b0, b1) and not np.array_equal(b0, setup.first.params[n:])
+    # closed form: the combined running mean and variance are the two mappers' halves added
+    np.testing.assert_allclose(result.params[n:], (b0.astype(np.float64) + b1) / 2, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(result.params[:n], (mine[0][:n].astype(np.float64) + mine[1][:n]) / 2,
+                               rtol=0, atol=1e-7)
+
+
+def test_mrjob_inline_equals_the_local_engine():
+    pytest.importorskip("mrjob")
+    local = run(module_config(), **QUIET).params
+    inline = run(module_config("engine=mrjob", "mrjob.runner=inline"), **QUIET).params
+    np.testing.assert_array_equal(inline, local)
+
+
+@pytest.mark.slow
+def test_spark_stage_mrjob_local_and_mpi_equal_the_local_engine(tmp_path):
+    sets = [s for item in MODULE + ["mappers=2", "train.rounds=2"] for s in ("--set", item)]
+    env = dict(os.environ, PYTHONPATH=str(TESTS), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", TMPDIR=str(tmp_path))
+    local = run(load_config(None, [s for s in sets if s != "--set"]), **QUIET).params
+    for engine in (["engine=spark", "spark.master=local[2]"], ["engine=mrjob", "mrjob.runner=local"],
+                   ["engine=mpi", "mpi.args=[--oversubscribe]"]):
+        out = tmp_path / engine[0]
+        proc = cli("run", *sets, *[s for e in engine for s in ("--set", e)], "--out", str(out), "--quiet",
+                   env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        np.testing.assert_array_equal(saved_params(out), local, err_msg=engine[0])
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    full = run(module_config("train.rounds=3"), **QUIET).params
+    proc = cli("run", *[s for item in MODULE + ["train.rounds=2", "mappers=3", "train.local_epochs=1",
+                                                "model.hidden=[16]", "seed=7"] for s in ("--set", item)],
+               "--out", str(tmp_path / "r"), "--quiet", env=dict(os.environ, PYTHONPATH=str(TESTS)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not np.array_equal(saved_params(tmp_path / "r"), full)  # two rounds of three
+    proc = cli("run", "--resume", str(tmp_path / "r"), "--set", "train.rounds=3", "--quiet",
+               env=dict(os.environ, PYTHONPATH=str(TESTS)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_array_equal(saved_params(tmp_path / "r"), full)
+
+
+def test_model_file_round_trip_predict_and_torch_export(tmp_path):
+    import nnlib
+    from nnlib.model.export import export, load_torch
+
+    config = module_config()
+    result = run(config, **QUIET)
+    from nnlib.model.file import write
+
+    write(tmp_path / "model.npz", result.model)
+    model = nnlib.load_model(tmp_path / "model.npz")
+    assert model.header["architecture"]["module"] == "user_models.tiny:make"
+    assert list(model.weights)[-2:] == ["2.running_mean", "2.running_var"]
+    data = load_dataset(config.data, config.seed)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    proba = model.predict_proba(digits.data)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
+    assert model.score(digits.data, digits.target) > 0.8
+    # the run's own test rows, standardised as the run did: the run's final accuracy to the bit
+    from nnlib.core.backends import get_backend
+
+    scorer = get_backend("torch", result.model and model.file.spec())
+    assert scorer.evaluate(model.params, data.x_test, data.y_test)[1] == result.summary["final_test_accuracy"]
+    export(model, "torch", tmp_path / "m.pt")
+    module = load_torch(tmp_path / "m.pt")
+    with torch.no_grad():
+        got = module(torch.from_numpy(digits.data[:50].astype(np.float32))).numpy()
+    np.testing.assert_allclose(got, proba[:50], atol=1e-5)
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert "2.running_mean" in saved["state_dict"]  # the module's own names
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    export(model, "onnx", tmp_path / "m.onnx")  # checked against nnlib's probabilities before it is written
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    probabilities, prediction = session.run(None, {"features": digits.data[:50].astype(np.float32)})
+    np.testing.assert_allclose(probabilities, proba[:50], atol=1e-5)
+    np.testing.assert_array_equal(prediction, model.predict(digits.data[:50]))
+
+
+def test_nnlib_predict_on_a_module_run(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(TESTS))
+    sets = [s for item in MODULE + ["train.rounds=1", "mappers=2"] for s in ("--set", item)]
+    assert cli("run", *sets, "--out", str(tmp_path / "r"), "--quiet", env=env).returncode == 0
+    proc = cli("predict", str(tmp_path / "r"), "digits", "--out", str(tmp_path / "p.csv"), env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len((tmp_path / "p.csv").read_text().splitlines()) > 100
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["model.module=no_such_pkg.models:make"],
+     "nnlib: error: model.module: cannot import 'no_such_pkg.models' (No module named 'no_such_pkg'); looked on "
+     "sys.path, the working directory {cwd}: put its folder on PYTHONPATH (on Spark ship it with submit.sh "
+     "--py-files)"),
+    (["model.module=user_models.tiny:mak"], "nnlib: error: model.module: module user_models.tiny ({file}) has no "
+     "attribute 'mak'"),
+    (["model.module=user_models.tiny:not_a_module"],
+     "nnlib: error: model.module: user_models.tiny:not_a_module returned a int, not a torch.nn.Module"),
+    (["model.module=user_models.tiny:make", "combine=ist"],
+     "nnlib: error: combine=ist splits an MLP's hidden units and needs model.type=mlp, got model.type=module"),
+    (["model.module=user_models.tiny:make", "combine=split"], None),
+    (["model.module=user_models.tiny:make", "model.backend=numpy"],
+     "nnlib: error: model.type=module trains a torch.nn.Module and needs model.backend=torch (its default), "
+     "got model.backend='numpy'"),
+    (["model.module=user_models.tiny:make", "train.device=cuda"], "nnlib: error: train.device=cuda: this process "
+     "sees no CUDA GPU"),
+    (["model.module=user_models.tiny:make", "model.kwargs={n_classes: 3}"], "nnlib: error: model.module: "
+     "user_models.tiny:make must map a (2, 1, 8, 8) batch to (2, 10) outputs (one per class), got (2, 3)"),
+])
+def test_bad_module_settings_are_one_line_and_write_nothing(tmp_path, sets, message):
+    if "cuda" in " ".join(sets) and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "r"
+    proc = cli("run", "--set", "model.type=module", *[s for item in sets for s in ("--set", item)], "--out", str(out),
+               env=dict(os.environ, PYTHONPATH=str(TESTS)))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    if message is None:
+        assert lines[0].startswith("nnlib: error: ") and "model.type=module" in lines[0]
+    elif "{cwd}" in message or "{file}" in message:
+        assert lines[0] == message.format(cwd=ROOT, file=TESTS / "user_models" / "tiny.py")
+    else:
+        assert lines[0].startswith(message), lines[0]
+    assert not out.exists()
+
+
+def test_pick_device():
+    from nnlib.core.torch_module import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert pick_device("auto").type == "cuda" and pick_device("cuda").type == "cuda"
+    else:
+        assert pick_device("auto") == torch.device("cpu")
+        with pytest.raises(ConfigError, match="^train.device=cuda: this process sees no CUDA GPU"):
+            pick_device("cuda")
+    with pytest.raises(ConfigError, match="train.device must be one of cpu, cuda, auto, got 'tpu'"):
+        pick_device("tpu")
