@@ -1,30 +1,28 @@
 """The torch backend of ``model.type: module``: a user's ``nn.Module`` trained on the flat vector.
 
-The layout (which arrays, in which order) is :class:`nnlib.core.module_spec.ModuleSpec`.
-Inside a call the flat float32 vector is bound to the module by name with
-``torch.func.functional_call``: the parameters as views of one tensor that
-requires a gradient, the floating-point buffers as views of the caller's
-vector itself. So in training mode (``module.train()``) a BatchNorm's
-running statistics are updated in place in the caller's vector, as a
-``torch.optim`` loop updates them in the module, and their gradient is 0
-(the optimizer leaves them; the combine rules average them with the
-weights). Scoring runs in ``module.eval()`` mode and changes nothing.
+The layout (which arrays, in which order) is :class:`nnlib.core.module_spec.ModuleSpec`;
+the training and scoring are :class:`nnlib.core.torch_mlp.TorchModel`'s: the
+flat float32 vector is bound to the module as views, its parameters then its
+floating buffers. In a local round (``train_steps``) a BatchNorm's running
+statistics are updated in place by the module's forward in ``train()``
+mode, as in a ``torch.optim`` loop, and the optimizer steps the parameters
+alone; the combine rules then average the statistics with the weights. A
+synchronous round (``loss_and_grad``) leaves them as the round found them.
+Scoring runs in ``eval()`` mode and changes nothing.
 
 Devices (``train.device``): :func:`pick_device` says where one process
-computes. The weights still come in and go out as float32 numpy on the host.
+would compute (Spark's task GPU, MPI's local rank, ``auto``). The weights
+come in and go out as float32 numpy on the host.
 """
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 
 from nnlib.core.mlp import ModelSpec
-from nnlib.core.module_spec import ModuleSpec
-from nnlib.core.params import DTYPE
-from nnlib.core.torch_mlp import TorchModel, data_loss
+from nnlib.core.torch_mlp import TorchModel
 from nnlib.errors import ConfigError
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -118,86 +116,25 @@ class _Reshape(torch.nn.Module):
         return self.net(x.reshape(-1, *self.input_shape))
 
 
-class _ContractModule(TorchModel):
-    """The user's module through :class:`TorchModel`'s module contract (``make_module``)."""
+class TorchModule(TorchModel):
+    """The torch backend of a user's ``nn.Module`` (``spec.layers`` a :class:`ModuleSpec`), through
+    :class:`TorchModel`'s contract: the flat vector is the module's parameters then floating buffers, bound as
+    views; training in ``train()`` mode, scoring in ``eval()`` mode.
+
+    ``train.device``: :class:`TorchModel`'s round loop computes on the host,
+    so ``auto`` trains on the CPU and ``cuda`` is refused in one line (after
+    :func:`pick_device` has checked that a GPU is there at all).
+    """
 
     eval_chunk = EVAL_CHUNK
+
+    def __init__(self, spec: ModelSpec):
+        device = pick_device(spec.layers.device)
+        if device.type != "cpu" and spec.layers.device == "cuda":
+            raise ConfigError(f"train.device=cuda: found {device}, but the torch backend's round loop computes on "
+                              "the CPU in this nnlib; use train.device=cpu or auto (auto trains on the CPU)")
+        super().__init__(spec)
 
     def make_module(self) -> torch.nn.Module:
         return _Reshape(self.spec.layers.build(), self.spec.layers.input_shape)
 
-
-class _BoundModule(TorchModel):
-    """The module on the flat vector through ``torch.func.functional_call``, for a :class:`TorchModel` without
-    ``make_module`` (the backend before module-based torch models)."""
-
-    def __init__(self, spec: ModelSpec):
-        super().__init__(spec)
-        self.layout: ModuleSpec = spec.layers
-        self.module = self.layout.build()
-        self._names = self.layout.names()
-        self._n_weights = self.layout.n_weights
-        self._devices: dict[bool, torch.device] = {}
-
-    def _device(self, training: bool) -> torch.device:
-        # a Spark worker may run tasks given different GPUs: look again for every call in a task
-        if training and _spark_gpus() is not None:
-            return pick_device(self.layout.device)
-        if training not in self._devices:
-            self._devices[training] = (pick_device if training else scoring_device)(self.layout.device)
-        return self._devices[training]
-
-    def _bind(self, weights: torch.Tensor, buffers: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Name -> view of ``weights`` (the parameters) or ``buffers`` (the floating buffers), in flat order."""
-        out, n = {}, self._n_weights
-        for name, (start, stop, shape) in zip(self._names, self.layout.offsets):
-            out[name] = weights[start:stop].view(shape) if start < n else buffers[start - n:stop - n].view(shape)
-        return out
-
-    def _forward(self, weights: torch.Tensor, buffers: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(-1, *self.layout.input_shape)
-        return torch.func.functional_call(self.module, self._bind(weights, buffers), (x,))
-
-    def _logits(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Outputs ``(n, n_classes)`` in eval mode (BatchNorm uses its running statistics)."""
-        self.module.eval()
-        n = self._n_weights
-        return self._forward(flat[:n], flat[n:].clone(), x)
-
-    def _eval_logits(self, flat: np.ndarray, x: np.ndarray) -> torch.Tensor:
-        """The logits of every sample without a graph, ``EVAL_CHUNK`` rows at a time, on the host."""
-        device = self._device(False)
-        self.module.to(device)
-        w = torch.from_numpy(np.ascontiguousarray(flat)).to(device)
-        with torch.no_grad():
-            return torch.cat([self._logits(w, torch.from_numpy(x[i:i + EVAL_CHUNK]).to(device)).cpu()
-                              for i in range(0, max(len(x), 1), EVAL_CHUNK)])
-
-    def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """Data loss on ``(x, y)`` in training mode and the gradient of loss + L2 penalty, flat ``(n_params,)``.
-
-        ``flat``'s buffer values (after the parameters) are updated in place
-        by the forward pass (BatchNorm's running statistics); their gradient is 0.
-        """
-        device = self._device(True)
-        self.module.to(device).train()
-        n = self._n_weights
-        host = torch.from_numpy(flat)
-        weights = host[:n].to(device).detach().requires_grad_(True)
-        buffers = host[n:] if device.type == "cpu" else host[n:].to(device)
-        xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        loss = data_loss(self.spec.loss, self._forward(weights, buffers, xt), yt)
-        objective = loss
-        if self.spec.l2:
-            mask = self._mask[:n].to(device)
-            objective = loss + 0.5 * self.spec.l2 * ((weights * mask) ** 2).sum()
-        (grad,) = torch.autograd.grad(objective, weights)
-        if device.type != "cpu":
-            host[n:] = buffers.cpu()
-        out = np.zeros_like(flat)
-        out[:n] = grad.cpu().numpy()
-        return float(loss.detach()), out.astype(DTYPE, copy=False)
-
-
-#: The torch backend of a user's ``nn.Module`` (``spec.layers`` a :class:`ModuleSpec`)
-TorchModule = _ContractModule if hasattr(TorchModel, "make_module") else _BoundModule
