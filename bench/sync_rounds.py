@@ -3,10 +3,13 @@
     python bench/sync_rounds.py           # 60000x784, hidden 128, batch 32 per mapper, 2 mappers
     python bench/sync_rounds.py --smoke   # a 6000x784 set
 
-On Spark every step each mapper sends its gradient to the driver, which
-averages them in mapper order and sends the mean back (the same stage that
-serves model averaging); MPI averages with one Allreduce per step; the local
-engine visits both shards in turn in one process. Reported: seconds per
+On Spark the stage's tasks average among themselves (``spark.collective:
+tasks``: a reduce-scatter by slices, summed in mapper order, then an
+allgather, over their own sockets), or every step each mapper sends its
+gradient to the driver, which averages them in mapper order and sends the
+mean back (``spark.collective: driver``, the hub); MPI averages with one
+Allreduce per step; the local engine visits both shards in turn in one
+process. All four run side by side in one invocation. Reported: seconds per
 synchronous round (one epoch of the smallest shard; median of rounds 2-3),
 steps per round, and the time in gradient averaging per step.
 """
@@ -29,7 +32,9 @@ def main(argv=None):
     source = str(synthetic_npz(6000, 1000) if args.smoke else synthetic_npz())
     mpiexec = [str(Path(sys.executable).parent / "mpiexec"), "-n", "2", "--oversubscribe"]
     rows = []
-    for name, sets, launcher in [("local", ["engine=local"], ()), ("spark stage", ["engine=spark"], ()),
+    for name, sets, launcher in [("local", ["engine=local"], ()),
+                                 ("spark tasks", ["engine=spark", "spark.collective=tasks"], ()),
+                                 ("spark hub", ["engine=spark", "spark.collective=driver"], ()),
                                  ("mpi", ["engine=mpi"], mpiexec)]:
         res = nnlib_run([*sets, "mappers=2", f"data.source={source}", "model.hidden=[128]", "combine=gradient",
                          "train.batch_size=32", "train.local_epochs=1", "train.rounds=3"], launcher)
@@ -40,7 +45,10 @@ def main(argv=None):
                      "averaging_ms_per_step": 1000 * median(r["combine_seconds"] for r in later) / steps,
                      "final_accuracy": res["summary"]["final_test_accuracy"]})
         print(rows[-1], flush=True)
-    print(markdown_table(rows, ["engine", "steps_per_round", "seconds_per_round", "averaging_ms_per_step",
+    mpi = next(r["seconds_per_round"] for r in rows if r["engine"] == "mpi")
+    for r in rows:
+        r["vs_mpi"] = r["seconds_per_round"] / mpi
+    print(markdown_table(rows, ["engine", "steps_per_round", "seconds_per_round", "vs_mpi", "averaging_ms_per_step",
                                 "final_accuracy"]))
     write_result("smoke/sync_rounds" if args.smoke else "sync_rounds", rows)
 

@@ -1,4 +1,4 @@
-"""A real Spark standalone cluster on 127.0.0.1: one master, N one-core workers.
+"""A real Spark standalone cluster on 127.0.0.1: one master, N workers (one core each unless told).
 
 pyspark's pip package has no start scripts, so the master and the workers are
 started with ``spark-class``, each in its own process group, and stopped by
@@ -72,14 +72,15 @@ class StandaloneCluster:
         return subprocess.Popen([SPARK_CLASS, *args], env=cluster_env(self.folder), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
-    def start(self, n_workers: int = 2, timeout: float = 120) -> "StandaloneCluster":
+    def start(self, n_workers: int = 2, timeout: float = 120, cores: int = 1,
+              memory: str = "1g") -> "StandaloneCluster":
         (self.folder / "work").mkdir(parents=True, exist_ok=True)
         self.master = self._spawn("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                                   "--port", str(self.port), "--webui-port", str(self.ui_port))
         for i in range(n_workers):
             self.workers.append(self._spawn(
-                f"worker{i}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1",
-                "--memory", "1g", "--webui-port", str(free_port()), "--work-dir", str(self.folder / "work"),
+                f"worker{i}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", str(cores),
+                "--memory", memory, "--webui-port", str(free_port()), "--work-dir", str(self.folder / "work"),
                 self.url))
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -26,7 +26,7 @@ def smoke(script: str, tmp_path: Path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (results / "smoke").iterdir()) == sorted(
-        [f"{script}.json"] + (["speedup.png"] if script == "speedup" else []))
+        [f"{script}.json"] + ([f"{script}.png"] if script in ("speedup", "scaling") else []))
     return json.loads((results / "smoke" / f"{script}.json").read_text())
 
 
@@ -74,6 +74,28 @@ def test_speedup(tmp_path):
     assert all(r["speedup"] == pytest.approx(baseline / r["seconds_per_epoch"]) for r in rows)
     pixels = imread(tmp_path / "results/smoke/speedup.png")
     assert pixels.shape == (480, 720, 4)  # 6 x 4 in at 120 dpi
+
+
+def test_scaling(tmp_path):
+    from matplotlib.image import imread
+
+    rows = smoke("scaling", tmp_path)
+    modes = ["averaging", "sync hub", "sync tasks"]
+    assert [(r["sweep"], r["mode"], r["mappers"]) for r in rows] == (
+        [("mappers", m, k) for k in (2, 3) for m in modes] + [("params", m, 2) for m in modes] * 2)
+    assert sorted({r["params"] for r in rows if r["sweep"] == "params"}) == [10000, 100021]
+    by = {(r["mode"], r["mappers"]): r for r in rows if r["sweep"] == "mappers"}
+    vector = by["averaging", 2]["vector_bytes"]
+    for k in (2, 3):
+        # averaging: every mapper's weights come to the driver; through the hub, a gradient a mapper a step
+        assert by["averaging", k]["driver_received_bytes_per_round"] >= k * vector
+        hub = by["sync hub", k]
+        assert hub["driver_received_bytes_per_round"] >= k * hub["steps_per_round"] * vector
+        # among the tasks: the round's weights once, and a small record per mapper, whatever k
+        assert vector <= by["sync tasks", k]["driver_received_bytes_per_round"] < vector + k * 2048
+    for r in rows:
+        assert r["overhead_ms_per_step"] == pytest.approx(1000 * r["overhead_seconds"] / r["steps_per_round"])
+    assert imread(tmp_path / "results/smoke/scaling.png").shape == (450, 1500, 4)  # 15 x 4.5 in at 100 dpi
 
 
 def test_memory(tmp_path):
