@@ -155,6 +155,7 @@ class TrainConfig(_Section):
     sync_rounds: int = Field(0, ge=0)
     skip_bad_mappers: bool = False
     target_accuracy: float | None = Field(None, gt=0, le=1)
+    overlap_scoring: bool = True  # score round r while the mappers train round r+1 (Spark, mrjob local/cluster)
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # where a model.type=module trains (torch)
 
 

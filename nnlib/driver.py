@@ -6,6 +6,10 @@ train then combine; a synchronous round: average gradients every step),
 evaluate on the held-out test set, record the timings, checkpoint. *When*
 things happen is the schedule's; the arithmetic is :mod:`nnlib.core`'s;
 where the work runs is the engine's (:mod:`nnlib.engines.base`).
+
+Where the mappers run outside the driver's process, round r is scored and
+checkpointed on a second driver thread while the mappers train round r+1
+(:func:`overlaps_scoring`); the weights are the same either way.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import dataclasses
 import statistics
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -170,9 +175,20 @@ def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: R
     return ckpt.rounds_done, replace(start, params=ckpt.params, opt_state=ckpt.opt_state)
 
 
-def run_round(engine: Engine, payload: RoundPayload, reducer: RoundReducer, evaluate,
-              warn=warn, server: Server | None = None) -> tuple[Combined, dict, list[MapperStats]]:
-    """One round on ``engine``: ``(the next state, the rounds.csv row, the mappers' stats)``."""
+@dataclass
+class TrainedRound:
+    """A round trained and reduced on the engine, not yet scored."""
+
+    payload: RoundPayload     # the round's payload: its index, plan and rate
+    combined: Combined        # the next state
+    stats: list[MapperStats]  # the mappers' stats, in mapper order
+    times: dict               # broadcast, wait, combine (and evaluate, once scored), seconds
+    seconds: float            # the round's time so far on the driver's critical path
+
+
+def train_round(engine: Engine, payload: RoundPayload, reducer: RoundReducer, warn=warn,
+                server: Server | None = None) -> TrainedRound:
+    """Train and reduce one round on ``engine`` (a local or a synchronous round, then the server step)."""
     start = time.perf_counter()
     times: dict[str, float] = {}
     if payload.plan.synchronous:
@@ -185,14 +201,34 @@ def run_round(engine: Engine, payload: RoundPayload, reducer: RoundReducer, eval
     for mapper in combined.skipped:
         warn(f"round {payload.round_index + 1}: mapper {mapper} returned NaN or inf; its result was left out "
              "(train.skip_bad_mappers)")
-    with timed(times, "evaluate"):
-        scores = evaluate(combined.params)
+    return TrainedRound(payload, combined, stats, times, time.perf_counter() - start)
+
+
+def score_round(trained: TrainedRound, evaluate, in_line: bool = True) -> dict:
+    """The round's rounds.csv row: ``evaluate(weights)``'s scores, the timings and the mappers' figures.
+
+    ``in_line``: the scoring is on the critical path and counts in the row's
+    ``seconds``; scored while the next round trains, it counts only in
+    ``evaluate_seconds``. Raises :class:`DivergenceError` when a score is
+    not finite.
+    """
+    start = time.perf_counter()
+    with timed(trained.times, "evaluate"):
+        scores = evaluate(trained.combined.params)
+    round_number = trained.payload.round_index + 1
     for name, value in scores.items():
         if not np.isfinite(value):  # finite weights too large to score: never a run that ends with exit 0
-            raise DivergenceError(f"round {payload.round_index + 1}: {name} is {value} (the weights are finite but "
+            raise DivergenceError(f"round {round_number}: {name} is {value} (the weights are finite but "
                                   "too large to score; training diverged: try a smaller train.lr)")
-    row = round_row(payload.round_index + 1, stats, times, time.perf_counter() - start, scores, payload.plan.lr)
-    return combined, row, stats
+    seconds = trained.seconds + (time.perf_counter() - start if in_line else 0.0)
+    return round_row(round_number, trained.stats, trained.times, seconds, scores, trained.payload.plan.lr)
+
+
+def run_round(engine: Engine, payload: RoundPayload, reducer: RoundReducer, evaluate,
+              warn=warn, server: Server | None = None) -> tuple[Combined, dict, list[MapperStats]]:
+    """One round on ``engine``, scored in line: ``(the next state, the rounds.csv row, the mappers' stats)``."""
+    trained = train_round(engine, payload, reducer, warn, server)
+    return trained.combined, score_round(trained, evaluate), trained.stats
 
 
 def summarize(config: Config, data: Dataset, payload: RoundPayload, result: RunResult, wall_seconds: float,
@@ -314,6 +350,21 @@ def prepare(config: Config, warn=warn, reader=None) -> Setup:
                  RoundReducer(config.combine, config.train.skip_bad_mappers))
 
 
+def overlaps_scoring(engine: Engine, setup: Setup) -> bool:
+    """Whether round r is scored, and its tables and checkpoint written, while the mappers train round r+1.
+
+    Only where no mapper trains in the driver's process (``engine.mappers_elsewhere``: Spark, mrjob's
+    local and cluster runners), with ``train.overlap_scoring`` on, and when no decision waits on the
+    scores: ``train.target_accuracy`` and ``train.patience`` score in line, so a run stops after the round
+    that reached its target, never one round late; so do held-out sets the mappers keep (the engine's
+    mappers score them).
+    """
+    config = setup.config
+    mapper_scored = setup.data.rows is not None and setup.data.rows.scored_by_mappers
+    return (engine.mappers_elsewhere and config.train.overlap_scoring and config.train.target_accuracy is None
+            and config.train.patience is None and not mapper_scored)
+
+
 def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_round: int, run_dir: RunDir | None,
                  result: RunResult, log=print, warn=warn, on_round=None,
                  server: Server | None = None, on_started=None) -> RoundPayload:
@@ -327,39 +378,68 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
     stopping = None if config.train.patience is None else EarlyStopping(config.train.patience)
     if stopping is not None:
         stopping.replay(result.rounds)
+    evaluate = lambda params: setup.evaluate(params, engine)  # noqa: E731
+    # scoring and writing round r while the mappers train round r+1 (see overlaps_scoring)
+    scorer = ThreadPoolExecutor(1, thread_name_prefix="nnlib-score") if overlaps_scoring(engine, setup) else None
+    pending: Future | None = None  # the previous round's row and checkpoint, on the scorer
+
+    def record(trained: TrainedRound, skipped: list[dict], server_state, in_line: bool) -> dict:
+        """Score the round, add its rows to the tables, write them and the checkpoint, say it."""
+        r = trained.payload.round_index
+        row = score_round(trained, evaluate, in_line)
+        result.rounds.append(row)
+        result.mapper_rows += mapper_rows(r + 1, trained.stats)
+        if run_dir is not None:
+            # tables first, then the checkpoint: a resume drops table rows past the checkpoint
+            run_dir.write_tables(result.rounds, result.mapper_rows)
+            run_dir.write_checkpoint(r + 1, trained.combined.params, trained.combined.opt_state, skipped,
+                                     server_state=server_state, fingerprint=setup.data.fingerprint)
+        if on_round is not None:
+            on_round(row)
+        log(f"round {r + 1}/{config.train.rounds}  test_acc {row['test_accuracy']:.4f}  "
+            f"test_loss {row['test_loss']:.4f}  train_loss {row['train_loss']:.4f}  {row['seconds']:.2f}s")
+        return row
+
     try:
-        engine.start(ShardSource(config.data, config.seed, config.mappers, setup.data.rows))
-        if on_started is not None:
-            on_started()
-        for r in range(first_round, config.train.rounds):
-            payload = setup.round_payload(payload, r, result)
-            combined, row, stats = run_round(engine, payload, setup.reducer,
-                                             lambda params: setup.evaluate(params, engine), warn, server)
-            payload = replace(payload, params=combined.params, opt_state=combined.opt_state)
-            result.skipped += [{"round": r + 1, "mapper": m} for m in combined.skipped]
-            result.rounds.append(row)
-            result.mapper_rows += mapper_rows(r + 1, stats)
-            if run_dir is not None:
-                # tables first, then the checkpoint: a resume drops table rows past the checkpoint
-                run_dir.write_tables(result.rounds, result.mapper_rows)
-                run_dir.write_checkpoint(r + 1, payload.params, payload.opt_state, result.skipped,
-                                         server_state=None if server is None else server.state,
-                                         fingerprint=setup.data.fingerprint)
-            if on_round is not None:
-                on_round(row)
-            log(f"round {r + 1}/{config.train.rounds}  test_acc {row['test_accuracy']:.4f}  "
-                f"test_loss {row['test_loss']:.4f}  train_loss {row['train_loss']:.4f}  {row['seconds']:.2f}s")
-            target = config.train.target_accuracy
-            if target is not None and row["test_accuracy"] >= target:
-                log(f"reached train.target_accuracy={target} after round {r + 1}; stopping")
-                break
-            if stopping is not None and stopping.update(r, row["val_loss"], payload.params):
-                log(f"no lower validation loss for train.patience={stopping.patience} rounds; stopping after "
-                    f"round {r + 1}, keeping round {stopping.best_round + 1}'s weights")
-                break
-            # a signal asked for a stop (SIGTERM): every process stops after the same round, its checkpoint written
-            if r + 1 < config.train.rounds and (signum := stop_agreed(engine.all_ok)) is not None:
-                raise StopRequested(signum, r + 1)
+        try:
+            engine.start(ShardSource(config.data, config.seed, config.mappers, setup.data.rows))
+            if on_started is not None:
+                on_started()
+            for r in range(first_round, config.train.rounds):
+                payload = setup.round_payload(payload, r, result)
+                trained = train_round(engine, payload, setup.reducer, warn, server)
+                payload = replace(payload, params=trained.combined.params, opt_state=trained.combined.opt_state)
+                result.skipped += [{"round": r + 1, "mapper": m} for m in trained.combined.skipped]
+                # what the checkpoint holds, as of this round: the next round's server step changes the state
+                snapshot = (list(result.skipped), None if server is None or server.state is None
+                            else server.state.copy())
+                if scorer is not None:
+                    waited = time.perf_counter()
+                    if pending is not None:
+                        pending.result()  # the previous round's row and checkpoint; raises what it raised
+                    trained.seconds += time.perf_counter() - waited
+                    pending = scorer.submit(record, trained, *snapshot, False)
+                else:
+                    row = record(trained, *snapshot, True)
+                    target = config.train.target_accuracy
+                    if target is not None and row["test_accuracy"] >= target:
+                        log(f"reached train.target_accuracy={target} after round {r + 1}; stopping")
+                        break
+                    if stopping is not None and stopping.update(r, row["val_loss"], payload.params):
+                        log(f"no lower validation loss for train.patience={stopping.patience} rounds; stopping "
+                            f"after round {r + 1}, keeping round {stopping.best_round + 1}'s weights")
+                        break
+                # a signal asked for a stop (SIGTERM): every process stops after the same round, its checkpoint
+                # written
+                if r + 1 < config.train.rounds and (signum := stop_agreed(engine.all_ok)) is not None:
+                    if pending is not None:
+                        pending.result()
+                    raise StopRequested(signum, r + 1)
+            if pending is not None:
+                pending.result()
+        finally:
+            if scorer is not None:
+                scorer.shutdown(wait=True)  # whatever happened, the last trained round's row and checkpoint
     except DivergenceError as exc:
         if run_dir is not None and (ckpt := run_dir.latest_checkpoint()) is not None:
             raise DivergenceError(f"{exc}; the last good checkpoint is {ckpt.path}") from None

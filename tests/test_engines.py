@@ -170,3 +170,43 @@ def test_target_accuracy_stops_at_the_first_round_that_reaches_it():
     assert full.summary["rounds_run"] == 6
     # the driver is this process: its peak in MiB lies between the peak before that run and the peak now
     assert before_mb <= full.summary["driver_peak_rss_mb"] <= peak_rss_mb()
+
+
+@pytest.mark.slow
+def test_spark_scores_round_r_while_the_mappers_train_round_r_plus_1(spark, tmp_path):
+    import threading
+
+    from nnlib.outputs import RunDir
+
+    config = small_config("mappers=2", "train.rounds=4", "combine=weighted", "server.momentum=0.5")
+    spark_config = small_config("engine=spark", "mappers=2", "train.rounds=4", "combine=weighted",
+                                "server.momentum=0.5")
+    local = run(config, **QUIET)
+    where = []
+    overlapped = run(spark_config, RunDir(tmp_path / "run"),
+                     engine=spark_engine("stage"), on_round=lambda row: where.append(threading.current_thread().name),
+                     **QUIET)
+    assert all(name.startswith("nnlib-score") for name in where) and len(where) == 4
+    np.testing.assert_array_equal(overlapped.params, local.params)
+    score_keys = ("round", "test_accuracy", "test_loss", "train_loss")
+    assert [{k: row[k] for k in score_keys} for row in overlapped.rounds] == \
+        [{k: row[k] for k in score_keys} for row in local.rounds]
+    # each round's checkpoint holds that round's weights and server momentum, written while the next round ran
+    ckpt = RunDir(tmp_path / "run", resume=True).latest_checkpoint()
+    assert ckpt.rounds_done == 4
+    np.testing.assert_array_equal(ckpt.params, local.params)
+    in_line = run(small_config("engine=spark", "mappers=2", "train.rounds=4", "combine=weighted",
+                               "server.momentum=0.5", "train.overlap_scoring=false"), engine=spark_engine("stage"), on_round=lambda row: where.append(threading.current_thread().name),
+                  **QUIET)
+    assert where[4:] == ["MainThread"] * 4
+    np.testing.assert_array_equal(in_line.params, local.params)
+
+
+@pytest.mark.slow
+def test_target_accuracy_on_spark_scores_in_line_and_stops_at_the_first_round_that_reaches_it(spark):
+    full = run(small_config("train.rounds=6"), **QUIET)
+    accs = [row["test_accuracy"] for row in full.rounds]
+    first = next(i for i, a in enumerate(accs) if a >= accs[2])
+    stopped = run(small_config("engine=spark", "train.rounds=6", f"train.target_accuracy={accs[2]}"),
+                  engine=spark_engine("stage"), **QUIET)
+    assert [row["test_accuracy"] for row in stopped.rounds] == accs[:first + 1]

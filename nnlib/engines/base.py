@@ -26,6 +26,10 @@ decides only *where* the shards live and *how* a round's work runs on them:
   :class:`nnlib.data.tables.Reader`; ``None``: pyarrow in the driver's
   process (:class:`nnlib.data.tables.LocalReader`).
 - ``size``: how many processes run the driver loop: the MPI ranks, else 1.
+- ``mappers_elsewhere``: True when no mapper trains in the driver's process
+  (Spark's Python workers, mrjob's local and cluster runners): the driver
+  may then score round r while the mappers train round r+1
+  (:func:`nnlib.driver.overlaps_scoring`).
 - ``stop()``: release what ``start`` acquired.
 - ``is_main``: True in the process that writes the run directory and prints.
   An SPMD engine (MPI) runs the driver on every rank; only rank 0 is main.
@@ -64,6 +68,7 @@ class Engine(Protocol):
     is_main: bool
     size: int
     reader: Reader | None
+    mappers_elsewhere: bool
 
     def start(self, source: ShardSource) -> None: ...
 
@@ -86,6 +91,7 @@ class SingleDriver(Engine):
     is_main = True
     size = 1
     reader = None
+    mappers_elsewhere = False
 
     def all_ok(self, ok: bool) -> bool:
         return ok

@@ -131,6 +131,8 @@ class MpiReader:
 class MpiEngine(Engine):
     """One rank per mapper; every rank runs the driver loop, rank 0 is the main process."""
 
+    mappers_elsewhere = False  # rank 0 trains a mapper too
+
     def __init__(self, comm=None, collective: str = "allreduce"):
         self.comm = comm if comm is not None else import_mpi().COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()

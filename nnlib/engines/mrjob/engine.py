@@ -85,6 +85,7 @@ class MrjobEngine(SingleDriver):
         self.map_tasks: list[int] = []  # map tasks started, per round (from the job's counter)
         self._dir: Path | None = None
         self._scratch_fs = None  # (filesystem, path) of shards written under a mrjob.scratch URI
+        self.mappers_elsewhere = runner != "inline"  # the inline runner runs its tasks in this process
 
     def start(self, source):
         self._job_class = load_job_class()

@@ -115,6 +115,8 @@ def quiet_task_failures(sc, log_level: str) -> None:
 class _SparkSession:
     """Start (or join) a SparkSession; stop it at the end only if this engine started it."""
 
+    mappers_elsewhere = True  # the mappers are Spark's Python workers
+
     def __init__(self, master: str, app_name: str, log_level: str, min_slots: int = 1,
                  conf: dict[str, str] | None = None, collect_held_out_mb: float = 64.0):
         self.master, self.app_name, self.log_level, self.min_slots = master, app_name, log_level, min_slots
