@@ -1,6 +1,7 @@
 """Seconds per epoch against the number of mappers on the 60000x784 set, with the ideal line (a PNG).
 
-    python bench/speedup.py           # Spark stage 1, 2, 4 mappers; MPI 1, 2 ranks; the one-thread local run
+    python bench/speedup.py           # Spark stage 1, 2, 4 mappers (local[*], and 2, 4 on a standalone cluster
+                                      # of 4 one-core workers on 127.0.0.1); MPI 1, 2 ranks; the one-thread local run
     python bench/speedup.py --smoke   # a 6000x784 set, seconds
 
 Every run trains hidden 128, batch 32, lr 0.1, one local epoch per round, 5
@@ -19,8 +20,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from common import RESULTS, markdown_table, median, nnlib_run, synthetic_npz, write_result  # noqa: E402
+from common import RESULTS, markdown_table, median, nnlib_run, scratch, synthetic_npz, write_result  # noqa: E402
+
+CLUSTER = "spark standalone, 4 one-core workers"
 
 
 def seconds_per_epoch(source: str, engine_sets: list[str], mappers: int, launcher=(), rounds: int = 5) -> float:
@@ -75,6 +79,17 @@ def main(argv=None):
     for k in (1, 2):
         rows.append({"engine": "mpi", "mappers": k, "seconds_per_epoch": seconds_per_epoch(
             source, ["engine=mpi"], k, [*mpiexec, "-n", str(k), "--oversubscribe"])})
+    if not args.smoke:
+        from spark_cluster import StandaloneCluster
+
+        with scratch() as tmp:
+            cluster = StandaloneCluster(Path(tmp)).start(n_workers=4)
+            try:
+                for k in (2, 4):
+                    rows.append({"engine": CLUSTER, "mappers": k, "seconds_per_epoch": seconds_per_epoch(
+                        source, ["engine=spark", f"spark.master={cluster.url}"], k)})
+            finally:
+                cluster.stop()
     for r in rows:
         r["speedup"] = baseline / r["seconds_per_epoch"]
         print(f"{r['engine']:30s} mappers {r['mappers']}  {r['seconds_per_epoch']:.3f} s/epoch  "
