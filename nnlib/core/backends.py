@@ -2,8 +2,10 @@
 
 A backend exposes the model's maths on the flat parameter vector:
 ``loss_and_grad(flat, x, y)``, ``evaluate(flat, x, y)`` and
-``predict(flat, x)``. The allowed names are checked by the config
-(``model.backend``).
+``predict(flat, x)``; a backend may add ``train_steps`` (the torch
+backend's own round loop, :meth:`nnlib.core.torch_mlp.TorchModel.train_steps`),
+which :func:`nnlib.core.train.local_sgd` then runs. The allowed names are
+checked by the config (``model.backend``).
 """
 
 from __future__ import annotations
