@@ -17,6 +17,11 @@ the ``n``-element vector cut into ``k`` slices (slice ``j`` is elements
    the local engine's mean, elementwise, so the same bits on every engine;
 2. allgather: every owner sends its slice of the mean to every peer.
 
+With two tasks, or a vector of at most ``WHOLE_BYTES``, one exchange does it:
+every task sends its whole vectors to every peer and adds them all in mapper
+order (the same bits; with two tasks the same bytes, and one wait on the
+peer instead of two).
+
 A task sends and receives about ``2(k-1)/k`` of the vector a step (its
 gradients count once per mapper it holds), whatever ``k`` is, and the driver
 sees none of it. Messages are raw arrays of known size, never pickles; a
@@ -40,6 +45,7 @@ from nnlib.rounds.reduce import mean_gradient
 
 _HELLO = struct.Struct("!4s32sI")  # magic, token, rank of the dialling task
 _MAGIC = b"NNLP"
+WHOLE_BYTES = 64 * 1024  # a vector this small goes whole to every peer: one exchange a step (see TaskCollective)
 CONNECT_SECONDS = 120.0  # how long a task waits for its peers to connect at the first synchronous round
 
 
@@ -213,6 +219,8 @@ class TaskCollective:
         """
         mesh, rank = self.mesh, self.mesh.rank
         n, dtype = local[0].size, local[0].dtype
+        if len(mesh.groups) == 2 or n * dtype.itemsize <= WHOLE_BYTES:
+            return self._mean_of_whole(local, coefficients)
         bounds = slice_bounds(n, len(mesh.groups))
         lo, hi = bounds[rank], bounds[rank + 1]
         peers = [p for p in range(len(mesh.groups)) if p != rank]
@@ -233,6 +241,24 @@ class TaskCollective:
         out[lo:hi] = mine
         mesh.exchange({p: mine for p in peers}, {p: out[bounds[p]:bounds[p + 1]] for p in peers})
         return out
+
+    def _mean_of_whole(self, local: list[np.ndarray], coefficients: np.ndarray) -> np.ndarray:
+        """The same mean from one exchange: every task sends its whole vectors to every peer and adds them all.
+
+        With two tasks a task sends and receives the vector once a step either
+        way, so one wait on the peer instead of two; below ``WHOLE_BYTES``
+        the waits cost more than the bytes at any ``k``.
+        """
+        mesh, rank = self.mesh, self.mesh.rank
+        n, dtype = local[0].size, local[0].dtype
+        peers = [p for p in range(len(mesh.groups)) if p != rank]
+        mine = local[0] if len(local) == 1 else np.concatenate(local)
+        received = {p: np.empty((len(mesh.groups[p]), n), dtype) for p in peers}
+        mesh.exchange({p: np.ascontiguousarray(mine) for p in peers}, received)
+        vectors = dict(zip(mesh.groups[rank], local))
+        for p in peers:
+            vectors.update(zip(mesh.groups[p], received[p]))
+        return mean_gradient([vectors[m] for m in range(self.n_mappers)], coefficients)
 
     def mappers_flagged(self, local_flags: dict[int, bool]) -> list[int]:
         """The mappers, across all tasks, whose flag is set (every task sends every peer its flags)."""
