@@ -229,3 +229,27 @@ def test_pick_device():
             pick_device("cuda")
     with pytest.raises(ConfigError, match="train.device must be one of cpu, cuda, auto, got 'tpu'"):
         pick_device("tpu")
+
+
+@pytest.mark.parametrize("overrides", [("train.momentum=0.9",), ("train.optimizer=adamw", "train.lr=0.01", "model.l2=0.001"),
+                                       ("combine=gradient", "train.momentum=0.5")], ids=["sgd", "adamw-l2", "sync"])
+def test_training_on_a_device_copies_there_and_back_to_the_same_weights(overrides):
+    """The device path (weights, state, shard and integer buffers copied to ``train_device()`` each round and
+    back) on the one device here, the CPU: the same bits as training in place on the host arrays."""
+    from nnlib.core.backends import get_backend
+
+    config = module_config("mappers=2", "train.rounds=2", *overrides)
+    in_place = run(config, **QUIET)
+    backend = get_backend("torch", prepare(config).first.model)
+    backend._device, backend._device_chosen = torch.device("cpu"), True  # copy to the CPU as to a GPU
+    moves = []
+    backend._place_other_buffers = lambda module, device: moves.append(device)
+    try:
+        copied = run(config, **QUIET)
+    finally:
+        backend._device_chosen = False
+        del backend._place_other_buffers
+    assert len(moves) >= 2 * 2 * 2  # to the device and back, every round, on both mappers
+    np.testing.assert_array_equal(copied.params, in_place.params)
+    assert [r["train_loss"] for r in copied.rounds] == pytest.approx([r["train_loss"] for r in in_place.rounds],
+                                                                       rel=1e-12)

@@ -131,7 +131,7 @@ class TorchModel:
     def _penalty_grad(self, grad: torch.Tensor, w: torch.Tensor) -> None:
         """Add the L2 penalty's gradient ``l2 * mask * w`` to ``grad`` in place."""
         if self.spec.l2:
-            mask = as_tensor(self._mask_np).to(w.dtype)
+            mask = as_tensor(self._mask_np).to(device=w.device, dtype=w.dtype)
             grad.addcmul_(w, mask, value=float(self.spec.l2))
 
     # -- the backend interface -----------------------------------------------------------------
@@ -144,13 +144,23 @@ class TorchModel:
         in ``flat``.
         """
         w = as_tensor(flat)
-        if self._module()[2] < len(flat):  # buffers a training forward updates: keep the caller's intact
-            w = w.clone()
+        device = self.train_device()
+        if device is not None:
+            w = w.to(device, copy=True)
+        if self._module()[2] < len(flat) and w.data_ptr() == as_tensor(flat).data_ptr():
+            w = w.clone()  # buffers a training forward updates: keep the caller's intact
         grad = torch.zeros_like(w)
         module = self.bind(w, grad).train()
-        loss = data_loss(self.spec.loss, module(as_tensor(x)), as_tensor(y))
+        xt, yt = as_tensor(x), as_tensor(y)
+        if device is not None:
+            self._place_other_buffers(module, device)
+            xt, yt = xt.to(device, copy=True), yt.to(device, copy=True)
+        loss = data_loss(self.spec.loss, module(xt), yt)
         loss.backward()
         self._penalty_grad(grad, w.detach())
+        if device is not None:
+            self._place_other_buffers(module, torch.device("cpu"))
+            grad = grad.cpu()
         return float(loss.detach()), grad.numpy().astype(flat.dtype, copy=False)
 
     def predict_logits(self, flat: np.ndarray, x: np.ndarray) -> torch.Tensor:
@@ -186,23 +196,30 @@ class TorchModel:
         (float64), as the numpy loop sums it.
         """
         lrs = [float(lr)] * len(batches) if np.ndim(lr) == 0 else [float(r) for r in lr]
-        w = as_tensor(params)
+        device = self.train_device()
+        on = (lambda t: t) if device is None else (lambda t: t.to(device, copy=True))  # noqa: E731
+        host_w = as_tensor(params)
+        host_state = None if opt_state is None else as_tensor(opt_state)
+        w = on(host_w)
         grad = torch.zeros_like(w)
         module = self.bind(w, grad).train()
+        if device is not None:
+            self._place_other_buffers(module, device)
         n_trained = self._module()[2]
         w_trained, g_trained = w[:n_trained], grad[:n_trained]
-        state = None if opt_state is None else as_tensor(opt_state)
+        state = None if host_state is None else on(host_state)
         step, finish = flat_stepper(optimizer, w_trained, state, len(params))
-        xt = as_tensor(x if x.dtype == params.dtype else x.astype(params.dtype))
-        yt = as_tensor(y if y.dtype == np.int64 else y.astype(np.int64))
-        mask = as_tensor(self._mask_np)[:n_trained].to(w.dtype) if self.spec.l2 else None
+        xt = on(as_tensor(x if x.dtype == params.dtype else x.astype(params.dtype)))
+        yt = on(as_tensor(y if y.dtype == np.int64 else y.astype(np.int64)))
+        mask = on(as_tensor(self._mask_np)[:n_trained].to(w.dtype)) if self.spec.l2 else None
         l2 = float(self.spec.l2)
-        anchor = None if not proximal_mu else as_tensor(start)[:n_trained]
+        anchor = None if not proximal_mu else on(as_tensor(start)[:n_trained])
         mu = float(np.float32(proximal_mu))
         loss_name = self.spec.loss
         loss_sum = 0.0
+        losses = []  # on a device: the step losses stay there until the round ends (no wait on it each step)
         for idx, rate in zip(batches, lrs):
-            it = as_tensor(idx)
+            it = on(as_tensor(idx))
             grad.zero_()
             loss = data_loss(loss_name, module(xt.index_select(0, it)), yt.index_select(0, it))
             loss.backward()
@@ -212,9 +229,32 @@ class TorchModel:
                 if anchor is not None:
                     g_trained.add_(w_trained - anchor, alpha=mu)
                 step(g_trained, rate)
-            loss_sum += float(loss.detach()) * len(idx)
+            if device is None:
+                loss_sum += float(loss.detach()) * len(idx)
+            else:
+                losses.append(loss.detach())
         finish()
+        if device is not None:  # back to the host vector that travels
+            host_w.copy_(w.cpu())
+            if host_state is not None:
+                host_state.copy_(state.cpu())
+            self._place_other_buffers(module, torch.device("cpu"))
+            for loss, idx in zip(torch.stack(losses).cpu().tolist() if losses else [], batches):
+                loss_sum += loss * len(idx)
         return loss_sum
+
+    def train_device(self) -> torch.device | None:
+        """Where :meth:`train_steps` and :meth:`loss_and_grad` compute: None for in place on the host arrays
+        (the default); a subclass that trains on a device (``train.device``) returns it, and the weights,
+        state and batches are copied there and the results back."""
+        return None
+
+    def _place_other_buffers(self, module: nn.Module, device: torch.device) -> None:
+        """Move the buffers that are not in the flat vector (integer ones, e.g. ``num_batches_tracked``)."""
+        for sub in module.modules():
+            for name, buf in list(sub._buffers.items()):
+                if buf is not None and not buf.is_floating_point() and buf.device != device:
+                    sub._buffers[name] = buf.to(device)
 
 
 class _Affine(nn.Module):

@@ -11,8 +11,8 @@ synchronous round (``loss_and_grad``) leaves them as the round found them.
 Scoring runs in ``eval()`` mode and changes nothing.
 
 Devices (``train.device``): :func:`pick_device` says where one process
-would compute (Spark's task GPU, MPI's local rank, ``auto``). The weights
-come in and go out as float32 numpy on the host.
+computes (Spark's task GPU, MPI's local rank, ``auto``); a mapper trains
+there. The weights come in and go out as float32 numpy on the host.
 """
 
 from __future__ import annotations
@@ -121,20 +121,27 @@ class TorchModule(TorchModel):
     :class:`TorchModel`'s contract: the flat vector is the module's parameters then floating buffers, bound as
     views; training in ``train()`` mode, scoring in ``eval()`` mode.
 
-    ``train.device``: :class:`TorchModel`'s round loop computes on the host,
-    so ``auto`` trains on the CPU and ``cuda`` is refused in one line (after
-    :func:`pick_device` has checked that a GPU is there at all).
+    ``train.device``: a mapper's rounds (:meth:`train_steps`, and the
+    gradients of a synchronous round) run on :func:`pick_device`'s device,
+    chosen when the process first trains (so a driver without a GPU can
+    still score on its CPU); the weights, the optimizer state and the shard
+    are copied there each round and the weights and state back, as float32.
+    Scoring runs on the host.
     """
 
     eval_chunk = EVAL_CHUNK
 
     def __init__(self, spec: ModelSpec):
-        device = pick_device(spec.layers.device)
-        if device.type != "cpu" and spec.layers.device == "cuda":
-            raise ConfigError(f"train.device=cuda: found {device}, but the torch backend's round loop computes on "
-                              "the CPU in this nnlib; use train.device=cpu or auto (auto trains on the CPU)")
         super().__init__(spec)
+        self._device: torch.device | None = None
+        self._device_chosen = False
+
+    def train_device(self) -> torch.device | None:
+        if not self._device_chosen:
+            device = pick_device(self.spec.layers.device)  # raises (one line) for cuda without a GPU
+            self._device = None if device.type == "cpu" else device
+            self._device_chosen = True
+        return self._device
 
     def make_module(self) -> torch.nn.Module:
         return _Reshape(self.spec.layers.build(), self.spec.layers.input_shape)
-
