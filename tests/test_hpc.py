@@ -334,3 +334,26 @@ def test_the_mpi_batch_script_runs_here_stops_on_sigterm_and_its_rerun_finishes_
     # a requeue of a finished run does nothing, and says so
     done = subprocess.run(["bash", str(SLURM / "mpi.sbatch")], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0 and f"{out} holds a finished run" in done.stdout, done.stdout + done.stderr
+
+
+def _sleep_long() -> None:
+    time.sleep(60)
+
+
+def test_a_child_forked_while_stops_are_handled_ends_on_sigterm_as_by_default():
+    """mrjob's local runner forks a pool from the run and ends it with SIGTERM: the stop request is the run's
+    alone; in a forked child the signal ends the child at once."""
+    import multiprocessing
+
+    from nnlib.util.stop import handling_stop, requested
+
+    with handling_stop(grace=30):
+        child = multiprocessing.get_context("fork").Process(target=_sleep_long)
+        child.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        child.terminate()  # SIGTERM
+        child.join(10)
+        assert child.exitcode == -signal.SIGTERM
+        assert time.monotonic() - started < 5
+        assert requested() is None  # the parent's run goes on

@@ -18,6 +18,7 @@ handlers there); elsewhere the signals keep their previous disposition.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -57,8 +58,15 @@ class StopRequest:
         self.signum: int | None = None
         self.at: float | None = None
         self.timer_armed = False
+        self.pid = os.getpid()
 
     def __call__(self, signum: int, _frame) -> None:
+        if os.getpid() != self.pid:
+            # a child forked from the run (mrjob's local runner's pool, multiprocessing) inherits this handler:
+            # there the signal does what it would have done (a pool's terminate() ends its workers)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if self.signum is not None:  # a second signal: the stop is already on its way
             return
         self.signum, self.at = signum, time.monotonic()
