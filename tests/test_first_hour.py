@@ -213,6 +213,33 @@ def test_more_ranks_than_cores_oversubscribe_with_one_warning_and_root_is_refuse
     assert options(2, uid=0) == []
 
 
+def test_mpiexec_stderr_relay_drops_open_mpis_report_of_a_non_zero_exit_and_passes_the_rest():
+    from nnlib.engines.mpi.launcher import StderrRelay
+
+    rule, short_rule = "-" * 74 + "\n", "-" * 55 + "\n"
+    dropped_5 = [rule, "prterun detected that one or more processes exited with non-zero status,\n",
+                 "thus causing the job to be terminated. The first process to do so was:\n", "\n",
+                 "   Process name: [prterun-vm-2456@1,0]\n", "   Exit code:    2\n", rule]
+    dropped_4 = [short_rule, "Primary job  terminated normally, but 1 process returned\n",
+                 "a non-zero exit code. Per user-direction, the job has been aborted.\n", short_rule]
+    kept = [rule, "prterun noticed that process rank 1 with PID 4242 on node vm exited on\n",
+            "signal 9 (Killed).\n", rule]
+    error = "nnlib: error: data.source: file /nope.npz does not exist\n"
+    epoll = ("[warn] Epoll MOD(1) on fd 24 failed. Old events were 6; read change was 0 (none); write change "
+             "was 2 (del); close change was 0 (none): Bad file descriptor\n")
+    traceback = "Traceback (most recent call last):\n"
+    relay = StderrRelay()
+    assert relay.feed(error) == [error] and relay.feed(traceback) == [traceback]  # at once, as they come
+    assert relay.feed(epoll) == []
+    assert [relay.feed(line) for line in dropped_5] == [[]] * len(dropped_5)
+    assert [relay.feed(line) for line in dropped_4] == [[]] * len(dropped_4)
+    assert [relay.feed(line) for line in kept] == [[]] * (len(kept) - 1) + [kept]  # held, then whole
+    assert relay.feed("last") == ["last"] and relay.close() == []
+    # a block that never closes (mpiexec ended mid-way) is written whole at the end
+    assert relay.feed(rule) == [] and relay.feed("half a block\n") == []
+    assert relay.close() == [rule, "half a block\n"] and relay.close() == []
+
+
 def _without_root_permission() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("OMPI_ALLOW_RUN_AS_ROOT")}
 

@@ -101,6 +101,18 @@ def test_config_error_is_one_line_from_rank_0(tmp_path):
     assert not out.exists()
 
 
+def test_a_ranks_error_under_nnlibs_launcher_is_nnlibs_line_alone_with_status_2(tmp_path):
+    env = mpi_env(tmp_path)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    cmd = [sys.executable, "-m", "nnlib", "run", "--set", "engine=mpi", "--set", "data.source=/nope.npz",
+           "--out", str(tmp_path / "x")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if "is more than the" not in ln]  # the oversubscribe warning
+    assert lines == ["nnlib: error: data.source: file /nope.npz does not exist"]
+    assert proc.stdout == "" and not (tmp_path / "x").exists()
+
+
 def test_gradient_mode_on_digits_reaches_093(tmp_path):
     cmd = [MPIEXEC, "-n", "2", sys.executable, "jobs/mpi_model_avg.py", "conf/default.yaml",
            "--set", "combine=gradient", "--out", str(tmp_path / "g"), "--quiet"]

@@ -18,6 +18,12 @@ and keeps waiting. So :func:`launch`, given SIGTERM, sends SIGUSR1 to
 mpiexec; the ranks (which take SIGUSR1 as a stop request) finish the round,
 rank 0 writes its checkpoint, and all of them end; :func:`launch` then
 raises :class:`nnlib.util.stop.StopRequested`.
+
+A rank's error: rank 0 prints nnlib's one line and every rank exits 2, and
+Open MPI's mpiexec then adds a block of its own (framed by dashes) saying
+that a process exited with a non-zero status. :func:`launch` relays
+mpiexec's stderr as it comes and holds back that block alone
+(:class:`StderrRelay`), so a bad input says nnlib's line and nothing else.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Callable
 
@@ -41,6 +48,9 @@ _PLACEMENT_OPTIONS = ("--host", "-host", "-H", "--hostfile", "-hostfile", "--mac
 ROOT_VARIABLES = ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")
 STOP_GRACE_SECONDS = 10.0  # after Ctrl-C: how long mpiexec has to end its ranks before it is terminated
 LAUNCHED_FLAG = "--launched"  # tells a rank that nnlib's launcher started it: the launcher speaks for the job
+# what Open MPI's report of ranks that exited non-zero says (Open MPI 5: prterun's block; 4: two blocks)
+_NONZERO_EXIT_MARKERS = ("exited with non-zero status", "non-zero exit code")
+_HELD_LINES_MAX = 100  # a block longer than this is nobody's report: relayed as it is
 
 
 def inside_launcher() -> bool:
@@ -118,16 +128,21 @@ def launch(launcher: list[str], ranks: int, launcher_args: list[str], nnlib_args
         options = launcher_options(launcher, ranks, launcher_args, warn or _warn)
         # in a session of its own: a terminal's Ctrl-C reaches this process alone, which ends mpiexec quietly
         proc = subprocess.Popen([*launcher, "-n", str(ranks), *options, sys.executable, "-m", "nnlib", "run",
-                                 *nnlib_args, LAUNCHED_FLAG], start_new_session=True)
+                                 *nnlib_args, LAUNCHED_FLAG], start_new_session=True, stderr=subprocess.PIPE)
     except FileNotFoundError:
         raise EngineError(f"mpi.launcher: {launcher[0]!r} not found on PATH "
                           "(pip install '.[mpi]' provides mpiexec)") from None
+    relay = threading.Thread(target=_relay_stderr, args=(proc.stderr,), daemon=True, name="mpiexec-stderr")
+    relay.start()
     try:
         with handling_stop(forward=lambda _signum: proc.send_signal(signal.SIGUSR1)) as stop:
             status = _wait(proc, stop, stop_grace)
     except KeyboardInterrupt:
         _stop(proc)
+        relay.join(timeout=STOP_GRACE_SECONDS)
         raise
+    # the pipe ends once mpiexec has; a rank it left behind could hold it open, so the wait is bounded
+    relay.join(timeout=STOP_GRACE_SECONDS)
     if stop.signum is not None:
         raise StopRequested(stop.signum)
     return status
@@ -144,6 +159,73 @@ def _wait(proc: subprocess.Popen, stop, stop_grace: float | None) -> int:
         if stop.at is not None and stop_grace is not None and \
                 time.monotonic() - stop.at > stop_grace + STOP_GRACE_SECONDS:
             raise KeyboardInterrupt
+
+
+class StderrRelay:
+    """Filters mpiexec's stderr line by line: every line passes as it comes, except Open MPI's report of ranks
+    that exited non-zero.
+
+    A block framed by lines of dashes is held until its closing line; it is
+    dropped when it says a process exited non-zero (``exited with non-zero
+    status``, ``non-zero exit code``: the rank has said why, in nnlib's one
+    line) and passed on whole otherwise. libevent's ``[warn] Epoll ... Bad
+    file descriptor`` line, which Open MPI's mpiexec may print as its ranks
+    exit, is dropped too. :meth:`feed` returns the lines to write now,
+    :meth:`close` those still held at the end of the stream.
+    """
+
+    def __init__(self) -> None:
+        self._held: list[str] | None = None  # the block being read, from its opening dash line; None outside one
+
+    def feed(self, line: str) -> list[str]:
+        """The lines to write once ``line`` (with its newline, if any) has been read."""
+        if self._held is None:
+            if _is_rule(line):
+                self._held = [line]
+                return []
+            return [] if _is_event_warning(line) else [line]
+        self._held.append(line)
+        if _is_rule(line):
+            block, self._held = self._held, None
+            text = "".join(block)
+            return [] if any(marker in text for marker in _NONZERO_EXIT_MARKERS) else block
+        if len(self._held) > _HELD_LINES_MAX:
+            return self.close()
+        return []
+
+    def close(self) -> list[str]:
+        """The lines still held (a block that never closed): written as they are."""
+        block, self._held = self._held or [], None
+        return block
+
+
+def _is_rule(line: str) -> bool:
+    """A line of dashes alone, as Open MPI frames its messages with."""
+    text = line.strip()
+    return len(text) >= 20 and set(text) == {"-"}
+
+
+def _is_event_warning(line: str) -> bool:
+    return line.startswith("[warn] Epoll ") and line.rstrip().endswith("Bad file descriptor")
+
+
+def _relay_stderr(stream) -> None:
+    """Copy mpiexec's stderr (bytes) to this process's stderr through :class:`StderrRelay`, each line at once."""
+    relay = StderrRelay()
+    try:
+        for raw in iter(stream.readline, b""):
+            _write(relay.feed(raw.decode(errors="replace")))
+        _write(relay.close())
+    except (OSError, ValueError):  # this process's stderr went away, or the pipe was closed under us
+        pass
+    finally:
+        stream.close()
+
+
+def _write(lines: list[str]) -> None:
+    if lines:
+        sys.stderr.write("".join(lines))
+        sys.stderr.flush()
 
 
 def _warn(message: str) -> None:
