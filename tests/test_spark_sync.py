@@ -95,7 +95,8 @@ def test_a_task_killed_mid_round_restarts_the_stage_and_changes_nothing(spark):
                 threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()
             return super().sync_round(payload, timings)
 
-    config = sync_config(3, "train.local_epochs=40", "train.momentum=0.9")
+    # 6000 steps a round: the round is still running when the timer fires, however fast a step is
+    config = sync_config(3, "train.local_epochs=400", "train.momentum=0.9")
     local = run(config, **QUIET)
     warnings = []
     engine = KillsMapper1("local[4]", collective="tasks", warn=warnings.append)
