@@ -4,6 +4,7 @@ statistics averaged, resume, the model file, devices and one-line errors."""
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -180,13 +181,37 @@ def test_nnlib_predict_on_a_module_run(tmp_path):
     assert len((tmp_path / "p.csv").read_text().splitlines()) > 100
 
 
+def test_a_missing_callable_names_the_closest_or_up_to_ten_of_the_modules_callables(monkeypatch):
+    from nnlib.core.module_spec import import_callable
+
+    def message(path):
+        with pytest.raises(ConfigError) as missing:
+            import_callable(path)
+        return str(missing.value).split("; ", 1)[1]
+
+    assert message("collections:ordereddict") == "did you mean 'OrderedDict'?"
+    assert message("user_models.tiny:TinyNet") == "its classes and functions: make, not_a_module"
+    # those defined in the module first, then what it imports (json's errors and codecs live in json.decoder)
+    assert message("json:zzz") == ("its classes and functions: detect_encoding, dump, dumps, load, loads, "
+                                   "JSONDecodeError, JSONDecoder, JSONEncoder")
+    many = types.ModuleType("many_models")
+    for i in range(12):
+        setattr(many, f"net{i:02d}", lambda: None)
+    many.depth, many._private = 3, lambda: None
+    monkeypatch.setitem(sys.modules, "many_models", many)
+    assert message("many_models:zzz") == ("its classes and functions: " + ", ".join(f"net{i:02d}" for i in range(10))
+                                          + ", ... (12 in all)")
+
+
 @pytest.mark.parametrize("sets, message", [
     (["model.module=no_such_pkg.models:make"],
      "nnlib: error: model.module: cannot import 'no_such_pkg.models' (No module named 'no_such_pkg'); looked on "
      "sys.path, the working directory {cwd}: put its folder on PYTHONPATH (on Spark ship it with submit.sh "
      "--py-files)"),
     (["model.module=user_models.tiny:mak"], "nnlib: error: model.module: module user_models.tiny ({file}) has no "
-     "attribute 'mak'"),
+     "attribute 'mak'; did you mean 'make'?"),
+    (["model.module=user_models.tiny:TinyNet"], "nnlib: error: model.module: module user_models.tiny ({file}) has "
+     "no attribute 'TinyNet'; its classes and functions: make, not_a_module"),
     (["model.module=user_models.tiny:not_a_module"],
      "nnlib: error: model.module: user_models.tiny:not_a_module returned a int, not a torch.nn.Module"),
     (["model.module=user_models.tiny:make", "combine=ist"],

@@ -26,6 +26,7 @@ of nnlib never need it.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import os
@@ -96,7 +97,7 @@ def import_callable(path: str, search_path: str = ""):
     for part in attr.split("."):
         if not hasattr(target, part):
             raise ConfigError(f"{KEY}: module {module_name} ({getattr(module, '__file__', '?')}) has no "
-                              f"attribute {attr!r}")
+                              f"attribute {attr!r}; {_allowed_callables(target, part)}")
         target = getattr(target, part)
     if not callable(target):
         raise ConfigError(f"{KEY}: {path} is a {type(target).__name__}, not a class or function")
@@ -105,6 +106,22 @@ def import_callable(path: str, search_path: str = ""):
     if where:
         root = str(Path(where).resolve().parents[module_name.count(".") + (Path(where).name == "__init__.py")])
     return target, root
+
+
+def _allowed_callables(owner, name: str, shown: int = 10) -> str:
+    """What ``owner`` (a module or class) offers in place of its missing ``name``: "did you mean" its closest
+    public callable, else up to ``shown`` of them (those defined in ``owner`` first)."""
+    public = {n: getattr(owner, n, None) for n in dir(owner) if not n.startswith("_")}
+    public = sorted(n for n, value in public.items() if callable(value))
+    own = [n for n in public if getattr(getattr(owner, n), "__module__", None) == getattr(owner, "__name__", None)]
+    close = difflib.get_close_matches(name, public, n=1)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    names = own + [n for n in public if n not in own]
+    if not names:
+        return "it has no public class or function"
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return f"its classes and functions: {', '.join(names[:shown])}{more}"
 
 
 @dataclass(frozen=True)
