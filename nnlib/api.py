@@ -180,7 +180,8 @@ def resume_config(out: str | Path, conf: str | Path | Config | None = None,
     ``out`` holding no run yet (no config.yaml): the config of a fresh start
     there. Otherwise a config that differs from the saved one in anything but
     :data:`RESUME_MAY_CHANGE` (``train.rounds``, the engine and its settings,
-    ``train.stop_grace_seconds``) raises :class:`ConfigError` naming the keys.
+    ``train.stop_grace_seconds``) raises :class:`ConfigError` naming each key
+    with the run's value and the given one.
     """
     saved_file = Path(out) / "config.yaml"
     if not saved_file.is_file():
@@ -199,7 +200,9 @@ def resume_config(out: str | Path, conf: str | Path | Config | None = None,
     differ = [k for k in diff_keys(saved, requested)
               if not any(k == key or (key.endswith(".") and k.startswith(key)) for key in RESUME_MAY_CHANGE)]
     if differ:
-        raise ConfigError(f"--resume {out}: the config differs from the run's in {', '.join(differ)}; "
+        had, given = flatten(saved.to_dict()), flatten(requested.to_dict())
+        changes = ", ".join(f"{k} (the run has {had.get(k)!r}, given {given.get(k)!r})" for k in differ)
+        raise ConfigError(f"--resume {out}: the config differs from the run's in {changes}; "
                           "only train.rounds may change (and the engine: engine, spark.*, mpi.*, mrjob.*, "
                           "train.stop_grace_seconds)")
     return requested

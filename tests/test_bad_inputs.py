@@ -201,7 +201,8 @@ CATALOGUE = [
                                           "or pass --overwrite"),
     ("corrupted-checkpoint", corrupted_checkpoint, "checkpoint {t}/done/checkpoints/round-00001.npz is corrupted"),
     ("resume-with-other-config", changed_resume,
-     "the config differs from the run's in train.batch_size; only train.rounds may change"),
+     "the config differs from the run's in train.batch_size (the run has 32, given 8); only train.rounds may "
+     "change"),
     # values finite in float64 but not in float32, in every source format, and after standardising
     ("csv-test-past-float32", lambda t: data(rows_csv(t / "train.csv")) + S(
         f"data.test_source={rows_csv(t / 'test.csv', 40, big_at=3)}"),

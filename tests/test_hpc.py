@@ -265,8 +265,8 @@ def test_resume_on_an_empty_directory_starts_there_and_a_second_call_resumes(tmp
     capsys.readouterr()
     assert main([*args, "--set", "train.rounds=4", "--set", "train.lr=0.5"]) == 2
     err = capsys.readouterr().err
-    assert err == (f"nnlib: error: --resume {out}: the config differs from the run's in train.lr; only train.rounds "
-                   "may change (and the engine: engine, spark.*, mpi.*, mrjob.*, train.stop_grace_seconds)\n")
+    assert err == (f"nnlib: error: --resume {out}: the config differs from the run's in train.lr (the run has 0.1, "
+                   "given 0.5); only train.rounds may change (and the engine: engine, spark.*, mpi.*, mrjob.*, train.stop_grace_seconds)\n")
 
 
 def test_train_with_resume_starts_then_resumes_and_refuses_another_config(tmp_path):
@@ -277,7 +277,8 @@ def test_train_with_resume_starts_then_resumes_and_refuses_another_config(tmp_pa
     second = train(None, {"train.rounds": 3}, out=out, resume=True)
     assert second.summary["resumed_after_round"] == 2
     np.testing.assert_array_equal(saved_params(out), local_params(3))
-    with pytest.raises(ConfigError, match=r"differs from the run's in mappers; only train.rounds may change"):
+    with pytest.raises(ConfigError, match=r"differs from the run's in mappers \(the run has 2, given 3\); only train.rounds "
+                                               "may change"):
         train(None, [*QUICK, "mappers=3", "train.rounds=4"], out=out, resume=True)
     with pytest.raises(ConfigError, match="resume=True continues the run in out"):
         train(None, QUICK, resume=True)

@@ -81,7 +81,8 @@ def test_resume_can_add_rounds_and_nothing_else(tmp_path, capsys):
 
     assert main(["run", "--resume", str(out), *sets(["mappers=3", "train.lr=0.5"])]) == 2
     err = capsys.readouterr().err
-    assert "the config differs from the run's in mappers, train.lr; only train.rounds may change" in err
+    assert ("the config differs from the run's in mappers (the run has 4, given 3), train.lr (the run has 0.1, "
+            "given 0.5); only train.rounds may change") in err
     assert err.count("\n") == 1
 
 
