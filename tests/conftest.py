@@ -6,6 +6,7 @@ import importlib.util
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +96,33 @@ def wait_for_rounds(proc, run_dir, rounds: int, timeout: float = 300.0) -> int:
             pytest.fail(f"{done} rounds checkpointed in {run_dir} after {timeout:.0f}s; waited for {rounds}")
         time.sleep(0.05)
     return done
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The processes of ``pids`` still running (a zombie has ended)."""
+    running = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.append(pid)
+    return running

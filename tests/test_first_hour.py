@@ -7,7 +7,6 @@ foreground job has it) gets a real SIGINT, as Ctrl-C sends one to the terminal's
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import saved_params, wait_for_rounds
+from conftest import alive, descendants, saved_params, wait_for_rounds
 
 from nnlib.cli import main
 
@@ -36,36 +35,6 @@ def start_run(args: list[str], env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "nnlib", "run", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=_default_sigint)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children, their children, ...), from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
-
-
-def alive(pids: list[int]) -> list[int]:
-    """The processes of ``pids`` still running (a zombie has ended)."""
-    running = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            running.append(pid)
-    return running
 
 
 def ctrl_c(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:

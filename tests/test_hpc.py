@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import checkpointed_rounds, saved_params, wait_for_rounds
+from conftest import alive, checkpointed_rounds, descendants, saved_params, wait_for_rounds
 
 from nnlib.api import train
 from nnlib.config import load_config
@@ -54,35 +54,6 @@ def start(cmd: list[str], tmp_path) -> subprocess.Popen:
 
 def nnlib_run(*args: str) -> list[str]:
     return [sys.executable, "-m", "nnlib", "run", *args]
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
-
-
-def alive(pids: list[int]) -> list[int]:
-    running = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            running.append(pid)
-    return running
 
 
 def terminate(proc: subprocess.Popen, out: Path, after: int, sig=signal.SIGTERM) -> tuple[int, str, list[int]]:
