@@ -161,10 +161,8 @@ class Model:
     def logits_of(self, rows: np.ndarray) -> np.ndarray:
         """The network's output ``(n, n_classes)`` float32 for standardised float32 rows (one chunk)."""
         scorer = self._backend()
-        if self.backend == "torch":  # the torch backend's no-graph forward pass
-            logits = getattr(scorer, "_eval_logits", scorer.predict_logits)(self._params, rows)
-            return logits.numpy() if not isinstance(logits, np.ndarray) else logits
-        return scorer.predict_logits(self._params, rows)
+        logits = scorer.predict_logits(self._params, rows)
+        return logits.numpy() if self.backend == "torch" else logits  # torch: a no-graph forward pass's tensor
 
     def _chunks(self, x, where: str):
         rows = self.rows(x, where)
