@@ -4,12 +4,21 @@
                                       # of 4 one-core workers on 127.0.0.1); MPI 1, 2 ranks; the one-thread local run
     python bench/speedup.py --smoke   # a 6000x784 set, seconds
 
-Every run trains hidden 128, batch 32, lr 0.1, one local epoch per round, 5
+    python bench/speedup.py --repeats 5   # more passes (default 3)
+
+Every run trains hidden 128, batch 32, lr 0.1, one local epoch per round, 6
 rounds; seconds per epoch is the median round time after the first (training,
 exchange, combine and evaluation). The baseline is the in-process local
 engine with one mapper, which trains with one BLAS thread, as every nnlib
 mapper does; the ideal line is that time divided by the number of mappers
 that can run at once (no more than the cores).
+
+This machine's speed drifts by a third or more from one minute to the next,
+so the runs on this machine's own cores are made in passes: each pass runs
+the baseline and then every engine once, and a row's speedup is the median
+over the passes of the pass's baseline over the row's time (a paired ratio);
+its seconds per epoch is the median over the passes. The standalone rows
+(a cluster started once) are run once, against the median baseline.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from common import RESULTS, markdown_table, median, nnlib_run, scratch, syntheti
 CLUSTER = "spark standalone, 4 one-core workers"
 
 
-def seconds_per_epoch(source: str, engine_sets: list[str], mappers: int, launcher=(), rounds: int = 5) -> float:
+def seconds_per_epoch(source: str, engine_sets: list[str], mappers: int, launcher=(), rounds: int = 6) -> float:
     sets = [*engine_sets, f"mappers={mappers}", f"data.source={source}", "model.hidden=[128]",
             "train.batch_size=32", "train.lr=0.1", "train.local_epochs=1", f"train.rounds={rounds}"]
     res = nnlib_run(sets, launcher)
@@ -61,6 +70,7 @@ def plot(rows: list[dict], baseline: float, path: Path) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="passes over the engines on this machine's cores")
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from results/speedup.json")
     args = parser.parse_args(argv)
     if args.plot_only:
@@ -71,14 +81,22 @@ def main(argv=None):
         return
     source = str(synthetic_npz(6000, 1000) if args.smoke else synthetic_npz())
     mpiexec = [str(Path(sys.executable).parent / "mpiexec")]
-    baseline = seconds_per_epoch(source, ["engine=local"], 1)
-    rows = [{"engine": "local (in-process, 1 thread)", "mappers": 1, "seconds_per_epoch": baseline}]
-    for k in (1, 2) if args.smoke else (1, 2, 4):
-        rows.append({"engine": "spark stage", "mappers": k,
-                     "seconds_per_epoch": seconds_per_epoch(source, ["engine=spark"], k)})
-    for k in (1, 2):
-        rows.append({"engine": "mpi", "mappers": k, "seconds_per_epoch": seconds_per_epoch(
-            source, ["engine=mpi"], k, [*mpiexec, "-n", str(k), "--oversubscribe"])})
+    systems = [("local (in-process, 1 thread)", 1, ["engine=local"], ())]
+    systems += [("spark stage", k, ["engine=spark"], ()) for k in ((1, 2) if args.smoke else (1, 2, 4))]
+    systems += [("mpi", k, ["engine=mpi"], (*mpiexec, "-n", str(k), "--oversubscribe")) for k in (1, 2)]
+    repeats = 1 if args.smoke else args.repeats
+    times = {(engine, k): [] for engine, k, _, _ in systems}
+    for p in range(repeats):
+        for engine, k, sets, launcher in systems:
+            times[engine, k].append(seconds_per_epoch(source, sets, k, launcher))
+        print(f"pass {p + 1}/{repeats}: " + ", ".join(f"{e} {k}: {v[-1]:.3f} s" for (e, k), v in times.items()),
+              flush=True)
+    base_times = times[systems[0][0], 1]
+    baseline = median(base_times)
+    rows = [{"engine": engine, "mappers": k, "seconds_per_epoch": median(times[engine, k]),
+             "repeats_s": times[engine, k],
+             "speedup": median(b / t for b, t in zip(base_times, times[engine, k]))}
+            for engine, k, _, _ in systems]
     if not args.smoke:
         from spark_cluster import StandaloneCluster
 
@@ -86,12 +104,12 @@ def main(argv=None):
             cluster = StandaloneCluster(Path(tmp)).start(n_workers=4)
             try:
                 for k in (2, 4):
-                    rows.append({"engine": CLUSTER, "mappers": k, "seconds_per_epoch": seconds_per_epoch(
-                        source, ["engine=spark", f"spark.master={cluster.url}"], k)})
+                    t = seconds_per_epoch(source, ["engine=spark", f"spark.master={cluster.url}"], k)
+                    rows.append({"engine": CLUSTER, "mappers": k, "seconds_per_epoch": t, "repeats_s": [t],
+                                 "speedup": baseline / t})
             finally:
                 cluster.stop()
     for r in rows:
-        r["speedup"] = baseline / r["seconds_per_epoch"]
         print(f"{r['engine']:30s} mappers {r['mappers']}  {r['seconds_per_epoch']:.3f} s/epoch  "
               f"speedup {r['speedup']:.2f}x", flush=True)
     print(markdown_table(rows, ["engine", "mappers", "seconds_per_epoch", "speedup"]))
