@@ -39,6 +39,7 @@ from nnlib.rounds.mapper import evaluate_rows, peak_rss_mb, total_scores
 from nnlib.rounds.payload import Combined, MapperStats, RoundPayload, first_payload, ist_subnets
 from nnlib.rounds.reduce import RoundReducer, Server, make_server
 from nnlib.util.stop import StopRequested, stop_agreed
+from nnlib.util.threads import one_blas_thread
 from nnlib.util.timing import timed
 
 
@@ -365,6 +366,12 @@ def overlaps_scoring(engine: Engine, setup: Setup) -> bool:
             and config.train.patience is None and not mapper_scored)
 
 
+# The driver's own numbers during the rounds (scoring, the reduce, choosing sub-networks) run on one BLAS thread,
+# as the mappers' do. After a call on more threads, OpenBLAS's idle worker thread spins for about 0.1 s; where
+# the mappers share the driver's cores (Spark local[N], MPI's rank 0, the local engine) that spin is taken from
+# a mapper: 112-125 ms of the Spark driver's CPU a round against 35-38 ms on one thread (bench/README.md,
+# "Where the cores go"). One thread also scores the same bits on every engine.
+@one_blas_thread()
 def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_round: int, run_dir: RunDir | None,
                  result: RunResult, log=print, warn=warn, on_round=None,
                  server: Server | None = None, on_started=None) -> RoundPayload:
