@@ -93,6 +93,19 @@ def test_two_cores(tmp_path):
     assert set(result["spin_cpu_ms"]) == {"1", "2"} and all(v > 0 for v in result["spin_cpu_ms"].values())
 
 
+def test_cores(tmp_path):
+    rows = smoke("cores", tmp_path)
+    assert [(r["engine"], r["mappers"]) for r in rows] == [("spark", 2), ("mpi", 2), ("local", 1)]
+    roles = [set(r["cpu_ms_per_round"]) for r in rows]
+    assert {"driver", "spark worker"} <= roles[0] and {"driver", "rank 1"} <= roles[1] and "driver" in roles[2]
+    assert len(rows[0]["cpu_ms_per_round"]["spark worker"]) >= 2  # one Python worker a mapper (and the daemon)
+    for r in rows:
+        assert r["rounds_measured"] == 2 and r["wall_s_per_round"] > 0
+        total = sum(sum(v) for v in r["cpu_ms_per_round"].values()) / 1000
+        assert r["cores_busy"] == pytest.approx(total / r["wall_s_per_round"])
+        assert 0 < r["cores_busy"] <= (os.cpu_count() or 1) * 1.25  # /proc's ticks are 10 ms: a little slack
+
+
 def test_scaling(tmp_path):
     from matplotlib.image import imread
 
