@@ -79,6 +79,8 @@ def main(argv=None):
         rows = json.loads((RESULTS / "speedup.json").read_text())
         plot(rows[1:], rows[0]["seconds_per_epoch"], RESULTS / "speedup.png")
         return
+    if args.smoke:
+        print("smoke size: a few short rounds, so these figures show only that the script works")
     source = str(synthetic_npz(6000, 1000) if args.smoke else synthetic_npz())
     mpiexec = [str(Path(sys.executable).parent / "mpiexec")]
     systems = [("local (in-process, 1 thread)", 1, ["engine=local"], ())]

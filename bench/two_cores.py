@@ -1,6 +1,6 @@
 """The machine's own ceiling for two one-thread mappers: one process alone against two at once.
 
-    python bench/two_cores.py           # 9 trials of each, about a minute
+    python bench/two_cores.py           # 9 trials of each, about 2 minutes
     python bench/two_cores.py --smoke   # seconds, for CI
 
 Two kernels, each in fresh processes with one BLAS thread (as every nnlib
@@ -142,6 +142,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     trials = 1 if args.smoke else args.trials
     sizes = {"epoch": 3000 if args.smoke else 30000, "matmul": 256 if args.smoke else 1024}
+    if args.smoke:
+        print("smoke size: the runs are milliseconds long, so these figures show only that the script works")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ctx = mp.get_context("spawn")
     rows = []
@@ -158,7 +160,7 @@ def main(argv=None) -> dict:
         print(f"{kernel:6s}  alone {np.median(alone):.3f} s  two at once {np.median(pair):.3f} s  "
               f"slowdown {slowdown:.2f}  ceiling for 2 mappers {2 / slowdown:.2f}x "
               f"(alone {min(alone):.3f}-{max(alone):.3f}, pair {min(pair):.3f}-{max(pair):.3f})", flush=True)
-    # the epoch pair beside a scoring driver, on two BLAS threads and on one, interleaved with the bare pair
+    # a second series: the epoch pair bare and beside a scoring driver on one and on two BLAS threads, interleaved
     size = sizes["epoch"]
     beside = {0: [], 1: [], 2: []}
     for _ in range(trials):
@@ -171,7 +173,7 @@ def main(argv=None) -> dict:
     bare = float(np.median(beside[0]))
     for threads in (1, 2):
         print(f"epoch pair beside a scorer on {threads} BLAS thread(s): {np.median(beside[threads]):.3f} s "
-              f"({np.median(beside[threads]) / bare:.2f}x the bare pair's {bare:.3f} s); "
+              f"({np.median(beside[threads]) / bare:.2f}x the bare pair's {bare:.3f} s in the same series); "
               f"the scorer's CPU per call {spin[threads]:.0f} ms", flush=True)
     result = {"cores": os.cpu_count(), "trials": trials, "rows": rows, "spin_cpu_ms": spin}
     write_result("smoke/two_cores" if args.smoke else "two_cores", result)
