@@ -48,6 +48,11 @@ def bench_env(tmp: Path | None = None) -> dict:
     return env
 
 
+def mpi_launcher(ranks: int) -> list[str]:
+    """This interpreter's ``mpiexec`` for ``ranks`` ranks, more than the cores allowed (the machine has 2)."""
+    return [str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks), "--oversubscribe"]
+
+
 def scratch():
     """A temporary folder, inside the checkout's .tmp/ when there is one (CI keeps scratch files there)."""
     return tempfile.TemporaryDirectory(dir=ROOT / ".tmp" if (ROOT / ".tmp").is_dir() else None)

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, bench_env, markdown_table, scratch, synthetic_npz, write_result  # noqa: E402
+from common import ROOT, bench_env, markdown_table, mpi_launcher, scratch, synthetic_npz, write_result  # noqa: E402
+from speedup import run_sets  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -44,7 +45,8 @@ def snapshot() -> dict[int, tuple[str, float]]:
 
 def role(cmdline: str, driver_pids: list[int], pid: int) -> str:
     if pid in driver_pids:
-        return "driver" if driver_pids.index(pid) == 0 else f"rank {driver_pids.index(pid)}"
+        rank = driver_pids.index(pid)
+        return "driver" if rank == 0 else f"rank {rank}"
     if "pyspark.daemon" in cmdline:
         return "spark worker"
     if "java" in cmdline and "SparkSubmit" in cmdline:
@@ -54,13 +56,11 @@ def role(cmdline: str, driver_pids: list[int], pid: int) -> str:
 
 def cpu_per_round(source: str, engine: str, mappers: int, rounds: int, first: int, last: int) -> dict:
     """CPU ms a round of each role between rounds ``first`` and ``last`` of one run, and its wall seconds a round."""
-    launcher = ([str(Path(sys.executable).parent / "mpiexec"), "-n", str(mappers), "--oversubscribe"]
-                if engine == "mpi" else [])
+    launcher = mpi_launcher(mappers) if engine == "mpi" else []
     with scratch() as tmp:
         out = Path(tmp) / "run"
         cmd = [*launcher, sys.executable, "-m", "nnlib", "run", "--out", str(out), "--quiet"]
-        for item in (f"engine={engine}", f"mappers={mappers}", f"data.source={source}", "model.hidden=[128]",
-                     "train.batch_size=32", "train.lr=0.1", "train.local_epochs=1", f"train.rounds={rounds}"):
+        for item in run_sets(source, [f"engine={engine}"], mappers, rounds):
             cmd += ["--set", item]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=bench_env(Path(tmp)), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, markdown_table, median, nnlib_run, write_result  # noqa: E402
+from common import ROOT, markdown_table, median, mpi_launcher, nnlib_run, write_result  # noqa: E402
 
 N_FEATURES = 1000
 
@@ -49,7 +49,7 @@ def main(argv=None):
     parser.add_argument("--no-cluster", action="store_true", help="leave out the standalone cluster")
     parser.add_argument("--engines", nargs="*", help="only the engines whose name starts so (e.g. 'spark stage')")
     args = parser.parse_args(argv)
-    mpiexec = [str(Path(sys.executable).parent / "mpiexec"), "-n", "2", "--oversubscribe"]
+    mpiexec = mpi_launcher(2)
     engines = {
         "local": (["engine=local"], ()),
         "spark stage, local[2]": (["engine=spark", "spark.master=local[2]"], ()),

@@ -31,15 +31,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from common import RESULTS, markdown_table, median, nnlib_run, scratch, synthetic_npz, write_result  # noqa: E402
+from common import RESULTS, markdown_table, median, mpi_launcher, nnlib_run, scratch, synthetic_npz, write_result  # noqa: E402
 
 CLUSTER = "spark standalone, 4 one-core workers"
 
 
-def seconds_per_epoch(source: str, engine_sets: list[str], mappers: int, launcher=(), rounds: int = 6) -> float:
-    sets = [*engine_sets, f"mappers={mappers}", f"data.source={source}", "model.hidden=[128]",
+def run_sets(source: str, engine_sets: list[str], mappers: int, rounds: int = 6) -> list[str]:
+    """The ``--set`` items of one run: hidden 128, batch 32, lr 0.1, one local epoch a round (bench/cores.py too)."""
+    return [*engine_sets, f"mappers={mappers}", f"data.source={source}", "model.hidden=[128]",
             "train.batch_size=32", "train.lr=0.1", "train.local_epochs=1", f"train.rounds={rounds}"]
-    res = nnlib_run(sets, launcher)
+
+
+def seconds_per_epoch(source: str, engine_sets: list[str], mappers: int, launcher=(), rounds: int = 6) -> float:
+    res = nnlib_run(run_sets(source, engine_sets, mappers, rounds), launcher)
     return median(r["seconds"] for r in res["rounds"][1:])
 
 
@@ -82,10 +86,9 @@ def main(argv=None):
     if args.smoke:
         print("smoke size: a few short rounds, so these figures show only that the script works")
     source = str(synthetic_npz(6000, 1000) if args.smoke else synthetic_npz())
-    mpiexec = [str(Path(sys.executable).parent / "mpiexec")]
     systems = [("local (in-process, 1 thread)", 1, ["engine=local"], ())]
     systems += [("spark stage", k, ["engine=spark"], ()) for k in ((1, 2) if args.smoke else (1, 2, 4))]
-    systems += [("mpi", k, ["engine=mpi"], (*mpiexec, "-n", str(k), "--oversubscribe")) for k in (1, 2)]
+    systems += [("mpi", k, ["engine=mpi"], mpi_launcher(k)) for k in (1, 2)]
     repeats = 1 if args.smoke else args.repeats
     times = {(engine, k): [] for engine, k, _, _ in systems}
     for p in range(repeats):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import markdown_table, median, nnlib_run, synthetic_npz, write_result  # noqa: E402
+from common import markdown_table, median, mpi_launcher, nnlib_run, synthetic_npz, write_result  # noqa: E402
 
 
 def main(argv=None):
@@ -30,7 +30,7 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     source = str(synthetic_npz(6000, 1000) if args.smoke else synthetic_npz())
-    mpiexec = [str(Path(sys.executable).parent / "mpiexec"), "-n", "2", "--oversubscribe"]
+    mpiexec = mpi_launcher(2)
     rows = []
     for name, sets, launcher in [("local", ["engine=local"], ()),
                                  ("spark tasks", ["engine=spark", "spark.collective=tasks"], ()),

@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py beside this script
 
-from common import ROOT, bench_env, markdown_table, nnlib_run, scratch, synthetic_npz, write_result  # noqa: E402
+from common import (ROOT, bench_env, markdown_table, mpi_launcher, nnlib_run, scratch,  # noqa: E402
+                    synthetic_npz, write_result)
 
 HIDDEN, BATCH, LR = 128, 32, 0.1
 
@@ -67,7 +68,7 @@ def run_nnlib(system: dict, source: str, target: float, max_epochs: int) -> dict
             f"spark.mode={system.get('mode', 'stage')}", "mpi.args=[--oversubscribe]"]
     launcher = []
     if system["engine"] == "mpi":
-        launcher = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(system["mappers"]), "--oversubscribe"]
+        launcher = mpi_launcher(system["mappers"])
     res = nnlib_run(sets, launcher)
     s = res["summary"]
     reached = s["final_test_accuracy"] >= target

@@ -84,12 +84,17 @@ def _worker(kernel: str, size: int, barrier, out) -> None:
         out.put(time.perf_counter() - start)
 
 
+def _scoring_operands() -> tuple[np.ndarray, np.ndarray]:
+    """A driver's scoring product: a 10000x784 test set by the first layer's 784x128 weights, float32."""
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(10000, 784)).astype(np.float32), rng.normal(size=(784, 128)).astype(np.float32)
+
+
 def _scorer(threads: int, done, ready) -> None:
-    """A driver's scoring: a 10000x784 by 784x128 product every 0.25 s on ``threads`` BLAS threads."""
+    """A driver's scoring: the scoring product every 0.25 s on ``threads`` BLAS threads."""
     from threadpoolctl import threadpool_limits
 
-    rng = np.random.default_rng(0)
-    x, w = rng.normal(size=(10000, 784)).astype(np.float32), rng.normal(size=(784, 128)).astype(np.float32)
+    x, w = _scoring_operands()
     with threadpool_limits(threads, user_api="blas"):
         x @ w
         ready.set()
@@ -101,8 +106,7 @@ def spin_cpu_ms(threads: int, calls: int = 8) -> float:
     """Process CPU milliseconds per scoring call followed by 0.2 s idle, on ``threads`` BLAS threads (this process)."""
     from threadpoolctl import threadpool_limits
 
-    rng = np.random.default_rng(0)
-    x, w = rng.normal(size=(10000, 784)).astype(np.float32), rng.normal(size=(784, 128)).astype(np.float32)
+    x, w = _scoring_operands()
     with threadpool_limits(threads, user_api="blas"):
         x @ w
         time.sleep(0.5)
