@@ -33,7 +33,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from nnlib.core.mlp import NumpyModel
-from nnlib.core.params import DTYPE, Layout, unpack
+from nnlib.core.params import Layout, unpack
 
 EVAL_CHUNK = 1024  # samples per forward pass when predicting
 
@@ -243,7 +243,7 @@ class NumpyCNN(NumpyModel):
                 np.matmul(dz, self._kernel_matrix(kernel).T, out=d_cols)
                 d = _unpatch(d_cols.reshape(*z.shape[:3], k, k, ch_in), k, self._buffers, i)
         if self.spec.l2:
-            grad += DTYPE(self.spec.l2) * flat_params * self._mask.astype(flat_params.dtype, copy=False)
+            grad += flat_params.dtype.type(self.spec.l2) * flat_params * self._mask.astype(flat_params.dtype, copy=False)
         return loss, grad
 
     def predict_logits(self, flat_params: np.ndarray, x: np.ndarray) -> np.ndarray:
