@@ -276,7 +276,9 @@ def test_a_cnn_exports_to_onnx_and_torch(tmp_path):
     assert np.abs(session.run(None, {"features": x})[0] - model.predict_proba(x)).max() <= 1e-5
     with torch.no_grad():
         probabilities = load_torch(export(model, "torch", tmp_path / "c.pt"))(torch.from_numpy(x)).numpy()
-    assert np.abs(probabilities - model.predict_proba(x)).max() <= 1e-5
+    # torch picks its float32 convolution kernels by CPU (tests/test_cnn.py: up to 2.6e-5 of the largest
+    # gradient entry on one CPU), so its probabilities get a looser bound than onnxruntime's
+    assert np.abs(probabilities - model.predict_proba(x)).max() <= 1e-4
 
 
 def _one_line_error(capsys, *args) -> str:
