@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from nnlib.core.params import FILE_KEYS
 from nnlib.errors import NnlibError, first_line
 from nnlib.rounds.payload import STATS_FIELDS
 
@@ -246,6 +247,7 @@ class Checkpoint:
 
 def load_model(path: str | Path) -> dict[str, np.ndarray]:
     """A ``model.npz``'s weights, named, in flat order, read with pickle disabled (the header and the
-    standardisation arrays, ``meta.*``, are left out: :mod:`nnlib.model.file` reads the whole file)."""
+    standardisation arrays, ``meta.header``, ``meta.mean`` and ``meta.std``, are left out:
+    :mod:`nnlib.model.file` reads the whole file)."""
     with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # fh: closed even if np.load fails
-        return {k: f[k] for k in f.files if not k.startswith("meta.")}
+        return {k: f[k] for k in f.files if k not in FILE_KEYS}

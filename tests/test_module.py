@@ -172,6 +172,20 @@ def test_model_file_round_trip_predict_and_torch_export(tmp_path):
     np.testing.assert_array_equal(prediction, model.predict(digits.data[:50]))
 
 
+def test_a_submodule_named_meta_keeps_its_weights_in_the_model_file(tmp_path):
+    import nnlib
+    from nnlib.model.file import write
+
+    result = run(small_config("model.type=module", "model.module=user_models.named:Meta", "train.rounds=1"), **QUIET)
+    write(tmp_path / "model.npz", result.model)
+    model = nnlib.load_model(tmp_path / "model.npz")
+    assert list(model.weights) == ["meta.weight", "meta.bias", "head.weight", "head.bias"]
+    np.testing.assert_array_equal(model.params, result.params)
+    from nnlib.outputs import load_model
+
+    assert list(load_model(tmp_path / "model.npz")) == list(model.weights)
+
+
 def test_nnlib_predict_on_a_module_run(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(TESTS))
     sets = [s for item in MODULE + ["train.rounds=1", "mappers=2"] for s in ("--set", item)]
@@ -222,6 +236,9 @@ def test_a_missing_callable_names_the_closest_or_up_to_ten_of_the_modules_callab
      "got model.backend='numpy'"),
     (["model.module=user_models.tiny:make", "train.device=cuda"], "nnlib: error: train.device=cuda: this process "
      "sees no CUDA GPU"),
+    (["model.module=user_models.named:Meta", "model.kwargs={stats: true}"], "nnlib: error: model.module: "
+     "user_models.named:Meta has an array named 'meta.mean', a name the model file keeps for itself (meta.header, "
+     "meta.mean, meta.std); rename that parameter, buffer or submodule"),
     (["model.module=user_models.tiny:make", "model.kwargs={n_classes: 3}"], "nnlib: error: model.module: "
      "user_models.tiny:make must map a (2, 1, 8, 8) batch to (2, 10) outputs (one per class), got (2, 3)"),
 ])

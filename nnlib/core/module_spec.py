@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnlib.core.params import DTYPE, Layout
+from nnlib.core.params import DTYPE, FILE_KEYS, Layout
 from nnlib.errors import ConfigError, first_line
 
 KEY = "model.module"
@@ -217,6 +217,10 @@ def check_module(spec: ModuleSpec, module) -> None:
 
     if not any(True for _ in module.parameters()):
         raise ConfigError(f"{KEY}: {spec.module} has no parameters to train")
+    taken = [n for n, _ in [*module.named_parameters(), *module.named_buffers()] if n in FILE_KEYS]
+    if taken:
+        raise ConfigError(f"{KEY}: {spec.module} has an array named {taken[0]!r}, a name the model file keeps for "
+                          f"itself ({', '.join(FILE_KEYS)}); rename that parameter, buffer or submodule")
     for name, sub in module.named_modules():
         if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm) and sub.momentum is None:
             raise ConfigError(f"{KEY}: {spec.module}: BatchNorm {name or '(root)'} has momentum=None (a cumulative "

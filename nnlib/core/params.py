@@ -20,6 +20,8 @@ from functools import cached_property
 import numpy as np
 
 DTYPE = np.float32
+# the model file's own arrays beside the weights (nnlib.model.file): no array of a layout may take these names
+FILE_KEYS = ("meta.header", "meta.mean", "meta.std")
 
 
 class Layout:

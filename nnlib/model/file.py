@@ -54,14 +54,13 @@ import numpy as np
 from nnlib.core.cnn import ConvSpec
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.module_spec import ModuleSpec, canonical_kwargs
-from nnlib.core.params import DTYPE, LayerSpec, pack, to_named
+from nnlib.core.params import DTYPE, FILE_KEYS, LayerSpec, pack, to_named
 from nnlib.errors import DataError, first_line
 from nnlib.outputs import atomic_write_bytes
 
 FORMAT = "nnlib-model"
 VERSION = 1
-HEADER, MEAN, STD = "meta.header", "meta.mean", "meta.std"
-META_PREFIX = "meta."  # arrays that are not weights
+HEADER, MEAN, STD = FILE_KEYS  # the arrays that are not weights
 
 
 @dataclass(frozen=True)
@@ -191,7 +190,7 @@ def read(path: str | Path) -> ModelFile:
                 arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path} is not an nnlib model file (not a readable .npz: {first_line(exc)})") from None
-    weights = {k: v for k, v in arrays.items() if not k.startswith(META_PREFIX)}
+    weights = {k: v for k, v in arrays.items() if k not in FILE_KEYS}
     if HEADER not in arrays:
         if not ({"layer0.weight", "conv0.weight"} & set(weights)):
             raise DataError(f"{path} is not an nnlib model file (no {HEADER} and no layer0.weight or conv0.weight; "
