@@ -28,6 +28,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
+def leading_state(state: np.ndarray | None, n_params: int, n: int) -> np.ndarray | None:
+    """The part of an optimizer's flat ``state`` that steps the leading ``n`` of ``n_params`` values: the
+    state itself when ``n == n_params``, else a view, ``(n,)`` for SGD's momentum or ``(rows, n)`` for
+    Adam's three blocks. A step on ``params[:n]`` with it updates ``state`` in place."""
+    if state is None or n == n_params:
+        return state
+    rows = state.reshape(-1, n_params)[:, :n]
+    return rows[0] if len(rows) == 1 else rows
+
+
 @dataclass(frozen=True)
 class SGD:
     """SGD with PyTorch's momentum rule: ``v = momentum * v + g; w -= lr * v``.

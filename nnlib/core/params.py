@@ -44,6 +44,12 @@ class Layout:
     def n_params(self) -> int:
         return self.offsets[-1][1]
 
+    @property
+    def n_weights(self) -> int:
+        """The leading values of the flat vector that the gradient moves; the rest, if any, are a module's
+        floating buffers (BatchNorm's running statistics), which its training forward updates."""
+        return self.n_params
+
     def weight_mask(self) -> np.ndarray:
         """Flat float32 mask: 1 on weights (arrays of 2 dimensions and up), 0 on biases (the L2 penalty's support)."""
         return np.concatenate([np.full(int(np.prod(s)), 1.0 if len(s) >= 2 else 0.0, DTYPE) for s in self.shapes()])

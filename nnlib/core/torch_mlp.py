@@ -136,18 +136,23 @@ class TorchModel:
 
     # -- the backend interface -----------------------------------------------------------------
 
-    def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray,
+                      update_buffers: bool = False) -> tuple[float, np.ndarray]:
         """Data loss on ``(x, y)`` and the gradient of loss + L2 penalty, flat ``(n_params,)`` in ``flat``'s dtype.
 
         ``x`` ``(batch, n_features)`` in ``flat``'s dtype, ``y`` ``(batch,)``
-        int64. Buffers (BatchNorm's statistics) are updated in a copy, not
-        in ``flat``.
+        int64. The training forward's new buffer values (BatchNorm's running
+        statistics) go to a copy, or with ``update_buffers`` to ``flat``'s
+        buffer entries (a synchronous round's mapper keeps its own); their
+        gradient entries are 0.
         """
-        w = as_tensor(flat)
+        host = as_tensor(flat)
+        w = host
         device = self.train_device()
+        n_trained = self._module()[2]
         if device is not None:
             w = w.to(device, copy=True)
-        if self._module()[2] < len(flat) and w.data_ptr() == as_tensor(flat).data_ptr():
+        elif n_trained < len(flat) and not update_buffers:
             w = w.clone()  # buffers a training forward updates: keep the caller's intact
         grad = torch.zeros_like(w)
         module = self.bind(w, grad).train()
@@ -161,6 +166,8 @@ class TorchModel:
         if device is not None:
             self._place_other_buffers(module, torch.device("cpu"))
             grad = grad.cpu()
+            if update_buffers:
+                host[n_trained:].copy_(w[n_trained:].cpu())
         return float(loss.detach()), grad.numpy().astype(flat.dtype, copy=False)
 
     def predict_logits(self, flat: np.ndarray, x: np.ndarray) -> torch.Tensor:

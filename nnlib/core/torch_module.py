@@ -6,8 +6,10 @@ flat float32 vector is bound to the module as views, its parameters then its
 floating buffers. In a local round (``train_steps``) a BatchNorm's running
 statistics are updated in place by the module's forward in ``train()``
 mode, as in a ``torch.optim`` loop, and the optimizer steps the parameters
-alone; the combine rules then average the statistics with the weights. A
-synchronous round (``loss_and_grad``) leaves them as the round found them.
+alone; the combine rules then average the statistics with the weights. In a
+synchronous round each mapper keeps its own statistics
+(``loss_and_grad(..., update_buffers=True)``) and
+:func:`nnlib.rounds.mapper.sync_shards` averages them at the round's end.
 Scoring runs in ``eval()`` mode and changes nothing.
 
 Devices (``train.device``): :func:`pick_device` says where one process

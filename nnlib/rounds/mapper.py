@@ -21,11 +21,12 @@ from typing import Protocol
 import numpy as np
 
 from nnlib.core.backends import get_backend
+from nnlib.core.optim import leading_state
 from nnlib.core.train import local_sgd, run_steps
 from nnlib.data.dataset import Shard
 from nnlib.data.rows import TEST, VAL
 from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
-from nnlib.rounds.reduce import check_mean_gradient, sync_coefficients
+from nnlib.rounds.reduce import buffer_coefficients, check_mean_gradient, sync_coefficients
 from nnlib.util.threads import one_blas_thread
 
 
@@ -134,6 +135,12 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
     batch sizes: a mapper whose shard is used up for the epoch sends zeros
     with weight 0), and the optimizer takes the same step everywhere, so all
     hold the same weights throughout.
+
+    A module's floating buffers (BatchNorm's running statistics, after its
+    parameters in the flat vector) are not stepped: each mapper's training
+    forwards update its own copy, as in a local round, and at the round's
+    end the collective averages the copies weighted by shard size, as the
+    averaging combine does (``plan.shard_sizes``; one more mean call).
     """
     backend = get_backend(payload.backend, payload.model)
     plan = payload.plan
@@ -142,22 +149,27 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
                             shard_rng(payload.seed, payload.round_index, s.index)) for s in shards]
     params = payload.params.copy()
     opt_state = None if payload.opt_state is None else payload.opt_state.copy()
+    n = payload.model.layers.n_weights  # the gradient's entries; a module's buffers follow
+    own = [params.copy() for _ in shards] if n < params.size else None  # each mapper's running statistics
     compute = [0.0] * len(shards)
     loss_sums = [0.0] * len(shards)
     comm = 0.0
 
-    def mean_gradient(w, step):
+    def mean_gradient(_trained, step):
         nonlocal comm
         grads = []
         for i, shard in enumerate(shards):
             start = time.perf_counter()
             idx = batches[i][step]
-            if len(idx):
-                loss, grad = backend.loss_and_grad(w, shard.x[idx], shard.y[idx])
-                loss_sums[i] += loss * len(idx)
+            if len(idx) and own is None:
+                loss, grad = backend.loss_and_grad(params, shard.x[idx], shard.y[idx])
+            elif len(idx):
+                own[i][:n] = params[:n]  # the shared weights, with this mapper's own statistics
+                loss, grad = backend.loss_and_grad(own[i], shard.x[idx], shard.y[idx], update_buffers=True)
             else:  # its shard is used up for this epoch: it takes part with weight 0
-                grad = np.zeros_like(w)
-            grads.append(grad)
+                loss, grad = 0.0, np.zeros_like(params)
+            loss_sums[i] += loss * len(idx)
+            grads.append(grad[:n])
             compute[i] += time.perf_counter() - start
         start = time.perf_counter()
         mean = collective.mean(grads, sync_coefficients(plan.sync_batch_sizes(step)))
@@ -168,7 +180,11 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
 
     loop_start = time.perf_counter()
     with np.errstate(all="ignore"), one_blas_thread():
-        run_steps(params, opt_state, payload.optimizer, lrs, mean_gradient)
+        run_steps(params[:n], leading_state(opt_state, params.size, n), payload.optimizer, lrs, mean_gradient)
+    if own is not None:
+        start = time.perf_counter()
+        params[n:] = collective.mean([o[n:] for o in own], buffer_coefficients(plan))
+        comm += time.perf_counter() - start
     # the updates' time, shared out: the loop's time less gradients and collectives
     update = (time.perf_counter() - loop_start - sum(compute) - comm) / len(shards)
     host, pid = socket.gethostname(), os.getpid()

@@ -179,6 +179,13 @@ def sync_coefficients(batch_sizes) -> np.ndarray:
     return coefs
 
 
+def buffer_coefficients(plan) -> np.ndarray:
+    """Each mapper's coefficient in a synchronous round's mean of a module's buffers (BatchNorm's running
+    statistics), taken once at the round's end: its shard's share of the training samples,
+    ``n_m / sum n`` (float64, ``(mappers,)``), as the averaging combine weights a round's results."""
+    return sync_coefficients(plan.shard_sizes)
+
+
 def gradient_share(grad: np.ndarray, coefficient: float) -> np.ndarray:
     """One mapper's share of a synchronous step's mean gradient: ``coefficient * grad`` in float64."""
     return coefficient * grad.astype(np.float64)

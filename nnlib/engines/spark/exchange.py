@@ -19,7 +19,9 @@ unpickled). Driver to mapper:
   (:mod:`nnlib.engines.spark.collective`: the mesh is built at the first such
   round and kept for the stage); with ``peers`` None (``spark.collective:
   driver``) every step the mapper sends ``("grad", g)`` and waits for
-  ``("mean", m)``, the driver's mean over all mappers. At the end it answers
+  ``("mean", m)``, the driver's mean over all mappers (for a module with
+  floating buffers, one more pair after the last step carries the
+  mappers' running statistics). At the end it answers
   ``("synced", MapperStats, Combined or None)`` (mapper 0 sends the round's
   state, every mapper holding the same), or ``("lost", mapper, reason)`` when
   a peer's connection broke;
@@ -55,7 +57,7 @@ from nnlib.engines.spark.collective import DriverStopped, Listener, PeerLost, Ta
 from nnlib.errors import EngineError
 from nnlib.rounds.mapper import score_held_out, sync_shards, train_shard
 from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
-from nnlib.rounds.reduce import check_mean_gradient, mean_gradient, sync_coefficients
+from nnlib.rounds.reduce import buffer_coefficients, check_mean_gradient, mean_gradient, sync_coefficients
 
 _LENGTH = struct.Struct("!Q")
 _HELLO = struct.Struct("!4s32sI")  # magic, token, mapper index
@@ -349,6 +351,12 @@ class Hub:
             check_mean_gradient(mean, payload.round_index, step,
                                 lambda: [m for m, g in enumerate(grads) if not np.isfinite(g).all()])
             self.broadcast(("mean", mean))
+            combine_seconds += time.perf_counter() - t
+        layers = payload.model.layers
+        if layers.n_weights < layers.n_params:  # a module's buffers: the mappers' own, averaged once at the end
+            buffers = [b for (b,) in self.gather("grad", alive, what)]
+            t = time.perf_counter()
+            self.broadcast(("mean", mean_gradient(buffers, buffer_coefficients(payload.plan))))
             combine_seconds += time.perf_counter() - t
         finished = self.gather("synced", alive, what)
         timings["combine"] = combine_seconds
