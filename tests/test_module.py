@@ -153,6 +153,19 @@ def test_one_mapper_synchronous_rounds_of_a_batchnorm_module_equal_local_rounds(
     assert synced.summary["final_test_accuracy"] == pytest.approx(averaged.summary["final_test_accuracy"], abs=0.01)
 
 
+def test_the_server_step_moves_the_weights_and_leaves_the_averaged_statistics():
+    config = module_config("mappers=2", "train.rounds=1", "server.lr=1.5")
+    setup = prepare(config)
+    shards = ShardSource(config.data, config.seed, config.mappers).build([0, 1])
+    mine = [train_shard(s, setup.first).params.astype(np.float64) for s in shards]
+    result = run(config, **QUIET)
+    n, start = setup.first.model.layers.n_weights, setup.first.params.astype(np.float64)
+    average = (mine[0] + mine[1]) / 2
+    # FedAvg's server step with lr 1.5 on the weights: start - 1.5 * (start - average); the statistics averaged
+    np.testing.assert_allclose(result.params[:n], start[:n] - 1.5 * (start[:n] - average[:n]), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.params[n:], average[n:], rtol=0, atol=1e-7)
+
+
 def test_mrjob_inline_equals_the_local_engine():
     pytest.importorskip("mrjob")
     local = run(module_config(), **QUIET).params

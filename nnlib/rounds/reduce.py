@@ -220,10 +220,18 @@ class Server:
     state: np.ndarray | None
 
     def __call__(self, payload: RoundPayload, combined: Combined) -> Combined:
-        """A local round's combined weights, moved by the server's step from the round's start."""
+        """A local round's combined weights, moved by the server's step from the round's start.
+
+        A module's floating buffers (BatchNorm's running statistics, after its
+        parameters) are not weights to step: they keep the combined values.
+        """
         if payload.plan.synchronous:
             return combined
-        return replace(combined, params=self.rule.step(payload.params, combined.params, self.state))
+        n = payload.model.layers.n_weights
+        params = combined.params.copy()
+        params[:n] = self.rule.step(payload.params[:n], combined.params[:n], None if self.state is None
+                                    else self.state[:n])
+        return replace(combined, params=params)
 
 
 def make_server(config, params: np.ndarray) -> Server | None:
