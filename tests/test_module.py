@@ -153,6 +153,23 @@ def test_one_mapper_synchronous_rounds_of_a_batchnorm_module_equal_local_rounds(
     assert synced.summary["final_test_accuracy"] == pytest.approx(averaged.summary["final_test_accuracy"], abs=0.01)
 
 
+@pytest.mark.parametrize("rule", ["sum", "sum_updates", "weighted"])
+def test_the_sums_add_the_weights_and_average_the_statistics(rule):
+    config = module_config("mappers=3", "train.rounds=1", f"combine={rule}", "data.partition=quantity_skew")
+    setup = prepare(config)
+    shards = ShardSource(config.data, config.seed, config.mappers).build([0, 1, 2])
+    n_samples = np.array([s.n_samples for s in shards], np.float64)
+    assert len(set(n_samples)) == 3  # the weighted mean differs from the plain one
+    mine = np.array([train_shard(s, setup.first).params.astype(np.float64) for s in shards])
+    result = run(config, **QUIET)
+    n, start = setup.first.model.layers.n_weights, setup.first.params.astype(np.float64)
+    weights = {"sum": mine.sum(axis=0), "sum_updates": start + (mine - start).sum(axis=0),
+               "weighted": n_samples @ mine / n_samples.sum()}[rule]
+    statistics = n_samples @ mine / n_samples.sum() if rule == "weighted" else mine.mean(axis=0)
+    np.testing.assert_allclose(result.params[:n], weights[:n], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.params[n:], statistics[n:], rtol=0, atol=1e-6)
+
+
 def test_the_server_step_moves_the_weights_and_leaves_the_averaged_statistics():
     config = module_config("mappers=2", "train.rounds=1", "server.lr=1.5")
     setup = prepare(config)

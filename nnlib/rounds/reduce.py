@@ -74,6 +74,11 @@ class RoundShares:
     - Whole network: the share is ``c_m * w_m`` with ``c`` from the rule's
       coefficients (:data:`nnlib.core.combine.COEFFICIENTS`); the finish adds
       ``c_start * start``. The optimizer state is averaged (``1/k`` each).
+      A module's floating buffers (BatchNorm's running statistics, after
+      its parameters) are a mean whatever the rule: a rule whose
+      coefficients are a mean (``average``, ``weighted``) keeps them, the
+      sums (``sum``, ``sum_updates``) average them (``1/k``), since a sum of
+      variances is no variance.
     - Sub-networks (``payload.subnets``): the share is the mapper's
       sub-network divided by its number of holders, in its places
       (:func:`nnlib.core.split.embed`; ``split.recombine: sum`` divides by 1);
@@ -89,6 +94,9 @@ class RoundShares:
             state_coefs, _ = COEFFICIENTS["average"](n_samples)
             self.coef = dict(zip(self.good, coefs))
             self.state_coef = dict(zip(self.good, state_coefs))
+            self.n_weights = payload.model.layers.n_weights  # a module's buffers follow
+            is_mean = self.start_coef == 0 and np.isclose(coefs.sum(), 1.0)
+            self.buffer_coef = self.coef if is_mean else self.state_coef
             return
         layers = payload.model.layers
         self.split = payload.split()
@@ -101,7 +109,11 @@ class RoundShares:
         """Mapper ``mapper``'s shares of the weights and the optimizer state (float64)."""
         if self.subnets is None:
             state = None if opt_state is None else self.state_coef[mapper] * opt_state.astype(np.float64)
-            return self.coef[mapper] * params.astype(np.float64), state
+            weights = params.astype(np.float64)
+            share = self.coef[mapper] * weights
+            if self.n_weights < len(share):
+                share[self.n_weights:] = self.buffer_coef[mapper] * weights[self.n_weights:]
+            return share, state
         layers, choice = self.payload.model.layers, self.choice[mapper]
         state = None
         if opt_state is not None:
@@ -122,7 +134,9 @@ class RoundShares:
         p = self.payload
         if self.subnets is None:
             if self.start_coef:
-                params_total = params_total + self.start_coef * p.params.astype(np.float64)
+                n = self.n_weights
+                params_total = params_total.copy()
+                params_total[:n] = params_total[:n] + self.start_coef * p.params[:n].astype(np.float64)
             return params_total.astype(DTYPE), None if state_total is None else state_total.astype(DTYPE)
         params = np.where(self.count > 0, params_total, p.params.astype(np.float64)).astype(DTYPE)
         state = None
