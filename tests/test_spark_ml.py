@@ -154,3 +154,22 @@ def test_bad_columns_and_conf_are_one_line(spark, pipeline_fit, digits_file):
     arrays = df.selectExpr(f"array({', '.join(PIXELS[:63])}) as features")
     with pytest.raises(Exception, match="DataError: featuresCol 'features': the model takes 64 features, got 63"):
         nn.transform(arrays).collect()
+
+
+def test_a_users_module_trains_through_conf_and_its_model_saves_and_loads(spark, digits_file, tmp_path):
+    from pyspark.ml.feature import VectorAssembler
+
+    from nnlib.spark import NNClassificationModel, NNClassifier
+
+    df = VectorAssembler(inputCols=PIXELS, outputCol="features").transform(spark.read.parquet(str(digits_file)))
+    own = {"model.type": "module", "model.module": "user_models.tiny:make", "data.image_shape": [1, 8, 8]}
+    model = NNClassifier(conf=own, **PARAMS).fit(df)
+    expected = run(load_config(None, [*SAME_CONFIG, "engine=local", f"data.source={digits_file}",
+                                      *[f"{k}={v}" for k, v in own.items()]]), log=lambda _: None, warn=lambda _: None)
+    assert model.model.header["architecture"]["module"] == "user_models.tiny:make"
+    assert np.array_equal(model.model.params, expected.params)  # BatchNorm's running statistics included
+    model.write().overwrite().save(str(tmp_path / "m"))
+    loaded = NNClassificationModel.load(str(tmp_path / "m"))
+    assert _columns(loaded.transform(df)) == _columns(model.transform(df))
+    x, y = load_digits()
+    assert model.model.score(x, y) > 0.8
