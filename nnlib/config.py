@@ -257,14 +257,6 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
-    def _key_column_is_read(self):
-        source = self.data.source
-        if self.data.key_column is not None and self.engine == "spark" and not source.lower().endswith(".csv"):
-            raise ValueError(f"data.key_column is read from .csv sources on every engine and from Parquet sources "
-                             f"on engine local, mpi and mrjob; got engine=spark with data.source {source}")
-        return self
-
-    @model_validator(mode="after")
     def _device_needs_a_module(self):
         if self.train.device != "cpu" and self.model.type != "module":
             raise ValueError(f"train.device={self.train.device} places a model.type=module on a GPU; "

@@ -27,7 +27,7 @@ from nnlib.core.params import to_named
 from nnlib.data.rows import TEST, RowPlan
 from nnlib.data.sources import load_digits
 from nnlib.driver import run
-from nnlib.errors import ConfigError, DataError
+from nnlib.errors import DataError
 from nnlib.model.file import HEADER, MEAN
 from nnlib.model.model import CHUNK_ROWS, Model
 from nnlib.model.predict import predict_source
@@ -326,11 +326,6 @@ def test_cli_predict_refuses_bad_input_in_one_line_and_writes_nothing(csv_run, t
     err = _one_line_error(capsys, "predict", str(tmp / "test.csv"), "digits")
     assert "is not an nnlib model file" in err
     assert sorted(f.name for f in tmp_path.iterdir()) == ["narrow.npz", "renamed.csv", "unseen.csv"]
-
-
-def test_a_key_column_is_refused_for_parquet_on_spark():
-    with pytest.raises(ConfigError, match="data.key_column is read from .csv sources on every engine"):
-        load_config(None, ["engine=spark", "data.source=d.parquet", "data.key_column=id"])
 
 
 @pytest.mark.slow

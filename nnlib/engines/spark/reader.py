@@ -70,7 +70,7 @@ def _batches(table: ParquetSource, offsets: dict, batches) -> Iterator[tuple[np.
     for batch in batches:
         for name, first_row, positions, data in split_parts(batch, offsets):
             x, y = table_arrays(data, name, table.key, table.label_column, table.features_column, first_row,
-                                chosen=table.chosen_columns, dropped=table.dropped_columns)
+                                table.key_column, table.chosen_columns, table.dropped_columns)
             yield positions, x, y
 
 
