@@ -68,7 +68,9 @@ def interrupted(run_dir: Path | None, rounds: int, engine: str) -> Interrupted:
     if run_dir is None or not (run_dir / "config.yaml").is_file():
         return Interrupted("interrupted before the first round started; nothing was written", None)
     done = checkpoint_rounds(run_dir)
-    return Interrupted(f"interrupted in round {done + 1}/{rounds}; {_kept(run_dir, done)}; resume with: "
+    when = (f"in round {done + 1}/{rounds}" if done < rounds
+            else f"after the last round ({rounds}/{rounds}), before the run's outputs were written")
+    return Interrupted(f"interrupted {when}; {_kept(run_dir, done)}; resume with: "
                        f"nnlib run --resume {shlex.quote(str(run_dir))}", run_dir)
 
 

@@ -98,6 +98,45 @@ def test_ctrl_c_ends_a_run_in_one_line_leaves_no_process_and_the_resume_finishes
     assert json.loads((out / "summary.json").read_text())["resumed_after_round"] == int(kept)
 
 
+def in_session(sid: int) -> dict[int, str]:
+    """``{pid: command line}`` of the running processes of session ``sid`` (a process that left its parent keeps
+    its session, so a JVM orphaned by its driver is still found)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found[int(stat.parent.name)] = command
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["the JVM launched", "the mappers' Python workers started"])
+def test_ctrl_c_while_spark_starts_is_one_line_and_leaves_no_jvm(tmp_path, moment):
+    # the JVM launched but not yet connected back: cut there, it used to keep running with nobody to stop it;
+    # the workers starting: the barrier stage's tasks are not yet connected to the driver
+    out = tmp_path / "run"
+    proc = start_run([*QUICK, "--set", "engine=spark", "--out", str(out), "--quiet"])
+    mark = "java" if moment == "the JVM launched" else "pyspark.daemon"
+    deadline = time.monotonic() + 120
+    while not any(mark in command for command in in_session(proc.pid).values()):
+        assert proc.poll() is None and time.monotonic() < deadline, f"no process with {mark!r} appeared"
+        time.sleep(0.02)
+    start = time.monotonic()
+    status, err = ctrl_c(proc, timeout=60)
+    assert status == 130 and "Traceback" not in err, err[-3000:]
+    assert err.splitlines()[-1] == "nnlib: interrupted before the first round started; nothing was written", err
+    assert time.monotonic() - start < 30  # measured 0.4-9 s: the JVM's start is finished first, then stopped
+    deadline = time.monotonic() + 20
+    while (left := in_session(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == {}, f"processes left behind after Ctrl-C: {left}"
+    assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def mapper_runs(tmp_path_factory) -> Path:
     """Three finished runs that differ in their mapper count, as after ``nnlib run conf/mappers_N.yaml --out runs/mN``."""
@@ -134,6 +173,16 @@ def test_report_of_several_runs_compares_them_as_a_sweeps_report(mapper_runs, ca
     assert main(["report", *(str(mapper_runs / f"m{m}") for m in (1, 2, 4)), "--out", str(again)]) == 0
     assert [r["final_test_accuracy"] for r in read_csv_rows(again / "results.csv")] == \
         [r["final_test_accuracy"] for r in rows]
+
+
+def test_an_interrupt_after_the_last_round_says_so(mapper_runs):
+    from nnlib.api import interrupted
+
+    run_dir = mapper_runs / "m2"  # 2 rounds, both checkpointed
+    assert str(interrupted(run_dir, 2, "local")) == (
+        f"interrupted after the last round (2/2), before the run's outputs were written; rounds 1-2 are kept "
+        f"(checkpoint {run_dir / 'checkpoints' / 'round-00002.npz'}); resume with: nnlib run --resume {run_dir}")
+    assert str(interrupted(run_dir, 5, "local")).startswith("interrupted in round 3/5; rounds 1-2 are kept")
 
 
 def test_report_refuses_what_it_cannot_compare_in_one_line(mapper_runs, tmp_path, capsys):

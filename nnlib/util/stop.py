@@ -139,3 +139,25 @@ def handling_stop(signals: tuple[int, ...] = (signal.SIGTERM,), grace: float | N
         signal.signal(signal.SIGALRM, alarm)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def holding_interrupt() -> Iterator[list[int]]:
+    """Hold Ctrl-C (SIGINT) while the block runs: the signal is recorded, not raised, and the block's
+    list holds it; the caller acts on it once the block is done. In another thread than the main one
+    nothing is held (Python runs signal handlers in the main thread only) and the list stays empty.
+
+    For a step that must not be cut in half: a Spark session's start, where an interrupt between the
+    JVM's launch and its connection back leaves the JVM running with nobody to stop it. The handler from
+    before the block is put back even if the block installed its own (pyspark's SparkContext does, and
+    its handler calls the JVM from inside the signal, while the interrupted call may hold the connection).
+    """
+    came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield came
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: came.append(signum))
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGINT, previous)

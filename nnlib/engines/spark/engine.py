@@ -27,6 +27,7 @@ scheduling per round, plus reading the cached shards).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -40,6 +41,7 @@ from nnlib.engines.spark.exchange import Hub, MapperLost, serve_mapper
 from nnlib.engines.spark.reader import SparkReader, shard_from_records
 from nnlib.errors import EngineError, error_from_text, first_line, hint, root_cause
 from nnlib.rounds.mapper import score_held_out, train_shard
+from nnlib.util.stop import holding_interrupt
 from nnlib.util.timing import timed
 
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
@@ -91,7 +93,12 @@ def get_or_create_session(master: str, app_name: str, log_level: str, min_slots:
                .config("spark.log.level", log_level))
     for key, value in {**EXECUTOR_DEFAULTS, **(conf or {})}.items():
         builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    quiet_py4j(log_level)
+    with holding_interrupt() as interrupted:  # cut short, the JVM's start would leave it running
+        session = builder.getOrCreate()
+    if interrupted:
+        session.stop()
+        raise KeyboardInterrupt
     session.sparkContext.setLogLevel(log_level)
     quiet_task_failures(session.sparkContext, log_level)
     return session, True
@@ -110,6 +117,25 @@ def quiet_task_failures(sc, log_level: str) -> None:
     jvm = sc._jvm
     for name in TASK_FAILURE_LOGGERS:
         jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, jvm.org.apache.logging.log4j.Level.OFF)
+
+
+class _Py4jTraces(logging.Filter):
+    """Drops what py4j logs on the root logger itself (``logging.exception`` in its calls to the JVM)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}py4j{os.sep}" not in record.pathname
+
+
+def quiet_py4j(log_level: str) -> None:
+    """Keep py4j's tracebacks (a Ctrl-C or a lost connection in the middle of a call to the JVM) off the
+    console at ``spark.log_level`` ERROR and above (the default): nnlib reports the interrupt or the
+    failure in one line. py4j logs on its ``py4j.*`` loggers and, with ``logging.exception``, on the root."""
+    if log_level.upper() not in ("ERROR", "FATAL", "OFF"):
+        return
+    logging.getLogger("py4j").setLevel(logging.CRITICAL + 1)
+    root = logging.getLogger()
+    if not any(isinstance(f, _Py4jTraces) for f in root.filters):
+        root.addFilter(_Py4jTraces())
 
 
 class _SparkSession:
@@ -346,11 +372,18 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
         if self.hub is not None:
             self.hub.close_mappers()  # the tasks return, and the stage's job ends by itself
             if self._thread is not None:
+                self._thread.join(timeout=STAGE_END_SECONDS)
+            if self._thread is not None and self._thread.is_alive() and self.session is not None:
+                # tasks still starting (a Ctrl-C while the stage was launched) never learn of the end: cancel
+                self.session.sparkContext.cancelJobGroup(self._group)
                 self._thread.join(timeout=60)
             self._thread = None
             self.hub.close()
             self.hub = None
         self._close()
+
+
+STAGE_END_SECONDS = 5.0  # how long a stopped stage's job gets to end by itself before it is cancelled
 
 
 class _StageDied(Exception):
