@@ -40,5 +40,5 @@ setup(
         "bench": [TORCH, *MRJOB, *MPI],
         "test": [TORCH, *MRJOB, *MPI, MLFLOW, *ONNX, "pytest>=8"],
     },
-    entry_points={"console_scripts": ["nnlib=nnlib.cli:entry_point"]},
+    entry_points={"console_scripts": ["nnlib=nnlib.__main__:main"]},
 )

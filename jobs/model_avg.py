@@ -12,7 +12,7 @@ master.
 
 import sys
 
-from nnlib.cli import main
+from nnlib.__main__ import main
 
 if __name__ == "__main__":
-    sys.exit(main(["run", "--set", "engine=spark", *sys.argv[1:]]))  # errors read "nnlib: error: ..."
+    main(["run", "--set", "engine=spark", *sys.argv[1:]])  # errors read "nnlib: error: ..."

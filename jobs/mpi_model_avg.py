@@ -11,7 +11,7 @@ Started without mpiexec, it starts ``mpiexec -n mappers`` itself.
 
 import sys
 
-from nnlib.cli import main
+from nnlib.__main__ import main
 
 if __name__ == "__main__":
-    sys.exit(main(["run", *sys.argv[1:], "--set", "engine=mpi"]))  # errors read "nnlib: error: ..."
+    main(["run", *sys.argv[1:], "--set", "engine=mpi"])  # errors read "nnlib: error: ..."

@@ -287,9 +287,10 @@ def main(argv: list[str] | None = None, prog: str = "nnlib") -> int:
         return 130
 
 
-def entry_point() -> None:
+def entry_point(argv: list[str] | None = None) -> None:
+    """Run :func:`main` on ``argv`` (default the command line) and exit with its status."""
     try:
-        sys.exit(main())
+        sys.exit(main(argv))
     except BrokenPipeError:  # the reader went away (nnlib run | head): stop quietly, as other tools do
         sys.stderr.close()
         sys.exit(141)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import pickle
 import shutil
+import signal
 import sys
 import tempfile
 import warnings
@@ -31,6 +33,24 @@ from nnlib.rounds.payload import Combined
 from nnlib.util.timing import timed
 from nnlib.engines.mrjob.wire import decode_array, decode_stats, payload_to_bytes
 
+
+
+_RUNNING_JOB = False  # this process is in a job's runner.run(): processes it forks end quietly on Ctrl-C
+
+
+def _quiet_exit(_signum, _frame):
+    raise SystemExit(130)  # unwinds (a pool worker waiting on its queue lets go of the queue's lock)
+
+
+def _after_fork_in_child() -> None:
+    """In a process forked during a job (the local runner's ``multiprocessing`` pool): Ctrl-C, which the
+    terminal sends to every process of the job, ends it with status 130 and no "Process ForkPoolWorker-N:"
+    traceback; the driver reports the interrupt. Its task's own subprocess gets the signal as well."""
+    if _RUNNING_JOB:
+        signal.signal(signal.SIGINT, _quiet_exit)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _NoConfigNote(logging.Filter):
@@ -156,13 +176,18 @@ class MrjobEngine(SingleDriver):
         """Run one mrjob job; return its output records and counters. A failed job is one line: an nnlib error
         from a task as itself, else the root cause mrjob found in the task's log (its "Probable cause of
         failure", which mrjob's own logging would print above the line), saying ``what`` failed."""
+        global _RUNNING_JOB
         log = _CapturedLog()
         mrjob_logger = logging.getLogger("mrjob")
         mrjob_logger.addHandler(log)
         try:
             with warnings.catch_warnings(), job.make_runner() as runner:
                 warnings.simplefilter("ignore", DeprecationWarning)
-                runner.run()
+                _RUNNING_JOB = True
+                try:
+                    runner.run()
+                finally:
+                    _RUNNING_JOB = False
                 return list(job.parse_output(runner.cat_output())), runner.counters()
         except NnlibError:
             raise  # the inline runner runs the tasks in this process: their own error
