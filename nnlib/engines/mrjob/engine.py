@@ -22,7 +22,9 @@ import signal
 import sys
 import tempfile
 import warnings
+from functools import partial
 from pathlib import Path
+from types import MethodType
 
 import yaml
 
@@ -51,6 +53,31 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+WAIT_SLICE_SECONDS = 0.2  # how often the driver's main thread wakes while the local runner's tasks run
+
+
+def _run_multiple_interruptibly(runner, funcs, num_processes=None):
+    """mrjob 0.7.4's ``LocalMRJobRunner._run_multiple`` (one ``multiprocessing`` pool task per function),
+    waiting in slices: a Ctrl-C that the kernel hands to one of the pool's threads instead of the main
+    one only trips Python's flag, and a main thread blocked in ``result.get()`` would never see it."""
+    from multiprocessing import Pool
+
+    from mrjob.local import _pickle_safe
+
+    pool = Pool(processes=runner._opts["num_cores"])
+    try:
+        results = [pool.apply_async(partial(_pickle_safe, func)) for func in funcs]
+        for result in results:
+            while not result.ready():
+                result.wait(WAIT_SLICE_SECONDS)
+            result.get()
+        pool.close()
+    except BaseException:
+        pool.terminate()  # one task failed, or Ctrl-C: end the others
+        raise
+    finally:
+        pool.join()
 
 
 class _NoConfigNote(logging.Filter):
@@ -183,6 +210,8 @@ class MrjobEngine(SingleDriver):
         try:
             with warnings.catch_warnings(), job.make_runner() as runner:
                 warnings.simplefilter("ignore", DeprecationWarning)
+                if self.runner == "local":
+                    runner._run_multiple = MethodType(_run_multiple_interruptibly, runner)
                 _RUNNING_JOB = True
                 try:
                     runner.run()
