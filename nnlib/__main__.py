@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from nnlib.cli import entry_point
     except KeyboardInterrupt:
-        print("nnlib: interrupted", file=sys.stderr, flush=True)
+        print("nnlib: interrupted while loading; nothing was done", file=sys.stderr, flush=True)
         sys.exit(130)
     entry_point(argv)
 

@@ -159,6 +159,11 @@ class TrainConfig(_Section):
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # where a model.type=module trains (torch)
 
 
+# Spark's master URLs (SparkContext's createTaskScheduler): local, local[N|*], local[N|*,F], local-cluster[N,C,M],
+# spark://HOST:PORT[,HOST:PORT...], yarn, k8s://...
+SPARK_MASTER = re.compile(r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://\S+|yarn|k8s://\S+")
+
+
 class SparkConfig(_Section):
     master: str = "local[*]"
     app_name: str = "nnlib"
@@ -172,6 +177,13 @@ class SparkConfig(_Section):
     # larger, they stay with the mappers, each scoring its part every round
     collect_held_out_mb: float = Field(64.0, ge=0)
     conf: dict[str, str] = Field(default_factory=dict)  # more Spark settings, for a session nnlib starts
+
+    @model_validator(mode="after")
+    def _master_is_a_master_url(self):
+        if not SPARK_MASTER.fullmatch(self.master):  # else the JVM prints its stack trace and exits
+            raise ValueError(f"spark.master: must be local, local[N], local[*], local[N,F], spark://HOST:PORT, yarn "
+                             f"or k8s://HOST:PORT, got {self.master!r}")
+        return self
 
 
 class MpiConfig(_Section):

@@ -154,6 +154,9 @@ CATALOGUE = [
      "--set expects key=value (e.g. --set mappers=4), got 'mappers'"),
     ("gradient-on-spark-jobs", lambda t: S("engine=spark", "spark.mode=jobs", "combine=gradient"),
      "combine=gradient syncs every mini-batch and needs spark.mode=stage, got spark.mode=jobs"),
+    ("bad-spark-master", lambda t: S("engine=spark", "spark.master=bogus"),
+     "spark.master: must be local, local[N], local[*], local[N,F], spark://HOST:PORT, yarn or k8s://HOST:PORT, "
+     "got 'bogus'"),
     ("missing-conf", lambda t: [str(t / "nope.yaml")], "nope.yaml: no such file"),
     ("invalid-yaml", lambda t: [(t / "c.yaml").write_text("train:\n  lr: [\n") and str(t / "c.yaml")],
      "c.yaml: not valid YAML at line"),
@@ -272,7 +275,7 @@ def test_bad_input(tmp_path, capsys, build, expected):
     assert not (tmp_path / "run").exists()
 
 
-def test_catalogue_and_readme_table_list_the_same_65_cases():
+def test_catalogue_and_readme_table_list_the_same_66_cases():
     import re
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -280,7 +283,7 @@ def test_catalogue_and_readme_table_list_the_same_65_cases():
     in_readme = re.findall(r"^\| `([a-z0-9-]+)` \|", table, re.M)
     tested = [case_id for case_id, _, _ in CATALOGUE + ENGINE_CASES] + HANDLED
     assert sorted(in_readme) == sorted(tested)
-    assert len(set(in_readme)) == len(in_readme) == 65
+    assert len(set(in_readme)) == len(in_readme) == 66
 
 
 # Cases nnlib handles rather than refuses (README, "Bad input": the rows marked "handled"), each tested here

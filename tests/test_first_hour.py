@@ -109,7 +109,7 @@ def test_ctrl_c_while_the_command_loads_is_one_line():
             "builtins.__import__ = interrupted\n"
             "from nnlib.__main__ import main; main(['run'])")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert (proc.returncode, proc.stderr) == (130, "nnlib: interrupted\n")
+    assert (proc.returncode, proc.stderr) == (130, "nnlib: interrupted while loading; nothing was done\n")
 
 
 def in_session(sid: int) -> dict[int, str]:
