@@ -20,6 +20,7 @@ import pickle
 import shutil
 import signal
 import sys
+import threading
 import tempfile
 import warnings
 from functools import partial
@@ -55,6 +56,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 WAIT_SLICE_SECONDS = 0.2  # how often the driver's main thread wakes while the local runner's tasks run
+TERMINATE_SECONDS = 10.0  # how long the pool gets to end its workers after a failed task or a Ctrl-C
 
 
 def _run_multiple_interruptibly(runner, funcs, num_processes=None):
@@ -73,11 +75,15 @@ def _run_multiple_interruptibly(runner, funcs, num_processes=None):
                 result.wait(WAIT_SLICE_SECONDS)
             result.get()
         pool.close()
-    except BaseException:
-        pool.terminate()  # one task failed, or Ctrl-C: end the others
+    except BaseException:  # one task failed, or Ctrl-C: end the others
+        ender = threading.Thread(target=pool.terminate, name="nnlib-mrjob-terminate", daemon=True)
+        ender.start()
+        ender.join(TERMINATE_SECONDS)
+        if ender.is_alive():  # Pool.terminate can wait forever on a queue lock that a dying worker took along
+            for worker in list(pool._pool):
+                worker.kill()
         raise
-    finally:
-        pool.join()
+    pool.join()
 
 
 class _NoConfigNote(logging.Filter):
