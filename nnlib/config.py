@@ -161,7 +161,8 @@ class TrainConfig(_Section):
 
 # Spark's master URLs (SparkContext's createTaskScheduler): local, local[N|*], local[N|*,F], local-cluster[N,C,M],
 # spark://HOST:PORT[,HOST:PORT...], yarn, k8s://...
-SPARK_MASTER = re.compile(r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://\S+|yarn|k8s://\S+")
+SPARK_MASTER = re.compile(r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|local-cluster\[\d+,\d+,\d+\]"
+                          r"|spark://\S+|yarn|k8s://\S+")
 
 
 class SparkConfig(_Section):

@@ -243,7 +243,8 @@ class NumpyCNN(NumpyModel):
                 np.matmul(dz, self._kernel_matrix(kernel).T, out=d_cols)
                 d = _unpatch(d_cols.reshape(*z.shape[:3], k, k, ch_in), k, self._buffers, i)
         if self.spec.l2:
-            grad += flat_params.dtype.type(self.spec.l2) * flat_params * self._mask.astype(flat_params.dtype, copy=False)
+            l2 = flat_params.dtype.type(self.spec.l2)
+            grad += l2 * flat_params * self._mask.astype(flat_params.dtype, copy=False)
         return loss, grad
 
     def predict_logits(self, flat_params: np.ndarray, x: np.ndarray) -> np.ndarray:

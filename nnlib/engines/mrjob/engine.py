@@ -20,8 +20,8 @@ import pickle
 import shutil
 import signal
 import sys
-import threading
 import tempfile
+import threading
 import warnings
 from functools import partial
 from pathlib import Path
