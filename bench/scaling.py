@@ -135,7 +135,7 @@ def main(argv=None):
         mapper_counts, param_counts, param_mappers, rounds, steps = (2, 3), (1e4, 1e5), (2,), 3, 3
     else:
         mapper_counts, param_counts, param_mappers, rounds, steps = (2, 4, 8, 16, 32), (1e4, 1e5, 1e6, 1e7), (2, 8), 3, 5
-    from nnlib.engines.spark.engine import get_or_create_session
+    from nnlib.engines.spark.session import SessionSettings, open_session
 
     with scratch() as tmp:
         cluster = None
@@ -148,7 +148,8 @@ def main(argv=None):
             cluster = StandaloneCluster(Path(tmp)).start(n_workers=4, cores=8, memory="2g")
             master = cluster.url
             conf = {"spark.executor.cores": "8", "spark.executor.memory": "1g", "spark.cores.max": "32"}
-        session, _ = get_or_create_session(master, "nnlib-scaling", "ERROR", max(mapper_counts), conf)
+        session = open_session(SessionSettings(master, app_name="nnlib-scaling", conf=conf),
+                               max(mapper_counts)).session
         rows = []
         try:
             for sweep, cases in (("mappers", [(k, 1e5) for k in mapper_counts]),

@@ -165,8 +165,20 @@ SPARK_MASTER = re.compile(r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|local-cluster\
                           r"|spark://\S+|yarn|k8s://\S+")
 
 
+# a Spark Connect server: sc://HOST[:PORT][/;param=value...], or local[N] (a server of pyspark's jars, here)
+SPARK_REMOTE = re.compile(r"sc://[^/;\s]+/?(;\S*)?|local(\[(\*|[1-9]\d*)\])?")
+
+
+def redact_url(url: str) -> str:
+    """A Spark Connect URL with its secret hidden: ``sc://h:15002/;token=abc`` -> ``sc://h:15002/;token=***``."""
+    return re.sub(r"(;\s*token=)[^;]*", r"\1***", url, flags=re.IGNORECASE)
+
+
 class SparkConfig(_Section):
-    master: str = "local[*]"
+    # the master of a session nnlib starts, where spark-submit gave none (default: spark-defaults.conf's, else
+    # local[*]); config.yaml records the master the run used
+    master: str | None = None
+    remote: str | None = None  # a Spark Connect server (sc://HOST:PORT); default: SPARK_REMOTE, if set
     app_name: str = "nnlib"
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "ERROR"
     mode: Literal["stage", "jobs"] = "stage"
@@ -181,9 +193,12 @@ class SparkConfig(_Section):
 
     @model_validator(mode="after")
     def _master_is_a_master_url(self):
-        if not SPARK_MASTER.fullmatch(self.master):  # else the JVM prints its stack trace and exits
+        if self.master is not None and not SPARK_MASTER.fullmatch(self.master):  # else the JVM prints its stack trace and exits
             raise ValueError(f"spark.master: must be local, local[N], local[*], local[N,F], spark://HOST:PORT, yarn "
                              f"or k8s://HOST:PORT, got {self.master!r}")
+        if self.remote is not None and not SPARK_REMOTE.fullmatch(self.remote):
+            raise ValueError("spark.remote: must be sc://HOST:PORT (a Spark Connect server) or local[N], got "
+                             f"{redact_url(self.remote)!r}")
         return self
 
 
@@ -314,6 +329,14 @@ class Config(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="python")
+
+    def shareable_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with a Spark Connect token (``spark.remote``'s ``;token=``) hidden: what goes to
+        config.yaml, MLflow and logs."""
+        tree = self.to_dict()
+        if tree["spark"]["remote"]:
+            tree["spark"]["remote"] = redact_url(tree["spark"]["remote"])
+        return tree
 
 
 def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:

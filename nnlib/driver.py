@@ -99,6 +99,16 @@ def check_against_data(config: Config, data: Dataset, sizes: list[int], warn=war
         warn("train.warmup_epochs has no effect without train.lr_scaling=linear (it ramps up to the scaled rate)")
 
 
+def config_as_run(config: Config, engine: Engine) -> dict:
+    """config.yaml's tree: the config, a Spark Connect token hidden, with the settings the engine really used
+    (``spark.master``: the master its session ran on, which spark-submit may have given)."""
+    tree = config.shareable_dict()
+    for key, value in getattr(engine, "used_settings", dict)().items():
+        section, name = key.split(".")
+        tree[section][name] = value
+    return tree
+
+
 def with_absolute_paths(config: Config) -> Config:
     """Make file data sources absolute, so workers with another working directory find them (URIs stay)."""
     update = {}
@@ -506,7 +516,7 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
         if run_dir is not None:
             if resume:
                 run_dir.file("summary.json").unlink(missing_ok=True)  # rewritten when the run finishes
-            run_dir.write_config(config.to_dict())
+            run_dir.write_config(config_as_run(config, engine))
 
     if first_round < config.train.rounds:
         try:

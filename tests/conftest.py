@@ -37,7 +37,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(items):
     """A test that asks for a SparkSession must be marked slow, so the fast tier never starts a JVM."""
-    unmarked = [item.nodeid for item in items if "spark" in getattr(item, "fixturenames", ())
+    unmarked = [item.nodeid for item in items if {"spark", "connect", "connect_server"} & set(getattr(item, "fixturenames", ()))
                 and item.get_closest_marker("slow") is None]
     if unmarked:
         raise pytest.UsageError(f"tests using the spark fixture must be marked slow: {unmarked}")
@@ -49,9 +49,30 @@ def spark():
 
     Four task slots on this 2-core machine: a long-lived stage holds one slot per mapper.
     """
-    from nnlib.engines.spark.engine import get_or_create_session
+    from nnlib.engines.spark.session import SessionSettings, open_session
 
-    session, _ = get_or_create_session("local[4]", "nnlib-tests", "ERROR")
+    session = open_session(SessionSettings("local[4]", app_name="nnlib-tests")).session
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def connect_server(tmp_path_factory):
+    """One Spark Connect server (pyspark's own SparkConnectServer, local[4], on 127.0.0.1) for the whole run."""
+    from spark_cluster import ConnectServer
+
+    server = ConnectServer(tmp_path_factory.mktemp("connect")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def connect(connect_server):
+    """A Spark Connect session to :func:`connect_server`, shared by every test that needs one. Engines given
+    ``spark.remote`` of the same server use it (and leave it open)."""
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.builder.remote(connect_server.url).create()
     yield session
     session.stop()
 

@@ -135,3 +135,58 @@ class StandaloneCluster:
                     except ProcessLookupError:
                         pass
                     proc.wait()
+
+
+@dataclass
+class ConnectServer:
+    """A real Spark Connect server on 127.0.0.1 (``SparkConnectServer`` from pyspark's own jars), in its own
+    process group, stopped by PID. ``master``: the server's own Spark master (local[N] by default)."""
+
+    folder: Path
+    master: str = "local[4]"
+    port: int = field(default_factory=free_port)
+    conf: dict = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"sc://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> "ConnectServer":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        conf = {"spark.connect.grpc.binding.address": "127.0.0.1", "spark.connect.grpc.binding.port": str(self.port),
+                "spark.ui.enabled": "false", **self.conf}
+        args = [str(Path(sys.executable).parent / "spark-submit"), "--master", self.master,
+                "--class", "org.apache.spark.sql.connect.service.SparkConnectServer", "--name", "nnlib-tests-connect"]
+        for key, value in conf.items():
+            args += ["--conf", f"{key}={value}"]
+        log = open(self.folder / "connect-server.log", "wb")
+        self.proc = subprocess.Popen([*args, "spark-internal"], env=cluster_env(self.folder), stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the Spark Connect server exited early; see {self.folder / 'connect-server.log'}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the Spark Connect server did not listen within {timeout}s; see {self.folder}")
+
+    def pids(self) -> list[int]:
+        """The server's JVM and every process below it (its Python workers)."""
+        return [] if self.proc is None else [self.proc.pid, *_descendants(self.proc.pid)]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=30)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait()

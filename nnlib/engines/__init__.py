@@ -16,14 +16,15 @@ def make_engine(config: Config, warn=None):
         return LocalEngine()
     if config.engine == "spark":
         from nnlib.engines.spark.engine import SparkJobsEngine, SparkStageEngine
+        from nnlib.engines.spark.session import SessionSettings
 
         s = config.spark
-        session = dict(master=s.master, app_name=s.app_name, log_level=s.log_level, min_slots=config.mappers,
-                       conf=s.conf, collect_held_out_mb=s.collect_held_out_mb)
+        session = dict(settings=SessionSettings.from_config(s), min_slots=config.mappers,
+                       collect_held_out_mb=s.collect_held_out_mb, warn=warn)
         if s.mode == "jobs":
             return SparkJobsEngine(**session)
         return SparkStageEngine(port=s.port, mapper_timeout=s.mapper_timeout, stage_attempts=s.stage_attempts,
-                                collective=s.collective, warn=warn, **session)
+                                collective=s.collective, **session)
     if config.engine == "mrjob":
         from nnlib.engines.mrjob.engine import MrjobEngine
 

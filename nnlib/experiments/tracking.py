@@ -70,7 +70,7 @@ class MlflowTracking:
         self.mlflow.set_tracking_uri(self.uri)
         self.mlflow.set_experiment(self.experiment)
         self.run = self.mlflow.start_run(run_name=run_name)
-        self.mlflow.log_params({k: str(v) for k, v in flatten(config.to_dict()).items()})
+        self.mlflow.log_params({k: str(v) for k, v in flatten(config.shareable_dict()).items()})
 
     def log_round(self, row: dict) -> None:
         self.mlflow.log_metrics({k: float(row[k]) for k in ROUND_METRICS}, step=int(row["round"]))

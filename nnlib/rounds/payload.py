@@ -154,7 +154,7 @@ def model_spec(config, data: Dataset) -> ModelSpec:
     if m.type == "module":
         shape = data.image_shape if data.image_shape is not None else (data.n_features,)
         layers = module_spec(m.module, m.kwargs, shape, data.n_classes, config.train.device)
-        if config.train.device == "cuda" and (config.engine != "spark" or config.spark.master.startswith("local")):
+        if config.train.device == "cuda" and (config.engine != "spark" or (config.spark.master or "local").startswith("local")):
             from nnlib.core.torch_module import pick_device
 
             pick_device("cuda")  # the mappers run on this machine: no GPU here is one line now

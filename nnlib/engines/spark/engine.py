@@ -27,162 +27,76 @@ scheduling per round, plus reading the cached shards).
 
 from __future__ import annotations
 
-import logging
-import os
-import re
 import socket
-import sys
 import threading
 import time
-from pathlib import Path
 
 from nnlib.engines.base import ReduceOnDriver
 from nnlib.engines.spark.exchange import Hub, MapperLost, serve_mapper
 from nnlib.engines.spark.reader import SparkReader, shard_from_records
-from nnlib.errors import EngineError, error_from_text, first_line, hint, root_cause
+from nnlib.engines.spark.session import Opened, SessionSettings, open_session
+from nnlib.errors import EngineError, error_from_text, hint, root_cause
 from nnlib.rounds.mapper import score_held_out, train_shard
-from nnlib.util.stop import holding_interrupt
 from nnlib.util.timing import timed
 
-LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
 SLOT_WAIT_SECONDS = 60  # how long a stage waits for enough executors to register
-# Arrow's system allocator in the Python workers: its default (mimalloc) reserves about 1 GB of address space,
-# which spark.executor.pyspark.memory (a limit on address space, RLIMIT_AS) counts against every worker
-EXECUTOR_DEFAULTS = {"spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL": "system"}
-_LOCAL = re.compile(r"local(?:\[(\*|\d+)(?:,\s*(\d+))?\])?$")
-
-
-def local_master_with_slots(master: str, slots: int) -> str:
-    """A ``local[...]`` master with at least ``slots`` task slots (any other master unchanged)."""
-    match = _LOCAL.match(master)
-    if not match:
-        return master
-    threads, failures = match.groups()
-    if threads is None:
-        have = 1
-    elif threads == "*":
-        have = os.cpu_count() or 1
-    else:
-        have = int(threads)
-    if have >= slots:
-        return master
-    return f"local[{slots},{failures}]" if failures else f"local[{slots}]"
-
-
-def get_or_create_session(master: str, app_name: str, log_level: str, min_slots: int = 1,
-                          conf: dict[str, str] | None = None):
-    """Return ``(session, created)``: the active SparkSession if there is one, else a new one.
-
-    A new local session gets at least ``min_slots`` task slots; a new session gets ``EXECUTOR_DEFAULTS``
-    and the settings ``conf`` (``spark.conf``, which may override them).
-    """
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active, False
-    if master.startswith("local"):
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers use this interpreter
-    java_opts = f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()} -Dnnlib.spark.log.level={log_level}"
-    builder = (SparkSession.builder.master(local_master_with_slots(master, min_slots)).appName(app_name)
-               .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.driver.extraJavaOptions", java_opts)
-               # applied as the SparkContext starts: under spark-submit the driver JVM is already
-               # running with Spark's own logging, and this keeps its start-up chatter out
-               .config("spark.log.level", log_level))
-    for key, value in {**EXECUTOR_DEFAULTS, **(conf or {})}.items():
-        builder = builder.config(key, value)
-    quiet_py4j(log_level)
-    with holding_interrupt() as interrupted:  # cut short, the JVM's start would leave it running
-        session = builder.getOrCreate()
-    if interrupted:
-        session.stop()
-        raise KeyboardInterrupt
-    session.sparkContext.setLogLevel(log_level)
-    quiet_task_failures(session.sparkContext, log_level)
-    return session, True
-
-
-# Spark's own report of a failed task: the executor's stack trace ("ERROR Executor: Exception in task"), the
-# scheduler's "Lost task" and "aborting job"; nnlib reports the failure itself, in one line
-TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager")
-
-
-def quiet_task_failures(sc, log_level: str) -> None:
-    """Keep Spark's logging of a failed task off the console at ``spark.log_level`` ERROR and above (the
-    default); at WARN, INFO, ... it shows, with the whole trace."""
-    if log_level.upper() not in ("ERROR", "FATAL", "OFF"):
-        return
-    jvm = sc._jvm
-    for name in TASK_FAILURE_LOGGERS:
-        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, jvm.org.apache.logging.log4j.Level.OFF)
-
-
-class _Py4jTraces(logging.Filter):
-    """Drops what py4j logs on the root logger itself (``logging.exception`` in its calls to the JVM)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return f"{os.sep}py4j{os.sep}" not in record.pathname
-
-
-def quiet_py4j(log_level: str) -> None:
-    """Keep py4j's tracebacks (a Ctrl-C or a lost connection in the middle of a call to the JVM) off the
-    console at ``spark.log_level`` ERROR and above (the default): nnlib reports the interrupt or the
-    failure in one line. py4j logs on its ``py4j.*`` loggers and, with ``logging.exception``, on the root."""
-    if log_level.upper() not in ("ERROR", "FATAL", "OFF"):
-        return
-    logging.getLogger("py4j").setLevel(logging.CRITICAL + 1)
-    root = logging.getLogger()
-    if not any(isinstance(f, _Py4jTraces) for f in root.filters):
-        root.addFilter(_Py4jTraces())
 
 
 class _SparkSession:
-    """Start (or join) a SparkSession; stop it at the end only if this engine started it."""
+    """Use the session Spark gives, or start one (:mod:`nnlib.engines.spark.session`); stop it at the end only
+    if this engine started it."""
 
     mappers_elsewhere = True  # the mappers are Spark's Python workers
 
-    def __init__(self, master: str, app_name: str, log_level: str, min_slots: int = 1,
-                 conf: dict[str, str] | None = None, collect_held_out_mb: float = 64.0):
-        self.master, self.app_name, self.log_level, self.min_slots = master, app_name, log_level, min_slots
-        self.conf = conf or {}
-        self.session = None
-        self._owns_session = False
+    def __init__(self, settings: SessionSettings | None = None, min_slots: int = 1, collect_held_out_mb: float = 64.0,
+                 warn=None):
+        self.settings = settings or SessionSettings()
+        self.min_slots = min_slots
+        self.warn = warn or (lambda _message: None)
+        self.opened: Opened | None = None
         # a row-keyed (Parquet) source is read by Spark in the executors, before and during the run
         self.reader = SparkReader(self._started_session, collect_held_out_mb)
 
+    @property
+    def session(self):
+        return None if self.opened is None else self.opened.session
+
+    @property
+    def master(self) -> str:
+        """The master the run uses (``spark.master`` until the session is open)."""
+        return (self.settings.master or "spark.master") if self.opened is None else self.opened.master
+
+    def used_settings(self) -> dict[str, str]:
+        """The ``spark.*`` config keys as the run really used them, for its config.yaml."""
+        if self.opened is None:
+            return {}
+        return {"spark.remote": self.opened.master} if self.opened.connect else {"spark.master": self.opened.master}
+
     def _open(self, min_slots: int = 1):
-        if self.session is not None:
-            return self.session.sparkContext
-        try:
-            self.session, self._owns_session = get_or_create_session(self.master, self.app_name, self.log_level,
-                                                                     min_slots, self.conf)
-        except Exception as exc:  # the JVM failed to start: no Java, bad master URL, ...
-            raise EngineError(f"spark.master {self.master!r}: could not start Spark ({first_line(exc)})") from None
-        return self.session.sparkContext
+        if self.opened is None:
+            self.opened = open_session(self.settings, min_slots, self.warn)
+        return self.session
 
     def _started_session(self):
         """The session, started (with ``min_slots`` task slots) if it is not yet."""
-        self._open(self.min_slots)
-        return self.session
+        return self._open(self.min_slots)
 
     def _close(self):
-        if self._owns_session and self.session is not None:
-            self.session.stop()
-        self.session = None
+        if self.opened is not None:
+            self.opened.stop()
+        self.opened = None
 
 
 class SparkJobsEngine(_SparkSession, ReduceOnDriver):
     """``spark.mode: jobs``: one Spark job per round over shards cached one per partition."""
 
-    def __init__(self, master: str = "local[*]", app_name: str = "nnlib", log_level: str = "ERROR",
-                 min_slots: int = 1, conf: dict[str, str] | None = None, collect_held_out_mb: float = 64.0):
-        super().__init__(master, app_name, log_level, min_slots, conf, collect_held_out_mb)
+    def __init__(self, settings: SessionSettings | None = None, min_slots: int = 1, collect_held_out_mb: float = 64.0,
+                 warn=None):
+        super().__init__(settings, min_slots, collect_held_out_mb, warn)
         self._shards = None
 
     def start(self, source):
-        sc = self._open()
+        sc = self._open().sparkContext
         if source.rows is not None:  # Spark reads the rows; its shuffle puts shard i in partition i
             rows = source.rows
             self._shards = self.reader.shards(rows).mapPartitionsWithIndex(
@@ -250,14 +164,12 @@ def driver_address(sc) -> str:
 class SparkStageEngine(_SparkSession, ReduceOnDriver):
     """``spark.mode: stage``: one long-lived barrier stage serves every round of the run."""
 
-    def __init__(self, master: str = "local[*]", app_name: str = "nnlib", log_level: str = "ERROR",
-                 port: int = 0, mapper_timeout: float = 1800.0, stage_attempts: int = 3, warn=None,
-                 min_slots: int = 1, conf: dict[str, str] | None = None, collect_held_out_mb: float = 64.0,
+    def __init__(self, settings: SessionSettings | None = None, port: int = 0, mapper_timeout: float = 1800.0,
+                 stage_attempts: int = 3, warn=None, min_slots: int = 1, collect_held_out_mb: float = 64.0,
                  collective: str = "tasks"):
-        super().__init__(master, app_name, log_level, min_slots, conf, collect_held_out_mb)
+        super().__init__(settings, min_slots, collect_held_out_mb, warn)
         self.port, self.mapper_timeout, self.stage_attempts = port, mapper_timeout, stage_attempts
         self.collective = collective
-        self.warn = warn or (lambda _message: None)
         self.hub: Hub | None = None
         self.source = None
         self.attempt = 0
@@ -267,7 +179,7 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
 
     def start(self, source):
         self.source = source
-        sc = self._open(min_slots=source.mappers)
+        sc = self._open(min_slots=source.mappers).sparkContext
         if sc.getConf().get("spark.dynamicAllocation.enabled", "false").lower() == "true":
             raise EngineError("spark.mode=stage needs spark.dynamicAllocation.enabled=false (a barrier stage "
                               "holds its executors for the whole run); or use spark.mode=jobs")

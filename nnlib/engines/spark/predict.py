@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlib.data import tables
-from nnlib.engines.spark.engine import get_or_create_session
+from nnlib.engines.spark.session import SessionSettings, open_session
 from nnlib.engines.spark.reader import _FILE, _ROW, SparkReader, split_parts
 from nnlib.errors import EngineError, first_line
 from nnlib.model import file as model_file
@@ -208,11 +208,8 @@ def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), 
     path = check_out(out, overwrite)
     model = Model.load(model_path)
     config = predict_config(model, overrides, engines=("spark",))
-    s = config.spark
-    try:
-        session, created = get_or_create_session(s.master, s.app_name, s.log_level, conf=s.conf)
-    except Exception as exc:  # the JVM failed to start: no Java, a bad master URL, ...
-        raise EngineError(f"spark.master {s.master!r}: could not start Spark ({first_line(exc)})") from None
+    opened = open_session(SessionSettings.from_config(config.spark))
+    session = opened.session
     shared = SharedModel(session.sparkContext, model_file.model_path(model_path).read_bytes(), config.model.backend)
     reader = SparkReader(lambda: session)
     totals = session.sparkContext.accumulator(Scores(), _scores_param())
@@ -234,6 +231,5 @@ def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), 
         _write(scored_frame(frame, rows, shared, key_name, as_text, f"DATA {data}", totals), path, reader, data)
     finally:
         shared.release()
-        if created:
-            session.stop()
+        opened.stop()
     return totals.value.prediction(path)

@@ -27,22 +27,14 @@ import numpy as np
 from nnlib.data.dataset import RowKeyed, Shard, ShardFiller
 from nnlib.data.rows import RowFiller, RowPlan, merge_in_order
 from nnlib.data.tables import ParquetSource, table_arrays
-from nnlib.errors import DataError, error_from_text, first_line, python_failed
+from nnlib.engines.spark.session import java_root_cause
+from nnlib.errors import DataError, error_from_text, python_failed
 
 # a row's part (a Parquet file's path, or a DataFrame's partition index) and its index in that part
 _FILE, _ROW = "_nnlib_file", "_nnlib_row"
 FRAME_SCHEME = "dataframe://"  # the data.source of a DataFrame given to SparkReader.add_frame
 
 
-def _spark_error(exc: Exception) -> str:
-    """The useful line of an exception from Spark's JVM: its root cause (a Py4JJavaError's own first line
-    says nothing; the root cause names the file that could not be read)."""
-    java = getattr(exc, "java_exception", None)
-    if java is None:
-        return first_line(exc)
-    while java.getCause() is not None and java.getCause() != java:
-        java = java.getCause()
-    return first_line(java.toString())
 
 
 def part_name(part) -> str:
@@ -113,7 +105,7 @@ class SparkReader:
         try:
             df = reader.option("recursiveFileLookup", "true").parquet(source)
         except Exception as exc:  # noqa: BLE001  - AnalysisException, Py4JJavaError: the path or scheme
-            raise DataError(f"{key}: Spark cannot read {source} ({_spark_error(exc)})") from None
+            raise DataError(f"{key}: Spark cannot read {source} ({java_root_cause(exc)})") from None
         return df.select("*", F.col("_metadata.file_path").alias(_FILE), F.col("_metadata.row_index").alias(_ROW))
 
     def _frame(self, table: ParquetSource):
@@ -145,7 +137,7 @@ class SparkReader:
             # a Python worker that failed (no numpy in PYSPARK_PYTHON, ...) is its root cause, not the file's
             if isinstance(error, DataError) or getattr(exc, "java_exception", None) is None or python_failed(exc):
                 raise error from None
-            raise DataError(f"{key}: Spark cannot read {source} ({_spark_error(exc)})") from None
+            raise DataError(f"{key}: Spark cannot read {source} ({java_root_cause(exc)})") from None
 
     def open(self, source: str, label_column: str, features_column: str | None) -> ParquetSource:
         """The files (or a DataFrame's partitions) and their row counts, as Spark lists them."""

@@ -1,0 +1,369 @@
+"""Which SparkSession a run uses, and whether nnlib may stop it.
+
+nnlib uses the session Spark gives before it builds one, as xgboost.spark
+and TorchDistributor do:
+
+1. a session the caller already has: the active one of this thread, else the
+   process's default one (a thread pool's threads, CrossValidator's among
+   them, have no active session), classic or Spark Connect. nnlib changes
+   nothing on it and never stops it;
+2. else a Spark Connect session when ``spark.remote`` (or pyspark's own
+   ``SPARK_REMOTE``) names a server (``sc://HOST:PORT``, or ``local[N]`` for a
+   server of pyspark's own jars on this machine);
+3. else a classic session built here, whose master is, in order: the one
+   ``spark-submit`` was given (``--master``, ``--conf``, ``spark-defaults.conf``
+   in ``SPARK_CONF_DIR``, as Spark documents), with a warning when nnlib's
+   ``spark.master`` names another; nnlib's ``spark.master`` when the user set
+   it; the master ``spark-defaults.conf`` names; ``local[*]``. A ``local[...]``
+   master with fewer task slots than mappers gets one slot per mapper (a
+   barrier stage needs them all at once); a cluster's master is never
+   replaced. Settings the user gave Spark (``--conf``, ``spark-defaults.conf``)
+   are kept: nnlib adds its own only where they are unset.
+
+A session built here is stopped when the run ends, whichever thread ends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from nnlib.config import redact_url as redact
+from nnlib.errors import EngineError, first_line
+from nnlib.util.stop import holding_interrupt
+
+LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
+# Arrow's system allocator in the Python workers: its default (mimalloc) reserves about 1 GB of address space,
+# which spark.executor.pyspark.memory (a limit on address space, RLIMIT_AS) counts against every worker
+EXECUTOR_DEFAULTS = {"spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL": "system"}
+DEFAULT_MASTER = "local[*]"
+_LOCAL = re.compile(r"local(?:\[(\*|\d+)(?:,\s*(\d+))?\])?$")
+# under spark-submit (and the pyspark shell) the JVM is started first and tells Python where it listens
+_SUBMITTED = "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def local_master_with_slots(master: str, slots: int) -> str:
+    """A ``local[...]`` master with at least ``slots`` task slots (any other master unchanged)."""
+    match = _LOCAL.match(master)
+    if not match:
+        return master
+    threads, failures = match.groups()
+    if threads is None:
+        have = 1
+    elif threads == "*":
+        have = os.cpu_count() or 1
+    else:
+        have = int(threads)
+    if have >= slots:
+        return master
+    return f"local[{slots},{failures}]" if failures else f"local[{slots}]"
+
+
+def is_connect(session) -> bool:
+    """True for a Spark Connect session (``pyspark.sql.connect.session.SparkSession``)."""
+    return type(session).__module__.startswith("pyspark.sql.connect")
+
+
+def existing_session():
+    """The session the caller already has, or None: this thread's active session, else the process's default
+    one (classic first, then Spark Connect). A stopped session does not count."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    if SparkContext._active_spark_context is not None:
+        session = SparkSession.getActiveSession() or SparkSession._instantiatedSession
+        if session is not None and session._sc._jsc is not None:
+            return session
+    connect = sys.modules.get("pyspark.sql.connect.session")  # loaded only where a Connect session was made
+    if connect is not None:
+        session = connect.SparkSession.getActiveSession() or connect.SparkSession._get_default_session()
+        if session is not None:
+            return session
+    return None
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What nnlib's config says about the session (``spark.*``); ``master`` None: the user set none."""
+
+    master: str | None = None
+    remote: str | None = None
+    app_name: str = "nnlib"
+    log_level: str = "ERROR"
+    conf: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, spark) -> "SessionSettings":
+        """From a :class:`nnlib.config.SparkConfig`."""
+        return cls(spark.master, spark.remote, spark.app_name, spark.log_level, dict(spark.conf))
+
+
+@dataclass
+class Opened:
+    """A session and what nnlib knows of it: ``created`` (nnlib built it, and stops it), ``connect``, and the
+    ``master`` it runs on (a classic session's master, or the redacted Connect URL)."""
+
+    session: object
+    created: bool
+    connect: bool
+    master: str
+
+    def stop(self) -> None:
+        """Stop the session if nnlib built it; a session the caller gave is left running."""
+        if self.created:
+            self.session.stop()
+            self.created = False
+
+
+def open_session(settings: SessionSettings, min_slots: int = 1, warn: Callable[[str], None] | None = None) -> Opened:
+    """The session a run uses (the rules in this module's docstring; ``spark.remote`` set in the config comes
+    first); a failure to start one is one :class:`nnlib.errors.EngineError` line."""
+    warn = warn or (lambda _message: None)
+    if settings.remote:
+        return _open_connect(settings.remote, settings)
+    session = existing_session()
+    if session is not None:
+        connect = is_connect(session)
+        return Opened(session, False, connect, _master_of(session, connect))
+    if os.environ.get("SPARK_REMOTE"):
+        return _open_connect(os.environ["SPARK_REMOTE"], settings)
+    return _open_classic(settings, min_slots, warn)
+
+
+def java_root_cause(exc: BaseException) -> str:
+    """The useful line of an exception from Spark's JVM: its root cause (a Py4JJavaError's own first line says
+    nothing), else the exception's first line."""
+    java = getattr(exc, "java_exception", None)
+    if java is None:
+        return first_line(exc)
+    while java.getCause() is not None and java.getCause() != java:
+        java = java.getCause()
+    return first_line(java.toString())
+
+
+def _master_of(session, connect: bool) -> str:
+    if connect:
+        return _connect_url(session)
+    return session.sparkContext.master
+
+
+def _connect_url(session) -> str:
+    """``sc://HOST:PORT`` of a Connect session (no token, no other parameter)."""
+    endpoint = getattr(getattr(session.client, "_builder", None), "endpoint", None)
+    return f"sc://{endpoint}" if endpoint else "sc://"
+
+
+CONNECT_PACKAGES = ("grpc", "grpc_status", "google.rpc", "zstandard")
+REACH_SECONDS = 5.0  # how long an sc:// server gets to accept a TCP connection before the run says so
+
+
+def _open_connect(remote: str, settings: SessionSettings) -> Opened:
+    """A Spark Connect session to ``remote`` (``sc://HOST:PORT[/;params]``, or ``local[N]``: a server of
+    pyspark's own jars started here, stopped with the session)."""
+    import importlib.util
+
+    shown = redact(remote)
+    missing = [p for p in CONNECT_PACKAGES if importlib.util.find_spec(p.split(".")[0]) is None]
+    if missing:
+        raise EngineError(f"spark.remote {shown}: Spark Connect's client needs {', '.join(missing)}, not installed "
+                          "(pip install 'nnlib[connect]')")
+    if remote.startswith("sc://"):
+        _check_reachable(remote, shown)
+    elif not remote.startswith("local"):
+        raise EngineError(f"spark.remote: must be sc://HOST:PORT (a Spark Connect server) or local[N], got {shown!r}")
+    from pyspark.sql import SparkSession
+
+    mine = _existing_connect(remote)
+    if mine is not None:  # the caller's session to the same server
+        return Opened(mine, False, True, _connect_url(mine))
+    builder = SparkSession.builder.remote(remote)
+    if remote.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = builder.config("spark.ui.showConsoleProgress", "false")
+    try:
+        with holding_interrupt() as interrupted:
+            session = builder.create()
+            session.version  # the first call to the server: a server that answers wrongly fails here
+    except Exception as exc:  # noqa: BLE001  - gRPC's errors, a server that is not Spark Connect, ...
+        raise EngineError(f"spark.remote {shown}: could not open a Spark Connect session ({first_line(exc)})") from None
+    if interrupted:
+        session.stop()
+        raise KeyboardInterrupt
+    return Opened(session, True, True, shown)
+
+
+def _existing_connect(remote: str):
+    """The caller's Connect session (this thread's, else the process's default) when it talks to ``remote``'s
+    server."""
+    connect = sys.modules.get("pyspark.sql.connect.session")
+    if connect is None:
+        return None
+    session = connect.SparkSession.getActiveSession() or connect.SparkSession._get_default_session()
+    if session is None:
+        return None
+    if remote.startswith("local"):
+        return session if session.client._builder.host in ("localhost", "127.0.0.1") else None
+    host, port = _host_port(remote)
+    return session if _connect_url(session) in (f"sc://{host}:{port}",) else None
+
+
+def _host_port(remote: str) -> tuple[str, int]:
+    from urllib.parse import urlparse
+
+    parsed = urlparse("http://" + remote[len("sc://"):].split("/;")[0].split(";")[0])
+    return parsed.hostname or "localhost", parsed.port or 15002
+
+
+def _check_reachable(remote: str, shown: str) -> None:
+    """One line within seconds when nothing listens at an ``sc://`` URL (gRPC would retry for minutes)."""
+    import socket
+
+    host, port = _host_port(remote)
+    try:
+        socket.create_connection((host, port), timeout=REACH_SECONDS).close()
+    except OSError as exc:
+        raise EngineError(f"spark.remote {shown}: no Spark Connect server answers at {host}:{port} "
+                          f"({exc.strerror or exc}); start one, or check the host and port") from None
+
+
+def _launch_settings() -> dict[str, str]:
+    """The ``spark.*`` settings the user gave the JVM: under spark-submit, its ``--master`` and ``--conf``
+    and ``spark-defaults.conf``; else ``spark-defaults.conf`` alone (pyspark's own launch adds settings of
+    its own, ``local[*]`` and ``pyspark-shell``, which are nobody's choice). Starts the JVM's gateway."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # SparkConf reads the JVM's settings only once the gateway runs
+    launched = dict(SparkConf().getAll())
+    if _SUBMITTED:
+        return launched
+    return {key: value for key, value in launched.items() if key in defaults_file_keys()}
+
+
+def defaults_file_keys() -> set[str]:
+    """The keys ``spark-defaults.conf`` sets (in ``SPARK_CONF_DIR``, else ``SPARK_HOME/conf``), as Spark reads
+    it: a Java properties file, ``key value`` or ``key=value`` a line."""
+    import pyspark
+
+    folder = os.environ.get("SPARK_CONF_DIR") or os.path.join(
+        os.environ.get("SPARK_HOME") or os.path.dirname(pyspark.__file__), "conf")
+    try:
+        lines = Path(folder, "spark-defaults.conf").read_text().splitlines()
+    except OSError:
+        return set()
+    keys = set()
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith(("#", "!")):
+            keys.add(re.split(r"[\s=:]", line, maxsplit=1)[0])
+    return keys
+
+
+def _open_classic(settings: SessionSettings, min_slots: int, warn: Callable[[str], None]) -> Opened:
+    from pyspark.sql import SparkSession
+
+    try:
+        launched = _launch_settings()
+    except Exception as exc:  # noqa: BLE001  - no Java, a broken SPARK_HOME, ...
+        raise EngineError(f"spark: could not start Spark's JVM ({first_line(exc)})") from None
+    given = launched.get("spark.master")
+    if _SUBMITTED and given:
+        master = given
+        if settings.master and settings.master != given:
+            warn(f"spark.master {settings.master} is not used: spark-submit gave --master {given} (or "
+                 "spark-defaults.conf did), which wins")
+    elif settings.master:
+        master = settings.master
+    else:
+        master = given or DEFAULT_MASTER
+    master = local_master_with_slots(master, min_slots)
+    if master.startswith("spark://"):
+        _check_master_reachable(master)
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers use this interpreter
+    builder = SparkSession.builder.appName(settings.app_name) if "spark.app.name" not in launched \
+        else SparkSession.builder
+    if master != given:
+        builder = builder.master(master)
+    ours = {"spark.ui.showConsoleProgress": "false",
+            "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()} "
+                                             f"-Dnnlib.spark.log.level={settings.log_level}",
+            # applied as the SparkContext starts: under spark-submit the driver JVM is already running
+            # with Spark's own logging, and this keeps its start-up chatter out
+            "spark.log.level": settings.log_level,
+            **EXECUTOR_DEFAULTS}
+    for key, value in ours.items():
+        if key not in launched:  # what the user gave Spark wins
+            builder = builder.config(key, value)
+    for key, value in settings.conf.items():  # nnlib's spark.conf: the user's own, for a session built here
+        builder = builder.config(key, value)
+    quiet_py4j(settings.log_level)
+    try:
+        with holding_interrupt() as interrupted:  # cut short, the JVM's start would leave it running
+            session = builder.getOrCreate()
+    except Exception as exc:  # noqa: BLE001  - a bad master URL, a cluster that refuses, ...
+        raise EngineError(f"spark.master {master!r}: could not start Spark ({java_root_cause(exc)})") from None
+    if interrupted:
+        session.stop()
+        raise KeyboardInterrupt
+    if "spark.log.level" not in launched:
+        session.sparkContext.setLogLevel(settings.log_level)
+        quiet_task_failures(session.sparkContext, settings.log_level)
+    return Opened(session, True, False, session.sparkContext.master)
+
+
+def _check_master_reachable(master: str) -> None:
+    """One line within seconds when no standalone master answers (Spark tries for a minute, then fails with
+    'Cannot call methods on a stopped SparkContext')."""
+    import socket
+
+    addresses = master[len("spark://"):].split(",")
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port or 7077)), timeout=REACH_SECONDS).close()
+            return
+        except (OSError, ValueError):
+            continue
+    raise EngineError(f"spark.master {master}: no Spark master answers there (nothing accepts a connection); "
+                      "start the master, or check the host and port given to spark-submit --master or spark.master")
+
+
+# Spark's own report of a failed task: the executor's stack trace ("ERROR Executor: Exception in task"), the
+# scheduler's "Lost task" and "aborting job"; nnlib reports the failure itself, in one line
+TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager")
+
+
+def quiet_task_failures(sc, log_level: str) -> None:
+    """Keep Spark's logging of a failed task off the console at ``spark.log_level`` ERROR and above (the
+    default); at WARN, INFO, ... it shows, with the whole trace."""
+    if log_level.upper() not in ("ERROR", "FATAL", "OFF"):
+        return
+    jvm = sc._jvm
+    for name in TASK_FAILURE_LOGGERS:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, jvm.org.apache.logging.log4j.Level.OFF)
+
+
+class _Py4jTraces(logging.Filter):
+    """Drops what py4j logs on the root logger itself (``logging.exception`` in its calls to the JVM)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}py4j{os.sep}" not in record.pathname
+
+
+def quiet_py4j(log_level: str) -> None:
+    """Keep py4j's tracebacks (a Ctrl-C or a lost connection in the middle of a call to the JVM) off the
+    console at ``spark.log_level`` ERROR and above (the default): nnlib reports the interrupt or the
+    failure in one line. py4j logs on its ``py4j.*`` loggers and, with ``logging.exception``, on the root."""
+    if log_level.upper() not in ("ERROR", "FATAL", "OFF"):
+        return
+    logging.getLogger("py4j").setLevel(logging.CRITICAL + 1)
+    root = logging.getLogger()
+    if not any(isinstance(f, _Py4jTraces) for f in root.filters):
+        root.addFilter(_Py4jTraces())
