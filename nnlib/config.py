@@ -190,6 +190,15 @@ class SparkConfig(_Section):
     # larger, they stay with the mappers, each scoring its part every round
     collect_held_out_mb: float = Field(64.0, ge=0)
     conf: dict[str, str] = Field(default_factory=dict)  # more Spark settings, for a session nnlib starts
+    # GPUs each of the stage's tasks asks for (stage-level scheduling, a ResourceProfile); None: Spark's defaults
+    task_gpus: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _task_gpus_as_spark_takes_them(self):
+        if self.task_gpus is not None and self.task_gpus > 0.5 and self.task_gpus % 1:  # Spark's own rule
+            raise ValueError(f"spark.task_gpus: must be a whole number or a fraction <= 0.5 (0.25: four tasks "
+                             f"share a GPU), got {self.task_gpus}")
+        return self
 
     @model_validator(mode="after")
     def _master_is_a_master_url(self):
