@@ -284,7 +284,7 @@ def _train(config: Config, engine_obj: Engine | None, out, resume: bool, overwri
         resume = RunDir(Path(out), resume=True)  # every rank reads the checkpoint; rank 0 alone writes
     log = _after(f"nnlib: engine={config.engine} mappers={config.mappers} combine={config.combine} "
                  f"data={config.data.source} -> {run_dir.path if run_dir else '-'}", log)
-    tracking = make_tracking(config) if speak else NoTracking()
+    tracking = make_tracking(config, warn) if speak else NoTracking()
     tracking.start(config, run_dir.path.name if run_dir else "run")
     result = None
     try:
