@@ -181,7 +181,8 @@ class SparkConfig(_Section):
     remote: str | None = None  # a Spark Connect server (sc://HOST:PORT); default: SPARK_REMOTE, if set
     app_name: str = "nnlib"
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "ERROR"
-    mode: Literal["stage", "jobs"] = "stage"
+    # auto: stage on a classic session, jobs on Spark Connect (whose executors cannot reach the client)
+    mode: Literal["auto", "stage", "jobs"] = "auto"
     collective: Literal["tasks", "driver"] = "tasks"  # stage, synchronous rounds: among the tasks or via the driver
     port: int = Field(0, ge=0, le=65535)
     mapper_timeout: float = Field(1800.0, gt=0)
@@ -327,8 +328,6 @@ class Config(_Section):
         if self.engine not in SYNC_ENGINES:
             raise ValueError(f"{what} syncs every mini-batch and needs engine local, mpi or spark, "
                              f"got engine={self.engine}")
-        if self.engine == "spark" and self.spark.mode == "jobs":
-            raise ValueError(f"{what} syncs every mini-batch and needs spark.mode=stage, got spark.mode=jobs")
         return self
 
     @property

@@ -152,8 +152,6 @@ CATALOGUE = [
      "config key 'data.test_fraction': Input should be less than 1, got 1"),
     ("set-without-value", lambda t: ["--set", "mappers"],
      "--set expects key=value (e.g. --set mappers=4), got 'mappers'"),
-    ("gradient-on-spark-jobs", lambda t: S("engine=spark", "spark.mode=jobs", "combine=gradient"),
-     "combine=gradient syncs every mini-batch and needs spark.mode=stage, got spark.mode=jobs"),
     ("bad-spark-master", lambda t: S("engine=spark", "spark.master=bogus"),
      "spark.master: must be local, local[N], local[*], local[N,F], spark://HOST:PORT, yarn or k8s://HOST:PORT, "
      "got 'bogus'"),
@@ -287,7 +285,8 @@ def test_catalogue_and_readme_table_list_the_same_66_cases():
 
 
 # Cases nnlib handles rather than refuses (README, "Bad input": the rows marked "handled"), each tested here
-HANDLED = ["missing-class", "uneven-shards-synchronous"]
+# (gradient-on-spark-jobs: spark.mode=jobs runs synchronous rounds, tests/test_spark_connect.py)
+HANDLED = ["missing-class", "uneven-shards-synchronous", "gradient-on-spark-jobs"]
 
 
 @pytest.mark.parametrize("source", ["npz", "parquet"])

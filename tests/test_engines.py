@@ -53,9 +53,12 @@ def test_training_learns_digits():
 
 
 def spark_engine(mode: str, **kwargs):
-    from nnlib.engines.spark.engine import SparkJobsEngine, SparkStageEngine
+    from nnlib.engines.spark.engine import SparkStageEngine
+    from nnlib.engines.spark.jobs import SparkJobsEngine
+    from nnlib.engines.spark.session import SessionSettings
 
-    return SparkStageEngine("local[4]", **kwargs) if mode == "stage" else SparkJobsEngine("local[4]", **kwargs)
+    settings = SessionSettings("local[4]")
+    return SparkStageEngine(settings, **kwargs) if mode == "stage" else SparkJobsEngine(settings, **kwargs)
 
 
 @pytest.mark.slow

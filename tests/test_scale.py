@@ -76,7 +76,7 @@ def test_spark_gives_every_row_the_shard_and_role_the_local_reader_gives(spark, 
     np.testing.assert_array_equal(on_spark.x_test, local.x_test)
     np.testing.assert_array_equal(on_spark.x_val, local.x_val)
     rows = on_spark.rows
-    spark_shards = _reader(spark).shards(rows).mapPartitionsWithIndex(
+    spark_shards = _reader(spark).shards(rows).rdd.mapPartitionsWithIndex(
         lambda i, records: [shard_from_records(i, records, rows)]).collect()
     for mine, theirs in zip(spark_shards, ShardSource(cfg, 4, 3, local.rows).build([0, 1, 2])):
         np.testing.assert_array_equal(mine.x, theirs.x)

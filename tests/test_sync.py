@@ -116,9 +116,9 @@ def test_gradient_mode_needs_a_synchronous_engine():
 
     with pytest.raises(ConfigError, match="needs engine local, mpi or spark, got engine=mrjob"):
         small_config("engine=mrjob", "combine=gradient")
-    with pytest.raises(ConfigError, match="needs spark.mode=stage, got spark.mode=jobs"):
-        small_config("engine=spark", "spark.mode=jobs", "train.sync_rounds=2")
-    assert small_config("engine=spark", "combine=gradient").spark.mode == "stage"
+    # spark.mode=jobs syncs too (a barrier job per synchronous round); auto picks the engine by the session
+    assert small_config("engine=spark", "spark.mode=jobs", "train.sync_rounds=2").spark.mode == "jobs"
+    assert small_config("engine=spark", "combine=gradient").spark.mode == "auto"
 
 
 def test_large_global_batch_warns():

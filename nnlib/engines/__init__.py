@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from nnlib.config import Config
+from nnlib.errors import EngineError
 
 
-def make_engine(config: Config, warn=None):
+def make_engine(config: Config, warn=None, spark_session=None):
     """Build the engine named by ``config.engine`` (the config has checked the name).
 
     ``warn`` receives an engine's one-line warnings (a Spark stage started again).
@@ -15,16 +16,7 @@ def make_engine(config: Config, warn=None):
 
         return LocalEngine()
     if config.engine == "spark":
-        from nnlib.engines.spark.engine import SparkJobsEngine, SparkStageEngine
-        from nnlib.engines.spark.session import SessionSettings
-
-        s = config.spark
-        session = dict(settings=SessionSettings.from_config(s), min_slots=config.mappers,
-                       collect_held_out_mb=s.collect_held_out_mb, warn=warn)
-        if s.mode == "jobs":
-            return SparkJobsEngine(**session)
-        return SparkStageEngine(port=s.port, mapper_timeout=s.mapper_timeout, stage_attempts=s.stage_attempts,
-                                collective=s.collective, **session)
+        return make_spark_engine(config, warn, spark_session)
     if config.engine == "mrjob":
         from nnlib.engines.mrjob.engine import MrjobEngine
 
@@ -32,3 +24,49 @@ def make_engine(config: Config, warn=None):
     from nnlib.engines.mpi.engine import MpiEngine
 
     return MpiEngine(collective=config.mpi.collective)
+
+
+def make_spark_engine(config: Config, warn=None, spark_session=None):
+    """``spark.mode``'s engine; ``auto``: the long-lived stage on a classic session, a job per round on Spark
+    Connect, whose executors cannot reach this process. Which session the run gets is known before it opens
+    (:func:`connect_expected`), or given: ``spark_session``, the caller's own (an estimator's DataFrame's), which
+    the engine runs on and never stops. What needs the client reachable is refused on Connect, in one line."""
+    from nnlib.engines.spark.session import SessionSettings, is_connect
+
+    s = config.spark
+    settings = SessionSettings.from_config(s)
+    session = dict(settings=settings, min_slots=config.mappers, collect_held_out_mb=s.collect_held_out_mb, warn=warn)
+    connect = connect_expected(settings) if spark_session is None else is_connect(spark_session)
+    if connect:
+        if s.mode == "stage":
+            raise EngineError("spark.mode: on Spark Connect the executors cannot reach this process, so it must be "
+                              "auto or jobs, got stage")
+        if s.collective != "tasks":
+            raise EngineError("spark.collective: on Spark Connect the gradients are averaged among the tasks, so "
+                              f"it must be tasks, got {s.collective}")
+        if s.port:
+            raise EngineError("spark.port: on Spark Connect nothing listens in this process, so it must be 0 "
+                              f"(unset), got {s.port}")
+    if s.mode == "jobs" or (s.mode == "auto" and connect):
+        from nnlib.engines.spark.jobs import SparkJobsEngine
+
+        return SparkJobsEngine(**session).use_session(spark_session)
+    from nnlib.engines.spark.engine import SparkStageEngine
+
+    return SparkStageEngine(port=s.port, mapper_timeout=s.mapper_timeout, stage_attempts=s.stage_attempts,
+                            collective=s.collective, **session).use_session(spark_session)
+
+
+def connect_expected(settings) -> bool:
+    """Will the run's session be Spark Connect? In the order :func:`nnlib.engines.spark.session.open_session`
+    picks one: ``spark.remote``, the caller's session, ``SPARK_REMOTE``, else a classic one built here."""
+    import os
+
+    from nnlib.engines.spark.session import existing_session, is_connect
+
+    if settings.remote:
+        return True
+    session = existing_session()
+    if session is not None:
+        return is_connect(session)
+    return bool(os.environ.get("SPARK_REMOTE"))

@@ -1,6 +1,6 @@
 """The Spark engines: one long-lived stage for the whole run (``spark.mode: stage``), or a job per round.
 
-``stage`` (the default): one barrier stage holds the ``mappers`` tasks for
+``stage``: one barrier stage holds the ``mappers`` tasks for
 the whole run. Each task builds its shard once, inside the executor, keeps
 it, and serves rounds over one authenticated TCP connection to the driver
 (:mod:`nnlib.engines.spark.exchange`): every round the driver sends the weights and
@@ -19,10 +19,11 @@ again (``spark.stage_attempts`` in all) and redoes the unfinished round from
 the last finished one, which gives the same weights, since every mapper's
 randomness is seeded by (seed, round, shard).
 
-``jobs``: the shards are cached as one partition each; every round
-broadcasts the payload, maps :func:`nnlib.rounds.mapper.train_shard` over the
-partitions in a new Spark job and collects the results (about 0.1 s of
-scheduling per round, plus reading the cached shards).
+``jobs`` (:mod:`nnlib.engines.spark.jobs`): a Spark job per round over
+DataFrames, nothing connecting back to the driver's process: the engine for
+Spark Connect sessions, and a choice on classic ones. ``auto`` (the default)
+picks ``stage`` on a classic session and ``jobs`` on Spark Connect
+(:func:`nnlib.engines.make_engine`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ from nnlib.engines.spark.exchange import Hub, MapperLost, serve_mapper
 from nnlib.engines.spark.reader import SparkReader, shard_from_records
 from nnlib.engines.spark.session import Opened, SessionSettings, open_session
 from nnlib.errors import EngineError, error_from_text, hint, root_cause
-from nnlib.rounds.mapper import score_held_out, train_shard
-from nnlib.util.timing import timed
 
 SLOT_WAIT_SECONDS = 60  # how long a stage waits for enough executors to register
 
@@ -47,6 +46,7 @@ class _SparkSession:
     if this engine started it."""
 
     mappers_elsewhere = True  # the mappers are Spark's Python workers
+    mode = "stage"  # spark.mode, as config.yaml records it
 
     def __init__(self, settings: SessionSettings | None = None, min_slots: int = 1, collect_held_out_mb: float = 64.0,
                  warn=None):
@@ -69,12 +69,27 @@ class _SparkSession:
     def used_settings(self) -> dict[str, str]:
         """The ``spark.*`` config keys as the run really used them, for its config.yaml."""
         if self.opened is None:
-            return {}
-        return {"spark.remote": self.opened.master} if self.opened.connect else {"spark.master": self.opened.master}
+            return {"spark.mode": self.mode}
+        where = {"spark.remote": self.opened.master} if self.opened.connect else {"spark.master": self.opened.master}
+        return {**where, "spark.mode": self.mode}
+
+    def use_session(self, session) -> "_SparkSession":
+        """Run on ``session``, the caller's own (an estimator's DataFrame's), never stopped here; None: open
+        one as :func:`nnlib.engines.spark.session.open_session` says."""
+        if session is not None:
+            from nnlib.engines.spark.session import _master_of, is_connect
+
+            self.opened = Opened(session, False, is_connect(session), _master_of(session, is_connect(session)))
+        return self
 
     def _open(self, min_slots: int = 1):
         if self.opened is None:
-            self.opened = open_session(self.settings, min_slots, self.warn)
+            opened = open_session(self.settings, min_slots, self.warn)
+            if opened.connect and self.settings.conf and not opened.created:
+                raise EngineError(f"spark.conf: a Spark Connect session nnlib did not open keeps its server's "
+                                  f"settings; set them on the server or the session, or leave spark.conf empty, "
+                                  f"got {sorted(self.settings.conf)}")
+            self.opened = opened
         return self.session
 
     def _started_session(self):
@@ -85,58 +100,6 @@ class _SparkSession:
         if self.opened is not None:
             self.opened.stop()
         self.opened = None
-
-
-class SparkJobsEngine(_SparkSession, ReduceOnDriver):
-    """``spark.mode: jobs``: one Spark job per round over shards cached one per partition."""
-
-    def __init__(self, settings: SessionSettings | None = None, min_slots: int = 1, collect_held_out_mb: float = 64.0,
-                 warn=None):
-        super().__init__(settings, min_slots, collect_held_out_mb, warn)
-        self._shards = None
-
-    def start(self, source):
-        sc = self._open().sparkContext
-        if source.rows is not None:  # Spark reads the rows; its shuffle puts shard i in partition i
-            rows = source.rows
-            self._shards = self.reader.shards(rows).mapPartitionsWithIndex(
-                lambda i, records: iter([shard_from_records(i, records, rows)])).cache()
-        else:  # range(n) in n slices puts shard i alone in partition i
-            self._shards = sc.parallelize(range(source.mappers), source.mappers).mapPartitions(
-                lambda indices: iter(source.build(list(indices)))).cache()
-        try:
-            self._shards.count()  # build and cache the shards now, not inside round 0's timing
-        except Exception as exc:
-            raise error_from_text(str(exc), "spark", "building the shards") from None
-
-    def map(self, payload, timings):
-        sc = self.session.sparkContext
-        with timed(timings, "broadcast"):
-            shared = sc.broadcast(payload)
-        try:
-            with timed(timings, "wait"):
-                return self._shards.map(lambda shard: train_shard(shard, shared.value)).collect()
-        except Exception as exc:
-            raise error_from_text(str(exc), "spark", f"round {payload.round_index + 1}") from None
-        finally:
-            shared.destroy()
-
-    def score(self, backend, model, params):
-        """Each shard's held-out parts scored where they are cached (a Spark job)."""
-        try:
-            return self._shards.map(lambda shard: score_held_out(shard, backend, model, params)).collect()
-        except Exception as exc:
-            raise error_from_text(str(exc), "spark", "scoring the held-out rows") from None
-
-    def sync_round(self, payload, timings):
-        raise EngineError("spark.mode=jobs cannot run synchronous rounds (combine=gradient, train.sync_rounds); "
-                          "use spark.mode=stage")
-
-    def stop(self):
-        if self._shards is not None:
-            self._shards.unpersist()
-            self._shards = None
-        self._close()
 
 
 def task_slots(sc) -> int:
@@ -179,12 +142,17 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
 
     def start(self, source):
         self.source = source
-        sc = self._open(min_slots=source.mappers).sparkContext
+        session = self._open(min_slots=source.mappers)
+        if self.opened.connect:
+            raise EngineError(f"spark.mode=stage needs a classic Spark session (its tasks connect back to this "
+                              f"process), and {self.opened.master} is Spark Connect: use spark.mode auto or jobs, "
+                              "got stage")
+        sc = session.sparkContext
         if sc.getConf().get("spark.dynamicAllocation.enabled", "false").lower() == "true":
             raise EngineError("spark.mode=stage needs spark.dynamicAllocation.enabled=false (a barrier stage "
                               "holds its executors for the whole run); or use spark.mode=jobs")
         self.hub = Hub(source.mappers, driver_address(sc), self.port, self.mapper_timeout, self.collective)
-        self._input = None if source.rows is None else self.reader.shards(source.rows)
+        self._input = None if source.rows is None else self.reader.shards(source.rows).rdd
         try:
             self._launch()
         except _StageDied as died:  # the root cause, or the nnlib error a task raised

@@ -6,7 +6,7 @@ file (``_metadata.row_index``), so it gets the role and shard that any other
 reader gives it (:mod:`nnlib.data.rows`). The survey is one pass of
 ``mapInArrow`` whose per-block tallies the driver merges in position order;
 the training rows (and a large held-out set's rows, which the mappers then
-score) travel to their shard by Spark's shuffle (``partitionBy(mappers)``,
+score) travel to their shard by Spark's shuffle (``repartition(mappers, key)``,
 partition ``i`` = shard ``i``) as float32 blocks, each copied into place in
 arrays of the shard's final size inside the task that keeps them
 (:class:`nnlib.data.dataset.ShardFiller`).
@@ -186,8 +186,17 @@ class SparkReader:
         return filler.arrays(f"{table.key} {table.source}")[role]
 
     def shards(self, rows: RowKeyed):
-        """An RDD whose partition ``i`` holds shard ``i``'s rows as ``(shard, blob)`` records: its training
-        rows, and its part of the held-out rows when the mappers score them."""
+        """A DataFrame of ``(shard long, blob binary)`` rows whose partition ``i`` holds exactly shard ``i``'s
+        rows: its training rows, and its part of the held-out rows when the mappers score them.
+
+        DataFrame calls only (no RDD), so it serves classic and Spark Connect
+        sessions alike. ``repartition(k, key)`` puts a row in partition
+        ``pmod(hash(key), k)`` (Murmur3, seed 42, as SQL's ``hash()``); each
+        row's key is the value :func:`shard_keys` picked for its shard, whose
+        hash lands it in partition ``shard``.
+        """
+        from pyspark.sql import functions as F
+
         table, plan = rows.table, rows.plan
         offsets = self._offsets(table)
 
@@ -199,8 +208,48 @@ class SparkReader:
                     yield pa.RecordBatch.from_pydict({"shard": [k], "blob": [pickle.dumps(part)]})
 
         mappers = plan.mappers
-        return (self._frame(table).mapInArrow(split_by_shard, "shard long, blob binary").rdd
-                .map(lambda r: (r.shard, r.blob)).partitionBy(mappers, lambda k: k))
+        keys = F.array(*(F.lit(v).cast("long") for v in shard_keys(mappers)))
+        split = self._frame(table).mapInArrow(split_by_shard, "shard long, blob binary")
+        return (split.withColumn(_KEY, F.element_at(keys, F.col("shard").cast("int") + 1))
+                .repartition(mappers, _KEY).drop(_KEY))
+
+
+_KEY = "_nnlib_shard_key"
+_M = 0xFFFFFFFF
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (32 - r))) & _M
+
+
+def _mix(h1: int, k1: int) -> int:
+    k1 = _rotl((k1 * 0xCC9E2D51) & _M, 15) * 0x1B873593 & _M
+    h1 = _rotl(h1 ^ k1, 13)
+    return (h1 * 5 + 0xE6546B64) & _M
+
+
+def spark_hash_long(value: int) -> int:
+    """Spark SQL's ``hash(value)`` of a long: Murmur3 x86 32-bit, seed 42 (``Murmur3_x86_32.hashLong``), signed."""
+    value &= 0xFFFFFFFFFFFFFFFF
+    h1 = _mix(_mix(42, value & _M), value >> 32)
+    h1 ^= 8
+    h1 ^= h1 >> 16
+    h1 = (h1 * 0x85EBCA6B) & _M
+    h1 ^= h1 >> 13
+    h1 = (h1 * 0xC2B2AE35) & _M
+    h1 ^= h1 >> 16
+    return h1 - (1 << 32) if h1 >= 1 << 31 else h1
+
+
+def shard_keys(mappers: int) -> list[int]:
+    """For each shard ``s`` the smallest long ``v`` with ``pmod(hash(v), mappers) == s``: repartitioning on it
+    puts shard ``s`` in partition ``s``."""
+    keys: dict[int, int] = {}
+    v = 0
+    while len(keys) < mappers:
+        keys.setdefault(spark_hash_long(v) % mappers, v)
+        v += 1
+    return [keys[s] for s in range(mappers)]
 
 
 def shard_from_records(index: int, records, rows: RowKeyed) -> Shard:

@@ -1,0 +1,344 @@
+"""``spark.mode: jobs``: one Spark job per round, DataFrame calls only, the same code on classic and Spark Connect.
+
+Nothing in a task connects back to the client (on Spark Connect the client,
+where the driver loop runs, is not a place executors can reach): the round's
+payload travels in the task function's closure and every result comes back
+as rows.
+
+The shard inputs are a DataFrame of exactly ``mappers`` partitions,
+partition ``i`` = shard ``i``: ``spark.range(0, k, 1, k)`` for a recipe
+source (the task builds shard ``i`` itself), or, for a row-keyed (Parquet,
+DataFrame) source, the rows Spark's shuffle sent to their shard
+(:meth:`nnlib.engines.spark.reader.SparkReader.shards`), persisted on the
+executors' disks for the run. A task takes its shard from its Python
+worker's cache (:func:`task_shard`: one shard per worker, so a worker's
+memory stays bounded; Spark reuses workers but hands a partition to any idle
+one), else builds it from its input. A task always reads its input to the
+end: a worker whose input is left unread is not reused.
+
+A local round is one job of two stages::
+
+    shard inputs --mapInArrow(train_shard)--> (mapper, seq, chunk) rows   k tasks
+        --repartition(1)--> mapInArrow(RoundReducer) --> (0, seq, chunk)   1 task
+
+The reduce task rebuilds every mapper's :class:`MapperResult` from its
+chunks (at most ``CHUNK_BYTES`` each: Connect sends Arrow batches of at most
+4 MiB), runs the very :class:`nnlib.rounds.reduce.RoundReducer` the local
+engine runs (so the same bits), and sends back the ``Combined`` state and
+the mappers' stats: what the client collects does not grow with the number
+of mappers (a few hundred bytes of stats each). Mapper 0's task forwards the
+payload to the reduce through the shuffle, so the payload crosses the
+client's connection once, in the first stage's closure; the closure must fit
+Spark Connect's message limit (``spark.connect.grpc.maxInboundMessageSize``,
+128 MiB by default: a model of about 15 million float32 parameters with a
+momentum buffer).
+
+A synchronous round is one barrier job: the tasks swap their listening
+addresses with one ``BarrierTaskContext.allGather`` (about a second each
+over Connect, hence once a round, never in a local round) and average their
+gradients every step over their own sockets
+(:class:`nnlib.engines.spark.collective.TaskCollective`, token-authenticated);
+mapper 0 returns the state.
+
+Every job runs in a helper thread under a job tag (``session.addTag``, a
+thread's own); the main thread waits in short slices, so a Ctrl-C or a
+SIGTERM reaches it, and then cancels the job with ``session.interruptTag``.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import secrets
+import threading
+import time
+
+from nnlib.engines.base import SingleDriver
+from nnlib.engines.spark.engine import _SparkSession
+from nnlib.engines.spark.reader import shard_from_records
+from nnlib.errors import error_from_text
+from nnlib.rounds.mapper import score_held_out, sync_shards, train_shard
+
+CHUNK_BYTES = 1 << 20  # one row's bytes at most (Connect's Arrow batches hold at most 4 MiB)
+CHUNKS = "mapper int, seq int, blob binary"  # the rows every job returns
+PAYLOAD = -1  # the mapper column of the payload's chunks, forwarded by mapper 0's task to the reduce
+WAIT_SLICE = 0.2  # seconds the main thread waits on a job at a time (a Ctrl-C is seen between slices)
+CANCEL_SECONDS = 30.0  # how long a cancelled job's thread gets to end
+
+
+# ----------------------------------------------------------------------------------- rows of chunks
+
+
+def to_chunks(mapper: int, data: bytes):
+    """``data`` as Arrow batches of ``(mapper, seq, blob)`` rows, one per ``CHUNK_BYTES`` piece."""
+    import pyarrow as pa
+
+    view = memoryview(data)
+    for seq, lo in enumerate(range(0, max(len(data), 1), CHUNK_BYTES)):
+        yield pa.RecordBatch.from_arrays(
+            [pa.array([mapper], pa.int32()), pa.array([seq], pa.int32()),
+             pa.array([view[lo:lo + CHUNK_BYTES].tobytes()], pa.binary())], names=["mapper", "seq", "blob"])
+
+
+def from_chunks(rows) -> dict[int, bytes]:
+    """``{mapper: its bytes}`` from ``(mapper, seq, blob)`` rows in any order."""
+    pieces: dict[int, list[tuple[int, bytes]]] = {}
+    for mapper, seq, blob in rows:
+        pieces.setdefault(mapper, []).append((seq, blob))
+    return {m: b"".join(blob for _, blob in sorted(p)) for m, p in pieces.items()}
+
+
+def arrow_rows(batches):
+    """The ``(mapper, seq, blob)`` rows of Arrow batches in :data:`CHUNKS`' schema."""
+    for batch in batches:
+        yield from zip(*(batch.column(i).to_pylist() for i in range(3)))
+
+
+# ----------------------------------------------------------------------------------- in the tasks
+
+_held: dict = {}  # this Python worker's shard: {(run token, mapper): Shard}, one entry at most
+
+
+def task_shard(token: str, batches, build):
+    """``(mapper, shard)`` of the running task: the partition's index is the mapper; the shard from this
+    worker's cache when it last held this run's shard ``mapper``, else ``build(mapper, batches)``. The
+    task's input is read to its end either way (a worker whose input is left unread is not reused)."""
+    from pyspark import TaskContext
+
+    mapper = TaskContext.get().partitionId()
+    key = (token, mapper)
+    shard = _held.get(key)
+    if shard is None:
+        _held.clear()  # drop the old shard before building: one shard per worker at a time
+        shard = build(mapper, batches)
+        _held[key] = shard
+    for _ in batches:
+        pass
+    return mapper, shard
+
+
+def recipe_builder(source):
+    """``build(mapper, batches)`` for a recipe source: its input is ``range``'s one id, the mapper."""
+
+    def build(mapper, batches):
+        ids = [i for batch in batches for i in batch.column(0).to_pylist()]
+        if ids != [mapper]:
+            raise RuntimeError(f"task {mapper} was given the ids {ids}, expected [{mapper}]")
+        return source.build([mapper])[0]
+
+    return build
+
+
+def rows_builder(rows):
+    """``build(mapper, batches)`` for a row-keyed source: its input is the shard's ``(shard, blob)`` rows."""
+
+    def build(mapper, batches):
+        records = (record for batch in batches for record in zip(batch.column(0).to_pylist(),
+                                                                 batch.column(1).to_pylist()))
+        return shard_from_records(mapper, records, rows)
+
+    return build
+
+
+def train_task(token: str, build, payload_blob: bytes):
+    """A local round's first stage: train the task's shard, emit its result (and, from mapper 0, the payload)."""
+
+    def task(batches):
+        mapper, shard = task_shard(token, batches, build)
+        result = train_shard(shard, pickle.loads(payload_blob))
+        yield from to_chunks(mapper, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        if mapper == 0:
+            yield from to_chunks(PAYLOAD, payload_blob)
+
+    return task
+
+
+def reduce_task(reducer, mappers: int):
+    """A local round's second stage, one task: every mapper's result through ``reducer`` (a
+    :class:`nnlib.rounds.reduce.RoundReducer`); emits ``(Combined, [MapperStats] in mapper order,
+    its seconds)``."""
+
+    def task(batches):
+        parts = from_chunks(arrow_rows(batches))
+        start = time.perf_counter()
+        payload = pickle.loads(parts.pop(PAYLOAD))
+        if sorted(parts) != list(range(mappers)):
+            raise RuntimeError(f"the reduce received results of mappers {sorted(parts)}, expected 0..{mappers - 1}")
+        results = [pickle.loads(parts.pop(m)) for m in range(mappers)]
+        combined = reducer(results, payload)
+        stats = [res.stats for res in results]
+        answer = (combined, stats, time.perf_counter() - start)
+        yield from to_chunks(0, pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+
+    return task
+
+
+def sync_task(token: str, build, payload_blob: bytes, mappers: int):
+    """A synchronous round's barrier task: swap listening addresses once, then average gradients among the
+    tasks every step; emits its ``MapperStats`` (mapper 0: with the round's ``Combined``)."""
+
+    def task(batches):
+        from pyspark import BarrierTaskContext
+
+        from nnlib.engines.spark.collective import Listener, TaskCollective, TaskMesh
+
+        context = BarrierTaskContext.get()
+        mapper, shard = task_shard(token, batches, build)
+        host = context.getTaskInfos()[context.partitionId()].address.rsplit(":", 1)[0]
+        listener = Listener(host)
+        try:
+            peers = [tuple(json.loads(m)) for m in context.allGather(json.dumps(list(listener.address)))]
+            mesh = TaskMesh.connect(listener, mapper, peers, [[m] for m in range(mappers)], token)
+        finally:
+            listener.close()
+        try:
+            combined, (stats,) = sync_shards([shard], pickle.loads(payload_blob), TaskCollective(mesh))
+        finally:
+            mesh.close()
+        answer = (stats, combined if mapper == 0 else None)
+        yield from to_chunks(mapper, pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+
+    return task
+
+
+def score_task(token: str, build, backend: str, model, params):
+    """Score ``params`` on the held-out rows the task's shard keeps; emits ``score_held_out``'s sums."""
+
+    def task(batches):
+        mapper, shard = task_shard(token, batches, build)
+        yield from to_chunks(mapper, pickle.dumps(score_held_out(shard, backend, model, params)))
+
+    return task
+
+
+# ----------------------------------------------------------------------------------- on the client
+
+
+def run_job(session, action, what: str):
+    """``action()`` (a Spark job) in a helper thread under a fresh job tag, the main thread waiting in short
+    slices: a Ctrl-C or a stop request (a ``KeyboardInterrupt``) cancels the job (``interruptTag``) and is
+    raised again. A failure in a task or in Spark is one nnlib error line (:func:`nnlib.errors.error_from_text`)."""
+    tag = f"nnlib-{secrets.token_hex(8)}"
+    box: dict = {}
+
+    def work():
+        try:
+            session.addTag(tag)  # a thread's own tags: only this job carries it
+            box["value"] = action()
+        except BaseException as exc:  # noqa: BLE001  - handed to the main thread
+            box["error"] = exc
+        finally:
+            try:
+                session.removeTag(tag)
+            except Exception:  # noqa: BLE001  - a session closed under the job
+                pass
+
+    thread = threading.Thread(target=work, name="nnlib-spark-job", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(WAIT_SLICE)
+    except KeyboardInterrupt:
+        try:
+            session.interruptTag(tag)
+        except Exception:  # noqa: BLE001  - the server is gone: nothing left to cancel
+            pass
+        thread.join(CANCEL_SECONDS)
+        raise
+    if "error" in box:
+        raise error_from_text(str(box["error"]), "spark", what) from None
+    return box["value"]
+
+
+def collected(rows) -> dict[int, bytes]:
+    """``{mapper: bytes}`` from collected ``(mapper, seq, blob)`` Rows."""
+    return from_chunks((row[0], row[1], row[2]) for row in rows)
+
+
+class SparkJobsEngine(_SparkSession, SingleDriver):
+    """``spark.mode: jobs``: a Spark job per round over DataFrames; serves classic and Spark Connect sessions."""
+
+    mode = "jobs"
+
+    def __init__(self, settings=None, min_slots: int = 1, collect_held_out_mb: float = 64.0, warn=None):
+        super().__init__(settings, min_slots, collect_held_out_mb, warn)
+        self.token = secrets.token_hex(16)  # this run's shards in the workers' caches; the tasks' mesh password
+        self.mappers = 0
+        self._inputs = None  # the shard inputs: k partitions, partition i = shard i
+        self._persisted = None
+        self._build = None
+        self.bytes_sent = self.bytes_collected = 0  # the payloads' pickled bytes; the bytes of rows collected
+
+    def start(self, source):
+        session = self._started_session()
+        self.mappers = source.mappers
+        if source.rows is None:
+            self._inputs = session.range(0, source.mappers, 1, numPartitions=source.mappers)
+            self._build = recipe_builder(source)
+        else:
+            from pyspark import StorageLevel
+
+            # on the executors' disks, not their JVM heap: the Python workers keep the built shards, and a
+            # second copy of the training rows in memory would only compete with them
+            self._persisted = self.reader.shards(source.rows).persist(StorageLevel.DISK_ONLY)
+            self._inputs = self._persisted
+            self._build = rows_builder(source.rows)
+        token, build = self.token, self._build
+
+        def sizes(batches):
+            mapper, shard = task_shard(token, batches, build)
+            yield from to_chunks(mapper, pickle.dumps(shard.n_samples))
+
+        # build the shards now (into the workers' caches, and the persisted rows), not inside round 0's timing
+        self._collect(self._inputs.mapInArrow(sizes, CHUNKS), "building the shards")
+
+    def _collect(self, frame, what: str) -> dict[int, bytes]:
+        rows = run_job(self.session, frame.collect, what)
+        self.bytes_collected += sum(len(row[2]) for row in rows)
+        return collected(rows)
+
+    def _payload_blob(self, payload, timings: dict) -> bytes:
+        start = time.perf_counter()
+        blob = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        timings["broadcast"] = time.perf_counter() - start
+        self.bytes_sent += len(blob)
+        return blob
+
+    def round(self, payload, reducer, timings):
+        blob = self._payload_blob(payload, timings)
+        frame = (self._inputs.mapInArrow(train_task(self.token, self._build, blob), CHUNKS)
+                 .repartition(1)  # a shuffle to one reduce task (coalesce would run the mappers in one task)
+                 .mapInArrow(reduce_task(reducer, self.mappers), CHUNKS))
+        start = time.perf_counter()
+        answer = self._collect(frame, f"round {payload.round_index + 1}")
+        combined, stats, combine_seconds = pickle.loads(answer[0])
+        timings["combine"] = combine_seconds
+        timings["wait"] = time.perf_counter() - start - combine_seconds
+        return combined, stats
+
+    def sync_round(self, payload, timings):
+        blob = self._payload_blob(payload, timings)
+        frame = self._inputs.mapInArrow(sync_task(self.token, self._build, blob, self.mappers), CHUNKS,
+                                        barrier=True)
+        start = time.perf_counter()
+        answers = self._collect(frame, f"round {payload.round_index + 1}")
+        finished = [pickle.loads(answers[m]) for m in range(self.mappers)]
+        stats = [s for s, _ in finished]
+        timings["combine"] = stats[0].comm_seconds  # mapper 0's time in the collective, as MPI reports rank 0's
+        timings["wait"] = time.perf_counter() - start - timings["combine"]
+        return finished[0][1], stats
+
+    def score(self, backend, model, params):
+        """Each shard's held-out parts scored in the task that holds the shard."""
+        frame = self._inputs.mapInArrow(score_task(self.token, self._build, backend, model, params), CHUNKS)
+        answers = self._collect(frame, "scoring the held-out rows")
+        return [pickle.loads(answers[m]) for m in range(self.mappers)]
+
+    def stop(self):
+        if self._persisted is not None and self.session is not None:
+            try:
+                self._persisted.unpersist()
+            except Exception:  # noqa: BLE001  - the session or server is already gone
+                pass
+        self._persisted = self._inputs = None
+        self._close()
