@@ -5,8 +5,9 @@ and TorchDistributor do:
 
 1. a session the caller already has: the active one of this thread, else the
    process's default one (a thread pool's threads, CrossValidator's among
-   them, have no active session), classic or Spark Connect. nnlib changes
-   nothing on it and never stops it;
+   them, have no active session), or a bare ``SparkContext``, classic or
+   Spark Connect. nnlib changes nothing on it (``spark.master`` and
+   ``spark.conf`` that differ get a warning line) and never stops it;
 2. else a Spark Connect session when ``spark.remote`` (or pyspark's own
    ``SPARK_REMOTE``) names a server (``sc://HOST:PORT``, or ``local[N]`` for a
    server of pyspark's own jars on this machine);
@@ -20,7 +21,17 @@ and TorchDistributor do:
    replaced. Settings the user gave Spark (``--conf``, ``spark-defaults.conf``)
    are kept: nnlib adds its own only where they are unset.
 
-A session built here is stopped when the run ends, whichever thread ends it.
+Outside spark-submit nnlib starts the JVM itself, with its logging
+configuration (``log4j2.properties`` here, at ``spark.log_level``) as a
+driver option, so Spark prints none of its start-up lines; it reads
+``spark-defaults.conf`` from Python for that, without starting the JVM first.
+Under spark-submit the JVM runs before nnlib does: only the launch can quiet
+it (``--conf spark.driver.defaultJavaOptions=-Dlog4j2.configurationFile=...``,
+which ``submit.sh`` passes), and nnlib sets ``spark.log.level`` unless the
+user did.
+
+A session built here is stopped when the last run using it ends, whichever
+thread ends it (runs in several threads share it).
 """
 
 from __future__ import annotations
@@ -29,12 +40,13 @@ import logging
 import os
 import re
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from nnlib.config import redact_url as redact
-from nnlib.errors import EngineError, first_line
+from nnlib.errors import ConfigError, EngineError, first_line
 from nnlib.util.stop import holding_interrupt
 
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
@@ -71,14 +83,19 @@ def is_connect(session) -> bool:
 
 def existing_session():
     """The session the caller already has, or None: this thread's active session, else the process's default
-    one (classic first, then Spark Connect). A stopped session does not count."""
+    one, else a session over the running ``SparkContext`` the caller made without one (classic first, then
+    Spark Connect). A stopped session does not count."""
+    if "pyspark" not in sys.modules:  # nobody made a session in this process
+        return None
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
-    if SparkContext._active_spark_context is not None:
+    sc = SparkContext._active_spark_context
+    if sc is not None and sc._jsc is not None:
         session = SparkSession.getActiveSession() or SparkSession._instantiatedSession
-        if session is not None and session._sc._jsc is not None:
+        if session is not None and session._sc is sc:
             return session
+        return SparkSession(sc)  # a bare SparkContext: the session wraps it and owns nothing
     connect = sys.modules.get("pyspark.sql.connect.session")  # loaded only where a Connect session was made
     if connect is not None:
         session = connect.SparkSession.getActiveSession() or connect.SparkSession._get_default_session()
@@ -96,11 +113,13 @@ class SessionSettings:
     app_name: str = "nnlib"
     log_level: str = "ERROR"
     conf: dict[str, str] = field(default_factory=dict)
+    task_gpus: float | None = None  # spark.task_gpus: the stage's ResourceProfile (:func:`stage_profile`)
 
     @classmethod
     def from_config(cls, spark) -> "SessionSettings":
         """From a :class:`nnlib.config.SparkConfig`."""
-        return cls(spark.master, spark.remote, spark.app_name, spark.log_level, dict(spark.conf))
+        return cls(spark.master, spark.remote, spark.app_name, spark.log_level, dict(spark.conf),
+                   getattr(spark, "task_gpus", None))
 
 
 @dataclass
@@ -114,25 +133,78 @@ class Opened:
     master: str
 
     def stop(self) -> None:
-        """Stop the session if nnlib built it; a session the caller gave is left running."""
-        if self.created:
-            self.session.stop()
-            self.created = False
+        """Stop the session if nnlib built it and no other run still uses it; a session the caller gave is
+        left running."""
+        if not self.created:
+            return
+        self.created = False
+        with _BUILT_LOCK:
+            users = _BUILT.pop(id(self.session), 1) - 1
+            if users > 0:  # a run in another thread still uses it
+                _BUILT[id(self.session)] = users
+                return
+        self.session.stop()
+
+
+# the sessions nnlib built and still holds: id(session) -> how many runs use it. A run in another thread
+# finds such a session as "existing" and shares it; the last run to end stops it.
+_BUILT: dict[int, int] = {}
+_BUILT_LOCK = threading.RLock()
 
 
 def open_session(settings: SessionSettings, min_slots: int = 1, warn: Callable[[str], None] | None = None) -> Opened:
     """The session a run uses (the rules in this module's docstring; ``spark.remote`` set in the config comes
     first); a failure to start one is one :class:`nnlib.errors.EngineError` line."""
     warn = warn or (lambda _message: None)
-    if settings.remote:
-        return _open_connect(settings.remote, settings)
-    session = existing_session()
-    if session is not None:
-        connect = is_connect(session)
-        return Opened(session, False, connect, _master_of(session, connect))
-    if os.environ.get("SPARK_REMOTE"):
-        return _open_connect(os.environ["SPARK_REMOTE"], settings)
-    return _open_classic(settings, min_slots, warn)
+    with _BUILT_LOCK:  # two threads opening at once share one session, and both count as its users
+        if settings.remote:
+            return _registered(_open_connect(settings.remote, settings))
+        session = existing_session()
+        if session is not None:
+            connect = is_connect(session)
+            opened = Opened(session, id(session) in _BUILT, connect, _master_of(session, connect))
+            if opened.created:
+                _BUILT[id(session)] += 1
+            else:
+                _warn_unapplied(settings, opened, warn)
+            return opened
+        if os.environ.get("SPARK_REMOTE"):
+            return _registered(_open_connect(os.environ["SPARK_REMOTE"], settings))
+        return _registered(_open_classic(settings, min_slots, warn))
+
+
+def _registered(opened: Opened) -> Opened:
+    if opened.created:
+        _BUILT[id(opened.session)] = 1
+    return opened
+
+
+def _warn_unapplied(settings: SessionSettings, opened: Opened, warn: Callable[[str], None]) -> None:
+    """One line for each of nnlib's session settings that a session it did not build does not take."""
+    if opened.connect:
+        return  # Spark Connect's own rules: nnlib.engines.spark.jobs
+    if settings.master and settings.master != opened.master:
+        warn(f"spark.master {settings.master} is not used: the run uses the SparkSession already running, on "
+             f"master {opened.master} (nnlib changes nothing on a session it did not start)")
+    if settings.conf:
+        warn(f"spark.conf ({', '.join(sorted(settings.conf))}) is not applied: the run uses the SparkSession "
+             "already running (nnlib changes nothing on a session it did not start)")
+
+
+def stage_profile(task_gpus: float | None, master: str | None):
+    """The ResourceProfile of nnlib's stage for ``spark.task_gpus`` (each task asks for that many GPUs), or None
+    when unset. Spark schedules a task resource profile on a standalone, YARN or Kubernetes cluster (with
+    dynamic allocation off) but not on a ``local[...]`` master, which is refused in one line; ``master`` None
+    (a Spark Connect server's, unknown here) is not checked. The executors must offer GPUs
+    (``spark.executor.resource.gpu.amount`` and a discovery script, or the cluster manager's)."""
+    if task_gpus is None:
+        return None
+    if master is not None and master.startswith("local"):
+        raise ConfigError(f"spark.task_gpus={task_gpus:g} needs a cluster master (spark://HOST:PORT, yarn or "
+                          f"k8s://...): Spark has no stage-level scheduling on a local one, got master {master}")
+    from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
+    return ResourceProfileBuilder().require(TaskResourceRequests().resource("gpu", task_gpus)).build
 
 
 def java_root_cause(exc: BaseException) -> str:
@@ -233,35 +305,43 @@ def _check_reachable(remote: str, shown: str) -> None:
 
 
 def _launch_settings() -> dict[str, str]:
-    """The ``spark.*`` settings the user gave the JVM: under spark-submit, its ``--master`` and ``--conf``
-    and ``spark-defaults.conf``; else ``spark-defaults.conf`` alone (pyspark's own launch adds settings of
-    its own, ``local[*]`` and ``pyspark-shell``, which are nobody's choice). Starts the JVM's gateway."""
+    """The ``spark.*`` settings the user gave Spark's launch: under spark-submit, what its JVM holds (its
+    ``--master``, ``--conf``, ``spark-defaults.conf``); else ``spark-defaults.conf``, read here without
+    starting the JVM, so that nnlib's own driver options reach the JVM when it starts."""
+    if not _SUBMITTED:
+        return defaults_file()
     from pyspark import SparkConf, SparkContext
 
-    SparkContext._ensure_initialized()  # SparkConf reads the JVM's settings only once the gateway runs
-    launched = dict(SparkConf().getAll())
-    if _SUBMITTED:
-        return launched
-    return {key: value for key, value in launched.items() if key in defaults_file_keys()}
+    SparkContext._ensure_initialized()  # the gateway spark-submit started; SparkConf reads the JVM's settings
+    return dict(SparkConf().getAll())
 
 
-def defaults_file_keys() -> set[str]:
-    """The keys ``spark-defaults.conf`` sets (in ``SPARK_CONF_DIR``, else ``SPARK_HOME/conf``), as Spark reads
-    it: a Java properties file, ``key value`` or ``key=value`` a line."""
-    import pyspark
+def defaults_file() -> dict[str, str]:
+    """What ``spark-defaults.conf`` sets (in ``SPARK_CONF_DIR``, else ``SPARK_HOME/conf``), as Spark reads it:
+    a Java properties file, ``key value``, ``key=value`` or ``key: value`` a line."""
+    import importlib.util
 
-    folder = os.environ.get("SPARK_CONF_DIR") or os.path.join(
-        os.environ.get("SPARK_HOME") or os.path.dirname(pyspark.__file__), "conf")
+    home = os.environ.get("SPARK_HOME")
+    if not home and (spec := importlib.util.find_spec("pyspark")) is not None and spec.origin:
+        home = os.path.dirname(spec.origin)
+    folder = os.environ.get("SPARK_CONF_DIR") or os.path.join(home or ".", "conf")
     try:
         lines = Path(folder, "spark-defaults.conf").read_text().splitlines()
     except OSError:
-        return set()
-    keys = set()
+        return {}
+    settings = {}
     for line in lines:
         line = line.strip()
         if line and not line.startswith(("#", "!")):
-            keys.add(re.split(r"[\s=:]", line, maxsplit=1)[0])
-    return keys
+            key, _, value = _property(line)
+            settings[key] = value
+    return settings
+
+
+def _property(line: str) -> tuple[str, str, str]:
+    """``key value`` / ``key=value`` / ``key: value`` -> (key, separator, value)."""
+    match = re.match(r"([^\s=:]+)(\s*[=:]\s*|\s+|$)(.*)", line)
+    return match.group(1), match.group(2), match.group(3).strip()
 
 
 def _open_classic(settings: SessionSettings, min_slots: int, warn: Callable[[str], None]) -> Opened:
@@ -275,8 +355,8 @@ def _open_classic(settings: SessionSettings, min_slots: int, warn: Callable[[str
     if _SUBMITTED and given:
         master = given
         if settings.master and settings.master != given:
-            warn(f"spark.master {settings.master} is not used: spark-submit gave --master {given} (or "
-                 "spark-defaults.conf did), which wins")
+            warn(f"spark.master {settings.master} is not used: spark-submit's master {given} is (its --master, "
+                 "--conf spark.master or spark-defaults.conf, else its default local[*]; spark-submit's wins)")
     elif settings.master:
         master = settings.master
     else:
@@ -289,15 +369,16 @@ def _open_classic(settings: SessionSettings, min_slots: int, warn: Callable[[str
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers use this interpreter
     builder = SparkSession.builder.appName(settings.app_name) if "spark.app.name" not in launched \
         else SparkSession.builder
-    if master != given:
+    if master != given or not _SUBMITTED:
         builder = builder.master(master)
     ours = {"spark.ui.showConsoleProgress": "false",
-            "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()} "
-                                             f"-Dnnlib.spark.log.level={settings.log_level}",
             # applied as the SparkContext starts: under spark-submit the driver JVM is already running
-            # with Spark's own logging, and this keeps its start-up chatter out
+            # with Spark's own logging, and this keeps the rest of its chatter out
             "spark.log.level": settings.log_level,
             **EXECUTOR_DEFAULTS}
+    if not _SUBMITTED:  # nnlib starts the JVM: its logging from the first line (under spark-submit it runs)
+        ours["spark.driver.extraJavaOptions"] = (f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()} "
+                                                 f"-Dnnlib.spark.log.level={settings.log_level}")
     for key, value in ours.items():
         if key not in launched:  # what the user gave Spark wins
             builder = builder.config(key, value)
