@@ -33,7 +33,8 @@ from nnlib.errors import ConfigError, EngineError, NnlibError
 from nnlib.experiments.search import run_with_baseline
 from nnlib.experiments.tracking import NoTracking, make_tracking, require_mlflow
 from nnlib.model.model import Model
-from nnlib.outputs import RunDir, checkpoint_rounds, default_run_dir, read_csv_rows
+from nnlib.outputs import (RESUME_MAY_CHANGE, RunDir, checkpoint_rounds, default_run_dir,  # noqa: F401
+                           may_change_on_resume, read_csv_rows)
 from nnlib.util.stop import STOP_STATUS, StopRequested, handling_stop, signal_name
 
 
@@ -170,8 +171,6 @@ def _after(first: str, log: Callable[[str], None]) -> Callable[[str], None]:
     return say
 
 
-# what a resume may change: the rounds, and where and how the same arithmetic runs (every engine equals local)
-RESUME_MAY_CHANGE = ("train.rounds", "train.stop_grace_seconds", "engine", "spark.", "mpi.", "mrjob.")
 
 
 def resume_config(out: str | Path, conf: str | Path | Config | None = None,
@@ -199,8 +198,7 @@ def resume_config(out: str | Path, conf: str | Path | Config | None = None,
     requested = with_absolute_paths(build_config(base, items, source=source))
     if requested.engine == "mpi":  # one mapper per rank, as many as the run had (the ranks check it)
         requested = requested.model_copy(update={"mappers": saved.mappers})
-    differ = [k for k in diff_keys(saved, requested)
-              if not any(k == key or (key.endswith(".") and k.startswith(key)) for key in RESUME_MAY_CHANGE)]
+    differ = [k for k in diff_keys(saved, requested) if not may_change_on_resume(k)]
     if differ:
         had, given = flatten(saved.to_dict()), flatten(requested.to_dict())
         changes = ", ".join(f"{k} (the run has {had.get(k)!r}, given {given.get(k)!r})" for k in differ)
@@ -284,28 +282,34 @@ def _train(config: Config, engine_obj: Engine | None, out, resume: bool, overwri
         resume = RunDir(Path(out), resume=True)  # every rank reads the checkpoint; rank 0 alone writes
     log = _after(f"nnlib: engine={config.engine} mappers={config.mappers} combine={config.combine} "
                  f"data={config.data.source} -> {run_dir.path if run_dir else '-'}", log)
-    tracking = make_tracking(config, warn) if speak else NoTracking()
-    tracking.start(config, run_dir.path.name if run_dir else "run")
-    result = None
     try:
-        result = run_with_baseline(config, run_dir, engine=engine_obj, log=log if speak else _quiet,
-                                   warn=warn if speak else _quiet, resume=resume, on_round=tracking.log_round)
-    except StopRequested:
-        raise  # train() says it, naming out
-    except KeyboardInterrupt:
-        # the driver loop stopped the engine (its Spark session, its ranks) on the way out
-        raise interrupted(run_dir.path if run_dir else None, config.train.rounds, config.engine) from None
+        tracking = make_tracking(config, warn) if speak else NoTracking()
+        tracking.start(config, run_dir.path.name if run_dir else "run")
+        result = None
+        try:
+            result = run_with_baseline(config, run_dir, engine=engine_obj, log=log if speak else _quiet,
+                                       warn=warn if speak else _quiet, resume=resume, on_round=tracking.log_round)
+        except StopRequested:
+            raise  # train() says it, naming out
+        except KeyboardInterrupt:
+            # the driver loop stopped the engine (its Spark session, its ranks) on the way out
+            raise interrupted(run_dir.path if run_dir else None, config.train.rounds, config.engine) from None
+        finally:
+            tracking.finish(result.summary if result else None, run_dir.path if run_dir else None)
     finally:
-        tracking.finish(result.summary if result else None, run_dir.path if run_dir else None)
+        if run_dir is not None:
+            run_dir.release()  # the folder's lock; the process's end would drop it too
     return Run.from_result(result, run_dir, config)
 
 
 def open_run_dir(engine: Engine, out: str | Path | None, overwrite: bool, resume: bool) -> RunDir | None:
-    """The run directory, opened by the main process alone; every process learns whether that worked."""
+    """The run directory, opened and claimed (held against other runs) by the main process alone; every process
+    learns whether that worked."""
     run_dir, error = None, None
     if engine.is_main:
         try:
-            run_dir = RunDir(Path(out) if out else default_run_dir(), overwrite=overwrite, resume=resume)
+            path, created = (Path(out), False) if out else (default_run_dir(), True)
+            run_dir = RunDir(path, overwrite=overwrite, resume=resume, created=created).claim()
         except NnlibError as exc:
             error = exc
     if not engine.all_ok(error is None):

@@ -32,7 +32,7 @@ from nnlib.engines.base import Engine
 from nnlib.model.file import ModelFile, model_file
 from nnlib.errors import ConfigError, DataError, DivergenceError, NnlibError
 from nnlib.util.machine import describe
-from nnlib.outputs import RunDir
+from nnlib.outputs import RunDir, config_digest
 from nnlib.rounds.schedule import Schedule
 from nnlib.rounds.subnets import split_subnets
 from nnlib.rounds.mapper import evaluate_rows, peak_rss_mb, total_scores
@@ -163,6 +163,10 @@ def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: R
                                   f"has changed since the checkpoint {ckpt.path.name} (its rows now hash to "
                                   f"{now.get(key, 'nothing')}, the run read {recorded.get(key, 'nothing')}); "
                                   "resume on the data the run started with, or start a new run")
+    if ckpt.config_digest is not None and ckpt.config_digest != config_digest(config):
+        raise ConfigError(f"--resume {run_dir.path}: the checkpoint {ckpt.path.name} was written by a run with "
+                          f"another config than {run_dir.path / 'config.yaml'} (in a key a resume may not change); "
+                          "it belongs to another run: start this one afresh with --overwrite")
     if ckpt.params.shape != start.params.shape:
         raise ConfigError(f"--resume: checkpoint {ckpt.path} holds {ckpt.params.size} parameters, "
                           f"the model has {start.params.size}")
@@ -406,11 +410,10 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
         row = score_round(trained, evaluate, in_line)
         result.rounds.append(row)
         result.mapper_rows += mapper_rows(r + 1, trained.stats)
-        if run_dir is not None:
-            # tables first, then the checkpoint: a resume drops table rows past the checkpoint
-            run_dir.write_tables(result.rounds, result.mapper_rows)
-            run_dir.write_checkpoint(r + 1, trained.combined.params, trained.combined.opt_state, skipped,
-                                     server_state=server_state, fingerprint=setup.data.fingerprint)
+        if run_dir is not None:  # tables, then the checkpoint (a write that fails keeps the last good one)
+            run_dir.write_round(result.rounds, result.mapper_rows, skipped, trained.combined.params,
+                                trained.combined.opt_state, server_state, setup.data.fingerprint,
+                                config_digest(config))
         if on_round is not None:
             on_round(row)
         log(f"round {r + 1}/{config.train.rounds}  test_acc {row['test_accuracy']:.4f}  "

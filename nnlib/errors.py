@@ -24,6 +24,10 @@ class DivergenceError(NnlibError):
     """A mapper returned weights containing NaN or inf."""
 
 
+class OutputError(NnlibError):
+    """A file could not be written (disk full, file too large, permission); the message names the file."""
+
+
 class EngineError(NnlibError):
     """An engine (Spark, mrjob, MPI) failed; the message carries the tail of its log."""
 

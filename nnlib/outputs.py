@@ -8,6 +8,8 @@ is written last: its presence marks a finished run.
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import io
 import json
 import os
@@ -19,7 +21,7 @@ import numpy as np
 import yaml
 
 from nnlib.core.params import FILE_KEYS
-from nnlib.errors import NnlibError, first_line
+from nnlib.errors import NnlibError, OutputError, first_line
 from nnlib.rounds.payload import STATS_FIELDS
 
 ROUND_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "seconds",
@@ -32,23 +34,85 @@ MAPPER_COLUMNS = ["round", "mapper", "host", "pid",
 
 
 def default_run_dir() -> Path:
-    """``runs/<timestamp>``, or ``runs/<timestamp>-2`` (and so on) when a run of the same second has it."""
+    """``runs/<timestamp>``, or ``runs/<timestamp>-2`` (and so on) when a run of the same second has it.
+
+    The folder is created here, with a plain ``mkdir`` that fails if it exists: of two runs started in the
+    same second (in one process or two), each gets its own folder.
+    """
     base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    make_dir(base.parent)
     path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+        except OSError as exc:
+            raise write_error(path, exc, "--out") from None
+
+
+# errno -> the cause a person can act on
+WRITE_CAUSES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EFBIG: "the file is too large (past the file-size limit, ulimit -f, or the file system's)",
+                errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                errno.EROFS: "the file system is read-only", errno.ENOENT: "its folder does not exist",
+                errno.ENOTDIR: "a part of its path is not a folder", errno.EISDIR: "it is a folder"}
+
+
+def write_cause(exc: BaseException) -> str:
+    """Why a write failed, in words: the errno's cause (disk full, file too large, permission), else the
+    error's first line (pyarrow's errors carry no errno)."""
+    errno_ = getattr(exc, "errno", None)
+    if errno_ in WRITE_CAUSES:
+        return WRITE_CAUSES[errno_]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = first_line(exc)
+    for code, cause in WRITE_CAUSES.items():  # pyarrow puts the C library's message in its text only
+        if os.strerror(code) in text:
+            return cause
+    return text
+
+
+def write_error(path: Path, exc: BaseException, what: str = "") -> OutputError:
+    """The one-line :class:`OutputError` for a failed write of ``path``."""
+    prefix = f"{what}: " if what else ""
+    return OutputError(f"{prefix}cannot write {path}: {write_cause(exc)}")
+
+
+def make_dir(path: Path, what: str = "") -> Path:
+    """``mkdir -p path``; a failure is one :class:`OutputError` line naming it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(path, exc, what) from None
     return path
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    """Write ``data`` to ``path`` via a temporary file and a rename: ``path`` holds the old bytes or the new.
+
+    A write that fails (disk full, file too large, permission) removes the
+    temporary file and raises :class:`OutputError` naming ``path`` and the cause.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
+        raise
 
 
 def strict_json(value):
@@ -76,41 +140,111 @@ def csv_bytes(columns: list[str], rows: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
+# what a resume may change: the rounds, and where and how the same arithmetic runs (every engine equals local)
+RESUME_MAY_CHANGE = ("train.rounds", "train.stop_grace_seconds", "engine", "spark.", "mpi.", "mrjob.")
+
+
+def may_change_on_resume(key: str) -> bool:
+    """Whether a resume may give the dotted config ``key`` another value (:data:`RESUME_MAY_CHANGE`)."""
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE)
+
+
+def config_digest(config) -> str:
+    """A digest of every config key a resume may not change: a checkpoint records its run's, and a resume
+    refuses a checkpoint whose digest is not its config's (a checkpoint of another run)."""
+    from nnlib.config import flatten
+
+    kept = sorted((k, v) for k, v in flatten(config.to_dict()).items() if not may_change_on_resume(k))
+    return hashlib.sha256(json.dumps(kept, default=str).encode()).hexdigest()[:16]
+
+
 class RunDir:
     """The output folder of one run.
 
     ``overwrite``: replace a run there (its outputs and checkpoints go on the
     first write); ``resume``: continue the run there, or start one if it
     holds none yet. Without either, a folder that holds a run is refused.
+
+    The process that writes the run calls :meth:`claim` first: it holds the
+    folder's lock (:mod:`nnlib.util.lock`) until :meth:`release` or its end,
+    so a second run into the same folder is refused naming the first. A
+    RunDir only read (an MPI rank other than 0 reading the checkpoint) claims
+    nothing.
     """
 
-    def __init__(self, path: str | Path, overwrite: bool = False, resume: bool = False):
+    def __init__(self, path: str | Path, overwrite: bool = False, resume: bool = False, created: bool = False):
         self.path = Path(path)
+        self.overwrite, self.resume = overwrite, resume
+        self._ready = False
+        self._created = created  # this run made the folder
+        self._lock = None
+        self._check()
+
+    def _check(self) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise NnlibError(f"--out: {self.path} exists and is not a directory")
-        if resume:  # a folder that holds no run yet (no config.yaml) is started afresh there
+        if self.resume:  # a folder that holds no run yet (no config.yaml) is started afresh there
             pass
-        elif (self.path / "summary.json").exists() and not overwrite:
+        elif (self.path / "summary.json").exists() and not self.overwrite:
             raise NnlibError(f"--out: {self.path} already holds a finished run (summary.json); "
                              "choose another directory or pass --overwrite")
-        elif (self.path / "config.yaml").exists() and not overwrite:
+        elif (self.path / "config.yaml").exists() and not self.overwrite:
             done = checkpoint_rounds(self.path)
             kept = f"its checkpoint holds {done} finished round(s)" if done else "no round of it finished"
             raise NnlibError(f"--out: {self.path} holds an unfinished run ({kept}); continue it with "
                              f"--resume {self.path}, or start over with --overwrite")
-        self.overwrite = overwrite
-        self._ready = False
-        self._created = False  # this run made the folder
+
+    def claim(self) -> "RunDir":
+        """Create the folder if need be and hold its lock; a folder another live run holds is refused in one line
+        naming that run's PID and host. The checks of the constructor are made again under the lock (a run
+        that finished meanwhile is seen)."""
+        from nnlib.util.lock import hold
+
+        if not self.path.exists():
+            try:
+                self.path.mkdir(parents=True)
+                self._created = True
+            except FileExistsError:
+                pass  # another run made it this instant: the lock decides
+            except OSError as exc:
+                raise write_error(self.path, exc, "--out") from None
+        self._lock = hold(self.path, "--out")
+        try:
+            self._check()
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        """Give the folder's lock back; a folder this run made and left empty (a run refused before its first
+        write) is removed."""
+        if self._lock is None:
+            return
+        from nnlib.util.lock import LOCK_NAME
+
+        lock, self._lock = self._lock, None
+        try:
+            if self._created and [p.name for p in self.path.iterdir()] == [LOCK_NAME]:
+                (self.path / LOCK_NAME).unlink()
+                self.path.rmdir()
+        except OSError:
+            pass  # leaving an empty folder behind is harmless
+        finally:
+            lock.release()
 
     def _prepare(self) -> None:
         """Create the folder on the first write, so a run refused early leaves nothing behind."""
         if self._ready:
             return
-        try:
-            self._created = not self.path.exists()
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise NnlibError(f"--out: cannot create {self.path} ({exc.strerror})") from None
+        if not self.path.exists():
+            try:
+                self.path.mkdir(parents=True)
+                self._created = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise write_error(self.path, exc, "--out") from None
         if self.overwrite:
             for name in ("summary.json", "model.npz", "rounds.csv", "mapper_times.csv"):
                 (self.path / name).unlink(missing_ok=True)
@@ -142,18 +276,26 @@ class RunDir:
     def write_model(self, named: dict[str, np.ndarray]) -> None:
         buf = io.BytesIO()
         np.savez(buf, **named)
-        atomic_write_bytes(self.file("model.npz"), buf.getvalue())
+        self._write_last(self.file("model.npz"), buf.getvalue())
+
+    def _write_last(self, path: Path, data: bytes) -> None:
+        """model.npz or summary.json, after the last round: a failure says that every round is kept."""
+        try:
+            atomic_write_bytes(path, data)
+        except OutputError as exc:
+            raise OutputError(f"{exc}; every round is checkpointed: make room, then finish the run with: "
+                              f"nnlib run --resume {self.path}") from None
 
     def write_checkpoint(self, rounds_done: int, params: np.ndarray, opt_state: np.ndarray | None,
                          skipped: list[dict] = (), keep: int = 2, server_state: np.ndarray | None = None,
-                         fingerprint: tuple[tuple[str, str], ...] = ()) -> Path:
+                         fingerprint: tuple[tuple[str, str], ...] = (), config: str | None = None) -> Path:
         """Save the state after ``rounds_done`` rounds to ``checkpoints/``; keep the newest ``keep`` files.
 
         ``fingerprint`` is the data's (``Dataset.fingerprint``: each input's
-        key and the digest of its rows), which ``--resume`` compares.
+        key and the digest of its rows) and ``config`` the config's
+        (:func:`config_digest`), which ``--resume`` compares.
         """
-        folder = self.file("checkpoints")
-        folder.mkdir(exist_ok=True)
+        folder = make_dir(self.file("checkpoints"), "--out")
         arrays = {"rounds_done": np.int64(rounds_done), "params": params,
                   "skipped": np.array([[s["round"], s["mapper"]] for s in skipped], np.int64).reshape(-1, 2),
                   "data_fingerprint": np.array([list(pair) for pair in fingerprint], np.str_).reshape(-1, 2)}
@@ -161,6 +303,8 @@ class RunDir:
             arrays["opt_state"] = opt_state
         if server_state is not None:
             arrays["server_state"] = server_state
+        if config is not None:
+            arrays["config_digest"] = np.array(config, np.str_)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         path = folder / f"round-{rounds_done:05d}.npz"
@@ -168,6 +312,33 @@ class RunDir:
         for old in sorted(folder.glob("round-*.npz"))[:-keep]:
             old.unlink()
         return path
+
+    def write_round(self, rounds: list[dict], mapper_rows: list[dict], skipped: list[dict], params: np.ndarray,
+                    opt_state: np.ndarray | None, server_state: np.ndarray | None = None,
+                    fingerprint: tuple[tuple[str, str], ...] = (), config: str | None = None) -> Path:
+        """A finished round's tables (every row so far) and then its checkpoint.
+
+        Tables first: a resume drops table rows past the newest checkpoint. A
+        write that fails (disk full, file too large) leaves the last good
+        checkpoint and tables as they were, no temporary file, and raises one
+        :class:`OutputError` line saying where to resume from.
+        """
+        done = rounds[-1]["round"]
+        try:
+            self.write_tables(rounds, mapper_rows)
+            return self.write_checkpoint(done, params, opt_state, skipped, server_state=server_state,
+                                         fingerprint=fingerprint, config=config)
+        except OutputError as exc:
+            try:  # the tables as of the last checkpoint, so none holds a row for a round it cannot resume
+                self.write_tables([r for r in rounds if r["round"] < done],
+                                  [r for r in mapper_rows if r["round"] < done])
+            except OutputError:
+                pass  # a resume drops those rows anyway
+            kept = checkpoint_rounds(self.path)
+            then = (f"round {done} is lost; the last good checkpoint is "
+                    f"{self.path / 'checkpoints' / f'round-{kept:05d}.npz'}" if kept
+                    else f"round {done} is lost; no round was checkpointed")
+            raise OutputError(f"{exc}; {then}; make room, then resume with: nnlib run --resume {self.path}") from None
 
     def latest_checkpoint(self) -> Checkpoint | None:
         """The newest checkpoint, read with pickle disabled; a damaged one is refused by name."""
@@ -184,13 +355,14 @@ class RunDir:
                 skipped = f["skipped"].reshape(-1, 2).tolist()
                 fingerprint = (tuple(tuple(pair) for pair in f["data_fingerprint"].tolist())
                                if "data_fingerprint" in f.files else None)
+                digest = str(f["config_digest"]) if "config_digest" in f.files else None
         except Exception as exc:  # noqa: BLE001  - any damage reads as "corrupted"
             raise NnlibError(f"--resume: checkpoint {path} is corrupted ({first_line(exc)}); "
                              "delete it to resume from the one before") from None
         if params.dtype != np.float32 or params.ndim != 1:
             raise NnlibError(f"--resume: checkpoint {path} is corrupted (params must be a float32 vector, "
                              f"got {params.dtype} {params.shape})")
-        return Checkpoint(rounds_done, params, opt_state, skipped, path, server_state, fingerprint)
+        return Checkpoint(rounds_done, params, opt_state, skipped, path, server_state, fingerprint, digest)
 
     def read_tables(self, rounds_done: int) -> tuple[list[dict], list[dict]]:
         """Rows of rounds.csv and mapper_times.csv for rounds 1 .. ``rounds_done`` (to resume).
@@ -206,7 +378,7 @@ class RunDir:
                 [r for r in mappers if r["round"] <= rounds_done])
 
     def write_summary(self, summary: dict) -> None:
-        atomic_write_bytes(self.file("summary.json"), json_bytes(summary))
+        self._write_last(self.file("summary.json"), json_bytes(summary))
 
 
 def checkpoint_rounds(run_dir: Path) -> int:
@@ -243,6 +415,7 @@ class Checkpoint:
     path: Path
     server_state: np.ndarray | None = None  # the server optimizer's momentum (server.momentum)
     fingerprint: tuple[tuple[str, str], ...] | None = None  # (input key, digest of its rows); None: not recorded
+    config_digest: str | None = None  # config_digest() of the run that wrote it; None: not recorded
 
 
 def load_model(path: str | Path) -> dict[str, np.ndarray]:

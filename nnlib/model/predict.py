@@ -33,6 +33,7 @@ from nnlib.config import Config, build_config
 from nnlib.data import sources, tables
 from nnlib.errors import ConfigError, DataError
 from nnlib.model.model import CHUNK_ROWS, Model, softmax
+from nnlib.outputs import write_error
 
 # the keys --set may give nnlib predict: how to read the source, which backend computes, where (engine=spark)
 PREDICT_KEYS = ("engine", "seed", "model.backend", "data.label_column", "data.features_column", "data.key_column",
@@ -234,7 +235,12 @@ def _parquet_blocks(table: tables.ParquetSource, columns: TableColumns) -> Itera
 
 
 class OutputFile:
-    """Predictions written block by block to a temporary file beside ``path``, renamed at :meth:`commit`."""
+    """Predictions written block by block to a temporary file beside ``path``, renamed at :meth:`commit`.
+
+    A write that fails (disk full, file too large, permission: pyarrow's
+    OSError) removes the temporary file and raises one ``OutputError`` line
+    naming ``path`` and the cause; ``path`` is left as it was.
+    """
 
     def __init__(self, path: Path):
         self.path = path
@@ -246,19 +252,34 @@ class OutputFile:
         import pyarrow.csv as pacsv
         import pyarrow.parquet as pq
 
-        if self._writer is None:
-            self._writer = (pacsv.CSVWriter(str(self.tmp), table.schema) if self.csv
-                            else pq.ParquetWriter(str(self.tmp), table.schema))
-        self._writer.write_table(table)
+        try:
+            if self._writer is None:
+                self._writer = (pacsv.CSVWriter(str(self.tmp), table.schema) if self.csv
+                                else pq.ParquetWriter(str(self.tmp), table.schema))
+            self._writer.write_table(table)
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def commit(self) -> None:
-        self._writer.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self._writer.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError):
+        self.abort()
+        return write_error(self.path, exc, "--out")
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self.tmp.unlink(missing_ok=True)
+        writer, self._writer = self._writer, None
+        try:
+            if writer is not None:
+                writer.close()  # flushes what it holds: may fail as the write did
+        except OSError:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def _probability_column(p: np.ndarray, as_text: bool):

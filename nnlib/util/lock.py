@@ -1,0 +1,73 @@
+"""One process at a time in an output folder: an operating-system lock on ``<folder>/.nnlib.lock``.
+
+``fcntl.flock`` locks belong to the open file, so the kernel drops them
+when the process ends in any way (kill -9 included): a killed run never
+blocks its own ``--resume``. The lock file keeps its last holder's PID,
+host and start time, which a refused run names. On NFS (v4) Linux
+emulates ``flock`` with byte-range locks the server holds, so the lock
+holds across hosts and is freed when the holder's lease ends.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+
+from nnlib.errors import NnlibError
+
+LOCK_NAME = ".nnlib.lock"
+
+
+class FolderLock:
+    """The exclusive hold of one folder by this process, until :meth:`release` or the process's end."""
+
+    def __init__(self, folder: Path, fd: int):
+        self.folder, self._fd = folder, fd
+
+    @property
+    def path(self) -> Path:
+        return self.folder / LOCK_NAME
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the file drops the lock
+            self._fd = None
+
+
+def holder(folder: Path) -> str:
+    """Who the lock file of ``folder`` says holds it: ``PID 123 on host h (since 2026-12-06 21:13:17)``."""
+    try:
+        fields = dict(line.split("=", 1) for line in (folder / LOCK_NAME).read_text().splitlines() if "=" in line)
+    except OSError:
+        fields = {}
+    since = f" (since {fields['started']})" if "started" in fields else ""
+    return f"PID {fields.get('pid', '?')} on host {fields.get('host', '?')}{since}"
+
+
+def hold(folder: Path, what: str = "--out") -> FolderLock:
+    """Lock ``folder`` (which must exist) for this process, or raise :class:`NnlibError` naming the holder."""
+    path = folder / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise NnlibError(f"{what}: cannot create the lock file {path} ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise NnlibError(f"{what}: {folder} is in use by another run, {holder(folder)}; wait for it to end, "
+                             "or choose another folder") from None
+        raise NnlibError(f"{what}: cannot lock {path} ({exc.strerror})") from None
+    stamp = (f"pid={os.getpid()}\nhost={socket.gethostname()}\n"
+             f"started={time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, stamp, 0)
+    except OSError:
+        pass  # the holder's note is a courtesy; the lock itself is held
+    return FolderLock(folder, fd)
