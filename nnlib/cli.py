@@ -30,7 +30,7 @@ from nnlib.config import load_config
 from nnlib.driver import with_absolute_paths
 from nnlib.engines.mpi.launcher import LAUNCHED_FLAG, inside_launcher, launcher_rank
 from nnlib.errors import ConfigError, NnlibError
-from nnlib.outputs import default_run_dir
+from nnlib.outputs import default_run_dir, write_cause
 
 
 def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
@@ -189,7 +189,7 @@ def report_command(args: argparse.Namespace) -> int:
         return 0
     from nnlib.experiments.report import compare_runs
 
-    out = compare_runs(dirs, args.out or Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S"))
+    out = compare_runs(dirs, args.out or default_run_dir("compare-"))
     md, page = write_report(out)
     print_flushed(f"report: {len(dirs)} runs compared in {md} and {page}")
     return 0
@@ -200,7 +200,7 @@ def split_search_command(args: argparse.Namespace) -> int:
     from nnlib.experiments.search import split_search
 
     config = with_absolute_paths(load_config(args.conf, args.overrides))
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("split-search-%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else default_run_dir("split-search-")
     rerun = ["nnlib", "split-search", *([str(Path(args.conf).resolve())] if args.conf else [])]
     for item in args.overrides:
         rerun += ["--set", item]
@@ -268,6 +268,13 @@ def main(argv: list[str] | None = None, prog: str = "nnlib") -> int:
         elif inside_launcher():
             # the launcher ends every rank as soon as one exits non-zero: let rank 0 say it first
             time.sleep(SPEAKER_GRACE_SECONDS)
+        return 2
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise  # entry_point ends quietly
+        # a file nnlib's writers do not wrap (they raise NnlibError naming the file): one line, not a traceback
+        if launcher_rank() == 0:
+            print(f"{prog}: error: {exc.filename or 'a file'}: {write_cause(exc)}", file=sys.stderr, flush=True)
         return 2
     except Stopped as exc:
         # SIGTERM: one line, as for Ctrl-C. Under a plain mpiexec rank 0 says it and every rank exits 143; the

@@ -33,14 +33,15 @@ MAPPER_COLUMNS = ["round", "mapper", "host", "pid",
                   *(name for name in STATS_FIELDS if name not in ("mapper", "host", "pid", "result_bytes"))]
 
 
-def default_run_dir() -> Path:
-    """``runs/<timestamp>``, or ``runs/<timestamp>-2`` (and so on) when a run of the same second has it.
+def default_run_dir(prefix: str = "") -> Path:
+    """``runs/<prefix><timestamp>``, or ``runs/<prefix><timestamp>-2`` (and so on) when a run of the same
+    second has it.
 
     The folder is created here, with a plain ``mkdir`` that fails if it exists: of two runs started in the
     same second (in one process or two), each gets its own folder.
     """
-    base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    make_dir(base.parent)
+    base = Path("runs") / time.strftime(f"{prefix}%Y%m%d-%H%M%S")
+    make_dir(base.parent, "--out")
     path, n = base, 1
     while True:
         try:
@@ -181,8 +182,13 @@ class RunDir:
         self._check()
 
     def _check(self) -> None:
+        """Refuse a folder another run holds, or one that holds a run ``overwrite``/``resume`` do not allow."""
+        from nnlib.util.lock import in_use
+
         if self.path.exists() and not self.path.is_dir():
             raise NnlibError(f"--out: {self.path} exists and is not a directory")
+        if self._lock is None and (busy := in_use(self.path, "--out")) is not None:
+            raise busy  # before what the folder holds: the run there is live, not one to resume or overwrite
         if self.resume:  # a folder that holds no run yet (no config.yaml) is started afresh there
             pass
         elif (self.path / "summary.json").exists() and not self.overwrite:

@@ -76,7 +76,7 @@ def test_two_runs_in_the_same_second_get_their_own_directories(tmp_path, monkeyp
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("time.strftime", lambda fmt: "20260101-000000")
-    first = default_run_dir()
-    first.mkdir(parents=True)
+    first = default_run_dir()  # made here, with mkdir: the second of the same second cannot get it
     second = default_run_dir()
     assert (first.name, second.name) == ("20260101-000000", "20260101-000000-2")
+    assert first.is_dir() and second.is_dir()

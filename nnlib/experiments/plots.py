@@ -24,12 +24,13 @@ change with the varied keys and would hide what does.
 
 from __future__ import annotations
 
+import io
 import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from nnlib.outputs import read_csv_rows
+from nnlib.outputs import atomic_write_bytes, read_csv_rows
 
 RESULT_META = ("run", "case", "seed")  # results.csv columns before the varied keys
 SEQUENTIAL_STYLES = ("--", ":", "-.")  # sequential cases: black, these line styles in turn
@@ -46,7 +47,9 @@ def _figure(ncols: int = 1, width: float = 5.2, height: float = 3.8):
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format=path.suffix.lstrip(".") or "png")
+    atomic_write_bytes(path, buf.getvalue())  # a write that fails is one line naming the figure, nothing left
     return path
 
 

@@ -48,6 +48,29 @@ def holder(folder: Path) -> str:
     return f"PID {fields.get('pid', '?')} on host {fields.get('host', '?')}{since}"
 
 
+def in_use(folder: Path, what: str = "--out") -> NnlibError | None:
+    """The error that refuses ``folder`` when another live process holds its lock (this process holding it on
+    another open file counts too), else None. Nothing is created."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return _busy(folder, what)
+        return None
+    finally:
+        os.close(fd)  # drops the shared lock, if taken
+
+
+def _busy(folder: Path, what: str) -> NnlibError:
+    return NnlibError(f"{what}: {folder} is in use by another run, {holder(folder)}; wait for it to end, "
+                      "or choose another folder")
+
+
 def hold(folder: Path, what: str = "--out") -> FolderLock:
     """Lock ``folder`` (which must exist) for this process, or raise :class:`NnlibError` naming the holder."""
     path = folder / LOCK_NAME
@@ -60,8 +83,7 @@ def hold(folder: Path, what: str = "--out") -> FolderLock:
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise NnlibError(f"{what}: {folder} is in use by another run, {holder(folder)}; wait for it to end, "
-                             "or choose another folder") from None
+            raise _busy(folder, what) from None
         raise NnlibError(f"{what}: cannot lock {path} ({exc.strerror})") from None
     stamp = (f"pid={os.getpid()}\nhost={socket.gethostname()}\n"
              f"started={time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode()
