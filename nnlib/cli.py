@@ -189,7 +189,7 @@ def report_command(args: argparse.Namespace) -> int:
         return 0
     from nnlib.experiments.report import compare_runs
 
-    out = compare_runs(dirs, args.out or default_run_dir("compare-"))
+    out = compare_runs(dirs, args.out or Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S"))
     md, page = write_report(out)
     print_flushed(f"report: {len(dirs)} runs compared in {md} and {page}")
     return 0
@@ -200,7 +200,7 @@ def split_search_command(args: argparse.Namespace) -> int:
     from nnlib.experiments.search import split_search
 
     config = with_absolute_paths(load_config(args.conf, args.overrides))
-    out = Path(args.out) if args.out else default_run_dir("split-search-")
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("split-search-%Y%m%d-%H%M%S")
     rerun = ["nnlib", "split-search", *([str(Path(args.conf).resolve())] if args.conf else [])]
     for item in args.overrides:
         rerun += ["--set", item]
