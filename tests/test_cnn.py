@@ -102,9 +102,10 @@ def test_cnn_on_digits_learns_and_numpy_and_torch_runs_agree():
 @pytest.mark.slow
 def test_cnn_on_digits_with_4_mappers_on_spark_reaches_095(spark):
     from nnlib.engines.spark.engine import SparkStageEngine
+    from nnlib.engines.spark.session import SessionSettings
 
     config = load_config(None, ["model.type=cnn", "engine=spark"])  # the defaults: 4 mappers, 5 rounds
-    result = run(config, engine=SparkStageEngine("local[4]"), **QUIET)
+    result = run(config, engine=SparkStageEngine(SessionSettings("local[4]")), **QUIET)
     # measured 0.9638 (2026-11-29) on the local engine, whose weights Spark's equal bit for bit:
     #   nnlib run --set model.type=cnn --set engine=local
     assert result.summary["final_test_accuracy"] >= 0.95

@@ -70,10 +70,11 @@ def parquet_run(tmp_path_factory):
 
 def test_spark_trains_on_a_keyed_parquet_dataset_as_the_local_engine_does(spark, parquet_run):
     from nnlib.engines.spark.engine import SparkStageEngine
+    from nnlib.engines.spark.session import SessionSettings
 
     summary, out, tmp, _, _ = parquet_run
     config = load_config(None, [*QUICK, f"data.source={tmp / 'data'}", "data.key_column=id", "engine=spark"])
-    result = run(config, engine=SparkStageEngine("local[4]"), log=lambda _: None, warn=lambda _: None)
+    result = run(config, engine=SparkStageEngine(SessionSettings("local[4]")), log=lambda _: None, warn=lambda _: None)
     assert result.summary["n_features"] == summary["n_features"] == 64  # the string key is no feature
     np.testing.assert_array_equal(result.params, Model.load(out).params)
     assert result.summary["final_test_accuracy"] == summary["final_test_accuracy"]

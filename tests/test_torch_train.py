@@ -246,9 +246,10 @@ def test_mpi_equals_the_local_engine_on_the_torch_backend(tmp_path, sets):
 @pytest.mark.slow  # a JVM
 def test_spark_stage_equals_the_local_engine_on_the_torch_backend(spark):
     from nnlib.engines.spark.engine import SparkStageEngine
+    from nnlib.engines.spark.session import SessionSettings
 
     config = small_config("mappers=4", "model.backend=torch", "model.type=cnn", "model.channels=[4,6]",
                           "model.kernel=3", "train.optimizer=adamw", "train.weight_decay=0.01", "train.lr=0.01")
     local = run(config, **QUIET)
-    on_spark = run(config.model_copy(update={"engine": "spark"}), engine=SparkStageEngine("local[4]"), **QUIET)
+    on_spark = run(config.model_copy(update={"engine": "spark"}), engine=SparkStageEngine(SessionSettings("local[4]")), **QUIET)
     np.testing.assert_array_equal(on_spark.params, local.params)
