@@ -279,7 +279,7 @@ def _train(config: Config, engine_obj: Engine | None, out, resume: bool, overwri
         config = fit_to_ranks(config, engine_obj.size, warn if speak else _quiet)
     run_dir = open_run_dir(engine_obj, out, overwrite, resume) if write else None
     if resume and write and not engine_obj.is_main:
-        resume = RunDir(Path(out), resume=True)  # every rank reads the checkpoint; rank 0 alone writes
+        resume = RunDir(Path(out), resume=True, reader=True)  # every rank reads the checkpoint; rank 0 alone writes
     log = _after(f"nnlib: engine={config.engine} mappers={config.mappers} combine={config.combine} "
                  f"data={config.data.source} -> {run_dir.path if run_dir else '-'}", log)
     try:

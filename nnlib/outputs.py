@@ -170,15 +170,17 @@ class RunDir:
     folder's lock (:mod:`nnlib.util.lock`) until :meth:`release` or its end,
     so a second run into the same folder is refused naming the first. A
     RunDir only read (an MPI rank other than 0 reading the checkpoint) claims
-    nothing.
+    nothing (``reader=True``: it is not refused for the lock its main process holds).
     """
 
-    def __init__(self, path: str | Path, overwrite: bool = False, resume: bool = False, created: bool = False):
+    def __init__(self, path: str | Path, overwrite: bool = False, resume: bool = False, created: bool = False,
+                 reader: bool = False):
         self.path = Path(path)
         self.overwrite, self.resume = overwrite, resume
         self._ready = False
         self._created = created  # this run made the folder
         self._lock = None
+        self._reader = reader  # only reads a folder the run's main process holds (an MPI rank other than 0)
         self._check()
 
     def _check(self) -> None:
@@ -187,7 +189,7 @@ class RunDir:
 
         if self.path.exists() and not self.path.is_dir():
             raise NnlibError(f"--out: {self.path} exists and is not a directory")
-        if self._lock is None and (busy := in_use(self.path, "--out")) is not None:
+        if self._lock is None and not self._reader and (busy := in_use(self.path, "--out")) is not None:
             raise busy  # before what the folder holds: the run there is live, not one to resume or overwrite
         if self.resume:  # a folder that holds no run yet (no config.yaml) is started afresh there
             pass
