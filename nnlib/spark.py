@@ -36,7 +36,9 @@ models do; a Pipeline holding it saves and loads too.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
+from contextlib import contextmanager
 from typing import Any
 
 from pyspark.ml import Estimator, Model as SparkModel
@@ -52,8 +54,8 @@ from nnlib.config import Config, build_config
 from nnlib.driver import warn
 from nnlib.engines import make_engine
 from nnlib.engines.spark.ml import add_predictions, features_column, label_column, training_frame
-from nnlib.engines.spark.predict import SharedModel, model_bytes, model_from_bytes
-from nnlib.errors import ConfigError, DataError
+from nnlib.engines.spark.predict import SharedModel, model_bytes, model_from_bytes, spark_error_line
+from nnlib.errors import ConfigError, DataError, EngineError, NnlibError
 from nnlib.model.model import Model
 
 # each param and the nnlib config key it sets
@@ -212,22 +214,52 @@ class NNClassifier(Estimator, _NNParams, DefaultParamsReadable, DefaultParamsWri
     def setConf(self, value: dict) -> "NNClassifier":
         return self._set(conf=value)
 
+    def write(self) -> MLWriter:
+        return _ParamsWriter(self)
+
     def _fit(self, dataset) -> "NNClassificationModel":
         features, label = self.getFeaturesCol(), self.getLabelCol()
         features_column(dataset, features, "float32")  # a missing or unusable column: one line, before any job
         label_column(dataset, label)
         name = f"{self.uid}-{uuid.uuid4().hex[:8]}"
         config = self.nnlib_config(f"dataframe://{name}")
-        engine = make_engine(config, warn)
-        frame = training_frame(dataset, features, label)
-        try:
-            engine.reader.add_frame(frame, name)
-            run = train(config, engine=engine, write=False, warn=warn)
-        finally:
-            engine.reader.remove_frame(config.data.source)
-            frame.unpersist()
+        # the DataFrame's own session (classic or Spark Connect), whatever this thread's active one is
+        engine = make_engine(config, warn, spark_session=dataset.sparkSession)
+        with _ONE_FIT_AT_A_TIME, spark_errors("NNClassifier.fit"):
+            frame = training_frame(dataset, features, label)
+            try:
+                engine.reader.add_frame(frame, name)
+                run = train(config, engine=engine, write=False, warn=warn)
+            finally:
+                engine.reader.remove_frame(config.data.source)
+                frame.unpersist()
         model = NNClassificationModel(model_bytes(run.model), run)
         return self._copyValues(model)
+
+
+# Fits in several threads (CrossValidator's and TrainValidationSplit's ``parallelism``) train one after the
+# other: each holds ``mappers`` task slots together for its whole training (a barrier stage, or rounds that
+# need every shard at once), so fits side by side only compete for the slots, and more of them than the
+# cluster holds would wait on each other until a timeout. Their evaluation still runs side by side.
+_ONE_FIT_AT_A_TIME = threading.Lock()
+
+
+@contextmanager
+def spark_errors(what: str):
+    """An error from Spark (a Spark Connect ``AnalysisException``, ``SparkConnectGrpcException``, a py4j error)
+    as one :class:`nnlib.errors.EngineError` line: ``what``, the error class and the root cause."""
+    try:
+        yield
+    except NnlibError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if not _from_spark(exc):
+            raise
+        raise EngineError(f"{what}: {spark_error_line(exc)}") from None
+
+
+def _from_spark(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith(("pyspark.errors", "py4j"))
 
 
 class NNClassificationModel(SparkModel, _NNParams, MLReadable, MLWritable):
@@ -244,7 +276,7 @@ class NNClassificationModel(SparkModel, _NNParams, MLReadable, MLWritable):
         self._model_file = model_file
         self._training = training
         self._model: Model | None = None
-        self._shared: tuple[Any, SharedModel] | None = None  # (SparkContext, its broadcast of the model file)
+        self._shared: SharedModel | None = None  # the model file for the executors, in the scoring closure
 
     @property
     def model(self) -> Model:
@@ -285,16 +317,12 @@ class NNClassificationModel(SparkModel, _NNParams, MLReadable, MLWritable):
     def setRawPredictionCol(self, value: str) -> "NNClassificationModel":
         return self._set(rawPredictionCol=value)
 
-    def _shared_model(self, sc) -> SharedModel:
-        """The model file broadcast once per SparkContext (transformed DataFrames read it when they run)."""
-        if self._shared is None or self._shared[0] is not sc:
-            self._shared = (sc, SharedModel(sc, self._model_file))
-        return self._shared[1]
-
     def _transform(self, dataset):
-        shared = self._shared_model(dataset.sparkSession.sparkContext)
-        return add_predictions(dataset, shared, self.numFeatures, self.getFeaturesCol(), self.getRawPredictionCol(),
-                               self.getProbabilityCol(), self.getPredictionCol())
+        if self._shared is None:
+            self._shared = SharedModel(self._model_file)
+        with spark_errors("NNClassificationModel.transform"):
+            return add_predictions(dataset, self._shared, self.numFeatures, self.getFeaturesCol(),
+                                   self.getRawPredictionCol(), self.getProbabilityCol(), self.getPredictionCol())
 
     def write(self) -> MLWriter:
         return _ModelWriter(self)
@@ -305,29 +333,64 @@ class NNClassificationModel(SparkModel, _NNParams, MLReadable, MLWritable):
 
 
 class _ModelWriter(MLWriter):
-    """``path/metadata``: the params and the training summary (JSON); ``path/data``: the model file (Parquet,
-    one binary cell), written by Spark so that any path Spark writes works."""
+    """``path/metadata``: the params and the training summary (JSON, as ``DefaultParamsWriter`` writes it);
+    ``path/data``: the model file (Parquet, one binary cell). Both are DataFrame writes, so the same code
+    saves through a classic session and through Spark Connect, to any path Spark writes.
+
+    ``overwrite()`` replaces ``metadata`` and ``data`` by the writes' own mode: ``MLWriter.save`` would first
+    delete the path through the JVM session, which a Spark Connect session has not (SPARK-55452).
+    """
 
     def __init__(self, instance: NNClassificationModel):
         super().__init__()
         self.instance = instance
 
+    def save(self, path: str) -> None:
+        if not isinstance(path, str):
+            raise TypeError(f"path: must be a str (a path Spark writes), got {type(path).__name__}")
+        with spark_errors(f"NNClassificationModel.save {path}"):
+            self.saveImpl(path)
+
     def saveImpl(self, path: str) -> None:
-        model = self.instance
+        model, spark = self.instance, self.sparkSession
         extra = {}
         if model.hasSummary:
             run = model.summary
             extra["training"] = {"summary": run.summary, "rounds": run.rounds, "mappers": run.mappers,
                                  "skipped": run.skipped}
-        DefaultParamsWriter.saveMetadata(model, path, self.sparkSession, extraMetadata=extra)
-        self.sparkSession.createDataFrame([(bytearray(model._model_file),)], "model binary").coalesce(1) \
-            .write.parquet(os.path.join(path, "data"))
+        mode = "overwrite" if self.shouldOverwrite else "error"
+        write_metadata(model, spark, path, mode, extra)
+        spark.createDataFrame([(bytearray(model._model_file),)], "model binary").coalesce(1).write.mode(mode) \
+            .parquet(os.path.join(path, "data"))
+
+
+class _ParamsWriter(DefaultParamsWriter):
+    """:class:`NNClassifier`'s params as ``DefaultParamsWriter`` saves them (``path/metadata``), written as
+    :class:`_ModelWriter` writes, so that ``overwrite()`` works on Spark Connect too."""
+
+    def save(self, path: str) -> None:
+        if not isinstance(path, str):
+            raise TypeError(f"path: must be a str (a path Spark writes), got {type(path).__name__}")
+        with spark_errors(f"{type(self.instance).__name__}.save {path}"):
+            write_metadata(self.instance, self.sparkSession, path,
+                           "overwrite" if self.shouldOverwrite else "error")
+
+
+def write_metadata(instance, spark, path: str, mode: str, extra: dict | None = None) -> None:
+    """``path/metadata``: ``instance``'s params as ``DefaultParamsWriter.saveMetadata`` writes them (one JSON
+    line in a text file), by a DataFrame write in ``mode`` ("overwrite" or "error")."""
+    metadata = DefaultParamsWriter._get_metadata_to_save(instance, spark, extraMetadata=extra)
+    spark.createDataFrame([(metadata,)], "value string").coalesce(1).write.mode(mode) \
+        .text(os.path.join(path, "metadata"))
 
 
 class _ModelReader(MLReader):
+    """Reads what :class:`_ModelWriter` wrote, through the active session (classic or Spark Connect)."""
+
     def load(self, path: str) -> NNClassificationModel:
-        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
-        rows = self.sparkSession.read.parquet(os.path.join(path, "data")).collect()
+        with spark_errors(f"NNClassificationModel.load {path}"):
+            metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+            rows = self.sparkSession.read.parquet(os.path.join(path, "data")).collect()
         if len(rows) != 1:
             raise DataError(f"{path}: data/ must hold one model file, found {len(rows)}")
         data = bytes(rows[0]["model"])

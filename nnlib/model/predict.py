@@ -39,7 +39,7 @@ from nnlib.outputs import write_error
 PREDICT_KEYS = ("engine", "seed", "model.backend", "data.label_column", "data.features_column", "data.key_column",
                 "data.feature_columns", "data.drop_columns",
                 "data.labels", "data.n_samples", "data.n_features", "data.n_classes", "spark.master",
-                "spark.app_name", "spark.log_level", "spark.conf")
+                "spark.remote", "spark.app_name", "spark.log_level", "spark.conf")
 PREDICT_ENGINES = ("local", "spark")  # local: this process; spark: nnlib.engines.spark.predict
 OUT_SUFFIXES = (".parquet", ".csv")
 ROW_COLUMN = "row"  # the key column when the source names none: the row's position

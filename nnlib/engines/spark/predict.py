@@ -8,17 +8,25 @@ or by its position as training numbers it (files sorted by path, rows in
 file order: Parquet's ``_metadata.row_index`` plus the file's offset). Any
 other source (digits, synthetic, ``.npz``, ``.csv``, IDX) is read whole by
 the driver, as training reads it, and handed to Spark. The model file's
-bytes are broadcast once and each Python worker loads the model once (a
-module-level cache keyed by the bytes' digest, :class:`SharedModel`). Each
-Arrow batch is scored by ``mapInArrow`` with the functions ``engine=local``
-uses (:func:`nnlib.model.predict.score_block` and ``prediction_table``), so
-the key, ``prediction`` and ``probability`` columns are the same. Spark
-writes the output: a directory of part files (Parquet, or CSV by the
-extension), written to a temporary name beside ``--out`` and renamed when
-every task is done. The rows are not in input order: join on the key. With
-labels, each task adds its rows' loss sum and correct count to an
-accumulator, which the driver reads once the job is done; the driver never
-holds a row of a Parquet source.
+bytes travel in the scoring function's closure (no broadcast variable, so
+the same code runs on a classic session and on Spark Connect; a classic
+session broadcasts a closure past 1 MB by itself) and each Python worker
+loads the model once (a module-level cache keyed by the bytes' digest,
+:class:`SharedModel`). Each Arrow batch is scored by ``mapInArrow`` with
+the functions ``engine=local`` uses (:func:`nnlib.model.predict.score_block`
+and ``prediction_table``), so the key, ``prediction`` and ``probability``
+columns are the same. Each task ends with one row of its totals (rows,
+labelled rows, loss sum, correct count), which an ``Observation`` adds up
+as Spark writes the output and the writer leaves out: no accumulator, and
+the driver never holds a row of a Parquet source.
+
+Spark writes the output: a directory of part files (Parquet, or CSV by the
+extension). On a classic session they go to a temporary name beside
+``--out``, renamed when every task is done. On Spark Connect (``spark.remote``
+or ``SPARK_REMOTE``) the client may not see the server's filesystem: the
+server's executors write ``--out`` itself (a path they reach), Spark's
+commit protocol publishing the part files when every task is done. The rows
+are not in input order: join on the key.
 """
 
 from __future__ import annotations
@@ -33,13 +41,14 @@ from pathlib import Path
 import numpy as np
 
 from nnlib.data import tables
-from nnlib.engines.spark.session import SessionSettings, open_session
+from nnlib.engines.spark.session import (SessionSettings, existing_session, is_connect, java_root_cause,
+                                         open_session)
 from nnlib.engines.spark.reader import _FILE, _ROW, SparkReader, split_parts
-from nnlib.errors import EngineError, first_line
+from nnlib.errors import ConfigError, DataError, EngineError, NnlibError, first_line, python_failed, root_cause
 from nnlib.model import file as model_file
 from nnlib.model.model import Model
-from nnlib.model.predict import (Block, Prediction, Scores, TableColumns, blocks, check_out, pieces, predict_config,
-                                  prediction_table, score_block, _explicit_key)
+from nnlib.model.predict import (OUT_SUFFIXES, Block, Prediction, Scores, TableColumns, blocks, check_out, pieces,
+                                  predict_config, prediction_table, score_block, _explicit_key)
 
 _MODELS: dict[tuple[str, str], Model] = {}  # (digest, backend) -> Model, in each Python worker
 _MAX_MODELS = 4  # models a worker keeps (a session may score with several)
@@ -61,11 +70,12 @@ def model_from_bytes(data: bytes, backend: str = "numpy") -> Model:
 
 
 class SharedModel:
-    """A model file broadcast to the executors; :meth:`get` loads it once per Python worker."""
+    """A model file's bytes for the executors, carried in a Spark function's closure; :meth:`get` loads the
+    model once per Python worker (a module-level cache keyed by the bytes' digest and the backend)."""
 
-    def __init__(self, sc, data: bytes, backend: str = "numpy"):
+    def __init__(self, data: bytes, backend: str = "numpy"):
         self.key = (hashlib.sha256(data).hexdigest(), backend)
-        self._data = sc.broadcast(data)
+        self.data = bytes(data)
 
     def get(self) -> Model:
         """The model, in an executor (or the driver)."""
@@ -73,27 +83,62 @@ class SharedModel:
         if model is None:
             if len(_MODELS) >= _MAX_MODELS:
                 _MODELS.clear()
-            model = _MODELS[self.key] = model_from_bytes(self._data.value, self.key[1])
+            model = _MODELS[self.key] = model_from_bytes(self.data, self.key[1])
         return model
 
-    def release(self) -> None:
-        """Drop the broadcast from the executors (its value stays readable where already loaded)."""
-        self._data.unpersist()
+
+# the columns of the one row of totals each scoring task ends with (null in the prediction rows)
+_TOTALS = ("_nnlib_rows", "_nnlib_labelled", "_nnlib_loss_sum", "_nnlib_correct")
 
 
-def _scores_param():
-    from pyspark.accumulators import AccumulatorParam
+def _totals_batch(schema, done: Scores):
+    """The Arrow batch of one row holding a task's :class:`Scores` (the prediction columns null)."""
+    import pyarrow as pa
 
-    class ScoresParam(AccumulatorParam):
-        """:class:`Scores` added up across tasks."""
+    values = dict(zip(_TOTALS, (done.rows, done.labelled, done.loss_sum, done.correct)))
+    return pa.RecordBatch.from_arrays([pa.array([values.get(f.name)], f.type) for f in schema], schema=schema)
 
-        def zero(self, value):
-            return Scores()
 
-        def addInPlace(self, a, b):
-            return a + b
+def _without_totals(frame, observation):
+    """``frame`` (a :func:`scored_frame`) without its totals rows and columns; ``observation`` adds the
+    totals up while an action (the write) runs, :func:`_observed_scores` reads them after."""
+    from pyspark.sql import functions as F
 
-    return ScoresParam()
+    observed = frame.observe(observation, *[F.sum(name).alias(name) for name in _TOTALS])
+    return observed.where(F.col(_TOTALS[0]).isNull()).drop(*_TOTALS)
+
+
+def _observed_scores(observation) -> Scores:
+    """The :class:`Scores` that an observation of :func:`_without_totals` added up (zeros where no task ran)."""
+    got = observation.get
+    rows, labelled, loss_sum, correct = (got.get(name) for name in _TOTALS)
+    return Scores(int(rows or 0), int(labelled or 0), float(loss_sum or 0.0), int(correct or 0))
+
+
+def spark_error_line(exc: BaseException) -> str:
+    """One line for an error from Spark, classic or Spark Connect: what a Python worker raised (the end of
+    its traceback), else the error class and message without the server's JVM stack trace (a Connect
+    ``AnalysisException``, ``SparkConnectGrpcException``), else a py4j error's root cause."""
+    text = str(exc)
+    if python_failed(exc):
+        return root_cause(text)
+    if getattr(exc, "java_exception", None) is not None:
+        return java_root_cause(exc)
+    line = first_line(Exception(text.split("JVM stacktrace:")[0]))
+    condition = getattr(exc, "getCondition", lambda: None)()
+    if condition and not line.startswith(f"[{condition}]"):
+        line = f"[{condition}] {line}"
+    return line
+
+
+def quiet_query_context_logs(log_level: str) -> None:
+    """Keep pyspark's own logging of a failed query (its query-context loggers print the server's whole JVM
+    stack trace) off the console at ``spark.log_level`` ERROR and above: nnlib reports the error in one line."""
+    import logging
+
+    if log_level.upper() in ("ERROR", "FATAL", "OFF"):
+        for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 class ParquetRows:
@@ -145,19 +190,23 @@ def _output_schema(key_name: str, key_type, as_text: bool):
                        StructField("probability", probability)])
 
 
-def scored_frame(frame, rows, shared: SharedModel, key_name: str, as_text: bool, where: str, totals):
-    """``frame``'s rows scored by ``mapInArrow``: the key, ``prediction`` and ``probability`` columns.
+def scored_frame(frame, rows, shared: SharedModel, key_name: str, as_text: bool, where: str):
+    """``frame``'s rows scored by ``mapInArrow``: the key, ``prediction`` and ``probability`` columns, and
+    the :data:`_TOTALS` columns, null but in the one row each task ends with (its :class:`Scores`).
 
-    ``rows`` turns an Arrow batch into :class:`Block` s (:class:`ParquetRows`, :class:`DriverRows`);
-    each task adds its :class:`Scores` to the accumulator ``totals``.
+    ``rows`` turns an Arrow batch into :class:`Block` s (:class:`ParquetRows`, :class:`DriverRows`).
     """
-    key_type = frame.schema[key_name].dataType if key_name in frame.columns else None
-    if key_type is None:
-        from pyspark.sql.types import LongType
+    from pyspark.sql.types import DoubleType, LongType, StructField
 
-        key_type = LongType()
+    key_type = frame.schema[key_name].dataType if key_name in frame.columns else LongType()
+    schema = _output_schema(key_name, key_type, as_text)
+    for name in _TOTALS:
+        schema.add(StructField(name, DoubleType() if name == "_nnlib_loss_sum" else LongType()))
 
     def score(batches):
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        arrow_schema = to_arrow_schema(schema)
         model = shared.get()
         done = Scores()
         for batch in batches:
@@ -165,10 +214,20 @@ def scored_frame(frame, rows, shared: SharedModel, key_name: str, as_text: bool,
                 for piece in pieces([block]):
                     logits, scores = score_block(model, piece, where)
                     done += scores
-                    yield from prediction_table(model, logits, key_name, piece.keys, as_text).to_batches()
-        totals.add(done)
+                    table = prediction_table(model, logits, key_name, piece.keys, as_text)
+                    for name in _TOTALS:
+                        table = table.append_column(arrow_schema.field(name), _nulls(arrow_schema.field(name).type,
+                                                                                      table.num_rows))
+                    yield from table.to_batches()
+        yield _totals_batch(arrow_schema, done)
 
-    return frame.mapInArrow(score, _output_schema(key_name, key_type, as_text))
+    return frame.mapInArrow(score, schema)
+
+
+def _nulls(arrow_type, n: int):
+    import pyarrow as pa
+
+    return pa.nulls(n, arrow_type)
 
 
 def _write(scored, path: Path | None, reader: SparkReader, data: str) -> None:
@@ -196,6 +255,30 @@ def _write(scored, path: Path | None, reader: SparkReader, data: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _write_on_server(scored, out: str | None, overwrite: bool, reader: SparkReader, data: str) -> None:
+    """Run the scoring job on a Spark Connect server: its executors write ``out`` (a path they reach; the
+    client's filesystem may be another), replacing it only with ``overwrite``."""
+    what = f"predicting {data}"
+    if out is None:
+        reader.run_job(lambda: scored.write.format("noop").mode("overwrite").save(), what, data, "DATA")
+        return
+    writer = scored.write.mode("overwrite" if overwrite else "error")
+    try:
+        if out.lower().endswith(".csv"):
+            reader.run_job(lambda: writer.option("header", True).csv(out), what, data, "DATA")
+        else:
+            reader.run_job(lambda: writer.parquet(out), what, data, "DATA")
+    except NnlibError as exc:
+        if "PATH_ALREADY_EXISTS" in str(exc):
+            raise ConfigError(f"--out: {out} exists; choose another file or pass --overwrite") from None
+        raise
+
+
+def _check_suffix(out: str | None) -> None:
+    if out is not None and not out.lower().endswith(OUT_SUFFIXES):
+        raise ConfigError(f"--out: the predictions file must end in {' or '.join(OUT_SUFFIXES)}, got {out}")
+
+
 def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), out: str | None = None,
                   overwrite: bool = False) -> Prediction:
     """Predict every row of ``data`` in Spark's executors; Spark writes ``out`` (Parquet or CSV) if given.
@@ -205,20 +288,27 @@ def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), 
     joined instead). Every problem is one :class:`nnlib.errors.NnlibError` line and leaves no output.
     """
     overrides = list(overrides)
-    path = check_out(out, overwrite)
+    _check_suffix(out)
     model = Model.load(model_path)
     config = predict_config(model, overrides, engines=("spark",))
+    remote = bool(config.spark.remote or os.environ.get("SPARK_REMOTE") or is_connect(existing_session()))
+    path = None if remote else check_out(out, overwrite)  # the client's filesystem, checked before Spark starts
+    quiet_query_context_logs(config.spark.log_level)
     opened = open_session(SessionSettings.from_config(config.spark))
     session = opened.session
-    shared = SharedModel(session.sparkContext, model_file.model_path(model_path).read_bytes(), config.model.backend)
-    reader = SparkReader(lambda: session)
-    totals = session.sparkContext.accumulator(Scores(), _scores_param())
-    as_text = path is not None and path.suffix.lower() == ".csv"
     try:
+        if remote and not opened.connect:
+            path = check_out(out, overwrite)
+        shared = SharedModel(model_file.model_path(model_path).read_bytes(), config.model.backend)
+        reader = SparkReader(lambda: session)
+        as_text = out is not None and out.lower().endswith(".csv")
         key_required = _explicit_key(overrides)
         if tables.is_row_keyed(data):
             frame = reader.source_frame(data, "DATA")
-            names = [c for c in frame.columns if c not in (_FILE, _ROW)]
+            try:  # on Spark Connect the server reads the files' schema only now
+                names = [c for c in frame.columns if c not in (_FILE, _ROW)]
+            except Exception as exc:  # noqa: BLE001  - AnalysisException, SparkException: the path or the files
+                raise DataError(f"DATA: Spark cannot read {data} ({spark_error_line(exc)})") from None
             columns = TableColumns(model, names, config, data, key_required)
             parts, counts = reader.part_rows(frame, data, "DATA")
             offsets = dict(zip(parts, np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()))
@@ -228,8 +318,27 @@ def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), 
             key_name, source = blocks(model, data, config, key_required)
             block = next(source)  # sources other than Parquet are one block
             frame, rows = _driver_frame(session, key_name, block), DriverRows(key_name, block.y is not None)
-        _write(scored_frame(frame, rows, shared, key_name, as_text, f"DATA {data}", totals), path, reader, data)
+        observation = _observation(session)
+        scored = _without_totals(scored_frame(frame, rows, shared, key_name, as_text, f"DATA {data}"), observation)
+        if opened.connect:
+            _write_on_server(scored, out, overwrite, reader, data)
+            path = None if out is None else Path(out)
+        else:
+            _write(scored, path, reader, data)
+        totals = _observed_scores(observation)
+    except NnlibError:
+        raise
+    except Exception as exc:  # noqa: BLE001  - Spark Connect's errors (AnalysisException, gRPC's) and py4j's
+        raise EngineError(f"spark: predicting {data} failed: {spark_error_line(exc)}") from None
     finally:
-        shared.release()
         opened.stop()
-    return totals.value.prediction(path)
+    return totals.prediction(path)
+
+
+def _observation(session):
+    """A new ``Observation`` of the kind ``session`` takes (classic or Spark Connect)."""
+    if is_connect(session):
+        from pyspark.sql.connect.observation import Observation
+    else:
+        from pyspark.sql.observation import Observation
+    return Observation()
