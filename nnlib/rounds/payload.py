@@ -154,10 +154,12 @@ def model_spec(config, data: Dataset) -> ModelSpec:
     if m.type == "module":
         shape = data.image_shape if data.image_shape is not None else (data.n_features,)
         layers = module_spec(m.module, m.kwargs, shape, data.n_classes, config.train.device)
-        if config.train.device == "cuda" and (config.engine != "spark" or (config.spark.master or "local").startswith("local")):
+        # the mappers run on this machine (not on Spark, whose master spark-submit may give): no GPU here is
+        # one line now; on Spark the task that lacks one says so
+        if config.train.device == "cuda" and config.engine != "spark":
             from nnlib.core.torch_module import pick_device
 
-            pick_device("cuda")  # the mappers run on this machine: no GPU here is one line now
+            pick_device("cuda")
     elif m.type == "cnn":
         if data.image_shape is None:
             raise ConfigError(f"model.type=cnn needs the image shape of data.source {config.data.source}: "

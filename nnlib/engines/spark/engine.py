@@ -35,7 +35,7 @@ import time
 from nnlib.engines.base import ReduceOnDriver
 from nnlib.engines.spark.exchange import Hub, MapperLost, serve_mapper
 from nnlib.engines.spark.reader import SparkReader, shard_from_records
-from nnlib.engines.spark.session import Opened, SessionSettings, open_session
+from nnlib.engines.spark.session import Opened, SessionSettings, open_session, stage_profile
 from nnlib.errors import EngineError, error_from_text, hint, root_cause
 
 SLOT_WAIT_SECONDS = 60  # how long a stage waits for enough executors to register
@@ -102,11 +102,13 @@ class _SparkSession:
         self.opened = None
 
 
-def task_slots(sc) -> int:
-    """How many tasks the cluster can run at once now (executors registered so far)."""
+def task_slots(sc, profile=None) -> int:
+    """How many tasks the cluster can run at once now (executors registered so far), each with ``profile``'s
+    resources (a pyspark ``ResourceProfile``; None: Spark's default one)."""
     jsc = sc._jsc.sc()
     try:
-        return int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile()))
+        java_profile = profile._java_resource_profile if profile is not None else None
+        return int(jsc.maxNumConcurrentTasks(java_profile or jsc.resourceProfileManager().defaultResourceProfile()))
     except Exception:  # noqa: BLE001  - an internal API; fall back to the public estimate
         return sc.defaultParallelism
 
@@ -139,6 +141,7 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
         self._thread: threading.Thread | None = None
         self._stage_error: BaseException | None = None
         self._group = ""
+        self._profile = None  # spark.task_gpus: the stage's ResourceProfile
 
     def start(self, source):
         self.source = source
@@ -148,6 +151,7 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
                               f"process), and {self.opened.master} is Spark Connect: use spark.mode auto or jobs, "
                               "got stage")
         sc = session.sparkContext
+        self._profile = stage_profile(self.settings.task_gpus, self.opened.master)
         if sc.getConf().get("spark.dynamicAllocation.enabled", "false").lower() == "true":
             raise EngineError("spark.mode=stage needs spark.dynamicAllocation.enabled=false (a barrier stage "
                               "holds its executors for the whole run); or use spark.mode=jobs")
@@ -160,9 +164,12 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
 
     def _wait_for_slots(self, sc, needed: int) -> None:
         deadline = time.monotonic() + SLOT_WAIT_SECONDS
-        while (have := task_slots(sc)) < needed:
+        while (have := task_slots(sc, self._profile)) < needed:
             if time.monotonic() > deadline:
-                raise EngineError(f"spark.mode=stage needs {needed} free task slots (one per mapper) and "
+                gpus = "" if self._profile is None else (
+                    f", each with spark.task_gpus={self.settings.task_gpus:g} GPUs (the executors' GPUs: "
+                    "spark.executor.resource.gpu.amount and a discovery script)")
+                raise EngineError(f"spark.mode=stage needs {needed} free task slots (one per mapper{gpus}) and "
                                   f"{self.master} has {have}; use fewer mappers, more executors, or "
                                   "spark.mode=jobs")
             time.sleep(0.5)
@@ -191,9 +198,12 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
             try:
                 sc.setJobGroup(self._group, "nnlib: the long-lived training stage", interruptOnCancel=True)
                 if self._input is None:
-                    sc.parallelize(range(mappers), mappers).barrier().mapPartitions(mapper_task).collect()
+                    stage = sc.parallelize(range(mappers), mappers).barrier().mapPartitions(mapper_task)
                 else:
-                    self._input.barrier().mapPartitionsWithIndex(rows_task).collect()
+                    stage = self._input.barrier().mapPartitionsWithIndex(rows_task)
+                if self._profile is not None:  # stage-level scheduling: each task gets its GPUs
+                    stage = stage.withResources(self._profile)
+                stage.collect()
             except BaseException as exc:  # noqa: BLE001  - seen by the driver loop through _alive()
                 self._stage_error = exc
 

@@ -165,8 +165,7 @@ def open_session(settings: SessionSettings, min_slots: int = 1, warn: Callable[[
             opened = Opened(session, id(session) in _BUILT, connect, _master_of(session, connect))
             if opened.created:
                 _BUILT[id(session)] += 1
-            else:
-                _warn_unapplied(settings, opened, warn)
+            _warn_unapplied(settings, opened, warn)
             return opened
         if os.environ.get("SPARK_REMOTE"):
             return _registered(_open_connect(os.environ["SPARK_REMOTE"], settings))
