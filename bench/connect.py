@@ -1,0 +1,143 @@
+"""Spark Connect against a classic session: time per round, per-round overhead by model size, the client's bytes.
+
+    python bench/connect.py            # about 10 minutes: 60000x784, 1e4..1e7 parameters, 2/4/8 mappers
+    python bench/connect.py --smoke    # about a minute: small data, 1e4 parameters, 2 and 4 mappers
+
+Every system runs on this machine with two task slots: the classic session
+``spark.master=local[2]`` (``spark.mode`` stage, the default there, and
+jobs) and a Spark Connect server of pyspark's own jars started here with
+``--master local[2]`` (``spark.remote=sc://127.0.0.1:PORT``: ``spark.mode``
+auto is jobs). Runs are ``nnlib run`` as a user starts it, one after the
+other in the same script run.
+
+1. Time per round: 60000x784 synthetic rows, ``model.hidden=[128]``, 2
+   mappers, 5 local epochs a round; the median of the rounds after the
+   first.
+2. Overhead per round (``overhead_seconds``: the wait less the slowest
+   mapper's training) for 1e4 to 1e7 parameters, one mini-batch step a
+   round (the model of ``round_overhead.py``).
+3. The client's bytes per round on Connect for 2, 4 and 8 mappers
+   (1e6 parameters, one step a round): the bytes the client process reads
+   and writes (``/proc/PID/io``'s ``rchar`` and ``wchar``, which count every
+   socket read and write) between the end of one round and the next, in a
+   run that writes no files (no run directory), so it is all gRPC traffic
+   to the server: the plan with the payload in its closure out, the
+   ``Combined`` state and the stats back. Also the engine's own counts:
+   the pickled payload and the bytes of the rows collected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, bench_env, markdown_table, median, nnlib_run, synthetic_npz, write_result  # noqa: E402
+from round_overhead import measure  # noqa: E402
+
+CLASSIC_STAGE = ["engine=spark", "spark.master=local[2]", "spark.mode=stage"]
+CLASSIC_JOBS = ["engine=spark", "spark.master=local[2]", "spark.mode=jobs"]
+
+
+def time_per_round(sets: list[str], source: str, rounds: int, epochs: int) -> dict:
+    res = nnlib_run([*sets, "mappers=2", f"data.source={source}", "model.hidden=[128]", "train.batch_size=32",
+                     f"train.local_epochs={epochs}", f"train.rounds={rounds}", "train.lr=0.05"])
+    later = res["rounds"][1:]
+    return {"round_s": median(r["seconds"] for r in later),
+            "max_mapper_s": median(r["max_mapper_seconds"] for r in later),
+            "overhead_s": median(r["overhead_seconds"] for r in later)}
+
+
+def client_bytes(remote: str, mappers: int, rounds: int) -> dict:
+    """This script again as the client (``--client``), in its own process; its JSON answer."""
+    proc = subprocess.run([sys.executable, __file__, "--client", remote, str(mappers), str(rounds)], cwd=ROOT,
+                          env=bench_env(), capture_output=True, text=True, timeout=1200)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _io() -> int:
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["rchar"]) + int(fields["wchar"])
+
+
+def client(remote: str, mappers: int, rounds: int) -> None:
+    """A Connect run in this process without a run directory: bytes per round of /proc/self/io, and the
+    engine's counts. Prints one JSON line."""
+    from nnlib.config import load_config
+    from nnlib.driver import run
+    from nnlib.engines import make_engine
+
+    config = load_config(None, ["engine=spark", f"spark.remote={remote}", f"mappers={mappers}",
+                                "data.source=synthetic", "data.n_samples=2000", "data.n_features=1000",
+                                "data.n_classes=10", "model.hidden=[990]", "train.local_steps=1",
+                                "train.batch_size=8", f"train.rounds={rounds}"])
+    engine = make_engine(config)
+    marks = []
+    result = run(config, engine=engine, log=lambda _m: None, warn=lambda _m: None,
+                 on_round=lambda _row: marks.append(_io()))
+    per_round = [b - a for a, b in zip(marks, marks[1:])]
+    print(json.dumps({"mappers": mappers, "params": int(result.params.size), "io_bytes": median(per_round),
+                      "payload_bytes": engine.bytes_sent // rounds,
+                      "collected_bytes": engine.bytes_collected // (rounds + 1)}))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--client", nargs=3, metavar=("REMOTE", "MAPPERS", "ROUNDS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.client:
+        client(args.client[0], int(args.client[1]), int(args.client[2]))
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    from spark_cluster import ConnectServer
+
+    server = ConnectServer(Path(tempfile.mkdtemp(prefix="nnlib-bench-connect-")), master="local[2]").start()
+    connect = ["engine=spark", f"spark.remote={server.url}"]
+    systems = {"classic stage, local[2]": CLASSIC_STAGE, "classic jobs, local[2]": CLASSIC_JOBS,
+               "connect (jobs), local[2] server": connect}
+    result: dict = {"rounds": [], "overhead": [], "bytes": []}
+    try:
+        if args.smoke:
+            source, rounds, epochs = str(synthetic_npz(4000, 1000)), 3, 1
+        else:
+            source, rounds, epochs = str(synthetic_npz()), 6, 5
+        for name, sets in systems.items():
+            row = {"system": name, **time_per_round(sets, source, rounds, epochs)}
+            result["rounds"].append(row)
+            print(f"{name:34s} round {row['round_s']:.3f} s  slowest mapper {row['max_mapper_s']:.3f} s", flush=True)
+        stage = result["rounds"][0]["round_s"]
+        for row in result["rounds"]:
+            row["vs_classic_stage"] = row["round_s"] / stage
+
+        sizes = [10_000] if args.smoke else [10_000, 100_000, 1_000_000, 10_000_000]
+        for name, sets in systems.items():
+            for params in sizes:
+                row = {"system": name, **measure(sets, params, 4 if args.smoke else 11)}
+                result["overhead"].append(row)
+                print(f"{name:34s} {row['params']:>10,d} params  overhead {row['overhead_ms']:8.1f} ms  "
+                      f"round {row['round_ms']:8.1f} ms", flush=True)
+
+        for mappers in ([2, 4] if args.smoke else [2, 4, 8]):
+            row = client_bytes(server.url, mappers, 4 if args.smoke else 8)
+            result["bytes"].append(row)
+            print(f"connect, {mappers} mappers: {row['io_bytes']:,.0f} bytes a round through the client's sockets "
+                  f"(payload {row['payload_bytes']:,d}, collected {row['collected_bytes']:,d})", flush=True)
+    finally:
+        server.stop()
+    print(markdown_table(result["rounds"], ["system", "round_s", "max_mapper_s", "overhead_s", "vs_classic_stage"]))
+    print(markdown_table(result["overhead"], ["system", "params", "overhead_ms", "round_ms", "broadcast_ms",
+                                              "combine_ms"]))
+    print(markdown_table(result["bytes"], ["mappers", "params", "io_bytes", "payload_bytes", "collected_bytes"]))
+    write_result("smoke/connect" if args.smoke else "connect", result)
+
+
+if __name__ == "__main__":
+    main()
