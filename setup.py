@@ -9,6 +9,9 @@ MRJOB = ["mrjob==0.7.4", "standard-pipes; python_version >= '3.13'", "setuptools
 MPI = ["mpi4py>=4", "openmpi>=5"]  # the openmpi package brings mpiexec into the environment
 MLFLOW = "mlflow>=2.10"  # the client with its database stores (sqlite: SQLAlchemy), the server and mlflow ui
 ONNX = ["onnx>=1.16", "onnxruntime>=1.17"]  # nnlib export --format onnx: building the graph, checking it
+# Spark Connect's client (spark.remote, SPARK_REMOTE, a Connect session): grpcio, grpcio-status,
+# googleapis-common-protos and zstandard, as pyspark's own extra pins them for this pyspark
+CONNECT = ["pyspark[connect]==4.3.0"]
 
 setup(
     name="nnlib",
@@ -37,8 +40,9 @@ setup(
         "mpi": MPI,
         "tracking": [MLFLOW],
         "onnx": ONNX,
+        "connect": CONNECT,
         "bench": [TORCH, *MRJOB, *MPI],
-        "test": [TORCH, *MRJOB, *MPI, MLFLOW, *ONNX, "pytest>=8"],
+        "test": [TORCH, *MRJOB, *MPI, MLFLOW, *ONNX, *CONNECT, "pytest>=8"],
     },
     entry_points={"console_scripts": ["nnlib=nnlib.__main__:main"]},
 )

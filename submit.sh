@@ -17,12 +17,15 @@
 #     conda-pack, holding numpy, pyarrow, pydantic, pyyaml, scikit-learn) with --archives
 #     and points the executors' Python at it, as Spark's Python package management
 #     docs describe; without it, the nodes' own python3 must have those packages;
-#   * passes the master both to spark-submit and to the job (--set spark.master=URL), and
-#     every other option before `--` straight to spark-submit.
+#   * passes --master (or $SPARK_MASTER) to spark-submit, whose master the job uses (without one, that of
+#     spark-defaults.conf in $SPARK_CONF_DIR, else local[*]), and every other option before `--` straight
+#     to spark-submit (--conf, --driver-java-options, ... are kept as given);
+#   * starts the driver with nnlib's logging configuration (spark.driver.defaultJavaOptions, which Spark
+#     puts before your spark.driver.extraJavaOptions), so Spark prints none of its start-up lines.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-master="${SPARK_MASTER:-local[*]}"
+master="${SPARK_MASTER:-}"
 env_archive=""
 py_files=""
 spark_opts=()
@@ -40,20 +43,29 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-# A local master binds to the loopback address, so Spark neither warns that the hostname resolves to one
-# nor listens on the network; a cluster's driver keeps the address the workers reach it on.
-if [[ $master == local* ]]; then
-  export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
-fi
-
 if ! command -v spark-submit >/dev/null 2>&1; then
   echo "submit.sh: error: spark-submit not found on PATH (activate the virtual environment that has pyspark)" >&2
   exit 2
 fi
 
+# A local master binds to the loopback address, so Spark neither warns that the hostname resolves to one
+# nor listens on the network; a cluster's driver keeps the address the workers reach it on. Without
+# --master, the master is spark-defaults.conf's (as Spark reads it), else local[*].
+used="$master"
+if [[ -z $used ]]; then
+  used=$(cd "$here" && python3 -c "from nnlib.engines.spark.session import defaults_file
+print(defaults_file().get('spark.master', 'local[*]'))")
+fi
+if [[ $used == local* ]]; then
+  export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+fi
+
 (cd "$here" && python3 -m nnlib.util.ship "$here/build/nnlib.zip" >/dev/null)
 
 extra=(--py-files "$here/build/nnlib.zip${py_files:+,$py_files}")
+if [[ -n "$master" ]]; then
+  extra+=(--master "$master")
+fi
 if [[ -n "$env_archive" ]]; then
   if [[ ! -f "$env_archive" ]]; then
     echo "submit.sh: error: --env-archive: file $env_archive does not exist" >&2
@@ -65,6 +77,6 @@ if [[ -n "$env_archive" ]]; then
   export PYSPARK_PYTHON=./environment/bin/python
 fi
 
-exec spark-submit --master "$master" "${extra[@]}" \
-  --driver-java-options "-Dlog4j2.configurationFile=file://$here/nnlib/engines/spark/log4j2.properties" \
-  "${spark_opts[@]}" "$here/jobs/model_avg.py" "$@" --set "spark.master=$master"
+exec spark-submit "${extra[@]}" \
+  --conf "spark.driver.defaultJavaOptions=-Dlog4j2.configurationFile=file://$here/nnlib/engines/spark/log4j2.properties" \
+  "${spark_opts[@]}" "$here/jobs/model_avg.py" "$@"
