@@ -317,3 +317,27 @@ def test_nnlib_stops_only_the_session_it_built_whatever_thread(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines() == ["caller's session alive: True", "bare context alive: True", "runs: 2",
                                         "stopped after: True"]
+
+
+LOCAL_CONNECT = """
+import threading
+from pyspark.sql import SparkSession
+from nnlib.engines.spark.session import existing_session, is_connect
+
+# remote("local[N]") runs the Connect server inside this process, beside its own classic session
+spark = SparkSession.builder.remote("local[2]").getOrCreate()
+found = []
+worker = threading.Thread(target=lambda: found.append(existing_session()))
+worker.start()
+worker.join()
+print("the caller's Connect session:", existing_session() is spark, found[0] is spark, is_connect(found[0]))
+spark.stop()
+"""
+
+
+@pytest.mark.slow
+def test_the_callers_local_connect_session_is_found_not_its_servers_classic_one(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", LOCAL_CONNECT], cwd=tmp_path, env=cluster_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == "the caller's Connect session: True True True"

@@ -90,18 +90,23 @@ def existing_session():
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
+    if "SPARK_LOCAL_REMOTE" in os.environ and (session := _connect_session()) is not None:
+        return session  # remote("local[N]"): the classic session in this process is that Connect server's own
     sc = SparkContext._active_spark_context
     if sc is not None and sc._jsc is not None:
         session = SparkSession.getActiveSession() or SparkSession._instantiatedSession
         if session is not None and session._sc is sc:
             return session
         return SparkSession(sc)  # a bare SparkContext: the session wraps it and owns nothing
+    return _connect_session()
+
+
+def _connect_session():
+    """This thread's active Spark Connect session, else the process's default one, else None."""
     connect = sys.modules.get("pyspark.sql.connect.session")  # loaded only where a Connect session was made
-    if connect is not None:
-        session = connect.SparkSession.getActiveSession() or connect.SparkSession._get_default_session()
-        if session is not None:
-            return session
-    return None
+    if connect is None:
+        return None
+    return connect.SparkSession.getActiveSession() or connect.SparkSession._get_default_session()
 
 
 @dataclass(frozen=True)
@@ -272,10 +277,7 @@ def _open_connect(remote: str, settings: SessionSettings) -> Opened:
 def _existing_connect(remote: str):
     """The caller's Connect session (this thread's, else the process's default) when it talks to ``remote``'s
     server."""
-    connect = sys.modules.get("pyspark.sql.connect.session")
-    if connect is None:
-        return None
-    session = connect.SparkSession.getActiveSession() or connect.SparkSession._get_default_session()
+    session = _connect_session()
     if session is None:
         return None
     if remote.startswith("local"):
