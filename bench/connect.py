@@ -17,13 +17,14 @@ other in the same script run.
    mapper's training) for 1e4 to 1e7 parameters, one mini-batch step a
    round (the model of ``round_overhead.py``).
 3. The client's bytes per round on Connect for 2, 4 and 8 mappers
-   (1e6 parameters, one step a round): the bytes the client process reads
-   and writes (``/proc/PID/io``'s ``rchar`` and ``wchar``, which count every
-   socket read and write) between the end of one round and the next, in a
-   run that writes no files (no run directory), so it is all gRPC traffic
-   to the server: the plan with the payload in its closure out, the
-   ``Combined`` state and the stats back. Also the engine's own counts:
-   the pickled payload and the bytes of the rows collected.
+   (1e6 parameters, one step a round): the bytes the kernel counts on the
+   client's TCP connections to the server (``ss -tinp``'s ``bytes_sent`` and
+   ``bytes_received`` of the sockets this process holds), from the end of
+   one round to the end of the next: all the gRPC traffic, the plan with
+   the payload in its closure out, the ``Combined`` state and the stats
+   back. Also the engine's own counts: the pickled payload and the bytes of
+   the rows collected. (``/proc/PID/io`` does not see them: gRPC's
+   ``sendmsg``/``recvmsg`` bypass its counters.)
 """
 
 from __future__ import annotations
@@ -62,9 +63,18 @@ def client_bytes(remote: str, mappers: int, rounds: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _io() -> int:
-    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
-    return int(fields["rchar"]) + int(fields["wchar"])
+def socket_bytes(port: int) -> tuple[int, int]:
+    """``(sent, received)`` bytes over this process's TCP connections to ``port``, as the kernel counts them."""
+    import os
+    import re
+
+    out = subprocess.run(["ss", "-tinpH", "dst", f"127.0.0.1:{port}"], capture_output=True, text=True).stdout
+    sent = received = 0
+    for entry in re.split(r"\n(?=\S)", out):
+        if f"pid={os.getpid()}," in entry:
+            sent += int(m.group(1)) if (m := re.search(r"bytes_sent:(\d+)", entry)) else 0
+            received += int(m.group(1)) if (m := re.search(r"bytes_received:(\d+)", entry)) else 0
+    return sent, received
 
 
 def client(remote: str, mappers: int, rounds: int) -> None:
@@ -79,13 +89,14 @@ def client(remote: str, mappers: int, rounds: int) -> None:
                                 "data.n_classes=10", "model.hidden=[990]", "train.local_steps=1",
                                 "train.batch_size=8", f"train.rounds={rounds}"])
     engine = make_engine(config)
+    port = int(remote.rsplit(":", 1)[1])
     marks = []
     result = run(config, engine=engine, log=lambda _m: None, warn=lambda _m: None,
-                 on_round=lambda _row: marks.append(_io()))
-    per_round = [b - a for a, b in zip(marks, marks[1:])]
-    print(json.dumps({"mappers": mappers, "params": int(result.params.size), "io_bytes": median(per_round),
-                      "payload_bytes": engine.bytes_sent // rounds,
-                      "collected_bytes": engine.bytes_collected // (rounds + 1)}))
+                 on_round=lambda _row: marks.append((*socket_bytes(port), engine.bytes_sent, engine.bytes_collected)))
+    deltas = [[b - a for a, b in zip(first, then)] for first, then in zip(marks, marks[1:])]
+    print(json.dumps({"mappers": mappers, "params": int(result.params.size),
+                      **{name: median(d[i] for d in deltas) for i, name in enumerate(
+                          ["sent_bytes", "received_bytes", "payload_bytes", "collected_bytes"])}}))
 
 
 def main(argv=None):
@@ -128,14 +139,16 @@ def main(argv=None):
         for mappers in ([2, 4] if args.smoke else [2, 4, 8]):
             row = client_bytes(server.url, mappers, 4 if args.smoke else 8)
             result["bytes"].append(row)
-            print(f"connect, {mappers} mappers: {row['io_bytes']:,.0f} bytes a round through the client's sockets "
-                  f"(payload {row['payload_bytes']:,d}, collected {row['collected_bytes']:,d})", flush=True)
+            print(f"connect, {mappers} mappers: a round's client sockets sent {row['sent_bytes']:,.0f} and received "
+                  f"{row['received_bytes']:,.0f} bytes (payload {row['payload_bytes']:,.0f}, collected "
+                  f"{row['collected_bytes']:,.0f})", flush=True)
     finally:
         server.stop()
     print(markdown_table(result["rounds"], ["system", "round_s", "max_mapper_s", "overhead_s", "vs_classic_stage"]))
     print(markdown_table(result["overhead"], ["system", "params", "overhead_ms", "round_ms", "broadcast_ms",
                                               "combine_ms"]))
-    print(markdown_table(result["bytes"], ["mappers", "params", "io_bytes", "payload_bytes", "collected_bytes"]))
+    print(markdown_table(result["bytes"], ["mappers", "params", "sent_bytes", "received_bytes", "payload_bytes",
+                                           "collected_bytes"]))
     write_result("smoke/connect" if args.smoke else "connect", result)
 
 
