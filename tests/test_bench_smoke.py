@@ -212,3 +212,14 @@ def test_predict_scale(tmp_path):
     assert result["baseline"]["output_mb"] < rows[0]["output_mb"] < rows[1]["output_mb"]
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["blobs-20000x64", "blobs-4000x64",
                                                                      "blobs-80000x64"]
+
+
+def test_connect(tmp_path):
+    result = smoke("connect", tmp_path)
+    assert [r["system"] for r in result["rounds"]] == ["classic stage, local[2]", "classic jobs, local[2]",
+                                                      "connect (jobs), local[2] server"]
+    assert all(r["round_s"] >= r["max_mapper_s"] > 0 for r in result["rounds"])
+    assert [r["mappers"] for r in result["bytes"]] == [2, 4]
+    # the client's traffic a round does not grow with the mappers beyond their stats (a few hundred bytes each)
+    small, large = (r["collected_bytes"] for r in result["bytes"])
+    assert small > 4 * 10 ** 6 * 0.9 and large - small < 4096
