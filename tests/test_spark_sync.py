@@ -5,6 +5,7 @@ import pytest
 from conftest import small_config
 
 from nnlib.driver import run
+from nnlib.engines.spark.session import SessionSettings
 
 pytestmark = pytest.mark.slow  # every test here uses the session's SparkSession
 
@@ -26,7 +27,7 @@ def counting_engine(collective: str):
             self.rounds.append((self.hub.bytes_received - before, len(payload.plan.sync_lrs)))
             return out
 
-    engine = Counting("local[4]", collective=collective)
+    engine = Counting(SessionSettings("local[4]"), collective=collective)
     engine.rounds = []
     return engine
 
@@ -99,7 +100,7 @@ def test_a_task_killed_mid_round_restarts_the_stage_and_changes_nothing(spark):
     config = sync_config(3, "train.local_epochs=400", "train.momentum=0.9")
     local = run(config, **QUIET)
     warnings = []
-    engine = KillsMapper1("local[4]", collective="tasks", warn=warnings.append)
+    engine = KillsMapper1(SessionSettings("local[4]"), collective="tasks", warn=warnings.append)
     engine.killed = []
     result = run(config.model_copy(update={"engine": "spark"}), engine=engine, log=lambda _m: None,
                  warn=warnings.append)
