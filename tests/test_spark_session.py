@@ -42,7 +42,8 @@ GPU_SCRIPT = '#!/bin/sh\necho \'{"name": "gpu", "addresses": ["0"]}\'\n'
 # ---- the fast tier: the rules that need no JVM
 
 @pytest.mark.parametrize("master, slots, widened", [
-    ("local", 2, "local[2]"), ("local[1]", 4, "local[4]"), ("local[8]", 4, "local[8]"), ("local[2,3]", 4, "local[4,3]"),
+    ("local", 2, "local[2]"), ("local[1]", 4, "local[4]"), ("local[8]", 4, "local[8]"),
+    ("local[2,3]", 4, "local[4,3]"),
     ("spark://h:7077", 4, "spark://h:7077"), ("yarn", 9, "yarn"), ("local-cluster[2,1,1024]", 4, "local-cluster[2,1,1024]"),
 ])
 def test_a_local_master_gets_a_slot_per_mapper_and_a_cluster_master_is_never_replaced(master, slots, widened):
