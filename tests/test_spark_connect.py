@@ -128,6 +128,53 @@ def test_the_shard_keys_hash_to_their_own_partition():
         assert [spark_hash_long(v) % k for v in shard_keys(k)] == list(range(k))
 
 
+def test_a_shard_missed_in_a_worker_is_read_from_its_scratch_file_not_built_again(tmp_path, monkeypatch):
+    import pyspark
+
+    from nnlib.data.dataset import Shard
+    from nnlib.engines.spark import jobs
+
+    # Prepare: a task of partition 2 on an executor whose block-manager dir is tmp_path; a build that counts
+    monkeypatch.setenv("SPARK_LOCAL_DIRS", f"{tmp_path},{tmp_path / 'second'}")
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: type("T", (), {"partitionId": lambda _s: 2})()))
+    monkeypatch.setattr(jobs, "_held", {})
+    rng = np.random.default_rng(0)
+    shard = Shard(2, rng.standard_normal((5, 3)).astype(np.float32), np.arange(5), {
+        2: (rng.standard_normal((2, 3)).astype(np.float32), np.array([1, 0])),
+        1: (np.zeros((0, 3), np.float32), np.zeros(0, np.int64))})
+    builds = []
+
+    def build(mapper, batches):
+        builds.append(mapper)
+        return shard
+
+    # Execute: the first task builds; then another worker (an empty cache) takes the same shard; then a
+    # worker of another run
+    first = jobs.task_shard("run-a", iter([[2]]), build)
+    folder = Path(jobs.scratch_folder("run-a"))
+    jobs._held.clear()
+    second = jobs.task_shard("run-a", iter([[2]]), build)
+    jobs._held.clear()
+    other = jobs.task_shard("run-b", iter([[2]]), build)
+
+    # Assert: one build per run; the file's shard equals the built one, array for array, dtype for dtype
+    assert builds == [2, 2]
+    assert folder.parent == tmp_path and "run-a" not in folder.name and sorted(p.name for p in folder.iterdir()) == [
+        "shard-2"]
+    assert first == (2, shard) and second[0] == 2 and second[1] is not shard and other[1] is shard
+    loaded = second[1]
+    assert loaded.index == 2 and sorted(loaded.held_out) == [1, 2]
+    for got, want in [(loaded.x, shard.x), (loaded.y, shard.y),
+                      *((g, w) for role in (1, 2) for g, w in zip(loaded.held_out[role], shard.held_out[role]))]:
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    assert list(jobs._held) == [("run-b", 2)]  # one shard in a worker's memory
+
+    # the run's clean-up task removes its folder and its shard from the worker, leaving other runs'
+    assert list(jobs.clean_task("run-b")(iter([]))) == []
+    assert jobs._held == {} and folder.exists() and not Path(jobs.scratch_folder("run-b")).exists()
+
+
 def test_spark_mode_auto_picks_jobs_on_connect_and_refuses_what_needs_the_client_reachable(capsys):
     from nnlib.engines import make_engine
     from nnlib.engines.spark.jobs import SparkJobsEngine
@@ -195,6 +242,68 @@ def test_spark_jobs_equal_the_local_engine(spark, connect, connect_server, where
     # the client's bytes: the payloads sent, and one Combined (plus a few hundred bytes of stats per mapper)
     # collected per round, whatever the number of mappers
     assert engine.bytes_collected < (config.train.rounds + 1) * (2 * on_spark.params.nbytes + 4 * 400) + 4096
+
+
+def scratch_probe(token: str):
+    """A one-task job's function: the run's scratch folder on the task's executor (``{file: [inode, mtime_ns]}``,
+    None when there is none), after dropping this run's shard from the task's Python worker (which mapper's)."""
+
+    def task(batches):
+        import json as json_
+        import os as os_
+
+        from nnlib.engines.spark import jobs
+
+        for _ in batches:
+            pass
+        dropped = [m for t, m in list(jobs._held) if t == token]
+        for m in dropped:
+            del jobs._held[(token, m)]
+        folder = jobs.scratch_folder(token)
+        files = None if not os_.path.isdir(folder) else {
+            name: [os_.stat(os_.path.join(folder, name)).st_ino, os_.stat(os_.path.join(folder, name)).st_mtime_ns]
+            for name in sorted(os_.listdir(folder))}
+        yield from jobs.to_chunks(0, json_.dumps({"files": files, "dropped": dropped}).encode())
+
+    return task
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["connect", "classic"])
+def test_shards_are_built_once_and_a_worker_that_misses_one_reads_its_scratch_file(spark, connect, connect_server,
+                                                                                    where):
+    from nnlib.engines.spark.jobs import CHUNKS, collected
+
+    # scored in line, so each probe runs between two rounds, on an idle worker that holds a shard
+    config = small_config("mappers=4", "train.rounds=4", "train.overlap_scoring=false")
+    local = run(config, **QUIET)
+    engine = jobs_engine(where, connect_server)
+    session = connect if where == "connect" else spark
+    probes = []
+
+    def probe(_row):
+        frame = session.range(0, 1, 1, 1).mapInArrow(scratch_probe(engine.token), CHUNKS)
+        probes.append(json.loads(collected(frame.collect())[0]))
+
+    with on(where):
+        on_spark = run(config.model_copy(update={"engine": "spark"}), engine=engine, on_round=probe, **QUIET)
+        probe(None)
+    np.testing.assert_array_equal(on_spark.params, local.params)
+    during, after = probes[:-1], probes[-1]
+    names = [f"shard-{m}" for m in range(4)]
+    assert len(during) == 4 and all(sorted(p["files"]) == names for p in during), during  # no half-written files
+    # a rebuilt shard is written again (a new file): every file is the one written when the shards were built
+    assert all(p["files"] == during[0]["files"] for p in during), during
+    # the shards that changed workers (a mapper's task in another process than before, or dropped by a probe)
+    # were read from those files
+    holder = {r["mapper"]: r["pid"] for r in on_spark.mapper_rows[:4]}
+    moved = [m for p in during[:-1] for m in p["dropped"]]
+    for row in on_spark.mapper_rows[4:]:
+        if row["pid"] != holder[row["mapper"]]:
+            moved.append(row["mapper"])
+        holder[row["mapper"]] = row["pid"]
+    assert moved, (during, on_spark.mapper_rows)
+    assert after["files"] is None  # stop() removed the run's folder
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,16 @@ DataFrame) source, the rows Spark's shuffle sent to their shard
 (:meth:`nnlib.engines.spark.reader.SparkReader.shards`), persisted on the
 executors' disks for the run. A task takes its shard from its Python
 worker's cache (:func:`task_shard`: one shard per worker, so a worker's
-memory stays bounded; Spark reuses workers but hands a partition to any idle
-one), else builds it from its input. A task always reads its input to the
-end: a worker whose input is left unread is not reused.
+memory stays bounded), else from the shard's file in its executor's scratch
+folder, else builds it from its input and writes that file. Spark reuses
+workers but hands a partition to any idle one (the reduce task's worker
+too), so shards change workers between rounds; without the file each change
+rebuilt the shard inside the round (for an .npz source: loading and
+partitioning the whole file). The files are arrays only (``.npy`` records,
+read without unpickling), under the executor's block-manager dirs
+(``SPARK_LOCAL_DIRS``, which Spark removes with the executor); :meth:`stop`
+removes the run's folder with one small job. A task always reads its input
+to the end: a worker whose input is left unread is not reused.
 
 A local round is one job of two stages::
 
@@ -47,12 +54,21 @@ SIGTERM reaches it, and then cancels the job with ``session.interruptTag``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import json
+import os
 import pickle
 import secrets
+import shutil
+import tempfile
 import threading
 import time
 
+import numpy as np
+
+from nnlib.data.dataset import Shard
 from nnlib.engines.base import SingleDriver
 from nnlib.engines.spark.engine import _SparkSession
 from nnlib.engines.spark.reader import shard_from_records
@@ -99,22 +115,83 @@ def arrow_rows(batches):
 _held: dict = {}  # this Python worker's shard: {(run token, mapper): Shard}, one entry at most
 
 
+def scratch_folder(token: str) -> str:
+    """This executor's folder for the run's shard files: ``nnlib-<digest of token>`` (the token is also the
+    tasks' mesh password, so it is not a file name) under the first of the block-manager dirs Spark gives its
+    Python workers in ``SPARK_LOCAL_DIRS`` (removed when the executor ends), else the system's temporary folder."""
+    roots = [d for d in os.environ.get("SPARK_LOCAL_DIRS", "").split(",") if d]
+    name = "nnlib-" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    return os.path.join(roots[0] if roots else tempfile.gettempdir(), name)
+
+
+def save_shard(path: str, shard: Shard) -> None:
+    """``shard`` as one file of ``.npy`` records (a header ``[index, role...]``, ``x``, ``y``, then each
+    held-out role's ``x`` and ``y``), written under a temporary name and renamed: a reader sees the whole file
+    or none. A failed write (a full disk) leaves no file; the shard is then built again where it is missed."""
+    roles = sorted(shard.held_out)
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(tmp, "wb") as f:
+            for array in (np.array([shard.index, *roles], np.int64), shard.x, shard.y,
+                          *(a for role in roles for a in shard.held_out[role])):
+                np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def load_shard(path: str) -> Shard | None:
+    """The shard :func:`save_shard` wrote at ``path`` (arrays only: nothing in the file is run), or None when
+    there is none."""
+    try:
+        with open(path, "rb") as f:
+            read = functools.partial(np.lib.format.read_array, f, allow_pickle=False)
+            index, *roles = (int(v) for v in read())
+            x, y = read(), read()
+            return Shard(index, x, y, {role: (read(), read()) for role in roles})
+    except FileNotFoundError:
+        return None
+
+
 def task_shard(token: str, batches, build):
     """``(mapper, shard)`` of the running task: the partition's index is the mapper; the shard from this
-    worker's cache when it last held this run's shard ``mapper``, else ``build(mapper, batches)``. The
-    task's input is read to its end either way (a worker whose input is left unread is not reused)."""
+    worker's cache when it last held this run's shard ``mapper``, else from the shard's file in the executor's
+    scratch folder (:func:`scratch_folder`), else ``build(mapper, batches)``, and saved there. Spark hands a
+    partition to any idle Python worker, so shards change workers between jobs: the file makes that a read
+    from the page cache instead of a build. The task's input is read to its end either way (a worker whose
+    input is left unread is not reused)."""
     from pyspark import TaskContext
 
     mapper = TaskContext.get().partitionId()
     key = (token, mapper)
     shard = _held.get(key)
     if shard is None:
-        _held.clear()  # drop the old shard before building: one shard per worker at a time
-        shard = build(mapper, batches)
+        _held.clear()  # drop the old shard first: one shard per worker at a time
+        path = os.path.join(scratch_folder(token), f"shard-{mapper}")
+        shard = load_shard(path)
+        if shard is None:
+            shard = build(mapper, batches)
+            save_shard(path, shard)
         _held[key] = shard
     for _ in batches:
         pass
     return mapper, shard
+
+
+def clean_task(token: str):
+    """Remove the run's scratch folder on the task's executor and drop its shard from this worker's cache."""
+
+    def task(batches):
+        for _ in batches:
+            pass
+        for key in [k for k in _held if k[0] == token]:
+            del _held[key]
+        shutil.rmtree(scratch_folder(token), ignore_errors=True)  # several tasks of one executor race here
+        yield from ()
+
+    return task
 
 
 def recipe_builder(source):
@@ -267,6 +344,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
         self._inputs = None  # the shard inputs: k partitions, partition i = shard i
         self._persisted = None
         self._build = None
+        self._built = False  # every shard built once (and saved in its executor's scratch folder)
         self.bytes_sent = self.bytes_collected = 0  # the payloads' pickled bytes; the bytes of rows collected
 
     def start(self, source):
@@ -291,6 +369,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
 
         # build the shards now (into the workers' caches, and the persisted rows), not inside round 0's timing
         self._collect(self._inputs.mapInArrow(sizes, CHUNKS), "building the shards")
+        self._built = True
 
     def _collect(self, frame, what: str) -> dict[int, bytes]:
         rows = run_job(self.session, frame.collect, what)
@@ -335,10 +414,20 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
         return [pickle.loads(answers[m]) for m in range(self.mappers)]
 
     def stop(self):
-        if self._persisted is not None and self.session is not None:
-            try:
-                self._persisted.unpersist()
-            except Exception:  # noqa: BLE001  - the session or server is already gone
-                pass
-        self._persisted = self._inputs = None
-        self._close()
+        try:
+            if self._inputs is not None and self.session is not None:
+                # each executor's shard files; over the shard inputs once they are built (a persisted input's
+                # blocks lie where its shards were built), else over plain ids (a failed read is not run again).
+                # On a multi-host cluster a task may miss an executor; its block-manager dirs, where the files
+                # are, go with the executor anyway.
+                inputs = self._inputs if self._built else self.session.range(0, self.mappers, 1, self.mappers)
+                with contextlib.suppress(Exception):  # the session or server is already gone
+                    run_job(self.session, inputs.mapInArrow(clean_task(self.token), CHUNKS).collect,
+                            "removing the shard files")
+            if self._persisted is not None and self.session is not None:
+                with contextlib.suppress(Exception):
+                    self._persisted.unpersist()
+        finally:
+            self._persisted = self._inputs = None
+            self._built = False
+            self._close()
