@@ -136,7 +136,8 @@ def test_a_shard_missed_in_a_worker_is_read_from_its_scratch_file_not_built_agai
 
     # Prepare: a task of partition 2 on an executor whose block-manager dir is tmp_path; a build that counts
     monkeypatch.setenv("SPARK_LOCAL_DIRS", f"{tmp_path},{tmp_path / 'second'}")
-    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: type("T", (), {"partitionId": lambda _s: 2})()))
+    task = type("Task", (), {"partitionId": lambda _self: 2})()
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: task))
     monkeypatch.setattr(jobs, "_held", {})
     rng = np.random.default_rng(0)
     shard = Shard(2, rng.standard_normal((5, 3)).astype(np.float32), np.arange(5), {
