@@ -2,6 +2,7 @@
 
     python bench/connect.py            # about 10 minutes: 60000x784, 1e4..1e7 parameters, 2/4/8 mappers
     python bench/connect.py --smoke    # about a minute: small data, 1e4 parameters, 2 and 4 mappers
+    python bench/connect.py --part rounds   # part 1 only (about 3 minutes), written to results/connect-rounds.json
 
 Every system runs on this machine with two task slots: the classic session
 ``spark.master=local[2]`` (``spark.mode`` stage, the default there, and
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,12 +48,14 @@ CLASSIC_JOBS = ["engine=spark", "spark.master=local[2]", "spark.mode=jobs"]
 
 
 def time_per_round(sets: list[str], source: str, rounds: int, epochs: int) -> dict:
+    load = os.getloadavg()[0]
     res = nnlib_run([*sets, "mappers=2", f"data.source={source}", "model.hidden=[128]", "train.batch_size=32",
                      f"train.local_epochs={epochs}", f"train.rounds={rounds}", "train.lr=0.05"])
     later = res["rounds"][1:]
     return {"round_s": median(r["seconds"] for r in later),
             "max_mapper_s": median(r["max_mapper_seconds"] for r in later),
-            "overhead_s": median(r["overhead_seconds"] for r in later)}
+            "overhead_s": median(r["overhead_seconds"] for r in later),
+            "load_1min": round((load + os.getloadavg()[0]) / 2, 1)}  # the machine's load, before and after
 
 
 def client_bytes(remote: str, mappers: int, rounds: int) -> dict:
@@ -65,7 +69,6 @@ def client_bytes(remote: str, mappers: int, rounds: int) -> dict:
 
 def socket_bytes(port: int) -> tuple[int, int]:
     """``(sent, received)`` bytes over this process's TCP connections to ``port``, as the kernel counts them."""
-    import os
     import re
 
     out = subprocess.run(["ss", "-tinpH", "dst", f"127.0.0.1:{port}"], capture_output=True, text=True).stdout
@@ -102,6 +105,8 @@ def client(remote: str, mappers: int, rounds: int) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--part", choices=["all", "rounds"], default="all",
+                        help="rounds: only the time per round (part 1)")
     parser.add_argument("--client", nargs=3, metavar=("REMOTE", "MAPPERS", "ROUNDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
@@ -123,12 +128,14 @@ def main(argv=None):
         for name, sets in systems.items():
             row = {"system": name, **time_per_round(sets, source, rounds, epochs)}
             result["rounds"].append(row)
-            print(f"{name:34s} round {row['round_s']:.3f} s  slowest mapper {row['max_mapper_s']:.3f} s", flush=True)
+            print(f"{name:34s} round {row['round_s']:.3f} s  slowest mapper {row['max_mapper_s']:.3f} s  "
+                  f"load {row['load_1min']}", flush=True)
         stage = result["rounds"][0]["round_s"]
         for row in result["rounds"]:
             row["vs_classic_stage"] = row["round_s"] / stage
 
-        sizes = [10_000] if args.smoke else [10_000, 100_000, 1_000_000, 10_000_000]
+        rounds_only = args.part == "rounds"
+        sizes = [] if rounds_only else [10_000] if args.smoke else [10_000, 100_000, 1_000_000, 10_000_000]
         for name, sets in systems.items():
             for params in sizes:
                 row = {"system": name, **measure(sets, params, 4 if args.smoke else 11)}
@@ -136,7 +143,7 @@ def main(argv=None):
                 print(f"{name:34s} {row['params']:>10,d} params  overhead {row['overhead_ms']:8.1f} ms  "
                       f"round {row['round_ms']:8.1f} ms", flush=True)
 
-        for mappers in ([2, 4] if args.smoke else [2, 4, 8]):
+        for mappers in ([] if rounds_only else [2, 4] if args.smoke else [2, 4, 8]):
             row = client_bytes(server.url, mappers, 4 if args.smoke else 8)
             result["bytes"].append(row)
             print(f"connect, {mappers} mappers: a round's client sockets sent {row['sent_bytes']:,.0f} and received "
@@ -144,12 +151,14 @@ def main(argv=None):
                   f"{row['collected_bytes']:,.0f})", flush=True)
     finally:
         server.stop()
-    print(markdown_table(result["rounds"], ["system", "round_s", "max_mapper_s", "overhead_s", "vs_classic_stage"]))
+    print(markdown_table(result["rounds"], ["system", "round_s", "max_mapper_s", "overhead_s", "vs_classic_stage",
+                                            "load_1min"]))
     print(markdown_table(result["overhead"], ["system", "params", "overhead_ms", "round_ms", "broadcast_ms",
                                               "combine_ms"]))
     print(markdown_table(result["bytes"], ["mappers", "params", "sent_bytes", "received_bytes", "payload_bytes",
                                            "collected_bytes"]))
-    write_result("smoke/connect" if args.smoke else "connect", result)
+    name = "connect" if args.part == "all" else "connect-rounds"
+    write_result(f"smoke/{name}" if args.smoke else name, result)
 
 
 if __name__ == "__main__":
