@@ -55,6 +55,7 @@ from nnlib.driver import warn
 from nnlib.engines import make_engine
 from nnlib.engines.spark.ml import add_predictions, features_column, label_column, training_frame
 from nnlib.engines.spark.predict import SharedModel, model_bytes, model_from_bytes, spark_error_line
+from nnlib.engines.spark.session import ship_code
 from nnlib.errors import ConfigError, DataError, EngineError, NnlibError
 from nnlib.model.model import Model
 
@@ -321,6 +322,7 @@ class NNClassificationModel(SparkModel, _NNParams, MLReadable, MLWritable):
         if self._shared is None:
             self._shared = SharedModel(self._model_file)
         with spark_errors("NNClassificationModel.transform"):
+            ship_code(dataset.sparkSession)  # a Connect server's workers get nnlib's code
             return add_predictions(dataset, self._shared, self.numFeatures, self.getFeaturesCol(),
                                    self.getRawPredictionCol(), self.getProbabilityCol(), self.getPredictionCol())
 

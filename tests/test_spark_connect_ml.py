@@ -103,6 +103,18 @@ def classic_fit(spark, digits_file, tmp_path_factory):
     return fitted, proba, saved
 
 
+def _workers_nnlib(session) -> set[str]:
+    """Where the session's Python workers import nnlib from (two tasks)."""
+    def where(batches):
+        import nnlib
+
+        for _ in batches:
+            pass
+        yield pa.RecordBatch.from_pydict({"file": [nnlib.__file__]})
+
+    return {row.file for row in session.range(0, 2, 1, numPartitions=2).mapInArrow(where, "file string").collect()}
+
+
 def test_a_pipeline_fits_transforms_saves_and_loads_on_connect_as_on_classic(connect, classic_fit, digits_file,
                                                                               tmp_path):
     from pyspark.ml import PipelineModel
@@ -118,6 +130,9 @@ def test_a_pipeline_fits_transforms_saves_and_loads_on_connect_as_on_classic(con
         assert np.array_equal(nn.model.params, classic.stages[-1].model.params)  # the same weights
         assert nn.summary.summary["engine"] == "spark" and nn.summary.summary["n_train"] > 1000
         assert np.array_equal(_probabilities(fitted.transform(df)), classic_proba)
+        # the server's workers ran the client's nnlib, shipped as one zip (addArtifacts), not an installed copy
+        assert all(f.endswith(("nnlib.zip/nnlib/__init__.py", "nnlib.zip\\nnlib\\__init__.py"))
+                   for f in _workers_nnlib(connect)), _workers_nnlib(connect)
         fitted.write().overwrite().save(str(tmp_path / "pipeline"))
         fitted.write().overwrite().save(str(tmp_path / "pipeline"))  # overwrite works over Connect
         loaded = PipelineModel.load(str(tmp_path / "pipeline"))

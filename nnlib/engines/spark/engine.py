@@ -77,9 +77,10 @@ class _SparkSession:
         """Run on ``session``, the caller's own (an estimator's DataFrame's), never stopped here; None: open
         one as :func:`nnlib.engines.spark.session.open_session` says."""
         if session is not None:
-            from nnlib.engines.spark.session import _master_of, is_connect
+            from nnlib.engines.spark.session import _master_of, is_connect, ship_code
 
             self.opened = Opened(session, False, is_connect(session), _master_of(session, is_connect(session)))
+            ship_code(session)
         return self
 
     def _open(self, min_slots: int = 1):

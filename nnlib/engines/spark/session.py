@@ -160,7 +160,12 @@ _BUILT_LOCK = threading.RLock()
 def open_session(settings: SessionSettings, min_slots: int = 1, warn: Callable[[str], None] | None = None) -> Opened:
     """The session a run uses (the rules in this module's docstring; ``spark.remote`` set in the config comes
     first); a failure to start one is one :class:`nnlib.errors.EngineError` line."""
-    warn = warn or (lambda _message: None)
+    opened = _open(settings, min_slots, warn or (lambda _message: None))
+    ship_code(opened.session)
+    return opened
+
+
+def _open(settings: SessionSettings, min_slots: int, warn: Callable[[str], None]) -> Opened:
     with _BUILT_LOCK:  # two threads opening at once share one session, and both count as its users
         if settings.remote:
             return _registered(_open_connect(settings.remote, settings))
@@ -175,6 +180,34 @@ def open_session(settings: SessionSettings, min_slots: int = 1, warn: Callable[[
         if os.environ.get("SPARK_REMOTE"):
             return _registered(_open_connect(os.environ["SPARK_REMOTE"], settings))
         return _registered(_open_classic(settings, min_slots, warn))
+
+
+_SHIPPED: set[str] = set()  # the Spark Connect sessions (by id) whose workers have nnlib's code
+
+
+def ship_code(session) -> None:
+    """Give a Spark Connect session's Python workers nnlib's own code, once a session: the package as one zip
+    (:func:`nnlib.util.ship.zip_package`) through ``addArtifacts(..., pyfile=True)``, which the server puts
+    first on its workers' ``sys.path``. So the server's Python needs nnlib's dependencies (numpy, pyarrow,
+    pydantic, pyyaml, scikit-learn; torch for a module) but not nnlib, and runs the client's nnlib whatever
+    version it has. A failure is one EngineError line. Nothing to do on a classic session."""
+    import tempfile
+
+    if not is_connect(session):
+        return
+    from nnlib.util.ship import zip_package
+
+    key = session.session_id
+    if key in _SHIPPED:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = zip_package(Path(tmp) / "nnlib.zip")
+        try:
+            session.addArtifacts(str(path), pyfile=True)
+        except Exception as exc:  # noqa: BLE001  - gRPC and the server's own errors
+            raise EngineError(f"spark.remote: could not ship nnlib's code to the Spark Connect server "
+                              f"({first_line(exc)})") from None
+    _SHIPPED.add(key)
 
 
 def _registered(opened: Opened) -> Opened:
