@@ -284,3 +284,19 @@ def test_train_in_a_thread_leaves_the_callers_session_alive(spark, digits_file):
         assert not thread.is_alive() and "error" not in result, result.get("error")
         assert result["run"].summary["engine"] == "spark"
         assert spark.range(3).count() == 3 and spark.sparkContext._jsc is not None
+
+
+def test_the_readme_example_pipeline_runs_against_a_connect_server(connect_server, tmp_path):
+    """examples/spark_connect_pipeline.py, as README's "Spark Connect" runs it, in a client process of its own."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    environ = {k: v for k, v in os.environ.items() if k != _SWITCH}
+    done = subprocess.run([sys.executable, str(root / "examples" / "spark_connect_pipeline.py"), connect_server.url],
+                          cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "the same predictions: True" in done.stdout
+    accuracy = float(done.stdout.split("training accuracy ")[1].split(",")[0])
+    assert accuracy > 0.9 and (tmp_path / "runs" / "connect-pipeline" / "stages").is_dir()

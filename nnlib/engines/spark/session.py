@@ -295,6 +295,8 @@ def _open_connect(remote: str, settings: SessionSettings) -> Opened:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.config("spark.ui.showConsoleProgress", "false")
+    for key, value in settings.conf.items():  # the session's own settings (a server's static ones refuse)
+        builder = builder.config(key, value)
     try:
         with holding_interrupt() as interrupted:
             session = builder.create()
