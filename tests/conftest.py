@@ -6,6 +6,7 @@ import importlib.util
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,29 @@ def spark():
     session.stop()
 
 
+# pyspark picks its classic or its Spark Connect code (pyspark.sql.functions, pyspark.ml's Java stages, mapInArrow,
+# Observation) by one process-wide switch, which creating a Connect session sets: a real program holds one kind of
+# session, the tests hold both, so each step runs under on(kind)
+CONNECT_SWITCH = "SPARK_CONNECT_MODE_ENABLED"
+
+
+@contextmanager
+def on(kind: str):
+    """The block runs with pyspark's process-wide switch set for a ``kind`` ("classic" or "connect") session."""
+    before = os.environ.get(CONNECT_SWITCH)
+    if kind == "connect":
+        os.environ[CONNECT_SWITCH] = "1"
+    else:
+        os.environ.pop(CONNECT_SWITCH, None)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CONNECT_SWITCH, None)
+        else:
+            os.environ[CONNECT_SWITCH] = before
+
+
 @pytest.fixture(scope="session")
 def connect_server(tmp_path_factory):
     """One Spark Connect server (pyspark's own SparkConnectServer, local[4], on 127.0.0.1) for the whole run."""
@@ -67,12 +91,14 @@ def connect_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def connect(connect_server):
+def connect(connect_server, spark):
     """A Spark Connect session to :func:`connect_server`, shared by every test that needs one. Engines given
-    ``spark.remote`` of the same server use it (and leave it open)."""
+    ``spark.remote`` of the same server use it (and leave it open). The classic ``spark`` session starts
+    first: a Connect session already there would be the one nnlib's session rules give ``spark``."""
     from pyspark.sql import SparkSession
 
     session = SparkSession.builder.remote(connect_server.url).create()
+    os.environ.pop(CONNECT_SWITCH, None)  # classic until a test says on("connect")
     yield session
     session.stop()
 

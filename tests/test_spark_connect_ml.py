@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import CONNECT_SWITCH, on
 
 from nnlib.data.sources import load_digits
 from nnlib.errors import EngineError
@@ -32,24 +32,6 @@ pytestmark = pytest.mark.slow  # a SparkSession and a Spark Connect server
 
 PIXELS = [f"px{i}" for i in range(64)]
 PARAMS = dict(mappers=2, hidden=[16], rounds=2, localEpochs=1, lr=0.1, batchSize=32, seed=3)
-_SWITCH = "SPARK_CONNECT_MODE_ENABLED"
-
-
-@contextmanager
-def on(kind: str):
-    """Run the block with pyspark's process-wide switch set for a ``kind`` ("classic" or "connect") session."""
-    before = os.environ.get(_SWITCH)
-    if kind == "connect":
-        os.environ[_SWITCH] = "1"
-    else:
-        os.environ.pop(_SWITCH, None)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(_SWITCH, None)
-        else:
-            os.environ[_SWITCH] = before
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,7 +39,7 @@ def classic_after_this_module(spark):
     """The classic session starts first (a Connect session already there would be the one nnlib's session
     rules join), and the switch is off for the files after this one."""
     yield
-    os.environ.pop(_SWITCH, None)
+    os.environ.pop(CONNECT_SWITCH, None)
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +275,7 @@ def test_the_readme_example_pipeline_runs_against_a_connect_server(connect_serve
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    environ = {k: v for k, v in os.environ.items() if k != _SWITCH}
+    environ = {k: v for k, v in os.environ.items() if k != CONNECT_SWITCH}
     done = subprocess.run([sys.executable, str(root / "examples" / "spark_connect_pipeline.py"), connect_server.url],
                           cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
