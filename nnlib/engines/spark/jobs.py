@@ -17,11 +17,12 @@ folder, else builds it from its input and writes that file. Spark reuses
 workers but hands a partition to any idle one (the reduce task's worker
 too), so shards change workers between rounds; without the file each change
 rebuilt the shard inside the round (for an .npz source: loading and
-partitioning the whole file). The files are arrays only (``.npy`` records,
-read without unpickling), under the executor's block-manager dirs
-(``SPARK_LOCAL_DIRS``, which Spark removes with the executor); :meth:`stop`
-removes the run's folder with one small job. A task always reads its input
-to the end: a worker whose input is left unread is not reused.
+partitioning the whole file). The files are the run's own scratch, written
+by its tasks as arrays only (``.npy`` records, read without unpickling),
+under the executor's block-manager dirs (``SPARK_LOCAL_DIRS``, which Spark
+removes with the executor); :meth:`SparkJobsEngine.stop` removes the run's
+folder with one small job. A task always reads its input to the end: a
+worker whose input is left unread is not reused.
 
 A local round is one job of two stages::
 
