@@ -18,13 +18,13 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import alive, descendants, needs_torch, saved_params, small_config, wait_for_rounds
+from conftest import (CONNECT_SWITCH, alive, descendants, needs_torch, on, saved_params, small_config,
+                      wait_for_rounds)
 
 from nnlib.cli import main
 from nnlib.config import load_config
@@ -41,31 +41,11 @@ STOPPED = re.compile(r"nnlib: stopped by SIGTERM after round (\d+)/(\d+); rounds
                      r"\(checkpoint (\S+)\); resume with: nnlib run --resume (\S+)\n")
 
 
-_SWITCH = "SPARK_CONNECT_MODE_ENABLED"
-
-
-@contextmanager
-def on(kind: str):
-    """The block runs with pyspark's process-wide switch set for a ``kind`` ("classic" or "connect") session."""
-    before = os.environ.get(_SWITCH)
-    if kind == "connect":
-        os.environ[_SWITCH] = "1"
-    else:
-        os.environ.pop(_SWITCH, None)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(_SWITCH, None)
-        else:
-            os.environ[_SWITCH] = before
-
-
 @pytest.fixture(scope="module", autouse=True)
 def classic_after_this_module():
     """The switch is off for the test files after this one."""
     yield
-    os.environ.pop(_SWITCH, None)
+    os.environ.pop(CONNECT_SWITCH, None)
 
 
 def sets(items):
@@ -73,7 +53,7 @@ def sets(items):
 
 
 def env() -> dict:
-    environ = {k: v for k, v in os.environ.items() if k != _SWITCH}
+    environ = {k: v for k, v in os.environ.items() if k != CONNECT_SWITCH}
     return dict(environ, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1", PYTHONPATH=str(TESTS))
 
 
@@ -368,7 +348,7 @@ def test_nnlib_run_on_connect_prints_each_round_records_the_mode_and_saves_the_m
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_connect_is_one_line_the_client_only_talks_to_the_server_and_the_resume_is_bit_for_bit(
+def test_ctrl_c_on_connect_is_one_line_the_client_only_talks_to_the_server_and_a_classic_resume_is_bit_for_bit(
         connect_server, tmp_path):
     out = tmp_path / "run"
     items = [*QUICK, "engine=spark", f"spark.remote={connect_server.url}", "train.rounds=400"]
@@ -397,12 +377,13 @@ def test_ctrl_c_on_connect_is_one_line_the_client_only_talks_to_the_server_and_t
     kept = int(found.group(3))
     assert found.group(5) == str(out) and kept >= 2
 
-    total = kept + 2
+    total = kept + 2  # resumed on a classic session (spark.remote unset): the checkpoints cross session kinds
     resumed = subprocess.run([sys.executable, "-m", "nnlib", "run", "--resume", str(out), "--quiet",
-                              "--set", f"train.rounds={total}"], cwd=ROOT, env=env(), capture_output=True, text=True,
-                             timeout=300)
+                              "--set", f"train.rounds={total}", "--set", "spark.remote=null"], cwd=ROOT, env=env(),
+                             capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((out / "summary.json").read_text())["resumed_after_round"] == kept
+    assert yaml.safe_load((out / "config.yaml").read_text())["spark"]["master"].startswith("local")
     whole = run(load_config(None, [*QUICK, f"train.rounds={total}"]), **QUIET)
     np.testing.assert_array_equal(saved_params(out), whole.params)
 

@@ -2,8 +2,9 @@
 
 ``fcntl.flock`` locks belong to the open file, so the kernel drops them
 when the process ends in any way (kill -9 included): a killed run never
-blocks its own ``--resume``. The lock file keeps its last holder's PID,
-host and start time, which a refused run names. On NFS (v4) Linux
+blocks its own ``--resume``. While a run holds the lock, the lock file
+names its PID, host and start time, which a refused run quotes; a released
+lock file is empty (a killed run's keeps its note). On NFS (v4) Linux
 emulates ``flock`` with byte-range locks the server holds, so the lock
 holds across hosts and is freed when the holder's lease ends.
 """
@@ -33,7 +34,13 @@ class FolderLock:
         return self.folder / LOCK_NAME
 
     def release(self) -> None:
+        """Drop the lock; the lock file is emptied first, so it names a holder only while one holds it (a
+        refused run leaves the folder as it found it)."""
         if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass  # the note is a courtesy; closing still drops the lock
             os.close(self._fd)  # closing the file drops the lock
             self._fd = None
 
