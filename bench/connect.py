@@ -115,7 +115,10 @@ def main(argv=None):
     sys.path.insert(0, str(ROOT / "tests"))
     from spark_cluster import ConnectServer
 
-    server = ConnectServer(Path(tempfile.mkdtemp(prefix="nnlib-bench-connect-")), master="local[2]").start()
+    # the server keeps recent plans, each holding a round's weights in its closure: a 10M-parameter model needs
+    # more than the default 1 GiB of driver memory (README, "Spark Connect")
+    server = ConnectServer(Path(tempfile.mkdtemp(prefix="nnlib-bench-connect-")), master="local[2]",
+                           conf={"spark.driver.memory": "4g"}).start()
     connect = ["engine=spark", f"spark.remote={server.url}"]
     systems = {"classic stage, local[2]": CLASSIC_STAGE, "classic jobs, local[2]": CLASSIC_JOBS,
                "connect (jobs), local[2] server": connect}
