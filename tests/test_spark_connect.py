@@ -432,3 +432,18 @@ def test_a_ten_million_parameter_model_trains_on_connect_and_saves_whole(spark, 
     params = saved_params(out)
     assert params.size == 784 * 12600 + 12600 + 12600 * 10 + 10 > 10_000_000
     np.testing.assert_array_equal(params, run(load_config(None, items), **QUIET).params)
+
+
+@pytest.mark.slow
+def test_spark_task_gpus_reaches_the_jobs_training_stage_and_a_local_master_is_refused_in_one_line(spark):
+    """The jobs engine asks for spark.task_gpus by stage-level scheduling as the stage does (its ResourceProfile is
+    built at start); a local master, where Spark has none, is one ConfigError line naming the key."""
+    from nnlib.engines.spark.jobs import SparkJobsEngine
+    from nnlib.engines.spark.session import SessionSettings
+    from nnlib.errors import ConfigError
+
+    with on("classic"):
+        engine = SparkJobsEngine(SessionSettings("local[4]", task_gpus=1), min_slots=2)
+        with pytest.raises(ConfigError, match=r"^spark.task_gpus=1 needs a cluster master .* got master local\["):
+            run(small_config("engine=spark", "spark.mode=jobs", "mappers=2"), engine=engine, **QUIET)
+        assert spark.range(3).count() == 3  # the caller's session is left running

@@ -73,6 +73,7 @@ from nnlib.data.dataset import Shard
 from nnlib.engines.base import SingleDriver
 from nnlib.engines.spark.engine import _SparkSession
 from nnlib.engines.spark.reader import shard_from_records
+from nnlib.engines.spark.session import stage_profile
 from nnlib.errors import error_from_text
 from nnlib.rounds.mapper import score_held_out, sync_shards, train_shard
 
@@ -345,6 +346,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
         self._inputs = None  # the shard inputs: k partitions, partition i = shard i
         self._persisted = None
         self._build = None
+        self._resources: dict = {}  # mapInArrow's profile= for spark.task_gpus
         self._built = False  # every shard built once (and saved in its executor's scratch folder)
         self.bytes_sent = self.bytes_collected = 0  # the payloads' pickled bytes; the bytes of rows collected
 
@@ -363,6 +365,9 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
             self._inputs = self._persisted
             self._build = rows_builder(source.rows)
         token, build = self.token, self._build
+        # spark.task_gpus: the training stages ask each task for GPUs (stage-level scheduling), as the stage does
+        self._resources = {} if self.settings.task_gpus is None else {"profile": stage_profile(
+            self.settings.task_gpus, None if self.opened.connect else self.opened.master)}
 
         def sizes(batches):
             mapper, shard = task_shard(token, batches, build)
@@ -386,7 +391,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
 
     def round(self, payload, reducer, timings):
         blob = self._payload_blob(payload, timings)
-        frame = (self._inputs.mapInArrow(train_task(self.token, self._build, blob), CHUNKS)
+        frame = (self._inputs.mapInArrow(train_task(self.token, self._build, blob), CHUNKS, **self._resources)
                  .repartition(1)  # a shuffle to one reduce task (coalesce would run the mappers in one task)
                  .mapInArrow(reduce_task(reducer, self.mappers), CHUNKS))
         start = time.perf_counter()
@@ -399,7 +404,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
     def sync_round(self, payload, timings):
         blob = self._payload_blob(payload, timings)
         frame = self._inputs.mapInArrow(sync_task(self.token, self._build, blob, self.mappers), CHUNKS,
-                                        barrier=True)
+                                        barrier=True, **self._resources)
         start = time.perf_counter()
         answers = self._collect(frame, f"round {payload.round_index + 1}")
         finished = [pickle.loads(answers[m]) for m in range(self.mappers)]
