@@ -92,11 +92,12 @@ def make_dir(path: Path, what: str = "") -> Path:
     return path
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, what: str = "") -> None:
     """Write ``data`` to ``path`` via a temporary file and a rename: ``path`` holds the old bytes or the new.
 
     A write that fails (disk full, file too large, permission) removes the
-    temporary file and raises :class:`OutputError` naming ``path`` and the cause.
+    temporary file and raises :class:`OutputError` naming ``path`` (after ``what``, the setting that chose it,
+    e.g. ``--out``) and the cause.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -112,7 +113,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise write_error(path, exc) from None
+            raise write_error(path, exc, what) from None
         raise
 
 

@@ -246,6 +246,19 @@ def test_onnx_gives_the_models_probabilities(csv_run, tmp_path):
 
 
 @needs_torch
+def test_an_export_that_cannot_be_written_is_one_line_naming_out_and_leaves_nothing(csv_run, tmp_path):
+    from nnlib.errors import OutputError
+    from nnlib.model.export import export
+
+    _, out, _ = csv_run
+    not_a_folder = tmp_path / "plain-file"
+    not_a_folder.write_text("x")
+    with pytest.raises(OutputError, match=r"^--out: cannot write .*plain-file/m\.pt: "):
+        export(Model.load(out), "torch", not_a_folder / "m.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain-file"]
+
+
+@needs_torch
 def test_torch_gives_the_models_probabilities(csv_run, tmp_path):
     import torch
 

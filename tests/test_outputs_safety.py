@@ -71,7 +71,7 @@ def test_a_checkpoint_past_the_file_size_limit_is_one_line_and_resume_goes_on(tm
     out, err = proc.communicate(timeout=300)
     run = tmp_path / "run"
     assert proc.returncode == 2, err
-    assert err == (f"nnlib: error: cannot write run/checkpoints/round-00001.npz: the file is too large (past the "
+    assert err == ("nnlib: error: cannot write run/checkpoints/round-00001.npz: the file is too large (past the "
                    "file-size limit, ulimit -f, or the file system's); round 1 is lost; no round was checkpointed; "
                    "make room, then resume with: nnlib run --resume run\n")
     assert debris(run) == [] and list((run / "checkpoints").iterdir()) == []

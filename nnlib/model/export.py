@@ -61,17 +61,15 @@ def export(model: Model, fmt: str, out: str | Path) -> Path:
 
     Raises ConfigError (one line) for another format or when the format's
     packages are not installed (nothing is written then), DataError for a
-    weights-only model file.
+    weights-only model file, OutputError when ``out`` cannot be written (no
+    temporary file is left).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     model.file.require_header("exporting")
     data = onnx_bytes(model) if fmt == "onnx" else torch_bytes(model)
     out = Path(out)
-    try:
-        atomic_write_bytes(out, data)
-    except OSError as exc:
-        raise NnlibError(f"--out: {out} cannot be written ({exc.strerror})") from None
+    atomic_write_bytes(out, data, "--out")  # a failed write is one OutputError line
     return out
 
 

@@ -153,10 +153,7 @@ def write(path: str | Path, model: ModelFile) -> Path:
     buf = io.BytesIO()
     np.savez(buf, **model.arrays())
     path = Path(path)
-    try:
-        atomic_write_bytes(path, buf.getvalue())
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be written ({exc.strerror})") from None
+    atomic_write_bytes(path, buf.getvalue())  # a failed write is one OutputError line naming the file
     return path
 
 
