@@ -46,6 +46,7 @@ MODES = {  # name: (config overrides, spark.collective)
 def recording_engine(master: str, collective: str):
     """The stage engine, recording the driver's bytes received and sent in each round."""
     from nnlib.engines.spark.engine import SparkStageEngine
+    from nnlib.engines.spark.session import SessionSettings
 
     class Recording(SparkStageEngine):
         def _counted(self, call, payload, timings):
@@ -60,7 +61,7 @@ def recording_engine(master: str, collective: str):
         def sync_round(self, payload, timings):
             return self._counted(super().sync_round, payload, timings)
 
-    engine = Recording(master, collective=collective)
+    engine = Recording(SessionSettings(master), collective=collective)
     engine.bytes = []
     return engine
 
