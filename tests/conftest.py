@@ -103,6 +103,24 @@ def connect(connect_server, spark):
     session.stop()
 
 
+DIGIT_PIXELS = [f"px{i}" for i in range(64)]  # the columns of digits_file
+
+
+@pytest.fixture(scope="session")
+def digits_file(tmp_path_factory):
+    """scikit-learn's digits as one Parquet file: float32 columns ``DIGIT_PIXELS`` and the integer ``label``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nnlib.data.sources import load_digits
+
+    x, y = load_digits()
+    path = tmp_path_factory.mktemp("digits-file") / "digits.parquet"
+    pq.write_table(pa.table({**{c: x[:, i].astype(np.float32) for i, c in enumerate(DIGIT_PIXELS)}, "label": y}),
+                   path)
+    return path
+
+
 def small_config(*overrides: str):
     """A quick digits run on the local engine, changed by ``key=value`` overrides.
 

@@ -23,14 +23,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import CONNECT_SWITCH, on
+from conftest import CONNECT_SWITCH, DIGIT_PIXELS, on
 
-from nnlib.data.sources import load_digits
 from nnlib.errors import EngineError
 
 pytestmark = pytest.mark.slow  # a SparkSession and a Spark Connect server
 
-PIXELS = [f"px{i}" for i in range(64)]
+PIXELS = DIGIT_PIXELS
 PARAMS = dict(mappers=2, hidden=[16], rounds=2, localEpochs=1, lr=0.1, batchSize=32, seed=3)
 
 
@@ -40,15 +39,6 @@ def classic_after_this_module(spark):
     rules join), and the switch is off for the files after this one."""
     yield
     os.environ.pop(CONNECT_SWITCH, None)
-
-
-@pytest.fixture(scope="module")
-def digits_file(tmp_path_factory):
-    """The digits as one Parquet file: float32 pixel columns and the integer label."""
-    x, y = load_digits()
-    path = tmp_path_factory.mktemp("connect-ml") / "digits.parquet"
-    pq.write_table(pa.table({**{c: x[:, i].astype(np.float32) for i, c in enumerate(PIXELS)}, "label": y}), path)
-    return path
 
 
 def _pipeline(**params):

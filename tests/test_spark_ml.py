@@ -9,9 +9,8 @@ transforms to the same columns.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from conftest import DIGIT_PIXELS
 
 from nnlib.config import load_config
 from nnlib.data.sources import load_digits
@@ -20,19 +19,10 @@ from nnlib.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.slow  # a SparkSession
 
-PIXELS = [f"px{i}" for i in range(64)]
+PIXELS = DIGIT_PIXELS
 PARAMS = dict(mappers=2, hidden=[16], rounds=2, localEpochs=1, lr=0.1, batchSize=32, seed=3)
 SAME_CONFIG = ["mappers=2", "model.hidden=[16]", "train.rounds=2", "train.local_epochs=1", "train.lr=0.1",
                "train.batch_size=32", "seed=3"]
-
-
-@pytest.fixture(scope="module")
-def digits_file(tmp_path_factory):
-    """The digits as one Parquet file: float32 pixel columns and the integer label."""
-    x, y = load_digits()
-    path = tmp_path_factory.mktemp("ml") / "digits.parquet"
-    pq.write_table(pa.table({**{c: x[:, i].astype(np.float32) for i, c in enumerate(PIXELS)}, "label": y}), path)
-    return path
 
 
 @pytest.fixture(scope="module")
