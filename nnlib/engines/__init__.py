@@ -31,7 +31,7 @@ def make_spark_engine(config: Config, warn=None, spark_session=None):
     Connect, whose executors cannot reach this process. Which session the run gets is known before it opens
     (:func:`connect_expected`), or given: ``spark_session``, the caller's own (an estimator's DataFrame's), which
     the engine runs on and never stops. What needs the client reachable is refused on Connect, in one line."""
-    from nnlib.engines.spark.session import SessionSettings, is_connect
+    from nnlib.engines.spark.session import SessionSettings, connect_expected, is_connect
 
     s = config.spark
     settings = SessionSettings.from_config(s)
@@ -56,17 +56,3 @@ def make_spark_engine(config: Config, warn=None, spark_session=None):
     return SparkStageEngine(port=s.port, mapper_timeout=s.mapper_timeout, stage_attempts=s.stage_attempts,
                             collective=s.collective, **session).use_session(spark_session)
 
-
-def connect_expected(settings) -> bool:
-    """Will the run's session be Spark Connect? In the order :func:`nnlib.engines.spark.session.open_session`
-    picks one: ``spark.remote``, the caller's session, ``SPARK_REMOTE``, else a classic one built here."""
-    import os
-
-    from nnlib.engines.spark.session import existing_session, is_connect
-
-    if settings.remote:
-        return True
-    session = existing_session()
-    if session is not None:
-        return is_connect(session)
-    return bool(os.environ.get("SPARK_REMOTE"))

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlib.data import tables
-from nnlib.engines.spark.session import (SessionSettings, existing_session, is_connect, java_root_cause,
+from nnlib.engines.spark.session import (SessionSettings, connect_expected, is_connect, java_root_cause,
                                          open_session)
 from nnlib.engines.spark.reader import _FILE, _ROW, SparkReader, split_parts
 from nnlib.errors import ConfigError, DataError, EngineError, NnlibError, first_line, python_failed, root_cause
@@ -291,10 +291,11 @@ def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), 
     _check_suffix(out)
     model = Model.load(model_path)
     config = predict_config(model, overrides, engines=("spark",))
-    remote = bool(config.spark.remote or os.environ.get("SPARK_REMOTE") or is_connect(existing_session()))
+    settings = SessionSettings.from_config(config.spark)
+    remote = connect_expected(settings)
     path = None if remote else check_out(out, overwrite)  # the client's filesystem, checked before Spark starts
     quiet_query_context_logs(config.spark.log_level)
-    opened = open_session(SessionSettings.from_config(config.spark))
+    opened = open_session(settings)
     session = opened.session
     try:
         if remote and not opened.connect:

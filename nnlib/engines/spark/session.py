@@ -101,6 +101,17 @@ def existing_session():
     return _connect_session()
 
 
+def connect_expected(settings: "SessionSettings") -> bool:
+    """Will :func:`open_session` give a Spark Connect session? Told without opening one, in its order:
+    ``spark.remote``, the caller's session, ``SPARK_REMOTE``, else a classic one built here."""
+    if settings.remote:
+        return True
+    session = existing_session()
+    if session is not None:
+        return is_connect(session)
+    return bool(os.environ.get("SPARK_REMOTE"))
+
+
 def _connect_session():
     """This thread's active Spark Connect session, else the process's default one, else None."""
     connect = sys.modules.get("pyspark.sql.connect.session")  # loaded only where a Connect session was made
