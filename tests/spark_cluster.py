@@ -33,6 +33,17 @@ def cluster_env(folder: Path) -> dict:
                 SPARK_NO_DAEMONIZE="1")
 
 
+# the one line Spark's JVM prints itself, for the vector module Spark's launcher adds; log4j cannot reach it
+JVM_LINE = "WARNING: Using incubator modules: jdk.incubator.vector"
+
+
+def spark_lines(stderr: str) -> list[str]:
+    """The lines of a Spark run's stderr that are not the JVM's own notices: the vector module's, and the
+    "Picked up JAVA_TOOL_OPTIONS: ..." every JVM prints where that variable is set (as .ci/run does)."""
+    return [line for line in stderr.splitlines()
+            if line != JVM_LINE and not line.startswith("Picked up JAVA_TOOL_OPTIONS:")]
+
+
 def _parent(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import alive, descendants, saved_params, wait_for_rounds
+from spark_cluster import spark_lines
 
 from nnlib.cli import main
 
@@ -347,16 +348,6 @@ def test_no_label_column_lists_every_column_or_says_how_many_are_left_out(tmp_pa
 
 # ---- a quiet start, and the small things ---------------------------------------------------------
 
-# the one line Spark's JVM prints itself, for the vector module Spark's launcher adds; log4j cannot reach it
-JVM_LINE = "WARNING: Using incubator modules: jdk.incubator.vector"
-
-
-def _spark_lines(stderr: str) -> list[str]:
-    # every JVM also says "Picked up JAVA_TOOL_OPTIONS: ..." where that variable is set (as .ci/run does)
-    return [line for line in stderr.splitlines()
-            if line != JVM_LINE and not line.startswith("Picked up JAVA_TOOL_OPTIONS:")]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["nnlib run", "submit.sh", "spark-submit with nnlib's log4j2"])
 def test_a_spark_run_starts_with_none_of_sparks_lines(tmp_path, how):
@@ -373,7 +364,7 @@ def test_a_spark_run_starts_with_none_of_sparks_lines(tmp_path, how):
                "jobs/model_avg.py", *args]}[how]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _spark_lines(proc.stderr) == [], proc.stderr
+    assert spark_lines(proc.stderr) == [], proc.stderr
     assert proc.stdout.splitlines()[0].startswith("nnlib: engine=spark mappers=2")
 
 

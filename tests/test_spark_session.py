@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import needs_torch, wait_for_rounds
-from spark_cluster import StandaloneCluster, cluster_env, free_port
+from spark_cluster import StandaloneCluster, cluster_env, free_port, spark_lines
 
 from nnlib.config import load_config
 from nnlib.errors import ConfigError
@@ -180,8 +180,8 @@ def test_submit_sh_runs_on_the_cluster_and_prints_none_of_sparks_lines(cluster, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert master_used(out) == cluster.url
     assert len(applications(cluster)) >= 1
-    # Java's own notice of the vector module comes before any logging starts; nothing else
-    assert [line for line in proc.stderr.splitlines() if "incubator modules" not in line] == []
+    # the JVM's own notices come before any logging starts; nothing else
+    assert spark_lines(proc.stderr) == [], proc.stderr
 
 
 @pytest.mark.slow
@@ -204,8 +204,8 @@ def test_a_dead_master_given_to_spark_submit_is_one_line_within_seconds(tmp_path
                           cwd=ROOT, env=cluster_env(tmp_path), capture_output=True, text=True, timeout=120)
     seconds = time.monotonic() - start
     assert proc.returncode == 2
-    # spark-submit hands Python's stderr to its own stdout; its stderr has Java's notice of the vector module
-    assert [line for line in proc.stderr.splitlines() if "incubator modules" not in line] == []
+    # spark-submit hands Python's stderr to its own stdout; its stderr has only the JVM's own notices
+    assert spark_lines(proc.stderr) == [], proc.stderr
     assert [line for line in proc.stdout.splitlines() if line.startswith("nnlib: error")] == \
         proc.stdout.splitlines()[-1:] == [
             f"nnlib: error: spark.master {url}: no Spark master answers there (nothing accepts a connection); start "
