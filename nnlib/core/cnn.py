@@ -14,7 +14,8 @@ Parameters are the same flat float32 vector as the MLP's
 ``(in, out)`` and ``(out,)`` like the MLP's layers. The input rows are images
 flattened channel-first (``C x H x W``), as IDX files and the digits store
 them. Losses and the L2 penalty (on every weight array, not the biases) are
-the MLP's.
+the MLP's; under ``task: regression`` the linear layer's width
+(``n_classes``) is the number of targets and its output is the prediction.
 
 Inside, maps are kept channels-last ``(n, H, W, C)``, so a convolution is
 one matrix product of the ``(n*H*W, k*k*C)`` patch matrix (built by ``k*k``
@@ -40,7 +41,7 @@ EVAL_CHUNK = 1024  # samples per forward pass when predicting
 
 @dataclass(frozen=True)
 class ConvSpec(Layout):
-    """The CNN's shape: input image ``(C, H, W)``, conv channels, kernel size and classes."""
+    """The CNN's shape: input image ``(C, H, W)``, conv channels, kernel size and classes (or targets)."""
 
     image_shape: tuple[int, int, int]
     channels: tuple[int, ...] = (16, 32)
@@ -218,11 +219,14 @@ class NumpyCNN(NumpyModel):
         logits = flat @ arrays[-2] + arrays[-1]
         return logits, flat, saved
 
-    def loss_and_grad(self, flat_params: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """Data loss on ``(x, y)`` and the gradient of loss + L2 penalty, flat ``(n_params,)``."""
+    def loss_and_grad(self, flat_params: np.ndarray, x: np.ndarray, y: np.ndarray,
+                      sample_weight: np.ndarray | None = None,
+                      weight_sum: float | None = None) -> tuple[float, np.ndarray]:
+        """Data loss on ``(x, y)`` and the gradient of loss + L2 penalty, flat ``(n_params,)``
+        (``sample_weight`` and ``weight_sum`` as :class:`nnlib.core.mlp.NumpyModel` says)."""
         arrays = unpack(flat_params, self.conv)
         logits, flat, saved = self._forward(arrays, x, self._buffers)
-        loss, delta = self._loss(logits, y)
+        loss, delta = self.data_loss_and_delta(logits, y, sample_weight, weight_sum)
         grad = np.empty_like(flat_params)
         grads = unpack(grad, self.conv)
         np.matmul(flat.T, delta, out=grads[-2])

@@ -4,16 +4,22 @@ This is the default backend (no torch needed). Every function works on the
 flat float32 parameter vector of :mod:`nnlib.core.params`.
 
 Shapes: ``x`` is ``(n_samples, n_features)`` float32 (float64 works too and is
-kept, which the gradient checks use), ``y`` is
-``(n_samples,)`` int64 class labels in ``[0, n_classes)``.
+kept, which the gradient checks use). Under ``task: classification`` ``y`` is
+``(n_samples,)`` int64 class labels in ``[0, n_classes)``; under ``task:
+regression`` it is float ``(n_samples,)`` for one target or ``(n_samples,
+n_targets)``, and the last layer's width is the number of targets.
+``sample_weight`` (optional everywhere) is ``(n_samples,)`` float, ``>= 0``.
 
-Losses (``m`` samples, output ``z`` of the last layer, one-hot targets ``t``):
+Losses (``m`` samples, output ``z`` of the last layer, which is affine with no
+activation; formulas, weights and sources in :mod:`nnlib.core.losses`):
 
 - ``cross_entropy``: ``mean_i -log softmax(z_i)[y_i]``
-- ``squared``: ``1/(2m) sum_i ||z_i - t_i||^2`` (linear output layer)
+- ``squared``: ``1/(2m) sum_i ||z_i - t_i||^2``, ``t_i`` the one-hot class or the targets
+- ``absolute``, ``huber`` (regression): ``1/m sum_i sum_j |r_ij|`` and Huber's ``h_delta(r_ij)``
 
-Both are optimised with the L2 penalty ``l2/2 * sum(W**2)`` over the weight
-matrices (not the biases). Reported losses are the data loss alone.
+With sample weights every mean is ``sum_i w_i l_i / sum_i w_i``. All are
+optimised with the L2 penalty ``l2/2 * sum(W**2)`` over the weight matrices
+(not the biases). Reported losses are the data loss alone.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnlib.core.params import DTYPE, LayerSpec, unpack
+from nnlib.core import metrics
+from nnlib.core.losses import CLASSIFICATION_LOSSES, loss_function
+from nnlib.core.params import LayerSpec, unpack
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -37,31 +45,8 @@ ACTIVATIONS = {
 }
 
 
-def _one_hot(y: np.ndarray, n_classes: int, dtype=DTYPE) -> np.ndarray:
-    t = np.zeros((y.shape[0], n_classes), dtype)
-    t[np.arange(y.shape[0]), y] = 1
-    return t
-
-
-def _cross_entropy(z, y):
-    """Return (mean loss, d loss / d z)."""
-    m = z.shape[0]
-    shifted = z - z.max(axis=1, keepdims=True)
-    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    loss = -log_p[np.arange(m), y].mean()
-    delta = np.exp(log_p)
-    delta[np.arange(m), y] -= 1
-    return float(loss), delta / m
-
-
-def _squared(z, y):
-    """Return (mean loss, d loss / d z)."""
-    m = z.shape[0]
-    diff = z - _one_hot(y, z.shape[1], z.dtype)
-    return float(0.5 * (diff * diff).sum() / m), diff / m
-
-
-LOSSES = {"cross_entropy": _cross_entropy, "squared": _squared}
+# the classification losses by name, ``(z, y) -> (mean loss, d loss / d z)``; all of them, weighted, in losses
+LOSSES = CLASSIFICATION_LOSSES
 
 
 @dataclass(frozen=True)
@@ -73,6 +58,12 @@ class ModelSpec:
     loss: str = "cross_entropy"
     l2: float = 0.0
     output_scale: float = 1.0  # multiplies the last layer's ``h @ W`` (not its bias): a sub-network's x G
+    task: str = "classification"  # or "regression": float targets, the last layer's width is their number
+    huber_delta: float = 1.0  # loss: huber's threshold, in the (standardised) units of the targets
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
 
 
 class NumpyModel:
@@ -81,32 +72,69 @@ class NumpyModel:
     A model (:class:`NumpyMLP`, :class:`nnlib.core.cnn.NumpyCNN`) adds
     ``predict_logits`` and ``loss_and_grad``. Stateless apart from the model
     spec; the update rules live in :mod:`nnlib.core.optim` and training loops
-    call ``loss_and_grad``.
+    call ``loss_and_grad``. ``sample_weight`` ``(n_samples,)`` and
+    ``weight_sum`` are the loss's weights and denominator
+    (:mod:`nnlib.core.losses`); ``None`` is the unweighted mean.
     """
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
         self._act, self._act_grad = ACTIVATIONS[spec.activation]
-        self._loss = LOSSES[spec.loss]
+        self._loss = loss_function(spec.task, spec.loss, spec.huber_delta)
 
     def predict_logits(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def predict(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Predicted class of every sample, ``(n_samples,)`` int64."""
+        """Predicted class of every sample, ``(n_samples,)`` int64; under regression the outputs,
+        ``(n_samples, n_targets)`` in ``flat``'s dtype (standardised units when the targets were)."""
+        if self.spec.regression:
+            return self.predict_logits(flat, x)
         return self.predict_logits(flat, x).argmax(axis=1)
 
-    def objective(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+    def objective(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
+                  weight_sum: float | None = None) -> float:
         """Data loss plus the L2 penalty: the function whose gradient ``loss_and_grad`` returns."""
-        loss, _ = self._loss(self.predict_logits(flat, x), y)
+        if sample_weight is None:
+            loss, _ = self._loss(self.predict_logits(flat, x), y)
+        else:
+            loss, _ = self._loss(self.predict_logits(flat, x), y, sample_weight, weight_sum)
         w = flat * self.spec.layers.weight_mask().astype(flat.dtype)
         return loss + 0.5 * self.spec.l2 * float(np.dot(w, w))
 
-    def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        """Return ``(mean data loss, accuracy in [0, 1])`` on ``(x, y)``."""
+    def data_loss_and_delta(self, z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None,
+                            weight_sum: float | None) -> tuple[float, np.ndarray]:
+        """The data loss of the outputs ``z`` ``(m, k)`` and its gradient ``(m, k)`` with respect to them."""
+        if sample_weight is None:
+            return self._loss(z, y)  # the unweighted path, unchanged
+        return self._loss(z, y, sample_weight, weight_sum)
+
+    def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray,
+                 sample_weight: np.ndarray | None = None) -> tuple[float, float]:
+        """Return ``(mean data loss, score)`` on ``(x, y)``, means weighted by ``sample_weight`` when given.
+
+        The score is the accuracy in ``[0, 1]``, or under regression R² averaged
+        over the targets (:func:`nnlib.core.metrics.finish_regression`; R² is the
+        same in standardised units as in the targets' own).
+        """
         z = self.predict_logits(flat, x)
-        loss, _ = self._loss(z, y)
-        return loss, float((z.argmax(axis=1) == y).mean())
+        loss, _ = self.data_loss_and_delta(z, y, sample_weight, None)
+        if self.spec.regression:
+            return loss, metrics.finish_regression(metrics.regression_sums(z, y, sample_weight)).r2
+        if sample_weight is None:
+            return loss, float((z.argmax(axis=1) == y).mean())
+        return loss, metrics.finish_classification(metrics.classification_sums(z.argmax(axis=1), y,
+                                                                               sample_weight)).accuracy
+
+
+    def score(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
+              target_mean=None, target_std=None, raw_target: np.ndarray | None = None):
+        """The block's :class:`nnlib.core.metrics.ClassificationSums` or ``RegressionSums`` (its loss sum, and its
+        metrics' sums in the targets' own units), as :func:`nnlib.core.metrics.block_sums` says."""
+        z = self.predict_logits(flat, x)
+        loss, _ = self.data_loss_and_delta(z, y, sample_weight, None)
+        return metrics.block_sums(self.spec.regression, z, y, loss, sample_weight, target_mean, target_std,
+                                  raw_target)
 
 
 class NumpyMLP(NumpyModel):
@@ -129,10 +157,11 @@ class NumpyMLP(NumpyModel):
         return self._forward(unpack(flat, self.spec.layers), x)[1:-1]
 
     def predict_logits(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Output of the last layer, ``(n_samples, n_classes)``."""
+        """Output of the last layer, ``(n_samples, n_classes)`` (``n_targets`` under regression)."""
         return self._forward(unpack(flat, self.spec.layers), x)[-1]
 
-    def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
+                      weight_sum: float | None = None) -> tuple[float, np.ndarray]:
         """Data loss on ``(x, y)`` and the gradient of loss + L2 penalty, flat ``(n_params,)``.
 
         The gradient is written straight into one flat vector (no per-layer
@@ -141,7 +170,7 @@ class NumpyMLP(NumpyModel):
         layers = self.spec.layers
         arrays = unpack(flat, layers)
         outs = self._forward(arrays, x)
-        loss, delta = self._loss(outs[-1], y)
+        loss, delta = self.data_loss_and_delta(outs[-1], y, sample_weight, weight_sum)
         grad = np.empty_like(flat)
         grads = unpack(grad, layers)
         scale = self.spec.output_scale

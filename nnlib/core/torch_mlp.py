@@ -16,7 +16,8 @@ base class does with it):
   stop, shape)`` each), are exactly the module's ``named_parameters()`` in
   order, followed by its floating-point ``named_buffers()`` in order (e.g.
   BatchNorm's running statistics); shapes must match one for one, else
-  ``ValueError`` at construction. Integer buffers (``num_batches_tracked``)
+  ``ValueError`` at construction. Under ``task: regression`` the outputs are
+  the predictions, ``(batch, n_targets)``. Integer buffers (``num_batches_tracked``)
   stay the module's own and do not travel.
 - The base class binds views of the flat tensor as the module's parameters
   (``torch.nn.Parameter`` over the view) and buffers, and implements
@@ -24,7 +25,7 @@ base class does with it):
   on the module: ``train()`` mode while training, ``eval()`` mode (and no
   graph) when scoring. Buffers change only through the module's own
   forward in training mode; the optimizer steps the parameters alone.
-- The loss is ``spec.loss`` (:func:`data_loss`) plus ``spec.l2 / 2`` times the
+- The loss is ``spec.loss`` of ``spec.task`` (:func:`data_loss`, sample-weighted when weights are given) plus ``spec.l2 / 2`` times the
   squared norm of ``spec.layers.weight_mask()``'s entries (weight arrays).
 - :meth:`TorchModel.train_steps` is the fast local loop, ``(params,
   opt_state, optimizer, x, y, batches, lr, start=None, proximal_mu=0.0) ->
@@ -49,18 +50,53 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnlib.core import metrics
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.torch_train import as_tensor, flat_stepper
 
 ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
 
 
-def data_loss(name: str, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The mean data loss ``name`` of the logits ``z`` (as :data:`nnlib.core.mlp.LOSSES` computes it)."""
-    if name == "cross_entropy":
-        return F.cross_entropy(z, y)
-    target = F.one_hot(y, z.shape[1]).to(z.dtype)
-    return 0.5 * ((z - target) ** 2).sum(dim=1).mean()
+def data_loss(name: str, z: torch.Tensor, y: torch.Tensor, sample_weight: torch.Tensor | None = None,
+              weight_sum: float | None = None, task: str = "classification", huber_delta: float = 1.0) -> torch.Tensor:
+    """The data loss ``name`` of the outputs ``z`` ``(m, k)``, as :mod:`nnlib.core.losses` computes it.
+
+    ``y``: ``(m,)`` int64 classes, or under ``task='regression'`` float
+    targets ``(m,)`` or ``(m, k)``. With ``sample_weight`` ``(m,)`` the loss
+    is ``sum_i w_i l_i / S``, ``S = weight_sum`` or ``sum_i w_i``; ``None``
+    is the unweighted mean, computed as before weights existed. Weights all 1
+    give the unweighted gradient bit for bit, and the same loss except for
+    ``cross_entropy``, whose unweighted mean torch sums in its own order
+    (within float32 rounding).
+    """
+    if task == "classification":
+        if sample_weight is None:
+            if name == "cross_entropy":
+                return F.cross_entropy(z, y)
+            target = F.one_hot(y, z.shape[1]).to(z.dtype)
+            return 0.5 * ((z - target) ** 2).sum(dim=1).mean()
+        if name == "cross_entropy":
+            per_row = F.cross_entropy(z, y, reduction="none")
+        else:
+            per_row = 0.5 * ((z - F.one_hot(y, z.shape[1]).to(z.dtype)) ** 2).sum(dim=1)
+    else:
+        target = y.reshape(z.shape[0], -1).to(z.dtype)
+        if name == "squared":
+            per_entry = 0.5 * (z - target) ** 2
+        elif name == "absolute":
+            per_entry = (z - target).abs()
+        elif name == "huber":
+            per_entry = F.huber_loss(z, target, reduction="none", delta=float(huber_delta))
+        else:
+            raise ValueError(f"loss for task regression must be one of squared, absolute, huber, got {name!r}")
+        per_row = per_entry.sum(dim=1)
+        if sample_weight is None:
+            return per_row.mean()
+    w = sample_weight.to(z.dtype)
+    s = w.sum() if weight_sum is None else weight_sum
+    if float(s) == 0:
+        return (per_row * 0).sum()  # a zero loss whose gradient is zero
+    return (per_row * w).sum() / s
 
 
 class TorchModel:
@@ -136,12 +172,15 @@ class TorchModel:
 
     # -- the backend interface -----------------------------------------------------------------
 
-    def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray,
-                      update_buffers: bool = False) -> tuple[float, np.ndarray]:
+    def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, update_buffers: bool = False,
+                      sample_weight: np.ndarray | None = None,
+                      weight_sum: float | None = None) -> tuple[float, np.ndarray]:
         """Data loss on ``(x, y)`` and the gradient of loss + L2 penalty, flat ``(n_params,)`` in ``flat``'s dtype.
 
         ``x`` ``(batch, n_features)`` in ``flat``'s dtype, ``y`` ``(batch,)``
-        int64. The training forward's new buffer values (BatchNorm's running
+        int64 (float ``(batch,)`` or ``(batch, n_targets)`` under regression);
+        ``sample_weight`` ``(batch,)`` and ``weight_sum`` as :func:`data_loss`
+        says. The training forward's new buffer values (BatchNorm's running
         statistics) go to a copy, or with ``update_buffers`` to ``flat``'s
         buffer entries (a synchronous round's mapper keeps its own); their
         gradient entries are 0.
@@ -157,10 +196,12 @@ class TorchModel:
         grad = torch.zeros_like(w)
         module = self.bind(w, grad).train()
         xt, yt = as_tensor(x), as_tensor(y)
+        wt = None if sample_weight is None else as_tensor(np.asarray(sample_weight))
         if device is not None:
             self._place_other_buffers(module, device)
             xt, yt = xt.to(device, copy=True), yt.to(device, copy=True)
-        loss = data_loss(self.spec.loss, module(xt), yt)
+            wt = None if wt is None else wt.to(device, copy=True)
+        loss = self._data_loss(module(xt), yt, wt, weight_sum)
         loss.backward()
         self._penalty_grad(grad, w.detach())
         if device is not None:
@@ -180,17 +221,44 @@ class TorchModel:
             return torch.cat([module(xt[i:i + self.eval_chunk]) for i in range(0, max(len(x), 1), self.eval_chunk)])
 
     def predict(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Predicted class of every sample, ``(n_samples,)`` int64."""
+        """Predicted class of every sample, ``(n_samples,)`` int64; under regression the outputs,
+        ``(n_samples, n_targets)`` in ``flat``'s dtype."""
+        if self.spec.regression:
+            return self.predict_logits(flat, x).numpy()
         return self.predict_logits(flat, x).argmax(dim=1).numpy()
 
-    def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        """Return ``(mean data loss, accuracy in [0, 1])`` on ``(x, y)``."""
+    def _data_loss(self, z: torch.Tensor, y: torch.Tensor, sample_weight: torch.Tensor | None = None,
+                   weight_sum: float | None = None) -> torch.Tensor:
+        return data_loss(self.spec.loss, z, y, sample_weight, weight_sum, self.spec.task, self.spec.huber_delta)
+
+    def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray,
+                 sample_weight: np.ndarray | None = None) -> tuple[float, float]:
+        """Return ``(mean data loss, score)`` on ``(x, y)``, as :meth:`nnlib.core.mlp.NumpyModel.evaluate`: the
+        score is the accuracy in ``[0, 1]``, or R² averaged over the targets under regression."""
         z, yt = self.predict_logits(flat, x), as_tensor(y)
-        return float(data_loss(self.spec.loss, z, yt)), float((z.argmax(dim=1) == yt).double().mean())
+        if sample_weight is None and not self.spec.regression:
+            return float(data_loss(self.spec.loss, z, yt)), float((z.argmax(dim=1) == yt).double().mean())
+        wt = None if sample_weight is None else as_tensor(np.asarray(sample_weight))
+        loss = float(self._data_loss(z, yt, wt))
+        if self.spec.regression:
+            return loss, metrics.finish_regression(metrics.regression_sums(z.numpy(), y, sample_weight)).r2
+        return loss, metrics.finish_classification(metrics.classification_sums(z.argmax(dim=1).numpy(), y,
+                                                                               sample_weight)).accuracy
+
+    def score(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
+              target_mean=None, target_std=None, raw_target: np.ndarray | None = None):
+        """The block's metric sums, as :meth:`nnlib.core.mlp.NumpyModel.score`."""
+        z = self.predict_logits(flat, x)
+        wt = None if sample_weight is None else as_tensor(np.asarray(sample_weight))
+        loss = float(self._data_loss(z, as_tensor(y), wt))
+        return metrics.block_sums(self.spec.regression, z.numpy(), y, loss, sample_weight, target_mean,
+                                  target_std, raw_target)
 
     def train_steps(self, params: np.ndarray, opt_state: np.ndarray | None, optimizer, x: np.ndarray,
                     y: np.ndarray, batches: Sequence[np.ndarray], lr: float | Sequence[float],
-                    start: np.ndarray | None = None, proximal_mu: float = 0.0) -> float:
+                    start: np.ndarray | None = None, proximal_mu: float = 0.0,
+                    sample_weight: np.ndarray | None = None,
+                    weight_sums: Sequence[float] | None = None) -> float:
         """One local round: a step of ``optimizer`` per index array of ``batches``; returns the loss sum.
 
         ``params`` ``(n_params,)`` and ``opt_state`` (the optimizer's flat
@@ -200,7 +268,11 @@ class TorchModel:
         or one per step. ``proximal_mu > 0`` adds FedProx's
         ``mu * (w - start)`` to every gradient (``start`` ``(n_params,)``).
         The returned loss sum is ``sum over steps of data loss * batch size``
-        (float64), as the numpy loop sums it.
+        (float64), as the numpy loop sums it. With ``sample_weight`` ``(n,)``
+        step ``s``'s loss is ``sum w_i l_i / weight_sums[s]`` (see
+        :func:`nnlib.core.train.local_sgd`) and the loss sum is ``sum over
+        steps of data loss * weight_sums[s]``. Under regression ``y`` is float
+        ``(n,)`` or ``(n, n_targets)``.
         """
         lrs = [float(lr)] * len(batches) if np.ndim(lr) == 0 else [float(r) for r in lr]
         device = self.train_device()
@@ -217,18 +289,28 @@ class TorchModel:
         state = None if host_state is None else on(host_state)
         step, finish = flat_stepper(optimizer, w_trained, state, len(params))
         xt = on(as_tensor(x if x.dtype == params.dtype else x.astype(params.dtype)))
-        yt = on(as_tensor(y if y.dtype == np.int64 else y.astype(np.int64)))
+        if self.spec.regression:
+            yt = on(as_tensor(y if y.dtype == params.dtype else y.astype(params.dtype)))
+        else:
+            yt = on(as_tensor(y if y.dtype == np.int64 else y.astype(np.int64)))
+        sw = None if sample_weight is None else on(as_tensor(np.asarray(sample_weight, params.dtype)))
         mask = on(as_tensor(self._mask_np)[:n_trained].to(w.dtype)) if self.spec.l2 else None
         l2 = float(self.spec.l2)
         anchor = None if not proximal_mu else on(as_tensor(start)[:n_trained])
         mu = float(np.float32(proximal_mu))
-        loss_name = self.spec.loss
+        loss_name, task, delta = self.spec.loss, self.spec.task, self.spec.huber_delta
+        scales = [len(idx) for idx in batches] if sw is None else [float(s) for s in weight_sums]
         loss_sum = 0.0
         losses = []  # on a device: the step losses stay there until the round ends (no wait on it each step)
-        for idx, rate in zip(batches, lrs):
+        for b, (idx, rate) in enumerate(zip(batches, lrs)):
             it = on(as_tensor(idx))
             grad.zero_()
-            loss = data_loss(loss_name, module(xt.index_select(0, it)), yt.index_select(0, it))
+            if sw is None:
+                loss = data_loss(loss_name, module(xt.index_select(0, it)), yt.index_select(0, it), task=task,
+                                 huber_delta=delta)
+            else:
+                loss = data_loss(loss_name, module(xt.index_select(0, it)), yt.index_select(0, it),
+                                 sw.index_select(0, it), scales[b], task, delta)
             loss.backward()
             with torch.no_grad():
                 if mask is not None:
@@ -237,7 +319,7 @@ class TorchModel:
                     g_trained.add_(w_trained - anchor, alpha=mu)
                 step(g_trained, rate)
             if device is None:
-                loss_sum += float(loss.detach()) * len(idx)
+                loss_sum += float(loss.detach()) * scales[b]
             else:
                 losses.append(loss.detach())
         finish()
@@ -246,8 +328,8 @@ class TorchModel:
             if host_state is not None:
                 host_state.copy_(state.cpu())
             self._place_other_buffers(module, torch.device("cpu"))
-            for loss, idx in zip(torch.stack(losses).cpu().tolist() if losses else [], batches):
-                loss_sum += loss * len(idx)
+            for loss, scale in zip(torch.stack(losses).cpu().tolist() if losses else [], scales):
+                loss_sum += loss * scale
         return loss_sum
 
     def train_device(self) -> torch.device | None:

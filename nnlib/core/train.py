@@ -69,13 +69,37 @@ class LocalUpdate:
     params: np.ndarray           # (n_params,) float32
     opt_state: np.ndarray | None  # the optimizer's state, e.g. the momentum buffer
     n_samples: int               # size of the shard
-    train_loss: float            # mean data loss over the round's batches
+    train_loss: float            # mean data loss over the round's batches, weighted by the sample weights
     steps: int                   # mini-batch steps taken
+    total_weight: float = 0.0    # the shard's sum of sample weights (n_samples without weights): combine: weighted
+
+
+def batch_weight_sums(sample_weight: np.ndarray, batches: list[np.ndarray]) -> list[float]:
+    """The loss denominator of each mini-batch: its size times the shard's mean weight (float64).
+
+    So a step's loss is the batch mean of ``w_i * l_i`` with the weights
+    rescaled to mean 1 over the shard; :mod:`nnlib.core.losses` says why a
+    batch is not normalised by its own weight sum. All weights 1 give the
+    batch sizes exactly; a shard of total weight 0 gives 0 (zero losses and
+    gradients).
+    """
+    mean_weight = float(np.sum(sample_weight, dtype=np.float64)) / max(len(sample_weight), 1)
+    return [len(idx) * mean_weight for idx in batches]
 
 
 def local_sgd(backend, params, opt_state, optimizer, x, y, schedule: LocalSchedule, lr: float,
-              rng: np.random.Generator, proximal_mu: float = 0.0) -> LocalUpdate:
+              rng: np.random.Generator, proximal_mu: float = 0.0,
+              sample_weight: np.ndarray | None = None) -> LocalUpdate:
     """Train a copy of ``params`` on the shard ``(x, y)`` for one round of ``schedule``.
+
+    ``x`` ``(n, n_features)``; ``y`` ``(n,)`` int64 classes, or float targets
+    ``(n,)`` / ``(n, n_targets)`` under regression; ``sample_weight``
+    ``(n,)`` float ``>= 0`` or ``None``. With weights, step ``s`` minimises
+    ``sum_{i in batch} w_i l_i / (len(batch) * mean(w))``
+    (:func:`batch_weight_sums`), and ``train_loss`` is the weighted mean of
+    the losses seen, ``sum_s loss_s * S_s / sum_s sum_{i in batch s} w_i``
+    (0 when every weight seen is 0). ``None`` runs the unweighted code; all
+    weights 1 give the same bits.
 
     ``proximal_mu > 0`` is FedProx: the objective gains ``(mu/2) * ||w - w0||^2``
     around the round's starting weights ``w0``, so the gradient gains
@@ -91,22 +115,42 @@ def local_sgd(backend, params, opt_state, optimizer, x, y, schedule: LocalSchedu
     mu = params.dtype.type(proximal_mu)
     params = params.copy()
     opt_state = None if opt_state is None else opt_state.copy()
-    seen = sum(len(b) for b in batches)
+    if sample_weight is None:
+        seen, sums, total_weight = sum(len(b) for b in batches), None, float(len(y))
+    else:
+        sums = batch_weight_sums(sample_weight, batches)
+        seen = sum(float(np.sum(sample_weight[b], dtype=np.float64)) for b in batches)
+        total_weight = float(np.sum(sample_weight, dtype=np.float64))
+
+    def mean_loss(loss_sum: float) -> float:
+        if sample_weight is None:
+            return loss_sum / max(seen, 1)
+        return loss_sum / seen if seen > 0 else 0.0
+
     fast = getattr(backend, "train_steps", None)
     if fast is not None:  # the backend's own loop (torch: one flat tensor for the whole round)
-        loss_sum = fast(params, opt_state, optimizer, x, y, batches, lr, start=start, proximal_mu=proximal_mu)
-        return LocalUpdate(params, opt_state, len(y), loss_sum / max(seen, 1), len(batches))
+        if sample_weight is None:
+            loss_sum = fast(params, opt_state, optimizer, x, y, batches, lr, start=start, proximal_mu=proximal_mu)
+        else:
+            loss_sum = fast(params, opt_state, optimizer, x, y, batches, lr, start=start, proximal_mu=proximal_mu,
+                            sample_weight=sample_weight, weight_sums=sums)
+        return LocalUpdate(params, opt_state, len(y), mean_loss(loss_sum), len(batches), total_weight)
     loss_sum = 0.0
 
     def gradient(w, step):
         nonlocal loss_sum
         idx = batches[step]
-        loss, grad = backend.loss_and_grad(w, x[idx], y[idx])
-        loss_sum += loss * len(idx)
+        if sums is None:
+            loss, grad = backend.loss_and_grad(w, x[idx], y[idx])
+            loss_sum += loss * len(idx)
+        else:
+            loss, grad = backend.loss_and_grad(w, x[idx], y[idx], sample_weight=sample_weight[idx],
+                                               weight_sum=sums[step])
+            loss_sum += loss * sums[step]
         if proximal_mu:
             grad += mu * (w - start)
         return grad
 
     with np.errstate(all="ignore"):  # divergence is reported by the caller, by round and mapper
         run_steps(params, opt_state, optimizer, [lr] * len(batches), gradient)
-    return LocalUpdate(params, opt_state, len(y), loss_sum / max(seen, 1), len(batches))
+    return LocalUpdate(params, opt_state, len(y), mean_loss(loss_sum), len(batches), total_weight)
