@@ -312,3 +312,38 @@ def test_unknown_tasks_losses_and_deltas_are_refused_by_name():
         losses.loss_function("regression", "huber", 0)
     with pytest.raises(ValueError, match="loss for task classification"):
         NumpyMLP(ModelSpec(LayerSpec((2, 2)), loss="huber"))
+
+
+@needs_torch
+def test_a_module_of_the_wrong_width_for_the_targets_is_one_line_naming_them():
+    from nnlib.core.module_spec import module_spec
+    from nnlib.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        module_spec("user_models.tiny:make", {"hidden": 4, "batch_norm": False, "n_classes": 3}, (64,), 2,
+                    task="regression")
+    assert str(caught.value) == ("model.module: user_models.tiny:make must map a (2, 64) batch to (2, 2) outputs "
+                                 "(one per target), got (2, 3)")
+
+
+@needs_torch
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("task, name", CASES)
+def test_the_torch_round_with_weights_equals_the_numpy_round(task, name, model):
+    """float32, mini-batches, momentum: torch's own loop (train_steps) against numpy's step-by-step loop."""
+    k = 3 if task == "regression" else 4
+    layers = LayerSpec((16, 6, k)) if model == "mlp" else ConvSpec((1, 4, 4), (3,), 3, k)
+    spec = ModelSpec(layers, "relu", name, l2=0.01, task=task, huber_delta=DELTA)
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(45, 16)).astype(np.float32)
+    y = rng.integers(0, k, 45) if task == "classification" else rng.normal(size=(45, k)).astype(np.float32)
+    w = rng.uniform(0, 3, 45).astype(np.float32)
+    flat = init_params(layers, 3)
+    optimizer = SGD(momentum=0.9)
+    outs = [local_sgd(get_backend(b, spec), flat, optimizer.init_state(flat), optimizer, x, y,
+                      LocalSchedule(batch_size=10, local_epochs=2), 0.05, np.random.default_rng(0), sample_weight=w)
+            for b in ("numpy", "torch")]
+    np.testing.assert_allclose(outs[0].params, outs[1].params, atol=1e-5)
+    np.testing.assert_allclose(outs[0].opt_state, outs[1].opt_state, atol=1e-5)
+    assert outs[0].train_loss == pytest.approx(outs[1].train_loss, rel=1e-5)
+    assert np.abs(outs[0].params - flat).max() > 1e-3

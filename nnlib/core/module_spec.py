@@ -4,7 +4,8 @@
 called with ``model.kwargs``, returns an ``nn.Module`` mapping a float32 batch
 ``(n, *input_shape)`` (``data.image_shape`` as ``(C, H, W)``, else
 ``(n_features,)``) to ``(n, n_classes)`` outputs (logits for
-``cross_entropy``).
+``cross_entropy``); under ``model.task: regression`` to ``(n, n_targets)``
+predictions (``n_classes`` then holds the number of targets).
 
 The flat float32 vector of :mod:`nnlib.core.params` holds, in order, the
 module's ``named_parameters()`` and then its floating-point
@@ -139,6 +140,7 @@ class ModuleSpec(Layout):
     n_classes: int
     search_path: str = field(default="", compare=False)
     device: str = field(default="cpu", compare=False)
+    task: str = field(default="classification", compare=False)  # names the outputs in messages only
 
     def build(self):
         """A new instance of the module (float32), initialised by torch's global generator."""
@@ -239,14 +241,17 @@ def check_module(spec: ModuleSpec, module) -> None:
         module.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, spec.n_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        each = "target" if spec.task == "regression" else "class"
         raise ConfigError(f"{KEY}: {spec.module} must map a (2, {', '.join(map(str, spec.input_shape))}) batch to "
-                          f"(2, {spec.n_classes}) outputs (one per class), got {got}")
+                          f"(2, {spec.n_classes}) outputs (one per {each}), got {got}")
 
 
-def module_spec(module: str, kwargs: dict | None, input_shape, n_classes: int, device: str = "cpu") -> ModuleSpec:
-    """The checked :class:`ModuleSpec` of ``model.module`` with ``model.kwargs`` (imports and builds it once)."""
+def module_spec(module: str, kwargs: dict | None, input_shape, n_classes: int, device: str = "cpu",
+                task: str = "classification") -> ModuleSpec:
+    """The checked :class:`ModuleSpec` of ``model.module`` with ``model.kwargs`` (imports and builds it once);
+    ``n_classes`` is the output width: the classes, or under ``task='regression'`` the targets."""
     _, root = import_callable(module)
     spec = ModuleSpec(module, canonical_kwargs(kwargs), tuple(int(s) for s in input_shape), int(n_classes),
-                      root, device)
+                      root, device, task)
     spec.shapes()  # builds and checks it: every error is raised here, on the driver
     return spec
