@@ -132,15 +132,19 @@ class Run:
 
 
 def resolve(conf: str | Path | Config | None = None,
-            overrides: Mapping[str, Any] | Sequence[str] | None = None, engine: str | None = None) -> Config:
+            overrides: Mapping[str, Any] | Sequence[str] | None = None, engine: str | None = None,
+            overrides_source: str = "overrides") -> Config:
     """The config of a run: ``conf`` (a conf file, a :class:`Config`, or None for the defaults), then
-    ``overrides`` (``{"train.rounds": 3}`` or ``["train.rounds=3"]``), then ``engine`` (a name)."""
+    ``overrides`` (``{"train.rounds": 3}`` or ``["train.rounds=3"]``), then ``engine`` (a name). An error names
+    a bad value's source: ``overrides_source`` (the API's ``overrides``; ``--set`` from the command line) or
+    the conf file."""
     items = as_overrides(overrides) + ([f"engine={engine}"] if engine is not None else [])
     if isinstance(conf, Config):
         from nnlib.config import build_config
 
-        return build_config(conf.to_dict(), items, source="the given Config") if items else conf
-    return load_config(None if conf is None else str(conf), items)
+        return build_config(conf.to_dict(), items, source="the given Config",
+                            overrides_source=overrides_source) if items else conf
+    return load_config(None if conf is None else str(conf), items, overrides_source)
 
 
 def as_overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
@@ -174,7 +178,8 @@ def _after(first: str, log: Callable[[str], None]) -> Callable[[str], None]:
 
 
 def resume_config(out: str | Path, conf: str | Path | Config | None = None,
-                  overrides: Mapping[str, Any] | Sequence[str] | None = None, engine: str | None = None) -> Config:
+                  overrides: Mapping[str, Any] | Sequence[str] | None = None, engine: str | None = None,
+                  overrides_source: str = "overrides") -> Config:
     """The config of a resume into ``out``: ``conf`` (default: the run's ``out/config.yaml``), then
     ``overrides``, then ``engine``.
 
@@ -186,7 +191,7 @@ def resume_config(out: str | Path, conf: str | Path | Config | None = None,
     """
     saved_file = Path(out) / "config.yaml"
     if not saved_file.is_file():
-        return resolve(conf, overrides, engine)
+        return resolve(conf, overrides, engine, overrides_source)
     saved = build_config(read_yaml(saved_file), source=str(saved_file))
     items = as_overrides(overrides) + ([f"engine={engine}"] if engine is not None else [])
     if isinstance(conf, Config):
@@ -195,7 +200,7 @@ def resume_config(out: str | Path, conf: str | Path | Config | None = None,
         base, source = read_layered(conf), str(conf)
     else:
         base, source = read_yaml(saved_file), str(saved_file)
-    requested = with_absolute_paths(build_config(base, items, source=source))
+    requested = with_absolute_paths(build_config(base, items, source=source, overrides_source=overrides_source))
     if requested.engine == "mpi":  # one mapper per rank, as many as the run had (the ranks check it)
         requested = requested.model_copy(update={"mappers": saved.mappers})
     differ = [k for k in diff_keys(saved, requested) if not may_change_on_resume(k)]

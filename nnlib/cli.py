@@ -102,7 +102,7 @@ def resolve_config(args: argparse.Namespace):
         return load_config(args.conf, args.overrides)
     if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise ConfigError(f"--resume {args.resume} writes to that directory; --out {args.out} names another")
-    return resume_config(args.resume, args.conf, args.overrides)
+    return resume_config(args.resume, args.conf, args.overrides, overrides_source="--set")
 
 
 def run_arguments(args: argparse.Namespace) -> list[str]:

@@ -42,6 +42,15 @@ def _yaml(text: str):
 SYNC_ENGINES = ("local", "mpi", "spark")  # engines that can average gradients every mini-batch
 
 
+class Invalid(ValueError):
+    """A validator's refusal, with the dotted keys whose values it weighs: an error then names where each of
+    those values came from (``--set``, the conf file, the API's overrides), not only the conf file."""
+
+    def __init__(self, keys: tuple[str, ...], message: str):
+        super().__init__(message)
+        self.keys = keys
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -69,18 +78,21 @@ class DataConfig(_Section):
     @model_validator(mode="after")
     def _one_way_to_choose_features(self):
         if self.features_column is not None and (self.feature_columns is not None or self.drop_columns):
-            raise ValueError("data.features_column names one list column holding the features; "
-                             "data.feature_columns and data.drop_columns choose among separate columns: "
-                             f"use one or the other, got data.features_column={self.features_column!r}")
+            raise Invalid(("data.features_column", "data.feature_columns", "data.drop_columns"),
+                          "data.features_column names one list column holding the features; "
+                          "data.feature_columns and data.drop_columns choose among separate columns: "
+                          f"use one or the other, got data.features_column={self.features_column!r}")
         if self.feature_columns is not None and not self.feature_columns:
-            raise ValueError("data.feature_columns: list at least one column, got []")
+            raise Invalid(("data.feature_columns",),
+                          "data.feature_columns: list at least one column, got []")
         return self
 
     @model_validator(mode="after")
     def _image_shape_is_an_image(self):
         shape = self.image_shape
         if shape is not None and (len(shape) not in (2, 3) or min(shape) < 1):
-            raise ValueError(f"data.image_shape: [H, W] or [C, H, W] of sizes >= 1, got {shape}")
+            raise Invalid(("data.image_shape",),
+                          f"data.image_shape: [H, W] or [C, H, W] of sizes >= 1, got {shape}")
         return self
 
 
@@ -102,29 +114,35 @@ class ModelConfig(_Section):
     def _module_is_torch(cls, data):
         if isinstance(data, dict) and data.get("type") == "module":
             if data.get("backend", "torch") != "torch":
-                raise ValueError(f"model.type=module trains a torch.nn.Module and needs model.backend=torch "
-                                 f"(its default), got model.backend={data['backend']!r}")
+                raise Invalid(("model.type", "model.backend"),
+                              f"model.type=module trains a torch.nn.Module and needs model.backend=torch "
+                              f"(its default), got model.backend={data['backend']!r}")
             data = {**data, "backend": "torch"}
         return data
 
     @model_validator(mode="after")
     def _module_is_named(self):
         if self.type == "module" and not self.module:
-            raise ValueError("model.type=module needs model.module: 'package.module:callable' (a class or function "
-                             "returning a torch.nn.Module), e.g. examples.models.small_resnet:make")
+            raise Invalid(("model.type", "model.module"),
+                          "model.type=module needs model.module: 'package.module:callable' (a class or function "
+                          "returning a torch.nn.Module), e.g. examples.models.small_resnet:make")
         if self.module is not None and self.type != "module":
-            raise ValueError(f"model.module is read with model.type=module, got model.type={self.type}")
+            raise Invalid(("model.module", "model.type"),
+                          f"model.module is read with model.type=module, got model.type={self.type}")
         return self
 
     @model_validator(mode="after")
     def _hidden_positive(self):
         bad = [h for h in self.hidden if h < 1]
         if bad:
-            raise ValueError(f"model.hidden: every layer size must be >= 1, got {self.hidden}")
+            raise Invalid(("model.hidden",),
+                          f"model.hidden: every layer size must be >= 1, got {self.hidden}")
         if not self.channels or min(self.channels) < 1:
-            raise ValueError(f"model.channels: one or more channel counts >= 1, got {self.channels}")
+            raise Invalid(("model.channels",),
+                          f"model.channels: one or more channel counts >= 1, got {self.channels}")
         if self.kernel % 2 == 0:
-            raise ValueError(f"model.kernel: must be odd (padded to keep the map's size), got {self.kernel}")
+            raise Invalid(("model.kernel",),
+                          f"model.kernel: must be odd (padded to keep the map's size), got {self.kernel}")
         return self
 
 
@@ -197,18 +215,21 @@ class SparkConfig(_Section):
     @model_validator(mode="after")
     def _task_gpus_as_spark_takes_them(self):
         if self.task_gpus is not None and self.task_gpus > 0.5 and self.task_gpus % 1:  # Spark's own rule
-            raise ValueError(f"spark.task_gpus: must be a whole number or a fraction <= 0.5 (0.25: four tasks "
-                             f"share a GPU), got {self.task_gpus}")
+            raise Invalid(("spark.task_gpus",),
+                          f"spark.task_gpus: must be a whole number or a fraction <= 0.5 (0.25: four tasks "
+                          f"share a GPU), got {self.task_gpus}")
         return self
 
     @model_validator(mode="after")
     def _master_is_a_master_url(self):
         if self.master is not None and not SPARK_MASTER.fullmatch(self.master):  # else the JVM prints its stack trace and exits
-            raise ValueError(f"spark.master: must be local, local[N], local[*], local[N,F], spark://HOST:PORT, yarn "
-                             f"or k8s://HOST:PORT, got {self.master!r}")
+            raise Invalid(("spark.master",),
+                          f"spark.master: must be local, local[N], local[*], local[N,F], spark://HOST:PORT, yarn "
+                          f"or k8s://HOST:PORT, got {self.master!r}")
         if self.remote is not None and not SPARK_REMOTE.fullmatch(self.remote):
-            raise ValueError("spark.remote: must be sc://HOST:PORT (a Spark Connect server) or local[N], got "
-                             f"{redact_url(self.remote)!r}")
+            raise Invalid(("spark.remote",),
+                          "spark.remote: must be sc://HOST:PORT (a Spark Connect server) or local[N], got "
+                          f"{redact_url(self.remote)!r}")
         return self
 
 
@@ -265,7 +286,8 @@ class Config(_Section):
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self):
         if self.train.optimizer == "nesterov" and self.train.momentum == 0:
-            raise ValueError("train.optimizer=nesterov needs train.momentum > 0, got 0")
+            raise Invalid(("train.optimizer", "train.momentum"),
+                          "train.optimizer=nesterov needs train.momentum > 0, got 0")
         return self
 
     @model_validator(mode="after")
@@ -274,38 +296,45 @@ class Config(_Section):
             return self
         g = 1 if self.split.method == "none" else (self.split.groups or self.mappers)
         if self.train.rounds < 2:
-            raise ValueError("combine=split trains the whole network for train.rounds - 1 rounds, then the "
-                             f"sub-networks for one: train.rounds must be >= 2, got {self.train.rounds}")
+            raise Invalid(("combine", "train.rounds"),
+                          "combine=split trains the whole network for train.rounds - 1 rounds, then the "
+                          f"sub-networks for one: train.rounds must be >= 2, got {self.train.rounds}")
         if not self.model.hidden or min(self.model.hidden) < g:
-            raise ValueError(f"combine=split cuts every hidden layer into {g} groups; model.hidden="
-                             f"{self.model.hidden} has a layer with fewer units")
+            raise Invalid(("combine", "model.hidden", "split.groups", "split.method"),
+                          f"combine=split cuts every hidden layer into {g} groups; model.hidden="
+                          f"{self.model.hidden} has a layer with fewer units")
         if self.mappers % g:
-            raise ValueError(f"combine=split: mappers ({self.mappers}) must be a multiple of split.groups ({g}), "
-                             "so that every sub-network has its mappers")
+            raise Invalid(("combine", "mappers", "split.groups"),
+                          f"combine=split: mappers ({self.mappers}) must be a multiple of split.groups ({g}), "
+                          "so that every sub-network has its mappers")
         return self
 
     @model_validator(mode="after")
     def _patience_needs_a_validation_split(self):
         if self.train.patience is not None and self.data.validation_fraction == 0:
-            raise ValueError(f"train.patience={self.train.patience} stops on the validation loss and needs "
-                             "data.validation_fraction > 0 (e.g. 0.1), got 0")
+            raise Invalid(("train.patience", "data.validation_fraction"),
+                          f"train.patience={self.train.patience} stops on the validation loss and needs "
+                          "data.validation_fraction > 0 (e.g. 0.1), got 0")
         if self.train.lr_schedule == "cosine" and self.train.lr_min >= self.train.lr:
-            raise ValueError(f"train.lr_min must be below train.lr ({self.train.lr}) for the cosine schedule "
-                             f"to decay, got {self.train.lr_min}")
+            raise Invalid(("train.lr_schedule", "train.lr_min", "train.lr"),
+                          f"train.lr_min must be below train.lr ({self.train.lr}) for the cosine schedule "
+                          f"to decay, got {self.train.lr_min}")
         return self
 
     @model_validator(mode="after")
     def _device_needs_a_module(self):
         if self.train.device != "cpu" and self.model.type != "module":
-            raise ValueError(f"train.device={self.train.device} places a model.type=module on a GPU; "
-                             f"model.type={self.model.type} trains on the CPU: use train.device=cpu")
+            raise Invalid(("train.device", "model.type"),
+                          f"train.device={self.train.device} places a model.type=module on a GPU; "
+                          f"model.type={self.model.type} trains on the CPU: use train.device=cpu")
         return self
 
     @model_validator(mode="after")
     def _sub_networks_need_an_mlp(self):
         if self.model.type != "mlp" and self.combine in ("ist", "split"):
-            raise ValueError(f"combine={self.combine} splits an MLP's hidden units and needs model.type=mlp, "
-                             f"got model.type={self.model.type}")
+            raise Invalid(("combine", "model.type"),
+                          f"combine={self.combine} splits an MLP's hidden units and needs model.type=mlp, "
+                          f"got model.type={self.model.type}")
         return self
 
     @model_validator(mode="after")
@@ -313,11 +342,13 @@ class Config(_Section):
         if self.combine != "ist":
             return self
         if not self.model.hidden:
-            raise ValueError("combine=ist splits the hidden layers into one group per mapper; "
-                             "model.hidden=[] has none")
+            raise Invalid(("combine", "model.hidden"),
+                          "combine=ist splits the hidden layers into one group per mapper; "
+                          "model.hidden=[] has none")
         if min(self.model.hidden) < self.mappers:
-            raise ValueError(f"combine=ist gives each of the {self.mappers} mappers its own group of every hidden "
-                             f"layer; model.hidden={self.model.hidden} has a layer with fewer units than mappers")
+            raise Invalid(("combine", "mappers", "model.hidden"),
+                          f"combine=ist gives each of the {self.mappers} mappers its own group of every hidden "
+                          f"layer; model.hidden={self.model.hidden} has a layer with fewer units than mappers")
         return self
 
     @model_validator(mode="after")
@@ -326,8 +357,9 @@ class Config(_Section):
             return self
         what = "combine=gradient" if self.combine == "gradient" else f"train.sync_rounds={self.train.sync_rounds}"
         if self.engine not in SYNC_ENGINES:
-            raise ValueError(f"{what} syncs every mini-batch and needs engine local, mpi or spark, "
-                             f"got engine={self.engine}")
+            raise Invalid(("combine", "train.sync_rounds", "engine"),
+                          f"{what} syncs every mini-batch and needs engine local, mpi or spark, "
+                          f"got engine={self.engine}")
         return self
 
     @property
@@ -383,11 +415,40 @@ def _format_error(err: dict, where: str) -> str:
     return f"{where}config key '{key}': {err['msg']}, got {err['input']!r}"
 
 
-def _parse_override(item: str) -> list[tuple[str, Any]]:
+def _error_keys(err: dict) -> tuple[str, ...]:
+    """The dotted keys an error is about: a validator's :class:`Invalid` keys, else the field's own."""
+    error = err.get("ctx", {}).get("error")
+    if isinstance(error, Invalid):
+        return error.keys
+    return (".".join(str(p) for p in err["loc"]),)
+
+
+def _given(key: str, keys: dict[str, str]) -> str | None:
+    """Where ``key`` was given (``keys``: dotted key -> source), also when a section or a mapping holding it
+    was given whole (``spark.conf``), or None for a default."""
+    for given, source in keys.items():
+        if given == key or given.startswith(key + ".") or key.startswith(given + "."):
+            return source
+    return None
+
+
+def blame(keys: tuple[str, ...], overridden: dict[str, str], from_file: dict[str, str], source: str) -> str:
+    """The sources of the values an error weighs: each key's ``--set`` (or API) override first, else the conf
+    file that gave it (``from_file``: dotted key -> file, ``extends`` chains included), joined with 'and';
+    ``source`` when every one of them is a default."""
+    found = []
+    for key in keys:
+        where = _given(key, overridden) or _given(key, from_file)
+        if where is not None and where not in found:
+            found.append(where)
+    return " and ".join(found) if found else source
+
+
+def _parse_override(item: str, where: str = "--set") -> list[tuple[str, Any]]:
     """``[(dotted key, value)]`` of one ``--set key=value``; a section given a mapping
-    (``train={rounds: 2, lr: 0.05}``) sets each of its keys."""
+    (``train={rounds: 2, lr: 0.05}``) sets each of its keys. ``where`` names the overrides in errors."""
     if "=" not in item:
-        raise ConfigError(f"--set expects key=value (e.g. --set mappers=4), got {item!r}")
+        raise ConfigError(f"{where} expects key=value (e.g. --set mappers=4), got {item!r}")
     key, raw = item.split("=", 1)
     key = key.strip()
     try:
@@ -398,18 +459,19 @@ def _parse_override(item: str) -> list[tuple[str, Any]]:
         return [(key, value)]
     section_keys = [k for k in valid_keys() if k.startswith(key + ".")]
     if not section_keys:
-        raise ConfigError(f"--set: unknown config key '{key}'{suggest_key(key)}")
+        raise ConfigError(f"{where}: unknown config key '{key}'{suggest_key(key)}")
     if not isinstance(value, dict):
         example = section_keys[0].split(".")[-1]
-        raise ConfigError(f"--set: '{key}' is a section: set one of its keys ({key}.{example}=...) or give it a "
+        raise ConfigError(f"{where}: '{key}' is a section: set one of its keys ({key}.{example}=...) or give it a "
                           f"mapping ({key}={{{example}: ...}}), got {raw!r}")
     pairs = []
     for sub, sub_value in value.items():
         full = f"{key}.{sub}"
         if full not in valid_keys() and not any(k.startswith(full + ".") for k in valid_keys()):
-            raise ConfigError(f"--set: unknown config key '{full}'{suggest_key(full)}")
+            raise ConfigError(f"{where}: unknown config key '{full}'{suggest_key(full)}")
         pairs += ([(full, sub_value)] if full in valid_keys() or not isinstance(sub_value, dict)
-                  else _parse_override(f"{full}={yaml.safe_dump(sub_value, default_flow_style=True).strip()}"))
+                  else _parse_override(f"{full}={yaml.safe_dump(sub_value, default_flow_style=True).strip()}",
+                                       where))
     return pairs
 
 
@@ -446,20 +508,27 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return tree
 
 
-def build_config(tree: dict[str, Any], overrides: list[str] = (), source: str = "") -> Config:
-    """Validate a nested dict plus ``key=value`` overrides into a :class:`Config`."""
+def build_config(tree: dict[str, Any], overrides: list[str] = (), source: str = "",
+                 overrides_source: str = "--set", file_keys: dict[str, str] | None = None) -> Config:
+    """Validate a nested dict plus ``key=value`` overrides into a :class:`Config`.
+
+    An error names where the values it weighs came from: ``overrides_source``
+    (``--set``; ``overrides`` for the Python API) for an overridden key,
+    ``file_keys[key]`` (the conf file of an ``extends`` chain that set it)
+    for a key of ``tree``, else ``source`` (``tree``'s origin).
+    """
     tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
-    overridden = set()
+    overridden: dict[str, str] = {}
     for item in overrides:
-        for key, value in _parse_override(item):
+        for key, value in _parse_override(item, overrides_source):
             _set_dotted(tree, key, value)
-            overridden.add(key)
+            overridden[key] = overrides_source
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(_format_error(first, "--set" if key in overridden else source)) from None
+        in_tree = file_keys if file_keys is not None else {key: source for key in flatten(tree)}
+        raise ConfigError(_format_error(first, blame(_error_keys(first), overridden, in_tree, source))) from None
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -471,26 +540,37 @@ def _merge(base: dict, top: dict) -> dict:
 
 def read_layered(path: str | Path, seen: tuple = ()) -> dict[str, Any]:
     """Read a conf file and, first, the file its ``extends:`` key names (relative to it)."""
+    return read_layered_sources(path, seen)[0]
+
+
+def read_layered_sources(path: str | Path, seen: tuple = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """:func:`read_layered`'s tree and, for each dotted key it sets, the file of the chain that set it."""
     path = Path(path)
     tree = read_yaml(path)
     parent = tree.pop("extends", None)
+    own = {key: str(path) for key in flatten(tree)}
     if parent is None:
-        return tree
+        return tree, own
     if not isinstance(parent, str):
         raise ConfigError(f"config file {path}: 'extends' must name a conf file, got {parent!r}")
     parent_path = path.parent / parent
     if parent_path.resolve() in seen:
         raise ConfigError(f"config file {path}: 'extends: {parent}' makes a cycle")
-    return _merge(read_layered(parent_path, seen + (path.resolve(),)), tree)
+    base, base_keys = read_layered_sources(parent_path, seen + (path.resolve(),))
+    return _merge(base, tree), {**base_keys, **own}
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None, overrides: list[str] = (), overrides_source: str = "--set") -> Config:
     """Load ``path`` (its ``extends:`` chain first) and apply ``key=value`` overrides.
 
-    ``path=None`` means the built-in defaults of :class:`Config`.
+    ``path=None`` means the built-in defaults of :class:`Config`. An error
+    names the source of each value it weighs: ``overrides_source`` (``--set``
+    on the command line) for an override, else the conf file that set it.
     """
-    tree = read_layered(path) if path is not None else {}
-    return build_config(tree, overrides, source=str(path) if path else "")
+    if path is None:
+        return build_config({}, overrides, "", overrides_source)
+    tree, file_keys = read_layered_sources(path)
+    return build_config(tree, overrides, str(path), overrides_source, file_keys)
 
 
 def diff_keys(a: Config, b: Config) -> list[str]:

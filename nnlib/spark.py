@@ -142,7 +142,7 @@ class _NNParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol
             for section in sections:
                 node = node.setdefault(section, {})
             node[name] = self.getOrDefault(param)
-        return build_config(tree, as_overrides(conf), source=type(self).__name__)
+        return build_config(tree, as_overrides(conf), source=type(self).__name__, overrides_source="conf")
 
 
 class NNClassifier(Estimator, _NNParams, DefaultParamsReadable, DefaultParamsWritable):

@@ -189,7 +189,7 @@ def _open(settings: SessionSettings, min_slots: int, warn: Callable[[str], None]
             _warn_unapplied(settings, opened, warn)
             return opened
         if os.environ.get("SPARK_REMOTE"):
-            return _registered(_open_connect(os.environ["SPARK_REMOTE"], settings))
+            return _registered(_open_connect(os.environ["SPARK_REMOTE"], settings, SPARK_REMOTE_KEY))
         return _registered(_open_classic(settings, min_slots, warn))
 
 
@@ -282,20 +282,24 @@ CONNECT_PACKAGES = ("grpc", "grpc_status", "google.rpc", "zstandard")
 REACH_SECONDS = 5.0  # how long an sc:// server gets to accept a TCP connection before the run says so
 
 
-def _open_connect(remote: str, settings: SessionSettings) -> Opened:
+SPARK_REMOTE_KEY = "SPARK_REMOTE (environment variable)"  # how errors name a server that variable gave
+
+
+def _open_connect(remote: str, settings: SessionSettings, key: str = "spark.remote") -> Opened:
     """A Spark Connect session to ``remote`` (``sc://HOST:PORT[/;params]``, or ``local[N]``: a server of
-    pyspark's own jars started here, stopped with the session)."""
+    pyspark's own jars started here, stopped with the session); errors name ``key``, where ``remote`` came
+    from (``spark.remote``, or :data:`SPARK_REMOTE_KEY`)."""
     import importlib.util
 
     shown = redact(remote)
     missing = [p for p in CONNECT_PACKAGES if importlib.util.find_spec(p.split(".")[0]) is None]
     if missing:
-        raise EngineError(f"spark.remote {shown}: Spark Connect's client needs {', '.join(missing)}, not installed "
+        raise EngineError(f"{key} {shown}: Spark Connect's client needs {', '.join(missing)}, not installed "
                           "(pip install 'nnlib[connect]')")
     if remote.startswith("sc://"):
-        _check_reachable(remote, shown)
+        _check_reachable(remote, shown, key)
     elif not remote.startswith("local"):
-        raise EngineError(f"spark.remote: must be sc://HOST:PORT (a Spark Connect server) or local[N], got {shown!r}")
+        raise EngineError(f"{key}: must be sc://HOST:PORT (a Spark Connect server) or local[N], got {shown!r}")
     from pyspark.sql import SparkSession
 
     mine = _existing_connect(remote)
@@ -313,7 +317,7 @@ def _open_connect(remote: str, settings: SessionSettings) -> Opened:
             session = builder.create()
             session.version  # the first call to the server: a server that answers wrongly fails here
     except Exception as exc:  # noqa: BLE001  - gRPC's errors, a server that is not Spark Connect, ...
-        raise EngineError(f"spark.remote {shown}: could not open a Spark Connect session ({first_line(exc)})") from None
+        raise EngineError(f"{key} {shown}: could not open a Spark Connect session ({first_line(exc)})") from None
     if interrupted:
         session.stop()
         raise KeyboardInterrupt
@@ -339,7 +343,7 @@ def _host_port(remote: str) -> tuple[str, int]:
     return parsed.hostname or "localhost", parsed.port or 15002
 
 
-def _check_reachable(remote: str, shown: str) -> None:
+def _check_reachable(remote: str, shown: str, key: str = "spark.remote") -> None:
     """One line within seconds when nothing listens at an ``sc://`` URL (gRPC would retry for minutes)."""
     import socket
 
@@ -347,7 +351,7 @@ def _check_reachable(remote: str, shown: str) -> None:
     try:
         socket.create_connection((host, port), timeout=REACH_SECONDS).close()
     except OSError as exc:
-        raise EngineError(f"spark.remote {shown}: no Spark Connect server answers at {host}:{port} "
+        raise EngineError(f"{key} {shown}: no Spark Connect server answers at {host}:{port} "
                           f"({exc.strerror or exc}); start one, or check the host and port") from None
 
 
