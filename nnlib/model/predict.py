@@ -31,7 +31,7 @@ import numpy as np
 
 from nnlib.config import Config, build_config
 from nnlib.data import sources, tables
-from nnlib.errors import ConfigError, DataError
+from nnlib.errors import ConfigError, DataError, first_line
 from nnlib.model.model import CHUNK_ROWS, Model, softmax
 from nnlib.outputs import write_error
 
@@ -121,34 +121,173 @@ def _where(data: str) -> str:
     return f"DATA {data}"
 
 
-class TableColumns:
-    """Which columns of a table source are read, decided once from its column names."""
+# the columns nnlib predict writes beside the key: a key column of one of these names would be lost among them
+WRITTEN_COLUMNS = ("prediction", "probability")
+RESERVED_PREFIX = "_nnlib_"  # nnlib's own helper columns on Spark (the part, the row, the totals)
 
-    def __init__(self, model: Model, names: list[str], config: Config, data: str, key_required: bool):
+
+@dataclass(frozen=True)
+class Layout:
+    """A table source's columns as its schema tells them, read without its rows.
+
+    ``names`` in the table's order; ``lists``: the list columns and the values
+    a row of each holds (from a fixed-size list type, else the first row;
+    None where no row was read); ``other``: the columns that are neither
+    numbers nor lists, with their type as text.
+    """
+
+    names: tuple[str, ...]
+    lists: dict
+    other: dict
+
+
+def arrow_layout(schema, first_row=None) -> Layout:
+    """The :class:`Layout` of an Arrow schema; ``first_row()`` gives ``{list column: its length}`` of a row."""
+    import pyarrow as pa
+
+    lists, other = {}, {}
+    for field in schema:
+        t = field.type
+        if pa.types.is_fixed_size_list(t):
+            lists[field.name] = t.list_size
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            lists[field.name] = None
+        elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)):
+            other[field.name] = str(t)
+    unknown = [name for name, n in lists.items() if n is None]
+    if unknown and first_row is not None:
+        lists.update(first_row(unknown))
+    return Layout(tuple(schema.names), lists, other)
+
+
+def parquet_layout(files: list[Path], key: str = "DATA") -> Layout:
+    """The :class:`Layout` of a Parquet dataset's first file (its footer, and one row of its list columns)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    def first_row(columns: list[str]) -> dict:
+        for name in files:  # the first file holding a row
+            batch = next(pq.ParquetFile(name).iter_batches(batch_size=1, columns=columns), None)
+            if batch is not None and batch.num_rows:
+                return {c: pc.list_value_length(batch.column(c))[0].as_py() for c in columns}
+        return {}
+
+    try:
+        return arrow_layout(pq.read_schema(files[0]), first_row)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        raise DataError(f"{key}: {files[0]} is not a readable parquet file ({first_line(exc)})") from None
+
+
+def _names(names) -> str:
+    names = list(names)
+    return str(names) if len(names) <= 10 else f"{names[:10]} and {len(names) - 10} more"
+
+
+def trained_on(model: Model) -> str:
+    """What the model's features were when it was trained, for an error: a list column, named columns, or
+    a count alone (digits, .npz, IDX)."""
+    pre, n = model.header["preprocessing"], model.n_features
+    if pre.get("features_column"):
+        return f"the list column '{pre['features_column']}' of {n} values a row"
+    if model.feature_columns is not None:
+        return f"the {n} columns {_names(model.feature_columns)}"
+    return f"{n} features (a source without column names)"
+
+
+class TableColumns:
+    """Which columns of a table source are read, decided once from its column names (and, with ``layout``,
+    their types: a list column where separate columns are read, and the reverse, are told apart)."""
+
+    def __init__(self, model: Model, names: list[str], config: Config, data: str, key_required: bool,
+                 layout: Layout | None = None):
         d = config.data
         where = _where(data)
+        names = list(names)
+        lists = {} if layout is None else layout.lists
+        other = {} if layout is None else layout.other
         self.label = d.label_column if d.label_column in names else None
         self.features_column = d.features_column
         self.key = d.key_column if d.key_column in names else None
         if d.key_column is not None and self.key is None and key_required:
             raise DataError(f"data.key_column: {data} has no column '{d.key_column}' (columns are {names[:10]})")
+        if self.key in WRITTEN_COLUMNS:
+            raise DataError(f"data.key_column: '{self.key}' is also a column nnlib predict writes "
+                            f"({', '.join(WRITTEN_COLUMNS)}, beside the key); key the rows by another column "
+                            f"(--set data.key_column=NAME) or by their position (--set data.key_column=null)")
+        n = model.n_features
+        model_said = f"the model was trained on {trained_on(model)}"
         if d.features_column is not None:
             self.features = None
+            self._check_list_column(model, names, layout, d, where, model_said)
             return
         found = sources.feature_columns(names, self.label, self.key, d.feature_columns, d.drop_columns)
+        found_lists = [c for c in found if c in lists]
         expected = model.feature_columns
         if expected is None:  # a model trained on a source without column names: the count must agree
-            if len(found) != model.n_features:
+            if len(found) != n or found_lists:
                 raise DataError(f"{where} has {len(found)} feature columns {found[:10]}, the model takes "
-                                f"{model.n_features} features")
+                                f"{n} features; {model_said}{_list_fix(found_lists, lists, n)}")
+            self._check_numeric(found, other, where)
             self.features = found
             return
         missing = [c for c in expected if c not in found]
         extra = [c for c in found if c not in expected]
         if missing or extra:
+            if len(missing) == len(expected) and found_lists:
+                fix = _list_fix(found_lists, lists, n)
+            elif extra and not missing:
+                fix = f"; leave them out with --set data.drop_columns={_yaml_list(extra)}"
+                if self.label is None:
+                    fix += f" (or name the label column with --set data.label_column=...)"
+            else:
+                fix = ""
             raise DataError(f"{where}: its columns differ from the model's: missing {missing[:10]}, not in the model "
-                            f"{extra[:10]} (label column '{d.label_column}', key column {d.key_column!r})")
+                            f"{extra[:10]} (label column '{d.label_column}', key column {d.key_column!r}); "
+                            f"{model_said}{fix}")
+        self._check_numeric(expected, {**other, **{c: "a list" for c in lists}}, where)
         self.features = list(expected)
+
+    def _check_list_column(self, model: Model, names: list[str], layout: Layout | None, d, where: str,
+                           model_said: str) -> None:
+        """The features column ``d.features_column`` is in ``names``, holds lists (when ``layout`` tells the
+        types) of the model's number of values (when a row was read); else one line with the columns the file
+        has, what the model takes and the setting that reads them."""
+        column, n = d.features_column, model.n_features
+        if layout is None and column in names:
+            return  # the types are not known here (a Spark schema's names alone): the rows are checked as read
+        lists = {} if layout is None else layout.lists
+        other = {} if layout is None else layout.other
+        rest = sources.feature_columns(names, self.label, self.key)
+        separate = [c for c in rest if c not in lists and c not in other]  # what data.features_column=null reads
+        if column not in names:
+            problem = f"{where} has no list column '{column}' (data.features_column) to read the features from"
+        elif column not in lists:
+            problem = (f"{where}: features column '{column}' (data.features_column) must hold lists, got "
+                       f"{other.get(column, 'numbers')}")
+        elif lists[column] is not None and lists[column] != n:
+            problem = f"{where}: features column '{column}' holds {lists[column]} values a row, the model takes {n}"
+        else:
+            return
+        others = [c for c in lists if c != column and c in rest]
+        if others:
+            fix = _list_fix(others, lists, n)
+        elif len(separate) == n:
+            fix = (f"; to read its {n} columns {_names(separate)} as the features, --set "
+                   "data.features_column=null")
+        elif separate:
+            fix = (f"; with --set data.features_column=null its {len(separate)} columns {_names(separate)} would "
+                   f"be the features, the model takes {n} (choose them with data.feature_columns=[...])")
+        else:
+            fix = ""
+        raise DataError(f"{problem}; its {sources.columns_text(names)}; {model_said}{fix}")
+
+    @staticmethod
+    def _check_numeric(columns: list[str], other: dict, where: str) -> None:
+        for name in columns:
+            if name in other:
+                raise DataError(f"{where}: column '{name}' must be numeric, got {other[name]} (non-numeric cells)")
+
 
     def read(self) -> list[str]:
         """The columns to read, features first in the model's order."""
@@ -161,6 +300,19 @@ class TableColumns:
         x, y = sources.table_to_arrays(data, Path(path), "DATA", self.label, self.features_column)
         keys = table.column(self.key) if self.key is not None else np.arange(first_row, first_row + len(x))
         return Block(keys, x, y, first_row)
+
+
+def _yaml_list(names: list[str]) -> str:
+    return "[" + ",".join(names) + "]"
+
+
+def _list_fix(candidates: list[str], lists: dict, n: int) -> str:
+    """The setting that reads a list column of ``candidates`` holding ``n`` values a row (or of unknown length)
+    instead of separate columns, or ''."""
+    fitting = [c for c in candidates if lists.get(c) in (n, None)]
+    if not fitting:
+        return ""
+    return f"; to read the list column '{fitting[0]}' as the features, --set data.features_column={fitting[0]}"
 
 
 def blocks(model: Model, data: str, config: Config, key_required: bool = False) -> tuple[str, Iterator[Block]]:
@@ -180,13 +332,14 @@ def blocks(model: Model, data: str, config: Config, key_required: bool = False) 
         return ROW_COLUMN, iter([_array_block(model, x, y, data)])
     if tables.is_row_keyed(data):
         table = tables.ParquetSource.open(data, d.label_column, d.features_column, "DATA")
-        columns = TableColumns(model, list(table.column_names), config, data, key_required)
+        columns = TableColumns(model, list(table.column_names), config, data, key_required,
+                               parquet_layout([Path(f) for f in table.files]))
         return columns.key or ROW_COLUMN, _parquet_blocks(table, columns)
     path = Path(data)
     sources.check_exists(path, "DATA")
     if path.suffix.lower() == ".csv":
         table = sources.read_csv_table(path, "DATA")
-        columns = TableColumns(model, table.column_names, config, data, key_required)
+        columns = TableColumns(model, table.column_names, config, data, key_required, arrow_layout(table.schema))
         return columns.key or ROW_COLUMN, iter([columns.block(table.select(columns.read()), data, 0)])
     if path.suffix.lower() == ".npz":
         _no_key(d.key_column, data, key_required)
@@ -213,9 +366,118 @@ def _no_key(key_column: str | None, data: str, key_required: bool) -> None:
 def _array_block(model: Model, x, y, data: str) -> Block:
     x = np.asarray(x)
     x = x.reshape(len(x), -1) if x.ndim > 2 else x
-    if x.ndim == 2 and x.shape[1] != model.n_features:
-        raise DataError(f"{_where(data)} has {x.shape[1]} features, the model takes {model.n_features}")
+    if x.ndim == 2:
+        _check_count(model, x.shape[1], data)
     return Block(np.arange(len(x), dtype=np.int64), x, y, 0)
+
+
+def _check_count(model: Model, n_features: int, data: str) -> None:
+    if n_features != model.n_features:
+        raise DataError(f"{_where(data)} has {n_features} features, the model takes {model.n_features}; the model "
+                        f"was trained on {trained_on(model)}")
+
+
+def _npz_shapes(path: Path) -> dict | None:
+    """``{array name: shape}`` of an ``.npz`` file from its arrays' headers (no data read); None when the file
+    cannot be read so (the full reader then says why)."""
+    import zipfile
+
+    try:
+        shapes = {}
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if not name.endswith(".npy"):
+                    continue
+                with z.open(name) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shapes[name[:-4]] = read(f)[0]
+        return shapes
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+
+
+def check_layout(model: Model, data: str, config: Config, key_required: bool, parquet: bool = True,
+                 spark: bool = False) -> None:
+    """Check ``data``'s layout against ``model`` from what tells it cheaply: a Parquet footer and one row of
+    its list columns, a CSV header, an ``.npz`` file's array headers, an IDX header, the built-in sources'
+    sizes; raise the :class:`DataError` line :func:`blocks` would (the columns the file has, what the model
+    takes, the setting that reads them). Run before an engine's expensive start (a JVM) so such an error
+    costs the same on every engine.
+
+    ``parquet=False``: a Parquet path is left to the engine (a Spark Connect server reads its own
+    filesystem). A path or URI that is not on this machine is left to the engine too. ``spark``: also refuse
+    a column whose name nnlib's helper columns on Spark take (``_nnlib_*``).
+    """
+    d = config.data
+    if data in sources.BUILTIN:
+        _no_key(d.key_column, data, key_required)
+        _check_count(model, 64 if data == "digits" else d.n_features, data)
+        return
+    path = Path(data)
+    if tables.is_uri(data):
+        return
+    if tables.is_row_keyed(data):
+        files = sources.parquet_files(data)
+        files = ([path] if path.is_file() else []) if files is None else files
+        if not parquet or not files:
+            return
+        layout = parquet_layout(files)
+    elif path.suffix.lower() == ".csv":
+        sources.check_exists(path, "DATA")
+        layout = arrow_layout(_csv_schema(path))
+    elif path.suffix.lower() == ".npz":
+        sources.check_exists(path, "DATA")
+        _no_key(d.key_column, data, key_required)
+        shapes = _npz_shapes(path)
+        if shapes is not None and "x" in shapes and len(shapes["x"]) >= 2:
+            _check_count(model, int(np.prod(shapes["x"][1:])), data)
+        return
+    else:
+        if sources.is_idx(path) and path.is_file():
+            _no_key(d.key_column, data, key_required)
+            dims = _idx_dims(path)
+            if dims is not None and len(dims) >= 2:
+                _check_count(model, int(np.prod(dims[1:])), data)
+        return
+    if spark:
+        for name in layout.names:
+            if name.startswith(RESERVED_PREFIX):
+                raise DataError(f"{_where(data)}: column '{name}' takes a name nnlib keeps for its own columns on "
+                                f"Spark (names starting {RESERVED_PREFIX}); rename it")
+    TableColumns(model, list(layout.names), config, data, key_required, layout)
+
+
+def _csv_schema(path: Path):
+    """The schema of a CSV file's first block (its header and the types of the first rows)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    try:
+        if path.stat().st_size == 0:
+            return sources.read_csv_table(path, "DATA")  # says the file is empty
+        with pacsv.open_csv(path) as reader:
+            return reader.schema
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"DATA: {path} is not a well-formed CSV file ({first_line(exc)})") from None
+
+
+def _idx_dims(path: Path) -> tuple[int, ...] | None:
+    """The shape an IDX file's header states, or None when the header cannot be read (the reader says why)."""
+    import gzip
+
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] or head[1]:
+                return None
+            raw = f.read(4 * head[3])
+    except (OSError, EOFError):
+        return None
+    if len(raw) < 4 * head[3]:
+        return None
+    return tuple(int.from_bytes(raw[4 * i: 4 * i + 4], "big") for i in range(head[3]))
 
 
 def _parquet_blocks(table: tables.ParquetSource, columns: TableColumns) -> Iterator[Block]:

@@ -47,8 +47,8 @@ from nnlib.engines.spark.reader import _FILE, _ROW, SparkReader, split_parts
 from nnlib.errors import ConfigError, DataError, EngineError, NnlibError, first_line, python_failed, root_cause
 from nnlib.model import file as model_file
 from nnlib.model.model import Model
-from nnlib.model.predict import (OUT_SUFFIXES, Block, Prediction, Scores, TableColumns, blocks, check_out, pieces,
-                                  predict_config, prediction_table, score_block, _explicit_key)
+from nnlib.model.predict import (OUT_SUFFIXES, Block, Prediction, Scores, TableColumns, blocks, check_layout,
+                                  check_out, pieces, predict_config, prediction_table, score_block, _explicit_key)
 
 _MODELS: dict[tuple[str, str], Model] = {}  # (digest, backend) -> Model, in each Python worker
 _MAX_MODELS = 4  # models a worker keeps (a session may score with several)
@@ -294,6 +294,9 @@ def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), 
     settings = SessionSettings.from_config(config.spark)
     remote = connect_expected(settings)
     path = None if remote else check_out(out, overwrite)  # the client's filesystem, checked before Spark starts
+    # the source's layout against the model, from its footer or header: a mismatch costs no JVM start (a Connect
+    # server reads Parquet paths on its own filesystem, so those are left to it)
+    check_layout(model, data, config, _explicit_key(overrides), parquet=not remote, spark=True)
     quiet_query_context_logs(config.spark.log_level)
     opened = open_session(settings)
     session = opened.session
