@@ -199,18 +199,17 @@ def test_an_input_column_named_prediction_is_not_written_over_the_models(runs, t
     assert not np.array_equal(written.column("prediction").to_numpy(), theirs)
 
 
-def _spark_predict(*args: str, env_extra: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
-    """``nnlib predict ARGS --set engine=spark`` in a child process that says afterwards whether pyspark was
-    ever imported (a JVM cannot have started without it); JAVA_TOOL_OPTIONS set, so a JVM would also say so."""
-    import time
-
+def _spark_child(command: str, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """``nnlib COMMAND ARGS --set engine=spark`` in a child process that says afterwards whether pyspark was
+    ever imported (a JVM cannot have started without it)."""
     code = ("import sys; from nnlib.cli import main; rc = main(sys.argv[1:]); "
             "print('pyspark imported' if 'pyspark' in sys.modules else 'no pyspark'); sys.exit(rc)")
-    env = {**os.environ, "JAVA_TOOL_OPTIONS": os.environ.get("JAVA_TOOL_OPTIONS", "-Xss4m"), **(env_extra or {})}
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, "predict", *args, "--set", "engine=spark"],
-                          capture_output=True, text=True, env=env, timeout=300)
-    return proc, time.perf_counter() - start
+    return subprocess.run([sys.executable, "-c", code, command, *args, "--set", "engine=spark"],
+                          capture_output=True, text=True, env={**os.environ, **(env_extra or {})}, timeout=300)
+
+
+def _spark_predict(*args: str, env_extra: dict | None = None) -> tuple[subprocess.CompletedProcess, None]:
+    return _spark_child("predict", *args, env_extra=env_extra), None
 
 
 def test_on_spark_a_layout_mismatch_is_found_before_the_jvm_starts_with_the_local_line(runs, tmp_path, capsys):
@@ -252,6 +251,31 @@ def test_on_spark_a_uri_is_checked_by_spark_with_the_same_words_and_the_fix_give
     written = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("*.parquet"))]).sort_by("row")
     same = predictions(capsys, tmp / "list-run", tmp / "list.parquet", tmp_path / "q.parquet")
     assert written.column("prediction").to_pylist() == same.column("prediction").to_pylist()
+
+
+@pytest.mark.parametrize("engine", ["local", "mrjob", "spark"])
+def test_training_on_a_missing_or_wrong_features_column_names_the_files_columns_before_any_engine_starts(
+        runs, tmp_path, capsys, engine):
+    tmp, x, y = runs
+    quick = [a for item in ("mappers=2", "train.rounds=1", f"data.source={tmp / 'abc.parquet'}")
+             for a in ("--set", item)] + ["--quiet", "--out", str(tmp_path / "r")]
+    lines = []
+    for column in ("features", "a"):  # no such column; a column of numbers, not lists
+        args = [*quick, "--set", f"data.features_column={column}"]
+        if engine == "spark":
+            proc = _spark_child("run", *args)
+            assert proc.returncode == 2 and proc.stdout.strip() == "no pyspark", proc.stderr
+            assert proc.stderr.count("\n") == 1
+            lines.append(proc.stderr.strip())
+        else:
+            lines.append(one_line(capsys, "run", "--set", f"engine={engine}", *args))
+    assert "has no list column 'features' (data.features_column) to read the features from" in lines[0]
+    assert "holds no lists in its features column 'a' (data.features_column), but numbers" in lines[1]
+    for line in lines:
+        assert "its columns are ['a', 'b', 'c', 'label']" in line
+        assert line.endswith("to read its 3 columns ['a', 'b', 'c'] as the features, leave data.features_column "
+                             "unset (null)")
+    assert not (tmp_path / "r").exists()
 
 
 # --- where a bad value came from ---------------------------------------------------------------------------

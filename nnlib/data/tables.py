@@ -58,8 +58,9 @@ class ParquetSource:
 
     @classmethod
     def open(cls, source: str, label_column: str, features_column: str | None,
-             key: str = "data.source", key_column: str | None = None) -> "ParquetSource":
-        """List the files (sorted by path) and read their footers; a bad file or schema is one line naming it."""
+             key: str = "data.source", key_column: str | None = None, check_columns: bool = True) -> "ParquetSource":
+        """List the files (sorted by path) and read their footers; a bad file or schema is one line naming it,
+        and so is (with ``check_columns``) a label or features column the files lack (:func:`check_schema`)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -88,6 +89,8 @@ class ParquetSource:
             rows.append(meta.num_rows)
         if sum(rows) == 0:
             raise DataError(f"{key}: {source} is empty (its Parquet files hold no rows)")
+        if check_columns:
+            check_schema(arrow_layout(first[1]), source, label_column, features_column, key)
         return cls(source, tuple(names), tuple(rows), label_column, features_column, key, key_column,
                    tuple(first[1].names))
 
@@ -130,6 +133,99 @@ class ParquetSource:
                     first += len(y)
             except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
                 raise DataError(f"{self.key}: {name} is not a readable parquet file ({first_line(exc)})") from None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A table source's columns as its schema tells them, read without its rows.
+
+    ``names`` in the table's order; ``lists``: the list columns and the values
+    a row of each holds (from a fixed-size list type, else the first row;
+    None where no row was read); ``other``: the columns that are neither
+    numbers nor lists, with their type as text.
+    """
+
+    names: tuple[str, ...]
+    lists: dict
+    other: dict
+
+
+def arrow_layout(schema, first_row=None) -> Layout:
+    """The :class:`Layout` of an Arrow schema; ``first_row()`` gives ``{list column: its length}`` of a row."""
+    import pyarrow as pa
+
+    lists, other = {}, {}
+    for field in schema:
+        t = field.type
+        if pa.types.is_fixed_size_list(t):
+            lists[field.name] = t.list_size
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            lists[field.name] = None
+        elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)):
+            other[field.name] = str(t)
+    unknown = [name for name, n in lists.items() if n is None]
+    if unknown and first_row is not None:
+        lists.update(first_row(unknown))
+    return Layout(tuple(schema.names), lists, other)
+
+
+def parquet_layout(files: list, key: str = "data.source") -> Layout:
+    """The :class:`Layout` of a Parquet dataset's first file (its footer, and one row of its list columns)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    def first_row(columns: list[str]) -> dict:
+        for name in files:  # the first file holding a row
+            batch = next(pq.ParquetFile(name).iter_batches(batch_size=1, columns=columns), None)
+            if batch is not None and batch.num_rows:
+                return {c: pc.list_value_length(batch.column(c))[0].as_py() for c in columns}
+        return {}
+
+    try:
+        return arrow_layout(pq.read_schema(files[0]), first_row)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        raise DataError(f"{key}: {files[0]} is not a readable parquet file ({first_line(exc)})") from None
+
+
+def check_schema(layout: Layout, source: str, label_column: str | None, features_column: str | None,
+                 key: str = "data.source") -> None:
+    """A training source's label column and features column are among its columns, the features column
+    holding lists; else one line with the columns it has and the setting that reads them."""
+    names = list(layout.names)
+    if label_column is not None and label_column not in names:
+        raise DataError(f"{key}: {source} has no label column '{label_column}' (set data.label_column; "
+                        f"{sources.columns_text(names)})")
+    if features_column is None or features_column in layout.lists:
+        return
+    if features_column not in names:
+        problem = f"has no list column '{features_column}' (data.features_column) to read the features from"
+    else:
+        problem = (f"holds no lists in its features column '{features_column}' (data.features_column), but "
+                   f"{layout.other.get(features_column, 'numbers')}")
+    rest = [c for c in names if c != label_column]
+    lists = [c for c in rest if c in layout.lists]
+    separate = [c for c in rest if c not in layout.lists and c not in layout.other]
+    if lists:
+        fix = f"; to read the list column '{lists[0]}', set data.features_column={lists[0]}"
+    elif separate:
+        fix = (f"; to read its {len(separate)} columns {separate[:10]} as the features, leave "
+               "data.features_column unset (null)")
+    else:
+        fix = ""
+    raise DataError(f"{key}: {source} {problem}; its {sources.columns_text(names)}{fix}")
+
+
+def check_here(source: str, label_column: str, features_column: str | None, key: str = "data.source") -> None:
+    """:func:`check_schema` of a Parquet source on this machine, from its first file's footer: run before an
+    engine that reads it elsewhere (Spark) starts, so a missing or wrong column costs no JVM start. A URI, or
+    a path this machine does not hold, is left to that engine."""
+    if is_uri(source):
+        return
+    files = sources.parquet_files(source)
+    files = ([Path(source)] if Path(source).is_file() else []) if files is None else files
+    if files:
+        check_schema(parquet_layout(files, key), source, label_column, features_column, key)
 
 
 def schema_names(source: str) -> tuple[str, ...]:

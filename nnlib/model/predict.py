@@ -31,6 +31,7 @@ import numpy as np
 
 from nnlib.config import Config, build_config
 from nnlib.data import sources, tables
+from nnlib.data.tables import Layout, arrow_layout, parquet_layout
 from nnlib.errors import ConfigError, DataError, first_line
 from nnlib.model.model import CHUNK_ROWS, Model, softmax
 from nnlib.outputs import write_error
@@ -124,59 +125,6 @@ def _where(data: str) -> str:
 # the columns nnlib predict writes beside the key: a key column of one of these names would be lost among them
 WRITTEN_COLUMNS = ("prediction", "probability")
 RESERVED_PREFIX = "_nnlib_"  # nnlib's own helper columns on Spark (the part, the row, the totals)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """A table source's columns as its schema tells them, read without its rows.
-
-    ``names`` in the table's order; ``lists``: the list columns and the values
-    a row of each holds (from a fixed-size list type, else the first row;
-    None where no row was read); ``other``: the columns that are neither
-    numbers nor lists, with their type as text.
-    """
-
-    names: tuple[str, ...]
-    lists: dict
-    other: dict
-
-
-def arrow_layout(schema, first_row=None) -> Layout:
-    """The :class:`Layout` of an Arrow schema; ``first_row()`` gives ``{list column: its length}`` of a row."""
-    import pyarrow as pa
-
-    lists, other = {}, {}
-    for field in schema:
-        t = field.type
-        if pa.types.is_fixed_size_list(t):
-            lists[field.name] = t.list_size
-        elif pa.types.is_list(t) or pa.types.is_large_list(t):
-            lists[field.name] = None
-        elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)):
-            other[field.name] = str(t)
-    unknown = [name for name, n in lists.items() if n is None]
-    if unknown and first_row is not None:
-        lists.update(first_row(unknown))
-    return Layout(tuple(schema.names), lists, other)
-
-
-def parquet_layout(files: list[Path], key: str = "DATA") -> Layout:
-    """The :class:`Layout` of a Parquet dataset's first file (its footer, and one row of its list columns)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    def first_row(columns: list[str]) -> dict:
-        for name in files:  # the first file holding a row
-            batch = next(pq.ParquetFile(name).iter_batches(batch_size=1, columns=columns), None)
-            if batch is not None and batch.num_rows:
-                return {c: pc.list_value_length(batch.column(c))[0].as_py() for c in columns}
-        return {}
-
-    try:
-        return arrow_layout(pq.read_schema(files[0]), first_row)
-    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        raise DataError(f"{key}: {files[0]} is not a readable parquet file ({first_line(exc)})") from None
 
 
 def _names(names) -> str:
@@ -331,9 +279,10 @@ def blocks(model: Model, data: str, config: Config, key_required: bool = False) 
             x, y = sources.make_synthetic(d.n_samples, d.n_features, d.n_classes, config.seed)
         return ROW_COLUMN, iter([_array_block(model, x, y, data)])
     if tables.is_row_keyed(data):
-        table = tables.ParquetSource.open(data, d.label_column, d.features_column, "DATA")
+        # the columns are checked below against the model's (a label is optional here, the model names the rest)
+        table = tables.ParquetSource.open(data, d.label_column, d.features_column, "DATA", check_columns=False)
         columns = TableColumns(model, list(table.column_names), config, data, key_required,
-                               parquet_layout([Path(f) for f in table.files]))
+                               parquet_layout([Path(f) for f in table.files], "DATA"))
         return columns.key or ROW_COLUMN, _parquet_blocks(table, columns)
     path = Path(data)
     sources.check_exists(path, "DATA")
@@ -423,7 +372,7 @@ def check_layout(model: Model, data: str, config: Config, key_required: bool, pa
         files = ([path] if path.is_file() else []) if files is None else files
         if not parquet or not files:
             return
-        layout = parquet_layout(files)
+        layout = parquet_layout(files, "DATA")
     elif path.suffix.lower() == ".csv":
         sources.check_exists(path, "DATA")
         layout = arrow_layout(_csv_schema(path))
