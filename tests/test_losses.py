@@ -347,3 +347,24 @@ def test_the_torch_round_with_weights_equals_the_numpy_round(task, name, model):
     np.testing.assert_allclose(outs[0].opt_state, outs[1].opt_state, atol=1e-5)
     assert outs[0].train_loss == pytest.approx(outs[1].train_loss, rel=1e-5)
     assert np.abs(outs[0].params - flat).max() > 1e-3
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("torch", marks=needs_torch)])
+def test_a_linear_layer_trained_on_the_weighted_squared_loss_reaches_the_weighted_least_squares_fit(backend):
+    """One affine layer, full batch, plain gradient descent: the minimiser of sum w_i ||x_i A + b - y_i||^2 is the
+    least-squares fit of the rows scaled by sqrt(w_i) (np.linalg.lstsq), which the weights move away from the
+    unweighted fit."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3))
+    y = x @ rng.normal(size=(3, 2)) + 0.5 + rng.normal(scale=0.7, size=(60, 2)) * (x[:, :1] > 0)
+    w = np.where(x[:, 0] > 0, 0.2, 3.0)
+    design = np.hstack([x, np.ones((60, 1))])
+    root = np.sqrt(w)[:, None]
+    fit = np.linalg.lstsq(design * root, y * root, rcond=None)[0]
+    spec = ModelSpec(LayerSpec((3, 2)), loss="squared", task="regression")
+    flat = np.zeros(spec.layers.n_params)
+    update = local_sgd(get_backend(backend, spec), flat, None, SGD(), x, y, LocalSchedule(batch_size=60,
+                       local_epochs=100), 0.75, np.random.default_rng(0), sample_weight=w)
+    np.testing.assert_allclose(update.params, np.concatenate([fit[:3].ravel(), fit[3]]), atol=1e-9)
+    plain = np.linalg.lstsq(design, y, rcond=None)[0]
+    assert np.abs(plain - fit).max() > 0.05

@@ -1,11 +1,17 @@
 """Choose a backend by name. torch is imported only when asked for.
 
 A backend exposes the model's maths on the flat parameter vector:
-``loss_and_grad(flat, x, y)``, ``evaluate(flat, x, y)`` and
-``predict(flat, x)``; a backend may add ``train_steps`` (the torch
-backend's own round loop, :meth:`nnlib.core.torch_mlp.TorchModel.train_steps`),
-which :func:`nnlib.core.train.local_sgd` then runs. The allowed names are
-checked by the config (``model.backend``).
+``loss_and_grad(flat, x, y, sample_weight=None, weight_sum=None)``,
+``evaluate(flat, x, y, sample_weight=None)`` (mean loss and accuracy, or R²
+under regression), ``score(flat, x, y, sample_weight=None, target_mean=None,
+target_std=None, raw_target=None)`` (a block's summable metric sums,
+:mod:`nnlib.core.metrics`) and ``predict(flat, x)`` (classes, or the outputs
+under regression); a backend may add ``train_steps`` (the torch backend's own
+round loop, :meth:`nnlib.core.torch_mlp.TorchModel.train_steps`), which
+:func:`nnlib.core.train.local_sgd` then runs. The task and loss are the
+spec's (``ModelSpec.task``, ``loss``, ``huber_delta``;
+:mod:`nnlib.core.losses`). The allowed names are checked by the config
+(``model.backend``).
 """
 
 from __future__ import annotations
