@@ -473,7 +473,27 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
             result.extra.update(final_test_accuracy=best["test_accuracy"], final_test_loss=best["test_loss"],
                                 final_train_loss=best["train_loss"])
             payload = replace(payload, params=stopping.best_params)
+    if result.rounds:
+        log(kept_weights_line(result.rounds, stopping))
     return payload
+
+
+def kept_weights_line(rounds: list[dict], stopping: EarlyStopping | None) -> str:
+    """The run's line on which round's weights the model (``model.npz``) holds: with ``train.patience`` the
+    round of the lowest validation loss, whether or not patience ended the run, else the last round trained.
+    ``rounds``: the run's rounds.csv rows (a resumed run's earlier ones included)."""
+    last = rounds[-1]["round"]
+    if stopping is None:
+        return f"model: round {last}'s weights (the last round; no train.patience, so no validation choice)"
+    best = stopping.best_round + 1
+    loss = f"validation loss {stopping.best_loss:.4f}"
+    if best == last:
+        return f"model: round {last}'s weights (the last round, with the lowest {loss})"
+    if stopping.best_params is None:  # the best round was trained before a resume: its weights are not held here
+        return (f"model: round {last}'s weights (the last round); round {best} had the lowest {loss} but was "
+                f"trained before the resume, and its weights are not kept")
+    later = f"round {last}" if best + 1 == last else f"rounds {best + 1}-{last}"
+    return f"model: round {best}'s weights (the lowest {loss}); {later} did not lower it"
 
 
 def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = None, log=print, warn=warn,

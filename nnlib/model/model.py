@@ -30,8 +30,8 @@ from nnlib.errors import ConfigError, DataError
 from nnlib.model import file as model_file
 from nnlib.model.file import ModelFile
 
-CHUNK_ROWS = 65536  # rows per forward pass: the driver scores its test set in pieces of this size too
-#                     (nnlib.rounds.mapper.EVAL_ROWS), so both compute the same bits
+CHUNK_ROWS = 65536  # rows standardised at a time: memory does not grow with the rows scored
+ALIGN_ROWS = 256  # rows per matrix product when scoring, at multiples of it of the source's positions (logits_of)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -158,16 +158,35 @@ class Model:
 
     # -- prediction --------------------------------------------------------------------------------------------
 
-    def logits_of(self, rows: np.ndarray) -> np.ndarray:
-        """The network's output ``(n, n_classes)`` float32 for standardised float32 rows (one chunk)."""
+    def logits_of(self, rows: np.ndarray, first_row: int = 0) -> np.ndarray:
+        """The network's output ``(n, n_classes)`` float32 for standardised float32 rows (one chunk) that sit at
+        positions ``first_row``, ``first_row + 1``, ... of their source.
+
+        A BLAS matrix product gives a row bits that depend on the row's place in the matrix and on the thread
+        count, so a reader that cuts the rows otherwise (Spark's partitions and Arrow batches against the local
+        path's pieces) would get other last bits. The rows are therefore scored in blocks of
+        :data:`ALIGN_ROWS` rows at multiples of ``ALIGN_ROWS`` of the source's positions (zero rows pad a
+        block's ends), on one BLAS thread: a row's output depends on its position and values alone."""
+        from nnlib.util.threads import one_blas_thread
+
         scorer = self._backend()
-        logits = scorer.predict_logits(self._params, rows)
-        return logits.numpy() if self.backend == "torch" else logits  # torch: a no-graph forward pass's tensor
+        n = len(rows)
+        start = first_row - first_row % ALIGN_ROWS
+        padded = -(-(first_row + n - start) // ALIGN_ROWS) * ALIGN_ROWS
+        block = np.zeros((padded, *rows.shape[1:]), rows.dtype)
+        block[first_row - start:first_row - start + n] = rows
+        parts = []
+        with one_blas_thread():
+            for lo in range(0, padded, ALIGN_ROWS):
+                logits = scorer.predict_logits(self._params, block[lo:lo + ALIGN_ROWS])
+                parts.append(logits.numpy() if self.backend == "torch" else logits)  # torch: a no-graph tensor
+        out = np.concatenate(parts) if parts else np.zeros((0, self.n_classes), np.float32)
+        return np.ascontiguousarray(out[first_row - start:first_row - start + n])
 
     def _chunks(self, x, where: str):
         rows = self.rows(x, where)
         for lo in range(0, len(rows), CHUNK_ROWS):
-            yield lo, self.logits_of(self.standardize(rows[lo:lo + CHUNK_ROWS], where, lo))
+            yield lo, self.logits_of(self.standardize(rows[lo:lo + CHUNK_ROWS], where, lo), lo)
 
     def predict_logits(self, x) -> np.ndarray:
         """Logits ``(n, n_classes)`` float32 of raw features ``x`` (see :meth:`rows` for the shapes)."""

@@ -505,7 +505,7 @@ def _probability_column(p: np.ndarray, as_text: bool):
 def score_block(model: Model, block: Block, where: str) -> tuple[np.ndarray, Scores]:
     """``(logits (n, n_classes) float32, the block's Scores)`` of a block of at most :data:`CHUNK_ROWS` raw
     rows; bad values and labels the model never saw are DataError lines naming ``where`` and the sample."""
-    logits = model.logits_of(model.standardize(block.x, where, block.first_row))
+    logits = model.logits_of(model.standardize(block.x, where, block.first_row), block.first_row)
     if block.y is None:
         return logits, Scores(len(block.x))
     indices = model.label_indices(block.y, len(block.x), where, block.first_row)
