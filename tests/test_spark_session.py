@@ -196,7 +196,8 @@ def test_a_local_master_with_fewer_slots_than_mappers_is_widened_under_spark_sub
 
 @pytest.mark.slow
 def test_a_dead_master_given_to_spark_submit_is_one_line_within_seconds(tmp_path):
-    url = f"spark://127.0.0.1:{free_port()}"
+    port = free_port()
+    url = f"spark://127.0.0.1:{port}"
     start = time.monotonic()
     proc = subprocess.run([SPARK_SUBMIT, "--master", url, "--conf",
                            f"spark.driver.defaultJavaOptions=-Dlog4j2.configurationFile={LOG4J}",
@@ -208,8 +209,8 @@ def test_a_dead_master_given_to_spark_submit_is_one_line_within_seconds(tmp_path
     assert spark_lines(proc.stderr) == [], proc.stderr
     assert [line for line in proc.stdout.splitlines() if line.startswith("nnlib: error")] == \
         proc.stdout.splitlines()[-1:] == [
-            f"nnlib: error: spark.master {url}: no Spark master answers there (nothing accepts a connection); start "
-            "the master, or check the host and port given to spark-submit --master or spark.master"]
+            f"nnlib: error: spark-submit's master {url}: nothing accepts a connection at 127.0.0.1:{port} (Connection "
+            "refused): no Spark master listens there; start the master, or check the host and port"]
     assert seconds < 30  # the JVM's start; Spark's own attempts would take a minute
     assert not (tmp_path / "run").exists()
 

@@ -41,12 +41,13 @@ import os
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from nnlib.config import redact_url as redact
-from nnlib.errors import ConfigError, EngineError, first_line
+from nnlib.errors import ConfigError, EngineError, NnlibError, first_line
 from nnlib.util.stop import holding_interrupt
 
 LOG4J_CONF = Path(__file__).with_name("log4j2.properties")
@@ -344,15 +345,39 @@ def _host_port(remote: str) -> tuple[str, int]:
 
 
 def _check_reachable(remote: str, shown: str, key: str = "spark.remote") -> None:
-    """One line within seconds when nothing listens at an ``sc://`` URL (gRPC would retry for minutes)."""
-    import socket
-
+    """One line within seconds, with the cause, when an ``sc://`` URL is malformed (pyspark's client would raise
+    a traceback), its host does not resolve, nothing accepts a connection there, or what does accept is no gRPC
+    server (within :data:`PROBE_SECONDS`; gRPC would retry for minutes)."""
+    where = f"{key} {shown}"
+    netloc = remote[len("sc://"):].split("/")[0].split(";")[0]
+    host, colon, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
+    if not host or (colon and (not port.isdigit() or not 0 < int(port) < 65536)):
+        raise EngineError(f"{where}: Spark Connect needs sc://HOST[:PORT] with a host and, if given, a port "
+                          f"number (a server's is 15002 unless started otherwise), got {netloc!r}")
     host, port = _host_port(remote)
+    _reach(host, port, where, "Spark Connect server", "start one, or check the host and port")
+    _probe_grpc(remote, host, port, where)
+
+
+def _probe_grpc(remote: str, host: str, port: int, where: str) -> None:
+    """A gRPC channel to ``host:port`` (TLS where the URL asks for it, ``use_ssl=true`` or a token) must get ready
+    within :data:`PROBE_SECONDS`: a port that accepts connections but speaks no HTTP/2 (another service) is one
+    line, not minutes of the client's retries."""
+    import grpc
+
+    params = {k.strip().lower(): v.strip() for k, _, v in
+              (p.partition("=") for p in remote[len("sc://"):].split(";")[1:])}
+    tls = params.get("use_ssl", "").lower() == "true" or "token" in params
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    channel = grpc.secure_channel(target, grpc.ssl_channel_credentials()) if tls else grpc.insecure_channel(target)
     try:
-        socket.create_connection((host, port), timeout=REACH_SECONDS).close()
-    except OSError as exc:
-        raise EngineError(f"{key} {shown}: no Spark Connect server answers at {host}:{port} "
-                          f"({exc.strerror or exc}); start one, or check the host and port") from None
+        grpc.channel_ready_future(channel).result(timeout=PROBE_SECONDS)
+    except grpc.FutureTimeoutError:
+        raise EngineError(f"{where}: {host}:{port} accepts connections but no gRPC server answers there within "
+                          f"{PROBE_SECONDS} s{' over TLS' if tls else ''}: not a Spark Connect server (another "
+                          "service's port?)") from None
+    finally:
+        channel.close()
 
 
 def _launch_settings() -> dict[str, str]:
@@ -404,17 +429,17 @@ def _open_classic(settings: SessionSettings, min_slots: int, warn: Callable[[str
         raise EngineError(f"spark: could not start Spark's JVM ({first_line(exc)})") from None
     given = launched.get("spark.master")
     if _SUBMITTED and given:
-        master = given
+        master, origin = given, "spark-submit's master"
         if settings.master and settings.master != given:
             warn(f"spark.master {settings.master} is not used: spark-submit's master {given} is (its --master, "
                  "--conf spark.master or spark-defaults.conf, else its default local[*]; spark-submit's wins)")
     elif settings.master:
-        master = settings.master
+        master, origin = settings.master, "spark.master"
     else:
         master = given or DEFAULT_MASTER
+        origin = "spark.master of spark-defaults.conf" if given else "spark.master"
+    check_master(master, origin)  # in seconds, before the JVM; Spark would print a trace, or retry for a minute
     master = local_master_with_slots(master, min_slots)
-    if master.startswith("spark://"):
-        _check_master_reachable(master)
     if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers use this interpreter
@@ -438,33 +463,186 @@ def _open_classic(settings: SessionSettings, min_slots: int, warn: Callable[[str
     quiet_py4j(settings.log_level)
     try:
         with holding_interrupt() as interrupted:  # cut short, the JVM's start would leave it running
+            if master.startswith("spark://"):
+                _probe_standalone(master, origin, builder._options, settings.log_level)
             session = builder.getOrCreate()
-    except Exception as exc:  # noqa: BLE001  - a bad master URL, a cluster that refuses, ...
-        raise EngineError(f"spark.master {master!r}: could not start Spark ({java_root_cause(exc)})") from None
+    except NnlibError:
+        raise
+    except Exception as exc:  # noqa: BLE001  - a cluster that refuses, a setting Spark does not take, ...
+        raise EngineError(f"{origin} {master}: could not start Spark ({java_root_cause(exc)})") from None
     if interrupted:
         session.stop()
         raise KeyboardInterrupt
     if "spark.log.level" not in launched:
         session.sparkContext.setLogLevel(settings.log_level)
         quiet_task_failures(session.sparkContext, settings.log_level)
+    _wait_for_executors(session, master, origin)
     return Opened(session, True, False, session.sparkContext.master)
 
 
-def _check_master_reachable(master: str) -> None:
-    """One line within seconds when no standalone master answers (Spark tries for a minute, then fails with
-    'Cannot call methods on a stopped SparkContext')."""
+# the master URLs Spark takes (SparkContext.createTaskScheduler, SparkSubmit): N >= 1 threads, F tries per task
+_LOCAL_URL = re.compile(r"local(\[(\*|[1-9]\d*)(\s*,\s*[1-9]\d*)?\])?|local-cluster\[\s*[1-9]\d*\s*,\s*[1-9]\d*\s*,"
+                        r"\s*[1-9]\d*\s*\]")
+MASTER_FORMS = "local, local[N], local[*], local[N,F], spark://HOST:PORT[,HOST:PORT...], yarn or k8s://HOST[:PORT]"
+PROBE_SECONDS = 10  # how long a spark:// address that accepts a connection gets to answer as a Spark master
+PROBE_LOGGER = "org.apache.spark.network.client.TransportResponseHandler"
+
+
+def check_master(master: str, origin: str = "spark.master") -> None:
+    """Refuse, in one :class:`EngineError` line naming ``origin`` (where the master came from), a master URL Spark
+    would refuse or wait on: a form Spark does not take, ``spark://`` without a host and port, ``yarn`` without
+    ``HADOOP_CONF_DIR`` or ``YARN_CONF_DIR``, a host that does not resolve, an address where nothing accepts a
+    connection (within :data:`REACH_SECONDS`). Spark itself would print a Java trace, or retry for a minute and
+    then report a stopped SparkContext. A ``spark://`` address that accepts but is no Spark master is found by
+    :func:`_probe_standalone`, once the JVM runs."""
+    where = f"{origin} {master}"
+    if master.startswith("local"):
+        if not _LOCAL_URL.fullmatch(master):
+            raise EngineError(f"{where}: Spark takes local, local[N], local[*], local[N,F] or "
+                              f"local-cluster[N,C,M] with whole numbers N >= 1, got {master!r}")
+        return
+    if master.startswith("spark://"):
+        for host, port in _standalone_addresses(master, where):
+            _reach(host, port, where, "Spark master", "start the master, or check the host and port")
+        return
+    if master == "yarn":
+        if not (os.environ.get("HADOOP_CONF_DIR") or os.environ.get("YARN_CONF_DIR")):
+            raise EngineError(f"{where}: Spark finds the YARN cluster through HADOOP_CONF_DIR or YARN_CONF_DIR, and "
+                              "neither is set in the environment; point one at the cluster's configuration folder")
+        return
+    if master.startswith("k8s://"):
+        host, port = _k8s_address(master, where)
+        _reach(host, port, where, "Kubernetes API server", "check the host and port")
+        return
+    raise EngineError(f"{where}: not a master URL Spark takes ({MASTER_FORMS}), got {master!r}")
+
+
+def _standalone_addresses(master: str, where: str) -> list[tuple[str, int]]:
+    """``spark://H1:P1,H2:P2`` -> [(H1, P1), (H2, P2)], as Spark reads it: every address needs a host and a port."""
+    addresses = []
+    for address in master[len("spark://"):].split(","):
+        host, colon, port = address.rpartition(":")
+        host = host.strip("[]")  # an IPv6 address in brackets
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in address:
+            raise EngineError(f"{where}: Invalid master URL: Spark needs spark://HOST:PORT, each address with a "
+                              f"host and a port (a standalone master listens on 7077 unless started otherwise), "
+                              f"got {address!r}")
+        addresses.append((host, int(port)))
+    return addresses
+
+
+def _k8s_address(master: str, where: str) -> tuple[str, int]:
+    """``k8s://[https://]HOST[:PORT]`` -> (HOST, PORT), as Spark reads it (https, port 443, unless given)."""
+    from urllib.parse import urlsplit
+
+    rest = master[len("k8s://"):]
+    url = rest if rest.startswith(("http://", "https://")) else "https://" + rest
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or (80 if parts.scheme == "http" else 443)
+    except ValueError:
+        host, port = None, None
+    if not host or parts.path not in ("", "/"):
+        raise EngineError(f"{where}: Spark needs k8s://HOST[:PORT] or k8s://https://HOST[:PORT] (the Kubernetes "
+                          f"API server), got {master!r}")
+    return host, port
+
+
+def _reach(host: str, port: int, where: str, what: str, fix: str) -> None:
+    """One line within :data:`REACH_SECONDS` when ``host`` does not resolve or nothing accepts a connection."""
     import socket
 
-    addresses = master[len("spark://"):].split(",")
-    for address in addresses:
-        host, _, port = address.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise EngineError(f"{where}: host {host!r} does not resolve ({exc.strerror}); check the host name") from None
+    error: OSError | None = None
+    for family, kind, proto, _, address in infos:
         try:
-            socket.create_connection((host, int(port or 7077)), timeout=REACH_SECONDS).close()
+            with socket.socket(family, kind, proto) as s:
+                s.settimeout(REACH_SECONDS)
+                s.connect(address)
             return
-        except (OSError, ValueError):
-            continue
-    raise EngineError(f"spark.master {master}: no Spark master answers there (nothing accepts a connection); "
-                      "start the master, or check the host and port given to spark-submit --master or spark.master")
+        except OSError as exc:
+            error = exc
+    cause = f"no answer within {REACH_SECONDS:g} s" if isinstance(error, socket.timeout) else \
+        (error.strerror or str(error))
+    raise EngineError(f"{where}: nothing accepts a connection at {host}:{port} ({cause}): no {what} listens "
+                      f"there; {fix}") from None
+
+
+def _probe_standalone(master: str, origin: str, options: dict, log_level: str = "ERROR") -> None:
+    """Ask each address of a ``spark://`` master for Spark's ``Master`` endpoint, as the application's client
+    would, within :data:`PROBE_SECONDS`; none answering is one line with the cause. Without this, an address
+    that accepts connections but is no Spark master (another service, a worker's port) keeps Spark's
+    application client waiting a minute ("All masters are unresponsive! Giving up.") and the cause stays in
+    Spark's log. Starts the JVM (with ``options``, the session's settings), as building the session would."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized(conf=SparkConf(loadDefaults=False).setAll(list(options.items())))
+    jvm = SparkContext._jvm
+    if log_level.upper() in ("ERROR", "FATAL", "OFF"):  # the probe's unanswered request, logged as it closes
+        log4j = jvm.org.apache.logging.log4j
+        log4j.core.config.Configurator.setLevel(PROBE_LOGGER, log4j.Level.OFF)
+    conf = jvm.org.apache.spark.SparkConf(True)  # the launch's settings (spark-submit's --conf), then the session's
+    for key, value in options.items():
+        conf.set(key, value)
+    conf.set("spark.rpc.lookupTimeout", f"{PROBE_SECONDS}s")
+    manager_class = jvm.org.apache.spark.SecurityManager
+    manager = manager_class(conf, getattr(manager_class, "$lessinit$greater$default$2")(),
+                            getattr(manager_class, "$lessinit$greater$default$3")())
+    env = jvm.org.apache.spark.rpc.RpcEnv.create("nnlib-probe", "127.0.0.1", 0, conf, manager, True)
+    causes = []
+    try:
+        for host, port in _standalone_addresses(master, f"{origin} {master}"):
+            try:
+                env.setupEndpointRef(jvm.org.apache.spark.rpc.RpcAddress(host, port), "Master")
+                return
+            except Exception as exc:  # noqa: BLE001  - py4j's error of Spark's RPC failure
+                cause = java_root_cause(exc)
+                if "TimeoutException" in cause:
+                    causes.append(f"{host}:{port} accepts connections but gives no Spark RPC answer within "
+                                  f"{PROBE_SECONDS} s")
+                elif "RpcEndpointNotFoundException" in cause:
+                    causes.append(f"{host}:{port} is a Spark process but not a master (a worker's or a "
+                                  f"driver's port?)")
+                else:
+                    causes.append(f"{host}:{port}: {cause}")
+    finally:
+        env.shutdown()
+    raise EngineError(f"{origin} {master}: no Spark master answers ({'; '.join(causes)}); check the port (a "
+                      "standalone master's is 7077 unless started otherwise, its web UI's is another)")
+
+
+# Spark's setting for how long a new application waits for executors before scheduling; nnlib waits that long
+# for the first one, and says so rather than leave a stage waiting for executors that never come
+EXECUTOR_WAIT_KEY = "spark.scheduler.maxRegisteredResourcesWaitingTime"
+
+
+def _wait_for_executors(session, master: str, origin: str) -> None:
+    """On a cluster master (dynamic allocation off), wait for the first executor up to Spark's
+    ``spark.scheduler.maxRegisteredResourcesWaitingTime`` (30 s unless set); none by then is one line naming that
+    limit and the setting, and the session is stopped. A master that accepts the application but has no worker
+    with the cores and memory an executor asks would otherwise leave the run's first stage waiting for good."""
+    if master.startswith("local"):
+        return
+    sc = session.sparkContext
+    conf = sc.getConf()
+    if conf.get("spark.dynamicAllocation.enabled", "false").strip().lower() == "true":
+        return  # executors come with the first job's tasks
+    limit = conf.get(EXECUTOR_WAIT_KEY, "30s")
+    seconds = sc._jvm.org.apache.spark.network.util.JavaUtils.timeStringAsMs(limit) / 1000
+    deadline = time.monotonic() + seconds
+    while sc._jsc.sc().getExecutorMemoryStatus().size() <= 1:  # the driver's block manager is always there
+        if time.monotonic() > deadline:
+            asked = (f"{conf.get('spark.executor.cores', 'all free')} core(s) and "
+                     f"{conf.get('spark.executor.memory', '1g')} of memory")
+            session.stop()
+            raise EngineError(f"{origin} {master}: no executor registered within {limit} "
+                              f"({EXECUTOR_WAIT_KEY}): the cluster accepted the application but started no "
+                              f"executor (no worker alive, or none with the {asked} an executor asks); start a "
+                              f"worker, or wait longer with --set 'spark.conf={{{EXECUTOR_WAIT_KEY}: 120s}}'")
+        time.sleep(0.25)
 
 
 # Spark's own report of a failed task: the executor's stack trace ("ERROR Executor: Exception in task"), the
