@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import needs_torch
 
-from nnlib.core import losses
+from nnlib.core import losses, metrics
 from nnlib.core.backends import get_backend
 from nnlib.core.cnn import ConvSpec
 from nnlib.core.mlp import ModelSpec, NumpyMLP
@@ -368,3 +368,40 @@ def test_a_linear_layer_trained_on_the_weighted_squared_loss_reaches_the_weighte
     np.testing.assert_allclose(update.params, np.concatenate([fit[:3].ravel(), fit[3]]), atol=1e-9)
     plain = np.linalg.lstsq(design, y, rcond=None)[0]
     assert np.abs(plain - fit).max() > 0.05
+
+
+def test_targets_of_the_wrong_width_are_refused_not_broadcast():
+    with pytest.raises(ValueError, match=r"the targets have 1 column\(s\), the network 3 output\(s\)"):
+        losses.squared_error(np.zeros((4, 3)), np.zeros(4))
+    with pytest.raises(ValueError, match=r"predictions \(4, 3\) and targets \(4, 1\) differ"):
+        metrics.regression_sums(np.zeros((4, 3)), np.zeros(4))
+
+
+def test_a_weighted_mean_of_mappers_by_total_weight():
+    """combine: weighted with the mappers' total weights: mapper r holds the vector r with weight r + 1."""
+    from nnlib.core.combine import combine
+
+    vectors = [np.full(3, float(r), np.float32) for r in range(4)]
+    weights = [1.0, 2.0, 3.0, 4.0]
+    np.testing.assert_allclose(combine("weighted", vectors, weights), np.full(3, (0 + 2 + 6 + 12) / 10), rtol=1e-7)
+
+
+@pytest.mark.parametrize("task, name", CASES)
+def test_mappers_normalised_by_the_global_mean_weight_average_by_batch_size_to_the_union_batch(task, name):
+    """A synchronous step: two mappers' gradients, each over its own batch with the denominator
+    len(batch) * (mean weight of all rows), averaged with coefficients len(batch) / total, are the gradient of
+    the two batches as one."""
+    spec = _spec(task, name)
+    x, y = _data(task, n=20)
+    w = np.random.default_rng(4).uniform(0, 3, 20)
+    mean_weight = w.mean()
+    parts = [np.arange(0, 7), np.arange(7, 20)]
+    mlp = NumpyMLP(spec)
+    flat = init_params(spec.layers, 0).astype(np.float64)
+    grads = [mlp.loss_and_grad(flat, x[p], y[p], sample_weight=w[p],
+                               weight_sum=batch_weight_sums(w, [p], mean_weight)[0])[1] for p in parts]
+    mean = (7 * grads[0] + 13 * grads[1]) / 20
+    whole = mlp.loss_and_grad(flat, x, y, sample_weight=w, weight_sum=20 * mean_weight)[1]
+    np.testing.assert_allclose(mean, whole, rtol=1e-12, atol=1e-14)
+    # and with the full batch that is the weighted mean's gradient
+    np.testing.assert_allclose(whole, mlp.loss_and_grad(flat, x, y, sample_weight=w)[1], rtol=1e-12, atol=1e-14)

@@ -6,7 +6,9 @@ Every rule is linear in the mappers' vectors::
 
 where ``w_i`` is mapper ``i``'s flat float32 vector (in mapper order),
 ``start`` the round's starting vector, and the coefficients depend only on
-the mappers' sample counts. :data:`COEFFICIENTS` holds each rule as the
+the mappers' sample counts (with sample weights, the caller passes each
+mapper's total weight, :attr:`nnlib.core.train.LocalUpdate.total_weight`, so
+``weighted`` weighs mappers by weight). :data:`COEFFICIENTS` holds each rule as the
 function ``n_samples -> (c, c_start)``; :func:`combine` applies it, summing
 in float64 in mapper order. An engine whose reduce is a sum over processes
 (one MPI Allreduce) uses the same table: mapper ``i`` contributes

@@ -73,8 +73,14 @@ def _one_hot(y: np.ndarray, n_classes: int, dtype) -> np.ndarray:
 
 
 def as_targets(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Regression targets ``y`` ``(m,)`` or ``(m, t)`` as ``(m, t)`` in ``z``'s dtype (a view when they already are)."""
-    return np.asarray(y).reshape(z.shape[0], -1).astype(z.dtype, copy=False)
+    """Regression targets ``y`` ``(m,)`` or ``(m, t)`` as ``(m, t)`` in ``z``'s dtype (a view when they already are).
+
+    Raises ``ValueError`` when ``t`` is not the outputs' width (a silent broadcast otherwise).
+    """
+    target = np.asarray(y).reshape(z.shape[0], -1)
+    if target.shape[1] != z.shape[1]:
+        raise ValueError(f"the targets have {target.shape[1]} column(s), the network {z.shape[1]} output(s)")
+    return target.astype(z.dtype, copy=False)
 
 
 def _weights(z: np.ndarray, sample_weight: np.ndarray, weight_sum: float | None):

@@ -141,8 +141,10 @@ def regression_sums(prediction: np.ndarray, target: np.ndarray, sample_weight: n
     ``sample_weight`` ``(n,)`` or None (all 1), ``loss_sum`` the block's ``sum w * l``, ``shift`` ``(t,)``
     (default 0) subtracted from the targets before their sums (see the module docstring)."""
     n = len(target)
-    y = _columns(target, n)
-    e = _columns(prediction, n) - y
+    y, p = _columns(target, n), _columns(prediction, len(prediction))
+    if p.shape != y.shape:
+        raise ValueError(f"predictions {p.shape} and targets {y.shape} differ in shape")
+    e = p - y
     t = y.shape[1]
     shift = np.zeros(t) if shift is None else np.broadcast_to(np.asarray(shift, np.float64), (t,)).copy()
     ys = y - shift

@@ -81,6 +81,8 @@ def data_loss(name: str, z: torch.Tensor, y: torch.Tensor, sample_weight: torch.
             per_row = 0.5 * ((z - F.one_hot(y, z.shape[1]).to(z.dtype)) ** 2).sum(dim=1)
     else:
         target = y.reshape(z.shape[0], -1).to(z.dtype)
+        if target.shape[1] != z.shape[1]:  # a silent broadcast otherwise
+            raise ValueError(f"the targets have {target.shape[1]} column(s), the network {z.shape[1]} output(s)")
         if name == "squared":
             per_entry = 0.5 * (z - target) ** 2
         elif name == "absolute":

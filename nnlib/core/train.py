@@ -74,16 +74,20 @@ class LocalUpdate:
     total_weight: float = 0.0    # the shard's sum of sample weights (n_samples without weights): combine: weighted
 
 
-def batch_weight_sums(sample_weight: np.ndarray, batches: list[np.ndarray]) -> list[float]:
-    """The loss denominator of each mini-batch: its size times the shard's mean weight (float64).
+def batch_weight_sums(sample_weight: np.ndarray, batches: list[np.ndarray],
+                      mean_weight: float | None = None) -> list[float]:
+    """The loss denominator of each mini-batch: its size times the mean weight (float64).
 
     So a step's loss is the batch mean of ``w_i * l_i`` with the weights
-    rescaled to mean 1 over the shard; :mod:`nnlib.core.losses` says why a
-    batch is not normalised by its own weight sum. All weights 1 give the
-    batch sizes exactly; a shard of total weight 0 gives 0 (zero losses and
-    gradients).
+    rescaled to mean 1; :mod:`nnlib.core.losses` says why a batch is not
+    normalised by its own weight sum. ``mean_weight`` defaults to the shard's
+    (``sample_weight`` ``(n,)``); a synchronous round passes the mean over
+    every mapper's rows, so that its mean gradient, weighted by batch sizes as
+    today, is the gradient of the union batch. All weights 1 give the batch
+    sizes exactly; a mean weight of 0 gives 0 (zero losses and gradients).
     """
-    mean_weight = float(np.sum(sample_weight, dtype=np.float64)) / max(len(sample_weight), 1)
+    if mean_weight is None:
+        mean_weight = float(np.sum(sample_weight, dtype=np.float64)) / max(len(sample_weight), 1)
     return [len(idx) * mean_weight for idx in batches]
 
 
