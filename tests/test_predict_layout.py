@@ -278,6 +278,30 @@ def test_training_on_a_missing_or_wrong_features_column_names_the_files_columns_
     assert not (tmp_path / "r").exists()
 
 
+def test_on_spark_the_other_checks_a_footer_answers_come_before_the_jvm_starts(runs, tmp_path):
+    """Columns chosen, dropped or keyed that the files lack, and a test set that is missing or of another
+    layout: each is one line from the files' footers, with no JVM started (they came after Spark's start)."""
+    tmp, x, y = runs
+    pq.write_table(_columns_table(x, y, ("a", "b", "z")), tmp_path / "abz.parquet")
+    cases = [("data.feature_columns=[a,zz]", "data.feature_columns: no column 'zz' (columns are ['a', 'b', 'c', "
+                                             "'label'])"),
+             ("data.drop_columns=[zz]", "data.drop_columns: no column 'zz'"),
+             ("data.key_column=id", "has no key column 'id' (set data.key_column; columns are ['a', 'b', 'c', "
+                                    "'label'])"),
+             (f"data.test_source={tmp_path / 'missing.parquet'}", "data.test_source: file "),
+             (f"data.test_source={tmp_path / 'missing.csv'}", "data.test_source: file "),
+             (f"data.test_source={tmp / 'list.parquet'}", "column 'features' holds lists, not numbers; to read it as "
+                                                          "the features, set data.features_column=features"),
+             (f"data.test_source={tmp_path / 'abz.parquet'}", "abz.parquet's feature columns ['a', 'b', 'z'] are not "
+                                                              "data.source's ['a', 'b', 'c']")]
+    for item, said in cases:
+        proc = _spark_child("run", "--set", f"data.source={tmp / 'abc.parquet'}", "--set", item, "--set", "mappers=2",
+                            "--set", "train.rounds=1", "--quiet", "--out", str(tmp_path / "r"))
+        assert proc.returncode == 2 and proc.stdout.strip() == "no pyspark", (item, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and said in proc.stderr, (item, proc.stderr)
+    assert not (tmp_path / "r").exists()
+
+
 # --- where a bad value came from ---------------------------------------------------------------------------
 
 def _conf(tmp_path: Path, name: str, text: str) -> Path:

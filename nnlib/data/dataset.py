@@ -227,7 +227,7 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
     """A Parquet source surveyed by ``reader``: sizes, labels and statistics from one pass over the rows,
     then the test (and validation) rows collected; the training rows are left to the mappers."""
     check_partition(cfg.partition, cfg.source)
-    tables.check_here(cfg.source, cfg.label_column, cfg.features_column)  # a local footer, before a JVM starts
+    tables.check_here(cfg)  # the local footers, before a reader's JVM starts
     table = replace(reader.open(cfg.source, cfg.label_column, cfg.features_column), key_column=cfg.key_column,
                     chosen_columns=_chosen(cfg), dropped_columns=tuple(cfg.drop_columns))
     plan = RowPlan(seed, mappers, table.n_rows, None if cfg.test_source else cfg.test_fraction,

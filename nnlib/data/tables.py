@@ -216,16 +216,57 @@ def check_schema(layout: Layout, source: str, label_column: str | None, features
     raise DataError(f"{key}: {source} {problem}; its {sources.columns_text(names)}{fix}")
 
 
-def check_here(source: str, label_column: str, features_column: str | None, key: str = "data.source") -> None:
-    """:func:`check_schema` of a Parquet source on this machine, from its first file's footer: run before an
-    engine that reads it elsewhere (Spark) starts, so a missing or wrong column costs no JVM start. A URI, or
-    a path this machine does not hold, is left to that engine."""
-    if is_uri(source):
+def check_here(cfg) -> None:
+    """What a training source's footers tell, checked on this machine before an engine that reads the source
+    elsewhere (Spark) starts, so that such an error costs no JVM start: ``cfg`` (a ``DataConfig``)'s label,
+    features and key columns and its chosen and dropped columns against the first file's schema
+    (:func:`check_schema`, :func:`check_feature_columns`), and ``data.test_source`` (read here in any case)
+    exists with the same feature columns. A URI, or a path this machine does not hold, is left to that
+    engine."""
+    source, test = cfg.source, cfg.test_source
+    layout = _local_layout(source, "data.source")
+    features = None if layout is None else check_feature_columns(layout, source, cfg, "data.source")
+    if test is None or is_uri(test):
         return
-    files = sources.parquet_files(source)
+    if not is_row_keyed(test):
+        sources.check_exists(Path(test), "data.test_source")
+        return
+    ParquetSource.open(test, cfg.label_column, cfg.features_column, "data.test_source", cfg.key_column,
+                       check_columns=False)  # the files exist and are Parquet files of one schema
+    test_features = check_feature_columns(_local_layout(test, "data.test_source"), test, cfg, "data.test_source")
+    if features is not None and test_features != features:
+        raise DataError(f"data.test_source: {test}'s feature columns {test_features[:10]} are not data.source's "
+                        f"{features[:10]}")
+
+
+def _local_layout(source: str, key: str) -> Layout | None:
+    """The :class:`Layout` of a Parquet source this machine holds; None for a URI or a path it does not."""
+    files = [] if is_uri(source) else sources.parquet_files(source)
     files = ([Path(source)] if Path(source).is_file() else []) if files is None else files
-    if files:
-        check_schema(parquet_layout(files, key), source, label_column, features_column, key)
+    return parquet_layout(files, key) if files else None
+
+
+def check_feature_columns(layout: Layout, source: str, cfg, key: str) -> list[str]:
+    """The feature columns of a training source's :class:`Layout` (``[data.features_column]`` for a list
+    column), checked: label, features and key columns present (:func:`check_schema`), the chosen and dropped
+    columns present, separate feature columns numeric (a list column among them names the setting that reads
+    it)."""
+    check_schema(layout, source, cfg.label_column, cfg.features_column, key)
+    names = list(layout.names)
+    if cfg.key_column is not None and cfg.key_column not in names:
+        raise DataError(f"{key}: {source} has no key column '{cfg.key_column}' (set data.key_column; "
+                        f"{sources.columns_text(names)})")
+    if cfg.features_column is not None:
+        return [cfg.features_column]
+    found = sources.feature_columns(names, cfg.label_column, cfg.key_column, cfg.feature_columns, cfg.drop_columns)
+    for name in found:
+        if name in layout.lists:
+            raise DataError(f"{key}: {source} column '{name}' holds lists, not numbers; to read it as the features, "
+                            f"set data.features_column={name}")
+        if name in layout.other:
+            raise DataError(f"{key}: {source} column '{name}' must be numeric, got {layout.other[name]} "
+                            "(non-numeric cells)")
+    return found
 
 
 def schema_names(source: str) -> tuple[str, ...]:
