@@ -17,7 +17,9 @@ activation; formulas, weights and sources in :mod:`nnlib.core.losses`):
 - ``squared``: ``1/(2m) sum_i ||z_i - t_i||^2``, ``t_i`` the one-hot class or the targets
 - ``absolute``, ``huber`` (regression): ``1/m sum_i sum_j |r_ij|`` and Huber's ``h_delta(r_ij)``
 
-With sample weights every mean is ``sum_i w_i l_i / sum_i w_i``. All are
+With sample weights each mean is ``sum_i w_i l_i / sum_i w_i`` (scoring, a
+full batch; a mini-batch of local training divides by its size times the
+shard's mean weight instead, as :mod:`nnlib.core.losses` explains). All are
 optimised with the L2 penalty ``l2/2 * sum(W**2)`` over the weight matrices
 (not the biases). Reported losses are the data loss alone.
 """
@@ -95,19 +97,14 @@ class NumpyModel:
     def objective(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
                   weight_sum: float | None = None) -> float:
         """Data loss plus the L2 penalty: the function whose gradient ``loss_and_grad`` returns."""
-        if sample_weight is None:
-            loss, _ = self._loss(self.predict_logits(flat, x), y)
-        else:
-            loss, _ = self._loss(self.predict_logits(flat, x), y, sample_weight, weight_sum)
+        loss, _ = self.data_loss_and_delta(self.predict_logits(flat, x), y, sample_weight, weight_sum)
         w = flat * self.spec.layers.weight_mask().astype(flat.dtype)
         return loss + 0.5 * self.spec.l2 * float(np.dot(w, w))
 
     def data_loss_and_delta(self, z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None,
                             weight_sum: float | None) -> tuple[float, np.ndarray]:
         """The data loss of the outputs ``z`` ``(m, k)`` and its gradient ``(m, k)`` with respect to them."""
-        if sample_weight is None:
-            return self._loss(z, y)  # the unweighted path, unchanged
-        return self._loss(z, y, sample_weight, weight_sum)
+        return self._loss(z, y, sample_weight, weight_sum)  # None: the unweighted code, as before weights
 
     def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray,
                  sample_weight: np.ndarray | None = None) -> tuple[float, float]:
