@@ -42,13 +42,13 @@ normalise by its own weight sum. A step's loss is ``sum_{i in batch} w_i l_i
 ``w_i l_i`` (what Horovod's Spark estimators do with ``sample_weight_col``,
 ``horovod/spark/torch/remote.py``, ``calculate_loss``: "the impact of two
 samples with identical weights but in different batches will not be equal"
-otherwise; Keras's ``sample_weight`` with its ``sum_over_batch_size``
-reduction is the same), with the weights rescaled to mean 1 over the shard.
+otherwise; Keras's ``sample_weight`` under its default
+``sum_over_batch_size`` reduction divides by the batch size too), with the weights rescaled to mean 1 over the shard.
 So the step's gradient is an unbiased estimate of the gradient of the
 shard's weighted mean loss (a row's weight acts the same in every batch), a
-full batch is exactly the weighted mean, weights all 1 are the unweighted
-loss bit for bit, multiplying every weight by a constant changes nothing,
-and a row of weight 2 is the row taken twice. Normalising each batch by its
+full batch is exactly the weighted mean (so there a row of weight 2 trains
+as the row taken twice), weights all 1 are the unweighted loss bit for bit,
+and multiplying every weight by a constant changes nothing. Normalising each batch by its
 own ``sum w`` (a ratio estimator) has none of the first two properties and
 gives a batch of light rows a full-sized step.
 """
