@@ -27,6 +27,7 @@ from pathlib import Path
 import nnlib
 from nnlib.api import Stopped, launch_ranks, resume_config, train
 from nnlib.config import load_config
+from nnlib.data.tables import check_before_launch
 from nnlib.driver import with_absolute_paths
 from nnlib.engines.mpi.launcher import LAUNCHED_FLAG, inside_launcher, launcher_rank
 from nnlib.errors import ConfigError, NnlibError
@@ -124,6 +125,7 @@ def run_command(args: argparse.Namespace) -> int:
     """
     config = resolve_config(args)
     if config.engine == "mpi" and not inside_launcher():
+        check_before_launch(config.data)  # else each rank finds the same error, after mpiexec's start
         args.out = args.resume or args.out or str(default_run_dir())  # chosen here, so a stopped run can be named
         return launch_ranks(config, Path(args.out), run_arguments(args))
     log = print_flushed if launcher_rank() == 0 and not args.quiet else None

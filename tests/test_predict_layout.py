@@ -302,6 +302,24 @@ def test_on_spark_the_other_checks_a_footer_answers_come_before_the_jvm_starts(r
     assert not (tmp_path / "r").exists()
 
 
+def test_on_mpi_a_missing_source_or_column_is_found_before_mpiexec_starts_the_ranks(runs, tmp_path, capsys):
+    """The launcher named is no program: a check made by the ranks would be preceded by the failed launch."""
+    tmp, x, y = runs
+    pacsv.write_csv(_columns_table(x, y), tmp_path / "abc.csv")
+    launcher = ["--set", "engine=mpi", "--set", f"mpi.launcher=[{tmp_path / 'no-mpiexec'}]", "--set", "mappers=2",
+                "--quiet", "--out", str(tmp_path / "r")]
+    cases = [(f"data.source={tmp_path / 'missing.csv'}", "data.source: file "),
+             (f"data.source={tmp_path / 'abc.csv'}", "has no label column 'y' (set data.label_column; columns are "
+                                                     "['a', 'b', 'c', 'label'])"),
+             (f"data.source={tmp / 'abc.parquet'}", "has no label column 'y'")]
+    for item, said in cases:
+        err = one_line(capsys, "run", *launcher, "--set", item, "--set", "data.label_column=y")
+        assert said in err and "no-mpiexec" not in err, err
+    err = one_line(capsys, "run", *launcher, "--set", f"data.source={tmp_path / 'abc.csv'}")
+    assert "no-mpiexec" in err  # with a good source, the launcher is the next thing to fail
+    assert not (tmp_path / "r").exists()
+
+
 # --- where a bad value came from ---------------------------------------------------------------------------
 
 def _conf(tmp_path: Path, name: str, text: str) -> Path:

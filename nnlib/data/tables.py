@@ -223,9 +223,39 @@ def check_here(cfg) -> None:
     (:func:`check_schema`, :func:`check_feature_columns`), and ``data.test_source`` (read here in any case)
     exists with the same feature columns. A URI, or a path this machine does not hold, is left to that
     engine."""
-    source, test = cfg.source, cfg.test_source
+    source = cfg.source
     layout = _local_layout(source, "data.source")
     features = None if layout is None else check_feature_columns(layout, source, cfg, "data.source")
+    _check_test_source(cfg, features)
+
+
+def check_before_launch(cfg) -> None:
+    """The checks of a training source that need no pass over its rows, on this machine, before an engine
+    starts processes that would each find the same error (mpiexec's ranks): a file source exists, a CSV
+    file's header has the label, key, chosen and dropped columns; a Parquet source as :func:`check_here`."""
+    source = cfg.source
+    if source in sources.BUILTIN or is_uri(source):
+        return
+    if is_row_keyed(source):
+        check_here(cfg)
+        return
+    path = Path(source)
+    sources.check_exists(path, "data.source")
+    if path.suffix.lower() == ".csv":
+        names = sources.csv_columns(path, "data.source")
+        if cfg.label_column not in names:
+            raise DataError(f"data.source: {path} has no label column '{cfg.label_column}' (set data.label_column; "
+                            f"{sources.columns_text(names)})")
+        if cfg.key_column is not None and cfg.key_column not in names:
+            raise DataError(f"data.source: {path} has no key column '{cfg.key_column}' (set data.key_column; "
+                            f"{sources.columns_text(names)})")
+        sources.feature_columns(names, cfg.label_column, cfg.key_column, cfg.feature_columns, cfg.drop_columns)
+    _check_test_source(cfg, None)
+
+
+def _check_test_source(cfg, features: list[str] | None) -> None:
+    """``data.test_source`` exists; a Parquet one has the feature columns ``features`` (data.source's)."""
+    test = cfg.test_source
     if test is None or is_uri(test):
         return
     if not is_row_keyed(test):
