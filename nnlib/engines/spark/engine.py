@@ -55,7 +55,7 @@ class _SparkSession:
         self.warn = warn or (lambda _message: None)
         self.opened: Opened | None = None
         # a row-keyed (Parquet) source is read by Spark in the executors, before and during the run
-        self.reader = SparkReader(self._started_session, collect_held_out_mb)
+        self.reader = SparkReader(self._started_session, collect_held_out_mb, self.warn)
 
     @property
     def session(self):

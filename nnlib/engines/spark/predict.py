@@ -3,9 +3,11 @@
     nnlib predict runs/digits digits.parquet --set engine=spark --out predictions.parquet
 
 A Parquet source (a file, a dataset directory or glob, any URI Spark reads)
-is read by Spark in the executors, each row keyed by its ``data.key_column``
-or by its position as training numbers it (files sorted by path, rows in
-file order: Parquet's ``_metadata.row_index`` plus the file's offset). Any
+is read in the executors, each row keyed by its ``data.key_column`` or by
+its position as training numbers it (files sorted by path, rows in file
+order): by pyarrow in the tasks when Spark lists its files as local paths
+(:class:`nnlib.engines.spark.reader.ArrowSource`), else by Spark's reader
+(Parquet's ``_metadata.row_index`` plus the file's offset). Any
 other source (digits, synthetic, ``.npz``, ``.csv``, IDX) is read whole by
 the driver, as training reads it, and handed to Spark. The model file's
 bytes travel in the scoring function's closure (no broadcast variable, so
@@ -43,7 +45,7 @@ import numpy as np
 from nnlib.data import tables
 from nnlib.engines.spark.session import (SessionSettings, connect_expected, is_connect, java_root_cause,
                                          open_session)
-from nnlib.engines.spark.reader import _FILE, _ROW, SparkReader, split_parts
+from nnlib.engines.spark.reader import _FILE, _ROW, SparkReader, split_parts, unit_tables
 from nnlib.errors import ConfigError, DataError, EngineError, NnlibError, first_line, python_failed, root_cause
 from nnlib.model import file as model_file
 from nnlib.model.model import Model
@@ -153,6 +155,18 @@ class ParquetRows:
             yield block if self.columns.key is not None else replace(block, keys=positions)
 
 
+class ArrowRows:
+    """Blocks of a Parquet source's units (an :class:`nnlib.engines.spark.reader.ArrowSource`: the batch holds
+    unit ids), each read by pyarrow in the task."""
+
+    def __init__(self, columns: TableColumns, table):
+        self.columns, self.table = columns, table
+
+    def blocks(self, batch):
+        for name, _, first, data in unit_tables(self.table, batch.column(0).to_pylist(), self.columns.read()):
+            yield self.columns.block(data, name, first)  # without a key column, the keys are the positions
+
+
 class DriverRows:
     """Blocks of rows the driver read (a list column of float64 features, the labels, the key, the position)."""
 
@@ -190,15 +204,17 @@ def _output_schema(key_name: str, key_type, as_text: bool):
                        StructField("probability", probability)])
 
 
-def scored_frame(frame, rows, shared: SharedModel, key_name: str, as_text: bool, where: str):
+def scored_frame(frame, rows, shared: SharedModel, key_name: str, as_text: bool, where: str, key_type=None):
     """``frame``'s rows scored by ``mapInArrow``: the key, ``prediction`` and ``probability`` columns, and
     the :data:`_TOTALS` columns, null but in the one row each task ends with (its :class:`Scores`).
 
-    ``rows`` turns an Arrow batch into :class:`Block` s (:class:`ParquetRows`, :class:`DriverRows`).
+    ``rows`` turns an Arrow batch into :class:`Block` s (:class:`ParquetRows`, :class:`ArrowRows`,
+    :class:`DriverRows`). ``key_type``: the key column's Spark type (None: ``frame``'s column, else long).
     """
     from pyspark.sql.types import DoubleType, LongType, StructField
 
-    key_type = frame.schema[key_name].dataType if key_name in frame.columns else LongType()
+    if key_type is None:
+        key_type = frame.schema[key_name].dataType if key_name in frame.columns else LongType()
     schema = _output_schema(key_name, key_type, as_text)
     for name in _TOTALS:
         schema.add(StructField(name, DoubleType() if name == "_nnlib_loss_sum" else LongType()))
@@ -307,13 +323,28 @@ def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), 
         reader = SparkReader(lambda: session)
         as_text = out is not None and out.lower().endswith(".csv")
         key_required = _explicit_key(overrides)
-        if tables.is_row_keyed(data):
+        # a Parquet source of local files is read by pyarrow in the tasks (one job reads the footers); any other
+        # by Spark's reader, whose cost grows with the columns far faster than with the data
+        arrow = reader.arrow_source(data, "DATA") if tables.is_row_keyed(data) else None
+        key_type = None
+        if arrow is not None:
+            from pyspark.sql.pandas.types import from_arrow_type
+
+            columns = TableColumns(model, list(arrow.column_names), config, data, key_required,
+                                   tables.arrow_layout(arrow.schema))
+            key_name = columns.key or "row"
+            if columns.key is not None:
+                key_type = from_arrow_type(arrow.schema.field(columns.key).type)
+            frame, rows = reader.units_frame(arrow), ArrowRows(columns, arrow)
+        elif tables.is_row_keyed(data):
             frame = reader.source_frame(data, "DATA")
             try:  # on Spark Connect the server reads the files' schema only now
                 names = [c for c in frame.columns if c not in (_FILE, _ROW)]
             except Exception as exc:  # noqa: BLE001  - AnalysisException, SparkException: the path or the files
                 raise DataError(f"DATA: Spark cannot read {data} ({spark_error_line(exc)})") from None
             columns = TableColumns(model, names, config, data, key_required)
+            if columns.features is not None:
+                reader.warn_if_wide(len(columns.features), data, "DATA")
             parts, counts = reader.part_rows(frame, data, "DATA")
             offsets = dict(zip(parts, np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()))
             key_name = columns.key or "row"
@@ -323,7 +354,8 @@ def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), 
             block = next(source)  # sources other than Parquet are one block
             frame, rows = _driver_frame(session, key_name, block), DriverRows(key_name, block.y is not None)
         observation = _observation(session)
-        scored = _without_totals(scored_frame(frame, rows, shared, key_name, as_text, f"DATA {data}"), observation)
+        scored = _without_totals(scored_frame(frame, rows, shared, key_name, as_text, f"DATA {data}", key_type),
+                                 observation)
         if opened.connect:
             _write_on_server(scored, out, overwrite, reader, data)
             path = None if out is None else Path(out)

@@ -15,26 +15,141 @@ A DataFrame can be a source too (:meth:`SparkReader.add_frame`, the
 estimator of :mod:`nnlib.spark`): its rows are numbered by partition, then
 by their order in the partition (the order ``zipWithIndex`` gives), and the
 same code reads it, with the partition in the place of the file.
+
+A Parquet source whose files Spark lists as local paths (``file:``: one
+machine, or a filesystem every node mounts at the same path) is read by
+pyarrow in the executor tasks instead (:class:`ArrowSource`): Spark lists
+the files (``binaryFile``, no schema inferred), one small job reads their
+footers, and every later pass is ``mapInArrow`` over a ``range`` of units
+(runs of row groups of one file), each task reading its units' row groups
+with pyarrow, as the local reader does. Spark's own reader turns every
+column into Catalyst rows and back into Arrow, pass after pass, at a cost
+per column far above the data's size: a 600 x 12,000 float32 file took
+minutes before the first round (``bench/wide.py``). Any other source (a
+DataFrame, ``hdfs://``, ``s3a://``) is read by Spark; one that has more than
+:data:`WIDE_COLUMNS` feature columns gets one warning line naming that cost
+and the ways round it, before the first pass.
 """
 
 from __future__ import annotations
 
 import pickle
+import sys
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
 
 from nnlib.data.dataset import RowKeyed, Shard, ShardFiller
 from nnlib.data.rows import RowFiller, RowPlan, merge_in_order
-from nnlib.data.tables import ParquetSource, table_arrays
+from nnlib.data.tables import BLOCK_ROWS, ParquetSource, table_arrays
 from nnlib.engines.spark.session import java_root_cause
-from nnlib.errors import DataError, error_from_text, python_failed
+from nnlib.errors import DataError, error_from_text, first_line, python_failed
 
 # a row's part (a Parquet file's path, or a DataFrame's partition index) and its index in that part
 _FILE, _ROW = "_nnlib_file", "_nnlib_row"
 FRAME_SCHEME = "dataframe://"  # the data.source of a DataFrame given to SparkReader.add_frame
+WIDE_COLUMNS = 1000  # feature columns past which Spark's own reader is warned of (its cost grows per column)
+UNIT_BYTES = 64 << 20  # a unit of an ArrowSource: row groups of one file up to this many uncompressed bytes
+READ_TASKS = 64  # the most tasks a pass over an ArrowSource's units takes
+BLOCK_VALUES = 1 << 23  # values of a block read by pyarrow at most (64 MB of float64), whatever the width
 
 
+def _warn_on_stderr(message: str) -> None:
+    print(f"nnlib: warning: {message}", file=sys.stderr)
+
+
+def local_path(uri: str) -> str | None:
+    """The local path of a ``file:`` URI as Spark lists it; None for any other scheme."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    parsed = urlparse(uri)
+    return url2pathname(parsed.path) if parsed.scheme == "file" else None
+
+
+@dataclass(frozen=True)
+class ArrowSource(ParquetSource):
+    """A Parquet source whose files (local paths, sorted by path as the local reader sorts them) the executor
+    tasks read with pyarrow. ``units``: ``(file index, first row group, end row group, first row in the file)``
+    of each unit a task reads; ``schema``: the files' Arrow schema (every file's is the same)."""
+
+    units: tuple[tuple[int, int, int, int], ...] = ()
+    schema: object = None
+
+
+def _units(groups: list[list[tuple[int, int]]]) -> tuple[tuple[int, int, int, int], ...]:
+    """Runs of row groups of one file, each up to :data:`UNIT_BYTES` (at least one group): ``groups`` holds
+    each file's ``(rows, uncompressed bytes)`` per row group."""
+    units = []
+    for f, file_groups in enumerate(groups):
+        start = first = row = size = 0
+        for g, (rows, nbytes) in enumerate(file_groups):
+            if g > start and size + nbytes > UNIT_BYTES:
+                units.append((f, start, g, first))
+                start, first, size = g, row, 0
+            size += nbytes
+            row += rows
+        if row > first:
+            units.append((f, start, len(file_groups), first))
+    return tuple(units)
+
+
+def unit_tables(table: ArrowSource, ids, columns: list[str] | None) -> Iterator[tuple[str, int, int, object]]:
+    """``(file, index in the file of its first row, position of its first row, Arrow table of the rows)`` of
+    each block of the units ``ids``, read with pyarrow; ``columns`` None: every column. A file pyarrow cannot
+    read is one DataError line naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    offsets = table.offsets
+    width = len(columns) if columns is not None else max(len(table.column_names), 1)
+    batch_rows = max(1, min(BLOCK_ROWS, BLOCK_VALUES // width))
+    for i in ids:
+        f, lo, hi, first = table.units[i]
+        name = table.files[f]
+        try:
+            parquet = pq.ParquetFile(name)
+            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=list(range(lo, hi)), columns=columns):
+                yield name, first, int(offsets[f]) + first, pa.Table.from_batches([batch])
+                first += batch.num_rows
+        except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+            raise DataError(f"{table.key}: {name} is not a readable parquet file ({first_line(exc)})") from None
+
+
+def unit_ids(batches) -> Iterator[int]:
+    """The unit ids of a task's input (a ``range`` frame's ``id`` column)."""
+    for batch in batches:
+        yield from batch.column(0).to_pylist()
+
+
+def _arrow_blocks(table: ArrowSource, batches) -> Iterator[tuple[np.ndarray, ...]]:
+    """``(positions, x float64, y)`` of the rows of the units in a task's input, as the local reader checks them."""
+    for name, first_row, first, data in unit_tables(table, unit_ids(batches), table.columns()):
+        x, y = table_arrays(data, name, table.key, table.label_column, table.features_column, first_row,
+                            table.key_column, table.chosen_columns, table.dropped_columns)
+        yield np.arange(first, first + len(y), dtype=np.int64), x, y
+
+
+def _footers(paths: list[str], key: str):
+    """A task reading the footers of the files its ids index in ``paths``: one row ``(index, pickled (row
+    groups' (rows, bytes), Arrow schema))`` a file."""
+
+    def task(batches):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for i in unit_ids(batches):
+            try:
+                meta = pq.ParquetFile(paths[i]).metadata
+                schema = meta.schema.to_arrow_schema()
+            except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+                raise DataError(f"{key}: {paths[i]} is not a readable parquet file ({first_line(exc)})") from None
+            groups = [(meta.row_group(g).num_rows, meta.row_group(g).total_byte_size)
+                      for g in range(meta.num_row_groups)]
+            yield pa.RecordBatch.from_pydict({"file": [i], "blob": [pickle.dumps((groups, schema))]})
+
+    return task
 
 
 def part_name(part) -> str:
@@ -69,8 +184,10 @@ def _batches(table: ParquetSource, offsets: dict, batches) -> Iterator[tuple[np.
 class SparkReader:
     """How the Spark engines read a row-keyed source: Spark's readers in the executors."""
 
-    def __init__(self, session, collect_held_out_mb: float = 64.0):
+    def __init__(self, session, collect_held_out_mb: float = 64.0, warn=None):
         self._session = session  # a function returning the engine's SparkSession (started on first use)
+        self.warn = warn or _warn_on_stderr  # the one-line warning of a wide source read by Spark's reader
+        self.passes: list[str] = []  # each pass over a source's rows, by who read them: "pyarrow" or "spark"
         # held-out rows beyond this stay with the mappers, which score them (spark.collect_held_out_mb)
         self.collect_limit_bytes = collect_held_out_mb * 2 ** 20
         self._frames: dict[str, object] = {}  # data.source -> a DataFrame given as the source (add_frame)
@@ -139,38 +256,104 @@ class SparkReader:
                 raise error from None
             raise DataError(f"{key}: Spark cannot read {source} ({java_root_cause(exc)})") from None
 
+    def arrow_source(self, source: str, key: str = "data.source") -> ArrowSource | None:
+        """``source``'s files as Spark lists them (``binaryFile``: no schema inferred, nothing read) with their
+        footers read by pyarrow in one small job, as an :class:`ArrowSource` (no label or features column
+        set); None where the executors read it through Spark (a DataFrame, files that are not ``file:``).
+        A path Spark cannot list is one DataError line, a file pyarrow cannot read another naming it."""
+        if source in self._frames:
+            return None
+        session = self._session()
+        try:
+            uris = (session.read.format("binaryFile").option("recursiveFileLookup", "true").load(source)
+                    .inputFiles())
+        except Exception as exc:  # noqa: BLE001  - AnalysisException, Py4JJavaError: the path or scheme
+            raise DataError(f"{key}: Spark cannot read {source} ({java_root_cause(exc)})") from None
+        paths = [local_path(uri) for uri in uris]
+        if not paths or None in paths:
+            return None  # no files (Spark's reader says why), or a filesystem only Spark reaches
+        paths = sorted(paths)  # the order of the local reader (sources.parquet_files)
+        ids = session.range(0, len(paths), 1, numPartitions=min(len(paths), READ_TASKS))
+        rows = self.run_job(lambda: ids.mapInArrow(_footers(paths, key), "file long, blob binary").collect(),
+                            f"listing {source}", source, key)
+        footers = dict((row[0], pickle.loads(row[1])) for row in rows)
+        groups, schema = [footers[i][0] for i in range(len(paths))], footers[0][1]
+        for i, path in enumerate(paths):
+            other = footers[i][1]
+            if not other.equals(schema):
+                raise DataError(f"{key}: {path} has columns {other.names[:10]} of other types than {paths[0]}'s "
+                                f"{schema.names[:10]}; every file of a dataset needs the same schema")
+        file_rows = tuple(sum(n for n, _ in g) for g in groups)
+        if sum(file_rows) == 0:
+            raise DataError(f"{key}: {source} is empty (its Parquet files hold no rows)")
+        return ArrowSource(source, tuple(paths), file_rows, "", None, key, column_names=tuple(schema.names),
+                           units=_units(groups), schema=schema)
+
+    def units_frame(self, table: ArrowSource):
+        """A DataFrame of one ``id`` column, the indices of ``table.units`` (at most :data:`READ_TASKS`
+        partitions): what a pass over an :class:`ArrowSource` maps (:func:`unit_tables`)."""
+        n = len(table.units)
+        return self._session().range(0, n, 1, numPartitions=min(n, READ_TASKS))
+
     def open(self, source: str, label_column: str, features_column: str | None) -> ParquetSource:
         """The files (or a DataFrame's partitions) and their row counts, as Spark lists them."""
+        arrow = self.arrow_source(source)
+        if arrow is not None:
+            for column in (label_column, features_column):
+                if column is not None and column not in arrow.column_names:
+                    raise DataError(f"data.source: {source} has no column '{column}' (columns are "
+                                    f"{list(arrow.column_names)[:10]})")
+            return replace(arrow, label_column=label_column, features_column=features_column)
         probe = ParquetSource(source, (), (), label_column, features_column)
-        parts, rows = self.part_rows(self._frame(probe), source)
+        frame = self._frame(probe)
+        if features_column is None:
+            self.warn_if_wide(len(frame.columns) - 3, source)  # less the label, _FILE and _ROW
+        parts, rows = self.part_rows(frame, source)
         return ParquetSource(source, parts, rows, label_column, features_column)
+
+    def warn_if_wide(self, n_features: int, source: str, key: str = "data.source") -> None:
+        """One warning line when Spark's own reader is to read more than :data:`WIDE_COLUMNS` feature columns
+        (its cost per pass grows with the columns far faster than with the data's size), before it does."""
+        if n_features > WIDE_COLUMNS:
+            self.warn(f"{key}: {source} has {n_features:,} feature columns, read by Spark's own reader, whose "
+                      "every pass over the rows costs time per column far above the data's size (minutes for "
+                      "12,000 columns); store the features as one list column (data.features_column), put the "
+                      "files where every executor reads them as local paths (file:, which pyarrow reads), or "
+                      "use another engine (engine=local, mpi)")
 
     def _offsets(self, table: ParquetSource) -> dict:
         return dict(zip(table.files, (int(o) for o in table.offsets)))
 
-    def survey(self, table: ParquetSource, plan: RowPlan):
+    def _pass(self, table: ParquetSource, blocks_to_batches, schema: str):
+        """A DataFrame of ``blocks_to_batches(blocks)`` over every row of ``table``, where ``blocks`` are
+        ``(positions, x float64, y)``: pyarrow's reads of an :class:`ArrowSource`'s units, else Spark's rows."""
+        self.passes.append("pyarrow" if isinstance(table, ArrowSource) else "spark")
+        if isinstance(table, ArrowSource):
+            return self.units_frame(table).mapInArrow(lambda batches: blocks_to_batches(_arrow_blocks(table, batches)),
+                                                      schema)
         offsets = self._offsets(table)
+        return self._frame(table).mapInArrow(lambda batches: blocks_to_batches(_batches(table, offsets, batches)),
+                                             schema)
 
-        def tally_blocks(batches):
+    def survey(self, table: ParquetSource, plan: RowPlan):
+        def tally_blocks(blocks):
             import pyarrow as pa
 
-            tallies = [plan.tally(*block) for block in _batches(table, offsets, batches)]
+            tallies = [plan.tally(*block) for block in blocks]
             yield pa.RecordBatch.from_pydict({"blob": [pickle.dumps(tallies)]})
 
-        df = self._frame(table)
-        blobs = self.run_job(lambda: df.mapInArrow(tally_blocks, "blob binary").collect(),
-                             f"surveying {table.source}", table.source)
+        df = self._pass(table, tally_blocks, "blob binary")
+        blobs = self.run_job(lambda: df.collect(), f"surveying {table.source}", table.source)
         return merge_in_order([t for row in blobs for t in pickle.loads(row.blob)])
 
     def rows(self, table: ParquetSource, plan: RowPlan, role: int, n_features: int):
         """``(x float32, y)`` of every row with ``role``, brought to the driver one partition at a time and
         put in place (the driver holds the rows once, plus one partition's blocks)."""
-        offsets = self._offsets(table)
 
-        def keep(batches):
+        def keep(blocks):
             import pyarrow as pa
 
-            for pos, x, y in _batches(table, offsets, batches):
+            for pos, x, y in blocks:
                 mine = plan.roles(pos) == role
                 if mine.any():
                     yield pa.RecordBatch.from_pydict({"blob": [pickle.dumps((pos[mine], x[mine].astype(np.float32),
@@ -179,7 +362,7 @@ class SparkReader:
         filler = RowFiller(plan.positions(None, (role,)), n_features)
 
         def fill():
-            for row in self._frame(table).mapInArrow(keep, "blob binary").toLocalIterator():
+            for row in self._pass(table, keep, "blob binary").toLocalIterator():
                 filler.add(*pickle.loads(row.blob))
 
         self.run_job(fill, f"reading {table.source}", table.source)
@@ -198,18 +381,17 @@ class SparkReader:
         from pyspark.sql import functions as F
 
         table, plan = rows.table, rows.plan
-        offsets = self._offsets(table)
 
-        def split_by_shard(batches):
+        def split_by_shard(blocks):
             import pyarrow as pa
 
-            for block in _batches(table, offsets, batches):
+            for block in blocks:
                 for k, part in plan.by_shard(rows.mapper_roles, *block):
                     yield pa.RecordBatch.from_pydict({"shard": [k], "blob": [pickle.dumps(part)]})
 
         mappers = plan.mappers
         keys = F.array(*(F.lit(v).cast("long") for v in shard_keys(mappers)))
-        split = self._frame(table).mapInArrow(split_by_shard, "shard long, blob binary")
+        split = self._pass(table, split_by_shard, "shard long, blob binary")
         return (split.withColumn(_KEY, F.element_at(keys, F.col("shard").cast("int") + 1))
                 .repartition(mappers, _KEY).drop(_KEY))
 
