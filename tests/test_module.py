@@ -334,10 +334,10 @@ def test_a_missing_callable_names_the_closest_or_up_to_ten_of_the_modules_callab
     (["model.module=user_models.tiny:not_a_module"],
      "nnlib: error: model.module: user_models.tiny:not_a_module returned a int, not a torch.nn.Module"),
     (["model.module=user_models.tiny:make", "combine=ist"],
-     "nnlib: error: combine=ist splits an MLP's hidden units and needs model.type=mlp, got model.type=module"),
+     "nnlib: error: --set: combine=ist splits an MLP's hidden units and needs model.type=mlp, got model.type=module"),
     (["model.module=user_models.tiny:make", "combine=split"], None),
     (["model.module=user_models.tiny:make", "model.backend=numpy"],
-     "nnlib: error: model.type=module trains a torch.nn.Module and needs model.backend=torch (its default), "
+     "nnlib: error: --set: model.type=module trains a torch.nn.Module and needs model.backend=torch (its default), "
      "got model.backend='numpy'"),
     (["model.module=user_models.tiny:make", "train.device=cuda"], "nnlib: error: train.device=cuda: this process "
      "sees no CUDA GPU"),

@@ -71,7 +71,8 @@ def test_task_gpus_is_checked_as_spark_takes_it():
     assert load_config(None, ["spark.task_gpus=0.25"]).spark.task_gpus == 0.25
     assert load_config(None, ["spark.task_gpus=2"]).spark.task_gpus == 2
     assert load_config(None, []).spark.task_gpus is None
-    with pytest.raises(ConfigError, match=r"^spark.task_gpus: must be a whole number or a fraction <= 0.5 .*got 0.75$"):
+    with pytest.raises(ConfigError,
+                       match=r"^--set: spark.task_gpus: must be a whole number or a fraction <= 0.5 .*got 0.75$"):
         load_config(None, ["spark.task_gpus=0.75"])
     with pytest.raises(ConfigError, match="'spark.task_gpus': Input should be greater than 0, got 0"):
         load_config(None, ["spark.task_gpus=0"])
