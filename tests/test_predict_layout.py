@@ -33,6 +33,7 @@ from nnlib.config import load_config
 from nnlib.driver import run
 from nnlib.errors import ConfigError
 from nnlib.outputs import RunDir
+from test_data import write_idx
 
 QUICK = ["engine=local", "mappers=2", "train.rounds=1", "train.local_epochs=1", "model.hidden=[8]", "seed=3"]
 N = 3  # features
@@ -160,6 +161,9 @@ def test_a_feature_count_the_model_does_not_take_is_one_line_in_every_format(run
     assert "x4.npz has 4 features, the model takes 3; the model was trained on the list column 'features'" in err
     err = one_line(capsys, "predict", str(tmp / "abc-run"), "digits")
     assert "DATA digits has 64 features, the model takes 3; the model was trained on the 3 columns" in err
+    write_idx(tmp_path / "t-images-idx3-ubyte", np.zeros((5, 2, 2), np.uint8), 0x08)
+    err = one_line(capsys, "predict", str(tmp / "abc-run"), str(tmp_path / "t-images-idx3-ubyte"))
+    assert "t-images-idx3-ubyte has 4 features, the model takes 3" in err
     # a features column of numbers, not lists: the separate columns are named, with the setting that reads them
     pq.write_table(_columns_table(x, y, ("features", "b", "c")), tmp_path / "numbers.parquet")
     err = one_line(capsys, "predict", str(tmp / "list-run"), str(tmp_path / "numbers.parquet"))
@@ -225,6 +229,16 @@ def test_on_spark_a_layout_mismatch_is_found_before_the_jvm_starts_with_the_loca
     proc, _ = _spark_predict(str(tmp / "abc-run"), "digits")
     assert proc.returncode == 2 and proc.stdout.strip() == "no pyspark"
     assert "DATA digits has 64 features, the model takes 3" in proc.stderr
+    write_idx(tmp / "t-images-idx3-ubyte", np.zeros((5, 2, 2), np.uint8), 0x08)  # from the IDX header alone
+    proc, _ = _spark_predict(str(tmp / "abc-run"), str(tmp / "t-images-idx3-ubyte"))
+    (tmp / "t-images-idx3-ubyte").unlink()
+    assert proc.returncode == 2 and proc.stdout.strip() == "no pyspark"
+    assert "t-images-idx3-ubyte has 4 features, the model takes 3" in proc.stderr
+    np.savez(tmp / "x4.npz", x=np.zeros((5, 4)))  # from the .npz file's array header
+    proc, _ = _spark_predict(str(tmp / "abc-run"), str(tmp / "x4.npz"))
+    (tmp / "x4.npz").unlink()
+    assert proc.returncode == 2 and proc.stdout.strip() == "no pyspark"
+    assert "x4.npz has 4 features, the model takes 3" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["abc.csv"]  # nothing written
 
 
