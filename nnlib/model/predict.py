@@ -223,7 +223,7 @@ class TableColumns:
         elif len(separate) == n:
             fix = (f"; to read its {n} columns {_names(separate)} as the features, --set "
                    "data.features_column=null")
-        elif separate:
+        elif separate and layout is not None:  # (with the names alone, a list column may be among them)
             fix = (f"; with --set data.features_column=null its {len(separate)} columns {_names(separate)} would "
                    f"be the features, the model takes {n} (choose them with data.feature_columns=[...])")
         else:
