@@ -322,6 +322,17 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _cnn_needs_an_image_shape(self):
+        # told from the config, so that no engine starts (a JVM, mpiexec's ranks) before the payload finds it
+        name = Path(self.data.source).name.removesuffix(".gz")
+        knows_its_shape = self.data.source == "digits" or ("-idx" in name and name.endswith("-ubyte"))
+        if self.model.type == "cnn" and self.data.image_shape is None and not knows_its_shape:
+            raise Invalid(("model.type", "data.image_shape", "data.source"),
+                          f"model.type=cnn needs the image shape of data.source {self.data.source}: set "
+                          "data.image_shape to [H, W] or [C, H, W] (digits and IDX image files give theirs)")
+        return self
+
+    @model_validator(mode="after")
     def _device_needs_a_module(self):
         if self.train.device != "cpu" and self.model.type != "module":
             raise Invalid(("train.device", "model.type"),

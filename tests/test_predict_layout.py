@@ -307,7 +307,8 @@ def test_on_spark_the_other_checks_a_footer_answers_come_before_the_jvm_starts(r
              (f"data.test_source={tmp / 'list.parquet'}", "column 'features' holds lists, not numbers; to read it as "
                                                           "the features, set data.features_column=features"),
              (f"data.test_source={tmp_path / 'abz.parquet'}", "abz.parquet's feature columns ['a', 'b', 'z'] are not "
-                                                              "data.source's ['a', 'b', 'c']")]
+                                                              "data.source's ['a', 'b', 'c']"),
+             ("model.type=cnn", "--set: model.type=cnn needs the image shape of data.source ")]
     for item, said in cases:
         proc = _spark_child("run", "--set", f"data.source={tmp / 'abc.parquet'}", "--set", item, "--set", "mappers=2",
                             "--set", "train.rounds=1", "--quiet", "--out", str(tmp_path / "r"))
