@@ -53,7 +53,8 @@ from nnlib.api import Run, as_overrides, train
 from nnlib.config import Config, build_config
 from nnlib.driver import warn
 from nnlib.engines import make_engine
-from nnlib.engines.spark.ml import add_predictions, features_column, label_column, training_frame
+from nnlib.engines.spark.ml import (add_predictions, features_column, frame_message, label_column, output_columns,
+                                    training_frame)
 from nnlib.engines.spark.predict import SharedModel, model_bytes, model_from_bytes, spark_error_line
 from nnlib.engines.spark.session import ship_code
 from nnlib.errors import ConfigError, DataError, EngineError, NnlibError
@@ -222,15 +223,20 @@ class NNClassifier(Estimator, _NNParams, DefaultParamsReadable, DefaultParamsWri
         features, label = self.getFeaturesCol(), self.getLabelCol()
         features_column(dataset, features, "float32")  # a missing or unusable column: one line, before any job
         label_column(dataset, label)
+        # as MLlib's fit does: the output columns must be free before the training, not only at transform
+        output_columns(dataset, {"rawPredictionCol": self.getRawPredictionCol(),
+                                 "probabilityCol": self.getProbabilityCol(), "predictionCol": self.getPredictionCol()})
         name = f"{self.uid}-{uuid.uuid4().hex[:8]}"
         config = self.nnlib_config(f"dataframe://{name}")
         # the DataFrame's own session (classic or Spark Connect), whatever this thread's active one is
         engine = make_engine(config, warn, spark_session=dataset.sparkSession)
         with _ONE_FIT_AT_A_TIME, spark_errors("NNClassifier.fit"):
-            frame = training_frame(dataset, features, label)
+            frame = training_frame(dataset, features, label, self.getConf().get("data.key_column"))
             try:
                 engine.reader.add_frame(frame, name)
                 run = train(config, engine=engine, write=False, warn=warn)
+            except DataError as exc:  # the reader names the rows by partition: say which column, which row
+                raise DataError(frame_message(str(exc), config.data.source, features, label)) from None
             finally:
                 engine.reader.remove_frame(config.data.source)
                 frame.unpersist()
@@ -270,6 +276,16 @@ class NNClassificationModel(SparkModel, _NNParams, MLReadable, MLWritable):
     A features column of another length than the model's is refused in one line: at ``transform`` for a
     Vector column whose metadata gives its size (VectorAssembler's), else by the executors when an action
     meets the row (a ``DataError`` line inside Spark's error).
+
+    An output column (``predictionCol``, ``probabilityCol``, ``rawPredictionCol``) that the DataFrame already
+    has is refused at ``transform`` (and at ``NNClassifier.fit``) before any Spark job, in one ``DataError``
+    line naming the param to change, as MLlib refuses (``Column prediction already exists``); an empty name
+    leaves that output out. A row the model cannot take (a NaN or infinite feature, another length) fails
+    the action that meets it with Spark's ``PythonException``, whose last line is nnlib's: ``featuresCol
+    'features': features must be finite, got nan at row 5 of partition 1, feature 2`` (the row's offset in
+    its partition of the DataFrame given to ``transform``), or ``... at the row whose id is 25`` when the
+    model was trained with a key column (``data.key_column``: ``conf={"data.key_column": "id"}``, or a model
+    of ``nnlib run`` on a keyed table) that the DataFrame has.
     """
 
     def __init__(self, model_file: bytes | None = None, training: Run | None = None):
@@ -324,7 +340,8 @@ class NNClassificationModel(SparkModel, _NNParams, MLReadable, MLWritable):
         with spark_errors("NNClassificationModel.transform"):
             ship_code(dataset.sparkSession)  # a Connect server's workers get nnlib's code
             return add_predictions(dataset, self._shared, self.numFeatures, self.getFeaturesCol(),
-                                   self.getRawPredictionCol(), self.getProbabilityCol(), self.getPredictionCol())
+                                   self.getRawPredictionCol(), self.getProbabilityCol(), self.getPredictionCol(),
+                                   self.model.header["preprocessing"].get("key_column"))
 
     def write(self) -> MLWriter:
         return _ModelWriter(self)

@@ -23,11 +23,18 @@ def _feature_name(col: int, names) -> str:
     return f"feature {col} ('{names[col]}')" if names is not None and col < len(names) else f"feature {col}"
 
 
-def check_features(x, where: str, first_row: int = 0, names=None) -> np.ndarray:
+def _row_name(row: int, first_row: int, row_name) -> str:
+    return f"sample {first_row + row}" if row_name is None else row_name(int(row))
+
+
+def check_features(x, where: str, first_row: int = 0, names=None, row_name=None) -> np.ndarray:
     """``x`` as a float64 (samples x features) array whose values are finite in float32.
 
     ``first_row`` numbers the samples in messages; ``names`` (the feature
-    columns, when the source has them) names the column at fault.
+    columns, when the source has them) names the column at fault;
+    ``row_name`` (``i -> str``, e.g. ``"row 5 of partition 0"``), when
+    given, names sample ``i`` instead, for sources whose rows have no one
+    number (a DataFrame's: a key's value, or a partition and an offset).
     """
     x = np.asarray(x)
     if x.ndim == 1:
@@ -42,14 +49,14 @@ def check_features(x, where: str, first_row: int = 0, names=None) -> np.ndarray:
     bad = ~np.isfinite(x)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise DataError(f"{where}: features must be finite, got {x[row, col]} at sample {first_row + row}, "
-                        f"{_feature_name(col, names)}")
+        raise DataError(f"{where}: features must be finite, got {x[row, col]} at "
+                        f"{_row_name(row, first_row, row_name)}, {_feature_name(col, names)}")
     with np.errstate(over="ignore"):
         past = np.isinf(x.astype(np.float32))  # what training sees: the value after the cast
     if past.any():
         row, col = np.argwhere(past)[0]
         raise DataError(f"{where}: features must be finite in float32 (|value| <= {FLOAT32_MAX:.4g}), got "
-                        f"{x[row, col]:.6g} at sample {first_row + row}, {_feature_name(col, names)}; "
+                        f"{x[row, col]:.6g} at {_row_name(row, first_row, row_name)}, {_feature_name(col, names)}; "
                         "rescale that column")
     return x
 
@@ -71,8 +78,9 @@ def check_standardized(x: np.ndarray, where: str, positions=None) -> None:
                         "data.standardize=false")
 
 
-def check_labels(y, n_rows: int, where: str, first_row: int = 0) -> np.ndarray:
-    """``y`` as int64 labels 0, 1, ...; ``first_row`` numbers the samples in messages."""
+def check_labels(y, n_rows: int, where: str, first_row: int = 0, row_name=None) -> np.ndarray:
+    """``y`` as int64 labels 0, 1, ...; ``first_row`` numbers the samples in messages (``row_name``, ``i ->
+    str``, names them instead, as :func:`check_features`)."""
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"{where}: labels must be a 1-d array, got shape {y.shape}")
@@ -84,11 +92,13 @@ def check_labels(y, n_rows: int, where: str, first_row: int = 0) -> np.ndarray:
         frac = ~np.isfinite(y) | (y != np.round(y)) | (np.abs(y) > 2.0 ** 62)
         if frac.any():
             i = int(np.argmax(frac))
-            raise DataError(f"{where}: labels must be integers 0..n_classes-1, got {y[i]} at sample {first_row + i}")
+            raise DataError(f"{where}: labels must be integers 0..n_classes-1, got {y[i]} at "
+                            f"{_row_name(i, first_row, row_name)}")
     y = y.astype(np.int64)
     if y.min() < 0:
         i = int(np.argmin(y))
-        raise DataError(f"{where}: labels must be integers 0..n_classes-1, got {y[i]} at sample {first_row + i}")
+        raise DataError(f"{where}: labels must be integers 0..n_classes-1, got {y[i]} at "
+                        f"{_row_name(i, first_row, row_name)}")
     return y
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from nnlib.config import Config, build_config
 from nnlib.data import sources, tables
+from nnlib.data.checks import check_features
 from nnlib.data.tables import Layout, arrow_layout, parquet_layout
 from nnlib.errors import ConfigError, DataError, first_line
 from nnlib.model.model import CHUNK_ROWS, Model, softmax
@@ -150,7 +151,7 @@ class TableColumns:
     def __init__(self, model: Model, names: list[str], config: Config, data: str, key_required: bool,
                  layout: Layout | None = None):
         d = config.data
-        where = _where(data)
+        where = self.where = _where(data)
         names = list(names)
         lists = {} if layout is None else layout.lists
         other = {} if layout is None else layout.other
@@ -246,6 +247,8 @@ class TableColumns:
         """A block of a table (an Arrow table holding :meth:`read`'s columns)."""
         data = table.drop_columns([self.key]) if self.key is not None else table
         x, y = sources.table_to_arrays(data, Path(path), "DATA", self.label, self.features_column)
+        if self.features is not None:  # separate columns: a bad value is named by its column, not its index alone
+            check_features(x, self.where, first_row, self.features)
         keys = table.column(self.key) if self.key is not None else np.arange(first_row, first_row + len(x))
         return Block(keys, x, y, first_row)
 

@@ -10,14 +10,17 @@ naming the param, the column and what it holds.
 
 from __future__ import annotations
 
+import re
+import uuid
+
 import numpy as np
 import pandas as pd  # at module level: the pandas UDF's type hints are read in this module's namespace
 
+from nnlib.data.checks import check_features
 from nnlib.engines.spark.predict import SharedModel
+from nnlib.engines.spark.reader import _FILE, _ROW
 from nnlib.errors import DataError
 from nnlib.model.model import softmax
-
-_SCORES = "_nnlib_scores"  # the struct column the predictions are computed into
 
 
 def _field(df, name: str, param: str):
@@ -67,8 +70,9 @@ def label_column(df, name: str, param: str = "labelCol"):
     return F.col(name)
 
 
-def training_frame(df, features: str, label: str):
-    """The features (float32 arrays) and labels of ``df``, persisted (memory and disk of the executors).
+def training_frame(df, features: str, label: str, key: str | None = None):
+    """The features (float32 arrays) and labels of ``df`` (and its ``key`` column, ``data.key_column``, which
+    the model's header then names), persisted (memory and disk of the executors).
 
     Training reads the rows several times (the survey, the held-out rows,
     the shards) and numbers them by partition and order each time, so they
@@ -76,45 +80,149 @@ def training_frame(df, features: str, label: str):
     """
     from pyspark import StorageLevel
 
+    if key is not None and key not in df.columns:
+        raise DataError(f"conf: data.key_column '{key}' is not a column of the DataFrame (columns are "
+                        f"{df.columns[:10]})")
+    for param, name in (("featuresCol", features), ("labelCol", label), ("data.key_column", key)):
+        if name in READER_COLUMNS:  # the reader adds these to the frame it reads: they would be two columns
+            raise DataError(f"{param}: '{name}' is a name nnlib's reader gives its own columns "
+                            f"({', '.join(READER_COLUMNS)}); rename that column first")
     columns = [features_column(df, features, "float32").alias(features), label_column(df, label).alias(label)]
+    if key is not None and key not in (features, label):
+        columns.append(key)
     return df.select(*columns).persist(StorageLevel.MEMORY_AND_DISK)
 
 
-def _stack(values: np.ndarray, n_features: int, where: str) -> np.ndarray:
-    """A batch's feature arrays (an object array of 1-d arrays) as ``(n, n_features)`` float64."""
+# monotonically_increasing_id(): the partition index in the upper 31 bits, the row's offset in it in the lower 33
+_OFFSET_BITS = 33
+
+
+def _row_names(ids: np.ndarray, keys, key: str | None):
+    """``i -> str``: how a message names a batch's row ``i``: ``key``'s value when the DataFrame has a key
+    column, else its partition and its offset there (``ids``: the rows' ``monotonically_increasing_id``)."""
+    def name(i: int) -> str:
+        if keys is not None:
+            value = keys[i]
+            value = value.item() if hasattr(value, "item") else value  # numpy's scalars print as np.int64(7)
+            return f"the row whose {key} is {value!r}"
+        position = int(ids[i])
+        return f"row {position & ((1 << _OFFSET_BITS) - 1)} of partition {position >> _OFFSET_BITS}"
+    return name
+
+
+READER_COLUMNS = (_FILE, _ROW)  # the columns SparkReader.source_frame adds to a training frame
+
+# how nnlib's reader names a DataFrame source's rows in its messages: the source's key and the partition
+_PART_MESSAGE = re.compile(r"^data\.source partition (\d+)(: | )(.*)$", re.S)
+_SAMPLE = re.compile(r"\bat sample (\d+)")
+
+
+def frame_message(message: str, source: str, features: str, label: str) -> str:
+    """A reader's message about a DataFrame given to :meth:`SparkReader.add_frame` (``data.source partition 3:
+    features must be finite, got nan at sample 5, feature 2``) in the estimator's terms: the param and column
+    at fault, the row's offset in its partition (``featuresCol 'features': features must be finite, got nan
+    at row 5 of partition 3, feature 2``); the source's internal name (``source``) as "the DataFrame"."""
+    match = _PART_MESSAGE.match(message)
+    if match is None:
+        return message.replace(f"data.source {source}", "the DataFrame").replace(source, "the DataFrame")
+    part, separator, rest = match.groups()
+    param = f"labelCol '{label}'" if rest.startswith("label") or f"'{label}'" in rest else f"featuresCol '{features}'"
+    if separator == ": ":
+        return f"{param}: " + _SAMPLE.sub(lambda m: f"at row {m.group(1)} of partition {part}", rest)
+    return f"{param}: the DataFrame's partition {part} {rest}"
+
+
+def _stack(values: np.ndarray, n_features: int, where: str, row_name) -> np.ndarray:
+    """A batch's feature arrays (an object array of 1-d arrays) as ``(n, n_features)`` float64, checked
+    (finite in float32): a DataError names ``where`` and the row (``row_name``, ``i -> str``)."""
     lengths = np.fromiter((-1 if v is None else len(v) for v in values), np.int64, len(values))
     bad = lengths != n_features
     if bad.any():
         i = int(np.argmax(bad))
         got = "an empty (null) value" if lengths[i] < 0 else f"{lengths[i]} features"
-        raise DataError(f"{where}: the model takes {n_features} features, got {got} in a row")
-    return np.stack(values).astype(np.float64, copy=False) if len(values) else np.zeros((0, n_features))
+        raise DataError(f"{where}: the model takes {n_features} features, got {got} at {row_name(i)}")
+    x = np.stack(values).astype(np.float64, copy=False) if len(values) else np.zeros((0, n_features))
+    return check_features(x, where, row_name=row_name) if len(values) else x
+
+
+def output_columns(df, outputs: dict[str, str]) -> None:
+    """Refuse, before any Spark job, output columns (``{param: column name}``; an empty name is left out) that
+    ``df`` already has, or that two params share: ``withColumn`` would silently replace the column (MLlib
+    refuses too: "Column prediction already exists"). Names compare as the session resolves them (ignoring
+    case unless ``spark.sql.caseSensitive``). A clash is one DataError line naming the param and the column."""
+    if str(df.sparkSession.conf.get("spark.sql.caseSensitive", "false")).lower() == "true":
+        fold = str
+    else:
+        fold = str.lower
+    have = {fold(c): c for c in df.columns}
+    taken: dict[str, str] = {}
+    for param, name in outputs.items():
+        if not name:
+            continue
+        if fold(name) in have:
+            raise DataError(f"{param}: the DataFrame already has a column '{have[fold(name)]}' (columns are "
+                            f"{df.columns[:10]}), which transform would replace; set {param} to another name, "
+                            "or drop or rename that column first")
+        if fold(name) in taken:
+            raise DataError(f"{param}: '{name}' is also {taken[fold(name)]}'s column; give each output column its "
+                            "own name")
+        taken[fold(name)] = param
+
+
+def helper_column(df, stem: str) -> str:
+    """A name for a column nnlib adds to ``df`` for a while (and drops): ``stem`` and a random suffix, none of
+    ``df``'s columns, so that it can never replace or shadow one of the user's."""
+    names = {c.lower() for c in df.columns}
+    while True:
+        name = f"{stem}_{uuid.uuid4().hex[:12]}"
+        if name.lower() not in names:
+            return name
 
 
 def add_predictions(df, shared: SharedModel, n_features: int, features: str, raw_col: str, probability_col: str,
-                    prediction_col: str):
+                    prediction_col: str, key: str | None = None):
     """``df`` with the model's ``rawPrediction`` (the logits) and ``probability`` (ML vectors of float64 holding
     the float32 values) and ``prediction`` (double, the class) columns; a column whose name is empty is left
-    out, as MLlib's classifiers do. Computed by a pandas UDF, the model loaded once per Python worker."""
+    out, as MLlib's classifiers do. Computed by a pandas UDF, the model loaded once per Python worker.
+
+    An output column ``df`` already has is refused here (:func:`output_columns`). A row whose features are
+    not finite, or not ``n_features`` long, fails the action that meets it with nnlib's one DataError line
+    (the last line of Spark's ``PythonException``) naming ``featuresCol``'s column and the row: ``key``'s
+    value when ``key`` names a column of ``df``, else the row's partition and its offset in that partition.
+    """
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
 
+    outputs = {"rawPredictionCol": raw_col, "probabilityCol": probability_col, "predictionCol": prediction_col}
+    output_columns(df, outputs)
     x = features_column(df, features, "float64", n_features)
     where = f"featuresCol '{features}'"
+    key = key if key is not None and key in df.columns else None
+    # each row's place in the input: its partition and offset, taken as the row enters (a nondeterministic
+    # expression, so no filter after transform is pushed below it and changes the offsets), and its key
+    rows = F.struct(F.monotonically_increasing_id().alias("id"), *([F.col(key).alias("key")] if key else []))
 
     @pandas_udf("raw array<double>, probability array<double>, prediction double")
-    def score(batch: pd.Series) -> pd.DataFrame:
+    def score(batch: pd.Series, places: pd.DataFrame) -> pd.DataFrame:
         model = shared.get()
-        logits = model.predict_logits(_stack(batch.to_numpy(), model.n_features, where))
+        keys = places["key"].to_numpy() if "key" in places else None
+        try:
+            x = _stack(batch.to_numpy(), model.n_features, where, _row_names(places["id"].to_numpy(), keys, key))
+        except DataError as exc:
+            # raised again here, from None: the worker's traceback (which Spark's error carries) is this one
+            # frame and nnlib's line, the line an action's PythonException ends with
+            raise DataError(str(exc)) from None
+        logits = model.predict_logits(x)
         return pd.DataFrame({"raw": list(logits.astype(np.float64)),
                              "probability": list(softmax(logits).astype(np.float64)),
                              "prediction": model.classes[logits.argmax(axis=1)].astype(np.float64)})
 
-    out = df.withColumn(_SCORES, score(x))
+    scores = helper_column(df, "_nnlib_scores")
+    out = df.withColumn(scores, score(x, rows))
     for name, part in ((raw_col, "raw"), (probability_col, "probability")):
         if name:
-            out = out.withColumn(name, array_to_vector(F.col(f"{_SCORES}.{part}")))
+            out = out.withColumn(name, array_to_vector(F.col(f"`{scores}`.{part}")))
     if prediction_col:
-        out = out.withColumn(prediction_col, F.col(f"{_SCORES}.prediction"))
-    return out.drop(_SCORES)
+        out = out.withColumn(prediction_col, F.col(f"`{scores}`.prediction"))
+    return out.drop(scores)

@@ -647,7 +647,16 @@ def _wait_for_executors(session, master: str, origin: str) -> None:
 
 # Spark's own report of a failed task: the executor's stack trace ("ERROR Executor: Exception in task"), the
 # scheduler's "Lost task" and "aborting job"; nnlib reports the failure itself, in one line
-TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager")
+# A failed write task and job are reported again by the writers ("Aborting job", "Aborting commit for
+# partition", "... is aborting"): those loggers log nothing else.
+TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager",
+                        "org.apache.spark.sql.execution.datasources.FileFormatWriter",
+                        "org.apache.spark.sql.execution.datasources.v2.DataWritingSparkTask",
+                        "org.apache.spark.sql.execution.datasources.v2.OverwriteByExpressionExec",
+                        "org.apache.spark.sql.execution.datasources.v2.AppendDataExec")
+# Utils logs a failed write task as "Aborting task" with its whole trace; only that message is dropped, its
+# other errors (an uncaught exception in a thread, a SparkContext stopped by one) still show
+TASK_FAILURE_MESSAGES = (("org.apache.spark.util.Utils", "Aborting task"),)
 
 
 def quiet_task_failures(sc, log_level: str) -> None:
@@ -656,8 +665,20 @@ def quiet_task_failures(sc, log_level: str) -> None:
     if log_level.upper() not in ("ERROR", "FATAL", "OFF"):
         return
     jvm = sc._jvm
+    log4j = jvm.org.apache.logging.log4j
     for name in TASK_FAILURE_LOGGERS:
-        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, jvm.org.apache.logging.log4j.Level.OFF)
+        log4j.core.config.Configurator.setLevel(name, log4j.Level.OFF)
+    context = log4j.LogManager.getContext(False)
+    config = context.getConfiguration()
+    deny, neutral = log4j.core.Filter.Result.DENY, log4j.core.Filter.Result.NEUTRAL
+    for name, message in TASK_FAILURE_MESSAGES:
+        logger = config.getLoggerConfig(name)
+        if logger.getName() != name:  # the logger has no configuration of its own: one at its parent's level
+            logger = log4j.core.config.LoggerConfig(name, None, True)
+            config.addLogger(name, logger)
+        # the message as logged (its format, not the rendered text): the exception's trace is not matched
+        logger.addFilter(log4j.core.filter.RegexFilter.createFilter(f"{message}.*", None, True, deny, neutral))
+    context.updateLoggers()
 
 
 class _Py4jTraces(logging.Filter):
