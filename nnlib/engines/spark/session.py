@@ -454,7 +454,8 @@ def _open_classic(settings: SessionSettings, min_slots: int, warn: Callable[[str
             **EXECUTOR_DEFAULTS}
     if not _SUBMITTED:  # nnlib starts the JVM: its logging from the first line (under spark-submit it runs)
         ours["spark.driver.extraJavaOptions"] = (f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()} "
-                                                 f"-Dnnlib.spark.log.level={settings.log_level}")
+                                                 f"-Dnnlib.spark.log.level={settings.log_level} "
+                                                 f"-Dnnlib.spark.context.log.level={_context_level(settings)}")
     for key, value in ours.items():
         if key not in launched:  # what the user gave Spark wins
             builder = builder.config(key, value)
@@ -463,6 +464,8 @@ def _open_classic(settings: SessionSettings, min_slots: int, warn: Callable[[str
     quiet_py4j(settings.log_level)
     try:
         with holding_interrupt() as interrupted:  # cut short, the JVM's start would leave it running
+            if not _SUBMITTED:
+                _start_jvm(builder._options, origin, master)
             if master.startswith("spark://"):
                 _probe_standalone(master, origin, builder._options, settings.log_level)
             session = builder.getOrCreate()
@@ -612,6 +615,67 @@ def _probe_standalone(master: str, origin: str, options: dict, log_level: str = 
         env.shutdown()
     raise EngineError(f"{origin} {master}: no Spark master answers ({'; '.join(causes)}); check the port (a "
                       "standalone master's is 7077 unless started otherwise, its web UI's is another)")
+
+
+def _context_level(settings: SessionSettings) -> str:
+    """The level of SparkContext's own logger: off at ERROR and above (its "Error initializing SparkContext" and
+    the trace after it; nnlib's line carries the root cause), else ``spark.log_level``."""
+    return "OFF" if settings.log_level.upper() in ("ERROR", "FATAL", "OFF") else settings.log_level
+
+
+def _start_jvm(options: dict, origin: str, master: str) -> None:
+    """Start pyspark's JVM (its gateway) with the session's settings, unless it runs. The JVM's stderr goes to a
+    file while it starts: a JVM that exits at once (spark-submit refusing a setting: ``Exception in thread
+    "main" ...`` and its trace) is one :class:`EngineError` line with that cause, and nothing on the console.
+    Once it runs, a thread copies the file to this process's stderr as it grows, so Spark's own logging shows
+    as it did (at ``spark.log_level`` WARN, INFO, ...)."""
+    import tempfile
+
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    if SparkContext._gateway is not None:
+        return
+    log = tempfile.TemporaryFile()
+    conf = SparkConf(loadDefaults=False).setAll(list(options.items()))
+    try:
+        gateway = launch_gateway(conf, popen_kwargs={"stderr": log})
+    except Exception as exc:  # noqa: BLE001  - pyspark's JAVA_GATEWAY_EXITED, no java, ...
+        log.seek(0)
+        cause = jvm_start_cause(log.read().decode(errors="replace")) or first_line(exc)
+        log.close()
+        raise EngineError(f"{origin} {master}: could not start Spark's JVM ({cause})") from None
+    threading.Thread(target=_copy_to_stderr, args=(log,), name="nnlib-jvm-stderr", daemon=True).start()
+    SparkContext._ensure_initialized(gateway=gateway, conf=conf)
+
+
+def jvm_start_cause(text: str) -> str | None:
+    """The cause in what a JVM that failed to start printed: the root ``Caused by:``, else the ``Exception in thread
+    "main"`` line, else spark-submit's ``Error:`` line; None when there is none."""
+    lines = [line.strip() for line in text.splitlines()]
+    caused = [line[len("Caused by: "):] for line in lines if line.startswith("Caused by: ")]
+    if caused:
+        return caused[-1]
+    for prefix in ('Exception in thread "main" ', "Error: "):
+        for line in lines:
+            if line.startswith(prefix):
+                return line[len(prefix):] if prefix != "Error: " else line
+    return None
+
+
+def _copy_to_stderr(log) -> None:
+    """Copy the JVM's stderr file to file descriptor 2 as it grows (where the JVM wrote before)."""
+    offset = 0
+    while True:
+        chunk = os.pread(log.fileno(), 65536, offset)
+        if chunk:
+            offset += len(chunk)
+            try:
+                os.write(2, chunk)
+            except OSError:
+                return
+        else:
+            time.sleep(0.1)
 
 
 # Spark's setting for how long a new application waits for executors before scheduling; nnlib waits that long
