@@ -223,3 +223,20 @@ def test_connect(tmp_path):
     # the client's traffic a round does not grow with the mappers beyond their stats (a few hundred bytes each)
     small, large = (r["collected_bytes"] for r in result["bytes"])
     assert small > 4 * 10 ** 6 * 0.9 and large - small < 4096
+
+
+def test_wide(tmp_path):
+    result = smoke("wide", tmp_path)
+    assert (result["rows"], result["columns"], result["repeats"]) == (100, 2000, 1)
+    assert result["same_weights"] is True  # the Spark run's model.npz equals the local run's, bit for bit
+    table = result["table"]
+    assert [(r["command"], r["engine"]) for r in table] == [
+        (c, e) for c in ("nnlib run", "nnlib predict") for e in ("local", "spark", "spark, 10 columns")]
+    for r in table:
+        assert len(r["repeats_s"]) == 1 and r["median_s"] == pytest.approx(statistics.median(r["repeats_s"]))
+    for local, spark, narrow in zip(table[::3], table[1::3], table[2::3]):  # against the same command's medians
+        assert spark["ratio_to_local"] == pytest.approx(spark["median_s"] / local["median_s"])
+        assert spark["target_s"] == pytest.approx(5 * local["median_s"] + 30)
+        assert spark["met"] == (spark["median_s"] <= spark["target_s"])
+        assert spark["over_narrow_s"] == pytest.approx(spark["median_s"] - narrow["median_s"])
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["wide-100x10.parquet", "wide-100x2000.parquet"]
