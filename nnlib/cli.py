@@ -133,6 +133,11 @@ def run_command(args: argparse.Namespace) -> int:
     if run.path is not None:  # the main process: it wrote the run directory
         s = run.summary
         baseline = f" (unsplit baseline {s['baseline_test_accuracy']:.4f})" if "baseline_test_accuracy" in s else ""
+        if "final_test_r2" in s:
+            print_flushed(f"final test R² {s['final_test_r2']:.4f}, RMSE {s['final_test_rmse']:.4g}, MAE "
+                          f"{s['final_test_mae']:.4g}, test loss {s['final_test_loss']:.4f}, "
+                          f"{s['wall_seconds']:.1f}s; outputs in {run.path}")
+            return 0
         print_flushed(f"final test accuracy {s['final_test_accuracy']:.4f}{baseline}, test loss "
                       f"{s['final_test_loss']:.4f}, {s['wall_seconds']:.1f}s; outputs in {run.path}")
     return 0
@@ -232,10 +237,15 @@ def predict_command(args: argparse.Namespace) -> int:
     if predict_engine(args.overrides) == "spark":  # scored in Spark's executors, written by Spark
         from nnlib.engines.spark.predict import predict_spark
 
+        if Model.load(args.model).is_regressor:
+            raise ConfigError(f"nnlib predict: {args.model} is a regressor (model.task=regression), which predicts "
+                              "on engine=local so far, got engine=spark")
         done = predict_spark(args.model, args.data, args.overrides, args.out, args.overwrite)
     else:
         done = predict_source(Model.load(args.model), args.data, args.overrides, args.out, args.overwrite)
     scores = "" if done.accuracy is None else f"; accuracy {done.accuracy:.4f}, loss {done.loss:.4f}"
+    if done.rmse is not None:
+        scores = f"; RMSE {done.rmse:.6g}, MAE {done.mae:.6g}, R² {done.r2:.4f}, loss {done.loss:.4f}"
     where = f"predictions in {done.out}" if done.out else "no --out: nothing written"
     print_flushed(f"predict: {done.rows} rows{scores}; {where}")
     return 0

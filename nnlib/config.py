@@ -61,6 +61,18 @@ class DataConfig(_Section):
     labels: str | None = None
     test_labels: str | None = None
     label_column: str = "label"
+    label_columns: list[str] | None = Field(
+        None, description="model.task=regression: several target columns of a CSV or Parquet source, in order "
+        "(instead of data.label_column)")
+    standardize_target: bool = Field(
+        True, description="model.task=regression: train on targets standardised with the training rows' mean "
+        "and standard deviation (saved in the model file and undone at prediction)")
+    weight_column: str | None = Field(
+        None, description="a column (CSV, Parquet) or array (.npz) of sample weights (>= 0, finite, not all 0): "
+        "each row's loss, the metrics and combine=weighted are weighted by it; not a feature")
+    validation_column: str | None = Field(
+        None, description="a boolean column (CSV, Parquet) or array (.npz) marking the training rows held out "
+        "for validation (train.patience), instead of data.validation_fraction; not a feature")
     features_column: str | None = None
     key_column: str | None = None  # CSV/parquet: a row key, not a feature; nnlib predict writes it with each row
     feature_columns: list[str] | None = None  # CSV/parquet: only these columns are features, in this order
@@ -88,6 +100,38 @@ class DataConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _one_validation_set(self):
+        if self.validation_column is not None and self.validation_fraction:
+            raise Invalid(("data.validation_column", "data.validation_fraction"),
+                          f"data.validation_column ({self.validation_column!r}) marks the validation rows; "
+                          f"data.validation_fraction draws them: use one or the other, got "
+                          f"data.validation_fraction={self.validation_fraction}")
+        if self.label_columns is not None:
+            if not self.label_columns or len(set(self.label_columns)) != len(self.label_columns):
+                raise Invalid(("data.label_columns",),
+                              f"data.label_columns: one or more distinct column names, got {self.label_columns}")
+        named = [c for c in (self.weight_column, self.validation_column, self.key_column) if c is not None]
+        targets = self.label_columns or [self.label_column]
+        for column in named:
+            if column in targets or named.count(column) > 1:
+                raise Invalid(("data.weight_column", "data.validation_column", "data.label_column",
+                               "data.label_columns", "data.key_column"),
+                              f"data.weight_column, data.validation_column, the key and the label column(s) must "
+                              f"be different columns, got {column!r} twice")
+        return self
+
+    @property
+    def targets(self) -> list[str]:
+        """The label column(s): ``label_columns`` when set, else ``[label_column]``."""
+        return list(self.label_columns) if self.label_columns is not None else [self.label_column]
+
+    @property
+    def extra_columns(self) -> list[str]:
+        """The columns that are neither features nor the (first) label: further targets, weights, validation."""
+        extra = self.targets if self.label_columns is not None else []
+        return extra + [c for c in (self.weight_column, self.validation_column) if c is not None]
+
+    @model_validator(mode="after")
     def _image_shape_is_an_image(self):
         shape = self.image_shape
         if shape is not None and (len(shape) not in (2, 3) or min(shape) < 1):
@@ -104,10 +148,21 @@ class ModelConfig(_Section):
     channels: list[int] = Field(default_factory=lambda: [16, 32])    # cnn: conv + ReLU + 2x2 max-pool blocks
     kernel: int = Field(5, ge=1)                                     # cnn: kernel size (odd: "same" padding)
     activation: Literal["relu", "sigmoid", "tanh"] = "relu"
-    loss: Literal["cross_entropy", "squared"] = "cross_entropy"
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="classification: integer class labels 0..K-1; regression: numeric "
+        "targets (one label column, or data.label_columns), one output per target")
+    loss: Literal["cross_entropy", "squared", "absolute", "huber"] = Field(
+        "cross_entropy", description="classification: cross_entropy (default) or squared (against one-hot "
+        "classes); regression: squared (default), absolute or huber")
+    huber_delta: float = Field(1.0, gt=0, description="loss=huber: where the loss turns from squared to "
+                               "linear, in standardised target units")
     l2: float = Field(0.0, ge=0)
     l2_per_sample: bool = False   # the penalty is l2/(2n) * sum(W**2), n the training-set size (the slides' form)
     backend: Literal["numpy", "torch"] = "numpy"  # model.type=module: torch, the default there
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
 
     @model_validator(mode="before")
     @classmethod
@@ -119,6 +174,22 @@ class ModelConfig(_Section):
                               f"(its default), got model.backend={data['backend']!r}")
             data = {**data, "backend": "torch"}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _regression_loss_default(cls, data):
+        if isinstance(data, dict) and data.get("task") == "regression" and "loss" not in data:
+            data = {**data, "loss": "squared"}
+        return data
+
+    @model_validator(mode="after")
+    def _loss_fits_the_task(self):
+        allowed = {"classification": ("cross_entropy", "squared"), "regression": ("squared", "absolute", "huber")}
+        if self.loss not in allowed[self.task]:
+            raise Invalid(("model.loss", "model.task"),
+                          f"model.loss: under model.task={self.task} one of {', '.join(allowed[self.task])}, "
+                          f"got {self.loss}")
+        return self
 
     @model_validator(mode="after")
     def _module_is_named(self):
@@ -310,11 +381,52 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _regression_weights_and_validation_column_run_locally(self):
+        used = [f"{k}={v}" for k, v in (("model.task", "regression" if self.model.regression else None),
+                                        ("data.weight_column", self.data.weight_column),
+                                        ("data.validation_column", self.data.validation_column)) if v is not None]
+        if used and self.engine != "local":
+            raise Invalid(("engine", "model.task", "data.weight_column", "data.validation_column"),
+                          f"{', '.join(used)} run on engine=local so far, got engine={self.engine}")
+        return self
+
+    @model_validator(mode="after")
+    def _weights_train_in_local_rounds(self):
+        if self.data.weight_column is not None and self.has_sync_rounds:
+            raise Invalid(("data.weight_column", "combine", "train.sync_rounds"),
+                          "data.weight_column weighs the rows of local rounds so far; combine=gradient and "
+                          "train.sync_rounds are not weighted yet: use another combine and train.sync_rounds=0")
+        return self
+
+    @model_validator(mode="after")
+    def _regression_needs_no_classes(self):
+        if not self.model.regression:
+            if self.data.label_columns is not None:
+                raise Invalid(("data.label_columns", "model.task"),
+                              f"data.label_columns ({self.data.label_columns}) are regression targets and need "
+                              "model.task=regression; a classifier reads one data.label_column")
+            return self
+        if self.data.partition in ("stratified", "label_skew"):
+            raise Invalid(("data.partition", "model.task"),
+                          f"data.partition={self.data.partition} deals out class labels and needs "
+                          "model.task=classification; under regression use random, contiguous or quantity_skew")
+        if self.train.target_accuracy is not None:
+            raise Invalid(("train.target_accuracy", "model.task"),
+                          f"train.target_accuracy={self.train.target_accuracy} is a classifier's test accuracy; "
+                          "model.task=regression has none (use train.patience on a validation set)")
+        if self.data.source == "digits" or self.data.source == "synthetic":
+            raise Invalid(("data.source", "model.task"),
+                          f"data.source={self.data.source} holds class labels; model.task=regression needs a "
+                          "file source (.csv, .npz, .parquet) with numeric targets")
+        return self
+
+    @model_validator(mode="after")
     def _patience_needs_a_validation_split(self):
-        if self.train.patience is not None and self.data.validation_fraction == 0:
+        if (self.train.patience is not None and self.data.validation_fraction == 0
+                and self.data.validation_column is None):
             raise Invalid(("train.patience", "data.validation_fraction"),
                           f"train.patience={self.train.patience} stops on the validation loss and needs "
-                          "data.validation_fraction > 0 (e.g. 0.1), got 0")
+                          "data.validation_fraction > 0 (e.g. 0.1) or data.validation_column, got neither")
         if self.train.lr_schedule == "cosine" and self.train.lr_min >= self.train.lr:
             raise Invalid(("train.lr_schedule", "train.lr_min", "train.lr"),
                           f"train.lr_min must be below train.lr ({self.train.lr}) for the cosine schedule "

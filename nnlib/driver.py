@@ -250,9 +250,9 @@ def summarize(config: Config, data: Dataset, payload: RoundPayload, result: RunR
               resumed_after: int | None) -> dict:
     """summary.json of a finished run."""
     last = result.rounds[-1]
+    task = {"task": "regression", "targets": list(data.target_names)} if data.regression else {}
     return {
-        "final_test_accuracy": last["test_accuracy"], "final_test_loss": last["test_loss"],
-        "final_train_loss": last["train_loss"], "wall_seconds": wall_seconds,
+        **{f"final_{k}": last[k] for k in final_keys(last)}, "wall_seconds": wall_seconds, **task,
         "engine": config.engine, "mappers": config.mappers, "combine": config.combine,
         "rounds": config.train.rounds, "backend": config.model.backend,
         "n_train": data.n_train, "n_test": data.n_test, "n_val": data.n_val,
@@ -264,6 +264,13 @@ def summarize(config: Config, data: Dataset, payload: RoundPayload, result: RunR
         **result.extra,
         "machine": describe(),
     }
+
+
+def final_keys(row: dict) -> tuple[str, ...]:
+    """The rounds.csv keys summary.json reports as ``final_*``: a classifier's, or a regressor's."""
+    if "test_r2" in row:
+        return ("test_r2", "test_rmse", "test_mae", "test_loss", "train_loss")
+    return ("test_accuracy", "test_loss", "train_loss")
 
 
 def model_line(described: dict, backend: str) -> str:
@@ -310,6 +317,9 @@ class Setup:
         Parquet source's, past ``spark.collect_held_out_mb``) are scored by ``engine``'s
         mappers, each on its part, and the sums added up.
         """
+        data = self.data
+        if data.regression or data.w_train is not None:
+            return self.evaluate_sums(params)
         scores = {}
         if self.data.rows is not None and self.data.rows.scored_by_mappers:
             scores = total_scores(engine.score(self.config.model.backend, self.first.model, params))
@@ -321,6 +331,40 @@ class Setup:
             scores.update(zip(("val_loss", "val_accuracy"), evaluate_rows(backend, params, self.data.x_val,
                                                                           self.data.y_val)))
         return scores
+
+
+    def evaluate_sums(self, params: np.ndarray) -> dict[str, float]:
+        """Scores of a regression run (loss, RMSE, MAE, R²) or of a weighted one, from summed block statistics
+        (:mod:`nnlib.core.metrics`): the loss in training units, the metrics in the targets' own units."""
+        data, scores = self.data, {}
+        backend = get_backend(self.config.model.backend, self.first.model)
+        for name, x, y, w, raw in (("test", data.x_test, data.y_test, data.w_test, data.y_test_raw),
+                                   ("val", data.x_val, data.y_val, data.w_val, data.y_val_raw)):
+            if y is None:
+                continue
+            scores.update(set_scores(backend, self.first.model, params, name, x, y, w, data, raw))
+        return scores
+
+
+def set_scores(backend, spec, params: np.ndarray, name: str, x: np.ndarray, y: np.ndarray, w: np.ndarray | None,
+               data: Dataset, raw: np.ndarray | None = None) -> dict[str, float]:
+    """``{name}_loss`` and ``{name}_accuracy``, or under regression ``{name}_r2``, ``_rmse``, ``_mae`` and
+    ``_loss``, of ``params`` on ``(x, y)`` weighted by ``w``, scored ``EVAL_ROWS`` rows at a time."""
+    from nnlib.core import metrics
+    from nnlib.model.model import aligned_logits, regression_sums
+    from nnlib.rounds.mapper import EVAL_ROWS
+
+    if not data.regression:
+        parts = [backend.score(params, x[lo:lo + EVAL_ROWS], y[lo:lo + EVAL_ROWS],
+                               None if w is None else w[lo:lo + EVAL_ROWS]) for lo in range(0, len(y), EVAL_ROWS)]
+        done = metrics.finish_classification(metrics.total(parts))
+        return {f"{name}_loss": done.loss, f"{name}_accuracy": done.accuracy}
+    # the outputs in aligned blocks and the sums over the whole set, as the model file's regression_metrics
+    # computes them: nnlib predict on the run's test set gives its RMSE to the bit
+    z = aligned_logits(backend, params, x)
+    done = metrics.finish_regression(regression_sums(spec, z, y if raw is None else raw, w,
+                                                     data.target_mean, data.target_std))
+    return {f"{name}_r2": done.r2, f"{name}_rmse": done.rmse, f"{name}_mae": done.mae, f"{name}_loss": done.loss}
 
 
 @dataclass
@@ -354,7 +398,7 @@ def prepare(config: Config, warn=warn, reader=None) -> Setup:
     engine's ``reader``; default pyarrow in this process).
     """
     config = with_absolute_paths(config)
-    data = load_dataset(config.data, config.seed, config.mappers, reader)
+    data = load_dataset(config.data, config.seed, config.mappers, reader, config.model.task)
     if data.rows is not None and config.combine == "split":
         raise ConfigError(f"combine=split needs the training set on the driver (to couple the neurons); "
                           f"data.source {config.data.source} is a Parquet source, read only by the mappers")
@@ -416,13 +460,19 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
                                 config_digest(config))
         if on_round is not None:
             on_round(row)
-        log(f"round {r + 1}/{config.train.rounds}  test_acc {row['test_accuracy']:.4f}  "
-            f"test_loss {row['test_loss']:.4f}  train_loss {row['train_loss']:.4f}  {row['seconds']:.2f}s")
+        if "test_r2" in row:
+            log(f"round {r + 1}/{config.train.rounds}  test_r2 {row['test_r2']:.4f}  test_rmse {row['test_rmse']:.4g}  "
+                f"test_mae {row['test_mae']:.4g}  test_loss {row['test_loss']:.4f}  "
+                f"train_loss {row['train_loss']:.4f}  {row['seconds']:.2f}s")
+        else:
+            log(f"round {r + 1}/{config.train.rounds}  test_acc {row['test_accuracy']:.4f}  "
+                f"test_loss {row['test_loss']:.4f}  train_loss {row['train_loss']:.4f}  {row['seconds']:.2f}s")
         return row
 
     try:
         try:
-            engine.start(ShardSource(config.data, config.seed, config.mappers, setup.data.rows))
+            engine.start(ShardSource(config.data, config.seed, config.mappers, setup.data.rows,
+                                     config.model.task))
             if on_started is not None:
                 on_started()
             for r in range(first_round, config.train.rounds):
@@ -470,8 +520,7 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
         result.extra.update(best_round=stopping.best_round + 1, best_val_loss=stopping.best_loss)
         if stopping.best_params is not None and stopping.best_round < len(result.rounds) - 1:
             best = result.rounds[stopping.best_round]
-            result.extra.update(final_test_accuracy=best["test_accuracy"], final_test_loss=best["test_loss"],
-                                final_train_loss=best["train_loss"])
+            result.extra.update({f"final_{k}": best[k] for k in final_keys(best)})
             payload = replace(payload, params=stopping.best_params)
     if result.rounds:
         log(kept_weights_line(result.rounds, stopping))

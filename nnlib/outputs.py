@@ -28,6 +28,16 @@ ROUND_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "seconds",
                  "broadcast_seconds", "wait_seconds", "combine_seconds", "evaluate_seconds",
                  "max_mapper_seconds", "median_mapper_seconds", "overhead_seconds", "result_bytes", "lr",
                  "val_accuracy", "val_loss"]
+# a regression run's rounds.csv: R², RMSE and MAE in the targets' own units, the loss in training (standardised) units
+REGRESSION_ROUND_COLUMNS = ["round", "test_r2", "test_rmse", "test_mae", "test_loss", "train_loss", "seconds",
+                            *ROUND_COLUMNS[5:-2], "val_r2", "val_rmse", "val_mae", "val_loss"]
+
+
+def round_columns(rows: list[dict]) -> list[str]:
+    """rounds.csv's columns for these rows: a classifier's, or a regressor's (rows holding ``test_r2``)."""
+    return REGRESSION_ROUND_COLUMNS if rows and "test_r2" in rows[0] else ROUND_COLUMNS
+
+
 # MapperStats' fields, who and where first; result_bytes is summed per round in rounds.csv instead
 MAPPER_COLUMNS = ["round", "mapper", "host", "pid",
                   *(name for name in STATS_FIELDS if name not in ("mapper", "host", "pid", "result_bytes"))]
@@ -279,7 +289,7 @@ class RunDir:
 
     def write_tables(self, rounds: list[dict], mapper_rows: list[dict]) -> None:
         """Rewrite both CSV tables with every row so far (small: one row per round or mapper)."""
-        atomic_write_bytes(self.file("rounds.csv"), csv_bytes(ROUND_COLUMNS, rounds))
+        atomic_write_bytes(self.file("rounds.csv"), csv_bytes(round_columns(rounds), rounds))
         atomic_write_bytes(self.file("mapper_times.csv"), csv_bytes(MAPPER_COLUMNS, mapper_rows))
 
     def write_model(self, named: dict[str, np.ndarray]) -> None:

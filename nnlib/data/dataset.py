@@ -68,10 +68,29 @@ class Dataset:
     missing_classes: tuple[int, ...] = ()  # class indices in 0..n_classes-1 that no training row has
     fingerprint: tuple[tuple[str, str], ...] = ()  # (key, digest of the rows read) of every input: --resume
     #                                                compares them with the checkpoint's
+    task: str = "classification"  # "regression": y_* are float64 targets (n,) or (n, t), standardised when
+    #                               target_mean is set (data.standardize_target)
+    target_names: tuple[str, ...] = ()  # regression: the target columns (an .npz's: y, or y0, y1, ...)
+    target_mean: np.ndarray | None = None  # (t,) float64: the training targets' mean and std (std 0 -> 1)
+    target_std: np.ndarray | None = None
+    y_test_raw: np.ndarray | None = None  # regression: the test and validation targets in their own units
+    y_val_raw: np.ndarray | None = None
+    w_train: np.ndarray | None = None  # (n,) float64 sample weights (data.weight_column), else None
+    w_test: np.ndarray | None = None
+    w_val: np.ndarray | None = None
 
     @property
     def n_features(self) -> int:
         return self.rows.n_features if self.rows is not None else self.x_test.shape[1]
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
+
+    @property
+    def n_outputs(self) -> int:
+        """The network's output width: the classes, or the targets under regression."""
+        return len(self.target_names) if self.regression else self.n_classes
 
     @property
     def n_train(self) -> int:
@@ -111,22 +130,26 @@ def _split(n: int, fraction: float, seed: int, salt: int = 0x7E57,
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
-def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Reader | None = None) -> Dataset:
+def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Reader | None = None,
+                 task: str = "classification") -> Dataset:
     """Read ``cfg.source``, check it, split off a test set if none is given (and a validation set
     if asked), standardise.
 
     Standardisation statistics are fitted on the training part only; constant
     features keep a scale of 1. A row-keyed (Parquet) source is surveyed, not
     loaded: see :func:`load_row_keyed`; ``reader`` is how (default: pyarrow in
-    this process).
+    this process). ``task="regression"``, ``data.weight_column`` and
+    ``data.validation_column`` read the source whole (:func:`load_columns`).
     """
+    if task == "regression" or cfg.weight_column is not None or cfg.validation_column is not None:
+        return load_columns(cfg, seed, task)
     if tables.is_row_keyed(cfg.source):
         return load_row_keyed(cfg, seed, mappers, reader or tables.LocalReader())
     arrays = _read_source(cfg, seed)
     src = cfg.source
     names = _csv_feature_names(cfg, src, "data.source")
     x = check_features(arrays[0], f"data.source {src}", names=names)
-    y = check_labels(arrays[1], x.shape[0], f"data.source {src}")
+    y = _class_labels(arrays[1], x.shape[0], f"data.source {src}")
     fingerprint = [("data.source", row_digest(np.arange(len(y)), x, y))]
     if cfg.test_source is not None:
         if len(arrays) == 4:
@@ -138,7 +161,7 @@ def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Re
     elif len(arrays) == 4:
         where = f"data.source {src} (x_test)"
         x_test = check_features(arrays[2], where)
-        y_test = check_labels(arrays[3], x_test.shape[0], where)
+        y_test = _class_labels(arrays[3], x_test.shape[0], where)
         _check_width(x_test, x.shape[1], where)
         fingerprint[0] = ("data.source", add_digests(fingerprint[0][1], row_digest(-1 - np.arange(len(y_test)),
                                                                                   x_test, y_test)))
@@ -218,7 +241,7 @@ def _test_set(cfg: DataConfig, n_features: int) -> tuple[np.ndarray, np.ndarray,
         x, y = sources.read_file(Path(cfg.test_source), key, cfg.label_column, cfg.test_labels,
                                  "data.test_labels", cfg.key_column, cfg.feature_columns, cfg.drop_columns)[:2]
         x = check_features(x, where, names=_csv_feature_names(cfg, cfg.test_source, key))
-        y = check_labels(y, x.shape[0], where)
+        y = _class_labels(y, x.shape[0], where)
     _check_width(x, n_features, where)
     return x, y, row_digest(np.arange(len(y)), x, y)
 
@@ -318,6 +341,7 @@ class Shard:
     x: np.ndarray  # (n_samples, n_features) float32
     y: np.ndarray  # (n_samples,) int64
     held_out: dict = field(default_factory=dict)  # TEST/VAL -> (x, y): this mapper's part, to score
+    w: np.ndarray | None = None  # (n_samples,) float64 sample weights (data.weight_column), else None
 
     @property
     def n_samples(self) -> int:
@@ -332,16 +356,19 @@ class ShardSource:
     seed: int
     mappers: int
     rows: RowKeyed | None = None  # a row-keyed source: each worker reads only its shards' rows
+    task: str = "classification"  # model.task: how the labels are read (load_dataset)
 
     def build(self, indices: list[int]) -> list[Shard]:
         """The shards ``indices``: what a worker runs. An in-memory source is loaded once and cut; a
         row-keyed one is streamed, keeping only these shards' rows."""
         if self.rows is not None:
             return self._read(indices)
-        dataset = load_dataset(self.data, self.seed)
+        dataset = load_dataset(self.data, self.seed, task=self.task)
         parts = partition(dataset.y_train, self.mappers, self.data.partition, self.seed,
                           self.data.skew_alpha)
-        return [Shard(i, dataset.x_train[parts[i]], dataset.y_train[parts[i]]) for i in indices]
+        w = dataset.w_train
+        return [Shard(i, dataset.x_train[parts[i]], dataset.y_train[parts[i]],
+                      w=None if w is None else w[parts[i]]) for i in indices]
 
     def _read(self, indices: list[int]) -> list[Shard]:
         fillers = [ShardFiller(i, self.rows) for i in indices]
@@ -371,3 +398,277 @@ class ShardFiller(RowFiller):
         if len(y) == 0:
             raise DataError(f"data.source {self.rows.table.source}: shard {self.index} holds no training rows")
         return Shard(self.index, x, y, parts)
+
+
+def _class_labels(y, n_rows: int, where: str) -> np.ndarray:
+    """:func:`check_labels`, whose refusal of fractional labels suggests ``model.task=regression``."""
+    try:
+        return check_labels(y, n_rows, where)
+    except DataError as exc:
+        values = np.asarray(y)
+        if (np.issubdtype(values.dtype, np.floating) and np.isfinite(values).all()
+                and (values != np.round(values)).any()):
+            raise DataError(f"{exc}; for numeric targets set model.task=regression") from None
+        raise
+
+
+@dataclass
+class _Columns:
+    """One file's rows as :func:`load_columns` reads them (float64 features, labels or targets, weights, flags)."""
+
+    x: np.ndarray
+    y: np.ndarray              # int64 (n,) classes, or float64 targets (n,) / (n, t)
+    w: np.ndarray | None       # (n,) float64 weights
+    v: np.ndarray | None       # (n,) bool validation flags
+    names: tuple[str, ...] | None  # feature columns
+    target_names: tuple[str, ...]
+    test: "_Columns | None" = None  # an .npz's own x_test/y_test
+
+
+def _table(path: str, key: str):
+    """A CSV file or a local Parquet file, directory or glob as one Arrow table."""
+    if tables.is_uri(path):
+        raise DataError(f"{key}: {path}: model.task=regression, data.weight_column and data.validation_column "
+                        "read a local file so far (.csv, .npz, .parquet), got a URI")
+    if path.lower().endswith(".csv"):
+        return sources.read_csv_table(Path(path), key)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sources.parquet_files(path) or [Path(path)]
+    if not files:
+        raise DataError(f"{key}: {path} holds no .parquet file")
+    try:
+        return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{key}: {path} is not a readable Parquet source ({str(exc).splitlines()[0]})") from None
+
+
+def _column_values(table, path: str, key: str, name: str, what: str) -> np.ndarray:
+    """Column ``name`` of ``table`` as numpy; missing or holding empty cells: one line naming it."""
+    import pyarrow as pa
+
+    if name not in table.column_names:
+        raise DataError(f"{key}: {path} has no {what} '{name}' ({sources.columns_text(table.column_names)})")
+    col = table.column(name)
+    if col.null_count:
+        raise DataError(f"{key}: {path} {what} '{name}' has {col.null_count} empty (null) cell(s); every row "
+                        "needs a value")
+    if pa.types.is_boolean(col.type):
+        return col.to_numpy(zero_copy_only=False).astype(bool)
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        raise DataError(f"{key}: {path} {what} '{name}' must be numeric, got {col.type}")
+    return col.to_numpy(zero_copy_only=False)
+
+
+def _targets(y, n: int, where: str, names: tuple[str, ...]) -> np.ndarray:
+    """Regression targets: finite numbers, ``(n,)`` or ``(n, t)``, as float64."""
+    y = np.asarray(y)
+    if y.ndim not in (1, 2) or y.shape[0] != n:
+        raise DataError(f"{where}: targets must be (rows,) or (rows, targets) for {n} rows, got shape {y.shape}")
+    if y.dtype == bool or not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
+        raise DataError(f"{where}: targets must be numeric, got dtype {y.dtype}")
+    y = y.astype(np.float64)
+    bad = ~np.isfinite(y.reshape(n, -1))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(f"{where}: target '{names[col]}' must be finite, got {y.reshape(n, -1)[row, col]} at "
+                        f"sample {row}")
+    return y
+
+
+def _weights(w, n: int, where: str) -> np.ndarray:
+    """Sample weights: ``(n,)`` finite numbers ``>= 0``, not all 0, as float64."""
+    w = np.asarray(w)
+    if w.shape != (n,):
+        raise DataError(f"{where}: weights must be one per row ({n}), got shape {w.shape}")
+    if w.dtype == bool or not np.issubdtype(w.dtype, np.number) or np.issubdtype(w.dtype, np.complexfloating):
+        raise DataError(f"{where}: weights must be numbers >= 0, got dtype {w.dtype}")
+    w = w.astype(np.float64)
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{where}: weights must be finite numbers >= 0, got {w[i]} at sample {i}")
+    if not w.any():
+        raise DataError(f"{where}: every weight is 0; at least one row must weigh more")
+    return w
+
+
+def _flags(v, n: int, where: str) -> np.ndarray:
+    """The validation column: ``(n,)`` booleans."""
+    v = np.asarray(v)
+    if v.shape != (n,) or v.dtype != bool:
+        raise DataError(f"{where}: must be boolean (true/false), got dtype {v.dtype}"
+                        + ("" if v.shape == (n,) else f" and shape {v.shape}"))
+    return v
+
+
+def _read_columns(cfg: DataConfig, path: str, key: str, regression: bool) -> _Columns:
+    """A file's features, labels or targets, weights and validation flags (the last two when configured)."""
+    where = f"{key} {path}"
+    if path.lower().endswith(".npz"):
+        sources.check_exists(Path(path), key)
+        arrays = sources.read_npz(Path(path), key)
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
+            extra = {}
+            for what, name in (("weight_column", cfg.weight_column), ("validation_column", cfg.validation_column)):
+                if name is not None and name not in f.files:
+                    raise DataError(f"{where}: data.{what}: no array '{name}' (arrays are {sorted(f.files)})")
+                extra[what] = None if name is None else f[name]
+        x = check_features(arrays[0], where)
+        n = x.shape[0]
+        y_raw = np.asarray(arrays[1])
+        t = 1 if y_raw.ndim < 2 else y_raw.shape[1]
+        target_names = ("y",) if y_raw.ndim < 2 else tuple(f"y{j}" for j in range(t))
+        y = _targets(y_raw, n, where, target_names) if regression else _class_labels(y_raw, n, where)
+        w = None if extra["weight_column"] is None else _weights(
+            extra["weight_column"], n, f"{where} (data.weight_column '{cfg.weight_column}')")
+        v = None if extra["validation_column"] is None else _flags(
+            extra["validation_column"], n, f"{where} (data.validation_column '{cfg.validation_column}')")
+        test = None
+        if len(arrays) == 4:
+            tw = f"{where} (x_test)"
+            xt = check_features(arrays[2], tw)
+            yt = _targets(arrays[3], xt.shape[0], tw, target_names) if regression else \
+                _class_labels(arrays[3], xt.shape[0], tw)
+            _check_width(xt, x.shape[1], tw)
+            test = _Columns(xt, yt, None, None, None, target_names)
+        return _Columns(x, y, w, v, None, target_names, test)
+    table = _table(path, key)
+    targets = cfg.targets
+    extras = [c for c in (cfg.weight_column, cfg.validation_column) if c is not None]
+    for name in cfg.feature_columns or ():
+        if name in targets or name in extras:
+            raise DataError(f"data.feature_columns: '{name}' is a label, weight or validation column, not a feature")
+    x, _ = sources.table_to_arrays(table, Path(path), key, None, cfg.features_column, cfg.key_column,
+                                   cfg.feature_columns, [*cfg.drop_columns, *targets, *extras])
+    x = check_features(x, where)
+    n = x.shape[0]
+    names = None
+    if cfg.features_column is None:
+        names = tuple(sources.feature_columns(table.column_names, None, cfg.key_column, cfg.feature_columns,
+                                              [*cfg.drop_columns, *targets, *extras]))
+    label_what = "target column" if regression else "label column"
+    columns = [_column_values(table, path, key, name, label_what) for name in targets]
+    if regression:
+        for name, col in zip(targets, columns):
+            if col.dtype == bool:
+                raise DataError(f"{where}: target column '{name}' must be numeric, got bool")
+        y = _targets(np.stack(columns, axis=1) if len(columns) > 1 else columns[0], n, where, tuple(targets))
+    else:
+        y = _class_labels(columns[0], n, f"{where} (label column '{targets[0]}')")
+    w = v = None
+    if cfg.weight_column is not None:
+        w = _weights(_column_values(table, path, key, cfg.weight_column, "weight column"), n,
+                     f"{where} (data.weight_column '{cfg.weight_column}')")
+    if cfg.validation_column is not None:
+        v = _flags(_column_values(table, path, key, cfg.validation_column, "validation column"), n,
+                   f"{where} (data.validation_column '{cfg.validation_column}')")
+    return _Columns(x, y, w, v, names, tuple(targets))
+
+
+def _digest(x: np.ndarray, y: np.ndarray, w, v, first: int = 0) -> int:
+    """:func:`row_digest` of rows with float targets, weights and flags (all taken as feature bits)."""
+    n = len(x)
+    parts = [x, np.asarray(y, np.float64).reshape(n, -1)]
+    parts += [] if w is None else [w[:, None]]
+    parts += [] if v is None else [v[:, None].astype(np.float64)]
+    return row_digest(first + np.arange(n), np.concatenate(parts, axis=1), np.zeros(n, np.int64))
+
+
+def load_columns(cfg: DataConfig, seed: int, task: str = "classification") -> Dataset:
+    """A source read whole with its targets (``task="regression"``), weights (``data.weight_column``) and
+    validation flags (``data.validation_column``).
+
+    The test set is drawn as :func:`load_dataset` draws it (``data.test_fraction``, the file's own test set,
+    or ``data.test_source``); of the training rows, those ``data.validation_column`` marks (a marked row
+    drawn for the test set stays a test row) or a seeded ``data.validation_fraction`` validate. Regression
+    targets are float64, standardised with the training rows' mean and standard deviation per target (a
+    constant target keeps a scale of 1) under ``data.standardize_target``; weights are float64 ``(n,)``.
+    Raises :class:`DataError` (one line) for a missing, empty, non-numeric or non-finite target, label,
+    weight or flag, negative weights or all weights 0, and a validation column that is not boolean or
+    marks no training row or every one.
+    """
+    regression = task == "regression"
+    src = cfg.source
+    read = _read_columns(cfg, src, "data.source", regression)
+    x, y, w, v = read.x, read.y, read.w, read.v
+    fingerprint = [("data.source", _digest(x, y, w, v))]
+    w_test = None
+    if cfg.test_source is not None:
+        if read.test is not None:
+            raise DataError(f"data.test_source: {src} already holds x_test/y_test; give one or the other, not both")
+        test = _read_columns(cfg, cfg.test_source, "data.test_source", regression)
+        _check_width(test.x, x.shape[1], f"data.test_source {cfg.test_source}")
+        if regression and np.asarray(test.y).reshape(len(test.y), -1).shape[1] != y.reshape(len(y), -1).shape[1]:
+            raise DataError(f"data.test_source {cfg.test_source}: {len(test.target_names)} target(s), "
+                            f"data.source has {len(read.target_names)}")
+        fingerprint.append(("data.test_source", _digest(test.x, test.y, test.w, test.v)))
+        x_train, y_train, w_train, v_train = x, y, w, v
+        x_test, y_test, w_test = test.x, test.y, test.w
+    elif read.test is not None:
+        x_train, y_train, w_train, v_train = x, y, w, v
+        x_test, y_test = read.test.x, read.test.y
+        fingerprint[0] = ("data.source", add_digests(fingerprint[0][1], _digest(x_test, y_test, None, None, -len(y))))
+    else:
+        train_idx, test_idx = _split(x.shape[0], cfg.test_fraction, seed)
+        x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+        w_train, w_test = (None, None) if w is None else (w[train_idx], w[test_idx])
+        v_train = None if v is None else v[train_idx]
+    x_val = y_val = w_val = None
+    if v_train is not None:
+        marked = int(v_train.sum())
+        if marked in (0, len(v_train)):
+            raise DataError(f"data.source {src}: data.validation_column '{cfg.validation_column}' marks "
+                            f"{'no' if marked == 0 else 'every'} training row ({marked} of {len(v_train)}); it must "
+                            "mark some rows for validation and leave others for training")
+        keep, held = np.flatnonzero(~v_train), np.flatnonzero(v_train)
+    elif cfg.validation_fraction:
+        keep, held = _split(len(y_train), cfg.validation_fraction, seed, 0x7A11, "data.validation_fraction")
+    if v_train is not None or cfg.validation_fraction:
+        x_train, y_train, x_val, y_val = x_train[keep], y_train[keep], x_train[held], y_train[held]
+        if w_train is not None:
+            w_train, w_val = w_train[keep], w_train[held]
+    if w_train is not None and not w_train.any():
+        raise DataError(f"data.source {src}: data.weight_column '{cfg.weight_column}': every training row "
+                        "weighs 0; at least one must weigh more")
+    mean = std = None
+    if cfg.standardize:
+        mean = x_train.mean(axis=0)
+        std = x_train.std(axis=0)
+        std[std == 0] = 1.0
+        x_train = (x_train - mean) / std
+        x_test = (x_test - mean) / std
+        x_val = None if x_val is None else (x_val - mean) / std
+    x_train, x_test = _as_float32(x_train, f"data.source {src}"), _as_float32(x_test, _test_where(cfg))
+    x_val = None if x_val is None else _as_float32(x_val, f"data.source {src} (validation part)")
+    common = dict(mean=mean, std=std, feature_names=read.names, w_train=w_train, w_test=w_test, w_val=w_val,
+                  fingerprint=tuple((key, f"{digest:016x}") for key, digest in fingerprint))
+    shape = _image_shape(cfg, x_train.shape[1])
+    if not regression:
+        classes = np.unique(y_train)
+        if len(classes) < 2:
+            raise DataError(f"data.source {src}: the training set holds a single class ({y_train[0]}); "
+                            "at least 2 are needed")
+        missing = check_class_ids(classes, f"data.source {src}")
+        n_classes = int(classes[-1]) + 1
+        if y_test.max() >= n_classes:
+            i = int(np.argmax(y_test >= n_classes))
+            raise DataError(f"{_test_where(cfg)}: labels must be in 0..{n_classes - 1} (the training labels), "
+                            f"got {y_test[i]} at sample {i}")
+        return Dataset(x_train, y_train, x_test, y_test, n_classes, shape, x_val, y_val,
+                       missing_classes=tuple(missing.tolist()), **common)
+    t = y_train.reshape(len(y_train), -1).shape[1]
+    target_mean = target_std = None
+    y_test_raw, y_val_raw = y_test, y_val
+    if cfg.standardize_target:
+        target_mean = y_train.reshape(len(y_train), t).mean(axis=0)
+        target_std = y_train.reshape(len(y_train), t).std(axis=0)
+        target_std[target_std == 0] = 1.0
+        scale = (lambda a: (a - target_mean[0]) / target_std[0]) if y_train.ndim == 1 else \
+            (lambda a: (a - target_mean) / target_std)
+        y_train, y_test = scale(y_train), scale(y_test)
+        y_val = None if y_val is None else scale(y_val)
+    return Dataset(x_train, y_train, x_test, y_test, 0, shape, x_val, y_val, task="regression",
+                   target_names=read.target_names, target_mean=target_mean, target_std=target_std,
+                   y_test_raw=y_test_raw, y_val_raw=y_val_raw, **common)

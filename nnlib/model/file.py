@@ -27,6 +27,15 @@ The header::
      "classes": [0, 1, ..., K - 1], "n_features": 64, "n_classes": 10,
      "training": {"source": "digits", "seed": 0, "n_train": 1438}}
 
+A regressor's header (``model.task: regression``; version 2, which an nnlib
+that reads version 1 only refuses instead of taking it for a classifier)
+adds ``"task": "regression"`` and ``"targets": {"names": [...], "mean":
+[...] or null, "std": [...] or null}``: the target columns and the
+statistics the run standardised them with (``data.standardize_target``),
+as JSON floats, which round-trip float64 exactly. ``classes`` is then
+``[]``, ``n_classes`` the number of targets (the output width), and the
+architecture records ``huber_delta``.
+
 A module's file records its callable and kwargs, not its code: reading
 the file imports the callable (from ``sys.path``, the working directory, or
 ``search_path``, where the training run found it).
@@ -59,7 +68,7 @@ from nnlib.errors import DataError, first_line
 from nnlib.outputs import atomic_write_bytes
 
 FORMAT = "nnlib-model"
-VERSION = 1
+VERSION = 2  # the newest header read; a classifier's is still written as version 1
 HEADER, MEAN, STD = FILE_KEYS  # the arrays that are not weights
 
 
@@ -114,7 +123,8 @@ def spec_from_header(header: dict) -> ModelSpec:
                           int(header["n_classes"]))
     else:
         layers = LayerSpec(tuple(arch["layer_sizes"]))
-    return ModelSpec(layers, arch["activation"], arch["loss"], 0.0, float(arch.get("output_scale", 1.0)))
+    return ModelSpec(layers, arch["activation"], arch["loss"], 0.0, float(arch.get("output_scale", 1.0)),
+                     task=header.get("task", "classification"), huber_delta=float(arch.get("huber_delta", 1.0)))
 
 
 def make_header(config, data, spec: ModelSpec) -> dict:
@@ -130,15 +140,24 @@ def make_header(config, data, spec: ModelSpec) -> dict:
         arch = {"type": "mlp", "layer_sizes": list(layers.sizes)}
     arch.update(activation=spec.activation, loss=spec.loss, output_scale=float(spec.output_scale))
     d = config.data
+    regression = {}
+    if getattr(data, "regression", False):
+        arch["huber_delta"] = float(spec.huber_delta)
+        as_list = (lambda a: None if a is None else [float(v) for v in np.asarray(a, np.float64)])
+        regression = {"task": "regression", "targets": {"names": list(data.target_names),
+                                                        "mean": as_list(data.target_mean),
+                                                        "std": as_list(data.target_std)}}
     return {
-        "format": FORMAT, "version": VERSION, "architecture": arch,
+        "format": FORMAT, "version": 2 if regression else 1, "architecture": arch,
         "preprocessing": {
             "standardize": data.mean is not None,
             "feature_columns": None if data.feature_names is None else list(data.feature_names),
             "features_column": d.features_column, "label_column": d.label_column, "key_column": d.key_column,
             "image_shape": None if data.image_shape is None else list(data.image_shape)},
-        "classes": list(range(data.n_classes)), "n_features": data.n_features, "n_classes": data.n_classes,
+        "classes": [] if regression else list(range(data.n_classes)), "n_features": data.n_features,
+        "n_classes": data.n_outputs if regression else data.n_classes,
         "training": {"source": d.source, "seed": config.seed, "n_train": data.n_train},
+        **regression,
     }
 
 

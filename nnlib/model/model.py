@@ -6,6 +6,13 @@
     model.predict_proba(x)    # (n, k) float32, rows sum to 1
     model.score(x, y)         # accuracy in [0, 1]
 
+A regressor (``model.task: regression``): ``model.predict(x)`` is float64
+``(n,)`` for one target or ``(n, t)``, in the targets' own units (the run's
+target standardisation undone); ``model.score(x, y)`` is R² (scikit-learn's
+convention); ``model.regression_metrics(x, y)`` the loss, RMSE, MAE and R²
+the run reports, to the bit on the run's own test set; ``predict_proba`` is
+refused.
+
 ``x`` holds raw features, as the training source held them: the run's
 standardisation (its training rows' mean and standard deviation) is applied
 inside, in float64 and then rounded to float32, exactly as the run
@@ -39,6 +46,40 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def aligned_logits(scorer, params: np.ndarray, rows: np.ndarray, first_row: int = 0) -> np.ndarray:
+    """``scorer``'s outputs ``(n, k)`` float32 for standardised float32 rows at positions ``first_row, ...`` of
+    their source, computed in :data:`ALIGN_ROWS`-row blocks at multiples of ``ALIGN_ROWS`` (zero rows pad a
+    block's ends) on one BLAS thread, so a row's output depends on its position and values alone
+    (:meth:`Model.logits_of`; a regression run scores its held-out sets so too)."""
+    from nnlib.util.threads import one_blas_thread
+
+    n = len(rows)
+    start = first_row - first_row % ALIGN_ROWS
+    padded = -(-(first_row + n - start) // ALIGN_ROWS) * ALIGN_ROWS
+    block = np.zeros((padded, *rows.shape[1:]), rows.dtype)
+    block[first_row - start:first_row - start + n] = rows
+    parts = []
+    with one_blas_thread():
+        for lo in range(0, padded, ALIGN_ROWS):
+            logits = scorer.predict_logits(params, block[lo:lo + ALIGN_ROWS])
+            parts.append(logits if isinstance(logits, np.ndarray) else logits.numpy())  # torch: a no-graph tensor
+    if not parts:
+        return np.zeros((0, 0), np.float32)
+    return np.ascontiguousarray(np.concatenate(parts)[first_row - start:first_row - start + n])
+
+
+def regression_sums(spec, z: np.ndarray, raw: np.ndarray, sample_weight, mean, std):
+    """The :class:`nnlib.core.metrics.RegressionSums` of outputs ``z`` ``(n, t)`` (training units) against the
+    targets ``raw`` in their own units (``(n,)`` or ``(n, t)``), standardised with ``mean``/``std`` (None: as
+    they are) for the loss: what a run reports and what :meth:`Model.regression_metrics` recomputes."""
+    from nnlib.core import losses, metrics
+
+    raw = np.asarray(raw, np.float64)
+    target = raw if mean is None else (raw.reshape(len(raw), -1) - mean) / std
+    loss, _ = losses.loss_function("regression", spec.loss, spec.huber_delta)(z, target, sample_weight)
+    return metrics.block_sums(True, z, target, loss, sample_weight, mean, std, raw_target=raw)
 
 
 class Model:
@@ -100,6 +141,27 @@ class Model:
     def classes(self) -> np.ndarray:
         """``(n_classes,)`` int64: the value each output unit stands for (today ``0..n_classes-1``)."""
         return np.asarray(self.header["classes"], np.int64)
+
+    @property
+    def is_regressor(self) -> bool:
+        """True for a model trained with ``model.task: regression``."""
+        return self.header.get("task", "classification") == "regression"
+
+    @property
+    def target_names(self) -> list[str]:
+        """A regressor's target columns in output order (``[]`` for a classifier)."""
+        return list(self.header["targets"]["names"]) if self.is_regressor else []
+
+    def _target_stats(self):
+        targets = self.header["targets"]
+        if targets["mean"] is None:
+            return None, None
+        return np.asarray(targets["mean"], np.float64), np.asarray(targets["std"], np.float64)
+
+    def _require_classifier(self, what: str) -> None:
+        if self.is_regressor:
+            raise ConfigError(f"{what}: {self.file.where} is a regressor (model.task=regression, targets "
+                              f"{self.target_names}); it has no classes or probabilities: use predict")
 
     @property
     def feature_columns(self) -> list[str] | None:
@@ -167,21 +229,8 @@ class Model:
         path's pieces) would get other last bits. The rows are therefore scored in blocks of
         :data:`ALIGN_ROWS` rows at multiples of ``ALIGN_ROWS`` of the source's positions (zero rows pad a
         block's ends), on one BLAS thread: a row's output depends on its position and values alone."""
-        from nnlib.util.threads import one_blas_thread
-
-        scorer = self._backend()
-        n = len(rows)
-        start = first_row - first_row % ALIGN_ROWS
-        padded = -(-(first_row + n - start) // ALIGN_ROWS) * ALIGN_ROWS
-        block = np.zeros((padded, *rows.shape[1:]), rows.dtype)
-        block[first_row - start:first_row - start + n] = rows
-        parts = []
-        with one_blas_thread():
-            for lo in range(0, padded, ALIGN_ROWS):
-                logits = scorer.predict_logits(self._params, block[lo:lo + ALIGN_ROWS])
-                parts.append(logits.numpy() if self.backend == "torch" else logits)  # torch: a no-graph tensor
-        out = np.concatenate(parts) if parts else np.zeros((0, self.n_classes), np.float32)
-        return np.ascontiguousarray(out[first_row - start:first_row - start + n])
+        out = aligned_logits(self._backend(), self._params, rows, first_row)
+        return out if len(rows) else np.zeros((0, self.n_classes), np.float32)
 
     def _chunks(self, x, where: str):
         rows = self.rows(x, where)
@@ -197,11 +246,51 @@ class Model:
     def predict_proba(self, x) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` float32, each row summing to 1: the softmax of the logits
         (for ``model.loss: squared`` a normalisation of the outputs rather than a calibrated probability)."""
+        self._require_classifier("predict_proba")
         return softmax(self.predict_logits(x))
 
     def predict(self, x) -> np.ndarray:
-        """The class of each row, ``(n,)`` int64: :attr:`classes` at the largest logit."""
-        return self.classes[self.predict_logits(x).argmax(axis=1)]
+        """The class of each row, ``(n,)`` int64: :attr:`classes` at the largest logit; a regressor's
+        predictions, float64 ``(n,)`` for one target or ``(n, t)``, in the targets' own units."""
+        z = self.predict_logits(x)
+        if self.is_regressor:
+            return self.destandardize(z)
+        return self.classes[z.argmax(axis=1)]
+
+    def destandardize(self, z: np.ndarray) -> np.ndarray:
+        """A regressor's outputs ``(n, t)`` to the targets' own units, float64 ``(n,)`` for one target."""
+        from nnlib.core.metrics import destandardize
+
+        mean, std = self._target_stats()
+        out = np.asarray(z, np.float64) if mean is None else destandardize(z, mean, std)
+        return out[:, 0] if out.shape[1] == 1 else out
+
+    def regression_metrics(self, x, y, sample_weight=None):
+        """A regressor's :class:`nnlib.core.metrics.RegressionMetrics` (loss in training units; RMSE, MAE,
+        R² in the targets' own) on raw features ``x`` and targets ``y`` ``(n,)`` or ``(n, t)``, weighted by
+        ``sample_weight`` ``(n,)`` when given: on a run's own test set, its final scores to the bit.
+        DataError for an empty set, targets of another count or width, or non-finite targets."""
+        from nnlib.core import metrics
+
+        self.file.require_header()
+        if not self.is_regressor:
+            raise ConfigError(f"regression_metrics: {self.file.where} is a classifier; use evaluate")
+        rows = self.rows(x, "x")
+        if len(rows) == 0:
+            raise DataError("x: holds no samples")
+        y = np.asarray(y, np.float64) if np.issubdtype(np.asarray(y).dtype, np.number) else np.asarray(y)
+        t = len(self.target_names)
+        if not np.issubdtype(y.dtype, np.number) or y.shape not in ((len(rows),), (len(rows), t)) or (
+                y.ndim == 1 and t != 1):
+            raise DataError(f"y: targets must be numbers of shape ({len(rows)},) or ({len(rows)}, {t}), "
+                            f"got {y.dtype} {y.shape}")
+        if not np.isfinite(y).all():
+            i = int(np.argmax(~np.isfinite(y.reshape(len(y), -1)).all(axis=1)))
+            raise DataError(f"y: targets must be finite, got {y[i]} at sample {i}")
+        z = np.concatenate([part for _, part in self._chunks(rows, "x")])
+        mean, std = self._target_stats()
+        w = None if sample_weight is None else np.asarray(sample_weight, np.float64)
+        return metrics.finish_regression(regression_sums(self.file.spec(), z, y, w, mean, std))
 
     def loss_and_correct(self, logits: np.ndarray, indices: np.ndarray) -> tuple[float, int]:
         """``(summed data loss, correct count)`` of ``logits`` against output units ``indices`` (one chunk)."""
@@ -218,6 +307,9 @@ class Model:
         label count other than ``len(x)``, or a label the model never saw.
         """
         self.file.require_header()
+        if self.is_regressor:
+            done = self.regression_metrics(x, y)
+            return done.loss, done.r2
         rows = self.rows(x, "x")
         if len(rows) == 0:
             raise DataError("x: holds no samples")
@@ -229,7 +321,7 @@ class Model:
         return loss_sum / len(rows), correct / len(rows)
 
     def score(self, x, y) -> float:
-        """Accuracy in [0, 1] on raw features ``x`` and labels ``y`` (as :meth:`evaluate`)."""
+        """Accuracy in [0, 1] on raw features ``x`` and labels ``y`` (as :meth:`evaluate`); a regressor's R²."""
         return self.evaluate(x, y)[1]
 
 

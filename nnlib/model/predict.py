@@ -65,6 +65,9 @@ class Prediction:
     accuracy: float | None
     loss: float | None
     out: Path | None
+    rmse: float | None = None  # a regressor's, with targets: in the targets' own units (averaged over targets)
+    mae: float | None = None
+    r2: float | None = None
 
 
 @dataclass(frozen=True)
@@ -556,6 +559,8 @@ def predict_source(model: Model, data: str, overrides: list[str] = (), out: str 
     config = predict_config(model, list(overrides))
     if config.model.backend != model.backend:
         model = Model(model.file, config.model.backend)
+    if model.is_regressor:
+        return predict_regression(model, data, config, path, _explicit_key(list(overrides)))
     key_name, source = blocks(model, data, config, _explicit_key(list(overrides)))
     writer = OutputFile(path) if path is not None else None
     totals = Scores()
@@ -574,3 +579,97 @@ def predict_source(model: Model, data: str, overrides: list[str] = (), out: str 
             writer.abort()
         raise
     return totals.prediction(path)
+
+
+def _regression_rows(model: Model, data: str, config: Config, key_required: bool):
+    """``(key name, keys, raw features (n, n_features), targets (n,) / (n, t) or None)`` of a regressor's
+    source, read whole: a CSV or local Parquet source's feature columns (the model's), key and target columns
+    (all of them, or none), or an .npz's ``x`` (and ``y``)."""
+    from nnlib.data.dataset import _table
+
+    d, where = config.data, _where(data)
+    path = Path(data)
+    if path.suffix.lower() == ".npz":
+        _no_key(d.key_column, data, key_required)
+        sources.check_exists(path, "DATA")
+        x, y = sources.read_npz(path, "DATA", need_labels=False)[:2]
+        x = np.asarray(x).reshape(len(x), -1)
+        _check_count(model, x.shape[1], data)
+        return ROW_COLUMN, np.arange(len(x), dtype=np.int64), x, y
+    if path.suffix.lower() != ".csv" and not tables.is_row_keyed(data):
+        raise DataError(f"DATA: a regressor predicts a .csv, .npz or local Parquet source, got {data!r}")
+    if path.suffix.lower() == ".csv":
+        sources.check_exists(path, "DATA")
+    table = _table(data, "DATA")
+    names = table.column_names
+    targets = model.target_names
+    present = [c for c in targets if c in names]
+    key = d.key_column if d.key_column in names else None
+    if d.key_column is not None and key is None and key_required:
+        raise DataError(f"data.key_column: {data} has no column '{d.key_column}' ({sources.columns_text(names)})")
+    if d.features_column is not None:
+        x, _ = sources.table_to_arrays(table, path, "DATA", None, d.features_column)
+    else:
+        features = model.feature_columns
+        if features is None:
+            features = sources.feature_columns(names, None, key, d.feature_columns, [*d.drop_columns, *present])
+        missing = [c for c in features if c not in names]
+        if missing:
+            raise DataError(f"{where} lacks the model's feature columns {missing[:10]}; the model was trained on "
+                            f"{trained_on(model)}")
+        x, _ = sources.table_to_arrays(table.select(features), path, "DATA", None, None, chosen=features)
+    _check_count(model, x.shape[1], data)
+    y = None
+    if present:
+        if len(present) != len(targets):
+            absent = [c for c in targets if c not in present]
+            raise DataError(f"{where} holds the target columns {present} but not {absent}; "
+                            "give all of the model's targets, or none")
+        from nnlib.data.dataset import _column_values, _targets
+
+        cols = [_column_values(table, data, "DATA", c, "target column") for c in targets]
+        y = _targets(np.stack(cols, axis=1) if len(cols) > 1 else cols[0], len(x), where, tuple(targets))
+    keys = table.column(key) if key is not None else np.arange(len(x), dtype=np.int64)
+    return key or ROW_COLUMN, keys, x, y
+
+
+def predict_regression(model: Model, data: str, config: Config, path: Path | None,
+                       key_required: bool = False) -> Prediction:
+    """A regressor's predictions of every row of ``data`` (float64, in the targets' own units; one column
+    ``prediction``, or ``prediction_<target>`` per target), written to ``path`` if given; with the targets in the
+    source, their loss, RMSE, MAE and R² (:meth:`Model.regression_metrics`'s, to the bit)."""
+    import pyarrow as pa
+
+    from nnlib.core import metrics
+    from nnlib.model.model import regression_sums
+
+    where = _where(data)
+    key_name, keys, x, y = _regression_rows(model, data, config, key_required)
+    if len(x) == 0:
+        raise DataError(f"{where} holds no rows")
+    rows = model.rows(x, where)
+    z = np.concatenate([model.logits_of(model.standardize(rows[lo:lo + CHUNK_ROWS], where, lo), lo)
+                        for lo in range(0, len(rows), CHUNK_ROWS)])
+    predicted = model.destandardize(z)
+    done = None
+    if y is not None:
+        mean, std = model._target_stats()
+        done = metrics.finish_regression(regression_sums(model.file.spec(), z, y, None, mean, std))
+    if path is not None:
+        targets = model.target_names
+        columns = {key_name: keys}
+        if predicted.ndim == 1:
+            columns["prediction"] = pa.array(predicted, pa.float64())
+        else:
+            columns.update({f"prediction_{name}": pa.array(predicted[:, j], pa.float64())
+                            for j, name in enumerate(targets)})
+        writer = OutputFile(path)
+        try:
+            writer.write(pa.table(columns))
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+    if done is None:
+        return Prediction(len(x), None, None, path)
+    return Prediction(len(x), None, done.loss, path, done.rmse, done.mae, done.r2)

@@ -49,11 +49,12 @@ def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
     lo, hi = (round(f * shard.n_samples) for f in plan.part)
     with one_blas_thread():
         update = local_sgd(backend, params, opt_state, payload.optimizer, shard.x[lo:hi], shard.y[lo:hi],
-                           plan.local, plan.lr, shard_rng(payload.seed, plan.index, shard.index), payload.proximal_mu)
+                           plan.local, plan.lr, shard_rng(payload.seed, plan.index, shard.index), payload.proximal_mu,
+                           sample_weight=None if shard.w is None else shard.w[lo:hi])
     sent = update.params.nbytes + (0 if update.opt_state is None else update.opt_state.nbytes)
     stats = MapperStats(shard.index, update.n_samples, update.steps, update.train_loss, socket.gethostname(),
                         os.getpid(), time.perf_counter() - start, 0.0, peak_rss_mb(), sent)
-    return MapperResult(stats, update.params, update.opt_state)
+    return MapperResult(stats, update.params, update.opt_state, None if shard.w is None else update.total_weight)
 
 
 EVAL_ROWS = 65536  # rows scored at a time: a forward pass's activations stay small however large the set

@@ -137,6 +137,7 @@ class MapperResult:
     stats: MapperStats
     params: np.ndarray              # (n_params,) float32
     opt_state: np.ndarray | None
+    total_weight: float | None = None  # the shard's sum of sample weights (data.weight_column): combine=weighted
 
 
 @dataclass
@@ -153,7 +154,7 @@ def model_spec(config, data: Dataset) -> ModelSpec:
     m = config.model
     if m.type == "module":
         shape = data.image_shape if data.image_shape is not None else (data.n_features,)
-        layers = module_spec(m.module, m.kwargs, shape, data.n_classes, config.train.device)
+        layers = module_spec(m.module, m.kwargs, shape, data.n_outputs, config.train.device)
         # the mappers run on this machine (not on Spark, whose master spark-submit may give): no GPU here is
         # one line now; on Spark the task that lacks one says so
         if config.train.device == "cuda" and config.engine != "spark":
@@ -164,13 +165,15 @@ def model_spec(config, data: Dataset) -> ModelSpec:
         if data.image_shape is None:
             raise ConfigError(f"model.type=cnn needs the image shape of data.source {config.data.source}: "
                               f"set data.image_shape to [H, W] or [C, H, W] ({data.n_features} values in all)")
-        layers = ConvSpec(data.image_shape, tuple(m.channels), m.kernel, data.n_classes)
+        layers = ConvSpec(data.image_shape, tuple(m.channels), m.kernel, data.n_outputs)
         if min(layers.map_shapes()[-1][1:]) < 1:
             raise ConfigError(f"model.channels: {len(m.channels)} 2x2 max-pools shrink the "
                               f"{data.image_shape[1]}x{data.image_shape[2]} image to nothing; use fewer")
     else:
-        layers = LayerSpec((data.n_features, *m.hidden, data.n_classes))
+        layers = LayerSpec((data.n_features, *m.hidden, data.n_outputs))
     l2 = m.l2 / data.n_train if m.l2_per_sample else m.l2
+    if m.regression:
+        return ModelSpec(layers, m.activation, m.loss, l2, task="regression", huber_delta=m.huber_delta)
     return ModelSpec(layers, m.activation, m.loss, l2)
 
 

@@ -180,7 +180,9 @@ class RoundReducer:
         bad = [res.stats.mapper for res in results if not np.isfinite(res.params).all()]
         check_bad_mappers(bad, len(results), payload.round_index, self.skip_bad)
         good = [res for res in results if res.stats.mapper not in bad]
-        shares = self.shares(payload, [r.stats.mapper for r in good], [r.stats.n_samples for r in good])
+        # combine=weighted weighs a mapper by its rows, or by their total sample weight (data.weight_column)
+        sizes = [r.stats.n_samples if r.total_weight is None else r.total_weight for r in good]
+        shares = self.shares(payload, [r.stats.mapper for r in good], sizes)
         total = sum_in_order([shares.share(r.stats.mapper, r.params, r.opt_state) for r in good])
         params, opt_state = shares.finish(*total)
         return Combined(params, opt_state, bad)
