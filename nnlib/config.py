@@ -410,6 +410,10 @@ class Config(_Section):
             raise Invalid(("data.partition", "model.task"),
                           f"data.partition={self.data.partition} deals out class labels and needs "
                           "model.task=classification; under regression use random, contiguous or quantity_skew")
+        if self.combine == "split":
+            raise Invalid(("combine", "model.task"),
+                          "combine=split compares its sub-networks by test accuracy, which model.task=regression "
+                          "has not; use combine=ist, average, weighted, sum, sum_updates or gradient")
         if self.train.target_accuracy is not None:
             raise Invalid(("train.target_accuracy", "model.task"),
                           f"train.target_accuracy={self.train.target_accuracy} is a classifier's test accuracy; "

@@ -91,6 +91,26 @@ def test_a_regression_run_learns_and_its_model_reproduces_the_final_rmse(tmp_pat
     assert run.summary["final_test_rmse"] == s["final_test_rmse"]
 
 
+def test_npz_and_parquet_sources_and_the_refused_export(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, y = friedman1()
+    np.savez(tmp_path / "f.npz", x=x, y=y)
+    pq.write_table(pa.table({**{f"f{j}": x[:, j] for j in range(10)}, "target": y}), tmp_path / "f.parquet")
+    csv = friedman_csv(tmp_path)
+    finals = {}
+    for name, src in (("npz", tmp_path / "f.npz"), ("parquet", tmp_path / "f.parquet"), ("csv", csv)):
+        train(overrides={**REG, "data.source": str(src)}, out=tmp_path / name)
+        finals[name] = json.loads((tmp_path / name / "summary.json").read_text())["final_test_rmse"]
+    assert finals["npz"] == finals["parquet"] == finals["csv"]  # the same rows, whatever the file
+    assert load_model(tmp_path / "npz").target_names == ["y"]
+    code = main(["export", str(tmp_path / "csv"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a regressor (model.task=regression)" in err and err.count("\n") == 1
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_several_targets_predict_a_column_each(tmp_path, capsys):
     x, y = friedman1()
     cols = {f"f{j}": x[:, j] for j in range(10)}
@@ -229,6 +249,10 @@ BAD = [
      "model.loss: under model.task=regression one of squared, absolute, huber, got cross_entropy"),
     ("stratified-regression", {}, R + ["--set", "data.partition=stratified"],
      "data.partition=stratified deals out class labels and needs model.task=classification"),
+    ("label-skew-regression", {}, R + ["--set", "data.partition=label_skew"],
+     "data.partition=label_skew deals out class labels and needs model.task=classification"),
+    ("split-regression", {}, R + ["--set", "combine=split", "--set", "train.rounds=2"],
+     "combine=split compares its sub-networks by test accuracy, which model.task=regression has not"),
     ("target-accuracy-regression", {}, R + ["--set", "train.target_accuracy=0.9"],
      "train.target_accuracy=0.9 is a classifier's test accuracy; model.task=regression has none"),
     ("validation-column-and-fraction", {}, R + ["--set", "data.validation_column=v",

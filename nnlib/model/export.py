@@ -62,11 +62,15 @@ def export(model: Model, fmt: str, out: str | Path) -> Path:
     Raises ConfigError (one line) for another format or when the format's
     packages are not installed (nothing is written then), DataError for a
     weights-only model file, OutputError when ``out`` cannot be written (no
-    temporary file is left).
+    temporary file is left). A regressor (``model.task: regression``) is refused in one line (ConfigError).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     model.file.require_header("exporting")
+    if model.is_regressor:
+        raise ConfigError(f"--format {fmt}: {model.file.where} is a regressor (model.task=regression); the ONNX "
+                          "and torch exports end in a classifier's softmax so far: predict with "
+                          "nnlib.load_model(...).predict or nnlib predict")
     data = onnx_bytes(model) if fmt == "onnx" else torch_bytes(model)
     out = Path(out)
     atomic_write_bytes(out, data, "--out")  # a failed write is one OutputError line
