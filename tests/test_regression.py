@@ -105,10 +105,54 @@ def test_npz_and_parquet_sources_and_the_refused_export(tmp_path, capsys):
         finals[name] = json.loads((tmp_path / name / "summary.json").read_text())["final_test_rmse"]
     assert finals["npz"] == finals["parquet"] == finals["csv"]  # the same rows, whatever the file
     assert load_model(tmp_path / "npz").target_names == ["y"]
-    code = main(["export", str(tmp_path / "csv"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
-    err = capsys.readouterr().err
-    assert code == 2 and "is a regressor (model.task=regression)" in err and err.count("\n") == 1
-    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("targets", [["a"], ["a", "b"]])
+def test_onnx_and_torch_exports_predict_in_the_targets_units(tmp_path, targets):
+    pytest.importorskip("onnxruntime")
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from nnlib.model.export import export, load_torch
+
+    x, y = friedman1()
+    cols = {f"f{j}": x[:, j] for j in range(10)}
+    src = write_csv(tmp_path / "t.csv", {**cols, "a": y, "b": 1000 + 50 * x[:, 6]})
+    train(overrides={**REG, "train.rounds": 2, "data.source": src, "data.label_columns": targets,
+                     "data.drop_columns": [c for c in ("a", "b") if c not in targets]}, out=tmp_path / "run")
+    model = load_model(tmp_path / "run")
+    expected = model.predict(x[:50]).reshape(50, -1)
+    export(model, "onnx", tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"features": x[:50].astype(np.float32)})
+    assert got.dtype == np.float64 and got.shape == (50, len(targets))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    export(model, "torch", tmp_path / "m.pt")
+    with torch.no_grad():
+        out = load_torch(tmp_path / "m.pt")(torch.from_numpy(x[:50]).float()).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+    assert np.abs(expected[:, -1]).mean() > 10  # the outputs are in the targets' units, not standardised
+
+
+def test_a_users_module_regresses_and_exports(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    import onnxruntime as ort
+    from pathlib import Path
+
+    from nnlib.model.export import export
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    src = friedman_csv(tmp_path)
+    run = train(overrides={**REG, "data.source": src, "model.type": "module", "model.backend": "torch",
+                           "model.module": "user_models.regressor:make"}, out=tmp_path / "run")
+    assert run.summary["final_test_r2"] > 0.3
+    model = load_model(tmp_path / "run")
+    x, y = friedman1()
+    export(model, "onnx", tmp_path / "m.onnx")
+    (got,) = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"features": x[:20].astype(np.float32)})
+    np.testing.assert_allclose(got[:, 0], model.predict(x[:20]), rtol=1e-5, atol=1e-4)
 
 
 def test_several_targets_predict_a_column_each(tmp_path, capsys):

@@ -35,6 +35,13 @@ standardised; :func:`load_torch` imports the callable the header names and
 returns ``Sequential(standardize, Unflatten(1, input_shape), module,
 Softmax(dim=1))``. ONNX is ``torch.onnx.export`` of that (the TorchScript
 exporter, which needs no onnxscript), checked with onnxruntime as above.
+
+**A regressor** (``model.task: regression``): in place of the softmax, the
+targets' de-standardisation ``float64(output) * std + mean`` (the run's
+target statistics, from the header; nothing when the run kept the targets
+as they were). ONNX: one output ``prediction``, float64 ``(batch,
+n_targets)``; torch: the module returns that. The check: within 1e-5 of
+nnlib's predictions in standardised units (divided by the target's std).
 """
 
 from __future__ import annotations
@@ -62,15 +69,11 @@ def export(model: Model, fmt: str, out: str | Path) -> Path:
     Raises ConfigError (one line) for another format or when the format's
     packages are not installed (nothing is written then), DataError for a
     weights-only model file, OutputError when ``out`` cannot be written (no
-    temporary file is left). A regressor (``model.task: regression``) is refused in one line (ConfigError).
+    temporary file is left).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     model.file.require_header("exporting")
-    if model.is_regressor:
-        raise ConfigError(f"--format {fmt}: {model.file.where} is a regressor (model.task=regression); the ONNX "
-                          "and torch exports end in a classifier's softmax so far: predict with "
-                          "nnlib.load_model(...).predict or nnlib predict")
     data = onnx_bytes(model) if fmt == "onnx" else torch_bytes(model)
     out = Path(out)
     atomic_write_bytes(out, data, "--out")  # a failed write is one OutputError line
@@ -143,16 +146,27 @@ def onnx_graph(model: Model):
             if i < n_layers - 1:
                 h = node(act, [h], f"layer{i}_act")
         logits = h
-    node("Softmax", [logits], "probabilities", axis=1)
-    node("ArgMax", [logits], "unit", axis=1, keepdims=0)
-    node("Gather", ["classes", "unit"], "prediction", axis=0)
-    const("classes", model.classes)
-    graph = helper.make_graph(
-        nodes, "nnlib_model",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", model.n_features])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", model.n_classes]),
-         helper.make_tensor_value_info("prediction", TensorProto.INT64, ["batch"])],
-        inits)
+    features = [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", model.n_features])]
+    if model.is_regressor:
+        out = node("Cast", [logits], "outputs_f64", to=TensorProto.DOUBLE)
+        mean, std = model._target_stats()
+        if mean is None:
+            node("Identity", [out], "prediction")
+        else:
+            out = node("Mul", [out, const("target_std", std)], "scaled_outputs")
+            node("Add", [out, const("target_mean", mean)], "prediction")
+        graph = helper.make_graph(nodes, "nnlib_model", features, [
+            helper.make_tensor_value_info("prediction", TensorProto.DOUBLE, ["batch", model.n_classes])], inits)
+    else:
+        node("Softmax", [logits], "probabilities", axis=1)
+        node("ArgMax", [logits], "unit", axis=1, keepdims=0)
+        node("Gather", ["classes", "unit"], "prediction", axis=0)
+        const("classes", model.classes)
+        graph = helper.make_graph(
+            nodes, "nnlib_model", features,
+            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", model.n_classes]),
+             helper.make_tensor_value_info("prediction", TensorProto.INT64, ["batch"])],
+            inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="nnlib")
     proto.ir_version = min(proto.ir_version, 9)  # readable by onnxruntime releases from 1.17 on
     proto.metadata_props.add(key="nnlib_header", value=json.dumps(model.header))
@@ -185,16 +199,18 @@ def module_onnx_graph(model: Model):
             p = self.probabilities(x)
             return p, self.classes[p.argmax(dim=1)]
 
-    wrapper = WithPrediction(torch_module(model), model.classes).eval()
+    regressor = model.is_regressor
+    wrapper = torch_module(model) if regressor else WithPrediction(torch_module(model), model.classes).eval()
+    outputs = ["prediction"] if regressor else ["probabilities", "prediction"]
     buf = io.BytesIO()
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(wrapper, (torch.from_numpy(check_rows(model, 2)),), buf, dynamo=False,
-                          input_names=["features"], output_names=["probabilities", "prediction"],
-                          dynamic_axes={"features": {0: "batch"}, "probabilities": {0: "batch"},
-                                        "prediction": {0: "batch"}}, opset_version=OPSET)
+                          input_names=["features"], output_names=outputs,
+                          dynamic_axes={name: {0: "batch"} for name in ["features", *outputs]},
+                          opset_version=OPSET)
     proto = onnx.load_from_string(buf.getvalue())
     proto.metadata_props.add(key="nnlib_header", value=json.dumps(model.header))
     onnx.checker.check_model(proto)
@@ -208,6 +224,15 @@ def onnx_bytes(model: Model) -> bytes:
     data = (module_onnx_graph(model) if module else onnx_graph(model)).SerializeToString()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     x = check_rows(model)
+    if model.is_regressor:
+        (prediction,) = session.run(None, {"features": x})
+        expected = model.predict(x).reshape(len(x), -1)
+        _, std = model._target_stats()
+        gap = float((np.abs(prediction - expected) / (1.0 if std is None else std)).max())
+        if not gap <= CHECK_TOLERANCE:
+            raise NnlibError(f"export: onnxruntime's predictions differ from nnlib's by {gap:.2e} target standard "
+                             f"deviations (allowed {CHECK_TOLERANCE:.0e}); nothing written")
+        return data
     probabilities, prediction = session.run(None, {"features": x})
     gap = float(np.abs(probabilities - model.predict_proba(x)).max())
     if not gap <= CHECK_TOLERANCE or not np.array_equal(prediction, model.predict(x)):
@@ -231,7 +256,8 @@ def build_torch_module(header: dict):
     """A ``torch.nn.Sequential`` for a model file's ``header`` (a dict), its weights uninitialised:
     load them with ``load_state_dict`` (the saved state dict's keys are this module's).
 
-    Input: float32 ``(n, n_features)`` raw rows; output: ``(n, n_classes)`` probabilities.
+    Input: float32 ``(n, n_features)`` raw rows; output: ``(n, n_classes)`` probabilities, or a regressor's
+    float64 ``(n, n_targets)`` predictions in the targets' own units.
     """
     torch = _require_torch()
     nn = torch.nn
@@ -247,13 +273,28 @@ def build_torch_module(header: dict):
         def forward(self, x):
             return ((x.double() - self.mean) / self.std).float()
 
+    class Destandardize(nn.Module):
+        """A regressor's ``float64(z) * std + mean`` (the header's target statistics, not in the state dict)."""
+
+        def __init__(self, targets: dict):
+            super().__init__()
+            none = targets["mean"] is None
+            self.register_buffer("mean", torch.tensor([0.0] if none else targets["mean"], dtype=torch.float64),
+                                 persistent=False)
+            self.register_buffer("std", torch.tensor([1.0] if none else targets["std"], dtype=torch.float64),
+                                 persistent=False)
+
+        def forward(self, z):
+            return z.double() * self.std + self.mean
+
+    last = Destandardize(header["targets"]) if header.get("task") == "regression" else nn.Softmax(dim=1)
     arch = header["architecture"]
     if arch["type"] == "module":  # the user's module, rebuilt by importing its callable
         from nnlib.model.file import spec_from_header
 
         net = spec_from_header(header).layers.build().eval()
         first = Standardize(header["n_features"]) if header["preprocessing"]["standardize"] else nn.Identity()
-        return nn.Sequential(first, nn.Unflatten(1, tuple(arch["input_shape"])), net, nn.Softmax(dim=1)).eval()
+        return nn.Sequential(first, nn.Unflatten(1, tuple(arch["input_shape"])), net, last).eval()
     act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[arch["activation"]]
     steps = [Standardize(header["n_features"]) if header["preprocessing"]["standardize"] else nn.Identity()]
     if arch["type"] == "cnn":
@@ -270,7 +311,7 @@ def build_torch_module(header: dict):
             steps.append(nn.Linear(fan_in, fan_out))
             if i < len(sizes) - 2:
                 steps.append(act())
-    steps.append(nn.Softmax(dim=1))
+    steps.append(last)
     return nn.Sequential(*steps).eval()
 
 
