@@ -329,3 +329,34 @@ def test_other_engines_refuse_before_starting(tmp_path, capsys, engine, setting)
     assert code == 2
     assert f"{setting} run on engine=local so far, got engine={engine}" in err, err
     assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_mlflow_logs_a_regression_runs_metrics(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    src = friedman_csv(tmp_path)
+    uri = (tmp_path / "store").as_uri()
+    train(overrides={**REG, "train.rounds": 2, "data.source": src, "tracking": "mlflow",
+                     "mlflow.tracking_uri": uri, "mlflow.experiment": "reg"}, out=tmp_path / "run")
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("reg").experiment_id])
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_r2")] == [1, 2]
+    assert run.data.metrics["final.final_test_rmse"] == pytest.approx(s["final_test_rmse"])
+
+
+def test_report_and_sweep_refuse_a_regression_run_in_one_line(tmp_path, capsys):
+    src = friedman_csv(tmp_path)
+    train(overrides={**REG, "train.rounds": 1, "data.source": src}, out=tmp_path / "run")
+    assert main(["report", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "is a regression run (model.task=regression); nnlib report draws classification runs" in err
+    assert err.count("\n") == 1
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"set:\n  data.source: {src}\n  data.label_column: target\n"
+                     "cases:\n  - {model.task: regression}\n")
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "sw")]) == 2
+    err = capsys.readouterr().err
+    assert "model.task=regression runs with nnlib run so far" in err and err.count("\n") == 1, err

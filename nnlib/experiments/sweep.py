@@ -95,6 +95,9 @@ def plan_sweep(path: str | Path, extra: list[str] = ()) -> tuple[Path | None, li
             config = load_config(base, overrides)
         except ConfigError as exc:
             raise ConfigError(f"sweep {path}: case {i} ({_case_label(case)}): {exc}") from None
+        if config.model.regression:  # its rows, tables and plots are a classifier's accuracy
+            raise ConfigError(f"sweep {path}: case {i} ({_case_label(case)}): model.task=regression runs with "
+                              "nnlib run so far; a sweep compares classifiers' test accuracy")
         for r in range(repeats):
             seed = config.seed + r
             runs.append(Run(f"case{i:03d}-seed{seed}", case, seed, [*overrides, f"seed={seed}"]))

@@ -56,6 +56,7 @@ from nnlib.config import Config, flatten
 from nnlib.errors import ConfigError, first_line
 
 ROUND_METRICS = ("test_accuracy", "test_loss", "train_loss", "seconds", "overhead_seconds")
+REGRESSION_METRICS = ("test_r2", "test_rmse", "test_mae", "val_r2", "val_rmse", "val_mae")  # model.task=regression
 ARTIFACTS = ("config.yaml", "rounds.csv", "mapper_times.csv", "model.npz", "summary.json")
 PROBE_SECONDS = 5.0    # a tracking server's port must accept a connection within this
 START_SECONDS = 60.0   # creating the run (a new sqlite store creates its tables first)
@@ -221,7 +222,7 @@ class MlflowTracking:
         from mlflow.entities import Metric
 
         stamp, step = int(time.time() * 1000), int(row["round"])
-        metrics = [Metric(k, float(row[k]), stamp, step) for k in ROUND_METRICS]
+        metrics = [Metric(k, float(row[k]), stamp, step) for k in (*ROUND_METRICS, *REGRESSION_METRICS) if k in row]
         self.calls.submit(f"logging round {step}", lambda: self.client.log_batch(self.run_id, metrics=metrics))
 
     def finish(self, summary: dict | None, run_dir: Path | None) -> None:
