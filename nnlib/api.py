@@ -6,6 +6,10 @@
     run.rounds[-1]                       # the rows of rounds.csv, as dicts (run.frames() as pandas)
     run.model.predict(x_raw)             # the trained model (nnlib.model.Model), raw features in
 
+A regressor (``overrides={"model.task": "regression", "data.label_column": "price"}``, engine local):
+``run.summary["final_test_r2"]``, ``"final_test_rmse"``, ``"final_test_mae"`` (the targets' units) and
+``"final_test_loss"`` (standardised units); ``run.model.predict(x_raw)`` is float64 in the targets' units.
+
 ``nnlib run`` is a thin wrapper over :func:`train`: the same config
 resolution, run directory, tracking and driver loop. Errors are
 :class:`nnlib.errors.NnlibError` subclasses with a one-line message (the CLI

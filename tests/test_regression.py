@@ -228,7 +228,7 @@ def test_a_validation_column_marking_the_fractions_rows_gives_the_same_run(tmp_p
     assert s["n_val"] == int(flags.sum())
 
 
-def test_weighted_classification_with_weights_all_1_equals_the_unweighted_run(tmp_path):
+def test_classification_with_weights_all_1_and_with_a_validation_column(tmp_path):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(200, 4))
     label = (x[:, 0] + x[:, 1] > 0).astype(int)
@@ -240,6 +240,20 @@ def test_weighted_classification_with_weights_all_1_equals_the_unweighted_run(tm
     b = train(overrides={**base, "data.source": weighted, "data.weight_column": "w"}, out=tmp_path / "b")
     np.testing.assert_array_equal(load_model(tmp_path / "a").params, load_model(tmp_path / "b").params)
     assert a.summary["final_test_accuracy"] == b.summary["final_test_accuracy"]
+    assert a.summary["final_test_loss"] == pytest.approx(b.summary["final_test_loss"], rel=1e-6)
+    # a classifier's validation column: the fraction's rows marked give the same early-stopped run
+    train_idx, _ = _split(200, 0.2, 0)
+    _, held = _split(len(train_idx), 0.2, 0, 0x7A11)
+    flags = np.zeros(200, bool)
+    flags[train_idx[held]] = True
+    marked = write_csv(tmp_path / "v.csv", {**cols, "label": label, "v": flags})
+    stop = {**base, "train.rounds": 4, "train.patience": 1}
+    f = train(overrides={**stop, "data.source": marked, "data.validation_fraction": 0.2, "data.drop_columns": ["v"]},
+              out=tmp_path / "f")
+    c = train(overrides={**stop, "data.source": marked, "data.validation_column": "v"}, out=tmp_path / "c")
+    np.testing.assert_array_equal(load_model(tmp_path / "f").params, load_model(tmp_path / "c").params)
+    assert f.summary["n_val"] == c.summary["n_val"] == int(flags.sum())
+    assert [r["val_loss"] for r in f.rounds] == [r["val_loss"] for r in c.rounds]
 
 
 QUICK = ["--set", "train.rounds=1", "--set", "mappers=2", "--quiet"]

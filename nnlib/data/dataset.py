@@ -43,7 +43,7 @@ class RowKeyed:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Standardised float32 features and int64 labels.
+    """Standardised float32 features and int64 labels (under regression: float64 targets, :attr:`task`).
 
     ``x_train``/``y_train`` are None for a row-keyed source (``rows``): the
     training rows stay with the mappers that read them, and the driver keeps
