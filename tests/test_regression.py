@@ -374,3 +374,35 @@ def test_report_and_sweep_refuse_a_regression_run_in_one_line(tmp_path, capsys):
     assert main(["sweep", str(sweep), "--out", str(tmp_path / "sw")]) == 2
     err = capsys.readouterr().err
     assert "model.task=regression runs with nnlib run so far" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("loss", ["absolute", "huber"])
+def test_absolute_and_huber_losses_and_their_model_files(tmp_path, loss):
+    src = friedman_csv(tmp_path)
+    run = train(overrides={**REG, "data.source": src, "model.loss": loss, "model.huber_delta": 0.5},
+                out=tmp_path / "run")
+    assert run.summary["final_test_r2"] > 0.5
+    x, y = friedman1()
+    _, test_idx = _split(N, 0.2, 0)
+    model = load_model(tmp_path / "run")
+    assert model.file.spec().loss == loss and model.file.spec().huber_delta == 0.5
+    done = model.regression_metrics(x[test_idx], y[test_idx])
+    assert done.loss == run.summary["final_test_loss"] and done.rmse == run.summary["final_test_rmse"]
+
+
+def test_nnlib_predict_of_a_regressor(tmp_path, capsys):
+    x, y = friedman1()
+    np.savez(tmp_path / "f.npz", x=x, y=y)
+    train(overrides={**REG, "train.rounds": 2, "data.source": str(tmp_path / "f.npz")}, out=tmp_path / "run")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "f.npz"), "--out", str(tmp_path / "p.parquet")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"predict: {N} rows; RMSE ") and ", R² " in out
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "p.parquet")
+    assert table.column_names == ["row", "prediction"]
+    np.testing.assert_array_equal(table.column("prediction").to_numpy(), load_model(tmp_path / "run").predict(x))
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "f.npz"), "--set", "engine=spark"]) == 2
+    err = capsys.readouterr().err
+    assert "is a regressor (model.task=regression), which predicts on engine=local so far" in err
