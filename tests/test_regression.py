@@ -406,3 +406,26 @@ def test_nnlib_predict_of_a_regressor(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "run"), str(tmp_path / "f.npz"), "--set", "engine=spark"]) == 2
     err = capsys.readouterr().err
     assert "is a regressor (model.task=regression), which predicts on engine=local so far" in err
+
+
+def test_combine_weighted_weighs_mappers_by_their_total_weight(tmp_path):
+    from nnlib.config import load_config
+    from nnlib.data.dataset import ShardSource
+    from nnlib.driver import prepare
+    from nnlib.rounds.mapper import train_shard
+
+    w = np.where(np.arange(N) < 150, 5.0, 1.0)  # contiguous shards: the first mapper's rows weigh more
+    src = friedman_csv(tmp_path, w=w)
+    overrides = {**REG, "data.source": src, "data.weight_column": "w", "combine": "weighted", "train.rounds": 1,
+                 "data.partition": "contiguous"}
+    train(overrides=overrides, out=tmp_path / "run")
+    setup = prepare(load_config(None, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]))
+    shards = ShardSource(setup.config.data, 0, 2, task="regression").build([0, 1])
+    results = [train_shard(shard, setup.first) for shard in shards]
+    totals = np.array([shard.w.sum() for shard in shards])
+    assert totals[0] > 2 * totals[1] and [r.total_weight for r in results] == list(totals)
+    coefs = totals / totals.sum()
+    expected = coefs[0] * results[0].params.astype(np.float64) + coefs[1] * results[1].params
+    np.testing.assert_allclose(load_model(tmp_path / "run").params, expected, rtol=1e-5, atol=1e-6)
+    by_rows = np.array([len(s.y) for s in shards]) / sum(len(s.y) for s in shards)
+    assert np.abs(by_rows[0] * results[0].params + by_rows[1] * results[1].params - expected).max() > 1e-5
