@@ -316,6 +316,8 @@ BAD = [
     ("validation-column-and-fraction", {}, R + ["--set", "data.validation_column=v",
                                                 "--set", "data.validation_fraction=0.1"],
      "data.validation_fraction draws them: use one or the other"),
+    ("weights-in-sync-rounds", {}, R + ["--set", "data.weight_column=w", "--set", "combine=gradient"],
+     "data.weight_column weighs the rows of local rounds so far; combine=gradient and train.sync_rounds"),
     ("label-columns-classification", {}, ["--set", "data.label_columns=[target,w]"],
      "data.label_columns (['target', 'w']) are regression targets and need model.task=regression"),
 ]
