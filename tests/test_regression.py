@@ -431,3 +431,20 @@ def test_combine_weighted_weighs_mappers_by_their_total_weight(tmp_path):
     np.testing.assert_allclose(load_model(tmp_path / "run").params, expected, rtol=1e-5, atol=1e-6)
     by_rows = np.array([len(s.y) for s in shards]) / sum(len(s.y) for s in shards)
     assert np.abs(by_rows[0] * results[0].params + by_rows[1] * results[1].params - expected).max() > 1e-5
+
+
+def test_an_npz_source_names_its_weight_and_validation_arrays(tmp_path, capsys):
+    x, y = friedman1()
+    v = np.arange(N) % 5 == 0
+    w = 1.0 + (np.arange(N) % 3)
+    np.savez(tmp_path / "f.npz", x=x, y=y, w=w, v=v)
+    run = train(overrides={**REG, "train.rounds": 2, "data.source": str(tmp_path / "f.npz"),
+                           "data.weight_column": "w", "data.validation_column": "v", "train.patience": 3},
+                out=tmp_path / "run")
+    train_idx, _ = _split(N, 0.2, 0)
+    assert run.summary["n_val"] == int(v[train_idx].sum()) and run.summary["n_features"] == 10
+    assert "val_rmse" in run.rounds[-1]
+    code = main(["run", *QUICK, "--set", f"data.source={tmp_path / 'f.npz'}", "--set", "model.task=regression",
+                 "--set", "data.weight_column=weights", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert code == 2 and "data.weight_column: no array 'weights' (arrays are ['v', 'w', 'x', 'y'])" in err
