@@ -391,14 +391,6 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
-    def _weights_train_in_local_rounds(self):
-        if self.data.weight_column is not None and self.has_sync_rounds:
-            raise Invalid(("data.weight_column", "combine", "train.sync_rounds"),
-                          "data.weight_column weighs the rows of local rounds so far; combine=gradient and "
-                          "train.sync_rounds are not weighted yet: use another combine and train.sync_rounds=0")
-        return self
-
-    @model_validator(mode="after")
     def _regression_needs_no_classes(self):
         if not self.model.regression:
             if self.data.label_columns is not None:

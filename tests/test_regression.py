@@ -170,12 +170,14 @@ def test_several_targets_predict_a_column_each(tmp_path, capsys):
     assert (tmp_path / "p.csv").read_text().splitlines()[0] == '"row","prediction_a","prediction_b"'
 
 
-def test_a_row_of_weight_2_trains_as_the_row_taken_twice(tmp_path):
+@pytest.mark.parametrize("combine", ["average", "gradient"])
+def test_a_row_of_weight_2_trains_as_the_row_taken_twice(tmp_path, combine):
     x, y = friedman1(60)
     t = friedman1(20, seed=1)
     test = write_csv(tmp_path / "test.csv", {**{f"f{j}": t[0][:, j] for j in range(10)}, "target": t[1],
                                              "w": np.ones(20)})
     common = {**REG, "mappers": 1, "train.rounds": 1, "train.batch_size": 100, "data.test_source": test,
+              "combine": combine,
               "data.weight_column": "w", "data.standardize": False, "data.standardize_target": False}
 
     def run(name, rows, weights):
@@ -316,8 +318,6 @@ BAD = [
     ("validation-column-and-fraction", {}, R + ["--set", "data.validation_column=v",
                                                 "--set", "data.validation_fraction=0.1"],
      "data.validation_fraction draws them: use one or the other"),
-    ("weights-in-sync-rounds", {}, R + ["--set", "data.weight_column=w", "--set", "combine=gradient"],
-     "data.weight_column weighs the rows of local rounds so far; combine=gradient and train.sync_rounds"),
     ("label-columns-classification", {}, ["--set", "data.label_columns=[target,w]"],
      "data.label_columns (['target', 'w']) are regression targets and need model.task=regression"),
 ]
@@ -448,3 +448,18 @@ def test_an_npz_source_names_its_weight_and_validation_arrays(tmp_path, capsys):
                  "--set", "data.weight_column=weights", "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert code == 2 and "data.weight_column: no array 'weights' (arrays are ['v', 'w', 'x', 'y'])" in err
+
+
+def test_synchronous_rounds_with_weights_all_1_are_the_unweighted_rounds(tmp_path):
+    x, y = friedman1()
+    cols = {f"f{j}": x[:, j] for j in range(10)}
+    plain = write_csv(tmp_path / "p.csv", {**cols, "target": y})
+    ones = write_csv(tmp_path / "o.csv", {**cols, "target": y, "w": np.ones(N)})
+    base = {**REG, "combine": "gradient", "train.rounds": 2}
+    a = train(overrides={**base, "data.source": plain}, out=tmp_path / "a")
+    b = train(overrides={**base, "data.source": ones, "data.weight_column": "w"}, out=tmp_path / "b")
+    np.testing.assert_array_equal(load_model(tmp_path / "a").params, load_model(tmp_path / "b").params)
+    assert [r["train_loss"] for r in a.rounds] == [r["train_loss"] for r in b.rounds]
+    twos = write_csv(tmp_path / "t.csv", {**cols, "target": y, "w": 1.0 + (np.arange(N) % 2)})
+    train(overrides={**base, "data.source": twos, "data.weight_column": "w"}, out=tmp_path / "c")
+    assert np.abs(load_model(tmp_path / "c").params - load_model(tmp_path / "a").params).max() > 1e-4

@@ -22,7 +22,7 @@ import numpy as np
 
 from nnlib.core.backends import get_backend
 from nnlib.core.optim import leading_state
-from nnlib.core.train import local_sgd, run_steps
+from nnlib.core.train import batch_weight_sums, local_sgd, run_steps
 from nnlib.data.dataset import Shard
 from nnlib.data.rows import TEST, VAL
 from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
@@ -142,6 +142,13 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
     forwards update its own copy, as in a local round, and at the round's
     end the collective averages the copies weighted by shard size, as the
     averaging combine does (``plan.shard_sizes``; one more mean call).
+
+    With sample weights (``Shard.w``, data.weight_column) a mapper's batch loss
+    is ``sum w_i l_i / (b * w_bar)`` with ``w_bar`` the mean weight of every
+    shard here (on the local engine, every mapper's rows), so the mean over
+    the mappers weighted by batch sizes is the gradient of the union batch
+    (:func:`nnlib.core.train.batch_weight_sums`); all weights 1 give the
+    unweighted bits.
     """
     backend = get_backend(payload.backend, payload.model)
     plan = payload.plan
@@ -155,6 +162,12 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
     compute = [0.0] * len(shards)
     loss_sums = [0.0] * len(shards)
     comm = 0.0
+    weighted = shards and shards[0].w is not None
+    if weighted:
+        mean_weight = (sum(float(np.sum(s.w, dtype=np.float64)) for s in shards)
+                       / max(sum(s.n_samples for s in shards), 1))
+        weight_sums = [batch_weight_sums(s.w, batches[i], mean_weight) for i, s in enumerate(shards)]
+        weights_seen = [sum(float(np.sum(s.w[b], dtype=np.float64)) for b in batches[i]) for i, s in enumerate(shards)]
 
     def mean_gradient(_trained, step):
         nonlocal comm
@@ -162,14 +175,16 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
         for i, shard in enumerate(shards):
             start = time.perf_counter()
             idx = batches[i][step]
+            weights = {} if not weighted else {"sample_weight": shard.w[idx], "weight_sum": weight_sums[i][step]}
             if len(idx) and own is None:
-                loss, grad = backend.loss_and_grad(params, shard.x[idx], shard.y[idx])
+                loss, grad = backend.loss_and_grad(params, shard.x[idx], shard.y[idx], **weights)
             elif len(idx):
                 own[i][:n] = params[:n]  # the shared weights, with this mapper's own statistics
-                loss, grad = backend.loss_and_grad(own[i], shard.x[idx], shard.y[idx], update_buffers=True)
+                loss, grad = backend.loss_and_grad(own[i], shard.x[idx], shard.y[idx], update_buffers=True,
+                                                   **weights)
             else:  # its shard is used up for this epoch: it takes part with weight 0
                 loss, grad = 0.0, np.zeros_like(params)
-            loss_sums[i] += loss * len(idx)
+            loss_sums[i] += loss * (weight_sums[i][step] if weighted else len(idx))
             grads.append(grad[:n])
             compute[i] += time.perf_counter() - start
         start = time.perf_counter()
@@ -190,7 +205,8 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
     update = (time.perf_counter() - loop_start - sum(compute) - comm) / len(shards)
     host, pid = socket.gethostname(), os.getpid()
     stats = [MapperStats(s.index, s.n_samples, sum(len(b) > 0 for b in batches[i]),
-                         loss_sums[i] / max(sum(len(b) for b in batches[i]), 1), host, pid, compute[i] + update,
+                         (loss_sums[i] / weights_seen[i] if weighted and weights_seen[i] > 0 else 0.0) if weighted
+                         else loss_sums[i] / max(sum(len(b) for b in batches[i]), 1), host, pid, compute[i] + update,
                          comm / len(shards), peak_rss_mb())
              for i, s in enumerate(shards)]
     return Combined(params, opt_state), stats
