@@ -624,29 +624,69 @@ def _context_level(settings: SessionSettings) -> str:
 
 
 def _start_jvm(options: dict, origin: str, master: str) -> None:
-    """Start pyspark's JVM (its gateway) with the session's settings, unless it runs. The JVM's stderr goes to a
-    file while it starts: a JVM that exits at once (spark-submit refusing a setting: ``Exception in thread
-    "main" ...`` and its trace) is one :class:`EngineError` line with that cause, and nothing on the console.
-    Once it runs, a thread copies the file to this process's stderr as it grows, so Spark's own logging shows
-    as it did (at ``spark.log_level`` WARN, INFO, ...)."""
-    import tempfile
-
+    """Start pyspark's JVM (its gateway) with the session's settings, unless it runs. The JVM's stderr is read
+    through a pipe and held back while it starts: a JVM that exits at once (spark-submit refusing a setting:
+    ``Exception in thread "main" ...`` and its trace) is one :class:`EngineError` line with that cause, and
+    nothing on the console. Once it runs, what it held and all that follows go to this process's stderr, so
+    Spark's own logging shows as it did (at ``spark.log_level`` WARN, INFO, ...)."""
     from pyspark import SparkConf, SparkContext
     from pyspark.java_gateway import launch_gateway
 
     if SparkContext._gateway is not None:
         return
-    log = tempfile.TemporaryFile()
     conf = SparkConf(loadDefaults=False).setAll(list(options.items()))
+    read_end, write_end = os.pipe()
+    relay = _StderrRelay(read_end)
     try:
-        gateway = launch_gateway(conf, popen_kwargs={"stderr": log})
+        gateway = launch_gateway(conf, popen_kwargs={"stderr": write_end})
     except Exception as exc:  # noqa: BLE001  - pyspark's JAVA_GATEWAY_EXITED, no java, ...
-        log.seek(0)
-        cause = jvm_start_cause(log.read().decode(errors="replace")) or first_line(exc)
-        log.close()
+        os.close(write_end)  # the JVM has exited: the pipe ends once this copy of its end is closed
+        cause = jvm_start_cause(relay.held_text()) or first_line(exc)
         raise EngineError(f"{origin} {master}: could not start Spark's JVM ({cause})") from None
-    threading.Thread(target=_copy_to_stderr, args=(log,), name="nnlib-jvm-stderr", daemon=True).start()
+    os.close(write_end)
+    relay.release()
     SparkContext._ensure_initialized(gateway=gateway, conf=conf)
+
+
+class _StderrRelay:
+    """Reads the JVM's stderr pipe on a thread: holds what comes while the JVM starts, then passes it all on to
+    file descriptor 2 (where the JVM wrote before). Reading never stops, so the JVM never blocks on a full pipe."""
+
+    def __init__(self, read_end: int):
+        self._held: list[bytes] = []
+        self._lock = threading.Lock()
+        self._released = False
+        self._thread = threading.Thread(target=self._pump, args=(read_end,), name="nnlib-jvm-stderr", daemon=True)
+        self._thread.start()
+
+    def _pump(self, read_end: int) -> None:
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            for chunk in iter(lambda: pipe.read(65536), b""):
+                with self._lock:
+                    if not self._released:
+                        self._held.append(chunk)
+                        continue
+                _write_stderr(chunk)
+
+    def held_text(self, wait: float = 2.0) -> str:
+        """What the JVM printed before it exited (waits up to ``wait`` seconds for the pipe's end)."""
+        self._thread.join(wait)
+        with self._lock:
+            return b"".join(self._held).decode(errors="replace")
+
+    def release(self) -> None:
+        with self._lock:
+            self._released = True
+            held, self._held = self._held, []
+        for chunk in held:
+            _write_stderr(chunk)
+
+
+def _write_stderr(chunk: bytes) -> None:
+    try:
+        os.write(2, chunk)
+    except OSError:
+        pass
 
 
 def jvm_start_cause(text: str) -> str | None:
@@ -661,21 +701,6 @@ def jvm_start_cause(text: str) -> str | None:
             if line.startswith(prefix):
                 return line[len(prefix):] if prefix != "Error: " else line
     return None
-
-
-def _copy_to_stderr(log) -> None:
-    """Copy the JVM's stderr file to file descriptor 2 as it grows (where the JVM wrote before)."""
-    offset = 0
-    while True:
-        chunk = os.pread(log.fileno(), 65536, offset)
-        if chunk:
-            offset += len(chunk)
-            try:
-                os.write(2, chunk)
-            except OSError:
-                return
-        else:
-            time.sleep(0.1)
 
 
 # Spark's setting for how long a new application waits for executors before scheduling; nnlib waits that long
