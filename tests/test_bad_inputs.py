@@ -279,7 +279,7 @@ def test_catalogue_and_readme_table_list_the_same_71_cases():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     table = readme.split("### Bad input", 1)[1].split("\n## ", 1)[0]
     in_readme = re.findall(r"^\| `([a-z0-9-]+)` \|", table, re.M)
-    tested = [case_id for case_id, _, _ in CATALOGUE + ENGINE_CASES] + HANDLED + ELSEWHERE
+    tested = [case_id for case_id, _, _ in CATALOGUE + ENGINE_CASES] + HANDLED + list(ELSEWHERE)
     assert sorted(in_readme) == sorted(tested)
     assert len(set(in_readme)) == len(in_readme) == 71
 
@@ -287,10 +287,40 @@ def test_catalogue_and_readme_table_list_the_same_71_cases():
 # Cases nnlib handles rather than refuses (README, "Bad input": the rows marked "handled"), each tested here
 # (gradient-on-spark-jobs: spark.mode=jobs runs synchronous rounds, tests/test_spark_connect.py)
 HANDLED = ["missing-class", "uneven-shards-synchronous", "gradient-on-spark-jobs"]
-# Cases tested with real MLflow stores and nnlib run subprocesses: tests/test_side_channels.py (the MLflow ones)
-# and tests/test_outputs_safety.py (a folder in use, a write past the file-size limit)
-ELSEWHERE = ["mlflow-run-deleted-mid-run", "mlflow-server-unreachable", "train-inside-callers-mlflow-run",
-             "out-in-use-by-another-run", "write-past-file-size-limit"]
+# Cases held by a test in another file (real MLflow stores, Spark sessions, spark-submit and nnlib run
+# subprocesses): each README row names the test that holds it, which must exist
+ELSEWHERE = {
+    "mlflow-run-deleted-mid-run": "test_side_channels.py::test_an_mlflow_run_deleted_mid_run_is_one_warning_and_the_run_completes",
+    "mlflow-server-unreachable": "test_side_channels.py::test_an_unreachable_tracking_server_is_one_line_within_seconds_before_training",
+    "train-inside-callers-mlflow-run": "test_side_channels.py::test_inside_the_callers_mlflow_run_nnlib_logs_a_child_run_and_leaves_the_settings_as_found",
+    "out-in-use-by-another-run": "test_outputs_safety.py::test_a_folder_another_run_holds_is_refused_naming_its_pid_and_host",
+    "write-past-file-size-limit": "test_outputs_safety.py::test_a_checkpoint_past_the_file_size_limit_is_one_line_and_resume_goes_on",
+    "spark-output-column-exists": "test_spark_columns.py::test_transform_refuses_an_output_column_the_dataframe_has_before_any_job",
+    "spark-transform-nan": "test_spark_columns.py::test_a_nan_at_transform_names_the_column_and_the_rows_partition_and_offset",
+    "spark-predict-nan": "test_spark_columns.py::test_cli_predict_on_spark_names_the_column_and_the_files_row_with_no_spark_lines",
+    "predict-key-is-an-output-column": "test_predict_layout.py::test_a_key_column_named_as_a_column_predict_writes_is_refused",
+    "predict-list-column-model-on-columns": "test_predict_layout.py::test_a_list_column_model_on_separate_columns_names_them_and_the_setting_that_reads_them",
+    "predict-columns-model-on-a-list-column": "test_predict_layout.py::test_a_model_of_named_columns_on_a_list_column_names_the_setting_that_reads_it",
+    "predict-extra-column": "test_predict_layout.py::test_columns_the_model_never_saw_or_lacks_are_named_with_what_reads_the_file",
+    "predict-feature-count": "test_predict_layout.py::test_a_feature_count_the_model_does_not_take_is_one_line_in_every_format",
+    "predict-spark-layout-before-jvm": "test_predict_layout.py::test_on_spark_a_layout_mismatch_is_found_before_the_jvm_starts_with_the_local_line",
+    "run-features-column-missing": "test_predict_layout.py::test_training_on_a_missing_or_wrong_features_column_names_the_files_columns_before_any_engine_starts",
+    "test-source-other-columns": "test_predict_layout.py::test_on_spark_the_other_checks_a_footer_answers_come_before_the_jvm_starts",
+    "set-value-blamed-on-set": "test_predict_layout.py::test_a_bad_value_from_set_is_blamed_on_set_not_on_the_conf_file",
+    "conf-value-blamed-on-its-file": "test_predict_layout.py::test_a_bad_value_from_the_file_is_blamed_on_the_file_that_set_it",
+    "spark-master-no-port": "test_spark_causes.py::test_a_master_url_spark_would_refuse_is_one_line_with_its_form",
+    "spark-master-not-a-master": "test_spark_causes.py::test_a_port_that_answers_but_is_no_spark_master_is_one_line_within_the_stated_wait",
+    "spark-master-no-executor": "test_spark_causes.py::test_a_master_with_no_worker_is_one_line_naming_the_wait_and_its_setting",
+    "spark-remote-not-connect": "test_spark_causes.py::test_a_connect_url_nobody_answers_is_one_line_with_the_cause",
+    "spark-jvm-refuses-setting": "test_spark_causes.py::test_a_setting_spark_submit_refuses_is_one_line_with_its_cause",
+}
+
+
+def test_each_case_tested_elsewhere_names_a_test_that_exists():
+    here = Path(__file__).resolve().parent
+    for case_id, where in ELSEWHERE.items():
+        file, name = where.split("::")
+        assert f"def {name}(" in (here / file).read_text(), (case_id, where)
 
 
 @pytest.mark.parametrize("source", ["npz", "parquet"])
