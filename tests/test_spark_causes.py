@@ -318,3 +318,15 @@ def test_spark_submits_local_master_of_no_thread_count_is_one_line(tmp_path):
     assert spark_lines(proc.stderr) == [], proc.stderr
     assert proc.stdout.splitlines()[-1] == f"nnlib: error: spark-submit's master local[x]: {LOCAL}'local[x]'"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_token_to_a_server_without_tls_names_tls_and_the_local_form(tmp_path, connect_server):
+    """pyspark's client speaks TLS when a token goes to a host other than localhost: against a server without TLS
+    that is one line saying so, not "not a Spark Connect server"."""
+    port = connect_server.url.rsplit(":", 1)[1]
+    proc, seconds = nnlib_run(tmp_path, f"spark.remote=sc://127.0.0.1:{port}/;token=s3cr3t")
+    assert one_line(proc, tmp_path) == (
+        f"spark.remote sc://127.0.0.1:{port}/;token=***: no gRPC server answers 127.0.0.1:{port} over TLS within "
+        f"{PROBE_SECONDS} s (pyspark's client uses TLS for a token to a host other than localhost): a server "
+        "without TLS, or another service's port; for a local server without TLS write sc://localhost:PORT")

@@ -292,20 +292,25 @@ def _open_connect(remote: str, settings: SessionSettings, key: str = "spark.remo
     from (``spark.remote``, or :data:`SPARK_REMOTE_KEY`)."""
     import importlib.util
 
+    # gRPC's core logs each failed TLS handshake and retry at INFO on stderr unless told otherwise before it
+    # starts; nnlib's line carries the cause, so only gRPC's errors show
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     shown = redact(remote)
     missing = [p for p in CONNECT_PACKAGES if importlib.util.find_spec(p.split(".")[0]) is None]
     if missing:
         raise EngineError(f"{key} {shown}: Spark Connect's client needs {', '.join(missing)}, not installed "
                           "(pip install 'nnlib[connect]')")
+    if not remote.startswith(("sc://", "local")):
+        raise EngineError(f"{key}: must be sc://HOST:PORT (a Spark Connect server) or local[N], got {shown!r}")
+    if remote.startswith("sc://"):
+        _check_url(remote, shown, key)
+    mine = _existing_connect(remote)
+    if mine is not None:  # the caller's session to the same server, connected already
+        return Opened(mine, False, True, _connect_url(mine))
     if remote.startswith("sc://"):
         _check_reachable(remote, shown, key)
-    elif not remote.startswith("local"):
-        raise EngineError(f"{key}: must be sc://HOST:PORT (a Spark Connect server) or local[N], got {shown!r}")
     from pyspark.sql import SparkSession
 
-    mine = _existing_connect(remote)
-    if mine is not None:  # the caller's session to the same server
-        return Opened(mine, False, True, _connect_url(mine))
     builder = SparkSession.builder.remote(remote)
     if remote.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -344,38 +349,48 @@ def _host_port(remote: str) -> tuple[str, int]:
     return parsed.hostname or "localhost", parsed.port or 15002
 
 
+def _check_url(remote: str, shown: str, key: str) -> None:
+    """A malformed ``sc://`` URL is one line (pyspark's client would raise a traceback)."""
+    netloc = remote[len("sc://"):].split("/")[0].split(";")[0]
+    host, colon, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
+    if not host or (colon and (not port.isdigit() or not 0 < int(port) < 65536)):
+        raise EngineError(f"{key} {shown}: Spark Connect needs sc://HOST[:PORT] with a host and, if given, a port "
+                          f"number (a server's is 15002 unless started otherwise), got {netloc!r}")
+
+
 def _check_reachable(remote: str, shown: str, key: str = "spark.remote") -> None:
     """One line within seconds, with the cause, when an ``sc://`` URL is malformed (pyspark's client would raise
     a traceback), its host does not resolve, nothing accepts a connection there, or what does accept is no gRPC
     server (within :data:`PROBE_SECONDS`; gRPC would retry for minutes)."""
     where = f"{key} {shown}"
-    netloc = remote[len("sc://"):].split("/")[0].split(";")[0]
-    host, colon, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
-    if not host or (colon and (not port.isdigit() or not 0 < int(port) < 65536)):
-        raise EngineError(f"{where}: Spark Connect needs sc://HOST[:PORT] with a host and, if given, a port "
-                          f"number (a server's is 15002 unless started otherwise), got {netloc!r}")
+    _check_url(remote, shown, key)
     host, port = _host_port(remote)
     _reach(host, port, where, "Spark Connect server", "start one, or check the host and port")
     _probe_grpc(remote, host, port, where)
 
 
 def _probe_grpc(remote: str, host: str, port: int, where: str) -> None:
-    """A gRPC channel to ``host:port`` (TLS where the URL asks for it, ``use_ssl=true`` or a token) must get ready
-    within :data:`PROBE_SECONDS`: a port that accepts connections but speaks no HTTP/2 (another service) is one
-    line, not minutes of the client's retries."""
+    """The gRPC channel pyspark's client would open for ``remote`` (its own channel builder: TLS, local
+    credentials or none, as the URL's ``use_ssl`` and ``token`` and the host decide) must get ready within
+    :data:`PROBE_SECONDS`: a port that accepts connections but speaks no HTTP/2 (another service) is one line,
+    not minutes of the client's retries."""
     import grpc
+    from pyspark.sql.connect.client import DefaultChannelBuilder
 
-    params = {k.strip().lower(): v.strip() for k, _, v in
-              (p.partition("=") for p in remote[len("sc://"):].split(";")[1:])}
-    tls = params.get("use_ssl", "").lower() == "true" or "token" in params
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    channel = grpc.secure_channel(target, grpc.ssl_channel_credentials()) if tls else grpc.insecure_channel(target)
+    builder = DefaultChannelBuilder(remote)
+    # pyspark's client speaks TLS where the URL says use_ssl=true, or gives a token to a host other than localhost
+    tls = builder.use_ssl or (builder.token is not None and builder.host != "localhost")
+    channel = builder.toChannel()
     try:
         grpc.channel_ready_future(channel).result(timeout=PROBE_SECONDS)
     except grpc.FutureTimeoutError:
+        if tls:
+            raise EngineError(f"{where}: no gRPC server answers {host}:{port} over TLS within {PROBE_SECONDS} s "
+                              f"(pyspark's client uses TLS for {'use_ssl=true' if builder.use_ssl else 'a token'}"
+                              " to a host other than localhost): a server without TLS, or another service's port; "
+                              "for a local server without TLS write sc://localhost:PORT") from None
         raise EngineError(f"{where}: {host}:{port} accepts connections but no gRPC server answers there within "
-                          f"{PROBE_SECONDS} s{' over TLS' if tls else ''}: not a Spark Connect server (another "
-                          "service's port?)") from None
+                          f"{PROBE_SECONDS} s: not a Spark Connect server (another service's port?)") from None
     finally:
         channel.close()
 
