@@ -537,6 +537,12 @@ def _read_columns(cfg: DataConfig, path: str, key: str, regression: bool) -> _Co
     table = _table(path, key)
     targets = cfg.targets
     extras = [c for c in (cfg.weight_column, cfg.validation_column) if c is not None]
+    label_key = "data.label_columns" if cfg.label_columns else "data.label_column"
+    for what, wanted in ((label_key, targets), ("data.weight_column", [cfg.weight_column]),
+                         ("data.validation_column", [cfg.validation_column])):
+        for name in wanted:  # named by the key that asked for it, not as a column left out of the features
+            if name is not None and name not in table.column_names:
+                raise DataError(f"{what}: {path} has no column '{name}' ({sources.columns_text(table.column_names)})")
     for name in cfg.feature_columns or ():
         if name in targets or name in extras:
             raise DataError(f"data.feature_columns: '{name}' is a label, weight or validation column, not a feature")
