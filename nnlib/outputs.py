@@ -170,6 +170,28 @@ def config_digest(config) -> str:
     return hashlib.sha256(json.dumps(kept, default=str).encode()).hexdigest()[:16]
 
 
+def make_folder(path: Path) -> list[Path]:
+    """``mkdir -p path``, returning the folders it made, deepest first (``path`` and any missing parents), so
+    that a run refused before its first write can take them back (:func:`remove_if_empty`). Raises
+    FileExistsError when ``path`` exists, OSError as ``mkdir`` does."""
+    missing = []
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    path.mkdir(parents=True)
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) while it is empty; stop at the first that is not."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 class RunDir:
     """The output folder of one run.
 
@@ -190,6 +212,7 @@ class RunDir:
         self.overwrite, self.resume = overwrite, resume
         self._ready = False
         self._created = created  # this run made the folder
+        self._made: list[Path] = []  # the folders it made for it, deepest first (the folder and new parents)
         self._lock = None
         self._reader = reader  # only reads a folder the run's main process holds (an MPI rank other than 0)
         self._check()
@@ -221,7 +244,7 @@ class RunDir:
 
         if not self.path.exists():
             try:
-                self.path.mkdir(parents=True)
+                self._made = make_folder(self.path)
                 self._created = True
             except FileExistsError:
                 pass  # another run made it this instant: the lock decides
@@ -246,7 +269,7 @@ class RunDir:
         try:
             if self._created and [p.name for p in self.path.iterdir()] == [LOCK_NAME]:
                 (self.path / LOCK_NAME).unlink()
-                self.path.rmdir()
+                remove_if_empty(self._made or [self.path])  # and the parents this run made for it
         except OSError:
             pass  # leaving an empty folder behind is harmless
         finally:
@@ -258,7 +281,7 @@ class RunDir:
             return
         if not self.path.exists():
             try:
-                self.path.mkdir(parents=True)
+                self._made = make_folder(self.path)
                 self._created = True
             except FileExistsError:
                 pass
@@ -283,6 +306,8 @@ class RunDir:
         for folder in (self.path / "checkpoints", self.path if self._created else None):
             if folder is not None and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
+        if self._created and not self.path.exists():
+            remove_if_empty(self._made[1:])  # the parents this run made for its folder
 
     def write_config(self, config_dict: dict) -> None:
         atomic_write_bytes(self.file("config.yaml"), yaml.safe_dump(config_dict, sort_keys=False).encode())

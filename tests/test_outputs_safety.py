@@ -194,3 +194,15 @@ def test_a_killed_run_never_blocks_its_own_resume(tmp_path):
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert len(read_csv_rows(tmp_path / "run" / "rounds.csv")) == 5
+
+
+@pytest.mark.parametrize("sets", [["engine=spark", "spark.master=spark://head"],  # refused as the engine opens
+                                  ["mappers=5000"]])  # refused once the data is read
+def test_a_run_refused_after_claiming_its_folder_takes_back_the_parents_it_made(tmp_path, capsys, sets):
+    from nnlib.cli import main
+
+    out = tmp_path / "new" / "deeper" / "run"
+    args = ["run", "--quiet", "--set", "train.rounds=1", *[a for s in sets for a in ("--set", s)], "--out", str(out)]
+    assert main(args) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
