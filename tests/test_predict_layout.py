@@ -188,6 +188,7 @@ def test_a_key_column_named_as_a_column_predict_writes_is_refused(runs, tmp_path
     assert "--set data.key_column=null" in err and not out.exists()
 
 
+@pytest.mark.slow
 def test_an_input_column_named_prediction_is_not_written_over_the_models(runs, tmp_path, capsys):
     """Predict writes the key, prediction and probability alone: an input's own 'prediction' column (not the
     key) is neither kept nor mixed with the model's."""
@@ -216,6 +217,7 @@ def _spark_predict(*args: str, env_extra: dict | None = None) -> tuple[subproces
     return _spark_child("predict", *args, env_extra=env_extra), None
 
 
+@pytest.mark.slow
 def test_on_spark_a_layout_mismatch_is_found_before_the_jvm_starts_with_the_local_line(runs, tmp_path, capsys):
     tmp, x, y = runs
     data = _as_format(_columns_table(x, y), tmp_path, "abc", "csv")
@@ -242,6 +244,7 @@ def test_on_spark_a_layout_mismatch_is_found_before_the_jvm_starts_with_the_loca
     assert sorted(p.name for p in tmp_path.iterdir()) == ["abc.csv"]  # nothing written
 
 
+@pytest.mark.slow
 def test_on_spark_a_column_named_as_nnlibs_own_is_refused_before_the_jvm_starts(runs, tmp_path):
     tmp, x, y = runs
     pq.write_table(_columns_table(x, y).append_column("_nnlib_row", pa.array(np.arange(len(y)))),
@@ -267,6 +270,7 @@ def test_on_spark_a_uri_is_checked_by_spark_with_the_same_words_and_the_fix_give
     assert written.column("prediction").to_pylist() == same.column("prediction").to_pylist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["local", "mrjob", "spark"])
 def test_training_on_a_missing_or_wrong_features_column_names_the_files_columns_before_any_engine_starts(
         runs, tmp_path, capsys, engine):
@@ -292,6 +296,7 @@ def test_training_on_a_missing_or_wrong_features_column_names_the_files_columns_
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_on_spark_the_other_checks_a_footer_answers_come_before_the_jvm_starts(runs, tmp_path):
     """Columns chosen, dropped or keyed that the files lack, and a test set that is missing or of another
     layout: each is one line from the files' footers, with no JVM started (they came after Spark's start)."""
@@ -381,6 +386,7 @@ def test_a_bad_value_from_the_apis_overrides_is_blamed_on_overrides(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_a_spark_connect_server_from_the_environment_is_blamed_on_spark_remote_the_variable(runs, tmp_path):
     tmp, _, _ = runs
     proc, _ = _spark_predict(str(tmp / "abc-run"), str(tmp / "abc.parquet"), env_extra={"SPARK_REMOTE": "foo"})
