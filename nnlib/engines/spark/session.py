@@ -296,14 +296,14 @@ def _open_connect(remote: str, settings: SessionSettings, key: str = "spark.remo
     # starts; nnlib's line carries the cause, so only gRPC's errors show
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     shown = redact(remote)
-    missing = [p for p in CONNECT_PACKAGES if importlib.util.find_spec(p.split(".")[0]) is None]
-    if missing:
-        raise EngineError(f"{key} {shown}: Spark Connect's client needs {', '.join(missing)}, not installed "
-                          "(pip install 'nnlib[connect]')")
     if not remote.startswith(("sc://", "local")):
         raise EngineError(f"{key}: must be sc://HOST:PORT (a Spark Connect server) or local[N], got {shown!r}")
     if remote.startswith("sc://"):
         _check_url(remote, shown, key)
+    missing = [p for p in CONNECT_PACKAGES if importlib.util.find_spec(p.split(".")[0]) is None]
+    if missing:
+        raise EngineError(f"{key} {shown}: Spark Connect's client needs {', '.join(missing)}, not installed "
+                          "(pip install 'nnlib[connect]')")
     mine = _existing_connect(remote)
     if mine is not None:  # the caller's session to the same server, connected already
         return Opened(mine, False, True, _connect_url(mine))
