@@ -167,7 +167,8 @@ CATALOGUE = [
     ("csv-ragged-rows", lambda t: csv_file(t, "a,b,label\n1,2,0\n3,1\n4,5,1\n"),
      "d.csv is not a well-formed CSV file (CSV parse error: Expected 3 columns, got 2"),
     ("csv-non-numeric", lambda t: csv_file(t, "a,b,label\n1,2,0\n3,x,1\n4,5,1\n"),
-     "d.csv column 'b' must be numeric, got string (non-numeric cells)"),
+     "d.csv column 'b' must be numeric, got string (non-numeric cells); leave it out of the features with "
+     "--set data.drop_columns=[b]"),
     ("csv-no-label-column", lambda t: csv_file(t, "a,b,c\n1,2,0\n3,1,1\n"),
      "d.csv has no label column 'label' (set data.label_column; columns are ['a', 'b', 'c'])"),
     ("nan-feature", lambda t: data(npz(t, x=x_with(np.nan))),

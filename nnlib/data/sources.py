@@ -189,7 +189,7 @@ def table_to_arrays(table, path: Path, key: str, label_column: str | None, featu
         col = table.column(name)
         if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
             raise DataError(f"{key}: {path} column '{name}' must be numeric, got {col.type} "
-                            "(non-numeric cells)")
+                            f"(non-numeric cells); leave it out of the features with --set data.drop_columns=[{name}]")
         if col.null_count:
             raise DataError(f"{key}: {path} column '{name}' has {col.null_count} empty cells")
         columns.append(col.to_numpy().astype(np.float64))

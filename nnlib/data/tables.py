@@ -295,7 +295,7 @@ def check_feature_columns(layout: Layout, source: str, cfg, key: str) -> list[st
                             f"set data.features_column={name}")
         if name in layout.other:
             raise DataError(f"{key}: {source} column '{name}' must be numeric, got {layout.other[name]} "
-                            "(non-numeric cells)")
+                            f"(non-numeric cells); leave it out of the features with --set data.drop_columns=[{name}]")
     return found
 
 
