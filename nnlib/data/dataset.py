@@ -181,19 +181,11 @@ def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Re
         where = f"data.test_source {cfg.test_source}" if cfg.test_source else f"data.source {src} (test part)"
         raise DataError(f"{where}: labels must be in 0..{n_classes - 1} (the training labels), "
                         f"got {y_test[i]} at sample {i}")
-    x_val = y_val = mean = std = None
+    x_val = y_val = None
     if cfg.validation_fraction:
         keep, held = _split(len(y_train), cfg.validation_fraction, seed, 0x7A11, "data.validation_fraction")
         x_train, y_train, x_val, y_val = x_train[keep], y_train[keep], x_train[held], y_train[held]
-    if cfg.standardize:
-        mean = x_train.mean(axis=0)
-        std = x_train.std(axis=0)
-        std[std == 0] = 1.0
-        x_train = (x_train - mean) / std
-        x_test = (x_test - mean) / std
-        x_val = None if x_val is None else (x_val - mean) / std
-    x_train, x_test = _as_float32(x_train, f"data.source {src}"), _as_float32(x_test, _test_where(cfg))
-    x_val = None if x_val is None else _as_float32(x_val, f"data.source {src} (validation part)")
+    mean, std, x_train, x_test, x_val = _standardized_float32(cfg, src, x_train, x_test, x_val)
     return Dataset(x_train, y_train, x_test, y_test, n_classes, _image_shape(cfg, x_train.shape[1]), x_val, y_val,
                    mean=mean, std=std, feature_names=names, missing_classes=tuple(missing.tolist()),
                    fingerprint=tuple((key, f"{digest:016x}") for key, digest in fingerprint))
@@ -214,6 +206,23 @@ def _chosen(cfg: DataConfig) -> tuple[str, ...] | None:
 
 def _test_where(cfg: DataConfig) -> str:
     return f"data.test_source {cfg.test_source}" if cfg.test_source else f"data.source {cfg.source} (test part)"
+
+
+def _standardized_float32(cfg, src, x_train: np.ndarray, x_test: np.ndarray, x_val: np.ndarray | None):
+    """``(mean, std, x_train, x_test, x_val)``: the features standardised by the training rows' mean and standard
+    deviation (a constant column's std taken as 1) where ``data.standardize`` says so (else mean and std are
+    None), then as float32, each checked finite there (:class:`DataError` naming its part of the data)."""
+    mean = std = None
+    if cfg.standardize:
+        mean = x_train.mean(axis=0)
+        std = x_train.std(axis=0)
+        std[std == 0] = 1.0
+        x_train = (x_train - mean) / std
+        x_test = (x_test - mean) / std
+        x_val = None if x_val is None else (x_val - mean) / std
+    x_train, x_test = _as_float32(x_train, f"data.source {src}"), _as_float32(x_test, _test_where(cfg))
+    x_val = None if x_val is None else _as_float32(x_val, f"data.source {src} (validation part)")
+    return mean, std, x_train, x_test, x_val
 
 
 def _as_float32(x: np.ndarray, where: str) -> np.ndarray:
@@ -638,16 +647,7 @@ def load_columns(cfg: DataConfig, seed: int, task: str = "classification") -> Da
     if w_train is not None and not w_train.any():
         raise DataError(f"data.source {src}: data.weight_column '{cfg.weight_column}': every training row "
                         "weighs 0; at least one must weigh more")
-    mean = std = None
-    if cfg.standardize:
-        mean = x_train.mean(axis=0)
-        std = x_train.std(axis=0)
-        std[std == 0] = 1.0
-        x_train = (x_train - mean) / std
-        x_test = (x_test - mean) / std
-        x_val = None if x_val is None else (x_val - mean) / std
-    x_train, x_test = _as_float32(x_train, f"data.source {src}"), _as_float32(x_test, _test_where(cfg))
-    x_val = None if x_val is None else _as_float32(x_val, f"data.source {src} (validation part)")
+    mean, std, x_train, x_test, x_val = _standardized_float32(cfg, src, x_train, x_test, x_val)
     common = dict(mean=mean, std=std, feature_names=read.names, w_train=w_train, w_test=w_test, w_val=w_val,
                   fingerprint=tuple((key, f"{digest:016x}") for key, digest in fingerprint))
     shape = _image_shape(cfg, x_train.shape[1])
