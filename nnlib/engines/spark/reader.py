@@ -110,7 +110,10 @@ def unit_tables(table: ArrowSource, ids, columns: list[str] | None) -> Iterator[
         name = table.files[f]
         try:
             parquet = pq.ParquetFile(name)
-            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=list(range(lo, hi)), columns=columns):
+            # one thread: pyarrow's decoding threads each reserve a malloc arena of address space, which
+            # spark.executor.pyspark.memory (RLIMIT_AS) counts; a 640 MB worker ran out on 16 MB row groups
+            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=list(range(lo, hi)), columns=columns,
+                                              use_threads=False):
                 yield name, first, int(offsets[f]) + first, pa.Table.from_batches([batch])
                 first += batch.num_rows
         except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
