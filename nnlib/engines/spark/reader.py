@@ -42,7 +42,7 @@ import numpy as np
 
 from nnlib.data.dataset import RowKeyed, Shard, ShardFiller
 from nnlib.data.rows import RowFiller, RowPlan, merge_in_order
-from nnlib.data.tables import BLOCK_ROWS, ParquetSource, table_arrays
+from nnlib.data.tables import ParquetSource, table_arrays
 from nnlib.engines.spark.session import java_root_cause
 from nnlib.errors import DataError, error_from_text, first_line, python_failed
 
@@ -52,6 +52,7 @@ FRAME_SCHEME = "dataframe://"  # the data.source of a DataFrame given to SparkRe
 WIDE_COLUMNS = 1000  # feature columns past which Spark's own reader is warned of (its cost grows per column)
 UNIT_BYTES = 64 << 20  # a unit of an ArrowSource: row groups of one file up to this many uncompressed bytes
 READ_TASKS = 64  # the most tasks a pass over an ArrowSource's units takes
+TASK_BLOCK_ROWS = 10_000  # rows a task reads at a time (the default of spark.sql.execution.arrow.maxRecordsPerBatch)
 BLOCK_VALUES = 1 << 23  # values of a block read by pyarrow at most (64 MB of float64), whatever the width
 
 
@@ -104,7 +105,9 @@ def unit_tables(table: ArrowSource, ids, columns: list[str] | None) -> Iterator[
 
     offsets = table.offsets
     width = len(columns) if columns is not None else max(len(table.column_names), 1)
-    batch_rows = max(1, min(BLOCK_ROWS, BLOCK_VALUES // width))
+    # blocks as small as Spark's own Arrow batches keep a worker's temporaries (float64 copies for the checks)
+    # to a few MB: a worker under spark.executor.pyspark.memory also holds its shard
+    batch_rows = max(1, min(TASK_BLOCK_ROWS, BLOCK_VALUES // width))
     for i in ids:
         f, lo, hi, first = table.units[i]
         name = table.files[f]
