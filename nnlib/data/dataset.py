@@ -170,17 +170,9 @@ def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Re
         train_idx, test_idx = _split(x.shape[0], cfg.test_fraction, seed)
         x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
-    classes = np.unique(y_train)
-    if len(classes) < 2:
-        raise DataError(f"data.source {src}: the training set holds a single class ({y_train[0]}); "
-                        "at least 2 are needed")
-    missing = check_class_ids(classes, f"data.source {src}")
-    n_classes = int(classes[-1]) + 1
-    if y_test.max() >= n_classes:
-        i = int(np.argmax(y_test >= n_classes))
-        where = f"data.test_source {cfg.test_source}" if cfg.test_source else f"data.source {src} (test part)"
-        raise DataError(f"{where}: labels must be in 0..{n_classes - 1} (the training labels), "
-                        f"got {y_test[i]} at sample {i}")
+    n_classes, missing = _class_count(y_train, y_test, src,
+                                      f"data.test_source {cfg.test_source}" if cfg.test_source
+                                      else f"data.source {src} (test part)")
     x_val = y_val = None
     if cfg.validation_fraction:
         keep, held = _split(len(y_train), cfg.validation_fraction, seed, 0x7A11, "data.validation_fraction")
@@ -202,6 +194,22 @@ def _csv_feature_names(cfg: DataConfig, path: str, key: str) -> tuple[str, ...] 
 def _chosen(cfg: DataConfig) -> tuple[str, ...] | None:
     """``data.feature_columns`` as a ParquetSource holds it (None: every column but the label, key, dropped)."""
     return None if cfg.feature_columns is None else tuple(cfg.feature_columns)
+
+
+def _class_count(y_train: np.ndarray, y_test: np.ndarray, src, test_where: str) -> tuple[int, np.ndarray]:
+    """``(n_classes, missing class ids)`` of int64 labels: the training rows must hold at least 2 classes, and
+    the test rows (``test_where`` names them) no label past the training rows' largest; else a DataError."""
+    classes = np.unique(y_train)
+    if len(classes) < 2:
+        raise DataError(f"data.source {src}: the training set holds a single class ({y_train[0]}); "
+                        "at least 2 are needed")
+    missing = check_class_ids(classes, f"data.source {src}")
+    n_classes = int(classes[-1]) + 1
+    if y_test.max() >= n_classes:
+        i = int(np.argmax(y_test >= n_classes))
+        raise DataError(f"{test_where}: labels must be in 0..{n_classes - 1} (the training labels), "
+                        f"got {y_test[i]} at sample {i}")
+    return n_classes, missing
 
 
 def _test_where(cfg: DataConfig) -> str:
@@ -652,16 +660,7 @@ def load_columns(cfg: DataConfig, seed: int, task: str = "classification") -> Da
                   fingerprint=tuple((key, f"{digest:016x}") for key, digest in fingerprint))
     shape = _image_shape(cfg, x_train.shape[1])
     if not regression:
-        classes = np.unique(y_train)
-        if len(classes) < 2:
-            raise DataError(f"data.source {src}: the training set holds a single class ({y_train[0]}); "
-                            "at least 2 are needed")
-        missing = check_class_ids(classes, f"data.source {src}")
-        n_classes = int(classes[-1]) + 1
-        if y_test.max() >= n_classes:
-            i = int(np.argmax(y_test >= n_classes))
-            raise DataError(f"{_test_where(cfg)}: labels must be in 0..{n_classes - 1} (the training labels), "
-                            f"got {y_test[i]} at sample {i}")
+        n_classes, missing = _class_count(y_train, y_test, src, _test_where(cfg))
         return Dataset(x_train, y_train, x_test, y_test, n_classes, shape, x_val, y_val,
                        missing_classes=tuple(missing.tolist()), **common)
     t = y_train.reshape(len(y_train), -1).shape[1]
