@@ -201,30 +201,30 @@ def _master_ui(cluster) -> dict:
         return {}
 
 
-@pytest.mark.slow
-def test_spark_submits_malformed_master_is_one_line_on_its_stdout(tmp_path):
-    proc = subprocess.run([SPARK_SUBMIT, "--master", "spark://head", "--conf",
+def submit_refused(tmp_path, master: str, timeout: float = 120) -> list[str]:
+    """``spark-submit --master MASTER jobs/model_avg.py`` refused: exit 2, only the JVM's own notices on stderr
+    (spark-submit hands Python's stderr to its own stdout), no run folder; its stdout's lines."""
+    proc = subprocess.run([SPARK_SUBMIT, "--master", master, "--conf",
                            f"spark.driver.defaultJavaOptions=-Dlog4j2.configurationFile={LOG4J}",
                            "jobs/model_avg.py", "--out", str(tmp_path / "run")],
-                          cwd=ROOT, env=cluster_env(tmp_path), capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, env=cluster_env(tmp_path), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 2
-    # spark-submit hands Python's stderr to its own stdout; its stderr has only the JVM's own notices
     assert spark_lines(proc.stderr) == [], proc.stderr
-    assert [line for line in proc.stdout.splitlines() if line.startswith("nnlib: error")] == \
-        proc.stdout.splitlines()[-1:] == [f"nnlib: error: spark-submit's master spark://head: {INVALID}'head'"]
     assert not (tmp_path / "run").exists()
+    return proc.stdout.splitlines()
+
+
+@pytest.mark.slow
+def test_spark_submits_malformed_master_is_one_line_on_its_stdout(tmp_path):
+    out = submit_refused(tmp_path, "spark://head")
+    assert [line for line in out if line.startswith("nnlib: error")] == \
+        out[-1:] == [f"nnlib: error: spark-submit's master spark://head: {INVALID}'head'"]
 
 
 @pytest.mark.slow
 def test_spark_submit_to_a_port_that_is_no_master_is_one_line(tmp_path, silent):
     url = f"spark://127.0.0.1:{silent.port}"
-    proc = subprocess.run([SPARK_SUBMIT, "--master", url, "--conf",
-                           f"spark.driver.defaultJavaOptions=-Dlog4j2.configurationFile={LOG4J}",
-                           "jobs/model_avg.py", "--out", str(tmp_path / "run")],
-                          cwd=ROOT, env=cluster_env(tmp_path), capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 2
-    assert spark_lines(proc.stderr) == [], proc.stderr
-    assert proc.stdout.splitlines()[-1] == (
+    assert submit_refused(tmp_path, url, timeout=180)[-1] == (
         f"nnlib: error: spark-submit's master {url}: no Spark master answers (127.0.0.1:{silent.port} accepts "
         f"connections but gives no Spark RPC answer within {PROBE_SECONDS} s); check the port (a standalone "
         "master's is 7077 unless started otherwise, its web UI's is another)")
@@ -310,14 +310,7 @@ def test_nnlib_run_with_a_master_spark_would_refuse_is_one_line(tmp_path, master
 
 @pytest.mark.slow
 def test_spark_submits_local_master_of_no_thread_count_is_one_line(tmp_path):
-    proc = subprocess.run([SPARK_SUBMIT, "--master", "local[x]", "--conf",
-                           f"spark.driver.defaultJavaOptions=-Dlog4j2.configurationFile={LOG4J}",
-                           "jobs/model_avg.py", "--out", str(tmp_path / "run")],
-                          cwd=ROOT, env=cluster_env(tmp_path), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert spark_lines(proc.stderr) == [], proc.stderr
-    assert proc.stdout.splitlines()[-1] == f"nnlib: error: spark-submit's master local[x]: {LOCAL}'local[x]'"
-    assert not (tmp_path / "run").exists()
+    assert submit_refused(tmp_path, "local[x]")[-1] == f"nnlib: error: spark-submit's master local[x]: {LOCAL}'local[x]'"
 
 
 @pytest.mark.slow
