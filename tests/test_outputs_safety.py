@@ -196,7 +196,8 @@ def test_a_killed_run_never_blocks_its_own_resume(tmp_path):
     assert len(read_csv_rows(tmp_path / "run" / "rounds.csv")) == 5
 
 
-@pytest.mark.parametrize("sets", [["engine=spark", "spark.master=spark://head"],  # refused as the engine opens
+@pytest.mark.parametrize("sets", [["engine=spark", "spark.task_gpus=1"],  # refused as the engine opens, on any
+                                  # local master: nnlib's own or that of a session already running in the process
                                   ["mappers=5000"]])  # refused once the data is read
 def test_a_run_refused_after_claiming_its_folder_takes_back_the_parents_it_made(tmp_path, capsys, sets):
     from nnlib.cli import main
