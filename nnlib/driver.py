@@ -26,7 +26,7 @@ import numpy as np
 
 from nnlib.config import Config
 from nnlib.core.backends import get_backend
-from nnlib.data.dataset import Dataset, ShardSource, load_dataset
+from nnlib.data.dataset import Dataset, ShardSource, run_dataset
 from nnlib.engines import make_engine
 from nnlib.engines.base import Engine
 from nnlib.model.file import ModelFile, model_file
@@ -398,7 +398,7 @@ def prepare(config: Config, warn=warn, reader=None) -> Setup:
     engine's ``reader``; default pyarrow in this process).
     """
     config = with_absolute_paths(config)
-    data = load_dataset(config.data, config.seed, config.mappers, reader, config.model.task)
+    data = run_dataset(config, reader)
     if data.rows is not None and config.combine == "split":
         raise ConfigError(f"combine=split needs the training set on the driver (to couple the neurons); "
                           f"data.source {config.data.source} is a Parquet source, read only by the mappers")
@@ -471,8 +471,7 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
 
     try:
         try:
-            engine.start(ShardSource(config.data, config.seed, config.mappers, setup.data.rows,
-                                     config.model.task))
+            engine.start(ShardSource.of_run(config, setup.data.rows))
             if on_started is not None:
                 on_started()
             for r in range(first_round, config.train.rounds):

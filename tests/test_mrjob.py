@@ -95,3 +95,23 @@ def test_unimportable_mrjob_names_the_python_version(tmp_path):
     version = ".".join(map(str, sys.version_info[:3]))
     assert f"cannot be imported on Python {version}" in proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_payload_file_carries_every_field_of_the_model_spec(tmp_path):
+    """mrjob's tasks read the round's payload from an .npz file: every ModelSpec field (a regression run's task
+    and Huber threshold among them) comes back as it was sent, each set away from its default."""
+    import dataclasses
+
+    from nnlib.data.dataset import run_dataset
+    from nnlib.engines.mrjob.wire import payload_from_file, payload_to_bytes
+    from nnlib.rounds.payload import first_payload
+
+    config = small_config()
+    payload = first_payload(config, run_dataset(config))
+    model = dataclasses.replace(payload.model, activation="tanh", loss="huber", l2=0.25, output_scale=2.0,
+                                task="regression", huber_delta=0.5)
+    defaults = {f.name: f.default for f in dataclasses.fields(model) if f.name != "layers"}
+    assert all(getattr(model, name) != value for name, value in defaults.items())  # every field is tested
+    path = tmp_path / "payload.npz"
+    path.write_bytes(payload_to_bytes(dataclasses.replace(payload, model=model)))
+    assert payload_from_file(path).model == model

@@ -183,6 +183,12 @@ def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Re
                    fingerprint=tuple((key, f"{digest:016x}") for key, digest in fingerprint))
 
 
+def run_dataset(config, reader: tables.Reader | None = None) -> Dataset:
+    """The run's data as every engine's driver reads it: ``config.data`` with the run's seed, mapper count and
+    ``model.task`` (a regression run's float targets). ``config`` is an :class:`nnlib.config.Config`."""
+    return load_dataset(config.data, config.seed, config.mappers, reader, config.model.task)
+
+
 def _csv_feature_names(cfg: DataConfig, path: str, key: str) -> tuple[str, ...] | None:
     """A CSV source's feature columns in order (None for any other kind of source)."""
     if not path.lower().endswith(".csv") or cfg.features_column is not None:
@@ -374,6 +380,12 @@ class ShardSource:
     mappers: int
     rows: RowKeyed | None = None  # a row-keyed source: each worker reads only its shards' rows
     task: str = "classification"  # model.task: how the labels are read (load_dataset)
+
+    @classmethod
+    def of_run(cls, config, rows: RowKeyed | None = None) -> ShardSource:
+        """The shards' recipe of a run (an :class:`nnlib.config.Config`), as every engine's workers build it:
+        its data, seed, mappers and ``model.task``; ``rows`` is the driver's survey of a row-keyed source."""
+        return cls(config.data, config.seed, config.mappers, rows, config.model.task)
 
     def build(self, indices: list[int]) -> list[Shard]:
         """The shards ``indices``: what a worker runs. An in-memory source is loaded once and cut; a

@@ -27,7 +27,7 @@ from mrjob.protocol import JSONProtocol, RawValueProtocol
 from mrjob.step import MRStep
 
 from nnlib.config import load_config
-from nnlib.data.dataset import ShardSource, load_dataset
+from nnlib.data.dataset import ShardSource, run_dataset
 from nnlib.engines.mrjob.partition import read_shard
 from nnlib.rounds.mapper import train_shard
 from nnlib.rounds.payload import first_payload
@@ -62,7 +62,7 @@ class MRModelAvg(MRJob):
         if self.options.payload:
             self.payload = payload_from_file(self.options.payload)
         else:
-            data = load_dataset(self.config.data, self.config.seed, self.config.mappers)
+            data = run_dataset(self.config)
             self.payload = first_payload(self.config, data)
 
     def mapper_init(self):
@@ -78,7 +78,7 @@ class MRModelAvg(MRJob):
         if rows is not None and self.options.scratch:
             shard = read_shard(rows, index, self.options.scratch)
         else:
-            shard = ShardSource(self.config.data, self.config.seed, self.config.mappers, rows).build([index])[0]
+            shard = ShardSource.of_run(self.config, rows).build([index])[0]
         yield "round", encode_result(train_shard(shard, self.payload))
 
     def reducer_init(self):

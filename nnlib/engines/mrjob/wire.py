@@ -25,6 +25,10 @@ from nnlib.rounds.schedule import RoundPlan
 from nnlib.rounds.payload import MapperResult, MapperStats, RoundPayload, SubnetPlan
 
 
+# every field of ModelSpec but its layout, by name and type: a field added to ModelSpec travels without an edit here
+_MODEL_SCALARS = {f.name: type(f.default) for f in dataclasses.fields(ModelSpec) if f.name != "layers"}
+
+
 def encode_array(a: np.ndarray | None) -> str | None:
     """float32 vector -> base64 text (``None`` stays ``None``)."""
     if a is None:
@@ -61,8 +65,9 @@ def payload_to_bytes(p: RoundPayload) -> bytes:
     arrays = {
         "round_index": np.int64(p.plan.index), "synchronous": np.bool_(p.plan.synchronous),
         "seed": np.int64(p.seed), "params": p.params,
-        **_layout_arrays(p.model.layers), "activation": np.str_(p.model.activation),
-        "loss": np.str_(p.model.loss), "l2": np.float64(p.model.l2), "backend": np.str_(p.backend),
+        **_layout_arrays(p.model.layers), **{f"model_{name}": np.asarray(getattr(p.model, name))
+                                             for name in _MODEL_SCALARS},
+        "backend": np.str_(p.backend),
         "batch_size": np.int64(local.batch_size), "local_epochs": np.int64(local.local_epochs),
         "local_steps": np.int64(-1 if local.local_steps is None else local.local_steps),
         "lr": np.float64(p.plan.lr), "optimizer": np.str_(to_json(p.optimizer)),
@@ -130,6 +135,7 @@ def payload_from_file(path) -> RoundPayload:
         return RoundPayload(
             plan=plan, seed=int(f["seed"]), params=f["params"].astype(DTYPE),
             opt_state=f["opt_state"].astype(DTYPE) if "opt_state" in f.files else None,
-            model=ModelSpec(_layout(f), str(f["activation"]), str(f["loss"]), float(f["l2"])),
+            model=ModelSpec(_layout(f), **{name: kind(f[f"model_{name}"].item())
+                                           for name, kind in _MODEL_SCALARS.items()}),
             backend=str(f["backend"]), optimizer=from_json(str(f["optimizer"])),
             subnets=_subnet_plan(f), proximal_mu=float(f["proximal_mu"]))
