@@ -179,23 +179,15 @@ def helper_column(df, stem: str) -> str:
             return name
 
 
-def add_predictions(df, shared: SharedModel, n_features: int, features: str, raw_col: str, probability_col: str,
-                    prediction_col: str, key: str | None = None):
-    """``df`` with the model's ``rawPrediction`` (the logits) and ``probability`` (ML vectors of float64 holding
-    the float32 values) and ``prediction`` (double, the class) columns; a column whose name is empty is left
-    out, as MLlib's classifiers do. Computed by a pandas UDF, the model loaded once per Python worker.
-
-    An output column ``df`` already has is refused here (:func:`output_columns`). A row whose features are
-    not finite, or not ``n_features`` long, fails the action that meets it with nnlib's one DataError line
-    (the last line of Spark's ``PythonException``) naming ``featuresCol``'s column and the row: ``key``'s
-    value when ``key`` names a column of ``df``, else the row's partition and its offset in that partition.
-    """
-    from pyspark.ml.functions import array_to_vector
+def _with_scores(df, shared: SharedModel, n_features: int, features: str, key: str | None, schema: str, scorer):
+    """``(df with a struct column of the model's scores, that column's name)``: ``scorer(model, x)`` (a module
+    function: it travels to the executors) turns a batch's checked features ``(n, n_features)`` float64 into
+    a pandas DataFrame of ``schema``'s fields. A pandas UDF computes it, the model loaded once per Python
+    worker; a row whose features are not finite, or not ``n_features`` long, fails the action that meets it
+    with nnlib's one DataError line naming ``featuresCol``'s column and the row (:func:`_row_names`)."""
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
 
-    outputs = {"rawPredictionCol": raw_col, "probabilityCol": probability_col, "predictionCol": prediction_col}
-    output_columns(df, outputs)
     x = features_column(df, features, "float64", n_features)
     where = f"featuresCol '{features}'"
     key = key if key is not None and key in df.columns else None
@@ -203,7 +195,7 @@ def add_predictions(df, shared: SharedModel, n_features: int, features: str, raw
     # expression, so no filter after transform is pushed below it and changes the offsets), and its key
     rows = F.struct(F.monotonically_increasing_id().alias("id"), *([F.col(key).alias("key")] if key else []))
 
-    @pandas_udf("raw array<double>, probability array<double>, prediction double")
+    @pandas_udf(schema)
     def score(batch: pd.Series, places: pd.DataFrame) -> pd.DataFrame:
         model = shared.get()
         keys = places["key"].to_numpy() if "key" in places else None
@@ -213,16 +205,63 @@ def add_predictions(df, shared: SharedModel, n_features: int, features: str, raw
             # raised again here, from None: the worker's traceback (which Spark's error carries) is this one
             # frame and nnlib's line, the line an action's PythonException ends with
             raise DataError(str(exc)) from None
-        logits = model.predict_logits(x)
-        return pd.DataFrame({"raw": list(logits.astype(np.float64)),
-                             "probability": list(softmax(logits).astype(np.float64)),
-                             "prediction": model.classes[logits.argmax(axis=1)].astype(np.float64)})
+        return scorer(model, x)
 
     scores = helper_column(df, "_nnlib_scores")
-    out = df.withColumn(scores, score(x, rows))
+    return df.withColumn(scores, score(x, rows)), scores
+
+
+def _class_scores(model, x: np.ndarray) -> pd.DataFrame:
+    logits = model.predict_logits(x)
+    return pd.DataFrame({"raw": list(logits.astype(np.float64)),
+                         "probability": list(softmax(logits).astype(np.float64)),
+                         "prediction": model.classes[logits.argmax(axis=1)].astype(np.float64)})
+
+
+def _regression_scores(model, x: np.ndarray) -> pd.DataFrame:
+    y = model.predict(x)  # float64 (n,) for one target, (n, t) for several, in the targets' own units
+    return pd.DataFrame({"prediction": y if y.ndim == 1 else list(y)})
+
+
+def add_predictions(df, shared: SharedModel, n_features: int, features: str, raw_col: str, probability_col: str,
+                    prediction_col: str, key: str | None = None):
+    """``df`` with a classifier's ``rawPrediction`` (the logits) and ``probability`` (ML vectors of float64
+    holding the float32 values) and ``prediction`` (double, the class) columns; a column whose name is empty
+    is left out, as MLlib's classifiers do. Computed by a pandas UDF, the model loaded once per Python worker.
+
+    An output column ``df`` already has is refused here (:func:`output_columns`). A row whose features are
+    not finite, or not ``n_features`` long, fails the action that meets it with nnlib's one DataError line
+    (the last line of Spark's ``PythonException``) naming ``featuresCol``'s column and the row: ``key``'s
+    value when ``key`` names a column of ``df``, else the row's partition and its offset in that partition.
+    """
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    output_columns(df, {"rawPredictionCol": raw_col, "probabilityCol": probability_col,
+                        "predictionCol": prediction_col})
+    out, scores = _with_scores(df, shared, n_features, features, key,
+                               "raw array<double>, probability array<double>, prediction double", _class_scores)
     for name, part in ((raw_col, "raw"), (probability_col, "probability")):
         if name:
             out = out.withColumn(name, array_to_vector(F.col(f"`{scores}`.{part}")))
     if prediction_col:
         out = out.withColumn(prediction_col, F.col(f"`{scores}`.prediction"))
     return out.drop(scores)
+
+
+def add_regression_predictions(df, shared: SharedModel, n_features: int, n_targets: int, features: str,
+                               prediction_col: str, key: str | None = None):
+    """``df`` with a regressor's ``prediction`` column, in the targets' own units (float64): a double for one
+    target (``n_targets`` 1), an ML Vector of the ``n_targets`` targets for several; an empty
+    ``prediction_col`` adds nothing. Refusals as :func:`add_predictions`'s."""
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    output_columns(df, {"predictionCol": prediction_col})
+    if not prediction_col:
+        return df
+    several = n_targets > 1
+    out, scores = _with_scores(df, shared, n_features, features, key,
+                               "prediction array<double>" if several else "prediction double", _regression_scores)
+    column = F.col(f"`{scores}`.prediction")
+    return out.withColumn(prediction_col, array_to_vector(column) if several else column).drop(scores)
