@@ -17,8 +17,8 @@ from nnlib.config import DataConfig
 from nnlib.data import sources, tables
 from nnlib.data.checks import check_class_ids, check_features, check_labels, check_standardized
 from nnlib.data.partition import partition, shard_sizes
-from nnlib.data.rows import (ROLE_NAMES, TEST, TRAIN, VAL, RowFiller, RowPlan, add_digests, check_partition,
-                             row_digest, standardize_into)
+from nnlib.data.rows import (ROLE_NAMES, TEST, TRAIN, VAL, FixedPlan, RowFiller, RowPlan, add_digests,
+                             check_partition, row_digest, standardize_into)
 from nnlib.data.tables import ParquetSource
 from nnlib.errors import DataError
 
@@ -34,6 +34,8 @@ class RowKeyed:
     shard_sizes: tuple[int, ...]
     n_features: int
     mapper_roles: tuple[int, ...] = (TRAIN,)  # what the mappers keep: TRAIN, and TEST/VAL when scored there
+    target_mean: np.ndarray | None = None  # regression under data.standardize_target: (t,) float64 statistics
+    target_std: np.ndarray | None = None   # of the training targets the shards' targets are standardised with
 
     @property
     def scored_by_mappers(self) -> bool:
@@ -78,6 +80,20 @@ class Dataset:
     w_train: np.ndarray | None = None  # (n,) float64 sample weights (data.weight_column), else None
     w_test: np.ndarray | None = None
     w_val: np.ndarray | None = None
+    train_weight_mean: float | None = None  # a row-keyed source's mean training weight (from its survey)
+
+    @property
+    def weighted(self) -> bool:
+        """True when the rows have sample weights (data.weight_column)."""
+        return self.w_train is not None or self.w_test is not None or self.train_weight_mean is not None
+
+    @property
+    def mean_weight(self) -> float | None:
+        """The mean weight (float64) of the training rows (None without weights): of ``w_train`` when the
+        driver holds it, else of a row-keyed source's survey."""
+        if self.w_train is not None:
+            return float(np.mean(self.w_train, dtype=np.float64))
+        return self.train_weight_mean
 
     @property
     def n_features(self) -> int:
@@ -139,9 +155,13 @@ def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Re
     features keep a scale of 1. A row-keyed (Parquet) source is surveyed, not
     loaded: see :func:`load_row_keyed`; ``reader`` is how (default: pyarrow in
     this process). ``task="regression"``, ``data.weight_column`` and
-    ``data.validation_column`` read the source whole (:func:`load_columns`).
+    ``data.validation_column`` read a local source whole (:func:`load_columns`), and a URI (a DataFrame
+    given to Spark's reader, ``hdfs://``, ``s3a://``, ``file:``) row by row with the same semantics
+    (:func:`load_row_keyed`).
     """
     if task == "regression" or cfg.weight_column is not None or cfg.validation_column is not None:
+        if tables.is_uri(cfg.source):
+            return load_row_keyed(cfg, seed, mappers, reader or tables.LocalReader(), task)
         return load_columns(cfg, seed, task)
     if tables.is_row_keyed(cfg.source):
         return load_row_keyed(cfg, seed, mappers, reader or tables.LocalReader())
@@ -269,9 +289,15 @@ def _test_set(cfg: DataConfig, n_features: int) -> tuple[np.ndarray, np.ndarray,
     return x, y, row_digest(np.arange(len(y)), x, y)
 
 
-def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reader) -> Dataset:
+def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reader,
+                   task: str = "classification") -> Dataset:
     """A Parquet source surveyed by ``reader``: sizes, labels and statistics from one pass over the rows,
-    then the test (and validation) rows collected; the training rows are left to the mappers."""
+    then the test (and validation) rows collected; the training rows are left to the mappers.
+
+    Under ``task="regression"``, ``data.weight_column`` or ``data.validation_column`` the rows are read
+    as :func:`load_columns` reads them (:func:`_load_carried`)."""
+    if task == "regression" or cfg.weight_column is not None or cfg.validation_column is not None:
+        return _load_carried(cfg, seed, mappers, reader, task)
     check_partition(cfg.partition, cfg.source)
     tables.check_here(cfg)  # the local footers, before a reader's JVM starts
     table = replace(reader.open(cfg.source, cfg.label_column, cfg.features_column), key_column=cfg.key_column,
@@ -344,6 +370,157 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
                    tuple(missing.tolist()), tuple(fingerprint))
 
 
+def _train_shards(n_train: int, cfg: DataConfig, seed: int, mappers: int) -> np.ndarray:
+    """The shard (int32) of each of ``n_train`` training rows in position order, as :meth:`ShardSource.build`
+    cuts a source read whole (:func:`nnlib.data.partition.partition` of the training rows)."""
+    shard = np.zeros(n_train, np.int32)
+    for k, part in enumerate(partition(np.zeros(n_train, np.int64), mappers, cfg.partition, seed, cfg.skew_alpha)):
+        shard[part] = k
+    return shard
+
+
+def _load_carried(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reader, task: str) -> Dataset:
+    """A row-keyed source with regression targets, sample weights or a validation column, read by ``reader``
+    with :func:`load_columns`'s semantics, the training rows left to the mappers.
+
+    The test rows are :func:`_split` of every position (none under ``data.test_source``, read whole here);
+    of the rest, the rows ``data.validation_column`` marks (found by the survey: their positions come to
+    the driver) or a seeded ``data.validation_fraction`` validate; the training rows are cut into shards
+    as :meth:`ShardSource.build` cuts them (:class:`nnlib.data.rows.FixedPlan`). One survey gives the
+    features' and targets' moments and the training weights' sum; targets are standardised with the
+    training rows' mean and std per target (std 0 -> 1) under ``data.standardize_target``. The test and
+    validation rows are always collected to the driver, which scores them (``spark.collect_held_out_mb``
+    does not apply). Statistics merged over blocks (:class:`nnlib.data.rows.Moments`) equal numpy's
+    whole-array ``mean``/``std`` to rounding, and bit for bit when the training rows arrive in one block.
+    Errors are :func:`load_columns`'s, one DataError line each (a bad value names its file or partition).
+    """
+    regression = task == "regression"
+    check_partition(cfg.partition, cfg.source)
+    src = f"data.source {cfg.source}"
+    targets = cfg.targets
+    extras = [c for c in (cfg.weight_column, cfg.validation_column) if c is not None]
+    for name in cfg.feature_columns or ():
+        if name in targets or name in extras:
+            raise DataError(f"data.feature_columns: '{name}' is a label, weight or validation column, not a feature")
+    table = replace(reader.open(cfg.source, targets[0], cfg.features_column), key_column=cfg.key_column,
+                    chosen_columns=_chosen(cfg), dropped_columns=tuple(cfg.drop_columns), task=task,
+                    label_columns=None if cfg.label_columns is None else tuple(cfg.label_columns),
+                    weight_column=cfg.weight_column, validation_column=cfg.validation_column)
+    if table.column_names:  # else each block is checked as it is read
+        label_key = "data.label_columns" if cfg.label_columns else "data.label_column"
+        for what, wanted in ((label_key, targets), ("data.weight_column", [cfg.weight_column]),
+                             ("data.validation_column", [cfg.validation_column])):
+            for name in wanted:
+                if name is not None and name not in table.column_names:
+                    raise DataError(f"{what}: {cfg.source} has no column '{name}' "
+                                    f"({sources.columns_text(list(table.column_names))})")
+    n = table.n_rows
+    test_pos = np.empty(0, np.int64) if cfg.test_source is not None else _split(n, cfg.test_fraction, seed)[1]
+    rest = np.delete(np.arange(n, dtype=np.int64), test_pos)
+    val_pos = train_shard = None
+    if cfg.validation_fraction:
+        val_pos = rest[_split(len(rest), cfg.validation_fraction, seed, 0x7A11, "data.validation_fraction")[1]]
+    elif cfg.validation_column is None:
+        val_pos = np.empty(0, np.int64)
+    if val_pos is not None:
+        train_shard = _train_shards(len(rest) - len(val_pos), cfg, seed, mappers)
+    plan = FixedPlan(seed, mappers, n, None if cfg.test_source else cfg.test_fraction, cfg.validation_fraction,
+                     cfg.partition, test_pos=test_pos, val_pos=val_pos, train_shard=train_shard,
+                     regression=regression)
+    tally = reader.survey(table, plan)
+    if val_pos is None:  # the validation column's rows, found by the survey
+        marked = np.sort(tally.marked) if tally.marked is not None else np.empty(0, np.int64)
+        if len(marked) in (0, len(rest)):
+            raise DataError(f"{src}: data.validation_column '{cfg.validation_column}' marks "
+                            f"{'no' if len(marked) == 0 else 'every'} training row ({len(marked)} of {len(rest)}); "
+                            "it must mark some rows for validation and leave others for training")
+        plan = replace(plan, val_pos=marked, train_shard=_train_shards(len(rest) - len(marked), cfg, seed, mappers))
+    n_train, n_val, n_test = (int(tally.role_counts[r]) for r in (TRAIN, VAL, TEST))
+    shard_counts = np.bincount(plan.train_shard, minlength=mappers)
+    table = replace(table, target_width=tally.n_targets)
+    if tally.weight_sum is not None and tally.weight_sum == 0:
+        raise DataError(f"{src}: data.weight_column '{cfg.weight_column}': every training row weighs 0; at least "
+                        "one must weigh more")
+    mean = std = None
+    if cfg.standardize:
+        mean, std = tally.moments.mean, tally.moments.std()
+
+    def standardized(x: np.ndarray, where: str) -> np.ndarray:
+        out = x if x.dtype == np.float32 else np.empty(x.shape, np.float32)
+        with np.errstate(over="ignore"):
+            standardize_into(out, x, mean, std)
+        check_standardized(out, where)
+        return out
+
+    target_names: tuple[str, ...] = ()
+    target_mean = target_std = None
+    n_classes, missing = 0, np.empty(0, np.int64)
+    if regression:
+        if cfg.label_columns is not None:
+            target_names = tuple(cfg.label_columns)
+        elif tally.n_targets:  # one column of lists: a target per value
+            target_names = tuple(f"{cfg.label_column}_{j}" for j in range(tally.n_targets))
+        else:
+            target_names = (cfg.label_column,)
+        if cfg.standardize_target:
+            target_mean, target_std = tally.targets.mean, tally.targets.std()
+    else:
+        if len(tally.train_labels_seen) < 2:
+            raise DataError(f"{src}: the training set holds a single class ({min(tally.train_labels_seen)}); "
+                            "at least 2 are needed")
+        missing = check_class_ids(np.array(sorted(tally.train_labels_seen)), src)
+        n_classes = tally.train_label_max + 1
+        if tally.label_max >= n_classes:
+            raise DataError(f"{src}: labels must be in 0..{n_classes - 1} (the training labels), got "
+                            f"{tally.label_max} in its test or validation rows")
+
+    def scaled(y: np.ndarray) -> np.ndarray:
+        if target_mean is None:
+            return y
+        return (y - target_mean[0]) / target_std[0] if y.ndim == 1 else (y - target_mean) / target_std
+
+    def held_out(role: int) -> tuple:
+        """``(x standardised float32, y, w or None, y in its own units)`` of the rows with ``role``."""
+        x, y, *w = reader.rows(table, plan, role, tally.n_features)
+        return standardized(x, f"{src} ({ROLE_NAMES[role]} rows)"), scaled(y), (w[0] if w else None), y
+
+    fingerprint = [("data.source", f"{tally.digest:016x}")]
+    if cfg.test_source is not None:
+        test = _read_columns(cfg, cfg.test_source, "data.test_source", regression)
+        where = f"data.test_source {cfg.test_source}"
+        _check_width(test.x, tally.n_features, where)
+        width = lambda y: 1 if y.ndim == 1 else y.shape[1]  # noqa: E731
+        if regression and (width(test.y) != max(tally.n_targets, 1) or (test.y.ndim == 2) != bool(tally.n_targets)):
+            raise DataError(f"{where}: {len(test.target_names)} target(s) of shape {test.y.shape[1:]}, data.source "
+                            f"has {len(target_names)}")
+        fingerprint.append(("data.test_source", f"{_digest(test.x, test.y, test.w, test.v):016x}"))
+        x_test, y_test, w_test, y_test_raw = standardized(test.x, where), scaled(test.y), test.w, test.y
+        if not regression and y_test.max() >= n_classes:
+            i = int(np.argmax(y_test >= n_classes))
+            raise DataError(f"{where}: labels must be in 0..{n_classes - 1} (the training labels), got {y_test[i]} "
+                            f"at test sample {i}")
+    else:
+        x_test, y_test, w_test, y_test_raw = held_out(TEST)
+    x_val = y_val = w_val = y_val_raw = None
+    if n_val:
+        x_val, y_val, w_val, y_val_raw = held_out(VAL)
+    names = None
+    if cfg.features_column is None and not tables.is_uri(cfg.source):
+        columns = table.column_names or tables.schema_names(cfg.source)
+        names = tuple(sources.feature_columns(columns, None, cfg.key_column, cfg.feature_columns,
+                                              [*cfg.drop_columns, *targets, *extras]))
+    rows = RowKeyed(table, plan, mean, std, tuple(int(c) for c in shard_counts), tally.n_features, (TRAIN,),
+                    target_mean, target_std)
+    regression_fields = {} if not regression else dict(
+        task="regression", target_names=target_names, target_mean=target_mean, target_std=target_std,
+        y_test_raw=y_test_raw, y_val_raw=y_val_raw)
+    return Dataset(None, None, x_test, y_test, n_classes, _image_shape(cfg, tally.n_features), x_val, y_val,
+                   rows, n_train, (n_test, n_val), mean, std, names, tuple(missing.tolist()), tuple(fingerprint),
+                   w_test=w_test, w_val=w_val,
+                   train_weight_mean=None if tally.weight_sum is None else tally.weight_sum / n_train,
+                   **regression_fields)
+
+
 def _image_shape(cfg: DataConfig, n_features: int) -> tuple[int, int, int] | None:
     """``data.image_shape`` as ``(C, H, W)`` (checked against the features), else the source's own, else None."""
     if cfg.image_shape is None:
@@ -402,9 +579,9 @@ class ShardSource:
     def _read(self, indices: list[int]) -> list[Shard]:
         fillers = [ShardFiller(i, self.rows) for i in indices]
         spans = [self.rows.plan.span(i) for i in indices]
-        for pos, x, y in self.rows.table.blocks(span=(min(s[0] for s in spans), max(s[1] for s in spans))):
+        for block in self.rows.table.blocks(span=(min(s[0] for s in spans), max(s[1] for s in spans))):
             for filler in fillers:
-                filler.add(pos, x, y)
+                filler.add(*block)
         return [filler.finish() for filler in fillers]
 
 
@@ -412,21 +589,26 @@ class ShardFiller(RowFiller):
     """Shard ``index`` of a row-keyed source (with its part of the held-out rows when the mappers score them)."""
 
     def __init__(self, index: int, rows: RowKeyed):
-        super().__init__(rows.plan.positions(index, rows.mapper_roles), rows.n_features)
+        super().__init__(rows.plan.positions(index, rows.mapper_roles), rows.n_features, rows.table.y_tail,
+                         rows.table.weighted)
         self.index, self.rows = index, rows
 
     def finish(self) -> Shard:
-        """The shard, standardised in place."""
+        """The shard, its features standardised in place (and its regression targets with the training
+        targets' statistics, as :func:`load_columns` standardises them)."""
         where = f"data.source {self.rows.table.source}: shard {self.index}"
         parts = self.arrays(where)
-        for role, (x, _) in parts.items():
+        for role, (x, *_) in parts.items():
             with np.errstate(over="ignore"):
                 standardize_into(x, x, self.rows.mean, self.rows.std)
             check_standardized(x, f"{where} ({ROLE_NAMES[role]} rows)", self.parts[role][0])
-        x, y = parts.pop(TRAIN)
+        x, y, *w = parts.pop(TRAIN)
         if len(y) == 0:
             raise DataError(f"data.source {self.rows.table.source}: shard {self.index} holds no training rows")
-        return Shard(self.index, x, y, parts)
+        mean, std = self.rows.target_mean, self.rows.target_std
+        if mean is not None:
+            y = (y - mean[0]) / std[0] if y.ndim == 1 else (y - mean) / std
+        return Shard(self.index, x, y, {role: part[:2] for role, part in parts.items()}, w[0] if w else None)
 
 
 def _class_labels(y, n_rows: int, where: str) -> np.ndarray:

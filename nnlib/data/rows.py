@@ -62,8 +62,8 @@ class RowPlan:
     validation_fraction: float
     partition: str = "random"
 
-    def roles(self, positions: np.ndarray) -> np.ndarray:
-        """``TRAIN``, ``VAL`` or ``TEST`` (int8) for each position."""
+    def roles(self, positions: np.ndarray, flags: np.ndarray | None = None) -> np.ndarray:
+        """``TRAIN``, ``VAL`` or ``TEST`` (int8) for each position (``flags``: used by :class:`FixedPlan` only)."""
         role = np.full(len(positions), TRAIN, np.int8)
         if self.validation_fraction:
             role[unit_hash(self.seed, _VAL_SALT, positions) < self.validation_fraction] = VAL
@@ -105,17 +105,102 @@ class RowPlan:
         return {r: np.concatenate(parts) if parts else np.empty(0, np.int64) for r, parts in found.items()}
 
 
-    def tally(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[int, "Tally"]:
+    def tally(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray, w=None, v=None) -> tuple[int, "Tally"]:
         """A block's :class:`Tally`, keyed by its first position (for :func:`merge_in_order`)."""
         return int(pos[0]), Tally.of(x, y, self.roles(pos), self.shards(pos), self.mappers, pos)
 
-    def by_shard(self, roles, pos: np.ndarray, x: np.ndarray, y: np.ndarray):
-        """``(shard, (positions, x float32, y))`` for each shard holding rows of ``roles`` in a block."""
-        keep = np.isin(self.roles(pos), np.asarray(roles))
+    def block_roles(self, pos: np.ndarray, v=None) -> np.ndarray:
+        """The roles of a block's rows (``v``: its validation flags, which a :class:`FixedPlan` may read)."""
+        return self.roles(pos)
+
+    def by_shard(self, roles, pos: np.ndarray, x: np.ndarray, y: np.ndarray, w=None, v=None):
+        """``(shard, (positions, x float32, y[, w]))`` for each shard holding rows of ``roles`` in a block
+        (``w``, the rows' float64 weights, when the block carries them)."""
+        keep = np.isin(self.block_roles(pos, v), np.asarray(roles))
         shard = self.shards(pos)
         for k in np.unique(shard[keep]):
-            mine = keep & (shard == k)
-            yield int(k), (pos[mine], x[mine].astype(np.float32), y[mine])
+            yield int(k), kept_rows(keep & (shard == k), pos, x, y, w)
+
+
+def kept_rows(mask: np.ndarray, pos: np.ndarray, x: np.ndarray, y: np.ndarray, w=None) -> tuple:
+    """``(positions, x float32, y)`` of a block's rows in ``mask``, and their weights ``w`` when given: what
+    :meth:`RowFiller.add` takes, as it travels (pickled) from a reader to the task that keeps the rows."""
+    part = (pos[mask], x[mask].astype(np.float32), y[mask])
+    return part if w is None else (*part, w[mask])
+
+
+def _member(sorted_values: np.ndarray | None, positions: np.ndarray) -> np.ndarray:
+    """For each position, whether it is in ``sorted_values`` (sorted int64; None: none is)."""
+    if sorted_values is None or not len(sorted_values):
+        return np.zeros(len(positions), bool)
+    place = np.minimum(np.searchsorted(sorted_values, positions), len(sorted_values) - 1)
+    return sorted_values[place] == positions
+
+
+@dataclass(frozen=True, eq=False)
+class FixedPlan(RowPlan):
+    """Roles and shards drawn as a source read whole draws them (:func:`nnlib.data.dataset.load_columns`), for a
+    row-keyed source that carries regression targets, sample weights or a validation column.
+
+    The test rows are ``test_pos`` (the seeded ``_split`` of every position, or none under
+    ``data.test_source``), the validation rows ``val_pos`` (the seeded split of the rest, or the rows
+    ``data.validation_column`` marks: ``None`` until the survey has found them, which then reads each
+    block's flags), and training row ``i`` (in position order) is in shard ``train_shard[i]``
+    (:func:`nnlib.data.partition.partition` of the training rows; ``None`` until known). Plain sorted
+    positions: every reader gives a row the same role and shard, as for :class:`RowPlan`, at 8 bytes per
+    held-out row and 4 per training row.
+    """
+
+    test_pos: np.ndarray | None = None    # sorted int64 positions of the test rows
+    val_pos: np.ndarray | None = None     # sorted int64 positions of the validation rows; None: by the flags
+    train_shard: np.ndarray | None = None  # int32, the shard of each training row in position order
+    regression: bool = False              # the labels are float64 targets (their moments are gathered)
+
+    def roles(self, positions: np.ndarray, flags: np.ndarray | None = None) -> np.ndarray:
+        positions = np.asarray(positions, np.int64)
+        role = np.full(len(positions), TRAIN, np.int8)
+        if self.val_pos is not None:
+            role[_member(self.val_pos, positions)] = VAL
+        elif flags is not None:
+            role[np.asarray(flags, bool)] = VAL
+        role[_member(self.test_pos, positions)] = TEST  # a marked row drawn for the test set stays a test row
+        return role
+
+    def block_roles(self, pos: np.ndarray, v=None) -> np.ndarray:
+        return self.roles(pos, v)
+
+    def shards(self, positions: np.ndarray) -> np.ndarray:
+        """The shard of each training position (held-out rows, and every row while ``train_shard`` is
+        unknown: 0; they are collected to the driver, never scored by the mappers)."""
+        positions = np.asarray(positions, np.int64)
+        out = np.zeros(len(positions), np.int64)
+        if self.train_shard is None:
+            return out
+        train = self.roles(positions) == TRAIN
+        p = positions[train]
+        before = np.searchsorted(self.test_pos, p) + (0 if self.val_pos is None else np.searchsorted(self.val_pos, p))
+        out[train] = self.train_shard[p - before]
+        return out
+
+    def span(self, shard: int) -> tuple[int, int]:
+        return 0, self.n_rows
+
+    def tally(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray, w=None, v=None) -> tuple[int, "Tally"]:
+        role = self.roles(pos, v)
+        return int(pos[0]), Tally.of(x, None if self.regression else y, role, self.shards(pos), self.mappers,
+                                     None, targets=y if self.regression else None, w=w,
+                                     marked=pos[role == VAL] if self.val_pos is None else None,
+                                     carried=carried_digest(pos, x, y, w, v))
+
+
+def carried_digest(pos: np.ndarray, x: np.ndarray, y: np.ndarray, w=None, v=None) -> int:
+    """:func:`row_digest` of rows with float targets (or labels), weights and flags, all taken as feature
+    bits: the digest :func:`nnlib.data.dataset.load_columns` records of the same rows."""
+    n = len(x)
+    parts = [np.asarray(x, np.float64), np.asarray(y, np.float64).reshape(n, -1)]
+    parts += [] if w is None else [np.asarray(w, np.float64)[:, None]]
+    parts += [] if v is None else [np.asarray(v)[:, None].astype(np.float64)]
+    return row_digest(pos, np.concatenate(parts, axis=1), np.zeros(n, np.int64))
 
 
 def check_partition(partition: str, source: str) -> None:
@@ -181,7 +266,9 @@ def add_digests(a: int, b: int) -> int:
 
 @dataclass
 class Tally:
-    """What a reader learns from its rows: counts by role and shard, labels, training moments, a digest."""
+    """What a reader learns from its rows: counts by role and shard, labels, training moments, a digest; and
+    for a source carrying targets, weights or validation flags (a :class:`FixedPlan`'s), the training
+    targets' moments, the training weights' sum and the positions the validation column marks."""
 
     n_features: int
     mappers: int
@@ -192,18 +279,36 @@ class Tally:
     train_labels_seen: frozenset = frozenset()  # every distinct training label (class indices: a few)
     label_max: int = -1  # over every role: a test label no training row has is refused
     digest: int = 0      # row_digest of every row (every role): what a checkpoint records of the data
+    targets: Moments | None = None  # regression: the training rows' float64 targets, (rows, t) columns
+    n_targets: int = 0              # regression: 0 for (rows,) targets, else t of (rows, t)
+    weight_sum: float | None = None  # data.weight_column: the training rows' weights added up (float64)
+    marked: np.ndarray | None = None  # data.validation_column: sorted positions of the rows it makes validate
 
     @classmethod
-    def of(cls, x: np.ndarray, y: np.ndarray, role: np.ndarray, shard: np.ndarray, mappers: int,
-           pos: np.ndarray | None = None) -> "Tally":
+    def of(cls, x: np.ndarray, y: np.ndarray | None, role: np.ndarray, shard: np.ndarray, mappers: int,
+           pos: np.ndarray | None = None, targets: np.ndarray | None = None, w: np.ndarray | None = None,
+           marked: np.ndarray | None = None, carried: int | None = None) -> "Tally":
+        """A block's tally; ``y`` None (regression): no label figures, ``targets`` (float64 ``(rows,)`` or
+        ``(rows, t)``) gives the target moments instead; ``carried``: the block's digest, given (else
+        :func:`row_digest` of ``pos``, ``x``, ``y`` when ``pos`` is)."""
         train = role == TRAIN
         t = cls(x.shape[1], mappers, Moments.of(x[train]), np.bincount(role, minlength=3).astype(np.int64),
                 np.bincount(shard[train], minlength=mappers).astype(np.int64))
-        t.label_max = int(y.max()) if len(y) else -1
-        if train.any():
-            t.train_label_max = int(y[train].max())
-            t.train_labels_seen = frozenset(np.unique(y[train]).tolist())
-        if pos is not None:
+        if y is not None:
+            t.label_max = int(y.max()) if len(y) else -1
+            if train.any():
+                t.train_label_max = int(y[train].max())
+                t.train_labels_seen = frozenset(np.unique(y[train]).tolist())
+        if targets is not None:
+            t.n_targets = 0 if targets.ndim == 1 else targets.shape[1]
+            t.targets = Moments.of(targets.reshape(len(targets), -1)[train])
+        if w is not None:
+            t.weight_sum = float(np.sum(w[train], dtype=np.float64))
+        if marked is not None:
+            t.marked = np.asarray(marked, np.int64)
+        if carried is not None:
+            t.digest = carried
+        elif pos is not None:
             t.digest = row_digest(pos, x, y)
         return t
 
@@ -211,11 +316,20 @@ class Tally:
         if other.n_features != self.n_features:
             raise DataError(f"data.source: parts of the dataset have {self.n_features} and {other.n_features} "
                             "features")
+        if other.n_targets != self.n_targets:
+            raise DataError(f"data.source: parts of the dataset have {self.n_targets or 1} and "
+                            f"{other.n_targets or 1} targets")
+        targets = self.targets if other.targets is None else (
+            other.targets if self.targets is None else self.targets.merge(other.targets))
+        weight_sum = self.weight_sum if other.weight_sum is None else (
+            other.weight_sum if self.weight_sum is None else self.weight_sum + other.weight_sum)
+        marked = self.marked if other.marked is None else (
+            other.marked if self.marked is None else np.concatenate([self.marked, other.marked]))
         return Tally(self.n_features, self.mappers, self.moments.merge(other.moments),
                      self.role_counts + other.role_counts, self.shard_counts + other.shard_counts,
                      max(self.train_label_max, other.train_label_max),
                      self.train_labels_seen | other.train_labels_seen, max(self.label_max, other.label_max),
-                     add_digests(self.digest, other.digest))
+                     add_digests(self.digest, other.digest), targets, self.n_targets, weight_sum, marked)
 
 
 def merge_in_order(tallies: list[tuple[int, Tally]]) -> Tally:
@@ -244,16 +358,25 @@ class RowFiller:
     its rows' places and let go: a reader holds the rows once plus one
     block, never a list of blocks and their concatenation. Rows of a block
     that are not expected are passed over.
+
+    ``y_tail`` None: int64 class labels ``(n,)``; ``()``: float64 targets ``(n,)``; ``(t,)``: float64
+    targets ``(n, t)``. ``weighted``: the rows' float64 weights are kept too.
     """
 
-    def __init__(self, expected: dict[int, np.ndarray], n_features: int):
-        self.parts = {role: (pos, np.empty((len(pos), n_features), np.float32), np.empty(len(pos), np.int64))
+    def __init__(self, expected: dict[int, np.ndarray], n_features: int, y_tail: tuple | None = None,
+                 weighted: bool = False):
+        y_dtype = np.int64 if y_tail is None else np.float64
+        self.weighted = weighted
+        self.parts = {role: (pos, np.empty((len(pos), n_features), np.float32),
+                             np.empty((len(pos), *(y_tail or ())), y_dtype),
+                             np.empty(len(pos), np.float64) if weighted else None)
                       for role, pos in expected.items()}
         self.filled = dict.fromkeys(self.parts, 0)
 
-    def add(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
-        """Place the expected rows of a block (``positions``, ``x`` float32 or float64, ``y``)."""
-        for role, (expected, xs, ys) in self.parts.items():
+    def add(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, v=None) -> None:
+        """Place the expected rows of a block (``positions``, ``x`` float32 or float64, ``y``, and the weights
+        ``w`` when kept; ``v``, validation flags, is passed over: the plan has placed those rows)."""
+        for role, (expected, xs, ys, ws) in self.parts.items():
             if not len(expected):
                 continue
             place = np.minimum(np.searchsorted(expected, pos), len(expected) - 1)
@@ -261,13 +384,15 @@ class RowFiller:
             if hit.any():
                 where = place[hit]
                 xs[where], ys[where] = x[hit], y[hit]
+                if ws is not None:
+                    ws[where] = w[hit]
                 self.filled[role] += int(hit.sum())
 
-    def arrays(self, what: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """``role -> (x float32, y)`` in position order; an error naming ``what`` when rows are missing (the
-        source changed under the run)."""
-        for role, (expected, _, _) in self.parts.items():
+    def arrays(self, what: str) -> dict[int, tuple]:
+        """``role -> (x float32, y)`` in position order (``(x, y, w float64)`` when weighted); an error naming
+        ``what`` when rows are missing (the source changed under the run)."""
+        for role, (expected, *_) in self.parts.items():
             if self.filled[role] != len(expected):
                 raise DataError(f"{what} received {self.filled[role]} of its {len(expected)} {ROLE_NAMES[role]} "
                                 "rows (did the dataset change while the run read it?)")
-        return {role: (xs, ys) for role, (_, xs, ys) in self.parts.items()}
+        return {role: (xs, ys) if ws is None else (xs, ys, ws) for role, (_, xs, ys, ws) in self.parts.items()}

@@ -46,6 +46,34 @@ class ParquetSource:
     column_names: tuple[str, ...] = ()  # the files' columns, when read from their schema here
     chosen_columns: tuple[str, ...] | None = None  # data.feature_columns: only these are features
     dropped_columns: tuple[str, ...] = ()  # data.drop_columns: these are not features
+    # what a source read as a load_columns source is read (model.task=regression, data.weight_column,
+    # data.validation_column): each block carries float64 targets (or int64 labels), weights and flags
+    task: str = "classification"
+    label_columns: tuple[str, ...] | None = None  # data.label_columns: several target columns, in order
+    weight_column: str | None = None
+    validation_column: str | None = None
+    target_width: int = 0  # regression: 0 for (rows,) targets, else t of (rows, t) (known after the survey)
+
+    @property
+    def carries(self) -> bool:
+        """True when blocks are ``(positions, x, y, w, v)`` (:func:`carried_arrays`), not ``(positions, x, y)``."""
+        return self.task == "regression" or self.weight_column is not None or self.validation_column is not None
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The label or target columns: ``data.label_columns``, else the label column."""
+        return self.label_columns or (self.label_column,)
+
+    @property
+    def y_tail(self) -> tuple | None:
+        """How a :class:`nnlib.data.rows.RowFiller` keeps the labels: None (int64 classes), ``()`` or ``(t,)``."""
+        if self.task != "regression":
+            return None
+        return (self.target_width,) if self.target_width else ()
+
+    @property
+    def weighted(self) -> bool:
+        return self.weight_column is not None
 
     @property
     def n_rows(self) -> int:
@@ -95,11 +123,25 @@ class ParquetSource:
                    tuple(first[1].names))
 
     def columns(self) -> list[str] | None:
-        return None if self.features_column is None else [self.features_column, self.label_column]
+        if self.features_column is None:
+            return None
+        if not self.carries:
+            return [self.features_column, self.label_column]
+        return [self.features_column, *self.targets,
+                *(c for c in (self.weight_column, self.validation_column) if c is not None)]
+
+    def block(self, data, name: str, first_row: int) -> tuple:
+        """An Arrow table of rows of file (or part) ``name`` as checked arrays: ``(x float64, y int64)``, or for
+        a source that :attr:`carries` more, ``(x, y, w, v)`` (:func:`carried_arrays`)."""
+        if self.carries:
+            return carried_arrays(data, name, self, first_row)
+        return table_arrays(data, name, self.key, self.label_column, self.features_column, first_row,
+                            self.key_column, self.chosen_columns, self.dropped_columns)
 
     def blocks(self, files: list[int] | None = None,
                span: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """``(positions, x float64, y int64)`` of the rows of the files ``files`` (default all), in position order.
+        """``(positions, x float64, y int64)`` of the rows of the files ``files`` (default all), in position order
+        (``(positions, x, y, w, v)`` for a source that :attr:`carries` targets, weights or flags).
 
         With ``span = (lo, hi)`` only the files and row groups holding some
         position in ``[lo, hi)`` are read (a ``contiguous`` shard's run), though
@@ -126,11 +168,9 @@ class ParquetSource:
                 if not groups:
                     continue
                 for batch in parquet.iter_batches(batch_size=BLOCK_ROWS, row_groups=groups, columns=self.columns()):
-                    x, y = table_arrays(pa.Table.from_batches([batch]), name, self.key, self.label_column,
-                                        self.features_column, first - start, self.key_column,
-                                        self.chosen_columns, self.dropped_columns)
-                    yield np.arange(first, first + len(y), dtype=np.int64), x, y
-                    first += len(y)
+                    arrays = self.block(pa.Table.from_batches([batch]), name, first - start)
+                    yield (np.arange(first, first + len(arrays[0]), dtype=np.int64), *arrays)
+                    first += len(arrays[0])
             except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
                 raise DataError(f"{self.key}: {name} is not a readable parquet file ({first_line(exc)})") from None
 
@@ -321,6 +361,135 @@ def table_arrays(table, name: str, key: str, label_column: str, features_column:
     return x, check_labels(y, len(x), where, first_row)
 
 
+def _null_row(col) -> int:
+    import pyarrow.compute as pc
+
+    return int(np.argmax(pc.is_null(col).to_numpy(zero_copy_only=False)))
+
+
+def _numeric(col, where: str, what: str, first_row: int, needs: str) -> np.ndarray:
+    """A scalar column of a block as float64 (its own dtype for booleans: refused by the caller)."""
+    import pyarrow as pa
+
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        raise DataError(f"{where}: {what} must be numeric, got {col.type}")
+    if col.null_count:
+        raise DataError(f"{where}: {what} has an empty (null) value at sample {first_row + _null_row(col)}; "
+                        f"every row needs {needs}")
+    return col.to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _target_values(data, where: str, names: tuple[str, ...], first_row: int) -> np.ndarray:
+    """float64 targets of a block: ``(rows,)`` for one numeric column, ``(rows, t)`` for several columns or
+    one column of lists (an ML Vector's or array's values), every value finite."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = data.num_rows
+    if len(names) == 1 and _is_list(data.column(names[0]).type):
+        name = names[0]
+        col = data.column(name).combine_chunks()
+        what = f"target column '{name}'"
+        if col.null_count:
+            raise DataError(f"{where}: {what} has an empty (null) value at sample {first_row + _null_row(col)}; "
+                            "every row needs its targets")
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        if n and (lengths != lengths[0]).any():
+            i = int(np.argmax(lengths != lengths[0]))
+            raise DataError(f"{where}: {what} must hold lists of one length (one value per target), got "
+                            f"{lengths[0]} and {lengths[i]} values at sample {first_row + i}")
+        if n and lengths[0] == 0:
+            raise DataError(f"{where}: {what} holds empty lists; it needs one value per target")
+        values = pc.list_flatten(col)
+        if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+            raise DataError(f"{where}: {what} must hold numbers, got lists of {values.type}")
+        if values.null_count:
+            raise DataError(f"{where}: {what} has an empty (null) value at sample "
+                            f"{first_row + _null_row(values) // int(lengths[0])}; every target needs a value")
+        y = values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, -1)
+        labels = [f"target column '{name}' (target {j})" for j in range(y.shape[1])]
+    else:
+        columns = [_numeric(data.column(c), where, f"target column '{c}'", first_row, "a target")
+                   for c in names]
+        y = np.stack(columns, axis=1) if len(columns) > 1 else columns[0]
+        labels = [f"target column '{c}'" for c in names]
+    bad = ~np.isfinite(y.reshape(n, -1))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(f"{where}: {labels[col]} must be finite, got {y.reshape(n, -1)[row, col]} at sample "
+                        f"{first_row + row}")
+    return y
+
+
+def _is_list(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def carried_arrays(data, name: str, table: ParquetSource, first_row: int) -> tuple:
+    """A block's checked ``(x float64, y, w, v)`` for a source read as :func:`nnlib.data.dataset.load_columns`
+    reads one: ``y`` float64 targets ``(rows,)`` or ``(rows, t)`` under regression, else int64 class labels;
+    ``w`` float64 weights ``>= 0`` (None without ``data.weight_column``), ``v`` bool validation flags (None
+    without ``data.validation_column``). A bad value is one DataError line naming the file (or part), the
+    column and the sample (its index in the file): a non-numeric, null or non-finite target, a negative,
+    null or non-finite weight, a flag column that is not boolean or holds a null.
+    """
+    import pyarrow as pa
+
+    where = f"{table.key} {name}"
+    targets = table.targets
+    extras = [c for c in (table.weight_column, table.validation_column) if c is not None]
+    for column in (*targets, *extras):
+        if column not in data.column_names:
+            raise DataError(f"{where}: has no column '{column}' ({sources.columns_text(data.column_names)})")
+    dropped = [*table.dropped_columns, *targets, *extras]
+    chosen = None if table.chosen_columns is None else list(table.chosen_columns)
+    x, _ = sources.table_to_arrays(data, Path(name), table.key, None, table.features_column, table.key_column,
+                                   chosen, dropped)
+    names = None if table.features_column is not None else sources.feature_columns(
+        data.column_names, None, table.key_column, chosen, dropped)
+    x = check_features(x, where, first_row, names)
+    if table.task == "regression":
+        for column in targets:
+            if pa.types.is_boolean(data.column(column).type):
+                raise DataError(f"{where}: target column '{column}' must be numeric, got bool")
+        y = _target_values(data, where, targets, first_row)
+    else:
+        col = data.column(targets[0])
+        if _is_list(col.type):
+            raise DataError(f"{where}: label column '{targets[0]}' must hold class indices 0, 1, ... (numbers), "
+                            f"got {col.type}; for several numeric targets set model.task=regression")
+        labels = _numeric(col, where, f"label column '{targets[0]}'", first_row, "a label")
+        try:
+            y = check_labels(labels, len(x), where, first_row)
+        except DataError as exc:
+            if np.isfinite(labels).all() and (labels != np.round(labels)).any():
+                raise DataError(f"{exc}; for numeric targets set model.task=regression") from None
+            raise
+    w = v = None
+    if table.weight_column is not None:
+        what = f"weight column '{table.weight_column}' (data.weight_column)"
+        col = data.column(table.weight_column)
+        if pa.types.is_boolean(col.type):
+            raise DataError(f"{where}: {what} must be numeric, got bool")
+        w = _numeric(col, where, what, first_row, "a weight")
+        bad = ~np.isfinite(w) | (w < 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{where}: {what} must hold finite numbers >= 0, got {w[i]} at sample {first_row + i}")
+    if table.validation_column is not None:
+        what = f"validation column '{table.validation_column}' (data.validation_column)"
+        col = data.column(table.validation_column)
+        if not pa.types.is_boolean(col.type):
+            raise DataError(f"{where}: {what} must be boolean (true/false), got {col.type}")
+        if col.null_count:
+            raise DataError(f"{where}: {what} has an empty (null) value at sample {first_row + _null_row(col)}; "
+                            "every row needs true or false")
+        v = col.to_numpy(zero_copy_only=False).astype(bool)
+    return x, y, w, v
+
+
 def tally(table: ParquetSource, plan: RowPlan, files: list[int] | None = None) -> list[tuple[int, Tally]]:
     """The tallies of the blocks of ``files`` (default all), keyed by their first position."""
     return [plan.tally(*block) for block in table.blocks(files)]
@@ -343,8 +512,10 @@ class Reader(Protocol):
     def survey(self, table: ParquetSource, plan: RowPlan) -> Tally:
         """One pass over every row: counts per role and shard, labels seen, moments, merged in position order."""
 
-    def rows(self, table: ParquetSource, plan: RowPlan, role: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(x float32 (n, n_features), y int64 (n,))`` of every row with ``role``, in position order."""
+    def rows(self, table: ParquetSource, plan: RowPlan, role: int, n_features: int) -> tuple[np.ndarray, ...]:
+        """``(x float32 (n, n_features), y int64 (n,))`` of every row with ``role``, in position order; for a
+        source that carries targets and weights, ``y`` as ``table.y_tail`` says and ``w`` after it when
+        ``table.weighted``."""
 
 
 class LocalReader:
@@ -358,9 +529,9 @@ class LocalReader:
     def survey(self, table: ParquetSource, plan: RowPlan) -> Tally:
         return merge_in_order(tally(table, plan))
 
-    def rows(self, table: ParquetSource, plan: RowPlan, role: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(x float32, y)`` of every row with ``role``, in position order."""
-        filler = RowFiller(plan.positions(None, (role,)), n_features)
+    def rows(self, table: ParquetSource, plan: RowPlan, role: int, n_features: int) -> tuple[np.ndarray, ...]:
+        """``(x float32, y[, w])`` of every row with ``role``, in position order."""
+        filler = RowFiller(plan.positions(None, (role,)), n_features, table.y_tail, table.weighted)
         for block in table.blocks():
             filler.add(*block)
         return filler.arrays(f"{table.key} {table.source}")[role]

@@ -70,9 +70,58 @@ def label_column(df, name: str, param: str = "labelCol"):
     return F.col(name)
 
 
-def training_frame(df, features: str, label: str, key: str | None = None):
+def _target_column(df, name: str):
+    """The label column as the reader takes it: a numeric column as it is (a class index, or one regression
+    target), an ML Vector or an array of numbers (several regression targets, ``<labelCol>_0``, ...) as an
+    array of doubles; anything else one DataError line (:func:`label_column`'s)."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, DoubleType, NumericType
+
+    field = _field(df, name, "labelCol")
+    if isinstance(field.dataType, VectorUDT):
+        return vector_to_array(F.col(name), "float64")
+    if isinstance(field.dataType, ArrayType) and isinstance(field.dataType.elementType, NumericType):
+        return F.col(name).cast(ArrayType(DoubleType()))
+    return label_column(df, name)
+
+
+def _weight_column(df, name: str):
+    """The sample weights as doubles (the reader refuses a negative, null or non-finite one, naming the row)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import BooleanType, NumericType
+
+    field = _field(df, name, "weightCol")
+    if not isinstance(field.dataType, NumericType) or isinstance(field.dataType, BooleanType):
+        raise DataError(f"weightCol: column '{name}' must hold numbers (sample weights >= 0), got "
+                        f"{field.dataType.simpleString()}")
+    return F.col(name).cast("double")
+
+
+def _validation_column(df, name: str):
+    """The validation flags, a boolean column (``validationIndicatorCol``: true marks a validation row)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import BooleanType
+
+    field = _field(df, name, "validationIndicatorCol")
+    if not isinstance(field.dataType, BooleanType):
+        raise DataError(f"validationIndicatorCol: column '{name}' must hold booleans (true marks a validation "
+                        f"row), got {field.dataType.simpleString()}")
+    return F.col(name)
+
+
+def training_frame(df, features: str, label: str, key: str | None = None, weight: str | None = None,
+                   validation: str | None = None):
     """The features (float32 arrays) and labels of ``df`` (and its ``key`` column, ``data.key_column``, which
     the model's header then names), persisted (memory and disk of the executors).
+
+    The label column is kept as it is when numeric (class indices, or one regression target) and becomes
+    an array of doubles when it holds ML Vectors or arrays of numbers (several regression targets, named
+    ``<label>_0``, ``<label>_1``, ... in the model file). ``weight`` (``weightCol``, read with
+    ``data.weight_column``) becomes doubles; ``validation`` (``validationIndicatorCol``, read with
+    ``data.validation_column``) must be boolean. A missing column, or one of the wrong type, is one
+    DataError line naming the param, before any Spark job; the values are checked by the reader.
 
     Training reads the rows several times (the survey, the held-out rows,
     the shards) and numbers them by partition and order each time, so they
@@ -83,12 +132,22 @@ def training_frame(df, features: str, label: str, key: str | None = None):
     if key is not None and key not in df.columns:
         raise DataError(f"conf: data.key_column '{key}' is not a column of the DataFrame (columns are "
                         f"{df.columns[:10]})")
-    for param, name in (("featuresCol", features), ("labelCol", label), ("data.key_column", key)):
+    named = (("featuresCol", features), ("labelCol", label), ("data.key_column", key), ("weightCol", weight),
+             ("validationIndicatorCol", validation))
+    for param, name in named:
         if name in READER_COLUMNS:  # the reader adds these to the frame it reads: they would be two columns
             raise DataError(f"{param}: '{name}' is a name nnlib's reader gives its own columns "
                             f"({', '.join(READER_COLUMNS)}); rename that column first")
-    columns = [features_column(df, features, "float32").alias(features), label_column(df, label).alias(label)]
-    if key is not None and key not in (features, label):
+    columns = [features_column(df, features, "float32").alias(features), _target_column(df, label).alias(label)]
+    taken = {features, label}
+    for name, convert in ((weight, _weight_column), (validation, _validation_column)):
+        if name is not None:
+            if name in taken:
+                raise DataError(f"{'weightCol' if convert is _weight_column else 'validationIndicatorCol'}: "
+                                f"'{name}' is also another param's column; give each its own column")
+            columns.append(convert(df, name).alias(name))
+            taken.add(name)
+    if key is not None and key not in taken:
         columns.append(key)
     return df.select(*columns).persist(StorageLevel.MEMORY_AND_DISK)
 

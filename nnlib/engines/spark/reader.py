@@ -41,8 +41,8 @@ from typing import Iterator
 import numpy as np
 
 from nnlib.data.dataset import RowKeyed, Shard, ShardFiller
-from nnlib.data.rows import RowFiller, RowPlan, merge_in_order
-from nnlib.data.tables import ParquetSource, table_arrays
+from nnlib.data.rows import RowFiller, RowPlan, kept_rows, merge_in_order
+from nnlib.data.tables import ParquetSource
 from nnlib.engines.spark.session import java_root_cause
 from nnlib.errors import DataError, error_from_text, first_line, python_failed
 
@@ -130,11 +130,11 @@ def unit_ids(batches) -> Iterator[int]:
 
 
 def _arrow_blocks(table: ArrowSource, batches) -> Iterator[tuple[np.ndarray, ...]]:
-    """``(positions, x float64, y)`` of the rows of the units in a task's input, as the local reader checks them."""
+    """``(positions, x float64, y)`` of the rows of the units in a task's input, as the local reader checks them
+    (``(positions, x, y, w, v)`` for a source that carries targets, weights or flags)."""
     for name, first_row, first, data in unit_tables(table, unit_ids(batches), table.columns()):
-        x, y = table_arrays(data, name, table.key, table.label_column, table.features_column, first_row,
-                            table.key_column, table.chosen_columns, table.dropped_columns)
-        yield np.arange(first, first + len(y), dtype=np.int64), x, y
+        arrays = table.block(data, name, first_row)
+        yield (np.arange(first, first + len(arrays[0]), dtype=np.int64), *arrays)
 
 
 def _footers(paths: list[str], key: str):
@@ -179,19 +179,20 @@ def split_parts(batch, offsets: dict) -> Iterator[tuple[str, int, np.ndarray, ob
 
 
 def _batches(table: ParquetSource, offsets: dict, batches) -> Iterator[tuple[np.ndarray, ...]]:
-    """``(positions, x float64, y)`` of each part's rows in each Arrow batch."""
+    """``(positions, x float64, y)`` of each part's rows in each Arrow batch (``(positions, x, y, w, v)`` for a
+    source that carries targets, weights or flags)."""
     for batch in batches:
         for name, first_row, positions, data in split_parts(batch, offsets):
-            x, y = table_arrays(data, name, table.key, table.label_column, table.features_column, first_row,
-                                table.key_column, table.chosen_columns, table.dropped_columns)
-            yield positions, x, y
+            yield (positions, *table.block(data, name, first_row))
 
 
 class SparkReader:
     """How the Spark engines read a row-keyed source: Spark's readers in the executors."""
 
-    def __init__(self, session, collect_held_out_mb: float = 64.0, warn=None):
+    def __init__(self, session, collect_held_out_mb: float = 64.0, warn=None, local_by_pyarrow: bool = True):
         self._session = session  # a function returning the engine's SparkSession (started on first use)
+        # False: local (file:) files too are read by Spark's own reader, as hdfs:// and s3a:// files are
+        self.local_by_pyarrow = local_by_pyarrow
         self.warn = warn or _warn_on_stderr  # the one-line warning of a wide source read by Spark's reader
         self.passes: list[str] = []  # each pass over a source's rows, by who read them: "pyarrow" or "spark"
         # held-out rows beyond this stay with the mappers, which score them (spark.collect_held_out_mb)
@@ -231,8 +232,8 @@ class SparkReader:
             raise DataError(f"{key}: Spark cannot read {source} ({java_root_cause(exc)})") from None
         return df.select("*", F.col("_metadata.file_path").alias(_FILE), F.col("_metadata.row_index").alias(_ROW))
 
-    def _frame(self, table: ParquetSource):
-        df = self.source_frame(table.source, table.key)
+    def _frame(self, table: ParquetSource, df=None):
+        df = self.source_frame(table.source, table.key) if df is None else df
         names = [c for c in df.columns if c not in (_FILE, _ROW)]
         for column in (table.label_column, table.features_column):
             if column is not None and column not in names:
@@ -267,7 +268,7 @@ class SparkReader:
         footers read by pyarrow in one small job, as an :class:`ArrowSource` (no label or features column
         set); None where the executors read it through Spark (a DataFrame, files that are not ``file:``).
         A path Spark cannot list is one DataError line, a file pyarrow cannot read another naming it."""
-        if source in self._frames:
+        if source in self._frames or not self.local_by_pyarrow:
             return None
         session = self._session()
         try:
@@ -311,11 +312,14 @@ class SparkReader:
                                     f"{list(arrow.column_names)[:10]})")
             return replace(arrow, label_column=label_column, features_column=features_column)
         probe = ParquetSource(source, (), (), label_column, features_column)
-        frame = self._frame(probe)
+        whole = self.source_frame(source)
+        frame = self._frame(probe, whole)
         if features_column is None:
             self.warn_if_wide(len(frame.columns) - 3, source)  # less the label, _FILE and _ROW
         parts, rows = self.part_rows(frame, source)
-        return ParquetSource(source, parts, rows, label_column, features_column)
+        names = whole.columns
+        return ParquetSource(source, parts, rows, label_column, features_column,
+                             column_names=tuple(c for c in names if c not in (_FILE, _ROW)))
 
     def warn_if_wide(self, n_features: int, source: str, key: str = "data.source") -> None:
         """One warning line when Spark's own reader is to read more than :data:`WIDE_COLUMNS` feature columns
@@ -353,19 +357,20 @@ class SparkReader:
         return merge_in_order([t for row in blobs for t in pickle.loads(row.blob)])
 
     def rows(self, table: ParquetSource, plan: RowPlan, role: int, n_features: int):
-        """``(x float32, y)`` of every row with ``role``, brought to the driver one partition at a time and
-        put in place (the driver holds the rows once, plus one partition's blocks)."""
+        """``(x float32, y)`` of every row with ``role`` (``(x, y, w)`` for a weighted source), brought to the
+        driver one partition at a time and put in place (the driver holds the rows once, plus one partition's
+        blocks)."""
 
         def keep(blocks):
             import pyarrow as pa
 
-            for pos, x, y in blocks:
-                mine = plan.roles(pos) == role
+            for pos, x, y, *carried in blocks:
+                mine = plan.block_roles(pos, carried[1] if carried else None) == role
                 if mine.any():
-                    yield pa.RecordBatch.from_pydict({"blob": [pickle.dumps((pos[mine], x[mine].astype(np.float32),
-                                                                             y[mine]))]})
+                    part = kept_rows(mine, pos, x, y, carried[0] if carried else None)
+                    yield pa.RecordBatch.from_pydict({"blob": [pickle.dumps(part)]})
 
-        filler = RowFiller(plan.positions(None, (role,)), n_features)
+        filler = RowFiller(plan.positions(None, (role,)), n_features, table.y_tail, table.weighted)
 
         def fill():
             for row in self._pass(table, keep, "blob binary").toLocalIterator():
