@@ -318,7 +318,7 @@ class Setup:
         mappers, each on its part, and the sums added up.
         """
         data = self.data
-        if data.regression or data.w_train is not None:
+        if data.regression or data.weighted:  # a row-keyed source: w_train stays with the mappers
             return self.evaluate_sums(params)
         scores = {}
         if self.data.rows is not None and self.data.rows.scored_by_mappers:
