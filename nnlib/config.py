@@ -86,6 +86,12 @@ class DataConfig(_Section):
     n_samples: int = Field(2000, ge=2)
     n_features: int = Field(20, ge=1)
     n_classes: int = Field(3, ge=2)
+    shard_storage: Literal["memory", "disk"] = Field(
+        "memory", description="where a mapper keeps its shard: memory, or disk (written once to data.scratch_dir "
+        "and read by rows each mini-batch: the same weights, bit for bit, with one mini-batch in memory)")
+    scratch_dir: str | None = Field(
+        None, description="data.shard_storage=disk: the local folder for the shard files (default: Spark's "
+        "local dir on an executor, SPARK_LOCAL_DIRS or spark.local.dir, else the system's temporary folder)")
 
     @model_validator(mode="after")
     def _one_way_to_choose_features(self):
@@ -359,6 +365,14 @@ class Config(_Section):
         if self.train.optimizer == "nesterov" and self.train.momentum == 0:
             raise Invalid(("train.optimizer", "train.momentum"),
                           "train.optimizer=nesterov needs train.momentum > 0, got 0")
+        return self
+
+    @model_validator(mode="after")
+    def _disk_shards_train_on_numpy(self):
+        if self.data.shard_storage == "disk" and self.model.backend == "torch":
+            raise Invalid(("data.shard_storage", "model.backend"),
+                          "data.shard_storage=disk trains with model.backend=numpy so far (the torch backend takes "
+                          "a shard as one tensor), got model.backend=torch")
         return self
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnlib.data.disk import MemoryStore, kept, shard_store
 from nnlib.engines.base import ReduceOnDriver
 from nnlib.rounds.mapper import sync_shards, train_shard
 from nnlib.rounds.reduce import mean_gradient
@@ -28,9 +29,11 @@ class InProcessCollective:
 class LocalEngine(ReduceOnDriver):
     def __init__(self):
         self.shards = []
+        self.store = MemoryStore()
 
     def start(self, source):
-        self.shards = source.build(list(range(source.mappers)))
+        self.store = shard_store(source.data)  # data.shard_storage: disk keeps them in a scratch folder
+        self.shards = kept(source.build(list(range(source.mappers))), self.store)
 
     def map(self, payload: RoundPayload, timings: dict) -> list[MapperResult]:
         timings.setdefault("broadcast", 0.0)
@@ -48,3 +51,4 @@ class LocalEngine(ReduceOnDriver):
 
     def stop(self):
         self.shards = []
+        self.store.remove()

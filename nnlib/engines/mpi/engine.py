@@ -31,6 +31,7 @@ import numpy as np
 
 from nnlib.core.params import DTYPE
 from nnlib.data import tables
+from nnlib.data.disk import MemoryStore, kept, shard_store
 from nnlib.data.rows import merge_in_order
 from nnlib.engines.base import Engine
 from nnlib.errors import EngineError
@@ -139,6 +140,7 @@ class MpiEngine(Engine):
         self.is_main = self.rank == 0
         self.collective = collective
         self.shard = None
+        self.store = MemoryStore()
         self.reader = MpiReader(self.comm)  # a row-keyed source: each rank surveys part, then one allgather
 
     def all_ok(self, ok: bool) -> bool:
@@ -150,7 +152,8 @@ class MpiEngine(Engine):
                               f"got {source.mappers}")
         error = None
         try:
-            self.shard = source.build([self.rank])[0]
+            self.store = shard_store(source.data)  # data.shard_storage: disk keeps it in a scratch folder
+            self.shard = kept(source.build([self.rank]), self.store)[0]
         except Exception as exc:  # noqa: BLE001  - re-raised below, after every rank knows
             error = exc
         if not self.all_ok(error is None):
@@ -232,6 +235,7 @@ class MpiEngine(Engine):
 
     def stop(self):
         self.shard = None
+        self.store.remove()
 
 
 def fit_to_ranks(config, size: int, warn):

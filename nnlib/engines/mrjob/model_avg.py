@@ -28,6 +28,7 @@ from mrjob.step import MRStep
 
 from nnlib.config import load_config
 from nnlib.data.dataset import ShardSource, run_dataset
+from nnlib.data.disk import kept, shard_store
 from nnlib.engines.mrjob.partition import read_shard
 from nnlib.rounds.mapper import train_shard
 from nnlib.rounds.payload import first_payload
@@ -75,11 +76,16 @@ class MRModelAvg(MRJob):
         if self.options.rows:  # a Parquet source: this shard's rows, as the partition job wrote them
             with open(self.options.rows, "rb") as f:
                 rows = pickle.load(f)
-        if rows is not None and self.options.scratch:
-            shard = read_shard(rows, index, self.options.scratch)
-        else:
-            shard = ShardSource.of_run(self.config, rows).build([index])[0]
-        yield "round", encode_result(train_shard(shard, self.payload))
+        store = shard_store(self.config.data)  # data.shard_storage: disk keeps the shard in a scratch folder
+        try:
+            if rows is not None and self.options.scratch:
+                shard = read_shard(rows, index, self.options.scratch)
+            else:
+                shard = ShardSource.of_run(self.config, rows).build([index])[0]
+            result = train_shard(kept([shard], store)[0], self.payload)
+        finally:
+            store.remove()
+        yield "round", encode_result(result)
 
     def reducer_init(self):
         self._load()

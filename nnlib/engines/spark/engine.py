@@ -184,15 +184,15 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
         self._group = f"nnlib-stage-{id(self)}-{self.attempt}"
         self._stage_error = None
 
-        rows = source.rows
+        rows, data = source.rows, source.data  # data.shard_storage, read in the tasks
 
         def mapper_task(indices):
             for mapper in indices:
-                serve_mapper(lambda: source.build([mapper])[0], mapper, address, token)
+                serve_mapper(lambda: source.build([mapper])[0], mapper, address, token, data)
             return iter(())
 
         def rows_task(index, records):  # a row-keyed source: this partition's records are shard `index`
-            serve_mapper(lambda: shard_from_records(index, records, rows), index, address, token)
+            serve_mapper(lambda: shard_from_records(index, records, rows), index, address, token, data)
             return iter(())
 
         def hold_stage():

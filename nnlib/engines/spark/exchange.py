@@ -53,6 +53,7 @@ from typing import Callable
 import numpy as np
 
 from nnlib import errors
+from nnlib.data.disk import MemoryStore, kept, shard_store
 from nnlib.engines.spark.collective import DriverStopped, Listener, PeerLost, TaskCollective, TaskMesh
 from nnlib.errors import EngineError
 from nnlib.rounds.mapper import score_held_out, sync_shards, train_shard
@@ -139,22 +140,27 @@ class DriverCollective:
         return []  # the driver judges non-finite gradients itself and never sends a non-finite mean
 
 
-def serve_mapper(build, mapper: int, address: tuple[str, int], token: str) -> None:
+def serve_mapper(build, mapper: int, address: tuple[str, int], token: str, data=None) -> None:
     """A mapper task's whole life: connect, build its shard once (``build()``), serve rounds until stopped.
 
     The task also listens for its peers (on the address it reaches the
     driver from) in case the run has synchronous rounds among the tasks.
+    Under ``data.shard_storage: disk`` (``data``, the run's DataConfig) the
+    shard is kept in a scratch folder of the executor, removed when the
+    task ends.
     """
     conn = socket.create_connection(address, timeout=60)
     conn.settimeout(None)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     listener: Listener | None = None
     mesh: TaskMesh | None = None
+    store = MemoryStore()
     try:
         conn.sendall(_HELLO.pack(_MAGIC, token.encode(), mapper))
         listener = Listener(conn.getsockname()[0])
         try:
-            shard = build()
+            store = MemoryStore() if data is None else shard_store(data)
+            shard = kept([build()], store)[0]
         except Exception as exc:  # noqa: BLE001  - reported to the driver, which stops the run
             send(conn, _error_message(exc))
             return
@@ -191,6 +197,7 @@ def serve_mapper(build, mapper: int, address: tuple[str, int], token: str) -> No
     except (ConnectionError, EOFError, OSError):
         return  # the driver is gone or restarted the stage: end quietly
     finally:
+        store.remove()
         if mesh is not None:
             mesh.close()
         if listener is not None:

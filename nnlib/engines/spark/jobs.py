@@ -70,6 +70,7 @@ import time
 import numpy as np
 
 from nnlib.data.dataset import Shard
+from nnlib.data.disk import shard_store
 from nnlib.engines.base import SingleDriver
 from nnlib.engines.spark.engine import _SparkSession
 from nnlib.engines.spark.reader import shard_from_records
@@ -157,13 +158,22 @@ def load_shard(path: str) -> Shard | None:
         return None
 
 
-def task_shard(token: str, batches, build):
+def disk_store(token: str, data):
+    """The executor's :class:`nnlib.data.disk.ShardStore` of the run's shards under ``data.shard_storage: disk``
+    (``data`` a DataConfig): named by the run's token and owned by the executor's Python daemon (the worker's
+    parent), so every worker of the executor finds a shard another one wrote, and a later run removes the
+    folder once that daemon is gone."""
+    return shard_store(data, "jobs-" + hashlib.sha256(token.encode()).hexdigest()[:16], os.getppid())
+
+
+def task_shard(token: str, batches, build, data=None):
     """``(mapper, shard)`` of the running task: the partition's index is the mapper; the shard from this
     worker's cache when it last held this run's shard ``mapper``, else from the shard's file in the executor's
     scratch folder (:func:`scratch_folder`), else ``build(mapper, batches)``, and saved there. Spark hands a
     partition to any idle Python worker, so shards change workers between jobs: the file makes that a read
     from the page cache instead of a build. The task's input is read to its end either way (a worker whose
-    input is left unread is not reused)."""
+    input is left unread is not reused). Under ``data.shard_storage: disk`` (``data``, a DataConfig) the
+    shard is kept in :func:`disk_store`'s folder instead and the worker holds only its open files."""
     from pyspark import TaskContext
 
     mapper = TaskContext.get().partitionId()
@@ -171,19 +181,24 @@ def task_shard(token: str, batches, build):
     shard = _held.get(key)
     if shard is None:
         _held.clear()  # drop the old shard first: one shard per worker at a time
-        path = os.path.join(scratch_folder(token), f"shard-{mapper}")
-        shard = load_shard(path)
-        if shard is None:
-            shard = build(mapper, batches)
-            save_shard(path, shard)
+        if data is not None and data.shard_storage == "disk":
+            store = disk_store(token, data)
+            shard = store.find(mapper) or store.keep([build(mapper, batches)])[0]
+        else:
+            path = os.path.join(scratch_folder(token), f"shard-{mapper}")
+            shard = load_shard(path)
+            if shard is None:
+                shard = build(mapper, batches)
+                save_shard(path, shard)
         _held[key] = shard
     for _ in batches:
         pass
     return mapper, shard
 
 
-def clean_task(token: str):
-    """Remove the run's scratch folder on the task's executor and drop its shard from this worker's cache."""
+def clean_task(token: str, data=None):
+    """Remove the run's scratch folder on the task's executor (and its disk shards' folder, ``data`` the
+    run's DataConfig) and drop its shard from this worker's cache."""
 
     def task(batches):
         for _ in batches:
@@ -191,6 +206,9 @@ def clean_task(token: str):
         for key in [k for k in _held if k[0] == token]:
             del _held[key]
         shutil.rmtree(scratch_folder(token), ignore_errors=True)  # several tasks of one executor race here
+        if data is not None and data.shard_storage == "disk":
+            with contextlib.suppress(Exception):  # a scratch dir gone bad since: nothing of ours is there
+                disk_store(token, data).remove()
         yield from ()
 
     return task
@@ -219,11 +237,11 @@ def rows_builder(rows):
     return build
 
 
-def train_task(token: str, build, payload_blob: bytes):
+def train_task(token: str, build, payload_blob: bytes, data=None):
     """A local round's first stage: train the task's shard, emit its result (and, from mapper 0, the payload)."""
 
     def task(batches):
-        mapper, shard = task_shard(token, batches, build)
+        mapper, shard = task_shard(token, batches, build, data)
         result = train_shard(shard, pickle.loads(payload_blob))
         yield from to_chunks(mapper, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
         if mapper == 0:
@@ -252,7 +270,7 @@ def reduce_task(reducer, mappers: int):
     return task
 
 
-def sync_task(token: str, build, payload_blob: bytes, mappers: int):
+def sync_task(token: str, build, payload_blob: bytes, mappers: int, data=None):
     """A synchronous round's barrier task: swap listening addresses once, then average gradients among the
     tasks every step; emits its ``MapperStats`` (mapper 0: with the round's ``Combined``)."""
 
@@ -262,7 +280,7 @@ def sync_task(token: str, build, payload_blob: bytes, mappers: int):
         from nnlib.engines.spark.collective import Listener, TaskCollective, TaskMesh
 
         context = BarrierTaskContext.get()
-        mapper, shard = task_shard(token, batches, build)
+        mapper, shard = task_shard(token, batches, build, data)
         host = context.getTaskInfos()[context.partitionId()].address.rsplit(":", 1)[0]
         listener = Listener(host)
         try:
@@ -280,11 +298,11 @@ def sync_task(token: str, build, payload_blob: bytes, mappers: int):
     return task
 
 
-def score_task(token: str, build, backend: str, model, params):
+def score_task(token: str, build, backend: str, model, params, data=None):
     """Score ``params`` on the held-out rows the task's shard keeps; emits ``score_held_out``'s sums."""
 
     def task(batches):
-        mapper, shard = task_shard(token, batches, build)
+        mapper, shard = task_shard(token, batches, build, data)
         yield from to_chunks(mapper, pickle.dumps(score_held_out(shard, backend, model, params)))
 
     return task
@@ -346,6 +364,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
         self._inputs = None  # the shard inputs: k partitions, partition i = shard i
         self._persisted = None
         self._build = None
+        self._data = None
         self._resources: dict = {}  # mapInArrow's profile= for spark.task_gpus
         self._built = False  # every shard built once (and saved in its executor's scratch folder)
         self.bytes_sent = self.bytes_collected = 0  # the payloads' pickled bytes; the bytes of rows collected
@@ -353,6 +372,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
     def start(self, source):
         session = self._started_session()
         self.mappers = source.mappers
+        self._data = source.data  # data.shard_storage, read in the tasks
         if source.rows is None:
             self._inputs = session.range(0, source.mappers, 1, numPartitions=source.mappers)
             self._build = recipe_builder(source)
@@ -364,13 +384,13 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
             self._persisted = self.reader.shards(source.rows).persist(StorageLevel.DISK_ONLY)
             self._inputs = self._persisted
             self._build = rows_builder(source.rows)
-        token, build = self.token, self._build
+        token, build, data = self.token, self._build, self._data
         # spark.task_gpus: the training stages ask each task for GPUs (stage-level scheduling), as the stage does
         self._resources = {} if self.settings.task_gpus is None else {"profile": stage_profile(
             self.settings.task_gpus, None if self.opened.connect else self.opened.master)}
 
         def sizes(batches):
-            mapper, shard = task_shard(token, batches, build)
+            mapper, shard = task_shard(token, batches, build, data)
             yield from to_chunks(mapper, pickle.dumps(shard.n_samples))
 
         # build the shards now (into the workers' caches, and the persisted rows), not inside round 0's timing
@@ -391,7 +411,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
 
     def round(self, payload, reducer, timings):
         blob = self._payload_blob(payload, timings)
-        frame = (self._inputs.mapInArrow(train_task(self.token, self._build, blob), CHUNKS, **self._resources)
+        frame = (self._inputs.mapInArrow(train_task(self.token, self._build, blob, self._data), CHUNKS, **self._resources)
                  .repartition(1)  # a shuffle to one reduce task (coalesce would run the mappers in one task)
                  .mapInArrow(reduce_task(reducer, self.mappers), CHUNKS))
         start = time.perf_counter()
@@ -403,7 +423,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
 
     def sync_round(self, payload, timings):
         blob = self._payload_blob(payload, timings)
-        frame = self._inputs.mapInArrow(sync_task(self.token, self._build, blob, self.mappers), CHUNKS,
+        frame = self._inputs.mapInArrow(sync_task(self.token, self._build, blob, self.mappers, self._data), CHUNKS,
                                         barrier=True, **self._resources)
         start = time.perf_counter()
         answers = self._collect(frame, f"round {payload.round_index + 1}")
@@ -415,7 +435,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
 
     def score(self, backend, model, params):
         """Each shard's held-out parts scored in the task that holds the shard."""
-        frame = self._inputs.mapInArrow(score_task(self.token, self._build, backend, model, params), CHUNKS)
+        frame = self._inputs.mapInArrow(score_task(self.token, self._build, backend, model, params, self._data), CHUNKS)
         answers = self._collect(frame, "scoring the held-out rows")
         return [pickle.loads(answers[m]) for m in range(self.mappers)]
 
@@ -428,7 +448,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
                 # are, go with the executor anyway.
                 inputs = self._inputs if self._built else self.session.range(0, self.mappers, 1, self.mappers)
                 with contextlib.suppress(Exception):  # the session or server is already gone
-                    run_job(self.session, inputs.mapInArrow(clean_task(self.token), CHUNKS).collect,
+                    run_job(self.session, inputs.mapInArrow(clean_task(self.token, self._data), CHUNKS).collect,
                             "removing the shard files")
             if self._persisted is not None and self.session is not None:
                 with contextlib.suppress(Exception):

@@ -1,0 +1,388 @@
+"""Shards kept on local disk (``data.shard_storage: disk``) and read back by rows.
+
+A mapper's shard (features, labels or targets, sample weights) is written
+once to a scratch folder as ``.npy`` files, and training reads the rows of
+each mini-batch by index with positioned reads (``os.preadv``) into a fresh
+array: a mapper then holds one mini-batch of the shard, not the shard. The
+arrays read are the arrays written, row for row, so the mini-batches and
+the trained weights are the same bits as with ``memory`` storage.
+
+The files are not memory-mapped: ``spark.executor.pyspark.memory`` limits a
+Python worker's address space, and a mapping of a large shard counts in it
+whole.
+
+The scratch folder of a process is ``<root>/nnlib-shards-<pid>-<tag>``,
+``root`` being ``data.scratch_dir``, else the first of Spark's local dirs
+(``SPARK_LOCAL_DIRS``, which Spark gives its Python workers, or
+``spark.local.dir``), else the system's temporary folder. The pid is the
+process whose life the files share (the mapper's, or a Spark executor's
+for ``spark.mode: jobs``); a later :class:`ShardStore` on the same root
+removes the folders of pids no longer running, which is what a killed run
+leaves behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import weakref
+import numpy as np
+
+from nnlib.config import DataConfig
+from nnlib.data.dataset import Shard
+from nnlib.errors import DataError, first_line
+
+FOLDER_PREFIX = "nnlib-shards-"
+_FOLDER = re.compile(r"^nnlib-shards-(\d+)-")
+
+
+class _File:
+    """An open ``.npy`` file: its descriptor and where its data begins. Closed when the last array over it goes."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran:
+            raise ValueError(f"{path}: Fortran-ordered .npy files are not read by rows")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.fd = os.open(path, os.O_RDONLY)
+        self._close = weakref.finalize(self, os.close, self.fd)
+
+    def close(self) -> None:
+        self._close()
+
+
+class DiskArray:
+    """A read-only array of rows in a ``.npy`` file, indexed like numpy along the first axis.
+
+    ``a[i]`` (an int) is row ``i``; ``a[idx]`` (an int array or list, or a
+    boolean mask of ``len(a)``) is an ndarray ``(len(idx), *row shape)`` read
+    with one positioned read per run of consecutive rows; ``a[lo:hi]`` is a
+    :class:`DiskArray` over those rows (nothing is read), and a slice with a
+    step is read like its index array. ``np.asarray(a)`` reads the whole
+    array. ``a.sum(dtype=...)`` over a whole stored array answers from the
+    sum taken when it was written (the same bits as numpy's sum of the
+    array in memory), else reads the rows. Raises ``IndexError`` for an
+    index out of range, as numpy does.
+    """
+
+    def __init__(self, file: _File, start: int = 0, stop: int | None = None, total: dict | None = None):
+        self._file = file
+        self._start = start
+        self._stop = file.shape[0] if stop is None else stop
+        self._row_shape = file.shape[1:]
+        self._row_bytes = int(np.prod(self._row_shape, dtype=np.int64)) * file.dtype.itemsize
+        self._total = total or {}  # dtype name -> np.sum of the whole stored array (only on the whole view)
+
+    @classmethod
+    def open(cls, path: str, total: dict | None = None) -> DiskArray:
+        """The array stored at ``path`` (an ``.npy`` file, C order)."""
+        return cls(_File(path), total=total)
+
+    def __reduce__(self):
+        return _reopen, (self._file.path, self._start, self._stop, self._total)
+
+    @property
+    def path(self) -> str:
+        return self._file.path
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self._stop - self._start, *self._row_shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._file.dtype
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self._row_shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self._row_bytes
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __repr__(self) -> str:
+        return f"DiskArray({self.path!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def __array__(self, dtype=None, copy=None):
+        rows = self._read_runs(np.arange(len(self), dtype=np.int64))
+        return rows if dtype is None else rows.astype(dtype, copy=False)
+
+    def astype(self, dtype, copy: bool = True) -> np.ndarray:
+        return np.asarray(self).astype(dtype, copy=False)
+
+    def sum(self, axis=None, dtype=None, out=None, **kwargs):
+        whole = self._start == 0 and self._stop == self._file.shape[0]
+        if axis is None and out is None and not kwargs and whole and np.dtype(dtype or self.dtype).name in self._total:
+            return self._total[np.dtype(dtype or self.dtype).name]
+        return np.asarray(self).sum(axis=axis, dtype=dtype, out=out, **kwargs)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):  # rows first, then numpy's indexing of the rest
+            if not key:
+                return np.asarray(self)
+            rows = self[key[0]]
+            rest = (slice(None),) + key[1:] if not isinstance(key[0], (int, np.integer)) else key[1:]
+            return np.asarray(rows)[rest]
+        n = len(self)
+        if isinstance(key, (int, np.integer)):
+            i = int(key)
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for axis 0 with size {n}")
+            return self._read_runs(np.array([i % n], np.int64))[0]
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(n)
+            if step == 1:
+                return DiskArray(self._file, self._start + lo, self._start + max(lo, hi), self._total
+                                 if (lo, hi) == (0, n) else None)
+            return self._read_runs(np.arange(lo, hi, step, dtype=np.int64))
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            if idx.shape != (n,):
+                raise IndexError(f"boolean index of shape {idx.shape} does not match the rows ({n},)")
+            idx = np.flatnonzero(idx)
+        elif idx.size == 0:
+            idx = idx.astype(np.int64)
+        elif not np.issubdtype(idx.dtype, np.integer):
+            raise IndexError("only integers, slices, integer arrays and boolean masks index a DiskArray")
+        if idx.ndim != 1:
+            return self[idx.reshape(-1)].reshape(*idx.shape, *self._row_shape)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            bad = idx[(idx < -n) | (idx >= n)][0]
+            raise IndexError(f"index {bad} is out of bounds for axis 0 with size {n}")
+        return self._read_runs(np.where(idx < 0, idx + n, idx).astype(np.int64, copy=False))
+
+    def _read_runs(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (in range, int64) into a new array: one positioned read per run of consecutive rows."""
+        out = np.empty((len(idx), *self._row_shape), self.dtype)
+        if not len(idx) or not self._row_bytes:
+            return out
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(idx) != 1) + 1))
+        ends = np.append(starts[1:], len(idx))
+        size, base, fd = self._row_bytes, self._file.offset + self._start * self._row_bytes, self._file.fd
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            lo, hi, at = a * size, b * size, base + int(idx[a]) * size
+            while lo < hi:  # a read may return less than asked (past 2 GiB on Linux)
+                got = os.preadv(fd, [view[lo:hi]], at)
+                if got <= 0:
+                    raise OSError(errno.EIO, f"{self.path}: the file ended before row {idx[a]}")
+                lo, at = lo + got, at + got
+        return out
+
+
+WRITE_BYTES = 16 << 20  # bytes per write: a failed write (a full disk) is seen with its errno, close to where
+
+
+def write_npy(path: str, array: np.ndarray) -> None:
+    """``array`` (C order) as an ``.npy`` file, written in pieces through ``os.write``-level calls, so that a
+    full disk raises ``OSError`` with its errno (numpy's ``tofile`` loses it)."""
+    array = np.ascontiguousarray(array)
+    with open(path, "wb", buffering=0) as f:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+        data = memoryview(array.reshape(-1).view(np.uint8))
+        for piece in (memoryview(header.getvalue()), data):
+            lo = 0
+            while lo < len(piece):
+                lo += f.write(piece[lo:lo + WRITE_BYTES])
+
+
+def _reopen(path, start, stop, total):
+    return DiskArray(_File(path), start, stop, total)
+
+
+def scratch_root(data: DataConfig) -> str:
+    """Where the shard folders go: ``data.scratch_dir``, else Spark's first local dir, else the temp folder."""
+    if data.scratch_dir is not None:
+        return data.scratch_dir
+    dirs = [d for d in os.environ.get("SPARK_LOCAL_DIRS", "").split(",") if d]
+    if not dirs:
+        with contextlib.suppress(Exception):  # on Spark's driver or outside Spark: its local dir, if set
+            from pyspark import SparkContext
+
+            sc = SparkContext._active_spark_context  # noqa: SLF001
+            if sc is not None:
+                dirs = [d for d in sc.getConf().get("spark.local.dir", "").split(",") if d]
+    return dirs[0] if dirs else tempfile.gettempdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep(root: str) -> list[str]:
+    """Remove the shard folders under ``root`` whose owning process is gone (a killed run's); their paths."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(root):
+            match = _FOLDER.match(name)
+            if match and not _alive(int(match.group(1))):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                removed.append(os.path.join(root, name))
+    return removed
+
+
+def _scratch_error(root: str, data: DataConfig, problem: str) -> DataError:
+    where = "data.scratch_dir" if data.scratch_dir is not None else "data.scratch_dir (default: Spark's local dir or the temporary folder)"
+    return DataError(f"{where}: {root} {problem}; data.shard_storage=disk writes each mapper's shard there: "
+                     "set data.scratch_dir to a writable local folder with room, or data.shard_storage=memory")
+
+
+class ShardStore:
+    """One process's scratch folder of disk shards (``data.shard_storage: disk``).
+
+    :meth:`keep` writes shards there and gives them back disk-backed;
+    :meth:`remove` deletes the folder (the engines call it when they stop:
+    at the end of a run, on failure, on Ctrl-C and SIGTERM). Creating a
+    store removes what killed runs left under the same root (:func:`sweep`).
+
+    ``tag`` names the folder (default: random); ``owner`` is the pid whose
+    life the folder shares (default: this process). A store with a fixed
+    ``tag`` and ``owner`` (Spark's jobs mode: the run's token and the
+    executor) finds shards that another process of the same owner wrote
+    (:meth:`find`). A scratch root that is missing, not a folder,
+    unwritable or full raises :class:`DataError` naming it and
+    ``data.scratch_dir``.
+    """
+
+    kind = "disk"
+
+    def __init__(self, data: DataConfig, tag: str | None = None, owner: int | None = None):
+        self.data = data
+        self.root = scratch_root(data)
+        if not os.path.isdir(self.root):
+            raise _scratch_error(self.root, data, "does not exist or is not a folder")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise _scratch_error(self.root, data, "is not writable")
+        sweep(self.root)
+        owner = os.getpid() if owner is None else owner
+        self.folder = os.path.join(self.root, f"{FOLDER_PREFIX}{owner}-{tag or secrets.token_hex(6)}")
+
+    def _shard_folder(self, index: int) -> str:
+        return os.path.join(self.folder, f"shard-{index}")
+
+    def keep(self, shards: list[Shard]) -> list[Shard]:
+        """``shards`` written to the folder, each given back with its ``x``, ``y`` (and ``w``) on disk.
+
+        Held-out rows (``Shard.held_out``, scored once a round) stay in
+        memory, and are written too for :meth:`find`. A shard already
+        written by this folder's owner is read back as it is, not written
+        again."""
+        return [self.find(s.index) or self._write(s) for s in shards]
+
+    def find(self, index: int) -> Shard | None:
+        """Shard ``index`` from the folder when a process wrote it whole, else None (its held-out rows are read
+        into memory)."""
+        folder = self._shard_folder(index)
+        if not os.path.isdir(folder):
+            return None
+        held_out = {}
+        for name in sorted(os.listdir(folder)):
+            if name.startswith("held-") and name.endswith("-x.npy"):
+                role = int(name.split("-")[1])
+                held_out[role] = tuple(np.load(os.path.join(folder, f"held-{role}-{a}.npy"), allow_pickle=False)
+                                       for a in "xy")
+        return self._open(index, folder, held_out)
+
+    def _write(self, shard: Shard) -> Shard:
+        final = self._shard_folder(shard.index)
+        tmp = f"{final}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        arrays = {"x": shard.x, "y": shard.y, **({} if shard.w is None else {"w": shard.w})}
+        try:
+            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+            os.mkdir(tmp, 0o700)
+            for name, array in arrays.items():
+                write_npy(os.path.join(tmp, f"{name}.npy"), array)
+            for role, (hx, hy) in sorted(shard.held_out.items()):  # read back whole by another process's find
+                np.save(os.path.join(tmp, f"held-{role}-x.npy"), hx, allow_pickle=False)
+                np.save(os.path.join(tmp, f"held-{role}-y.npy"), hy, allow_pickle=False)
+            if shard.w is not None:  # the whole sum, as train.py takes it, so it is not read back for that
+                np.save(os.path.join(tmp, "w_sum.npy"), np.array([np.sum(shard.w, dtype=np.float64)]))
+            try:
+                os.rename(tmp, final)  # whole or not at all: a reader in another process never sees a part
+            except OSError:
+                if not os.path.isdir(final):
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # another process of the owner wrote it first
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            problem = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota", errno.EACCES: "is not writable",
+                       errno.EROFS: "is read-only", errno.ENOENT: "was removed"}.get(exc.errno) or \
+                f"could not be written to ({exc.strerror or first_line(exc)})"
+            size = sum(np.asarray(a).nbytes if not isinstance(a, DiskArray) else a.nbytes
+                       for a in arrays.values()) / 2**20
+            raise _scratch_error(self.root, self.data, f"{problem} (writing shard {shard.index}, "
+                                 f"{size:.1f} MiB)") from None
+        return self._open(shard.index, final, shard.held_out)
+
+    def _open(self, index: int, folder: str, held_out: dict) -> Shard:
+        x = DiskArray.open(os.path.join(folder, "x.npy"))
+        y = DiskArray.open(os.path.join(folder, "y.npy"))
+        w = None
+        if os.path.exists(os.path.join(folder, "w.npy")):
+            total = float(np.load(os.path.join(folder, "w_sum.npy"))[0])
+            w = DiskArray.open(os.path.join(folder, "w.npy"), {"float64": total})
+        return Shard(index, x, y, held_out, w)
+
+    def remove(self) -> None:
+        """Delete the folder (arrays already handed out keep reading the files they opened, as Unix allows)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class MemoryStore:
+    """``data.shard_storage: memory``: the shards stay as they are built."""
+
+    kind = "memory"
+    folder = None
+
+    def keep(self, shards: list[Shard]) -> list[Shard]:
+        return shards
+
+    def find(self, index: int) -> Shard | None:
+        return None
+
+    def remove(self) -> None:
+        pass
+
+
+def shard_store(data: DataConfig, tag: str | None = None, owner: int | None = None) -> ShardStore | MemoryStore:
+    """Where a worker keeps its shards under ``data.shard_storage``: see :class:`ShardStore`."""
+    if data.shard_storage == "disk":
+        return ShardStore(data, tag, owner)
+    return MemoryStore()
+
+
+def kept(shards: list[Shard], store) -> list[Shard]:
+    """``store.keep(shards)``; on any error the store is removed first (nothing half-written stays)."""
+    try:
+        return store.keep(shards)
+    except BaseException:
+        store.remove()
+        raise
+

@@ -1,0 +1,358 @@
+"""data.shard_storage=disk: the disk-backed arrays against numpy, and every engine's weights against memory storage."""
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import needs_mrjob, saved_params, small_config
+
+from nnlib.config import DataConfig, load_config
+from nnlib.data.dataset import Shard
+from nnlib.data.disk import DiskArray, ShardStore, shard_store, sweep
+from nnlib.driver import run
+from nnlib.errors import DataError, NnlibError
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = dict(log=lambda _msg: None, warn=lambda _msg: None)
+
+
+def stored(tmp_path, array: np.ndarray) -> DiskArray:
+    path = tmp_path / f"a{len(list(tmp_path.iterdir()))}.npy"
+    np.save(path, array)
+    return DiskArray.open(str(path))
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("nnlib-shards-"))
+
+
+# ----------------------------------------------------------------------------------- the array, numpy the oracle
+
+ARRAYS = {
+    "features": np.random.default_rng(0).normal(size=(50, 7)).astype(np.float32),
+    "labels": np.random.default_rng(1).integers(0, 10, 50),
+    "targets": np.random.default_rng(2).normal(size=(50, 3)),
+    "weights": np.random.default_rng(3).random(50),
+}
+KEYS = {
+    "int": 7, "negative int": -1, "numpy int": np.int64(49),
+    "slice": slice(3, 20), "open slice": slice(None), "negative slice": slice(-10, -2),
+    "empty slice": slice(30, 10), "stepped slice": slice(1, 40, 3), "reversed slice": slice(None, None, -2),
+    "permutation": np.random.default_rng(4).permutation(50), "repeats": np.array([5, 5, 6, 7, 8, 2, 2]),
+    "negatives": np.array([-1, 0, -50, 3]), "list": [9, 10, 11, 40], "empty": np.array([], np.int64),
+    "mask": np.random.default_rng(5).random(50) > 0.5, "2-d index": np.array([[1, 2], [3, 40]]),
+    "row and column": (np.array([4, 1, 9]), 2),
+}
+
+
+@pytest.mark.parametrize("name", ARRAYS)
+@pytest.mark.parametrize("key", KEYS)
+def test_indexing_equals_numpy(tmp_path, name, key):
+    array = ARRAYS[name]
+    index = KEYS[key]
+    if isinstance(index, tuple) and array.ndim == 1:
+        pytest.skip("a column index needs rows of more than one value")
+    disk = stored(tmp_path, array)
+    got, expected = disk[index], array[index]
+    assert np.asarray(got).dtype == expected.dtype and np.shape(got) == expected.shape
+    np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+def test_a_slice_reads_nothing_and_indexes_within_itself(tmp_path):
+    array = ARRAYS["features"]
+    disk = stored(tmp_path, array)
+    part = disk[10:30]
+    assert isinstance(part, DiskArray) and len(part) == 20 and part.shape == (20, 7) and part.dtype == np.float32
+    idx = np.array([19, 0, 5, 5])
+    np.testing.assert_array_equal(part[idx], array[10:30][idx])
+    np.testing.assert_array_equal(part[2:8][[0, 5]], array[10:30][2:8][[0, 5]])
+
+
+@pytest.mark.parametrize("index", [50, -51, np.array([0, 50]), np.array([-51])])
+def test_out_of_range_is_an_index_error_as_in_numpy(tmp_path, index):
+    disk, array = stored(tmp_path, ARRAYS["weights"]), ARRAYS["weights"]
+    with pytest.raises(IndexError):
+        array[index]
+    with pytest.raises(IndexError):
+        disk[index]
+
+
+def test_sum_and_pickle(tmp_path):
+    w = ARRAYS["weights"]
+    disk = stored(tmp_path, w)
+    assert disk.sum(dtype=np.float64) == np.sum(w, dtype=np.float64)  # read whole: no stored sum here
+    assert np.sum(disk[5:20], dtype=np.float64) == np.sum(w[5:20], dtype=np.float64)
+    again = pickle.loads(pickle.dumps(disk[5:20]))
+    np.testing.assert_array_equal(np.asarray(again), w[5:20])
+
+
+def test_a_store_gives_back_the_same_rows_and_the_numpy_sum_of_the_weights(tmp_path):
+    x, y, w = ARRAYS["features"], ARRAYS["labels"], ARRAYS["weights"]
+    held = {2: (x[:5] + 1, y[:5])}
+    store = ShardStore(DataConfig(shard_storage="disk", scratch_dir=str(tmp_path)), tag="t")
+    shard, = store.keep([Shard(3, x, y, held, w)])
+    assert isinstance(shard.x, DiskArray) and shard.n_samples == 50 and shard.index == 3
+    for got, expected in ((shard.x, x), (shard.y, y), (shard.w, w)):
+        np.testing.assert_array_equal(np.asarray(got), expected)
+    assert np.sum(shard.w, dtype=np.float64) == np.sum(w, dtype=np.float64)  # answered from the stored sum
+    found = store.find(3)  # as another worker of the same executor finds it
+    np.testing.assert_array_equal(np.asarray(found.x), x)
+    np.testing.assert_array_equal(found.held_out[2][0], held[2][0])
+    assert store.find(4) is None
+    store.remove()
+    assert leftovers(tmp_path) == []
+    np.testing.assert_array_equal(shard.x[[1, 2]], x[[1, 2]])  # open files read on after the folder is gone
+
+
+def test_memory_storage_keeps_the_shards_as_they_are():
+    store = shard_store(DataConfig())
+    shards = [Shard(0, ARRAYS["features"], ARRAYS["labels"])]
+    assert store.keep(shards) is shards and store.folder is None
+
+
+def test_a_killed_runs_folder_is_removed_and_a_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f"nnlib-shards-{int(dead.stdout)}-abc" / "shard-0").mkdir(parents=True)
+    (tmp_path / f"nnlib-shards-{os.getpid()}-def").mkdir()
+    (tmp_path / "unrelated").mkdir()
+    assert sweep(str(tmp_path)) == [str(tmp_path / f"nnlib-shards-{int(dead.stdout)}-abc")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"nnlib-shards-{os.getpid()}-def", "unrelated"])
+
+
+# ----------------------------------------------------------------------------------- the same weights as memory
+
+
+def disk_config(config, scratch: Path):
+    return config.model_copy(update={"data": config.data.model_copy(
+        update={"shard_storage": "disk", "scratch_dir": str(scratch)})})
+
+
+@pytest.fixture
+def weighted_npz(tmp_path):
+    """A 300-row, 6-feature, 3-class .npz with sample weights and float targets."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(300, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 1)
+    path = tmp_path / "weighted.npz"
+    np.savez(path, x=x, y=y, w=rng.uniform(0.1, 3.0, 300), t=x @ rng.normal(size=(6, 2)))
+    return path
+
+
+LOCAL_CASES = {
+    "average": (),
+    "gradient": ("combine=gradient", "train.momentum=0.9"),
+    "ist": ("combine=ist", "model.hidden=[16,12]"),
+    "local steps": ("train.local_steps=7", "combine=weighted", "data.partition=quantity_skew"),
+    "cnn": ("model.type=cnn", "model.channels=[4]", "model.kernel=3"),
+    "held-out scored": ("data.validation_fraction=0.2", "train.patience=1"),
+}
+
+
+@pytest.mark.parametrize("case", LOCAL_CASES)
+def test_local_disk_equals_memory_bit_for_bit(tmp_path, case):
+    config = small_config(*LOCAL_CASES[case])
+    memory = run(config, **QUIET)
+    disk = run(disk_config(config, tmp_path), **QUIET)
+    np.testing.assert_array_equal(disk.params, memory.params)
+    assert [r["train_loss"] for r in disk.rounds] == [r["train_loss"] for r in memory.rounds]
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("sets", [("data.weight_column=w",), ("data.weight_column=w", "combine=gradient"),
+                                  ("data.weight_column=w", "model.task=regression")],
+                         ids=["weights", "weights-gradient", "weights-regression"])
+def test_local_disk_equals_memory_with_weights_and_targets(tmp_path, weighted_npz, sets):
+    if "model.task=regression" in sets:  # the .npz's two float targets as y
+        with np.load(weighted_npz) as f:
+            arrays = {"x": f["x"], "y": f["t"], "w": f["w"]}
+        np.savez(weighted_npz, **arrays)
+    config = small_config(f"data.source={weighted_npz}", *sets)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    memory = run(config, **QUIET)
+    disk = run(disk_config(config, scratch), **QUIET)
+    np.testing.assert_array_equal(disk.params, memory.params)
+    assert leftovers(scratch) == []
+
+
+def test_a_failed_run_leaves_no_shard_files(tmp_path):
+    config = disk_config(small_config("train.lr=1e30", "train.rounds=3"), tmp_path)
+    with pytest.raises(NnlibError, match="NaN|inf|diverge"):
+        run(config, **QUIET)
+    assert leftovers(tmp_path) == []
+
+
+def test_the_shard_files_exist_during_the_run(tmp_path):
+    """So the tests above that find none after a run can fail: the run does write them, under its pid."""
+    from nnlib.data.dataset import ShardSource
+    from nnlib.engines.local import LocalEngine
+
+    config = disk_config(small_config(), tmp_path)
+    engine = LocalEngine()
+    engine.start(ShardSource.of_run(config))
+    try:
+        names = leftovers(tmp_path)
+        assert len(names) == 1 and names[0].startswith(f"nnlib-shards-{os.getpid()}-")
+        assert sorted(p.name for p in (tmp_path / names[0]).iterdir()) == ["shard-0", "shard-1", "shard-2"]
+    finally:
+        engine.stop()
+    assert leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------- errors
+
+
+def nnlib_cli(tmp_path, *sets, env=None):
+    cmd = [sys.executable, "-m", "nnlib", "run", "--out", str(tmp_path / "out"), "--quiet",
+           "--set", "train.rounds=1", "--set", "model.hidden=[8]"]
+    for item in sets:
+        cmd += ["--set", item]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["missing", "a file"])
+def test_a_bad_scratch_dir_is_one_line_naming_it(tmp_path, what):
+    scratch = tmp_path / "nowhere"
+    if what == "a file":
+        scratch.write_text("")
+    proc = nnlib_cli(tmp_path, "data.shard_storage=disk", f"data.scratch_dir={scratch}")
+    assert proc.returncode == 2
+    assert proc.stderr == (f"nnlib: error: data.scratch_dir: {scratch} does not exist or is not a folder; "
+                           "data.shard_storage=disk writes each mapper's shard there: set data.scratch_dir to a "
+                           "writable local folder with room, or data.shard_storage=memory\n")
+
+
+def test_a_write_that_fails_is_one_error_naming_the_folder_and_leaves_nothing(tmp_path):
+    # a file size limit makes the write fail as a full disk would, partway through the shard
+    code = f"""
+import resource, signal
+import numpy as np
+from nnlib.config import DataConfig
+from nnlib.data.dataset import Shard
+from nnlib.data.disk import ShardStore, kept
+from nnlib.errors import DataError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+store = ShardStore(DataConfig(shard_storage="disk", scratch_dir={str(tmp_path)!r}))
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+try:
+    kept([Shard(0, np.zeros((1000, 512), np.float32), np.zeros(1000, np.int64))], store)
+except DataError as exc:
+    print(exc)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.startswith(f"data.scratch_dir: {tmp_path} could not be written to (File too large) "
+                                  "(writing shard 0, 2.0 MiB); "), proc.stdout + proc.stderr
+    assert len(proc.stdout.splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == []  # the folder made for it is gone too
+
+
+def test_disk_storage_with_the_torch_backend_is_refused_in_one_line():
+    from nnlib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.shard_storage=disk trains with model.backend=numpy so far"):
+        load_config(None, ["data.shard_storage=disk", "model.backend=torch"])
+
+
+def test_auto_storage_is_not_offered():
+    from nnlib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="shard_storage"):
+        load_config(None, ["data.shard_storage=auto"])
+
+
+# ----------------------------------------------------------------------------------- the other engines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combine", ["average", "gradient"])
+def test_mpi_disk_equals_memory_bit_for_bit(tmp_path, combine):
+    mpiexec = str(Path(sys.executable).parent / "mpiexec")
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", TMPDIR=str(tmp_path),
+               OMPI_MCA_rmaps_base_oversubscribe="1")
+    outs = {}
+    (tmp_path / "scratch").mkdir()
+    for storage in ("memory", "disk"):
+        out = tmp_path / storage
+        cmd = [mpiexec, "-n", "2", "--oversubscribe", sys.executable, "jobs/mpi_model_avg.py", "conf/default.yaml",
+               "--set", "model.hidden=[16]", "--set", "train.rounds=2", "--set", f"combine={combine}",
+               "--set", "mappers=2", "--set", f"data.shard_storage={storage}",
+               "--set", f"data.scratch_dir={tmp_path / 'scratch'}", "--out", str(out), "--quiet"]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs[storage] = saved_params(out)
+    np.testing.assert_array_equal(outs["disk"], outs["memory"])
+    assert leftovers(tmp_path / "scratch") == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["stage", "jobs"])
+@pytest.mark.parametrize("sets", [("combine=average",), ("combine=gradient", "train.momentum=0.9")],
+                         ids=["average", "gradient"])
+def test_spark_disk_equals_memory_bit_for_bit(spark, tmp_path, mode, sets):
+    from test_engines import spark_engine
+
+    config = small_config("mappers=3", *sets)
+    memory = run(config, **QUIET)
+    on_spark = run(disk_config(config, tmp_path).model_copy(update={"engine": "spark"}), engine=spark_engine(mode),
+                   **QUIET)
+    np.testing.assert_array_equal(on_spark.params, memory.params)
+    assert leftovers(tmp_path) == []
+
+
+@needs_mrjob
+@pytest.mark.parametrize("runner", ["inline", pytest.param("local", marks=pytest.mark.slow)])
+def test_mrjob_disk_equals_memory_bit_for_bit(tmp_path, runner):
+    from nnlib.engines.mrjob.engine import MrjobEngine
+
+    config = small_config("mappers=3", "train.momentum=0.5")
+    memory = run(config, **QUIET)
+    mr_config = disk_config(config, tmp_path).model_copy(update={"engine": "mrjob"})
+    result = run(mr_config, engine=MrjobEngine(mr_config, runner), **QUIET)
+    np.testing.assert_array_equal(result.params, memory.params)
+    assert leftovers(tmp_path) == []
+
+
+def missing_scratch_line(scratch: Path) -> str:
+    return (f"data.scratch_dir: {scratch} does not exist or is not a folder; data.shard_storage=disk writes each "
+            "mapper's shard there: set data.scratch_dir to a writable local folder with room, or "
+            "data.shard_storage=memory")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["spark-stage", "spark-jobs", "mrjob", "mpi"])
+def test_every_engines_workers_keep_their_shards_through_the_store(spark, tmp_path, engine):
+    """A scratch dir that is missing where the workers run is refused by them: the shards do go through the
+    store on every engine (the equality tests above would pass with memory storage too)."""
+    scratch = tmp_path / "missing"
+    config = disk_config(small_config("mappers=2", "train.rounds=1"), scratch)
+    if engine == "mpi":
+        mpiexec = str(Path(sys.executable).parent / "mpiexec")
+        env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                   OMPI_MCA_rmaps_base_oversubscribe="1")
+        proc = subprocess.run([mpiexec, "-n", "2", "--oversubscribe", sys.executable, "jobs/mpi_model_avg.py",
+                               "conf/default.yaml", "--set", "mappers=2", "--set", "data.shard_storage=disk",
+                               "--set", f"data.scratch_dir={scratch}", "--out", str(tmp_path / "out"), "--quiet"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 2
+        assert [ln for ln in proc.stderr.splitlines() if "nnlib" in ln] == [
+            f"nnlib: error: {missing_scratch_line(scratch)}"]
+        return
+    if engine == "mrjob":
+        from nnlib.engines.mrjob.engine import MrjobEngine
+
+        config = config.model_copy(update={"engine": "mrjob"})
+        chosen = MrjobEngine(config, "inline")
+    else:
+        from test_engines import spark_engine
+
+        config = config.model_copy(update={"engine": "spark"})
+        chosen = spark_engine(engine.split("-")[1])
+    with pytest.raises(DataError) as caught:
+        run(config, engine=chosen, **QUIET)
+    assert str(caught.value) in (missing_scratch_line(scratch), "mapper 0: " + missing_scratch_line(scratch),
+                                 "mapper 1: " + missing_scratch_line(scratch))  # the stage names the mapper
