@@ -40,7 +40,7 @@ def round_columns(rows: list[dict]) -> list[str]:
 
 # MapperStats' fields, who and where first; result_bytes is summed per round in rounds.csv instead
 MAPPER_COLUMNS = ["round", "mapper", "host", "pid",
-                  *(name for name in STATS_FIELDS if name not in ("mapper", "host", "pid", "result_bytes"))]
+                  *(name for name in STATS_FIELDS if name not in ("mapper", "host", "pid", "result_bytes", "weight_sum"))]
 
 
 def default_run_dir(prefix: str = "") -> Path:

@@ -115,3 +115,20 @@ def test_a_payload_file_carries_every_field_of_the_model_spec(tmp_path):
     path = tmp_path / "payload.npz"
     path.write_bytes(payload_to_bytes(dataclasses.replace(payload, model=model)))
     assert payload_from_file(path).model == model
+
+
+def test_a_mapper_result_line_carries_every_field():
+    """A map task's result travels as a JSON line: its stats, weights, optimizer state and the shard's total
+    sample weight (in its stats: combine=weighted under data.weight_column) come back as they were sent."""
+    import dataclasses
+
+    from nnlib.engines.mrjob.wire import decode_result, encode_result
+    from nnlib.rounds.payload import MapperResult, MapperStats
+
+    stats = MapperStats(**{f.name: 1 for f in dataclasses.fields(MapperStats)})
+    stats = dataclasses.replace(stats, weight_sum=12.5)
+    sent = MapperResult(stats, np.arange(4, dtype=np.float32), np.ones(4, np.float32))
+    back = decode_result(json.loads(json.dumps(encode_result(sent))))
+    assert back.stats == sent.stats and back.stats.combine_size == 12.5
+    np.testing.assert_array_equal(back.params, sent.params)
+    np.testing.assert_array_equal(back.opt_state, sent.opt_state)

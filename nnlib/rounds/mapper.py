@@ -12,6 +12,7 @@ returns bit-identical weights. The held-out scoring a mapper may do
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import socket
@@ -53,8 +54,9 @@ def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
                            sample_weight=None if shard.w is None else shard.w[lo:hi])
     sent = update.params.nbytes + (0 if update.opt_state is None else update.opt_state.nbytes)
     stats = MapperStats(shard.index, update.n_samples, update.steps, update.train_loss, socket.gethostname(),
-                        os.getpid(), time.perf_counter() - start, 0.0, peak_rss_mb(), sent)
-    return MapperResult(stats, update.params, update.opt_state, None if shard.w is None else update.total_weight)
+                        os.getpid(), time.perf_counter() - start, 0.0, peak_rss_mb(), sent,
+                        math.nan if shard.w is None else update.total_weight)
+    return MapperResult(stats, update.params, update.opt_state)
 
 
 EVAL_ROWS = 65536  # rows scored at a time: a forward pass's activations stay small however large the set
@@ -145,7 +147,8 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
 
     With sample weights (``Shard.w``, data.weight_column) a mapper's batch loss
     is ``sum w_i l_i / (b * w_bar)`` with ``w_bar`` the mean weight of every
-    shard here (on the local engine, every mapper's rows), so the mean over
+    mapper's training rows (``payload.mean_weight``, from the driver; else
+    the mean over the shards given here), so the mean over
     the mappers weighted by batch sizes is the gradient of the union batch
     (:func:`nnlib.core.train.batch_weight_sums`); all weights 1 give the
     unweighted bits.
@@ -164,8 +167,10 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
     comm = 0.0
     weighted = shards and shards[0].w is not None
     if weighted:
-        mean_weight = (sum(float(np.sum(s.w, dtype=np.float64)) for s in shards)
-                       / max(sum(s.n_samples for s in shards), 1))
+        mean_weight = payload.mean_weight  # every mapper's rows, also where this process holds one shard
+        if mean_weight is None:
+            mean_weight = (sum(float(np.sum(s.w, dtype=np.float64)) for s in shards)
+                           / max(sum(s.n_samples for s in shards), 1))
         weight_sums = [batch_weight_sums(s.w, batches[i], mean_weight) for i, s in enumerate(shards)]
         weights_seen = [sum(float(np.sum(s.w[b], dtype=np.float64)) for b in batches[i]) for i, s in enumerate(shards)]
 

@@ -8,6 +8,7 @@ state; :class:`MapperResult` and :class:`MapperStats` are a mapper's answer;
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -65,6 +66,8 @@ class RoundPayload:
     subnets: SubnetPlan | None = None   # the groups of a round of sub-networks (plan.sub_networks); else None
     sliced_for: int | None = None       # params and opt_state already hold this mapper's sub-network
     proximal_mu: float = 0.0            # FedProx: the pull towards the round's weights (train.proximal_mu)
+    mean_weight: float | None = None    # the mean sample weight over every training row (data.weight_column);
+    #                                     a synchronous round's batch losses are normalised by it on every engine
 
     @property
     def round_index(self) -> int:
@@ -116,6 +119,13 @@ class MapperStats:
     comm_seconds: float = 0.0  # waiting in collectives (synchronous rounds, MPI)
     peak_rss_mb: float = 0.0  # the mapper process's peak resident memory so far
     result_bytes: int = 0        # bytes of the weights and optimizer state sent back (local rounds)
+    weight_sum: float = math.nan  # the shard's sum of sample weights (data.weight_column); nan: unweighted
+
+    @property
+    def combine_size(self) -> float:
+        """What ``combine: weighted`` weighs this mapper by, on every engine: its rows' total sample weight
+        under ``data.weight_column``, else its row count."""
+        return float(self.n_samples) if math.isnan(self.weight_sum) else self.weight_sum
 
 
 #: MapperStats' fields in order, and those that are numbers (what MPI gathers as one float64 row per rank)
@@ -137,7 +147,6 @@ class MapperResult:
     stats: MapperStats
     params: np.ndarray              # (n_params,) float32
     opt_state: np.ndarray | None
-    total_weight: float | None = None  # the shard's sum of sample weights (data.weight_column): combine=weighted
 
 
 @dataclass
@@ -195,8 +204,10 @@ def first_payload(config, data: Dataset, schedule: Schedule | None = None) -> Ro
         schedule = Schedule.from_config(config, sizes)
     plan = schedule.plan(0)
     subnets = ist_subnets(config) if plan.sub_networks == "ist" else None
+    mean_weight = None if data.w_train is None else float(np.mean(data.w_train, dtype=np.float64))
     return RoundPayload(plan, config.seed, params, optimizer.init_state(params), spec,
-                        config.model.backend, optimizer, subnets, proximal_mu=config.train.proximal_mu)
+                        config.model.backend, optimizer, subnets, proximal_mu=config.train.proximal_mu,
+                        mean_weight=mean_weight)
 
 
 def ist_subnets(config) -> SubnetPlan:

@@ -164,8 +164,9 @@ class RoundReducer:
     rule: str
     skip_bad: bool = False
 
-    def shares(self, payload: RoundPayload, good: list[int], n_samples: list[int]) -> RoundShares:
-        """The round's :class:`RoundShares` for the good mappers ``good`` holding ``n_samples`` samples."""
+    def shares(self, payload: RoundPayload, good: list[int], n_samples: list[float]) -> RoundShares:
+        """The round's :class:`RoundShares` for the good mappers ``good`` of sizes ``n_samples``
+        (:attr:`MapperStats.combine_size`: rows, or their total sample weight)."""
         return RoundShares(self.rule, payload, good, n_samples)
 
     def __call__(self, results: list[MapperResult], payload: RoundPayload) -> Combined:
@@ -180,9 +181,7 @@ class RoundReducer:
         bad = [res.stats.mapper for res in results if not np.isfinite(res.params).all()]
         check_bad_mappers(bad, len(results), payload.round_index, self.skip_bad)
         good = [res for res in results if res.stats.mapper not in bad]
-        # combine=weighted weighs a mapper by its rows, or by their total sample weight (data.weight_column)
-        sizes = [r.stats.n_samples if r.total_weight is None else r.total_weight for r in good]
-        shares = self.shares(payload, [r.stats.mapper for r in good], sizes)
+        shares = self.shares(payload, [r.stats.mapper for r in good], [r.stats.combine_size for r in good])
         total = sum_in_order([shares.share(r.stats.mapper, r.params, r.opt_state) for r in good])
         params, opt_state = shares.finish(*total)
         return Combined(params, opt_state, bad)

@@ -207,7 +207,7 @@ class MpiEngine(Engine):
         bad = ranks_flagged(self.comm, {self.rank: not np.isfinite(res.params).all()})
         check_bad_mappers(bad, self.size, payload.round_index, reducer.skip_bad)
         good = [m for m in range(self.size) if m not in bad]
-        shares = reducer.shares(payload, good, [stats[m].n_samples for m in good])
+        shares = reducer.shares(payload, good, [stats[m].combine_size for m in good])
         params, state = shares.share(self.rank, res.params, res.opt_state) if self.rank in good else shares.zeros()
         self.comm.Allreduce(_in_place(), params)
         if state is not None:

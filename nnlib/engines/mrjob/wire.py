@@ -52,12 +52,25 @@ def decode_stats(d: dict) -> MapperStats:
 
 
 def encode_result(res: MapperResult) -> dict:
-    return {"stats": encode_stats(res.stats), "params": encode_array(res.params),
-            "opt_state": encode_array(res.opt_state)}
+    """Every field of a :class:`MapperResult` by name: its stats as a dict, its arrays as base64 text, the rest
+    (the shard's total sample weight) as plain JSON numbers."""
+    out = {}
+    for f in dataclasses.fields(res):
+        value = getattr(res, f.name)
+        if f.name == "stats":
+            out[f.name] = encode_stats(value)
+        elif isinstance(value, np.ndarray):
+            out[f.name] = encode_array(value)
+        else:
+            out[f.name] = value
+    return out
 
 
 def decode_result(d: dict) -> MapperResult:
-    return MapperResult(decode_stats(d["stats"]), decode_array(d["params"]), decode_array(d["opt_state"]))
+    """Inverse of :func:`encode_result`."""
+    arrays = {f.name for f in dataclasses.fields(MapperResult) if f.name in ("params", "opt_state")}
+    return MapperResult(**{name: decode_stats(value) if name == "stats" else
+                           decode_array(value) if name in arrays else value for name, value in d.items()})
 
 
 def payload_to_bytes(p: RoundPayload) -> bytes:
