@@ -395,16 +395,6 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
-    def _regression_weights_and_validation_column_run_locally(self):
-        used = [f"{k}={v}" for k, v in (("model.task", "regression" if self.model.regression else None),
-                                        ("data.weight_column", self.data.weight_column),
-                                        ("data.validation_column", self.data.validation_column)) if v is not None]
-        if used and self.engine != "local":
-            raise Invalid(("engine", "model.task", "data.weight_column", "data.validation_column"),
-                          f"{', '.join(used)} run on engine=local so far, got engine={self.engine}")
-        return self
-
-    @model_validator(mode="after")
     def _regression_needs_no_classes(self):
         if not self.model.regression:
             if self.data.label_columns is not None:

@@ -332,7 +332,6 @@ ELSEWHERE = {
     "target-accuracy-regression": "test_regression.py::test_bad_input_is_one_line[target-accuracy-regression]",
     "validation-column-and-fraction": "test_regression.py::test_bad_input_is_one_line[validation-column-and-fraction]",
     "label-columns-classification": "test_regression.py::test_bad_input_is_one_line[label-columns-classification]",
-    "regression-off-local": "test_regression.py::test_other_engines_refuse_before_starting",
     "spark-wide-source": "test_spark_wide.py::test_a_wide_dataframe_read_by_spark_is_warned_of_in_one_line_before_its_first_pass",
 }
 
