@@ -70,8 +70,10 @@ def test_spark_equals_local(spark, source, local_runs, case):
 
 
 @needs_mrjob
-@pytest.mark.parametrize("runner", ["inline", "local"])
-@pytest.mark.parametrize("case", [c for c in CASES if c != "gradient"])  # mrjob runs no synchronous rounds
+@pytest.mark.parametrize("case, runner", [
+    *((c, "inline") for c in CASES if c != "gradient"),  # mrjob runs no synchronous rounds
+    ("huber-weighted-combine", "local"),  # separate task processes: the payload file and result lines carry it all
+])
 def test_mrjob_equals_local(source, local_runs, case, runner):
     from nnlib.engines.mrjob.engine import MrjobEngine
 
