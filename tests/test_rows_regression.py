@@ -42,7 +42,9 @@ def rows(n: int = N, seed: int = 0):
 
 
 def columns(x, y, y2, w, v) -> dict:
-    return {**{f"f{j}": x[:, j] for j in range(x.shape[1])}, "target": y, "t2": y2, "w": w, "val": v}
+    """The feature columns f0..f9, the targets, a class label (``cls``: above the median), weights, flags."""
+    return {**{f"f{j}": x[:, j] for j in range(x.shape[1])}, "target": y, "t2": y2,
+            "cls": (y > np.median(y)).astype(np.int64), "w": w, "val": v}
 
 
 def write_parquet(folder, cols: dict, cuts=(N,)) -> str:
@@ -65,12 +67,15 @@ def sources(tmp_path):
 
 
 CASES = {
-    "regression": ["model.task=regression", "data.label_column=target", "data.drop_columns=[t2,w,val]"],
+    "regression": ["model.task=regression", "data.label_column=target", "data.drop_columns=[t2,cls,w,val]"],
     "two targets, weights, validation column": ["model.task=regression", "data.label_columns=[target,t2]",
-                                                "data.weight_column=w", "data.validation_column=val"],
+                                                "data.weight_column=w", "data.validation_column=val",
+                                                "data.drop_columns=[cls]"],
     "weights, validation fraction": ["model.task=regression", "data.label_column=target",
                                      "data.weight_column=w", "data.validation_fraction=0.2",
-                                     "data.drop_columns=[t2,val]", "data.standardize_target=false"],
+                                     "data.drop_columns=[t2,cls,val]", "data.standardize_target=false"],
+    "weighted classification, validation column": ["data.label_column=cls", "data.weight_column=w",
+                                                   "data.validation_column=val", "data.drop_columns=[target,t2]"],
 }
 
 
@@ -246,7 +251,8 @@ def test_spark_reads_a_parquet_uri_as_load_columns_reads_the_csv(spark, sources,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["two targets, weights, validation column", "weights, validation fraction"])
+@pytest.mark.parametrize("case", ["two targets, weights, validation column", "weights, validation fraction",
+                                  "weighted classification, validation column"])
 def test_a_run_on_a_parquet_uri_read_by_spark_trains_the_local_csv_runs_weights(spark, sources, case):
     from nnlib.api import train
     from test_engines import spark_engine
@@ -260,8 +266,9 @@ def test_a_run_on_a_parquet_uri_read_by_spark_trains_the_local_csv_runs_weights(
                      warn=lambda _: None)
     assert engine.reader.passes and set(engine.reader.passes) == {"spark"}
     np.testing.assert_array_equal(on_spark.model.params, local.model.params)
-    assert on_spark.rounds[-1]["test_rmse"] == local.rounds[-1]["test_rmse"]
-    assert on_spark.rounds[-1]["val_r2"] == local.rounds[-1]["val_r2"]
+    score = "rmse" if "classification" not in case else "accuracy"
+    assert on_spark.rounds[-1][f"test_{score}"] == local.rounds[-1][f"test_{score}"]
+    assert on_spark.rounds[-1]["val_loss"] == local.rounds[-1]["val_loss"]
 
 
 @pytest.mark.slow
@@ -310,3 +317,28 @@ def test_training_frame_refuses_a_weight_or_flag_column_of_the_wrong_type(spark)
         training_frame(df, "features", "label", validation="flag")
     with pytest.raises(DataError, match=r"^weightCol: the DataFrame has no column 'nope'"):
         training_frame(df, "features", "label", weight="nope")
+
+
+@pytest.mark.slow
+def test_a_dataframes_bad_weight_fails_the_run_in_one_line_naming_partition_row_and_column(spark):
+    from nnlib.api import train
+    from nnlib.engines.spark.ml import training_frame
+    from test_engines import spark_engine
+
+    x, y, _, w, _ = rows(60)
+    w[17] = -2.0
+    df = spark.createDataFrame([(x[i].tolist(), float(y[i]), float(w[i])) for i in range(60)],
+                               ["features", "label", "weight"]).coalesce(1)
+    frame = training_frame(df, "features", "label", weight="weight")
+    engine = spark_engine("stage")
+    source = engine.reader.add_frame(frame, "bad")
+    try:
+        with pytest.raises(DataError) as caught:
+            train(load_config(None, ["engine=spark", f"data.source={source}", "data.features_column=features",
+                                     "model.task=regression", "data.weight_column=weight", "train.rounds=1"]),
+                  engine=engine, write=False, warn=lambda _: None)
+    finally:
+        engine.reader.remove_frame(source)
+        frame.unpersist()
+    assert str(caught.value) == ("data.source partition 0: weight column 'weight' (data.weight_column) must hold "
+                                 "finite numbers >= 0, got -2.0 at sample 17")

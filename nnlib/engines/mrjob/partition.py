@@ -52,8 +52,9 @@ def cut_file(rows: RowKeyed, file: int, scratch: str) -> list[int]:
         folder = shard_folder(root, k)
         fs.create_dir(folder, recursive=True)
         buffer = io.BytesIO()
+        weights = {} if len(parts[0]) < 4 else {"w": np.concatenate([p[3] for p in parts])}  # data.weight_column
         np.savez(buffer, pos=np.concatenate([p[0] for p in parts]), x=np.concatenate([p[1] for p in parts]),
-                 y=np.concatenate([p[2] for p in parts]))
+                 y=np.concatenate([p[2] for p in parts]), **weights)
         with fs.open_output_stream(f"{folder}/part-{file:05d}.npz") as out:
             out.write(buffer.getvalue())
         counts[k] = sum(len(p[2]) for p in parts)
@@ -68,7 +69,7 @@ def read_shard(rows: RowKeyed, index: int, scratch: str) -> Shard:
     filler = ShardFiller(index, rows)
     for info in fs.get_file_info(pafs.FileSelector(shard_folder(root, index), allow_not_found=True)):
         with fs.open_input_file(info.path) as f, np.load(io.BytesIO(f.read())) as part:
-            filler.add(part["pos"], part["x"], part["y"])
+            filler.add(part["pos"], part["x"], part["y"], part["w"] if "w" in part.files else None)
     return filler.finish()
 
 
