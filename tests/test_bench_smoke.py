@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import needs_torch
 
@@ -240,3 +241,58 @@ def test_wide(tmp_path):
         assert spark["met"] == (spark["median_s"] <= spark["target_s"])
         assert spark["over_narrow_s"] == pytest.approx(spark["median_s"] - narrow["median_s"])
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["wide-100x10.parquet", "wide-100x2000.parquet"]
+
+
+@needs_torch
+def test_regression(tmp_path):
+    from sklearn.datasets import load_diabetes, make_friedman1
+
+    from nnlib.api import train
+
+    result = smoke("regression", tmp_path)
+    systems = ["nnlib, 1 mapper", "nnlib, 4 mappers", "scikit-learn MLPRegressor", "plain torch loop"]
+    rows = result["rows"]
+    assert [(r["data"], r["system"]) for r in rows] == [(d, s) for d in ("diabetes", "friedman") for s in systems]
+    for r in rows:  # one seed: its figure is the median
+        assert r["seeds"] == [0] and len(r["r2"]) == len(r["seconds"]) == 1
+        assert (r["median_r2"], r["median_seconds"]) == (r["r2"][0], r["seconds"][0])
+        assert r["r2"][0] <= 1 and r["seconds"][0] > 0
+    by = {(r["data"], r["system"]): r for r in rows}
+    gap = by["friedman", systems[1]]["median_r2"] - by["friedman", systems[3]]["median_r2"]
+    assert result["friedman_4_mappers_minus_torch"] == pytest.approx(gap)
+    assert result["met"] == (gap >= -result["margin"])
+    # each set's own test set is its last 20% (rounded up), the same rows for every system
+    data = tmp_path / "data"
+    for name, (x, y), rows_ in (("diabetes", load_diabetes(return_X_y=True), 442),
+                                ("friedman", make_friedman1(n_samples=2000, noise=1.0, random_state=0), 2000)):
+        shape = result["data"][name]
+        n_test = -(-rows_ // 5)
+        assert (shape["train_rows"], shape["test_rows"]) == (rows_ - n_test, n_test)
+        assert shape["epochs"] == shape["rounds"] * shape["local_epochs"]
+        with np.load(data / ("diabetes.npz" if name == "diabetes" else "friedman1-2000.npz")) as f:
+            np.testing.assert_array_equal(f["x_test"], x[-n_test:])
+            np.testing.assert_array_equal(f["y"], y[:-n_test])
+        # nnlib's figure is the run its settings make (4 mappers, seed 0), read from the same file
+        sets = [s.replace("data.source=", f"data.source={data}/") for s in shape["nnlib_sets"]]
+        run = train(None, sets, write=False)
+        assert run.summary["final_test_r2"] == by[name, systems[1]]["r2"][0]
+
+
+def test_disk_shards(tmp_path):
+    result = smoke("disk_shards", tmp_path)
+    epoch = result["epoch"]
+    assert (epoch["rows"], epoch["features"], epoch["epochs_each"]) == (2000, 784, 2)
+    assert epoch["same_weights"] is True  # exact sampling: the disk runs' weights are the memory runs', bit for bit
+    assert epoch["memory_epoch_s"] == statistics.median(epoch["memory_epochs_s"])
+    assert epoch["disk_epoch_s"] == statistics.median(epoch["disk_epochs_s"])
+    assert epoch["ratio"] == pytest.approx(epoch["disk_epoch_s"] / epoch["memory_epoch_s"])
+    rows = result["memory"]
+    assert [(r["rows"], r["storage"]) for r in rows] == [(n, s) for n in (20_000, 80_000) for s in ("memory", "disk")]
+    for r in rows:
+        assert r["shard_mb"] == r["rows"] * 64 * 4 / 2 ** 20
+        assert r["build_peak_mb"] >= r["fixed_mb"]  # the shard is built in memory with either storage
+    for memory, disk in zip(rows[::2], rows[1::2]):
+        assert memory["loss"] == disk["loss"]  # the same steps on the same rows
+    assert rows[3]["train_peak_mb"] < rows[2]["train_peak_mb"]  # the disk mapper does not hold its shard
+    disk = [r for r in rows if r["storage"] == "disk"]
+    assert result["disk_train_growth"] == pytest.approx(disk[-1]["train_peak_mb"] / disk[0]["train_peak_mb"] - 1)
