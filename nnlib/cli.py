@@ -187,11 +187,6 @@ def report_command(args: argparse.Namespace) -> int:
     dirs = [found for text in args.dirs for found in (sorted(glob.glob(text)) if glob.has_magic(text) else [text])]
     if not dirs:
         raise NnlibError(f"report: {' '.join(args.dirs)} matches no folder")
-    for folder in dirs:  # the report's tables and figures are a classifier's accuracy
-        summary = Path(folder) / "summary.json"
-        if summary.is_file() and '"task": "regression"' in summary.read_text():
-            raise ConfigError(f"report: {folder} is a regression run (model.task=regression); nnlib report "
-                              "draws classification runs so far (its rounds.csv and summary.json hold R², RMSE, MAE)")
     if len(dirs) == 1:
         if args.out:
             raise ConfigError("report: --out is for comparing several runs; the report of one run, sweep or "

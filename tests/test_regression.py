@@ -359,21 +359,6 @@ def test_mlflow_logs_a_regression_runs_metrics(tmp_path):
     assert run.data.metrics["final.final_test_rmse"] == pytest.approx(s["final_test_rmse"])
 
 
-def test_report_and_sweep_refuse_a_regression_run_in_one_line(tmp_path, capsys):
-    src = friedman_csv(tmp_path)
-    train(overrides={**REG, "train.rounds": 1, "data.source": src}, out=tmp_path / "run")
-    assert main(["report", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert "is a regression run (model.task=regression); nnlib report draws classification runs" in err
-    assert err.count("\n") == 1
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(f"set:\n  data.source: {src}\n  data.label_column: target\n"
-                     "cases:\n  - {model.task: regression}\n")
-    assert main(["sweep", str(sweep), "--out", str(tmp_path / "sw")]) == 2
-    err = capsys.readouterr().err
-    assert "model.task=regression runs with nnlib run so far" in err and err.count("\n") == 1, err
-
-
 @pytest.mark.parametrize("loss", ["absolute", "huber"])
 def test_absolute_and_huber_losses_and_their_model_files(tmp_path, loss):
     src = friedman_csv(tmp_path)

@@ -16,6 +16,15 @@ A sweep's figures (``plot_sweep``), each drawn when the sweep varies what it nee
 - ``spread.png`` with two or more repeats: every run's final test accuracy,
   case by case (the accuracies over N random splits).
 
+A sweep of regression runs (``model.task: regression``; its results.csv
+holds ``final_test_r2`` where a classifier's holds ``final_test_accuracy``)
+draws the same figures with the test R² in place of the accuracy, and each
+``<key>.png`` gains a third panel, the final test RMSE in the targets' own
+units. A regression run's figures (``plot_run``) are its test (and
+validation) R² by round and by time (``convergence.png``), its RMSE and MAE
+in the targets' own units (``errors.png``) and its losses in training units
+(``loss.png``), beside the timeline.
+
 Points are means over the repeats; error bars are one standard deviation.
 Training seconds are the sum of the rounds' seconds (``rounds.csv``): the
 run's wall time less the start (Spark session, data loading), which does not
@@ -28,6 +37,7 @@ import io
 import re
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from nnlib.outputs import atomic_write_bytes, read_csv_rows
@@ -64,6 +74,54 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# ---- what a run is scored by -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Score:
+    """The score figures compare runs by: the rounds.csv column (``test_accuracy`` or ``test_r2``), the
+    results.csv columns of its final and best values, and how an axis names it."""
+
+    column: str
+    final: str
+    best: str
+    name: str
+
+
+ACCURACY = Score("test_accuracy", "final_test_accuracy", "best_test_accuracy", "test accuracy")
+R2 = Score("test_r2", "final_test_r2", "best_test_r2", "test R²")
+
+
+def run_is_regression(run_dir: Path) -> bool:
+    """Whether a run directory holds a regression run (summary.json's ``task``)."""
+    import json
+
+    summary = Path(run_dir) / "summary.json"
+    return summary.is_file() and json.loads(summary.read_text()).get("task") == "regression"
+
+
+def target_units(run_dir: Path | None) -> str:
+    """How an axis names a regression metric's units: ``target units``, and with several targets that the metric
+    is their mean (summary.json's ``targets``)."""
+    import json
+
+    summary = None if run_dir is None else Path(run_dir) / "summary.json"
+    targets = json.loads(summary.read_text()).get("targets") if summary is not None and summary.is_file() else None
+    if targets and len(targets) > 1:
+        return f"target units, mean over {len(targets)} targets"
+    return "target units"
+
+
+def loss_units(run_dir: Path) -> str:
+    """The units of a regression run's loss: its training units, standardised targets under
+    ``data.standardize_target`` (config.yaml), else the targets' own."""
+    import yaml
+
+    config = Path(run_dir) / "config.yaml"
+    data = (yaml.safe_load(config.read_text()) or {}).get("data", {}) if config.is_file() else {}
+    standardized = data.get("standardize_target", True) is not False
+    return "training units: standardised targets" if standardized else "training units"
 
 
 # ---- reading a sweep -------------------------------------------------------------------------
@@ -112,17 +170,21 @@ def _finish(ax, xlabel: str, ylabel: str, title: str, log_x: bool = False) -> No
 
 # ---- sweep figures ---------------------------------------------------------------------------
 
-def _key_figure(ok: list[dict], key: str, others: list[str], out: Path) -> Path:
-    """Time and accuracy against one numeric key."""
-    fig, (left, right) = _figure(2)
+def _key_figure(ok: list[dict], key: str, others: list[str], out: Path, score: Score = ACCURACY,
+                units: str = "") -> Path:
+    """Time and the score against one numeric key; a regression sweep's (``units`` given) also its RMSE."""
+    fig, (left, right, *rest) = _figure(3 if units else 2)
     per_round = key != "mappers"  # a larger batch means fewer steps a round: compare a round's seconds
     time_metric = "seconds_per_round" if per_round else "train_seconds"
     _draw_series(left, _series(ok, key, others, time_metric))
-    _draw_series(right, _series(ok, key, others, "final_test_accuracy"))
+    _draw_series(right, _series(ok, key, others, score.final))
     log_x = key == "mappers" and min(r[key] for r in ok) >= 1
     _finish(left, key, "seconds per round (s)" if per_round else "training seconds (s)",
             f"{'time per round' if per_round else 'training time'} against {key}", log_x)
-    _finish(right, key, "final test accuracy", f"test accuracy against {key}", log_x)
+    _finish(right, key, f"final {score.name}", f"{score.name} against {key}", log_x)
+    if rest:
+        _draw_series(rest[0], _series(ok, key, others, "final_test_rmse"))
+        _finish(rest[0], key, f"final test RMSE ({units})", f"test RMSE against {key}", log_x)
     return _save(fig, out / f"{_slug(key)}.png")
 
 
@@ -150,8 +212,9 @@ def _speedup_figure(ok: list[dict], others: list[str], out: Path) -> Path | None
     return _save(fig, out / "speedup.png")
 
 
-def _mean_curve(run_dirs: list[Path]) -> tuple[list[float], list[float], list[float]] | None:
-    """``(rounds, mean cumulative seconds, mean test accuracy)`` over runs, up to the shortest run."""
+def _mean_curve(run_dirs: list[Path], column: str = "test_accuracy") -> tuple[list[float], list[float],
+                                                                           list[float]] | None:
+    """``(rounds, mean cumulative seconds, mean of rounds.csv's column)`` over runs, up to the shortest run."""
     tables = [read_csv_rows(d / "rounds.csv") for d in run_dirs]
     tables = [t for t in tables if t]
     if not tables:
@@ -159,11 +222,12 @@ def _mean_curve(run_dirs: list[Path]) -> tuple[list[float], list[float], list[fl
     n = min(len(t) for t in tables)
     rounds = list(range(1, n + 1))
     seconds = [statistics.mean(sum(r["seconds"] for r in t[: i + 1]) for t in tables) for i in range(n)]
-    accuracy = [statistics.mean(t[i]["test_accuracy"] for t in tables) for i in range(n)]
+    accuracy = [statistics.mean(t[i][column] for t in tables) for i in range(n)]
     return rounds, seconds, accuracy
 
 
-def _convergence_figure(curves: dict[str, tuple], sequential: set[str], out: Path) -> Path | None:
+def _convergence_figure(curves: dict[str, tuple], sequential: set[str], out: Path,
+                        score: Score = ACCURACY) -> Path | None:
     if not curves or max(len(c[0]) for c in curves.values()) < 2:
         return None
     fig, (left, right) = _figure(2)
@@ -176,15 +240,15 @@ def _convergence_figure(curves: dict[str, tuple], sequential: set[str], out: Pat
         left.plot(rounds, accuracy, marker=".", label=name, **style)
         right.plot(seconds, accuracy, marker=".", label=name, **style)
     left.xaxis.get_major_locator().set_params(integer=True)
-    _finish(left, "round", "test accuracy", "convergence by round")
-    _finish(right, "training seconds (s)", "test accuracy", "convergence by time")
+    _finish(left, "round", score.name, "convergence by round")
+    _finish(right, "training seconds (s)", score.name, "convergence by time")
     return _save(fig, out / "convergence.png")
 
 
-def _spread_figure(ok: list[dict], out: Path) -> Path | None:
+def _spread_figure(ok: list[dict], out: Path, score: Score = ACCURACY) -> Path | None:
     by_case: dict[str, list[float]] = defaultdict(list)
     for row in ok:
-        by_case[row["case"]].append(row["final_test_accuracy"])
+        by_case[row["case"]].append(row[score.final])
     if max((len(v) for v in by_case.values()), default=0) < 2:
         return None
     fig, (ax,) = _figure(1, width=max(5.2, 0.6 * len(by_case) + 2))
@@ -192,7 +256,7 @@ def _spread_figure(ok: list[dict], out: Path) -> Path | None:
         ax.scatter([i] * len(values), values, alpha=0.6, color="C0")
         ax.hlines(statistics.mean(values), i - 0.3, i + 0.3, color="C3")
     ax.set_xticks(range(len(by_case)), list(by_case), rotation=30, ha="right", fontsize=8)
-    _finish(ax, "case", "final test accuracy", "final test accuracy of every repeat (red: mean)")
+    _finish(ax, "case", f"final {score.name}", f"final {score.name} of every repeat (red: mean)")
     return _save(fig, out / "spread.png")
 
 
@@ -206,11 +270,14 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
     out = sweep_dir / "plots"
     out.mkdir(exist_ok=True)
     varied = sweep_varied_keys(results)
+    regression = "final_test_r2" in results[0]
+    score = R2 if regression else ACCURACY
+    units = target_units(sweep_dir / ok[0]["run"]) if regression else ""
     paths: list[Path | None] = []
     for key in varied:
         if all(_is_number(r.get(key)) for r in ok) and len({r[key] for r in ok}) > 1:
             others = [k for k in varied if k != key]
-            paths.append(_key_figure(ok, key, others, out))
+            paths.append(_key_figure(ok, key, others, out, score, units))
             if key == "mappers":
                 paths.append(_speedup_figure(ok, others, out))
     by_case: dict[str, list[Path]] = defaultdict(list)
@@ -219,11 +286,11 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
         by_case[row["case"]].append(sweep_dir / row["run"])
         if _is_sequential(row):
             sequential.add(row["case"])
-    curves = {case: c for case, dirs in by_case.items() if (c := _mean_curve(dirs))}
-    paths.append(_convergence_figure(curves, sequential, out))
+    curves = {case: c for case, dirs in by_case.items() if (c := _mean_curve(dirs, score.column))}
+    paths.append(_convergence_figure(curves, sequential, out, score))
     widest = max(ok, key=lambda r: r.get("mappers") if _is_number(r.get("mappers")) else 0)  # the first such
     paths.append(timeline_figure(sweep_dir / widest["run"], out / "timeline.png", f"run {widest['run']}"))
-    paths.append(_spread_figure(ok, out))
+    paths.append(_spread_figure(ok, out, score))
     return [p for p in paths if p is not None]
 
 
@@ -302,6 +369,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
+    if run_is_regression(run_dir):
+        return [p for p in [*_regression_run_figures(run_dir, out), timeline_figure(run_dir, out / "timeline.png")]
+                if p is not None]
     paths = []
     curve = _mean_curve([run_dir])
     if curve is not None:
@@ -315,6 +385,55 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         paths.append(_save(fig, out / "convergence.png"))
     paths.append(timeline_figure(run_dir, out / "timeline.png"))
     return [p for p in paths if p is not None]
+
+
+def _curves(ax, rows: list[dict], x: list[float], columns: list[tuple[str, str, str]]) -> None:
+    """Plot rounds.csv's ``columns`` ``(column, label, line style)`` against ``x``; empty cells (no validation
+    set) are left out."""
+    for column, label, style in columns:
+        points = [(xi, r[column]) for xi, r in zip(x, rows) if _is_number(r.get(column))]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", linestyle=style, label=label)
+
+
+def _regression_run_figures(run_dir: Path, out: Path) -> list[Path]:
+    """A regression run's figures: R² by round and by time, RMSE and MAE by round (the targets' own units),
+    and the losses by round (training units); the validation set's dashed beside the test set's."""
+    rows = read_csv_rows(run_dir / "rounds.csv")
+    if not rows:
+        return []
+    rounds = [r["round"] for r in rows]
+    seconds = [sum(r["seconds"] for r in rows[: i + 1]) for i in range(len(rows))]
+    units = target_units(run_dir)
+    # an axis names the sets it shows: "test R²", or "R² (test, validation)" with a validation set
+    sets = "" if not any(_is_number(r.get("val_r2")) for r in rows) else " (test, validation)"
+
+    def named(metric: str, unit: str = "") -> str:
+        inside = ", ".join(p for p in (sets[2:-1], unit) if p)
+        return f"{metric} ({inside})" if sets else f"test {metric}" + (f" ({unit})" if unit else "")
+
+    r2 = [("test_r2", "test", "-"), ("val_r2", "validation", "--")]
+    fig, (left, right) = _figure(2)
+    _curves(left, rows, rounds, r2)
+    _curves(right, rows, seconds, r2)
+    left.xaxis.get_major_locator().set_params(integer=True)
+    _finish(left, "round", named("R²"), "R² by round")
+    _finish(right, "training seconds (s)", named("R²"), "R² by time")
+    paths = [_save(fig, out / "convergence.png")]
+    fig, (left, right) = _figure(2)
+    for ax, name in ((left, "rmse"), (right, "mae")):
+        _curves(ax, rows, rounds, [(f"test_{name}", "test", "-"), (f"val_{name}", "validation", "--")])
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        _finish(ax, "round", named(name.upper(), units), f"{name.upper()} by round")
+    paths.append(_save(fig, out / "errors.png"))
+    fig, (ax,) = _figure(1)
+    _curves(ax, rows, rounds, [("train_loss", "train", ":"), ("test_loss", "test", "-"),
+                               ("val_loss", "validation", "--")])
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    _finish(ax, "round", f"loss ({loss_units(run_dir)})", "loss by round")
+    paths.append(_save(fig, out / "loss.png"))
+    return paths
 
 
 # ---- split-search figures --------------------------------------------------------------------

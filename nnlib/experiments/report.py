@@ -23,7 +23,9 @@ from pathlib import Path
 from nnlib.errors import NnlibError
 from nnlib.util.machine import describe
 from nnlib.outputs import atomic_write_bytes, read_csv_rows
-from nnlib.experiments.plots import mean_std, plot_run, plot_sweep, sweep_varied_keys
+from nnlib.experiments.plots import (loss_units, mean_std, plot_run, plot_sweep, run_is_regression,
+                                     sweep_varied_keys, target_units)
+from nnlib.experiments.sweep import is_regression_results
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,27 @@ CAPTIONS = {
 
 RUN_CAPTIONS = {"convergence": "Test accuracy after every round, against round and against training seconds."}
 
+# a regression run's or sweep's figures (model.task=regression): R² where a classifier's show accuracy
+REGRESSION_CAPTIONS = {
+    **CAPTIONS,
+    "convergence": "Test R² against round and against training seconds (mean over repeats); "
+                   "dashed black: one mapper (sequential).",
+    "spread": "Final test R² of every repeat (each its own seed and random split); red: mean.",
+}
+REGRESSION_RUN_CAPTIONS = {
+    "convergence": "Test R² (solid) and validation R² (dashed, with a validation set) after every round, against "
+                   "round and against training seconds.",
+    "errors": "Test and validation RMSE and MAE after every round, in the targets' own units.",
+    "loss": "Training, test and validation loss after every round, in training units (the targets standardised "
+            "under data.standardize_target).",
+}
 
-def _caption(path: Path) -> str:
+
+def _caption(path: Path, regression: bool = False) -> str:
+    if regression:
+        return REGRESSION_CAPTIONS.get(path.stem, f"Training time, final test R² and final test RMSE against "
+                                                  f"{path.stem} (mean over repeats, error bars one standard "
+                                                  "deviation).")
     return CAPTIONS.get(path.stem, f"Training time and final test accuracy against {path.stem} "
                                    "(mean over repeats, error bars one standard deviation).")
 
@@ -128,19 +149,26 @@ def sweep_blocks(sweep_dir: Path) -> list:
     by_case: dict[str, list[dict]] = defaultdict(list)
     for row in results:
         by_case[row["case"]].append(row)
-    columns = varied + ["runs", "final test accuracy", "best test accuracy", "training s", "s per round",
-                        "s to target", "max mapper s", "overhead s per round"]
-    rows = []
-    for case_rows in by_case.values():
-        done = [r for r in case_rows if r["status"] == "ok"]
-        rows.append([case_rows[0].get(k) for k in varied] + [
-            f"{len(done)}/{len(case_rows)}", _mean_std(_numbers(done, "final_test_accuracy")),
-            _mean_std(_numbers(done, "best_test_accuracy")), _mean_std(_numbers(done, "train_seconds")),
-            _mean_std(_numbers(done, "seconds_per_round")), _mean_std(_numbers(done, "seconds_to_target")),
-            _mean_std(_numbers(done, "max_mapper_seconds")), _mean_std(_numbers(done, "mean_overhead_seconds"))])
-    blocks += [Heading("Cases"), Table(columns, rows)]
-    blocks += [Heading("Figures")] + [Figure(p, _caption(p)) for p in plot_sweep(sweep_dir)]
-    run_columns = ["run", "seed", *varied, "status", "final_test_accuracy", "train_seconds", "wall_seconds"]
+    regression = is_regression_results(results)
+    if regression:
+        blocks += _regression_cases(sweep_dir, by_case, varied)
+    else:
+        columns = varied + ["runs", "final test accuracy", "best test accuracy", "training s", "s per round",
+                            "s to target", "max mapper s", "overhead s per round"]
+        rows = []
+        for case_rows in by_case.values():
+            done = [r for r in case_rows if r["status"] == "ok"]
+            rows.append([case_rows[0].get(k) for k in varied] + [
+                f"{len(done)}/{len(case_rows)}", _mean_std(_numbers(done, "final_test_accuracy")),
+                _mean_std(_numbers(done, "best_test_accuracy")), _mean_std(_numbers(done, "train_seconds")),
+                _mean_std(_numbers(done, "seconds_per_round")), _mean_std(_numbers(done, "seconds_to_target")),
+                _mean_std(_numbers(done, "max_mapper_seconds")),
+                _mean_std(_numbers(done, "mean_overhead_seconds"))])
+        blocks += [Heading("Cases"), Table(columns, rows)]
+    blocks += [Heading("Figures")] + [Figure(p, _caption(p, regression)) for p in plot_sweep(sweep_dir)]
+    scores = (["final_test_r2", "final_test_rmse", "final_test_mae", "final_test_loss"] if regression
+              else ["final_test_accuracy"])
+    run_columns = ["run", "seed", *varied, "status", *scores, "train_seconds", "wall_seconds"]
     blocks += [Heading("Every run"), Table(run_columns, [[r.get(c) for c in run_columns] for r in results])]
     if failed:
         blocks += [Heading("Failed runs"), Table(["run", "error"], [[r["run"], r["error"]] for r in failed])]
@@ -167,6 +195,37 @@ def sweep_blocks(sweep_dir: Path) -> list:
     return blocks
 
 
+def _regression_cases(sweep_dir: Path, by_case: dict[str, list[dict]], varied: list[str]) -> list:
+    """The cases of a regression sweep compared by their final test R² (highest first): R², RMSE, MAE and loss on
+    the test set, then on the validation set when the runs had one, then the times."""
+    units = target_units(next((sweep_dir / r["run"] for rows in by_case.values() for r in rows
+                               if r["status"] == "ok"), None))
+    sets = [("test", "final_test_")]
+    if any(_numbers(rows, "final_val_r2") for rows in by_case.values()):
+        sets.append(("validation", "final_val_"))
+    columns = varied + ["runs"]
+    for name, _ in sets:
+        columns += [f"final {name} R²", f"final {name} RMSE", f"final {name} MAE", f"final {name} loss"]
+    columns += ["best test R²", "training s", "s per round", "max mapper s", "overhead s per round"]
+    ranked = []
+    for case_rows in by_case.values():
+        done = [r for r in case_rows if r["status"] == "ok"]
+        row = [case_rows[0].get(k) for k in varied] + [f"{len(done)}/{len(case_rows)}"]
+        for _, prefix in sets:
+            row += [_mean_std(_numbers(done, prefix + s)) for s in ("r2", "rmse", "mae", "loss")]
+        row += [_mean_std(_numbers(done, k)) for k in ("best_test_r2", "train_seconds", "seconds_per_round",
+                                                       "max_mapper_seconds", "mean_overhead_seconds")]
+        r2 = _numbers(done, "final_test_r2")
+        ranked.append((statistics.mean(r2) if r2 else float("-inf"), row, case_rows[0]["case"]))
+    ranked.sort(key=lambda item: -item[0])  # stable: cases of equal R² keep the sweep's order
+    blocks: list = [Heading("Cases"), Para(
+        f"Cases by final test R², highest first; RMSE and MAE in {units} (the targets' own), the loss in "
+        "training units.")]
+    if ranked and ranked[0][0] != float("-inf"):
+        blocks.append(Para(f"Highest final test R²: {ranked[0][2]} ({ranked[0][0]:.4g})."))
+    return blocks + [Table(columns, [row for _, row, _ in ranked])]
+
+
 # ---- several runs compared -------------------------------------------------------------------
 
 COMPARE_FILE = "compare.json"  # in a comparison's folder: the runs compared and the command that made it
@@ -187,7 +246,7 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     import yaml
 
     from nnlib.config import flatten
-    from nnlib.experiments.sweep import RESULT_COLUMNS, Run, _result_row
+    from nnlib.experiments.sweep import Run, _result_row, result_columns
     from nnlib.outputs import csv_bytes
 
     dirs = [Path(d) for d in run_dirs]
@@ -199,6 +258,14 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
                              "compared")
     if len(set(map(Path.resolve, dirs))) < 2:
         raise NnlibError(f"report: comparing runs needs two or more run directories, got {len(dirs)}")
+    regression = [d for d in dirs if run_is_regression(d)]
+    if regression and len(regression) < len(dirs):  # one table compares them: by accuracy or by R², not both
+        classification = [d for d in dirs if d not in regression]
+        raise NnlibError(f"report: {', '.join(map(str, regression))} "
+                         f"{'is a regression run' if len(regression) == 1 else 'are regression runs'} "
+                         f"(model.task=regression) and {', '.join(map(str, classification))} "
+                         f"{'is a classification run' if len(classification) == 1 else 'are classification runs'}"
+                         "; a report compares runs of one task (by test accuracy or by test R²): report them apart")
     configs = [flatten(yaml.safe_load((d / "config.yaml").read_text()) or {}) for d in dirs]
     keys = list(dict.fromkeys(k for c in configs for k in c))
     varied = [k for k in keys if k != "seed" and len({repr(c.get(k)) for c in configs}) > 1]
@@ -210,7 +277,8 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
                 for k in varied}
         run = Run(os.path.relpath(d.resolve(), out.resolve()), case, config.get("seed", 0), [])
         rows.append(_result_row(run, d, None, None))
-    columns = RESULT_COLUMNS[:3] + varied + RESULT_COLUMNS[3:]
+    every = result_columns(bool(regression))
+    columns = every[:3] + varied + every[3:]
     atomic_write_bytes(out / "results.csv", csv_bytes(columns, [{c: r.get(c, "") for c in columns} for r in rows]))
     command = shlex.join(["nnlib", "report", *(str(d.resolve()) for d in dirs), "--out", str(out.resolve())])
     atomic_write_bytes(out / COMPARE_FILE, (json.dumps(
@@ -224,16 +292,31 @@ def run_blocks(run_dir: Path) -> list:
     summary = json.loads((run_dir / "summary.json").read_text())
     rounds = read_csv_rows(run_dir / "rounds.csv")
     mappers = read_csv_rows(run_dir / "mapper_times.csv")
-    keys = ["final_test_accuracy", "final_test_loss", "final_train_loss", "wall_seconds", "train_seconds",
-            "rounds_run", "engine", "mappers", "combine", "backend", "n_train", "n_test", "model_type",
+    regression = summary.get("task") == "regression"
+    scores = (["task", "targets", "final_test_r2", "final_test_rmse", "final_test_mae"] if regression
+              else ["final_test_accuracy"])
+    keys = [*scores, "final_test_loss", "final_train_loss", "wall_seconds", "train_seconds",
+            "rounds_run", "engine", "mappers", "combine", "backend", "n_train", "n_test", "n_val", "model_type",
             "layer_sizes", "image_shape", "channels", "n_params", "driver_peak_rss_mb", "best_round",
             "baseline_test_accuracy", "split_method", "split_cross_coupling"]
+    if not regression:
+        keys.remove("n_val")  # a classifier's table as it was
     blocks: list = [Heading(f"nnlib run: {run_dir.name}", 1),
                     Para(f"Report written {time.strftime('%Y-%m-%d %H:%M')}."),
                     Table(["", "value"], [[k, _fmt(summary.get(k))] for k in keys if k in summary])]
-    blocks += [Heading("Figures")] + [Figure(p, RUN_CAPTIONS.get(p.stem, _caption(p))) for p in plot_run(run_dir)]
-    columns = ["round", "test_accuracy", "test_loss", "train_loss", "seconds", "max_mapper_seconds",
-               "overhead_seconds"]
+    captions = REGRESSION_RUN_CAPTIONS if regression else RUN_CAPTIONS
+    blocks += [Heading("Figures")] + [Figure(p, captions.get(p.stem, _caption(p, regression)))
+                                      for p in plot_run(run_dir)]
+    if regression:
+        validation = any(isinstance(r.get("val_r2"), (int, float)) for r in rounds)
+        columns = ["round", "test_r2", "test_rmse", "test_mae", "test_loss",
+                   *(["val_r2", "val_rmse", "val_mae", "val_loss"] if validation else []), "train_loss",
+                   "seconds", "max_mapper_seconds", "overhead_seconds"]
+        blocks.append(Para(f"RMSE and MAE in {target_units(run_dir)} (the targets' own), losses in "
+                           f"{loss_units(run_dir)}."))
+    else:
+        columns = ["round", "test_accuracy", "test_loss", "train_loss", "seconds", "max_mapper_seconds",
+                   "overhead_seconds"]
     shown = rounds if len(rounds) <= 60 else rounds[:30] + rounds[-30:]
     blocks += [Heading("Rounds"), Table(columns, [[r[c] for c in columns] for r in shown])]
     if len(shown) < len(rounds):

@@ -10,7 +10,7 @@ A sweep file (YAML)::
     cases:                         # ... or (and) a list of cases, each a set of overrides
       - {engine: local}
     repeats: 3                     # each case with seeds seed, seed+1, ... (default 1)
-    target_accuracy: 0.95          # optional: report the training seconds to reach it
+    target_accuracy: 0.95          # optional: report the training seconds to reach it (classifiers only)
 
 Every case is checked (keys, types, ranges) before anything runs; a mistake
 stops the sweep in one line naming the case. Each run is ``nnlib run`` in a
@@ -20,6 +20,13 @@ one-line error and the sweep goes on). Running the sweep again skips the
 runs that finished and redoes the others. When the runs are done the
 figures of :mod:`nnlib.experiments.plots` are drawn into ``plots/``; ``sweep.yaml`` and
 ``sweep.json`` keep the sweep file as run and the command that reruns it.
+
+The cases of a sweep are all classifiers or all regressions
+(``model.task``), since one table compares them: a classifier's row holds
+its final and best test accuracy (:data:`RESULT_COLUMNS`), a regression's
+its test and validation R², RMSE, MAE and loss (:data:`REGRESSION_COLUMNS`),
+and its report ranks the cases by test R². Cases of both tasks, or a
+``target_accuracy`` with regression cases, stop the sweep in one line.
 """
 
 from __future__ import annotations
@@ -40,6 +47,24 @@ RESULT_COLUMNS = ["run", "case", "seed", "status", "final_test_accuracy", "best_
                   "seconds_to_target", "rounds_run", "wall_seconds", "train_seconds", "seconds_per_round",
                   "mean_mapper_seconds", "max_mapper_seconds",
                   "mean_overhead_seconds", "error"]
+# a regression run's row (model.task=regression): its R², RMSE, MAE and loss on the test and validation sets
+# (the RMSE and MAE in the targets' own units, the loss in training units; the validation ones empty without a
+# validation set) where a classifier's has its accuracy; the best round is the one of the highest test R²
+REGRESSION_COLUMNS = ["run", "case", "seed", "status", "final_test_r2", "best_test_r2", "final_test_rmse",
+                      "final_test_mae", "final_test_loss", "final_val_r2", "final_val_rmse", "final_val_mae",
+                      "final_val_loss", "rounds_run", "wall_seconds", "train_seconds", "seconds_per_round",
+                      "mean_mapper_seconds", "max_mapper_seconds", "mean_overhead_seconds", "error"]
+REGRESSION_SCORES = ("r2", "rmse", "mae", "loss")  # the rounds.csv columns test_* and val_* of a regression run
+
+
+def result_columns(regression: bool) -> list[str]:
+    """The results.csv columns of a sweep's runs, the varied keys going after ``seed`` (the first three)."""
+    return list(REGRESSION_COLUMNS if regression else RESULT_COLUMNS)
+
+
+def is_regression_results(results: list[dict]) -> bool:
+    """Whether results.csv rows (:func:`nnlib.outputs.read_csv_rows`) are of regression runs (their columns)."""
+    return bool(results) and "final_test_r2" in results[0]
 
 
 @dataclass(frozen=True)
@@ -88,20 +113,31 @@ def plan_sweep(path: str | Path, extra: list[str] = ()) -> tuple[Path | None, li
     target = tree.get("target_accuracy")
     if target is not None and not (isinstance(target, (int, float)) and 0 < target <= 1):
         raise ConfigError(f"sweep {path}: 'target_accuracy' must be in (0, 1], got {target!r}")
-    runs = []
+    runs, tasks = [], {}
     for i, case in enumerate(cases):
         overrides = shared + [_as_override(k, v) for k, v in case.items()]
         try:
             config = load_config(base, overrides)
         except ConfigError as exc:
             raise ConfigError(f"sweep {path}: case {i} ({_case_label(case)}): {exc}") from None
-        if config.model.regression:  # its rows, tables and plots are a classifier's accuracy
-            raise ConfigError(f"sweep {path}: case {i} ({_case_label(case)}): model.task=regression runs with "
-                              "nnlib run so far; a sweep compares classifiers' test accuracy")
+        tasks[i] = config.model.task
+        if config.model.regression and target is not None:
+            raise ConfigError(f"sweep {path}: case {i} ({_case_label(case)}): target_accuracy={target} is a "
+                              "classifier's test accuracy; a model.task=regression case has none (leave it out)")
         for r in range(repeats):
             seed = config.seed + r
             runs.append(Run(f"case{i:03d}-seed{seed}", case, seed, [*overrides, f"seed={seed}"]))
+    if len(set(tasks.values())) > 1:  # one table compares them: accuracy or R², not both
+        named = "; ".join(f"{task}: " + ", ".join(f"case {i} ({_case_label(cases[i])})" for i, t in tasks.items()
+                                                  if t == task) for task in ("classification", "regression"))
+        raise ConfigError(f"sweep {path}: its cases mix model.task=classification and regression ({named}); a "
+                          "sweep compares runs of one task (by test accuracy or by test R²): sweep them apart")
     return base, runs, target
+
+
+def is_regression_plan(runs: list[Run], base: Path | None) -> bool:
+    """Whether a planned sweep's runs are regression runs (they are all of one task: :func:`plan_sweep`)."""
+    return bool(runs) and load_config(base, runs[0].overrides).model.regression
 
 
 def _result_row(run: Run, run_dir: Path, target: float | None, error: str | None) -> dict:
@@ -118,13 +154,35 @@ def _result_row(run: Run, run_dir: Path, target: float | None, error: str | None
         elapsed += r["seconds"]
         if target is not None and to_target is None and r["test_accuracy"] >= target:
             to_target = elapsed
-    return {**row, "status": "ok", "final_test_accuracy": summary["final_test_accuracy"],
-            "best_test_accuracy": max(r["test_accuracy"] for r in rounds), "seconds_to_target": to_target,
+    if summary.get("task") == "regression":
+        # the final figures are the model's (summary.json: the best round's with train.patience), the validation
+        # ones those of the model's round in rounds.csv
+        kept = _kept_round(rounds, summary)
+        scores = {f"final_test_{s}": summary[f"final_test_{s}"] for s in REGRESSION_SCORES}
+        scores.update({f"final_val_{s}": _number(kept.get(f"val_{s}")) for s in REGRESSION_SCORES})
+        scores["best_test_r2"] = max(r["test_r2"] for r in rounds)
+    else:
+        scores = {"final_test_accuracy": summary["final_test_accuracy"],
+                  "best_test_accuracy": max(r["test_accuracy"] for r in rounds), "seconds_to_target": to_target}
+    return {**row, "status": "ok", **scores,
             "rounds_run": len(rounds), "wall_seconds": summary["wall_seconds"],
             "train_seconds": elapsed, "seconds_per_round": elapsed / len(rounds),
             "mean_mapper_seconds": statistics.mean(m["train_seconds"] for m in mappers),
             "max_mapper_seconds": max(m["train_seconds"] for m in mappers),
             "mean_overhead_seconds": statistics.mean(r["overhead_seconds"] for r in rounds), "error": ""}
+
+
+def _kept_round(rounds: list[dict], summary: dict) -> dict:
+    """The rounds.csv row of the round whose weights the run's model holds (``best_round`` with
+    ``train.patience``, numbered from 1 as the rows; else the last)."""
+    best = summary.get("best_round")
+    found = [r for r in rounds if r["round"] == best] if isinstance(best, int) else []
+    return found[0] if found else rounds[-1]
+
+
+def _number(value):
+    """A rounds.csv cell as a number, or None when empty (no validation set)."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _last_error_line(stderr: str) -> str:
@@ -148,7 +206,8 @@ def run_sweep(path: str | Path, out: str | Path | None = None, extra: list[str] 
     out.mkdir(parents=True, exist_ok=True)
     _record_sweep(Path(path), out, extra)
     varied = list(dict.fromkeys(k for run in runs for k in run.case))
-    columns = RESULT_COLUMNS[:3] + varied + RESULT_COLUMNS[3:]
+    every = result_columns(is_regression_plan(runs, base))
+    columns = every[:3] + varied + every[3:]
     rows: list[dict] = []
     skipped = 0
     from tqdm import tqdm
