@@ -230,16 +230,14 @@ def split_search_command(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    """Predict DATA with a model; print the rows, accuracy and loss (with labels) and where the file is."""
+    """Predict DATA with a model; print the rows, accuracy and loss (with labels; a regressor's RMSE, MAE, R² and
+    loss with its targets), weighted by ``--set data.weight_column=NAME``, and where the file is."""
     from nnlib.model.model import Model
     from nnlib.model.predict import predict_engine, predict_source
 
     if predict_engine(args.overrides) == "spark":  # scored in Spark's executors, written by Spark
         from nnlib.engines.spark.predict import predict_spark
 
-        if Model.load(args.model).is_regressor:
-            raise ConfigError(f"nnlib predict: {args.model} is a regressor (model.task=regression), which predicts "
-                              "on engine=local so far, got engine=spark")
         done = predict_spark(args.model, args.data, args.overrides, args.out, args.overwrite)
     else:
         done = predict_source(Model.load(args.model), args.data, args.overrides, args.out, args.overwrite)

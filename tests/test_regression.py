@@ -386,9 +386,6 @@ def test_nnlib_predict_of_a_regressor(tmp_path, capsys):
     table = pq.read_table(tmp_path / "p.parquet")
     assert table.column_names == ["row", "prediction"]
     np.testing.assert_array_equal(table.column("prediction").to_numpy(), load_model(tmp_path / "run").predict(x))
-    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "f.npz"), "--set", "engine=spark"]) == 2
-    err = capsys.readouterr().err
-    assert "is a regressor (model.task=regression), which predicts on engine=local so far" in err
 
 
 def test_combine_weighted_weighs_mappers_by_their_total_weight(tmp_path):

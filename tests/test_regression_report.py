@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from nnlib.api import train
 from nnlib.cli import main
+from nnlib.data.dataset import _split
 from nnlib.experiments import plots
+from nnlib.model.model import load_model
 from nnlib.outputs import read_csv_rows
 from test_regression import N, REG, friedman1, friedman_csv, write_csv
 
@@ -189,3 +192,174 @@ def test_a_sweep_of_regression_cases_compares_them_by_r2(tmp_path, capsys, axes)
     best = max(mean, key=mean.get)
     assert f"Highest final test R²: mappers={best} ({mean[best]:.4g})." in md
     assert "| mappers | runs | final test R² | final test RMSE | final test MAE | final test loss |" in md
+
+
+# ---- nnlib predict: weighted figures ------------------------------------------------------------------------
+
+def _test_rows_csv(tmp_path, src_columns: dict, name: str) -> str:
+    """The run's own test rows (the split every run of seed 0 makes), in its order, as a CSV file."""
+    _, test_idx = _split(N, 0.2, 0)
+    return write_csv(tmp_path / name, {k: np.asarray(v)[test_idx] for k, v in src_columns.items()})
+
+
+def _columns(w, **extra) -> dict:
+    x, y = friedman1()
+    return {**{f"f{j}": x[:, j] for j in range(10)}, "target": y, "w": w, **extra}
+
+
+def test_weighted_predict_of_a_regressors_test_rows_is_the_runs_final_figures(tmp_path, capsys):
+    src, w = weighted_csv(tmp_path)
+    run = train(overrides={**QUICK, "data.source": src, "data.weight_column": "w"}, out=tmp_path / "run").summary
+    test = _test_rows_csv(tmp_path, _columns(w), "test.csv")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), test, "--set", "data.weight_column=w",
+                 "--out", str(tmp_path / "p.parquet")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"predict: {N // 5} rows; RMSE {run['final_test_rmse']:.6g}, MAE {run['final_test_mae']:.6g}"
+                          f", R² {run['final_test_r2']:.4f}, loss {run['final_test_loss']:.4f}")
+    from nnlib.model.predict import predict_source
+
+    model = load_model(tmp_path / "run")
+    done = predict_source(model, test, ["data.weight_column=w"])
+    assert (done.rmse, done.mae, done.r2, done.loss) == (run["final_test_rmse"], run["final_test_mae"],
+                                                         run["final_test_r2"], run["final_test_loss"])
+    plain = predict_source(model, test)  # the same rows unweighted: other figures (the test can fail)
+    assert plain.rmse != done.rmse and plain.r2 != done.r2
+    assert pq.read_table(tmp_path / "p.parquet").column_names == ["row", "prediction"]  # the weight is no output
+
+
+def test_weighted_predict_of_a_classifiers_test_rows_is_the_runs_final_figures(tmp_path):
+    x, y = friedman1()
+    w = np.random.default_rng(3).uniform(0.2, 4.0, size=N)
+    columns = {**{f"f{j}": x[:, j] for j in range(10)}, "label": (y > np.median(y)).astype(np.int64), "w": w}
+    src = write_csv(tmp_path / "c.csv", columns)
+    run = train(overrides={"data.source": src, "data.label_column": "label", "data.weight_column": "w",
+                           "train.rounds": 3, "model.hidden": [16], "mappers": 2}, out=tmp_path / "run").summary
+    test = _test_rows_csv(tmp_path, columns, "test.csv")
+    from nnlib.model.predict import predict_source
+
+    model = load_model(tmp_path / "run")
+    done = predict_source(model, test, ["data.weight_column=w"])
+    assert (done.accuracy, done.loss) == (run["final_test_accuracy"], run["final_test_loss"])
+    _, test_idx = _split(N, 0.2, 0)
+    hit = model.predict(x[test_idx]) == columns["label"][test_idx]
+    assert done.accuracy == pytest.approx(w[test_idx][hit].sum() / w[test_idx].sum(), rel=1e-12)
+    assert done.accuracy != hit.mean()  # unweighted it would be another figure: the test can fail
+
+
+@pytest.mark.parametrize("sets,extra,expected", [
+    (["data.weight_column=weights"], {}, "nnlib: error: data.weight_column: {test} has no column 'weights' "),
+    (["data.weight_column=w"], {"w": "neg"}, "weight column 'w' (data.weight_column) must hold finite numbers >= 0, "
+                                             "got -1.0 at sample 3"),
+    (["data.weight_column=target"], {}, "data.weight_column, data.validation_column, the key and the label "
+                                        "column(s) must be different columns, got 'target' twice"),
+])
+def test_a_bad_weight_column_in_predict_is_one_line(tmp_path, capsys, sets, extra, expected):
+    src, w = weighted_csv(tmp_path)
+    train(overrides={**QUICK, "train.rounds": 1, "data.source": src, "data.weight_column": "w"}, out=tmp_path / "run")
+    if extra.get("w") == "neg":
+        w = w.copy()
+        w[3] = -1.0
+    test = write_csv(tmp_path / "test.csv", _columns(w))
+    capsys.readouterr()
+    argv = ["predict", str(tmp_path / "run"), test, "--out", str(tmp_path / "p.parquet")]
+    for item in sets:
+        argv += ["--set", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected.format(test=test) in err and err.count("\n") == 1, err
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_a_weight_column_on_a_source_without_columns_is_one_line(tmp_path, capsys):
+    x, y = friedman1()
+    np.savez(tmp_path / "f.npz", x=x, y=y)
+    train(overrides={**QUICK, "train.rounds": 1, "data.source": str(tmp_path / "f.npz")}, out=tmp_path / "run")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "f.npz"), "--set", "data.weight_column=w"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"nnlib: error: data.weight_column: {tmp_path / 'f.npz'} has no columns (only CSV and Parquet "
+                   "sources have a weight column), got 'w'\n")
+
+
+# ---- nnlib predict --set engine=spark of a regressor -----------------------------------------------------------
+
+def _by_key(path, key: str = "row") -> dict:
+    table = pq.read_table(path)
+    order = np.argsort(table.column(key).to_numpy())
+    return {name: table.column(name).to_numpy()[order] for name in table.column_names}
+
+
+@pytest.mark.slow
+def test_a_regressor_predicts_on_spark_as_locally_to_the_bit(spark, tmp_path, capsys):
+    src, w = weighted_csv(tmp_path)
+    run = train(overrides={**QUICK, "data.source": src, "data.weight_column": "w"}, out=tmp_path / "run").summary
+    test = _test_rows_csv(tmp_path, _columns(w), "test.csv")
+    capsys.readouterr()
+    printed = {}
+    for engine in ("local", "spark"):
+        assert main(["predict", str(tmp_path / "run"), test, "--set", f"engine={engine}", "--set",
+                     "data.weight_column=w", "--out", str(tmp_path / f"{engine}.parquet")]) == 0
+        printed[engine] = capsys.readouterr().out.split("; predictions in")[0]
+    assert printed["spark"] == printed["local"] == (
+        f"predict: {N // 5} rows; RMSE {run['final_test_rmse']:.6g}, MAE {run['final_test_mae']:.6g}, "
+        f"R² {run['final_test_r2']:.4f}, loss {run['final_test_loss']:.4f}")
+    local, on_spark = _by_key(tmp_path / "local.parquet"), _by_key(tmp_path / "spark.parquet")
+    assert list(on_spark) == ["row", "prediction"] and spark.sparkContext.defaultParallelism > 1
+    assert np.array_equal(local["row"], on_spark["row"])
+    assert np.array_equal(local["prediction"].view(np.uint64), on_spark["prediction"].view(np.uint64))
+    from nnlib.engines.spark.predict import predict_spark
+
+    done = predict_spark(tmp_path / "run", test, ["engine=spark", "data.weight_column=w"])
+    assert (done.rmse, done.mae, done.r2, done.loss) == (run["final_test_rmse"], run["final_test_mae"],
+                                                         run["final_test_r2"], run["final_test_loss"])
+
+
+@pytest.mark.slow
+def test_several_targets_on_spark_a_column_each_as_locally(spark, tmp_path, capsys):
+    x, y = friedman1()
+    columns = {**{f"f{j}": x[:, j] for j in range(10)}, "a": y, "b": np.sin(3 * x[:, 0]) + x[:, 5],
+               "id": np.arange(N) * 7 + 1}
+    src = write_csv(tmp_path / "two.csv", columns)
+    overrides = {**QUICK, "data.source": src, "data.label_columns": ["a", "b"], "data.drop_columns": ["id"]}
+    del overrides["data.label_column"]
+    train(overrides=overrides, out=tmp_path / "run")
+    from nnlib.engines.spark.predict import predict_spark
+    from nnlib.model.predict import predict_source
+
+    local = predict_source(load_model(tmp_path / "run"), src, ["data.key_column=id"], str(tmp_path / "l.parquet"))
+    on_spark = predict_spark(tmp_path / "run", src, ["engine=spark", "data.key_column=id"], str(tmp_path / "s.parquet"))
+    assert (on_spark.rows, on_spark.rmse, on_spark.mae, on_spark.r2, on_spark.loss) == (
+        local.rows, local.rmse, local.mae, local.r2, local.loss)
+    a, b = _by_key(tmp_path / "l.parquet", "id"), _by_key(tmp_path / "s.parquet", "id")
+    assert list(b) == ["id", "prediction_a", "prediction_b"]
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    np.testing.assert_array_equal(np.stack([a["prediction_a"], a["prediction_b"]], axis=1),
+                                  load_model(tmp_path / "run").predict(x)[np.argsort(columns["id"])])
+    # without the targets: the predictions alone, no figures
+    del columns["a"], columns["b"]
+    bare = write_csv(tmp_path / "bare.csv", columns)
+    done = predict_spark(tmp_path / "run", bare, ["engine=spark", "data.key_column=id"])
+    assert (done.rows, done.rmse, done.r2) == (N, None, None)
+
+
+@pytest.mark.slow
+def test_a_weighted_classifier_predicts_on_spark_as_locally(spark, tmp_path):
+    x, y = friedman1()
+    w = np.random.default_rng(3).uniform(0.2, 4.0, size=N)
+    columns = {**{f"f{j}": x[:, j] for j in range(10)}, "label": (y > np.median(y)).astype(np.int64), "w": w}
+    src = write_csv(tmp_path / "c.csv", columns)
+    train(overrides={"data.source": src, "data.label_column": "label", "data.weight_column": "w",
+                     "train.rounds": 2, "model.hidden": [16]}, out=tmp_path / "run")
+    from nnlib.engines.spark.predict import predict_spark
+    from nnlib.model.predict import predict_source
+
+    local = predict_source(load_model(tmp_path / "run"), src, ["data.weight_column=w"])
+    on_spark = predict_spark(tmp_path / "run", src, ["engine=spark", "data.weight_column=w"])
+    assert on_spark.rows == local.rows == N
+    # the weights are added in another order across Spark's tasks: the same figure, to rounding
+    assert on_spark.accuracy == pytest.approx(local.accuracy, rel=1e-12)
+    assert on_spark.loss == pytest.approx(local.loss, rel=1e-6)
+    hit = load_model(tmp_path / "run").predict(x) == columns["label"]
+    assert local.accuracy == pytest.approx(w[hit].sum() / w.sum(), rel=1e-12) != hit.mean()

@@ -12,7 +12,16 @@ position: files sorted by path, rows in file order, as training numbers
 them), ``prediction`` (int64, the class) and ``probability`` (a list of
 float32, one per class; in a CSV file the list is written as text,
 ``[p0,p1,...]``). With labels in the source, accuracy and loss are
-reported. Every problem is one :class:`NnlibError` line, and the output is
+reported. A regressor's output is the key and ``prediction`` (float64, in
+the target's own units), or ``prediction_<target>`` per target, and with
+the targets in the source its loss, RMSE, MAE and R² are reported.
+
+``--set data.weight_column=NAME`` names a column of sample weights: it is
+not a feature, and the reported figures are weighted as a run weighs its
+test set (:mod:`nnlib.core.metrics`), so on a run's own test rows they are
+the run's final figures to the bit.
+
+Every problem is one :class:`NnlibError` line, and the output is
 written to a temporary name and renamed only when every row is done, so a
 failed prediction leaves nothing.
 
@@ -39,7 +48,7 @@ from nnlib.outputs import write_error
 
 # the keys --set may give nnlib predict: how to read the source, which backend computes, where (engine=spark)
 PREDICT_KEYS = ("engine", "seed", "model.backend", "data.label_column", "data.features_column", "data.key_column",
-                "data.feature_columns", "data.drop_columns",
+                "data.feature_columns", "data.drop_columns", "data.weight_column",
                 "data.labels", "data.n_samples", "data.n_features", "data.n_classes", "spark.master",
                 "spark.remote", "spark.app_name", "spark.log_level", "spark.conf")
 PREDICT_ENGINES = ("local", "spark")  # local: this process; spark: nnlib.engines.spark.predict
@@ -55,6 +64,7 @@ class Block:
     x: np.ndarray         # (n, n_features) raw features
     y: np.ndarray | None  # (n,) labels as read
     first_row: int        # the position of the first row (numbers the rows in messages)
+    w: np.ndarray | None = None  # (n,) float64 sample weights (data.weight_column) of labelled rows, else None
 
 
 @dataclass
@@ -72,19 +82,34 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Scores:
-    """Sums over predicted rows: rows, labelled rows, the summed data loss and the correct count of those."""
+    """Sums over predicted rows: rows, labelled rows, the summed data loss and the correct count of those.
+
+    Weighted (``data.weight_column``): ``loss_sum`` is ``sum w * l``, ``weight`` ``sum w`` and
+    ``weighted_correct`` ``sum w * [pred == y]``, added block by block in row order as a run adds its test set's
+    blocks (:class:`nnlib.core.metrics.ClassificationSums`)."""
 
     rows: int = 0
     labelled: int = 0
     loss_sum: float = 0.0
     correct: int = 0
+    weight: float = 0.0
+    weighted_correct: float = 0.0
+    weighted: bool = False
 
     def __add__(self, other: "Scores") -> "Scores":
         return Scores(self.rows + other.rows, self.labelled + other.labelled, self.loss_sum + other.loss_sum,
-                      self.correct + other.correct)
+                      self.correct + other.correct, self.weight + other.weight,
+                      self.weighted_correct + other.weighted_correct, self.weighted or other.weighted)
 
-    def prediction(self, out: Path | None) -> Prediction:
-        """The :class:`Prediction` of these sums (accuracy and mean loss when some rows had labels)."""
+    def prediction(self, out: Path | None, where: str = "DATA") -> Prediction:
+        """The :class:`Prediction` of these sums (accuracy and mean loss when some rows had labels; weighted, as
+        :func:`nnlib.core.metrics.finish_classification` finishes them). DataError when every labelled row
+        weighs 0."""
+        if self.labelled and self.weighted:
+            if self.weight == 0:
+                raise DataError(f"{where} (data.weight_column): every labelled row weighs 0; at least one row "
+                                "must weigh more")
+            return Prediction(self.rows, self.weighted_correct / self.weight, self.loss_sum / self.weight, out)
         if self.labelled:
             return Prediction(self.rows, self.correct / self.labelled, self.loss_sum / self.labelled, out)
         return Prediction(self.rows, None, None, out)
@@ -163,6 +188,11 @@ class TableColumns:
         self.key = d.key_column if d.key_column in names else None
         if d.key_column is not None and self.key is None and key_required:
             raise DataError(f"data.key_column: {data} has no column '{d.key_column}' (columns are {names[:10]})")
+        self.weight = d.weight_column  # only --set names it (a model file keeps no weight column)
+        if self.weight is not None and self.weight not in names:
+            raise DataError(f"data.weight_column: {data} has no column '{self.weight}' "
+                            f"({sources.columns_text(names)})")
+        dropped = [*d.drop_columns, *([] if self.weight is None else [self.weight])]
         if self.key in WRITTEN_COLUMNS:
             raise DataError(f"data.key_column: '{self.key}' is also a column nnlib predict writes "
                             f"({', '.join(WRITTEN_COLUMNS)}, beside the key); key the rows by another column "
@@ -173,7 +203,7 @@ class TableColumns:
             self.features = None
             self._check_list_column(model, names, layout, d, where, model_said)
             return
-        found = sources.feature_columns(names, self.label, self.key, d.feature_columns, d.drop_columns)
+        found = sources.feature_columns(names, self.label, self.key, d.feature_columns, dropped)
         found_lists = [c for c in found if c in lists]
         expected = model.feature_columns
         if expected is None:  # a model trained on a source without column names: the count must agree
@@ -244,16 +274,41 @@ class TableColumns:
     def read(self) -> list[str]:
         """The columns to read, features first in the model's order."""
         cols = [self.features_column] if self.features is None else list(self.features)
-        return cols + [c for c in (self.label, self.key) if c is not None]
+        return cols + [c for c in (self.label, self.key, self.weight) if c is not None]
 
     def block(self, table, path: str, first_row: int) -> Block:
         """A block of a table (an Arrow table holding :meth:`read`'s columns)."""
-        data = table.drop_columns([self.key]) if self.key is not None else table
+        data = table.drop_columns([c for c in (self.key, self.weight) if c is not None])
         x, y = sources.table_to_arrays(data, Path(path), "DATA", self.label, self.features_column)
         if self.features is not None:  # separate columns: a bad value is named by its column, not its index alone
             check_features(x, self.where, first_row, self.features)
         keys = table.column(self.key) if self.key is not None else np.arange(first_row, first_row + len(x))
-        return Block(keys, x, y, first_row)
+        w = None
+        if self.weight is not None and y is not None:  # weights weigh the figures of labelled rows alone
+            w = weight_values(table.column(self.weight), self.weight, self.where, first_row)
+        return Block(keys, x, y, first_row, w)
+
+
+def weight_values(column, name: str, where: str, first_row: int = 0) -> np.ndarray:
+    """A block's sample weights ``(n,)`` float64 from an Arrow column: finite numbers ``>= 0``; an empty cell, a
+    non-numeric column or a bad value is one DataError line naming the column and the sample (numbered from
+    ``first_row``). That every weight is 0 is known only at the end (:meth:`Scores.prediction`)."""
+    import pyarrow as pa
+
+    kind = column.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        raise DataError(f"{where}: weight column '{name}' (data.weight_column) must hold numbers >= 0, got {kind}")
+    if column.null_count:
+        i = int(np.argmax(np.asarray(column.is_null().to_numpy(zero_copy_only=False))))
+        raise DataError(f"{where}: weight column '{name}' (data.weight_column) has an empty (null) cell at sample "
+                        f"{first_row + i}; every row needs a weight")
+    w = np.asarray(column.to_numpy(zero_copy_only=False), np.float64)
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{where}: weight column '{name}' (data.weight_column) must hold finite numbers >= 0, got "
+                        f"{w[i]} at sample {first_row + i}")
+    return w
 
 
 def _yaml_list(names: list[str]) -> str:
@@ -278,7 +333,7 @@ def blocks(model: Model, data: str, config: Config, key_required: bool = False) 
     """
     d = config.data
     if data in sources.BUILTIN:
-        _no_key(d.key_column, data, key_required)
+        _no_key(d.key_column, data, key_required, d.weight_column)
         if data == "digits":
             x, y = sources.load_digits()
         else:
@@ -297,11 +352,11 @@ def blocks(model: Model, data: str, config: Config, key_required: bool = False) 
         columns = TableColumns(model, table.column_names, config, data, key_required, arrow_layout(table.schema))
         return columns.key or ROW_COLUMN, iter([columns.block(table.select(columns.read()), data, 0)])
     if path.suffix.lower() == ".npz":
-        _no_key(d.key_column, data, key_required)
+        _no_key(d.key_column, data, key_required, d.weight_column)
         x, y = sources.read_npz(path, "DATA", need_labels=False)[:2]
         return ROW_COLUMN, iter([_array_block(model, x, y, data)])
     if sources.is_idx(path):
-        _no_key(d.key_column, data, key_required)
+        _no_key(d.key_column, data, key_required, d.weight_column)
         x = sources.read_idx(path, "DATA")
         labels = Path(d.labels) if d.labels else sources.idx_labels_path(path)
         y = None
@@ -313,9 +368,12 @@ def blocks(model: Model, data: str, config: Config, key_required: bool = False) 
     raise DataError(f"DATA: unknown kind of data source {data!r}; allowed: {allowed}")
 
 
-def _no_key(key_column: str | None, data: str, key_required: bool) -> None:
+def _no_key(key_column: str | None, data: str, key_required: bool, weight_column: str | None = None) -> None:
     if key_column is not None and key_required:
         raise DataError(f"data.key_column: {data} has no columns (only CSV and Parquet sources have a key column)")
+    if weight_column is not None:
+        raise DataError(f"data.weight_column: {data} has no columns (only CSV and Parquet sources have a weight "
+                        f"column), got '{weight_column}'")
 
 
 def _array_block(model: Model, x, y, data: str) -> Block:
@@ -367,7 +425,7 @@ def check_layout(model: Model, data: str, config: Config, key_required: bool, pa
     """
     d = config.data
     if data in sources.BUILTIN:
-        _no_key(d.key_column, data, key_required)
+        _no_key(d.key_column, data, key_required, d.weight_column)
         _check_count(model, 64 if data == "digits" else d.n_features, data)
         return
     path = Path(data)
@@ -384,14 +442,14 @@ def check_layout(model: Model, data: str, config: Config, key_required: bool, pa
         layout = arrow_layout(_csv_schema(path))
     elif path.suffix.lower() == ".npz":
         sources.check_exists(path, "DATA")
-        _no_key(d.key_column, data, key_required)
+        _no_key(d.key_column, data, key_required, d.weight_column)
         shapes = _npz_shapes(path)
         if shapes is not None and "x" in shapes and len(shapes["x"]) >= 2:
             _check_count(model, int(np.prod(shapes["x"][1:])), data)
         return
     else:
         if sources.is_idx(path) and path.is_file():
-            _no_key(d.key_column, data, key_required)
+            _no_key(d.key_column, data, key_required, d.weight_column)
             dims = _idx_dims(path)
             if dims is not None and len(dims) >= 2:
                 _check_count(model, int(np.prod(dims[1:])), data)
@@ -510,11 +568,20 @@ def _probability_column(p: np.ndarray, as_text: bool):
 
 def score_block(model: Model, block: Block, where: str) -> tuple[np.ndarray, Scores]:
     """``(logits (n, n_classes) float32, the block's Scores)`` of a block of at most :data:`CHUNK_ROWS` raw
-    rows; bad values and labels the model never saw are DataError lines naming ``where`` and the sample."""
-    logits = model.logits_of(model.standardize(block.x, where, block.first_row), block.first_row)
+    rows; bad values and labels the model never saw are DataError lines naming ``where`` and the sample.
+
+    With weights (``block.w``) the block's sums are the model's backend's ``score`` of its rows, the call a run
+    scores each ``EVAL_ROWS``-row block of its test set with (:data:`CHUNK_ROWS` is ``EVAL_ROWS``), so that a
+    run's own test rows, read as one block, give its weighted figures to the bit."""
+    rows = model.standardize(block.x, where, block.first_row)
+    logits = model.logits_of(rows, block.first_row)
     if block.y is None:
         return logits, Scores(len(block.x))
     indices = model.label_indices(block.y, len(block.x), where, block.first_row)
+    if block.w is not None:
+        sums = model._backend().score(model.params, rows, indices, block.w)
+        return logits, Scores(len(block.x), len(indices), sums.loss, int((logits.argmax(axis=1) == indices).sum()),
+                              sums.weight, sums.correct, True)
     loss_sum, correct = model.loss_and_correct(logits, indices)
     return logits, Scores(len(block.x), len(indices), loss_sum, correct)
 
@@ -534,7 +601,7 @@ def pieces(source: Iterator[Block]) -> Iterator[Block]:
         for lo in range(0, len(block.x), CHUNK_ROWS):
             hi = lo + CHUNK_ROWS
             yield Block(block.keys[lo:hi], block.x[lo:hi], None if block.y is None else block.y[lo:hi],
-                        block.first_row + lo)
+                        block.first_row + lo, None if block.w is None else block.w[lo:hi])
 
 
 def check_out(out: str | None, overwrite: bool) -> Path | None:
@@ -573,29 +640,44 @@ def predict_source(model: Model, data: str, overrides: list[str] = (), out: str 
         if writer is not None:
             if totals.rows == 0:
                 raise DataError(f"{_where(data)} holds no rows")
+            done = totals.prediction(path, _where(data))
             writer.commit()
+        else:
+            done = totals.prediction(path, _where(data))
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
-    return totals.prediction(path)
+    return done
 
 
-def _regression_rows(model: Model, data: str, config: Config, key_required: bool):
-    """``(key name, keys, raw features (n, n_features), targets (n,) / (n, t) or None)`` of a regressor's
-    source, read whole: a CSV or local Parquet source's feature columns (the model's), key and target columns
-    (all of them, or none), or an .npz's ``x`` (and ``y``)."""
+@dataclass
+class RegressionRows:
+    """A regressor's source read whole: the key column's name and values, the raw features, and when the source
+    holds the targets, those (in their own units) and the weights (``data.weight_column``)."""
+
+    key_name: str
+    keys: object               # (n,) a pyarrow array or an int64 array of positions
+    x: np.ndarray              # (n, n_features) raw features
+    y: np.ndarray | None       # (n,) or (n, t) float64 targets
+    w: np.ndarray | None       # (n,) float64 sample weights
+
+
+def regression_rows(model: Model, data: str, config: Config, key_required: bool) -> RegressionRows:
+    """A regressor's source, read whole: a CSV or local Parquet source's feature columns (the model's), key,
+    weight and target columns (all of the targets, or none), or an .npz's ``x`` (and ``y``). Every problem is one
+    DataError line naming the column or the file."""
     from nnlib.data.dataset import _table
 
     d, where = config.data, _where(data)
     path = Path(data)
     if path.suffix.lower() == ".npz":
-        _no_key(d.key_column, data, key_required)
+        _no_key(d.key_column, data, key_required, d.weight_column)
         sources.check_exists(path, "DATA")
         x, y = sources.read_npz(path, "DATA", need_labels=False)[:2]
         x = np.asarray(x).reshape(len(x), -1)
         _check_count(model, x.shape[1], data)
-        return ROW_COLUMN, np.arange(len(x), dtype=np.int64), x, y
+        return RegressionRows(ROW_COLUMN, np.arange(len(x), dtype=np.int64), x, y, None)
     if path.suffix.lower() != ".csv" and not tables.is_row_keyed(data):
         raise DataError(f"DATA: a regressor predicts a .csv, .npz or local Parquet source, got {data!r}")
     if path.suffix.lower() == ".csv":
@@ -607,19 +689,25 @@ def _regression_rows(model: Model, data: str, config: Config, key_required: bool
     key = d.key_column if d.key_column in names else None
     if d.key_column is not None and key is None and key_required:
         raise DataError(f"data.key_column: {data} has no column '{d.key_column}' ({sources.columns_text(names)})")
+    weight = d.weight_column
+    if weight is not None and weight not in names:
+        raise DataError(f"data.weight_column: {data} has no column '{weight}' ({sources.columns_text(names)})")
+    if weight is not None and weight in (*targets, key):
+        raise DataError(f"data.weight_column: '{weight}' is a target or the key column, not a weight")
     if d.features_column is not None:
         x, _ = sources.table_to_arrays(table, path, "DATA", None, d.features_column)
     else:
         features = model.feature_columns
         if features is None:
-            features = sources.feature_columns(names, None, key, d.feature_columns, [*d.drop_columns, *present])
+            features = sources.feature_columns(names, None, key, d.feature_columns,
+                                               [*d.drop_columns, *present, *([weight] if weight else [])])
         missing = [c for c in features if c not in names]
         if missing:
             raise DataError(f"{where} lacks the model's feature columns {missing[:10]}; the model was trained on "
                             f"{trained_on(model)}")
         x, _ = sources.table_to_arrays(table.select(features), path, "DATA", None, None, chosen=features)
     _check_count(model, x.shape[1], data)
-    y = None
+    y = w = None
     if present:
         if len(present) != len(targets):
             absent = [c for c in targets if c not in present]
@@ -629,47 +717,73 @@ def _regression_rows(model: Model, data: str, config: Config, key_required: bool
 
         cols = [_column_values(table, data, "DATA", c, "target column") for c in targets]
         y = _targets(np.stack(cols, axis=1) if len(cols) > 1 else cols[0], len(x), where, tuple(targets))
+        if weight is not None:  # weights weigh the figures, which need the targets
+            w = weight_values(table.column(weight), weight, where)
+            if len(w) and not w.any():
+                raise DataError(f"{where} (data.weight_column '{weight}'): every weight is 0; at least one row must "
+                                "weigh more")
     keys = table.column(key) if key is not None else np.arange(len(x), dtype=np.int64)
-    return key or ROW_COLUMN, keys, x, y
+    return RegressionRows(key or ROW_COLUMN, keys, x, y, w)
+
+
+def regression_outputs(model: Model, x: np.ndarray, where: str, first_row: int = 0) -> np.ndarray:
+    """A regressor's outputs ``(n, t)`` float32 in training units of raw rows ``x`` at positions ``first_row, ...``
+    of their source, :data:`CHUNK_ROWS` at a time, each row's bits fixed by its position and values
+    (:meth:`Model.logits_of`): the same on every engine, however the rows are cut."""
+    rows = model.rows(x, where)
+    parts = [model.logits_of(model.standardize(rows[lo:lo + CHUNK_ROWS], where, first_row + lo), first_row + lo)
+             for lo in range(0, len(rows), CHUNK_ROWS)]
+    return np.concatenate(parts) if parts else np.zeros((0, len(model.target_names)), np.float32)
+
+
+def regression_table(model: Model, z: np.ndarray, key_name: str, keys):
+    """The output rows of a regressor: ``key_name`` (``keys``) and ``prediction`` float64 in the target's own units,
+    or ``prediction_<target>`` per target, from its outputs ``z`` ``(n, t)`` (training units), as an Arrow table."""
+    import pyarrow as pa
+
+    predicted = model.destandardize(z)
+    columns = {key_name: keys}
+    if predicted.ndim == 1:
+        columns["prediction"] = pa.array(predicted, pa.float64())
+    else:
+        columns.update({f"prediction_{name}": pa.array(predicted[:, j], pa.float64())
+                        for j, name in enumerate(model.target_names)})
+    return pa.table(columns)
+
+
+def regression_prediction(model: Model, rows: int, z: np.ndarray, y: np.ndarray | None, w: np.ndarray | None,
+                          out: Path | None) -> Prediction:
+    """The :class:`Prediction` of a regressor's outputs ``z`` ``(n, t)`` of every row, in row order, against the
+    targets ``y`` (their own units; None: no figures) weighted by ``w``: the loss, RMSE, MAE and R² of
+    :meth:`Model.regression_metrics` and of a run's test set, to the bit (sums over the whole set at once)."""
+    from nnlib.core import metrics
+    from nnlib.model.model import regression_sums
+
+    if y is None:
+        return Prediction(rows, None, None, out)
+    mean, std = model._target_stats()
+    done = metrics.finish_regression(regression_sums(model.file.spec(), z, y, w, mean, std))
+    return Prediction(rows, None, done.loss, out, done.rmse, done.mae, done.r2)
 
 
 def predict_regression(model: Model, data: str, config: Config, path: Path | None,
                        key_required: bool = False) -> Prediction:
     """A regressor's predictions of every row of ``data`` (float64, in the targets' own units; one column
     ``prediction``, or ``prediction_<target>`` per target), written to ``path`` if given; with the targets in the
-    source, their loss, RMSE, MAE and R² (:meth:`Model.regression_metrics`'s, to the bit)."""
-    import pyarrow as pa
-
-    from nnlib.core import metrics
-    from nnlib.model.model import regression_sums
-
+    source, their loss, RMSE, MAE and R² (:meth:`Model.regression_metrics`'s, to the bit), weighted by
+    ``data.weight_column`` when it names a column."""
     where = _where(data)
-    key_name, keys, x, y = _regression_rows(model, data, config, key_required)
-    if len(x) == 0:
+    read = regression_rows(model, data, config, key_required)
+    if len(read.x) == 0:
         raise DataError(f"{where} holds no rows")
-    rows = model.rows(x, where)
-    z = np.concatenate([model.logits_of(model.standardize(rows[lo:lo + CHUNK_ROWS], where, lo), lo)
-                        for lo in range(0, len(rows), CHUNK_ROWS)])
-    predicted = model.destandardize(z)
-    done = None
-    if y is not None:
-        mean, std = model._target_stats()
-        done = metrics.finish_regression(regression_sums(model.file.spec(), z, y, None, mean, std))
+    z = regression_outputs(model, read.x, where)
+    done = regression_prediction(model, len(read.x), z, read.y, read.w, path)
     if path is not None:
-        targets = model.target_names
-        columns = {key_name: keys}
-        if predicted.ndim == 1:
-            columns["prediction"] = pa.array(predicted, pa.float64())
-        else:
-            columns.update({f"prediction_{name}": pa.array(predicted[:, j], pa.float64())
-                            for j, name in enumerate(targets)})
         writer = OutputFile(path)
         try:
-            writer.write(pa.table(columns))
+            writer.write(regression_table(model, z, read.key_name, read.keys))
             writer.commit()
         except BaseException:
             writer.abort()
             raise
-    if done is None:
-        return Prediction(len(x), None, None, path)
-    return Prediction(len(x), None, done.loss, path, done.rmse, done.mae, done.r2)
+    return done

@@ -22,6 +22,18 @@ labelled rows, loss sum, correct count), which an ``Observation`` adds up
 as Spark writes the output and the writer leaves out: no accumulator, and
 the driver never holds a row of a Parquet source.
 
+A regressor's source (a ``.csv``, ``.npz`` or local Parquet source) is read
+whole by the driver, as ``engine=local`` reads it
+(:func:`nnlib.model.predict.regression_rows`), and its rows scored in the
+executors by the same functions (:func:`nnlib.model.predict.regression_outputs`,
+``regression_table``): the key and ``prediction`` (or ``prediction_<target>``)
+columns are the local ones to the bit. With the targets in the source, each
+task's one row of totals also carries its rows' outputs (training units,
+float32, by position), which the ``Observation`` collects: the driver puts
+them in row order and computes the loss, RMSE, MAE and R² over the whole set
+at once, as the local engine does, so the figures are the local ones to the
+bit too (the driver holds ``4 t`` bytes a row besides the source it read).
+
 Spark writes the output: a directory of part files (Parquet, or CSV by the
 extension). On a classic session they go to a temporary name beside
 ``--out``, renamed when every task is done. On Spark Connect (``spark.remote``
@@ -50,11 +62,13 @@ from nnlib.errors import ConfigError, DataError, EngineError, NnlibError, first_
 from nnlib.model import file as model_file
 from nnlib.model.model import Model
 from nnlib.model.predict import (OUT_SUFFIXES, Block, Prediction, Scores, TableColumns, blocks, check_layout,
-                                  check_out, pieces, predict_config, prediction_table, score_block, _explicit_key)
+                                  check_out, pieces, predict_config, prediction_table, regression_outputs,
+                                  regression_prediction, regression_rows, regression_table, score_block,
+                                  _explicit_key)
 
 _MODELS: dict[tuple[str, str], Model] = {}  # (digest, backend) -> Model, in each Python worker
 _MAX_MODELS = 4  # models a worker keeps (a session may score with several)
-_FEATURES, _LABEL = "_nnlib_x", "_nnlib_y"  # the columns of rows the driver read
+_FEATURES, _LABEL, _WEIGHT = "_nnlib_x", "_nnlib_y", "_nnlib_w"  # the columns of rows the driver read
 
 
 def model_bytes(model: Model) -> bytes:
@@ -90,14 +104,19 @@ class SharedModel:
 
 
 # the columns of the one row of totals each scoring task ends with (null in the prediction rows)
-_TOTALS = ("_nnlib_rows", "_nnlib_labelled", "_nnlib_loss_sum", "_nnlib_correct")
+_TOTALS = ("_nnlib_rows", "_nnlib_labelled", "_nnlib_loss_sum", "_nnlib_correct", "_nnlib_weight",
+           "_nnlib_weighted_correct")
+_DOUBLE_TOTALS = ("_nnlib_loss_sum", "_nnlib_weight", "_nnlib_weighted_correct")
+# a regressor's: the task's rows, and with targets its rows' outputs (:func:`_outputs_bytes`)
+_REGRESSION_TOTALS = ("_nnlib_rows", "_nnlib_outputs")
 
 
 def _totals_batch(schema, done: Scores):
     """The Arrow batch of one row holding a task's :class:`Scores` (the prediction columns null)."""
     import pyarrow as pa
 
-    values = dict(zip(_TOTALS, (done.rows, done.labelled, done.loss_sum, done.correct)))
+    values = dict(zip(_TOTALS, (done.rows, done.labelled, done.loss_sum, done.correct, done.weight,
+                                done.weighted_correct)))
     return pa.RecordBatch.from_arrays([pa.array([values.get(f.name)], f.type) for f in schema], schema=schema)
 
 
@@ -110,11 +129,13 @@ def _without_totals(frame, observation):
     return observed.where(F.col(_TOTALS[0]).isNull()).drop(*_TOTALS)
 
 
-def _observed_scores(observation) -> Scores:
-    """The :class:`Scores` that an observation of :func:`_without_totals` added up (zeros where no task ran)."""
+def _observed_scores(observation, weighted: bool = False) -> Scores:
+    """The :class:`Scores` that an observation of :func:`_without_totals` added up (zeros where no task ran);
+    ``weighted``: the rows had weights (``data.weight_column``)."""
     got = observation.get
-    rows, labelled, loss_sum, correct = (got.get(name) for name in _TOTALS)
-    return Scores(int(rows or 0), int(labelled or 0), float(loss_sum or 0.0), int(correct or 0))
+    rows, labelled, loss_sum, correct, weight, weighted_correct = (got.get(name) for name in _TOTALS)
+    return Scores(int(rows or 0), int(labelled or 0), float(loss_sum or 0.0), int(correct or 0),
+                  float(weight or 0.0), float(weighted_correct or 0.0), weighted)
 
 
 def spark_error_line(exc: BaseException) -> str:
@@ -168,10 +189,11 @@ class ArrowRows:
 
 
 class DriverRows:
-    """Blocks of rows the driver read (a list column of float64 features, the labels, the key, the position)."""
+    """Blocks of rows the driver read (a list column of float64 features, the labels, the weights, the key, the
+    position)."""
 
-    def __init__(self, key_name: str, labelled: bool):
-        self.key_name, self.labelled = key_name, labelled
+    def __init__(self, key_name: str, labelled: bool, weighted: bool = False):
+        self.key_name, self.labelled, self.weighted = key_name, labelled, weighted
 
     def blocks(self, batch):
         import pyarrow.compute as pc
@@ -181,11 +203,13 @@ class DriverRows:
         features = batch.column(_FEATURES)
         x = pc.list_flatten(features).to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
         y = batch.column(_LABEL).to_numpy(zero_copy_only=False) if self.labelled else None
-        yield Block(batch.column(self.key_name), x, y, int(batch.column(_ROW)[0].as_py()))
+        w = batch.column(_WEIGHT).to_numpy(zero_copy_only=False) if self.weighted else None
+        yield Block(batch.column(self.key_name), x, y, int(batch.column(_ROW)[0].as_py()), w)
 
 
 def _driver_frame(session, key_name: str, block: Block):
-    """A source the driver read whole, as a DataFrame: the key, the position, the features, the labels."""
+    """A source the driver read whole, as a DataFrame: the key, the position, the features, the labels and
+    weights."""
     import pyarrow as pa
 
     x = np.ascontiguousarray(block.x, np.float64)
@@ -193,6 +217,8 @@ def _driver_frame(session, key_name: str, block: Block):
                _FEATURES: pa.FixedSizeListArray.from_arrays(x.ravel(), x.shape[1])}
     if block.y is not None:
         columns[_LABEL] = block.y
+    if block.w is not None:
+        columns[_WEIGHT] = np.asarray(block.w, np.float64)
     return session.createDataFrame(pa.table(columns))
 
 
@@ -217,7 +243,7 @@ def scored_frame(frame, rows, shared: SharedModel, key_name: str, as_text: bool,
         key_type = frame.schema[key_name].dataType if key_name in frame.columns else LongType()
     schema = _output_schema(key_name, key_type, as_text)
     for name in _TOTALS:
-        schema.add(StructField(name, DoubleType() if name == "_nnlib_loss_sum" else LongType()))
+        schema.add(StructField(name, DoubleType() if name in _DOUBLE_TOTALS else LongType()))
 
     def score(batches):
         from pyspark.sql.pandas.types import to_arrow_schema
@@ -244,6 +270,87 @@ def _nulls(arrow_type, n: int):
     import pyarrow as pa
 
     return pa.nulls(n, arrow_type)
+
+
+def _outputs_bytes(starts: list[int], parts: list[np.ndarray]) -> bytes:
+    """A task's outputs as bytes: ``.npz`` arrays ``starts`` (int64, each piece's first position) and ``z`` (the
+    pieces' float32 outputs ``(rows, t)`` one after another), no pickle."""
+    import io
+
+    buf = io.BytesIO()
+    z = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    lengths = np.array([len(p) for p in parts], np.int64)
+    np.savez(buf, starts=np.array(starts, np.int64), lengths=lengths, z=z)
+    return buf.getvalue()
+
+
+def _gathered_outputs(blobs: list[bytes], n: int, t: int) -> np.ndarray:
+    """Every task's :func:`_outputs_bytes` put in row order: ``(n, t)`` float32. EngineError when some row's
+    output is missing or came twice (a task's totals counted once per task, as Spark counts observed metrics)."""
+    import io
+
+    z = np.zeros((n, t), np.float32)
+    seen = np.zeros(n, np.int64)
+    for blob in blobs:
+        with np.load(io.BytesIO(bytes(blob)), allow_pickle=False) as parts:
+            offset = 0
+            for start, length in zip(parts["starts"].tolist(), parts["lengths"].tolist()):
+                z[start:start + length] = parts["z"][offset:offset + length]
+                seen[start:start + length] += 1
+                offset += length
+    if not (seen == 1).all():
+        i = int(np.argmax(seen != 1))
+        raise EngineError(f"spark: the tasks returned the output of row {i} {int(seen[i])} times, not once")
+    return z
+
+
+def regression_frame(frame, rows: DriverRows, shared: SharedModel, key_name: str, key_type, names: list[str],
+                     keep_outputs: bool, where: str):
+    """``frame``'s rows (the driver's, :func:`_driver_frame`) scored by a regressor in ``mapInArrow``: the key and
+    the float64 prediction columns ``names``, and the :data:`_REGRESSION_TOTALS` columns, null but in the one row
+    each task ends with (its row count and, with ``keep_outputs``, its rows' outputs)."""
+    from pyspark.sql.types import BinaryType, DoubleType, LongType, StructField, StructType
+
+    schema = StructType([StructField(key_name, key_type), *[StructField(n, DoubleType()) for n in names],
+                         StructField(_REGRESSION_TOTALS[0], LongType()),
+                         StructField(_REGRESSION_TOTALS[1], BinaryType())])
+
+    def score(batches):
+        import pyarrow as pa
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        arrow_schema = to_arrow_schema(schema)
+        model = shared.get()
+        count, starts, parts = 0, [], []
+        for batch in batches:
+            for block in rows.blocks(batch):
+                for piece in pieces([block]):
+                    z = regression_outputs(model, piece.x, where, piece.first_row)
+                    count += len(z)
+                    if keep_outputs:
+                        starts.append(piece.first_row)
+                        parts.append(z)
+                    table = regression_table(model, z, key_name, piece.keys)
+                    for name in _REGRESSION_TOTALS:
+                        table = table.append_column(arrow_schema.field(name), _nulls(arrow_schema.field(name).type,
+                                                                                      table.num_rows))
+                    yield from table.cast(arrow_schema).to_batches()
+        values = {_REGRESSION_TOTALS[0]: count,
+                  _REGRESSION_TOTALS[1]: _outputs_bytes(starts, parts) if keep_outputs else None}
+        yield pa.RecordBatch.from_arrays([pa.array([values.get(f.name)], f.type) for f in arrow_schema],
+                                         schema=arrow_schema)
+
+    return frame.mapInArrow(score, schema)
+
+
+def _without_regression_totals(frame, observation):
+    """``frame`` (a :func:`regression_frame`) without its totals rows and columns; ``observation`` adds up the
+    rows and collects the outputs while the write runs."""
+    from pyspark.sql import functions as F
+
+    rows, outputs = _REGRESSION_TOTALS
+    observed = frame.observe(observation, F.sum(rows).alias(rows), F.collect_list(outputs).alias(outputs))
+    return observed.where(F.col(rows).isNull()).drop(*_REGRESSION_TOTALS)
 
 
 def _write(scored, path: Path | None, reader: SparkReader, data: str) -> None:
@@ -310,6 +417,8 @@ def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), 
     settings = SessionSettings.from_config(config.spark)
     remote = connect_expected(settings)
     path = None if remote else check_out(out, overwrite)  # the client's filesystem, checked before Spark starts
+    if model.is_regressor:
+        return _predict_regressor(model, model_path, data, config, settings, overrides, out, overwrite, path)
     # the source's layout against the model, from its footer or header: a mismatch costs no JVM start (a Connect
     # server reads Parquet paths on its own filesystem, so those are left to it)
     check_layout(model, data, config, _explicit_key(overrides), parquet=not remote, spark=True)
@@ -352,7 +461,8 @@ def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), 
         else:
             key_name, source = blocks(model, data, config, key_required)
             block = next(source)  # sources other than Parquet are one block
-            frame, rows = _driver_frame(session, key_name, block), DriverRows(key_name, block.y is not None)
+            frame = _driver_frame(session, key_name, block)
+            rows = DriverRows(key_name, block.y is not None, block.w is not None)
         observation = _observation(session)
         scored = _without_totals(scored_frame(frame, rows, shared, key_name, as_text, f"DATA {data}", key_type),
                                  observation)
@@ -361,14 +471,58 @@ def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), 
             path = None if out is None else Path(out)
         else:
             _write(scored, path, reader, data)
-        totals = _observed_scores(observation)
+        totals = _observed_scores(observation, config.data.weight_column is not None)
     except NnlibError:
         raise
     except Exception as exc:  # noqa: BLE001  - Spark Connect's errors (AnalysisException, gRPC's) and py4j's
         raise EngineError(f"spark: predicting {data} failed: {spark_error_line(exc)}") from None
     finally:
         opened.stop()
-    return totals.prediction(path)
+    return totals.prediction(path, f"DATA {data}")
+
+
+def _predict_regressor(model: Model, model_path, data: str, config, settings: SessionSettings, overrides: list[str],
+                       out: str | None, overwrite: bool, path: Path | None) -> Prediction:
+    """:func:`predict_spark` of a regressor: the driver reads ``data`` as ``engine=local`` does (before Spark
+    starts: a bad source costs no JVM), the executors score it, Spark writes ``out``; the figures are computed
+    by the driver from the outputs the tasks return (see the module docstring)."""
+    where = f"DATA {data}"
+    read = regression_rows(model, data, config, _explicit_key(overrides))
+    if len(read.x) == 0:
+        raise DataError(f"{where} holds no rows")
+    quiet_query_context_logs(config.spark.log_level)
+    opened = open_session(settings)
+    session = opened.session
+    try:
+        if connect_expected(settings) and not opened.connect:
+            path = check_out(out, overwrite)
+        shared = SharedModel(model_file.model_path(model_path).read_bytes(), config.model.backend)
+        reader = SparkReader(lambda: session)
+        frame = _driver_frame(session, read.key_name, Block(read.keys, read.x, None, 0))
+        key_type = frame.schema[read.key_name].dataType
+        targets = model.target_names
+        names = ["prediction"] if len(targets) == 1 else [f"prediction_{t}" for t in targets]
+        observation = _observation(session)
+        scored = _without_regression_totals(
+            regression_frame(frame, DriverRows(read.key_name, False), shared, read.key_name, key_type, names,
+                             read.y is not None, where), observation)
+        if opened.connect:
+            _write_on_server(scored, out, overwrite, reader, data)
+            path = None if out is None else Path(out)
+        else:
+            _write(scored, path, reader, data)
+        got = observation.get
+        rows = int(got.get(_REGRESSION_TOTALS[0]) or 0)
+        z = None
+        if read.y is not None:
+            z = _gathered_outputs(got.get(_REGRESSION_TOTALS[1]) or [], len(read.x), len(targets))
+    except NnlibError:
+        raise
+    except Exception as exc:  # noqa: BLE001  - Spark Connect's errors (AnalysisException, gRPC's) and py4j's
+        raise EngineError(f"spark: predicting {data} failed: {spark_error_line(exc)}") from None
+    finally:
+        opened.stop()
+    return regression_prediction(model, rows, z, read.y, read.w, path)
 
 
 def _observation(session):
