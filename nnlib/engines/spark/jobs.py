@@ -128,15 +128,17 @@ def scratch_folder(token: str) -> str:
 
 
 def save_shard(path: str, shard: Shard) -> None:
-    """``shard`` as one file of ``.npy`` records (a header ``[index, role...]``, ``x``, ``y``, then each
-    held-out role's ``x`` and ``y``), written under a temporary name and renamed: a reader sees the whole file
-    or none. A failed write (a full disk) leaves no file; the shard is then built again where it is missed."""
+    """``shard`` as one file of ``.npy`` records (a header ``[index, weighted, role...]``, ``x``, ``y``, the
+    sample weights when ``weighted``, then each held-out role's ``x`` and ``y``), written under a temporary
+    name and renamed: a reader sees the whole file or none. A failed write (a full disk) leaves no file; the
+    shard is then built again where it is missed."""
     roles = sorted(shard.held_out)
+    weights = () if shard.w is None else (shard.w,)  # data.weight_column: lost, the shard would train unweighted
     tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         with open(tmp, "wb") as f:
-            for array in (np.array([shard.index, *roles], np.int64), shard.x, shard.y,
+            for array in (np.array([shard.index, len(weights), *roles], np.int64), shard.x, shard.y, *weights,
                           *(a for role in roles for a in shard.held_out[role])):
                 np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
         os.replace(tmp, path)
@@ -151,9 +153,10 @@ def load_shard(path: str) -> Shard | None:
     try:
         with open(path, "rb") as f:
             read = functools.partial(np.lib.format.read_array, f, allow_pickle=False)
-            index, *roles = (int(v) for v in read())
+            index, weighted, *roles = (int(v) for v in read())
             x, y = read(), read()
-            return Shard(index, x, y, {role: (read(), read()) for role in roles})
+            w = read() if weighted else None
+            return Shard(index, x, y, {role: (read(), read()) for role in roles}, w)
     except FileNotFoundError:
         return None
 
