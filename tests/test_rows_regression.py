@@ -272,7 +272,8 @@ def test_a_run_on_a_parquet_uri_read_by_spark_trains_the_local_csv_runs_weights(
 
 
 @pytest.mark.slow
-def test_a_dataframe_with_a_vector_label_weights_and_flags_trains_as_its_csv(spark, tmp_path):
+@pytest.mark.parametrize("mode", ["stage", "jobs"])
+def test_a_dataframe_with_a_vector_label_weights_and_flags_trains_as_its_csv(spark, tmp_path, mode):
     from pyspark.ml.linalg import Vectors
 
     from nnlib.api import train
@@ -290,7 +291,7 @@ def test_a_dataframe_with_a_vector_label_weights_and_flags_trains_as_its_csv(spa
     local = train(load_config(None, [*quick, f"data.source={csv}", "data.label_columns=[label_0,label_1]",
                                      "data.weight_column=weight", "data.validation_column=is_val"]),
                   write=False, warn=lambda _: None)
-    engine = spark_engine("stage")
+    engine = spark_engine(mode)
     source = engine.reader.add_frame(frame, "rows")
     try:
         on_spark = train(load_config(None, [*quick, "engine=spark", f"data.source={source}",
@@ -342,3 +343,36 @@ def test_a_dataframes_bad_weight_fails_the_run_in_one_line_naming_partition_row_
         frame.unpersist()
     assert str(caught.value) == ("data.source partition 0: weight column 'weight' (data.weight_column) must hold "
                                  "finite numbers >= 0, got -2.0 at sample 17")
+
+
+@pytest.mark.slow
+def test_a_dataframe_of_three_partitions_trains_the_csv_runs_weights_to_rounding(spark, tmp_path):
+    """Three partitions are three blocks: the statistics are merged (Chan's update), equal to numpy's
+    whole-array mean and std to rounding, and the weights trained on them equal to 1e-6."""
+    from nnlib.api import train
+    from nnlib.engines.spark.ml import training_frame
+    from test_engines import spark_engine
+
+    x, y, _, w, v = rows()
+    records = [(x[i].tolist(), float(y[i]), float(w[i]), bool(v[i])) for i in range(N)]
+    # parallelize keeps the order: partition k holds the k-th run of rows, so positions are the CSV's rows
+    df = spark.sparkContext.parallelize(records, 3).toDF(["features", "label", "weight", "is_val"])
+    assert df.rdd.getNumPartitions() == 3
+    frame = training_frame(df, "features", "label", weight="weight", validation="is_val")
+    quick = ["train.rounds=3", "train.batch_size=16", "model.hidden=[8]", "train.lr=0.05", f"seed={SEED}",
+             "mappers=3", "model.task=regression", "data.weight_column=weight", "data.validation_column=is_val"]
+    csv = write_csv(tmp_path / "d.csv", {**{f"f{j}": x[:, j] for j in range(10)}, "label": y, "weight": w,
+                                         "is_val": v})
+    local = train(load_config(None, [*quick, f"data.source={csv}"]), write=False, warn=lambda _: None)
+    engine = spark_engine("stage")
+    source = engine.reader.add_frame(frame, "three")
+    try:
+        on_spark = train(load_config(None, [*quick, "engine=spark", f"data.source={source}",
+                                            "data.features_column=features"]),
+                         engine=engine, write=False, warn=lambda _: None)
+    finally:
+        engine.reader.remove_frame(source)
+        frame.unpersist()
+    assert on_spark.model.target_names == ["label"]
+    np.testing.assert_allclose(on_spark.model.params, local.model.params, rtol=0, atol=1e-6)
+    assert on_spark.rounds[-1]["test_rmse"] == pytest.approx(local.rounds[-1]["test_rmse"], rel=1e-6)
