@@ -49,9 +49,19 @@ KEYS = {
 }
 
 
+@pytest.fixture(params=["read by rows", "held whole"])
+def reading(request, monkeypatch):
+    """Both ways a DiskArray reads: positioned reads per run of rows, and a small file held whole."""
+    import nnlib.data.disk
+
+    if request.param == "read by rows":
+        monkeypatch.setattr(nnlib.data.disk, "BUFFER_BYTES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("name", ARRAYS)
 @pytest.mark.parametrize("key", KEYS)
-def test_indexing_equals_numpy(tmp_path, name, key):
+def test_indexing_equals_numpy(tmp_path, reading, name, key):
     array = ARRAYS[name]
     index = KEYS[key]
     if isinstance(index, tuple) and array.ndim == 1:
@@ -62,7 +72,7 @@ def test_indexing_equals_numpy(tmp_path, name, key):
     np.testing.assert_array_equal(np.asarray(got), expected)
 
 
-def test_a_slice_reads_nothing_and_indexes_within_itself(tmp_path):
+def test_a_slice_reads_nothing_and_indexes_within_itself(tmp_path, reading):
     array = ARRAYS["features"]
     disk = stored(tmp_path, array)
     part = disk[10:30]
@@ -73,7 +83,7 @@ def test_a_slice_reads_nothing_and_indexes_within_itself(tmp_path):
 
 
 @pytest.mark.parametrize("index", [50, -51, np.array([0, 50]), np.array([-51])])
-def test_out_of_range_is_an_index_error_as_in_numpy(tmp_path, index):
+def test_out_of_range_is_an_index_error_as_in_numpy(tmp_path, reading, index):
     disk, array = stored(tmp_path, ARRAYS["weights"]), ARRAYS["weights"]
     with pytest.raises(IndexError):
         array[index]
@@ -81,7 +91,7 @@ def test_out_of_range_is_an_index_error_as_in_numpy(tmp_path, index):
         disk[index]
 
 
-def test_sum_and_pickle(tmp_path):
+def test_sum_and_pickle(tmp_path, reading):
     w = ARRAYS["weights"]
     disk = stored(tmp_path, w)
     assert disk.sum(dtype=np.float64) == np.sum(w, dtype=np.float64)  # read whole: no stored sum here
@@ -153,7 +163,10 @@ LOCAL_CASES = {
 
 
 @pytest.mark.parametrize("case", LOCAL_CASES)
-def test_local_disk_equals_memory_bit_for_bit(tmp_path, case):
+def test_local_disk_equals_memory_bit_for_bit(tmp_path, monkeypatch, case):
+    import nnlib.data.disk
+
+    monkeypatch.setattr(nnlib.data.disk, "BUFFER_BYTES", 0)  # every row read from the file
     config = small_config(*LOCAL_CASES[case])
     memory = run(config, **QUIET)
     disk = run(disk_config(config, tmp_path), **QUIET)
@@ -165,7 +178,10 @@ def test_local_disk_equals_memory_bit_for_bit(tmp_path, case):
 @pytest.mark.parametrize("sets", [("data.weight_column=w",), ("data.weight_column=w", "combine=gradient"),
                                   ("data.weight_column=w", "model.task=regression")],
                          ids=["weights", "weights-gradient", "weights-regression"])
-def test_local_disk_equals_memory_with_weights_and_targets(tmp_path, weighted_npz, sets):
+def test_local_disk_equals_memory_with_weights_and_targets(tmp_path, weighted_npz, monkeypatch, sets):
+    import nnlib.data.disk
+
+    monkeypatch.setattr(nnlib.data.disk, "BUFFER_BYTES", 0)  # every row read from the file
     if "model.task=regression" in sets:  # the .npz's two float targets as y
         with np.load(weighted_npz) as f:
             arrays = {"x": f["x"], "y": f["t"], "w": f["w"]}
@@ -356,3 +372,37 @@ def test_every_engines_workers_keep_their_shards_through_the_store(spark, tmp_pa
         run(config, engine=chosen, **QUIET)
     assert str(caught.value) in (missing_scratch_line(scratch), "mapper 0: " + missing_scratch_line(scratch),
                                  "mapper 1: " + missing_scratch_line(scratch))  # the stage names the mapper
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT", "SIGKILL"])
+def test_a_stopped_run_leaves_no_shard_files_and_a_killed_ones_go_with_the_next_run(tmp_path, signum):
+    import signal
+    import time
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    cmd = [sys.executable, "-m", "nnlib", "run", "--out", str(tmp_path / "long"), "--quiet", "--set", "mappers=2",
+           "--set", "train.rounds=2000", "--set", "model.hidden=[8]", "--set", "data.shard_storage=disk",
+           "--set", f"data.scratch_dir={scratch}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not leftovers(scratch) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert leftovers(scratch) == [f"nnlib-shards-{proc.pid}-" + leftovers(scratch)[0].rsplit("-", 1)[1]]
+        time.sleep(1.0)  # into the rounds
+        proc.send_signal(getattr(signal, signum))
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if signum != "SIGKILL":
+        assert proc.returncode in (130, 143), proc.stderr[-2000:]  # stopped, not finished
+        assert leftovers(scratch) == []
+        return
+    assert len(leftovers(scratch)) == 1  # nothing ran to remove it
+    again = nnlib_cli(tmp_path, "data.shard_storage=disk", f"data.scratch_dir={scratch}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert leftovers(scratch) == []  # the next run on the same folder removed what the killed one left

@@ -1,11 +1,22 @@
 """Shards kept on local disk (``data.shard_storage: disk``) and read back by rows.
 
 A mapper's shard (features, labels or targets, sample weights) is written
-once to a scratch folder as ``.npy`` files, and training reads the rows of
-each mini-batch by index with positioned reads (``os.preadv``) into a fresh
-array: a mapper then holds one mini-batch of the shard, not the shard. The
-arrays read are the arrays written, row for row, so the mini-batches and
-the trained weights are the same bits as with ``memory`` storage.
+once to a scratch folder as ``.npy`` files when it has been built, and
+training reads the rows of each mini-batch by index with positioned reads
+(``os.preadv``) into a fresh array (:class:`DiskArray`). The arrays read
+are the arrays written, row for row, so the mini-batches and the trained
+weights are the same bits as with ``memory`` storage.
+
+What a mapper then holds through the rounds: a mini-batch, the epoch's
+permutation of row indices (8 bytes a row, as with memory storage: exact
+sampling needs it), each stored array of at most ``BUFFER_BYTES`` (labels,
+weights: read whole once) and its held-out rows (``Shard.held_out``,
+scored once a round). The shard is still built in memory first (the
+readers fill it whole), so a mapper's peak while building is unchanged.
+
+The files are not memory-mapped: ``spark.executor.pyspark.memory`` limits a
+Python worker's address space, and a mapping of a large shard counts in it
+whole.
 
 The files are not memory-mapped: ``spark.executor.pyspark.memory`` limits a
 Python worker's address space, and a mapping of a large shard counts in it
@@ -30,6 +41,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 import weakref
 import numpy as np
@@ -42,8 +54,18 @@ FOLDER_PREFIX = "nnlib-shards-"
 _FOLDER = re.compile(r"^nnlib-shards-(\d+)-")
 
 
+BUFFER_BYTES = 16 << 20  # a stored array this small is read whole once, then indexed in memory
+
+
 class _File:
-    """An open ``.npy`` file: its descriptor and where its data begins. Closed when the last array over it goes."""
+    """An open ``.npy`` file: its descriptor and where its data begins. Closed when the last array over it goes.
+
+    A file of at most ``BUFFER_BYTES`` of data (labels, weights, a small
+    shard's features) is read whole at its first use and kept (:meth:`held`):
+    a positioned read per row costs the same for an 8-byte label as for a
+    row of features, and such an array is no larger than the epoch's
+    permutation of row indices, which exact sampling holds anyway.
+    """
 
     def __init__(self, path: str):
         self.path = path
@@ -58,6 +80,17 @@ class _File:
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self.fd = os.open(path, os.O_RDONLY)
         self._close = weakref.finalize(self, os.close, self.fd)
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        self._held: np.ndarray | None = None
+
+    def held(self) -> np.ndarray | None:
+        """The whole array when it is at most ``BUFFER_BYTES`` (read at the first call), else None."""
+        if self._held is None and self.nbytes <= BUFFER_BYTES:
+            whole = np.empty(self.shape, self.dtype)
+            if self.nbytes:
+                _read_all(self.fd, memoryview(whole.reshape(-1).view(np.uint8)), self.offset, self.path)
+            self._held = whole
+        return self._held
 
     def close(self) -> None:
         self._close()
@@ -156,38 +189,59 @@ class DiskArray:
                                  if (lo, hi) == (0, n) else None)
             return self._read_runs(np.arange(lo, hi, step, dtype=np.int64))
         idx = np.asarray(key)
-        if idx.dtype == bool:
+        if idx.dtype.kind == "b":
             if idx.shape != (n,):
                 raise IndexError(f"boolean index of shape {idx.shape} does not match the rows ({n},)")
             idx = np.flatnonzero(idx)
         elif idx.size == 0:
             idx = idx.astype(np.int64)
-        elif not np.issubdtype(idx.dtype, np.integer):
+        elif idx.dtype.kind not in "iu":
             raise IndexError("only integers, slices, integer arrays and boolean masks index a DiskArray")
         if idx.ndim != 1:
             return self[idx.reshape(-1)].reshape(*idx.shape, *self._row_shape)
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            bad = idx[(idx < -n) | (idx >= n)][0]
-            raise IndexError(f"index {bad} is out of bounds for axis 0 with size {n}")
-        return self._read_runs(np.where(idx < 0, idx + n, idx).astype(np.int64, copy=False))
+        if not idx.size:
+            return self._read_runs(idx.astype(np.int64))
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < -n or hi >= n:
+            raise IndexError(f"index {lo if lo < -n else hi} is out of bounds for axis 0 with size {n}")
+        if lo < 0:
+            idx = np.where(idx < 0, idx + n, idx)
+        return self._read_runs(idx.astype(np.int64, copy=False))
 
     def _read_runs(self, idx: np.ndarray) -> np.ndarray:
         """Rows ``idx`` (in range, int64) into a new array: one positioned read per run of consecutive rows."""
+        held = self._file.held()
+        if held is not None:
+            return held[idx + self._start if self._start else idx]
         out = np.empty((len(idx), *self._row_shape), self.dtype)
         if not len(idx) or not self._row_bytes:
             return out
         view = memoryview(out.reshape(-1).view(np.uint8))
-        starts = np.concatenate(([0], np.flatnonzero(np.diff(idx) != 1) + 1))
-        ends = np.append(starts[1:], len(idx))
-        size, base, fd = self._row_bytes, self._file.offset + self._start * self._row_bytes, self._file.fd
-        for a, b in zip(starts.tolist(), ends.tolist()):
-            lo, hi, at = a * size, b * size, base + int(idx[a]) * size
-            while lo < hi:  # a read may return less than asked (past 2 GiB on Linux)
-                got = os.preadv(fd, [view[lo:hi]], at)
-                if got <= 0:
-                    raise OSError(errno.EIO, f"{self.path}: the file ended before row {idx[a]}")
-                lo, at = lo + got, at + got
+        size, base = self._row_bytes, self._file.offset + self._start * self._row_bytes
+        follows = idx[1:] - idx[:-1] == 1
+        if not follows.any():  # no two rows in a row (a shuffled batch): one read per row, kept lean
+            fd, read, offsets = self._file.fd, os.pread, (idx * size + base).tolist()
+            rows = b"".join([read(fd, size, at) for at in offsets])  # faster than preadv into slices
+            if len(rows) == len(view):
+                view[:] = rows
+            else:  # a short read (rare on a local file): row by row, to the end of each
+                for i, at in enumerate(offsets):
+                    _read_all(fd, view[i * size:(i + 1) * size], at, self.path)
+            return out
+        starts = [0, *(np.flatnonzero(~follows) + 1).tolist()]
+        for a, b in zip(starts, [*starts[1:], len(idx)]):
+            _read_all(self._file.fd, view[a * size:b * size], base + int(idx[a]) * size, self.path)
         return out
+
+
+def _read_all(fd: int, buffer: memoryview, at: int, path: str) -> None:
+    """Fill ``buffer`` from byte ``at`` of ``fd``: a read may return less than asked (past 2 GiB on Linux)."""
+    lo = 0
+    while lo < len(buffer):
+        got = os.preadv(fd, [buffer[lo:]], at + lo)
+        if got <= 0:
+            raise OSError(errno.EIO, f"{path}: the file ended at byte {at + lo}, before its rows did")
+        lo += got
 
 
 WRITE_BYTES = 16 << 20  # bytes per write: a failed write (a full disk) is seen with its errno, close to where
@@ -216,8 +270,8 @@ def scratch_root(data: DataConfig) -> str:
     if data.scratch_dir is not None:
         return data.scratch_dir
     dirs = [d for d in os.environ.get("SPARK_LOCAL_DIRS", "").split(",") if d]
-    if not dirs:
-        with contextlib.suppress(Exception):  # on Spark's driver or outside Spark: its local dir, if set
+    if not dirs and "pyspark" in sys.modules:  # in a process that runs Spark's driver: spark.local.dir, if set
+        with contextlib.suppress(Exception):
             from pyspark import SparkContext
 
             sc = SparkContext._active_spark_context  # noqa: SLF001
@@ -249,9 +303,10 @@ def sweep(root: str) -> list[str]:
 
 
 def _scratch_error(root: str, data: DataConfig, problem: str) -> DataError:
-    where = "data.scratch_dir" if data.scratch_dir is not None else "data.scratch_dir (default: Spark's local dir or the temporary folder)"
-    return DataError(f"{where}: {root} {problem}; data.shard_storage=disk writes each mapper's shard there: "
-                     "set data.scratch_dir to a writable local folder with room, or data.shard_storage=memory")
+    default = "" if data.scratch_dir is not None else " (unset: Spark's local dir or the temporary folder)"
+    return DataError(f"data.scratch_dir: {root}{default} {problem}; data.shard_storage=disk writes each mapper's "
+                     "shard there: set data.scratch_dir to a writable local folder with room, or "
+                     "data.shard_storage=memory")
 
 
 class ShardStore:

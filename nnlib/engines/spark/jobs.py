@@ -414,7 +414,8 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
 
     def round(self, payload, reducer, timings):
         blob = self._payload_blob(payload, timings)
-        frame = (self._inputs.mapInArrow(train_task(self.token, self._build, blob, self._data), CHUNKS, **self._resources)
+        frame = (self._inputs.mapInArrow(train_task(self.token, self._build, blob, self._data), CHUNKS,
+                                         **self._resources)
                  .repartition(1)  # a shuffle to one reduce task (coalesce would run the mappers in one task)
                  .mapInArrow(reduce_task(reducer, self.mappers), CHUNKS))
         start = time.perf_counter()
