@@ -441,3 +441,30 @@ def test_synchronous_rounds_with_weights_all_1_are_the_unweighted_rounds(tmp_pat
     twos = write_csv(tmp_path / "t.csv", {**cols, "target": y, "w": 1.0 + (np.arange(N) % 2)})
     train(overrides={**base, "data.source": twos, "data.weight_column": "w"}, out=tmp_path / "c")
     assert np.abs(load_model(tmp_path / "c").params - load_model(tmp_path / "a").params).max() > 1e-4
+
+
+def test_a_parquet_list_column_of_targets_trains_as_its_targets_in_columns(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, y = friedman1(200)
+    two = np.stack([y, x[:, 0] * 3 - y], axis=1)
+    features = {f"f{j}": x[:, j] for j in range(10)}
+    pq.write_table(pa.table({**features, "y": pa.array(list(two), type=pa.list_(pa.float64()))}), tmp_path / "l.parquet")
+    pq.write_table(pa.table({**features, "a": two[:, 0], "b": two[:, 1]}), tmp_path / "c.parquet")
+    common = {**REG, "train.rounds": 2}
+    listed = train(overrides={**common, "data.source": str(tmp_path / "l.parquet"), "data.label_column": "y"},
+                   out=tmp_path / "lr")
+    columns = train(overrides={**common, "data.source": str(tmp_path / "c.parquet"), "data.label_columns": ["a", "b"]},
+                    out=tmp_path / "cr")
+    np.testing.assert_array_equal(load_model(tmp_path / "lr").params, load_model(tmp_path / "cr").params)
+    assert load_model(tmp_path / "lr").header["targets"]["names"] == ["y_0", "y_1"]
+    assert listed.summary["final_test_rmse"] == columns.summary["final_test_rmse"]
+    # rows of other lengths: one line naming the column
+    ragged = [[1.0, 2.0]] * 199 + [[1.0]]
+    pq.write_table(pa.table({**features, "y": pa.array(ragged, type=pa.list_(pa.float64()))}), tmp_path / "r.parquet")
+    code = main(["run", *QUICK, *R[:2], "--set", f"data.source={tmp_path / 'r.parquet'}", "--set",
+                 "data.label_column=y", "--out", str(tmp_path / "rr")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "target column 'y' holds lists of 1 to 2 numbers; every row needs the same number of targets" in err
