@@ -285,8 +285,8 @@ def test_auto_storage_is_not_offered():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("combine", ["average", "gradient"])
-def test_mpi_disk_equals_memory_bit_for_bit(tmp_path, combine):
+@pytest.mark.parametrize("combine", ["average", "gradient", "weights"])
+def test_mpi_disk_equals_memory_bit_for_bit(tmp_path, weighted_npz, combine):
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", TMPDIR=str(tmp_path),
                OMPI_MCA_rmaps_base_oversubscribe="1")
@@ -295,7 +295,9 @@ def test_mpi_disk_equals_memory_bit_for_bit(tmp_path, combine):
     for storage in ("memory", "disk"):
         out = tmp_path / storage
         cmd = [mpiexec, "-n", "2", "--oversubscribe", sys.executable, "jobs/mpi_model_avg.py", "conf/default.yaml",
-               "--set", "model.hidden=[16]", "--set", "train.rounds=2", "--set", f"combine={combine}",
+               "--set", "model.hidden=[16]", "--set", "train.rounds=2",
+               *(["--set", f"combine={combine}"] if combine != "weights" else
+                 ["--set", f"data.source={weighted_npz}", "--set", "data.weight_column=w", "--set", "combine=weighted"]),
                "--set", "mappers=2", "--set", f"data.shard_storage={storage}",
                "--set", f"data.scratch_dir={tmp_path / 'scratch'}", "--out", str(out), "--quiet"]
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
@@ -307,12 +309,13 @@ def test_mpi_disk_equals_memory_bit_for_bit(tmp_path, combine):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["stage", "jobs"])
-@pytest.mark.parametrize("sets", [("combine=average",), ("combine=gradient", "train.momentum=0.9")],
-                         ids=["average", "gradient"])
-def test_spark_disk_equals_memory_bit_for_bit(spark, tmp_path, mode, sets):
+@pytest.mark.parametrize("sets", [("combine=average",), ("combine=gradient", "train.momentum=0.9"),
+                                  ("data.weight_column=w", "combine=weighted")], ids=["average", "gradient", "weights"])
+def test_spark_disk_equals_memory_bit_for_bit(spark, tmp_path, weighted_npz, mode, sets):
     from test_engines import spark_engine
 
-    config = small_config("mappers=3", *sets)
+    source = (f"data.source={weighted_npz}",) if "data.weight_column=w" in sets else ()
+    config = small_config("mappers=3", *source, *sets)
     memory = run(config, **QUIET)
     on_spark = run(disk_config(config, tmp_path).model_copy(update={"engine": "spark"}), engine=spark_engine(mode),
                    **QUIET)
@@ -322,10 +325,12 @@ def test_spark_disk_equals_memory_bit_for_bit(spark, tmp_path, mode, sets):
 
 @needs_mrjob
 @pytest.mark.parametrize("runner", ["inline", pytest.param("local", marks=pytest.mark.slow)])
-def test_mrjob_disk_equals_memory_bit_for_bit(tmp_path, runner):
+@pytest.mark.parametrize("weights", [False, True], ids=["plain", "weights"])
+def test_mrjob_disk_equals_memory_bit_for_bit(tmp_path, weighted_npz, runner, weights):
     from nnlib.engines.mrjob.engine import MrjobEngine
 
-    config = small_config("mappers=3", "train.momentum=0.5")
+    source = (f"data.source={weighted_npz}", "data.weight_column=w") if weights else ()
+    config = small_config("mappers=3", "train.momentum=0.5", *source)
     memory = run(config, **QUIET)
     mr_config = disk_config(config, tmp_path).model_copy(update={"engine": "mrjob"})
     result = run(mr_config, engine=MrjobEngine(mr_config, runner), **QUIET)
