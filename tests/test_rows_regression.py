@@ -141,6 +141,18 @@ def test_the_local_reader_reads_what_load_columns_reads(sources, case, folder):
     assert_same_shards(got_shards, want_shards, exact=folder == "one")
 
 
+def test_a_test_source_is_read_whole_beside_a_row_keyed_training_source(sources, tmp_path):
+    data, csv, one, _ = sources
+    x, y, y2, w, v = rows(90, seed=7)
+    test_csv = write_csv(tmp_path / "t.csv", columns(x, y, y2, w, v))
+    case = "two targets, weights, validation column"
+    want = load_columns(cfg(csv, case, [f"data.test_source={test_csv}"]).data, SEED, "regression")
+    got = load_row_keyed(cfg(one, case, [f"data.test_source={test_csv}"]).data, SEED, 3, LocalReader(), "regression")
+    assert got.n_test == 90 and got.fingerprint[1] == want.fingerprint[1]
+    assert got.fingerprint[0] == want.fingerprint[0]  # the same rows: the digest a checkpoint records
+    assert_same_data(got, want, exact=True)
+
+
 def test_a_list_label_column_is_several_targets_named_by_their_index(tmp_path):
     x, y, y2, w, _ = rows()
     folder = tmp_path / "lists"
