@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import on
 from nnlib.api import train
 from nnlib.cli import main
 from nnlib.data.dataset import _split
@@ -363,3 +364,20 @@ def test_a_weighted_classifier_predicts_on_spark_as_locally(spark, tmp_path):
     assert on_spark.loss == pytest.approx(local.loss, rel=1e-6)
     hit = load_model(tmp_path / "run").predict(x) == columns["label"]
     assert local.accuracy == pytest.approx(w[hit].sum() / w.sum(), rel=1e-12) != hit.mean()
+
+
+@pytest.mark.slow
+def test_a_regressor_predicts_on_spark_connect_as_locally(spark, connect, connect_server, tmp_path):
+    from nnlib.engines.spark.predict import predict_spark
+    from nnlib.model.predict import predict_source
+
+    src, w = weighted_csv(tmp_path)
+    train(overrides={**QUICK, "data.source": src, "data.weight_column": "w"}, out=tmp_path / "run")
+    local = predict_source(load_model(tmp_path / "run"), src, ["data.weight_column=w"], str(tmp_path / "l.parquet"))
+    with on("connect"):
+        remote = predict_spark(tmp_path / "run", src, ["engine=spark", f"spark.remote={connect_server.url}",
+                                                       "data.weight_column=w"], str(tmp_path / "c.parquet"))
+    assert (remote.rows, remote.rmse, remote.mae, remote.r2, remote.loss) == (
+        local.rows, local.rmse, local.mae, local.r2, local.loss)
+    a, b = _by_key(tmp_path / "l.parquet"), _by_key(tmp_path / "c.parquet")
+    assert np.array_equal(a["prediction"].view(np.uint64), b["prediction"].view(np.uint64))
