@@ -252,6 +252,10 @@ def test_weighted_predict_of_a_classifiers_test_rows_is_the_runs_final_figures(t
     (["data.weight_column=weights"], {}, "nnlib: error: data.weight_column: {test} has no column 'weights' "),
     (["data.weight_column=w"], {"w": "neg"}, "weight column 'w' (data.weight_column) must hold finite numbers >= 0, "
                                              "got -1.0 at sample 3"),
+    (["data.weight_column=w"], {"w": "null"}, "weight column 'w' (data.weight_column) has an empty (null) cell at "
+                                              "sample 5; every row needs a weight"),
+    (["data.weight_column=w"], {"w": "zero"}, "nnlib: error: DATA {test} (data.weight_column 'w'): every weight is 0; "
+                                              "at least one row must weigh more"),
     (["data.weight_column=target"], {}, "data.weight_column, data.validation_column, the key and the label "
                                         "column(s) must be different columns, got 'target' twice"),
 ])
@@ -261,6 +265,10 @@ def test_a_bad_weight_column_in_predict_is_one_line(tmp_path, capsys, sets, extr
     if extra.get("w") == "neg":
         w = w.copy()
         w[3] = -1.0
+    elif extra.get("w") == "null":
+        w = [None if i == 5 else v for i, v in enumerate(w)]
+    elif extra.get("w") == "zero":
+        w = np.zeros(N)
     test = write_csv(tmp_path / "test.csv", _columns(w))
     capsys.readouterr()
     argv = ["predict", str(tmp_path / "run"), test, "--out", str(tmp_path / "p.parquet")]
@@ -381,3 +389,22 @@ def test_a_regressor_predicts_on_spark_connect_as_locally(spark, connect, connec
         local.rows, local.rmse, local.mae, local.r2, local.loss)
     a, b = _by_key(tmp_path / "l.parquet"), _by_key(tmp_path / "c.parquet")
     assert np.array_equal(a["prediction"].view(np.uint64), b["prediction"].view(np.uint64))
+
+
+def test_a_classifiers_bad_weight_column_in_predict_is_one_line(tmp_path, capsys):
+    x, y = friedman1()
+    columns = {**{f"f{j}": x[:, j] for j in range(10)}, "label": (y > np.median(y)).astype(np.int64),
+               "w": np.zeros(N)}
+    src = write_csv(tmp_path / "c.csv", columns)
+    assert main(["run", "--out", str(tmp_path / "run"), "--quiet", "--set", f"data.source={src}", "--set",
+                 "data.label_column=label", "--set", "data.drop_columns=[w]", "--set", "train.rounds=1"]) == 0
+    capsys.readouterr()
+    for weight, expected in (("weights", f"data.weight_column: {src} has no column 'weights' (columns are "),
+                             ("w", f"DATA {src} (data.weight_column): every labelled row weighs 0; at least one row "
+                                   "must weigh more")):
+        out = tmp_path / "p.csv"
+        assert main(["predict", str(tmp_path / "run"), src, "--set", f"data.weight_column={weight}",
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"nnlib: error: {expected}") and err.count("\n") == 1, err
+        assert not out.exists() and not list(tmp_path.glob(".p.csv.tmp*"))
