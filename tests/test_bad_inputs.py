@@ -291,6 +291,15 @@ HANDLED = ["missing-class", "uneven-shards-synchronous", "gradient-on-spark-jobs
 # Cases held by a test in another file (real MLflow stores, Spark sessions, spark-submit and nnlib run
 # subprocesses): each README row names the test that holds it, which must exist
 ELSEWHERE = {
+    "report-mixed-tasks": "test_regression_report.py::test_a_report_mixing_regression_and_classification_runs_is_one_line",
+    "sweep-mixed-tasks": "test_regression_report.py::test_a_sweep_mixing_tasks_or_asking_a_regression_for_a_target_accuracy_is_one_line",
+    "sweep-target-accuracy-regression": "test_regression_report.py::test_a_sweep_mixing_tasks_or_asking_a_regression_for_a_target_accuracy_is_one_line",
+    "predict-weight-column-missing": "test_regression_report.py::test_a_bad_weight_column_in_predict_is_one_line",
+    "predict-negative-weight": "test_regression_report.py::test_a_bad_weight_column_in_predict_is_one_line",
+    "predict-null-weight": "test_regression_report.py::test_a_bad_weight_column_in_predict_is_one_line",
+    "predict-zero-weights": "test_regression_report.py::test_a_classifiers_bad_weight_column_in_predict_is_one_line",
+    "predict-weight-no-columns": "test_regression_report.py::test_a_weight_column_on_a_source_without_columns_is_one_line",
+    "ragged-list-targets": "test_regression.py::test_a_parquet_list_column_of_targets_trains_as_its_targets_in_columns",
     "mlflow-run-deleted-mid-run": "test_side_channels.py::test_an_mlflow_run_deleted_mid_run_is_one_warning_and_the_run_completes",
     "mlflow-server-unreachable": "test_side_channels.py::test_an_unreachable_tracking_server_is_one_line_within_seconds_before_training",
     "train-inside-callers-mlflow-run": "test_side_channels.py::test_inside_the_callers_mlflow_run_nnlib_logs_a_child_run_and_leaves_the_settings_as_found",
