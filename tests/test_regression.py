@@ -467,4 +467,5 @@ def test_a_parquet_list_column_of_targets_trains_as_its_targets_in_columns(tmp_p
                  "data.label_column=y", "--out", str(tmp_path / "rr")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
-    assert "target column 'y' holds lists of 1 to 2 numbers; every row needs the same number of targets" in err
+    assert "target column 'y' must hold lists of one length (one value per target), got 2 and 1 values at sample " \
+        "199" in err

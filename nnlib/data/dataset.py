@@ -672,36 +672,6 @@ def _column_values(table, path: str, key: str, name: str, what: str) -> np.ndarr
     return col.to_numpy(zero_copy_only=False)
 
 
-def _is_list_column(table, name: str) -> bool:
-    import pyarrow as pa
-
-    return name in table.column_names and (pa.types.is_list(table.column(name).type)
-                                           or pa.types.is_large_list(table.column(name).type)
-                                           or pa.types.is_fixed_size_list(table.column(name).type))
-
-
-def _list_targets(table, path: str, key: str, name: str) -> np.ndarray:
-    """A list column of numbers as ``(n, t)`` float64 targets (``t`` the same on every row); a null row or
-    list, a row of another length or non-numeric elements is one line naming the column."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    col = table.column(name).combine_chunks()
-    where = f"{key}: {path} target column '{name}'"
-    if col.null_count:
-        raise DataError(f"{where} has {col.null_count} empty (null) cell(s); every row needs a list of targets")
-    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-    if len(lengths) and (lengths.min() != lengths.max() or lengths.min() == 0):
-        raise DataError(f"{where} holds lists of {lengths.min()} to {lengths.max()} numbers; every row needs the "
-                        "same number of targets, at least 1")
-    values = col.flatten()
-    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
-        raise DataError(f"{where} must hold lists of numbers, got {col.type}")
-    if values.null_count:
-        raise DataError(f"{where} has {values.null_count} empty (null) target(s) inside its lists")
-    return values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(col), -1)
-
-
 def _targets(y, n: int, where: str, names: tuple[str, ...]) -> np.ndarray:
     """Regression targets: finite numbers, ``(n,)`` or ``(n, t)``, as float64."""
     y = np.asarray(y)
@@ -796,8 +766,8 @@ def _read_columns(cfg: DataConfig, path: str, key: str, regression: bool) -> _Co
         names = tuple(sources.feature_columns(table.column_names, None, cfg.key_column, cfg.feature_columns,
                                               [*cfg.drop_columns, *targets, *extras]))
     label_what = "target column" if regression else "label column"
-    if regression and len(targets) == 1 and _is_list_column(table, targets[0]):  # several targets in one column
-        y_list = _list_targets(table, path, key, targets[0])
+    if regression and len(targets) == 1 and tables._is_list(table.column(targets[0]).type):  # several targets
+        y_list = tables._target_values(table, where, (targets[0],), 0)  # as a row-keyed reader reads a block
         target_names = tuple(f"{targets[0]}_{j}" for j in range(y_list.shape[1]))
         columns = [y_list]
     else:
