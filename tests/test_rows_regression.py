@@ -263,14 +263,19 @@ def test_spark_reads_a_parquet_uri_as_load_columns_reads_the_csv(spark, sources,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["two targets, weights, validation column", "weights, validation fraction",
-                                  "weighted classification, validation column"])
-def test_a_run_on_a_parquet_uri_read_by_spark_trains_the_local_csv_runs_weights(spark, sources, case):
+@pytest.mark.parametrize("case,combine", [("two targets, weights, validation column", "average"),
+                                          ("weights, validation fraction", "average"),
+                                          ("weighted classification, validation column", "average"),
+                                          ("weights, validation fraction", "gradient")])
+def test_a_run_on_a_parquet_uri_read_by_spark_trains_the_local_csv_runs_weights(spark, sources, case, combine):
+    """``combine=gradient``: synchronous rounds normalise each batch loss by the mean training weight, which
+    the survey gives the driver's payload (the training weights stay with the mappers)."""
     from nnlib.api import train
     from test_engines import spark_engine
 
     _, csv, one, _ = sources
-    quick = ["train.rounds=3", "train.batch_size=16", "model.hidden=[8]", "train.lr=0.05", f"seed={SEED}"]
+    quick = ["train.rounds=3", "train.batch_size=16", "model.hidden=[8]", "train.lr=0.05", f"seed={SEED}",
+             f"combine={combine}"]
     local = train(cfg(csv, case, quick), write=False, warn=lambda _: None)
     engine = spark_engine("stage")
     engine.reader.local_by_pyarrow = False  # Spark's own reader, as for hdfs:// and s3a://

@@ -204,7 +204,7 @@ def first_payload(config, data: Dataset, schedule: Schedule | None = None) -> Ro
         schedule = Schedule.from_config(config, sizes)
     plan = schedule.plan(0)
     subnets = ist_subnets(config) if plan.sub_networks == "ist" else None
-    mean_weight = None if data.w_train is None else float(np.mean(data.w_train, dtype=np.float64))
+    mean_weight = data.mean_weight  # of w_train, or of a row-keyed source's survey (its weights stay with the mappers)
     return RoundPayload(plan, config.seed, params, optimizer.init_state(params), spec,
                         config.model.backend, optimizer, subnets, proximal_mu=config.train.proximal_mu,
                         mean_weight=mean_weight)
