@@ -411,3 +411,15 @@ def test_a_stopped_run_leaves_no_shard_files_and_a_killed_ones_go_with_the_next_
     again = nnlib_cli(tmp_path, "data.shard_storage=disk", f"data.scratch_dir={scratch}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert leftovers(scratch) == []  # the next run on the same folder removed what the killed one left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["stage", "jobs"])
+def test_a_failed_spark_run_leaves_no_shard_files(spark, tmp_path, mode):
+    from test_engines import spark_engine
+
+    config = disk_config(small_config("train.lr=1e30", "train.rounds=3"), tmp_path).model_copy(
+        update={"engine": "spark"})
+    with pytest.raises(NnlibError, match="NaN|inf|diverge"):
+        run(config, engine=spark_engine(mode), **QUIET)
+    assert leftovers(tmp_path) == []
