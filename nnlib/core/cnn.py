@@ -26,9 +26,8 @@ matrix; its input gradient is one product and ``k*k`` strided additions, and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided

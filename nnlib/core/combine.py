@@ -20,7 +20,7 @@ maths here can assume good input.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -55,8 +55,8 @@ gives a batch of light rows a full-sized step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import numpy as np
 

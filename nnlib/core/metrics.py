@@ -77,7 +77,7 @@ class ClassificationSums:
     loss: float     # sum w * l
     correct: float  # sum w * [pred == y]
 
-    def __add__(self, other: "ClassificationSums") -> "ClassificationSums":
+    def __add__(self, other: ClassificationSums) -> ClassificationSums:
         return ClassificationSums(self.rows + other.rows, self.weight + other.weight, self.loss + other.loss,
                                   self.correct + other.correct)
 
@@ -86,7 +86,7 @@ class ClassificationSums:
         return np.array([self.rows, self.weight, self.loss, self.correct], np.float64)
 
     @classmethod
-    def from_vector(cls, v: np.ndarray) -> "ClassificationSums":
+    def from_vector(cls, v: np.ndarray) -> ClassificationSums:
         return cls(int(v[0]), float(v[1]), float(v[2]), float(v[3]))
 
 
@@ -104,7 +104,7 @@ class RegressionSums:
     abs_error: np.ndarray    # sum w * |p - y|
     shift: np.ndarray        # not a sum: the per-target shift every block used
 
-    def __add__(self, other: "RegressionSums") -> "RegressionSums":
+    def __add__(self, other: RegressionSums) -> RegressionSums:
         if self.shift.shape != other.shift.shape or not np.array_equal(self.shift, other.shift):
             raise ValueError(f"regression sums with different shifts cannot be added: {self.shift} and {other.shift}")
         return RegressionSums(self.rows + other.rows, self.weight + other.weight, self.weight2 + other.weight2,
@@ -118,7 +118,7 @@ class RegressionSums:
                                self.error2, self.abs_error]).astype(np.float64)
 
     @classmethod
-    def from_vector(cls, v: np.ndarray, shift: np.ndarray) -> "RegressionSums":
+    def from_vector(cls, v: np.ndarray, shift: np.ndarray) -> RegressionSums:
         t = (len(v) - 4) // 4
         parts = [np.array(v[4 + k * t:4 + (k + 1) * t], np.float64) for k in range(4)]
         return cls(int(v[0]), float(v[1]), float(v[2]), float(v[3]), *parts, np.asarray(shift, np.float64))

@@ -64,7 +64,7 @@ class Split:
         return out
 
     @classmethod
-    def from_labels(cls, labels, n_groups: int) -> "Split":
+    def from_labels(cls, labels, n_groups: int) -> Split:
         return cls(tuple(tuple(tuple(int(u) for u in np.flatnonzero(np.asarray(lab) == g)) for g in range(n_groups))
                          for lab in labels))
 

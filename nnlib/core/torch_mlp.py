@@ -43,7 +43,7 @@ The MLP's weights are stored ``(fan_in, fan_out)``, so its module computes
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -17,7 +17,7 @@ formulas are the numpy rules'; the last bits may differ (torch fuses
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

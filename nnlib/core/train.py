@@ -8,8 +8,8 @@ which is what makes a retried task reproduce its result.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 

@@ -17,8 +17,19 @@ from nnlib.config import DataConfig
 from nnlib.data import sources, tables
 from nnlib.data.checks import check_class_ids, check_features, check_labels, check_standardized
 from nnlib.data.partition import partition, shard_sizes
-from nnlib.data.rows import (ROLE_NAMES, TEST, TRAIN, VAL, FixedPlan, RowFiller, RowPlan, add_digests,
-                             check_partition, row_digest, standardize_into)
+from nnlib.data.rows import (
+    ROLE_NAMES,
+    TEST,
+    TRAIN,
+    VAL,
+    FixedPlan,
+    RowFiller,
+    RowPlan,
+    add_digests,
+    check_partition,
+    row_digest,
+    standardize_into,
+)
 from nnlib.data.tables import ParquetSource
 from nnlib.errors import DataError
 
@@ -633,7 +644,7 @@ class _Columns:
     v: np.ndarray | None       # (n,) bool validation flags
     names: tuple[str, ...] | None  # feature columns
     target_names: tuple[str, ...]
-    test: "_Columns | None" = None  # an .npz's own x_test/y_test
+    test: _Columns | None = None  # an .npz's own x_test/y_test
 
 
 def _table(path: str, key: str):

@@ -44,6 +44,7 @@ import shutil
 import sys
 import tempfile
 import weakref
+
 import numpy as np
 
 from nnlib.config import DataConfig

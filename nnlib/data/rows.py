@@ -105,7 +105,7 @@ class RowPlan:
         return {r: np.concatenate(parts) if parts else np.empty(0, np.int64) for r, parts in found.items()}
 
 
-    def tally(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray, w=None, v=None) -> tuple[int, "Tally"]:
+    def tally(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray, w=None, v=None) -> tuple[int, Tally]:
         """A block's :class:`Tally`, keyed by its first position (for :func:`merge_in_order`)."""
         return int(pos[0]), Tally.of(x, y, self.roles(pos), self.shards(pos), self.mappers, pos)
 
@@ -185,7 +185,7 @@ class FixedPlan(RowPlan):
     def span(self, shard: int) -> tuple[int, int]:
         return 0, self.n_rows
 
-    def tally(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray, w=None, v=None) -> tuple[int, "Tally"]:
+    def tally(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray, w=None, v=None) -> tuple[int, Tally]:
         role = self.roles(pos, v)
         return int(pos[0]), Tally.of(x, None if self.regression else y, role, self.shards(pos), self.mappers,
                                      None, targets=y if self.regression else None, w=w,
@@ -218,14 +218,14 @@ class Moments:
     m2: np.ndarray
 
     @classmethod
-    def of(cls, x: np.ndarray) -> "Moments":
+    def of(cls, x: np.ndarray) -> Moments:
         x = np.asarray(x, np.float64)
         if len(x) == 0:
             return cls(0, np.zeros(x.shape[1]), np.zeros(x.shape[1]))
         mean = x.mean(axis=0)
         return cls(len(x), mean, ((x - mean) ** 2).sum(axis=0))
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         """The moments of both sets of rows (Chan, Golub and LeVeque's pairwise update)."""
         if other.n == 0:
             return self
@@ -287,7 +287,7 @@ class Tally:
     @classmethod
     def of(cls, x: np.ndarray, y: np.ndarray | None, role: np.ndarray, shard: np.ndarray, mappers: int,
            pos: np.ndarray | None = None, targets: np.ndarray | None = None, w: np.ndarray | None = None,
-           marked: np.ndarray | None = None, carried: int | None = None) -> "Tally":
+           marked: np.ndarray | None = None, carried: int | None = None) -> Tally:
         """A block's tally; ``y`` None (regression): no label figures, ``targets`` (float64 ``(rows,)`` or
         ``(rows, t)``) gives the target moments instead; ``carried``: the block's digest, given (else
         :func:`row_digest` of ``pos``, ``x``, ``y`` when ``pos`` is)."""
@@ -312,7 +312,7 @@ class Tally:
             t.digest = row_digest(pos, x, y)
         return t
 
-    def merge(self, other: "Tally") -> "Tally":
+    def merge(self, other: Tally) -> Tally:
         if other.n_features != self.n_features:
             raise DataError(f"data.source: parts of the dataset have {self.n_features} and {other.n_features} "
                             "features")

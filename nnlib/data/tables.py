@@ -9,9 +9,10 @@ dataset.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class ParquetSource:
 
     @classmethod
     def open(cls, source: str, label_column: str, features_column: str | None,
-             key: str = "data.source", key_column: str | None = None, check_columns: bool = True) -> "ParquetSource":
+             key: str = "data.source", key_column: str | None = None, check_columns: bool = True) -> ParquetSource:
         """List the files (sorted by path) and read their footers; a bad file or schema is one line naming it,
         and so is (with ``check_columns``) a label or features column the files lack (:func:`check_schema`)."""
         import pyarrow as pa

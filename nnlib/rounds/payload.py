@@ -96,7 +96,7 @@ class RoundPayload:
         state = state_rows(self.opt_state, self.params.size)
         return self.params[idx], None if state is None else state[:, idx].ravel(), model
 
-    def sliced(self, mapper: int) -> "RoundPayload":
+    def sliced(self, mapper: int) -> RoundPayload:
         """The payload with only ``mapper``'s sub-network in it (what an engine that sends each mapper
         its own message ships); the whole payload when the round trains the whole network."""
         if self.subnets is None:

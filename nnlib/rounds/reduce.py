@@ -25,8 +25,8 @@ The server optimizer's step (:class:`Server`, ``server.lr`` and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 

@@ -144,7 +144,7 @@ class Schedule:
     split_warmup_fraction: float = 0.5
 
     @classmethod
-    def from_config(cls, config, shard_sizes) -> "Schedule":
+    def from_config(cls, config, shard_sizes) -> Schedule:
         """The schedule of a :class:`nnlib.config.Config` whose shards hold ``shard_sizes`` samples."""
         return cls(config.train, config.combine, config.mappers, tuple(int(n) for n in shard_sizes),
                    config.split.warmup_fraction)

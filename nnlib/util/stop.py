@@ -22,8 +22,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 STOP_STATUS = 143  # 128 + SIGTERM: the exit status of a run that stopped on request, whatever the signal
 
