@@ -24,12 +24,14 @@ from __future__ import annotations
 import json
 import shlex
 import signal
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from nnlib.config import Config, build_config, diff_keys, flatten, load_config, read_layered, read_yaml
-from nnlib.driver import RunResult, warn as _warn, with_absolute_paths
+from nnlib.driver import RunResult, with_absolute_paths
+from nnlib.driver import warn as _warn
 from nnlib.engines import make_engine
 from nnlib.engines.base import Engine
 from nnlib.engines.mpi.launcher import inside_launcher, launch
@@ -37,8 +39,14 @@ from nnlib.errors import ConfigError, EngineError, NnlibError
 from nnlib.experiments.search import run_with_baseline
 from nnlib.experiments.tracking import NoTracking, make_tracking, require_mlflow
 from nnlib.model.model import Model
-from nnlib.outputs import (RESUME_MAY_CHANGE, RunDir, checkpoint_rounds, default_run_dir,  # noqa: F401
-                           may_change_on_resume, read_csv_rows)
+from nnlib.outputs import (  # noqa: F401
+    RESUME_MAY_CHANGE,
+    RunDir,
+    checkpoint_rounds,
+    default_run_dir,
+    may_change_on_resume,
+    read_csv_rows,
+)
 from nnlib.util.stop import STOP_STATUS, StopRequested, handling_stop, signal_name
 
 
@@ -120,7 +128,7 @@ class Run:
         return {"rounds": pd.DataFrame(self.rounds), "mappers": pd.DataFrame(self.mappers)}
 
     @classmethod
-    def load(cls, path: str | Path) -> "Run":
+    def load(cls, path: str | Path) -> Run:
         """A finished run directory read back (summary.json, the two tables, model.npz)."""
         path = Path(path)
         if not (path / "summary.json").is_file():
@@ -130,7 +138,7 @@ class Run:
                    Model.load(path), path, None, summary.get("skipped_mappers", []))
 
     @classmethod
-    def from_result(cls, result: RunResult, run_dir: RunDir | None, config: Config) -> "Run":
+    def from_result(cls, result: RunResult, run_dir: RunDir | None, config: Config) -> Run:
         return cls(result.summary, result.rounds, result.mapper_rows, Model(result.model),
                    None if run_dir is None else run_dir.path, config, result.skipped)
 

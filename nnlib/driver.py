@@ -29,15 +29,15 @@ from nnlib.core.backends import get_backend
 from nnlib.data.dataset import Dataset, ShardSource, run_dataset
 from nnlib.engines import make_engine
 from nnlib.engines.base import Engine
-from nnlib.model.file import ModelFile, model_file
 from nnlib.errors import ConfigError, DataError, DivergenceError, NnlibError
-from nnlib.util.machine import describe
+from nnlib.model.file import ModelFile, model_file
 from nnlib.outputs import RunDir, config_digest
-from nnlib.rounds.schedule import Schedule
-from nnlib.rounds.subnets import split_subnets
 from nnlib.rounds.mapper import evaluate_rows, peak_rss_mb, total_scores
 from nnlib.rounds.payload import Combined, MapperStats, RoundPayload, first_payload, ist_subnets
 from nnlib.rounds.reduce import RoundReducer, Server, make_server
+from nnlib.rounds.schedule import Schedule
+from nnlib.rounds.subnets import split_subnets
+from nnlib.util.machine import describe
 from nnlib.util.stop import StopRequested, stop_agreed
 from nnlib.util.threads import one_blas_thread
 from nnlib.util.timing import timed
@@ -295,7 +295,7 @@ class Setup:
     first: RoundPayload      # round 0's payload: initial weights, fresh optimizer state
     reducer: RoundReducer
 
-    def round_payload(self, payload: RoundPayload, r: int, result: "RunResult") -> RoundPayload:
+    def round_payload(self, payload: RoundPayload, r: int, result: RunResult) -> RoundPayload:
         """Round ``r``'s payload, as the schedule's plan says: its rates, its share of the data, its
         sub-networks, and whether the optimizer state restarts."""
         plan = self.schedule.plan(r)

@@ -236,7 +236,7 @@ class RunDir:
             raise NnlibError(f"--out: {self.path} holds an unfinished run ({kept}); continue it with "
                              f"--resume {self.path}, or start over with --overwrite")
 
-    def claim(self) -> "RunDir":
+    def claim(self) -> RunDir:
         """Create the folder if need be and hold its lock; a folder another live run holds is refused in one line
         naming that run's PID and host. The checks of the constructor are made again under the lock (a run
         that finished meanwhile is seen)."""

@@ -11,8 +11,8 @@ import numpy as np
 from nnlib.data.disk import MemoryStore, kept, shard_store
 from nnlib.engines.base import ReduceOnDriver
 from nnlib.rounds.mapper import sync_shards, train_shard
-from nnlib.rounds.reduce import mean_gradient
 from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
+from nnlib.rounds.reduce import mean_gradient
 from nnlib.util.timing import timed
 
 

@@ -58,8 +58,14 @@ import numpy as np
 from nnlib import driver
 from nnlib.config import build_config
 from nnlib.core.params import LayerSpec, unpack
-from nnlib.core.split import (Split, count_any_splits, count_equal_splits, cross_coupling, enumerate_splits,
-                              layer_couplings)
+from nnlib.core.split import (
+    Split,
+    count_any_splits,
+    count_equal_splits,
+    cross_coupling,
+    enumerate_splits,
+    layer_couplings,
+)
 from nnlib.data.tables import is_row_keyed
 from nnlib.engines import make_engine
 from nnlib.errors import ConfigError

@@ -48,8 +48,8 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 from nnlib.config import Config, flatten
@@ -87,7 +87,7 @@ def probe(uri: str, seconds: float = PROBE_SECONDS) -> str | None:
     try:
         with socket.create_connection((parts.hostname, port), timeout=seconds):
             return None
-    except socket.timeout:
+    except TimeoutError:
         return f"no answer from {parts.hostname}:{port} within {seconds:g} s"
     except OSError as exc:
         return f"{parts.hostname}:{port}: {exc.strerror or first_line(exc)}"

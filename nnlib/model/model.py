@@ -101,7 +101,7 @@ class Model:
         self._scorer = None
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "numpy") -> "Model":
+    def load(cls, path: str | Path, backend: str = "numpy") -> Model:
         """The model in ``path``: a run directory (its ``model.npz``) or a model file.
 
         Raises :class:`DataError` (one line) for a missing path or a file that is not an nnlib model.

@@ -32,9 +32,9 @@ functions (:mod:`nnlib.engines.spark.predict`).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -96,7 +96,7 @@ class Scores:
     weighted_correct: float = 0.0
     weighted: bool = False
 
-    def __add__(self, other: "Scores") -> "Scores":
+    def __add__(self, other: Scores) -> Scores:
         return Scores(self.rows + other.rows, self.labelled + other.labelled, self.loss_sum + other.loss_sum,
                       self.correct + other.correct, self.weight + other.weight,
                       self.weighted_correct + other.weighted_correct, self.weighted or other.weighted)
@@ -221,7 +221,7 @@ class TableColumns:
             elif extra and not missing:
                 fix = f"; leave them out with --set data.drop_columns={_yaml_list(extra)}"
                 if self.label is None:
-                    fix += f" (or name the label column with --set data.label_column=...)"
+                    fix += " (or name the label column with --set data.label_column=...)"
             else:
                 fix = ""
             raise DataError(f"{where}: its columns differ from the model's: missing {missing[:10]}, not in the model "

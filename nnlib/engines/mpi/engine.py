@@ -36,8 +36,7 @@ from nnlib.data.rows import merge_in_order
 from nnlib.engines.base import Engine
 from nnlib.errors import EngineError
 from nnlib.rounds.mapper import score_held_out, sync_shards, train_shard
-from nnlib.rounds.payload import (NUMERIC_STATS, Combined, MapperResult, MapperStats, RoundPayload,
-                                  stats_from_numbers)
+from nnlib.rounds.payload import NUMERIC_STATS, Combined, MapperResult, MapperStats, RoundPayload, stats_from_numbers
 from nnlib.rounds.reduce import RoundReducer, check_bad_mappers, gradient_share, mean_gradient
 from nnlib.util.timing import timed
 

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from nnlib.errors import ConfigError, EngineError
 from nnlib.util.stop import StopRequested, handling_stop

@@ -30,13 +30,11 @@ from types import MethodType
 import yaml
 
 from nnlib.engines.base import SingleDriver
-from nnlib.errors import EngineError, NnlibError, error_from_text
-from nnlib.util.ship import zip_package
-from nnlib.rounds.payload import Combined
-from nnlib.util.timing import timed
 from nnlib.engines.mrjob.wire import decode_array, decode_stats, payload_to_bytes
-
-
+from nnlib.errors import EngineError, NnlibError, error_from_text
+from nnlib.rounds.payload import Combined
+from nnlib.util.ship import zip_package
+from nnlib.util.timing import timed
 
 _RUNNING_JOB = False  # this process is in a job's runner.run(): processes it forks end quietly on Ctrl-C
 

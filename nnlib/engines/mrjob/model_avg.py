@@ -30,10 +30,10 @@ from nnlib.config import load_config
 from nnlib.data.dataset import ShardSource, run_dataset
 from nnlib.data.disk import kept, shard_store
 from nnlib.engines.mrjob.partition import read_shard
+from nnlib.engines.mrjob.wire import decode_result, encode_array, encode_result, encode_stats, payload_from_file
 from nnlib.rounds.mapper import train_shard
 from nnlib.rounds.payload import first_payload
 from nnlib.rounds.reduce import RoundReducer
-from nnlib.engines.mrjob.wire import decode_result, encode_array, encode_result, encode_stats, payload_from_file
 
 
 class MRModelAvg(MRJob):

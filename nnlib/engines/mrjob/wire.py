@@ -21,9 +21,8 @@ from nnlib.core.module_spec import ModuleSpec
 from nnlib.core.optim import from_json, to_json
 from nnlib.core.params import DTYPE, LayerSpec
 from nnlib.core.train import LocalSchedule
-from nnlib.rounds.schedule import RoundPlan
 from nnlib.rounds.payload import MapperResult, MapperStats, RoundPayload, SubnetPlan
-
+from nnlib.rounds.schedule import RoundPlan
 
 # every field of ModelSpec but its layout, by name and type: a field added to ModelSpec travels without an edit here
 _MODEL_SCALARS = {f.name: type(f.default) for f in dataclasses.fields(ModelSpec) if f.name != "layers"}

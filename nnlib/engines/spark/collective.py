@@ -93,7 +93,7 @@ class TaskMesh:
 
     @classmethod
     def connect(cls, listener: Listener, rank: int, addresses: list[tuple[str, int]], groups: list[list[int]],
-                token: str, watch: socket.socket | None = None, timeout: float = CONNECT_SECONDS) -> "TaskMesh":
+                token: str, watch: socket.socket | None = None, timeout: float = CONNECT_SECONDS) -> TaskMesh:
         """Dial every lower rank at ``addresses[r]``, accept every higher one that shows ``token``."""
         conns: dict[int, socket.socket] = {}
         deadline = time.monotonic() + timeout
@@ -113,7 +113,7 @@ class TaskMesh:
                 raise PeerLost(missing[0], f"did not connect within {timeout:.0f}s")
             try:
                 conn, _ = listener.sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             peer = _authenticate(conn, token, rank, len(groups))
             if peer is not None:

@@ -73,7 +73,7 @@ class _SparkSession:
         where = {"spark.remote": self.opened.master} if self.opened.connect else {"spark.master": self.opened.master}
         return {**where, "spark.mode": self.mode}
 
-    def use_session(self, session) -> "_SparkSession":
+    def use_session(self, session) -> _SparkSession:
         """Run on ``session``, the caller's own (an estimator's DataFrame's), never stopped here; None: open
         one as :func:`nnlib.engines.spark.session.open_session` says."""
         if session is not None:

@@ -48,7 +48,7 @@ import secrets
 import socket
 import struct
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -97,7 +97,7 @@ def _recv_exactly(conn: socket.socket, n: int, first_wait: Callable[[], None] | 
     while got < n:
         try:
             k = conn.recv_into(view[got:])
-        except socket.timeout:
+        except TimeoutError:
             if got or first_wait is None:
                 raise
             first_wait()
@@ -237,7 +237,7 @@ class Hub:
                                   f"{self.timeout + START_ALLOWANCE:.0f}s (spark.mapper_timeout plus a minute)")
             try:
                 conn, _ = self.server.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             mapper = self._authenticate(conn)
             if mapper is None:

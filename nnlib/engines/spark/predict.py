@@ -55,16 +55,30 @@ from pathlib import Path
 import numpy as np
 
 from nnlib.data import tables
-from nnlib.engines.spark.session import (SessionSettings, connect_expected, is_connect, java_root_cause,
-                                         open_session)
 from nnlib.engines.spark.reader import _FILE, _ROW, SparkReader, split_parts, unit_tables
+from nnlib.engines.spark.session import SessionSettings, connect_expected, is_connect, java_root_cause, open_session
 from nnlib.errors import ConfigError, DataError, EngineError, NnlibError, first_line, python_failed, root_cause
 from nnlib.model import file as model_file
 from nnlib.model.model import Model
-from nnlib.model.predict import (OUT_SUFFIXES, Block, Prediction, Scores, TableColumns, blocks, check_layout,
-                                  check_out, pieces, predict_config, prediction_table, regression_outputs,
-                                  regression_prediction, regression_rows, regression_table, score_block,
-                                  _explicit_key)
+from nnlib.model.predict import (
+    OUT_SUFFIXES,
+    Block,
+    Prediction,
+    Scores,
+    TableColumns,
+    _explicit_key,
+    blocks,
+    check_layout,
+    check_out,
+    pieces,
+    predict_config,
+    prediction_table,
+    regression_outputs,
+    regression_prediction,
+    regression_rows,
+    regression_table,
+    score_block,
+)
 
 _MODELS: dict[tuple[str, str], Model] = {}  # (digest, backend) -> Model, in each Python worker
 _MAX_MODELS = 4  # models a worker keeps (a session may score with several)

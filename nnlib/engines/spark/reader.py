@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import pickle
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 import numpy as np
 

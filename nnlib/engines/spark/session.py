@@ -42,9 +42,9 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from nnlib.config import redact_url as redact
 from nnlib.errors import ConfigError, EngineError, NnlibError, first_line
@@ -102,7 +102,7 @@ def existing_session():
     return _connect_session()
 
 
-def connect_expected(settings: "SessionSettings") -> bool:
+def connect_expected(settings: SessionSettings) -> bool:
     """Will :func:`open_session` give a Spark Connect session? Told without opening one, in its order:
     ``spark.remote``, the caller's session, ``SPARK_REMOTE``, else a classic one built here."""
     if settings.remote:
@@ -133,7 +133,7 @@ class SessionSettings:
     task_gpus: float | None = None  # spark.task_gpus: the stage's ResourceProfile (:func:`stage_profile`)
 
     @classmethod
-    def from_config(cls, spark) -> "SessionSettings":
+    def from_config(cls, spark) -> SessionSettings:
         """From a :class:`nnlib.config.SparkConfig`."""
         return cls(spark.master, spark.remote, spark.app_name, spark.log_level, dict(spark.conf),
                    getattr(spark, "task_gpus", None))
