@@ -1,16 +1,16 @@
 """Disk shards (``data.shard_storage=disk``) against memory: time per epoch side by side, and a mapper's memory.
 
-    python bench/disk_shards.py           # epochs: 20,000 x 784, 6 epochs of each storage, alternated;
+    python bench/disk_shards.py           # epochs: 20,000 x 784, 10 epochs of each storage, alternated;
                                           # memory: 250k, 1M and 4M rows x 64, each storage
     python bench/disk_shards.py --smoke   # epochs: 2,000 x 784, 2 of each; memory: 20k and 80k rows x 64
 
-**Time per epoch.** One mapper (the local engine, ``mappers=1``) trains an
-MLP 784-128-10 with batch 32, one local epoch a round, on a shard of
-float32 Gaussian blobs (10 classes) from an .npz; runs alternate memory,
-disk, memory, disk in this process, and an epoch's time is the mapper's
-``train_seconds`` of a round (mapper_times.csv). The disk shard was just
-written, so it is in the page cache. The weights of each disk run must
-equal its memory run's bit for bit.
+**Time per epoch.** A mapper's epoch (:func:`nnlib.core.train.local_sgd`,
+as ``train_shard`` runs it, on one BLAS thread) of an MLP 784-128-10 with
+batch 32 on a shard of float32 Gaussian blobs (10 classes), from memory
+and from a disk shard (just written, so in the page cache), alternated
+epoch by epoch with the same batches; wall and CPU time of each. Then a
+2-round run of each storage on the local engine (``mappers=1``, the
+shard from an .npz) must give the same weights, bit for bit.
 
 **A mapper's memory.** A child process per size and storage builds a
 shard of ``rows`` x 64 float32 blobs in memory (as a mapper builds its
@@ -29,6 +29,7 @@ import gc
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,31 +54,58 @@ def blobs(n_rows: int, n_features: int, seed: int) -> tuple[np.ndarray, np.ndarr
 # ----------------------------------------------------------------------------------- time per epoch
 
 
-def epochs(n_rows: int, rounds: int, repeats: int) -> dict:
-    from nnlib.config import load_config
-    from nnlib.driver import run
+def small_mlp(n_features: int):
+    """The numpy backend of an MLP ``n_features``-128-10 and its initial weights."""
+    from nnlib.core.backends import get_backend
+    from nnlib.core.mlp import ModelSpec
+    from nnlib.core.params import LayerSpec, init_params
 
+    spec = ModelSpec(LayerSpec((n_features, 128, 10)), "relu", "cross_entropy", 0.0)
+    return get_backend("numpy", spec), init_params(spec.layers, 0)
+
+
+def epochs(n_rows: int, epochs_each: int) -> dict:
+    """Epochs of one mapper (:func:`nnlib.core.train.local_sgd`, as ``train_shard`` runs it), memory and disk
+    alternated epoch by epoch with the same batches; then a 2-round run of each storage on the local engine."""
+    from nnlib.config import DataConfig, load_config
+    from nnlib.core.optim import SGD
+    from nnlib.core.train import LocalSchedule, local_sgd
+    from nnlib.data.dataset import Shard
+    from nnlib.data.disk import shard_store
+    from nnlib.driver import run
+    from nnlib.util.threads import one_blas_thread
+
+    wall: dict[str, list[float]] = {"memory": [], "disk": []}
+    cpu: dict[str, list[float]] = {"memory": [], "disk": []}
     with scratch() as tmp:
         x, y = blobs(n_rows + 1000, WIDE, 0)
+        store = shard_store(DataConfig(shard_storage="disk", scratch_dir=tmp))
+        disk, = store.keep([Shard(0, x[:n_rows], y[:n_rows])])
+        backend, params = small_mlp(WIDE)
+        for epoch in range(epochs_each):
+            for storage, (xs, ys) in (("memory", (x[:n_rows], y[:n_rows])), ("disk", (disk.x, disk.y))):
+                start_wall, start_cpu = time.perf_counter(), time.process_time()
+                with one_blas_thread():
+                    local_sgd(backend, params, None, SGD(), xs, ys, LocalSchedule(32), 0.05,
+                              np.random.default_rng(epoch))
+                wall[storage].append(time.perf_counter() - start_wall)
+                cpu[storage].append(time.process_time() - start_cpu)
+        store.remove()
         source = Path(tmp) / "wide.npz"
         np.savez(source, x=x[:n_rows], y=y[:n_rows], x_test=x[n_rows:], y_test=y[n_rows:])
         del x, y
         sets = ["engine=local", "mappers=1", f"data.source={source}", "model.hidden=[128]", "train.batch_size=32",
-                f"train.rounds={rounds}", "train.local_epochs=1", "train.lr=0.05", "seed=1",
-                f"data.scratch_dir={tmp}"]
-        seconds: dict[str, list[float]] = {"memory": [], "disk": []}
-        params = {}
-        for rep in range(repeats):
-            for storage in ("memory", "disk"):
-                result = run(load_config(None, sets + [f"data.shard_storage={storage}"]), log=lambda _m: None,
-                             warn=lambda _m: None)
-                seconds[storage] += [float(r["train_seconds"]) for r in result.mapper_rows]
-                params[storage, rep] = result.params
-        same = all(np.array_equal(params["disk", r], params["memory", r]) for r in range(repeats))
-    memory, disk = median(seconds["memory"]), median(seconds["disk"])
-    return {"rows": n_rows, "features": WIDE, "epochs_each": len(seconds["disk"]), "memory_epoch_s": memory,
-            "disk_epoch_s": disk, "ratio": disk / memory, "best_ratio": min(seconds["disk"]) / min(seconds["memory"]),
-            "same_weights": same, "memory_epochs_s": seconds["memory"], "disk_epochs_s": seconds["disk"]}
+                "train.rounds=2", "train.local_epochs=1", "train.lr=0.05", "seed=1", f"data.scratch_dir={tmp}"]
+        params = [run(load_config(None, sets + [f"data.shard_storage={storage}"]), log=lambda _m: None,
+                      warn=lambda _m: None).params for storage in ("memory", "disk")]
+    memory, on_disk = median(wall["memory"]), median(wall["disk"])
+    return {"rows": n_rows, "features": WIDE, "epochs_each": epochs_each, "memory_epoch_s": memory,
+            "disk_epoch_s": on_disk, "ratio": on_disk / memory,
+            "best_ratio": min(wall["disk"]) / min(wall["memory"]),
+            "cpu_ratio": median(cpu["disk"]) / median(cpu["memory"]),
+            "same_weights": bool(np.array_equal(params[0], params[1])),
+            "memory_epochs_s": wall["memory"], "disk_epochs_s": wall["disk"],
+            "memory_cpu_s": cpu["memory"], "disk_cpu_s": cpu["disk"]}
 
 
 # ----------------------------------------------------------------------------------- a mapper's memory
@@ -94,18 +122,13 @@ def high_water_mb() -> float:
 def mapper(n_rows: int, storage: str, folder: str, steps: int) -> dict:
     """One mapper's life in this process (a child): build, keep, train; its memory at each stage."""
     from nnlib.config import DataConfig
-    from nnlib.core.backends import get_backend
-    from nnlib.core.mlp import ModelSpec
     from nnlib.core.optim import SGD
-    from nnlib.core.params import LayerSpec, init_params
     from nnlib.core.train import LocalSchedule, local_sgd
     from nnlib.data.dataset import Shard
     from nnlib.data.disk import shard_store
     from nnlib.util.threads import one_blas_thread
 
-    spec = ModelSpec(LayerSpec((N_FEATURES, 128, 10)), "relu", "cross_entropy", 0.0)
-    backend = get_backend("numpy", spec)
-    params = init_params(spec.layers, 0)
+    backend, params = small_mlp(N_FEATURES)
     with one_blas_thread():  # warm the code paths before any figure is taken
         local_sgd(backend, params, None, SGD(), *blobs(64, N_FEATURES, 1), LocalSchedule(32, local_steps=2), 0.05,
                   np.random.default_rng(0))
@@ -142,14 +165,14 @@ def main(argv=None):
         print(json.dumps(mapper(int(rows), storage, folder, int(steps))))
         return
     if args.smoke:
-        wide_rows, rounds, repeats, sizes, steps = 2_000, 1, 2, [20_000, 80_000], 50
+        wide_rows, epochs_each, sizes, steps = 2_000, 2, [20_000, 80_000], 50
     else:
-        wide_rows, rounds, repeats, sizes, steps = 20_000, 2, 3, [250_000, 1_000_000, 4_000_000], 300
-    timing = epochs(wide_rows, rounds, repeats)
+        wide_rows, epochs_each, sizes, steps = 20_000, 10, [250_000, 1_000_000, 4_000_000], 300
+    timing = epochs(wide_rows, epochs_each)
     print(f"{timing['rows']:,d} x {WIDE}, MLP {WIDE}-128-10, batch 32: an epoch takes {timing['memory_epoch_s']:.3f} s "
           f"from memory and {timing['disk_epoch_s']:.3f} s from disk ({timing['ratio']:.2f}x; median of "
-          f"{timing['epochs_each']} each; {timing['best_ratio']:.2f}x best against best); the same weights: "
-          f"{timing['same_weights']}", flush=True)
+          f"{timing['epochs_each']} each; {timing['best_ratio']:.2f}x best against best; CPU time "
+          f"{timing['cpu_ratio']:.2f}x); the same weights on the local engine: {timing['same_weights']}", flush=True)
     memory = []
     for n in sizes:
         for storage in ("memory", "disk"):

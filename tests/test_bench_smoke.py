@@ -287,6 +287,9 @@ def test_disk_shards(tmp_path):
     assert epoch["disk_epoch_s"] == statistics.median(epoch["disk_epochs_s"])
     assert epoch["ratio"] == pytest.approx(epoch["disk_epoch_s"] / epoch["memory_epoch_s"])
     assert epoch["best_ratio"] == pytest.approx(min(epoch["disk_epochs_s"]) / min(epoch["memory_epochs_s"]))
+    assert epoch["cpu_ratio"] == pytest.approx(statistics.median(epoch["disk_cpu_s"])
+                                               / statistics.median(epoch["memory_cpu_s"]))
+    assert len(epoch["memory_cpu_s"]) == len(epoch["disk_cpu_s"]) == len(epoch["disk_epochs_s"]) == 2
     rows = result["memory"]
     assert [(r["rows"], r["storage"]) for r in rows] == [(n, s) for n in (20_000, 80_000) for s in ("memory", "disk")]
     for r in rows:
