@@ -1,4 +1,5 @@
-"""nnlib in Spark ML: :class:`NNClassifier`, a pure-Python ``pyspark.ml`` Estimator, and its Model.
+"""nnlib in Spark ML: :class:`NNClassifier` and :class:`NNRegressor`, pure-Python ``pyspark.ml`` Estimators,
+and their Models.
 
     from pyspark.ml import Pipeline
     from pyspark.ml.feature import StringIndexer, VectorAssembler
@@ -11,22 +12,34 @@
     fitted.transform(test_df).select("prediction", "probability")
     fitted.write().overwrite().save("models/digits")     # PipelineModel.load("models/digits") reads it back
 
+``NNRegressor(labelCol="price", weightCol="w")`` trains a regressor
+(``model.task=regression``) the same way: one numeric label column, or a
+Vector or array column of several targets; its model's ``prediction`` is a
+double, or an ML Vector of the targets. Both estimators take ``weightCol``
+(sample weights) and ``validationIndicatorCol`` (a boolean column marking
+the validation rows ``train.patience`` watches), as MLlib's do, and work
+with MLlib's evaluators (their ``weightCol`` too), ``CrossValidator`` and
+``TrainValidationSplit``, on classic and Spark Connect sessions.
+
 ``fit`` trains as ``nnlib run`` does with ``engine=spark`` (the long-lived
 stage by default), reading the DataFrame where it lives: the features and
 labels are persisted in the executors, each row numbered by its partition
 and its order there, and reach their mapper by Spark's shuffle; no row goes
 through the driver except the held-out test rows (``data.test_fraction`` of
 the rows, 0.2 by default, scored every round; past
-``spark.collect_held_out_mb`` the mappers keep and score them). The params
-are nnlib's config keys under MLlib's names; ``conf`` takes any other
-dotted key (``{"train.optimizer": "adam", "data.test_fraction": 0.1}``).
+``spark.collect_held_out_mb`` the mappers keep and score them, except in a
+regression or weighted run, whose held-out rows always come to the driver).
+The params are nnlib's config keys under MLlib's names; ``conf`` takes any
+other dotted key (``{"train.optimizer": "adam", "data.test_fraction": 0.1}``).
 The same config and rows in the same order train the same weights as
 ``nnlib run``, bit for bit.
 
-The model (:class:`NNClassificationModel`) holds an nnlib model file (the
-weights, the standardisation, the classes): ``transform`` adds
+The model (:class:`NNClassificationModel`, :class:`NNRegressionModel`)
+holds an nnlib model file (the weights, the standardisation, the classes or
+the targets and their statistics): a classifier's ``transform`` adds
 ``rawPrediction`` (the logits) and ``probability`` (ML vectors) and
-``prediction`` (double), as MLlib's classifiers do; ``model.model`` is the
+``prediction`` (double), as MLlib's classifiers do; a regressor's adds
+``prediction`` in the targets' own units. ``model.model`` is the
 :class:`nnlib.model.model.Model`, ``model.summary`` the training's
 :class:`nnlib.api.Run` (the rounds.csv rows, the summary). ``save`` writes
 the params as metadata JSON and the model file as the data, as MLlib's
@@ -41,20 +54,43 @@ import uuid
 from contextlib import contextmanager
 from typing import Any
 
-from pyspark.ml import Estimator, Model as SparkModel
-from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.param.shared import (HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol,
-                                     HasRawPredictionCol, HasSeed)
-from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter,
-                             MLReadable, MLReader, MLWritable, MLWriter)
 from pyspark import keyword_only
+from pyspark.ml import Estimator
+from pyspark.ml import Model as SparkModel
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import (
+    HasFeaturesCol,
+    HasLabelCol,
+    HasPredictionCol,
+    HasProbabilityCol,
+    HasRawPredictionCol,
+    HasSeed,
+    HasValidationIndicatorCol,
+    HasWeightCol,
+)
+from pyspark.ml.util import (
+    DefaultParamsReadable,
+    DefaultParamsReader,
+    DefaultParamsWritable,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
 
 from nnlib.api import Run, as_overrides, train
 from nnlib.config import Config, build_config
 from nnlib.driver import warn
 from nnlib.engines import make_engine
-from nnlib.engines.spark.ml import (add_predictions, features_column, frame_message, label_column, output_columns,
-                                    training_frame)
+from nnlib.engines.spark.ml import (
+    add_predictions,
+    add_regression_predictions,
+    features_column,
+    frame_message,
+    output_columns,
+    training_frame,
+)
 from nnlib.engines.spark.predict import SharedModel, model_bytes, model_from_bytes, spark_error_line
 from nnlib.engines.spark.session import ship_code
 from nnlib.errors import ConfigError, DataError, EngineError, NnlibError
@@ -64,8 +100,11 @@ from nnlib.model.model import Model
 PARAM_KEYS = {"mappers": "mappers", "hidden": "model.hidden", "rounds": "train.rounds",
               "localEpochs": "train.local_epochs", "lr": "train.lr", "batchSize": "train.batch_size",
               "combine": "combine", "seed": "seed"}
-# the keys the estimator sets itself: where the rows come from
-OWN_KEYS = ("engine", "data.source", "data.features_column", "data.label_column")
+# the column params that set an nnlib key when they name a column (unset or empty: none, as MLlib reads them)
+COLUMN_KEYS = {"weightCol": "data.weight_column", "validationIndicatorCol": "data.validation_column"}
+# the keys the estimator sets itself: where the rows come from, and the task its class trains
+OWN_KEYS = ("engine", "data.source", "data.features_column", "data.label_column", "data.label_columns",
+            "model.task")
 
 
 def _to_conf(value) -> dict:
@@ -75,8 +114,11 @@ def _to_conf(value) -> dict:
     return dict(value)
 
 
-class _NNParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol, HasSeed):
-    """The params of :class:`NNClassifier` and :class:`NNClassificationModel` (which keeps how it was trained)."""
+class _NNParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasSeed, HasWeightCol, HasValidationIndicatorCol):
+    """The params every nnlib stage shares (an estimator, and its model, which keeps how it was trained):
+    the input and output columns, nnlib's training params and ``conf``."""
+
+    task = "classification"  # the model.task the stage trains (a class attribute, not a param)
 
     mappers = Param(Params._dummy(), "mappers", "mappers training in parallel, one Spark task each (>= 1)",
                     typeConverter=TypeConverters.toInt)
@@ -124,19 +166,31 @@ class _NNParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol
     def getConf(self) -> dict:
         return self.getOrDefault(self.conf)
 
+    def column_param(self, param: str) -> str | None:
+        """The column ``weightCol`` or ``validationIndicatorCol`` names; None when it is unset or empty (every
+        row weighs 1, no row is marked for validation), as MLlib reads these params."""
+        return (self.getOrDefault(param) or None) if self.isDefined(param) else None
+
     def nnlib_config(self, source: str) -> Config:
-        """The nnlib config these params say, reading ``source`` (the estimator's DataFrame); a bad value or
-        a ``conf`` key that a param or the estimator sets is one ConfigError line."""
+        """The nnlib config these params say, reading ``source`` (the estimator's DataFrame): ``model.task`` the
+        class's, ``data.weight_column`` and ``data.validation_column`` when ``weightCol`` and
+        ``validationIndicatorCol`` name columns. A bad value, or a ``conf`` key that a param or the estimator
+        sets, is one ConfigError line."""
         conf = self.getConf()
         for key in conf:
-            param = next((p for p, k in PARAM_KEYS.items() if k == key), None)
+            param = next((p for p, k in {**PARAM_KEYS, **COLUMN_KEYS}.items() if k == key), None)
             if param is not None:
                 raise ConfigError(f"conf: {key} is set by the param {param}; set it there, not in conf")
             if key in OWN_KEYS:
-                raise ConfigError(f"conf: {key} is set by the estimator (the DataFrame and its featuresCol and "
-                                  "labelCol); leave it out of conf")
-        tree: dict[str, Any] = {"engine": "spark", "data": {"source": source, "features_column": self.getFeaturesCol(),
-                                                            "label_column": self.getLabelCol()}}
+                raise ConfigError(f"conf: {key} is set by the estimator ({type(self).__name__} trains "
+                                  f"model.task={self.task} on the DataFrame's featuresCol and labelCol); leave it "
+                                  "out of conf")
+        data_keys: dict[str, Any] = {"source": source, "features_column": self.getFeaturesCol(),
+                                     "label_column": self.getLabelCol()}
+        for param, key in COLUMN_KEYS.items():
+            if self.column_param(param) is not None:
+                data_keys[key.split(".")[1]] = self.column_param(param)
+        tree: dict[str, Any] = {"engine": "spark", "data": data_keys, "model": {"task": self.task}}
         for param, key in PARAM_KEYS.items():
             *sections, name = key.split(".")
             node = tree
@@ -146,102 +200,111 @@ class _NNParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol
         return build_config(tree, as_overrides(conf), source=type(self).__name__, overrides_source="conf")
 
 
-class NNClassifier(Estimator, _NNParams, DefaultParamsReadable, DefaultParamsWritable):
-    """An nnlib MLP trained on a DataFrame's features and labels by Spark (the long-lived stage).
+class _NNClassifierParams(_NNParams, HasProbabilityCol, HasRawPredictionCol):
+    """The params of :class:`NNClassifier` and :class:`NNClassificationModel`."""
 
-    Params: ``featuresCol`` (an ML Vector or an array of numbers), ``labelCol`` (class indices 0, 1, ...;
-    StringIndexer's doubles work), ``predictionCol``, ``probabilityCol``, ``rawPredictionCol``, and nnlib's
-    ``mappers``, ``hidden``, ``rounds``, ``localEpochs``, ``lr``, ``batchSize``, ``combine``, ``seed``, with
-    nnlib's defaults; ``conf`` holds any other nnlib key (``{"train.momentum": 0.9}``). A missing or wrong
-    column, or a bad value, raises a one-line :class:`nnlib.errors.NnlibError` (``DataError``, ``ConfigError``).
-    """
+    task = "classification"
 
-    @keyword_only
-    def __init__(self, *, featuresCol: str = "features", labelCol: str = "label", predictionCol: str = "prediction",
-                 probabilityCol: str = "probability", rawPredictionCol: str = "rawPrediction",
-                 mappers: int | None = None, hidden: list[int] | None = None, rounds: int | None = None,
-                 localEpochs: int | None = None, lr: float | None = None, batchSize: int | None = None,
-                 combine: str | None = None, seed: int | None = None, conf: dict | None = None):
-        super().__init__()
-        self.setParams(**self._input_kwargs)
+    def outputs(self) -> dict[str, str]:
+        """The output columns by param, in the order transform adds them."""
+        return {"rawPredictionCol": self.getRawPredictionCol(), "probabilityCol": self.getProbabilityCol(),
+                "predictionCol": self.getPredictionCol()}
 
-    @keyword_only
-    def setParams(self, *, featuresCol: str = "features", labelCol: str = "label", predictionCol: str = "prediction",
-                  probabilityCol: str = "probability", rawPredictionCol: str = "rawPrediction",
-                  mappers: int | None = None, hidden: list[int] | None = None, rounds: int | None = None,
-                  localEpochs: int | None = None, lr: float | None = None, batchSize: int | None = None,
-                  combine: str | None = None, seed: int | None = None, conf: dict | None = None):
-        """Set the params given (None leaves a param at its value)."""
-        return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
-    def setFeaturesCol(self, value: str) -> "NNClassifier":
+class _NNRegressorParams(_NNParams):
+    """The params of :class:`NNRegressor` and :class:`NNRegressionModel`."""
+
+    task = "regression"
+
+    def outputs(self) -> dict[str, str]:
+        return {"predictionCol": self.getPredictionCol()}
+
+
+class _NNSetters:
+    """The setters every nnlib stage has (each returns the stage)."""
+
+    def setFeaturesCol(self, value: str):
         return self._set(featuresCol=value)
 
-    def setLabelCol(self, value: str) -> "NNClassifier":
-        return self._set(labelCol=value)
-
-    def setPredictionCol(self, value: str) -> "NNClassifier":
+    def setPredictionCol(self, value: str):
         return self._set(predictionCol=value)
 
-    def setProbabilityCol(self, value: str) -> "NNClassifier":
-        return self._set(probabilityCol=value)
 
-    def setRawPredictionCol(self, value: str) -> "NNClassifier":
-        return self._set(rawPredictionCol=value)
+class _NNEstimatorSetters(_NNSetters):
+    """The setters of the estimators' own params: the columns they read, nnlib's training params and conf."""
 
-    def setMappers(self, value: int) -> "NNClassifier":
+    def setLabelCol(self, value: str):
+        return self._set(labelCol=value)
+
+    def setWeightCol(self, value: str):
+        return self._set(weightCol=value)
+
+    def setValidationIndicatorCol(self, value: str):
+        return self._set(validationIndicatorCol=value)
+
+    def setMappers(self, value: int):
         return self._set(mappers=value)
 
-    def setHidden(self, value: list[int]) -> "NNClassifier":
+    def setHidden(self, value: list[int]):
         return self._set(hidden=value)
 
-    def setRounds(self, value: int) -> "NNClassifier":
+    def setRounds(self, value: int):
         return self._set(rounds=value)
 
-    def setLocalEpochs(self, value: int) -> "NNClassifier":
+    def setLocalEpochs(self, value: int):
         return self._set(localEpochs=value)
 
-    def setLr(self, value: float) -> "NNClassifier":
+    def setLr(self, value: float):
         return self._set(lr=value)
 
-    def setBatchSize(self, value: int) -> "NNClassifier":
+    def setBatchSize(self, value: int):
         return self._set(batchSize=value)
 
-    def setCombine(self, value: str) -> "NNClassifier":
+    def setCombine(self, value: str):
         return self._set(combine=value)
 
-    def setSeed(self, value: int) -> "NNClassifier":
+    def setSeed(self, value: int):
         return self._set(seed=value)
 
-    def setConf(self, value: dict) -> "NNClassifier":
+    def setConf(self, value: dict):
         return self._set(conf=value)
+
+
+class _NNEstimator(Estimator, _NNEstimatorSetters, DefaultParamsReadable, DefaultParamsWritable):
+    """What :class:`NNClassifier` and :class:`NNRegressor` share: ``fit`` (check the columns, train as
+    ``nnlib run`` does on the Spark engine, wrap the model file) and ``save``. A subclass gives its params
+    class (``task``, ``outputs``) and ``model_class``."""
+
+    model_class: type  # the Model class fit returns
 
     def write(self) -> MLWriter:
         return _ParamsWriter(self)
 
-    def _fit(self, dataset) -> "NNClassificationModel":
+    def _fit(self, dataset):
+        what = f"{type(self).__name__}.fit"
         features, label = self.getFeaturesCol(), self.getLabelCol()
-        features_column(dataset, features, "float32")  # a missing or unusable column: one line, before any job
-        label_column(dataset, label)
+        weight, validation = self.column_param("weightCol"), self.column_param("validationIndicatorCol")
+        # a missing or unusable features column: one line, before any job (training_frame checks the others)
+        features_column(dataset, features, "float32")
         # as MLlib's fit does: the output columns must be free before the training, not only at transform
-        output_columns(dataset, {"rawPredictionCol": self.getRawPredictionCol(),
-                                 "probabilityCol": self.getProbabilityCol(), "predictionCol": self.getPredictionCol()})
+        output_columns(dataset, self.outputs())
         name = f"{self.uid}-{uuid.uuid4().hex[:8]}"
         config = self.nnlib_config(f"dataframe://{name}")
         # the DataFrame's own session (classic or Spark Connect), whatever this thread's active one is
         engine = make_engine(config, warn, spark_session=dataset.sparkSession)
-        with _ONE_FIT_AT_A_TIME, spark_errors("NNClassifier.fit"):
-            frame = training_frame(dataset, features, label, self.getConf().get("data.key_column"))
+        with _ONE_FIT_AT_A_TIME, spark_errors(what):
+            frame = training_frame(dataset, features, label, self.getConf().get("data.key_column"), weight=weight,
+                                   validation=validation)
             try:
                 engine.reader.add_frame(frame, name)
                 run = train(config, engine=engine, write=False, warn=warn)
             except DataError as exc:  # the reader names the rows by partition: say which column, which row
-                raise DataError(frame_message(str(exc), config.data.source, features, label)) from None
+                raise DataError(frame_message(str(exc), config.data.source, features, label, weight=weight,
+                                              validation=validation)) from None
             finally:
                 engine.reader.remove_frame(config.data.source)
                 frame.unpersist()
-        model = NNClassificationModel(model_bytes(run.model), run)
-        return self._copyValues(model)
+        return self._copyValues(self.model_class(model_bytes(run.model), run))
 
 
 # Fits in several threads (CrossValidator's and TrainValidationSplit's ``parallelism``) train one after the
@@ -269,24 +332,87 @@ def _from_spark(exc: BaseException) -> bool:
     return type(exc).__module__.startswith(("pyspark.errors", "py4j"))
 
 
-class NNClassificationModel(SparkModel, _NNParams, MLReadable, MLWritable):
-    """A trained nnlib model as a Spark ML Model: ``transform`` adds ``rawPrediction``, ``probability`` (ML
-    vectors, float32 values) and ``prediction`` (double) for the ``featuresCol`` column's raw features.
+_COMMON_PARAMS_DOC = """``featuresCol`` (an ML Vector or an array of numbers), ``weightCol`` (a
+    numeric column of sample weights, >= 0, finite, not all 0: each row's loss and the run's metrics are
+    weighted by it, ``combine="weighted"`` weighs mappers by their total weight; unset or empty: every row
+    weighs 1), ``validationIndicatorCol`` (a boolean column, true marking the training rows held out for
+    validation, which ``train.patience`` in ``conf`` stops on, the best round's weights kept), and nnlib's
+    ``mappers``, ``hidden``, ``rounds``, ``localEpochs``, ``lr``, ``batchSize``, ``combine``, ``seed``, with
+    nnlib's defaults; ``conf`` holds any other nnlib key (``{"train.momentum": 0.9}``). A missing or wrong
+    column, or a bad value, raises a one-line :class:`nnlib.errors.NnlibError` (``DataError``,
+    ``ConfigError``); a bad value met by Spark's tasks (a negative weight, a null target) is one line too,
+    naming the param, the column and the row (its partition and offset there)."""
 
-    A features column of another length than the model's is refused in one line: at ``transform`` for a
-    Vector column whose metadata gives its size (VectorAssembler's), else by the executors when an action
-    meets the row (a ``DataError`` line inside Spark's error).
 
-    An output column (``predictionCol``, ``probabilityCol``, ``rawPredictionCol``) that the DataFrame already
-    has is refused at ``transform`` (and at ``NNClassifier.fit``) before any Spark job, in one ``DataError``
-    line naming the param to change, as MLlib refuses (``Column prediction already exists``); an empty name
-    leaves that output out. A row the model cannot take (a NaN or infinite feature, another length) fails
-    the action that meets it with Spark's ``PythonException``, whose last line is nnlib's: ``featuresCol
-    'features': features must be finite, got nan at row 5 of partition 1, feature 2`` (the row's offset in
-    its partition of the DataFrame given to ``transform``), or ``... at the row whose id is 25`` when the
-    model was trained with a key column (``data.key_column``: ``conf={"data.key_column": "id"}``, or a model
-    of ``nnlib run`` on a keyed table) that the DataFrame has.
+class NNClassifier(_NNEstimator, _NNClassifierParams):
+    __doc__ = f"""An nnlib MLP trained on a DataFrame's features and labels by Spark (the long-lived stage).
+
+    Params: ``labelCol`` (class indices 0, 1, ...; StringIndexer's doubles work), ``predictionCol``,
+    ``probabilityCol``, ``rawPredictionCol``, {_COMMON_PARAMS_DOC}
     """
+
+    @keyword_only
+    def __init__(self, *, featuresCol: str = "features", labelCol: str = "label", predictionCol: str = "prediction",
+                 probabilityCol: str = "probability", rawPredictionCol: str = "rawPrediction",
+                 weightCol: str | None = None, validationIndicatorCol: str | None = None,
+                 mappers: int | None = None, hidden: list[int] | None = None, rounds: int | None = None,
+                 localEpochs: int | None = None, lr: float | None = None, batchSize: int | None = None,
+                 combine: str | None = None, seed: int | None = None, conf: dict | None = None):
+        super().__init__()
+        self.setParams(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, *, featuresCol: str = "features", labelCol: str = "label", predictionCol: str = "prediction",
+                  probabilityCol: str = "probability", rawPredictionCol: str = "rawPrediction",
+                  weightCol: str | None = None, validationIndicatorCol: str | None = None,
+                  mappers: int | None = None, hidden: list[int] | None = None, rounds: int | None = None,
+                  localEpochs: int | None = None, lr: float | None = None, batchSize: int | None = None,
+                  combine: str | None = None, seed: int | None = None, conf: dict | None = None):
+        """Set the params given (None leaves a param at its value)."""
+        return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
+
+    def setProbabilityCol(self, value: str) -> NNClassifier:
+        return self._set(probabilityCol=value)
+
+    def setRawPredictionCol(self, value: str) -> NNClassifier:
+        return self._set(rawPredictionCol=value)
+
+
+class NNRegressor(_NNEstimator, _NNRegressorParams):
+    __doc__ = f"""An nnlib MLP regressor (``model.task=regression``) trained on a DataFrame by Spark.
+
+    Params: ``labelCol`` (a numeric column: one target; or an ML Vector or an array of numbers: several
+    targets, each row the same length), ``predictionCol`` (a double for one target, an ML Vector of the
+    targets for several), {_COMMON_PARAMS_DOC} The loss is ``model.loss`` (``squared`` by default;
+    ``absolute``, ``huber`` with ``model.huber_delta``, in ``conf``); the targets are standardised for
+    training (``data.standardize_target``) and predicted in their own units. The model's summary holds the
+    rounds' RMSE, MAE and R² (``test_rmse``, ...), weighted as :class:`RegressionEvaluator` weighs them with
+    its ``weightCol``.
+    """
+
+    @keyword_only
+    def __init__(self, *, featuresCol: str = "features", labelCol: str = "label", predictionCol: str = "prediction",
+                 weightCol: str | None = None, validationIndicatorCol: str | None = None,
+                 mappers: int | None = None, hidden: list[int] | None = None, rounds: int | None = None,
+                 localEpochs: int | None = None, lr: float | None = None, batchSize: int | None = None,
+                 combine: str | None = None, seed: int | None = None, conf: dict | None = None):
+        super().__init__()
+        self.setParams(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, *, featuresCol: str = "features", labelCol: str = "label", predictionCol: str = "prediction",
+                  weightCol: str | None = None, validationIndicatorCol: str | None = None,
+                  mappers: int | None = None, hidden: list[int] | None = None, rounds: int | None = None,
+                  localEpochs: int | None = None, lr: float | None = None, batchSize: int | None = None,
+                  combine: str | None = None, seed: int | None = None, conf: dict | None = None):
+        """Set the params given (None leaves a param at its value)."""
+        return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
+
+
+class _NNModel(SparkModel, _NNSetters, MLReadable, MLWritable):
+    """What :class:`NNClassificationModel` and :class:`NNRegressionModel` share: the nnlib model file (bytes),
+    the training run, save and load. A subclass gives its params class (``task``, ``outputs``) and
+    ``_scores(dataset, shared, key)``, the DataFrame with its output columns."""
 
     def __init__(self, model_file: bytes | None = None, training: Run | None = None):
         super().__init__()
@@ -297,7 +423,8 @@ class NNClassificationModel(SparkModel, _NNParams, MLReadable, MLWritable):
 
     @property
     def model(self) -> Model:
-        """The :class:`nnlib.model.model.Model`: weights, standardisation, classes (``predict`` on arrays)."""
+        """The :class:`nnlib.model.model.Model`: weights, standardisation, classes or targets (``predict`` on
+        arrays)."""
         if self._model is None:
             self._model = model_from_bytes(self._model_file)
         return self._model
@@ -305,10 +432,6 @@ class NNClassificationModel(SparkModel, _NNParams, MLReadable, MLWritable):
     @property
     def numFeatures(self) -> int:
         return self.model.n_features
-
-    @property
-    def numClasses(self) -> int:
-        return self.model.n_classes
 
     @property
     def hasSummary(self) -> bool:
@@ -319,36 +442,92 @@ class NNClassificationModel(SparkModel, _NNParams, MLReadable, MLWritable):
         """The training run: ``.rounds`` (rounds.csv's rows as dicts), ``.summary`` (summary.json's dict),
         ``.mappers`` (mapper_times.csv's rows), ``.frames()`` (pandas)."""
         if self._training is None:
-            raise RuntimeError("this NNClassificationModel holds no training summary")
+            raise RuntimeError(f"this {type(self).__name__} holds no training summary")
         return self._training
 
-    def setFeaturesCol(self, value: str) -> "NNClassificationModel":
-        return self._set(featuresCol=value)
-
-    def setPredictionCol(self, value: str) -> "NNClassificationModel":
-        return self._set(predictionCol=value)
-
-    def setProbabilityCol(self, value: str) -> "NNClassificationModel":
-        return self._set(probabilityCol=value)
-
-    def setRawPredictionCol(self, value: str) -> "NNClassificationModel":
-        return self._set(rawPredictionCol=value)
-
     def _transform(self, dataset):
+        what = f"{type(self).__name__}.transform"
+        if self.model.is_regressor != (self.task == "regression"):
+            task = "regression" if self.model.is_regressor else "classification"
+            other = "NNRegressionModel" if self.model.is_regressor else "NNClassificationModel"
+            raise ConfigError(f"{what}: the model file holds a model of model.task={task}; a "
+                              f"{type(self).__name__} takes model.task={self.task}: use {other}")
         if self._shared is None:
             self._shared = SharedModel(self._model_file)
-        with spark_errors("NNClassificationModel.transform"):
+        with spark_errors(what):
             ship_code(dataset.sparkSession)  # a Connect server's workers get nnlib's code
-            return add_predictions(dataset, self._shared, self.numFeatures, self.getFeaturesCol(),
-                                   self.getRawPredictionCol(), self.getProbabilityCol(), self.getPredictionCol(),
-                                   self.model.header["preprocessing"].get("key_column"))
+            return self._scores(dataset, self._shared, self.model.header["preprocessing"].get("key_column"))
 
     def write(self) -> MLWriter:
         return _ModelWriter(self)
 
     @classmethod
     def read(cls) -> MLReader:
-        return _ModelReader()
+        return _ModelReader(cls)
+
+
+_TRANSFORM_ERRORS_DOC = """A features column of another length than the model's is refused in one line:
+    at ``transform`` for a Vector column whose metadata gives its size (VectorAssembler's), else by the
+    executors when an action meets the row (a ``DataError`` line inside Spark's error). An output column
+    that the DataFrame already has is refused at ``transform`` (and at the estimator's ``fit``) before any
+    Spark job, in one ``DataError`` line naming the param to change, as MLlib refuses (``Column prediction
+    already exists``); an empty name leaves that output out. A row the model cannot take (a NaN or infinite
+    feature, another length) fails the action that meets it with Spark's ``PythonException``, whose last
+    line is nnlib's: ``featuresCol 'features': features must be finite, got nan at row 5 of partition 1,
+    feature 2`` (the row's offset in its partition of the DataFrame given to ``transform``), or ``... at the
+    row whose id is 25`` when the model was trained with a key column (``data.key_column``:
+    ``conf={"data.key_column": "id"}``, or a model of ``nnlib run`` on a keyed table) that the DataFrame
+    has. A model file of the other task (a regressor's in an NNClassificationModel) is one ConfigError
+    line."""
+
+
+class NNClassificationModel(_NNModel, _NNClassifierParams):
+    __doc__ = f"""A trained nnlib classifier as a Spark ML Model: ``transform`` adds ``rawPrediction``,
+    ``probability`` (ML vectors, float32 values) and ``prediction`` (double) for the ``featuresCol`` column's
+    raw features.
+
+    {_TRANSFORM_ERRORS_DOC}
+    """
+
+    @property
+    def numClasses(self) -> int:
+        return self.model.n_classes
+
+    def setProbabilityCol(self, value: str) -> NNClassificationModel:
+        return self._set(probabilityCol=value)
+
+    def setRawPredictionCol(self, value: str) -> NNClassificationModel:
+        return self._set(rawPredictionCol=value)
+
+    def _scores(self, dataset, shared: SharedModel, key: str | None):
+        return add_predictions(dataset, shared, self.numFeatures, self.getFeaturesCol(), self.getRawPredictionCol(),
+                               self.getProbabilityCol(), self.getPredictionCol(), key)
+
+
+class NNRegressionModel(_NNModel, _NNRegressorParams):
+    __doc__ = f"""A trained nnlib regressor as a Spark ML Model: ``transform`` adds ``prediction``, the targets in
+    their own units (the training's standardisation undone): a double for one target, an ML Vector of the
+    targets (float64, in :attr:`targetNames`' order) for several.
+
+    {_TRANSFORM_ERRORS_DOC}
+    """
+
+    @property
+    def numTargets(self) -> int:
+        return len(self.model.target_names)
+
+    @property
+    def targetNames(self) -> list[str]:
+        """The target columns the model was trained on, in prediction order."""
+        return self.model.target_names
+
+    def _scores(self, dataset, shared: SharedModel, key: str | None):
+        return add_regression_predictions(dataset, shared, self.numFeatures, self.numTargets,
+                                          self.getFeaturesCol(), self.getPredictionCol(), key)
+
+
+NNClassifier.model_class = NNClassificationModel
+NNRegressor.model_class = NNRegressionModel
 
 
 class _ModelWriter(MLWriter):
@@ -360,14 +539,14 @@ class _ModelWriter(MLWriter):
     delete the path through the JVM session, which a Spark Connect session has not (SPARK-55452).
     """
 
-    def __init__(self, instance: NNClassificationModel):
+    def __init__(self, instance: _NNModel):
         super().__init__()
         self.instance = instance
 
     def save(self, path: str) -> None:
         if not isinstance(path, str):
             raise TypeError(f"path: must be a str (a path Spark writes), got {type(path).__name__}")
-        with spark_errors(f"NNClassificationModel.save {path}"):
+        with spark_errors(f"{type(self.instance).__name__}.save {path}"):
             self.saveImpl(path)
 
     def saveImpl(self, path: str) -> None:
@@ -404,11 +583,20 @@ def write_metadata(instance, spark, path: str, mode: str, extra: dict | None = N
 
 
 class _ModelReader(MLReader):
-    """Reads what :class:`_ModelWriter` wrote, through the active session (classic or Spark Connect)."""
+    """Reads what :class:`_ModelWriter` wrote as a ``cls`` (:class:`NNClassificationModel` or
+    :class:`NNRegressionModel`), through the active session (classic or Spark Connect)."""
 
-    def load(self, path: str) -> NNClassificationModel:
-        with spark_errors(f"NNClassificationModel.load {path}"):
+    def __init__(self, cls: type = None):
+        super().__init__()
+        self.cls = cls or NNClassificationModel
+
+    def load(self, path: str) -> _NNModel:
+        name = self.cls.__name__
+        with spark_errors(f"{name}.load {path}"):
             metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+            saved = metadata.get("class", "")
+            if saved.rsplit(".", 1)[-1] != name:
+                raise DataError(f"{path}: holds a {saved}, not a {name}; load it with its own class")
             rows = self.sparkSession.read.parquet(os.path.join(path, "data")).collect()
         if len(rows) != 1:
             raise DataError(f"{path}: data/ must hold one model file, found {len(rows)}")
@@ -417,7 +605,7 @@ class _ModelReader(MLReader):
         if "training" in metadata:
             t = metadata["training"]
             training = Run(t["summary"], t["rounds"], t["mappers"], model_from_bytes(data), None, None, t["skipped"])
-        model = NNClassificationModel(data, training)
+        model = self.cls(data, training)
         model._model = None if training is None else training.model
         model._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(model, metadata)

@@ -176,16 +176,43 @@ _PART_MESSAGE = re.compile(r"^data\.source partition (\d+)(: | )(.*)$", re.S)
 _SAMPLE = re.compile(r"\bat sample (\d+)")
 
 
-def frame_message(message: str, source: str, features: str, label: str) -> str:
+# the column a reader's message about a value begins with (tables.carried_arrays): its kind, name, key, target
+_COLUMN_AT_FAULT = re.compile(r"^(target|label|weight|validation) column '((?:[^']|'(?! ))*)'"
+                              r"(?: \(data\.\w+\))?(?: \((target \d+)\))? ")
+# a driver's message about a whole column (every weight 0, no row or every row marked for validation)
+_WHOLE_COLUMN = re.compile(r"^(?:data\.source )?\S+: data\.(weight|validation)_column '((?:[^']|'(?! ))*)':? (.*)$",
+                           re.S)
+
+
+def frame_message(message: str, source: str, features: str, label: str, weight: str | None = None,
+                  validation: str | None = None) -> str:
     """A reader's message about a DataFrame given to :meth:`SparkReader.add_frame` (``data.source partition 3:
     features must be finite, got nan at sample 5, feature 2``) in the estimator's terms: the param and column
-    at fault, the row's offset in its partition (``featuresCol 'features': features must be finite, got nan
-    at row 5 of partition 3, feature 2``); the source's internal name (``source``) as "the DataFrame"."""
+    at fault (``featuresCol``, ``labelCol``, ``weightCol`` when ``weight`` names it, ``validationIndicatorCol``
+    when ``validation`` does), the row's offset in its partition (``featuresCol 'features': features must be
+    finite, got nan at row 5 of partition 3, feature 2``, ``weightCol 'w': must hold finite numbers >= 0,
+    got -1.0 at row 5 of partition 0``); a message about a whole weight or validation column
+    (``weightCol 'w': every training row weighs 0; ...``) by its param; the source's internal name
+    (``source``) as "the DataFrame"."""
+    params = {"weight": ("weightCol", weight), "validation": ("validationIndicatorCol", validation)}
+    whole = _WHOLE_COLUMN.match(message)
+    if whole is not None and params[whole.group(1)][1] == whole.group(2):
+        return f"{params[whole.group(1)][0]} '{whole.group(2)}': {whole.group(3)}"
     match = _PART_MESSAGE.match(message)
     if match is None:
         return message.replace(f"data.source {source}", "the DataFrame").replace(source, "the DataFrame")
     part, separator, rest = match.groups()
-    param = f"labelCol '{label}'" if rest.startswith("label") or f"'{label}'" in rest else f"featuresCol '{features}'"
+    column = _COLUMN_AT_FAULT.match(rest)
+    if column is not None:  # "weight column 'w' (data.weight_column) must ...": the param, then what is wrong
+        kind, name, target = column.groups()
+        param_name, named = params.get(kind, ("labelCol", label))
+        param = f"{param_name} '{named}'" + (f" ({target})" if target else "")
+        rest = rest[column.end():]
+        separator = ": "
+    elif rest.startswith("label") or f"'{label}'" in rest:
+        param = f"labelCol '{label}'"
+    else:
+        param = f"featuresCol '{features}'"
     if separator == ": ":
         return f"{param}: " + _SAMPLE.sub(lambda m: f"at row {m.group(1)} of partition {part}", rest)
     return f"{param}: the DataFrame's partition {part} {rest}"
