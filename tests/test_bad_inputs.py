@@ -291,6 +291,12 @@ HANDLED = ["missing-class", "uneven-shards-synchronous", "gradient-on-spark-jobs
 # Cases held by a test in another file (real MLflow stores, Spark sessions, spark-submit and nnlib run
 # subprocesses): each README row names the test that holds it, which must exist
 ELSEWHERE = {
+    "row-keyed-nan-target": "test_rows_regression.py::test_bad_targets_weights_and_flags_are_one_line_naming_file_column_and_sample",
+    "row-keyed-negative-weight": "test_rows_regression.py::test_bad_targets_weights_and_flags_are_one_line_naming_file_column_and_sample",
+    "row-keyed-null-flag": "test_rows_regression.py::test_bad_targets_weights_and_flags_are_one_line_naming_file_column_and_sample",
+    "row-keyed-zero-training-weights": "test_rows_regression.py::test_weights_and_flags_that_leave_no_training_are_refused_as_load_columns_refuses_them",
+    "weightcol-not-numeric": "test_rows_regression.py::test_training_frame_refuses_a_weight_or_flag_column_of_the_wrong_type",
+    "validation-indicator-not-boolean": "test_rows_regression.py::test_training_frame_refuses_a_weight_or_flag_column_of_the_wrong_type",
     "report-mixed-tasks": "test_regression_report.py::test_a_report_mixing_regression_and_classification_runs_is_one_line",
     "sweep-mixed-tasks": "test_regression_report.py::test_a_sweep_mixing_tasks_or_asking_a_regression_for_a_target_accuracy_is_one_line",
     "sweep-target-accuracy-regression": "test_regression_report.py::test_a_sweep_mixing_tasks_or_asking_a_regression_for_a_target_accuracy_is_one_line",
