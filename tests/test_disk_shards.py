@@ -125,12 +125,34 @@ def test_memory_storage_keeps_the_shards_as_they_are():
 
 
 def test_a_killed_runs_folder_is_removed_and_a_live_ones_kept(tmp_path):
+    from nnlib.data.disk import owner_line
+
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / f"nnlib-shards-{int(dead.stdout)}-abc" / "shard-0").mkdir(parents=True)
-    (tmp_path / f"nnlib-shards-{os.getpid()}-def").mkdir()
+    dead_pid = int(dead.stdout)
+    folders = {"dead": f"nnlib-shards-{dead_pid}-abc", "live": f"nnlib-shards-{os.getpid()}-def",
+               "reused pid": f"nnlib-shards-{os.getpid()}-ghi", "other host": f"nnlib-shards-{dead_pid}-jkl",
+               "no owner file": f"nnlib-shards-{dead_pid}-mno"}
+    for folder in folders.values():
+        (tmp_path / folder / "shard-0").mkdir(parents=True)
+    owners = {"dead": owner_line(dead_pid), "live": owner_line(os.getpid()),
+              "reused pid": owner_line(os.getpid()).rsplit(" ", 1)[0] + " 1",  # the pid, started at another time
+              "other host": "another-host " + owner_line(dead_pid).split(" ", 1)[1]}
+    for what, line in owners.items():
+        (tmp_path / folders[what] / "owner").write_text(line + "\n")
     (tmp_path / "unrelated").mkdir()
-    assert sweep(str(tmp_path)) == [str(tmp_path / f"nnlib-shards-{int(dead.stdout)}-abc")]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"nnlib-shards-{os.getpid()}-def", "unrelated"])
+    assert sweep(str(tmp_path)) == sorted(str(tmp_path / folders[w]) for w in ("dead", "reused pid"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [folders[w] for w in ("live", "other host", "no owner file")] + ["unrelated"])
+
+
+def test_a_stores_folder_names_its_owner(tmp_path):
+    from nnlib.data.disk import owner_line
+
+    store = ShardStore(DataConfig(shard_storage="disk", scratch_dir=str(tmp_path)))
+    store.keep([Shard(0, ARRAYS["features"], ARRAYS["labels"])])
+    assert (Path(store.folder) / "owner").read_text() == owner_line(os.getpid()) + "\n"
+    assert sweep(str(tmp_path)) == [] and Path(store.folder).is_dir()  # this process runs: its folder stays
+    store.remove()
 
 
 # ----------------------------------------------------------------------------------- the same weights as memory
@@ -213,7 +235,7 @@ def test_the_shard_files_exist_during_the_run(tmp_path):
     try:
         names = leftovers(tmp_path)
         assert len(names) == 1 and names[0].startswith(f"nnlib-shards-{os.getpid()}-")
-        assert sorted(p.name for p in (tmp_path / names[0]).iterdir()) == ["shard-0", "shard-1", "shard-2"]
+        assert sorted(p.name for p in (tmp_path / names[0]).iterdir()) == ["owner", "shard-0", "shard-1", "shard-2"]
     finally:
         engine.stop()
     assert leftovers(tmp_path) == []

@@ -27,9 +27,11 @@ The scratch folder of a process is ``<root>/nnlib-shards-<pid>-<tag>``,
 (``SPARK_LOCAL_DIRS``, which Spark gives its Python workers, or
 ``spark.local.dir``), else the system's temporary folder. The pid is the
 process whose life the files share (the mapper's, or a Spark executor's
-for ``spark.mode: jobs``); a later :class:`ShardStore` on the same root
-removes the folders of pids no longer running, which is what a killed run
-leaves behind.
+Python daemon for ``spark.mode: jobs``), written with its host and start
+time in the folder's ``owner`` file; a later :class:`ShardStore` on the
+same root removes the folders whose owner ran on this host and has ended,
+which is what a killed run leaves behind (:func:`sweep`). Folders of other
+hosts or containers sharing the root are left alone.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import weakref
+from pathlib import Path
 
 import numpy as np
 
@@ -52,7 +56,7 @@ from nnlib.data.dataset import Shard
 from nnlib.errors import DataError, first_line
 
 FOLDER_PREFIX = "nnlib-shards-"
-_FOLDER = re.compile(r"^nnlib-shards-(\d+)-")
+_FOLDER = re.compile(r"^nnlib-shards-\d+-")
 
 
 BUFFER_BYTES = 16 << 20  # a stored array this small is read whole once, then indexed in memory
@@ -230,7 +234,7 @@ class DiskArray:
                     _read_all(fd, view[i * size:(i + 1) * size], at, self.path)
             return out
         starts = [0, *(np.flatnonzero(~follows) + 1).tolist()]
-        for a, b in zip(starts, [*starts[1:], len(idx)]):
+        for a, b in zip(starts, [*starts[1:], len(idx)], strict=True):
             _read_all(self._file.fd, view[a * size:b * size], base + int(idx[a]) * size, self.path)
         return out
 
@@ -281,6 +285,18 @@ def scratch_root(data: DataConfig) -> str:
     return dirs[0] if dirs else tempfile.gettempdir()
 
 
+OWNER_FILE = "owner"  # "<host> <pid> <start time>" of the process whose life a shard folder shares
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (field 22 of /proc/PID/stat, in clock ticks since boot); None without it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # after the command's ")", the fields start at the 3rd
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -291,15 +307,35 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def owner_line(pid: int) -> str:
+    """The owner file's line for process ``pid`` of this host."""
+    return f"{socket.gethostname()} {pid} {_start_time(pid) or '-'}"
+
+
+def _owner_gone(folder: str) -> bool:
+    """True when the folder's owner ran on this host and has ended: its pid is not running, or a later process
+    took the pid (another start time). A folder of another host (a scratch dir shared between machines or
+    containers) or without an owner file is not judged."""
+    try:
+        host, pid, started = Path(folder, OWNER_FILE).read_text().split()
+    except (OSError, ValueError):
+        return False
+    if host != socket.gethostname():
+        return False
+    if started != "-" and _start_time(int(pid)) is not None:
+        return _start_time(int(pid)) != started
+    return not _alive(int(pid))
+
+
 def sweep(root: str) -> list[str]:
     """Remove the shard folders under ``root`` whose owning process is gone (a killed run's); their paths."""
     removed = []
     with contextlib.suppress(OSError):
-        for name in os.listdir(root):
-            match = _FOLDER.match(name)
-            if match and not _alive(int(match.group(1))):
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-                removed.append(os.path.join(root, name))
+        for name in sorted(os.listdir(root)):
+            folder = os.path.join(root, name)
+            if _FOLDER.match(name) and _owner_gone(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
     return removed
 
 
@@ -337,8 +373,17 @@ class ShardStore:
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise _scratch_error(self.root, data, "is not writable")
         sweep(self.root)
-        owner = os.getpid() if owner is None else owner
+        self.owner = owner = os.getpid() if owner is None else owner
         self.folder = os.path.join(self.root, f"{FOLDER_PREFIX}{owner}-{tag or secrets.token_hex(6)}")
+
+    def _claim(self) -> None:
+        """Write the folder's owner file (once; the processes of one owner write the same line)."""
+        path = os.path.join(self.folder, OWNER_FILE)
+        if not os.path.exists(path):
+            tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+            with open(tmp, "w") as f:
+                f.write(owner_line(self.owner) + "\n")
+            os.replace(tmp, path)
 
     def _shard_folder(self, index: int) -> str:
         return os.path.join(self.folder, f"shard-{index}")
@@ -372,6 +417,7 @@ class ShardStore:
         arrays = {"x": shard.x, "y": shard.y, **({} if shard.w is None else {"w": shard.w})}
         try:
             os.makedirs(self.folder, mode=0o700, exist_ok=True)
+            self._claim()
             os.mkdir(tmp, 0o700)
             for name, array in arrays.items():
                 write_npy(os.path.join(tmp, f"{name}.npy"), array)
