@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import needs_mrjob, saved_params, small_config
+from conftest import needs_mrjob, on, saved_params, small_config
 
 from nnlib.config import DataConfig, load_config
 from nnlib.data.dataset import Shard
@@ -367,8 +367,8 @@ def missing_scratch_line(scratch: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["spark-stage", "spark-jobs", "mrjob", "mpi"])
-def test_every_engines_workers_keep_their_shards_through_the_store(spark, tmp_path, engine):
+@pytest.mark.parametrize("engine", ["spark-stage", "spark-jobs", "spark-connect", "mrjob", "mpi"])
+def test_every_engines_workers_keep_their_shards_through_the_store(spark, request, tmp_path, engine):
     """A scratch dir that is missing where the workers run is refused by them: the shards do go through the
     store on every engine (the equality tests above would pass with memory storage too)."""
     scratch = tmp_path / "missing"
@@ -390,12 +390,18 @@ def test_every_engines_workers_keep_their_shards_through_the_store(spark, tmp_pa
 
         config = config.model_copy(update={"engine": "mrjob"})
         chosen = MrjobEngine(config, "inline")
+    elif engine == "spark-connect":
+        from test_spark_connect import jobs_engine
+
+        request.getfixturevalue("connect")
+        config = config.model_copy(update={"engine": "spark"})
+        chosen = jobs_engine("connect", request.getfixturevalue("connect_server"))
     else:
         from test_engines import spark_engine
 
         config = config.model_copy(update={"engine": "spark"})
         chosen = spark_engine(engine.split("-")[1])
-    with pytest.raises(DataError) as caught:
+    with pytest.raises(DataError) as caught, on("connect" if engine == "spark-connect" else "classic"):
         run(config, engine=chosen, **QUIET)
     assert str(caught.value) in (missing_scratch_line(scratch), "mapper 0: " + missing_scratch_line(scratch),
                                  "mapper 1: " + missing_scratch_line(scratch))  # the stage names the mapper
@@ -444,4 +450,24 @@ def test_a_failed_spark_run_leaves_no_shard_files(spark, tmp_path, mode):
         update={"engine": "spark"})
     with pytest.raises(NnlibError, match="NaN|inf|diverge"):
         run(config, engine=spark_engine(mode), **QUIET)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["connect", "classic"])
+def test_a_parquet_source_with_held_out_rows_on_spark_jobs_from_disk_equals_memory(spark, connect, connect_server,
+                                                                                  digits_file, tmp_path, where):
+    """Spark's jobs mode, on Spark Connect too: a row-keyed source's shards (with the held-out rows the mappers
+    score) kept on disk and found again by whichever Python worker a round's task lands on."""
+    from test_spark_connect import jobs_engine
+
+    config = small_config("mappers=3", f"data.source={digits_file}", "data.validation_fraction=0.1",
+                          "train.momentum=0.9", "train.rounds=3")
+    memory = run(config, **QUIET)
+    engine = jobs_engine(where, connect_server, collect_held_out_mb=0)
+    with on(where):
+        on_disk = run(disk_config(config, tmp_path).model_copy(update={"engine": "spark"}), engine=engine, **QUIET)
+    np.testing.assert_array_equal(on_disk.params, memory.params)
+    for mine, theirs in zip(on_disk.rounds, memory.rounds, strict=True):
+        assert (mine["test_accuracy"], mine["val_accuracy"]) == (theirs["test_accuracy"], theirs["val_accuracy"])
     assert leftovers(tmp_path) == []
