@@ -17,7 +17,7 @@ from nnlib.driver import run
 from nnlib.errors import DataError, NnlibError
 
 ROOT = Path(__file__).resolve().parent.parent
-QUIET = dict(log=lambda _msg: None, warn=lambda _msg: None)
+QUIET = {"log": lambda _msg: None, "warn": lambda _msg: None}
 
 
 def stored(tmp_path, array: np.ndarray) -> DiskArray:
@@ -127,7 +127,8 @@ def test_memory_storage_keeps_the_shards_as_they_are():
 def test_a_killed_runs_folder_is_removed_and_a_live_ones_kept(tmp_path):
     from nnlib.data.disk import owner_line
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     dead_pid = int(dead.stdout)
     folders = {"dead": f"nnlib-shards-{dead_pid}-abc", "live": f"nnlib-shards-{os.getpid()}-def",
                "reused pid": f"nnlib-shards-{os.getpid()}-ghi", "other host": f"nnlib-shards-{dead_pid}-jkl",
@@ -249,7 +250,7 @@ def nnlib_cli(tmp_path, *sets, env=None):
            "--set", "train.rounds=1", "--set", "model.hidden=[8]"]
     for item in sets:
         cmd += ["--set", item]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(cmd, cwd=ROOT, check=False, capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.mark.slow
@@ -282,7 +283,8 @@ try:
 except DataError as exc:
     print(exc)
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False, capture_output=True, text=True,
+                          timeout=60)
     assert proc.stdout.startswith(f"data.scratch_dir: {tmp_path} could not be written to (File too large) "
                                   "(writing shard 0, 2.0 MiB); "), proc.stdout + proc.stderr
     assert len(proc.stdout.splitlines()) == 1
@@ -319,10 +321,11 @@ def test_mpi_disk_equals_memory_bit_for_bit(tmp_path, weighted_npz, combine):
         cmd = [mpiexec, "-n", "2", "--oversubscribe", sys.executable, "jobs/mpi_model_avg.py", "conf/default.yaml",
                "--set", "model.hidden=[16]", "--set", "train.rounds=2",
                *(["--set", f"combine={combine}"] if combine != "weights" else
-                 ["--set", f"data.source={weighted_npz}", "--set", "data.weight_column=w", "--set", "combine=weighted"]),
+                 ["--set", f"data.source={weighted_npz}", "--set", "data.weight_column=w",
+                  "--set", "combine=weighted"]),
                "--set", "mappers=2", "--set", f"data.shard_storage={storage}",
                "--set", f"data.scratch_dir={tmp_path / 'scratch'}", "--out", str(out), "--quiet"]
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr[-2000:]
         outs[storage] = saved_params(out)
     np.testing.assert_array_equal(outs["disk"], outs["memory"])
@@ -380,7 +383,7 @@ def test_every_engines_workers_keep_their_shards_through_the_store(spark, reques
         proc = subprocess.run([mpiexec, "-n", "2", "--oversubscribe", sys.executable, "jobs/mpi_model_avg.py",
                                "conf/default.yaml", "--set", "mappers=2", "--set", "data.shard_storage=disk",
                                "--set", f"data.scratch_dir={scratch}", "--out", str(tmp_path / "out"), "--quiet"],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+                              cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 2
         assert [ln for ln in proc.stderr.splitlines() if "nnlib" in ln] == [
             f"nnlib: error: {missing_scratch_line(scratch)}"]

@@ -93,12 +93,18 @@ class _File:
         if self._held is None and self.nbytes <= BUFFER_BYTES:
             whole = np.empty(self.shape, self.dtype)
             if self.nbytes:
-                _read_all(self.fd, memoryview(whole.reshape(-1).view(np.uint8)), self.offset, self.path)
+                _read_all(self.fd, _bytes_of(whole), self.offset, self.path)
             self._held = whole
         return self._held
 
     def close(self) -> None:
         self._close()
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous ``array`` as one flat writable view (no copy)."""
+    # numpy's stubs make ndarray a Buffer from Python 3.12 on only
+    return memoryview(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 class DiskArray:
@@ -221,7 +227,7 @@ class DiskArray:
         out = np.empty((len(idx), *self._row_shape), self.dtype)
         if not len(idx) or not self._row_bytes:
             return out
-        view = memoryview(out.reshape(-1).view(np.uint8))
+        view = _bytes_of(out)
         size, base = self._row_bytes, self._file.offset + self._start * self._row_bytes
         follows = idx[1:] - idx[:-1] == 1
         if not follows.any():  # no two rows in a row (a shuffled batch): one read per row, kept lean
@@ -259,7 +265,7 @@ def write_npy(path: str, array: np.ndarray) -> None:
     with open(path, "wb", buffering=0) as f:
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
-        data = memoryview(array.reshape(-1).view(np.uint8))
+        data = _bytes_of(array)
         for piece in (memoryview(header.getvalue()), data):
             lo = 0
             while lo < len(piece):
@@ -279,7 +285,7 @@ def scratch_root(data: DataConfig) -> str:
         with contextlib.suppress(Exception):
             from pyspark import SparkContext
 
-            sc = SparkContext._active_spark_context  # noqa: SLF001
+            sc = SparkContext._active_spark_context  # pyspark's own handle on the running context
             if sc is not None:
                 dirs = [d for d in sc.getConf().get("spark.local.dir", "").split(",") if d]
     return dirs[0] if dirs else tempfile.gettempdir()
@@ -435,7 +441,7 @@ class ShardStore:
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             problem = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota", errno.EACCES: "is not writable",
-                       errno.EROFS: "is read-only", errno.ENOENT: "was removed"}.get(exc.errno) or \
+                       errno.EROFS: "is read-only", errno.ENOENT: "was removed"}.get(exc.errno or 0) or \
                 f"could not be written to ({exc.strerror or first_line(exc)})"
             size = sum(np.asarray(a).nbytes if not isinstance(a, DiskArray) else a.nbytes
                        for a in arrays.values()) / 2**20
@@ -450,7 +456,8 @@ class ShardStore:
         if os.path.exists(os.path.join(folder, "w.npy")):
             total = float(np.load(os.path.join(folder, "w_sum.npy"))[0])
             w = DiskArray.open(os.path.join(folder, "w.npy"), {"float64": total})
-        return Shard(index, x, y, held_out, w)
+        # the DiskArrays stand in for the arrays: indexed like them, read on demand
+        return Shard(index, x, y, held_out, w)  # type: ignore[arg-type]
 
     def remove(self) -> None:
         """Delete the folder (arrays already handed out keep reading the files they opened, as Unix allows)."""
