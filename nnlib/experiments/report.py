@@ -165,6 +165,7 @@ def sweep_blocks(sweep_dir: Path) -> list:
                 _mean_std(_numbers(done, "max_mapper_seconds")),
                 _mean_std(_numbers(done, "mean_overhead_seconds"))])
         blocks += [Heading("Cases"), Table(columns, rows)]
+        blocks += mapper_blocks(sweep_dir, results)
     blocks += [Heading("Figures")] + [Figure(p, _caption(p, regression)) for p in plot_sweep(sweep_dir)]
     scores = (["final_test_r2", "final_test_rmse", "final_test_mae", "final_test_loss"] if regression
               else ["final_test_accuracy"])
@@ -224,6 +225,198 @@ def _regression_cases(sweep_dir: Path, by_case: dict[str, list[dict]], varied: l
     if ranked and ranked[0][0] != float("-inf"):
         blocks.append(Para(f"Highest final test R²: {ranked[0][2]} ({ranked[0][0]:.4g})."))
     return blocks + [Table(columns, [row for _, row, _ in ranked])]
+
+
+# ---- a mapper comparison ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MapperRepeat:
+    """One finished run of a mapper comparison, as its verdict needs it.
+
+    ``epoch_seconds``: the training seconds (the rounds' sum) over the
+    epochs run (rounds x train.local_epochs); ``seconds_to_target`` and
+    ``rounds_to_target``: the training seconds and rounds until the test
+    accuracy first reached the target, None when it never did.
+    """
+
+    mappers: int
+    seed: int
+    epoch_seconds: float
+    seconds_to_target: float | None
+    rounds_to_target: int | None
+    final_accuracy: float
+
+
+def mapper_repeat(run_dir: Path, mappers: int, seed: int, target: float) -> MapperRepeat:
+    """A run folder (rounds.csv, config.yaml, summary.json) as a :class:`MapperRepeat` against ``target``."""
+    import yaml
+
+    rounds = read_csv_rows(run_dir / "rounds.csv")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    local_epochs = (config.get("train") or {}).get("local_epochs", 1)
+    elapsed, to_target, rounds_to = 0.0, None, None
+    for r in rounds:
+        elapsed += r["seconds"]
+        if to_target is None and r["test_accuracy"] >= target:
+            to_target, rounds_to = elapsed, r["round"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return MapperRepeat(mappers, seed, elapsed / (len(rounds) * local_epochs), to_target, rounds_to,
+                        summary["final_test_accuracy"])
+
+
+def _label_mappers(m: int) -> str:
+    return f"{m} mapper" if m == 1 else f"{m} mappers"
+
+
+def _spread(values: list[float], digits: str = ".3g", unit: str = "") -> str:
+    """``median (min–max)`` of the repeats, e.g. ``1.83x (1.62–1.95)``; the value alone when they all agree."""
+    if not values:
+        return ""
+    low, mid, high = (format(v, digits) for v in (min(values), statistics.median(values), max(values)))
+    return f"{mid}{unit}" if low == high else f"{mid}{unit} ({low}–{high})"
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    """Whether the ranges (min–max) of two sets of repeats overlap: their difference is within the spread."""
+    return min(a) <= max(b) and min(b) <= max(a)
+
+
+def mapper_speedups(base: list[MapperRepeat], case: list[MapperRepeat], field: str) -> list[float]:
+    """``base``'s ``field`` seconds over ``case``'s, one ratio per seed both ran (paired repeats: the same data,
+    split and initial weights); every pair when they share no seed; repeats missing the field are left out."""
+    def times(rows):
+        return {r.seed: getattr(r, field) for r in rows if getattr(r, field) is not None}
+
+    b, c = times(base), times(case)
+    shared = sorted(set(b) & set(c))
+    if shared:
+        return [b[s] / c[s] for s in shared]
+    return [x / y for x in b.values() for y in c.values()]
+
+
+def _by_mappers(repeats: list[MapperRepeat]) -> dict[int, list[MapperRepeat]]:
+    by: dict[int, list[MapperRepeat]] = defaultdict(list)
+    for r in sorted(repeats, key=lambda r: (r.mappers, r.seed)):
+        by[r.mappers].append(r)
+    return dict(by)
+
+
+def mapper_table(repeats: list[MapperRepeat], target: float) -> Table:
+    """A row per mapper count: seconds per epoch, seconds and rounds to ``target``, final test accuracy, and the
+    speedups against the fewest mappers (one, normally), each as median (min–max) over the repeats."""
+    by = _by_mappers(repeats)
+    base_m = min(by)
+    base = _label_mappers(base_m)
+    columns = ["mappers", "repeats", "s per epoch", f"speedup per epoch vs {base}", f"s to accuracy {target:.4g}",
+               f"rounds to {target:.4g}", f"speedup to {target:.4g} vs {base}", "final test accuracy"]
+    rows = []
+    for m, rows_m in by.items():
+        reached = [r.seconds_to_target for r in rows_m if r.seconds_to_target is not None]
+        rounds_to = [float(r.rounds_to_target) for r in rows_m if r.rounds_to_target is not None]
+        rows.append([m, len(rows_m), _spread([r.epoch_seconds for r in rows_m]),
+                     _spread(mapper_speedups(by[base_m], rows_m, "epoch_seconds"), ".2f", "x"),
+                     _spread(reached) + ("" if len(reached) == len(rows_m)
+                                         else f" ({len(reached)} of {len(rows_m)} reached)"),
+                     _spread(rounds_to, ".2g"),
+                     _spread(mapper_speedups(by[base_m], rows_m, "seconds_to_target"), ".2f", "x"),
+                     _spread([r.final_accuracy for r in rows_m], ".4f")])
+    return Table(columns, rows)
+
+
+def mapper_verdict(repeats: list[MapperRepeat], target: float) -> str:
+    """One sentence drawn from the repeats: which mapper count reaches ``target`` fastest (median time, among the
+    counts that reached it in every repeat), its speedup and what final accuracy it costs against the fewest
+    mappers, and which differences are within the spread (the repeats' min–max ranges overlap).
+
+    Raises :class:`NnlibError` with fewer than two mapper counts (nothing to compare).
+    """
+    by = _by_mappers(repeats)
+    if len(by) < 2:
+        raise NnlibError(f"report: a mapper comparison needs two or more mapper counts, got {sorted(by)}")
+    base_m = min(by)
+    base = by[base_m]
+    complete = {m: rows for m, rows in by.items() if all(r.seconds_to_target is not None for r in rows)}
+    missed = [f"{_label_mappers(m)} missed it in {sum(r.seconds_to_target is None for r in rows)} of {len(rows)} "
+              "repeats" for m, rows in by.items() if m not in complete]
+    final = {m: [r.final_accuracy for r in rows] for m, rows in by.items()}
+    if not complete:
+        best = max(by, key=lambda m: statistics.median(final[m]))
+        return (f"No mapper count reached test accuracy {target:.4g} in every repeat, so none is fastest to it; "
+                f"the highest median final accuracy is {_label_mappers(best)}' "
+                f"({statistics.median(final[best]):.4f}).")
+    times = {m: [r.seconds_to_target for r in rows if r.seconds_to_target is not None]
+             for m, rows in complete.items()}
+    fastest = min(complete, key=lambda m: (statistics.median(times[m]), m))
+    name = _label_mappers(fastest)
+    parts = [f"{name} {'is' if fastest == 1 else 'are'} fastest to test accuracy {target:.4g} "
+             f"(median {statistics.median(times[fastest]):.3g} s"]
+    if fastest != base_m:
+        speedups = mapper_speedups(base, complete[fastest], "seconds_to_target")
+        parts[0] += (f", {statistics.median(speedups):.2f}x {_label_mappers(base_m)}'s time, "
+                     f"{min(speedups):.2f}–{max(speedups):.2f}x over the repeats)")
+        gap = statistics.median(final[fastest]) - statistics.median(final[base_m])
+        within = _overlap(final[fastest], final[base_m])
+        parts[0] += (f", at a median final accuracy of {statistics.median(final[fastest]):.4f} against "
+                     f"{_label_mappers(base_m)}'s {statistics.median(final[base_m]):.4f} ({gap:+.4f}, "
+                     f"{'within' if within else 'beyond'} the spread of the repeats)")
+    else:
+        parts[0] += f"), at a median final accuracy of {statistics.median(final[fastest]):.4f}"
+    ties = [m for m in complete if m != fastest and _overlap(times[m], times[fastest])]
+    slower = [m for m in complete if m != fastest and m not in ties]
+    if ties:
+        parts.append(f"{_join([_label_mappers(m) for m in ties])} "
+                     f"{'is' if ties == [1] else 'are'} within the spread of that time")
+    if slower:
+        parts.append(f"{_join([_label_mappers(m) for m in slower])} "
+                     f"{'is' if slower == [1] else 'are'} slower beyond the spread")
+    parts += missed
+    return "; ".join(parts) + "."
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _mapper_comparison_runs(results: list[dict]) -> list[dict] | None:
+    """The finished rows of a comparison whose cases differ only in ``mappers`` (other varied keys, such as the
+    Spark master a session got for its mappers, follow the count), with two or more counts; else None."""
+    varied = sweep_varied_keys(results)
+    ok = [r for r in results if r["status"] == "ok" and isinstance(r.get("mappers"), int)]
+    if "mappers" not in varied or is_regression_results(results) or len({r["mappers"] for r in ok}) < 2:
+        return None
+    others = [k for k in varied if k != "mappers"]
+    cases = {(r["mappers"], *(repr(r.get(k)) for k in others)) for r in ok}
+    return ok if len(cases) == len({r["mappers"] for r in ok}) else None
+
+
+def comparison_target(ok: list[dict], sweep_dir: Path) -> tuple[float, str]:
+    """The target accuracy of a mapper comparison and where it comes from: the sweep file's ``target_accuracy``,
+    else the highest test accuracy every run reached (floored to 0.001, so each reached it)."""
+    import math
+
+    if (sweep_dir / "sweep.yaml").exists():
+        import yaml
+
+        target = (yaml.safe_load((sweep_dir / "sweep.yaml").read_text()) or {}).get("target_accuracy")
+        if isinstance(target, (int, float)):
+            return float(target), "the sweep file's target_accuracy"
+    best = min(max(r["test_accuracy"] for r in read_csv_rows(sweep_dir / row["run"] / "rounds.csv")) for row in ok)
+    return math.floor(best * 1000) / 1000, "the highest test accuracy every run reached (no target_accuracy given)"
+
+
+def mapper_blocks(sweep_dir: Path, results: list[dict]) -> list:
+    """The mapper-count section of a sweep's or comparison's report: its table and one verdict sentence."""
+    ok = _mapper_comparison_runs(results)
+    if ok is None:
+        return []
+    target, source = comparison_target(ok, sweep_dir)
+    repeats = [mapper_repeat(sweep_dir / r["run"], r["mappers"], r["seed"], target) for r in ok]
+    base = _label_mappers(min(r.mappers for r in repeats))
+    return [Heading("Mapper counts"), Para(
+        f"Each figure is the median over the repeats (seeds), with their min–max in brackets. Target: test "
+        f"accuracy {target:.4g}, {source}. Seconds are training seconds (the rounds' sum, the start of a run "
+        f"left out); a speedup is {base}'s seconds over the count's, seed by seed."),
+        mapper_table(repeats, target), Para("Verdict: " + mapper_verdict(repeats, target))]
 
 
 # ---- several runs compared -------------------------------------------------------------------
