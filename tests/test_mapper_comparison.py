@@ -51,12 +51,26 @@ def test_a_clear_winner_with_its_paired_speedup_and_an_accuracy_cost_within_the_
 
 def test_differences_within_the_spread_are_named_as_such():
     runs = (repeats(1, [2.0, 2.1, 2.2], [0.63, 0.63, 0.63]) + repeats(2, [1.0, 1.2, 1.7], [0.63, 0.63, 0.63])
-            + repeats(4, [1.5, 1.6, 1.9], [0.63, 0.63, 0.63]) + repeats(8, [1.1, 2.5, 2.6], [0.63, 0.63, 0.63]))
+            + repeats(4, [0.9, 1.6, 1.9], [0.63, 0.63, 0.63]) + repeats(8, [1.1, 2.5, 1.5], [0.63, 0.63, 0.63]))
     verdict = mapper_verdict(runs, 0.62)
     assert verdict.startswith("2 mappers are fastest to test accuracy 0.62 (median 1.2 s")
-    # 4 mappers' range 1.5–1.9 and 8 mappers' 1.1–2.6 overlap 2 mappers' 1.0–1.7; 1 mapper's 2.0–2.2 does not
+    # seed by seed, 4 mappers are faster than 2 with seed 0 and slower with seeds 1 and 2, 8 mappers slower with
+    # seeds 0 and 1 and faster with seed 2; 1 mapper is slower with every seed
     assert verdict.endswith("; 4 mappers and 8 mappers are within the spread of that time; "
                             "1 mapper is slower beyond the spread.")
+
+
+def test_a_difference_every_seed_agrees_on_is_beyond_the_spread_though_the_ranges_overlap():
+    # the seeds' data sets differ in difficulty, so the ranges overlap; seed by seed 2 mappers always win
+    runs = repeats(1, [1.0, 2.0, 3.0], [0.60, 0.65, 0.70]) + repeats(2, [0.9, 1.8, 2.7], [0.61, 0.66, 0.71])
+    assert mapper_verdict(runs, 0.5) == (
+        "2 mappers are fastest to test accuracy 0.5 (median 1.8 s, 1.11x 1 mapper's time in every repeat), at a median final accuracy of 0.6600 against 1 mapper's 0.6500 (+0.0100, beyond the spread of "
+        "the repeats); 1 mapper is slower beyond the spread.")
+    # the same numbers without a seed in common: the ranges overlap, so both differences are within the spread
+    apart = repeats(1, [1.0, 2.0, 3.0], [0.60, 0.65, 0.70]) + [
+        MapperRepeat(2, seed + 10, t, t, 1, a) for seed, (t, a) in enumerate([(0.9, 0.61), (1.8, 0.66), (2.7, 0.71)])]
+    verdict = mapper_verdict(apart, 0.5)
+    assert "(+0.0100, within the spread of the repeats); 1 mapper is within the spread of that time." in verdict
 
 
 def test_an_accuracy_cost_beyond_the_spread_is_said_with_its_sign():

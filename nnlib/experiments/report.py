@@ -21,11 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnlib.errors import NnlibError
-from nnlib.util.machine import describe
-from nnlib.outputs import atomic_write_bytes, read_csv_rows
-from nnlib.experiments.plots import (loss_units, mean_std, plot_run, plot_sweep, run_is_regression,
-                                     sweep_varied_keys, target_units)
+from nnlib.experiments.plots import (
+    loss_units,
+    mean_std,
+    plot_run,
+    plot_sweep,
+    run_is_regression,
+    sweep_varied_keys,
+    target_units,
+)
 from nnlib.experiments.sweep import is_regression_results
+from nnlib.outputs import atomic_write_bytes, read_csv_rows
+from nnlib.util.machine import describe
 
 
 @dataclass(frozen=True)
@@ -277,8 +284,25 @@ def _spread(values: list[float], digits: str = ".3g", unit: str = "") -> str:
 
 
 def _overlap(a: list[float], b: list[float]) -> bool:
-    """Whether the ranges (min–max) of two sets of repeats overlap: their difference is within the spread."""
+    """Whether the ranges (min–max) of two sets of repeats overlap."""
     return min(a) <= max(b) and min(b) <= max(a)
+
+
+def _within_spread(a: list[MapperRepeat], b: list[MapperRepeat], field: str) -> bool:
+    """Whether ``a``'s and ``b``'s ``field`` differ by less than the repeats spread.
+
+    Repeats with the same seed share their data, split and initial weights, so
+    where the two share seeds they are compared seed by seed: the difference
+    is within the spread when its sign changes across the seeds (or it is 0
+    in one). Without a shared seed, when their min–max ranges overlap.
+    """
+    x = {r.seed: getattr(r, field) for r in a if getattr(r, field) is not None}
+    y = {r.seed: getattr(r, field) for r in b if getattr(r, field) is not None}
+    shared = set(x) & set(y)
+    if shared:
+        differences = [x[s] - y[s] for s in shared]
+        return min(differences) <= 0 <= max(differences)
+    return _overlap(list(x.values()), list(y.values()))
 
 
 def mapper_speedups(base: list[MapperRepeat], case: list[MapperRepeat], field: str) -> list[float]:
@@ -326,7 +350,8 @@ def mapper_table(repeats: list[MapperRepeat], target: float) -> Table:
 def mapper_verdict(repeats: list[MapperRepeat], target: float) -> str:
     """One sentence drawn from the repeats: which mapper count reaches ``target`` fastest (median time, among the
     counts that reached it in every repeat), its speedup and what final accuracy it costs against the fewest
-    mappers, and which differences are within the spread (the repeats' min–max ranges overlap).
+    mappers, and which differences are within the spread (:func:`_within_spread`: seed by seed, their sign
+    changes; without shared seeds, the min–max ranges overlap).
 
     Raises :class:`NnlibError` with fewer than two mapper counts (nothing to compare).
     """
@@ -352,16 +377,18 @@ def mapper_verdict(repeats: list[MapperRepeat], target: float) -> str:
              f"(median {statistics.median(times[fastest]):.3g} s"]
     if fastest != base_m:
         speedups = mapper_speedups(base, complete[fastest], "seconds_to_target")
-        parts[0] += (f", {statistics.median(speedups):.2f}x {_label_mappers(base_m)}'s time, "
-                     f"{min(speedups):.2f}–{max(speedups):.2f}x over the repeats)")
+        low, high = f"{min(speedups):.2f}", f"{max(speedups):.2f}"
+        parts[0] += (f", {statistics.median(speedups):.2f}x {_label_mappers(base_m)}'s time"
+                     + (" in every repeat" if low == high else f", {low}–{high}x over the repeats") + ")")
         gap = statistics.median(final[fastest]) - statistics.median(final[base_m])
-        within = _overlap(final[fastest], final[base_m])
+        within = _within_spread(by[fastest], base, "final_accuracy")
         parts[0] += (f", at a median final accuracy of {statistics.median(final[fastest]):.4f} against "
                      f"{_label_mappers(base_m)}'s {statistics.median(final[base_m]):.4f} ({gap:+.4f}, "
                      f"{'within' if within else 'beyond'} the spread of the repeats)")
     else:
         parts[0] += f"), at a median final accuracy of {statistics.median(final[fastest]):.4f}"
-    ties = [m for m in complete if m != fastest and _overlap(times[m], times[fastest])]
+    ties = [m for m in complete if m != fastest
+            and _within_spread(complete[m], complete[fastest], "seconds_to_target")]
     slower = [m for m in complete if m != fastest and m not in ties]
     if ties:
         parts.append(f"{_join([_label_mappers(m) for m in ties])} "
@@ -415,7 +442,9 @@ def mapper_blocks(sweep_dir: Path, results: list[dict]) -> list:
     return [Heading("Mapper counts"), Para(
         f"Each figure is the median over the repeats (seeds), with their min–max in brackets. Target: test "
         f"accuracy {target:.4g}, {source}. Seconds are training seconds (the rounds' sum, the start of a run "
-        f"left out); a speedup is {base}'s seconds over the count's, seed by seed."),
+        f"left out); a speedup is {base}'s seconds over the count's, seed by seed. A difference is within the "
+        "spread when, seed by seed (the same data, split and initial weights), its sign changes across the "
+        "repeats."),
         mapper_table(repeats, target), Para("Verdict: " + mapper_verdict(repeats, target))]
 
 
@@ -465,7 +494,7 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for d, config in zip(dirs, configs):
+    for d, config in zip(dirs, configs, strict=True):
         case = {k: config.get(k) if isinstance(config.get(k), (int, float, str)) else str(config.get(k))
                 for k in varied}
         run = Run(os.path.relpath(d.resolve(), out.resolve()), case, config.get("seed", 0), [])
