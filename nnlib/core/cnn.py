@@ -154,7 +154,8 @@ def _unpatch(d_cols: np.ndarray, k: int, buffers: _Buffers, key) -> np.ndarray:
 
 
 def _corners(a: np.ndarray) -> list[np.ndarray]:
-    """The four members of every 2x2 window of ``(n, H, W, C)``, each ``(n, H//2, W//2, C)`` (views), in torch's order."""
+    """The four members of every 2x2 window of ``(n, H, W, C)``, each ``(n, H//2, W//2, C)`` (views), in torch's
+    order."""
     h2, w2 = a.shape[1] // 2, a.shape[2] // 2
     return [a[:, i:2 * h2:2, j:2 * w2:2] for i in (0, 1) for j in (0, 1)]
 
@@ -178,7 +179,7 @@ def _unpool(d: np.ndarray, won: list[np.ndarray], shape: tuple[int, ...]) -> np.
     out = np.empty(shape, d.dtype)
     if shape[1] % 2 or shape[2] % 2:
         out.fill(0)  # the rows and columns the pool dropped
-    for member, wins in zip(_corners(out), won):
+    for member, wins in zip(_corners(out), won, strict=True):
         np.multiply(d, wins, out=member)
     return out
 

@@ -25,30 +25,30 @@ from collections.abc import Callable
 import numpy as np
 
 
-def _average(n_samples: list[int]) -> tuple[np.ndarray, float]:
+def _average(n_samples: list[float]) -> tuple[np.ndarray, float]:
     """The plain mean: ``c_i = 1/k``."""
     k = len(n_samples)
     return np.full(k, 1.0 / k), 0.0
 
 
-def _weighted(n_samples: list[int]) -> tuple[np.ndarray, float]:
+def _weighted(n_samples: list[float]) -> tuple[np.ndarray, float]:
     """The mean weighted by sample count: ``c_i = n_i / sum n``."""
     n = np.asarray(n_samples, np.float64)
     return n / n.sum(), 0.0
 
 
-def _sum(n_samples: list[int]) -> tuple[np.ndarray, float]:
+def _sum(n_samples: list[float]) -> tuple[np.ndarray, float]:
     """The plain sum of the weights (the threads study's eq. 2): ``c_i = 1``."""
     return np.ones(len(n_samples)), 0.0
 
 
-def _sum_updates(n_samples: list[int]) -> tuple[np.ndarray, float]:
+def _sum_updates(n_samples: list[float]) -> tuple[np.ndarray, float]:
     """``start + sum_i (w_i - start)``: summing the changes, meaningful over many rounds."""
     k = len(n_samples)
     return np.ones(k), 1.0 - k
 
 
-COEFFICIENTS: dict[str, Callable[[list[int]], tuple[np.ndarray, float]]] = {
+COEFFICIENTS: dict[str, Callable[[list[float]], tuple[np.ndarray, float]]] = {
     "average": _average,
     "weighted": _weighted,
     "sum": _sum,
@@ -56,7 +56,7 @@ COEFFICIENTS: dict[str, Callable[[list[int]], tuple[np.ndarray, float]]] = {
 }
 
 
-def combine(rule: str, vectors: list[np.ndarray], n_samples: list[int],
+def combine(rule: str, vectors: list[np.ndarray], n_samples: list[float],
             start: np.ndarray | None = None) -> np.ndarray:
     """Combine the mappers' ``vectors`` (each ``(n_params,)``, in mapper order) with ``rule``.
 
@@ -66,8 +66,10 @@ def combine(rule: str, vectors: list[np.ndarray], n_samples: list[int],
     """
     coefs, start_coef = COEFFICIENTS[rule](n_samples)
     acc = np.zeros(vectors[0].shape, np.float64)
-    for c, w in zip(coefs, vectors):
+    for c, w in zip(coefs, vectors, strict=True):
         acc += c * w.astype(np.float64)
     if start_coef:
+        if start is None:
+            raise ValueError(f"combine rule {rule!r} reads the round's starting vector: pass start")
         acc += start_coef * start.astype(np.float64)
     return acc.astype(vectors[0].dtype)

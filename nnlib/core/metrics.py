@@ -45,6 +45,7 @@ mean: the training targets' mean). Blocks added together must share it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -120,8 +121,9 @@ class RegressionSums:
     @classmethod
     def from_vector(cls, v: np.ndarray, shift: np.ndarray) -> RegressionSums:
         t = (len(v) - 4) // 4
-        parts = [np.array(v[4 + k * t:4 + (k + 1) * t], np.float64) for k in range(4)]
-        return cls(int(v[0]), float(v[1]), float(v[2]), float(v[3]), *parts, np.asarray(shift, np.float64))
+        target, target2, error2, abs_error = (np.array(v[4 + k * t:4 + (k + 1) * t], np.float64) for k in range(4))
+        return cls(int(v[0]), float(v[1]), float(v[2]), float(v[3]), target, target2, error2, abs_error,
+                   np.asarray(shift, np.float64))
 
 
 def classification_sums(predicted: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
@@ -157,7 +159,10 @@ def regression_sums(prediction: np.ndarray, target: np.ndarray, sample_weight: n
                           _column_sums(w * e * e), _column_sums(w * np.abs(e)), shift)
 
 
-def total(parts: list) -> ClassificationSums | RegressionSums:
+Sums = TypeVar("Sums", ClassificationSums, RegressionSums)
+
+
+def total(parts: list[Sums]) -> Sums:
     """The sums of several blocks added in the given (mapper) order."""
     out = parts[0]
     for part in parts[1:]:

@@ -32,7 +32,7 @@ import numpy as np
 
 from nnlib.core import metrics
 from nnlib.core.losses import CLASSIFICATION_LOSSES, loss_function
-from nnlib.core.params import LayerSpec, unpack
+from nnlib.core.params import LayerSpec, Layout, unpack
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -55,7 +55,7 @@ LOSSES = CLASSIFICATION_LOSSES
 class ModelSpec:
     """Everything that defines the function an MLP computes and the loss it minimises."""
 
-    layers: LayerSpec  # or, for model.type: cnn, a nnlib.core.cnn.ConvSpec (same flat-vector interface)
+    layers: Layout  # a LayerSpec; for model.type cnn or module a ConvSpec or ModuleSpec (the same flat vector)
     activation: str = "relu"
     loss: str = "cross_entropy"
     l2: float = 0.0
@@ -66,6 +66,15 @@ class ModelSpec:
     @property
     def regression(self) -> bool:
         return self.task == "regression"
+
+    @property
+    def mlp(self) -> LayerSpec:
+        """``layers`` as an MLP's :class:`LayerSpec` (the MLP models and sub-networks read its sizes).
+
+        Raises ``TypeError`` for another layout (a CNN's, a module's)."""
+        if not isinstance(self.layers, LayerSpec):
+            raise TypeError(f"the layer sizes of an MLP were asked of a {type(self.layers).__name__}")
+        return self.layers
 
 
 class NumpyModel:
@@ -140,7 +149,7 @@ class NumpyMLP(NumpyModel):
     def _forward(self, arrays, x):
         """Return the list of layer outputs ``[x, h1, ..., z]``."""
         outs = [x]
-        n = self.spec.layers.n_layers
+        n = self.spec.mlp.n_layers
         for i in range(n):
             z = outs[-1] @ arrays[2 * i]
             if i == n - 1 and self.spec.output_scale != 1:
@@ -164,7 +173,7 @@ class NumpyMLP(NumpyModel):
         The gradient is written straight into one flat vector (no per-layer
         arrays glued together afterwards).
         """
-        layers = self.spec.layers
+        layers = self.spec.mlp
         arrays = unpack(flat, layers)
         outs = self._forward(arrays, x)
         loss, delta = self.data_loss_and_delta(outs[-1], y, sample_weight, weight_sum)

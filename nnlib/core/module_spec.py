@@ -112,8 +112,8 @@ def import_callable(path: str, search_path: str = ""):
 def _allowed_callables(owner, name: str, shown: int = 10) -> str:
     """What ``owner`` (a module or class) offers in place of its missing ``name``: "did you mean" its closest
     public callable, else up to ``shown`` of them (those defined in ``owner`` first)."""
-    public = {n: getattr(owner, n, None) for n in dir(owner) if not n.startswith("_")}
-    public = sorted(n for n, value in public.items() if callable(value))
+    attributes = {n: getattr(owner, n, None) for n in dir(owner) if not n.startswith("_")}
+    public = sorted(n for n, value in attributes.items() if callable(value))
     own = [n for n in public if getattr(getattr(owner, n), "__module__", None) == getattr(owner, "__name__", None)]
     close = difflib.get_close_matches(name, public, n=1)
     if close:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import overload
 
 import numpy as np
 
@@ -134,6 +135,10 @@ class ServerSGD:
 OPTIMIZERS = {"SGD": SGD, "Adam": Adam}
 
 
+@overload
+def state_rows(state: np.ndarray, n_params: int) -> np.ndarray: ...
+@overload
+def state_rows(state: None, n_params: int) -> None: ...
 def state_rows(state: np.ndarray | None, n_params: int) -> np.ndarray | None:
     """The state as ``(rows, n_params)``: one row per per-parameter buffer (a view)."""
     return None if state is None else state.reshape(-1, n_params)

@@ -30,6 +30,14 @@ class Layout:
     def shapes(self) -> list[tuple[int, ...]]:
         raise NotImplementedError
 
+    def names(self) -> list[str]:
+        """The arrays' names in flat order (what a model file stores them as)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """The layout as the run's summary and log show it."""
+        raise NotImplementedError
+
     @cached_property
     def offsets(self) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
         """``(start, stop, shape)`` of every array in the flat vector, computed once per spec."""
@@ -68,7 +76,7 @@ class LayerSpec(Layout):
     def shapes(self) -> list[tuple[int, ...]]:
         """Array shapes in flat order: W0, b0, W1, b1, ..."""
         out: list[tuple[int, ...]] = []
-        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
+        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
             out.append((fan_in, fan_out))
             out.append((fan_out,))
         return out
@@ -89,7 +97,7 @@ class LayerSpec(Layout):
         return {"model_type": "mlp", "layer_sizes": list(self.sizes), "n_params": self.n_params}
 
 
-def unpack(flat: np.ndarray, spec: LayerSpec) -> list[np.ndarray]:
+def unpack(flat: np.ndarray, spec: Layout) -> list[np.ndarray]:
     """Cut a flat vector of length ``spec.n_params`` into arrays (views, no copy)."""
     if flat.shape != (spec.n_params,):
         raise ValueError(f"flat parameters must have shape ({spec.n_params},), got {flat.shape}")
@@ -101,9 +109,9 @@ def pack(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(a, DTYPE).ravel() for a in arrays])
 
 
-def to_named(flat: np.ndarray, spec: LayerSpec) -> dict[str, np.ndarray]:
+def to_named(flat: np.ndarray, spec: Layout) -> dict[str, np.ndarray]:
     """Name the arrays for saving: ``{"layer0.weight": ..., "layer0.bias": ...}``."""
-    return dict(zip(spec.names(), (a.copy() for a in unpack(flat, spec))))
+    return dict(zip(spec.names(), (a.copy() for a in unpack(flat, spec)), strict=True))
 
 
 def init_params(spec, seed: int) -> np.ndarray:
@@ -119,7 +127,7 @@ def init_params(spec, seed: int) -> np.ndarray:
         return spec.initial_params(seed)
     rng = np.random.default_rng([seed, 0x1A17])
     arrays = []
-    for shape, fans in zip(spec.shapes(), spec.fans()):
+    for shape, fans in zip(spec.shapes(), spec.fans(), strict=True):
         if fans is not None:
             limit = np.sqrt(6.0 / (fans[0] + fans[1]))
             arrays.append(rng.uniform(-limit, limit, size=shape))

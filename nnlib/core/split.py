@@ -50,7 +50,8 @@ class Split:
 
     def sub_layers(self, layers: LayerSpec, g) -> LayerSpec:
         """Layer sizes of sub-network ``g``: the inputs, its group of every hidden layer, the outputs."""
-        return LayerSpec((layers.sizes[0], *(len(layer[c]) for layer, c in zip(self.groups, self.choice(g))),
+        return LayerSpec((layers.sizes[0],
+                          *(len(layer[c]) for layer, c in zip(self.groups, self.choice(g), strict=True)),
                           layers.sizes[-1]))
 
     def labels(self) -> list[np.ndarray]:
@@ -73,9 +74,9 @@ def check_splittable(hidden: tuple[int, ...], n_groups: int) -> None:
     """Every hidden layer must have at least one unit per group."""
     if n_groups < 1:
         raise ValueError(f"the number of groups must be >= 1, got {n_groups}")
-    for l, units in enumerate(hidden):
+    for layer, units in enumerate(hidden):
         if units < n_groups:
-            raise ValueError(f"hidden layer {l} has {units} units, fewer than the {n_groups} groups")
+            raise ValueError(f"hidden layer {layer} has {units} units, fewer than the {n_groups} groups")
 
 
 def random_split(hidden: tuple[int, ...], n_groups: int, rng: np.random.Generator) -> Split:
@@ -111,7 +112,7 @@ def sub_indices(layers: LayerSpec, split: Split, g) -> np.ndarray:
 def _sub_indices(layers: LayerSpec, split: Split, choice: tuple[int, ...]) -> np.ndarray:
     n = layers.n_layers
     units = [np.arange(layers.sizes[0])]
-    units += [np.asarray(layer[c], np.int64) for layer, c in zip(split.groups, choice)]
+    units += [np.asarray(layer[c], np.int64) for layer, c in zip(split.groups, choice, strict=True)]
     units.append(np.arange(layers.sizes[-1]))
     parts = []
     for i in range(n):
@@ -190,7 +191,7 @@ def mapper_choice(mapper: int, n_groups: int, n_hidden: int, alternating: bool =
     from"). Without it, mapper ``m`` trains group ``m mod G`` everywhere.
     """
     shift = mapper // n_groups if alternating else 0
-    return tuple((mapper + shift * l) % n_groups for l in range(n_hidden))
+    return tuple((mapper + shift * layer) % n_groups for layer in range(n_hidden))
 
 
 def unit_coupling(activations: np.ndarray) -> np.ndarray:
@@ -220,7 +221,7 @@ def layer_couplings(model: ModelSpec, params: np.ndarray, x: np.ndarray) -> list
 def cross_coupling(split: Split, couplings: list[np.ndarray]) -> float:
     """Mean ``|corr|`` over pairs of units in different groups of the same layer (lower: more independent)."""
     values = []
-    for label, corr in zip(split.labels(), couplings):
+    for label, corr in zip(split.labels(), couplings, strict=True):
         cross = label[:, None] != label[None, :]
         values.append(corr[cross].mean() if cross.any() else 0.0)
     return float(np.mean(values))

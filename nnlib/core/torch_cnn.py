@@ -44,4 +44,6 @@ class TorchCNN(TorchModel):
     eval_chunk = EVAL_CHUNK
 
     def make_module(self) -> nn.Module:
-        return CNNModule(self.spec.layers, self.spec.activation)
+        layers = self.spec.layers
+        assert isinstance(layers, ConvSpec)  # model.type: cnn
+        return CNNModule(layers, self.spec.activation)

@@ -25,8 +25,8 @@ base class does with it):
   on the module: ``train()`` mode while training, ``eval()`` mode (and no
   graph) when scoring. Buffers change only through the module's own
   forward in training mode; the optimizer steps the parameters alone.
-- The loss is ``spec.loss`` of ``spec.task`` (:func:`data_loss`, sample-weighted when weights are given) plus ``spec.l2 / 2`` times the
-  squared norm of ``spec.layers.weight_mask()``'s entries (weight arrays).
+- The loss is ``spec.loss`` of ``spec.task`` (:func:`data_loss`, sample-weighted when weights are given) plus
+  ``spec.l2 / 2`` times the squared norm of ``spec.layers.weight_mask()``'s entries (weight arrays).
 - :meth:`TorchModel.train_steps` is the fast local loop, ``(params,
   opt_state, optimizer, x, y, batches, lr, start=None, proximal_mu=0.0) ->
   loss sum``: the whole round runs on the bound flat tensor, its gradient in
@@ -155,7 +155,7 @@ class TorchModel:
         ``grad`` at the same place, so backward accumulates into ``grad``.
         """
         module, slots, _ = self._module()
-        for (owner, attr, is_param), (start, stop, shape) in zip(slots, self._layout.offsets):
+        for (owner, attr, is_param), (start, stop, shape) in zip(slots, self._layout.offsets, strict=True):
             view = flat[start:stop].view(shape)
             if is_param:
                 p = nn.Parameter(view, requires_grad=requires_grad)
@@ -276,7 +276,7 @@ class TorchModel:
         steps of data loss * weight_sums[s]``. Under regression ``y`` is float
         ``(n,)`` or ``(n, n_targets)``.
         """
-        lrs = [float(lr)] * len(batches) if np.ndim(lr) == 0 else [float(r) for r in lr]
+        lrs = np.broadcast_to(np.asarray(lr, np.float64), (len(batches),)).tolist()  # one per step
         device = self.train_device()
         on = (lambda t: t) if device is None else (lambda t: t.to(device, copy=True))  # noqa: E731
         host_w = as_tensor(params)
@@ -298,13 +298,18 @@ class TorchModel:
         sw = None if sample_weight is None else on(as_tensor(np.asarray(sample_weight, params.dtype)))
         mask = on(as_tensor(self._mask_np)[:n_trained].to(w.dtype)) if self.spec.l2 else None
         l2 = float(self.spec.l2)
-        anchor = None if not proximal_mu else on(as_tensor(start)[:n_trained])
+        if proximal_mu and start is None:
+            raise ValueError("proximal_mu > 0 pulls towards the round's starting vector: pass start")
+        anchor = None if not proximal_mu or start is None else on(as_tensor(start)[:n_trained])
         mu = float(np.float32(proximal_mu))
         loss_name, task, delta = self.spec.loss, self.spec.task, self.spec.huber_delta
-        scales = [len(idx) for idx in batches] if sw is None else [float(s) for s in weight_sums]
+        if sw is not None and weight_sums is None:
+            raise ValueError("sample_weight comes with the batches' weight_sums (the loss's denominators)")
+        scales: list[float] = ([len(idx) for idx in batches] if sw is None or weight_sums is None
+                               else [float(s) for s in weight_sums])
         loss_sum = 0.0
         losses = []  # on a device: the step losses stay there until the round ends (no wait on it each step)
-        for b, (idx, rate) in enumerate(zip(batches, lrs)):
+        for b, (idx, rate) in enumerate(zip(batches, lrs, strict=True)):
             it = on(as_tensor(idx))
             grad.zero_()
             if sw is None:
@@ -327,10 +332,10 @@ class TorchModel:
         finish()
         if device is not None:  # back to the host vector that travels
             host_w.copy_(w.cpu())
-            if host_state is not None:
+            if host_state is not None and state is not None:
                 host_state.copy_(state.cpu())
             self._place_other_buffers(module, torch.device("cpu"))
-            for loss, scale in zip(torch.stack(losses).cpu().tolist() if losses else [], scales):
+            for loss, scale in zip(torch.stack(losses).cpu().tolist() if losses else [], scales, strict=True):
                 loss_sum += loss * scale
         return loss_sum
 
@@ -370,7 +375,7 @@ class MLPModule(nn.Module):
         super().__init__()
         n = len(sizes) - 1
         self.layers = nn.ModuleList(_Affine(a, b, output_scale if i == n - 1 else 1.0)
-                                    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
+                                    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)))
         self.act = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -383,5 +388,5 @@ class TorchMLP(TorchModel):
     """The torch backend of an MLP."""
 
     def make_module(self) -> nn.Module:
-        return MLPModule(self.spec.layers.sizes, self.spec.activation, self.spec.output_scale)
+        return MLPModule(self.spec.mlp.sizes, self.spec.activation, self.spec.output_scale)
 

@@ -24,6 +24,7 @@ import os
 import torch
 
 from nnlib.core.mlp import ModelSpec
+from nnlib.core.module_spec import ModuleSpec
 from nnlib.core.torch_mlp import TorchModel
 from nnlib.errors import ConfigError
 
@@ -141,10 +142,16 @@ class TorchModule(TorchModel):
 
     def train_device(self) -> torch.device | None:
         if not self._device_chosen:
-            device = pick_device(self.spec.layers.device)  # raises (one line) for cuda without a GPU
+            device = pick_device(self._layers.device)  # raises (one line) for cuda without a GPU
             self._device = None if device.type == "cpu" else device
             self._device_chosen = True
         return self._device
 
     def make_module(self) -> torch.nn.Module:
-        return _Reshape(self.spec.layers.build(), self.spec.layers.input_shape)
+        return _Reshape(self._layers.build(), self._layers.input_shape)
+
+    @property
+    def _layers(self) -> ModuleSpec:
+        layers = self.spec.layers
+        assert isinstance(layers, ModuleSpec)  # model.type: module
+        return layers

@@ -54,6 +54,8 @@ def flat_stepper(optimizer, params: torch.Tensor, state: torch.Tensor | None,
     if isinstance(optimizer, SGD):
         return _sgd(optimizer, params, None if rows is None else rows[0]), lambda: None
     if isinstance(optimizer, Adam):
+        if rows is None:
+            raise TypeError("optimizer: Adam keeps its moments and step counts in a state vector, none was given")
         return _adam(optimizer, params, rows)
     raise TypeError(f"optimizer: the torch loop knows SGD and Adam, got {type(optimizer).__name__}")
 
@@ -99,10 +101,10 @@ def _adam(opt: Adam, w: torch.Tensor, rows: torch.Tensor):
             w.addcdiv_(m, denom, value=-step_size)
         else:  # per-entry counts (a sub-network's rows kept their own): the corrections are vectors
             t.add_(1)
-            count = t.double()
-            step_size = (lr / (1 - torch.pow(opt.beta1, count))).to(w.dtype)
-            correction2 = torch.sqrt(1 - torch.pow(opt.beta2, count)).to(w.dtype)
-            w.sub_(step_size * m / (v.sqrt() / correction2 + eps))
+            counts = t.double()
+            step_sizes = (lr / (1 - torch.pow(opt.beta1, counts))).to(w.dtype)
+            corrections2 = torch.sqrt(1 - torch.pow(opt.beta2, counts)).to(w.dtype)
+            w.sub_(step_sizes * m / (v.sqrt() / corrections2 + eps))
 
     def finish() -> None:
         if uniform:

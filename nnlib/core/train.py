@@ -119,6 +119,7 @@ def local_sgd(backend, params, opt_state, optimizer, x, y, schedule: LocalSchedu
     mu = params.dtype.type(proximal_mu)
     params = params.copy()
     opt_state = None if opt_state is None else opt_state.copy()
+    seen: float  # rows, or their total sample weight
     if sample_weight is None:
         seen, sums, total_weight = sum(len(b) for b in batches), None, float(len(y))
     else:
@@ -148,6 +149,7 @@ def local_sgd(backend, params, opt_state, optimizer, x, y, schedule: LocalSchedu
             loss, grad = backend.loss_and_grad(w, x[idx], y[idx])
             loss_sum += loss * len(idx)
         else:
+            assert sample_weight is not None  # sums are the batches' weight sums
             loss, grad = backend.loss_and_grad(w, x[idx], y[idx], sample_weight=sample_weight[idx],
                                                weight_sum=sums[step])
             loss_sum += loss * sums[step]

@@ -27,7 +27,8 @@ class FolderLock:
     """The exclusive hold of one folder by this process, until :meth:`release` or the process's end."""
 
     def __init__(self, folder: Path, fd: int):
-        self.folder, self._fd = folder, fd
+        self.folder = folder
+        self._fd: int | None = fd
 
     @property
     def path(self) -> Path:

@@ -10,7 +10,9 @@ import zipfile
 from importlib.util import find_spec
 from pathlib import Path
 
-PACKAGE_DIR = Path(find_spec("nnlib").submodule_search_locations[0]).resolve()  # the package's root folder
+_SPEC = find_spec("nnlib")
+assert _SPEC is not None and _SPEC.submodule_search_locations  # this module is part of the package
+PACKAGE_DIR = Path(_SPEC.submodule_search_locations[0]).resolve()  # the package's root folder
 
 
 def zip_package(dest: str | Path) -> Path:

@@ -79,6 +79,7 @@ class StopRequest:
 
     def _overdue(self, _signum, _frame) -> None:
         self.disarm()
+        assert self.signum is not None  # the alarm is armed only once a stop signal came
         raise StopRequested(self.signum, abandoned=True, grace=self.grace)
 
     def disarm(self) -> None:
