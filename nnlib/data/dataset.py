@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -108,7 +109,10 @@ class Dataset:
 
     @property
     def n_features(self) -> int:
-        return self.rows.n_features if self.rows is not None else self.x_test.shape[1]
+        if self.rows is not None:
+            return self.rows.n_features
+        assert self.x_test is not None  # a source read whole holds its test rows
+        return self.x_test.shape[1]
 
     @property
     def regression(self) -> bool:
@@ -135,6 +139,7 @@ class Dataset:
         """Training samples in each shard."""
         if self.rows is not None:
             return list(self.rows.shard_sizes)
+        assert self.y_train is not None  # a source read whole holds its training rows
         return shard_sizes(self.y_train, mappers, scheme, seed, alpha)
 
 
@@ -287,14 +292,16 @@ def _test_set(cfg: DataConfig, n_features: int) -> tuple[np.ndarray, np.ndarray,
     """``data.test_source`` read whole (a Parquet one block by block), checked against the training set's width;
     ``(x float64, y, digest of its rows)``."""
     key, where = "data.test_source", f"data.test_source {cfg.test_source}"
-    if tables.is_row_keyed(cfg.test_source):
+    test_source = cfg.test_source
+    assert test_source is not None  # called when data.test_source is set
+    if tables.is_row_keyed(test_source):
         x, y = tables.read_whole(replace(
-            ParquetSource.open(cfg.test_source, cfg.label_column, cfg.features_column, key, cfg.key_column),
+            ParquetSource.open(test_source, cfg.label_column, cfg.features_column, key, cfg.key_column),
             chosen_columns=_chosen(cfg), dropped_columns=tuple(cfg.drop_columns)))
     else:
-        x, y = sources.read_file(Path(cfg.test_source), key, cfg.label_column, cfg.test_labels,
+        x, y = sources.read_file(Path(test_source), key, cfg.label_column, cfg.test_labels,
                                  "data.test_labels", cfg.key_column, cfg.feature_columns, cfg.drop_columns)[:2]
-        x = check_features(x, where, names=_csv_feature_names(cfg, cfg.test_source, key))
+        x = check_features(x, where, names=_csv_feature_names(cfg, test_source, key))
         y = _class_labels(y, x.shape[0], where)
     _check_width(x, n_features, where)
     return x, y, row_digest(np.arange(len(y)), x, y)
@@ -360,6 +367,8 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
         return standardized(x, f"{src} ({ROLE_NAMES[role]} rows)"), y
 
     fingerprint = [("data.source", f"{tally.digest:016x}")]
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
     if cfg.test_source is not None:
         x_test, y_test, test_digest = _test_set(cfg, tally.n_features)
         fingerprint.append(("data.test_source", f"{test_digest:016x}"))
@@ -419,11 +428,13 @@ def _load_carried(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reade
                     weight_column=cfg.weight_column, validation_column=cfg.validation_column)
     if table.column_names:  # else each block is checked as it is read
         label_key = "data.label_columns" if cfg.label_columns else "data.label_column"
-        for what, wanted in ((label_key, targets), ("data.weight_column", [cfg.weight_column]),
-                             ("data.validation_column", [cfg.validation_column])):
-            for name in wanted:
-                if name is not None and name not in table.column_names:
-                    raise DataError(f"{what}: {cfg.source} has no column '{name}' "
+        checked: tuple[tuple[str, list[str | None]], ...] = (
+            (label_key, list(targets)), ("data.weight_column", [cfg.weight_column]),
+            ("data.validation_column", [cfg.validation_column]))
+        for what, wanted in checked:
+            for column in wanted:
+                if column is not None and column not in table.column_names:
+                    raise DataError(f"{what}: {cfg.source} has no column '{column}' "
                                     f"({sources.columns_text(list(table.column_names))})")
     n = table.n_rows
     test_pos = np.empty(0, np.int64) if cfg.test_source is not None else _split(n, cfg.test_fraction, seed)[1]
@@ -447,6 +458,7 @@ def _load_carried(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reade
                             "it must mark some rows for validation and leave others for training")
         plan = replace(plan, val_pos=marked, train_shard=_train_shards(len(rest) - len(marked), cfg, seed, mappers))
     n_train, n_val, n_test = (int(tally.role_counts[r]) for r in (TRAIN, VAL, TEST))
+    assert plan.train_shard is not None  # the plan above drew the training rows' shards
     shard_counts = np.bincount(plan.train_shard, minlength=mappers)
     table = replace(table, target_width=tally.n_targets)
     if tally.weight_sum is not None and tally.weight_sum == 0:
@@ -474,6 +486,7 @@ def _load_carried(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reade
         else:
             target_names = (cfg.label_column,)
         if cfg.standardize_target:
+            assert tally.targets is not None  # a regression survey keeps the targets' moments
             target_mean, target_std = tally.targets.mean, tally.targets.std()
     else:
         if len(tally.train_labels_seen) < 2:
@@ -486,7 +499,7 @@ def _load_carried(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reade
                             f"{tally.label_max} in its test or validation rows")
 
     def scaled(y: np.ndarray) -> np.ndarray:
-        if target_mean is None:
+        if target_mean is None or target_std is None:
             return y
         return (y - target_mean[0]) / target_std[0] if y.ndim == 1 else (y - target_mean) / target_std
 
@@ -522,7 +535,7 @@ def _load_carried(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reade
                                               [*cfg.drop_columns, *targets, *extras]))
     rows = RowKeyed(table, plan, mean, std, tuple(int(c) for c in shard_counts), tally.n_features, (TRAIN,),
                     target_mean, target_std)
-    regression_fields = {} if not regression else dict(
+    regression_fields: dict[str, Any] = {} if not regression else dict(
         task="regression", target_names=target_names, target_mean=target_mean, target_std=target_std,
         y_test_raw=y_test_raw, y_val_raw=y_val_raw)
     return Dataset(None, None, x_test, y_test, n_classes, _image_shape(cfg, tally.n_features), x_val, y_val,
@@ -536,8 +549,8 @@ def _image_shape(cfg: DataConfig, n_features: int) -> tuple[int, int, int] | Non
     """``data.image_shape`` as ``(C, H, W)`` (checked against the features), else the source's own, else None."""
     if cfg.image_shape is None:
         return sources.image_shape(cfg.source)
-    shape = tuple(cfg.image_shape)
-    shape = (1, *shape) if len(shape) == 2 else shape
+    given = tuple(int(d) for d in cfg.image_shape)
+    shape = (1, given[0], given[1]) if len(given) == 2 else (given[0], given[1], given[2])
     if int(np.prod(shape)) != n_features:
         raise DataError(f"data.image_shape: {list(cfg.image_shape)} holds {int(np.prod(shape))} values per "
                         f"sample, data.source {cfg.source} has {n_features} features")
@@ -581,6 +594,7 @@ class ShardSource:
         if self.rows is not None:
             return self._read(indices)
         dataset = load_dataset(self.data, self.seed, task=self.task)
+        assert dataset.x_train is not None and dataset.y_train is not None  # a source read whole
         parts = partition(dataset.y_train, self.mappers, self.data.partition, self.seed,
                           self.data.skew_alpha)
         w = dataset.w_train
@@ -588,9 +602,11 @@ class ShardSource:
                       w=None if w is None else w[parts[i]]) for i in indices]
 
     def _read(self, indices: list[int]) -> list[Shard]:
-        fillers = [ShardFiller(i, self.rows) for i in indices]
-        spans = [self.rows.plan.span(i) for i in indices]
-        for block in self.rows.table.blocks(span=(min(s[0] for s in spans), max(s[1] for s in spans))):
+        rows = self.rows
+        assert rows is not None  # a row-keyed source's recipe
+        fillers = [ShardFiller(i, rows) for i in indices]
+        spans = [rows.plan.span(i) for i in indices]
+        for block in rows.table.blocks(span=(min(s[0] for s in spans), max(s[1] for s in spans))):
             for filler in fillers:
                 filler.add(*block)
         return [filler.finish() for filler in fillers]
@@ -617,7 +633,7 @@ class ShardFiller(RowFiller):
         if len(y) == 0:
             raise DataError(f"data.source {self.rows.table.source}: shard {self.index} holds no training rows")
         mean, std = self.rows.target_mean, self.rows.target_std
-        if mean is not None:
+        if mean is not None and std is not None:
             y = (y - mean[0]) / std[0] if y.ndim == 1 else (y - mean) / std
         return Shard(self.index, x, y, {role: part[:2] for role, part in parts.items()}, w[0] if w else None)
 
@@ -787,7 +803,7 @@ def _read_columns(cfg: DataConfig, path: str, key: str, regression: bool) -> _Co
     if regression and columns[0].ndim == 2:
         y = _targets(columns[0], n, where, target_names)
     elif regression:
-        for name, col in zip(targets, columns):
+        for name, col in zip(targets, columns, strict=True):
             if col.dtype == bool:
                 raise DataError(f"{where}: target column '{name}' must be numeric, got bool")
         y = _targets(np.stack(columns, axis=1) if len(columns) > 1 else columns[0], n, where, target_names)

@@ -178,7 +178,8 @@ class FixedPlan(RowPlan):
             return out
         train = self.roles(positions) == TRAIN
         p = positions[train]
-        before = np.searchsorted(self.test_pos, p) + (0 if self.val_pos is None else np.searchsorted(self.val_pos, p))
+        before = ((0 if self.test_pos is None else np.searchsorted(self.test_pos, p))
+                  + (0 if self.val_pos is None else np.searchsorted(self.val_pos, p)))
         out[train] = self.train_shard[p - before]
         return out
 
@@ -309,6 +310,7 @@ class Tally:
         if carried is not None:
             t.digest = carried
         elif pos is not None:
+            assert y is not None  # a digested block has its labels
             t.digest = row_digest(pos, x, y)
         return t
 
@@ -385,6 +387,7 @@ class RowFiller:
                 where = place[hit]
                 xs[where], ys[where] = x[hit], y[hit]
                 if ws is not None:
+                    assert w is not None  # weights are kept only from blocks that carry them
                     ws[where] = w[hit]
                 self.filled[role] += int(hit.sum())
 

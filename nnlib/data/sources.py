@@ -16,9 +16,11 @@ import glob
 import gzip
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from nnlib.errors import DataError, first_line
 
@@ -108,8 +110,8 @@ def columns_text(names: list[str]) -> str:
     return f"columns are {list(names[:SHOWN_COLUMNS])} and {len(names) - SHOWN_COLUMNS} more"
 
 
-def feature_columns(names: list[str], label_column: str | None, key_column: str | None = None,
-                    chosen: list[str] | None = None, dropped: list[str] = ()) -> list[str]:
+def feature_columns(names: Sequence[str], label_column: str | None, key_column: str | None = None,
+                    chosen: Sequence[str] | None = None, dropped: Sequence[str] = ()) -> list[str]:
     """The feature columns of a table without a features column: ``chosen`` (``data.feature_columns``) in its
     order, else every column but the label, the key, ``dropped`` (``data.drop_columns``) and an index pandas
     wrote (``pandas_index_column``), in the table's order.
@@ -130,8 +132,8 @@ def feature_columns(names: list[str], label_column: str | None, key_column: str 
     return [name for name in names if name not in (label_column, key_column, *dropped) and name != index]
 
 
-def warn_pandas_index(names: list[str], path: Path, key: str, chosen: list[str] | None = None,
-                      dropped: list[str] = ()) -> None:
+def warn_pandas_index(names: list[str], path: Path, key: str, chosen: Sequence[str] | None = None,
+                      dropped: Sequence[str] = ()) -> None:
     """Say once per file and process that a pandas index column is left out of the features (stderr); not when
     ``data.feature_columns`` or ``data.drop_columns`` say which columns are features."""
     index = pandas_index_column(list(names))
@@ -143,7 +145,7 @@ def warn_pandas_index(names: list[str], path: Path, key: str, chosen: list[str] 
 
 
 def table_to_arrays(table, path: Path, key: str, label_column: str | None, features_column: str | None,
-                    key_column: str | None = None, chosen: list[str] | None = None, dropped: list[str] = ()):
+                    key_column: str | None = None, chosen: Sequence[str] | None = None, dropped: Sequence[str] = ()):
     """``(x float64, y)`` of an Arrow table; ``label_column=None`` (data to predict on): ``y`` is None.
 
     The features are ``features_column`` (a list column), else every column
@@ -229,7 +231,7 @@ def csv_columns(path: Path, key: str) -> list[str]:
 
 
 def read_csv(path: Path, key: str, label_column: str, key_column: str | None = None,
-             chosen: list[str] | None = None, dropped: list[str] = ()):
+             chosen: Sequence[str] | None = None, dropped: Sequence[str] = ()):
     """CSV with a header row; the column ``label_column`` holds the labels, all others but ``key_column`` are
     features."""
     table = read_csv_table(path, key)
@@ -256,7 +258,8 @@ def parquet_files(source: str) -> list[Path] | None:
     return sorted(files, key=str)
 
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, npt.DTypeLike] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+                                         0x0E: ">f8"}
 
 
 def read_idx(path: Path, key: str) -> np.ndarray:
@@ -309,7 +312,7 @@ def is_idx(path: Path) -> bool:
 
 def read_file(path: Path, key: str, label_column: str = "label", labels: str | None = None,
               labels_key: str = "data.labels", key_column: str | None = None,
-              chosen: list[str] | None = None, dropped: list[str] = ()):
+              chosen: Sequence[str] | None = None, dropped: Sequence[str] = ()):
     """Read an in-memory data file (.npz, .csv, IDX) by its extension; returns ``(x, y)`` or
     ``(x, y, x_test, y_test)``. Parquet is read block by block (:mod:`nnlib.data.tables`)."""
     check_exists(path, key)

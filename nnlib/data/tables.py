@@ -118,6 +118,7 @@ class ParquetSource:
             rows.append(meta.num_rows)
         if sum(rows) == 0:
             raise DataError(f"{key}: {source} is empty (its Parquet files hold no rows)")
+        assert first is not None  # a source has at least one file (parquet_files)
         if check_columns:
             check_schema(arrow_layout(first[1]), source, label_column, features_column, key)
         return cls(source, tuple(names), tuple(rows), label_column, features_column, key, key_column,
@@ -166,7 +167,7 @@ class ParquetSource:
                         groups.append(g)
                         first = group_start if first is None else first
                     group_start += n
-                if not groups:
+                if not groups or first is None:
                     continue
                 for batch in parquet.iter_batches(batch_size=BLOCK_ROWS, row_groups=groups, columns=self.columns()):
                     arrays = self.block(pa.Table.from_batches([batch]), name, first - start)
@@ -304,7 +305,9 @@ def _check_test_source(cfg, features: list[str] | None) -> None:
         return
     ParquetSource.open(test, cfg.label_column, cfg.features_column, "data.test_source", cfg.key_column,
                        check_columns=False)  # the files exist and are Parquet files of one schema
-    test_features = check_feature_columns(_local_layout(test, "data.test_source"), test, cfg, "data.test_source")
+    layout = _local_layout(test, "data.test_source")
+    assert layout is not None  # the source is local and its files were opened above
+    test_features = check_feature_columns(layout, test, cfg, "data.test_source")
     if features is not None and test_features != features:
         raise DataError(f"data.test_source: {test}'s feature columns {test_features[:10]} are not data.source's "
                         f"{features[:10]}")
@@ -522,7 +525,7 @@ class Reader(Protocol):
 class LocalReader:
     """Reads a Parquet source with pyarrow in this process."""
 
-    collect_limit_bytes = None
+    collect_limit_bytes: float | None = None
 
     def open(self, source: str, label_column: str, features_column: str | None) -> ParquetSource:
         return ParquetSource.open(source, label_column, features_column)

@@ -129,6 +129,17 @@ def sync_batches(n_samples: int, batch_size: int, steps: int, per_epoch: int,
     return batches
 
 
+def _sample_weights(shards: list[Shard]) -> list[np.ndarray] | None:
+    """The shards' sample weights ``(n_samples,)`` each, in shard order; None for a run without them."""
+    ws = [s.w for s in shards]
+    if not ws or ws[0] is None:
+        return None
+    weights = [w for w in ws if w is not None]
+    if len(weights) != len(ws):
+        raise ValueError("either every shard of a run has sample weights or none has")
+    return weights
+
+
 def sync_shards(shards: list[Shard], payload: RoundPayload,
                 collective: Collective) -> tuple[Combined, list[MapperStats]]:
     """One synchronous round over ``shards`` (this process's mappers).
@@ -156,6 +167,7 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
     backend = get_backend(payload.backend, payload.model)
     plan = payload.plan
     lrs = plan.sync_lrs
+    assert lrs is not None  # a synchronous round's plan has its step sizes
     batches = [sync_batches(s.n_samples, plan.local.batch_size, len(lrs), plan.steps_per_epoch,
                             shard_rng(payload.seed, payload.round_index, s.index)) for s in shards]
     params = payload.params.copy()
@@ -165,14 +177,15 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
     compute = [0.0] * len(shards)
     loss_sums = [0.0] * len(shards)
     comm = 0.0
-    weighted = shards and shards[0].w is not None
-    if weighted:
+    ws = _sample_weights(shards)
+    weighted = ws is not None
+    if ws is not None:
         mean_weight = payload.mean_weight  # every mapper's rows, also where this process holds one shard
         if mean_weight is None:
-            mean_weight = (sum(float(np.sum(s.w, dtype=np.float64)) for s in shards)
+            mean_weight = (sum(float(np.sum(w, dtype=np.float64)) for w in ws)
                            / max(sum(s.n_samples for s in shards), 1))
-        weight_sums = [batch_weight_sums(s.w, batches[i], mean_weight) for i, s in enumerate(shards)]
-        weights_seen = [sum(float(np.sum(s.w[b], dtype=np.float64)) for b in batches[i]) for i, s in enumerate(shards)]
+        weight_sums = [batch_weight_sums(w, batches[i], mean_weight) for i, w in enumerate(ws)]
+        weights_seen = [sum(float(np.sum(w[b], dtype=np.float64)) for b in batches[i]) for i, w in enumerate(ws)]
 
     def mean_gradient(_trained, step):
         nonlocal comm
@@ -180,10 +193,10 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
         for i, shard in enumerate(shards):
             start = time.perf_counter()
             idx = batches[i][step]
-            weights = {} if not weighted else {"sample_weight": shard.w[idx], "weight_sum": weight_sums[i][step]}
+            weights = {} if ws is None else {"sample_weight": ws[i][idx], "weight_sum": weight_sums[i][step]}
             if len(idx) and own is None:
                 loss, grad = backend.loss_and_grad(params, shard.x[idx], shard.y[idx], **weights)
-            elif len(idx):
+            elif len(idx) and own is not None:
                 own[i][:n] = params[:n]  # the shared weights, with this mapper's own statistics
                 loss, grad = backend.loss_and_grad(own[i], shard.x[idx], shard.y[idx], update_buffers=True,
                                                    **weights)
@@ -195,7 +208,7 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
         start = time.perf_counter()
         mean = collective.mean(grads, sync_coefficients(plan.sync_batch_sizes(step)))
         check_mean_gradient(mean, payload.round_index, step, lambda: collective.mappers_flagged(
-            {s.index: not np.isfinite(g).all() for s, g in zip(shards, grads)}))
+            {s.index: not np.isfinite(g).all() for s, g in zip(shards, grads, strict=True)}))
         comm += time.perf_counter() - start
         return mean
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from nnlib.core.cnn import ConvSpec
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.module_spec import module_spec
 from nnlib.core.optim import SGD, Adam, state_rows
-from nnlib.core.params import LayerSpec, init_params
+from nnlib.core.params import LayerSpec, Layout, init_params
 from nnlib.core.split import Split, mapper_choice, round_split, sub_indices
 from nnlib.data.dataset import Dataset
 from nnlib.errors import ConfigError
@@ -75,7 +76,9 @@ class RoundPayload:
 
     def split(self) -> Split:
         """This round's split of the hidden units (``combine: ist`` only)."""
-        return self.subnets.split(self.model.layers, self.seed, self.plan.index)
+        if self.subnets is None:
+            raise ValueError("a round without sub-networks has no split of the hidden units (combine: ist only)")
+        return self.subnets.split(self.model.mlp, self.seed, self.plan.index)
 
     def for_mapper(self, mapper: int) -> tuple[np.ndarray, np.ndarray | None, ModelSpec]:
         """``(params, optimizer state, model)`` that ``mapper`` trains: its sub-network, or the whole network.
@@ -85,14 +88,14 @@ class RoundPayload:
         """
         if self.subnets is None:
             return self.params, self.opt_state, self.model
-        split, choice = self.split(), self.subnets.choice(mapper, self.model.layers)
-        model = replace(self.model, layers=split.sub_layers(self.model.layers, choice),
+        split, choice = self.split(), self.subnets.choice(mapper, self.model.mlp)
+        model = replace(self.model, layers=split.sub_layers(self.model.mlp, choice),
                         output_scale=float(self.subnets.groups) if self.subnets.scale else 1.0)
         if self.sliced_for is not None:
             if self.sliced_for != mapper:
                 raise ValueError(f"a payload sliced for mapper {self.sliced_for} reached mapper {mapper}")
             return self.params, self.opt_state, model
-        idx = sub_indices(self.model.layers, split, choice)
+        idx = sub_indices(self.model.mlp, split, choice)
         state = state_rows(self.opt_state, self.params.size)
         return self.params[idx], None if state is None else state[:, idx].ravel(), model
 
@@ -136,8 +139,9 @@ NUMERIC_STATS = tuple(f.name for f in fields(MapperStats) if f.type in ("int", "
 def stats_from_numbers(mapper: int, host: str, numbers) -> MapperStats:
     """A :class:`MapperStats` from its :data:`NUMERIC_STATS` values in order (ints restored)."""
     types = {f.name: f.type for f in fields(MapperStats)}
-    return MapperStats(mapper=mapper, host=host, **{k: int(v) if types[k] == "int" else float(v)
-                                                     for k, v in zip(NUMERIC_STATS, numbers)})
+    values: dict[str, Any] = {k: int(v) if types[k] == "int" else float(v)
+                              for k, v in zip(NUMERIC_STATS, numbers, strict=True)}
+    return MapperStats(mapper=mapper, host=host, **values)
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ class Combined:
 def model_spec(config, data: Dataset) -> ModelSpec:
     """The model a config trains on ``data``: input and output sizes from the data, the rest from ``model``."""
     m = config.model
+    layers: Layout  # a LayerSpec, ConvSpec or ModuleSpec: the flat-vector interface the backends share
     if m.type == "module":
         shape = data.image_shape if data.image_shape is not None else (data.n_features,)
         layers = module_spec(m.module, m.kwargs, shape, data.n_outputs, config.train.device)
@@ -174,10 +179,11 @@ def model_spec(config, data: Dataset) -> ModelSpec:
         if data.image_shape is None:
             raise ConfigError(f"model.type=cnn needs the image shape of data.source {config.data.source}: "
                               f"set data.image_shape to [H, W] or [C, H, W] ({data.n_features} values in all)")
-        layers = ConvSpec(data.image_shape, tuple(m.channels), m.kernel, data.n_outputs)
-        if min(layers.map_shapes()[-1][1:]) < 1:
+        conv = ConvSpec(data.image_shape, tuple(m.channels), m.kernel, data.n_outputs)
+        if min(conv.map_shapes()[-1][1:]) < 1:
             raise ConfigError(f"model.channels: {len(m.channels)} 2x2 max-pools shrink the "
                               f"{data.image_shape[1]}x{data.image_shape[2]} image to nothing; use fewer")
+        layers = conv
     else:
         layers = LayerSpec((data.n_features, *m.hidden, data.n_outputs))
     l2 = m.l2 / data.n_train if m.l2_per_sample else m.l2

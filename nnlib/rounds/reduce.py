@@ -86,19 +86,19 @@ class RoundShares:
       optimizer state's rows are averaged over their holders in the same way.
     """
 
-    def __init__(self, rule: str, payload: RoundPayload, good: list[int], n_samples: list[int]):
+    def __init__(self, rule: str, payload: RoundPayload, good: list[int], n_samples: list[float]):
         self.payload, self.good = payload, list(good)
         self.subnets = payload.subnets
         if self.subnets is None:
             coefs, self.start_coef = COEFFICIENTS[whole_network_rule(rule)](n_samples)
             state_coefs, _ = COEFFICIENTS["average"](n_samples)
-            self.coef = dict(zip(self.good, coefs))
-            self.state_coef = dict(zip(self.good, state_coefs))
+            self.coef = dict(zip(self.good, coefs, strict=True))
+            self.state_coef = dict(zip(self.good, state_coefs, strict=True))
             self.n_weights = payload.model.layers.n_weights  # a module's buffers follow
             is_mean = self.start_coef == 0 and np.isclose(coefs.sum(), 1.0)
             self.buffer_coef = self.coef if is_mean else self.state_coef
             return
-        layers = payload.model.layers
+        layers = payload.model.mlp  # sub-networks are an MLP's
         self.split = payload.split()
         self.choice = {m: self.subnets.choice(m, layers) for m in self.good}
         self.count = held_count(layers, self.split, [self.choice[m] for m in self.good])
@@ -114,9 +114,10 @@ class RoundShares:
             if self.n_weights < len(share):
                 share[self.n_weights:] = self.buffer_coef[mapper] * weights[self.n_weights:]
             return share, state
-        layers, choice = self.payload.model.layers, self.choice[mapper]
+        layers, choice = self.payload.model.mlp, self.choice[mapper]
         state = None
         if opt_state is not None:
+            assert self.payload.opt_state is not None  # a mapper's state starts from the round's
             rows = len(state_rows(self.payload.opt_state, layers.n_params))
             state = embed(opt_state.reshape(rows, -1), layers, self.split, choice, self.count)
         return embed(params, layers, self.split, choice, self.divide), state
@@ -141,6 +142,7 @@ class RoundShares:
         params = np.where(self.count > 0, params_total, p.params.astype(np.float64)).astype(DTYPE)
         state = None
         if state_total is not None:
+            assert p.opt_state is not None  # the state's shares start from the round's state
             start = state_rows(p.opt_state, p.params.size).astype(np.float64)
             state = np.where(self.count > 0, state_total, start).astype(DTYPE).ravel()
         return params, state
@@ -153,6 +155,7 @@ def sum_in_order(shares: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np
     for p, s in shares:
         params += p
         if state is not None:
+            assert s is not None  # every share has a state when the first one has
             state += s
     return params, state
 
@@ -210,7 +213,7 @@ def mean_gradient(grads: list[np.ndarray], coefficients) -> np.ndarray:
     """The mappers' gradients (in mapper order) weighted by ``coefficients`` (:func:`sync_coefficients`) and
     added in order, in their dtype."""
     total = np.zeros(grads[0].shape, np.float64)
-    for g, c in zip(grads, coefficients):
+    for g, c in zip(grads, coefficients, strict=True):
         total += gradient_share(g, c)
     return total.astype(grads[0].dtype)
 

@@ -42,7 +42,7 @@ def n_groups(config) -> int:
 
 def choose_split(config, payload: RoundPayload, x: np.ndarray) -> tuple[Split, float]:
     """The split of the last round, from the warmed-up weights, and its cross-group coupling."""
-    hidden = payload.model.layers.sizes[1:-1]
+    hidden = payload.model.mlp.sizes[1:-1]
     coupled = layer_couplings(payload.model, payload.params, x)
     method, g = config.split.method, n_groups(config)
     if method == "none":
