@@ -139,6 +139,7 @@ class Run:
 
     @classmethod
     def from_result(cls, result: RunResult, run_dir: RunDir | None, config: Config) -> Run:
+        assert result.model is not None  # a finished run has its model
         return cls(result.summary, result.rounds, result.mapper_rows, Model(result.model),
                    None if run_dir is None else run_dir.path, config, result.skipped)
 
@@ -265,7 +266,7 @@ def train(conf: str | Path | Config | None = None, overrides: Mapping[str, Any] 
     engine_name = engine if isinstance(engine, str) else None
     if resume and write and out is None:
         raise ConfigError("resume=True continues the run in out: name the run directory (out=...)")
-    config = resume_config(out, conf, overrides, engine_name) if resume and write else \
+    config = resume_config(out, conf, overrides, engine_name) if resume and write and out is not None else \
         resolve(conf, overrides, engine_name)
     log = log or _quiet
     if config.engine == "mpi" and engine_obj is None and not inside_launcher():
@@ -295,8 +296,10 @@ def _train(config: Config, engine_obj: Engine | None, out, resume: bool, overwri
                               f"mapper per rank: start {config.mappers} ranks, got {engine_obj.size}")
         config = fit_to_ranks(config, engine_obj.size, warn if speak else _quiet)
     run_dir = open_run_dir(engine_obj, out, overwrite, resume) if write else None
+    resume_from: bool | RunDir = resume
     if resume and write and not engine_obj.is_main:
-        resume = RunDir(Path(out), resume=True, reader=True)  # every rank reads the checkpoint; rank 0 alone writes
+        # every rank reads the checkpoint; rank 0 alone writes
+        resume_from = RunDir(Path(out), resume=True, reader=True)
     log = _after(f"nnlib: engine={config.engine} mappers={config.mappers} combine={config.combine} "
                  f"data={config.data.source} -> {run_dir.path if run_dir else '-'}", log)
     try:
@@ -305,7 +308,7 @@ def _train(config: Config, engine_obj: Engine | None, out, resume: bool, overwri
         result = None
         try:
             result = run_with_baseline(config, run_dir, engine=engine_obj, log=log if speak else _quiet,
-                                       warn=warn if speak else _quiet, resume=resume, on_round=tracking.log_round)
+                                       warn=warn if speak else _quiet, resume=resume_from, on_round=tracking.log_round)
         except StopRequested:
             raise  # train() says it, naming out
         except KeyboardInterrupt:

@@ -75,7 +75,8 @@ def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
                                       "(default: runs/compare-<timestamp>)")
     predict = sub.add_parser("predict", help="predict every row of a data source (see nnlib/model/predict.py)")
     predict.add_argument("model", help="a run directory or a model file (model.npz)")
-    predict.add_argument("data", help="a data source: digits, synthetic, .npz, .csv, IDX, .parquet or a Parquet dataset")
+    predict.add_argument("data",
+                         help="a data source: digits, synthetic, .npz, .csv, IDX, .parquet or a Parquet dataset")
     predict.add_argument("--out", help="write the predictions here (.parquet or .csv; engine=spark writes a "
                                        "directory of part files); default: only report")
     predict.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -299,7 +300,8 @@ class SparkConfig(_Section):
 
     @model_validator(mode="after")
     def _master_is_a_master_url(self):
-        if self.master is not None and not SPARK_MASTER.fullmatch(self.master):  # else the JVM prints its stack trace and exits
+        # checked here: else the JVM prints its stack trace and exits
+        if self.master is not None and not SPARK_MASTER.fullmatch(self.master):
             raise Invalid(("spark.master",),
                           f"spark.master: must be local, local[N], local[*], local[N,F], spark://HOST:PORT, yarn "
                           f"or k8s://HOST:PORT, got {self.master!r}")
@@ -528,7 +530,7 @@ def suggest_key(key: str, candidates: list[str] | None = None) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _format_error(err: dict, where: str) -> str:
+def _format_error(err: Mapping[str, Any], where: str) -> str:
     key = ".".join(str(p) for p in err["loc"])
     where = f"{where}: " if where else ""
     if err["type"] == "extra_forbidden":
@@ -538,7 +540,7 @@ def _format_error(err: dict, where: str) -> str:
     return f"{where}config key '{key}': {err['msg']}, got {err['input']!r}"
 
 
-def _error_keys(err: dict) -> tuple[str, ...]:
+def _error_keys(err: Mapping[str, Any]) -> tuple[str, ...]:
     """The dotted keys an error is about: a validator's :class:`Invalid` keys, else the field's own."""
     error = err.get("ctx", {}).get("error")
     if isinstance(error, Invalid):
@@ -631,7 +633,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return tree
 
 
-def build_config(tree: dict[str, Any], overrides: list[str] = (), source: str = "",
+def build_config(tree: dict[str, Any], overrides: Sequence[str] = (), source: str = "",
                  overrides_source: str = "--set", file_keys: dict[str, str] | None = None) -> Config:
     """Validate a nested dict plus ``key=value`` overrides into a :class:`Config`.
 
@@ -683,7 +685,7 @@ def read_layered_sources(path: str | Path, seen: tuple = ()) -> tuple[dict[str, 
     return _merge(base, tree), {**base_keys, **own}
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), overrides_source: str = "--set") -> Config:
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), overrides_source: str = "--set") -> Config:
     """Load ``path`` (its ``extends:`` chain first) and apply ``key=value`` overrides.
 
     ``path=None`` means the built-in defaults of :class:`Config`. An error

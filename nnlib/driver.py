@@ -303,6 +303,7 @@ class Setup:
         if plan.sub_networks == "ist":
             subnets = ist_subnets(self.config)
         elif plan.sub_networks == "split":
+            assert self.data.x_train is not None  # setup() refuses combine=split on a row-keyed source
             subnets, facts = split_subnets(self.config, payload, self.data.x_train)
             result.extra.update(facts)
         payload = replace(payload, plan=plan, subnets=subnets)
@@ -322,14 +323,16 @@ class Setup:
             return self.evaluate_sums(params)
         scores = {}
         if self.data.rows is not None and self.data.rows.scored_by_mappers:
+            if engine is None:
+                raise ValueError("the mappers hold the held-out rows: pass the engine that scores them")
             scores = total_scores(engine.score(self.config.model.backend, self.first.model, params))
         backend = get_backend(self.config.model.backend, self.first.model)
-        if self.data.y_test is not None:
+        if self.data.x_test is not None and self.data.y_test is not None:
             scores.update(zip(("test_loss", "test_accuracy"), evaluate_rows(backend, params, self.data.x_test,
-                                                                            self.data.y_test)))
-        if self.data.y_val is not None:
+                                                                            self.data.y_test), strict=True))
+        if self.data.x_val is not None and self.data.y_val is not None:
             scores.update(zip(("val_loss", "val_accuracy"), evaluate_rows(backend, params, self.data.x_val,
-                                                                          self.data.y_val)))
+                                                                          self.data.y_val), strict=True))
         return scores
 
 
@@ -340,7 +343,7 @@ class Setup:
         backend = get_backend(self.config.model.backend, self.first.model)
         for name, x, y, w, raw in (("test", data.x_test, data.y_test, data.w_test, data.y_test_raw),
                                    ("val", data.x_val, data.y_val, data.w_val, data.y_val_raw)):
-            if y is None:
+            if x is None or y is None:
                 continue
             scores.update(set_scores(backend, self.first.model, params, name, x, y, w, data, raw))
         return scores
@@ -362,9 +365,9 @@ def set_scores(backend, spec, params: np.ndarray, name: str, x: np.ndarray, y: n
     # the outputs in aligned blocks and the sums over the whole set, as the model file's regression_metrics
     # computes them: nnlib predict on the run's test set gives its RMSE to the bit
     z = aligned_logits(backend, params, x)
-    done = metrics.finish_regression(regression_sums(spec, z, y if raw is None else raw, w,
-                                                     data.target_mean, data.target_std))
-    return {f"{name}_r2": done.r2, f"{name}_rmse": done.rmse, f"{name}_mae": done.mae, f"{name}_loss": done.loss}
+    fit = metrics.finish_regression(regression_sums(spec, z, y if raw is None else raw, w,
+                                                    data.target_mean, data.target_std))
+    return {f"{name}_r2": fit.r2, f"{name}_rmse": fit.rmse, f"{name}_mae": fit.mae, f"{name}_loss": fit.loss}
 
 
 @dataclass
@@ -377,7 +380,7 @@ class EarlyStopping:
     best_params: np.ndarray | None = None
     stale: int = 0
 
-    def update(self, round_index: int, val_loss: float, params: np.ndarray) -> bool:
+    def update(self, round_index: int, val_loss: float, params: np.ndarray | None) -> bool:
         """Record round ``round_index``; True when the run should stop."""
         if val_loss < self.best_loss:
             self.best_loss, self.best_round, self.best_params, self.stale = val_loss, round_index, params, 0
@@ -577,7 +580,7 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
             engine.stop()
             raise
     log(model_line(payload.model.layers.describe(), config.model.backend))
-    if first_round:
+    if first_round and resume_dir is not None:
         log(f"resuming after round {first_round} from {resume_dir.path / 'checkpoints'}")
     for message in warnings:
         warn(message)

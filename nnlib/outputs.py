@@ -14,8 +14,10 @@ import io
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
@@ -23,6 +25,9 @@ import yaml
 from nnlib.core.params import FILE_KEYS
 from nnlib.errors import NnlibError, OutputError, first_line
 from nnlib.rounds.payload import STATS_FIELDS
+
+if TYPE_CHECKING:
+    from nnlib.util.lock import FolderLock
 
 ROUND_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "seconds",
                  "broadcast_seconds", "wait_seconds", "combine_seconds", "evaluate_seconds",
@@ -40,7 +45,8 @@ def round_columns(rows: list[dict]) -> list[str]:
 
 # MapperStats' fields, who and where first; result_bytes is summed per round in rounds.csv instead
 MAPPER_COLUMNS = ["round", "mapper", "host", "pid",
-                  *(name for name in STATS_FIELDS if name not in ("mapper", "host", "pid", "result_bytes", "weight_sum"))]
+                  *(name for name in STATS_FIELDS
+                    if name not in ("mapper", "host", "pid", "result_bytes", "weight_sum"))]
 
 
 def default_run_dir(prefix: str = "") -> Path:
@@ -213,7 +219,7 @@ class RunDir:
         self._ready = False
         self._created = created  # this run made the folder
         self._made: list[Path] = []  # the folders it made for it, deepest first (the folder and new parents)
-        self._lock = None
+        self._lock: FolderLock | None = None
         self._reader = reader  # only reads a folder the run's main process holds (an MPI rank other than 0)
         self._check()
 
@@ -319,7 +325,7 @@ class RunDir:
 
     def write_model(self, named: dict[str, np.ndarray]) -> None:
         buf = io.BytesIO()
-        np.savez(buf, **named)
+        np.savez(buf, **named)  # type: ignore[arg-type]  # numpy's stubs: **kwds might fill allow_pickle
         self._write_last(self.file("model.npz"), buf.getvalue())
 
     def _write_last(self, path: Path, data: bytes) -> None:
@@ -331,7 +337,7 @@ class RunDir:
                               f"nnlib run --resume {self.path}") from None
 
     def write_checkpoint(self, rounds_done: int, params: np.ndarray, opt_state: np.ndarray | None,
-                         skipped: list[dict] = (), keep: int = 2, server_state: np.ndarray | None = None,
+                         skipped: Sequence[dict] = (), keep: int = 2, server_state: np.ndarray | None = None,
                          fingerprint: tuple[tuple[str, str], ...] = (), config: str | None = None) -> Path:
         """Save the state after ``rounds_done`` rounds to ``checkpoints/``; keep the newest ``keep`` files.
 
@@ -350,7 +356,7 @@ class RunDir:
         if config is not None:
             arrays["config_digest"] = np.array(config, np.str_)
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stubs: **kwds might fill allow_pickle
         path = folder / f"round-{rounds_done:05d}.npz"
         atomic_write_bytes(path, buf.getvalue())
         for old in sorted(folder.glob("round-*.npz"))[:-keep]:

@@ -49,6 +49,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,7 +116,7 @@ def onnx_graph(model: Model):
         return output
 
     h = "features"
-    if model.file.mean is not None:
+    if model.file.mean is not None and model.file.std is not None:
         h = node("Cast", [h], "features_f64", to=TensorProto.DOUBLE)
         h = node("Sub", [h, const("mean", model.file.mean.astype(np.float64))], "centred")
         h = node("Div", [h, const("std", model.file.std.astype(np.float64))], "scaled")
@@ -178,7 +179,7 @@ def check_rows(model: Model, n: int = 64, seed: int = 0) -> np.ndarray:
     """``(n, n_features)`` float32 raw rows around the training mean (what an export is checked on)."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, model.n_features))
-    if model.file.mean is not None:
+    if model.file.mean is not None and model.file.std is not None:
         x = model.file.mean + model.file.std * x
     return x.astype(np.float32)
 
@@ -188,8 +189,9 @@ def module_onnx_graph(model: Model):
     TorchScript exporter, opset 17) of :func:`torch_module` with the prediction added; same inputs and outputs."""
     onnx, _ = _require_onnx()
     torch = _require_torch()
+    Module: Any = torch.nn.Module  # a base class from the module imported on demand
 
-    class WithPrediction(torch.nn.Module):
+    class WithPrediction(Module):
         def __init__(self, probabilities, classes):
             super().__init__()
             self.probabilities = probabilities
@@ -243,7 +245,7 @@ def onnx_bytes(model: Model) -> bytes:
 
 # -- torch -----------------------------------------------------------------------------------------------------
 
-def _require_torch():
+def _require_torch() -> Any:  # the torch module, imported on demand (an optional dependency)
     try:
         import torch
     except ImportError as exc:
@@ -261,8 +263,9 @@ def build_torch_module(header: dict):
     """
     torch = _require_torch()
     nn = torch.nn
+    Module: Any = nn.Module  # a base class from the module imported on demand
 
-    class Standardize(nn.Module):
+    class Standardize(Module):
         """``float32((float64(x) - mean) / std)``, with ``mean`` and ``std`` float64 buffers."""
 
         def __init__(self, n_features: int):
@@ -273,7 +276,7 @@ def build_torch_module(header: dict):
         def forward(self, x):
             return ((x.double() - self.mean) / self.std).float()
 
-    class Destandardize(nn.Module):
+    class Destandardize(Module):
         """A regressor's ``float64(z) * std + mean`` (the header's target statistics, not in the state dict)."""
 
         def __init__(self, targets: dict):
@@ -290,9 +293,12 @@ def build_torch_module(header: dict):
     last = Destandardize(header["targets"]) if header.get("task") == "regression" else nn.Softmax(dim=1)
     arch = header["architecture"]
     if arch["type"] == "module":  # the user's module, rebuilt by importing its callable
+        from nnlib.core.module_spec import ModuleSpec
         from nnlib.model.file import spec_from_header
 
-        net = spec_from_header(header).layers.build().eval()
+        module = spec_from_header(header).layers
+        assert isinstance(module, ModuleSpec)  # architecture type "module"
+        net = module.build().eval()
         first = Standardize(header["n_features"]) if header["preprocessing"]["standardize"] else nn.Identity()
         return nn.Sequential(first, nn.Unflatten(1, tuple(arch["input_shape"])), net, last).eval()
     act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[arch["activation"]]
@@ -307,7 +313,7 @@ def build_torch_module(header: dict):
         steps += [nn.Flatten(1), nn.Linear(fan_in * h * w, header["n_classes"])]
     else:
         sizes = arch["layer_sizes"]
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             steps.append(nn.Linear(fan_in, fan_out))
             if i < len(sizes) - 2:
                 steps.append(act())
@@ -320,7 +326,7 @@ def torch_module(model: Model):
     torch = _require_torch()
     module = build_torch_module(model.header)
     if model.header["architecture"]["type"] == "module":
-        if model.file.mean is not None:
+        if model.file.mean is not None and model.file.std is not None:
             module[0].load_state_dict({"mean": torch.from_numpy(model.file.mean.astype(np.float64)),
                                        "std": torch.from_numpy(model.file.std.astype(np.float64))})
         missing, unexpected = module[2].load_state_dict(
@@ -329,7 +335,7 @@ def torch_module(model: Model):
         return module
     arrays = _layers(model)
     state = {}
-    if model.file.mean is not None:
+    if model.file.mean is not None and model.file.std is not None:
         state["0.mean"] = torch.from_numpy(model.file.mean.astype(np.float64))
         state["0.std"] = torch.from_numpy(model.file.std.astype(np.float64))
     weighted = [(i, m) for i, m in enumerate(module) if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
@@ -351,7 +357,7 @@ def torch_bytes(model: Model) -> bytes:
     module = torch_module(model)
     if model.header["architecture"]["type"] == "module":  # the user's module's own state dict and names
         saved = {"header": json.dumps(model.header), "state_dict": module[2].state_dict()}
-        if model.file.mean is not None:
+        if model.file.mean is not None and model.file.std is not None:
             saved["standardize"] = module[0].state_dict()
     else:
         saved = {"header": json.dumps(model.header), "state_dict": module.state_dict()}

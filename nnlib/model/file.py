@@ -63,7 +63,7 @@ import numpy as np
 from nnlib.core.cnn import ConvSpec
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.module_spec import ModuleSpec, canonical_kwargs
-from nnlib.core.params import DTYPE, FILE_KEYS, LayerSpec, pack, to_named
+from nnlib.core.params import DTYPE, FILE_KEYS, LayerSpec, Layout, pack, to_named
 from nnlib.errors import DataError, first_line
 from nnlib.outputs import atomic_write_bytes
 
@@ -115,6 +115,7 @@ class ModelFile:
 def spec_from_header(header: dict) -> ModelSpec:
     """The :class:`ModelSpec` of a header's ``architecture`` (the loss is kept, the L2 penalty is not)."""
     arch = header["architecture"]
+    layers: Layout
     if arch["type"] == "module":
         layers = ModuleSpec(arch["module"], canonical_kwargs(arch["kwargs"]), tuple(arch["input_shape"]),
                             int(header["n_classes"]), arch.get("search_path", ""))
@@ -137,13 +138,17 @@ def make_header(config, data, spec: ModelSpec) -> dict:
         arch = {"type": "cnn", "image_shape": list(layers.image_shape), "channels": list(layers.channels),
                 "kernel": layers.kernel}
     else:
+        assert isinstance(layers, LayerSpec)  # the three layouts there are
         arch = {"type": "mlp", "layer_sizes": list(layers.sizes)}
     arch.update(activation=spec.activation, loss=spec.loss, output_scale=float(spec.output_scale))
     d = config.data
     regression = {}
     if getattr(data, "regression", False):
         arch["huber_delta"] = float(spec.huber_delta)
-        as_list = (lambda a: None if a is None else [float(v) for v in np.asarray(a, np.float64)])
+
+        def as_list(a):
+            return None if a is None else [float(v) for v in np.asarray(a, np.float64)]
+
         regression = {"task": "regression", "targets": {"names": list(data.target_names),
                                                         "mean": as_list(data.target_mean),
                                                         "std": as_list(data.target_std)}}
@@ -170,7 +175,7 @@ def model_file(config, data, spec: ModelSpec, params: np.ndarray) -> ModelFile:
 def write(path: str | Path, model: ModelFile) -> Path:
     """Write ``model`` to ``path`` atomically (a temporary file renamed into place)."""
     buf = io.BytesIO()
-    np.savez(buf, **model.arrays())
+    np.savez(buf, **model.arrays())  # type: ignore[arg-type]  # numpy's stubs: **kwds might fill allow_pickle
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())  # a failed write is one OutputError line naming the file
     return path
@@ -240,12 +245,13 @@ def _check(model: ModelFile, path: Path) -> None:
         layers = model.spec().layers
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path}: the header's architecture is incomplete ({first_line(exc)})") from None
-    expected = dict(zip(layers.names(), layers.shapes()))
+    expected = dict(zip(layers.names(), layers.shapes(), strict=True))
     got = {k: tuple(v.shape) for k, v in model.weights.items()}
     if list(got) != list(expected) or got != expected:
         raise DataError(f"{path}: the weights do not fit the header's network (expected {expected}, got {got})")
     if any(v.dtype != DTYPE for v in model.weights.values()):
         raise DataError(f"{path}: the weights must be float32")
+    assert model.header is not None  # model.spec() above read it
     n_features = model.header["n_features"]
     if model.header["preprocessing"]["standardize"]:
         for name, arr in ((MEAN, model.mean), (STD, model.std)):

@@ -32,9 +32,10 @@ functions (:mod:`nnlib.engines.spark.predict`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ ROW_COLUMN = "row"  # the key column when the source names none: the row's posit
 class Block:
     """Consecutive rows of a source: their keys, raw features and labels (None when the source has none)."""
 
-    keys: object          # (n,) a pyarrow array or an int64 array of positions
+    keys: Any             # (n,) a pyarrow array or an int64 array of positions
     x: np.ndarray         # (n, n_features) raw features
     y: np.ndarray | None  # (n,) labels as read
     first_row: int        # the position of the first row (numbers the rows in messages)
@@ -273,7 +274,7 @@ class TableColumns:
 
     def read(self) -> list[str]:
         """The columns to read, features first in the model's order."""
-        cols = [self.features_column] if self.features is None else list(self.features)
+        cols = [self.features_column] if self.features_column is not None else list(self.features or ())
         return cols + [c for c in (self.label, self.key, self.weight) if c is not None]
 
     def block(self, table, path: str, first_row: int) -> Block:
@@ -332,6 +333,7 @@ def blocks(model: Model, data: str, config: Config, key_required: bool = False) 
     model's header falls back to row positions).
     """
     d = config.data
+    y: np.ndarray | None  # labels as read, None for a source without them
     if data in sources.BUILTIN:
         _no_key(d.key_column, data, key_required, d.weight_column)
         if data == "digits":
@@ -498,7 +500,7 @@ def _parquet_blocks(table: tables.ParquetSource, columns: TableColumns) -> Itera
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for name, start in zip(table.files, table.offsets):
+    for name, start in zip(table.files, table.offsets, strict=True):
         first = int(start)
         try:
             batches = pq.ParquetFile(name).iter_batches(batch_size=tables.BLOCK_ROWS, columns=columns.read())
@@ -521,7 +523,7 @@ class OutputFile:
         self.path = path
         self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         self.csv = path.suffix.lower() == ".csv"
-        self._writer = None
+        self._writer: Any = None  # a pyarrow CSVWriter or ParquetWriter, opened on the first table
 
     def write(self, table) -> None:
         import pyarrow.csv as pacsv
@@ -562,7 +564,7 @@ def _probability_column(p: np.ndarray, as_text: bool):
 
     if as_text:
         return pa.array(["[" + ",".join(f"{v:.9g}" for v in row) + "]" for row in p.tolist()], pa.string())
-    offsets = pa.array(np.arange(0, p.size + 1, p.shape[1], dtype=np.int32))
+    offsets = pa.array(np.arange(0, p.size + 1, p.shape[1], dtype=np.int32), pa.int32())
     return pa.ListArray.from_arrays(offsets, pa.array(p.ravel(), pa.float32()))
 
 
@@ -595,7 +597,7 @@ def prediction_table(model: Model, logits: np.ndarray, key_name: str, keys, as_t
                      "probability": _probability_column(softmax(logits), as_text)})
 
 
-def pieces(source: Iterator[Block]) -> Iterator[Block]:
+def pieces(source: Iterable[Block]) -> Iterator[Block]:
     """The blocks cut to at most :data:`CHUNK_ROWS` rows (a CSV file or an array is read as one block)."""
     for block in source:
         for lo in range(0, len(block.x), CHUNK_ROWS):
@@ -619,7 +621,7 @@ def check_out(out: str | None, overwrite: bool) -> Path | None:
     return path
 
 
-def predict_source(model: Model, data: str, overrides: list[str] = (), out: str | None = None,
+def predict_source(model: Model, data: str, overrides: Sequence[str] = (), out: str | None = None,
                    overwrite: bool = False) -> Prediction:
     """Predict every row of ``data`` in this process; write ``out`` (Parquet or CSV by its extension) if given."""
     path = check_out(out, overwrite)
@@ -751,16 +753,19 @@ def regression_table(model: Model, z: np.ndarray, key_name: str, keys):
     return pa.table(columns)
 
 
-def regression_prediction(model: Model, rows: int, z: np.ndarray, y: np.ndarray | None, w: np.ndarray | None,
-                          out: Path | None) -> Prediction:
+def regression_prediction(model: Model, rows: int, z: np.ndarray | None, y: np.ndarray | None,
+                          w: np.ndarray | None, out: Path | None) -> Prediction:
     """The :class:`Prediction` of a regressor's outputs ``z`` ``(n, t)`` of every row, in row order, against the
-    targets ``y`` (their own units; None: no figures) weighted by ``w``: the loss, RMSE, MAE and R² of
-    :meth:`Model.regression_metrics` and of a run's test set, to the bit (sums over the whole set at once)."""
+    targets ``y`` (their own units; None: no figures, and ``z`` may be None) weighted by ``w``: the loss, RMSE,
+    MAE and R² of :meth:`Model.regression_metrics` and of a run's test set, to the bit (sums over the whole set
+    at once)."""
     from nnlib.core import metrics
     from nnlib.model.model import regression_sums
 
     if y is None:
         return Prediction(rows, None, None, out)
+    if z is None:
+        raise ValueError("the outputs z are needed to score them against the targets y")
     mean, std = model._target_stats()
     done = metrics.finish_regression(regression_sums(model.file.spec(), z, y, w, mean, std))
     return Prediction(rows, None, done.loss, out, done.rmse, done.mae, done.r2)
