@@ -90,7 +90,7 @@ class SingleDriver(Engine):
 
     is_main = True
     size = 1
-    reader = None
+    reader: Reader | None = None
     mappers_elsewhere = False
 
     def all_ok(self, ok: bool) -> bool:

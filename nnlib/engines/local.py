@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnlib.data.disk import MemoryStore, kept, shard_store
+from nnlib.data.disk import MemoryStore, ShardStore, kept, shard_store
 from nnlib.engines.base import ReduceOnDriver
 from nnlib.rounds.mapper import sync_shards, train_shard
 from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
@@ -29,7 +29,7 @@ class InProcessCollective:
 class LocalEngine(ReduceOnDriver):
     def __init__(self):
         self.shards = []
-        self.store = MemoryStore()
+        self.store: ShardStore | MemoryStore = MemoryStore()
 
     def start(self, source):
         self.store = shard_store(source.data)  # data.shard_storage: disk keeps them in a scratch folder

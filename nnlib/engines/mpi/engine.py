@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import numpy as np
 
 from nnlib.core.params import DTYPE
 from nnlib.data import tables
-from nnlib.data.disk import MemoryStore, kept, shard_store
+from nnlib.data.dataset import Shard
+from nnlib.data.disk import MemoryStore, ShardStore, kept, shard_store
 from nnlib.data.rows import merge_in_order
 from nnlib.engines.base import Engine
 from nnlib.errors import EngineError
@@ -94,7 +96,7 @@ class MpiReader:
     part of them with its shard and scores it (:meth:`MpiEngine.score`).
     """
 
-    collect_limit_bytes = 0
+    collect_limit_bytes: float | None = 0
 
     def __init__(self, comm):
         self.comm = comm
@@ -108,6 +110,7 @@ class MpiReader:
 
     def _together(self, work, first: bool = False):
         """``work()`` on every rank, its results allgathered; a rank's error is raised on every rank."""
+        out: tuple[Exception | None, Any]
         try:
             out = (None, work())
         except Exception as exc:  # noqa: BLE001  - raised on every rank below, so none waits forever
@@ -138,9 +141,16 @@ class MpiEngine(Engine):
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.is_main = self.rank == 0
         self.collective = collective
-        self.shard = None
-        self.store = MemoryStore()
+        self.shard: Shard | None = None
+        self.store: ShardStore | MemoryStore = MemoryStore()
         self.reader = MpiReader(self.comm)  # a row-keyed source: each rank surveys part, then one allgather
+
+    @property
+    def _shard(self) -> Shard:
+        """This rank's shard (built by :meth:`start`)."""
+        if self.shard is None:
+            raise EngineError("engine=mpi: this rank's shard is built by start(), which has not run")
+        return self.shard
 
     def all_ok(self, ok: bool) -> bool:
         return not ranks_flagged(self.comm, {self.rank: not ok})
@@ -176,7 +186,7 @@ class MpiEngine(Engine):
               timings: dict) -> tuple[Combined, list[MapperStats]]:
         timings.setdefault("broadcast", 0.0)  # every rank already holds the weights
         with timed(timings, "wait"):
-            res = train_shard(self.shard, payload)
+            res = train_shard(self._shard, payload)
             trained = time.perf_counter()
             stats = self._gather_stats(res.stats)  # returns once every rank has trained
         with timed(timings, "combine"):
@@ -187,7 +197,7 @@ class MpiEngine(Engine):
         # each rank's time in collectives this round, gathered with one number per rank
         comm = np.empty(self.size, np.float64)
         self.comm.Allgather(np.array([time.perf_counter() - trained]), comm)
-        return combined, [dataclasses.replace(s, comm_seconds=float(c)) for s, c in zip(stats, comm)]
+        return combined, [dataclasses.replace(s, comm_seconds=float(c)) for s, c in zip(stats, comm, strict=True)]
 
     def _allgather_results(self, res: MapperResult, stats: list[MapperStats]) -> list[MapperResult]:
         params = np.empty((self.size, res.params.size), DTYPE)
@@ -216,7 +226,7 @@ class MpiEngine(Engine):
     def sync_round(self, payload: RoundPayload, timings: dict) -> tuple[Combined, list[MapperStats]]:
         timings.setdefault("broadcast", 0.0)
         with timed(timings, "wait"):
-            combined, (mine,) = sync_shards([self.shard], payload, MpiCollective(self.comm, self.collective))
+            combined, (mine,) = sync_shards([self._shard], payload, MpiCollective(self.comm, self.collective))
             stats = self._gather_stats(mine)
         timings["combine"] = mine.comm_seconds
         timings["wait"] -= mine.comm_seconds
@@ -225,7 +235,7 @@ class MpiEngine(Engine):
     def score(self, backend, model, params) -> list[dict]:
         """Every rank's scores of ``params`` on the held-out rows it keeps, on every rank (one Allgather), so
         every rank adds them up in the same order and takes the same early-stopping decision."""
-        mine = score_held_out(self.shard, backend, model, params)
+        mine = score_held_out(self._shard, backend, model, params)
         roles = sorted(mine)  # the same on every rank: the row plan's roles
         table = np.empty((self.size, 3 * len(roles)), np.float64)
         self.comm.Allgather(np.array([v for r in roles for v in mine[r]], np.float64), table)

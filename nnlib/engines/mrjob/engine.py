@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import warnings
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from types import MethodType
@@ -78,7 +79,7 @@ def _run_multiple_interruptibly(runner, funcs, num_processes=None):
         ender.start()
         ender.join(TERMINATE_SECONDS)
         if ender.is_alive():  # Pool.terminate can wait forever on a queue lock that a dying worker took along
-            for worker in list(pool._pool):
+            for worker in list(pool._pool):  # type: ignore[attr-defined]  # Pool keeps its workers private
                 worker.kill()
         raise
     pool.join()
@@ -131,12 +132,19 @@ def gzipped_lines(folder: Path, name: str, count: int) -> list[str]:
 
 
 class MrjobEngine(SingleDriver):
-    def __init__(self, config, runner: str = "local", extra_args: list[str] = ()):
+    def __init__(self, config, runner: str = "local", extra_args: Sequence[str] = ()):
         self.config, self.runner, self.extra_args = config, runner, list(extra_args)
         self.map_tasks: list[int] = []  # map tasks started, per round (from the job's counter)
         self._dir: Path | None = None
         self._scratch_fs = None  # (filesystem, path) of shards written under a mrjob.scratch URI
         self.mappers_elsewhere = runner != "inline"  # the inline runner runs its tasks in this process
+
+    @property
+    def _folder(self) -> Path:
+        """The run's scratch folder on this machine (made by :meth:`start`)."""
+        if self._dir is None:
+            raise EngineError("mrjob: the engine's scratch folder is made by start(), which has not run")
+        return self._dir
 
     def start(self, source):
         self._job_class = load_job_class()
@@ -162,15 +170,15 @@ class MrjobEngine(SingleDriver):
             raise EngineError(f"mrjob.scratch: the {self.runner} runner needs a URI every node can write for a "
                               "Parquet source's shards (e.g. hdfs:///tmp/nnlib); none is set")
         if scratch is None:
-            self._scratch = str(self._dir / "shards")
+            self._scratch = str(self._folder / "shards")
         else:
-            self._scratch = f"{scratch.rstrip('/')}/{self._dir.name}"
+            self._scratch = f"{scratch.rstrip('/')}/{self._folder.name}"
             self._scratch_fs = filesystem(self._scratch)
-        path = self._dir / "rows.pkl"
+        path = self._folder / "rows.pkl"
         path.write_bytes(pickle.dumps(rows))
         args = ["--rows", str(path), "--scratch", self._scratch]
         job = load_job_class("MRPartition")(args=["-r", self.runner, *args, *self._py_files, *self.extra_args,
-                                                  *gzipped_lines(self._dir, "file", len(rows.table.files))])
+                                                  *gzipped_lines(self._folder, "file", len(rows.table.files))])
         records, _ = self._run_job(job, "cutting the source into shards")
         written = [counts for _, (_, counts) in records]
         per_shard = [sum(c[k] for c in written) for k in range(rows.plan.mappers)]
@@ -183,7 +191,7 @@ class MrjobEngine(SingleDriver):
     def round(self, payload, reducer, timings):
         """One Hadoop streaming job: the mappers train, the job's reducer combines with ``reducer``'s rule."""
         with timed(timings, "broadcast"):
-            path = self._dir / f"payload-{payload.round_index:05d}.npz"
+            path = self._folder / f"payload-{payload.round_index:05d}.npz"
             path.write_bytes(payload_to_bytes(payload))
         args = ["-r", self.runner, "--nnlib-conf", str(self._conf), "--payload", str(path),
                 "--combine", reducer.rule, "--skip-bad-mappers", str(reducer.skip_bad).lower(), *self._rows,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+from typing import Any, cast, overload
 
 import numpy as np
 
@@ -19,13 +20,13 @@ from nnlib.core.cnn import ConvSpec
 from nnlib.core.mlp import ModelSpec
 from nnlib.core.module_spec import ModuleSpec
 from nnlib.core.optim import from_json, to_json
-from nnlib.core.params import DTYPE, LayerSpec
+from nnlib.core.params import DTYPE, LayerSpec, Layout
 from nnlib.core.train import LocalSchedule
 from nnlib.rounds.payload import MapperResult, MapperStats, RoundPayload, SubnetPlan
-from nnlib.rounds.schedule import RoundPlan
+from nnlib.rounds.schedule import RoundPlan, SubNetworks
 
 # every field of ModelSpec but its layout, by name and type: a field added to ModelSpec travels without an edit here
-_MODEL_SCALARS = {f.name: type(f.default) for f in dataclasses.fields(ModelSpec) if f.name != "layers"}
+_MODEL_SCALARS: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(ModelSpec) if f.name != "layers"}
 
 
 def encode_array(a: np.ndarray | None) -> str | None:
@@ -35,6 +36,10 @@ def encode_array(a: np.ndarray | None) -> str | None:
     return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode("ascii")
 
 
+@overload
+def decode_array(text: str) -> np.ndarray: ...
+@overload
+def decode_array(text: None) -> None: ...
 def decode_array(text: str | None) -> np.ndarray | None:
     """Inverse of :func:`encode_array`."""
     if text is None:
@@ -53,7 +58,7 @@ def decode_stats(d: dict) -> MapperStats:
 def encode_result(res: MapperResult) -> dict:
     """Every field of a :class:`MapperResult` by name: its stats as a dict, its arrays as base64 text, the rest
     (the shard's total sample weight) as plain JSON numbers."""
-    out = {}
+    out: dict[str, Any] = {}
     for f in dataclasses.fields(res):
         value = getattr(res, f.name)
         if f.name == "stats":
@@ -68,8 +73,9 @@ def encode_result(res: MapperResult) -> dict:
 def decode_result(d: dict) -> MapperResult:
     """Inverse of :func:`encode_result`."""
     arrays = {f.name for f in dataclasses.fields(MapperResult) if f.name in ("params", "opt_state")}
-    return MapperResult(**{name: decode_stats(value) if name == "stats" else
-                           decode_array(value) if name in arrays else value for name, value in d.items()})
+    values: dict[str, Any] = {name: decode_stats(value) if name == "stats" else
+                              decode_array(value) if name in arrays else value for name, value in d.items()}
+    return MapperResult(**values)
 
 
 def payload_to_bytes(p: RoundPayload) -> bytes:
@@ -96,7 +102,7 @@ def payload_to_bytes(p: RoundPayload) -> bytes:
     return buf.getvalue()
 
 
-def _layout_arrays(layers: LayerSpec | ConvSpec | ModuleSpec) -> dict:
+def _layout_arrays(layers: Layout) -> dict:
     if isinstance(layers, ModuleSpec):  # a user's module: the task imports the callable (search_path helps)
         return {"module": np.str_(layers.module), "module_kwargs": np.str_(layers.kwargs),
                 "input_shape": np.asarray(layers.input_shape, np.int64), "n_classes": np.int64(layers.n_classes),
@@ -105,6 +111,7 @@ def _layout_arrays(layers: LayerSpec | ConvSpec | ModuleSpec) -> dict:
         return {"image_shape": np.asarray(layers.image_shape, np.int64),
                 "channels": np.asarray(layers.channels, np.int64), "kernel": np.int64(layers.kernel),
                 "n_classes": np.int64(layers.n_classes)}
+    assert isinstance(layers, LayerSpec)  # the three layouts there are
     return {"layer_sizes": np.asarray(layers.sizes, np.int64)}
 
 
@@ -114,17 +121,18 @@ def _layout(f) -> LayerSpec | ConvSpec | ModuleSpec:
                           int(f["n_classes"]), str(f["search_path"]), str(f["device"]))
     if "layer_sizes" in f.files:
         return LayerSpec(tuple(int(s) for s in f["layer_sizes"]))
-    return ConvSpec(tuple(int(s) for s in f["image_shape"]), tuple(int(s) for s in f["channels"]),
+    channels, height, width = (int(s) for s in f["image_shape"])
+    return ConvSpec((channels, height, width), tuple(int(s) for s in f["channels"]),
                     int(f["kernel"]), int(f["n_classes"]))
 
 
 def _subnet_arrays(plan: SubnetPlan | None) -> dict:
     if plan is None:
         return {"subnet_groups": np.int64(0)}
-    arrays = {"subnet_groups": np.int64(plan.groups), "subnet_scale": np.bool_(plan.scale),
+    arrays: dict[str, Any] = {"subnet_groups": np.int64(plan.groups), "subnet_scale": np.bool_(plan.scale),
               "subnet_alternating": np.bool_(plan.alternating), "subnet_sum_shared": np.bool_(plan.sum_shared)}
-    for l, labels in enumerate(plan.labels or ()):
-        arrays[f"subnet_labels_{l}"] = np.asarray(labels, np.int64)
+    for layer, labels in enumerate(plan.labels or ()):
+        arrays[f"subnet_labels_{layer}"] = np.asarray(labels, np.int64)
     return arrays
 
 
@@ -142,8 +150,9 @@ def payload_from_file(path) -> RoundPayload:
         steps = int(f["local_steps"])
         local = LocalSchedule(int(f["batch_size"]), int(f["local_epochs"]), None if steps < 0 else steps)
         plan = RoundPlan(int(f["round_index"]), bool(f["synchronous"]), local, float(f["lr"]),
-                         f["sync_lrs"] if "sync_lrs" in f.files else None, str(f["sub_networks"]) or None,
-                         tuple(float(v) for v in f["part"]), bool(f["restart_optimizer"]))
+                         f["sync_lrs"] if "sync_lrs" in f.files else None,
+                         cast(SubNetworks, str(f["sub_networks"]) or None),  # as a RoundPlan wrote it
+                         (float(f["part"][0]), float(f["part"][1])), bool(f["restart_optimizer"]))
         return RoundPayload(
             plan=plan, seed=int(f["seed"]), params=f["params"].astype(DTYPE),
             opt_state=f["opt_state"].astype(DTYPE) if "opt_state" in f.files else None,

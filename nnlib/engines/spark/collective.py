@@ -38,6 +38,7 @@ import select
 import socket
 import struct
 import time
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,8 @@ class TaskMesh:
         deadline = time.monotonic() + timeout
         for peer in range(rank):
             try:
-                conn = socket.create_connection(tuple(addresses[peer]), timeout=timeout)
+                host, port = addresses[peer]
+                conn = socket.create_connection((host, port), timeout=timeout)
                 conn.sendall(_HELLO.pack(_MAGIC, token.encode(), rank))
             except OSError as exc:
                 raise PeerLost(groups[peer][0], f"cannot connect to {addresses[peer]} ({exc})") from None
@@ -115,8 +117,9 @@ class TaskMesh:
                 conn, _ = listener.sock.accept()
             except TimeoutError:
                 continue
-            peer = _authenticate(conn, token, rank, len(groups))
-            if peer is not None:
+            dialled = _authenticate(conn, token, rank, len(groups))
+            if dialled is not None:
+                peer = dialled
                 if peer in conns:  # only a stray or repeated dial can do this
                     conns[peer].close()
                 conns[peer] = conn
@@ -132,8 +135,9 @@ class TaskMesh:
         Non-blocking sockets driven by one ``poll`` loop, so no send waits on a
         peer that is itself sending (the buffers are raw, C-contiguous arrays).
         """
-        out = {p: [memoryview(a).cast("B"), 0] for p, a in sends.items() if a.nbytes}
-        into = {p: [memoryview(a).cast("B"), 0] for p, a in recvs.items() if a.nbytes}
+        # each peer's [bytes of its array, bytes done so far]
+        out: dict[int, list[Any]] = {p: [_bytes_of(a), 0] for p, a in sends.items() if a.nbytes}
+        into: dict[int, list[Any]] = {p: [_bytes_of(a), 0] for p, a in recvs.items() if a.nbytes}
         while out or into:
             progressed = False
             for p in list(out):
@@ -184,6 +188,12 @@ def _readable(conn: socket.socket) -> bool:
     return bool(select.select([conn], [], [], 0)[0])
 
 
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous ``array`` as one flat view (no copy)."""
+    # numpy's stubs make ndarray a Buffer from Python 3.12 on only
+    return memoryview(array).cast("B")  # type: ignore[arg-type]
+
+
 def _authenticate(conn: socket.socket, token: str, rank: int, tasks: int) -> int | None:
     """The rank of a connection that shows ``token`` and is a higher rank than ``rank``; None (closed) else."""
     try:
@@ -232,9 +242,9 @@ class TaskCollective:
 
         received = {p: np.empty((len(mesh.groups[p]), hi - lo), dtype) for p in peers}
         mesh.exchange({p: on_slice(p) for p in peers}, received)
-        parts = {m: v[lo:hi] for m, v in zip(mesh.groups[rank], local)}
+        parts = {m: v[lo:hi] for m, v in zip(mesh.groups[rank], local, strict=True)}
         for p in peers:
-            parts.update(zip(mesh.groups[p], received[p]))
+            parts.update(zip(mesh.groups[p], received[p], strict=True))
         mine = mean_gradient([parts[m] for m in range(self.n_mappers)], coefficients)
 
         out = np.empty(n, dtype)
@@ -255,9 +265,9 @@ class TaskCollective:
         mine = local[0] if len(local) == 1 else np.concatenate(local)
         received = {p: np.empty((len(mesh.groups[p]), n), dtype) for p in peers}
         mesh.exchange({p: np.ascontiguousarray(mine) for p in peers}, received)
-        vectors = dict(zip(mesh.groups[rank], local))
+        vectors = dict(zip(mesh.groups[rank], local, strict=True))
         for p in peers:
-            vectors.update(zip(mesh.groups[p], received[p]))
+            vectors.update(zip(mesh.groups[p], received[p], strict=True))
         return mean_gradient([vectors[m] for m in range(self.n_mappers)], coefficients)
 
     def mappers_flagged(self, local_flags: dict[int, bool]) -> list[int]:

@@ -31,7 +31,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from functools import partial
 
+from nnlib.data.dataset import ShardSource
 from nnlib.engines.base import ReduceOnDriver
 from nnlib.engines.spark.exchange import Hub, MapperLost, serve_mapper
 from nnlib.engines.spark.reader import SparkReader, shard_from_records
@@ -127,7 +129,7 @@ def driver_address(sc) -> str:
         return host
 
 
-class SparkStageEngine(_SparkSession, ReduceOnDriver):
+class SparkStageEngine(_SparkSession, ReduceOnDriver):  # type: ignore[misc]  # reader: a SparkReader, which is a Reader; mypy holds a mutable attribute of two bases invariant
     """``spark.mode: stage``: one long-lived barrier stage serves every round of the run."""
 
     def __init__(self, settings: SessionSettings | None = None, port: int = 0, mapper_timeout: float = 1800.0,
@@ -137,16 +139,24 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
         self.port, self.mapper_timeout, self.stage_attempts = port, mapper_timeout, stage_attempts
         self.collective = collective
         self.hub: Hub | None = None
-        self.source = None
+        self.source: ShardSource | None = None
         self.attempt = 0
         self._thread: threading.Thread | None = None
         self._stage_error: BaseException | None = None
         self._group = ""
         self._profile = None  # spark.task_gpus: the stage's ResourceProfile
 
+    @property
+    def _hub(self) -> Hub:
+        """The driver's end of the mappers' connections (made by :meth:`start`)."""
+        if self.hub is None:
+            raise EngineError("spark: the stage's connections are made by start(), which has not run")
+        return self.hub
+
     def start(self, source):
         self.source = source
         session = self._open(min_slots=source.mappers)
+        assert self.opened is not None  # _open() opened it
         if self.opened.connect:
             raise EngineError(f"spark.mode=stage needs a classic Spark session (its tasks connect back to this "
                               f"process), and {self.opened.master} is Spark Connect: use spark.mode auto or jobs, "
@@ -178,20 +188,26 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
     def _launch(self) -> None:
         """Submit the barrier stage from a background thread and wait until every mapper is connected."""
         sc = self.session.sparkContext
-        mappers = self.source.mappers
+        source = self.source
+        assert source is not None  # start() set it
+        mappers = source.mappers
         self._wait_for_slots(sc, mappers)
-        source, address, token = self.source, self.hub.address, self.hub.token
+        address, token = self._hub.address, self._hub.token
         self._group = f"nnlib-stage-{id(self)}-{self.attempt}"
         self._stage_error = None
 
         rows, data = source.rows, source.data  # data.shard_storage, read in the tasks
 
+        def build(mapper: int):
+            return source.build([mapper])[0]
+
         def mapper_task(indices):
             for mapper in indices:
-                serve_mapper(lambda: source.build([mapper])[0], mapper, address, token, data)
+                serve_mapper(partial(build, mapper), mapper, address, token, data)
             return iter(())
 
         def rows_task(index, records):  # a row-keyed source: this partition's records are shard `index`
+            assert rows is not None  # only a row-keyed source's stage reads records
             serve_mapper(lambda: shard_from_records(index, records, rows), index, address, token, data)
             return iter(())
 
@@ -210,7 +226,7 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
 
         self._thread = threading.Thread(target=hold_stage, name="nnlib-spark-stage", daemon=True)
         self._thread.start()
-        self.hub.connect(self._alive)
+        self._hub.connect(self._alive)
 
     def _alive(self) -> None:
         """Raise if the stage has ended while the driver still waits on it."""
@@ -239,7 +255,7 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
 
     def _end_stage(self) -> None:
         """Stop the mappers, cancel the stage's job and wait for its thread."""
-        self.hub.close_mappers()
+        self._hub.close_mappers()
         if self.session is not None:
             self.session.sparkContext.cancelJobGroup(self._group)
         if self._thread is not None:
@@ -247,16 +263,16 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):
             self._thread = None
 
     def map(self, payload, timings):
-        return self._with_retries(lambda: self.hub.local_round(payload, self._alive, timings),
+        return self._with_retries(lambda: self._hub.local_round(payload, self._alive, timings),
                                   f"round {payload.round_index + 1}")
 
     def sync_round(self, payload, timings):
-        return self._with_retries(lambda: self.hub.sync_round(payload, self._alive, timings),
+        return self._with_retries(lambda: self._hub.sync_round(payload, self._alive, timings),
                                   f"round {payload.round_index + 1}")
 
     def score(self, backend, model, params):
         """Each mapper scores ``params`` on the held-out rows it keeps."""
-        return self._with_retries(lambda: self.hub.score(backend, model, params, self._alive),
+        return self._with_retries(lambda: self._hub.score(backend, model, params, self._alive),
                                   "scoring the held-out rows")
 
     def stop(self):

@@ -49,11 +49,12 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
 from nnlib import errors
-from nnlib.data.disk import MemoryStore, kept, shard_store
+from nnlib.data.disk import MemoryStore, ShardStore, kept, shard_store
 from nnlib.engines.spark.collective import DriverStopped, Listener, PeerLost, TaskCollective, TaskMesh
 from nnlib.errors import EngineError
 from nnlib.rounds.mapper import score_held_out, sync_shards, train_shard
@@ -64,6 +65,11 @@ _LENGTH = struct.Struct("!Q")
 _HELLO = struct.Struct("!4s32sI")  # magic, token, mapper index
 _MAGIC = b"NNLB"
 START_ALLOWANCE = 60.0  # seconds a mapper may take to start and build its shard, beyond the mapper timeout
+
+
+def _not_finite(grads: list[np.ndarray]) -> list[int]:
+    """The mappers whose gradient holds a NaN or an infinity."""
+    return [m for m, g in enumerate(grads) if not np.isfinite(g).all()]
 
 
 class MapperLost(Exception):
@@ -154,7 +160,7 @@ def serve_mapper(build, mapper: int, address: tuple[str, int], token: str, data=
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     listener: Listener | None = None
     mesh: TaskMesh | None = None
-    store = MemoryStore()
+    store: MemoryStore | ShardStore = MemoryStore()
     try:
         conn.sendall(_HELLO.pack(_MAGIC, token.encode(), mapper))
         listener = Listener(conn.getsockname()[0])
@@ -174,6 +180,7 @@ def serve_mapper(build, mapper: int, address: tuple[str, int], token: str, data=
                     send(conn, ("scores", score_held_out(shard, *message[1:])))
                 elif message[0] == "sync":
                     peers = message[2] if len(message) > 2 else None
+                    collective: DriverCollective | TaskCollective
                     if peers is None:
                         collective = DriverCollective(conn)
                     else:
@@ -298,10 +305,19 @@ class Hub:
             raise EngineError(f"spark: mapper {mapper} failed {what}: {name}: {message}")
         raise EngineError(f"spark: mapper {mapper} answered {reply[0]!r} {what}")
 
+    def _connected(self) -> list[tuple[int, socket.socket]]:
+        """``(mapper, connection)`` of every mapper, in mapper order; a mapper without one is lost."""
+        out = []
+        for mapper, conn in enumerate(self.conns):
+            if conn is None:
+                raise MapperLost(mapper, "not connected")
+            out.append((mapper, conn))
+        return out
+
     def broadcast(self, message) -> None:
         """The same message to every mapper (pickled once)."""
         header, data = _frame(message)
-        for mapper, conn in enumerate(self.conns):
+        for mapper, conn in self._connected():
             try:
                 conn.sendall(header)
                 conn.sendall(data)
@@ -312,7 +328,7 @@ class Hub:
     def gather(self, kind: str, alive: Callable[[], None], what: str) -> list:
         """Every mapper's next message, in mapper order; each must be of ``kind``."""
         out = []
-        for mapper, conn in enumerate(self.conns):
+        for mapper, conn in self._connected():
             reply = self._receive(mapper, conn, alive, what)
             if reply[0] != kind:
                 self._raise_error(mapper, reply, what)
@@ -321,7 +337,7 @@ class Hub:
 
     def send_each(self, message_for: Callable[[int], object]) -> None:
         """Its own message to every mapper."""
-        for mapper, conn in enumerate(self.conns):
+        for mapper, conn in self._connected():
             try:
                 header, data = _frame(message_for(mapper))
                 conn.sendall(header)
@@ -351,12 +367,13 @@ class Hub:
         timings["broadcast"] = time.perf_counter() - start
         combine_seconds = 0.0
         what = f"in round {payload.round_index + 1}"
+        assert payload.plan.sync_lrs is not None  # a synchronous round's plan has its step sizes
         for step in range(len(payload.plan.sync_lrs)):
             grads = [g for (g,) in self.gather("grad", alive, what)]
             t = time.perf_counter()
             mean = mean_gradient(grads, sync_coefficients(payload.plan.sync_batch_sizes(step)))
             check_mean_gradient(mean, payload.round_index, step,
-                                lambda: [m for m, g in enumerate(grads) if not np.isfinite(g).all()])
+                                partial(_not_finite, grads))
             self.broadcast(("mean", mean))
             combine_seconds += time.perf_counter() - t
         layers = payload.model.layers
@@ -383,7 +400,7 @@ class Hub:
         timings["broadcast"] = time.perf_counter() - start
         what = f"in round {payload.round_index + 1}"
         replies, lost = [], []
-        for mapper, conn in enumerate(self.conns):
+        for mapper, conn in self._connected():
             try:
                 replies.append(self._receive(mapper, conn, alive, what))
             except MapperLost as exc:
@@ -391,8 +408,9 @@ class Hub:
                 lost.append(exc)
         for mapper, reply in enumerate(replies):
             if reply is not None and reply[0] == "error":
-                if reply[1] == "DivergenceError":  # every task judged the same mean: the message names the mappers
-                    raise errors.named_error(reply[1], reply[2])
+                # every task judged the same mean: the message names the mappers
+                if reply[1] == "DivergenceError" and (error := errors.named_error(reply[1], reply[2])) is not None:
+                    raise error
                 self._raise_error(mapper, reply, what)
         if lost:
             raise lost[0]

@@ -66,6 +66,7 @@ import shutil
 import tempfile
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,7 @@ def from_chunks(rows) -> dict[int, bytes]:
 def arrow_rows(batches):
     """The ``(mapper, seq, blob)`` rows of Arrow batches in :data:`CHUNKS`' schema."""
     for batch in batches:
-        yield from zip(*(batch.column(i).to_pylist() for i in range(3)))
+        yield from zip(*(batch.column(i).to_pylist() for i in range(3)), strict=True)
 
 
 # ----------------------------------------------------------------------------------- in the tasks
@@ -179,7 +180,9 @@ def task_shard(token: str, batches, build, data=None):
     shard is kept in :func:`disk_store`'s folder instead and the worker holds only its open files."""
     from pyspark import TaskContext
 
-    mapper = TaskContext.get().partitionId()
+    context = TaskContext.get()
+    assert context is not None  # this runs in a Spark task
+    mapper = context.partitionId()
     key = (token, mapper)
     shard = _held.get(key)
     if shard is None:
@@ -234,7 +237,7 @@ def rows_builder(rows):
 
     def build(mapper, batches):
         records = (record for batch in batches for record in zip(batch.column(0).to_pylist(),
-                                                                 batch.column(1).to_pylist()))
+                                                                 batch.column(1).to_pylist(), strict=True))
         return shard_from_records(mapper, records, rows)
 
     return build
@@ -355,7 +358,7 @@ def collected(rows) -> dict[int, bytes]:
     return from_chunks((row[0], row[1], row[2]) for row in rows)
 
 
-class SparkJobsEngine(_SparkSession, SingleDriver):
+class SparkJobsEngine(_SparkSession, SingleDriver):  # type: ignore[misc]  # reader: a SparkReader, which is a Reader; mypy holds a mutable attribute of two bases invariant
     """``spark.mode: jobs``: a Spark job per round over DataFrames; serves classic and Spark Connect sessions."""
 
     mode = "jobs"
@@ -364,7 +367,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
         super().__init__(settings, min_slots, collect_held_out_mb, warn)
         self.token = secrets.token_hex(16)  # this run's shards in the workers' caches; the tasks' mesh password
         self.mappers = 0
-        self._inputs = None  # the shard inputs: k partitions, partition i = shard i
+        self._inputs: Any = None  # the shard inputs (a DataFrame): k partitions, partition i = shard i
         self._persisted = None
         self._build = None
         self._data = None
@@ -389,8 +392,10 @@ class SparkJobsEngine(_SparkSession, SingleDriver):
             self._build = rows_builder(source.rows)
         token, build, data = self.token, self._build, self._data
         # spark.task_gpus: the training stages ask each task for GPUs (stage-level scheduling), as the stage does
+        opened = self.opened
+        assert opened is not None  # _open() opened it
         self._resources = {} if self.settings.task_gpus is None else {"profile": stage_profile(
-            self.settings.task_gpus, None if self.opened.connect else self.opened.master)}
+            self.settings.task_gpus, None if opened.connect else opened.master)}
 
         def sizes(batches):
             mapper, shard = task_shard(token, batches, build, data)

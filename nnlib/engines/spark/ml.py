@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd  # at module level: the pandas UDF's type hints are read in this module's namespace
@@ -227,7 +228,7 @@ def _stack(values: np.ndarray, n_features: int, where: str, row_name) -> np.ndar
         i = int(np.argmax(bad))
         got = "an empty (null) value" if lengths[i] < 0 else f"{lengths[i]} features"
         raise DataError(f"{where}: the model takes {n_features} features, got {got} at {row_name(i)}")
-    x = np.stack(values).astype(np.float64, copy=False) if len(values) else np.zeros((0, n_features))
+    x = np.stack(list(values)).astype(np.float64, copy=False) if len(values) else np.zeros((0, n_features))
     return check_features(x, where, row_name=row_name) if len(values) else x
 
 
@@ -236,6 +237,7 @@ def output_columns(df, outputs: dict[str, str]) -> None:
     ``df`` already has, or that two params share: ``withColumn`` would silently replace the column (MLlib
     refuses too: "Column prediction already exists"). Names compare as the session resolves them (ignoring
     case unless ``spark.sql.caseSensitive``). A clash is one DataError line naming the param and the column."""
+    fold: Callable[[str], str]
     if str(df.sparkSession.conf.get("spark.sql.caseSensitive", "false")).lower() == "true":
         fold = str
     else:
@@ -281,7 +283,8 @@ def _with_scores(df, shared: SharedModel, n_features: int, features: str, key: s
     # expression, so no filter after transform is pushed below it and changes the offsets), and its key
     rows = F.struct(F.monotonically_increasing_id().alias("id"), *([F.col(key).alias("key")] if key else []))
 
-    @pandas_udf(schema)
+    # pyspark's overloads take a struct's schema as a StructType only; its runtime takes the DDL string too
+    @pandas_udf(schema)  # type: ignore[call-overload]
     def score(batch: pd.Series, places: pd.DataFrame) -> pd.DataFrame:
         model = shared.get()
         keys = places["key"].to_numpy() if "key" in places else None

@@ -49,6 +49,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def _totals_batch(schema, done: Scores):
     import pyarrow as pa
 
     values = dict(zip(_TOTALS, (done.rows, done.labelled, done.loss_sum, done.correct, done.weight,
-                                done.weighted_correct)))
+                                done.weighted_correct), strict=True))
     return pa.RecordBatch.from_arrays([pa.array([values.get(f.name)], f.type) for f in schema], schema=schema)
 
 
@@ -228,7 +229,7 @@ def _driver_frame(session, key_name: str, block: Block):
 
     x = np.ascontiguousarray(block.x, np.float64)
     columns = {key_name: block.keys, _ROW: np.arange(len(x), dtype=np.int64),
-               _FEATURES: pa.FixedSizeListArray.from_arrays(x.ravel(), x.shape[1])}
+               _FEATURES: pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])}
     if block.y is not None:
         columns[_LABEL] = block.y
     if block.w is not None:
@@ -308,7 +309,7 @@ def _gathered_outputs(blobs: list[bytes], n: int, t: int) -> np.ndarray:
     for blob in blobs:
         with np.load(io.BytesIO(bytes(blob)), allow_pickle=False) as parts:
             offset = 0
-            for start, length in zip(parts["starts"].tolist(), parts["lengths"].tolist()):
+            for start, length in zip(parts["starts"].tolist(), parts["lengths"].tolist(), strict=True):
                 z[start:start + length] = parts["z"][offset:offset + length]
                 seen[start:start + length] += 1
                 offset += length
@@ -416,7 +417,7 @@ def _check_suffix(out: str | None) -> None:
         raise ConfigError(f"--out: the predictions file must end in {' or '.join(OUT_SUFFIXES)}, got {out}")
 
 
-def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), out: str | None = None,
+def predict_spark(model_path: str | Path, data: str, overrides: Sequence[str] = (), out: str | None = None,
                   overwrite: bool = False) -> Prediction:
     """Predict every row of ``data`` in Spark's executors; Spark writes ``out`` (Parquet or CSV) if given.
 
@@ -450,6 +451,7 @@ def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), 
         # by Spark's reader, whose cost grows with the columns far faster than with the data
         arrow = reader.arrow_source(data, "DATA") if tables.is_row_keyed(data) else None
         key_type = None
+        rows: ArrowRows | ParquetRows | DriverRows
         if arrow is not None:
             from pyspark.sql.pandas.types import from_arrow_type
 
@@ -469,7 +471,7 @@ def predict_spark(model_path: str | Path, data: str, overrides: list[str] = (), 
             if columns.features is not None:
                 reader.warn_if_wide(len(columns.features), data, "DATA")
             parts, counts = reader.part_rows(frame, data, "DATA")
-            offsets = dict(zip(parts, np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()))
+            offsets = dict(zip(parts, np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist(), strict=True))
             key_name = columns.key or "row"
             frame, rows = frame.select(*columns.read(), _FILE, _ROW), ParquetRows(columns, offsets)
         else:
@@ -542,7 +544,9 @@ def _predict_regressor(model: Model, model_path, data: str, config, settings: Se
 def _observation(session):
     """A new ``Observation`` of the kind ``session`` takes (classic or Spark Connect)."""
     if is_connect(session):
-        from pyspark.sql.connect.observation import Observation
-    else:
-        from pyspark.sql.observation import Observation
+        from pyspark.sql.connect.observation import Observation as ConnectObservation
+
+        return ConnectObservation()
+    from pyspark.sql.observation import Observation
+
     return Observation()

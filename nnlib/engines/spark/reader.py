@@ -37,6 +37,7 @@ import pickle
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,7 @@ class ArrowSource(ParquetSource):
     of each unit a task reads; ``schema``: the files' Arrow schema (every file's is the same)."""
 
     units: tuple[tuple[int, int, int, int], ...] = ()
-    schema: object = None
+    schema: Any = None  # a pyarrow.Schema
 
 
 def _units(groups: list[list[tuple[int, int]]]) -> tuple[tuple[int, int, int, int], ...]:
@@ -196,8 +197,8 @@ class SparkReader:
         self.warn = warn or _warn_on_stderr  # the one-line warning of a wide source read by Spark's reader
         self.passes: list[str] = []  # each pass over a source's rows, by who read them: "pyarrow" or "spark"
         # held-out rows beyond this stay with the mappers, which score them (spark.collect_held_out_mb)
-        self.collect_limit_bytes = collect_held_out_mb * 2 ** 20
-        self._frames: dict[str, object] = {}  # data.source -> a DataFrame given as the source (add_frame)
+        self.collect_limit_bytes: float | None = collect_held_out_mb * 2 ** 20
+        self._frames: dict[str, Any] = {}  # data.source -> a DataFrame given as the source (add_frame)
 
     def add_frame(self, df, name: str) -> str:
         """Read the DataFrame ``df`` as the source ``dataframe://name`` (its ``data.source``); returns that.
@@ -276,10 +277,10 @@ class SparkReader:
                     .inputFiles())
         except Exception as exc:  # noqa: BLE001  - AnalysisException, Py4JJavaError: the path or scheme
             raise DataError(f"{key}: Spark cannot read {source} ({java_root_cause(exc)})") from None
-        paths = [local_path(uri) for uri in uris]
-        if not paths or None in paths:
+        found = [local_path(uri) for uri in uris]
+        if not found or None in found:
             return None  # no files (Spark's reader says why), or a filesystem only Spark reaches
-        paths = sorted(paths)  # the order of the local reader (sources.parquet_files)
+        paths = sorted(p for p in found if p is not None)  # the order of the local reader (sources.parquet_files)
         ids = session.range(0, len(paths), 1, numPartitions=min(len(paths), READ_TASKS))
         rows = self.run_job(lambda: ids.mapInArrow(_footers(paths, key), "file long, blob binary").collect(),
                             f"listing {source}", source, key)
@@ -332,7 +333,7 @@ class SparkReader:
                       "use another engine (engine=local, mpi)")
 
     def _offsets(self, table: ParquetSource) -> dict:
-        return dict(zip(table.files, (int(o) for o in table.offsets)))
+        return dict(zip(table.files, (int(o) for o in table.offsets), strict=True))
 
     def _pass(self, table: ParquetSource, blocks_to_batches, schema: str):
         """A DataFrame of ``blocks_to_batches(blocks)`` over every row of ``table``, where ``blocks`` are

@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nnlib.config import redact_url as redact
 from nnlib.errors import ConfigError, EngineError, NnlibError, first_line
@@ -144,7 +145,7 @@ class Opened:
     """A session and what nnlib knows of it: ``created`` (nnlib built it, and stops it), ``connect``, and the
     ``master`` it runs on (a classic session's master, or the redacted Connect URL)."""
 
-    session: object
+    session: Any  # a SparkSession, classic or Spark Connect
     created: bool
     connect: bool
     master: str
@@ -321,7 +322,7 @@ def _open_connect(remote: str, settings: SessionSettings, key: str = "spark.remo
     try:
         with holding_interrupt() as interrupted:
             session = builder.create()
-            session.version  # the first call to the server: a server that answers wrongly fails here
+            _ = session.version  # the first call to the server: a server that answers wrongly fails here
     except Exception as exc:  # noqa: BLE001  - gRPC's errors, a server that is not Spark Connect, ...
         raise EngineError(f"{key} {shown}: could not open a Spark Connect session ({first_line(exc)})") from None
     if interrupted:
@@ -432,6 +433,7 @@ def defaults_file() -> dict[str, str]:
 def _property(line: str) -> tuple[str, str, str]:
     """``key value`` / ``key=value`` / ``key: value`` -> (key, separator, value)."""
     match = re.match(r"([^\s=:]+)(\s*[=:]\s*|\s+|$)(.*)", line)
+    assert match is not None  # the callers pass lines that are neither blank nor comments
     return match.group(1), match.group(2), match.group(3).strip()
 
 
@@ -495,7 +497,7 @@ def _open_classic(settings: SessionSettings, min_slots: int, warn: Callable[[str
         session.sparkContext.setLogLevel(settings.log_level)
         quiet_task_failures(session.sparkContext, settings.log_level)
     _wait_for_executors(session, master, origin)
-    return Opened(session, True, False, session.sparkContext.master)
+    return Opened(session, True, False, session.sparkContext.master or master)
 
 
 # the master URLs Spark takes (SparkContext.createTaskScheduler, SparkSubmit): N >= 1 threads, F tries per task
@@ -560,7 +562,7 @@ def _k8s_address(master: str, where: str) -> tuple[str, int]:
         host, port = parts.hostname, parts.port or (80 if parts.scheme == "http" else 443)
     except ValueError:
         host, port = None, None
-    if not host or parts.path not in ("", "/"):
+    if not host or port is None or parts.path not in ("", "/"):
         raise EngineError(f"{where}: Spark needs k8s://HOST[:PORT] or k8s://https://HOST[:PORT] (the Kubernetes "
                           f"API server), got {master!r}")
     return host, port
@@ -584,7 +586,7 @@ def _reach(host: str, port: int, where: str, what: str, fix: str) -> None:
         except OSError as exc:
             error = exc
     cause = f"no answer within {REACH_SECONDS:g} s" if isinstance(error, socket.timeout) else \
-        (error.strerror or str(error))
+        (error.strerror if error is not None and error.strerror else str(error))
     raise EngineError(f"{where}: nothing accepts a connection at {host}:{port} ({cause}): no {what} listens "
                       f"there; {fix}") from None
 
@@ -599,6 +601,7 @@ def _probe_standalone(master: str, origin: str, options: dict, log_level: str = 
 
     SparkContext._ensure_initialized(conf=SparkConf(loadDefaults=False).setAll(list(options.items())))
     jvm = SparkContext._jvm
+    assert jvm is not None  # _ensure_initialized started the JVM
     if log_level.upper() in ("ERROR", "FATAL", "OFF"):  # the probe's unanswered request, logged as it closes
         log4j = jvm.org.apache.logging.log4j
         log4j.core.config.Configurator.setLevel(PROBE_LOGGER, log4j.Level.OFF)
