@@ -153,7 +153,7 @@ def _series(rows: list[dict], x_key: str, keys: list[str], metric: str) -> dict[
 
 def _draw_series(ax, series: dict[str, list[tuple]]) -> None:
     for label, points in series.items():
-        xs, means, stds = zip(*points)
+        xs, means, stds = zip(*points, strict=True)
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
 
 
@@ -199,7 +199,7 @@ def _speedup_figure(ok: list[dict], others: list[str], out: Path) -> Path | None
         ms = [m for m, _, _ in points]
         speedup = [base / t for _, t, _ in points]
         left.plot(ms, speedup, marker="o", label=label)
-        right.plot(ms, [s / m for s, m in zip(speedup, ms)], marker="o", label=label)
+        right.plot(ms, [s / m for s, m in zip(speedup, ms, strict=True)], marker="o", label=label)
         drawn += 1
     if not drawn:
         return None
@@ -212,7 +212,7 @@ def _speedup_figure(ok: list[dict], others: list[str], out: Path) -> Path | None
     return _save(fig, out / "speedup.png")
 
 
-def _mean_curve(run_dirs: list[Path], column: str = "test_accuracy") -> tuple[list[float], list[float],
+def _mean_curve(run_dirs: list[Path], column: str = "test_accuracy") -> tuple[list[int], list[float],
                                                                            list[float]] | None:
     """``(rounds, mean cumulative seconds, mean of rounds.csv's column)`` over runs, up to the shortest run."""
     tables = [read_csv_rows(d / "rounds.csv") for d in run_dirs]
@@ -252,7 +252,7 @@ def _spread_figure(ok: list[dict], out: Path, score: Score = ACCURACY) -> Path |
     if max((len(v) for v in by_case.values()), default=0) < 2:
         return None
     fig, (ax,) = _figure(1, width=max(5.2, 0.6 * len(by_case) + 2))
-    for i, (case, values) in enumerate(by_case.items()):
+    for i, values in enumerate(by_case.values()):
         ax.scatter([i] * len(values), values, alpha=0.6, color="C0")
         ax.hlines(statistics.mean(values), i - 0.3, i + 0.3, color="C3")
     ax.set_xticks(range(len(by_case)), list(by_case), rotation=30, ha="right", fontsize=8)
@@ -288,7 +288,7 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
             sequential.add(row["case"])
     curves = {case: c for case, dirs in by_case.items() if (c := _mean_curve(dirs, score.column))}
     paths.append(_convergence_figure(curves, sequential, out, score))
-    widest = max(ok, key=lambda r: r.get("mappers") if _is_number(r.get("mappers")) else 0)  # the first such
+    widest = max(ok, key=lambda r: r["mappers"] if _is_number(r.get("mappers")) else 0)  # the first such
     paths.append(timeline_figure(sweep_dir / widest["run"], out / "timeline.png", f"run {widest['run']}"))
     paths.append(_spread_figure(ok, out, score))
     return [p for p in paths if p is not None]
@@ -309,7 +309,8 @@ def timeline_bars(rounds: list[dict], mappers: list[dict], sequential: bool) -> 
     """``(mapper, start s, train s, comm s)`` of every mapper in every round, as the timeline draws them: the
     mappers of a round start together, or (``sequential``, the local engine) each where the one before ended."""
     starts = round_starts(rounds)
-    bars, next_start = [], {}
+    bars: list[tuple[int, float, float, float]] = []
+    next_start: dict[int, float] = {}
     for m in sorted(mappers, key=lambda m: (m["round"], m["mapper"])):
         if m["round"] not in starts:
             continue
@@ -372,7 +373,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     if run_is_regression(run_dir):
         return [p for p in [*_regression_run_figures(run_dir, out), timeline_figure(run_dir, out / "timeline.png")]
                 if p is not None]
-    paths = []
+    paths: list[Path | None] = []
     curve = _mean_curve([run_dir])
     if curve is not None:
         rounds, seconds, accuracy = curve
@@ -391,9 +392,9 @@ def _curves(ax, rows: list[dict], x: list[float], columns: list[tuple[str, str, 
     """Plot rounds.csv's ``columns`` ``(column, label, line style)`` against ``x``; empty cells (no validation
     set) are left out."""
     for column, label, style in columns:
-        points = [(xi, r[column]) for xi, r in zip(x, rows) if _is_number(r.get(column))]
+        points = [(xi, r[column]) for xi, r in zip(x, rows, strict=True) if _is_number(r.get(column))]
         if points:
-            xs, ys = zip(*points)
+            xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o", linestyle=style, label=label)
 
 

@@ -102,7 +102,8 @@ def combinations(hidden: tuple[int, ...], g: int, equal: bool, limit: int, seed:
         per_layer = [list(enumerate_splits(h, g, equal)) for h in hidden]
         return [Split(tuple(combo)) for combo in itertools.product(*per_layer)]
     rng = np.random.default_rng([seed, 0x5A3])
-    seen, out = set(), []
+    seen: set[tuple] = set()
+    out: list[Split] = []
     while len(out) < limit:
         layers = []
         for h in hidden:
@@ -233,6 +234,7 @@ def warm_up_and_baseline(engine, setup: driver.Setup, warn=driver.warn) -> tuple
                                         server=server).params
     payload = baseline.entered["payload"]
     kept = None if server is None else replace(server, state=baseline.entered["server_state"])
+    assert setup.data.x_train is not None  # setup() refuses combine=split on a row-keyed source
     couplings = layer_couplings(payload.model, payload.params, setup.data.x_train)
     return Warm(payload, kept, couplings), result
 
@@ -317,7 +319,7 @@ def split_search(config, out: str | Path, quiet: bool = False, log=print, comman
     try:
         setup = prepare_search(config, engine.reader, warn)
         warm, baseline = warm_up_and_baseline(engine, setup, warn)
-        layers = warm.payload.model.layers
+        layers = warm.payload.model.mlp
         with tqdm(total=len(splits), unit="split", disable=quiet, file=sys.stderr, desc="split-search") as bar:
             for cid, split in enumerate(splits):
                 start = time.perf_counter()
@@ -365,8 +367,8 @@ def weight_balance(split: Split, params: np.ndarray, layers: LayerSpec) -> float
     """
     arrays = unpack(params, layers)
     ratios = []
-    for l, layer in enumerate(split.groups):
-        norms = np.linalg.norm(arrays[2 * (l + 1)], axis=1)
+    for i, layer in enumerate(split.groups):
+        norms = np.linalg.norm(arrays[2 * (i + 1)], axis=1)
         sums = [norms[list(grp)].sum() for grp in layer]
         ratios.append(min(sums) / max(sums) if max(sums) > 0 else 1.0)
     return float(np.mean(ratios))
@@ -386,7 +388,7 @@ def has_unsplit_baseline(config) -> bool:
 
 
 def run_with_baseline(config, run_dir: RunDir | None = None, engine=None, log=print, warn=driver.warn,
-                      resume: bool = False, on_round=None) -> driver.RunResult:
+                      resume: bool | RunDir = False, on_round=None) -> driver.RunResult:
     """:func:`nnlib.driver.run`; after a ``combine: split`` run that splits, its unsplit baseline too.
 
     The baseline is the same run with ``split.method: none`` (the same rounds

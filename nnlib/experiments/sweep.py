@@ -35,6 +35,7 @@ import itertools
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def _case_label(case: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in case.items()) or "base"
 
 
-def plan_sweep(path: str | Path, extra: list[str] = ()) -> tuple[Path | None, list[Run], float | None]:
+def plan_sweep(path: str | Path, extra: Sequence[str] = ()) -> tuple[Path | None, list[Run], float | None]:
     """``(base conf, runs, target accuracy)`` of a sweep file; every run's config is checked here."""
     path = Path(path)
     tree = read_yaml(path)
@@ -101,7 +102,7 @@ def plan_sweep(path: str | Path, extra: list[str] = ()) -> tuple[Path | None, li
     grid = tree.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise ConfigError(f"sweep {path}: 'grid' maps keys to non-empty lists of values, got {grid!r}")
-    cases = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
+    cases = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())] if grid else []
     listed = tree.get("cases") or []
     if not isinstance(listed, list) or any(not isinstance(c, dict) for c in listed):
         raise ConfigError(f"sweep {path}: 'cases' is a list of key: value mappings, got {listed!r}")
@@ -198,7 +199,7 @@ class SweepResult:
     plots: list[Path]   # the figures drawn into plots/
 
 
-def run_sweep(path: str | Path, out: str | Path | None = None, extra: list[str] = (),
+def run_sweep(path: str | Path, out: str | Path | None = None, extra: Sequence[str] = (),
               quiet: bool = False) -> SweepResult:
     """Run every run of the sweep that has not finished; write results.csv as runs finish."""
     base, runs, target = plan_sweep(path, extra)
@@ -235,7 +236,7 @@ def run_sweep(path: str | Path, out: str | Path | None = None, extra: list[str] 
     return SweepResult(out / "results.csv", rows, skipped, plot_sweep(out))
 
 
-def _record_sweep(path: Path, out: Path, extra: list[str]) -> None:
+def _record_sweep(path: Path, out: Path, extra: Sequence[str]) -> None:
     """``sweep.yaml`` (the sweep file as run) and ``sweep.json`` (where it came from, how to rerun it)."""
     import json
     import shlex

@@ -49,6 +49,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -141,7 +142,7 @@ class MlflowTracking:
         self.uri, self.experiment, self.warn = tracking_uri, experiment, warn
         self.run_id: str | None = None
         self.calls: _Calls | None = None
-        self._restore: list[Callable[[], None]] = []  # undoes what start changed in the process, in reverse
+        self._restore: list[Callable[[], object]] = []  # undoes what start changed in the process, in reverse
 
     def _guest_settings(self, uri: str) -> None:
         """MLflow's INFO lines off and the folder store's opt-in, for the tracked run only."""
@@ -149,7 +150,7 @@ class MlflowTracking:
 
         for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables...", "Creating experiment"
             logger = logging.getLogger(name)
-            self._restore.append(lambda logger=logger, level=logger.level: logger.setLevel(level))
+            self._restore.append(partial(logger.setLevel, logger.level))
             logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
         if (uri.startswith("file:") or "://" not in uri) and "MLFLOW_ALLOW_FILE_STORE" not in os.environ:
             os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
@@ -181,7 +182,7 @@ class MlflowTracking:
 
         def create() -> None:
             client = MlflowClient(tracking_uri=uri)
-            if nested:
+            if nested and parent is not None:
                 experiment_id = parent.info.experiment_id
                 tags = {"mlflow.parentRunId": parent.info.run_id}
             else:
@@ -217,7 +218,7 @@ class MlflowTracking:
                   "which goes on (its own files are complete)")
 
     def log_round(self, row: dict) -> None:
-        if self.run_id is None:
+        if self.run_id is None or self.calls is None:
             return
         from mlflow.entities import Metric
 
@@ -231,28 +232,28 @@ class MlflowTracking:
         Waits for the store at most :data:`FINISH_SECONDS` (:data:`FAILED_SECONDS` for a failed run), then
         gives the process's settings back.
         """
-        if self.run_id is None:
+        if self.run_id is None or self.calls is None:
             return
         from mlflow.entities import Metric
 
-        run_id, client = self.run_id, self.client
+        run_id, client, calls = self.run_id, self.client, self.calls
         if summary is not None:
             stamp = int(time.time() * 1000)
             numbers = [Metric(f"final.{k}", float(v), stamp, 0) for k, v in summary.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            self.calls.submit("logging the summary", lambda: client.log_batch(run_id, metrics=numbers))
+            calls.submit("logging the summary", lambda: client.log_batch(run_id, metrics=numbers))
         if run_dir is not None:
             for name in ARTIFACTS:
                 if (run_dir / name).exists():
                     path = str(run_dir / name)
-                    self.calls.submit(f"uploading {name}", lambda path=path: client.log_artifact(run_id, path))
+                    calls.submit(f"uploading {name}", partial(client.log_artifact, run_id, path))
         status = "FINISHED" if summary is not None else "FAILED"
-        self.calls.submit("ending the run", lambda: client.set_terminated(run_id, status))
+        calls.submit("ending the run", lambda: client.set_terminated(run_id, status))
         seconds = FINISH_SECONDS if summary is not None else FAILED_SECONDS
-        if not self.calls.wait(seconds) and self.calls.failed is None:
+        if not calls.wait(seconds) and calls.failed is None:
             self.warn(f"tracking: MLflow run {run_id}: the store did not answer within {seconds:g} s; the MLflow "
                       "run may lack the end of this run (its own files are complete)")
-        self.calls.close()
+        calls.close()
         self.run_id = None
         self._give_back()
 
