@@ -151,7 +151,7 @@ def run_torch(data, seed: int, s: dict) -> tuple[float, float]:
     torch.manual_seed(seed)
     widths = [data.x_train.shape[1], *HIDDEN]
     layers: list[nn.Module] = []
-    for a, b in zip(widths, widths[1:]):
+    for a, b in zip(widths, widths[1:], strict=True):
         layers += [nn.Linear(a, b), nn.ReLU()]
     model = nn.Sequential(*layers, nn.Linear(widths[-1], 1))
     opt = torch.optim.Adam(model.parameters(), lr=s["lr"])

@@ -81,7 +81,7 @@ def measure(master: str, mode: str, mappers: int, params: float, rounds: int, st
     result = run(config, engine=engine, log=lambda _m: None, warn=lambda _m: None)
     later = result.rounds[1:]
     engine_seconds = [r["broadcast_seconds"] + r["wait_seconds"] + r["combine_seconds"] for r in later]
-    overhead = median(s - r["max_mapper_seconds"] for s, r in zip(engine_seconds, later))
+    overhead = median(s - r["max_mapper_seconds"] for s, r in zip(engine_seconds, later, strict=True))
     steps_done = max(r["steps"] for r in result.mapper_rows if r["round"] == rounds)
     received = median(b[0] for b in engine.bytes[1:])
     return {"mode": mode, "mappers": mappers, "params": int(result.params.size), "steps_per_round": steps_done,
@@ -106,12 +106,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ks = [r["mappers"] for r in mine]
         axes[0].plot(ks, [1000 * r["overhead_seconds"] for r in mine], "o-", label=mode)
         axes[1].plot(ks, [r["driver_received_bytes_per_round"] for r in mine], "o-", label=mode)
-        for k, style in zip(sorted({r["mappers"] for r in by_params}), ("o-", "s--", "^:")):
+        # up to three mapper counts, one line style each
+        for k, style in zip(sorted({r["mappers"] for r in by_params}), ("o-", "s--", "^:"), strict=False):
             theirs = [r for r in by_params if r["mode"] == mode and r["mappers"] == k]
             axes[2].plot([r["params"] for r in theirs], [1000 * r["overhead_seconds"] for r in theirs], style,
                          label=f"{mode}, {k} mappers")
     params = by_mappers[0]["params"] if by_mappers else 0
-    for ax, ylabel in zip(axes[:2], ("overhead per round (ms)", "driver's bytes received per round")):
+    for ax, ylabel in zip(axes[:2], ("overhead per round (ms)", "driver's bytes received per round"), strict=True):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("mappers")
@@ -135,7 +136,8 @@ def main(argv=None):
     if args.smoke:
         mapper_counts, param_counts, param_mappers, rounds, steps = (2, 3), (1e4, 1e5), (2,), 3, 3
     else:
-        mapper_counts, param_counts, param_mappers, rounds, steps = (2, 4, 8, 16, 32), (1e4, 1e5, 1e6, 1e7), (2, 8), 3, 5
+        mapper_counts, param_counts, param_mappers = (2, 4, 8, 16, 32), (1e4, 1e5, 1e6, 1e7), (2, 8)
+        rounds, steps = 3, 5
     from nnlib.engines.spark.session import SessionSettings, open_session
 
     with scratch() as tmp:

@@ -100,7 +100,7 @@ def main(argv=None):
     baseline = median(base_times)
     rows = [{"engine": engine, "mappers": k, "seconds_per_epoch": median(times[engine, k]),
              "repeats_s": times[engine, k],
-             "speedup": median(b / t for b, t in zip(base_times, times[engine, k]))}
+             "speedup": median(b / t for b, t in zip(base_times, times[engine, k], strict=True))}
             for engine, k, _, _ in systems]
     if not args.smoke:
         from spark_cluster import StandaloneCluster

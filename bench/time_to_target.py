@@ -26,8 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py beside this script
 
-from common import (ROOT, bench_env, markdown_table, mpi_launcher, nnlib_run, scratch,  # noqa: E402
-                    synthetic_npz, write_result)
+from common import ROOT, bench_env, markdown_table, mpi_launcher, nnlib_run, scratch, synthetic_npz, write_result  # noqa: E402
 
 HIDDEN, BATCH, LR = 128, 32, 0.1
 

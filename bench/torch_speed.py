@@ -55,12 +55,12 @@ def plain_module(layers) -> nn.Module:
         net = nn.Sequential(nn.Unflatten(1, layers.image_shape), *mods)
     else:
         mods = []
-        for a, b in zip(layers.sizes[:-1], layers.sizes[1:]):
+        for a, b in zip(layers.sizes[:-1], layers.sizes[1:], strict=True):
             mods += [nn.Linear(a, b), nn.ReLU()]
         net = nn.Sequential(*mods[:-1])
     arrays = unpack(init_params(layers, 0), layers)
     with torch.no_grad():
-        for p, a in zip(net.parameters(), arrays):
+        for p, a in zip(net.parameters(), arrays, strict=True):
             p.copy_(torch.from_numpy(a.T.copy() if a.ndim == 2 else a))  # nn.Linear holds (out, in)
     return net
 

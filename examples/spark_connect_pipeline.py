@@ -29,7 +29,7 @@ def main(remote: str) -> None:
     spark = SparkSession.builder.remote(remote).getOrCreate()
     digits = load_digits()
     pixels = [f"px{i}" for i in range(digits.data.shape[1])]
-    rows = [(*map(float, x), f"digit-{y}") for x, y in zip(digits.data, digits.target)]
+    rows = [(*map(float, x), f"digit-{y}") for x, y in zip(digits.data, digits.target, strict=True)]
     df = spark.createDataFrame(rows, [*pixels, "digit"])
 
     pipeline = Pipeline(stages=[StringIndexer(inputCol="digit", outputCol="label"),
