@@ -12,6 +12,10 @@ ONNX = ["onnx>=1.16", "onnxruntime>=1.17"]  # nnlib export --format onnx: buildi
 # Spark Connect's client (spark.remote, SPARK_REMOTE, a Connect session): grpcio, grpcio-status,
 # googleapis-common-protos and zstandard, as pyspark's own extra pins them for this pyspark
 CONNECT = ["pyspark[connect]==4.3.0"]
+# the linter and the type checker that tests/test_lint.py runs (.ci/ruff.toml, .ci/mypy.ini), pinned exactly: a new
+# release brings new rules; with the stubs of the dependencies that ship no type information of their own
+LINT = ["ruff==0.17.6", "mypy==2.4.1", "types-PyYAML==6.0.12.20261122", "types-tqdm==4.70.0.20261122",
+        "types-grpcio==1.85.0.20261028", "pandas-stubs==2.3.3.260113", "pyarrow-stubs==20.0.0.20260819"]
 
 setup(
     name="nnlib",
@@ -42,7 +46,7 @@ setup(
         "onnx": ONNX,
         "connect": CONNECT,
         "bench": [TORCH, *MRJOB, *MPI],
-        "test": [TORCH, *MRJOB, *MPI, MLFLOW, *ONNX, *CONNECT, "pytest>=8"],
+        "test": [TORCH, *MRJOB, *MPI, MLFLOW, *ONNX, *CONNECT, *LINT, "pytest>=8"],
     },
     entry_points={"console_scripts": ["nnlib=nnlib.__main__:main"]},
 )
