@@ -166,6 +166,10 @@ class _NNParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasSeed, HasWeigh
     def getConf(self) -> dict:
         return self.getOrDefault(self.conf)
 
+    def outputs(self) -> dict[str, str]:
+        """The output columns by param (``predictionCol``, ...), in the order transform adds them."""
+        raise NotImplementedError
+
     def column_param(self, param: str) -> str | None:
         """The column ``weightCol`` or ``validationIndicatorCol`` names; None when it is unset or empty (every
         row weighs 1, no row is marked for validation), as MLlib reads these params."""
@@ -220,7 +224,7 @@ class _NNRegressorParams(_NNParams):
         return {"predictionCol": self.getPredictionCol()}
 
 
-class _NNSetters:
+class _NNSetters(Params):
     """The setters every nnlib stage has (each returns the stage)."""
 
     def setFeaturesCol(self, value: str):
@@ -270,12 +274,13 @@ class _NNEstimatorSetters(_NNSetters):
         return self._set(conf=value)
 
 
-class _NNEstimator(Estimator, _NNEstimatorSetters, DefaultParamsReadable, DefaultParamsWritable):
+class _NNEstimator(Estimator, _NNParams, _NNEstimatorSetters, DefaultParamsReadable, DefaultParamsWritable):
     """What :class:`NNClassifier` and :class:`NNRegressor` share: ``fit`` (check the columns, train as
     ``nnlib run`` does on the Spark engine, wrap the model file) and ``save``. A subclass gives its params
     class (``task``, ``outputs``) and ``model_class``."""
 
     model_class: type  # the Model class fit returns
+    _input_kwargs: dict[str, Any]  # keyword_only's record of the keywords given
 
     def write(self) -> MLWriter:
         return _ParamsWriter(self)
@@ -409,7 +414,7 @@ class NNRegressor(_NNEstimator, _NNRegressorParams):
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
 
-class _NNModel(SparkModel, _NNSetters, MLReadable, MLWritable):
+class _NNModel(SparkModel, _NNParams, _NNSetters, MLReadable, MLWritable):
     """What :class:`NNClassificationModel` and :class:`NNRegressionModel` share: the nnlib model file (bytes),
     the training run, save and load. A subclass gives its params class (``task``, ``outputs``) and
     ``_scores(dataset, shared, key)``, the DataFrame with its output columns."""
@@ -422,11 +427,18 @@ class _NNModel(SparkModel, _NNSetters, MLReadable, MLWritable):
         self._shared: SharedModel | None = None  # the model file for the executors, in the scoring closure
 
     @property
+    def model_file(self) -> bytes:
+        """The nnlib model file's bytes (``Model.save``'s format)."""
+        if self._model_file is None:
+            raise RuntimeError(f"this {type(self).__name__} holds no model file")
+        return self._model_file
+
+    @property
     def model(self) -> Model:
         """The :class:`nnlib.model.model.Model`: weights, standardisation, classes or targets (``predict`` on
         arrays)."""
         if self._model is None:
-            self._model = model_from_bytes(self._model_file)
+            self._model = model_from_bytes(self.model_file)
         return self._model
 
     @property
@@ -445,6 +457,10 @@ class _NNModel(SparkModel, _NNSetters, MLReadable, MLWritable):
             raise RuntimeError(f"this {type(self).__name__} holds no training summary")
         return self._training
 
+    def _scores(self, dataset, shared: SharedModel, key: str | None):
+        """``dataset`` with the model's output columns."""
+        raise NotImplementedError
+
     def _transform(self, dataset):
         what = f"{type(self).__name__}.transform"
         if self.model.is_regressor != (self.task == "regression"):
@@ -453,7 +469,7 @@ class _NNModel(SparkModel, _NNSetters, MLReadable, MLWritable):
             raise ConfigError(f"{what}: the model file holds a model of model.task={task}; a "
                               f"{type(self).__name__} takes model.task={self.task}: use {other}")
         if self._shared is None:
-            self._shared = SharedModel(self._model_file)
+            self._shared = SharedModel(self.model_file)
         with spark_errors(what):
             ship_code(dataset.sparkSession)  # a Connect server's workers get nnlib's code
             return self._scores(dataset, self._shared, self.model.header["preprocessing"].get("key_column"))
@@ -558,7 +574,7 @@ class _ModelWriter(MLWriter):
                                  "skipped": run.skipped}
         mode = "overwrite" if self.shouldOverwrite else "error"
         write_metadata(model, spark, path, mode, extra)
-        spark.createDataFrame([(bytearray(model._model_file),)], "model binary").coalesce(1).write.mode(mode) \
+        spark.createDataFrame([(bytearray(model.model_file),)], "model binary").coalesce(1).write.mode(mode) \
             .parquet(os.path.join(path, "data"))
 
 
@@ -586,7 +602,7 @@ class _ModelReader(MLReader):
     """Reads what :class:`_ModelWriter` wrote as a ``cls`` (:class:`NNClassificationModel` or
     :class:`NNRegressionModel`), through the active session (classic or Spark Connect)."""
 
-    def __init__(self, cls: type = None):
+    def __init__(self, cls: type | None = None):
         super().__init__()
         self.cls = cls or NNClassificationModel
 

@@ -394,7 +394,7 @@ def test_bad_columns_and_models_are_one_line(spark, regression_fit, tmp_path):
         assert str(caught.value).startswith("weightCol 'w'") and "row 5 of partition 0" in str(caught.value)
         # a regressor's model file is no classification model, nor the reverse
         nn = fitted.stages[-1]
-        wrong = NNClassificationModel(nn._model_file)
+        wrong = NNClassificationModel(nn.model_file)
         with pytest.raises(ConfigError, match="^NNClassificationModel.transform: the model file holds a model of "
                                               "model.task=regression; .* use NNRegressionModel$"):
             wrong.transform(df)
@@ -403,3 +403,27 @@ def test_bad_columns_and_models_are_one_line(spark, regression_fit, tmp_path):
                                             r"NNClassificationModel"):
             NNClassificationModel.load(str(tmp_path / "regressor"))
         assert NNRegressionModel.load(str(tmp_path / "regressor")).numTargets == 1
+
+
+def test_the_estimators_save_and_load_with_their_column_params(spark, tmp_path):
+    from pyspark.ml import Pipeline
+
+    from nnlib.spark import NNClassifier, NNRegressor
+
+    with on("classic"):
+        for estimator in (NNRegressor(labelCol="price", weightCol="w", validationIndicatorCol="v",
+                                      conf={"train.patience": 2}, **PARAMS),
+                          NNClassifier(weightCol="w", validationIndicatorCol="v", **PARAMS)):
+            path = str(tmp_path / type(estimator).__name__)
+            Pipeline(stages=[estimator]).write().overwrite().save(path)
+            back = Pipeline.load(path).getStages()[0]
+            assert type(back) is type(estimator) and back.uid == estimator.uid
+            assert {p.name: v for p, v in back.extractParamMap().items()} == \
+                {p.name: v for p, v in estimator.extractParamMap().items()}
+            assert back.getWeightCol() == "w" and back.getValidationIndicatorCol() == "v"
+            config = back.nnlib_config("dataframe://x")
+            assert (config.data.weight_column, config.data.validation_column) == ("w", "v")
+            assert config.model.task == back.task == ("regression" if type(back) is NNRegressor else "classification")
+        # unset or empty, as MLlib reads these params: no weight column, no validation column
+        config = NNRegressor(weightCol="").nnlib_config("dataframe://x")
+        assert (config.data.weight_column, config.data.validation_column) == (None, None)
