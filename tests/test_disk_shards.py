@@ -474,3 +474,101 @@ def test_a_parquet_source_with_held_out_rows_on_spark_jobs_from_disk_equals_memo
     for mine, theirs in zip(on_disk.rounds, memory.rounds, strict=True):
         assert (mine["test_accuracy"], mine["val_accuracy"]) == (theirs["test_accuracy"], theirs["val_accuracy"])
     assert leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------- a row-keyed shard written as it is built
+
+
+def weighted_parquet(folder: Path, rows: int = 600, features: int = 6, files: int = 2, seed: int = 11) -> Path:
+    """``files`` Parquet files of float64 features ``f0..``, an int ``label``, float ``t0``/``t1`` targets and
+    weights ``w``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, features))
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 1)
+    t = x @ rng.normal(size=(features, 2))
+    w = rng.uniform(0.1, 3.0, rows)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, part in enumerate(np.array_split(np.arange(rows), files)):
+        columns = {f"f{i}": x[part, i] for i in range(features)}
+        pq.write_table(pa.table({**columns, "label": y[part], "t0": t[part, 0], "t1": t[part, 1], "w": w[part]}),
+                       folder / f"part-{k}.parquet", row_group_size=97)  # many small blocks per shard
+    return folder
+
+
+PARQUET_CASES = {
+    "plain": ("data.drop_columns=[t0,t1,w]",),
+    "held-out scored": ("data.drop_columns=[t0,t1,w]", "data.validation_fraction=0.2", "data.partition=contiguous",
+                        "combine=gradient", "train.momentum=0.9"),
+}
+
+
+@pytest.mark.parametrize("case", PARQUET_CASES)
+def test_a_parquet_shard_written_as_it_is_built_equals_memory_bit_for_bit(tmp_path, monkeypatch, case):
+    import nnlib.data.disk
+
+    monkeypatch.setattr(nnlib.data.disk, "BUFFER_BYTES", 0)  # every row read from the file
+    built = []
+    keep = ShardStore.keep
+    monkeypatch.setattr(ShardStore, "keep", lambda self, shards: built.extend(shards) or keep(self, shards))
+    config = small_config(f"data.source={weighted_parquet(tmp_path / 'data')}", *PARQUET_CASES[case])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    memory = run(config, **QUIET)
+    disk = run(disk_config(config, scratch), **QUIET)
+    np.testing.assert_array_equal(disk.params, memory.params)
+    assert [r["train_loss"] for r in disk.rounds] == [r["train_loss"] for r in memory.rounds]
+    assert len(built) == 3 and all(isinstance(s.x, DiskArray) and s.x.built_in for s in built)  # never in memory
+    assert leftovers(scratch) == []
+
+
+SPARK_PARQUET_CASES = {
+    "weights": ("data.weight_column=w", "data.drop_columns=[t0,t1]", "combine=gradient", "train.momentum=0.9"),
+    "regression weights": ("model.task=regression", "data.label_columns=[t0,t1]", "data.weight_column=w",
+                           "data.drop_columns=[label]"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SPARK_PARQUET_CASES)
+def test_a_parquet_shard_built_on_disk_in_the_spark_stage_equals_memory(spark, tmp_path, case):
+    """Weights and targets are read row by row from a URI (Spark's executors): each shard is written to the
+    executor's scratch folder as its shuffled blocks arrive, and trains to the same bits as in memory."""
+    from test_engines import spark_engine
+
+    source = weighted_parquet(tmp_path / "data")
+    config = small_config(f"data.source=file://{source}", "engine=spark", *SPARK_PARQUET_CASES[case])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    memory = run(config, engine=spark_engine("stage"), **QUIET)
+    disk = run(disk_config(config, scratch), engine=spark_engine("stage"), **QUIET)
+    np.testing.assert_array_equal(disk.params, memory.params)
+    assert leftovers(scratch) == []
+
+
+def test_a_built_shard_has_the_bits_of_memory_and_its_folder_goes_with_it(tmp_path):
+    from nnlib.data.dataset import ShardSource
+    from nnlib.driver import prepare
+
+    source = weighted_parquet(tmp_path / "data")
+    config = small_config(f"data.source={source}", "data.drop_columns=[t0,t1,w]")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    rows = prepare(config, warn=lambda _msg: None).data.rows
+    assert rows is not None
+    memory = ShardSource.of_run(config, rows).build([0, 1, 2])
+    on_disk = ShardSource.of_run(disk_config(config, scratch), rows).build([0, 1, 2])
+    for m, d in zip(memory, on_disk, strict=True):
+        assert m.w is None and d.w is None
+        for a, b in ((m.x, d.x), (m.y, d.y)):
+            assert isinstance(b, DiskArray)
+            np.testing.assert_array_equal(np.asarray(b), a)
+            assert np.asarray(b).dtype == a.dtype
+    assert len(leftovers(scratch)) == 3  # one build folder a shard, until the shard is let go
+    del on_disk, d, b
+    import gc
+
+    gc.collect()
+    assert leftovers(scratch) == []

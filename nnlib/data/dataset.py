@@ -604,38 +604,104 @@ class ShardSource:
     def _read(self, indices: list[int]) -> list[Shard]:
         rows = self.rows
         assert rows is not None  # a row-keyed source's recipe
-        fillers = [ShardFiller(i, rows) for i in indices]
-        spans = [rows.plan.span(i) for i in indices]
-        for block in rows.table.blocks(span=(min(s[0] for s in spans), max(s[1] for s in spans))):
-            for filler in fillers:
-                filler.add(*block)
-        return [filler.finish() for filler in fillers]
+        fillers: list[ShardFiller] = []
+        try:
+            fillers = [ShardFiller(i, rows, self.data) for i in indices]
+            spans = [rows.plan.span(i) for i in indices]
+            for block in rows.table.blocks(span=(min(s[0] for s in spans), max(s[1] for s in spans))):
+                for filler in fillers:
+                    filler.add(*block)
+            return [filler.finish() for filler in fillers]
+        except BaseException:
+            for filler in fillers:  # nothing half-written stays
+                filler.discard()
+            raise
 
 
 class ShardFiller(RowFiller):
-    """Shard ``index`` of a row-keyed source (with its part of the held-out rows when the mappers score them)."""
+    """Shard ``index`` of a row-keyed source (with its part of the held-out rows when the mappers score them).
 
-    def __init__(self, index: int, rows: RowKeyed):
-        super().__init__(rows.plan.positions(index, rows.mapper_roles), rows.n_features, rows.table.y_tail,
-                         rows.table.weighted)
+    Under ``data.shard_storage: disk`` (``data``) the training rows' features, labels or targets and weights
+    are written to a scratch folder as their blocks arrive (:class:`nnlib.data.disk.BuildFolder`) and
+    standardised there block by block: the shard's ``x``, ``y``, ``w`` are then
+    :class:`nnlib.data.disk.DiskArray` of the same bits as in memory, and the filler holds one block at a
+    time. Held-out rows stay in memory. A failed write raises :class:`DataError` naming the folder.
+    """
+
+    def __init__(self, index: int, rows: RowKeyed, data: DataConfig | None = None):
         self.index, self.rows = index, rows
+        self.build = None
+        allocate = None
+        if data is not None and data.shard_storage == "disk":
+            from nnlib.data.disk import BuildFolder  # disk imports this module
+
+            build = self.build = BuildFolder(data, index)
+
+            def allocate(role, name, shape, dtype):
+                return build.array(name, shape, dtype) if role == TRAIN else np.empty(shape, dtype)
+
+        super().__init__(rows.plan.positions(index, rows.mapper_roles), rows.n_features, rows.table.y_tail,
+                         rows.table.weighted, allocate)
+
+    def add(self, pos, x, y, w=None, v=None) -> None:
+        try:
+            super().add(pos, x, y, w, v)
+        except OSError as exc:
+            if self.build is None:
+                raise
+            raise self.build.error(exc) from None
+
+    def discard(self) -> None:
+        """Remove what was written of the shard (``data.shard_storage: disk``)."""
+        if self.build is not None:
+            self.build.remove()
 
     def finish(self) -> Shard:
         """The shard, its features standardised in place (and its regression targets with the training
         targets' statistics, as :func:`load_columns` standardises them)."""
+        try:
+            return self._finish()
+        except OSError as exc:
+            if self.build is None:
+                raise
+            raise self.build.error(exc) from None
+        except BaseException:
+            self.discard()
+            raise
+
+    def _finish(self) -> Shard:
         where = f"data.source {self.rows.table.source}: shard {self.index}"
         parts = self.arrays(where)
         for role, (x, *_) in parts.items():
-            with np.errstate(over="ignore"):
-                standardize_into(x, x, self.rows.mean, self.rows.std)
-            check_standardized(x, f"{where} ({ROLE_NAMES[role]} rows)", self.parts[role][0])
+            label, positions = f"{where} ({ROLE_NAMES[role]} rows)", self.parts[role][0]
+            if isinstance(x, np.ndarray):
+                with np.errstate(over="ignore"):
+                    standardize_into(x, x, self.rows.mean, self.rows.std)
+                check_standardized(x, label, positions)
+                continue
+            for lo, hi in x.blocks():  # on disk: block by block, the same arithmetic as standardize_into
+                block = x.read(lo, hi)
+                if self.rows.mean is not None:
+                    with np.errstate(over="ignore"):
+                        block = ((block.astype(np.float64) - self.rows.mean) / self.rows.std).astype(np.float32)
+                    x.write(lo, block)
+                check_standardized(block, label, positions[lo:hi])
         x, y, *w = parts.pop(TRAIN)
         if len(y) == 0:
             raise DataError(f"data.source {self.rows.table.source}: shard {self.index} holds no training rows")
         mean, std = self.rows.target_mean, self.rows.target_std
+        held = {role: part[:2] for role, part in parts.items()}
+        if self.build is None:
+            if mean is not None and std is not None:
+                y = (y - mean[0]) / std[0] if y.ndim == 1 else (y - mean) / std
+            return Shard(self.index, x, y, held, w[0] if w else None)
         if mean is not None and std is not None:
-            y = (y - mean[0]) / std[0] if y.ndim == 1 else (y - mean) / std
-        return Shard(self.index, x, y, {role: part[:2] for role, part in parts.items()}, w[0] if w else None)
+            for lo, hi in y.blocks():
+                block = y.read(lo, hi)
+                y.write(lo, (block - mean[0]) / std[0] if block.ndim == 1 else (block - mean) / std)
+        arrays = self.build.opened()
+        self.parts = {}  # the filler lets go of its files: the shard's arrays own the folder now
+        return Shard(self.index, arrays["x"], arrays["y"], held, arrays.get("w"))  # type: ignore[arg-type]
 
 
 def _class_labels(y, n_rows: int, where: str) -> np.ndarray:

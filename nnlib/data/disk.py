@@ -11,12 +11,13 @@ What a mapper then holds through the rounds: a mini-batch, the epoch's
 permutation of row indices (8 bytes a row, as with memory storage: exact
 sampling needs it), each stored array of at most ``BUFFER_BYTES`` (labels,
 weights: read whole once) and its held-out rows (``Shard.held_out``,
-scored once a round). The shard is still built in memory first (the
-readers fill it whole), so a mapper's peak while building is unchanged.
-
-The files are not memory-mapped: ``spark.executor.pyspark.memory`` limits a
-Python worker's address space, and a mapping of a large shard counts in it
-whole.
+scored once a round). A row-keyed (Parquet) shard is written as it is
+built (:class:`BuildFolder`, :class:`RowsFile`): each arriving block's rows
+go to their places in the files, and the features are standardised block
+by block, so a mapper's peak while building is its fixed cost plus a block
+(and 8 bytes a row: the shard's positions, and its weights once, for their
+sum). A shard read whole (``.npz``, CSV) is cut in memory first, then
+written.
 
 The files are not memory-mapped: ``spark.executor.pyspark.memory`` limits a
 Python worker's address space, and a mapping of a large shard counts in it
@@ -128,6 +129,7 @@ class DiskArray:
         self._row_shape = file.shape[1:]
         self._row_bytes = int(np.prod(self._row_shape, dtype=np.int64)) * file.dtype.itemsize
         self._total = total or {}  # dtype name -> np.sum of the whole stored array (only on the whole view)
+        self.built_in: str | None = None  # the BuildFolder it was written in, until a store keeps it
 
     @classmethod
     def open(cls, path: str, total: dict | None = None) -> DiskArray:
@@ -272,6 +274,142 @@ def write_npy(path: str, array: np.ndarray) -> None:
                 lo += f.write(piece[lo:lo + WRITE_BYTES])
 
 
+def _write_all(fd: int, data: memoryview, at: int) -> None:
+    """Write ``data`` at byte ``at`` of ``fd``: a write may take less than given."""
+    lo = 0
+    while lo < len(data):
+        lo += os.pwrite(fd, data[lo:lo + WRITE_BYTES], at + lo)
+
+
+class RowsFile:
+    """An ``.npy`` file of a final ``shape`` written by rows, in any order, as they arrive.
+
+    The header for the whole shape is written first and the file sized
+    (sparse: nothing is allocated until a row is written); ``f[where] =
+    values`` (``where``: int row indices, ``values``: ``(len(where), *row
+    shape)``, cast to the file's dtype as numpy's assignment casts) writes
+    with one positioned write per run of consecutive rows. Nothing is
+    mapped (``spark.executor.pyspark.memory`` limits address space).
+    ``read(lo, hi)`` and ``write(lo, rows)`` serve rewriting it block by
+    block. Raises ``OSError`` (with its errno: a full disk) as writes fail.
+    """
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype):
+        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                      "fortran_order": False, "shape": self.shape})
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._close = weakref.finalize(self, os.close, self.fd)
+        _write_all(self.fd, memoryview(header.getvalue()), 0)
+        self.offset = len(header.getvalue())
+        os.ftruncate(self.fd, self.offset + self.shape[0] * self.row_bytes)
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.row_bytes
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __setitem__(self, where, values) -> None:
+        where = np.asarray(where, np.int64).reshape(-1)
+        values = np.ascontiguousarray(values, self.dtype).reshape(len(where), *self.shape[1:])
+        if not len(where) or not self.row_bytes:
+            return
+        if len(where) > 1 and (where[1:] < where[:-1]).any():
+            order = np.argsort(where, kind="stable")
+            where, values = where[order], np.ascontiguousarray(values[order])
+        view, size = _bytes_of(values), self.row_bytes
+        starts = [0, *(np.flatnonzero(where[1:] - where[:-1] != 1) + 1).tolist(), len(where)]
+        for a, b in zip(starts[:-1], starts[1:], strict=True):
+            _write_all(self.fd, view[a * size:b * size], self.offset + int(where[a]) * size)
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo..hi-1`` as a new array."""
+        out = np.empty((hi - lo, *self.shape[1:]), self.dtype)
+        if hi > lo and self.row_bytes:
+            _read_all(self.fd, _bytes_of(out), self.offset + lo * self.row_bytes, self.path)
+        return out
+
+    def write(self, lo: int, rows: np.ndarray) -> None:
+        """Rows ``lo..lo+len(rows)-1`` replaced by ``rows`` (cast to the file's dtype)."""
+        rows = np.ascontiguousarray(rows, self.dtype)
+        _write_all(self.fd, _bytes_of(rows), self.offset + lo * self.row_bytes)
+
+    def blocks(self, block_bytes: int = WRITE_BYTES):
+        """``(lo, hi)`` runs of rows of about ``block_bytes`` (at least one row), covering the file."""
+        step = max(1, block_bytes // max(self.row_bytes, 1))
+        for lo in range(0, self.shape[0], step):
+            yield lo, min(lo + step, self.shape[0])
+
+    def close(self) -> None:
+        self._close()
+
+
+BUILT = "shard"  # a build folder's subfolder holding the shard's files, renamed whole into a store
+
+
+class BuildFolder:
+    """The scratch folder a row-keyed shard is written into as it is built (``data.shard_storage: disk``).
+
+    ``<root>/nnlib-shards-<pid>-build-<random>/shard/{x,y,w}.npy`` under
+    :func:`scratch_root`, its ``owner`` this process, so :func:`sweep`
+    removes it once a killed process leaves it. :meth:`ShardStore.keep`
+    moves the ``shard`` folder into the store's folder (a rename: the files
+    are not written twice); a build folder not kept is removed when its
+    shard's arrays are let go, on :meth:`remove`, or at exit. A root that is
+    missing, not a folder or unwritable, and a write that fails (a full
+    disk), raise :class:`DataError` naming the root and ``data.scratch_dir``.
+    """
+
+    def __init__(self, data: DataConfig, index: int):
+        self.data, self.index = data, index
+        self.root = _writable_root(data)
+        self.folder = os.path.join(self.root, f"{FOLDER_PREFIX}{os.getpid()}-build-{secrets.token_hex(6)}")
+        self.files: list[RowsFile] = []
+        try:
+            os.mkdir(self.folder, 0o700)
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
+            Path(self.folder, OWNER_FILE).write_text(owner_line(os.getpid()) + "\n")
+            os.mkdir(os.path.join(self.folder, BUILT), 0o700)
+        except OSError as exc:
+            raise self.error(exc) from None
+
+    def array(self, name: str, shape: tuple[int, ...], dtype) -> RowsFile:
+        """A new file ``<name>.npy`` of ``shape`` and ``dtype``, written by rows."""
+        try:
+            self.files.append(RowsFile(os.path.join(self.folder, BUILT, f"{name}.npy"), shape, dtype))
+        except OSError as exc:
+            raise self.error(exc) from None
+        return self.files[-1]
+
+    def error(self, exc: OSError) -> DataError:
+        """The one-line error of a failed write, naming the root and ``data.scratch_dir``; the folder removed."""
+        self.remove()
+        size = sum(f.nbytes for f in self.files) / 2**20
+        return _scratch_error(self.root, self.data, f"{_problem(exc)} (writing shard {self.index}, {size:.1f} MiB)")
+
+    def opened(self) -> dict[str, DiskArray]:
+        """The written files closed and opened as :class:`DiskArray` (by name), each marked ``built_in`` this
+        folder; the folder is then removed when the last of them goes (unless a store has kept it)."""
+        for f in self.files:
+            f.close()
+        arrays = {os.path.basename(f.path)[:-4]: DiskArray.open(f.path) for f in self.files}
+        folder = self.folder
+        self._cleanup.detach()
+        for array in arrays.values():
+            array.built_in = folder
+        weakref.finalize(arrays["x"], shutil.rmtree, folder, True)
+        return arrays
+
+    def remove(self) -> None:
+        for f in self.files:
+            f.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def _reopen(path, start, stop, total):
     return DiskArray(_File(path), start, stop, total)
 
@@ -352,6 +490,23 @@ def _scratch_error(root: str, data: DataConfig, problem: str) -> DataError:
                      "data.shard_storage=memory")
 
 
+def _writable_root(data: DataConfig) -> str:
+    """:func:`scratch_root`, refused (:class:`DataError`) when it is missing, not a folder or unwritable."""
+    root = scratch_root(data)
+    if not os.path.isdir(root):
+        raise _scratch_error(root, data, "does not exist or is not a folder")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise _scratch_error(root, data, "is not writable")
+    return root
+
+
+def _problem(exc: OSError) -> str:
+    """What a failed write says of the scratch folder."""
+    return {errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota", errno.EACCES: "is not writable",
+            errno.EROFS: "is read-only", errno.ENOENT: "was removed"}.get(exc.errno or 0) or \
+        f"could not be written to ({exc.strerror or first_line(exc)})"
+
+
 class ShardStore:
     """One process's scratch folder of disk shards (``data.shard_storage: disk``).
 
@@ -373,11 +528,7 @@ class ShardStore:
 
     def __init__(self, data: DataConfig, tag: str | None = None, owner: int | None = None):
         self.data = data
-        self.root = scratch_root(data)
-        if not os.path.isdir(self.root):
-            raise _scratch_error(self.root, data, "does not exist or is not a folder")
-        if not os.access(self.root, os.W_OK | os.X_OK):
-            raise _scratch_error(self.root, data, "is not writable")
+        self.root = _writable_root(data)
         sweep(self.root)
         self.owner = owner = os.getpid() if owner is None else owner
         self.folder = os.path.join(self.root, f"{FOLDER_PREFIX}{owner}-{tag or secrets.token_hex(6)}")
@@ -421,12 +572,22 @@ class ShardStore:
         final = self._shard_folder(shard.index)
         tmp = f"{final}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         arrays = {"x": shard.x, "y": shard.y, **({} if shard.w is None else {"w": shard.w})}
+        built = getattr(shard.x, "built_in", None)  # written as it was built (BuildFolder): moved, not copied
         try:
             os.makedirs(self.folder, mode=0o700, exist_ok=True)
             self._claim()
-            os.mkdir(tmp, 0o700)
-            for name, array in arrays.items():
-                write_npy(os.path.join(tmp, f"{name}.npy"), array)
+            if built is not None:
+                try:
+                    os.rename(os.path.join(built, BUILT), tmp)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    shutil.copytree(os.path.join(built, BUILT), tmp)  # another filesystem: copied once
+                shutil.rmtree(built, ignore_errors=True)
+            else:
+                os.mkdir(tmp, 0o700)
+                for name, array in arrays.items():
+                    write_npy(os.path.join(tmp, f"{name}.npy"), array)
             for role, (hx, hy) in sorted(shard.held_out.items()):  # read back whole by another process's find
                 np.save(os.path.join(tmp, f"held-{role}-x.npy"), hx, allow_pickle=False)
                 np.save(os.path.join(tmp, f"held-{role}-y.npy"), hy, allow_pickle=False)
@@ -440,9 +601,9 @@ class ShardStore:
                 shutil.rmtree(tmp, ignore_errors=True)  # another process of the owner wrote it first
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            problem = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota", errno.EACCES: "is not writable",
-                       errno.EROFS: "is read-only", errno.ENOENT: "was removed"}.get(exc.errno or 0) or \
-                f"could not be written to ({exc.strerror or first_line(exc)})"
+            if built is not None:
+                shutil.rmtree(built, ignore_errors=True)
+            problem = _problem(exc)
             size = sum(np.asarray(a).nbytes if not isinstance(a, DiskArray) else a.nbytes
                        for a in arrays.values()) / 2**20
             raise _scratch_error(self.root, self.data, f"{problem} (writing shard {shard.index}, "

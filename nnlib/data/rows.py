@@ -362,16 +362,20 @@ class RowFiller:
     that are not expected are passed over.
 
     ``y_tail`` None: int64 class labels ``(n,)``; ``()``: float64 targets ``(n,)``; ``(t,)``: float64
-    targets ``(n, t)``. ``weighted``: the rows' float64 weights are kept too.
+    targets ``(n, t)``. ``weighted``: the rows' float64 weights are kept too. ``allocate(role, name, shape,
+    dtype)`` gives each array (``name`` ``x``, ``y`` or ``w``; default ``np.empty``): anything that takes
+    ``a[rows] = values`` as an ndarray does, such as a file written by rows
+    (:class:`nnlib.data.disk.RowsFile`).
     """
 
     def __init__(self, expected: dict[int, np.ndarray], n_features: int, y_tail: tuple | None = None,
-                 weighted: bool = False):
+                 weighted: bool = False, allocate=None):
         y_dtype = np.int64 if y_tail is None else np.float64
         self.weighted = weighted
-        self.parts = {role: (pos, np.empty((len(pos), n_features), np.float32),
-                             np.empty((len(pos), *(y_tail or ())), y_dtype),
-                             np.empty(len(pos), np.float64) if weighted else None)
+        new = allocate or (lambda role, name, shape, dtype: np.empty(shape, dtype))
+        self.parts = {role: (pos, new(role, "x", (len(pos), n_features), np.float32),
+                             new(role, "y", (len(pos), *(y_tail or ())), y_dtype),
+                             new(role, "w", (len(pos),), np.float64) if weighted else None)
                       for role, pos in expected.items()}
         self.filled = dict.fromkeys(self.parts, 0)
 

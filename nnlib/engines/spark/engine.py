@@ -208,7 +208,7 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):  # type: ignore[misc]  # 
 
         def rows_task(index, records):  # a row-keyed source: this partition's records are shard `index`
             assert rows is not None  # only a row-keyed source's stage reads records
-            serve_mapper(lambda: shard_from_records(index, records, rows), index, address, token, data)
+            serve_mapper(lambda: shard_from_records(index, records, rows, data), index, address, token, data)
             return iter(())
 
         def hold_stage():

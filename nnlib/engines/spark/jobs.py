@@ -232,13 +232,13 @@ def recipe_builder(source):
     return build
 
 
-def rows_builder(rows):
+def rows_builder(rows, data=None):
     """``build(mapper, batches)`` for a row-keyed source: its input is the shard's ``(shard, blob)`` rows."""
 
     def build(mapper, batches):
         records = (record for batch in batches for record in zip(batch.column(0).to_pylist(),
                                                                  batch.column(1).to_pylist(), strict=True))
-        return shard_from_records(mapper, records, rows)
+        return shard_from_records(mapper, records, rows, data)
 
     return build
 
@@ -389,7 +389,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):  # type: ignore[misc]  # rea
             # second copy of the training rows in memory would only compete with them
             self._persisted = self.reader.shards(source.rows).persist(StorageLevel.DISK_ONLY)
             self._inputs = self._persisted
-            self._build = rows_builder(source.rows)
+            self._build = rows_builder(source.rows, source.data)
         token, build, data = self.token, self._build, self._data
         # spark.task_gpus: the training stages ask each task for GPUs (stage-level scheduling), as the stage does
         opened = self.opened

@@ -446,11 +446,17 @@ def shard_keys(mappers: int) -> list[int]:
     return [keys[s] for s in range(mappers)]
 
 
-def shard_from_records(index: int, records, rows: RowKeyed) -> Shard:
-    """Shard ``index`` from its shuffled ``(shard, blob)`` records, each block put in place as it arrives."""
-    filler = ShardFiller(index, rows)
-    for shard, blob in records:
-        if shard != index:
-            raise RuntimeError(f"shard {shard}'s rows reached task {index}")
-        filler.add(*pickle.loads(blob))
-    return filler.finish()
+def shard_from_records(index: int, records, rows: RowKeyed, data=None) -> Shard:
+    """Shard ``index`` from its shuffled ``(shard, blob)`` records, each block put in place as it arrives
+    (under ``data.shard_storage: disk``, ``data`` the run's DataConfig: written to the executor's scratch
+    folder as it arrives, so the task holds one block, not the shard)."""
+    filler = ShardFiller(index, rows, data)
+    try:
+        for shard, blob in records:
+            if shard != index:
+                raise RuntimeError(f"shard {shard}'s rows reached task {index}")
+            filler.add(*pickle.loads(blob))
+        return filler.finish()
+    except BaseException:
+        filler.discard()  # nothing half-written stays
+        raise
