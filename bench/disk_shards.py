@@ -3,6 +3,8 @@
     python bench/disk_shards.py           # epochs: 20,000 x 784, 10 epochs of each storage, alternated;
                                           # memory: 250k, 1M and 4M rows x 64, each storage
     python bench/disk_shards.py --smoke   # epochs: 2,000 x 784, 2 of each; memory: 20k and 80k rows x 64
+    python bench/disk_shards.py --build   # building a Parquet shard: 500k and 2M rows x 64, each storage
+    python bench/disk_shards.py --build --smoke   # the same at 20k and 80k rows
 
 **Time per epoch.** A mapper's epoch (:func:`nnlib.core.train.local_sgd`,
 as ``train_shard`` runs it, on one BLAS thread) of an MLP 784-128-10 with
@@ -20,6 +22,16 @@ batch 32) through :func:`nnlib.core.train.local_sgd`. It reports its peak
 resident memory while building (``VmHWM`` after the build) and while
 training (``VmHWM`` reset through ``/proc/self/clear_refs`` after the
 build); the training figure is what a mapper holds for the rounds.
+
+**Building a Parquet shard** (``--build``). The parent writes a Parquet
+file of ``rows`` x 64 float32 blobs (row groups of 50,000 rows); a child
+process per size and storage surveys it (``load_dataset``, ``mappers=1``),
+resets its ``VmHWM`` and builds its one shard with
+:meth:`nnlib.data.dataset.ShardSource.build` (memory: the arrays filled in
+memory; disk: the rows written to the scratch folder as each block
+arrives). It reports its resident memory before the build (the fixed
+cost: the interpreter, pyarrow, the survey's results) and its peak during
+it.
 """
 
 from __future__ import annotations
@@ -148,6 +160,65 @@ def mapper(n_rows: int, storage: str, folder: str, steps: int) -> dict:
             "loss": update.train_loss}
 
 
+def write_parquet(path: Path, n_rows: int, group: int = 50_000) -> None:
+    """``n_rows`` x 64 float32 blobs and an int64 ``label`` as one Parquet file, written a row group at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    for k, lo in enumerate(range(0, n_rows, group)):
+        x, y = blobs(min(group, n_rows - lo), N_FEATURES, 100 + k)
+        table = pa.table({**{f"f{i}": x[:, i] for i in range(N_FEATURES)}, "label": y})
+        writer = writer or pq.ParquetWriter(path, table.schema)
+        writer.write_table(table)
+    assert writer is not None
+    writer.close()
+
+
+def builder(source: str, storage: str, folder: str) -> dict:
+    """One mapper building its shard of a Parquet source in this process (a child): its memory before and during."""
+    from nnlib.config import DataConfig
+    from nnlib.data.dataset import ShardSource, load_dataset
+
+    data = DataConfig(source=source, shard_storage=storage, scratch_dir=folder)
+    rows = load_dataset(data, 0, mappers=1).rows
+    assert rows is not None  # a Parquet source is row-keyed
+    gc.collect()
+    before = resident_mb()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: the build's own peak from here
+    shard, = ShardSource(data, 0, 1, rows).build([0])
+    peak = high_water_mb()
+    kind = type(shard.x).__name__
+    return {"rows": rows.shard_sizes[0], "storage": storage, "shard_mb": rows.shard_sizes[0] * N_FEATURES * 4 / 2 ** 20,
+            "fixed_mb": before, "build_peak_mb": peak, "above_fixed_mb": peak - before, "x": kind}
+
+
+def resident_mb() -> float:
+    """This process's resident memory (``VmRSS``) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def measure_build(sizes: list[int]) -> list[dict]:
+    out = []
+    with scratch() as tmp:
+        for n in sizes:
+            source = Path(tmp) / f"blobs-{n}.parquet"
+            write_parquet(source, n)
+            for storage in ("memory", "disk"):
+                proc = subprocess.run([sys.executable, __file__, "--builder", str(source), storage, tmp], cwd=ROOT,
+                                      capture_output=True, text=True, check=True)
+                row = json.loads(proc.stdout)
+                out.append(row)
+                print(f"{row['rows']:>9,d} training rows x {N_FEATURES} ({row['shard_mb']:.0f} MB), {storage:>6}: "
+                      f"fixed {row['fixed_mb']:.0f} MB, build peak {row['build_peak_mb']:.0f} MB "
+                      f"(+{row['above_fixed_mb']:.0f} MB; the shard's x a {row['x']})", flush=True)
+            source.unlink()
+    return out
+
+
 def measure_mapper(n_rows: int, storage: str, steps: int) -> dict:
     with scratch() as tmp:
         proc = subprocess.run([sys.executable, __file__, "--mapper", str(n_rows), storage, tmp, str(steps)],
@@ -158,11 +229,21 @@ def measure_mapper(n_rows: int, storage: str, steps: int) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--build", action="store_true", help="the peak while building a Parquet shard")
     parser.add_argument("--mapper", nargs=4, help=argparse.SUPPRESS)  # the child: rows storage folder steps
+    parser.add_argument("--builder", nargs=3, help=argparse.SUPPRESS)  # the child: source storage folder
     args = parser.parse_args(argv)
     if args.mapper:
         rows, storage, folder, steps = args.mapper
         print(json.dumps(mapper(int(rows), storage, folder, int(steps))))
+        return
+    if args.builder:
+        print(json.dumps(builder(*args.builder)))
+        return
+    if args.build:
+        built = measure_build([20_000, 80_000] if args.smoke else [500_000, 2_000_000])
+        print(markdown_table(built, ["rows", "storage", "shard_mb", "fixed_mb", "build_peak_mb", "above_fixed_mb"]))
+        write_result("smoke/disk_shards_build" if args.smoke else "disk_shards_build", {"build": built})
         return
     if args.smoke:
         wide_rows, epochs_each, sizes, steps = 2_000, 2, [20_000, 80_000], 50

@@ -572,3 +572,31 @@ def test_a_built_shard_has_the_bits_of_memory_and_its_folder_goes_with_it(tmp_pa
 
     gc.collect()
     assert leftovers(scratch) == []
+
+
+def test_a_write_that_fails_while_a_parquet_shard_is_built_is_one_error_and_leaves_nothing(tmp_path):
+    # a file size limit makes a write fail as a full disk would, while the shard's rows arrive
+    source = weighted_parquet(tmp_path / "data", rows=4000)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    code = f"""
+import resource, signal
+from nnlib.config import DataConfig
+from nnlib.data.dataset import ShardSource, load_dataset
+from nnlib.errors import DataError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+data = DataConfig(source={str(source)!r}, drop_columns=["t0", "t1", "w"], shard_storage="disk",
+                  scratch_dir={str(scratch)!r})
+rows = load_dataset(data, 0, mappers=1).rows
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    ShardSource(data, 0, 1, rows).build([0])
+except DataError as exc:
+    print(exc)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.startswith(f"data.scratch_dir: {scratch} could not be written to (File too large) "
+                                  "(writing shard 0, 0.1 MiB); "), proc.stdout + proc.stderr
+    assert len(proc.stdout.splitlines()) == 1
+    assert leftovers(scratch) == []

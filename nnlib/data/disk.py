@@ -369,6 +369,7 @@ class BuildFolder:
         self.root = _writable_root(data)
         self.folder = os.path.join(self.root, f"{FOLDER_PREFIX}{os.getpid()}-build-{secrets.token_hex(6)}")
         self.files: list[RowsFile] = []
+        self.nbytes = 0  # of the files begun: what a failed write names
         try:
             os.mkdir(self.folder, 0o700)
             self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
@@ -379,6 +380,7 @@ class BuildFolder:
 
     def array(self, name: str, shape: tuple[int, ...], dtype) -> RowsFile:
         """A new file ``<name>.npy`` of ``shape`` and ``dtype``, written by rows."""
+        self.nbytes += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         try:
             self.files.append(RowsFile(os.path.join(self.folder, BUILT, f"{name}.npy"), shape, dtype))
         except OSError as exc:
@@ -388,8 +390,8 @@ class BuildFolder:
     def error(self, exc: OSError) -> DataError:
         """The one-line error of a failed write, naming the root and ``data.scratch_dir``; the folder removed."""
         self.remove()
-        size = sum(f.nbytes for f in self.files) / 2**20
-        return _scratch_error(self.root, self.data, f"{_problem(exc)} (writing shard {self.index}, {size:.1f} MiB)")
+        return _scratch_error(self.root, self.data, f"{_problem(exc)} (writing shard {self.index}, "
+                              f"{self.nbytes / 2**20:.1f} MiB)")
 
     def opened(self) -> dict[str, DiskArray]:
         """The written files closed and opened as :class:`DiskArray` (by name), each marked ``built_in`` this
