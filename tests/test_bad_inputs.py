@@ -291,6 +291,11 @@ HANDLED = ["missing-class", "uneven-shards-synchronous", "gradient-on-spark-jobs
 # Cases held by a test in another file (real MLflow stores, Spark sessions, spark-submit and nnlib run
 # subprocesses): each README row names the test that holds it, which must exist
 ELSEWHERE = {
+    "spark-negative-weightcol": "test_spark_regression_ml.py::test_bad_columns_and_models_are_one_line",
+    "spark-weightcol-in-conf": "test_spark_regression_ml.py::test_bad_columns_and_models_are_one_line",
+    "spark-task-in-conf": "test_spark_regression_ml.py::test_bad_columns_and_models_are_one_line",
+    "spark-model-of-other-task": "test_spark_regression_ml.py::test_bad_columns_and_models_are_one_line",
+    "spark-load-other-model-class": "test_spark_regression_ml.py::test_bad_columns_and_models_are_one_line",
     "scratch-dir-missing": "test_disk_shards.py::test_a_bad_scratch_dir_is_one_line_naming_it",
     "scratch-dir-a-file": "test_disk_shards.py::test_a_bad_scratch_dir_is_one_line_naming_it",
     "scratch-dir-full": "test_disk_shards.py::test_a_write_that_fails_is_one_error_naming_the_folder_and_leaves_nothing",
