@@ -600,3 +600,48 @@ except DataError as exc:
                                   "(writing shard 0, 0.1 MiB); "), proc.stdout + proc.stderr
     assert len(proc.stdout.splitlines()) == 1
     assert leftovers(scratch) == []
+
+
+@pytest.mark.slow
+def test_a_parquet_dataset_larger_than_a_workers_memory_limit_trains_in_one_worker_from_disk(tmp_path):
+    """A standalone cluster on 127.0.0.1, one worker whose Python is limited to 640 MB of address space
+    (spark.executor.pyspark.memory): a 717 MB Parquet dataset fails in one line with memory storage and trains
+    with disk storage, the shard written to the worker's scratch folder as its rows arrive."""
+    import json
+
+    from spark_cluster import StandaloneCluster, cluster_env
+    from test_spark_cluster import _blobs_parquet
+
+    limit_mb = 640
+    data = tmp_path / "blobs"
+    assert _blobs_parquet(data, 2_800_000, 8) > limit_mb * 2 ** 20
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    cluster = StandaloneCluster(tmp_path / "cluster").start(n_workers=1)
+    try:
+        def submit(out, *extra):
+            cmd = [sys.executable, "-m", "nnlib", "run", "--out", str(out), "--quiet"]
+            for item in ["engine=spark", "mappers=1", f"spark.master={cluster.url}", f"data.source={data}",
+                         "data.features_column=features", "model.hidden=[32]", "train.rounds=2",
+                         "train.local_steps=20", "train.lr=0.05",
+                         f"spark.conf={{spark.executor.pyspark.memory: {limit_mb}m}}", *extra]:
+                cmd += ["--set", item]
+            return subprocess.run(cmd, cwd=ROOT, env=cluster_env(cluster.folder), capture_output=True, text=True,
+                                  timeout=500)
+
+        in_memory = submit(tmp_path / "memory")
+        assert in_memory.returncode != 0
+        assert "spark: mapper 0 failed building its shard: MemoryError" in in_memory.stderr.splitlines()[-1]
+
+        on_disk = submit(tmp_path / "disk", "data.shard_storage=disk", f"data.scratch_dir={scratch}")
+        assert on_disk.returncode == 0, on_disk.stderr[-3000:]
+        mapper = (tmp_path / "disk/mapper_times.csv").read_text().splitlines()[1:]
+        assert mapper and all(float(m.split(",")[-1]) < limit_mb for m in mapper)  # peak_rss_mb under the limit
+        summary = json.loads((tmp_path / "disk/summary.json").read_text())
+        assert summary["n_train"] + summary["n_test"] == 2_800_000
+        assert summary["final_test_accuracy"] > 0.9  # chance is 0.1: the one shard learns the blobs
+        logs = "".join(p.read_text() for p in (tmp_path / "cluster/work").glob("*/*/stderr"))
+        assert f"Setting mem limits to {limit_mb * 2 ** 20}" in logs
+        assert leftovers(scratch) == []
+    finally:
+        cluster.stop()
