@@ -52,10 +52,10 @@ KEYS = {
 @pytest.fixture(params=["read by rows", "held whole"])
 def reading(request, monkeypatch):
     """Both ways a DiskArray reads: positioned reads per run of rows, and a small file held whole."""
-    import nnlib.data.disk
+    import nnlib.data.shard_files
 
     if request.param == "read by rows":
-        monkeypatch.setattr(nnlib.data.disk, "BUFFER_BYTES", 0)
+        monkeypatch.setattr(nnlib.data.shard_files, "BUFFER_BYTES", 0)
     return request.param
 
 
@@ -187,9 +187,9 @@ LOCAL_CASES = {
 
 @pytest.mark.parametrize("case", LOCAL_CASES)
 def test_local_disk_equals_memory_bit_for_bit(tmp_path, monkeypatch, case):
-    import nnlib.data.disk
+    import nnlib.data.shard_files
 
-    monkeypatch.setattr(nnlib.data.disk, "BUFFER_BYTES", 0)  # every row read from the file
+    monkeypatch.setattr(nnlib.data.shard_files, "BUFFER_BYTES", 0)  # every row read from the file
     config = small_config(*LOCAL_CASES[case])
     memory = run(config, **QUIET)
     disk = run(disk_config(config, tmp_path), **QUIET)
@@ -202,9 +202,9 @@ def test_local_disk_equals_memory_bit_for_bit(tmp_path, monkeypatch, case):
                                   ("data.weight_column=w", "model.task=regression")],
                          ids=["weights", "weights-gradient", "weights-regression"])
 def test_local_disk_equals_memory_with_weights_and_targets(tmp_path, weighted_npz, monkeypatch, sets):
-    import nnlib.data.disk
+    import nnlib.data.shard_files
 
-    monkeypatch.setattr(nnlib.data.disk, "BUFFER_BYTES", 0)  # every row read from the file
+    monkeypatch.setattr(nnlib.data.shard_files, "BUFFER_BYTES", 0)  # every row read from the file
     if "model.task=regression" in sets:  # the .npz's two float targets as y
         with np.load(weighted_npz) as f:
             arrays = {"x": f["x"], "y": f["t"], "w": f["w"]}
@@ -507,9 +507,9 @@ PARQUET_CASES = {
 
 @pytest.mark.parametrize("case", PARQUET_CASES)
 def test_a_parquet_shard_written_as_it_is_built_equals_memory_bit_for_bit(tmp_path, monkeypatch, case):
-    import nnlib.data.disk
+    import nnlib.data.shard_files
 
-    monkeypatch.setattr(nnlib.data.disk, "BUFFER_BYTES", 0)  # every row read from the file
+    monkeypatch.setattr(nnlib.data.shard_files, "BUFFER_BYTES", 0)  # every row read from the file
     built = []
     keep = ShardStore.keep
     monkeypatch.setattr(ShardStore, "keep", lambda self, shards: built.extend(shards) or keep(self, shards))

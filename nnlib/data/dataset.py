@@ -622,9 +622,9 @@ class ShardFiller(RowFiller):
     """Shard ``index`` of a row-keyed source (with its part of the held-out rows when the mappers score them).
 
     Under ``data.shard_storage: disk`` (``data``) the training rows' features, labels or targets and weights
-    are written to a scratch folder as their blocks arrive (:class:`nnlib.data.disk.BuildFolder`) and
+    are written to a scratch folder as their blocks arrive (:class:`nnlib.data.shard_files.BuildFolder`) and
     standardised there block by block: the shard's ``x``, ``y``, ``w`` are then
-    :class:`nnlib.data.disk.DiskArray` of the same bits as in memory, and the filler holds one block at a
+    :class:`nnlib.data.shard_files.DiskArray` of the same bits as in memory, and the filler holds one block at a
     time. Held-out rows stay in memory. A failed write raises :class:`DataError` naming the folder.
     """
 
@@ -633,7 +633,7 @@ class ShardFiller(RowFiller):
         self.build = None
         allocate = None
         if data is not None and data.shard_storage == "disk":
-            from nnlib.data.disk import BuildFolder  # disk imports this module
+            from nnlib.data.shard_files import BuildFolder
 
             build = self.build = BuildFolder(data, index)
 

@@ -365,7 +365,7 @@ class RowFiller:
     targets ``(n, t)``. ``weighted``: the rows' float64 weights are kept too. ``allocate(role, name, shape,
     dtype)`` gives each array (``name`` ``x``, ``y`` or ``w``; default ``np.empty``): anything that takes
     ``a[rows] = values`` as an ndarray does, such as a file written by rows
-    (:class:`nnlib.data.disk.RowsFile`).
+    (:class:`nnlib.data.shard_files.RowsFile`).
     """
 
     def __init__(self, expected: dict[int, np.ndarray], n_features: int, y_tail: tuple | None = None,
