@@ -291,6 +291,7 @@ HANDLED = ["missing-class", "uneven-shards-synchronous", "gradient-on-spark-jobs
 # Cases held by a test in another file (real MLflow stores, Spark sessions, spark-submit and nnlib run
 # subprocesses): each README row names the test that holds it, which must exist
 ELSEWHERE = {
+    "scratch-dir-full-while-building": "test_disk_shards.py::test_a_write_that_fails_while_a_parquet_shard_is_built_is_one_error_and_leaves_nothing",
     "spark-negative-weightcol": "test_spark_regression_ml.py::test_bad_columns_and_models_are_one_line",
     "spark-weightcol-in-conf": "test_spark_regression_ml.py::test_bad_columns_and_models_are_one_line",
     "spark-task-in-conf": "test_spark_regression_ml.py::test_bad_columns_and_models_are_one_line",
