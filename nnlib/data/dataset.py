@@ -307,6 +307,16 @@ def _test_set(cfg: DataConfig, n_features: int) -> tuple[np.ndarray, np.ndarray,
     return x, y, row_digest(np.arange(len(y)), x, y)
 
 
+def _standardized_rows(x: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None, where: str) -> np.ndarray:
+    """Held-out rows of a row-keyed source standardised with the training statistics (None: as they are), as
+    float32 (in place when ``x`` is float32); a value past float32 after scaling is one line naming ``where``."""
+    out = x if x.dtype == np.float32 else np.empty(x.shape, np.float32)
+    with np.errstate(over="ignore"):
+        standardize_into(out, x, mean, std)
+    check_standardized(out, where)
+    return out
+
+
 def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reader,
                    task: str = "classification") -> Dataset:
     """A Parquet source surveyed by ``reader``: sizes, labels and statistics from one pass over the rows,
@@ -346,13 +356,6 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
     if cfg.standardize:
         mean, std = tally.moments.mean, tally.moments.std()
 
-    def standardized(x: np.ndarray, where: str) -> np.ndarray:
-        out = x if x.dtype == np.float32 else np.empty(x.shape, np.float32)
-        with np.errstate(over="ignore"):
-            standardize_into(out, x, mean, std)
-        check_standardized(out, where)
-        return out
-
     held = [TEST] if cfg.test_source is None else []
     held += [VAL] if cfg.validation_fraction else []
     limit = reader.collect_limit_bytes  # None: this reader always collects them
@@ -364,7 +367,7 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
         if on_mappers:
             return None, None
         x, y = reader.rows(table, plan, role, tally.n_features)
-        return standardized(x, f"{src} ({ROLE_NAMES[role]} rows)"), y
+        return _standardized_rows(x, mean, std, f"{src} ({ROLE_NAMES[role]} rows)"), y
 
     fingerprint = [("data.source", f"{tally.digest:016x}")]
     x_test: np.ndarray | None
@@ -372,7 +375,7 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
     if cfg.test_source is not None:
         x_test, y_test, test_digest = _test_set(cfg, tally.n_features)
         fingerprint.append(("data.test_source", f"{test_digest:016x}"))
-        x_test = standardized(x_test, f"data.test_source {cfg.test_source}")
+        x_test = _standardized_rows(x_test, mean, std, f"data.test_source {cfg.test_source}")
         if y_test.max() >= n_classes:
             i = int(np.argmax(y_test >= n_classes))
             raise DataError(f"data.test_source {cfg.test_source}: labels must be in 0..{n_classes - 1} (the "
@@ -468,13 +471,6 @@ def _load_carried(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reade
     if cfg.standardize:
         mean, std = tally.moments.mean, tally.moments.std()
 
-    def standardized(x: np.ndarray, where: str) -> np.ndarray:
-        out = x if x.dtype == np.float32 else np.empty(x.shape, np.float32)
-        with np.errstate(over="ignore"):
-            standardize_into(out, x, mean, std)
-        check_standardized(out, where)
-        return out
-
     target_names: tuple[str, ...] = ()
     target_mean = target_std = None
     n_classes, missing = 0, np.empty(0, np.int64)
@@ -506,7 +502,7 @@ def _load_carried(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reade
     def held_out(role: int) -> tuple:
         """``(x standardised float32, y, w or None, y in its own units)`` of the rows with ``role``."""
         x, y, *w = reader.rows(table, plan, role, tally.n_features)
-        return standardized(x, f"{src} ({ROLE_NAMES[role]} rows)"), scaled(y), (w[0] if w else None), y
+        return _standardized_rows(x, mean, std, f"{src} ({ROLE_NAMES[role]} rows)"), scaled(y), (w[0] if w else None), y
 
     fingerprint = [("data.source", f"{tally.digest:016x}")]
     if cfg.test_source is not None:
@@ -518,7 +514,8 @@ def _load_carried(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reade
             raise DataError(f"{where}: {len(test.target_names)} target(s) of shape {test.y.shape[1:]}, data.source "
                             f"has {len(target_names)}")
         fingerprint.append(("data.test_source", f"{_digest(test.x, test.y, test.w, test.v):016x}"))
-        x_test, y_test, w_test, y_test_raw = standardized(test.x, where), scaled(test.y), test.w, test.y
+        x_test = _standardized_rows(test.x, mean, std, where)
+        y_test, w_test, y_test_raw = scaled(test.y), test.w, test.y
         if not regression and y_test.max() >= n_classes:
             i = int(np.argmax(y_test >= n_classes))
             raise DataError(f"{where}: labels must be in 0..{n_classes - 1} (the training labels), got {y_test[i]} "
