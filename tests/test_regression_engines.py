@@ -91,3 +91,26 @@ def test_mpi_equals_local(tmp_path, source, local_runs, case):
     proc = subprocess.run(cmd, cwd=ROOT, env=mpi_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_array_equal(saved_params(out), local_runs[case].params)
+
+
+@pytest.mark.parametrize("pyarrow_in_tasks", [True, False], ids=["executors-pyarrow", "sparks-reader"])
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_a_parquet_uri_read_by_spark_records_its_feature_columns(spark, tmp_path, task, pyarrow_in_tasks):
+    """The model file's feature columns are how nnlib predict matches a table's columns by name: a run over a
+    Parquet URI read in Spark's executors must record them as a local file's run does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nnlib.data.dataset import load_dataset
+    from nnlib.engines.spark.reader import SparkReader
+
+    x, y = friedman1(60)
+    pq.write_table(pa.table({"b": x[:, 1], "a": x[:, 0], "target": y, "w": np.ones(60),
+                             "label": (y > np.median(y)).astype(np.int64), "c": x[:, 2]}), tmp_path / "t.parquet")
+    sets = [f"data.source=file://{tmp_path / 't.parquet'}"]  # the classifier's survey, the regressor's own
+    sets += ["model.task=regression", "data.label_column=target", "data.drop_columns=[label]", "data.weight_column=w"] \
+        if task == "regression" else ["data.label_column=label", "data.drop_columns=[target,w]"]
+    cfg = load_config(None, sets)
+    data = load_dataset(cfg.data, 0, 2, SparkReader(lambda: spark, local_by_pyarrow=pyarrow_in_tasks),
+                        cfg.model.task)
+    assert data.feature_names == ("b", "a", "c")

@@ -383,14 +383,23 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
     else:
         x_test, y_test = held_out(TEST)
     x_val, y_val = held_out(VAL) if cfg.validation_fraction else (None, None)
-    names = None
-    if cfg.features_column is None and not tables.is_uri(cfg.source):
-        columns = table.column_names or tables.schema_names(cfg.source)  # Spark's reader lists no schema here
-        names = tuple(sources.feature_columns(columns, cfg.label_column, cfg.key_column, cfg.feature_columns,
-                                              cfg.drop_columns))
+    names = _table_feature_names(cfg, table, cfg.label_column, cfg.drop_columns)
     return Dataset(None, None, x_test, y_test, n_classes, _image_shape(cfg, tally.n_features), x_val, y_val,
                    rows, n_train, (int(tally.role_counts[TEST]), int(tally.role_counts[VAL])), mean, std, names,
                    tuple(missing.tolist()), tuple(fingerprint))
+
+
+def _table_feature_names(cfg: DataConfig, table: ParquetSource, label: str | None,
+                         dropped) -> tuple[str, ...] | None:
+    """A row-keyed source's feature columns in order, for the model file (by them ``nnlib predict`` matches a
+    table's columns by name): from the columns its reader listed (Spark's readers list them for a URI), else
+    from a local file's schema; None for one list column of features (``data.features_column``)."""
+    if cfg.features_column is not None:
+        return None
+    columns = table.column_names or (() if tables.is_uri(cfg.source) else tables.schema_names(cfg.source))
+    if not columns:
+        return None
+    return tuple(sources.feature_columns(columns, label, cfg.key_column, cfg.feature_columns, dropped))
 
 
 def _train_shards(n_train: int, cfg: DataConfig, seed: int, mappers: int) -> np.ndarray:
@@ -525,11 +534,7 @@ def _load_carried(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reade
     x_val = y_val = w_val = y_val_raw = None
     if n_val:
         x_val, y_val, w_val, y_val_raw = held_out(VAL)
-    names = None
-    if cfg.features_column is None and not tables.is_uri(cfg.source):
-        columns = table.column_names or tables.schema_names(cfg.source)
-        names = tuple(sources.feature_columns(columns, None, cfg.key_column, cfg.feature_columns,
-                                              [*cfg.drop_columns, *targets, *extras]))
+    names = _table_feature_names(cfg, table, None, [*cfg.drop_columns, *targets, *extras])
     rows = RowKeyed(table, plan, mean, std, tuple(int(c) for c in shard_counts), tally.n_features, (TRAIN,),
                     target_mean, target_std)
     regression_fields: dict[str, Any] = {} if not regression else dict(
