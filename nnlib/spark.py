@@ -299,7 +299,7 @@ class _NNEstimator(Estimator, _NNParams, _NNEstimatorSetters, DefaultParamsReada
         engine = make_engine(config, warn, spark_session=dataset.sparkSession)
         with _ONE_FIT_AT_A_TIME, spark_errors(what):
             frame = training_frame(dataset, features, label, self.getConf().get("data.key_column"), weight=weight,
-                                   validation=validation)
+                                   validation=validation, regression=self.task == "regression")
             try:
                 engine.reader.add_frame(frame, name)
                 run = train(config, engine=engine, write=False, warn=warn)

@@ -382,6 +382,11 @@ def test_bad_columns_and_models_are_one_line(spark, regression_fit, tmp_path):
                 estimator.fit(df)
             message = str(caught.value)
             assert message.startswith(param) and "\n" not in message, message
+        # each estimator says what its label column must hold: a regressor's targets, a classifier's classes
+        with pytest.raises(DataError, match="^labelCol: column 'name' must hold regression targets: numbers"):
+            NNRegressor(labelCol="name").fit(df)
+        with pytest.raises(DataError, match="^labelCol: column 'name' must hold class indices"):
+            NNClassifier(labelCol="name").fit(df)
         with pytest.raises(ConfigError, match="^conf: data.weight_column is set by the param weightCol"):
             NNRegressor(conf={"data.weight_column": "w"}).fit(df)
         with pytest.raises(ConfigError, match="^conf: model.task is set by the estimator"):

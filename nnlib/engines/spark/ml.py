@@ -71,21 +71,26 @@ def label_column(df, name: str, param: str = "labelCol"):
     return F.col(name)
 
 
-def _target_column(df, name: str):
-    """The label column as the reader takes it: a numeric column as it is (a class index, or one regression
-    target), an ML Vector or an array of numbers (several regression targets, ``<labelCol>_0``, ...) as an
-    array of doubles; anything else one DataError line (:func:`label_column`'s)."""
+def _target_column(df, name: str, regression: bool = True):
+    """The label column as the reader takes it. Under regression: a numeric column as it is (one target), an
+    ML Vector or an array of numbers (several targets, ``<labelCol>_0``, ...) as an array of doubles, anything
+    else one DataError line saying so; under classification, class indices (:func:`label_column`)."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import functions as F
-    from pyspark.sql.types import ArrayType, DoubleType, NumericType
+    from pyspark.sql.types import ArrayType, BooleanType, DoubleType, NumericType
 
+    if not regression:
+        return label_column(df, name)
     field = _field(df, name, "labelCol")
     if isinstance(field.dataType, VectorUDT):
         return vector_to_array(F.col(name), "float64")
     if isinstance(field.dataType, ArrayType) and isinstance(field.dataType.elementType, NumericType):
         return F.col(name).cast(ArrayType(DoubleType()))
-    return label_column(df, name)
+    if isinstance(field.dataType, NumericType) and not isinstance(field.dataType, BooleanType):
+        return F.col(name)
+    raise DataError(f"labelCol: column '{name}' must hold regression targets: numbers (one target), or an ML "
+                    f"Vector or array of numbers (several), got {field.dataType.simpleString()}")
 
 
 def _weight_column(df, name: str):
@@ -113,7 +118,7 @@ def _validation_column(df, name: str):
 
 
 def training_frame(df, features: str, label: str, key: str | None = None, weight: str | None = None,
-                   validation: str | None = None):
+                   validation: str | None = None, regression: bool = True):
     """The features (float32 arrays) and labels of ``df`` (and its ``key`` column, ``data.key_column``, which
     the model's header then names), persisted (memory and disk of the executors).
 
@@ -139,7 +144,8 @@ def training_frame(df, features: str, label: str, key: str | None = None, weight
         if name in READER_COLUMNS:  # the reader adds these to the frame it reads: they would be two columns
             raise DataError(f"{param}: '{name}' is a name nnlib's reader gives its own columns "
                             f"({', '.join(READER_COLUMNS)}); rename that column first")
-    columns = [features_column(df, features, "float32").alias(features), _target_column(df, label).alias(label)]
+    columns = [features_column(df, features, "float32").alias(features),
+               _target_column(df, label, regression).alias(label)]
     taken = {features, label}
     for name, convert in ((weight, _weight_column), (validation, _validation_column)):
         if name is not None:
