@@ -31,6 +31,7 @@ other in the same script run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -96,7 +97,7 @@ def client(remote: str, mappers: int, rounds: int) -> None:
     marks = []
     result = run(config, engine=engine, log=lambda _m: None, warn=lambda _m: None,
                  on_round=lambda _row: marks.append((*socket_bytes(port), engine.bytes_sent, engine.bytes_collected)))
-    deltas = [[b - a for a, b in zip(first, then, strict=True)] for first, then in zip(marks, marks[1:], strict=True)]
+    deltas = [[b - a for a, b in zip(first, then, strict=True)] for first, then in itertools.pairwise(marks)]
     print(json.dumps({"mappers": mappers, "params": int(result.params.size),
                       **{name: median(d[i] for d in deltas) for i, name in enumerate(
                           ["sent_bytes", "received_bytes", "payload_bytes", "collected_bytes"])}}))

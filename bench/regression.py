@@ -38,6 +38,7 @@ torch; not a speed comparison the systems were tuned for).
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 import time
@@ -151,7 +152,7 @@ def run_torch(data, seed: int, s: dict) -> tuple[float, float]:
     torch.manual_seed(seed)
     widths = [data.x_train.shape[1], *HIDDEN]
     layers: list[nn.Module] = []
-    for a, b in zip(widths, widths[1:], strict=True):
+    for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b), nn.ReLU()]
     model = nn.Sequential(*layers, nn.Linear(widths[-1], 1))
     opt = torch.optim.Adam(model.parameters(), lr=s["lr"])
