@@ -421,7 +421,9 @@ def test_a_stopped_run_leaves_no_shard_files_and_a_killed_ones_go_with_the_next_
     cmd = [sys.executable, "-m", "nnlib", "run", "--out", str(tmp_path / "long"), "--quiet", "--set", "mappers=2",
            "--set", "train.rounds=2000", "--set", "model.hidden=[8]", "--set", "data.shard_storage=disk",
            "--set", f"data.scratch_dir={scratch}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default: a background job of a non-interactive shell (a CI script) starts with it ignored
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not leftovers(scratch) and proc.poll() is None and time.monotonic() < deadline:
