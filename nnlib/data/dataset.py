@@ -344,14 +344,7 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
     if cfg.validation_fraction and n_val == 0:
         raise DataError(f"{src}: no row of its {table.n_rows} was drawn for validation; "
                         "raise data.validation_fraction")
-    if len(tally.train_labels_seen) < 2:
-        raise DataError(f"{src}: the training set holds a single class ({min(tally.train_labels_seen)}); "
-                        "at least 2 are needed")
-    missing = check_class_ids(np.array(sorted(tally.train_labels_seen)), src)
-    n_classes = tally.train_label_max + 1
-    if tally.label_max >= n_classes:
-        raise DataError(f"{src}: labels must be in 0..{n_classes - 1} (the training labels), got {tally.label_max} "
-                        "in its test or validation rows")
+    n_classes, missing = _surveyed_classes(tally, src)
     mean = std = None
     if cfg.standardize:
         mean, std = tally.moments.mean, tally.moments.std()
@@ -387,6 +380,20 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
     return Dataset(None, None, x_test, y_test, n_classes, _image_shape(cfg, tally.n_features), x_val, y_val,
                    rows, n_train, (int(tally.role_counts[TEST]), int(tally.role_counts[VAL])), mean, std, names,
                    tuple(missing.tolist()), tuple(fingerprint))
+
+
+def _surveyed_classes(tally, src: str) -> tuple[int, np.ndarray]:
+    """``(n_classes, missing class ids)`` of a row-keyed source's survey, as :func:`_class_count` gives them
+    for a source read whole: at least 2 training classes, no test or validation label past the training ones."""
+    if len(tally.train_labels_seen) < 2:
+        raise DataError(f"{src}: the training set holds a single class ({min(tally.train_labels_seen)}); "
+                        "at least 2 are needed")
+    missing = check_class_ids(np.array(sorted(tally.train_labels_seen)), src)
+    n_classes = tally.train_label_max + 1
+    if tally.label_max >= n_classes:
+        raise DataError(f"{src}: labels must be in 0..{n_classes - 1} (the training labels), got {tally.label_max} "
+                        "in its test or validation rows")
+    return n_classes, missing
 
 
 def _table_feature_names(cfg: DataConfig, table: ParquetSource, label: str | None,
@@ -494,14 +501,7 @@ def _load_carried(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reade
             assert tally.targets is not None  # a regression survey keeps the targets' moments
             target_mean, target_std = tally.targets.mean, tally.targets.std()
     else:
-        if len(tally.train_labels_seen) < 2:
-            raise DataError(f"{src}: the training set holds a single class ({min(tally.train_labels_seen)}); "
-                            "at least 2 are needed")
-        missing = check_class_ids(np.array(sorted(tally.train_labels_seen)), src)
-        n_classes = tally.train_label_max + 1
-        if tally.label_max >= n_classes:
-            raise DataError(f"{src}: labels must be in 0..{n_classes - 1} (the training labels), got "
-                            f"{tally.label_max} in its test or validation rows")
+        n_classes, missing = _surveyed_classes(tally, src)
 
     def scaled(y: np.ndarray) -> np.ndarray:
         if target_mean is None or target_std is None:
