@@ -393,6 +393,17 @@ def _write(scored, path: Path | None, reader: SparkReader, data: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _write_scored(scored, connect: bool, out: str | None, overwrite: bool, path: Path | None,
+                  reader: SparkReader, data: str) -> Path | None:
+    """Run the scoring job and write its rows: on a Spark Connect server its executors write ``out``
+    (:func:`_write_on_server`), else this process writes ``path`` (:func:`_write`); returns the path written."""
+    if connect:
+        _write_on_server(scored, out, overwrite, reader, data)
+        return None if out is None else Path(out)
+    _write(scored, path, reader, data)
+    return path
+
+
 def _write_on_server(scored, out: str | None, overwrite: bool, reader: SparkReader, data: str) -> None:
     """Run the scoring job on a Spark Connect server: its executors write ``out`` (a path they reach; the
     client's filesystem may be another), replacing it only with ``overwrite``."""
@@ -482,11 +493,7 @@ def predict_spark(model_path: str | Path, data: str, overrides: Sequence[str] = 
         observation = _observation(session)
         scored = _without_totals(scored_frame(frame, rows, shared, key_name, as_text, f"DATA {data}", key_type),
                                  observation)
-        if opened.connect:
-            _write_on_server(scored, out, overwrite, reader, data)
-            path = None if out is None else Path(out)
-        else:
-            _write(scored, path, reader, data)
+        path = _write_scored(scored, opened.connect, out, overwrite, path, reader, data)
         totals = _observed_scores(observation, config.data.weight_column is not None)
     except NnlibError:
         raise
@@ -522,11 +529,7 @@ def _predict_regressor(model: Model, model_path, data: str, config, settings: Se
         scored = _without_regression_totals(
             regression_frame(frame, DriverRows(read.key_name, False), shared, read.key_name, key_type, names,
                              read.y is not None, where), observation)
-        if opened.connect:
-            _write_on_server(scored, out, overwrite, reader, data)
-            path = None if out is None else Path(out)
-        else:
-            _write(scored, path, reader, data)
+        path = _write_scored(scored, opened.connect, out, overwrite, path, reader, data)
         got = observation.get
         rows = int(got.get(_REGRESSION_TOTALS[0]) or 0)
         z = None
