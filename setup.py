@@ -14,8 +14,15 @@ ONNX = ["onnx>=1.16", "onnxruntime>=1.17"]  # nnlib export --format onnx: buildi
 CONNECT = ["pyspark[connect]==4.3.0"]
 # the linter and the type checker that tests/test_lint.py runs (.ci/ruff.toml, .ci/mypy.ini), pinned exactly: a new
 # release brings new rules; with the stubs of the dependencies that ship no type information of their own
-LINT = ["ruff==0.17.6", "mypy==2.4.1", "types-PyYAML==6.0.12.20261122", "types-tqdm==4.70.0.20261122",
-        "types-grpcio==1.85.0.20261028", "pandas-stubs==2.3.3.260113", "pyarrow-stubs==20.0.0.20260819"]
+LINT = [
+    "ruff==0.17.6",
+    "mypy==2.4.1",
+    "types-PyYAML==6.0.12.20261122",
+    "types-tqdm==4.70.0.20261122",
+    "types-grpcio==1.85.0.20261028",
+    "pandas-stubs==2.3.3.260113",
+    "pyarrow-stubs==20.0.0.20260819",
+]
 
 setup(
     name="nnlib",

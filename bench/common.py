@@ -27,21 +27,39 @@ def synthetic_npz(n_train: int = 60000, n_test: int = 10000, n_features: int = 7
     if not path.exists():
         from sklearn.datasets import make_classification
 
-        x, y = make_classification(n_samples=n_train + n_test, n_features=n_features, n_informative=64,
-                                   n_redundant=0, n_classes=10, n_clusters_per_class=1, class_sep=1.0,
-                                   flip_y=0.0, random_state=0)
+        x, y = make_classification(
+            n_samples=n_train + n_test,
+            n_features=n_features,
+            n_informative=64,
+            n_redundant=0,
+            n_classes=10,
+            n_clusters_per_class=1,
+            class_sep=1.0,
+            flip_y=0.0,
+            random_state=0,
+        )
         DATA.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, x=x[:n_train].astype(np.float32), y=y[:n_train], x_test=x[n_train:].astype(np.float32),
-                 y_test=y[n_train:])
+        np.savez(
+            tmp,
+            x=x[:n_train].astype(np.float32),
+            y=y[:n_train],
+            x_test=x[n_train:].astype(np.float32),
+            y_test=y[n_train:],
+        )
         tmp.rename(path)
     return path
 
 
 def bench_env(tmp: Path | None = None) -> dict:
     """The environment every engine needs here: this interpreter on the workers, MPI as root, loopback Spark."""
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1",
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env = dict(
+        os.environ,
+        PYSPARK_PYTHON=sys.executable,
+        SPARK_LOCAL_IP="127.0.0.1",
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+    )
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     if tmp is not None:
         env["TMPDIR"] = str(tmp)
@@ -71,14 +89,16 @@ def nnlib_run(sets: list[str], launcher: list[str] = (), timeout: float = 1800) 
         for item in sets:
             cmd += ["--set", item]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, env=bench_env(Path(tmp)), capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(cmd, cwd=ROOT, env=bench_env(Path(tmp)), capture_output=True, text=True, timeout=timeout)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-        return {"summary": json.loads((out / "summary.json").read_text()),
-                "rounds": read_csv_rows(out / "rounds.csv"), "mappers": read_csv_rows(out / "mapper_times.csv"),
-                "process_seconds": wall}
+        return {
+            "summary": json.loads((out / "summary.json").read_text()),
+            "rounds": read_csv_rows(out / "rounds.csv"),
+            "mappers": read_csv_rows(out / "mapper_times.csv"),
+            "process_seconds": wall,
+        }
 
 
 def median(values) -> float:
@@ -94,6 +114,7 @@ def write_result(name: str, result) -> Path:
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     """``rows`` as a Markdown table of ``columns`` (floats to 3 significant digits)."""
+
     def cell(v):
         if isinstance(v, float):
             return f"{v:.3g}"

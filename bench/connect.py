@@ -50,19 +50,37 @@ CLASSIC_JOBS = ["engine=spark", "spark.master=local[2]", "spark.mode=jobs"]
 
 def time_per_round(sets: list[str], source: str, rounds: int, epochs: int) -> dict:
     load = os.getloadavg()[0]
-    res = nnlib_run([*sets, "mappers=2", f"data.source={source}", "model.hidden=[128]", "train.batch_size=32",
-                     f"train.local_epochs={epochs}", f"train.rounds={rounds}", "train.lr=0.05"])
+    res = nnlib_run(
+        [
+            *sets,
+            "mappers=2",
+            f"data.source={source}",
+            "model.hidden=[128]",
+            "train.batch_size=32",
+            f"train.local_epochs={epochs}",
+            f"train.rounds={rounds}",
+            "train.lr=0.05",
+        ]
+    )
     later = res["rounds"][1:]
-    return {"round_s": median(r["seconds"] for r in later),
-            "max_mapper_s": median(r["max_mapper_seconds"] for r in later),
-            "overhead_s": median(r["overhead_seconds"] for r in later),
-            "load_1min": round((load + os.getloadavg()[0]) / 2, 1)}  # the machine's load, before and after
+    return {
+        "round_s": median(r["seconds"] for r in later),
+        "max_mapper_s": median(r["max_mapper_seconds"] for r in later),
+        "overhead_s": median(r["overhead_seconds"] for r in later),
+        "load_1min": round((load + os.getloadavg()[0]) / 2, 1),
+    }  # the machine's load, before and after
 
 
 def client_bytes(remote: str, mappers: int, rounds: int) -> dict:
     """This script again as the client (``--client``), in its own process; its JSON answer."""
-    proc = subprocess.run([sys.executable, __file__, "--client", remote, str(mappers), str(rounds)], cwd=ROOT,
-                          env=bench_env(), capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--client", remote, str(mappers), str(rounds)],
+        cwd=ROOT,
+        env=bench_env(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -88,26 +106,53 @@ def client(remote: str, mappers: int, rounds: int) -> None:
     from nnlib.driver import run
     from nnlib.engines import make_engine
 
-    config = load_config(None, ["engine=spark", f"spark.remote={remote}", f"mappers={mappers}",
-                                "data.source=synthetic", "data.n_samples=2000", "data.n_features=1000",
-                                "data.n_classes=10", "model.hidden=[990]", "train.local_steps=1",
-                                "train.batch_size=8", f"train.rounds={rounds}"])
+    config = load_config(
+        None,
+        [
+            "engine=spark",
+            f"spark.remote={remote}",
+            f"mappers={mappers}",
+            "data.source=synthetic",
+            "data.n_samples=2000",
+            "data.n_features=1000",
+            "data.n_classes=10",
+            "model.hidden=[990]",
+            "train.local_steps=1",
+            "train.batch_size=8",
+            f"train.rounds={rounds}",
+        ],
+    )
     engine = make_engine(config)
     port = int(remote.rsplit(":", 1)[1])
     marks = []
-    result = run(config, engine=engine, log=lambda _m: None, warn=lambda _m: None,
-                 on_round=lambda _row: marks.append((*socket_bytes(port), engine.bytes_sent, engine.bytes_collected)))
+    result = run(
+        config,
+        engine=engine,
+        log=lambda _m: None,
+        warn=lambda _m: None,
+        on_round=lambda _row: marks.append((*socket_bytes(port), engine.bytes_sent, engine.bytes_collected)),
+    )
     deltas = [[b - a for a, b in zip(first, then, strict=True)] for first, then in itertools.pairwise(marks)]
-    print(json.dumps({"mappers": mappers, "params": int(result.params.size),
-                      **{name: median(d[i] for d in deltas) for i, name in enumerate(
-                          ["sent_bytes", "received_bytes", "payload_bytes", "collected_bytes"])}}))
+    print(
+        json.dumps(
+            {
+                "mappers": mappers,
+                "params": int(result.params.size),
+                **{
+                    name: median(d[i] for d in deltas)
+                    for i, name in enumerate(["sent_bytes", "received_bytes", "payload_bytes", "collected_bytes"])
+                },
+            }
+        )
+    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--part", choices=["all", "rounds"], default="all",
-                        help="rounds: only the time per round (part 1)")
+    parser.add_argument(
+        "--part", choices=["all", "rounds"], default="all", help="rounds: only the time per round (part 1)"
+    )
     parser.add_argument("--client", nargs=3, metavar=("REMOTE", "MAPPERS", "ROUNDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
@@ -118,11 +163,15 @@ def main(argv=None):
 
     # the server keeps recent plans, each holding a round's weights in its closure: a 10M-parameter model needs
     # more than the default 1 GiB of driver memory (README, "Spark Connect")
-    server = ConnectServer(Path(tempfile.mkdtemp(prefix="nnlib-bench-connect-")), master="local[2]",
-                           conf={"spark.driver.memory": "4g"}).start()
+    server = ConnectServer(
+        Path(tempfile.mkdtemp(prefix="nnlib-bench-connect-")), master="local[2]", conf={"spark.driver.memory": "4g"}
+    ).start()
     connect = ["engine=spark", f"spark.remote={server.url}"]
-    systems = {"classic stage, local[2]": CLASSIC_STAGE, "classic jobs, local[2]": CLASSIC_JOBS,
-               "connect (jobs), local[2] server": connect}
+    systems = {
+        "classic stage, local[2]": CLASSIC_STAGE,
+        "classic jobs, local[2]": CLASSIC_JOBS,
+        "connect (jobs), local[2] server": connect,
+    }
     result: dict = {"rounds": [], "overhead": [], "bytes": []}
     try:
         if args.smoke:
@@ -132,8 +181,11 @@ def main(argv=None):
         for name, sets in systems.items():
             row = {"system": name, **time_per_round(sets, source, rounds, epochs)}
             result["rounds"].append(row)
-            print(f"{name:34s} round {row['round_s']:.3f} s  slowest mapper {row['max_mapper_s']:.3f} s  "
-                  f"load {row['load_1min']}", flush=True)
+            print(
+                f"{name:34s} round {row['round_s']:.3f} s  slowest mapper {row['max_mapper_s']:.3f} s  "
+                f"load {row['load_1min']}",
+                flush=True,
+            )
         stage = result["rounds"][0]["round_s"]
         for row in result["rounds"]:
             row["vs_classic_stage"] = row["round_s"] / stage
@@ -144,23 +196,38 @@ def main(argv=None):
             for params in sizes:
                 row = {"system": name, **measure(sets, params, 4 if args.smoke else 11)}
                 result["overhead"].append(row)
-                print(f"{name:34s} {row['params']:>10,d} params  overhead {row['overhead_ms']:8.1f} ms  "
-                      f"round {row['round_ms']:8.1f} ms", flush=True)
+                print(
+                    f"{name:34s} {row['params']:>10,d} params  overhead {row['overhead_ms']:8.1f} ms  "
+                    f"round {row['round_ms']:8.1f} ms",
+                    flush=True,
+                )
 
-        for mappers in ([] if rounds_only else [2, 4] if args.smoke else [2, 4, 8]):
+        for mappers in [] if rounds_only else [2, 4] if args.smoke else [2, 4, 8]:
             row = client_bytes(server.url, mappers, 4 if args.smoke else 8)
             result["bytes"].append(row)
-            print(f"connect, {mappers} mappers: a round's client sockets sent {row['sent_bytes']:,.0f} and received "
-                  f"{row['received_bytes']:,.0f} bytes (payload {row['payload_bytes']:,.0f}, collected "
-                  f"{row['collected_bytes']:,.0f})", flush=True)
+            print(
+                f"connect, {mappers} mappers: a round's client sockets sent {row['sent_bytes']:,.0f} and received "
+                f"{row['received_bytes']:,.0f} bytes (payload {row['payload_bytes']:,.0f}, collected "
+                f"{row['collected_bytes']:,.0f})",
+                flush=True,
+            )
     finally:
         server.stop()
-    print(markdown_table(result["rounds"], ["system", "round_s", "max_mapper_s", "overhead_s", "vs_classic_stage",
-                                            "load_1min"]))
-    print(markdown_table(result["overhead"], ["system", "params", "overhead_ms", "round_ms", "broadcast_ms",
-                                              "combine_ms"]))
-    print(markdown_table(result["bytes"], ["mappers", "params", "sent_bytes", "received_bytes", "payload_bytes",
-                                           "collected_bytes"]))
+    print(
+        markdown_table(
+            result["rounds"], ["system", "round_s", "max_mapper_s", "overhead_s", "vs_classic_stage", "load_1min"]
+        )
+    )
+    print(
+        markdown_table(
+            result["overhead"], ["system", "params", "overhead_ms", "round_ms", "broadcast_ms", "combine_ms"]
+        )
+    )
+    print(
+        markdown_table(
+            result["bytes"], ["mappers", "params", "sent_bytes", "received_bytes", "payload_bytes", "collected_bytes"]
+        )
+    )
     name = "connect" if args.part == "all" else "connect-rounds"
     write_result(f"smoke/{name}" if args.smoke else name, result)
 

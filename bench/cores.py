@@ -62,8 +62,9 @@ def cpu_per_round(source: str, engine: str, mappers: int, rounds: int, first: in
         cmd = [*launcher, sys.executable, "-m", "nnlib", "run", "--out", str(out), "--quiet"]
         for item in run_sets(source, [f"engine={engine}"], mappers, rounds):
             cmd += ["--set", item]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=bench_env(Path(tmp)), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=bench_env(Path(tmp)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         marks = {}
         while proc.poll() is None and len(marks) < 2:
             try:
@@ -86,8 +87,11 @@ def cpu_per_round(source: str, engine: str, mappers: int, rounds: int, first: in
         used = seconds - before.get(pid, (cmdline, 0.0))[1]
         if used > 0:
             cpu.setdefault(role(cmdline, drivers, pid), []).append(used / n * 1000)
-    return {"wall_s_per_round": (t1 - t0) / n, "rounds_measured": n,
-            "cpu_ms_per_round": {r: sorted(v, reverse=True) for r, v in sorted(cpu.items())}}
+    return {
+        "wall_s_per_round": (t1 - t0) / n,
+        "rounds_measured": n,
+        "cpu_ms_per_round": {r: sorted(v, reverse=True) for r, v in sorted(cpu.items())},
+    }
 
 
 def main(argv=None) -> list[dict]:
@@ -103,16 +107,27 @@ def main(argv=None) -> list[dict]:
         measured = cpu_per_round(source, engine, mappers, rounds, first, last)
         row = {"engine": engine, "mappers": mappers, **measured}
         # the run's own processes: "other" is this script and whatever else the machine runs
-        cores = sum(sum(v) for r, v in measured["cpu_ms_per_round"].items() if r != "other") / 1000 / (
-            measured["wall_s_per_round"])
+        cores = (
+            sum(sum(v) for r, v in measured["cpu_ms_per_round"].items() if r != "other")
+            / 1000
+            / (measured["wall_s_per_round"])
+        )
         row["cores_busy"] = cores
         rows.append(row)
-        print(f"{engine} {mappers}: {measured['wall_s_per_round']:.3f} s a round, {cores:.2f} cores busy with the run; "
-              "CPU ms a round: "
-              + ", ".join(f"{r} {' + '.join(f'{x:.0f}' for x in v)}" for r, v in measured["cpu_ms_per_round"].items()),
-              flush=True)
-    table = [{"engine": f"{r['engine']} {r['mappers']}", "s/round": r["wall_s_per_round"],
-              **{k: " + ".join(f"{x:.0f}" for x in v) for k, v in r["cpu_ms_per_round"].items()}} for r in rows]
+        print(
+            f"{engine} {mappers}: {measured['wall_s_per_round']:.3f} s a round, {cores:.2f} cores busy with the run; "
+            "CPU ms a round: "
+            + ", ".join(f"{r} {' + '.join(f'{x:.0f}' for x in v)}" for r, v in measured["cpu_ms_per_round"].items()),
+            flush=True,
+        )
+    table = [
+        {
+            "engine": f"{r['engine']} {r['mappers']}",
+            "s/round": r["wall_s_per_round"],
+            **{k: " + ".join(f"{x:.0f}" for x in v) for k, v in r["cpu_ms_per_round"].items()},
+        }
+        for r in rows
+    ]
     print(markdown_table(table, ["engine", "s/round", "driver", "rank 1", "spark worker", "spark JVM", "other"]))
     write_result("smoke/cores" if args.smoke else "cores", rows)
     return rows

@@ -61,24 +61,40 @@ def write_dataset(n_rows: int) -> None:
         rng = np.random.default_rng([1, i])
         y = rng.integers(0, 10, len(rows))
         x = (centres[y] + rng.normal(size=(len(rows), N_FEATURES))).astype(np.float32)
-        pq.write_table(pa.table({"features": pa.FixedSizeListArray.from_arrays(x.ravel(), N_FEATURES),
-                                 "label": y}), folder / f"part-{i:05d}.parquet", row_group_size=65536)
+        pq.write_table(
+            pa.table({"features": pa.FixedSizeListArray.from_arrays(x.ravel(), N_FEATURES), "label": y}),
+            folder / f"part-{i:05d}.parquet",
+            row_group_size=65536,
+        )
     (folder / "_SUCCESS").write_text("")
 
 
 def measure(n_rows: int, collect_mb: float = 0) -> dict:
-    res = nnlib_run(["engine=spark", f"mappers={MAPPERS}", f"spark.master=local[{MAPPERS}]",
-                     f"data.source={parquet_dataset(n_rows)}", "data.features_column=features",
-                     f"spark.collect_held_out_mb={collect_mb}", "model.hidden=[32]", "train.rounds=2",
-                     "train.local_steps=5"])
+    res = nnlib_run(
+        [
+            "engine=spark",
+            f"mappers={MAPPERS}",
+            f"spark.master=local[{MAPPERS}]",
+            f"data.source={parquet_dataset(n_rows)}",
+            "data.features_column=features",
+            f"spark.collect_held_out_mb={collect_mb}",
+            "model.hidden=[32]",
+            "train.rounds=2",
+            "train.local_steps=5",
+        ]
+    )
     kept_rows = max(int(r["n_samples"]) for r in res["mappers"])
     if collect_mb == 0:  # each mapper also keeps about a quarter of the test rows
         kept_rows += -(-res["summary"]["n_test"] // MAPPERS)
-    return {"rows": n_rows, "test_rows_on": "driver" if collect_mb else "mappers",
-            "data_mb": n_rows * N_FEATURES * 4 / 2 ** 20, "kept_mb": kept_rows * N_FEATURES * 4 / 2 ** 20,
-            "driver_peak_mb": res["summary"]["driver_peak_rss_mb"],
-            "mapper_peak_mb": max(float(r["peak_rss_mb"]) for r in res["mappers"]),
-            "test_accuracy": res["summary"]["final_test_accuracy"]}
+    return {
+        "rows": n_rows,
+        "test_rows_on": "driver" if collect_mb else "mappers",
+        "data_mb": n_rows * N_FEATURES * 4 / 2**20,
+        "kept_mb": kept_rows * N_FEATURES * 4 / 2**20,
+        "driver_peak_mb": res["summary"]["driver_peak_rss_mb"],
+        "mapper_peak_mb": max(float(r["peak_rss_mb"]) for r in res["mappers"]),
+        "test_accuracy": res["summary"]["final_test_accuracy"],
+    }
 
 
 def main(argv=None):
@@ -91,21 +107,32 @@ def main(argv=None):
     sizes = [20_000, 80_000] if args.smoke else [250_000, 2_000_000]
     base = measure(4_000)
     fixed = base["mapper_peak_mb"]
-    print(f"baseline 4k rows: driver {base['driver_peak_mb']:.0f} MB, mapper {fixed:.0f} MB (the fixed cost)",
-          flush=True)
+    print(
+        f"baseline 4k rows: driver {base['driver_peak_mb']:.0f} MB, mapper {fixed:.0f} MB (the fixed cost)", flush=True
+    )
     rows = [measure(n) for n in sizes] + [measure(sizes[-1], collect_mb=100_000)]
     for row in rows:
         row["mapper_limit_mb"] = 2 * row["kept_mb"] + fixed
-        print(f"{row['rows']:>9,d} rows ({row['data_mb']:.0f} MB), test rows on the {row['test_rows_on']}: driver "
-              f"{row['driver_peak_mb']:.0f} MB, mapper {row['mapper_peak_mb']:.0f} MB (keeps {row['kept_mb']:.0f} MB, "
-              f"limit {row['mapper_limit_mb']:.0f})", flush=True)
+        print(
+            f"{row['rows']:>9,d} rows ({row['data_mb']:.0f} MB), test rows on the {row['test_rows_on']}: driver "
+            f"{row['driver_peak_mb']:.0f} MB, mapper {row['mapper_peak_mb']:.0f} MB (keeps {row['kept_mb']:.0f} MB, "
+            f"limit {row['mapper_limit_mb']:.0f})",
+            flush=True,
+        )
     growth = rows[1]["driver_peak_mb"] / rows[0]["driver_peak_mb"] - 1
-    print(markdown_table(rows, ["rows", "test_rows_on", "data_mb", "kept_mb", "driver_peak_mb", "mapper_peak_mb",
-                                "mapper_limit_mb"]))
-    print(f"driver growth {100 * growth:.1f}% (target <= 15%); every mapper under its limit: "
-          f"{all(r['mapper_peak_mb'] <= r['mapper_limit_mb'] for r in rows)}")
-    write_result("smoke/data_scale" if args.smoke else "data_scale",
-                 {"baseline": base, "sizes": rows, "driver_growth": growth, "fixed_mapper_mb": fixed})
+    print(
+        markdown_table(
+            rows, ["rows", "test_rows_on", "data_mb", "kept_mb", "driver_peak_mb", "mapper_peak_mb", "mapper_limit_mb"]
+        )
+    )
+    print(
+        f"driver growth {100 * growth:.1f}% (target <= 15%); every mapper under its limit: "
+        f"{all(r['mapper_peak_mb'] <= r['mapper_limit_mb'] for r in rows)}"
+    )
+    write_result(
+        "smoke/data_scale" if args.smoke else "data_scale",
+        {"baseline": base, "sizes": rows, "driver_growth": growth, "fixed_mapper_mb": fixed},
+    )
 
 
 if __name__ == "__main__":

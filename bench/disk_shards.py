@@ -92,32 +92,55 @@ def epochs(n_rows: int, epochs_each: int) -> dict:
     with scratch() as tmp:
         x, y = blobs(n_rows + 1000, WIDE, 0)
         store = shard_store(DataConfig(shard_storage="disk", scratch_dir=tmp))
-        disk, = store.keep([Shard(0, x[:n_rows], y[:n_rows])])
+        (disk,) = store.keep([Shard(0, x[:n_rows], y[:n_rows])])
         backend, params = small_mlp(WIDE)
         for epoch in range(epochs_each):
             for storage, (xs, ys) in (("memory", (x[:n_rows], y[:n_rows])), ("disk", (disk.x, disk.y))):
                 start_wall, start_cpu = time.perf_counter(), time.process_time()
                 with one_blas_thread():
-                    local_sgd(backend, params, None, SGD(), xs, ys, LocalSchedule(32), 0.05,
-                              np.random.default_rng(epoch))
+                    local_sgd(
+                        backend, params, None, SGD(), xs, ys, LocalSchedule(32), 0.05, np.random.default_rng(epoch)
+                    )
                 wall[storage].append(time.perf_counter() - start_wall)
                 cpu[storage].append(time.process_time() - start_cpu)
         store.remove()
         source = Path(tmp) / "wide.npz"
         np.savez(source, x=x[:n_rows], y=y[:n_rows], x_test=x[n_rows:], y_test=y[n_rows:])
         del x, y
-        sets = ["engine=local", "mappers=1", f"data.source={source}", "model.hidden=[128]", "train.batch_size=32",
-                "train.rounds=2", "train.local_epochs=1", "train.lr=0.05", "seed=1", f"data.scratch_dir={tmp}"]
-        params = [run(load_config(None, sets + [f"data.shard_storage={storage}"]), log=lambda _m: None,
-                      warn=lambda _m: None).params for storage in ("memory", "disk")]
+        sets = [
+            "engine=local",
+            "mappers=1",
+            f"data.source={source}",
+            "model.hidden=[128]",
+            "train.batch_size=32",
+            "train.rounds=2",
+            "train.local_epochs=1",
+            "train.lr=0.05",
+            "seed=1",
+            f"data.scratch_dir={tmp}",
+        ]
+        params = [
+            run(
+                load_config(None, sets + [f"data.shard_storage={storage}"]), log=lambda _m: None, warn=lambda _m: None
+            ).params
+            for storage in ("memory", "disk")
+        ]
     memory, on_disk = median(wall["memory"]), median(wall["disk"])
-    return {"rows": n_rows, "features": WIDE, "epochs_each": epochs_each, "memory_epoch_s": memory,
-            "disk_epoch_s": on_disk, "ratio": on_disk / memory,
-            "best_ratio": min(wall["disk"]) / min(wall["memory"]),
-            "cpu_ratio": median(cpu["disk"]) / median(cpu["memory"]),
-            "same_weights": bool(np.array_equal(params[0], params[1])),
-            "memory_epochs_s": wall["memory"], "disk_epochs_s": wall["disk"],
-            "memory_cpu_s": cpu["memory"], "disk_cpu_s": cpu["disk"]}
+    return {
+        "rows": n_rows,
+        "features": WIDE,
+        "epochs_each": epochs_each,
+        "memory_epoch_s": memory,
+        "disk_epoch_s": on_disk,
+        "ratio": on_disk / memory,
+        "best_ratio": min(wall["disk"]) / min(wall["memory"]),
+        "cpu_ratio": median(cpu["disk"]) / median(cpu["memory"]),
+        "same_weights": bool(np.array_equal(params[0], params[1])),
+        "memory_epochs_s": wall["memory"],
+        "disk_epochs_s": wall["disk"],
+        "memory_cpu_s": cpu["memory"],
+        "disk_cpu_s": cpu["disk"],
+    }
 
 
 # ----------------------------------------------------------------------------------- a mapper's memory
@@ -142,22 +165,45 @@ def mapper(n_rows: int, storage: str, folder: str, steps: int) -> dict:
 
     backend, params = small_mlp(N_FEATURES)
     with one_blas_thread():  # warm the code paths before any figure is taken
-        local_sgd(backend, params, None, SGD(), *blobs(64, N_FEATURES, 1), LocalSchedule(32, local_steps=2), 0.05,
-                  np.random.default_rng(0))
+        local_sgd(
+            backend,
+            params,
+            None,
+            SGD(),
+            *blobs(64, N_FEATURES, 1),
+            LocalSchedule(32, local_steps=2),
+            0.05,
+            np.random.default_rng(0),
+        )
     fixed = high_water_mb()
     store = shard_store(DataConfig(shard_storage=storage, scratch_dir=folder))
-    shard, = store.keep([Shard(0, *blobs(n_rows, N_FEATURES, 2))])
+    (shard,) = store.keep([Shard(0, *blobs(n_rows, N_FEATURES, 2))])
     build = high_water_mb()
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: the training's own peak from here
     with one_blas_thread():
-        update = local_sgd(backend, params, None, SGD(), shard.x, shard.y, LocalSchedule(32, local_steps=steps),
-                           0.05, np.random.default_rng(3))
+        update = local_sgd(
+            backend,
+            params,
+            None,
+            SGD(),
+            shard.x,
+            shard.y,
+            LocalSchedule(32, local_steps=steps),
+            0.05,
+            np.random.default_rng(3),
+        )
     train = high_water_mb()
     store.remove()
-    return {"rows": n_rows, "storage": storage, "shard_mb": n_rows * N_FEATURES * 4 / 2 ** 20,
-            "fixed_mb": fixed, "build_peak_mb": build, "train_peak_mb": train,
-            "loss": update.train_loss}
+    return {
+        "rows": n_rows,
+        "storage": storage,
+        "shard_mb": n_rows * N_FEATURES * 4 / 2**20,
+        "fixed_mb": fixed,
+        "build_peak_mb": build,
+        "train_peak_mb": train,
+        "loss": update.train_loss,
+    }
 
 
 def write_parquet(path: Path, n_rows: int, group: int = 50_000) -> None:
@@ -186,11 +232,18 @@ def builder(source: str, storage: str, folder: str) -> dict:
     gc.collect()
     before = resident_mb()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: the build's own peak from here
-    shard, = ShardSource(data, 0, 1, rows).build([0])
+    (shard,) = ShardSource(data, 0, 1, rows).build([0])
     peak = high_water_mb()
     kind = type(shard.x).__name__
-    return {"rows": rows.shard_sizes[0], "storage": storage, "shard_mb": rows.shard_sizes[0] * N_FEATURES * 4 / 2 ** 20,
-            "fixed_mb": before, "build_peak_mb": peak, "above_fixed_mb": peak - before, "x": kind}
+    return {
+        "rows": rows.shard_sizes[0],
+        "storage": storage,
+        "shard_mb": rows.shard_sizes[0] * N_FEATURES * 4 / 2**20,
+        "fixed_mb": before,
+        "build_peak_mb": peak,
+        "above_fixed_mb": peak - before,
+        "x": kind,
+    }
 
 
 def resident_mb() -> float:
@@ -208,21 +261,34 @@ def measure_build(sizes: list[int]) -> list[dict]:
             source = Path(tmp) / f"blobs-{n}.parquet"
             write_parquet(source, n)
             for storage in ("memory", "disk"):
-                proc = subprocess.run([sys.executable, __file__, "--builder", str(source), storage, tmp], cwd=ROOT,
-                                      capture_output=True, text=True, check=True)
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--builder", str(source), storage, tmp],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 row = json.loads(proc.stdout)
                 out.append(row)
-                print(f"{row['rows']:>9,d} training rows x {N_FEATURES} ({row['shard_mb']:.0f} MB), {storage:>6}: "
-                      f"fixed {row['fixed_mb']:.0f} MB, build peak {row['build_peak_mb']:.0f} MB "
-                      f"(+{row['above_fixed_mb']:.0f} MB; the shard's x a {row['x']})", flush=True)
+                print(
+                    f"{row['rows']:>9,d} training rows x {N_FEATURES} ({row['shard_mb']:.0f} MB), {storage:>6}: "
+                    f"fixed {row['fixed_mb']:.0f} MB, build peak {row['build_peak_mb']:.0f} MB "
+                    f"(+{row['above_fixed_mb']:.0f} MB; the shard's x a {row['x']})",
+                    flush=True,
+                )
             source.unlink()
     return out
 
 
 def measure_mapper(n_rows: int, storage: str, steps: int) -> dict:
     with scratch() as tmp:
-        proc = subprocess.run([sys.executable, __file__, "--mapper", str(n_rows), storage, tmp, str(steps)],
-                              cwd=ROOT, capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--mapper", str(n_rows), storage, tmp, str(steps)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     return json.loads(proc.stdout)
 
 
@@ -250,25 +316,35 @@ def main(argv=None):
     else:
         wide_rows, epochs_each, sizes, steps = 20_000, 10, [250_000, 1_000_000, 4_000_000], 300
     timing = epochs(wide_rows, epochs_each)
-    print(f"{timing['rows']:,d} x {WIDE}, MLP {WIDE}-128-10, batch 32: an epoch takes {timing['memory_epoch_s']:.3f} s "
-          f"from memory and {timing['disk_epoch_s']:.3f} s from disk ({timing['ratio']:.2f}x; median of "
-          f"{timing['epochs_each']} each; {timing['best_ratio']:.2f}x best against best; CPU time "
-          f"{timing['cpu_ratio']:.2f}x); the same weights on the local engine: {timing['same_weights']}", flush=True)
+    print(
+        f"{timing['rows']:,d} x {WIDE}, MLP {WIDE}-128-10, batch 32: an epoch takes {timing['memory_epoch_s']:.3f} s "
+        f"from memory and {timing['disk_epoch_s']:.3f} s from disk ({timing['ratio']:.2f}x; median of "
+        f"{timing['epochs_each']} each; {timing['best_ratio']:.2f}x best against best; CPU time "
+        f"{timing['cpu_ratio']:.2f}x); the same weights on the local engine: {timing['same_weights']}",
+        flush=True,
+    )
     memory = []
     for n in sizes:
         for storage in ("memory", "disk"):
             row = measure_mapper(n, storage, steps)
             memory.append(row)
-            print(f"{n:>9,d} rows x {N_FEATURES} ({row['shard_mb']:.0f} MB), {storage:>6}: "
-                  f"fixed {row['fixed_mb']:.0f} MB, build peak {row['build_peak_mb']:.0f} MB, "
-                  f"training peak {row['train_peak_mb']:.0f} MB", flush=True)
+            print(
+                f"{n:>9,d} rows x {N_FEATURES} ({row['shard_mb']:.0f} MB), {storage:>6}: "
+                f"fixed {row['fixed_mb']:.0f} MB, build peak {row['build_peak_mb']:.0f} MB, "
+                f"training peak {row['train_peak_mb']:.0f} MB",
+                flush=True,
+            )
     print(markdown_table(memory, ["rows", "storage", "shard_mb", "fixed_mb", "build_peak_mb", "train_peak_mb"]))
     disk = [r for r in memory if r["storage"] == "disk"]
     growth = disk[-1]["train_peak_mb"] / disk[0]["train_peak_mb"] - 1
-    print(f"disk storage: the training peak grows {100 * growth:.1f}% from {disk[0]['rows']:,d} to "
-          f"{disk[-1]['rows']:,d} rows")
-    write_result("smoke/disk_shards" if args.smoke else "disk_shards",
-                 {"epoch": timing, "memory": memory, "disk_train_growth": growth})
+    print(
+        f"disk storage: the training peak grows {100 * growth:.1f}% from {disk[0]['rows']:,d} to "
+        f"{disk[-1]['rows']:,d} rows"
+    )
+    write_result(
+        "smoke/disk_shards" if args.smoke else "disk_shards",
+        {"epoch": timing, "memory": memory, "disk_train_growth": growth},
+    )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ from common import markdown_table, nnlib_run, write_result  # noqa: E402
 
 def peaks(sets: list[str]) -> dict:
     res = nnlib_run(["engine=spark", "mappers=2", "spark.master=local[2]", *sets])
-    return {"driver_peak_mb": res["summary"]["driver_peak_rss_mb"],
-            "mapper_peak_mb": max(r["peak_rss_mb"] for r in res["mappers"]),
-            "rounds": res["summary"]["rounds_run"]}
+    return {
+        "driver_peak_mb": res["summary"]["driver_peak_rss_mb"],
+        "mapper_peak_mb": max(r["peak_rss_mb"] for r in res["mappers"]),
+        "rounds": res["summary"]["rounds_run"],
+    }
 
 
 def main(argv=None):
@@ -33,12 +35,27 @@ def main(argv=None):
     sizes = [2000, 8000] if args.smoke else [10_000, 40_000, 160_000]
     by_size = []
     for n in sizes:
-        row = {"samples": n, "data_mb": n * 784 * 4 / 2 ** 20,
-               **peaks(["data.source=synthetic", f"data.n_samples={n}", "data.n_features=784", "data.n_classes=10",
-                        "model.hidden=[128]", "train.rounds=2", "train.local_steps=10"])}
+        row = {
+            "samples": n,
+            "data_mb": n * 784 * 4 / 2**20,
+            **peaks(
+                [
+                    "data.source=synthetic",
+                    f"data.n_samples={n}",
+                    "data.n_features=784",
+                    "data.n_classes=10",
+                    "model.hidden=[128]",
+                    "train.rounds=2",
+                    "train.local_steps=10",
+                ]
+            ),
+        }
         by_size.append(row)
-        print(f"{n:>8,d} samples ({row['data_mb']:.0f} MB float32)  driver {row['driver_peak_mb']:.0f} MB  "
-              f"mapper {row['mapper_peak_mb']:.0f} MB", flush=True)
+        print(
+            f"{n:>8,d} samples ({row['data_mb']:.0f} MB float32)  driver {row['driver_peak_mb']:.0f} MB  "
+            f"mapper {row['mapper_peak_mb']:.0f} MB",
+            flush=True,
+        )
     by_rounds = []
     for rounds in (10, 100) if args.smoke else (10, 100, 1000):
         row = peaks(["model.hidden=[64]", f"train.rounds={rounds}", "train.local_steps=1"])

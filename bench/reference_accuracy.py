@@ -44,13 +44,33 @@ def main(argv=None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf = MLPClassifier(max_iter=500, random_state=seed).fit(data.x_train, data.y_train)
-        one = run(load_config(None, [f"seed={seed}", "mappers=1", "train.rounds=30", "model.hidden=[128]",
-                                     "train.lr=0.3", "train.lr_schedule=cosine"]), log=lambda _m: None)
-        rows.append({"seed": seed, "sklearn_mlp": float(clf.score(data.x_test, data.y_test)),
-                     "nnlib_1_mapper": one.summary["final_test_accuracy"]})
+        one = run(
+            load_config(
+                None,
+                [
+                    f"seed={seed}",
+                    "mappers=1",
+                    "train.rounds=30",
+                    "model.hidden=[128]",
+                    "train.lr=0.3",
+                    "train.lr_schedule=cosine",
+                ],
+            ),
+            log=lambda _m: None,
+        )
+        rows.append(
+            {
+                "seed": seed,
+                "sklearn_mlp": float(clf.score(data.x_test, data.y_test)),
+                "nnlib_1_mapper": one.summary["final_test_accuracy"],
+            }
+        )
         print(rows[-1])
-    result = {"rows": rows, "median_sklearn_mlp": statistics.median(r["sklearn_mlp"] for r in rows),
-              "median_nnlib_1_mapper": statistics.median(r["nnlib_1_mapper"] for r in rows)}
+    result = {
+        "rows": rows,
+        "median_sklearn_mlp": statistics.median(r["sklearn_mlp"] for r in rows),
+        "median_nnlib_1_mapper": statistics.median(r["nnlib_1_mapper"] for r in rows),
+    }
     print({k: v for k, v in result.items() if k != "rows"})
     write_result("smoke/reference_accuracy" if args.smoke else "reference_accuracy", result)
 

@@ -57,10 +57,14 @@ TEST_SHARE = 0.2
 
 # nnlib's rounds and local epochs, the batch size and Adam's rate per data set; every system trains for
 # rounds x local epochs epochs (diabetes: 353 training rows, which [64, 64] overfits well before 200 epochs)
-FULL = {"diabetes": dict(rounds=25, local_epochs=2, batch_size=32, lr=0.001),
-        "friedman": dict(rounds=10, local_epochs=1, batch_size=64, lr=0.003)}
-SMOKE = {"diabetes": dict(rounds=2, local_epochs=1, batch_size=32, lr=0.001),
-         "friedman": dict(rounds=2, local_epochs=1, batch_size=64, lr=0.003)}
+FULL = {
+    "diabetes": dict(rounds=25, local_epochs=2, batch_size=32, lr=0.001),
+    "friedman": dict(rounds=10, local_epochs=1, batch_size=64, lr=0.003),
+}
+SMOKE = {
+    "diabetes": dict(rounds=2, local_epochs=1, batch_size=32, lr=0.001),
+    "friedman": dict(rounds=2, local_epochs=1, batch_size=64, lr=0.003),
+}
 FRIEDMAN_ROWS = {"full": 200_000, "smoke": 2_000}
 SYSTEMS = ["nnlib, 1 mapper", "nnlib, 4 mappers", "scikit-learn MLPRegressor", "plain torch loop"]
 # the target: on the generated set, nnlib's 4 mappers within this of the torch loop's median R²
@@ -93,10 +97,19 @@ def data_set(name: str, rows: int) -> Path:
 
 def nnlib_settings(path: Path, mappers: int, seed: int, s: dict) -> list[str]:
     """The ``--set`` list of an nnlib run of these settings (what a user types)."""
-    return [f"data.source={path}", "model.task=regression", f"model.hidden={HIDDEN}", "engine=local",
-            f"mappers={mappers}", f"seed={seed}", f"train.rounds={s['rounds']}",
-            f"train.local_epochs={s['local_epochs']}", f"train.batch_size={s['batch_size']}",
-            "train.optimizer=adam", f"train.lr={s['lr']}"]
+    return [
+        f"data.source={path}",
+        "model.task=regression",
+        f"model.hidden={HIDDEN}",
+        "engine=local",
+        f"mappers={mappers}",
+        f"seed={seed}",
+        f"train.rounds={s['rounds']}",
+        f"train.local_epochs={s['local_epochs']}",
+        f"train.batch_size={s['batch_size']}",
+        "train.optimizer=adam",
+        f"train.lr={s['lr']}",
+    ]
 
 
 def run_nnlib(path: Path, mappers: int, seed: int, s: dict) -> tuple[float, float]:
@@ -131,10 +144,21 @@ def run_sklearn(data, seed: int, s: dict) -> tuple[float, float]:
 
     epochs = s["rounds"] * s["local_epochs"]
     # alpha=0: no L2, as nnlib's default; n_iter_no_change past max_iter: every epoch runs, as in the others
-    reg = MLPRegressor(hidden_layer_sizes=tuple(HIDDEN), activation="relu", solver="adam", alpha=0.0,
-                       batch_size=s["batch_size"], learning_rate="constant", learning_rate_init=s["lr"],
-                       max_iter=epochs, shuffle=True, random_state=seed, tol=0.0, n_iter_no_change=epochs + 1,
-                       early_stopping=False)
+    reg = MLPRegressor(
+        hidden_layer_sizes=tuple(HIDDEN),
+        activation="relu",
+        solver="adam",
+        alpha=0.0,
+        batch_size=s["batch_size"],
+        learning_rate="constant",
+        learning_rate_init=s["lr"],
+        max_iter=epochs,
+        shuffle=True,
+        random_state=seed,
+        tol=0.0,
+        n_iter_no_change=epochs + 1,
+        early_stopping=False,
+    )
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter reached: what was asked
@@ -162,7 +186,7 @@ def run_torch(data, seed: int, s: dict) -> tuple[float, float]:
     for _ in range(s["rounds"] * s["local_epochs"]):
         order = torch.randperm(len(y))
         for i in range(0, len(y), s["batch_size"]):  # the last batch may be short, as in the others
-            idx = order[i:i + s["batch_size"]]
+            idx = order[i : i + s["batch_size"]]
             opt.zero_grad()
             loss = 0.5 * nn.functional.mse_loss(model(x[idx]), y[idx])
             loss.backward()
@@ -182,9 +206,18 @@ def bench(name: str, path: Path, s: dict, seeds: list[int], log) -> list[dict]:
         runs[SYSTEMS[2]].append(run_sklearn(data, seed, s))
         runs[SYSTEMS[3]].append(run_torch(data, seed, s))
         log(f"{name} seed {seed}: " + ", ".join(f"{k} {v[-1][0]:.4f} ({v[-1][1]:.1f} s)" for k, v in runs.items()))
-    return [{"data": name, "system": system, "seeds": seeds, "r2": [r for r, _ in results],
-             "median_r2": median(r for r, _ in results), "seconds": [t for _, t in results],
-             "median_seconds": median(t for _, t in results)} for system, results in runs.items()]
+    return [
+        {
+            "data": name,
+            "system": system,
+            "seeds": seeds,
+            "r2": [r for r, _ in results],
+            "median_r2": median(r for r, _ in results),
+            "seconds": [t for _, t in results],
+            "median_seconds": median(t for _, t in results),
+        }
+        for system, results in runs.items()
+    ]
 
 
 def main(argv=None):
@@ -194,26 +227,39 @@ def main(argv=None):
     size = "smoke" if args.smoke else "full"
     settings = SMOKE if args.smoke else FULL
     seeds = SEEDS[:1] if args.smoke else SEEDS
-    result = {"hidden": HIDDEN, "optimizer": "adam", "seeds": seeds, "test_share": TEST_SHARE, "data": {},
-              "rows": []}
+    result = {"hidden": HIDDEN, "optimizer": "adam", "seeds": seeds, "test_share": TEST_SHARE, "data": {}, "rows": []}
     for name in ("diabetes", "friedman"):
         path = data_set(name, FRIEDMAN_ROWS[size])
         with np.load(path) as f:
             shape = {"train_rows": len(f["y"]), "test_rows": len(f["y_test"]), "features": f["x"].shape[1]}
         s = settings[name]
-        result["data"][name] = {**shape, **s, "epochs": s["rounds"] * s["local_epochs"],
-                                "nnlib_sets": nnlib_settings(Path(path.name), 4, 0, s)}
+        result["data"][name] = {
+            **shape,
+            **s,
+            "epochs": s["rounds"] * s["local_epochs"],
+            "nnlib_sets": nnlib_settings(Path(path.name), 4, 0, s),
+        }
         result["rows"] += bench(name, path, s, seeds, print)
     torch_loop = next(r for r in result["rows"] if r["data"] == "friedman" and r["system"] == SYSTEMS[3])
     four = next(r for r in result["rows"] if r["data"] == "friedman" and r["system"] == SYSTEMS[1])
     result["friedman_4_mappers_minus_torch"] = four["median_r2"] - torch_loop["median_r2"]
     result["margin"] = MARGIN
     result["met"] = result["friedman_4_mappers_minus_torch"] >= -MARGIN
-    table = [{"data": r["data"], "system": r["system"], "R² per seed": " / ".join(f"{v:.4f}" for v in r["r2"]),
-              "median R²": f"{r['median_r2']:.4f}", "median s": r["median_seconds"]} for r in result["rows"]]
+    table = [
+        {
+            "data": r["data"],
+            "system": r["system"],
+            "R² per seed": " / ".join(f"{v:.4f}" for v in r["r2"]),
+            "median R²": f"{r['median_r2']:.4f}",
+            "median s": r["median_seconds"],
+        }
+        for r in result["rows"]
+    ]
     print(markdown_table(table, ["data", "system", "R² per seed", "median R²", "median s"]))
-    print(f"friedman: 4 mappers minus the torch loop, median R²: {result['friedman_4_mappers_minus_torch']:+.4f} "
-          f"(target >= -{MARGIN}: {'met' if result['met'] else 'NOT met'})")
+    print(
+        f"friedman: 4 mappers minus the torch loop, median R²: {result['friedman_4_mappers_minus_torch']:+.4f} "
+        f"(target >= -{MARGIN}: {'met' if result['met'] else 'NOT met'})"
+    )
     write_result("smoke/regression" if args.smoke else "regression", result)
 
 

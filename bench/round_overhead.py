@@ -31,16 +31,28 @@ def hidden_for(params: int) -> int:
 
 
 def measure(engine_sets: list[str], params: int, rounds: int, launcher=()) -> dict:
-    sets = [*engine_sets, "mappers=2", "data.source=synthetic", "data.n_samples=400",
-            f"data.n_features={N_FEATURES}", "data.n_classes=10", f"model.hidden=[{hidden_for(params)}]",
-            "train.local_steps=1", "train.batch_size=8", f"train.rounds={rounds}", "mpi.args=[--oversubscribe]"]
+    sets = [
+        *engine_sets,
+        "mappers=2",
+        "data.source=synthetic",
+        "data.n_samples=400",
+        f"data.n_features={N_FEATURES}",
+        "data.n_classes=10",
+        f"model.hidden=[{hidden_for(params)}]",
+        "train.local_steps=1",
+        "train.batch_size=8",
+        f"train.rounds={rounds}",
+        "mpi.args=[--oversubscribe]",
+    ]
     res = nnlib_run(sets, launcher)
     later = res["rounds"][1:]
-    return {"params": res["summary"]["n_params"],
-            "overhead_ms": 1000 * median(r["overhead_seconds"] for r in later),
-            "round_ms": 1000 * median(r["seconds"] for r in later),
-            "broadcast_ms": 1000 * median(r["broadcast_seconds"] for r in later),
-            "combine_ms": 1000 * median(r["combine_seconds"] for r in later)}
+    return {
+        "params": res["summary"]["n_params"],
+        "overhead_ms": 1000 * median(r["overhead_seconds"] for r in later),
+        "round_ms": 1000 * median(r["seconds"] for r in later),
+        "broadcast_ms": 1000 * median(r["broadcast_seconds"] for r in later),
+        "combine_ms": 1000 * median(r["combine_seconds"] for r in later),
+    }
 
 
 def main(argv=None):
@@ -70,16 +82,21 @@ def main(argv=None):
 
         cluster = StandaloneCluster(Path(tempfile.mkdtemp(prefix="nnlib-bench-cluster-"))).start(n_workers=2)
         engines["spark stage, standalone cluster"] = (["engine=spark", f"spark.master={cluster.url}"], ())
-        engines["spark jobs, standalone cluster"] = (["engine=spark", f"spark.master={cluster.url}",
-                                                      "spark.mode=jobs"], ())
+        engines["spark jobs, standalone cluster"] = (
+            ["engine=spark", f"spark.master={cluster.url}", "spark.mode=jobs"],
+            (),
+        )
     try:
         for name, (sets, launcher) in engines.items():
             for params in sizes:
                 rounds = 4 if "mrjob" in name else (6 if args.smoke else 21)
                 row = {"engine": name, **measure(sets, params, rounds, launcher)}
                 rows.append(row)
-                print(f"{name:34s} {row['params']:>10,d} params  overhead {row['overhead_ms']:8.1f} ms  "
-                      f"round {row['round_ms']:8.1f} ms", flush=True)
+                print(
+                    f"{name:34s} {row['params']:>10,d} params  overhead {row['overhead_ms']:8.1f} ms  "
+                    f"round {row['round_ms']:8.1f} ms",
+                    flush=True,
+                )
     finally:
         if cluster is not None:
             cluster.stop()

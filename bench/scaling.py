@@ -73,10 +73,22 @@ def measure(master: str, mode: str, mappers: int, params: float, rounds: int, st
     hidden = max(1, round((params - CLASSES) / (FEATURES + 1 + CLASSES)))
     overrides, collective = MODES[mode]
     n_samples = math.ceil(mappers * steps * BATCH / 0.8)  # the default test_fraction holds out a fifth
-    config = load_config(None, [
-        "engine=spark", f"mappers={mappers}", "data.source=synthetic", f"data.n_samples={n_samples}",
-        f"data.n_features={FEATURES}", f"data.n_classes={CLASSES}", f"model.hidden=[{hidden}]",
-        f"train.batch_size={BATCH}", "train.lr=0.01", f"train.rounds={rounds}", *overrides])
+    config = load_config(
+        None,
+        [
+            "engine=spark",
+            f"mappers={mappers}",
+            "data.source=synthetic",
+            f"data.n_samples={n_samples}",
+            f"data.n_features={FEATURES}",
+            f"data.n_classes={CLASSES}",
+            f"model.hidden=[{hidden}]",
+            f"train.batch_size={BATCH}",
+            "train.lr=0.01",
+            f"train.rounds={rounds}",
+            *overrides,
+        ],
+    )
     engine = recording_engine(master, collective)
     result = run(config, engine=engine, log=lambda _m: None, warn=lambda _m: None)
     later = result.rounds[1:]
@@ -84,12 +96,19 @@ def measure(master: str, mode: str, mappers: int, params: float, rounds: int, st
     overhead = median(s - r["max_mapper_seconds"] for s, r in zip(engine_seconds, later, strict=True))
     steps_done = max(r["steps"] for r in result.mapper_rows if r["round"] == rounds)
     received = median(b[0] for b in engine.bytes[1:])
-    return {"mode": mode, "mappers": mappers, "params": int(result.params.size), "steps_per_round": steps_done,
-            "round_seconds": median(engine_seconds), "overhead_seconds": overhead,
-            "overhead_ms_per_step": 1000 * overhead / steps_done,
-            "driver_received_bytes_per_round": received, "driver_received_bytes_per_step": received / steps_done,
-            "driver_sent_bytes_per_round": median(b[1] for b in engine.bytes[1:]),
-            "vector_bytes": 4 * int(result.params.size)}
+    return {
+        "mode": mode,
+        "mappers": mappers,
+        "params": int(result.params.size),
+        "steps_per_round": steps_done,
+        "round_seconds": median(engine_seconds),
+        "overhead_seconds": overhead,
+        "overhead_ms_per_step": 1000 * overhead / steps_done,
+        "driver_received_bytes_per_round": received,
+        "driver_received_bytes_per_step": received / steps_done,
+        "driver_sent_bytes_per_round": median(b[1] for b in engine.bytes[1:]),
+        "vector_bytes": 4 * int(result.params.size),
+    }
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -109,8 +128,12 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         # up to three mapper counts, one line style each
         for k, style in zip(sorted({r["mappers"] for r in by_params}), ("o-", "s--", "^:"), strict=False):
             theirs = [r for r in by_params if r["mode"] == mode and r["mappers"] == k]
-            axes[2].plot([r["params"] for r in theirs], [1000 * r["overhead_seconds"] for r in theirs], style,
-                         label=f"{mode}, {k} mappers")
+            axes[2].plot(
+                [r["params"] for r in theirs],
+                [1000 * r["overhead_seconds"] for r in theirs],
+                style,
+                label=f"{mode}, {k} mappers",
+            )
     params = by_mappers[0]["params"] if by_mappers else 0
     for ax, ylabel in zip(axes[:2], ("overhead per round (ms)", "driver's bytes received per round"), strict=True):
         ax.set_xscale("log", base=2)
@@ -151,25 +174,47 @@ def main(argv=None):
             cluster = StandaloneCluster(Path(tmp)).start(n_workers=4, cores=8, memory="2g")
             master = cluster.url
             conf = {"spark.executor.cores": "8", "spark.executor.memory": "1g", "spark.cores.max": "32"}
-        session = open_session(SessionSettings(master, app_name="nnlib-scaling", conf=conf),
-                               max(mapper_counts)).session
+        session = open_session(SessionSettings(master, app_name="nnlib-scaling", conf=conf), max(mapper_counts)).session
         rows = []
         try:
-            for sweep, cases in (("mappers", [(k, 1e5) for k in mapper_counts]),
-                                 ("params", [(k, p) for k in param_mappers for p in param_counts if p != 1e5])):
+            for sweep, cases in (
+                ("mappers", [(k, 1e5) for k in mapper_counts]),
+                ("params", [(k, p) for k in param_mappers for p in param_counts if p != 1e5]),
+            ):
                 for k, p in cases:
                     for mode in MODES:
                         rows.append({"sweep": sweep, **measure(master, mode, k, p, rounds, steps)})
-                        print({key: rows[-1][key] for key in ("mode", "mappers", "params", "overhead_seconds",
-                                                              "driver_received_bytes_per_round")}, flush=True)
+                        print(
+                            {
+                                key: rows[-1][key]
+                                for key in (
+                                    "mode",
+                                    "mappers",
+                                    "params",
+                                    "overhead_seconds",
+                                    "driver_received_bytes_per_round",
+                                )
+                            },
+                            flush=True,
+                        )
         finally:
             session.stop()
             if cluster is not None:
                 cluster.stop()
     # the parameter sweep holds the mapper sweep's 1e5 runs too
     rows += [{**r, "sweep": "params"} for r in rows if r["sweep"] == "mappers" and r["mappers"] in param_mappers]
-    columns = ["sweep", "mode", "mappers", "params", "steps_per_round", "overhead_seconds", "overhead_ms_per_step",
-               "driver_received_bytes_per_round", "driver_received_bytes_per_step", "driver_sent_bytes_per_round"]
+    columns = [
+        "sweep",
+        "mode",
+        "mappers",
+        "params",
+        "steps_per_round",
+        "overhead_seconds",
+        "overhead_ms_per_step",
+        "driver_received_bytes_per_round",
+        "driver_received_bytes_per_step",
+        "driver_sent_bytes_per_round",
+    ]
     print(markdown_table(rows, columns))
     out = RESULTS / ("smoke/scaling.png" if args.smoke else "scaling.png")
     out.parent.mkdir(parents=True, exist_ok=True)

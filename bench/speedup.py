@@ -38,8 +38,16 @@ CLUSTER = "spark standalone, 4 one-core workers"
 
 def run_sets(source: str, engine_sets: list[str], mappers: int, rounds: int = 6) -> list[str]:
     """The ``--set`` items of one run: hidden 128, batch 32, lr 0.1, one local epoch a round (bench/cores.py too)."""
-    return [*engine_sets, f"mappers={mappers}", f"data.source={source}", "model.hidden=[128]",
-            "train.batch_size=32", "train.lr=0.1", "train.local_epochs=1", f"train.rounds={rounds}"]
+    return [
+        *engine_sets,
+        f"mappers={mappers}",
+        f"data.source={source}",
+        "model.hidden=[128]",
+        "train.batch_size=32",
+        "train.lr=0.1",
+        "train.local_epochs=1",
+        f"train.rounds={rounds}",
+    ]
 
 
 def seconds_per_epoch(source: str, engine_sets: list[str], mappers: int, launcher=(), rounds: int = 6) -> float:
@@ -56,8 +64,12 @@ def plot(rows: list[dict], baseline: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ks = sorted({r["mappers"] for r in rows})
     cores = os.cpu_count() or 1
-    ax.plot(ks, [baseline / min(k, cores) for k in ks], "k--",
-            label=f"ideal: one-thread local run / min(mappers, {cores} cores)")
+    ax.plot(
+        ks,
+        [baseline / min(k, cores) for k in ks],
+        "k--",
+        label=f"ideal: one-thread local run / min(mappers, {cores} cores)",
+    )
     for engine in dict.fromkeys(r["engine"] for r in rows):
         mine = [r for r in rows if r["engine"] == engine]
         ax.plot([r["mappers"] for r in mine], [r["seconds_per_epoch"] for r in mine], "o-", label=engine)
@@ -94,14 +106,22 @@ def main(argv=None):
     for p in range(repeats):
         for engine, k, sets, launcher in systems:
             times[engine, k].append(seconds_per_epoch(source, sets, k, launcher))
-        print(f"pass {p + 1}/{repeats}: " + ", ".join(f"{e} {k}: {v[-1]:.3f} s" for (e, k), v in times.items()),
-              flush=True)
+        print(
+            f"pass {p + 1}/{repeats}: " + ", ".join(f"{e} {k}: {v[-1]:.3f} s" for (e, k), v in times.items()),
+            flush=True,
+        )
     base_times = times[systems[0][0], 1]
     baseline = median(base_times)
-    rows = [{"engine": engine, "mappers": k, "seconds_per_epoch": median(times[engine, k]),
-             "repeats_s": times[engine, k],
-             "speedup": median(b / t for b, t in zip(base_times, times[engine, k], strict=True))}
-            for engine, k, _, _ in systems]
+    rows = [
+        {
+            "engine": engine,
+            "mappers": k,
+            "seconds_per_epoch": median(times[engine, k]),
+            "repeats_s": times[engine, k],
+            "speedup": median(b / t for b, t in zip(base_times, times[engine, k], strict=True)),
+        }
+        for engine, k, _, _ in systems
+    ]
     if not args.smoke:
         from spark_cluster import StandaloneCluster
 
@@ -110,13 +130,23 @@ def main(argv=None):
             try:
                 for k in (2, 4):
                     t = seconds_per_epoch(source, ["engine=spark", f"spark.master={cluster.url}"], k)
-                    rows.append({"engine": CLUSTER, "mappers": k, "seconds_per_epoch": t, "repeats_s": [t],
-                                 "speedup": baseline / t})
+                    rows.append(
+                        {
+                            "engine": CLUSTER,
+                            "mappers": k,
+                            "seconds_per_epoch": t,
+                            "repeats_s": [t],
+                            "speedup": baseline / t,
+                        }
+                    )
             finally:
                 cluster.stop()
     for r in rows:
-        print(f"{r['engine']:30s} mappers {r['mappers']}  {r['seconds_per_epoch']:.3f} s/epoch  "
-              f"speedup {r['speedup']:.2f}x", flush=True)
+        print(
+            f"{r['engine']:30s} mappers {r['mappers']}  {r['seconds_per_epoch']:.3f} s/epoch  "
+            f"speedup {r['speedup']:.2f}x",
+            flush=True,
+        )
     print(markdown_table(rows, ["engine", "mappers", "seconds_per_epoch", "speedup"]))
     out = RESULTS / ("smoke/speedup.png" if args.smoke else "speedup.png")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,24 +32,46 @@ def main(argv=None):
     source = str(synthetic_npz(6000, 1000) if args.smoke else synthetic_npz())
     mpiexec = mpi_launcher(2)
     rows = []
-    for name, sets, launcher in [("local", ["engine=local"], ()),
-                                 ("spark tasks", ["engine=spark", "spark.collective=tasks"], ()),
-                                 ("spark hub", ["engine=spark", "spark.collective=driver"], ()),
-                                 ("mpi", ["engine=mpi"], mpiexec)]:
-        res = nnlib_run([*sets, "mappers=2", f"data.source={source}", "model.hidden=[128]", "combine=gradient",
-                         "train.batch_size=32", "train.local_epochs=1", "train.rounds=3"], launcher)
+    for name, sets, launcher in [
+        ("local", ["engine=local"], ()),
+        ("spark tasks", ["engine=spark", "spark.collective=tasks"], ()),
+        ("spark hub", ["engine=spark", "spark.collective=driver"], ()),
+        ("mpi", ["engine=mpi"], mpiexec),
+    ]:
+        res = nnlib_run(
+            [
+                *sets,
+                "mappers=2",
+                f"data.source={source}",
+                "model.hidden=[128]",
+                "combine=gradient",
+                "train.batch_size=32",
+                "train.local_epochs=1",
+                "train.rounds=3",
+            ],
+            launcher,
+        )
         later = res["rounds"][1:]
         steps = res["mappers"][0]["steps"]
-        rows.append({"engine": name, "steps_per_round": steps,
-                     "seconds_per_round": median(r["seconds"] for r in later),
-                     "averaging_ms_per_step": 1000 * median(r["combine_seconds"] for r in later) / steps,
-                     "final_accuracy": res["summary"]["final_test_accuracy"]})
+        rows.append(
+            {
+                "engine": name,
+                "steps_per_round": steps,
+                "seconds_per_round": median(r["seconds"] for r in later),
+                "averaging_ms_per_step": 1000 * median(r["combine_seconds"] for r in later) / steps,
+                "final_accuracy": res["summary"]["final_test_accuracy"],
+            }
+        )
         print(rows[-1], flush=True)
     mpi = next(r["seconds_per_round"] for r in rows if r["engine"] == "mpi")
     for r in rows:
         r["vs_mpi"] = r["seconds_per_round"] / mpi
-    print(markdown_table(rows, ["engine", "steps_per_round", "seconds_per_round", "vs_mpi", "averaging_ms_per_step",
-                                "final_accuracy"]))
+    print(
+        markdown_table(
+            rows,
+            ["engine", "steps_per_round", "seconds_per_round", "vs_mpi", "averaging_ms_per_step", "final_accuracy"],
+        )
+    )
     write_result("smoke/sync_rounds" if args.smoke else "sync_rounds", rows)
 
 

@@ -40,11 +40,12 @@ def matmul_gflops(threads: int, n: int = 1024, repeats: int = 5) -> float:
             start = time.perf_counter()
             a @ b
             times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / float(np.median(times)) / 1e9
+    return 2 * n**3 / float(np.median(times)) / 1e9
 
 
-def samples_per_second(backend_name: str, sizes: tuple[int, ...], batch: int, threads: int, n: int,
-                       repeats: int) -> float:
+def samples_per_second(
+    backend_name: str, sizes: tuple[int, ...], batch: int, threads: int, n: int, repeats: int
+) -> float:
     """Median samples/s of one local epoch over ``n`` random samples."""
     layers = LayerSpec(sizes)
     backend = get_backend(backend_name, ModelSpec(layers))
@@ -79,11 +80,22 @@ def main(argv=None) -> dict:
         for backend in ("numpy", "torch"):
             for batch in batches:
                 rate = samples_per_second(backend, sizes, batch, threads, n, repeats)
-                rows.append({"threads": threads, "backend": backend, "batch": batch, "samples_per_s": rate,
-                             "matmul_gflops": gflops, "roofline_samples_per_s": roofline,
-                             "share_of_roofline": rate / roofline})
-                print(f"threads {threads}  {backend:5s}  batch {batch:5d}  {rate:9.0f} samples/s  "
-                      f"{100 * rate / roofline:5.1f}% of {roofline:9.0f} (matmul {gflops:.0f} GFLOP/s)", flush=True)
+                rows.append(
+                    {
+                        "threads": threads,
+                        "backend": backend,
+                        "batch": batch,
+                        "samples_per_s": rate,
+                        "matmul_gflops": gflops,
+                        "roofline_samples_per_s": roofline,
+                        "share_of_roofline": rate / roofline,
+                    }
+                )
+                print(
+                    f"threads {threads}  {backend:5s}  batch {batch:5d}  {rate:9.0f} samples/s  "
+                    f"{100 * rate / roofline:5.1f}% of {roofline:9.0f} (matmul {gflops:.0f} GFLOP/s)",
+                    flush=True,
+                )
     result = {"model": list(sizes), "params": params, "rows": rows}
     write_result("smoke/throughput" if args.smoke else "throughput", result)
     return result

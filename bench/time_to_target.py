@@ -49,8 +49,14 @@ SYSTEMS = {
     "Spark MLlib MLP (L-BFGS)": {"kind": "mllib"},
     "TorchDistributor DDP, 2 processes": {"kind": "ddp"},
 }
-SMOKE_SYSTEMS = ["nnlib local, 1 mapper", "nnlib Spark stage, 2 mappers", "nnlib MPI, 2 ranks", "plain torch loop",
-                 "Spark MLlib MLP (L-BFGS)", "TorchDistributor DDP, 2 processes"]
+SMOKE_SYSTEMS = [
+    "nnlib local, 1 mapper",
+    "nnlib Spark stage, 2 mappers",
+    "nnlib MPI, 2 ranks",
+    "plain torch loop",
+    "Spark MLlib MLP (L-BFGS)",
+    "TorchDistributor DDP, 2 processes",
+]
 
 
 def load(source: str):
@@ -61,19 +67,33 @@ def load(source: str):
 
 
 def run_nnlib(system: dict, source: str, target: float, max_epochs: int) -> dict:
-    sets = [f"engine={system['engine']}", f"mappers={system['mappers']}", f"data.source={source}",
-            f"model.hidden=[{HIDDEN}]", f"train.batch_size={BATCH}", f"train.lr={LR}", "train.local_epochs=1",
-            f"train.rounds={max_epochs}", f"train.target_accuracy={target}", "spark.master=local[*]",
-            f"spark.mode={system.get('mode', 'stage')}", "mpi.args=[--oversubscribe]"]
+    sets = [
+        f"engine={system['engine']}",
+        f"mappers={system['mappers']}",
+        f"data.source={source}",
+        f"model.hidden=[{HIDDEN}]",
+        f"train.batch_size={BATCH}",
+        f"train.lr={LR}",
+        "train.local_epochs=1",
+        f"train.rounds={max_epochs}",
+        f"train.target_accuracy={target}",
+        "spark.master=local[*]",
+        f"spark.mode={system.get('mode', 'stage')}",
+        "mpi.args=[--oversubscribe]",
+    ]
     launcher = []
     if system["engine"] == "mpi":
         launcher = mpi_launcher(system["mappers"])
     res = nnlib_run(sets, launcher)
     s = res["summary"]
     reached = s["final_test_accuracy"] >= target
-    return {"train_seconds": s["train_seconds"] if reached else None, "epochs": s["rounds_run"],
-            "final_accuracy": s["final_test_accuracy"], "one_off_seconds": res["process_seconds"] - s["train_seconds"],
-            "seconds_per_epoch": s["train_seconds"] / s["rounds_run"]}
+    return {
+        "train_seconds": s["train_seconds"] if reached else None,
+        "epochs": s["rounds_run"],
+        "final_accuracy": s["final_test_accuracy"],
+        "one_off_seconds": res["process_seconds"] - s["train_seconds"],
+        "seconds_per_epoch": s["train_seconds"] / s["rounds_run"],
+    }
 
 
 def run_torch(source: str, target: float, max_epochs: int) -> dict:
@@ -85,8 +105,9 @@ def run_torch(source: str, target: float, max_epochs: int) -> dict:
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     xt, yt = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], HIDDEN), torch.nn.ReLU(),
-                                torch.nn.Linear(HIDDEN, data.n_classes))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, data.n_classes)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     one_off = time.perf_counter() - start
     train, acc = 0.0, 0.0
@@ -100,10 +121,22 @@ def run_torch(source: str, target: float, max_epochs: int) -> dict:
             acc = float((model(xt).argmax(1) == yt).double().mean())
         train += time.perf_counter() - t
         if acc >= target:
-            return {"train_seconds": train, "epochs": epoch, "final_accuracy": acc, "one_off_seconds": one_off,
-                    "seconds_per_epoch": train / epoch, "threads": torch.get_num_threads()}
-    return {"train_seconds": None, "epochs": max_epochs, "final_accuracy": acc, "one_off_seconds": one_off,
-            "seconds_per_epoch": train / max_epochs, "threads": torch.get_num_threads()}
+            return {
+                "train_seconds": train,
+                "epochs": epoch,
+                "final_accuracy": acc,
+                "one_off_seconds": one_off,
+                "seconds_per_epoch": train / epoch,
+                "threads": torch.get_num_threads(),
+            }
+    return {
+        "train_seconds": None,
+        "epochs": max_epochs,
+        "final_accuracy": acc,
+        "one_off_seconds": one_off,
+        "seconds_per_epoch": train / max_epochs,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_mllib(source: str, target: float, max_iter: int) -> dict:
@@ -115,8 +148,13 @@ def run_mllib(source: str, target: float, max_iter: int) -> dict:
     from pyspark.sql import SparkSession
 
     start = time.perf_counter()
-    spark = (SparkSession.builder.master("local[2]").config("spark.ui.showConsoleProgress", "false")
-             .config("spark.log.level", "ERROR").config("spark.driver.memory", "6g").getOrCreate())
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.log.level", "ERROR")
+        .config("spark.driver.memory", "6g")
+        .getOrCreate()
+    )
     data = load(source)
     frames = []
     with scratch() as tmp:
@@ -131,8 +169,9 @@ def run_mllib(source: str, target: float, max_iter: int) -> dict:
         out = {"one_off_seconds": one_off, "fits": []}
         iters = 5
         while iters <= max_iter:
-            clf = MultilayerPerceptronClassifier(layers=[data.n_features, HIDDEN, data.n_classes], maxIter=iters,
-                                                 blockSize=128, seed=0)
+            clf = MultilayerPerceptronClassifier(
+                layers=[data.n_features, HIDDEN, data.n_classes], maxIter=iters, blockSize=128, seed=0
+            )
             t = time.perf_counter()
             model = clf.fit(train_df)
             fit = time.perf_counter() - t
@@ -143,8 +182,12 @@ def run_mllib(source: str, target: float, max_iter: int) -> dict:
                 break
             iters *= 2
         else:
-            out.update(train_seconds=None, epochs=out["fits"][-1]["max_iter"], final_accuracy=acc,
-                       seconds_per_epoch=out["fits"][-1]["seconds"] / out["fits"][-1]["max_iter"])
+            out.update(
+                train_seconds=None,
+                epochs=out["fits"][-1]["max_iter"],
+                final_accuracy=acc,
+                seconds_per_epoch=out["fits"][-1]["seconds"] / out["fits"][-1]["max_iter"],
+            )
     spark.stop()
     return out
 
@@ -168,8 +211,9 @@ def ddp_train(source: str, target: float, max_epochs: int):
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     xt, yt = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
     torch.manual_seed(0)
-    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(
-        torch.nn.Linear(x.shape[1], 128), torch.nn.ReLU(), torch.nn.Linear(128, data.n_classes)))
+    model = torch.nn.parallel.DistributedDataParallel(
+        torch.nn.Sequential(torch.nn.Linear(x.shape[1], 128), torch.nn.ReLU(), torch.nn.Linear(128, data.n_classes))
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     dist.barrier()
     one_off = time.perf_counter() - start
@@ -189,8 +233,13 @@ def ddp_train(source: str, target: float, max_epochs: int):
             break
     dist.destroy_process_group()
     # every process returns (TorchDistributor keeps the last file written); DDP keeps their models equal
-    return {"train_seconds": train if acc >= target else None, "epochs": epoch, "final_accuracy": acc,
-            "seconds_per_epoch": train / epoch, "process_one_off_seconds": one_off}
+    return {
+        "train_seconds": train if acc >= target else None,
+        "epochs": epoch,
+        "final_accuracy": acc,
+        "seconds_per_epoch": train / epoch,
+        "process_one_off_seconds": one_off,
+    }
 
 
 def run_ddp(source: str, target: float, max_epochs: int) -> dict:
@@ -198,8 +247,12 @@ def run_ddp(source: str, target: float, max_epochs: int) -> dict:
     from pyspark.sql import SparkSession
 
     start = time.perf_counter()
-    spark = (SparkSession.builder.master("local[2]").config("spark.ui.showConsoleProgress", "false")
-             .config("spark.log.level", "ERROR").getOrCreate())
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.log.level", "ERROR")
+        .getOrCreate()
+    )
     out = TorchDistributor(num_processes=2, local_mode=True, use_gpu=False).run(ddp_train, source, target, max_epochs)
     total = time.perf_counter() - start
     spark.stop()
@@ -246,22 +299,53 @@ def main(argv=None):
                 max_epochs_here = 12  # every mrjob task reloads the 188 MB set each round
             else:
                 max_epochs_here = max_epochs
-            proc = subprocess.run([sys.executable, __file__, "--one", name, "--source", source, "--target",
-                                   str(target), "--max-epochs", str(max_epochs_here)], cwd=ROOT,
-                                  env=bench_env(), capture_output=True, text=True, timeout=3600)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    name,
+                    "--source",
+                    source,
+                    "--target",
+                    str(target),
+                    "--max-epochs",
+                    str(max_epochs_here),
+                ],
+                cwd=ROOT,
+                env=bench_env(),
+                capture_output=True,
+                text=True,
+                timeout=3600,
+            )
             if proc.returncode != 0:
                 raise SystemExit(f"{name} on {data_name} failed:\n{proc.stderr[-3000:]}")
             row = {"system": name, **json.loads(proc.stdout.strip().splitlines()[-1])}
             rows.append(row)
-            print(f"{data_name:10s} {name:38s} train {row['train_seconds'] or float('nan'):8.2f}s  "
-                  f"epochs {row['epochs']:3d}  acc {row['final_accuracy']:.4f}  one-off {row['one_off_seconds']:.1f}s",
-                  flush=True)
+            print(
+                f"{data_name:10s} {name:38s} train {row['train_seconds'] or float('nan'):8.2f}s  "
+                f"epochs {row['epochs']:3d}  acc {row['final_accuracy']:.4f}  one-off {row['one_off_seconds']:.1f}s",
+                flush=True,
+            )
         base = next((r["train_seconds"] for r in rows if r["system"].startswith("nnlib Spark stage, 2")), None)
         for r in rows:
             r["ratio_to_nnlib_spark_2"] = r["train_seconds"] / base if base and r["train_seconds"] else None
         results[data_name] = {"target": target, "rows": rows}
-        print(markdown_table(rows, ["system", "train_seconds", "epochs", "final_accuracy", "one_off_seconds",
-                                    "seconds_per_epoch", "ratio_to_nnlib_spark_2"]), flush=True)
+        print(
+            markdown_table(
+                rows,
+                [
+                    "system",
+                    "train_seconds",
+                    "epochs",
+                    "final_accuracy",
+                    "one_off_seconds",
+                    "seconds_per_epoch",
+                    "ratio_to_nnlib_spark_2",
+                ],
+            ),
+            flush=True,
+        )
     write_result("smoke/time_to_target" if args.smoke else "time_to_target", results)
 
 

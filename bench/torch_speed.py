@@ -94,8 +94,10 @@ def nnlib_epoch(backend_name: str, layers, x: np.ndarray, y: np.ndarray, batch: 
 
 def compare(name: str, layers, x, y, batch: int, repeats: int, numpy_too: bool) -> dict:
     """Median seconds per epoch of each system, taking turns, after one warm-up epoch each."""
-    systems = {"nnlib_torch": lambda: nnlib_epoch("torch", layers, x, y, batch),
-               "plain_torch": lambda: plain_epoch(layers, x, y, batch)}
+    systems = {
+        "nnlib_torch": lambda: nnlib_epoch("torch", layers, x, y, batch),
+        "plain_torch": lambda: plain_epoch(layers, x, y, batch),
+    }
     if numpy_too:
         systems["nnlib_numpy"] = lambda: nnlib_epoch("numpy", layers, x, y, batch)
     times = {k: [] for k in systems}
@@ -133,9 +135,11 @@ def main(argv=None) -> dict:
     result = {"threads": 1, "lr": LR, "optimizer": "SGD", "torch": torch.__version__, "rows": rows}
     write_result("smoke/torch_speed" if args.smoke else "torch_speed", result)
     for r in rows:
-        print(f"{r['model']:16s} batch {r['batch']:4d}  nnlib torch {r['nnlib_torch_s']:.3f} s  "
-              f"plain torch {r['plain_torch_s']:.3f} s  ({r['torch_ratio']:.2f}x)  "
-              f"nnlib numpy {r['nnlib_numpy_s']:.3f} s ({r['numpy_ratio']:.2f}x)")
+        print(
+            f"{r['model']:16s} batch {r['batch']:4d}  nnlib torch {r['nnlib_torch_s']:.3f} s  "
+            f"plain torch {r['plain_torch_s']:.3f} s  ({r['torch_ratio']:.2f}x)  "
+            f"nnlib numpy {r['nnlib_numpy_s']:.3f} s ({r['numpy_ratio']:.2f}x)"
+        )
     return result
 
 

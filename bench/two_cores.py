@@ -56,6 +56,7 @@ def _epoch_kernel(n: int):
 
     def run():
         local_sgd(backend, params, None, SGD(), x, y, LocalSchedule(32), 0.01, np.random.default_rng(1))
+
     return run
 
 
@@ -66,6 +67,7 @@ def _matmul_kernel(n: int):
     def run():
         for _ in range(8):
             a @ b
+
     return run
 
 
@@ -77,7 +79,7 @@ def _worker(kernel: str, size: int, barrier, out) -> None:
 
     with threadpool_limits(1, user_api="blas"):
         run = KERNELS[kernel](size)
-        run()                                    # warm: pages, caches, BLAS buffers
+        run()  # warm: pages, caches, BLAS buffers
         barrier.wait()
         start = time.perf_counter()
         run()
@@ -157,13 +159,24 @@ def main(argv=None) -> dict:
             alone.append(timed(kernel, size, 1, ctx))
             pair.append(timed(kernel, size, 2, ctx))
         slowdown = float(np.median(pair) / np.median(alone))
-        rows.append({"kernel": kernel, "size": size, "alone_s": alone,
-                     "pair_s": pair, "alone_median_s": float(np.median(alone)),
-                     "pair_median_s": float(np.median(pair)), "slowdown": slowdown,
-                     "two_mapper_ceiling": 2 / slowdown})
-        print(f"{kernel:6s}  alone {np.median(alone):.3f} s  two at once {np.median(pair):.3f} s  "
-              f"slowdown {slowdown:.2f}  ceiling for 2 mappers {2 / slowdown:.2f}x "
-              f"(alone {min(alone):.3f}-{max(alone):.3f}, pair {min(pair):.3f}-{max(pair):.3f})", flush=True)
+        rows.append(
+            {
+                "kernel": kernel,
+                "size": size,
+                "alone_s": alone,
+                "pair_s": pair,
+                "alone_median_s": float(np.median(alone)),
+                "pair_median_s": float(np.median(pair)),
+                "slowdown": slowdown,
+                "two_mapper_ceiling": 2 / slowdown,
+            }
+        )
+        print(
+            f"{kernel:6s}  alone {np.median(alone):.3f} s  two at once {np.median(pair):.3f} s  "
+            f"slowdown {slowdown:.2f}  ceiling for 2 mappers {2 / slowdown:.2f}x "
+            f"(alone {min(alone):.3f}-{max(alone):.3f}, pair {min(pair):.3f}-{max(pair):.3f})",
+            flush=True,
+        )
     # a second series: the epoch pair bare and beside a scoring driver on one and on two BLAS threads, interleaved
     size = sizes["epoch"]
     beside = {0: [], 1: [], 2: []}
@@ -171,14 +184,23 @@ def main(argv=None) -> dict:
         for threads in beside:
             beside[threads].append(timed("epoch", size, 2, ctx, threads))
     for threads, times in beside.items():
-        rows.append({"kernel": "epoch pair" + (f" beside a scorer on {threads} BLAS thread(s)" if threads else ""),
-                     "size": size, "pair_s": times, "pair_median_s": float(np.median(times))})
+        rows.append(
+            {
+                "kernel": "epoch pair" + (f" beside a scorer on {threads} BLAS thread(s)" if threads else ""),
+                "size": size,
+                "pair_s": times,
+                "pair_median_s": float(np.median(times)),
+            }
+        )
     spin = {threads: spin_cpu_ms(threads) for threads in (1, 2)}
     bare = float(np.median(beside[0]))
     for threads in (1, 2):
-        print(f"epoch pair beside a scorer on {threads} BLAS thread(s): {np.median(beside[threads]):.3f} s "
-              f"({np.median(beside[threads]) / bare:.2f}x the bare pair's {bare:.3f} s in the same series); "
-              f"the scorer's CPU per call {spin[threads]:.0f} ms", flush=True)
+        print(
+            f"epoch pair beside a scorer on {threads} BLAS thread(s): {np.median(beside[threads]):.3f} s "
+            f"({np.median(beside[threads]) / bare:.2f}x the bare pair's {bare:.3f} s in the same series); "
+            f"the scorer's CPU per call {spin[threads]:.0f} ms",
+            flush=True,
+        )
     result = {"cores": os.cpu_count(), "trials": trials, "rows": rows, "spin_cpu_ms": spin}
     write_result("smoke/two_cores" if args.smoke else "two_cores", result)
     return result

@@ -86,15 +86,35 @@ def repeat(data: Path, narrow: Path) -> tuple[dict, bool]:
     with scratch() as folder:
         tmp = Path(folder)
         for engine, extra in ENGINES:
-            seconds[("run", engine)] = timed(["run", "--quiet", "--out", str(tmp / engine),
-                                              *sets([f"data.source={data}", *TRAIN, *extra])], tmp)
-        seconds[("run", "spark, 10 columns")] = timed(["run", "--quiet", "--out", str(tmp / "narrow"),
-                                                       *sets([f"data.source={narrow}", *TRAIN, *SPARK])], tmp)
+            seconds[("run", engine)] = timed(
+                ["run", "--quiet", "--out", str(tmp / engine), *sets([f"data.source={data}", *TRAIN, *extra])], tmp
+            )
+        seconds[("run", "spark, 10 columns")] = timed(
+            ["run", "--quiet", "--out", str(tmp / "narrow"), *sets([f"data.source={narrow}", *TRAIN, *SPARK])], tmp
+        )
         for engine, extra in ENGINES:
-            seconds[("predict", engine)] = timed(["predict", str(tmp / "local"), str(data), *sets(extra),
-                                                  "--out", str(tmp / f"predictions-{engine}.parquet")], tmp)
-        seconds[("predict", "spark, 10 columns")] = timed(["predict", str(tmp / "narrow"), str(narrow), *sets(SPARK),
-                                                           "--out", str(tmp / "predictions-narrow.parquet")], tmp)
+            seconds[("predict", engine)] = timed(
+                [
+                    "predict",
+                    str(tmp / "local"),
+                    str(data),
+                    *sets(extra),
+                    "--out",
+                    str(tmp / f"predictions-{engine}.parquet"),
+                ],
+                tmp,
+            )
+        seconds[("predict", "spark, 10 columns")] = timed(
+            [
+                "predict",
+                str(tmp / "narrow"),
+                str(narrow),
+                *sets(SPARK),
+                "--out",
+                str(tmp / "predictions-narrow.parquet"),
+            ],
+            tmp,
+        )
         local, spark = (load_model(tmp / e / "model.npz") for e in ("local", "spark"))
         same = local.keys() == spark.keys() and all(np.array_equal(local[k], spark[k]) for k in local)
     return seconds, same
@@ -113,8 +133,12 @@ def main(argv=None):
         seconds, equal = repeat(data, narrow)
         runs.append(seconds)
         same.append(equal)
-        print(f"repeat {r + 1}/{repeats}: " + ", ".join(f"{w} {e} {s:.1f} s" for (w, e), s in seconds.items())
-              + f"; same weights: {equal}", flush=True)
+        print(
+            f"repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{w} {e} {s:.1f} s" for (w, e), s in seconds.items())
+            + f"; same weights: {equal}",
+            flush=True,
+        )
     table = []
     for what in ("run", "predict"):
         local = median(s[(what, "local")] for s in runs)
@@ -128,12 +152,22 @@ def main(argv=None):
                 row["met"] = row["median_s"] <= row["target_s"]
                 row["over_narrow_s"] = row["median_s"] - fixed
             table.append(row)
-    print(markdown_table(table, ["command", "engine", "median_s", "ratio_to_local", "target_s", "met",
-                                 "over_narrow_s"]))
+    print(
+        markdown_table(table, ["command", "engine", "median_s", "ratio_to_local", "target_s", "met", "over_narrow_s"])
+    )
     print(f"Spark's weights equal the local engine's in every repeat: {all(same)}")
-    write_result("smoke/wide" if args.smoke else "wide",
-                 {"rows": rows, "columns": columns, "repeats": repeats, "train": TRAIN, "spark": SPARK,
-                  "same_weights": all(same), "table": table})
+    write_result(
+        "smoke/wide" if args.smoke else "wide",
+        {
+            "rows": rows,
+            "columns": columns,
+            "repeats": repeats,
+            "train": TRAIN,
+            "spark": SPARK,
+            "same_weights": all(same),
+            "table": table,
+        },
+    )
 
 
 if __name__ == "__main__":

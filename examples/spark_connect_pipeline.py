@@ -32,14 +32,17 @@ def main(remote: str) -> None:
     rows = [(*map(float, x), f"digit-{y}") for x, y in zip(digits.data, digits.target, strict=True)]
     df = spark.createDataFrame(rows, [*pixels, "digit"])
 
-    pipeline = Pipeline(stages=[StringIndexer(inputCol="digit", outputCol="label"),
-                                VectorAssembler(inputCols=pixels, outputCol="features"),
-                                NNClassifier(mappers=2, hidden=[32], rounds=5, seed=1)])
+    pipeline = Pipeline(
+        stages=[
+            StringIndexer(inputCol="digit", outputCol="label"),
+            VectorAssembler(inputCols=pixels, outputCol="features"),
+            NNClassifier(mappers=2, hidden=[32], rounds=5, seed=1),
+        ]
+    )
     fitted = pipeline.fit(df)
     scored = fitted.transform(df).select("label", "prediction").toPandas()
     accuracy = float(np.mean(scored["label"] == scored["prediction"]))
-    print(f"fitted on the server: training accuracy {accuracy:.4f}, "
-          f"{len(fitted.stages[-1].summary.rounds)} rounds")
+    print(f"fitted on the server: training accuracy {accuracy:.4f}, {len(fitted.stages[-1].summary.rounds)} rounds")
 
     path = str(Path("runs/connect-pipeline").resolve())
     fitted.write().overwrite().save(path)

@@ -71,8 +71,11 @@ class Stopped(Interrupted):
 
 def _kept(run_dir: Path, done: int) -> str:
     rounds_kept = "round 1 is" if done == 1 else f"rounds 1-{done} are"
-    return (f"{rounds_kept} kept (checkpoint {run_dir / 'checkpoints' / f'round-{done:05d}.npz'})" if done
-            else "no round had finished")
+    return (
+        f"{rounds_kept} kept (checkpoint {run_dir / 'checkpoints' / f'round-{done:05d}.npz'})"
+        if done
+        else "no round had finished"
+    )
 
 
 def interrupted(run_dir: Path | None, rounds: int, engine: str) -> Interrupted:
@@ -81,10 +84,15 @@ def interrupted(run_dir: Path | None, rounds: int, engine: str) -> Interrupted:
     if run_dir is None or not (run_dir / "config.yaml").is_file():
         return Interrupted("interrupted before the first round started; nothing was written", None)
     done = checkpoint_rounds(run_dir)
-    when = (f"in round {done + 1}/{rounds}" if done < rounds
-            else f"after the last round ({rounds}/{rounds}), before the run's outputs were written")
-    return Interrupted(f"interrupted {when}; {_kept(run_dir, done)}; resume with: "
-                       f"nnlib run --resume {shlex.quote(str(run_dir))}", run_dir)
+    when = (
+        f"in round {done + 1}/{rounds}"
+        if done < rounds
+        else f"after the last round ({rounds}/{rounds}), before the run's outputs were written"
+    )
+    return Interrupted(
+        f"interrupted {when}; {_kept(run_dir, done)}; resume with: nnlib run --resume {shlex.quote(str(run_dir))}",
+        run_dir,
+    )
 
 
 def stopped(run_dir: Path | None, rounds: int, stop: StopRequested) -> Stopped:
@@ -95,11 +103,13 @@ def stopped(run_dir: Path | None, rounds: int, stop: StopRequested) -> Stopped:
         return Stopped(f"stopped by {name} before the first round started; nothing was written", None)
     done = checkpoint_rounds(run_dir)
     where = shlex.quote(str(run_dir))
-    abandoned = (f" (round {done + 1} was abandoned: train.stop_grace_seconds={stop.grace:g} passed)"
-                 if stop.abandoned else "")
+    abandoned = (
+        f" (round {done + 1} was abandoned: train.stop_grace_seconds={stop.grace:g} passed)" if stop.abandoned else ""
+    )
     when = f"after round {done}/{rounds}" if done else f"in round 1/{rounds}"
-    return Stopped(f"stopped by {name} {when}{abandoned}; {_kept(run_dir, done)}; resume with: "
-                   f"nnlib run --resume {where}", run_dir)
+    return Stopped(
+        f"stopped by {name} {when}{abandoned}; {_kept(run_dir, done)}; resume with: nnlib run --resume {where}", run_dir
+    )
 
 
 @dataclass
@@ -134,19 +144,36 @@ class Run:
         if not (path / "summary.json").is_file():
             raise ConfigError(f"{path}: not a finished run (no summary.json)")
         summary = json.loads((path / "summary.json").read_text())
-        return cls(summary, read_csv_rows(path / "rounds.csv"), read_csv_rows(path / "mapper_times.csv"),
-                   Model.load(path), path, None, summary.get("skipped_mappers", []))
+        return cls(
+            summary,
+            read_csv_rows(path / "rounds.csv"),
+            read_csv_rows(path / "mapper_times.csv"),
+            Model.load(path),
+            path,
+            None,
+            summary.get("skipped_mappers", []),
+        )
 
     @classmethod
     def from_result(cls, result: RunResult, run_dir: RunDir | None, config: Config) -> Run:
         assert result.model is not None  # a finished run has its model
-        return cls(result.summary, result.rounds, result.mapper_rows, Model(result.model),
-                   None if run_dir is None else run_dir.path, config, result.skipped)
+        return cls(
+            result.summary,
+            result.rounds,
+            result.mapper_rows,
+            Model(result.model),
+            None if run_dir is None else run_dir.path,
+            config,
+            result.skipped,
+        )
 
 
-def resolve(conf: str | Path | Config | None = None,
-            overrides: Mapping[str, Any] | Sequence[str] | None = None, engine: str | None = None,
-            overrides_source: str = "overrides") -> Config:
+def resolve(
+    conf: str | Path | Config | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    engine: str | None = None,
+    overrides_source: str = "overrides",
+) -> Config:
     """The config of a run: ``conf`` (a conf file, a :class:`Config`, or None for the defaults), then
     ``overrides`` (``{"train.rounds": 3}`` or ``["train.rounds=3"]``), then ``engine`` (a name). An error names
     a bad value's source: ``overrides_source`` (the API's ``overrides``; ``--set`` from the command line) or
@@ -155,8 +182,11 @@ def resolve(conf: str | Path | Config | None = None,
     if isinstance(conf, Config):
         from nnlib.config import build_config
 
-        return build_config(conf.to_dict(), items, source="the given Config",
-                            overrides_source=overrides_source) if items else conf
+        return (
+            build_config(conf.to_dict(), items, source="the given Config", overrides_source=overrides_source)
+            if items
+            else conf
+        )
     return load_config(None if conf is None else str(conf), items, overrides_source)
 
 
@@ -188,11 +218,13 @@ def _after(first: str, log: Callable[[str], None]) -> Callable[[str], None]:
     return say
 
 
-
-
-def resume_config(out: str | Path, conf: str | Path | Config | None = None,
-                  overrides: Mapping[str, Any] | Sequence[str] | None = None, engine: str | None = None,
-                  overrides_source: str = "overrides") -> Config:
+def resume_config(
+    out: str | Path,
+    conf: str | Path | Config | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    engine: str | None = None,
+    overrides_source: str = "overrides",
+) -> Config:
     """The config of a resume into ``out``: ``conf`` (default: the run's ``out/config.yaml``), then
     ``overrides``, then ``engine``.
 
@@ -220,16 +252,26 @@ def resume_config(out: str | Path, conf: str | Path | Config | None = None,
     if differ:
         had, given = flatten(saved.to_dict()), flatten(requested.to_dict())
         changes = ", ".join(f"{k} (the run has {had.get(k)!r}, given {given.get(k)!r})" for k in differ)
-        raise ConfigError(f"--resume {out}: the config differs from the run's in {changes}; "
-                          "only train.rounds may change (and the engine: engine, spark.*, mpi.*, mrjob.*, "
-                          "train.stop_grace_seconds)")
+        raise ConfigError(
+            f"--resume {out}: the config differs from the run's in {changes}; "
+            "only train.rounds may change (and the engine: engine, spark.*, mpi.*, mrjob.*, "
+            "train.stop_grace_seconds)"
+        )
     return requested
 
 
-def train(conf: str | Path | Config | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
-          out: str | Path | None = None, engine: str | Engine | None = None, *, resume: bool = False,
-          overwrite: bool = False, write: bool = True, log: Callable[[str], None] | None = None,
-          warn: Callable[[str], None] = _warn) -> Run:
+def train(
+    conf: str | Path | Config | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    out: str | Path | None = None,
+    engine: str | Engine | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    write: bool = True,
+    log: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] = _warn,
+) -> Run:
     """Train as ``nnlib run`` does and return the :class:`Run`.
 
     ``conf``: a conf file, a :class:`nnlib.config.Config` or None (the
@@ -266,8 +308,11 @@ def train(conf: str | Path | Config | None = None, overrides: Mapping[str, Any] 
     engine_name = engine if isinstance(engine, str) else None
     if resume and write and out is None:
         raise ConfigError("resume=True continues the run in out: name the run directory (out=...)")
-    config = resume_config(out, conf, overrides, engine_name) if resume and write and out is not None else \
-        resolve(conf, overrides, engine_name)
+    config = (
+        resume_config(out, conf, overrides, engine_name)
+        if resume and write and out is not None
+        else resolve(conf, overrides, engine_name)
+    )
     log = log or _quiet
     if config.engine == "mpi" and engine_obj is None and not inside_launcher():
         return _launch_mpi(conf, overrides, config, out, overwrite, write, resume)
@@ -283,8 +328,16 @@ def train(conf: str | Path | Config | None = None, overrides: Mapping[str, Any] 
             raise stopped(Path(out) if write and out is not None else None, config.train.rounds, stop) from None
 
 
-def _train(config: Config, engine_obj: Engine | None, out, resume: bool, overwrite: bool, write: bool,
-           log: Callable[[str], None], warn: Callable[[str], None]) -> Run:
+def _train(
+    config: Config,
+    engine_obj: Engine | None,
+    out,
+    resume: bool,
+    overwrite: bool,
+    write: bool,
+    log: Callable[[str], None],
+    warn: Callable[[str], None],
+) -> Run:
     """:func:`train` once the config is resolved and the stop signals are handled."""
     engine_obj = engine_obj or make_engine(config, warn)
     speak = engine_obj.is_main
@@ -292,23 +345,35 @@ def _train(config: Config, engine_obj: Engine | None, out, resume: bool, overwri
         from nnlib.engines.mpi.engine import fit_to_ranks
 
         if resume and write and engine_obj.size != config.mappers and (Path(out) / "config.yaml").is_file():
-            raise ConfigError(f"--resume {out}: the run has mappers={config.mappers}, and engine=mpi runs one "
-                              f"mapper per rank: start {config.mappers} ranks, got {engine_obj.size}")
+            raise ConfigError(
+                f"--resume {out}: the run has mappers={config.mappers}, and engine=mpi runs one "
+                f"mapper per rank: start {config.mappers} ranks, got {engine_obj.size}"
+            )
         config = fit_to_ranks(config, engine_obj.size, warn if speak else _quiet)
     run_dir = open_run_dir(engine_obj, out, overwrite, resume) if write else None
     resume_from: bool | RunDir = resume
     if resume and write and not engine_obj.is_main:
         # every rank reads the checkpoint; rank 0 alone writes
         resume_from = RunDir(Path(out), resume=True, reader=True)
-    log = _after(f"nnlib: engine={config.engine} mappers={config.mappers} combine={config.combine} "
-                 f"data={config.data.source} -> {run_dir.path if run_dir else '-'}", log)
+    log = _after(
+        f"nnlib: engine={config.engine} mappers={config.mappers} combine={config.combine} "
+        f"data={config.data.source} -> {run_dir.path if run_dir else '-'}",
+        log,
+    )
     try:
         tracking = make_tracking(config, warn) if speak else NoTracking()
         tracking.start(config, run_dir.path.name if run_dir else "run")
         result = None
         try:
-            result = run_with_baseline(config, run_dir, engine=engine_obj, log=log if speak else _quiet,
-                                       warn=warn if speak else _quiet, resume=resume_from, on_round=tracking.log_round)
+            result = run_with_baseline(
+                config,
+                run_dir,
+                engine=engine_obj,
+                log=log if speak else _quiet,
+                warn=warn if speak else _quiet,
+                resume=resume_from,
+                on_round=tracking.log_round,
+            )
         except StopRequested:
             raise  # train() says it, naming out
         except KeyboardInterrupt:
@@ -340,8 +405,10 @@ def open_run_dir(engine: Engine, out: str | Path | None, overwrite: bool, resume
 def _launch_mpi(conf, overrides, config: Config, out, overwrite: bool, write: bool, resume: bool = False) -> Run:
     """``engine=mpi`` from a process outside mpiexec: start the ranks on ``nnlib run``, read the run back."""
     if not write:
-        raise ConfigError("engine=mpi runs in other processes and returns its run through the run directory; "
-                          "write=False cannot be used with it")
+        raise ConfigError(
+            "engine=mpi runs in other processes and returns its run through the run directory; "
+            "write=False cannot be used with it"
+        )
     out = Path(out) if out else default_run_dir()
     # every key that differs from the defaults, so a Config object crosses to the ranks as --set items
     values = flatten(config.to_dict())
@@ -365,8 +432,9 @@ def launch_ranks(config: Config, out: Path, nnlib_args: list[str]) -> int:
     finished anyway); Ctrl-C raises :class:`Interrupted`.
     """
     try:
-        return launch(config.mpi.launcher, config.mappers, config.mpi.args, nnlib_args,
-                      stop_grace=config.train.stop_grace_seconds)
+        return launch(
+            config.mpi.launcher, config.mappers, config.mpi.args, nnlib_args, stop_grace=config.train.stop_grace_seconds
+        )
     except StopRequested as stop:
         if (out / "summary.json").is_file():  # the signal came in the last round, which finished the run
             return 0

@@ -36,52 +36,95 @@ from nnlib.outputs import default_run_dir, write_cause
 
 def build_parser(prog: str = "nnlib") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Distributed batch training of MLPs.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {nnlib.__version__} "
-                        f"(Python {sys.version.split()[0]}, {Path(nnlib.__file__).parent})")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {nnlib.__version__} (Python {sys.version.split()[0]}, {Path(nnlib.__file__).parent})",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="train as a conf file says")
     run_parser.add_argument("conf", nargs="?", help="conf file (default: the built-in defaults)")
-    run_parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                            help="override a config key, e.g. --set mappers=8 (repeatable)")
+    run_parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set mappers=8 (repeatable)",
+    )
     run_parser.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     run_parser.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    run_parser.add_argument("--resume", metavar="DIR",
-                            help="continue the run in DIR from its last checkpoint (only train.rounds and the "
-                                 "engine may change), or start it there if DIR holds no run yet")
+    run_parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its last checkpoint (only train.rounds and the "
+        "engine may change), or start it there if DIR holds no run yet",
+    )
     run_parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     # a rank started by nnlib's own launcher: it stays silent on a stop (the launcher says it) and exits 0
     run_parser.add_argument(LAUNCHED_FLAG, dest="launched", action="store_true", help=argparse.SUPPRESS)
     sweep = sub.add_parser("sweep", help="run every case of a sweep file, each as its own run, and draw the figures")
     sweep.add_argument("sweep", help="sweep file (YAML: base, set, grid, cases, repeats, target_accuracy)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key in every run (repeatable)")
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every run (repeatable)",
+    )
     sweep.add_argument("--out", help="sweep directory (default: runs/sweep-<name>)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
-    search = sub.add_parser("split-search", help="train and score every split of the hidden units into groups "
-                                                 "(combinations.csv, search.json and figures)")
+    search = sub.add_parser(
+        "split-search",
+        help="train and score every split of the hidden units into groups (combinations.csv, search.json and figures)",
+    )
     search.add_argument("conf", nargs="?", help="conf file (default: the built-in defaults)")
-    search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set model.hidden=[8] (repeatable)")
+    search.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set model.hidden=[8] (repeatable)",
+    )
     search.add_argument("--out", help="output directory (default: runs/split-search-<timestamp>)")
     search.add_argument("--quiet", action="store_true", help="no progress bar")
     plot = sub.add_parser("plot", help="draw the figures of a run or sweep directory into DIR/plots/")
     plot.add_argument("dir", help="a run directory (summary.json) or a sweep directory (results.csv)")
-    report = sub.add_parser("report", help="write DIR/report.md and a self-contained DIR/report.html; "
-                                           "with several runs, one report comparing them")
-    report.add_argument("dirs", nargs="+", metavar="DIR",
-                        help="a run (summary.json), a sweep (results.csv) or a split search (search.json); "
-                             "or several runs (folders or a glob such as 'runs/m*') to compare, as a sweep's report")
-    report.add_argument("--out", help="with several runs: the folder for the comparison "
-                                      "(default: runs/compare-<timestamp>)")
+    report = sub.add_parser(
+        "report",
+        help="write DIR/report.md and a self-contained DIR/report.html; with several runs, one report comparing them",
+    )
+    report.add_argument(
+        "dirs",
+        nargs="+",
+        metavar="DIR",
+        help="a run (summary.json), a sweep (results.csv) or a split search (search.json); "
+        "or several runs (folders or a glob such as 'runs/m*') to compare, as a sweep's report",
+    )
+    report.add_argument(
+        "--out", help="with several runs: the folder for the comparison (default: runs/compare-<timestamp>)"
+    )
     predict = sub.add_parser("predict", help="predict every row of a data source (see nnlib/model/predict.py)")
     predict.add_argument("model", help="a run directory or a model file (model.npz)")
-    predict.add_argument("data",
-                         help="a data source: digits, synthetic, .npz, .csv, IDX, .parquet or a Parquet dataset")
-    predict.add_argument("--out", help="write the predictions here (.parquet or .csv; engine=spark writes a "
-                                       "directory of part files); default: only report")
-    predict.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="how to read DATA, e.g. --set data.key_column=id; --set engine=spark scores in "
-                              "Spark's executors (repeatable)")
+    predict.add_argument(
+        "data", help="a data source: digits, synthetic, .npz, .csv, IDX, .parquet or a Parquet dataset"
+    )
+    predict.add_argument(
+        "--out",
+        help="write the predictions here (.parquet or .csv; engine=spark writes a "
+        "directory of part files); default: only report",
+    )
+    predict.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="how to read DATA, e.g. --set data.key_column=id; --set engine=spark scores in "
+        "Spark's executors (repeatable)",
+    )
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     export = sub.add_parser("export", help="export a model to ONNX or torch (see nnlib/model/export.py)")
     export.add_argument("model", help="a run directory or a model file (model.npz)")
@@ -135,12 +178,16 @@ def run_command(args: argparse.Namespace) -> int:
         s = run.summary
         baseline = f" (unsplit baseline {s['baseline_test_accuracy']:.4f})" if "baseline_test_accuracy" in s else ""
         if "final_test_r2" in s:
-            print_flushed(f"final test R² {s['final_test_r2']:.4f}, RMSE {s['final_test_rmse']:.4g}, MAE "
-                          f"{s['final_test_mae']:.4g}, test loss {s['final_test_loss']:.4f}, "
-                          f"{s['wall_seconds']:.1f}s; outputs in {run.path}")
+            print_flushed(
+                f"final test R² {s['final_test_r2']:.4f}, RMSE {s['final_test_rmse']:.4g}, MAE "
+                f"{s['final_test_mae']:.4g}, test loss {s['final_test_loss']:.4f}, "
+                f"{s['wall_seconds']:.1f}s; outputs in {run.path}"
+            )
             return 0
-        print_flushed(f"final test accuracy {s['final_test_accuracy']:.4f}{baseline}, test loss "
-                      f"{s['final_test_loss']:.4f}, {s['wall_seconds']:.1f}s; outputs in {run.path}")
+        print_flushed(
+            f"final test accuracy {s['final_test_accuracy']:.4f}{baseline}, test loss "
+            f"{s['final_test_loss']:.4f}, {s['wall_seconds']:.1f}s; outputs in {run.path}"
+        )
     return 0
 
 
@@ -154,8 +201,9 @@ def sweep_command(args: argparse.Namespace) -> int:
 
     done = run_sweep(args.sweep, args.out, args.overrides, args.quiet)
     failed = sum(row["status"] == "failed" for row in done.rows)
-    print_flushed(f"sweep: {len(done.rows)} runs ({done.skipped} already finished, {failed} failed); "
-                  f"results in {done.results}")
+    print_flushed(
+        f"sweep: {len(done.rows)} runs ({done.skipped} already finished, {failed} failed); results in {done.results}"
+    )
     return 0
 
 
@@ -165,8 +213,10 @@ def _results_dir(text: str) -> Path:
     if not path.exists():
         raise NnlibError(f"{text} does not exist")
     if not any((path / name).exists() for name in ("results.csv", "summary.json", "search.json")):
-        raise NnlibError(f"{text}: not a finished run (no summary.json), a sweep (no results.csv) "
-                         "nor a split search (no search.json)")
+        raise NnlibError(
+            f"{text}: not a finished run (no summary.json), a sweep (no results.csv) "
+            "nor a split search (no search.json)"
+        )
     return path
 
 
@@ -175,8 +225,9 @@ def plot_command(args: argparse.Namespace) -> int:
 
     path = _results_dir(args.dir)
     if (path / "search.json").exists():
-        raise NnlibError(f"plot: {path} is a split search; its figures are drawn by nnlib split-search, "
-                         f"in {path / 'plots'}")
+        raise NnlibError(
+            f"plot: {path} is a split search; its figures are drawn by nnlib split-search, in {path / 'plots'}"
+        )
     drawn = plot_sweep(path) if (path / "results.csv").exists() else plot_run(path)
     print_flushed(f"plot: {len(drawn)} figures in {path / 'plots'}: {', '.join(p.name for p in drawn)}")
     return 0
@@ -190,8 +241,10 @@ def report_command(args: argparse.Namespace) -> int:
         raise NnlibError(f"report: {' '.join(args.dirs)} matches no folder")
     if len(dirs) == 1:
         if args.out:
-            raise ConfigError("report: --out is for comparing several runs; the report of one run, sweep or "
-                              f"search goes into its own folder ({dirs[0]})")
+            raise ConfigError(
+                "report: --out is for comparing several runs; the report of one run, sweep or "
+                f"search goes into its own folder ({dirs[0]})"
+            )
         md, page = write_report(_results_dir(dirs[0]))
         print_flushed(f"report: {md} and {page}")
         return 0
@@ -212,16 +265,21 @@ def split_search_command(args: argparse.Namespace) -> int:
     rerun = ["nnlib", "split-search", *([str(Path(args.conf).resolve())] if args.conf else [])]
     for item in args.overrides:
         rerun += ["--set", item]
-    done = split_search(config, out, args.quiet, log=print_flushed,
-                        command=shlex.join([*rerun, "--out", str(out.resolve())]))
+    done = split_search(
+        config, out, args.quiet, log=print_flushed, command=shlex.join([*rerun, "--out", str(out.resolve())])
+    )
     f = done.facts
-    print_flushed(f"unsplit baseline {f['baseline_test_accuracy']:.4f}; {f['evaluated']} splits: mean "
-                  f"{f['mean_test_accuracy']:.4f}, {f['min_test_accuracy']:.4f} to {f['max_test_accuracy']:.4f}, "
-                  f"{f['beat_baseline']} beat the baseline")
+    print_flushed(
+        f"unsplit baseline {f['baseline_test_accuracy']:.4f}; {f['evaluated']} splits: mean "
+        f"{f['mean_test_accuracy']:.4f}, {f['min_test_accuracy']:.4f} to {f['max_test_accuracy']:.4f}, "
+        f"{f['beat_baseline']} beat the baseline"
+    )
     for name in ("best", "worst"):
         row = f[name]
-        print_flushed(f"{name}: #{row['id']} [{row['groups']}] accuracy {row['test_accuracy']:.4f}, "
-                      f"cross-group coupling {row['cross_coupling']:.3f}, weight balance {row['weight_balance']:.2f}")
+        print_flushed(
+            f"{name}: #{row['id']} [{row['groups']}] accuracy {row['test_accuracy']:.4f}, "
+            f"cross-group coupling {row['cross_coupling']:.3f}, weight balance {row['weight_balance']:.2f}"
+        )
     correlations = (("coupling", "coupling_accuracy_correlation"), ("weight balance", "balance_accuracy_correlation"))
     for name, key in correlations:
         if f.get(key) is not None:
@@ -261,8 +319,15 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": run_command, "sweep": sweep_command, "plot": plot_command, "report": report_command,
-            "split-search": split_search_command, "predict": predict_command, "export": export_command}
+COMMANDS = {
+    "run": run_command,
+    "sweep": sweep_command,
+    "plot": plot_command,
+    "report": report_command,
+    "split-search": split_search_command,
+    "predict": predict_command,
+    "export": export_command,
+}
 
 
 SPEAKER_GRACE_SECONDS = 2.0  # how long a rank other than 0 waits before exiting on an error

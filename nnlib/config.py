@@ -28,12 +28,16 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
                     |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+                    |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def _yaml(text: str):
@@ -63,17 +67,25 @@ class DataConfig(_Section):
     test_labels: str | None = None
     label_column: str = "label"
     label_columns: list[str] | None = Field(
-        None, description="model.task=regression: several target columns of a CSV or Parquet source, in order "
-        "(instead of data.label_column)")
+        None,
+        description="model.task=regression: several target columns of a CSV or Parquet source, in order "
+        "(instead of data.label_column)",
+    )
     standardize_target: bool = Field(
-        True, description="model.task=regression: train on targets standardised with the training rows' mean "
-        "and standard deviation (saved in the model file and undone at prediction)")
+        True,
+        description="model.task=regression: train on targets standardised with the training rows' mean "
+        "and standard deviation (saved in the model file and undone at prediction)",
+    )
     weight_column: str | None = Field(
-        None, description="a column (CSV, Parquet) or array (.npz) of sample weights (>= 0, finite, not all 0): "
-        "each row's loss, the metrics and combine=weighted are weighted by it; not a feature")
+        None,
+        description="a column (CSV, Parquet) or array (.npz) of sample weights (>= 0, finite, not all 0): "
+        "each row's loss, the metrics and combine=weighted are weighted by it; not a feature",
+    )
     validation_column: str | None = Field(
-        None, description="a boolean column (CSV, Parquet) or array (.npz) marking the training rows held out "
-        "for validation (train.patience), instead of data.validation_fraction; not a feature")
+        None,
+        description="a boolean column (CSV, Parquet) or array (.npz) marking the training rows held out "
+        "for validation (train.patience), instead of data.validation_fraction; not a feature",
+    )
     features_column: str | None = None
     key_column: str | None = None  # CSV/parquet: a row key, not a feature; nnlib predict writes it with each row
     feature_columns: list[str] | None = None  # CSV/parquet: only these columns are features, in this order
@@ -88,43 +100,59 @@ class DataConfig(_Section):
     n_features: int = Field(20, ge=1)
     n_classes: int = Field(3, ge=2)
     shard_storage: Literal["memory", "disk"] = Field(
-        "memory", description="where a mapper keeps its shard: memory, or disk (written once to data.scratch_dir "
-        "and read by rows each mini-batch: the same weights, bit for bit, with one mini-batch in memory)")
+        "memory",
+        description="where a mapper keeps its shard: memory, or disk (written once to data.scratch_dir "
+        "and read by rows each mini-batch: the same weights, bit for bit, with one mini-batch in memory)",
+    )
     scratch_dir: str | None = Field(
-        None, description="data.shard_storage=disk: the local folder for the shard files (default: Spark's "
-        "local dir on an executor, SPARK_LOCAL_DIRS or spark.local.dir, else the system's temporary folder)")
+        None,
+        description="data.shard_storage=disk: the local folder for the shard files (default: Spark's "
+        "local dir on an executor, SPARK_LOCAL_DIRS or spark.local.dir, else the system's temporary folder)",
+    )
 
     @model_validator(mode="after")
     def _one_way_to_choose_features(self):
         if self.features_column is not None and (self.feature_columns is not None or self.drop_columns):
-            raise Invalid(("data.features_column", "data.feature_columns", "data.drop_columns"),
-                          "data.features_column names one list column holding the features; "
-                          "data.feature_columns and data.drop_columns choose among separate columns: "
-                          f"use one or the other, got data.features_column={self.features_column!r}")
+            raise Invalid(
+                ("data.features_column", "data.feature_columns", "data.drop_columns"),
+                "data.features_column names one list column holding the features; "
+                "data.feature_columns and data.drop_columns choose among separate columns: "
+                f"use one or the other, got data.features_column={self.features_column!r}",
+            )
         if self.feature_columns is not None and not self.feature_columns:
-            raise Invalid(("data.feature_columns",),
-                          "data.feature_columns: list at least one column, got []")
+            raise Invalid(("data.feature_columns",), "data.feature_columns: list at least one column, got []")
         return self
 
     @model_validator(mode="after")
     def _one_validation_set(self):
         if self.validation_column is not None and self.validation_fraction:
-            raise Invalid(("data.validation_column", "data.validation_fraction"),
-                          f"data.validation_column ({self.validation_column!r}) marks the validation rows; "
-                          f"data.validation_fraction draws them: use one or the other, got "
-                          f"data.validation_fraction={self.validation_fraction}")
+            raise Invalid(
+                ("data.validation_column", "data.validation_fraction"),
+                f"data.validation_column ({self.validation_column!r}) marks the validation rows; "
+                f"data.validation_fraction draws them: use one or the other, got "
+                f"data.validation_fraction={self.validation_fraction}",
+            )
         if self.label_columns is not None:
             if not self.label_columns or len(set(self.label_columns)) != len(self.label_columns):
-                raise Invalid(("data.label_columns",),
-                              f"data.label_columns: one or more distinct column names, got {self.label_columns}")
+                raise Invalid(
+                    ("data.label_columns",),
+                    f"data.label_columns: one or more distinct column names, got {self.label_columns}",
+                )
         named = [c for c in (self.weight_column, self.validation_column, self.key_column) if c is not None]
         targets = self.label_columns or [self.label_column]
         for column in named:
             if column in targets or named.count(column) > 1:
-                raise Invalid(("data.weight_column", "data.validation_column", "data.label_column",
-                               "data.label_columns", "data.key_column"),
-                              f"data.weight_column, data.validation_column, the key and the label column(s) must "
-                              f"be different columns, got {column!r} twice")
+                raise Invalid(
+                    (
+                        "data.weight_column",
+                        "data.validation_column",
+                        "data.label_column",
+                        "data.label_columns",
+                        "data.key_column",
+                    ),
+                    f"data.weight_column, data.validation_column, the key and the label column(s) must "
+                    f"be different columns, got {column!r} twice",
+                )
         return self
 
     @property
@@ -142,29 +170,33 @@ class DataConfig(_Section):
     def _image_shape_is_an_image(self):
         shape = self.image_shape
         if shape is not None and (len(shape) not in (2, 3) or min(shape) < 1):
-            raise Invalid(("data.image_shape",),
-                          f"data.image_shape: [H, W] or [C, H, W] of sizes >= 1, got {shape}")
+            raise Invalid(("data.image_shape",), f"data.image_shape: [H, W] or [C, H, W] of sizes >= 1, got {shape}")
         return self
 
 
 class ModelConfig(_Section):
     type: Literal["mlp", "cnn", "module"] = "mlp"
-    module: str | None = None     # module: "package.module:callable" returning a torch.nn.Module
+    module: str | None = None  # module: "package.module:callable" returning a torch.nn.Module
     kwargs: dict[str, Any] = Field(default_factory=dict)  # module: the callable's keyword arguments
-    hidden: list[int] = Field(default_factory=lambda: [64])          # mlp: hidden layer sizes
-    channels: list[int] = Field(default_factory=lambda: [16, 32])    # cnn: conv + ReLU + 2x2 max-pool blocks
-    kernel: int = Field(5, ge=1)                                     # cnn: kernel size (odd: "same" padding)
+    hidden: list[int] = Field(default_factory=lambda: [64])  # mlp: hidden layer sizes
+    channels: list[int] = Field(default_factory=lambda: [16, 32])  # cnn: conv + ReLU + 2x2 max-pool blocks
+    kernel: int = Field(5, ge=1)  # cnn: kernel size (odd: "same" padding)
     activation: Literal["relu", "sigmoid", "tanh"] = "relu"
     task: Literal["classification", "regression"] = Field(
-        "classification", description="classification: integer class labels 0..K-1; regression: numeric "
-        "targets (one label column, or data.label_columns), one output per target")
+        "classification",
+        description="classification: integer class labels 0..K-1; regression: numeric "
+        "targets (one label column, or data.label_columns), one output per target",
+    )
     loss: Literal["cross_entropy", "squared", "absolute", "huber"] = Field(
-        "cross_entropy", description="classification: cross_entropy (default) or squared (against one-hot "
-        "classes); regression: squared (default), absolute or huber")
-    huber_delta: float = Field(1.0, gt=0, description="loss=huber: where the loss turns from squared to "
-                               "linear, in standardised target units")
+        "cross_entropy",
+        description="classification: cross_entropy (default) or squared (against one-hot "
+        "classes); regression: squared (default), absolute or huber",
+    )
+    huber_delta: float = Field(
+        1.0, gt=0, description="loss=huber: where the loss turns from squared to linear, in standardised target units"
+    )
     l2: float = Field(0.0, ge=0)
-    l2_per_sample: bool = False   # the penalty is l2/(2n) * sum(W**2), n the training-set size (the slides' form)
+    l2_per_sample: bool = False  # the penalty is l2/(2n) * sum(W**2), n the training-set size (the slides' form)
     backend: Literal["numpy", "torch"] = "numpy"  # model.type=module: torch, the default there
 
     @property
@@ -176,9 +208,11 @@ class ModelConfig(_Section):
     def _module_is_torch(cls, data):
         if isinstance(data, dict) and data.get("type") == "module":
             if data.get("backend", "torch") != "torch":
-                raise Invalid(("model.type", "model.backend"),
-                              f"model.type=module trains a torch.nn.Module and needs model.backend=torch "
-                              f"(its default), got model.backend={data['backend']!r}")
+                raise Invalid(
+                    ("model.type", "model.backend"),
+                    f"model.type=module trains a torch.nn.Module and needs model.backend=torch "
+                    f"(its default), got model.backend={data['backend']!r}",
+                )
             data = {**data, "backend": "torch"}
         return data
 
@@ -193,34 +227,38 @@ class ModelConfig(_Section):
     def _loss_fits_the_task(self):
         allowed = {"classification": ("cross_entropy", "squared"), "regression": ("squared", "absolute", "huber")}
         if self.loss not in allowed[self.task]:
-            raise Invalid(("model.loss", "model.task"),
-                          f"model.loss: under model.task={self.task} one of {', '.join(allowed[self.task])}, "
-                          f"got {self.loss}")
+            raise Invalid(
+                ("model.loss", "model.task"),
+                f"model.loss: under model.task={self.task} one of {', '.join(allowed[self.task])}, got {self.loss}",
+            )
         return self
 
     @model_validator(mode="after")
     def _module_is_named(self):
         if self.type == "module" and not self.module:
-            raise Invalid(("model.type", "model.module"),
-                          "model.type=module needs model.module: 'package.module:callable' (a class or function "
-                          "returning a torch.nn.Module), e.g. examples.models.small_resnet:make")
+            raise Invalid(
+                ("model.type", "model.module"),
+                "model.type=module needs model.module: 'package.module:callable' (a class or function "
+                "returning a torch.nn.Module), e.g. examples.models.small_resnet:make",
+            )
         if self.module is not None and self.type != "module":
-            raise Invalid(("model.module", "model.type"),
-                          f"model.module is read with model.type=module, got model.type={self.type}")
+            raise Invalid(
+                ("model.module", "model.type"),
+                f"model.module is read with model.type=module, got model.type={self.type}",
+            )
         return self
 
     @model_validator(mode="after")
     def _hidden_positive(self):
         bad = [h for h in self.hidden if h < 1]
         if bad:
-            raise Invalid(("model.hidden",),
-                          f"model.hidden: every layer size must be >= 1, got {self.hidden}")
+            raise Invalid(("model.hidden",), f"model.hidden: every layer size must be >= 1, got {self.hidden}")
         if not self.channels or min(self.channels) < 1:
-            raise Invalid(("model.channels",),
-                          f"model.channels: one or more channel counts >= 1, got {self.channels}")
+            raise Invalid(("model.channels",), f"model.channels: one or more channel counts >= 1, got {self.channels}")
         if self.kernel % 2 == 0:
-            raise Invalid(("model.kernel",),
-                          f"model.kernel: must be odd (padded to keep the map's size), got {self.kernel}")
+            raise Invalid(
+                ("model.kernel",), f"model.kernel: must be odd (padded to keep the map's size), got {self.kernel}"
+            )
         return self
 
 
@@ -237,13 +275,13 @@ class TrainConfig(_Section):
     beta2: float = Field(0.999, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0)
     optimizer_state: Literal["average", "reset"] = "average"
-    proximal_mu: float = Field(0.0, ge=0)      # FedProx: each mapper adds (mu/2) * ||w - w_round||^2
+    proximal_mu: float = Field(0.0, ge=0)  # FedProx: each mapper adds (mu/2) * ||w - w_round||^2
     lr_schedule: Literal["constant", "step", "cosine"] = "constant"  # the rate across rounds
-    lr_warmup_rounds: int = Field(0, ge=0)      # the rate climbs linearly over these first rounds
-    lr_step_rounds: int = Field(1, ge=1)        # step: multiply by lr_gamma every this many rounds
+    lr_warmup_rounds: int = Field(0, ge=0)  # the rate climbs linearly over these first rounds
+    lr_step_rounds: int = Field(1, ge=1)  # step: multiply by lr_gamma every this many rounds
     lr_gamma: float = Field(0.5, gt=0, le=1)
-    lr_min: float = Field(0.0, ge=0)            # cosine: the rate it decays to
-    patience: int | None = Field(None, ge=1)    # stop after this many rounds without a better validation loss
+    lr_min: float = Field(0.0, ge=0)  # cosine: the rate it decays to
+    patience: int | None = Field(None, ge=1)  # stop after this many rounds without a better validation loss
     # after SIGTERM the round in progress finishes; one still running this many seconds later is abandoned
     stop_grace_seconds: float | None = Field(60.0, gt=0)
     lr_scaling: Literal["none", "linear"] = "none"
@@ -257,8 +295,10 @@ class TrainConfig(_Section):
 
 # Spark's master URLs (SparkContext's createTaskScheduler): local, local[N|*], local[N|*,F], local-cluster[N,C,M],
 # spark://HOST:PORT[,HOST:PORT...], yarn, k8s://...
-SPARK_MASTER = re.compile(r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|local-cluster\[\d+,\d+,\d+\]"
-                          r"|spark://\S+|yarn|k8s://\S+")
+SPARK_MASTER = re.compile(
+    r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|local-cluster\[\d+,\d+,\d+\]"
+    r"|spark://\S+|yarn|k8s://\S+"
+)
 
 
 # a Spark Connect server: sc://HOST[:PORT][/;param=value...], or local[N] (a server of pyspark's jars, here)
@@ -293,22 +333,28 @@ class SparkConfig(_Section):
     @model_validator(mode="after")
     def _task_gpus_as_spark_takes_them(self):
         if self.task_gpus is not None and self.task_gpus > 0.5 and self.task_gpus % 1:  # Spark's own rule
-            raise Invalid(("spark.task_gpus",),
-                          f"spark.task_gpus: must be a whole number or a fraction <= 0.5 (0.25: four tasks "
-                          f"share a GPU), got {self.task_gpus}")
+            raise Invalid(
+                ("spark.task_gpus",),
+                f"spark.task_gpus: must be a whole number or a fraction <= 0.5 (0.25: four tasks "
+                f"share a GPU), got {self.task_gpus}",
+            )
         return self
 
     @model_validator(mode="after")
     def _master_is_a_master_url(self):
         # checked here: else the JVM prints its stack trace and exits
         if self.master is not None and not SPARK_MASTER.fullmatch(self.master):
-            raise Invalid(("spark.master",),
-                          f"spark.master: must be local, local[N], local[*], local[N,F], spark://HOST:PORT, yarn "
-                          f"or k8s://HOST:PORT, got {self.master!r}")
+            raise Invalid(
+                ("spark.master",),
+                f"spark.master: must be local, local[N], local[*], local[N,F], spark://HOST:PORT, yarn "
+                f"or k8s://HOST:PORT, got {self.master!r}",
+            )
         if self.remote is not None and not SPARK_REMOTE.fullmatch(self.remote):
-            raise Invalid(("spark.remote",),
-                          "spark.remote: must be sc://HOST:PORT (a Spark Connect server) or local[N], got "
-                          f"{redact_url(self.remote)!r}")
+            raise Invalid(
+                ("spark.remote",),
+                "spark.remote: must be sc://HOST:PORT (a Spark Connect server) or local[N], got "
+                f"{redact_url(self.remote)!r}",
+            )
         return self
 
 
@@ -328,21 +374,21 @@ class MrjobConfig(_Section):
 
 class SplitConfig(_Section):
     scale: Literal["groups", "none"] = "groups"  # ist, split: a sub-network's output contribution x G
-    groups: int | None = Field(None, ge=1)       # split, split-search: G per hidden layer (split: mappers)
+    groups: int | None = Field(None, ge=1)  # split, split-search: G per hidden layer (split: mappers)
     warmup_fraction: float = Field(0.25, gt=0, lt=1)  # split: share of each shard for the whole network
     method: Literal["independence", "random", "alternating", "none"] = "independence"
     recombine: Literal["average", "sum"] = "average"  # what several sub-networks hold: averaged or summed
-    equal_sizes: bool = True                     # split-search: only groups of equal size
-    max_combinations: int = Field(1000, ge=1)    # split-search: sample this many when there are more
+    equal_sizes: bool = True  # split-search: only groups of equal size
+    max_combinations: int = Field(1000, ge=1)  # split-search: sample this many when there are more
 
 
 class ServerConfig(_Section):
-    lr: float = Field(1.0, gt=0)             # the server's step on the round's pseudo-gradient (FedAvgM)
+    lr: float = Field(1.0, gt=0)  # the server's step on the round's pseudo-gradient (FedAvgM)
     momentum: float = Field(0.0, ge=0, lt=1)  # lr 1, momentum 0: plain averaging
 
 
 class MlflowConfig(_Section):
-    tracking_uri: str | None = None   # default: a local mlruns/ folder in the working directory
+    tracking_uri: str | None = None  # default: a local mlruns/ folder in the working directory
     experiment: str = "nnlib"
 
 
@@ -365,16 +411,19 @@ class Config(_Section):
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self):
         if self.train.optimizer == "nesterov" and self.train.momentum == 0:
-            raise Invalid(("train.optimizer", "train.momentum"),
-                          "train.optimizer=nesterov needs train.momentum > 0, got 0")
+            raise Invalid(
+                ("train.optimizer", "train.momentum"), "train.optimizer=nesterov needs train.momentum > 0, got 0"
+            )
         return self
 
     @model_validator(mode="after")
     def _disk_shards_train_on_numpy(self):
         if self.data.shard_storage == "disk" and self.model.backend == "torch":
-            raise Invalid(("data.shard_storage", "model.backend"),
-                          "data.shard_storage=disk trains with model.backend=numpy so far (the torch backend takes "
-                          "a shard as one tensor), got model.backend=torch")
+            raise Invalid(
+                ("data.shard_storage", "model.backend"),
+                "data.shard_storage=disk trains with model.backend=numpy so far (the torch backend takes "
+                "a shard as one tensor), got model.backend=torch",
+            )
         return self
 
     @model_validator(mode="after")
@@ -383,56 +432,79 @@ class Config(_Section):
             return self
         g = 1 if self.split.method == "none" else (self.split.groups or self.mappers)
         if self.train.rounds < 2:
-            raise Invalid(("combine", "train.rounds"),
-                          "combine=split trains the whole network for train.rounds - 1 rounds, then the "
-                          f"sub-networks for one: train.rounds must be >= 2, got {self.train.rounds}")
+            raise Invalid(
+                ("combine", "train.rounds"),
+                "combine=split trains the whole network for train.rounds - 1 rounds, then the "
+                f"sub-networks for one: train.rounds must be >= 2, got {self.train.rounds}",
+            )
         if not self.model.hidden or min(self.model.hidden) < g:
-            raise Invalid(("combine", "model.hidden", "split.groups", "split.method"),
-                          f"combine=split cuts every hidden layer into {g} groups; model.hidden="
-                          f"{self.model.hidden} has a layer with fewer units")
+            raise Invalid(
+                ("combine", "model.hidden", "split.groups", "split.method"),
+                f"combine=split cuts every hidden layer into {g} groups; model.hidden="
+                f"{self.model.hidden} has a layer with fewer units",
+            )
         if self.mappers % g:
-            raise Invalid(("combine", "mappers", "split.groups"),
-                          f"combine=split: mappers ({self.mappers}) must be a multiple of split.groups ({g}), "
-                          "so that every sub-network has its mappers")
+            raise Invalid(
+                ("combine", "mappers", "split.groups"),
+                f"combine=split: mappers ({self.mappers}) must be a multiple of split.groups ({g}), "
+                "so that every sub-network has its mappers",
+            )
         return self
 
     @model_validator(mode="after")
     def _regression_needs_no_classes(self):
         if not self.model.regression:
             if self.data.label_columns is not None:
-                raise Invalid(("data.label_columns", "model.task"),
-                              f"data.label_columns ({self.data.label_columns}) are regression targets and need "
-                              "model.task=regression; a classifier reads one data.label_column")
+                raise Invalid(
+                    ("data.label_columns", "model.task"),
+                    f"data.label_columns ({self.data.label_columns}) are regression targets and need "
+                    "model.task=regression; a classifier reads one data.label_column",
+                )
             return self
         if self.data.partition in ("stratified", "label_skew"):
-            raise Invalid(("data.partition", "model.task"),
-                          f"data.partition={self.data.partition} deals out class labels and needs "
-                          "model.task=classification; under regression use random, contiguous or quantity_skew")
+            raise Invalid(
+                ("data.partition", "model.task"),
+                f"data.partition={self.data.partition} deals out class labels and needs "
+                "model.task=classification; under regression use random, contiguous or quantity_skew",
+            )
         if self.combine == "split":
-            raise Invalid(("combine", "model.task"),
-                          "combine=split compares its sub-networks by test accuracy, which model.task=regression "
-                          "has not; use combine=ist, average, weighted, sum, sum_updates or gradient")
+            raise Invalid(
+                ("combine", "model.task"),
+                "combine=split compares its sub-networks by test accuracy, which model.task=regression "
+                "has not; use combine=ist, average, weighted, sum, sum_updates or gradient",
+            )
         if self.train.target_accuracy is not None:
-            raise Invalid(("train.target_accuracy", "model.task"),
-                          f"train.target_accuracy={self.train.target_accuracy} is a classifier's test accuracy; "
-                          "model.task=regression has none (use train.patience on a validation set)")
+            raise Invalid(
+                ("train.target_accuracy", "model.task"),
+                f"train.target_accuracy={self.train.target_accuracy} is a classifier's test accuracy; "
+                "model.task=regression has none (use train.patience on a validation set)",
+            )
         if self.data.source == "digits" or self.data.source == "synthetic":
-            raise Invalid(("data.source", "model.task"),
-                          f"data.source={self.data.source} holds class labels; model.task=regression needs a "
-                          "file source (.csv, .npz, .parquet) with numeric targets")
+            raise Invalid(
+                ("data.source", "model.task"),
+                f"data.source={self.data.source} holds class labels; model.task=regression needs a "
+                "file source (.csv, .npz, .parquet) with numeric targets",
+            )
         return self
 
     @model_validator(mode="after")
     def _patience_needs_a_validation_split(self):
-        if (self.train.patience is not None and self.data.validation_fraction == 0
-                and self.data.validation_column is None):
-            raise Invalid(("train.patience", "data.validation_fraction"),
-                          f"train.patience={self.train.patience} stops on the validation loss and needs "
-                          "data.validation_fraction > 0 (e.g. 0.1) or data.validation_column, got neither")
+        if (
+            self.train.patience is not None
+            and self.data.validation_fraction == 0
+            and self.data.validation_column is None
+        ):
+            raise Invalid(
+                ("train.patience", "data.validation_fraction"),
+                f"train.patience={self.train.patience} stops on the validation loss and needs "
+                "data.validation_fraction > 0 (e.g. 0.1) or data.validation_column, got neither",
+            )
         if self.train.lr_schedule == "cosine" and self.train.lr_min >= self.train.lr:
-            raise Invalid(("train.lr_schedule", "train.lr_min", "train.lr"),
-                          f"train.lr_min must be below train.lr ({self.train.lr}) for the cosine schedule "
-                          f"to decay, got {self.train.lr_min}")
+            raise Invalid(
+                ("train.lr_schedule", "train.lr_min", "train.lr"),
+                f"train.lr_min must be below train.lr ({self.train.lr}) for the cosine schedule "
+                f"to decay, got {self.train.lr_min}",
+            )
         return self
 
     @model_validator(mode="after")
@@ -441,25 +513,31 @@ class Config(_Section):
         name = Path(self.data.source).name.removesuffix(".gz")
         knows_its_shape = self.data.source == "digits" or ("-idx" in name and name.endswith("-ubyte"))
         if self.model.type == "cnn" and self.data.image_shape is None and not knows_its_shape:
-            raise Invalid(("model.type", "data.image_shape", "data.source"),
-                          f"model.type=cnn needs the image shape of data.source {self.data.source}: set "
-                          "data.image_shape to [H, W] or [C, H, W] (digits and IDX image files give theirs)")
+            raise Invalid(
+                ("model.type", "data.image_shape", "data.source"),
+                f"model.type=cnn needs the image shape of data.source {self.data.source}: set "
+                "data.image_shape to [H, W] or [C, H, W] (digits and IDX image files give theirs)",
+            )
         return self
 
     @model_validator(mode="after")
     def _device_needs_a_module(self):
         if self.train.device != "cpu" and self.model.type != "module":
-            raise Invalid(("train.device", "model.type"),
-                          f"train.device={self.train.device} places a model.type=module on a GPU; "
-                          f"model.type={self.model.type} trains on the CPU: use train.device=cpu")
+            raise Invalid(
+                ("train.device", "model.type"),
+                f"train.device={self.train.device} places a model.type=module on a GPU; "
+                f"model.type={self.model.type} trains on the CPU: use train.device=cpu",
+            )
         return self
 
     @model_validator(mode="after")
     def _sub_networks_need_an_mlp(self):
         if self.model.type != "mlp" and self.combine in ("ist", "split"):
-            raise Invalid(("combine", "model.type"),
-                          f"combine={self.combine} splits an MLP's hidden units and needs model.type=mlp, "
-                          f"got model.type={self.model.type}")
+            raise Invalid(
+                ("combine", "model.type"),
+                f"combine={self.combine} splits an MLP's hidden units and needs model.type=mlp, "
+                f"got model.type={self.model.type}",
+            )
         return self
 
     @model_validator(mode="after")
@@ -467,13 +545,16 @@ class Config(_Section):
         if self.combine != "ist":
             return self
         if not self.model.hidden:
-            raise Invalid(("combine", "model.hidden"),
-                          "combine=ist splits the hidden layers into one group per mapper; "
-                          "model.hidden=[] has none")
+            raise Invalid(
+                ("combine", "model.hidden"),
+                "combine=ist splits the hidden layers into one group per mapper; model.hidden=[] has none",
+            )
         if min(self.model.hidden) < self.mappers:
-            raise Invalid(("combine", "mappers", "model.hidden"),
-                          f"combine=ist gives each of the {self.mappers} mappers its own group of every hidden "
-                          f"layer; model.hidden={self.model.hidden} has a layer with fewer units than mappers")
+            raise Invalid(
+                ("combine", "mappers", "model.hidden"),
+                f"combine=ist gives each of the {self.mappers} mappers its own group of every hidden "
+                f"layer; model.hidden={self.model.hidden} has a layer with fewer units than mappers",
+            )
         return self
 
     @model_validator(mode="after")
@@ -482,9 +563,10 @@ class Config(_Section):
             return self
         what = "combine=gradient" if self.combine == "gradient" else f"train.sync_rounds={self.train.sync_rounds}"
         if self.engine not in SYNC_ENGINES:
-            raise Invalid(("combine", "train.sync_rounds", "engine"),
-                          f"{what} syncs every mini-batch and needs engine local, mpi or spark, "
-                          f"got engine={self.engine}")
+            raise Invalid(
+                ("combine", "train.sync_rounds", "engine"),
+                f"{what} syncs every mini-batch and needs engine local, mpi or spark, got engine={self.engine}",
+            )
         return self
 
     @property
@@ -518,8 +600,11 @@ def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
 
 def suggest_key(key: str, candidates: list[str] | None = None) -> str:
     """'; did you mean ...?' for the candidate closest to ``key`` (default: the config's keys), or ''."""
-    keys = candidates if candidates is not None else (
-        valid_keys() + sorted({k.split(".")[0] for k in valid_keys() if "." in k}))
+    keys = (
+        candidates
+        if candidates is not None
+        else (valid_keys() + sorted({k.split(".")[0] for k in valid_keys() if "." in k}))
+    )
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     if not close:  # a right leaf under the wrong section, e.g. 'lr' for 'train.lr'
         by_leaf: dict[str, str] = {}
@@ -587,16 +672,20 @@ def _parse_override(item: str, where: str = "--set") -> list[tuple[str, Any]]:
         raise ConfigError(f"{where}: unknown config key '{key}'{suggest_key(key)}")
     if not isinstance(value, dict):
         example = section_keys[0].split(".")[-1]
-        raise ConfigError(f"{where}: '{key}' is a section: set one of its keys ({key}.{example}=...) or give it a "
-                          f"mapping ({key}={{{example}: ...}}), got {raw!r}")
+        raise ConfigError(
+            f"{where}: '{key}' is a section: set one of its keys ({key}.{example}=...) or give it a "
+            f"mapping ({key}={{{example}: ...}}), got {raw!r}"
+        )
     pairs = []
     for sub, sub_value in value.items():
         full = f"{key}.{sub}"
         if full not in valid_keys() and not any(k.startswith(full + ".") for k in valid_keys()):
             raise ConfigError(f"{where}: unknown config key '{full}'{suggest_key(full)}")
-        pairs += ([(full, sub_value)] if full in valid_keys() or not isinstance(sub_value, dict)
-                  else _parse_override(f"{full}={yaml.safe_dump(sub_value, default_flow_style=True).strip()}",
-                                       where))
+        pairs += (
+            [(full, sub_value)]
+            if full in valid_keys() or not isinstance(sub_value, dict)
+            else _parse_override(f"{full}={yaml.safe_dump(sub_value, default_flow_style=True).strip()}", where)
+        )
     return pairs
 
 
@@ -633,8 +722,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return tree
 
 
-def build_config(tree: dict[str, Any], overrides: Sequence[str] = (), source: str = "",
-                 overrides_source: str = "--set", file_keys: dict[str, str] | None = None) -> Config:
+def build_config(
+    tree: dict[str, Any],
+    overrides: Sequence[str] = (),
+    source: str = "",
+    overrides_source: str = "--set",
+    file_keys: dict[str, str] | None = None,
+) -> Config:
     """Validate a nested dict plus ``key=value`` overrides into a :class:`Config`.
 
     An error names where the values it weighs came from: ``overrides_source``

@@ -67,34 +67,48 @@ def check_against_data(config: Config, data: Dataset, sizes: list[int], warn=war
         raise ConfigError(f"mappers must be <= the number of training samples ({n_train}), got {config.mappers}")
     if min(sizes) == 0:
         empty = sizes.index(0)
-        raise DataError(f"data.source {config.data.source}: shard {empty} holds no training rows ({n_train} "
-                        f"training rows drawn over mappers={config.mappers} leave {sizes.count(0)} shard(s) empty); "
-                        "use fewer mappers, or a larger data set")
+        raise DataError(
+            f"data.source {config.data.source}: shard {empty} holds no training rows ({n_train} "
+            f"training rows drawn over mappers={config.mappers} leave {sizes.count(0)} shard(s) empty); "
+            "use fewer mappers, or a larger data set"
+        )
     if data.missing_classes:
         shown = ", ".join(map(str, data.missing_classes[:8])) + (", ..." if len(data.missing_classes) > 8 else "")
-        warn(f"data.source {config.data.source}: {len(data.missing_classes)} class(es) in 0..{data.n_classes - 1} "
-             f"never occur in the training set ({shown}); the model still gets an output for each (labels are "
-             "class indices 0..K-1)")
+        warn(
+            f"data.source {config.data.source}: {len(data.missing_classes)} class(es) in 0..{data.n_classes - 1} "
+            f"never occur in the training set ({shown}); the model still gets an output for each (labels are "
+            "class indices 0..K-1)"
+        )
     if config.mappers == 1 and config.combine != "average":
         warn(f"mappers=1: combine={config.combine} has a single result to combine")
     smallest = min(sizes)
     if config.train.batch_size > smallest:
-        warn(f"train.batch_size={config.train.batch_size} is larger than the smallest shard "
-             f"({smallest} samples): each epoch is a single batch")
+        warn(
+            f"train.batch_size={config.train.batch_size} is larger than the smallest shard "
+            f"({smallest} samples): each epoch is a single batch"
+        )
     if config.combine == "sum" and config.mappers > 1 and config.train.rounds > 1:
-        warn(f"combine=sum over {config.train.rounds} rounds scales the weights by about {config.mappers} "
-             "each round; combine=sum_updates sums the changes instead")
+        warn(
+            f"combine=sum over {config.train.rounds} rounds scales the weights by about {config.mappers} "
+            "each round; combine=sum_updates sums the changes instead"
+        )
     sync = config.has_sync_rounds
     global_batch = config.mappers * config.train.batch_size
     if sync and global_batch > n_train:
-        warn(f"the global batch (mappers x train.batch_size = {global_batch}) is larger than the training "
-             f"set ({n_train} samples)")
+        warn(
+            f"the global batch (mappers x train.batch_size = {global_batch}) is larger than the training "
+            f"set ({n_train} samples)"
+        )
     elif sync and global_batch > 1024:
-        warn(f"the global batch (mappers x train.batch_size = {global_batch}) is past 1024, "
-             "where larger batches stop paying")
+        warn(
+            f"the global batch (mappers x train.batch_size = {global_batch}) is past 1024, "
+            "where larger batches stop paying"
+        )
     if not sync and (config.train.lr_scaling != "none" or config.train.warmup_epochs):
-        warn("train.lr_scaling and train.warmup_epochs apply to synchronous rounds only "
-             "(combine=gradient or train.sync_rounds); they have no effect here")
+        warn(
+            "train.lr_scaling and train.warmup_epochs apply to synchronous rounds only "
+            "(combine=gradient or train.sync_rounds); they have no effect here"
+        )
     elif config.train.warmup_epochs and config.train.lr_scaling == "none":
         warn("train.warmup_epochs has no effect without train.lr_scaling=linear (it ramps up to the scaled rate)")
 
@@ -126,11 +140,14 @@ def round_row(r: int, stats: list[MapperStats], times: dict, seconds: float, sco
     finite = [s for s in stats if np.isfinite(s.train_loss)] or stats  # a skipped mapper's loss is NaN
     n_seen = sum(s.n_samples for s in finite)
     return {
-        "round": r, **scores, "lr": lr,
+        "round": r,
+        **scores,
+        "lr": lr,
         "train_loss": sum(s.train_loss * s.n_samples for s in finite) / n_seen,
         "seconds": seconds,
         **{f"{k}_seconds": times.get(k, 0.0) for k in ("broadcast", "wait", "combine", "evaluate")},
-        "max_mapper_seconds": max(mapper_secs), "median_mapper_seconds": statistics.median(mapper_secs),
+        "max_mapper_seconds": max(mapper_secs),
+        "median_mapper_seconds": statistics.median(mapper_secs),
         "overhead_seconds": max(times.get("wait", 0.0) - max(mapper_secs), 0.0),
         "result_bytes": sum(s.result_bytes for s in stats),
     }
@@ -141,9 +158,14 @@ def mapper_rows(r: int, stats: list[MapperStats]) -> list[dict]:
     return [{"round": r, **dataclasses.asdict(s)} for s in stats]
 
 
-def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: RunResult,
-                 server: Server | None = None,
-                 fingerprint: tuple[tuple[str, str], ...] = ()) -> tuple[int, RoundPayload]:
+def resume_state(
+    config: Config,
+    run_dir: RunDir,
+    start: RoundPayload,
+    result: RunResult,
+    server: Server | None = None,
+    fingerprint: tuple[tuple[str, str], ...] = (),
+) -> tuple[int, RoundPayload]:
     """``(rounds done, payload holding their weights)`` from the newest checkpoint of ``run_dir``.
 
     The tables and skipped mappers of the finished rounds go into ``result``,
@@ -159,33 +181,47 @@ def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: R
         recorded, now = dict(ckpt.fingerprint), dict(fingerprint)
         for key in sorted(recorded.keys() | now.keys()):
             if recorded.get(key) != now.get(key):
-                raise ConfigError(f"--resume {run_dir.path}: {key} {getattr(config.data, key.split('.')[-1], '')} "
-                                  f"has changed since the checkpoint {ckpt.path.name} (its rows now hash to "
-                                  f"{now.get(key, 'nothing')}, the run read {recorded.get(key, 'nothing')}); "
-                                  "resume on the data the run started with, or start a new run")
+                raise ConfigError(
+                    f"--resume {run_dir.path}: {key} {getattr(config.data, key.split('.')[-1], '')} "
+                    f"has changed since the checkpoint {ckpt.path.name} (its rows now hash to "
+                    f"{now.get(key, 'nothing')}, the run read {recorded.get(key, 'nothing')}); "
+                    "resume on the data the run started with, or start a new run"
+                )
     if ckpt.config_digest is not None and ckpt.config_digest != config_digest(config):
-        raise ConfigError(f"--resume {run_dir.path}: the checkpoint {ckpt.path.name} was written by a run with "
-                          f"another config than {run_dir.path / 'config.yaml'} (in a key a resume may not change); "
-                          "it belongs to another run: start this one afresh with --overwrite")
+        raise ConfigError(
+            f"--resume {run_dir.path}: the checkpoint {ckpt.path.name} was written by a run with "
+            f"another config than {run_dir.path / 'config.yaml'} (in a key a resume may not change); "
+            "it belongs to another run: start this one afresh with --overwrite"
+        )
     if ckpt.params.shape != start.params.shape:
-        raise ConfigError(f"--resume: checkpoint {ckpt.path} holds {ckpt.params.size} parameters, "
-                          f"the model has {start.params.size}")
+        raise ConfigError(
+            f"--resume: checkpoint {ckpt.path} holds {ckpt.params.size} parameters, the model has {start.params.size}"
+        )
     if (None if ckpt.opt_state is None else ckpt.opt_state.size) != (
-            None if start.opt_state is None else start.opt_state.size):
-        raise ConfigError(f"--resume: checkpoint {ckpt.path} holds another optimizer's state than "
-                          f"train.optimizer={config.train.optimizer}, train.momentum={config.train.momentum}")
+        None if start.opt_state is None else start.opt_state.size
+    ):
+        raise ConfigError(
+            f"--resume: checkpoint {ckpt.path} holds another optimizer's state than "
+            f"train.optimizer={config.train.optimizer}, train.momentum={config.train.momentum}"
+        )
     if ckpt.rounds_done > config.train.rounds:
-        raise ConfigError(f"--resume: {run_dir.path} already has {ckpt.rounds_done} rounds; "
-                          f"train.rounds must be >= {ckpt.rounds_done}, got {config.train.rounds}")
+        raise ConfigError(
+            f"--resume: {run_dir.path} already has {ckpt.rounds_done} rounds; "
+            f"train.rounds must be >= {ckpt.rounds_done}, got {config.train.rounds}"
+        )
     if ckpt.rounds_done == config.train.rounds and run_dir.file("summary.json").is_file():
-        raise ConfigError(f"--resume: {run_dir.path} finished its {ckpt.rounds_done} rounds already; to train "
-                          f"on, raise train.rounds (--set train.rounds={ckpt.rounds_done + 5}, say)")
+        raise ConfigError(
+            f"--resume: {run_dir.path} finished its {ckpt.rounds_done} rounds already; to train "
+            f"on, raise train.rounds (--set train.rounds={ckpt.rounds_done + 5}, say)"
+        )
     result.rounds, result.mapper_rows = run_dir.read_tables(ckpt.rounds_done)
     result.skipped = [{"round": int(r), "mapper": int(m)} for r, m in ckpt.skipped]
     if server is not None and server.state is not None:
         if ckpt.server_state is None or ckpt.server_state.shape != server.state.shape:
-            raise ConfigError(f"--resume: checkpoint {ckpt.path} holds no server momentum for "
-                              f"server.momentum={config.server.momentum}")
+            raise ConfigError(
+                f"--resume: checkpoint {ckpt.path} holds no server momentum for "
+                f"server.momentum={config.server.momentum}"
+            )
         server.state[:] = ckpt.server_state
     return ckpt.rounds_done, replace(start, params=ckpt.params, opt_state=ckpt.opt_state)
 
@@ -194,15 +230,16 @@ def resume_state(config: Config, run_dir: RunDir, start: RoundPayload, result: R
 class TrainedRound:
     """A round trained and reduced on the engine, not yet scored."""
 
-    payload: RoundPayload     # the round's payload: its index, plan and rate
-    combined: Combined        # the next state
+    payload: RoundPayload  # the round's payload: its index, plan and rate
+    combined: Combined  # the next state
     stats: list[MapperStats]  # the mappers' stats, in mapper order
-    times: dict               # broadcast, wait, combine (and evaluate, once scored), seconds
-    seconds: float            # the round's time so far on the driver's critical path
+    times: dict  # broadcast, wait, combine (and evaluate, once scored), seconds
+    seconds: float  # the round's time so far on the driver's critical path
 
 
-def train_round(engine: Engine, payload: RoundPayload, reducer: RoundReducer, warn=warn,
-                server: Server | None = None) -> TrainedRound:
+def train_round(
+    engine: Engine, payload: RoundPayload, reducer: RoundReducer, warn=warn, server: Server | None = None
+) -> TrainedRound:
     """Train and reduce one round on ``engine`` (a local or a synchronous round, then the server step)."""
     start = time.perf_counter()
     times: dict[str, float] = {}
@@ -214,8 +251,10 @@ def train_round(engine: Engine, payload: RoundPayload, reducer: RoundReducer, wa
         with timed(times, "combine"):
             combined = server(payload, combined)
     for mapper in combined.skipped:
-        warn(f"round {payload.round_index + 1}: mapper {mapper} returned NaN or inf; its result was left out "
-             "(train.skip_bad_mappers)")
+        warn(
+            f"round {payload.round_index + 1}: mapper {mapper} returned NaN or inf; its result was left out "
+            "(train.skip_bad_mappers)"
+        )
     return TrainedRound(payload, combined, stats, times, time.perf_counter() - start)
 
 
@@ -233,34 +272,53 @@ def score_round(trained: TrainedRound, evaluate, in_line: bool = True) -> dict:
     round_number = trained.payload.round_index + 1
     for name, value in scores.items():
         if not np.isfinite(value):  # finite weights too large to score: never a run that ends with exit 0
-            raise DivergenceError(f"round {round_number}: {name} is {value} (the weights are finite but "
-                                  "too large to score; training diverged: try a smaller train.lr)")
+            raise DivergenceError(
+                f"round {round_number}: {name} is {value} (the weights are finite but "
+                "too large to score; training diverged: try a smaller train.lr)"
+            )
     seconds = trained.seconds + (time.perf_counter() - start if in_line else 0.0)
     return round_row(round_number, trained.stats, trained.times, seconds, scores, trained.payload.plan.lr)
 
 
-def run_round(engine: Engine, payload: RoundPayload, reducer: RoundReducer, evaluate,
-              warn=warn, server: Server | None = None) -> tuple[Combined, dict, list[MapperStats]]:
+def run_round(
+    engine: Engine, payload: RoundPayload, reducer: RoundReducer, evaluate, warn=warn, server: Server | None = None
+) -> tuple[Combined, dict, list[MapperStats]]:
     """One round on ``engine``, scored in line: ``(the next state, the rounds.csv row, the mappers' stats)``."""
     trained = train_round(engine, payload, reducer, warn, server)
     return trained.combined, score_round(trained, evaluate), trained.stats
 
 
-def summarize(config: Config, data: Dataset, payload: RoundPayload, result: RunResult, wall_seconds: float,
-              resumed_after: int | None) -> dict:
+def summarize(
+    config: Config,
+    data: Dataset,
+    payload: RoundPayload,
+    result: RunResult,
+    wall_seconds: float,
+    resumed_after: int | None,
+) -> dict:
     """summary.json of a finished run."""
     last = result.rounds[-1]
     task = {"task": "regression", "targets": list(data.target_names)} if data.regression else {}
     return {
-        **{f"final_{k}": last[k] for k in final_keys(last)}, "wall_seconds": wall_seconds, **task,
-        "engine": config.engine, "mappers": config.mappers, "combine": config.combine,
-        "rounds": config.train.rounds, "backend": config.model.backend,
-        "n_train": data.n_train, "n_test": data.n_test, "n_val": data.n_val,
-        "n_features": data.n_features, "n_classes": data.n_classes,
+        **{f"final_{k}": last[k] for k in final_keys(last)},
+        "wall_seconds": wall_seconds,
+        **task,
+        "engine": config.engine,
+        "mappers": config.mappers,
+        "combine": config.combine,
+        "rounds": config.train.rounds,
+        "backend": config.model.backend,
+        "n_train": data.n_train,
+        "n_test": data.n_test,
+        "n_val": data.n_val,
+        "n_features": data.n_features,
+        "n_classes": data.n_classes,
         **payload.model.layers.describe(),
-        "rounds_run": len(result.rounds), "train_seconds": sum(row["seconds"] for row in result.rounds),
+        "rounds_run": len(result.rounds),
+        "train_seconds": sum(row["seconds"] for row in result.rounds),
         "driver_peak_rss_mb": peak_rss_mb(),
-        "skipped_mappers": result.skipped, "resumed_after_round": resumed_after,
+        "skipped_mappers": result.skipped,
+        "resumed_after_round": resumed_after,
         **result.extra,
         "machine": describe(),
     }
@@ -292,7 +350,7 @@ class Setup:
     config: Config
     data: Dataset
     schedule: Schedule
-    first: RoundPayload      # round 0's payload: initial weights, fresh optimizer state
+    first: RoundPayload  # round 0's payload: initial weights, fresh optimizer state
     reducer: RoundReducer
 
     def round_payload(self, payload: RoundPayload, r: int, result: RunResult) -> RoundPayload:
@@ -328,29 +386,49 @@ class Setup:
             scores = total_scores(engine.score(self.config.model.backend, self.first.model, params))
         backend = get_backend(self.config.model.backend, self.first.model)
         if self.data.x_test is not None and self.data.y_test is not None:
-            scores.update(zip(("test_loss", "test_accuracy"), evaluate_rows(backend, params, self.data.x_test,
-                                                                            self.data.y_test), strict=True))
+            scores.update(
+                zip(
+                    ("test_loss", "test_accuracy"),
+                    evaluate_rows(backend, params, self.data.x_test, self.data.y_test),
+                    strict=True,
+                )
+            )
         if self.data.x_val is not None and self.data.y_val is not None:
-            scores.update(zip(("val_loss", "val_accuracy"), evaluate_rows(backend, params, self.data.x_val,
-                                                                          self.data.y_val), strict=True))
+            scores.update(
+                zip(
+                    ("val_loss", "val_accuracy"),
+                    evaluate_rows(backend, params, self.data.x_val, self.data.y_val),
+                    strict=True,
+                )
+            )
         return scores
-
 
     def evaluate_sums(self, params: np.ndarray) -> dict[str, float]:
         """Scores of a regression run (loss, RMSE, MAE, R²) or of a weighted one, from summed block statistics
         (:mod:`nnlib.core.metrics`): the loss in training units, the metrics in the targets' own units."""
         data, scores = self.data, {}
         backend = get_backend(self.config.model.backend, self.first.model)
-        for name, x, y, w, raw in (("test", data.x_test, data.y_test, data.w_test, data.y_test_raw),
-                                   ("val", data.x_val, data.y_val, data.w_val, data.y_val_raw)):
+        for name, x, y, w, raw in (
+            ("test", data.x_test, data.y_test, data.w_test, data.y_test_raw),
+            ("val", data.x_val, data.y_val, data.w_val, data.y_val_raw),
+        ):
             if x is None or y is None:
                 continue
             scores.update(set_scores(backend, self.first.model, params, name, x, y, w, data, raw))
         return scores
 
 
-def set_scores(backend, spec, params: np.ndarray, name: str, x: np.ndarray, y: np.ndarray, w: np.ndarray | None,
-               data: Dataset, raw: np.ndarray | None = None) -> dict[str, float]:
+def set_scores(
+    backend,
+    spec,
+    params: np.ndarray,
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray | None,
+    data: Dataset,
+    raw: np.ndarray | None = None,
+) -> dict[str, float]:
     """``{name}_loss`` and ``{name}_accuracy``, or under regression ``{name}_r2``, ``_rmse``, ``_mae`` and
     ``_loss``, of ``params`` on ``(x, y)`` weighted by ``w``, scored ``EVAL_ROWS`` rows at a time."""
     from nnlib.core import metrics
@@ -358,15 +436,20 @@ def set_scores(backend, spec, params: np.ndarray, name: str, x: np.ndarray, y: n
     from nnlib.rounds.mapper import EVAL_ROWS
 
     if not data.regression:
-        parts = [backend.score(params, x[lo:lo + EVAL_ROWS], y[lo:lo + EVAL_ROWS],
-                               None if w is None else w[lo:lo + EVAL_ROWS]) for lo in range(0, len(y), EVAL_ROWS)]
+        parts = [
+            backend.score(
+                params, x[lo : lo + EVAL_ROWS], y[lo : lo + EVAL_ROWS], None if w is None else w[lo : lo + EVAL_ROWS]
+            )
+            for lo in range(0, len(y), EVAL_ROWS)
+        ]
         done = metrics.finish_classification(metrics.total(parts))
         return {f"{name}_loss": done.loss, f"{name}_accuracy": done.accuracy}
     # the outputs in aligned blocks and the sums over the whole set, as the model file's regression_metrics
     # computes them: nnlib predict on the run's test set gives its RMSE to the bit
     z = aligned_logits(backend, params, x)
-    fit = metrics.finish_regression(regression_sums(spec, z, y if raw is None else raw, w,
-                                                    data.target_mean, data.target_std))
+    fit = metrics.finish_regression(
+        regression_sums(spec, z, y if raw is None else raw, w, data.target_mean, data.target_std)
+    )
     return {f"{name}_r2": fit.r2, f"{name}_rmse": fit.rmse, f"{name}_mae": fit.mae, f"{name}_loss": fit.loss}
 
 
@@ -403,13 +486,20 @@ def prepare(config: Config, warn=warn, reader=None) -> Setup:
     config = with_absolute_paths(config)
     data = run_dataset(config, reader)
     if data.rows is not None and config.combine == "split":
-        raise ConfigError(f"combine=split needs the training set on the driver (to couple the neurons); "
-                          f"data.source {config.data.source} is a Parquet source, read only by the mappers")
+        raise ConfigError(
+            f"combine=split needs the training set on the driver (to couple the neurons); "
+            f"data.source {config.data.source} is a Parquet source, read only by the mappers"
+        )
     sizes = data.shard_sizes(config.mappers, config.data.partition, config.seed, config.data.skew_alpha)
     check_against_data(config, data, sizes, warn)
     schedule = Schedule.from_config(config, sizes)
-    return Setup(config, data, schedule, first_payload(config, data, schedule),
-                 RoundReducer(config.combine, config.train.skip_bad_mappers))
+    return Setup(
+        config,
+        data,
+        schedule,
+        first_payload(config, data, schedule),
+        RoundReducer(config.combine, config.train.skip_bad_mappers),
+    )
 
 
 def overlaps_scoring(engine: Engine, setup: Setup) -> bool:
@@ -423,8 +513,13 @@ def overlaps_scoring(engine: Engine, setup: Setup) -> bool:
     """
     config = setup.config
     mapper_scored = setup.data.rows is not None and setup.data.rows.scored_by_mappers
-    return (engine.mappers_elsewhere and config.train.overlap_scoring and config.train.target_accuracy is None
-            and config.train.patience is None and not mapper_scored)
+    return (
+        engine.mappers_elsewhere
+        and config.train.overlap_scoring
+        and config.train.target_accuracy is None
+        and config.train.patience is None
+        and not mapper_scored
+    )
 
 
 # The driver's own numbers during the rounds (scoring, the reduce, choosing sub-networks) run on one BLAS thread,
@@ -433,9 +528,19 @@ def overlaps_scoring(engine: Engine, setup: Setup) -> bool:
 # a mapper: 112-125 ms of the Spark driver's CPU a round against 35-38 ms on one thread (bench/README.md,
 # "Where the cores go"). One thread also scores the same bits on every engine.
 @one_blas_thread()
-def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_round: int, run_dir: RunDir | None,
-                 result: RunResult, log=print, warn=warn, on_round=None,
-                 server: Server | None = None, on_started=None) -> RoundPayload:
+def train_rounds(
+    engine: Engine,
+    setup: Setup,
+    payload: RoundPayload,
+    first_round: int,
+    run_dir: RunDir | None,
+    result: RunResult,
+    log=print,
+    warn=warn,
+    on_round=None,
+    server: Server | None = None,
+    on_started=None,
+) -> RoundPayload:
     """Run rounds ``first_round ..`` of the schedule on ``engine``; return the last round's state.
 
     ``on_started``, if given, is called once the engine holds its shards (every
@@ -458,18 +563,29 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
         result.rounds.append(row)
         result.mapper_rows += mapper_rows(r + 1, trained.stats)
         if run_dir is not None:  # tables, then the checkpoint (a write that fails keeps the last good one)
-            run_dir.write_round(result.rounds, result.mapper_rows, skipped, trained.combined.params,
-                                trained.combined.opt_state, server_state, setup.data.fingerprint,
-                                config_digest(config))
+            run_dir.write_round(
+                result.rounds,
+                result.mapper_rows,
+                skipped,
+                trained.combined.params,
+                trained.combined.opt_state,
+                server_state,
+                setup.data.fingerprint,
+                config_digest(config),
+            )
         if on_round is not None:
             on_round(row)
         if "test_r2" in row:
-            log(f"round {r + 1}/{config.train.rounds}  test_r2 {row['test_r2']:.4f}  test_rmse {row['test_rmse']:.4g}  "
+            log(
+                f"round {r + 1}/{config.train.rounds}  test_r2 {row['test_r2']:.4f}  test_rmse {row['test_rmse']:.4g}  "
                 f"test_mae {row['test_mae']:.4g}  test_loss {row['test_loss']:.4f}  "
-                f"train_loss {row['train_loss']:.4f}  {row['seconds']:.2f}s")
+                f"train_loss {row['train_loss']:.4f}  {row['seconds']:.2f}s"
+            )
         else:
-            log(f"round {r + 1}/{config.train.rounds}  test_acc {row['test_accuracy']:.4f}  "
-                f"test_loss {row['test_loss']:.4f}  train_loss {row['train_loss']:.4f}  {row['seconds']:.2f}s")
+            log(
+                f"round {r + 1}/{config.train.rounds}  test_acc {row['test_accuracy']:.4f}  "
+                f"test_loss {row['test_loss']:.4f}  train_loss {row['train_loss']:.4f}  {row['seconds']:.2f}s"
+            )
         return row
 
     try:
@@ -483,8 +599,10 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
                 payload = replace(payload, params=trained.combined.params, opt_state=trained.combined.opt_state)
                 result.skipped += [{"round": r + 1, "mapper": m} for m in trained.combined.skipped]
                 # what the checkpoint holds, as of this round: the next round's server step changes the state
-                snapshot = (list(result.skipped), None if server is None or server.state is None
-                            else server.state.copy())
+                snapshot = (
+                    list(result.skipped),
+                    None if server is None or server.state is None else server.state.copy(),
+                )
                 if scorer is not None:
                     waited = time.perf_counter()
                     if pending is not None:
@@ -498,8 +616,10 @@ def train_rounds(engine: Engine, setup: Setup, payload: RoundPayload, first_roun
                         log(f"reached train.target_accuracy={target} after round {r + 1}; stopping")
                         break
                     if stopping is not None and stopping.update(r, row["val_loss"], payload.params):
-                        log(f"no lower validation loss for train.patience={stopping.patience} rounds; stopping "
-                            f"after round {r + 1}, keeping round {stopping.best_round + 1}'s weights")
+                        log(
+                            f"no lower validation loss for train.patience={stopping.patience} rounds; stopping "
+                            f"after round {r + 1}, keeping round {stopping.best_round + 1}'s weights"
+                        )
                         break
                 # a signal asked for a stop (SIGTERM): every process stops after the same round, its checkpoint
                 # written
@@ -541,14 +661,23 @@ def kept_weights_line(rounds: list[dict], stopping: EarlyStopping | None) -> str
     if best == last:
         return f"model: round {last}'s weights (the last round, with the lowest {loss})"
     if stopping.best_params is None:  # the best round was trained before a resume: its weights are not held here
-        return (f"model: round {last}'s weights (the last round); round {best} had the lowest {loss} but was "
-                f"trained before the resume, and its weights are not kept")
+        return (
+            f"model: round {last}'s weights (the last round); round {best} had the lowest {loss} but was "
+            f"trained before the resume, and its weights are not kept"
+        )
     later = f"round {last}" if best + 1 == last else f"rounds {best + 1}-{last}"
     return f"model: round {best}'s weights (the lowest {loss}); {later} did not lower it"
 
 
-def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = None, log=print, warn=warn,
-        resume: bool | RunDir = False, on_round=None) -> RunResult:
+def run(
+    config: Config,
+    run_dir: RunDir | None = None,
+    engine: Engine | None = None,
+    log=print,
+    warn=warn,
+    resume: bool | RunDir = False,
+    on_round=None,
+) -> RunResult:
     """Train as ``config`` says on ``engine`` (default: the config's); write outputs to ``run_dir`` if given.
 
     After every round the weights and optimizer state are checkpointed to
@@ -594,8 +723,19 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
 
     if first_round < config.train.rounds:
         try:
-            payload = train_rounds(engine, setup, payload, first_round, run_dir, result, log, warn, on_round, server,
-                                   on_started=write_config)
+            payload = train_rounds(
+                engine,
+                setup,
+                payload,
+                first_round,
+                run_dir,
+                result,
+                log,
+                warn,
+                on_round,
+                server,
+                on_started=write_config,
+            )
         except NnlibError:
             if run_dir is not None and not result.rounds:  # no round of it (nor of a resumed run) finished
                 run_dir.discard()  # failed before its first checkpoint: nothing to resume, nothing left behind
@@ -604,8 +744,9 @@ def run(config: Config, run_dir: RunDir | None = None, engine: Engine | None = N
         engine.stop()
         write_config()
     result.params = payload.params
-    result.summary = summarize(config, setup.data, payload, result, time.perf_counter() - wall_start,
-                               first_round if resume else None)
+    result.summary = summarize(
+        config, setup.data, payload, result, time.perf_counter() - wall_start, first_round if resume else None
+    )
     result.model = model_file(config, setup.data, payload.model, payload.params)
     if run_dir is not None:
         run_dir.write_model(result.model.arrays())

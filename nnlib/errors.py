@@ -40,18 +40,28 @@ _SPARK_ERROR_CLASS = re.compile(r"\[([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)\] ([^\n]+
 
 # what a person does about the common root causes (the workers' Python, Spark's own size limits)
 HINTS = (
-    (re.compile(r"No module named '([\w.]+)'"),
-     "the workers' Python cannot import {0}: install nnlib and its dependencies there, or run the workers with "
-     "this Python (PYSPARK_PYTHON for Spark, --python-bin in mrjob.args)"),
-    (re.compile(r"PYTHON_VERSION_MISMATCH|different version .* than that in driver|different minor versions"),
-     "the executors' Python (PYSPARK_PYTHON) must have the driver's minor version: point PYSPARK_PYTHON and "
-     "PYSPARK_DRIVER_PYTHON at the same Python"),
-    (re.compile(r"spark\.driver\.maxResultSize"),
-     "raise Spark's limit on results brought to the driver: spark.conf={{spark.driver.maxResultSize: 4g}}"),
-    (re.compile(r"spark\.rpc\.message\.maxSize"),
-     "raise Spark's message size limit (MiB): spark.conf={{spark.rpc.message.maxSize: 512}}"),
-    (re.compile(r"java\.lang\.OutOfMemoryError"),
-     "give Spark's JVMs more memory: spark.conf={{spark.driver.memory: 4g, spark.executor.memory: 4g}}"),
+    (
+        re.compile(r"No module named '([\w.]+)'"),
+        "the workers' Python cannot import {0}: install nnlib and its dependencies there, or run the workers with "
+        "this Python (PYSPARK_PYTHON for Spark, --python-bin in mrjob.args)",
+    ),
+    (
+        re.compile(r"PYTHON_VERSION_MISMATCH|different version .* than that in driver|different minor versions"),
+        "the executors' Python (PYSPARK_PYTHON) must have the driver's minor version: point PYSPARK_PYTHON and "
+        "PYSPARK_DRIVER_PYTHON at the same Python",
+    ),
+    (
+        re.compile(r"spark\.driver\.maxResultSize"),
+        "raise Spark's limit on results brought to the driver: spark.conf={{spark.driver.maxResultSize: 4g}}",
+    ),
+    (
+        re.compile(r"spark\.rpc\.message\.maxSize"),
+        "raise Spark's message size limit (MiB): spark.conf={{spark.rpc.message.maxSize: 512}}",
+    ),
+    (
+        re.compile(r"java\.lang\.OutOfMemoryError"),
+        "give Spark's JVMs more memory: spark.conf={{spark.driver.memory: 4g, spark.executor.memory: 4g}}",
+    ),
 )
 
 
@@ -71,7 +81,7 @@ def root_cause(text: str) -> str:
     line.
     """
     if _TRACEBACK in text:
-        tail = text[text.rindex(_TRACEBACK):].splitlines()[1:]
+        tail = text[text.rindex(_TRACEBACK) :].splitlines()[1:]
         for line in tail:
             if not line.startswith((" ", "\t")) and (match := _PYTHON_ERROR.match(line.strip())):
                 return line.strip()

@@ -29,13 +29,39 @@ from nnlib.rounds.payload import STATS_FIELDS
 if TYPE_CHECKING:
     from nnlib.util.lock import FolderLock
 
-ROUND_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "seconds",
-                 "broadcast_seconds", "wait_seconds", "combine_seconds", "evaluate_seconds",
-                 "max_mapper_seconds", "median_mapper_seconds", "overhead_seconds", "result_bytes", "lr",
-                 "val_accuracy", "val_loss"]
+ROUND_COLUMNS = [
+    "round",
+    "test_accuracy",
+    "test_loss",
+    "train_loss",
+    "seconds",
+    "broadcast_seconds",
+    "wait_seconds",
+    "combine_seconds",
+    "evaluate_seconds",
+    "max_mapper_seconds",
+    "median_mapper_seconds",
+    "overhead_seconds",
+    "result_bytes",
+    "lr",
+    "val_accuracy",
+    "val_loss",
+]
 # a regression run's rounds.csv: R², RMSE and MAE in the targets' own units, the loss in training (standardised) units
-REGRESSION_ROUND_COLUMNS = ["round", "test_r2", "test_rmse", "test_mae", "test_loss", "train_loss", "seconds",
-                            *ROUND_COLUMNS[5:-2], "val_r2", "val_rmse", "val_mae", "val_loss"]
+REGRESSION_ROUND_COLUMNS = [
+    "round",
+    "test_r2",
+    "test_rmse",
+    "test_mae",
+    "test_loss",
+    "train_loss",
+    "seconds",
+    *ROUND_COLUMNS[5:-2],
+    "val_r2",
+    "val_rmse",
+    "val_mae",
+    "val_loss",
+]
 
 
 def round_columns(rows: list[dict]) -> list[str]:
@@ -44,9 +70,13 @@ def round_columns(rows: list[dict]) -> list[str]:
 
 
 # MapperStats' fields, who and where first; result_bytes is summed per round in rounds.csv instead
-MAPPER_COLUMNS = ["round", "mapper", "host", "pid",
-                  *(name for name in STATS_FIELDS
-                    if name not in ("mapper", "host", "pid", "result_bytes", "weight_sum"))]
+MAPPER_COLUMNS = [
+    "round",
+    "mapper",
+    "host",
+    "pid",
+    *(name for name in STATS_FIELDS if name not in ("mapper", "host", "pid", "result_bytes", "weight_sum")),
+]
 
 
 def default_run_dir(prefix: str = "") -> Path:
@@ -71,11 +101,17 @@ def default_run_dir(prefix: str = "") -> Path:
 
 
 # errno -> the cause a person can act on
-WRITE_CAUSES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                errno.EFBIG: "the file is too large (past the file-size limit, ulimit -f, or the file system's)",
-                errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-                errno.EROFS: "the file system is read-only", errno.ENOENT: "its folder does not exist",
-                errno.ENOTDIR: "a part of its path is not a folder", errno.EISDIR: "it is a folder"}
+WRITE_CAUSES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is too large (past the file-size limit, ulimit -f, or the file system's)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOENT: "its folder does not exist",
+    errno.ENOTDIR: "a part of its path is not a folder",
+    errno.EISDIR: "it is a folder",
+}
 
 
 def write_cause(exc: BaseException) -> str:
@@ -212,8 +248,14 @@ class RunDir:
     nothing (``reader=True``: it is not refused for the lock its main process holds).
     """
 
-    def __init__(self, path: str | Path, overwrite: bool = False, resume: bool = False, created: bool = False,
-                 reader: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        overwrite: bool = False,
+        resume: bool = False,
+        created: bool = False,
+        reader: bool = False,
+    ):
         self.path = Path(path)
         self.overwrite, self.resume = overwrite, resume
         self._ready = False
@@ -234,13 +276,17 @@ class RunDir:
         if self.resume:  # a folder that holds no run yet (no config.yaml) is started afresh there
             pass
         elif (self.path / "summary.json").exists() and not self.overwrite:
-            raise NnlibError(f"--out: {self.path} already holds a finished run (summary.json); "
-                             "choose another directory or pass --overwrite")
+            raise NnlibError(
+                f"--out: {self.path} already holds a finished run (summary.json); "
+                "choose another directory or pass --overwrite"
+            )
         elif (self.path / "config.yaml").exists() and not self.overwrite:
             done = checkpoint_rounds(self.path)
             kept = f"its checkpoint holds {done} finished round(s)" if done else "no round of it finished"
-            raise NnlibError(f"--out: {self.path} holds an unfinished run ({kept}); continue it with "
-                             f"--resume {self.path}, or start over with --overwrite")
+            raise NnlibError(
+                f"--out: {self.path} holds an unfinished run ({kept}); continue it with "
+                f"--resume {self.path}, or start over with --overwrite"
+            )
 
     def claim(self) -> RunDir:
         """Create the folder if need be and hold its lock; a folder another live run holds is refused in one line
@@ -333,12 +379,22 @@ class RunDir:
         try:
             atomic_write_bytes(path, data)
         except OutputError as exc:
-            raise OutputError(f"{exc}; every round is checkpointed: make room, then finish the run with: "
-                              f"nnlib run --resume {self.path}") from None
+            raise OutputError(
+                f"{exc}; every round is checkpointed: make room, then finish the run with: "
+                f"nnlib run --resume {self.path}"
+            ) from None
 
-    def write_checkpoint(self, rounds_done: int, params: np.ndarray, opt_state: np.ndarray | None,
-                         skipped: Sequence[dict] = (), keep: int = 2, server_state: np.ndarray | None = None,
-                         fingerprint: tuple[tuple[str, str], ...] = (), config: str | None = None) -> Path:
+    def write_checkpoint(
+        self,
+        rounds_done: int,
+        params: np.ndarray,
+        opt_state: np.ndarray | None,
+        skipped: Sequence[dict] = (),
+        keep: int = 2,
+        server_state: np.ndarray | None = None,
+        fingerprint: tuple[tuple[str, str], ...] = (),
+        config: str | None = None,
+    ) -> Path:
         """Save the state after ``rounds_done`` rounds to ``checkpoints/``; keep the newest ``keep`` files.
 
         ``fingerprint`` is the data's (``Dataset.fingerprint``: each input's
@@ -346,9 +402,12 @@ class RunDir:
         (:func:`config_digest`), which ``--resume`` compares.
         """
         folder = make_dir(self.file("checkpoints"), "--out")
-        arrays = {"rounds_done": np.int64(rounds_done), "params": params,
-                  "skipped": np.array([[s["round"], s["mapper"]] for s in skipped], np.int64).reshape(-1, 2),
-                  "data_fingerprint": np.array([list(pair) for pair in fingerprint], np.str_).reshape(-1, 2)}
+        arrays = {
+            "rounds_done": np.int64(rounds_done),
+            "params": params,
+            "skipped": np.array([[s["round"], s["mapper"]] for s in skipped], np.int64).reshape(-1, 2),
+            "data_fingerprint": np.array([list(pair) for pair in fingerprint], np.str_).reshape(-1, 2),
+        }
         if opt_state is not None:
             arrays["opt_state"] = opt_state
         if server_state is not None:
@@ -363,9 +422,17 @@ class RunDir:
             old.unlink()
         return path
 
-    def write_round(self, rounds: list[dict], mapper_rows: list[dict], skipped: list[dict], params: np.ndarray,
-                    opt_state: np.ndarray | None, server_state: np.ndarray | None = None,
-                    fingerprint: tuple[tuple[str, str], ...] = (), config: str | None = None) -> Path:
+    def write_round(
+        self,
+        rounds: list[dict],
+        mapper_rows: list[dict],
+        skipped: list[dict],
+        params: np.ndarray,
+        opt_state: np.ndarray | None,
+        server_state: np.ndarray | None = None,
+        fingerprint: tuple[tuple[str, str], ...] = (),
+        config: str | None = None,
+    ) -> Path:
         """A finished round's tables (every row so far) and then its checkpoint.
 
         Tables first: a resume drops table rows past the newest checkpoint. A
@@ -376,18 +443,23 @@ class RunDir:
         done = rounds[-1]["round"]
         try:
             self.write_tables(rounds, mapper_rows)
-            return self.write_checkpoint(done, params, opt_state, skipped, server_state=server_state,
-                                         fingerprint=fingerprint, config=config)
+            return self.write_checkpoint(
+                done, params, opt_state, skipped, server_state=server_state, fingerprint=fingerprint, config=config
+            )
         except OutputError as exc:
             try:  # the tables as of the last checkpoint, so none holds a row for a round it cannot resume
-                self.write_tables([r for r in rounds if r["round"] < done],
-                                  [r for r in mapper_rows if r["round"] < done])
+                self.write_tables(
+                    [r for r in rounds if r["round"] < done], [r for r in mapper_rows if r["round"] < done]
+                )
             except OutputError:
                 pass  # a resume drops those rows anyway
             kept = checkpoint_rounds(self.path)
-            then = (f"round {done} is lost; the last good checkpoint is "
-                    f"{self.path / 'checkpoints' / f'round-{kept:05d}.npz'}" if kept
-                    else f"round {done} is lost; no round was checkpointed")
+            then = (
+                f"round {done} is lost; the last good checkpoint is "
+                f"{self.path / 'checkpoints' / f'round-{kept:05d}.npz'}"
+                if kept
+                else f"round {done} is lost; no round was checkpointed"
+            )
             raise OutputError(f"{exc}; {then}; make room, then resume with: nnlib run --resume {self.path}") from None
 
     def latest_checkpoint(self) -> Checkpoint | None:
@@ -403,15 +475,21 @@ class RunDir:
                 opt_state = f["opt_state"] if "opt_state" in f.files else None
                 server_state = f["server_state"] if "server_state" in f.files else None
                 skipped = f["skipped"].reshape(-1, 2).tolist()
-                fingerprint = (tuple(tuple(pair) for pair in f["data_fingerprint"].tolist())
-                               if "data_fingerprint" in f.files else None)
+                fingerprint = (
+                    tuple(tuple(pair) for pair in f["data_fingerprint"].tolist())
+                    if "data_fingerprint" in f.files
+                    else None
+                )
                 digest = str(f["config_digest"]) if "config_digest" in f.files else None
         except Exception as exc:  # noqa: BLE001  - any damage reads as "corrupted"
-            raise NnlibError(f"--resume: checkpoint {path} is corrupted ({first_line(exc)}); "
-                             "delete it to resume from the one before") from None
+            raise NnlibError(
+                f"--resume: checkpoint {path} is corrupted ({first_line(exc)}); delete it to resume from the one before"
+            ) from None
         if params.dtype != np.float32 or params.ndim != 1:
-            raise NnlibError(f"--resume: checkpoint {path} is corrupted (params must be a float32 vector, "
-                             f"got {params.dtype} {params.shape})")
+            raise NnlibError(
+                f"--resume: checkpoint {path} is corrupted (params must be a float32 vector, "
+                f"got {params.dtype} {params.shape})"
+            )
         return Checkpoint(rounds_done, params, opt_state, skipped, path, server_state, fingerprint, digest)
 
     def read_tables(self, rounds_done: int) -> tuple[list[dict], list[dict]]:
@@ -424,8 +502,7 @@ class RunDir:
         if any(r["round"] == 0 for r in rounds + mappers):
             rounds = [{**r, "round": r["round"] + 1} for r in rounds]
             mappers = [{**r, "round": r["round"] + 1} for r in mappers]
-        return ([r for r in rounds if r["round"] <= rounds_done],
-                [r for r in mappers if r["round"] <= rounds_done])
+        return ([r for r in rounds if r["round"] <= rounds_done], [r for r in mappers if r["round"] <= rounds_done])
 
     def write_summary(self, summary: dict) -> None:
         self._write_last(self.file("summary.json"), json_bytes(summary))
@@ -434,7 +511,7 @@ class RunDir:
 def checkpoint_rounds(run_dir: Path) -> int:
     """The rounds done in ``run_dir``'s newest checkpoint, from its name (``round-NNNNN.npz``); 0 without one."""
     names = sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("round-*.npz"))
-    return int(names[-1][len("round-"):-len(".npz")]) if names else 0
+    return int(names[-1][len("round-") : -len(".npz")]) if names else 0
 
 
 def _parse_cell(text: str):

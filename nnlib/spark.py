@@ -97,20 +97,25 @@ from nnlib.errors import ConfigError, DataError, EngineError, NnlibError
 from nnlib.model.model import Model
 
 # each param and the nnlib config key it sets
-PARAM_KEYS = {"mappers": "mappers", "hidden": "model.hidden", "rounds": "train.rounds",
-              "localEpochs": "train.local_epochs", "lr": "train.lr", "batchSize": "train.batch_size",
-              "combine": "combine", "seed": "seed"}
+PARAM_KEYS = {
+    "mappers": "mappers",
+    "hidden": "model.hidden",
+    "rounds": "train.rounds",
+    "localEpochs": "train.local_epochs",
+    "lr": "train.lr",
+    "batchSize": "train.batch_size",
+    "combine": "combine",
+    "seed": "seed",
+}
 # the column params that set an nnlib key when they name a column (unset or empty: none, as MLlib reads them)
 COLUMN_KEYS = {"weightCol": "data.weight_column", "validationIndicatorCol": "data.validation_column"}
 # the keys the estimator sets itself: where the rows come from, and the task its class trains
-OWN_KEYS = ("engine", "data.source", "data.features_column", "data.label_column", "data.label_columns",
-            "model.task")
+OWN_KEYS = ("engine", "data.source", "data.features_column", "data.label_column", "data.label_columns", "model.task")
 
 
 def _to_conf(value) -> dict:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise TypeError(f"conf must be a dict of nnlib config keys (e.g. {{'train.optimizer': 'adam'}}), "
-                        f"got {value!r}")
+        raise TypeError(f"conf must be a dict of nnlib config keys (e.g. {{'train.optimizer': 'adam'}}), got {value!r}")
     return dict(value)
 
 
@@ -120,27 +125,56 @@ class _NNParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasSeed, HasWeigh
 
     task = "classification"  # the model.task the stage trains (a class attribute, not a param)
 
-    mappers = Param(Params._dummy(), "mappers", "mappers training in parallel, one Spark task each (>= 1)",
-                    typeConverter=TypeConverters.toInt)
-    hidden = Param(Params._dummy(), "hidden", "hidden layer sizes of the MLP, e.g. [64]",
-                   typeConverter=TypeConverters.toListInt)
-    rounds = Param(Params._dummy(), "rounds", "rounds: each mapper trains, then the results are combined",
-                   typeConverter=TypeConverters.toInt)
-    localEpochs = Param(Params._dummy(), "localEpochs", "epochs each mapper trains on its shard per round",
-                        typeConverter=TypeConverters.toInt)
+    mappers = Param(
+        Params._dummy(),
+        "mappers",
+        "mappers training in parallel, one Spark task each (>= 1)",
+        typeConverter=TypeConverters.toInt,
+    )
+    hidden = Param(
+        Params._dummy(), "hidden", "hidden layer sizes of the MLP, e.g. [64]", typeConverter=TypeConverters.toListInt
+    )
+    rounds = Param(
+        Params._dummy(),
+        "rounds",
+        "rounds: each mapper trains, then the results are combined",
+        typeConverter=TypeConverters.toInt,
+    )
+    localEpochs = Param(
+        Params._dummy(),
+        "localEpochs",
+        "epochs each mapper trains on its shard per round",
+        typeConverter=TypeConverters.toInt,
+    )
     lr = Param(Params._dummy(), "lr", "learning rate", typeConverter=TypeConverters.toFloat)
     batchSize = Param(Params._dummy(), "batchSize", "mini-batch size", typeConverter=TypeConverters.toInt)
-    combine = Param(Params._dummy(), "combine", "how the mappers' results are combined: average, weighted, sum, "
-                    "sum_updates, gradient, ist", typeConverter=TypeConverters.toString)
-    conf = Param(Params._dummy(), "conf", "any other nnlib config key, dotted, and its value "
-                 "(e.g. {'train.optimizer': 'adam'})", typeConverter=_to_conf)
+    combine = Param(
+        Params._dummy(),
+        "combine",
+        "how the mappers' results are combined: average, weighted, sum, sum_updates, gradient, ist",
+        typeConverter=TypeConverters.toString,
+    )
+    conf = Param(
+        Params._dummy(),
+        "conf",
+        "any other nnlib config key, dotted, and its value (e.g. {'train.optimizer': 'adam'})",
+        typeConverter=_to_conf,
+    )
 
     def __init__(self, *args):
         super().__init__(*args)
         defaults = Config()
-        self._setDefault(mappers=defaults.mappers, hidden=list(defaults.model.hidden), rounds=defaults.train.rounds,
-                         localEpochs=defaults.train.local_epochs, lr=defaults.train.lr,
-                         batchSize=defaults.train.batch_size, combine=defaults.combine, seed=defaults.seed, conf={})
+        self._setDefault(
+            mappers=defaults.mappers,
+            hidden=list(defaults.model.hidden),
+            rounds=defaults.train.rounds,
+            localEpochs=defaults.train.local_epochs,
+            lr=defaults.train.lr,
+            batchSize=defaults.train.batch_size,
+            combine=defaults.combine,
+            seed=defaults.seed,
+            conf={},
+        )
 
     def getMappers(self) -> int:
         return self.getOrDefault(self.mappers)
@@ -186,11 +220,16 @@ class _NNParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasSeed, HasWeigh
             if param is not None:
                 raise ConfigError(f"conf: {key} is set by the param {param}; set it there, not in conf")
             if key in OWN_KEYS:
-                raise ConfigError(f"conf: {key} is set by the estimator ({type(self).__name__} trains "
-                                  f"model.task={self.task} on the DataFrame's featuresCol and labelCol); leave it "
-                                  "out of conf")
-        data_keys: dict[str, Any] = {"source": source, "features_column": self.getFeaturesCol(),
-                                     "label_column": self.getLabelCol()}
+                raise ConfigError(
+                    f"conf: {key} is set by the estimator ({type(self).__name__} trains "
+                    f"model.task={self.task} on the DataFrame's featuresCol and labelCol); leave it "
+                    "out of conf"
+                )
+        data_keys: dict[str, Any] = {
+            "source": source,
+            "features_column": self.getFeaturesCol(),
+            "label_column": self.getLabelCol(),
+        }
         for param, key in COLUMN_KEYS.items():
             if self.column_param(param) is not None:
                 data_keys[key.split(".")[1]] = self.column_param(param)
@@ -211,8 +250,11 @@ class _NNClassifierParams(_NNParams, HasProbabilityCol, HasRawPredictionCol):
 
     def outputs(self) -> dict[str, str]:
         """The output columns by param, in the order transform adds them."""
-        return {"rawPredictionCol": self.getRawPredictionCol(), "probabilityCol": self.getProbabilityCol(),
-                "predictionCol": self.getPredictionCol()}
+        return {
+            "rawPredictionCol": self.getRawPredictionCol(),
+            "probabilityCol": self.getProbabilityCol(),
+            "predictionCol": self.getPredictionCol(),
+        }
 
 
 class _NNRegressorParams(_NNParams):
@@ -298,14 +340,22 @@ class _NNEstimator(Estimator, _NNParams, _NNEstimatorSetters, DefaultParamsReada
         # the DataFrame's own session (classic or Spark Connect), whatever this thread's active one is
         engine = make_engine(config, warn, spark_session=dataset.sparkSession)
         with _ONE_FIT_AT_A_TIME, spark_errors(what):
-            frame = training_frame(dataset, features, label, self.getConf().get("data.key_column"), weight=weight,
-                                   validation=validation, regression=self.task == "regression")
+            frame = training_frame(
+                dataset,
+                features,
+                label,
+                self.getConf().get("data.key_column"),
+                weight=weight,
+                validation=validation,
+                regression=self.task == "regression",
+            )
             try:
                 engine.reader.add_frame(frame, name)
                 run = train(config, engine=engine, write=False, warn=warn)
             except DataError as exc:  # the reader names the rows by partition: say which column, which row
-                raise DataError(frame_message(str(exc), config.data.source, features, label, weight=weight,
-                                              validation=validation)) from None
+                raise DataError(
+                    frame_message(str(exc), config.data.source, features, label, weight=weight, validation=validation)
+                ) from None
             finally:
                 engine.reader.remove_frame(config.data.source)
                 frame.unpersist()
@@ -357,22 +407,50 @@ class NNClassifier(_NNEstimator, _NNClassifierParams):
     """
 
     @keyword_only
-    def __init__(self, *, featuresCol: str = "features", labelCol: str = "label", predictionCol: str = "prediction",
-                 probabilityCol: str = "probability", rawPredictionCol: str = "rawPrediction",
-                 weightCol: str | None = None, validationIndicatorCol: str | None = None,
-                 mappers: int | None = None, hidden: list[int] | None = None, rounds: int | None = None,
-                 localEpochs: int | None = None, lr: float | None = None, batchSize: int | None = None,
-                 combine: str | None = None, seed: int | None = None, conf: dict | None = None):
+    def __init__(
+        self,
+        *,
+        featuresCol: str = "features",
+        labelCol: str = "label",
+        predictionCol: str = "prediction",
+        probabilityCol: str = "probability",
+        rawPredictionCol: str = "rawPrediction",
+        weightCol: str | None = None,
+        validationIndicatorCol: str | None = None,
+        mappers: int | None = None,
+        hidden: list[int] | None = None,
+        rounds: int | None = None,
+        localEpochs: int | None = None,
+        lr: float | None = None,
+        batchSize: int | None = None,
+        combine: str | None = None,
+        seed: int | None = None,
+        conf: dict | None = None,
+    ):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, featuresCol: str = "features", labelCol: str = "label", predictionCol: str = "prediction",
-                  probabilityCol: str = "probability", rawPredictionCol: str = "rawPrediction",
-                  weightCol: str | None = None, validationIndicatorCol: str | None = None,
-                  mappers: int | None = None, hidden: list[int] | None = None, rounds: int | None = None,
-                  localEpochs: int | None = None, lr: float | None = None, batchSize: int | None = None,
-                  combine: str | None = None, seed: int | None = None, conf: dict | None = None):
+    def setParams(
+        self,
+        *,
+        featuresCol: str = "features",
+        labelCol: str = "label",
+        predictionCol: str = "prediction",
+        probabilityCol: str = "probability",
+        rawPredictionCol: str = "rawPrediction",
+        weightCol: str | None = None,
+        validationIndicatorCol: str | None = None,
+        mappers: int | None = None,
+        hidden: list[int] | None = None,
+        rounds: int | None = None,
+        localEpochs: int | None = None,
+        lr: float | None = None,
+        batchSize: int | None = None,
+        combine: str | None = None,
+        seed: int | None = None,
+        conf: dict | None = None,
+    ):
         """Set the params given (None leaves a param at its value)."""
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
@@ -396,20 +474,46 @@ class NNRegressor(_NNEstimator, _NNRegressorParams):
     """
 
     @keyword_only
-    def __init__(self, *, featuresCol: str = "features", labelCol: str = "label", predictionCol: str = "prediction",
-                 weightCol: str | None = None, validationIndicatorCol: str | None = None,
-                 mappers: int | None = None, hidden: list[int] | None = None, rounds: int | None = None,
-                 localEpochs: int | None = None, lr: float | None = None, batchSize: int | None = None,
-                 combine: str | None = None, seed: int | None = None, conf: dict | None = None):
+    def __init__(
+        self,
+        *,
+        featuresCol: str = "features",
+        labelCol: str = "label",
+        predictionCol: str = "prediction",
+        weightCol: str | None = None,
+        validationIndicatorCol: str | None = None,
+        mappers: int | None = None,
+        hidden: list[int] | None = None,
+        rounds: int | None = None,
+        localEpochs: int | None = None,
+        lr: float | None = None,
+        batchSize: int | None = None,
+        combine: str | None = None,
+        seed: int | None = None,
+        conf: dict | None = None,
+    ):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, featuresCol: str = "features", labelCol: str = "label", predictionCol: str = "prediction",
-                  weightCol: str | None = None, validationIndicatorCol: str | None = None,
-                  mappers: int | None = None, hidden: list[int] | None = None, rounds: int | None = None,
-                  localEpochs: int | None = None, lr: float | None = None, batchSize: int | None = None,
-                  combine: str | None = None, seed: int | None = None, conf: dict | None = None):
+    def setParams(
+        self,
+        *,
+        featuresCol: str = "features",
+        labelCol: str = "label",
+        predictionCol: str = "prediction",
+        weightCol: str | None = None,
+        validationIndicatorCol: str | None = None,
+        mappers: int | None = None,
+        hidden: list[int] | None = None,
+        rounds: int | None = None,
+        localEpochs: int | None = None,
+        lr: float | None = None,
+        batchSize: int | None = None,
+        combine: str | None = None,
+        seed: int | None = None,
+        conf: dict | None = None,
+    ):
         """Set the params given (None leaves a param at its value)."""
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
@@ -466,8 +570,10 @@ class _NNModel(SparkModel, _NNParams, _NNSetters, MLReadable, MLWritable):
         if self.model.is_regressor != (self.task == "regression"):
             task = "regression" if self.model.is_regressor else "classification"
             other = "NNRegressionModel" if self.model.is_regressor else "NNClassificationModel"
-            raise ConfigError(f"{what}: the model file holds a model of model.task={task}; a "
-                              f"{type(self).__name__} takes model.task={self.task}: use {other}")
+            raise ConfigError(
+                f"{what}: the model file holds a model of model.task={task}; a "
+                f"{type(self).__name__} takes model.task={self.task}: use {other}"
+            )
         if self._shared is None:
             self._shared = SharedModel(self.model_file)
         with spark_errors(what):
@@ -516,8 +622,16 @@ class NNClassificationModel(_NNModel, _NNClassifierParams):
         return self._set(rawPredictionCol=value)
 
     def _scores(self, dataset, shared: SharedModel, key: str | None):
-        return add_predictions(dataset, shared, self.numFeatures, self.getFeaturesCol(), self.getRawPredictionCol(),
-                               self.getProbabilityCol(), self.getPredictionCol(), key)
+        return add_predictions(
+            dataset,
+            shared,
+            self.numFeatures,
+            self.getFeaturesCol(),
+            self.getRawPredictionCol(),
+            self.getProbabilityCol(),
+            self.getPredictionCol(),
+            key,
+        )
 
 
 class NNRegressionModel(_NNModel, _NNRegressorParams):
@@ -538,8 +652,9 @@ class NNRegressionModel(_NNModel, _NNRegressorParams):
         return self.model.target_names
 
     def _scores(self, dataset, shared: SharedModel, key: str | None):
-        return add_regression_predictions(dataset, shared, self.numFeatures, self.numTargets,
-                                          self.getFeaturesCol(), self.getPredictionCol(), key)
+        return add_regression_predictions(
+            dataset, shared, self.numFeatures, self.numTargets, self.getFeaturesCol(), self.getPredictionCol(), key
+        )
 
 
 NNClassifier.model_class = NNClassificationModel
@@ -570,12 +685,17 @@ class _ModelWriter(MLWriter):
         extra = {}
         if model.hasSummary:
             run = model.summary
-            extra["training"] = {"summary": run.summary, "rounds": run.rounds, "mappers": run.mappers,
-                                 "skipped": run.skipped}
+            extra["training"] = {
+                "summary": run.summary,
+                "rounds": run.rounds,
+                "mappers": run.mappers,
+                "skipped": run.skipped,
+            }
         mode = "overwrite" if self.shouldOverwrite else "error"
         write_metadata(model, spark, path, mode, extra)
-        spark.createDataFrame([(bytearray(model.model_file),)], "model binary").coalesce(1).write.mode(mode) \
-            .parquet(os.path.join(path, "data"))
+        spark.createDataFrame([(bytearray(model.model_file),)], "model binary").coalesce(1).write.mode(mode).parquet(
+            os.path.join(path, "data")
+        )
 
 
 class _ParamsWriter(DefaultParamsWriter):
@@ -586,16 +706,16 @@ class _ParamsWriter(DefaultParamsWriter):
         if not isinstance(path, str):
             raise TypeError(f"path: must be a str (a path Spark writes), got {type(path).__name__}")
         with spark_errors(f"{type(self.instance).__name__}.save {path}"):
-            write_metadata(self.instance, self.sparkSession, path,
-                           "overwrite" if self.shouldOverwrite else "error")
+            write_metadata(self.instance, self.sparkSession, path, "overwrite" if self.shouldOverwrite else "error")
 
 
 def write_metadata(instance, spark, path: str, mode: str, extra: dict | None = None) -> None:
     """``path/metadata``: ``instance``'s params as ``DefaultParamsWriter.saveMetadata`` writes them (one JSON
     line in a text file), by a DataFrame write in ``mode`` ("overwrite" or "error")."""
     metadata = DefaultParamsWriter._get_metadata_to_save(instance, spark, extraMetadata=extra)
-    spark.createDataFrame([(metadata,)], "value string").coalesce(1).write.mode(mode) \
-        .text(os.path.join(path, "metadata"))
+    spark.createDataFrame([(metadata,)], "value string").coalesce(1).write.mode(mode).text(
+        os.path.join(path, "metadata")
+    )
 
 
 class _ModelReader(MLReader):

@@ -22,8 +22,9 @@ from nnlib.config import load_config  # noqa: E402
 
 def needs(module: str, extra: str):
     """Skip, saying why, where ``module`` (from the ``extra`` of setup.py) is not installed."""
-    return pytest.mark.skipif(importlib.util.find_spec(module) is None,
-                              reason=f"needs {module}, not installed (pip install -e '.[{extra}]')")
+    return pytest.mark.skipif(
+        importlib.util.find_spec(module) is None, reason=f"needs {module}, not installed (pip install -e '.[{extra}]')"
+    )
 
 
 # extras: a plain `pip install -e .` runs the fast tier with the tests that need them skipped
@@ -32,14 +33,20 @@ needs_mrjob = needs("mrjob", "mrjob")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: starts a JVM, mpiexec, mrjob's local runner, a subprocess or MLflow; "
-                                       "pytest -m 'not slow' leaves it out")
+    config.addinivalue_line(
+        "markers",
+        "slow: starts a JVM, mpiexec, mrjob's local runner, a subprocess or MLflow; pytest -m 'not slow' leaves it out",
+    )
 
 
 def pytest_collection_modifyitems(items):
     """A test that asks for a SparkSession must be marked slow, so the fast tier never starts a JVM."""
-    unmarked = [item.nodeid for item in items if {"spark", "connect", "connect_server"} & set(getattr(item, "fixturenames", ()))
-                and item.get_closest_marker("slow") is None]
+    unmarked = [
+        item.nodeid
+        for item in items
+        if {"spark", "connect", "connect_server"} & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("slow") is None
+    ]
     if unmarked:
         raise pytest.UsageError(f"tests using the spark fixture must be marked slow: {unmarked}")
 
@@ -116,8 +123,7 @@ def digits_file(tmp_path_factory):
 
     x, y = load_digits()
     path = tmp_path_factory.mktemp("digits-file") / "digits.parquet"
-    pq.write_table(pa.table({**{c: x[:, i].astype(np.float32) for i, c in enumerate(DIGIT_PIXELS)}, "label": y}),
-                   path)
+    pq.write_table(pa.table({**{c: x[:, i].astype(np.float32) for i, c in enumerate(DIGIT_PIXELS)}, "label": y}), path)
     return path
 
 
@@ -127,8 +133,16 @@ def small_config(*overrides: str):
     The same run as ``nnlib run --set engine=local --set mappers=3 --set train.rounds=2 --set train.local_epochs=1
     --set model.hidden=[16] --set train.batch_size=32 --set train.lr=0.1 --set seed=7`` with the overrides after.
     """
-    base = ["engine=local", "mappers=3", "train.rounds=2", "train.local_epochs=1",
-            "model.hidden=[16]", "train.batch_size=32", "train.lr=0.1", "seed=7"]
+    base = [
+        "engine=local",
+        "mappers=3",
+        "train.rounds=2",
+        "train.local_epochs=1",
+        "model.hidden=[16]",
+        "train.batch_size=32",
+        "train.lr=0.1",
+        "seed=7",
+    ]
     return load_config(None, base + list(overrides))
 
 
@@ -142,7 +156,7 @@ def saved_params(run_dir) -> np.ndarray:
 def checkpointed_rounds(run_dir) -> int:
     """The rounds done in ``run_dir``'s newest checkpoint (``checkpoints/round-NNNNN.npz``), 0 without one."""
     names = sorted(p.name for p in (run_dir / "checkpoints").glob("round-*.npz"))
-    return int(names[-1][len("round-"):-len(".npz")]) if names else 0
+    return int(names[-1][len("round-") : -len(".npz")]) if names else 0
 
 
 def wait_for_rounds(proc, run_dir, rounds: int, timeout: float = 300.0) -> int:
@@ -155,8 +169,9 @@ def wait_for_rounds(proc, run_dir, rounds: int, timeout: float = 300.0) -> int:
         if proc.poll() is not None:
             err = proc.stderr.read() if proc.stderr else ""
             err = err.decode() if isinstance(err, bytes) else err
-            pytest.fail(f"the run ended (exit {proc.returncode}) after {done} of the {rounds} rounds waited for:\n"
-                        f"{err[-3000:]}")
+            pytest.fail(
+                f"the run ended (exit {proc.returncode}) after {done} of the {rounds} rounds waited for:\n{err[-3000:]}"
+            )
         if time.monotonic() > deadline:
             pytest.fail(f"{done} rounds checkpointed in {run_dir} after {timeout:.0f}s; waited for {rounds}")
         time.sleep(0.05)

@@ -28,9 +28,14 @@ def free_port() -> int:
 
 
 def cluster_env(folder: Path) -> dict:
-    return dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(folder / "logs"),
-                SPARK_WORKER_DIR=str(folder / "work"), PYSPARK_PYTHON=sys.executable,
-                SPARK_NO_DAEMONIZE="1")
+    return dict(
+        os.environ,
+        SPARK_LOCAL_IP="127.0.0.1",
+        SPARK_LOG_DIR=str(folder / "logs"),
+        SPARK_WORKER_DIR=str(folder / "work"),
+        PYSPARK_PYTHON=sys.executable,
+        SPARK_NO_DAEMONIZE="1",
+    )
 
 
 # the one line Spark's JVM prints itself, for the vector module Spark's launcher adds; log4j cannot reach it
@@ -40,8 +45,9 @@ JVM_LINE = "WARNING: Using incubator modules: jdk.incubator.vector"
 def spark_lines(stderr: str) -> list[str]:
     """The lines of a Spark run's stderr that are not the JVM's own notices: the vector module's, and the
     "Picked up JAVA_TOOL_OPTIONS: ..." every JVM prints where that variable is set (as .ci/run does)."""
-    return [line for line in stderr.splitlines()
-            if line != JVM_LINE and not line.startswith("Picked up JAVA_TOOL_OPTIONS:")]
+    return [
+        line for line in stderr.splitlines() if line != JVM_LINE and not line.startswith("Picked up JAVA_TOOL_OPTIONS:")
+    ]
 
 
 def _parent(pid: int) -> int:
@@ -80,19 +86,46 @@ class StandaloneCluster:
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "wb")
-        return subprocess.Popen([SPARK_CLASS, *args], env=cluster_env(self.folder), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [SPARK_CLASS, *args],
+            env=cluster_env(self.folder),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
-    def start(self, n_workers: int = 2, timeout: float = 120, cores: int = 1,
-              memory: str = "1g") -> "StandaloneCluster":
+    def start(
+        self, n_workers: int = 2, timeout: float = 120, cores: int = 1, memory: str = "1g"
+    ) -> "StandaloneCluster":
         (self.folder / "work").mkdir(parents=True, exist_ok=True)
-        self.master = self._spawn("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                                  "--port", str(self.port), "--webui-port", str(self.ui_port))
+        self.master = self._spawn(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--webui-port",
+            str(self.ui_port),
+        )
         for i in range(n_workers):
-            self.workers.append(self._spawn(
-                f"worker{i}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", str(cores),
-                "--memory", memory, "--webui-port", str(free_port()), "--work-dir", str(self.folder / "work"),
-                self.url))
+            self.workers.append(
+                self._spawn(
+                    f"worker{i}",
+                    "org.apache.spark.deploy.worker.Worker",
+                    "--host",
+                    "127.0.0.1",
+                    "--cores",
+                    str(cores),
+                    "--memory",
+                    memory,
+                    "--webui-port",
+                    str(free_port()),
+                    "--work-dir",
+                    str(self.folder / "work"),
+                    self.url,
+                )
+            )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.alive_workers() == n_workers:
@@ -165,15 +198,31 @@ class ConnectServer:
 
     def start(self, timeout: float = 120) -> "ConnectServer":
         self.folder.mkdir(parents=True, exist_ok=True)
-        conf = {"spark.connect.grpc.binding.address": "127.0.0.1", "spark.connect.grpc.binding.port": str(self.port),
-                "spark.ui.enabled": "false", **self.conf}
-        args = [str(Path(sys.executable).parent / "spark-submit"), "--master", self.master,
-                "--class", "org.apache.spark.sql.connect.service.SparkConnectServer", "--name", "nnlib-tests-connect"]
+        conf = {
+            "spark.connect.grpc.binding.address": "127.0.0.1",
+            "spark.connect.grpc.binding.port": str(self.port),
+            "spark.ui.enabled": "false",
+            **self.conf,
+        }
+        args = [
+            str(Path(sys.executable).parent / "spark-submit"),
+            "--master",
+            self.master,
+            "--class",
+            "org.apache.spark.sql.connect.service.SparkConnectServer",
+            "--name",
+            "nnlib-tests-connect",
+        ]
         for key, value in conf.items():
             args += ["--conf", f"{key}={value}"]
         log = open(self.folder / "connect-server.log", "wb")
-        self.proc = subprocess.Popen([*args, "spark-internal"], env=cluster_env(self.folder), stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [*args, "spark-internal"],
+            env=cluster_env(self.folder),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

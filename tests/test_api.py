@@ -8,8 +8,16 @@ from conftest import saved_params, small_config
 from nnlib.driver import run as driver_run
 from nnlib.errors import ConfigError
 
-SMALL = {"engine": "local", "mappers": 3, "train.rounds": 2, "train.local_epochs": 1, "model.hidden": [16],
-         "train.batch_size": 32, "train.lr": 0.1, "seed": 7}  # conftest's small_config()
+SMALL = {
+    "engine": "local",
+    "mappers": 3,
+    "train.rounds": 2,
+    "train.local_epochs": 1,
+    "model.hidden": [16],
+    "train.batch_size": 32,
+    "train.lr": 0.1,
+    "seed": 7,
+}  # conftest's small_config()
 
 
 def test_train_returns_the_driver_runs_weights_tables_and_model(tmp_path):
@@ -49,11 +57,14 @@ def test_write_false_writes_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("overrides, says", [
-    ({"mappers": 0}, "mappers"),
-    ({"train.nosuchkey": 1}, "train.nosuchkey"),
-    ("mappers=2", "dict or a list"),
-])
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        ({"mappers": 0}, "mappers"),
+        ({"train.nosuchkey": 1}, "train.nosuchkey"),
+        ("mappers=2", "dict or a list"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, overrides, says):
     with pytest.raises(ConfigError, match=says) as info:
         nnlib.train(overrides=overrides, out=tmp_path / "run")
@@ -63,8 +74,12 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, overrides, says):
 
 @pytest.mark.slow
 def test_engine_mpi_launches_the_ranks_and_reads_the_run_back(tmp_path):
-    run = nnlib.train(small_config("mappers=2"), engine="mpi", out=tmp_path / "mpi",
-                      overrides={"mpi.args": ["--oversubscribe", "--allow-run-as-root"]})
+    run = nnlib.train(
+        small_config("mappers=2"),
+        engine="mpi",
+        out=tmp_path / "mpi",
+        overrides={"mpi.args": ["--oversubscribe", "--allow-run-as-root"]},
+    )
     local = nnlib.train(small_config("mappers=2"), write=False)
     assert run.summary["engine"] == "mpi" and run.summary["mappers"] == 2
     np.testing.assert_array_equal(run.model.params, local.model.params)

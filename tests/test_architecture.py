@@ -18,9 +18,12 @@ def _module_name(path: Path) -> str:
 def _imports(path: Path, modules: set[str]) -> set[str]:
     """nnlib modules that ``path`` imports anywhere (functions included; ``if TYPE_CHECKING:`` excluded)."""
     tree = ast.parse(path.read_text())
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-            and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING"
-            for n in ast.walk(node)}
+    skip = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING"
+        for n in ast.walk(node)
+    }
     found = set()
     for node in ast.walk(tree):
         if id(node) in skip:
@@ -49,7 +52,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -97,8 +100,11 @@ LAYERS = [
 
 def layer_of(module: str) -> int:
     for rank, prefixes in enumerate(LAYERS):
-        if any(module == p or module.startswith(p + ".") for p in prefixes if p != "nnlib") or module == "nnlib" \
-                and "nnlib" in prefixes:
+        if (
+            any(module == p or module.startswith(p + ".") for p in prefixes if p != "nnlib")
+            or module == "nnlib"
+            and "nnlib" in prefixes
+        ):
             return rank
     raise AssertionError(f"{module} is in no layer of tests/test_architecture.py's LAYERS: place it there")
 
@@ -112,8 +118,9 @@ def test_no_module_imports_from_a_higher_layer():
     graph = import_graph()
     upward = [(name, dep) for name, deps in graph.items() for dep in deps if layer_of(dep) > layer_of(name)]
     assert not upward, "imports from a higher layer: " + ", ".join(f"{a} -> {b}" for a, b in upward)
-    assert [name for name, deps in graph.items() if "nnlib.cli" in deps] == ["nnlib.__main__"], \
+    assert [name for name, deps in graph.items() if "nnlib.cli" in deps] == ["nnlib.__main__"], (
         "nothing but python -m nnlib imports the CLI"
+    )
 
 
 def test_the_layers_show_in_the_tree():

@@ -117,8 +117,9 @@ def trained_then_changed(tmp, source_args, change):
 
 def flip_csv(path):
     lines = path.read_text().splitlines()
-    path.write_text("\n".join([lines[0], *(f"{ln.rsplit(',', 1)[0]},{1 - int(ln.rsplit(',', 1)[1])}"
-                                            for ln in lines[1:])]) + "\n")
+    path.write_text(
+        "\n".join([lines[0], *(f"{ln.rsplit(',', 1)[0]},{1 - int(ln.rsplit(',', 1)[1])}" for ln in lines[1:])]) + "\n"
+    )
 
 
 def idx_pair(tmp, images, labels):
@@ -132,129 +133,275 @@ def idx_pair(tmp, images, labels):
 CATALOGUE = [
     ("unknown-key", lambda t: S("mapers=3"), "unknown config key 'mapers'; did you mean 'mappers'?"),
     ("unknown-key-wrong-section", lambda t: S("lr=0.1"), "unknown config key 'lr'; did you mean 'train.lr'?"),
-    ("unknown-key-in-file", lambda t: [(t / "c.yaml").write_text("trian:\n  lr: 0.1\n") and str(t / "c.yaml")],
-     "c.yaml: unknown config key 'trian'; did you mean 'train'"),
-    ("wrong-type", lambda t: S("train.rounds=two"),
-     "config key 'train.rounds': Input should be a valid integer, got 'two'"),
-    ("wrong-type-list", lambda t: S("model.hidden=64"),
-     "config key 'model.hidden': Input should be a valid list, got 64"),
+    (
+        "unknown-key-in-file",
+        lambda t: [(t / "c.yaml").write_text("trian:\n  lr: 0.1\n") and str(t / "c.yaml")],
+        "c.yaml: unknown config key 'trian'; did you mean 'train'",
+    ),
+    (
+        "wrong-type",
+        lambda t: S("train.rounds=two"),
+        "config key 'train.rounds': Input should be a valid integer, got 'two'",
+    ),
+    (
+        "wrong-type-list",
+        lambda t: S("model.hidden=64"),
+        "config key 'model.hidden': Input should be a valid list, got 64",
+    ),
     ("zero-lr", lambda t: S("train.lr=0"), "config key 'train.lr': Input should be greater than 0, got 0"),
     ("negative-lr", lambda t: S("train.lr=-0.5"), "config key 'train.lr': Input should be greater than 0, got -0.5"),
-    ("batch-size-0", lambda t: S("train.batch_size=0"),
-     "config key 'train.batch_size': Input should be greater than or equal to 1, got 0"),
+    (
+        "batch-size-0",
+        lambda t: S("train.batch_size=0"),
+        "config key 'train.batch_size': Input should be greater than or equal to 1, got 0",
+    ),
     ("mappers-0", lambda t: S("mappers=0"), "config key 'mappers': Input should be greater than or equal to 1, got 0"),
-    ("mappers-more-than-samples", lambda t: S("mappers=5000"),
-     "mappers must be <= the number of training samples (1438), got 5000"),
-    ("unknown-choice", lambda t: S("engine=hadoop"),
-     "config key 'engine': Input should be 'local', 'spark', 'mrjob' or 'mpi', got 'hadoop'"),
+    (
+        "mappers-more-than-samples",
+        lambda t: S("mappers=5000"),
+        "mappers must be <= the number of training samples (1438), got 5000",
+    ),
+    (
+        "unknown-choice",
+        lambda t: S("engine=hadoop"),
+        "config key 'engine': Input should be 'local', 'spark', 'mrjob' or 'mpi', got 'hadoop'",
+    ),
     ("hidden-size-0", lambda t: S("model.hidden=[0]"), "model.hidden: every layer size must be >= 1, got [0]"),
-    ("test-fraction-1", lambda t: S("data.test_fraction=1"),
-     "config key 'data.test_fraction': Input should be less than 1, got 1"),
-    ("set-without-value", lambda t: ["--set", "mappers"],
-     "--set expects key=value (e.g. --set mappers=4), got 'mappers'"),
-    ("bad-spark-master", lambda t: S("engine=spark", "spark.master=bogus"),
-     "spark.master: must be local, local[N], local[*], local[N,F], spark://HOST:PORT, yarn or k8s://HOST:PORT, "
-     "got 'bogus'"),
+    (
+        "test-fraction-1",
+        lambda t: S("data.test_fraction=1"),
+        "config key 'data.test_fraction': Input should be less than 1, got 1",
+    ),
+    (
+        "set-without-value",
+        lambda t: ["--set", "mappers"],
+        "--set expects key=value (e.g. --set mappers=4), got 'mappers'",
+    ),
+    (
+        "bad-spark-master",
+        lambda t: S("engine=spark", "spark.master=bogus"),
+        "spark.master: must be local, local[N], local[*], local[N,F], spark://HOST:PORT, yarn or k8s://HOST:PORT, "
+        "got 'bogus'",
+    ),
     ("missing-conf", lambda t: [str(t / "nope.yaml")], "nope.yaml: no such file"),
-    ("invalid-yaml", lambda t: [(t / "c.yaml").write_text("train:\n  lr: [\n") and str(t / "c.yaml")],
-     "c.yaml: not valid YAML at line"),
-    ("extends-cycle", lambda t: [(t / "c.yaml").write_text("extends: c.yaml\n") and str(t / "c.yaml")],
-     "'extends: c.yaml' makes a cycle"),
+    (
+        "invalid-yaml",
+        lambda t: [(t / "c.yaml").write_text("train:\n  lr: [\n") and str(t / "c.yaml")],
+        "c.yaml: not valid YAML at line",
+    ),
+    (
+        "extends-cycle",
+        lambda t: [(t / "c.yaml").write_text("extends: c.yaml\n") and str(t / "c.yaml")],
+        "'extends: c.yaml' makes a cycle",
+    ),
     ("missing-data-file", lambda t: data(t / "none.npz"), "data.source: file {t}/none.npz does not exist"),
     ("data-path-is-a-folder", lambda t: data(t), "data.source: {t} holds no .parquet files"),
-    ("unknown-extension", lambda t: [(t / "d.txt").write_text("1,2\n") and None] and data(t / "d.txt"),
-     "data.source: unknown kind of data source '{t}/d.txt'; allowed: digits, synthetic, .npz, .csv, .parquet"),
-    ("csv-ragged-rows", lambda t: csv_file(t, "a,b,label\n1,2,0\n3,1\n4,5,1\n"),
-     "d.csv is not a well-formed CSV file (CSV parse error: Expected 3 columns, got 2"),
-    ("csv-non-numeric", lambda t: csv_file(t, "a,b,label\n1,2,0\n3,x,1\n4,5,1\n"),
-     "d.csv column 'b' must be numeric, got string (non-numeric cells); leave it out of the features with "
-     "--set data.drop_columns=[b]"),
-    ("csv-no-label-column", lambda t: csv_file(t, "a,b,c\n1,2,0\n3,1,1\n"),
-     "d.csv has no label column 'label' (set data.label_column; columns are ['a', 'b', 'c'])"),
-    ("nan-feature", lambda t: data(npz(t, x=x_with(np.nan))),
-     "features must be finite, got nan at sample 5, feature 1"),
-    ("inf-feature", lambda t: data(npz(t, x=x_with(np.inf))),
-     "features must be finite, got inf at sample 5, feature 1"),
-    ("non-integer-labels", lambda t: data(npz(t, y=np.arange(40) % 2 + 0.5)),
-     "labels must be integers 0..n_classes-1, got 0.5 at sample 0"),
-    ("negative-labels", lambda t: data(npz(t, y=np.arange(40) % 2 - 1)),
-     "labels must be integers 0..n_classes-1, got -1 at sample 0"),
-    ("test-label-out-of-range", lambda t: data(npz(t, x_test=np.zeros((4, 3)), y_test=np.array([0, 1, 7, 0]))),
-     "labels must be in 0..1 (the training labels), got 7 at sample 2"),
-    ("single-class", lambda t: data(npz(t, y=np.zeros(40, int))),
-     "the training set holds a single class (0); at least 2 are needed"),
-    ("test-feature-count", lambda t: data(npz(t, x_test=np.zeros((4, 5)), y_test=np.array([0, 1, 1, 0]))),
-     "test set has 5 features, training set has 3"),
-    ("npz-missing-arrays", lambda t: [np.savez(t / "d.npz", a=np.zeros(3))] and data(t / "d.npz"),
-     "d.npz must hold arrays 'x' and 'y', found ['a']"),
-    ("npz-object-arrays", lambda t: data(npz(t, y=np.array([1, "a"] * 20, dtype=object))),
-     "holds object arrays, which are not read (pickle is disabled)"),
+    (
+        "unknown-extension",
+        lambda t: [(t / "d.txt").write_text("1,2\n") and None] and data(t / "d.txt"),
+        "data.source: unknown kind of data source '{t}/d.txt'; allowed: digits, synthetic, .npz, .csv, .parquet",
+    ),
+    (
+        "csv-ragged-rows",
+        lambda t: csv_file(t, "a,b,label\n1,2,0\n3,1\n4,5,1\n"),
+        "d.csv is not a well-formed CSV file (CSV parse error: Expected 3 columns, got 2",
+    ),
+    (
+        "csv-non-numeric",
+        lambda t: csv_file(t, "a,b,label\n1,2,0\n3,x,1\n4,5,1\n"),
+        "d.csv column 'b' must be numeric, got string (non-numeric cells); leave it out of the features with "
+        "--set data.drop_columns=[b]",
+    ),
+    (
+        "csv-no-label-column",
+        lambda t: csv_file(t, "a,b,c\n1,2,0\n3,1,1\n"),
+        "d.csv has no label column 'label' (set data.label_column; columns are ['a', 'b', 'c'])",
+    ),
+    (
+        "nan-feature",
+        lambda t: data(npz(t, x=x_with(np.nan))),
+        "features must be finite, got nan at sample 5, feature 1",
+    ),
+    (
+        "inf-feature",
+        lambda t: data(npz(t, x=x_with(np.inf))),
+        "features must be finite, got inf at sample 5, feature 1",
+    ),
+    (
+        "non-integer-labels",
+        lambda t: data(npz(t, y=np.arange(40) % 2 + 0.5)),
+        "labels must be integers 0..n_classes-1, got 0.5 at sample 0",
+    ),
+    (
+        "negative-labels",
+        lambda t: data(npz(t, y=np.arange(40) % 2 - 1)),
+        "labels must be integers 0..n_classes-1, got -1 at sample 0",
+    ),
+    (
+        "test-label-out-of-range",
+        lambda t: data(npz(t, x_test=np.zeros((4, 3)), y_test=np.array([0, 1, 7, 0]))),
+        "labels must be in 0..1 (the training labels), got 7 at sample 2",
+    ),
+    (
+        "single-class",
+        lambda t: data(npz(t, y=np.zeros(40, int))),
+        "the training set holds a single class (0); at least 2 are needed",
+    ),
+    (
+        "test-feature-count",
+        lambda t: data(npz(t, x_test=np.zeros((4, 5)), y_test=np.array([0, 1, 1, 0]))),
+        "test set has 5 features, training set has 3",
+    ),
+    (
+        "npz-missing-arrays",
+        lambda t: [np.savez(t / "d.npz", a=np.zeros(3))] and data(t / "d.npz"),
+        "d.npz must hold arrays 'x' and 'y', found ['a']",
+    ),
+    (
+        "npz-object-arrays",
+        lambda t: data(npz(t, y=np.array([1, "a"] * 20, dtype=object))),
+        "holds object arrays, which are not read (pickle is disabled)",
+    ),
     ("truncated-npz", lambda t: truncated(t, "d.npz", lambda p: npz(t)), "d.npz is not a readable .npz file"),
-    ("truncated-parquet", lambda t: truncated(t, "d.parquet", lambda p: pq.write_table(
-        pa.table({"a": np.arange(40.0), "label": np.arange(40) % 2}), p)), "d.parquet is not a readable parquet file"),
-    ("idx-bad-magic", lambda t: [(t / "t-images-idx3-ubyte").write_bytes(b"\x01\x02\x03\x04")]
-     and data(t / "t-images-idx3-ubyte"), "t-images-idx3-ubyte is not an IDX file (bad magic number)"),
-    ("idx-truncated", lambda t: [(t / "t-images-idx3-ubyte.gz").write_bytes(gzip.compress(
-        bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + b"\x00" * 5))] and data(t / "t-images-idx3-ubyte.gz"),
-     "is truncated or padded: shape (10,) needs 18 bytes, file has 13"),
-    ("idx-labels-missing", lambda t: idx_pair(t, np.zeros((4, 2, 2), np.uint8), None),
-     "data.labels: file {t}/t-labels-idx1-ubyte.gz does not exist"),
-    ("finished-run-in-out", finished_run, "already holds a finished run (summary.json); choose another directory "
-                                          "or pass --overwrite"),
+    (
+        "truncated-parquet",
+        lambda t: truncated(
+            t, "d.parquet", lambda p: pq.write_table(pa.table({"a": np.arange(40.0), "label": np.arange(40) % 2}), p)
+        ),
+        "d.parquet is not a readable parquet file",
+    ),
+    (
+        "idx-bad-magic",
+        lambda t: [(t / "t-images-idx3-ubyte").write_bytes(b"\x01\x02\x03\x04")] and data(t / "t-images-idx3-ubyte"),
+        "t-images-idx3-ubyte is not an IDX file (bad magic number)",
+    ),
+    (
+        "idx-truncated",
+        lambda t: (
+            [
+                (t / "t-images-idx3-ubyte.gz").write_bytes(
+                    gzip.compress(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + b"\x00" * 5)
+                )
+            ]
+            and data(t / "t-images-idx3-ubyte.gz")
+        ),
+        "is truncated or padded: shape (10,) needs 18 bytes, file has 13",
+    ),
+    (
+        "idx-labels-missing",
+        lambda t: idx_pair(t, np.zeros((4, 2, 2), np.uint8), None),
+        "data.labels: file {t}/t-labels-idx1-ubyte.gz does not exist",
+    ),
+    (
+        "finished-run-in-out",
+        finished_run,
+        "already holds a finished run (summary.json); choose another directory or pass --overwrite",
+    ),
     ("corrupted-checkpoint", corrupted_checkpoint, "checkpoint {t}/done/checkpoints/round-00001.npz is corrupted"),
-    ("resume-with-other-config", changed_resume,
-     "the config differs from the run's in train.batch_size (the run has 32, given 8); only train.rounds may "
-     "change"),
+    (
+        "resume-with-other-config",
+        changed_resume,
+        "the config differs from the run's in train.batch_size (the run has 32, given 8); only train.rounds may change",
+    ),
     # values finite in float64 but not in float32, in every source format, and after standardising
-    ("csv-test-past-float32", lambda t: data(rows_csv(t / "train.csv")) + S(
-        f"data.test_source={rows_csv(t / 'test.csv', 40, big_at=3)}"),
-     "data.test_source {t}/test.csv: features must be finite in float32 (|value| <= 3.403e+38), got 1e+39 at "
-     "sample 3, feature 0 ('a'); rescale that column"),
-    ("csv-past-float32", lambda t: data(rows_csv(t / "d.csv", big_at=7)),
-     "data.source {t}/d.csv: features must be finite in float32 (|value| <= 3.403e+38), got 1e+39 at sample 7, "
-     "feature 0 ('a')"),
-    ("npz-past-float32", lambda t: data(npz(t, x=x_with(1e39))),
-     "features must be finite in float32 (|value| <= 3.403e+38), got 1e+39 at sample 5, feature 1"),
-    ("parquet-past-float32", lambda t: data(parquet(t, x=x_with(-1e39))),
-     "data.source {t}/d.parquet: features must be finite in float32 (|value| <= 3.403e+38), got -1e+39 at "
-     "sample 5, feature 1 ('b')"),
-    ("idx-past-float32", lambda t: [write_idx(t / "t-labels-idx1-ubyte.gz", np.arange(40, dtype=np.uint8) % 2, 0x08)]
-     and [write_idx(t / "t-images-idx3-ubyte.gz", x_with(1e39).reshape(40, 3, 1).astype(">f8"), 0x0E)]
-     and data(t / "t-images-idx3-ubyte.gz"),
-     "t-images-idx3-ubyte.gz: features must be finite in float32 (|value| <= 3.403e+38), got 1e+39 at sample 5, "
-     "feature 1"),
-    ("past-float32-once-standardised", standardised_past_float32,
-     "data.source {t}/d.npz (test part): sample 0, feature 0 is past float32's range once standardised"),
+    (
+        "csv-test-past-float32",
+        lambda t: data(rows_csv(t / "train.csv")) + S(f"data.test_source={rows_csv(t / 'test.csv', 40, big_at=3)}"),
+        "data.test_source {t}/test.csv: features must be finite in float32 (|value| <= 3.403e+38), got 1e+39 at "
+        "sample 3, feature 0 ('a'); rescale that column",
+    ),
+    (
+        "csv-past-float32",
+        lambda t: data(rows_csv(t / "d.csv", big_at=7)),
+        "data.source {t}/d.csv: features must be finite in float32 (|value| <= 3.403e+38), got 1e+39 at sample 7, "
+        "feature 0 ('a')",
+    ),
+    (
+        "npz-past-float32",
+        lambda t: data(npz(t, x=x_with(1e39))),
+        "features must be finite in float32 (|value| <= 3.403e+38), got 1e+39 at sample 5, feature 1",
+    ),
+    (
+        "parquet-past-float32",
+        lambda t: data(parquet(t, x=x_with(-1e39))),
+        "data.source {t}/d.parquet: features must be finite in float32 (|value| <= 3.403e+38), got -1e+39 at "
+        "sample 5, feature 1 ('b')",
+    ),
+    (
+        "idx-past-float32",
+        lambda t: (
+            [write_idx(t / "t-labels-idx1-ubyte.gz", np.arange(40, dtype=np.uint8) % 2, 0x08)]
+            and [write_idx(t / "t-images-idx3-ubyte.gz", x_with(1e39).reshape(40, 3, 1).astype(">f8"), 0x0E)]
+            and data(t / "t-images-idx3-ubyte.gz")
+        ),
+        "t-images-idx3-ubyte.gz: features must be finite in float32 (|value| <= 3.403e+38), got 1e+39 at sample 5, "
+        "feature 1",
+    ),
+    (
+        "past-float32-once-standardised",
+        standardised_past_float32,
+        "data.source {t}/d.npz (test part): sample 0, feature 0 is past float32's range once standardised",
+    ),
     # label ids that are not class indices
-    ("label-ids-not-indices", lambda t: data(rows_csv(t / "d.csv", 120, labels=[0, 500000, 999999] * 40)),
-     "labels must be class indices 0..K-1, got 3 distinct labels (0, 500000, 999999) up to 999999, which would "
-     "make a 1,000,000-unit output layer; remap them to 0..2"),
-    ("parquet-label-ids", lambda t: data(parquet(t, y=np.arange(40) % 2 * 70000)),
-     "data.source {t}/d.parquet: labels must be class indices 0..K-1, got 2 distinct labels (0, 70000) up to 70000"),
+    (
+        "label-ids-not-indices",
+        lambda t: data(rows_csv(t / "d.csv", 120, labels=[0, 500000, 999999] * 40)),
+        "labels must be class indices 0..K-1, got 3 distinct labels (0, 500000, 999999) up to 999999, which would "
+        "make a 1,000,000-unit output layer; remap them to 0..2",
+    ),
+    (
+        "parquet-label-ids",
+        lambda t: data(parquet(t, y=np.arange(40) % 2 * 70000)),
+        "data.source {t}/d.parquet: labels must be class indices 0..K-1, got 2 distinct labels (0, 70000) up to 70000",
+    ),
     # resume on data that changed since the checkpoint, whatever the format
-    ("resume-on-changed-data", lambda t: trained_then_changed(
-        t, data(rows_csv(t / "d.csv")), lambda: flip_csv(t / "d.csv")),
-     "data.source {t}/d.csv has changed since the checkpoint round-00002.npz"),
-    ("resume-on-changed-parquet", lambda t: trained_then_changed(
-        t, data(parquet(t)), lambda: parquet(t, y=1 - np.arange(40) % 2)),
-     "data.source {t}/d.parquet has changed since the checkpoint round-00002.npz"),
-    ("resume-on-changed-test-source", lambda t: trained_then_changed(
-        t, data(rows_csv(t / "d.csv")) + S(f"data.test_source={rows_csv(t / 'test.csv', 40)}"),
-        lambda: flip_csv(t / "test.csv")),
-     "data.test_source {t}/test.csv has changed since the checkpoint"),
+    (
+        "resume-on-changed-data",
+        lambda t: trained_then_changed(t, data(rows_csv(t / "d.csv")), lambda: flip_csv(t / "d.csv")),
+        "data.source {t}/d.csv has changed since the checkpoint round-00002.npz",
+    ),
+    (
+        "resume-on-changed-parquet",
+        lambda t: trained_then_changed(t, data(parquet(t)), lambda: parquet(t, y=1 - np.arange(40) % 2)),
+        "data.source {t}/d.parquet has changed since the checkpoint round-00002.npz",
+    ),
+    (
+        "resume-on-changed-test-source",
+        lambda t: trained_then_changed(
+            t,
+            data(rows_csv(t / "d.csv")) + S(f"data.test_source={rows_csv(t / 'test.csv', 40)}"),
+            lambda: flip_csv(t / "test.csv"),
+        ),
+        "data.test_source {t}/test.csv has changed since the checkpoint",
+    ),
     # an input error writes nothing, says what to change, and an empty input says so
-    ("parquet-more-mappers-than-rows", lambda t: data(parquet(t)) + S("mappers=16"),
-     "holds no training rows (27 training rows drawn over mappers=16 leave 3 shard(s) empty); use fewer mappers"),
-    ("test-fraction-leaves-no-training", lambda t: data(npz(t, x=np.zeros((2, 3)), y=np.array([0, 1])))
-     + S("data.test_fraction=0.9"), "data.test_fraction: 0.9 of 2 samples leaves no training data; lower"),
+    (
+        "parquet-more-mappers-than-rows",
+        lambda t: data(parquet(t)) + S("mappers=16"),
+        "holds no training rows (27 training rows drawn over mappers=16 leave 3 shard(s) empty); use fewer mappers",
+    ),
+    (
+        "test-fraction-leaves-no-training",
+        lambda t: data(npz(t, x=np.zeros((2, 3)), y=np.array([0, 1]))) + S("data.test_fraction=0.9"),
+        "data.test_fraction: 0.9 of 2 samples leaves no training data; lower",
+    ),
     ("csv-empty", lambda t: csv_file(t, ""), "d.csv is empty (0 bytes"),
     ("csv-header-only", lambda t: csv_file(t, "a,b,label\n"), "d.csv is empty (a header row and no data rows)"),
-    ("npz-empty", lambda t: data(npz(t, x=np.zeros((0, 3)), y=np.zeros(0, int))), "d.npz: holds no samples (it is "
-                                                                                     "empty)"),
-    ("parquet-empty", lambda t: data(parquet(t, x=np.zeros((0, 3)))), "d.parquet is empty (its Parquet files hold "
-                                                                       "no rows)"),
-    ("idx-empty", lambda t: idx_pair(t, np.zeros((0, 2, 2), np.uint8), np.zeros(0, np.uint8)),
-     "t-images-idx3-ubyte.gz is empty (an IDX file of 0 items)"),
+    (
+        "npz-empty",
+        lambda t: data(npz(t, x=np.zeros((0, 3)), y=np.zeros(0, int))),
+        "d.npz: holds no samples (it is empty)",
+    ),
+    (
+        "parquet-empty",
+        lambda t: data(parquet(t, x=np.zeros((0, 3)))),
+        "d.parquet is empty (its Parquet files hold no rows)",
+    ),
+    (
+        "idx-empty",
+        lambda t: idx_pair(t, np.zeros((0, 2, 2), np.uint8), np.zeros(0, np.uint8)),
+        "t-images-idx3-ubyte.gz is empty (an IDX file of 0 items)",
+    ),
 ]
 
 
@@ -384,8 +531,25 @@ def test_missing_class_warns_and_trains(tmp_path, capsys, source):
 def test_uneven_shards_in_synchronous_rounds_train_on_every_row(tmp_path):
     # the peers' report: 8 mappers on quantity-skewed digits took the smallest shard's 2 steps each (accuracy 0.30)
     out = tmp_path / "run"
-    assert main(["run", *S("engine=local", "data.partition=quantity_skew", "data.skew_alpha=0.2", "mappers=8",
-                           "combine=gradient", "train.rounds=3"), "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                *S(
+                    "engine=local",
+                    "data.partition=quantity_skew",
+                    "data.skew_alpha=0.2",
+                    "mappers=8",
+                    "combine=gradient",
+                    "train.rounds=3",
+                ),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rows = [r for r in csv.DictReader((out / "mapper_times.csv").open()) if r["round"] == "1"]
     sizes, steps = [int(r["n_samples"]) for r in rows], [int(r["steps"]) for r in rows]
     assert min(sizes) < 32 < 10 * 32 < max(sizes)  # uneven indeed: 1 to 798 samples, batches of 32
@@ -413,9 +577,13 @@ def test_every_summary_is_strict_json(tmp_path):
 
 
 # Engine failures whose cause Spark and mrjob bury under their own traces: one line with the root cause
-SPARK_START_UP = ("WARNING: Using incubator modules", "Setting default log level", "To adjust logging level",
-                  "Setting Spark log level",  # the JVM's and Spark's start-up lines, printed by every Spark run
-                  "Picked up JAVA_TOOL_OPTIONS")  # every JVM's, where that variable is set (as .ci/run does)
+SPARK_START_UP = (
+    "WARNING: Using incubator modules",
+    "Setting default log level",
+    "To adjust logging level",
+    "Setting Spark log level",  # the JVM's and Spark's start-up lines, printed by every Spark run
+    "Picked up JAVA_TOOL_OPTIONS",
+)  # every JVM's, where that variable is set (as .ci/run does)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -446,20 +614,41 @@ def ragged_features(tmp_path) -> str:
 SPARK = ["engine=spark", "mappers=2", "train.rounds=1"]
 # (id, builder(tmp) -> (extra --set items, environment changes), expected fragment of the one line)
 ENGINE_CASES = [
-    ("spark-python-without-deps", lambda t: (SPARK, {"PYSPARK_PYTHON": bare_python(t)}),
-     "spark: starting the mappers failed: ModuleNotFoundError: No module named '"),
-    ("spark-python-other-minor-version", lambda t: (SPARK, {"PYSPARK_PYTHON": other_minor_python()}),
-     "[PYTHON_VERSION_MISMATCH] Python in worker has different version"),
-    ("spark-executor-data-error", lambda t: ([*SPARK, f"data.source={ragged_features(t)}",
-                                              "data.features_column=features"], {}),
-     "ragged.parquet features column 'features' has rows of different lengths"),
-    ("mrjob-python-without-deps", lambda t: (["engine=mrjob", "mrjob.runner=local", "mappers=2", "train.rounds=1",
-                                              f'mrjob.args=["--python-bin", "{bare_python(t)}"]'], {}),
-     "mrjob (local runner): round 1 failed: ModuleNotFoundError: No module named '"),
+    (
+        "spark-python-without-deps",
+        lambda t: (SPARK, {"PYSPARK_PYTHON": bare_python(t)}),
+        "spark: starting the mappers failed: ModuleNotFoundError: No module named '",
+    ),
+    (
+        "spark-python-other-minor-version",
+        lambda t: (SPARK, {"PYSPARK_PYTHON": other_minor_python()}),
+        "[PYTHON_VERSION_MISMATCH] Python in worker has different version",
+    ),
+    (
+        "spark-executor-data-error",
+        lambda t: ([*SPARK, f"data.source={ragged_features(t)}", "data.features_column=features"], {}),
+        "ragged.parquet features column 'features' has rows of different lengths",
+    ),
+    (
+        "mrjob-python-without-deps",
+        lambda t: (
+            [
+                "engine=mrjob",
+                "mrjob.runner=local",
+                "mappers=2",
+                "train.rounds=1",
+                f'mrjob.args=["--python-bin", "{bare_python(t)}"]',
+            ],
+            {},
+        ),
+        "mrjob (local runner): round 1 failed: ModuleNotFoundError: No module named '",
+    ),
 ]
-HINTS = {"spark-python-without-deps": "the workers' Python cannot import",
-         "mrjob-python-without-deps": "the workers' Python cannot import",
-         "spark-python-other-minor-version": "must have the driver's minor version"}
+HINTS = {
+    "spark-python-without-deps": "the workers' Python cannot import",
+    "mrjob-python-without-deps": "the workers' Python cannot import",
+    "spark-python-other-minor-version": "must have the driver's minor version",
+}
 
 
 @pytest.mark.slow
@@ -467,10 +656,18 @@ HINTS = {"spark-python-without-deps": "the workers' Python cannot import",
 def test_engine_failure_is_one_line_with_its_root_cause(tmp_path, request, build, expected):
     sets, env = build(tmp_path)
     if None in env.values():
-        pytest.skip("no Python of another minor version on this machine (the hint is tested on Spark's own text "
-                    "in test_root_cause_of_engine_errors)")
-    proc = subprocess.run([sys.executable, "-m", "nnlib", "run", *S(*sets), "--out", str(tmp_path / "run"), "--quiet"],
-                          cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=400)
+        pytest.skip(
+            "no Python of another minor version on this machine (the hint is tested on Spark's own text "
+            "in test_root_cause_of_engine_errors)"
+        )
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnlib", "run", *S(*sets), "--out", str(tmp_path / "run"), "--quiet"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     lines = proc.stderr.splitlines()
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert lines[-1].startswith("nnlib: error: ") and expected in lines[-1], proc.stderr[-3000:]
@@ -511,19 +708,31 @@ ModuleNotFoundError: No module named 'pydantic'
 (from lines 8-13 of /tmp/model_avg/step/000/mapper/00000/stderr)
 Step 1 of 1 failed: Command '['/bin/sh', '-ex', 'setup-wrapper.sh']' returned non-zero exit status 1.
 """
-RESULT_SIZE = ("org.apache.spark.SparkException: Job aborted due to stage failure: Total size of serialized results "
-               "of 3 tasks (1100.0 MiB) is bigger than spark.driver.maxResultSize (1024.0 MiB)\n\tat org.apache.spark")
+RESULT_SIZE = (
+    "org.apache.spark.SparkException: Job aborted due to stage failure: Total size of serialized results "
+    "of 3 tasks (1100.0 MiB) is bigger than spark.driver.maxResultSize (1024.0 MiB)\n\tat org.apache.spark"
+)
 
 
-@pytest.mark.parametrize("text,cause,remedy", [
-    (SPARK_TRACE, "ModuleNotFoundError: No module named 'numpy'", "the workers' Python cannot import numpy"),
-    (MISMATCH, "PySparkRuntimeError: [PYTHON_VERSION_MISMATCH] Python in worker has different version: 3.10",
-     "must have the driver's minor version"),
-    (MRJOB_CAUSE, "ModuleNotFoundError: No module named 'pydantic'", "--python-bin in mrjob.args"),
-    (RESULT_SIZE, "is bigger than spark.driver.maxResultSize (1024.0 MiB)", "{spark.driver.maxResultSize: 4g}"),
-    ("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: weights of shape (3,)\n",
-     "ValueError: weights of shape (3,)", None),
-], ids=["spark-import", "spark-version", "mrjob-probable-cause", "spark-result-size", "plain-traceback"])
+@pytest.mark.parametrize(
+    "text,cause,remedy",
+    [
+        (SPARK_TRACE, "ModuleNotFoundError: No module named 'numpy'", "the workers' Python cannot import numpy"),
+        (
+            MISMATCH,
+            "PySparkRuntimeError: [PYTHON_VERSION_MISMATCH] Python in worker has different version: 3.10",
+            "must have the driver's minor version",
+        ),
+        (MRJOB_CAUSE, "ModuleNotFoundError: No module named 'pydantic'", "--python-bin in mrjob.args"),
+        (RESULT_SIZE, "is bigger than spark.driver.maxResultSize (1024.0 MiB)", "{spark.driver.maxResultSize: 4g}"),
+        (
+            'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: weights of shape (3,)\n',
+            "ValueError: weights of shape (3,)",
+            None,
+        ),
+    ],
+    ids=["spark-import", "spark-version", "mrjob-probable-cause", "spark-result-size", "plain-traceback"],
+)
 def test_root_cause_of_engine_errors(text, cause, remedy):
     error = error_from_text(text, "spark", "round 2")
     message = str(error)
@@ -536,8 +745,9 @@ def test_root_cause_of_engine_errors(text, cause, remedy):
 
 
 def test_an_nnlib_error_in_a_worker_comes_back_as_itself():
-    text = SPARK_TRACE.replace("ModuleNotFoundError: No module named 'numpy'",
-                               "nnlib.errors.DataError: data.source: d.parquet is empty")
+    text = SPARK_TRACE.replace(
+        "ModuleNotFoundError: No module named 'numpy'", "nnlib.errors.DataError: data.source: d.parquet is empty"
+    )
     error = error_from_text(text, "spark", "round 1")
     assert isinstance(error, DataError) and str(error) == "data.source: d.parquet is empty"
 
@@ -547,14 +757,31 @@ def test_spark_reads_the_same_checks_and_fingerprint(spark, tmp_path, capsys):
     # Spark's executors read a Parquet source: the float32 check names the column, and the survey's digest
     # refuses a resume on changed labels, as the local reader does (the catalogue's Parquet cases)
     on_spark = S("engine=spark", "spark.mode=jobs")
-    assert main(["run", *QUICK, *on_spark, *data(parquet(tmp_path, "big.parquet", x=x_with(-1e39))),
-                 "--out", str(tmp_path / "big")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                *QUICK,
+                *on_spark,
+                *data(parquet(tmp_path, "big.parquet", x=x_with(-1e39))),
+                "--out",
+                str(tmp_path / "big"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert err.endswith("big.parquet: features must be finite in float32 (|value| <= 3.403e+38), got -1e+39 at "
-                        "sample 5, feature 1 ('b'); rescale that column\n") and err.count("\n") == 1
+    assert (
+        err.endswith(
+            "big.parquet: features must be finite in float32 (|value| <= 3.403e+38), got -1e+39 at "
+            "sample 5, feature 1 ('b'); rescale that column\n"
+        )
+        and err.count("\n") == 1
+    )
     assert not (tmp_path / "big").exists()
-    resume = trained_then_changed(tmp_path, [*on_spark, *data(parquet(tmp_path))],
-                                  lambda: parquet(tmp_path, y=1 - np.arange(40) % 2))
+    resume = trained_then_changed(
+        tmp_path, [*on_spark, *data(parquet(tmp_path))], lambda: parquet(tmp_path, y=1 - np.arange(40) % 2)
+    )
     capsys.readouterr()
     assert main(["run", *QUICK, *on_spark, *resume]) == 2
     err = capsys.readouterr().err

@@ -22,13 +22,21 @@ pytestmark = pytest.mark.slow
 def smoke(script: str, tmp_path: Path):
     """``bench/<script>.py --smoke`` with its results and data under ``tmp_path``; the JSON it wrote."""
     results = tmp_path / "results"
-    env = dict(os.environ, NNLIB_BENCH_RESULTS=str(results), NNLIB_BENCH_DATA=str(tmp_path / "data"),
-               TMPDIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, f"bench/{script}.py", "--smoke"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    env = dict(
+        os.environ, NNLIB_BENCH_RESULTS=str(results), NNLIB_BENCH_DATA=str(tmp_path / "data"), TMPDIR=str(tmp_path)
+    )
+    proc = subprocess.run(
+        [sys.executable, f"bench/{script}.py", "--smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (results / "smoke").iterdir()) == sorted(
-        [f"{script}.json"] + ([f"{script}.png"] if script in ("speedup", "scaling") else []))
+        [f"{script}.json"] + ([f"{script}.png"] if script in ("speedup", "scaling") else [])
+    )
     return json.loads((results / "smoke" / f"{script}.json").read_text())
 
 
@@ -38,7 +46,8 @@ def test_throughput(tmp_path):
     assert result["model"] == [784, 128, 10] and result["params"] == 784 * 128 + 128 + 128 * 10 + 10
     rows = result["rows"]
     assert [(r["threads"], r["backend"], r["batch"]) for r in rows] == [
-        (t, b, n) for t in (1, 2) for b in ("numpy", "torch") for n in (32, 256)]
+        (t, b, n) for t in (1, 2) for b in ("numpy", "torch") for n in (32, 256)
+    ]
     for r in rows:  # the roofline: the matmul rate over 4 x params FLOP per sample
         assert r["roofline_samples_per_s"] == pytest.approx(r["matmul_gflops"] * 1e9 / (4 * result["params"]))
         assert r["share_of_roofline"] == pytest.approx(r["samples_per_s"] / r["roofline_samples_per_s"])
@@ -49,7 +58,10 @@ def test_torch_speed(tmp_path):
     result = smoke("torch_speed", tmp_path)
     rows = result["rows"]
     assert [(r["model"], r["batch"], r["params"]) for r in rows] == [
-        ("mlp 784-128-10", 32, 101_770), ("mlp 784-128-10", 256, 101_770), ("cnn (16, 32) k5", 32, 28_938)]
+        ("mlp 784-128-10", 32, 101_770),
+        ("mlp 784-128-10", 256, 101_770),
+        ("cnn (16, 32) k5", 32, 28_938),
+    ]
     for r in rows:  # each system's median over the same repeats; the ratios are theirs
         assert r["torch_ratio"] == pytest.approx(r["nnlib_torch_s"] / r["plain_torch_s"])
         assert r["numpy_ratio"] == pytest.approx(r["nnlib_numpy_s"] / r["plain_torch_s"])
@@ -59,7 +71,8 @@ def test_round_overhead(tmp_path):
     rows = smoke("round_overhead", tmp_path)
     # about 1e4 and 1e5 parameters: 1000 inputs, 10 and 99 hidden units, 10 classes
     assert [(r["engine"], r["params"]) for r in rows] == [
-        (e, p) for e in ("local", "spark stage, local[2]", "mpi, 2 ranks") for p in (10_120, 100_099)]
+        (e, p) for e in ("local", "spark stage, local[2]", "mpi, 2 ranks") for p in (10_120, 100_099)
+    ]
     for r in rows:  # medians over the same rounds: the overhead and each phase are parts of every round
         assert 0 <= r["overhead_ms"] <= r["round_ms"]
         assert r["broadcast_ms"] <= r["round_ms"] and r["combine_ms"] <= r["round_ms"]
@@ -71,7 +84,12 @@ def test_speedup(tmp_path):
 
     rows = smoke("speedup", tmp_path)
     assert [(r["engine"], r["mappers"]) for r in rows] == [
-        ("local (in-process, 1 thread)", 1), ("spark stage", 1), ("spark stage", 2), ("mpi", 1), ("mpi", 2)]
+        ("local (in-process, 1 thread)", 1),
+        ("spark stage", 1),
+        ("spark stage", 2),
+        ("mpi", 1),
+        ("mpi", 2),
+    ]
     base = rows[0]["repeats_s"]
     for r in rows:  # each pass's baseline over the row's time in that pass, the median over the passes
         assert len(r["repeats_s"]) == len(base) == 1
@@ -84,8 +102,13 @@ def test_speedup(tmp_path):
 def test_two_cores(tmp_path):
     result = smoke("two_cores", tmp_path)
     rows = {r["kernel"]: r for r in result["rows"]}
-    assert list(rows) == ["epoch", "matmul", "epoch pair", "epoch pair beside a scorer on 1 BLAS thread(s)",
-                          "epoch pair beside a scorer on 2 BLAS thread(s)"]
+    assert list(rows) == [
+        "epoch",
+        "matmul",
+        "epoch pair",
+        "epoch pair beside a scorer on 1 BLAS thread(s)",
+        "epoch pair beside a scorer on 2 BLAS thread(s)",
+    ]
     for kernel in ("epoch", "matmul"):  # the slowdown is the pair's median over the median alone
         r = rows[kernel]
         assert r["slowdown"] == pytest.approx(statistics.median(r["pair_s"]) / statistics.median(r["alone_s"]))
@@ -113,7 +136,8 @@ def test_scaling(tmp_path):
     rows = smoke("scaling", tmp_path)
     modes = ["averaging", "sync hub", "sync tasks"]
     assert [(r["sweep"], r["mode"], r["mappers"]) for r in rows] == (
-        [("mappers", m, k) for k in (2, 3) for m in modes] + [("params", m, 2) for m in modes] * 2)
+        [("mappers", m, k) for k in (2, 3) for m in modes] + [("params", m, 2) for m in modes] * 2
+    )
     assert sorted({r["params"] for r in rows if r["sweep"] == "params"}) == [10000, 100021]
     by = {(r["mode"], r["mappers"]): r for r in rows if r["sweep"] == "mappers"}
     vector = by["averaging", 2]["vector_bytes"]
@@ -133,7 +157,7 @@ def test_memory(tmp_path):
     result = smoke("memory", tmp_path)
     by_size, by_rounds = result["by_size"], result["by_rounds"]
     assert [(r["samples"], r["rounds"]) for r in by_size] == [(2000, 2), (8000, 2)]
-    assert [r["data_mb"] for r in by_size] == [n * 784 * 4 / 2 ** 20 for n in (2000, 8000)]
+    assert [r["data_mb"] for r in by_size] == [n * 784 * 4 / 2**20 for n in (2000, 8000)]
     assert by_size[1]["mapper_peak_mb"] > by_size[0]["mapper_peak_mb"]  # a mapper holds its shard
     assert [r["rounds"] for r in by_rounds] == [10, 100]  # the runs ran every round asked for
 
@@ -176,11 +200,25 @@ def test_reference_accuracy(tmp_path):
     result = smoke("reference_accuracy", tmp_path)
     (row,) = result["rows"]
     assert row["seed"] == 0
-    assert (result["median_sklearn_mlp"], result["median_nnlib_1_mapper"]) == (row["sklearn_mlp"],
-                                                                              row["nnlib_1_mapper"])
+    assert (result["median_sklearn_mlp"], result["median_nnlib_1_mapper"]) == (
+        row["sklearn_mlp"],
+        row["nnlib_1_mapper"],
+    )
     # the number is the recipe's run itself (same seed, same weights)
-    recipe = run(load_config(None, ["seed=0", "mappers=1", "train.rounds=30", "model.hidden=[128]", "train.lr=0.3",
-                                    "train.lr_schedule=cosine"]), log=lambda _m: None)
+    recipe = run(
+        load_config(
+            None,
+            [
+                "seed=0",
+                "mappers=1",
+                "train.rounds=30",
+                "model.hidden=[128]",
+                "train.lr=0.3",
+                "train.lr_schedule=cosine",
+            ],
+        ),
+        log=lambda _m: None,
+    )
     assert row["nnlib_1_mapper"] == recipe.summary["final_test_accuracy"]
 
 
@@ -189,14 +227,20 @@ def test_data_scale(tmp_path):
     rows = result["sizes"]
     assert result["baseline"]["rows"] == 4000
     assert [(r["rows"], r["test_rows_on"]) for r in rows] == [
-        (20_000, "mappers"), (80_000, "mappers"), (80_000, "driver")]
+        (20_000, "mappers"),
+        (80_000, "mappers"),
+        (80_000, "driver"),
+    ]
     assert result["driver_growth"] == pytest.approx(rows[1]["driver_peak_mb"] / rows[0]["driver_peak_mb"] - 1)
     assert rows[1]["test_accuracy"] == rows[2]["test_accuracy"]  # the test rows scored where they are kept or not
     for r in rows:
-        assert r["data_mb"] == r["rows"] * 64 * 4 / 2 ** 20
+        assert r["data_mb"] == r["rows"] * 64 * 4 / 2**20
         assert r["mapper_limit_mb"] == pytest.approx(2 * r["kept_mb"] + result["fixed_mapper_mb"])
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["blobs-20000x64", "blobs-4000x64",
-                                                                     "blobs-80000x64"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "blobs-20000x64",
+        "blobs-4000x64",
+        "blobs-80000x64",
+    ]
 
 
 def test_predict_scale(tmp_path):
@@ -206,24 +250,30 @@ def test_predict_scale(tmp_path):
     assert result["baseline"]["rows"] == result["model_rows"] == 4000
     assert result["driver_growth"] == pytest.approx(rows[1]["driver_peak_mb"] / rows[0]["driver_peak_mb"] - 1)
     for r in [result["baseline"], *rows]:
-        assert r["data_mb"] == r["rows"] * 64 * 4 / 2 ** 20
+        assert r["data_mb"] == r["rows"] * 64 * 4 / 2**20
         assert r["rows_per_s"] == pytest.approx(r["rows"] / r["seconds"])
         assert 0.1 < r["accuracy"] <= 1  # ten classes: a trained model beats 0.1
     # every row is written: 4k, 20k then 80k rows of predictions
     assert result["baseline"]["output_mb"] < rows[0]["output_mb"] < rows[1]["output_mb"]
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["blobs-20000x64", "blobs-4000x64",
-                                                                     "blobs-80000x64"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "blobs-20000x64",
+        "blobs-4000x64",
+        "blobs-80000x64",
+    ]
 
 
 def test_connect(tmp_path):
     result = smoke("connect", tmp_path)
-    assert [r["system"] for r in result["rounds"]] == ["classic stage, local[2]", "classic jobs, local[2]",
-                                                      "connect (jobs), local[2] server"]
+    assert [r["system"] for r in result["rounds"]] == [
+        "classic stage, local[2]",
+        "classic jobs, local[2]",
+        "connect (jobs), local[2] server",
+    ]
     assert all(r["round_s"] >= r["max_mapper_s"] > 0 for r in result["rounds"])
     assert [r["mappers"] for r in result["bytes"]] == [2, 4]
     # the client's traffic a round does not grow with the mappers beyond their stats (a few hundred bytes each)
     small, large = (r["collected_bytes"] for r in result["bytes"])
-    assert small > 4 * 10 ** 6 * 0.9 and large - small < 4096
+    assert small > 4 * 10**6 * 0.9 and large - small < 4096
 
 
 def test_wide(tmp_path):
@@ -232,7 +282,8 @@ def test_wide(tmp_path):
     assert result["same_weights"] is True  # the Spark run's model.npz equals the local run's, bit for bit
     table = result["table"]
     assert [(r["command"], r["engine"]) for r in table] == [
-        (c, e) for c in ("nnlib run", "nnlib predict") for e in ("local", "spark", "spark, 10 columns")]
+        (c, e) for c in ("nnlib run", "nnlib predict") for e in ("local", "spark", "spark, 10 columns")
+    ]
     for r in table:
         assert len(r["repeats_s"]) == 1 and r["median_s"] == pytest.approx(statistics.median(r["repeats_s"]))
     for local, spark, narrow in zip(table[::3], table[1::3], table[2::3]):  # against the same command's medians
@@ -263,8 +314,10 @@ def test_regression(tmp_path):
     assert result["met"] == (gap >= -result["margin"])
     # each set's own test set is its last 20% (rounded up), the same rows for every system
     data = tmp_path / "data"
-    for name, (x, y), rows_ in (("diabetes", load_diabetes(return_X_y=True), 442),
-                                ("friedman", make_friedman1(n_samples=2000, noise=1.0, random_state=0), 2000)):
+    for name, (x, y), rows_ in (
+        ("diabetes", load_diabetes(return_X_y=True), 442),
+        ("friedman", make_friedman1(n_samples=2000, noise=1.0, random_state=0), 2000),
+    ):
         shape = result["data"][name]
         n_test = -(-rows_ // 5)
         assert (shape["train_rows"], shape["test_rows"]) == (rows_ - n_test, n_test)
@@ -287,13 +340,14 @@ def test_disk_shards(tmp_path):
     assert epoch["disk_epoch_s"] == statistics.median(epoch["disk_epochs_s"])
     assert epoch["ratio"] == pytest.approx(epoch["disk_epoch_s"] / epoch["memory_epoch_s"])
     assert epoch["best_ratio"] == pytest.approx(min(epoch["disk_epochs_s"]) / min(epoch["memory_epochs_s"]))
-    assert epoch["cpu_ratio"] == pytest.approx(statistics.median(epoch["disk_cpu_s"])
-                                               / statistics.median(epoch["memory_cpu_s"]))
+    assert epoch["cpu_ratio"] == pytest.approx(
+        statistics.median(epoch["disk_cpu_s"]) / statistics.median(epoch["memory_cpu_s"])
+    )
     assert len(epoch["memory_cpu_s"]) == len(epoch["disk_cpu_s"]) == len(epoch["disk_epochs_s"]) == 2
     rows = result["memory"]
     assert [(r["rows"], r["storage"]) for r in rows] == [(n, s) for n in (20_000, 80_000) for s in ("memory", "disk")]
     for r in rows:
-        assert r["shard_mb"] == r["rows"] * 64 * 4 / 2 ** 20
+        assert r["shard_mb"] == r["rows"] * 64 * 4 / 2**20
         assert r["build_peak_mb"] >= r["fixed_mb"]  # the shard is built in memory with either storage
     for memory, disk in zip(rows[::2], rows[1::2]):
         assert memory["loss"] == disk["loss"]  # the same steps on the same rows

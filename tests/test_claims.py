@@ -47,8 +47,9 @@ def test_without_validation_the_last_line_names_the_last_round(tmp_path, capsys)
 
 
 def test_when_the_best_round_is_the_last_the_line_says_so(tmp_path, capsys):
-    lines, rows, _ = _run(tmp_path, "last", capsys, "train.rounds=3", "train.patience=5",
-                          "data.validation_fraction=0.1")
+    lines, rows, _ = _run(
+        tmp_path, "last", capsys, "train.rounds=3", "train.patience=5", "data.validation_fraction=0.1"
+    )
     assert _best(rows) == 3 == len(rows)
     loss = min(float(r["val_loss"]) for r in rows)
     assert lines[-2] == f"model: round 3's weights (the last round, with the lowest validation loss {loss:.4f})"
@@ -67,8 +68,9 @@ def test_a_best_round_before_the_last_is_named_though_patience_never_fired(tmp_p
     assert not any(line.startswith("no lower validation loss") for line in lines)  # patience never fired
     loss = min(float(r["val_loss"]) for r in rows)
     later = f"round {last}" if best + 1 == last else f"rounds {best + 1}-{last}"
-    assert lines[-2] == f"model: round {best}'s weights (the lowest validation loss {loss:.4f}); {later} did not " \
-                        "lower it"
+    assert (
+        lines[-2] == f"model: round {best}'s weights (the lowest validation loss {loss:.4f}); {later} did not lower it"
+    )
     _same_weights_as_a_run_stopped_at(tmp_path, capsys, model, best)
 
 
@@ -81,7 +83,8 @@ def test_when_patience_fires_the_stop_and_the_kept_round_are_the_last_lines(tmp_
         f"no lower validation loss for train.patience=2 rounds; stopping after round {last}, keeping round {best}'s "
         "weights",
         f"model: round {best}'s weights (the lowest validation loss {loss:.4f}); rounds {best + 1}-{last} did not "
-        "lower it"]
+        "lower it",
+    ]
     _same_weights_as_a_run_stopped_at(tmp_path, capsys, model, best)
 
 
@@ -89,8 +92,17 @@ def test_a_best_round_trained_before_a_resume_is_named_and_the_kept_round_is_the
     """A resume holds the best round's loss but not its weights (the checkpoints keep the newest rounds only): the
     line says which round the model holds, and that the best one is not it."""
     out = tmp_path / "resumed"
-    assert main(["run", "--out", str(out), *sum((["--set", s] for s in [*WANDERS, "train.rounds=11",
-                                                                         "train.patience=20"]), [])]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--out",
+                str(out),
+                *sum((["--set", s] for s in [*WANDERS, "train.rounds=11", "train.patience=20"]), []),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["run", "--resume", str(out), "--set", "train.rounds=13"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -99,11 +111,14 @@ def test_a_best_round_trained_before_a_resume_is_named_and_the_kept_round_is_the
     best = _best(rows)
     assert best <= 11 and len(rows) == 13
     loss = min(float(r["val_loss"]) for r in rows)
-    assert lines[-2] == (f"model: round 13's weights (the last round); round {best} had the lowest validation loss "
-                         f"{loss:.4f} but was trained before the resume, and its weights are not kept")
+    assert lines[-2] == (
+        f"model: round 13's weights (the last round); round {best} had the lowest validation loss "
+        f"{loss:.4f} but was trained before the resume, and its weights are not kept"
+    )
 
 
 # ---- predict: the same bits however the rows are cut
+
 
 def test_a_rows_logits_do_not_depend_on_how_the_rows_are_cut(tmp_path):
     """A BLAS product's bits depend on a row's place in the matrix: scoring in blocks aligned to the source's
@@ -119,7 +134,7 @@ def test_a_rows_logits_do_not_depend_on_how_the_rows_are_cut(tmp_path):
         pieces = np.concatenate([model.logits_of(rows[a:b], a) for a, b in zip(edges, edges[1:])])
         assert np.array_equal(pieces, whole), cuts
     # without the alignment (every piece scored as if it began a source) the bits differ: the test can fail
-    unaligned = np.concatenate([model.logits_of(rows[a:a + 7], 0) for a in range(0, len(rows), 7)])
+    unaligned = np.concatenate([model.logits_of(rows[a : a + 7], 0) for a in range(0, len(rows), 7)])
     assert not np.array_equal(unaligned, whole)
     assert ALIGN_ROWS > 7
 
@@ -130,8 +145,12 @@ def _tiny_model(folder) -> Model:
     from nnlib.driver import run
     from nnlib.outputs import RunDir
 
-    run(load_config(None, ["train.rounds=2", "model.hidden=[32]"]), RunDir(folder), log=lambda _m: None,
-        warn=lambda _m: None)
+    run(
+        load_config(None, ["train.rounds=2", "model.hidden=[32]"]),
+        RunDir(folder),
+        log=lambda _m: None,
+        warn=lambda _m: None,
+    )
     return Model.load(folder)
 
 
@@ -149,8 +168,10 @@ def test_local_and_spark_predict_agree_bit_for_bit_on_digits(spark, tmp_path, ca
     def by_row(path):
         table = pq.read_table(path)
         order = np.argsort(table.column("row").to_numpy())
-        return (table.column("prediction").to_numpy()[order],
-                np.array(table.column("probability").to_pylist(), np.float32)[order])
+        return (
+            table.column("prediction").to_numpy()[order],
+            np.array(table.column("probability").to_pylist(), np.float32)[order],
+        )
 
     (p_local, q_local), (p_spark, q_spark) = by_row(local), by_row(on_spark)
     assert len(q_local) == 1797 and spark.sparkContext.defaultParallelism > 1  # more than one partition

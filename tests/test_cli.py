@@ -64,11 +64,16 @@ def test_scientific_notation_is_a_number():
 
 @pytest.mark.slow
 def test_process_exit_status_and_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nnlib", "run", "--set", "train.batch_size=0",
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnlib", "run", "--set", "train.batch_size=0", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("nnlib: error: --set: config key 'train.batch_size': "
-                                   "Input should be greater than or equal to 1, got 0")
+    assert proc.stderr.strip() == (
+        "nnlib: error: --set: config key 'train.batch_size': Input should be greater than or equal to 1, got 0"
+    )
 
 
 def test_two_runs_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):

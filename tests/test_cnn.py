@@ -20,8 +20,14 @@ def test_the_slides_cnn_has_28938_parameters_for_28x28():
     # conv 5x5x16: 16*25 + 16; conv 5x5x32 over 16 maps: 32*16*25 + 32; linear 32*7*7 -> 10
     assert spec.n_params == (16 * 25 + 16) + (32 * 16 * 25 + 32) + (32 * 7 * 7 * 10 + 10) == 28938
     assert init_params(spec, 0).shape == (28938,)
-    assert list(to_named(init_params(spec, 0), spec)) == ["conv0.weight", "conv0.bias", "conv1.weight",
-                                                          "conv1.bias", "fc.weight", "fc.bias"]
+    assert list(to_named(init_params(spec, 0), spec)) == [
+        "conv0.weight",
+        "conv0.bias",
+        "conv1.weight",
+        "conv1.bias",
+        "fc.weight",
+        "fc.bias",
+    ]
 
 
 # The float32 gradients are held to the float64 one (the oracle), not to each other. nnlib's numpy CNN is
@@ -32,8 +38,9 @@ NUMPY_FLOAT32 = 2e-6  # of the largest gradient entry
 TORCH_FLOAT32 = 1e-4  # of the largest gradient entry; a wrong term (an L2 or a pooling route) is 1e-2 or more
 
 
-@pytest.mark.parametrize("loss, l2, activation, kernel", [("cross_entropy", 0.0, "relu", 5),
-                                                         ("squared", 0.3, "tanh", 3)])
+@pytest.mark.parametrize(
+    "loss, l2, activation, kernel", [("cross_entropy", 0.0, "relu", 5), ("squared", 0.3, "tanh", 3)]
+)
 def test_numpy_gradient_equals_torch_autograd(loss, l2, activation, kernel):
     pytest.importorskip("torch")
     spec = ModelSpec(ConvSpec((2, 9, 7), (4, 6), kernel, 5), activation, loss, l2)  # odd sizes: pools drop edges
@@ -62,7 +69,7 @@ def test_max_pool_ties_send_the_gradient_to_the_first_winner_as_torch_does():
     pytest.importorskip("torch")
     spec = ModelSpec(ConvSpec((1, 4, 4), (2,), 3, 3))
     w = init_params(spec.layers, 2)
-    w[spec.layers.offsets[1][0]:spec.layers.offsets[1][1]] = 0.5  # positive biases: flat regions tie above 0
+    w[spec.layers.offsets[1][0] : spec.layers.offsets[1][1]] = 0.5  # positive biases: flat regions tie above 0
     x = np.zeros((3, 16), np.float32)  # a blank image: every window ties
     x[1, 5] = 1.0
     y = np.array([0, 1, 2])
@@ -94,8 +101,7 @@ def test_cnn_on_digits_learns_and_numpy_and_torch_runs_agree():
     # measured 0.733, 0.819, 0.914 by round (2026-11-29): conftest's small_config run with these settings
     assert result.rounds[-1]["test_accuracy"] > 0.9
     pytest.importorskip("torch")
-    with_torch = run(config.model_copy(update={"model": config.model.model_copy(update={"backend": "torch"})}),
-                     **QUIET)
+    with_torch = run(config.model_copy(update={"model": config.model.model_copy(update={"backend": "torch"})}), **QUIET)
     assert np.abs(with_torch.params - result.params).max() < 1e-3
 
 
@@ -113,11 +119,17 @@ def test_cnn_on_digits_with_4_mappers_on_spark_reaches_095(spark):
 
 
 def test_cnn_needs_an_image_shape_and_one_that_fits(tmp_path):
-    with pytest.raises(ConfigError, match=r"model.type=cnn needs the image shape of data.source synthetic: "
-                                          r"set data.image_shape"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.type=cnn needs the image shape of data.source synthetic: "
+        r"set data.image_shape",
+    ):
         run(small_config("model.type=cnn", "data.source=synthetic"), **QUIET)
-    with pytest.raises(DataError, match=r"data.image_shape: \[5, 5\] holds 25 values per sample, "
-                                        r"data.source digits has 64 features"):
+    with pytest.raises(
+        DataError,
+        match=r"data.image_shape: \[5, 5\] holds 25 values per sample, "
+        r"data.source digits has 64 features",
+    ):
         run(small_config("model.type=cnn", "data.image_shape=[5,5]"), **QUIET)
     with pytest.raises(ConfigError, match="combine=ist splits an MLP's hidden units and needs model.type=mlp"):
         small_config("model.type=cnn", "combine=ist")
@@ -128,6 +140,15 @@ def test_cnn_needs_an_image_shape_and_one_that_fits(tmp_path):
 
 
 def test_a_synthetic_source_trains_as_an_image_when_given_its_shape():
-    result = run(small_config("model.type=cnn", "data.source=synthetic", "data.n_features=16",
-                              "data.image_shape=[4,4]", "model.channels=[3]", "model.kernel=3"), **QUIET)
+    result = run(
+        small_config(
+            "model.type=cnn",
+            "data.source=synthetic",
+            "data.n_features=16",
+            "data.image_shape=[4,4]",
+            "model.channels=[3]",
+            "model.kernel=3",
+        ),
+        **QUIET,
+    )
     assert result.summary["image_shape"] == [1, 4, 4] and result.summary["n_params"] == 3 * 9 + 3 + 12 * 3 + 3

@@ -6,8 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from nnlib.engines.spark.collective import (DriverStopped, Listener, PeerLost, TaskCollective, TaskMesh,
-                                            slice_bounds)
+from nnlib.engines.spark.collective import DriverStopped, Listener, PeerLost, TaskCollective, TaskMesh, slice_bounds
 from nnlib.rounds.reduce import mean_gradient, sync_coefficients
 
 TOKEN = "ab" * 16
@@ -22,8 +21,9 @@ def run_tasks(groups, work, token_of=lambda rank: TOKEN, watch_of=lambda rank: N
     def task(rank):
         mesh = None
         try:
-            mesh = TaskMesh.connect(listeners[rank], rank, addresses, groups, token_of(rank), watch_of(rank),
-                                    timeout=timeout)
+            mesh = TaskMesh.connect(
+                listeners[rank], rank, addresses, groups, token_of(rank), watch_of(rank), timeout=timeout
+            )
             out[rank] = work(TaskCollective(mesh), rank)
         except Exception as exc:  # noqa: BLE001  - returned to the test
             out[rank] = exc
@@ -46,8 +46,11 @@ def test_slices_cover_the_vector_once():
     assert slice_bounds(2, 3) == [0, 0, 1, 2]  # fewer elements than tasks: an empty slice
 
 
-@pytest.mark.parametrize("groups", [[[0], [1]], [[0], [1], [2]], [[0, 1], [2]], [[0], [1, 2, 3]], [[0]]],
-                         ids=["2 tasks", "3 tasks", "2 mappers in task 0", "3 mappers in task 1", "1 task"])
+@pytest.mark.parametrize(
+    "groups",
+    [[[0], [1]], [[0], [1], [2]], [[0, 1], [2]], [[0], [1, 2, 3]], [[0]]],
+    ids=["2 tasks", "3 tasks", "2 mappers in task 0", "3 mappers in task 1", "1 task"],
+)
 @pytest.mark.parametrize("n", [101_770, 5, 2])
 def test_mean_equals_the_local_engines_mean_bit_for_bit(groups, n):
     k = sum(map(len, groups))
@@ -86,8 +89,12 @@ def test_flagged_mappers_are_known_to_every_task():
 
 def test_a_peer_without_the_token_is_refused():
     # task 1 dials with a wrong token: task 0 closes the connection unread and, finding nobody else, gives up
-    got = run_tasks([[0], [1]], lambda c, rank: c.mean([np.ones(4, np.float32)], np.ones(2) / 2),
-                    token_of=lambda rank: TOKEN if rank == 0 else "cd" * 16, timeout=2)
+    got = run_tasks(
+        [[0], [1]],
+        lambda c, rank: c.mean([np.ones(4, np.float32)], np.ones(2) / 2),
+        token_of=lambda rank: TOKEN if rank == 0 else "cd" * 16,
+        timeout=2,
+    )
     assert isinstance(got[0], PeerLost) and got[0].mapper == 1 and "did not connect" in got[0].reason
     assert isinstance(got[1], PeerLost) and got[1].mapper == 0  # its connection was closed by task 0
 

@@ -101,8 +101,9 @@ def test_the_round_reduce_equals_the_closed_form_combine_bit_for_bit(rule):
     results = _results(4, payload.params.size, False, rng, bad=(2,))
     out = RoundReducer(rule, skip_bad=True)(results, replace(payload, opt_state=None))
     good = [r for r in results if r.stats.mapper != 2]
-    np.testing.assert_array_equal(out.params, combine(rule, [r.params for r in good],
-                                                      [r.stats.n_samples for r in good], payload.params))
+    np.testing.assert_array_equal(
+        out.params, combine(rule, [r.params for r in good], [r.stats.n_samples for r in good], payload.params)
+    )
     assert out.skipped == [2] and out.opt_state is None
 
 
@@ -110,7 +111,9 @@ def test_the_mean_gradient_is_the_average_rule_on_equal_batches_and_the_weighted
     from nnlib.rounds.reduce import mean_gradient, sync_coefficients
 
     grads = [np.random.default_rng(m).normal(size=11).astype(np.float32) for m in range(3)]
-    np.testing.assert_array_equal(mean_gradient(grads, sync_coefficients([8, 8, 8])),
-                                  combine("average", grads, [1, 1, 1]))
-    np.testing.assert_array_equal(mean_gradient(grads, sync_coefficients([8, 3, 0])),
-                                  combine("weighted", grads, [8, 3, 0]))
+    np.testing.assert_array_equal(
+        mean_gradient(grads, sync_coefficients([8, 8, 8])), combine("average", grads, [1, 1, 1])
+    )
+    np.testing.assert_array_equal(
+        mean_gradient(grads, sync_coefficients([8, 3, 0])), combine("weighted", grads, [8, 3, 0])
+    )

@@ -52,9 +52,15 @@ def sources(tmp_path):
     return tmp_path, x, y
 
 
-@pytest.mark.parametrize("name,extra", [
-    ("d.npz", {}), ("d.csv", {}), ("train-images-idx3-ubyte.gz", {}), ("raw-images-idx3-ubyte", {}),
-])
+@pytest.mark.parametrize(
+    "name,extra",
+    [
+        ("d.npz", {}),
+        ("d.csv", {}),
+        ("train-images-idx3-ubyte.gz", {}),
+        ("raw-images-idx3-ubyte", {}),
+    ],
+)
 def test_every_format_reads_the_same_data(sources, name, extra):
     folder, x, y = sources
     reference = load_dataset(_data_cfg(source=folder / "d.npz"), seed=1)
@@ -154,8 +160,12 @@ def row_keyed_oracle(x, y, seed, mappers, test_fraction=0.2, validation_fraction
     mean, std = x[train].mean(axis=0), x[train].std(axis=0)
     std[std == 0] = 1
     z = ((x.astype(np.float32).astype(np.float64) - mean) / std).astype(np.float32)
-    return {"x_test": z[role == TEST], "y_test": y[role == TEST], "x_val": z[role == VAL],
-            "shards": [(z[train & (shard == k)], y[train & (shard == k)]) for k in range(mappers)]}
+    return {
+        "x_test": z[role == TEST],
+        "y_test": y[role == TEST],
+        "x_val": z[role == VAL],
+        "shards": [(z[train & (shard == k)], y[train & (shard == k)]) for k in range(mappers)],
+    }
 
 
 def _check_against_oracle(data, shards, oracle):
@@ -227,8 +237,11 @@ def test_a_shard_missing_rows_is_an_error_naming_the_source(tmp_path):
     filler = ShardFiller(0, rows)
     pos, xs, ys = next(rows.table.blocks())  # the first file only
     filler.add(pos, xs, ys)
-    with pytest.raises(DataError, match=rf"data.source {tmp_path / 'ds'}: shard 0 received \d+ of its \d+ "
-                                        r"training rows \(did the dataset change while the run read it\?\)"):
+    with pytest.raises(
+        DataError,
+        match=rf"data.source {tmp_path / 'ds'}: shard 0 received \d+ of its \d+ "
+        r"training rows \(did the dataset change while the run read it\?\)",
+    ):
         filler.finish()
 
 
@@ -248,8 +261,11 @@ def test_a_test_label_no_training_row_has_is_refused(tmp_path):
     x, y = _xy(n=300)
     test = RowPlan(0, 1, 300, 0.2, 0.0).roles(np.arange(300)) == TEST
     y[np.flatnonzero(test)[0]] = y.max() + 5
-    with pytest.raises(DataError, match=rf"data.source .*: labels must be in 0..{y[~test].max()} \(the training "
-                                        rf"labels\), got {y.max()} in its test or validation rows"):
+    with pytest.raises(
+        DataError,
+        match=rf"data.source .*: labels must be in 0..{y[~test].max()} \(the training "
+        rf"labels\), got {y.max()} in its test or validation rows",
+    ):
         load_dataset(_data_cfg(source=_parquet_parts(tmp_path / "ds", x, y, [100])), seed=0)
 
 
@@ -266,8 +282,11 @@ def test_a_parquet_dataset_with_a_list_column_reads_as_the_columns_do(tmp_path):
 
 def test_a_parquet_source_refuses_partitions_that_need_every_label(tmp_path):
     x, y = _xy()
-    with pytest.raises(DataError, match="data.partition: stratified needs every training label at once; "
-                                        "data.source .* use one of random, contiguous"):
+    with pytest.raises(
+        DataError,
+        match="data.partition: stratified needs every training label at once; "
+        "data.source .* use one of random, contiguous",
+    ):
         load_dataset(_data_cfg(source=_parquet_parts(tmp_path / "ds", x, y, [10]), partition="stratified"), seed=0)
 
 
@@ -275,8 +294,11 @@ def test_a_bad_value_in_a_parquet_dataset_names_its_file_and_row(tmp_path):
     x, y = _xy()
     x[25, 1] = np.nan
     folder = _parquet_parts(tmp_path / "ds", x, y, [20])
-    with pytest.raises(DataError, match=rf"data.source {folder}/part-00001.parquet: features must be finite, "
-                                        r"got nan at sample 5, feature 1"):
+    with pytest.raises(
+        DataError,
+        match=rf"data.source {folder}/part-00001.parquet: features must be finite, "
+        r"got nan at sample 5, feature 1",
+    ):
         load_dataset(_data_cfg(source=folder), seed=0)
 
 

@@ -39,12 +39,22 @@ ARRAYS = {
     "weights": np.random.default_rng(3).random(50),
 }
 KEYS = {
-    "int": 7, "negative int": -1, "numpy int": np.int64(49),
-    "slice": slice(3, 20), "open slice": slice(None), "negative slice": slice(-10, -2),
-    "empty slice": slice(30, 10), "stepped slice": slice(1, 40, 3), "reversed slice": slice(None, None, -2),
-    "permutation": np.random.default_rng(4).permutation(50), "repeats": np.array([5, 5, 6, 7, 8, 2, 2]),
-    "negatives": np.array([-1, 0, -50, 3]), "list": [9, 10, 11, 40], "empty": np.array([], np.int64),
-    "mask": np.random.default_rng(5).random(50) > 0.5, "2-d index": np.array([[1, 2], [3, 40]]),
+    "int": 7,
+    "negative int": -1,
+    "numpy int": np.int64(49),
+    "slice": slice(3, 20),
+    "open slice": slice(None),
+    "negative slice": slice(-10, -2),
+    "empty slice": slice(30, 10),
+    "stepped slice": slice(1, 40, 3),
+    "reversed slice": slice(None, None, -2),
+    "permutation": np.random.default_rng(4).permutation(50),
+    "repeats": np.array([5, 5, 6, 7, 8, 2, 2]),
+    "negatives": np.array([-1, 0, -50, 3]),
+    "list": [9, 10, 11, 40],
+    "empty": np.array([], np.int64),
+    "mask": np.random.default_rng(5).random(50) > 0.5,
+    "2-d index": np.array([[1, 2], [3, 40]]),
     "row and column": (np.array([4, 1, 9]), 2),
 }
 
@@ -104,7 +114,7 @@ def test_a_store_gives_back_the_same_rows_and_the_numpy_sum_of_the_weights(tmp_p
     x, y, w = ARRAYS["features"], ARRAYS["labels"], ARRAYS["weights"]
     held = {2: (x[:5] + 1, y[:5])}
     store = ShardStore(DataConfig(shard_storage="disk", scratch_dir=str(tmp_path)), tag="t")
-    shard, = store.keep([Shard(3, x, y, held, w)])
+    (shard,) = store.keep([Shard(3, x, y, held, w)])
     assert isinstance(shard.x, DiskArray) and shard.n_samples == 50 and shard.index == 3
     for got, expected in ((shard.x, x), (shard.y, y), (shard.w, w)):
         np.testing.assert_array_equal(np.asarray(got), expected)
@@ -127,23 +137,32 @@ def test_memory_storage_keeps_the_shards_as_they_are():
 def test_a_killed_runs_folder_is_removed_and_a_live_ones_kept(tmp_path):
     from nnlib.data.disk import owner_line
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(dead.stdout)
-    folders = {"dead": f"nnlib-shards-{dead_pid}-abc", "live": f"nnlib-shards-{os.getpid()}-def",
-               "reused pid": f"nnlib-shards-{os.getpid()}-ghi", "other host": f"nnlib-shards-{dead_pid}-jkl",
-               "no owner file": f"nnlib-shards-{dead_pid}-mno"}
+    folders = {
+        "dead": f"nnlib-shards-{dead_pid}-abc",
+        "live": f"nnlib-shards-{os.getpid()}-def",
+        "reused pid": f"nnlib-shards-{os.getpid()}-ghi",
+        "other host": f"nnlib-shards-{dead_pid}-jkl",
+        "no owner file": f"nnlib-shards-{dead_pid}-mno",
+    }
     for folder in folders.values():
         (tmp_path / folder / "shard-0").mkdir(parents=True)
-    owners = {"dead": owner_line(dead_pid), "live": owner_line(os.getpid()),
-              "reused pid": owner_line(os.getpid()).rsplit(" ", 1)[0] + " 1",  # the pid, started at another time
-              "other host": "another-host " + owner_line(dead_pid).split(" ", 1)[1]}
+    owners = {
+        "dead": owner_line(dead_pid),
+        "live": owner_line(os.getpid()),
+        "reused pid": owner_line(os.getpid()).rsplit(" ", 1)[0] + " 1",  # the pid, started at another time
+        "other host": "another-host " + owner_line(dead_pid).split(" ", 1)[1],
+    }
     for what, line in owners.items():
         (tmp_path / folders[what] / "owner").write_text(line + "\n")
     (tmp_path / "unrelated").mkdir()
     assert sweep(str(tmp_path)) == sorted(str(tmp_path / folders[w]) for w in ("dead", "reused pid"))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [folders[w] for w in ("live", "other host", "no owner file")] + ["unrelated"])
+        [folders[w] for w in ("live", "other host", "no owner file")] + ["unrelated"]
+    )
 
 
 def test_a_stores_folder_names_its_owner(tmp_path):
@@ -160,8 +179,9 @@ def test_a_stores_folder_names_its_owner(tmp_path):
 
 
 def disk_config(config, scratch: Path):
-    return config.model_copy(update={"data": config.data.model_copy(
-        update={"shard_storage": "disk", "scratch_dir": str(scratch)})})
+    return config.model_copy(
+        update={"data": config.data.model_copy(update={"shard_storage": "disk", "scratch_dir": str(scratch)})}
+    )
 
 
 @pytest.fixture
@@ -198,9 +218,15 @@ def test_local_disk_equals_memory_bit_for_bit(tmp_path, monkeypatch, case):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("sets", [("data.weight_column=w",), ("data.weight_column=w", "combine=gradient"),
-                                  ("data.weight_column=w", "model.task=regression")],
-                         ids=["weights", "weights-gradient", "weights-regression"])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ("data.weight_column=w",),
+        ("data.weight_column=w", "combine=gradient"),
+        ("data.weight_column=w", "model.task=regression"),
+    ],
+    ids=["weights", "weights-gradient", "weights-regression"],
+)
 def test_local_disk_equals_memory_with_weights_and_targets(tmp_path, weighted_npz, monkeypatch, sets):
     import nnlib.data.shard_files
 
@@ -246,8 +272,19 @@ def test_the_shard_files_exist_during_the_run(tmp_path):
 
 
 def nnlib_cli(tmp_path, *sets, env=None):
-    cmd = [sys.executable, "-m", "nnlib", "run", "--out", str(tmp_path / "out"), "--quiet",
-           "--set", "train.rounds=1", "--set", "model.hidden=[8]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nnlib",
+        "run",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+        "--set",
+        "train.rounds=1",
+        "--set",
+        "model.hidden=[8]",
+    ]
     for item in sets:
         cmd += ["--set", item]
     return subprocess.run(cmd, cwd=ROOT, check=False, capture_output=True, text=True, timeout=120, env=env)
@@ -261,9 +298,11 @@ def test_a_bad_scratch_dir_is_one_line_naming_it(tmp_path, what):
         scratch.write_text("")
     proc = nnlib_cli(tmp_path, "data.shard_storage=disk", f"data.scratch_dir={scratch}")
     assert proc.returncode == 2
-    assert proc.stderr == (f"nnlib: error: data.scratch_dir: {scratch} does not exist or is not a folder; "
-                           "data.shard_storage=disk writes each mapper's shard there: set data.scratch_dir to a "
-                           "writable local folder with room, or data.shard_storage=memory\n")
+    assert proc.stderr == (
+        f"nnlib: error: data.scratch_dir: {scratch} does not exist or is not a folder; "
+        "data.shard_storage=disk writes each mapper's shard there: set data.scratch_dir to a "
+        "writable local folder with room, or data.shard_storage=memory\n"
+    )
 
 
 def test_a_write_that_fails_is_one_error_naming_the_folder_and_leaves_nothing(tmp_path):
@@ -283,10 +322,12 @@ try:
 except DataError as exc:
     print(exc)
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.stdout.startswith(f"data.scratch_dir: {tmp_path} could not be written to (File too large) "
-                                  "(writing shard 0, 2.0 MiB); "), proc.stdout + proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, check=False, capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout.startswith(
+        f"data.scratch_dir: {tmp_path} could not be written to (File too large) (writing shard 0, 2.0 MiB); "
+    ), proc.stdout + proc.stderr
     assert len(proc.stdout.splitlines()) == 1
     assert [p.name for p in tmp_path.iterdir()] == []  # the folder made for it is gone too
 
@@ -312,19 +353,51 @@ def test_auto_storage_is_not_offered():
 @pytest.mark.parametrize("combine", ["average", "gradient", "weights"])
 def test_mpi_disk_equals_memory_bit_for_bit(tmp_path, weighted_npz, combine):
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", TMPDIR=str(tmp_path),
-               OMPI_MCA_rmaps_base_oversubscribe="1")
+    env = dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        TMPDIR=str(tmp_path),
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+    )
     outs = {}
     (tmp_path / "scratch").mkdir()
     for storage in ("memory", "disk"):
         out = tmp_path / storage
-        cmd = [mpiexec, "-n", "2", "--oversubscribe", sys.executable, "jobs/mpi_model_avg.py", "conf/default.yaml",
-               "--set", "model.hidden=[16]", "--set", "train.rounds=2",
-               *(["--set", f"combine={combine}"] if combine != "weights" else
-                 ["--set", f"data.source={weighted_npz}", "--set", "data.weight_column=w",
-                  "--set", "combine=weighted"]),
-               "--set", "mappers=2", "--set", f"data.shard_storage={storage}",
-               "--set", f"data.scratch_dir={tmp_path / 'scratch'}", "--out", str(out), "--quiet"]
+        cmd = [
+            mpiexec,
+            "-n",
+            "2",
+            "--oversubscribe",
+            sys.executable,
+            "jobs/mpi_model_avg.py",
+            "conf/default.yaml",
+            "--set",
+            "model.hidden=[16]",
+            "--set",
+            "train.rounds=2",
+            *(
+                ["--set", f"combine={combine}"]
+                if combine != "weights"
+                else [
+                    "--set",
+                    f"data.source={weighted_npz}",
+                    "--set",
+                    "data.weight_column=w",
+                    "--set",
+                    "combine=weighted",
+                ]
+            ),
+            "--set",
+            "mappers=2",
+            "--set",
+            f"data.shard_storage={storage}",
+            "--set",
+            f"data.scratch_dir={tmp_path / 'scratch'}",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
         proc = subprocess.run(cmd, cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr[-2000:]
         outs[storage] = saved_params(out)
@@ -334,16 +407,20 @@ def test_mpi_disk_equals_memory_bit_for_bit(tmp_path, weighted_npz, combine):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["stage", "jobs"])
-@pytest.mark.parametrize("sets", [("combine=average",), ("combine=gradient", "train.momentum=0.9"),
-                                  ("data.weight_column=w", "combine=weighted")], ids=["average", "gradient", "weights"])
+@pytest.mark.parametrize(
+    "sets",
+    [("combine=average",), ("combine=gradient", "train.momentum=0.9"), ("data.weight_column=w", "combine=weighted")],
+    ids=["average", "gradient", "weights"],
+)
 def test_spark_disk_equals_memory_bit_for_bit(spark, tmp_path, weighted_npz, mode, sets):
     from test_engines import spark_engine
 
     source = (f"data.source={weighted_npz}",) if "data.weight_column=w" in sets else ()
     config = small_config("mappers=3", *source, *sets)
     memory = run(config, **QUIET)
-    on_spark = run(disk_config(config, tmp_path).model_copy(update={"engine": "spark"}), engine=spark_engine(mode),
-                   **QUIET)
+    on_spark = run(
+        disk_config(config, tmp_path).model_copy(update={"engine": "spark"}), engine=spark_engine(mode), **QUIET
+    )
     np.testing.assert_array_equal(on_spark.params, memory.params)
     assert leftovers(tmp_path) == []
 
@@ -364,9 +441,11 @@ def test_mrjob_disk_equals_memory_bit_for_bit(tmp_path, weighted_npz, runner, we
 
 
 def missing_scratch_line(scratch: Path) -> str:
-    return (f"data.scratch_dir: {scratch} does not exist or is not a folder; data.shard_storage=disk writes each "
-            "mapper's shard there: set data.scratch_dir to a writable local folder with room, or "
-            "data.shard_storage=memory")
+    return (
+        f"data.scratch_dir: {scratch} does not exist or is not a folder; data.shard_storage=disk writes each "
+        "mapper's shard there: set data.scratch_dir to a writable local folder with room, or "
+        "data.shard_storage=memory"
+    )
 
 
 @pytest.mark.slow
@@ -378,15 +457,42 @@ def test_every_engines_workers_keep_their_shards_through_the_store(spark, reques
     config = disk_config(small_config("mappers=2", "train.rounds=1"), scratch)
     if engine == "mpi":
         mpiexec = str(Path(sys.executable).parent / "mpiexec")
-        env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-                   OMPI_MCA_rmaps_base_oversubscribe="1")
-        proc = subprocess.run([mpiexec, "-n", "2", "--oversubscribe", sys.executable, "jobs/mpi_model_avg.py",
-                               "conf/default.yaml", "--set", "mappers=2", "--set", "data.shard_storage=disk",
-                               "--set", f"data.scratch_dir={scratch}", "--out", str(tmp_path / "out"), "--quiet"],
-                              cwd=ROOT, env=env, check=False, capture_output=True, text=True, timeout=180)
+        env = dict(
+            os.environ,
+            OMPI_ALLOW_RUN_AS_ROOT="1",
+            OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+            OMPI_MCA_rmaps_base_oversubscribe="1",
+        )
+        proc = subprocess.run(
+            [
+                mpiexec,
+                "-n",
+                "2",
+                "--oversubscribe",
+                sys.executable,
+                "jobs/mpi_model_avg.py",
+                "conf/default.yaml",
+                "--set",
+                "mappers=2",
+                "--set",
+                "data.shard_storage=disk",
+                "--set",
+                f"data.scratch_dir={scratch}",
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ],
+            cwd=ROOT,
+            env=env,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert proc.returncode == 2
         assert [ln for ln in proc.stderr.splitlines() if "nnlib" in ln] == [
-            f"nnlib: error: {missing_scratch_line(scratch)}"]
+            f"nnlib: error: {missing_scratch_line(scratch)}"
+        ]
         return
     if engine == "mrjob":
         from nnlib.engines.mrjob.engine import MrjobEngine
@@ -406,8 +512,11 @@ def test_every_engines_workers_keep_their_shards_through_the_store(spark, reques
         chosen = spark_engine(engine.split("-")[1])
     with pytest.raises(DataError) as caught, on("connect" if engine == "spark-connect" else "classic"):
         run(config, engine=chosen, **QUIET)
-    assert str(caught.value) in (missing_scratch_line(scratch), "mapper 0: " + missing_scratch_line(scratch),
-                                 "mapper 1: " + missing_scratch_line(scratch))  # the stage names the mapper
+    assert str(caught.value) in (
+        missing_scratch_line(scratch),
+        "mapper 0: " + missing_scratch_line(scratch),
+        "mapper 1: " + missing_scratch_line(scratch),
+    )  # the stage names the mapper
 
 
 @pytest.mark.slow
@@ -418,12 +527,34 @@ def test_a_stopped_run_leaves_no_shard_files_and_a_killed_ones_go_with_the_next_
 
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    cmd = [sys.executable, "-m", "nnlib", "run", "--out", str(tmp_path / "long"), "--quiet", "--set", "mappers=2",
-           "--set", "train.rounds=2000", "--set", "model.hidden=[8]", "--set", "data.shard_storage=disk",
-           "--set", f"data.scratch_dir={scratch}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nnlib",
+        "run",
+        "--out",
+        str(tmp_path / "long"),
+        "--quiet",
+        "--set",
+        "mappers=2",
+        "--set",
+        "train.rounds=2000",
+        "--set",
+        "model.hidden=[8]",
+        "--set",
+        "data.shard_storage=disk",
+        "--set",
+        f"data.scratch_dir={scratch}",
+    ]
     # SIGINT at its default: a background job of a non-interactive shell (a CI script) starts with it ignored
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 120
         while not leftovers(scratch) and proc.poll() is None and time.monotonic() < deadline:
@@ -452,7 +583,8 @@ def test_a_failed_spark_run_leaves_no_shard_files(spark, tmp_path, mode):
     from test_engines import spark_engine
 
     config = disk_config(small_config("train.lr=1e30", "train.rounds=3"), tmp_path).model_copy(
-        update={"engine": "spark"})
+        update={"engine": "spark"}
+    )
     with pytest.raises(NnlibError, match="NaN|inf|diverge"):
         run(config, engine=spark_engine(mode), **QUIET)
     assert leftovers(tmp_path) == []
@@ -460,14 +592,20 @@ def test_a_failed_spark_run_leaves_no_shard_files(spark, tmp_path, mode):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["connect", "classic"])
-def test_a_parquet_source_with_held_out_rows_on_spark_jobs_from_disk_equals_memory(spark, connect, connect_server,
-                                                                                  digits_file, tmp_path, where):
+def test_a_parquet_source_with_held_out_rows_on_spark_jobs_from_disk_equals_memory(
+    spark, connect, connect_server, digits_file, tmp_path, where
+):
     """Spark's jobs mode, on Spark Connect too: a row-keyed source's shards (with the held-out rows the mappers
     score) kept on disk and found again by whichever Python worker a round's task lands on."""
     from test_spark_connect import jobs_engine
 
-    config = small_config("mappers=3", f"data.source={digits_file}", "data.validation_fraction=0.1",
-                          "train.momentum=0.9", "train.rounds=3")
+    config = small_config(
+        "mappers=3",
+        f"data.source={digits_file}",
+        "data.validation_fraction=0.1",
+        "train.momentum=0.9",
+        "train.rounds=3",
+    )
     memory = run(config, **QUIET)
     engine = jobs_engine(where, connect_server, collect_held_out_mb=0)
     with on(where):
@@ -495,15 +633,23 @@ def weighted_parquet(folder: Path, rows: int = 600, features: int = 6, files: in
     folder.mkdir(parents=True, exist_ok=True)
     for k, part in enumerate(np.array_split(np.arange(rows), files)):
         columns = {f"f{i}": x[part, i] for i in range(features)}
-        pq.write_table(pa.table({**columns, "label": y[part], "t0": t[part, 0], "t1": t[part, 1], "w": w[part]}),
-                       folder / f"part-{k}.parquet", row_group_size=97)  # many small blocks per shard
+        pq.write_table(
+            pa.table({**columns, "label": y[part], "t0": t[part, 0], "t1": t[part, 1], "w": w[part]}),
+            folder / f"part-{k}.parquet",
+            row_group_size=97,
+        )  # many small blocks per shard
     return folder
 
 
 PARQUET_CASES = {
     "plain": ("data.drop_columns=[t0,t1,w]",),
-    "held-out scored": ("data.drop_columns=[t0,t1,w]", "data.validation_fraction=0.2", "data.partition=contiguous",
-                        "combine=gradient", "train.momentum=0.9"),
+    "held-out scored": (
+        "data.drop_columns=[t0,t1,w]",
+        "data.validation_fraction=0.2",
+        "data.partition=contiguous",
+        "combine=gradient",
+        "train.momentum=0.9",
+    ),
 }
 
 
@@ -528,8 +674,12 @@ def test_a_parquet_shard_written_as_it_is_built_equals_memory_bit_for_bit(tmp_pa
 
 SPARK_PARQUET_CASES = {
     "weights": ("data.weight_column=w", "data.drop_columns=[t0,t1]", "combine=gradient", "train.momentum=0.9"),
-    "regression weights": ("model.task=regression", "data.label_columns=[t0,t1]", "data.weight_column=w",
-                           "data.drop_columns=[label]"),
+    "regression weights": (
+        "model.task=regression",
+        "data.label_columns=[t0,t1]",
+        "data.weight_column=w",
+        "data.drop_columns=[label]",
+    ),
 }
 
 
@@ -596,10 +746,12 @@ try:
 except DataError as exc:
     print(exc)
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.stdout.startswith(f"data.scratch_dir: {scratch} could not be written to (File too large) "
-                                  "(writing shard 0, 0.1 MiB); "), proc.stdout + proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, check=False, capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout.startswith(
+        f"data.scratch_dir: {scratch} could not be written to (File too large) (writing shard 0, 0.1 MiB); "
+    ), proc.stdout + proc.stderr
     assert len(proc.stdout.splitlines()) == 1
     assert leftovers(scratch) == []
 
@@ -616,20 +768,31 @@ def test_a_parquet_dataset_larger_than_a_workers_memory_limit_trains_in_one_work
 
     limit_mb = 640
     data = tmp_path / "blobs"
-    assert _blobs_parquet(data, 2_800_000, 8) > limit_mb * 2 ** 20
+    assert _blobs_parquet(data, 2_800_000, 8) > limit_mb * 2**20
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     cluster = StandaloneCluster(tmp_path / "cluster").start(n_workers=1)
     try:
+
         def submit(out, *extra):
             cmd = [sys.executable, "-m", "nnlib", "run", "--out", str(out), "--quiet"]
-            for item in ["engine=spark", "mappers=1", f"spark.master={cluster.url}", f"data.source={data}",
-                         "data.features_column=features", "model.hidden=[32]", "train.rounds=2",
-                         "train.local_steps=20", "train.lr=0.05",
-                         f"spark.conf={{spark.executor.pyspark.memory: {limit_mb}m}}", *extra]:
+            for item in [
+                "engine=spark",
+                "mappers=1",
+                f"spark.master={cluster.url}",
+                f"data.source={data}",
+                "data.features_column=features",
+                "model.hidden=[32]",
+                "train.rounds=2",
+                "train.local_steps=20",
+                "train.lr=0.05",
+                f"spark.conf={{spark.executor.pyspark.memory: {limit_mb}m}}",
+                *extra,
+            ]:
                 cmd += ["--set", item]
-            return subprocess.run(cmd, cwd=ROOT, env=cluster_env(cluster.folder), capture_output=True, text=True,
-                                  timeout=500)
+            return subprocess.run(
+                cmd, cwd=ROOT, env=cluster_env(cluster.folder), capture_output=True, text=True, timeout=500
+            )
 
         in_memory = submit(tmp_path / "memory")
         assert in_memory.returncode != 0
@@ -643,7 +806,7 @@ def test_a_parquet_dataset_larger_than_a_workers_memory_limit_trains_in_one_work
         assert summary["n_train"] + summary["n_test"] == 2_800_000
         assert summary["final_test_accuracy"] > 0.9  # chance is 0.1: the one shard learns the blobs
         logs = "".join(p.read_text() for p in (tmp_path / "cluster/work").glob("*/*/stderr"))
-        assert f"Setting mem limits to {limit_mb * 2 ** 20}" in logs
+        assert f"Setting mem limits to {limit_mb * 2**20}" in logs
         assert leftovers(scratch) == []
     finally:
         cluster.stop()

@@ -63,16 +63,19 @@ def spark_engine(mode: str, **kwargs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["stage", "jobs"])
-@pytest.mark.parametrize("overrides", [
-    ("combine=average",),
-    ("combine=weighted", "data.partition=stratified", "train.momentum=0.5"),
-    pytest.param(("combine=sum_updates", "train.lr=0.02", "model.backend=torch"), marks=needs_torch),
-    ("combine=ist", "model.hidden=[16,12]", "train.momentum=0.9"),
-    ("combine=split", "split.method=alternating", "split.groups=2", "model.hidden=[16,12]"),
-    ("combine=ist", "train.optimizer=adamw", "train.weight_decay=0.01", "train.lr=0.01"),
-    ("model.type=cnn", "model.channels=[4,6]", "model.kernel=3"),
-    ("data.partition=label_skew", "train.proximal_mu=0.1", "server.momentum=0.5", "train.lr_schedule=cosine"),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("combine=average",),
+        ("combine=weighted", "data.partition=stratified", "train.momentum=0.5"),
+        pytest.param(("combine=sum_updates", "train.lr=0.02", "model.backend=torch"), marks=needs_torch),
+        ("combine=ist", "model.hidden=[16,12]", "train.momentum=0.9"),
+        ("combine=split", "split.method=alternating", "split.groups=2", "model.hidden=[16,12]"),
+        ("combine=ist", "train.optimizer=adamw", "train.weight_decay=0.01", "train.lr=0.01"),
+        ("model.type=cnn", "model.channels=[4,6]", "model.kernel=3"),
+        ("data.partition=label_skew", "train.proximal_mu=0.1", "server.momentum=0.5", "train.lr_schedule=cosine"),
+    ],
+)
 def test_spark_engine_equals_local_engine(spark, overrides, mode):
     config = small_config("mappers=4", *overrides)
     local = run(config, **QUIET)
@@ -85,9 +88,14 @@ def test_spark_engine_equals_local_engine(spark, overrides, mode):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [("combine=gradient", "train.momentum=0.9", "train.lr_scaling=linear"),
-                                       ("train.sync_rounds=1", "combine=weighted")],
-                         ids=["gradient", "post-local"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("combine=gradient", "train.momentum=0.9", "train.lr_scaling=linear"),
+        ("train.sync_rounds=1", "combine=weighted"),
+    ],
+    ids=["gradient", "post-local"],
+)
 def test_synchronous_rounds_on_spark_equal_the_local_engine(spark, overrides):
     config = small_config("mappers=3", "train.rounds=2", *overrides)
     local = run(config, **QUIET)
@@ -154,8 +162,15 @@ def test_a_silent_mapper_ends_the_run_after_the_timeout(spark):
     from nnlib.errors import EngineError
 
     # a round of several seconds against a one-second timeout: to the driver, a hung mapper
-    config = small_config("engine=spark", "mappers=2", "data.source=synthetic", "data.n_samples=20000",
-                          "data.n_features=100", "model.hidden=[1024,1024]", "train.local_epochs=6")
+    config = small_config(
+        "engine=spark",
+        "mappers=2",
+        "data.source=synthetic",
+        "data.n_samples=20000",
+        "data.n_features=100",
+        "model.hidden=[1024,1024]",
+        "train.local_epochs=6",
+    )
     with pytest.raises(EngineError, match=r"mapper 0 sent nothing for 1s in round 1 \(spark.mapper_timeout\)"):
         run(config, engine=spark_engine("stage", mapper_timeout=1.0), **QUIET)
 
@@ -168,7 +183,7 @@ def test_target_accuracy_stops_at_the_first_round_that_reaches_it():
     first = next(i for i, a in enumerate(accs) if a >= target)
     stopped = run(small_config("train.rounds=6", f"train.target_accuracy={target}"), **QUIET)
     assert stopped.summary["rounds_run"] == len(stopped.rounds) == first + 1
-    assert [row["test_accuracy"] for row in stopped.rounds] == accs[:first + 1]
+    assert [row["test_accuracy"] for row in stopped.rounds] == accs[: first + 1]
     assert stopped.summary["train_seconds"] == sum(row["seconds"] for row in stopped.rounds)
     assert full.summary["rounds_run"] == 6
     # the driver is this process: its peak in MiB lies between the peak before that run and the peak now
@@ -182,25 +197,41 @@ def test_spark_scores_round_r_while_the_mappers_train_round_r_plus_1(spark, tmp_
     from nnlib.outputs import RunDir
 
     config = small_config("mappers=2", "train.rounds=4", "combine=weighted", "server.momentum=0.5")
-    spark_config = small_config("engine=spark", "mappers=2", "train.rounds=4", "combine=weighted",
-                                "server.momentum=0.5")
+    spark_config = small_config(
+        "engine=spark", "mappers=2", "train.rounds=4", "combine=weighted", "server.momentum=0.5"
+    )
     local = run(config, **QUIET)
     where = []
-    overlapped = run(spark_config, RunDir(tmp_path / "run"),
-                     engine=spark_engine("stage"), on_round=lambda row: where.append(threading.current_thread().name),
-                     **QUIET)
+    overlapped = run(
+        spark_config,
+        RunDir(tmp_path / "run"),
+        engine=spark_engine("stage"),
+        on_round=lambda row: where.append(threading.current_thread().name),
+        **QUIET,
+    )
     assert all(name.startswith("nnlib-score") for name in where) and len(where) == 4
     np.testing.assert_array_equal(overlapped.params, local.params)
     score_keys = ("round", "test_accuracy", "test_loss", "train_loss")
-    assert [{k: row[k] for k in score_keys} for row in overlapped.rounds] == \
-        [{k: row[k] for k in score_keys} for row in local.rounds]
+    assert [{k: row[k] for k in score_keys} for row in overlapped.rounds] == [
+        {k: row[k] for k in score_keys} for row in local.rounds
+    ]
     # each round's checkpoint holds that round's weights and server momentum, written while the next round ran
     ckpt = RunDir(tmp_path / "run", resume=True).latest_checkpoint()
     assert ckpt.rounds_done == 4
     np.testing.assert_array_equal(ckpt.params, local.params)
-    in_line = run(small_config("engine=spark", "mappers=2", "train.rounds=4", "combine=weighted",
-                               "server.momentum=0.5", "train.overlap_scoring=false"), engine=spark_engine("stage"), on_round=lambda row: where.append(threading.current_thread().name),
-                  **QUIET)
+    in_line = run(
+        small_config(
+            "engine=spark",
+            "mappers=2",
+            "train.rounds=4",
+            "combine=weighted",
+            "server.momentum=0.5",
+            "train.overlap_scoring=false",
+        ),
+        engine=spark_engine("stage"),
+        on_round=lambda row: where.append(threading.current_thread().name),
+        **QUIET,
+    )
     assert where[4:] == ["MainThread"] * 4
     np.testing.assert_array_equal(in_line.params, local.params)
 
@@ -210,6 +241,9 @@ def test_target_accuracy_on_spark_scores_in_line_and_stops_at_the_first_round_th
     full = run(small_config("train.rounds=6"), **QUIET)
     accs = [row["test_accuracy"] for row in full.rounds]
     first = next(i for i, a in enumerate(accs) if a >= accs[2])
-    stopped = run(small_config("engine=spark", "train.rounds=6", f"train.target_accuracy={accs[2]}"),
-                  engine=spark_engine("stage"), **QUIET)
-    assert [row["test_accuracy"] for row in stopped.rounds] == accs[:first + 1]
+    stopped = run(
+        small_config("engine=spark", "train.rounds=6", f"train.target_accuracy={accs[2]}"),
+        engine=spark_engine("stage"),
+        **QUIET,
+    )
+    assert [row["test_accuracy"] for row in stopped.rounds] == accs[: first + 1]

@@ -122,8 +122,7 @@ def test_a_broadcast_sends_every_mapper_the_same_frame_and_gather_answers_in_map
 
         for m in (2, 0, 1):  # the answers arrive out of order
             send(conns[m], ("result", f"from mapper {m}"))
-        assert hub.gather("result", alive, "in round 0") == [("from mapper 0",), ("from mapper 1",),
-                                                             ("from mapper 2",)]
+        assert hub.gather("result", alive, "in round 0") == [("from mapper 0",), ("from mapper 1",), ("from mapper 2",)]
     finally:
         hub.close()
     for conn in conns:

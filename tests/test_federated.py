@@ -40,8 +40,8 @@ def test_label_skew_with_a_large_concentration_approaches_the_iid_split():
     def distance(alpha):  # the largest gap between a shard's class share and the whole set's
         return np.abs(_class_shares(y, partition(y, 4, "label_skew", 0, alpha), 10) - overall).max()
 
-    assert distance(0.1) > 0.2          # small alpha: shards hold few classes
-    assert distance(1e4) < 0.02         # large alpha: every shard close to the overall mix
+    assert distance(0.1) > 0.2  # small alpha: shards hold few classes
+    assert distance(1e4) < 0.02  # large alpha: every shard close to the overall mix
     assert distance(1e4) < distance(10) < distance(0.1)
 
 
@@ -54,8 +54,11 @@ def test_quantity_skew_keeps_the_classes_mixed_but_not_the_sizes():
 
 
 def test_a_concentration_too_small_for_the_data_is_one_line_naming_it():
-    with pytest.raises(DataError, match=r"data.partition=label_skew: with data.skew_alpha=0.001, 100 Dirichlet "
-                                        r"draws all left a shard of the 8 empty"):
+    with pytest.raises(
+        DataError,
+        match=r"data.partition=label_skew: with data.skew_alpha=0.001, 100 Dirichlet "
+        r"draws all left a shard of the 8 empty",
+    ):
         partition(np.arange(40) % 2, 8, "label_skew", 0, 0.001)
 
 
@@ -77,10 +80,12 @@ def test_fedprox_adds_mu_times_the_distance_to_the_rounds_weights_to_each_gradie
 
 def test_fedprox_with_mu_zero_equals_plain_averaging_and_mu_above_zero_does_not():
     plain = run(small_config("data.partition=label_skew"), **QUIET).params
-    np.testing.assert_array_equal(run(small_config("data.partition=label_skew", "train.proximal_mu=0"),
-                                      **QUIET).params, plain)
-    assert not np.array_equal(run(small_config("data.partition=label_skew", "train.proximal_mu=0.1"),
-                                  **QUIET).params, plain)
+    np.testing.assert_array_equal(
+        run(small_config("data.partition=label_skew", "train.proximal_mu=0"), **QUIET).params, plain
+    )
+    assert not np.array_equal(
+        run(small_config("data.partition=label_skew", "train.proximal_mu=0.1"), **QUIET).params, plain
+    )
 
 
 def test_server_momentum_zero_and_lr_one_is_plain_averaging():
@@ -94,8 +99,8 @@ def test_server_momentum_zero_and_lr_one_is_plain_averaging():
 def test_server_momentum_follows_its_closed_form_over_rounds():
     server = ServerSGD(lr=0.5, momentum=0.9)
     w, v = np.array([1.0], np.float32), server.init_state(np.zeros(1, np.float32))
-    w = server.step(w, w - 2, v)          # d = 2: v = 2, w = 1 - 0.5 * 2 = 0
-    w = server.step(w, w - 1, v)          # d = 1: v = 0.9 * 2 + 1 = 2.8, w = 0 - 1.4
+    w = server.step(w, w - 2, v)  # d = 2: v = 2, w = 1 - 0.5 * 2 = 0
+    w = server.step(w, w - 1, v)  # d = 1: v = 0.9 * 2 + 1 = 2.8, w = 0 - 1.4
     assert v[0] == pytest.approx(2.8) and w[0] == pytest.approx(-1.4)
 
 

@@ -33,9 +33,16 @@ def _default_sigint():
 
 def start_run(args: list[str], env: dict | None = None) -> subprocess.Popen:
     """``python -m nnlib run ARGS`` in its own session (its own process group), SIGINT at its default."""
-    return subprocess.Popen([sys.executable, "-m", "nnlib", "run", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=_default_sigint)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nnlib", "run", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_default_sigint,
+    )
 
 
 def ctrl_c(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
@@ -50,8 +57,10 @@ def ctrl_c(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
     return proc.returncode, err
 
 
-INTERRUPTED = re.compile(r"nnlib: interrupted in round (\d+)/(\d+); rounds 1-(\d+) are kept \(checkpoint (\S+)\); "
-                         r"resume with: nnlib run --resume (\S+)\n")
+INTERRUPTED = re.compile(
+    r"nnlib: interrupted in round (\d+)/(\d+); rounds 1-(\d+) are kept \(checkpoint (\S+)\); "
+    r"resume with: nnlib run --resume (\S+)\n"
+)
 
 
 @pytest.mark.slow
@@ -81,20 +90,29 @@ def test_ctrl_c_ends_a_run_in_one_line_leaves_no_process_and_the_resume_finishes
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
     again = subprocess.run([sys.executable, "-m", "nnlib", "run", *args], cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 2 and again.stderr.count("\n") == 1
-    assert (f"nnlib: error: --out: {out} holds an unfinished run (its checkpoint holds {kept} finished round(s)); "
-            f"continue it with --resume {out}, or start over with --overwrite") in again.stderr
+    assert (
+        f"nnlib: error: --out: {out} holds an unfinished run (its checkpoint holds {kept} finished round(s)); "
+        f"continue it with --resume {out}, or start over with --overwrite"
+    ) in again.stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
 
     # the resume the message names (a few rounds more than were kept) ends with an uninterrupted run's weights
     total = int(kept) + 2
-    resumed = subprocess.run([sys.executable, "-m", "nnlib", "run", "--resume", resume_dir, "--quiet",
-                              "--set", f"train.rounds={total}"], cwd=ROOT, capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "nnlib", "run", "--resume", resume_dir, "--quiet", "--set", f"train.rounds={total}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert [int(line.split(",")[0]) for line in (out / "rounds.csv").read_text().splitlines()[1:]] == \
-        list(range(1, total + 1))
+    assert [int(line.split(",")[0]) for line in (out / "rounds.csv").read_text().splitlines()[1:]] == list(
+        range(1, total + 1)
+    )
     whole = tmp_path / "whole"
-    assert main(["run", *QUICK, "--set", "engine=local", "--set", f"train.rounds={total}", "--out", str(whole),
-                 "--quiet"]) == 0
+    assert (
+        main(["run", *QUICK, "--set", "engine=local", "--set", f"train.rounds={total}", "--out", str(whole), "--quiet"])
+        == 0
+    )
     np.testing.assert_array_equal(saved_params(out), saved_params(whole))
     assert json.loads((out / "summary.json").read_text())["resumed_after_round"] == int(kept)
 
@@ -102,13 +120,15 @@ def test_ctrl_c_ends_a_run_in_one_line_leaves_no_process_and_the_resume_finishes
 def test_ctrl_c_while_the_command_loads_is_one_line():
     # the interrupt lands while nnlib.cli's modules are imported (about a second on a cold start); raised at
     # that import here, so that the moment is certain
-    code = ("import builtins; real = builtins.__import__\n"
-            "def interrupted(name, *args, **kwargs):\n"
-            "    if name == 'nnlib.cli':\n"
-            "        raise KeyboardInterrupt\n"
-            "    return real(name, *args, **kwargs)\n"
-            "builtins.__import__ = interrupted\n"
-            "from nnlib.__main__ import main; main(['run'])")
+    code = (
+        "import builtins; real = builtins.__import__\n"
+        "def interrupted(name, *args, **kwargs):\n"
+        "    if name == 'nnlib.cli':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = interrupted\n"
+        "from nnlib.__main__ import main; main(['run'])"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stderr) == (130, "nnlib: interrupted while loading; nothing was done\n")
 
@@ -157,8 +177,23 @@ def mapper_runs(tmp_path_factory) -> Path:
     """Three finished runs that differ in their mapper count, as after ``nnlib run conf/mappers_N.yaml --out runs/mN``."""
     runs = tmp_path_factory.mktemp("compare")
     for m in (1, 2, 4):
-        assert main(["run", "--quiet", "--set", f"mappers={m}", "--set", "train.rounds=2", "--set", "model.hidden=[8]",
-                     "--out", str(runs / f"m{m}")]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "--quiet",
+                    "--set",
+                    f"mappers={m}",
+                    "--set",
+                    "train.rounds=2",
+                    "--set",
+                    "model.hidden=[8]",
+                    "--out",
+                    str(runs / f"m{m}"),
+                ]
+            )
+            == 0
+        )
     return runs
 
 
@@ -171,7 +206,8 @@ def test_report_of_several_runs_compares_them_as_a_sweeps_report(mapper_runs, ca
     assert f"report: 3 runs compared in {out / 'report.md'}" in capsys.readouterr().out
     rows = read_csv_rows(out / "results.csv")
     assert [(r["run"], r["mappers"], r["case"]) for r in rows] == [
-        (f"../m{m}", m, f"mappers={m}") for m in (1, 2, 4)]  # the one key that differs, nothing else
+        (f"../m{m}", m, f"mappers={m}") for m in (1, 2, 4)
+    ]  # the one key that differs, nothing else
     for row in rows:
         summary = json.loads((out / row["run"] / "summary.json").read_text())
         assert row["final_test_accuracy"] == summary["final_test_accuracy"] and row["status"] == "ok"
@@ -186,8 +222,9 @@ def test_report_of_several_runs_compares_them_as_a_sweeps_report(mapper_runs, ca
     # the same runs named one by one give the same table
     again = mapper_runs / "cmp2"
     assert main(["report", *(str(mapper_runs / f"m{m}") for m in (1, 2, 4)), "--out", str(again)]) == 0
-    assert [r["final_test_accuracy"] for r in read_csv_rows(again / "results.csv")] == \
-        [r["final_test_accuracy"] for r in rows]
+    assert [r["final_test_accuracy"] for r in read_csv_rows(again / "results.csv")] == [
+        r["final_test_accuracy"] for r in rows
+    ]
 
 
 def test_an_interrupt_after_the_last_round_says_so(mapper_runs):
@@ -196,7 +233,8 @@ def test_an_interrupt_after_the_last_round_says_so(mapper_runs):
     run_dir = mapper_runs / "m2"  # 2 rounds, both checkpointed
     assert str(interrupted(run_dir, 2, "local")) == (
         f"interrupted after the last round (2/2), before the run's outputs were written; rounds 1-2 are kept "
-        f"(checkpoint {run_dir / 'checkpoints' / 'round-00002.npz'}); resume with: nnlib run --resume {run_dir}")
+        f"(checkpoint {run_dir / 'checkpoints' / 'round-00002.npz'}); resume with: nnlib run --resume {run_dir}"
+    )
     assert str(interrupted(run_dir, 5, "local")).startswith("interrupted in round 3/5; rounds 1-2 are kept")
 
 
@@ -204,8 +242,10 @@ def test_report_refuses_what_it_cannot_compare_in_one_line(mapper_runs, tmp_path
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err == f"nnlib: error: {tmp_path / 'nope'} does not exist\n"
     assert main(["report", str(mapper_runs / "m1"), str(tmp_path)]) == 2
-    assert capsys.readouterr().err == (f"nnlib: error: report: {tmp_path} is not a finished run (no summary.json); "
-                                       "only finished runs can be compared\n")
+    assert capsys.readouterr().err == (
+        f"nnlib: error: report: {tmp_path} is not a finished run (no summary.json); "
+        "only finished runs can be compared\n"
+    )
 
 
 def test_version_names_the_package_and_where_it_is(capsys):
@@ -214,11 +254,13 @@ def test_version_names_the_package_and_where_it_is(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
     assert exited.value.code == 0
-    assert capsys.readouterr().out == (f"nnlib {nnlib.__version__} (Python {sys.version.split()[0]}, "
-                                       f"{Path(nnlib.__file__).parent})\n")
+    assert capsys.readouterr().out == (
+        f"nnlib {nnlib.__version__} (Python {sys.version.split()[0]}, {Path(nnlib.__file__).parent})\n"
+    )
 
 
 # ---- MPI on one machine ------------------------------------------------------------------------
+
 
 def test_more_ranks_than_cores_oversubscribe_with_one_warning_and_root_is_refused_in_one_line(monkeypatch):
     from nnlib.engines.mpi.launcher import launcher_options
@@ -228,7 +270,8 @@ def test_more_ranks_than_cores_oversubscribe_with_one_warning_and_root_is_refuse
         monkeypatch.delenv(name, raising=False)
     warnings = []
     options = lambda ranks, args=(), uid=1000, open_mpi=True: launcher_options(  # noqa: E731
-        ["mpiexec"], ranks, list(args), warnings.append, cores=2, uid=uid, open_mpi=open_mpi)
+        ["mpiexec"], ranks, list(args), warnings.append, cores=2, uid=uid, open_mpi=open_mpi
+    )
     assert options(2) == [] and warnings == []
     assert options(4, ["--bind-to", "none"]) == ["--oversubscribe", "--bind-to", "none"]
     assert warnings == ["mappers=4 is more than the 2 cores here: the ranks share them (mpiexec --oversubscribe)"]
@@ -239,7 +282,8 @@ def test_more_ranks_than_cores_oversubscribe_with_one_warning_and_root_is_refuse
     assert str(refused.value) == (
         "engine=mpi: Open MPI's mpiexec refuses to run as root; to run as root anyway, add --set "
         "'mpi.args=[--allow-run-as-root,--bind-to,none]' (or export OMPI_ALLOW_RUN_AS_ROOT=1 "
-        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)")
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)"
+    )
     assert options(2, ["--allow-run-as-root"], uid=0) == ["--allow-run-as-root"]
     monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT", "1")
     monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -250,16 +294,32 @@ def test_mpiexec_stderr_relay_drops_open_mpis_report_of_a_non_zero_exit_and_pass
     from nnlib.engines.mpi.launcher import StderrRelay
 
     rule, short_rule = "-" * 74 + "\n", "-" * 55 + "\n"
-    dropped_5 = [rule, "prterun detected that one or more processes exited with non-zero status,\n",
-                 "thus causing the job to be terminated. The first process to do so was:\n", "\n",
-                 "   Process name: [prterun-vm-2456@1,0]\n", "   Exit code:    2\n", rule]
-    dropped_4 = [short_rule, "Primary job  terminated normally, but 1 process returned\n",
-                 "a non-zero exit code. Per user-direction, the job has been aborted.\n", short_rule]
-    kept = [rule, "prterun noticed that process rank 1 with PID 4242 on node vm exited on\n",
-            "signal 9 (Killed).\n", rule]
+    dropped_5 = [
+        rule,
+        "prterun detected that one or more processes exited with non-zero status,\n",
+        "thus causing the job to be terminated. The first process to do so was:\n",
+        "\n",
+        "   Process name: [prterun-vm-2456@1,0]\n",
+        "   Exit code:    2\n",
+        rule,
+    ]
+    dropped_4 = [
+        short_rule,
+        "Primary job  terminated normally, but 1 process returned\n",
+        "a non-zero exit code. Per user-direction, the job has been aborted.\n",
+        short_rule,
+    ]
+    kept = [
+        rule,
+        "prterun noticed that process rank 1 with PID 4242 on node vm exited on\n",
+        "signal 9 (Killed).\n",
+        rule,
+    ]
     error = "nnlib: error: data.source: file /nope.npz does not exist\n"
-    epoll = ("[warn] Epoll MOD(1) on fd 24 failed. Old events were 6; read change was 0 (none); write change "
-             "was 2 (del); close change was 0 (none): Bad file descriptor\n")
+    epoll = (
+        "[warn] Epoll MOD(1) on fd 24 failed. Old events were 6; read change was 0 (none); write change "
+        "was 2 (del); close change was 0 (none): Bad file descriptor\n"
+    )
     traceback = "Traceback (most recent call last):\n"
     relay = StderrRelay()
     assert relay.feed(error) == [error] and relay.feed(traceback) == [traceback]  # at once, as they come
@@ -284,12 +344,19 @@ def test_nnlib_run_on_mpi_with_more_mappers_than_cores_runs_and_equals_the_local
     mappers = usable_cores() + 1
     root = ["--set", "mpi.args=[--allow-run-as-root]"] if os.geteuid() == 0 else []
     args = [*QUICK, "--set", f"mappers={mappers}", "--set", "train.rounds=2", "--quiet"]
-    proc = subprocess.run([sys.executable, "-m", "nnlib", "run", *args, "--set", "engine=mpi", *root,
-                           "--out", str(tmp_path / "mpi")], cwd=ROOT, env=_without_root_permission(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnlib", "run", *args, "--set", "engine=mpi", *root, "--out", str(tmp_path / "mpi")],
+        cwd=ROOT,
+        env=_without_root_permission(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stderr == (f"nnlib: warning: mappers={mappers} is more than the {mappers - 1} cores here: "
-                           "the ranks share them (mpiexec --oversubscribe)\n")
+    assert proc.stderr == (
+        f"nnlib: warning: mappers={mappers} is more than the {mappers - 1} cores here: "
+        "the ranks share them (mpiexec --oversubscribe)\n"
+    )
     assert main(["run", *args, "--set", "engine=local", "--out", str(tmp_path / "local")]) == 0
     np.testing.assert_allclose(saved_params(tmp_path / "mpi"), saved_params(tmp_path / "local"), rtol=0, atol=1e-6)
 
@@ -297,15 +364,21 @@ def test_nnlib_run_on_mpi_with_more_mappers_than_cores_runs_and_equals_the_local
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="Open MPI refuses root only; the refusal's text is checked above")
 def test_nnlib_run_on_mpi_as_root_says_in_one_line_what_to_set(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nnlib", "run", *QUICK, "--set", "engine=mpi",
-                           "--out", str(tmp_path / "r")], cwd=ROOT, env=_without_root_permission(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnlib", "run", *QUICK, "--set", "engine=mpi", "--out", str(tmp_path / "r")],
+        cwd=ROOT,
+        env=_without_root_permission(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "refuses to run as root; to run as root anyway, add --set 'mpi.args=[--allow-run-as-root]'" in proc.stderr
     assert not (tmp_path / "r").exists()
 
 
 # ---- CSV tables --------------------------------------------------------------------------------
+
 
 def test_a_csv_written_with_pandas_index_leaves_the_index_out_with_one_warning(tmp_path, capsys):
     import pandas as pd
@@ -321,8 +394,10 @@ def test_a_csv_written_with_pandas_index_leaves_the_index_out_with_one_warning(t
     args = ["--set", "mappers=2", "--set", "train.rounds=3", "--set", "model.hidden=[8]", "--quiet"]
     assert main(["run", *args, "--set", f"data.source={tmp_path / 'd.csv'}", "--out", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err
-    assert err == (f"nnlib: warning: data.source: {tmp_path / 'd.csv'}'s first column, with an empty header, is an "
-                   "index pandas wrote (df.to_csv without index=False); it is left out of the features\n")
+    assert err == (
+        f"nnlib: warning: data.source: {tmp_path / 'd.csv'}'s first column, with an empty header, is an "
+        "index pandas wrote (df.to_csv without index=False); it is left out of the features\n"
+    )
     model = nnlib.load_model(tmp_path / "r")
     assert model.feature_columns == ["a", "b", "c"]
     # noise features and no index: the accuracy of a coin (with the index as a feature it was 1.0)
@@ -338,8 +413,10 @@ def test_no_label_column_lists_every_column_or_says_how_many_are_left_out(tmp_pa
     names = [f"f{i}" for i in range(12)] + ["target"]
     (tmp_path / "d.csv").write_text(",".join(names) + "\n" + ",".join(["1"] * 12 + ["0"]) + "\n")
     assert main(["run", "--quiet", "--set", f"data.source={tmp_path / 'd.csv'}", "--out", str(tmp_path / "r")]) == 2
-    assert capsys.readouterr().err == (f"nnlib: error: data.source: {tmp_path / 'd.csv'} has no label column 'label' "
-                                       f"(set data.label_column; columns are {names})\n")
+    assert capsys.readouterr().err == (
+        f"nnlib: error: data.source: {tmp_path / 'd.csv'} has no label column 'label' "
+        f"(set data.label_column; columns are {names})\n"
+    )
     wide = [f"f{i}" for i in range(70)] + ["target"]
     (tmp_path / "w.csv").write_text(",".join(wide) + "\n" + ",".join(["1"] * 70 + ["0"]) + "\n")
     assert main(["run", "--quiet", "--set", f"data.source={tmp_path / 'w.csv'}", "--out", str(tmp_path / "w")]) == 2
@@ -348,6 +425,7 @@ def test_no_label_column_lists_every_column_or_says_how_many_are_left_out(tmp_pa
 
 # ---- a quiet start, and the small things ---------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["nnlib run", "submit.sh", "spark-submit with nnlib's log4j2"])
 def test_a_spark_run_starts_with_none_of_sparks_lines(tmp_path, how):
@@ -355,13 +433,18 @@ def test_a_spark_run_starts_with_none_of_sparks_lines(tmp_path, how):
     bin_dir = Path(sys.executable).parent
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     args = ["--set", "train.rounds=1", "--set", "mappers=2", "--out", str(tmp_path / "r")]
-    cmd = {"nnlib run": [sys.executable, "-m", "nnlib", "run", "--set", "engine=spark", *args],
-           "submit.sh": ["bash", "submit.sh", "--master", "local[2]", "--", *args],
-           # the README's way: nnlib's logging configuration as a driver option, the user's conf dir kept
-           "spark-submit with nnlib's log4j2": [
-               str(bin_dir / "spark-submit"), "--conf",
-               "spark.driver.defaultJavaOptions=-Dlog4j2.configurationFile=nnlib/engines/spark/log4j2.properties",
-               "jobs/model_avg.py", *args]}[how]
+    cmd = {
+        "nnlib run": [sys.executable, "-m", "nnlib", "run", "--set", "engine=spark", *args],
+        "submit.sh": ["bash", "submit.sh", "--master", "local[2]", "--", *args],
+        # the README's way: nnlib's logging configuration as a driver option, the user's conf dir kept
+        "spark-submit with nnlib's log4j2": [
+            str(bin_dir / "spark-submit"),
+            "--conf",
+            "spark.driver.defaultJavaOptions=-Dlog4j2.configurationFile=nnlib/engines/spark/log4j2.properties",
+            "jobs/model_avg.py",
+            *args,
+        ],
+    }[how]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert spark_lines(proc.stderr) == [], proc.stderr
@@ -372,16 +455,22 @@ def test_a_spark_run_starts_with_none_of_sparks_lines(tmp_path, how):
 def test_submit_sh_help_is_its_usage_and_no_code():
     proc = subprocess.run(["bash", "submit.sh", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("Submit nnlib's Spark job to a cluster.\n")
-    header = [line[2:] for line in (ROOT / "submit.sh").read_text().splitlines()[1:]
-              if line.startswith("#")][: len(proc.stdout.splitlines())]
+    header = [line[2:] for line in (ROOT / "submit.sh").read_text().splitlines()[1:] if line.startswith("#")][
+        : len(proc.stdout.splitlines())
+    ]
     assert proc.stdout.splitlines() == [line.rstrip() for line in header]
     assert "set -euo" not in proc.stdout and "here=" not in proc.stdout
 
 
 @pytest.mark.slow
 def test_the_spark_jobs_errors_read_nnlib_error(tmp_path):
-    proc = subprocess.run([str(Path(sys.executable).parent / "spark-submit"), "jobs/model_avg.py",
-                           "--set", "mapers=2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "spark-submit"), "jobs/model_avg.py", "--set", "mapers=2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2  # spark-submit passes the job's stderr on to its stdout
     assert proc.stdout.splitlines()[-1] == "nnlib: error: --set: unknown config key 'mapers'; did you mean 'mappers'?"
 
@@ -393,10 +482,15 @@ def test_a_section_takes_a_mapping_in_set_or_says_how_to_set_it(capsys):
     assert (config.train.rounds, config.train.lr, config.train.local_epochs) == (2, 0.05, 2)
     assert load_config(None, ["train={rounds: 2}", "train.lr=0.3"]).train.lr == 0.3
     assert main(["run", "--set", "train=2"]) == 2
-    assert capsys.readouterr().err == ("nnlib: error: --set: 'train' is a section: set one of its keys "
-                                       "(train.rounds=...) or give it a mapping (train={rounds: ...}), got '2'\n")
+    assert capsys.readouterr().err == (
+        "nnlib: error: --set: 'train' is a section: set one of its keys "
+        "(train.rounds=...) or give it a mapping (train={rounds: ...}), got '2'\n"
+    )
     assert main(["run", "--set", "train={rouns: 2}"]) == 2
-    assert capsys.readouterr().err == "nnlib: error: --set: unknown config key 'train.rouns'; did you mean 'train.rounds'?\n"
+    assert (
+        capsys.readouterr().err
+        == "nnlib: error: --set: unknown config key 'train.rouns'; did you mean 'train.rounds'?\n"
+    )
 
 
 # ---- Python 3.13 -------------------------------------------------------------------------------
@@ -405,17 +499,36 @@ PYTHON313 = os.environ.get("NNLIB_PYTHON313")  # a Python 3.13 with nnlib[mrjob]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not PYTHON313, reason="no Python 3.13 with nnlib: .ci/run makes one where python3.13 exists "
-                                          "and sets NNLIB_PYTHON313")
+@pytest.mark.skipif(
+    not PYTHON313,
+    reason="no Python 3.13 with nnlib: .ci/run makes one where python3.13 exists and sets NNLIB_PYTHON313",
+)
 @pytest.mark.parametrize("runner", ["inline", "local"])
 def test_mrjob_runs_on_python_313_and_equals_the_local_engine(tmp_path, runner):
-    version = subprocess.run([PYTHON313, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
-                             text=True, check=True).stdout.strip()
+    version = subprocess.run(
+        [PYTHON313, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert version == "(3, 13)"
     args = [*QUICK, "--set", "train.rounds=2", "--quiet"]
-    proc = subprocess.run([PYTHON313, "-m", "nnlib", "run", *args, "--set", "engine=mrjob",
-                           "--set", f"mrjob.runner={runner}", "--out", str(tmp_path / "mrjob")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            PYTHON313,
+            "-m",
+            "nnlib",
+            "run",
+            *args,
+            "--set",
+            "engine=mrjob",
+            "--set",
+            f"mrjob.runner={runner}",
+            "--out",
+            str(tmp_path / "mrjob"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
     assert main(["run", *args, "--set", "engine=local", "--out", str(tmp_path / "local")]) == 0
     np.testing.assert_allclose(saved_params(tmp_path / "mrjob"), saved_params(tmp_path / "local"), rtol=0, atol=1e-6)
@@ -431,8 +544,10 @@ def test_a_run_directory_with_rounds_numbered_from_0_resumes_renumbered(tmp_path
     (old / "summary.json").unlink()  # as a run stopped after 2 of 4 rounds, written the old way
     for name in ("rounds.csv", "mapper_times.csv"):
         lines = (old / name).read_text().splitlines()
-        (old / name).write_text("\n".join([lines[0]] + [f"{int(line.split(',')[0]) - 1},{line.split(',', 1)[1]}"
-                                                          for line in lines[1:]]) + "\n")
+        (old / name).write_text(
+            "\n".join([lines[0]] + [f"{int(line.split(',')[0]) - 1},{line.split(',', 1)[1]}" for line in lines[1:]])
+            + "\n"
+        )
     assert [r["round"] for r in read_csv_rows(old / "rounds.csv")] == [0, 1]
     assert main(["run", "--resume", str(old), "--set", "train.rounds=4", "--quiet"]) == 0
     assert [r["round"] for r in read_csv_rows(old / "rounds.csv")] == [1, 2, 3, 4]
@@ -459,10 +574,13 @@ def _table(tmp_path) -> "object":
     return frame
 
 
-@pytest.mark.parametrize("choose,same_as", [
-    (["--set", "data.feature_columns=[d,b]"], "db"),              # in the order given
-    (["--set", "data.drop_columns=[a,c,id]"], "bd"),              # the table's order, less the dropped
-])
+@pytest.mark.parametrize(
+    "choose,same_as",
+    [
+        (["--set", "data.feature_columns=[d,b]"], "db"),  # in the order given
+        (["--set", "data.drop_columns=[a,c,id]"], "bd"),  # the table's order, less the dropped
+    ],
+)
 def test_feature_columns_and_drop_columns_choose_the_features_of_a_csv_and_a_parquet_source(tmp_path, choose, same_as):
     import nnlib
 
@@ -479,15 +597,23 @@ def test_feature_columns_and_drop_columns_choose_the_features_of_a_csv_and_a_par
 def test_a_column_to_choose_or_drop_that_is_not_there_is_one_line(tmp_path, capsys):
     _table(tmp_path)
     for setting, message in [
-        ("data.feature_columns=[a,x]", "data.feature_columns: no column 'x' (columns are ['a', 'b', 'c', 'd', 'id', "
-                                       "'label'])"),
-        ("data.drop_columns=[zz]", "data.drop_columns: no column 'zz' (columns are ['a', 'b', 'c', 'd', 'id', "
-                                   "'label'])"),
+        (
+            "data.feature_columns=[a,x]",
+            "data.feature_columns: no column 'x' (columns are ['a', 'b', 'c', 'd', 'id', 'label'])",
+        ),
+        (
+            "data.drop_columns=[zz]",
+            "data.drop_columns: no column 'zz' (columns are ['a', 'b', 'c', 'd', 'id', 'label'])",
+        ),
         ("data.feature_columns=[a,label]", "data.feature_columns: 'label' is the label or key column, not a feature"),
     ]:
         out = tmp_path / "r"
-        assert main(["run", "--quiet", "--set", f"data.source={tmp_path / 'all.csv'}", "--set", setting,
-                     "--out", str(out)]) == 2
+        assert (
+            main(
+                ["run", "--quiet", "--set", f"data.source={tmp_path / 'all.csv'}", "--set", setting, "--out", str(out)]
+            )
+            == 2
+        )
         assert capsys.readouterr().err == f"nnlib: error: {message}\n"
         assert not out.exists()
     assert main(["run", "--set", "data.features_column=f", "--set", "data.drop_columns=[a]"]) == 2
@@ -497,8 +623,19 @@ def test_a_column_to_choose_or_drop_that_is_not_there_is_one_line(tmp_path, caps
 @pytest.mark.slow
 def test_drop_columns_of_a_parquet_source_read_by_spark_equals_the_local_engine(tmp_path, spark):
     _table(tmp_path)
-    args = ["--set", "mappers=2", "--set", "train.rounds=2", "--set", "model.hidden=[8]", "--quiet",
-            "--set", f"data.source={tmp_path / 'all.parquet'}", "--set", "data.drop_columns=[a,c,id]"]
+    args = [
+        "--set",
+        "mappers=2",
+        "--set",
+        "train.rounds=2",
+        "--set",
+        "model.hidden=[8]",
+        "--quiet",
+        "--set",
+        f"data.source={tmp_path / 'all.parquet'}",
+        "--set",
+        "data.drop_columns=[a,c,id]",
+    ]
     assert main(["run", *args, "--set", "engine=spark", "--out", str(tmp_path / "spark")]) == 0
     assert main(["run", *args, "--set", "engine=local", "--out", str(tmp_path / "local")]) == 0
     np.testing.assert_array_equal(saved_params(tmp_path / "spark"), saved_params(tmp_path / "local"))

@@ -31,8 +31,10 @@ BIN = Path(sys.executable).parent
 SLURM = ROOT / "examples" / "slurm"
 # a quick run: rounds of a few milliseconds on digits
 QUICK = ["model.hidden=[8]", "mappers=2", "train.local_epochs=1", "seed=5"]
-STOPPED = re.compile(r"nnlib: stopped by SIGTERM after round (\d+)/(\d+); rounds 1-(\d+) are kept "
-                     r"\(checkpoint (\S+)\); resume with: nnlib run --resume (\S+)\n")
+STOPPED = re.compile(
+    r"nnlib: stopped by SIGTERM after round (\d+)/(\d+); rounds 1-(\d+) are kept "
+    r"\(checkpoint (\S+)\); resume with: nnlib run --resume (\S+)\n"
+)
 
 
 def sets(items):
@@ -41,15 +43,29 @@ def sets(items):
 
 def env_for(tmp_path) -> dict:
     # root in containers and CI; mpiexec on PATH; temporary files inside the test's folder
-    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", TMPDIR=str(tmp_path),
-                OMPI_MCA_rmaps_base_oversubscribe="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
-                PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
+    return dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        TMPDIR=str(tmp_path),
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        PYSPARK_PYTHON=sys.executable,
+        SPARK_LOCAL_IP="127.0.0.1",
+    )
 
 
 def start(cmd: list[str], tmp_path) -> subprocess.Popen:
     """``cmd`` in its own session (its own process group), stderr captured."""
-    return subprocess.Popen(cmd, cwd=ROOT, env=env_for(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env_for(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def nnlib_run(*args: str) -> list[str]:
@@ -99,6 +115,7 @@ def check_stopped(status: int, err: str, out: Path, rounds: int) -> int:
 
 # --- SIGTERM on every engine, then the same command with --resume -------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["local", "spark", "mpi"])
 def test_sigterm_stops_after_a_round_and_the_same_command_resumes_bit_for_bit(tmp_path, engine):
@@ -115,13 +132,20 @@ def test_sigterm_stops_after_a_round_and_the_same_command_resumes_bit_for_bit(tm
 
     # the same command again, with fewer rounds to go: it resumes to an uninterrupted run's weights
     total = kept + 2
-    again = subprocess.run([*command[:-3], "--set", f"train.rounds={total}", *command[-3:]], cwd=ROOT,
-                           env=env_for(tmp_path), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [*command[:-3], "--set", f"train.rounds={total}", *command[-3:]],
+        cwd=ROOT,
+        env=env_for(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_after_round"] == kept and summary["engine"] == engine
-    assert [int(line.split(",")[0]) for line in (out / "rounds.csv").read_text().splitlines()[1:]] == \
-        list(range(1, total + 1))
+    assert [int(line.split(",")[0]) for line in (out / "rounds.csv").read_text().splitlines()[1:]] == list(
+        range(1, total + 1)
+    )
     np.testing.assert_array_equal(saved_params(out), local_params(total))
 
 
@@ -135,8 +159,14 @@ def test_mpi_stopped_by_sigterm_resumes_bit_for_bit_with_momentum_and_server_sta
     status, err, started = terminate(start(command, tmp_path), out, 2)
     kept = check_stopped(status, err, out, 400)
     assert_nothing_left(started)
-    again = subprocess.run([*command, "--set", f"train.rounds={kept + 2}"], cwd=ROOT, env=env_for(tmp_path),
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [*command, "--set", f"train.rounds={kept + 2}"],
+        cwd=ROOT,
+        env=env_for(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     np.testing.assert_array_equal(saved_params(out), local_params(kept + 2, *extra))
 
@@ -146,18 +176,36 @@ def test_mpi_ranks_under_a_plain_mpiexec_stop_together_on_sigusr1(tmp_path):
     """Open MPI's mpiexec ends its ranks at once on SIGTERM but passes SIGUSR1 on: the ranks agree on the round,
     rank 0 prints the one line, the job exits 143, and nnlib run --resume continues it."""
     out = tmp_path / "run"
-    cmd = [str(BIN / "mpiexec"), "-n", "2", sys.executable, "jobs/mpi_model_avg.py",
-           *sets([*QUICK, "train.rounds=400"]), "--out", str(out), "--quiet"]
+    cmd = [
+        str(BIN / "mpiexec"),
+        "-n",
+        "2",
+        sys.executable,
+        "jobs/mpi_model_avg.py",
+        *sets([*QUICK, "train.rounds=400"]),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     status, err, started = terminate(start(cmd, tmp_path), out, 2, signal.SIGUSR1)
     assert status == 143, err[-3000:]
-    found = re.search(r"nnlib: stopped by SIGUSR1 after round (\d+)/400; rounds 1-\1 are kept \(checkpoint \S+\); "
-                      rf"resume with: nnlib run --resume {re.escape(str(out))}\n", err)
+    found = re.search(
+        r"nnlib: stopped by SIGUSR1 after round (\d+)/400; rounds 1-\1 are kept \(checkpoint \S+\); "
+        rf"resume with: nnlib run --resume {re.escape(str(out))}\n",
+        err,
+    )
     assert found, err[-3000:]
     kept = int(found.group(1))
     assert checkpointed_rounds(out) == kept
     assert_nothing_left(started)
-    resumed = subprocess.run(nnlib_run("--resume", str(out), "--set", f"train.rounds={kept + 1}", "--quiet"),
-                             cwd=ROOT, env=env_for(tmp_path), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        nnlib_run("--resume", str(out), "--set", f"train.rounds={kept + 1}", "--quiet"),
+        cwd=ROOT,
+        env=env_for(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     np.testing.assert_array_equal(saved_params(out), local_params(kept + 1))
 
@@ -165,8 +213,17 @@ def test_mpi_ranks_under_a_plain_mpiexec_stop_together_on_sigusr1(tmp_path):
 @pytest.mark.slow
 def test_mpi_resumes_after_kill_9_of_the_whole_job(tmp_path):
     out = tmp_path / "run"
-    cmd = [str(BIN / "mpiexec"), "-n", "2", sys.executable, "jobs/mpi_model_avg.py",
-           *sets([*QUICK, "train.rounds=400", "train.momentum=0.9"]), "--out", str(out), "--quiet"]
+    cmd = [
+        str(BIN / "mpiexec"),
+        "-n",
+        "2",
+        sys.executable,
+        "jobs/mpi_model_avg.py",
+        *sets([*QUICK, "train.rounds=400", "train.momentum=0.9"]),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     proc = start(cmd, tmp_path)
     try:
         wait_for_rounds(proc, out, 2, timeout=300)
@@ -180,9 +237,25 @@ def test_mpi_resumes_after_kill_9_of_the_whole_job(tmp_path):
     assert_nothing_left(started)
     kept = checkpointed_rounds(out)
     assert 2 <= kept < 400 and not (out / "summary.json").exists()
-    resumed = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "jobs/mpi_model_avg.py",
-                              "--resume", str(out), "--set", f"train.rounds={kept + 2}", "--quiet"],
-                             cwd=ROOT, env=env_for(tmp_path), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [
+            str(BIN / "mpiexec"),
+            "-n",
+            "2",
+            sys.executable,
+            "jobs/mpi_model_avg.py",
+            "--resume",
+            str(out),
+            "--set",
+            f"train.rounds={kept + 2}",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        env=env_for(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["resumed_after_round"] == kept
     np.testing.assert_array_equal(saved_params(out), local_params(kept + 2, "train.momentum=0.9"))
@@ -193,11 +266,21 @@ def test_mpi_resumes_after_kill_9_of_the_whole_job(tmp_path):
 def test_a_checkpoint_resumes_on_the_other_engine(tmp_path, first, then):
     out = tmp_path / "run"
     items = [*QUICK, "train.momentum=0.9", "server.momentum=0.5"]
-    done = subprocess.run(nnlib_run(*sets([*items, f"engine={first}", "train.rounds=2"]), "--out", str(out),
-                                    "--quiet"), cwd=ROOT, env=env_for(tmp_path), capture_output=True, text=True)
+    done = subprocess.run(
+        nnlib_run(*sets([*items, f"engine={first}", "train.rounds=2"]), "--out", str(out), "--quiet"),
+        cwd=ROOT,
+        env=env_for(tmp_path),
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    again = subprocess.run(nnlib_run("--resume", str(out), "--set", f"engine={then}", "--set", "train.rounds=4",
-                                     "--quiet"), cwd=ROOT, env=env_for(tmp_path), capture_output=True, text=True)
+    again = subprocess.run(
+        nnlib_run("--resume", str(out), "--set", f"engine={then}", "--set", "train.rounds=4", "--quiet"),
+        cwd=ROOT,
+        env=env_for(tmp_path),
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["engine"] == then and summary["resumed_after_round"] == 2
@@ -207,17 +290,28 @@ def test_a_checkpoint_resumes_on_the_other_engine(tmp_path, first, then):
 @pytest.mark.slow
 def test_a_round_longer_than_the_grace_is_abandoned_and_the_last_finished_round_kept(tmp_path):
     out = tmp_path / "run"
-    slow = ["data.source=synthetic", "data.n_samples=20000", "data.n_features=100", "model.hidden=[256,256]",
-            "mappers=2", "train.rounds=50", "train.stop_grace_seconds=0.001"]
+    slow = [
+        "data.source=synthetic",
+        "data.n_samples=20000",
+        "data.n_features=100",
+        "model.hidden=[256,256]",
+        "mappers=2",
+        "train.rounds=50",
+        "train.stop_grace_seconds=0.001",
+    ]
     status, err, _ = terminate(start(nnlib_run(*sets(slow), "--out", str(out), "--quiet"), tmp_path), out, 1)
     assert status == 143, err[-3000:]
     kept = checkpointed_rounds(out)
-    assert re.search(rf"nnlib: stopped by SIGTERM after round {kept}/50 \(round {kept + 1} was abandoned: "
-                     rf"train.stop_grace_seconds=0.001 passed\); (rounds 1-{kept} are|round 1 is) kept", err), err[-3000:]
+    assert re.search(
+        rf"nnlib: stopped by SIGTERM after round {kept}/50 \(round {kept + 1} was abandoned: "
+        rf"train.stop_grace_seconds=0.001 passed\); (rounds 1-{kept} are|round 1 is) kept",
+        err,
+    ), err[-3000:]
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
 # --- --resume on a directory that holds no run: the first start --------------------------------------------
+
 
 def test_resume_on_an_empty_directory_starts_there_and_a_second_call_resumes(tmp_path, capsys):
     from nnlib.cli import main
@@ -236,8 +330,10 @@ def test_resume_on_an_empty_directory_starts_there_and_a_second_call_resumes(tmp
     capsys.readouterr()
     assert main([*args, "--set", "train.rounds=4", "--set", "train.lr=0.5"]) == 2
     err = capsys.readouterr().err
-    assert err == (f"nnlib: error: --resume {out}: the config differs from the run's in train.lr (the run has 0.1, "
-                   "given 0.5); only train.rounds may change (and the engine: engine, spark.*, mpi.*, mrjob.*, train.stop_grace_seconds)\n")
+    assert err == (
+        f"nnlib: error: --resume {out}: the config differs from the run's in train.lr (the run has 0.1, "
+        "given 0.5); only train.rounds may change (and the engine: engine, spark.*, mpi.*, mrjob.*, train.stop_grace_seconds)\n"
+    )
 
 
 def test_train_with_resume_starts_then_resumes_and_refuses_another_config(tmp_path):
@@ -248,8 +344,11 @@ def test_train_with_resume_starts_then_resumes_and_refuses_another_config(tmp_pa
     second = train(None, {"train.rounds": 3}, out=out, resume=True)
     assert second.summary["resumed_after_round"] == 2
     np.testing.assert_array_equal(saved_params(out), local_params(3))
-    with pytest.raises(ConfigError, match=r"differs from the run's in mappers \(the run has 2, given 3\); only train.rounds "
-                                               "may change"):
+    with pytest.raises(
+        ConfigError,
+        match=r"differs from the run's in mappers \(the run has 2, given 3\); only train.rounds "
+        "may change",
+    ):
         train(None, [*QUICK, "mappers=3", "train.rounds=4"], out=out, resume=True)
     with pytest.raises(ConfigError, match="resume=True continues the run in out"):
         train(None, QUICK, resume=True)
@@ -270,8 +369,10 @@ def test_sigterm_in_nnlib_train_raises_stopped_after_the_round_and_restores_the_
     with pytest.raises(Stopped) as stop:
         train(None, [*QUICK, "train.rounds=50"], out=out, log=on_round)
     assert stop.value.status == 143 and stop.value.path == out
-    assert str(stop.value) == (f"stopped by SIGTERM after round 2/50; rounds 1-2 are kept (checkpoint "
-                               f"{out / 'checkpoints' / 'round-00002.npz'}); resume with: nnlib run --resume {out}")
+    assert str(stop.value) == (
+        f"stopped by SIGTERM after round 2/50; rounds 1-2 are kept (checkpoint "
+        f"{out / 'checkpoints' / 'round-00002.npz'}); resume with: nnlib run --resume {out}"
+    )
     assert signal.getsignal(signal.SIGTERM) is before
     run_again = train(None, {"train.rounds": 4}, out=out, resume=True)
     assert run_again.summary["resumed_after_round"] == 2
@@ -279,6 +380,7 @@ def test_sigterm_in_nnlib_train_raises_stopped_after_the_round_and_restores_the_
 
 
 # --- examples/slurm ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("script", ["mpi.sbatch", "spark.sbatch"])
 def test_the_slurm_scripts_parse(script):
@@ -291,16 +393,25 @@ def test_the_mpi_batch_script_runs_here_stops_on_sigterm_and_its_rerun_finishes_
     """The script's own path without SLURM (NNLIB_NO_SLURM=1): nnlib run --set engine=mpi --resume DIR; SIGTERM
     to the batch shell is passed on; the same script again (a requeue) ends with an uninterrupted run's weights."""
     out = tmp_path / "job"
-    env = dict(env_for(tmp_path), NNLIB_NO_SLURM="1", RUN_DIR=str(out),
-               NNLIB_ARGS=" ".join(sets([*QUICK, "train.rounds=400"])))
-    proc = subprocess.Popen(["bash", str(SLURM / "mpi.sbatch")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    env = dict(
+        env_for(tmp_path), NNLIB_NO_SLURM="1", RUN_DIR=str(out), NNLIB_ARGS=" ".join(sets([*QUICK, "train.rounds=400"]))
+    )
+    proc = subprocess.Popen(
+        ["bash", str(SLURM / "mpi.sbatch")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     status, err, started = terminate(proc, out, 2)
     kept = check_stopped(status, err, out, 400)
     assert_nothing_left(started)
     env["NNLIB_ARGS"] = " ".join(sets([*QUICK, f"train.rounds={kept + 2}"]))
-    again = subprocess.run(["bash", str(SLURM / "mpi.sbatch")], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run(
+        ["bash", str(SLURM / "mpi.sbatch")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     np.testing.assert_array_equal(saved_params(out), local_params(kept + 2))
     # a requeue of a finished run does nothing, and says so

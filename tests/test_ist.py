@@ -38,8 +38,9 @@ def _by_hand(arrays, groups, g):
 
 @pytest.mark.parametrize("scale", ["groups", "none"])
 def test_one_ist_round_trains_each_mappers_sub_network_and_copies_it_back(scale):
-    config = small_config("mappers=3", "model.hidden=[10,7]", "combine=ist", "train.momentum=0.5",
-                          f"split.scale={scale}")
+    config = small_config(
+        "mappers=3", "model.hidden=[10,7]", "combine=ist", "train.momentum=0.5", f"split.scale={scale}"
+    )
     setup = prepare(config, warn=lambda _m: None)
     payload, layers = setup.first, setup.first.model.layers
     shards = ShardSource(config.data, config.seed, config.mappers).build([0, 1, 2])
@@ -51,8 +52,17 @@ def test_one_ist_round_trains_each_mappers_sub_network_and_copies_it_back(scale)
         sub_layers = LayerSpec((layers.sizes[0], *(len(layer[g]) for layer in split.groups), layers.sizes[-1]))
         sub = np.concatenate([a.ravel() for a in _by_hand(start, split.groups, g)])
         spec = ModelSpec(sub_layers, output_scale=3.0 if scale == "groups" else 1.0)
-        expected = local_sgd(get_backend("numpy", spec), sub, np.zeros_like(sub), payload.optimizer, shard.x,
-                             shard.y, payload.plan.local, payload.plan.lr, shard_rng(config.seed, 0, g))
+        expected = local_sgd(
+            get_backend("numpy", spec),
+            sub,
+            np.zeros_like(sub),
+            payload.optimizer,
+            shard.x,
+            shard.y,
+            payload.plan.local,
+            payload.plan.lr,
+            shard_rng(config.seed, 0, g),
+        )
         np.testing.assert_array_equal(res.params, expected.params)
         assert res.stats.result_bytes == 2 * sub.nbytes  # the sub-network and its momentum, nothing more
     after = unpack(setup.reducer(results, payload).params, layers)
@@ -60,8 +70,11 @@ def test_one_ist_round_trains_each_mappers_sub_network_and_copies_it_back(scale)
         trained = unpack(res.params, split.sub_layers(layers, g))
         for full, mine in zip(_by_hand(after, split.groups, g)[:-1], trained[:-1]):
             np.testing.assert_array_equal(full, mine)  # copied back, all but the output bias
-    np.testing.assert_allclose(after[-1], np.mean([unpack(r.params, split.sub_layers(layers, g))[-1]
-                                                   for g, r in enumerate(results)], axis=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        after[-1],
+        np.mean([unpack(r.params, split.sub_layers(layers, g))[-1] for g, r in enumerate(results)], axis=0),
+        rtol=1e-6,
+    )
     a, b = split.groups
     for ga in range(3):
         for gb in range(3):
@@ -90,9 +103,16 @@ def test_ist_needs_a_unit_per_mapper_in_every_hidden_layer():
 
 # ---- combine: split (the separation study, one-shot) -------------------------------------------
 
+
 def test_split_warms_up_on_its_share_then_trains_sub_networks_on_the_rest():
-    config = small_config("mappers=2", "model.hidden=[12]", "combine=split", "train.rounds=3",
-                          "split.warmup_fraction=0.25", "split.method=random")
+    config = small_config(
+        "mappers=2",
+        "model.hidden=[12]",
+        "combine=split",
+        "train.rounds=3",
+        "split.warmup_fraction=0.25",
+        "split.method=random",
+    )
     result = run(config, **QUIET)
     sizes = [r["n_samples"] for r in result.mapper_rows]
     shard = ShardSource(config.data, config.seed, 2).build([0, 1])
@@ -107,8 +127,9 @@ def test_split_warms_up_on_its_share_then_trains_sub_networks_on_the_rest():
 def test_split_into_one_group_is_the_unsplit_baseline():
     none = run(small_config("mappers=2", "combine=split", "split.method=none", "train.rounds=3"), **QUIET)
     assert none.summary["split_groups"] == [[list(range(16))]]  # one group: the whole network
-    one = run(small_config("mappers=2", "combine=split", "split.method=random", "split.groups=1",
-                           "train.rounds=3"), **QUIET)
+    one = run(
+        small_config("mappers=2", "combine=split", "split.method=random", "split.groups=1", "train.rounds=3"), **QUIET
+    )
     np.testing.assert_array_equal(one.params, none.params)
     two = run(small_config("mappers=2", "combine=split", "split.method=random", "train.rounds=3"), **QUIET)
     np.testing.assert_array_equal(two.rounds[1]["test_accuracy"], none.rounds[1]["test_accuracy"])  # warm-up
@@ -128,11 +149,14 @@ def test_the_independence_split_groups_coupled_units_together():
     assert cross_coupling(split, [coupling]) < 0.1
 
 
-@pytest.mark.parametrize("text,expected", [
-    (("combine=split", "train.rounds=1"), "train.rounds must be >= 2, got 1"),
-    (("combine=split", "mappers=3", "split.groups=2"), "mappers (3) must be a multiple of split.groups (2)"),
-    (("combine=split", "model.hidden=[3]", "mappers=4"), "cuts every hidden layer into 4 groups"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (("combine=split", "train.rounds=1"), "train.rounds must be >= 2, got 1"),
+        (("combine=split", "mappers=3", "split.groups=2"), "mappers (3) must be a multiple of split.groups (2)"),
+        (("combine=split", "model.hidden=[3]", "mappers=4"), "cuts every hidden layer into 4 groups"),
+    ],
+)
 def test_split_settings_that_cannot_work_are_refused_in_one_line(text, expected):
     with pytest.raises(ConfigError, match=re.escape(expected)):
         small_config(*text)
@@ -145,9 +169,28 @@ def test_split_on_spark_reports_its_accuracy_beside_the_unsplit_baseline(spark, 
     from nnlib.cli import main
 
     out = tmp_path / "run"
-    assert main(["run", "--out", str(out), "--set", "engine=spark", "--set", "spark.master=local[4]",
-                 "--set", "combine=split", "--set", "mappers=2", "--set", "model.hidden=[32]",
-                 "--set", "train.rounds=3"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--out",
+                str(out),
+                "--set",
+                "engine=spark",
+                "--set",
+                "spark.master=local[4]",
+                "--set",
+                "combine=split",
+                "--set",
+                "mappers=2",
+                "--set",
+                "model.hidden=[32]",
+                "--set",
+                "train.rounds=3",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     baseline = json.loads((out / "baseline" / "summary.json").read_text())
@@ -155,8 +198,10 @@ def test_split_on_spark_reports_its_accuracy_beside_the_unsplit_baseline(spark, 
     #   --set combine=split --set mappers=2 --set model.hidden=[32] --set train.rounds=3 (its baseline/summary.json)
     assert summary["baseline_test_accuracy"] == baseline["final_test_accuracy"] > 0.5
     assert summary["split_method"] == "independence" and baseline["split_groups"] == [[list(range(32))]]
-    assert (f"final test accuracy {summary['final_test_accuracy']:.4f} (unsplit baseline "
-            f"{baseline['final_test_accuracy']:.4f})") in printed
+    assert (
+        f"final test accuracy {summary['final_test_accuracy']:.4f} (unsplit baseline "
+        f"{baseline['final_test_accuracy']:.4f})"
+    ) in printed
 
 
 def test_a_payload_sliced_for_a_mapper_trains_the_same_sub_network():

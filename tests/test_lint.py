@@ -17,8 +17,9 @@ LINTED = ["nnlib", "jobs", "bench", "examples"]  # tests/ is not linted yet
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=900, check=False
+    )
 
 
 def test_ruff_finds_nothing():
@@ -39,8 +40,17 @@ def test_ruff_reports_a_finding(tmp_path):
     without strict= in a file of the checked kind are each reported (so a passing check above means clean)."""
     bad = tmp_path / "bad.py"
     bad.write_text("import sys\nimport os\n\n\ndef f(a, b):\n    return list(zip(a, b))\n")
-    proc = _run("ruff", "check", "--config", str(ROOT / ".ci" / "ruff.toml"), "--no-fix", "--no-cache",
-                "--output-format", "concise", str(bad))
+    proc = _run(
+        "ruff",
+        "check",
+        "--config",
+        str(ROOT / ".ci" / "ruff.toml"),
+        "--no-fix",
+        "--no-cache",
+        "--output-format",
+        "concise",
+        str(bad),
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     for code in ("F401", "I001", "B905"):
         assert code in proc.stdout, proc.stdout

@@ -19,8 +19,13 @@ from nnlib.core.optim import SGD, Adam
 from nnlib.core.params import LayerSpec, init_params
 from nnlib.core.train import LocalSchedule, batch_weight_sums, local_sgd
 
-CASES = [("classification", "cross_entropy"), ("classification", "squared"),
-         ("regression", "squared"), ("regression", "absolute"), ("regression", "huber")]
+CASES = [
+    ("classification", "cross_entropy"),
+    ("classification", "squared"),
+    ("regression", "squared"),
+    ("regression", "absolute"),
+    ("regression", "huber"),
+]
 DELTA = 0.7
 
 
@@ -45,9 +50,11 @@ def _oracle(task, name, z, y, w=None, weight_sum=None):
             per_row = 0.5 * F.mse_loss(zt, F.one_hot(yt, z.shape[1]).double(), reduction="none").sum(1)
     else:
         yt = torch.tensor(y, dtype=torch.float64).reshape(z.shape)
-        per_entry = {"squared": lambda: 0.5 * F.mse_loss(zt, yt, reduction="none"),
-                     "absolute": lambda: F.l1_loss(zt, yt, reduction="none"),
-                     "huber": lambda: F.huber_loss(zt, yt, reduction="none", delta=DELTA)}[name]()
+        per_entry = {
+            "squared": lambda: 0.5 * F.mse_loss(zt, yt, reduction="none"),
+            "absolute": lambda: F.l1_loss(zt, yt, reduction="none"),
+            "huber": lambda: F.huber_loss(zt, yt, reduction="none", delta=DELTA),
+        }[name]()
         per_row = per_entry.sum(1)
     wt = torch.ones(len(z), dtype=torch.float64) if w is None else torch.tensor(w, dtype=torch.float64)
     loss = (per_row * wt).sum() / (wt.sum() if weight_sum is None else weight_sum)
@@ -113,8 +120,12 @@ def test_the_weighted_regression_gradient_matches_central_differences(name, t):
     flat = init_params(layers, 1).astype(np.float64) + 0.01
     _, grad = mlp.loss_and_grad(flat, x, y, sample_weight=w)
     eps = 1e-6
-    numeric = np.array([(mlp.objective(flat + e, x, y, w) - mlp.objective(flat - e, x, y, w)) / (2 * eps)
-                        for e in np.eye(flat.size) * eps])
+    numeric = np.array(
+        [
+            (mlp.objective(flat + e, x, y, w) - mlp.objective(flat - e, x, y, w)) / (2 * eps)
+            for e in np.eye(flat.size) * eps
+        ]
+    )
     assert np.abs(grad - numeric).max() < 1e-6 * max(1.0, np.abs(numeric).max())
 
 
@@ -131,8 +142,7 @@ def test_numpy_and_torch_backends_give_the_same_weighted_regression_loss_and_gra
     y = rng.normal(size=(12, t)) if t > 1 else rng.normal(size=12)
     w = rng.uniform(0, 2, 12)
     flat = init_params(layers, 2).astype(np.float64)
-    outs = [get_backend(b, spec).loss_and_grad(flat, x, y, sample_weight=w, weight_sum=9.0)
-            for b in ("numpy", "torch")]
+    outs = [get_backend(b, spec).loss_and_grad(flat, x, y, sample_weight=w, weight_sum=9.0) for b in ("numpy", "torch")]
     assert outs[0][0] == pytest.approx(outs[1][0], rel=1e-12)
     np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-10, atol=1e-13)
     scores = [get_backend(b, spec).evaluate(flat, x, y, w) for b in ("numpy", "torch")]
@@ -155,22 +165,34 @@ def test_a_users_module_with_t_outputs_trains_as_a_regressor_with_weights(t):
     backend = get_backend("torch", spec)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 64)).astype(np.float32)
-    y = (x[:, :t] - x[:, t:2 * t]).astype(np.float32)
+    y = (x[:, :t] - x[:, t : 2 * t]).astype(np.float32)
     y = y[:, 0].copy() if t == 1 else y
     w = rng.uniform(0.5, 2, 40).astype(np.float32)
     flat = layers.initial_params(0)
     loss, grad = backend.loss_and_grad(flat, x, y, sample_weight=w)
     net = layers.build()
     torch.nn.utils.vector_to_parameters(torch.from_numpy(flat.copy()), net.parameters())
-    per_row = torch.nn.functional.huber_loss(net(torch.from_numpy(x)), torch.from_numpy(y).reshape(40, t),
-                                             reduction="none", delta=DELTA).sum(1)
+    per_row = torch.nn.functional.huber_loss(
+        net(torch.from_numpy(x)), torch.from_numpy(y).reshape(40, t), reduction="none", delta=DELTA
+    ).sum(1)
     want = (per_row * torch.from_numpy(w)).sum() / torch.from_numpy(w).sum()
     want.backward()
     assert loss == pytest.approx(float(want.detach()), rel=1e-5)
-    np.testing.assert_allclose(grad, np.concatenate([p.grad.numpy().ravel() for p in net.parameters()]),
-                               rtol=1e-4, atol=1e-6)
-    update = local_sgd(backend, flat, None, SGD(), x, y, LocalSchedule(batch_size=8, local_epochs=5), 0.05,
-                       np.random.default_rng(0), sample_weight=w)
+    np.testing.assert_allclose(
+        grad, np.concatenate([p.grad.numpy().ravel() for p in net.parameters()]), rtol=1e-4, atol=1e-6
+    )
+    update = local_sgd(
+        backend,
+        flat,
+        None,
+        SGD(),
+        x,
+        y,
+        LocalSchedule(batch_size=8, local_epochs=5),
+        0.05,
+        np.random.default_rng(0),
+        sample_weight=w,
+    )
     assert backend.evaluate(update.params, x, y, w)[0] < backend.evaluate(flat, x, y, w)[0]
     assert update.total_weight == pytest.approx(float(w.astype(np.float64).sum()))
 
@@ -198,16 +220,44 @@ def test_a_row_of_weight_2_equals_the_row_taken_twice(task, name, backend):
     x2, y2 = np.concatenate([x, x[6:7]]), np.concatenate([y, y[6:7]])
     flat = init_params(spec.layers, 0).astype(np.float64)
     optimizer = SGD(momentum=0.5)
-    weighted = local_sgd(get_backend(backend, spec), flat, optimizer.init_state(flat), optimizer, x, y,
-                         LocalSchedule(batch_size=len(y)), 0.3, np.random.default_rng(0), sample_weight=w)
-    twice = local_sgd(get_backend(backend, spec), flat, optimizer.init_state(flat), optimizer, x2, y2,
-                      LocalSchedule(batch_size=len(y2)), 0.3, np.random.default_rng(0))
+    weighted = local_sgd(
+        get_backend(backend, spec),
+        flat,
+        optimizer.init_state(flat),
+        optimizer,
+        x,
+        y,
+        LocalSchedule(batch_size=len(y)),
+        0.3,
+        np.random.default_rng(0),
+        sample_weight=w,
+    )
+    twice = local_sgd(
+        get_backend(backend, spec),
+        flat,
+        optimizer.init_state(flat),
+        optimizer,
+        x2,
+        y2,
+        LocalSchedule(batch_size=len(y2)),
+        0.3,
+        np.random.default_rng(0),
+    )
     assert not np.allclose(weighted.params, flat)  # it trained
     np.testing.assert_allclose(weighted.params, twice.params, rtol=1e-12, atol=1e-14)
     assert weighted.train_loss == pytest.approx(twice.train_loss, rel=1e-12)
     assert weighted.total_weight == twice.total_weight == len(y2)
-    unweighted = local_sgd(get_backend(backend, spec), flat, optimizer.init_state(flat), optimizer, x, y,
-                           LocalSchedule(batch_size=len(y)), 0.3, np.random.default_rng(0))
+    unweighted = local_sgd(
+        get_backend(backend, spec),
+        flat,
+        optimizer.init_state(flat),
+        optimizer,
+        x,
+        y,
+        LocalSchedule(batch_size=len(y)),
+        0.3,
+        np.random.default_rng(0),
+    )
     assert np.abs(unweighted.params - twice.params).max() > 1e-6  # the weight matters
 
 
@@ -221,9 +271,21 @@ def test_weights_all_1_train_as_no_weights_bit_for_bit(task, name, backend):
     x, y = _data(task, n=37, dtype=np.float32)
     flat = init_params(spec.layers, 0)
     optimizer = Adam()
-    runs = [local_sgd(get_backend(backend, spec), flat, optimizer.init_state(flat), optimizer, x, y,
-                      LocalSchedule(batch_size=8, local_epochs=2), 0.01, np.random.default_rng(3), sample_weight=w)
-            for w in (None, np.ones(len(y), np.float32))]
+    runs = [
+        local_sgd(
+            get_backend(backend, spec),
+            flat,
+            optimizer.init_state(flat),
+            optimizer,
+            x,
+            y,
+            LocalSchedule(batch_size=8, local_epochs=2),
+            0.01,
+            np.random.default_rng(3),
+            sample_weight=w,
+        )
+        for w in (None, np.ones(len(y), np.float32))
+    ]
     assert runs[0].params.dtype == np.float32
     np.testing.assert_array_equal(runs[0].params, runs[1].params)
     np.testing.assert_array_equal(runs[0].opt_state, runs[1].opt_state)
@@ -240,13 +302,36 @@ def test_multiplying_every_weight_changes_nothing_and_the_train_loss_is_the_weig
     x, y = _data(task, n=30)
     w = np.random.default_rng(2).uniform(0, 3, len(y))
     flat = init_params(spec.layers, 0).astype(np.float64)
-    runs = [local_sgd(NumpyMLP(spec), flat, None, SGD(), x, y, LocalSchedule(batch_size=7), 0.1,
-                      np.random.default_rng(1), sample_weight=c * w) for c in (1.0, 8.0)]
+    runs = [
+        local_sgd(
+            NumpyMLP(spec),
+            flat,
+            None,
+            SGD(),
+            x,
+            y,
+            LocalSchedule(batch_size=7),
+            0.1,
+            np.random.default_rng(1),
+            sample_weight=c * w,
+        )
+        for c in (1.0, 8.0)
+    ]
     np.testing.assert_allclose(runs[0].params, runs[1].params, rtol=1e-12, atol=1e-14)
     assert runs[0].train_loss == pytest.approx(runs[1].train_loss, rel=1e-12)
     # with lr 0 the round's loss is the weighted mean loss of the starting weights over the epoch's rows
-    still = local_sgd(NumpyMLP(spec), flat, None, SGD(), x, y, LocalSchedule(batch_size=7), 0.0,
-                      np.random.default_rng(1), sample_weight=w)
+    still = local_sgd(
+        NumpyMLP(spec),
+        flat,
+        None,
+        SGD(),
+        x,
+        y,
+        LocalSchedule(batch_size=7),
+        0.0,
+        np.random.default_rng(1),
+        sample_weight=w,
+    )
     assert still.train_loss == pytest.approx(NumpyMLP(spec).evaluate(flat, x, y, w)[0], rel=1e-12)
 
 
@@ -276,17 +361,17 @@ def test_huber_is_squared_inside_the_band_and_delta_times_absolute_less_a_consta
     w = rng.uniform(0.5, 2, 6)
     delta = 0.8
     huber = losses.loss_function("regression", "huber", delta)
-    inside = y + rng.uniform(-0.79, 0.79, size=y.shape)           # every |error| < delta
+    inside = y + rng.uniform(-0.79, 0.79, size=y.shape)  # every |error| < delta
     loss, grad = huber(inside, y, w)
     want_loss, want_grad = losses.squared_error(inside, y, w)
     assert loss == pytest.approx(want_loss, rel=1e-14)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-14)
     signs = rng.choice([-1.0, 1.0], size=y.shape)
-    outside = y + signs * rng.uniform(0.81, 4, size=y.shape)       # every |error| > delta
+    outside = y + signs * rng.uniform(0.81, 4, size=y.shape)  # every |error| > delta
     loss, grad = huber(outside, y, w)
     abs_loss, abs_grad = losses.absolute_error(outside, y, w)
     # per row: sum over the 2 targets of delta * (|r| - delta / 2); the weighted mean of a constant is itself
-    assert loss == pytest.approx(delta * abs_loss - 2 * delta ** 2 / 2, rel=1e-14)
+    assert loss == pytest.approx(delta * abs_loss - 2 * delta**2 / 2, rel=1e-14)
     np.testing.assert_allclose(grad, delta * abs_grad, rtol=1e-14)
     np.testing.assert_allclose(grad, delta * signs * w[:, None] / w.sum(), rtol=1e-14)
 
@@ -305,8 +390,9 @@ def test_squared_regression_keeps_the_classification_convention_half_the_squared
 def test_unknown_tasks_losses_and_deltas_are_refused_by_name():
     with pytest.raises(ValueError, match="task must be one of classification, regression, got 'ranking'"):
         losses.loss_function("ranking", "squared")
-    with pytest.raises(ValueError, match="loss for task regression must be one of squared, absolute, huber, "
-                                         "got 'cross_entropy'"):
+    with pytest.raises(
+        ValueError, match="loss for task regression must be one of squared, absolute, huber, got 'cross_entropy'"
+    ):
         losses.loss_function("regression", "cross_entropy")
     with pytest.raises(ValueError, match="huber_delta must be > 0, got 0"):
         losses.loss_function("regression", "huber", 0)
@@ -320,10 +406,12 @@ def test_a_module_of_the_wrong_width_for_the_targets_is_one_line_naming_them():
     from nnlib.errors import ConfigError
 
     with pytest.raises(ConfigError) as caught:
-        module_spec("user_models.tiny:make", {"hidden": 4, "batch_norm": False, "n_classes": 3}, (64,), 2,
-                    task="regression")
-    assert str(caught.value) == ("model.module: user_models.tiny:make must map a (2, 64) batch to (2, 2) outputs "
-                                 "(one per target), got (2, 3)")
+        module_spec(
+            "user_models.tiny:make", {"hidden": 4, "batch_norm": False, "n_classes": 3}, (64,), 2, task="regression"
+        )
+    assert str(caught.value) == (
+        "model.module: user_models.tiny:make must map a (2, 64) batch to (2, 2) outputs (one per target), got (2, 3)"
+    )
 
 
 @needs_torch
@@ -340,9 +428,21 @@ def test_the_torch_round_with_weights_equals_the_numpy_round(task, name, model):
     w = rng.uniform(0, 3, 45).astype(np.float32)
     flat = init_params(layers, 3)
     optimizer = SGD(momentum=0.9)
-    outs = [local_sgd(get_backend(b, spec), flat, optimizer.init_state(flat), optimizer, x, y,
-                      LocalSchedule(batch_size=10, local_epochs=2), 0.05, np.random.default_rng(0), sample_weight=w)
-            for b in ("numpy", "torch")]
+    outs = [
+        local_sgd(
+            get_backend(b, spec),
+            flat,
+            optimizer.init_state(flat),
+            optimizer,
+            x,
+            y,
+            LocalSchedule(batch_size=10, local_epochs=2),
+            0.05,
+            np.random.default_rng(0),
+            sample_weight=w,
+        )
+        for b in ("numpy", "torch")
+    ]
     np.testing.assert_allclose(outs[0].params, outs[1].params, atol=1e-5)
     np.testing.assert_allclose(outs[0].opt_state, outs[1].opt_state, atol=1e-5)
     assert outs[0].train_loss == pytest.approx(outs[1].train_loss, rel=1e-5)
@@ -363,8 +463,18 @@ def test_a_linear_layer_trained_on_the_weighted_squared_loss_reaches_the_weighte
     fit = np.linalg.lstsq(design * root, y * root, rcond=None)[0]
     spec = ModelSpec(LayerSpec((3, 2)), loss="squared", task="regression")
     flat = np.zeros(spec.layers.n_params)
-    update = local_sgd(get_backend(backend, spec), flat, None, SGD(), x, y, LocalSchedule(batch_size=60,
-                       local_epochs=100), 0.75, np.random.default_rng(0), sample_weight=w)
+    update = local_sgd(
+        get_backend(backend, spec),
+        flat,
+        None,
+        SGD(),
+        x,
+        y,
+        LocalSchedule(batch_size=60, local_epochs=100),
+        0.75,
+        np.random.default_rng(0),
+        sample_weight=w,
+    )
     np.testing.assert_allclose(update.params, np.concatenate([fit[:3].ravel(), fit[3]]), atol=1e-9)
     plain = np.linalg.lstsq(design, y, rcond=None)[0]
     assert np.abs(plain - fit).max() > 0.05
@@ -398,8 +508,10 @@ def test_mappers_normalised_by_the_global_mean_weight_average_by_batch_size_to_t
     parts = [np.arange(0, 7), np.arange(7, 20)]
     mlp = NumpyMLP(spec)
     flat = init_params(spec.layers, 0).astype(np.float64)
-    grads = [mlp.loss_and_grad(flat, x[p], y[p], sample_weight=w[p],
-                               weight_sum=batch_weight_sums(w, [p], mean_weight)[0])[1] for p in parts]
+    grads = [
+        mlp.loss_and_grad(flat, x[p], y[p], sample_weight=w[p], weight_sum=batch_weight_sums(w, [p], mean_weight)[0])[1]
+        for p in parts
+    ]
     mean = (7 * grads[0] + 13 * grads[1]) / 20
     whole = mlp.loss_and_grad(flat, x, y, sample_weight=w, weight_sum=20 * mean_weight)[1]
     np.testing.assert_allclose(mean, whole, rtol=1e-12, atol=1e-14)

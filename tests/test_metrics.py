@@ -33,10 +33,14 @@ def test_regression_metrics_equal_scikit_learns(t, weighted):
     assert got.r2 == pytest.approx(sk.r2_score(y, p, sample_weight=w, multioutput="uniform_average"), rel=1e-12)
     assert got.mae == pytest.approx(sk.mean_absolute_error(y, p, sample_weight=w), rel=1e-12)
     assert got.rmse == pytest.approx(sk.root_mean_squared_error(y, p, sample_weight=w), rel=1e-12)
-    np.testing.assert_allclose(got.r2_per_target, sk.r2_score(y, p, sample_weight=w, multioutput="raw_values"),
-                               rtol=1e-12)
-    np.testing.assert_allclose(got.rmse_per_target, np.atleast_1d(sk.root_mean_squared_error(
-        y, p, sample_weight=w, multioutput="raw_values")), rtol=1e-12)
+    np.testing.assert_allclose(
+        got.r2_per_target, sk.r2_score(y, p, sample_weight=w, multioutput="raw_values"), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        got.rmse_per_target,
+        np.atleast_1d(sk.root_mean_squared_error(y, p, sample_weight=w, multioutput="raw_values")),
+        rtol=1e-12,
+    )
     assert len(got.mae_per_target) == t and 0 < got.r2 < 1
 
 
@@ -78,8 +82,10 @@ def test_sums_added_block_by_block_equal_the_one_shot_sums(t):
     shift = np.full(t, 1e6)
     one = metrics.regression_sums(p, y, w, loss_sum=4.5, shift=shift)
     cuts = [0, 10, 11, 64, 103]
-    blocks = [metrics.regression_sums(p[a:b], y[a:b], w[a:b], loss_sum=4.5 * (b - a) / 103, shift=shift)
-              for a, b in zip(cuts, cuts[1:])]
+    blocks = [
+        metrics.regression_sums(p[a:b], y[a:b], w[a:b], loss_sum=4.5 * (b - a) / 103, shift=shift)
+        for a, b in zip(cuts, cuts[1:])
+    ]
     added = metrics.total(blocks)
     assert added.rows == one.rows == 103 and added.weight == pytest.approx(one.weight, rel=1e-14)
     for field in ("target", "target2", "error2", "abs_error"):
@@ -101,8 +107,12 @@ def test_weighted_accuracy_and_loss_closed_form_and_block_sums():
     one = metrics.classification_sums(pred, y, w, loss_sum=2.5)
     got = metrics.finish_classification(one)
     assert got.accuracy == pytest.approx(2.5 / 5) and got.loss == pytest.approx(2.5 / 5)
-    blocks = metrics.total([metrics.classification_sums(pred[:2], y[:2], w[:2], 1.0),
-                            metrics.classification_sums(pred[2:], y[2:], w[2:], 1.5)])
+    blocks = metrics.total(
+        [
+            metrics.classification_sums(pred[:2], y[:2], w[:2], 1.0),
+            metrics.classification_sums(pred[2:], y[2:], w[2:], 1.5),
+        ]
+    )
     assert blocks == one
     assert metrics.ClassificationSums.from_vector(one.to_vector()) == one
     assert metrics.finish_classification(metrics.classification_sums(pred, y)).accuracy == pytest.approx(3 / 5)

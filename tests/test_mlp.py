@@ -66,15 +66,29 @@ def test_torch_backend_agrees_after_one_epoch(activation, loss, scale):
     flat = init_params(layers, 5)
     optimizer = SGD(momentum=0.9)
     schedule = LocalSchedule(batch_size=16, local_epochs=1)
-    outs = [local_sgd(get_backend(name, spec), flat, optimizer.init_state(flat), optimizer, x, y, schedule, 0.1,
-                      np.random.default_rng(0)) for name in ("numpy", "torch")]
+    outs = [
+        local_sgd(
+            get_backend(name, spec),
+            flat,
+            optimizer.init_state(flat),
+            optimizer,
+            x,
+            y,
+            schedule,
+            0.1,
+            np.random.default_rng(0),
+        )
+        for name in ("numpy", "torch")
+    ]
     np.testing.assert_allclose(outs[0].params, outs[1].params, atol=1e-5)
     np.testing.assert_allclose(outs[0].opt_state, outs[1].opt_state, atol=1e-5)
     assert outs[0].train_loss == pytest.approx(outs[1].train_loss, rel=1e-5)
     assert get_backend("numpy", spec).evaluate(outs[0].params, x, y) == pytest.approx(
-        get_backend("torch", spec).evaluate(outs[0].params, x, y), rel=1e-5)
-    np.testing.assert_array_equal(get_backend("numpy", spec).predict(outs[0].params, x),
-                                  get_backend("torch", spec).predict(outs[0].params, x))
+        get_backend("torch", spec).evaluate(outs[0].params, x, y), rel=1e-5
+    )
+    np.testing.assert_array_equal(
+        get_backend("numpy", spec).predict(outs[0].params, x), get_backend("torch", spec).predict(outs[0].params, x)
+    )
 
 
 def test_sgd_step_is_lr_times_gradient():
@@ -98,9 +112,9 @@ def test_momentum_closed_form_on_two_parameters():
     optimizer = SGD(momentum=mu)
     w, v = w0.copy(), optimizer.init_state(w0)
     run_steps(w, v, optimizer, [lr] * steps, lambda _w, _step: g)
-    expected = w0 - lr * g / (1 - mu) * (steps - mu * (1 - mu ** steps) / (1 - mu))
+    expected = w0 - lr * g / (1 - mu) * (steps - mu * (1 - mu**steps) / (1 - mu))
     np.testing.assert_allclose(w, expected, rtol=1e-12)
-    np.testing.assert_allclose(v, g * (1 - mu ** steps) / (1 - mu), rtol=1e-12)
+    np.testing.assert_allclose(v, g * (1 - mu**steps) / (1 - mu), rtol=1e-12)
 
 
 def test_batch_schedule_epochs_and_steps():
@@ -134,11 +148,12 @@ def test_the_slides_ann_loss_and_gradient_match_the_formula():
     a1 = 1 / (1 + np.exp(-(x @ w1 + b1)))
     z = a1 @ w2 + b2
     data_loss = ((z - t) ** 2).sum() / (2 * m)
-    J = data_loss + 5.0 / (2 * n) * ((w1 ** 2).sum() + (w2 ** 2).sum())
+    J = data_loss + 5.0 / (2 * n) * ((w1**2).sum() + (w2**2).sum())
     d2 = (z - t) / m
     d1 = (d2 @ w2.T) * a1 * (1 - a1)
-    by_hand = np.concatenate([(x.T @ d1 + 5.0 / n * w1).ravel(), d1.sum(0), (a1.T @ d2 + 5.0 / n * w2).ravel(),
-                              d2.sum(0)])
+    by_hand = np.concatenate(
+        [(x.T @ d1 + 5.0 / n * w1).ravel(), d1.sum(0), (a1.T @ d2 + 5.0 / n * w2).ravel(), d2.sum(0)]
+    )
     for name, rtol in (("numpy", 1e-10), ("torch", 1e-6)):  # torch hands its gradient back as float32
         if name == "torch":
             pytest.importorskip("torch")

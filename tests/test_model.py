@@ -64,8 +64,9 @@ def csv_run(tmp_path_factory):
     ids = np.array([f"r{i:04d}" for i in range(len(y))])
     pacsv.write_csv(_table(x[:1400], y[:1400], ids[:1400]), tmp / "train.csv")
     pacsv.write_csv(_table(x[1400:], y[1400:], ids[1400:]), tmp / "test.csv")
-    summary, out = _train(tmp, "run", f"data.source={tmp / 'train.csv'}", f"data.test_source={tmp / 'test.csv'}",
-                          "data.key_column=id")
+    summary, out = _train(
+        tmp, "run", f"data.source={tmp / 'train.csv'}", f"data.test_source={tmp / 'test.csv'}", "data.key_column=id"
+    )
     return summary, out, tmp
 
 
@@ -126,7 +127,8 @@ def test_a_parquet_run_scores_its_test_rows_again_to_the_bit(parquet_run, tmp_pa
     prediction = written.column("prediction").to_numpy()
     assert (prediction[test] == y[test]).mean() == summary["final_test_accuracy"]
     assert json.loads(written.column("probability")[0].as_py())[0] == pytest.approx(
-        float(model.predict_proba(x[:1])[0, 0]), rel=1e-6)
+        float(model.predict_proba(x[:1])[0, 0]), rel=1e-6
+    )
 
 
 def test_a_parquet_key_column_is_no_feature_and_comes_back_with_the_predictions(tmp_path):
@@ -281,8 +283,9 @@ def test_a_cnn_exports_to_onnx_and_torch(tmp_path):
 
     from nnlib.model.export import export, load_torch
 
-    _, out = _train(tmp_path, "cnn", "model.type=cnn", "model.channels=[4,8]", "model.activation=tanh",
-                    "train.rounds=1")
+    _, out = _train(
+        tmp_path, "cnn", "model.type=cnn", "model.channels=[4,8]", "model.activation=tanh", "train.rounds=1"
+    )
     model = Model.load(out)
     x = load_digits()[0].astype(np.float32)
     session = ort.InferenceSession(str(export(model, "onnx", tmp_path / "c.onnx")), providers=["CPUExecutionProvider"])
@@ -344,8 +347,10 @@ def test_cli_predict_refuses_bad_input_in_one_line_and_writes_nothing(csv_run, t
 @pytest.mark.slow
 def test_onnx_without_its_packages_is_one_line_and_writes_nothing(csv_run, tmp_path):
     _, out, _ = csv_run
-    code = ("import sys; sys.modules['onnx'] = None; from nnlib.cli import main; "
-            f"sys.exit(main(['export', {str(out)!r}, '--format', 'onnx', '--out', {str(tmp_path / 'm.onnx')!r}]))")
+    code = (
+        "import sys; sys.modules['onnx'] = None; from nnlib.cli import main; "
+        f"sys.exit(main(['export', {str(out)!r}, '--format', 'onnx', '--out', {str(tmp_path / 'm.onnx')!r}]))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "pip install 'nnlib[onnx]'" in done.stderr and not (tmp_path / "m.onnx").exists()
@@ -354,8 +359,10 @@ def test_onnx_without_its_packages_is_one_line_and_writes_nothing(csv_run, tmp_p
 @pytest.mark.slow
 def test_import_nnlib_is_cheap_and_load_model_comes_on_first_use(csv_run):
     _, out, _ = csv_run
-    code = ("import sys, nnlib; assert 'numpy' not in sys.modules, 'numpy at import'; "
-            f"m = nnlib.load_model({str(out)!r}); assert 'pyspark' not in sys.modules; print(m.n_classes)")
+    code = (
+        "import sys, nnlib; assert 'numpy' not in sys.modules, 'numpy at import'; "
+        f"m = nnlib.load_model({str(out)!r}); assert 'pyspark' not in sys.modules; print(m.n_classes)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "10", done.stderr
 
@@ -363,9 +370,17 @@ def test_import_nnlib_is_cheap_and_load_model_comes_on_first_use(csv_run):
 @pytest.mark.slow
 def test_the_console_script_predicts_and_exports(csv_run, tmp_path):
     _, out, _ = csv_run
-    done = subprocess.run([sys.executable, "-m", "nnlib", "predict", str(out), "digits", "--out", str(tmp_path / "p.parquet")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "nnlib", "predict", str(out), "digits", "--out", str(tmp_path / "p.parquet")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and "1797 rows; accuracy" in done.stdout, done.stderr
-    done = subprocess.run([sys.executable, "-m", "nnlib", "export", str(out), "--format", "torch", "--out", str(tmp_path / "m.pt")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "nnlib", "export", str(out), "--format", "torch", "--out", str(tmp_path / "m.pt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and (tmp_path / "m.pt").exists(), done.stderr

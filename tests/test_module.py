@@ -32,23 +32,34 @@ def module_config(*overrides: str):
 
 
 def cli(*args, cwd=ROOT, env=None):
-    return subprocess.run([sys.executable, "-m", "nnlib", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "nnlib", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_the_flat_vector_is_parameters_then_floating_buffers():
     config = module_config()
     setup = prepare(config)
     layers = setup.first.model.layers
-    assert layers.names() == ["1.weight", "1.bias", "2.weight", "2.bias", "4.weight", "4.bias",
-                              "2.running_mean", "2.running_var"]  # no 2.num_batches_tracked (an integer)
+    assert layers.names() == [
+        "1.weight",
+        "1.bias",
+        "2.weight",
+        "2.bias",
+        "4.weight",
+        "4.bias",
+        "2.running_mean",
+        "2.running_var",
+    ]  # no 2.num_batches_tracked (an integer)
     assert layers.n_params == 64 * 16 + 16 + 16 + 16 + 16 * 10 + 10 + 16 + 16
     torch.manual_seed(config.seed)
     from user_models.tiny import make
 
     module = make()
     expected = [t.detach().numpy().ravel() for t in module.parameters()] + [
-        module[2].running_mean.numpy(), module[2].running_var.numpy()]
+        module[2].running_mean.numpy(),
+        module[2].running_var.numpy(),
+    ]
     np.testing.assert_array_equal(setup.first.params, np.concatenate(expected))
     mask = layers.weight_mask()
     assert mask.sum() == 64 * 16 + 16 * 10  # L2 on the two weight matrices only, not BatchNorm's or the buffers
@@ -74,8 +85,10 @@ def test_one_mapper_equals_a_torch_optim_sgd_loop(momentum):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(module(x[i]), y[i]).backward()
             opt.step()
-    oracle = np.concatenate([t.detach().numpy().ravel() for t in module.parameters()]
-                            + [module[2].running_mean.numpy(), module[2].running_var.numpy()])
+    oracle = np.concatenate(
+        [t.detach().numpy().ravel() for t in module.parameters()]
+        + [module[2].running_mean.numpy(), module[2].running_var.numpy()]
+    )
     # float tolerance: torch.optim's momentum step rounds lr * v inside one fused add, nnlib's apart, and 180
     # steps carry the last-bit differences along
     np.testing.assert_allclose(result.params, oracle, rtol=0, atol=2e-6 if momentum == 0 else 3e-4)
@@ -93,14 +106,14 @@ def test_batch_norm_running_statistics_are_averaged_over_the_mappers():
     assert not np.array_equal(b0, b1) and not np.array_equal(b0, setup.first.params[n:])
     # closed form: the combined running mean and variance are the two mappers' halves added
     np.testing.assert_allclose(result.params[n:], (b0.astype(np.float64) + b1) / 2, rtol=0, atol=1e-7)
-    np.testing.assert_allclose(result.params[:n], (mine[0][:n].astype(np.float64) + mine[1][:n]) / 2,
-                               rtol=0, atol=1e-7)
+    np.testing.assert_allclose(result.params[:n], (mine[0][:n].astype(np.float64) + mine[1][:n]) / 2, rtol=0, atol=1e-7)
 
 
 def test_a_synchronous_round_equals_torch_optim_on_shared_weights_with_each_mappers_own_statistics():
     # 2 mappers, momentum and weight decay: the decay moves the weights, never BatchNorm's statistics
-    config = module_config("mappers=2", "combine=gradient", "train.rounds=1", "train.momentum=0.9",
-                           "train.weight_decay=0.01")
+    config = module_config(
+        "mappers=2", "combine=gradient", "train.rounds=1", "train.momentum=0.9", "train.weight_decay=0.01"
+    )
     payload = prepare(config).first
     shards = ShardSource(config.data, config.seed, config.mappers).build([0, 1])
     combined, _ = sync_shards(shards, payload, InProcessCollective())
@@ -116,8 +129,16 @@ def test_a_synchronous_round_equals_torch_optim_on_shared_weights_with_each_mapp
     shared = list(nets[0].parameters())
     opt = torch.optim.SGD(shared, lr=config.train.lr, momentum=0.9, weight_decay=0.01)
     plan = payload.plan
-    batches = [sync_batches(s.n_samples, plan.local.batch_size, len(plan.sync_lrs), plan.steps_per_epoch,
-                            shard_rng(config.seed, 0, s.index)) for s in shards]
+    batches = [
+        sync_batches(
+            s.n_samples,
+            plan.local.batch_size,
+            len(plan.sync_lrs),
+            plan.steps_per_epoch,
+            shard_rng(config.seed, 0, s.index),
+        )
+        for s in shards
+    ]
     for step, lr in enumerate(plan.sync_lrs):
         total = sum(len(b[step]) for b in batches)
         grads = []
@@ -126,19 +147,22 @@ def test_a_synchronous_round_equals_torch_optim_on_shared_weights_with_each_mapp
                 for mine, weight in zip(net.parameters(), shared):
                     mine.copy_(weight)
             if len(b[step]):
-                loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(shard.x[b[step]])),
-                                                         torch.from_numpy(shard.y[b[step]]))
+                loss = torch.nn.functional.cross_entropy(
+                    net(torch.from_numpy(shard.x[b[step]])), torch.from_numpy(shard.y[b[step]])
+                )
                 grads.append([g * (len(b[step]) / total) for g in torch.autograd.grad(loss, list(net.parameters()))])
         for weight, *parts in zip(shared, *grads):
             weight.grad = sum(parts)
         opt.param_groups[0]["lr"] = lr
         opt.step()
     n = sum(s.n_samples for s in shards)
-    statistics = [sum(getattr(net[2], name).double() * (s.n_samples / n) for net, s in zip(nets, shards)).numpy()
-                  for name in ("running_mean", "running_var")]
+    statistics = [
+        sum(getattr(net[2], name).double() * (s.n_samples / n) for net, s in zip(nets, shards)).numpy()
+        for name in ("running_mean", "running_var")
+    ]
     oracle = np.concatenate([t.detach().numpy().ravel() for t in shared] + statistics)
     assert not np.array_equal(nets[0][2].running_mean, nets[1][2].running_mean)
-    assert np.abs(combined.params - payload.params)[payload.model.layers.n_weights:].min() > 0  # every one moved
+    assert np.abs(combined.params - payload.params)[payload.model.layers.n_weights :].min() > 0  # every one moved
     np.testing.assert_allclose(combined.params, oracle, rtol=0, atol=1e-5)  # measured 3.6e-7
 
 
@@ -163,8 +187,11 @@ def test_the_sums_add_the_weights_and_average_the_statistics(rule):
     mine = np.array([train_shard(s, setup.first).params.astype(np.float64) for s in shards])
     result = run(config, **QUIET)
     n, start = setup.first.model.layers.n_weights, setup.first.params.astype(np.float64)
-    weights = {"sum": mine.sum(axis=0), "sum_updates": start + (mine - start).sum(axis=0),
-               "weighted": n_samples @ mine / n_samples.sum()}[rule]
+    weights = {
+        "sum": mine.sum(axis=0),
+        "sum_updates": start + (mine - start).sum(axis=0),
+        "weighted": n_samples @ mine / n_samples.sum(),
+    }[rule]
     statistics = n_samples @ mine / n_samples.sum() if rule == "weighted" else mine.mean(axis=0)
     np.testing.assert_allclose(result.params[:n], weights[:n], rtol=0, atol=1e-6)
     np.testing.assert_allclose(result.params[n:], statistics[n:], rtol=0, atol=1e-6)
@@ -193,14 +220,22 @@ def test_mrjob_inline_equals_the_local_engine():
 @pytest.mark.slow
 def test_spark_stage_mrjob_local_and_mpi_equal_the_local_engine(tmp_path):
     sets = [s for item in MODULE + ["mappers=2", "train.rounds=2"] for s in ("--set", item)]
-    env = dict(os.environ, PYTHONPATH=str(TESTS), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1", TMPDIR=str(tmp_path))
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(TESTS),
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+        TMPDIR=str(tmp_path),
+    )
     local = run(load_config(None, [s for s in sets if s != "--set"]), **QUIET).params
-    for engine in (["engine=spark", "spark.master=local[2]"], ["engine=mrjob", "mrjob.runner=local"],
-                   ["engine=mpi", "mpi.args=[--oversubscribe]"]):
+    for engine in (
+        ["engine=spark", "spark.master=local[2]"],
+        ["engine=mrjob", "mrjob.runner=local"],
+        ["engine=mpi", "mpi.args=[--oversubscribe]"],
+    ):
         out = tmp_path / engine[0]
-        proc = cli("run", *sets, *[s for e in engine for s in ("--set", e)], "--out", str(out), "--quiet",
-                   env=env)
+        proc = cli("run", *sets, *[s for e in engine for s in ("--set", e)], "--out", str(out), "--quiet", env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         np.testing.assert_array_equal(saved_params(out), local, err_msg=engine[0])
 
@@ -210,28 +245,51 @@ def test_a_synchronous_round_of_a_batchnorm_module_on_spark_and_mpi_equals_the_l
     # a synchronous round, then an averaging one: the statistics' mean is one more collective call (the Spark
     # tasks' mesh, the Spark driver's hub, MPI's Allreduce), and every engine holds the same bits
     sets = [s for item in MODULE + ["mappers=2", "train.rounds=2", "train.sync_rounds=1"] for s in ("--set", item)]
-    env = dict(os.environ, PYTHONPATH=str(TESTS), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1", TMPDIR=str(tmp_path))
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(TESTS),
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+        TMPDIR=str(tmp_path),
+    )
     local = run(load_config(None, [s for s in sets if s != "--set"]), **QUIET).params
-    for engine in (["engine=spark", "spark.master=local[2]"],
-                   ["engine=spark", "spark.master=local[2]", "spark.collective=driver"],
-                   ["engine=mpi", "mpi.args=[--oversubscribe]"]):
+    for engine in (
+        ["engine=spark", "spark.master=local[2]"],
+        ["engine=spark", "spark.master=local[2]", "spark.collective=driver"],
+        ["engine=mpi", "mpi.args=[--oversubscribe]"],
+    ):
         out = tmp_path / "-".join(engine).replace("/", "_")
-        proc = cli("run", *sets, *[s for e in engine for s in ("--set", e)], "--out", str(out), "--quiet",
-                   env=env)
+        proc = cli("run", *sets, *[s for e in engine for s in ("--set", e)], "--out", str(out), "--quiet", env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         np.testing.assert_array_equal(saved_params(out), local, err_msg=" ".join(engine))
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
     full = run(module_config("train.rounds=3"), **QUIET).params
-    proc = cli("run", *[s for item in MODULE + ["train.rounds=2", "mappers=3", "train.local_epochs=1",
-                                                "model.hidden=[16]", "seed=7"] for s in ("--set", item)],
-               "--out", str(tmp_path / "r"), "--quiet", env=dict(os.environ, PYTHONPATH=str(TESTS)))
+    proc = cli(
+        "run",
+        *[
+            s
+            for item in MODULE + ["train.rounds=2", "mappers=3", "train.local_epochs=1", "model.hidden=[16]", "seed=7"]
+            for s in ("--set", item)
+        ],
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+        env=dict(os.environ, PYTHONPATH=str(TESTS)),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not np.array_equal(saved_params(tmp_path / "r"), full)  # two rounds of three
-    proc = cli("run", "--resume", str(tmp_path / "r"), "--set", "train.rounds=3", "--quiet",
-               env=dict(os.environ, PYTHONPATH=str(TESTS)))
+    proc = cli(
+        "run",
+        "--resume",
+        str(tmp_path / "r"),
+        "--set",
+        "train.rounds=3",
+        "--quiet",
+        env=dict(os.environ, PYTHONPATH=str(TESTS)),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_array_equal(saved_params(tmp_path / "r"), full)
 
@@ -311,48 +369,82 @@ def test_a_missing_callable_names_the_closest_or_up_to_ten_of_the_modules_callab
     assert message("collections:ordereddict") == "did you mean 'OrderedDict'?"
     assert message("user_models.tiny:TinyNet") == "its classes and functions: make, not_a_module"
     # those defined in the module first, then what it imports (json's errors and codecs live in json.decoder)
-    assert message("json:zzz") == ("its classes and functions: detect_encoding, dump, dumps, load, loads, "
-                                   "JSONDecodeError, JSONDecoder, JSONEncoder")
+    assert message("json:zzz") == (
+        "its classes and functions: detect_encoding, dump, dumps, load, loads, "
+        "JSONDecodeError, JSONDecoder, JSONEncoder"
+    )
     many = types.ModuleType("many_models")
     for i in range(12):
         setattr(many, f"net{i:02d}", lambda: None)
     many.depth, many._private = 3, lambda: None
     monkeypatch.setitem(sys.modules, "many_models", many)
-    assert message("many_models:zzz") == ("its classes and functions: " + ", ".join(f"net{i:02d}" for i in range(10))
-                                          + ", ... (12 in all)")
+    assert message("many_models:zzz") == (
+        "its classes and functions: " + ", ".join(f"net{i:02d}" for i in range(10)) + ", ... (12 in all)"
+    )
 
 
-@pytest.mark.parametrize("sets, message", [
-    (["model.module=no_such_pkg.models:make"],
-     "nnlib: error: model.module: cannot import 'no_such_pkg.models' (No module named 'no_such_pkg'); looked on "
-     "sys.path, the working directory {cwd}: put its folder on PYTHONPATH (on Spark ship it with submit.sh "
-     "--py-files)"),
-    (["model.module=user_models.tiny:mak"], "nnlib: error: model.module: module user_models.tiny ({file}) has no "
-     "attribute 'mak'; did you mean 'make'?"),
-    (["model.module=user_models.tiny:TinyNet"], "nnlib: error: model.module: module user_models.tiny ({file}) has "
-     "no attribute 'TinyNet'; its classes and functions: make, not_a_module"),
-    (["model.module=user_models.tiny:not_a_module"],
-     "nnlib: error: model.module: user_models.tiny:not_a_module returned a int, not a torch.nn.Module"),
-    (["model.module=user_models.tiny:make", "combine=ist"],
-     "nnlib: error: --set: combine=ist splits an MLP's hidden units and needs model.type=mlp, got model.type=module"),
-    (["model.module=user_models.tiny:make", "combine=split"], None),
-    (["model.module=user_models.tiny:make", "model.backend=numpy"],
-     "nnlib: error: --set: model.type=module trains a torch.nn.Module and needs model.backend=torch (its default), "
-     "got model.backend='numpy'"),
-    (["model.module=user_models.tiny:make", "train.device=cuda"], "nnlib: error: train.device=cuda: this process "
-     "sees no CUDA GPU"),
-    (["model.module=user_models.named:Meta", "model.kwargs={stats: true}"], "nnlib: error: model.module: "
-     "user_models.named:Meta has an array named 'meta.mean', a name the model file keeps for itself (meta.header, "
-     "meta.mean, meta.std); rename that parameter, buffer or submodule"),
-    (["model.module=user_models.tiny:make", "model.kwargs={n_classes: 3}"], "nnlib: error: model.module: "
-     "user_models.tiny:make must map a (2, 1, 8, 8) batch to (2, 10) outputs (one per class), got (2, 3)"),
-])
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (
+            ["model.module=no_such_pkg.models:make"],
+            "nnlib: error: model.module: cannot import 'no_such_pkg.models' (No module named 'no_such_pkg'); looked on "
+            "sys.path, the working directory {cwd}: put its folder on PYTHONPATH (on Spark ship it with submit.sh "
+            "--py-files)",
+        ),
+        (
+            ["model.module=user_models.tiny:mak"],
+            "nnlib: error: model.module: module user_models.tiny ({file}) has no attribute 'mak'; did you mean 'make'?",
+        ),
+        (
+            ["model.module=user_models.tiny:TinyNet"],
+            "nnlib: error: model.module: module user_models.tiny ({file}) has "
+            "no attribute 'TinyNet'; its classes and functions: make, not_a_module",
+        ),
+        (
+            ["model.module=user_models.tiny:not_a_module"],
+            "nnlib: error: model.module: user_models.tiny:not_a_module returned a int, not a torch.nn.Module",
+        ),
+        (
+            ["model.module=user_models.tiny:make", "combine=ist"],
+            "nnlib: error: --set: combine=ist splits an MLP's hidden units and needs model.type=mlp, got model.type=module",
+        ),
+        (["model.module=user_models.tiny:make", "combine=split"], None),
+        (
+            ["model.module=user_models.tiny:make", "model.backend=numpy"],
+            "nnlib: error: --set: model.type=module trains a torch.nn.Module and needs model.backend=torch (its default), "
+            "got model.backend='numpy'",
+        ),
+        (
+            ["model.module=user_models.tiny:make", "train.device=cuda"],
+            "nnlib: error: train.device=cuda: this process sees no CUDA GPU",
+        ),
+        (
+            ["model.module=user_models.named:Meta", "model.kwargs={stats: true}"],
+            "nnlib: error: model.module: "
+            "user_models.named:Meta has an array named 'meta.mean', a name the model file keeps for itself (meta.header, "
+            "meta.mean, meta.std); rename that parameter, buffer or submodule",
+        ),
+        (
+            ["model.module=user_models.tiny:make", "model.kwargs={n_classes: 3}"],
+            "nnlib: error: model.module: "
+            "user_models.tiny:make must map a (2, 1, 8, 8) batch to (2, 10) outputs (one per class), got (2, 3)",
+        ),
+    ],
+)
 def test_bad_module_settings_are_one_line_and_write_nothing(tmp_path, sets, message):
     if "cuda" in " ".join(sets) and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     out = tmp_path / "r"
-    proc = cli("run", "--set", "model.type=module", *[s for item in sets for s in ("--set", item)], "--out", str(out),
-               env=dict(os.environ, PYTHONPATH=str(TESTS)))
+    proc = cli(
+        "run",
+        "--set",
+        "model.type=module",
+        *[s for item in sets for s in ("--set", item)],
+        "--out",
+        str(out),
+        env=dict(os.environ, PYTHONPATH=str(TESTS)),
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     if message is None:
@@ -378,8 +470,15 @@ def test_pick_device():
         pick_device("tpu")
 
 
-@pytest.mark.parametrize("overrides", [("train.momentum=0.9",), ("train.optimizer=adamw", "train.lr=0.01", "model.l2=0.001"),
-                                       ("combine=gradient", "train.momentum=0.5")], ids=["sgd", "adamw-l2", "sync"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("train.momentum=0.9",),
+        ("train.optimizer=adamw", "train.lr=0.01", "model.l2=0.001"),
+        ("combine=gradient", "train.momentum=0.5"),
+    ],
+    ids=["sgd", "adamw-l2", "sync"],
+)
 def test_training_on_a_device_copies_there_and_back_to_the_same_weights(overrides):
     """The device path (weights, state, shard and integer buffers copied to ``train_device()`` each round and
     back) on the one device here, the CPU: the same bits as training in place on the host arrays."""
@@ -398,5 +497,6 @@ def test_training_on_a_device_copies_there_and_back_to_the_same_weights(override
         del backend._place_other_buffers
     assert len(moves) >= 2 * 2 * 2  # to the device and back, every round, on both mappers
     np.testing.assert_array_equal(copied.params, in_place.params)
-    assert [r["train_loss"] for r in copied.rounds] == pytest.approx([r["train_loss"] for r in in_place.rounds],
-                                                                       rel=1e-12)
+    assert [r["train_loss"] for r in copied.rounds] == pytest.approx(
+        [r["train_loss"] for r in in_place.rounds], rel=1e-12
+    )

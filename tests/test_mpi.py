@@ -24,14 +24,31 @@ QUICK = ["--set", "model.hidden=[16]", "--set", "train.rounds=3", "--set", "seed
 
 def mpi_env(tmp_path):
     # root in containers and CI; temporary files stay inside the test's folder
-    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-                TMPDIR=str(tmp_path), OMPI_MCA_rmaps_base_oversubscribe="1")
+    return dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        TMPDIR=str(tmp_path),
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+    )
 
 
 def mpirun(tmp_path, n, *args, timeout=180):
     out = tmp_path / f"mpi-{len(list(tmp_path.iterdir()))}"
-    cmd = [MPIEXEC, "-n", str(n), "--oversubscribe", sys.executable, "jobs/mpi_model_avg.py",
-           "conf/default.yaml", *QUICK, *args, "--out", str(out), "--quiet"]
+    cmd = [
+        MPIEXEC,
+        "-n",
+        str(n),
+        "--oversubscribe",
+        sys.executable,
+        "jobs/mpi_model_avg.py",
+        "conf/default.yaml",
+        *QUICK,
+        *args,
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=mpi_env(tmp_path), capture_output=True, text=True, timeout=timeout)
     return proc, out
 
@@ -43,17 +60,31 @@ def local_params(*sets):
     return run(config, log=lambda _m: None, warn=lambda _m: None).params
 
 
-@pytest.mark.parametrize("sets", [
-    ("--set", "mappers=2"),
-    ("--set", "mappers=2", "--set", "combine=weighted", "--set", "train.momentum=0.9"),
-    ("--set", "mappers=2", "--set", "combine=sum_updates", "--set", "train.lr=0.02"),
-    ("--set", "mappers=2", "--set", "combine=ist", "--set", "model.hidden=[17,9]", "--set", "train.momentum=0.9"),
-    ("--set", "mappers=2", "--set", "combine=split", "--set", "split.recombine=sum"),
-    ("--set", "mappers=2", "--set", "combine=ist", "--set", "train.optimizer=adam", "--set", "train.lr=0.01"),
-    ("--set", "mappers=2", "--set", "model.type=cnn", "--set", "model.channels=[4,6]"),
-    ("--set", "mappers=2", "--set", "data.partition=label_skew", "--set", "train.proximal_mu=0.1",
-     "--set", "server.momentum=0.5", "--set", "train.lr_schedule=step"),
-], ids=["average", "weighted-momentum", "sum_updates", "ist", "split", "ist-adam", "cnn", "fedprox"])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ("--set", "mappers=2"),
+        ("--set", "mappers=2", "--set", "combine=weighted", "--set", "train.momentum=0.9"),
+        ("--set", "mappers=2", "--set", "combine=sum_updates", "--set", "train.lr=0.02"),
+        ("--set", "mappers=2", "--set", "combine=ist", "--set", "model.hidden=[17,9]", "--set", "train.momentum=0.9"),
+        ("--set", "mappers=2", "--set", "combine=split", "--set", "split.recombine=sum"),
+        ("--set", "mappers=2", "--set", "combine=ist", "--set", "train.optimizer=adam", "--set", "train.lr=0.01"),
+        ("--set", "mappers=2", "--set", "model.type=cnn", "--set", "model.channels=[4,6]"),
+        (
+            "--set",
+            "mappers=2",
+            "--set",
+            "data.partition=label_skew",
+            "--set",
+            "train.proximal_mu=0.1",
+            "--set",
+            "server.momentum=0.5",
+            "--set",
+            "train.lr_schedule=step",
+        ),
+    ],
+    ids=["average", "weighted-momentum", "sum_updates", "ist", "split", "ist-adam", "cnn", "fedprox"],
+)
 def test_model_averaging_equals_local_engine(tmp_path, sets):
     proc, out = mpirun(tmp_path, 2, *sets)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -64,8 +95,16 @@ def test_model_averaging_equals_local_engine(tmp_path, sets):
 
 
 def test_gradient_averaging_on_two_ranks_equals_local_gradient(tmp_path):
-    sets = ("--set", "mappers=2", "--set", "combine=gradient", "--set", "train.lr_scaling=linear",
-            "--set", "train.warmup_epochs=1")
+    sets = (
+        "--set",
+        "mappers=2",
+        "--set",
+        "combine=gradient",
+        "--set",
+        "train.lr_scaling=linear",
+        "--set",
+        "train.warmup_epochs=1",
+    )
     proc, out = mpirun(tmp_path, 2, *sets)
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_array_equal(saved_params(out), local_params(*sets))
@@ -104,8 +143,18 @@ def test_config_error_is_one_line_from_rank_0(tmp_path):
 def test_a_ranks_error_under_nnlibs_launcher_is_nnlibs_line_alone_with_status_2(tmp_path):
     env = mpi_env(tmp_path)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    cmd = [sys.executable, "-m", "nnlib", "run", "--set", "engine=mpi", "--set", "data.source=/nope.npz",
-           "--out", str(tmp_path / "x")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nnlib",
+        "run",
+        "--set",
+        "engine=mpi",
+        "--set",
+        "data.source=/nope.npz",
+        "--out",
+        str(tmp_path / "x"),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if "is more than the" not in ln]  # the oversubscribe warning
@@ -114,16 +163,30 @@ def test_a_ranks_error_under_nnlibs_launcher_is_nnlibs_line_alone_with_status_2(
 
 
 def test_gradient_mode_on_digits_reaches_093(tmp_path):
-    cmd = [MPIEXEC, "-n", "2", sys.executable, "jobs/mpi_model_avg.py", "conf/default.yaml",
-           "--set", "combine=gradient", "--out", str(tmp_path / "g"), "--quiet"]
+    cmd = [
+        MPIEXEC,
+        "-n",
+        "2",
+        sys.executable,
+        "jobs/mpi_model_avg.py",
+        "conf/default.yaml",
+        "--set",
+        "combine=gradient",
+        "--out",
+        str(tmp_path / "g"),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=mpi_env(tmp_path), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "g" / "summary.json").read_text())
     # measured 0.922, 0.955, 0.967, 0.967, 0.967 by round (2026-11-29) with the local engine:
     #   nnlib run conf/default.yaml --set engine=local --set combine=gradient --set mappers=2
     assert summary["combine"] == "gradient" and summary["final_test_accuracy"] >= 0.93
-    local = run(load_config(ROOT / "conf/default.yaml", ["engine=local", "combine=gradient", "mappers=2"]),
-                log=lambda _m: None, warn=lambda _m: None)
+    local = run(
+        load_config(ROOT / "conf/default.yaml", ["engine=local", "combine=gradient", "mappers=2"]),
+        log=lambda _m: None,
+        warn=lambda _m: None,
+    )
     assert summary["final_test_accuracy"] == local.summary["final_test_accuracy"]
     np.testing.assert_array_equal(saved_params(tmp_path / "g"), local.params)
 
@@ -131,8 +194,23 @@ def test_gradient_mode_on_digits_reaches_093(tmp_path):
 def test_nnlib_run_with_engine_mpi_launches_mpiexec(tmp_path):
     env = mpi_env(tmp_path)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    cmd = [sys.executable, "-m", "nnlib", "run", "conf/default.yaml", "--set", "engine=mpi", "--set", "mappers=2",
-           *QUICK, "--set", "mpi.args=[--oversubscribe]", "--out", str(tmp_path / "r"), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nnlib",
+        "run",
+        "conf/default.yaml",
+        "--set",
+        "engine=mpi",
+        "--set",
+        "mappers=2",
+        *QUICK,
+        "--set",
+        "mpi.args=[--oversubscribe]",
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_array_equal(saved_params(tmp_path / "r"), local_params("--set", "mappers=2"))
@@ -140,10 +218,31 @@ def test_nnlib_run_with_engine_mpi_launches_mpiexec(tmp_path):
 
 def test_a_killed_rank_fails_the_job_instead_of_hanging(tmp_path):
     out = tmp_path / "long"
-    cmd = [MPIEXEC, "-n", "2", "--oversubscribe", sys.executable, "jobs/mpi_model_avg.py", "conf/default.yaml",
-           "--set", "train.rounds=100000", "--set", "train.local_epochs=1", "--out", str(out), "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=mpi_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    cmd = [
+        MPIEXEC,
+        "-n",
+        "2",
+        "--oversubscribe",
+        sys.executable,
+        "jobs/mpi_model_avg.py",
+        "conf/default.yaml",
+        "--set",
+        "train.rounds=100000",
+        "--set",
+        "train.local_epochs=1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=mpi_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for_rounds(proc, out, 1, timeout=60)  # a round done: mapper_times.csv holds both ranks' pids
         rows = [line.split(",") for line in (out / "mapper_times.csv").read_text().splitlines()[1:]]

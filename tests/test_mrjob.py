@@ -20,11 +20,18 @@ ROOT = Path(__file__).resolve().parent.parent
 QUIET = dict(log=lambda _msg: None)
 
 
-@pytest.mark.parametrize("sets", [("combine=average",), ("combine=ist",), ("combine=split",),
-                                  ("combine=average", "train.optimizer=adam", "train.lr=0.01"),
-                                  ("model.type=cnn", "model.channels=[4]", "model.kernel=3"),
-                                  ("data.partition=label_skew", "train.proximal_mu=0.1", "server.momentum=0.5")],
-                         ids=["average", "ist", "split", "adam", "cnn", "fedprox"])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ("combine=average",),
+        ("combine=ist",),
+        ("combine=split",),
+        ("combine=average", "train.optimizer=adam", "train.lr=0.01"),
+        ("model.type=cnn", "model.channels=[4]", "model.kernel=3"),
+        ("data.partition=label_skew", "train.proximal_mu=0.1", "server.momentum=0.5"),
+    ],
+    ids=["average", "ist", "split", "adam", "cnn", "fedprox"],
+)
 @needs_mrjob
 @pytest.mark.parametrize("runner", ["inline", pytest.param("local", marks=pytest.mark.slow)])
 def test_mrjob_equals_local_engine(runner, sets):
@@ -40,15 +47,29 @@ def test_mrjob_equals_local_engine(runner, sets):
     assert [r["n_samples"] for r in result.mapper_rows] == [r["n_samples"] for r in reference.mapper_rows]
     if runner == "local":  # map tasks are separate processes
         assert len({r["pid"] for r in result.mapper_rows}) == 6 and os.getpid() not in {
-            r["pid"] for r in result.mapper_rows}
+            r["pid"] for r in result.mapper_rows
+        }
 
 
 @needs_mrjob
 @pytest.mark.slow
 def test_cli_mrjob_run_writes_the_usual_outputs(tmp_path):
     out = tmp_path / "run"
-    args = ["run", str(ROOT / "conf/default.yaml"), "--set", "engine=mrjob", "--set", "mappers=3",
-            "--set", "train.rounds=2", "--set", "mrjob.runner=local", "--out", str(out), "--quiet"]
+    args = [
+        "run",
+        str(ROOT / "conf/default.yaml"),
+        "--set",
+        "engine=mrjob",
+        "--set",
+        "mappers=3",
+        "--set",
+        "train.rounds=2",
+        "--set",
+        "mrjob.runner=local",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     local = run(load_config(ROOT / "conf/default.yaml", ["engine=local", "mappers=3", "train.rounds=2"]), **QUIET)
@@ -74,8 +95,14 @@ def test_job_file_runs_on_its_own_for_one_round(tmp_path):
     conf = tmp_path / "conf.yaml"
     conf.write_text("mappers: 3\nmodel:\n  hidden: [16]\nseed: 7\n")
     env = dict(os.environ, TMPDIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "jobs/mr_model_avg.py", "-r", "local", "--nnlib-conf", str(conf),
-                           str(shards)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "jobs/mr_model_avg.py", "-r", "local", "--nnlib-conf", str(conf), str(shards)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = [line.split("\t", 1) for line in proc.stdout.splitlines()]
     combined = next(json.loads(v) for k, v in records if json.loads(k) == "combined")
@@ -88,8 +115,10 @@ def test_job_file_runs_on_its_own_for_one_round(tmp_path):
 
 @pytest.mark.slow
 def test_unimportable_mrjob_names_the_python_version(tmp_path):
-    code = ("import sys; sys.modules['mrjob'] = None; from nnlib.cli import main; "
-            f"sys.exit(main(['run', '--set', 'engine=mrjob', '--out', {str(tmp_path / 'o')!r}]))")
+    code = (
+        "import sys; sys.modules['mrjob'] = None; from nnlib.cli import main; "
+        f"sys.exit(main(['run', '--set', 'engine=mrjob', '--out', {str(tmp_path / 'o')!r}]))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     version = ".".join(map(str, sys.version_info[:3]))
@@ -108,8 +137,9 @@ def test_a_payload_file_carries_every_field_of_the_model_spec(tmp_path):
 
     config = small_config()
     payload = first_payload(config, run_dataset(config))
-    model = dataclasses.replace(payload.model, activation="tanh", loss="huber", l2=0.25, output_scale=2.0,
-                                task="regression", huber_delta=0.5)
+    model = dataclasses.replace(
+        payload.model, activation="tanh", loss="huber", l2=0.25, output_scale=2.0, task="regression", huber_delta=0.5
+    )
     defaults = {f.name: f.default for f in dataclasses.fields(model) if f.name != "layers"}
     assert all(getattr(model, name) != value for name, value in defaults.items())  # every field is tested
     path = tmp_path / "payload.npz"

@@ -44,8 +44,10 @@ CASES = {  # ours, and torch.optim's class name and arguments
     "momentum": (SGD(0.9), ("SGD", {"momentum": 0.9})),
     "nesterov": (SGD(0.9, nesterov=True), ("SGD", {"momentum": 0.9, "nesterov": True})),
     "adam": (Adam(), ("Adam", {})),
-    "adam-l2": (Adam(0.8, 0.99, 1e-6, weight_decay=0.05),
-                ("Adam", {"betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.05})),
+    "adam-l2": (
+        Adam(0.8, 0.99, 1e-6, weight_decay=0.05),
+        ("Adam", {"betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.05}),
+    ),
     "adamw": (Adam(weight_decay=0.1, decoupled=True), ("AdamW", {"weight_decay": 0.1})),
 }
 
@@ -86,8 +88,17 @@ def test_averaged_optimizer_state_with_one_mapper_is_sequential_training(optimiz
     payload = setup.first
     params, state = payload.params, payload.opt_state
     for r in range(3):  # the rounds by hand: the state goes on from round to round
-        update = local_sgd(get_backend("numpy", payload.model), params, state, payload.optimizer, shard.x, shard.y,
-                           LocalSchedule(32, 1), 0.01, shard_rng(config.seed, r, 0))
+        update = local_sgd(
+            get_backend("numpy", payload.model),
+            params,
+            state,
+            payload.optimizer,
+            shard.x,
+            shard.y,
+            LocalSchedule(32, 1),
+            0.01,
+            shard_rng(config.seed, r, 0),
+        )
         params, state = update.params, update.opt_state
     np.testing.assert_array_equal(rounds.params, params)
 

@@ -24,8 +24,15 @@ from nnlib.errors import ConfigError, NnlibError, OutputError
 from nnlib.outputs import atomic_write_bytes, read_csv_rows
 from nnlib.util.lock import LOCK_NAME, hold
 
-SMALL = ["engine=local", "mappers=3", "train.local_epochs=1", "model.hidden=[8]", "train.batch_size=32",
-         "train.lr=0.1", "seed=7"]
+SMALL = [
+    "engine=local",
+    "mappers=3",
+    "train.local_epochs=1",
+    "model.hidden=[8]",
+    "train.batch_size=32",
+    "train.lr=0.1",
+    "seed=7",
+]
 
 
 def sets(items) -> list[str]:
@@ -34,11 +41,19 @@ def sets(items) -> list[str]:
 
 def nnlib_cli(*args: str, cwd, file_limit: int | None = None, **popen) -> subprocess.Popen:
     """``nnlib ARGS`` in a subprocess; ``file_limit``: its RLIMIT_FSIZE in bytes (``ulimit -f``)."""
+
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
-    return subprocess.Popen([sys.executable, "-m", "nnlib", *args], cwd=cwd, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, preexec_fn=limit if file_limit else None, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nnlib", *args],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=limit if file_limit else None,
+        **popen,
+    )
 
 
 def debris(folder: Path) -> list[str]:
@@ -46,6 +61,7 @@ def debris(folder: Path) -> list[str]:
 
 
 # --- a failed write -----------------------------------------------------------------------------------------
+
 
 def test_a_failed_atomic_write_keeps_the_old_file_leaves_no_temporary_and_names_the_cause(tmp_path):
     path = tmp_path / "model.npz"
@@ -66,14 +82,17 @@ def test_a_failed_atomic_write_keeps_the_old_file_leaves_no_temporary_and_names_
 @pytest.mark.slow
 def test_a_checkpoint_past_the_file_size_limit_is_one_line_and_resume_goes_on(tmp_path):
     """After ray#32481: ``ulimit -f`` below a checkpoint's size, at round 1."""
-    proc = nnlib_cli("run", "--out", "run", *sets(SMALL + ["train.rounds=3", "model.hidden=[64]"]),
-                     cwd=tmp_path, file_limit=20_000)
+    proc = nnlib_cli(
+        "run", "--out", "run", *sets(SMALL + ["train.rounds=3", "model.hidden=[64]"]), cwd=tmp_path, file_limit=20_000
+    )
     out, err = proc.communicate(timeout=300)
     run = tmp_path / "run"
     assert proc.returncode == 2, err
-    assert err == ("nnlib: error: cannot write run/checkpoints/round-00001.npz: the file is too large (past the "
-                   "file-size limit, ulimit -f, or the file system's); round 1 is lost; no round was checkpointed; "
-                   "make room, then resume with: nnlib run --resume run\n")
+    assert err == (
+        "nnlib: error: cannot write run/checkpoints/round-00001.npz: the file is too large (past the "
+        "file-size limit, ulimit -f, or the file system's); round 1 is lost; no round was checkpointed; "
+        "make room, then resume with: nnlib run --resume run\n"
+    )
     assert debris(run) == [] and list((run / "checkpoints").iterdir()) == []
     assert read_csv_rows(run / "rounds.csv") == []  # no row for a round with no checkpoint
     proc = nnlib_cli("run", "--resume", "run", "--quiet", cwd=tmp_path)
@@ -99,9 +118,11 @@ def test_a_failed_write_mid_run_keeps_the_last_good_checkpoint_and_resume_gives_
     (kept,) = [p for p in sorted((run / "checkpoints").iterdir())][-1:]
     done = int(kept.stem.split("-")[1])
     assert 1 < done < rounds - 1
-    assert err == (f"nnlib: error: cannot write run/mapper_times.csv: the file is too large (past the file-size "
-                   f"limit, ulimit -f, or the file system's); round {done + 1} is lost; the last good checkpoint is "
-                   f"run/checkpoints/round-{done:05d}.npz; make room, then resume with: nnlib run --resume run\n")
+    assert err == (
+        f"nnlib: error: cannot write run/mapper_times.csv: the file is too large (past the file-size "
+        f"limit, ulimit -f, or the file system's); round {done + 1} is lost; the last good checkpoint is "
+        f"run/checkpoints/round-{done:05d}.npz; make room, then resume with: nnlib run --resume run\n"
+    )
     assert debris(run) == [] and not (run / "summary.json").exists()
     assert [r["round"] for r in read_csv_rows(run / "rounds.csv")] == list(range(1, done + 1))
     proc = nnlib_cli("run", "--resume", "run", "--quiet", cwd=tmp_path)
@@ -118,12 +139,15 @@ def test_predictions_past_the_file_size_limit_are_one_line_and_no_file(tmp_path,
     proc = nnlib_cli("predict", "model", "digits", "--out", f"preds.{suffix}", cwd=tmp_path, file_limit=20_000)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and out == "", err
-    assert err == (f"nnlib: error: --out: cannot write preds.{suffix}: the file is too large (past the file-size "
-                   "limit, ulimit -f, or the file system's)\n")
+    assert err == (
+        f"nnlib: error: --out: cannot write preds.{suffix}: the file is too large (past the file-size "
+        "limit, ulimit -f, or the file system's)\n"
+    )
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
 # --- who owns a folder --------------------------------------------------------------------------------------
+
 
 def test_a_folder_another_run_holds_is_refused_naming_its_pid_and_host(tmp_path):
     (tmp_path / "run").mkdir()
@@ -132,8 +156,10 @@ def test_a_folder_another_run_holds_is_refused_naming_its_pid_and_host(tmp_path)
         for kwargs in ({}, {"overwrite": True}, {"resume": True}):
             with pytest.raises(NnlibError) as caught:
                 nnlib.train(small_config(), out=tmp_path / "run", **kwargs)
-            assert str(caught.value).startswith(f"--out: {tmp_path / 'run'} is in use by another run, PID "
-                                                f"{os.getpid()} on host {socket.gethostname()} (since ")
+            assert str(caught.value).startswith(
+                f"--out: {tmp_path / 'run'} is in use by another run, PID "
+                f"{os.getpid()} on host {socket.gethostname()} (since "
+            )
         assert sorted(os.listdir(tmp_path / "run")) == [LOCK_NAME]  # nothing written
     finally:
         lock.release()
@@ -158,8 +184,11 @@ def test_a_resume_refuses_checkpoints_of_another_run(tmp_path):
     for f in (tmp_path / "b" / "checkpoints").iterdir():  # as two runs sharing one --out once left it
         shutil.copy(f, tmp_path / "a" / "checkpoints" / f.name)
     (tmp_path / "a" / "summary.json").unlink()
-    with pytest.raises(ConfigError, match="the checkpoint round-00002.npz was written by a run with another "
-                                          "config than .*config.yaml .*it belongs to another run"):
+    with pytest.raises(
+        ConfigError,
+        match="the checkpoint round-00002.npz was written by a run with another "
+        "config than .*config.yaml .*it belongs to another run",
+    ):
         nnlib.train(out=tmp_path / "a", resume=True, overrides={"train.rounds": 3})
     assert not (tmp_path / "a" / "summary.json").exists()
 
@@ -175,8 +204,10 @@ def test_two_runs_started_together_into_one_folder_one_is_refused_naming_the_oth
     assert codes == [0, 2], results
     (winner,) = [pid for pid, (code, _, _) in results.items() if code == 0]
     (loser,) = [r for r in results.values() if r[0] == 2]
-    assert loser[2] == (f"nnlib: error: --out: run is in use by another run, PID {winner} on host "
-                        f"{socket.gethostname()} (since {loser[2].split('(since ')[1]}"), loser[2]
+    assert loser[2] == (
+        f"nnlib: error: --out: run is in use by another run, PID {winner} on host "
+        f"{socket.gethostname()} (since {loser[2].split('(since ')[1]}"
+    ), loser[2]
     seed = 1 if winner == first.pid else 2
     assert f"seed: {seed}\n" in (tmp_path / "run" / "config.yaml").read_text()
     assert len(read_csv_rows(tmp_path / "run" / "rounds.csv")) == (120 if seed == 1 else 100)
@@ -184,8 +215,9 @@ def test_two_runs_started_together_into_one_folder_one_is_refused_naming_the_oth
 
 @pytest.mark.slow
 def test_a_killed_run_never_blocks_its_own_resume(tmp_path):
-    proc = nnlib_cli("run", "--out", "run", "--quiet", *sets(SMALL + ["train.rounds=400", "train.local_epochs=3"]),
-                     cwd=tmp_path)
+    proc = nnlib_cli(
+        "run", "--out", "run", "--quiet", *sets(SMALL + ["train.rounds=400", "train.local_epochs=3"]), cwd=tmp_path
+    )
     wait_for_rounds(proc, tmp_path / "run", 2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -196,9 +228,14 @@ def test_a_killed_run_never_blocks_its_own_resume(tmp_path):
     assert len(read_csv_rows(tmp_path / "run" / "rounds.csv")) == 5
 
 
-@pytest.mark.parametrize("sets", [["engine=spark", "spark.task_gpus=1"],  # refused as the engine opens, on any
-                                  # local master: nnlib's own or that of a session already running in the process
-                                  ["mappers=5000"]])  # refused once the data is read
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["engine=spark", "spark.task_gpus=1"],  # refused as the engine opens, on any
+        # local master: nnlib's own or that of a session already running in the process
+        ["mappers=5000"],
+    ],
+)  # refused once the data is read
 def test_a_run_refused_after_claiming_its_folder_takes_back_the_parents_it_made(tmp_path, capsys, sets):
     from nnlib.cli import main
 

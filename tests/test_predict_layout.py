@@ -62,8 +62,11 @@ def runs(tmp_path_factory):
     pq.write_table(_list_table(x, y), tmp / "list.parquet")
     pq.write_table(_columns_table(x, y), tmp / "abc.parquet")
     quiet = dict(log=lambda _: None, warn=lambda _: None)
-    run(load_config(None, [*QUICK, f"data.source={tmp / 'list.parquet'}", "data.features_column=features"]),
-        RunDir(tmp / "list-run"), **quiet)
+    run(
+        load_config(None, [*QUICK, f"data.source={tmp / 'list.parquet'}", "data.features_column=features"]),
+        RunDir(tmp / "list-run"),
+        **quiet,
+    )
     run(load_config(None, [*QUICK, f"data.source={tmp / 'abc.parquet'}"]), RunDir(tmp / "abc-run"), **quiet)
     return tmp, x, y
 
@@ -99,8 +102,9 @@ def _as_format(table: pa.Table, folder: Path, name: str, fmt: str) -> Path:
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "dataset", "csv"])
-def test_a_list_column_model_on_separate_columns_names_them_and_the_setting_that_reads_them(runs, tmp_path,
-                                                                                            capsys, fmt):
+def test_a_list_column_model_on_separate_columns_names_them_and_the_setting_that_reads_them(
+    runs, tmp_path, capsys, fmt
+):
     tmp, x, y = runs
     data = _as_format(_columns_table(x, y), tmp_path, "abc", fmt)
     out = tmp_path / "p.parquet"
@@ -120,13 +124,15 @@ def test_a_list_column_model_on_separate_columns_names_them_and_the_setting_that
 def test_a_model_of_named_columns_on_a_list_column_names_the_setting_that_reads_it(runs, tmp_path, capsys):
     tmp, x, y = runs
     pq.write_table(_list_table(x, y, "vec"), tmp_path / "vec.parquet")
-    err = one_line(capsys, "predict", str(tmp / "abc-run"), str(tmp_path / "vec.parquet"),
-                   "--out", str(tmp_path / "p.parquet"))
+    err = one_line(
+        capsys, "predict", str(tmp / "abc-run"), str(tmp_path / "vec.parquet"), "--out", str(tmp_path / "p.parquet")
+    )
     assert "missing ['a', 'b', 'c'], not in the model ['vec']" in err
     assert "the model was trained on the 3 columns ['a', 'b', 'c']" in err
     assert err.endswith("--set data.features_column=vec")
-    fixed = predictions(capsys, tmp / "abc-run", tmp_path / "vec.parquet", tmp_path / "p.parquet",
-                        "data.features_column=vec")
+    fixed = predictions(
+        capsys, tmp / "abc-run", tmp_path / "vec.parquet", tmp_path / "p.parquet", "data.features_column=vec"
+    )
     same = predictions(capsys, tmp / "abc-run", tmp / "abc.parquet", tmp_path / "q.parquet")
     assert fixed.column("probability").equals(same.column("probability"))
 
@@ -137,8 +143,7 @@ def test_columns_the_model_never_saw_or_lacks_are_named_with_what_reads_the_file
     pacsv.write_csv(wide, tmp_path / "wide.csv")
     err = one_line(capsys, "predict", str(tmp / "abc-run"), str(tmp_path / "wide.csv"))
     assert "missing [], not in the model ['d']" in err and err.endswith("--set data.drop_columns=[d]")
-    fixed = predictions(capsys, tmp / "abc-run", tmp_path / "wide.csv", tmp_path / "p.parquet",
-                        "data.drop_columns=[d]")
+    fixed = predictions(capsys, tmp / "abc-run", tmp_path / "wide.csv", tmp_path / "p.parquet", "data.drop_columns=[d]")
     same = predictions(capsys, tmp / "abc-run", tmp / "abc.parquet", tmp_path / "q.parquet")
     assert fixed.column("probability").equals(same.column("probability"))
     # the label under another name is a column the model never saw: the line says how to name it
@@ -182,8 +187,16 @@ def test_a_key_column_named_as_a_column_predict_writes_is_refused(runs, tmp_path
     table = _columns_table(x, y).append_column(column, pa.array(np.arange(len(y))))
     pq.write_table(table, tmp_path / "keyed.parquet")
     out = tmp_path / "p.parquet"
-    err = one_line(capsys, "predict", str(tmp / "abc-run"), str(tmp_path / "keyed.parquet"),
-                   "--set", f"data.key_column={column}", "--out", str(out))
+    err = one_line(
+        capsys,
+        "predict",
+        str(tmp / "abc-run"),
+        str(tmp_path / "keyed.parquet"),
+        "--set",
+        f"data.key_column={column}",
+        "--out",
+        str(out),
+    )
     assert f"data.key_column: '{column}' is also a column nnlib predict writes" in err
     assert "--set data.key_column=null" in err and not out.exists()
 
@@ -196,8 +209,9 @@ def test_an_input_column_named_prediction_is_not_written_over_the_models(runs, t
     theirs = (y + 1) % 4
     table = _columns_table(x, y)
     pq.write_table(table.append_column("prediction", pa.array(theirs)), tmp_path / "scored.parquet")
-    written = predictions(capsys, tmp / "abc-run", tmp_path / "scored.parquet", tmp_path / "p.parquet",
-                          "data.drop_columns=[prediction]")
+    written = predictions(
+        capsys, tmp / "abc-run", tmp_path / "scored.parquet", tmp_path / "p.parquet", "data.drop_columns=[prediction]"
+    )
     assert written.column_names == ["row", "prediction", "probability"]
     same = predictions(capsys, tmp / "abc-run", tmp / "abc.parquet", tmp_path / "q.parquet")
     assert written.column("prediction").equals(same.column("prediction"))
@@ -207,10 +221,17 @@ def test_an_input_column_named_prediction_is_not_written_over_the_models(runs, t
 def _spark_child(command: str, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """``nnlib COMMAND ARGS --set engine=spark`` in a child process that says afterwards whether pyspark was
     ever imported (a JVM cannot have started without it)."""
-    code = ("import sys; from nnlib.cli import main; rc = main(sys.argv[1:]); "
-            "print('pyspark imported' if 'pyspark' in sys.modules else 'no pyspark'); sys.exit(rc)")
-    return subprocess.run([sys.executable, "-c", code, command, *args, "--set", "engine=spark"],
-                          capture_output=True, text=True, env={**os.environ, **(env_extra or {})}, timeout=300)
+    code = (
+        "import sys; from nnlib.cli import main; rc = main(sys.argv[1:]); "
+        "print('pyspark imported' if 'pyspark' in sys.modules else 'no pyspark'); sys.exit(rc)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, command, *args, "--set", "engine=spark"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env_extra or {})},
+        timeout=300,
+    )
 
 
 def _spark_predict(*args: str, env_extra: dict | None = None) -> tuple[subprocess.CompletedProcess, None]:
@@ -247,8 +268,9 @@ def test_on_spark_a_layout_mismatch_is_found_before_the_jvm_starts_with_the_loca
 @pytest.mark.slow
 def test_on_spark_a_column_named_as_nnlibs_own_is_refused_before_the_jvm_starts(runs, tmp_path):
     tmp, x, y = runs
-    pq.write_table(_columns_table(x, y).append_column("_nnlib_row", pa.array(np.arange(len(y)))),
-                   tmp_path / "own.parquet")
+    pq.write_table(
+        _columns_table(x, y).append_column("_nnlib_row", pa.array(np.arange(len(y)))), tmp_path / "own.parquet"
+    )
     proc, _ = _spark_predict(str(tmp / "abc-run"), str(tmp_path / "own.parquet"))
     assert proc.returncode == 2 and proc.stdout.strip() == "no pyspark"
     assert "column '_nnlib_row' takes a name nnlib keeps for its own columns on Spark" in proc.stderr
@@ -256,15 +278,30 @@ def test_on_spark_a_column_named_as_nnlibs_own_is_refused_before_the_jvm_starts(
 
 @pytest.mark.slow
 def test_on_spark_a_uri_is_checked_by_spark_with_the_same_words_and_the_fix_gives_the_local_predictions(
-        spark, runs, tmp_path, capsys):
+    spark, runs, tmp_path, capsys
+):
     tmp, x, y = runs
     uri = (tmp / "abc.parquet").absolute().as_uri()  # a URI: only Spark reads it, so Spark's schema is checked
     err = one_line(capsys, "predict", str(tmp / "list-run"), uri, "--set", "engine=spark")
     assert f"DATA {uri} has no list column 'features' (data.features_column)" in err
     assert "columns are ['a', 'b', 'c', 'label']" in err and err.endswith("--set data.features_column=null")
     out = tmp_path / "spark.parquet"
-    assert main(["predict", str(tmp / "list-run"), uri, "--set", "engine=spark", "--set",
-                 "data.features_column=null", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp / "list-run"),
+                uri,
+                "--set",
+                "engine=spark",
+                "--set",
+                "data.features_column=null",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     written = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("*.parquet"))]).sort_by("row")
     same = predictions(capsys, tmp / "list-run", tmp / "list.parquet", tmp_path / "q.parquet")
     assert written.column("prediction").to_pylist() == same.column("prediction").to_pylist()
@@ -273,10 +310,12 @@ def test_on_spark_a_uri_is_checked_by_spark_with_the_same_words_and_the_fix_give
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["local", "mrjob", "spark"])
 def test_training_on_a_missing_or_wrong_features_column_names_the_files_columns_before_any_engine_starts(
-        runs, tmp_path, capsys, engine):
+    runs, tmp_path, capsys, engine
+):
     tmp, x, y = runs
-    quick = [a for item in ("mappers=2", "train.rounds=1", f"data.source={tmp / 'abc.parquet'}")
-             for a in ("--set", item)] + ["--quiet", "--out", str(tmp_path / "r")]
+    quick = [
+        a for item in ("mappers=2", "train.rounds=1", f"data.source={tmp / 'abc.parquet'}") for a in ("--set", item)
+    ] + ["--quiet", "--out", str(tmp_path / "r")]
     lines = []
     for column in ("features", "a"):  # no such column; a column of numbers, not lists
         args = [*quick, "--set", f"data.features_column={column}"]
@@ -291,8 +330,9 @@ def test_training_on_a_missing_or_wrong_features_column_names_the_files_columns_
     assert "holds no lists in its features column 'a' (data.features_column), but numbers" in lines[1]
     for line in lines:
         assert "its columns are ['a', 'b', 'c', 'label']" in line
-        assert line.endswith("to read its 3 columns ['a', 'b', 'c'] as the features, leave data.features_column "
-                             "unset (null)")
+        assert line.endswith(
+            "to read its 3 columns ['a', 'b', 'c'] as the features, leave data.features_column unset (null)"
+        )
     assert not (tmp_path / "r").exists()
 
 
@@ -302,21 +342,37 @@ def test_on_spark_the_other_checks_a_footer_answers_come_before_the_jvm_starts(r
     layout: each is one line from the files' footers, with no JVM started (they came after Spark's start)."""
     tmp, x, y = runs
     pq.write_table(_columns_table(x, y, ("a", "b", "z")), tmp_path / "abz.parquet")
-    cases = [("data.feature_columns=[a,zz]", "data.feature_columns: no column 'zz' (columns are ['a', 'b', 'c', "
-                                             "'label'])"),
-             ("data.drop_columns=[zz]", "data.drop_columns: no column 'zz'"),
-             ("data.key_column=id", "has no key column 'id' (set data.key_column; columns are ['a', 'b', 'c', "
-                                    "'label'])"),
-             (f"data.test_source={tmp_path / 'missing.parquet'}", "data.test_source: file "),
-             (f"data.test_source={tmp_path / 'missing.csv'}", "data.test_source: file "),
-             (f"data.test_source={tmp / 'list.parquet'}", "column 'features' holds lists, not numbers; to read it as "
-                                                          "the features, set data.features_column=features"),
-             (f"data.test_source={tmp_path / 'abz.parquet'}", "abz.parquet's feature columns ['a', 'b', 'z'] are not "
-                                                              "data.source's ['a', 'b', 'c']"),
-             ("model.type=cnn", "--set: model.type=cnn needs the image shape of data.source ")]
+    cases = [
+        ("data.feature_columns=[a,zz]", "data.feature_columns: no column 'zz' (columns are ['a', 'b', 'c', 'label'])"),
+        ("data.drop_columns=[zz]", "data.drop_columns: no column 'zz'"),
+        ("data.key_column=id", "has no key column 'id' (set data.key_column; columns are ['a', 'b', 'c', 'label'])"),
+        (f"data.test_source={tmp_path / 'missing.parquet'}", "data.test_source: file "),
+        (f"data.test_source={tmp_path / 'missing.csv'}", "data.test_source: file "),
+        (
+            f"data.test_source={tmp / 'list.parquet'}",
+            "column 'features' holds lists, not numbers; to read it as the features, set data.features_column=features",
+        ),
+        (
+            f"data.test_source={tmp_path / 'abz.parquet'}",
+            "abz.parquet's feature columns ['a', 'b', 'z'] are not data.source's ['a', 'b', 'c']",
+        ),
+        ("model.type=cnn", "--set: model.type=cnn needs the image shape of data.source "),
+    ]
     for item, said in cases:
-        proc = _spark_child("run", "--set", f"data.source={tmp / 'abc.parquet'}", "--set", item, "--set", "mappers=2",
-                            "--set", "train.rounds=1", "--quiet", "--out", str(tmp_path / "r"))
+        proc = _spark_child(
+            "run",
+            "--set",
+            f"data.source={tmp / 'abc.parquet'}",
+            "--set",
+            item,
+            "--set",
+            "mappers=2",
+            "--set",
+            "train.rounds=1",
+            "--quiet",
+            "--out",
+            str(tmp_path / "r"),
+        )
         assert proc.returncode == 2 and proc.stdout.strip() == "no pyspark", (item, proc.stderr)
         assert proc.stderr.count("\n") == 1 and said in proc.stderr, (item, proc.stderr)
     assert not (tmp_path / "r").exists()
@@ -326,12 +382,25 @@ def test_on_mpi_a_missing_source_or_column_is_found_before_mpiexec_starts_the_ra
     """The launcher named is no program: a check made by the ranks would be preceded by the failed launch."""
     tmp, x, y = runs
     pacsv.write_csv(_columns_table(x, y), tmp_path / "abc.csv")
-    launcher = ["--set", "engine=mpi", "--set", f"mpi.launcher=[{tmp_path / 'no-mpiexec'}]", "--set", "mappers=2",
-                "--quiet", "--out", str(tmp_path / "r")]
-    cases = [(f"data.source={tmp_path / 'missing.csv'}", "data.source: file "),
-             (f"data.source={tmp_path / 'abc.csv'}", "has no label column 'y' (set data.label_column; columns are "
-                                                     "['a', 'b', 'c', 'label'])"),
-             (f"data.source={tmp / 'abc.parquet'}", "has no label column 'y'")]
+    launcher = [
+        "--set",
+        "engine=mpi",
+        "--set",
+        f"mpi.launcher=[{tmp_path / 'no-mpiexec'}]",
+        "--set",
+        "mappers=2",
+        "--quiet",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    cases = [
+        (f"data.source={tmp_path / 'missing.csv'}", "data.source: file "),
+        (
+            f"data.source={tmp_path / 'abc.csv'}",
+            "has no label column 'y' (set data.label_column; columns are ['a', 'b', 'c', 'label'])",
+        ),
+        (f"data.source={tmp / 'abc.parquet'}", "has no label column 'y'"),
+    ]
     for item, said in cases:
         err = one_line(capsys, "run", *launcher, "--set", item, "--set", "data.label_column=y")
         assert said in err and "no-mpiexec" not in err, err
@@ -341,6 +410,7 @@ def test_on_mpi_a_missing_source_or_column_is_found_before_mpiexec_starts_the_ra
 
 
 # --- where a bad value came from ---------------------------------------------------------------------------
+
 
 def _conf(tmp_path: Path, name: str, text: str) -> Path:
     (tmp_path / name).write_text(text)
@@ -381,8 +451,11 @@ def test_a_bad_value_from_the_apis_overrides_is_blamed_on_overrides(tmp_path):
     with pytest.raises(ConfigError, match=r"^overrides: unknown config key 'trian\.lr'; did you mean 'train\.lr'"):
         nnlib.train(conf, overrides={"trian.lr": 0.1}, out=tmp_path / "r")
     with pytest.raises(ConfigError, match=rf"^{conf}: spark\.master"):
-        nnlib.train(_conf(tmp_path, "run.yaml", "spark:\n  master: yarn-cluster\n"), overrides={"mappers": 2},
-                    out=tmp_path / "r")
+        nnlib.train(
+            _conf(tmp_path, "run.yaml", "spark:\n  master: yarn-cluster\n"),
+            overrides={"mappers": 2},
+            out=tmp_path / "r",
+        )
     assert not (tmp_path / "r").exists()
 
 
@@ -391,5 +464,7 @@ def test_a_spark_connect_server_from_the_environment_is_blamed_on_spark_remote_t
     tmp, _, _ = runs
     proc, _ = _spark_predict(str(tmp / "abc-run"), str(tmp / "abc.parquet"), env_extra={"SPARK_REMOTE": "foo"})
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("nnlib: error: SPARK_REMOTE (environment variable): must be sc://HOST:PORT "
-                                   "(a Spark Connect server) or local[N], got 'foo'")
+    assert proc.stderr.strip() == (
+        "nnlib: error: SPARK_REMOTE (environment variable): must be sc://HOST:PORT "
+        "(a Spark Connect server) or local[N], got 'foo'"
+    )

@@ -17,7 +17,8 @@ QUIET = dict(log=lambda _msg: None)
 def test_round_lr_factors_follow_their_closed_forms():
     assert [round_lr_factor(r, 6) for r in range(6)] == [1.0] * 6
     assert [round_lr_factor(r, 7, "step", step_rounds=3, gamma=0.1) for r in range(7)] == pytest.approx(
-        [1, 1, 1, 0.1, 0.1, 0.1, 0.01])
+        [1, 1, 1, 0.1, 0.1, 0.1, 0.01]
+    )
     cosine = [round_lr_factor(r, 5, "cosine", warmup_rounds=1, min_factor=0.2) for r in range(5)]
     # warm-up 1/2; then t = 0..3 of T = 4: 0.2 + 0.8 * (1 + cos(pi t / 4)) / 2
     assert cosine == pytest.approx([0.5] + [0.2 + 0.8 * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)])
@@ -25,8 +26,15 @@ def test_round_lr_factors_follow_their_closed_forms():
 
 
 def test_every_round_trains_at_its_scheduled_rate_on_every_kind_of_round():
-    config = small_config("train.rounds=4", "train.lr=0.2", "train.lr_schedule=step", "train.lr_step_rounds=2",
-                          "train.lr_gamma=0.5", "train.sync_rounds=1", "train.lr_warmup_rounds=1")
+    config = small_config(
+        "train.rounds=4",
+        "train.lr=0.2",
+        "train.lr_schedule=step",
+        "train.lr_step_rounds=2",
+        "train.lr_gamma=0.5",
+        "train.sync_rounds=1",
+        "train.lr_warmup_rounds=1",
+    )
     plans = [Schedule.from_config(config, [100] * config.mappers).plan(r) for r in range(4)]
     assert [p.lr for p in plans] == pytest.approx([0.1, 0.2, 0.2, 0.1])
     np.testing.assert_allclose(plans[0].sync_lrs, 0.1)  # the synchronous round's steps are scaled too
@@ -36,8 +44,9 @@ def test_every_round_trains_at_its_scheduled_rate_on_every_kind_of_round():
 
 def test_a_scheduled_rate_changes_the_weights_and_a_constant_schedule_changes_nothing():
     plain = run(small_config(), **QUIET).params
-    np.testing.assert_array_equal(run(small_config("train.lr_schedule=constant", "train.lr_gamma=0.1"),
-                                      **QUIET).params, plain)
+    np.testing.assert_array_equal(
+        run(small_config("train.lr_schedule=constant", "train.lr_gamma=0.1"), **QUIET).params, plain
+    )
     assert not np.array_equal(run(small_config("train.lr_schedule=cosine"), **QUIET).params, plain)
 
 
@@ -56,8 +65,15 @@ def test_early_stopping_counts_rounds_without_a_lower_validation_loss():
     assert stop.best_params[0] == 3  # a tie is no improvement
 
 
-OVERFITS = ("data.source=synthetic", "data.n_samples=300", "data.validation_fraction=0.3", "model.hidden=[128]",
-            "train.lr=0.5", "train.rounds=30", "train.local_epochs=2")
+OVERFITS = (
+    "data.source=synthetic",
+    "data.n_samples=300",
+    "data.validation_fraction=0.3",
+    "model.hidden=[128]",
+    "train.lr=0.5",
+    "train.rounds=30",
+    "train.local_epochs=2",
+)
 
 
 def test_early_stopping_stops_patience_rounds_after_the_best_and_keeps_its_weights():
@@ -72,8 +88,11 @@ def test_early_stopping_stops_patience_rounds_after_the_best_and_keeps_its_weigh
 
 
 def test_patience_without_a_validation_split_is_refused():
-    with pytest.raises(ConfigError, match="train.patience=3 stops on the validation loss and needs "
-                                          r"data.validation_fraction > 0"):
+    with pytest.raises(
+        ConfigError,
+        match="train.patience=3 stops on the validation loss and needs "
+        r"data.validation_fraction > 0",
+    ):
         small_config("train.patience=3")
     with pytest.raises(ConfigError, match="train.lr_min must be below train.lr"):
         small_config("train.lr_schedule=cosine", "train.lr_min=0.5", "train.lr=0.1")

@@ -20,8 +20,13 @@ def friedman1(n: int = N, seed: int = 0, noise: float = 1.0):
     """scikit-learn's make_friedman1 (10 features, 5 informative), drawn with numpy."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(size=(n, 10))
-    y = (10 * np.sin(np.pi * x[:, 0] * x[:, 1]) + 20 * (x[:, 2] - 0.5) ** 2 + 10 * x[:, 3] + 5 * x[:, 4]
-         + noise * rng.normal(size=n))
+    y = (
+        10 * np.sin(np.pi * x[:, 0] * x[:, 1])
+        + 20 * (x[:, 2] - 0.5) ** 2
+        + 10 * x[:, 3]
+        + 5 * x[:, 4]
+        + noise * rng.normal(size=n)
+    )
     return x, y
 
 
@@ -55,8 +60,15 @@ def friedman_csv(tmp_path, name="f.csv", **extra) -> str:
     return write_csv(tmp_path / name, columns)
 
 
-REG = {"model.task": "regression", "data.label_column": "target", "mappers": 2, "train.rounds": 8,
-       "train.lr": 0.05, "train.batch_size": 16, "model.hidden": [32]}
+REG = {
+    "model.task": "regression",
+    "data.label_column": "target",
+    "mappers": 2,
+    "train.rounds": 8,
+    "train.lr": 0.05,
+    "train.batch_size": 16,
+    "model.hidden": [32],
+}
 
 
 def test_a_regression_run_learns_and_its_model_reproduces_the_final_rmse(tmp_path):
@@ -79,8 +91,7 @@ def test_a_regression_run_learns_and_its_model_reproduces_the_final_rmse(tmp_pat
     assert p.dtype == np.float64 and p.shape == (len(test_idx),)
     assert np.sqrt(np.mean((p - y[test_idx]) ** 2)) == pytest.approx(s["final_test_rmse"], rel=1e-12)
     # nnlib predict on a CSV of those rows: the same figures, and one prediction column
-    test_csv = write_csv(tmp_path / "test.csv", {**{f"f{j}": x[test_idx, j] for j in range(10)},
-                                                 "target": y[test_idx]})
+    test_csv = write_csv(tmp_path / "test.csv", {**{f"f{j}": x[test_idx, j] for j in range(10)}, "target": y[test_idx]})
     pred = predict_source(model, test_csv, out=str(tmp_path / "p.csv"))
     assert pred.rmse == s["final_test_rmse"] and pred.r2 == s["final_test_r2"] and pred.mae == s["final_test_mae"]
     lines = (tmp_path / "p.csv").read_text().splitlines()
@@ -118,8 +129,16 @@ def test_onnx_and_torch_exports_predict_in_the_targets_units(tmp_path, targets):
     x, y = friedman1()
     cols = {f"f{j}": x[:, j] for j in range(10)}
     src = write_csv(tmp_path / "t.csv", {**cols, "a": y, "b": 1000 + 50 * x[:, 6]})
-    train(overrides={**REG, "train.rounds": 2, "data.source": src, "data.label_columns": targets,
-                     "data.drop_columns": [c for c in ("a", "b") if c not in targets]}, out=tmp_path / "run")
+    train(
+        overrides={
+            **REG,
+            "train.rounds": 2,
+            "data.source": src,
+            "data.label_columns": targets,
+            "data.drop_columns": [c for c in ("a", "b") if c not in targets],
+        },
+        out=tmp_path / "run",
+    )
     model = load_model(tmp_path / "run")
     expected = model.predict(x[:50]).reshape(50, -1)
     export(model, "onnx", tmp_path / "m.onnx")
@@ -144,14 +163,23 @@ def test_a_users_module_regresses_and_exports(tmp_path, monkeypatch):
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     src = friedman_csv(tmp_path)
-    run = train(overrides={**REG, "data.source": src, "model.type": "module", "model.backend": "torch",
-                           "model.module": "user_models.regressor:make"}, out=tmp_path / "run")
+    run = train(
+        overrides={
+            **REG,
+            "data.source": src,
+            "model.type": "module",
+            "model.backend": "torch",
+            "model.module": "user_models.regressor:make",
+        },
+        out=tmp_path / "run",
+    )
     assert run.summary["final_test_r2"] > 0.3
     model = load_model(tmp_path / "run")
     x, y = friedman1()
     export(model, "onnx", tmp_path / "m.onnx")
     (got,) = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"features": x[:20].astype(np.float32)})
+        None, {"features": x[:20].astype(np.float32)}
+    )
     np.testing.assert_allclose(got[:, 0], model.predict(x[:20]), rtol=1e-5, atol=1e-4)
 
 
@@ -174,15 +202,25 @@ def test_several_targets_predict_a_column_each(tmp_path, capsys):
 def test_a_row_of_weight_2_trains_as_the_row_taken_twice(tmp_path, combine):
     x, y = friedman1(60)
     t = friedman1(20, seed=1)
-    test = write_csv(tmp_path / "test.csv", {**{f"f{j}": t[0][:, j] for j in range(10)}, "target": t[1],
-                                             "w": np.ones(20)})
-    common = {**REG, "mappers": 1, "train.rounds": 1, "train.batch_size": 100, "data.test_source": test,
-              "combine": combine,
-              "data.weight_column": "w", "data.standardize": False, "data.standardize_target": False}
+    test = write_csv(
+        tmp_path / "test.csv", {**{f"f{j}": t[0][:, j] for j in range(10)}, "target": t[1], "w": np.ones(20)}
+    )
+    common = {
+        **REG,
+        "mappers": 1,
+        "train.rounds": 1,
+        "train.batch_size": 100,
+        "data.test_source": test,
+        "combine": combine,
+        "data.weight_column": "w",
+        "data.standardize": False,
+        "data.standardize_target": False,
+    }
 
     def run(name, rows, weights):
-        src = write_csv(tmp_path / f"{name}.csv", {**{f"f{j}": x[rows, j] for j in range(10)},
-                                                   "target": y[rows], "w": weights})
+        src = write_csv(
+            tmp_path / f"{name}.csv", {**{f"f{j}": x[rows, j] for j in range(10)}, "target": y[rows], "w": weights}
+        )
         train(overrides={**common, "data.source": src}, out=tmp_path / name)
         return load_model(tmp_path / name).params
 
@@ -224,6 +262,7 @@ def test_a_validation_column_marking_the_fractions_rows_gives_the_same_run(tmp_p
         names = lines[0].split(",")
         keep = [i for i, n in enumerate(names) if "seconds" not in n]
         return [[line.split(",")[i] for i in keep] for line in lines]
+
     assert table("f") == table("c")
     assert "val_r2" in (tmp_path / "c" / "rounds.csv").read_text().splitlines()[0]
     s = json.loads((tmp_path / "c" / "summary.json").read_text())
@@ -250,8 +289,10 @@ def test_classification_with_weights_all_1_and_with_a_validation_column(tmp_path
     flags[train_idx[held]] = True
     marked = write_csv(tmp_path / "v.csv", {**cols, "label": label, "v": flags})
     stop = {**base, "train.rounds": 4, "train.patience": 1}
-    f = train(overrides={**stop, "data.source": marked, "data.validation_fraction": 0.2, "data.drop_columns": ["v"]},
-              out=tmp_path / "f")
+    f = train(
+        overrides={**stop, "data.source": marked, "data.validation_fraction": 0.2, "data.drop_columns": ["v"]},
+        out=tmp_path / "f",
+    )
     c = train(overrides={**stop, "data.source": marked, "data.validation_column": "v"}, out=tmp_path / "c")
     np.testing.assert_array_equal(load_model(tmp_path / "f").params, load_model(tmp_path / "c").params)
     assert f.summary["n_val"] == c.summary["n_val"] == int(flags.sum())
@@ -278,56 +319,139 @@ def bad_csv(tmp_path, **changes):
 
 
 BAD = [
-    ("non-numeric-target", dict(target=(3, "abc")), R + ["--set", "data.drop_columns=[w,v,label]"],
-     "target column 'target' must be numeric, got string"),
-    ("null-target", dict(target=(3, None)), R + ["--set", "data.drop_columns=[w,v,label]"],
-     "target column 'target' has 1 empty (null) cell(s)"),
-    ("inf-target", dict(target=(5, "inf")), R + ["--set", "data.drop_columns=[w,v,label]"],
-     "target 'target' must be finite, got inf at sample 5"),
-    ("fractional-label", dict(label=(2, 0.5)), ["--set", "data.drop_columns=[w,v,target]"],
-     "labels must be integers 0..n_classes-1, got 0.5 at sample 2; for numeric targets set model.task=regression"),
-    ("negative-weight", dict(w=(4, -1.0)),
-     R + ["--set", "data.weight_column=w", "--set", "data.drop_columns=[v,label]"],
-     "weights must be finite numbers >= 0, got -1.0 at sample 4"),
-    ("null-weight", dict(w=(4, None)), R + ["--set", "data.weight_column=w", "--set", "data.drop_columns=[v,label]"],
-     "weight column 'w' has 1 empty (null) cell(s)"),
-    ("inf-weight", dict(w=(6, "inf")), R + ["--set", "data.weight_column=w", "--set", "data.drop_columns=[v,label]"],
-     "weights must be finite numbers >= 0, got inf at sample 6"),
-    ("zero-weights", dict(w=(None, [0.0] * 40)), R + ["--set", "data.weight_column=w",
-                                                      "--set", "data.drop_columns=[v,label]"],
-     "every weight is 0; at least one row must weigh more"),
-    ("integer-validation-column", dict(v=(None, [i % 2 for i in range(40)])),
-     R + ["--set", "data.validation_column=v", "--set", "data.drop_columns=[w,label]"],
-     "(data.validation_column 'v'): must be boolean (true/false), got dtype int64"),
-    ("validation-marks-none", dict(v=(None, [False] * 40)),
-     R + ["--set", "data.validation_column=v", "--set", "data.drop_columns=[w,label]"],
-     "data.validation_column 'v' marks no training row (0 of 32)"),
-    ("validation-marks-all", dict(v=(None, [True] * 40)),
-     R + ["--set", "data.validation_column=v", "--set", "data.drop_columns=[w,label]"],
-     "data.validation_column 'v' marks every training row (32 of 32)"),
-    ("cross-entropy-regression", {}, R + ["--set", "model.loss=cross_entropy"],
-     "model.loss: under model.task=regression one of squared, absolute, huber, got cross_entropy"),
-    ("stratified-regression", {}, R + ["--set", "data.partition=stratified"],
-     "data.partition=stratified deals out class labels and needs model.task=classification"),
-    ("label-skew-regression", {}, R + ["--set", "data.partition=label_skew"],
-     "data.partition=label_skew deals out class labels and needs model.task=classification"),
-    ("split-regression", {}, R + ["--set", "combine=split", "--set", "train.rounds=2"],
-     "combine=split compares its sub-networks by test accuracy, which model.task=regression has not"),
-    ("target-accuracy-regression", {}, R + ["--set", "train.target_accuracy=0.9"],
-     "train.target_accuracy=0.9 is a classifier's test accuracy; model.task=regression has none"),
-    ("validation-column-and-fraction", {}, R + ["--set", "data.validation_column=v",
-                                                "--set", "data.validation_fraction=0.1"],
-     "data.validation_fraction draws them: use one or the other"),
-    ("missing-weight-column", {}, R + ["--set", "data.weight_column=nope", "--set", "data.drop_columns=[w,v,label]"],
-     "data.weight_column: "),
-    ("missing-validation-column", {}, R + ["--set", "data.validation_column=nope",
-                                           "--set", "data.drop_columns=[w,v,label]"],
-     "data.validation_column: "),
-    ("missing-target-column", {}, ["--set", "model.task=regression", "--set", "data.label_columns=[target,nope]",
-                                   "--set", "data.drop_columns=[w,v,label]"],
-     "data.label_columns: "),
-    ("label-columns-classification", {}, ["--set", "data.label_columns=[target,w]"],
-     "data.label_columns (['target', 'w']) are regression targets and need model.task=regression"),
+    (
+        "non-numeric-target",
+        dict(target=(3, "abc")),
+        R + ["--set", "data.drop_columns=[w,v,label]"],
+        "target column 'target' must be numeric, got string",
+    ),
+    (
+        "null-target",
+        dict(target=(3, None)),
+        R + ["--set", "data.drop_columns=[w,v,label]"],
+        "target column 'target' has 1 empty (null) cell(s)",
+    ),
+    (
+        "inf-target",
+        dict(target=(5, "inf")),
+        R + ["--set", "data.drop_columns=[w,v,label]"],
+        "target 'target' must be finite, got inf at sample 5",
+    ),
+    (
+        "fractional-label",
+        dict(label=(2, 0.5)),
+        ["--set", "data.drop_columns=[w,v,target]"],
+        "labels must be integers 0..n_classes-1, got 0.5 at sample 2; for numeric targets set model.task=regression",
+    ),
+    (
+        "negative-weight",
+        dict(w=(4, -1.0)),
+        R + ["--set", "data.weight_column=w", "--set", "data.drop_columns=[v,label]"],
+        "weights must be finite numbers >= 0, got -1.0 at sample 4",
+    ),
+    (
+        "null-weight",
+        dict(w=(4, None)),
+        R + ["--set", "data.weight_column=w", "--set", "data.drop_columns=[v,label]"],
+        "weight column 'w' has 1 empty (null) cell(s)",
+    ),
+    (
+        "inf-weight",
+        dict(w=(6, "inf")),
+        R + ["--set", "data.weight_column=w", "--set", "data.drop_columns=[v,label]"],
+        "weights must be finite numbers >= 0, got inf at sample 6",
+    ),
+    (
+        "zero-weights",
+        dict(w=(None, [0.0] * 40)),
+        R + ["--set", "data.weight_column=w", "--set", "data.drop_columns=[v,label]"],
+        "every weight is 0; at least one row must weigh more",
+    ),
+    (
+        "integer-validation-column",
+        dict(v=(None, [i % 2 for i in range(40)])),
+        R + ["--set", "data.validation_column=v", "--set", "data.drop_columns=[w,label]"],
+        "(data.validation_column 'v'): must be boolean (true/false), got dtype int64",
+    ),
+    (
+        "validation-marks-none",
+        dict(v=(None, [False] * 40)),
+        R + ["--set", "data.validation_column=v", "--set", "data.drop_columns=[w,label]"],
+        "data.validation_column 'v' marks no training row (0 of 32)",
+    ),
+    (
+        "validation-marks-all",
+        dict(v=(None, [True] * 40)),
+        R + ["--set", "data.validation_column=v", "--set", "data.drop_columns=[w,label]"],
+        "data.validation_column 'v' marks every training row (32 of 32)",
+    ),
+    (
+        "cross-entropy-regression",
+        {},
+        R + ["--set", "model.loss=cross_entropy"],
+        "model.loss: under model.task=regression one of squared, absolute, huber, got cross_entropy",
+    ),
+    (
+        "stratified-regression",
+        {},
+        R + ["--set", "data.partition=stratified"],
+        "data.partition=stratified deals out class labels and needs model.task=classification",
+    ),
+    (
+        "label-skew-regression",
+        {},
+        R + ["--set", "data.partition=label_skew"],
+        "data.partition=label_skew deals out class labels and needs model.task=classification",
+    ),
+    (
+        "split-regression",
+        {},
+        R + ["--set", "combine=split", "--set", "train.rounds=2"],
+        "combine=split compares its sub-networks by test accuracy, which model.task=regression has not",
+    ),
+    (
+        "target-accuracy-regression",
+        {},
+        R + ["--set", "train.target_accuracy=0.9"],
+        "train.target_accuracy=0.9 is a classifier's test accuracy; model.task=regression has none",
+    ),
+    (
+        "validation-column-and-fraction",
+        {},
+        R + ["--set", "data.validation_column=v", "--set", "data.validation_fraction=0.1"],
+        "data.validation_fraction draws them: use one or the other",
+    ),
+    (
+        "missing-weight-column",
+        {},
+        R + ["--set", "data.weight_column=nope", "--set", "data.drop_columns=[w,v,label]"],
+        "data.weight_column: ",
+    ),
+    (
+        "missing-validation-column",
+        {},
+        R + ["--set", "data.validation_column=nope", "--set", "data.drop_columns=[w,v,label]"],
+        "data.validation_column: ",
+    ),
+    (
+        "missing-target-column",
+        {},
+        [
+            "--set",
+            "model.task=regression",
+            "--set",
+            "data.label_columns=[target,nope]",
+            "--set",
+            "data.drop_columns=[w,v,label]",
+        ],
+        "data.label_columns: ",
+    ),
+    (
+        "label-columns-classification",
+        {},
+        ["--set", "data.label_columns=[target,w]"],
+        "data.label_columns (['target', 'w']) are regression targets and need model.task=regression",
+    ),
 ]
 
 
@@ -350,8 +474,17 @@ def test_mlflow_logs_a_regression_runs_metrics(tmp_path):
 
     src = friedman_csv(tmp_path)
     uri = (tmp_path / "store").as_uri()
-    train(overrides={**REG, "train.rounds": 2, "data.source": src, "tracking": "mlflow",
-                     "mlflow.tracking_uri": uri, "mlflow.experiment": "reg"}, out=tmp_path / "run")
+    train(
+        overrides={
+            **REG,
+            "train.rounds": 2,
+            "data.source": src,
+            "tracking": "mlflow",
+            "mlflow.tracking_uri": uri,
+            "mlflow.experiment": "reg",
+        },
+        out=tmp_path / "run",
+    )
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("reg").experiment_id])
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -362,8 +495,9 @@ def test_mlflow_logs_a_regression_runs_metrics(tmp_path):
 @pytest.mark.parametrize("loss", ["absolute", "huber"])
 def test_absolute_and_huber_losses_and_their_model_files(tmp_path, loss):
     src = friedman_csv(tmp_path)
-    run = train(overrides={**REG, "data.source": src, "model.loss": loss, "model.huber_delta": 0.5},
-                out=tmp_path / "run")
+    run = train(
+        overrides={**REG, "data.source": src, "model.loss": loss, "model.huber_delta": 0.5}, out=tmp_path / "run"
+    )
     assert run.summary["final_test_r2"] > 0.5
     x, y = friedman1()
     _, test_idx = _split(N, 0.2, 0)
@@ -396,8 +530,14 @@ def test_combine_weighted_weighs_mappers_by_their_total_weight(tmp_path):
 
     w = np.where(np.arange(N) < 150, 5.0, 1.0)  # contiguous shards: the first mapper's rows weigh more
     src = friedman_csv(tmp_path, w=w)
-    overrides = {**REG, "data.source": src, "data.weight_column": "w", "combine": "weighted", "train.rounds": 1,
-                 "data.partition": "contiguous"}
+    overrides = {
+        **REG,
+        "data.source": src,
+        "data.weight_column": "w",
+        "combine": "weighted",
+        "train.rounds": 1,
+        "data.partition": "contiguous",
+    }
     train(overrides=overrides, out=tmp_path / "run")
     setup = prepare(load_config(None, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]))
     shards = ShardSource(setup.config.data, 0, 2, task="regression").build([0, 1])
@@ -416,14 +556,34 @@ def test_an_npz_source_names_its_weight_and_validation_arrays(tmp_path, capsys):
     v = np.arange(N) % 5 == 0
     w = 1.0 + (np.arange(N) % 3)
     np.savez(tmp_path / "f.npz", x=x, y=y, w=w, v=v)
-    run = train(overrides={**REG, "train.rounds": 2, "data.source": str(tmp_path / "f.npz"),
-                           "data.weight_column": "w", "data.validation_column": "v", "train.patience": 3},
-                out=tmp_path / "run")
+    run = train(
+        overrides={
+            **REG,
+            "train.rounds": 2,
+            "data.source": str(tmp_path / "f.npz"),
+            "data.weight_column": "w",
+            "data.validation_column": "v",
+            "train.patience": 3,
+        },
+        out=tmp_path / "run",
+    )
     train_idx, _ = _split(N, 0.2, 0)
     assert run.summary["n_val"] == int(v[train_idx].sum()) and run.summary["n_features"] == 10
     assert "val_rmse" in run.rounds[-1]
-    code = main(["run", *QUICK, "--set", f"data.source={tmp_path / 'f.npz'}", "--set", "model.task=regression",
-                 "--set", "data.weight_column=weights", "--out", str(tmp_path / "bad")])
+    code = main(
+        [
+            "run",
+            *QUICK,
+            "--set",
+            f"data.source={tmp_path / 'f.npz'}",
+            "--set",
+            "model.task=regression",
+            "--set",
+            "data.weight_column=weights",
+            "--out",
+            str(tmp_path / "bad"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "data.weight_column: no array 'weights' (arrays are ['v', 'w', 'x', 'y'])" in err
 
@@ -450,22 +610,40 @@ def test_a_parquet_list_column_of_targets_trains_as_its_targets_in_columns(tmp_p
     x, y = friedman1(200)
     two = np.stack([y, x[:, 0] * 3 - y], axis=1)
     features = {f"f{j}": x[:, j] for j in range(10)}
-    pq.write_table(pa.table({**features, "y": pa.array(list(two), type=pa.list_(pa.float64()))}), tmp_path / "l.parquet")
+    pq.write_table(
+        pa.table({**features, "y": pa.array(list(two), type=pa.list_(pa.float64()))}), tmp_path / "l.parquet"
+    )
     pq.write_table(pa.table({**features, "a": two[:, 0], "b": two[:, 1]}), tmp_path / "c.parquet")
     common = {**REG, "train.rounds": 2}
-    listed = train(overrides={**common, "data.source": str(tmp_path / "l.parquet"), "data.label_column": "y"},
-                   out=tmp_path / "lr")
-    columns = train(overrides={**common, "data.source": str(tmp_path / "c.parquet"), "data.label_columns": ["a", "b"]},
-                    out=tmp_path / "cr")
+    listed = train(
+        overrides={**common, "data.source": str(tmp_path / "l.parquet"), "data.label_column": "y"}, out=tmp_path / "lr"
+    )
+    columns = train(
+        overrides={**common, "data.source": str(tmp_path / "c.parquet"), "data.label_columns": ["a", "b"]},
+        out=tmp_path / "cr",
+    )
     np.testing.assert_array_equal(load_model(tmp_path / "lr").params, load_model(tmp_path / "cr").params)
     assert load_model(tmp_path / "lr").header["targets"]["names"] == ["y_0", "y_1"]
     assert listed.summary["final_test_rmse"] == columns.summary["final_test_rmse"]
     # rows of other lengths: one line naming the column
     ragged = [[1.0, 2.0]] * 199 + [[1.0]]
     pq.write_table(pa.table({**features, "y": pa.array(ragged, type=pa.list_(pa.float64()))}), tmp_path / "r.parquet")
-    code = main(["run", *QUICK, *R[:2], "--set", f"data.source={tmp_path / 'r.parquet'}", "--set",
-                 "data.label_column=y", "--out", str(tmp_path / "rr")])
+    code = main(
+        [
+            "run",
+            *QUICK,
+            *R[:2],
+            "--set",
+            f"data.source={tmp_path / 'r.parquet'}",
+            "--set",
+            "data.label_column=y",
+            "--out",
+            str(tmp_path / "rr"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
-    assert "target column 'y' must hold lists of one length (one value per target), got 2 and 1 values at sample " \
+    assert (
+        "target column 'y' must hold lists of one length (one value per target), got 2 and 1 values at sample "
         "199" in err
+    )

@@ -21,17 +21,38 @@ from nnlib.driver import run
 pytestmark = pytest.mark.slow  # Spark, mrjob's local runner and mpiexec
 
 QUIET = dict(log=lambda _m: None, warn=lambda _m: None)
-BASE = ["mappers=2", "train.rounds=3", "train.batch_size=16", "train.lr=0.05", "model.hidden=[12]", "seed=5",
-        "train.patience=5"]
-REGRESSION = ["model.task=regression", "data.label_column=target", "data.weight_column=w",
-              "data.validation_column=v", "data.drop_columns=[label,t2]"]
-WEIGHTED_CLASSIFIER = ["data.label_column=label", "data.weight_column=w", "data.drop_columns=[target,t2]",
-                       "data.validation_column=v"]
+BASE = [
+    "mappers=2",
+    "train.rounds=3",
+    "train.batch_size=16",
+    "train.lr=0.05",
+    "model.hidden=[12]",
+    "seed=5",
+    "train.patience=5",
+]
+REGRESSION = [
+    "model.task=regression",
+    "data.label_column=target",
+    "data.weight_column=w",
+    "data.validation_column=v",
+    "data.drop_columns=[label,t2]",
+]
+WEIGHTED_CLASSIFIER = [
+    "data.label_column=label",
+    "data.weight_column=w",
+    "data.drop_columns=[target,t2]",
+    "data.validation_column=v",
+]
 CASES = {
     "regression": REGRESSION,
     "huber-weighted-combine": [*REGRESSION, "model.loss=huber", "combine=weighted", "train.momentum=0.5"],
-    "two-targets": ["model.task=regression", "data.label_columns=[target,t2]", "data.weight_column=w",
-                    "data.validation_column=v", "data.drop_columns=[label]"],
+    "two-targets": [
+        "model.task=regression",
+        "data.label_columns=[target,t2]",
+        "data.weight_column=w",
+        "data.validation_column=v",
+        "data.drop_columns=[label]",
+    ],
     "weighted-classifier": WEIGHTED_CLASSIFIER,
     "gradient": [*REGRESSION, "combine=gradient"],
 }
@@ -43,8 +64,13 @@ def source(tmp_path_factory) -> str:
     x, y = friedman1(240, seed=4)
     rng = np.random.default_rng(9)
     columns = {f"f{j}": x[:, j] for j in range(10)}
-    columns.update(target=y, t2=x[:, 0] * 3 - y, w=rng.uniform(0, 2, 240), v=rng.uniform(size=240) < 0.2,
-                   label=(y > np.median(y)).astype(int))
+    columns.update(
+        target=y,
+        t2=x[:, 0] * 3 - y,
+        w=rng.uniform(0, 2, 240),
+        v=rng.uniform(size=240) < 0.2,
+        label=(y > np.median(y)).astype(int),
+    )
     return write_csv(tmp_path_factory.mktemp("reg") / "rows.csv", columns)
 
 
@@ -70,10 +96,13 @@ def test_spark_equals_local(spark, source, local_runs, case):
 
 
 @needs_mrjob
-@pytest.mark.parametrize("case, runner", [
-    *((c, "inline") for c in CASES if c != "gradient"),  # mrjob runs no synchronous rounds
-    ("huber-weighted-combine", "local"),  # separate task processes: the payload file and result lines carry it all
-])
+@pytest.mark.parametrize(
+    "case, runner",
+    [
+        *((c, "inline") for c in CASES if c != "gradient"),  # mrjob runs no synchronous rounds
+        ("huber-weighted-combine", "local"),  # separate task processes: the payload file and result lines carry it all
+    ],
+)
 def test_mrjob_equals_local(source, local_runs, case, runner):
     from nnlib.engines.mrjob.engine import MrjobEngine
 
@@ -86,8 +115,19 @@ def test_mrjob_equals_local(source, local_runs, case, runner):
 def test_mpi_equals_local(tmp_path, source, local_runs, case):
     out = tmp_path / "mpi"
     sets = [a for s in [*BASE, *CASES[case], f"data.source={source}"] for a in ("--set", s)]
-    cmd = [MPIEXEC, "-n", "2", "--oversubscribe", sys.executable, "jobs/mpi_model_avg.py", "conf/default.yaml",
-           *sets, "--out", str(out), "--quiet"]
+    cmd = [
+        MPIEXEC,
+        "-n",
+        "2",
+        "--oversubscribe",
+        sys.executable,
+        "jobs/mpi_model_avg.py",
+        "conf/default.yaml",
+        *sets,
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=mpi_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_array_equal(saved_params(out), local_runs[case].params)
@@ -105,12 +145,25 @@ def test_a_parquet_uri_read_by_spark_records_its_feature_columns(spark, tmp_path
     from nnlib.engines.spark.reader import SparkReader
 
     x, y = friedman1(60)
-    pq.write_table(pa.table({"b": x[:, 1], "a": x[:, 0], "target": y, "w": np.ones(60),
-                             "label": (y > np.median(y)).astype(np.int64), "c": x[:, 2]}), tmp_path / "t.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "b": x[:, 1],
+                "a": x[:, 0],
+                "target": y,
+                "w": np.ones(60),
+                "label": (y > np.median(y)).astype(np.int64),
+                "c": x[:, 2],
+            }
+        ),
+        tmp_path / "t.parquet",
+    )
     sets = [f"data.source=file://{tmp_path / 't.parquet'}"]  # the classifier's survey, the regressor's own
-    sets += ["model.task=regression", "data.label_column=target", "data.drop_columns=[label]", "data.weight_column=w"] \
-        if task == "regression" else ["data.label_column=label", "data.drop_columns=[target,w]"]
+    sets += (
+        ["model.task=regression", "data.label_column=target", "data.drop_columns=[label]", "data.weight_column=w"]
+        if task == "regression"
+        else ["data.label_column=label", "data.drop_columns=[target,w]"]
+    )
     cfg = load_config(None, sets)
-    data = load_dataset(cfg.data, 0, 2, SparkReader(lambda: spark, local_by_pyarrow=pyarrow_in_tasks),
-                        cfg.model.task)
+    data = load_dataset(cfg.data, 0, 2, SparkReader(lambda: spark, local_by_pyarrow=pyarrow_in_tasks), cfg.model.task)
     assert data.feature_names == ("b", "a", "c")

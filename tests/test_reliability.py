@@ -21,9 +21,18 @@ from nnlib.outputs import RunDir
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = dict(log=lambda _m: None, warn=lambda _m: None)
 # big enough that a round takes a noticeable time, so the driver can be killed mid-run
-SLOW = ["data.source=synthetic", "data.n_samples=20000", "data.n_features=100", "data.n_classes=5",
-        "model.hidden=[256,256]", "train.rounds=12", "mappers=2", "train.momentum=0.9", "train.lr=0.02",
-        "seed=11"]
+SLOW = [
+    "data.source=synthetic",
+    "data.n_samples=20000",
+    "data.n_features=100",
+    "data.n_classes=5",
+    "model.hidden=[256,256]",
+    "train.rounds=12",
+    "mappers=2",
+    "train.momentum=0.9",
+    "train.lr=0.02",
+    "seed=11",
+]
 
 
 @functools.lru_cache(maxsize=1)  # the reference for both engines, computed once
@@ -40,10 +49,19 @@ def sets(items):
 def test_kill_9_then_resume_gives_bit_identical_weights(tmp_path, engine):
     out = tmp_path / "run"
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
-    cmd = [sys.executable, "-m", "nnlib", "run", *sets(SLOW + [f"engine={engine}", "spark.master=local[2]"]),
-           "--out", str(out), "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "nnlib",
+        "run",
+        *sets(SLOW + [f"engine={engine}", "spark.master=local[2]"]),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     try:
         seen = wait_for_rounds(proc, out, 2, timeout=180)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
@@ -57,8 +75,14 @@ def test_kill_9_then_resume_gives_bit_identical_weights(tmp_path, engine):
     done = RunDir(out, resume=True).latest_checkpoint().rounds_done
     assert 2 <= seen <= done < 12
 
-    resumed = subprocess.run([sys.executable, "-m", "nnlib", "run", "--resume", str(out), "--quiet"],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "nnlib", "run", "--resume", str(out), "--quiet"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_after_round"] == done  # from the newest checkpoint
@@ -74,15 +98,18 @@ def test_resume_can_add_rounds_and_nothing_else(tmp_path, capsys):
     base = sets(["engine=local", "train.rounds=2", "model.hidden=[8]"])
     assert main(["run", *base, "--out", str(out), "--quiet"]) == 0
     assert main(["run", "--resume", str(out), *sets(["train.rounds=4"]), "--quiet"]) == 0
-    longer = run(load_config(ROOT / "conf/default.yaml", ["engine=local", "train.rounds=4", "model.hidden=[8]"]),
-                 **QUIET)
+    longer = run(
+        load_config(ROOT / "conf/default.yaml", ["engine=local", "train.rounds=4", "model.hidden=[8]"]), **QUIET
+    )
     np.testing.assert_array_equal(saved_params(out), longer.params)
     capsys.readouterr()
 
     assert main(["run", "--resume", str(out), *sets(["mappers=3", "train.lr=0.5"])]) == 2
     err = capsys.readouterr().err
-    assert ("the config differs from the run's in mappers (the run has 4, given 3), train.lr (the run has 0.1, "
-            "given 0.5); only train.rounds may change") in err
+    assert (
+        "the config differs from the run's in mappers (the run has 4, given 3), train.lr (the run has 0.1, "
+        "given 0.5); only train.rounds may change"
+    ) in err
     assert err.count("\n") == 1
 
 
@@ -119,12 +146,20 @@ def _one_bad_shard(tmp_path):
     x_test = rng.normal(size=(50, 6))
     path = tmp_path / "bad.npz"
     np.savez(path, x=x, y=y, x_test=x_test, y_test=(x_test[:, 0] > 0).astype(int))
-    return ["data.source=" + str(path), "data.standardize=false", "data.partition=contiguous", "mappers=3",
-            "train.rounds=2", "train.local_epochs=10", "model.hidden=[8]"]
+    return [
+        "data.source=" + str(path),
+        "data.standardize=false",
+        "data.partition=contiguous",
+        "mappers=3",
+        "train.rounds=2",
+        "train.local_epochs=10",
+        "model.hidden=[8]",
+    ]
 
 
-@pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.slow),
-                                    pytest.param("mrjob", marks=needs_mrjob)])
+@pytest.mark.parametrize(
+    "engine", ["local", pytest.param("spark", marks=pytest.mark.slow), pytest.param("mrjob", marks=needs_mrjob)]
+)
 def test_skip_bad_mappers_drops_and_records(tmp_path, engine, request):
     if engine == "spark":
         request.getfixturevalue("spark")
@@ -132,8 +167,7 @@ def test_skip_bad_mappers_drops_and_records(tmp_path, engine, request):
     with pytest.raises(Exception, match="round 1: mapper 2 returned weights containing NaN or inf"):
         run(load_config(None, base), **QUIET)
     warnings = []
-    result = run(load_config(None, base + ["train.skip_bad_mappers=true"]), log=lambda _m: None,
-                 warn=warnings.append)
+    result = run(load_config(None, base + ["train.skip_bad_mappers=true"]), log=lambda _m: None, warn=warnings.append)
     assert result.summary["skipped_mappers"] == [{"round": 1, "mapper": 2}, {"round": 2, "mapper": 2}]
     assert np.isfinite(result.params).all()
     assert sum("mapper 2 returned NaN or inf" in w for w in warnings) == 2

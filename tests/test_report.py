@@ -17,8 +17,23 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "run"
-    assert main(["run", "--out", str(out), "--quiet", "--set", "mappers=3", "--set", "train.rounds=3",
-                 "--set", "model.hidden=[8]"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--out",
+                str(out),
+                "--quiet",
+                "--set",
+                "mappers=3",
+                "--set",
+                "train.rounds=3",
+                "--set",
+                "model.hidden=[8]",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -56,7 +71,7 @@ def test_report_embeds_every_figure_and_says_how_to_rerun(run_dir, reported):
     assert [f.name for f in figures] == ["convergence.png", "timeline.png"]
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert sorted(base64.b64decode(e) for e in embedded) == sorted(f.read_bytes() for f in figures)
-    assert "src=\"http" not in page and "<link" not in page  # self-contained
+    assert 'src="http' not in page and "<link" not in page  # self-contained
     md = (run_dir / "report.md").read_text()
     assert all(f"(plots/{f.name})" in md for f in figures)
     config = (run_dir / "config.yaml").read_text()
@@ -73,8 +88,18 @@ def test_the_reports_tables_hold_the_runs_numbers(run_dir, reported):
     rounds = read_csv_rows(run_dir / "rounds.csv")
     assert [r["round"] for r in rounds] == [1, 2, 3]  # numbered from 1, as the console prints them
     for r in rounds:  # every round, in the Markdown table and in the HTML one
-        cells = [fmt(r[c]) for c in ("round", "test_accuracy", "test_loss", "train_loss", "seconds",
-                                     "max_mapper_seconds", "overhead_seconds")]
+        cells = [
+            fmt(r[c])
+            for c in (
+                "round",
+                "test_accuracy",
+                "test_loss",
+                "train_loss",
+                "seconds",
+                "max_mapper_seconds",
+                "overhead_seconds",
+            )
+        ]
         assert "| " + " | ".join(cells) + " |" in md
         assert "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" in page
     mappers = read_csv_rows(run_dir / "mapper_times.csv")
@@ -98,7 +123,7 @@ def test_the_timeline_draws_the_local_engines_mappers_one_after_another(run_dir)
     bars = timeline_bars(rounds, mappers, sequential=True)  # the local engine: the run here
     assert [b[0] for b in bars] == [0, 1, 2] * 3
     for r in range(3):
-        mine = bars[3 * r: 3 * r + 3]
+        mine = bars[3 * r : 3 * r + 3]
         assert mine[0][1] == starts[r + 1]  # the round's first mapper starts after the broadcast
         for before, after in zip(mine, mine[1:]):  # each starts where the one before ended
             assert after[1] == pytest.approx(before[1] + before[2] + before[3])

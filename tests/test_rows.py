@@ -67,8 +67,7 @@ def test_tallies_merge_to_the_counts_of_the_whole():
 
 @pytest.mark.parametrize("partition", ["random", "contiguous"])
 def test_a_shards_positions_from_the_plan_alone_equal_the_rows_the_hash_gives_it(partition):
-    plan = RowPlan(seed=9, mappers=3, n_rows=10_007, test_fraction=0.2, validation_fraction=0.1,
-                   partition=partition)
+    plan = RowPlan(seed=9, mappers=3, n_rows=10_007, test_fraction=0.2, validation_fraction=0.1, partition=partition)
     pos = np.arange(plan.n_rows)
     role, shard = plan.roles(pos), plan.shards(pos)
     for k in range(3):

@@ -46,13 +46,16 @@ def _reader(spark):
     return SparkReader(lambda: spark)
 
 
-@pytest.mark.parametrize("mode,overrides", [
-    ("stage", ()),
-    ("jobs", ()),
-    ("stage", ("data.validation_fraction=0.1", "data.partition=contiguous", "train.momentum=0.9")),
-    ("jobs", ("data.validation_fraction=0.1", "data.partition=contiguous", "train.momentum=0.9")),
-    ("stage", ("combine=gradient", "train.lr_scaling=linear")),  # synchronous rounds: the stage alone
-])
+@pytest.mark.parametrize(
+    "mode,overrides",
+    [
+        ("stage", ()),
+        ("jobs", ()),
+        ("stage", ("data.validation_fraction=0.1", "data.partition=contiguous", "train.momentum=0.9")),
+        ("jobs", ("data.validation_fraction=0.1", "data.partition=contiguous", "train.momentum=0.9")),
+        ("stage", ("combine=gradient", "train.lr_scaling=linear")),  # synchronous rounds: the stage alone
+    ],
+)
 def test_a_parquet_dataset_on_spark_trains_the_local_engines_weights(spark, digits_parquet, mode, overrides):
     from test_engines import spark_engine
 
@@ -76,8 +79,12 @@ def test_spark_gives_every_row_the_shard_and_role_the_local_reader_gives(spark, 
     np.testing.assert_array_equal(on_spark.x_test, local.x_test)
     np.testing.assert_array_equal(on_spark.x_val, local.x_val)
     rows = on_spark.rows
-    spark_shards = _reader(spark).shards(rows).rdd.mapPartitionsWithIndex(
-        lambda i, records: [shard_from_records(i, records, rows)]).collect()
+    spark_shards = (
+        _reader(spark)
+        .shards(rows)
+        .rdd.mapPartitionsWithIndex(lambda i, records: [shard_from_records(i, records, rows)])
+        .collect()
+    )
     for mine, theirs in zip(spark_shards, ShardSource(cfg, 4, 3, local.rows).build([0, 1, 2])):
         np.testing.assert_array_equal(mine.x, theirs.x)
         np.testing.assert_array_equal(mine.y, theirs.y)
@@ -98,11 +105,13 @@ def test_a_held_out_set_past_the_limit_stays_with_the_spark_mappers(spark, digit
 def test_held_out_rows_scored_by_the_spark_mappers_give_the_drivers_scores(spark, digits_parquet, mode):
     from test_engines import spark_engine
 
-    config = small_config("mappers=3", f"data.source={digits_parquet}", "data.validation_fraction=0.1",
-                          "train.patience=3")
+    config = small_config(
+        "mappers=3", f"data.source={digits_parquet}", "data.validation_fraction=0.1", "train.patience=3"
+    )
     local = run(config, **QUIET)
-    on_spark = run(config.model_copy(update={"engine": "spark"}), engine=spark_engine(mode, collect_held_out_mb=0),
-                   **QUIET)
+    on_spark = run(
+        config.model_copy(update={"engine": "spark"}), engine=spark_engine(mode, collect_held_out_mb=0), **QUIET
+    )
     np.testing.assert_array_equal(on_spark.params, local.params)
     assert len(on_spark.rounds) == len(local.rounds) > 1
     for mine, theirs in zip(on_spark.rounds, local.rounds):
@@ -151,12 +160,29 @@ def test_a_corrupted_file_read_by_spark_is_one_line_naming_it(spark, digits_parq
 
 
 def test_a_parquet_dataset_under_mpiexec_trains_the_local_engines_weights(digits_parquet, tmp_path):
-    sets = ["mappers=2", f"data.source={digits_parquet}", "model.hidden=[16]", "train.rounds=3", "seed=3",
-            "data.validation_fraction=0.1"]
+    sets = [
+        "mappers=2",
+        f"data.source={digits_parquet}",
+        "model.hidden=[16]",
+        "train.rounds=3",
+        "seed=3",
+        "data.validation_fraction=0.1",
+    ]
     local = run(load_config(ROOT / "conf/default.yaml", [*sets, "engine=local"]), **QUIET)
     out = tmp_path / "mpi"
-    cmd = [MPIEXEC, "-n", "2", "--oversubscribe", sys.executable, "jobs/mpi_model_avg.py", "conf/default.yaml",
-           *[a for s in sets for a in ("--set", s)], "--out", str(out), "--quiet"]
+    cmd = [
+        MPIEXEC,
+        "-n",
+        "2",
+        "--oversubscribe",
+        sys.executable,
+        "jobs/mpi_model_avg.py",
+        "conf/default.yaml",
+        *[a for s in sets for a in ("--set", s)],
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=mpi_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert np.abs(saved_params(out) - local.params).max() <= 1e-6
@@ -166,15 +192,17 @@ def test_a_parquet_dataset_under_mpiexec_trains_the_local_engines_weights(digits
     scored = read_csv_rows(out / "rounds.csv")
     for name in ("test", "val"):
         assert [float(r[f"{name}_accuracy"]) for r in scored] == [r[f"{name}_accuracy"] for r in local.rounds]
-        np.testing.assert_allclose([float(r[f"{name}_loss"]) for r in scored],
-                                   [r[f"{name}_loss"] for r in local.rounds], rtol=1e-5)
+        np.testing.assert_allclose(
+            [float(r[f"{name}_loss"]) for r in scored], [r[f"{name}_loss"] for r in local.rounds], rtol=1e-5
+        )
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["n_test"], summary["n_val"]) == (local.summary["n_test"], local.summary["n_val"])
 
 
 @pytest.mark.parametrize("runner", ["inline", "local"])
 def test_a_parquet_dataset_under_mrjob_is_cut_into_shards_once_and_trains_the_local_engines_weights(
-        digits_parquet, runner, tmp_path):
+    digits_parquet, runner, tmp_path
+):
     from nnlib.engines.mrjob.engine import MrjobEngine
 
     source = tmp_path / "ds"
@@ -205,8 +233,11 @@ def test_a_parquet_dataset_under_mrjob_is_cut_into_shards_once_and_trains_the_lo
     pos = np.arange(1797)
     shard = np.where(plan.roles(pos) == TRAIN, plan.shards(pos), -1)
     files = np.searchsorted([300, 301, 900, 1400], pos, side="right")  # the fixture's files, by position
-    assert written == [f"shard-{k:05d}{part}" for k in range(3)
-                       for part in ["", *(f"/part-{f:05d}.npz" for f in range(5) if (shard[files == f] == k).any())]]
+    assert written == [
+        f"shard-{k:05d}{part}"
+        for k in range(3)
+        for part in ["", *(f"/part-{f:05d}.npz" for f in range(5) if (shard[files == f] == k).any())]
+    ]
 
 
 def test_mrjob_on_hadoop_needs_a_scratch_uri_for_a_parquet_source(digits_parquet):
@@ -214,6 +245,8 @@ def test_mrjob_on_hadoop_needs_a_scratch_uri_for_a_parquet_source(digits_parquet
     from nnlib.errors import EngineError
 
     config = small_config("mappers=2", f"data.source={digits_parquet}", "engine=mrjob")
-    with pytest.raises(EngineError, match="mrjob.scratch: the hadoop runner needs a URI every node can write for a "
-                                          "Parquet source's shards"):
+    with pytest.raises(
+        EngineError,
+        match="mrjob.scratch: the hadoop runner needs a URI every node can write for a Parquet source's shards",
+    ):
         run(config, engine=MrjobEngine(config, "hadoop"), **QUIET)

@@ -12,10 +12,11 @@ from nnlib.util.ship import zip_package
 @pytest.mark.slow
 def test_zipped_package_imports_from_the_zip(tmp_path):
     dest = zip_package(tmp_path / "nnlib.zip")
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import nnlib.rounds.mapper, nnlib.engines.spark.session as s; "
-            "print(nnlib.rounds.mapper.__file__); print(s.LOG4J_CONF)")
-    proc = subprocess.run([sys.executable, "-I", "-c", code, str(dest)], capture_output=True, text=True,
-                          cwd=tmp_path)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import nnlib.rounds.mapper, nnlib.engines.spark.session as s; "
+        "print(nnlib.rounds.mapper.__file__); print(s.LOG4J_CONF)"
+    )
+    proc = subprocess.run([sys.executable, "-I", "-c", code, str(dest)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith(str(dest))
     names = zipfile.ZipFile(dest).namelist()

@@ -19,8 +19,13 @@ needs_mlflow = needs("mlflow", "tracking")
 
 
 def nnlib_run(*args: str, cwd) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nnlib", "run", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nnlib", "run", *args],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.mark.slow
@@ -33,9 +38,21 @@ def test_an_mlflow_run_deleted_mid_run_is_one_warning_and_the_run_completes(tmp_
     client = MlflowClient(tracking_uri=uri)
     client.search_experiments()  # the store's tables made here, not by two processes at once
     rounds = 40
-    proc = nnlib_run("--out", "run", "--set", "tracking=mlflow", "--set", f"mlflow.tracking_uri={uri}",
-                     "--set", f"train.rounds={rounds}", "--set", "model.hidden=[64]",
-                     "--set", "train.local_epochs=30", cwd=tmp_path)
+    proc = nnlib_run(
+        "--out",
+        "run",
+        "--set",
+        "tracking=mlflow",
+        "--set",
+        f"mlflow.tracking_uri={uri}",
+        "--set",
+        f"train.rounds={rounds}",
+        "--set",
+        "model.hidden=[64]",
+        "--set",
+        "train.local_epochs=30",
+        cwd=tmp_path,
+    )
     wait_for_rounds(proc, tmp_path / "run", 2)
     (run,) = client.search_runs([client.get_experiment_by_name("nnlib").experiment_id])
     client.delete_run(run.info.run_id)
@@ -61,14 +78,25 @@ def test_an_unreachable_tracking_server_is_one_line_within_seconds_before_traini
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     start = time.monotonic()
-    proc = nnlib_run("--out", "run", "--set", "tracking=mlflow", "--set", f"mlflow.tracking_uri=http://127.0.0.1:{port}",
-                     "--set", "train.rounds=2", cwd=tmp_path)
+    proc = nnlib_run(
+        "--out",
+        "run",
+        "--set",
+        "tracking=mlflow",
+        "--set",
+        f"mlflow.tracking_uri=http://127.0.0.1:{port}",
+        "--set",
+        "train.rounds=2",
+        cwd=tmp_path,
+    )
     out, err = proc.communicate(timeout=120)
     seconds = time.monotonic() - start
     assert proc.returncode == 2 and seconds < 30, (seconds, err[-2000:])  # MLflow's own retries: about 4 minutes
-    assert err == (f"nnlib: error: mlflow.tracking_uri=http://127.0.0.1:{port}: the tracking server cannot be "
-                   f"reached (127.0.0.1:{port}: Connection refused); start it, fix mlflow.tracking_uri, or set "
-                   "tracking=none\n")
+    assert err == (
+        f"nnlib: error: mlflow.tracking_uri=http://127.0.0.1:{port}: the tracking server cannot be "
+        f"reached (127.0.0.1:{port}: Connection refused); start it, fix mlflow.tracking_uri, or set "
+        "tracking=none\n"
+    )
     assert "round 1" not in out and not (tmp_path / "run").exists()  # refused before training: nothing written
 
 
@@ -93,15 +121,20 @@ def _settings(mlflow):
     from mlflow.tracking.fluent import _get_experiment_id
 
     active = mlflow.active_run()
-    return (mlflow.get_tracking_uri(), _get_experiment_id(), active and active.info.run_id,
-            logging.getLogger("mlflow").level, logging.getLogger("alembic").level,
-            os.environ.get("MLFLOW_ALLOW_FILE_STORE"), os.environ.get("MLFLOW_TRACKING_URI"))
+    return (
+        mlflow.get_tracking_uri(),
+        _get_experiment_id(),
+        active and active.info.run_id,
+        logging.getLogger("mlflow").level,
+        logging.getLogger("alembic").level,
+        os.environ.get("MLFLOW_ALLOW_FILE_STORE"),
+        os.environ.get("MLFLOW_TRACKING_URI"),
+    )
 
 
 @pytest.mark.slow
 @needs_mlflow
-def test_inside_the_callers_mlflow_run_nnlib_logs_a_child_run_and_leaves_the_settings_as_found(tmp_path,
-                                                                                                caller_mlflow):
+def test_inside_the_callers_mlflow_run_nnlib_logs_a_child_run_and_leaves_the_settings_as_found(tmp_path, caller_mlflow):
     """After mlflow#12154: nnlib.train inside the user's own ``with mlflow.start_run():``."""
     import nnlib
 
@@ -134,8 +167,9 @@ def test_without_a_caller_run_the_process_settings_are_left_as_found(tmp_path, c
 
     mlflow = caller_mlflow
     before = _settings(mlflow)
-    nnlib.train(small_config("tracking=mlflow", f"mlflow.tracking_uri={(tmp_path / 'store').as_uri()}"),
-                out=tmp_path / "run")
+    nnlib.train(
+        small_config("tracking=mlflow", f"mlflow.tracking_uri={(tmp_path / 'store').as_uri()}"), out=tmp_path / "run"
+    )
     assert _settings(mlflow) == before and mlflow.active_run() is None
     client = mlflow.MlflowClient((tmp_path / "store").as_uri())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # reading the folder store back needs its opt-in

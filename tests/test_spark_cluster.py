@@ -18,9 +18,20 @@ pytestmark = pytest.mark.slow  # every test here starts a JVM, mpiexec or a subp
 
 ROOT = Path(__file__).resolve().parent.parent
 # rounds long enough (about a second each) to kill a worker in the middle of one
-WORK = ["engine=spark", "mappers=2", "data.source=synthetic", "data.n_samples=12000", "data.n_features=64",
-        "data.n_classes=4", "model.hidden=[128,128]", "train.rounds=6", "train.local_epochs=6",
-        "train.momentum=0.5", "train.lr=0.02", "seed=5"]
+WORK = [
+    "engine=spark",
+    "mappers=2",
+    "data.source=synthetic",
+    "data.n_samples=12000",
+    "data.n_features=64",
+    "data.n_classes=4",
+    "model.hidden=[128,128]",
+    "train.rounds=6",
+    "train.local_epochs=6",
+    "train.momentum=0.5",
+    "train.lr=0.02",
+    "seed=5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +46,9 @@ def submit(cluster, out, *extra):
     cmd = [sys.executable, "-m", "nnlib", "run", "conf/default.yaml", "--out", str(out), "--quiet"]
     for item in [*WORK, f"spark.master={cluster.url}", *extra]:
         cmd += ["--set", item]
-    return subprocess.Popen(cmd, cwd=ROOT, env=cluster_env(cluster.folder), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=cluster_env(cluster.folder), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_cluster_run_equals_local_engine_and_survives_a_killed_worker(cluster, tmp_path):
@@ -46,8 +58,9 @@ def test_cluster_run_equals_local_engine_and_survives_a_killed_worker(cluster, t
     hosts = {line.split(",")[2:4][1] for line in (tmp_path / "clean/mapper_times.csv").read_text().splitlines()[1:]}
     assert len(hosts) >= 2  # mappers ran in more than one executor process
 
-    local = run(load_config(ROOT / "conf/default.yaml", [*WORK, "engine=local"]),
-                log=lambda _m: None, warn=lambda _m: None)
+    local = run(
+        load_config(ROOT / "conf/default.yaml", [*WORK, "engine=local"]), log=lambda _m: None, warn=lambda _m: None
+    )
     # one BLAS thread per mapper everywhere (nnlib.util.threads): the cluster's weights are the local ones, bit for bit
     np.testing.assert_array_equal(saved_params(tmp_path / "clean"), local.params)
 
@@ -61,8 +74,11 @@ def test_cluster_run_equals_local_engine_and_survives_a_killed_worker(cluster, t
     assert faulty.returncode == 0, err[-3000:]
     # the stage lost a mapper (seen as the broken connection or as Spark aborting the stage, whichever the
     # driver notices first), was started again, and redid the round from the last finished one
-    restart = re.search(r"spark: (lost mapper 1|the stage stopped).* in round (\d+); starting the stage again "
-                        r"\(attempt 2 of 3\) and redoing round \2", err)
+    restart = re.search(
+        r"spark: (lost mapper 1|the stage stopped).* in round (\d+); starting the stage again "
+        r"\(attempt 2 of 3\) and redoing round \2",
+        err,
+    )
     assert restart, err[-3000:]
     assert done <= int(restart.group(2)) <= 6  # the kill landed in a round after the ones seen finished
     np.testing.assert_array_equal(saved_params(tmp_path / "faulty"), saved_params(tmp_path / "clean"))
@@ -82,27 +98,40 @@ def _blobs_parquet(folder: Path, n_rows: int, n_files: int) -> int:
         rng = np.random.default_rng([1, i])
         y = rng.integers(0, 10, len(rows))
         x = (centres[y] + rng.normal(size=(len(rows), 64))).astype(np.float32)
-        pq.write_table(pa.table({"features": pa.FixedSizeListArray.from_arrays(x.ravel(), 64), "label": y}),
-                       folder / f"part-{i:05d}.parquet", row_group_size=65536)
+        pq.write_table(
+            pa.table({"features": pa.FixedSizeListArray.from_arrays(x.ravel(), 64), "label": y}),
+            folder / f"part-{i:05d}.parquet",
+            row_group_size=65536,
+        )
     return n_rows * 64 * 4
 
 
 def test_a_parquet_dataset_larger_than_a_workers_memory_limit_trains_over_four_workers(tmp_path):
     limit_mb = 640  # spark.executor.pyspark.memory: each Python worker's address space
     data = tmp_path / "blobs"
-    assert _blobs_parquet(data, 2_800_000, 8) > limit_mb * 2 ** 20
-    assert sum(f.stat().st_size for f in data.iterdir()) > limit_mb * 2 ** 20
+    assert _blobs_parquet(data, 2_800_000, 8) > limit_mb * 2**20
+    assert sum(f.stat().st_size for f in data.iterdir()) > limit_mb * 2**20
     cluster = StandaloneCluster(tmp_path / "cluster").start(n_workers=4)
     try:
+
         def submit_blobs(out, mappers):
             cmd = [sys.executable, "-m", "nnlib", "run", "--out", str(out), "--quiet"]
-            for item in ["engine=spark", f"mappers={mappers}", f"spark.master={cluster.url}", f"data.source={data}",
-                         "data.features_column=features", "model.hidden=[32]", "train.rounds=2",
-                         "train.local_steps=20", "train.lr=0.05",
-                         f"spark.conf={{spark.executor.pyspark.memory: {limit_mb}m}}"]:
+            for item in [
+                "engine=spark",
+                f"mappers={mappers}",
+                f"spark.master={cluster.url}",
+                f"data.source={data}",
+                "data.features_column=features",
+                "model.hidden=[32]",
+                "train.rounds=2",
+                "train.local_steps=20",
+                "train.lr=0.05",
+                f"spark.conf={{spark.executor.pyspark.memory: {limit_mb}m}}",
+            ]:
                 cmd += ["--set", item]
-            return subprocess.run(cmd, cwd=ROOT, env=cluster_env(cluster.folder), capture_output=True, text=True,
-                                  timeout=500)
+            return subprocess.run(
+                cmd, cwd=ROOT, env=cluster_env(cluster.folder), capture_output=True, text=True, timeout=500
+            )
 
         split = submit_blobs(tmp_path / "four", 4)
         assert split.returncode == 0, split.stderr[-3000:]
@@ -115,7 +144,7 @@ def test_a_parquet_dataset_larger_than_a_workers_memory_limit_trains_over_four_w
         assert summary["final_test_accuracy"] > 0.9
         # the executors' Python workers ran under the limit (pyspark logs it as it sets RLIMIT_AS)
         logs = "".join(p.read_text() for p in (tmp_path / "cluster/work").glob("*/*/stderr"))
-        assert f"Setting mem limits to {limit_mb * 2 ** 20}" in logs
+        assert f"Setting mem limits to {limit_mb * 2**20}" in logs
 
         whole = submit_blobs(tmp_path / "one", 1)  # the same data in one worker does not fit under its limit
         assert whole.returncode != 0

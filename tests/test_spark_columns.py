@@ -48,10 +48,22 @@ def keyed_run(tmp_path_factory):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, N_FEATURES)).round(3)
     y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0)
-    pq.write_table(pa.table({"id": np.arange(40), **{f"f{j}": x[:, j] for j in range(N_FEATURES)}, "label": y}),
-                   tmp / "rows.parquet")
-    config = load_config(None, ["engine=local", "mappers=1", "train.rounds=1", "model.hidden=[4]", "seed=1",
-                                f"data.source={tmp / 'rows.parquet'}", "data.key_column=id"])
+    pq.write_table(
+        pa.table({"id": np.arange(40), **{f"f{j}": x[:, j] for j in range(N_FEATURES)}, "label": y}),
+        tmp / "rows.parquet",
+    )
+    config = load_config(
+        None,
+        [
+            "engine=local",
+            "mappers=1",
+            "train.rounds=1",
+            "model.hidden=[4]",
+            "seed=1",
+            f"data.source={tmp / 'rows.parquet'}",
+            "data.key_column=id",
+        ],
+    )
     run(config, RunDir(tmp / "run"), log=lambda _: None, warn=lambda _: None)
     return tmp / "run", x, y
 
@@ -92,8 +104,12 @@ def _no_job_runs(spark, action) -> None:
 def test_transform_refuses_an_output_column_the_dataframe_has_before_any_job(spark, keyed_run):
     model = _model(keyed_run[0])
     df = _frame(spark, bad=None)
-    for param, column in (("predictionCol", "prediction"), ("probabilityCol", "probability"),
-                          ("rawPredictionCol", "rawPrediction"), ("predictionCol", "PREDICTION")):
+    for param, column in (
+        ("predictionCol", "prediction"),
+        ("probabilityCol", "probability"),
+        ("rawPredictionCol", "rawPrediction"),
+        ("predictionCol", "PREDICTION"),
+    ):
         taken = df.selectExpr("*", f"1.5 as {column}")
         message = _no_job_runs(spark, lambda: model.transform(taken))
         assert message.startswith(f"{param}: the DataFrame already has a column '{column}'")
@@ -107,7 +123,8 @@ def test_transform_refuses_an_output_column_the_dataframe_has_before_any_job(spa
     # two params naming one column would replace each other's output
     clash = model.copy().setProbabilityCol("scores").setRawPredictionCol("scores")
     assert _no_job_runs(spark, lambda: clash.transform(df)).startswith(
-        "probabilityCol: 'scores' is also rawPredictionCol's column")
+        "probabilityCol: 'scores' is also rawPredictionCol's column"
+    )
 
 
 def test_an_output_left_out_keeps_the_users_column_and_helper_columns_take_no_users_name(spark, keyed_run):
@@ -126,7 +143,9 @@ def test_fit_refuses_taken_output_columns_and_columns_the_reader_needs(spark):
     from nnlib.spark import NNClassifier
 
     df = _frame(spark, bad=None)
-    message = _no_job_runs(spark, lambda: NNClassifier(featuresCol="features").fit(df.selectExpr("*", "0 as prediction")))
+    message = _no_job_runs(
+        spark, lambda: NNClassifier(featuresCol="features").fit(df.selectExpr("*", "0 as prediction"))
+    )
     assert message.startswith("predictionCol: the DataFrame already has a column 'prediction'")
     with pytest.raises(DataError, match="^labelCol: '_nnlib_row' is a name nnlib's reader gives its own columns"):
         NNClassifier(labelCol="_nnlib_row").fit(df.withColumnRenamed("label", "_nnlib_row"))
@@ -144,8 +163,10 @@ def test_a_nan_at_transform_names_the_column_and_the_rows_partition_and_offset(s
     model = _model(keyed_run[0])
     df = _frame(spark, key="rid")  # no column of the model's key (id)
     text, last = _worker_error(lambda: model.transform(df).collect())
-    assert last == ("nnlib.errors.DataError: featuresCol 'features': features must be finite, got nan at row 5 of "
-                    "partition 1, feature 2")
+    assert last == (
+        "nnlib.errors.DataError: featuresCol 'features': features must be finite, got nan at row 5 of "
+        "partition 1, feature 2"
+    )
     assert text.count("\n") < 8  # the worker's traceback is one frame and nnlib's line
     # a filter after transform does not change the offsets: they are the input's
     _, last = _worker_error(lambda: model.transform(df).where("rid > 22").collect())
@@ -159,18 +180,23 @@ def test_a_nan_at_transform_names_the_column_and_the_rows_partition_and_offset(s
     assert last.endswith("got nan at row 5 of partition 1, feature 2")
     # one short row, so that the error cannot come from whichever partition's task fails first
     short = _frame(spark, bad=None, key="rid").selectExpr(
-        "rid", "if(rid = 23, slice(features, 1, 3), features) as features")
+        "rid", "if(rid = 23, slice(features, 1, 3), features) as features"
+    )
     _, last = _worker_error(lambda: model.transform(short).collect())
-    assert last == ("nnlib.errors.DataError: featuresCol 'features': the model takes 4 features, got 3 features at "
-                    "row 3 of partition 1")
+    assert last == (
+        "nnlib.errors.DataError: featuresCol 'features': the model takes 4 features, got 3 features at "
+        "row 3 of partition 1"
+    )
 
 
 def test_a_nan_at_transform_names_the_key_columns_value(spark, keyed_run):
     model = _model(keyed_run[0])
     assert model.model.header["preprocessing"]["key_column"] == "id"
     _, last = _worker_error(lambda: model.transform(_frame(spark)).collect())
-    assert last == (f"nnlib.errors.DataError: featuresCol 'features': features must be finite, got nan at the row "
-                    f"whose id is {BAD_ID}, feature 2")
+    assert last == (
+        f"nnlib.errors.DataError: featuresCol 'features': features must be finite, got nan at the row "
+        f"whose id is {BAD_ID}, feature 2"
+    )
     # a key column given to the estimator (conf's data.key_column) is the model's
     from nnlib.spark import NNClassifier
 
@@ -188,12 +214,17 @@ def test_a_nan_in_training_rows_names_the_column_and_the_rows_partition_and_offs
 
     with pytest.raises(DataError) as caught:
         NNClassifier(mappers=1, rounds=1, hidden=[4]).fit(_frame(spark))
-    assert str(caught.value) == ("featuresCol 'features': features must be finite, got nan at row 5 of partition 1, "
-                                 "feature 2")
-    with pytest.raises(DataError, match=r"^labelCol 'label': labels must be integers 0..n_classes-1, got 2.5 at row "
-                                        r"3 of partition 0$"):
-        NNClassifier(mappers=1, rounds=1, hidden=[4]).fit(_frame(spark, bad=None).selectExpr(
-            "features", "if(id = 3, cast(2.5 as double), label) as label"))
+    assert str(caught.value) == (
+        "featuresCol 'features': features must be finite, got nan at row 5 of partition 1, feature 2"
+    )
+    with pytest.raises(
+        DataError,
+        match=r"^labelCol 'label': labels must be integers 0..n_classes-1, got 2.5 at row "
+        r"3 of partition 0$",
+    ):
+        NNClassifier(mappers=1, rounds=1, hidden=[4]).fit(
+            _frame(spark, bad=None).selectExpr("features", "if(id = 3, cast(2.5 as double), label) as label")
+        )
 
 
 def test_on_spark_connect_a_taken_column_is_refused_and_a_nan_named(connect, keyed_run):
@@ -203,8 +234,10 @@ def test_on_spark_connect_a_taken_column_is_refused_and_a_nan_named(connect, key
         with pytest.raises(DataError, match="^predictionCol: the DataFrame already has a column 'prediction'"):
             model.transform(df.selectExpr("*", "1.0 as prediction"))
         text, _ = _worker_error(lambda: model.transform(df).collect())
-    assert ("nnlib.errors.DataError: featuresCol 'features': features must be finite, got nan at row 5 of "
-            "partition 1, feature 2") in text
+    assert (
+        "nnlib.errors.DataError: featuresCol 'features': features must be finite, got nan at row 5 of "
+        "partition 1, feature 2"
+    ) in text
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
@@ -220,25 +253,33 @@ def test_cli_predict_on_spark_names_the_column_and_the_files_row_with_no_spark_l
     else:
         pacsv.write_csv(table, data)
     out = tmp_path / "p.parquet"
-    proc = subprocess.run([sys.executable, "-m", "nnlib", "predict", str(run_dir), str(data), "--set", "engine=spark",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnlib", "predict", str(run_dir), str(data), "--set", "engine=spark", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = spark_lines(proc.stderr)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("nnlib: error: "), proc.stderr[-3000:]
     value = "nan" if suffix == ".parquet" else "inf"
-    assert lines[0] == f"nnlib: error: DATA {data}: features must be finite, got {value} at sample {k}, feature 2 ('f2')"
+    assert (
+        lines[0] == f"nnlib: error: DATA {data}: features must be finite, got {value} at sample {k}, feature 2 ('f2')"
+    )
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [data.name]
 
 
 def test_spark_keeps_its_other_errors_on_the_console(tmp_path):
     """The failed write task's "Aborting task" line is dropped from Spark's Utils logger, nothing else of it."""
-    script = ("from nnlib.engines.spark.session import SessionSettings, open_session\n"
-              "opened = open_session(SessionSettings('local[1]'))\n"
-              "log = opened.session.sparkContext._jvm.org.apache.logging.log4j.LogManager.getLogger("
-              "'org.apache.spark.util.Utils')\n"
-              "log.error('Aborting task')\n"
-              "log.error('Uncaught exception in thread nnlib-test')\n"
-              "opened.stop()\n")
+    script = (
+        "from nnlib.engines.spark.session import SessionSettings, open_session\n"
+        "opened = open_session(SessionSettings('local[1]'))\n"
+        "log = opened.session.sparkContext._jvm.org.apache.logging.log4j.LogManager.getLogger("
+        "'org.apache.spark.util.Utils')\n"
+        "log.error('Aborting task')\n"
+        "log.error('Uncaught exception in thread nnlib-test')\n"
+        "opened.stop()\n"
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = spark_lines(proc.stderr)

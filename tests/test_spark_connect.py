@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import (CONNECT_SWITCH, alive, descendants, needs_torch, on, saved_params, small_config,
-                      wait_for_rounds)
+from conftest import CONNECT_SWITCH, alive, descendants, needs_torch, on, saved_params, small_config, wait_for_rounds
 
 from nnlib.cli import main
 from nnlib.config import load_config
@@ -35,10 +34,14 @@ TESTS = Path(__file__).resolve().parent
 QUIET = dict(log=lambda _m: None, warn=lambda _m: None)
 # a quick run on digits: rounds of a fraction of a second over Connect
 QUICK = ["model.hidden=[8]", "mappers=2", "train.local_epochs=1", "seed=5"]
-INTERRUPTED = re.compile(r"nnlib: interrupted in round (\d+)/(\d+); rounds 1-(\d+) are kept \(checkpoint (\S+)\); "
-                         r"resume with: nnlib run --resume (\S+)\n")
-STOPPED = re.compile(r"nnlib: stopped by SIGTERM after round (\d+)/(\d+); rounds 1-(\d+) are kept "
-                     r"\(checkpoint (\S+)\); resume with: nnlib run --resume (\S+)\n")
+INTERRUPTED = re.compile(
+    r"nnlib: interrupted in round (\d+)/(\d+); rounds 1-(\d+) are kept \(checkpoint (\S+)\); "
+    r"resume with: nnlib run --resume (\S+)\n"
+)
+STOPPED = re.compile(
+    r"nnlib: stopped by SIGTERM after round (\d+)/(\d+); rounds 1-(\d+) are kept "
+    r"\(checkpoint (\S+)\); resume with: nnlib run --resume (\S+)\n"
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -77,7 +80,7 @@ def client_tcp(pid: int) -> list[tuple[int, int, str]]:
         except OSError:
             continue
         if link.startswith("socket:["):
-            inodes.add(link[len("socket:["):-1])
+            inodes.add(link[len("socket:[") : -1])
     found = []
     for table in ("tcp", "tcp6"):
         for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
@@ -88,6 +91,7 @@ def client_tcp(pid: int) -> list[tuple[int, int, str]]:
 
 
 # --- pure parts: no Spark ---------------------------------------------------------------------------------
+
 
 def test_results_travel_as_rows_of_at_most_a_mebibyte_and_come_back_whole():
     from nnlib.engines.spark.jobs import CHUNK_BYTES, arrow_rows, from_chunks, to_chunks
@@ -120,9 +124,15 @@ def test_a_shard_missed_in_a_worker_is_read_from_its_scratch_file_not_built_agai
     monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: task))
     monkeypatch.setattr(jobs, "_held", {})
     rng = np.random.default_rng(0)
-    shard = Shard(2, rng.standard_normal((5, 3)).astype(np.float32), np.arange(5), {
-        2: (rng.standard_normal((2, 3)).astype(np.float32), np.array([1, 0])),
-        1: (np.zeros((0, 3), np.float32), np.zeros(0, np.int64))})
+    shard = Shard(
+        2,
+        rng.standard_normal((5, 3)).astype(np.float32),
+        np.arange(5),
+        {
+            2: (rng.standard_normal((2, 3)).astype(np.float32), np.array([1, 0])),
+            1: (np.zeros((0, 3), np.float32), np.zeros(0, np.int64)),
+        },
+    )
     builds = []
 
     def build(mapper, batches):
@@ -140,13 +150,19 @@ def test_a_shard_missed_in_a_worker_is_read_from_its_scratch_file_not_built_agai
 
     # Assert: one build per run; the file's shard equals the built one, array for array, dtype for dtype
     assert builds == [2, 2]
-    assert folder.parent == tmp_path and "run-a" not in folder.name and sorted(p.name for p in folder.iterdir()) == [
-        "shard-2"]
+    assert (
+        folder.parent == tmp_path
+        and "run-a" not in folder.name
+        and sorted(p.name for p in folder.iterdir()) == ["shard-2"]
+    )
     assert first == (2, shard) and second[0] == 2 and second[1] is not shard and other[1] is shard
     loaded = second[1]
     assert loaded.index == 2 and sorted(loaded.held_out) == [1, 2]
-    for got, want in [(loaded.x, shard.x), (loaded.y, shard.y),
-                      *((g, w) for role in (1, 2) for g, w in zip(loaded.held_out[role], shard.held_out[role]))]:
+    for got, want in [
+        (loaded.x, shard.x),
+        (loaded.y, shard.y),
+        *((g, w) for role in (1, 2) for g, w in zip(loaded.held_out[role], shard.held_out[role])),
+    ]:
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_array_equal(got, want)
     assert list(jobs._held) == [("run-b", 2)]  # one shard in a worker's memory
@@ -164,12 +180,20 @@ def test_spark_mode_auto_picks_jobs_on_connect_and_refuses_what_needs_the_client
     assert isinstance(make_engine(small_config(*remote)), SparkJobsEngine)
     assert small_config("engine=spark").spark.mode == "auto"
     for extra, message in [
-        ("spark.mode=stage", "spark.mode: on Spark Connect the executors cannot reach this process, so it must be "
-                             "auto or jobs, got stage"),
-        ("spark.collective=driver", "spark.collective: on Spark Connect the gradients are averaged among the "
-                                    "tasks, so it must be tasks, got driver"),
-        ("spark.port=7000", "spark.port: on Spark Connect nothing listens in this process, so it must be 0 "
-                            "(unset), got 7000"),
+        (
+            "spark.mode=stage",
+            "spark.mode: on Spark Connect the executors cannot reach this process, so it must be "
+            "auto or jobs, got stage",
+        ),
+        (
+            "spark.collective=driver",
+            "spark.collective: on Spark Connect the gradients are averaged among the "
+            "tasks, so it must be tasks, got driver",
+        ),
+        (
+            "spark.port=7000",
+            "spark.port: on Spark Connect nothing listens in this process, so it must be 0 (unset), got 7000",
+        ),
     ]:
         assert main(["run", *sets([*QUICK, *remote, extra]), "--quiet"]) == 2
         err = capsys.readouterr().err
@@ -183,8 +207,15 @@ def test_an_unreachable_connect_server_is_one_line_within_seconds(tmp_path, caps
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     start = time.monotonic()
-    code = main(["run", *sets([*QUICK, "engine=spark", f"spark.remote=sc://127.0.0.1:{port}"]),
-                 "--out", str(tmp_path / "r"), "--quiet"])
+    code = main(
+        [
+            "run",
+            *sets([*QUICK, "engine=spark", f"spark.remote=sc://127.0.0.1:{port}"]),
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert f"sc://127.0.0.1:{port}" in err and "Traceback" not in err
@@ -194,16 +225,21 @@ def test_an_unreachable_connect_server_is_one_line_within_seconds(tmp_path, caps
 
 # --- the engine on a Connect server and on a classic session -----------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["connect", "classic"])
-@pytest.mark.parametrize("overrides", [
-    ("combine=average",),
-    ("combine=weighted", "data.partition=stratified", "train.momentum=0.5"),
-    ("combine=gradient", "train.momentum=0.9"),  # synchronous rounds: a barrier job, the tasks' own mesh
-    ("combine=ist", "model.hidden=[16,12]", "train.momentum=0.9"),
-    pytest.param(("model.type=module", "model.module=user_models.tiny:make", "train.sync_rounds=1"),
-                 marks=needs_torch),  # a user's nn.Module with BatchNorm: a synchronous round, then an average
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("combine=average",),
+        ("combine=weighted", "data.partition=stratified", "train.momentum=0.5"),
+        ("combine=gradient", "train.momentum=0.9"),  # synchronous rounds: a barrier job, the tasks' own mesh
+        ("combine=ist", "model.hidden=[16,12]", "train.momentum=0.9"),
+        pytest.param(
+            ("model.type=module", "model.module=user_models.tiny:make", "train.sync_rounds=1"), marks=needs_torch
+        ),  # a user's nn.Module with BatchNorm: a synchronous round, then an average
+    ],
+)
 def test_spark_jobs_equal_the_local_engine(spark, connect, connect_server, where, overrides):
     config = small_config("mappers=4", *overrides)
     local = run(config, **QUIET)
@@ -216,8 +252,9 @@ def test_spark_jobs_equal_the_local_engine(spark, connect, connect_server, where
     assert [r["mapper"] for r in on_spark.mapper_rows[:4]] == [0, 1, 2, 3]
     assert [r["n_samples"] for r in on_spark.mapper_rows] == [r["n_samples"] for r in local.mapper_rows]
     assert all(r["train_seconds"] > 0 and r["pid"] != os.getpid() for r in on_spark.mapper_rows)
-    assert {r["pid"] for r in on_spark.mapper_rows} & set(connect_server.pids() if where == "connect"
-                                                         else descendants(os.getpid()))
+    assert {r["pid"] for r in on_spark.mapper_rows} & set(
+        connect_server.pids() if where == "connect" else descendants(os.getpid())
+    )
     for row in on_spark.rounds:
         assert row["wait_seconds"] > 0 and row["combine_seconds"] > 0
     # the client's bytes: the payloads sent, and one Combined (plus a few hundred bytes of stats per mapper)
@@ -241,9 +278,14 @@ def scratch_probe(token: str):
         for m in dropped:
             del jobs._held[(token, m)]
         folder = jobs.scratch_folder(token)
-        files = None if not os_.path.isdir(folder) else {
-            name: [os_.stat(os_.path.join(folder, name)).st_ino, os_.stat(os_.path.join(folder, name)).st_mtime_ns]
-            for name in sorted(os_.listdir(folder))}
+        files = (
+            None
+            if not os_.path.isdir(folder)
+            else {
+                name: [os_.stat(os_.path.join(folder, name)).st_ino, os_.stat(os_.path.join(folder, name)).st_mtime_ns]
+                for name in sorted(os_.listdir(folder))
+            }
+        )
         yield from jobs.to_chunks(0, json_.dumps({"files": files, "dropped": dropped}).encode())
 
     return task
@@ -251,8 +293,9 @@ def scratch_probe(token: str):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["connect", "classic"])
-def test_shards_are_built_once_and_a_worker_that_misses_one_reads_its_scratch_file(spark, connect, connect_server,
-                                                                                    where):
+def test_shards_are_built_once_and_a_worker_that_misses_one_reads_its_scratch_file(
+    spark, connect, connect_server, where
+):
     from nnlib.engines.spark.jobs import CHUNKS, collected
 
     # scored in line, so each probe runs between two rounds, on an idle worker that holds a shard
@@ -305,12 +348,11 @@ def digits_parquet(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["connect", "classic"])
-def test_a_parquet_source_on_spark_jobs_equals_the_local_engine(spark, connect, connect_server, digits_parquet,
-                                                                 where):
+def test_a_parquet_source_on_spark_jobs_equals_the_local_engine(spark, connect, connect_server, digits_parquet, where):
     from pyspark.sql import functions as F
 
     # the shard keys rest on Spark's hash(): Python's Murmur3 gives Spark's own values
-    values = [0, 1, -7, 2 ** 40 + 3, -(2 ** 62)]
+    values = [0, 1, -7, 2**40 + 3, -(2**62)]
     session = connect if where == "connect" else spark
     with on(where):
         hashed = session.createDataFrame([(v,) for v in values], "v long").select(F.hash("v")).collect()
@@ -319,8 +361,13 @@ def test_a_parquet_source_on_spark_jobs_equals_the_local_engine(spark, connect, 
     assert [r[0] for r in hashed] == [spark_hash_long(v) for v in values]
 
     # the held-out rows stay with the mappers (collect_held_out_mb=0): every round they score them in Spark
-    config = small_config("mappers=3", f"data.source={digits_parquet}", "data.validation_fraction=0.1",
-                          "train.momentum=0.9", "train.rounds=3")
+    config = small_config(
+        "mappers=3",
+        f"data.source={digits_parquet}",
+        "data.validation_fraction=0.1",
+        "train.momentum=0.9",
+        "train.rounds=3",
+    )
     local = run(config, **QUIET)
     engine = jobs_engine(where, connect_server, collect_held_out_mb=0)
     with on(where):
@@ -336,8 +383,14 @@ def test_a_parquet_source_on_spark_jobs_equals_the_local_engine(spark, connect, 
 def test_nnlib_run_on_connect_prints_each_round_records_the_mode_and_saves_the_model(connect_server, tmp_path):
     out = tmp_path / "run"
     items = [*QUICK, "engine=spark", f"spark.remote={connect_server.url}", "train.rounds=3"]
-    proc = subprocess.run([sys.executable, "-m", "nnlib", "run", *sets(items), "--out", str(out)], cwd=ROOT,
-                          env=env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnlib", "run", *sets(items), "--out", str(out)],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     round_lines = [line for line in proc.stdout.splitlines() if re.match(r"\s*round\s+\d+/3\b", line)]
     assert len(round_lines) == 3, proc.stdout
@@ -349,12 +402,20 @@ def test_nnlib_run_on_connect_prints_each_round_records_the_mode_and_saves_the_m
 
 @pytest.mark.slow
 def test_ctrl_c_on_connect_is_one_line_the_client_only_talks_to_the_server_and_a_classic_resume_is_bit_for_bit(
-        connect_server, tmp_path):
+    connect_server, tmp_path
+):
     out = tmp_path / "run"
     items = [*QUICK, "engine=spark", f"spark.remote={connect_server.url}", "train.rounds=400"]
-    proc = subprocess.Popen([sys.executable, "-m", "nnlib", "run", *sets(items), "--out", str(out), "--quiet"],
-                            cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nnlib", "run", *sets(items), "--out", str(out), "--quiet"],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         wait_for_rounds(proc, out, 2, timeout=180)
         seen = []
@@ -378,9 +439,26 @@ def test_ctrl_c_on_connect_is_one_line_the_client_only_talks_to_the_server_and_a
     assert found.group(5) == str(out) and kept >= 2
 
     total = kept + 2  # resumed on a classic session (spark.remote unset): the checkpoints cross session kinds
-    resumed = subprocess.run([sys.executable, "-m", "nnlib", "run", "--resume", str(out), "--quiet",
-                              "--set", f"train.rounds={total}", "--set", "spark.remote=null"], cwd=ROOT, env=env(),
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nnlib",
+            "run",
+            "--resume",
+            str(out),
+            "--quiet",
+            "--set",
+            f"train.rounds={total}",
+            "--set",
+            "spark.remote=null",
+        ],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((out / "summary.json").read_text())["resumed_after_round"] == kept
     assert yaml.safe_load((out / "config.yaml").read_text())["spark"]["master"].startswith("local")
@@ -394,8 +472,15 @@ def test_sigterm_on_connect_stops_after_a_round_and_the_same_command_resumes_bit
     training = ["combine=gradient", "train.momentum=0.9"]  # synchronous rounds: one barrier job each
     items = [*QUICK, *training, "engine=spark", f"spark.remote={connect_server.url}", "train.rounds=400"]
     command = [sys.executable, "-m", "nnlib", "run", *sets(items), "--resume", str(out), "--quiet"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for_rounds(proc, out, 2, timeout=180)
         proc.send_signal(signal.SIGTERM)
@@ -410,8 +495,9 @@ def test_sigterm_on_connect_stops_after_a_round_and_the_same_command_resumes_bit
     kept = int(found.group(3))
 
     total = kept + 2
-    again = subprocess.run([*command, "--set", f"train.rounds={total}"], cwd=ROOT, env=env(), capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        [*command, "--set", f"train.rounds={total}"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((out / "summary.json").read_text())["resumed_after_round"] == kept
     whole = run(load_config(None, [*QUICK, *training, f"train.rounds={total}"]), **QUIET)
@@ -422,13 +508,32 @@ def test_sigterm_on_connect_stops_after_a_round_and_the_same_command_resumes_bit
 @pytest.mark.slow
 def test_a_ten_million_parameter_model_trains_on_connect_and_saves_whole(spark, connect, connect_server, tmp_path):
     # 784 -> 12600 -> 10: 10,016,610 parameters (40 MB of float32 each way, in 1 MiB rows)
-    items = ["data.source=synthetic", "data.n_samples=600", "data.n_features=784", "data.n_classes=10",
-             "model.hidden=[12600]", "mappers=2", "train.rounds=1", "train.local_epochs=1", "train.batch_size=100",
-             "seed=3"]
+    items = [
+        "data.source=synthetic",
+        "data.n_samples=600",
+        "data.n_features=784",
+        "data.n_classes=10",
+        "model.hidden=[12600]",
+        "mappers=2",
+        "train.rounds=1",
+        "train.local_epochs=1",
+        "train.batch_size=100",
+        "seed=3",
+    ]
     out = tmp_path / "big"
     with on("connect"):
-        assert main(["run", *sets([*items, "engine=spark", f"spark.remote={connect_server.url}"]), "--out",
-                     str(out), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    *sets([*items, "engine=spark", f"spark.remote={connect_server.url}"]),
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     params = saved_params(out)
     assert params.size == 784 * 12600 + 12600 + 12600 * 10 + 10 > 10_000_000
     np.testing.assert_array_equal(params, run(load_config(None, items), **QUIET).params)

@@ -47,9 +47,13 @@ def _pipeline(**params):
 
     from nnlib.spark import NNClassifier
 
-    return Pipeline(stages=[StringIndexer(inputCol="digit", outputCol="indexed"),
-                            VectorAssembler(inputCols=PIXELS, outputCol="features"),
-                            NNClassifier(labelCol="indexed", **{**PARAMS, **params})])
+    return Pipeline(
+        stages=[
+            StringIndexer(inputCol="digit", outputCol="indexed"),
+            VectorAssembler(inputCols=PIXELS, outputCol="features"),
+            NNClassifier(labelCol="indexed", **{**PARAMS, **params}),
+        ]
+    )
 
 
 def _digits(session, digits_file):
@@ -77,6 +81,7 @@ def classic_fit(spark, digits_file, tmp_path_factory):
 
 def _workers_nnlib(session) -> set[str]:
     """Where the session's Python workers import nnlib from (two tasks)."""
+
     def where(batches):
         import nnlib
 
@@ -87,8 +92,9 @@ def _workers_nnlib(session) -> set[str]:
     return {row.file for row in session.range(0, 2, 1, numPartitions=2).mapInArrow(where, "file string").collect()}
 
 
-def test_a_pipeline_fits_transforms_saves_and_loads_on_connect_as_on_classic(connect, classic_fit, digits_file,
-                                                                              tmp_path):
+def test_a_pipeline_fits_transforms_saves_and_loads_on_connect_as_on_classic(
+    connect, classic_fit, digits_file, tmp_path
+):
     from pyspark.ml import PipelineModel
 
     from nnlib.spark import NNClassificationModel
@@ -103,8 +109,10 @@ def test_a_pipeline_fits_transforms_saves_and_loads_on_connect_as_on_classic(con
         assert nn.summary.summary["engine"] == "spark" and nn.summary.summary["n_train"] > 1000
         assert np.array_equal(_probabilities(fitted.transform(df)), classic_proba)
         # the server's workers ran the client's nnlib, shipped as one zip (addArtifacts), not an installed copy
-        assert all(f.endswith(("nnlib.zip/nnlib/__init__.py", "nnlib.zip\\nnlib\\__init__.py"))
-                   for f in _workers_nnlib(connect)), _workers_nnlib(connect)
+        assert all(
+            f.endswith(("nnlib.zip/nnlib/__init__.py", "nnlib.zip\\nnlib\\__init__.py"))
+            for f in _workers_nnlib(connect)
+        ), _workers_nnlib(connect)
         fitted.write().overwrite().save(str(tmp_path / "pipeline"))
         fitted.write().overwrite().save(str(tmp_path / "pipeline"))  # overwrite works over Connect
         loaded = PipelineModel.load(str(tmp_path / "pipeline"))
@@ -126,8 +134,11 @@ def test_a_model_saved_on_one_kind_of_session_loads_on_the_other(spark, connect,
         nn = from_classic.stages[-1]  # the model alone, saved and overwritten over Connect
         nn.write().save(str(tmp_path / "nn"))
         nn.write().overwrite().save(str(tmp_path / "nn"))
-        with pytest.raises(EngineError, match=r"^NNClassificationModel.save .*: \[PATH_ALREADY_EXISTS\] Path "
-                                              r"file:.*/nn/metadata already exists") as caught:
+        with pytest.raises(
+            EngineError,
+            match=r"^NNClassificationModel.save .*: \[PATH_ALREADY_EXISTS\] Path "
+            r"file:.*/nn/metadata already exists",
+        ) as caught:
             nn.write().save(str(tmp_path / "nn"))
         assert "\n" not in str(caught.value) and "JVM stacktrace" not in str(caught.value)
         with pytest.raises(EngineError, match=r"^NNClassificationModel.load .*missing: \[PATH_NOT_FOUND\]") as caught:
@@ -150,8 +161,22 @@ def run_dir(digits_file, tmp_path_factory):
     from nnlib.outputs import RunDir
 
     out = tmp_path_factory.mktemp("connect-predict") / "run"
-    run(load_config(None, ["engine=local", "mappers=2", "train.rounds=2", "model.hidden=[16]", "seed=5",
-                           f"data.source={digits_file}"]), RunDir(out), log=lambda _: None, warn=lambda _: None)
+    run(
+        load_config(
+            None,
+            [
+                "engine=local",
+                "mappers=2",
+                "train.rounds=2",
+                "model.hidden=[16]",
+                "seed=5",
+                f"data.source={digits_file}",
+            ],
+        ),
+        RunDir(out),
+        log=lambda _: None,
+        warn=lambda _: None,
+    )
     return out
 
 
@@ -159,12 +184,17 @@ def _by_row(path) -> dict:
     parts = sorted(p for p in path.iterdir() if p.suffix in (".parquet", ".csv"))
     table = pa.concat_tables([pq.read_table(p) for p in parts])
     assert table.column_names == ["row", "prediction", "probability"]
-    return dict(zip(table.column("row").to_pylist(),
-                    zip(table.column("prediction").to_pylist(), table.column("probability").to_pylist())))
+    return dict(
+        zip(
+            table.column("row").to_pylist(),
+            zip(table.column("prediction").to_pylist(), table.column("probability").to_pylist()),
+        )
+    )
 
 
-def test_nnlib_predict_on_connect_writes_what_classic_writes(spark, connect, connect_server, run_dir, digits_file,
-                                                             tmp_path, capsys):
+def test_nnlib_predict_on_connect_writes_what_classic_writes(
+    spark, connect, connect_server, run_dir, digits_file, tmp_path, capsys
+):
     from nnlib.cli import main
     from nnlib.engines.spark.predict import predict_spark
 
@@ -173,14 +203,24 @@ def test_nnlib_predict_on_connect_writes_what_classic_writes(spark, connect, con
     with on("connect"):
         remote = f"spark.remote={connect_server.url}/;token=s3cr3t-nnlib"
         out = tmp_path / "connect.parquet"
-        assert main(["predict", str(run_dir), str(digits_file), "--set", "engine=spark", "--set", remote,
-                     "--out", str(out)]) == 0
+        assert (
+            main(
+                ["predict", str(run_dir), str(digits_file), "--set", "engine=spark", "--set", remote, "--out", str(out)]
+            )
+            == 0
+        )
         printed = capsys.readouterr()
-        assert f"predict: 1797 rows; accuracy {classic.accuracy:.4f}, loss {classic.loss:.4f}; predictions in " \
-               f"{out}" in printed.out
+        assert (
+            f"predict: 1797 rows; accuracy {classic.accuracy:.4f}, loss {classic.loss:.4f}; predictions in "
+            f"{out}" in printed.out
+        )
         assert "s3cr3t" not in printed.out + printed.err
-        assert main(["predict", str(run_dir), str(digits_file), "--set", "engine=spark", "--set", remote,
-                     "--out", str(out)]) == 2  # the server's executors find it there
+        assert (
+            main(
+                ["predict", str(run_dir), str(digits_file), "--set", "engine=spark", "--set", remote, "--out", str(out)]
+            )
+            == 2
+        )  # the server's executors find it there
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"--out: {out} exists; choose another file or pass --overwrite" in err
         assert "s3cr3t" not in err
@@ -197,10 +237,24 @@ def test_a_connect_error_in_predict_is_one_line(connect, connect_server, run_dir
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"not parquet at all")  # pyarrow fails on it in a task of the server's executors
     with on("connect"):
-        assert main(["predict", str(run_dir), str(broken), "--set", "engine=spark", "--set",
-                     f"spark.remote={connect_server.url}"]) == 2
+        assert (
+            main(
+                [
+                    "predict",
+                    str(run_dir),
+                    str(broken),
+                    "--set",
+                    "engine=spark",
+                    "--set",
+                    f"spark.remote={connect_server.url}",
+                ]
+            )
+            == 2
+        )
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"nnlib: error: DATA: {broken} is not a readable parquet file ("), err
+    assert err.count("\n") == 1 and err.startswith(f"nnlib: error: DATA: {broken} is not a readable parquet file ("), (
+        err
+    )
     assert "magic bytes" in err and "JVM stacktrace" not in err and "Traceback" not in err
 
 
@@ -213,8 +267,14 @@ def _tuned(estimator_cls, df, **kwargs):
 
     nn = NNClassifier(**{**PARAMS, "mappers": 3, "rounds": 1})
     grid = ParamGridBuilder().addGrid(nn.hidden, [[8], [16]]).build()
-    tuner = estimator_cls(estimator=nn, estimatorParamMaps=grid, seed=1, parallelism=2,
-                          evaluator=MulticlassClassificationEvaluator(metricName="accuracy"), **kwargs)
+    tuner = estimator_cls(
+        estimator=nn,
+        estimatorParamMaps=grid,
+        seed=1,
+        parallelism=2,
+        evaluator=MulticlassClassificationEvaluator(metricName="accuracy"),
+        **kwargs,
+    )
     return tuner.fit(VectorAssembler(inputCols=PIXELS, outputCol="features").transform(df))
 
 
@@ -245,8 +305,11 @@ def test_train_in_a_thread_leaves_the_callers_session_alive(spark, digits_file):
 
     def train():
         try:
-            result["run"] = nnlib.train(overrides={"mappers": 2, "train.rounds": 1, "model.hidden": [8],
-                                                   "data.source": str(digits_file)}, engine="spark", write=False)
+            result["run"] = nnlib.train(
+                overrides={"mappers": 2, "train.rounds": 1, "model.hidden": [8], "data.source": str(digits_file)},
+                engine="spark",
+                write=False,
+            )
         except BaseException as exc:  # noqa: BLE001  - reported by the test below
             result["error"] = exc
 
@@ -267,8 +330,14 @@ def test_the_readme_example_pipeline_runs_against_a_connect_server(connect_serve
 
     root = Path(__file__).resolve().parent.parent
     environ = {k: v for k, v in os.environ.items() if k != CONNECT_SWITCH}
-    done = subprocess.run([sys.executable, str(root / "examples" / "spark_connect_pipeline.py"), connect_server.url],
-                          cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / "spark_connect_pipeline.py"), connect_server.url],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "the same predictions: True" in done.stdout
     accuracy = float(done.stdout.split("training accuracy ")[1].split(",")[0])

@@ -21,8 +21,15 @@ pytestmark = pytest.mark.slow  # a SparkSession
 
 PIXELS = DIGIT_PIXELS
 PARAMS = dict(mappers=2, hidden=[16], rounds=2, localEpochs=1, lr=0.1, batchSize=32, seed=3)
-SAME_CONFIG = ["mappers=2", "model.hidden=[16]", "train.rounds=2", "train.local_epochs=1", "train.lr=0.1",
-               "train.batch_size=32", "seed=3"]
+SAME_CONFIG = [
+    "mappers=2",
+    "model.hidden=[16]",
+    "train.rounds=2",
+    "train.local_epochs=1",
+    "train.lr=0.1",
+    "train.batch_size=32",
+    "seed=3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +41,13 @@ def pipeline_fit(spark, digits_file, tmp_path_factory):
     from nnlib.spark import NNClassifier
 
     df = spark.read.parquet(str(digits_file)).selectExpr("*", "concat('digit-', label) as digit")  # a name
-    pipeline = Pipeline(stages=[StringIndexer(inputCol="digit", outputCol="indexed"),
-                                VectorAssembler(inputCols=PIXELS, outputCol="features"),
-                                NNClassifier(labelCol="indexed", conf={"train.momentum": 0.5}, **PARAMS)])
+    pipeline = Pipeline(
+        stages=[
+            StringIndexer(inputCol="digit", outputCol="indexed"),
+            VectorAssembler(inputCols=PIXELS, outputCol="features"),
+            NNClassifier(labelCol="indexed", conf={"train.momentum": 0.5}, **PARAMS),
+        ]
+    )
     fitted = pipeline.fit(df)
     return df, fitted, fitted.transform(df).cache(), tmp_path_factory.mktemp("saved")
 
@@ -55,8 +66,9 @@ def test_a_pipeline_fits_transforms_saves_and_loads_to_the_same_output(pipeline_
 
     df, fitted, out, saved = pipeline_fit
     schema = out.schema
-    assert isinstance(schema["rawPrediction"].dataType, VectorUDT) and isinstance(schema["probability"].dataType,
-                                                                                  VectorUDT)
+    assert isinstance(schema["rawPrediction"].dataType, VectorUDT) and isinstance(
+        schema["probability"].dataType, VectorUDT
+    )
     assert isinstance(schema["prediction"].dataType, DoubleType)
     before = _columns(out)
     assert len(before) == 1797 and all(len(r[1]) == 10 for r in before)
@@ -104,8 +116,11 @@ def test_the_estimator_trains_nnlib_runs_weights_bit_for_bit(spark, digits_file)
     df = VectorAssembler(inputCols=PIXELS, outputCol="features").transform(spark.read.parquet(str(digits_file)))
     assert df.rdd.getNumPartitions() == 1  # one file, one partition: rows in the file's order, as nnlib run reads
     model = NNClassifier(**PARAMS).fit(df)
-    expected = run(load_config(None, [*SAME_CONFIG, "engine=local", f"data.source={digits_file}"]),
-                   log=lambda _: None, warn=lambda _: None)
+    expected = run(
+        load_config(None, [*SAME_CONFIG, "engine=local", f"data.source={digits_file}"]),
+        log=lambda _: None,
+        warn=lambda _: None,
+    )
     assert np.array_equal(model.model.params, expected.params)
     assert model.summary.summary["final_test_accuracy"] == expected.summary["final_test_accuracy"]
     assert np.array_equal(model.model.file.mean, expected.model.mean)  # the same standardisation
@@ -135,8 +150,9 @@ def test_bad_columns_and_conf_are_one_line(spark, pipeline_fit, digits_file):
     with pytest.raises(ConfigError, match="hidden"):
         NNClassifier(hidden=[0]).nnlib_config("dataframe://x")
     narrow = VectorAssembler(inputCols=PIXELS[:63], outputCol="features").transform(df)
-    with pytest.raises(DataError, match="featuresCol: column 'features' holds vectors of 63 features, the model "
-                                        "takes 64"):
+    with pytest.raises(
+        DataError, match="featuresCol: column 'features' holds vectors of 63 features, the model takes 64"
+    ):
         nn.transform(narrow)
     with pytest.raises(DataError, match="featuresCol: the DataFrame has no column 'features'"):
         nn.transform(df)
@@ -154,8 +170,13 @@ def test_a_users_module_trains_through_conf_and_its_model_saves_and_loads(spark,
     df = VectorAssembler(inputCols=PIXELS, outputCol="features").transform(spark.read.parquet(str(digits_file)))
     own = {"model.type": "module", "model.module": "user_models.tiny:make", "data.image_shape": [1, 8, 8]}
     model = NNClassifier(conf=own, **PARAMS).fit(df)
-    expected = run(load_config(None, [*SAME_CONFIG, "engine=local", f"data.source={digits_file}",
-                                      *[f"{k}={v}" for k, v in own.items()]]), log=lambda _: None, warn=lambda _: None)
+    expected = run(
+        load_config(
+            None, [*SAME_CONFIG, "engine=local", f"data.source={digits_file}", *[f"{k}={v}" for k, v in own.items()]]
+        ),
+        log=lambda _: None,
+        warn=lambda _: None,
+    )
     assert model.model.header["architecture"]["module"] == "user_models.tiny:make"
     assert np.array_equal(model.model.params, expected.params)  # BatchNorm's running statistics included
     model.write().overwrite().save(str(tmp_path / "m"))

@@ -46,8 +46,12 @@ def _read(path) -> pa.Table:
 
 def _by_key(table: pa.Table, key: str) -> dict:
     """``{key: (prediction, probability)}`` of a predictions table."""
-    return dict(zip(table.column(key).to_pylist(),
-                    zip(table.column("prediction").to_pylist(), table.column("probability").to_pylist())))
+    return dict(
+        zip(
+            table.column(key).to_pylist(),
+            zip(table.column("prediction").to_pylist(), table.column("probability").to_pylist()),
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +64,14 @@ def parquet_run(tmp_path_factory):
     ids = np.array([f"r{i:04d}" for i in range(len(y))])
     (tmp / "data").mkdir()
     for i, (lo, hi) in enumerate(((0, 500), (500, 1300), (1300, len(y)))):
-        pq.write_table(_table(x[lo:hi], y[lo:hi], ids[lo:hi]), tmp / "data" / f"part-{i}.parquet",
-                       row_group_size=128)
+        pq.write_table(_table(x[lo:hi], y[lo:hi], ids[lo:hi]), tmp / "data" / f"part-{i}.parquet", row_group_size=128)
     out = tmp / "run"
-    summary = run(load_config(None, [*QUICK, f"data.source={tmp / 'data'}", "data.key_column=id"]), RunDir(out),
-                  log=lambda _: None, warn=lambda _: None).summary
+    summary = run(
+        load_config(None, [*QUICK, f"data.source={tmp / 'data'}", "data.key_column=id"]),
+        RunDir(out),
+        log=lambda _: None,
+        warn=lambda _: None,
+    ).summary
     return summary, out, tmp, x, y
 
 
@@ -121,14 +128,17 @@ def test_a_source_the_driver_reads_and_csv_output(spark, parquet_run, tmp_path):
     assert _by_key(written, "id") == _by_key(_read(tmp_path / "local.csv"), "id")  # the same text, [p0,...]
 
 
-def test_cli_predict_on_spark_prints_the_accuracy_and_refuses_bad_input_in_one_line(spark, parquet_run,
-                                                                                    tmp_path, capsys):
+def test_cli_predict_on_spark_prints_the_accuracy_and_refuses_bad_input_in_one_line(
+    spark, parquet_run, tmp_path, capsys
+):
     summary, out, tmp, x, y = parquet_run
     p = tmp_path / "p.parquet"
     assert main(["predict", str(out), str(tmp / "data"), "--set", "engine=spark", "--out", str(p)]) == 0
     local = predict_source(Model.load(out), str(tmp / "data"))
-    assert f"predict: {len(y)} rows; accuracy {local.accuracy:.4f}, loss {local.loss:.4f}; predictions in {p}" \
+    assert (
+        f"predict: {len(y)} rows; accuracy {local.accuracy:.4f}, loss {local.loss:.4f}; predictions in {p}"
         in capsys.readouterr().out
+    )
 
     def one_line(*args) -> str:
         assert main(["predict", str(out), *args]) == 2
@@ -136,19 +146,22 @@ def test_cli_predict_on_spark_prints_the_accuracy_and_refuses_bad_input_in_one_l
         assert err.count("\n") == 1 and err.startswith("nnlib: error: ")
         return err
 
-    assert "exists; choose another file or pass --overwrite" in one_line(str(tmp / "data"), "--set", "engine=spark",
-                                                                           "--out", str(p))
+    assert "exists; choose another file or pass --overwrite" in one_line(
+        str(tmp / "data"), "--set", "engine=spark", "--out", str(p)
+    )
     (tmp_path / "narrow").mkdir()
-    pq.write_table(pq.read_table(tmp / "data" / "part-0.parquet").drop_columns(["px5"]),
-                   tmp_path / "narrow" / "part-0.parquet")
+    pq.write_table(
+        pq.read_table(tmp / "data" / "part-0.parquet").drop_columns(["px5"]), tmp_path / "narrow" / "part-0.parquet"
+    )
     err = one_line(str(tmp_path / "narrow"), "--set", "engine=spark", "--out", str(tmp_path / "q.parquet"))
     assert "columns differ from the model's: missing ['px5']" in err
     (tmp_path / "bad").mkdir()
     bad = pq.read_table(tmp / "data" / "part-1.parquet")
     column = bad.column("px3").to_numpy().copy()
     column[7] = np.nan
-    pq.write_table(bad.set_column(bad.column_names.index("px3"), "px3", pa.array(column)),
-                   tmp_path / "bad" / "part-0.parquet")
+    pq.write_table(
+        bad.set_column(bad.column_names.index("px3"), "px3", pa.array(column)), tmp_path / "bad" / "part-0.parquet"
+    )
     err = one_line(str(tmp_path / "bad"), "--set", "engine=spark", "--out", str(tmp_path / "q.parquet"))
     assert "features must be finite, got nan at sample 7, feature 3" in err  # raised in an executor
     err = one_line(str(tmp / "data"), "--set", "engine=mrjob")

@@ -58,8 +58,14 @@ def _friedman(session, n: int = N, seed: int = 0, **columns):
 
     x, y = _xy(n, seed)
     extra = {name: (values if isinstance(values, tuple) else ("double", values)) for name, values in columns.items()}
-    schema = ", ".join(["i long", *(f"{f} double" for f in FEATURES), "label double",
-                        *(f"{name} {kind}" for name, (kind, _) in extra.items())])
+    schema = ", ".join(
+        [
+            "i long",
+            *(f"{f} double" for f in FEATURES),
+            "label double",
+            *(f"{name} {kind}" for name, (kind, _) in extra.items()),
+        ]
+    )
     rows = [(i, *map(float, x[i]), float(y[i]), *(_py(values[i]) for _, values in extra.values())) for i in range(n)]
     df = session.createDataFrame(rows, schema).coalesce(1)
     return VectorAssembler(inputCols=FEATURES, outputCol="features").transform(df)
@@ -97,10 +103,15 @@ def test_a_model_of_nnlib_run_transforms_to_its_own_predictions(spark, tmp_path,
     from nnlib.spark import NNRegressionModel
 
     x, y = friedman1(N)
-    src = write_csv(tmp_path / "f.csv", {**{f: x[:, j] for j, f in enumerate(FEATURES)}, "label": y,
-                                         "second": -2 * y + 100 * x[:, 5]})
-    keys = {"data.label_columns": targets} if len(targets) > 1 else {"data.label_column": "label",
-                                                                      "data.drop_columns": ["second"]}
+    src = write_csv(
+        tmp_path / "f.csv",
+        {**{f: x[:, j] for j, f in enumerate(FEATURES)}, "label": y, "second": -2 * y + 100 * x[:, 5]},
+    )
+    keys = (
+        {"data.label_columns": targets}
+        if len(targets) > 1
+        else {"data.label_column": "label", "data.drop_columns": ["second"]}
+    )
     train(overrides={**REG, **keys, "data.source": src, "train.rounds": 2}, out=tmp_path / "run")
     model = NNRegressionModel(model_bytes(load_model(tmp_path / "run")))
     assert model.numTargets == len(targets) and model.targetNames == targets
@@ -142,9 +153,19 @@ def test_a_regression_pipeline_trains_nnlib_runs_weights_and_saves_and_loads(reg
     # nnlib run on the same rows, as a CSV file read on the local engine: the same weights
     x, y = _xy()
     csv = write_csv(tmp_path / "f.csv", {**{f: x[:, j] for j, f in enumerate(FEATURES)}, "label": y})
-    same = {"engine": "local", "model.task": "regression", "data.source": csv, "mappers": 2, "model.hidden": [32],
-            "train.rounds": 6, "train.local_epochs": 1, "train.lr": 0.05, "train.batch_size": 16, "seed": 3,
-            "train.momentum": 0.5}
+    same = {
+        "engine": "local",
+        "model.task": "regression",
+        "data.source": csv,
+        "mappers": 2,
+        "model.hidden": [32],
+        "train.rounds": 6,
+        "train.local_epochs": 1,
+        "train.lr": 0.05,
+        "train.batch_size": 16,
+        "seed": 3,
+        "train.momentum": 0.5,
+    }
     expected = train(overrides=same, write=False)
     assert np.array_equal(nn.model.params, expected.model.params)
     assert nn.summary.summary["final_test_rmse"] == expected.summary["final_test_rmse"]
@@ -185,8 +206,9 @@ def _tuning(session, tuner_cls, **kwargs):
     nn = NNRegressor(**{**PARAMS, "rounds": 3, "hidden": [16]}, weightCol="w")
     # a learning rate too small to move far from the start, and the one that learns
     grid = ParamGridBuilder().addGrid(nn.lr, [1e-4, 0.05]).addGrid(nn.conf, [{"train.momentum": 0.5}]).build()
-    tuner = tuner_cls(estimator=nn, estimatorParamMaps=grid, evaluator=RegressionEvaluator(), seed=1, parallelism=2,
-                      **kwargs)
+    tuner = tuner_cls(
+        estimator=nn, estimatorParamMaps=grid, evaluator=RegressionEvaluator(), seed=1, parallelism=2, **kwargs
+    )
     df = _friedman(session, w=np.ones(N))
     return grid, nn, df, tuner.fit(df)
 
@@ -252,13 +274,15 @@ def test_a_row_of_weight_2_trains_as_the_row_taken_twice(spark, estimator):
     label = y if estimator == "NNRegressor" else (y > np.median(y)).astype(np.float64)
     cls = getattr(nnlib.spark, estimator)
     unscaled = {"data.standardize": False, **({"data.standardize_target": False} if estimator == "NNRegressor" else {})}
-    nn = cls(mappers=1, rounds=1, localEpochs=1, batchSize=n + 1, hidden=[8], lr=0.1, seed=seed, weightCol="w",
-             conf=unscaled)
+    nn = cls(
+        mappers=1, rounds=1, localEpochs=1, batchSize=n + 1, hidden=[8], lr=0.1, seed=seed, weightCol="w", conf=unscaled
+    )
 
     def fit(rows, weights):
-        frame = spark.createDataFrame([([float(v) for v in x[i]], float(label[i]), float(w))
-                                       for i, w in zip(rows, weights, strict=True)],
-                                      "features array<double>, label double, w double").coalesce(1)
+        frame = spark.createDataFrame(
+            [([float(v) for v in x[i]], float(label[i]), float(w)) for i, w in zip(rows, weights, strict=True)],
+            "features array<double>, label double, w double",
+        ).coalesce(1)
         return nn.fit(frame)
 
     with on("classic"):
@@ -329,24 +353,38 @@ def test_a_validation_column_marking_the_fractions_rows_gives_the_same_run(spark
     with on("classic"):
         df = _friedman(spark, v=("boolean", flags), cls=classes.astype(np.float64))
         model = cls(validationIndicatorCol="v", conf={"train.patience": 2}, **{**params, "rounds": 8}).fit(df)
-    csv = write_csv(tmp_path / "f.csv", {**{f: x[:, j] for j, f in enumerate(FEATURES)},
-                                         **({"label": y} if regression else {"cls": classes})})
-    same = {"engine": "local", "data.source": csv, "mappers": 2, "model.hidden": [32], "train.local_epochs": 1,
-            "train.lr": 0.05, "train.batch_size": 16, "seed": seed, "data.validation_fraction": fraction, **patience,
-            **({"model.task": "regression"} if regression else {"data.label_column": "cls"})}
+    csv = write_csv(
+        tmp_path / "f.csv",
+        {**{f: x[:, j] for j, f in enumerate(FEATURES)}, **({"label": y} if regression else {"cls": classes})},
+    )
+    same = {
+        "engine": "local",
+        "data.source": csv,
+        "mappers": 2,
+        "model.hidden": [32],
+        "train.local_epochs": 1,
+        "train.lr": 0.05,
+        "train.batch_size": 16,
+        "seed": seed,
+        "data.validation_fraction": fraction,
+        **patience,
+        **({"model.task": "regression"} if regression else {"data.label_column": "cls"}),
+    }
     expected = train(overrides=same, write=False)
     assert np.array_equal(model.model.params, expected.model.params)
 
     def timeless(rounds):
         return [{k: v for k, v in r.items() if "seconds" not in k} for r in rounds]
+
     assert timeless(model.summary.rounds) == timeless(expected.rounds)
     assert any(k.startswith("val_") for k in model.summary.rounds[0])  # scored on the validation rows
     assert model.summary.summary["n_val"] == int(flags.sum()) > 0
     assert model.getValidationIndicatorCol() == "v"
 
 
-def test_on_connect_a_regressor_fits_the_classic_weights_and_saves_for_classic(spark, connect, regression_fit,
-                                                                               tmp_path):
+def test_on_connect_a_regressor_fits_the_classic_weights_and_saves_for_classic(
+    spark, connect, regression_fit, tmp_path
+):
     from pyspark.ml import Pipeline, PipelineModel
 
     from nnlib.spark import NNRegressor
@@ -400,12 +438,18 @@ def test_bad_columns_and_models_are_one_line(spark, regression_fit, tmp_path):
         # a regressor's model file is no classification model, nor the reverse
         nn = fitted.stages[-1]
         wrong = NNClassificationModel(nn.model_file)
-        with pytest.raises(ConfigError, match="^NNClassificationModel.transform: the model file holds a model of "
-                                              "model.task=regression; .* use NNRegressionModel$"):
+        with pytest.raises(
+            ConfigError,
+            match="^NNClassificationModel.transform: the model file holds a model of "
+            "model.task=regression; .* use NNRegressionModel$",
+        ):
             wrong.transform(df)
         nn.write().overwrite().save(str(tmp_path / "regressor"))
-        with pytest.raises(DataError, match=r"regressor: holds a nnlib.spark.NNRegressionModel, not a "
-                                            r"NNClassificationModel"):
+        with pytest.raises(
+            DataError,
+            match=r"regressor: holds a nnlib.spark.NNRegressionModel, not a "
+            r"NNClassificationModel",
+        ):
             NNClassificationModel.load(str(tmp_path / "regressor"))
         assert NNRegressionModel.load(str(tmp_path / "regressor")).numTargets == 1
 
@@ -416,15 +460,19 @@ def test_the_estimators_save_and_load_with_their_column_params(spark, tmp_path):
     from nnlib.spark import NNClassifier, NNRegressor
 
     with on("classic"):
-        for estimator in (NNRegressor(labelCol="price", weightCol="w", validationIndicatorCol="v",
-                                      conf={"train.patience": 2}, **PARAMS),
-                          NNClassifier(weightCol="w", validationIndicatorCol="v", **PARAMS)):
+        for estimator in (
+            NNRegressor(
+                labelCol="price", weightCol="w", validationIndicatorCol="v", conf={"train.patience": 2}, **PARAMS
+            ),
+            NNClassifier(weightCol="w", validationIndicatorCol="v", **PARAMS),
+        ):
             path = str(tmp_path / type(estimator).__name__)
             Pipeline(stages=[estimator]).write().overwrite().save(path)
             back = Pipeline.load(path).getStages()[0]
             assert type(back) is type(estimator) and back.uid == estimator.uid
-            assert {p.name: v for p, v in back.extractParamMap().items()} == \
-                {p.name: v for p, v in estimator.extractParamMap().items()}
+            assert {p.name: v for p, v in back.extractParamMap().items()} == {
+                p.name: v for p, v in estimator.extractParamMap().items()
+            }
             assert back.getWeightCol() == "w" and back.getValidationIndicatorCol() == "v"
             config = back.nnlib_config("dataframe://x")
             assert (config.data.weight_column, config.data.validation_column) == ("w", "v")

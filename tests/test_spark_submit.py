@@ -17,8 +17,14 @@ def test_spark_submit_default_conf_reaches_093(tmp_path):
     spark_submit = Path(sys.executable).parent / "spark-submit"
     out = tmp_path / "run"
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
-    proc = subprocess.run([str(spark_submit), "jobs/model_avg.py", "conf/default.yaml", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(spark_submit), "jobs/model_avg.py", "conf/default.yaml", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["engine"] == "spark"

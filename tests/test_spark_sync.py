@@ -36,9 +36,11 @@ def sync_config(mappers: int, *overrides: str):
     return small_config("combine=gradient", f"mappers={mappers}", "train.rounds=2", *overrides)
 
 
-@pytest.mark.parametrize("mappers,overrides", [(2, ("train.momentum=0.9",)), (3, ("train.momentum=0.9",)),
-                                               (3, UNEVEN_ADAM), (2, UNEVEN_ADAM)],
-                         ids=["2 mappers", "3 mappers", "3 uneven adam", "2 uneven adam"])
+@pytest.mark.parametrize(
+    "mappers,overrides",
+    [(2, ("train.momentum=0.9",)), (3, ("train.momentum=0.9",)), (3, UNEVEN_ADAM), (2, UNEVEN_ADAM)],
+    ids=["2 mappers", "3 mappers", "3 uneven adam", "2 uneven adam"],
+)
 def test_sync_rounds_among_the_tasks_equal_the_local_engine_and_the_driver_path(spark, mappers, overrides):
     config = sync_config(mappers, *overrides)
     local = run(config, **QUIET)
@@ -64,8 +66,9 @@ def test_the_drivers_bytes_per_round_do_not_grow_with_the_mappers_among_the_task
     for collective in ("tasks", "driver"):
         for mappers in (2, 3):
             engine = counting_engine(collective)
-            result = run(sync_config(mappers, "train.rounds=1").model_copy(update={"engine": "spark"}),
-                         engine=engine, **QUIET)
+            result = run(
+                sync_config(mappers, "train.rounds=1").model_copy(update={"engine": "spark"}), engine=engine, **QUIET
+            )
             (received[collective, mappers],) = engine.rounds
     vector_bytes = 4 * result.params.size
     (tasks2, steps2), (tasks3, steps3) = received["tasks", 2], received["tasks", 3]
@@ -102,12 +105,14 @@ def test_a_task_killed_mid_round_restarts_the_stage_and_changes_nothing(spark):
     warnings = []
     engine = KillsMapper1(SessionSettings("local[4]"), collective="tasks", warn=warnings.append)
     engine.killed = []
-    result = run(config.model_copy(update={"engine": "spark"}), engine=engine, log=lambda _m: None,
-                 warn=warnings.append)
+    result = run(
+        config.model_copy(update={"engine": "spark"}), engine=engine, log=lambda _m: None, warn=warnings.append
+    )
     assert engine.killed and engine.killed[0] != os.getpid()
     # the dead task is seen as a broken connection, as a peer's report, or as Spark aborting the stage
-    assert any("in round 2; starting the stage again (attempt 2 of 3) and redoing round 2" in w
-               for w in warnings), warnings
+    assert any("in round 2; starting the stage again (attempt 2 of 3) and redoing round 2" in w for w in warnings), (
+        warnings
+    )
     np.testing.assert_array_equal(result.params, local.params)
 
 

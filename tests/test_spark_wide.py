@@ -26,8 +26,16 @@ from nnlib.outputs import RunDir
 pytestmark = pytest.mark.slow  # a SparkSession
 
 ROWS, COLUMNS = 200, 3000
-QUICK = ["mappers=2", "train.rounds=2", "train.local_epochs=1", "model.hidden=[8]", "train.batch_size=32",
-         "train.lr=0.05", "seed=3", "data.validation_fraction=0.1"]
+QUICK = [
+    "mappers=2",
+    "train.rounds=2",
+    "train.local_epochs=1",
+    "model.hidden=[8]",
+    "train.batch_size=32",
+    "train.lr=0.05",
+    "seed=3",
+    "data.validation_fraction=0.1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +60,9 @@ def test_a_wide_parquet_source_trains_on_spark_to_the_local_engines_weights_read
     local = run(config, log=lambda _: None, warn=lambda _: None)
     warnings = []
     engine = spark_engine(mode, warn=warnings.append)
-    on_spark = run(config.model_copy(update={"engine": "spark"}), engine=engine, log=lambda _: None,
-                   warn=warnings.append)
+    on_spark = run(
+        config.model_copy(update={"engine": "spark"}), engine=engine, log=lambda _: None, warn=warnings.append
+    )
     assert on_spark.summary["n_features"] == local.summary["n_features"] == COLUMNS
     np.testing.assert_array_equal(on_spark.params, local.params)
     assert [r["n_samples"] for r in on_spark.mapper_rows] == [r["n_samples"] for r in local.mapper_rows]
@@ -89,11 +98,11 @@ def test_a_wide_dataframe_read_by_spark_is_warned_of_in_one_line_before_its_firs
     table = reader.open(source, "label", None)
     assert table.n_rows == ROWS and reader.passes == []  # warned after counting the rows, before any pass
     assert len(warnings) == 1 and "\n" not in warnings[0]
-    assert warnings[0].startswith(f"data.source: {source} has {COLUMNS:,} feature columns, read by Spark's own "
-                                  "reader")
+    assert warnings[0].startswith(f"data.source: {source} has {COLUMNS:,} feature columns, read by Spark's own reader")
     assert "data.features_column" in warnings[0] and "engine=local" in warnings[0]
-    narrow = reader.add_frame(spark.read.parquet(str(folder)).select(*[f"c{j}" for j in range(WIDE_COLUMNS)],
-                                                                     "label"), "narrow")
+    narrow = reader.add_frame(
+        spark.read.parquet(str(folder)).select(*[f"c{j}" for j in range(WIDE_COLUMNS)], "label"), "narrow"
+    )
     reader.open(narrow, "label", None)
     assert len(warnings) == 1  # WIDE_COLUMNS feature columns: no warning
 
@@ -103,14 +112,25 @@ def test_nnlib_predict_on_spark_scores_a_wide_file_as_the_local_path_does(spark,
 
     folder, _, y = wide_file
     out = tmp_path / "run"
-    run(load_config(None, ["engine=local", *QUICK, f"data.source={folder}"]), RunDir(out), log=lambda _: None,
-        warn=lambda _: None)
+    run(
+        load_config(None, ["engine=local", *QUICK, f"data.source={folder}"]),
+        RunDir(out),
+        log=lambda _: None,
+        warn=lambda _: None,
+    )
     local = predict_source(Model.load(out), str(folder), [], str(tmp_path / "local.parquet"))
     on_spark = predict_spark(out, str(folder), ["engine=spark"], str(tmp_path / "spark.parquet"))
     mine = pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "spark.parquet").glob("*.parquet"))])
     theirs = pq.read_table(tmp_path / "local.parquet")
-    by_row = lambda t: dict(zip(t.column("row").to_pylist(), zip(t.column("prediction").to_pylist(),  # noqa: E731
-                                                                 t.column("probability").to_pylist())))
+    by_row = lambda t: dict(
+        zip(
+            t.column("row").to_pylist(),
+            zip(
+                t.column("prediction").to_pylist(),  # noqa: E731
+                t.column("probability").to_pylist(),
+            ),
+        )
+    )
     assert len(by_row(mine)) == ROWS and by_row(mine) == by_row(theirs)
     assert (on_spark.rows, on_spark.accuracy) == (local.rows, local.accuracy) and local.rows == ROWS
     assert on_spark.loss == pytest.approx(local.loss, rel=1e-12)  # the same sums, added in another order

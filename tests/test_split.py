@@ -5,8 +5,18 @@ import pytest
 
 from nnlib.core.mlp import ModelSpec, NumpyMLP
 from nnlib.core.params import LayerSpec, init_params, unpack
-from nnlib.core.split import (count_any_splits, count_equal_splits, enumerate_splits, held_count, random_split,
-                              recombine, round_split, slice_params, sub_indices, whole)
+from nnlib.core.split import (
+    count_any_splits,
+    count_equal_splits,
+    enumerate_splits,
+    held_count,
+    random_split,
+    recombine,
+    round_split,
+    slice_params,
+    sub_indices,
+    whole,
+)
 
 SHAPES = [(5, 8, 3), (4, 6, 9, 3), (3, 7, 5, 6, 2)]
 
@@ -49,8 +59,12 @@ def test_a_sub_network_computes_the_whole_network_with_the_other_units_cut_off()
         others = [u for u in range(10) if u not in split.groups[0][g]]
         w_out[others, :] = 0
         sub = NumpyMLP(ModelSpec(split.sub_layers(layers, g)))
-        np.testing.assert_allclose(sub.predict_logits(slice_params(full, layers, split, g), x),
-                                   NumpyMLP(ModelSpec(layers)).predict_logits(cut, x), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            sub.predict_logits(slice_params(full, layers, split, g), x),
+            NumpyMLP(ModelSpec(layers)).predict_logits(cut, x),
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 def test_only_the_output_bias_is_shared_and_only_cross_group_blocks_are_untrained():
@@ -74,8 +88,13 @@ def test_the_one_group_split_is_the_whole_network():
 def test_each_hidden_to_hidden_weight_is_trained_in_a_round_with_probability_one_over_g(g):
     layers = LayerSpec((3, 8, 8, 2))
     rounds = 2000
-    held = sum(unpack(held_count(layers, round_split((8, 8), g, 0, r), range(g)).astype(np.float64), layers)[2]
-               for r in range(rounds)) / rounds
+    held = (
+        sum(
+            unpack(held_count(layers, round_split((8, 8), g, 0, r), range(g)).astype(np.float64), layers)[2]
+            for r in range(rounds)
+        )
+        / rounds
+    )
     assert abs(held.mean() - 1 / g) < 0.01
     assert np.abs(held - 1 / g).max() < 5 * np.sqrt((1 / g) * (1 - 1 / g) / rounds)  # every weight, 5 sigma
 
@@ -88,9 +107,18 @@ def test_round_splits_are_seeded_and_disjoint():
         assert sorted(len(grp) for grp in layer) == [units // 2, units - units // 2]
 
 
-@pytest.mark.parametrize("n,g,equal,expected", [
-    (8, 2, True, 35), (8, 2, False, 127), (12, 2, True, 462), (12, 3, True, 5775), (8, 4, True, 105),
-    (6, 3, False, 90), (16, 2, True, 6435)])
+@pytest.mark.parametrize(
+    "n,g,equal,expected",
+    [
+        (8, 2, True, 35),
+        (8, 2, False, 127),
+        (12, 2, True, 462),
+        (12, 3, True, 5775),
+        (8, 4, True, 105),
+        (6, 3, False, 90),
+        (16, 2, True, 6435),
+    ],
+)
 def test_split_counts_match_the_closed_forms(n, g, equal, expected):
     assert (count_equal_splits(n, g) if equal else count_any_splits(n, g)) == expected
     if expected < 10_000:

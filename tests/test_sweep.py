@@ -34,10 +34,19 @@ def test_two_values_two_repeats_then_a_rerun_skips_what_finished(tmp_path, capsy
     assert main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
     rows = read_csv_rows(out / "results.csv")
     assert [(r["combine"], r["seed"], r["status"]) for r in rows] == [
-        ("average", 0, "ok"), ("average", 1, "ok"), ("sum", 0, "ok"), ("sum", 1, "ok")]
+        ("average", 0, "ok"),
+        ("average", 1, "ok"),
+        ("sum", 0, "ok"),
+        ("sum", 1, "ok"),
+    ]
     for row in rows:  # each row holds the numbers of the same run done directly, in this process
-        direct = run(load_config(None, ["train.rounds=2", "model.hidden=[8]", "mappers=2",
-                                        f"combine={row['combine']}", f"seed={row['seed']}"]), log=lambda _m: None)
+        direct = run(
+            load_config(
+                None,
+                ["train.rounds=2", "model.hidden=[8]", "mappers=2", f"combine={row['combine']}", f"seed={row['seed']}"],
+            ),
+            log=lambda _m: None,
+        )
         accs = [r["test_accuracy"] for r in direct.rounds]
         assert (row["final_test_accuracy"], row["best_test_accuracy"]) == (accs[-1], max(accs))
         assert row["rounds_run"] == 2
@@ -66,13 +75,18 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert "2 runs (0 already finished, 1 failed)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("text,expected", [
-    (TINY + "grid: {mappers: [1, 0]}\n",
-     "case 1 (mappers=0): --set: config key 'mappers': Input should be greater than or equal to 1, got 0"),
-    (TINY + "cases:\n  - {train.lrr: 0.1}\n", "case 0 (train.lrr=0.1): --set: unknown config key 'train.lrr'"),
-    (TINY + "repeat: 3\n", "unknown key 'repeat'; did you mean 'repeats'?"),
-    (TINY + "grid: {mappers: 4}\n", "'grid' maps keys to non-empty lists of values, got {'mappers': 4}"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (
+            TINY + "grid: {mappers: [1, 0]}\n",
+            "case 1 (mappers=0): --set: config key 'mappers': Input should be greater than or equal to 1, got 0",
+        ),
+        (TINY + "cases:\n  - {train.lrr: 0.1}\n", "case 0 (train.lrr=0.1): --set: unknown config key 'train.lrr'"),
+        (TINY + "repeat: 3\n", "unknown key 'repeat'; did you mean 'repeats'?"),
+        (TINY + "grid: {mappers: 4}\n", "'grid' maps keys to non-empty lists of values, got {'mappers': 4}"),
+    ],
+)
 def test_a_bad_sweep_fails_in_one_line_before_anything_runs(tmp_path, capsys, text, expected):
     sweep = write(tmp_path, text)
     assert main(["sweep", str(sweep), "--out", str(tmp_path / "out")]) == 2
@@ -116,11 +130,30 @@ def test_the_threads_study_compares_1_to_8_mappers_averaged_and_summed(tmp_path)
     """The study's sweep file itself, on small data and the local engine so that it runs in seconds."""
     threads = next(p for p in EXPERIMENTS if p.stem == "threads")
     out = tmp_path / "threads"
-    assert main(["sweep", str(threads), "--out", str(out), "--quiet", "--set", "engine=local",
-                 "--set", "data.n_samples=1200", "--set", "model.hidden=[16]", "--set", "train.local_epochs=1"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                str(threads),
+                "--out",
+                str(out),
+                "--quiet",
+                "--set",
+                "engine=local",
+                "--set",
+                "data.n_samples=1200",
+                "--set",
+                "model.hidden=[16]",
+                "--set",
+                "train.local_epochs=1",
+            ]
+        )
+        == 0
+    )
     rows = read_csv_rows(out / "results.csv")
     assert sorted({(r["mappers"], r["combine"]) for r in rows}) == [
-        (m, c) for m in (1, 2, 4, 8) for c in ("average", "sum")]
+        (m, c) for m in (1, 2, 4, 8) for c in ("average", "sum")
+    ]
     assert all(r["status"] == "ok" for r in rows)
     # one mapper: its weights summed are its weights averaged
     one = {(r["combine"], r["seed"]): r["final_test_accuracy"] for r in rows if r["mappers"] == 1}

@@ -39,12 +39,18 @@ def test_sync_sgd_over_k_mappers_equals_one_process_sgd_on_the_concatenated_batc
     layers = LayerSpec((5, 6, 3))
     spec = ModelSpec(layers, "relu", "cross_entropy", l2=0.01)
     shards = [Shard(i, rng.normal(size=(12, 5)), rng.integers(0, 3, 12)) for i in range(3)]
-    config = small_config("combine=gradient", "mappers=3", "train.batch_size=4", "train.momentum=0.9",
-                          "train.local_epochs=2")
+    config = small_config(
+        "combine=gradient", "mappers=3", "train.batch_size=4", "train.momentum=0.9", "train.local_epochs=2"
+    )
     schedule = Schedule.from_config(config, [12, 12, 12])
     params = init_params(layers, 0).astype(np.float64)
-    payload = replace(first_payload(config, load_dataset(config.data, config.seed), schedule),
-                      model=spec, params=params, opt_state=np.zeros_like(params), plan=schedule.plan(0))
+    payload = replace(
+        first_payload(config, load_dataset(config.data, config.seed), schedule),
+        model=spec,
+        params=params,
+        opt_state=np.zeros_like(params),
+        plan=schedule.plan(0),
+    )
     combined, stats = sync_shards(shards, payload, InProcessCollective())
 
     steps = len(payload.plan.sync_lrs)
@@ -123,6 +129,9 @@ def test_gradient_mode_needs_a_synchronous_engine():
 
 def test_large_global_batch_warns():
     warnings = []
-    run(small_config("combine=gradient", "mappers=3", "train.batch_size=512", "train.rounds=1"),
-        log=lambda _m: None, warn=warnings.append)
+    run(
+        small_config("combine=gradient", "mappers=3", "train.batch_size=512", "train.rounds=1"),
+        log=lambda _m: None,
+        warn=warnings.append,
+    )
     assert any("global batch" in w and "larger than the training set" in w for w in warnings)

@@ -83,8 +83,9 @@ def test_a_torch_round_equals_torch_optim_on_the_same_batches(model, rule):
     x, y = _problem(spec)
     w0 = init_params(spec.layers, 1)
     schedule = LocalSchedule(batch_size=8, local_epochs=2)
-    update = local_sgd(get_backend("torch", spec), w0, ours.init_state(w0), ours, x, y, schedule, 0.05,
-                       np.random.default_rng(9))
+    update = local_sgd(
+        get_backend("torch", spec), w0, ours.init_state(w0), ours, x, y, schedule, 0.05, np.random.default_rng(9)
+    )
     batches = batch_indices(len(y), schedule, np.random.default_rng(9))  # the same rng: the same order
     expected, opt, params = torch_optim_round(spec, theirs, w0, x, y, batches, 0.05)
     assert update.steps == len(batches) == 18
@@ -93,13 +94,18 @@ def test_a_torch_round_equals_torch_optim_on_the_same_batches(model, rule):
     # the state travels in nnlib's layout: momentum, or Adam's (m, v, step count) blocks
     state = [opt.state[p] for p in params]
     if isinstance(ours, SGD) and ours.momentum:
-        np.testing.assert_allclose(update.opt_state, np.concatenate([s["momentum_buffer"].numpy().ravel()
-                                                                     for s in state]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            update.opt_state,
+            np.concatenate([s["momentum_buffer"].numpy().ravel() for s in state]),
+            rtol=1e-5,
+            atol=1e-6,
+        )
     if isinstance(ours, Adam):
         m, v, t = update.opt_state.reshape(3, -1)
         np.testing.assert_allclose(m, np.concatenate([s["exp_avg"].numpy().ravel() for s in state]), atol=1e-6)
-        np.testing.assert_allclose(v, np.concatenate([s["exp_avg_sq"].numpy().ravel() for s in state]),
-                                   rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(
+            v, np.concatenate([s["exp_avg_sq"].numpy().ravel() for s in state]), rtol=1e-5, atol=1e-9
+        )
         assert set(t) == {18.0}
 
 
@@ -160,7 +166,7 @@ def test_the_flat_vector_is_the_modules_parameters_and_its_gradient_lands_in_one
     z = module(torch.from_numpy(x))
     torch.nn.functional.cross_entropy(z, torch.from_numpy(y)).backward()
     np.testing.assert_allclose(grad.numpy(), backend.loss_and_grad(w, x, y)[1], rtol=1e-5, atol=1e-7)
-    w[spec.layers.offsets[-1][0]:] += 1.0  # the last bias, through numpy: the module sees it
+    w[spec.layers.offsets[-1][0] :] += 1.0  # the last bias, through numpy: the module sees it
     np.testing.assert_allclose(module(torch.from_numpy(x)).detach().numpy(), z.detach().numpy() + 1.0, atol=1e-5)
 
 
@@ -188,8 +194,12 @@ def test_any_module_trains_on_the_flat_vector_its_float_buffers_travel_with_it()
     layout = _NormLayout()
     backend = Normed(ModelSpec(layout))
     reference = make()
-    w0 = np.concatenate([t.detach().numpy().ravel() for t in [*reference.parameters(), reference[1].running_mean,
-                                                               reference[1].running_var]]).astype(np.float32)
+    w0 = np.concatenate(
+        [
+            t.detach().numpy().ravel()
+            for t in [*reference.parameters(), reference[1].running_mean, reference[1].running_var]
+        ]
+    ).astype(np.float32)
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(40, 5)).astype(np.float32), rng.integers(0, 4, 40)
     batches = batch_indices(40, LocalSchedule(8), np.random.default_rng(2))
@@ -200,18 +210,24 @@ def test_any_module_trains_on_the_flat_vector_its_float_buffers_travel_with_it()
         opt.zero_grad()
         nn.functional.cross_entropy(reference(torch.from_numpy(x[idx])), torch.from_numpy(y[idx])).backward()
         opt.step()
-    expected = np.concatenate([t.detach().numpy().ravel() for t in [*reference.parameters(),
-                                                                     reference[1].running_mean,
-                                                                     reference[1].running_var]])
+    expected = np.concatenate(
+        [
+            t.detach().numpy().ravel()
+            for t in [*reference.parameters(), reference[1].running_mean, reference[1].running_var]
+        ]
+    )
     assert np.abs(w[-8:] - w0[-8:]).max() > 1e-2  # the running statistics moved, in the flat vector
     np.testing.assert_allclose(w, expected, rtol=1e-5, atol=1e-6)
     reference.eval()  # scoring uses eval mode: the running statistics, not the batch's
-    np.testing.assert_allclose(backend.predict_logits(w, x).numpy(),
-                               reference(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        backend.predict_logits(w, x).numpy(), reference(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5
+    )
     with pytest.raises(ValueError, match=r"the module's parameters and floating buffers have shapes"):
+
         class Wrong(TorchModel):
             def make_module(self):
                 return nn.Linear(5, 3)
+
         Wrong(ModelSpec(layout))
 
 
@@ -223,12 +239,46 @@ def test_torch_backend_runs_give_the_same_weights_every_time_and_learn():
 
 
 MPI_CASES = [
-    ("--set", "model.backend=torch", "--set", "mappers=2", "--set", "model.type=cnn", "--set", "model.channels=[4,6]",
-     "--set", "train.momentum=0.9"),
-    ("--set", "model.backend=torch", "--set", "mappers=2", "--set", "combine=ist", "--set", "model.hidden=[17,9]",
-     "--set", "train.optimizer=adam", "--set", "train.lr=0.01"),
-    ("--set", "model.backend=torch", "--set", "mappers=2", "--set", "train.proximal_mu=0.1",
-     "--set", "train.optimizer=adamw", "--set", "train.weight_decay=0.01", "--set", "train.lr=0.01"),
+    (
+        "--set",
+        "model.backend=torch",
+        "--set",
+        "mappers=2",
+        "--set",
+        "model.type=cnn",
+        "--set",
+        "model.channels=[4,6]",
+        "--set",
+        "train.momentum=0.9",
+    ),
+    (
+        "--set",
+        "model.backend=torch",
+        "--set",
+        "mappers=2",
+        "--set",
+        "combine=ist",
+        "--set",
+        "model.hidden=[17,9]",
+        "--set",
+        "train.optimizer=adam",
+        "--set",
+        "train.lr=0.01",
+    ),
+    (
+        "--set",
+        "model.backend=torch",
+        "--set",
+        "mappers=2",
+        "--set",
+        "train.proximal_mu=0.1",
+        "--set",
+        "train.optimizer=adamw",
+        "--set",
+        "train.weight_decay=0.01",
+        "--set",
+        "train.lr=0.01",
+    ),
 ]
 
 
@@ -248,8 +298,18 @@ def test_spark_stage_equals_the_local_engine_on_the_torch_backend(spark):
     from nnlib.engines.spark.engine import SparkStageEngine
     from nnlib.engines.spark.session import SessionSettings
 
-    config = small_config("mappers=4", "model.backend=torch", "model.type=cnn", "model.channels=[4,6]",
-                          "model.kernel=3", "train.optimizer=adamw", "train.weight_decay=0.01", "train.lr=0.01")
+    config = small_config(
+        "mappers=4",
+        "model.backend=torch",
+        "model.type=cnn",
+        "model.channels=[4,6]",
+        "model.kernel=3",
+        "train.optimizer=adamw",
+        "train.weight_decay=0.01",
+        "train.lr=0.01",
+    )
     local = run(config, **QUIET)
-    on_spark = run(config.model_copy(update={"engine": "spark"}), engine=SparkStageEngine(SessionSettings("local[4]")), **QUIET)
+    on_spark = run(
+        config.model_copy(update={"engine": "spark"}), engine=SparkStageEngine(SessionSettings("local[4]")), **QUIET
+    )
     np.testing.assert_array_equal(on_spark.params, local.params)

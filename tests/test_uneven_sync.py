@@ -46,19 +46,25 @@ def test_sync_sgd_on_uneven_shards_equals_sgd_on_each_steps_union_batch():
     layers = LayerSpec((5, 6, 3))
     spec = ModelSpec(layers, "relu", "cross_entropy", l2=0.01)
     shards = [Shard(i, rng.normal(size=(n, 5)), rng.integers(0, 3, n)) for i, n in enumerate((10, 5, 1))]
-    config = small_config("combine=gradient", "mappers=3", "train.batch_size=4", "train.momentum=0.9",
-                          "train.local_epochs=2")
+    config = small_config(
+        "combine=gradient", "mappers=3", "train.batch_size=4", "train.momentum=0.9", "train.local_epochs=2"
+    )
     schedule = Schedule.from_config(config, [10, 5, 1])
     params = init_params(layers, 0).astype(np.float64)
-    payload = replace(first_payload(config, load_dataset(config.data, config.seed), schedule),
-                      model=spec, params=params, opt_state=np.zeros_like(params), plan=schedule.plan(0))
+    payload = replace(
+        first_payload(config, load_dataset(config.data, config.seed), schedule),
+        model=spec,
+        params=params,
+        opt_state=np.zeros_like(params),
+        plan=schedule.plan(0),
+    )
     combined, stats = sync_shards(shards, payload, InProcessCollective())
 
     assert len(payload.plan.sync_lrs) == 6 and [s.steps for s in stats] == [6, 4, 2]
     batches = [sync_batches(s.n_samples, 4, 6, 3, shard_rng(config.seed, 0, s.index)) for s in shards]
     for epoch in range(2):  # every row once per epoch
         for s, b in zip(shards, batches):
-            assert sorted(np.concatenate(b[3 * epoch:3 * epoch + 3]).tolist()) == list(range(s.n_samples))
+            assert sorted(np.concatenate(b[3 * epoch : 3 * epoch + 3]).tolist()) == list(range(s.n_samples))
     mlp = NumpyMLP(spec)
     w, v = params.copy(), np.zeros_like(params)
     for step, lr in enumerate(payload.plan.sync_lrs):  # plain SGD with momentum on the step's union batch
@@ -77,10 +83,14 @@ def test_linear_scaling_counts_the_mappers_taking_part():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [(*UNEVEN, "train.momentum=0.9", "train.lr_scaling=linear"),
-                                       ("train.sync_rounds=1", "combine=weighted", "data.partition=quantity_skew",
-                                        "data.skew_alpha=0.3")],
-                         ids=["gradient", "post-local"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (*UNEVEN, "train.momentum=0.9", "train.lr_scaling=linear"),
+        ("train.sync_rounds=1", "combine=weighted", "data.partition=quantity_skew", "data.skew_alpha=0.3"),
+    ],
+    ids=["gradient", "post-local"],
+)
 def test_uneven_synchronous_rounds_on_spark_equal_the_local_engine(spark, overrides):
     from test_engines import spark_engine
 
@@ -98,8 +108,18 @@ def test_uneven_synchronous_rounds_on_mpi_equal_the_local_engine(tmp_path):
     from conftest import saved_params
     from test_mpi import local_params, mpirun
 
-    sets = ("--set", "mappers=2", "--set", "combine=gradient", "--set", "data.partition=quantity_skew",
-            "--set", "data.skew_alpha=0.3", "--set", "train.lr_scaling=linear")
+    sets = (
+        "--set",
+        "mappers=2",
+        "--set",
+        "combine=gradient",
+        "--set",
+        "data.partition=quantity_skew",
+        "--set",
+        "data.skew_alpha=0.3",
+        "--set",
+        "train.lr_scaling=linear",
+    )
     proc, out = mpirun(tmp_path, 2, *sets)
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_array_equal(saved_params(out), local_params(*sets))

@@ -31,8 +31,9 @@ class Block(nn.Module):
 class SmallResNet(nn.Module):
     def __init__(self, channels: int = 16, blocks: int = 2, in_channels: int = 1, n_classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(channels), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()
+        )
         self.blocks = nn.Sequential(*[Block(channels) for _ in range(blocks)])
         self.pool = nn.AdaptiveAvgPool2d(4)  # a 4x4 map whatever the image size: where a stroke is matters
         self.head = nn.Linear(channels * 16, n_classes)

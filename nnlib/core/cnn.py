@@ -87,8 +87,14 @@ class ConvSpec(Layout):
         return out
 
     def describe(self) -> dict:
-        return {"model_type": "cnn", "image_shape": list(self.image_shape), "channels": list(self.channels),
-                "kernel": self.kernel, "n_classes": self.n_classes, "n_params": self.n_params}
+        return {
+            "model_type": "cnn",
+            "image_shape": list(self.image_shape),
+            "channels": list(self.channels),
+            "kernel": self.kernel,
+            "n_classes": self.n_classes,
+            "n_params": self.n_params,
+        }
 
 
 class _Buffers(threading.local):
@@ -118,12 +124,12 @@ def _patches(x: np.ndarray, k: int, buffers: _Buffers, key) -> np.ndarray:
     n, h, w, c = x.shape
     p = k // 2
     padded = buffers.get((key, "pad"), (n, h + 2 * p, w + 2 * p, c), x.dtype)  # its border stays 0
-    padded[:, p:p + h, p:p + w] = x
+    padded[:, p : p + h, p : p + w] = x
     if c == 1:
         cols_t = buffers.get((key, "cols"), (k, k, n, h, w), x.dtype)
         for i in range(k):
             for j in range(k):
-                cols_t[i, j] = padded[:, i:i + h, j:j + w, 0]
+                cols_t[i, j] = padded[:, i : i + h, j : j + w, 0]
         return cols_t.reshape(k * k, -1).T
     cols = buffers.get((key, "cols"), (n, h, w, k, k, c), x.dtype)
     sn, sh, sw, sc = padded.strides
@@ -150,14 +156,14 @@ def _unpatch(d_cols: np.ndarray, k: int, buffers: _Buffers, key) -> np.ndarray:
         for r in range(min(k, w)):
             m = -(-(w - r) // k)
             as_strided(out[:, i:, r:], shape=(n, h, m, k * c), strides=(sn, sh, k * sw, sc))[...] += d[:, :, r::k, i]
-    return out[:, p:p + h, p:p + w]
+    return out[:, p : p + h, p : p + w]
 
 
 def _corners(a: np.ndarray) -> list[np.ndarray]:
     """The four members of every 2x2 window of ``(n, H, W, C)``, each ``(n, H//2, W//2, C)`` (views), in torch's
     order."""
     h2, w2 = a.shape[1] // 2, a.shape[2] // 2
-    return [a[:, i:2 * h2:2, j:2 * w2:2] for i in (0, 1) for j in (0, 1)]
+    return [a[:, i : 2 * h2 : 2, j : 2 * w2 : 2] for i in (0, 1) for j in (0, 1)]
 
 
 def _pool(a: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -208,8 +214,11 @@ class NumpyCNN(NumpyModel):
         for i in range(len(self.conv.channels)):
             kernel, bias = arrays[2 * i], arrays[2 * i + 1]
             cols2d = _patches(a, k, buffers, i)
-            z = np.matmul(cols2d, self._kernel_matrix(kernel),
-                          out=buffers.get((i, "z"), (cols2d.shape[0], kernel.shape[0]), cols2d.dtype))
+            z = np.matmul(
+                cols2d,
+                self._kernel_matrix(kernel),
+                out=buffers.get((i, "z"), (cols2d.shape[0], kernel.shape[0]), cols2d.dtype),
+            )
             z += bias
             z = self._act(z).reshape(*a.shape[:3], -1)
             pooled, won = _pool(z)
@@ -219,9 +228,14 @@ class NumpyCNN(NumpyModel):
         logits = flat @ arrays[-2] + arrays[-1]
         return logits, flat, saved
 
-    def loss_and_grad(self, flat_params: np.ndarray, x: np.ndarray, y: np.ndarray,
-                      sample_weight: np.ndarray | None = None,
-                      weight_sum: float | None = None) -> tuple[float, np.ndarray]:
+    def loss_and_grad(
+        self,
+        flat_params: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        weight_sum: float | None = None,
+    ) -> tuple[float, np.ndarray]:
         """Data loss on ``(x, y)`` and the gradient of loss + L2 penalty, flat ``(n_params,)``
         (``sample_weight`` and ``weight_sum`` as :class:`nnlib.core.mlp.NumpyModel` says)."""
         arrays = unpack(flat_params, self.conv)
@@ -254,5 +268,6 @@ class NumpyCNN(NumpyModel):
     def predict_logits(self, flat_params: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Output of the last layer, ``(n_samples, n_classes)``, in chunks (a patch matrix is k*k times x)."""
         arrays = unpack(flat_params, self.conv)
-        return np.concatenate([self._forward(arrays, x[i:i + EVAL_CHUNK])[0]
-                               for i in range(0, max(len(x), 1), EVAL_CHUNK)])
+        return np.concatenate(
+            [self._forward(arrays, x[i : i + EVAL_CHUNK])[0] for i in range(0, max(len(x), 1), EVAL_CHUNK)]
+        )

@@ -56,8 +56,9 @@ COEFFICIENTS: dict[str, Callable[[list[float]], tuple[np.ndarray, float]]] = {
 }
 
 
-def combine(rule: str, vectors: list[np.ndarray], n_samples: list[float],
-            start: np.ndarray | None = None) -> np.ndarray:
+def combine(
+    rule: str, vectors: list[np.ndarray], n_samples: list[float], start: np.ndarray | None = None
+) -> np.ndarray:
     """Combine the mappers' ``vectors`` (each ``(n_params,)``, in mapper order) with ``rule``.
 
     ``start`` is the round's starting vector; only rules with ``c_start != 0``

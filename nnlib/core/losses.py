@@ -90,8 +90,9 @@ def _weights(z: np.ndarray, sample_weight: np.ndarray, weight_sum: float | None)
     return w[:, None], s
 
 
-def cross_entropy(z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
-                  weight_sum: float | None = None) -> tuple[float, np.ndarray]:
+def cross_entropy(
+    z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None, weight_sum: float | None = None
+) -> tuple[float, np.ndarray]:
     """Softmax cross-entropy of the logits ``z`` ``(m, k)`` against the classes ``y`` ``(m,)`` int64."""
     m = z.shape[0]
     shifted = z - z.max(axis=1, keepdims=True)
@@ -120,14 +121,16 @@ def _squared_difference(z: np.ndarray, target: np.ndarray, sample_weight, weight
     return float(0.5 * ((diff * diff) * w).sum() / s), diff * w / s
 
 
-def squared_one_hot(z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
-                    weight_sum: float | None = None) -> tuple[float, np.ndarray]:
+def squared_one_hot(
+    z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None, weight_sum: float | None = None
+) -> tuple[float, np.ndarray]:
     """Half the squared distance of ``z`` ``(m, k)`` to the one-hot rows of the classes ``y`` ``(m,)``."""
     return _squared_difference(z, _one_hot(y, z.shape[1], z.dtype), sample_weight, weight_sum)
 
 
-def squared_error(z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
-                  weight_sum: float | None = None) -> tuple[float, np.ndarray]:
+def squared_error(
+    z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None, weight_sum: float | None = None
+) -> tuple[float, np.ndarray]:
     """Half the squared error of the predictions ``z`` ``(m, t)`` to the targets ``y`` ``(m,)`` or ``(m, t)``."""
     return _squared_difference(z, as_targets(z, y), sample_weight, weight_sum)
 
@@ -144,14 +147,20 @@ def _elementwise(z, y, sample_weight, weight_sum, per_entry):
     return float((value * w).sum() / s), slope * w / s
 
 
-def absolute_error(z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
-                   weight_sum: float | None = None) -> tuple[float, np.ndarray]:
+def absolute_error(
+    z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None, weight_sum: float | None = None
+) -> tuple[float, np.ndarray]:
     """The absolute error of ``z`` ``(m, t)`` to the targets ``y`` ``(m,)`` or ``(m, t)``, summed over targets."""
     return _elementwise(z, y, sample_weight, weight_sum, lambda r: (np.abs(r), np.sign(r)))
 
 
-def huber(z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
-          weight_sum: float | None = None, delta: float = 1.0) -> tuple[float, np.ndarray]:
+def huber(
+    z: np.ndarray,
+    y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    weight_sum: float | None = None,
+    delta: float = 1.0,
+) -> tuple[float, np.ndarray]:
     """Huber's loss (threshold ``delta``) of ``z`` ``(m, t)`` to ``y`` ``(m,)`` or ``(m, t)``, summed over targets."""
     d = z.dtype.type(delta)
 
@@ -160,6 +169,7 @@ def huber(z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
         inside = a <= d
         value = np.where(inside, z.dtype.type(0.5) * r * r, d * (a - z.dtype.type(0.5) * d))
         return value, np.clip(r, -d, d)
+
     return _elementwise(z, y, sample_weight, weight_sum, per_entry)
 
 

@@ -74,13 +74,14 @@ class ClassificationSums:
     """The sufficient statistics of the loss and accuracy over a set of rows."""
 
     rows: int
-    weight: float   # sum w
-    loss: float     # sum w * l
+    weight: float  # sum w
+    loss: float  # sum w * l
     correct: float  # sum w * [pred == y]
 
     def __add__(self, other: ClassificationSums) -> ClassificationSums:
-        return ClassificationSums(self.rows + other.rows, self.weight + other.weight, self.loss + other.loss,
-                                  self.correct + other.correct)
+        return ClassificationSums(
+            self.rows + other.rows, self.weight + other.weight, self.loss + other.loss, self.correct + other.correct
+        )
 
     def to_vector(self) -> np.ndarray:
         """``[rows, weight, loss, correct]`` float64: what an Allreduce sums."""
@@ -96,38 +97,57 @@ class RegressionSums:
     """The sufficient statistics of the loss, RMSE, MAE and R² over a set of rows, per target ``(t,)``."""
 
     rows: int
-    weight: float            # sum w
-    weight2: float           # sum w^2 (Spark's R² only)
-    loss: float              # sum w * l (training units)
-    target: np.ndarray       # sum w * (y - shift)
-    target2: np.ndarray      # sum w * (y - shift)^2
-    error2: np.ndarray       # sum w * (p - y)^2
-    abs_error: np.ndarray    # sum w * |p - y|
-    shift: np.ndarray        # not a sum: the per-target shift every block used
+    weight: float  # sum w
+    weight2: float  # sum w^2 (Spark's R² only)
+    loss: float  # sum w * l (training units)
+    target: np.ndarray  # sum w * (y - shift)
+    target2: np.ndarray  # sum w * (y - shift)^2
+    error2: np.ndarray  # sum w * (p - y)^2
+    abs_error: np.ndarray  # sum w * |p - y|
+    shift: np.ndarray  # not a sum: the per-target shift every block used
 
     def __add__(self, other: RegressionSums) -> RegressionSums:
         if self.shift.shape != other.shift.shape or not np.array_equal(self.shift, other.shift):
             raise ValueError(f"regression sums with different shifts cannot be added: {self.shift} and {other.shift}")
-        return RegressionSums(self.rows + other.rows, self.weight + other.weight, self.weight2 + other.weight2,
-                              self.loss + other.loss, self.target + other.target, self.target2 + other.target2,
-                              self.error2 + other.error2, self.abs_error + other.abs_error, self.shift)
+        return RegressionSums(
+            self.rows + other.rows,
+            self.weight + other.weight,
+            self.weight2 + other.weight2,
+            self.loss + other.loss,
+            self.target + other.target,
+            self.target2 + other.target2,
+            self.error2 + other.error2,
+            self.abs_error + other.abs_error,
+            self.shift,
+        )
 
     def to_vector(self) -> np.ndarray:
         """``[rows, weight, weight2, loss, target, target2, error2, abs_error]`` float64, ``(4 + 4t,)``:
         what an Allreduce sums (the shift travels apart)."""
-        return np.concatenate([[self.rows, self.weight, self.weight2, self.loss], self.target, self.target2,
-                               self.error2, self.abs_error]).astype(np.float64)
+        return np.concatenate(
+            [[self.rows, self.weight, self.weight2, self.loss], self.target, self.target2, self.error2, self.abs_error]
+        ).astype(np.float64)
 
     @classmethod
     def from_vector(cls, v: np.ndarray, shift: np.ndarray) -> RegressionSums:
         t = (len(v) - 4) // 4
-        target, target2, error2, abs_error = (np.array(v[4 + k * t:4 + (k + 1) * t], np.float64) for k in range(4))
-        return cls(int(v[0]), float(v[1]), float(v[2]), float(v[3]), target, target2, error2, abs_error,
-                   np.asarray(shift, np.float64))
+        target, target2, error2, abs_error = (np.array(v[4 + k * t : 4 + (k + 1) * t], np.float64) for k in range(4))
+        return cls(
+            int(v[0]),
+            float(v[1]),
+            float(v[2]),
+            float(v[3]),
+            target,
+            target2,
+            error2,
+            abs_error,
+            np.asarray(shift, np.float64),
+        )
 
 
-def classification_sums(predicted: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
-                        loss_sum: float = 0.0) -> ClassificationSums:
+def classification_sums(
+    predicted: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None, loss_sum: float = 0.0
+) -> ClassificationSums:
     """Sums of a block: ``predicted`` and ``y`` ``(n,)`` class ids, ``sample_weight`` ``(n,)`` or None (all 1),
     ``loss_sum`` the block's ``sum w * l``."""
     hit = np.asarray(predicted) == np.asarray(y)
@@ -137,8 +157,13 @@ def classification_sums(predicted: np.ndarray, y: np.ndarray, sample_weight: np.
     return ClassificationSums(len(hit), float(w.sum()), float(loss_sum), float(w[hit].sum()))
 
 
-def regression_sums(prediction: np.ndarray, target: np.ndarray, sample_weight: np.ndarray | None = None,
-                    loss_sum: float = 0.0, shift=None) -> RegressionSums:
+def regression_sums(
+    prediction: np.ndarray,
+    target: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    loss_sum: float = 0.0,
+    shift=None,
+) -> RegressionSums:
     """Sums of a block: ``prediction`` and ``target`` ``(n,)`` or ``(n, t)`` in the same units,
     ``sample_weight`` ``(n,)`` or None (all 1), ``loss_sum`` the block's ``sum w * l``, ``shift`` ``(t,)``
     (default 0) subtracted from the targets before their sums (see the module docstring)."""
@@ -155,8 +180,17 @@ def regression_sums(prediction: np.ndarray, target: np.ndarray, sample_weight: n
     else:
         flat = np.asarray(sample_weight, np.float64)
         w, weight, weight2 = flat[:, None], float(flat.sum()), float((flat * flat).sum())
-    return RegressionSums(n, weight, weight2, float(loss_sum), _column_sums(w * ys), _column_sums(w * ys * ys),
-                          _column_sums(w * e * e), _column_sums(w * np.abs(e)), shift)
+    return RegressionSums(
+        n,
+        weight,
+        weight2,
+        float(loss_sum),
+        _column_sums(w * ys),
+        _column_sums(w * ys * ys),
+        _column_sums(w * e * e),
+        _column_sums(w * np.abs(e)),
+        shift,
+    )
 
 
 Sums = TypeVar("Sums", ClassificationSums, RegressionSums)
@@ -172,7 +206,7 @@ def total(parts: list[Sums]) -> Sums:
 
 @dataclass(frozen=True)
 class ClassificationMetrics:
-    loss: float      # weighted mean data loss
+    loss: float  # weighted mean data loss
     accuracy: float  # weighted, in [0, 1]
 
 
@@ -213,20 +247,36 @@ def finish_regression(sums: RegressionSums) -> RegressionMetrics:
         denominator = weight - sums.weight2 / weight  # Spark's summarizer: variance = M2 / denominator
         variance = m2 / denominator if denominator > 0 else np.zeros_like(m2)
         r2_spark = 1 - ss_res / (variance * (weight - 1))
-    return RegressionMetrics(sums.loss / weight, float(rmse.mean()), float(mae.mean()), float(r2.mean()),
-                             float(r2_spark.mean()), tuple(map(float, rmse)), tuple(map(float, mae)),
-                             tuple(map(float, r2)), tuple(map(float, r2_spark)))
+    return RegressionMetrics(
+        sums.loss / weight,
+        float(rmse.mean()),
+        float(mae.mean()),
+        float(r2.mean()),
+        float(r2_spark.mean()),
+        tuple(map(float, rmse)),
+        tuple(map(float, mae)),
+        tuple(map(float, r2)),
+        tuple(map(float, r2_spark)),
+    )
 
 
-def regression_metrics(prediction: np.ndarray, target: np.ndarray,
-                       sample_weight: np.ndarray | None = None) -> RegressionMetrics:
+def regression_metrics(
+    prediction: np.ndarray, target: np.ndarray, sample_weight: np.ndarray | None = None
+) -> RegressionMetrics:
     """One-shot :func:`finish_regression` of :func:`regression_sums` (the loss field is then 0)."""
     return finish_regression(regression_sums(prediction, target, sample_weight))
 
 
-def block_sums(regression: bool, z: np.ndarray, y: np.ndarray, loss: float,
-               sample_weight: np.ndarray | None = None, target_mean=None, target_std=None,
-               raw_target: np.ndarray | None = None) -> ClassificationSums | RegressionSums:
+def block_sums(
+    regression: bool,
+    z: np.ndarray,
+    y: np.ndarray,
+    loss: float,
+    sample_weight: np.ndarray | None = None,
+    target_mean=None,
+    target_std=None,
+    raw_target: np.ndarray | None = None,
+) -> ClassificationSums | RegressionSums:
     """The sums of one scored block from a backend's outputs ``z`` ``(n, k)`` and its weighted mean ``loss``.
 
     Classification: the predicted class is ``z``'s argmax. Regression: ``z``
@@ -243,5 +293,6 @@ def block_sums(regression: bool, z: np.ndarray, y: np.ndarray, loss: float,
         return regression_sums(z, y if raw_target is None else raw_target, sample_weight, loss_sum)
     n = len(y)
     target = raw_target if raw_target is not None else destandardize(_columns(y, n), target_mean, target_std)
-    return regression_sums(destandardize(z, target_mean, target_std), target, sample_weight, loss_sum,
-                           shift=target_mean)
+    return regression_sums(
+        destandardize(z, target_mean, target_std), target, sample_weight, loss_sum, shift=target_mean
+    )

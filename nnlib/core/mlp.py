@@ -103,20 +103,28 @@ class NumpyModel:
             return self.predict_logits(flat, x)
         return self.predict_logits(flat, x).argmax(axis=1)
 
-    def objective(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
-                  weight_sum: float | None = None) -> float:
+    def objective(
+        self,
+        flat: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        weight_sum: float | None = None,
+    ) -> float:
         """Data loss plus the L2 penalty: the function whose gradient ``loss_and_grad`` returns."""
         loss, _ = self.data_loss_and_delta(self.predict_logits(flat, x), y, sample_weight, weight_sum)
         w = flat * self.spec.layers.weight_mask().astype(flat.dtype)
         return loss + 0.5 * self.spec.l2 * float(np.dot(w, w))
 
-    def data_loss_and_delta(self, z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None,
-                            weight_sum: float | None) -> tuple[float, np.ndarray]:
+    def data_loss_and_delta(
+        self, z: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None, weight_sum: float | None
+    ) -> tuple[float, np.ndarray]:
         """The data loss of the outputs ``z`` ``(m, k)`` and its gradient ``(m, k)`` with respect to them."""
         return self._loss(z, y, sample_weight, weight_sum)  # None: the unweighted code, as before weights
 
-    def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray,
-                 sample_weight: np.ndarray | None = None) -> tuple[float, float]:
+    def evaluate(
+        self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None
+    ) -> tuple[float, float]:
         """Return ``(mean data loss, score)`` on ``(x, y)``, means weighted by ``sample_weight`` when given.
 
         The score is the accuracy in ``[0, 1]``, or under regression R² averaged
@@ -129,18 +137,25 @@ class NumpyModel:
             return loss, metrics.finish_regression(metrics.regression_sums(z, y, sample_weight)).r2
         if sample_weight is None:
             return loss, float((z.argmax(axis=1) == y).mean())
-        return loss, metrics.finish_classification(metrics.classification_sums(z.argmax(axis=1), y,
-                                                                               sample_weight)).accuracy
+        return loss, metrics.finish_classification(
+            metrics.classification_sums(z.argmax(axis=1), y, sample_weight)
+        ).accuracy
 
-
-    def score(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
-              target_mean=None, target_std=None, raw_target: np.ndarray | None = None):
+    def score(
+        self,
+        flat: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        target_mean=None,
+        target_std=None,
+        raw_target: np.ndarray | None = None,
+    ):
         """The block's :class:`nnlib.core.metrics.ClassificationSums` or ``RegressionSums`` (its loss sum, and its
         metrics' sums in the targets' own units), as :func:`nnlib.core.metrics.block_sums` says."""
         z = self.predict_logits(flat, x)
         loss, _ = self.data_loss_and_delta(z, y, sample_weight, None)
-        return metrics.block_sums(self.spec.regression, z, y, loss, sample_weight, target_mean, target_std,
-                                  raw_target)
+        return metrics.block_sums(self.spec.regression, z, y, loss, sample_weight, target_mean, target_std, raw_target)
 
 
 class NumpyMLP(NumpyModel):
@@ -166,8 +181,14 @@ class NumpyMLP(NumpyModel):
         """Output of the last layer, ``(n_samples, n_classes)`` (``n_targets`` under regression)."""
         return self._forward(unpack(flat, self.spec.layers), x)[-1]
 
-    def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
-                      weight_sum: float | None = None) -> tuple[float, np.ndarray]:
+    def loss_and_grad(
+        self,
+        flat: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        weight_sum: float | None = None,
+    ) -> tuple[float, np.ndarray]:
         """Data loss on ``(x, y)`` and the gradient of loss + L2 penalty, flat ``(n_params,)``.
 
         The gradient is written straight into one flat vector (no per-layer

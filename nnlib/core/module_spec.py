@@ -49,8 +49,10 @@ def canonical_kwargs(kwargs: dict | None) -> str:
     try:
         return json.dumps(kwargs or {}, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model.kwargs: values must be JSON data (numbers, text, lists, mappings), "
-                          f"got {kwargs!r} ({first_line(exc)})") from None
+        raise ConfigError(
+            f"model.kwargs: values must be JSON data (numbers, text, lists, mappings), "
+            f"got {kwargs!r} ({first_line(exc)})"
+        ) from None
 
 
 def _with_path(directory: str):
@@ -69,8 +71,9 @@ def import_callable(path: str, search_path: str = ""):
     :class:`ConfigError` line naming it and where it was looked for.
     """
     if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
-        raise ConfigError(f"{KEY}: expected 'package.module:callable' (e.g. "
-                          f"'examples.models.small_resnet:make'), got {path!r}")
+        raise ConfigError(
+            f"{KEY}: expected 'package.module:callable' (e.g. 'examples.models.small_resnet:make'), got {path!r}"
+        )
     module_name, attr = path.split(":")
     try:
         module = importlib.import_module(module_name)
@@ -84,21 +87,26 @@ def import_callable(path: str, search_path: str = ""):
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as again:
             looked = ["sys.path", f"the working directory {os.getcwd()}"] + (
-                [search_path] if search_path and search_path != os.getcwd() else [])
-            raise ConfigError(f"{KEY}: cannot import {module_name!r} ({first_line(again)}); looked on "
-                              f"{', '.join(looked)}: put its folder on PYTHONPATH (on Spark ship it with "
-                              "submit.sh --py-files)") from None
+                [search_path] if search_path and search_path != os.getcwd() else []
+            )
+            raise ConfigError(
+                f"{KEY}: cannot import {module_name!r} ({first_line(again)}); looked on "
+                f"{', '.join(looked)}: put its folder on PYTHONPATH (on Spark ship it with "
+                "submit.sh --py-files)"
+            ) from None
         except Exception as again:  # noqa: BLE001 - the user's module failed while importing
-            raise ConfigError(f"{KEY}: importing {module_name} failed: "
-                              f"{type(again).__name__}: {first_line(again)}") from None
+            raise ConfigError(
+                f"{KEY}: importing {module_name} failed: {type(again).__name__}: {first_line(again)}"
+            ) from None
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"{KEY}: importing {module_name} failed: {type(exc).__name__}: {first_line(exc)}") \
-            from None
+        raise ConfigError(f"{KEY}: importing {module_name} failed: {type(exc).__name__}: {first_line(exc)}") from None
     target = module
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise ConfigError(f"{KEY}: module {module_name} ({getattr(module, '__file__', '?')}) has no "
-                              f"attribute {attr!r}; {_allowed_callables(target, part)}")
+            raise ConfigError(
+                f"{KEY}: module {module_name} ({getattr(module, '__file__', '?')}) has no "
+                f"attribute {attr!r}; {_allowed_callables(target, part)}"
+            )
         target = getattr(target, part)
     if not callable(target):
         raise ConfigError(f"{KEY}: {path} is a {type(target).__name__}, not a class or function")
@@ -134,9 +142,9 @@ class ModuleSpec(Layout):
     ``device`` (``train.device``) say where to import and compute, not what.
     """
 
-    module: str                      # "package.module:callable"
-    kwargs: str                      # model.kwargs as canonical JSON
-    input_shape: tuple[int, ...]     # one sample: (C, H, W) or (n_features,)
+    module: str  # "package.module:callable"
+    kwargs: str  # model.kwargs as canonical JSON
+    input_shape: tuple[int, ...]  # one sample: (C, H, W) or (n_features,)
     n_classes: int
     search_path: str = field(default="", compare=False)
     device: str = field(default="cpu", compare=False)
@@ -150,8 +158,9 @@ class ModuleSpec(Layout):
         try:
             module = factory(**json.loads(self.kwargs))
         except Exception as exc:  # noqa: BLE001 - the user's code: one line naming it
-            raise ConfigError(f"{KEY}: {self.module}(**{self.kwargs}) failed: "
-                              f"{type(exc).__name__}: {first_line(exc)}") from None
+            raise ConfigError(
+                f"{KEY}: {self.module}(**{self.kwargs}) failed: {type(exc).__name__}: {first_line(exc)}"
+            ) from None
         if not isinstance(module, torch.nn.Module):
             raise ConfigError(f"{KEY}: {self.module} returned a {type(module).__name__}, not a torch.nn.Module")
         return module.float()
@@ -165,8 +174,10 @@ class ModuleSpec(Layout):
             torch.manual_seed(0)
             module = self.build()
         check_module(self, module)
-        return tuple([(n, tuple(p.shape), True) for n, p in module.named_parameters()]
-                     + [(n, tuple(b.shape), False) for n, b in module.named_buffers() if b.is_floating_point()])
+        return tuple(
+            [(n, tuple(p.shape), True) for n, p in module.named_parameters()]
+            + [(n, tuple(b.shape), False) for n, b in module.named_buffers() if b.is_floating_point()]
+        )
 
     def shapes(self) -> list[tuple[int, ...]]:
         return [shape for _, shape, _ in self._arrays]
@@ -185,8 +196,12 @@ class ModuleSpec(Layout):
 
     def weight_mask(self) -> np.ndarray:
         """1 on parameter arrays of 2 dimensions and up (the L2 penalty's support), 0 on biases and buffers."""
-        return np.concatenate([np.full(int(np.prod(s)), 1.0 if is_param and len(s) >= 2 else 0.0, DTYPE)
-                               for _, s, is_param in self._arrays])
+        return np.concatenate(
+            [
+                np.full(int(np.prod(s)), 1.0 if is_param and len(s) >= 2 else 0.0, DTYPE)
+                for _, s, is_param in self._arrays
+            ]
+        )
 
     def initial_params(self, seed: int) -> np.ndarray:
         """The module's own initialisation under ``torch.manual_seed(seed)``, flat float32 ``(n_params,)``."""
@@ -198,9 +213,15 @@ class ModuleSpec(Layout):
         return flatten_module(module)
 
     def describe(self) -> dict:
-        return {"model_type": "module", "module": self.module, "kwargs": json.loads(self.kwargs),
-                "input_shape": list(self.input_shape), "n_classes": self.n_classes, "n_params": self.n_params,
-                "n_buffer_values": self.n_params - self.n_weights}
+        return {
+            "model_type": "module",
+            "module": self.module,
+            "kwargs": json.loads(self.kwargs),
+            "input_shape": list(self.input_shape),
+            "n_classes": self.n_classes,
+            "n_params": self.n_params,
+            "n_buffer_values": self.n_params - self.n_weights,
+        }
 
 
 def flatten_module(module) -> np.ndarray:
@@ -221,37 +242,47 @@ def check_module(spec: ModuleSpec, module) -> None:
         raise ConfigError(f"{KEY}: {spec.module} has no parameters to train")
     taken = [n for n, _ in [*module.named_parameters(), *module.named_buffers()] if n in FILE_KEYS]
     if taken:
-        raise ConfigError(f"{KEY}: {spec.module} has an array named {taken[0]!r}, a name the model file keeps for "
-                          f"itself ({', '.join(FILE_KEYS)}); rename that parameter, buffer or submodule")
+        raise ConfigError(
+            f"{KEY}: {spec.module} has an array named {taken[0]!r}, a name the model file keeps for "
+            f"itself ({', '.join(FILE_KEYS)}); rename that parameter, buffer or submodule"
+        )
     for name, sub in module.named_modules():
         if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm) and sub.momentum is None:
-            raise ConfigError(f"{KEY}: {spec.module}: BatchNorm {name or '(root)'} has momentum=None (a cumulative "
-                              "average over num_batches_tracked, an integer buffer nnlib does not combine); give "
-                              "it a momentum such as 0.1")
+            raise ConfigError(
+                f"{KEY}: {spec.module}: BatchNorm {name or '(root)'} has momentum=None (a cumulative "
+                "average over num_batches_tracked, an integer buffer nnlib does not combine); give "
+                "it a momentum such as 0.1"
+            )
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
             out = module(torch.zeros((2, *spec.input_shape)))
     except Exception as exc:  # noqa: BLE001 - the user's forward pass: one line naming it
-        raise ConfigError(f"{KEY}: {spec.module} fails on a (2, {', '.join(map(str, spec.input_shape))}) float32 "
-                          f"batch (data.image_shape, else (n, n_features)): {type(exc).__name__}: "
-                          f"{first_line(exc)}") from None
+        raise ConfigError(
+            f"{KEY}: {spec.module} fails on a (2, {', '.join(map(str, spec.input_shape))}) float32 "
+            f"batch (data.image_shape, else (n, n_features)): {type(exc).__name__}: "
+            f"{first_line(exc)}"
+        ) from None
     finally:
         module.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, spec.n_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         each = "target" if spec.task == "regression" else "class"
-        raise ConfigError(f"{KEY}: {spec.module} must map a (2, {', '.join(map(str, spec.input_shape))}) batch to "
-                          f"(2, {spec.n_classes}) outputs (one per {each}), got {got}")
+        raise ConfigError(
+            f"{KEY}: {spec.module} must map a (2, {', '.join(map(str, spec.input_shape))}) batch to "
+            f"(2, {spec.n_classes}) outputs (one per {each}), got {got}"
+        )
 
 
-def module_spec(module: str, kwargs: dict | None, input_shape, n_classes: int, device: str = "cpu",
-                task: str = "classification") -> ModuleSpec:
+def module_spec(
+    module: str, kwargs: dict | None, input_shape, n_classes: int, device: str = "cpu", task: str = "classification"
+) -> ModuleSpec:
     """The checked :class:`ModuleSpec` of ``model.module`` with ``model.kwargs`` (imports and builds it once);
     ``n_classes`` is the output width: the classes, or under ``task='regression'`` the targets."""
     _, root = import_callable(module)
-    spec = ModuleSpec(module, canonical_kwargs(kwargs), tuple(int(s) for s in input_shape), int(n_classes),
-                      root, device, task)
+    spec = ModuleSpec(
+        module, canonical_kwargs(kwargs), tuple(int(s) for s in input_shape), int(n_classes), root, device, task
+    )
     spec.shapes()  # builds and checks it: every error is raised here, on the driver
     return spec

@@ -50,9 +50,13 @@ class Split:
 
     def sub_layers(self, layers: LayerSpec, g) -> LayerSpec:
         """Layer sizes of sub-network ``g``: the inputs, its group of every hidden layer, the outputs."""
-        return LayerSpec((layers.sizes[0],
-                          *(len(layer[c]) for layer, c in zip(self.groups, self.choice(g), strict=True)),
-                          layers.sizes[-1]))
+        return LayerSpec(
+            (
+                layers.sizes[0],
+                *(len(layer[c]) for layer, c in zip(self.groups, self.choice(g), strict=True)),
+                layers.sizes[-1],
+            )
+        )
 
     def labels(self) -> list[np.ndarray]:
         """Per hidden layer, each unit's group (a compact form to ship)."""
@@ -66,8 +70,12 @@ class Split:
 
     @classmethod
     def from_labels(cls, labels, n_groups: int) -> Split:
-        return cls(tuple(tuple(tuple(int(u) for u in np.flatnonzero(np.asarray(lab) == g)) for g in range(n_groups))
-                         for lab in labels))
+        return cls(
+            tuple(
+                tuple(tuple(int(u) for u in np.flatnonzero(np.asarray(lab) == g)) for g in range(n_groups))
+                for lab in labels
+            )
+        )
 
 
 def check_splittable(hidden: tuple[int, ...], n_groups: int) -> None:
@@ -157,8 +165,9 @@ def shares_divisor(count: np.ndarray, shared: str = "average") -> np.ndarray:
     return count if shared == "average" else np.minimum(count, 1)
 
 
-def recombine(start: np.ndarray, pieces: list[tuple], layers: LayerSpec, split: Split,
-              shared: str = "average") -> np.ndarray:
+def recombine(
+    start: np.ndarray, pieces: list[tuple], layers: LayerSpec, split: Split, shared: str = "average"
+) -> np.ndarray:
     """The full vector after training sub-networks: ``pieces`` is a list of ``(g, flat vector)``.
 
     Each parameter becomes the mean of the values the pieces hold for it
@@ -178,6 +187,7 @@ def recombine(start: np.ndarray, pieces: list[tuple], layers: LayerSpec, split: 
 
 
 # ---- choosing a split --------------------------------------------------------------------------
+
 
 def mapper_choice(mapper: int, n_groups: int, n_hidden: int, alternating: bool = False) -> tuple[int, ...]:
     """The groups (one per hidden layer) that ``mapper`` trains.
@@ -248,6 +258,7 @@ def independence_split(couplings: list[np.ndarray], n_groups: int) -> Split:
 
 
 # ---- counting and enumerating splits of one layer ---------------------------------------------
+
 
 def count_equal_splits(n: int, g: int) -> int:
     """Splits of ``n`` units into ``g`` unlabeled groups of equal size ``n/g``: ``n! / ((n/g)!^g g!)``."""

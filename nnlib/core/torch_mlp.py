@@ -57,8 +57,15 @@ from nnlib.core.torch_train import as_tensor, flat_stepper
 ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
 
 
-def data_loss(name: str, z: torch.Tensor, y: torch.Tensor, sample_weight: torch.Tensor | None = None,
-              weight_sum: float | None = None, task: str = "classification", huber_delta: float = 1.0) -> torch.Tensor:
+def data_loss(
+    name: str,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    sample_weight: torch.Tensor | None = None,
+    weight_sum: float | None = None,
+    task: str = "classification",
+    huber_delta: float = 1.0,
+) -> torch.Tensor:
     """The data loss ``name`` of the outputs ``z`` ``(m, k)``, as :mod:`nnlib.core.losses` computes it.
 
     ``y``: ``(m,)`` int64 classes, or under ``task='regression'`` float
@@ -142,8 +149,9 @@ class TorchModel:
                     shapes.append(tuple(b.shape))
             expected = [tuple(shape) for _, _, shape in self._layout.offsets]
             if shapes != expected:
-                raise ValueError(f"the module's parameters and floating buffers have shapes {shapes}, "
-                                 f"the flat layout {expected}")
+                raise ValueError(
+                    f"the module's parameters and floating buffers have shapes {shapes}, the flat layout {expected}"
+                )
             trained = self._layout.offsets[n_trained - 1][1] if n_trained else 0
             made = self._local.made = (module, slots, trained)
         return made
@@ -174,9 +182,15 @@ class TorchModel:
 
     # -- the backend interface -----------------------------------------------------------------
 
-    def loss_and_grad(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, update_buffers: bool = False,
-                      sample_weight: np.ndarray | None = None,
-                      weight_sum: float | None = None) -> tuple[float, np.ndarray]:
+    def loss_and_grad(
+        self,
+        flat: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        update_buffers: bool = False,
+        sample_weight: np.ndarray | None = None,
+        weight_sum: float | None = None,
+    ) -> tuple[float, np.ndarray]:
         """Data loss on ``(x, y)`` and the gradient of loss + L2 penalty, flat ``(n_params,)`` in ``flat``'s dtype.
 
         ``x`` ``(batch, n_features)`` in ``flat``'s dtype, ``y`` ``(batch,)``
@@ -220,7 +234,7 @@ class TorchModel:
             xt = as_tensor(x)
             if self.eval_chunk is None:
                 return module(xt)
-            return torch.cat([module(xt[i:i + self.eval_chunk]) for i in range(0, max(len(x), 1), self.eval_chunk)])
+            return torch.cat([module(xt[i : i + self.eval_chunk]) for i in range(0, max(len(x), 1), self.eval_chunk)])
 
     def predict(self, flat: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Predicted class of every sample, ``(n_samples,)`` int64; under regression the outputs,
@@ -229,12 +243,18 @@ class TorchModel:
             return self.predict_logits(flat, x).numpy()
         return self.predict_logits(flat, x).argmax(dim=1).numpy()
 
-    def _data_loss(self, z: torch.Tensor, y: torch.Tensor, sample_weight: torch.Tensor | None = None,
-                   weight_sum: float | None = None) -> torch.Tensor:
+    def _data_loss(
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        sample_weight: torch.Tensor | None = None,
+        weight_sum: float | None = None,
+    ) -> torch.Tensor:
         return data_loss(self.spec.loss, z, y, sample_weight, weight_sum, self.spec.task, self.spec.huber_delta)
 
-    def evaluate(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray,
-                 sample_weight: np.ndarray | None = None) -> tuple[float, float]:
+    def evaluate(
+        self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None
+    ) -> tuple[float, float]:
         """Return ``(mean data loss, score)`` on ``(x, y)``, as :meth:`nnlib.core.mlp.NumpyModel.evaluate`: the
         score is the accuracy in ``[0, 1]``, or R² averaged over the targets under regression."""
         z, yt = self.predict_logits(flat, x), as_tensor(y)
@@ -244,23 +264,42 @@ class TorchModel:
         loss = float(self._data_loss(z, yt, wt))
         if self.spec.regression:
             return loss, metrics.finish_regression(metrics.regression_sums(z.numpy(), y, sample_weight)).r2
-        return loss, metrics.finish_classification(metrics.classification_sums(z.argmax(dim=1).numpy(), y,
-                                                                               sample_weight)).accuracy
+        return loss, metrics.finish_classification(
+            metrics.classification_sums(z.argmax(dim=1).numpy(), y, sample_weight)
+        ).accuracy
 
-    def score(self, flat: np.ndarray, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None,
-              target_mean=None, target_std=None, raw_target: np.ndarray | None = None):
+    def score(
+        self,
+        flat: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        target_mean=None,
+        target_std=None,
+        raw_target: np.ndarray | None = None,
+    ):
         """The block's metric sums, as :meth:`nnlib.core.mlp.NumpyModel.score`."""
         z = self.predict_logits(flat, x)
         wt = None if sample_weight is None else as_tensor(np.asarray(sample_weight))
         loss = float(self._data_loss(z, as_tensor(y), wt))
-        return metrics.block_sums(self.spec.regression, z.numpy(), y, loss, sample_weight, target_mean,
-                                  target_std, raw_target)
+        return metrics.block_sums(
+            self.spec.regression, z.numpy(), y, loss, sample_weight, target_mean, target_std, raw_target
+        )
 
-    def train_steps(self, params: np.ndarray, opt_state: np.ndarray | None, optimizer, x: np.ndarray,
-                    y: np.ndarray, batches: Sequence[np.ndarray], lr: float | Sequence[float],
-                    start: np.ndarray | None = None, proximal_mu: float = 0.0,
-                    sample_weight: np.ndarray | None = None,
-                    weight_sums: Sequence[float] | None = None) -> float:
+    def train_steps(
+        self,
+        params: np.ndarray,
+        opt_state: np.ndarray | None,
+        optimizer,
+        x: np.ndarray,
+        y: np.ndarray,
+        batches: Sequence[np.ndarray],
+        lr: float | Sequence[float],
+        start: np.ndarray | None = None,
+        proximal_mu: float = 0.0,
+        sample_weight: np.ndarray | None = None,
+        weight_sums: Sequence[float] | None = None,
+    ) -> float:
         """One local round: a step of ``optimizer`` per index array of ``batches``; returns the loss sum.
 
         ``params`` ``(n_params,)`` and ``opt_state`` (the optimizer's flat
@@ -305,19 +344,28 @@ class TorchModel:
         loss_name, task, delta = self.spec.loss, self.spec.task, self.spec.huber_delta
         if sw is not None and weight_sums is None:
             raise ValueError("sample_weight comes with the batches' weight_sums (the loss's denominators)")
-        scales: list[float] = ([len(idx) for idx in batches] if sw is None or weight_sums is None
-                               else [float(s) for s in weight_sums])
+        scales: list[float] = (
+            [len(idx) for idx in batches] if sw is None or weight_sums is None else [float(s) for s in weight_sums]
+        )
         loss_sum = 0.0
         losses = []  # on a device: the step losses stay there until the round ends (no wait on it each step)
         for b, (idx, rate) in enumerate(zip(batches, lrs, strict=True)):
             it = on(as_tensor(idx))
             grad.zero_()
             if sw is None:
-                loss = data_loss(loss_name, module(xt.index_select(0, it)), yt.index_select(0, it), task=task,
-                                 huber_delta=delta)
+                loss = data_loss(
+                    loss_name, module(xt.index_select(0, it)), yt.index_select(0, it), task=task, huber_delta=delta
+                )
             else:
-                loss = data_loss(loss_name, module(xt.index_select(0, it)), yt.index_select(0, it),
-                                 sw.index_select(0, it), scales[b], task, delta)
+                loss = data_loss(
+                    loss_name,
+                    module(xt.index_select(0, it)),
+                    yt.index_select(0, it),
+                    sw.index_select(0, it),
+                    scales[b],
+                    task,
+                    delta,
+                )
             loss.backward()
             with torch.no_grad():
                 if mask is not None:
@@ -374,8 +422,10 @@ class MLPModule(nn.Module):
     def __init__(self, sizes: Sequence[int], activation: str, output_scale: float = 1.0):
         super().__init__()
         n = len(sizes) - 1
-        self.layers = nn.ModuleList(_Affine(a, b, output_scale if i == n - 1 else 1.0)
-                                    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)))
+        self.layers = nn.ModuleList(
+            _Affine(a, b, output_scale if i == n - 1 else 1.0)
+            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
+        )
         self.act = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -389,4 +439,3 @@ class TorchMLP(TorchModel):
 
     def make_module(self) -> nn.Module:
         return MLPModule(self.spec.mlp.sizes, self.spec.activation, self.spec.output_scale)
-

@@ -79,8 +79,10 @@ def pick_device(setting: str) -> torch.device:
             return torch.device("cpu")
         build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
         given = "" if gpus is None else f"Spark gave this task GPU {','.join(gpus)}, but "
-        raise ConfigError(f"train.device=cuda: {given}this process sees no CUDA GPU (torch {torch.__version__}, "
-                          f"{build}, torch.cuda.is_available() is False); use train.device=cpu or auto")
+        raise ConfigError(
+            f"train.device=cuda: {given}this process sees no CUDA GPU (torch {torch.__version__}, "
+            f"{build}, torch.cuda.is_available() is False); use train.device=cpu or auto"
+        )
     if gpus is not None:
         return torch.device(f"cuda:{gpus[0]}")
     if setting == "auto" and "pyspark" in __import__("sys").modules and _in_spark_task():

@@ -36,8 +36,9 @@ def as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def flat_stepper(optimizer, params: torch.Tensor, state: torch.Tensor | None,
-                 n_params: int) -> tuple[Callable[[torch.Tensor, float], None], Callable[[], None]]:
+def flat_stepper(
+    optimizer, params: torch.Tensor, state: torch.Tensor | None, n_params: int
+) -> tuple[Callable[[torch.Tensor, float], None], Callable[[], None]]:
     """``(step, finish)`` for ``optimizer`` on the flat ``params`` ``(n,)`` and ``state``.
 
     ``step(grad, lr)`` is one update, in place on ``params`` and ``state``
@@ -65,11 +66,12 @@ def _sgd(opt: SGD, w: torch.Tensor, v: torch.Tensor | None):
 
     def step(g: torch.Tensor, lr: float) -> None:
         if weight_decay:
-            g.add_(w, alpha=weight_decay)          # g + weight_decay * w
+            g.add_(w, alpha=weight_decay)  # g + weight_decay * w
         if v is not None:
-            v.mul_(momentum).add_(g)               # v = momentum * v + g
+            v.mul_(momentum).add_(g)  # v = momentum * v + g
             g = g.add_(v, alpha=momentum) if opt.nesterov else v
-        w.add_(g, alpha=-float(np.float32(lr)))    # w -= lr * g
+        w.add_(g, alpha=-float(np.float32(lr)))  # w -= lr * g
+
     return step
 
 
@@ -95,8 +97,8 @@ def _adam(opt: Adam, w: torch.Tensor, rows: torch.Tensor):
         v.mul_(b2).addcmul_(g, g, value=one_minus_b2)
         if uniform:
             count = t0 + taken
-            step_size = float(np.float32(lr / (1 - opt.beta1 ** count)))
-            correction2 = float(np.float32(np.sqrt(1 - opt.beta2 ** count)))
+            step_size = float(np.float32(lr / (1 - opt.beta1**count)))
+            correction2 = float(np.float32(np.sqrt(1 - opt.beta2**count)))
             denom = v.sqrt().div_(correction2).add_(eps)
             w.addcdiv_(m, denom, value=-step_size)
         else:  # per-entry counts (a sub-network's rows kept their own): the corrections are vectors
@@ -109,4 +111,5 @@ def _adam(opt: Adam, w: torch.Tensor, rows: torch.Tensor):
     def finish() -> None:
         if uniform:
             t.add_(taken)
+
     return step, finish

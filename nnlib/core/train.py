@@ -42,15 +42,20 @@ def batch_indices(n_samples: int, schedule: LocalSchedule, rng: np.random.Genera
         for start in range(0, n_samples, bs):
             if schedule.local_steps is not None and len(batches) == schedule.local_steps:
                 return batches
-            batches.append(order[start:start + bs])
+            batches.append(order[start : start + bs])
         if epochs is not None:
             epochs -= 1
             if epochs == 0:
                 return batches
 
 
-def run_steps(params: np.ndarray, state: np.ndarray | None, optimizer, lrs: Iterable[float],
-              gradient: Callable[[np.ndarray, int], np.ndarray]) -> None:
+def run_steps(
+    params: np.ndarray,
+    state: np.ndarray | None,
+    optimizer,
+    lrs: Iterable[float],
+    gradient: Callable[[np.ndarray, int], np.ndarray],
+) -> None:
     """The training loop: for each step, ``optimizer.step(params, gradient(params, step), state, lr)``.
 
     ``params`` (n_params,) and ``state`` are updated in place. ``gradient``
@@ -66,16 +71,17 @@ def run_steps(params: np.ndarray, state: np.ndarray | None, optimizer, lrs: Iter
 class LocalUpdate:
     """What local training returns: new weights, optimizer state, how much was seen."""
 
-    params: np.ndarray           # (n_params,) float32
+    params: np.ndarray  # (n_params,) float32
     opt_state: np.ndarray | None  # the optimizer's state, e.g. the momentum buffer
-    n_samples: int               # size of the shard
-    train_loss: float            # mean data loss over the round's batches, weighted by the sample weights
-    steps: int                   # mini-batch steps taken
-    total_weight: float = 0.0    # the shard's sum of sample weights (n_samples without weights): combine: weighted
+    n_samples: int  # size of the shard
+    train_loss: float  # mean data loss over the round's batches, weighted by the sample weights
+    steps: int  # mini-batch steps taken
+    total_weight: float = 0.0  # the shard's sum of sample weights (n_samples without weights): combine: weighted
 
 
-def batch_weight_sums(sample_weight: np.ndarray, batches: list[np.ndarray],
-                      mean_weight: float | None = None) -> list[float]:
+def batch_weight_sums(
+    sample_weight: np.ndarray, batches: list[np.ndarray], mean_weight: float | None = None
+) -> list[float]:
     """The loss denominator of each mini-batch: its size times the mean weight (float64).
 
     So a step's loss is the batch mean of ``w_i * l_i`` with the weights
@@ -91,9 +97,19 @@ def batch_weight_sums(sample_weight: np.ndarray, batches: list[np.ndarray],
     return [len(idx) * mean_weight for idx in batches]
 
 
-def local_sgd(backend, params, opt_state, optimizer, x, y, schedule: LocalSchedule, lr: float,
-              rng: np.random.Generator, proximal_mu: float = 0.0,
-              sample_weight: np.ndarray | None = None) -> LocalUpdate:
+def local_sgd(
+    backend,
+    params,
+    opt_state,
+    optimizer,
+    x,
+    y,
+    schedule: LocalSchedule,
+    lr: float,
+    rng: np.random.Generator,
+    proximal_mu: float = 0.0,
+    sample_weight: np.ndarray | None = None,
+) -> LocalUpdate:
     """Train a copy of ``params`` on the shard ``(x, y)`` for one round of ``schedule``.
 
     ``x`` ``(n, n_features)``; ``y`` ``(n,)`` int64 classes, or float targets
@@ -137,8 +153,19 @@ def local_sgd(backend, params, opt_state, optimizer, x, y, schedule: LocalSchedu
         if sample_weight is None:
             loss_sum = fast(params, opt_state, optimizer, x, y, batches, lr, start=start, proximal_mu=proximal_mu)
         else:
-            loss_sum = fast(params, opt_state, optimizer, x, y, batches, lr, start=start, proximal_mu=proximal_mu,
-                            sample_weight=sample_weight, weight_sums=sums)
+            loss_sum = fast(
+                params,
+                opt_state,
+                optimizer,
+                x,
+                y,
+                batches,
+                lr,
+                start=start,
+                proximal_mu=proximal_mu,
+                sample_weight=sample_weight,
+                weight_sums=sums,
+            )
         return LocalUpdate(params, opt_state, len(y), mean_loss(loss_sum), len(batches), total_weight)
     loss_sum = 0.0
 
@@ -150,8 +177,9 @@ def local_sgd(backend, params, opt_state, optimizer, x, y, schedule: LocalSchedu
             loss_sum += loss * len(idx)
         else:
             assert sample_weight is not None  # sums are the batches' weight sums
-            loss, grad = backend.loss_and_grad(w, x[idx], y[idx], sample_weight=sample_weight[idx],
-                                               weight_sum=sums[step])
+            loss, grad = backend.loss_and_grad(
+                w, x[idx], y[idx], sample_weight=sample_weight[idx], weight_sum=sums[step]
+            )
             loss_sum += loss * sums[step]
         if proximal_mu:
             grad += mu * (w - start)

@@ -49,15 +49,19 @@ def check_features(x, where: str, first_row: int = 0, names=None, row_name=None)
     bad = ~np.isfinite(x)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise DataError(f"{where}: features must be finite, got {x[row, col]} at "
-                        f"{_row_name(row, first_row, row_name)}, {_feature_name(col, names)}")
+        raise DataError(
+            f"{where}: features must be finite, got {x[row, col]} at "
+            f"{_row_name(row, first_row, row_name)}, {_feature_name(col, names)}"
+        )
     with np.errstate(over="ignore"):
         past = np.isinf(x.astype(np.float32))  # what training sees: the value after the cast
     if past.any():
         row, col = np.argwhere(past)[0]
-        raise DataError(f"{where}: features must be finite in float32 (|value| <= {FLOAT32_MAX:.4g}), got "
-                        f"{x[row, col]:.6g} at {_row_name(row, first_row, row_name)}, {_feature_name(col, names)}; "
-                        "rescale that column")
+        raise DataError(
+            f"{where}: features must be finite in float32 (|value| <= {FLOAT32_MAX:.4g}), got "
+            f"{x[row, col]:.6g} at {_row_name(row, first_row, row_name)}, {_feature_name(col, names)}; "
+            "rescale that column"
+        )
     return x
 
 
@@ -72,10 +76,12 @@ def check_standardized(x: np.ndarray, where: str, positions=None) -> None:
     if bad.any():
         row, col = np.argwhere(bad)[0]
         sample = row if positions is None else int(positions[row])
-        raise DataError(f"{where}: sample {sample}, feature {col} is past float32's range once standardised "
-                        "with the training rows' mean and standard deviation (the training column is nearly "
-                        "constant, or the value lies far outside it); check that column, or set "
-                        "data.standardize=false")
+        raise DataError(
+            f"{where}: sample {sample}, feature {col} is past float32's range once standardised "
+            "with the training rows' mean and standard deviation (the training column is nearly "
+            "constant, or the value lies far outside it); check that column, or set "
+            "data.standardize=false"
+        )
 
 
 def check_labels(y, n_rows: int, where: str, first_row: int = 0, row_name=None) -> np.ndarray:
@@ -89,16 +95,18 @@ def check_labels(y, n_rows: int, where: str, first_row: int = 0, row_name=None) 
     if not np.issubdtype(y.dtype, np.number):
         raise DataError(f"{where}: labels must be integers 0..n_classes-1, got dtype {y.dtype}")
     if np.issubdtype(y.dtype, np.floating):
-        frac = ~np.isfinite(y) | (y != np.round(y)) | (np.abs(y) > 2.0 ** 62)
+        frac = ~np.isfinite(y) | (y != np.round(y)) | (np.abs(y) > 2.0**62)
         if frac.any():
             i = int(np.argmax(frac))
-            raise DataError(f"{where}: labels must be integers 0..n_classes-1, got {y[i]} at "
-                            f"{_row_name(i, first_row, row_name)}")
+            raise DataError(
+                f"{where}: labels must be integers 0..n_classes-1, got {y[i]} at {_row_name(i, first_row, row_name)}"
+            )
     y = y.astype(np.int64)
     if y.min() < 0:
         i = int(np.argmin(y))
-        raise DataError(f"{where}: labels must be integers 0..n_classes-1, got {y[i]} at "
-                        f"{_row_name(i, first_row, row_name)}")
+        raise DataError(
+            f"{where}: labels must be integers 0..n_classes-1, got {y[i]} at {_row_name(i, first_row, row_name)}"
+        )
     return y
 
 
@@ -115,9 +123,11 @@ def check_class_ids(classes: np.ndarray, where: str) -> np.ndarray:
     largest, distinct = int(classes[-1]), len(classes)
     if largest >= max(CLASS_ID_SLACK, CLASS_ID_FACTOR * distinct):
         shown = ", ".join(str(c) for c in classes[:4]) + (", ..." if distinct > 4 else "")
-        raise DataError(f"{where}: labels must be class indices 0..K-1, got {distinct} distinct labels "
-                        f"({shown}) up to {largest}, which would make a {largest + 1:,}-unit output layer; "
-                        f"remap them to 0..{distinct - 1} (e.g. numpy.unique(y, return_inverse=True))")
+        raise DataError(
+            f"{where}: labels must be class indices 0..K-1, got {distinct} distinct labels "
+            f"({shown}) up to {largest}, which would make a {largest + 1:,}-unit output layer; "
+            f"remap them to 0..{distinct - 1} (e.g. numpy.unique(y, return_inverse=True))"
+        )
     present = np.zeros(largest + 1, bool)
     present[classes] = True
     return np.flatnonzero(~present).astype(np.int64)

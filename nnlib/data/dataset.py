@@ -47,7 +47,7 @@ class RowKeyed:
     n_features: int
     mapper_roles: tuple[int, ...] = (TRAIN,)  # what the mappers keep: TRAIN, and TEST/VAL when scored there
     target_mean: np.ndarray | None = None  # regression under data.standardize_target: (t,) float64 statistics
-    target_std: np.ndarray | None = None   # of the training targets the shards' targets are standardised with
+    target_std: np.ndarray | None = None  # of the training targets the shards' targets are standardised with
 
     @property
     def scored_by_mappers(self) -> bool:
@@ -73,11 +73,11 @@ class Dataset:
     x_val: np.ndarray | None = None  # data.validation_fraction of the training set, held out (float32)
     y_val: np.ndarray | None = None
     rows: RowKeyed | None = None  # how the mappers read a row-keyed source
-    n_train_rows: int = 0         # training rows of a row-keyed source
+    n_train_rows: int = 0  # training rows of a row-keyed source
     n_held_rows: tuple[int, int] = (0, 0)  # its test and validation rows (their arrays are None when the
     #                                        mappers keep and score them: rows.scored_by_mappers)
     mean: np.ndarray | None = None  # (n_features,) float64 standardisation statistics of the training rows;
-    std: np.ndarray | None = None   # None when data.standardize is off
+    std: np.ndarray | None = None  # None when data.standardize is off
     feature_names: tuple[str, ...] | None = None  # a table source's feature columns in order (else None)
     missing_classes: tuple[int, ...] = ()  # class indices in 0..n_classes-1 that no training row has
     fingerprint: tuple[tuple[str, str], ...] = ()  # (key, digest of the rows read) of every input: --resume
@@ -148,12 +148,20 @@ def _read_source(cfg: DataConfig, seed: int):
         return sources.load_digits()
     if cfg.source == "synthetic":
         return sources.make_synthetic(cfg.n_samples, cfg.n_features, cfg.n_classes, seed)
-    return sources.read_file(Path(cfg.source), "data.source", cfg.label_column, cfg.labels,
-                             key_column=cfg.key_column, chosen=cfg.feature_columns, dropped=cfg.drop_columns)
+    return sources.read_file(
+        Path(cfg.source),
+        "data.source",
+        cfg.label_column,
+        cfg.labels,
+        key_column=cfg.key_column,
+        chosen=cfg.feature_columns,
+        dropped=cfg.drop_columns,
+    )
 
 
-def _split(n: int, fraction: float, seed: int, salt: int = 0x7E57,
-           key: str = "data.test_fraction") -> tuple[np.ndarray, np.ndarray]:
+def _split(
+    n: int, fraction: float, seed: int, salt: int = 0x7E57, key: str = "data.test_fraction"
+) -> tuple[np.ndarray, np.ndarray]:
     """``(kept, held out)`` sorted indices: a seeded ``fraction`` of ``range(n)`` held out (at least one)."""
     order = np.random.default_rng([seed, salt]).permutation(n)
     n_held = max(1, int(round(n * fraction)))
@@ -162,8 +170,9 @@ def _split(n: int, fraction: float, seed: int, salt: int = 0x7E57,
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
-def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Reader | None = None,
-                 task: str = "classification") -> Dataset:
+def load_dataset(
+    cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Reader | None = None, task: str = "classification"
+) -> Dataset:
     """Read ``cfg.source``, check it, split off a test set if none is given (and a validation set
     if asked), standardise.
 
@@ -189,8 +198,7 @@ def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Re
     fingerprint = [("data.source", row_digest(np.arange(len(y)), x, y))]
     if cfg.test_source is not None:
         if len(arrays) == 4:
-            raise DataError(f"data.test_source: {src} already holds x_test/y_test; "
-                            "give one or the other, not both")
+            raise DataError(f"data.test_source: {src} already holds x_test/y_test; give one or the other, not both")
         x_test, y_test, test_digest = _test_set(cfg, x.shape[1])
         fingerprint.append(("data.test_source", test_digest))
         x_train, y_train = x, y
@@ -199,24 +207,41 @@ def load_dataset(cfg: DataConfig, seed: int, mappers: int = 1, reader: tables.Re
         x_test = check_features(arrays[2], where)
         y_test = _class_labels(arrays[3], x_test.shape[0], where)
         _check_width(x_test, x.shape[1], where)
-        fingerprint[0] = ("data.source", add_digests(fingerprint[0][1], row_digest(-1 - np.arange(len(y_test)),
-                                                                                  x_test, y_test)))
+        fingerprint[0] = (
+            "data.source",
+            add_digests(fingerprint[0][1], row_digest(-1 - np.arange(len(y_test)), x_test, y_test)),
+        )
         x_train, y_train = x, y
     else:
         train_idx, test_idx = _split(x.shape[0], cfg.test_fraction, seed)
         x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
-    n_classes, missing = _class_count(y_train, y_test, src,
-                                      f"data.test_source {cfg.test_source}" if cfg.test_source
-                                      else f"data.source {src} (test part)")
+    n_classes, missing = _class_count(
+        y_train,
+        y_test,
+        src,
+        f"data.test_source {cfg.test_source}" if cfg.test_source else f"data.source {src} (test part)",
+    )
     x_val = y_val = None
     if cfg.validation_fraction:
         keep, held = _split(len(y_train), cfg.validation_fraction, seed, 0x7A11, "data.validation_fraction")
         x_train, y_train, x_val, y_val = x_train[keep], y_train[keep], x_train[held], y_train[held]
     mean, std, x_train, x_test, x_val = _standardized_float32(cfg, src, x_train, x_test, x_val)
-    return Dataset(x_train, y_train, x_test, y_test, n_classes, _image_shape(cfg, x_train.shape[1]), x_val, y_val,
-                   mean=mean, std=std, feature_names=names, missing_classes=tuple(missing.tolist()),
-                   fingerprint=tuple((key, f"{digest:016x}") for key, digest in fingerprint))
+    return Dataset(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        n_classes,
+        _image_shape(cfg, x_train.shape[1]),
+        x_val,
+        y_val,
+        mean=mean,
+        std=std,
+        feature_names=names,
+        missing_classes=tuple(missing.tolist()),
+        fingerprint=tuple((key, f"{digest:016x}") for key, digest in fingerprint),
+    )
 
 
 def run_dataset(config, reader: tables.Reader | None = None) -> Dataset:
@@ -229,8 +254,15 @@ def _csv_feature_names(cfg: DataConfig, path: str, key: str) -> tuple[str, ...] 
     """A CSV source's feature columns in order (None for any other kind of source)."""
     if not path.lower().endswith(".csv") or cfg.features_column is not None:
         return None
-    return tuple(sources.feature_columns(sources.csv_columns(Path(path), key), cfg.label_column, cfg.key_column,
-                                         cfg.feature_columns, cfg.drop_columns))
+    return tuple(
+        sources.feature_columns(
+            sources.csv_columns(Path(path), key),
+            cfg.label_column,
+            cfg.key_column,
+            cfg.feature_columns,
+            cfg.drop_columns,
+        )
+    )
 
 
 def _chosen(cfg: DataConfig) -> tuple[str, ...] | None:
@@ -243,14 +275,16 @@ def _class_count(y_train: np.ndarray, y_test: np.ndarray, src, test_where: str) 
     the test rows (``test_where`` names them) no label past the training rows' largest; else a DataError."""
     classes = np.unique(y_train)
     if len(classes) < 2:
-        raise DataError(f"data.source {src}: the training set holds a single class ({y_train[0]}); "
-                        "at least 2 are needed")
+        raise DataError(
+            f"data.source {src}: the training set holds a single class ({y_train[0]}); at least 2 are needed"
+        )
     missing = check_class_ids(classes, f"data.source {src}")
     n_classes = int(classes[-1]) + 1
     if y_test.max() >= n_classes:
         i = int(np.argmax(y_test >= n_classes))
-        raise DataError(f"{test_where}: labels must be in 0..{n_classes - 1} (the training labels), "
-                        f"got {y_test[i]} at sample {i}")
+        raise DataError(
+            f"{test_where}: labels must be in 0..{n_classes - 1} (the training labels), got {y_test[i]} at sample {i}"
+        )
     return n_classes, missing
 
 
@@ -295,12 +329,24 @@ def _test_set(cfg: DataConfig, n_features: int) -> tuple[np.ndarray, np.ndarray,
     test_source = cfg.test_source
     assert test_source is not None  # called when data.test_source is set
     if tables.is_row_keyed(test_source):
-        x, y = tables.read_whole(replace(
-            ParquetSource.open(test_source, cfg.label_column, cfg.features_column, key, cfg.key_column),
-            chosen_columns=_chosen(cfg), dropped_columns=tuple(cfg.drop_columns)))
+        x, y = tables.read_whole(
+            replace(
+                ParquetSource.open(test_source, cfg.label_column, cfg.features_column, key, cfg.key_column),
+                chosen_columns=_chosen(cfg),
+                dropped_columns=tuple(cfg.drop_columns),
+            )
+        )
     else:
-        x, y = sources.read_file(Path(test_source), key, cfg.label_column, cfg.test_labels,
-                                 "data.test_labels", cfg.key_column, cfg.feature_columns, cfg.drop_columns)[:2]
+        x, y = sources.read_file(
+            Path(test_source),
+            key,
+            cfg.label_column,
+            cfg.test_labels,
+            "data.test_labels",
+            cfg.key_column,
+            cfg.feature_columns,
+            cfg.drop_columns,
+        )[:2]
         x = check_features(x, where, names=_csv_feature_names(cfg, test_source, key))
         y = _class_labels(y, x.shape[0], where)
     _check_width(x, n_features, where)
@@ -317,8 +363,9 @@ def _standardized_rows(x: np.ndarray, mean: np.ndarray | None, std: np.ndarray |
     return out
 
 
-def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reader,
-                   task: str = "classification") -> Dataset:
+def load_row_keyed(
+    cfg: DataConfig, seed: int, mappers: int, reader: tables.Reader, task: str = "classification"
+) -> Dataset:
     """A Parquet source surveyed by ``reader``: sizes, labels and statistics from one pass over the rows,
     then the test (and validation) rows collected; the training rows are left to the mappers.
 
@@ -328,22 +375,32 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
         return _load_carried(cfg, seed, mappers, reader, task)
     check_partition(cfg.partition, cfg.source)
     tables.check_here(cfg)  # the local footers, before a reader's JVM starts
-    table = replace(reader.open(cfg.source, cfg.label_column, cfg.features_column), key_column=cfg.key_column,
-                    chosen_columns=_chosen(cfg), dropped_columns=tuple(cfg.drop_columns))
-    plan = RowPlan(seed, mappers, table.n_rows, None if cfg.test_source else cfg.test_fraction,
-                   cfg.validation_fraction, cfg.partition)
+    table = replace(
+        reader.open(cfg.source, cfg.label_column, cfg.features_column),
+        key_column=cfg.key_column,
+        chosen_columns=_chosen(cfg),
+        dropped_columns=tuple(cfg.drop_columns),
+    )
+    plan = RowPlan(
+        seed,
+        mappers,
+        table.n_rows,
+        None if cfg.test_source else cfg.test_fraction,
+        cfg.validation_fraction,
+        cfg.partition,
+    )
     tally = reader.survey(table, plan)
     src = f"data.source {cfg.source}"
     n_train, n_val, n_test = (int(tally.role_counts[r]) for r in (TRAIN, VAL, TEST))
     if n_train == 0:
-        raise DataError(f"{src}: no row of its {table.n_rows} was drawn for training; lower data.test_fraction "
-                        "or data.validation_fraction")
+        raise DataError(
+            f"{src}: no row of its {table.n_rows} was drawn for training; lower data.test_fraction "
+            "or data.validation_fraction"
+        )
     if cfg.test_source is None and n_test == 0:
-        raise DataError(f"{src}: no row of its {table.n_rows} was drawn for the test set; "
-                        "raise data.test_fraction")
+        raise DataError(f"{src}: no row of its {table.n_rows} was drawn for the test set; raise data.test_fraction")
     if cfg.validation_fraction and n_val == 0:
-        raise DataError(f"{src}: no row of its {table.n_rows} was drawn for validation; "
-                        "raise data.validation_fraction")
+        raise DataError(f"{src}: no row of its {table.n_rows} was drawn for validation; raise data.validation_fraction")
     n_classes, missing = _surveyed_classes(tally, src)
     mean = std = None
     if cfg.standardize:
@@ -353,8 +410,15 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
     held += [VAL] if cfg.validation_fraction else []
     limit = reader.collect_limit_bytes  # None: this reader always collects them
     on_mappers = bool(held) and limit is not None and sum(tally.role_counts[held]) * tally.n_features * 4 > limit
-    rows = RowKeyed(table, plan, mean, std, tuple(int(c) for c in tally.shard_counts), tally.n_features,
-                    (TRAIN, *held) if on_mappers else (TRAIN,))
+    rows = RowKeyed(
+        table,
+        plan,
+        mean,
+        std,
+        tuple(int(c) for c in tally.shard_counts),
+        tally.n_features,
+        (TRAIN, *held) if on_mappers else (TRAIN,),
+    )
 
     def held_out(role: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         if on_mappers:
@@ -371,33 +435,52 @@ def load_row_keyed(cfg: DataConfig, seed: int, mappers: int, reader: tables.Read
         x_test = _standardized_rows(x_test, mean, std, f"data.test_source {cfg.test_source}")
         if y_test.max() >= n_classes:
             i = int(np.argmax(y_test >= n_classes))
-            raise DataError(f"data.test_source {cfg.test_source}: labels must be in 0..{n_classes - 1} (the "
-                            f"training labels), got {y_test[i]} at test sample {i}")
+            raise DataError(
+                f"data.test_source {cfg.test_source}: labels must be in 0..{n_classes - 1} (the "
+                f"training labels), got {y_test[i]} at test sample {i}"
+            )
     else:
         x_test, y_test = held_out(TEST)
     x_val, y_val = held_out(VAL) if cfg.validation_fraction else (None, None)
     names = _table_feature_names(cfg, table, cfg.label_column, cfg.drop_columns)
-    return Dataset(None, None, x_test, y_test, n_classes, _image_shape(cfg, tally.n_features), x_val, y_val,
-                   rows, n_train, (int(tally.role_counts[TEST]), int(tally.role_counts[VAL])), mean, std, names,
-                   tuple(missing.tolist()), tuple(fingerprint))
+    return Dataset(
+        None,
+        None,
+        x_test,
+        y_test,
+        n_classes,
+        _image_shape(cfg, tally.n_features),
+        x_val,
+        y_val,
+        rows,
+        n_train,
+        (int(tally.role_counts[TEST]), int(tally.role_counts[VAL])),
+        mean,
+        std,
+        names,
+        tuple(missing.tolist()),
+        tuple(fingerprint),
+    )
 
 
 def _surveyed_classes(tally, src: str) -> tuple[int, np.ndarray]:
     """``(n_classes, missing class ids)`` of a row-keyed source's survey, as :func:`_class_count` gives them
     for a source read whole: at least 2 training classes, no test or validation label past the training ones."""
     if len(tally.train_labels_seen) < 2:
-        raise DataError(f"{src}: the training set holds a single class ({min(tally.train_labels_seen)}); "
-                        "at least 2 are needed")
+        raise DataError(
+            f"{src}: the training set holds a single class ({min(tally.train_labels_seen)}); at least 2 are needed"
+        )
     missing = check_class_ids(np.array(sorted(tally.train_labels_seen)), src)
     n_classes = tally.train_label_max + 1
     if tally.label_max >= n_classes:
-        raise DataError(f"{src}: labels must be in 0..{n_classes - 1} (the training labels), got {tally.label_max} "
-                        "in its test or validation rows")
+        raise DataError(
+            f"{src}: labels must be in 0..{n_classes - 1} (the training labels), got {tally.label_max} "
+            "in its test or validation rows"
+        )
     return n_classes, missing
 
 
-def _table_feature_names(cfg: DataConfig, table: ParquetSource, label: str | None,
-                         dropped) -> tuple[str, ...] | None:
+def _table_feature_names(cfg: DataConfig, table: ParquetSource, label: str | None, dropped) -> tuple[str, ...] | None:
     """A row-keyed source's feature columns in order, for the model file (by them ``nnlib predict`` matches a
     table's columns by name): from the columns its reader listed (Spark's readers list them for a URI), else
     from a local file's schema; None for one list column of features (``data.features_column``)."""
@@ -441,20 +524,30 @@ def _load_carried(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reade
     for name in cfg.feature_columns or ():
         if name in targets or name in extras:
             raise DataError(f"data.feature_columns: '{name}' is a label, weight or validation column, not a feature")
-    table = replace(reader.open(cfg.source, targets[0], cfg.features_column), key_column=cfg.key_column,
-                    chosen_columns=_chosen(cfg), dropped_columns=tuple(cfg.drop_columns), task=task,
-                    label_columns=None if cfg.label_columns is None else tuple(cfg.label_columns),
-                    weight_column=cfg.weight_column, validation_column=cfg.validation_column)
+    table = replace(
+        reader.open(cfg.source, targets[0], cfg.features_column),
+        key_column=cfg.key_column,
+        chosen_columns=_chosen(cfg),
+        dropped_columns=tuple(cfg.drop_columns),
+        task=task,
+        label_columns=None if cfg.label_columns is None else tuple(cfg.label_columns),
+        weight_column=cfg.weight_column,
+        validation_column=cfg.validation_column,
+    )
     if table.column_names:  # else each block is checked as it is read
         label_key = "data.label_columns" if cfg.label_columns else "data.label_column"
         checked: tuple[tuple[str, list[str | None]], ...] = (
-            (label_key, list(targets)), ("data.weight_column", [cfg.weight_column]),
-            ("data.validation_column", [cfg.validation_column]))
+            (label_key, list(targets)),
+            ("data.weight_column", [cfg.weight_column]),
+            ("data.validation_column", [cfg.validation_column]),
+        )
         for what, wanted in checked:
             for column in wanted:
                 if column is not None and column not in table.column_names:
-                    raise DataError(f"{what}: {cfg.source} has no column '{column}' "
-                                    f"({sources.columns_text(list(table.column_names))})")
+                    raise DataError(
+                        f"{what}: {cfg.source} has no column '{column}' "
+                        f"({sources.columns_text(list(table.column_names))})"
+                    )
     n = table.n_rows
     test_pos = np.empty(0, np.int64) if cfg.test_source is not None else _split(n, cfg.test_fraction, seed)[1]
     rest = np.delete(np.arange(n, dtype=np.int64), test_pos)
@@ -465,24 +558,37 @@ def _load_carried(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reade
         val_pos = np.empty(0, np.int64)
     if val_pos is not None:
         train_shard = _train_shards(len(rest) - len(val_pos), cfg, seed, mappers)
-    plan = FixedPlan(seed, mappers, n, None if cfg.test_source else cfg.test_fraction, cfg.validation_fraction,
-                     cfg.partition, test_pos=test_pos, val_pos=val_pos, train_shard=train_shard,
-                     regression=regression)
+    plan = FixedPlan(
+        seed,
+        mappers,
+        n,
+        None if cfg.test_source else cfg.test_fraction,
+        cfg.validation_fraction,
+        cfg.partition,
+        test_pos=test_pos,
+        val_pos=val_pos,
+        train_shard=train_shard,
+        regression=regression,
+    )
     tally = reader.survey(table, plan)
     if val_pos is None:  # the validation column's rows, found by the survey
         marked = np.sort(tally.marked) if tally.marked is not None else np.empty(0, np.int64)
         if len(marked) in (0, len(rest)):
-            raise DataError(f"{src}: data.validation_column '{cfg.validation_column}' marks "
-                            f"{'no' if len(marked) == 0 else 'every'} training row ({len(marked)} of {len(rest)}); "
-                            "it must mark some rows for validation and leave others for training")
+            raise DataError(
+                f"{src}: data.validation_column '{cfg.validation_column}' marks "
+                f"{'no' if len(marked) == 0 else 'every'} training row ({len(marked)} of {len(rest)}); "
+                "it must mark some rows for validation and leave others for training"
+            )
         plan = replace(plan, val_pos=marked, train_shard=_train_shards(len(rest) - len(marked), cfg, seed, mappers))
     n_train, n_val, n_test = (int(tally.role_counts[r]) for r in (TRAIN, VAL, TEST))
     assert plan.train_shard is not None  # the plan above drew the training rows' shards
     shard_counts = np.bincount(plan.train_shard, minlength=mappers)
     table = replace(table, target_width=tally.n_targets)
     if tally.weight_sum is not None and tally.weight_sum == 0:
-        raise DataError(f"{src}: data.weight_column '{cfg.weight_column}': every training row weighs 0; at least "
-                        "one must weigh more")
+        raise DataError(
+            f"{src}: data.weight_column '{cfg.weight_column}': every training row weighs 0; at least "
+            "one must weigh more"
+        )
     mean = std = None
     if cfg.standardize:
         mean, std = tally.moments.mean, tally.moments.std()
@@ -520,31 +626,62 @@ def _load_carried(cfg: DataConfig, seed: int, mappers: int, reader: tables.Reade
         _check_width(test.x, tally.n_features, where)
         width = lambda y: 1 if y.ndim == 1 else y.shape[1]  # noqa: E731
         if regression and (width(test.y) != max(tally.n_targets, 1) or (test.y.ndim == 2) != bool(tally.n_targets)):
-            raise DataError(f"{where}: {len(test.target_names)} target(s) of shape {test.y.shape[1:]}, data.source "
-                            f"has {len(target_names)}")
+            raise DataError(
+                f"{where}: {len(test.target_names)} target(s) of shape {test.y.shape[1:]}, data.source "
+                f"has {len(target_names)}"
+            )
         fingerprint.append(("data.test_source", f"{_digest(test.x, test.y, test.w, test.v):016x}"))
         x_test = _standardized_rows(test.x, mean, std, where)
         y_test, w_test, y_test_raw = scaled(test.y), test.w, test.y
         if not regression and y_test.max() >= n_classes:
             i = int(np.argmax(y_test >= n_classes))
-            raise DataError(f"{where}: labels must be in 0..{n_classes - 1} (the training labels), got {y_test[i]} "
-                            f"at test sample {i}")
+            raise DataError(
+                f"{where}: labels must be in 0..{n_classes - 1} (the training labels), got {y_test[i]} "
+                f"at test sample {i}"
+            )
     else:
         x_test, y_test, w_test, y_test_raw = held_out(TEST)
     x_val = y_val = w_val = y_val_raw = None
     if n_val:
         x_val, y_val, w_val, y_val_raw = held_out(VAL)
     names = _table_feature_names(cfg, table, None, [*cfg.drop_columns, *targets, *extras])
-    rows = RowKeyed(table, plan, mean, std, tuple(int(c) for c in shard_counts), tally.n_features, (TRAIN,),
-                    target_mean, target_std)
-    regression_fields: dict[str, Any] = {} if not regression else dict(
-        task="regression", target_names=target_names, target_mean=target_mean, target_std=target_std,
-        y_test_raw=y_test_raw, y_val_raw=y_val_raw)
-    return Dataset(None, None, x_test, y_test, n_classes, _image_shape(cfg, tally.n_features), x_val, y_val,
-                   rows, n_train, (n_test, n_val), mean, std, names, tuple(missing.tolist()), tuple(fingerprint),
-                   w_test=w_test, w_val=w_val,
-                   train_weight_mean=None if tally.weight_sum is None else tally.weight_sum / n_train,
-                   **regression_fields)
+    rows = RowKeyed(
+        table, plan, mean, std, tuple(int(c) for c in shard_counts), tally.n_features, (TRAIN,), target_mean, target_std
+    )
+    regression_fields: dict[str, Any] = (
+        {}
+        if not regression
+        else dict(
+            task="regression",
+            target_names=target_names,
+            target_mean=target_mean,
+            target_std=target_std,
+            y_test_raw=y_test_raw,
+            y_val_raw=y_val_raw,
+        )
+    )
+    return Dataset(
+        None,
+        None,
+        x_test,
+        y_test,
+        n_classes,
+        _image_shape(cfg, tally.n_features),
+        x_val,
+        y_val,
+        rows,
+        n_train,
+        (n_test, n_val),
+        mean,
+        std,
+        names,
+        tuple(missing.tolist()),
+        tuple(fingerprint),
+        w_test=w_test,
+        w_val=w_val,
+        train_weight_mean=None if tally.weight_sum is None else tally.weight_sum / n_train,
+        **regression_fields,
+    )
 
 
 def _image_shape(cfg: DataConfig, n_features: int) -> tuple[int, int, int] | None:
@@ -554,8 +691,10 @@ def _image_shape(cfg: DataConfig, n_features: int) -> tuple[int, int, int] | Non
     given = tuple(int(d) for d in cfg.image_shape)
     shape = (1, given[0], given[1]) if len(given) == 2 else (given[0], given[1], given[2])
     if int(np.prod(shape)) != n_features:
-        raise DataError(f"data.image_shape: {list(cfg.image_shape)} holds {int(np.prod(shape))} values per "
-                        f"sample, data.source {cfg.source} has {n_features} features")
+        raise DataError(
+            f"data.image_shape: {list(cfg.image_shape)} holds {int(np.prod(shape))} values per "
+            f"sample, data.source {cfg.source} has {n_features} features"
+        )
     return shape
 
 
@@ -597,11 +736,12 @@ class ShardSource:
             return self._read(indices)
         dataset = load_dataset(self.data, self.seed, task=self.task)
         assert dataset.x_train is not None and dataset.y_train is not None  # a source read whole
-        parts = partition(dataset.y_train, self.mappers, self.data.partition, self.seed,
-                          self.data.skew_alpha)
+        parts = partition(dataset.y_train, self.mappers, self.data.partition, self.seed, self.data.skew_alpha)
         w = dataset.w_train
-        return [Shard(i, dataset.x_train[parts[i]], dataset.y_train[parts[i]],
-                      w=None if w is None else w[parts[i]]) for i in indices]
+        return [
+            Shard(i, dataset.x_train[parts[i]], dataset.y_train[parts[i]], w=None if w is None else w[parts[i]])
+            for i in indices
+        ]
 
     def _read(self, indices: list[int]) -> list[Shard]:
         rows = self.rows
@@ -642,8 +782,13 @@ class ShardFiller(RowFiller):
             def allocate(role, name, shape, dtype):
                 return build.array(name, shape, dtype) if role == TRAIN else np.empty(shape, dtype)
 
-        super().__init__(rows.plan.positions(index, rows.mapper_roles), rows.n_features, rows.table.y_tail,
-                         rows.table.weighted, allocate)
+        super().__init__(
+            rows.plan.positions(index, rows.mapper_roles),
+            rows.n_features,
+            rows.table.y_tail,
+            rows.table.weighted,
+            allocate,
+        )
 
     def add(self, pos, x, y, w=None, v=None) -> None:
         try:
@@ -712,8 +857,11 @@ def _class_labels(y, n_rows: int, where: str) -> np.ndarray:
         return check_labels(y, n_rows, where)
     except DataError as exc:
         values = np.asarray(y)
-        if (np.issubdtype(values.dtype, np.floating) and np.isfinite(values).all()
-                and (values != np.round(values)).any()):
+        if (
+            np.issubdtype(values.dtype, np.floating)
+            and np.isfinite(values).all()
+            and (values != np.round(values)).any()
+        ):
             raise DataError(f"{exc}; for numeric targets set model.task=regression") from None
         raise
 
@@ -723,9 +871,9 @@ class _Columns:
     """One file's rows as :func:`load_columns` reads them (float64 features, labels or targets, weights, flags)."""
 
     x: np.ndarray
-    y: np.ndarray              # int64 (n,) classes, or float64 targets (n,) / (n, t)
-    w: np.ndarray | None       # (n,) float64 weights
-    v: np.ndarray | None       # (n,) bool validation flags
+    y: np.ndarray  # int64 (n,) classes, or float64 targets (n,) / (n, t)
+    w: np.ndarray | None  # (n,) float64 weights
+    v: np.ndarray | None  # (n,) bool validation flags
     names: tuple[str, ...] | None  # feature columns
     target_names: tuple[str, ...]
     test: _Columns | None = None  # an .npz's own x_test/y_test
@@ -734,8 +882,10 @@ class _Columns:
 def _table(path: str, key: str):
     """A CSV file or a local Parquet file, directory or glob as one Arrow table."""
     if tables.is_uri(path):
-        raise DataError(f"{key}: {path}: model.task=regression, data.weight_column and data.validation_column "
-                        "read a local file so far (.csv, .npz, .parquet), got a URI")
+        raise DataError(
+            f"{key}: {path}: model.task=regression, data.weight_column and data.validation_column "
+            "read a local file so far (.csv, .npz, .parquet), got a URI"
+        )
     if path.lower().endswith(".csv"):
         return sources.read_csv_table(Path(path), key)
     import pyarrow as pa
@@ -758,8 +908,9 @@ def _column_values(table, path: str, key: str, name: str, what: str) -> np.ndarr
         raise DataError(f"{key}: {path} has no {what} '{name}' ({sources.columns_text(table.column_names)})")
     col = table.column(name)
     if col.null_count:
-        raise DataError(f"{key}: {path} {what} '{name}' has {col.null_count} empty (null) cell(s); every row "
-                        "needs a value")
+        raise DataError(
+            f"{key}: {path} {what} '{name}' has {col.null_count} empty (null) cell(s); every row needs a value"
+        )
     if pa.types.is_boolean(col.type):
         return col.to_numpy(zero_copy_only=False).astype(bool)
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
@@ -778,8 +929,9 @@ def _targets(y, n: int, where: str, names: tuple[str, ...]) -> np.ndarray:
     bad = ~np.isfinite(y.reshape(n, -1))
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise DataError(f"{where}: target '{names[col]}' must be finite, got {y.reshape(n, -1)[row, col]} at "
-                        f"sample {row}")
+        raise DataError(
+            f"{where}: target '{names[col]}' must be finite, got {y.reshape(n, -1)[row, col]} at sample {row}"
+        )
     return y
 
 
@@ -804,8 +956,10 @@ def _flags(v, n: int, where: str) -> np.ndarray:
     """The validation column: ``(n,)`` booleans."""
     v = np.asarray(v)
     if v.shape != (n,) or v.dtype != bool:
-        raise DataError(f"{where}: must be boolean (true/false), got dtype {v.dtype}"
-                        + ("" if v.shape == (n,) else f" and shape {v.shape}"))
+        raise DataError(
+            f"{where}: must be boolean (true/false), got dtype {v.dtype}"
+            + ("" if v.shape == (n,) else f" and shape {v.shape}")
+        )
     return v
 
 
@@ -827,16 +981,25 @@ def _read_columns(cfg: DataConfig, path: str, key: str, regression: bool) -> _Co
         t = 1 if y_raw.ndim < 2 else y_raw.shape[1]
         target_names = ("y",) if y_raw.ndim < 2 else tuple(f"y{j}" for j in range(t))
         y = _targets(y_raw, n, where, target_names) if regression else _class_labels(y_raw, n, where)
-        w = None if extra["weight_column"] is None else _weights(
-            extra["weight_column"], n, f"{where} (data.weight_column '{cfg.weight_column}')")
-        v = None if extra["validation_column"] is None else _flags(
-            extra["validation_column"], n, f"{where} (data.validation_column '{cfg.validation_column}')")
+        w = (
+            None
+            if extra["weight_column"] is None
+            else _weights(extra["weight_column"], n, f"{where} (data.weight_column '{cfg.weight_column}')")
+        )
+        v = (
+            None
+            if extra["validation_column"] is None
+            else _flags(extra["validation_column"], n, f"{where} (data.validation_column '{cfg.validation_column}')")
+        )
         test = None
         if len(arrays) == 4:
             tw = f"{where} (x_test)"
             xt = check_features(arrays[2], tw)
-            yt = _targets(arrays[3], xt.shape[0], tw, target_names) if regression else \
-                _class_labels(arrays[3], xt.shape[0], tw)
+            yt = (
+                _targets(arrays[3], xt.shape[0], tw, target_names)
+                if regression
+                else _class_labels(arrays[3], xt.shape[0], tw)
+            )
             _check_width(xt, x.shape[1], tw)
             test = _Columns(xt, yt, None, None, None, target_names)
         return _Columns(x, y, w, v, None, target_names, test)
@@ -844,22 +1007,36 @@ def _read_columns(cfg: DataConfig, path: str, key: str, regression: bool) -> _Co
     targets = cfg.targets
     extras = [c for c in (cfg.weight_column, cfg.validation_column) if c is not None]
     label_key = "data.label_columns" if cfg.label_columns else "data.label_column"
-    for what, wanted in ((label_key, targets), ("data.weight_column", [cfg.weight_column]),
-                         ("data.validation_column", [cfg.validation_column])):
+    for what, wanted in (
+        (label_key, targets),
+        ("data.weight_column", [cfg.weight_column]),
+        ("data.validation_column", [cfg.validation_column]),
+    ):
         for name in wanted:  # named by the key that asked for it, not as a column left out of the features
             if name is not None and name not in table.column_names:
                 raise DataError(f"{what}: {path} has no column '{name}' ({sources.columns_text(table.column_names)})")
     for name in cfg.feature_columns or ():
         if name in targets or name in extras:
             raise DataError(f"data.feature_columns: '{name}' is a label, weight or validation column, not a feature")
-    x, _ = sources.table_to_arrays(table, Path(path), key, None, cfg.features_column, cfg.key_column,
-                                   cfg.feature_columns, [*cfg.drop_columns, *targets, *extras])
+    x, _ = sources.table_to_arrays(
+        table,
+        Path(path),
+        key,
+        None,
+        cfg.features_column,
+        cfg.key_column,
+        cfg.feature_columns,
+        [*cfg.drop_columns, *targets, *extras],
+    )
     x = check_features(x, where)
     n = x.shape[0]
     names = None
     if cfg.features_column is None:
-        names = tuple(sources.feature_columns(table.column_names, None, cfg.key_column, cfg.feature_columns,
-                                              [*cfg.drop_columns, *targets, *extras]))
+        names = tuple(
+            sources.feature_columns(
+                table.column_names, None, cfg.key_column, cfg.feature_columns, [*cfg.drop_columns, *targets, *extras]
+            )
+        )
     label_what = "target column" if regression else "label column"
     if regression and len(targets) == 1 and tables._is_list(table.column(targets[0]).type):  # several targets
         y_list = tables._target_values(table, where, (targets[0],), 0)  # as a row-keyed reader reads a block
@@ -879,11 +1056,17 @@ def _read_columns(cfg: DataConfig, path: str, key: str, regression: bool) -> _Co
         y = _class_labels(columns[0], n, f"{where} (label column '{targets[0]}')")
     w = v = None
     if cfg.weight_column is not None:
-        w = _weights(_column_values(table, path, key, cfg.weight_column, "weight column"), n,
-                     f"{where} (data.weight_column '{cfg.weight_column}')")
+        w = _weights(
+            _column_values(table, path, key, cfg.weight_column, "weight column"),
+            n,
+            f"{where} (data.weight_column '{cfg.weight_column}')",
+        )
     if cfg.validation_column is not None:
-        v = _flags(_column_values(table, path, key, cfg.validation_column, "validation column"), n,
-                   f"{where} (data.validation_column '{cfg.validation_column}')")
+        v = _flags(
+            _column_values(table, path, key, cfg.validation_column, "validation column"),
+            n,
+            f"{where} (data.validation_column '{cfg.validation_column}')",
+        )
     return _Columns(x, y, w, v, names, target_names)
 
 
@@ -921,8 +1104,10 @@ def load_columns(cfg: DataConfig, seed: int, task: str = "classification") -> Da
         test = _read_columns(cfg, cfg.test_source, "data.test_source", regression)
         _check_width(test.x, x.shape[1], f"data.test_source {cfg.test_source}")
         if regression and np.asarray(test.y).reshape(len(test.y), -1).shape[1] != y.reshape(len(y), -1).shape[1]:
-            raise DataError(f"data.test_source {cfg.test_source}: {len(test.target_names)} target(s), "
-                            f"data.source has {len(read.target_names)}")
+            raise DataError(
+                f"data.test_source {cfg.test_source}: {len(test.target_names)} target(s), "
+                f"data.source has {len(read.target_names)}"
+            )
         fingerprint.append(("data.test_source", _digest(test.x, test.y, test.w, test.v)))
         x_train, y_train, w_train, v_train = x, y, w, v
         x_test, y_test, w_test = test.x, test.y, test.w
@@ -939,9 +1124,11 @@ def load_columns(cfg: DataConfig, seed: int, task: str = "classification") -> Da
     if v_train is not None:
         marked = int(v_train.sum())
         if marked in (0, len(v_train)):
-            raise DataError(f"data.source {src}: data.validation_column '{cfg.validation_column}' marks "
-                            f"{'no' if marked == 0 else 'every'} training row ({marked} of {len(v_train)}); it must "
-                            "mark some rows for validation and leave others for training")
+            raise DataError(
+                f"data.source {src}: data.validation_column '{cfg.validation_column}' marks "
+                f"{'no' if marked == 0 else 'every'} training row ({marked} of {len(v_train)}); it must "
+                "mark some rows for validation and leave others for training"
+            )
         keep, held = np.flatnonzero(~v_train), np.flatnonzero(v_train)
     elif cfg.validation_fraction:
         keep, held = _split(len(y_train), cfg.validation_fraction, seed, 0x7A11, "data.validation_fraction")
@@ -950,16 +1137,35 @@ def load_columns(cfg: DataConfig, seed: int, task: str = "classification") -> Da
         if w_train is not None:
             w_train, w_val = w_train[keep], w_train[held]
     if w_train is not None and not w_train.any():
-        raise DataError(f"data.source {src}: data.weight_column '{cfg.weight_column}': every training row "
-                        "weighs 0; at least one must weigh more")
+        raise DataError(
+            f"data.source {src}: data.weight_column '{cfg.weight_column}': every training row "
+            "weighs 0; at least one must weigh more"
+        )
     mean, std, x_train, x_test, x_val = _standardized_float32(cfg, src, x_train, x_test, x_val)
-    common = dict(mean=mean, std=std, feature_names=read.names, w_train=w_train, w_test=w_test, w_val=w_val,
-                  fingerprint=tuple((key, f"{digest:016x}") for key, digest in fingerprint))
+    common = dict(
+        mean=mean,
+        std=std,
+        feature_names=read.names,
+        w_train=w_train,
+        w_test=w_test,
+        w_val=w_val,
+        fingerprint=tuple((key, f"{digest:016x}") for key, digest in fingerprint),
+    )
     shape = _image_shape(cfg, x_train.shape[1])
     if not regression:
         n_classes, missing = _class_count(y_train, y_test, src, _test_where(cfg))
-        return Dataset(x_train, y_train, x_test, y_test, n_classes, shape, x_val, y_val,
-                       missing_classes=tuple(missing.tolist()), **common)
+        return Dataset(
+            x_train,
+            y_train,
+            x_test,
+            y_test,
+            n_classes,
+            shape,
+            x_val,
+            y_val,
+            missing_classes=tuple(missing.tolist()),
+            **common,
+        )
     t = y_train.reshape(len(y_train), -1).shape[1]
     target_mean = target_std = None
     y_test_raw, y_val_raw = y_test, y_val
@@ -967,10 +1173,27 @@ def load_columns(cfg: DataConfig, seed: int, task: str = "classification") -> Da
         target_mean = y_train.reshape(len(y_train), t).mean(axis=0)
         target_std = y_train.reshape(len(y_train), t).std(axis=0)
         target_std[target_std == 0] = 1.0
-        scale = (lambda a: (a - target_mean[0]) / target_std[0]) if y_train.ndim == 1 else \
-            (lambda a: (a - target_mean) / target_std)
+        scale = (
+            (lambda a: (a - target_mean[0]) / target_std[0])
+            if y_train.ndim == 1
+            else (lambda a: (a - target_mean) / target_std)
+        )
         y_train, y_test = scale(y_train), scale(y_test)
         y_val = None if y_val is None else scale(y_val)
-    return Dataset(x_train, y_train, x_test, y_test, 0, shape, x_val, y_val, task="regression",
-                   target_names=read.target_names, target_mean=target_mean, target_std=target_std,
-                   y_test_raw=y_test_raw, y_val_raw=y_val_raw, **common)
+    return Dataset(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        0,
+        shape,
+        x_val,
+        y_val,
+        task="regression",
+        target_names=read.target_names,
+        target_mean=target_mean,
+        target_std=target_std,
+        y_test_raw=y_test_raw,
+        y_val_raw=y_val_raw,
+        **common,
+    )

@@ -122,8 +122,9 @@ class ShardStore:
         for name in sorted(os.listdir(folder)):
             if name.startswith("held-") and name.endswith("-x.npy"):
                 role = int(name.split("-")[1])
-                held_out[role] = tuple(np.load(os.path.join(folder, f"held-{role}-{a}.npy"), allow_pickle=False)
-                                       for a in "xy")
+                held_out[role] = tuple(
+                    np.load(os.path.join(folder, f"held-{role}-{a}.npy"), allow_pickle=False) for a in "xy"
+                )
         return self._open(index, folder, held_out)
 
     def _write(self, shard: Shard) -> Shard:
@@ -162,10 +163,12 @@ class ShardStore:
             if built is not None:
                 shutil.rmtree(built, ignore_errors=True)
             problem = _problem(exc)
-            size = sum(np.asarray(a).nbytes if not isinstance(a, DiskArray) else a.nbytes
-                       for a in arrays.values()) / 2**20
-            raise _scratch_error(self.root, self.data, f"{problem} (writing shard {shard.index}, "
-                                 f"{size:.1f} MiB)") from None
+            size = (
+                sum(np.asarray(a).nbytes if not isinstance(a, DiskArray) else a.nbytes for a in arrays.values()) / 2**20
+            )
+            raise _scratch_error(
+                self.root, self.data, f"{problem} (writing shard {shard.index}, {size:.1f} MiB)"
+            ) from None
         return self._open(shard.index, final, shard.held_out)
 
     def _open(self, index: int, folder: str, held_out: dict) -> Shard:
@@ -213,4 +216,3 @@ def kept(shards: list[Shard], store) -> list[Shard]:
     except BaseException:
         store.remove()
         raise
-

@@ -65,9 +65,11 @@ def _skewed(y: np.ndarray, mappers: int, scheme: str, alpha: float, rng: np.rand
             parts = [np.concatenate([p[k] for p in pieces]) for k in range(mappers)]
         if min(len(p) for p in parts) > 0:
             return [np.sort(p) for p in parts]
-    raise DataError(f"data.partition={scheme}: with data.skew_alpha={alpha}, {DIRICHLET_DRAWS} Dirichlet draws "
-                    f"all left a shard of the {mappers} empty ({len(y)} training samples); "
-                    "raise data.skew_alpha or use fewer mappers")
+    raise DataError(
+        f"data.partition={scheme}: with data.skew_alpha={alpha}, {DIRICHLET_DRAWS} Dirichlet draws "
+        f"all left a shard of the {mappers} empty ({len(y)} training samples); "
+        "raise data.skew_alpha or use fewer mappers"
+    )
 
 
 def shard_sizes(y: np.ndarray, mappers: int, scheme: str, seed: int, alpha: float = 0.5) -> list[int]:

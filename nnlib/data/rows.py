@@ -48,7 +48,7 @@ def unit_hash(seed: int, salt: int, positions: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         base = _mix(np.array([seed], np.uint64) * _GOLDEN ^ np.uint64(salt))
         z = _mix(np.asarray(positions, np.int64).astype(np.uint64) * _GOLDEN ^ base)
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ class RowPlan:
 
     seed: int
     mappers: int
-    n_rows: int                   # rows in the whole dataset
-    test_fraction: float | None   # None: the test set is data.test_source
+    n_rows: int  # rows in the whole dataset
+    test_fraction: float | None  # None: the test set is data.test_source
     validation_fraction: float
     partition: str = "random"
 
@@ -77,8 +77,9 @@ class RowPlan:
         positions = np.asarray(positions, np.int64)
         if self.partition == "contiguous":
             return positions * self.mappers // self.n_rows
-        return np.minimum((unit_hash(self.seed, _SHARD_SALT, positions) * self.mappers).astype(np.int64),
-                          self.mappers - 1)
+        return np.minimum(
+            (unit_hash(self.seed, _SHARD_SALT, positions) * self.mappers).astype(np.int64), self.mappers - 1
+        )
 
     def span(self, shard: int) -> tuple[int, int]:
         """The positions ``[lo, hi)`` that can hold ``shard``'s rows: every row, or the shard's run under
@@ -103,7 +104,6 @@ class RowPlan:
             for r, parts in found.items():
                 parts.append(pos[mine & (role == r)])
         return {r: np.concatenate(parts) if parts else np.empty(0, np.int64) for r, parts in found.items()}
-
 
     def tally(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray, w=None, v=None) -> tuple[int, Tally]:
         """A block's :class:`Tally`, keyed by its first position (for :func:`merge_in_order`)."""
@@ -151,10 +151,10 @@ class FixedPlan(RowPlan):
     held-out row and 4 per training row.
     """
 
-    test_pos: np.ndarray | None = None    # sorted int64 positions of the test rows
-    val_pos: np.ndarray | None = None     # sorted int64 positions of the validation rows; None: by the flags
+    test_pos: np.ndarray | None = None  # sorted int64 positions of the test rows
+    val_pos: np.ndarray | None = None  # sorted int64 positions of the validation rows; None: by the flags
     train_shard: np.ndarray | None = None  # int32, the shard of each training row in position order
-    regression: bool = False              # the labels are float64 targets (their moments are gathered)
+    regression: bool = False  # the labels are float64 targets (their moments are gathered)
 
     def roles(self, positions: np.ndarray, flags: np.ndarray | None = None) -> np.ndarray:
         positions = np.asarray(positions, np.int64)
@@ -178,8 +178,9 @@ class FixedPlan(RowPlan):
             return out
         train = self.roles(positions) == TRAIN
         p = positions[train]
-        before = ((0 if self.test_pos is None else np.searchsorted(self.test_pos, p))
-                  + (0 if self.val_pos is None else np.searchsorted(self.val_pos, p)))
+        before = (0 if self.test_pos is None else np.searchsorted(self.test_pos, p)) + (
+            0 if self.val_pos is None else np.searchsorted(self.val_pos, p)
+        )
         out[train] = self.train_shard[p - before]
         return out
 
@@ -188,10 +189,18 @@ class FixedPlan(RowPlan):
 
     def tally(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray, w=None, v=None) -> tuple[int, Tally]:
         role = self.roles(pos, v)
-        return int(pos[0]), Tally.of(x, None if self.regression else y, role, self.shards(pos), self.mappers,
-                                     None, targets=y if self.regression else None, w=w,
-                                     marked=pos[role == VAL] if self.val_pos is None else None,
-                                     carried=carried_digest(pos, x, y, w, v))
+        return int(pos[0]), Tally.of(
+            x,
+            None if self.regression else y,
+            role,
+            self.shards(pos),
+            self.mappers,
+            None,
+            targets=y if self.regression else None,
+            w=w,
+            marked=pos[role == VAL] if self.val_pos is None else None,
+            carried=carried_digest(pos, x, y, w, v),
+        )
 
 
 def carried_digest(pos: np.ndarray, x: np.ndarray, y: np.ndarray, w=None, v=None) -> int:
@@ -206,8 +215,10 @@ def carried_digest(pos: np.ndarray, x: np.ndarray, y: np.ndarray, w=None, v=None
 
 def check_partition(partition: str, source: str) -> None:
     if partition not in ROW_PARTITIONS:
-        raise DataError(f"data.partition: {partition} needs every training label at once; data.source {source} "
-                        f"is assigned row by row (a Parquet source): use one of {', '.join(ROW_PARTITIONS)}")
+        raise DataError(
+            f"data.partition: {partition} needs every training label at once; data.source {source} "
+            f"is assigned row by row (a Parquet source): use one of {', '.join(ROW_PARTITIONS)}"
+        )
 
 
 @dataclass
@@ -234,7 +245,7 @@ class Moments:
             return other
         n = self.n + other.n
         delta = other.mean - self.mean
-        return Moments(n, self.mean + delta * (other.n / n), self.m2 + other.m2 + delta ** 2 * (self.n * other.n / n))
+        return Moments(n, self.mean + delta * (other.n / n), self.m2 + other.m2 + delta**2 * (self.n * other.n / n))
 
     def std(self) -> np.ndarray:
         """Population standard deviation (numpy's default ``ddof=0``); 1 for constant features."""
@@ -262,7 +273,7 @@ def row_digest(pos: np.ndarray, x: np.ndarray, y: np.ndarray) -> int:
 
 
 def add_digests(a: int, b: int) -> int:
-    return (a + b) % 2 ** 64
+    return (a + b) % 2**64
 
 
 @dataclass
@@ -274,27 +285,42 @@ class Tally:
     n_features: int
     mappers: int
     moments: Moments
-    role_counts: np.ndarray   # rows per role (TRAIN, VAL, TEST)
+    role_counts: np.ndarray  # rows per role (TRAIN, VAL, TEST)
     shard_counts: np.ndarray  # training rows per shard
     train_label_max: int = -1
     train_labels_seen: frozenset = frozenset()  # every distinct training label (class indices: a few)
     label_max: int = -1  # over every role: a test label no training row has is refused
-    digest: int = 0      # row_digest of every row (every role): what a checkpoint records of the data
+    digest: int = 0  # row_digest of every row (every role): what a checkpoint records of the data
     targets: Moments | None = None  # regression: the training rows' float64 targets, (rows, t) columns
-    n_targets: int = 0              # regression: 0 for (rows,) targets, else t of (rows, t)
+    n_targets: int = 0  # regression: 0 for (rows,) targets, else t of (rows, t)
     weight_sum: float | None = None  # data.weight_column: the training rows' weights added up (float64)
     marked: np.ndarray | None = None  # data.validation_column: sorted positions of the rows it makes validate
 
     @classmethod
-    def of(cls, x: np.ndarray, y: np.ndarray | None, role: np.ndarray, shard: np.ndarray, mappers: int,
-           pos: np.ndarray | None = None, targets: np.ndarray | None = None, w: np.ndarray | None = None,
-           marked: np.ndarray | None = None, carried: int | None = None) -> Tally:
+    def of(
+        cls,
+        x: np.ndarray,
+        y: np.ndarray | None,
+        role: np.ndarray,
+        shard: np.ndarray,
+        mappers: int,
+        pos: np.ndarray | None = None,
+        targets: np.ndarray | None = None,
+        w: np.ndarray | None = None,
+        marked: np.ndarray | None = None,
+        carried: int | None = None,
+    ) -> Tally:
         """A block's tally; ``y`` None (regression): no label figures, ``targets`` (float64 ``(rows,)`` or
         ``(rows, t)``) gives the target moments instead; ``carried``: the block's digest, given (else
         :func:`row_digest` of ``pos``, ``x``, ``y`` when ``pos`` is)."""
         train = role == TRAIN
-        t = cls(x.shape[1], mappers, Moments.of(x[train]), np.bincount(role, minlength=3).astype(np.int64),
-                np.bincount(shard[train], minlength=mappers).astype(np.int64))
+        t = cls(
+            x.shape[1],
+            mappers,
+            Moments.of(x[train]),
+            np.bincount(role, minlength=3).astype(np.int64),
+            np.bincount(shard[train], minlength=mappers).astype(np.int64),
+        )
         if y is not None:
             t.label_max = int(y.max()) if len(y) else -1
             if train.any():
@@ -316,22 +342,41 @@ class Tally:
 
     def merge(self, other: Tally) -> Tally:
         if other.n_features != self.n_features:
-            raise DataError(f"data.source: parts of the dataset have {self.n_features} and {other.n_features} "
-                            "features")
+            raise DataError(f"data.source: parts of the dataset have {self.n_features} and {other.n_features} features")
         if other.n_targets != self.n_targets:
-            raise DataError(f"data.source: parts of the dataset have {self.n_targets or 1} and "
-                            f"{other.n_targets or 1} targets")
-        targets = self.targets if other.targets is None else (
-            other.targets if self.targets is None else self.targets.merge(other.targets))
-        weight_sum = self.weight_sum if other.weight_sum is None else (
-            other.weight_sum if self.weight_sum is None else self.weight_sum + other.weight_sum)
-        marked = self.marked if other.marked is None else (
-            other.marked if self.marked is None else np.concatenate([self.marked, other.marked]))
-        return Tally(self.n_features, self.mappers, self.moments.merge(other.moments),
-                     self.role_counts + other.role_counts, self.shard_counts + other.shard_counts,
-                     max(self.train_label_max, other.train_label_max),
-                     self.train_labels_seen | other.train_labels_seen, max(self.label_max, other.label_max),
-                     add_digests(self.digest, other.digest), targets, self.n_targets, weight_sum, marked)
+            raise DataError(
+                f"data.source: parts of the dataset have {self.n_targets or 1} and {other.n_targets or 1} targets"
+            )
+        targets = (
+            self.targets
+            if other.targets is None
+            else (other.targets if self.targets is None else self.targets.merge(other.targets))
+        )
+        weight_sum = (
+            self.weight_sum
+            if other.weight_sum is None
+            else (other.weight_sum if self.weight_sum is None else self.weight_sum + other.weight_sum)
+        )
+        marked = (
+            self.marked
+            if other.marked is None
+            else (other.marked if self.marked is None else np.concatenate([self.marked, other.marked]))
+        )
+        return Tally(
+            self.n_features,
+            self.mappers,
+            self.moments.merge(other.moments),
+            self.role_counts + other.role_counts,
+            self.shard_counts + other.shard_counts,
+            max(self.train_label_max, other.train_label_max),
+            self.train_labels_seen | other.train_labels_seen,
+            max(self.label_max, other.label_max),
+            add_digests(self.digest, other.digest),
+            targets,
+            self.n_targets,
+            weight_sum,
+            marked,
+        )
 
 
 def merge_in_order(tallies: list[tuple[int, Tally]]) -> Tally:
@@ -343,12 +388,13 @@ def merge_in_order(tallies: list[tuple[int, Tally]]) -> Tally:
     return total
 
 
-def standardize_into(out: np.ndarray, x: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None,
-                     chunk: int = 8192) -> None:
+def standardize_into(
+    out: np.ndarray, x: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None, chunk: int = 8192
+) -> None:
     """``out[:] = float32((float64(x) - mean) / std)`` chunk by chunk (``mean`` None: a plain copy)."""
     for lo in range(0, len(x), chunk):
-        block = x[lo:lo + chunk]
-        out[lo:lo + chunk] = block if mean is None else (block.astype(np.float64) - mean) / std
+        block = x[lo : lo + chunk]
+        out[lo : lo + chunk] = block if mean is None else (block.astype(np.float64) - mean) / std
 
 
 class RowFiller:
@@ -368,15 +414,26 @@ class RowFiller:
     (:class:`nnlib.data.shard_files.RowsFile`).
     """
 
-    def __init__(self, expected: dict[int, np.ndarray], n_features: int, y_tail: tuple | None = None,
-                 weighted: bool = False, allocate=None):
+    def __init__(
+        self,
+        expected: dict[int, np.ndarray],
+        n_features: int,
+        y_tail: tuple | None = None,
+        weighted: bool = False,
+        allocate=None,
+    ):
         y_dtype = np.int64 if y_tail is None else np.float64
         self.weighted = weighted
         new = allocate or (lambda role, name, shape, dtype: np.empty(shape, dtype))
-        self.parts = {role: (pos, new(role, "x", (len(pos), n_features), np.float32),
-                             new(role, "y", (len(pos), *(y_tail or ())), y_dtype),
-                             new(role, "w", (len(pos),), np.float64) if weighted else None)
-                      for role, pos in expected.items()}
+        self.parts = {
+            role: (
+                pos,
+                new(role, "x", (len(pos), n_features), np.float32),
+                new(role, "y", (len(pos), *(y_tail or ())), y_dtype),
+                new(role, "w", (len(pos),), np.float64) if weighted else None,
+            )
+            for role, pos in expected.items()
+        }
         self.filled = dict.fromkeys(self.parts, 0)
 
     def add(self, pos: np.ndarray, x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, v=None) -> None:
@@ -400,6 +457,8 @@ class RowFiller:
         ``what`` when rows are missing (the source changed under the run)."""
         for role, (expected, *_) in self.parts.items():
             if self.filled[role] != len(expected):
-                raise DataError(f"{what} received {self.filled[role]} of its {len(expected)} {ROLE_NAMES[role]} "
-                                "rows (did the dataset change while the run read it?)")
+                raise DataError(
+                    f"{what} received {self.filled[role]} of its {len(expected)} {ROLE_NAMES[role]} "
+                    "rows (did the dataset change while the run read it?)"
+                )
         return {role: (xs, ys) if ws is None else (xs, ys, ws) for role, (_, xs, ys, ws) in self.parts.items()}

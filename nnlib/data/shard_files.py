@@ -50,8 +50,9 @@ class _File:
         self.path = path
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(f)
             self.offset = f.tell()
         if fortran:
@@ -171,8 +172,9 @@ class DiskArray:
         if isinstance(key, slice):
             lo, hi, step = key.indices(n)
             if step == 1:
-                return DiskArray(self._file, self._start + lo, self._start + max(lo, hi), self._total
-                                 if (lo, hi) == (0, n) else None)
+                return DiskArray(
+                    self._file, self._start + lo, self._start + max(lo, hi), self._total if (lo, hi) == (0, n) else None
+                )
             return self._read_runs(np.arange(lo, hi, step, dtype=np.int64))
         idx = np.asarray(key)
         if idx.dtype.kind == "b":
@@ -212,11 +214,11 @@ class DiskArray:
                 view[:] = rows
             else:  # a short read (rare on a local file): row by row, to the end of each
                 for i, at in enumerate(offsets):
-                    _read_all(fd, view[i * size:(i + 1) * size], at, self.path)
+                    _read_all(fd, view[i * size : (i + 1) * size], at, self.path)
             return out
         starts = [0, *(np.flatnonzero(~follows) + 1).tolist()]
         for a, b in zip(starts, [*starts[1:], len(idx)], strict=True):
-            _read_all(self._file.fd, view[a * size:b * size], base + int(idx[a]) * size, self.path)
+            _read_all(self._file.fd, view[a * size : b * size], base + int(idx[a]) * size, self.path)
         return out
 
 
@@ -244,14 +246,14 @@ def write_npy(path: str, array: np.ndarray) -> None:
         for piece in (memoryview(header.getvalue()), data):
             lo = 0
             while lo < len(piece):
-                lo += f.write(piece[lo:lo + WRITE_BYTES])
+                lo += f.write(piece[lo : lo + WRITE_BYTES])
 
 
 def _write_all(fd: int, data: memoryview, at: int) -> None:
     """Write ``data`` at byte ``at`` of ``fd``: a write may take less than given."""
     lo = 0
     while lo < len(data):
-        lo += os.pwrite(fd, data[lo:lo + WRITE_BYTES], at + lo)
+        lo += os.pwrite(fd, data[lo : lo + WRITE_BYTES], at + lo)
 
 
 class RowsFile:
@@ -271,8 +273,9 @@ class RowsFile:
         self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                      "fortran_order": False, "shape": self.shape})
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        )
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self._close = weakref.finalize(self, os.close, self.fd)
         _write_all(self.fd, memoryview(header.getvalue()), 0)
@@ -297,7 +300,7 @@ class RowsFile:
         view, size = _bytes_of(values), self.row_bytes
         starts = [0, *(np.flatnonzero(where[1:] - where[:-1] != 1) + 1).tolist(), len(where)]
         for a, b in zip(starts[:-1], starts[1:], strict=True):
-            _write_all(self.fd, view[a * size:b * size], self.offset + int(where[a]) * size)
+            _write_all(self.fd, view[a * size : b * size], self.offset + int(where[a]) * size)
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         """Rows ``lo..hi-1`` as a new array."""
@@ -363,8 +366,9 @@ class BuildFolder:
     def error(self, exc: OSError) -> DataError:
         """The one-line error of a failed write, naming the root and ``data.scratch_dir``; the folder removed."""
         self.remove()
-        return _scratch_error(self.root, self.data, f"{_problem(exc)} (writing shard {self.index}, "
-                              f"{self.nbytes / 2**20:.1f} MiB)")
+        return _scratch_error(
+            self.root, self.data, f"{_problem(exc)} (writing shard {self.index}, {self.nbytes / 2**20:.1f} MiB)"
+        )
 
     def opened(self) -> dict[str, DiskArray]:
         """The written files closed and opened as :class:`DiskArray` (by name), each marked ``built_in`` this
@@ -460,9 +464,11 @@ def sweep(root: str) -> list[str]:
 
 def _scratch_error(root: str, data: DataConfig, problem: str) -> DataError:
     default = "" if data.scratch_dir is not None else " (unset: Spark's local dir or the temporary folder)"
-    return DataError(f"data.scratch_dir: {root}{default} {problem}; data.shard_storage=disk writes each mapper's "
-                     "shard there: set data.scratch_dir to a writable local folder with room, or "
-                     "data.shard_storage=memory")
+    return DataError(
+        f"data.scratch_dir: {root}{default} {problem}; data.shard_storage=disk writes each mapper's "
+        "shard there: set data.scratch_dir to a writable local folder with room, or "
+        "data.shard_storage=memory"
+    )
 
 
 def _writable_root(data: DataConfig) -> str:
@@ -477,6 +483,10 @@ def _writable_root(data: DataConfig) -> str:
 
 def _problem(exc: OSError) -> str:
     """What a failed write says of the scratch folder."""
-    return {errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota", errno.EACCES: "is not writable",
-            errno.EROFS: "is read-only", errno.ENOENT: "was removed"}.get(exc.errno or 0) or \
-        f"could not be written to ({exc.strerror or first_line(exc)})"
+    return {
+        errno.ENOSPC: "is full",
+        errno.EDQUOT: "is over its quota",
+        errno.EACCES: "is not writable",
+        errno.EROFS: "is read-only",
+        errno.ENOENT: "was removed",
+    }.get(exc.errno or 0) or f"could not be written to ({exc.strerror or first_line(exc)})"

@@ -110,8 +110,13 @@ def columns_text(names: list[str]) -> str:
     return f"columns are {list(names[:SHOWN_COLUMNS])} and {len(names) - SHOWN_COLUMNS} more"
 
 
-def feature_columns(names: Sequence[str], label_column: str | None, key_column: str | None = None,
-                    chosen: Sequence[str] | None = None, dropped: Sequence[str] = ()) -> list[str]:
+def feature_columns(
+    names: Sequence[str],
+    label_column: str | None,
+    key_column: str | None = None,
+    chosen: Sequence[str] | None = None,
+    dropped: Sequence[str] = (),
+) -> list[str]:
     """The feature columns of a table without a features column: ``chosen`` (``data.feature_columns``) in its
     order, else every column but the label, the key, ``dropped`` (``data.drop_columns``) and an index pandas
     wrote (``pandas_index_column``), in the table's order.
@@ -132,20 +137,33 @@ def feature_columns(names: Sequence[str], label_column: str | None, key_column: 
     return [name for name in names if name not in (label_column, key_column, *dropped) and name != index]
 
 
-def warn_pandas_index(names: list[str], path: Path, key: str, chosen: Sequence[str] | None = None,
-                      dropped: Sequence[str] = ()) -> None:
+def warn_pandas_index(
+    names: list[str], path: Path, key: str, chosen: Sequence[str] | None = None, dropped: Sequence[str] = ()
+) -> None:
     """Say once per file and process that a pandas index column is left out of the features (stderr); not when
     ``data.feature_columns`` or ``data.drop_columns`` say which columns are features."""
     index = pandas_index_column(list(names))
     if index is not None and chosen is None and index not in dropped and str(path) not in _warned_index:
         _warned_index.add(str(path))
         shown = "an empty header" if index == "" else f"the header '{index}'"
-        print(f"nnlib: warning: {key}: {path}'s first column, with {shown}, is an index pandas wrote "
-              "(df.to_csv without index=False); it is left out of the features", file=sys.stderr, flush=True)
+        print(
+            f"nnlib: warning: {key}: {path}'s first column, with {shown}, is an index pandas wrote "
+            "(df.to_csv without index=False); it is left out of the features",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
-def table_to_arrays(table, path: Path, key: str, label_column: str | None, features_column: str | None,
-                    key_column: str | None = None, chosen: Sequence[str] | None = None, dropped: Sequence[str] = ()):
+def table_to_arrays(
+    table,
+    path: Path,
+    key: str,
+    label_column: str | None,
+    features_column: str | None,
+    key_column: str | None = None,
+    chosen: Sequence[str] | None = None,
+    dropped: Sequence[str] = (),
+):
     """``(x float64, y)`` of an Arrow table; ``label_column=None`` (data to predict on): ``y`` is None.
 
     The features are ``features_column`` (a list column), else every column
@@ -157,8 +175,10 @@ def table_to_arrays(table, path: Path, key: str, label_column: str | None, featu
     y = None
     if label_column is not None:
         if label_column not in table.column_names:
-            raise DataError(f"{key}: {path} has no label column '{label_column}' "
-                            f"(set data.label_column; {columns_text(table.column_names)})")
+            raise DataError(
+                f"{key}: {path} has no label column '{label_column}' "
+                f"(set data.label_column; {columns_text(table.column_names)})"
+            )
         y_col = table.column(label_column)
         if y_col.null_count:
             raise DataError(f"{key}: {path} column '{label_column}' has {y_col.null_count} empty cells")
@@ -167,11 +187,13 @@ def table_to_arrays(table, path: Path, key: str, label_column: str | None, featu
         y = y_col.to_numpy()
     if features_column is not None:
         if features_column not in table.column_names:
-            raise DataError(f"{key}: {path} has no features column '{features_column}' "
-                            f"({columns_text(table.column_names)})")
+            raise DataError(
+                f"{key}: {path} has no features column '{features_column}' ({columns_text(table.column_names)})"
+            )
         col = table.column(features_column)
-        if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
-                or pa.types.is_fixed_size_list(col.type)):
+        if not (
+            pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type)
+        ):
             raise DataError(f"{key}: {path} features column '{features_column}' must hold lists, got {col.type}")
         col = col.combine_chunks()
         if len(col) == 0:
@@ -184,14 +206,17 @@ def table_to_arrays(table, path: Path, key: str, label_column: str | None, featu
             raise DataError(f"{key}: {path} features column '{features_column}' holds non-numeric values")
         return values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(col), -1), y
     if key_column is not None and key_column not in table.column_names:
-        raise DataError(f"{key}: {path} has no key column '{key_column}' "
-                        f"(set data.key_column; {columns_text(table.column_names)})")
+        raise DataError(
+            f"{key}: {path} has no key column '{key_column}' (set data.key_column; {columns_text(table.column_names)})"
+        )
     columns = []
     for name in feature_columns(table.column_names, label_column, key_column, chosen, dropped):
         col = table.column(name)
         if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
-            raise DataError(f"{key}: {path} column '{name}' must be numeric, got {col.type} "
-                            f"(non-numeric cells); leave it out of the features with --set data.drop_columns=[{name}]")
+            raise DataError(
+                f"{key}: {path} column '{name}' must be numeric, got {col.type} "
+                f"(non-numeric cells); leave it out of the features with --set data.drop_columns=[{name}]"
+            )
         if col.null_count:
             raise DataError(f"{key}: {path} column '{name}' has {col.null_count} empty cells")
         columns.append(col.to_numpy().astype(np.float64))
@@ -230,8 +255,14 @@ def csv_columns(path: Path, key: str) -> list[str]:
         raise DataError(f"{key}: {path} is not a well-formed CSV file ({first_line(exc)})") from None
 
 
-def read_csv(path: Path, key: str, label_column: str, key_column: str | None = None,
-             chosen: Sequence[str] | None = None, dropped: Sequence[str] = ()):
+def read_csv(
+    path: Path,
+    key: str,
+    label_column: str,
+    key_column: str | None = None,
+    chosen: Sequence[str] | None = None,
+    dropped: Sequence[str] = (),
+):
     """CSV with a header row; the column ``label_column`` holds the labels, all others but ``key_column`` are
     features."""
     table = read_csv_table(path, key)
@@ -249,8 +280,11 @@ def parquet_files(source: str) -> list[Path] | None:
     """
     path = Path(source)
     if path.is_dir():
-        files = [f for f in path.rglob("*.parquet")
-                 if not any(part.startswith((".", "_")) for part in f.relative_to(path).parts)]
+        files = [
+            f
+            for f in path.rglob("*.parquet")
+            if not any(part.startswith((".", "_")) for part in f.relative_to(path).parts)
+        ]
     elif any(c in source for c in "*?["):
         files = [Path(f) for f in glob.glob(source, recursive=True) if Path(f).is_file()]
     else:
@@ -258,8 +292,14 @@ def parquet_files(source: str) -> list[Path] | None:
     return sorted(files, key=str)
 
 
-_IDX_DTYPES: dict[int, npt.DTypeLike] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
-                                         0x0E: ">f8"}
+_IDX_DTYPES: dict[int, npt.DTypeLike] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def read_idx(path: Path, key: str) -> np.ndarray:
@@ -276,12 +316,13 @@ def read_idx(path: Path, key: str) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{key}: {path} is truncated (header of {header} bytes expected)")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = header + int(np.prod(dims)) * dtype.itemsize
     if len(raw) != expected:
-        raise DataError(f"{key}: {path} is truncated or padded: shape {dims} needs {expected} bytes, "
-                        f"file has {len(raw)}")
+        raise DataError(
+            f"{key}: {path} is truncated or padded: shape {dims} needs {expected} bytes, file has {len(raw)}"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
 
@@ -310,9 +351,16 @@ def is_idx(path: Path) -> bool:
     return "-idx" in name and name.endswith("-ubyte")
 
 
-def read_file(path: Path, key: str, label_column: str = "label", labels: str | None = None,
-              labels_key: str = "data.labels", key_column: str | None = None,
-              chosen: Sequence[str] | None = None, dropped: Sequence[str] = ()):
+def read_file(
+    path: Path,
+    key: str,
+    label_column: str = "label",
+    labels: str | None = None,
+    labels_key: str = "data.labels",
+    key_column: str | None = None,
+    chosen: Sequence[str] | None = None,
+    dropped: Sequence[str] = (),
+):
     """Read an in-memory data file (.npz, .csv, IDX) by its extension; returns ``(x, y)`` or
     ``(x, y, x_test, y_test)``. Parquet is read block by block (:mod:`nnlib.data.tables`)."""
     check_exists(path, key)

@@ -43,7 +43,7 @@ class ParquetSource:
     label_column: str
     features_column: str | None
     key: str = "data.source"
-    key_column: str | None = None      # data.key_column: a row key, not a feature
+    key_column: str | None = None  # data.key_column: a row key, not a feature
     column_names: tuple[str, ...] = ()  # the files' columns, when read from their schema here
     chosen_columns: tuple[str, ...] | None = None  # data.feature_columns: only these are features
     dropped_columns: tuple[str, ...] = ()  # data.drop_columns: these are not features
@@ -86,16 +86,25 @@ class ParquetSource:
         return np.concatenate([[0], np.cumsum(self.file_rows)[:-1]]).astype(np.int64)
 
     @classmethod
-    def open(cls, source: str, label_column: str, features_column: str | None,
-             key: str = "data.source", key_column: str | None = None, check_columns: bool = True) -> ParquetSource:
+    def open(
+        cls,
+        source: str,
+        label_column: str,
+        features_column: str | None,
+        key: str = "data.source",
+        key_column: str | None = None,
+        check_columns: bool = True,
+    ) -> ParquetSource:
         """List the files (sorted by path) and read their footers; a bad file or schema is one line naming it,
         and so is (with ``check_columns``) a label or features column the files lack (:func:`check_schema`)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         if is_uri(source):
-            raise DataError(f"{key}: {source} is a URI, which only engine=spark reads (Spark's own readers); "
-                            "other engines read local paths")
+            raise DataError(
+                f"{key}: {source} is a URI, which only engine=spark reads (Spark's own readers); "
+                "other engines read local paths"
+            )
         files = sources.parquet_files(source)
         if files is None:
             sources.check_exists(Path(source), key)
@@ -113,35 +122,51 @@ class ParquetSource:
             if first is None:
                 first = (name, schema)
             elif not schema.equals(first[1]):
-                raise DataError(f"{key}: {name} has columns {schema.names[:10]} of other types than {first[0]}'s "
-                                f"{first[1].names[:10]}; every file of a dataset needs the same schema")
+                raise DataError(
+                    f"{key}: {name} has columns {schema.names[:10]} of other types than {first[0]}'s "
+                    f"{first[1].names[:10]}; every file of a dataset needs the same schema"
+                )
             rows.append(meta.num_rows)
         if sum(rows) == 0:
             raise DataError(f"{key}: {source} is empty (its Parquet files hold no rows)")
         assert first is not None  # a source has at least one file (parquet_files)
         if check_columns:
             check_schema(arrow_layout(first[1]), source, label_column, features_column, key)
-        return cls(source, tuple(names), tuple(rows), label_column, features_column, key, key_column,
-                   tuple(first[1].names))
+        return cls(
+            source, tuple(names), tuple(rows), label_column, features_column, key, key_column, tuple(first[1].names)
+        )
 
     def columns(self) -> list[str] | None:
         if self.features_column is None:
             return None
         if not self.carries:
             return [self.features_column, self.label_column]
-        return [self.features_column, *self.targets,
-                *(c for c in (self.weight_column, self.validation_column) if c is not None)]
+        return [
+            self.features_column,
+            *self.targets,
+            *(c for c in (self.weight_column, self.validation_column) if c is not None),
+        ]
 
     def block(self, data, name: str, first_row: int) -> tuple:
         """An Arrow table of rows of file (or part) ``name`` as checked arrays: ``(x float64, y int64)``, or for
         a source that :attr:`carries` more, ``(x, y, w, v)`` (:func:`carried_arrays`)."""
         if self.carries:
             return carried_arrays(data, name, self, first_row)
-        return table_arrays(data, name, self.key, self.label_column, self.features_column, first_row,
-                            self.key_column, self.chosen_columns, self.dropped_columns)
+        return table_arrays(
+            data,
+            name,
+            self.key,
+            self.label_column,
+            self.features_column,
+            first_row,
+            self.key_column,
+            self.chosen_columns,
+            self.dropped_columns,
+        )
 
-    def blocks(self, files: list[int] | None = None,
-               span: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def blocks(
+        self, files: list[int] | None = None, span: tuple[int, int] | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``(positions, x float64, y int64)`` of the rows of the files ``files`` (default all), in position order
         (``(positions, x, y, w, v)`` for a source that :attr:`carries` targets, weights or flags).
 
@@ -230,29 +255,36 @@ def parquet_layout(files: list, key: str = "data.source") -> Layout:
         raise DataError(f"{key}: {files[0]} is not a readable parquet file ({first_line(exc)})") from None
 
 
-def check_schema(layout: Layout, source: str, label_column: str | None, features_column: str | None,
-                 key: str = "data.source") -> None:
+def check_schema(
+    layout: Layout, source: str, label_column: str | None, features_column: str | None, key: str = "data.source"
+) -> None:
     """A training source's label column and features column are among its columns, the features column
     holding lists; else one line with the columns it has and the setting that reads them."""
     names = list(layout.names)
     if label_column is not None and label_column not in names:
-        raise DataError(f"{key}: {source} has no label column '{label_column}' (set data.label_column; "
-                        f"{sources.columns_text(names)})")
+        raise DataError(
+            f"{key}: {source} has no label column '{label_column}' (set data.label_column; "
+            f"{sources.columns_text(names)})"
+        )
     if features_column is None or features_column in layout.lists:
         return
     if features_column not in names:
         problem = f"has no list column '{features_column}' (data.features_column) to read the features from"
     else:
-        problem = (f"holds no lists in its features column '{features_column}' (data.features_column), but "
-                   f"{layout.other.get(features_column, 'numbers')}")
+        problem = (
+            f"holds no lists in its features column '{features_column}' (data.features_column), but "
+            f"{layout.other.get(features_column, 'numbers')}"
+        )
     rest = [c for c in names if c != label_column]
     lists = [c for c in rest if c in layout.lists]
     separate = [c for c in rest if c not in layout.lists and c not in layout.other]
     if lists:
         fix = f"; to read the list column '{lists[0]}', set data.features_column={lists[0]}"
     elif separate:
-        fix = (f"; to read its {len(separate)} columns {separate[:10]} as the features, leave "
-               "data.features_column unset (null)")
+        fix = (
+            f"; to read its {len(separate)} columns {separate[:10]} as the features, leave "
+            "data.features_column unset (null)"
+        )
     else:
         fix = ""
     raise DataError(f"{key}: {source} {problem}; its {sources.columns_text(names)}{fix}")
@@ -286,11 +318,15 @@ def check_before_launch(cfg) -> None:
     if path.suffix.lower() == ".csv":
         names = sources.csv_columns(path, "data.source")
         if cfg.label_column not in names:
-            raise DataError(f"data.source: {path} has no label column '{cfg.label_column}' (set data.label_column; "
-                            f"{sources.columns_text(names)})")
+            raise DataError(
+                f"data.source: {path} has no label column '{cfg.label_column}' (set data.label_column; "
+                f"{sources.columns_text(names)})"
+            )
         if cfg.key_column is not None and cfg.key_column not in names:
-            raise DataError(f"data.source: {path} has no key column '{cfg.key_column}' (set data.key_column; "
-                            f"{sources.columns_text(names)})")
+            raise DataError(
+                f"data.source: {path} has no key column '{cfg.key_column}' (set data.key_column; "
+                f"{sources.columns_text(names)})"
+            )
         sources.feature_columns(names, cfg.label_column, cfg.key_column, cfg.feature_columns, cfg.drop_columns)
     _check_test_source(cfg, None)
 
@@ -303,14 +339,16 @@ def _check_test_source(cfg, features: list[str] | None) -> None:
     if not is_row_keyed(test):
         sources.check_exists(Path(test), "data.test_source")
         return
-    ParquetSource.open(test, cfg.label_column, cfg.features_column, "data.test_source", cfg.key_column,
-                       check_columns=False)  # the files exist and are Parquet files of one schema
+    ParquetSource.open(
+        test, cfg.label_column, cfg.features_column, "data.test_source", cfg.key_column, check_columns=False
+    )  # the files exist and are Parquet files of one schema
     layout = _local_layout(test, "data.test_source")
     assert layout is not None  # the source is local and its files were opened above
     test_features = check_feature_columns(layout, test, cfg, "data.test_source")
     if features is not None and test_features != features:
-        raise DataError(f"data.test_source: {test}'s feature columns {test_features[:10]} are not data.source's "
-                        f"{features[:10]}")
+        raise DataError(
+            f"data.test_source: {test}'s feature columns {test_features[:10]} are not data.source's {features[:10]}"
+        )
 
 
 def _local_layout(source: str, key: str) -> Layout | None:
@@ -328,18 +366,23 @@ def check_feature_columns(layout: Layout, source: str, cfg, key: str) -> list[st
     check_schema(layout, source, cfg.label_column, cfg.features_column, key)
     names = list(layout.names)
     if cfg.key_column is not None and cfg.key_column not in names:
-        raise DataError(f"{key}: {source} has no key column '{cfg.key_column}' (set data.key_column; "
-                        f"{sources.columns_text(names)})")
+        raise DataError(
+            f"{key}: {source} has no key column '{cfg.key_column}' (set data.key_column; {sources.columns_text(names)})"
+        )
     if cfg.features_column is not None:
         return [cfg.features_column]
     found = sources.feature_columns(names, cfg.label_column, cfg.key_column, cfg.feature_columns, cfg.drop_columns)
     for name in found:
         if name in layout.lists:
-            raise DataError(f"{key}: {source} column '{name}' holds lists, not numbers; to read it as the features, "
-                            f"set data.features_column={name}")
+            raise DataError(
+                f"{key}: {source} column '{name}' holds lists, not numbers; to read it as the features, "
+                f"set data.features_column={name}"
+            )
         if name in layout.other:
-            raise DataError(f"{key}: {source} column '{name}' must be numeric, got {layout.other[name]} "
-                            f"(non-numeric cells); leave it out of the features with --set data.drop_columns=[{name}]")
+            raise DataError(
+                f"{key}: {source} column '{name}' must be numeric, got {layout.other[name]} "
+                f"(non-numeric cells); leave it out of the features with --set data.drop_columns=[{name}]"
+            )
     return found
 
 
@@ -352,15 +395,34 @@ def schema_names(source: str) -> tuple[str, ...]:
     return tuple(pq.read_schema(files[0]).names) if files else ()
 
 
-def table_arrays(table, name: str, key: str, label_column: str, features_column: str | None,
-                 first_row: int, key_column: str | None = None, chosen: tuple[str, ...] | None = None,
-                 dropped: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+def table_arrays(
+    table,
+    name: str,
+    key: str,
+    label_column: str,
+    features_column: str | None,
+    first_row: int,
+    key_column: str | None = None,
+    chosen: tuple[str, ...] | None = None,
+    dropped: tuple[str, ...] = (),
+) -> tuple[np.ndarray, np.ndarray]:
     """A block's checked ``(x float64, y int64)``; a bad value names the file and its row there."""
-    x, y = sources.table_to_arrays(table, Path(name), key, label_column, features_column, key_column,
-                                   None if chosen is None else list(chosen), list(dropped))
+    x, y = sources.table_to_arrays(
+        table,
+        Path(name),
+        key,
+        label_column,
+        features_column,
+        key_column,
+        None if chosen is None else list(chosen),
+        list(dropped),
+    )
     where = f"{key} {name}"
-    names = None if features_column is not None else sources.feature_columns(table.column_names, label_column,
-                                                                             key_column, chosen, dropped)
+    names = (
+        None
+        if features_column is not None
+        else sources.feature_columns(table.column_names, label_column, key_column, chosen, dropped)
+    )
     x = check_features(x, where, first_row, names)
     return x, check_labels(y, len(x), where, first_row)
 
@@ -378,8 +440,9 @@ def _numeric(col, where: str, what: str, first_row: int, needs: str) -> np.ndarr
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
         raise DataError(f"{where}: {what} must be numeric, got {col.type}")
     if col.null_count:
-        raise DataError(f"{where}: {what} has an empty (null) value at sample {first_row + _null_row(col)}; "
-                        f"every row needs {needs}")
+        raise DataError(
+            f"{where}: {what} has an empty (null) value at sample {first_row + _null_row(col)}; every row needs {needs}"
+        )
     return col.to_numpy(zero_copy_only=False).astype(np.float64)
 
 
@@ -395,33 +458,39 @@ def _target_values(data, where: str, names: tuple[str, ...], first_row: int) -> 
         col = data.column(name).combine_chunks()
         what = f"target column '{name}'"
         if col.null_count:
-            raise DataError(f"{where}: {what} has an empty (null) value at sample {first_row + _null_row(col)}; "
-                            "every row needs its targets")
+            raise DataError(
+                f"{where}: {what} has an empty (null) value at sample {first_row + _null_row(col)}; "
+                "every row needs its targets"
+            )
         lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
         if n and (lengths != lengths[0]).any():
             i = int(np.argmax(lengths != lengths[0]))
-            raise DataError(f"{where}: {what} must hold lists of one length (one value per target), got "
-                            f"{lengths[0]} and {lengths[i]} values at sample {first_row + i}")
+            raise DataError(
+                f"{where}: {what} must hold lists of one length (one value per target), got "
+                f"{lengths[0]} and {lengths[i]} values at sample {first_row + i}"
+            )
         if n and lengths[0] == 0:
             raise DataError(f"{where}: {what} holds empty lists; it needs one value per target")
         values = pc.list_flatten(col)
         if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
             raise DataError(f"{where}: {what} must hold numbers, got lists of {values.type}")
         if values.null_count:
-            raise DataError(f"{where}: {what} has an empty (null) value at sample "
-                            f"{first_row + _null_row(values) // int(lengths[0])}; every target needs a value")
+            raise DataError(
+                f"{where}: {what} has an empty (null) value at sample "
+                f"{first_row + _null_row(values) // int(lengths[0])}; every target needs a value"
+            )
         y = values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, -1)
         labels = [f"target column '{name}' (target {j})" for j in range(y.shape[1])]
     else:
-        columns = [_numeric(data.column(c), where, f"target column '{c}'", first_row, "a target")
-                   for c in names]
+        columns = [_numeric(data.column(c), where, f"target column '{c}'", first_row, "a target") for c in names]
         y = np.stack(columns, axis=1) if len(columns) > 1 else columns[0]
         labels = [f"target column '{c}'" for c in names]
     bad = ~np.isfinite(y.reshape(n, -1))
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise DataError(f"{where}: {labels[col]} must be finite, got {y.reshape(n, -1)[row, col]} at sample "
-                        f"{first_row + row}")
+        raise DataError(
+            f"{where}: {labels[col]} must be finite, got {y.reshape(n, -1)[row, col]} at sample {first_row + row}"
+        )
     return y
 
 
@@ -449,10 +518,14 @@ def carried_arrays(data, name: str, table: ParquetSource, first_row: int) -> tup
             raise DataError(f"{where}: has no column '{column}' ({sources.columns_text(data.column_names)})")
     dropped = [*table.dropped_columns, *targets, *extras]
     chosen = None if table.chosen_columns is None else list(table.chosen_columns)
-    x, _ = sources.table_to_arrays(data, Path(name), table.key, None, table.features_column, table.key_column,
-                                   chosen, dropped)
-    names = None if table.features_column is not None else sources.feature_columns(
-        data.column_names, None, table.key_column, chosen, dropped)
+    x, _ = sources.table_to_arrays(
+        data, Path(name), table.key, None, table.features_column, table.key_column, chosen, dropped
+    )
+    names = (
+        None
+        if table.features_column is not None
+        else sources.feature_columns(data.column_names, None, table.key_column, chosen, dropped)
+    )
     x = check_features(x, where, first_row, names)
     if table.task == "regression":
         for column in targets:
@@ -462,8 +535,10 @@ def carried_arrays(data, name: str, table: ParquetSource, first_row: int) -> tup
     else:
         col = data.column(targets[0])
         if _is_list(col.type):
-            raise DataError(f"{where}: label column '{targets[0]}' must hold class indices 0, 1, ... (numbers), "
-                            f"got {col.type}; for several numeric targets set model.task=regression")
+            raise DataError(
+                f"{where}: label column '{targets[0]}' must hold class indices 0, 1, ... (numbers), "
+                f"got {col.type}; for several numeric targets set model.task=regression"
+            )
         labels = _numeric(col, where, f"label column '{targets[0]}'", first_row, "a label")
         try:
             y = check_labels(labels, len(x), where, first_row)
@@ -488,8 +563,10 @@ def carried_arrays(data, name: str, table: ParquetSource, first_row: int) -> tup
         if not pa.types.is_boolean(col.type):
             raise DataError(f"{where}: {what} must be boolean (true/false), got {col.type}")
         if col.null_count:
-            raise DataError(f"{where}: {what} has an empty (null) value at sample {first_row + _null_row(col)}; "
-                            "every row needs true or false")
+            raise DataError(
+                f"{where}: {what} has an empty (null) value at sample {first_row + _null_row(col)}; "
+                "every row needs true or false"
+            )
         v = col.to_numpy(zero_copy_only=False).astype(bool)
     return x, y, w, v
 
@@ -545,4 +622,3 @@ def read_whole(table: ParquetSource) -> tuple[np.ndarray, np.ndarray]:
     """Every row of ``table``, checked, as ``(x float64, y)`` (a test set given as its own Parquet source)."""
     blocks = list(table.blocks())
     return np.concatenate([b[1] for b in blocks]), np.concatenate([b[2] for b in blocks])
-

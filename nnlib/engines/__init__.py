@@ -39,20 +39,29 @@ def make_spark_engine(config: Config, warn=None, spark_session=None):
     connect = connect_expected(settings) if spark_session is None else is_connect(spark_session)
     if connect:
         if s.mode == "stage":
-            raise EngineError("spark.mode: on Spark Connect the executors cannot reach this process, so it must be "
-                              "auto or jobs, got stage")
+            raise EngineError(
+                "spark.mode: on Spark Connect the executors cannot reach this process, so it must be "
+                "auto or jobs, got stage"
+            )
         if s.collective != "tasks":
-            raise EngineError("spark.collective: on Spark Connect the gradients are averaged among the tasks, so "
-                              f"it must be tasks, got {s.collective}")
+            raise EngineError(
+                "spark.collective: on Spark Connect the gradients are averaged among the tasks, so "
+                f"it must be tasks, got {s.collective}"
+            )
         if s.port:
-            raise EngineError("spark.port: on Spark Connect nothing listens in this process, so it must be 0 "
-                              f"(unset), got {s.port}")
+            raise EngineError(
+                f"spark.port: on Spark Connect nothing listens in this process, so it must be 0 (unset), got {s.port}"
+            )
     if s.mode == "jobs" or (s.mode == "auto" and connect):
         from nnlib.engines.spark.jobs import SparkJobsEngine
 
         return SparkJobsEngine(**session).use_session(spark_session)
     from nnlib.engines.spark.engine import SparkStageEngine
 
-    return SparkStageEngine(port=s.port, mapper_timeout=s.mapper_timeout, stage_attempts=s.stage_attempts,
-                            collective=s.collective, **session).use_session(spark_session)
-
+    return SparkStageEngine(
+        port=s.port,
+        mapper_timeout=s.mapper_timeout,
+        stage_attempts=s.stage_attempts,
+        collective=s.collective,
+        **session,
+    ).use_session(spark_session)

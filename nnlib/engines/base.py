@@ -72,8 +72,9 @@ class Engine(Protocol):
 
     def start(self, source: ShardSource) -> None: ...
 
-    def round(self, payload: RoundPayload, reducer: RoundReducer,
-              timings: dict) -> tuple[Combined, list[MapperStats]]: ...
+    def round(
+        self, payload: RoundPayload, reducer: RoundReducer, timings: dict
+    ) -> tuple[Combined, list[MapperStats]]: ...
 
     def sync_round(self, payload: RoundPayload, timings: dict) -> tuple[Combined, list[MapperStats]]: ...
 
@@ -111,8 +112,7 @@ class ReduceOnDriver(SingleDriver):
     def map(self, payload: RoundPayload, timings: dict) -> list[MapperResult]:
         raise NotImplementedError
 
-    def round(self, payload: RoundPayload, reducer: RoundReducer,
-              timings: dict) -> tuple[Combined, list[MapperStats]]:
+    def round(self, payload: RoundPayload, reducer: RoundReducer, timings: dict) -> tuple[Combined, list[MapperStats]]:
         results = self.map(payload, timings)
         with timed(timings, "combine"):
             combined = reducer(results, payload)

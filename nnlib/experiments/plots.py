@@ -78,6 +78,7 @@ def _is_number(value) -> bool:
 
 # ---- what a run is scored by -----------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Score:
     """The score figures compare runs by: the rounds.csv column (``test_accuracy`` or ``test_r2``), the
@@ -126,12 +127,13 @@ def loss_units(run_dir: Path) -> str:
 
 # ---- reading a sweep -------------------------------------------------------------------------
 
+
 def sweep_varied_keys(results: list[dict]) -> list[str]:
     """The keys the sweep varies: the results.csv columns between ``seed`` and ``status``."""
     if not results:
         return []
     columns = list(results[0])
-    return columns[columns.index("seed") + 1: columns.index("status")]
+    return columns[columns.index("seed") + 1 : columns.index("status")]
 
 
 def _label(row: dict, keys: list[str]) -> str:
@@ -170,8 +172,10 @@ def _finish(ax, xlabel: str, ylabel: str, title: str, log_x: bool = False) -> No
 
 # ---- sweep figures ---------------------------------------------------------------------------
 
-def _key_figure(ok: list[dict], key: str, others: list[str], out: Path, score: Score = ACCURACY,
-                units: str = "") -> Path:
+
+def _key_figure(
+    ok: list[dict], key: str, others: list[str], out: Path, score: Score = ACCURACY, units: str = ""
+) -> Path:
     """Time and the score against one numeric key; a regression sweep's (``units`` given) also its RMSE."""
     fig, (left, right, *rest) = _figure(3 if units else 2)
     per_round = key != "mappers"  # a larger batch means fewer steps a round: compare a round's seconds
@@ -179,8 +183,13 @@ def _key_figure(ok: list[dict], key: str, others: list[str], out: Path, score: S
     _draw_series(left, _series(ok, key, others, time_metric))
     _draw_series(right, _series(ok, key, others, score.final))
     log_x = key == "mappers" and min(r[key] for r in ok) >= 1
-    _finish(left, key, "seconds per round (s)" if per_round else "training seconds (s)",
-            f"{'time per round' if per_round else 'training time'} against {key}", log_x)
+    _finish(
+        left,
+        key,
+        "seconds per round (s)" if per_round else "training seconds (s)",
+        f"{'time per round' if per_round else 'training time'} against {key}",
+        log_x,
+    )
     _finish(right, key, f"final {score.name}", f"{score.name} against {key}", log_x)
     if rest:
         _draw_series(rest[0], _series(ok, key, others, "final_test_rmse"))
@@ -212,8 +221,9 @@ def _speedup_figure(ok: list[dict], others: list[str], out: Path) -> Path | None
     return _save(fig, out / "speedup.png")
 
 
-def _mean_curve(run_dirs: list[Path], column: str = "test_accuracy") -> tuple[list[int], list[float],
-                                                                           list[float]] | None:
+def _mean_curve(
+    run_dirs: list[Path], column: str = "test_accuracy"
+) -> tuple[list[int], list[float], list[float]] | None:
     """``(rounds, mean cumulative seconds, mean of rounds.csv's column)`` over runs, up to the shortest run."""
     tables = [read_csv_rows(d / "rounds.csv") for d in run_dirs]
     tables = [t for t in tables if t]
@@ -226,8 +236,9 @@ def _mean_curve(run_dirs: list[Path], column: str = "test_accuracy") -> tuple[li
     return rounds, seconds, accuracy
 
 
-def _convergence_figure(curves: dict[str, tuple], sequential: set[str], out: Path,
-                        score: Score = ACCURACY) -> Path | None:
+def _convergence_figure(
+    curves: dict[str, tuple], sequential: set[str], out: Path, score: Score = ACCURACY
+) -> Path | None:
     if not curves or max(len(c[0]) for c in curves.values()) < 2:
         return None
     fig, (left, right) = _figure(2)
@@ -296,6 +307,7 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
 
 # ---- run figures -----------------------------------------------------------------------------
 
+
 def round_starts(rounds: list[dict]) -> dict[int, float]:
     """``{round: seconds since the first round's start at which its mappers start}`` (after its broadcast)."""
     starts, t = {}, 0.0
@@ -345,8 +357,9 @@ def timeline_figure(run_dir: Path, path: Path, title: str = "") -> Path | None:
     for mapper, x0, train, comm in timeline_bars(rounds, mappers, sequential):
         ax.broken_barh([(x0, train)], (mapper - 0.35, 0.7), color="C0")
         if comm > 0:  # an edge line keeps a bar of a few milliseconds visible
-            ax.broken_barh([(x0 + train, comm)], (mapper - 0.35, 0.7),
-                           facecolor="C3", edgecolor="C3", hatch="//", linewidth=0.8)
+            ax.broken_barh(
+                [(x0 + train, comm)], (mapper - 0.35, 0.7), facecolor="C3", edgecolor="C3", hatch="//", linewidth=0.8
+            )
     for x in list(starts.values())[1:]:
         ax.axvline(x, color="gray", linewidth=0.5, alpha=0.5)
     from matplotlib.patches import Patch
@@ -354,9 +367,16 @@ def timeline_figure(run_dir: Path, path: Path, title: str = "") -> Path | None:
     busy = sum(m["train_seconds"] + m["comm_seconds"] for m in mappers)
     comm = sum(m["comm_seconds"] for m in mappers)
     share = f"{100 * comm / busy:.2g}%" if busy > 0 and comm > 0 else "0%"
-    ax.legend(handles=[Patch(color="C0", label="train"),
-                       Patch(facecolor="C3", edgecolor="C3", hatch="//", label=f"comm ({share} of\nmapper time)")],
-              fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.legend(
+        handles=[
+            Patch(color="C0", label="train"),
+            Patch(facecolor="C3", edgecolor="C3", hatch="//", label=f"comm ({share} of\nmapper time)"),
+        ],
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0,
+    )
     ax.set_yticks(range(n_mappers), [f"mapper {i}" for i in range(n_mappers)])
     ax.invert_yaxis()
     how = " (local engine: mappers one after another)" if sequential else ""
@@ -371,8 +391,11 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     if run_is_regression(run_dir):
-        return [p for p in [*_regression_run_figures(run_dir, out), timeline_figure(run_dir, out / "timeline.png")]
-                if p is not None]
+        return [
+            p
+            for p in [*_regression_run_figures(run_dir, out), timeline_figure(run_dir, out / "timeline.png")]
+            if p is not None
+        ]
     paths: list[Path | None] = []
     curve = _mean_curve([run_dir])
     if curve is not None:
@@ -429,8 +452,9 @@ def _regression_run_figures(run_dir: Path, out: Path) -> list[Path]:
         _finish(ax, "round", named(name.upper(), units), f"{name.upper()} by round")
     paths.append(_save(fig, out / "errors.png"))
     fig, (ax,) = _figure(1)
-    _curves(ax, rows, rounds, [("train_loss", "train", ":"), ("test_loss", "test", "-"),
-                               ("val_loss", "validation", "--")])
+    _curves(
+        ax, rows, rounds, [("train_loss", "train", ":"), ("test_loss", "test", "-"), ("val_loss", "validation", "--")]
+    )
     ax.xaxis.get_major_locator().set_params(integer=True)
     _finish(ax, "round", f"loss ({loss_units(run_dir)})", "loss by round")
     paths.append(_save(fig, out / "loss.png"))
@@ -438,6 +462,7 @@ def _regression_run_figures(run_dir: Path, out: Path) -> list[Path]:
 
 
 # ---- split-search figures --------------------------------------------------------------------
+
 
 def plot_search(out: Path, rows: list[dict], facts: dict) -> list[Path]:
     """The search's figures: accuracy per combination (the study's Figure 3), histogram, against coupling."""
@@ -452,8 +477,10 @@ def plot_search(out: Path, rows: list[dict], facts: dict) -> list[Path]:
         draw(base, color="C3", linestyle="--", label=f"unsplit baseline ({base:.3f})")
         draw(warm, color="gray", linestyle=":", label=f"after the warm-up ({warm:.3f})")
 
-    title = (f"{facts['evaluated']} splits of hidden {facts['hidden']} into {facts['groups']} groups "
-             f"({facts['n_rest']} samples after {facts['n_warmup']} of warm-up)")
+    title = (
+        f"{facts['evaluated']} splits of hidden {facts['hidden']} into {facts['groups']} groups "
+        f"({facts['n_rest']} samples after {facts['n_warmup']} of warm-up)"
+    )
     fig, (ax,) = _figure(1, width=8)
     ax.plot(ids, acc, marker="o", linestyle="none" if len(ids) > 60 else "-", markersize=3, label="split")
     lines(ax)
@@ -468,7 +495,11 @@ def plot_search(out: Path, rows: list[dict], facts: dict) -> list[Path]:
     ax.scatter([r["cross_coupling"] for r in rows], acc, s=12, alpha=0.7, label="split")
     lines(ax)
     corr = facts.get("coupling_accuracy_correlation")
-    _finish(ax, "cross-group coupling (mean |corr| of activations)", "test accuracy after recombining",
-            "accuracy against coupling" + (f" (r = {corr:.2f})" if corr is not None else ""))
+    _finish(
+        ax,
+        "cross-group coupling (mean |corr| of activations)",
+        "test accuracy after recombining",
+        "accuracy against coupling" + (f" (r = {corr:.2f})" if corr is not None else ""),
+    )
     paths.append(_save(fig, out / "coupling.png"))
     return paths

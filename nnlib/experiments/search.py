@@ -124,31 +124,44 @@ def check_search(config) -> int:
     g = config.split.groups or 2
     t = config.train
     if config.engine == "mpi":
-        raise ConfigError("split-search runs on engine local, spark or mrjob, got engine=mpi (every MPI rank "
-                          "runs its own driver loop)")
+        raise ConfigError(
+            "split-search runs on engine local, spark or mrjob, got engine=mpi (every MPI rank "
+            "runs its own driver loop)"
+        )
     if not config.model.hidden:
         raise ConfigError("split-search splits the hidden layers; model.hidden=[] has none")
     for h in config.model.hidden:
         if h < g:
-            raise ConfigError(f"split-search: model.hidden={config.model.hidden} has a layer with fewer units "
-                              f"than split.groups={g}")
+            raise ConfigError(
+                f"split-search: model.hidden={config.model.hidden} has a layer with fewer units than split.groups={g}"
+            )
         if config.split.equal_sizes and h % g:
-            raise ConfigError(f"split-search: {h} hidden units do not split into {g} equal groups; set "
-                              "split.equal_sizes: false or change model.hidden")
+            raise ConfigError(
+                f"split-search: {h} hidden units do not split into {g} equal groups; set "
+                "split.equal_sizes: false or change model.hidden"
+            )
     if config.split.method == "none":
-        raise ConfigError("split-search trains split networks; split.method must be independence, random or "
-                          "alternating (alternating: which groups the mappers past the first G take), got none")
+        raise ConfigError(
+            "split-search trains split networks; split.method must be independence, random or "
+            "alternating (alternating: which groups the mappers past the first G take), got none"
+        )
     for key, value in (("train.target_accuracy", t.target_accuracy), ("train.patience", t.patience)):
         if value is not None:
-            raise ConfigError(f"split-search scores every split after all train.rounds; {key} stops a run "
-                              f"early and must be unset, got {value}")
+            raise ConfigError(
+                f"split-search scores every split after all train.rounds; {key} stops a run "
+                f"early and must be unset, got {value}"
+            )
     if t.sync_rounds >= t.rounds:
-        raise ConfigError(f"split-search: the sub-networks train in the last round, a local round; "
-                          f"train.sync_rounds must be < train.rounds ({t.rounds}), got {t.sync_rounds}")
+        raise ConfigError(
+            f"split-search: the sub-networks train in the last round, a local round; "
+            f"train.sync_rounds must be < train.rounds ({t.rounds}), got {t.sync_rounds}"
+        )
     if is_row_keyed(config.data.source):
-        raise ConfigError(f"split-search needs the training set in one process (the driver's, to measure the "
-                          f"units' coupling); data.source {config.data.source} is a Parquet source, read only "
-                          "by the mappers")
+        raise ConfigError(
+            f"split-search needs the training set in one process (the driver's, to measure the "
+            f"units' coupling); data.source {config.data.source} is a Parquet source, read only "
+            "by the mappers"
+        )
     return g
 
 
@@ -209,9 +222,9 @@ class SplitRound(driver.Setup):
 class Warm:
     """Where every split's last round starts: the state after rounds ``0 .. R-2``."""
 
-    payload: RoundPayload          # the warmed-up weights and optimizer state
-    server: Server | None          # the server optimizer, its state as it was then
-    couplings: list[np.ndarray]    # per hidden layer, the warmed-up units' |corr|, (units, units)
+    payload: RoundPayload  # the warmed-up weights and optimizer state
+    server: Server | None  # the server optimizer, its state as it was then
+    couplings: list[np.ndarray]  # per hidden layer, the warmed-up units' |corr|, (units, units)
 
     def server_copy(self) -> Server | None:
         """A server optimizer a round may step (its state is changed in place)."""
@@ -230,8 +243,9 @@ def warm_up_and_baseline(engine, setup: driver.Setup, warn=driver.warn) -> tuple
     server = make_server(config, setup.first.params)
     baseline = SplitRound.of(replace(setup, config=unsplit(config)), None, server)
     result = driver.RunResult(setup.first.params, {})
-    result.params = driver.train_rounds(engine, baseline, setup.first, 0, None, result, log=_quiet, warn=warn,
-                                        server=server).params
+    result.params = driver.train_rounds(
+        engine, baseline, setup.first, 0, None, result, log=_quiet, warn=warn, server=server
+    ).params
     payload = baseline.entered["payload"]
     kept = None if server is None else replace(server, state=baseline.entered["server_state"])
     assert setup.data.x_train is not None  # setup() refuses combine=split on a row-keyed source
@@ -248,8 +262,9 @@ def train_split(engine, setup: driver.Setup, warm: Warm, split: Split, warn=driv
     server = warm.server_copy()
     result = driver.RunResult(warm.payload.params, {})
     last = SplitRound.of(setup, split, server)
-    result.params = driver.train_rounds(engine, last, warm.payload, setup.config.train.rounds - 1, None, result,
-                                        log=_quiet, warn=warn, server=server).params
+    result.params = driver.train_rounds(
+        engine, last, warm.payload, setup.config.train.rounds - 1, None, result, log=_quiet, warn=warn, server=server
+    ).params
     return result
 
 
@@ -291,8 +306,9 @@ class SearchResult:
     plots: list[Path]
 
 
-def split_search(config, out: str | Path, quiet: bool = False, log=print, command: str = "",
-                 warn=driver.warn) -> SearchResult:
+def split_search(
+    config, out: str | Path, quiet: bool = False, log=print, command: str = "", warn=driver.warn
+) -> SearchResult:
     """Run the search; write combinations.csv, search.json and the figures into ``out``.
 
     Raises :class:`ConfigError` before anything is written for settings the
@@ -310,8 +326,10 @@ def split_search(config, out: str | Path, quiet: bool = False, log=print, comman
     splits = combinations(hidden, g, equal, config.split.max_combinations, config.seed)
     sizes = "equal groups" if equal else "groups of any size"
     if len(splits) < total:
-        log(f"split-search: {total} distinct splits of hidden {list(hidden)} into {g} {sizes}; "
-            f"{len(splits)} drawn at random (split.max_combinations)")
+        log(
+            f"split-search: {total} distinct splits of hidden {list(hidden)} into {g} {sizes}; "
+            f"{len(splits)} drawn at random (split.max_combinations)"
+        )
     else:
         log(f"split-search: {total} distinct splits of hidden {list(hidden)} into {g} {sizes}; all evaluated")
     engine = PlacedOnce(make_engine(run_config, warn))
@@ -324,10 +342,17 @@ def split_search(config, out: str | Path, quiet: bool = False, log=print, comman
             for cid, split in enumerate(splits):
                 start = time.perf_counter()
                 last = train_split(engine, setup, warm, split, warn).rounds[-1]
-                rows.append({"id": cid, "groups": format_split(split), "test_accuracy": last["test_accuracy"],
-                             "test_loss": last["test_loss"], "seconds": time.perf_counter() - start,
-                             "cross_coupling": cross_coupling(split, warm.couplings),
-                             "weight_balance": weight_balance(split, warm.payload.params, layers)})
+                rows.append(
+                    {
+                        "id": cid,
+                        "groups": format_split(split),
+                        "test_accuracy": last["test_accuracy"],
+                        "test_loss": last["test_loss"],
+                        "seconds": time.perf_counter() - start,
+                        "cross_coupling": cross_coupling(split, warm.couplings),
+                        "weight_balance": weight_balance(split, warm.payload.params, layers),
+                    }
+                )
                 bar.update(1)
     finally:
         engine.close()
@@ -338,20 +363,34 @@ def split_search(config, out: str | Path, quiet: bool = False, log=print, comman
     accuracies = [row["test_accuracy"] for row in rows]
     best = max(rows, key=lambda row: row["test_accuracy"])
     worst = min(rows, key=lambda row: row["test_accuracy"])
-    facts = {"n_warmup": sum(m["n_samples"] for m in baseline.mapper_rows if m["round"] == 1),  # rounds from 1
-             "n_rest": sum(m["n_samples"] for m in baseline.mapper_rows if m["round"] == r),
-             "n_test": setup.data.n_test, "warmup_test_accuracy": baseline.rounds[-2]["test_accuracy"],
-             "baseline_test_accuracy": baseline.rounds[-1]["test_accuracy"],
-             "baseline_test_loss": baseline.rounds[-1]["test_loss"],
-             "engine": config.engine, "mappers": run_config.mappers, "rounds": r, "hidden": list(hidden),
-             "groups": g, "equal_sizes": equal, "distinct_splits": total, "evaluated": len(rows),
-             "seed": config.seed, "mean_test_accuracy": statistics.mean(accuracies),
-             "min_test_accuracy": min(accuracies), "max_test_accuracy": max(accuracies),
-             "beat_baseline": sum(a > baseline.rounds[-1]["test_accuracy"] for a in accuracies),
-             "coupling_accuracy_correlation": _correlation([row["cross_coupling"] for row in rows], accuracies),
-             "balance_accuracy_correlation": _correlation([row["weight_balance"] for row in rows], accuracies),
-             "best": best, "worst": worst, "config": run_config.to_dict(), "machine": describe(),
-             "command": command}
+    facts = {
+        "n_warmup": sum(m["n_samples"] for m in baseline.mapper_rows if m["round"] == 1),  # rounds from 1
+        "n_rest": sum(m["n_samples"] for m in baseline.mapper_rows if m["round"] == r),
+        "n_test": setup.data.n_test,
+        "warmup_test_accuracy": baseline.rounds[-2]["test_accuracy"],
+        "baseline_test_accuracy": baseline.rounds[-1]["test_accuracy"],
+        "baseline_test_loss": baseline.rounds[-1]["test_loss"],
+        "engine": config.engine,
+        "mappers": run_config.mappers,
+        "rounds": r,
+        "hidden": list(hidden),
+        "groups": g,
+        "equal_sizes": equal,
+        "distinct_splits": total,
+        "evaluated": len(rows),
+        "seed": config.seed,
+        "mean_test_accuracy": statistics.mean(accuracies),
+        "min_test_accuracy": min(accuracies),
+        "max_test_accuracy": max(accuracies),
+        "beat_baseline": sum(a > baseline.rounds[-1]["test_accuracy"] for a in accuracies),
+        "coupling_accuracy_correlation": _correlation([row["cross_coupling"] for row in rows], accuracies),
+        "balance_accuracy_correlation": _correlation([row["weight_balance"] for row in rows], accuracies),
+        "best": best,
+        "worst": worst,
+        "config": run_config.to_dict(),
+        "machine": describe(),
+        "command": command,
+    }
     atomic_write_bytes(out / "search.json", json_bytes(facts))  # strict JSON: a NaN correlation is null
     from nnlib.experiments.plots import plot_search
 
@@ -382,13 +421,21 @@ def _correlation(a: list[float], b: list[float]) -> float | None:
 
 # ---- a combine: split run and its unsplit baseline ---------------------------------------------
 
+
 def has_unsplit_baseline(config) -> bool:
     """A ``combine: split`` run that splits is followed by its unsplit baseline."""
     return config.combine == "split" and config.split.method != "none"
 
 
-def run_with_baseline(config, run_dir: RunDir | None = None, engine=None, log=print, warn=driver.warn,
-                      resume: bool | RunDir = False, on_round=None) -> driver.RunResult:
+def run_with_baseline(
+    config,
+    run_dir: RunDir | None = None,
+    engine=None,
+    log=print,
+    warn=driver.warn,
+    resume: bool | RunDir = False,
+    on_round=None,
+) -> driver.RunResult:
     """:func:`nnlib.driver.run`; after a ``combine: split`` run that splits, its unsplit baseline too.
 
     The baseline is the same run with ``split.method: none`` (the same rounds
@@ -407,8 +454,9 @@ def run_with_baseline(config, run_dir: RunDir | None = None, engine=None, log=pr
         done = driver.run(unsplit(config), out, engine=engine, log=_quiet, warn=_quiet)
     finally:
         engine.close()
-    result.summary.update(baseline_test_accuracy=done.summary["final_test_accuracy"],
-                          baseline_test_loss=done.summary["final_test_loss"])
+    result.summary.update(
+        baseline_test_accuracy=done.summary["final_test_accuracy"], baseline_test_loss=done.summary["final_test_loss"]
+    )
     if run_dir is not None:
         run_dir.write_summary(result.summary)
     return result

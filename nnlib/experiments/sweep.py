@@ -44,17 +44,49 @@ from nnlib.errors import ConfigError
 from nnlib.outputs import atomic_write_bytes, csv_bytes, read_csv_rows
 
 SWEEP_KEYS = ("base", "set", "grid", "cases", "repeats", "target_accuracy")
-RESULT_COLUMNS = ["run", "case", "seed", "status", "final_test_accuracy", "best_test_accuracy",
-                  "seconds_to_target", "rounds_run", "wall_seconds", "train_seconds", "seconds_per_round",
-                  "mean_mapper_seconds", "max_mapper_seconds",
-                  "mean_overhead_seconds", "error"]
+RESULT_COLUMNS = [
+    "run",
+    "case",
+    "seed",
+    "status",
+    "final_test_accuracy",
+    "best_test_accuracy",
+    "seconds_to_target",
+    "rounds_run",
+    "wall_seconds",
+    "train_seconds",
+    "seconds_per_round",
+    "mean_mapper_seconds",
+    "max_mapper_seconds",
+    "mean_overhead_seconds",
+    "error",
+]
 # a regression run's row (model.task=regression): its R², RMSE, MAE and loss on the test and validation sets
 # (the RMSE and MAE in the targets' own units, the loss in training units; the validation ones empty without a
 # validation set) where a classifier's has its accuracy; the best round is the one of the highest test R²
-REGRESSION_COLUMNS = ["run", "case", "seed", "status", "final_test_r2", "best_test_r2", "final_test_rmse",
-                      "final_test_mae", "final_test_loss", "final_val_r2", "final_val_rmse", "final_val_mae",
-                      "final_val_loss", "rounds_run", "wall_seconds", "train_seconds", "seconds_per_round",
-                      "mean_mapper_seconds", "max_mapper_seconds", "mean_overhead_seconds", "error"]
+REGRESSION_COLUMNS = [
+    "run",
+    "case",
+    "seed",
+    "status",
+    "final_test_r2",
+    "best_test_r2",
+    "final_test_rmse",
+    "final_test_mae",
+    "final_test_loss",
+    "final_val_r2",
+    "final_val_rmse",
+    "final_val_mae",
+    "final_val_loss",
+    "rounds_run",
+    "wall_seconds",
+    "train_seconds",
+    "seconds_per_round",
+    "mean_mapper_seconds",
+    "max_mapper_seconds",
+    "mean_overhead_seconds",
+    "error",
+]
 REGRESSION_SCORES = ("r2", "rmse", "mae", "loss")  # the rounds.csv columns test_* and val_* of a regression run
 
 
@@ -72,10 +104,10 @@ def is_regression_results(results: list[dict]) -> bool:
 class Run:
     """One run of a sweep: a case's overrides with one seed."""
 
-    name: str                 # its folder under the sweep's directory
-    case: dict                # the varied keys and their values
+    name: str  # its folder under the sweep's directory
+    case: dict  # the varied keys and their values
     seed: int
-    overrides: list[str]      # every --set the run gets
+    overrides: list[str]  # every --set the run gets
 
 
 def _as_override(key: str, value) -> str:
@@ -123,16 +155,22 @@ def plan_sweep(path: str | Path, extra: Sequence[str] = ()) -> tuple[Path | None
             raise ConfigError(f"sweep {path}: case {i} ({_case_label(case)}): {exc}") from None
         tasks[i] = config.model.task
         if config.model.regression and target is not None:
-            raise ConfigError(f"sweep {path}: case {i} ({_case_label(case)}): target_accuracy={target} is a "
-                              "classifier's test accuracy; a model.task=regression case has none (leave it out)")
+            raise ConfigError(
+                f"sweep {path}: case {i} ({_case_label(case)}): target_accuracy={target} is a "
+                "classifier's test accuracy; a model.task=regression case has none (leave it out)"
+            )
         for r in range(repeats):
             seed = config.seed + r
             runs.append(Run(f"case{i:03d}-seed{seed}", case, seed, [*overrides, f"seed={seed}"]))
     if len(set(tasks.values())) > 1:  # one table compares them: accuracy or R², not both
-        named = "; ".join(f"{task}: " + ", ".join(f"case {i} ({_case_label(cases[i])})" for i, t in tasks.items()
-                                                  if t == task) for task in ("classification", "regression"))
-        raise ConfigError(f"sweep {path}: its cases mix model.task=classification and regression ({named}); a "
-                          "sweep compares runs of one task (by test accuracy or by test R²): sweep them apart")
+        named = "; ".join(
+            f"{task}: " + ", ".join(f"case {i} ({_case_label(cases[i])})" for i, t in tasks.items() if t == task)
+            for task in ("classification", "regression")
+        )
+        raise ConfigError(
+            f"sweep {path}: its cases mix model.task=classification and regression ({named}); a "
+            "sweep compares runs of one task (by test accuracy or by test R²): sweep them apart"
+        )
     return base, runs, target
 
 
@@ -163,14 +201,24 @@ def _result_row(run: Run, run_dir: Path, target: float | None, error: str | None
         scores.update({f"final_val_{s}": _number(kept.get(f"val_{s}")) for s in REGRESSION_SCORES})
         scores["best_test_r2"] = max(r["test_r2"] for r in rounds)
     else:
-        scores = {"final_test_accuracy": summary["final_test_accuracy"],
-                  "best_test_accuracy": max(r["test_accuracy"] for r in rounds), "seconds_to_target": to_target}
-    return {**row, "status": "ok", **scores,
-            "rounds_run": len(rounds), "wall_seconds": summary["wall_seconds"],
-            "train_seconds": elapsed, "seconds_per_round": elapsed / len(rounds),
-            "mean_mapper_seconds": statistics.mean(m["train_seconds"] for m in mappers),
-            "max_mapper_seconds": max(m["train_seconds"] for m in mappers),
-            "mean_overhead_seconds": statistics.mean(r["overhead_seconds"] for r in rounds), "error": ""}
+        scores = {
+            "final_test_accuracy": summary["final_test_accuracy"],
+            "best_test_accuracy": max(r["test_accuracy"] for r in rounds),
+            "seconds_to_target": to_target,
+        }
+    return {
+        **row,
+        "status": "ok",
+        **scores,
+        "rounds_run": len(rounds),
+        "wall_seconds": summary["wall_seconds"],
+        "train_seconds": elapsed,
+        "seconds_per_round": elapsed / len(rounds),
+        "mean_mapper_seconds": statistics.mean(m["train_seconds"] for m in mappers),
+        "max_mapper_seconds": max(m["train_seconds"] for m in mappers),
+        "mean_overhead_seconds": statistics.mean(r["overhead_seconds"] for r in rounds),
+        "error": "",
+    }
 
 
 def _kept_round(rounds: list[dict], summary: dict) -> dict:
@@ -193,14 +241,15 @@ def _last_error_line(stderr: str) -> str:
 
 @dataclass
 class SweepResult:
-    results: Path       # results.csv
-    rows: list[dict]    # one per run, in sweep order
-    skipped: int        # runs found finished and not run again
-    plots: list[Path]   # the figures drawn into plots/
+    results: Path  # results.csv
+    rows: list[dict]  # one per run, in sweep order
+    skipped: int  # runs found finished and not run again
+    plots: list[Path]  # the figures drawn into plots/
 
 
-def run_sweep(path: str | Path, out: str | Path | None = None, extra: Sequence[str] = (),
-              quiet: bool = False) -> SweepResult:
+def run_sweep(
+    path: str | Path, out: str | Path | None = None, extra: Sequence[str] = (), quiet: bool = False
+) -> SweepResult:
     """Run every run of the sweep that has not finished; write results.csv as runs finish."""
     base, runs, target = plan_sweep(path, extra)
     out = Path(out) if out else Path("runs") / f"sweep-{Path(path).stem}"
@@ -220,16 +269,26 @@ def run_sweep(path: str | Path, out: str | Path | None = None, extra: Sequence[s
             if (run_dir / "summary.json").exists():
                 skipped += 1
             else:
-                cmd = [sys.executable, "-m", "nnlib", "run", *([str(base)] if base else []), "--out", str(run_dir),
-                       "--overwrite", "--quiet"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "nnlib",
+                    "run",
+                    *([str(base)] if base else []),
+                    "--out",
+                    str(run_dir),
+                    "--overwrite",
+                    "--quiet",
+                ]
                 for item in run.overrides:
                     cmd += ["--set", item]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
                     error = _last_error_line(proc.stderr)
             rows.append(_result_row(run, run_dir, target, error))
-            atomic_write_bytes(out / "results.csv", csv_bytes(columns, [{c: r.get(c, "") for c in columns}
-                                                                        for r in rows]))
+            atomic_write_bytes(
+                out / "results.csv", csv_bytes(columns, [{c: r.get(c, "") for c in columns} for r in rows])
+            )
             bar.update(1)
     from nnlib.experiments.plots import plot_sweep
 
@@ -245,6 +304,12 @@ def _record_sweep(path: Path, out: Path, extra: Sequence[str]) -> None:
     for item in extra:
         command += ["--set", item]
     atomic_write_bytes(out / "sweep.yaml", path.read_bytes())
-    atomic_write_bytes(out / "sweep.json", (json.dumps(
-        {"sweep_file": str(path.resolve()), "overrides": list(extra), "command": shlex.join(command)},
-        indent=2) + "\n").encode())
+    atomic_write_bytes(
+        out / "sweep.json",
+        (
+            json.dumps(
+                {"sweep_file": str(path.resolve()), "overrides": list(extra), "command": shlex.join(command)}, indent=2
+            )
+            + "\n"
+        ).encode(),
+    )

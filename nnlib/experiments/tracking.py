@@ -59,8 +59,8 @@ from nnlib.errors import ConfigError, first_line
 ROUND_METRICS = ("test_accuracy", "test_loss", "train_loss", "seconds", "overhead_seconds")
 REGRESSION_METRICS = ("test_r2", "test_rmse", "test_mae", "val_r2", "val_rmse", "val_mae")  # model.task=regression
 ARTIFACTS = ("config.yaml", "rounds.csv", "mapper_times.csv", "model.npz", "summary.json")
-PROBE_SECONDS = 5.0    # a tracking server's port must accept a connection within this
-START_SECONDS = 60.0   # creating the run (a new sqlite store creates its tables first)
+PROBE_SECONDS = 5.0  # a tracking server's port must accept a connection within this
+START_SECONDS = 60.0  # creating the run (a new sqlite store creates its tables first)
 FINISH_SECONDS = 60.0  # the summary, the artifacts and the run's end, after the last round
 FAILED_SECONDS = 10.0  # the same for a run that failed or was interrupted
 
@@ -174,8 +174,10 @@ class MlflowTracking:
         nested = parent is not None and uri == caller_uri
         where = f"mlflow.tracking_uri={uri}"
         if (why := probe(uri)) is not None:
-            raise ConfigError(f"{where}: the tracking server cannot be reached ({why}); start it, fix "
-                              "mlflow.tracking_uri, or set tracking=none")
+            raise ConfigError(
+                f"{where}: the tracking server cannot be reached ({why}); start it, fix "
+                "mlflow.tracking_uri, or set tracking=none"
+            )
         self._guest_settings(uri)
         params = {k: str(v) for k, v in flatten(config.shareable_dict()).items()}
         created: dict = {}
@@ -200,8 +202,9 @@ class MlflowTracking:
             self.calls.close()
             self._give_back()
             why = failures[0] if failures else f"no answer within {START_SECONDS:g} s"
-            raise ConfigError(f"{where}: the tracking store cannot be used ({why}); fix mlflow.tracking_uri "
-                              "or set tracking=none")
+            raise ConfigError(
+                f"{where}: the tracking store cannot be used ({why}); fix mlflow.tracking_uri or set tracking=none"
+            )
         self.client, self.run_id = created["client"], created["run_id"]
         self.calls._on_failure = self._turned_off
 
@@ -211,11 +214,13 @@ class MlflowTracking:
 
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
-            client.log_batch(run_id, params=items[i:i + 100])
+            client.log_batch(run_id, params=items[i : i + 100])
 
     def _turned_off(self, why: str) -> None:
-        self.warn(f"tracking: MLflow run {self.run_id}: {why}; tracking is off for the rest of this run, "
-                  "which goes on (its own files are complete)")
+        self.warn(
+            f"tracking: MLflow run {self.run_id}: {why}; tracking is off for the rest of this run, "
+            "which goes on (its own files are complete)"
+        )
 
     def log_round(self, row: dict) -> None:
         if self.run_id is None or self.calls is None:
@@ -239,8 +244,11 @@ class MlflowTracking:
         run_id, client, calls = self.run_id, self.client, self.calls
         if summary is not None:
             stamp = int(time.time() * 1000)
-            numbers = [Metric(f"final.{k}", float(v), stamp, 0) for k, v in summary.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            numbers = [
+                Metric(f"final.{k}", float(v), stamp, 0)
+                for k, v in summary.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            ]
             calls.submit("logging the summary", lambda: client.log_batch(run_id, metrics=numbers))
         if run_dir is not None:
             for name in ARTIFACTS:
@@ -251,8 +259,10 @@ class MlflowTracking:
         calls.submit("ending the run", lambda: client.set_terminated(run_id, status))
         seconds = FINISH_SECONDS if summary is not None else FAILED_SECONDS
         if not calls.wait(seconds) and calls.failed is None:
-            self.warn(f"tracking: MLflow run {run_id}: the store did not answer within {seconds:g} s; the MLflow "
-                      "run may lack the end of this run (its own files are complete)")
+            self.warn(
+                f"tracking: MLflow run {run_id}: the store did not answer within {seconds:g} s; the MLflow "
+                "run may lack the end of this run (its own files are complete)"
+            )
         calls.close()
         self.run_id = None
         self._give_back()
@@ -263,8 +273,10 @@ def require_mlflow() -> None:
     from importlib.util import find_spec
 
     if find_spec("mlflow") is None:
-        raise ConfigError("tracking: mlflow needs the mlflow package, which is not installed; "
-                          'install it with pip install -e ".[tracking]" or set tracking: none')
+        raise ConfigError(
+            "tracking: mlflow needs the mlflow package, which is not installed; "
+            'install it with pip install -e ".[tracking]" or set tracking: none'
+        )
 
 
 def make_tracking(config: Config, warn: Callable[[str], None] = print) -> NoTracking | MlflowTracking:

@@ -88,13 +88,16 @@ def _layers(model: Model) -> list[np.ndarray]:
 
 # -- ONNX ------------------------------------------------------------------------------------------------------
 
+
 def _require_onnx():
     try:
         import onnx
         import onnxruntime
     except ImportError as exc:
-        raise ConfigError(f"--format onnx needs the onnx and onnxruntime packages ({exc}); "
-                          "install them with pip install 'nnlib[onnx]'") from None
+        raise ConfigError(
+            f"--format onnx needs the onnx and onnxruntime packages ({exc}); "
+            "install them with pip install 'nnlib[onnx]'"
+        ) from None
     return onnx, onnxruntime
 
 
@@ -128,8 +131,13 @@ def onnx_graph(model: Model):
         k = int(arch["kernel"])
         h = node("Reshape", [h, const("image_shape", np.array([-1, c, height, width], np.int64))], "images")
         for i in range(len(arch["channels"])):
-            h = node("Conv", [h, const(f"conv{i}.weight", arrays[2 * i]), const(f"conv{i}.bias", arrays[2 * i + 1])],
-                     f"conv{i}", kernel_shape=[k, k], pads=[k // 2] * 4)
+            h = node(
+                "Conv",
+                [h, const(f"conv{i}.weight", arrays[2 * i]), const(f"conv{i}.bias", arrays[2 * i + 1])],
+                f"conv{i}",
+                kernel_shape=[k, k],
+                pads=[k // 2] * 4,
+            )
             h = node(act, [h], f"conv{i}_act")
             h = node("MaxPool", [h], f"pool{i}", kernel_shape=[2, 2], strides=[2, 2])
         h = node("Flatten", [h], "flat", axis=1)
@@ -142,8 +150,9 @@ def onnx_graph(model: Model):
             if i == n_layers - 1 and spec.output_scale != 1:
                 weight = weight * np.float32(spec.output_scale)  # the scale multiplies h @ W, not the bias
             h = node("MatMul", [h, const(f"layer{i}.weight", weight)], f"layer{i}_product")
-            h = node("Add", [h, const(f"layer{i}.bias", arrays[2 * i + 1])], f"layer{i}" if i < n_layers - 1
-                     else "logits")
+            h = node(
+                "Add", [h, const(f"layer{i}.bias", arrays[2 * i + 1])], f"layer{i}" if i < n_layers - 1 else "logits"
+            )
             if i < n_layers - 1:
                 h = node(act, [h], f"layer{i}_act")
         logits = h
@@ -156,18 +165,28 @@ def onnx_graph(model: Model):
         else:
             out = node("Mul", [out, const("target_std", std)], "scaled_outputs")
             node("Add", [out, const("target_mean", mean)], "prediction")
-        graph = helper.make_graph(nodes, "nnlib_model", features, [
-            helper.make_tensor_value_info("prediction", TensorProto.DOUBLE, ["batch", model.n_classes])], inits)
+        graph = helper.make_graph(
+            nodes,
+            "nnlib_model",
+            features,
+            [helper.make_tensor_value_info("prediction", TensorProto.DOUBLE, ["batch", model.n_classes])],
+            inits,
+        )
     else:
         node("Softmax", [logits], "probabilities", axis=1)
         node("ArgMax", [logits], "unit", axis=1, keepdims=0)
         node("Gather", ["classes", "unit"], "prediction", axis=0)
         const("classes", model.classes)
         graph = helper.make_graph(
-            nodes, "nnlib_model", features,
-            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", model.n_classes]),
-             helper.make_tensor_value_info("prediction", TensorProto.INT64, ["batch"])],
-            inits)
+            nodes,
+            "nnlib_model",
+            features,
+            [
+                helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", model.n_classes]),
+                helper.make_tensor_value_info("prediction", TensorProto.INT64, ["batch"]),
+            ],
+            inits,
+        )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="nnlib")
     proto.ir_version = min(proto.ir_version, 9)  # readable by onnxruntime releases from 1.17 on
     proto.metadata_props.add(key="nnlib_header", value=json.dumps(model.header))
@@ -209,10 +228,16 @@ def module_onnx_graph(model: Model):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(wrapper, (torch.from_numpy(check_rows(model, 2)),), buf, dynamo=False,
-                          input_names=["features"], output_names=outputs,
-                          dynamic_axes={name: {0: "batch"} for name in ["features", *outputs]},
-                          opset_version=OPSET)
+        torch.onnx.export(
+            wrapper,
+            (torch.from_numpy(check_rows(model, 2)),),
+            buf,
+            dynamo=False,
+            input_names=["features"],
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in ["features", *outputs]},
+            opset_version=OPSET,
+        )
     proto = onnx.load_from_string(buf.getvalue())
     proto.metadata_props.add(key="nnlib_header", value=json.dumps(model.header))
     onnx.checker.check_model(proto)
@@ -232,25 +257,29 @@ def onnx_bytes(model: Model) -> bytes:
         _, std = model._target_stats()
         gap = float((np.abs(prediction - expected) / (1.0 if std is None else std)).max())
         if not gap <= CHECK_TOLERANCE:
-            raise NnlibError(f"export: onnxruntime's predictions differ from nnlib's by {gap:.2e} target standard "
-                             f"deviations (allowed {CHECK_TOLERANCE:.0e}); nothing written")
+            raise NnlibError(
+                f"export: onnxruntime's predictions differ from nnlib's by {gap:.2e} target standard "
+                f"deviations (allowed {CHECK_TOLERANCE:.0e}); nothing written"
+            )
         return data
     probabilities, prediction = session.run(None, {"features": x})
     gap = float(np.abs(probabilities - model.predict_proba(x)).max())
     if not gap <= CHECK_TOLERANCE or not np.array_equal(prediction, model.predict(x)):
-        raise NnlibError(f"export: onnxruntime's probabilities differ from nnlib's by {gap:.2e} "
-                         f"(allowed {CHECK_TOLERANCE:.0e}); nothing written")
+        raise NnlibError(
+            f"export: onnxruntime's probabilities differ from nnlib's by {gap:.2e} "
+            f"(allowed {CHECK_TOLERANCE:.0e}); nothing written"
+        )
     return data
 
 
 # -- torch -----------------------------------------------------------------------------------------------------
 
+
 def _require_torch() -> Any:  # the torch module, imported on demand (an optional dependency)
     try:
         import torch
     except ImportError as exc:
-        raise ConfigError(f"--format torch needs PyTorch ({exc}); install it with pip install 'nnlib[torch]'") \
-            from None
+        raise ConfigError(f"--format torch needs PyTorch ({exc}); install it with pip install 'nnlib[torch]'") from None
     return torch
 
 
@@ -282,10 +311,12 @@ def build_torch_module(header: dict):
         def __init__(self, targets: dict):
             super().__init__()
             none = targets["mean"] is None
-            self.register_buffer("mean", torch.tensor([0.0] if none else targets["mean"], dtype=torch.float64),
-                                 persistent=False)
-            self.register_buffer("std", torch.tensor([1.0] if none else targets["std"], dtype=torch.float64),
-                                 persistent=False)
+            self.register_buffer(
+                "mean", torch.tensor([0.0] if none else targets["mean"], dtype=torch.float64), persistent=False
+            )
+            self.register_buffer(
+                "std", torch.tensor([1.0] if none else targets["std"], dtype=torch.float64), persistent=False
+            )
 
         def forward(self, z):
             return z.double() * self.std + self.mean
@@ -327,10 +358,15 @@ def torch_module(model: Model):
     module = build_torch_module(model.header)
     if model.header["architecture"]["type"] == "module":
         if model.file.mean is not None and model.file.std is not None:
-            module[0].load_state_dict({"mean": torch.from_numpy(model.file.mean.astype(np.float64)),
-                                       "std": torch.from_numpy(model.file.std.astype(np.float64))})
+            module[0].load_state_dict(
+                {
+                    "mean": torch.from_numpy(model.file.mean.astype(np.float64)),
+                    "std": torch.from_numpy(model.file.std.astype(np.float64)),
+                }
+            )
         missing, unexpected = module[2].load_state_dict(
-            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.weights.items()}, strict=False)
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.weights.items()}, strict=False
+        )
         assert not unexpected and all(not module[2].get_buffer(k).is_floating_point() for k in missing)
         return module
     arrays = _layers(model)
@@ -373,5 +409,6 @@ def load_torch(path: str | Path):
     if "standardize" in saved:
         module[0].load_state_dict(saved["standardize"])
     (module[2] if json.loads(saved["header"])["architecture"]["type"] == "module" else module).load_state_dict(
-        saved["state_dict"])
+        saved["state_dict"]
+    )
     return module

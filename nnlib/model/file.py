@@ -80,7 +80,7 @@ class ModelFile:
     header: dict | None
     mean: np.ndarray | None = None  # (n_features,) float64; None: not standardised (or a weights-only file)
     std: np.ndarray | None = None
-    path: Path | None = None        # where it was read from, for messages
+    path: Path | None = None  # where it was read from, for messages
 
     @property
     def where(self) -> str:
@@ -89,9 +89,11 @@ class ModelFile:
     def require_header(self, what: str = "predicting") -> dict:
         """The header; a weights-only file is refused in one line naming what is missing."""
         if self.header is None:
-            raise DataError(f"{self.where} holds weights only (written before nnlib model files kept the "
-                            f"architecture, the standardisation and the classes); {what} needs them: train the "
-                            "model again with this nnlib to get a complete model file")
+            raise DataError(
+                f"{self.where} holds weights only (written before nnlib model files kept the "
+                f"architecture, the standardisation and the classes); {what} needs them: train the "
+                "model again with this nnlib to get a complete model file"
+            )
         return self.header
 
     def spec(self) -> ModelSpec:
@@ -117,26 +119,48 @@ def spec_from_header(header: dict) -> ModelSpec:
     arch = header["architecture"]
     layers: Layout
     if arch["type"] == "module":
-        layers = ModuleSpec(arch["module"], canonical_kwargs(arch["kwargs"]), tuple(arch["input_shape"]),
-                            int(header["n_classes"]), arch.get("search_path", ""))
+        layers = ModuleSpec(
+            arch["module"],
+            canonical_kwargs(arch["kwargs"]),
+            tuple(arch["input_shape"]),
+            int(header["n_classes"]),
+            arch.get("search_path", ""),
+        )
     elif arch["type"] == "cnn":
-        layers = ConvSpec(tuple(arch["image_shape"]), tuple(arch["channels"]), int(arch["kernel"]),
-                          int(header["n_classes"]))
+        layers = ConvSpec(
+            tuple(arch["image_shape"]), tuple(arch["channels"]), int(arch["kernel"]), int(header["n_classes"])
+        )
     else:
         layers = LayerSpec(tuple(arch["layer_sizes"]))
-    return ModelSpec(layers, arch["activation"], arch["loss"], 0.0, float(arch.get("output_scale", 1.0)),
-                     task=header.get("task", "classification"), huber_delta=float(arch.get("huber_delta", 1.0)))
+    return ModelSpec(
+        layers,
+        arch["activation"],
+        arch["loss"],
+        0.0,
+        float(arch.get("output_scale", 1.0)),
+        task=header.get("task", "classification"),
+        huber_delta=float(arch.get("huber_delta", 1.0)),
+    )
 
 
 def make_header(config, data, spec: ModelSpec) -> dict:
     """The header of a model trained as ``config`` says on ``data`` (a :class:`nnlib.data.dataset.Dataset`)."""
     layers = spec.layers
     if isinstance(layers, ModuleSpec):
-        arch = {"type": "module", "module": layers.module, "kwargs": json.loads(layers.kwargs),
-                "input_shape": list(layers.input_shape), "search_path": layers.search_path}
+        arch = {
+            "type": "module",
+            "module": layers.module,
+            "kwargs": json.loads(layers.kwargs),
+            "input_shape": list(layers.input_shape),
+            "search_path": layers.search_path,
+        }
     elif isinstance(layers, ConvSpec):
-        arch = {"type": "cnn", "image_shape": list(layers.image_shape), "channels": list(layers.channels),
-                "kernel": layers.kernel}
+        arch = {
+            "type": "cnn",
+            "image_shape": list(layers.image_shape),
+            "channels": list(layers.channels),
+            "kernel": layers.kernel,
+        }
     else:
         assert isinstance(layers, LayerSpec)  # the three layouts there are
         arch = {"type": "mlp", "layer_sizes": list(layers.sizes)}
@@ -149,17 +173,28 @@ def make_header(config, data, spec: ModelSpec) -> dict:
         def as_list(a):
             return None if a is None else [float(v) for v in np.asarray(a, np.float64)]
 
-        regression = {"task": "regression", "targets": {"names": list(data.target_names),
-                                                        "mean": as_list(data.target_mean),
-                                                        "std": as_list(data.target_std)}}
+        regression = {
+            "task": "regression",
+            "targets": {
+                "names": list(data.target_names),
+                "mean": as_list(data.target_mean),
+                "std": as_list(data.target_std),
+            },
+        }
     return {
-        "format": FORMAT, "version": 2 if regression else 1, "architecture": arch,
+        "format": FORMAT,
+        "version": 2 if regression else 1,
+        "architecture": arch,
         "preprocessing": {
             "standardize": data.mean is not None,
             "feature_columns": None if data.feature_names is None else list(data.feature_names),
-            "features_column": d.features_column, "label_column": d.label_column, "key_column": d.key_column,
-            "image_shape": None if data.image_shape is None else list(data.image_shape)},
-        "classes": [] if regression else list(range(data.n_classes)), "n_features": data.n_features,
+            "features_column": d.features_column,
+            "label_column": d.label_column,
+            "key_column": d.key_column,
+            "image_shape": None if data.image_shape is None else list(data.image_shape),
+        },
+        "classes": [] if regression else list(range(data.n_classes)),
+        "n_features": data.n_features,
         "n_classes": data.n_outputs if regression else data.n_classes,
         "training": {"source": d.source, "seed": config.seed, "n_train": data.n_train},
         **regression,
@@ -186,8 +221,9 @@ def model_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         if not (path / "model.npz").is_file():
-            raise DataError(f"{path}: a directory without model.npz (not a finished run; give a run directory "
-                            "or a model file)")
+            raise DataError(
+                f"{path}: a directory without model.npz (not a finished run; give a run directory or a model file)"
+            )
         return path / "model.npz"
     if not path.exists():
         raise DataError(f"{path}: no such run directory or model file")
@@ -214,8 +250,10 @@ def read(path: str | Path) -> ModelFile:
     weights = {k: v for k, v in arrays.items() if k not in FILE_KEYS}
     if HEADER not in arrays:
         if not ({"layer0.weight", "conv0.weight"} & set(weights)):
-            raise DataError(f"{path} is not an nnlib model file (no {HEADER} and no layer0.weight or conv0.weight; "
-                            f"found {sorted(arrays)[:6]})")
+            raise DataError(
+                f"{path} is not an nnlib model file (no {HEADER} and no layer0.weight or conv0.weight; "
+                f"found {sorted(arrays)[:6]})"
+            )
         return ModelFile(weights, None, path=path)
     header = _header(arrays[HEADER], path)
     mean = arrays.get(MEAN)
@@ -234,8 +272,10 @@ def _header(raw: np.ndarray, path: Path) -> dict:
         got = header.get("format") if isinstance(header, dict) else type(header).__name__
         raise DataError(f"{path} is not an nnlib model file ({HEADER} says format {got!r}, not {FORMAT!r})")
     if not isinstance(header.get("version"), int) or header["version"] > VERSION:
-        raise DataError(f"{path}: model file version {header.get('version')!r} is newer than this nnlib reads "
-                        f"(up to {VERSION}); upgrade nnlib")
+        raise DataError(
+            f"{path}: model file version {header.get('version')!r} is newer than this nnlib reads "
+            f"(up to {VERSION}); upgrade nnlib"
+        )
     return header
 
 
@@ -256,5 +296,7 @@ def _check(model: ModelFile, path: Path) -> None:
     if model.header["preprocessing"]["standardize"]:
         for name, arr in ((MEAN, model.mean), (STD, model.std)):
             if arr is None or arr.shape != (n_features,):
-                raise DataError(f"{path}: {name} must be a ({n_features},) array for a standardised model, "
-                                f"got {None if arr is None else arr.shape}")
+                raise DataError(
+                    f"{path}: {name} must be a ({n_features},) array for a standardised model, "
+                    f"got {None if arr is None else arr.shape}"
+                )

@@ -59,15 +59,15 @@ def aligned_logits(scorer, params: np.ndarray, rows: np.ndarray, first_row: int 
     start = first_row - first_row % ALIGN_ROWS
     padded = -(-(first_row + n - start) // ALIGN_ROWS) * ALIGN_ROWS
     block = np.zeros((padded, *rows.shape[1:]), rows.dtype)
-    block[first_row - start:first_row - start + n] = rows
+    block[first_row - start : first_row - start + n] = rows
     parts = []
     with one_blas_thread():
         for lo in range(0, padded, ALIGN_ROWS):
-            logits = scorer.predict_logits(params, block[lo:lo + ALIGN_ROWS])
+            logits = scorer.predict_logits(params, block[lo : lo + ALIGN_ROWS])
             parts.append(logits if isinstance(logits, np.ndarray) else logits.numpy())  # torch: a no-graph tensor
     if not parts:
         return np.zeros((0, 0), np.float32)
-    return np.ascontiguousarray(np.concatenate(parts)[first_row - start:first_row - start + n])
+    return np.ascontiguousarray(np.concatenate(parts)[first_row - start : first_row - start + n])
 
 
 def regression_sums(spec, z: np.ndarray, raw: np.ndarray, sample_weight, mean, std):
@@ -160,8 +160,10 @@ class Model:
 
     def _require_classifier(self, what: str) -> None:
         if self.is_regressor:
-            raise ConfigError(f"{what}: {self.file.where} is a regressor (model.task=regression, targets "
-                              f"{self.target_names}); it has no classes or probabilities: use predict")
+            raise ConfigError(
+                f"{what}: {self.file.where} is a regressor (model.task=regression, targets "
+                f"{self.target_names}); it has no classes or probabilities: use predict"
+            )
 
     @property
     def feature_columns(self) -> list[str] | None:
@@ -214,8 +216,10 @@ class Model:
         unseen = classes[index] != y
         if unseen.any():
             i = int(np.argmax(unseen))
-            raise DataError(f"{where}: label {y[i]} at sample {first_row + i} is not one of the model's classes "
-                            f"{classes[0]}..{classes[-1]} (the labels it was trained on)")
+            raise DataError(
+                f"{where}: label {y[i]} at sample {first_row + i} is not one of the model's classes "
+                f"{classes[0]}..{classes[-1]} (the labels it was trained on)"
+            )
         return index
 
     # -- prediction --------------------------------------------------------------------------------------------
@@ -235,7 +239,7 @@ class Model:
     def _chunks(self, x, where: str):
         rows = self.rows(x, where)
         for lo in range(0, len(rows), CHUNK_ROWS):
-            yield lo, self.logits_of(self.standardize(rows[lo:lo + CHUNK_ROWS], where, lo), lo)
+            yield lo, self.logits_of(self.standardize(rows[lo : lo + CHUNK_ROWS], where, lo), lo)
 
     def predict_logits(self, x) -> np.ndarray:
         """Logits ``(n, n_classes)`` float32 of raw features ``x`` (see :meth:`rows` for the shapes)."""
@@ -280,10 +284,14 @@ class Model:
             raise DataError("x: holds no samples")
         y = np.asarray(y, np.float64) if np.issubdtype(np.asarray(y).dtype, np.number) else np.asarray(y)
         t = len(self.target_names)
-        if not np.issubdtype(y.dtype, np.number) or y.shape not in ((len(rows),), (len(rows), t)) or (
-                y.ndim == 1 and t != 1):
-            raise DataError(f"y: targets must be numbers of shape ({len(rows)},) or ({len(rows)}, {t}), "
-                            f"got {y.dtype} {y.shape}")
+        if (
+            not np.issubdtype(y.dtype, np.number)
+            or y.shape not in ((len(rows),), (len(rows), t))
+            or (y.ndim == 1 and t != 1)
+        ):
+            raise DataError(
+                f"y: targets must be numbers of shape ({len(rows)},) or ({len(rows)}, {t}), got {y.dtype} {y.shape}"
+            )
         if not np.isfinite(y).all():
             i = int(np.argmax(~np.isfinite(y.reshape(len(y), -1)).all(axis=1)))
             raise DataError(f"y: targets must be finite, got {y[i]} at sample {i}")
@@ -316,7 +324,7 @@ class Model:
         indices = self.label_indices(y, len(rows))
         loss_sum, correct = 0.0, 0
         for lo, z in self._chunks(rows, "x"):
-            part_loss, part_correct = self.loss_and_correct(z, indices[lo:lo + len(z)])
+            part_loss, part_correct = self.loss_and_correct(z, indices[lo : lo + len(z)])
             loss_sum, correct = loss_sum + part_loss, correct + part_correct
         return loss_sum / len(rows), correct / len(rows)
 

@@ -48,10 +48,26 @@ from nnlib.model.model import CHUNK_ROWS, Model, softmax
 from nnlib.outputs import write_error
 
 # the keys --set may give nnlib predict: how to read the source, which backend computes, where (engine=spark)
-PREDICT_KEYS = ("engine", "seed", "model.backend", "data.label_column", "data.features_column", "data.key_column",
-                "data.feature_columns", "data.drop_columns", "data.weight_column",
-                "data.labels", "data.n_samples", "data.n_features", "data.n_classes", "spark.master",
-                "spark.remote", "spark.app_name", "spark.log_level", "spark.conf")
+PREDICT_KEYS = (
+    "engine",
+    "seed",
+    "model.backend",
+    "data.label_column",
+    "data.features_column",
+    "data.key_column",
+    "data.feature_columns",
+    "data.drop_columns",
+    "data.weight_column",
+    "data.labels",
+    "data.n_samples",
+    "data.n_features",
+    "data.n_classes",
+    "spark.master",
+    "spark.remote",
+    "spark.app_name",
+    "spark.log_level",
+    "spark.conf",
+)
 PREDICT_ENGINES = ("local", "spark")  # local: this process; spark: nnlib.engines.spark.predict
 OUT_SUFFIXES = (".parquet", ".csv")
 ROW_COLUMN = "row"  # the key column when the source names none: the row's position
@@ -61,10 +77,10 @@ ROW_COLUMN = "row"  # the key column when the source names none: the row's posit
 class Block:
     """Consecutive rows of a source: their keys, raw features and labels (None when the source has none)."""
 
-    keys: Any             # (n,) a pyarrow array or an int64 array of positions
-    x: np.ndarray         # (n, n_features) raw features
+    keys: Any  # (n,) a pyarrow array or an int64 array of positions
+    x: np.ndarray  # (n, n_features) raw features
     y: np.ndarray | None  # (n,) labels as read
-    first_row: int        # the position of the first row (numbers the rows in messages)
+    first_row: int  # the position of the first row (numbers the rows in messages)
     w: np.ndarray | None = None  # (n,) float64 sample weights (data.weight_column) of labelled rows, else None
 
 
@@ -98,9 +114,15 @@ class Scores:
     weighted: bool = False
 
     def __add__(self, other: Scores) -> Scores:
-        return Scores(self.rows + other.rows, self.labelled + other.labelled, self.loss_sum + other.loss_sum,
-                      self.correct + other.correct, self.weight + other.weight,
-                      self.weighted_correct + other.weighted_correct, self.weighted or other.weighted)
+        return Scores(
+            self.rows + other.rows,
+            self.labelled + other.labelled,
+            self.loss_sum + other.loss_sum,
+            self.correct + other.correct,
+            self.weight + other.weight,
+            self.weighted_correct + other.weighted_correct,
+            self.weighted or other.weighted,
+        )
 
     def prediction(self, out: Path | None, where: str = "DATA") -> Prediction:
         """The :class:`Prediction` of these sums (accuracy and mean loss when some rows had labels; weighted, as
@@ -108,8 +130,9 @@ class Scores:
         weighs 0."""
         if self.labelled and self.weighted:
             if self.weight == 0:
-                raise DataError(f"{where} (data.weight_column): every labelled row weighs 0; at least one row "
-                                "must weigh more")
+                raise DataError(
+                    f"{where} (data.weight_column): every labelled row weighs 0; at least one row must weigh more"
+                )
             return Prediction(self.rows, self.weighted_correct / self.weight, self.loss_sum / self.weight, out)
         if self.labelled:
             return Prediction(self.rows, self.correct / self.labelled, self.loss_sum / self.labelled, out)
@@ -136,8 +159,13 @@ def predict_config(model: Model, overrides: list[str], engines: tuple[str, ...] 
     if engine not in engines:
         raise ConfigError(f"engine: this computes on engine {' or '.join(engines)}, got engine={engine}")
     pre = model.header["preprocessing"]
-    base = {"data": {"label_column": pre["label_column"], "features_column": pre["features_column"],
-                     "key_column": pre["key_column"]}}
+    base = {
+        "data": {
+            "label_column": pre["label_column"],
+            "features_column": pre["features_column"],
+            "key_column": pre["key_column"],
+        }
+    }
     # the engine is set apart: the config's own check refuses a key column on engine=spark, which reads no key
     # column for training, but prediction reads it on both engines
     rest = [item for item in overrides if item.split("=", 1)[0].strip() != "engine"]
@@ -177,8 +205,15 @@ class TableColumns:
     """Which columns of a table source are read, decided once from its column names (and, with ``layout``,
     their types: a list column where separate columns are read, and the reverse, are told apart)."""
 
-    def __init__(self, model: Model, names: list[str], config: Config, data: str, key_required: bool,
-                 layout: Layout | None = None):
+    def __init__(
+        self,
+        model: Model,
+        names: list[str],
+        config: Config,
+        data: str,
+        key_required: bool,
+        layout: Layout | None = None,
+    ):
         d = config.data
         where = self.where = _where(data)
         names = list(names)
@@ -191,13 +226,14 @@ class TableColumns:
             raise DataError(f"data.key_column: {data} has no column '{d.key_column}' (columns are {names[:10]})")
         self.weight = d.weight_column  # only --set names it (a model file keeps no weight column)
         if self.weight is not None and self.weight not in names:
-            raise DataError(f"data.weight_column: {data} has no column '{self.weight}' "
-                            f"({sources.columns_text(names)})")
+            raise DataError(f"data.weight_column: {data} has no column '{self.weight}' ({sources.columns_text(names)})")
         dropped = [*d.drop_columns, *([] if self.weight is None else [self.weight])]
         if self.key in WRITTEN_COLUMNS:
-            raise DataError(f"data.key_column: '{self.key}' is also a column nnlib predict writes "
-                            f"({', '.join(WRITTEN_COLUMNS)}, beside the key); key the rows by another column "
-                            f"(--set data.key_column=NAME) or by their position (--set data.key_column=null)")
+            raise DataError(
+                f"data.key_column: '{self.key}' is also a column nnlib predict writes "
+                f"({', '.join(WRITTEN_COLUMNS)}, beside the key); key the rows by another column "
+                f"(--set data.key_column=NAME) or by their position (--set data.key_column=null)"
+            )
         n = model.n_features
         model_said = f"the model was trained on {trained_on(model)}"
         if d.features_column is not None:
@@ -209,8 +245,10 @@ class TableColumns:
         expected = model.feature_columns
         if expected is None:  # a model trained on a source without column names: the count must agree
             if len(found) != n or found_lists:
-                raise DataError(f"{where} has {len(found)} feature columns {found[:10]}, the model takes "
-                                f"{n} features; {model_said}{_list_fix(found_lists, lists, n)}")
+                raise DataError(
+                    f"{where} has {len(found)} feature columns {found[:10]}, the model takes "
+                    f"{n} features; {model_said}{_list_fix(found_lists, lists, n)}"
+                )
             self._check_numeric(found, other, where)
             self.features = found
             return
@@ -225,14 +263,17 @@ class TableColumns:
                     fix += " (or name the label column with --set data.label_column=...)"
             else:
                 fix = ""
-            raise DataError(f"{where}: its columns differ from the model's: missing {missing[:10]}, not in the model "
-                            f"{extra[:10]} (label column '{d.label_column}', key column {d.key_column!r}); "
-                            f"{model_said}{fix}")
+            raise DataError(
+                f"{where}: its columns differ from the model's: missing {missing[:10]}, not in the model "
+                f"{extra[:10]} (label column '{d.label_column}', key column {d.key_column!r}); "
+                f"{model_said}{fix}"
+            )
         self._check_numeric(expected, {**other, **{c: "a list" for c in lists}}, where)
         self.features = list(expected)
 
-    def _check_list_column(self, model: Model, names: list[str], layout: Layout | None, d, where: str,
-                           model_said: str) -> None:
+    def _check_list_column(
+        self, model: Model, names: list[str], layout: Layout | None, d, where: str, model_said: str
+    ) -> None:
         """The features column ``d.features_column`` is in ``names``, holds lists (when ``layout`` tells the
         types) of the model's number of values (when a row was read); else one line with the columns the file
         has, what the model takes and the setting that reads them."""
@@ -246,8 +287,10 @@ class TableColumns:
         if column not in names:
             problem = f"{where} has no list column '{column}' (data.features_column) to read the features from"
         elif column not in lists:
-            problem = (f"{where}: features column '{column}' (data.features_column) must hold lists, got "
-                       f"{other.get(column, 'numbers')}")
+            problem = (
+                f"{where}: features column '{column}' (data.features_column) must hold lists, got "
+                f"{other.get(column, 'numbers')}"
+            )
         elif lists[column] is not None and lists[column] != n:
             problem = f"{where}: features column '{column}' holds {lists[column]} values a row, the model takes {n}"
         else:
@@ -256,11 +299,12 @@ class TableColumns:
         if others:
             fix = _list_fix(others, lists, n)
         elif len(separate) == n:
-            fix = (f"; to read its {n} columns {_names(separate)} as the features, --set "
-                   "data.features_column=null")
+            fix = f"; to read its {n} columns {_names(separate)} as the features, --set data.features_column=null"
         elif separate and layout is not None:  # (with the names alone, a list column may be among them)
-            fix = (f"; with --set data.features_column=null its {len(separate)} columns {_names(separate)} would "
-                   f"be the features, the model takes {n} (choose them with data.feature_columns=[...])")
+            fix = (
+                f"; with --set data.features_column=null its {len(separate)} columns {_names(separate)} would "
+                f"be the features, the model takes {n} (choose them with data.feature_columns=[...])"
+            )
         else:
             fix = ""
         raise DataError(f"{problem}; its {sources.columns_text(names)}; {model_said}{fix}")
@@ -270,7 +314,6 @@ class TableColumns:
         for name in columns:
             if name in other:
                 raise DataError(f"{where}: column '{name}' must be numeric, got {other[name]} (non-numeric cells)")
-
 
     def read(self) -> list[str]:
         """The columns to read, features first in the model's order."""
@@ -301,14 +344,18 @@ def weight_values(column, name: str, where: str, first_row: int = 0) -> np.ndarr
         raise DataError(f"{where}: weight column '{name}' (data.weight_column) must hold numbers >= 0, got {kind}")
     if column.null_count:
         i = int(np.argmax(np.asarray(column.is_null().to_numpy(zero_copy_only=False))))
-        raise DataError(f"{where}: weight column '{name}' (data.weight_column) has an empty (null) cell at sample "
-                        f"{first_row + i}; every row needs a weight")
+        raise DataError(
+            f"{where}: weight column '{name}' (data.weight_column) has an empty (null) cell at sample "
+            f"{first_row + i}; every row needs a weight"
+        )
     w = np.asarray(column.to_numpy(zero_copy_only=False), np.float64)
     bad = ~np.isfinite(w) | (w < 0)
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataError(f"{where}: weight column '{name}' (data.weight_column) must hold finite numbers >= 0, got "
-                        f"{w[i]} at sample {first_row + i}")
+        raise DataError(
+            f"{where}: weight column '{name}' (data.weight_column) must hold finite numbers >= 0, got "
+            f"{w[i]} at sample {first_row + i}"
+        )
     return w
 
 
@@ -344,8 +391,14 @@ def blocks(model: Model, data: str, config: Config, key_required: bool = False) 
     if tables.is_row_keyed(data):
         # the columns are checked below against the model's (a label is optional here, the model names the rest)
         table = tables.ParquetSource.open(data, d.label_column, d.features_column, "DATA", check_columns=False)
-        columns = TableColumns(model, list(table.column_names), config, data, key_required,
-                               parquet_layout([Path(f) for f in table.files], "DATA"))
+        columns = TableColumns(
+            model,
+            list(table.column_names),
+            config,
+            data,
+            key_required,
+            parquet_layout([Path(f) for f in table.files], "DATA"),
+        )
         return columns.key or ROW_COLUMN, _parquet_blocks(table, columns)
     path = Path(data)
     sources.check_exists(path, "DATA")
@@ -374,8 +427,10 @@ def _no_key(key_column: str | None, data: str, key_required: bool, weight_column
     if key_column is not None and key_required:
         raise DataError(f"data.key_column: {data} has no columns (only CSV and Parquet sources have a key column)")
     if weight_column is not None:
-        raise DataError(f"data.weight_column: {data} has no columns (only CSV and Parquet sources have a weight "
-                        f"column), got '{weight_column}'")
+        raise DataError(
+            f"data.weight_column: {data} has no columns (only CSV and Parquet sources have a weight "
+            f"column), got '{weight_column}'"
+        )
 
 
 def _array_block(model: Model, x, y, data: str) -> Block:
@@ -388,8 +443,10 @@ def _array_block(model: Model, x, y, data: str) -> Block:
 
 def _check_count(model: Model, n_features: int, data: str) -> None:
     if n_features != model.n_features:
-        raise DataError(f"{_where(data)} has {n_features} features, the model takes {model.n_features}; the model "
-                        f"was trained on {trained_on(model)}")
+        raise DataError(
+            f"{_where(data)} has {n_features} features, the model takes {model.n_features}; the model "
+            f"was trained on {trained_on(model)}"
+        )
 
 
 def _npz_shapes(path: Path) -> dict | None:
@@ -405,16 +462,20 @@ def _npz_shapes(path: Path) -> dict | None:
                     continue
                 with z.open(name) as f:
                     version = np.lib.format.read_magic(f)
-                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                        np.lib.format.read_array_header_2_0
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     shapes[name[:-4]] = read(f)[0]
         return shapes
     except (OSError, ValueError, zipfile.BadZipFile, EOFError):
         return None
 
 
-def check_layout(model: Model, data: str, config: Config, key_required: bool, parquet: bool = True,
-                 spark: bool = False) -> None:
+def check_layout(
+    model: Model, data: str, config: Config, key_required: bool, parquet: bool = True, spark: bool = False
+) -> None:
     """Check ``data``'s layout against ``model`` from what tells it cheaply: a Parquet footer and one row of
     its list columns, a CSV header, an ``.npz`` file's array headers, an IDX header, the built-in sources'
     sizes; raise the :class:`DataError` line :func:`blocks` would (the columns the file has, what the model
@@ -459,8 +520,10 @@ def check_layout(model: Model, data: str, config: Config, key_required: bool, pa
     if spark:
         for name in layout.names:
             if name.startswith(RESERVED_PREFIX):
-                raise DataError(f"{_where(data)}: column '{name}' takes a name nnlib keeps for its own columns on "
-                                f"Spark (names starting {RESERVED_PREFIX}); rename it")
+                raise DataError(
+                    f"{_where(data)}: column '{name}' takes a name nnlib keeps for its own columns on "
+                    f"Spark (names starting {RESERVED_PREFIX}); rename it"
+                )
     TableColumns(model, list(layout.names), config, data, key_required, layout)
 
 
@@ -492,7 +555,7 @@ def _idx_dims(path: Path) -> tuple[int, ...] | None:
         return None
     if len(raw) < 4 * head[3]:
         return None
-    return tuple(int.from_bytes(raw[4 * i: 4 * i + 4], "big") for i in range(head[3]))
+    return tuple(int.from_bytes(raw[4 * i : 4 * i + 4], "big") for i in range(head[3]))
 
 
 def _parquet_blocks(table: tables.ParquetSource, columns: TableColumns) -> Iterator[Block]:
@@ -531,8 +594,11 @@ class OutputFile:
 
         try:
             if self._writer is None:
-                self._writer = (pacsv.CSVWriter(str(self.tmp), table.schema) if self.csv
-                                else pq.ParquetWriter(str(self.tmp), table.schema))
+                self._writer = (
+                    pacsv.CSVWriter(str(self.tmp), table.schema)
+                    if self.csv
+                    else pq.ParquetWriter(str(self.tmp), table.schema)
+                )
             self._writer.write_table(table)
         except OSError as exc:
             raise self._failed(exc) from None
@@ -582,8 +648,15 @@ def score_block(model: Model, block: Block, where: str) -> tuple[np.ndarray, Sco
     indices = model.label_indices(block.y, len(block.x), where, block.first_row)
     if block.w is not None:
         sums = model._backend().score(model.params, rows, indices, block.w)
-        return logits, Scores(len(block.x), len(indices), sums.loss, int((logits.argmax(axis=1) == indices).sum()),
-                              sums.weight, sums.correct, True)
+        return logits, Scores(
+            len(block.x),
+            len(indices),
+            sums.loss,
+            int((logits.argmax(axis=1) == indices).sum()),
+            sums.weight,
+            sums.correct,
+            True,
+        )
     loss_sum, correct = model.loss_and_correct(logits, indices)
     return logits, Scores(len(block.x), len(indices), loss_sum, correct)
 
@@ -593,8 +666,13 @@ def prediction_table(model: Model, logits: np.ndarray, key_name: str, keys, as_t
     of float32, or the text ``[p0,...]`` when ``as_text``), as an Arrow table."""
     import pyarrow as pa
 
-    return pa.table({key_name: keys, "prediction": pa.array(model.classes[logits.argmax(axis=1)], pa.int64()),
-                     "probability": _probability_column(softmax(logits), as_text)})
+    return pa.table(
+        {
+            key_name: keys,
+            "prediction": pa.array(model.classes[logits.argmax(axis=1)], pa.int64()),
+            "probability": _probability_column(softmax(logits), as_text),
+        }
+    )
 
 
 def pieces(source: Iterable[Block]) -> Iterator[Block]:
@@ -602,8 +680,13 @@ def pieces(source: Iterable[Block]) -> Iterator[Block]:
     for block in source:
         for lo in range(0, len(block.x), CHUNK_ROWS):
             hi = lo + CHUNK_ROWS
-            yield Block(block.keys[lo:hi], block.x[lo:hi], None if block.y is None else block.y[lo:hi],
-                        block.first_row + lo, None if block.w is None else block.w[lo:hi])
+            yield Block(
+                block.keys[lo:hi],
+                block.x[lo:hi],
+                None if block.y is None else block.y[lo:hi],
+                block.first_row + lo,
+                None if block.w is None else block.w[lo:hi],
+            )
 
 
 def check_out(out: str | None, overwrite: bool) -> Path | None:
@@ -621,8 +704,9 @@ def check_out(out: str | None, overwrite: bool) -> Path | None:
     return path
 
 
-def predict_source(model: Model, data: str, overrides: Sequence[str] = (), out: str | None = None,
-                   overwrite: bool = False) -> Prediction:
+def predict_source(
+    model: Model, data: str, overrides: Sequence[str] = (), out: str | None = None, overwrite: bool = False
+) -> Prediction:
     """Predict every row of ``data`` in this process; write ``out`` (Parquet or CSV by its extension) if given."""
     path = check_out(out, overwrite)
     config = predict_config(model, list(overrides))
@@ -659,10 +743,10 @@ class RegressionRows:
     holds the targets, those (in their own units) and the weights (``data.weight_column``)."""
 
     key_name: str
-    keys: object               # (n,) a pyarrow array or an int64 array of positions
-    x: np.ndarray              # (n, n_features) raw features
-    y: np.ndarray | None       # (n,) or (n, t) float64 targets
-    w: np.ndarray | None       # (n,) float64 sample weights
+    keys: object  # (n,) a pyarrow array or an int64 array of positions
+    x: np.ndarray  # (n, n_features) raw features
+    y: np.ndarray | None  # (n,) or (n, t) float64 targets
+    w: np.ndarray | None  # (n,) float64 sample weights
 
 
 def regression_rows(model: Model, data: str, config: Config, key_required: bool) -> RegressionRows:
@@ -701,20 +785,24 @@ def regression_rows(model: Model, data: str, config: Config, key_required: bool)
     else:
         features = model.feature_columns
         if features is None:
-            features = sources.feature_columns(names, None, key, d.feature_columns,
-                                               [*d.drop_columns, *present, *([weight] if weight else [])])
+            features = sources.feature_columns(
+                names, None, key, d.feature_columns, [*d.drop_columns, *present, *([weight] if weight else [])]
+            )
         missing = [c for c in features if c not in names]
         if missing:
-            raise DataError(f"{where} lacks the model's feature columns {missing[:10]}; the model was trained on "
-                            f"{trained_on(model)}")
+            raise DataError(
+                f"{where} lacks the model's feature columns {missing[:10]}; the model was trained on "
+                f"{trained_on(model)}"
+            )
         x, _ = sources.table_to_arrays(table.select(features), path, "DATA", None, None, chosen=features)
     _check_count(model, x.shape[1], data)
     y = w = None
     if present:
         if len(present) != len(targets):
             absent = [c for c in targets if c not in present]
-            raise DataError(f"{where} holds the target columns {present} but not {absent}; "
-                            "give all of the model's targets, or none")
+            raise DataError(
+                f"{where} holds the target columns {present} but not {absent}; give all of the model's targets, or none"
+            )
         from nnlib.data.dataset import _column_values, _targets
 
         cols = [_column_values(table, data, "DATA", c, "target column") for c in targets]
@@ -722,8 +810,9 @@ def regression_rows(model: Model, data: str, config: Config, key_required: bool)
         if weight is not None:  # weights weigh the figures, which need the targets
             w = weight_values(table.column(weight), weight, where)
             if len(w) and not w.any():
-                raise DataError(f"{where} (data.weight_column '{weight}'): every weight is 0; at least one row must "
-                                "weigh more")
+                raise DataError(
+                    f"{where} (data.weight_column '{weight}'): every weight is 0; at least one row must weigh more"
+                )
     keys = table.column(key) if key is not None else np.arange(len(x), dtype=np.int64)
     return RegressionRows(key or ROW_COLUMN, keys, x, y, w)
 
@@ -733,8 +822,10 @@ def regression_outputs(model: Model, x: np.ndarray, where: str, first_row: int =
     of their source, :data:`CHUNK_ROWS` at a time, each row's bits fixed by its position and values
     (:meth:`Model.logits_of`): the same on every engine, however the rows are cut."""
     rows = model.rows(x, where)
-    parts = [model.logits_of(model.standardize(rows[lo:lo + CHUNK_ROWS], where, first_row + lo), first_row + lo)
-             for lo in range(0, len(rows), CHUNK_ROWS)]
+    parts = [
+        model.logits_of(model.standardize(rows[lo : lo + CHUNK_ROWS], where, first_row + lo), first_row + lo)
+        for lo in range(0, len(rows), CHUNK_ROWS)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, len(model.target_names)), np.float32)
 
 
@@ -748,13 +839,15 @@ def regression_table(model: Model, z: np.ndarray, key_name: str, keys):
     if predicted.ndim == 1:
         columns["prediction"] = pa.array(predicted, pa.float64())
     else:
-        columns.update({f"prediction_{name}": pa.array(predicted[:, j], pa.float64())
-                        for j, name in enumerate(model.target_names)})
+        columns.update(
+            {f"prediction_{name}": pa.array(predicted[:, j], pa.float64()) for j, name in enumerate(model.target_names)}
+        )
     return pa.table(columns)
 
 
-def regression_prediction(model: Model, rows: int, z: np.ndarray | None, y: np.ndarray | None,
-                          w: np.ndarray | None, out: Path | None) -> Prediction:
+def regression_prediction(
+    model: Model, rows: int, z: np.ndarray | None, y: np.ndarray | None, w: np.ndarray | None, out: Path | None
+) -> Prediction:
     """The :class:`Prediction` of a regressor's outputs ``z`` ``(n, t)`` of every row, in row order, against the
     targets ``y`` (their own units; None: no figures, and ``z`` may be None) weighted by ``w``: the loss, RMSE,
     MAE and R² of :meth:`Model.regression_metrics` and of a run's test set, to the bit (sums over the whole set
@@ -771,8 +864,9 @@ def regression_prediction(model: Model, rows: int, z: np.ndarray | None, y: np.n
     return Prediction(rows, None, done.loss, out, done.rmse, done.mae, done.r2)
 
 
-def predict_regression(model: Model, data: str, config: Config, path: Path | None,
-                       key_required: bool = False) -> Prediction:
+def predict_regression(
+    model: Model, data: str, config: Config, path: Path | None, key_required: bool = False
+) -> Prediction:
     """A regressor's predictions of every row of ``data`` (float64, in the targets' own units; one column
     ``prediction``, or ``prediction_<target>`` per target), written to ``path`` if given; with the targets in the
     source, their loss, RMSE, MAE and R² (:meth:`Model.regression_metrics`'s, to the bit), weighted by

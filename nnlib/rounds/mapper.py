@@ -49,13 +49,33 @@ def train_shard(shard: Shard, payload: RoundPayload) -> MapperResult:
     plan = payload.plan
     lo, hi = (round(f * shard.n_samples) for f in plan.part)
     with one_blas_thread():
-        update = local_sgd(backend, params, opt_state, payload.optimizer, shard.x[lo:hi], shard.y[lo:hi],
-                           plan.local, plan.lr, shard_rng(payload.seed, plan.index, shard.index), payload.proximal_mu,
-                           sample_weight=None if shard.w is None else shard.w[lo:hi])
+        update = local_sgd(
+            backend,
+            params,
+            opt_state,
+            payload.optimizer,
+            shard.x[lo:hi],
+            shard.y[lo:hi],
+            plan.local,
+            plan.lr,
+            shard_rng(payload.seed, plan.index, shard.index),
+            payload.proximal_mu,
+            sample_weight=None if shard.w is None else shard.w[lo:hi],
+        )
     sent = update.params.nbytes + (0 if update.opt_state is None else update.opt_state.nbytes)
-    stats = MapperStats(shard.index, update.n_samples, update.steps, update.train_loss, socket.gethostname(),
-                        os.getpid(), time.perf_counter() - start, 0.0, peak_rss_mb(), sent,
-                        math.nan if shard.w is None else update.total_weight)
+    stats = MapperStats(
+        shard.index,
+        update.n_samples,
+        update.steps,
+        update.train_loss,
+        socket.gethostname(),
+        os.getpid(),
+        time.perf_counter() - start,
+        0.0,
+        peak_rss_mb(),
+        sent,
+        math.nan if shard.w is None else update.total_weight,
+    )
     return MapperResult(stats, update.params, update.opt_state)
 
 
@@ -66,8 +86,8 @@ def score_sums(scorer, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> tupl
     """``(loss sum, correct count, rows)`` of ``params`` on ``(x, y)``, ``EVAL_ROWS`` rows at a time."""
     loss_sum, correct = 0.0, 0
     for lo in range(0, len(y), EVAL_ROWS):
-        n = len(y[lo:lo + EVAL_ROWS])
-        loss, accuracy = scorer.evaluate(params, x[lo:lo + EVAL_ROWS], y[lo:lo + EVAL_ROWS])
+        n = len(y[lo : lo + EVAL_ROWS])
+        loss, accuracy = scorer.evaluate(params, x[lo : lo + EVAL_ROWS], y[lo : lo + EVAL_ROWS])
         loss_sum, correct = loss_sum + float(loss) * n, correct + int(round(accuracy * n))
     return loss_sum, correct, len(y)
 
@@ -110,8 +130,9 @@ class Collective(Protocol):
         """The mappers, across all processes, whose flag is set."""
 
 
-def sync_batches(n_samples: int, batch_size: int, steps: int, per_epoch: int,
-                 rng: np.random.Generator) -> list[np.ndarray]:
+def sync_batches(
+    n_samples: int, batch_size: int, steps: int, per_epoch: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """One mapper's index arrays for the ``steps`` steps of a synchronous round, empty where it sits out.
 
     Every ``per_epoch`` steps (the largest shard's batches) start an epoch: a
@@ -125,7 +146,7 @@ def sync_batches(n_samples: int, batch_size: int, steps: int, per_epoch: int,
     while len(batches) < steps:
         order = rng.permutation(n_samples)
         for j in range(min(per_epoch, steps - len(batches))):
-            batches.append(order[j * batch_size:(j + 1) * batch_size] if j * batch_size < n_samples else empty)
+            batches.append(order[j * batch_size : (j + 1) * batch_size] if j * batch_size < n_samples else empty)
     return batches
 
 
@@ -140,8 +161,9 @@ def _sample_weights(shards: list[Shard]) -> list[np.ndarray] | None:
     return weights
 
 
-def sync_shards(shards: list[Shard], payload: RoundPayload,
-                collective: Collective) -> tuple[Combined, list[MapperStats]]:
+def sync_shards(
+    shards: list[Shard], payload: RoundPayload, collective: Collective
+) -> tuple[Combined, list[MapperStats]]:
     """One synchronous round over ``shards`` (this process's mappers).
 
     Every step each mapper computes the gradient of its own mini-batch, the
@@ -168,8 +190,16 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
     plan = payload.plan
     lrs = plan.sync_lrs
     assert lrs is not None  # a synchronous round's plan has its step sizes
-    batches = [sync_batches(s.n_samples, plan.local.batch_size, len(lrs), plan.steps_per_epoch,
-                            shard_rng(payload.seed, payload.round_index, s.index)) for s in shards]
+    batches = [
+        sync_batches(
+            s.n_samples,
+            plan.local.batch_size,
+            len(lrs),
+            plan.steps_per_epoch,
+            shard_rng(payload.seed, payload.round_index, s.index),
+        )
+        for s in shards
+    ]
     params = payload.params.copy()
     opt_state = None if payload.opt_state is None else payload.opt_state.copy()
     n = payload.model.layers.n_weights  # the gradient's entries; a module's buffers follow
@@ -182,8 +212,7 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
     if ws is not None:
         mean_weight = payload.mean_weight  # every mapper's rows, also where this process holds one shard
         if mean_weight is None:
-            mean_weight = (sum(float(np.sum(w, dtype=np.float64)) for w in ws)
-                           / max(sum(s.n_samples for s in shards), 1))
+            mean_weight = sum(float(np.sum(w, dtype=np.float64)) for w in ws) / max(sum(s.n_samples for s in shards), 1)
         weight_sums = [batch_weight_sums(w, batches[i], mean_weight) for i, w in enumerate(ws)]
         weights_seen = [sum(float(np.sum(w[b], dtype=np.float64)) for b in batches[i]) for i, w in enumerate(ws)]
 
@@ -198,8 +227,7 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
                 loss, grad = backend.loss_and_grad(params, shard.x[idx], shard.y[idx], **weights)
             elif len(idx) and own is not None:
                 own[i][:n] = params[:n]  # the shared weights, with this mapper's own statistics
-                loss, grad = backend.loss_and_grad(own[i], shard.x[idx], shard.y[idx], update_buffers=True,
-                                                   **weights)
+                loss, grad = backend.loss_and_grad(own[i], shard.x[idx], shard.y[idx], update_buffers=True, **weights)
             else:  # its shard is used up for this epoch: it takes part with weight 0
                 loss, grad = 0.0, np.zeros_like(params)
             loss_sums[i] += loss * (weight_sums[i][step] if weighted else len(idx))
@@ -207,8 +235,14 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
             compute[i] += time.perf_counter() - start
         start = time.perf_counter()
         mean = collective.mean(grads, sync_coefficients(plan.sync_batch_sizes(step)))
-        check_mean_gradient(mean, payload.round_index, step, lambda: collective.mappers_flagged(
-            {s.index: not np.isfinite(g).all() for s, g in zip(shards, grads, strict=True)}))
+        check_mean_gradient(
+            mean,
+            payload.round_index,
+            step,
+            lambda: collective.mappers_flagged(
+                {s.index: not np.isfinite(g).all() for s, g in zip(shards, grads, strict=True)}
+            ),
+        )
         comm += time.perf_counter() - start
         return mean
 
@@ -222,9 +256,20 @@ def sync_shards(shards: list[Shard], payload: RoundPayload,
     # the updates' time, shared out: the loop's time less gradients and collectives
     update = (time.perf_counter() - loop_start - sum(compute) - comm) / len(shards)
     host, pid = socket.gethostname(), os.getpid()
-    stats = [MapperStats(s.index, s.n_samples, sum(len(b) > 0 for b in batches[i]),
-                         (loss_sums[i] / weights_seen[i] if weighted and weights_seen[i] > 0 else 0.0) if weighted
-                         else loss_sums[i] / max(sum(len(b) for b in batches[i]), 1), host, pid, compute[i] + update,
-                         comm / len(shards), peak_rss_mb())
-             for i, s in enumerate(shards)]
+    stats = [
+        MapperStats(
+            s.index,
+            s.n_samples,
+            sum(len(b) > 0 for b in batches[i]),
+            (loss_sums[i] / weights_seen[i] if weighted and weights_seen[i] > 0 else 0.0)
+            if weighted
+            else loss_sums[i] / max(sum(len(b) for b in batches[i]), 1),
+            host,
+            pid,
+            compute[i] + update,
+            comm / len(shards),
+            peak_rss_mb(),
+        )
+        for i, s in enumerate(shards)
+    ]
     return Combined(params, opt_state), stats

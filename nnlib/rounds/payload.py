@@ -42,7 +42,7 @@ class SubnetPlan:
     scale: bool = True
     labels: tuple[tuple[int, ...], ...] | None = None
     alternating: bool = False
-    sum_shared: bool = False   # what several sub-networks hold is summed, not averaged
+    sum_shared: bool = False  # what several sub-networks hold is summed, not averaged
 
     def split(self, layers: LayerSpec, seed: int, round_index: int) -> Split:
         if self.labels is not None:
@@ -59,15 +59,15 @@ class RoundPayload:
 
     plan: RoundPlan
     seed: int
-    params: np.ndarray              # (n_params,) float32
-    opt_state: np.ndarray | None    # the optimizer's state (momentum buffer), or None
+    params: np.ndarray  # (n_params,) float32
+    opt_state: np.ndarray | None  # the optimizer's state (momentum buffer), or None
     model: ModelSpec
     backend: str
     optimizer: SGD | Adam
-    subnets: SubnetPlan | None = None   # the groups of a round of sub-networks (plan.sub_networks); else None
-    sliced_for: int | None = None       # params and opt_state already hold this mapper's sub-network
-    proximal_mu: float = 0.0            # FedProx: the pull towards the round's weights (train.proximal_mu)
-    mean_weight: float | None = None    # the mean sample weight over every training row (data.weight_column);
+    subnets: SubnetPlan | None = None  # the groups of a round of sub-networks (plan.sub_networks); else None
+    sliced_for: int | None = None  # params and opt_state already hold this mapper's sub-network
+    proximal_mu: float = 0.0  # FedProx: the pull towards the round's weights (train.proximal_mu)
+    mean_weight: float | None = None  # the mean sample weight over every training row (data.weight_column);
     #                                     a synchronous round's batch losses are normalised by it on every engine
 
     @property
@@ -89,8 +89,11 @@ class RoundPayload:
         if self.subnets is None:
             return self.params, self.opt_state, self.model
         split, choice = self.split(), self.subnets.choice(mapper, self.model.mlp)
-        model = replace(self.model, layers=split.sub_layers(self.model.mlp, choice),
-                        output_scale=float(self.subnets.groups) if self.subnets.scale else 1.0)
+        model = replace(
+            self.model,
+            layers=split.sub_layers(self.model.mlp, choice),
+            output_scale=float(self.subnets.groups) if self.subnets.scale else 1.0,
+        )
         if self.sliced_for is not None:
             if self.sliced_for != mapper:
                 raise ValueError(f"a payload sliced for mapper {self.sliced_for} reached mapper {mapper}")
@@ -115,13 +118,13 @@ class MapperStats:
     mapper: int
     n_samples: int
     steps: int
-    train_loss: float         # mean data loss over the round's mini-batches
+    train_loss: float  # mean data loss over the round's mini-batches
     host: str
     pid: int
-    train_seconds: float      # computing (forward, backward, update)
+    train_seconds: float  # computing (forward, backward, update)
     comm_seconds: float = 0.0  # waiting in collectives (synchronous rounds, MPI)
     peak_rss_mb: float = 0.0  # the mapper process's peak resident memory so far
-    result_bytes: int = 0        # bytes of the weights and optimizer state sent back (local rounds)
+    result_bytes: int = 0  # bytes of the weights and optimizer state sent back (local rounds)
     weight_sum: float = math.nan  # the shard's sum of sample weights (data.weight_column); nan: unweighted
 
     @property
@@ -139,8 +142,9 @@ NUMERIC_STATS = tuple(f.name for f in fields(MapperStats) if f.type in ("int", "
 def stats_from_numbers(mapper: int, host: str, numbers) -> MapperStats:
     """A :class:`MapperStats` from its :data:`NUMERIC_STATS` values in order (ints restored)."""
     types = {f.name: f.type for f in fields(MapperStats)}
-    values: dict[str, Any] = {k: int(v) if types[k] == "int" else float(v)
-                              for k, v in zip(NUMERIC_STATS, numbers, strict=True)}
+    values: dict[str, Any] = {
+        k: int(v) if types[k] == "int" else float(v) for k, v in zip(NUMERIC_STATS, numbers, strict=True)
+    }
     return MapperStats(mapper=mapper, host=host, **values)
 
 
@@ -149,7 +153,7 @@ class MapperResult:
     """What one mapper sends back after a local round: its weights, optimizer state and stats."""
 
     stats: MapperStats
-    params: np.ndarray              # (n_params,) float32
+    params: np.ndarray  # (n_params,) float32
     opt_state: np.ndarray | None
 
 
@@ -177,12 +181,16 @@ def model_spec(config, data: Dataset) -> ModelSpec:
             pick_device("cuda")
     elif m.type == "cnn":
         if data.image_shape is None:
-            raise ConfigError(f"model.type=cnn needs the image shape of data.source {config.data.source}: "
-                              f"set data.image_shape to [H, W] or [C, H, W] ({data.n_features} values in all)")
+            raise ConfigError(
+                f"model.type=cnn needs the image shape of data.source {config.data.source}: "
+                f"set data.image_shape to [H, W] or [C, H, W] ({data.n_features} values in all)"
+            )
         conv = ConvSpec(data.image_shape, tuple(m.channels), m.kernel, data.n_outputs)
         if min(conv.map_shapes()[-1][1:]) < 1:
-            raise ConfigError(f"model.channels: {len(m.channels)} 2x2 max-pools shrink the "
-                              f"{data.image_shape[1]}x{data.image_shape[2]} image to nothing; use fewer")
+            raise ConfigError(
+                f"model.channels: {len(m.channels)} 2x2 max-pools shrink the "
+                f"{data.image_shape[1]}x{data.image_shape[2]} image to nothing; use fewer"
+            )
         layers = conv
     else:
         layers = LayerSpec((data.n_features, *m.hidden, data.n_outputs))
@@ -211,9 +219,18 @@ def first_payload(config, data: Dataset, schedule: Schedule | None = None) -> Ro
     plan = schedule.plan(0)
     subnets = ist_subnets(config) if plan.sub_networks == "ist" else None
     mean_weight = data.mean_weight  # of w_train, or of a row-keyed source's survey (its weights stay with the mappers)
-    return RoundPayload(plan, config.seed, params, optimizer.init_state(params), spec,
-                        config.model.backend, optimizer, subnets, proximal_mu=config.train.proximal_mu,
-                        mean_weight=mean_weight)
+    return RoundPayload(
+        plan,
+        config.seed,
+        params,
+        optimizer.init_state(params),
+        spec,
+        config.model.backend,
+        optimizer,
+        subnets,
+        proximal_mu=config.train.proximal_mu,
+        mean_weight=mean_weight,
+    )
 
 
 def ist_subnets(config) -> SubnetPlan:

@@ -39,8 +39,10 @@ from nnlib.rounds.payload import Combined, MapperResult, RoundPayload
 
 
 def diverged(round_index: int, mapper: int) -> DivergenceError:
-    return DivergenceError(f"round {round_index + 1}: mapper {mapper} returned weights containing NaN or inf "
-                           "(training diverged; try a smaller train.lr, or train.skip_bad_mappers: true)")
+    return DivergenceError(
+        f"round {round_index + 1}: mapper {mapper} returned weights containing NaN or inf "
+        "(training diverged; try a smaller train.lr, or train.skip_bad_mappers: true)"
+    )
 
 
 def check_bad_mappers(bad: list[int], n_mappers: int, round_index: int, skip_bad: bool) -> None:
@@ -52,8 +54,10 @@ def check_bad_mappers(bad: list[int], n_mappers: int, round_index: int, skip_bad
     if bad and not skip_bad:
         raise diverged(round_index, bad[0])
     if bad and len(bad) == n_mappers:
-        raise DivergenceError(f"round {round_index + 1}: every mapper returned weights containing NaN or inf "
-                              "(training diverged; try a smaller train.lr)")
+        raise DivergenceError(
+            f"round {round_index + 1}: every mapper returned weights containing NaN or inf "
+            "(training diverged; try a smaller train.lr)"
+        )
 
 
 def whole_network_rule(rule: str) -> str:
@@ -104,15 +108,16 @@ class RoundShares:
         self.count = held_count(layers, self.split, [self.choice[m] for m in self.good])
         self.divide = shares_divisor(self.count, "sum" if self.subnets.sum_shared else "average")
 
-    def share(self, mapper: int, params: np.ndarray,
-              opt_state: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def share(
+        self, mapper: int, params: np.ndarray, opt_state: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Mapper ``mapper``'s shares of the weights and the optimizer state (float64)."""
         if self.subnets is None:
             state = None if opt_state is None else self.state_coef[mapper] * opt_state.astype(np.float64)
             weights = params.astype(np.float64)
             share = self.coef[mapper] * weights
             if self.n_weights < len(share):
-                share[self.n_weights:] = self.buffer_coef[mapper] * weights[self.n_weights:]
+                share[self.n_weights :] = self.buffer_coef[mapper] * weights[self.n_weights :]
             return share, state
         layers, choice = self.payload.model.mlp, self.choice[mapper]
         state = None
@@ -225,9 +230,11 @@ def check_mean_gradient(mean: np.ndarray, round_index: int, step: int, flagged: 
     """
     if not np.isfinite(mean).all():
         bad = flagged()
-        raise DivergenceError(f"round {round_index + 1}, step {step}: mapper(s) {bad or 'unknown'} computed "
-                              "gradients containing NaN or inf (training diverged; try a smaller train.lr; "
-                              "synchronous rounds cannot skip a mapper)")
+        raise DivergenceError(
+            f"round {round_index + 1}, step {step}: mapper(s) {bad or 'unknown'} computed "
+            "gradients containing NaN or inf (training diverged; try a smaller train.lr; "
+            "synchronous rounds cannot skip a mapper)"
+        )
 
 
 @dataclass
@@ -247,8 +254,9 @@ class Server:
             return combined
         n = payload.model.layers.n_weights
         params = combined.params.copy()
-        params[:n] = self.rule.step(payload.params[:n], combined.params[:n], None if self.state is None
-                                    else self.state[:n])
+        params[:n] = self.rule.step(
+            payload.params[:n], combined.params[:n], None if self.state is None else self.state[:n]
+        )
         return replace(combined, params=params)
 
 

@@ -68,8 +68,15 @@ def sync_batch_sizes(shard_sizes, batch_size: int, steps, per_epoch: int) -> np.
     return np.clip(n[None, :] - j[:, None] * batch_size, 0, batch_size)
 
 
-def round_lr_factor(round_index: int, rounds: int, kind: str = "constant", warmup_rounds: int = 0,
-                    step_rounds: int = 1, gamma: float = 0.5, min_factor: float = 0.0) -> float:
+def round_lr_factor(
+    round_index: int,
+    rounds: int,
+    kind: str = "constant",
+    warmup_rounds: int = 0,
+    step_rounds: int = 1,
+    gamma: float = 0.5,
+    min_factor: float = 0.0,
+) -> float:
     """What round ``round_index`` multiplies ``train.lr`` by (``train.lr_schedule``).
 
     During the first ``warmup_rounds`` rounds the factor climbs linearly,
@@ -91,8 +98,9 @@ def round_lr_factor(round_index: int, rounds: int, kind: str = "constant", warmu
     return 1.0
 
 
-def sync_learning_rates(round_index: int, steps: int, base_lr: float, mappers, scaling: str,
-                        warmup_steps: int) -> np.ndarray:
+def sync_learning_rates(
+    round_index: int, steps: int, base_lr: float, mappers, scaling: str, warmup_steps: int
+) -> np.ndarray:
     """Learning rate of each synchronous step of a round, ``(steps,)`` float64.
 
     ``scaling='linear'`` multiplies the rate by the number of mappers taking
@@ -113,14 +121,14 @@ class RoundPlan:
 
     index: int
     synchronous: bool
-    local: LocalSchedule          # batch size and the local work of a local round
-    lr: float                     # a local round's learning rate
-    sync_lrs: np.ndarray | None   # a synchronous round's rate for each of its steps, (steps,)
-    sub_networks: SubNetworks = None    # None: the whole network; "ist" or "split": a sub-network per mapper
+    local: LocalSchedule  # batch size and the local work of a local round
+    lr: float  # a local round's learning rate
+    sync_lrs: np.ndarray | None  # a synchronous round's rate for each of its steps, (steps,)
+    sub_networks: SubNetworks = None  # None: the whole network; "ist" or "split": a sub-network per mapper
     part: tuple[float, float] = (0.0, 1.0)  # the share of each shard trained on, as fractions [lo, hi)
-    restart_optimizer: bool = False     # the optimizer state starts afresh this round
-    shard_sizes: tuple[int, ...] = ()   # a synchronous round: every shard's training samples, in mapper order
-    steps_per_epoch: int = 0            # a synchronous round: the largest shard's batches per epoch
+    restart_optimizer: bool = False  # the optimizer state starts afresh this round
+    shard_sizes: tuple[int, ...] = ()  # a synchronous round: every shard's training samples, in mapper order
+    steps_per_epoch: int = 0  # a synchronous round: the largest shard's batches per epoch
 
     def sync_batch_sizes(self, step: int) -> np.ndarray:
         """Each mapper's batch size in synchronous step ``step`` of the round, ``(mappers,)`` int64 (0: it
@@ -146,8 +154,13 @@ class Schedule:
     @classmethod
     def from_config(cls, config, shard_sizes) -> Schedule:
         """The schedule of a :class:`nnlib.config.Config` whose shards hold ``shard_sizes`` samples."""
-        return cls(config.train, config.combine, config.mappers, tuple(int(n) for n in shard_sizes),
-                   config.split.warmup_fraction)
+        return cls(
+            config.train,
+            config.combine,
+            config.mappers,
+            tuple(int(n) for n in shard_sizes),
+            config.split.warmup_fraction,
+        )
 
     def is_synchronous(self, round_index: int) -> bool:
         """Always with ``combine: gradient``; else the first ``train.sync_rounds`` rounds."""
@@ -156,8 +169,9 @@ class Schedule:
     def lr_factor(self, round_index: int) -> float:
         """The round's share of ``lr`` under ``lr_schedule`` (1 for a constant rate)."""
         t = self.train
-        return round_lr_factor(round_index, t.rounds, t.lr_schedule, t.lr_warmup_rounds, t.lr_step_rounds,
-                               t.lr_gamma, t.lr_min / t.lr)
+        return round_lr_factor(
+            round_index, t.rounds, t.lr_schedule, t.lr_warmup_rounds, t.lr_step_rounds, t.lr_gamma, t.lr_min / t.lr
+        )
 
     def sub_networks(self, round_index: int) -> tuple[SubNetworks, tuple[float, float]]:
         """``(sub-network kind, share of each shard)`` of a local round."""
@@ -180,5 +194,13 @@ class Schedule:
         steps = t.local_steps or t.local_epochs * per_epoch
         taking_part = (sync_batch_sizes(self.shard_sizes, t.batch_size, np.arange(steps), per_epoch) > 0).sum(axis=1)
         lrs = sync_learning_rates(round_index, steps, t.lr, taking_part, t.lr_scaling, t.warmup_epochs * per_epoch)
-        return RoundPlan(round_index, True, local, t.lr * factor, lrs * factor, restart_optimizer=restart,
-                         shard_sizes=self.shard_sizes, steps_per_epoch=per_epoch)
+        return RoundPlan(
+            round_index,
+            True,
+            local,
+            t.lr * factor,
+            lrs * factor,
+            restart_optimizer=restart,
+            shard_sizes=self.shard_sizes,
+            steps_per_epoch=per_epoch,
+        )

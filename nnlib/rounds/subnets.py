@@ -58,9 +58,15 @@ def split_subnets(config, payload: RoundPayload, x: np.ndarray) -> tuple[SubnetP
     """The sub-networks of ``combine: split``'s last round, chosen from the warmed-up weights in ``payload``,
     and what to record about the split (the schedule says which round that is)."""
     split, coupling = choose_split(config, payload, x)
-    plan = SubnetPlan(split.n_groups, config.split.scale == "groups" and split.n_groups > 1,
-                      tuple(tuple(int(u) for u in lab) for lab in split.labels()),
-                      config.split.method == "alternating", config.split.recombine == "sum")
+    plan = SubnetPlan(
+        split.n_groups,
+        config.split.scale == "groups" and split.n_groups > 1,
+        tuple(tuple(int(u) for u in lab) for lab in split.labels()),
+        config.split.method == "alternating",
+        config.split.recombine == "sum",
+    )
     return plan, {
-        "split_method": config.split.method, "split_groups": [[list(g) for g in layer] for layer in split.groups],
-        "split_cross_coupling": coupling}
+        "split_method": config.split.method,
+        "split_groups": [[list(g) for g in layer] for layer in split.groups],
+        "split_cross_coupling": coupling,
+    }

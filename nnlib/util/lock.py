@@ -75,8 +75,9 @@ def in_use(folder: Path, what: str = "--out") -> NnlibError | None:
 
 
 def _busy(folder: Path, what: str) -> NnlibError:
-    return NnlibError(f"{what}: {folder} is in use by another run, {holder(folder)}; wait for it to end, "
-                      "or choose another folder")
+    return NnlibError(
+        f"{what}: {folder} is in use by another run, {holder(folder)}; wait for it to end, or choose another folder"
+    )
 
 
 def hold(folder: Path, what: str = "--out") -> FolderLock:
@@ -93,8 +94,7 @@ def hold(folder: Path, what: str = "--out") -> FolderLock:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise _busy(folder, what) from None
         raise NnlibError(f"{what}: cannot lock {path} ({exc.strerror})") from None
-    stamp = (f"pid={os.getpid()}\nhost={socket.gethostname()}\n"
-             f"started={time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode()
+    stamp = (f"pid={os.getpid()}\nhost={socket.gethostname()}\nstarted={time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode()
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, stamp, 0)

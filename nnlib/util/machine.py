@@ -25,5 +25,11 @@ def describe() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
-    return {"host": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "memory_gb": _memory_gb(), "python": platform.python_version(), "libraries": versions}
+    return {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "memory_gb": _memory_gb(),
+        "python": platform.python_version(),
+        "libraries": versions,
+    }

@@ -1,6 +1,6 @@
 """Ship nnlib to a cluster's workers as one zip (Spark's and mrjob's ``--py-files``).
 
-    python -m nnlib.util.ship build/nnlib.zip
+python -m nnlib.util.ship build/nnlib.zip
 """
 
 from __future__ import annotations

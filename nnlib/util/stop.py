@@ -36,8 +36,9 @@ class StopRequested(KeyboardInterrupt):
     engines' sessions and workers) cleans up after it the same way.
     """
 
-    def __init__(self, signum: int, rounds_done: int | None = None, abandoned: bool = False,
-                 grace: float | None = None):
+    def __init__(
+        self, signum: int, rounds_done: int | None = None, abandoned: bool = False, grace: float | None = None
+    ):
         super().__init__(signal_name(signum))
         self.signum, self.rounds_done, self.abandoned, self.grace = signum, rounds_done, abandoned, grace
 
@@ -113,8 +114,11 @@ def stop_agreed(all_ok: Callable[[bool], bool]) -> int | None:
 
 
 @contextmanager
-def handling_stop(signals: tuple[int, ...] = (signal.SIGTERM,), grace: float | None = None,
-                  forward: Callable[[int], None] | None = None) -> Iterator[StopRequest]:
+def handling_stop(
+    signals: tuple[int, ...] = (signal.SIGTERM,),
+    grace: float | None = None,
+    forward: Callable[[int], None] | None = None,
+) -> Iterator[StopRequest]:
     """While active, ``signals`` ask for a stop instead of ending the process.
 
     ``grace``: seconds after the first signal when the round in progress is

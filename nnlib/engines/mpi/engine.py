@@ -49,8 +49,9 @@ def import_mpi():
     try:
         from mpi4py import MPI
     except ImportError as exc:
-        raise EngineError(f"engine=mpi needs mpi4py and an MPI library ({exc}); "
-                          "install them with pip install '.[mpi]'") from None
+        raise EngineError(
+            f"engine=mpi needs mpi4py and an MPI library ({exc}); install them with pip install '.[mpi]'"
+        ) from None
     return MPI
 
 
@@ -157,8 +158,9 @@ class MpiEngine(Engine):
 
     def start(self, source):
         if source.mappers != self.size:
-            raise EngineError(f"engine=mpi: mappers must equal the number of MPI ranks ({self.size}), "
-                              f"got {source.mappers}")
+            raise EngineError(
+                f"engine=mpi: mappers must equal the number of MPI ranks ({self.size}), got {source.mappers}"
+            )
         error = None
         try:
             self.store = shard_store(source.data)  # data.shard_storage: disk keeps it in a scratch folder
@@ -176,14 +178,15 @@ class MpiEngine(Engine):
         self.comm.Allgather(np.array([getattr(mine, k) for k in NUMERIC_STATS], np.float64), table)
         host = np.zeros(_HOST_BYTES, np.uint8)
         encoded = mine.host.encode()[:_HOST_BYTES]
-        host[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+        host[: len(encoded)] = np.frombuffer(encoded, np.uint8)
         hosts = np.empty((self.size, _HOST_BYTES), np.uint8)
         self.comm.Allgather(host, hosts)
-        return [stats_from_numbers(m, bytes(hosts[m]).rstrip(b"\0").decode(errors="replace"), row)
-                for m, row in enumerate(table)]
+        return [
+            stats_from_numbers(m, bytes(hosts[m]).rstrip(b"\0").decode(errors="replace"), row)
+            for m, row in enumerate(table)
+        ]
 
-    def round(self, payload: RoundPayload, reducer: RoundReducer,
-              timings: dict) -> tuple[Combined, list[MapperStats]]:
+    def round(self, payload: RoundPayload, reducer: RoundReducer, timings: dict) -> tuple[Combined, list[MapperStats]]:
         timings.setdefault("broadcast", 0.0)  # every rank already holds the weights
         with timed(timings, "wait"):
             res = train_shard(self._shard, payload)
@@ -209,8 +212,9 @@ class MpiEngine(Engine):
             states = list(gathered)
         return [MapperResult(stats[m], params[m], states[m]) for m in range(self.size)]
 
-    def _allreduce_shares(self, res: MapperResult, stats: list[MapperStats], payload: RoundPayload,
-                          reducer: RoundReducer) -> Combined:
+    def _allreduce_shares(
+        self, res: MapperResult, stats: list[MapperStats], payload: RoundPayload, reducer: RoundReducer
+    ) -> Combined:
         """The reduce as one Allreduce: every good rank adds its :class:`RoundShares` share, a skipped one
         zeros; the bad ranks are found with one flag Allreduce and judged by :func:`check_bad_mappers`."""
         bad = ranks_flagged(self.comm, {self.rank: not np.isfinite(res.params).all()})
@@ -239,8 +243,10 @@ class MpiEngine(Engine):
         roles = sorted(mine)  # the same on every rank: the row plan's roles
         table = np.empty((self.size, 3 * len(roles)), np.float64)
         self.comm.Allgather(np.array([v for r in roles for v in mine[r]], np.float64), table)
-        return [{r: (float(row[3 * i]), int(row[3 * i + 1]), int(row[3 * i + 2])) for i, r in enumerate(roles)}
-                for row in table]
+        return [
+            {r: (float(row[3 * i]), int(row[3 * i + 1]), int(row[3 * i + 2])) for i, r in enumerate(roles)}
+            for row in table
+        ]
 
     def stop(self):
         self.shard = None

@@ -43,8 +43,19 @@ from nnlib.util.stop import StopRequested, handling_stop
 _RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
 _LAUNCHER_VARIABLES = (*_RANK_VARIABLES, "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 # mpiexec options that place ranks elsewhere or say how to place them: nnlib then leaves placement alone
-_PLACEMENT_OPTIONS = ("--host", "-host", "-H", "--hostfile", "-hostfile", "--machinefile", "-machinefile",
-                      "--map-by", "-map-by", "--oversubscribe", "-oversubscribe")
+_PLACEMENT_OPTIONS = (
+    "--host",
+    "-host",
+    "-H",
+    "--hostfile",
+    "-hostfile",
+    "--machinefile",
+    "-machinefile",
+    "--map-by",
+    "-map-by",
+    "--oversubscribe",
+    "-oversubscribe",
+)
 ROOT_VARIABLES = ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")
 STOP_GRACE_SECONDS = 10.0  # after Ctrl-C: how long mpiexec has to end its ranks before it is terminated
 LAUNCHED_FLAG = "--launched"  # tells a rank that nnlib's launcher started it: the launcher speaks for the job
@@ -83,8 +94,15 @@ def is_open_mpi(launcher: list[str]) -> bool:
     return "open mpi" in (proc.stdout + proc.stderr).lower()
 
 
-def launcher_options(launcher: list[str], ranks: int, launcher_args: list[str], warn: Callable[[str], None],
-                     cores: int | None = None, uid: int | None = None, open_mpi: bool | None = None) -> list[str]:
+def launcher_options(
+    launcher: list[str],
+    ranks: int,
+    launcher_args: list[str],
+    warn: Callable[[str], None],
+    cores: int | None = None,
+    uid: int | None = None,
+    open_mpi: bool | None = None,
+) -> list[str]:
     """The options for ``launcher`` to start ``ranks`` ranks on this machine: ``launcher_args``, and
     ``--oversubscribe`` when Open MPI would refuse more ranks than ``cores``.
 
@@ -101,9 +119,11 @@ def launcher_options(launcher: list[str], ranks: int, launcher_args: list[str], 
     allowed = "--allow-run-as-root" in launcher_args or all(os.environ.get(k) == "1" for k in ROOT_VARIABLES)
     if uid == 0 and not allowed:
         extra = ",".join(["--allow-run-as-root", *launcher_args])
-        raise ConfigError(f"engine=mpi: Open MPI's {launcher[0]} refuses to run as root; to run as root anyway, "
-                          f"add --set 'mpi.args=[{extra}]' (or export OMPI_ALLOW_RUN_AS_ROOT=1 "
-                          "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)")
+        raise ConfigError(
+            f"engine=mpi: Open MPI's {launcher[0]} refuses to run as root; to run as root anyway, "
+            f"add --set 'mpi.args=[{extra}]' (or export OMPI_ALLOW_RUN_AS_ROOT=1 "
+            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)"
+        )
     cores = usable_cores() if cores is None else cores
     placed = any(arg.split("=")[0] in _PLACEMENT_OPTIONS for arg in launcher_args)
     if ranks > cores and not placed:
@@ -112,8 +132,14 @@ def launcher_options(launcher: list[str], ranks: int, launcher_args: list[str], 
     return list(launcher_args)
 
 
-def launch(launcher: list[str], ranks: int, launcher_args: list[str], nnlib_args: list[str],
-           warn: Callable[[str], None] | None = None, stop_grace: float | None = None) -> int:
+def launch(
+    launcher: list[str],
+    ranks: int,
+    launcher_args: list[str],
+    nnlib_args: list[str],
+    warn: Callable[[str], None] | None = None,
+    stop_grace: float | None = None,
+) -> int:
     """Start ``ranks`` copies of ``python -m nnlib run NNLIB_ARGS`` under ``launcher``; return its exit status.
 
     On SIGTERM the ranks are asked to stop (SIGUSR1 to mpiexec, which passes
@@ -127,11 +153,15 @@ def launch(launcher: list[str], ranks: int, launcher_args: list[str], nnlib_args
     try:
         options = launcher_options(launcher, ranks, launcher_args, warn or _warn)
         # in a session of its own: a terminal's Ctrl-C reaches this process alone, which ends mpiexec quietly
-        proc = subprocess.Popen([*launcher, "-n", str(ranks), *options, sys.executable, "-m", "nnlib", "run",
-                                 *nnlib_args, LAUNCHED_FLAG], start_new_session=True, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [*launcher, "-n", str(ranks), *options, sys.executable, "-m", "nnlib", "run", *nnlib_args, LAUNCHED_FLAG],
+            start_new_session=True,
+            stderr=subprocess.PIPE,
+        )
     except FileNotFoundError:
-        raise EngineError(f"mpi.launcher: {launcher[0]!r} not found on PATH "
-                          "(pip install '.[mpi]' provides mpiexec)") from None
+        raise EngineError(
+            f"mpi.launcher: {launcher[0]!r} not found on PATH (pip install '.[mpi]' provides mpiexec)"
+        ) from None
     relay = threading.Thread(target=_relay_stderr, args=(proc.stderr,), daemon=True, name="mpiexec-stderr")
     relay.start()
     try:
@@ -156,8 +186,11 @@ def _wait(proc: subprocess.Popen, stop, stop_grace: float | None) -> int:
             return proc.wait(timeout=0.2)
         except subprocess.TimeoutExpired:
             pass
-        if stop.at is not None and stop_grace is not None and \
-                time.monotonic() - stop.at > stop_grace + STOP_GRACE_SECONDS:
+        if (
+            stop.at is not None
+            and stop_grace is not None
+            and time.monotonic() - stop.at > stop_grace + STOP_GRACE_SECONDS
+        ):
             raise KeyboardInterrupt
 
 

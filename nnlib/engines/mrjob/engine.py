@@ -106,7 +106,8 @@ def import_mrjob():
         raise EngineError(
             f"engine=mrjob needs mrjob 0.7.4, which cannot be imported on Python {version} ({exc}); "
             "install it with pip install -e '.[mrjob]', which adds standard-pipes on Python 3.13 and newer "
-            "and setuptools (for distutils) on 3.12 and newer") from None
+            "and setuptools (for distutils) on 3.12 and newer"
+        ) from None
 
 
 def load_job_class(name: str = "MRModelAvg"):
@@ -167,8 +168,10 @@ class MrjobEngine(SingleDriver):
 
         scratch = self.config.mrjob.scratch
         if scratch is None and self.runner in ("hadoop", "emr"):
-            raise EngineError(f"mrjob.scratch: the {self.runner} runner needs a URI every node can write for a "
-                              "Parquet source's shards (e.g. hdfs:///tmp/nnlib); none is set")
+            raise EngineError(
+                f"mrjob.scratch: the {self.runner} runner needs a URI every node can write for a "
+                "Parquet source's shards (e.g. hdfs:///tmp/nnlib); none is set"
+            )
         if scratch is None:
             self._scratch = str(self._folder / "shards")
         else:
@@ -177,15 +180,25 @@ class MrjobEngine(SingleDriver):
         path = self._folder / "rows.pkl"
         path.write_bytes(pickle.dumps(rows))
         args = ["--rows", str(path), "--scratch", self._scratch]
-        job = load_job_class("MRPartition")(args=["-r", self.runner, *args, *self._py_files, *self.extra_args,
-                                                  *gzipped_lines(self._folder, "file", len(rows.table.files))])
+        job = load_job_class("MRPartition")(
+            args=[
+                "-r",
+                self.runner,
+                *args,
+                *self._py_files,
+                *self.extra_args,
+                *gzipped_lines(self._folder, "file", len(rows.table.files)),
+            ]
+        )
         records, _ = self._run_job(job, "cutting the source into shards")
         written = [counts for _, (_, counts) in records]
         per_shard = [sum(c[k] for c in written) for k in range(rows.plan.mappers)]
         if len(written) != len(rows.table.files) or per_shard != list(rows.shard_sizes):
-            raise EngineError(f"mrjob: cutting {rows.table.source} into shards wrote {per_shard} rows from "
-                              f"{len(written)} of its {len(rows.table.files)} files; the survey counted "
-                              f"{list(rows.shard_sizes)}")
+            raise EngineError(
+                f"mrjob: cutting {rows.table.source} into shards wrote {per_shard} rows from "
+                f"{len(written)} of its {len(rows.table.files)} files; the survey counted "
+                f"{list(rows.shard_sizes)}"
+            )
         return args
 
     def round(self, payload, reducer, timings):
@@ -193,9 +206,22 @@ class MrjobEngine(SingleDriver):
         with timed(timings, "broadcast"):
             path = self._folder / f"payload-{payload.round_index:05d}.npz"
             path.write_bytes(payload_to_bytes(payload))
-        args = ["-r", self.runner, "--nnlib-conf", str(self._conf), "--payload", str(path),
-                "--combine", reducer.rule, "--skip-bad-mappers", str(reducer.skip_bad).lower(), *self._rows,
-                *self._py_files, *self.extra_args, *self._inputs]
+        args = [
+            "-r",
+            self.runner,
+            "--nnlib-conf",
+            str(self._conf),
+            "--payload",
+            str(path),
+            "--combine",
+            reducer.rule,
+            "--skip-bad-mappers",
+            str(reducer.skip_bad).lower(),
+            *self._rows,
+            *self._py_files,
+            *self.extra_args,
+            *self._inputs,
+        ]
         job = self._job_class(args=args)
         with timed(timings, "wait"):
             records, counters = self._run_job(job, f"round {payload.round_index + 1}")
@@ -205,8 +231,9 @@ class MrjobEngine(SingleDriver):
         timings["combine"] = combined["combine_seconds"]
         timings["wait"] -= combined["combine_seconds"]
         stats = [decode_stats(v) for k, v in records if k == "mapper"]
-        return Combined(decode_array(combined["params"]), decode_array(combined["opt_state"]),
-                        combined["skipped"]), stats
+        return Combined(
+            decode_array(combined["params"]), decode_array(combined["opt_state"]), combined["skipped"]
+        ), stats
 
     def sync_round(self, payload, timings):
         raise EngineError("engine=mrjob cannot run synchronous rounds (combine=gradient, train.sync_rounds)")

@@ -47,15 +47,25 @@ class MRModelAvg(MRJob):
         self.add_file_arg("--payload", help="the round's weights (.npz); default: initial weights, round 0")
         self.add_file_arg("--rows", help="a Parquet source's row plan and statistics (pickled by the engine)")
         self.add_passthru_arg("--scratch", help="where the partition job wrote a Parquet source's shards")
-        self.add_passthru_arg("--set", dest="overrides", action="append", default=[],
-                              help="override a config key, as in nnlib run")
+        self.add_passthru_arg(
+            "--set", dest="overrides", action="append", default=[], help="override a config key, as in nnlib run"
+        )
         self.add_passthru_arg("--combine", help="the reduce step's combine rule (default: the conf's)")
-        self.add_passthru_arg("--skip-bad-mappers", choices=["true", "false"],
-                              help="leave out mappers whose weights are NaN/inf (default: the conf's)")
+        self.add_passthru_arg(
+            "--skip-bad-mappers",
+            choices=["true", "false"],
+            help="leave out mappers whose weights are NaN/inf (default: the conf's)",
+        )
 
     def steps(self):
-        return [MRStep(mapper_init=self.mapper_init, mapper=self.mapper_train_shard,
-                       reducer_init=self.reducer_init, reducer=self.reducer_combine)]
+        return [
+            MRStep(
+                mapper_init=self.mapper_init,
+                mapper=self.mapper_train_shard,
+                reducer_init=self.reducer_init,
+                reducer=self.reducer_combine,
+            )
+        ]
 
     def _load(self):
         """Config and payload, read once per task from the uploaded files."""
@@ -97,8 +107,15 @@ class MRModelAvg(MRJob):
         results = [decode_result(v) for v in values]
         start = time.perf_counter()
         combined = self.reducer(results, self.payload)
-        yield "combined", {"params": encode_array(combined.params), "opt_state": encode_array(combined.opt_state),
-                           "skipped": combined.skipped, "combine_seconds": time.perf_counter() - start}
+        yield (
+            "combined",
+            {
+                "params": encode_array(combined.params),
+                "opt_state": encode_array(combined.opt_state),
+                "skipped": combined.skipped,
+                "combine_seconds": time.perf_counter() - start,
+            },
+        )
         for res in sorted(results, key=lambda r: r.stats.mapper):
             yield "mapper", encode_stats(res.stats)
 

@@ -73,24 +73,32 @@ def encode_result(res: MapperResult) -> dict:
 def decode_result(d: dict) -> MapperResult:
     """Inverse of :func:`encode_result`."""
     arrays = {f.name for f in dataclasses.fields(MapperResult) if f.name in ("params", "opt_state")}
-    values: dict[str, Any] = {name: decode_stats(value) if name == "stats" else
-                              decode_array(value) if name in arrays else value for name, value in d.items()}
+    values: dict[str, Any] = {
+        name: decode_stats(value) if name == "stats" else decode_array(value) if name in arrays else value
+        for name, value in d.items()
+    }
     return MapperResult(**values)
 
 
 def payload_to_bytes(p: RoundPayload) -> bytes:
     local = p.plan.local
     arrays = {
-        "round_index": np.int64(p.plan.index), "synchronous": np.bool_(p.plan.synchronous),
-        "seed": np.int64(p.seed), "params": p.params,
-        **_layout_arrays(p.model.layers), **{f"model_{name}": np.asarray(getattr(p.model, name))
-                                             for name in _MODEL_SCALARS},
+        "round_index": np.int64(p.plan.index),
+        "synchronous": np.bool_(p.plan.synchronous),
+        "seed": np.int64(p.seed),
+        "params": p.params,
+        **_layout_arrays(p.model.layers),
+        **{f"model_{name}": np.asarray(getattr(p.model, name)) for name in _MODEL_SCALARS},
         "backend": np.str_(p.backend),
-        "batch_size": np.int64(local.batch_size), "local_epochs": np.int64(local.local_epochs),
+        "batch_size": np.int64(local.batch_size),
+        "local_epochs": np.int64(local.local_epochs),
         "local_steps": np.int64(-1 if local.local_steps is None else local.local_steps),
-        "lr": np.float64(p.plan.lr), "optimizer": np.str_(to_json(p.optimizer)),
-        "part": np.asarray(p.plan.part, np.float64), "sub_networks": np.str_(p.plan.sub_networks or ""),
-        "restart_optimizer": np.bool_(p.plan.restart_optimizer), "proximal_mu": np.float64(p.proximal_mu),
+        "lr": np.float64(p.plan.lr),
+        "optimizer": np.str_(to_json(p.optimizer)),
+        "part": np.asarray(p.plan.part, np.float64),
+        "sub_networks": np.str_(p.plan.sub_networks or ""),
+        "restart_optimizer": np.bool_(p.plan.restart_optimizer),
+        "proximal_mu": np.float64(p.proximal_mu),
         **_subnet_arrays(p.subnets),
     }
     if p.plan.sync_lrs is not None:
@@ -104,33 +112,52 @@ def payload_to_bytes(p: RoundPayload) -> bytes:
 
 def _layout_arrays(layers: Layout) -> dict:
     if isinstance(layers, ModuleSpec):  # a user's module: the task imports the callable (search_path helps)
-        return {"module": np.str_(layers.module), "module_kwargs": np.str_(layers.kwargs),
-                "input_shape": np.asarray(layers.input_shape, np.int64), "n_classes": np.int64(layers.n_classes),
-                "search_path": np.str_(layers.search_path), "device": np.str_(layers.device)}
+        return {
+            "module": np.str_(layers.module),
+            "module_kwargs": np.str_(layers.kwargs),
+            "input_shape": np.asarray(layers.input_shape, np.int64),
+            "n_classes": np.int64(layers.n_classes),
+            "search_path": np.str_(layers.search_path),
+            "device": np.str_(layers.device),
+        }
     if isinstance(layers, ConvSpec):
-        return {"image_shape": np.asarray(layers.image_shape, np.int64),
-                "channels": np.asarray(layers.channels, np.int64), "kernel": np.int64(layers.kernel),
-                "n_classes": np.int64(layers.n_classes)}
+        return {
+            "image_shape": np.asarray(layers.image_shape, np.int64),
+            "channels": np.asarray(layers.channels, np.int64),
+            "kernel": np.int64(layers.kernel),
+            "n_classes": np.int64(layers.n_classes),
+        }
     assert isinstance(layers, LayerSpec)  # the three layouts there are
     return {"layer_sizes": np.asarray(layers.sizes, np.int64)}
 
 
 def _layout(f) -> LayerSpec | ConvSpec | ModuleSpec:
     if "module" in f.files:
-        return ModuleSpec(str(f["module"]), str(f["module_kwargs"]), tuple(int(s) for s in f["input_shape"]),
-                          int(f["n_classes"]), str(f["search_path"]), str(f["device"]))
+        return ModuleSpec(
+            str(f["module"]),
+            str(f["module_kwargs"]),
+            tuple(int(s) for s in f["input_shape"]),
+            int(f["n_classes"]),
+            str(f["search_path"]),
+            str(f["device"]),
+        )
     if "layer_sizes" in f.files:
         return LayerSpec(tuple(int(s) for s in f["layer_sizes"]))
     channels, height, width = (int(s) for s in f["image_shape"])
-    return ConvSpec((channels, height, width), tuple(int(s) for s in f["channels"]),
-                    int(f["kernel"]), int(f["n_classes"]))
+    return ConvSpec(
+        (channels, height, width), tuple(int(s) for s in f["channels"]), int(f["kernel"]), int(f["n_classes"])
+    )
 
 
 def _subnet_arrays(plan: SubnetPlan | None) -> dict:
     if plan is None:
         return {"subnet_groups": np.int64(0)}
-    arrays: dict[str, Any] = {"subnet_groups": np.int64(plan.groups), "subnet_scale": np.bool_(plan.scale),
-              "subnet_alternating": np.bool_(plan.alternating), "subnet_sum_shared": np.bool_(plan.sum_shared)}
+    arrays: dict[str, Any] = {
+        "subnet_groups": np.int64(plan.groups),
+        "subnet_scale": np.bool_(plan.scale),
+        "subnet_alternating": np.bool_(plan.alternating),
+        "subnet_sum_shared": np.bool_(plan.sum_shared),
+    }
     for layer, labels in enumerate(plan.labels or ()):
         arrays[f"subnet_labels_{layer}"] = np.asarray(labels, np.int64)
     return arrays
@@ -139,24 +166,43 @@ def _subnet_arrays(plan: SubnetPlan | None) -> dict:
 def _subnet_plan(f) -> SubnetPlan | None:
     if not int(f["subnet_groups"]):
         return None
-    labels = [tuple(int(u) for u in f[k]) for k in sorted((k for k in f.files if k.startswith("subnet_labels_")),
-                                                           key=lambda k: int(k.rsplit("_", 1)[1]))]
-    return SubnetPlan(int(f["subnet_groups"]), bool(f["subnet_scale"]), tuple(labels) or None,
-                      bool(f["subnet_alternating"]), bool(f["subnet_sum_shared"]))
+    labels = [
+        tuple(int(u) for u in f[k])
+        for k in sorted((k for k in f.files if k.startswith("subnet_labels_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    ]
+    return SubnetPlan(
+        int(f["subnet_groups"]),
+        bool(f["subnet_scale"]),
+        tuple(labels) or None,
+        bool(f["subnet_alternating"]),
+        bool(f["subnet_sum_shared"]),
+    )
 
 
 def payload_from_file(path) -> RoundPayload:
     with np.load(path, allow_pickle=False) as f:
         steps = int(f["local_steps"])
         local = LocalSchedule(int(f["batch_size"]), int(f["local_epochs"]), None if steps < 0 else steps)
-        plan = RoundPlan(int(f["round_index"]), bool(f["synchronous"]), local, float(f["lr"]),
-                         f["sync_lrs"] if "sync_lrs" in f.files else None,
-                         cast(SubNetworks, str(f["sub_networks"]) or None),  # as a RoundPlan wrote it
-                         (float(f["part"][0]), float(f["part"][1])), bool(f["restart_optimizer"]))
+        plan = RoundPlan(
+            int(f["round_index"]),
+            bool(f["synchronous"]),
+            local,
+            float(f["lr"]),
+            f["sync_lrs"] if "sync_lrs" in f.files else None,
+            cast(SubNetworks, str(f["sub_networks"]) or None),  # as a RoundPlan wrote it
+            (float(f["part"][0]), float(f["part"][1])),
+            bool(f["restart_optimizer"]),
+        )
         return RoundPayload(
-            plan=plan, seed=int(f["seed"]), params=f["params"].astype(DTYPE),
+            plan=plan,
+            seed=int(f["seed"]),
+            params=f["params"].astype(DTYPE),
             opt_state=f["opt_state"].astype(DTYPE) if "opt_state" in f.files else None,
-            model=ModelSpec(_layout(f), **{name: kind(f[f"model_{name}"].item())
-                                           for name, kind in _MODEL_SCALARS.items()}),
-            backend=str(f["backend"]), optimizer=from_json(str(f["optimizer"])),
-            subnets=_subnet_plan(f), proximal_mu=float(f["proximal_mu"]))
+            model=ModelSpec(
+                _layout(f), **{name: kind(f[f"model_{name}"].item()) for name, kind in _MODEL_SCALARS.items()}
+            ),
+            backend=str(f["backend"]),
+            optimizer=from_json(str(f["optimizer"])),
+            subnets=_subnet_plan(f),
+            proximal_mu=float(f["proximal_mu"]),
+        )

@@ -88,13 +88,22 @@ class TaskMesh:
     wait (:class:`DriverStopped`).
     """
 
-    def __init__(self, rank: int, groups: list[list[int]], conns: dict[int, socket.socket],
-                 watch: socket.socket | None = None):
+    def __init__(
+        self, rank: int, groups: list[list[int]], conns: dict[int, socket.socket], watch: socket.socket | None = None
+    ):
         self.rank, self.groups, self.conns, self.watch = rank, groups, conns, watch
 
     @classmethod
-    def connect(cls, listener: Listener, rank: int, addresses: list[tuple[str, int]], groups: list[list[int]],
-                token: str, watch: socket.socket | None = None, timeout: float = CONNECT_SECONDS) -> TaskMesh:
+    def connect(
+        cls,
+        listener: Listener,
+        rank: int,
+        addresses: list[tuple[str, int]],
+        groups: list[list[int]],
+        token: str,
+        watch: socket.socket | None = None,
+        timeout: float = CONNECT_SECONDS,
+    ) -> TaskMesh:
         """Dial every lower rank at ``addresses[r]``, accept every higher one that shows ``token``."""
         conns: dict[int, socket.socket] = {}
         deadline = time.monotonic() + timeout
@@ -143,7 +152,7 @@ class TaskMesh:
             for p in list(out):
                 entry = out[p]
                 try:
-                    entry[1] += self.conns[p].send(entry[0][entry[1]:])
+                    entry[1] += self.conns[p].send(entry[0][entry[1] :])
                 except BlockingIOError:
                     continue
                 except OSError as exc:
@@ -154,7 +163,7 @@ class TaskMesh:
             for p in list(into):
                 entry = into[p]
                 try:
-                    got = self.conns[p].recv_into(entry[0][entry[1]:])
+                    got = self.conns[p].recv_into(entry[0][entry[1] :])
                 except BlockingIOError:
                     continue
                 except OSError as exc:
@@ -237,8 +246,8 @@ class TaskCollective:
 
         def on_slice(p):  # this task's mappers' contributions to peer p's slice, one contiguous buffer
             if len(local) == 1:
-                return np.ascontiguousarray(local[0][bounds[p]:bounds[p + 1]])
-            return np.concatenate([v[bounds[p]:bounds[p + 1]] for v in local])
+                return np.ascontiguousarray(local[0][bounds[p] : bounds[p + 1]])
+            return np.concatenate([v[bounds[p] : bounds[p + 1]] for v in local])
 
         received = {p: np.empty((len(mesh.groups[p]), hi - lo), dtype) for p in peers}
         mesh.exchange({p: on_slice(p) for p in peers}, received)
@@ -249,7 +258,7 @@ class TaskCollective:
 
         out = np.empty(n, dtype)
         out[lo:hi] = mine
-        mesh.exchange({p: mine for p in peers}, {p: out[bounds[p]:bounds[p + 1]] for p in peers})
+        mesh.exchange({p: mine for p in peers}, {p: out[bounds[p] : bounds[p + 1]] for p in peers})
         return out
 
     def _mean_of_whole(self, local: list[np.ndarray], coefficients: np.ndarray) -> np.ndarray:

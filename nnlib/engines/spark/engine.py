@@ -50,8 +50,9 @@ class _SparkSession:
     mappers_elsewhere = True  # the mappers are Spark's Python workers
     mode = "stage"  # spark.mode, as config.yaml records it
 
-    def __init__(self, settings: SessionSettings | None = None, min_slots: int = 1, collect_held_out_mb: float = 64.0,
-                 warn=None):
+    def __init__(
+        self, settings: SessionSettings | None = None, min_slots: int = 1, collect_held_out_mb: float = 64.0, warn=None
+    ):
         self.settings = settings or SessionSettings()
         self.min_slots = min_slots
         self.warn = warn or (lambda _message: None)
@@ -89,9 +90,11 @@ class _SparkSession:
         if self.opened is None:
             opened = open_session(self.settings, min_slots, self.warn)
             if opened.connect and self.settings.conf and not opened.created:
-                raise EngineError(f"spark.conf: a Spark Connect session nnlib did not open keeps its server's "
-                                  f"settings; set them on the server or the session, or leave spark.conf empty, "
-                                  f"got {sorted(self.settings.conf)}")
+                raise EngineError(
+                    f"spark.conf: a Spark Connect session nnlib did not open keeps its server's "
+                    f"settings; set them on the server or the session, or leave spark.conf empty, "
+                    f"got {sorted(self.settings.conf)}"
+                )
             self.opened = opened
         return self.session
 
@@ -132,9 +135,17 @@ def driver_address(sc) -> str:
 class SparkStageEngine(_SparkSession, ReduceOnDriver):  # type: ignore[misc]  # reader: a SparkReader, which is a Reader; mypy holds a mutable attribute of two bases invariant
     """``spark.mode: stage``: one long-lived barrier stage serves every round of the run."""
 
-    def __init__(self, settings: SessionSettings | None = None, port: int = 0, mapper_timeout: float = 1800.0,
-                 stage_attempts: int = 3, warn=None, min_slots: int = 1, collect_held_out_mb: float = 64.0,
-                 collective: str = "tasks"):
+    def __init__(
+        self,
+        settings: SessionSettings | None = None,
+        port: int = 0,
+        mapper_timeout: float = 1800.0,
+        stage_attempts: int = 3,
+        warn=None,
+        min_slots: int = 1,
+        collect_held_out_mb: float = 64.0,
+        collective: str = "tasks",
+    ):
         super().__init__(settings, min_slots, collect_held_out_mb, warn)
         self.port, self.mapper_timeout, self.stage_attempts = port, mapper_timeout, stage_attempts
         self.collective = collective
@@ -158,14 +169,18 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):  # type: ignore[misc]  # 
         session = self._open(min_slots=source.mappers)
         assert self.opened is not None  # _open() opened it
         if self.opened.connect:
-            raise EngineError(f"spark.mode=stage needs a classic Spark session (its tasks connect back to this "
-                              f"process), and {self.opened.master} is Spark Connect: use spark.mode auto or jobs, "
-                              "got stage")
+            raise EngineError(
+                f"spark.mode=stage needs a classic Spark session (its tasks connect back to this "
+                f"process), and {self.opened.master} is Spark Connect: use spark.mode auto or jobs, "
+                "got stage"
+            )
         sc = session.sparkContext
         self._profile = stage_profile(self.settings.task_gpus, self.opened.master)
         if sc.getConf().get("spark.dynamicAllocation.enabled", "false").lower() == "true":
-            raise EngineError("spark.mode=stage needs spark.dynamicAllocation.enabled=false (a barrier stage "
-                              "holds its executors for the whole run); or use spark.mode=jobs")
+            raise EngineError(
+                "spark.mode=stage needs spark.dynamicAllocation.enabled=false (a barrier stage "
+                "holds its executors for the whole run); or use spark.mode=jobs"
+            )
         self.hub = Hub(source.mappers, driver_address(sc), self.port, self.mapper_timeout, self.collective)
         self._input = None if source.rows is None else self.reader.shards(source.rows).rdd
         try:
@@ -177,12 +192,19 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):  # type: ignore[misc]  # 
         deadline = time.monotonic() + SLOT_WAIT_SECONDS
         while (have := task_slots(sc, self._profile)) < needed:
             if time.monotonic() > deadline:
-                gpus = "" if self._profile is None else (
-                    f", each with spark.task_gpus={self.settings.task_gpus:g} GPUs (the executors' GPUs: "
-                    "spark.executor.resource.gpu.amount and a discovery script)")
-                raise EngineError(f"spark.mode=stage needs {needed} free task slots (one per mapper{gpus}) and "
-                                  f"{self.master} has {have}; use fewer mappers, more executors, or "
-                                  "spark.mode=jobs")
+                gpus = (
+                    ""
+                    if self._profile is None
+                    else (
+                        f", each with spark.task_gpus={self.settings.task_gpus:g} GPUs (the executors' GPUs: "
+                        "spark.executor.resource.gpu.amount and a discovery script)"
+                    )
+                )
+                raise EngineError(
+                    f"spark.mode=stage needs {needed} free task slots (one per mapper{gpus}) and "
+                    f"{self.master} has {have}; use fewer mappers, more executors, or "
+                    "spark.mode=jobs"
+                )
             time.sleep(0.5)
 
     def _launch(self) -> None:
@@ -242,15 +264,20 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):  # type: ignore[misc]  # 
                 return exchange()
             except (MapperLost, _StageDied) as exc:
                 if isinstance(exc, _StageDied) and not isinstance(
-                        error := error_from_text(exc.text, "spark", what), EngineError):
+                    error := error_from_text(exc.text, "spark", what), EngineError
+                ):
                     raise error from None  # an nnlib error raised in a task: the same again on a retry
                 reason = f"lost {exc}" if isinstance(exc, MapperLost) else f"the stage stopped ({exc})"
                 self.attempt += 1
                 if self.attempt >= self.stage_attempts:
-                    raise EngineError(f"spark: {reason} in {what}, and the stage has been started "
-                                      f"{self.stage_attempts} times (spark.stage_attempts); ending the run") from None
-                self.warn(f"spark: {reason} in {what}; starting the stage again (attempt "
-                          f"{self.attempt + 1} of {self.stage_attempts}) and redoing {what}")
+                    raise EngineError(
+                        f"spark: {reason} in {what}, and the stage has been started "
+                        f"{self.stage_attempts} times (spark.stage_attempts); ending the run"
+                    ) from None
+                self.warn(
+                    f"spark: {reason} in {what}; starting the stage again (attempt "
+                    f"{self.attempt + 1} of {self.stage_attempts}) and redoing {what}"
+                )
                 self._end_stage()
 
     def _end_stage(self) -> None:
@@ -263,17 +290,20 @@ class SparkStageEngine(_SparkSession, ReduceOnDriver):  # type: ignore[misc]  # 
             self._thread = None
 
     def map(self, payload, timings):
-        return self._with_retries(lambda: self._hub.local_round(payload, self._alive, timings),
-                                  f"round {payload.round_index + 1}")
+        return self._with_retries(
+            lambda: self._hub.local_round(payload, self._alive, timings), f"round {payload.round_index + 1}"
+        )
 
     def sync_round(self, payload, timings):
-        return self._with_retries(lambda: self._hub.sync_round(payload, self._alive, timings),
-                                  f"round {payload.round_index + 1}")
+        return self._with_retries(
+            lambda: self._hub.sync_round(payload, self._alive, timings), f"round {payload.round_index + 1}"
+        )
 
     def score(self, backend, model, params):
         """Each mapper scores ``params`` on the held-out rows it keeps."""
-        return self._with_retries(lambda: self._hub.score(backend, model, params, self._alive),
-                                  "scoring the held-out rows")
+        return self._with_retries(
+            lambda: self._hub.score(backend, model, params, self._alive), "scoring the held-out rows"
+        )
 
     def stop(self):
         if self.hub is not None:

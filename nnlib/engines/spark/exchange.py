@@ -185,8 +185,9 @@ def serve_mapper(build, mapper: int, address: tuple[str, int], token: str, data=
                         collective = DriverCollective(conn)
                     else:
                         if mesh is None:  # the first synchronous round of this stage
-                            mesh = TaskMesh.connect(listener, mapper, peers, [[m] for m in range(len(peers))],
-                                                    token, watch=conn)
+                            mesh = TaskMesh.connect(
+                                listener, mapper, peers, [[m] for m in range(len(peers))], token, watch=conn
+                            )
                             listener.close()
                         collective = TaskCollective(mesh)
                     combined, (stats,) = sync_shards([shard], message[1], collective)
@@ -240,8 +241,10 @@ class Hub:
             alive()
             if time.monotonic() > deadline:
                 missing = [m for m, c in enumerate(self.conns) if c is None]
-                raise EngineError(f"spark: mapper(s) {missing} did not start within "
-                                  f"{self.timeout + START_ALLOWANCE:.0f}s (spark.mapper_timeout plus a minute)")
+                raise EngineError(
+                    f"spark: mapper(s) {missing} did not start within "
+                    f"{self.timeout + START_ALLOWANCE:.0f}s (spark.mapper_timeout plus a minute)"
+                )
             try:
                 conn, _ = self.server.accept()
             except TimeoutError:
@@ -284,8 +287,10 @@ class Hub:
             if what.startswith("while building"):
                 return  # connect() holds the start-up deadline
             if time.monotonic() > deadline:
-                raise EngineError(f"spark: mapper {mapper} sent nothing for {self.timeout:.0f}s {what} "
-                                  "(spark.mapper_timeout); ending the run")
+                raise EngineError(
+                    f"spark: mapper {mapper} sent nothing for {self.timeout:.0f}s {what} "
+                    "(spark.mapper_timeout); ending the run"
+                )
 
         try:
             message, size = recv_sized(conn, waiting)
@@ -372,8 +377,7 @@ class Hub:
             grads = [g for (g,) in self.gather("grad", alive, what)]
             t = time.perf_counter()
             mean = mean_gradient(grads, sync_coefficients(payload.plan.sync_batch_sizes(step)))
-            check_mean_gradient(mean, payload.round_index, step,
-                                partial(_not_finite, grads))
+            check_mean_gradient(mean, payload.round_index, step, partial(_not_finite, grads))
             self.broadcast(("mean", mean))
             combine_seconds += time.perf_counter() - t
         layers = payload.model.layers

@@ -96,8 +96,13 @@ def to_chunks(mapper: int, data: bytes):
     view = memoryview(data)
     for seq, lo in enumerate(range(0, max(len(data), 1), CHUNK_BYTES)):
         yield pa.RecordBatch.from_arrays(
-            [pa.array([mapper], pa.int32()), pa.array([seq], pa.int32()),
-             pa.array([view[lo:lo + CHUNK_BYTES].tobytes()], pa.binary())], names=["mapper", "seq", "blob"])
+            [
+                pa.array([mapper], pa.int32()),
+                pa.array([seq], pa.int32()),
+                pa.array([view[lo : lo + CHUNK_BYTES].tobytes()], pa.binary()),
+            ],
+            names=["mapper", "seq", "blob"],
+        )
 
 
 def from_chunks(rows) -> dict[int, bytes]:
@@ -139,8 +144,13 @@ def save_shard(path: str, shard: Shard) -> None:
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         with open(tmp, "wb") as f:
-            for array in (np.array([shard.index, len(weights), *roles], np.int64), shard.x, shard.y, *weights,
-                          *(a for role in roles for a in shard.held_out[role])):
+            for array in (
+                np.array([shard.index, len(weights), *roles], np.int64),
+                shard.x,
+                shard.y,
+                *weights,
+                *(a for role in roles for a in shard.held_out[role]),
+            ):
                 np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
         os.replace(tmp, path)
     except OSError:
@@ -236,8 +246,11 @@ def rows_builder(rows, data=None):
     """``build(mapper, batches)`` for a row-keyed source: its input is the shard's ``(shard, blob)`` rows."""
 
     def build(mapper, batches):
-        records = (record for batch in batches for record in zip(batch.column(0).to_pylist(),
-                                                                 batch.column(1).to_pylist(), strict=True))
+        records = (
+            record
+            for batch in batches
+            for record in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
+        )
         return shard_from_records(mapper, records, rows, data)
 
     return build
@@ -394,8 +407,11 @@ class SparkJobsEngine(_SparkSession, SingleDriver):  # type: ignore[misc]  # rea
         # spark.task_gpus: the training stages ask each task for GPUs (stage-level scheduling), as the stage does
         opened = self.opened
         assert opened is not None  # _open() opened it
-        self._resources = {} if self.settings.task_gpus is None else {"profile": stage_profile(
-            self.settings.task_gpus, None if opened.connect else opened.master)}
+        self._resources = (
+            {}
+            if self.settings.task_gpus is None
+            else {"profile": stage_profile(self.settings.task_gpus, None if opened.connect else opened.master)}
+        )
 
         def sizes(batches):
             mapper, shard = task_shard(token, batches, build, data)
@@ -419,10 +435,11 @@ class SparkJobsEngine(_SparkSession, SingleDriver):  # type: ignore[misc]  # rea
 
     def round(self, payload, reducer, timings):
         blob = self._payload_blob(payload, timings)
-        frame = (self._inputs.mapInArrow(train_task(self.token, self._build, blob, self._data), CHUNKS,
-                                         **self._resources)
-                 .repartition(1)  # a shuffle to one reduce task (coalesce would run the mappers in one task)
-                 .mapInArrow(reduce_task(reducer, self.mappers), CHUNKS))
+        frame = (
+            self._inputs.mapInArrow(train_task(self.token, self._build, blob, self._data), CHUNKS, **self._resources)
+            .repartition(1)  # a shuffle to one reduce task (coalesce would run the mappers in one task)
+            .mapInArrow(reduce_task(reducer, self.mappers), CHUNKS)
+        )
         start = time.perf_counter()
         answer = self._collect(frame, f"round {payload.round_index + 1}")
         combined, stats, combine_seconds = pickle.loads(answer[0])
@@ -432,8 +449,9 @@ class SparkJobsEngine(_SparkSession, SingleDriver):  # type: ignore[misc]  # rea
 
     def sync_round(self, payload, timings):
         blob = self._payload_blob(payload, timings)
-        frame = self._inputs.mapInArrow(sync_task(self.token, self._build, blob, self.mappers, self._data), CHUNKS,
-                                        barrier=True, **self._resources)
+        frame = self._inputs.mapInArrow(
+            sync_task(self.token, self._build, blob, self.mappers, self._data), CHUNKS, barrier=True, **self._resources
+        )
         start = time.perf_counter()
         answers = self._collect(frame, f"round {payload.round_index + 1}")
         finished = [pickle.loads(answers[m]) for m in range(self.mappers)]
@@ -457,8 +475,11 @@ class SparkJobsEngine(_SparkSession, SingleDriver):  # type: ignore[misc]  # rea
                 # are, go with the executor anyway.
                 inputs = self._inputs if self._built else self.session.range(0, self.mappers, 1, self.mappers)
                 with contextlib.suppress(Exception):  # the session or server is already gone
-                    run_job(self.session, inputs.mapInArrow(clean_task(self.token, self._data), CHUNKS).collect,
-                            "removing the shard files")
+                    run_job(
+                        self.session,
+                        inputs.mapInArrow(clean_task(self.token, self._data), CHUNKS).collect,
+                        "removing the shard files",
+                    )
             if self._persisted is not None and self.session is not None:
                 with contextlib.suppress(Exception):
                     self._persisted.unpersist()

@@ -49,13 +49,14 @@ def features_column(df, name: str, dtype: str, n_features: int | None = None, pa
     if isinstance(field.dataType, VectorUDT):
         size = vector_size(field)
         if n_features is not None and size is not None and size != n_features:
-            raise DataError(f"{param}: column '{name}' holds vectors of {size} features, the model takes "
-                            f"{n_features}")
+            raise DataError(f"{param}: column '{name}' holds vectors of {size} features, the model takes {n_features}")
         return vector_to_array(F.col(name), dtype)
     if isinstance(field.dataType, ArrayType) and isinstance(field.dataType.elementType, NumericType):
         return F.col(name).cast(ArrayType(FloatType() if dtype == "float32" else DoubleType()))
-    raise DataError(f"{param}: column '{name}' must hold ML vectors (VectorAssembler's output) or arrays of "
-                    f"numbers, got {field.dataType.simpleString()}")
+    raise DataError(
+        f"{param}: column '{name}' must hold ML vectors (VectorAssembler's output) or arrays of "
+        f"numbers, got {field.dataType.simpleString()}"
+    )
 
 
 def label_column(df, name: str, param: str = "labelCol"):
@@ -66,8 +67,10 @@ def label_column(df, name: str, param: str = "labelCol"):
 
     field = _field(df, name, param)
     if not isinstance(field.dataType, NumericType):
-        raise DataError(f"{param}: column '{name}' must hold class indices 0, 1, ... (numbers, such as "
-                        f"StringIndexer's output), got {field.dataType.simpleString()}")
+        raise DataError(
+            f"{param}: column '{name}' must hold class indices 0, 1, ... (numbers, such as "
+            f"StringIndexer's output), got {field.dataType.simpleString()}"
+        )
     return F.col(name)
 
 
@@ -89,8 +92,10 @@ def _target_column(df, name: str, regression: bool = True):
         return F.col(name).cast(ArrayType(DoubleType()))
     if isinstance(field.dataType, NumericType) and not isinstance(field.dataType, BooleanType):
         return F.col(name)
-    raise DataError(f"labelCol: column '{name}' must hold regression targets: numbers (one target), or an ML "
-                    f"Vector or array of numbers (several), got {field.dataType.simpleString()}")
+    raise DataError(
+        f"labelCol: column '{name}' must hold regression targets: numbers (one target), or an ML "
+        f"Vector or array of numbers (several), got {field.dataType.simpleString()}"
+    )
 
 
 def _weight_column(df, name: str):
@@ -100,8 +105,9 @@ def _weight_column(df, name: str):
 
     field = _field(df, name, "weightCol")
     if not isinstance(field.dataType, NumericType) or isinstance(field.dataType, BooleanType):
-        raise DataError(f"weightCol: column '{name}' must hold numbers (sample weights >= 0), got "
-                        f"{field.dataType.simpleString()}")
+        raise DataError(
+            f"weightCol: column '{name}' must hold numbers (sample weights >= 0), got {field.dataType.simpleString()}"
+        )
     return F.col(name).cast("double")
 
 
@@ -112,13 +118,22 @@ def _validation_column(df, name: str):
 
     field = _field(df, name, "validationIndicatorCol")
     if not isinstance(field.dataType, BooleanType):
-        raise DataError(f"validationIndicatorCol: column '{name}' must hold booleans (true marks a validation "
-                        f"row), got {field.dataType.simpleString()}")
+        raise DataError(
+            f"validationIndicatorCol: column '{name}' must hold booleans (true marks a validation "
+            f"row), got {field.dataType.simpleString()}"
+        )
     return F.col(name)
 
 
-def training_frame(df, features: str, label: str, key: str | None = None, weight: str | None = None,
-                   validation: str | None = None, regression: bool = True):
+def training_frame(
+    df,
+    features: str,
+    label: str,
+    key: str | None = None,
+    weight: str | None = None,
+    validation: str | None = None,
+    regression: bool = True,
+):
     """The features (float32 arrays) and labels of ``df`` (and its ``key`` column, ``data.key_column``, which
     the model's header then names), persisted (memory and disk of the executors).
 
@@ -136,22 +151,34 @@ def training_frame(df, features: str, label: str, key: str | None = None, weight
     from pyspark import StorageLevel
 
     if key is not None and key not in df.columns:
-        raise DataError(f"conf: data.key_column '{key}' is not a column of the DataFrame (columns are "
-                        f"{df.columns[:10]})")
-    named = (("featuresCol", features), ("labelCol", label), ("data.key_column", key), ("weightCol", weight),
-             ("validationIndicatorCol", validation))
+        raise DataError(
+            f"conf: data.key_column '{key}' is not a column of the DataFrame (columns are {df.columns[:10]})"
+        )
+    named = (
+        ("featuresCol", features),
+        ("labelCol", label),
+        ("data.key_column", key),
+        ("weightCol", weight),
+        ("validationIndicatorCol", validation),
+    )
     for param, name in named:
         if name in READER_COLUMNS:  # the reader adds these to the frame it reads: they would be two columns
-            raise DataError(f"{param}: '{name}' is a name nnlib's reader gives its own columns "
-                            f"({', '.join(READER_COLUMNS)}); rename that column first")
-    columns = [features_column(df, features, "float32").alias(features),
-               _target_column(df, label, regression).alias(label)]
+            raise DataError(
+                f"{param}: '{name}' is a name nnlib's reader gives its own columns "
+                f"({', '.join(READER_COLUMNS)}); rename that column first"
+            )
+    columns = [
+        features_column(df, features, "float32").alias(features),
+        _target_column(df, label, regression).alias(label),
+    ]
     taken = {features, label}
     for name, convert in ((weight, _weight_column), (validation, _validation_column)):
         if name is not None:
             if name in taken:
-                raise DataError(f"{'weightCol' if convert is _weight_column else 'validationIndicatorCol'}: "
-                                f"'{name}' is also another param's column; give each its own column")
+                raise DataError(
+                    f"{'weightCol' if convert is _weight_column else 'validationIndicatorCol'}: "
+                    f"'{name}' is also another param's column; give each its own column"
+                )
             columns.append(convert(df, name).alias(name))
             taken.add(name)
     if key is not None and key not in taken:
@@ -166,6 +193,7 @@ _OFFSET_BITS = 33
 def _row_names(ids: np.ndarray, keys, key: str | None):
     """``i -> str``: how a message names a batch's row ``i``: ``key``'s value when the DataFrame has a key
     column, else its partition and its offset there (``ids``: the rows' ``monotonically_increasing_id``)."""
+
     def name(i: int) -> str:
         if keys is not None:
             value = keys[i]
@@ -173,6 +201,7 @@ def _row_names(ids: np.ndarray, keys, key: str | None):
             return f"the row whose {key} is {value!r}"
         position = int(ids[i])
         return f"row {position & ((1 << _OFFSET_BITS) - 1)} of partition {position >> _OFFSET_BITS}"
+
     return name
 
 
@@ -184,15 +213,19 @@ _SAMPLE = re.compile(r"\bat sample (\d+)")
 
 
 # the column a reader's message about a value begins with (tables.carried_arrays): its kind, name, key, target
-_COLUMN_AT_FAULT = re.compile(r"^(target|label|weight|validation) column '((?:[^']|'(?! ))*)'"
-                              r"(?: \(data\.\w+\))?(?: \((target \d+)\))? ")
+_COLUMN_AT_FAULT = re.compile(
+    r"^(target|label|weight|validation) column '((?:[^']|'(?! ))*)'"
+    r"(?: \(data\.\w+\))?(?: \((target \d+)\))? "
+)
 # a driver's message about a whole column (every weight 0, no row or every row marked for validation)
-_WHOLE_COLUMN = re.compile(r"^(?:data\.source )?\S+: data\.(weight|validation)_column '((?:[^']|'(?! ))*)':? (.*)$",
-                           re.S)
+_WHOLE_COLUMN = re.compile(
+    r"^(?:data\.source )?\S+: data\.(weight|validation)_column '((?:[^']|'(?! ))*)':? (.*)$", re.S
+)
 
 
-def frame_message(message: str, source: str, features: str, label: str, weight: str | None = None,
-                  validation: str | None = None) -> str:
+def frame_message(
+    message: str, source: str, features: str, label: str, weight: str | None = None, validation: str | None = None
+) -> str:
     """A reader's message about a DataFrame given to :meth:`SparkReader.add_frame` (``data.source partition 3:
     features must be finite, got nan at sample 5, feature 2``) in the estimator's terms: the param and column
     at fault (``featuresCol``, ``labelCol``, ``weightCol`` when ``weight`` names it, ``validationIndicatorCol``
@@ -214,7 +247,7 @@ def frame_message(message: str, source: str, features: str, label: str, weight: 
         kind, name, target = column.groups()
         param_name, named = params.get(kind, ("labelCol", label))
         param = f"{param_name} '{named}'" + (f" ({target})" if target else "")
-        rest = rest[column.end():]
+        rest = rest[column.end() :]
         separator = ": "
     elif rest.startswith("label") or f"'{label}'" in rest:
         param = f"labelCol '{label}'"
@@ -254,12 +287,15 @@ def output_columns(df, outputs: dict[str, str]) -> None:
         if not name:
             continue
         if fold(name) in have:
-            raise DataError(f"{param}: the DataFrame already has a column '{have[fold(name)]}' (columns are "
-                            f"{df.columns[:10]}), which transform would replace; set {param} to another name, "
-                            "or drop or rename that column first")
+            raise DataError(
+                f"{param}: the DataFrame already has a column '{have[fold(name)]}' (columns are "
+                f"{df.columns[:10]}), which transform would replace; set {param} to another name, "
+                "or drop or rename that column first"
+            )
         if fold(name) in taken:
-            raise DataError(f"{param}: '{name}' is also {taken[fold(name)]}'s column; give each output column its "
-                            "own name")
+            raise DataError(
+                f"{param}: '{name}' is also {taken[fold(name)]}'s column; give each output column its own name"
+            )
         taken[fold(name)] = param
 
 
@@ -308,9 +344,13 @@ def _with_scores(df, shared: SharedModel, n_features: int, features: str, key: s
 
 def _class_scores(model, x: np.ndarray) -> pd.DataFrame:
     logits = model.predict_logits(x)
-    return pd.DataFrame({"raw": list(logits.astype(np.float64)),
-                         "probability": list(softmax(logits).astype(np.float64)),
-                         "prediction": model.classes[logits.argmax(axis=1)].astype(np.float64)})
+    return pd.DataFrame(
+        {
+            "raw": list(logits.astype(np.float64)),
+            "probability": list(softmax(logits).astype(np.float64)),
+            "prediction": model.classes[logits.argmax(axis=1)].astype(np.float64),
+        }
+    )
 
 
 def _regression_scores(model, x: np.ndarray) -> pd.DataFrame:
@@ -318,8 +358,16 @@ def _regression_scores(model, x: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"prediction": y if y.ndim == 1 else list(y)})
 
 
-def add_predictions(df, shared: SharedModel, n_features: int, features: str, raw_col: str, probability_col: str,
-                    prediction_col: str, key: str | None = None):
+def add_predictions(
+    df,
+    shared: SharedModel,
+    n_features: int,
+    features: str,
+    raw_col: str,
+    probability_col: str,
+    prediction_col: str,
+    key: str | None = None,
+):
     """``df`` with a classifier's ``rawPrediction`` (the logits) and ``probability`` (ML vectors of float64
     holding the float32 values) and ``prediction`` (double, the class) columns; a column whose name is empty
     is left out, as MLlib's classifiers do. Computed by a pandas UDF, the model loaded once per Python worker.
@@ -332,10 +380,18 @@ def add_predictions(df, shared: SharedModel, n_features: int, features: str, raw
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
 
-    output_columns(df, {"rawPredictionCol": raw_col, "probabilityCol": probability_col,
-                        "predictionCol": prediction_col})
-    out, scores = _with_scores(df, shared, n_features, features, key,
-                               "raw array<double>, probability array<double>, prediction double", _class_scores)
+    output_columns(
+        df, {"rawPredictionCol": raw_col, "probabilityCol": probability_col, "predictionCol": prediction_col}
+    )
+    out, scores = _with_scores(
+        df,
+        shared,
+        n_features,
+        features,
+        key,
+        "raw array<double>, probability array<double>, prediction double",
+        _class_scores,
+    )
     for name, part in ((raw_col, "raw"), (probability_col, "probability")):
         if name:
             out = out.withColumn(name, array_to_vector(F.col(f"`{scores}`.{part}")))
@@ -344,8 +400,9 @@ def add_predictions(df, shared: SharedModel, n_features: int, features: str, raw
     return out.drop(scores)
 
 
-def add_regression_predictions(df, shared: SharedModel, n_features: int, n_targets: int, features: str,
-                               prediction_col: str, key: str | None = None):
+def add_regression_predictions(
+    df, shared: SharedModel, n_features: int, n_targets: int, features: str, prediction_col: str, key: str | None = None
+):
     """``df`` with a regressor's ``prediction`` column, in the targets' own units (float64): a double for one
     target (``n_targets`` 1), an ML Vector of the ``n_targets`` targets for several; an empty
     ``prediction_col`` adds nothing. Refusals as :func:`add_predictions`'s."""
@@ -356,7 +413,14 @@ def add_regression_predictions(df, shared: SharedModel, n_features: int, n_targe
     if not prediction_col:
         return df
     several = n_targets > 1
-    out, scores = _with_scores(df, shared, n_features, features, key,
-                               "prediction array<double>" if several else "prediction double", _regression_scores)
+    out, scores = _with_scores(
+        df,
+        shared,
+        n_features,
+        features,
+        key,
+        "prediction array<double>" if several else "prediction double",
+        _regression_scores,
+    )
     column = F.col(f"`{scores}`.prediction")
     return out.withColumn(prediction_col, array_to_vector(column) if several else column).drop(scores)

@@ -119,8 +119,14 @@ class SharedModel:
 
 
 # the columns of the one row of totals each scoring task ends with (null in the prediction rows)
-_TOTALS = ("_nnlib_rows", "_nnlib_labelled", "_nnlib_loss_sum", "_nnlib_correct", "_nnlib_weight",
-           "_nnlib_weighted_correct")
+_TOTALS = (
+    "_nnlib_rows",
+    "_nnlib_labelled",
+    "_nnlib_loss_sum",
+    "_nnlib_correct",
+    "_nnlib_weight",
+    "_nnlib_weighted_correct",
+)
 _DOUBLE_TOTALS = ("_nnlib_loss_sum", "_nnlib_weight", "_nnlib_weighted_correct")
 # a regressor's: the task's rows, and with targets its rows' outputs (:func:`_outputs_bytes`)
 _REGRESSION_TOTALS = ("_nnlib_rows", "_nnlib_outputs")
@@ -130,8 +136,13 @@ def _totals_batch(schema, done: Scores):
     """The Arrow batch of one row holding a task's :class:`Scores` (the prediction columns null)."""
     import pyarrow as pa
 
-    values = dict(zip(_TOTALS, (done.rows, done.labelled, done.loss_sum, done.correct, done.weight,
-                                done.weighted_correct), strict=True))
+    values = dict(
+        zip(
+            _TOTALS,
+            (done.rows, done.labelled, done.loss_sum, done.correct, done.weight, done.weighted_correct),
+            strict=True,
+        )
+    )
     return pa.RecordBatch.from_arrays([pa.array([values.get(f.name)], f.type) for f in schema], schema=schema)
 
 
@@ -149,8 +160,15 @@ def _observed_scores(observation, weighted: bool = False) -> Scores:
     ``weighted``: the rows had weights (``data.weight_column``)."""
     got = observation.get
     rows, labelled, loss_sum, correct, weight, weighted_correct = (got.get(name) for name in _TOTALS)
-    return Scores(int(rows or 0), int(labelled or 0), float(loss_sum or 0.0), int(correct or 0),
-                  float(weight or 0.0), float(weighted_correct or 0.0), weighted)
+    return Scores(
+        int(rows or 0),
+        int(labelled or 0),
+        float(loss_sum or 0.0),
+        int(correct or 0),
+        float(weight or 0.0),
+        float(weighted_correct or 0.0),
+        weighted,
+    )
 
 
 def spark_error_line(exc: BaseException) -> str:
@@ -228,8 +246,11 @@ def _driver_frame(session, key_name: str, block: Block):
     import pyarrow as pa
 
     x = np.ascontiguousarray(block.x, np.float64)
-    columns = {key_name: block.keys, _ROW: np.arange(len(x), dtype=np.int64),
-               _FEATURES: pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])}
+    columns = {
+        key_name: block.keys,
+        _ROW: np.arange(len(x), dtype=np.int64),
+        _FEATURES: pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]),
+    }
     if block.y is not None:
         columns[_LABEL] = block.y
     if block.w is not None:
@@ -241,8 +262,13 @@ def _output_schema(key_name: str, key_type, as_text: bool):
     from pyspark.sql.types import ArrayType, FloatType, LongType, StringType, StructField, StructType
 
     probability = StringType() if as_text else ArrayType(FloatType())
-    return StructType([StructField(key_name, key_type), StructField("prediction", LongType()),
-                       StructField("probability", probability)])
+    return StructType(
+        [
+            StructField(key_name, key_type),
+            StructField("prediction", LongType()),
+            StructField("probability", probability),
+        ]
+    )
 
 
 def scored_frame(frame, rows, shared: SharedModel, key_name: str, as_text: bool, where: str, key_type=None):
@@ -273,8 +299,9 @@ def scored_frame(frame, rows, shared: SharedModel, key_name: str, as_text: bool,
                     done += scores
                     table = prediction_table(model, logits, key_name, piece.keys, as_text)
                     for name in _TOTALS:
-                        table = table.append_column(arrow_schema.field(name), _nulls(arrow_schema.field(name).type,
-                                                                                      table.num_rows))
+                        table = table.append_column(
+                            arrow_schema.field(name), _nulls(arrow_schema.field(name).type, table.num_rows)
+                        )
                     yield from table.to_batches()
         yield _totals_batch(arrow_schema, done)
 
@@ -310,8 +337,8 @@ def _gathered_outputs(blobs: list[bytes], n: int, t: int) -> np.ndarray:
         with np.load(io.BytesIO(bytes(blob)), allow_pickle=False) as parts:
             offset = 0
             for start, length in zip(parts["starts"].tolist(), parts["lengths"].tolist(), strict=True):
-                z[start:start + length] = parts["z"][offset:offset + length]
-                seen[start:start + length] += 1
+                z[start : start + length] = parts["z"][offset : offset + length]
+                seen[start : start + length] += 1
                 offset += length
     if not (seen == 1).all():
         i = int(np.argmax(seen != 1))
@@ -319,16 +346,29 @@ def _gathered_outputs(blobs: list[bytes], n: int, t: int) -> np.ndarray:
     return z
 
 
-def regression_frame(frame, rows: DriverRows, shared: SharedModel, key_name: str, key_type, names: list[str],
-                     keep_outputs: bool, where: str):
+def regression_frame(
+    frame,
+    rows: DriverRows,
+    shared: SharedModel,
+    key_name: str,
+    key_type,
+    names: list[str],
+    keep_outputs: bool,
+    where: str,
+):
     """``frame``'s rows (the driver's, :func:`_driver_frame`) scored by a regressor in ``mapInArrow``: the key and
     the float64 prediction columns ``names``, and the :data:`_REGRESSION_TOTALS` columns, null but in the one row
     each task ends with (its row count and, with ``keep_outputs``, its rows' outputs)."""
     from pyspark.sql.types import BinaryType, DoubleType, LongType, StructField, StructType
 
-    schema = StructType([StructField(key_name, key_type), *[StructField(n, DoubleType()) for n in names],
-                         StructField(_REGRESSION_TOTALS[0], LongType()),
-                         StructField(_REGRESSION_TOTALS[1], BinaryType())])
+    schema = StructType(
+        [
+            StructField(key_name, key_type),
+            *[StructField(n, DoubleType()) for n in names],
+            StructField(_REGRESSION_TOTALS[0], LongType()),
+            StructField(_REGRESSION_TOTALS[1], BinaryType()),
+        ]
+    )
 
     def score(batches):
         import pyarrow as pa
@@ -347,13 +387,17 @@ def regression_frame(frame, rows: DriverRows, shared: SharedModel, key_name: str
                         parts.append(z)
                     table = regression_table(model, z, key_name, piece.keys)
                     for name in _REGRESSION_TOTALS:
-                        table = table.append_column(arrow_schema.field(name), _nulls(arrow_schema.field(name).type,
-                                                                                      table.num_rows))
+                        table = table.append_column(
+                            arrow_schema.field(name), _nulls(arrow_schema.field(name).type, table.num_rows)
+                        )
                     yield from table.cast(arrow_schema).to_batches()
-        values = {_REGRESSION_TOTALS[0]: count,
-                  _REGRESSION_TOTALS[1]: _outputs_bytes(starts, parts) if keep_outputs else None}
-        yield pa.RecordBatch.from_arrays([pa.array([values.get(f.name)], f.type) for f in arrow_schema],
-                                         schema=arrow_schema)
+        values = {
+            _REGRESSION_TOTALS[0]: count,
+            _REGRESSION_TOTALS[1]: _outputs_bytes(starts, parts) if keep_outputs else None,
+        }
+        yield pa.RecordBatch.from_arrays(
+            [pa.array([values.get(f.name)], f.type) for f in arrow_schema], schema=arrow_schema
+        )
 
     return frame.mapInArrow(score, schema)
 
@@ -393,8 +437,9 @@ def _write(scored, path: Path | None, reader: SparkReader, data: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_scored(scored, connect: bool, out: str | None, overwrite: bool, path: Path | None,
-                  reader: SparkReader, data: str) -> Path | None:
+def _write_scored(
+    scored, connect: bool, out: str | None, overwrite: bool, path: Path | None, reader: SparkReader, data: str
+) -> Path | None:
     """Run the scoring job and write its rows: on a Spark Connect server its executors write ``out``
     (:func:`_write_on_server`), else this process writes ``path`` (:func:`_write`); returns the path written."""
     if connect:
@@ -428,8 +473,9 @@ def _check_suffix(out: str | None) -> None:
         raise ConfigError(f"--out: the predictions file must end in {' or '.join(OUT_SUFFIXES)}, got {out}")
 
 
-def predict_spark(model_path: str | Path, data: str, overrides: Sequence[str] = (), out: str | None = None,
-                  overwrite: bool = False) -> Prediction:
+def predict_spark(
+    model_path: str | Path, data: str, overrides: Sequence[str] = (), out: str | None = None, overwrite: bool = False
+) -> Prediction:
     """Predict every row of ``data`` in Spark's executors; Spark writes ``out`` (Parquet or CSV) if given.
 
     ``model_path``: a run directory or a model file. ``overrides``: ``--set`` items (``engine=spark``; how to
@@ -466,8 +512,9 @@ def predict_spark(model_path: str | Path, data: str, overrides: Sequence[str] = 
         if arrow is not None:
             from pyspark.sql.pandas.types import from_arrow_type
 
-            columns = TableColumns(model, list(arrow.column_names), config, data, key_required,
-                                   tables.arrow_layout(arrow.schema))
+            columns = TableColumns(
+                model, list(arrow.column_names), config, data, key_required, tables.arrow_layout(arrow.schema)
+            )
             key_name = columns.key or "row"
             if columns.key is not None:
                 key_type = from_arrow_type(arrow.schema.field(columns.key).type)
@@ -491,8 +538,9 @@ def predict_spark(model_path: str | Path, data: str, overrides: Sequence[str] = 
             frame = _driver_frame(session, key_name, block)
             rows = DriverRows(key_name, block.y is not None, block.w is not None)
         observation = _observation(session)
-        scored = _without_totals(scored_frame(frame, rows, shared, key_name, as_text, f"DATA {data}", key_type),
-                                 observation)
+        scored = _without_totals(
+            scored_frame(frame, rows, shared, key_name, as_text, f"DATA {data}", key_type), observation
+        )
         path = _write_scored(scored, opened.connect, out, overwrite, path, reader, data)
         totals = _observed_scores(observation, config.data.weight_column is not None)
     except NnlibError:
@@ -504,8 +552,17 @@ def predict_spark(model_path: str | Path, data: str, overrides: Sequence[str] = 
     return totals.prediction(path, f"DATA {data}")
 
 
-def _predict_regressor(model: Model, model_path, data: str, config, settings: SessionSettings, overrides: list[str],
-                       out: str | None, overwrite: bool, path: Path | None) -> Prediction:
+def _predict_regressor(
+    model: Model,
+    model_path,
+    data: str,
+    config,
+    settings: SessionSettings,
+    overrides: list[str],
+    out: str | None,
+    overwrite: bool,
+    path: Path | None,
+) -> Prediction:
     """:func:`predict_spark` of a regressor: the driver reads ``data`` as ``engine=local`` does (before Spark
     starts: a bad source costs no JVM), the executors score it, Spark writes ``out``; the figures are computed
     by the driver from the outputs the tasks return (see the module docstring)."""
@@ -527,8 +584,18 @@ def _predict_regressor(model: Model, model_path, data: str, config, settings: Se
         names = ["prediction"] if len(targets) == 1 else [f"prediction_{t}" for t in targets]
         observation = _observation(session)
         scored = _without_regression_totals(
-            regression_frame(frame, DriverRows(read.key_name, False), shared, read.key_name, key_type, names,
-                             read.y is not None, where), observation)
+            regression_frame(
+                frame,
+                DriverRows(read.key_name, False),
+                shared,
+                read.key_name,
+                key_type,
+                names,
+                read.y is not None,
+                where,
+            ),
+            observation,
+        )
         path = _write_scored(scored, opened.connect, out, overwrite, path, reader, data)
         got = observation.get
         rows = int(got.get(_REGRESSION_TOTALS[0]) or 0)

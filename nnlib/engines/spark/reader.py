@@ -116,8 +116,9 @@ def unit_tables(table: ArrowSource, ids, columns: list[str] | None) -> Iterator[
             parquet = pq.ParquetFile(name)
             # one thread: pyarrow's decoding threads each reserve a malloc arena of address space, which
             # spark.executor.pyspark.memory (RLIMIT_AS) counts; a 640 MB worker ran out on 16 MB row groups
-            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=list(range(lo, hi)), columns=columns,
-                                              use_threads=False):
+            for batch in parquet.iter_batches(
+                batch_size=batch_rows, row_groups=list(range(lo, hi)), columns=columns, use_threads=False
+            ):
                 yield name, first, int(offsets[f]) + first, pa.Table.from_batches([batch])
                 first += batch.num_rows
         except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
@@ -152,8 +153,9 @@ def _footers(paths: list[str], key: str):
                 schema = meta.schema.to_arrow_schema()
             except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
                 raise DataError(f"{key}: {paths[i]} is not a readable parquet file ({first_line(exc)})") from None
-            groups = [(meta.row_group(g).num_rows, meta.row_group(g).total_byte_size)
-                      for g in range(meta.num_row_groups)]
+            groups = [
+                (meta.row_group(g).num_rows, meta.row_group(g).total_byte_size) for g in range(meta.num_row_groups)
+            ]
             yield pa.RecordBatch.from_pydict({"file": [i], "blob": [pickle.dumps((groups, schema))]})
 
     return task
@@ -197,7 +199,7 @@ class SparkReader:
         self.warn = warn or _warn_on_stderr  # the one-line warning of a wide source read by Spark's reader
         self.passes: list[str] = []  # each pass over a source's rows, by who read them: "pyarrow" or "spark"
         # held-out rows beyond this stay with the mappers, which score them (spark.collect_held_out_mb)
-        self.collect_limit_bytes: float | None = collect_held_out_mb * 2 ** 20
+        self.collect_limit_bytes: float | None = collect_held_out_mb * 2**20
         self._frames: dict[str, Any] = {}  # data.source -> a DataFrame given as the source (add_frame)
 
     def add_frame(self, df, name: str) -> str:
@@ -238,8 +240,7 @@ class SparkReader:
         names = [c for c in df.columns if c not in (_FILE, _ROW)]
         for column in (table.label_column, table.features_column):
             if column is not None and column not in names:
-                raise DataError(f"{table.key}: {table.source} has no column '{column}' (columns are "
-                                f"{names[:10]})")
+                raise DataError(f"{table.key}: {table.source} has no column '{column}' (columns are {names[:10]})")
         return df.select(*(table.columns() or names), _FILE, _ROW)
 
     def part_rows(self, df, source: str, key: str = "data.source") -> tuple[tuple, tuple[int, ...]]:
@@ -273,8 +274,7 @@ class SparkReader:
             return None
         session = self._session()
         try:
-            uris = (session.read.format("binaryFile").option("recursiveFileLookup", "true").load(source)
-                    .inputFiles())
+            uris = session.read.format("binaryFile").option("recursiveFileLookup", "true").load(source).inputFiles()
         except Exception as exc:  # noqa: BLE001  - AnalysisException, Py4JJavaError: the path or scheme
             raise DataError(f"{key}: Spark cannot read {source} ({java_root_cause(exc)})") from None
         found = [local_path(uri) for uri in uris]
@@ -282,20 +282,35 @@ class SparkReader:
             return None  # no files (Spark's reader says why), or a filesystem only Spark reaches
         paths = sorted(p for p in found if p is not None)  # the order of the local reader (sources.parquet_files)
         ids = session.range(0, len(paths), 1, numPartitions=min(len(paths), READ_TASKS))
-        rows = self.run_job(lambda: ids.mapInArrow(_footers(paths, key), "file long, blob binary").collect(),
-                            f"listing {source}", source, key)
+        rows = self.run_job(
+            lambda: ids.mapInArrow(_footers(paths, key), "file long, blob binary").collect(),
+            f"listing {source}",
+            source,
+            key,
+        )
         footers = dict((row[0], pickle.loads(row[1])) for row in rows)
         groups, schema = [footers[i][0] for i in range(len(paths))], footers[0][1]
         for i, path in enumerate(paths):
             other = footers[i][1]
             if not other.equals(schema):
-                raise DataError(f"{key}: {path} has columns {other.names[:10]} of other types than {paths[0]}'s "
-                                f"{schema.names[:10]}; every file of a dataset needs the same schema")
+                raise DataError(
+                    f"{key}: {path} has columns {other.names[:10]} of other types than {paths[0]}'s "
+                    f"{schema.names[:10]}; every file of a dataset needs the same schema"
+                )
         file_rows = tuple(sum(n for n, _ in g) for g in groups)
         if sum(file_rows) == 0:
             raise DataError(f"{key}: {source} is empty (its Parquet files hold no rows)")
-        return ArrowSource(source, tuple(paths), file_rows, "", None, key, column_names=tuple(schema.names),
-                           units=_units(groups), schema=schema)
+        return ArrowSource(
+            source,
+            tuple(paths),
+            file_rows,
+            "",
+            None,
+            key,
+            column_names=tuple(schema.names),
+            units=_units(groups),
+            schema=schema,
+        )
 
     def units_frame(self, table: ArrowSource):
         """A DataFrame of one ``id`` column, the indices of ``table.units`` (at most :data:`READ_TASKS`
@@ -309,8 +324,9 @@ class SparkReader:
         if arrow is not None:
             for column in (label_column, features_column):
                 if column is not None and column not in arrow.column_names:
-                    raise DataError(f"data.source: {source} has no column '{column}' (columns are "
-                                    f"{list(arrow.column_names)[:10]})")
+                    raise DataError(
+                        f"data.source: {source} has no column '{column}' (columns are {list(arrow.column_names)[:10]})"
+                    )
             return replace(arrow, label_column=label_column, features_column=features_column)
         probe = ParquetSource(source, (), (), label_column, features_column)
         whole = self.source_frame(source)
@@ -319,18 +335,26 @@ class SparkReader:
             self.warn_if_wide(len(frame.columns) - 3, source)  # less the label, _FILE and _ROW
         parts, rows = self.part_rows(frame, source)
         names = whole.columns
-        return ParquetSource(source, parts, rows, label_column, features_column,
-                             column_names=tuple(c for c in names if c not in (_FILE, _ROW)))
+        return ParquetSource(
+            source,
+            parts,
+            rows,
+            label_column,
+            features_column,
+            column_names=tuple(c for c in names if c not in (_FILE, _ROW)),
+        )
 
     def warn_if_wide(self, n_features: int, source: str, key: str = "data.source") -> None:
         """One warning line when Spark's own reader is to read more than :data:`WIDE_COLUMNS` feature columns
         (its cost per pass grows with the columns far faster than with the data's size), before it does."""
         if n_features > WIDE_COLUMNS:
-            self.warn(f"{key}: {source} has {n_features:,} feature columns, read by Spark's own reader, whose "
-                      "every pass over the rows costs time per column far above the data's size (minutes for "
-                      "12,000 columns); store the features as one list column (data.features_column), put the "
-                      "files where every executor reads them as local paths (file:, which pyarrow reads), or "
-                      "use another engine (engine=local, mpi)")
+            self.warn(
+                f"{key}: {source} has {n_features:,} feature columns, read by Spark's own reader, whose "
+                "every pass over the rows costs time per column far above the data's size (minutes for "
+                "12,000 columns); store the features as one list column (data.features_column), put the "
+                "files where every executor reads them as local paths (file:, which pyarrow reads), or "
+                "use another engine (engine=local, mpi)"
+            )
 
     def _offsets(self, table: ParquetSource) -> dict:
         return dict(zip(table.files, (int(o) for o in table.offsets), strict=True))
@@ -340,11 +364,13 @@ class SparkReader:
         ``(positions, x float64, y)``: pyarrow's reads of an :class:`ArrowSource`'s units, else Spark's rows."""
         self.passes.append("pyarrow" if isinstance(table, ArrowSource) else "spark")
         if isinstance(table, ArrowSource):
-            return self.units_frame(table).mapInArrow(lambda batches: blocks_to_batches(_arrow_blocks(table, batches)),
-                                                      schema)
+            return self.units_frame(table).mapInArrow(
+                lambda batches: blocks_to_batches(_arrow_blocks(table, batches)), schema
+            )
         offsets = self._offsets(table)
-        return self._frame(table).mapInArrow(lambda batches: blocks_to_batches(_batches(table, offsets, batches)),
-                                             schema)
+        return self._frame(table).mapInArrow(
+            lambda batches: blocks_to_batches(_batches(table, offsets, batches)), schema
+        )
 
     def survey(self, table: ParquetSource, plan: RowPlan):
         def tally_blocks(blocks):
@@ -404,8 +430,11 @@ class SparkReader:
         mappers = plan.mappers
         keys = F.array(*(F.lit(v).cast("long") for v in shard_keys(mappers)))
         split = self._pass(table, split_by_shard, "shard long, blob binary")
-        return (split.withColumn(_KEY, F.element_at(keys, F.col("shard").cast("int") + 1))
-                .repartition(mappers, _KEY).drop(_KEY))
+        return (
+            split.withColumn(_KEY, F.element_at(keys, F.col("shard").cast("int") + 1))
+            .repartition(mappers, _KEY)
+            .drop(_KEY)
+        )
 
 
 _KEY = "_nnlib_shard_key"

@@ -136,8 +136,14 @@ class SessionSettings:
     @classmethod
     def from_config(cls, spark) -> SessionSettings:
         """From a :class:`nnlib.config.SparkConfig`."""
-        return cls(spark.master, spark.remote, spark.app_name, spark.log_level, dict(spark.conf),
-                   getattr(spark, "task_gpus", None))
+        return cls(
+            spark.master,
+            spark.remote,
+            spark.app_name,
+            spark.log_level,
+            dict(spark.conf),
+            getattr(spark, "task_gpus", None),
+        )
 
 
 @dataclass
@@ -218,8 +224,9 @@ def ship_code(session) -> None:
         try:
             session.addArtifacts(str(path), pyfile=True)
         except Exception as exc:  # noqa: BLE001  - gRPC and the server's own errors
-            raise EngineError(f"spark.remote: could not ship nnlib's code to the Spark Connect server "
-                              f"({first_line(exc)})") from None
+            raise EngineError(
+                f"spark.remote: could not ship nnlib's code to the Spark Connect server ({first_line(exc)})"
+            ) from None
     _SHIPPED.add(key)
 
 
@@ -234,11 +241,15 @@ def _warn_unapplied(settings: SessionSettings, opened: Opened, warn: Callable[[s
     if opened.connect:
         return  # Spark Connect's own rules: nnlib.engines.spark.jobs
     if settings.master and settings.master != opened.master:
-        warn(f"spark.master {settings.master} is not used: the run uses the SparkSession already running, on "
-             f"master {opened.master} (nnlib changes nothing on a session it did not start)")
+        warn(
+            f"spark.master {settings.master} is not used: the run uses the SparkSession already running, on "
+            f"master {opened.master} (nnlib changes nothing on a session it did not start)"
+        )
     if settings.conf:
-        warn(f"spark.conf ({', '.join(sorted(settings.conf))}) is not applied: the run uses the SparkSession "
-             "already running (nnlib changes nothing on a session it did not start)")
+        warn(
+            f"spark.conf ({', '.join(sorted(settings.conf))}) is not applied: the run uses the SparkSession "
+            "already running (nnlib changes nothing on a session it did not start)"
+        )
 
 
 def stage_profile(task_gpus: float | None, master: str | None):
@@ -250,8 +261,10 @@ def stage_profile(task_gpus: float | None, master: str | None):
     if task_gpus is None:
         return None
     if master is not None and master.startswith("local"):
-        raise ConfigError(f"spark.task_gpus={task_gpus:g} needs a cluster master (spark://HOST:PORT, yarn or "
-                          f"k8s://...): Spark has no stage-level scheduling on a local one, got master {master}")
+        raise ConfigError(
+            f"spark.task_gpus={task_gpus:g} needs a cluster master (spark://HOST:PORT, yarn or "
+            f"k8s://...): Spark has no stage-level scheduling on a local one, got master {master}"
+        )
     from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
 
     return ResourceProfileBuilder().require(TaskResourceRequests().resource("gpu", task_gpus)).build
@@ -303,8 +316,10 @@ def _open_connect(remote: str, settings: SessionSettings, key: str = "spark.remo
         _check_url(remote, shown, key)
     missing = [p for p in CONNECT_PACKAGES if importlib.util.find_spec(p.split(".")[0]) is None]
     if missing:
-        raise EngineError(f"{key} {shown}: Spark Connect's client needs {', '.join(missing)}, not installed "
-                          "(pip install 'nnlib[connect]')")
+        raise EngineError(
+            f"{key} {shown}: Spark Connect's client needs {', '.join(missing)}, not installed "
+            "(pip install 'nnlib[connect]')"
+        )
     mine = _existing_connect(remote)
     if mine is not None:  # the caller's session to the same server, connected already
         return Opened(mine, False, True, _connect_url(mine))
@@ -346,17 +361,19 @@ def _existing_connect(remote: str):
 def _host_port(remote: str) -> tuple[str, int]:
     from urllib.parse import urlparse
 
-    parsed = urlparse("http://" + remote[len("sc://"):].split("/;")[0].split(";")[0])
+    parsed = urlparse("http://" + remote[len("sc://") :].split("/;")[0].split(";")[0])
     return parsed.hostname or "localhost", parsed.port or 15002
 
 
 def _check_url(remote: str, shown: str, key: str) -> None:
     """A malformed ``sc://`` URL is one line (pyspark's client would raise a traceback)."""
-    netloc = remote[len("sc://"):].split("/")[0].split(";")[0]
+    netloc = remote[len("sc://") :].split("/")[0].split(";")[0]
     host, colon, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
     if not host or (colon and (not port.isdigit() or not 0 < int(port) < 65536)):
-        raise EngineError(f"{key} {shown}: Spark Connect needs sc://HOST[:PORT] with a host and, if given, a port "
-                          f"number (a server's is 15002 unless started otherwise), got {netloc!r}")
+        raise EngineError(
+            f"{key} {shown}: Spark Connect needs sc://HOST[:PORT] with a host and, if given, a port "
+            f"number (a server's is 15002 unless started otherwise), got {netloc!r}"
+        )
 
 
 def _check_reachable(remote: str, shown: str, key: str = "spark.remote") -> None:
@@ -386,12 +403,16 @@ def _probe_grpc(remote: str, host: str, port: int, where: str) -> None:
         grpc.channel_ready_future(channel).result(timeout=PROBE_SECONDS)
     except grpc.FutureTimeoutError:
         if tls:
-            raise EngineError(f"{where}: no gRPC server answers {host}:{port} over TLS within {PROBE_SECONDS} s "
-                              f"(pyspark's client uses TLS for {'use_ssl=true' if builder.use_ssl else 'a token'}"
-                              " to a host other than localhost): a server without TLS, or another service's port; "
-                              "for a local server without TLS write sc://localhost:PORT") from None
-        raise EngineError(f"{where}: {host}:{port} accepts connections but no gRPC server answers there within "
-                          f"{PROBE_SECONDS} s: not a Spark Connect server (another service's port?)") from None
+            raise EngineError(
+                f"{where}: no gRPC server answers {host}:{port} over TLS within {PROBE_SECONDS} s "
+                f"(pyspark's client uses TLS for {'use_ssl=true' if builder.use_ssl else 'a token'}"
+                " to a host other than localhost): a server without TLS, or another service's port; "
+                "for a local server without TLS write sc://localhost:PORT"
+            ) from None
+        raise EngineError(
+            f"{where}: {host}:{port} accepts connections but no gRPC server answers there within "
+            f"{PROBE_SECONDS} s: not a Spark Connect server (another service's port?)"
+        ) from None
     finally:
         channel.close()
 
@@ -448,8 +469,10 @@ def _open_classic(settings: SessionSettings, min_slots: int, warn: Callable[[str
     if _SUBMITTED and given:
         master, origin = given, "spark-submit's master"
         if settings.master and settings.master != given:
-            warn(f"spark.master {settings.master} is not used: spark-submit's master {given} is (its --master, "
-                 "--conf spark.master or spark-defaults.conf, else its default local[*]; spark-submit's wins)")
+            warn(
+                f"spark.master {settings.master} is not used: spark-submit's master {given} is (its --master, "
+                "--conf spark.master or spark-defaults.conf, else its default local[*]; spark-submit's wins)"
+            )
     elif settings.master:
         master, origin = settings.master, "spark.master"
     else:
@@ -460,19 +483,24 @@ def _open_classic(settings: SessionSettings, min_slots: int, warn: Callable[[str
     if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers use this interpreter
-    builder = SparkSession.builder.appName(settings.app_name) if "spark.app.name" not in launched \
-        else SparkSession.builder
+    builder = (
+        SparkSession.builder.appName(settings.app_name) if "spark.app.name" not in launched else SparkSession.builder
+    )
     if master != given or not _SUBMITTED:
         builder = builder.master(master)
-    ours = {"spark.ui.showConsoleProgress": "false",
-            # applied as the SparkContext starts: under spark-submit the driver JVM is already running
-            # with Spark's own logging, and this keeps the rest of its chatter out
-            "spark.log.level": settings.log_level,
-            **EXECUTOR_DEFAULTS}
+    ours = {
+        "spark.ui.showConsoleProgress": "false",
+        # applied as the SparkContext starts: under spark-submit the driver JVM is already running
+        # with Spark's own logging, and this keeps the rest of its chatter out
+        "spark.log.level": settings.log_level,
+        **EXECUTOR_DEFAULTS,
+    }
     if not _SUBMITTED:  # nnlib starts the JVM: its logging from the first line (under spark-submit it runs)
-        ours["spark.driver.extraJavaOptions"] = (f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()} "
-                                                 f"-Dnnlib.spark.log.level={settings.log_level} "
-                                                 f"-Dnnlib.spark.context.log.level={_context_level(settings)}")
+        ours["spark.driver.extraJavaOptions"] = (
+            f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()} "
+            f"-Dnnlib.spark.log.level={settings.log_level} "
+            f"-Dnnlib.spark.context.log.level={_context_level(settings)}"
+        )
     for key, value in ours.items():
         if key not in launched:  # what the user gave Spark wins
             builder = builder.config(key, value)
@@ -501,8 +529,10 @@ def _open_classic(settings: SessionSettings, min_slots: int, warn: Callable[[str
 
 
 # the master URLs Spark takes (SparkContext.createTaskScheduler, SparkSubmit): N >= 1 threads, F tries per task
-_LOCAL_URL = re.compile(r"local(\[(\*|[1-9]\d*)(\s*,\s*[1-9]\d*)?\])?|local-cluster\[\s*[1-9]\d*\s*,\s*[1-9]\d*\s*,"
-                        r"\s*[1-9]\d*\s*\]")
+_LOCAL_URL = re.compile(
+    r"local(\[(\*|[1-9]\d*)(\s*,\s*[1-9]\d*)?\])?|local-cluster\[\s*[1-9]\d*\s*,\s*[1-9]\d*\s*,"
+    r"\s*[1-9]\d*\s*\]"
+)
 MASTER_FORMS = "local, local[N], local[*], local[N,F], spark://HOST:PORT[,HOST:PORT...], yarn or k8s://HOST[:PORT]"
 PROBE_SECONDS = 10  # how long a spark:// address that accepts a connection gets to answer as a Spark master
 PROBE_LOGGER = "org.apache.spark.network.client.TransportResponseHandler"
@@ -518,8 +548,10 @@ def check_master(master: str, origin: str = "spark.master") -> None:
     where = f"{origin} {master}"
     if master.startswith("local"):
         if not _LOCAL_URL.fullmatch(master):
-            raise EngineError(f"{where}: Spark takes local, local[N], local[*], local[N,F] or "
-                              f"local-cluster[N,C,M] with whole numbers N >= 1, got {master!r}")
+            raise EngineError(
+                f"{where}: Spark takes local, local[N], local[*], local[N,F] or "
+                f"local-cluster[N,C,M] with whole numbers N >= 1, got {master!r}"
+            )
         return
     if master.startswith("spark://"):
         for host, port in _standalone_addresses(master, where):
@@ -527,8 +559,10 @@ def check_master(master: str, origin: str = "spark.master") -> None:
         return
     if master == "yarn":
         if not (os.environ.get("HADOOP_CONF_DIR") or os.environ.get("YARN_CONF_DIR")):
-            raise EngineError(f"{where}: Spark finds the YARN cluster through HADOOP_CONF_DIR or YARN_CONF_DIR, and "
-                              "neither is set in the environment; point one at the cluster's configuration folder")
+            raise EngineError(
+                f"{where}: Spark finds the YARN cluster through HADOOP_CONF_DIR or YARN_CONF_DIR, and "
+                "neither is set in the environment; point one at the cluster's configuration folder"
+            )
         return
     if master.startswith("k8s://"):
         host, port = _k8s_address(master, where)
@@ -540,13 +574,15 @@ def check_master(master: str, origin: str = "spark.master") -> None:
 def _standalone_addresses(master: str, where: str) -> list[tuple[str, int]]:
     """``spark://H1:P1,H2:P2`` -> [(H1, P1), (H2, P2)], as Spark reads it: every address needs a host and a port."""
     addresses = []
-    for address in master[len("spark://"):].split(","):
+    for address in master[len("spark://") :].split(","):
         host, colon, port = address.rpartition(":")
         host = host.strip("[]")  # an IPv6 address in brackets
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in address:
-            raise EngineError(f"{where}: Invalid master URL: Spark needs spark://HOST:PORT, each address with a "
-                              f"host and a port (a standalone master listens on 7077 unless started otherwise), "
-                              f"got {address!r}")
+            raise EngineError(
+                f"{where}: Invalid master URL: Spark needs spark://HOST:PORT, each address with a "
+                f"host and a port (a standalone master listens on 7077 unless started otherwise), "
+                f"got {address!r}"
+            )
         addresses.append((host, int(port)))
     return addresses
 
@@ -555,7 +591,7 @@ def _k8s_address(master: str, where: str) -> tuple[str, int]:
     """``k8s://[https://]HOST[:PORT]`` -> (HOST, PORT), as Spark reads it (https, port 443, unless given)."""
     from urllib.parse import urlsplit
 
-    rest = master[len("k8s://"):]
+    rest = master[len("k8s://") :]
     url = rest if rest.startswith(("http://", "https://")) else "https://" + rest
     try:
         parts = urlsplit(url)
@@ -563,8 +599,10 @@ def _k8s_address(master: str, where: str) -> tuple[str, int]:
     except ValueError:
         host, port = None, None
     if not host or port is None or parts.path not in ("", "/"):
-        raise EngineError(f"{where}: Spark needs k8s://HOST[:PORT] or k8s://https://HOST[:PORT] (the Kubernetes "
-                          f"API server), got {master!r}")
+        raise EngineError(
+            f"{where}: Spark needs k8s://HOST[:PORT] or k8s://https://HOST[:PORT] (the Kubernetes "
+            f"API server), got {master!r}"
+        )
     return host, port
 
 
@@ -585,10 +623,14 @@ def _reach(host: str, port: int, where: str, what: str, fix: str) -> None:
             return
         except OSError as exc:
             error = exc
-    cause = f"no answer within {REACH_SECONDS:g} s" if isinstance(error, socket.timeout) else \
-        (error.strerror if error is not None and error.strerror else str(error))
-    raise EngineError(f"{where}: nothing accepts a connection at {host}:{port} ({cause}): no {what} listens "
-                      f"there; {fix}") from None
+    cause = (
+        f"no answer within {REACH_SECONDS:g} s"
+        if isinstance(error, socket.timeout)
+        else (error.strerror if error is not None and error.strerror else str(error))
+    )
+    raise EngineError(
+        f"{where}: nothing accepts a connection at {host}:{port} ({cause}): no {what} listens there; {fix}"
+    ) from None
 
 
 def _probe_standalone(master: str, origin: str, options: dict, log_level: str = "ERROR") -> None:
@@ -610,8 +652,11 @@ def _probe_standalone(master: str, origin: str, options: dict, log_level: str = 
         conf.set(key, value)
     conf.set("spark.rpc.lookupTimeout", f"{PROBE_SECONDS}s")
     manager_class = jvm.org.apache.spark.SecurityManager
-    manager = manager_class(conf, getattr(manager_class, "$lessinit$greater$default$2")(),
-                            getattr(manager_class, "$lessinit$greater$default$3")())
+    manager = manager_class(
+        conf,
+        getattr(manager_class, "$lessinit$greater$default$2")(),
+        getattr(manager_class, "$lessinit$greater$default$3")(),
+    )
     env = jvm.org.apache.spark.rpc.RpcEnv.create("nnlib-probe", "127.0.0.1", 0, conf, manager, True)
     causes = []
     try:
@@ -622,17 +667,19 @@ def _probe_standalone(master: str, origin: str, options: dict, log_level: str = 
             except Exception as exc:  # noqa: BLE001  - py4j's error of Spark's RPC failure
                 cause = java_root_cause(exc)
                 if "TimeoutException" in cause:
-                    causes.append(f"{host}:{port} accepts connections but gives no Spark RPC answer within "
-                                  f"{PROBE_SECONDS} s")
+                    causes.append(
+                        f"{host}:{port} accepts connections but gives no Spark RPC answer within {PROBE_SECONDS} s"
+                    )
                 elif "RpcEndpointNotFoundException" in cause:
-                    causes.append(f"{host}:{port} is a Spark process but not a master (a worker's or a "
-                                  f"driver's port?)")
+                    causes.append(f"{host}:{port} is a Spark process but not a master (a worker's or a driver's port?)")
                 else:
                     causes.append(f"{host}:{port}: {cause}")
     finally:
         env.shutdown()
-    raise EngineError(f"{origin} {master}: no Spark master answers ({'; '.join(causes)}); check the port (a "
-                      "standalone master's is 7077 unless started otherwise, its web UI's is another)")
+    raise EngineError(
+        f"{origin} {master}: no Spark master answers ({'; '.join(causes)}); check the port (a "
+        "standalone master's is 7077 unless started otherwise, its web UI's is another)"
+    )
 
 
 def _context_level(settings: SessionSettings) -> str:
@@ -711,13 +758,13 @@ def jvm_start_cause(text: str) -> str | None:
     """The cause in what a JVM that failed to start printed: the root ``Caused by:``, else the ``Exception in thread
     "main"`` line, else spark-submit's ``Error:`` line; None when there is none."""
     lines = [line.strip() for line in text.splitlines()]
-    caused = [line[len("Caused by: "):] for line in lines if line.startswith("Caused by: ")]
+    caused = [line[len("Caused by: ") :] for line in lines if line.startswith("Caused by: ")]
     if caused:
         return caused[-1]
     for prefix in ('Exception in thread "main" ', "Error: "):
         for line in lines:
             if line.startswith(prefix):
-                return line[len(prefix):] if prefix != "Error: " else line
+                return line[len(prefix) :] if prefix != "Error: " else line
     return None
 
 
@@ -742,13 +789,17 @@ def _wait_for_executors(session, master: str, origin: str) -> None:
     deadline = time.monotonic() + seconds
     while sc._jsc.sc().getExecutorMemoryStatus().size() <= 1:  # the driver's block manager is always there
         if time.monotonic() > deadline:
-            asked = (f"{conf.get('spark.executor.cores', 'all free')} core(s) and "
-                     f"{conf.get('spark.executor.memory', '1g')} of memory")
+            asked = (
+                f"{conf.get('spark.executor.cores', 'all free')} core(s) and "
+                f"{conf.get('spark.executor.memory', '1g')} of memory"
+            )
             session.stop()
-            raise EngineError(f"{origin} {master}: no executor registered within {limit} "
-                              f"({EXECUTOR_WAIT_KEY}): the cluster accepted the application but started no "
-                              f"executor (no worker alive, or none with the {asked} an executor asks); start a "
-                              f"worker, or wait longer with --set 'spark.conf={{{EXECUTOR_WAIT_KEY}: 120s}}'")
+            raise EngineError(
+                f"{origin} {master}: no executor registered within {limit} "
+                f"({EXECUTOR_WAIT_KEY}): the cluster accepted the application but started no "
+                f"executor (no worker alive, or none with the {asked} an executor asks); start a "
+                f"worker, or wait longer with --set 'spark.conf={{{EXECUTOR_WAIT_KEY}: 120s}}'"
+            )
         time.sleep(0.25)
 
 
@@ -756,11 +807,14 @@ def _wait_for_executors(session, master: str, origin: str) -> None:
 # scheduler's "Lost task" and "aborting job"; nnlib reports the failure itself, in one line
 # A failed write task and job are reported again by the writers ("Aborting job", "Aborting commit for
 # partition", "... is aborting"): those loggers log nothing else.
-TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager",
-                        "org.apache.spark.sql.execution.datasources.FileFormatWriter",
-                        "org.apache.spark.sql.execution.datasources.v2.DataWritingSparkTask",
-                        "org.apache.spark.sql.execution.datasources.v2.OverwriteByExpressionExec",
-                        "org.apache.spark.sql.execution.datasources.v2.AppendDataExec")
+TASK_FAILURE_LOGGERS = (
+    "org.apache.spark.executor.Executor",
+    "org.apache.spark.scheduler.TaskSetManager",
+    "org.apache.spark.sql.execution.datasources.FileFormatWriter",
+    "org.apache.spark.sql.execution.datasources.v2.DataWritingSparkTask",
+    "org.apache.spark.sql.execution.datasources.v2.OverwriteByExpressionExec",
+    "org.apache.spark.sql.execution.datasources.v2.AppendDataExec",
+)
 # Utils logs a failed write task as "Aborting task" with its whole trace; only that message is dropped, its
 # other errors (an uncaught exception in a thread, a SparkContext stopped by one) still show
 TASK_FAILURE_MESSAGES = (("org.apache.spark.util.Utils", "Aborting task"),)
