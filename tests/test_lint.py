@@ -28,6 +28,18 @@ def test_ruff_finds_nothing():
     assert "All checks passed" in proc.stdout  # it checked, and said so (not a usage error that exits 0)
 
 
+FORMATTED = [*LINTED, "tests", "setup.py"]  # the formatter holds the whole tree
+
+
+def test_ruff_format_changes_nothing():
+    """`ruff format --check` exits 1 and names each file it would change; 0 means the tree is formatted."""
+    proc = _run("ruff", "format", "--config", ".ci/ruff.toml", "--check", *FORMATTED)
+    assert proc.returncode == 0, (
+        f"ruff format --config .ci/ruff.toml {' '.join(FORMATTED)}:\n{proc.stdout}{proc.stderr}"
+    )
+    assert "already formatted" in proc.stdout
+
+
 @pytest.mark.slow
 def test_mypy_finds_nothing():
     proc = _run("mypy", "--config-file", ".ci/mypy.ini", "nnlib")
