@@ -23,6 +23,15 @@ LINT = [
     "pandas-stubs==2.3.3.260113",
     "pyarrow-stubs==20.0.0.20260819",
 ]
+# the documentation site (docs/mkdocs.yml: mkdocs build --strict -f docs/mkdocs.yml), pinned exactly: a new release
+# brings new warnings, and the build fails on any
+DOCS = [
+    "mkdocs==1.6.1",
+    "mkdocs-material==9.8.2",
+    "mkdocstrings==1.0.8",
+    "mkdocstrings-python==2.0.11",
+    "griffelib==2.4.1",
+]
 
 setup(
     name="nnlib",
@@ -52,8 +61,9 @@ setup(
         "tracking": [MLFLOW],
         "onnx": ONNX,
         "connect": CONNECT,
+        "docs": DOCS,
         "bench": [TORCH, *MRJOB, *MPI],
-        "test": [TORCH, *MRJOB, *MPI, MLFLOW, *ONNX, *CONNECT, *LINT, "pytest>=8"],
+        "test": [TORCH, *MRJOB, *MPI, MLFLOW, *ONNX, *CONNECT, *LINT, *DOCS, "pytest>=8"],
     },
     entry_points={"console_scripts": ["nnlib=nnlib.__main__:main"]},
 )
