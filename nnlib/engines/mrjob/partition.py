@@ -59,8 +59,8 @@ def cut_file(rows: RowKeyed, file: int, scratch: str) -> list[int]:
             pos=np.concatenate([p[0] for p in parts]),
             x=np.concatenate([p[1] for p in parts]),
             y=np.concatenate([p[2] for p in parts]),
-            **weights,
-        )  # type: ignore[arg-type]  # numpy's stubs: **kwds might fill allow_pickle
+            **weights,  # type: ignore[arg-type]  # numpy's stubs: **kwds might fill allow_pickle
+        )
         with fs.open_output_stream(f"{folder}/part-{file:05d}.npz") as out:
             out.write(buffer.getvalue())
         counts[k] = sum(len(p[2]) for p in parts)
