@@ -61,11 +61,29 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    source: str = "digits"
-    test_source: str | None = None
-    labels: str | None = None
-    test_labels: str | None = None
-    label_column: str = "label"
+    source: str = Field(
+        "digits",
+        description="the dataset: digits, synthetic, or a path: .npz, .csv, .parquet, IDX (*-images-idx3-ubyte[.gz]), "
+        "a Parquet dataset (a directory of .parquet files, or a glob such as data/part-*.parquet), whose "
+        "rows are numbered in sorted file order",
+    )
+    test_source: str | None = Field(
+        None,
+        description="a separate test set, a path of the same kinds as data.source (else data.test_fraction is split "
+        "off)",
+    )
+    labels: str | None = Field(
+        None, description="IDX: the labels file (default: images-idx3 -> labels-idx1 in data.source's name)"
+    )
+    test_labels: str | None = Field(
+        None,
+        description="IDX: the test set's labels file (default: images-idx3 -> labels-idx1 in data.test_source's name)",
+    )
+    label_column: str = Field(
+        "label",
+        description="CSV/Parquet: the label column; every other column is a feature, except a first column with an "
+        "empty header (an index pandas wrote), left out with a warning",
+    )
     label_columns: list[str] | None = Field(
         None,
         description="model.task=regression: several target columns of a CSV or Parquet source, in order "
@@ -86,19 +104,48 @@ class DataConfig(_Section):
         description="a boolean column (CSV, Parquet) or array (.npz) marking the training rows held out "
         "for validation (train.patience), instead of data.validation_fraction; not a feature",
     )
-    features_column: str | None = None
-    key_column: str | None = None  # CSV/parquet: a row key, not a feature; nnlib predict writes it with each row
-    feature_columns: list[str] | None = None  # CSV/parquet: only these columns are features, in this order
-    drop_columns: list[str] = []  # CSV/parquet: these columns are not features
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    validation_fraction: float = Field(0.0, ge=0, lt=1)  # of the training set, held out for train.patience
-    standardize: bool = True
-    partition: Literal["random", "stratified", "contiguous", "label_skew", "quantity_skew"] = "random"
-    skew_alpha: float = Field(0.5, gt=0)  # label_skew, quantity_skew: the Dirichlet concentration
-    image_shape: list[int] | None = None  # model.type=cnn: [H, W] or [C, H, W]; digits and IDX know theirs
-    n_samples: int = Field(2000, ge=2)
-    n_features: int = Field(20, ge=1)
-    n_classes: int = Field(3, ge=2)
+    features_column: str | None = Field(None, description="Parquet: one list/array column holding the features")
+    key_column: str | None = Field(
+        None, description="CSV/Parquet: a row key, not a feature; nnlib predict writes it beside each prediction"
+    )
+    feature_columns: list[str] | None = Field(
+        None, description="CSV/Parquet: only these columns are features, in this order (the model file records them)"
+    )
+    drop_columns: list[str] = Field(
+        [], description="CSV/Parquet: these columns are not features (an id, a leak); a name the table lacks is refused"
+    )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="the held-out test share when no data.test_source is given"
+    )
+    validation_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="the share of the training set held out as a validation set for train.patience (the shards are "
+        "cut from the rest)",
+    )
+    standardize: bool = Field(True, description="standardise the features with statistics of the training part only")
+    partition: Literal["random", "stratified", "contiguous", "label_skew", "quantity_skew"] = Field(
+        "random",
+        description="how the training set is cut into shards; label_skew and quantity_skew are not identically "
+        "distributed",
+    )
+    skew_alpha: float = Field(
+        0.5,
+        gt=0,
+        description="label_skew: each class shared over the mappers by a Dirichlet(alpha) draw; quantity_skew: the "
+        "shard sizes; small is strong skew, large approaches stratified/random",
+    )
+    image_shape: list[int] | None = Field(
+        None,
+        description="model.type=cnn: the shape of one row, [H, W] or [C, H, W], channel-first (digits: [8, 8]; IDX: "
+        "its own)",
+    )
+    n_samples: int = Field(
+        2000, ge=2, description="data.source=synthetic: the number of samples (seeded Gaussian blobs)"
+    )
+    n_features: int = Field(20, ge=1, description="data.source=synthetic: the number of features")
+    n_classes: int = Field(3, ge=2, description="data.source=synthetic: the number of classes")
     shard_storage: Literal["memory", "disk"] = Field(
         "memory",
         description="where a mapper keeps its shard: memory, or disk (written once to data.scratch_dir "
@@ -175,13 +222,27 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    type: Literal["mlp", "cnn", "module"] = "mlp"
-    module: str | None = None  # module: "package.module:callable" returning a torch.nn.Module
-    kwargs: dict[str, Any] = Field(default_factory=dict)  # module: the callable's keyword arguments
-    hidden: list[int] = Field(default_factory=lambda: [64])  # mlp: hidden layer sizes
-    channels: list[int] = Field(default_factory=lambda: [16, 32])  # cnn: conv + ReLU + 2x2 max-pool blocks
-    kernel: int = Field(5, ge=1)  # cnn: kernel size (odd: "same" padding)
-    activation: Literal["relu", "sigmoid", "tanh"] = "relu"
+    type: Literal["mlp", "cnn", "module"] = Field(
+        "mlp",
+        description="a multilayer perceptron, the MPI slides' small CNN, or your own torch.nn.Module (model.module)",
+    )
+    module: str | None = Field(
+        None,
+        description="model.type=module: 'package.module:callable', the class or function that builds the "
+        "torch.nn.Module",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="model.type=module: the callable's keyword arguments"
+    )
+    hidden: list[int] = Field(
+        default_factory=lambda: [64], description="mlp: the hidden layer sizes ([] is a linear model)"
+    )
+    channels: list[int] = Field(
+        default_factory=lambda: [16, 32],
+        description="cnn: one conv + activation + 2x2 max-pool block per entry, with this many channels",
+    )
+    kernel: int = Field(5, ge=1, description="cnn: the kernel size (odd), zero-padded to keep the map's size")
+    activation: Literal["relu", "sigmoid", "tanh"] = Field("relu", description="the hidden layers' activation")
     task: Literal["classification", "regression"] = Field(
         "classification",
         description="classification: integer class labels 0..K-1; regression: numeric "
@@ -195,9 +256,13 @@ class ModelConfig(_Section):
     huber_delta: float = Field(
         1.0, gt=0, description="loss=huber: where the loss turns from squared to linear, in standardised target units"
     )
-    l2: float = Field(0.0, ge=0)
-    l2_per_sample: bool = False  # the penalty is l2/(2n) * sum(W**2), n the training-set size (the slides' form)
-    backend: Literal["numpy", "torch"] = "numpy"  # model.type=module: torch, the default there
+    l2: float = Field(0.0, ge=0, description="the L2 penalty lambda/2 * sum(W**2) on the weights (not the biases)")
+    l2_per_sample: bool = Field(
+        False, description="the penalty is lambda/(2n) * sum(W**2), n the training-set size (the MPI slides' form)"
+    )
+    backend: Literal["numpy", "torch"] = Field(
+        "numpy", description="numpy needs no torch; torch is imported only when chosen (model.type=module: torch)"
+    )
 
     @property
     def regression(self) -> bool:
@@ -263,34 +328,91 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    rounds: int = Field(5, ge=1)
-    local_epochs: int = Field(2, ge=1)
-    local_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    optimizer: Literal["sgd", "nesterov", "adam", "adamw"] = "sgd"
-    weight_decay: float = Field(0.0, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0)
-    optimizer_state: Literal["average", "reset"] = "average"
-    proximal_mu: float = Field(0.0, ge=0)  # FedProx: each mapper adds (mu/2) * ||w - w_round||^2
-    lr_schedule: Literal["constant", "step", "cosine"] = "constant"  # the rate across rounds
-    lr_warmup_rounds: int = Field(0, ge=0)  # the rate climbs linearly over these first rounds
-    lr_step_rounds: int = Field(1, ge=1)  # step: multiply by lr_gamma every this many rounds
-    lr_gamma: float = Field(0.5, gt=0, le=1)
-    lr_min: float = Field(0.0, ge=0)  # cosine: the rate it decays to
-    patience: int | None = Field(None, ge=1)  # stop after this many rounds without a better validation loss
-    # after SIGTERM the round in progress finishes; one still running this many seconds later is abandoned
-    stop_grace_seconds: float | None = Field(60.0, gt=0)
-    lr_scaling: Literal["none", "linear"] = "none"
-    warmup_epochs: int = Field(0, ge=0)
-    sync_rounds: int = Field(0, ge=0)
-    skip_bad_mappers: bool = False
-    target_accuracy: float | None = Field(None, gt=0, le=1)
-    overlap_scoring: bool = True  # score round r while the mappers train round r+1 (Spark, mrjob local/cluster)
-    device: Literal["cpu", "cuda", "auto"] = "cpu"  # where a model.type=module trains (torch)
+    rounds: int = Field(5, ge=1, description="combine steps; 1 is one-shot averaging")
+    local_epochs: int = Field(2, ge=1, description="the epochs each mapper trains per round")
+    local_steps: int | None = Field(
+        None, ge=1, description="if set: mini-batch steps per round instead of epochs (average every tau steps)"
+    )
+    batch_size: int = Field(32, ge=1, description="the mini-batch size on each mapper")
+    lr: float = Field(0.1, gt=0, description="the learning rate (of the first round after any warm-up)")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum (PyTorch's rule v = mu*v + g; w -= lr*v)")
+    optimizer: Literal["sgd", "nesterov", "adam", "adamw"] = Field(
+        "sgd", description="the update rule, as torch.optim.SGD (nesterov needs momentum), Adam and AdamW compute it"
+    )
+    weight_decay: float = Field(
+        0.0,
+        ge=0,
+        description="L2 added to the gradient (sgd, nesterov, adam) or decoupled decay (adamw), on every parameter",
+    )
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam's first-moment decay")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam's second-moment decay")
+    eps: float = Field(1e-8, gt=0, description="Adam's epsilon")
+    optimizer_state: Literal["average", "reset"] = Field(
+        "average",
+        description="between rounds the optimizer state (momentum, Adam's moments and step counts) is averaged over "
+        "the mappers like the weights, or started afresh every round",
+    )
+    proximal_mu: float = Field(
+        0.0,
+        ge=0,
+        description="FedProx: each mapper adds (mu/2) * ||w - w_round||^2 to its loss, pulling it towards the round's "
+        "weights",
+    )
+    lr_schedule: Literal["constant", "step", "cosine"] = Field(
+        "constant",
+        description="the rate across rounds: constant; times train.lr_gamma every train.lr_step_rounds rounds; cosine "
+        "decay to train.lr_min over the rounds",
+    )
+    lr_warmup_rounds: int = Field(
+        0, ge=0, description="the rate climbs linearly, lr * (r+1)/(W+1), over these first rounds"
+    )
+    lr_step_rounds: int = Field(1, ge=1, description="lr_schedule=step: the period in rounds")
+    lr_gamma: float = Field(0.5, gt=0, le=1, description="lr_schedule=step: the factor")
+    lr_min: float = Field(0.0, ge=0, description="lr_schedule=cosine: the rate it decays towards (below train.lr)")
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="early stopping: stop after this many rounds without a lower validation loss and keep the best "
+        "round's weights (needs a validation set)",
+    )
+    stop_grace_seconds: float | None = Field(
+        60.0,
+        gt=0,
+        description="after SIGTERM the round in progress finishes; one still running this many seconds after the "
+        "signal is abandoned (the checkpoint is the round before); null: wait for the round",
+    )
+    lr_scaling: Literal["none", "linear"] = Field(
+        "none",
+        description="synchronous rounds: linear multiplies train.lr by the mappers taking part in the step, mappers "
+        "on even shards (the large-batch linear scaling rule)",
+    )
+    warmup_epochs: int = Field(
+        0, ge=0, description="synchronous rounds: climb linearly from train.lr to the scaled rate over this many epochs"
+    )
+    sync_rounds: int = Field(
+        0,
+        ge=0,
+        description="post-local SGD: this many rounds of synchronous gradient averaging first, then periodic model "
+        "averaging with combine",
+    )
+    skip_bad_mappers: bool = Field(
+        False,
+        description="leave out a mapper whose weights turn NaN/inf for that round (recorded in the summary) instead "
+        "of stopping",
+    )
+    target_accuracy: float | None = Field(
+        None, gt=0, le=1, description="stop after the first round whose test accuracy reaches this"
+    )
+    overlap_scoring: bool = Field(
+        True,
+        description="on Spark and mrjob's local/cluster runners, score round r and write its tables and checkpoint "
+        "while the mappers train round r+1",
+    )
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu",
+        description="model.type=module: where each mapper trains (Spark's task GPU, MPI's local rank; auto: a GPU "
+        "when the task has one)",
+    )
 
 
 # Spark's master URLs (SparkContext's createTaskScheduler): local, local[N|*], local[N|*,F], local-cluster[N,C,M],
@@ -311,24 +433,58 @@ def redact_url(url: str) -> str:
 
 
 class SparkConfig(_Section):
-    # the master of a session nnlib starts, where spark-submit gave none (default: spark-defaults.conf's, else
-    # local[*]); config.yaml records the master the run used
-    master: str | None = None
-    remote: str | None = None  # a Spark Connect server (sc://HOST:PORT); default: SPARK_REMOTE, if set
-    app_name: str = "nnlib"
-    log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "ERROR"
-    # auto: stage on a classic session, jobs on Spark Connect (whose executors cannot reach the client)
-    mode: Literal["auto", "stage", "jobs"] = "auto"
-    collective: Literal["tasks", "driver"] = "tasks"  # stage, synchronous rounds: among the tasks or via the driver
-    port: int = Field(0, ge=0, le=65535)
-    mapper_timeout: float = Field(1800.0, gt=0)
-    stage_attempts: int = Field(3, ge=1)
-    # a Parquet source's test and validation rows are collected to the driver up to this many MB (float32);
-    # larger, they stay with the mappers, each scoring its part every round
-    collect_held_out_mb: float = Field(64.0, ge=0)
-    conf: dict[str, str] = Field(default_factory=dict)  # more Spark settings, for a session nnlib starts
-    # GPUs each of the stage's tasks asks for (stage-level scheduling, a ResourceProfile); None: Spark's defaults
-    task_gpus: float | None = Field(None, gt=0)
+    master: str | None = Field(
+        None,
+        description="the master of a session nnlib starts outside spark-submit: local[N], spark://host:7077, yarn, "
+        "... (default: spark-defaults.conf's, else local[*]); spark-submit's master and a running "
+        "session's win; config.yaml records the master used",
+    )
+    remote: str | None = Field(
+        None,
+        description="a Spark Connect server to train on, sc://HOST:PORT[/;token=...] or local[N] (default: "
+        "SPARK_REMOTE, if set); its token never reaches config.yaml, logs or MLflow",
+    )
+    app_name: str = Field("nnlib", description="the Spark application's name")
+    log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = Field(
+        "ERROR", description="Spark's own logging; INFO brings it back"
+    )
+    mode: Literal["auto", "stage", "jobs"] = Field(
+        "auto",
+        description="one long-lived stage for the whole run, or one Spark job per round over DataFrames; auto: stage "
+        "on a classic session, jobs on Spark Connect (whose executors cannot reach the client)",
+    )
+    collective: Literal["tasks", "driver"] = Field(
+        "tasks",
+        description="stage, synchronous rounds: the tasks average each step's gradients among themselves, or each "
+        "sends its gradient to the driver and waits for the mean (the same weights, bit for bit)",
+    )
+    port: int = Field(
+        0, ge=0, le=65535, description="stage: the driver's port for the mappers' connections (0: any free port)"
+    )
+    mapper_timeout: float = Field(
+        1800.0,
+        gt=0,
+        description="stage: seconds without a word from a mapper before the run ends (plus a minute to start)",
+    )
+    stage_attempts: int = Field(
+        3, ge=1, description="stage: how many times the stage may be started when executors are lost"
+    )
+    collect_held_out_mb: float = Field(
+        64.0,
+        ge=0,
+        description="a Parquet source's test and validation rows are collected to the driver up to this size (float32 "
+        "MB); larger, they stay with the mappers, which score them every round",
+    )
+    conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="more Spark settings for a session nnlib starts, e.g. {spark.executor.pyspark.memory: 2g}",
+    )
+    task_gpus: float | None = Field(
+        None,
+        gt=0,
+        description="GPUs each of the stage's tasks asks for, by stage-level scheduling (a ResourceProfile): whole, "
+        "or a fraction <= 0.5; a standalone, YARN or Kubernetes master, not local",
+    )
 
     @model_validator(mode="after")
     def _task_gpus_as_spark_takes_them(self):
@@ -359,44 +515,95 @@ class SparkConfig(_Section):
 
 
 class MpiConfig(_Section):
-    collective: Literal["allreduce", "allgather"] = "allreduce"
-    launcher: list[str] = Field(default_factory=lambda: ["mpiexec"])
-    args: list[str] = Field(default_factory=list)
+    collective: Literal["allreduce", "allgather"] = Field(
+        "allreduce", description="how the ranks combine (the same result either way)"
+    )
+    launcher: list[str] = Field(
+        default_factory=lambda: ["mpiexec"],
+        description="engine=mpi: the command that starts the ranks (given -n mappers)",
+    )
+    args: list[str] = Field(
+        default_factory=list, description="engine=mpi: more options for the launcher, e.g. [--oversubscribe]"
+    )
 
 
 class MrjobConfig(_Section):
-    runner: Literal["inline", "local", "hadoop", "emr"] = "local"
-    args: list[str] = Field(default_factory=list)
-    # where a Parquet source's shards are written once, before the rounds: a folder or a URI every node can
-    # write (hdfs://..., needed for the hadoop and emr runners); default a temporary folder on this machine
-    scratch: str | None = None
+    runner: Literal["inline", "local", "hadoop", "emr"] = Field("local", description="mrjob's runner (-r)")
+    args: list[str] = Field(
+        default_factory=list,
+        description="more mrjob options, passed through (e.g. [--hadoop-streaming-jar, /path.jar])",
+    )
+    scratch: str | None = Field(
+        None,
+        description="where a Parquet source's shards are written once before the rounds: a folder or a URI every node "
+        "can write (hdfs:///tmp/nnlib, needed by the hadoop and emr runners); default a temporary folder "
+        "on this machine",
+    )
 
 
 class SplitConfig(_Section):
-    scale: Literal["groups", "none"] = "groups"  # ist, split: a sub-network's output contribution x G
-    groups: int | None = Field(None, ge=1)  # split, split-search: G per hidden layer (split: mappers)
-    warmup_fraction: float = Field(0.25, gt=0, lt=1)  # split: share of each shard for the whole network
-    method: Literal["independence", "random", "alternating", "none"] = "independence"
-    recombine: Literal["average", "sum"] = "average"  # what several sub-networks hold: averaged or summed
-    equal_sizes: bool = True  # split-search: only groups of equal size
-    max_combinations: int = Field(1000, ge=1)  # split-search: sample this many when there are more
+    scale: Literal["groups", "none"] = Field(
+        "groups",
+        description="ist, split: multiply a sub-network's hidden-to-output product by G while it trains (not at "
+        "evaluation)",
+    )
+    groups: int | None = Field(
+        None,
+        ge=1,
+        description="G, the groups per hidden layer (default: mappers for split, 2 for split-search); split needs "
+        "mappers to be a multiple of it",
+    )
+    warmup_fraction: float = Field(
+        0.25, gt=0, lt=1, description="split, split-search: the share of the training data for the whole-network phase"
+    )
+    method: Literal["independence", "random", "alternating", "none"] = Field(
+        "independence", description="split: how the groups are chosen"
+    )
+    recombine: Literal["average", "sum"] = Field(
+        "average",
+        description="split: what several sub-networks hold (the output bias) is averaged or summed when the pieces go "
+        "back",
+    )
+    equal_sizes: bool = Field(True, description="split-search: only groups of equal size, or any non-empty sizes")
+    max_combinations: int = Field(
+        1000, ge=1, description="split-search: past this many distinct splits, draw this many at random"
+    )
 
 
 class ServerConfig(_Section):
-    lr: float = Field(1.0, gt=0)  # the server's step on the round's pseudo-gradient (FedAvgM)
-    momentum: float = Field(0.0, ge=0, lt=1)  # lr 1, momentum 0: plain averaging
+    lr: float = Field(
+        1.0,
+        gt=0,
+        description="the server's step after each local round (FedAvgM): v = momentum*v + (w - w_avg), w -= lr*v; 1 "
+        "and momentum 0 are plain averaging",
+    )
+    momentum: float = Field(
+        0.0, ge=0, lt=1, description="the server's momentum (FedAvgM); 0 with server.lr 1 is plain averaging"
+    )
 
 
 class MlflowConfig(_Section):
-    tracking_uri: str | None = None  # default: a local mlruns/ folder in the working directory
-    experiment: str = "nnlib"
+    tracking_uri: str | None = Field(
+        None,
+        description="where tracking=mlflow logs: a server (http://...), a database (sqlite:///mlflow.db) or a folder "
+        "(default: ./mlruns)",
+    )
+    experiment: str = Field("nnlib", description="the MLflow experiment's name")
 
 
 class Config(_Section):
-    engine: Literal["local", "spark", "mrjob", "mpi"] = "local"
-    mappers: int = Field(4, ge=1)
-    combine: Literal["average", "weighted", "sum", "sum_updates", "gradient", "ist", "split"] = "average"
-    seed: int = 0
+    engine: Literal["local", "spark", "mrjob", "mpi"] = Field(
+        "local", description="where the mappers run; local is in-process and sequential, the reference"
+    )
+    mappers: int = Field(4, ge=1, description="the number of shards / map tasks (at most the training samples)")
+    combine: Literal["average", "weighted", "sum", "sum_updates", "gradient", "ist", "split"] = Field(
+        "average",
+        description="how the mappers' weights are merged; gradient averages gradients every step; ist and split train "
+        "sub-networks",
+    )
+    seed: int = Field(
+        0, description="seeds the split, the partition, the initial weights and every mapper's batch order"
+    )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -405,7 +612,7 @@ class Config(_Section):
     mpi: MpiConfig = MpiConfig()
     split: SplitConfig = SplitConfig()
     server: ServerConfig = ServerConfig()
-    tracking: Literal["none", "mlflow"] = "none"
+    tracking: Literal["none", "mlflow"] = Field("none", description="experiment tracking")
     mlflow: MlflowConfig = MlflowConfig()
 
     @model_validator(mode="after")
