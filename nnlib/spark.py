@@ -96,6 +96,8 @@ from nnlib.engines.spark.session import ship_code
 from nnlib.errors import ConfigError, DataError, EngineError, NnlibError
 from nnlib.model.model import Model
 
+__all__ = ["NNClassifier", "NNClassificationModel", "NNRegressor", "NNRegressionModel"]
+
 # each param and the nnlib config key it sets
 PARAM_KEYS = {
     "mappers": "mappers",
