@@ -146,10 +146,17 @@ class DataConfig(_Section):
     )
     n_features: int = Field(20, ge=1, description="data.source=synthetic: the number of features")
     n_classes: int = Field(3, ge=2, description="data.source=synthetic: the number of classes")
-    shard_storage: Literal["memory", "disk"] = Field(
+    shard_storage: Literal["memory", "disk", "auto"] = Field(
         "memory",
         description="where a mapper keeps its shard: memory, or disk (written once to data.scratch_dir "
-        "and read by rows each mini-batch: the same weights, bit for bit, with one mini-batch in memory)",
+        "and read by rows each mini-batch: the same weights, bit for bit, with one mini-batch in memory); "
+        "auto: disk when the largest shard would pass data.memory_per_mapper_mb (nnlib/data/storage.py)",
+    )
+    memory_per_mapper_mb: float | None = Field(
+        None,
+        gt=0,
+        description="data.shard_storage=auto: each mapper's memory budget in MiB (default: "
+        "spark.executor.pyspark.memory on Spark, from spark.conf or the session; else none, and memory)",
     )
     scratch_dir: str | None = Field(
         None,

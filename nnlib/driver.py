@@ -27,6 +27,7 @@ import numpy as np
 from nnlib.config import Config
 from nnlib.core.backends import get_backend
 from nnlib.data.dataset import Dataset, ShardSource, run_dataset
+from nnlib.data.storage import resolved as resolved_storage
 from nnlib.engines import make_engine
 from nnlib.engines.base import Engine
 from nnlib.errors import ConfigError, DataError, DivergenceError, NnlibError
@@ -590,7 +591,10 @@ def train_rounds(
 
     try:
         try:
-            engine.start(ShardSource.of_run(config, setup.data.rows))
+            source = ShardSource.of_run(config, setup.data.rows)
+            if config.data.shard_storage == "auto":  # memory or disk, by the shards' size: said in one line
+                source = replace(source, data=resolved_storage(config, setup.data, engine, log))
+            engine.start(source)
             if on_started is not None:
                 on_started()
             for r in range(first_round, config.train.rounds):

@@ -339,13 +339,6 @@ def test_disk_storage_with_the_torch_backend_is_refused_in_one_line():
         load_config(None, ["data.shard_storage=disk", "model.backend=torch"])
 
 
-def test_auto_storage_is_not_offered():
-    from nnlib.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="shard_storage"):
-        load_config(None, ["data.shard_storage=auto"])
-
-
 # ----------------------------------------------------------------------------------- the other engines
 
 

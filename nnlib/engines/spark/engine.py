@@ -102,6 +102,17 @@ class _SparkSession:
         """The session, started (with ``min_slots`` task slots) if it is not yet."""
         return self._open(self.min_slots)
 
+    def python_memory_setting(self) -> str | None:
+        """``spark.executor.pyspark.memory`` as the run's session holds it (spark-submit's ``--conf``,
+        spark-defaults.conf, a caller's session), or None where unset: ``data.shard_storage: auto``'s budget.
+        Starts the session, as :meth:`start` would next."""
+        session = self._started_session()
+        try:
+            value = session.conf.get("spark.executor.pyspark.memory", None)
+        except Exception:  # noqa: BLE001  - a server that refuses to say: no budget, as where unset
+            return None
+        return None if value in (None, "") else str(value)
+
     def _close(self):
         if self.opened is not None:
             self.opened.stop()
