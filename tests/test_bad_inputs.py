@@ -448,7 +448,7 @@ ELSEWHERE = {
     "scratch-dir-a-file": "test_disk_shards.py::test_a_bad_scratch_dir_is_one_line_naming_it",
     "scratch-dir-full": "test_disk_shards.py::test_a_write_that_fails_is_one_error_naming_the_folder_and_leaves_nothing",
     "disk-shards-torch": "test_disk_shards.py::test_disk_storage_with_the_torch_backend_is_refused_in_one_line",
-    "shard-storage-auto": "test_shard_storage_auto.py::test_auto_choosing_disk_for_the_torch_backend_is_one_line",
+    "shard-storage-auto": "test_disk_shards.py::test_auto_storage_is_not_offered",
     "row-keyed-nan-target": "test_rows_regression.py::test_bad_targets_weights_and_flags_are_one_line_naming_file_column_and_sample",
     "row-keyed-negative-weight": "test_rows_regression.py::test_bad_targets_weights_and_flags_are_one_line_naming_file_column_and_sample",
     "row-keyed-null-flag": "test_rows_regression.py::test_bad_targets_weights_and_flags_are_one_line_naming_file_column_and_sample",

@@ -2,7 +2,7 @@
 
 ruff checks nnlib/ and the scripts beside it (jobs/, bench/, examples/) in well under a second, so it is in
 the fast tier; mypy over nnlib/ takes minutes without its cache (.tmp/mypy_cache), so it is slow. Each runs
-as the README's Contributing paragraph gives it, from the repository root, and a failure prints the tool's
+as the site's Contributing page gives it, from the repository root, and a failure prints the tool's
 findings.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LINTED = ["nnlib", "jobs", "bench", "examples"]  # tests/ is not linted yet
+LINTED = ["nnlib", "jobs", "bench", "examples", "docs"]  # tests/ is not linted yet
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
