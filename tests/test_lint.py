@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LINTED = ["nnlib", "jobs", "bench", "examples", "docs"]  # tests/ is not linted yet
+# tests/ is not linted yet; of docs/, its Python only (ruff would reformat the pages' code blocks too)
+LINTED = ["nnlib", "jobs", "bench", "examples", "docs/hooks.py"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
