@@ -43,7 +43,7 @@ The MLP's weights are stored ``(fan_in, fan_out)``, so its module computes
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -299,6 +299,7 @@ class TorchModel:
         proximal_mu: float = 0.0,
         sample_weight: np.ndarray | None = None,
         weight_sums: Sequence[float] | None = None,
+        rows: Iterator[tuple] | None = None,
     ) -> float:
         """One local round: a step of ``optimizer`` per index array of ``batches``; returns the loss sum.
 
@@ -313,7 +314,11 @@ class TorchModel:
         step ``s``'s loss is ``sum w_i l_i / weight_sums[s]`` (see
         :func:`nnlib.core.train.local_sgd`) and the loss sum is ``sum over
         steps of data loss * weight_sums[s]``. Under regression ``y`` is float
-        ``(n,)`` or ``(n, n_targets)``.
+        ``(n,)`` or ``(n, n_targets)``. ``rows`` (a disk shard's, as
+        :func:`nnlib.core.train.batch_rows` serves them: ``(x[idx], y[idx],
+        sample_weight[idx] or None)`` per batch) gives each step's rows
+        instead of indexing ``x``, ``y`` and ``sample_weight``: the same
+        tensors, so the same bits.
         """
         lrs = np.broadcast_to(np.asarray(lr, np.float64), (len(batches),)).tolist()  # one per step
         device = self.train_device()
@@ -329,12 +334,25 @@ class TorchModel:
         w_trained, g_trained = w[:n_trained], grad[:n_trained]
         state = None if host_state is None else on(host_state)
         step, finish = flat_stepper(optimizer, w_trained, state, len(params))
-        xt = on(as_tensor(x if x.dtype == params.dtype else x.astype(params.dtype)))
-        if self.spec.regression:
-            yt = on(as_tensor(y if y.dtype == params.dtype else y.astype(params.dtype)))
-        else:
-            yt = on(as_tensor(y if y.dtype == np.int64 else y.astype(np.int64)))
-        sw = None if sample_weight is None else on(as_tensor(np.asarray(sample_weight, params.dtype)))
+        if rows is None:
+            xt = on(as_tensor(x if x.dtype == params.dtype else x.astype(params.dtype)))
+            yt = on(as_tensor(self._labels(y, params.dtype)))
+            sw = None if sample_weight is None else on(as_tensor(np.asarray(sample_weight, params.dtype)))
+
+            def batch(idx):
+                it = on(as_tensor(np.asarray(idx, np.int64)))
+                return xt.index_select(0, it), yt.index_select(0, it), None if sw is None else sw.index_select(0, it)
+
+            served = (batch(idx) for idx in batches)
+        else:  # a disk shard's rows, batch by batch: the tensors index_select would make
+            served = (
+                (
+                    on(as_tensor(xb if xb.dtype == params.dtype else xb.astype(params.dtype))),
+                    on(as_tensor(self._labels(yb, params.dtype))),
+                    None if wb is None else on(as_tensor(np.asarray(wb, params.dtype))),
+                )
+                for xb, yb, wb in rows
+            )
         mask = on(as_tensor(self._mask_np)[:n_trained].to(w.dtype)) if self.spec.l2 else None
         l2 = float(self.spec.l2)
         if proximal_mu and start is None:
@@ -342,30 +360,22 @@ class TorchModel:
         anchor = None if not proximal_mu or start is None else on(as_tensor(start)[:n_trained])
         mu = float(np.float32(proximal_mu))
         loss_name, task, delta = self.spec.loss, self.spec.task, self.spec.huber_delta
-        if sw is not None and weight_sums is None:
+        if sample_weight is not None and weight_sums is None:
             raise ValueError("sample_weight comes with the batches' weight_sums (the loss's denominators)")
+        sizes = getattr(batches, "sizes", None)  # a lazy round's (nnlib.core.train.Batches): not iterated here
         scales: list[float] = (
-            [len(idx) for idx in batches] if sw is None or weight_sums is None else [float(s) for s in weight_sums]
+            (list(sizes) if sizes is not None else [len(idx) for idx in batches])
+            if sample_weight is None or weight_sums is None
+            else [float(s) for s in weight_sums]
         )
         loss_sum = 0.0
         losses = []  # on a device: the step losses stay there until the round ends (no wait on it each step)
-        for b, (idx, rate) in enumerate(zip(batches, lrs, strict=True)):
-            it = on(as_tensor(idx))
+        for b, ((xb, yb, wb), rate) in enumerate(zip(served, lrs, strict=True)):
             grad.zero_()
-            if sw is None:
-                loss = data_loss(
-                    loss_name, module(xt.index_select(0, it)), yt.index_select(0, it), task=task, huber_delta=delta
-                )
+            if wb is None:
+                loss = data_loss(loss_name, module(xb), yb, task=task, huber_delta=delta)
             else:
-                loss = data_loss(
-                    loss_name,
-                    module(xt.index_select(0, it)),
-                    yt.index_select(0, it),
-                    sw.index_select(0, it),
-                    scales[b],
-                    task,
-                    delta,
-                )
+                loss = data_loss(loss_name, module(xb), yb, wb, scales[b], task, delta)
             loss.backward()
             with torch.no_grad():
                 if mask is not None:
@@ -386,6 +396,11 @@ class TorchModel:
             for loss, scale in zip(torch.stack(losses).cpu().tolist() if losses else [], scales, strict=True):
                 loss_sum += loss * scale
         return loss_sum
+
+    def _labels(self, y: np.ndarray, dtype) -> np.ndarray:
+        """``y`` as the loss takes it: targets in the weights' dtype under regression, else int64 classes."""
+        want = dtype if self.spec.regression else np.int64
+        return y if y.dtype == want else y.astype(want)
 
     def train_device(self) -> torch.device | None:
         """Where :meth:`train_steps` and :meth:`loss_and_grad` compute: None for in place on the host arrays

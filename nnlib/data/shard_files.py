@@ -221,6 +221,129 @@ class DiskArray:
             _read_all(self._file.fd, view[a * size : b * size], base + int(idx[a]) * size, self.path)
         return out
 
+    def batch_rows(self, batches, *others):
+        """``(self[idx], *(other[idx] for other in others))`` for each index array of ``batches``, in order, read
+        a window of batches at a time (:class:`BatchReader`; an ``other`` of None gives None)."""
+        return BatchReader([self, *others])(batches)
+
+    def read_sorted(self, idx: np.ndarray, gap_bytes: int | None = None) -> tuple[np.ndarray, int]:
+        """Rows ``idx`` (sorted, distinct, in range, int64) into a new array, and the positioned reads it took.
+
+        Rows closer than ``gap_bytes`` (default ``GAP_BYTES``) are read
+        together, the rows between them included and dropped, at most
+        ``CHUNK_BYTES`` at a time (a chunk buffer); rows farther apart are
+        read one positioned read each. A window of consecutive rows (a block
+        shuffle's) is so one read per ``CHUNK_BYTES``.
+        """
+        out = np.empty((len(idx), *self._row_shape), self.dtype)
+        size = self._row_bytes
+        if not len(idx) or not size:
+            return out, 0
+        gap = GAP_BYTES if gap_bytes is None else gap_bytes
+        fd, base, view = self._file.fd, self._file.offset + self._start * size, _bytes_of(out)
+        # a new run where the gap to the previous row is too wide, or the run would pass a chunk
+        breaks = np.flatnonzero((idx[1:] - idx[:-1] - 1) * size > gap) + 1
+        starts, stops = [0, *breaks.tolist()], [*breaks.tolist(), len(idx)]
+        reads = 0
+        single: list[int] = []  # rows read alone
+        rows_view = out.reshape(len(idx), -1).view(np.uint8)  # (rows, bytes of a row)
+        max_rows = max(1, CHUNK_BYTES // size)
+        chunk: np.ndarray | None = None
+        for a, b in zip(starts, stops, strict=True):
+            if b - a == 1:
+                single.append(a)
+                continue
+            lo = a
+            while lo < b:  # the run's rows, a chunk's span at a time
+                first = int(idx[lo])
+                hi = lo + int(np.searchsorted(idx[lo:b], first + max_rows))
+                hi = min(max(hi, lo + 1), b)
+                span = int(idx[hi - 1]) - first + 1
+                if span == hi - lo:  # consecutive rows: straight into place
+                    _read_all(fd, view[lo * size : hi * size], base + first * size, self.path)
+                else:
+                    if chunk is None:
+                        chunk = np.empty(max_rows * size, np.uint8)
+                    part = chunk[: span * size]
+                    _read_all(fd, memoryview(part), base + first * size, self.path)  # type: ignore[arg-type]
+                    rows_view[lo:hi] = part.reshape(span, size)[idx[lo:hi] - first]
+                reads += 1
+                lo = hi
+        if single:
+            at = (idx[single] * size + base).tolist()
+            data = b"".join([os.pread(fd, size, o) for o in at])  # faster than preadv into slices
+            if len(data) == len(single) * size:
+                rows_view[single] = np.frombuffer(data, np.uint8).reshape(len(single), size)
+            else:  # a short read (rare on a local file): row by row, to the end of each
+                for i, o in zip(single, at, strict=True):
+                    _read_all(fd, view[i * size : (i + 1) * size], o, self.path)
+            reads += len(single)
+        return out, reads
+
+
+READ_BUFFER_BYTES = 16 << 20  # a disk shard's rows read at once for training: about 100 batches of 784 floats
+GAP_BYTES = 16 << 10  # rows this close are read in one positioned read with what lies between (cheaper than two)
+CHUNK_BYTES = 4 << 20  # the most bytes one read of several rows takes (its buffer)
+
+
+class BatchReader:
+    """Serves a round's mini-batches of a disk shard, reading a window of batches at a time.
+
+    ``arrays``: the shard's arrays of one length (``DiskArray``, an
+    ndarray, or None). Called with the round's index arrays, it takes the
+    next batches while their rows fit in ``buffer_bytes`` (at least one
+    batch), reads the window's distinct rows of each DiskArray in file order
+    (:meth:`DiskArray.read_sorted`: one positioned read per run of close
+    rows), then serves each batch's rows in the batch's order: the same
+    rows, bit for bit, as indexing each array with the batch. What it holds
+    is one window's rows and indices, whatever the shard's size:
+    :attr:`window_rows` bounds the rows, :attr:`peak_rows` is the most it
+    held, :attr:`reads` the positioned reads it made.
+    """
+
+    def __init__(self, arrays, buffer_bytes: int | None = None):
+        self.arrays = arrays
+        self.buffer_bytes = READ_BUFFER_BYTES if buffer_bytes is None else buffer_bytes
+        row = sum(
+            int(np.prod(a.shape[1:], dtype=np.int64)) * np.dtype(a.dtype).itemsize for a in arrays if a is not None
+        )
+        self.window_rows = max(1, self.buffer_bytes // max(row, 1))
+        self.peak_rows = 0
+        self.reads = 0
+
+    def __call__(self, batches):
+        window: list[np.ndarray] = []
+        held = 0
+        for idx in batches:
+            if window and held + len(idx) > self.window_rows:
+                yield from self._serve(window)
+                window, held = [], 0
+            window.append(idx)
+            held += len(idx)
+        if window:
+            yield from self._serve(window)
+
+    def _serve(self, window: list[np.ndarray]):
+        wanted = np.concatenate(window).astype(np.int64, copy=False)
+        rows, where = np.unique(wanted, return_inverse=True)  # sorted and distinct: the reads go forward
+        read = []
+        for a in self.arrays:
+            if a is None:
+                read.append(None)
+            elif isinstance(a, DiskArray):
+                got, reads = a.read_sorted(rows)
+                self.reads += reads
+                read.append(got)
+            else:
+                read.append(a[rows])
+        self.peak_rows = max(self.peak_rows, len(rows))
+        del rows
+        lo = 0
+        for idx in window:
+            at = where[lo : lo + len(idx)]
+            lo += len(idx)
+            yield tuple(None if r is None else r[at] for r in read)
+
 
 def _read_all(fd: int, buffer: memoryview, at: int, path: str) -> None:
     """Fill ``buffer`` from byte ``at`` of ``fd``: a read may return less than asked (past 2 GiB on Linux)."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from nnlib.core.backends import get_backend
 from nnlib.core.optim import leading_state
-from nnlib.core.train import batch_weight_sums, local_sgd, run_steps
+from nnlib.core.train import Blocks, batch_rows, epoch_batches, local_sgd, row_bytes, run_steps
 from nnlib.data.dataset import Shard
 from nnlib.data.rows import TEST, VAL
 from nnlib.rounds.payload import Combined, MapperResult, MapperStats, RoundPayload
@@ -130,6 +130,32 @@ class Collective(Protocol):
         """The mappers, across all processes, whose flag is set."""
 
 
+def sync_batch_sizes_of(n_samples: int, batch_size: int, steps: int, per_epoch: int) -> list[int]:
+    """The sizes of :func:`sync_batches`' index arrays (0 where the mapper sits out), without drawing them."""
+    epoch = [max(0, min(batch_size, n_samples - j * batch_size)) for j in range(per_epoch)]
+    return (epoch * -(-steps // max(per_epoch, 1)))[:steps] if per_epoch else []
+
+
+def sync_batch_iter(
+    n_samples: int,
+    batch_size: int,
+    steps: int,
+    per_epoch: int,
+    rng: np.random.Generator,
+    shuffle: str = "exact",
+    blocks: Blocks | None = None,
+):
+    """:func:`sync_batches`' index arrays one at a time, each epoch drawn as the steps reach it
+    (:func:`nnlib.core.train.epoch_batches`: ``exact`` or ``block``)."""
+    empty = np.empty(0, np.int64)
+    taken = 0
+    while taken < steps and per_epoch > 0:
+        epoch = epoch_batches(n_samples, batch_size, rng, shuffle, blocks)
+        for _ in range(min(per_epoch, steps - taken)):
+            yield next(epoch, empty)
+            taken += 1
+
+
 def sync_batches(
     n_samples: int, batch_size: int, steps: int, per_epoch: int, rng: np.random.Generator
 ) -> list[np.ndarray]:
@@ -141,13 +167,7 @@ def sync_batches(
     (weight 0) until the next. With equal shards this is
     :func:`nnlib.core.train.batch_indices` with ``local_steps=steps``.
     """
-    batches: list[np.ndarray] = []
-    empty = np.empty(0, np.int64)
-    while len(batches) < steps:
-        order = rng.permutation(n_samples)
-        for j in range(min(per_epoch, steps - len(batches))):
-            batches.append(order[j * batch_size : (j + 1) * batch_size] if j * batch_size < n_samples else empty)
-    return batches
+    return list(sync_batch_iter(n_samples, batch_size, steps, per_epoch, rng))
 
 
 def _sample_weights(shards: list[Shard]) -> list[np.ndarray] | None:
@@ -190,15 +210,24 @@ def sync_shards(
     plan = payload.plan
     lrs = plan.sync_lrs
     assert lrs is not None  # a synchronous round's plan has its step sizes
-    batches = [
-        sync_batches(
-            s.n_samples,
-            plan.local.batch_size,
-            len(lrs),
-            plan.steps_per_epoch,
-            shard_rng(payload.seed, payload.round_index, s.index),
+    sizes = [sync_batch_sizes_of(s.n_samples, plan.local.batch_size, len(lrs), plan.steps_per_epoch) for s in shards]
+    ws = _sample_weights(shards)
+    rows = [
+        batch_rows(
+            s.x,
+            s.y,
+            None if ws is None else ws[i],
+            sync_batch_iter(
+                s.n_samples,
+                plan.local.batch_size,
+                len(lrs),
+                plan.steps_per_epoch,
+                shard_rng(payload.seed, payload.round_index, s.index),
+                plan.local.shuffle,
+                Blocks.of(row_bytes(s.x, s.y, None if ws is None else ws[i])),
+            ),
         )
-        for s in shards
+        for i, s in enumerate(shards)
     ]
     params = payload.params.copy()
     opt_state = None if payload.opt_state is None else payload.opt_state.copy()
@@ -207,30 +236,31 @@ def sync_shards(
     compute = [0.0] * len(shards)
     loss_sums = [0.0] * len(shards)
     comm = 0.0
-    ws = _sample_weights(shards)
     weighted = ws is not None
+    weights_seen = [0.0] * len(shards)  # each mapper's weights seen, summed batch by batch in step order
     if ws is not None:
         mean_weight = payload.mean_weight  # every mapper's rows, also where this process holds one shard
         if mean_weight is None:
             mean_weight = sum(float(np.sum(w, dtype=np.float64)) for w in ws) / max(sum(s.n_samples for s in shards), 1)
-        weight_sums = [batch_weight_sums(w, batches[i], mean_weight) for i, w in enumerate(ws)]
-        weights_seen = [sum(float(np.sum(w[b], dtype=np.float64)) for b in batches[i]) for i, w in enumerate(ws)]
+        weight_sums = [[size * mean_weight for size in sizes[i]] for i in range(len(shards))]
 
     def mean_gradient(_trained, step):
         nonlocal comm
         grads = []
-        for i, shard in enumerate(shards):
+        for i in range(len(shards)):
             start = time.perf_counter()
-            idx = batches[i][step]
-            weights = {} if ws is None else {"sample_weight": ws[i][idx], "weight_sum": weight_sums[i][step]}
-            if len(idx) and own is None:
-                loss, grad = backend.loss_and_grad(params, shard.x[idx], shard.y[idx], **weights)
-            elif len(idx) and own is not None:
+            xb, yb, wb = next(rows[i])
+            weights = {} if wb is None else {"sample_weight": wb, "weight_sum": weight_sums[i][step]}
+            if wb is not None:
+                weights_seen[i] += float(np.sum(wb, dtype=np.float64))
+            if len(yb) and own is None:
+                loss, grad = backend.loss_and_grad(params, xb, yb, **weights)
+            elif len(yb) and own is not None:
                 own[i][:n] = params[:n]  # the shared weights, with this mapper's own statistics
-                loss, grad = backend.loss_and_grad(own[i], shard.x[idx], shard.y[idx], update_buffers=True, **weights)
+                loss, grad = backend.loss_and_grad(own[i], xb, yb, update_buffers=True, **weights)
             else:  # its shard is used up for this epoch: it takes part with weight 0
                 loss, grad = 0.0, np.zeros_like(params)
-            loss_sums[i] += loss * (weight_sums[i][step] if weighted else len(idx))
+            loss_sums[i] += loss * (weight_sums[i][step] if weighted else len(yb))
             grads.append(grad[:n])
             compute[i] += time.perf_counter() - start
         start = time.perf_counter()
@@ -260,10 +290,10 @@ def sync_shards(
         MapperStats(
             s.index,
             s.n_samples,
-            sum(len(b) > 0 for b in batches[i]),
+            sum(size > 0 for size in sizes[i]),
             (loss_sums[i] / weights_seen[i] if weighted and weights_seen[i] > 0 else 0.0)
             if weighted
-            else loss_sums[i] / max(sum(len(b) for b in batches[i]), 1),
+            else loss_sums[i] / max(sum(sizes[i]), 1),
             host,
             pid,
             compute[i] + update,
