@@ -162,7 +162,7 @@ def main(argv=None):
     from spark_cluster import ConnectServer
 
     # the server keeps recent plans, each holding a round's weights in its closure: a 10M-parameter model needs
-    # more than the default 1 GiB of driver memory (README, "Spark Connect")
+    # more than the default 1 GiB of driver memory (docs/pages/guide/spark.md, "Spark Connect")
     server = ConnectServer(
         Path(tempfile.mkdtemp(prefix="nnlib-bench-connect-")), master="local[2]", conf={"spark.driver.memory": "4g"}
     ).start()

@@ -1,4 +1,5 @@
-"""The accuracy a tuned single-process MLP reaches on digits: the target of the README's recipe.
+"""The accuracy a tuned single-process MLP reaches on digits: the target of the manual's recipe
+(docs/pages/guide/optimizers.md).
 
     python bench/reference_accuracy.py           # 5 seeds
     python bench/reference_accuracy.py --smoke   # 1 seed

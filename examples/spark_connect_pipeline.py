@@ -1,6 +1,6 @@
 """A Spark ML pipeline with NNClassifier on a Spark Connect server: fit, transform, save, load, transform.
 
-    python examples/spark_connect_pipeline.py sc://127.0.0.1:15002     # a server you started (README, "Spark Connect")
+    python examples/spark_connect_pipeline.py sc://127.0.0.1:15002     # a server you started (docs, "Spark Connect")
     python examples/spark_connect_pipeline.py 'local[4]'              # a server started in this process
 
 The digits (1,797 rows of 64 pixels) go to the server as a DataFrame with a

@@ -8,7 +8,7 @@ runs one round by hand (the job class is :mod:`nnlib.engines.mrjob.model_avg`)::
 
 Without ``--payload WEIGHTS.npz`` the round starts from the config's initial
 weights (round 0). ``-r inline``, ``-r local``, ``-r hadoop`` and ``-r emr``
-all work; on Hadoop the tasks need nnlib and its dependencies (see the README).
+all work; on Hadoop the tasks need nnlib and its dependencies (docs/pages/guide/mrjob.md).
 """
 
 from nnlib.engines.mrjob.engine import load_job_class

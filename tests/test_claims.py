@@ -1,4 +1,4 @@
-"""What the README promises and the code must keep: the round whose weights a run's model holds is said in the
+"""What the manual promises and the code must keep: the round whose weights a run's model holds is said in the
 run's last lines, and ``nnlib predict`` gives the same bits on every engine, however a reader cuts the rows.
 
 Each early-stopping case is checked against the run's own ``rounds.csv`` (the round of the lowest validation

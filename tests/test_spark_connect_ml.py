@@ -323,7 +323,7 @@ def test_train_in_a_thread_leaves_the_callers_session_alive(spark, digits_file):
 
 
 def test_the_readme_example_pipeline_runs_against_a_connect_server(connect_server, tmp_path):
-    """examples/spark_connect_pipeline.py, as README's "Spark Connect" runs it, in a client process of its own."""
+    """examples/spark_connect_pipeline.py, as the manual's "Spark Connect" (docs/pages/guide/spark.md) runs it, in a client process of its own."""
     import subprocess
     import sys
     from pathlib import Path

@@ -2,7 +2,7 @@
 
 A mapper whose shard is used up for the epoch takes part with an empty batch
 and weight 0 until the largest shard's epoch ends (torch's ``Join``), and each
-step's mean gradient is weighted by the samples in it (README, "Running with
+step's mean gradient is weighted by the samples in it (docs/pages/guide/mpi.md, "Running with
 MPI", uneven shards).
 """
 
