@@ -36,8 +36,10 @@ WORK = [
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    # three one-core workers for a two-mapper stage: after one is killed, the stage can start again
-    c = StandaloneCluster(tmp_path_factory.mktemp("cluster")).start(n_workers=3)
+    """Four one-core workers, started once for this file: a worker for each of the memory test's four mappers;
+    then, for the killed-worker test (last: it kills one), more workers than its two mappers, so that after the
+    kill the stage can start again."""
+    c = StandaloneCluster(tmp_path_factory.mktemp("cluster")).start(n_workers=4)
     yield c
     c.stop()
 
@@ -49,6 +51,71 @@ def submit(cluster, out, *extra):
     return subprocess.Popen(
         cmd, cwd=ROOT, env=cluster_env(cluster.folder), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+
+
+def _blobs_parquet(folder: Path, n_rows: int, n_files: int) -> int:
+    """``n_rows`` x 64 float32 rows of 10 separable Gaussian blobs in ``n_files`` Parquet files; returns the bytes
+    of the features as float32 (what the dataset takes in memory)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir()
+    centres = np.random.default_rng(0).normal(0, 1, size=(10, 64))
+    for i, rows in enumerate(np.array_split(np.arange(n_rows), n_files)):
+        rng = np.random.default_rng([1, i])
+        y = rng.integers(0, 10, len(rows))
+        x = (centres[y] + rng.normal(size=(len(rows), 64))).astype(np.float32)
+        pq.write_table(
+            pa.table({"features": pa.FixedSizeListArray.from_arrays(x.ravel(), 64), "label": y}),
+            folder / f"part-{i:05d}.parquet",
+            row_group_size=65536,
+        )
+    return n_rows * 64 * 4
+
+
+# first in the file: it needs all four workers, before the killed-worker test kills one
+def test_a_parquet_dataset_larger_than_a_workers_memory_limit_trains_over_four_workers(cluster, tmp_path):
+    limit_mb = 640  # spark.executor.pyspark.memory: each Python worker's address space
+    data = tmp_path / "blobs"
+    assert _blobs_parquet(data, 2_800_000, 8) > limit_mb * 2**20
+    assert sum(f.stat().st_size for f in data.iterdir()) > limit_mb * 2**20
+    assert cluster.alive_workers() == 4
+
+    def submit_blobs(out, mappers):
+        cmd = [sys.executable, "-m", "nnlib", "run", "--out", str(out), "--quiet"]
+        for item in [
+            "engine=spark",
+            f"mappers={mappers}",
+            f"spark.master={cluster.url}",
+            f"data.source={data}",
+            "data.features_column=features",
+            "model.hidden=[32]",
+            "train.rounds=2",
+            "train.local_steps=20",
+            "train.lr=0.05",
+            f"spark.conf={{spark.executor.pyspark.memory: {limit_mb}m}}",
+        ]:
+            cmd += ["--set", item]
+        return subprocess.run(
+            cmd, cwd=ROOT, env=cluster_env(cluster.folder), capture_output=True, text=True, timeout=500
+        )
+
+    split = submit_blobs(tmp_path / "four", 4)
+    assert split.returncode == 0, split.stderr[-3000:]
+    mappers = [line.split(",") for line in (tmp_path / "four/mapper_times.csv").read_text().splitlines()[1:]]
+    assert {int(m[1]) for m in mappers} == {0, 1, 2, 3}
+    assert all(float(m[-1]) < limit_mb for m in mappers)  # peak_rss_mb: each mapper under its limit
+    summary = json.loads((tmp_path / "four/summary.json").read_text())
+    assert summary["n_train"] + summary["n_test"] == 2_800_000
+    # measured 0.9498 (2026-11-29) by this run (chance is 0.1): the four shards together learn the blobs
+    assert summary["final_test_accuracy"] > 0.9
+    # the executors' Python workers ran under the limit (pyspark logs it as it sets RLIMIT_AS)
+    logs = "".join(p.read_text() for p in (cluster.folder / "work").glob("*/*/stderr"))
+    assert f"Setting mem limits to {limit_mb * 2**20}" in logs
+
+    whole = submit_blobs(tmp_path / "one", 1)  # the same data in one worker does not fit under its limit
+    assert whole.returncode != 0
+    assert "spark: mapper 0 failed building its shard: MemoryError" in whole.stderr.splitlines()[-1]
 
 
 def test_cluster_run_equals_local_engine_and_survives_a_killed_worker(cluster, tmp_path):
@@ -84,70 +151,3 @@ def test_cluster_run_equals_local_engine_and_survives_a_killed_worker(cluster, t
     np.testing.assert_array_equal(saved_params(tmp_path / "faulty"), saved_params(tmp_path / "clean"))
     rows = (tmp_path / "faulty/mapper_times.csv").read_text().splitlines()[1:]
     assert len(rows) == 2 * 6  # each (round, mapper) counted once, retries or not
-
-
-def _blobs_parquet(folder: Path, n_rows: int, n_files: int) -> int:
-    """``n_rows`` x 64 float32 rows of 10 separable Gaussian blobs in ``n_files`` Parquet files; returns the bytes
-    of the features as float32 (what the dataset takes in memory)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder.mkdir()
-    centres = np.random.default_rng(0).normal(0, 1, size=(10, 64))
-    for i, rows in enumerate(np.array_split(np.arange(n_rows), n_files)):
-        rng = np.random.default_rng([1, i])
-        y = rng.integers(0, 10, len(rows))
-        x = (centres[y] + rng.normal(size=(len(rows), 64))).astype(np.float32)
-        pq.write_table(
-            pa.table({"features": pa.FixedSizeListArray.from_arrays(x.ravel(), 64), "label": y}),
-            folder / f"part-{i:05d}.parquet",
-            row_group_size=65536,
-        )
-    return n_rows * 64 * 4
-
-
-def test_a_parquet_dataset_larger_than_a_workers_memory_limit_trains_over_four_workers(tmp_path):
-    limit_mb = 640  # spark.executor.pyspark.memory: each Python worker's address space
-    data = tmp_path / "blobs"
-    assert _blobs_parquet(data, 2_800_000, 8) > limit_mb * 2**20
-    assert sum(f.stat().st_size for f in data.iterdir()) > limit_mb * 2**20
-    cluster = StandaloneCluster(tmp_path / "cluster").start(n_workers=4)
-    try:
-
-        def submit_blobs(out, mappers):
-            cmd = [sys.executable, "-m", "nnlib", "run", "--out", str(out), "--quiet"]
-            for item in [
-                "engine=spark",
-                f"mappers={mappers}",
-                f"spark.master={cluster.url}",
-                f"data.source={data}",
-                "data.features_column=features",
-                "model.hidden=[32]",
-                "train.rounds=2",
-                "train.local_steps=20",
-                "train.lr=0.05",
-                f"spark.conf={{spark.executor.pyspark.memory: {limit_mb}m}}",
-            ]:
-                cmd += ["--set", item]
-            return subprocess.run(
-                cmd, cwd=ROOT, env=cluster_env(cluster.folder), capture_output=True, text=True, timeout=500
-            )
-
-        split = submit_blobs(tmp_path / "four", 4)
-        assert split.returncode == 0, split.stderr[-3000:]
-        mappers = [line.split(",") for line in (tmp_path / "four/mapper_times.csv").read_text().splitlines()[1:]]
-        assert {int(m[1]) for m in mappers} == {0, 1, 2, 3}
-        assert all(float(m[-1]) < limit_mb for m in mappers)  # peak_rss_mb: each mapper under its limit
-        summary = json.loads((tmp_path / "four/summary.json").read_text())
-        assert summary["n_train"] + summary["n_test"] == 2_800_000
-        # measured 0.9498 (2026-11-29) by this run (chance is 0.1): the four shards together learn the blobs
-        assert summary["final_test_accuracy"] > 0.9
-        # the executors' Python workers ran under the limit (pyspark logs it as it sets RLIMIT_AS)
-        logs = "".join(p.read_text() for p in (tmp_path / "cluster/work").glob("*/*/stderr"))
-        assert f"Setting mem limits to {limit_mb * 2**20}" in logs
-
-        whole = submit_blobs(tmp_path / "one", 1)  # the same data in one worker does not fit under its limit
-        assert whole.returncode != 0
-        assert "spark: mapper 0 failed building its shard: MemoryError" in whole.stderr.splitlines()[-1]
-    finally:
-        cluster.stop()
