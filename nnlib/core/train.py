@@ -27,7 +27,7 @@ class LocalSchedule:
     ``local_steps`` set, that many mini-batch steps are taken, walking through
     fresh shuffles of the shard as often as needed. ``shuffle`` is
     ``data.shuffle``: ``exact`` (each epoch a permutation of the whole
-    shard) or ``block`` (:func:`block_epoch`).
+    shard) or ``block`` (:func:`block_windows`).
     """
 
     batch_size: int
@@ -64,18 +64,19 @@ class Blocks:
         return cls(block, block * max(1, WINDOW_BYTES // (block * max(row_bytes, 1))))
 
 
-def block_epoch(n: int, batch_size: int, rng: np.random.Generator, blocks: Blocks) -> Iterator[np.ndarray]:
-    """One epoch of the block shuffle: its mini-batches' row indices (int64), drawn as they are reached.
+def block_windows(n: int, batch_size: int, rng: np.random.Generator, blocks: Blocks) -> Iterator[list[np.ndarray]]:
+    """One epoch of the block shuffle, a shuffle window at a time: each window's mini-batches (int64 row indices).
 
     The shard's rows are cut into blocks of ``blocks.block_rows``
     consecutive rows; the epoch draws an order of the blocks, then takes them
     a window (``blocks.window_rows`` rows) at a time and draws a permutation
     of the window's rows (the shuffle buffer), cut into batches of
-    ``batch_size`` (a batch may take the end of one window and the start of
-    the next; the epoch's last batch may be smaller). Each epoch is a
-    permutation of ``range(n)``; a window's rows are a few runs of
-    consecutive rows, so a disk shard reads them sequentially, and what is
-    held is one window's indices (plus one int64 per block), whatever ``n``.
+    ``batch_size``. A batch may take the end of one window and the start of
+    the next (it is listed with the next); the epoch's last batch may be
+    smaller. Each epoch is a permutation of ``range(n)``; a window's rows are
+    a few runs of consecutive rows, so a disk shard reads them sequentially,
+    and what is held is one window's indices (plus one int64 per block),
+    whatever ``n``.
     """
     n_blocks = -(-n // blocks.block_rows)
     order = rng.permutation(n_blocks)
@@ -89,11 +90,11 @@ def block_epoch(n: int, batch_size: int, rng: np.random.Generator, blocks: Block
         rows = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
         rows = np.concatenate([carry, rows[rng.permutation(len(rows))]])
         cut = len(rows) - len(rows) % batch_size
-        for lo in range(0, cut, batch_size):
-            yield rows[lo : lo + batch_size]
+        window = [rows[lo : lo + batch_size] for lo in range(0, cut, batch_size)]
         carry = rows[cut:]
-    if len(carry):
-        yield carry
+        if w + per_window >= n_blocks and len(carry):
+            window.append(carry)
+        yield window
 
 
 def epoch_batches(
@@ -102,16 +103,17 @@ def epoch_batches(
     """One epoch's mini-batches of a shard of ``n`` rows: index arrays, ``ceil(n / batch_size)`` of them.
 
     ``exact``: a permutation of ``range(n)`` (:func:`permutation`, the
-    values of ``rng.permutation(n)``) cut into batches; ``block``:
-    :func:`block_epoch` with ``blocks`` (default: :meth:`Blocks.of` an
-    8-byte row). Raises ``ValueError`` for another ``shuffle``.
+    values of ``rng.permutation(n)``) cut into batches; ``block``: the
+    batches of :func:`block_windows` with ``blocks`` (default:
+    :meth:`Blocks.of` an 8-byte row). Raises ``ValueError`` for another ``shuffle``.
     """
     if shuffle == "exact":
         order = permutation(n, rng)
         for start in range(0, n, batch_size):
             yield order[start : start + batch_size]
     elif shuffle == "block":
-        yield from block_epoch(n, batch_size, rng, blocks or Blocks.of(8))
+        for window in block_windows(n, batch_size, rng, blocks or Blocks.of(8)):
+            yield from window
     else:
         raise ValueError(f"shuffle: one of {', '.join(SHUFFLES)}, got {shuffle!r}")
 
@@ -141,16 +143,38 @@ class Batches:
         return len(self.sizes)
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        for group in self.windows(None):
+            yield from group
+
+    def windows(self, max_rows: int | None) -> Iterator[list[np.ndarray]]:
+        """The batches in groups read together: consecutive batches of at most ``max_rows`` rows (at least
+        one batch; ``None``: no bound); under the block shuffle, a group never spans two shuffle windows, so
+        each is read as whole blocks."""
         if self._drawn:
             raise RuntimeError("a round's batches are drawn once")
         self._drawn = True
         left = len(self.sizes)
         while left:
-            for idx in epoch_batches(
-                self.n_samples, self.schedule.batch_size, self.rng, self.schedule.shuffle, self.blocks
-            ):
-                yield idx
-                left -= 1
+            if self.schedule.shuffle == "block":
+                windows: Iterator[list[np.ndarray]] = block_windows(
+                    self.n_samples, self.schedule.batch_size, self.rng, self.blocks
+                )
+            else:
+                windows = iter([epoch_batches(self.n_samples, self.schedule.batch_size, self.rng, "exact")])
+            for window in windows:
+                group: list[np.ndarray] = []
+                held = 0
+                for idx in window:
+                    if group and max_rows is not None and held + len(idx) > max_rows:
+                        yield group
+                        group, held = [], 0
+                    group.append(idx)
+                    held += len(idx)
+                    left -= 1
+                    if not left:
+                        break
+                if group:
+                    yield group
                 if not left:
                     return
 

@@ -312,16 +312,25 @@ class BatchReader:
         self.reads = 0
 
     def __call__(self, batches):
+        """Each batch's rows, in order; ``batches``: index arrays, or a :class:`nnlib.core.train.Batches`
+        (whose ``windows`` groups them: a block shuffle's window is read whole)."""
+        windows = getattr(batches, "windows", None)
+        groups = windows(self.window_rows) if windows is not None else self._groups(batches)
+        for group in groups:
+            yield from self._serve(group)
+
+    def _groups(self, batches):
+        """Consecutive batches of at most :attr:`window_rows` rows together (at least one batch)."""
         window: list[np.ndarray] = []
         held = 0
         for idx in batches:
             if window and held + len(idx) > self.window_rows:
-                yield from self._serve(window)
+                yield window
                 window, held = [], 0
             window.append(idx)
             held += len(idx)
         if window:
-            yield from self._serve(window)
+            yield window
 
     def _serve(self, window: list[np.ndarray]):
         wanted = np.concatenate(window).astype(np.int64, copy=False)

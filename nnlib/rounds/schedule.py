@@ -150,6 +150,7 @@ class Schedule:
     mappers: int
     shard_sizes: tuple[int, ...]  # training samples in each shard, in mapper order
     split_warmup_fraction: float = 0.5
+    shuffle: str = "exact"  # data.shuffle: how each epoch orders a shard's rows
 
     @classmethod
     def from_config(cls, config, shard_sizes) -> Schedule:
@@ -160,6 +161,7 @@ class Schedule:
             config.mappers,
             tuple(int(n) for n in shard_sizes),
             config.split.warmup_fraction,
+            config.data.shuffle,
         )
 
     def is_synchronous(self, round_index: int) -> bool:
@@ -184,7 +186,7 @@ class Schedule:
 
     def plan(self, round_index: int) -> RoundPlan:
         t = self.train
-        local = LocalSchedule(t.batch_size, t.local_epochs, t.local_steps)
+        local = LocalSchedule(t.batch_size, t.local_epochs, t.local_steps, self.shuffle)
         factor = self.lr_factor(round_index)
         restart = t.optimizer_state == "reset"
         if not self.is_synchronous(round_index):

@@ -93,6 +93,7 @@ def payload_to_bytes(p: RoundPayload) -> bytes:
         "batch_size": np.int64(local.batch_size),
         "local_epochs": np.int64(local.local_epochs),
         "local_steps": np.int64(-1 if local.local_steps is None else local.local_steps),
+        "shuffle": np.str_(local.shuffle),
         "lr": np.float64(p.plan.lr),
         "optimizer": np.str_(to_json(p.optimizer)),
         "part": np.asarray(p.plan.part, np.float64),
@@ -182,7 +183,9 @@ def _subnet_plan(f) -> SubnetPlan | None:
 def payload_from_file(path) -> RoundPayload:
     with np.load(path, allow_pickle=False) as f:
         steps = int(f["local_steps"])
-        local = LocalSchedule(int(f["batch_size"]), int(f["local_epochs"]), None if steps < 0 else steps)
+        local = LocalSchedule(
+            int(f["batch_size"]), int(f["local_epochs"]), None if steps < 0 else steps, str(f["shuffle"])
+        )
         plan = RoundPlan(
             int(f["round_index"]),
             bool(f["synchronous"]),
