@@ -163,6 +163,13 @@ class DataConfig(_Section):
         description="data.shard_storage=disk: the local folder for the shard files (default: Spark's "
         "local dir on an executor, SPARK_LOCAL_DIRS or spark.local.dir, else the system's temporary folder)",
     )
+    shuffle: Literal["exact", "block"] = Field(
+        "exact",
+        description="how each epoch orders a shard's rows: exact (a permutation of the whole shard; with "
+        "disk storage the same weights as memory, bit for bit, read row by row) or block (blocks of about "
+        "1 MiB of rows in a shuffled order, then the rows of each 16 MiB window shuffled; read sequentially, "
+        "for disk shards far larger than the page cache; seeded by seed, round and shard, with either storage)",
+    )
 
     @model_validator(mode="after")
     def _one_way_to_choose_features(self):
