@@ -87,19 +87,32 @@ def epochs(n_rows: int, epochs_each: int) -> dict:
     from nnlib.driver import run
     from nnlib.util.threads import one_blas_thread
 
-    wall: dict[str, list[float]] = {"memory": [], "disk": []}
-    cpu: dict[str, list[float]] = {"memory": [], "disk": []}
+    wall: dict[str, list[float]] = {"memory": [], "disk": [], "block": []}
+    cpu: dict[str, list[float]] = {"memory": [], "disk": [], "block": []}
     with scratch() as tmp:
         x, y = blobs(n_rows + 1000, WIDE, 0)
         store = shard_store(DataConfig(shard_storage="disk", scratch_dir=tmp))
         (disk,) = store.keep([Shard(0, x[:n_rows], y[:n_rows])])
         backend, params = small_mlp(WIDE)
         for epoch in range(epochs_each):
-            for storage, (xs, ys) in (("memory", (x[:n_rows], y[:n_rows])), ("disk", (disk.x, disk.y))):
+            for storage, (xs, ys) in (
+                ("memory", (x[:n_rows], y[:n_rows])),
+                ("disk", (disk.x, disk.y)),
+                ("block", (disk.x, disk.y)),  # disk, data.shuffle=block
+            ):
+                shuffle = "block" if storage == "block" else "exact"
                 start_wall, start_cpu = time.perf_counter(), time.process_time()
                 with one_blas_thread():
                     local_sgd(
-                        backend, params, None, SGD(), xs, ys, LocalSchedule(32), 0.05, np.random.default_rng(epoch)
+                        backend,
+                        params,
+                        None,
+                        SGD(),
+                        xs,
+                        ys,
+                        LocalSchedule(32, shuffle=shuffle),
+                        0.05,
+                        np.random.default_rng(epoch),
                     )
                 wall[storage].append(time.perf_counter() - start_wall)
                 cpu[storage].append(time.process_time() - start_cpu)
@@ -132,6 +145,8 @@ def epochs(n_rows: int, epochs_each: int) -> dict:
         "epochs_each": epochs_each,
         "memory_epoch_s": memory,
         "disk_epoch_s": on_disk,
+        "block_epoch_s": median(wall["block"]),
+        "block_ratio": median(wall["block"]) / memory,
         "ratio": on_disk / memory,
         "best_ratio": min(wall["disk"]) / min(wall["memory"]),
         "cpu_ratio": median(cpu["disk"]) / median(cpu["memory"]),
@@ -140,7 +155,88 @@ def epochs(n_rows: int, epochs_each: int) -> dict:
         "disk_epochs_s": wall["disk"],
         "memory_cpu_s": cpu["memory"],
         "disk_cpu_s": cpu["disk"],
+        "block_epochs_s": wall["block"],
+        "block_cpu_s": cpu["block"],
     }
+
+
+# ----------------------------------------------------------------------------------- exact against block
+
+
+def measure_sampling(smoke: bool) -> list[dict]:
+    """Accuracy and time per epoch of one mapper trained from a disk shard with each ``data.shuffle``.
+
+    Two data sets of :func:`blobs` (10 classes): 10,000 x 784 (8,000 training rows, MNIST-10k's size; 5
+    epochs) and 2,000,000 x 64 (1,600,000 training rows; 1 epoch); each with its training rows in random
+    order and sorted by label (the worst order for a block shuffle: a block holds one class). MLP n-128-10,
+    batch 32, lr 0.05, one BLAS thread; 3 seeds (the weights' and the batches'), the test rows the last 20%.
+    """
+    from nnlib.config import DataConfig
+    from nnlib.core.backends import get_backend
+    from nnlib.core.mlp import ModelSpec
+    from nnlib.core.optim import SGD
+    from nnlib.core.params import LayerSpec, init_params
+    from nnlib.core.train import LocalSchedule, local_sgd
+    from nnlib.data.dataset import Shard
+    from nnlib.data.disk import shard_store
+    from nnlib.util.threads import one_blas_thread
+
+    sets = [("10k x 784", 10_000, WIDE, 5), ("2M x 64", 2_000_000, N_FEATURES, 1)]
+    if smoke:
+        sets = [("2k x 784", 2_000, WIDE, 2), ("20k x 64", 20_000, N_FEATURES, 1)]
+    seeds = [0, 1] if smoke else [0, 1, 2]
+    out = []
+    with scratch() as tmp:
+        for name, n, d, epochs_ in sets:
+            x, y = blobs_in_pieces(n, d, 7)
+            n_train = n - n // 5
+            x_test, y_test = x[n_train:], y[n_train:]
+            for order in ("random", "sorted by label"):
+                keep = np.arange(n_train) if order == "random" else np.argsort(y[:n_train], kind="stable")
+                store = shard_store(DataConfig(shard_storage="disk", scratch_dir=tmp))
+                (disk,) = store.keep([Shard(0, x[keep], y[keep])])
+                spec = ModelSpec(LayerSpec((d, 128, 10)), "relu", "cross_entropy", 0.0)
+                backend = get_backend("numpy", spec)
+                for shuffle in ("exact", "block"):
+                    accuracies, seconds = [], []
+                    for seed in seeds:
+                        params = init_params(spec.layers, seed)
+                        start = time.perf_counter()
+                        with one_blas_thread():
+                            update = local_sgd(
+                                backend,
+                                params,
+                                None,
+                                SGD(),
+                                disk.x,
+                                disk.y,
+                                LocalSchedule(32, epochs_, shuffle=shuffle),
+                                0.05,
+                                np.random.default_rng(seed),
+                            )
+                        seconds.append((time.perf_counter() - start) / epochs_)
+                        accuracies.append(float(backend.evaluate(update.params, x_test, y_test)[1]))
+                    row = {
+                        "data": name,
+                        "order": order,
+                        "shuffle": shuffle,
+                        "epochs": epochs_,
+                        "accuracy": median(accuracies),
+                        "epoch_s": median(seconds),
+                        "accuracies": accuracies,
+                        "epochs_s": seconds,
+                    }
+                    out.append(row)
+                    print(
+                        f"{name}, rows {order}, {shuffle:>5}: accuracy {row['accuracy']:.4f} "
+                        f"(median of {len(seeds)}: {' '.join(f'{a:.4f}' for a in accuracies)}), "
+                        f"{row['epoch_s']:.2f} s an epoch",
+                        flush=True,
+                    )
+                store.remove()
+            del x, y, x_test, y_test
+    print(markdown_table(out, ["data", "order", "shuffle", "accuracy", "epoch_s"]))
+    return out
 
 
 # ----------------------------------------------------------------------------------- a mapper's memory
@@ -154,7 +250,19 @@ def high_water_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def mapper(n_rows: int, storage: str, folder: str, steps: int) -> dict:
+def blobs_in_pieces(n_rows: int, n_features: int, seed: int, piece: int = 250_000):
+    """:func:`blobs`' kind of data drawn ``piece`` rows at a time into one float32 array (8M rows x 64 would
+    peak near 8 GB drawn at once in float64)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 2 / np.sqrt(n_features), size=(10, n_features))
+    x, y = np.empty((n_rows, n_features), np.float32), rng.integers(0, 10, n_rows)
+    for lo in range(0, n_rows, piece):
+        hi = min(lo + piece, n_rows)
+        x[lo:hi] = rng.normal(size=(hi - lo, n_features)) + centres[y[lo:hi]]
+    return x, y
+
+
+def mapper(n_rows: int, storage: str, folder: str, steps: int, shuffle: str = "exact") -> dict:
     """One mapper's life in this process (a child): build, keep, train; its memory at each stage."""
     from nnlib.config import DataConfig
     from nnlib.core.optim import SGD
@@ -177,7 +285,7 @@ def mapper(n_rows: int, storage: str, folder: str, steps: int) -> dict:
         )
     fixed = high_water_mb()
     store = shard_store(DataConfig(shard_storage=storage, scratch_dir=folder))
-    (shard,) = store.keep([Shard(0, *blobs(n_rows, N_FEATURES, 2))])
+    (shard,) = store.keep([Shard(0, *blobs_in_pieces(n_rows, N_FEATURES, 2))])
     build = high_water_mb()
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: the training's own peak from here
@@ -189,7 +297,7 @@ def mapper(n_rows: int, storage: str, folder: str, steps: int) -> dict:
             SGD(),
             shard.x,
             shard.y,
-            LocalSchedule(32, local_steps=steps),
+            LocalSchedule(32, local_steps=steps, shuffle=shuffle),
             0.05,
             np.random.default_rng(3),
         )
@@ -198,6 +306,7 @@ def mapper(n_rows: int, storage: str, folder: str, steps: int) -> dict:
     return {
         "rows": n_rows,
         "storage": storage,
+        "shuffle": shuffle,
         "shard_mb": n_rows * N_FEATURES * 4 / 2**20,
         "fixed_mb": fixed,
         "build_peak_mb": build,
@@ -280,10 +389,10 @@ def measure_build(sizes: list[int]) -> list[dict]:
     return out
 
 
-def measure_mapper(n_rows: int, storage: str, steps: int) -> dict:
+def measure_mapper(n_rows: int, storage: str, steps: int, shuffle: str = "exact") -> dict:
     with scratch() as tmp:
         proc = subprocess.run(
-            [sys.executable, __file__, "--mapper", str(n_rows), storage, tmp, str(steps)],
+            [sys.executable, __file__, "--mapper", str(n_rows), storage, tmp, str(steps), shuffle],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -296,12 +405,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--build", action="store_true", help="the peak while building a Parquet shard")
-    parser.add_argument("--mapper", nargs=4, help=argparse.SUPPRESS)  # the child: rows storage folder steps
+    parser.add_argument("--mapper", nargs=5, help=argparse.SUPPRESS)  # the child: rows storage folder steps shuffle
+    parser.add_argument("--sampling", action="store_true", help="exact against block: accuracy and epoch time")
     parser.add_argument("--builder", nargs=3, help=argparse.SUPPRESS)  # the child: source storage folder
     args = parser.parse_args(argv)
     if args.mapper:
-        rows, storage, folder, steps = args.mapper
-        print(json.dumps(mapper(int(rows), storage, folder, int(steps))))
+        rows, storage, folder, steps, shuffle = args.mapper
+        print(json.dumps(mapper(int(rows), storage, folder, int(steps), shuffle)))
         return
     if args.builder:
         print(json.dumps(builder(*args.builder)))
@@ -311,16 +421,23 @@ def main(argv=None):
         print(markdown_table(built, ["rows", "storage", "shard_mb", "fixed_mb", "build_peak_mb", "above_fixed_mb"]))
         write_result("smoke/disk_shards_build" if args.smoke else "disk_shards_build", {"build": built})
         return
+    if args.sampling:
+        sampled = measure_sampling(args.smoke)
+        write_result("smoke/disk_sampling" if args.smoke else "disk_sampling", {"sampling": sampled})
+        return
     if args.smoke:
         wide_rows, epochs_each, sizes, steps = 2_000, 2, [20_000, 80_000], 50
+        block_sizes = sizes
     else:
-        wide_rows, epochs_each, sizes, steps = 20_000, 10, [250_000, 1_000_000, 4_000_000], 300
+        wide_rows, epochs_each, sizes, steps = 20_000, 10, [250_000, 1_000_000, 4_000_000], 3000
+        block_sizes = [250_000, 1_000_000, 4_000_000, 8_000_000]
     timing = epochs(wide_rows, epochs_each)
     print(
         f"{timing['rows']:,d} x {WIDE}, MLP {WIDE}-128-10, batch 32: an epoch takes {timing['memory_epoch_s']:.3f} s "
         f"from memory and {timing['disk_epoch_s']:.3f} s from disk ({timing['ratio']:.2f}x; median of "
         f"{timing['epochs_each']} each; {timing['best_ratio']:.2f}x best against best; CPU time "
-        f"{timing['cpu_ratio']:.2f}x); the same weights on the local engine: {timing['same_weights']}",
+        f"{timing['cpu_ratio']:.2f}x); the same weights on the local engine: {timing['same_weights']}; "
+        f"block shuffle from disk {timing['block_epoch_s']:.3f} s ({timing['block_ratio']:.2f}x)",
         flush=True,
     )
     memory = []
@@ -341,9 +458,34 @@ def main(argv=None):
         f"disk storage: the training peak grows {100 * growth:.1f}% from {disk[0]['rows']:,d} to "
         f"{disk[-1]['rows']:,d} rows"
     )
+    block = []
+    for n in block_sizes:
+        for shuffle in ("exact", "block"):
+            row = measure_mapper(n, "disk", steps, shuffle)
+            block.append(row)
+            print(
+                f"{n:>9,d} rows x {N_FEATURES} ({row['shard_mb']:.0f} MB), disk, {shuffle:>5}: "
+                f"training peak {row['train_peak_mb']:.0f} MB (fixed {row['fixed_mb']:.0f} MB)",
+                flush=True,
+            )
+    print(markdown_table(block, ["rows", "shuffle", "shard_mb", "fixed_mb", "train_peak_mb"]))
+    growths = {}
+    for shuffle in ("exact", "block"):
+        rows = [r for r in block if r["shuffle"] == shuffle]
+        growths[shuffle] = rows[-1]["train_peak_mb"] / rows[0]["train_peak_mb"] - 1
+        print(
+            f"disk storage, {shuffle}: the training peak grows {100 * growths[shuffle]:.1f}% from "
+            f"{rows[0]['rows']:,d} to {rows[-1]['rows']:,d} rows"
+        )
     write_result(
         "smoke/disk_shards" if args.smoke else "disk_shards",
-        {"epoch": timing, "memory": memory, "disk_train_growth": growth},
+        {
+            "epoch": timing,
+            "memory": memory,
+            "disk_train_growth": growth,
+            "shuffles": block,
+            "shuffle_train_growth": growths,
+        },
     )
 
 

@@ -1,17 +1,23 @@
 """Shards kept on local disk (``data.shard_storage: disk``) and read back by rows.
 
-A mapper's shard (features, labels or targets, sample weights) is written
-once to a scratch folder as ``.npy`` files when it has been built, and
-training reads the rows of each mini-batch by index with positioned reads
-(``os.preadv``) into a fresh array (:class:`DiskArray`). The arrays read
-are the arrays written, row for row, so the mini-batches and the trained
-weights are the same bits as with ``memory`` storage.
+A mapper's shard (features, labels or targets, sample
+weights) is written once to a scratch folder as ``.npy`` files when it has
+been built, and training reads a window of mini-batches at a time
+(:class:`nnlib.data.shard_files.BatchReader`: the window's distinct rows in
+file order, close rows in one positioned read, ``os.preadv``), then serves
+each batch's rows in its order. The arrays read are the arrays written, row
+for row, so the mini-batches and the trained weights are the same bits as
+with ``memory`` storage.
 
-What a mapper then holds through the rounds: a mini-batch, the epoch's
-permutation of row indices (8 bytes a row, as with memory storage: exact
-sampling needs it), each stored array of at most ``BUFFER_BYTES`` (labels,
-weights: read whole once) and its held-out rows (``Shard.held_out``,
-scored once a round). A row-keyed (Parquet) shard is written as it is
+What a mapper then holds through the rounds: one window of rows
+(``READ_BUFFER_BYTES``, 16 MiB, of features, labels and weights together),
+the epoch's order of its rows, and its held-out rows (``Shard.held_out``,
+scored once a round). The order is what ``data.shuffle`` costs: ``exact``
+holds the epoch's permutation of row indices (4 bytes a row: exact sampling
+needs it, with either storage); ``block`` holds one shuffle window's indices
+and one int64 per block of ~1 MiB of rows, whatever the shard's size
+(:func:`nnlib.core.train.block_windows`), and reads each window as whole
+blocks. A row-keyed (Parquet) shard is written as it is
 built (:class:`BuildFolder`, :class:`RowsFile`): each arriving block's rows
 go to their places in the files, and the features are standardised block
 by block, so a mapper's peak while building is its fixed cost plus a block
