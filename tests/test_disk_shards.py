@@ -752,8 +752,9 @@ except DataError as exc:
 @pytest.mark.slow
 def test_a_parquet_dataset_larger_than_a_workers_memory_limit_trains_in_one_worker_from_disk(tmp_path):
     """A standalone cluster on 127.0.0.1, one worker whose Python is limited to 640 MB of address space
-    (spark.executor.pyspark.memory): a 717 MB Parquet dataset fails in one line with memory storage and trains
-    with disk storage, the shard written to the worker's scratch folder as its rows arrive."""
+    (spark.executor.pyspark.memory): a 647 MiB Parquet dataset fails in one line with memory storage and trains
+    with disk storage, the shard written to the worker's scratch folder as its rows arrive. 2% of the rows are
+    the test set, which the driver collects (bench/disk_cluster.py runs four times the limit)."""
     import json
 
     from spark_cluster import StandaloneCluster, cluster_env
@@ -761,7 +762,7 @@ def test_a_parquet_dataset_larger_than_a_workers_memory_limit_trains_in_one_work
 
     limit_mb = 640
     data = tmp_path / "blobs"
-    assert _blobs_parquet(data, 2_800_000, 8) > limit_mb * 2**20
+    assert _blobs_parquet(data, 2_650_000, 8) > limit_mb * 2**20  # 647 MiB of float32 features
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     cluster = StandaloneCluster(tmp_path / "cluster").start(n_workers=1)
@@ -775,6 +776,7 @@ def test_a_parquet_dataset_larger_than_a_workers_memory_limit_trains_in_one_work
                 f"spark.master={cluster.url}",
                 f"data.source={data}",
                 "data.features_column=features",
+                "data.test_fraction=0.02",
                 "model.hidden=[32]",
                 "train.rounds=2",
                 "train.local_steps=20",
@@ -796,7 +798,7 @@ def test_a_parquet_dataset_larger_than_a_workers_memory_limit_trains_in_one_work
         mapper = (tmp_path / "disk/mapper_times.csv").read_text().splitlines()[1:]
         assert mapper and all(float(m.split(",")[-1]) < limit_mb for m in mapper)  # peak_rss_mb under the limit
         summary = json.loads((tmp_path / "disk/summary.json").read_text())
-        assert summary["n_train"] + summary["n_test"] == 2_800_000
+        assert summary["n_train"] + summary["n_test"] == 2_650_000
         assert summary["final_test_accuracy"] > 0.9  # chance is 0.1: the one shard learns the blobs
         logs = "".join(p.read_text() for p in (tmp_path / "cluster/work").glob("*/*/stderr"))
         assert f"Setting mem limits to {limit_mb * 2**20}" in logs
