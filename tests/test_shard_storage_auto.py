@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import saved_params, small_config
+from conftest import needs_mrjob, saved_params, small_config
 
 from nnlib.config import load_config
 from nnlib.data.storage import FIXED_MB, Budget, budget, choose, shard_bytes, size_mb
@@ -200,3 +200,54 @@ def test_spark_reads_the_budget_from_the_sessions_own_settings(tmp_path):
         "864 MB in memory: half of what is left past a numpy worker's ~320 MB)"
     ]
     assert saved_params(out).size > 0
+
+
+@needs_mrjob
+def test_mrjob_auto_picks_disk_over_the_budget_and_trains_as_memory_does(tmp_path):
+    from nnlib.engines.mrjob.engine import MrjobEngine
+
+    base = small_config("mappers=2").model_copy(update={"engine": "mrjob"})
+    auto = with_data(
+        base, shard_storage="auto", memory_per_mapper_mb=FIXED_MB["numpy"] + 0.05, scratch_dir=str(tmp_path)
+    )
+    lines = []
+    result = run(auto, engine=MrjobEngine(auto, "inline"), log=lines.append, warn=lambda _m: None)
+    assert [line.split(" (")[0] for line in lines if line.startswith("shards: ")] == ["shards: disk"]
+    assert leftovers(tmp_path) == []
+    memory = run(base.model_copy(update={"engine": "local"}), log=lambda _m: None)
+    np.testing.assert_array_equal(result.params, memory.params)
+
+
+@pytest.mark.slow
+def test_mpi_says_the_choice_once_and_trains_as_memory_does(tmp_path):
+    """Every rank runs the driver and chooses alike; rank 0 alone says it."""
+    env = dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+        TMPDIR=str(tmp_path),
+    )
+    outs, stdouts = {}, {}
+    for storage in ("memory", "auto"):
+        out = tmp_path / storage
+        cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", "2", "--oversubscribe", sys.executable]
+        cmd += ["jobs/mpi_model_avg.py", "conf/default.yaml", "--out", str(out)]
+        for item in (
+            "mappers=2",
+            "train.rounds=2",
+            "model.hidden=[16]",
+            f"data.shard_storage={storage}",
+            f"data.memory_per_mapper_mb={FIXED_MB['numpy'] + 0.05}",
+            f"data.scratch_dir={tmp_path}",
+        ):
+            cmd += ["--set", item]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs[storage], stdouts[storage] = saved_params(out), proc.stdout
+    assert [line.split(" (")[0] for line in stdouts["auto"].splitlines() if line.startswith("shards: ")] == [
+        "shards: disk"
+    ]
+    assert "shards: " not in stdouts["memory"]
+    np.testing.assert_array_equal(outs["auto"], outs["memory"])
+    assert leftovers(tmp_path) == []
