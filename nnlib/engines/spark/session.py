@@ -202,6 +202,9 @@ def _open(settings: SessionSettings, min_slots: int, warn: Callable[[str], None]
 
 
 _SHIPPED: set[str] = set()  # the Spark Connect sessions (by id) whose workers have nnlib's code
+# held while a session is shipped: fits in threads (CrossValidator's parallelism) would each add the same
+# artifact, and the server refuses the second (FileAlreadyExistsException)
+_SHIPPING = threading.Lock()
 
 
 def ship_code(session) -> None:
@@ -217,17 +220,18 @@ def ship_code(session) -> None:
     from nnlib.util.ship import zip_package
 
     key = session.session_id
-    if key in _SHIPPED:
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        path = zip_package(Path(tmp) / "nnlib.zip")
-        try:
-            session.addArtifacts(str(path), pyfile=True)
-        except Exception as exc:  # noqa: BLE001  - gRPC and the server's own errors
-            raise EngineError(
-                f"spark.remote: could not ship nnlib's code to the Spark Connect server ({first_line(exc)})"
-            ) from None
-    _SHIPPED.add(key)
+    with _SHIPPING:
+        if key in _SHIPPED:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = zip_package(Path(tmp) / "nnlib.zip")
+            try:
+                session.addArtifacts(str(path), pyfile=True)
+            except Exception as exc:  # noqa: BLE001  - gRPC and the server's own errors
+                raise EngineError(
+                    f"spark.remote: could not ship nnlib's code to the Spark Connect server ({first_line(exc)})"
+                ) from None
+        _SHIPPED.add(key)
 
 
 def _registered(opened: Opened) -> Opened:
