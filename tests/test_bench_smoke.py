@@ -354,3 +354,18 @@ def test_disk_shards(tmp_path):
     assert rows[3]["train_peak_mb"] < rows[2]["train_peak_mb"]  # the disk mapper does not hold its shard
     disk = [r for r in rows if r["storage"] == "disk"]
     assert result["disk_train_growth"] == pytest.approx(disk[-1]["train_peak_mb"] / disk[0]["train_peak_mb"] - 1)
+
+
+def test_disk_cluster(tmp_path):
+    result = smoke("disk_cluster", tmp_path)
+    assert (result["workers"], result["limit_mb"]) == (2, 1024)
+    assert result["limit_seen_by_workers"] is True  # the workers' Python ran under spark.executor.pyspark.memory
+    assert result["parquet_mb"] >= 40 and result["data_removed"] is True
+    memory, auto = result["memory"], result["auto"]
+    assert memory["returncode"] == 0 and auto["returncode"] == 0  # the smoke's 40 MB fit either way
+    assert memory["shards_line"] is None  # said only by auto
+    assert auto["shards_line"].startswith("shards: disk (the largest shard is ~")
+    for run in (memory, auto):
+        assert run["n_train"] + run["n_test"] == result["rows"]
+        assert len(run["mapper_peak_mb"]) == 2 and run["test_accuracy"] > 0.5  # chance is 0.1
+        assert run["scratch_left"] == []
