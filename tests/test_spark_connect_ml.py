@@ -278,22 +278,30 @@ def _tuned(estimator_cls, df, **kwargs):
     return tuner.fit(VectorAssembler(inputCols=PIXELS, outputCol="features").transform(df))
 
 
-@pytest.mark.parametrize("kind", ["classic", "connect"])
-def test_cross_validation_and_train_validation_split_leave_the_session_alive(kind, request, digits_file):
-    """Two grid points, two folds, two fits at a time of three mappers each: six slots asked of four, so
-    the fits take turns, and the caller's session answers after."""
-    from pyspark.ml.tuning import CrossValidator, TrainValidationSplit
+# each tuner on one kind of session here, on the other in test_spark_regression_ml.py's regressor (the same
+# fitMultiple path): every tuner meets both kinds of session and both estimators, at half the fits
+@pytest.mark.parametrize(
+    "kind, tuner", [("classic", "TrainValidationSplit"), ("connect", "CrossValidator")], ids=["classic", "connect"]
+)
+def test_cross_validation_and_train_validation_split_leave_the_session_alive(kind, tuner, request, digits_file):
+    """Two grid points, two fits at a time of three mappers each (and two folds for CrossValidator): six slots
+    asked of four, so the fits take turns, and the caller's session answers after."""
+    from pyspark.ml import tuning
 
+    # the session first: the connect fixture's start leaves the switch off, which on(kind) then sets
+    session = request.getfixturevalue("spark" if kind == "classic" else "connect")
     with on(kind):
-        session = request.getfixturevalue("spark" if kind == "classic" else "connect")
         df = session.read.parquet(str(digits_file))
         start = time.monotonic()
-        cv = _tuned(CrossValidator, df, numFolds=2)
-        tvs = _tuned(TrainValidationSplit, df, trainRatio=0.75)
+        if tuner == "CrossValidator":
+            cv = _tuned(tuning.CrossValidator, df, numFolds=2)
+            assert len(cv.avgMetrics) == 2 and all(0.1 < m <= 1 for m in cv.avgMetrics)
+            assert cv.bestModel.getHidden() in ([8], [16]) and cv.bestModel.numFeatures == 64
+        else:
+            tvs = _tuned(tuning.TrainValidationSplit, df, trainRatio=0.75)
+            assert len(tvs.validationMetrics) == 2 and all(0.1 < m <= 1 for m in tvs.validationMetrics)
+            assert tvs.bestModel.getHidden() in ([8], [16]) and tvs.bestModel.numFeatures == 64
         seconds = time.monotonic() - start
-        assert len(cv.avgMetrics) == 2 and all(0.1 < m <= 1 for m in cv.avgMetrics)
-        assert len(tvs.validationMetrics) == 2 and all(0.1 < m <= 1 for m in tvs.validationMetrics)
-        assert cv.bestModel.getHidden() in ([8], [16]) and tvs.bestModel.numFeatures == 64
         assert session.range(3).count() == 3
         assert seconds < 600
 

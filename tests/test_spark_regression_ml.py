@@ -213,30 +213,38 @@ def _tuning(session, tuner_cls, **kwargs):
     return grid, nn, df, tuner.fit(df)
 
 
-@pytest.mark.parametrize("kind", ["classic", "connect"])
-def test_cross_validation_and_train_validation_split_pick_the_lowest_rmse(kind, request):
+# CrossValidator and TrainValidationSplit both hand the estimator's fitMultiple a sample of the DataFrame and
+# the grid; each runs on one kind of session here, and test_spark_connect_ml.py's classifier runs each on the
+# other kind: every tuner meets both kinds of session and both estimators, at half the fits
+@pytest.mark.parametrize(
+    "kind, tuner", [("classic", "CrossValidator"), ("connect", "TrainValidationSplit")], ids=["classic", "connect"]
+)
+def test_cross_validation_and_train_validation_split_pick_the_lowest_rmse(kind, tuner, request):
+    from pyspark.ml import tuning
     from pyspark.ml.evaluation import RegressionEvaluator
-    from pyspark.ml.tuning import CrossValidator, TrainValidationSplit
 
     from nnlib.spark import NNRegressionModel
 
     session = request.getfixturevalue("spark" if kind == "classic" else "connect")  # its start sets the switch
     with on(kind):
-        grid, nn, df, cv = _tuning(session, CrossValidator, numFolds=2)
-        _, _, _, tvs = _tuning(session, TrainValidationSplit, trainRatio=0.75)
-        for metrics, best in ((cv.avgMetrics, cv.bestModel), (tvs.validationMetrics, tvs.bestModel)):
-            assert len(metrics) == 2 and metrics[1] < metrics[0], metrics  # lr 0.05 learns, 1e-4 hardly moves
-            lowest = grid[int(np.argmin(metrics))]
-            assert isinstance(best, NNRegressionModel) and best.getLr() == lowest[nn.lr] == 0.05
-            # the params as Spark ML copied them: the grid's, and the estimator's own
-            assert best.getConf() == {"train.momentum": 0.5} and best.getWeightCol() == "w"
-            assert best.getHidden() == [16] and best.getRounds() == 3
-            out = best.transform(df)
-            x, p = _features_and_predictions(out)
-            y = np.array([r.label for r in df.orderBy("i").select("label").collect()])
-            rmse = RegressionEvaluator().evaluate(out)
-            assert rmse == pytest.approx(np.sqrt(np.mean((p - y) ** 2)), rel=1e-12)
-            assert rmse < float(np.std(y))  # better than the mean
+        if tuner == "CrossValidator":
+            grid, nn, df, cv = _tuning(session, tuning.CrossValidator, numFolds=2)
+            metrics, best = cv.avgMetrics, cv.bestModel
+        else:
+            grid, nn, df, tvs = _tuning(session, tuning.TrainValidationSplit, trainRatio=0.75)
+            metrics, best = tvs.validationMetrics, tvs.bestModel
+        assert len(metrics) == 2 and metrics[1] < metrics[0], metrics  # lr 0.05 learns, 1e-4 hardly moves
+        lowest = grid[int(np.argmin(metrics))]
+        assert isinstance(best, NNRegressionModel) and best.getLr() == lowest[nn.lr] == 0.05
+        # the params as Spark ML copied them: the grid's, and the estimator's own
+        assert best.getConf() == {"train.momentum": 0.5} and best.getWeightCol() == "w"
+        assert best.getHidden() == [16] and best.getRounds() == 3
+        out = best.transform(df)
+        x, p = _features_and_predictions(out)
+        y = np.array([r.label for r in df.orderBy("i").select("label").collect()])
+        rmse = RegressionEvaluator().evaluate(out)
+        assert rmse == pytest.approx(np.sqrt(np.mean((p - y) ** 2)), rel=1e-12)
+        assert rmse < float(np.std(y))  # better than the mean
 
 
 def test_several_targets_predict_an_ml_vector(spark):
