@@ -33,17 +33,18 @@ FOLDER_PREFIX = "nnlib-shards-"
 _FOLDER = re.compile(r"^nnlib-shards-\d+-")
 
 
-BUFFER_BYTES = 16 << 20  # a stored array this small is read whole once, then indexed in memory
+BUFFER_BYTES = 16 << 20  # a stored array this small is read whole once when indexed, then indexed in memory
 
 
 class _File:
     """An open ``.npy`` file: its descriptor and where its data begins. Closed when the last array over it goes.
 
     A file of at most ``BUFFER_BYTES`` of data (labels, weights, a small
-    shard's features) is read whole at its first use and kept (:meth:`held`):
-    a positioned read per row costs the same for an 8-byte label as for a
-    row of features, and such an array is no larger than the epoch's
-    permutation of row indices, which exact sampling holds anyway.
+    shard's features) is read whole at its first indexing and kept
+    (:meth:`held`): a positioned read per row costs the same for an 8-byte
+    label as for a row of features. Training does not index: it reads
+    through :class:`BatchReader`, whose window holds the labels and weights
+    with the features, so what it holds does not grow with the shard.
     """
 
     def __init__(self, path: str):
