@@ -154,7 +154,7 @@ def split_steps(commands: str) -> list[str]:
 
 def tokens(step: str) -> list[str]:
     """``step``'s words, with the shell's operators (``&&``, ``|``, ``>``, ``;``, ``&``) as words of their own."""
-    lexer = shlex.shlex(step, posix=True, punctuation_chars=True)
+    lexer = shlex.shlex(step.replace("\\\n", " "), posix=True, punctuation_chars=True)  # a line continued
     lexer.whitespace_split = True
     lexer.commenters = "#"
     return list(lexer)

@@ -46,6 +46,8 @@ class Run:
     changes fails here until the check follows). setup: commands the manual says to run first (each quoted in the
     manual). shrink: ``(text, replacement)`` pairs that make a long block small (each text must be in the block),
     with ``why_shrunk`` saying why. spark: the block's in-process ``nnlib`` runs use the test run's SparkSession.
+    own_process: every step runs in bash, ``nnlib`` too (a relative path given to Spark is resolved in the JVM's
+    folder, and the test run's JVM started in the repository's).
     """
 
     expect: tuple[str, ...] = ()
@@ -53,6 +55,7 @@ class Run:
     shrink: tuple[tuple[str, str], ...] = ()
     why_shrunk: str = ""
     spark: bool = False
+    own_process: bool = False
     slow: bool = True
     timeout: float = 600
 
@@ -91,7 +94,7 @@ RUN: dict[str, Run] = {
         setup=(DIGITS,), expect=("predict: 1797 rows; accuracy 0.9661, loss 0.1985; predictions in",), slow=False
     ),
     "nnlib predict runs/digits digits --set engine=spark": Run(
-        setup=(DIGITS,), expect=("predict: 1797 rows; accuracy 0.9661, loss 0.1985; predictions in",), spark=True
+        setup=(DIGITS,), expect=("predict: 1797 rows; accuracy 0.9661, loss 0.1985; predictions in",), own_process=True
     ),
     # its own process: Spark writes models/digits-pipeline relative to the JVM's folder, and the test run's JVM
     # started in the repository
@@ -419,7 +422,7 @@ def test_a_block_runs_and_prints_what_the_manual_quotes(block, key, request, tmp
             named = extras_named(words)
             assert named and named <= set(metadata.metadata("nnlib").get_all("Provides-Extra") or []), step
             continue
-        parts = in_process_parts(step)
+        parts = None if spec.own_process else in_process_parts(step)
         for part in parts or []:
             outcome = run_in_process(part)
             output.append(outcome.output)
