@@ -156,7 +156,7 @@ class Batches:
         left = len(self.sizes)
         while left:
             if self.schedule.shuffle == "block":
-                windows: Iterator[list[np.ndarray]] = block_windows(
+                windows: Iterator[Iterable[np.ndarray]] = block_windows(
                     self.n_samples, self.schedule.batch_size, self.rng, self.blocks
                 )
             else:

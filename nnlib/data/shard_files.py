@@ -336,7 +336,7 @@ class BatchReader:
     def _serve(self, window: list[np.ndarray]):
         wanted = np.concatenate(window).astype(np.int64, copy=False)
         rows, where = np.unique(wanted, return_inverse=True)  # sorted and distinct: the reads go forward
-        read = []
+        read: list[np.ndarray | None] = []
         for a in self.arrays:
             if a is None:
                 read.append(None)
