@@ -322,3 +322,51 @@ def test_a_torch_run_from_disk_shards_equals_memory_bit_for_bit(tmp_path, weight
     result = run(disk_config(config, scratch), **QUIET)
     np.testing.assert_array_equal(result.params, memory.params)
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combine", ["average", "gradient"])
+def test_mpi_block_shuffle_on_disk_equals_memory(tmp_path, combine):
+    """Two MPI ranks, data.shuffle=block: the disk run trains the memory run's weights (local and synchronous
+    rounds), and other weights than exact sampling: each shard (16,000 rows x 64) is 5 blocks (a shard within
+    one block, ~4,000 such rows, gets one window's permutation: exact sampling's order)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import saved_params
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        TMPDIR=str(tmp_path),
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+    )
+    (tmp_path / "scratch").mkdir()
+    outs = {}
+    for storage, shuffle in (("memory", "block"), ("disk", "block"), ("disk", "exact")):
+        out = tmp_path / f"{storage}-{shuffle}"
+        sets = {
+            "data.source": "synthetic",
+            "data.n_samples": "40000",
+            "data.n_features": "64",
+            "model.hidden": "[16]",
+            "train.rounds": "2",
+            "combine": combine,
+            "mappers": "2",
+            "data.shard_storage": storage,
+            "data.shuffle": shuffle,
+            "data.scratch_dir": str(tmp_path / "scratch"),
+        }
+        cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", "2", "--oversubscribe", sys.executable]
+        cmd += ["jobs/mpi_model_avg.py", "conf/default.yaml", "--out", str(out), "--quiet"]
+        cmd += [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+        proc = subprocess.run(cmd, cwd=root, env=env, check=False, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs[storage, shuffle] = saved_params(out)
+    np.testing.assert_array_equal(outs["disk", "block"], outs["memory", "block"])
+    assert not np.array_equal(outs["disk", "block"], outs["disk", "exact"])
+    assert list((tmp_path / "scratch").iterdir()) == []
