@@ -89,9 +89,9 @@ class Block:
 
     @property
     def id(self) -> str:
-        """The page and the first command line, for a test id that names the block."""
+        """The page, the line and the first command line, for a test id that names the block."""
         first = next((ln.strip() for ln in self.commands.splitlines() if ln.strip()), "")
-        return f"{self.page}: {first[:70]}"
+        return f"{self.page}:{self.line}: {first[:70]}"
 
 
 def manual_pages() -> list[Path]:
