@@ -638,16 +638,6 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
-    def _disk_shards_train_on_numpy(self):
-        if self.data.shard_storage == "disk" and self.model.backend == "torch":
-            raise Invalid(
-                ("data.shard_storage", "model.backend"),
-                "data.shard_storage=disk trains with model.backend=numpy so far (the torch backend takes "
-                "a shard as one tensor), got model.backend=torch",
-            )
-        return self
-
-    @model_validator(mode="after")
     def _split_needs_groups_that_fit(self):
         if self.combine != "split":
             return self

@@ -309,9 +309,8 @@ def test_the_torch_loop_on_a_disk_shard_equals_memory_bit_for_bit(shard, monkeyp
 
 @pytest.mark.parametrize("sets", [(), ("WEIGHTED", "combine=gradient")], ids=["plain", "weights-gradient"])
 def test_a_torch_run_from_disk_shards_equals_memory_bit_for_bit(tmp_path, weighted_npz, monkeypatch, sets):
-    """The whole run with model.backend=torch on the local engine. The configuration still refuses disk
-    storage with the torch backend (config.py; the engines that start workers check it again there);
-    model_copy builds the disk run without that check, to hold what lifting it gives."""
+    """The whole run with model.backend=torch on the local engine, a window of a few batches at a time
+    (tests/test_disk_shards.py runs the torch backend on mrjob and Spark too)."""
     pytest.importorskip("torch")
     monkeypatch.setattr(nnlib.data.shard_files, "READ_BUFFER_BYTES", 30_000)
     sets = [f"data.source={weighted_npz}", "data.weight_column=w", *sets[1:]] if "WEIGHTED" in sets else list(sets)

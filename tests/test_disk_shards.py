@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import needs_mrjob, on, saved_params, small_config
 
-from nnlib.config import DataConfig, load_config
+from nnlib.config import DataConfig
 from nnlib.data.dataset import Shard
 from nnlib.data.disk import DiskArray, ShardStore, shard_store, sweep
 from nnlib.driver import run
@@ -332,11 +332,55 @@ except DataError as exc:
     assert [p.name for p in tmp_path.iterdir()] == []  # the folder made for it is gone too
 
 
-def test_disk_storage_with_the_torch_backend_is_refused_in_one_line():
-    from nnlib.errors import ConfigError
+TORCH_CASES = {
+    "mlp": ("model.backend=torch", "train.momentum=0.5"),
+    "module": ("model.type=module", "model.module=user_models.tiny:make"),
+    "module-gradient": ("model.type=module", "model.module=user_models.tiny:make", "combine=gradient"),
+}
 
-    with pytest.raises(ConfigError, match="data.shard_storage=disk trains with model.backend=numpy so far"):
-        load_config(None, ["data.shard_storage=disk", "model.backend=torch"])
+
+TORCH_RUNS = [
+    (engine, case)
+    for engine in ("local", "mrjob-inline", "spark-stage")
+    for case in TORCH_CASES
+    if not (engine == "mrjob-inline" and "combine=gradient" in TORCH_CASES[case])  # mrjob: no synchronous rounds
+]
+
+
+@pytest.mark.parametrize(
+    ("engine", "case"),
+    [pytest.param(*r, marks=[pytest.mark.slow] if r[0] == "spark-stage" else []) for r in TORCH_RUNS],
+)
+def test_the_torch_backend_trains_from_disk_shards_as_from_memory(spark_if_slow, tmp_path, engine, case):
+    """model.backend=torch (an MLP, or the user's nn.Module) reads its batches from the shard files: the
+    weights of memory storage, bit for bit, on the local engine, mrjob (whose job checks the configuration
+    again) and the Spark stage."""
+    pytest.importorskip("torch")
+    config = small_config("mappers=2", *TORCH_CASES[case])
+    memory = run(config, **QUIET)
+    disk = disk_config(config, tmp_path)
+    if engine == "local":
+        result = run(disk, **QUIET)
+    elif engine == "mrjob-inline":
+        pytest.importorskip("mrjob")
+        from nnlib.engines.mrjob.engine import MrjobEngine
+
+        disk = disk.model_copy(update={"engine": "mrjob"})
+        result = run(disk, engine=MrjobEngine(disk, "inline"), **QUIET)
+    else:
+        from test_engines import spark_engine
+
+        result = run(disk.model_copy(update={"engine": "spark"}), engine=spark_engine("stage"), **QUIET)
+    np.testing.assert_array_equal(result.params, memory.params)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def spark_if_slow(request):
+    """The shared SparkSession for the Spark case only (the others run without starting a JVM)."""
+    if "spark" in request.node.name:
+        return request.getfixturevalue("spark")
+    return None
 
 
 # ----------------------------------------------------------------------------------- the other engines

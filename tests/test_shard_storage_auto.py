@@ -129,15 +129,34 @@ def test_auto_without_a_budget_keeps_memory_and_says_why():
     ]
 
 
-def test_auto_choosing_disk_for_the_torch_backend_is_one_line(tmp_path):
-    proc = nnlib_cli(tmp_path, "model.backend=torch", "data.shard_storage=auto", "data.memory_per_mapper_mb=300")
-    assert proc.returncode == 2
-    assert proc.stderr.splitlines() == [
-        "nnlib: error: shards: disk (the largest shard is ~0.1 MB; data.memory_per_mapper_mb=300 is not above a "
-        "torch worker's ~640 MB, so no shard is kept in memory); and data.shard_storage=disk trains with "
-        "model.backend=numpy so far (the torch backend takes a shard as one tensor), got model.backend=torch"
-    ]
-    assert not (tmp_path / "out").exists()
+def test_auto_weighs_a_torch_worker_and_trains_from_disk_as_disk_does(tmp_path):
+    """model.backend=torch: the budget is weighed against a torch worker's fixed cost, not a numpy one's: the
+    same budget keeps a numpy run's shards in memory and puts a torch run's on disk, which trains the weights
+    data.shard_storage=disk trains."""
+    pytest.importorskip("torch")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    mb = FIXED_MB["torch"] + 0.05
+    said = {}
+    for backend in ("numpy", "torch"):
+        lines = []
+        auto = with_data(
+            small_config(f"model.backend={backend}"),
+            shard_storage="auto",
+            memory_per_mapper_mb=mb,
+            scratch_dir=str(scratch),
+        )
+        result = run(auto, log=lines.append, warn=lambda _m: None)
+        said[backend] = [line for line in lines if line.startswith("shards: ")]
+    assert len(said["numpy"]) == 1 and said["numpy"][0].startswith("shards: memory (")
+    assert len(said["torch"]) == 1 and said["torch"][0].startswith("shards: disk (the largest shard is ~0.1 MB; ")
+    assert said["torch"][0].endswith("past a torch worker's ~640 MB)")
+    assert leftovers(scratch) == []
+    disk = run(
+        with_data(small_config("model.backend=torch"), shard_storage="disk", scratch_dir=str(scratch)),
+        log=lambda _m: None,
+    )
+    np.testing.assert_array_equal(result.params, disk.params)
 
 
 @pytest.mark.slow
