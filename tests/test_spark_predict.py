@@ -101,6 +101,20 @@ def test_spark_predicts_a_parquet_dataset_as_the_local_path_does(spark, parquet_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["local.parquet", "spark.parquet"]  # no temporary left
 
 
+def test_relative_paths_are_this_process_folder_after_a_chdir(spark, parquet_run, tmp_path, monkeypatch):
+    """A program (a notebook, a script calling nnlib's API) that changes folder after the SparkSession started:
+    a relative data path is the process's folder, as for the local path, not the JVM's starting folder."""
+    import shutil
+
+    _, out, tmp, _x, y = parquet_run
+    shutil.copytree(tmp / "data", tmp_path / "rel")
+    monkeypatch.chdir(tmp_path)
+    done = predict_spark(out, "rel", SPARK, "scored.parquet")
+    local = predict_source(Model.load(out), "rel", [], "local.parquet")
+    assert (done.rows, done.accuracy) == (local.rows, local.accuracy) == (len(y), local.accuracy)
+    assert (tmp_path / "scored.parquet").exists()
+
+
 def test_without_a_key_column_rows_are_keyed_by_the_training_position(spark, parquet_run, tmp_path):
     _, out, tmp, x, y = parquet_run
     (tmp_path / "nokey").mkdir()

@@ -33,6 +33,7 @@ and the ways round it, before the first pass.
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 from collections.abc import Iterator
@@ -189,6 +190,29 @@ def _batches(table: ParquetSource, offsets: dict, batches) -> Iterator[tuple[np.
             yield (positions, *table.block(data, name, first_row))
 
 
+def spark_path(session, source: str) -> str:
+    """``source`` as Spark's reader should get it: a relative path, on a classic session whose default
+    filesystem is the local one, made absolute against this process's working folder. The JVM resolves a
+    relative path against its own folder, which an ``os.chdir`` after the session started (a notebook, a
+    program calling :func:`nnlib.train`) does not move. A URI, an absolute path, a path on another default
+    filesystem (HDFS: relative to the user's home there) and any path on Spark Connect (the server's
+    filesystem, not this process's) are left as they are."""
+    if "://" in source or ":" in source.split("/", 1)[0] or os.path.isabs(source):
+        return source
+    jsc = getattr(getattr(session, "sparkContext", None), "_jsc", None) if not _is_connect(session) else None
+    if jsc is None:
+        return source
+    try:
+        default_fs = jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
+    except Exception:  # noqa: BLE001  - a session whose JVM is gone: Spark's reader says why
+        return source
+    return os.path.abspath(source) if default_fs.startswith("file:") else source
+
+
+def _is_connect(session) -> bool:
+    return type(session).__module__.startswith("pyspark.sql.connect")
+
+
 class SparkReader:
     """How the Spark engines read a row-keyed source: Spark's readers in the executors."""
 
@@ -228,9 +252,9 @@ class SparkReader:
             # monotonically_increasing_id() is the partition index shifted left by 33 bits plus the row's index
             index = F.monotonically_increasing_id() - F.shiftleft(part.cast("long"), 33)
             return frame.select("*", part.alias(_FILE), index.alias(_ROW))
-        reader = self._session().read
+        session = self._session()
         try:
-            df = reader.option("recursiveFileLookup", "true").parquet(source)
+            df = session.read.option("recursiveFileLookup", "true").parquet(spark_path(session, source))
         except Exception as exc:  # noqa: BLE001  - AnalysisException, Py4JJavaError: the path or scheme
             raise DataError(f"{key}: Spark cannot read {source} ({java_root_cause(exc)})") from None
         return df.select("*", F.col("_metadata.file_path").alias(_FILE), F.col("_metadata.row_index").alias(_ROW))
@@ -274,7 +298,8 @@ class SparkReader:
             return None
         session = self._session()
         try:
-            uris = session.read.format("binaryFile").option("recursiveFileLookup", "true").load(source).inputFiles()
+            listing = session.read.format("binaryFile").option("recursiveFileLookup", "true")
+            uris = listing.load(spark_path(session, source)).inputFiles()
         except Exception as exc:  # noqa: BLE001  - AnalysisException, Py4JJavaError: the path or scheme
             raise DataError(f"{key}: Spark cannot read {source} ({java_root_cause(exc)})") from None
         found = [local_path(uri) for uri in uris]
