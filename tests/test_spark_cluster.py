@@ -1,4 +1,5 @@
-"""A real standalone cluster: the same weights as the local engine, and a killed worker changes nothing."""
+"""A real standalone cluster: data past a worker's memory limit trains over four workers, or in one from disk
+shards where memory storage fails; the same weights as the local engine; a killed worker changes nothing."""
 
 import json
 import re
@@ -73,49 +74,83 @@ def _blobs_parquet(folder: Path, n_rows: int, n_files: int) -> int:
     return n_rows * 64 * 4
 
 
-# first in the file: it needs all four workers, before the killed-worker test kills one
-def test_a_parquet_dataset_larger_than_a_workers_memory_limit_trains_over_four_workers(cluster, tmp_path):
-    limit_mb = 640  # spark.executor.pyspark.memory: each Python worker's address space
-    data = tmp_path / "blobs"
-    assert _blobs_parquet(data, 2_800_000, 8) > limit_mb * 2**20
-    assert sum(f.stat().st_size for f in data.iterdir()) > limit_mb * 2**20
+LIMIT_MB = 640  # spark.executor.pyspark.memory: each Python worker's address space
+BLOBS_ROWS = 2_800_000
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    """717 MB of Parquet (2.8M rows x 64 float32 features): more than one worker's Python limit."""
+    data = tmp_path_factory.mktemp("data") / "blobs"
+    assert _blobs_parquet(data, BLOBS_ROWS, 8) > LIMIT_MB * 2**20
+    assert sum(f.stat().st_size for f in data.iterdir()) > LIMIT_MB * 2**20
+    return data
+
+
+def submit_blobs(cluster, data, out, mappers, *extra):
+    cmd = [sys.executable, "-m", "nnlib", "run", "--out", str(out), "--quiet"]
+    for item in [
+        "engine=spark",
+        f"mappers={mappers}",
+        f"spark.master={cluster.url}",
+        f"data.source={data}",
+        "data.features_column=features",
+        "model.hidden=[32]",
+        "train.rounds=2",
+        "train.local_steps=20",
+        "train.lr=0.05",
+        f"spark.conf={{spark.executor.pyspark.memory: {LIMIT_MB}m}}",
+        *extra,
+    ]:
+        cmd += ["--set", item]
+    return subprocess.run(cmd, cwd=ROOT, env=cluster_env(cluster.folder), capture_output=True, text=True, timeout=500)
+
+
+def peaks_mb(out: Path) -> list[float]:
+    """Each mapper's peak_rss_mb (mapper_times.csv's last column)."""
+    return [float(line.split(",")[-1]) for line in (out / "mapper_times.csv").read_text().splitlines()[1:]]
+
+
+# first in the file: they need all four workers, before the killed-worker test kills one
+def test_a_parquet_dataset_larger_than_a_workers_memory_limit_trains_over_four_workers(cluster, blobs, tmp_path):
     assert cluster.alive_workers() == 4
-
-    def submit_blobs(out, mappers):
-        cmd = [sys.executable, "-m", "nnlib", "run", "--out", str(out), "--quiet"]
-        for item in [
-            "engine=spark",
-            f"mappers={mappers}",
-            f"spark.master={cluster.url}",
-            f"data.source={data}",
-            "data.features_column=features",
-            "model.hidden=[32]",
-            "train.rounds=2",
-            "train.local_steps=20",
-            "train.lr=0.05",
-            f"spark.conf={{spark.executor.pyspark.memory: {limit_mb}m}}",
-        ]:
-            cmd += ["--set", item]
-        return subprocess.run(
-            cmd, cwd=ROOT, env=cluster_env(cluster.folder), capture_output=True, text=True, timeout=500
-        )
-
-    split = submit_blobs(tmp_path / "four", 4)
+    split = submit_blobs(cluster, blobs, tmp_path / "four", 4)
     assert split.returncode == 0, split.stderr[-3000:]
     mappers = [line.split(",") for line in (tmp_path / "four/mapper_times.csv").read_text().splitlines()[1:]]
     assert {int(m[1]) for m in mappers} == {0, 1, 2, 3}
-    assert all(float(m[-1]) < limit_mb for m in mappers)  # peak_rss_mb: each mapper under its limit
+    assert all(p < LIMIT_MB for p in peaks_mb(tmp_path / "four"))  # each mapper under its limit
     summary = json.loads((tmp_path / "four/summary.json").read_text())
-    assert summary["n_train"] + summary["n_test"] == 2_800_000
+    assert summary["n_train"] + summary["n_test"] == BLOBS_ROWS
     # measured 0.9498 (2026-11-29) by this run (chance is 0.1): the four shards together learn the blobs
     assert summary["final_test_accuracy"] > 0.9
     # the executors' Python workers ran under the limit (pyspark logs it as it sets RLIMIT_AS)
     logs = "".join(p.read_text() for p in (cluster.folder / "work").glob("*/*/stderr"))
-    assert f"Setting mem limits to {limit_mb * 2**20}" in logs
+    assert f"Setting mem limits to {LIMIT_MB * 2**20}" in logs
 
-    whole = submit_blobs(tmp_path / "one", 1)  # the same data in one worker does not fit under its limit
-    assert whole.returncode != 0
-    assert "spark: mapper 0 failed building its shard: MemoryError" in whole.stderr.splitlines()[-1]
+
+def test_the_same_dataset_fails_in_one_mapper_from_memory_and_trains_there_from_disk(cluster, blobs, tmp_path):
+    """One mapper: its shard does not fit under the limit with memory storage (one line naming the cause);
+    with disk storage it is written to the worker's scratch folder as its rows arrive and trains. 2% of the
+    rows are the test set, which the driver collects, so the mapper holds only its training shard
+    (bench/disk_cluster.py runs four times the limit)."""
+    from test_disk_shards import leftovers
+
+    one = ("data.test_fraction=0.02",)
+    in_memory = submit_blobs(cluster, blobs, tmp_path / "memory", 1, *one)
+    assert in_memory.returncode != 0
+    assert "spark: mapper 0 failed building its shard: MemoryError" in in_memory.stderr.splitlines()[-1]
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    disk = ("data.shard_storage=disk", f"data.scratch_dir={scratch}")
+    on_disk = submit_blobs(cluster, blobs, tmp_path / "disk", 1, *one, *disk)
+    assert on_disk.returncode == 0, on_disk.stderr[-3000:]
+    peaks = peaks_mb(tmp_path / "disk")
+    assert peaks and all(p < LIMIT_MB for p in peaks)
+    summary = json.loads((tmp_path / "disk/summary.json").read_text())
+    assert summary["n_train"] + summary["n_test"] == BLOBS_ROWS
+    assert summary["final_test_accuracy"] > 0.9  # chance is 0.1: the one shard learns the blobs
+    assert leftovers(scratch) == []
 
 
 def test_cluster_run_equals_local_engine_and_survives_a_killed_worker(cluster, tmp_path):
