@@ -350,3 +350,40 @@ def test_the_readme_example_pipeline_runs_against_a_connect_server(connect_serve
     assert "the same predictions: True" in done.stdout
     accuracy = float(done.stdout.split("training accuracy ")[1].split(",")[0])
     assert accuracy > 0.9 and (tmp_path / "runs" / "connect-pipeline" / "stages").is_dir()
+
+
+def test_a_connect_fit_asks_the_server_no_schema_string_and_nothing_more_per_round(connect, digits_file, monkeypatch):
+    """nnlib's mapInArrow schemas are built on the client (local_schema equals the server's parse of each), and a
+    fit's questions to the server about plans (analyze: schemas, persist) do not grow with its rounds: the
+    shard inputs' and the DataFrame source's columns are asked once a fit, not once a job."""
+    from pyspark.ml.feature import VectorAssembler
+    from pyspark.sql.connect.client.core import SparkConnectClient
+
+    from nnlib.engines.spark.jobs import CHUNKS
+    from nnlib.engines.spark.session import local_schema
+    from nnlib.spark import NNClassifier
+
+    asked: list[str] = []
+    analyze = SparkConnectClient._analyze
+
+    def counted(self, method, **kwargs):
+        asked.append(method)
+        return analyze(self, method, **kwargs)
+
+    with on("connect"):
+        for ddl in (CHUNKS, "blob binary", "shard long, blob binary", "file long, blob binary"):
+            assert local_schema(ddl) == connect._parse_ddl(ddl), ddl
+        with pytest.raises(ValueError, match="vector"):
+            local_schema("features vector")
+        df = VectorAssembler(inputCols=PIXELS, outputCol="features").transform(_digits(connect, digits_file))
+        assert "features" in df.columns  # the caller's own question, before the fits
+        monkeypatch.setattr(SparkConnectClient, "_analyze", counted)
+        weights, calls = [], []
+        for rounds in (1, 3):
+            asked.clear()
+            model = NNClassifier(**{**PARAMS, "rounds": rounds}).fit(df)
+            weights.append(model.model.params)
+            calls.append(list(asked))
+    assert "ddl_parse" not in calls[0] + calls[1], calls
+    assert sorted(calls[0]) == sorted(calls[1]), calls
+    assert not np.array_equal(weights[0], weights[1])  # the longer fit did train further

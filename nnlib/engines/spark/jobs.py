@@ -75,12 +75,14 @@ from nnlib.data.disk import shard_store
 from nnlib.engines.base import SingleDriver
 from nnlib.engines.spark.engine import _SparkSession
 from nnlib.engines.spark.reader import shard_from_records
-from nnlib.engines.spark.session import stage_profile
+from nnlib.engines.spark.session import local_schema, stage_profile
 from nnlib.errors import error_from_text
 from nnlib.rounds.mapper import score_held_out, sync_shards, train_shard
 
 CHUNK_BYTES = 1 << 20  # one row's bytes at most (Connect's Arrow batches hold at most 4 MiB)
-CHUNKS = "mapper int, seq int, blob binary"  # the rows every job returns
+# the rows every job returns; mapInArrow is given it as a StructType (local_schema): a string costs a Spark Connect
+# session a round trip to its server per job
+CHUNKS = "mapper int, seq int, blob binary"
 PAYLOAD = -1  # the mapper column of the payload's chunks, forwarded by mapper 0's task to the reduce
 WAIT_SLICE = 0.2  # seconds the main thread waits on a job at a time (a Ctrl-C is seen between slices)
 CANCEL_SECONDS = 30.0  # how long a cancelled job's thread gets to end
@@ -418,7 +420,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):  # type: ignore[misc]  # rea
             yield from to_chunks(mapper, pickle.dumps(shard.n_samples))
 
         # build the shards now (into the workers' caches, and the persisted rows), not inside round 0's timing
-        self._collect(self._inputs.mapInArrow(sizes, CHUNKS), "building the shards")
+        self._collect(self._inputs.mapInArrow(sizes, local_schema(CHUNKS)), "building the shards")
         self._built = True
 
     def _collect(self, frame, what: str) -> dict[int, bytes]:
@@ -436,9 +438,11 @@ class SparkJobsEngine(_SparkSession, SingleDriver):  # type: ignore[misc]  # rea
     def round(self, payload, reducer, timings):
         blob = self._payload_blob(payload, timings)
         frame = (
-            self._inputs.mapInArrow(train_task(self.token, self._build, blob, self._data), CHUNKS, **self._resources)
+            self._inputs.mapInArrow(
+                train_task(self.token, self._build, blob, self._data), local_schema(CHUNKS), **self._resources
+            )
             .repartition(1)  # a shuffle to one reduce task (coalesce would run the mappers in one task)
-            .mapInArrow(reduce_task(reducer, self.mappers), CHUNKS)
+            .mapInArrow(reduce_task(reducer, self.mappers), local_schema(CHUNKS))
         )
         start = time.perf_counter()
         answer = self._collect(frame, f"round {payload.round_index + 1}")
@@ -450,7 +454,10 @@ class SparkJobsEngine(_SparkSession, SingleDriver):  # type: ignore[misc]  # rea
     def sync_round(self, payload, timings):
         blob = self._payload_blob(payload, timings)
         frame = self._inputs.mapInArrow(
-            sync_task(self.token, self._build, blob, self.mappers, self._data), CHUNKS, barrier=True, **self._resources
+            sync_task(self.token, self._build, blob, self.mappers, self._data),
+            local_schema(CHUNKS),
+            barrier=True,
+            **self._resources,
         )
         start = time.perf_counter()
         answers = self._collect(frame, f"round {payload.round_index + 1}")
@@ -462,7 +469,9 @@ class SparkJobsEngine(_SparkSession, SingleDriver):  # type: ignore[misc]  # rea
 
     def score(self, backend, model, params):
         """Each shard's held-out parts scored in the task that holds the shard."""
-        frame = self._inputs.mapInArrow(score_task(self.token, self._build, backend, model, params, self._data), CHUNKS)
+        frame = self._inputs.mapInArrow(
+            score_task(self.token, self._build, backend, model, params, self._data), local_schema(CHUNKS)
+        )
         answers = self._collect(frame, "scoring the held-out rows")
         return [pickle.loads(answers[m]) for m in range(self.mappers)]
 
@@ -477,7 +486,7 @@ class SparkJobsEngine(_SparkSession, SingleDriver):  # type: ignore[misc]  # rea
                 with contextlib.suppress(Exception):  # the session or server is already gone
                     run_job(
                         self.session,
-                        inputs.mapInArrow(clean_task(self.token, self._data), CHUNKS).collect,
+                        inputs.mapInArrow(clean_task(self.token, self._data), local_schema(CHUNKS)).collect,
                         "removing the shard files",
                     )
             if self._persisted is not None and self.session is not None:

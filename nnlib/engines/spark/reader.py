@@ -45,7 +45,7 @@ import numpy as np
 from nnlib.data.dataset import RowKeyed, Shard, ShardFiller
 from nnlib.data.rows import RowFiller, RowPlan, kept_rows, merge_in_order
 from nnlib.data.tables import ParquetSource
-from nnlib.engines.spark.session import java_root_cause
+from nnlib.engines.spark.session import java_root_cause, local_schema
 from nnlib.errors import DataError, error_from_text, first_line, python_failed
 
 # a row's part (a Parquet file's path, or a DataFrame's partition index) and its index in that part
@@ -225,6 +225,9 @@ class SparkReader:
         # held-out rows beyond this stay with the mappers, which score them (spark.collect_held_out_mb)
         self.collect_limit_bytes: float | None = collect_held_out_mb * 2**20
         self._frames: dict[str, Any] = {}  # data.source -> a DataFrame given as the source (add_frame)
+        # what source_frame and _frame built on a given DataFrame, by (data.source, ...): a Spark Connect session
+        # asks its server for each new DataFrame's columns (a round trip), and every pass reads the same frame
+        self._framed: dict[tuple, Any] = {}
 
     def add_frame(self, df, name: str) -> str:
         """Read the DataFrame ``df`` as the source ``dataframe://name`` (its ``data.source``); returns that.
@@ -239,6 +242,8 @@ class SparkReader:
 
     def remove_frame(self, source: str) -> None:
         self._frames.pop(source, None)
+        for key in [k for k in self._framed if k[0] == source]:
+            del self._framed[key]
 
     def source_frame(self, source: str, key: str = "data.source"):
         """The rows of ``source`` as Spark's DataFrame, with each row's part (``_FILE``) and index in it
@@ -248,10 +253,12 @@ class SparkReader:
 
         frame = self._frames.get(source)
         if frame is not None:
-            part = F.spark_partition_id()
-            # monotonically_increasing_id() is the partition index shifted left by 33 bits plus the row's index
-            index = F.monotonically_increasing_id() - F.shiftleft(part.cast("long"), 33)
-            return frame.select("*", part.alias(_FILE), index.alias(_ROW))
+            if (source,) not in self._framed:
+                part = F.spark_partition_id()
+                # monotonically_increasing_id() is the partition index shifted left by 33 bits plus the row's index
+                index = F.monotonically_increasing_id() - F.shiftleft(part.cast("long"), 33)
+                self._framed[(source,)] = frame.select("*", part.alias(_FILE), index.alias(_ROW))
+            return self._framed[(source,)]
         session = self._session()
         try:
             df = session.read.option("recursiveFileLookup", "true").parquet(spark_path(session, source))
@@ -260,12 +267,18 @@ class SparkReader:
         return df.select("*", F.col("_metadata.file_path").alias(_FILE), F.col("_metadata.row_index").alias(_ROW))
 
     def _frame(self, table: ParquetSource, df=None):
+        memo = (table.source, table.label_column, table.features_column, tuple(table.columns() or ()))
+        if memo in self._framed:  # a DataFrame source's columns, checked at its first pass
+            return self._framed[memo]
         df = self.source_frame(table.source, table.key) if df is None else df
         names = [c for c in df.columns if c not in (_FILE, _ROW)]
         for column in (table.label_column, table.features_column):
             if column is not None and column not in names:
                 raise DataError(f"{table.key}: {table.source} has no column '{column}' (columns are {names[:10]})")
-        return df.select(*(table.columns() or names), _FILE, _ROW)
+        framed = df.select(*(table.columns() or names), _FILE, _ROW)
+        if table.source in self._frames:
+            self._framed[memo] = framed
+        return framed
 
     def part_rows(self, df, source: str, key: str = "data.source") -> tuple[tuple, tuple[int, ...]]:
         """``(parts in position order, rows in each)`` of a :meth:`source_frame` (one small aggregate job)."""
@@ -308,7 +321,7 @@ class SparkReader:
         paths = sorted(p for p in found if p is not None)  # the order of the local reader (sources.parquet_files)
         ids = session.range(0, len(paths), 1, numPartitions=min(len(paths), READ_TASKS))
         rows = self.run_job(
-            lambda: ids.mapInArrow(_footers(paths, key), "file long, blob binary").collect(),
+            lambda: ids.mapInArrow(_footers(paths, key), local_schema("file long, blob binary")).collect(),
             f"listing {source}",
             source,
             key,
@@ -390,11 +403,11 @@ class SparkReader:
         self.passes.append("pyarrow" if isinstance(table, ArrowSource) else "spark")
         if isinstance(table, ArrowSource):
             return self.units_frame(table).mapInArrow(
-                lambda batches: blocks_to_batches(_arrow_blocks(table, batches)), schema
+                lambda batches: blocks_to_batches(_arrow_blocks(table, batches)), local_schema(schema)
             )
         offsets = self._offsets(table)
         return self._frame(table).mapInArrow(
-            lambda batches: blocks_to_batches(_batches(table, offsets, batches)), schema
+            lambda batches: blocks_to_batches(_batches(table, offsets, batches)), local_schema(schema)
         )
 
     def survey(self, table: ParquetSource, plan: RowPlan):

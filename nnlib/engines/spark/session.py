@@ -234,6 +234,29 @@ def ship_code(session) -> None:
         _SHIPPED.add(key)
 
 
+def local_schema(ddl: str):
+    """The ``StructType`` of a DDL string of ``name type`` fields (``"mapper int, seq int, blob binary"``; types
+    int, long, double, string, binary, all nullable, as Spark parses them), built here. Given the string,
+    ``mapInArrow`` on a Spark Connect session asks the server to parse it: a round trip for every job, where
+    nnlib's schemas are always the same few. Another type is a ValueError (a mistake in nnlib's code)."""
+    from pyspark.sql import types as T
+
+    kinds = {
+        "int": T.IntegerType,
+        "long": T.LongType,
+        "double": T.DoubleType,
+        "string": T.StringType,
+        "binary": T.BinaryType,
+    }
+    fields = []
+    for part in ddl.split(","):
+        name, kind = part.split()
+        if kind not in kinds:
+            raise ValueError(f"local_schema: type {kind!r} of {name!r} is not one of {', '.join(kinds)}")
+        fields.append(T.StructField(name, kinds[kind]()))
+    return T.StructType(fields)
+
+
 def _registered(opened: Opened) -> Opened:
     if opened.created:
         _BUILT[id(opened.session)] = 1
