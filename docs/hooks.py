@@ -157,3 +157,13 @@ def config_reference() -> str:
         cells = [f"`{key}`", kind, default, allowed, description]
         out.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(out).lstrip("\n") + "\n"
+
+
+# A docstring's Sphinx cross-reference role (:class:`Model`, :meth:`load`), which mkdocstrings' sphinx
+# style leaves as text before the name's code span: the role goes, the name stays in code.
+_ROLE = re.compile(r":(?:class|meth|attr|data|func|mod|exc|obj|py:\w+):(<code>)")
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """Drop the Sphinx roles left in the API reference's rendered docstrings."""
+    return _ROLE.sub(r"\1", html)

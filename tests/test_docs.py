@@ -5,6 +5,7 @@ The build is the one command the README gives (``mkdocs build --strict -f docs/m
 repository root; the strict build must also print no warning at all.
 """
 
+import re
 import shutil
 import subprocess
 import sys
@@ -55,11 +56,12 @@ def test_the_site_builds_strictly_without_a_warning(tmp_path):
     assert done.returncode == 0, log
     warnings = [line for line in log.splitlines() if line.startswith(("WARNING", "ERROR"))]
     assert not warnings, "\n".join(warnings)
-    config_page = (tmp_path / "site" / "reference" / "configuration" / "index.html").read_text()
+    config_page = (tmp_path / "site" / "reference" / "configuration.html").read_text()
     assert "data.shard_storage" in config_page and "train.stop_grace_seconds" in config_page  # generated rows
-    api_page = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
+    api_page = (tmp_path / "site" / "reference" / "api.html").read_text()
     assert "NNClassifier" in api_page and "load_model" in api_page  # mkdocstrings resolved the references
-    assert (tmp_path / "site" / "experiments" / "threads" / "report" / "index.html").is_file()  # a study's report
+    assert re.search(r":(class|meth|attr|func|data|exc|mod):", api_page) is None  # no Sphinx role left as text
+    assert (tmp_path / "site" / "experiments" / "threads" / "report.html").is_file()  # a study's report
     assert (tmp_path / "site" / "search" / "search_index.json").is_file()
 
 
