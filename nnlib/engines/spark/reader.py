@@ -45,7 +45,7 @@ import numpy as np
 from nnlib.data.dataset import RowKeyed, Shard, ShardFiller
 from nnlib.data.rows import RowFiller, RowPlan, kept_rows, merge_in_order
 from nnlib.data.tables import ParquetSource
-from nnlib.engines.spark.session import java_root_cause, local_schema
+from nnlib.engines.spark.session import is_connect, java_root_cause, local_schema
 from nnlib.errors import DataError, error_from_text, first_line, python_failed
 
 # a row's part (a Parquet file's path, or a DataFrame's partition index) and its index in that part
@@ -199,7 +199,7 @@ def spark_path(session, source: str) -> str:
     filesystem, not this process's) are left as they are."""
     if "://" in source or ":" in source.split("/", 1)[0] or os.path.isabs(source):
         return source
-    jsc = getattr(getattr(session, "sparkContext", None), "_jsc", None) if not _is_connect(session) else None
+    jsc = None if is_connect(session) else getattr(getattr(session, "sparkContext", None), "_jsc", None)
     if jsc is None:
         return source
     try:
@@ -207,10 +207,6 @@ def spark_path(session, source: str) -> str:
     except Exception:  # noqa: BLE001  - a session whose JVM is gone: Spark's reader says why
         return source
     return os.path.abspath(source) if default_fs.startswith("file:") else source
-
-
-def _is_connect(session) -> bool:
-    return type(session).__module__.startswith("pyspark.sql.connect")
 
 
 class SparkReader:
